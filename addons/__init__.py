@@ -1,0 +1,28 @@
+"""The goex-proxy pipeline as mitmproxy addons; `PIPELINE` is the one list that orders the stages.
+
+Load into a plain mitmdump with:
+    mitmdump -s "$(python -c 'import goex_proxy.addons as a; print(a.__file__)')" --set goex_config=PATH
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from goex_proxy.addons.decide import Decide
+from goex_proxy.addons.identify import Identify
+from goex_proxy.addons.record import Record
+from goex_proxy.addons.route import Route
+from goex_proxy.addons.scrub import Scrub
+from goex_proxy.addons.state import ProxyState
+
+#: The stages in the order a request passes them; each takes the shared state.
+PIPELINE: tuple[type, ...] = (Identify, Decide, Record, Route, Scrub)
+
+
+def pipeline(state: ProxyState | None = None) -> list[Any]:
+    """The state addon followed by every stage, ready for `master.addons.add(*pipeline())`."""
+    state = state or ProxyState()
+    return [state, *(stage(state) for stage in PIPELINE)]
+
+
+addons = pipeline()

@@ -1,0 +1,49 @@
+"""Stage 2, decide: turn the flow into a RequestView and ask the pure policy engine; a denial answers 403."""
+
+from __future__ import annotations
+
+import time
+
+from mitmproxy import http
+
+from goex_proxy.addons import flowmeta, replies
+from goex_proxy.addons.failclosed import fail_closed
+from goex_proxy.addons.state import ProxyState
+from goex_proxy.policy import decide
+from goex_proxy.requestview import RequestView
+
+
+def request_view(flow: http.HTTPFlow, agent: str | None) -> RequestView:
+    """What the policy sees of a flow: the host it will connect to, the path without its query, the decoded body."""
+    req = flow.request
+    return RequestView(
+        agent=agent,
+        method=req.method.upper(),
+        scheme=req.scheme,
+        host=req.host.lower().rstrip("."),
+        port=req.port,
+        path=req.path.split("?", 1)[0] or "/",
+        query=tuple(req.query.items(multi=True)),
+        headers=tuple((k.lower(), v) for k, v in req.headers.items(multi=True)),
+        body=req.get_content(strict=False) or b"",
+    )
+
+
+class Decide:
+    """Allows or denies each request by policy; counts allowed requests against their rules' limits."""
+
+    def __init__(self, state: ProxyState) -> None:
+        self.state = state
+
+    @fail_closed("decide")
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live:
+            return
+        agent = flowmeta.agent(flow)
+        now = time.time()
+        d = decide(request_view(flow, agent), self.state.policies, now, self.state.limits)
+        flowmeta.set_decision(flow, d)
+        if d.effect == "deny":
+            replies.denied(flow, d)
+        elif d.count_limits and agent:
+            self.state.limits.record(d.count_limits, agent, now)

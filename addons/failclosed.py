@@ -1,0 +1,52 @@
+"""`fail_closed`: a hook that raises answers 502 and forwards nothing (mitmproxy itself would forward)."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from mitmproxy import http
+
+from goex_proxy.addons import replies
+
+log = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail(stage: str, hook: str, flow: Any) -> None:
+    log.exception("goex-proxy %s.%s failed; answering 502 and forwarding nothing", stage, hook)
+    if isinstance(flow, http.HTTPFlow):
+        replies.internal_error(flow, stage)
+        if flow.websocket is not None:
+            flow.websocket = None
+    elif hasattr(flow, "server"):  # server_connect hook data: refuse the connection
+        flow.server.error = f"goex-proxy {stage} stage failed"
+    elif hasattr(flow, "kill"):
+        flow.kill()
+
+
+def fail_closed(stage: str) -> Callable[[F], F]:
+    """Wrap a hook of stage `stage` so that an exception blocks the flow instead of letting it through."""
+
+    def wrap(hook: F) -> F:
+        if inspect.iscoroutinefunction(hook):
+            @functools.wraps(hook)
+            async def run_async(self: Any, flow: Any) -> None:
+                try:
+                    await hook(self, flow)
+                except Exception:
+                    _fail(stage, hook.__name__, flow)
+            return run_async  # type: ignore[return-value]
+
+        @functools.wraps(hook)
+        def run(self: Any, flow: Any) -> None:
+            try:
+                hook(self, flow)
+            except Exception:
+                _fail(stage, hook.__name__, flow)
+        return run  # type: ignore[return-value]
+
+    return wrap

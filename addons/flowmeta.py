@@ -1,0 +1,58 @@
+"""The `flow.metadata` keys the stages share, with typed getters and setters; a stage reads only what earlier ones wrote."""
+
+from __future__ import annotations
+
+from mitmproxy import http
+
+from goex_proxy.audit import RequestIds
+from goex_proxy.policy import Decision
+
+_AGENT = "goex.agent"
+_REQUEST_ID = "goex.request_id"
+_DECISION = "goex.decision"
+_OWN_RESPONSE = "goex.own_response"
+_RECORDED = "goex.recorded"
+_IDS = RequestIds()
+
+
+def agent(flow: http.HTTPFlow) -> str | None:
+    """The authenticated agent (set by identify)."""
+    return flow.metadata.get(_AGENT)
+
+
+def set_agent(flow: http.HTTPFlow, name: str) -> None:
+    flow.metadata[_AGENT] = name
+
+
+def request_id(flow: http.HTTPFlow) -> str:
+    """The audit id of this request, made on first use so that any stage can quote it."""
+    if _REQUEST_ID not in flow.metadata:
+        flow.metadata[_REQUEST_ID] = _IDS.new(flow.request.timestamp_start)
+    return str(flow.metadata[_REQUEST_ID])
+
+
+def decision(flow: http.HTTPFlow) -> Decision | None:
+    """The policy decision (set by decide)."""
+    return flow.metadata.get(_DECISION)
+
+
+def set_decision(flow: http.HTTPFlow, value: Decision) -> None:
+    flow.metadata[_DECISION] = value
+
+
+def is_own_response(flow: http.HTTPFlow) -> bool:
+    """True when the response was made by goex-proxy (a denial or error), not by the upstream."""
+    return bool(flow.metadata.get(_OWN_RESPONSE))
+
+
+def mark_own_response(flow: http.HTTPFlow) -> None:
+    flow.metadata[_OWN_RESPONSE] = True
+
+
+def recorded(flow: http.HTTPFlow) -> str | None:
+    """'intent' once the request row is committed, 'final' once its outcome is written too (set by record)."""
+    return flow.metadata.get(_RECORDED)
+
+
+def set_recorded(flow: http.HTTPFlow, state: str) -> None:
+    flow.metadata[_RECORDED] = state

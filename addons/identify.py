@@ -1,0 +1,81 @@
+"""Stage 1, identify: who is calling, from proxy credentials `http://AGENT:TOKEN@host:port`; anyone else gets 407."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import weakref
+
+from mitmproxy import connection, http
+
+from goex_proxy.addons import flowmeta, replies
+from goex_proxy.addons.failclosed import fail_closed
+from goex_proxy.addons.state import ProxyState
+from goex_proxy.policy import Decision
+
+
+def parse_basic(header: str) -> tuple[str, str] | None:
+    """(user, password) from a `Basic` Proxy-Authorization value, or None."""
+    scheme, _, encoded = header.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        user, sep, password = base64.b64decode(encoded.strip(), validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return (user, password) if sep else None
+
+
+class Identify:
+    """Authenticates every request (or its CONNECT tunnel) and records the agent's name on the flow."""
+
+    def __init__(self, state: ProxyState) -> None:
+        self.state = state
+        self.tunnels: weakref.WeakKeyDictionary[connection.Client, str] = weakref.WeakKeyDictionary()
+
+    @staticmethod
+    def refuse(flow: http.HTTPFlow, why: str) -> None:
+        flowmeta.set_decision(flow, Decision("deny", f"proxy authentication failed: {why}", "identify"))
+        replies.auth_required(flow, why)
+
+    def authenticate(self, flow: http.HTTPFlow) -> tuple[str | None, str]:
+        """The agent's name, or None and why not."""
+        header = flow.request.headers.get("Proxy-Authorization")
+        if not header:
+            return None, "no proxy credentials were sent"
+        creds = parse_basic(header)
+        if creds is None:
+            return None, "proxy credentials must use the Basic scheme"
+        name, token = creds
+        assert self.state.config is not None
+        agent = self.state.config.agents.get(name)
+        expected = agent.token.reveal() if agent else None
+        if expected is None or not hmac.compare_digest(token.encode(), expected.encode()):
+            return None, "unknown agent or wrong token"
+        return name, ""
+
+    @fail_closed("identify")
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error:
+            return
+        name, why = self.authenticate(flow)
+        if name is None:
+            self.refuse(flow, why)
+            return
+        self.tunnels[flow.client_conn] = name
+        flowmeta.set_agent(flow, name)
+        del flow.request.headers["Proxy-Authorization"]
+
+    @fail_closed("identify")
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live:
+            return
+        name = self.tunnels.get(flow.client_conn)
+        if name is None:
+            name, why = self.authenticate(flow)
+            if name is None:
+                self.refuse(flow, why)
+                return
+        flowmeta.set_agent(flow, name)
+        flow.request.headers.pop("Proxy-Authorization", None)

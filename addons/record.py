@@ -1,0 +1,125 @@
+"""Stage 3, record: the request row is committed before anything is forwarded; the outcome is written after."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from concurrent.futures import Future
+from typing import Any
+
+from mitmproxy import http
+
+from goex_proxy.addons import flowmeta, replies
+from goex_proxy.addons.failclosed import fail_closed
+from goex_proxy.addons.state import ProxyState
+from goex_proxy.redact import redacted_headers_json
+
+log = logging.getLogger(__name__)
+
+
+def _body(content: bytes | None, limit: int) -> dict[str, Any]:
+    content = content or b""
+    return {"body": content[:limit] if content else None, "size": len(content),
+            "sha256": hashlib.sha256(content).hexdigest() if content else None}
+
+
+class Record:
+    """Writes every request to the audit log, write-ahead: a row with no outcome means "may have happened"."""
+
+    def __init__(self, state: ProxyState) -> None:
+        self.state = state
+
+    def _limit(self) -> int:
+        assert self.state.config is not None
+        return self.state.config.max_body_bytes
+
+    def request_row(self, flow: http.HTTPFlow) -> dict[str, Any]:
+        req = flow.request
+        d = flowmeta.decision(flow)
+        body = _body(req.raw_content, self._limit())
+        peer = flow.client_conn.peername
+        row: dict[str, Any] = {
+            "id": flowmeta.request_id(flow),
+            "ts": req.timestamp_start,
+            "agent": flowmeta.agent(flow),
+            "client": f"{peer[0]}:{peer[1]}" if peer else None,
+            "method": req.method,
+            "scheme": req.scheme,
+            "host": req.host,
+            "port": req.port,
+            "path": req.path,
+            "url": req.url,
+            "http_version": req.http_version,
+            "req_headers": redacted_headers_json(req.headers.items(multi=True)),
+            "req_body": body["body"],
+            "req_body_size": body["size"],
+            "req_body_sha256": body["sha256"],
+            "decision": d.label if d else ("error" if flow.response else "deny"),
+            "rule": d.rule if d else None,
+            "reason": d.reason if d else None,
+            "report": d.report if d else None,
+        }
+        if flow.response is not None and flowmeta.is_own_response(flow):
+            row.update(self.outcome(flow))
+            if d is None:
+                row["reason"] = flow.response.get_text(strict=False)
+        return row
+
+    def outcome(self, flow: http.HTTPFlow) -> dict[str, Any]:
+        if flow.response is None:
+            err = flow.error.msg if flow.error else "no response"
+            return {"error": err, "ended": time.time(), "duration_ms": (time.time() - flow.request.timestamp_start) * 1000}
+        resp = flow.response
+        body = _body(resp.raw_content, self._limit())
+        ended = resp.timestamp_end or time.time()
+        return {
+            "status": resp.status_code,
+            "resp_headers": redacted_headers_json(resp.headers.items(multi=True)),
+            "resp_body": body["body"],
+            "resp_body_size": body["size"],
+            "resp_body_sha256": body["sha256"],
+            "error": None,
+            "ended": ended,
+            "duration_ms": round((ended - flow.request.timestamp_start) * 1000, 3),
+        }
+
+    @fail_closed("record")
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if not flow.live or flowmeta.recorded(flow):
+            return
+        d = flowmeta.decision(flow)
+        if flow.response is None and (d is None or d.effect != "allow"):
+            raise RuntimeError("a request reached the record stage with no allow decision")
+        assert self.state.writer is not None
+        final = flow.response is not None
+        keys = d.count_limits if d and not final else ()
+        await asyncio.wrap_future(self.state.writer.record_intent(self.request_row(flow), keys))
+        flowmeta.set_recorded(flow, "final" if final else "intent")
+
+    @fail_closed("record")
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        """A refused CONNECT (wrong identity) is recorded too; an accepted one is just a tunnel."""
+        if flow.response is not None and flowmeta.is_own_response(flow) and self.state.writer is not None:
+            self._watch(self.state.writer.record_intent(self.request_row(flow)))
+            flowmeta.set_recorded(flow, "final")
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._finish(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._finish(flow)
+
+    def _finish(self, flow: http.HTTPFlow) -> None:
+        if flowmeta.recorded(flow) != "intent" or self.state.writer is None:
+            return
+        flowmeta.set_recorded(flow, "final")
+        self._watch(self.state.writer.record_outcome(flowmeta.request_id(flow), self.outcome(flow)))
+
+    @staticmethod
+    def _watch(future: Future[None]) -> None:
+        def done(f: Future[None]) -> None:
+            if f.exception() is not None:
+                log.error("could not record an outcome: %s", f.exception())
+        future.add_done_callback(done)

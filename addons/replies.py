@@ -1,0 +1,41 @@
+"""The responses goex-proxy itself gives an agent: 407, 403 with the rule and reason, and 502 on internal failure."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from mitmproxy import http
+
+from goex_proxy.addons import flowmeta
+from goex_proxy.policy import Decision
+
+PREFIX = "x-goex-"
+
+
+def reply(flow: http.HTTPFlow, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+    """Answer the agent ourselves; nothing is forwarded once a flow has a response."""
+    body = {**body, "request_id": flowmeta.request_id(flow)}
+    flow.response = http.Response.make(
+        status,
+        json.dumps(body, indent=2) + "\n",
+        {"Content-Type": "application/json", "X-Goex-Request-Id": body["request_id"], **(headers or {})},
+    )
+    flowmeta.mark_own_response(flow)
+
+
+def auth_required(flow: http.HTTPFlow, why: str) -> None:
+    reply(flow, 407, {"error": "goex-proxy: proxy authentication required", "reason": why,
+                      "hint": "use a proxy URL of the form http://AGENT:TOKEN@host:port (see `goex-proxy env`)"},
+          {"Proxy-Authenticate": 'Basic realm="goex-proxy"'})
+
+
+def denied(flow: http.HTTPFlow, d: Decision) -> None:
+    reply(flow, 403, {"error": "goex-proxy: denied by policy", "decision": "deny", "rule": d.rule, "reason": d.reason,
+                      "allowed_instead": list(d.allowed_instead)},
+          {"X-Goex-Decision": "deny", "X-Goex-Rule": d.rule or "(default deny)"})
+
+
+def internal_error(flow: http.HTTPFlow, stage: str) -> None:
+    reply(flow, 502, {"error": f"goex-proxy: internal error in the {stage} stage; nothing was forwarded",
+                      "stage": stage}, {"X-Goex-Decision": "error"})

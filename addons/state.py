@@ -1,0 +1,103 @@
+"""ProxyState: what the stages share — the config, the live policy set (hot-reloaded), limit counters, the audit writer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+from mitmproxy import ctx, exceptions
+
+from goex_proxy import audit
+from goex_proxy.audit import AuditWriter
+from goex_proxy.config import Config, load_config
+from goex_proxy.errors import GoexError
+from goex_proxy.limits import LimitCounters
+from goex_proxy.policy import PolicySet
+from goex_proxy.policyload import load_policy_set
+
+log = logging.getLogger(__name__)
+
+
+class ProxyState:
+    """Loads the config once (option `goex_config`), then keeps the policy set current and the audit writer open."""
+
+    def __init__(self, config: Config | None = None, policies: PolicySet | None = None) -> None:
+        self.config = config
+        self.policies = policies or PolicySet()
+        self.limits = LimitCounters()
+        self.writer: AuditWriter | None = None
+        self._mtimes: dict[Path, float | None] = {}
+        self._watch: asyncio.Task[None] | None = None
+
+    def load(self, loader: object) -> None:
+        add = loader.add_option  # type: ignore[attr-defined]
+        add("goex_config", str, "", "Path of the goex-proxy config.yaml to run with.")
+        add("goex_reload_interval", float, 1.0, "Seconds between checks of the policy files for changes.")
+
+    def configure(self, updated: set[str]) -> None:
+        if "goex_config" in updated and ctx.options.goex_config:
+            try:
+                self.config = load_config(Path(ctx.options.goex_config))
+                self.policies = load_policy_set(self.sources())
+            except GoexError as exc:
+                raise exceptions.OptionsError(str(exc)) from None
+        if self.config is not None and self.writer is None:
+            self.open()
+
+    def sources(self) -> list[tuple[Path, frozenset[str] | None]]:
+        assert self.config is not None
+        return [(p.path, p.agents) for p in self.config.policies]
+
+    def open(self) -> None:
+        """Open the audit writer and seed the limit counters from what it recorded before."""
+        assert self.config is not None
+        self.writer = AuditWriter(self.config.audit_db)
+        self.limits.seed(audit.load_limit_hits(audit.open_db(self.config.audit_db, readonly=True),
+                                               self.policies.limit_windows(), time.time()))
+        self._mtimes = self._stat()
+
+    def running(self) -> None:
+        if self.config is not None and self._watch is None:
+            self._watch = asyncio.get_running_loop().create_task(self._watch_policies())
+
+    def done(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    def _stat(self) -> dict[Path, float | None]:
+        out: dict[Path, float | None] = {}
+        for path, _ in self.sources():
+            try:
+                out[path] = path.stat().st_mtime_ns
+            except OSError:
+                out[path] = None
+        return out
+
+    async def _watch_policies(self) -> None:
+        while True:
+            await asyncio.sleep(ctx.options.goex_reload_interval)
+            self.reload_if_changed()
+
+    def reload_if_changed(self) -> bool:
+        """Reload the policy files if any changed; an invalid set is logged and the last good one kept."""
+        mtimes = self._stat()
+        if mtimes == self._mtimes:
+            return False
+        self._mtimes = mtimes
+        try:
+            policies = load_policy_set(self.sources())
+        except GoexError as exc:
+            log.error("policy reload rejected; keeping the last good policies:\n%s", exc)
+            return False
+        known = set(self.policies.limit_windows())
+        fresh = {k: v for k, v in policies.limit_windows().items() if k not in known}
+        if fresh and self.config is not None:
+            self.limits.seed(audit.load_limit_hits(audit.open_db(self.config.audit_db, readonly=True), fresh, time.time()))
+        self.policies = policies
+        log.info("policies reloaded: %s", ", ".join(p.name for p in policies.policies) or "(none)")
+        return True

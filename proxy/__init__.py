@@ -1,0 +1,3 @@
+"""goex-proxy: a policy-enforcing, auditing proxy for LLM agents that act on real accounts."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,86 @@
+"""The environment an agent runs with: its proxy URL (identity included), the CA for every common runtime, no NO_PROXY."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import socket
+from pathlib import Path
+from urllib.parse import quote
+
+from .config import Config
+from .errors import GoexError, StateError
+
+#: Variables that name a CA bundle, one per runtime or tool that reads its own.
+CA_VARIABLES = (
+    "SSL_CERT_FILE",        # OpenSSL, Python's ssl/urllib/aiohttp, httpx, Ruby, git's OpenSSL
+    "REQUESTS_CA_BUNDLE",   # requests
+    "CURL_CA_BUNDLE",       # curl
+    "NODE_EXTRA_CA_CERTS",  # Node.js (added to its built-in roots)
+    "GIT_SSL_CAINFO",       # git
+    "PIP_CERT",             # pip
+    "AWS_CA_BUNDLE",        # boto3 / the AWS CLI
+    "NPM_CONFIG_CAFILE",    # npm
+    "DENO_CERT",            # Deno
+)
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
+#: Variables removed from the agent's environment so that nothing skips the proxy.
+UNSET_VARIABLES = ("NO_PROXY", "no_proxy")
+
+
+def proxy_url(config: Config, agent: str, host: str | None = None) -> str:
+    """`http://AGENT:TOKEN@host:port` for an agent of this config."""
+    spec = config.agents.get(agent)
+    if spec is None:
+        known = ", ".join(sorted(config.agents)) or "none"
+        raise GoexError(f"no agent named {agent!r} in {config.file} (agents: {known})")
+    token = spec.token.reveal()
+    if token is None:
+        raise GoexError(f"agent {agent!r} has no token: {spec.token.describe()} is not set")
+    host = host or ("127.0.0.1" if config.listen_host in ("0.0.0.0", "::", "") else config.listen_host)
+    netloc = f"[{host}]" if ":" in host else host
+    return f"http://{quote(agent, safe='')}:{quote(token, safe='')}@{netloc}:{config.listen_port}"
+
+
+def agent_env(config: Config, agent: str, *, proxy_host: str | None = None, ca_path: str | None = None) -> dict[str, str]:
+    """The variables to set for an agent (NO_PROXY and no_proxy must additionally be unset)."""
+    url = proxy_url(config, agent, proxy_host)
+    ca = ca_path or str(config.ca_cert)
+    env = {name: url for name in PROXY_VARIABLES}
+    env.update({name: ca for name in CA_VARIABLES})
+    env["NODE_USE_ENV_PROXY"] = "1"  # Node.js 24+: fetch and http honour HTTP(S)_PROXY
+    env["GOEX_PROXY_AGENT"] = agent
+    return env
+
+
+def apply(base: dict[str, str], env: dict[str, str]) -> dict[str, str]:
+    """`base` with the agent's variables set and the bypass variables removed."""
+    out = {k: v for k, v in base.items() if k not in UNSET_VARIABLES}
+    out.update(env)
+    return out
+
+
+def render(env: dict[str, str], fmt: str, ca_pem: str) -> str:
+    """The settings as shell exports, JSON, or a Docker `--env-file`."""
+    if fmt == "shell":
+        lines = [f"unset {' '.join(UNSET_VARIABLES)}"]
+        lines += [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
+        return "\n".join(lines) + "\n"
+    if fmt == "json":
+        return json.dumps({"env": env, "unset": list(UNSET_VARIABLES), "ca_cert_pem": ca_pem}, indent=2) + "\n"
+    if fmt == "docker":
+        return "".join(f"{k}={v}\n" for k, v in env.items()) + "NO_PROXY=\nno_proxy=\n"
+    raise GoexError(f"unknown format {fmt!r} (expected shell, json or docker)")
+
+
+def check_listening(config: Config) -> None:
+    """Fail with a clear message when no proxy listens where the agent would be sent."""
+    host = "127.0.0.1" if config.listen_host in ("0.0.0.0", "::", "") else config.listen_host
+    try:
+        socket.create_connection((host, config.listen_port), timeout=2).close()
+    except OSError:
+        raise StateError(
+            f"no goex-proxy is listening on {host}:{config.listen_port}; start it with "
+            f"`goex-proxy run --config {config.file}` in another shell") from None
+    if not Path(config.ca_cert).is_file():
+        raise StateError(f"the CA certificate {config.ca_cert} is missing; run `goex-proxy init`")

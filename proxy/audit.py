@@ -1,0 +1,300 @@
+"""The SQLite audit log: schema migrations, one writer thread off the event loop, hash chain, queries."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import logging
+import queue
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from .errors import AuditError, NotFound
+
+log = logging.getLogger(__name__)
+
+#: Request fields covered by a row's chained hash, in a fixed order.
+REQUEST_FIELDS = ("id", "ts", "agent", "client", "method", "scheme", "host", "port", "path", "url", "http_version",
+                  "req_headers", "req_body", "req_body_size", "req_body_sha256", "decision", "rule", "reason", "report")
+#: Outcome fields, covered by the row's outcome hash (itself bound to the row's hash).
+OUTCOME_FIELDS = ("status", "resp_headers", "resp_body", "resp_body_size", "resp_body_sha256", "error", "ended",
+                  "duration_ms")
+BUSY_TIMEOUT_S = 2.0
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def _migration_1(db: sqlite_utils.Database) -> None:
+    columns: dict[str, Any] = {"seq": int, "id": str, "ts": float, "agent": str, "client": str, "method": str,
+                               "scheme": str, "host": str, "port": int, "path": str, "url": str, "http_version": str,
+                               "req_headers": str, "req_body": bytes, "req_body_size": int, "req_body_sha256": str,
+                               "decision": str, "rule": str, "reason": str, "report": str, "status": int,
+                               "resp_headers": str, "resp_body": bytes, "resp_body_size": int,
+                               "resp_body_sha256": str, "error": str, "ended": float, "duration_ms": float,
+                               "prev_hash": str, "hash": str, "outcome_hash": str}
+    db["requests"].create(columns, pk="seq")
+    db["requests"].create_index(["id"], unique=True)
+    db["requests"].create_index(["ts"])
+    db["requests"].create_index(["agent", "ts"])
+    db["requests"].create_index(["host", "ts"])
+    db["limit_hits"].create({"key": str, "agent": str, "ts": float, "request_id": str})
+    db["limit_hits"].create_index(["key", "agent", "ts"])
+
+
+#: Schema migrations, applied in order; `PRAGMA user_version` records how many have run.
+MIGRATIONS = [_migration_1]
+
+
+def open_db(path: Path, *, readonly: bool = False) -> sqlite_utils.Database:
+    """Open the audit database (WAL), applying any pending migration unless read-only."""
+    try:
+        if readonly:
+            if not path.exists():
+                raise AuditError(f"no audit database at {path}; has `goex-proxy run` recorded anything yet?")
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            path.chmod(0o600)
+        db = sqlite_utils.Database(conn)
+        if not readonly:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            for number, migrate in enumerate(MIGRATIONS[version:], start=version + 1):
+                with conn:
+                    migrate(db)
+                    conn.execute(f"PRAGMA user_version = {number}")
+        return db
+    except sqlite3.Error as exc:
+        raise AuditError(f"cannot open audit database {path}: {exc}") from None
+
+
+class RequestIds:
+    """Short ids that sort by time: 9 base-32 characters of milliseconds, then 4 of sequence."""
+
+    def __init__(self) -> None:
+        self._last_ms = 0
+        self._n = 0
+        self._lock = threading.Lock()
+
+    def new(self, now: float | None = None) -> str:
+        with self._lock:
+            ms = max(int((now or time.time()) * 1000), self._last_ms)
+            if ms == self._last_ms:
+                self._n += 1
+                if self._n >= 32 ** 4:
+                    ms, self._n = ms + 1, secrets.randbelow(1024)
+            else:
+                self._n = secrets.randbelow(1024)
+            self._last_ms = ms
+            return _b32(ms, 9) + _b32(self._n, 4)
+
+
+def _b32(n: int, width: int) -> str:
+    out = []
+    for _ in range(width):
+        n, r = divmod(n, 32)
+        out.append(_CROCKFORD[r])
+    return "".join(reversed(out))
+
+
+def _canonical(row: dict[str, Any], fields: tuple[str, ...]) -> bytes:
+    def norm(v: Any) -> Any:
+        return {"sha256": hashlib.sha256(v).hexdigest()} if isinstance(v, bytes) else v
+    return json.dumps([norm(row.get(f)) for f in fields], separators=(",", ":"), default=str).encode()
+
+
+def row_hash(prev_hash: str, row: dict[str, Any]) -> str:
+    return hashlib.sha256(prev_hash.encode() + _canonical(row, REQUEST_FIELDS)).hexdigest()
+
+
+def outcome_hash(hash_: str, row: dict[str, Any]) -> str:
+    return hashlib.sha256(hash_.encode() + _canonical(row, OUTCOME_FIELDS)).hexdigest()
+
+
+@dataclass(frozen=True)
+class _Intent:
+    row: dict[str, Any]
+    limit_keys: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    id: str
+    fields: dict[str, Any]
+
+
+_STOP = object()
+
+
+class AuditWriter:
+    """The only writer: a thread that takes intents and outcomes, batches them into transactions, and chains hashes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db = open_db(path)
+        self._conn = self._db.conn
+        last = self._conn.execute("SELECT hash FROM requests ORDER BY seq DESC LIMIT 1").fetchone()
+        self._last_hash = last[0] if last else ""
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="goex-audit-writer", daemon=True)
+        self._thread.start()
+
+    def record_intent(self, row: dict[str, Any], limit_keys: tuple[str, ...] = ()) -> concurrent.futures.Future[None]:
+        """Queue a request row (with its outcome too, if it already has one); the future resolves once committed."""
+        future: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._queue.put((_Intent(row, limit_keys), future))
+        return future
+
+    def record_outcome(self, request_id: str, fields: dict[str, Any]) -> concurrent.futures.Future[None]:
+        future: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._queue.put((_Outcome(request_id, fields), future))
+        return future
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join(timeout=10)
+        self._conn.close()
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while True:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = _STOP in batch
+            work = [b for b in batch if b is not _STOP]
+            if work:
+                self._write(work)
+            if stop:
+                return
+
+    def _write(self, batch: list[tuple[Any, concurrent.futures.Future[None]]]) -> None:
+        last_hash = self._last_hash
+        try:
+            with self._conn:
+                for op, _ in batch:
+                    if isinstance(op, _Intent):
+                        last_hash = self._insert(op, last_hash)
+                    else:
+                        self._update(op)
+        except Exception as exc:  # sqlite3.Error, disk full, a locked database: every waiter fails closed
+            log.error("audit write failed (%d records): %s", len(batch), exc)
+            for _, future in batch:
+                future.set_exception(AuditError(f"audit write failed: {exc}"))
+            return
+        self._last_hash = last_hash
+        for _, future in batch:
+            future.set_result(None)
+
+    def _insert(self, op: _Intent, prev: str) -> str:
+        row = dict(op.row)
+        row["prev_hash"] = prev
+        row["hash"] = row_hash(prev, row)
+        if row.get("status") is not None or row.get("error") is not None:
+            row["outcome_hash"] = outcome_hash(row["hash"], row)
+        cols = ", ".join(row)
+        self._conn.execute(f"INSERT INTO requests ({cols}) VALUES ({', '.join('?' * len(row))})", tuple(row.values()))
+        for key in op.limit_keys:
+            self._conn.execute("INSERT INTO limit_hits (key, agent, ts, request_id) VALUES (?, ?, ?, ?)",
+                               (key, row["agent"], row["ts"], row["id"]))
+        return str(row["hash"])
+
+    def _update(self, op: _Outcome) -> None:
+        found = self._conn.execute("SELECT hash FROM requests WHERE id = ?", (op.id,)).fetchone()
+        if found is None:
+            raise AuditError(f"outcome for unknown request {op.id}")
+        fields = dict(op.fields)
+        fields["outcome_hash"] = outcome_hash(found[0], fields)
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        self._conn.execute(f"UPDATE requests SET {sets} WHERE id = ?", (*fields.values(), op.id))
+
+
+def load_limit_hits(db: sqlite_utils.Database, windows: dict[str, float | None], now: float) -> Iterator[tuple[str, str, float]]:
+    """The hits that still count for each limited rule, oldest first."""
+    for key, per in windows.items():
+        since = now - per if per is not None else 0.0
+        yield from db.conn.execute(
+            "SELECT key, agent, ts FROM limit_hits WHERE key = ? AND ts > ? ORDER BY ts", (key, since))
+
+
+def query(db: sqlite_utils.Database, *, agent: str | None = None, host: str | None = None, since: float | None = None,
+          decision: str | None = None, limit: int | None = 50, order: str = "DESC") -> list[dict[str, Any]]:
+    """Rows matching the filters, newest first (without bodies)."""
+    where, params = [], []
+    for column, value in (("agent", agent), ("host", host), ("decision", decision)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    if since is not None:
+        where.append("ts >= ?")
+        params.append(since)
+    columns = ("id, ts, agent, method, scheme, host, port, path, url, decision, rule, reason, report, status, "
+               "error, duration_ms, req_body_size, resp_body_size")
+    sql = f"SELECT {columns} FROM requests"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += f" ORDER BY ts {order}, seq {order}"
+    if limit is not None:
+        sql += f" LIMIT {int(limit)}"
+    cursor = db.conn.execute(sql, params)
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, r)) for r in cursor.fetchall()]
+
+
+def get(db: sqlite_utils.Database, request_id: str) -> dict[str, Any]:
+    cursor = db.conn.execute("SELECT * FROM requests WHERE id = ?", (request_id,))
+    found = cursor.fetchone()
+    if found is None:
+        raise NotFound(f"no request with id {request_id!r} in the audit log")
+    return dict(zip([d[0] for d in cursor.description], found))
+
+
+def iter_rows(db: sqlite_utils.Database) -> Iterator[dict[str, Any]]:
+    cursor = db.conn.execute("SELECT * FROM requests ORDER BY seq")
+    names = [d[0] for d in cursor.description]
+    for found in cursor:
+        yield dict(zip(names, found))
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """How many rows were checked and the first one that is broken, if any."""
+
+    checked: int
+    broken_id: str | None = None
+    broken_seq: int | None = None
+    problem: str | None = None
+
+
+def verify(db: sqlite_utils.Database) -> VerifyResult:
+    """Recompute the hash chain; name the first row that was edited, removed or reordered."""
+    prev = ""
+    checked = 0
+    for row in iter_rows(db):
+        problem = None
+        if row["prev_hash"] != prev:
+            problem = "its link to the previous row is broken (a row before it was removed or reordered)"
+        elif row_hash(prev, row) != row["hash"]:
+            problem = "its request fields do not match its hash (the row was edited)"
+        elif row["outcome_hash"] is not None and outcome_hash(row["hash"], row) != row["outcome_hash"]:
+            problem = "its outcome fields do not match its outcome hash (the row was edited)"
+        elif row["outcome_hash"] is None and any(row[f] is not None for f in ("status", "error")):
+            problem = "it has an outcome but no outcome hash (the row was edited)"
+        if problem:
+            return VerifyResult(checked, row["id"], row["seq"], problem)
+        prev = row["hash"]
+        checked += 1
+    return VerifyResult(checked)

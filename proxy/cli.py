@@ -1,0 +1,376 @@
+"""The `goex-proxy` command line; the only place where exceptions become messages and exit codes.
+
+Exit codes: 0 success; 1 a check found problems (policy check, log verify) or a record was not found;
+2 bad usage, an invalid config or policy, or missing state; `exec` exits with its command's code.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.syntax import Syntax
+from rich.table import Table
+
+from . import __version__, agentenv, audit, statedir, whatif
+from .config import Config, config_problems, default_config_path, home, load_config
+from .durations import parse_duration
+from .errors import ConfigError, GoexError, NotFound, Problem, StateError
+from .policyload import check_policy_text, load_policy, load_policy_set
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn goex-proxy's own exceptions into a one-line message and an exit code, never a traceback."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                click.echo(str(problem), err=True)
+            sys.exit(2)
+        except NotFound as exc:
+            click.echo(f"goex-proxy: {exc}", err=True)
+            sys.exit(1)
+        except GoexError as exc:
+            click.echo(f"goex-proxy: {exc}", err=True)
+            sys.exit(2)
+
+    return run
+
+
+def config_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
+                        help="Config file (default: $GOEX_PROXY_HOME/config.yaml).")(fn)
+
+
+def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON, one object per line.")(fn)
+
+
+def _config(path: Path | None) -> Config:
+    return load_config(path)
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, timezone.utc).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _since(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        return time.time() - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(f"must be a duration like 1h or an ISO time like 2026-11-24T10:00 (got {text!r})") from None
+    return (moment if moment.tzinfo else moment.astimezone()).timestamp()
+
+
+@click.group()
+@click.version_option(__version__, prog_name="goex-proxy")
+def cli() -> None:
+    """goex-proxy: let LLM agents use real accounts through a proxy that enforces policy and records everything."""
+
+
+@cli.command()
+@click.option("--force", is_flag=True, help="Write a fresh starter config even if one exists.")
+@handle_errors
+def init(force: bool) -> None:
+    """Create the state directory ($GOEX_PROXY_HOME or ~/.goex-proxy): CA, audit database, starter config.
+
+    Example: goex-proxy init
+    """
+    state = home()
+    made = statedir.init(state, force=force)
+    for path in made:
+        click.echo(f"created {path}")
+    click.echo(f"goex-proxy state is in {state}" + ("" if made else " (nothing to do)"))
+    click.echo("next: goex-proxy run   (then, in another shell: goex-proxy exec --agent agent -- curl https://example.com)")
+
+
+@cli.command()
+@config_option
+@handle_errors
+def run(config_path: Path | None) -> None:
+    """Run the proxy in the foreground until Ctrl-C.
+
+    Example: goex-proxy run --config ~/.goex-proxy/config.yaml
+    """
+    from . import runtime
+
+    config = _config(config_path)
+    policies = load_policy_set([(p.path, p.agents) for p in config.policies])
+    for name, agent in config.agents.items():
+        if agent.token.reveal() is None:
+            click.echo(f"goex-proxy: warning: agent {name!r} has no token ({agent.token.describe()} is not set); "
+                       "its requests will be refused", err=True)
+    click.echo(f"goex-proxy {__version__} on {config.listen_host}:{config.listen_port}; "
+               f"{len(policies.policies)} polic{'y' if len(policies.policies) == 1 else 'ies'}; audit {config.audit_db}")
+    runtime.run(config, policies)
+
+
+def _exit_code(returncode: int) -> int:
+    return 128 - returncode if returncode < 0 else returncode
+
+
+@cli.command(name="exec", context_settings={"ignore_unknown_options": True})
+@config_option
+@click.option("--agent", required=True, help="The agent the command acts as.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@handle_errors
+def exec_(config_path: Path | None, agent: str, command: tuple[str, ...]) -> None:
+    """Run COMMAND with its traffic sent through the proxy as AGENT; exits with COMMAND's exit code.
+
+    Example: goex-proxy exec --agent mailbot -- python agent.py
+    """
+    config = _config(config_path)
+    env = agentenv.apply(dict(os.environ), agentenv.agent_env(config, agent))
+    agentenv.check_listening(config)
+    try:
+        child = subprocess.Popen(list(command), env=env)
+    except OSError as exc:
+        raise GoexError(f"cannot run {command[0]!r}: {exc.strerror or exc}") from None
+
+    def forward(signum: int, _frame: Any) -> None:
+        child.send_signal(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, forward)
+    sys.exit(_exit_code(child.wait()))
+
+
+@cli.command(name="env")
+@config_option
+@click.option("--agent", required=True, help="The agent the settings are for.")
+@click.option("--format", "fmt", type=click.Choice(["shell", "json", "docker"]), default="shell", show_default=True)
+@click.option("--proxy-host", help="Host the sandbox reaches the proxy at (default: the listen address).")
+@click.option("--ca-path", help="Where the CA certificate is inside the sandbox (default: its path here).")
+@handle_errors
+def env_(config_path: Path | None, agent: str, fmt: str, proxy_host: str | None, ca_path: str | None) -> None:
+    """Print the proxy settings for a sandbox that is not a child process (container, VM, remote runner).
+
+    Example: goex-proxy env --agent mailbot --format docker > agent.env
+    """
+    config = _config(config_path)
+    env = agentenv.agent_env(config, agent, proxy_host=proxy_host, ca_path=ca_path)
+    try:
+        pem = config.ca_cert.read_text(encoding="ascii")
+    except OSError:
+        raise StateError(f"the CA certificate {config.ca_cert} is missing; run `goex-proxy init`") from None
+    click.echo(agentenv.render(env, fmt, pem), nl=False)
+
+
+@cli.group()
+def policy() -> None:
+    """Check policies and try them against recorded traffic."""
+
+
+@policy.command()
+@config_option
+@click.argument("files", nargs=-1, type=click.Path(path_type=Path))
+@handle_errors
+def check(config_path: Path | None, files: tuple[Path, ...]) -> None:
+    """Print every problem in policy FILES (or the config and its policies) as file:line:col: message.
+
+    Example: goex-proxy policy check policies/slack-post-only.yaml
+    """
+    problems: list[Problem] = []
+    targets = list(files)
+    if not targets:
+        path = config_path or default_config_path()
+        problems += config_problems(path)
+        if not problems:
+            targets = [p.path for p in _config(path).policies]
+    for file in targets:
+        try:
+            text = file.read_text(encoding="utf-8")
+        except OSError as exc:
+            problems.append(Problem(str(file), 1, 1, f"cannot read policy file: {exc.strerror or exc}"))
+            continue
+        problems += check_policy_text(text, str(file))[1]
+    for problem in problems:
+        click.echo(str(problem))
+    errors = [p for p in problems if p.severity == "error"]
+    if errors:
+        sys.exit(1)
+    click.echo(f"ok: {len(targets)} polic{'y' if len(targets) == 1 else 'ies'} checked, no errors")
+
+
+@policy.command(name="test")
+@config_option
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--against-log", is_flag=True, required=True, help="Replay the recorded requests of the audit log.")
+@json_option
+@handle_errors
+def test_(config_path: Path | None, files: tuple[Path, ...], against_log: bool, as_json: bool) -> None:
+    """Show which recorded decisions would change if FILES replaced the configured policies of the same name.
+
+    Example: goex-proxy policy test new-slack.yaml --against-log
+    """
+    config = _config(config_path)
+    candidates = {load_policy(f).name: f for f in files}
+    sources = [(p.path, p.agents) for p in config.policies if load_policy(p.path).name not in candidates]
+    policies = load_policy_set(sources + [(f, None) for f in candidates.values()])
+    db = audit.open_db(config.audit_db, readonly=True)
+    seen, changes = whatif.replay(audit.iter_rows(db), policies)
+    if as_json:
+        for c in changes:
+            click.echo(json.dumps(c.__dict__))
+        return
+    if changes:
+        table = Table(title=f"{len(changes)} of {seen} recorded requests would be decided differently")
+        for col in ("id", "time", "agent", "request", "before", "after", "rule / reason"):
+            table.add_column(col, overflow="fold")
+        for c in changes:
+            note = (c.rule or "-") + ": " + c.reason + (" [body was truncated in the log]" if c.body_truncated else "")
+            table.add_row(c.id, _when(c.ts), c.agent or "-", f"{c.method} {c.url}", c.before, c.after, note)
+        out.print(table)
+    else:
+        click.echo(f"no change: all {seen} recorded requests would be decided the same way")
+
+
+def _outcome(row: dict[str, Any]) -> str:
+    if row["status"] is not None:
+        return str(row["status"])
+    if row["error"]:
+        return "error"
+    return "pending"
+
+
+@cli.group(invoke_without_command=True)
+@config_option
+@click.option("--agent", help="Only this agent.")
+@click.option("--host", help="Only this host.")
+@click.option("--since", help="Only since then: a duration (30m, 1h, 7d) or an ISO time.")
+@click.option("--decision", type=click.Choice(["allow", "deny", "report", "error"]), help="Only this decision.")
+@click.option("--limit", default=50, show_default=True, help="At most this many rows (newest).")
+@json_option
+@click.pass_context
+@handle_errors
+def log(click_ctx: click.Context, config_path: Path | None, agent: str | None, host: str | None, since: str | None,
+        decision: str | None, limit: int, as_json: bool) -> None:
+    """List recorded requests, oldest to newest; `pending` means it may have happened (no outcome was recorded).
+
+    Example: goex-proxy log --agent mailbot --since 1h
+    """
+    if click_ctx.invoked_subcommand is not None:
+        click_ctx.obj = config_path
+        return
+    config = _config(config_path)
+    db = audit.open_db(config.audit_db, readonly=True)
+    rows = audit.query(db, agent=agent, host=host, since=_since(since), decision=decision, limit=limit)[::-1]
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row))
+        return
+    table = Table(show_edge=False)
+    for col in ("id", "time", "agent", "decision", "status", "method"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("url", overflow="fold", ratio=3)
+    table.add_column("rule", overflow="fold", ratio=1)
+    styles = {"allow": "green", "deny": "red", "report": "yellow", "error": "magenta"}
+    for row in rows:
+        style = styles.get(row["decision"], "")
+        table.add_row(row["id"], _when(row["ts"]), row["agent"] or "-", f"[{style}]{row['decision']}[/]",
+                      _outcome(row), row["method"], row["url"], row["rule"] or "-")
+    out.print(table)
+
+
+@log.command()
+@config_option
+@click.pass_obj
+@handle_errors
+def verify(group_config: Path | None, config_path: Path | None) -> None:
+    """Recompute the hash chain of the audit log and name the first broken row.
+
+    Example: goex-proxy log verify
+    """
+    config = _config(config_path or group_config)
+    result = audit.verify(audit.open_db(config.audit_db, readonly=True))
+    if result.broken_id is not None:
+        click.echo(f"BROKEN at row {result.broken_id} (seq {result.broken_seq}): {result.problem}; "
+                   f"{result.checked} rows before it are intact")
+        sys.exit(1)
+    click.echo(f"ok: {result.checked} rows, hash chain intact")
+
+
+def _pretty_body(body: bytes | None, size: int | None, headers: list[list[str]]) -> Any:
+    if not body:
+        return "(empty)" if not size else f"({size} bytes, not stored)"
+    note = f"\n… ({size} bytes in all; the first {len(body)} stored)" if size and size > len(body) else ""
+    content_type = next((v for k, v in headers if k.lower() == "content-type"), "")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"({len(body)} bytes of binary data){note}"
+    if "json" in content_type or text.lstrip()[:1] in "{[":
+        try:
+            return Syntax(json.dumps(json.loads(text), indent=2, ensure_ascii=False) + note, "json", word_wrap=True)
+        except ValueError:
+            pass
+    return text + note
+
+
+@cli.command()
+@config_option
+@click.argument("request_id")
+@json_option
+@handle_errors
+def show(config_path: Path | None, request_id: str, as_json: bool) -> None:
+    """Show one recorded exchange in full, bodies pretty-printed.
+
+    Example: goex-proxy show 01JD3K2M5X0A1
+    """
+    config = _config(config_path)
+    row = audit.get(audit.open_db(config.audit_db, readonly=True), request_id)
+    if as_json:
+        printable = {k: (v.decode("utf-8", "replace") if isinstance(v, bytes) else v) for k, v in row.items()}
+        click.echo(json.dumps(printable))
+        return
+    req_headers = json.loads(row["req_headers"] or "[]")
+    resp_headers = json.loads(row["resp_headers"] or "[]")
+    out.print(f"[bold]{row['id']}[/]  {_when(row['ts'])}  agent [bold]{row['agent'] or '-'}[/]")
+    out.print(f"decision: [bold]{row['decision']}[/]  rule: {row['rule'] or '-'}")
+    out.print(f"reason: {row['reason'] or '-'}")
+    if row["report"]:
+        out.print(f"[yellow]{row['report']}[/]")
+    out.print(f"\n[bold]{row['method']} {row['url']}[/] {row['http_version'] or ''}")
+    for k, v in req_headers:
+        out.print(f"  {k}: {v}")
+    out.print(_pretty_body(row["req_body"], row["req_body_size"], req_headers))
+    outcome = _outcome(row)
+    if outcome == "pending":
+        out.print("\n[yellow]no outcome recorded: the request may have happened[/]")
+        return
+    if row["error"]:
+        out.print(f"\n[magenta]error: {row['error']}[/]")
+        return
+    out.print(f"\n[bold]{row['status']}[/] in {row['duration_ms']:.1f} ms")
+    for k, v in resp_headers:
+        out.print(f"  {k}: {v}")
+    out.print(_pretty_body(row["resp_body"], row["resp_body_size"], resp_headers))
+
+
+def main() -> None:
+    cli()

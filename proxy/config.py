@@ -1,0 +1,207 @@
+"""The versioned YAML config, loaded safely onto frozen dataclasses; unknown keys are errors with `file:line:col`."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from . import yamlsrc
+from .errors import ConfigError, Problem, StateError
+from .policyload import resolve
+from .secretref import SecretRef
+from .yamlsrc import Checker, YMap
+
+_TOP_KEYS = {"version", "state_dir", "listen", "agents", "policies", "audit", "upstream"}
+_AGENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+DEFAULT_MAX_BODY = 65536
+
+
+def home() -> Path:
+    """The state directory: `$GOEX_PROXY_HOME`, else `~/.goex-proxy`."""
+    return Path(os.environ.get("GOEX_PROXY_HOME") or Path.home() / ".goex-proxy").expanduser()
+
+
+def default_config_path() -> Path:
+    return home() / "config.yaml"
+
+
+@dataclass(frozen=True)
+class Agent:
+    """An identity that may use the proxy, proven by its token in the proxy URL."""
+
+    name: str
+    token: SecretRef
+
+
+@dataclass(frozen=True)
+class PolicySource:
+    """One `policies:` entry: where the file is, and which agents it is narrowed to (None: as the file says)."""
+
+    ref: str
+    path: Path
+    agents: frozenset[str] | None = None
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where traffic for a host really goes; policy, credentials and audit still see the original host."""
+
+    scheme: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything `goex-proxy run` needs, validated."""
+
+    file: Path
+    state_dir: Path
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8080
+    agents: dict[str, Agent] = field(default_factory=dict)
+    policies: tuple[PolicySource, ...] = ()
+    audit_db: Path = Path("audit.db")
+    max_body_bytes: int = DEFAULT_MAX_BODY
+    routes: dict[str, Route] = field(default_factory=dict)
+    extra_ca: tuple[Path, ...] = ()
+
+    @property
+    def ca_cert(self) -> Path:
+        """The CA certificate agents must trust (mitmproxy's name for it, in the state directory)."""
+        return self.state_dir / "mitmproxy-ca-cert.pem"
+
+    def route_for(self, host: str, port: int) -> Route | None:
+        return self.routes.get(f"{host}:{port}") or self.routes.get(host)
+
+
+def _listen(value: Any) -> tuple[str, int]:
+    if isinstance(value, str):
+        host, sep, port = value.rpartition(":")
+        if sep and host and port.isdigit() and 0 < int(port) < 65536:
+            return host.strip("[]"), int(port)
+    raise ValueError(f"must be HOST:PORT like 127.0.0.1:8080 (got {value!r})")
+
+
+def _route(value: Any) -> Route:
+    parts = urlsplit(value) if isinstance(value, str) else None
+    if not parts or parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        raise ValueError(f"must be a URL like http://127.0.0.1:9001 with no path (got {value!r})")
+    return Route(parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+
+
+def _secret(check: Checker, parent: YMap, key: str, where: str) -> SecretRef | None:
+    value = parent.get(key)
+    if isinstance(value, str) and value:
+        return SecretRef(inline=value)
+    ref = check.mapping(value, where, check.at(parent, key), {"env"}, {"env"})
+    if ref is not None and isinstance(ref.get("env"), str):
+        return SecretRef(env=ref["env"])
+    if ref is not None:
+        check.error(check.at(ref, "env"), f"'{where}.env' must name an environment variable")
+    return None
+
+
+def parse_config(doc: Any, file: Path, check: Checker) -> Config:
+    """Build a Config from a parsed document, recording every problem on `check`."""
+    top = check.mapping(doc, "config", (1, 1), _TOP_KEYS, {"version"}) or YMap()
+    if "version" in top and top["version"] != 1:
+        check.error(check.at(top, "version"), f"'version' must be 1 (got {top['version']!r})")
+    base = file.parent
+    state_dir = Path(check.string(top, "state_dir", "state_dir") or base).expanduser()
+    state_dir = (base / state_dir).resolve() if not state_dir.is_absolute() else state_dir
+    listen = check.parsed(top, "listen", "listen", _listen) or ("127.0.0.1", 8080)
+
+    agents: dict[str, Agent] = {}
+    raw_agents = top.get("agents", YMap())
+    if check.mapping(raw_agents, "agents", check.at(top, "agents"), set(raw_agents) if isinstance(raw_agents, dict) else set()) is not None:
+        for name, spec in raw_agents.items():
+            where = f"agents.{name}"
+            if not _AGENT_NAME.fullmatch(name):
+                check.error(raw_agents.key_pos[name], f"agent name {name!r} must be letters, digits, '.', '_' or '-' (at most 64)")
+            a = check.mapping(spec, where, check.at(raw_agents, name), {"token"}, {"token"})
+            token = _secret(check, a, "token", f"{where}.token") if a is not None and "token" in a else None
+            if token is not None:
+                agents[name] = Agent(name, token)
+
+    policies: list[PolicySource] = []
+    for _, item, pos in check.items(top.get("policies", yamlsrc.YList()), "policies", check.at(top, "policies")):
+        ref, narrowed = item, None
+        if isinstance(item, YMap):
+            entry = check.mapping(item, "policies[]", pos, {"use", "agents"}, {"use"})
+            ref = entry.get("use") if entry else None
+            narrowed = check.strings(item, "agents", "policies[].agents")
+        if not isinstance(ref, str):
+            check.error(pos, f"'policies' entries must be a path, builtin:NAME, or {{use: ..., agents: [...]}} (got {yamlsrc.type_name(ref)})")
+            continue
+        try:
+            policies.append(PolicySource(ref, resolve(ref, base), frozenset(narrowed) if narrowed else None))
+        except ValueError as exc:
+            check.error(pos, f"policy {ref!r} {exc}")
+
+    audit = check.mapping(top.get("audit", YMap()), "audit", check.at(top, "audit"), {"db", "max_body_bytes"}) or YMap()
+    db = Path(check.string(audit, "db", "audit.db") or "audit.db").expanduser()
+    max_body = audit.get("max_body_bytes", DEFAULT_MAX_BODY)
+    if not isinstance(max_body, int) or isinstance(max_body, bool) or max_body < 0:
+        check.error(check.at(audit, "max_body_bytes"), f"'audit.max_body_bytes' must be a whole number ≥ 0 (got {max_body!r})")
+        max_body = DEFAULT_MAX_BODY
+
+    upstream = check.mapping(top.get("upstream", YMap()), "upstream", check.at(top, "upstream"), {"routes", "extra_ca"}) or YMap()
+    routes: dict[str, Route] = {}
+    raw_routes = upstream.get("routes", YMap())
+    if isinstance(raw_routes, YMap):
+        for host, target in raw_routes.items():
+            try:
+                routes[host.lower().rstrip(".")] = _route(target)
+            except ValueError as exc:
+                check.error(raw_routes.value_pos[host], f"'upstream.routes.{host}' {exc}")
+    else:
+        check.error(check.at(upstream, "routes"), "'upstream.routes' must be a mapping of host to URL")
+    extra_ca = tuple((base / Path(p).expanduser()).resolve() for p in check.strings(upstream, "extra_ca", "upstream.extra_ca") or [])
+    for path in extra_ca:
+        if not path.is_file():
+            check.error(check.at(upstream, "extra_ca"), f"'upstream.extra_ca' file {str(path)!r} does not exist")
+
+    return Config(
+        file=file,
+        state_dir=state_dir,
+        listen_host=listen[0],
+        listen_port=listen[1],
+        agents=agents,
+        policies=tuple(policies),
+        audit_db=db if db.is_absolute() else state_dir / db,
+        max_body_bytes=max_body,
+        routes=routes,
+        extra_ca=extra_ca,
+    )
+
+
+def load_config(path: Path | None = None) -> Config:
+    """Read and validate the config file; raise StateError if it is missing, ConfigError if it is wrong."""
+    path = (path or default_config_path()).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise StateError(f"no config at {path}; run `goex-proxy init` first (or pass --config)") from None
+    except OSError as exc:
+        raise StateError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    doc, problems = yamlsrc.load(text, str(path))
+    if problems:
+        raise ConfigError(problems)
+    check = Checker(str(path))
+    config = parse_config(doc, path.resolve(), check)
+    check.raise_if_errors()
+    return config
+
+
+def config_problems(path: Path) -> list[Problem]:
+    """Every problem in a config file, for `policy check`-style reporting."""
+    try:
+        load_config(path)
+    except ConfigError as exc:
+        return exc.problems
+    return []

@@ -1,0 +1,232 @@
+"""The pure policy core: rules, policies and `decide()`, which is default deny and where deny beats allow."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from .cel import CelEvalError, Condition
+from .globs import Glob
+from .requestview import RequestView
+
+Effect = Literal["allow", "deny"]
+Mode = Literal["enforce", "report"]
+
+
+@dataclass(frozen=True)
+class Limit:
+    """At most `count` allowed requests per agent, in any window of `per` seconds (or ever, if `per` is None)."""
+
+    count: int
+    per: float | None
+    text: str
+
+    def describe(self) -> str:
+        return f"at most {self.count} per {self.text}" if self.per else f"at most {self.count} in all"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One allow or deny rule; every criterion it has must match."""
+
+    policy: str
+    name: str
+    effect: Effect
+    hosts: tuple[Glob, ...] = ()
+    methods: frozenset[str] | None = None
+    paths: tuple[Glob, ...] | None = None
+    agents: frozenset[str] | None = None
+    when: Condition | None = None
+    limit: Limit | None = None
+    reason: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.policy}/{self.name}"
+
+    def summary(self) -> str:
+        methods = ",".join(sorted(self.methods)) if self.methods else "any method"
+        paths = " ".join(p.pattern for p in self.paths) if self.paths else "/**"
+        hosts = " ".join(h.pattern for h in self.hosts) or "any host"
+        extra = f", {self.limit.describe()}" if self.limit else ""
+        cond = f" when {self.when.source}" if self.when else ""
+        return f"{methods} {hosts}{paths}{cond} ('{self.name}'{extra})"
+
+    def matches_plain(self, view: RequestView) -> bool:
+        """Everything but the CEL condition."""
+        if self.agents is not None and view.agent not in self.agents:
+            return False
+        if self.methods is not None and view.method not in self.methods:
+            return False
+        if self.hosts and not any(h.matches(view.host) for h in self.hosts):
+            return False
+        return self.paths is None or any(p.matches(view.path) for p in self.paths)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A named set of rules from one file, applying to some agents (None: all), enforced or only reported."""
+
+    name: str
+    file: str
+    rules: tuple[Rule, ...]
+    agents: frozenset[str] | None = None
+    mode: Mode = "enforce"
+
+    def applies_to(self, agent: str | None) -> bool:
+        return agent is not None and (self.agents is None or agent in self.agents)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome for one request: an effect, the rule that decided it, and why."""
+
+    effect: Effect
+    reason: str
+    rule: str | None = None
+    report: str | None = None
+    count_limits: tuple[str, ...] = ()
+    allowed_instead: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """What the audit log calls it: allow, deny, or report (allowed, but an enforced policy would deny)."""
+        return "report" if self.effect == "allow" and self.report else self.effect
+
+
+class LimitCounts(Protocol):
+    def count(self, key: str, agent: str, per: float | None, now: float) -> int: ...
+
+    def retry_after(self, key: str, agent: str, limit: Limit, now: float) -> float | None: ...
+
+
+@dataclass(frozen=True)
+class PolicySet:
+    """All loaded policies, with their rules indexed by literal host so a decision looks at few rules."""
+
+    policies: tuple[Policy, ...] = ()
+    _by_host: dict[str, tuple[Rule, ...]] = field(default_factory=dict, compare=False, repr=False)
+    _wild: tuple[Rule, ...] = field(default=(), compare=False, repr=False)
+    _modes: dict[str, Policy] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def of(cls, policies: Iterable[Policy]) -> PolicySet:
+        policies = tuple(policies)
+        by_host: dict[str, list[Rule]] = {}
+        wild: list[Rule] = []
+        for policy in policies:
+            for rule in policy.rules:
+                literals = [h.literal for h in rule.hosts]
+                if rule.hosts and all(lit is not None for lit in literals):
+                    for lit in dict.fromkeys(literals):
+                        by_host.setdefault(lit, []).append(rule)  # type: ignore[arg-type]
+                else:
+                    wild.append(rule)
+        return cls(policies, {h: tuple(r) for h, r in by_host.items()}, tuple(wild), {p.name: p for p in policies})
+
+    def candidates(self, host: str) -> tuple[Rule, ...]:
+        return self._by_host.get(host, ()) + self._wild
+
+    def policy(self, name: str) -> Policy:
+        return self._modes[name]
+
+    def limit_windows(self) -> dict[str, float | None]:
+        """Every limited rule's key and window, to seed counters from storage."""
+        return {r.key: r.limit.per for p in self.policies for r in p.rules if r.limit}
+
+
+@dataclass
+class _Verdict:
+    deny: tuple[Rule | None, str] | None = None
+    allows: list[Rule] = field(default_factory=list)
+    errors: list[tuple[Rule, str]] = field(default_factory=list)
+
+
+def _judge(rules: list[Rule], view: RequestView, context: Callable[[], dict[str, Any]]) -> _Verdict:
+    verdict = _Verdict()
+    for rule in rules:
+        if rule.when is not None:
+            try:
+                if not rule.when.evaluate(context()):
+                    continue
+            except CelEvalError as exc:
+                verdict.errors.append((rule, str(exc)))
+                continue
+        if rule.effect == "deny":
+            if verdict.deny is None:
+                verdict.deny = (rule, rule.reason or f"denied by rule '{rule.name}'")
+        else:
+            verdict.allows.append(rule)
+    if verdict.deny is None and verdict.errors:
+        rule, message = verdict.errors[0]
+        verdict.deny = (rule, f"rule '{rule.name}' could not be evaluated, so the request is denied: {message}")
+    return verdict
+
+
+def _limit_denial(rules: list[Rule], view: RequestView, counts: LimitCounts, now: float) -> tuple[Rule, str] | None:
+    agent = view.agent or ""
+    for rule in rules:
+        if rule.limit and counts.count(rule.key, agent, rule.limit.per, now) >= rule.limit.count:
+            wait = counts.retry_after(rule.key, agent, rule.limit, now)
+            when = f"; the next one is allowed in {int(wait) + 1}s" if wait is not None else ""
+            return rule, f"limit reached: rule '{rule.name}' allows {rule.limit.describe()} for agent '{agent}'{when}"
+    return None
+
+
+def decide(view: RequestView, policies: PolicySet, now: float, counts: LimitCounts) -> Decision:
+    """Decide one request. Unknown agents and unmatched requests are denied; deny beats allow; limits are caps."""
+    if view.agent is None:
+        return Decision("deny", "the request carries no known agent identity")
+    enforce: list[Rule] = []
+    report: list[Rule] = []
+    reporting = False
+    for rule in policies.candidates(view.host):
+        policy = policies.policy(rule.policy)
+        if not policy.applies_to(view.agent) or not rule.matches_plain(view):
+            continue
+        (report if policy.mode == "report" else enforce).append(rule)
+    reporting = any(p.mode == "report" and p.applies_to(view.agent) for p in policies.policies)
+
+    cache: dict[str, dict[str, Any]] = {}
+
+    def context() -> dict[str, Any]:
+        if "c" not in cache:
+            cache["c"] = view.cel_context(now)
+        return cache["c"]
+
+    hard = _judge(enforce, view, context)
+    soft = _judge(report, view, context)
+    if hard.deny is None:
+        limited = _limit_denial(hard.allows, view, counts, now)
+        if limited:
+            hard.deny = limited
+    if hard.deny is not None:
+        rule, reason = hard.deny
+        return Decision("deny", reason, rule.key if rule else None, allowed_instead=_alternatives(view, policies))
+    if soft.deny is None:
+        soft.deny = _limit_denial(soft.allows, view, counts, now)
+    would = f"report mode: {soft.deny[1]} (rule {soft.deny[0].key if soft.deny[0] else '-'})" if soft.deny else None
+    allows = hard.allows + (soft.allows if soft.deny is None else [])
+    limited_keys = tuple(r.key for r in hard.allows + soft.allows if r.limit)
+    if hard.allows:
+        first = hard.allows[0]
+        return Decision("allow", f"allowed by rule '{first.name}'", first.key, would, limited_keys)
+    if allows:
+        first = allows[0]
+        return Decision("allow", f"allowed by report-mode rule '{first.name}'", first.key, None, limited_keys)
+    nothing = f"no rule allows {view.method} {view.host}{view.path} for agent '{view.agent}'"
+    if reporting:
+        return Decision("allow", nothing + " (allowed: a policy for this agent is in report mode)", None,
+                        would or f"report mode: {nothing}", limited_keys)
+    return Decision("deny", nothing, None, allowed_instead=_alternatives(view, policies))
+
+
+def _alternatives(view: RequestView, policies: PolicySet, most: int = 5) -> tuple[str, ...]:
+    """What this agent may do on this host instead, for the denial body."""
+    out = []
+    for rule in policies.candidates(view.host):
+        if rule.effect == "allow" and policies.policy(rule.policy).applies_to(view.agent):
+            if (rule.agents is None or view.agent in rule.agents) and (not rule.hosts or any(h.matches(view.host) for h in rule.hosts)):
+                out.append(rule.summary())
+    return tuple(out[:most])

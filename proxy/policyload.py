@@ -1,0 +1,215 @@
+"""Policy files: YAML read onto frozen `Policy` values, with every problem reported as `file:line:col`."""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from . import yamlsrc
+from .cel import CelSyntaxError, compile_condition
+from .durations import parse_duration
+from .errors import ConfigError, Problem
+from .globs import Glob, compile_host, compile_path
+from .policy import Limit, Policy, PolicySet, Rule
+from .yamlsrc import Checker, YMap
+
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
+_POLICY_KEYS = {"version", "name", "description", "agents", "mode", "rules"}
+_RULE_KEYS = {"name", "allow", "deny", "description"}
+_MATCH_KEYS = {"host", "hosts", "method", "methods", "path", "paths", "agents", "when"}
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.#@:/()'-]*")
+BUILTIN = "builtin:"
+
+
+def builtin_dir() -> Path:
+    """Where the shipped presets live (package data `goex_proxy.policies`)."""
+    return Path(str(resources.files("goex_proxy.policies")))
+
+
+def builtin_names() -> list[str]:
+    return sorted(p.stem for p in builtin_dir().glob("*.yaml"))
+
+
+def resolve(ref: str, base: Path) -> Path:
+    """Turn a config reference (`builtin:NAME` or a path relative to the config file) into a path."""
+    if ref.startswith(BUILTIN):
+        name = ref[len(BUILTIN):]
+        path = builtin_dir() / f"{name}.yaml"
+        if not path.is_file():
+            raise ValueError(f"names no shipped policy '{name}' (shipped: {', '.join(builtin_names())})")
+        return path
+    return (base / Path(ref).expanduser()).resolve()
+
+
+def _expression_pos(source_lines: list[str], pos: tuple[int, int], err: CelSyntaxError) -> tuple[int, int]:
+    """Map a position inside a CEL expression to the file, for plain and quoted one-line scalars."""
+    line, col = pos
+    text = source_lines[line - 1] if 0 < line <= len(source_lines) else ""
+    first = text[col - 1:col]
+    if first in "|>":
+        return pos
+    skip = 1 if first in "'\"" else 0
+    return (line + err.line - 1, (col + skip if err.line == 1 else 1) + err.col - 1)
+
+
+class _PolicyReader:
+    def __init__(self, file: str, text: str) -> None:
+        self.check = Checker(file)
+        self.lines = text.splitlines()
+
+    def globs(self, m: YMap, keys: tuple[str, str], where: str, make: Any) -> tuple[Glob, ...] | None:
+        present = [k for k in keys if k in m]
+        if len(present) == 2:
+            self.check.error(m.key_pos[keys[1]], f"'{where}' has both '{keys[0]}' and '{keys[1]}'; use one")
+        if not present:
+            return None
+        key = present[0]
+        patterns = self.check.strings(m, key, f"{where}.{key}")
+        if patterns is None:
+            return ()
+        out = []
+        for pattern in patterns:
+            try:
+                out.append(make(pattern))
+            except ValueError as exc:
+                self.check.error(self.check.at(m, key), f"'{where}.{key}' {pattern!r} {exc}")
+        return tuple(out)
+
+    def methods(self, m: YMap, where: str) -> frozenset[str] | None:
+        present = [k for k in ("method", "methods") if k in m]
+        if not present:
+            return None
+        names = self.check.strings(m, present[0], f"{where}.{present[0]}") or []
+        if "*" in names:
+            return None
+        upper = {n.upper() for n in names}
+        for bad in sorted(upper - METHODS):
+            self.check.error(self.check.at(m, present[0]), f"'{where}.{present[0]}' has unknown HTTP method '{bad}' (expected {', '.join(sorted(METHODS))} or '*')")
+        return frozenset(upper & METHODS)
+
+    def limit(self, m: YMap, where: str) -> Limit | None:
+        raw = m.get("limit")
+        if raw is None:
+            return None
+        lm = self.check.mapping(raw, f"{where}.limit", self.check.at(m, "limit"), {"count", "per"}, {"count"})
+        if lm is None:
+            return None
+        count = lm.get("count")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            self.check.error(self.check.at(lm, "count"), f"'{where}.limit.count' must be a whole number ≥ 0 (got {count!r})")
+            count = 0
+        per = self.check.parsed(lm, "per", f"{where}.limit.per", parse_duration)
+        return Limit(count, per, str(lm.get("per", "")))
+
+    def rule(self, policy: str, raw: Any, pos: tuple[int, int], index: int, seen: set[str]) -> Rule | None:
+        where = f"rules[{index}]"
+        r = self.check.mapping(raw, where, pos, _RULE_KEYS, {"name"})
+        if r is None:
+            return None
+        name = self.check.string(r, "name", f"{where}.name") or f"#{index + 1}"
+        if "name" in r and not _NAME.fullmatch(name):
+            self.check.error(self.check.at(r, "name"), f"'{where}.name' must be a short name of letters, digits, spaces and punctuation (got {name!r})")
+        if name in seen:
+            self.check.error(self.check.at(r, "name"), f"rule name '{name}' is used twice in this policy; limits are counted by name")
+        seen.add(name)
+        effects = [k for k in ("allow", "deny") if k in r]
+        if len(effects) != 1:
+            self.check.error(r.pos, f"'{where}' ('{name}') must have exactly one of 'allow' or 'deny'")
+            return None
+        effect = effects[0]
+        allowed = _MATCH_KEYS | ({"limit"} if effect == "allow" else {"reason"})
+        m = self.check.mapping(r[effect], f"{where}.{effect}", self.check.at(r, effect), allowed)
+        if m is None:
+            return None
+        hosts = self.globs(m, ("host", "hosts"), f"{where}.{effect}", compile_host)
+        if effect == "allow" and hosts is None:
+            self.check.error(m.pos, f"'{where}.allow' must name a 'host' (allow rules never apply to every host)")
+        paths = self.globs(m, ("path", "paths"), f"{where}.{effect}", compile_path)
+        when = None
+        if "when" in m:
+            source = m["when"]
+            try:
+                when = compile_condition(source)
+            except CelSyntaxError as exc:
+                line, col = _expression_pos(self.lines, self.check.at(m, "when"), exc)
+                self.check.error((line, col), f"'{where}.{effect}.when' {exc}")
+        agents = self.check.strings(m, "agents", f"{where}.{effect}.agents")
+        return Rule(
+            policy=policy,
+            name=name,
+            effect=effect,  # type: ignore[arg-type]
+            hosts=hosts or (),
+            methods=self.methods(m, f"{where}.{effect}"),
+            paths=paths,
+            agents=None if agents is None or "*" in agents else frozenset(agents),
+            when=when,
+            limit=self.limit(m, f"{where}.{effect}") if effect == "allow" else None,
+            reason=self.check.string(m, "reason", f"{where}.deny.reason") if effect == "deny" else None,
+        )
+
+    def policy(self, doc: Any, file: str) -> Policy | None:
+        p = self.check.mapping(doc, "policy", (1, 1), _POLICY_KEYS, {"version", "rules"})
+        if p is None:
+            return None
+        if p.get("version") not in (None, 1):
+            self.check.error(self.check.at(p, "version"), f"'version' must be 1 (got {p.get('version')!r})")
+        name = self.check.string(p, "name", "name") or Path(file).stem
+        mode = p.get("mode", "enforce")
+        if mode not in ("enforce", "report"):
+            self.check.error(self.check.at(p, "mode"), f"'mode' must be 'enforce' or 'report' (got {mode!r})")
+        agents = self.check.strings(p, "agents", "agents")
+        seen: set[str] = set()
+        rules = [self.rule(name, raw, pos, i, seen) for i, raw, pos in self.check.items(p.get("rules"), "rules", self.check.at(p, "rules"))]
+        return Policy(
+            name=name,
+            file=file,
+            rules=tuple(r for r in rules if r is not None),
+            agents=None if agents is None or "*" in agents else frozenset(agents),
+            mode=mode if mode in ("enforce", "report") else "enforce",
+        )
+
+
+def check_policy_text(text: str, file: str) -> tuple[Policy | None, list[Problem]]:
+    """Read one policy document; returns the policy (None if unusable) and every problem found."""
+    doc, problems = yamlsrc.load(text, file)
+    if problems:
+        return None, problems
+    reader = _PolicyReader(file, text)
+    policy = reader.policy(doc, file)
+    errors = [p for p in reader.check.problems if p.severity == "error"]
+    return (None if errors else policy), reader.check.problems
+
+
+def load_policy(path: Path, agents_override: frozenset[str] | None = None, display: str | None = None) -> Policy:
+    """Load one policy file or raise ConfigError with every problem in it."""
+    file = display or str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([Problem(file, 1, 1, f"cannot read policy file: {exc.strerror or exc}")]) from None
+    policy, problems = check_policy_text(text, file)
+    if policy is None:
+        raise ConfigError(problems)
+    if agents_override is not None:
+        policy = Policy(policy.name, policy.file, policy.rules, agents_override, policy.mode)
+    return policy
+
+
+def load_policy_set(sources: list[tuple[Path, frozenset[str] | None]]) -> PolicySet:
+    """Load every policy, collecting the problems of all files before failing; names must be unique."""
+    problems: list[Problem] = []
+    policies: list[Policy] = []
+    for path, agents in sources:
+        try:
+            policy = load_policy(path, agents)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        if any(p.name == policy.name for p in policies):
+            problems.append(Problem(str(path), 1, 1, f"policy name '{policy.name}' is already used by another policy file"))
+        policies.append(policy)
+    if problems:
+        raise ConfigError(problems)
+    return PolicySet.of(policies)

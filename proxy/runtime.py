@@ -1,0 +1,80 @@
+"""Runs mitmproxy in-process with a minimal set of its addons followed by the goex-proxy pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+from typing import Any
+
+import certifi
+from mitmproxy import master, options
+from mitmproxy.addons import core, disable_h2c, errorcheck, next_layer, proxyserver, tlsconfig
+
+from .config import Config
+from .policy import PolicySet
+
+log = logging.getLogger(__name__)
+
+
+def upstream_ca_bundle(config: Config) -> Path | None:
+    """Public roots plus `upstream.extra_ca`, as one file mitmproxy can trust (None: public roots only)."""
+    if not config.extra_ca:
+        return None
+    bundle = config.state_dir / "upstream-ca-bundle.pem"
+    parts = [Path(certifi.where()).read_text(encoding="utf-8")]
+    parts += [p.read_text(encoding="utf-8") for p in config.extra_ca]
+    bundle.write_text("\n".join(parts), encoding="utf-8")
+    return bundle
+
+
+def proxy_options(config: Config) -> dict[str, Any]:
+    """The mitmproxy options goex-proxy runs with; request streaming stays off so policy always sees the body."""
+    bundle = upstream_ca_bundle(config)
+    return {
+        "listen_host": config.listen_host,
+        "listen_port": config.listen_port,
+        "confdir": str(config.state_dir),
+        "mode": ["regular"],
+        "connection_strategy": "lazy",
+        "stream_large_bodies": None,
+        "ssl_insecure": False,
+        "ssl_verify_upstream_trusted_ca": str(bundle) if bundle else None,
+        "http2": True,
+        "websocket": True,
+    }
+
+
+def build_master(config: Config, policies: PolicySet) -> master.Master:
+    """A mitmproxy master with only the addons goex-proxy needs, then the pipeline in its one order."""
+    from goex_proxy.addons import pipeline
+    from goex_proxy.addons.state import ProxyState
+
+    opts = options.Options()
+    m = master.Master(opts, event_loop=asyncio.get_running_loop(), with_termlog=True)
+    m.addons.add(
+        core.Core(),
+        disable_h2c.DisableH2C(),
+        proxyserver.Proxyserver(),
+        next_layer.NextLayer(),
+        tlsconfig.TlsConfig(),
+        errorcheck.ErrorCheck(repeat_errors_on_stderr=True),
+    )
+    m.addons.add(*pipeline(ProxyState(config, policies)))
+    opts.update(**proxy_options(config))
+    return m
+
+
+async def serve(config: Config, policies: PolicySet) -> None:
+    """Run the proxy until SIGINT or SIGTERM."""
+    m = build_master(config, policies)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, m.shutdown)
+    log.info("goex-proxy listening on %s:%d (config %s)", config.listen_host, config.listen_port, config.file)
+    await m.run()
+
+
+def run(config: Config, policies: PolicySet) -> None:
+    asyncio.run(serve(config, policies))

@@ -1,0 +1,160 @@
+"""Safe YAML loading that remembers where every key and value stood, and a checker that reports `file:line:col`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import yaml
+
+from .errors import ConfigError, Problem
+
+T = TypeVar("T")
+Pos = tuple[int, int]
+
+
+class YMap(dict[str, Any]):
+    """A YAML mapping that knows the position of itself, its keys and its values."""
+
+    pos: Pos = (1, 1)
+    key_pos: dict[str, Pos]
+    value_pos: dict[str, Pos]
+
+
+class YList(list[Any]):
+    """A YAML sequence that knows the position of itself and of each item."""
+
+    pos: Pos = (1, 1)
+    item_pos: list[Pos]
+
+
+def _mark(node: yaml.Node) -> Pos:
+    return (node.start_mark.line + 1, node.start_mark.column + 1)
+
+
+class _Builder:
+    def __init__(self, loader: yaml.SafeLoader, file: str, problems: list[Problem]) -> None:
+        self.loader = loader
+        self.file = file
+        self.problems = problems
+
+    def build(self, node: yaml.Node) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            self.loader.flatten_mapping(node)
+            out = YMap()
+            out.pos, out.key_pos, out.value_pos = _mark(node), {}, {}
+            for key_node, value_node in node.value:
+                key = self.build(key_node)
+                if not isinstance(key, str):
+                    key = str(key)
+                if key in out:
+                    line, col = _mark(key_node)
+                    self.problems.append(Problem(self.file, line, col, f"duplicate key '{key}'"))
+                    continue
+                out[key] = self.build(value_node)
+                out.key_pos[key], out.value_pos[key] = _mark(key_node), _mark(value_node)
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            items = YList(self.build(n) for n in node.value)
+            items.pos, items.item_pos = _mark(node), [_mark(n) for n in node.value]
+            return items
+        return self.loader.construct_object(node, deep=True)
+
+
+def load(text: str, file: str) -> tuple[Any, list[Problem]]:
+    """Parse one YAML document safely; syntax errors come back as problems, never as exceptions."""
+    problems: list[Problem] = []
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, problems
+        return _Builder(loader, file, problems).build(node), problems
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        what = " ".join(x for x in (exc.context, exc.problem) if x)
+        problems.append(Problem(file, line, col, f"invalid YAML: {what}"))
+        return None, problems
+    except yaml.YAMLError as exc:
+        problems.append(Problem(file, 1, 1, f"invalid YAML: {exc}"))
+        return None, problems
+    finally:
+        loader.dispose()
+
+
+def type_name(value: Any) -> str:
+    """The YAML name of a Python value's type, for messages."""
+    return {
+        dict: "a mapping", YMap: "a mapping", list: "a list", YList: "a list", str: "a string",
+        bool: "a boolean", int: "a number", float: "a number", type(None): "nothing",
+    }.get(type(value), type(value).__name__)
+
+
+class Checker:
+    """Collects problems while reading a YAML document against a schema; never stops at the first."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.problems: list[Problem] = []
+
+    def error(self, pos: Pos, message: str) -> None:
+        self.problems.append(Problem(self.file, pos[0], pos[1], message))
+
+    def warn(self, pos: Pos, message: str) -> None:
+        self.problems.append(Problem(self.file, pos[0], pos[1], message, "warning"))
+
+    def raise_if_errors(self) -> None:
+        if any(p.severity == "error" for p in self.problems):
+            raise ConfigError(self.problems)
+
+    def mapping(self, value: Any, where: str, pos: Pos, allowed: set[str], required: set[str] = frozenset()) -> YMap | None:  # type: ignore[assignment]
+        """Check that `value` is a mapping with only `allowed` keys and all `required` ones."""
+        if not isinstance(value, YMap):
+            self.error(pos, f"'{where}' must be a mapping (got {type_name(value)})")
+            return None
+        for key in value:
+            if key not in allowed:
+                choices = ", ".join(sorted(allowed))
+                self.error(value.key_pos[key], f"unknown key '{key}' in '{where}' (expected one of: {choices})")
+        for key in sorted(required - set(value)):
+            self.error(value.pos, f"'{where}' is missing the required key '{key}'")
+        return value
+
+    def at(self, parent: YMap, key: str) -> Pos:
+        return parent.value_pos.get(key, parent.pos)
+
+    def string(self, parent: YMap, key: str, where: str, default: str | None = None) -> str | None:
+        value = parent.get(key, default)
+        if value is None or isinstance(value, str):
+            return value
+        self.error(self.at(parent, key), f"'{where}' must be a string (got {type_name(value)})")
+        return default
+
+    def strings(self, parent: YMap, key: str, where: str) -> list[str] | None:
+        """A list of strings; a lone string counts as a list of one."""
+        value = parent.get(key)
+        if value is None:
+            return None
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+        self.error(self.at(parent, key), f"'{where}' must be a string or a list of strings (got {type_name(value)})")
+        return None
+
+    def parsed(self, parent: YMap, key: str, where: str, parse: Callable[[Any], T]) -> T | None:
+        """Run `parse` on a value, turning its ValueError into a located problem."""
+        if key not in parent:
+            return None
+        try:
+            return parse(parent[key])
+        except ValueError as exc:
+            self.error(self.at(parent, key), f"'{where}' {exc}")
+            return None
+
+    def items(self, value: Any, where: str, pos: Pos) -> Iterator[tuple[int, Any, Pos]]:
+        if not isinstance(value, YList):
+            self.error(pos, f"'{where}' must be a list (got {type_name(value)})")
+            return
+        yield from ((i, item, value.item_pos[i]) for i, item in enumerate(value))

@@ -1,0 +1,1 @@
+"""goex-proxy tests: unit tests of the pure core and end-to-end tests with a real proxy."""

@@ -1,0 +1,182 @@
+"""Shared fixtures: a clean environment, trustme certificates, fake upstreams, and a real `goex-proxy run` process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trustme
+
+from tests.fakes import FakeUpstream
+
+HOSTS = ["gmail.googleapis.com", "slack.com", "api.github.com", "example.com", "127.0.0.1"]
+GOEX = [sys.executable, "-m", "goex_proxy"]
+TOKENS = {"mailbot": "mailbot-token-1", "slackbot": "slackbot-token-2", "other": "other-token-3"}
+
+_CLEARED = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy",
+            "no_proxy", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+            "NODE_EXTRA_CA_CERTS", "NODE_USE_ENV_PROXY", "GOEX_PROXY_HOME")
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No proxy or CA settings leak in from the developer's shell."""
+    for name in _CLEARED:
+        monkeypatch.delenv(name, raising=False)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def upstream_ca(tmp_path_factory: pytest.TempPathFactory) -> tuple[trustme.CA, Path]:
+    """A test CA and its PEM file, trusted by goex-proxy through `upstream.extra_ca`."""
+    ca = trustme.CA()
+    path = tmp_path_factory.mktemp("ca") / "upstream-ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return ca, path
+
+
+@pytest.fixture
+def upstream(upstream_ca: tuple[trustme.CA, Path]) -> Iterator[FakeUpstream]:
+    """A fresh HTTPS fake of Gmail, Slack and GitHub on 127.0.0.1 with a trustme certificate for their names."""
+    import ssl
+
+    ca, _ = upstream_ca
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert(*HOSTS).configure_cert(context)
+    server = FakeUpstream(context)
+    yield server
+    server.close()
+
+
+class GoexProxy:
+    """A real `goex-proxy run` subprocess with its own state directory, config and policies."""
+
+    def __init__(self, home: Path, upstream: FakeUpstream | None, ca_file: Path, policies: dict[str, str],
+                 extra: str = "") -> None:
+        self.home = home
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.env = {**os.environ, "GOEX_PROXY_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+        self.run_cli("init")
+        for name, text in policies.items():
+            (home / "policies" / f"{name}.yaml").write_text(textwrap.dedent(text))
+        routes = ""
+        if upstream is not None:
+            routes = "\n".join(f'    {h}: "{upstream.url}"' for h in HOSTS if h != "127.0.0.1")
+        agents = "\n".join(f'  {n}: {{token: "{t}"}}' for n, t in TOKENS.items())
+        policy_list = "\n".join(f"  - policies/{n}.yaml" for n in policies) or "  []"
+        self.config = home / "config.yaml"
+        self.config.write_text(
+            f"version: 1\nlisten: 127.0.0.1:{self.port}\nagents:\n{agents}\npolicies:\n{policy_list}\n"
+            f"upstream:\n  extra_ca: [{ca_file}]\n  routes:\n{routes or '    {}'}\n{extra}"
+        )
+        self.log_path = home / "proxy.log"
+
+    def run_cli(self, *args: str, input: bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Run a goex-proxy command against this proxy's config."""
+        return subprocess.run([*GOEX, *args], env=self.env, capture_output=True, text=True, timeout=timeout,
+                              input=input.decode() if input else None)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        head, rest = args[0], args[1:]
+        if head in ("policy", "log") and rest and rest[0] in ("check", "test", "verify"):
+            return self.run_cli(head, rest[0], "--config", str(self.config), *rest[1:])
+        return self.run_cli(head, "--config", str(self.config), *rest)
+
+    def start(self) -> GoexProxy:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([*GOEX, "run", "--config", str(self.config)], env=self.env, stdout=log,
+                                     stderr=subprocess.STDOUT)
+        wait_port(self.port, proc=self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def proxy_url(self, agent: str = "mailbot") -> str:
+        return f"http://{agent}:{TOKENS[agent]}@127.0.0.1:{self.port}"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.home / "mitmproxy-ca-cert.pem"
+
+    def exec(self, agent: str, *command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return self.run_cli("exec", "--config", str(self.config), "--agent", agent, "--", *command, timeout=timeout)
+
+    def rows(self) -> list[dict[str, object]]:
+        """Every audit row, oldest first."""
+        conn = sqlite3.connect(self.home / "audit.db")
+        conn.row_factory = sqlite3.Row
+        try:
+            return [dict(r) for r in conn.execute("SELECT * FROM requests ORDER BY seq")]
+        finally:
+            conn.close()
+
+    def write_policy(self, name: str, text: str) -> Path:
+        path = self.home / "policies" / f"{name}.yaml"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(textwrap.dedent(text))
+        tmp.replace(path)
+        return path
+
+
+@pytest.fixture
+def make_proxy(tmp_path: Path, upstream: FakeUpstream, upstream_ca: tuple[trustme.CA, Path]) -> Iterator:
+    """Build (and later stop) goex-proxy processes: make_proxy({"name": policy_yaml}, start=True)."""
+    made: list[GoexProxy] = []
+
+    def make(policies: dict[str, str], start: bool = True, extra: str = "") -> GoexProxy:
+        home = tmp_path / f"home{len(made)}"
+        proxy = GoexProxy(home, upstream, upstream_ca[1], policies, extra)
+        made.append(proxy)
+        return proxy.start() if start else proxy
+
+    yield make
+    for proxy in made:
+        proxy.stop()
+
+
+def have(tool: str) -> bool:
+    return shutil.which(tool) is not None

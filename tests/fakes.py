@@ -1,0 +1,157 @@
+"""Small fakes of Gmail, Slack and GitHub (no runnable servers exist), served over real HTTPS on 127.0.0.1.
+
+Each implements only the operations the tests use, with the vendors' documented shapes: Slack answers 200 with
+`ok: false` on failure; Gmail and GitHub use HTTP status codes and JSON error bodies.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import ssl
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+
+@dataclass
+class Seen:
+    """One request as the upstream received it."""
+
+    method: str
+    host: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class FakeState:
+    """What the fakes hold: Slack messages, Gmail messages and sent mail, and every request seen."""
+
+    seen: list[Seen] = field(default_factory=list)
+    slack_messages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    gmail_sent: list[dict[str, Any]] = field(default_factory=list)
+    echo_headers: dict[str, str] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    counter: itertools.count = field(default_factory=lambda: itertools.count(1))
+
+
+def _slack(state: FakeState, method: str, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    if path == "/api/chat.postMessage":
+        if not body.get("channel") or not body.get("text"):
+            return 200, {"ok": False, "error": "no_text" if body.get("channel") else "channel_not_found"}
+        ts = f"1700000000.{next(state.counter):06d}"
+        state.slack_messages[ts] = {"channel": body["channel"], "text": body["text"], "ts": ts}
+        return 200, {"ok": True, "channel": body["channel"], "ts": ts, "message": {"text": body["text"], "ts": ts}}
+    if path == "/api/chat.delete":
+        if state.slack_messages.pop(str(body.get("ts")), None) is None:
+            return 200, {"ok": False, "error": "message_not_found"}
+        return 200, {"ok": True, "channel": body.get("channel"), "ts": body.get("ts")}
+    if path == "/api/conversations.list":
+        return 200, {"ok": True, "channels": [{"id": "C0BOTS", "name": "bots"}, {"id": "C0RANDOM", "name": "random"}]}
+    return 200, {"ok": False, "error": "unknown_method"}
+
+
+def _gmail(state: FakeState, method: str, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    if method == "GET" and path == "/gmail/v1/users/me/messages":
+        return 200, {"messages": [{"id": "m1", "threadId": "t1"}], "resultSizeEstimate": 1}
+    if method == "GET" and path.startswith("/gmail/v1/users/me/messages/"):
+        return 200, {"id": path.rsplit("/", 1)[1], "threadId": "t1", "labelIds": ["INBOX"], "snippet": "hello"}
+    if method == "POST" and path == "/gmail/v1/users/me/messages/send":
+        sent = {"id": f"s{next(state.counter)}", "threadId": "t9", "labelIds": ["SENT"]}
+        state.gmail_sent.append(sent)
+        return 200, sent
+    return 404, {"error": {"code": 404, "message": "Requested entity was not found.", "status": "NOT_FOUND"}}
+
+
+def _github(state: FakeState, method: str, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    if method == "GET" and path.startswith("/repos/"):
+        return 200, {"id": 1, "full_name": path[len("/repos/"):].strip("/"), "private": False}
+    if method == "POST" and path.endswith("/issues"):
+        return 201, {"number": next(state.counter), "title": body.get("title")}
+    return 404, {"message": "Not Found", "documentation_url": "https://docs.github.com/rest"}
+
+
+APIS = {"slack.com": _slack, "gmail.googleapis.com": _gmail, "api.github.com": _github}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _handle(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        host = (self.headers.get("Host") or "").split(":")[0]
+        url = urlsplit(self.path)
+        state = self.server.state
+        with state.lock:
+            state.seen.append(Seen(self.command, host, self.path, dict(self.headers.items()), raw))
+            if "application/x-www-form-urlencoded" in (self.headers.get("Content-Type") or ""):
+                body: Any = dict(parse_qsl(raw.decode()))
+            else:
+                try:
+                    body = json.loads(raw) if raw else {}
+                except ValueError:
+                    body = {}
+            api = APIS.get(host)
+            if url.path == "/slow":
+                status, payload = 200, {"slow": True}
+            elif api is None:
+                status, payload = 200, {"host": host, "path": self.path, "method": self.command}
+            else:
+                status, payload = api(state, self.command, url.path, body if isinstance(body, dict) else {})
+        if url.path == "/slow":
+            self.server.release.wait(30)
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in state.echo_headers.items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _handle
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    state: FakeState
+    release: threading.Event
+
+
+class FakeUpstream:
+    """A real HTTPS server on 127.0.0.1 serving every fake API, told apart by the Host header."""
+
+    def __init__(self, ssl_context: ssl.SSLContext | None) -> None:
+        self.state = FakeState()
+        self.server = _Server(("127.0.0.1", 0), _Handler)
+        self.server.state = self.state
+        self.server.release = threading.Event()
+        if ssl_context is not None:
+            self.server.socket = ssl_context.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        self.scheme = "https" if ssl_context else "http"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}"
+
+    def seen_paths(self, host: str | None = None) -> list[str]:
+        with self.state.lock:
+            return [s.path for s in self.state.seen if host is None or s.host == host]
+
+    def close(self) -> None:
+        self.server.release.set()
+        self.server.shutdown()
+        self.server.server_close()
