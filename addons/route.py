@@ -23,7 +23,7 @@ class Route:
             return
         assert self.state.config is not None
         route = self.state.config.route_for(flow.request.host.lower().rstrip("."), flow.request.port)
-        if route is not None and route.scheme != flow.request.scheme:
+        if route is not None:
             flow.request.scheme = route.scheme
 
     @fail_closed("route")
@@ -33,14 +33,20 @@ class Route:
         route = self.state.config.route_for(str(host).lower().rstrip("."), port)
         if route is not None:
             # SNI and certificate checks keep using the original name, set before this hook.
-            data.server.address = (route.host, route.port)
             self._original[id(data.server)] = (host, port)
+            data.server.address = (route.host, route.port)
 
     def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
-        """Put the original address back so mitmproxy reuses the connection for the next request to that host."""
+        """Give the open connection its original address back, so that mitmproxy reuses it for that host.
+
+        mitmproxy matches connections for reuse by address, and refuses to change the address of an open connection
+        (a guard against redirecting it by mistake); here the change only renames what is already connected, so the
+        guard is bypassed on purpose. Without this, each routed request would leave one more idle connection, and
+        mitmproxy allows five per address before new requests wait forever.
+        """
         original = self._original.pop(id(data.server), None)
         if original is not None:
-            data.server.address = original
+            object.__setattr__(data.server, "address", original)
 
     def server_connect_error(self, data: server_hooks.ServerConnectionHookData) -> None:
         self._original.pop(id(data.server), None)

@@ -47,10 +47,13 @@ def wait_port(port: int, timeout: float = 20.0, proc: subprocess.Popen[bytes] | 
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+                # Polling a free ephemeral port can connect the socket to itself (TCP simultaneous open).
+                if sock.getsockname() != sock.getpeername():
+                    return
         except OSError:
-            time.sleep(0.05)
+            pass
+        time.sleep(0.05)
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 

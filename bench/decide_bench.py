@@ -1,0 +1,201 @@
+"""Target 2: one policy decision over 100 rules, p99 <= 50 us, timing the pure `goex_proxy.policy.decide` in-process."""
+
+from __future__ import annotations
+
+import gc
+import json
+import random
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from common import fmt, median, percentile, table
+from policies_gen import decide_policy, to_yaml
+
+TARGET_P99_US = 50.0
+LIMIT_RULE = "bench-100/post to bots at most 5 an hour"
+
+_HEADERS = (("user-agent", "python-httpx/0.28.1"), ("accept", "*/*"), ("accept-encoding", "gzip, deflate"),
+            ("connection", "keep-alive"), ("authorization", "Bearer goex-placeholder"),
+            ("x-request-id", "5b1f7c0e-7a0e-4d4e-9d43-2a4c9a8c7f11"))
+
+
+@dataclass(frozen=True)
+class Case:
+    """One kind of request in the mix, with the effect the 100-rule policy must give it."""
+
+    name: str
+    weight: int
+    expect: str
+    agent: str
+    method: str
+    host: str
+    path: str
+    query: tuple[tuple[str, str], ...] = ()
+    body: Any = None
+    content_type: str | None = None
+
+
+def cases() -> list[Case]:
+    chat = {"model": "gpt-4o", "temperature": 0.2,
+            "messages": [{"role": "user" if i % 2 else "system", "content": "lorem ipsum dolor sit amet " * 6}
+                         for i in range(20)]}
+    return [
+        Case("allow: GET, literal host + path glob", 20, "allow", "ghbot", "GET", "api.github.com",
+             "/repos/acme/widgets/issues/123/comments", (("per_page", "50"), ("page", "2"))),
+        Case("allow: POST, CEL on JSON body", 12, "allow", "billing", "POST", "api.stripe.com", "/v1/refunds",
+             body={"amount": 500, "charge": "ch_3Nxyz", "reason": "requested_by_customer"},
+             content_type="application/json"),
+        Case("allow: POST, CEL + limit (under cap)", 8, "allow", "slackbot", "POST", "slack.com",
+             "/api/chat.postMessage", body={"channel": "C0BOTS", "text": "build #412 passed"},
+             content_type="application/json; charset=utf-8"),
+        Case("allow: GET, host glob (S3)", 10, "allow", "s3sync", "GET", "reports.s3.amazonaws.com",
+             "/2026/11/summary.csv"),
+        Case("allow: POST, 4 KB JSON body", 5, "allow", "research", "POST", "api.openai.com",
+             "/v1/chat/completions", body=chat, content_type="application/json"),
+        Case("deny: limit reached", 5, "deny", "mailbot", "POST", "slack.com", "/api/chat.postMessage",
+             body={"channel": "C0BOTS", "text": "hello again"}, content_type="application/json"),
+        Case("deny: deny rule (DELETE)", 10, "deny", "ghbot", "DELETE", "api.github.com", "/repos/acme/widgets"),
+        Case("deny: CEL deny rule (multipart upload)", 5, "deny", "notes", "POST", "api.notion.com", "/v1/pages",
+             body=None, content_type="multipart/form-data; boundary=xyz"),
+        Case("default deny: CEL false", 5, "deny", "slackbot", "POST", "slack.com", "/api/chat.update",
+             body={"channel": "C0GENERAL", "ts": "1700000000.000100", "text": "edited"},
+             content_type="application/json"),
+        Case("default deny: unknown host", 10, "deny", "research", "GET", "pastebin.example.net", "/raw/abc"),
+        Case("default deny: known host, no rule", 10, "deny", "slackbot", "GET", "slack.com", "/api/admin.users.list"),
+    ]
+
+
+def make_view(case: Case, seq: int) -> Any:
+    from goex_proxy.requestview import RequestView
+
+    headers = list(_HEADERS)
+    body = b""
+    if case.content_type:
+        headers.append(("content-type", case.content_type))
+    if case.body is not None:
+        body = json.dumps(case.body).encode()
+        headers.append(("content-length", str(len(body))))
+    headers.append(("x-seq", str(seq)))
+    return RequestView(agent=case.agent, method=case.method, scheme="https", host=case.host, port=443,
+                       path=case.path, query=case.query, headers=tuple(headers), body=body)
+
+
+def _gap(perf: Any) -> int:
+    a = perf()
+    return perf() - a
+
+
+def _cel_breakdown(policies: Any, mix: list[Case], now: float, n: int = 2000) -> list[list[str]]:
+    """decide() vs building the CEL context vs one condition evaluated with the full or a minimal context."""
+    from goex_proxy.limits import LimitCounters
+    from goex_proxy.policy import decide
+
+    rules = {r.name: r for p in policies.policies for r in p.rules}
+    picks = [("allow: POST, CEL on JSON body", "write api.stripe.com when allowed"),
+             ("allow: POST, 4 KB JSON body", "write api.openai.com when allowed")]
+    out = []
+    perf = time.perf_counter_ns
+    for case_name, rule_name in picks:
+        case = next(c for c in mix if c.name == case_name)
+        cond = rules[rule_name].when
+        view = make_view(case, 0)
+        full = view.cel_context(now)
+        small = {"agent": full["agent"], "request": {"json": full["request"]["json"]}}
+
+        def timed(fn: Any) -> float:
+            ts = []
+            for _ in range(n):
+                t0 = perf()
+                fn()
+                ts.append(perf() - t0)
+            return median(ts) / 1e3
+
+        counters = LimitCounters()
+        c, w = case, cond
+        rows = [case_name,
+                fmt(timed(lambda c=c, k=counters: decide(make_view(c, 0), policies, now, k)), 1, " us"),
+                fmt(timed(lambda c=c: make_view(c, 0).cel_context(now)), 1, " us"),
+                fmt(timed(lambda w=w, x=full: w.evaluate(x)), 1, " us"),
+                fmt(timed(lambda w=w, x=small: w.evaluate(x)), 1, " us")]
+        out.append(rows)
+    return out
+
+
+def run(calls: int = 60_000, rounds: int = 5, seed: int = 1) -> tuple[str, dict[str, Any]]:
+    from goex_proxy.limits import LimitCounters
+    from goex_proxy.policy import decide
+    from goex_proxy.policyload import load_policy_set
+
+    with tempfile.TemporaryDirectory(prefix="goex-bench-decide-") as tmp:
+        path = Path(tmp) / "bench-100.yaml"
+        path.write_text(to_yaml(decide_policy(100)), encoding="utf-8")
+        policies = load_policy_set([(path, None)])
+    n_rules = sum(len(p.rules) for p in policies.policies)
+    now = time.time()
+    counters = LimitCounters()
+    counters.seed((LIMIT_RULE, "mailbot", now - 60 * i) for i in range(5, 0, -1))
+
+    rng = random.Random(seed)
+    mix = cases()
+    weights = [c.weight for c in mix]
+    # Sanity: every case gets the effect it is meant to have (a wrong mix would measure the wrong paths).
+    for c in mix:
+        got = decide(make_view(c, 0), policies, now, counters)
+        if got.effect != c.expect:
+            raise SystemExit(f"bench decide: case {c.name!r} expected {c.expect}, got {got.effect}: {got.reason}")
+
+    per_round: list[tuple[float, float]] = []
+    by_case: dict[str, list[int]] = {c.name: [] for c in mix}
+    all_ns: list[int] = []
+    perf = time.perf_counter_ns
+    for r in range(rounds + 1):  # round 0 is warm-up
+        picks = rng.choices(range(len(mix)), weights, k=calls)
+        views = [make_view(mix[i], k) for k, i in enumerate(picks)]  # fresh views: nothing cached between calls
+        times = [0] * calls
+        gc.collect()
+        for k, view in enumerate(views):
+            t0 = perf()
+            decide(view, policies, now, counters)
+            times[k] = perf() - t0
+        if r == 0:
+            continue
+        s = sorted(times)
+        per_round.append((percentile(s, 50) / 1e3, percentile(s, 99) / 1e3))
+        all_ns.extend(times)
+        for k, i in enumerate(picks):
+            by_case[mix[i].name].append(times[k])
+    overhead = min(_gap(perf) for _ in range(1000))
+
+    breakdown = _cel_breakdown(policies, mix, now)
+    p50 = median([a for a, _ in per_round])
+    p99 = median([b for _, b in per_round])
+    rows = []
+    for c in mix:
+        s = sorted(by_case[c.name])
+        rows.append([c.name, c.expect, f"{len(s) / max(1, len(all_ns)) * 100:.0f}%",
+                     fmt(percentile(s, 50) / 1e3, 1), fmt(percentile(s, 99) / 1e3, 1)])
+    verdict = "PASS" if p99 <= TARGET_P99_US else "FAIL"
+    text = "\n".join([
+        f"== Policy decision: decide() over a {n_rules}-rule policy set (in-process, {rounds} rounds x {calls:,} calls,"
+        f" fresh RequestView per call; timer overhead ~{overhead} ns) ==",
+        table(["request kind", "effect", "share", "p50 us", "p99 us"], rows),
+        "",
+        table(["metric", "value", "target", "result"],
+              [["p50 per decision (median of rounds)", fmt(p50, 1, " us"), "", ""],
+               ["p99 per decision (median of rounds)", fmt(p99, 1, " us"), f"<= {TARGET_P99_US:.0f} us", verdict],
+               ["p99 range over rounds", f"{min(b for _, b in per_round):.1f}-{max(b for _, b in per_round):.1f} us",
+                "", ""]]),
+        "",
+        "Where a CEL decision's time goes (one condition, median of 2,000 calls):",
+        table(["case", "new view + decide()", "view.cel_context()", "1 evaluate, full context",
+               "1 evaluate, only request.json"],
+              breakdown),
+    ])
+    return text, {"p50_us": p50, "p99_us": p99, "pass": p99 <= TARGET_P99_US, "rules": n_rules}
+
+
+if __name__ == "__main__":
+    print(run()[0])

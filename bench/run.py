@@ -1,0 +1,182 @@
+#!/usr/bin/env python3
+"""goex-proxy benchmark suite: throughput vs bare mitmdump, policy decision latency, audit log query time.
+
+    python bench/run.py                    # everything (~3-4 minutes)
+    python bench/run.py --quick            # shorter runs, same measurements (~1 minute)
+    python bench/run.py --only decide      # one part: throughput | decide | log (comma-separated for several)
+    python bench/run.py --only throughput --rounds 7 --duration 8
+
+Everything it needs (upstream server, both proxies, load generator) is started on 127.0.0.1 with free ports and
+stopped again, also on Ctrl-C. It exits 0 after printing the tables whether or not a target is met (use --strict
+to exit 1 when one is missed); it exits 2 when it cannot measure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import PYTHON, Processes  # noqa: E402
+
+PARTS = ("throughput", "decide", "log")
+OPTIONAL_PARTS = ("profile",)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", default=",".join(PARTS),
+                   help="comma-separated parts to run: throughput, decide, log, profile (default: the first three)")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile goex-proxy under load with py-spy (the `profile` part; needs py-spy)")
+    p.add_argument("--profile-scheme", default="https", help="scheme(s) to profile: http, https or http,https")
+    p.add_argument("--quick", action="store_true", help="shorter runs (about a minute in all)")
+    p.add_argument("--duration", type=float, help="seconds per throughput run (default 5; quick 1.5)")
+    p.add_argument("--rounds", type=int, help="alternating rounds per proxy and scheme (default 5; quick 3)")
+    p.add_argument("--conns", type=int, default=10, help="concurrent keep-alive connections (default 10)")
+    p.add_argument("--no-latency", action="store_true", help="skip the 1-connection latency rounds")
+    p.add_argument("--loadgen", choices=["python", "hey"], default="python",
+                   help="load generator: bench/loadgen.py (default) or `hey` (Debian package) as a cross-check")
+    p.add_argument("--decide-calls", type=int, help="decide() calls per round (default 60000; quick 20000)")
+    p.add_argument("--log-rows", type=int, default=1_000_000, help="audit rows for the log benchmark")
+    p.add_argument("--regenerate", action="store_true", help="rebuild the cached audit database")
+    p.add_argument("--json", type=Path, help="also write the results as JSON to this file")
+    p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, configs, audit.db)")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the result tables")
+    args = p.parse_args(argv)
+    args.parts = [x.strip() for x in args.only.split(",") if x.strip()]
+    if args.profile and "profile" not in args.parts:
+        args.parts.append("profile")
+    bad = [x for x in args.parts if x not in PARTS + OPTIONAL_PARTS]
+    if bad:
+        p.error(f"--only: unknown part(s) {', '.join(bad)} (choose from {', '.join(PARTS + OPTIONAL_PARTS)})")
+    args.profile_schemes = tuple(x.strip() for x in args.profile_scheme.split(",") if x.strip())
+    if not args.profile_schemes or any(x not in ("http", "https") for x in args.profile_schemes):
+        p.error("--profile-scheme: http, https or http,https")
+    args.duration = args.duration or (1.5 if args.quick else 5.0)
+    args.rounds = args.rounds or (3 if args.quick else 5)
+    args.decide_calls = args.decide_calls or (20_000 if args.quick else 60_000)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    procs = Processes()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    say = (lambda *a, **k: None) if args.quiet else print
+    started = time.monotonic()
+    sections: list[str] = []
+    results: dict[str, Any] = {}
+    try:
+        try:
+            import goex_proxy  # noqa: F401
+        except ImportError:
+            print(f"bench: goex_proxy is not importable with {PYTHON}; run with the project's venv python",
+                  file=sys.stderr)
+            return 2
+        if "decide" in args.parts:
+            import decide_bench
+
+            say("[decide] timing decide() over 100 rules...", flush=True)
+            text, results["decide"] = decide_bench.run(calls=args.decide_calls, rounds=3 if args.quick else 5)
+            sections.append(text)
+            print(text + "\n", flush=True)
+        if "log" in args.parts:
+            import log_bench
+
+            text, results["log"] = log_bench.run(rows=args.log_rows, cli_runs=5 if args.quick else 9,
+                                                 query_runs=20 if args.quick else 50, regenerate=args.regenerate,
+                                                 say=say)
+            sections.append(text)
+            print(text + "\n", flush=True)
+        if "throughput" in args.parts:
+            import throughput
+
+            text, results["throughput"] = throughput.run(
+                procs, rounds=args.rounds, duration=args.duration, conns=args.conns,
+                latency_rounds=0 if args.no_latency else args.rounds,
+                latency_duration=max(1.0, args.duration / 2), loadgen=args.loadgen, verbose=not args.quiet,
+                keep=args.keep)
+            sections.append(text)
+            print(text + "\n", flush=True)
+        if "profile" in args.parts:
+            import profile_goex
+
+            say("[profile] sampling goex-proxy under load with py-spy...", flush=True)
+            text, results["profile"] = profile_goex.run(procs, schemes=args.profile_schemes,
+                                                        duration=3.0 if args.quick else 6.0, conns=args.conns,
+                                                        keep=args.keep)
+            sections.append(text)
+            print(text + "\n", flush=True)
+    except KeyboardInterrupt:
+        print("bench: interrupted; stopping what it started", file=sys.stderr)
+        return 130
+    finally:
+        procs.stop_all()
+
+    elapsed = time.monotonic() - started
+    print("=" * 100)
+    command = " ".join(["python bench/run.py", *sys.argv[1:]])
+    print(f"goex-proxy benchmark summary ({platform.python_implementation()} {platform.python_version()}, "
+          f"{os.cpu_count()} cores, took {elapsed:.0f}s; command: {command})")
+    print(summary(results))
+    print("=" * 100)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=str))
+    missed = [k for k, ok in passes(results).items() if not ok]
+    return 1 if args.strict and missed else 0
+
+
+def passes(results: dict[str, Any]) -> dict[str, bool]:
+    out = {}
+    for scheme, r in results.get("throughput", {}).items():
+        out[f"throughput {scheme}"] = r["pass"]
+    if "decide" in results:
+        out["decide p99"] = results["decide"]["pass"]
+    if "log" in results:
+        out["log CLI"] = results["log"]["pass_cli"]
+        out["log query"] = results["log"]["pass_query"]
+    return out
+
+
+def summary(results: dict[str, Any]) -> str:
+    from common import table
+
+    rows = []
+    for scheme, r in results.get("throughput", {}).items():
+        rows.append([f"throughput {scheme}: goex/bare req/s", f"{r['ratio']:.3f} ({r['goex_rps']:,.0f} / "
+                     f"{r['bare_rps']:,.0f})", ">= 0.90", "PASS" if r["pass"] else "FAIL"])
+        rows.append([f"  added latency {scheme} p50 / p99 (10 conns)",
+                     f"{r['added_p50_ms']:+.2f} / {r['added_p99_ms']:+.2f} ms", "", ""])
+        rows.append([f"  added latency {scheme} p50 / p99 (1 conn)",
+                     f"{r['added_p50_1conn_ms']:+.3f} / {r['added_p99_1conn_ms']:+.3f} ms", "", ""])
+    if "decide" in results:
+        d = results["decide"]
+        rows.append([f"decide() over {d['rules']} rules p50 / p99", f"{d['p50_us']:.1f} / {d['p99_us']:.1f} us",
+                     "p99 <= 50 us", "PASS" if d["pass"] else "FAIL"])
+    if "log" in results:
+        lg = results["log"]
+        rows.append(["goex-proxy log --agent X --since 1h (CLI)", f"{lg['cli_ms']:.0f} ms", "<= 100 ms",
+                     "PASS" if lg["pass_cli"] else "FAIL"])
+        rows.append(["  audit.query() in-process", f"{lg['query_ms']:.2f} ms", "<= 100 ms",
+                     "PASS" if lg["pass_query"] else "FAIL"])
+        rows.append(["  interpreter start / import goex_proxy.cli",
+                     f"{lg['python_floor_ms']:.0f} / {lg['import_ms']:.0f} ms", "", ""])
+    return table(["target", "measured (medians)", "target", "result"], rows)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

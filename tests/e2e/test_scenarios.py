@@ -1,0 +1,262 @@
+"""The proxy's promises, end to end: limits survive restarts, report mode, hot reload, 407, fail closed, audit."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import threading
+import time
+
+import pytest
+import requests
+
+pytestmark = pytest.mark.e2e
+
+SLACK = "https://slack.com/api"
+SLACK_POLICY = {"slack": """
+    version: 1
+    name: slack
+    agents: [slackbot]
+    rules:
+      - name: read channels
+        allow: {host: slack.com, methods: [GET, POST], path: "/api/conversations.{list,history}"}
+      - name: post at most 5 an hour
+        allow:
+          host: slack.com
+          path: /api/chat.postMessage
+          when: 'request.json.channel == "C0BOTS"'
+          limit: {count: 5, per: 1h}
+      - name: never delete
+        deny: {host: slack.com, path: "/api/*.delete", reason: "deleting is reserved to humans"}
+"""}
+
+
+def session(proxy, agent="slackbot"):
+    s = requests.Session()
+    s.proxies = {"http": proxy.proxy_url(agent), "https": proxy.proxy_url(agent)}
+    s.verify = str(proxy.ca_cert)
+    s.trust_env = False
+    return s
+
+
+def post(s, text="hi", channel="C0BOTS"):
+    return s.post(f"{SLACK}/chat.postMessage", json={"channel": channel, "text": text})
+
+
+def test_slack_limit_survives_restart(make_proxy, upstream):
+    """Five posts pass, the sixth is denied with the limit named, and after a restart the next is still denied."""
+    proxy = make_proxy(SLACK_POLICY)
+    s = session(proxy)
+    statuses = [post(s, f"joke {i}").status_code for i in range(6)]
+    assert statuses == [200] * 5 + [403]
+    sixth = post(s)
+    assert "limit reached" in sixth.json()["reason"] and "at most 5 per 1h" in sixth.json()["reason"]
+    assert len(upstream.state.slack_messages) == 5
+    proxy.stop()
+    proxy.start()
+    after = post(session(proxy), "after restart")
+    assert after.status_code == 403 and "limit reached" in after.json()["reason"]
+    assert len(upstream.state.slack_messages) == 5
+    # Limits are per agent: another agent with its own budget is not affected.
+    assert session(proxy, "mailbot").get(f"{SLACK}/conversations.list").status_code == 403
+
+
+def test_cel_condition_and_deny(make_proxy, upstream):
+    """A post to another channel fails the CEL condition (default deny); a delete hits the deny rule's reason."""
+    proxy = make_proxy(SLACK_POLICY)
+    s = session(proxy)
+    other = post(s, channel="C0RANDOM")
+    assert other.status_code == 403 and other.json()["rule"] is None
+    assert "no rule allows POST slack.com/api/chat.postMessage" in other.json()["reason"]
+    delete = s.post(f"{SLACK}/chat.delete", json={"channel": "C0BOTS", "ts": "1"})
+    assert delete.status_code == 403
+    assert delete.json()["reason"] == "deleting is reserved to humans"
+    assert delete.headers["X-Goex-Rule"] == "slack/never delete"
+    assert upstream.seen_paths() == []
+
+
+def test_report_mode_allows_and_records(make_proxy, upstream):
+    """A policy in report mode lets a request through but records what it would have denied."""
+    proxy = make_proxy({"audit-only": """
+        version: 1
+        name: audit-only
+        mode: report
+        rules:
+          - name: no deletes
+            deny: {host: slack.com, path: "/api/*.delete", reason: "would be denied"}
+    """})
+    r = session(proxy).post(f"{SLACK}/chat.delete", json={"channel": "C0BOTS", "ts": "1"})
+    assert r.status_code == 200 and r.headers["X-Goex-Decision"] == "report"
+    assert upstream.seen_paths() == ["/api/chat.delete"]
+    row = proxy.rows()[-1]
+    assert row["decision"] == "report"
+    assert "would be denied" in row["report"] and "audit-only/no deletes" in row["report"]
+    listed = proxy.cli("log", "--decision", "report", "--json")
+    assert [json.loads(line)["id"] for line in listed.stdout.splitlines()] == [row["id"]]
+
+
+def test_hot_reload_keeps_last_good_policy(make_proxy, upstream):
+    """A broken policy edit is rejected with its file:line:col logged and the old policy kept; a good one applies."""
+    proxy = make_proxy(SLACK_POLICY)
+    s = session(proxy)
+    assert s.get(f"{SLACK}/conversations.list").status_code == 200
+    path = proxy.write_policy("slack", "version: 1\nname: slack\nrules:\n  - name: x\n    allow: {host: slack.com, bogus: 1}\n")
+    deadline = time.time() + 10
+    while "policy reload rejected" not in proxy.log_text() and time.time() < deadline:
+        time.sleep(0.1)
+    assert f"{path}:5:30: unknown key 'bogus' in 'rules[0].allow'" in proxy.log_text()
+    assert s.get(f"{SLACK}/conversations.list").status_code == 200
+    proxy.write_policy("slack", """
+        version: 1
+        name: slack
+        rules:
+          - name: nothing but history
+            allow: {host: slack.com, path: /api/conversations.history}
+    """)
+    deadline = time.time() + 10
+    while s.get(f"{SLACK}/conversations.list").status_code != 403 and time.time() < deadline:
+        time.sleep(0.2)
+    assert s.get(f"{SLACK}/conversations.list").status_code == 403
+    assert s.get(f"{SLACK}/conversations.history").status_code == 200
+
+
+def test_missing_or_wrong_identity_gets_407(make_proxy, upstream):
+    """No credentials, a wrong token, or an unknown agent: 407 over HTTP and on CONNECT, nothing forwarded."""
+    proxy = make_proxy(SLACK_POLICY)
+    base = f"127.0.0.1:{proxy.port}"
+    for creds in ("", "slackbot:wrong@", "ghost:x@"):
+        url = f"http://{creds}{base}"
+        plain = requests.get("http://slack.com/api/conversations.list", proxies={"http": url}, timeout=10)
+        assert plain.status_code == 407 and plain.headers["Proxy-Authenticate"].startswith("Basic")
+        with pytest.raises(requests.exceptions.ProxyError, match="407"):
+            requests.get(f"{SLACK}/conversations.list", proxies={"https": url}, verify=str(proxy.ca_cert), timeout=10)
+    assert upstream.state.seen == []
+    rows = proxy.rows()
+    assert len(rows) == 6 and {r["status"] for r in rows} == {407} and {r["decision"] for r in rows} == {"deny"}
+
+
+def test_upstream_cannot_speak_as_goex(make_proxy, upstream):
+    """X-Goex-* headers from an upstream are stripped; the agent sees only the proxy's own."""
+    proxy = make_proxy(SLACK_POLICY)
+    upstream.state.echo_headers = {"X-Goex-Decision": "allow", "X-Goex-Rule": "forged"}
+    r = session(proxy).get(f"{SLACK}/conversations.list")
+    assert r.status_code == 200
+    assert "X-Goex-Rule" not in r.headers
+    assert r.headers["X-Goex-Decision"] == "allow"
+    assert r.headers["X-Goex-Request-Id"] == proxy.rows()[-1]["id"]
+
+
+def test_audit_failure_fails_closed(make_proxy, upstream):
+    """When the audit database is locked by another process, the request answers 502 and is never forwarded."""
+    proxy = make_proxy(SLACK_POLICY)
+    s = session(proxy)
+    assert s.get(f"{SLACK}/conversations.list").status_code == 200
+    locker = sqlite3.connect(proxy.home / "audit.db", timeout=0, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        r = s.get(f"{SLACK}/conversations.history")
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    assert r.status_code == 502
+    assert r.json()["stage"] == "record"
+    assert upstream.seen_paths() == ["/api/conversations.list"]
+    assert "audit write failed" in proxy.log_text()
+
+
+def test_killed_proxy_leaves_intent_row(make_proxy, upstream):
+    """A proxy killed while a request is in flight leaves its row with no outcome: "may have happened"."""
+    proxy = make_proxy({"any": """
+        version: 1
+        rules:
+          - name: slow
+            allow: {host: slack.com, path: /slow}
+    """})
+    s = session(proxy)
+    thread = threading.Thread(target=lambda: _ignore(lambda: s.get("https://slack.com/slow", timeout=20)))
+    thread.start()
+    deadline = time.time() + 10
+    while "/slow" not in upstream.seen_paths() and time.time() < deadline:
+        time.sleep(0.05)
+    proxy.kill()
+    upstream.server.release.set()
+    thread.join()
+    row = proxy.rows()[-1]
+    assert row["path"] == "/slow" and row["decision"] == "allow"
+    assert row["status"] is None and row["error"] is None
+    listed = proxy.cli("log")
+    assert row["id"] in listed.stdout and "pending" in listed.stdout
+    assert "may have happened" in proxy.cli("show", row["id"]).stdout
+
+
+def _ignore(fn):
+    try:
+        fn()
+    except requests.RequestException:
+        pass
+
+
+def test_log_verify_detects_edited_row(make_proxy, upstream):
+    """`log verify` passes on an untouched log and names the first row whose recorded fields were edited."""
+    proxy = make_proxy(SLACK_POLICY)
+    s = session(proxy)
+    for _ in range(3):
+        s.get(f"{SLACK}/conversations.list")
+    time.sleep(0.3)  # outcomes are written just after the response
+    ok = proxy.cli("log", "verify")
+    assert ok.returncode == 0 and "3 rows" in ok.stdout
+    target = proxy.rows()[1]["id"]
+    conn = sqlite3.connect(proxy.home / "audit.db")
+    with conn:
+        conn.execute("UPDATE requests SET url = 'https://slack.com/api/innocent' WHERE id = ?", (target,))
+    conn.close()
+    broken = proxy.cli("log", "verify")
+    assert broken.returncode == 1
+    assert f"BROKEN at row {target}" in broken.stdout and "edited" in broken.stdout
+
+
+def test_run_refuses_invalid_policy(make_proxy, upstream):
+    """`run` with an invalid policy prints its file:line:col message, exits 2 and never listens."""
+    proxy = make_proxy({"bad": "version: 1\nrules:\n  - name: x\n    allow: {host: slack.com, limit: {count: 5, per: 5 minutes}}\n"},
+                       start=False)
+    r = proxy.cli("run")
+    assert r.returncode == 2
+    assert f"{proxy.home}/policies/bad.yaml:4:53: 'rules[0].allow.limit.per' must be a duration like 30s, 5m, 1h or 7d (got '5 minutes')" in r.stderr
+    with pytest.raises(OSError):
+        import socket
+        socket.create_connection(("127.0.0.1", proxy.port), timeout=1)
+
+
+def test_policy_test_against_log(make_proxy, upstream, tmp_path):
+    """`policy test --against-log` lists exactly the recorded requests whose decision a new policy changes."""
+    proxy = make_proxy(SLACK_POLICY)
+    s = session(proxy)
+    s.get(f"{SLACK}/conversations.list")
+    post(s)
+    stricter = tmp_path / "slack.yaml"
+    stricter.write_text("version: 1\nname: slack\nrules:\n  - name: list only\n    allow: {host: slack.com, path: /api/conversations.list}\n")
+    r = proxy.cli("policy", "test", str(stricter), "--against-log", "--json")
+    assert r.returncode == 0, r.stderr
+    changes = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [(c["method"], c["before"], c["after"]) for c in changes] == [("POST", "allow", "deny")]
+    assert changes[0]["url"] == f"{SLACK}/chat.postMessage"
+
+
+def test_show_and_log_json(make_proxy, upstream):
+    """`show` prints the exchange with pretty JSON bodies and redacted credentials; `log --json` filters."""
+    proxy = make_proxy(SLACK_POLICY)
+    s = session(proxy)
+    s.headers["Authorization"] = "Bearer xoxb-agent-sent-this"
+    post(s, "hello world")
+    row = proxy.rows()[-1]
+    shown = proxy.cli("show", row["id"])
+    assert shown.returncode == 0
+    assert '"text": "hello world"' in shown.stdout and "Bearer <redacted>" in shown.stdout
+    assert "xoxb-agent-sent-this" not in shown.stdout
+    assert "xoxb-agent-sent-this".encode() not in (proxy.home / "audit.db").read_bytes()
+    lines = proxy.cli("log", "--json", "--agent", "slackbot", "--host", "slack.com", "--since", "1h").stdout.splitlines()
+    assert [json.loads(line)["id"] for line in lines] == [row["id"]]
+    assert proxy.cli("log", "--json", "--agent", "nobody").stdout == ""
+    missing = proxy.cli("show", "NOPE")
+    assert missing.returncode == 1 and "no request with id 'NOPE'" in missing.stderr
