@@ -19,7 +19,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 def _fail(stage: str, hook: str, flow: Any) -> None:
     log.exception("goex-proxy %s.%s failed; answering 502 and forwarding nothing", stage, hook)
     if isinstance(flow, http.HTTPFlow):
-        replies.internal_error(flow, stage)
+        try:
+            replies.internal_error(flow, stage)
+        except Exception:  # even the error reply failed: answer a bare 502
+            flow.response = http.Response.make(502, b"goex-proxy: internal error; nothing was forwarded\n")
         if flow.websocket is not None:
             flow.websocket = None
     elif hasattr(flow, "server"):  # server_connect hook data: refuse the connection

@@ -1,0 +1,210 @@
+"""The pure policy engine: tables keyed by the sentence they prove, asserting reasons; hypothesis for invariants."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from goex_proxy.limits import LimitCounters
+from goex_proxy.policy import PolicySet, decide
+from goex_proxy.policyload import check_policy_text
+from goex_proxy.requestview import RequestView
+
+SLACK = """
+version: 1
+name: slack
+agents: [bot]
+rules:
+  - name: read channels
+    allow: {host: slack.com, methods: [GET, POST], path: "/api/conversations.{list,history}"}
+  - name: post to bots
+    allow:
+      host: slack.com
+      methods: [POST]
+      path: /api/chat.postMessage
+      when: 'request.json.channel == "C0BOTS"'
+      limit: {count: 2, per: 1h}
+  - name: never delete
+    deny: {host: slack.com, path: "/api/*.delete", reason: "deleting is reserved to humans"}
+  - name: form posts
+    allow: {host: "*.example.com", methods: [POST], path: /form, when: 'request.form.kind == "ok"'}
+  - name: header check
+    allow: {host: api.example.org, path: "/h/**", when: 'request.headers["x-team"] == "blue"'}
+  - name: query check
+    allow: {host: api.example.org, path: /search, when: 'request.query.q.startsWith("cats")'}
+  - name: broken condition
+    allow: {host: broken.example, when: 'request.json.missing.deeper == 1'}
+  - name: not a boolean
+    allow: {host: nonbool.example, when: 'request.path'}
+"""
+
+
+def policies(*texts: str) -> PolicySet:
+    out = []
+    for i, text in enumerate(texts):
+        policy, problems = check_policy_text(textwrap.dedent(text), f"p{i}.yaml")
+        assert policy is not None, problems
+        out.append(policy)
+    return PolicySet.of(out)
+
+
+def view(method="GET", host="slack.com", path="/", agent="bot", body=b"", headers=(), query=()) -> RequestView:
+    if isinstance(body, dict):
+        body = json.dumps(body).encode()
+    return RequestView(agent, method, "https", host, 443, path, tuple(query), tuple(headers), body)
+
+
+CASES = {
+    "a listed read is allowed by its rule": (
+        view("GET", path="/api/conversations.list"), "allow", "allowed by rule 'read channels'"),
+    "brace alternatives match each branch": (
+        view("POST", path="/api/conversations.history"), "allow", "allowed by rule 'read channels'"),
+    "a method outside the rule is default-denied": (
+        view("DELETE", path="/api/conversations.list"), "deny", "no rule allows DELETE slack.com/api/conversations.list"),
+    "a matching deny rule gives its own reason": (
+        view("POST", path="/api/chat.delete"), "deny", "deleting is reserved to humans"),
+    "a CEL condition on the JSON body allows the right channel": (
+        view("POST", path="/api/chat.postMessage", body={"channel": "C0BOTS"}), "allow", "post to bots"),
+    "a CEL condition that is false falls through to default deny": (
+        view("POST", path="/api/chat.postMessage", body={"channel": "C0OTHER"}), "deny", "no rule allows POST"),
+    "an agent the policy does not name is denied": (
+        view("GET", path="/api/conversations.list", agent="stranger"), "deny", "for agent 'stranger'"),
+    "a request with no agent is denied": (
+        view("GET", path="/api/conversations.list", agent=None), "deny", "no known agent identity"),
+    "an unknown host is denied by default": (
+        view("GET", host="evil.example"), "deny", "no rule allows GET evil.example/"),
+    "host globs match one label": (
+        view("POST", host="a.example.com", path="/form", body=b"kind=ok",
+             headers=[("content-type", "application/x-www-form-urlencoded")]), "allow", "form posts"),
+    "host globs do not match the bare domain": (
+        view("POST", host="example.com", path="/form", body=b"kind=ok",
+             headers=[("content-type", "application/x-www-form-urlencoded")]), "deny", "no rule allows"),
+    "CEL sees headers": (
+        view("GET", host="api.example.org", path="/h/x", headers=[("x-team", "blue")]), "allow", "header check"),
+    "CEL sees the query": (
+        view("GET", host="api.example.org", path="/search", query=[("q", "cats and dogs")]), "allow", "query check"),
+    "a CEL evaluation error denies with the rule and the error": (
+        view("GET", host="broken.example", body={"a": 1}), "deny", "rule 'broken condition' could not be evaluated"),
+    "a non-boolean CEL result denies": (
+        view("GET", host="nonbool.example"), "deny", "not a boolean"),
+}
+
+
+@pytest.mark.parametrize("sentence", sorted(CASES))
+def test_decision_table(sentence: str) -> None:
+    """Each row of the table: the effect and the reason the engine gives."""
+    request, effect, reason = CASES[sentence]
+    d = decide(request, policies(SLACK), 1000.0, LimitCounters())
+    assert d.effect == effect, (sentence, d)
+    assert reason in d.reason, (sentence, d.reason)
+
+
+def test_evaluation_error_denies_even_if_another_rule_allows() -> None:
+    """Fail closed: a matching rule whose condition cannot be evaluated denies, whatever else allows."""
+    ps = policies(SLACK, """
+        version: 1
+        name: more
+        rules:
+          - name: needs a header
+            allow: {host: api.example.org, path: /search, when: 'request.headers["x-team"] == "blue"'}
+    """)
+    d = decide(view("GET", host="api.example.org", path="/search", query=[("q", "cats")]), ps, 0, LimitCounters())
+    assert d.effect == "deny"
+    assert "rule 'needs a header' could not be evaluated" in d.reason and "no such key 'x-team'" in d.reason
+
+
+def test_denial_lists_what_is_allowed_instead() -> None:
+    """A denial on a host names the allow rules the agent has there."""
+    d = decide(view("PUT", path="/api/x"), policies(SLACK), 0, LimitCounters())
+    assert any("read channels" in alt for alt in d.allowed_instead)
+    assert not any("never delete" in alt for alt in d.allowed_instead)
+
+
+def test_limit_caps_and_window_slides() -> None:
+    """The third post within the hour is denied with a wait time; an hour after the first, one more is allowed."""
+    ps, counts = policies(SLACK), LimitCounters()
+    post = view("POST", path="/api/chat.postMessage", body={"channel": "C0BOTS"})
+    for t in (0.0, 10.0):
+        d = decide(post, ps, t, counts)
+        assert d.effect == "allow" and d.count_limits == ("slack/post to bots",)
+        counts.record(d.count_limits, "bot", t)
+    third = decide(post, ps, 20.0, counts)
+    assert third.effect == "deny"
+    assert "limit reached: rule 'post to bots' allows at most 2 per 1h for agent 'bot'" in third.reason
+    assert "next one is allowed in 3581s" in third.reason
+    assert decide(post, ps, 3600.5, counts).effect == "allow"
+
+
+def test_limit_is_a_cap_even_when_another_rule_allows() -> None:
+    """A spent limit denies even if a second, unlimited rule also matches."""
+    ps = policies(SLACK, """
+        version: 1
+        name: broad
+        rules:
+          - name: anything on slack
+            allow: {host: slack.com}
+    """)
+    counts = LimitCounters()
+    counts.record(["slack/post to bots"] * 2, "bot", 0)
+    d = decide(view("POST", path="/api/chat.postMessage", body={"channel": "C0BOTS"}), ps, 1, counts)
+    assert d.effect == "deny" and "limit reached" in d.reason
+
+
+REPORT = """
+version: 1
+name: trial
+mode: report
+rules:
+  - name: no posts
+    deny: {host: slack.com, path: /api/chat.postMessage, reason: "posting would be denied"}
+"""
+
+
+def test_report_mode_allows_what_it_would_deny() -> None:
+    """A report-mode deny lets the request through, labelled report, with the would-be reason."""
+    d = decide(view("POST", path="/api/chat.postMessage"), policies(REPORT), 0, LimitCounters())
+    assert (d.effect, d.label) == ("allow", "report")
+    assert "posting would be denied" in (d.report or "")
+
+
+def test_report_mode_never_overrides_an_enforced_deny() -> None:
+    """An enforced deny still denies when a report-mode policy also applies."""
+    d = decide(view("POST", path="/api/chat.delete"), policies(SLACK, REPORT), 0, LimitCounters())
+    assert d.effect == "deny" and d.reason == "deleting is reserved to humans"
+
+
+def test_report_mode_annotates_an_enforced_allow() -> None:
+    """When an enforced policy allows and a report-mode one would deny, the decision is report."""
+    d = decide(view("POST", path="/api/chat.postMessage", body={"channel": "C0BOTS"}),
+               policies(SLACK, REPORT), 0, LimitCounters())
+    assert d.label == "report" and d.rule == "slack/post to bots"
+
+
+methods = st.sampled_from(["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"])
+paths = st.sampled_from(["/", "/api/chat.delete", "/api/chat.postMessage", "/api/conversations.list", "/x/y"])
+hosts = st.sampled_from(["slack.com", "a.example.com", "api.example.org", "evil.example"])
+
+
+@given(method=methods, path=paths, host=hosts, agent=st.text(min_size=1, max_size=12).filter(lambda a: a != "bot"))
+def test_unknown_agent_always_denied(method: str, path: str, host: str, agent: str) -> None:
+    """An agent that no policy names is denied whatever it asks for."""
+    d = decide(view(method, host, path, agent=agent, body={"channel": "C0BOTS"}), policies(SLACK), 0, LimitCounters())
+    assert d.effect == "deny"
+
+
+@given(method=methods, path=paths, host=hosts)
+def test_deny_beats_allow(method: str, path: str, host: str) -> None:
+    """Adding a policy that denies everything turns every decision into deny, whatever else allows."""
+    deny_all = """
+        version: 1
+        name: lockdown
+        rules:
+          - name: nothing at all
+            deny: {reason: "locked down"}
+    """
+    d = decide(view(method, host, path), policies(SLACK, deny_all), 0, LimitCounters())
+    assert d.effect == "deny" and d.reason in ("locked down", "deleting is reserved to humans")

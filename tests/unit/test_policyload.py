@@ -1,0 +1,54 @@
+"""Policy files: each failure mode in testdata/ yields exactly the `file:line:col: message` its first line expects."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from goex_proxy.policyload import builtin_names, check_policy_text, load_policy
+
+DATA = Path(__file__).parent / "testdata"
+CASES = sorted(DATA.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
+def test_failure_mode_message(path: Path) -> None:
+    """The checker reports the expected problem at the expected line and column."""
+    text = path.read_text()
+    expected = text.splitlines()[0].removeprefix("# expect: ")
+    policy, problems = check_policy_text(text, str(path))
+    assert policy is None
+    assert f"{path}:{expected}" in [str(p) for p in problems]
+
+
+def test_policy_check_cli_prints_every_problem_and_exits_1() -> None:
+    """`goex-proxy policy check` prints each file's problem as file:line:col and exits 1."""
+    r = subprocess.run([sys.executable, "-m", "goex_proxy", "policy", "check", *map(str, CASES)],
+                       capture_output=True, text=True)
+    assert r.returncode == 1
+    for path in CASES:
+        expected = path.read_text().splitlines()[0].removeprefix("# expect: ")
+        assert f"{path}:{expected}" in r.stdout
+
+
+def test_every_problem_is_reported_not_just_the_first(tmp_path: Path) -> None:
+    """Two mistakes in one file give two messages."""
+    text = "version: 1\nrules:\n  - name: a\n    allow: {host: x.example, bogus: 1}\n  - name: b\n    deny: {methods: [NOPE]}\n"
+    _, problems = check_policy_text(text, "two.yaml")
+    assert [f"{p.line}:{p.col}" for p in problems] == ["4:30", "6:21"]
+
+
+@pytest.mark.parametrize("name", builtin_names())
+def test_shipped_presets_are_valid(name: str) -> None:
+    """Every preset under policies/ loads without problems."""
+    from goex_proxy.policyload import builtin_dir
+    policy = load_policy(builtin_dir() / f"{name}.yaml")
+    assert policy.name == name and policy.rules
+
+
+def test_presets_include_the_promised_ones() -> None:
+    """gmail-readonly, slack-post-only, github-readonly and s3-readonly ship."""
+    assert {"gmail-readonly", "slack-post-only", "github-readonly", "s3-readonly"} <= set(builtin_names())

@@ -1,0 +1,196 @@
+"""Each pipeline stage on mitmproxy test flows: normal behaviour, and fail closed (502, nothing forwarded) on a fault."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from pathlib import Path
+
+import pytest
+from mitmproxy.test import taddons, tflow
+
+from goex_proxy.addons import decide as decide_module
+from goex_proxy.addons import flowmeta
+from goex_proxy.addons.decide import Decide
+from goex_proxy.addons.identify import Identify
+from goex_proxy.addons.record import Record
+from goex_proxy.addons.route import Route
+from goex_proxy.addons.scrub import Scrub
+from goex_proxy.addons.state import ProxyState
+from goex_proxy.audit import AuditWriter
+from goex_proxy.config import Agent, Config, Route as RouteSpec
+from goex_proxy.policy import Decision
+from goex_proxy.policyload import check_policy_text
+from goex_proxy.policy import PolicySet
+from goex_proxy.secretref import SecretRef
+
+POLICY = """
+version: 1
+name: p
+rules:
+  - name: read
+    allow: {host: address, methods: [GET], path: /path}
+"""
+
+
+@pytest.fixture
+def state(tmp_path: Path):
+    config = Config(file=tmp_path / "config.yaml", state_dir=tmp_path, agents={"bot": Agent("bot", SecretRef(inline="tok"))},
+                    audit_db=tmp_path / "audit.db", routes={"address": RouteSpec("http", "127.0.0.1", 9)})
+    policy, problems = check_policy_text(POLICY, "p.yaml")
+    assert policy is not None, problems
+    s = ProxyState(config, PolicySet.of([policy]))
+    s.writer = AuditWriter(config.audit_db)
+    yield s
+    s.writer.close()
+
+
+def auth(user: str, token: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{token}".encode()).decode()
+
+
+def flow(**headers: str):
+    f = tflow.tflow()  # GET http://address:22/path
+    f.request.headers.update(headers)
+    return f
+
+
+def boom(*args, **kwargs):
+    raise RuntimeError("collaborator failed")
+
+
+def test_identify_sets_agent_and_strips_credentials(state) -> None:
+    """A valid Proxy-Authorization names the agent and is not forwarded."""
+    f = flow(**{"Proxy-Authorization": auth("bot", "tok")})
+    with taddons.context():
+        Identify(state).requestheaders(f)
+    assert flowmeta.agent(f) == "bot" and f.response is None
+    assert "Proxy-Authorization" not in f.request.headers
+
+
+@pytest.mark.parametrize("header", [None, auth("bot", "wrong"), auth("ghost", "tok"), "Bearer tok", "Basic !!!"])
+def test_identify_refuses_with_407(state, header) -> None:
+    """Missing, wrong, unknown or malformed credentials answer 407."""
+    f = flow(**({"Proxy-Authorization": header} if header else {}))
+    with taddons.context():
+        Identify(state).requestheaders(f)
+    assert f.response is not None and f.response.status_code == 407
+    assert flowmeta.decision(f).effect == "deny"
+
+
+def test_identify_fails_closed(state, monkeypatch) -> None:
+    """If checking credentials raises, the request gets 502 instead of passing unauthenticated."""
+    monkeypatch.setattr(Identify, "authenticate", boom)
+    f = flow(**{"Proxy-Authorization": auth("bot", "tok")})
+    with taddons.context():
+        Identify(state).requestheaders(f)
+    assert f.response.status_code == 502 and b"identify" in f.response.content
+
+
+def test_decide_allows_and_denies(state) -> None:
+    """An allowed request gets no response (it will be forwarded); a denied one gets 403 with the reason."""
+    ok, bad = flow(), flow()
+    bad.request.method = "DELETE"
+    for f in (ok, bad):
+        flowmeta.set_agent(f, "bot")
+    with taddons.context():
+        Decide(state).request(ok)
+        Decide(state).request(bad)
+    assert ok.response is None and flowmeta.decision(ok).effect == "allow"
+    assert bad.response.status_code == 403 and b"no rule allows DELETE address/path" in bad.response.content
+
+
+def test_decide_fails_closed(state, monkeypatch) -> None:
+    """If the policy engine raises, the request gets 502 and is not forwarded."""
+    monkeypatch.setattr(decide_module, "decide", boom)
+    f = flow()
+    flowmeta.set_agent(f, "bot")
+    with taddons.context():
+        Decide(state).request(f)
+    assert f.response.status_code == 502 and b"decide" in f.response.content
+
+
+def test_record_writes_before_forwarding(state) -> None:
+    """The request row is committed by the time the hook returns; the outcome comes with the response."""
+    f = flow()
+    flowmeta.set_agent(f, "bot")
+    flowmeta.set_decision(f, Decision("allow", "ok", "p/read"))
+    f.response = None
+    with taddons.context():
+        asyncio.run(Record(state).request(f))
+    import sqlite3
+    rows = sqlite3.connect(state.config.audit_db).execute("SELECT agent, decision, status FROM requests").fetchall()
+    assert rows == [("bot", "allow", None)] and f.response is None
+
+
+def test_record_refuses_an_undecided_request(state) -> None:
+    """A request that reaches record with no allow decision is answered 502, never forwarded."""
+    f = flow()
+    f.response = None
+    with taddons.context():
+        asyncio.run(Record(state).request(f))
+    assert f.response.status_code == 502
+
+
+def test_record_fails_closed(state, monkeypatch) -> None:
+    """If the audit write fails, the request gets 502 and is not forwarded."""
+    monkeypatch.setattr(state.writer, "record_intent", boom)
+    f = flow()
+    flowmeta.set_decision(f, Decision("allow", "ok", "p/read"))
+    f.response = None
+    with taddons.context():
+        asyncio.run(Record(state).request(f))
+    assert f.response.status_code == 502 and b"record" in f.response.content
+
+
+def test_route_fails_closed(state, monkeypatch) -> None:
+    """If looking up a route raises, the request gets 502 rather than going to the unrouted host."""
+    monkeypatch.setattr(type(state.config), "route_for", boom)
+    f = flow()
+    f.response = None
+    with taddons.context():
+        Route(state).request(f)
+    assert f.response.status_code == 502
+
+
+def test_route_refuses_connection_on_fault(state, monkeypatch) -> None:
+    """If routing a connection raises, the connection is refused, not opened to the original address."""
+    from mitmproxy.proxy import server_hooks
+    monkeypatch.setattr(type(state.config), "route_for", boom)
+    f = flow()
+    data = server_hooks.ServerConnectionHookData(server=f.server_conn, client=f.client_conn)
+    with taddons.context():
+        Route(state).server_connect(data)
+    assert data.server.error
+
+
+def test_route_redirects_connection(state) -> None:
+    """A routed host's connection goes to the route's address; the request keeps its host."""
+    from mitmproxy.proxy import server_hooks
+    f = flow()
+    f.server_conn.address = ("address", 22)
+    data = server_hooks.ServerConnectionHookData(server=f.server_conn, client=f.client_conn)
+    with taddons.context():
+        Route(state).server_connect(data)
+    assert data.server.address == ("127.0.0.1", 9) and f.request.host == "address"
+
+
+def test_scrub_strips_spoofed_headers(state) -> None:
+    """X-Goex-* headers from upstream are removed and the real request id added."""
+    f = tflow.tflow(resp=True)
+    f.response.headers["X-Goex-Decision"] = "allow"
+    f.response.headers["x-goex-rule"] = "forged"
+    with taddons.context():
+        Scrub(state).responseheaders(f)
+    assert "x-goex-rule" not in f.response.headers and "X-Goex-Decision" not in f.response.headers
+    assert f.response.headers["X-Goex-Request-Id"] == flowmeta.request_id(f)
+
+
+def test_scrub_fails_closed(state, monkeypatch) -> None:
+    """If scrubbing raises, the agent gets 502 instead of an unscrubbed response."""
+    monkeypatch.setattr(flowmeta, "request_id", boom)
+    f = tflow.tflow(resp=True)
+    f.response.headers["X-Goex-Rule"] = "forged"
+    with taddons.context():
+        Scrub(state).responseheaders(f)
+    assert f.response.status_code == 502 and "X-Goex-Rule" not in f.response.headers
