@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import resource
 import shutil
 import socket
 import sqlite3
@@ -246,12 +247,17 @@ class Bench:
         out = self.dir / "hey.csv"
         argv = [hey, "-z", f"{duration}s", "-c", str(conns), "-x", f"http://{AGENT}:{TOKEN}@127.0.0.1:{proxy.port}",
                 "-o", "csv", f"{scheme}://127.0.0.1:{port}{PATH}"]
-        c0, u0, t0 = cpu_seconds(proxy.proc.pid), cpu_seconds(self.upstream.pid), time.monotonic()
+        pid = proxy.proc.pid
+        c0, u0, th0, t0 = cpu_seconds(pid), cpu_seconds(self.upstream.pid), thread_cpu_seconds(pid), time.monotonic()
+        kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         with open(out, "wb") as f:
             proc = subprocess.run(argv, stdout=f, stderr=subprocess.PIPE, timeout=duration + 60)
         elapsed = time.monotonic() - t0
-        c1, u1 = cpu_seconds(proxy.proc.pid), cpu_seconds(self.upstream.pid)
-        lat, errors, hey_cpu = [], {}, float("nan")
+        c1, u1, th1 = cpu_seconds(pid), cpu_seconds(self.upstream.pid), thread_cpu_seconds(pid)
+        kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        hey_cpu = (kids1.ru_utime + kids1.ru_stime - kids0.ru_utime - kids0.ru_stime) * duration / elapsed
+        lat: list[float] = []
+        errors: dict[str, int] = {}
         for line in out.read_text().splitlines()[1:]:
             parts = line.split(",")
             if len(parts) < 7:
@@ -266,6 +272,9 @@ class Bench:
         from common import percentile
         run = Run(proxy.name, scheme, conns, len(lat) / duration, percentile(lat, 50), percentile(lat, 99),
                   (c1 - c0) * duration / elapsed, (u1 - u0) * duration / elapsed, hey_cpu, duration, len(lat), errors)
+        # hey's timing includes connection setup, so CPU is scaled from the whole run to the measured duration
+        run.main_thread_cpu_s = (th1.get(pid, 0.0) - th0.get(pid, 0.0)) * duration / elapsed
+        run.other_threads_cpu_s = sum(v - th0.get(k, 0.0) for k, v in th1.items() if k != pid) * duration / elapsed
         if self.verbose:
             print(f"  {run.proxy:10} {scheme:5} c={conns:<2} {run.rps:8.0f} req/s  p50 {run.p50_ms:6.2f} ms  "
                   f"p99 {run.p99_ms:6.2f} ms  (hey)  errors {errors or 0}", flush=True)
@@ -378,10 +387,10 @@ def _report(bench: Bench, runs: list[Run], ceilings: dict[str, Run], conns: int,
                            "cpu_us_per_req": {"mitmdump": bare["cpu"], "goex-proxy": goex["cpu"]}}
         summary_rows.append([scheme, f"{ratio:.3f}", f"{min(pair):.2f}-{max(pair):.2f}" if pair else "n/a",
                              f">= {TARGET_RATIO:.2f}", "PASS" if ok else "FAIL",
-                             f"{goex['p50'] - bare['p50']:+.2f} / {goex['p99'] - bare['p99']:+.2f}",
-                             f"{goex['p50_1'] - bare['p50_1']:+.3f} / {goex['p99_1'] - bare['p99_1']:+.3f}",
+                             f"{signed(goex['p50'] - bare['p50'], 2)} / {signed(goex['p99'] - bare['p99'], 2)}",
+                             f"{signed(goex['p50_1'] - bare['p50_1'], 3)} / {signed(goex['p99_1'] - bare['p99_1'], 3)}",
                              f"{fmt(bare['p50_1'], 3)} / {fmt(goex['p50_1'], 3)}",
-                             f"{goex['cpu'] - bare['cpu']:+.0f}"])
+                             signed(goex["cpu"] - bare["cpu"], 0)])
     lines = [
         f"== Throughput: bare mitmdump vs goex-proxy run (keep-alive, {conns} connections, {rounds} alternating "
         f"rounds x {duration:g}s each, medians) ==",
