@@ -163,6 +163,10 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]], title: str =
     return "\n".join(out)
 
 
+def signed(value: float, digits: int = 1) -> str:
+    return "n/a" if value != value else f"{value:+,.{digits}f}"
+
+
 def fmt(value: float, digits: int = 1, suffix: str = "") -> str:
     if value != value:  # NaN
         return "n/a"

@@ -31,6 +31,7 @@ from common import (
     fmt,
     free_port,
     median,
+    signed,
     table,
     thread_cpu_seconds,
     tool,

@@ -152,7 +152,7 @@ def parse_config(doc: Any, file: Path, check: Checker) -> Config:
 
     upstream = check.mapping(top.get("upstream", YMap()), "upstream", check.at(top, "upstream"), {"routes", "extra_ca"}) or YMap()
     routes: dict[str, Route] = {}
-    raw_routes = upstream.get("routes", YMap())
+    raw_routes = upstream.get("routes") or YMap()
     if isinstance(raw_routes, YMap):
         for host, target in raw_routes.items():
             try:

@@ -83,7 +83,7 @@ class GoexProxy:
     """A real `goex-proxy run` subprocess with its own state directory, config and policies."""
 
     def __init__(self, home: Path, upstream: FakeUpstream | None, ca_file: Path, policies: dict[str, str],
-                 extra: str = "") -> None:
+                 routes: dict[str, str] | None = None) -> None:
         self.home = home
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -91,15 +91,15 @@ class GoexProxy:
         self.run_cli("init")
         for name, text in policies.items():
             (home / "policies" / f"{name}.yaml").write_text(textwrap.dedent(text))
-        routes = ""
-        if upstream is not None:
-            routes = "\n".join(f'    {h}: "{upstream.url}"' for h in HOSTS if h != "127.0.0.1")
+        targets = {h: upstream.url for h in HOSTS if h != "127.0.0.1"} if upstream is not None else {}
+        targets.update(routes or {})
+        route_lines = "\n".join(f'    {h}: "{url}"' for h, url in targets.items())
         agents = "\n".join(f'  {n}: {{token: "{t}"}}' for n, t in TOKENS.items())
         policy_list = "\n".join(f"  - policies/{n}.yaml" for n in policies) or "  []"
         self.config = home / "config.yaml"
         self.config.write_text(
             f"version: 1\nlisten: 127.0.0.1:{self.port}\nagents:\n{agents}\npolicies:\n{policy_list}\n"
-            f"upstream:\n  extra_ca: [{ca_file}]\n  routes:\n{routes or '    {}'}\n{extra}"
+            f"upstream:\n  extra_ca: [{ca_file}]\n  routes:\n{route_lines or '    {}'}\n"
         )
         self.log_path = home / "proxy.log"
 
@@ -170,9 +170,9 @@ def make_proxy(tmp_path: Path, upstream: FakeUpstream, upstream_ca: tuple[trustm
     """Build (and later stop) goex-proxy processes: make_proxy({"name": policy_yaml}, start=True)."""
     made: list[GoexProxy] = []
 
-    def make(policies: dict[str, str], start: bool = True, extra: str = "") -> GoexProxy:
+    def make(policies: dict[str, str], start: bool = True, routes: dict[str, str] | None = None) -> GoexProxy:
         home = tmp_path / f"home{len(made)}"
-        proxy = GoexProxy(home, upstream, upstream_ca[1], policies, extra)
+        proxy = GoexProxy(home, upstream, upstream_ca[1], policies, routes)
         made.append(proxy)
         return proxy.start() if start else proxy
 

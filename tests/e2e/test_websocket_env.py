@@ -1,0 +1,119 @@
+"""WebSocket upgrades are decided like any request; `env` prints settings a sandbox can use; mitmdump -s loads us."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+from websockets.sync.server import serve
+
+from tests.conftest import TOKENS, free_port, wait_port
+
+pytestmark = pytest.mark.e2e
+
+POLICY = {"ws": """
+    version: 1
+    name: ws
+    rules:
+      - name: chat socket
+        allow: {host: ws.example.com, methods: [GET], path: /chat}
+"""}
+
+
+@pytest.fixture
+def ws_upstream():
+    def echo(conn):
+        for message in conn:
+            conn.send(f"echo: {message}")
+
+    port = free_port()
+    server = serve(echo, "127.0.0.1", port)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield port
+    server.shutdown()
+
+
+def test_websocket_upgrade_goes_through_policy(make_proxy, ws_upstream):
+    """An allowed WebSocket upgrade works end to end; one to a path no rule allows is refused with 403."""
+    proxy = make_proxy(POLICY, routes={"ws.example.com": f"http://127.0.0.1:{ws_upstream}"})
+    with connect("ws://ws.example.com/chat", proxy=proxy.proxy_url(), open_timeout=10) as ws:
+        ws.send("hello")
+        assert ws.recv(timeout=10) == "echo: hello"
+    with pytest.raises(InvalidStatus) as refused:
+        connect("ws://ws.example.com/admin", proxy=proxy.proxy_url(), open_timeout=10)
+    assert refused.value.response.status_code == 403
+    rows = proxy.rows()
+    assert [(r["path"], r["decision"], r["status"]) for r in rows] == [("/chat", "allow", 101), ("/admin", "deny", 403)]
+
+
+def test_env_formats(make_proxy):
+    """`env` prints the agent's proxy URL and CA as shell exports, JSON with the PEM, and a Docker env-file."""
+    proxy = make_proxy(POLICY, start=False)
+    shell = proxy.cli("env", "--agent", "mailbot").stdout
+    assert "unset NO_PROXY no_proxy" in shell
+    assert f"export HTTPS_PROXY={shlex.quote(proxy.proxy_url())}" in shell
+    doc = json.loads(proxy.cli("env", "--agent", "mailbot", "--format", "json").stdout)
+    assert doc["env"]["HTTP_PROXY"] == proxy.proxy_url()
+    assert doc["ca_cert_pem"] == proxy.ca_cert.read_text()
+    docker = proxy.cli("env", "--agent", "mailbot", "--format", "docker", "--proxy-host", "172.17.0.1",
+                       "--ca-path", "/goex/ca.pem").stdout.splitlines()
+    assert f"HTTPS_PROXY=http://mailbot:{TOKENS['mailbot']}@172.17.0.1:{proxy.port}" in docker
+    assert "SSL_CERT_FILE=/goex/ca.pem" in docker and "NO_PROXY=" in docker
+
+
+def test_shell_env_drives_a_real_client(make_proxy, upstream):
+    """Sourcing `env --format shell` in a shell makes curl go through the proxy with the CA trusted."""
+    proxy = make_proxy({"gh": """
+        version: 1
+        rules:
+          - name: read
+            allow: {host: api.github.com, methods: [GET]}
+    """})
+    exports = proxy.cli("env", "--agent", "mailbot").stdout
+    script = exports + "curl -sS --fail https://api.github.com/repos/a/b\n"
+    r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30,
+                       env={"PATH": os.environ["PATH"], "NO_PROXY": "*"})
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["full_name"] == "a/b"
+
+
+def test_addons_load_into_plain_mitmdump(make_proxy, upstream):
+    """The pipeline loads into `mitmdump -s` with --set goex_config and enforces the same policy."""
+    proxy = make_proxy({"gh": """
+        version: 1
+        rules:
+          - name: read
+            allow: {host: api.github.com, methods: [GET]}
+    """}, start=False)
+    import goex_proxy.addons as addons_pkg
+    port = proxy.port
+    mitmdump = Path(sys.executable).parent / "mitmdump"
+    proc = subprocess.Popen([str(mitmdump), "-q", "--listen-host", "127.0.0.1", "-p", str(port),
+                             "--set", f"confdir={proxy.home}", "--set", "connection_strategy=lazy",
+                             "--set", f"ssl_verify_upstream_trusted_ca={_bundle(proxy)}",
+                             "-s", addons_pkg.__file__, "--set", f"goex_config={proxy.config}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_port(port, proc=proc)
+        ok = proxy.exec("mailbot", "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "https://api.github.com/repos/a/b")
+        no = proxy.exec("mailbot", "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST",
+                        "https://api.github.com/repos/a/b")
+        assert (ok.stdout, no.stdout) == ("200", "403")
+        assert [r["decision"] for r in proxy.rows()] == ["allow", "deny"]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _bundle(proxy) -> Path:
+    """mitmdump's own options do not read our config's extra_ca: give it the test CA directly."""
+    return Path(proxy.config.read_text().split("extra_ca: [")[1].split("]")[0])
