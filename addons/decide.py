@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import time
 
-from mitmproxy import http
-
 from goex_proxy.addons import flowmeta, replies
 from goex_proxy.addons.failclosed import fail_closed
 from goex_proxy.addons.state import ProxyState
 from goex_proxy.policy import decide
 from goex_proxy.requestview import RequestView
+from mitmproxy import http
 
 
 def request_view(flow: http.HTTPFlow, agent: str | None) -> RequestView:

@@ -6,14 +6,14 @@ import functools
 import inspect
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
-
-from mitmproxy import http
+from typing import Any, ParamSpec, TypeVar, cast
 
 from goex_proxy.addons import replies
+from mitmproxy import http
 
 log = logging.getLogger(__name__)
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def _fail(stage: str, hook: str, flow: Any) -> None:
@@ -31,25 +31,27 @@ def _fail(stage: str, hook: str, flow: Any) -> None:
         flow.kill()
 
 
-def fail_closed(stage: str) -> Callable[[F], F]:
-    """Wrap a hook of stage `stage` so that an exception blocks the flow instead of letting it through."""
+def fail_closed(stage: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Wrap a hook `(self, flow)` of stage `stage` so that an exception blocks the flow instead of letting it through."""
 
-    def wrap(hook: F) -> F:
+    def wrap(hook: Callable[P, R]) -> Callable[P, R]:
         if inspect.iscoroutinefunction(hook):
             @functools.wraps(hook)
-            async def run_async(self: Any, flow: Any) -> None:
+            async def run_async(*args: P.args, **kwargs: P.kwargs) -> Any:
                 try:
-                    await hook(self, flow)
+                    return await hook(*args, **kwargs)
                 except Exception:
-                    _fail(stage, hook.__name__, flow)
-            return run_async  # type: ignore[return-value]
+                    _fail(stage, hook.__name__, args[-1])
+                    return None
+            return cast(Callable[P, R], run_async)
 
         @functools.wraps(hook)
-        def run(self: Any, flow: Any) -> None:
+        def run(*args: P.args, **kwargs: P.kwargs) -> Any:
             try:
-                hook(self, flow)
+                return hook(*args, **kwargs)
             except Exception:
-                _fail(stage, hook.__name__, flow)
-        return run  # type: ignore[return-value]
+                _fail(stage, hook.__name__, args[-1])
+                return None
+        return cast(Callable[P, R], run)
 
     return wrap

@@ -9,12 +9,11 @@ import time
 from concurrent.futures import Future
 from typing import Any
 
-from mitmproxy import http
-
-from goex_proxy.addons import flowmeta, replies
+from goex_proxy.addons import flowmeta
 from goex_proxy.addons.failclosed import fail_closed
 from goex_proxy.addons.state import ProxyState
 from goex_proxy.redact import redacted_headers_json
+from mitmproxy import http
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +32,7 @@ class Record:
 
     def _limit(self) -> int:
         assert self.state.config is not None
-        return self.state.config.max_body_bytes
+        return int(self.state.config.max_body_bytes)
 
     def request_row(self, flow: http.HTTPFlow) -> dict[str, Any]:
         req = flow.request

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from mitmproxy import http
-from mitmproxy.proxy import server_hooks
-
 from goex_proxy.addons.failclosed import fail_closed
 from goex_proxy.addons.state import ProxyState
+from mitmproxy import http
+from mitmproxy.proxy import server_hooks
 
 
 class Route:

@@ -7,8 +7,6 @@ import logging
 import time
 from pathlib import Path
 
-from mitmproxy import ctx, exceptions
-
 from goex_proxy import audit
 from goex_proxy.audit import AuditWriter
 from goex_proxy.config import Config, load_config
@@ -16,6 +14,7 @@ from goex_proxy.errors import GoexError
 from goex_proxy.limits import LimitCounters
 from goex_proxy.policy import PolicySet
 from goex_proxy.policyload import load_policy_set
+from mitmproxy import ctx, exceptions
 
 log = logging.getLogger(__name__)
 

@@ -130,7 +130,7 @@ async def worker(target: Target, stats: Stats, ready: asyncio.Barrier, window: d
             continue
         if t1 > window["end"]:
             break
-        if t0 >= window["start"]:
+        if t1 >= window["start"]:  # completed inside the window
             stats.statuses[status] = stats.statuses.get(status, 0) + 1
             if 200 <= status < 300:
                 stats.latencies_ns.append(t1 - t0)

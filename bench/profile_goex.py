@@ -9,6 +9,7 @@ and the client. Samples pause the proxy briefly, so its throughput here is a lit
 from __future__ import annotations
 
 import collections
+import functools
 import re
 import shutil
 import subprocess
@@ -42,6 +43,7 @@ def _ours(file: str) -> bool:
     return file.startswith(OUR_DIRS) and not file.startswith(SKIP_OURS)
 
 
+@functools.lru_cache(maxsize=256)
 def _source(file: str, line: int) -> str:
     try:
         return (REPO_DIR / file).read_text().splitlines()[line - 1].strip()[:70]
@@ -54,6 +56,7 @@ def analyse(raw: Path, requests: int, top: int = 14) -> tuple[str, dict[str, Any
     func_incl: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     line_incl: dict[str, collections.Counter[tuple[str, int]]] = collections.defaultdict(collections.Counter)
     ours_any: collections.Counter[str] = collections.Counter()
+    idle = 0
     for text in raw.read_text().splitlines():
         stack, _, count = text.rpartition(" ")
         if not count.isdigit():
@@ -62,6 +65,10 @@ def analyse(raw: Path, requests: int, top: int = 14) -> tuple[str, dict[str, Any
         frames = stack.split(";")
         thread = "audit writer" if "goex-audit-writer" in frames[0] else "main (event loop)" \
             if "MainThread" in frames[0] else "other"
+        leaf = _frame(frames[-1])
+        if leaf and "queue.get(" in _source(leaf[1], leaf[2]):  # blocked waiting for work: py-spy counts it as busy
+            idle += n
+            continue
         threads[thread] += n
         seen_f: set[str] = set()
         seen_l: set[tuple[str, int]] = set()
@@ -101,6 +108,8 @@ def analyse(raw: Path, requests: int, top: int = 14) -> tuple[str, dict[str, Any
         lrows = [[f"{f}:{ln}", _source(f, ln), f"{n / threads[writer] * 100:.0f}%", fmt(us(n), 1)]
                  for (f, ln), n in line_incl[writer].most_common(8)]
         out.append(table(["line", "source", "of writer thread", "us/request"], lrows))
+    if idle:
+        out.append(f"({idle:,} samples of threads blocked in queue.get(), waiting for work, are left out.)")
     return "\n".join(out), {"threads": dict(threads), "ours": dict(ours_any),
                             "main_top": func_incl[main_t].most_common(top)}
 

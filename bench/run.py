@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     def on_signal(signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
-    signal.signal(signal.SIGTERM, on_signal)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # SIGINT too: a shell may start us ignoring it
+        signal.signal(sig, on_signal)
     say = (lambda *a, **k: None) if args.quiet else print
     started = time.monotonic()
     sections: list[str] = []
@@ -124,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bench: interrupted; stopping what it started", file=sys.stderr)
         return 130
+    except SystemExit as exc:  # a part could not measure (its message says why)
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+            return 2
+        raise
     finally:
         procs.stop_all()
 

@@ -40,13 +40,15 @@ def _migration_1(db: sqlite_utils.Database) -> None:
                                "resp_headers": str, "resp_body": bytes, "resp_body_size": int,
                                "resp_body_sha256": str, "error": str, "ended": float, "duration_ms": float,
                                "prev_hash": str, "hash": str, "outcome_hash": str}
-    db["requests"].create(columns, pk="seq")
-    db["requests"].create_index(["id"], unique=True)
-    db["requests"].create_index(["ts"])
-    db["requests"].create_index(["agent", "ts"])
-    db["requests"].create_index(["host", "ts"])
-    db["limit_hits"].create({"key": str, "agent": str, "ts": float, "request_id": str})
-    db["limit_hits"].create_index(["key", "agent", "ts"])
+    requests = db.table("requests")
+    requests.create(columns, pk="seq")
+    requests.create_index(["id"], unique=True)
+    requests.create_index(["ts"])
+    requests.create_index(["agent", "ts"])
+    requests.create_index(["host", "ts"])
+    hits = db.table("limit_hits")
+    hits.create({"key": str, "agent": str, "ts": float, "request_id": str})
+    hits.create_index(["key", "agent", "ts"])
 
 
 #: Schema migrations, applied in order; `PRAGMA user_version` records how many have run.
@@ -233,7 +235,8 @@ def load_limit_hits(db: sqlite_utils.Database, windows: dict[str, float | None],
 def query(db: sqlite_utils.Database, *, agent: str | None = None, host: str | None = None, since: float | None = None,
           decision: str | None = None, limit: int | None = 50, order: str = "DESC") -> list[dict[str, Any]]:
     """Rows matching the filters, newest first (without bodies)."""
-    where, params = [], []
+    where: list[str] = []
+    params: list[Any] = []
     for column, value in (("agent", agent), ("host", host), ("decision", decision)):
         if value is not None:
             where.append(f"{column} = ?")
@@ -251,7 +254,7 @@ def query(db: sqlite_utils.Database, *, agent: str | None = None, host: str | No
         sql += f" LIMIT {int(limit)}"
     cursor = db.conn.execute(sql, params)
     names = [d[0] for d in cursor.description]
-    return [dict(zip(names, r)) for r in cursor.fetchall()]
+    return [dict(zip(names, r, strict=True)) for r in cursor.fetchall()]
 
 
 def get(db: sqlite_utils.Database, request_id: str) -> dict[str, Any]:
@@ -259,14 +262,14 @@ def get(db: sqlite_utils.Database, request_id: str) -> dict[str, Any]:
     found = cursor.fetchone()
     if found is None:
         raise NotFound(f"no request with id {request_id!r} in the audit log")
-    return dict(zip([d[0] for d in cursor.description], found))
+    return dict(zip([d[0] for d in cursor.description], found, strict=True))
 
 
 def iter_rows(db: sqlite_utils.Database) -> Iterator[dict[str, Any]]:
     cursor = db.conn.execute("SELECT * FROM requests ORDER BY seq")
     names = [d[0] for d in cursor.description]
     for found in cursor:
-        yield dict(zip(names, found))
+        yield dict(zip(names, found, strict=True))
 
 
 @dataclass(frozen=True)

@@ -136,7 +136,8 @@ def parse_config(doc: Any, file: Path, check: Checker) -> Config:
             ref = entry.get("use") if entry else None
             narrowed = check.strings(item, "agents", "policies[].agents")
         if not isinstance(ref, str):
-            check.error(pos, f"'policies' entries must be a path, builtin:NAME, or {{use: ..., agents: [...]}} (got {yamlsrc.type_name(ref)})")
+            check.error(pos, "'policies' entries must be a path, builtin:NAME, or {use: ..., agents: [...]} "
+                             f"(got {yamlsrc.type_name(ref)})")
             continue
         try:
             policies.append(PolicySource(ref, resolve(ref, base), frozenset(narrowed) if narrowed else None))

@@ -138,7 +138,7 @@ class PolicySet:
 
 @dataclass
 class _Verdict:
-    deny: tuple[Rule | None, str] | None = None
+    deny: tuple[Rule, str] | None = None
     allows: list[Rule] = field(default_factory=list)
     errors: list[tuple[Rule, str]] = field(default_factory=list)
 
@@ -180,7 +180,6 @@ def decide(view: RequestView, policies: PolicySet, now: float, counts: LimitCoun
         return Decision("deny", "the request carries no known agent identity")
     enforce: list[Rule] = []
     report: list[Rule] = []
-    reporting = False
     for rule in policies.candidates(view.host):
         policy = policies.policy(rule.policy)
         if not policy.applies_to(view.agent) or not rule.matches_plain(view):
@@ -203,10 +202,10 @@ def decide(view: RequestView, policies: PolicySet, now: float, counts: LimitCoun
             hard.deny = limited
     if hard.deny is not None:
         rule, reason = hard.deny
-        return Decision("deny", reason, rule.key if rule else None, allowed_instead=_alternatives(view, policies))
+        return Decision("deny", reason, rule.key, allowed_instead=_alternatives(view, policies))
     if soft.deny is None:
         soft.deny = _limit_denial(soft.allows, view, counts, now)
-    would = f"report mode: {soft.deny[1]} (rule {soft.deny[0].key if soft.deny[0] else '-'})" if soft.deny else None
+    would = f"report mode: {soft.deny[1]} (rule {soft.deny[0].key})" if soft.deny else None
     allows = hard.allows + (soft.allows if soft.deny is None else [])
     limited_keys = tuple(r.key for r in hard.allows + soft.allows if r.limit)
     if hard.allows:

@@ -86,7 +86,9 @@ class _PolicyReader:
             return None
         upper = {n.upper() for n in names}
         for bad in sorted(upper - METHODS):
-            self.check.error(self.check.at(m, present[0]), f"'{where}.{present[0]}' has unknown HTTP method '{bad}' (expected {', '.join(sorted(METHODS))} or '*')")
+            expected = ", ".join(sorted(METHODS))
+            self.check.error(self.check.at(m, present[0]),
+                             f"'{where}.{present[0]}' has unknown HTTP method '{bad}' (expected {expected} or '*')")
         return frozenset(upper & METHODS)
 
     def limit(self, m: YMap, where: str) -> Limit | None:
@@ -110,7 +112,8 @@ class _PolicyReader:
             return None
         name = self.check.string(r, "name", f"{where}.name") or f"#{index + 1}"
         if "name" in r and not _NAME.fullmatch(name):
-            self.check.error(self.check.at(r, "name"), f"'{where}.name' must be a short name of letters, digits, spaces and punctuation (got {name!r})")
+            self.check.error(self.check.at(r, "name"),
+                             f"'{where}.name' must be a short name of letters, digits, spaces and punctuation (got {name!r})")
         if name in seen:
             self.check.error(self.check.at(r, "name"), f"rule name '{name}' is used twice in this policy; limits are counted by name")
         seen.add(name)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
 import threading
 import time
 
@@ -218,11 +217,12 @@ def test_log_verify_detects_edited_row(make_proxy, upstream):
 
 def test_run_refuses_invalid_policy(make_proxy, upstream):
     """`run` with an invalid policy prints its file:line:col message, exits 2 and never listens."""
-    proxy = make_proxy({"bad": "version: 1\nrules:\n  - name: x\n    allow: {host: slack.com, limit: {count: 5, per: 5 minutes}}\n"},
-                       start=False)
+    bad = "version: 1\nrules:\n  - name: x\n    allow: {host: slack.com, limit: {count: 5, per: 5 minutes}}\n"
+    proxy = make_proxy({"bad": bad}, start=False)
     r = proxy.cli("run")
     assert r.returncode == 2
-    assert f"{proxy.home}/policies/bad.yaml:4:53: 'rules[0].allow.limit.per' must be a duration like 30s, 5m, 1h or 7d (got '5 minutes')" in r.stderr
+    message = "'rules[0].allow.limit.per' must be a duration like 30s, 5m, 1h or 7d (got '5 minutes')"
+    assert f"{proxy.home}/policies/bad.yaml:4:53: {message}" in r.stderr
     with pytest.raises(OSError):
         import socket
         socket.create_connection(("127.0.0.1", proxy.port), timeout=1)
@@ -235,7 +235,8 @@ def test_policy_test_against_log(make_proxy, upstream, tmp_path):
     s.get(f"{SLACK}/conversations.list")
     post(s)
     stricter = tmp_path / "slack.yaml"
-    stricter.write_text("version: 1\nname: slack\nrules:\n  - name: list only\n    allow: {host: slack.com, path: /api/conversations.list}\n")
+    stricter.write_text("version: 1\nname: slack\nrules:\n  - name: list only\n"
+                        "    allow: {host: slack.com, path: /api/conversations.list}\n")
     r = proxy.cli("policy", "test", str(stricter), "--against-log", "--json")
     assert r.returncode == 0, r.stderr
     changes = [json.loads(line) for line in r.stdout.splitlines()]
@@ -254,7 +255,7 @@ def test_show_and_log_json(make_proxy, upstream):
     assert shown.returncode == 0
     assert '"text": "hello world"' in shown.stdout and "Bearer <redacted>" in shown.stdout
     assert "xoxb-agent-sent-this" not in shown.stdout
-    assert "xoxb-agent-sent-this".encode() not in (proxy.home / "audit.db").read_bytes()
+    assert b"xoxb-agent-sent-this" not in (proxy.home / "audit.db").read_bytes()
     lines = proxy.cli("log", "--json", "--agent", "slackbot", "--host", "slack.com", "--since", "1h").stdout.splitlines()
     assert [json.loads(line)["id"] for line in lines] == [row["id"]]
     assert proxy.cli("log", "--json", "--agent", "nobody").stdout == ""

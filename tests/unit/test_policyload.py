@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from goex_proxy.policyload import builtin_names, check_policy_text, load_policy
 
 DATA = Path(__file__).parent / "testdata"

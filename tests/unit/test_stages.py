@@ -7,8 +7,6 @@ import base64
 from pathlib import Path
 
 import pytest
-from mitmproxy.test import taddons, tflow
-
 from goex_proxy.addons import decide as decide_module
 from goex_proxy.addons import flowmeta
 from goex_proxy.addons.decide import Decide
@@ -18,11 +16,12 @@ from goex_proxy.addons.route import Route
 from goex_proxy.addons.scrub import Scrub
 from goex_proxy.addons.state import ProxyState
 from goex_proxy.audit import AuditWriter
-from goex_proxy.config import Agent, Config, Route as RouteSpec
-from goex_proxy.policy import Decision
+from goex_proxy.config import Agent, Config
+from goex_proxy.config import Route as RouteSpec
+from goex_proxy.policy import Decision, PolicySet
 from goex_proxy.policyload import check_policy_text
-from goex_proxy.policy import PolicySet
 from goex_proxy.secretref import SecretRef
+from mitmproxy.test import taddons, tflow
 
 POLICY = """
 version: 1
