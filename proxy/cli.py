@@ -10,6 +10,7 @@ import functools
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -121,6 +122,7 @@ def run(config_path: Path | None) -> None:
 
     config = _config(config_path)
     policies = load_policy_set([(p.path, p.agents) for p in config.policies])
+    _check_can_listen(config)
     for name, agent in config.agents.items():
         if agent.token.reveal() is None:
             click.echo(f"goex-proxy: warning: agent {name!r} has no token ({agent.token.describe()} is not set); "
@@ -128,6 +130,17 @@ def run(config_path: Path | None) -> None:
     click.echo(f"goex-proxy {__version__} on {config.listen_host}:{config.listen_port}; "
                f"{len(policies.policies)} polic{'y' if len(policies.policies) == 1 else 'ies'}; audit {config.audit_db}")
     runtime.run(config, policies)
+
+
+def _check_can_listen(config: Config) -> None:
+    family = socket.AF_INET6 if ":" in config.listen_host else socket.AF_INET
+    with socket.socket(family) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((config.listen_host, config.listen_port))
+        except OSError as exc:
+            raise StateError(f"cannot listen on {config.listen_host}:{config.listen_port}: {exc.strerror or exc} "
+                             f"(is another goex-proxy running? change `listen` in {config.file})") from None
 
 
 def _exit_code(returncode: int) -> int:

@@ -261,3 +261,11 @@ def test_show_and_log_json(make_proxy, upstream):
     assert proxy.cli("log", "--json", "--agent", "nobody").stdout == ""
     missing = proxy.cli("show", "NOPE")
     assert missing.returncode == 1 and "no request with id 'NOPE'" in missing.stderr
+
+
+def test_run_refuses_a_busy_port(make_proxy, upstream):
+    """A second proxy on the same port exits 2 with a message saying the address is in use."""
+    proxy = make_proxy(SLACK_POLICY)
+    r = proxy.cli("run")
+    assert r.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{proxy.port}" in r.stderr and "another goex-proxy" in r.stderr
