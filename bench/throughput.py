@@ -227,8 +227,14 @@ class Bench:
                 result = json.loads(line)
         self.procs.stop(lg)
         if "fatal" in result or not result:
+            why = ""
+            for p in [*self.proxies.values(), Proxy("upstream", 0, self.upstream, Path())]:
+                if p.proc.poll() is not None:
+                    log = Path(getattr(p.proc, "bench_log", "") or "/nonexistent")
+                    tail = log.read_text(errors="replace")[-1500:] if log.is_file() else ""
+                    why += f"\n{p.name} (pid {p.proc.pid}) exited with code {p.proc.returncode}; its output ends:\n{tail}"
             raise SystemExit(f"bench: load generator failed against {proxy_name or 'upstream'} ({scheme}): "
-                             f"{result or 'no result'}")
+                             f"{result or 'no result'}{why}")
         run = Run(proxy_name or "direct", scheme, conns, result["rps"], result["p50_ms"], result["p99_ms"],
                   c1 - c0, u1 - u0, result["loadgen_cpu_s"], duration, result["requests"], result["errors"])
         if pid and t0 and t1:
@@ -309,6 +315,9 @@ def run(procs: Processes, *, rounds: int, duration: float, conns: int = 10, late
     try:
         return _run(bench, rounds, duration, conns, latency_rounds if latency_rounds is not None else rounds,
                     latency_duration or max(1.0, duration / 2))
+    except SystemExit:
+        keep = True  # keep the logs of a failed run
+        raise
     finally:
         for p in list(bench.proxies.values()):
             procs.stop(p.proc)

@@ -297,15 +297,15 @@ def log(click_ctx: click.Context, config_path: Path | None, agent: str | None, h
         for row in rows:
             click.echo(json.dumps(row))
         return
-    table = Table(show_edge=False)
+    table = Table(show_edge=False, pad_edge=False)
     for col in ("id", "time", "agent", "decision", "status", "method"):
         table.add_column(col, no_wrap=True)
-    table.add_column("url", overflow="fold", ratio=3)
-    table.add_column("rule", overflow="fold", ratio=1)
+    table.add_column("url", overflow="fold", min_width=24, ratio=3)
+    table.add_column("rule", overflow="fold", min_width=8, ratio=1)
     styles = {"allow": "green", "deny": "red", "report": "yellow", "error": "magenta"}
     for row in rows:
         style = styles.get(row["decision"], "")
-        table.add_row(row["id"], _when(row["ts"]), row["agent"] or "-", f"[{style}]{row['decision']}[/]",
+        table.add_row(row["id"], _when(row["ts"])[5:], row["agent"] or "-", f"[{style}]{row['decision']}[/]",
                       _outcome(row), row["method"], row["url"], row["rule"] or "-")
     out.print(table)
 
