@@ -26,6 +26,12 @@ POLICY = {"ws": """
       - name: chat socket
         allow: {host: ws.example.com, methods: [GET], path: /chat}
 """}
+GITHUB_READ = {"gh": """
+    version: 1
+    rules:
+      - name: read
+        allow: {host: api.github.com, methods: [GET]}
+"""}
 
 
 @pytest.fixture
@@ -72,12 +78,7 @@ def test_env_formats(make_proxy):
 
 def test_shell_env_drives_a_real_client(make_proxy, upstream):
     """Sourcing `env --format shell` in a shell makes curl go through the proxy with the CA trusted."""
-    proxy = make_proxy({"gh": """
-        version: 1
-        rules:
-          - name: read
-            allow: {host: api.github.com, methods: [GET]}
-    """})
+    proxy = make_proxy(GITHUB_READ)
     exports = proxy.cli("env", "--agent", "mailbot").stdout
     script = exports + "curl -sS --fail https://api.github.com/repos/a/b\n"
     r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30,
@@ -88,12 +89,7 @@ def test_shell_env_drives_a_real_client(make_proxy, upstream):
 
 def test_addons_load_into_plain_mitmdump(make_proxy, upstream):
     """The pipeline loads into `mitmdump -s` with --set goex_config and enforces the same policy."""
-    proxy = make_proxy({"gh": """
-        version: 1
-        rules:
-          - name: read
-            allow: {host: api.github.com, methods: [GET]}
-    """}, start=False)
+    proxy = make_proxy(GITHUB_READ, start=False)
     import goex_proxy.addons as addons_pkg
     port = proxy.port
     mitmdump = Path(sys.executable).parent / "mitmdump"
