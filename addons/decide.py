@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 from goex_proxy.addons import flowmeta, replies
@@ -9,7 +10,9 @@ from goex_proxy.addons.failclosed import fail_closed
 from goex_proxy.addons.state import ProxyState
 from goex_proxy.policy import decide
 from goex_proxy.requestview import RequestView
-from mitmproxy import http
+from mitmproxy import http, tcp, udp
+
+log = logging.getLogger(__name__)
 
 
 def request_view(flow: http.HTTPFlow, agent: str | None) -> RequestView:
@@ -46,3 +49,17 @@ class Decide:
             replies.denied(flow, d)
         elif d.count_limits and agent:
             self.state.limits.record(d.count_limits, agent, now)
+
+    def tcp_start(self, flow: tcp.TCPFlow) -> None:
+        """Raw TCP through a tunnel cannot be inspected, so it is never relayed (policy and audit would be skipped)."""
+        self._refuse_uninspectable(flow, "TCP")
+
+    def udp_start(self, flow: udp.UDPFlow) -> None:
+        self._refuse_uninspectable(flow, "UDP")
+
+    @staticmethod
+    def _refuse_uninspectable(flow: tcp.TCPFlow | udp.UDPFlow, kind: str) -> None:
+        address = flow.server_conn.address
+        log.warning("refused a raw %s stream to %s: goex-proxy relays only HTTP(S) it can inspect", kind, address)
+        flow.server_conn.error = f"goex-proxy refuses raw {kind}"  # checked before mitmproxy connects upstream
+        flow.kill()

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import socket
 import sqlite3
 import threading
 import time
 
 import pytest
 import requests
+
+from tests.conftest import TOKENS
 
 pytestmark = pytest.mark.e2e
 
@@ -224,7 +228,6 @@ def test_run_refuses_invalid_policy(make_proxy, upstream):
     message = "'rules[0].allow.limit.per' must be a duration like 30s, 5m, 1h or 7d (got '5 minutes')"
     assert f"{proxy.home}/policies/bad.yaml:4:53: {message}" in r.stderr
     with pytest.raises(OSError):
-        import socket
         socket.create_connection(("127.0.0.1", proxy.port), timeout=1)
 
 
@@ -269,3 +272,22 @@ def test_run_refuses_a_busy_port(make_proxy, upstream):
     r = proxy.cli("run")
     assert r.returncode == 2
     assert f"cannot listen on 127.0.0.1:{proxy.port}" in r.stderr and "another goex-proxy" in r.stderr
+
+
+def test_raw_tcp_through_connect_is_refused(make_proxy, upstream):
+    """A CONNECT tunnel carrying something that is not HTTP or TLS is closed and never reaches its target."""
+    proxy = make_proxy(SLACK_POLICY)
+    target = socket.create_server(("127.0.0.1", 0))
+    target.settimeout(3)
+    port = target.getsockname()[1]
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+        creds = base64.b64encode(f"slackbot:{TOKENS['slackbot']}".encode()).decode()
+        s.sendall(f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                  f"Proxy-Authorization: Basic {creds}\r\n\r\n".encode())
+        assert s.recv(1024).startswith(b"HTTP/1.1 200")
+        s.sendall(b"\x00\x01 raw bytes that are neither HTTP nor TLS\n")
+        assert s.recv(1024) == b""  # closed by the proxy
+    with pytest.raises(TimeoutError):
+        target.accept()
+    target.close()
+    assert "refused a raw TCP stream" in proxy.log_text()
