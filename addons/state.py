@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from contextlib import closing
 from pathlib import Path
 
 from goex_proxy import audit
@@ -53,9 +54,14 @@ class ProxyState:
         """Open the audit writer and seed the limit counters from what it recorded before."""
         assert self.config is not None
         self.writer = AuditWriter(self.config.audit_db)
-        self.limits.seed(audit.load_limit_hits(audit.open_db(self.config.audit_db, readonly=True),
-                                               self.policies.limit_windows(), time.time()))
+        self._seed_limits(self.policies.limit_windows())
         self._mtimes = self._stat()
+
+    def _seed_limits(self, windows: dict[str, float | None]) -> None:
+        """Load the recorded hits of these limited rules, so a restart or reload does not reset their counts."""
+        assert self.config is not None
+        with closing(audit.open_db(self.config.audit_db, readonly=True)) as conn:
+            self.limits.seed(list(audit.load_limit_hits(conn, windows, time.time())))
 
     def running(self) -> None:
         if self.config is not None and self._watch is None:
@@ -95,8 +101,8 @@ class ProxyState:
             return False
         known = set(self.policies.limit_windows())
         fresh = {k: v for k, v in policies.limit_windows().items() if k not in known}
-        if fresh and self.config is not None:
-            self.limits.seed(audit.load_limit_hits(audit.open_db(self.config.audit_db, readonly=True), fresh, time.time()))
+        if fresh:
+            self._seed_limits(fresh)
         self.policies = policies
         log.info("policies reloaded: %s", ", ".join(p.name for p in policies.policies) or "(none)")
         return True

@@ -14,11 +14,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import sqlite_utils
+from typing import TYPE_CHECKING, Any
 
 from .errors import AuditError, NotFound
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def _migration_1(db: sqlite_utils.Database) -> None:
 MIGRATIONS = [_migration_1]
 
 
-def open_db(path: Path, *, readonly: bool = False) -> sqlite_utils.Database:
+def open_db(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     """Open the audit database (WAL), applying any pending migration unless read-only."""
     try:
         if readonly:
@@ -68,14 +69,17 @@ def open_db(path: Path, *, readonly: bool = False) -> sqlite_utils.Database:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             path.chmod(0o600)
-        db = sqlite_utils.Database(conn)
         if not readonly:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            for number, migrate in enumerate(MIGRATIONS[version:], start=version + 1):
-                with conn:
-                    migrate(db)
-                    conn.execute(f"PRAGMA user_version = {number}")
-        return db
+            if version < len(MIGRATIONS):
+                import sqlite_utils  # only migrations need it; read-only commands should start fast
+
+                db = sqlite_utils.Database(conn)
+                for number, migrate in enumerate(MIGRATIONS[version:], start=version + 1):
+                    with conn:
+                        migrate(db)
+                        conn.execute(f"PRAGMA user_version = {number}")
+        return conn
     except sqlite3.Error as exc:
         raise AuditError(f"cannot open audit database {path}: {exc}") from None
 
@@ -143,10 +147,10 @@ class AuditWriter:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._db = open_db(path)
-        self._conn = self._db.conn
+        self._conn = open_db(path)
         last = self._conn.execute("SELECT hash FROM requests ORDER BY seq DESC LIMIT 1").fetchone()
         self._last_hash = last[0] if last else ""
+        self._pending: dict[str, str] = {}  # request id -> hash, for rows still waiting for their outcome
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="goex-audit-writer", daemon=True)
         self._thread.start()
@@ -194,6 +198,9 @@ class AuditWriter:
                         self._update(op)
         except Exception as exc:  # sqlite3.Error, disk full, a locked database: every waiter fails closed
             log.error("audit write failed (%d records): %s", len(batch), exc)
+            for op, _ in batch:
+                if isinstance(op, _Intent):
+                    self._pending.pop(str(op.row["id"]), None)
             for _, future in batch:
                 future.set_exception(AuditError(f"audit write failed: {exc}"))
             return
@@ -207,6 +214,8 @@ class AuditWriter:
         row["hash"] = row_hash(prev, row)
         if row.get("status") is not None or row.get("error") is not None:
             row["outcome_hash"] = outcome_hash(row["hash"], row)
+        else:
+            self._pending[str(row["id"])] = row["hash"]
         cols = ", ".join(row)
         self._conn.execute(f"INSERT INTO requests ({cols}) VALUES ({', '.join('?' * len(row))})", tuple(row.values()))
         for key in op.limit_keys:
@@ -215,24 +224,27 @@ class AuditWriter:
         return str(row["hash"])
 
     def _update(self, op: _Outcome) -> None:
-        found = self._conn.execute("SELECT hash FROM requests WHERE id = ?", (op.id,)).fetchone()
-        if found is None:
-            raise AuditError(f"outcome for unknown request {op.id}")
+        hash_ = self._pending.pop(op.id, None)
+        if hash_ is None:
+            found = self._conn.execute("SELECT hash FROM requests WHERE id = ?", (op.id,)).fetchone()
+            if found is None:
+                raise AuditError(f"outcome for unknown request {op.id}")
+            hash_ = found[0]
         fields = dict(op.fields)
-        fields["outcome_hash"] = outcome_hash(found[0], fields)
+        fields["outcome_hash"] = outcome_hash(hash_, fields)
         sets = ", ".join(f"{k} = ?" for k in fields)
         self._conn.execute(f"UPDATE requests SET {sets} WHERE id = ?", (*fields.values(), op.id))
 
 
-def load_limit_hits(db: sqlite_utils.Database, windows: dict[str, float | None], now: float) -> Iterator[tuple[str, str, float]]:
+def load_limit_hits(conn: sqlite3.Connection, windows: dict[str, float | None], now: float) -> Iterator[tuple[str, str, float]]:
     """The hits that still count for each limited rule, oldest first."""
     for key, per in windows.items():
         since = now - per if per is not None else 0.0
-        yield from db.conn.execute(
+        yield from conn.execute(
             "SELECT key, agent, ts FROM limit_hits WHERE key = ? AND ts > ? ORDER BY ts", (key, since))
 
 
-def query(db: sqlite_utils.Database, *, agent: str | None = None, host: str | None = None, since: float | None = None,
+def query(conn: sqlite3.Connection, *, agent: str | None = None, host: str | None = None, since: float | None = None,
           decision: str | None = None, limit: int | None = 50, order: str = "DESC") -> list[dict[str, Any]]:
     """Rows matching the filters, newest first (without bodies)."""
     where: list[str] = []
@@ -252,21 +264,21 @@ def query(db: sqlite_utils.Database, *, agent: str | None = None, host: str | No
     sql += f" ORDER BY ts {order}, seq {order}"
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
-    cursor = db.conn.execute(sql, params)
+    cursor = conn.execute(sql, params)
     names = [d[0] for d in cursor.description]
     return [dict(zip(names, r, strict=True)) for r in cursor.fetchall()]
 
 
-def get(db: sqlite_utils.Database, request_id: str) -> dict[str, Any]:
-    cursor = db.conn.execute("SELECT * FROM requests WHERE id = ?", (request_id,))
+def get(conn: sqlite3.Connection, request_id: str) -> dict[str, Any]:
+    cursor = conn.execute("SELECT * FROM requests WHERE id = ?", (request_id,))
     found = cursor.fetchone()
     if found is None:
         raise NotFound(f"no request with id {request_id!r} in the audit log")
     return dict(zip([d[0] for d in cursor.description], found, strict=True))
 
 
-def iter_rows(db: sqlite_utils.Database) -> Iterator[dict[str, Any]]:
-    cursor = db.conn.execute("SELECT * FROM requests ORDER BY seq")
+def iter_rows(conn: sqlite3.Connection) -> Iterator[dict[str, Any]]:
+    cursor = conn.execute("SELECT * FROM requests ORDER BY seq")
     names = [d[0] for d in cursor.description]
     for found in cursor:
         yield dict(zip(names, found, strict=True))
@@ -282,11 +294,11 @@ class VerifyResult:
     problem: str | None = None
 
 
-def verify(db: sqlite_utils.Database) -> VerifyResult:
+def verify(conn: sqlite3.Connection) -> VerifyResult:
     """Recompute the hash chain; name the first row that was edited, removed or reordered."""
     prev = ""
     checked = 0
-    for row in iter_rows(db):
+    for row in iter_rows(conn):
         problem = None
         if row["prev_hash"] != prev:
             problem = "its link to the previous row is broken (a row before it was removed or reordered)"

@@ -20,18 +20,24 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.syntax import Syntax
-from rich.table import Table
 
-from . import __version__, agentenv, audit, statedir, whatif
+from . import __version__, agentenv, audit
 from .config import Config, config_problems, default_config_path, home, load_config
 from .durations import parse_duration
 from .errors import ConfigError, GoexError, NotFound, Problem, StateError
-from .policyload import check_policy_text, load_policy, load_policy_set
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+def _console() -> Any:
+    """A rich console for human output, imported on first use so that `--json` and scripts start fast."""
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True)
+
+
+def _table(**kwargs: Any) -> Any:
+    from rich.table import Table
+
+    return Table(**kwargs)
 
 
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -102,6 +108,8 @@ def init(force: bool) -> None:
 
     Example: goex-proxy init
     """
+    from . import statedir
+
     state = home()
     made = statedir.init(state, force=force)
     for path in made:
@@ -119,6 +127,7 @@ def run(config_path: Path | None) -> None:
     Example: goex-proxy run --config ~/.goex-proxy/config.yaml
     """
     from . import runtime
+    from .policyload import load_policy_set
 
     config = _config(config_path)
     policies = load_policy_set([(p.path, p.agents) for p in config.policies])
@@ -208,6 +217,8 @@ def check(config_path: Path | None, files: tuple[Path, ...]) -> None:
 
     Example: goex-proxy policy check policies/slack-post-only.yaml
     """
+    from .policyload import check_policy_text
+
     problems: list[Problem] = []
     targets = list(files)
     if not targets:
@@ -241,6 +252,9 @@ def test_(config_path: Path | None, files: tuple[Path, ...], against_log: bool, 
 
     Example: goex-proxy policy test new-slack.yaml --against-log
     """
+    from . import whatif
+    from .policyload import load_policy, load_policy_set
+
     config = _config(config_path)
     candidates = {load_policy(f).name: f for f in files}
     sources = [(p.path, p.agents) for p in config.policies if load_policy(p.path).name not in candidates]
@@ -252,13 +266,13 @@ def test_(config_path: Path | None, files: tuple[Path, ...], against_log: bool, 
             click.echo(json.dumps(c.__dict__))
         return
     if changes:
-        table = Table(title=f"{len(changes)} of {seen} recorded requests would be decided differently")
+        table = _table(title=f"{len(changes)} of {seen} recorded requests would be decided differently")
         for col in ("id", "time", "agent", "request", "before", "after", "rule / reason"):
             table.add_column(col, overflow="fold")
         for c in changes:
             note = (c.rule or "-") + ": " + c.reason + (" [body was truncated in the log]" if c.body_truncated else "")
             table.add_row(c.id, _when(c.ts), c.agent or "-", f"{c.method} {c.url}", c.before, c.after, note)
-        out.print(table)
+        _console().print(table)
     else:
         click.echo(f"no change: all {seen} recorded requests would be decided the same way")
 
@@ -297,17 +311,12 @@ def log(click_ctx: click.Context, config_path: Path | None, agent: str | None, h
         for row in rows:
             click.echo(json.dumps(row))
         return
-    table = Table(show_edge=False, pad_edge=False)
-    for col in ("id", "time", "agent", "decision", "status", "method"):
-        table.add_column(col, no_wrap=True)
-    table.add_column("url", overflow="fold", min_width=24, ratio=3)
-    table.add_column("rule", overflow="fold", min_width=8, ratio=1)
-    styles = {"allow": "green", "deny": "red", "report": "yellow", "error": "magenta"}
-    for row in rows:
-        style = styles.get(row["decision"], "")
-        table.add_row(row["id"], _when(row["ts"])[5:], row["agent"] or "-", f"[{style}]{row['decision']}[/]",
-                      _outcome(row), row["method"], row["url"], row["rule"] or "-")
-    out.print(table)
+    from .plaintable import render
+
+    headers = ("id", "time", "agent", "decision", "status", "method", "url", "rule")
+    cells = [(row["id"], _when(row["ts"])[5:], row["agent"] or "-", row["decision"] or "-", _outcome(row),
+              row["method"] or "-", row["url"] or "-", row["rule"] or "-") for row in rows]
+    click.echo(render(headers, cells, flexible=6, colour_column=3), nl=False)
 
 
 @log.command()
@@ -332,6 +341,8 @@ def _pretty_body(body: bytes | None, size: int | None, headers: list[list[str]])
     if not body:
         return "(empty)" if not size else f"({size} bytes, not stored)"
     note = f"\n… ({size} bytes in all; the first {len(body)} stored)" if size and size > len(body) else ""
+    from rich.syntax import Syntax
+
     content_type = next((v for k, v in headers if k.lower() == "content-type"), "")
     try:
         text = body.decode("utf-8")
@@ -361,6 +372,7 @@ def show(config_path: Path | None, request_id: str, as_json: bool) -> None:
         printable = {k: (v.decode("utf-8", "replace") if isinstance(v, bytes) else v) for k, v in row.items()}
         click.echo(json.dumps(printable))
         return
+    out = _console()
     req_headers = json.loads(row["req_headers"] or "[]")
     resp_headers = json.loads(row["resp_headers"] or "[]")
     out.print(f"[bold]{row['id']}[/]  {_when(row['ts'])}  agent [bold]{row['agent'] or '-'}[/]")

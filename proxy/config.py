@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from . import yamlsrc
 from .errors import ConfigError, Problem, StateError
-from .policyload import resolve
+from .presets import resolve
 from .secretref import SecretRef
 from .yamlsrc import Checker, YMap
 

@@ -190,8 +190,10 @@ def decide(view: RequestView, policies: PolicySet, now: float, counts: LimitCoun
     cache: dict[str, dict[str, Any]] = {}
 
     def context() -> dict[str, Any]:
+        """Built once per decision, holding only what the conditions that may run can read."""
         if "c" not in cache:
-            cache["c"] = view.cel_context(now)
+            paths = [p for r in enforce + report if r.when is not None for p in r.when.paths]
+            cache["c"] = view.cel_context(now, paths)
         return cache["c"]
 
     hard = _judge(enforce, view, context)

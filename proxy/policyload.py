@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -20,27 +19,6 @@ _POLICY_KEYS = {"version", "name", "description", "agents", "mode", "rules"}
 _RULE_KEYS = {"name", "allow", "deny", "description"}
 _MATCH_KEYS = {"host", "hosts", "method", "methods", "path", "paths", "agents", "when"}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.#@:/()'-]*")
-BUILTIN = "builtin:"
-
-
-def builtin_dir() -> Path:
-    """Where the shipped presets live (package data `goex_proxy.policies`)."""
-    return Path(str(resources.files("goex_proxy.policies")))
-
-
-def builtin_names() -> list[str]:
-    return sorted(p.stem for p in builtin_dir().glob("*.yaml"))
-
-
-def resolve(ref: str, base: Path) -> Path:
-    """Turn a config reference (`builtin:NAME` or a path relative to the config file) into a path."""
-    if ref.startswith(BUILTIN):
-        name = ref[len(BUILTIN):]
-        path = builtin_dir() / f"{name}.yaml"
-        if not path.is_file():
-            raise ValueError(f"names no shipped policy '{name}' (shipped: {', '.join(builtin_names())})")
-        return path
-    return (base / Path(ref).expanduser()).resolve()
 
 
 def _expression_pos(source_lines: list[str], pos: tuple[int, int], err: CelSyntaxError) -> tuple[int, int]:

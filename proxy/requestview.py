@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -54,28 +55,68 @@ class RequestView:
         except UnicodeDecodeError:
             return {}
 
-    def cel_context(self, now: float) -> dict[str, Any]:
-        """The variables a CEL condition sees."""
+    def _request_fields(self) -> dict[str, Callable[[], Any]]:
+        return {
+            "method": lambda: self.method,
+            "scheme": lambda: self.scheme,
+            "host": lambda: self.host,
+            "port": lambda: self.port,
+            "path": lambda: self.path,
+            "url": lambda: self.url,
+            "query": self._query_map,
+            "headers": self._header_map,
+            "body": lambda: self.body.decode("utf-8", "replace"),
+            "json": lambda: self.json,
+            "form": lambda: self.form,
+        }
+
+    def _header_map(self) -> dict[str, str]:
         headers: dict[str, str] = {}
         for k, v in self.headers:
             headers[k] = f"{headers[k]}, {v}" if k in headers else v
+        return headers
+
+    def _query_map(self) -> dict[str, str]:
         query: dict[str, str] = {}
         for k, v in self.query:
             query.setdefault(k, v)
-        return {
-            "agent": self.agent or "",
-            "now": int(now),
-            "request": {
-                "method": self.method,
-                "scheme": self.scheme,
-                "host": self.host,
-                "port": self.port,
-                "path": self.path,
-                "url": self.url,
-                "query": query,
-                "headers": headers,
-                "body": self.body.decode("utf-8", "replace"),
-                "json": self.json,
-                "form": self.form,
-            },
-        }
+        return query
+
+    def cel_context(self, now: float, paths: Iterable[tuple[str, ...]] | None = None) -> dict[str, Any]:
+        """The variables a CEL condition sees: all of them, or only the subtrees on `paths`."""
+        roots: dict[str, Callable[[], Any]] = {"agent": lambda: self.agent or "", "now": lambda: int(now)}
+        fields = self._request_fields()
+        whole = _Whole((name, make()) for name, make in fields.items()) if paths is None else None
+        if whole is not None:
+            return {"agent": roots["agent"](), "now": roots["now"](), "request": whole}
+        out: dict[str, Any] = {}
+        for path in sorted(set(paths or ()), key=len):
+            if path[0] in roots:
+                out[path[0]] = roots[path[0]]()
+            elif len(path) == 1:
+                out["request"] = _Whole((name, make()) for name, make in fields.items())
+            else:
+                request = out.setdefault("request", {})
+                if not isinstance(request, _Whole) and path[1] in fields:
+                    _graft(request, path[1], fields[path[1]](), path[2:])
+        return out
+
+
+class _Whole(dict):  # type: ignore[type-arg]
+    """A subtree copied in full, so that longer paths into it add nothing."""
+
+
+_MISSING = object()
+
+
+def _graft(target: dict[str, Any], key: str, value: Any, rest: tuple[str, ...]) -> None:
+    """Copy into `target[key]` the part of `value` that the selector chain `rest` reaches (all of it if empty)."""
+    current = target.get(key, _MISSING)
+    if isinstance(current, _Whole) or (current is not _MISSING and not isinstance(current, dict)):
+        return
+    if not rest or not isinstance(value, dict):
+        target[key] = _Whole(value) if isinstance(value, dict) else value
+        return
+    sub = target.setdefault(key, {})
+    if rest[0] in value:
+        _graft(sub, rest[0], value[rest[0]], rest[1:])

@@ -6,8 +6,6 @@ import os
 import secrets
 from pathlib import Path
 
-from mitmproxy.certs import CertStore
-
 from . import audit
 from .errors import StateError
 
@@ -63,11 +61,13 @@ def init(state_dir: Path, *, force: bool = False) -> list[str]:
             policy.write_text(STARTER_POLICY, encoding="utf-8")
             made.append(str(policy))
         if not (state_dir / "mitmproxy-ca.pem").exists():
+            from mitmproxy.certs import CertStore  # slow to import; only init needs it
+
             CertStore.from_store(state_dir, "mitmproxy", 2048)
             made.append(str(state_dir / "mitmproxy-ca-cert.pem"))
         db = state_dir / "audit.db"
         if not db.exists():
-            audit.open_db(db).conn.close()
+            audit.open_db(db).close()
             made.append(str(db))
     except OSError as exc:
         raise StateError(f"cannot set up {state_dir}: {exc.strerror or exc}") from None

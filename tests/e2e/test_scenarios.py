@@ -155,7 +155,7 @@ def test_audit_failure_fails_closed(make_proxy, upstream):
     proxy = make_proxy(SLACK_POLICY)
     s = session(proxy)
     assert s.get(f"{SLACK}/conversations.list").status_code == 200
-    locker = sqlite3.connect(proxy.home / "audit.db", timeout=0, isolation_level=None)
+    locker = sqlite3.connect(proxy.home / "audit.db", timeout=10, isolation_level=None)
     locker.execute("BEGIN EXCLUSIVE")
     try:
         r = s.get(f"{SLACK}/conversations.history")

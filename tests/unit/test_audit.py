@@ -67,7 +67,7 @@ def test_chain_continues_across_writers(tmp_path: Path) -> None:
 
 def test_migrations_are_recorded(tmp_path: Path) -> None:
     """Opening twice applies the schema once and records its version."""
-    audit.open_db(tmp_path / "a.db").conn.close()
+    audit.open_db(tmp_path / "a.db").close()
     db = audit.open_db(tmp_path / "a.db")
-    assert db.conn.execute("PRAGMA user_version").fetchone()[0] == len(audit.MIGRATIONS)
-    assert db.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(audit.MIGRATIONS)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

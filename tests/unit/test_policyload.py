@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from goex_proxy.policyload import builtin_names, check_policy_text, load_policy
+from goex_proxy.policyload import check_policy_text, load_policy
+from goex_proxy.presets import builtin_dir, builtin_names
 
 DATA = Path(__file__).parent / "testdata"
 CASES = sorted(DATA.glob("*.yaml"))
@@ -43,7 +44,6 @@ def test_every_problem_is_reported_not_just_the_first(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", builtin_names())
 def test_shipped_presets_are_valid(name: str) -> None:
     """Every preset under policies/ loads without problems."""
-    from goex_proxy.policyload import builtin_dir
     policy = load_policy(builtin_dir() / f"{name}.yaml")
     assert policy.name == name and policy.rules
 

@@ -1,0 +1,28 @@
+"""Where policy files are found: shipped presets (`builtin:NAME`) and paths relative to the config file."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+BUILTIN = "builtin:"
+
+
+def builtin_dir() -> Path:
+    """Where the shipped presets live (package data `goex_proxy.policies`)."""
+    return Path(str(resources.files("goex_proxy.policies")))
+
+
+def builtin_names() -> list[str]:
+    return sorted(p.stem for p in builtin_dir().glob("*.yaml"))
+
+
+def resolve(ref: str, base: Path) -> Path:
+    """Turn a config reference (`builtin:NAME` or a path relative to the config file) into a path."""
+    if ref.startswith(BUILTIN):
+        name = ref[len(BUILTIN):]
+        path = builtin_dir() / f"{name}.yaml"
+        if not path.is_file():
+            raise ValueError(f"names no shipped policy '{name}' (shipped: {', '.join(builtin_names())})")
+        return path
+    return (base / Path(ref).expanduser()).resolve()

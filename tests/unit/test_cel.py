@@ -1,0 +1,61 @@
+"""CEL conditions: compile errors are located, and pruning the context to the paths read never changes a result."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from goex_proxy.cel import CelEvalError, CelSyntaxError, compile_condition
+from goex_proxy.requestview import RequestView
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+EXPRESSIONS = [
+    'request.json.channel == "C0BOTS"',
+    "has(request.json.channel)",
+    "has(request.json.a) && has(request.json.a.b) && request.json.a.b == 1",
+    "size(request.json) > 1",
+    'request.json.a.c.exists(x, x == 2)',
+    'request.headers["x-team"] == "blue"',
+    'request.query.q.startsWith("cat")',
+    'request["json"].channel == "C0BOTS"',
+    'request.method == "POST" && agent == "bot" && now > 0',
+    "request.json.count > 3",
+]
+
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.sampled_from(["C0BOTS", "x", "cat"]))
+json_values = st.recursive(scalars, lambda inner: st.one_of(
+    st.lists(inner, max_size=3),
+    st.dictionaries(st.sampled_from(["a", "b", "c", "channel", "count"]), inner, max_size=4)), max_leaves=8)
+bodies = st.dictionaries(st.sampled_from(["a", "channel", "count", "other"]), json_values, max_size=4)
+
+
+def outcome(expression: str, context: dict) -> object:
+    try:
+        return compile_condition(expression).evaluate(context)
+    except CelEvalError:
+        return "error"
+
+
+@settings(max_examples=150, deadline=None)
+@given(body=bodies, expression=st.sampled_from(EXPRESSIONS), team=st.sampled_from([None, "blue", "red"]))
+def test_pruned_context_gives_the_same_result(body: dict, expression: str, team: str | None) -> None:
+    """Evaluating on only the paths an expression reads gives what evaluating on the whole request gives."""
+    headers = (("x-team", team),) if team else ()
+    view = RequestView("bot", "POST", "https", "h.example", 443, "/", (("q", "cats"),), headers, json.dumps(body).encode())
+    condition = compile_condition(expression)
+    assert outcome(expression, view.cel_context(1.0, condition.paths)) == outcome(expression, view.cel_context(1.0))
+
+
+@pytest.mark.parametrize(("source", "line", "col"), [("a ==", 1, 5), ("request.json.(", 1, 14), ("x &&\n  (", 2, 4)])
+def test_syntax_errors_are_located(source: str, line: int, col: int) -> None:
+    """A syntax error says where in the expression it is."""
+    with pytest.raises(CelSyntaxError) as err:
+        compile_condition(source)
+    assert (err.value.line, err.value.col) == (line, col) and "Syntax error" in str(err.value)
+
+
+def test_non_boolean_result_is_an_error() -> None:
+    """A condition must give a boolean; anything else is an evaluation error, never truthiness."""
+    with pytest.raises(CelEvalError, match="not a boolean"):
+        compile_condition("request.path").evaluate({"request": {"path": "/x"}})
