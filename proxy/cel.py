@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -13,7 +14,13 @@ Path = tuple[str, ...]
 
 _LOCATION = re.compile(r"<input>:(\d+):(\d+): (.*)")
 _MACRO_VARIABLE = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(\s*([A-Za-z_][A-Za-z0-9_]*)\s*,")
-_REFERENCE = re.compile(r"\b(request|agent|now)((?:\s*\.\s*[A-Za-z_][A-Za-z0-9_]*)*)(\s*\()?")
+_CHAIN = r"\b(request|agent|now)((?:\s*\.\s*[A-Za-z_][A-Za-z0-9_]*)*)"
+_REFERENCE = re.compile(_CHAIN + r"(\s*\()?")
+_LITERAL = r"""(?:"([^"\\]*)"|'([^'\\]*)')"""
+#: `request.headers["x"]`: only key x of the map is read.
+_INDEXED = re.compile(_CHAIN + r"\s*\[\s*" + _LITERAL + r"\s*\]")
+#: `"x" in request.headers`: only whether key x is there is asked.
+_MEMBERSHIP = re.compile(_LITERAL + r"\s+in\s+" + _CHAIN + r"(?!\s*[.\[(])")
 
 
 class CelSyntaxError(ValueError):
@@ -36,7 +43,8 @@ class Condition:
     program: Any
     paths: tuple[Path, ...] = ()
 
-    def evaluate(self, context: dict[str, Any]) -> bool:
+    def evaluate(self, context: Any) -> bool:
+        """Evaluate against a dict of variables or a `bind()`-ed context."""
         try:
             result = self.program.execute(context)
         except Exception as exc:  # the engine raises KeyError, TypeError, RuntimeError, ValueError…
@@ -52,19 +60,47 @@ def _describe(exc: Exception) -> str:
     return str(exc).split(". ")[0]
 
 
+@functools.cache
+def _engine() -> Any:
+    """The CEL engine module, imported on first use: it is slow to import, and the log commands never need it."""
+    import cel
+
+    return cel
+
+
+def bind(variables: dict[str, Any]) -> Any:
+    """Hand the variables to the engine once, for several conditions to evaluate against (the costly step)."""
+    context = _engine().Context()
+    context.update(variables)
+    return context
+
+
 def read_paths(source: str) -> tuple[Path, ...]:
     """The variable paths an expression can read: each `request.a.b` selector chain, up to a call or an index.
 
     Handing the engine only these subtrees, not the whole request, is what keeps a decision fast (the engine converts
-    every value it is given). Over-reading is harmless; a chain stops before anything that is not a plain selector,
-    so `request.json.items.exists(...)` reads all of `request.json.items` and `request["json"]` all of `request`.
+    every value it is given, about 1.3 us per header). Over-reading is harmless; a chain stops before anything that is
+    not a plain selector, so `request.json.items.exists(...)` reads all of `request.json.items`. A string-literal
+    index or membership test reads one key: `request.headers["x"]` and `"x" in request.headers` read only key x.
     """
     paths: list[Path] = []
+
+    def chain(root: str, selectors: str) -> list[str]:
+        return [root, *(part.strip() for part in selectors.split(".")[1:])]
+
+    def consume(m: re.Match[str]) -> str:
+        if m.re is _INDEXED:
+            paths.append((*chain(m.group(1), m.group(2)), m.group(3) if m.group(3) is not None else m.group(4)))
+        else:
+            paths.append((*chain(m.group(3), m.group(4)), m.group(1) if m.group(1) is not None else m.group(2)))
+        return " " * len(m.group(0))
+
+    source = _MEMBERSHIP.sub(consume, _INDEXED.sub(consume, source))
     for m in _REFERENCE.finditer(source):
-        chain = [part.strip() for part in m.group(2).split(".")[1:]]
-        if m.group(3) and chain:  # `request.x.startsWith(...)`: the last name is a method, not a field
-            chain.pop()
-        paths.append((m.group(1), *chain))
+        path = chain(m.group(1), m.group(2))
+        if m.group(3) and len(path) > 1:  # `request.x.startsWith(...)`: the last name is a method, not a field
+            path.pop()
+        paths.append(tuple(path))
     return tuple(dict.fromkeys(paths))
 
 
@@ -72,10 +108,8 @@ def compile_condition(source: str) -> Condition:
     """Compile `source`, checking syntax and that it reads only the known variables."""
     if not isinstance(source, str) or not source.strip():
         raise CelSyntaxError("must be a non-empty CEL expression")
-    import cel as _engine  # imported on first use: it is slow to import, and the log commands never need it
-
     try:
-        program = _engine.compile(source)
+        program = _engine().compile(source)
     except ValueError as exc:
         text = str(exc)
         m = _LOCATION.search(text)

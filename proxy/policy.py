@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from .cel import CelEvalError, Condition
+from .cel import CelEvalError, Condition, bind
 from .globs import Glob
 from .requestview import RequestView
 
@@ -53,13 +53,13 @@ class Rule:
         cond = f" when {self.when.source}" if self.when else ""
         return f"{methods} {hosts}{paths}{cond} ('{self.name}'{extra})"
 
-    def matches_plain(self, view: RequestView) -> bool:
-        """Everything but the CEL condition."""
+    def matches_plain(self, view: RequestView, host_known: bool = False) -> bool:
+        """Everything but the CEL condition (`host_known`: the host index already matched the host)."""
         if self.agents is not None and view.agent not in self.agents:
             return False
         if self.methods is not None and view.method not in self.methods:
             return False
-        if self.hosts and not any(h.matches(view.host) for h in self.hosts):
+        if not host_known and self.hosts and not any(h.matches(view.host) for h in self.hosts):
             return False
         return self.paths is None or any(p.matches(view.path) for p in self.paths)
 
@@ -102,34 +102,39 @@ class LimitCounts(Protocol):
 
 
 @dataclass(frozen=True)
+class Candidate:
+    """A rule that may apply to a host, with its policy, and whether the host index already matched the host."""
+
+    rule: Rule
+    policy: Policy
+    host_known: bool
+
+
+@dataclass(frozen=True)
 class PolicySet:
     """All loaded policies, with their rules indexed by literal host so a decision looks at few rules."""
 
     policies: tuple[Policy, ...] = ()
-    _by_host: dict[str, tuple[Rule, ...]] = field(default_factory=dict, compare=False, repr=False)
-    _wild: tuple[Rule, ...] = field(default=(), compare=False, repr=False)
-    _modes: dict[str, Policy] = field(default_factory=dict, compare=False, repr=False)
+    _by_host: dict[str, tuple[Candidate, ...]] = field(default_factory=dict, compare=False, repr=False)
+    _wild: tuple[Candidate, ...] = field(default=(), compare=False, repr=False)
 
     @classmethod
     def of(cls, policies: Iterable[Policy]) -> PolicySet:
         policies = tuple(policies)
-        by_host: dict[str, list[Rule]] = {}
-        wild: list[Rule] = []
+        by_host: dict[str, list[Candidate]] = {}
+        wild: list[Candidate] = []
         for policy in policies:
             for rule in policy.rules:
                 literals = [h.literal for h in rule.hosts]
                 if rule.hosts and all(lit is not None for lit in literals):
                     for lit in dict.fromkeys(literals):
-                        by_host.setdefault(lit, []).append(rule)  # type: ignore[arg-type]
+                        by_host.setdefault(lit, []).append(Candidate(rule, policy, True))  # type: ignore[arg-type]
                 else:
-                    wild.append(rule)
-        return cls(policies, {h: tuple(r) for h, r in by_host.items()}, tuple(wild), {p.name: p for p in policies})
+                    wild.append(Candidate(rule, policy, False))
+        return cls(policies, {h: tuple(r) for h, r in by_host.items()}, tuple(wild))
 
-    def candidates(self, host: str) -> tuple[Rule, ...]:
+    def candidates(self, host: str) -> tuple[Candidate, ...]:
         return self._by_host.get(host, ()) + self._wild
-
-    def policy(self, name: str) -> Policy:
-        return self._modes[name]
 
     def limit_windows(self) -> dict[str, float | None]:
         """Every limited rule's key and window, to seed counters from storage."""
@@ -143,7 +148,7 @@ class _Verdict:
     errors: list[tuple[Rule, str]] = field(default_factory=list)
 
 
-def _judge(rules: list[Rule], view: RequestView, context: Callable[[], dict[str, Any]]) -> _Verdict:
+def _judge(rules: list[Rule], view: RequestView, context: Callable[[], Any]) -> _Verdict:
     verdict = _Verdict()
     for rule in rules:
         if rule.when is not None:
@@ -180,20 +185,19 @@ def decide(view: RequestView, policies: PolicySet, now: float, counts: LimitCoun
         return Decision("deny", "the request carries no known agent identity")
     enforce: list[Rule] = []
     report: list[Rule] = []
-    for rule in policies.candidates(view.host):
-        policy = policies.policy(rule.policy)
-        if not policy.applies_to(view.agent) or not rule.matches_plain(view):
+    for c in policies.candidates(view.host):
+        if not c.policy.applies_to(view.agent) or not c.rule.matches_plain(view, c.host_known):
             continue
-        (report if policy.mode == "report" else enforce).append(rule)
+        (report if c.policy.mode == "report" else enforce).append(c.rule)
     reporting = any(p.mode == "report" and p.applies_to(view.agent) for p in policies.policies)
 
-    cache: dict[str, dict[str, Any]] = {}
+    cache: dict[str, Any] = {}
 
-    def context() -> dict[str, Any]:
+    def context() -> Any:
         """Built once per decision, holding only what the conditions that may run can read."""
         if "c" not in cache:
             paths = [p for r in enforce + report if r.when is not None for p in r.when.paths]
-            cache["c"] = view.cel_context(now, paths)
+            cache["c"] = bind(view.cel_context(now, paths))
         return cache["c"]
 
     hard = _judge(enforce, view, context)
@@ -226,8 +230,9 @@ def decide(view: RequestView, policies: PolicySet, now: float, counts: LimitCoun
 def _alternatives(view: RequestView, policies: PolicySet, most: int = 5) -> tuple[str, ...]:
     """What this agent may do on this host instead, for the denial body."""
     out = []
-    for rule in policies.candidates(view.host):
-        if rule.effect == "allow" and policies.policy(rule.policy).applies_to(view.agent):
-            if (rule.agents is None or view.agent in rule.agents) and (not rule.hosts or any(h.matches(view.host) for h in rule.hosts)):
+    for c in policies.candidates(view.host):
+        rule = c.rule
+        if rule.effect == "allow" and c.policy.applies_to(view.agent) and (rule.agents is None or view.agent in rule.agents):
+            if c.host_known or any(h.matches(view.host) for h in rule.hosts):
                 out.append(rule.summary())
     return tuple(out[:most])
