@@ -61,7 +61,7 @@ def _current_fingerprint() -> str:
 
     with tempfile.TemporaryDirectory(prefix="goex-bench-schema-") as tmp:
         path = Path(tmp) / "schema.db"
-        audit.open_db(path).conn.close()
+        audit.open_db(path).close()
         return _schema_fingerprint(path)
 
 
@@ -164,7 +164,7 @@ def generate(path: Path, rows: int, now: float) -> tuple[float, float]:
     tmp = path.with_name(path.name + ".tmp")
     for p in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
         p.unlink(missing_ok=True)
-    audit.open_db(tmp).conn.close()  # the project's schema and migrations
+    audit.open_db(tmp).close()  # the project's schema and migrations
     conn = sqlite3.connect(tmp, isolation_level=None)
     conn.execute("PRAGMA journal_mode=DELETE")
     conn.execute("PRAGMA synchronous=OFF")
@@ -285,11 +285,11 @@ def run(rows: int = 1_000_000, cli_runs: int = 9, query_runs: int = 50, regenera
     heavy = import_breakdown()
     shown = sum(1 for line in out_json.splitlines() if line.startswith("{"))
     db = audit.open_db(db_path, readonly=True)
-    total = db.conn.execute("SELECT max(seq) FROM requests").fetchone()[0]
+    total = db.execute("SELECT max(seq) FROM requests").fetchone()[0]
     since = time.time() - 3600
-    in_hour = db.conn.execute("SELECT count(*) FROM requests WHERE agent = ? AND ts >= ?",
+    in_hour = db.execute("SELECT count(*) FROM requests WHERE agent = ? AND ts >= ?",
                               (QUERY_AGENT, since)).fetchone()[0]
-    plan = " | ".join(r[-1] for r in db.conn.execute(
+    plan = " | ".join(r[-1] for r in db.execute(
         "EXPLAIN QUERY PLAN SELECT id FROM requests WHERE agent = ? AND ts >= ? ORDER BY ts DESC, seq DESC LIMIT 50",
         (QUERY_AGENT, since)))
 
@@ -309,7 +309,7 @@ def run(rows: int = 1_000_000, cli_runs: int = 9, query_runs: int = 50, regenera
     q_since = timed(lambda: audit.query(db, since=time.time() - 3600, limit=50), query_runs)
     q_host = timed(lambda: audit.query(db, host="slack.com", since=time.time() - 86400, limit=50), query_runs)
     q_decision = timed(lambda: audit.query(db, decision="error", limit=50), max(3, query_runs // 10))
-    db.conn.close()
+    db.close()
 
     cli_ms, json_ms = median(cli), median(cli_json)
     rows_out = [

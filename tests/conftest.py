@@ -83,7 +83,7 @@ class GoexProxy:
     """A real `goex-proxy run` subprocess with its own state directory, config and policies."""
 
     def __init__(self, home: Path, upstream: FakeUpstream | None, ca_file: Path, policies: dict[str, str],
-                 routes: dict[str, str] | None = None) -> None:
+                 routes: dict[str, str] | None = None, extra_config: str = "") -> None:
         self.home = home
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -99,7 +99,7 @@ class GoexProxy:
         self.config = home / "config.yaml"
         self.config.write_text(
             f"version: 1\nlisten: 127.0.0.1:{self.port}\nagents:\n{agents}\npolicies:\n{policy_list}\n"
-            f"upstream:\n  extra_ca: [{ca_file}]\n  routes:\n{route_lines or '    {}'}\n"
+            f"upstream:\n  extra_ca: [{ca_file}]\n  routes:\n{route_lines or '    {}'}\n{extra_config}"
         )
         self.log_path = home / "proxy.log"
 
@@ -170,9 +170,10 @@ def make_proxy(tmp_path: Path, upstream: FakeUpstream, upstream_ca: tuple[trustm
     """Build (and later stop) goex-proxy processes: make_proxy({"name": policy_yaml}, start=True)."""
     made: list[GoexProxy] = []
 
-    def make(policies: dict[str, str], start: bool = True, routes: dict[str, str] | None = None) -> GoexProxy:
+    def make(policies: dict[str, str], start: bool = True, routes: dict[str, str] | None = None,
+             extra_config: str = "") -> GoexProxy:
         home = tmp_path / f"home{len(made)}"
-        proxy = GoexProxy(home, upstream, upstream_ca[1], policies, routes)
+        proxy = GoexProxy(home, upstream, upstream_ca[1], policies, routes, extra_config)
         made.append(proxy)
         return proxy.start() if start else proxy
 

@@ -291,3 +291,55 @@ def test_raw_tcp_through_connect_is_refused(make_proxy, upstream):
         target.accept()
     target.close()
     assert "refused a raw TCP stream" in proxy.log_text()
+
+
+def test_bodies_are_stored_up_to_the_limit_with_size_and_hash(make_proxy, upstream):
+    """A body over audit.max_body_bytes is stored truncated, with its full size and the sha256 of all of it."""
+    import hashlib
+
+    proxy = make_proxy(SLACK_POLICY, extra_config="audit: {max_body_bytes: 16}\n")
+    body = json.dumps({"channel": "C0BOTS", "text": "x" * 200}).encode()
+    r = session(proxy).post(f"{SLACK}/chat.postMessage", data=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 200
+    time.sleep(0.3)
+    row = proxy.rows()[-1]
+    assert row["req_body"] == body[:16] and row["req_body_size"] == len(body)
+    assert row["req_body_sha256"] == hashlib.sha256(body).hexdigest()
+    assert row["resp_body_size"] == len(r.content) and len(row["resp_body"]) == 16
+
+
+def test_invalid_config_is_refused_with_its_location(make_proxy, upstream):
+    """An unknown key in the config makes `run` exit 2 naming file:line:col, and `policy check` exit 1."""
+    proxy = make_proxy(SLACK_POLICY, start=False, extra_config="audit: {db: audit.db, max_bodys: 5}\n")
+    r = proxy.cli("run")
+    line = proxy.config.read_text().splitlines().index("audit: {db: audit.db, max_bodys: 5}") + 1
+    expected = f"{proxy.config}:{line}:23: unknown key 'max_bodys' in 'audit' (expected one of: db, max_body_bytes)"
+    assert r.returncode == 2 and expected in r.stderr
+    check = proxy.cli("policy", "check")
+    assert check.returncode == 1 and expected in check.stdout
+
+
+@pytest.mark.parametrize("tool", ["git", "pip"])
+def test_git_and_pip_trust_the_proxy_ca(make_proxy, upstream, tool):
+    """git and pip under `exec` reach the upstream through the proxy with its CA trusted (no certificate error)."""
+    import shutil
+    import sys
+
+    if tool == "git" and shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    proxy = make_proxy({"gh": """
+        version: 1
+        rules:
+          - name: read
+            allow: {host: api.github.com, methods: [GET]}
+    """})
+    command = (["git", "ls-remote", "https://api.github.com/repos/a/b.git"] if tool == "git" else
+               [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir", "-d", str(proxy.home / "dl"),
+                "--index-url", "https://api.github.com/simple/", "--retries", "0", "nothing-here"])
+    r = proxy.exec("mailbot", *command, timeout=120)
+    output = r.stdout + r.stderr
+    assert "certificate" not in output.lower() and "ssl" not in output.lower(), output
+    rows = [row for row in proxy.rows() if row["host"] == "api.github.com"]
+    # git (libcurl) first asks without credentials and answers the 407 challenge; only that probe is unnamed.
+    assert any(row["agent"] == "mailbot" and row["decision"] == "allow" for row in rows)
+    assert all(row["agent"] == "mailbot" or row["status"] == 407 for row in rows)

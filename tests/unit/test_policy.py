@@ -207,3 +207,20 @@ def test_deny_beats_allow(method: str, path: str, host: str) -> None:
     """
     d = decide(view(method, host, path), policies(SLACK, deny_all), 0, LimitCounters())
     assert d.effect == "deny" and d.reason in ("locked down", "deleting is reserved to humans")
+
+
+def test_budget_without_window_never_refills() -> None:
+    """A limit with no `per` is a budget for all time: once spent, it stays spent."""
+    ps = policies("""
+        version: 1
+        name: budget
+        rules:
+          - name: one refund ever
+            allow: {host: api.example.org, path: /refund, limit: {count: 1}}
+    """)
+    counts = LimitCounters()
+    first = decide(view("POST", host="api.example.org", path="/refund"), ps, 0, counts)
+    assert first.effect == "allow"
+    counts.record(first.count_limits, "bot", 0)
+    later = decide(view("POST", host="api.example.org", path="/refund"), ps, 10 * 365 * 86400, counts)
+    assert later.effect == "deny" and "at most 1 in all" in later.reason
