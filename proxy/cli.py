@@ -177,7 +177,9 @@ def exec_(config_path: Path | None, agent: str, command: tuple[str, ...]) -> Non
     def forward(signum: int, _frame: Any) -> None:
         child.send_signal(signum)
 
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    # Ctrl-C reaches the child straight from the terminal (same process group); exec only waits for it to end.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, forward)
     sys.exit(_exit_code(child.wait()))
 

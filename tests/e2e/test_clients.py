@@ -108,3 +108,23 @@ def test_exec_refuses_unknown_agent(proxy):
     r = proxy.exec("nobody", "true")
     assert r.returncode == 2
     assert "no agent named 'nobody'" in r.stderr and "mailbot" in r.stderr
+
+
+def test_exec_passes_sigterm_to_the_command(proxy, tmp_path):
+    """SIGTERM sent to `exec` reaches the command, whose exit code `exec` then reports."""
+    import signal
+    import subprocess
+    import time
+
+    marker = tmp_path / "started"
+    code = ("import signal, sys, time, pathlib\n"
+            "signal.signal(signal.SIGTERM, lambda *a: sys.exit(42))\n"
+            f"pathlib.Path({str(marker)!r}).write_text('x')\n"
+            "time.sleep(30)\n")
+    p = subprocess.Popen([sys.executable, "-m", "goex_proxy", "exec", "--config", str(proxy.config), "--agent",
+                          "mailbot", "--", sys.executable, "-c", code], env=proxy.env)
+    deadline = time.time() + 20
+    while not marker.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(20) == 42
