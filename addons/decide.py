@@ -10,7 +10,8 @@ from goex_proxy.addons.failclosed import fail_closed
 from goex_proxy.addons.state import ProxyState
 from goex_proxy.policy import decide
 from goex_proxy.requestview import RequestView
-from mitmproxy import http, tcp, udp
+from mitmproxy import dns, http, tcp, udp
+from mitmproxy.flow import Error
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,11 @@ class Decide:
 
     def udp_start(self, flow: udp.UDPFlow) -> None:
         self._refuse_uninspectable(flow, "UDP")
+
+    def dns_request(self, flow: dns.DNSFlow) -> None:
+        """DNS through a tunnel to port 53 would be forwarded by mitmproxy itself: answer SERVFAIL instead."""
+        log.warning("refused a DNS query through the proxy to %s", flow.server_conn.address)
+        flow.error = Error("goex-proxy does not relay DNS")
 
     @staticmethod
     def _refuse_uninspectable(flow: tcp.TCPFlow | udp.UDPFlow, kind: str) -> None:

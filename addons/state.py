@@ -23,6 +23,13 @@ log = logging.getLogger(__name__)
 class ProxyState:
     """Loads the config once (option `goex_config`), then keeps the policy set current and the audit writer open."""
 
+    #: mitmproxy options without which the pipeline could be bypassed, and why; checked on every change.
+    REQUIRED_OPTIONS = {
+        "connection_strategy": ("lazy", "an eager proxy connects upstream before the policy has decided"),
+        "stream_large_bodies": (None, "a streamed body is sent upstream before the policy sees it"),
+        "rawtcp": (False, "raw TCP (or a 101 upgrade to an unknown protocol) would be relayed uninspected"),
+    }
+
     def __init__(self, config: Config | None = None, policies: PolicySet | None = None) -> None:
         self.config = config
         self.policies = policies or PolicySet()
@@ -30,13 +37,23 @@ class ProxyState:
         self.writer: AuditWriter | None = None
         self._mtimes: dict[Path, float | None] = {}
         self._watch: asyncio.Task[None] | None = None
+        if config is not None:
+            self.open()  # ready before the proxy listens (`goex-proxy run`); under mitmdump, configure() opens it
 
     def load(self, loader: object) -> None:
         add = loader.add_option  # type: ignore[attr-defined]
         add("goex_config", str, "", "Path of the goex-proxy config.yaml to run with.")
         add("goex_reload_interval", float, 1.0, "Seconds between checks of the policy files for changes.")
 
+    @classmethod
+    def check_options(cls) -> None:
+        for name, (value, why) in cls.REQUIRED_OPTIONS.items():
+            if getattr(ctx.options, name) != value:
+                raise exceptions.OptionsError(f"goex-proxy needs the mitmproxy option {name}={value} ({why}); "
+                                              f"it is {getattr(ctx.options, name)!r}")
+
     def configure(self, updated: set[str]) -> None:
+        self.check_options()
         if "goex_config" in updated and ctx.options.goex_config:
             try:
                 self.config = load_config(Path(ctx.options.goex_config))
@@ -64,6 +81,12 @@ class ProxyState:
             self.limits.seed(list(audit.load_limit_hits(conn, windows, time.time())))
 
     def running(self) -> None:
+        try:
+            self.check_options()
+        except exceptions.OptionsError as exc:
+            log.error("%s; shutting down", exc)
+            ctx.master.shutdown()
+            return
         if self.config is not None and self._watch is None:
             self._watch = asyncio.get_running_loop().create_task(self._watch_policies())
 

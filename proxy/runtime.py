@@ -30,7 +30,7 @@ def upstream_ca_bundle(config: Config) -> Path | None:
 
 
 def proxy_options(config: Config) -> dict[str, Any]:
-    """The mitmproxy options goex-proxy runs with; request streaming stays off so policy always sees the body."""
+    """The mitmproxy options goex-proxy runs with (`ProxyState.REQUIRED_OPTIONS` says why the safety-relevant ones)."""
     bundle = upstream_ca_bundle(config)
     return {
         "listen_host": config.listen_host,
@@ -39,6 +39,7 @@ def proxy_options(config: Config) -> dict[str, Any]:
         "mode": ["regular"],
         "connection_strategy": "lazy",
         "stream_large_bodies": None,
+        "rawtcp": False,
         "ssl_insecure": False,
         "ssl_verify_upstream_trusted_ca": str(bundle) if bundle else None,
         "http2": True,
@@ -61,8 +62,8 @@ def build_master(config: Config, policies: PolicySet) -> master.Master:
         tlsconfig.TlsConfig(),
         errorcheck.ErrorCheck(repeat_errors_on_stderr=True),
     )
-    m.addons.add(*pipeline(ProxyState(config, policies)))
     opts.update(**proxy_options(config))
+    m.addons.add(*pipeline(ProxyState(config, policies)))
     return m
 
 

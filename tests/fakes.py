@@ -109,6 +109,17 @@ class _Handler(BaseHTTPRequestHandler):
                 status, payload = api(state, self.command, url.path, body if isinstance(body, dict) else {})
         if url.path == "/slow":
             self.server.release.wait(30)
+        if url.path == "/upgrade-foo":  # switch to a protocol the proxy cannot inspect, then echo bytes
+            self.send_response(101)
+            self.send_header("Upgrade", "foo")
+            self.send_header("Connection", "Upgrade")
+            self.end_headers()
+            self.wfile.flush()
+            while chunk := self.connection.recv(1024):
+                state.seen.append(Seen("RAW", host, url.path, {}, chunk))
+                self.connection.sendall(chunk)
+            self.close_connection = True
+            return
         data = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")

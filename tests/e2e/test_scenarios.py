@@ -135,7 +135,7 @@ def test_missing_or_wrong_identity_gets_407(make_proxy, upstream):
         with pytest.raises(requests.exceptions.ProxyError, match="407"):
             requests.get(f"{SLACK}/conversations.list", proxies={"https": url}, verify=str(proxy.ca_cert), timeout=10)
     assert upstream.state.seen == []
-    rows = proxy.rows()
+    rows = wait_rows(proxy, 6)
     assert len(rows) == 6 and {r["status"] for r in rows} == {407} and {r["decision"] for r in rows} == {"deny"}
 
 
@@ -191,6 +191,14 @@ def test_killed_proxy_leaves_intent_row(make_proxy, upstream):
     listed = proxy.cli("log")
     assert row["id"] in listed.stdout and "pending" in listed.stdout
     assert "may have happened" in proxy.cli("show", row["id"]).stdout
+
+
+def wait_rows(proxy, count, timeout=5.0):
+    """The audit rows once there are `count` of them (refusals are recorded just after the answer is sent)."""
+    deadline = time.time() + timeout
+    while len(rows := proxy.rows()) < count and time.time() < deadline:
+        time.sleep(0.05)
+    return rows
 
 
 def _ignore(fn):
@@ -274,23 +282,75 @@ def test_run_refuses_a_busy_port(make_proxy, upstream):
     assert f"cannot listen on 127.0.0.1:{proxy.port}" in r.stderr and "another goex-proxy" in r.stderr
 
 
+def _connect_tunnel(proxy, target: str) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+    creds = base64.b64encode(f"slackbot:{TOKENS['slackbot']}".encode()).decode()
+    s.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: Basic {creds}\r\n\r\n".encode())
+    assert s.recv(1024).startswith(b"HTTP/1.1 200")
+    return s
+
+
 def test_raw_tcp_through_connect_is_refused(make_proxy, upstream):
-    """A CONNECT tunnel carrying something that is not HTTP or TLS is closed and never reaches its target."""
+    """A CONNECT tunnel carrying something that is not HTTP or TLS is refused and never reaches its target."""
     proxy = make_proxy(SLACK_POLICY)
     target = socket.create_server(("127.0.0.1", 0))
     target.settimeout(3)
-    port = target.getsockname()[1]
-    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
-        creds = base64.b64encode(f"slackbot:{TOKENS['slackbot']}".encode()).decode()
-        s.sendall(f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-                  f"Proxy-Authorization: Basic {creds}\r\n\r\n".encode())
-        assert s.recv(1024).startswith(b"HTTP/1.1 200")
-        s.sendall(b"\x00\x01 raw bytes that are neither HTTP nor TLS\n")
-        assert s.recv(1024) == b""  # closed by the proxy
+    with _connect_tunnel(proxy, f"127.0.0.1:{target.getsockname()[1]}") as s:
+        s.sendall(b"\x00\x01 raw bytes that are neither HTTP nor TLS\r\n\r\n")
+        s.settimeout(3)
+        try:
+            answer = s.recv(1024)
+        except TimeoutError:
+            answer = b""
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 400")  # refused, never relayed
     with pytest.raises(TimeoutError):
         target.accept()
     target.close()
-    assert "refused a raw TCP stream" in proxy.log_text()
+
+
+def test_upgrade_to_an_unknown_protocol_is_not_relayed(make_proxy, upstream):
+    """After a 101 to a protocol other than WebSocket, the proxy closes the connection instead of relaying bytes."""
+    proxy = make_proxy({"up": """
+        version: 1
+        rules:
+          - name: upgrade
+            allow: {host: slack.com, path: /upgrade-foo}
+    """})
+    creds = base64.b64encode(f"slackbot:{TOKENS['slackbot']}".encode()).decode()
+    with _connect_tunnel(proxy, "slack.com:80") as s:
+        s.sendall(b"GET /upgrade-foo HTTP/1.1\r\nHost: slack.com\r\nConnection: Upgrade\r\nUpgrade: foo\r\n"
+                  + f"Proxy-Authorization: Basic {creds}\r\n\r\n".encode())
+        s.settimeout(3)
+        received = b""
+        try:
+            while chunk := s.recv(1024):
+                received += chunk
+                if b"\r\n\r\n" in received:
+                    s.sendall(b"smuggled bytes")
+        except (TimeoutError, ConnectionResetError, BrokenPipeError):
+            pass
+    assert b"smuggled bytes" not in received
+    assert not any(seen.method == "RAW" for seen in upstream.state.seen)
+
+
+def test_dns_through_connect_is_refused(make_proxy, upstream):
+    """A DNS query sent through a CONNECT tunnel to port 53 is refused and never reaches the resolver."""
+    resolver = socket.create_server(("127.0.0.1", 0))
+    resolver.settimeout(3)
+    proxy = make_proxy(SLACK_POLICY, routes={"dns.test": f"http://127.0.0.1:{resolver.getsockname()[1]}"})
+    query = bytes.fromhex("abcd01000001000000000000") + b"\x06secret\x05exfil\x07example\x00\x00\x01\x00\x01"
+    with _connect_tunnel(proxy, "dns.test:53") as s:
+        s.sendall(len(query).to_bytes(2, "big") + query)
+        s.settimeout(3)
+        try:
+            answer = s.recv(1024)
+        except TimeoutError:
+            answer = b""
+    assert answer == b"" or answer[5] & 0x0F == 2  # nothing, or SERVFAIL: never an answer from the resolver
+    with pytest.raises(TimeoutError):
+        resolver.accept()
+    resolver.close()
+    assert "refused a DNS query" in proxy.log_text()
 
 
 def test_bodies_are_stored_up_to_the_limit_with_size_and_hash(make_proxy, upstream):

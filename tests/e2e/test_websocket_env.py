@@ -94,7 +94,7 @@ def test_addons_load_into_plain_mitmdump(make_proxy, upstream):
     port = proxy.port
     mitmdump = Path(sys.executable).parent / "mitmdump"
     proc = subprocess.Popen([str(mitmdump), "-q", "--listen-host", "127.0.0.1", "-p", str(port),
-                             "--set", f"confdir={proxy.home}", "--set", "connection_strategy=lazy",
+                             "--set", f"confdir={proxy.home}", "--set", "connection_strategy=lazy", "--set", "rawtcp=false",
                              "--set", f"ssl_verify_upstream_trusted_ca={_bundle(proxy)}",
                              "-s", addons_pkg.__file__, "--set", f"goex_config={proxy.config}"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -108,6 +108,19 @@ def test_addons_load_into_plain_mitmdump(make_proxy, upstream):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_plain_mitmdump_with_unsafe_options_is_refused(make_proxy):
+    """Under mitmdump, the pipeline refuses to run with options that would let traffic bypass it."""
+    import goex_proxy.addons as addons_pkg
+
+    proxy = make_proxy(GITHUB_READ, start=False)
+    mitmdump = Path(sys.executable).parent / "mitmdump"
+    r = subprocess.run([str(mitmdump), "-q", "--listen-host", "127.0.0.1", "-p", str(proxy.port),
+                        "--set", f"confdir={proxy.home}", "-s", addons_pkg.__file__,
+                        "--set", f"goex_config={proxy.config}"], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert "connection_strategy=lazy" in r.stdout + r.stderr
 
 
 def _bundle(proxy) -> Path:
