@@ -8,16 +8,40 @@ import time
 from goex_proxy.addons import flowmeta, replies
 from goex_proxy.addons.failclosed import fail_closed
 from goex_proxy.addons.state import ProxyState
-from goex_proxy.policy import decide
-from goex_proxy.requestview import RequestView
+from goex_proxy.policy import Decision, decide
+from goex_proxy.requestview import RequestView, canonical_path
 from mitmproxy import dns, http, tcp, udp
 from mitmproxy.flow import Error
 
 log = logging.getLogger(__name__)
 
 
+def _host_of(authority: str) -> tuple[str, int | None]:
+    host, _, port = authority.rpartition(":") if not authority.endswith("]") else (authority, "", "")
+    if not host or not port.isdigit():
+        host, port = authority, ""
+    return host.strip("[]").lower().rstrip("."), int(port) if port else None
+
+
+def target_problem(flow: http.HTTPFlow) -> str | None:
+    """Why the request's parts disagree on where it goes (CONNECT target or URL, Host header, TLS SNI), if they do."""
+    req = flow.request
+    host = req.host.lower().rstrip(".")
+    if req.host_header:
+        named, port = _host_of(req.host_header)
+        if named != host or (port is not None and port != req.port):
+            return f"the Host header names {req.host_header!r} but the request goes to {host}:{req.port}"
+    sni = flow.client_conn.sni
+    if sni and sni.lower().rstrip(".") != host:
+        return f"the TLS server name {sni!r} does not match the request's host {host!r}"
+    if canonical_path(req.path.split("?", 1)[0] or "/") is None:
+        return (f"the path {req.path.split('?', 1)[0]!r} is ambiguous (dot or empty segments, or a backslash); "
+                "send its plain form")
+    return None
+
+
 def request_view(flow: http.HTTPFlow, agent: str | None) -> RequestView:
-    """What the policy sees of a flow: the host it will connect to, the path without its query, the decoded body."""
+    """What the policy sees of a flow: the host it will connect to, the canonical path, the decoded body."""
     req = flow.request
     return RequestView(
         agent=agent,
@@ -25,7 +49,7 @@ def request_view(flow: http.HTTPFlow, agent: str | None) -> RequestView:
         scheme=req.scheme,
         host=req.host.lower().rstrip("."),
         port=req.port,
-        path=req.path.split("?", 1)[0] or "/",
+        path=canonical_path(req.path.split("?", 1)[0] or "/") or "/",
         query=tuple(req.query.items(multi=True)),
         headers=tuple((k.lower(), v) for k, v in req.headers.items(multi=True)),
         body=req.get_content(strict=False) or b"",
@@ -44,6 +68,12 @@ class Decide:
             return
         agent = flowmeta.agent(flow)
         now = time.time()
+        problem = target_problem(flow)
+        if problem is not None:
+            d = Decision("deny", f"refused before policy: {problem}", "request-target")
+            flowmeta.set_decision(flow, d)
+            replies.denied(flow, d)
+            return
         d = decide(request_view(flow, agent), self.state.policies, now, self.state.limits)
         flowmeta.set_decision(flow, d)
         if d.effect == "deny":

@@ -3,11 +3,32 @@
 from __future__ import annotations
 
 import json
+import re
+import string
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 from urllib.parse import parse_qsl
+
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+_UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
+
+
+def canonical_path(raw: str) -> str | None:
+    """The path as policies match it, or None when servers could read it more than one way.
+
+    Escapes of unreserved characters are decoded (`/%61dmin` is `/admin`, RFC 3986 6.2.2.2) and other escapes are
+    upper-cased; a path with `.` or `..` segments, empty segments (`//`, except a trailing `/`) or a backslash, after
+    decoding, is ambiguous: servers differ in how they resolve it, so it is refused rather than guessed at.
+    """
+    if not raw.startswith("/"):
+        return raw
+    path = _ESCAPE.sub(lambda m: chr(int(m[1], 16)) if chr(int(m[1], 16)) in _UNRESERVED else f"%{m[1].upper()}", raw)
+    segments = path.split("/")[1:]
+    if "\\" in path or "%5C" in path or any(seg in (".", "..") for seg in segments) or "" in segments[:-1]:
+        return None
+    return path
 
 
 @dataclass(frozen=True)

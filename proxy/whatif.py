@@ -10,7 +10,10 @@ from urllib.parse import parse_qsl
 
 from .limits import LimitCounters
 from .policy import Decision, PolicySet, decide
-from .requestview import RequestView
+from .requestview import RequestView, canonical_path
+
+#: Rules that decide before the policy does; their rows are not the policy's to change.
+PRE_POLICY_RULES = ("identify", "request-target")
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,7 @@ def view_of_row(row: dict[str, Any]) -> RequestView:
     headers = tuple((k.lower(), v) for k, v in json.loads(row["req_headers"] or "[]"))
     return RequestView(
         agent=row["agent"], method=(row["method"] or "").upper(), scheme=row["scheme"] or "https",
-        host=(row["host"] or "").lower().rstrip("."), port=row["port"] or 443, path=path or "/",
+        host=(row["host"] or "").lower().rstrip("."), port=row["port"] or 443, path=canonical_path(path or "/") or path,
         query=tuple(parse_qsl(query, keep_blank_values=True)), headers=headers, body=row["req_body"] or b"",
     )
 
@@ -46,7 +49,7 @@ def replay(rows: Iterable[dict[str, Any]], policies: PolicySet) -> tuple[int, li
     changes: list[Change] = []
     seen = 0
     for row in rows:
-        if row["method"] == "CONNECT":
+        if row["method"] == "CONNECT" or row["rule"] in PRE_POLICY_RULES or row["decision"] == "error":
             continue
         seen += 1
         view = view_of_row(row)

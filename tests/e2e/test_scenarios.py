@@ -403,3 +403,61 @@ def test_git_and_pip_trust_the_proxy_ca(make_proxy, upstream, tool):
     # git (libcurl) first asks without credentials and answers the 407 challenge; only that probe is unnamed.
     assert any(row["agent"] == "mailbot" and row["decision"] == "allow" for row in rows)
     assert all(row["agent"] == "mailbot" or row["status"] == 407 for row in rows)
+
+
+SPELLINGS = {"public": """
+    version: 1
+    name: public
+    rules:
+      - name: public pages
+        allow: {host: slack.com, path: "/public/**"}
+      - name: not admin
+        deny: {host: slack.com, path: "/public/admin/**", reason: "admin is off limits"}
+"""}
+
+
+@pytest.mark.parametrize("path", ["/public/%61dmin/x", "/public//admin/x", "/public/./admin/x", "/public/x/../admin/x"])
+def test_no_spelling_reaches_a_denied_path(make_proxy, upstream, path):
+    """Escaped, doubled-slash and dot-segment spellings of a denied path are refused; the upstream sees none."""
+    proxy = make_proxy(SPELLINGS)
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+        creds = base64.b64encode(f"slackbot:{TOKENS['slackbot']}".encode()).decode()
+        s.sendall(f"GET http://slack.com{path} HTTP/1.1\r\nHost: slack.com\r\nProxy-Authorization: Basic {creds}\r\n"
+                  "Connection: close\r\n\r\n".encode())
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 403"), answer[:300]
+    assert b"ambiguous" in answer or b"admin is off limits" in answer
+    assert upstream.state.seen == []
+    assert session(proxy).get("https://slack.com/public/ok").status_code == 200
+
+
+def test_host_header_must_match_the_target(make_proxy, upstream):
+    """A request whose Host header names another host than the one it goes to is refused before policy."""
+    proxy = make_proxy(SLACK_POLICY)
+    s = session(proxy)
+    r = s.get(f"{SLACK}/conversations.list", headers={"Host": "evil.example"})
+    assert r.status_code == 403 and "the Host header names 'evil.example'" in r.json()["reason"]
+    assert r.json()["rule"] == "request-target"
+    plain = requests.get("http://slack.com/api/conversations.list", headers={"Host": "evil.example"},
+                         proxies={"http": proxy.proxy_url("slackbot")}, timeout=10)
+    assert plain.status_code == 403
+    assert upstream.state.seen == []
+
+
+def test_tls_server_name_must_match_the_target(make_proxy, upstream):
+    """Inside a CONNECT tunnel to one host, a TLS handshake naming another host is refused before policy."""
+    import ssl
+
+    proxy = make_proxy(SLACK_POLICY)
+    context = ssl.create_default_context(cafile=str(proxy.ca_cert))
+    context.check_hostname = False
+    raw = _connect_tunnel(proxy, "slack.com:443")
+    with context.wrap_socket(raw, server_hostname="gmail.googleapis.com") as tls:
+        tls.sendall(b"GET /api/conversations.list HTTP/1.1\r\nHost: slack.com\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := tls.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 403") and b"TLS server name" in answer
+    assert upstream.state.seen == []

@@ -224,3 +224,27 @@ def test_budget_without_window_never_refills() -> None:
     counts.record(first.count_limits, "bot", 0)
     later = decide(view("POST", host="api.example.org", path="/refund"), ps, 10 * 365 * 86400, counts)
     assert later.effect == "deny" and "at most 1 in all" in later.reason
+
+
+PATHS = {
+    "an escaped unreserved character is decoded": ("/public/%61dmin/x", "/public/admin/x"),
+    "an escaped tilde is decoded": ("/%7Euser", "/~user"),
+    "an escaped slash stays escaped (it is data, not a separator)": ("/a%2fb", "/a%2Fb"),
+    "an escaped @ stays escaped": ("/users/me%40x.com", "/users/me%40x.com"),
+    "a trailing slash is kept": ("/a/b/", "/a/b/"),
+    "a dot segment is ambiguous": ("/public/./admin", None),
+    "a dot-dot segment is ambiguous": ("/public/../secret", None),
+    "an escaped dot-dot segment is ambiguous": ("/%2e%2e/secret", None),
+    "an empty segment is ambiguous": ("/public//admin", None),
+    "a backslash is ambiguous": ("/public\\admin", None),
+    "an escaped backslash is ambiguous": ("/public%5cadmin", None),
+}
+
+
+@pytest.mark.parametrize("sentence", sorted(PATHS))
+def test_canonical_path(sentence: str) -> None:
+    """Policies match one spelling of each path; spellings servers read differently are refused (None)."""
+    from goex_proxy.requestview import canonical_path
+
+    raw, expected = PATHS[sentence]
+    assert canonical_path(raw) == expected
