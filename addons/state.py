@@ -109,7 +109,10 @@ class ProxyState:
     async def _watch_policies(self) -> None:
         while True:
             await asyncio.sleep(ctx.options.goex_reload_interval)
-            self.reload_if_changed()
+            try:
+                self.reload_if_changed()
+            except Exception:  # the watcher must outlive any one bad edit; the last good policies stay in force
+                log.exception("policy reload failed; keeping the last good policies")
 
     def reload_if_changed(self) -> bool:
         """Reload the policy files if any changed; an invalid set is logged and the last good one kept."""
@@ -122,10 +125,12 @@ class ProxyState:
         except GoexError as exc:
             log.error("policy reload rejected; keeping the last good policies:\n%s", exc)
             return False
-        known = set(self.policies.limit_windows())
-        fresh = {k: v for k, v in policies.limit_windows().items() if k not in known}
-        if fresh:
-            self._seed_limits(fresh)
+        known = self.policies.limit_windows()
+        changed = {k: v for k, v in policies.limit_windows().items() if k not in known or known[k] != v}
+        if changed:
+            # A new rule, a re-added one or a longer window: count from what was recorded, not from memory.
+            self.limits.forget(changed)
+            self._seed_limits(changed)
         self.policies = policies
         log.info("policies reloaded: %s", ", ".join(p.name for p in policies.policies) or "(none)")
         return True

@@ -64,7 +64,10 @@ def open_db(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
                 raise AuditError(f"no audit database at {path}; has `goex-proxy run` recorded anything yet?")
             conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
         else:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise AuditError(f"cannot create {path.parent} for the audit database: {exc.strerror or exc}") from None
             conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")

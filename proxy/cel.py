@@ -20,7 +20,8 @@ _LITERAL = r"""(?:"([^"\\]*)"|'([^'\\]*)')"""
 #: `request.headers["x"]`: only key x of the map is read.
 _INDEXED = re.compile(_CHAIN + r"\s*\[\s*" + _LITERAL + r"\s*\]")
 #: `"x" in request.headers`: only whether key x is there is asked.
-_MEMBERSHIP = re.compile(_LITERAL + r"\s+in\s+" + _CHAIN + r"(?!\s*[.\[(])")
+#: The literal must be a whole operand: `"a" + "b" in m` or `"""a""" in m` ask about other keys, so they read all of m.
+_MEMBERSHIP = re.compile(r"(^|[(&|!,?:])(\s*)" + _LITERAL + r"\s+in\s+" + _CHAIN + r"(?!\s*[.\[(])")
 
 
 class CelSyntaxError(ValueError):
@@ -91,9 +92,9 @@ def read_paths(source: str) -> tuple[Path, ...]:
     def consume(m: re.Match[str]) -> str:
         if m.re is _INDEXED:
             paths.append((*chain(m.group(1), m.group(2)), m.group(3) if m.group(3) is not None else m.group(4)))
-        else:
-            paths.append((*chain(m.group(3), m.group(4)), m.group(1) if m.group(1) is not None else m.group(2)))
-        return " " * len(m.group(0))
+            return " " * len(m.group(0))
+        paths.append((*chain(m.group(5), m.group(6)), m.group(3) if m.group(3) is not None else m.group(4)))
+        return m.group(1) + " " * (len(m.group(0)) - len(m.group(1)))
 
     source = _MEMBERSHIP.sub(consume, _INDEXED.sub(consume, source))
     for m in _REFERENCE.finditer(source):

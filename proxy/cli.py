@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -54,6 +55,9 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except NotFound as exc:
             click.echo(f"goex-proxy: {exc}", err=True)
             sys.exit(1)
+        except sqlite3.DatabaseError as exc:
+            click.echo(f"goex-proxy: the audit database cannot be read: {exc}", err=True)
+            sys.exit(2)
         except GoexError as exc:
             click.echo(f"goex-proxy: {exc}", err=True)
             sys.exit(2)
@@ -132,6 +136,7 @@ def run(config_path: Path | None) -> None:
     config = _config(config_path)
     policies = load_policy_set([(p.path, p.agents) for p in config.policies])
     _check_can_listen(config)
+    audit.open_db(config.audit_db).close()  # an unusable audit database is a reason not to start (exit 2)
     for name, agent in config.agents.items():
         if agent.token.reveal() is None:
             click.echo(f"goex-proxy: warning: agent {name!r} has no token ({agent.token.describe()} is not set); "
@@ -233,6 +238,9 @@ def check(config_path: Path | None, files: tuple[Path, ...]) -> None:
             text = file.read_text(encoding="utf-8")
         except OSError as exc:
             problems.append(Problem(str(file), 1, 1, f"cannot read policy file: {exc.strerror or exc}"))
+            continue
+        except UnicodeDecodeError as exc:
+            problems.append(Problem(str(file), 1, 1, f"policy file is not UTF-8 text (byte {exc.start})"))
             continue
         problems += check_policy_text(text, str(file))[1]
     for problem in problems:

@@ -135,6 +135,8 @@ def parse_config(doc: Any, file: Path, check: Checker) -> Config:
             entry = check.mapping(item, "policies[]", pos, {"use", "agents"}, {"use"})
             ref = entry.get("use") if entry else None
             narrowed = check.strings(item, "agents", "policies[].agents")
+        if narrowed is not None and not narrowed:
+            check.error(pos, "'policies[].agents' must not be empty (leave it out to keep the file's own agents)")
         if not isinstance(ref, str):
             check.error(pos, "'policies' entries must be a path, builtin:NAME, or {use: ..., agents: [...]} "
                              f"(got {yamlsrc.type_name(ref)})")
@@ -190,6 +192,8 @@ def load_config(path: Path | None = None) -> Config:
         raise StateError(f"no config at {path}; run `goex-proxy init` first (or pass --config)") from None
     except OSError as exc:
         raise StateError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([Problem(str(path), 1, 1, f"config is not UTF-8 text (byte {exc.start})")]) from None
     doc, problems = yamlsrc.load(text, str(path))
     if problems:
         raise ConfigError(problems)

@@ -19,6 +19,12 @@ class LimitCounters:
         for key, agent, ts in hits:
             self._hits.setdefault((key, agent), deque()).append(ts)
 
+    def forget(self, keys: Iterable[str]) -> None:
+        """Drop the in-memory hits of these rules (before seeding them again from storage)."""
+        drop = set(keys)
+        for pair in [p for p in self._hits if p[0] in drop]:
+            del self._hits[pair]
+
     def _window(self, key: str, agent: str, per: float | None, now: float) -> deque[float]:
         hits = self._hits.get((key, agent))
         if hits is None:

@@ -189,7 +189,9 @@ def decide(view: RequestView, policies: PolicySet, now: float, counts: LimitCoun
         if not c.policy.applies_to(view.agent) or not c.rule.matches_plain(view, c.host_known):
             continue
         (report if c.policy.mode == "report" else enforce).append(c.rule)
-    reporting = any(p.mode == "report" and p.applies_to(view.agent) for p in policies.policies)
+    # A report-mode policy softens default deny only on the hosts its rules cover, never everywhere.
+    reporting = any(c.policy.mode == "report" and c.policy.applies_to(view.agent) and _covers(c, view)
+                    for c in policies.candidates(view.host))
 
     cache: dict[str, Any] = {}
 
@@ -219,7 +221,8 @@ def decide(view: RequestView, policies: PolicySet, now: float, counts: LimitCoun
         return Decision("allow", f"allowed by rule '{first.name}'", first.key, would, limited_keys)
     if allows:
         first = allows[0]
-        return Decision("allow", f"allowed by report-mode rule '{first.name}'", first.key, None, limited_keys)
+        would = f"report mode: only report-mode rule '{first.name}' allows this; enforced, it would be denied"
+        return Decision("allow", f"allowed by report-mode rule '{first.name}'", first.key, would, limited_keys)
     nothing = f"no rule allows {view.method} {view.host}{view.path} for agent '{view.agent}'"
     if reporting:
         return Decision("allow", nothing + " (allowed: a policy for this agent is in report mode)", None,
@@ -227,12 +230,18 @@ def decide(view: RequestView, policies: PolicySet, now: float, counts: LimitCoun
     return Decision("deny", nothing, None, allowed_instead=_alternatives(view, policies))
 
 
+def _covers(c: Candidate, view: RequestView) -> bool:
+    """Whether a candidate rule names this request's host and agent (its method and path may differ)."""
+    rule = c.rule
+    if rule.agents is not None and view.agent not in rule.agents:
+        return False
+    return c.host_known or not rule.hosts or any(h.matches(view.host) for h in rule.hosts)
+
+
 def _alternatives(view: RequestView, policies: PolicySet, most: int = 5) -> tuple[str, ...]:
     """What this agent may do on this host instead, for the denial body."""
     out = []
     for c in policies.candidates(view.host):
-        rule = c.rule
-        if rule.effect == "allow" and c.policy.applies_to(view.agent) and (rule.agents is None or view.agent in rule.agents):
-            if c.host_known or any(h.matches(view.host) for h in rule.hosts):
-                out.append(rule.summary())
+        if c.rule.effect == "allow" and c.policy.applies_to(view.agent) and _covers(c, view):
+            out.append(c.rule.summary())
     return tuple(out[:most])

@@ -47,6 +47,9 @@ class _PolicyReader:
         patterns = self.check.strings(m, key, f"{where}.{key}")
         if patterns is None:
             return ()
+        if not patterns:
+            self.check.error(self.check.at(m, key), f"'{where}.{key}' must not be empty (leave it out to match any)")
+            return ()
         out = []
         for pattern in patterns:
             try:
@@ -60,6 +63,8 @@ class _PolicyReader:
         if not present:
             return None
         names = self.check.strings(m, present[0], f"{where}.{present[0]}") or []
+        if not names:
+            self.check.error(self.check.at(m, present[0]), f"'{where}.{present[0]}' must not be empty (use '*' for any)")
         if "*" in names:
             return None
         upper = {n.upper() for n in names}
@@ -170,6 +175,8 @@ def load_policy(path: Path, agents_override: frozenset[str] | None = None, displ
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([Problem(file, 1, 1, f"cannot read policy file: {exc.strerror or exc}")]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([Problem(file, 1, 1, f"policy file is not UTF-8 text (byte {exc.start})")]) from None
     policy, problems = check_policy_text(text, file)
     if policy is None:
         raise ConfigError(problems)

@@ -79,6 +79,9 @@ def load(text: str, file: str) -> tuple[Any, list[Problem]]:
     except yaml.YAMLError as exc:
         problems.append(Problem(file, 1, 1, f"invalid YAML: {exc}"))
         return None, problems
+    except RecursionError:
+        problems.append(Problem(file, 1, 1, "invalid YAML: an alias refers to itself or nests too deeply"))
+        return None, problems
     finally:
         loader.dispose()
 

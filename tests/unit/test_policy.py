@@ -248,3 +248,33 @@ def test_canonical_path(sentence: str) -> None:
 
     raw, expected = PATHS[sentence]
     assert canonical_path(raw) == expected
+
+
+def test_report_mode_does_not_open_hosts_it_does_not_cover() -> None:
+    """A report-mode policy about Slack leaves enforced default deny in place on every other host."""
+    gmail = """
+        version: 1
+        name: gmail
+        rules:
+          - name: read
+            allow: {host: gmail.googleapis.com, methods: [GET]}
+    """
+    ps = policies(gmail, REPORT)
+    assert decide(view("POST", host="gmail.googleapis.com", path="/x"), ps, 0, LimitCounters()).effect == "deny"
+    assert decide(view("POST", host="evil.example", path="/x"), ps, 0, LimitCounters()).effect == "deny"
+    slack = decide(view("POST", path="/api/conversations.list"), ps, 0, LimitCounters())
+    assert slack.label == "report" and "report mode" in (slack.report or "")
+
+
+def test_report_mode_allow_alone_is_labelled_report() -> None:
+    """A request allowed only by a report-mode rule is let through but labelled report: enforced, it would be denied."""
+    trial = """
+        version: 1
+        name: trial-allow
+        mode: report
+        rules:
+          - name: posting
+            allow: {host: slack.com, path: /api/chat.postMessage}
+    """
+    d = decide(view("POST", path="/api/chat.postMessage"), policies(trial), 0, LimitCounters())
+    assert (d.effect, d.label) == ("allow", "report") and "would be denied" in (d.report or "")

@@ -51,3 +51,21 @@ def test_shipped_presets_are_valid(name: str) -> None:
 def test_presets_include_the_promised_ones() -> None:
     """gmail-readonly, slack-post-only, github-readonly and s3-readonly ship."""
     assert {"gmail-readonly", "slack-post-only", "github-readonly", "s3-readonly"} <= set(builtin_names())
+
+
+def test_non_utf8_policy_is_a_located_problem(tmp_path: Path) -> None:
+    """A policy file that is not UTF-8 is reported as a problem, not a traceback."""
+    from goex_proxy.errors import ConfigError
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(b"version: 1\nname: \xff\xfe\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_policy(bad)
+    r = subprocess.run([sys.executable, "-m", "goex_proxy", "policy", "check", str(bad)], capture_output=True, text=True)
+    assert r.returncode == 1 and f"{bad}:1:1: policy file is not UTF-8 text" in r.stdout
+
+
+def test_self_referencing_alias_is_a_problem() -> None:
+    """A YAML alias that refers to itself is reported, not a crash."""
+    _, problems = check_policy_text("version: 1\nrules: &a [*a]\n", "loop.yaml")
+    assert problems and "invalid YAML" in str(problems[0])
