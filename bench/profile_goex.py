@@ -159,12 +159,5 @@ def run(procs: Processes, schemes: tuple[str, ...] = ("https",), duration: float
                 f"{r.main_thread_cpu_s / r.duration_s * 100:.0f}% of the time (it is the bottleneck when near 100%).\n"
                 + text)
     finally:
-        for p in list(bench.proxies.values()):
-            procs.stop(p.proc)
-        if hasattr(bench, "upstream"):
-            procs.stop(bench.upstream)
-        if keep:
-            print(f"(profile files kept in {workdir})")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        bench.close(keep, "profile")
     return "\n\n".join(texts), results

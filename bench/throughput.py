@@ -84,6 +84,17 @@ class Bench:
         self.proxies: dict[str, Proxy] = {}
         self.notes: list[str] = []
 
+    def close(self, keep: bool, what: str = "bench") -> None:
+        """Stop every process this bench started; keep its directory (logs, configs) if asked, else remove it."""
+        for p in list(self.proxies.values()):
+            self.procs.stop(p.proc)
+        if hasattr(self, "upstream"):
+            self.procs.stop(self.upstream)
+        if keep:
+            print(f"({what} files kept in {self.dir})")
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
     # ---------------------------------------------------------------- setup
     def setup(self, only: str | None = None) -> None:
         import trustme
@@ -319,14 +330,7 @@ def run(procs: Processes, *, rounds: int, duration: float, conns: int = 10, late
         keep = True  # keep the logs of a failed run
         raise
     finally:
-        for p in list(bench.proxies.values()):
-            procs.stop(p.proc)
-        if hasattr(bench, "upstream"):
-            procs.stop(bench.upstream)
-        if keep:
-            print(f"(bench files kept in {workdir})")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        bench.close(keep)
 
 
 def _run(bench: Bench, rounds: int, duration: float, conns: int, lat_rounds: int,
