@@ -11,6 +11,7 @@ _REQUEST_ID = "goex.request_id"
 _DECISION = "goex.decision"
 _OWN_RESPONSE = "goex.own_response"
 _RECORDED = "goex.recorded"
+_CREDENTIAL = "goex.credential"
 _IDS = RequestIds()
 
 
@@ -55,3 +56,12 @@ def recorded(flow: http.HTTPFlow) -> str | None:
 
 def set_recorded(flow: http.HTTPFlow, state: str) -> None:
     flow.metadata[_RECORDED] = state
+
+
+def credential(flow: http.HTTPFlow) -> str | None:
+    """The name of the credential injected into this request (set by inject)."""
+    return flow.metadata.get(_CREDENTIAL)
+
+
+def set_credential(flow: http.HTTPFlow, name: str) -> None:
+    flow.metadata[_CREDENTIAL] = name

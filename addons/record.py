@@ -1,4 +1,4 @@
-"""Stage 3, record: the request row is committed before anything is forwarded; the outcome is written after."""
+"""Stage 4, record: the request row is committed before anything is forwarded; the outcome is written after."""
 
 from __future__ import annotations
 
@@ -12,14 +12,15 @@ from typing import Any
 from goex_proxy.addons import flowmeta
 from goex_proxy.addons.failclosed import fail_closed
 from goex_proxy.addons.state import ProxyState
-from goex_proxy.redact import redacted_headers_json
+from goex_proxy.redact import SecretScrubber, redacted_headers_json
 from mitmproxy import http
 
 log = logging.getLogger(__name__)
 
 
-def _body(content: bytes | None, limit: int) -> dict[str, Any]:
-    content = content or b""
+def _body(content: bytes | None, limit: int, scrub: SecretScrubber) -> dict[str, Any]:
+    """A body as recorded: injected secrets replaced by placeholders, cut at `limit`, with its size and sha256."""
+    content = scrub.bytes(content or b"")
     return {"body": content[:limit] if content else None, "size": len(content),
             "sha256": hashlib.sha256(content).hexdigest() if content else None}
 
@@ -37,7 +38,8 @@ class Record:
     def request_row(self, flow: http.HTTPFlow) -> dict[str, Any]:
         req = flow.request
         d = flowmeta.decision(flow)
-        body = _body(req.raw_content, self._limit())
+        scrub = self.state.scrubber
+        body = _body(req.get_content(strict=False), self._limit(), scrub)
         peer = flow.client_conn.peername
         row: dict[str, Any] = {
             "id": flowmeta.request_id(flow),
@@ -48,10 +50,10 @@ class Record:
             "scheme": req.scheme,
             "host": req.host,
             "port": req.port,
-            "path": req.path,
-            "url": req.url,
+            "path": scrub.text(req.path),
+            "url": scrub.text(req.url),
             "http_version": req.http_version,
-            "req_headers": redacted_headers_json(req.headers.items(multi=True)),
+            "req_headers": redacted_headers_json(req.headers.items(multi=True), scrub),
             "req_body": body["body"],
             "req_body_size": body["size"],
             "req_body_sha256": body["sha256"],
@@ -59,6 +61,7 @@ class Record:
             "rule": d.rule if d else None,
             "reason": d.reason if d else None,
             "report": d.report if d else None,
+            "credential": flowmeta.credential(flow),
         }
         if flow.response is not None and flowmeta.is_own_response(flow):
             row.update(self.outcome(flow))
@@ -71,11 +74,11 @@ class Record:
             err = flow.error.msg if flow.error else "no response"
             return {"error": err, "ended": time.time(), "duration_ms": (time.time() - flow.request.timestamp_start) * 1000}
         resp = flow.response
-        body = _body(resp.raw_content, self._limit())
+        body = _body(resp.get_content(strict=False), self._limit(), self.state.scrubber)
         ended = resp.timestamp_end or time.time()
         return {
             "status": resp.status_code,
-            "resp_headers": redacted_headers_json(resp.headers.items(multi=True)),
+            "resp_headers": redacted_headers_json(resp.headers.items(multi=True), self.state.scrubber),
             "resp_body": body["body"],
             "resp_body_size": body["size"],
             "resp_body_sha256": body["sha256"],

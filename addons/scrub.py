@@ -1,4 +1,4 @@
-"""Stage 5, scrub: an upstream cannot speak as goex-proxy; its `X-Goex-*` headers are removed, and the id added."""
+"""Stage 6, scrub: echoes of injected secrets become placeholders, and upstream `X-Goex-*` headers are removed."""
 
 from __future__ import annotations
 
@@ -20,7 +20,21 @@ class Scrub:
             return
         for name in {k for k in flow.response.headers if k.lower().startswith(replies.PREFIX)}:
             del flow.response.headers[name]
+        scrub = self.state.scrubber
+        if scrub:
+            fields = flow.response.headers.fields
+            flow.response.headers.fields = tuple((k, scrub.bytes(v)) for k, v in fields)
         flow.response.headers["X-Goex-Request-Id"] = flowmeta.request_id(flow)
         d = flowmeta.decision(flow)
         if d is not None:
             flow.response.headers["X-Goex-Decision"] = d.label
+
+    @fail_closed("scrub")
+    def response(self, flow: http.HTTPFlow) -> None:
+        """An upstream that echoes a secret (in any spelling) shows the agent the placeholder instead."""
+        if flow.response is None or flowmeta.is_own_response(flow) or not self.state.scrubber:
+            return
+        content = flow.response.get_content(strict=False) or b""
+        cleaned = self.state.scrubber.bytes(content)
+        if cleaned != content:
+            flow.response.content = cleaned  # re-encoded with the response's Content-Encoding

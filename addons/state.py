@@ -11,10 +11,13 @@ from pathlib import Path
 from goex_proxy import audit
 from goex_proxy.audit import AuditWriter
 from goex_proxy.config import Config, load_config
+from goex_proxy.credentials import Credential
 from goex_proxy.errors import GoexError
 from goex_proxy.limits import LimitCounters
 from goex_proxy.policy import PolicySet
 from goex_proxy.policyload import load_policy_set
+from goex_proxy.redact import SecretScrubber
+from goex_proxy.vault import Vault
 from mitmproxy import ctx, exceptions
 
 log = logging.getLogger(__name__)
@@ -35,6 +38,8 @@ class ProxyState:
         self.policies = policies or PolicySet()
         self.limits = LimitCounters()
         self.writer: AuditWriter | None = None
+        self.secrets: dict[str, str] = {}  # credential name -> secret, in memory only
+        self.scrubber = SecretScrubber({})
         self._mtimes: dict[Path, float | None] = {}
         self._watch: asyncio.Task[None] | None = None
         if config is not None:
@@ -67,9 +72,24 @@ class ProxyState:
         assert self.config is not None
         return [(p.path, p.agents) for p in self.config.policies]
 
-    def open(self) -> None:
-        """Open the audit writer and seed the limit counters from what it recorded before."""
+    def load_secrets(self) -> None:
+        """Read every credential's secret (vault or environment) into memory, and the spellings to scrub."""
         assert self.config is not None
+        credentials = self.config.credentials.values()
+        vault = Vault(self.config.state_dir).all() if any(c.secret.vault for c in credentials) else {}
+        self.secrets = {c.name: value for c in credentials if (value := c.secret.reveal(vault))}
+        self.scrubber = SecretScrubber({form: c.placeholder for c in credentials if c.name in self.secrets
+                                        for form in c.forms(self.secrets[c.name])})
+
+    def credential_for(self, host: str, method: str, path: str) -> Credential | None:
+        """The first credential bound to this host, method and path, if any."""
+        assert self.config is not None
+        return next((c for c in self.config.credentials.values() if c.binds(host, method, path)), None)
+
+    def open(self) -> None:
+        """Load the secrets, open the audit writer and seed the limit counters from what it recorded before."""
+        assert self.config is not None
+        self.load_secrets()
         self.writer = AuditWriter(self.config.audit_db)
         self._seed_limits(self.policies.limit_windows())
         self._mtimes = self._stat()
@@ -98,8 +118,9 @@ class ProxyState:
             self.writer = None
 
     def _stat(self) -> dict[Path, float | None]:
+        assert self.config is not None
         out: dict[Path, float | None] = {}
-        for path, _ in self.sources():
+        for path in [p for p, _ in self.sources()] + [Vault(self.config.state_dir).path]:
             try:
                 out[path] = path.stat().st_mtime_ns
             except OSError:
@@ -115,11 +136,18 @@ class ProxyState:
                 log.exception("policy reload failed; keeping the last good policies")
 
     def reload_if_changed(self) -> bool:
-        """Reload the policy files if any changed; an invalid set is logged and the last good one kept."""
+        """Reload the policy files and the vault if any changed; an invalid set is logged and the last good one kept."""
         mtimes = self._stat()
         if mtimes == self._mtimes:
             return False
+        vault_changed = any(mtimes.get(p) != self._mtimes.get(p) for p in mtimes if p.name == "vault.json")
         self._mtimes = mtimes
+        if vault_changed:
+            try:
+                self.load_secrets()
+                log.info("secrets reloaded from the vault")
+            except GoexError as exc:
+                log.error("vault reload rejected; keeping the secrets already loaded: %s", exc)
         try:
             policies = load_policy_set(self.sources())
         except GoexError as exc:

@@ -50,6 +50,8 @@ def agent_env(config: Config, agent: str, *, proxy_host: str | None = None, ca_p
     env.update({name: ca for name in CA_VARIABLES})
     env["NODE_USE_ENV_PROXY"] = "1"  # Node.js 24+: fetch and http honour HTTP(S)_PROXY
     env["GOEX_PROXY_AGENT"] = agent
+    for credential in config.credentials.values():  # unchanged SDK code finds a token; the proxy swaps it
+        env.update({name: credential.placeholder for name in credential.env})
     return env
 
 

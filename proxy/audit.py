@@ -52,8 +52,15 @@ def _migration_1(db: sqlite_utils.Database) -> None:
     hits.create_index(["key", "agent", "ts"])
 
 
+def _migration_2(db: sqlite_utils.Database) -> None:
+    """Which credential the proxy injected into each request (by name; never the secret)."""
+    db.table("requests").add_column("credential", str)
+
+
 #: Schema migrations, applied in order; `PRAGMA user_version` records how many have run.
-MIGRATIONS = [_migration_1]
+MIGRATIONS = [_migration_1, _migration_2]
+#: Request fields added by later migrations: hashed only when set, so rows written before them still verify.
+OPTIONAL_REQUEST_FIELDS = ("credential",)
 
 
 def open_db(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -123,7 +130,8 @@ def _canonical(row: dict[str, Any], fields: tuple[str, ...]) -> bytes:
 
 
 def row_hash(prev_hash: str, row: dict[str, Any]) -> str:
-    return hashlib.sha256(prev_hash.encode() + _canonical(row, REQUEST_FIELDS)).hexdigest()
+    fields = REQUEST_FIELDS + tuple(f for f in OPTIONAL_REQUEST_FIELDS if row.get(f) is not None)
+    return hashlib.sha256(prev_hash.encode() + _canonical(row, fields)).hexdigest()
 
 
 def outcome_hash(hash_: str, row: dict[str, Any]) -> str:

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,14 @@ def run(config_path: Path | None) -> None:
     policies = load_policy_set([(p.path, p.agents) for p in config.policies])
     _check_can_listen(config)
     audit.open_db(config.audit_db).close()  # an unusable audit database is a reason not to start (exit 2)
+    if any(c.secret.vault for c in config.credentials.values()):
+        from .vault import Vault
+
+        stored = Vault(config.state_dir).all()  # a wrong key is a reason not to start (exit 2)
+        for c in config.credentials.values():
+            if c.secret.reveal(stored) is None:
+                click.echo(f"goex-proxy: warning: credential {c.name!r} has no secret ({c.secret.describe()} is not "
+                           "set); requests it is bound to will be denied", err=True)
     for name, agent in config.agents.items():
         if agent.token.reveal() is None:
             click.echo(f"goex-proxy: warning: agent {name!r} has no token ({agent.token.describe()} is not set); "
@@ -208,6 +217,91 @@ def env_(config_path: Path | None, agent: str, fmt: str, proxy_host: str | None,
     except OSError:
         raise StateError(f"the CA certificate {config.ca_cert} is missing; run `goex-proxy init`") from None
     click.echo(agentenv.render(env, fmt, pem), nl=False)
+
+
+@cli.group()
+def secrets() -> None:
+    """Store, list and remove secrets in the encrypted vault (values are never printed)."""
+
+
+@secrets.command(name="set")
+@config_option
+@click.argument("name")
+@handle_errors
+def secrets_set(config_path: Path | None, name: str) -> None:
+    """Store a secret read from standard input (never from the command line) under NAME.
+
+    Example: printf %s "$SLACK_BOT_TOKEN" | goex-proxy secrets set slack-bot
+    """
+    from .vault import Vault
+
+    config = _config(config_path)
+    if sys.stdin.isatty():
+        import getpass
+
+        value = getpass.getpass(f"secret for {name}: ")
+    else:
+        value = sys.stdin.read().rstrip("\r\n")
+    Vault(config.state_dir).set(name, value)
+    users = [c.name for c in config.credentials.values() if c.secret.vault == name]
+    click.echo(f"stored {name!r} in the vault" + (f" (used by {', '.join(users)})" if users else
+                                                  " (no credential in the config uses it yet)"))
+
+
+@secrets.command(name="list")
+@config_option
+@json_option
+@handle_errors
+def secrets_list(config_path: Path | None, as_json: bool) -> None:
+    """List secret names, the credentials that use them and their bindings, and when each was last injected.
+
+    Example: goex-proxy secrets list
+    """
+    from .vault import Vault
+
+    config = _config(config_path)
+    stored = Vault(config.state_dir).names()
+    last_used: dict[str, float] = {}
+    if config.audit_db.exists():
+        with closing(audit.open_db(config.audit_db, readonly=True)) as conn:
+            last_used = dict(conn.execute("SELECT credential, max(ts) FROM requests WHERE credential IS NOT NULL "
+                                          "GROUP BY credential").fetchall())
+    rows: list[dict[str, Any]] = []
+    for c in config.credentials.values():
+        where = " ".join(h.pattern for h in c.hosts)
+        rows.append({"secret": c.secret.describe(), "credential": c.name, "hosts": where,
+                     "inject": c.inject.describe(), "stored": c.secret.vault in stored if c.secret.vault else None,
+                     "last_used": last_used.get(c.name)})
+    used = {c.secret.vault for c in config.credentials.values()}
+    rows += [{"secret": f"vault:{n}", "credential": None, "hosts": None, "inject": None, "stored": True,
+              "last_used": None} for n in stored if n not in used]
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row))
+        return
+    from .plaintable import render
+
+    stored_text: dict[bool | None, str] = {True: "yes", False: "MISSING", None: "-"}
+    cells = [(str(r["secret"]), r["credential"] or "-", r["hosts"] or "-", r["inject"] or "-",
+              stored_text[r["stored"]], _when(r["last_used"])) for r in rows]
+    click.echo(render(("secret", "credential", "hosts", "inject", "in vault", "last used"), cells, flexible=2),
+               nl=False)
+
+
+@secrets.command(name="rm")
+@config_option
+@click.argument("name")
+@handle_errors
+def secrets_rm(config_path: Path | None, name: str) -> None:
+    """Remove the secret NAME from the vault.
+
+    Example: goex-proxy secrets rm slack-bot
+    """
+    from .vault import Vault
+
+    if not Vault(_config(config_path).state_dir).remove(name):
+        raise NotFound(f"no secret named {name!r} in the vault")
+    click.echo(f"removed {name!r}")
 
 
 @cli.group()

@@ -10,12 +10,16 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from . import yamlsrc
+from .credentials import Credential, Injection
 from .errors import ConfigError, Problem, StateError
+from .globs import compile_host, compile_path
 from .presets import resolve
 from .secretref import SecretRef
 from .yamlsrc import Checker, YMap
 
-_TOP_KEYS = {"version", "state_dir", "listen", "agents", "policies", "audit", "upstream"}
+_TOP_KEYS = {"version", "state_dir", "listen", "agents", "credentials", "policies", "audit", "upstream"}
+_CREDENTIAL_KEYS = {"secret", "host", "hosts", "methods", "paths", "inject", "env"}
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _AGENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 DEFAULT_MAX_BODY = 65536
 
@@ -69,6 +73,7 @@ class Config:
     max_body_bytes: int = DEFAULT_MAX_BODY
     routes: dict[str, Route] = field(default_factory=dict)
     extra_ca: tuple[Path, ...] = ()
+    credentials: dict[str, Credential] = field(default_factory=dict)
 
     @property
     def ca_cert(self) -> Path:
@@ -104,6 +109,81 @@ def _secret(check: Checker, parent: YMap, key: str, where: str) -> SecretRef | N
     if ref is not None:
         check.error(check.at(ref, "env"), f"'{where}.env' must name an environment variable")
     return None
+
+
+def _injection(check: Checker, c: YMap, where: str) -> Injection | None:
+    spec = check.mapping(c.get("inject"), f"{where}.inject", check.at(c, "inject"), {"header", "value", "basic", "query"})
+    if spec is None:
+        return None
+    kinds = [k for k in ("header", "basic", "query") if k in spec]
+    if len(kinds) != 1:
+        check.error(spec.pos, f"'{where}.inject' needs exactly one of header, basic or query")
+        return None
+    if kinds == ["header"]:
+        name = check.string(spec, "header", f"{where}.inject.header") or "Authorization"
+        template = check.string(spec, "value", f"{where}.inject.value", "Bearer {secret}") or "Bearer {secret}"
+        if "{secret}" not in template:
+            check.error(check.at(spec, "value"), f"'{where}.inject.value' must contain {{secret}} (got {template!r})")
+        return Injection("header", name, template)
+    if kinds == ["basic"]:
+        basic = check.mapping(spec["basic"], f"{where}.inject.basic", check.at(spec, "basic"), {"username"})
+        return Injection("basic", username=str(basic.get("username", "")) if basic is not None else "")
+    param = check.string(spec, "query", f"{where}.inject.query")
+    return Injection("query", param or "key")
+
+
+def _credentials(check: Checker, raw: Any, pos: tuple[int, int]) -> dict[str, Credential]:
+    out: dict[str, Credential] = {}
+    if raw is None:
+        return out
+    if not isinstance(raw, YMap):
+        check.error(pos, "'credentials' must be a mapping of name to credential")
+        return out
+    for name, spec in raw.items():
+        where = f"credentials.{name}"
+        c = check.mapping(spec, where, raw.value_pos[name], _CREDENTIAL_KEYS, {"secret", "inject"})
+        if c is None:
+            continue
+        secret = c.get("secret")
+        ref: SecretRef | None = None
+        if isinstance(secret, str) and secret:
+            ref = SecretRef(vault=secret)
+        elif isinstance(secret, YMap):
+            env = check.mapping(secret, f"{where}.secret", check.at(c, "secret"), {"env"}, {"env"})
+            if env is not None and isinstance(env.get("env"), str):
+                ref = SecretRef(env=env["env"])
+        else:
+            check.error(check.at(c, "secret"), f"'{where}.secret' must name a vault secret or be {{env: NAME}} "
+                                               "(secrets are never written into the config)")
+        hosts_key = "hosts" if "hosts" in c else "host"
+        patterns = check.strings(c, hosts_key, f"{where}.{hosts_key}") or []
+        if not patterns:
+            check.error(c.pos, f"'{where}' must bind the secret to at least one host ('hosts')")
+        hosts = []
+        for pattern in patterns:
+            try:
+                hosts.append(compile_host(pattern))
+            except ValueError as exc:
+                check.error(check.at(c, hosts_key), f"'{where}.{hosts_key}' {pattern!r} {exc}")
+        paths = None
+        if "paths" in c:
+            paths = []
+            for pattern in check.strings(c, "paths", f"{where}.paths") or []:
+                try:
+                    paths.append(compile_path(pattern))
+                except ValueError as exc:
+                    check.error(check.at(c, "paths"), f"'{where}.paths' {pattern!r} {exc}")
+        methods = check.strings(c, "methods", f"{where}.methods")
+        env_names = check.strings(c, "env", f"{where}.env") or []
+        for env_name in env_names:
+            if not _ENV_NAME.fullmatch(env_name):
+                check.error(check.at(c, "env"), f"'{where}.env' {env_name!r} is not an environment variable name")
+        injection = _injection(check, c, where)
+        if ref is not None and injection is not None and hosts:
+            out[name] = Credential(name, ref, tuple(hosts), injection,
+                                   frozenset(m.upper() for m in methods) if methods else None,
+                                   tuple(paths) if paths is not None else None, tuple(env_names))
+    return out
 
 
 def parse_config(doc: Any, file: Path, check: Checker) -> Config:
@@ -180,6 +260,7 @@ def parse_config(doc: Any, file: Path, check: Checker) -> Config:
         max_body_bytes=max_body,
         routes=routes,
         extra_ca=extra_ca,
+        credentials=_credentials(check, top.get("credentials"), check.at(top, "credentials")),
     )
 
 

@@ -4,6 +4,7 @@
     ├── ConfigError           a config or policy file is invalid; carries every Problem found
     ├── StateError            the state directory is missing or unusable (run `goex-proxy init`)
     ├── AuditError            the audit database cannot be read or written
+    ├── VaultError            the vault cannot be opened (wrong key, damaged file) or written
     └── NotFound              a record (request id, agent) does not exist
 """
 
@@ -45,6 +46,10 @@ class StateError(GoexError):
 
 class AuditError(GoexError):
     """The audit database cannot be read or written."""
+
+
+class VaultError(GoexError):
+    """The vault cannot be opened (wrong key, damaged file) or written."""
 
 
 class NotFound(GoexError):

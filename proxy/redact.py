@@ -1,9 +1,10 @@
-"""What never reaches the audit log: credential-bearing header values are replaced before a row is written."""
+"""What never reaches the audit log or the agent: credential headers are redacted, injected secrets scrubbed."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping
 
 #: Header names whose values carry credentials (lower case).
 SENSITIVE_HEADERS = frozenset({
@@ -23,6 +24,33 @@ def redact_value(name: str, value: str) -> str:
     return REDACTED
 
 
-def redacted_headers_json(headers: Iterable[tuple[str, str]]) -> str:
+def redacted_headers_json(headers: Iterable[tuple[str, str]], scrub: SecretScrubber | None = None) -> str:
     """Headers as a JSON list of [name, value] pairs, sensitive values redacted, order and repeats kept."""
-    return json.dumps([[k, redact_value(k, v)] for k, v in headers], ensure_ascii=False)
+    pairs = [[k, redact_value(k, v)] for k, v in headers]
+    if scrub:
+        pairs = [[k, scrub.text(v)] for k, v in pairs]
+    return json.dumps(pairs, ensure_ascii=False)
+
+
+class SecretScrubber:
+    """Replaces every known spelling of every injected secret with that credential's placeholder."""
+
+    def __init__(self, forms: Mapping[str, str]) -> None:
+        """`forms` maps each spelling (raw, URL-encoded, base64, hex, …) to the placeholder that replaces it."""
+        self._forms = dict(forms)
+        ordered = sorted(self._forms, key=len, reverse=True)
+        self._text = re.compile("|".join(map(re.escape, ordered))) if ordered else None
+        self._bytes = re.compile(b"|".join(re.escape(f.encode()) for f in ordered)) if ordered else None
+
+    def __bool__(self) -> bool:
+        return self._text is not None
+
+    def text(self, value: str) -> str:
+        if self._text is None:
+            return value
+        return self._text.sub(lambda m: self._forms[m.group(0)], value)
+
+    def bytes(self, value: bytes) -> bytes:
+        if self._bytes is None or not value:
+            return value
+        return self._bytes.sub(lambda m: self._forms[m.group(0).decode()].encode(), value)

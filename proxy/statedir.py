@@ -6,7 +6,7 @@ import os
 import secrets
 from pathlib import Path
 
-from . import audit
+from . import audit, vault
 from .errors import StateError
 
 STARTER_POLICY = """\
@@ -65,6 +65,10 @@ def init(state_dir: Path, *, force: bool = False) -> list[str]:
 
             CertStore.from_store(state_dir, "mitmproxy", 2048)
             made.append(str(state_dir / "mitmproxy-ca-cert.pem"))
+        key = state_dir / vault.KEY_FILE
+        if not key.exists():
+            vault.new_key_file(key)
+            made.append(str(key))
         db = state_dir / "audit.db"
         if not db.exists():
             audit.open_db(db).close()

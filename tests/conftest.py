@@ -19,7 +19,8 @@ import trustme
 
 from tests.fakes import FakeUpstream
 
-HOSTS = ["gmail.googleapis.com", "slack.com", "api.github.com", "example.com", "127.0.0.1"]
+HOSTS = ["gmail.googleapis.com", "slack.com", "files.slack.com", "api.github.com", "example.com", "evil.example",
+         "127.0.0.1"]
 GOEX = [sys.executable, "-m", "goex_proxy"]
 TOKENS = {"mailbot": "mailbot-token-1", "slackbot": "slackbot-token-2", "other": "other-token-3"}
 
@@ -110,7 +111,7 @@ class GoexProxy:
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         head, rest = args[0], args[1:]
-        if head in ("policy", "log") and rest and rest[0] in ("check", "test", "verify"):
+        if head in ("policy", "log", "secrets") and rest and rest[0] in ("check", "test", "verify", "set", "list", "rm"):
             return self.run_cli(head, rest[0], "--config", str(self.config), *rest[1:])
         return self.run_cli(head, "--config", str(self.config), *rest)
 

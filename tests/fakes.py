@@ -103,6 +103,10 @@ class _Handler(BaseHTTPRequestHandler):
             api = APIS.get(host)
             if url.path == "/slow":
                 status, payload = 200, {"slow": True}
+            elif url.path == "/echo":  # a careless API that echoes what it was sent (headers included)
+                status, payload = 200, {"path": self.path, "headers": dict(self.headers.items())}
+            elif url.path == "/redirect":
+                status, payload = 302, {"redirect": True}
             elif api is None:
                 status, payload = 200, {"host": host, "path": self.path, "method": self.command}
             else:
@@ -126,6 +130,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         for k, v in state.echo_headers.items():
             self.send_header(k, v)
+        if url.path == "/redirect":
+            self.send_header("Location", dict(parse_qsl(url.query)).get("to", "/"))
+        if url.path == "/echo":
+            self.send_header("X-Echo-Authorization", self.headers.get("Authorization", ""))
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)

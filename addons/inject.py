@@ -1,0 +1,52 @@
+"""Stage 3, inject: put the real credential bound to this host into the request; the agent only holds a placeholder."""
+
+from __future__ import annotations
+
+import base64
+
+from goex_proxy.addons import flowmeta, replies
+from goex_proxy.addons.failclosed import fail_closed
+from goex_proxy.addons.state import ProxyState
+from goex_proxy.credentials import Credential
+from goex_proxy.policy import Decision
+from goex_proxy.requestview import canonical_path
+from mitmproxy import http
+
+
+def apply(flow: http.HTTPFlow, credential: Credential, secret: str) -> None:
+    """Replace whatever the agent sent in the credential's place with the real secret."""
+    how = credential.inject
+    if how.kind == "header":
+        flow.request.headers[how.name] = how.template.replace("{secret}", secret)
+    elif how.kind == "basic":
+        pair = base64.b64encode(f"{how.username}:{secret}".encode()).decode()
+        flow.request.headers["Authorization"] = f"Basic {pair}"
+    else:
+        flow.request.query[how.name] = secret
+
+
+class Inject:
+    """Injects credentials on the hosts, methods and paths they are bound to; a request that needs one it cannot
+    have is denied, never forwarded bare."""
+
+    def __init__(self, state: ProxyState) -> None:
+        self.state = state
+
+    @fail_closed("inject")
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live:
+            return
+        req = flow.request
+        path = canonical_path(req.path.split("?", 1)[0] or "/") or req.path
+        credential = self.state.credential_for(req.host.lower().rstrip("."), req.method.upper(), path)
+        if credential is None:
+            return
+        secret = self.state.secrets.get(credential.name)
+        if secret is None:
+            d = Decision("deny", f"credential '{credential.name}' is bound to this host but cannot be injected: "
+                                 f"its secret ({credential.secret.describe()}) is not set", "inject")
+            flowmeta.set_decision(flow, d)
+            replies.denied(flow, d)
+            return
+        apply(flow, credential, secret)
+        flowmeta.set_credential(flow, credential.name)

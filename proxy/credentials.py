@@ -1,0 +1,68 @@
+"""Credentials: which secret is injected, how, and on which hosts, methods and paths only."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import Literal
+
+from .globs import Glob
+from .secretref import SecretRef
+
+InjectKind = Literal["header", "basic", "query"]
+PLACEHOLDER_PREFIX = "goex-placeholder-"
+
+
+@dataclass(frozen=True)
+class Injection:
+    """How a secret goes into a request: a header from a template, HTTP basic auth, or a query parameter."""
+
+    kind: InjectKind
+    name: str = "Authorization"     # header name, or query parameter name
+    template: str = "Bearer {secret}"
+    username: str = ""
+
+    def describe(self) -> str:
+        if self.kind == "header":
+            return f"header {self.name}: {self.template.replace('{secret}', '***')}"
+        if self.kind == "basic":
+            return f"basic auth as {self.username or '(no user)'}"
+        return f"query parameter {self.name}"
+
+
+@dataclass(frozen=True)
+class Credential:
+    """A secret bound to hosts (and optionally methods and paths): it is injected there and nowhere else."""
+
+    name: str
+    secret: SecretRef
+    hosts: tuple[Glob, ...]
+    inject: Injection
+    methods: frozenset[str] | None = None
+    paths: tuple[Glob, ...] | None = None
+    env: tuple[str, ...] = ()
+
+    @property
+    def placeholder(self) -> str:
+        """What the agent holds instead of the secret (and what echoes of the secret are replaced with)."""
+        return f"{PLACEHOLDER_PREFIX}{self.name}"
+
+    def binds(self, host: str, method: str, path: str) -> bool:
+        if not any(h.matches(host) for h in self.hosts):
+            return False
+        if self.methods is not None and method not in self.methods:
+            return False
+        return self.paths is None or any(p.matches(path) for p in self.paths)
+
+    def forms(self, secret: str) -> list[str]:
+        """Every spelling of the secret that could carry it: raw, URL-encoded, base64 and hex, and basic auth."""
+        from urllib.parse import quote, quote_plus
+
+        raw = secret.encode()
+        spellings = {secret, quote(secret, safe=""), quote_plus(secret), raw.hex(), raw.hex().upper()}
+        for encoded in (base64.b64encode(raw), base64.urlsafe_b64encode(raw)):
+            spellings.update({encoded.decode(), encoded.decode().rstrip("=")})
+        if self.inject.kind == "basic":
+            pair = base64.b64encode(f"{self.inject.username}:{secret}".encode()).decode()
+            spellings.update({pair, pair.rstrip("=")})
+        return sorted((s for s in spellings if len(s) >= 4), key=len, reverse=True)

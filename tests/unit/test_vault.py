@@ -1,0 +1,76 @@
+"""The vault: secrets encrypted at rest, a wrong key fails clearly, writes are atomic."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+
+import pytest
+from goex_proxy.errors import VaultError
+from goex_proxy.vault import KEY_ENV, Vault, new_key_file
+
+
+@pytest.fixture
+def vault(tmp_path: Path) -> Vault:
+    new_key_file(tmp_path / "vault.key")
+    return Vault(tmp_path)
+
+
+def test_round_trip_and_nothing_in_clear(vault: Vault) -> None:
+    """A stored secret reads back, and the file on disk holds neither it nor its base64."""
+    vault.set("slack-bot", "xoxb-CANARY-123")
+    assert vault.get("slack-bot") == "xoxb-CANARY-123" and vault.get("nope") is None
+    raw = vault.path.read_bytes()
+    assert b"CANARY" not in raw and base64.b64encode(b"xoxb-CANARY-123") not in raw
+    assert oct(vault.path.stat().st_mode & 0o777) == "0o600"
+    assert oct(vault.key_path.stat().st_mode & 0o777) == "0o600"
+
+
+def test_wrong_key_fails_clearly(vault: Vault, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opening with another key raises a VaultError naming the key, never returns garbage."""
+    vault.set("a", "secret")
+    monkeypatch.setenv(KEY_ENV, base64.urlsafe_b64encode(os.urandom(32)).decode())
+    with pytest.raises(VaultError, match="the key is wrong"):
+        vault.get("a")
+
+
+def test_passphrase_key_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GOEX_PROXY_KEY may be a passphrase; the same passphrase opens the vault again, another does not."""
+    monkeypatch.setenv(KEY_ENV, "correct horse battery staple")
+    Vault(tmp_path).set("a", "v1")
+    assert Vault(tmp_path).get("a") == "v1" and not (tmp_path / "vault.key").exists()
+    monkeypatch.setenv(KEY_ENV, "wrong horse")
+    with pytest.raises(VaultError):
+        Vault(tmp_path).get("a")
+
+
+def test_damaged_file_is_a_clear_error(vault: Vault) -> None:
+    """A tampered ciphertext is refused (AES-GCM authenticates it)."""
+    vault.set("a", "secret")
+    envelope = json.loads(vault.path.read_text())
+    blob = bytearray(base64.b64decode(envelope["ciphertext"]))
+    blob[0] ^= 1
+    envelope["ciphertext"] = base64.b64encode(bytes(blob)).decode()
+    vault.path.write_text(json.dumps(envelope))
+    with pytest.raises(VaultError, match="wrong|altered"):
+        vault.get("a")
+
+
+def test_writes_replace_the_file_atomically(vault: Vault) -> None:
+    """Each write goes to a temporary file renamed over the vault; none is left behind, and removal works."""
+    vault.set("a", "1")
+    inode = vault.path.stat().st_ino
+    vault.set("b", "2")
+    assert vault.path.stat().st_ino != inode
+    assert sorted(vault.names()) == ["a", "b"]
+    assert vault.remove("a") and not vault.remove("a")
+    assert [p.name for p in vault.path.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_missing_key_is_a_clear_error(tmp_path: Path) -> None:
+    """With no key file and no GOEX_PROXY_KEY, reading an existing vault says how to get a key."""
+    (tmp_path / "vault.json").write_text(json.dumps({"salt": "", "nonce": "", "ciphertext": ""}))
+    with pytest.raises(VaultError, match="no vault key"):
+        Vault(tmp_path).get("a")
