@@ -1,0 +1,36 @@
+"""The config file: the shipped example is valid, and mistakes are reported where they are."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from goex_proxy.config import load_config
+from goex_proxy.errors import ConfigError
+
+ROOT = Path(__file__).parent.parent.parent
+
+
+def test_example_config_is_valid() -> None:
+    """config.example.yaml, which documents every key, loads without a problem."""
+    config = load_config(ROOT / "config.example.yaml")
+    assert set(config.credentials) == {"slack-bot", "github"} and "slackbot" in config.agents
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("credentials:\n  x: {secret: s, inject: {query: key}}\n", "must bind the secret to at least one host"),
+    ("credentials:\n  x: {secret: {value: s}, hosts: [a.example], inject: {query: k}}\n", "unknown key 'value'"),
+    ("credentials:\n  x: {secret: s, hosts: [a.example], inject: {header: H, value: nothing}}\n", "must contain {secret}"),
+    ("credentials:\n  x: {secret: s, hosts: [a.example], inject: {query: k, basic: {}}}\n", "exactly one of"),
+    ("credentials:\n  x: {secret: s, hosts: [a.example], inject: {query: k}, env: [1bad]}\n", "not an environment"),
+    ("listen: 8080\n", "'listen' must be HOST:PORT"),
+    ("upstream: {routes: {slack.com: ftp://x}}\n", "must be a URL like http://127.0.0.1:9001"),
+])
+def test_mistakes_are_located(tmp_path: Path, text: str, message: str) -> None:
+    """Each mistake is an error with the file and line, naming what is wrong."""
+    path = tmp_path / "config.yaml"
+    path.write_text("version: 1\n" + text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert any(message in str(p) and str(p).startswith(f"{path}:") for p in err.value.problems), err.value.problems
