@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import time
 
+from mitmproxy import dns, http, tcp, udp
+from mitmproxy.flow import Error
+
 from goex_proxy.addons import flowmeta, replies
 from goex_proxy.addons.failclosed import fail_closed
 from goex_proxy.addons.state import ProxyState
 from goex_proxy.policy import Decision, decide
 from goex_proxy.requestview import RequestView, canonical_path
-from mitmproxy import dns, http, tcp, udp
-from mitmproxy.flow import Error
 
 log = logging.getLogger(__name__)
 

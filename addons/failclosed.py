@@ -8,8 +8,9 @@ import logging
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar, cast
 
-from goex_proxy.addons import replies
 from mitmproxy import http
+
+from goex_proxy.addons import replies
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")

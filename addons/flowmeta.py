@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from mitmproxy import http
+
 from goex_proxy.audit import RequestIds
 from goex_proxy.policy import Decision
-from mitmproxy import http
 
 _AGENT = "goex.agent"
 _REQUEST_ID = "goex.request_id"

@@ -7,11 +7,12 @@ import binascii
 import hmac
 import weakref
 
+from mitmproxy import connection, http
+
 from goex_proxy.addons import flowmeta, replies
 from goex_proxy.addons.failclosed import fail_closed
 from goex_proxy.addons.state import ProxyState
 from goex_proxy.policy import Decision
-from mitmproxy import connection, http
 
 
 def parse_basic(header: str) -> tuple[str, str] | None:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import base64
 
+from mitmproxy import http
+
 from goex_proxy.addons import flowmeta, replies
 from goex_proxy.addons.failclosed import fail_closed
 from goex_proxy.addons.state import ProxyState
 from goex_proxy.credentials import Credential
 from goex_proxy.policy import Decision
 from goex_proxy.requestview import canonical_path
-from mitmproxy import http
 
 
 def apply(flow: http.HTTPFlow, credential: Credential, secret: str) -> None:

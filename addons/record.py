@@ -9,11 +9,12 @@ import time
 from concurrent.futures import Future
 from typing import Any
 
+from mitmproxy import http
+
 from goex_proxy.addons import flowmeta
 from goex_proxy.addons.failclosed import fail_closed
 from goex_proxy.addons.state import ProxyState
 from goex_proxy.redact import SecretScrubber, redacted_headers_json
-from mitmproxy import http
 
 log = logging.getLogger(__name__)
 

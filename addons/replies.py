@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from mitmproxy import http
+
 from goex_proxy.addons import flowmeta
 from goex_proxy.policy import Decision
-from mitmproxy import http
 
 PREFIX = "x-goex-"
 

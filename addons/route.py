@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from goex_proxy.addons.failclosed import fail_closed
-from goex_proxy.addons.state import ProxyState
 from mitmproxy import http
 from mitmproxy.proxy import server_hooks
+
+from goex_proxy.addons.failclosed import fail_closed
+from goex_proxy.addons.state import ProxyState
 
 
 class Route:

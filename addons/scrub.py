@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from mitmproxy import http
+
 from goex_proxy.addons import flowmeta, replies
 from goex_proxy.addons.failclosed import fail_closed
 from goex_proxy.addons.state import ProxyState
-from mitmproxy import http
 
 
 class Scrub:

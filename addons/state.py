@@ -8,6 +8,8 @@ import time
 from contextlib import closing
 from pathlib import Path
 
+from mitmproxy import ctx, exceptions
+
 from goex_proxy import audit
 from goex_proxy.audit import AuditWriter
 from goex_proxy.config import Config, load_config
@@ -18,7 +20,6 @@ from goex_proxy.policy import PolicySet
 from goex_proxy.policyload import load_policy_set
 from goex_proxy.redact import SecretScrubber
 from goex_proxy.vault import Vault
-from mitmproxy import ctx, exceptions
 
 log = logging.getLogger(__name__)
 

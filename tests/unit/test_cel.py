@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from goex_proxy.cel import CelEvalError, CelSyntaxError, compile_condition
-from goex_proxy.requestview import RequestView
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from goex_proxy.cel import CelEvalError, CelSyntaxError, compile_condition
+from goex_proxy.requestview import RequestView
 
 EXPRESSIONS = [
     'request.json.channel == "C0BOTS"',

@@ -6,12 +6,13 @@ import json
 import textwrap
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from goex_proxy.limits import LimitCounters
 from goex_proxy.policy import PolicySet, decide
 from goex_proxy.policyload import check_policy_text
 from goex_proxy.requestview import RequestView
-from hypothesis import given
-from hypothesis import strategies as st
 
 SLACK = """
 version: 1

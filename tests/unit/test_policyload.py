@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from goex_proxy.policyload import check_policy_text, load_policy
 from goex_proxy.presets import builtin_dir, builtin_names
 

@@ -7,6 +7,8 @@ import base64
 from pathlib import Path
 
 import pytest
+from mitmproxy.test import taddons, tflow
+
 from goex_proxy.addons import decide as decide_module
 from goex_proxy.addons import flowmeta
 from goex_proxy.addons.decide import Decide
@@ -21,7 +23,6 @@ from goex_proxy.config import Route as RouteSpec
 from goex_proxy.policy import Decision, PolicySet
 from goex_proxy.policyload import check_policy_text
 from goex_proxy.secretref import SecretRef
-from mitmproxy.test import taddons, tflow
 
 POLICY = """
 version: 1

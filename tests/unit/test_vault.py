@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from goex_proxy.errors import VaultError
 from goex_proxy.vault import KEY_ENV, Vault, new_key_file
 
