@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from urllib.parse import quote, unquote_plus
 
 from mitmproxy import http
 
@@ -23,7 +24,15 @@ def apply(flow: http.HTTPFlow, credential: Credential, secret: str) -> None:
         pair = base64.b64encode(f"{how.username}:{secret}".encode()).decode()
         flow.request.headers["Authorization"] = f"Basic {pair}"
     else:
-        flow.request.query[how.name] = secret
+        _set_query_parameter(flow.request, how.name, secret)
+
+
+def _set_query_parameter(request: http.Request, name: str, value: str) -> None:
+    """Set one parameter in the raw query, leaving every other parameter exactly as the agent encoded it."""
+    path, _, query = request.path.partition("?")
+    kept = [part for part in query.split("&") if part and unquote_plus(part.partition("=")[0]) != name]
+    pair = quote(name, safe="") + "=" + quote(value, safe="")
+    request.path = path + "?" + "&".join([*kept, pair])
 
 
 class Inject:
@@ -41,6 +50,12 @@ class Inject:
         path = canonical_path(req.path.split("?", 1)[0] or "/") or req.path
         credential = self.state.credential_for(req.host.lower().rstrip("."), req.method.upper(), path)
         if credential is None:
+            return
+        if req.scheme not in credential.schemes:
+            d = Decision("deny", f"credential '{credential.name}' is only sent over "
+                                 f"{', '.join(sorted(credential.schemes))}, and this request is {req.scheme}", "inject")
+            flowmeta.set_decision(flow, d)
+            replies.denied(flow, d)
             return
         secret = self.state.secrets.get(credential.name)
         if secret is None:

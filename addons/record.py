@@ -19,6 +19,14 @@ from goex_proxy.redact import SecretScrubber, redacted_headers_json
 log = logging.getLogger(__name__)
 
 
+def _decoded(message: http.Message, scrub: SecretScrubber) -> bytes | None:
+    """The body without its content encoding; None if it cannot be decoded while secrets are being scrubbed."""
+    try:
+        return message.get_content(strict=True)
+    except ValueError:
+        return None if scrub else message.raw_content
+
+
 def _body(content: bytes | None, limit: int, scrub: SecretScrubber) -> dict[str, Any]:
     """A body as recorded: injected secrets replaced by placeholders, cut at `limit`, with its size and sha256."""
     content = scrub.bytes(content or b"")
@@ -40,7 +48,7 @@ class Record:
         req = flow.request
         d = flowmeta.decision(flow)
         scrub = self.state.scrubber
-        body = _body(req.get_content(strict=False), self._limit(), scrub)
+        body = _body(_decoded(req, scrub), self._limit(), scrub)
         peer = flow.client_conn.peername
         row: dict[str, Any] = {
             "id": flowmeta.request_id(flow),
@@ -72,10 +80,10 @@ class Record:
 
     def outcome(self, flow: http.HTTPFlow) -> dict[str, Any]:
         if flow.response is None:
-            err = flow.error.msg if flow.error else "no response"
+            err = self.state.scrubber.text(flow.error.msg) if flow.error else "no response"
             return {"error": err, "ended": time.time(), "duration_ms": (time.time() - flow.request.timestamp_start) * 1000}
         resp = flow.response
-        body = _body(resp.get_content(strict=False), self._limit(), self.state.scrubber)
+        body = _body(_decoded(resp, self.state.scrubber), self._limit(), self.state.scrubber)
         ended = resp.timestamp_end or time.time()
         return {
             "status": resp.status_code,

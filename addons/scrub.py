@@ -35,7 +35,25 @@ class Scrub:
         """An upstream that echoes a secret (in any spelling) shows the agent the placeholder instead."""
         if flow.response is None or flowmeta.is_own_response(flow) or not self.state.scrubber:
             return
-        content = flow.response.get_content(strict=False) or b""
+        try:
+            content = flow.response.get_content(strict=True) or b""
+        except ValueError:  # an encoding we cannot undo could hide a secret: nothing unchecked reaches the agent
+            replies.reply(flow, 502, {"error": "goex-proxy: the upstream response uses a content encoding "
+                                               f"({flow.response.headers.get('content-encoding')!r}) that cannot be "
+                                               "checked for secrets, so it is withheld"})
+            return
         cleaned = self.state.scrubber.bytes(content)
         if cleaned != content:
             flow.response.content = cleaned  # re-encoded with the response's Content-Encoding
+        if flow.response.trailers:
+            fields = flow.response.trailers.fields
+            flow.response.trailers.fields = tuple((k, self.state.scrubber.bytes(v)) for k, v in fields)
+
+    @fail_closed("scrub")
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        """Messages from the upstream over an allowed WebSocket are scrubbed like bodies."""
+        if flow.websocket is None or not self.state.scrubber:
+            return
+        message = flow.websocket.messages[-1]
+        if not message.from_client:
+            message.content = self.state.scrubber.bytes(message.content)

@@ -41,6 +41,7 @@ class ProxyState:
         self.writer: AuditWriter | None = None
         self.secrets: dict[str, str] = {}  # credential name -> secret, in memory only
         self.scrubber = SecretScrubber({})
+        self._forms: dict[str, str] = {}
         self._mtimes: dict[Path, float | None] = {}
         self._watch: asyncio.Task[None] | None = None
         if config is not None:
@@ -79,8 +80,10 @@ class ProxyState:
         credentials = self.config.credentials.values()
         vault = Vault(self.config.state_dir).all() if any(c.secret.vault for c in credentials) else {}
         self.secrets = {c.name: value for c in credentials if (value := c.secret.reveal(vault))}
-        self.scrubber = SecretScrubber({form: c.placeholder for c in credentials if c.name in self.secrets
-                                        for form in c.forms(self.secrets[c.name])})
+        # Spellings of secrets that were rotated or removed stay: an upstream may still echo an old one.
+        self._forms.update({form: c.placeholder for c in credentials if c.name in self.secrets
+                            for form in c.forms(self.secrets[c.name])})
+        self.scrubber = SecretScrubber(self._forms)
 
     def credential_for(self, host: str, method: str, path: str) -> Credential | None:
         """The first credential bound to this host, method and path, if any."""

@@ -55,9 +55,20 @@ def agent_env(config: Config, agent: str, *, proxy_host: str | None = None, ca_p
     return env
 
 
-def apply(base: dict[str, str], env: dict[str, str]) -> dict[str, str]:
-    """`base` with the agent's variables set and the bypass variables removed."""
-    out = {k: v for k, v in base.items() if k not in UNSET_VARIABLES}
+def withheld(config: Config) -> set[str]:
+    """Variables the agent must not inherit: the vault key, every `{env:}` secret, every agent's token variable."""
+    from .vault import KEY_ENV
+
+    names = {KEY_ENV, *UNSET_VARIABLES}
+    names.update(c.secret.env for c in config.credentials.values() if c.secret.env)
+    names.update(a.token.env for a in config.agents.values() if a.token.env)
+    return names
+
+
+def apply(base: dict[str, str], env: dict[str, str], config: Config) -> dict[str, str]:
+    """`base` with the agent's variables set, and the bypass and secret-bearing variables removed."""
+    drop = withheld(config)
+    out = {k: v for k, v in base.items() if k not in drop}
     out.update(env)
     return out
 

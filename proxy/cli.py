@@ -181,7 +181,7 @@ def exec_(config_path: Path | None, agent: str, command: tuple[str, ...]) -> Non
     Example: goex-proxy exec --agent mailbot -- python agent.py
     """
     config = _config(config_path)
-    env = agentenv.apply(dict(os.environ), agentenv.agent_env(config, agent))
+    env = agentenv.apply(dict(os.environ), agentenv.agent_env(config, agent), config)
     agentenv.check_listening(config)
     try:
         child = subprocess.Popen(list(command), env=env)

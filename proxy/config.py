@@ -18,7 +18,7 @@ from .secretref import SecretRef
 from .yamlsrc import Checker, YMap
 
 _TOP_KEYS = {"version", "state_dir", "listen", "agents", "credentials", "policies", "audit", "upstream"}
-_CREDENTIAL_KEYS = {"secret", "host", "hosts", "methods", "paths", "inject", "env"}
+_CREDENTIAL_KEYS = {"secret", "host", "hosts", "methods", "paths", "schemes", "inject", "env"}
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _AGENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 DEFAULT_MAX_BODY = 65536
@@ -165,6 +165,14 @@ def _credentials(check: Checker, raw: Any, pos: tuple[int, int]) -> dict[str, Cr
                 hosts.append(compile_host(pattern))
             except ValueError as exc:
                 check.error(check.at(c, hosts_key), f"'{where}.{hosts_key}' {pattern!r} {exc}")
+                continue
+            if len([label for label in pattern.split(".") if label and not any(ch in label for ch in "*?{}")]) < 2:
+                check.error(check.at(c, hosts_key), f"'{where}.{hosts_key}' {pattern!r} is too broad for a secret: "
+                                                    "name at least a domain, like *.example.com")
+        schemes = check.strings(c, "schemes", f"{where}.schemes") or ["https"]
+        for scheme in schemes:
+            if scheme not in ("http", "https"):
+                check.error(check.at(c, "schemes"), f"'{where}.schemes' has {scheme!r} (expected http or https)")
         paths = None
         if "paths" in c:
             paths = []
@@ -182,7 +190,7 @@ def _credentials(check: Checker, raw: Any, pos: tuple[int, int]) -> dict[str, Cr
         if ref is not None and injection is not None and hosts:
             out[name] = Credential(name, ref, tuple(hosts), injection,
                                    frozenset(m.upper() for m in methods) if methods else None,
-                                   tuple(paths) if paths is not None else None, tuple(env_names))
+                                   tuple(paths) if paths is not None else None, tuple(env_names), frozenset(schemes))
     return out
 
 

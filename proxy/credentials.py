@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import json
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -41,6 +43,7 @@ class Credential:
     methods: frozenset[str] | None = None
     paths: tuple[Glob, ...] | None = None
     env: tuple[str, ...] = ()
+    schemes: frozenset[str] = frozenset({"https"})
 
     @property
     def placeholder(self) -> str:
@@ -59,9 +62,20 @@ class Credential:
         from urllib.parse import quote, quote_plus
 
         raw = secret.encode()
-        spellings = {secret, quote(secret, safe=""), quote_plus(secret), raw.hex(), raw.hex().upper()}
-        for encoded in (base64.b64encode(raw), base64.urlsafe_b64encode(raw)):
-            spellings.update({encoded.decode(), encoded.decode().rstrip("=")})
+        escaped = {quote(secret, safe=""), quote_plus(secret)}
+        escaped |= {re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), e) for e in escaped}
+        in_json = json.dumps(secret)[1:-1]
+        spellings = {secret, *escaped, raw.hex(), raw.hex().upper(), in_json, in_json.replace("/", "\\/"),
+                     json.dumps(secret, ensure_ascii=True)[1:-1]}
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            whole = encode(raw).decode()
+            spellings.update({whole, whole.rstrip("=")})
+            # Inside a longer base64 text (`base64("Bearer " + secret)`), the secret shows at one of three
+            # alignments; the middle of each does not depend on the bytes around it.
+            for shift in (0, 1, 2):
+                inner = encode(b"\0" * shift + raw).decode().rstrip("=")[4 if shift else 0:-2]
+                if len(inner) >= 8:
+                    spellings.add(inner)
         if self.inject.kind == "basic":
             pair = base64.b64encode(f"{self.inject.username}:{secret}".encode()).decode()
             spellings.update({pair, pair.rstrip("=")})

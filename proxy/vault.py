@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import fcntl
 import json
 import os
 import secrets
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +22,22 @@ KEY_FILE = "vault.key"
 _AAD = b"goex-proxy vault v1"
 
 
+RAW_KEY_PREFIX = "goex-key-v1:"
+MIN_SECRET_LENGTH = 8
+
+
 def _decode_key(text: str, salt: bytes) -> bytes:
-    """A 32-byte key written as base64 is used as is; anything else is a passphrase stretched with scrypt."""
+    """`goex-key-v1:` + 32 bytes in base64 is a key as is; anything else is a passphrase stretched with scrypt."""
     text = text.strip()
-    try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-        if len(raw) == 32:
-            return raw
-    except (binascii.Error, ValueError):
-        pass
+    if text.startswith(RAW_KEY_PREFIX):
+        encoded = text[len(RAW_KEY_PREFIX):]
+        try:
+            raw = base64.b64decode(encoded + "=" * (-len(encoded) % 4), altchars=b"-_", validate=True)
+        except (binascii.Error, ValueError):
+            raw = b""
+        if len(raw) != 32:
+            raise VaultError(f"the vault key after {RAW_KEY_PREFIX!r} must be 32 bytes in base64")
+        return raw
     from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
     return Scrypt(salt=salt, length=32, n=2**15, r=8, p=1).derive(text.encode())
@@ -37,7 +47,7 @@ def new_key_file(path: Path) -> None:
     """Write a fresh random key, readable by its owner only; never overwrite one."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as out:
-        out.write(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=") + "\n")
+        out.write(RAW_KEY_PREFIX + base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=") + "\n")
 
 
 class Vault:
@@ -100,6 +110,11 @@ class Vault:
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, self.path)  # readers see the old vault or the new one, never half of either
+            directory = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)  # the rename itself survives a crash
+            finally:
+                os.close(directory)
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -115,16 +130,30 @@ class Vault:
         """Secret names and when each was last set."""
         return {name: float(entry.get("updated", 0)) for name, entry in self._read()[0].items()}
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """One writer at a time: a read-modify-write holds an exclusive lock on vault.lock."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path.with_name("vault.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
     def set(self, name: str, value: str) -> None:
-        if not value:
-            raise VaultError(f"refusing to store an empty secret as {name!r}")
-        entries, salt = self._read()
-        entries[name] = {"value": value, "updated": time.time()}
-        self._write(entries, salt)
+        if len(value) < MIN_SECRET_LENGTH:
+            raise VaultError(f"refusing to store {name!r}: a secret shorter than {MIN_SECRET_LENGTH} characters "
+                             "cannot be told apart from ordinary text when the proxy scrubs it from responses")
+        with self._locked():
+            entries, salt = self._read()
+            entries[name] = {"value": value, "updated": time.time()}
+            self._write(entries, salt)
 
     def remove(self, name: str) -> bool:
-        entries, salt = self._read()
-        if entries.pop(name, None) is None:
-            return False
-        self._write(entries, salt)
-        return True
+        with self._locked():
+            entries, salt = self._read()
+            if entries.pop(name, None) is None:
+                return False
+            self._write(entries, salt)
+            return True

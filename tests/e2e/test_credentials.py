@@ -95,8 +95,6 @@ def proxy(make_proxy, upstream, monkeypatch):
 
 def test_canary_never_leaks(proxy, upstream):
     """After every injection kind, an echo and the error paths: the upstream got the secrets, nobody else did."""
-    env_for_agent = {k: v for k, v in proxy.env.items() if k != "GOEX_TEST_GITHUB_SECRET"}
-    proxy.env = env_for_agent
     r = proxy.exec("mailbot", sys.executable, "-c", AGENT)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
@@ -148,12 +146,22 @@ def test_secrets_list_shows_bindings_and_use(proxy):
 
 
 def test_exec_gives_placeholders_not_secrets(proxy):
-    """The agent's environment has placeholders under the declared names and no secret."""
+    """The agent gets placeholders, and inherits neither {env:} secrets nor the vault key from the shell."""
     code = "import os, json; print(json.dumps(dict(os.environ)))"
-    proxy.env = {k: v for k, v in proxy.env.items() if k != "GOEX_TEST_GITHUB_SECRET"}
+    proxy.env["GOEX_PROXY_KEY"] = (proxy.home / "vault.key").read_text().strip()
     env = json.loads(proxy.exec("mailbot", sys.executable, "-c", code).stdout)
     assert env["SLACK_TOKEN"] == "goex-placeholder-slack-bot" and env["GITHUB_TOKEN"] == "goex-placeholder-github"
+    assert "GOEX_TEST_GITHUB_SECRET" not in env and "GOEX_PROXY_KEY" not in env
     assert not any(SLACK_SECRET in v or GITHUB_SECRET in v for v in env.values())
+
+
+def test_secret_is_never_sent_over_plain_http(proxy, upstream):
+    """A request to a bound host over plain HTTP is refused instead of carrying the secret in clear."""
+    import requests
+
+    r = requests.get("http://slack.com/echo", proxies={"http": proxy.proxy_url()}, timeout=10)
+    assert r.status_code == 403 and "only sent over https" in r.json()["reason"]
+    assert upstream.state.seen == []
 
 
 def test_wrong_vault_key_refuses_to_start(proxy):

@@ -31,8 +31,8 @@ def test_round_trip_and_nothing_in_clear(vault: Vault) -> None:
 
 def test_wrong_key_fails_clearly(vault: Vault, monkeypatch: pytest.MonkeyPatch) -> None:
     """Opening with another key raises a VaultError naming the key, never returns garbage."""
-    vault.set("a", "secret")
-    monkeypatch.setenv(KEY_ENV, base64.urlsafe_b64encode(os.urandom(32)).decode())
+    vault.set("a", "secret-value-1")
+    monkeypatch.setenv(KEY_ENV, "goex-key-v1:" + base64.urlsafe_b64encode(os.urandom(32)).decode())
     with pytest.raises(VaultError, match="the key is wrong"):
         vault.get("a")
 
@@ -40,8 +40,8 @@ def test_wrong_key_fails_clearly(vault: Vault, monkeypatch: pytest.MonkeyPatch) 
 def test_passphrase_key_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """GOEX_PROXY_KEY may be a passphrase; the same passphrase opens the vault again, another does not."""
     monkeypatch.setenv(KEY_ENV, "correct horse battery staple")
-    Vault(tmp_path).set("a", "v1")
-    assert Vault(tmp_path).get("a") == "v1" and not (tmp_path / "vault.key").exists()
+    Vault(tmp_path).set("a", "value-one-1")
+    assert Vault(tmp_path).get("a") == "value-one-1" and not (tmp_path / "vault.key").exists()
     monkeypatch.setenv(KEY_ENV, "wrong horse")
     with pytest.raises(VaultError):
         Vault(tmp_path).get("a")
@@ -49,7 +49,7 @@ def test_passphrase_key_from_environment(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_damaged_file_is_a_clear_error(vault: Vault) -> None:
     """A tampered ciphertext is refused (AES-GCM authenticates it)."""
-    vault.set("a", "secret")
+    vault.set("a", "secret-value-1")
     envelope = json.loads(vault.path.read_text())
     blob = bytearray(base64.b64decode(envelope["ciphertext"]))
     blob[0] ^= 1
@@ -61,9 +61,9 @@ def test_damaged_file_is_a_clear_error(vault: Vault) -> None:
 
 def test_writes_replace_the_file_atomically(vault: Vault) -> None:
     """Each write goes to a temporary file renamed over the vault; none is left behind, and removal works."""
-    vault.set("a", "1")
+    vault.set("a", "value-one-1")
     inode = vault.path.stat().st_ino
-    vault.set("b", "2")
+    vault.set("b", "value-two-2")
     assert vault.path.stat().st_ino != inode
     assert sorted(vault.names()) == ["a", "b"]
     assert vault.remove("a") and not vault.remove("a")
@@ -75,3 +75,49 @@ def test_missing_key_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "vault.json").write_text(json.dumps({"salt": "", "nonce": "", "ciphertext": ""}))
     with pytest.raises(VaultError, match="no vault key"):
         Vault(tmp_path).get("a")
+
+
+def test_short_secrets_are_refused(vault: Vault) -> None:
+    """A secret too short to scrub safely from responses is refused with the reason."""
+    with pytest.raises(VaultError, match="shorter than 8"):
+        vault.set("a", "pass")
+
+
+def test_concurrent_writers_lose_nothing(vault: Vault) -> None:
+    """Writers in parallel each keep their secret: read-modify-write is locked."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(4) as pool:
+        list(pool.map(_store, [(str(vault.path.parent), f"s{i}") for i in range(8)]))
+    assert sorted(vault.names()) == sorted(f"s{i}" for i in range(8))
+
+
+def _store(args: tuple[str, str]) -> None:
+    Vault(Path(args[0])).set(args[1], f"value-of-{args[1]}")
+
+
+def test_key_like_passphrase_is_still_stretched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A passphrase that happens to be valid base64 of 32 bytes is stretched with scrypt, not used raw."""
+    from goex_proxy.vault import _decode_key
+
+    phrase = "a" * 43
+    assert _decode_key(phrase, b"salt-one") != _decode_key(phrase, b"salt-two")
+    assert len(_decode_key("goex-key-v1:" + "A" * 43, b"x")) == 32
+
+
+def test_secret_spellings_cover_json_percent_and_embedded_base64() -> None:
+    """The scrubber's spellings include JSON escapes, lower-case percent escapes and base64 inside longer text."""
+    from goex_proxy.credentials import Credential, Injection
+    from goex_proxy.globs import compile_host
+    from goex_proxy.redact import SecretScrubber
+    from goex_proxy.secretref import SecretRef
+
+    secret = "sk-Test/Secret+abc123"
+    c = Credential("k", SecretRef(vault="k"), (compile_host("api.example.com"),), Injection("header"))
+    scrub = SecretScrubber({form: c.placeholder for form in c.forms(secret)})
+    for text in [json.dumps({"t": secret}).replace("/", "\\/"), "x=sk-Test%2fSecret%2babc123",
+                 base64.b64encode(f"Bearer {secret}".encode()).decode(),
+                 base64.b64encode(f"Bearer  {secret}".encode()).decode(),
+                 base64.b64encode(f"Bearer   {secret}".encode()).decode()]:
+        cleaned = scrub.text(text)
+        assert "goex-placeholder-k" in cleaned and secret not in cleaned, text
