@@ -24,8 +24,10 @@ def _host_of(authority: str) -> tuple[str, int | None]:
     return host.strip("[]").lower().rstrip("."), int(port) if port else None
 
 
-def target_problem(flow: http.HTTPFlow) -> str | None:
-    """Why the request's parts disagree on where it goes (CONNECT target or URL, Host header, TLS SNI), if they do."""
+def target_problem(flow: http.HTTPFlow, path: str | None) -> str | None:
+    """Why the request's parts disagree on where it goes (CONNECT target or URL, Host header, TLS SNI), if they do.
+
+    `path` is the request's canonical path (None when it is ambiguous)."""
     req = flow.request
     host = req.host.lower().rstrip(".")
     if req.host_header:
@@ -35,13 +37,13 @@ def target_problem(flow: http.HTTPFlow) -> str | None:
     sni = flow.client_conn.sni
     if sni and sni.lower().rstrip(".") != host:
         return f"the TLS server name {sni!r} does not match the request's host {host!r}"
-    if canonical_path(req.path.split("?", 1)[0] or "/") is None:
+    if path is None:
         return (f"the path {req.path.split('?', 1)[0]!r} is ambiguous (dot or empty segments, or a backslash); "
                 "send its plain form")
     return None
 
 
-def request_view(flow: http.HTTPFlow, agent: str | None) -> RequestView:
+def request_view(flow: http.HTTPFlow, agent: str | None, path: str) -> RequestView:
     """What the policy sees of a flow: the host it will connect to, the canonical path, the decoded body."""
     req = flow.request
     return RequestView(
@@ -50,7 +52,7 @@ def request_view(flow: http.HTTPFlow, agent: str | None) -> RequestView:
         scheme=req.scheme,
         host=req.host.lower().rstrip("."),
         port=req.port,
-        path=canonical_path(req.path.split("?", 1)[0] or "/") or "/",
+        path=path,
         query=tuple(req.query.items(multi=True)),
         headers=tuple((k.lower(), v) for k, v in req.headers.items(multi=True)),
         body=req.get_content(strict=False) or b"",
@@ -69,13 +71,14 @@ class Decide:
             return
         agent = flowmeta.agent(flow)
         now = time.time()
-        problem = target_problem(flow)
-        if problem is not None:
-            d = Decision("deny", f"refused before policy: {problem}", "request-target")
+        path = canonical_path(flow.request.path.split("?", 1)[0] or "/")
+        problem = target_problem(flow, path)
+        if problem is not None or path is None:
+            d = Decision("deny", f"refused before policy: {problem or 'ambiguous path'}", "request-target")
             flowmeta.set_decision(flow, d)
             replies.denied(flow, d)
             return
-        d = decide(request_view(flow, agent), self.state.policies, now, self.state.limits)
+        d = decide(request_view(flow, agent, path), self.state.policies, now, self.state.limits)
         flowmeta.set_decision(flow, d)
         if d.effect == "deny":
             replies.denied(flow, d)

@@ -44,7 +44,7 @@ class Inject:
 
     @fail_closed("inject")
     def request(self, flow: http.HTTPFlow) -> None:
-        if flow.response or flow.error or not flow.live:
+        if flow.response or flow.error or not flow.live or not self.state.config.credentials:
             return
         req = flow.request
         path = canonical_path(req.path.split("?", 1)[0] or "/") or req.path
