@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from urllib.parse import parse_qsl
 
 from mitmproxy import dns, http, tcp, udp
 from mitmproxy.flow import Error
@@ -43,6 +44,13 @@ def target_problem(flow: http.HTTPFlow, path: str | None) -> str | None:
     return None
 
 
+def header_pairs(headers: http.Headers, keep_case: bool = False) -> tuple[tuple[str, str], ...]:
+    """(name, value) pairs in order (names lower-cased unless `keep_case`), read straight from the raw fields:
+    mitmproxy's items(multi=True) looks every name up again."""
+    pairs = ((k.decode("latin-1"), v.decode("utf-8", "surrogateescape")) for k, v in headers.fields)
+    return tuple(pairs) if keep_case else tuple((k.lower(), v) for k, v in pairs)
+
+
 def request_view(flow: http.HTTPFlow, agent: str | None, path: str) -> RequestView:
     """What the policy sees of a flow: the host it will connect to, the canonical path, the decoded body."""
     req = flow.request
@@ -53,8 +61,8 @@ def request_view(flow: http.HTTPFlow, agent: str | None, path: str) -> RequestVi
         host=req.host.lower().rstrip("."),
         port=req.port,
         path=path,
-        query=tuple(req.query.items(multi=True)),
-        headers=tuple((k.lower(), v) for k, v in req.headers.items(multi=True)),
+        query=tuple(parse_qsl(query, keep_blank_values=True)) if (query := req.path.partition("?")[2]) else (),
+        headers=header_pairs(req.headers),
         body=req.get_content(strict=False) or b"",
     )
 

@@ -12,6 +12,7 @@ from typing import Any
 from mitmproxy import http
 
 from goex_proxy.addons import flowmeta
+from goex_proxy.addons.decide import header_pairs
 from goex_proxy.addons.failclosed import fail_closed
 from goex_proxy.addons.state import ProxyState
 from goex_proxy.redact import SecretScrubber, redacted_headers_json
@@ -62,7 +63,7 @@ class Record:
             "path": scrub.text(req.path),
             "url": scrub.text(req.url),
             "http_version": req.http_version,
-            "req_headers": redacted_headers_json(req.headers.items(multi=True), scrub),
+            "req_headers": redacted_headers_json(header_pairs(req.headers, keep_case=True), scrub),
             "req_body": body["body"],
             "req_body_size": body["size"],
             "req_body_sha256": body["sha256"],
@@ -87,7 +88,7 @@ class Record:
         ended = resp.timestamp_end or time.time()
         return {
             "status": resp.status_code,
-            "resp_headers": redacted_headers_json(resp.headers.items(multi=True), self.state.scrubber),
+            "resp_headers": redacted_headers_json(header_pairs(resp.headers, keep_case=True), self.state.scrubber),
             "resp_body": body["body"],
             "resp_body_size": body["size"],
             "resp_body_sha256": body["sha256"],
