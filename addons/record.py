@@ -127,7 +127,8 @@ class Record:
         if flowmeta.recorded(flow) != "intent" or self.state.writer is None:
             return
         flowmeta.set_recorded(flow, "final")
-        self._watch(self.state.writer.record_outcome(flowmeta.request_id(flow), self.outcome(flow)))
+        # Not awaited: the request already happened. The writer logs a failure itself.
+        self.state.writer.record_outcome(flowmeta.request_id(flow), self.outcome(flow))
 
     @staticmethod
     def _watch(future: Future[None]) -> None:

@@ -161,7 +161,7 @@ class AuditWriter:
         self._conn = open_db(path)
         last = self._conn.execute("SELECT hash FROM requests ORDER BY seq DESC LIMIT 1").fetchone()
         self._last_hash = last[0] if last else ""
-        self._pending: dict[str, str] = {}  # request id -> hash, for rows still waiting for their outcome
+        self._pending: dict[str, tuple[str, int]] = {}  # request id -> (hash, seq) of rows awaiting their outcome
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="goex-audit-writer", daemon=True)
         self._thread.start()
@@ -225,26 +225,28 @@ class AuditWriter:
         row["hash"] = row_hash(prev, row)
         if row.get("status") is not None or row.get("error") is not None:
             row["outcome_hash"] = outcome_hash(row["hash"], row)
-        else:
-            self._pending[str(row["id"])] = row["hash"]
         cols = ", ".join(row)
-        self._conn.execute(f"INSERT INTO requests ({cols}) VALUES ({', '.join('?' * len(row))})", tuple(row.values()))
+        cursor = self._conn.execute(f"INSERT INTO requests ({cols}) VALUES ({', '.join('?' * len(row))})",
+                                    tuple(row.values()))
+        if "outcome_hash" not in row:
+            self._pending[str(row["id"])] = (row["hash"], int(cursor.lastrowid or 0))
         for key in op.limit_keys:
             self._conn.execute("INSERT INTO limit_hits (key, agent, ts, request_id) VALUES (?, ?, ?, ?)",
                                (key, row["agent"], row["ts"], row["id"]))
         return str(row["hash"])
 
     def _update(self, op: _Outcome) -> None:
-        hash_ = self._pending.pop(op.id, None)
-        if hash_ is None:
-            found = self._conn.execute("SELECT hash FROM requests WHERE id = ?", (op.id,)).fetchone()
+        pending = self._pending.pop(op.id, None)
+        if pending is None:
+            found = self._conn.execute("SELECT hash, seq FROM requests WHERE id = ?", (op.id,)).fetchone()
             if found is None:
                 raise AuditError(f"outcome for unknown request {op.id}")
-            hash_ = found[0]
+            pending = (found[0], found[1])
+        hash_, seq = pending
         fields = dict(op.fields)
         fields["outcome_hash"] = outcome_hash(hash_, fields)
         sets = ", ".join(f"{k} = ?" for k in fields)
-        self._conn.execute(f"UPDATE requests SET {sets} WHERE id = ?", (*fields.values(), op.id))
+        self._conn.execute(f"UPDATE requests SET {sets} WHERE seq = ?", (*fields.values(), seq))  # by rowid
 
 
 def load_limit_hits(conn: sqlite3.Connection, windows: dict[str, float | None], now: float) -> Iterator[tuple[str, str, float]]:
