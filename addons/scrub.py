@@ -19,12 +19,12 @@ class Scrub:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is None or flowmeta.is_own_response(flow):
             return
-        for name in {k for k in flow.response.headers if k.lower().startswith(replies.PREFIX)}:
-            del flow.response.headers[name]
+        headers = flow.response.headers
+        prefix = replies.PREFIX.encode()
         scrub = self.state.scrubber
-        if scrub:
-            fields = flow.response.headers.fields
-            flow.response.headers.fields = tuple((k, scrub.bytes(v)) for k, v in fields)
+        if scrub or any(k.lower().startswith(prefix) for k, _ in headers.fields):  # raw fields: cheap to scan
+            headers.fields = tuple((k, scrub.bytes(v) if scrub else v) for k, v in headers.fields
+                                   if not k.lower().startswith(prefix))
         flow.response.headers["X-Goex-Request-Id"] = flowmeta.request_id(flow)
         d = flowmeta.decision(flow)
         if d is not None:
