@@ -82,9 +82,8 @@ class Decide:
         path = canonical_path(flow.request.path.split("?", 1)[0] or "/")
         problem = target_problem(flow, path)
         if problem is not None or path is None:
-            d = Decision("deny", f"refused before policy: {problem or 'ambiguous path'}", "request-target")
-            flowmeta.set_decision(flow, d)
-            replies.denied(flow, d)
+            replies.refuse(flow, Decision("deny", f"refused before policy: {problem or 'ambiguous path'}",
+                                          "request-target"))
             return
         d = decide(request_view(flow, agent, path), self.state.policies, now, self.state.limits)
         flowmeta.set_decision(flow, d)

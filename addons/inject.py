@@ -52,17 +52,14 @@ class Inject:
         if credential is None:
             return
         if req.scheme not in credential.schemes:
-            d = Decision("deny", f"credential '{credential.name}' is only sent over "
-                                 f"{', '.join(sorted(credential.schemes))}, and this request is {req.scheme}", "inject")
-            flowmeta.set_decision(flow, d)
-            replies.denied(flow, d)
+            replies.refuse(flow, Decision("deny", f"credential '{credential.name}' is only sent over "
+                                          f"{', '.join(sorted(credential.schemes))}, and this request is {req.scheme}",
+                                          "inject"))
             return
         secret = self.state.secrets.get(credential.name)
         if secret is None:
-            d = Decision("deny", f"credential '{credential.name}' is bound to this host but cannot be injected: "
-                                 f"its secret ({credential.secret.describe()}) is not set", "inject")
-            flowmeta.set_decision(flow, d)
-            replies.denied(flow, d)
+            replies.refuse(flow, Decision("deny", f"credential '{credential.name}' is bound to this host but cannot be "
+                                          f"injected: its secret ({credential.secret.describe()}) is not set", "inject"))
             return
         apply(flow, credential, secret)
         flowmeta.set_credential(flow, credential.name)

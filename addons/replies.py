@@ -30,6 +30,12 @@ def auth_required(flow: http.HTTPFlow, why: str) -> None:
           {"Proxy-Authenticate": 'Basic realm="goex-proxy"'})
 
 
+def refuse(flow: http.HTTPFlow, d: Decision) -> None:
+    """Record a deny decision made by a stage and answer 403 with it."""
+    flowmeta.set_decision(flow, d)
+    denied(flow, d)
+
+
 def denied(flow: http.HTTPFlow, d: Decision) -> None:
     reply(flow, 403, {"error": "goex-proxy: denied by policy", "decision": "deny", "rule": d.rule, "reason": d.reason,
                       "allowed_instead": list(d.allowed_instead)},
