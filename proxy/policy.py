@@ -185,13 +185,14 @@ def decide(view: RequestView, policies: PolicySet, now: float, counts: LimitCoun
         return Decision("deny", "the request carries no known agent identity")
     enforce: list[Rule] = []
     report: list[Rule] = []
+    reporting = False  # a report-mode policy softens default deny only on the hosts its rules cover
     for c in policies.candidates(view.host):
-        if not c.policy.applies_to(view.agent) or not c.rule.matches_plain(view, c.host_known):
+        if not c.policy.applies_to(view.agent):
             continue
-        (report if c.policy.mode == "report" else enforce).append(c.rule)
-    # A report-mode policy softens default deny only on the hosts its rules cover, never everywhere.
-    reporting = any(c.policy.mode == "report" and c.policy.applies_to(view.agent) and _covers(c, view)
-                    for c in policies.candidates(view.host))
+        if c.policy.mode == "report":
+            reporting = reporting or _covers(c, view)
+        if c.rule.matches_plain(view, c.host_known):
+            (report if c.policy.mode == "report" else enforce).append(c.rule)
 
     cache: dict[str, Any] = {}
 

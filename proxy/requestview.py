@@ -107,11 +107,10 @@ class RequestView:
         """The variables a CEL condition sees: all of them, or only the subtrees on `paths`."""
         roots: dict[str, Callable[[], Any]] = {"agent": lambda: self.agent or "", "now": lambda: int(now)}
         fields = self._request_fields()
-        whole = _Whole((name, make()) for name, make in fields.items()) if paths is None else None
-        if whole is not None:
-            return {"agent": roots["agent"](), "now": roots["now"](), "request": whole}
+        if paths is None:
+            paths = [("agent",), ("now",), ("request",)]
         out: dict[str, Any] = {}
-        for path in sorted(set(paths or ()), key=len):
+        for path in sorted(set(paths), key=len):
             if path[0] in roots:
                 out[path[0]] = roots[path[0]]()
             elif len(path) == 1:
