@@ -85,6 +85,7 @@ class Decide:
             replies.refuse(flow, Decision("deny", f"refused before policy: {problem or 'ambiguous path'}",
                                           "request-target"))
             return
+        flowmeta.set_path(flow, path)
         d = decide(request_view(flow, agent, path), self.state.policies, now, self.state.limits)
         flowmeta.set_decision(flow, d)
         if d.effect == "deny":

@@ -13,6 +13,7 @@ _DECISION = "goex.decision"
 _OWN_RESPONSE = "goex.own_response"
 _RECORDED = "goex.recorded"
 _CREDENTIAL = "goex.credential"
+_PATH = "goex.path"
 _IDS = RequestIds()
 
 
@@ -57,6 +58,15 @@ def recorded(flow: http.HTTPFlow) -> str | None:
 
 def set_recorded(flow: http.HTTPFlow, state: str) -> None:
     flow.metadata[_RECORDED] = state
+
+
+def path(flow: http.HTTPFlow) -> str | None:
+    """The request's canonical path, as policies matched it (set by decide)."""
+    return flow.metadata.get(_PATH)
+
+
+def set_path(flow: http.HTTPFlow, value: str) -> None:
+    flow.metadata[_PATH] = value
 
 
 def credential(flow: http.HTTPFlow) -> str | None:

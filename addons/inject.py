@@ -12,7 +12,6 @@ from goex_proxy.addons.failclosed import fail_closed
 from goex_proxy.addons.state import ProxyState
 from goex_proxy.credentials import Credential
 from goex_proxy.policy import Decision
-from goex_proxy.requestview import canonical_path
 
 
 def apply(flow: http.HTTPFlow, credential: Credential, secret: str) -> None:
@@ -47,7 +46,9 @@ class Inject:
         if flow.response or flow.error or not flow.live or not self.state.config.credentials:
             return
         req = flow.request
-        path = canonical_path(req.path.split("?", 1)[0] or "/") or req.path
+        path = flowmeta.path(flow)
+        if path is None:
+            raise RuntimeError("a request reached the inject stage without the path decide matched")
         credential = self.state.credential_for(req.host.lower().rstrip("."), req.method.upper(), path)
         if credential is None:
             return
