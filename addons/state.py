@@ -142,16 +142,20 @@ class ProxyState:
     def reload_if_changed(self) -> bool:
         """Reload the policy files and the vault if any changed; an invalid set is logged and the last good one kept."""
         mtimes = self._stat()
-        if mtimes == self._mtimes:
+        changed = {p for p in mtimes if mtimes[p] != self._mtimes.get(p)}
+        if not changed:
             return False
-        vault_changed = any(mtimes.get(p) != self._mtimes.get(p) for p in mtimes if p.name == "vault.json")
         self._mtimes = mtimes
-        if vault_changed:
+        assert self.config is not None
+        vault = Vault(self.config.state_dir).path
+        if vault in changed:
             try:
                 self.load_secrets()
                 log.info("secrets reloaded from the vault")
             except GoexError as exc:
                 log.error("vault reload rejected; keeping the secrets already loaded: %s", exc)
+            if changed == {vault}:
+                return False
         try:
             policies = load_policy_set(self.sources())
         except GoexError as exc:
