@@ -14,6 +14,8 @@ _OWN_RESPONSE = "goex.own_response"
 _RECORDED = "goex.recorded"
 _CREDENTIAL = "goex.credential"
 _PATH = "goex.path"
+_RETRIED = "goex.retried"
+_HEADERS_SCRUBBED = "goex.headers_scrubbed"
 _IDS = RequestIds()
 
 
@@ -76,3 +78,21 @@ def credential(flow: http.HTTPFlow) -> str | None:
 
 def set_credential(flow: http.HTTPFlow, name: str) -> None:
     flow.metadata[_CREDENTIAL] = name
+
+
+def retried(flow: http.HTTPFlow) -> bool:
+    """True once inject has sent the request a second time (after a refreshed OAuth2 token)."""
+    return bool(flow.metadata.get(_RETRIED))
+
+
+def mark_retried(flow: http.HTTPFlow) -> None:
+    flow.metadata[_RETRIED] = True
+
+
+def headers_scrubbed(flow: http.HTTPFlow, response: http.Response) -> bool:
+    """True when scrub already cleaned the headers of this very response (not one it was replaced with)."""
+    return flow.metadata.get(_HEADERS_SCRUBBED) is response
+
+
+def set_headers_scrubbed(flow: http.HTTPFlow, response: http.Response) -> None:
+    flow.metadata[_HEADERS_SCRUBBED] = response

@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import base64
+import time
 from urllib.parse import quote, unquote_plus
 
 from mitmproxy import http
 
+from goex_proxy import sigv4, upstream
 from goex_proxy.addons import flowmeta, replies
 from goex_proxy.addons.failclosed import fail_closed
 from goex_proxy.addons.state import ProxyState
 from goex_proxy.credentials import Credential
+from goex_proxy.oauth import OAuthError
 from goex_proxy.policy import Decision
+
+#: Headers that belong to one connection, not to the request; a retry sends its own.
+_HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authorization", "proxy-connection", "te", "trailer",
+                         "transfer-encoding", "upgrade", "content-length"})
+
+
+class CannotInject(Exception):
+    """The credential is bound here but cannot be put in: the message says why (for the agent's 403)."""
 
 
 def apply(flow: http.HTTPFlow, credential: Credential, secret: str) -> None:
@@ -34,15 +45,33 @@ def _set_query_parameter(request: http.Request, name: str, value: str) -> None:
     request.path = path + "?" + "&".join([*kept, pair])
 
 
+def _authority(request: http.Request) -> str:
+    """The host (and port, unless the scheme's default) the request is addressed to, as a Host header says it."""
+    if request.host_header:
+        return request.host_header
+    default = 443 if request.scheme == "https" else 80
+    return request.host if request.port == default else f"{request.host}:{request.port}"
+
+
+def resign(flow: http.HTTPFlow, keys: sigv4.AwsKeys) -> None:
+    """Sign the agent's SigV4 request again, with the real keys, for the region and service the agent signed for."""
+    req = flow.request
+    signed = sigv4.agent_signature({k.lower(): v for k, v in req.headers.items()}, req.path.partition("?")[2])
+    url = f"{req.scheme}://{_authority(req)}{req.path}"
+    fields = sigv4.resign(req.method, url, list(req.headers.items(multi=True)), req.raw_content or b"", keys, signed)
+    req.headers = http.Headers([(k.encode(), v.encode()) for k, v in fields])
+
+
 class Inject:
     """Injects credentials on the hosts, methods and paths they are bound to; a request that needs one it cannot
-    have is denied, never forwarded bare."""
+    have is denied, never forwarded bare. An OAuth2 token the upstream refuses (401) is refreshed and the request
+    retried once."""
 
     def __init__(self, state: ProxyState) -> None:
         self.state = state
 
     @fail_closed("inject")
-    def request(self, flow: http.HTTPFlow) -> None:
+    async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live or not self.state.config.credentials:
             return
         req = flow.request
@@ -57,10 +86,73 @@ class Inject:
                                           f"{', '.join(sorted(credential.schemes))}, and this request is {req.scheme}",
                                           "inject"))
             return
-        secret = self.state.secrets.get(credential.name)
-        if secret is None:
+        try:
+            await self._inject(flow, credential)
+        except (CannotInject, OAuthError, sigv4.SigningError) as exc:
             replies.refuse(flow, Decision("deny", f"credential '{credential.name}' is bound to this host but cannot be "
-                                          f"injected: its secret ({credential.secret.describe()}) is not set", "inject"))
+                                          f"injected: {exc}", "inject"))
             return
-        apply(flow, credential, secret)
         flowmeta.set_credential(flow, credential.name)
+
+    async def _inject(self, flow: http.HTTPFlow, credential: Credential) -> None:
+        kind = credential.inject.kind
+        if kind == "oauth2":
+            assert self.state.tokens is not None
+            token = await self.state.tokens.access_token(credential)
+            flow.request.headers["Authorization"] = f"Bearer {token}"
+        elif kind == "aws_sigv4":
+            keys = self.state.aws_keys.get(credential.name)
+            if keys is None:
+                raise CannotInject(f"its secret ({credential.secret.describe()}) is not set or is not AWS keys")
+            resign(flow, keys)
+        else:
+            secret = self.state.secrets.get(credential.name)
+            if secret is None:
+                raise CannotInject(f"its secret ({credential.secret.describe()}) is not set")
+            apply(flow, credential, secret)
+
+    @fail_closed("inject")
+    async def response(self, flow: http.HTTPFlow) -> None:
+        """A 401 to an OAuth2 request: refresh the token (unless another request already did) and retry once."""
+        name = flowmeta.credential(flow)
+        if (name is None or flow.response is None or flow.response.status_code != 401 or flowmeta.is_own_response(flow)
+                or flowmeta.retried(flow) or self.state.tokens is None):
+            return
+        credential = self.state.config.credentials.get(name)
+        if credential is None or credential.inject.kind != "oauth2":
+            return
+        used = flow.request.headers.get("Authorization", "").removeprefix("Bearer ")
+        try:
+            token = await self.state.tokens.access_token(credential, stale=used)
+        except OAuthError as exc:
+            replies.refuse(flow, Decision("deny", f"credential '{name}': the upstream refused its access token (401) "
+                                          f"and {exc}", "inject"))
+            return
+        if token == used:  # refreshed moments ago: this 401 is not about an expired token
+            return
+        flow.request.headers["Authorization"] = f"Bearer {token}"
+        flowmeta.mark_retried(flow)
+        try:
+            flow.response = await self._resend(flow.request)
+        except Exception as exc:  # httpx's errors: the upstream went away between the two attempts
+            replies.reply(flow, 502, {"error": "goex-proxy: retrying with a refreshed OAuth2 token failed "
+                                               f"({type(exc).__name__}); the first attempt was refused with 401"})
+
+    async def _resend(self, req: http.Request) -> http.Response:
+        """Send the request again, outside mitmproxy's connection (its response hook cannot re-send a flow)."""
+        assert self.state.config is not None
+        headers = [(k, v) for k, v in req.headers.items(multi=True) if k.lower() not in _HOP_BY_HOP]
+        if not any(k.lower() == "host" for k, _ in headers):
+            headers.append(("Host", _authority(req)))
+        url, _, extensions = upstream.routed(self.state.config, f"{req.scheme}://{req.host}:{req.port}{req.path}")
+        started = time.time()
+        client = self.state.upstream_client()
+        async with client.stream(req.method, url, headers=headers, content=req.raw_content or b"",
+                                 extensions=extensions) as reply:
+            raw = b"".join([chunk async for chunk in reply.aiter_raw()])
+            fields = tuple((k, v) for k, v in reply.headers.raw if k.lower() not in (b"transfer-encoding", b"connection",
+                                                                                       b"keep-alive", b"content-length"))
+        response = http.Response(b"HTTP/1.1", reply.status_code, reply.reason_phrase.encode(), http.Headers(fields),
+                                 raw, None, started, time.time())
+        response.headers["Content-Length"] = str(len(raw))
+        return response

@@ -19,21 +19,29 @@ class Scrub:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is None or flowmeta.is_own_response(flow):
             return
-        headers = flow.response.headers
+        self._clean_headers(flow, flow.response)
+
+    def _clean_headers(self, flow: http.HTTPFlow, response: http.Response) -> None:
+        flowmeta.set_headers_scrubbed(flow, response)
+        headers = response.headers
         prefix = replies.PREFIX.encode()
         scrub = self.state.scrubber
         if scrub or any(k.lower().startswith(prefix) for k, _ in headers.fields):  # raw fields: cheap to scan
             headers.fields = tuple((k, scrub.bytes(v) if scrub else v) for k, v in headers.fields
                                    if not k.lower().startswith(prefix))
-        flow.response.headers["X-Goex-Request-Id"] = flowmeta.request_id(flow)
+        headers["X-Goex-Request-Id"] = flowmeta.request_id(flow)
         d = flowmeta.decision(flow)
         if d is not None:
-            flow.response.headers["X-Goex-Decision"] = d.label
+            headers["X-Goex-Decision"] = d.label
 
     @fail_closed("scrub")
     def response(self, flow: http.HTTPFlow) -> None:
         """An upstream that echoes a secret (in any spelling) shows the agent the placeholder instead."""
-        if flow.response is None or flowmeta.is_own_response(flow) or not self.state.scrubber:
+        if flow.response is None or flowmeta.is_own_response(flow):
+            return
+        if not flowmeta.headers_scrubbed(flow, flow.response):  # replaced after its headers came (inject retried it)
+            self._clean_headers(flow, flow.response)
+        if not self.state.scrubber:
             return
         try:
             content = flow.response.get_content(strict=True) or b""

@@ -7,18 +7,22 @@ import logging
 import time
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 from mitmproxy import ctx, exceptions
 
-from goex_proxy import audit
+from goex_proxy import audit, upstream
 from goex_proxy.audit import AuditWriter
 from goex_proxy.config import Config, load_config
 from goex_proxy.credentials import Credential
 from goex_proxy.errors import GoexError
 from goex_proxy.limits import LimitCounters
+from goex_proxy.oauth import TokenSet
 from goex_proxy.policy import PolicySet
 from goex_proxy.policyload import load_policy_set
 from goex_proxy.redact import SecretScrubber
+from goex_proxy.sigv4 import AwsKeys
+from goex_proxy.tokens import TokenKeeper
 from goex_proxy.vault import Vault
 
 log = logging.getLogger(__name__)
@@ -40,6 +44,9 @@ class ProxyState:
         self.limits = LimitCounters()
         self.writer: AuditWriter | None = None
         self.secrets: dict[str, str] = {}  # credential name -> secret, in memory only
+        self.aws_keys: dict[str, AwsKeys] = {}  # aws_sigv4 credentials whose secret holds valid keys
+        self.tokens: TokenKeeper | None = None  # OAuth2 access tokens, refreshed as needed
+        self._client: Any = None  # httpx.AsyncClient for the proxy's own requests, made on first use
         self.scrubber = SecretScrubber({})
         self._forms: dict[str, str] = {}
         self._mtimes: dict[Path, float | None] = {}
@@ -77,12 +84,42 @@ class ProxyState:
     def load_secrets(self) -> None:
         """Read every credential's secret (vault or environment) into memory, and the spellings to scrub."""
         assert self.config is not None
-        credentials = self.config.credentials.values()
-        vault = Vault(self.config.state_dir).all() if any(c.secret.vault for c in credentials) else {}
+        credentials = list(self.config.credentials.values())
+        refs = [c.secret for c in credentials] + [c.inject.oauth2.client_secret for c in credentials
+                                                  if c.inject.oauth2 and c.inject.oauth2.client_secret]
+        vault = Vault(self.config.state_dir).all() if any(r.vault for r in refs) else {}
         self.secrets = {c.name: value for c in credentials if (value := c.secret.reveal(vault))}
+        self.aws_keys = {}
+        for c in credentials:
+            if c.inject.kind == "aws_sigv4" and c.name in self.secrets:
+                try:
+                    self.aws_keys[c.name] = AwsKeys.loads(self.secrets[c.name])
+                except ValueError as exc:
+                    log.error("credential %s: its secret (%s) is not usable: %s", c.name, c.secret.describe(), exc)
+            if c.inject.oauth2 is not None:
+                if self.tokens is None:
+                    self.tokens = TokenKeeper(self.config, self.upstream_client, self.remember_tokens)
+                client_secret = c.inject.oauth2.client_secret.reveal(vault) if c.inject.oauth2.client_secret else None
+                stored = self.secrets.get(c.name)
+                self.tokens.load(c.name, TokenSet.loads(stored) if stored else None, client_secret)
+                if client_secret:
+                    self._forms.update({form: c.placeholder for form in c.spellings(client_secret)})
         # Spellings of secrets that were rotated or removed stay: an upstream may still echo an old one.
         self._forms.update({form: c.placeholder for c in credentials if c.name in self.secrets
                             for form in c.forms(self.secrets[c.name])})
+        self.scrubber = SecretScrubber(self._forms)
+
+    def upstream_client(self) -> Any:
+        """The client for requests goex-proxy makes itself (token refreshes, retries), routed like forwarded ones."""
+        assert self.config is not None
+        if self._client is None:
+            self._client = upstream.client(self.config)
+        return self._client
+
+    def remember_tokens(self, credential: Credential, tokens: TokenSet) -> None:
+        """A refreshed token set: scrub its new tokens from now on (the keeper saves it to the vault)."""
+        self.secrets[credential.name] = tokens.dumps()
+        self._forms.update({form: credential.placeholder for form in credential.forms(self.secrets[credential.name])})
         self.scrubber = SecretScrubber(self._forms)
 
     def credential_for(self, host: str, method: str, path: str) -> Credential | None:
@@ -114,9 +151,12 @@ class ProxyState:
         if self.config is not None and self._watch is None:
             self._watch = asyncio.get_running_loop().create_task(self._watch_policies())
 
-    def done(self) -> None:
+    async def done(self) -> None:
         if self._watch is not None:
             self._watch.cancel()
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
         if self.writer is not None:
             self.writer.close()
             self.writer = None

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from . import yamlsrc
 from .credentials import Credential, Injection
+from .durations import parse_duration
 from .errors import ConfigError, Problem, StateError
 from .globs import compile_host, compile_path
+from .oauth import PROVIDERS, OAuth2
 from .presets import resolve
 from .secretref import SecretRef
 from .yamlsrc import Checker, YMap
@@ -111,13 +113,18 @@ def _secret(check: Checker, parent: YMap, key: str, where: str) -> SecretRef | N
     return None
 
 
+_OAUTH2_KEYS = {"provider", "client_id", "client_secret", "scopes", "token_url", "authorize_url", "refresh_margin",
+                "client_auth", "redirect_port"}
+_INJECT_KINDS = ("header", "basic", "query", "oauth2", "aws_sigv4")
+
+
 def _injection(check: Checker, c: YMap, where: str) -> Injection | None:
-    spec = check.mapping(c.get("inject"), f"{where}.inject", check.at(c, "inject"), {"header", "value", "basic", "query"})
+    spec = check.mapping(c.get("inject"), f"{where}.inject", check.at(c, "inject"), {"value", *_INJECT_KINDS})
     if spec is None:
         return None
-    kinds = [k for k in ("header", "basic", "query") if k in spec]
+    kinds = [k for k in _INJECT_KINDS if k in spec]
     if len(kinds) != 1:
-        check.error(spec.pos, f"'{where}.inject' needs exactly one of header, basic or query")
+        check.error(spec.pos, f"'{where}.inject' needs exactly one of {', '.join(_INJECT_KINDS)}")
         return None
     if kinds == ["header"]:
         name = check.string(spec, "header", f"{where}.inject.header") or "Authorization"
@@ -128,8 +135,54 @@ def _injection(check: Checker, c: YMap, where: str) -> Injection | None:
     if kinds == ["basic"]:
         basic = check.mapping(spec["basic"], f"{where}.inject.basic", check.at(spec, "basic"), {"username"})
         return Injection("basic", username=str(basic.get("username", "")) if basic is not None else "")
+    if kinds == ["oauth2"]:
+        oauth = _oauth2(check, spec, f"{where}.inject.oauth2")
+        return Injection("oauth2", oauth2=oauth) if oauth is not None else None
+    if kinds == ["aws_sigv4"]:
+        if spec["aws_sigv4"] not in (None, {}) and check.mapping(spec["aws_sigv4"], f"{where}.inject.aws_sigv4",
+                                                                   check.at(spec, "aws_sigv4"), set()) is None:
+            return None
+        return Injection("aws_sigv4")
     param = check.string(spec, "query", f"{where}.inject.query")
     return Injection("query", param or "key")
+
+
+def _oauth2(check: Checker, parent: YMap, where: str) -> OAuth2 | None:
+    spec = check.mapping(parent["oauth2"], where, check.at(parent, "oauth2"), _OAUTH2_KEYS, {"provider", "client_id"})
+    if spec is None:
+        return None
+    provider_name = check.string(spec, "provider", f"{where}.provider") or "generic"
+    provider = PROVIDERS.get(provider_name)
+    if provider is None:
+        check.error(check.at(spec, "provider"), f"'{where}.provider' must be one of {', '.join(PROVIDERS)} "
+                                                f"(got {provider_name!r})")
+        return None
+    urls = {}
+    for key in ("token_url", "authorize_url"):
+        url = check.string(spec, key, f"{where}.{key}") or getattr(provider, key)
+        parts = urlsplit(url) if url else None
+        if not url:
+            check.error(spec.pos, f"'{where}' needs {key} for the {provider_name} provider")
+        elif parts is None or parts.scheme != "https" or not parts.hostname:
+            check.error(check.at(spec, key), f"'{where}.{key}' must be an https:// URL (got {url!r})")
+        urls[key] = url
+    client_auth = check.string(spec, "client_auth", f"{where}.client_auth", "post") or "post"
+    if client_auth not in ("post", "basic"):
+        check.error(check.at(spec, "client_auth"), f"'{where}.client_auth' must be post or basic (got {client_auth!r})")
+    port = spec.get("redirect_port", 0)
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port < 65536:
+        check.error(check.at(spec, "redirect_port"), f"'{where}.redirect_port' must be a port number (got {port!r})")
+        port = 0
+    client_secret = None
+    if "client_secret" in spec:
+        raw = spec["client_secret"]
+        client_secret = SecretRef(vault=raw) if isinstance(raw, str) and raw else _secret(check, spec, "client_secret",
+                                                                                          f"{where}.client_secret")
+    margin = check.parsed(spec, "refresh_margin", f"{where}.refresh_margin", parse_duration)
+    return OAuth2(replace(provider, token_url=urls["token_url"], authorize_url=urls["authorize_url"]),
+                  check.string(spec, "client_id", f"{where}.client_id") or "", client_secret,
+                  tuple(check.strings(spec, "scopes", f"{where}.scopes") or ()),
+                  margin if margin is not None else 60.0, client_auth, port)
 
 
 def _credentials(check: Checker, raw: Any, pos: tuple[int, int]) -> dict[str, Credential]:
@@ -187,6 +240,9 @@ def _credentials(check: Checker, raw: Any, pos: tuple[int, int]) -> dict[str, Cr
             if not _ENV_NAME.fullmatch(env_name):
                 check.error(check.at(c, "env"), f"'{where}.env' {env_name!r} is not an environment variable name")
         injection = _injection(check, c, where)
+        if injection is not None and injection.kind == "oauth2" and ref is not None and ref.vault is None:
+            check.error(check.at(c, "secret"), f"'{where}.secret' must name a vault secret: the proxy stores the "
+                                               "tokens it refreshes there")
         if ref is not None and injection is not None and hosts:
             out[name] = Credential(name, ref, tuple(hosts), injection,
                                    frozenset(m.upper() for m in methods) if methods else None,

@@ -9,26 +9,34 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .globs import Glob
+from .oauth import OAuth2, TokenSet
 from .secretref import SecretRef
+from .sigv4 import AwsKeys
 
-InjectKind = Literal["header", "basic", "query"]
+InjectKind = Literal["header", "basic", "query", "oauth2", "aws_sigv4"]
 PLACEHOLDER_PREFIX = "goex-placeholder-"
 
 
 @dataclass(frozen=True)
 class Injection:
-    """How a secret goes into a request: a header from a template, HTTP basic auth, or a query parameter."""
+    """How a secret goes into a request: a header from a template, HTTP basic auth, a query parameter, an OAuth2
+    bearer token the proxy keeps fresh, or an AWS SigV4 signature made again with the real keys."""
 
     kind: InjectKind
     name: str = "Authorization"     # header name, or query parameter name
     template: str = "Bearer {secret}"
     username: str = ""
+    oauth2: OAuth2 | None = None
 
     def describe(self) -> str:
         if self.kind == "header":
             return f"header {self.name}: {self.template.replace('{secret}', '***')}"
         if self.kind == "basic":
             return f"basic auth as {self.username or '(no user)'}"
+        if self.kind == "oauth2" and self.oauth2 is not None:
+            return f"OAuth2 bearer token ({self.oauth2.provider.name}), refreshed by the proxy"
+        if self.kind == "aws_sigv4":
+            return "AWS SigV4, re-signed with the real keys"
         return f"query parameter {self.name}"
 
 
@@ -57,8 +65,26 @@ class Credential:
             return False
         return self.paths is None or any(p.matches(path) for p in self.paths)
 
-    def forms(self, secret: str) -> list[str]:
-        """Every spelling of the secret that could carry it: raw, URL-encoded, base64 and hex, and basic auth."""
+    def secret_values(self, stored: str) -> list[str]:
+        """The secret strings inside what is stored: the value itself, an OAuth2 token set's tokens, AWS keys."""
+        if self.inject.kind == "oauth2":
+            return TokenSet.loads(stored).values()
+        if self.inject.kind == "aws_sigv4":
+            try:
+                return AwsKeys.loads(stored).values()
+            except ValueError:
+                return [stored]
+        return [stored]
+
+    def forms(self, stored: str) -> list[str]:
+        """Every spelling of every secret in `stored` that could carry it: raw, URL-encoded, base64, hex, basic auth."""
+        spellings: set[str] = set()
+        for secret in self.secret_values(stored):
+            spellings |= self.spellings(secret)
+        return sorted(spellings, key=len, reverse=True)
+
+    def spellings(self, secret: str) -> set[str]:
+        """The spellings of one secret string (at least 4 characters each)."""
         from urllib.parse import quote, quote_plus
 
         raw = secret.encode()
@@ -79,4 +105,4 @@ class Credential:
         if self.inject.kind == "basic":
             pair = base64.b64encode(f"{self.inject.username}:{secret}".encode()).decode()
             spellings.update({pair, pair.rstrip("=")})
-        return sorted((s for s in spellings if len(s) >= 4), key=len, reverse=True)
+        return {s for s in spellings if len(s) >= 4}
