@@ -26,7 +26,7 @@ import click
 from . import __version__, agentenv, audit
 from .config import Config, config_problems, default_config_path, home, load_config
 from .durations import parse_duration
-from .errors import ConfigError, GoexError, NotFound, Problem, StateError
+from .errors import ConfigError, GoexError, NotFound, Problem, StateError, VaultError
 
 
 def _console() -> Any:
@@ -242,8 +242,15 @@ def secrets_set(config_path: Path | None, name: str) -> None:
         value = getpass.getpass(f"secret for {name}: ")
     else:
         value = sys.stdin.read().rstrip("\r\n")
-    Vault(config.state_dir).set(name, value)
     users = [c.name for c in config.credentials.values() if c.secret.vault == name]
+    if any(config.credentials[u].inject.kind == "aws_sigv4" for u in users):
+        from .sigv4 import AwsKeys
+
+        try:
+            AwsKeys.loads(value)
+        except ValueError as exc:
+            raise VaultError(f"refusing to store {name!r}: {exc}") from None
+    Vault(config.state_dir).set(name, value)
     click.echo(f"stored {name!r} in the vault" + (f" (used by {', '.join(users)})" if users else
                                                   " (no credential in the config uses it yet)"))
 
@@ -273,6 +280,8 @@ def secrets_list(config_path: Path | None, as_json: bool) -> None:
                      "inject": c.inject.describe(), "stored": c.secret.vault in stored if c.secret.vault else None,
                      "last_used": last_used.get(c.name)})
     used = {c.secret.vault for c in config.credentials.values()}
+    used |= {c.inject.oauth2.client_secret.vault for c in config.credentials.values()
+             if c.inject.oauth2 and c.inject.oauth2.client_secret}
     rows += [{"secret": f"vault:{n}", "credential": None, "hosts": None, "inject": None, "stored": True,
               "last_used": None} for n in stored if n not in used]
     if as_json:
@@ -302,6 +311,31 @@ def secrets_rm(config_path: Path | None, name: str) -> None:
     if not Vault(_config(config_path).state_dir).remove(name):
         raise NotFound(f"no secret named {name!r} in the vault")
     click.echo(f"removed {name!r}")
+
+
+@cli.command()
+@config_option
+@click.argument("name")
+@click.option("--no-browser", is_flag=True, help="Only print the address to open (for a browser on another machine).")
+@click.option("--timeout", default=300, show_default=True, help="Seconds to wait for the provider's redirect.")
+@handle_errors
+def authorize(config_path: Path | None, name: str, no_browser: bool, timeout: int) -> None:
+    """Let credential NAME act for you: OAuth2 consent in a browser (PKCE, loopback redirect); tokens go to the vault.
+
+    Example: goex-proxy authorize gmail
+    """
+    from .authorize import authorize as run_flow
+
+    config = _config(config_path)
+    credential = config.credentials.get(name)
+    if credential is None or credential.inject.oauth2 is None:
+        oauth = [c.name for c in config.credentials.values() if c.inject.oauth2]
+        raise NotFound(f"no OAuth2 credential named {name!r} in {config.file} "
+                       f"(OAuth2 credentials: {', '.join(oauth) or 'none'})")
+    tokens = run_flow(config, credential, lambda text: click.echo(text, err=True), not no_browser, timeout)
+    life = f", access token valid for {tokens.expires_at - time.time():.0f}s" if tokens.expires_at else ""
+    refresh = "with a refresh token" if tokens.refresh_token else "WITHOUT a refresh token (re-run when it expires)"
+    click.echo(f"authorized {name}: tokens stored in the vault as {credential.secret.vault!r}, {refresh}{life}")
 
 
 @cli.group()

@@ -1,0 +1,92 @@
+"""`goex-proxy authorize`: the OAuth2 authorization-code flow with PKCE and a loopback redirect; tokens go to the vault."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from . import upstream
+from .config import Config
+from .credentials import Credential
+from .oauth import OAuthError, TokenSet, authorization_url, parse_token_reply, pkce_pair, token_request
+from .vault import Vault
+
+_PAGE = b"<!doctype html><title>goex-proxy</title><p>goex-proxy: %s You can close this tab.</p>\n"
+
+
+class _Callback(BaseHTTPRequestHandler):
+    server: _LoopbackServer
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        url = urlsplit(self.path)
+        if url.path != "/callback":
+            self.send_error(404)
+            return
+        self.server.answer = dict(parse_qsl(url.query))
+        done = "error" not in self.server.answer
+        body = _PAGE % (b"authorized; the tokens are in the vault." if done else b"authorization was refused.")
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class _LoopbackServer(HTTPServer):
+    answer: dict[str, str] | None = None
+
+
+def authorize(config: Config, credential: Credential, say: Callable[[str], None], open_browser: bool = True,
+              timeout: float = 300.0) -> TokenSet:
+    """Send the person to the provider's consent page, take the code at a loopback redirect, and store the tokens."""
+    oauth = credential.inject.oauth2
+    if oauth is None or credential.secret.vault is None:
+        raise OAuthError(f"credential {credential.name!r} does not use oauth2 injection with a vault secret")
+    client_secret = None
+    if oauth.client_secret is not None:
+        client_secret = oauth.client_secret.reveal(Vault(config.state_dir).all() if oauth.client_secret.vault else {})
+        if client_secret is None:
+            raise OAuthError(f"the client secret of {credential.name!r} ({oauth.client_secret.describe()}) is not set")
+    verifier, challenge = pkce_pair()
+    state = secrets.token_urlsafe(24)
+    with _LoopbackServer(("127.0.0.1", oauth.redirect_port), _Callback) as server:
+        redirect_uri = f"http://127.0.0.1:{server.server_address[1]}/callback"
+        url = authorization_url(oauth, redirect_uri, state, challenge)
+        say(f"Open this address in a browser to let goex-proxy act as {credential.name}:\n\n  {url}\n\n"
+            f"Waiting for the provider to redirect to {redirect_uri} ...")
+        if open_browser:
+            import webbrowser
+
+            webbrowser.open(url)
+        deadline = time.monotonic() + timeout
+        while server.answer is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise OAuthError(f"no answer at {redirect_uri} within {timeout:.0f}s; nothing was stored")
+            server.timeout = min(left, 1.0)
+            server.handle_request()
+        answer = server.answer
+    if not secrets.compare_digest(answer.get("state", ""), state):
+        raise OAuthError("the redirect carried the wrong state (not the request this command made); nothing was stored")
+    if "error" in answer or not answer.get("code"):
+        detail = answer.get("error_description", "")
+        raise OAuthError(f"the provider refused: {answer.get('error', 'no code in the redirect')}"
+                         + (f" ({detail[:200]})" if detail else ""))
+    headers, body = token_request(oauth, client_secret, {"grant_type": "authorization_code", "code": answer["code"],
+                                                         "redirect_uri": redirect_uri, "code_verifier": verifier})
+    target, host_headers, extensions = upstream.routed(config, oauth.provider.token_url)
+    try:
+        with upstream.sync_client(config) as client:
+            reply = client.post(target, headers={**headers, **host_headers}, content=body, extensions=extensions)
+    except Exception as exc:  # httpx's errors: connection refused, TLS, timeout
+        raise OAuthError(f"the token endpoint {oauth.provider.token_url} could not be reached ({exc})") from None
+    tokens = parse_token_reply(oauth, reply.status_code, reply.content, TokenSet())
+    Vault(config.state_dir).set(credential.secret.vault, tokens.dumps())
+    return tokens
