@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import trustme
 
+from tests.fake_aws import AWS_HOSTS, RelayServer
+from tests.fake_oauth import FakeOAuth
 from tests.fakes import FakeUpstream
 
 HOSTS = ["gmail.googleapis.com", "slack.com", "files.slack.com", "api.github.com", "example.com", "evil.example",
@@ -76,6 +78,44 @@ def upstream(upstream_ca: tuple[trustme.CA, Path]) -> Iterator[FakeUpstream]:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ca.issue_cert(*HOSTS).configure_cert(context)
     server = FakeUpstream(context)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def oauth_server(upstream_ca: tuple[trustme.CA, Path]) -> Iterator[FakeOAuth]:
+    """An OAuth2 authorization server and a protected API (oauth.example, api.oauth.example) over HTTPS."""
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    upstream_ca[0].issue_cert(*FakeOAuth.CERT_NAMES).configure_cert(context)
+    server = FakeOAuth(context)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def moto() -> Iterator[int]:
+    """A moto_server on 127.0.0.1; yields its port."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, timeout=60, proc=proc)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture
+def aws_relay(moto: int, upstream_ca: tuple[trustme.CA, Path]) -> Iterator[RelayServer]:
+    """"AWS" for the test hosts: a signature-checking relay in front of moto_server."""
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    upstream_ca[0].issue_cert(*AWS_HOSTS).configure_cert(context)
+    server = RelayServer(moto, context)
     yield server
     server.close()
 

@@ -1,35 +1,16 @@
-"""AWS SigV4 re-signing: boto3 with placeholder keys through `goex-proxy exec`, moto_server behind a verifying relay.
-
-The relay stands where AWS would: it checks each request's signature with botocore's own signer and the real keys,
-then hands the request to moto_server (a real S3/DynamoDB implementation) and the answer back.
-"""
+"""AWS SigV4 re-signing: boto3 with placeholder keys through `goex-proxy exec`, moto_server behind a verifying relay."""
 
 from __future__ import annotations
 
-import http.client
 import json
-import re
-import ssl
-import subprocess
 import sys
-import threading
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-from typing import Any
 
 import pytest
-import trustme
 
-from tests.conftest import free_port, wait_port
+from tests.fake_aws import AWS_HOSTS, BUCKET, REAL, RelayServer
 
 pytestmark = pytest.mark.e2e
 
-REAL = {"access_key_id": "AKIACANARYREAL0000001", "secret_access_key": "CANARY/real+secret/key/0123456789abcdefghij",
-        "session_token": "CANARY-session-token-FwoGZXIvYXdzEJr"}
-BUCKET = "goex-test-bucket"
-AWS_HOSTS = (f"{BUCKET}.s3.amazonaws.com", "s3.amazonaws.com", "dynamodb.us-east-1.amazonaws.com")
 
 CREDENTIAL = """credentials:
   aws:
@@ -68,132 +49,15 @@ except Exception as exc:
 print(json.dumps(out))
 """
 
-_AUTH = re.compile(r"AWS4-HMAC-SHA256 Credential=([^/]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request, "
-                   r"SignedHeaders=([^,]+), Signature=([0-9a-f]+)")
-
-
-@dataclass
-class Verdict:
-    host: str
-    method: str
-    path: str
-    key_id: str
-    valid: bool
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-def signature_is_valid(method: str, url: str, headers: dict[str, str], body: bytes, auth: re.Match[str]) -> bool:
-    """Recompute the signature with botocore's signer and the real keys, as AWS would, and compare."""
-    from botocore.auth import S3SigV4Auth, SigV4Auth
-    from botocore.awsrequest import AWSRequest
-    from botocore.credentials import Credentials
-
-    request = AWSRequest(method=method, url=url, data=body)
-    for name in auth.group(5).split(";"):
-        request.headers[name] = headers[name]
-    request.context["timestamp"] = headers["x-amz-date"]
-    signer_class = S3SigV4Auth if auth.group(4) == "s3" else SigV4Auth
-    signer = signer_class(Credentials(REAL["access_key_id"], REAL["secret_access_key"], REAL["session_token"]),
-                          auth.group(4), auth.group(3))
-    canonical = signer.canonical_request(request)
-    return bool(signer.signature(signer.string_to_sign(request, canonical), request) == auth.group(6))
-
-
-class _Relay(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _RelayServer
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def _body(self) -> bytes:
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            chunks = []
-            while size := int(self.rfile.readline().split(b";")[0], 16):
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                pass
-            return b"".join(chunks)
-        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-
-    def _handle(self) -> None:
-        body = self._body()
-        headers = {k.lower(): v for k, v in self.headers.items()}
-        auth = _AUTH.fullmatch(headers.get("authorization", ""))
-        url = f"https://{headers['host']}{self.path}"
-        valid = auth is not None and signature_is_valid(self.command, url, headers, body, auth)
-        with self.server.lock:
-            self.server.verdicts.append(Verdict(headers["host"], self.command, self.path,
-                                                auth.group(1) if auth else "", valid, headers))
-        if not valid:
-            data = b"<Error><Code>SignatureDoesNotMatch</Code></Error>"
-            self.send_response(403)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-            return
-        forwarded = {k: v for k, v in self.headers.items() if k.lower() not in ("transfer-encoding", "content-length")}
-        moto = http.client.HTTPConnection("127.0.0.1", self.server.moto_port, timeout=30)
-        moto.request(self.command, self.path, body=body, headers=forwarded)
-        reply = moto.getresponse()
-        data = reply.read()
-        self.send_response(reply.status)
-        for k, v in reply.getheaders():
-            if k.lower() not in ("transfer-encoding", "content-length", "connection", "server", "date"):
-                self.send_header(k, v)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
-        moto.close()
-
-    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
-
-
-class _RelayServer(ThreadingHTTPServer):
-    daemon_threads = True
-    moto_port: int
-    verdicts: list[Verdict]
-    lock: threading.Lock
-
-
 @pytest.fixture
-def moto() -> Iterator[int]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_port(port, timeout=60, proc=proc)
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-@pytest.fixture
-def relay(moto: int, upstream_ca: tuple[trustme.CA, Path]) -> Iterator[_RelayServer]:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    upstream_ca[0].issue_cert(*AWS_HOSTS).configure_cert(context)
-    server = _RelayServer(("127.0.0.1", 0), _Relay)
-    server.moto_port, server.verdicts, server.lock = moto, [], threading.Lock()
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
-@pytest.fixture
-def proxy(make_proxy, relay: _RelayServer):
-    url = f"https://127.0.0.1:{relay.server_address[1]}"
-    p = make_proxy(POLICY, start=False, routes={h: url for h in AWS_HOSTS}, extra_config=CREDENTIAL)
+def proxy(make_proxy, aws_relay: RelayServer):
+    p = make_proxy(POLICY, start=False, routes={h: aws_relay.url for h in AWS_HOSTS}, extra_config=CREDENTIAL)
     stored = p.run_cli("secrets", "set", "--config", str(p.config), "aws-keys", input=json.dumps(REAL).encode())
     assert stored.returncode == 0, stored.stderr
     return p.start()
 
 
-def test_boto3_with_placeholder_keys_is_resigned_with_the_real_ones(proxy, relay):
+def test_boto3_with_placeholder_keys_is_resigned_with_the_real_ones(proxy, aws_relay):
     """S3 put/get/list/delete and DynamoDB work; every request AWS saw was validly signed with the real keys."""
     r = proxy.exec("mailbot", sys.executable, "-c", AGENT, timeout=120)
     assert r.returncode == 0, r.stderr
@@ -203,7 +67,7 @@ def test_boto3_with_placeholder_keys_is_resigned_with_the_real_ones(proxy, relay
     assert out["after_delete"] == 0 and out["item"] == "hi"
     assert "NoSuchKey" in out["missing"]
 
-    verdicts = relay.verdicts
+    verdicts = aws_relay.verdicts
     assert {(v.method, v.host) for v in verdicts} >= {("PUT", AWS_HOSTS[0]), ("GET", AWS_HOSTS[0]),
                                                       ("DELETE", AWS_HOSTS[0]), ("POST", AWS_HOSTS[2])}
     assert all(v.valid and v.key_id == REAL["access_key_id"] for v in verdicts), [v for v in verdicts if not v.valid]
@@ -232,17 +96,17 @@ print(json.dumps(out))
 """
 
 
-def test_requests_it_cannot_resign_are_denied(proxy, relay):
+def test_requests_it_cannot_resign_are_denied(proxy, aws_relay):
     """Unsigned and presigned requests to a SigV4-bound host are denied with the reason, and never reach AWS."""
     r = proxy.exec("mailbot", sys.executable, "-c", UNSIGNED)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["unsigned"][0] == 403 and "must be signed by the SDK" in out["unsigned"][1]
     assert out["presigned"][0] == 403 and "presigned URLs are not re-signed" in out["presigned"][1]
-    assert relay.verdicts == []
+    assert aws_relay.verdicts == []
 
 
-def test_secrets_set_rejects_keys_that_are_not_aws_keys(make_proxy, relay):
+def test_secrets_set_rejects_keys_that_are_not_aws_keys(make_proxy, aws_relay):
     p = make_proxy(POLICY, start=False, extra_config=CREDENTIAL)
     r = p.run_cli("secrets", "set", "--config", str(p.config), "aws-keys", input=b"AKIA-and-not-json-at-all")
     assert r.returncode == 2 and "AWS keys must be JSON" in r.stderr

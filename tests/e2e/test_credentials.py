@@ -6,9 +6,13 @@ import base64
 import json
 import os
 import sys
+import time
 from urllib.parse import quote, quote_plus
 
 import pytest
+
+from tests.fake_aws import AWS_HOSTS, REAL
+from tests.fake_oauth import CLIENT_ID, CLIENT_SECRET, FakeOAuth
 
 pytestmark = pytest.mark.e2e
 
@@ -41,13 +45,27 @@ CREDENTIALS = """credentials:
     secret: never-stored
     hosts: ["*.slack.com"]
     inject: {header: X-Api-Key, value: "{secret}"}
-"""
+  api:
+    secret: api-oauth
+    hosts: [api.oauth.example]
+    inject:
+      oauth2: {provider: generic, authorize_url: "https://oauth.example/authorize",
+               token_url: "https://oauth.example/token", client_id: CLIENT_ID,
+               client_secret: {env: GOEX_TEST_CLIENT_SECRET}, refresh_margin: 1s}
+    env: [API_TOKEN]
+  aws:
+    secret: aws-keys
+    hosts: ["**.amazonaws.com"]
+    inject: {aws_sigv4: {}}
+    env: [AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN]
+""".replace("CLIENT_ID", CLIENT_ID)
 
 POLICY = {"all": """
     version: 1
     rules:
       - name: everything the test uses
-        allow: {hosts: [slack.com, api.github.com, gmail.googleapis.com, example.com, files.slack.com, evil.example]}
+        allow: {hosts: [slack.com, api.github.com, gmail.googleapis.com, example.com, files.slack.com, evil.example,
+                        api.oauth.example, goex-test-bucket.s3.amazonaws.com]}
 """}
 
 AGENT = """
@@ -65,6 +83,18 @@ call("maps", "GET", "https://example.com/echo?key=agent-sent-this&q=1")
 call("redirect", "GET", "https://slack.com/redirect?to=https://evil.example/steal")
 call("unset", "GET", "https://files.slack.com/x")
 call("github-post", "POST", "https://api.github.com/echo")
+call("oauth-echo", "GET", "https://api.oauth.example/echo", headers={"Authorization": "Bearer " + os.environ["API_TOKEN"]})
+import time; time.sleep(1.5)  # the access token expires: the proxy refreshes it
+call("oauth-after-expiry", "GET", "https://api.oauth.example/echo")
+import boto3
+s3 = boto3.client("s3", region_name="us-east-1")
+s3.create_bucket(Bucket="goex-test-bucket")
+s3.put_object(Bucket="goex-test-bucket", Key="canary.txt", Body=b"hello")
+out["s3"] = s3.get_object(Bucket="goex-test-bucket", Key="canary.txt")["Body"].read().decode()
+try:
+    s3.get_object(Bucket="goex-test-bucket", Key="missing")
+except Exception as exc:
+    out["s3-missing"] = str(exc)
 sys.stdout.write(json.dumps(out))
 """
 
@@ -82,18 +112,25 @@ ALL_FORMS = (forms(SLACK_SECRET) + forms(GITHUB_SECRET) + forms(GMAIL_SECRET, "m
 
 
 @pytest.fixture
-def proxy(make_proxy, upstream, monkeypatch):
+def proxy(make_proxy, upstream, oauth_server, aws_relay, monkeypatch):
     monkeypatch.setenv("GOEX_TEST_GITHUB_SECRET", GITHUB_SECRET)
-    p = make_proxy(POLICY, start=False, extra_config=CREDENTIALS)
+    routes = {**{h: oauth_server.url for h in FakeOAuth.HOSTS}, **{h: aws_relay.url for h in AWS_HOSTS}}
+    p = make_proxy(POLICY, start=False, routes=routes, extra_config=CREDENTIALS)
     p.env["GOEX_TEST_GITHUB_SECRET"] = GITHUB_SECRET
-    for name, value in (("slack-bot", SLACK_SECRET), ("gmail-pass", GMAIL_SECRET), ("maps-key", QUERY_SECRET)):
+    p.env["GOEX_TEST_CLIENT_SECRET"] = CLIENT_SECRET
+    oauth_server.state.lifetime = 1.5
+    tokens = oauth_server.state.new_tokens()  # as `goex-proxy authorize` would have stored them
+    stored = json.dumps({"access_token": tokens["access_token"], "refresh_token": tokens["refresh_token"],
+                         "expires_at": time.time() + 1.5})
+    for name, value in (("slack-bot", SLACK_SECRET), ("gmail-pass", GMAIL_SECRET), ("maps-key", QUERY_SECRET),
+                        ("api-oauth", stored), ("aws-keys", json.dumps(REAL))):
         r = p.run_cli("secrets", "set", "--config", str(p.config), name, input=value.encode())
         assert r.returncode == 0, r.stderr
         assert value not in r.stdout + r.stderr
     return p.start()
 
 
-def test_canary_never_leaks(proxy, upstream):
+def test_canary_never_leaks(proxy, upstream, oauth_server, aws_relay):
     """After every injection kind, an echo and the error paths: the upstream got the secrets, nobody else did."""
     r = proxy.exec("mailbot", sys.executable, "-c", AGENT)
     assert r.returncode == 0, r.stderr
@@ -120,6 +157,11 @@ def test_canary_never_leaks(proxy, upstream):
     assert "goex-placeholder-slack-bot" in out["slack-echo"]["body"]
     assert out["gmail"]["headers"]["X-Echo-Authorization"].startswith("Basic goex-placeholder-gmail")
     assert "goex-placeholder-maps" in out["maps"]["body"]
+    for name in ("oauth-echo", "oauth-after-expiry"):
+        assert out[name]["status"] == 200 and json.loads(out[name]["body"]) == {"authorization": "Bearer goex-placeholder-api"}
+    assert oauth_server.state.grants and set(oauth_server.state.grants) == {"refresh_token"}
+    assert out["s3"] == "hello" and "NoSuchKey" in out["s3-missing"]
+    assert aws_relay.verdicts and all(v.valid and v.key_id == REAL["access_key_id"] for v in aws_relay.verdicts)
 
     agent_bytes = r.stdout + r.stderr
     audit_bytes = (proxy.home / "audit.db").read_bytes()
@@ -129,7 +171,8 @@ def test_canary_never_leaks(proxy, upstream):
     shown = "".join(proxy.cli("show", row["id"]).stdout for row in proxy.rows())
     logged = proxy.cli("log", "--json", "--limit", "100").stdout + proxy.log_text()
     listing = proxy.cli("secrets", "list").stdout + proxy.cli("secrets", "list", "--json").stdout
-    for form in ALL_FORMS:
+    for form in ALL_FORMS + [f for secret in oauth_server.state.issued + [CLIENT_SECRET, *REAL.values()]
+                             for f in forms(secret)]:
         assert form not in agent_bytes, f"agent saw {form!r}"
         assert form.encode() not in audit_bytes, f"audit database holds {form!r}"
         assert form not in shown and form not in logged and form not in listing, f"output shows {form!r}"

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
-import trustme
 
 from tests.conftest import GOEX, GoexProxy
 from tests.fake_oauth import CLIENT_ID, CLIENT_SECRET, FakeOAuth
@@ -56,15 +53,6 @@ while True:
     time.sleep(0.25)
 print(json.dumps(out))
 """
-
-
-@pytest.fixture
-def oauth_server(upstream_ca: tuple[trustme.CA, Path]) -> Iterator[FakeOAuth]:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    upstream_ca[0].issue_cert(*FakeOAuth.CERT_NAMES).configure_cert(context)
-    server = FakeOAuth(context)
-    yield server
-    server.close()
 
 
 @pytest.fixture

@@ -15,7 +15,10 @@ ROOT = Path(__file__).parent.parent.parent
 def test_example_config_is_valid() -> None:
     """config.example.yaml, which documents every key, loads without a problem."""
     config = load_config(ROOT / "config.example.yaml")
-    assert set(config.credentials) == {"slack-bot", "github"} and "slackbot" in config.agents
+    assert set(config.credentials) == {"slack-bot", "github", "gmail", "aws"} and "slackbot" in config.agents
+    gmail = config.credentials["gmail"].inject.oauth2
+    assert gmail is not None and gmail.provider.token_url == "https://oauth2.googleapis.com/token"
+    assert config.credentials["aws"].inject.kind == "aws_sigv4"
 
 
 @pytest.mark.parametrize(("text", "message"), [
@@ -25,6 +28,16 @@ def test_example_config_is_valid() -> None:
     ("credentials:\n  x: {secret: s, hosts: [a.example], inject: {query: k, basic: {}}}\n", "exactly one of"),
     ("credentials:\n  x: {secret: s, hosts: [a.example], inject: {query: k}, env: [1bad]}\n", "not an environment"),
     ("listen: 8080\n", "'listen' must be HOST:PORT"),
+    ("credentials:\n  x: {secret: s, hosts: [a.example], inject: {oauth2: {provider: okta, client_id: c}}}\n",
+     "must be one of google, slack, github, generic"),
+    ("credentials:\n  x: {secret: s, hosts: [a.example], inject: {oauth2: {provider: generic, client_id: c}}}\n",
+     "needs token_url for the generic provider"),
+    ("credentials:\n  x: {secret: s, hosts: [a.example], inject: {oauth2: {provider: google, client_id: c, "
+     "token_url: 'http://a.example/t'}}}\n", "must be an https:// URL"),
+    ("credentials:\n  x: {secret: {env: T}, hosts: [a.example], inject: {oauth2: {provider: google, client_id: c}}}\n",
+     "must name a vault secret"),
+    ("credentials:\n  x: {secret: s, hosts: [a.example], inject: {oauth2: {provider: google}}}\n", "client_id"),
+    ("credentials:\n  x: {secret: s, hosts: [a.example], inject: {aws_sigv4: {region: x}}}\n", "unknown key 'region'"),
     ("upstream: {routes: {slack.com: ftp://x}}\n", "must be a URL like http://127.0.0.1:9001"),
 ])
 def test_mistakes_are_located(tmp_path: Path, text: str, message: str) -> None:
