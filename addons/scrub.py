@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from mitmproxy import http
 
 from goex_proxy.addons import flowmeta, replies
@@ -9,11 +11,35 @@ from goex_proxy.addons.failclosed import fail_closed
 from goex_proxy.addons.state import ProxyState
 
 
+def scrub_error_pages(state: ProxyState) -> None:
+    """mitmproxy answers a broken upstream with its own error page, quoting the bytes it got, and calls no hook that
+    could change it; its page formatter is wrapped (once per process) so that quoted secrets become placeholders."""
+    from mitmproxy.proxy.layers.http import _http1, _http2
+
+    global _error_page_state
+    _error_page_state = state
+    for module in (_http1, _http2):
+        original = module.format_error
+        if getattr(original, "goex_scrubbed", False):
+            continue
+
+        def format_error(status_code: int, message: str, _original: Callable[[int, str], bytes] = original) -> bytes:
+            scrub = _error_page_state.scrubber if _error_page_state is not None else None
+            return _original(status_code, scrub.text(message) if scrub else message)
+
+        format_error.goex_scrubbed = True  # type: ignore[attr-defined]
+        module.format_error = format_error
+
+
+_error_page_state: ProxyState | None = None
+
+
 class Scrub:
-    """Cleans upstream responses before the agent sees them."""
+    """Cleans upstream responses, and mitmproxy's own error pages, before the agent sees them."""
 
     def __init__(self, state: ProxyState) -> None:
         self.state = state
+        scrub_error_pages(state)
 
     @fail_closed("scrub")
     def responseheaders(self, flow: http.HTTPFlow) -> None:

@@ -113,6 +113,11 @@ class _Handler(BaseHTTPRequestHandler):
                 status, payload = api(state, self.command, url.path, body if isinstance(body, dict) else {})
         if url.path == "/slow":
             self.server.release.wait(30)
+        if url.path == "/malformed":  # a broken upstream: a header line without a colon, quoting what it was sent
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nEcho " + (self.headers.get("Authorization") or "").encode()
+                             + b"\r\n\r\n")
+            self.close_connection = True
+            return
         if url.path == "/upgrade-foo":  # switch to a protocol the proxy cannot inspect, then echo bytes
             self.send_response(101)
             self.send_header("Upgrade", "foo")

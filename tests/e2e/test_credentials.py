@@ -82,6 +82,7 @@ call("gmail", "GET", "https://gmail.googleapis.com/echo")
 call("maps", "GET", "https://example.com/echo?key=agent-sent-this&q=1")
 call("redirect", "GET", "https://slack.com/redirect?to=https://evil.example/steal")
 call("unset", "GET", "https://files.slack.com/x")
+call("malformed", "GET", "https://slack.com/malformed")
 call("github-post", "POST", "https://api.github.com/echo")
 call("oauth-echo", "GET", "https://api.oauth.example/echo", headers={"Authorization": "Bearer " + os.environ["API_TOKEN"]})
 import time; time.sleep(1.5)  # the access token expires: the proxy refreshes it
@@ -152,6 +153,9 @@ def test_canary_never_leaks(proxy, upstream, oauth_server, aws_relay):
     # A bound host whose secret is missing is denied, not forwarded bare.
     assert out["unset"]["status"] == 403 and "cannot be injected" in out["unset"]["body"]
     assert ("files.slack.com", "/x", "GET") not in seen
+
+    # mitmproxy's own error page for a broken upstream quotes the bytes it got: scrubbed as well.
+    assert out["malformed"]["status"] == 502 and "goex-placeholder-slack-bot" in out["malformed"]["body"]
 
     # Echoes are replaced by the placeholder before the agent sees them.
     assert "goex-placeholder-slack-bot" in out["slack-echo"]["body"]
