@@ -89,6 +89,8 @@ def test_aws_keys_are_read_from_json_or_sts_output_and_errors_do_not_echo_the_in
     assert AwsKeys.loads('{"access_key_id": "AKIA1", "secret_access_key": "s"}') == AwsKeys("AKIA1", "s", "")
     sts = {"Credentials": {"AccessKeyId": "ASIA1", "SecretAccessKey": "s", "SessionToken": "t", "Expiration": "x"}}
     assert AwsKeys.loads(json.dumps(sts)) == AwsKeys("ASIA1", "s", "t")
+    process = {"Version": 1, "AccessKeyId": "AKIA2", "SecretAccessKey": "s2"}  # aws configure export-credentials
+    assert AwsKeys.loads(json.dumps(process)) == AwsKeys("AKIA2", "s2", "")
     with pytest.raises(ValueError) as err:
         AwsKeys.loads("AKIA-secret-pasted-raw")
     assert "AKIA-secret-pasted-raw" not in str(err.value)
