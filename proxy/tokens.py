@@ -35,9 +35,12 @@ class TokenKeeper:
     def load(self, name: str, stored: TokenSet | None, client_secret: str | None) -> None:
         """Take what the vault holds (at start and whenever the vault changes); a new set clears a refusal."""
         self._client_secrets[name] = client_secret
+        current = self._sets.get(name)
         if stored is None:
             self._sets.pop(name, None)
-        elif stored != self._sets.get(name):
+        elif current is not None and current.access_token and _outlives(current, stored):
+            pass  # a vault read from before our own refresh was saved: ours is newer (its refresh token may be too)
+        elif stored != current:
             self._sets[name] = stored
             self._refused.pop(name, None)
 
@@ -94,3 +97,8 @@ class TokenKeeper:
     def _save(self, credential: Credential, tokens: TokenSet) -> None:
         assert credential.secret.vault is not None
         Vault(self.config.state_dir).set(credential.secret.vault, tokens.dumps())
+
+
+def _outlives(ours: TokenSet, stored: TokenSet) -> bool:
+    """True when our set expires later than the stored one, which is then an older read of the vault."""
+    return ours.expires_at is not None and stored.expires_at is not None and ours.expires_at > stored.expires_at
