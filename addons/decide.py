@@ -38,6 +38,8 @@ def target_problem(flow: http.HTTPFlow, path: str | None) -> str | None:
     sni = flow.client_conn.sni
     if sni and sni.lower().rstrip(".") != host:
         return f"the TLS server name {sni!r} does not match the request's host {host!r}"
+    if not req.path.startswith("/") and not (req.method.upper() == "OPTIONS" and req.path == "*"):
+        return f"the request target {req.path[:100]!r} is not a path starting with '/'"
     if path is None:
         return (f"the path {req.path.split('?', 1)[0]!r} is ambiguous (dot or empty segments, or a backslash); "
                 "send its plain form")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 import time
 from urllib.parse import quote, unquote_plus
 
@@ -16,9 +17,17 @@ from goex_proxy.credentials import Credential
 from goex_proxy.oauth import OAuthError
 from goex_proxy.policy import Decision
 
+log = logging.getLogger(__name__)
+
 #: Headers that belong to one connection, not to the request; a retry sends its own.
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authorization", "proxy-connection", "te", "trailer",
                          "transfer-encoding", "upgrade", "content-length"})
+
+
+#: Headers httpx adds to a request unless told otherwise; a retry must not send what the agent did not.
+_HTTPX_DEFAULTS = frozenset({"accept", "accept-encoding", "connection", "user-agent"})
+#: The most a retried response may hold in memory (mitmproxy itself has no limit unless configured).
+_RETRY_BODY_LIMIT = 64 * 1024 * 1024
 
 
 class CannotInject(Exception):
@@ -51,6 +60,13 @@ def _authority(request: http.Request) -> str:
         return request.host_header
     default = 443 if request.scheme == "https" else 80
     return request.host if request.port == default else f"{request.host}:{request.port}"
+
+
+def _can_resend(flow: http.HTTPFlow) -> bool:
+    """Whether a retry outside mitmproxy (HTTP/1.1, no trailers) can say what the agent said; else the 401 stands."""
+    req = flow.request
+    grpc = req.headers.get("content-type", "").startswith("application/grpc")
+    return not (grpc or req.trailers or "trailers" in req.headers.get("te", "").lower())
 
 
 def resign(flow: http.HTTPFlow, keys: sigv4.AwsKeys) -> None:
@@ -89,8 +105,8 @@ class Inject:
         try:
             await self._inject(flow, credential)
         except (CannotInject, OAuthError, sigv4.SigningError) as exc:
-            replies.refuse(flow, Decision("deny", f"credential '{credential.name}' is bound to this host but cannot be "
-                                          f"injected: {exc}", "inject"))
+            replies.refuse(flow, Decision("deny", self.state.scrubber.text(
+                f"credential '{credential.name}' is bound to this host but cannot be injected: {exc}"), "inject"))
             return
         flowmeta.set_credential(flow, credential.name)
 
@@ -119,40 +135,62 @@ class Inject:
                 or flowmeta.retried(flow) or self.state.tokens is None):
             return
         credential = self.state.config.credentials.get(name)
-        if credential is None or credential.inject.kind != "oauth2":
+        if credential is None or credential.inject.kind != "oauth2" or not _can_resend(flow):
             return
         used = flow.request.headers.get("Authorization", "").removeprefix("Bearer ")
         try:
             token = await self.state.tokens.access_token(credential, stale=used)
         except OAuthError as exc:
-            replies.refuse(flow, Decision("deny", f"credential '{name}': the upstream refused its access token (401) "
-                                          f"and {exc}", "inject"))
+            replies.refuse(flow, Decision("deny", self.state.scrubber.text(
+                f"credential '{name}': the upstream refused its access token (401) and {exc}"), "inject"))
             return
         if token == used:  # refreshed moments ago: this 401 is not about an expired token
             return
         flow.request.headers["Authorization"] = f"Bearer {token}"
         flowmeta.mark_retried(flow)
+        log.info("%s: %s answered 401; retrying once with a refreshed token of %s", flowmeta.request_id(flow),
+                 flow.request.host, name)
         try:
             flow.response = await self._resend(flow.request)
-        except Exception as exc:  # httpx's errors: the upstream went away between the two attempts
+        except Exception as exc:  # httpx's errors, or a reply too large to hold: the upstream saw the first attempt
             replies.reply(flow, 502, {"error": "goex-proxy: retrying with a refreshed OAuth2 token failed "
                                                f"({type(exc).__name__}); the first attempt was refused with 401"})
 
     async def _resend(self, req: http.Request) -> http.Response:
-        """Send the request again, outside mitmproxy's connection (its response hook cannot re-send a flow)."""
+        """Send the request again, outside mitmproxy's connection (its response hook cannot re-send a flow), as the
+        agent sent it: the same target, headers and body, nothing httpx would add by itself."""
+        import httpx
+
         assert self.state.config is not None
         headers = [(k, v) for k, v in req.headers.items(multi=True) if k.lower() not in _HOP_BY_HOP]
         if not any(k.lower() == "host" for k, _ in headers):
             headers.append(("Host", _authority(req)))
-        url, _, extensions = upstream.routed(self.state.config, f"{req.scheme}://{req.host}:{req.port}{req.path}")
-        started = time.time()
+        target = httpx.URL(scheme=req.scheme, host=req.host, port=req.port, raw_path=req.path.encode())
+        url, _, extensions = upstream.routed(self.state.config, str(target))
+        routed = httpx.URL(url)
+        if routed.host != target.host or routed.port != target.port:  # a route: connect there, same path
+            target = target.copy_with(scheme=routed.scheme, host=routed.host, port=routed.port)
         client = self.state.upstream_client()
-        async with client.stream(req.method, url, headers=headers, content=req.raw_content or b"",
-                                 extensions=extensions) as reply:
-            raw = b"".join([chunk async for chunk in reply.aiter_raw()])
-            fields = tuple((k, v) for k, v in reply.headers.raw if k.lower() not in (b"transfer-encoding", b"connection",
-                                                                                       b"keep-alive", b"content-length"))
+        sent = {k.lower() for k, _ in headers}
+        request = client.build_request(req.method, target, headers=headers, content=req.raw_content or b"",
+                                       extensions=extensions)
+        for name in _HTTPX_DEFAULTS - sent:
+            request.headers.pop(name, None)
+        started = time.time()
+        reply = await client.send(request, stream=True)
+        try:
+            raw = bytearray()
+            async for chunk in reply.aiter_raw():
+                raw += chunk
+                if len(raw) > _RETRY_BODY_LIMIT:
+                    raise ValueError(f"the retried response is larger than {_RETRY_BODY_LIMIT} bytes")
+        finally:
+            await reply.aclose()
+        keep_length = req.method.upper() == "HEAD" or reply.status_code in (204, 304)
+        dropped = (b"transfer-encoding", b"connection", b"keep-alive") + (() if keep_length else (b"content-length",))
+        fields = tuple((k, v) for k, v in reply.headers.raw if k.lower() not in dropped)
         response = http.Response(b"HTTP/1.1", reply.status_code, reply.reason_phrase.encode(), http.Headers(fields),
-                                 raw, None, started, time.time())
-        response.headers["Content-Length"] = str(len(raw))
+                                 bytes(raw), None, started, time.time())
+        if not keep_length:
+            response.headers["Content-Length"] = str(len(raw))
         return response

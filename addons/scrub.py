@@ -14,12 +14,18 @@ from goex_proxy.addons.state import ProxyState
 def scrub_error_pages(state: ProxyState) -> None:
     """mitmproxy answers a broken upstream with its own error page, quoting the bytes it got, and calls no hook that
     could change it; its page formatter is wrapped (once per process) so that quoted secrets become placeholders."""
-    from mitmproxy.proxy.layers.http import _http1, _http2
+    import importlib
 
     global _error_page_state
     _error_page_state = state
-    for module in (_http1, _http2):
-        original = module.format_error
+    for name, required in (("_http1", True), ("_http2", True), ("_http3", False)):
+        try:
+            module = importlib.import_module(f"mitmproxy.proxy.layers.http.{name}")
+            original = module.format_error
+        except (ImportError, AttributeError):
+            if required:  # a mitmproxy laid out otherwise: refuse to run rather than leak through its error pages
+                raise
+            continue
         if getattr(original, "goex_scrubbed", False):
             continue
 

@@ -12,7 +12,7 @@ from urllib.parse import parse_qsl, urlsplit
 from . import upstream
 from .config import Config
 from .credentials import Credential
-from .oauth import OAuthError, TokenSet, authorization_url, parse_token_reply, pkce_pair, token_request
+from .oauth import OAuth2, OAuthError, TokenSet, authorization_url, parse_token_reply, pkce_pair, token_request
 from .vault import Vault
 
 _PAGE = b"<!doctype html><title>goex-proxy</title><p>goex-proxy: %s You can close this tab.</p>\n"
@@ -20,27 +20,40 @@ _PAGE = b"<!doctype html><title>goex-proxy</title><p>goex-proxy: %s You can clos
 
 class _Callback(BaseHTTPRequestHandler):
     server: _LoopbackServer
+    timeout = 10  # seconds a connection may stay silent: one idle client must not hold the flow past --timeout
 
     def log_message(self, *args: Any) -> None:
         pass
 
-    def do_GET(self) -> None:
-        url = urlsplit(self.path)
-        if url.path != "/callback":
-            self.send_error(404)
-            return
-        self.server.answer = dict(parse_qsl(url.query))
-        done = "error" not in self.server.answer
-        body = _PAGE % (b"authorized; the tokens are in the vault." if done else b"authorization was refused.")
-        self.send_response(200)
+    def _page(self, status: int, text: str) -> None:
+        body = _PAGE % text.encode()
+        self.send_response(status)
         self.send_header("Content-Type", "text/html; charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
 
+    def do_GET(self) -> None:
+        url = urlsplit(self.path)
+        answer = dict(parse_qsl(url.query))
+        if url.path != "/callback" or not secrets.compare_digest(answer.get("state", ""), self.server.state):
+            # Not the redirect this command asked for (another page, a forged state): ignored, the flow waits on.
+            self._page(400, "this is not the answer to the authorization goex-proxy is waiting for.")
+            return
+        try:
+            self.server.result = self.server.complete(answer)
+        except OAuthError as exc:
+            self.server.failure = exc
+            self._page(200, "authorization failed; see the terminal.")
+            return
+        self._page(200, "authorized; the tokens are in the vault.")
+
 
 class _LoopbackServer(HTTPServer):
-    answer: dict[str, str] | None = None
+    state: str
+    complete: Callable[[dict[str, str]], TokenSet]
+    result: TokenSet | None = None
+    failure: OAuthError | None = None
 
 
 def authorize(config: Config, credential: Credential, say: Callable[[str], None], open_browser: bool = True,
@@ -55,10 +68,22 @@ def authorize(config: Config, credential: Credential, say: Callable[[str], None]
         if client_secret is None:
             raise OAuthError(f"the client secret of {credential.name!r} ({oauth.client_secret.describe()}) is not set")
     verifier, challenge = pkce_pair()
-    state = secrets.token_urlsafe(24)
     with _LoopbackServer(("127.0.0.1", oauth.redirect_port), _Callback) as server:
         redirect_uri = f"http://127.0.0.1:{server.server_address[1]}/callback"
-        url = authorization_url(oauth, redirect_uri, state, challenge)
+        server.state = secrets.token_urlsafe(24)
+
+        def complete(answer: dict[str, str]) -> TokenSet:
+            if "error" in answer or not answer.get("code"):
+                detail = answer.get("error_description", "")
+                raise OAuthError(f"the provider refused: {answer.get('error', 'no code in the redirect')}"
+                                 + (f" ({detail[:200]})" if detail else ""))
+            tokens = _exchange(config, oauth, client_secret, answer["code"], redirect_uri, verifier)
+            assert credential.secret.vault is not None
+            Vault(config.state_dir).set(credential.secret.vault, tokens.dumps())
+            return tokens
+
+        server.complete = complete
+        url = authorization_url(oauth, redirect_uri, server.state, challenge)
         say(f"Open this address in a browser to let goex-proxy act as {credential.name}:\n\n  {url}\n\n"
             f"Waiting for the provider to redirect to {redirect_uri} ...")
         if open_browser:
@@ -66,20 +91,22 @@ def authorize(config: Config, credential: Credential, say: Callable[[str], None]
 
             webbrowser.open(url)
         deadline = time.monotonic() + timeout
-        while server.answer is None:
+        while server.result is None and server.failure is None:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise OAuthError(f"no answer at {redirect_uri} within {timeout:.0f}s; nothing was stored")
             server.timeout = min(left, 1.0)
             server.handle_request()
-        answer = server.answer
-    if not secrets.compare_digest(answer.get("state", ""), state):
-        raise OAuthError("the redirect carried the wrong state (not the request this command made); nothing was stored")
-    if "error" in answer or not answer.get("code"):
-        detail = answer.get("error_description", "")
-        raise OAuthError(f"the provider refused: {answer.get('error', 'no code in the redirect')}"
-                         + (f" ({detail[:200]})" if detail else ""))
-    headers, body = token_request(oauth, client_secret, {"grant_type": "authorization_code", "code": answer["code"],
+        if server.failure is not None:
+            raise server.failure
+        assert server.result is not None
+        return server.result
+
+
+def _exchange(config: Config, oauth: OAuth2, client_secret: str | None, code: str, redirect_uri: str,
+              verifier: str) -> TokenSet:
+    """Trade the authorization code (and the PKCE verifier) for tokens at the token endpoint."""
+    headers, body = token_request(oauth, client_secret, {"grant_type": "authorization_code", "code": code,
                                                          "redirect_uri": redirect_uri, "code_verifier": verifier})
     target, host_headers, extensions = upstream.routed(config, oauth.provider.token_url)
     try:
@@ -87,6 +114,4 @@ def authorize(config: Config, credential: Credential, say: Callable[[str], None]
             reply = client.post(target, headers={**headers, **host_headers}, content=body, extensions=extensions)
     except Exception as exc:  # httpx's errors: connection refused, TLS, timeout
         raise OAuthError(f"the token endpoint {oauth.provider.token_url} could not be reached ({exc})") from None
-    tokens = parse_token_reply(oauth, reply.status_code, reply.content, TokenSet())
-    Vault(config.state_dir).set(credential.secret.vault, tokens.dumps())
-    return tokens
+    return parse_token_reply(oauth, reply.status_code, reply.content, TokenSet())

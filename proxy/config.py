@@ -192,6 +192,7 @@ def _credentials(check: Checker, raw: Any, pos: tuple[int, int]) -> dict[str, Cr
     if not isinstance(raw, YMap):
         check.error(pos, "'credentials' must be a mapping of name to credential")
         return out
+    oauth_secrets: dict[str, str] = {}  # vault secret -> the OAuth2 credential whose tokens it holds
     for name, spec in raw.items():
         where = f"credentials.{name}"
         c = check.mapping(spec, where, raw.value_pos[name], _CREDENTIAL_KEYS, {"secret", "inject"})
@@ -240,9 +241,16 @@ def _credentials(check: Checker, raw: Any, pos: tuple[int, int]) -> dict[str, Cr
             if not _ENV_NAME.fullmatch(env_name):
                 check.error(check.at(c, "env"), f"'{where}.env' {env_name!r} is not an environment variable name")
         injection = _injection(check, c, where)
-        if injection is not None and injection.kind == "oauth2" and ref is not None and ref.vault is None:
-            check.error(check.at(c, "secret"), f"'{where}.secret' must name a vault secret: the proxy stores the "
-                                               "tokens it refreshes there")
+        if injection is not None and injection.kind == "oauth2" and ref is not None:
+            if ref.vault is None:
+                check.error(check.at(c, "secret"), f"'{where}.secret' must name a vault secret: the proxy stores the "
+                                                   "tokens it refreshes there")
+            elif ref.vault in oauth_secrets:
+                check.error(check.at(c, "secret"), f"'{where}.secret' {ref.vault!r} already holds the tokens of "
+                                                   f"{oauth_secrets[ref.vault]!r}: two credentials refreshing one "
+                                                   "refresh token would revoke each other's")
+            else:
+                oauth_secrets[ref.vault] = name
         if ref is not None and injection is not None and hosts:
             out[name] = Credential(name, ref, tuple(hosts), injection,
                                    frozenset(m.upper() for m in methods) if methods else None,

@@ -18,6 +18,9 @@ log = logging.getLogger(__name__)
 
 #: After a refused refresh, requests are denied with the same reason for this long before the endpoint is asked again.
 RETRY_AFTER = 30.0
+#: A token the proxy got less than this long ago is not refreshed because of a 401: the 401 is about something else
+#: (a missing scope), and refreshing on every such answer would hammer the token endpoint.
+MIN_AGE_FOR_401_REFRESH = 30.0
 
 
 class TokenKeeper:
@@ -29,6 +32,7 @@ class TokenKeeper:
         self.on_new_tokens = on_new_tokens
         self._sets: dict[str, TokenSet] = {}
         self._client_secrets: dict[str, str | None] = {}
+        self._refreshed_at: dict[str, float] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._refused: dict[str, tuple[float, str]] = {}
 
@@ -57,6 +61,8 @@ class TokenKeeper:
                 return current.access_token
             if stale is not None and current.access_token and current.access_token != stale:
                 return current.access_token  # another request refreshed it meanwhile
+            if stale is not None and now - self._refreshed_at.get(credential.name, 0.0) < MIN_AGE_FOR_401_REFRESH:
+                return current.access_token  # the same token: the caller lets the 401 stand
             refused = self._refused.get(credential.name)
             if refused and refused[0] > now:
                 raise OAuthError(refused[1])
@@ -70,6 +76,7 @@ class TokenKeeper:
                 self._refused[credential.name] = (now + RETRY_AFTER, reason)
                 raise OAuthError(reason) from None
             self._sets[credential.name] = fresh
+            self._refreshed_at[credential.name] = time.time()
             self.on_new_tokens(credential, fresh)
             try:
                 await asyncio.to_thread(self._save, credential, fresh)

@@ -35,6 +35,7 @@ class OAuthState:
     issued: list[str] = field(default_factory=list)                 # every token ever issued, access and refresh
     grants: list[str] = field(default_factory=list)                 # grant_type of each token request
     api_calls: list[tuple[str, int]] = field(default_factory=list)  # (path, status) the API answered
+    api_headers: list[dict[str, str]] = field(default_factory=list)  # the headers of each API call
     lock: threading.Lock = field(default_factory=threading.Lock)
     serial: itertools.count = field(default_factory=lambda: itertools.count(1))
 
@@ -92,7 +93,11 @@ class _Handler(BaseHTTPRequestHandler):
         with state.lock:
             token = auth.removeprefix("Bearer ")
             live = auth.startswith("Bearer ") and state.access.get(token, 0) > time.time()
-            state.api_calls.append((url.path, 200 if live else 401))
+            state.api_calls.append((url.path, 200 if live and url.path != "/scope-missing" else 401))
+            state.api_headers.append(dict(self.headers.items()))
+        if url.path == "/scope-missing":  # a live token without the scope this call needs
+            return self._send(401, {"error": "insufficient_scope"},
+                              {"WWW-Authenticate": 'Bearer error="insufficient_scope"'})
         if not live:
             return self._send(401, {"error": "invalid_token"}, {"WWW-Authenticate": 'Bearer error="invalid_token"'})
         if url.path == "/echo":
@@ -118,8 +123,9 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send(200, state.new_tokens())
             if form.get("grant_type") == "refresh_token":
                 if form.get("refresh_token") not in state.refresh:
-                    return self._send(400, {"error": "invalid_grant",
-                                            "error_description": "Token has been expired or revoked."})
+                    # A careless provider that quotes the token it refused.
+                    return self._send(400, {"error": "invalid_grant", "error_description":
+                                            f"Token {form.get('refresh_token')} has been expired or revoked."})
                 state.refresh.discard(form["refresh_token"])  # rotation: each refresh token works once
                 return self._send(200, state.new_tokens())
         return self._send(400, {"error": "unsupported_grant_type"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 import subprocess
 import sys
 import time
@@ -133,6 +134,10 @@ def test_401_is_refreshed_and_retried_once(proxy, oauth_server, upstream_ca):
     calls = agent_calls(proxy, 0)
     assert [c["status"] for c in calls] == [200]
     assert [s for _, s in oauth_server.state.api_calls] == [200, 401, 200]
+    # The retry says what the agent said: the same headers (httpx adds none of its own), a new token.
+    first, retry = oauth_server.state.api_headers[1:]
+    assert {k.lower() for k in retry} == {k.lower() for k in first} - {"connection"}  # hop-by-hop: its own
+    assert retry["User-Agent"] == first["User-Agent"] and retry["Authorization"] != first["Authorization"]
     assert oauth_server.state.grants == ["authorization_code", "refresh_token"]
     rows = [r for r in proxy.rows() if r["host"] == "api.oauth.example"]
     assert [r["status"] for r in rows] == [200, 200] and rows[-1]["credential"] == "api"
@@ -154,6 +159,62 @@ def test_revoked_grant_is_denied_with_a_clear_reason(proxy, oauth_server, upstre
     assert oauth_server.state.grants.count("refresh_token") == 1, "a refused refresh is not retried at once"
     assert [p for p, _ in oauth_server.state.api_calls] == [], "nothing was forwarded without a token"
     assert all(r["decision"] == "deny" for r in proxy.rows())
+    # The provider's error quoted the refresh token; neither the agent nor the audit log got it.
+    audit_bytes = b"".join(f.read_bytes() for f in proxy.home.glob("audit.db*"))
+    for token in oauth_server.state.issued:
+        assert token not in json.dumps(calls) and token.encode() not in audit_bytes
+
+
+def test_a_401_that_is_not_about_expiry_refreshes_once_at_most(proxy, oauth_server, upstream_ca):
+    """An endpoint that keeps answering 401 (a missing scope) gets its 401s back; the token endpoint is not hammered."""
+    assert authorize(proxy, oauth_server, upstream_ca[1]).returncode == 0
+    oauth_server.state.lifetime = 3600
+    proxy.start()
+    calls = [agent_calls(proxy, 0, "/scope-missing")[0] for _ in range(3)]
+    assert [c["status"] for c in calls] == [401, 401, 401]
+    assert "insufficient_scope" in str(calls[-1]["body"])
+    assert oauth_server.state.grants.count("refresh_token") <= 1
+
+
+def test_a_target_that_is_not_a_path_is_refused(proxy, oauth_server, upstream, upstream_ca):
+    """HTTP/2 lets a client send any `:path`; one that does not start with '/' is refused before anything else
+    (a retry built from it once reached the host it named)."""
+    import base64
+    import socket
+
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    assert authorize(proxy, oauth_server, upstream_ca[1]).returncode == 0
+    proxy.start()
+    oauth_server.state.revoke_access()
+    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=20)
+    basic = base64.b64encode(b"mailbot:mailbot-token-1").decode()
+    sock.sendall(f"CONNECT api.oauth.example:443 HTTP/1.1\r\nHost: api.oauth.example:443\r\n"
+                 f"Proxy-Authorization: Basic {basic}\r\n\r\n".encode())
+    assert b" 200 " in sock.recv(4096).split(b"\r\n")[0]
+    context = ssl.create_default_context(cafile=str(proxy.ca_cert))
+    context.set_alpn_protocols(["h2"])
+    tls = context.wrap_socket(sock, server_hostname="api.oauth.example")
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, validate_outbound_headers=False))
+    conn.initiate_connection()
+    conn.send_headers(1, [(":method", "GET"), (":scheme", "https"), (":authority", "api.oauth.example"),
+                          (":path", f"@127.0.0.1:{upstream.port}/stolen")], end_stream=True)
+    tls.sendall(conn.data_to_send())
+    status, body, done = None, b"", False
+    while not done and (chunk := tls.recv(65535)):
+        for event in conn.receive_data(chunk):
+            if isinstance(event, h2.events.ResponseReceived):
+                status = dict(event.headers)[b":status"]
+            elif isinstance(event, h2.events.DataReceived):
+                body += event.data
+            elif isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
+                done = True
+        tls.sendall(conn.data_to_send())
+    tls.close()
+    assert status == b"403" and b"is not a path starting with" in body
+    assert upstream.state.seen == [] and oauth_server.state.api_calls == []
 
 
 def test_401_with_a_revoked_grant_is_denied(proxy, oauth_server, upstream_ca):
@@ -175,9 +236,10 @@ def test_without_tokens_requests_are_denied(proxy, oauth_server):
     assert oauth_server.state.api_calls == []
 
 
-def test_authorize_refuses_a_forged_state(proxy, oauth_server):
-    """A redirect that does not carry the state this command made stores nothing."""
-    proc = subprocess.Popen([*GOEX, "authorize", "api", "--config", str(proxy.config), "--no-browser", "--timeout", "30"],
+def test_authorize_ignores_a_forged_state(proxy, oauth_server):
+    """A redirect that does not carry the state this command made is turned away; the command waits on for the real
+    one (here: until its timeout) and stores nothing."""
+    proc = subprocess.Popen([*GOEX, "authorize", "api", "--config", str(proxy.config), "--no-browser", "--timeout", "4"],
                             env=proxy.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     redirect = ""
@@ -186,9 +248,11 @@ def test_authorize_refuses_a_forged_state(proxy, oauth_server):
             redirect = line.split("redirect to ")[1].split()[0]
             break
     assert redirect.startswith("http://127.0.0.1:")
-    requests.get(redirect + "?code=stolen&state=forged", timeout=10)
+    forged = requests.get(redirect + "?code=stolen&state=forged", timeout=10)
+    assert forged.status_code == 400 and "not the answer" in forged.text
     _, stderr = proc.communicate(timeout=30)
-    assert proc.returncode == 2 and "wrong state" in stderr
+    assert proc.returncode == 2 and "no answer" in stderr and "nothing was stored" in stderr
+    assert oauth_server.state.grants == [], "the forged code was never exchanged"
     listed = {json.loads(line)["credential"]: json.loads(line)
               for line in proxy.cli("secrets", "list", "--json").stdout.splitlines()}
     assert listed["api"]["stored"] is False

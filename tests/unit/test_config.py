@@ -37,6 +37,9 @@ def test_example_config_is_valid() -> None:
     ("credentials:\n  x: {secret: {env: T}, hosts: [a.example], inject: {oauth2: {provider: google, client_id: c}}}\n",
      "must name a vault secret"),
     ("credentials:\n  x: {secret: s, hosts: [a.example], inject: {oauth2: {provider: google}}}\n", "client_id"),
+    ("credentials:\n  x: {secret: s, hosts: [a.example], inject: {oauth2: {provider: google, client_id: c}}}\n"
+     "  y: {secret: s, hosts: [b.example], inject: {oauth2: {provider: google, client_id: c}}}\n",
+     "already holds the tokens of 'x'"),
     ("credentials:\n  x: {secret: s, hosts: [a.example], inject: {aws_sigv4: {region: x}}}\n", "unknown key 'region'"),
     ("upstream: {routes: {slack.com: ftp://x}}\n", "must be a URL like http://127.0.0.1:9001"),
 ])

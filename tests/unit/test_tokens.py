@@ -72,14 +72,17 @@ def test_a_stale_token_is_refreshed_once(keeper: tuple[TokenKeeper, Endpoint, li
     k, endpoint, _ = keeper
     credential = k.config.credentials["api"]
 
+    k.load("api", TokenSet("at-0", "rt-0", time.time() + 3600), None)  # from the vault: its age is unknown
+
     async def scenario() -> list[str]:
         first = await k.access_token(credential)
         second = await k.access_token(credential, stale=first)    # the upstream said 401 to `first`
         third = await k.access_token(credential, stale=first)     # a request that raced the refresh
-        return [first, second, third]
+        fourth = await k.access_token(credential, stale=second)   # a 401 to a token refreshed just now
+        return [first, second, third, fourth]
 
-    assert asyncio.run(scenario()) == ["at-1", "at-2", "at-2"]
-    assert endpoint.refreshes == ["rt-0", "rt-1"]
+    assert asyncio.run(scenario()) == ["at-0", "at-1", "at-1", "at-1"]
+    assert endpoint.refreshes == ["rt-0"], "a 401 to a fresh token must not refresh again"
 
 
 def test_a_refused_refresh_is_remembered_until_the_vault_changes(
