@@ -105,8 +105,31 @@ def read_paths(source: str) -> tuple[Path, ...]:
     return tuple(dict.fromkeys(paths))
 
 
-def compile_condition(source: str) -> Condition:
+@dataclass(frozen=True)
+class Expression:
+    """A compiled CEL expression whose value is used as is (a string, number, list or map), not as a decision."""
+
+    source: str
+    program: Any
+
+    def evaluate(self, variables: dict[str, Any]) -> Any:
+        try:
+            return self.program.execute(variables)
+        except Exception as exc:  # the engine raises KeyError, TypeError, RuntimeError, ValueError…
+            raise CelEvalError(f"expression `{self.source}` failed: {_describe(exc)}") from None
+
+
+def compile_expression(source: str, variables: frozenset[str]) -> Expression:
+    """Compile an expression over `variables` (checked like a condition's)."""
+    return Expression(source, _compile(source, variables))
+
+
+def compile_condition(source: str, variables: frozenset[str] = VARIABLES) -> Condition:
     """Compile `source`, checking syntax and that it reads only the known variables."""
+    return Condition(source, _compile(source, variables), read_paths(source))
+
+
+def _compile(source: str, variables: frozenset[str]) -> Any:
     if not isinstance(source, str) or not source.strip():
         raise CelSyntaxError("must be a non-empty CEL expression")
     try:
@@ -118,8 +141,8 @@ def compile_condition(source: str) -> Condition:
             raise CelSyntaxError(f"CEL {m.group(3).strip()}", int(m.group(1)), int(m.group(2))) from None
         raise CelSyntaxError(f"CEL: {text}") from None
     bound = set(_MACRO_VARIABLE.findall(source))  # `list.exists(x, ...)` binds x: not a free variable
-    unknown = sorted(set(program.variables()) - VARIABLES - bound)
+    unknown = sorted(set(program.variables()) - variables - bound)
     if unknown:
-        known = ", ".join(sorted(VARIABLES))
-        raise CelSyntaxError(f"CEL condition reads unknown variable '{unknown[0]}' (known: {known})")
-    return Condition(source, program, read_paths(source))
+        known = ", ".join(sorted(variables))
+        raise CelSyntaxError(f"CEL expression reads unknown variable '{unknown[0]}' (known: {known})")
+    return program

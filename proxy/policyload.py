@@ -21,7 +21,7 @@ _MATCH_KEYS = {"host", "hosts", "method", "methods", "path", "paths", "agents", 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.#@:/()'-]*")
 
 
-def _expression_pos(source_lines: list[str], pos: tuple[int, int], err: CelSyntaxError) -> tuple[int, int]:
+def expression_pos(source_lines: list[str], pos: tuple[int, int], err: CelSyntaxError) -> tuple[int, int]:
     """Map a position inside a CEL expression to the file, for plain and quoted one-line scalars."""
     line, col = pos
     text = source_lines[line - 1] if 0 < line <= len(source_lines) else ""
@@ -32,7 +32,9 @@ def _expression_pos(source_lines: list[str], pos: tuple[int, int], err: CelSynta
     return (line + err.line - 1, (col + skip if err.line == 1 else 1) + err.col - 1)
 
 
-class _PolicyReader:
+class RuleReader:
+    """Reads the match blocks policies and undo packs share (hosts, methods, paths), reporting `file:line:col`."""
+
     def __init__(self, file: str, text: str) -> None:
         self.check = Checker(file)
         self.lines = text.splitlines()
@@ -119,7 +121,7 @@ class _PolicyReader:
             try:
                 when = compile_condition(source)
             except CelSyntaxError as exc:
-                line, col = _expression_pos(self.lines, self.check.at(m, "when"), exc)
+                line, col = expression_pos(self.lines, self.check.at(m, "when"), exc)
                 self.check.error((line, col), f"'{where}.{effect}.when' {exc}")
         agents = self.check.strings(m, "agents", f"{where}.{effect}.agents")
         return Rule(
@@ -162,7 +164,7 @@ def check_policy_text(text: str, file: str) -> tuple[Policy | None, list[Problem
     doc, problems = yamlsrc.load(text, file)
     if problems:
         return None, problems
-    reader = _PolicyReader(file, text)
+    reader = RuleReader(file, text)
     policy = reader.policy(doc, file)
     errors = [p for p in reader.check.problems if p.severity == "error"]
     return (None if errors else policy), reader.check.problems

@@ -1,0 +1,254 @@
+"""The undo planner, pure: from an audit row and the undo rules, the compensating requests (or why there are none)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+from urllib.parse import parse_qsl, urlsplit
+
+from .cel import CelEvalError, Condition, Expression
+from .globs import Glob
+
+#: Names undo expressions may read: the agent's request and its response, the pre-image, and a guard's read.
+UNDO_VARIABLES = frozenset({"request", "response", "pre", "read"})
+Fidelity = Literal["exact", "needs-preimage", "lossy", "irreversible"]
+FIDELITIES: tuple[str, ...] = ("exact", "needs-preimage", "lossy", "irreversible")
+
+
+@dataclass(frozen=True)
+class Template:
+    """A string with `${CEL}` parts; a string that is one `${...}` gives that expression's value unconverted."""
+
+    source: str
+    parts: tuple[str | Expression, ...]
+
+    def render(self, variables: dict[str, Any]) -> Any:
+        if len(self.parts) == 1 and isinstance(self.parts[0], Expression):
+            return self.parts[0].evaluate(variables)
+        out = []
+        for part in self.parts:
+            value = part.evaluate(variables) if isinstance(part, Expression) else part
+            out.append(value if isinstance(value, str) else json.dumps(value) if isinstance(value, dict | list)
+                       else str(value).lower() if isinstance(value, bool) else str(value))
+        return "".join(out)
+
+
+def render_tree(value: Any, variables: dict[str, Any]) -> Any:
+    """Render templates inside a JSON-like structure (for `json:` bodies)."""
+    if isinstance(value, Template):
+        return value.render(variables)
+    if isinstance(value, dict):
+        return {k: render_tree(v, variables) for k, v in value.items()}
+    if isinstance(value, list):
+        return [render_tree(v, variables) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class RequestTemplate:
+    """One compensating (or guard) request: method, URL, headers and body, each templated."""
+
+    method: str
+    url: Template
+    headers: tuple[tuple[str, Template], ...] = ()
+    json: Any = None           # a structure of templates, sent as JSON
+    form: tuple[tuple[str, Template], ...] | None = None
+    success: Condition | None = None
+    why: str = ""
+
+
+@dataclass(frozen=True)
+class Guard:
+    """A read before compensating, and what it must show; otherwise someone changed the resource after the agent."""
+
+    read: RequestTemplate
+    expect: Condition
+    conflict: str = "the resource changed after the agent's request"
+
+
+@dataclass(frozen=True)
+class UndoRule:
+    """How to take back one kind of request: match, when it took effect, fidelity, and the compensating requests."""
+
+    pack: str
+    name: str
+    hosts: tuple[Glob, ...]
+    methods: frozenset[str] | None
+    paths: tuple[Glob, ...] | None
+    fidelity: Fidelity
+    when: Condition | None = None
+    effective: Condition | None = None
+    reason: str = ""           # for irreversible rules: why (shown in `log` and `show`)
+    undo: tuple[RequestTemplate, ...] = ()
+    guard: Guard | None = None
+
+    def matches(self, method: str, host: str, path: str) -> bool:
+        return (any(h.matches(host) for h in self.hosts) and (self.methods is None or method in self.methods)
+                and (self.paths is None or any(p.matches(path) for p in self.paths)))
+
+    @property
+    def label(self) -> str:
+        return f"irreversible: {self.reason}" if self.fidelity == "irreversible" and self.reason else self.fidelity
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One request and its response as the planner sees them (from an audit row, or from a live flow)."""
+
+    method: str
+    url: str
+    request_headers: tuple[tuple[str, str], ...] = ()
+    request_body: bytes | None = None
+    status: int | None = None
+    response_headers: tuple[tuple[str, str], ...] = ()
+    response_body: bytes | None = None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Exchange:
+        def pairs(text: Any) -> tuple[tuple[str, str], ...]:
+            return tuple((str(k), str(v)) for k, v in json.loads(text)) if text else ()
+
+        return cls(str(row["method"]), str(row["url"]), pairs(row.get("req_headers")), row.get("req_body"),
+                   row.get("status"), pairs(row.get("resp_headers")), row.get("resp_body"))
+
+    def variables(self) -> dict[str, Any]:
+        """`request` and `response` as undo expressions read them."""
+        parts = urlsplit(self.url)
+        host = (parts.hostname or "").lower()
+        request = {"method": self.method.upper(), "url": self.url, "scheme": parts.scheme, "host": host,
+                   "port": parts.port or (443 if parts.scheme == "https" else 80), "path": parts.path or "/",
+                   "base_url": f"{parts.scheme}://{parts.netloc}{parts.path or '/'}",
+                   "parent_url": f"{parts.scheme}://{parts.netloc}{(parts.path or '/').rstrip('/').rpartition('/')[0]}",
+                   "query": dict(parse_qsl(parts.query, keep_blank_values=True)),
+                   "headers": _header_map(self.request_headers), **_body(self.request_body)}
+        response = {"status": self.status if self.status is not None else 0,
+                    "headers": _header_map(self.response_headers), **_body(self.response_body)}
+        return {"request": request, "response": response, "pre": {}, "read": {}}
+
+
+def _header_map(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in pairs:
+        out[k.lower()] = f"{out[k.lower()]}, {v}" if k.lower() in out else v
+    return out
+
+
+def _body(raw: bytes | None) -> dict[str, Any]:
+    text = (raw or b"").decode("utf-8", "replace")
+    try:
+        parsed = json.loads(text) if text else None
+    except ValueError:
+        parsed = None
+    form = dict(parse_qsl(text, keep_blank_values=True)) if parsed is None and "=" in text else {}
+    return {"text": text, "json": parsed if parsed is not None else {}, "form": form}
+
+
+@dataclass(frozen=True)
+class Step:
+    """A compensating request, rendered: ready to send through the pipeline."""
+
+    method: str
+    url: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes | None
+    why: str
+    success: Condition | None = None
+
+    def describe(self) -> str:
+        return f"{self.method} {self.url}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What `undo` would do for one request: the steps, or why there are none (`verdict` says which)."""
+
+    request_id: str
+    verdict: Literal["plan", "no rule", "not effective", "irreversible", "not planned"]
+    rule: str | None = None
+    fidelity: str = "no rule"
+    reason: str = ""
+    steps: tuple[Step, ...] = ()
+    guard: Step | None = None
+    guard_expect: Condition | None = None
+    conflict: str = ""
+    variables: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+def find_rule(rules: Iterable[UndoRule], exchange: Exchange, variables: dict[str, Any]) -> UndoRule | None:
+    """The first rule matching the request (and its `when`), in pack order."""
+    parts = urlsplit(exchange.url)
+    host, path, method = (parts.hostname or "").lower().rstrip("."), parts.path or "/", exchange.method.upper()
+    for rule in rules:
+        if not rule.matches(method, host, path):
+            continue
+        if rule.when is not None:
+            try:
+                if not rule.when.evaluate(variables):
+                    continue
+            except CelEvalError:
+                continue
+        return rule
+    return None
+
+
+def classify(rules: Iterable[UndoRule], exchange: Exchange) -> str:
+    """The undo class shown with an audit row: the matching rule's fidelity, or "no rule"."""
+    variables = exchange.variables()
+    rule = find_rule(rules, exchange, variables)
+    if rule is None:
+        return "no rule"
+    if rule.effective is not None and exchange.status is not None:
+        try:
+            if not rule.effective.evaluate(variables):
+                return "not effective"
+        except CelEvalError:
+            return "not effective"
+    return rule.label
+
+
+def _render(template: RequestTemplate, variables: dict[str, Any]) -> Step:
+    url = template.url.render(variables)
+    headers = tuple((k, str(v.render(variables))) for k, v in template.headers)
+    body = None
+    if template.json is not None:
+        body = json.dumps(render_tree(template.json, variables)).encode()
+        headers += (("Content-Type", "application/json"),)
+    elif template.form is not None:
+        from urllib.parse import urlencode
+
+        body = urlencode([(k, str(v.render(variables))) for k, v in template.form]).encode()
+        headers += (("Content-Type", "application/x-www-form-urlencoded"),)
+    return Step(template.method, str(url), headers, body, template.why, template.success)
+
+
+def plan(request_id: str, exchange: Exchange, rules: Iterable[UndoRule]) -> Plan:
+    """The compensating requests for one recorded exchange, rendered from its rule."""
+    variables = exchange.variables()
+    rule = find_rule(rules, exchange, variables)
+    if rule is None:
+        return Plan(request_id, "no rule", reason="no undo rule matches this request")
+    base = Plan(request_id, "not planned", f"{rule.pack}/{rule.name}", rule.label, variables=variables)
+    if exchange.status is None:
+        return replace(base, verdict="not planned",
+                    reason="the request has no recorded outcome (it may or may not have happened)")
+    try:
+        effective = rule.effective.evaluate(variables) if rule.effective is not None else True
+    except CelEvalError as exc:
+        return replace(base, verdict="not planned", reason=f"cannot tell whether it took effect: {exc}")
+    if not effective:
+        return replace(base, verdict="not effective", reason="the request did not take effect; nothing to undo")
+    if rule.fidelity == "irreversible" or not rule.undo:
+        return replace(base, verdict="irreversible", reason=rule.reason or "no compensating request exists")
+    if rule.fidelity == "needs-preimage" and not variables["pre"]:
+        return replace(base, verdict="not planned", reason="undoing it needs the resource as it was before the "
+                                                           "request (a pre-image), and none was recorded for it")
+    try:
+        steps = tuple(_render(t, variables) for t in rule.undo)
+        guard = _render(rule.guard.read, variables) if rule.guard else None
+    except CelEvalError as exc:
+        return replace(base, verdict="not planned", reason=f"the rule cannot be applied to this response: {exc}")
+    return replace(base, verdict="plan", steps=steps, guard=guard,
+                guard_expect=rule.guard.expect if rule.guard else None,
+                conflict=rule.guard.conflict if rule.guard else "")

@@ -1,0 +1,101 @@
+"""The undo planner: shipped packs load, rows get their class, plans are rendered from the response's identifiers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from goex_proxy.errors import ConfigError
+from goex_proxy.undoplan import Exchange, classify, plan
+from goex_proxy.undorules import builtin_dir, builtin_names, check_pack_text, load_packs, parse_template
+
+RULES = load_packs([builtin_dir() / f"{name}.yaml" for name in ("s3", "rest")])
+BUCKET = "https://photos.s3.amazonaws.com"
+
+
+def s3(method: str, path: str, status: int, **headers: str) -> Exchange:
+    return Exchange(method, BUCKET + path, (), b"", status, tuple(headers.items()), b"")
+
+
+def test_every_shipped_pack_is_valid() -> None:
+    assert {"s3", "rest"} <= set(builtin_names())
+    for name in builtin_names():
+        path = builtin_dir() / f"{name}.yaml"
+        rules, problems = check_pack_text(path.read_text(), str(path))
+        assert rules and not [p for p in problems if p.severity == "error"], problems
+
+
+def test_versioned_put_is_undone_by_deleting_the_agents_version() -> None:
+    exchange = s3("PUT", "/cats/tom.jpg", 200, **{"x-amz-version-id": "v2", "ETag": '"abc"'})
+    assert classify(RULES, exchange) == "exact"
+    p = plan("R1", exchange, RULES)
+    assert p.verdict == "plan" and p.rule == "s3/put object, versioned bucket"
+    assert [s.describe() for s in p.steps] == [f"DELETE {BUCKET}/cats/tom.jpg?versionId=v2"]
+    assert p.guard is not None and p.guard.describe() == f"HEAD {BUCKET}/cats/tom.jpg"
+    assert p.guard_expect is not None
+    assert p.guard_expect.evaluate({**p.variables, "read": {"status": 200, "headers": {"x-amz-version-id": "v2"}}})
+    assert not p.guard_expect.evaluate({**p.variables, "read": {"status": 200, "headers": {"x-amz-version-id": "v3"}}})
+
+
+def test_delete_on_a_versioned_bucket_removes_the_marker() -> None:
+    exchange = s3("DELETE", "/cats/tom.jpg", 204, **{"x-amz-delete-marker": "true", "x-amz-version-id": "m1"})
+    p = plan("R2", exchange, RULES)
+    assert [s.describe() for s in p.steps] == [f"DELETE {BUCKET}/cats/tom.jpg?versionId=m1"]
+
+
+@pytest.mark.parametrize(("exchange", "label", "verdict"), [
+    (s3("PUT", "/k", 200, ETag='"e"'), "needs-preimage", "not planned"),   # unversioned: needs the old bytes
+    (s3("DELETE", "/k?versionId=v1", 204), "irreversible: a deleted object version cannot be brought back",
+     "irreversible"),
+    (s3("PUT", "/k", 403, **{"x-amz-version-id": "v9"}), "not effective", "not effective"),
+    (Exchange("GET", "https://api.example.com/things", status=200), "no rule", "no rule"),
+])
+def test_rows_say_what_can_be_taken_back(exchange: Exchange, label: str, verdict: str) -> None:
+    assert classify(RULES, exchange) == label
+    assert plan("R", exchange, RULES).verdict == verdict
+
+
+def test_rest_create_is_undone_at_its_location_or_id() -> None:
+    created = Exchange("POST", "http://localhost:3000/posts", (), b'{"title": "x"}', 201,
+                       (("Location", "http://localhost:3000/posts/7"),), json.dumps({"id": 7, "title": "x"}).encode())
+    assert [s.describe() for s in plan("R", created, RULES).steps] == ["DELETE http://localhost:3000/posts/7"]
+    no_location = Exchange("POST", "http://localhost:3000/posts", (), b"{}", 201, (), b'{"id": "a1"}')
+    assert [s.describe() for s in plan("R", no_location, RULES).steps] == ["DELETE http://localhost:3000/posts/a1"]
+    action = Exchange("POST", "https://api.example.com/mail/send", (), b"{}", 201, (), b'{"id": 1}')
+    assert classify(RULES, action) == "no rule"
+
+
+def test_a_rule_that_needs_a_preimage_says_so_when_there_is_none() -> None:
+    p = plan("R", s3("PUT", "/k", 200, ETag='"e"'), RULES)
+    assert p.verdict == "not planned" and "pre-image" in p.reason
+
+
+def test_a_row_without_an_outcome_is_not_planned() -> None:
+    p = plan("R", Exchange("PUT", BUCKET + "/k"), RULES)
+    assert p.verdict == "not planned" and "no recorded outcome" in p.reason
+
+
+def test_templates_keep_types_and_join_strings() -> None:
+    variables = {"response": {"json": {"ids": [1, 2], "ok": True}}}
+    assert parse_template("${response.json.ids}").render(variables) == [1, 2]
+    assert parse_template("ids=${response.json.ids} ok=${response.json.ok} $${literal}").render(variables) == \
+        "ids=[1, 2] ok=true ${literal}"
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("version: 1\nrules:\n  - {name: a, match: {hosts: [x.example]}, class: exact}\n", "needs 'undo' steps"),
+    ("version: 1\nrules:\n  - {name: a, match: {hosts: [x.example]}, class: irreversible}\n", "say why in 'reason'"),
+    ("version: 1\nrules:\n  - {name: a, match: {hosts: [x.example]}, class: maybe, reason: r}\n", "must be one of exact"),
+    ("version: 1\nrules:\n  - name: a\n    match: {hosts: [x.example]}\n    class: exact\n    undo:\n"
+     "      - {method: DELETE, url: '${reponse.json.id}'}\n", "unknown variable 'reponse'"),
+    ("version: 1\nrules:\n  - name: a\n    match: {hosts: [x.example]}\n    class: exact\n    undo:\n"
+     "      - {method: DELETE, url: '${response.json.id'}\n", "never closed"),
+])
+def test_mistakes_in_packs_are_located(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "pack.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_packs([path])
+    assert any(message in str(p) and str(p).startswith(f"{path}:") for p in err.value.problems), err.value.problems
