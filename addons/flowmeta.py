@@ -15,6 +15,8 @@ _RECORDED = "goex.recorded"
 _CREDENTIAL = "goex.credential"
 _PATH = "goex.path"
 _RETRIED = "goex.retried"
+_URL = "goex.url"
+_UNDO_OF = "goex.undo_of"
 _HEADERS_SCRUBBED = "goex.headers_scrubbed"
 _IDS = RequestIds()
 
@@ -96,3 +98,21 @@ def headers_scrubbed(flow: http.HTTPFlow, response: http.Response) -> bool:
 
 def set_headers_scrubbed(flow: http.HTTPFlow, response: http.Response) -> None:
     flow.metadata[_HEADERS_SCRUBBED] = response
+
+
+def url(flow: http.HTTPFlow) -> str:
+    """The URL as recorded (set by record; route may change the scheme of the live request afterwards)."""
+    return str(flow.metadata.get(_URL) or flow.request.url)
+
+
+def set_url(flow: http.HTTPFlow, value: str) -> None:
+    flow.metadata[_URL] = value
+
+
+def undo_of(flow: http.HTTPFlow) -> str | None:
+    """The request this one compensates, when `undo` sent it (set by identify)."""
+    return flow.metadata.get(_UNDO_OF)
+
+
+def set_undo_of(flow: http.HTTPFlow, request_id: str) -> None:
+    flow.metadata[_UNDO_OF] = request_id

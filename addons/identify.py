@@ -27,6 +27,13 @@ def parse_basic(header: str) -> tuple[str, str] | None:
     return (user, password) if sep else None
 
 
+#: The identity `goex-proxy undo` replays compensations as, on its own in-process proxy only (a per-run token);
+#: each request names the agent it acts for and the request it undoes in these headers, which never go upstream.
+UNDO_IDENTITY = "goex-undo"
+UNDO_AGENT_HEADER = "X-Goex-Undo-Agent"
+UNDO_OF_HEADER = "X-Goex-Undo-Of"
+
+
 class Identify:
     """Authenticates every request (or its CONNECT tunnel) and records the agent's name on the flow."""
 
@@ -49,6 +56,9 @@ class Identify:
             return None, "proxy credentials must use the Basic scheme"
         name, token = creds
         assert self.state.config is not None
+        if name == UNDO_IDENTITY and self.state.undo_token:
+            ok = hmac.compare_digest(token.encode(), self.state.undo_token.encode())
+            return (name, "") if ok else (None, "unknown agent or wrong token")
         agent = self.state.config.agents.get(name)
         expected = agent.token.reveal() if agent else None
         if expected is None or not hmac.compare_digest(token.encode(), expected.encode()):
@@ -77,5 +87,15 @@ class Identify:
             if name is None:
                 self.refuse(flow, why)
                 return
+        acting_for = flow.request.headers.pop(UNDO_AGENT_HEADER, None)
+        undo_of = flow.request.headers.pop(UNDO_OF_HEADER, None)
+        if name == UNDO_IDENTITY:
+            assert self.state.config is not None
+            if not acting_for or acting_for not in self.state.config.agents or not undo_of:
+                self.refuse(flow, f"an undo request must name a known agent ({UNDO_AGENT_HEADER}) and the request it "
+                                  f"undoes ({UNDO_OF_HEADER})")
+                return
+            name = acting_for
+            flowmeta.set_undo_of(flow, undo_of)
         flowmeta.set_agent(flow, name)
         flow.request.headers.pop("Proxy-Authorization", None)

@@ -72,7 +72,14 @@ def _can_resend(flow: http.HTTPFlow) -> bool:
 def resign(flow: http.HTTPFlow, keys: sigv4.AwsKeys) -> None:
     """Sign the agent's SigV4 request again, with the real keys, for the region and service the agent signed for."""
     req = flow.request
-    signed = sigv4.agent_signature({k.lower(): v for k, v in req.headers.items()}, req.path.partition("?")[2])
+    try:
+        signed = sigv4.agent_signature({k.lower(): v for k, v in req.headers.items()}, req.path.partition("?")[2])
+    except sigv4.SigningError:
+        # `undo` sends its compensations unsigned; the endpoint's name says what to sign them for.
+        host_signed = sigv4.host_signature(req.host.lower()) if flowmeta.undo_of(flow) else None
+        if host_signed is None or "authorization" in req.headers:
+            raise
+        signed = host_signed
     url = f"{req.scheme}://{_authority(req)}{req.path}"
     fields = sigv4.resign(req.method, url, list(req.headers.items(multi=True)), req.raw_content or b"", keys, signed)
     req.headers = http.Headers([(k.encode(), v.encode()) for k, v in fields])

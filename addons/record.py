@@ -16,6 +16,7 @@ from goex_proxy.addons.decide import header_pairs
 from goex_proxy.addons.failclosed import fail_closed
 from goex_proxy.addons.state import ProxyState
 from goex_proxy.redact import SecretScrubber, redacted_headers_json
+from goex_proxy.undoplan import Exchange, classify
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,9 @@ class Record:
             "reason": d.reason if d else None,
             "report": d.report if d else None,
             "credential": flowmeta.credential(flow),
+            "undo_of": flowmeta.undo_of(flow),
         }
+        flowmeta.set_url(flow, row["url"])
         if flow.response is not None and flowmeta.is_own_response(flow):
             row.update(self.outcome(flow))
             if d is None:
@@ -95,7 +98,21 @@ class Record:
             "error": None,
             "ended": ended,
             "duration_ms": round((ended - flow.request.timestamp_start) * 1000, 3),
+            "undo_class": self.undo_class(flow, resp),
         }
+
+    def undo_class(self, flow: http.HTTPFlow, resp: http.Response) -> str | None:
+        """What `undo` could do for this exchange ("exact", "irreversible: ...", "no rule"), shown with the row."""
+        rules = self.state.undo_rules
+        if flowmeta.is_own_response(flow):
+            return None
+        req = flow.request
+        method, host, path = req.method.upper(), req.host.lower().rstrip("."), flowmeta.path(flow) or req.path
+        if not any(rule.matches(method, host, path) for rule in rules):
+            return "no rule"
+        return classify(rules, Exchange(method, flowmeta.url(flow), header_pairs(req.headers),
+                                        req.get_content(strict=False), resp.status_code, header_pairs(resp.headers),
+                                        resp.get_content(strict=False)))
 
     @fail_closed("record")
     async def request(self, flow: http.HTTPFlow) -> None:

@@ -23,6 +23,8 @@ from goex_proxy.policyload import load_policy_set
 from goex_proxy.redact import SecretScrubber
 from goex_proxy.sigv4 import AwsKeys
 from goex_proxy.tokens import TokenKeeper
+from goex_proxy.undoplan import UndoRule
+from goex_proxy.undorules import load_packs
 from goex_proxy.vault import Vault
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,8 @@ class ProxyState:
         self.secrets: dict[str, str] = {}  # credential name -> secret, in memory only
         self.aws_keys: dict[str, AwsKeys] = {}  # aws_sigv4 credentials whose secret holds valid keys
         self.tokens: TokenKeeper | None = None  # OAuth2 access tokens, refreshed as needed
+        self.undo_rules: tuple[UndoRule, ...] = ()  # for the undo class of each audit row
+        self.undo_token: str | None = None  # set by `undo` on its own in-process proxy: the identity it replays as
         self._client: Any = None  # httpx.AsyncClient for the proxy's own requests, made on first use
         self.scrubber = SecretScrubber({})
         self._forms: dict[str, str] = {}
@@ -131,6 +135,7 @@ class ProxyState:
         """Load the secrets, open the audit writer and seed the limit counters from what it recorded before."""
         assert self.config is not None
         self.load_secrets()
+        self.undo_rules = load_packs(list(self.config.undo_packs))
         self.writer = AuditWriter(self.config.audit_db)
         self._seed_limits(self.policies.limit_windows())
         self._mtimes = self._stat()

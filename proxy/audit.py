@@ -57,10 +57,22 @@ def _migration_2(db: sqlite_utils.Database) -> None:
     db.table("requests").add_column("credential", str)
 
 
+def _migration_3(db: sqlite_utils.Database) -> None:
+    """Undo: each row's undo class, the request a compensation undoes, and the journal of undo steps."""
+    requests = db.table("requests")
+    requests.add_column("undo_class", str)
+    requests.add_column("undo_of", str)
+    requests.create_index(["undo_of"])
+    journal = db.table("undo_journal")
+    journal.create({"seq": int, "request_id": str, "step": int, "state": str, "ts": float, "detail": str,
+                    "compensation_id": str}, pk="seq")
+    journal.create_index(["request_id", "step"])
+
+
 #: Schema migrations, applied in order; `PRAGMA user_version` records how many have run.
-MIGRATIONS = [_migration_1, _migration_2]
+MIGRATIONS = [_migration_1, _migration_2, _migration_3]
 #: Request fields added by later migrations: hashed only when set, so rows written before them still verify.
-OPTIONAL_REQUEST_FIELDS = ("credential",)
+OPTIONAL_REQUEST_FIELDS = ("credential", "undo_of")
 
 
 def open_db(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -159,8 +171,6 @@ class AuditWriter:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._conn = open_db(path)
-        last = self._conn.execute("SELECT hash FROM requests ORDER BY seq DESC LIMIT 1").fetchone()
-        self._last_hash = last[0] if last else ""
         self._pending: dict[str, tuple[str, int]] = {}  # request id -> (hash, seq) of rows awaiting their outcome
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="goex-audit-writer", daemon=True)
@@ -199,9 +209,12 @@ class AuditWriter:
                 return
 
     def _write(self, batch: list[tuple[Any, concurrent.futures.Future[None]]]) -> None:
-        last_hash = self._last_hash
         try:
             with self._conn:
+                # Another process (an `undo` next to `goex-proxy run`) may have appended since: lock, then read the head.
+                self._conn.execute("BEGIN IMMEDIATE")
+                last = self._conn.execute("SELECT hash FROM requests ORDER BY seq DESC LIMIT 1").fetchone()
+                last_hash = last[0] if last else ""
                 for op, _ in batch:
                     if isinstance(op, _Intent):
                         last_hash = self._insert(op, last_hash)
@@ -215,7 +228,6 @@ class AuditWriter:
             for _, future in batch:
                 future.set_exception(AuditError(f"audit write failed: {exc}"))
             return
-        self._last_hash = last_hash
         for _, future in batch:
             future.set_result(None)
 
@@ -271,6 +283,8 @@ def query(conn: sqlite3.Connection, *, agent: str | None = None, host: str | Non
         params.append(since)
     columns = ("id, ts, agent, method, scheme, host, port, path, url, decision, rule, reason, report, status, "
                "error, duration_ms, req_body_size, resp_body_size")
+    present = {r[1] for r in conn.execute("PRAGMA table_info(requests)")}  # a database not yet migrated lacks some
+    columns += "".join(f", {c}" for c in ("credential", "undo_class", "undo_of") if c in present)
     sql = f"SELECT {columns} FROM requests"
     if where:
         sql += " WHERE " + " AND ".join(where)

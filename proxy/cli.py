@@ -338,6 +338,80 @@ def authorize(config_path: Path | None, name: str, no_browser: bool, timeout: in
     click.echo(f"authorized {name}: tokens stored in the vault as {credential.secret.vault!r}, {refresh}{life}")
 
 
+@cli.command()
+@config_option
+@click.argument("request_id")
+@click.option("--dry-run", is_flag=True, help="Print the plan and stop.")
+@click.option("--yes", is_flag=True, help="Carry out the plan without asking.")
+@click.option("--force", is_flag=True, help="Undo an undo, or carry on despite a conflict (clobbering a later change).")
+@json_option
+@handle_errors
+def undo(config_path: Path | None, request_id: str, dry_run: bool, yes: bool, force: bool, as_json: bool) -> None:
+    """Take back what a recorded request did: print the plan, ask, then replay its compensating requests through the
+    pipeline (policy re-checked, credentials injected, each one audited as the undo of REQUEST_ID).
+
+    Example: goex-proxy undo 01JD3K2M5X0A1 --dry-run
+    """
+    from .policyload import load_policy_set
+    from .undoplan import Exchange, plan
+    from .undorules import load_packs
+    from .undorun import DONE, Journal, Replayer, check_guard, run_steps
+
+    config = _config(config_path)
+    conn = audit.open_db(config.audit_db)
+    row = audit.get(conn, request_id)
+    journal = Journal(conn)
+    states = journal.states(request_id)
+    the_plan = plan(request_id, Exchange.from_row(row), load_packs(list(config.undo_packs)))
+    if as_json:
+        click.echo(json.dumps({"request_id": request_id, "verdict": the_plan.verdict, "rule": the_plan.rule,
+                               "fidelity": the_plan.fidelity, "reason": the_plan.reason,
+                               "guard": the_plan.guard.describe() if the_plan.guard else None,
+                               "steps": [{"method": s.method, "url": s.url, "why": s.why,
+                                          "state": states.get(i)} for i, s in enumerate(the_plan.steps)]}))
+    else:
+        click.echo(f"undo {request_id}: {row['method']} {row['url']} by {row['agent']} ({_outcome(row)})")
+        click.echo(f"  rule: {the_plan.rule or '-'}   fidelity: {the_plan.fidelity}")
+        if the_plan.guard is not None:
+            click.echo(f"  first checks: {the_plan.guard.describe()} (refused if {the_plan.conflict})")
+        for i, step in enumerate(the_plan.steps, start=1):
+            state = states.get(i - 1)
+            click.echo(f"  step {i}: {step.describe()}" + (f"   [{state}]" if state else ""))
+            if step.why:
+                click.echo(f"          {step.why}")
+    if row.get("undo_of") and not force:
+        raise GoexError(f"{request_id} is itself the undo of {row['undo_of']}; undoing it again needs --force")
+    if the_plan.verdict != "plan":
+        raise NotFound(f"nothing to undo for {request_id}: {the_plan.reason}") if the_plan.verdict == "not effective" \
+            else GoexError(f"cannot undo {request_id} ({the_plan.verdict}): {the_plan.reason}")
+    if states and all(states.get(i) == DONE for i in range(len(the_plan.steps))):
+        raise NotFound(f"{request_id} was already undone")
+    if dry_run:
+        return
+    if not yes:
+        if not sys.stdin.isatty():
+            raise GoexError("undo asks before it acts: pass --yes to carry out the plan without a terminal")
+        click.confirm("carry out this plan?", abort=True)
+    replayer = Replayer(config, load_policy_set([(p.path, p.agents) for p in config.policies]))
+    try:
+        agent = str(row["agent"])
+        ok, why = check_guard(the_plan, replayer, agent)
+        if not ok and not force:
+            click.echo(f"conflict: {why}; nothing was changed (--force overrides)", err=True)
+            sys.exit(3)
+        results = run_steps(the_plan, replayer, journal, agent, lambda r: click.echo(
+            f"  {'done' if r.ok else 'FAILED'}: {r.step.describe()} -> {r.status if r.status is not None else '-'}"
+            + (f" ({r.request_id})" if r.request_id else "") + (f": {r.detail}" if r.detail and not r.ok else ""),
+            err=not r.ok))
+    finally:
+        replayer.close()
+    if results and not results[-1].ok:
+        undone = sum(1 for r in results if r.ok)
+        click.echo(f"stopped: {undone} of {len(the_plan.steps)} steps done; the rest were not sent", err=True)
+        sys.exit(4)
+    click.echo(f"undone {request_id}")
+
+
 @cli.group()
 def policy() -> None:
     """Check policies and try them against recorded traffic."""
@@ -451,9 +525,10 @@ def log(click_ctx: click.Context, config_path: Path | None, agent: str | None, h
         return
     from .plaintable import render
 
-    headers = ("id", "time", "agent", "decision", "status", "method", "url", "rule")
+    headers = ("id", "time", "agent", "decision", "status", "method", "url", "rule", "undo")
     cells = [(row["id"], _when(row["ts"])[5:], row["agent"] or "-", row["decision"] or "-", _outcome(row),
-              row["method"] or "-", row["url"] or "-", row["rule"] or "-") for row in rows]
+              row["method"] or "-", row["url"] or "-", row["rule"] or "-",
+              f"undoes {row['undo_of']}" if row.get("undo_of") else row.get("undo_class") or "-") for row in rows]
     click.echo(render(headers, cells, flexible=6, colour_column=3), nl=False)
 
 
@@ -515,6 +590,8 @@ def show(config_path: Path | None, request_id: str, as_json: bool) -> None:
     resp_headers = json.loads(row["resp_headers"] or "[]")
     out.print(f"[bold]{row['id']}[/]  {_when(row['ts'])}  agent [bold]{row['agent'] or '-'}[/]")
     out.print(f"decision: [bold]{row['decision']}[/]  rule: {row['rule'] or '-'}")
+    out.print(f"undo: {row.get('undo_class') or '-'}" + (f"  (this request undoes {row['undo_of']})"
+                                                          if row.get("undo_of") else ""))
     out.print(f"reason: {row['reason'] or '-'}")
     if row["report"]:
         out.print(f"[yellow]{row['report']}[/]")

@@ -17,9 +17,11 @@ from .globs import compile_host, compile_path
 from .oauth import PROVIDERS, OAuth2
 from .presets import resolve
 from .secretref import SecretRef
+from .undorules import builtin_names as undo_builtin_names
+from .undorules import resolve as undo_resolve
 from .yamlsrc import Checker, YMap
 
-_TOP_KEYS = {"version", "state_dir", "listen", "agents", "credentials", "policies", "audit", "upstream"}
+_TOP_KEYS = {"version", "state_dir", "listen", "agents", "credentials", "policies", "undo_rules", "audit", "upstream"}
 _CREDENTIAL_KEYS = {"secret", "host", "hosts", "methods", "paths", "schemes", "inject", "env"}
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _AGENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -76,6 +78,7 @@ class Config:
     routes: dict[str, Route] = field(default_factory=dict)
     extra_ca: tuple[Path, ...] = ()
     credentials: dict[str, Credential] = field(default_factory=dict)
+    undo_packs: tuple[Path, ...] = ()
 
     @property
     def ca_cert(self) -> Path:
@@ -298,6 +301,17 @@ def parse_config(doc: Any, file: Path, check: Checker) -> Config:
         except ValueError as exc:
             check.error(pos, f"policy {ref!r} {exc}")
 
+    undo_packs: list[Path] = []
+    if "undo_rules" in top:
+        refs = check.strings(top, "undo_rules", "undo_rules") or []
+    else:  # every shipped pack, the generic REST conventions last
+        refs = [f"builtin:{n}" for n in undo_builtin_names() if n != "rest"] + ["builtin:rest"]
+    for ref in refs:
+        try:
+            undo_packs.append(undo_resolve(ref, base))
+        except ValueError as exc:
+            check.error(check.at(top, "undo_rules"), f"undo pack {ref!r} {exc}")
+
     audit = check.mapping(top.get("audit", YMap()), "audit", check.at(top, "audit"), {"db", "max_body_bytes"}) or YMap()
     db = Path(check.string(audit, "db", "audit.db") or "audit.db").expanduser()
     max_body = audit.get("max_body_bytes", DEFAULT_MAX_BODY)
@@ -333,6 +347,7 @@ def parse_config(doc: Any, file: Path, check: Checker) -> Config:
         routes=routes,
         extra_ca=extra_ca,
         credentials=_credentials(check, top.get("credentials"), check.at(top, "credentials")),
+        undo_packs=tuple(undo_packs),
     )
 
 

@@ -47,7 +47,7 @@ def proxy_options(config: Config) -> dict[str, Any]:
     }
 
 
-def build_master(config: Config, policies: PolicySet) -> master.Master:
+def build_master(config: Config, policies: PolicySet, undo_token: str | None = None) -> master.Master:
     """A mitmproxy master with only the addons goex-proxy needs, then the pipeline in its one order."""
     from goex_proxy.addons import pipeline
     from goex_proxy.addons.state import ProxyState
@@ -63,8 +63,65 @@ def build_master(config: Config, policies: PolicySet) -> master.Master:
         errorcheck.ErrorCheck(repeat_errors_on_stderr=True),
     )
     opts.update(**proxy_options(config))
-    m.addons.add(*pipeline(ProxyState(config, policies)))
+    state = ProxyState(config, policies)
+    state.undo_token = undo_token
+    m.addons.add(*pipeline(state))
     return m
+
+
+class InProcessProxy:
+    """The pipeline on an ephemeral loopback port in a background thread, for `undo` (whether or not `run` runs)."""
+
+    def __init__(self, config: Config, policies: PolicySet, undo_token: str) -> None:
+        import dataclasses
+        import socket
+        import threading
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        self.config = dataclasses.replace(config, listen_host="127.0.0.1", listen_port=port)
+        self.port = port
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._master: master.Master | None = None
+        self._thread = threading.Thread(target=self._run, args=(policies, undo_token), name="goex-undo-proxy",
+                                        daemon=True)
+        self._thread.start()
+        self._wait_listening()
+
+    def _run(self, policies: PolicySet, undo_token: str) -> None:
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._master = build_master(self.config, policies, undo_token)
+            self._ready.set()
+            await self._master.run()
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # reported to the caller by _wait_listening
+            self._error = exc
+            self._ready.set()
+
+    def _wait_listening(self) -> None:
+        import socket
+        import time
+
+        self._ready.wait(30)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and self._error is None:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"the in-process proxy did not start: {self._error or 'no listener'}")
+
+    def close(self) -> None:
+        if self._loop is not None and self._master is not None:
+            self._loop.call_soon_threadsafe(self._master.shutdown)
+        self._thread.join(15)
 
 
 async def serve(config: Config, policies: PolicySet) -> None:

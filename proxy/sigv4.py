@@ -79,6 +79,19 @@ def agent_signature(headers: dict[str, str], query: str) -> AgentSignature:
     return AgentSignature(match.group(3), match.group(4), tuple(match.group(5).split(";")))
 
 
+_S3_HOST = re.compile(r"(?:.+\.)?s3(?:[.-](?P<region>[a-z]{2}(?:-gov)?-[a-z]+-\d))?\.amazonaws\.com")
+_SERVICE_HOST = re.compile(r"(?P<service>[a-z0-9-]+)\.(?P<region>[a-z]{2}(?:-gov)?-[a-z]+-\d)\.amazonaws\.com")
+
+
+def host_signature(host: str) -> AgentSignature | None:
+    """The region and service an AWS endpoint name implies (for requests goex-proxy itself sends, unsigned)."""
+    if m := _S3_HOST.fullmatch(host):
+        return AgentSignature(m.group("region") or "us-east-1", "s3", ("host",))
+    if m := _SERVICE_HOST.fullmatch(host):
+        return AgentSignature(m.group("region"), m.group("service"), ("host",))
+    return None
+
+
 def resign(method: str, url: str, headers: list[tuple[str, str]], body: bytes, keys: AwsKeys,
            signed: AgentSignature) -> list[tuple[str, str]]:
     """The request's headers, signed with `keys` for the agent's region and service, covering the headers it did."""

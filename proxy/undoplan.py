@@ -122,20 +122,20 @@ class Exchange:
                    "base_url": f"{parts.scheme}://{parts.netloc}{parts.path or '/'}",
                    "parent_url": f"{parts.scheme}://{parts.netloc}{(parts.path or '/').rstrip('/').rpartition('/')[0]}",
                    "query": dict(parse_qsl(parts.query, keep_blank_values=True)),
-                   "headers": _header_map(self.request_headers), **_body(self.request_body)}
+                   "headers": header_map(self.request_headers), **body_view(self.request_body)}
         response = {"status": self.status if self.status is not None else 0,
-                    "headers": _header_map(self.response_headers), **_body(self.response_body)}
+                    "headers": header_map(self.response_headers), **body_view(self.response_body)}
         return {"request": request, "response": response, "pre": {}, "read": {}}
 
 
-def _header_map(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+def header_map(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
     out: dict[str, str] = {}
     for k, v in pairs:
         out[k.lower()] = f"{out[k.lower()]}, {v}" if k.lower() in out else v
     return out
 
 
-def _body(raw: bytes | None) -> dict[str, Any]:
+def body_view(raw: bytes | None) -> dict[str, Any]:
     text = (raw or b"").decode("utf-8", "replace")
     try:
         parsed = json.loads(text) if text else None

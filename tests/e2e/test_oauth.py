@@ -125,8 +125,8 @@ def test_authorize_then_calls_across_expiry_never_fail(proxy, oauth_server, upst
 
 def test_401_is_refreshed_and_retried_once(proxy, oauth_server, upstream_ca):
     """The provider drops access tokens early: the 401 makes the proxy refresh and retry; the agent sees 200."""
+    oauth_server.state.lifetime = 3600  # no expiry during the test: only the provider's revocation causes the 401
     assert authorize(proxy, oauth_server, upstream_ca[1]).returncode == 0
-    oauth_server.state.lifetime = 3600
     proxy.start()
     assert [c["status"] for c in agent_calls(proxy, 0)] == [200]
     oauth_server.state.revoke_access()
@@ -167,8 +167,8 @@ def test_revoked_grant_is_denied_with_a_clear_reason(proxy, oauth_server, upstre
 
 def test_a_401_that_is_not_about_expiry_refreshes_once_at_most(proxy, oauth_server, upstream_ca):
     """An endpoint that keeps answering 401 (a missing scope) gets its 401s back; the token endpoint is not hammered."""
+    oauth_server.state.lifetime = 3600  # no expiry during the test: only the provider's revocation causes the 401
     assert authorize(proxy, oauth_server, upstream_ca[1]).returncode == 0
-    oauth_server.state.lifetime = 3600
     proxy.start()
     calls = [agent_calls(proxy, 0, "/scope-missing")[0] for _ in range(3)]
     assert [c["status"] for c in calls] == [401, 401, 401]
@@ -219,8 +219,8 @@ def test_a_target_that_is_not_a_path_is_refused(proxy, oauth_server, upstream, u
 
 def test_401_with_a_revoked_grant_is_denied(proxy, oauth_server, upstream_ca):
     """The access token dies early and the grant with it: the 401 becomes a denial naming the refusal."""
+    oauth_server.state.lifetime = 3600  # no expiry during the test: only the provider's revocation causes the 401
     assert authorize(proxy, oauth_server, upstream_ca[1]).returncode == 0
-    oauth_server.state.lifetime = 3600
     proxy.start()
     oauth_server.state.revoke_refresh()
     call = agent_calls(proxy, 0)[0]

@@ -94,3 +94,15 @@ def test_aws_keys_are_read_from_json_or_sts_output_and_errors_do_not_echo_the_in
     with pytest.raises(ValueError) as err:
         AwsKeys.loads("AKIA-secret-pasted-raw")
     assert "AKIA-secret-pasted-raw" not in str(err.value)
+
+
+@pytest.mark.parametrize(("host", "region", "service"), [
+    ("bucket.s3.amazonaws.com", "us-east-1", "s3"), ("s3.eu-west-1.amazonaws.com", "eu-west-1", "s3"),
+    ("b.s3-us-west-2.amazonaws.com", "us-west-2", "s3"), ("dynamodb.us-east-1.amazonaws.com", "us-east-1", "dynamodb"),
+])
+def test_endpoint_names_imply_region_and_service(host: str, region: str, service: str) -> None:
+    from goex_proxy.sigv4 import host_signature
+
+    signed = host_signature(host)
+    assert signed is not None and (signed.region, signed.service) == (region, service)
+    assert host_signature("example.com") is None
