@@ -422,11 +422,13 @@ def policy() -> None:
 @click.argument("files", nargs=-1, type=click.Path(path_type=Path))
 @handle_errors
 def check(config_path: Path | None, files: tuple[Path, ...]) -> None:
-    """Print every problem in policy FILES (or the config and its policies) as file:line:col: message.
+    """Print every problem in policy or undo-pack FILES (or the config, its policies and its undo packs) as
+    file:line:col: message.
 
     Example: goex-proxy policy check policies/slack-post-only.yaml
     """
     from .policyload import check_policy_text
+    from .undorules import check_pack_text, is_undo_pack
 
     problems: list[Problem] = []
     targets = list(files)
@@ -434,7 +436,8 @@ def check(config_path: Path | None, files: tuple[Path, ...]) -> None:
         path = config_path or default_config_path()
         problems += config_problems(path)
         if not problems:
-            targets = [p.path for p in _config(path).policies]
+            config = _config(path)
+            targets = [p.path for p in config.policies] + list(config.undo_packs)
     for file in targets:
         try:
             text = file.read_text(encoding="utf-8")
@@ -444,13 +447,13 @@ def check(config_path: Path | None, files: tuple[Path, ...]) -> None:
         except UnicodeDecodeError as exc:
             problems.append(Problem(str(file), 1, 1, f"policy file is not UTF-8 text (byte {exc.start})"))
             continue
-        problems += check_policy_text(text, str(file))[1]
+        problems += (check_pack_text if is_undo_pack(text) else check_policy_text)(text, str(file))[1]
     for problem in problems:
         click.echo(str(problem))
     errors = [p for p in problems if p.severity == "error"]
     if errors:
         sys.exit(1)
-    click.echo(f"ok: {len(targets)} polic{'y' if len(targets) == 1 else 'ies'} checked, no errors")
+    click.echo(f"ok: {len(targets)} file{'' if len(targets) == 1 else 's'} (policies and undo packs) checked, no errors")
 
 
 @policy.command(name="test")

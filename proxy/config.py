@@ -6,7 +6,7 @@ import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from . import yamlsrc
@@ -14,12 +14,12 @@ from .credentials import Credential, Injection
 from .durations import parse_duration
 from .errors import ConfigError, Problem, StateError
 from .globs import compile_host, compile_path
-from .oauth import PROVIDERS, OAuth2
-from .presets import resolve
+from .presets import resolve, resolve_undo, undo_names
 from .secretref import SecretRef
-from .undorules import builtin_names as undo_builtin_names
-from .undorules import resolve as undo_resolve
 from .yamlsrc import Checker, YMap
+
+if TYPE_CHECKING:
+    from .oauth import OAuth2
 
 _TOP_KEYS = {"version", "state_dir", "listen", "agents", "credentials", "policies", "undo_rules", "audit", "upstream"}
 _CREDENTIAL_KEYS = {"secret", "host", "hosts", "methods", "paths", "schemes", "inject", "env"}
@@ -151,6 +151,8 @@ def _injection(check: Checker, c: YMap, where: str) -> Injection | None:
 
 
 def _oauth2(check: Checker, parent: YMap, where: str) -> OAuth2 | None:
+    from .oauth import PROVIDERS, OAuth2
+
     spec = check.mapping(parent["oauth2"], where, check.at(parent, "oauth2"), _OAUTH2_KEYS, {"provider", "client_id"})
     if spec is None:
         return None
@@ -305,10 +307,10 @@ def parse_config(doc: Any, file: Path, check: Checker) -> Config:
     if "undo_rules" in top:
         refs = check.strings(top, "undo_rules", "undo_rules") or []
     else:  # every shipped pack, the generic REST conventions last
-        refs = [f"builtin:{n}" for n in undo_builtin_names() if n != "rest"] + ["builtin:rest"]
+        refs = [f"builtin:{n}" for n in undo_names() if n != "rest"] + ["builtin:rest"]
     for ref in refs:
         try:
-            undo_packs.append(undo_resolve(ref, base))
+            undo_packs.append(resolve_undo(ref, base))
         except ValueError as exc:
             check.error(check.at(top, "undo_rules"), f"undo pack {ref!r} {exc}")
 

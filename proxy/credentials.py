@@ -6,12 +6,13 @@ import base64
 import json
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from .globs import Glob
-from .oauth import OAuth2, TokenSet
 from .secretref import SecretRef
-from .sigv4 import AwsKeys
+
+if TYPE_CHECKING:
+    from .oauth import OAuth2
 
 InjectKind = Literal["header", "basic", "query", "oauth2", "aws_sigv4"]
 PLACEHOLDER_PREFIX = "goex-placeholder-"
@@ -68,8 +69,12 @@ class Credential:
     def secret_values(self, stored: str) -> list[str]:
         """The secret strings inside what is stored: the value itself, an OAuth2 token set's tokens, AWS keys."""
         if self.inject.kind == "oauth2":
+            from .oauth import TokenSet
+
             return TokenSet.loads(stored).values()
         if self.inject.kind == "aws_sigv4":
+            from .sigv4 import AwsKeys
+
             try:
                 return AwsKeys.loads(stored).values()
             except ValueError:

@@ -1,4 +1,4 @@
-"""Where policy files are found: shipped presets (`builtin:NAME`) and paths relative to the config file."""
+"""Where policy files and undo packs are found: shipped ones (`builtin:NAME`) and paths relative to the config file."""
 
 from __future__ import annotations
 
@@ -24,5 +24,24 @@ def resolve(ref: str, base: Path) -> Path:
         path = builtin_dir() / f"{name}.yaml"
         if not path.is_file():
             raise ValueError(f"names no shipped policy '{name}' (shipped: {', '.join(builtin_names())})")
+        return path
+    return (base / Path(ref).expanduser()).resolve()
+
+
+def undo_dir() -> Path:
+    """Where the shipped undo rule packs live (package data `goex_proxy.policies/undo`)."""
+    return builtin_dir() / "undo"
+
+
+def undo_names() -> list[str]:
+    return sorted(p.stem for p in undo_dir().glob("*.yaml"))
+
+
+def resolve_undo(ref: str, base: Path) -> Path:
+    """`builtin:NAME` (a shipped undo pack) or a path relative to the config file."""
+    if ref.startswith(BUILTIN):
+        path = undo_dir() / f"{ref[len(BUILTIN):]}.yaml"
+        if not path.is_file():
+            raise ValueError(f"names no shipped undo pack '{ref[len(BUILTIN):]}' (shipped: {', '.join(undo_names())})")
         return path
     return (base / Path(ref).expanduser()).resolve()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 from typing import Any, cast
 
@@ -14,28 +13,9 @@ from .policyload import RuleReader, expression_pos
 from .undoplan import FIDELITIES, UNDO_VARIABLES, Fidelity, Guard, RequestTemplate, Template, UndoRule
 from .yamlsrc import YMap
 
-BUILTIN = "builtin:"
 _PACK_KEYS = {"version", "name", "description", "rules"}
 _RULE_KEYS = {"name", "match", "when", "effective", "class", "reason", "undo", "guard", "description"}
 _REQUEST_KEYS = {"method", "url", "headers", "json", "form", "success", "why"}
-
-
-def builtin_dir() -> Path:
-    return Path(str(resources.files("goex_proxy.policies"))) / "undo"
-
-
-def builtin_names() -> list[str]:
-    return sorted(p.stem for p in builtin_dir().glob("*.yaml"))
-
-
-def resolve(ref: str, base: Path) -> Path:
-    """`builtin:NAME` (a shipped pack) or a path relative to the config file."""
-    if ref.startswith(BUILTIN):
-        path = builtin_dir() / f"{ref[len(BUILTIN):]}.yaml"
-        if not path.is_file():
-            raise ValueError(f"names no shipped undo pack '{ref[len(BUILTIN):]}' (shipped: {', '.join(builtin_names())})")
-        return path
-    return (base / Path(ref).expanduser()).resolve()
 
 
 def parse_template(text: str) -> Template:
@@ -186,6 +166,13 @@ class _UndoReader(RuleReader):
         rules = [self.rule(name, raw, pos, i) for i, raw, pos in self.check.items(p.get("rules"), "rules",
                                                                                     self.check.at(p, "rules"))]
         return [r for r in rules if r is not None]
+
+
+def is_undo_pack(text: str) -> bool:
+    """Whether a rules file is an undo pack (its rules have `match`) rather than a policy (`allow`/`deny`)."""
+    doc, problems = yamlsrc.load(text, "")
+    rules = doc.get("rules") if isinstance(doc, dict) and not problems else None
+    return isinstance(rules, list) and any(isinstance(r, dict) and "match" in r for r in rules)
 
 
 def check_pack_text(text: str, file: str) -> tuple[list[UndoRule], list[Problem]]:

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 from goex_proxy.errors import ConfigError
+from goex_proxy.presets import undo_dir as builtin_dir
+from goex_proxy.presets import undo_names as builtin_names
 from goex_proxy.undoplan import Exchange, classify, plan
-from goex_proxy.undorules import builtin_dir, builtin_names, check_pack_text, load_packs, parse_template
+from goex_proxy.undorules import check_pack_text, load_packs, parse_template
 
 RULES = load_packs([builtin_dir() / f"{name}.yaml" for name in ("s3", "rest")])
 BUCKET = "https://photos.s3.amazonaws.com"
@@ -99,3 +101,18 @@ def test_mistakes_in_packs_are_located(tmp_path: Path, text: str, message: str) 
     with pytest.raises(ConfigError) as err:
         load_packs([path])
     assert any(message in str(p) and str(p).startswith(f"{path}:") for p in err.value.problems), err.value.problems
+
+
+def test_policy_check_validates_undo_packs(tmp_path: Path) -> None:
+    """`goex-proxy policy check FILE` tells an undo pack from a policy and reports its mistakes with positions."""
+    from click.testing import CliRunner
+
+    from goex_proxy.cli import cli
+
+    bad = tmp_path / "pack.yaml"
+    bad.write_text("version: 1\nrules:\n  - name: a\n    match: {hosts: [x.example]}\n    class: exact\n    undo:\n"
+                   "      - {method: DELETE, url: '${reponse.json.id}'}\n")
+    result = CliRunner().invoke(cli, ["policy", "check", str(bad)])
+    assert result.exit_code == 1 and f"{bad}:7:" in result.output and "unknown variable 'reponse'" in result.output
+    shipped = [str(builtin_dir() / f"{n}.yaml") for n in builtin_names()]
+    assert CliRunner().invoke(cli, ["policy", "check", *shipped]).exit_code == 0
