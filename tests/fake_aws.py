@@ -16,6 +16,14 @@ REAL = {"access_key_id": "AKIACANARYREAL0000001", "secret_access_key": "CANARY/r
         "session_token": "CANARY-session-token-FwoGZXIvYXdzEJr"}
 BUCKET = "goex-test-bucket"
 AWS_HOSTS = (f"{BUCKET}.s3.amazonaws.com", "s3.amazonaws.com", "dynamodb.us-east-1.amazonaws.com")
+#: The config entry that has the proxy re-sign AWS requests with the keys stored as `aws-keys`.
+AWS_CREDENTIAL = """credentials:
+  aws:
+    secret: aws-keys
+    hosts: ["**.amazonaws.com"]
+    inject: {aws_sigv4: {}}
+    env: [AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN]
+"""
 
 _AUTH = re.compile(r"AWS4-HMAC-SHA256 Credential=([^/]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request, "
                    r"SignedHeaders=([^,]+), Signature=([0-9a-f]+)")

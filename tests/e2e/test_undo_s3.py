@@ -9,17 +9,11 @@ from typing import Any
 import pytest
 
 from tests.conftest import GoexProxy
+from tests.fake_aws import AWS_CREDENTIAL as CREDENTIAL
 from tests.fake_aws import AWS_HOSTS, BUCKET, REAL, RelayServer
 
 pytestmark = pytest.mark.e2e
 
-CREDENTIAL = """credentials:
-  aws:
-    secret: aws-keys
-    hosts: ["**.amazonaws.com"]
-    inject: {aws_sigv4: {}}
-    env: [AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN]
-"""
 POLICY = {"s3": """
     version: 1
     rules:
