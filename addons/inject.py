@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import base64
 import logging
-import time
 from urllib.parse import quote, unquote_plus
 
 from mitmproxy import http
 
-from goex_proxy import sigv4, upstream
-from goex_proxy.addons import flowmeta, replies
+from goex_proxy import sigv4
+from goex_proxy.addons import flowmeta, replies, sendout
 from goex_proxy.addons.failclosed import fail_closed
 from goex_proxy.addons.state import ProxyState
 from goex_proxy.credentials import Credential
@@ -19,31 +18,24 @@ from goex_proxy.policy import Decision
 
 log = logging.getLogger(__name__)
 
-#: Headers that belong to one connection, not to the request; a retry sends its own.
-_HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authorization", "proxy-connection", "te", "trailer",
-                         "transfer-encoding", "upgrade", "content-length"})
 
 
-#: Headers httpx adds to a request unless told otherwise; a retry must not send what the agent did not.
-_HTTPX_DEFAULTS = frozenset({"accept", "accept-encoding", "connection", "user-agent"})
-#: The most a retried response may hold in memory (mitmproxy itself has no limit unless configured).
-_RETRY_BODY_LIMIT = 64 * 1024 * 1024
 
 
 class CannotInject(Exception):
     """The credential is bound here but cannot be put in: the message says why (for the agent's 403)."""
 
 
-def apply(flow: http.HTTPFlow, credential: Credential, secret: str) -> None:
+def apply(request: http.Request, credential: Credential, secret: str) -> None:
     """Replace whatever the agent sent in the credential's place with the real secret."""
     how = credential.inject
     if how.kind == "header":
-        flow.request.headers[how.name] = how.template.replace("{secret}", secret)
+        request.headers[how.name] = how.template.replace("{secret}", secret)
     elif how.kind == "basic":
         pair = base64.b64encode(f"{how.username}:{secret}".encode()).decode()
-        flow.request.headers["Authorization"] = f"Basic {pair}"
+        request.headers["Authorization"] = f"Basic {pair}"
     else:
-        _set_query_parameter(flow.request, how.name, secret)
+        _set_query_parameter(request, how.name, secret)
 
 
 def _set_query_parameter(request: http.Request, name: str, value: str) -> None:
@@ -54,14 +46,6 @@ def _set_query_parameter(request: http.Request, name: str, value: str) -> None:
     request.path = path + "?" + "&".join([*kept, pair])
 
 
-def _authority(request: http.Request) -> str:
-    """The host (and port, unless the scheme's default) the request is addressed to, as a Host header says it."""
-    if request.host_header:
-        return request.host_header
-    default = 443 if request.scheme == "https" else 80
-    return request.host if request.port == default else f"{request.host}:{request.port}"
-
-
 def _can_resend(flow: http.HTTPFlow) -> bool:
     """Whether a retry outside mitmproxy (HTTP/1.1, no trailers) can say what the agent said; else the 401 stands."""
     req = flow.request
@@ -69,20 +53,39 @@ def _can_resend(flow: http.HTTPFlow) -> bool:
     return not (grpc or req.trailers or "trailers" in req.headers.get("te", "").lower())
 
 
-def resign(flow: http.HTTPFlow, keys: sigv4.AwsKeys) -> None:
-    """Sign the agent's SigV4 request again, with the real keys, for the region and service the agent signed for."""
-    req = flow.request
+def resign(req: http.Request, keys: sigv4.AwsKeys, own: bool = False) -> None:
+    """Sign the agent's SigV4 request again, with the real keys, for the region and service the agent signed for.
+
+    `own`: a request goex-proxy makes itself (an undo step, a pre-image read), sent unsigned; the endpoint's name
+    says what to sign it for."""
     try:
         signed = sigv4.agent_signature({k.lower(): v for k, v in req.headers.items()}, req.path.partition("?")[2])
     except sigv4.SigningError:
-        # `undo` sends its compensations unsigned; the endpoint's name says what to sign them for.
-        host_signed = sigv4.host_signature(req.host.lower()) if flowmeta.undo_of(flow) else None
+        host_signed = sigv4.host_signature(req.host.lower()) if own else None
         if host_signed is None or "authorization" in req.headers:
             raise
         signed = host_signed
-    url = f"{req.scheme}://{_authority(req)}{req.path}"
+    url = f"{req.scheme}://{sendout.authority(req)}{req.path}"
     fields = sigv4.resign(req.method, url, list(req.headers.items(multi=True)), req.raw_content or b"", keys, signed)
     req.headers = http.Headers([(k.encode(), v.encode()) for k, v in fields])
+
+
+async def inject_into(state: ProxyState, request: http.Request, credential: Credential, own: bool = False) -> None:
+    """Put `credential` into `request` (the agent's, or one goex-proxy sends itself); CannotInject says why not."""
+    kind = credential.inject.kind
+    if kind == "oauth2":
+        assert state.tokens is not None
+        request.headers["Authorization"] = f"Bearer {await state.tokens.access_token(credential)}"
+    elif kind == "aws_sigv4":
+        keys = state.aws_keys.get(credential.name)
+        if keys is None:
+            raise CannotInject(f"its secret ({credential.secret.describe()}) is not set or is not AWS keys")
+        resign(request, keys, own)
+    else:
+        secret = state.secrets.get(credential.name)
+        if secret is None:
+            raise CannotInject(f"its secret ({credential.secret.describe()}) is not set")
+        apply(request, credential, secret)
 
 
 class Inject:
@@ -110,29 +113,12 @@ class Inject:
                                           "inject"))
             return
         try:
-            await self._inject(flow, credential)
+            await inject_into(self.state, flow.request, credential, own=flowmeta.undo_of(flow) is not None)
         except (CannotInject, OAuthError, sigv4.SigningError) as exc:
             replies.refuse(flow, Decision("deny", self.state.scrubber.text(
                 f"credential '{credential.name}' is bound to this host but cannot be injected: {exc}"), "inject"))
             return
         flowmeta.set_credential(flow, credential.name)
-
-    async def _inject(self, flow: http.HTTPFlow, credential: Credential) -> None:
-        kind = credential.inject.kind
-        if kind == "oauth2":
-            assert self.state.tokens is not None
-            token = await self.state.tokens.access_token(credential)
-            flow.request.headers["Authorization"] = f"Bearer {token}"
-        elif kind == "aws_sigv4":
-            keys = self.state.aws_keys.get(credential.name)
-            if keys is None:
-                raise CannotInject(f"its secret ({credential.secret.describe()}) is not set or is not AWS keys")
-            resign(flow, keys)
-        else:
-            secret = self.state.secrets.get(credential.name)
-            if secret is None:
-                raise CannotInject(f"its secret ({credential.secret.describe()}) is not set")
-            apply(flow, credential, secret)
 
     @fail_closed("inject")
     async def response(self, flow: http.HTTPFlow) -> None:
@@ -158,46 +144,7 @@ class Inject:
         log.info("%s: %s answered 401; retrying once with a refreshed token of %s", flowmeta.request_id(flow),
                  flow.request.host, name)
         try:
-            flow.response = await self._resend(flow.request)
+            flow.response = await sendout.send(self.state, flow.request)
         except Exception as exc:  # httpx's errors, or a reply too large to hold: the upstream saw the first attempt
             replies.reply(flow, 502, {"error": "goex-proxy: retrying with a refreshed OAuth2 token failed "
                                                f"({type(exc).__name__}); the first attempt was refused with 401"})
-
-    async def _resend(self, req: http.Request) -> http.Response:
-        """Send the request again, outside mitmproxy's connection (its response hook cannot re-send a flow), as the
-        agent sent it: the same target, headers and body, nothing httpx would add by itself."""
-        import httpx
-
-        assert self.state.config is not None
-        headers = [(k, v) for k, v in req.headers.items(multi=True) if k.lower() not in _HOP_BY_HOP]
-        if not any(k.lower() == "host" for k, _ in headers):
-            headers.append(("Host", _authority(req)))
-        target = httpx.URL(scheme=req.scheme, host=req.host, port=req.port, raw_path=req.path.encode())
-        url, _, extensions = upstream.routed(self.state.config, str(target))
-        routed = httpx.URL(url)
-        if routed.host != target.host or routed.port != target.port:  # a route: connect there, same path
-            target = target.copy_with(scheme=routed.scheme, host=routed.host, port=routed.port)
-        client = self.state.upstream_client()
-        sent = {k.lower() for k, _ in headers}
-        request = client.build_request(req.method, target, headers=headers, content=req.raw_content or b"",
-                                       extensions=extensions)
-        for name in _HTTPX_DEFAULTS - sent:
-            request.headers.pop(name, None)
-        started = time.time()
-        reply = await client.send(request, stream=True)
-        try:
-            raw = bytearray()
-            async for chunk in reply.aiter_raw():
-                raw += chunk
-                if len(raw) > _RETRY_BODY_LIMIT:
-                    raise ValueError(f"the retried response is larger than {_RETRY_BODY_LIMIT} bytes")
-        finally:
-            await reply.aclose()
-        keep_length = req.method.upper() == "HEAD" or reply.status_code in (204, 304)
-        dropped = (b"transfer-encoding", b"connection", b"keep-alive") + (() if keep_length else (b"content-length",))
-        fields = tuple((k, v) for k, v in reply.headers.raw if k.lower() not in dropped)
-        response = http.Response(b"HTTP/1.1", reply.status_code, reply.reason_phrase.encode(), http.Headers(fields),
-                                 bytes(raw), None, started, time.time())
-        if not keep_length:
-            response.headers["Content-Length"] = str(len(raw))
-        return response
