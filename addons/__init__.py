@@ -11,13 +11,14 @@ from typing import Any
 from goex_proxy.addons.decide import Decide
 from goex_proxy.addons.identify import Identify
 from goex_proxy.addons.inject import Inject
+from goex_proxy.addons.preimage import Preimage
 from goex_proxy.addons.record import Record
 from goex_proxy.addons.route import Route
 from goex_proxy.addons.scrub import Scrub
 from goex_proxy.addons.state import ProxyState
 
 #: The stages in the order a request passes them; each takes the shared state.
-PIPELINE: tuple[type, ...] = (Identify, Decide, Inject, Record, Route, Scrub)
+PIPELINE: tuple[type, ...] = (Identify, Decide, Inject, Preimage, Record, Route, Scrub)
 
 
 def pipeline(state: ProxyState | None = None) -> list[Any]:

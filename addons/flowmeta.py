@@ -17,6 +17,7 @@ _PATH = "goex.path"
 _RETRIED = "goex.retried"
 _URL = "goex.url"
 _UNDO_OF = "goex.undo_of"
+_PREIMAGE = "goex.preimage"
 _HEADERS_SCRUBBED = "goex.headers_scrubbed"
 _IDS = RequestIds()
 
@@ -116,3 +117,12 @@ def undo_of(flow: http.HTTPFlow) -> str | None:
 
 def set_undo_of(flow: http.HTTPFlow, request_id: str) -> None:
     flow.metadata[_UNDO_OF] = request_id
+
+
+def preimage(flow: http.HTTPFlow) -> tuple[int, tuple[tuple[str, str], ...], bytes] | None:
+    """Status, headers and body of the resource as read before forwarding (set by preimage)."""
+    return flow.metadata.get(_PREIMAGE)
+
+
+def set_preimage(flow: http.HTTPFlow, status: int, headers: tuple[tuple[str, str], ...], body: bytes) -> None:
+    flow.metadata[_PREIMAGE] = (status, headers, body)

@@ -1,4 +1,4 @@
-"""Stage 4, record: the request row is committed before anything is forwarded; the outcome is written after."""
+"""Stage 5, record: the request row is committed before anything is forwarded; the outcome is written after."""
 
 from __future__ import annotations
 
@@ -75,6 +75,11 @@ class Record:
             "credential": flowmeta.credential(flow),
             "undo_of": flowmeta.undo_of(flow),
         }
+        pre = flowmeta.preimage(flow)
+        if pre is not None:
+            pre_body = _body(pre[2], self._limit(), scrub)
+            row.update({"pre_status": pre[0], "pre_headers": redacted_headers_json(pre[1], scrub),
+                        "pre_body": pre_body["body"], "pre_body_size": pre_body["size"]})
         flowmeta.set_url(flow, row["url"])
         if flow.response is not None and flowmeta.is_own_response(flow):
             row.update(self.outcome(flow))
@@ -110,9 +115,10 @@ class Record:
         method, host, path = req.method.upper(), req.host.lower().rstrip("."), flowmeta.path(flow) or req.path
         if not any(rule.matches(method, host, path) for rule in rules):
             return "no rule"
+        pre = flowmeta.preimage(flow) or (None, (), None)
         return classify(rules, Exchange(method, flowmeta.url(flow), header_pairs(req.headers),
                                         req.get_content(strict=False), resp.status_code, header_pairs(resp.headers),
-                                        resp.get_content(strict=False)))
+                                        resp.get_content(strict=False), pre[0], pre[1], pre[2]))
 
     @fail_closed("record")
     async def request(self, flow: http.HTTPFlow) -> None:

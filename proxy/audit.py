@@ -69,10 +69,17 @@ def _migration_3(db: sqlite_utils.Database) -> None:
     journal.create_index(["request_id", "step"])
 
 
+def _migration_4(db: sqlite_utils.Database) -> None:
+    """The pre-image: what the resource looked like before a mutating request, read by the proxy for undo."""
+    requests = db.table("requests")
+    for column, kind in (("pre_status", int), ("pre_headers", str), ("pre_body", bytes), ("pre_body_size", int)):
+        requests.add_column(column, kind)
+
+
 #: Schema migrations, applied in order; `PRAGMA user_version` records how many have run.
-MIGRATIONS = [_migration_1, _migration_2, _migration_3]
+MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4]
 #: Request fields added by later migrations: hashed only when set, so rows written before them still verify.
-OPTIONAL_REQUEST_FIELDS = ("credential", "undo_of")
+OPTIONAL_REQUEST_FIELDS = ("credential", "undo_of", "pre_status", "pre_headers", "pre_body", "pre_body_size")
 
 
 def open_db(path: Path, *, readonly: bool = False) -> sqlite3.Connection:

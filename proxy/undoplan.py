@@ -83,6 +83,7 @@ class UndoRule:
     reason: str = ""           # for irreversible rules: why (shown in `log` and `show`)
     undo: tuple[RequestTemplate, ...] = ()
     guard: Guard | None = None
+    preimage: RequestTemplate | None = None  # read before forwarding, templated from the request only
 
     def matches(self, method: str, host: str, path: str) -> bool:
         return (any(h.matches(host) for h in self.hosts) and (self.methods is None or method in self.methods)
@@ -104,6 +105,9 @@ class Exchange:
     status: int | None = None
     response_headers: tuple[tuple[str, str], ...] = ()
     response_body: bytes | None = None
+    pre_status: int | None = None              # the pre-image read before forwarding, if one was made
+    pre_headers: tuple[tuple[str, str], ...] = ()
+    pre_body: bytes | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Exchange:
@@ -111,7 +115,8 @@ class Exchange:
             return tuple((str(k), str(v)) for k, v in json.loads(text)) if text else ()
 
         return cls(str(row["method"]), str(row["url"]), pairs(row.get("req_headers")), row.get("req_body"),
-                   row.get("status"), pairs(row.get("resp_headers")), row.get("resp_body"))
+                   row.get("status"), pairs(row.get("resp_headers")), row.get("resp_body"),
+                   row.get("pre_status"), pairs(row.get("pre_headers")), row.get("pre_body"))
 
     def variables(self) -> dict[str, Any]:
         """`request` and `response` as undo expressions read them."""
@@ -125,7 +130,9 @@ class Exchange:
                    "headers": header_map(self.request_headers), **body_view(self.request_body)}
         response = {"status": self.status if self.status is not None else 0,
                     "headers": header_map(self.response_headers), **body_view(self.response_body)}
-        return {"request": request, "response": response, "pre": {}, "read": {}}
+        pre = ({"status": self.pre_status, "headers": header_map(self.pre_headers), **body_view(self.pre_body)}
+               if self.pre_status is not None else {})
+        return {"request": request, "response": response, "pre": pre, "read": {}}
 
 
 def header_map(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
@@ -176,6 +183,20 @@ class Plan:
     variables: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
+def preimage_read(rules: Iterable[UndoRule], exchange: Exchange) -> Step | None:
+    """The read to make before forwarding this request: from the first rule for its host, method and path that has
+    a `preimage` (its `when` may need the response, which does not exist yet); None if no rule wants one."""
+    parts = urlsplit(exchange.url)
+    host, path, method = (parts.hostname or "").lower().rstrip("."), parts.path or "/", exchange.method.upper()
+    rule = next((r for r in rules if r.preimage is not None and r.matches(method, host, path)), None)
+    if rule is None or rule.preimage is None:
+        return None
+    try:
+        return _render(rule.preimage, exchange.variables())
+    except CelEvalError:
+        return None
+
+
 def find_rule(rules: Iterable[UndoRule], exchange: Exchange, variables: dict[str, Any]) -> UndoRule | None:
     """The first rule matching the request (and its `when`), in pack order."""
     parts = urlsplit(exchange.url)
@@ -223,6 +244,11 @@ def _render(template: RequestTemplate, variables: dict[str, Any]) -> Step:
     return Step(template.method, str(url), headers, body, template.why, template.success)
 
 
+def _truncated(exchange: Exchange) -> bool:
+    length = header_map(exchange.pre_headers).get("content-length", "")
+    return length.isdigit() and int(length) > len(exchange.pre_body or b"")
+
+
 def plan(request_id: str, exchange: Exchange, rules: Iterable[UndoRule]) -> Plan:
     """The compensating requests for one recorded exchange, rendered from its rule."""
     variables = exchange.variables()
@@ -244,6 +270,9 @@ def plan(request_id: str, exchange: Exchange, rules: Iterable[UndoRule]) -> Plan
     if rule.fidelity == "needs-preimage" and not variables["pre"]:
         return replace(base, verdict="not planned", reason="undoing it needs the resource as it was before the "
                                                            "request (a pre-image), and none was recorded for it")
+    if rule.fidelity == "needs-preimage" and exchange.pre_body is not None and _truncated(exchange):
+        return replace(base, verdict="not planned", reason="the pre-image was larger than audit.max_body_bytes, so "
+                                                           "only part of it was recorded")
     try:
         steps = tuple(_render(t, variables) for t in rule.undo)
         guard = _render(rule.guard.read, variables) if rule.guard else None

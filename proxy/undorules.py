@@ -14,7 +14,7 @@ from .undoplan import FIDELITIES, UNDO_VARIABLES, Fidelity, Guard, RequestTempla
 from .yamlsrc import YMap
 
 _PACK_KEYS = {"version", "name", "description", "rules"}
-_RULE_KEYS = {"name", "match", "when", "effective", "class", "reason", "undo", "guard", "description"}
+_RULE_KEYS = {"name", "match", "when", "effective", "class", "reason", "undo", "guard", "preimage", "description"}
 _REQUEST_KEYS = {"method", "url", "headers", "json", "form", "success", "why"}
 
 
@@ -151,10 +151,17 @@ class _UndoReader(RuleReader):
                 expect = self.condition(g, "expect", f"{where}.guard")
                 if read is not None and expect is not None:
                     guard = Guard(read, expect, str(g.get("conflict") or "the resource changed after the agent's request"))
+        preimage = self.request(r["preimage"], f"{where}.preimage", self.check.at(r, "preimage")) \
+            if "preimage" in r else None
+        if preimage is not None and preimage.method not in ("GET", "HEAD"):
+            self.check.error(self.check.at(r, "preimage"), f"'{where}.preimage' must be a GET or HEAD (it is sent "
+                                                           "before the agent's request, and must change nothing)")
+        if fidelity == "needs-preimage" and preimage is None:
+            self.check.warn(r.pos, f"'{where}' needs a pre-image but has no 'preimage' read; it will never be planned")
         return UndoRule(pack, name, hosts or (), self.methods(m, f"{where}.match"),
                         self.globs(m, ("path", "paths"), f"{where}.match", compile_path), fidelity,
                         self.condition(r, "when", where), self.condition(r, "effective", where), reason,
-                        tuple(s for s in steps if s is not None), guard)
+                        tuple(s for s in steps if s is not None), guard, preimage)
 
     def pack(self, doc: Any, file: str) -> list[UndoRule]:
         p = self.check.mapping(doc, "undo pack", (1, 1), _PACK_KEYS, {"version", "rules"})

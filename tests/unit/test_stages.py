@@ -194,3 +194,18 @@ def test_scrub_fails_closed(state, monkeypatch) -> None:
     with taddons.context():
         Scrub(state).responseheaders(f)
     assert f.response.status_code == 502 and "X-Goex-Rule" not in f.response.headers
+
+
+def test_preimage_fails_closed(state, monkeypatch) -> None:
+    """If choosing or building the pre-image read raises, the request gets 502 and is not forwarded."""
+    from goex_proxy.addons import preimage as preimage_module
+    from goex_proxy.presets import undo_dir
+    from goex_proxy.undorules import load_packs
+
+    state.undo_rules = load_packs([undo_dir() / "rest.yaml"])
+    monkeypatch.setattr(preimage_module, "preimage_read", boom)
+    f = flow()
+    f.request.method = "PUT"
+    with taddons.context():
+        asyncio.run(preimage_module.Preimage(state).request(f))
+    assert f.response.status_code == 502 and b"preimage" in f.response.content

