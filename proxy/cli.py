@@ -338,78 +338,122 @@ def authorize(config_path: Path | None, name: str, no_browser: bool, timeout: in
     click.echo(f"authorized {name}: tokens stored in the vault as {credential.secret.vault!r}, {refresh}{life}")
 
 
+#: Methods that change nothing upstream: a session undo passes over them.
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+
+
 @cli.command()
 @config_option
-@click.argument("request_id")
+@click.argument("request_id", required=False)
+@click.option("--agent", help="Undo this agent's whole session (with --since), newest request first.")
+@click.option("--since", help="With --agent: from then on, a duration (30m, 1h) or an ISO time.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and stop.")
 @click.option("--yes", is_flag=True, help="Carry out the plan without asking.")
 @click.option("--force", is_flag=True, help="Undo an undo, or carry on despite a conflict (clobbering a later change).")
 @json_option
 @handle_errors
-def undo(config_path: Path | None, request_id: str, dry_run: bool, yes: bool, force: bool, as_json: bool) -> None:
-    """Take back what a recorded request did: print the plan, ask, then replay its compensating requests through the
-    pipeline (policy re-checked, credentials injected, each one audited as the undo of REQUEST_ID).
+def undo(config_path: Path | None, request_id: str | None, agent: str | None, since: str | None, dry_run: bool,
+         yes: bool, force: bool, as_json: bool) -> None:
+    """Take back what a recorded request (or an agent's session) did: print the plan, ask, then replay the
+    compensating requests through the pipeline (policy re-checked, credentials injected, each audited as the undo).
 
-    Example: goex-proxy undo 01JD3K2M5X0A1 --dry-run
+    Examples: goex-proxy undo 01JD3K2M5X0A1 --dry-run;  goex-proxy undo --agent mailbot --since 1h
     """
     from .policyload import load_policy_set
-    from .undoplan import Exchange, plan
+    from .undoplan import Exchange, Plan, plan
     from .undorules import load_packs
-    from .undorun import DONE, Journal, Replayer, check_guard, run_steps
+    from .undorun import DONE, Journal, Replayer, carry_out
 
+    if (request_id is None) == (agent is None) or (agent is not None) != (since is not None):
+        raise click.UsageError("give a REQUEST_ID, or --agent NAME --since WHEN for a whole session")
     config = _config(config_path)
     conn = audit.open_db(config.audit_db)
-    row = audit.get(conn, request_id)
     journal = Journal(conn)
-    states = journal.states(request_id)
-    the_plan = plan(request_id, Exchange.from_row(row), load_packs(list(config.undo_packs)))
-    if as_json:
-        click.echo(json.dumps({"request_id": request_id, "verdict": the_plan.verdict, "rule": the_plan.rule,
-                               "fidelity": the_plan.fidelity, "reason": the_plan.reason,
-                               "guard": the_plan.guard.describe() if the_plan.guard else None,
-                               "steps": [{"method": s.method, "url": s.url, "why": s.why,
-                                          "state": states.get(i)} for i, s in enumerate(the_plan.steps)]}))
+    rules = load_packs(list(config.undo_packs))
+    if request_id is not None:
+        rows = [audit.get(conn, request_id)]
     else:
-        click.echo(f"undo {request_id}: {row['method']} {row['url']} by {row['agent']} ({_outcome(row)})")
-        click.echo(f"  rule: {the_plan.rule or '-'}   fidelity: {the_plan.fidelity}")
-        if the_plan.guard is not None:
-            click.echo(f"  first checks: {the_plan.guard.describe()} (refused if {the_plan.conflict})")
-        for i, step in enumerate(the_plan.steps, start=1):
-            state = states.get(i - 1)
-            click.echo(f"  step {i}: {step.describe()}" + (f"   [{state}]" if state else ""))
-            if step.why:
-                click.echo(f"          {step.why}")
-    if row.get("undo_of") and not force:
-        raise GoexError(f"{request_id} is itself the undo of {row['undo_of']}; undoing it again needs --force")
-    if the_plan.verdict != "plan":
-        raise NotFound(f"nothing to undo for {request_id}: {the_plan.reason}") if the_plan.verdict == "not effective" \
-            else GoexError(f"cannot undo {request_id} ({the_plan.verdict}): {the_plan.reason}")
-    if states and all(states.get(i) == DONE for i in range(len(the_plan.steps))):
-        raise NotFound(f"{request_id} was already undone")
+        found = audit.query(conn, agent=agent, since=_since(since), limit=None, order="DESC")
+        rows = [audit.get(conn, str(r["id"])) for r in found
+                if r["decision"] in ("allow", "report") and not r.get("undo_of") and r["method"] not in _SAFE_METHODS]
+
+    todo: list[tuple[dict[str, Any], Plan]] = []
+    skipped: list[tuple[str, str]] = []
+    for row in rows:
+        rid = str(row["id"])
+        states = journal.states(rid)
+        the_plan = plan(rid, Exchange.from_row(row), rules)
+        _print_undo_plan(row, the_plan, states, as_json)
+        done = bool(states) and all(states.get(i) == DONE for i in range(len(the_plan.steps)))
+        if row.get("undo_of") and not force:
+            why = f"it is itself the undo of {row['undo_of']}; undoing it again needs --force"
+        elif the_plan.verdict != "plan":
+            why = the_plan.reason if the_plan.verdict == "not effective" else f"{the_plan.verdict}: {the_plan.reason}"
+        elif done:
+            why = "already undone"
+        else:
+            todo.append((row, the_plan))
+            continue
+        skipped.append((rid, why))
+        if request_id is not None:
+            if why == "already undone" or the_plan.verdict == "not effective":
+                raise NotFound(f"nothing to undo for {rid}: {why}")
+            raise GoexError(f"cannot undo {rid}: {why}")
+    if not todo:
+        raise NotFound(f"nothing to undo for {agent} since {since}" + "".join(f"\n  {i}: {w}" for i, w in skipped))
     if dry_run:
         return
     if not yes:
         if not sys.stdin.isatty():
             raise GoexError("undo asks before it acts: pass --yes to carry out the plan without a terminal")
-        click.confirm("carry out this plan?", abort=True)
+        click.confirm(f"carry out {'this plan' if len(todo) == 1 else f'these {len(todo)} plans'}?", abort=True)
     replayer = Replayer(config, load_policy_set([(p.path, p.agents) for p in config.policies]))
     try:
-        agent = str(row["agent"])
-        ok, why = check_guard(the_plan, replayer, agent)
-        if not ok and not force:
-            click.echo(f"conflict: {why}; nothing was changed (--force overrides)", err=True)
-            sys.exit(3)
-        results = run_steps(the_plan, replayer, journal, agent, lambda r: click.echo(
-            f"  {'done' if r.ok else 'FAILED'}: {r.step.describe()} -> {r.status if r.status is not None else '-'}"
-            + (f" ({r.request_id})" if r.request_id else "") + (f": {r.detail}" if r.detail and not r.ok else ""),
-            err=not r.ok))
+        for index, (row, the_plan) in enumerate(todo):
+            outcome = carry_out(the_plan, replayer, journal, str(row["agent"]), force, lambda r: click.echo(
+                f"  {'done' if r.ok else 'FAILED'}: {r.step.describe()} -> {r.status if r.status is not None else '-'}"
+                + (f" ({r.request_id})" if r.request_id else "") + (f": {r.detail}" if r.detail and not r.ok else ""),
+                err=not r.ok))
+            if outcome.state != "done":
+                click.echo(f"{the_plan.request_id}: {outcome.message}", err=True)
+                _report_session(todo[:index], todo[index + 1:], skipped, agent)
+                sys.exit(3 if outcome.state == "conflict" else 4)
+            click.echo(outcome.message)
     finally:
         replayer.close()
-    if results and not results[-1].ok:
-        undone = sum(1 for r in results if r.ok)
-        click.echo(f"stopped: {undone} of {len(the_plan.steps)} steps done; the rest were not sent", err=True)
-        sys.exit(4)
-    click.echo(f"undone {request_id}")
+    if agent is not None:
+        _report_session(todo, [], skipped, agent)
+
+
+def _print_undo_plan(row: dict[str, Any], the_plan: Any, states: dict[int, str], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({"request_id": the_plan.request_id, "verdict": the_plan.verdict, "rule": the_plan.rule,
+                               "fidelity": the_plan.fidelity, "reason": the_plan.reason,
+                               "guard": the_plan.guard.describe() if the_plan.guard else None,
+                               "steps": [{"method": s.method, "url": s.url, "why": s.why,
+                                          "state": states.get(i)} for i, s in enumerate(the_plan.steps)]}))
+        return
+    click.echo(f"undo {the_plan.request_id}: {row['method']} {row['url']} by {row['agent']} ({_outcome(row)})")
+    click.echo(f"  rule: {the_plan.rule or '-'}   fidelity: {the_plan.fidelity}"
+               + (f"   ({the_plan.reason})" if the_plan.verdict != "plan" else ""))
+    if the_plan.guard is not None:
+        click.echo(f"  first checks: {the_plan.guard.describe()} (refused if {the_plan.conflict})")
+    for i, step in enumerate(the_plan.steps, start=1):
+        state = states.get(i - 1)
+        click.echo(f"  step {i}: {step.describe()}" + (f"   [{state}]" if state else ""))
+        if step.why:
+            click.echo(f"          {step.why}")
+
+
+def _report_session(done: list[Any], left: list[Any], skipped: list[tuple[str, str]], agent: str | None) -> None:
+    """What a session undo did and did not take back."""
+    if agent is None:
+        return
+    click.echo(f"session of {agent}: {len(done)} undone" + "".join(f"\n  undone: {p.request_id}" for _, p in done))
+    for _, p in left:
+        click.echo(f"  not undone (not attempted): {p.request_id}", err=True)
+    for rid, why in skipped:
+        click.echo(f"  not undone: {rid}: {why}", err=bool(left))
 
 
 @cli.group()

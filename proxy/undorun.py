@@ -112,3 +112,24 @@ def run_steps(plan: Plan, replayer: Replayer, journal: Journal, agent: str,
         if not result.ok:
             break
     return results
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How carrying out one plan ended: "done", "conflict" (nothing sent) or "failed" (stopped at a step)."""
+
+    state: str
+    message: str
+
+
+def carry_out(plan: Plan, replayer: Replayer, journal: Journal, agent: str, force: bool,
+              report: Callable[[StepResult], None]) -> Outcome:
+    """Check the guard (unless forced), then send the steps not yet done; stop at the first that fails."""
+    ok, why = check_guard(plan, replayer, agent)
+    if not ok and not force:
+        return Outcome("conflict", f"conflict: {why}; nothing was changed (--force overrides)")
+    results = run_steps(plan, replayer, journal, agent, report)
+    if results and not results[-1].ok:
+        undone = sum(1 for r in results if r.ok)
+        return Outcome("failed", f"stopped: {undone} of {len(plan.steps)} steps done; the rest were not sent")
+    return Outcome("done", f"undone {plan.request_id}")

@@ -94,3 +94,11 @@ def test_an_update_changed_again_by_someone_else_is_a_conflict(proxy, json_serve
     r = proxy.cli("undo", str(patch["id"]), "--yes")
     assert r.returncode == 3 and "changed again after the agent" in r.stderr
     assert requests.get(f"{json_server}/posts/2", timeout=10).json()["title"] == "a human edited it"
+
+
+def test_a_session_undo_restores_the_collection(proxy, json_server):
+    before = posts(json_server)
+    assert proxy.exec("mailbot", sys.executable, "-c", AGENT).returncode == 0
+    r = proxy.cli("undo", "--agent", "mailbot", "--since", "1h", "--yes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert posts(json_server) == before

@@ -117,3 +117,27 @@ def test_undo_asks_before_it_acts(proxy, direct):
     r = proxy.cli("undo", put_a)  # no terminal, no --yes
     assert r.returncode == 2 and "pass --yes" in r.stderr
     assert content(direct, "a.txt") == "agent's a"
+
+
+def test_a_whole_session_is_undone_newest_first(proxy, direct):
+    """`undo --agent A --since 1h`: every write of the session taken back, the latest first."""
+    dry = proxy.cli("undo", "--agent", "mailbot", "--since", "1h", "--dry-run", "--json")
+    plans = [json.loads(line) for line in dry.stdout.splitlines()]
+    assert [p["verdict"] for p in plans] == ["plan"] * 4
+    assert [p["steps"][0]["url"].split("/")[-1].split("?")[0] for p in plans] == ["d.txt", "c.txt", "b.txt", "a.txt"]
+    r = proxy.cli("undo", "--agent", "mailbot", "--since", "1h", "--yes")
+    assert r.returncode == 0, r.stderr
+    assert "session of mailbot: 4 undone" in r.stdout
+    assert [content(direct, k) for k in ("a.txt", "b.txt", "c.txt", "d.txt")] == \
+        ["original a.txt", None, "original c.txt", "original d.txt"]
+    again = proxy.cli("undo", "--agent", "mailbot", "--since", "1h", "--yes")
+    assert again.returncode == 1 and "already undone" in again.stderr
+
+
+def test_a_session_undo_stops_at_the_first_conflict_and_says_what_is_left(proxy, direct):
+    direct.put_object(Bucket=BUCKET, Key="d.txt", Body=b"third party's d")  # the newest agent write, overwritten
+    r = proxy.cli("undo", "--agent", "mailbot", "--since", "1h", "--yes")
+    assert r.returncode == 3 and "conflict" in r.stderr
+    assert "session of mailbot: 0 undone" in r.stdout and r.stderr.count("not undone (not attempted)") == 3
+    assert [content(direct, k) for k in ("a.txt", "b.txt", "c.txt", "d.txt")] == \
+        ["agent's a", "agent's new b", None, "third party's d"]
