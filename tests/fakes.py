@@ -33,6 +33,9 @@ class FakeState:
 
     seen: list[Seen] = field(default_factory=list)
     slack_messages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    slack_channels: dict[str, dict[str, Any]] = field(default_factory=dict)   # id -> {name, is_archived}
+    slack_reactions: set[tuple[str, str, str]] = field(default_factory=set)  # (channel, ts, name)
+    slack_calls: list[str] = field(default_factory=list)                     # Slack methods called, in order
     gmail_sent: list[dict[str, Any]] = field(default_factory=list)
     echo_headers: dict[str, str] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -40,9 +43,40 @@ class FakeState:
 
 
 def _slack(state: FakeState, method: str, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    state.slack_calls.append(path.removeprefix("/api/"))
+    if path == "/api/conversations.create":
+        name = str(body.get("name", ""))
+        if any(c["name"] == name for c in state.slack_channels.values()):
+            return 200, {"ok": False, "error": "name_taken"}
+        cid = f"C{next(state.counter):08d}"
+        state.slack_channels[cid] = {"id": cid, "name": name, "is_archived": False}
+        return 200, {"ok": True, "channel": dict(state.slack_channels[cid])}
+    if path in ("/api/conversations.archive", "/api/conversations.unarchive"):
+        channel = state.slack_channels.get(str(body.get("channel")))
+        archive = path.endswith(".archive")
+        if channel is None:
+            return 200, {"ok": False, "error": "channel_not_found"}
+        if channel["is_archived"] == archive:
+            return 200, {"ok": False, "error": "already_archived" if archive else "not_archived"}
+        channel["is_archived"] = archive
+        return 200, {"ok": True}
+    if path in ("/api/reactions.add", "/api/reactions.remove"):
+        key = (str(body.get("channel")), str(body.get("timestamp")), str(body.get("name")))
+        if path.endswith(".add"):
+            if key in state.slack_reactions:
+                return 200, {"ok": False, "error": "already_reacted"}
+            state.slack_reactions.add(key)
+        elif key in state.slack_reactions:
+            state.slack_reactions.discard(key)
+        else:
+            return 200, {"ok": False, "error": "no_reaction"}
+        return 200, {"ok": True}
     if path == "/api/chat.postMessage":
         if not body.get("channel") or not body.get("text"):
             return 200, {"ok": False, "error": "no_text" if body.get("channel") else "channel_not_found"}
+        channel = state.slack_channels.get(str(body["channel"]))
+        if channel is not None and channel["is_archived"]:
+            return 200, {"ok": False, "error": "is_archived"}
         ts = f"1700000000.{next(state.counter):06d}"
         state.slack_messages[ts] = {"channel": body["channel"], "text": body["text"], "ts": ts}
         return 200, {"ok": True, "channel": body["channel"], "ts": ts, "message": {"text": body["text"], "ts": ts}}
