@@ -482,6 +482,7 @@ def check(config_path: Path | None, files: tuple[Path, ...]) -> None:
         if not problems:
             config = _config(path)
             targets = [p.path for p in config.policies] + list(config.undo_packs)
+            problems += _unconfined_irreversible(config)
     for file in targets:
         try:
             text = file.read_text(encoding="utf-8")
@@ -498,6 +499,31 @@ def check(config_path: Path | None, files: tuple[Path, ...]) -> None:
     if errors:
         sys.exit(1)
     click.echo(f"ok: {len(targets)} file{'' if len(targets) == 1 else 's'} (policies and undo packs) checked, no errors")
+
+
+def _unconfined_irreversible(config: Config) -> list[Problem]:
+    """Warnings for allow rules that let an agent make a call no undo can take back, with no limit on it."""
+    from .policyload import load_policy_set
+    from .requestview import RequestView
+    from .undoplan import irreversible_samples
+    from .undorules import load_packs
+
+    try:
+        policies = load_policy_set([(p.path, p.agents) for p in config.policies])
+        samples = irreversible_samples(load_packs(list(config.undo_packs)))
+    except GoexError:
+        return []  # the files' own errors are reported above
+    warnings = []
+    for policy in policies.policies:
+        for rule in policy.rules:
+            if rule.effect != "allow" or rule.limit is not None:
+                continue
+            for undo_rule, method, host, path in samples:
+                if any(h.matches(host) for h in rule.hosts) and rule.matches_plain(
+                        RequestView(None, method, "https", host, 443, path), host_known=True):
+                    warnings.append(Problem(policy.file, 1, 1, f"rule '{rule.name}' allows {method} {host}{path} "
+                                                               f"with no limit, and it is {undo_rule.label}", "warning"))
+    return warnings
 
 
 @policy.command(name="test")

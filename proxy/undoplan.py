@@ -281,3 +281,16 @@ def plan(request_id: str, exchange: Exchange, rules: Iterable[UndoRule]) -> Plan
     return replace(base, verdict="plan", steps=steps, guard=guard,
                 guard_expect=rule.guard.expect if rule.guard else None,
                 conflict=rule.guard.conflict if rule.guard else "")
+
+
+def irreversible_samples(rules: Iterable[UndoRule]) -> list[tuple[UndoRule, str, str, str]]:
+    """(rule, method, host, path) for each irreversible rule whose host and path are literal: a request a policy
+    can be asked about (`policy check` warns when one is allowed with no limit)."""
+    out = []
+    for rule in rules:
+        if rule.fidelity != "irreversible" or rule.methods is None or not rule.paths:
+            continue
+        for host in (h.literal for h in rule.hosts if h.literal):
+            for path in (p.literal for p in rule.paths if p.literal):
+                out += [(rule, method, host, path) for method in sorted(rule.methods)]
+    return out

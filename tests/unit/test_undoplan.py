@@ -116,3 +116,25 @@ def test_policy_check_validates_undo_packs(tmp_path: Path) -> None:
     assert result.exit_code == 1 and f"{bad}:7:" in result.output and "unknown variable 'reponse'" in result.output
     shipped = [str(builtin_dir() / f"{n}.yaml") for n in builtin_names()]
     assert CliRunner().invoke(cli, ["policy", "check", *shipped]).exit_code == 0
+
+
+def test_policy_check_warns_about_unlimited_irreversible_calls(tmp_path: Path) -> None:
+    """An allow rule that lets an agent delete Slack messages without a limit is pointed out; a limited one is not."""
+    from click.testing import CliRunner
+
+    from goex_proxy.cli import cli
+
+    (tmp_path / "slack.yaml").write_text("""version: 1
+rules:
+  - name: everything on slack
+    allow: {host: slack.com, methods: [POST], path: "/api/*"}
+  - name: a few deletes
+    allow: {host: slack.com, methods: [POST], path: /api/files.delete, limit: {count: 2, per: 1h}}
+""")
+    config = tmp_path / "config.yaml"
+    config.write_text("version: 1\nagents: {bot: {token: t0ken-of-the-bot}}\npolicies: [slack.yaml]\n")
+    result = CliRunner().invoke(cli, ["policy", "check", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "warning: rule 'everything on slack' allows POST slack.com/api/chat.delete with no limit" in result.output
+    assert "irreversible: a deleted Slack message cannot be restored" in result.output
+    assert "'a few deletes'" not in result.output
