@@ -33,7 +33,8 @@ def _fail(stage: str, hook: str, flow: Any) -> None:
 
 
 def fail_closed(stage: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """Wrap a hook `(self, flow)` of stage `stage` so that an exception blocks the flow instead of letting it through."""
+    """Wrap a hook `(self, ..., flow)` of stage `stage` so that an exception blocks the flow instead of letting it
+    through. The flow must be the last argument: that is what the 502 is answered on."""
 
     def wrap(hook: Callable[P, R]) -> Callable[P, R]:
         if inspect.iscoroutinefunction(hook):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import logging
+from collections.abc import Awaitable
 from urllib.parse import quote, unquote_plus
 
 from mitmproxy import http
@@ -97,21 +98,27 @@ class Inject:
         self.state = state
 
     @fail_closed("inject")
-    async def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """Sync for the common case (no credential bound): only an injection becomes a coroutine, which mitmproxy
+        awaits."""
         if flow.response or flow.error or not flow.live or not self.state.config.credentials:
-            return
+            return None
         req = flow.request
         path = flowmeta.path(flow)
         if path is None:
             raise RuntimeError("a request reached the inject stage without the path decide matched")
         credential = self.state.credential_for(req.host.lower().rstrip("."), req.method.upper(), path)
         if credential is None:
-            return
+            return None
         if req.scheme not in credential.schemes:
             replies.refuse(flow, Decision("deny", f"credential '{credential.name}' is only sent over "
                                           f"{', '.join(sorted(credential.schemes))}, and this request is {req.scheme}",
                                           "inject"))
-            return
+            return None
+        return self._inject(credential, flow)
+
+    @fail_closed("inject")
+    async def _inject(self, credential: Credential, flow: http.HTTPFlow) -> None:  # flow last: fail_closed answers on it
         try:
             await inject_into(self.state, flow.request, credential, own=flowmeta.undo_of(flow) is not None)
         except (CannotInject, OAuthError, sigv4.SigningError) as exc:
@@ -121,15 +128,21 @@ class Inject:
         flowmeta.set_credential(flow, credential.name)
 
     @fail_closed("inject")
-    async def response(self, flow: http.HTTPFlow) -> None:
+    def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         """A 401 to an OAuth2 request: refresh the token (unless another request already did) and retry once."""
         name = flowmeta.credential(flow)
         if (name is None or flow.response is None or flow.response.status_code != 401 or flowmeta.is_own_response(flow)
                 or flowmeta.retried(flow) or self.state.tokens is None):
-            return
+            return None
         credential = self.state.config.credentials.get(name)
         if credential is None or credential.inject.kind != "oauth2" or not _can_resend(flow):
-            return
+            return None
+        return self._retry(credential, flow)
+
+    @fail_closed("inject")
+    async def _retry(self, credential: Credential, flow: http.HTTPFlow) -> None:
+        assert self.state.tokens is not None and flow.response is not None
+        name = credential.name
         used = flow.request.headers.get("Authorization", "").removeprefix("Bearer ")
         try:
             token = await self.state.tokens.access_token(credential, stale=used)

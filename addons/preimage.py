@@ -4,6 +4,7 @@ credential), so that `undo` can put it back."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 
 from mitmproxy import http
 
@@ -12,7 +13,7 @@ from goex_proxy.addons.decide import header_pairs
 from goex_proxy.addons.failclosed import fail_closed
 from goex_proxy.addons.inject import inject_into
 from goex_proxy.addons.state import ProxyState
-from goex_proxy.undoplan import Exchange, preimage_read
+from goex_proxy.undoplan import Exchange, Step, preimage_read
 
 log = logging.getLogger(__name__)
 #: Methods that change nothing: no pre-image is ever needed for them.
@@ -27,16 +28,19 @@ class Preimage:
         self.state = state
 
     @fail_closed("preimage")
-    async def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """Sync for reads and requests no rule wants a pre-image of; only the read itself is a coroutine."""
         if flow.response or flow.error or not flow.live or flow.request.method.upper() in SAFE_METHODS:
-            return
+            return None
         if not self.state.undo_rules or flowmeta.undo_of(flow):
-            return
+            return None
         req = flow.request
         read = preimage_read(self.state.undo_rules, Exchange(req.method, req.url, header_pairs(req.headers),
                                                              req.get_content(strict=False)))
-        if read is None:
-            return
+        return self._read(read, flow) if read is not None else None
+
+    @fail_closed("preimage")
+    async def _read(self, read: Step, flow: http.HTTPFlow) -> None:  # flow last: fail_closed answers on it
         request = http.Request.make(read.method, read.url, read.body or b"", list(read.headers))
         name = flowmeta.credential(flow)
         try:

@@ -109,9 +109,9 @@ class Record:
     def undo_class(self, flow: http.HTTPFlow, resp: http.Response) -> str | None:
         """What `undo` could do for this exchange ("exact", "irreversible: ...", "no rule"), shown with the row."""
         rules = self.state.undo_rules
-        if flowmeta.is_own_response(flow):
-            return None
         req = flow.request
+        if flowmeta.is_own_response(flow) or req.method.upper() in ("GET", "HEAD", "OPTIONS", "TRACE"):
+            return None  # a read changed nothing: there is nothing to undo
         method, host, path = req.method.upper(), req.host.lower().rstrip("."), flowmeta.path(flow) or req.path
         if not any(rule.matches(method, host, path) for rule in rules):
             return "no rule"

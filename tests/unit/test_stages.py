@@ -207,5 +207,22 @@ def test_preimage_fails_closed(state, monkeypatch) -> None:
     f = flow()
     f.request.method = "PUT"
     with taddons.context():
-        asyncio.run(preimage_module.Preimage(state).request(f))
+        assert preimage_module.Preimage(state).request(f) is None  # failed before any read was started
+    assert f.response.status_code == 502 and b"preimage" in f.response.content
+
+
+def test_preimage_read_fails_closed(state, monkeypatch) -> None:
+    """The read itself runs after the hook returned (a coroutine mitmproxy awaits): a failure there blocks too."""
+    from goex_proxy.addons import preimage as preimage_module
+    from goex_proxy.presets import undo_dir
+    from goex_proxy.undorules import load_packs
+
+    state.undo_rules = load_packs([undo_dir() / "rest.yaml"])
+    monkeypatch.setattr(preimage_module.flowmeta, "set_preimage", boom)
+    f = flow()
+    f.request.method = "DELETE"
+    with taddons.context():
+        pending = preimage_module.Preimage(state).request(f)
+        assert pending is not None
+        asyncio.run(pending)
     assert f.response.status_code == 502 and b"preimage" in f.response.content
