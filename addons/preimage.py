@@ -13,11 +13,9 @@ from goex_proxy.addons.decide import header_pairs
 from goex_proxy.addons.failclosed import fail_closed
 from goex_proxy.addons.inject import inject_into
 from goex_proxy.addons.state import ProxyState
-from goex_proxy.undoplan import Exchange, Step, preimage_read
+from goex_proxy.undoplan import SAFE_METHODS, Exchange, Step, preimage_read
 
 log = logging.getLogger(__name__)
-#: Methods that change nothing: no pre-image is ever needed for them.
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT"})
 
 
 class Preimage:

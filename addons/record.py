@@ -16,7 +16,7 @@ from goex_proxy.addons.decide import header_pairs
 from goex_proxy.addons.failclosed import fail_closed
 from goex_proxy.addons.state import ProxyState
 from goex_proxy.redact import SecretScrubber, redacted_headers_json
-from goex_proxy.undoplan import Exchange, classify
+from goex_proxy.undoplan import SAFE_METHODS, Exchange, classify
 
 log = logging.getLogger(__name__)
 
@@ -108,15 +108,11 @@ class Record:
 
     def undo_class(self, flow: http.HTTPFlow, resp: http.Response) -> str | None:
         """What `undo` could do for this exchange ("exact", "irreversible: ...", "no rule"), shown with the row."""
-        rules = self.state.undo_rules
         req = flow.request
-        if flowmeta.is_own_response(flow) or req.method.upper() in ("GET", "HEAD", "OPTIONS", "TRACE"):
+        if flowmeta.is_own_response(flow) or req.method.upper() in SAFE_METHODS:
             return None  # a read changed nothing: there is nothing to undo
-        method, host, path = req.method.upper(), req.host.lower().rstrip("."), flowmeta.path(flow) or req.path
-        if not any(rule.matches(method, host, path) for rule in rules):
-            return "no rule"
         pre = flowmeta.preimage(flow) or (None, (), None)
-        return classify(rules, Exchange(method, flowmeta.url(flow), header_pairs(req.headers),
+        return classify(self.state.undo_rules, Exchange(req.method, flowmeta.url(flow), header_pairs(req.headers),
                                         req.get_content(strict=False), resp.status_code, header_pairs(resp.headers),
                                         resp.get_content(strict=False), pre[0], pre[1], pre[2]))
 

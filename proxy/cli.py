@@ -338,10 +338,6 @@ def authorize(config_path: Path | None, name: str, no_browser: bool, timeout: in
     click.echo(f"authorized {name}: tokens stored in the vault as {credential.secret.vault!r}, {refresh}{life}")
 
 
-#: Methods that change nothing upstream: a session undo passes over them.
-_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
-
-
 @cli.command()
 @config_option
 @click.argument("request_id", required=False)
@@ -360,7 +356,7 @@ def undo(config_path: Path | None, request_id: str | None, agent: str | None, si
     Examples: goex-proxy undo 01JD3K2M5X0A1 --dry-run;  goex-proxy undo --agent mailbot --since 1h
     """
     from .policyload import load_policy_set
-    from .undoplan import Exchange, Plan, plan
+    from .undoplan import SAFE_METHODS, Exchange, Plan, plan
     from .undorules import load_packs
     from .undorun import DONE, Journal, Replayer, carry_out
 
@@ -375,7 +371,7 @@ def undo(config_path: Path | None, request_id: str | None, agent: str | None, si
     else:
         found = audit.query(conn, agent=agent, since=_since(since), limit=None, order="DESC")
         rows = [audit.get(conn, str(r["id"])) for r in found
-                if r["decision"] in ("allow", "report") and not r.get("undo_of") and r["method"] not in _SAFE_METHODS]
+                if r["decision"] in ("allow", "report") and not r.get("undo_of") and r["method"] not in SAFE_METHODS]
 
     todo: list[tuple[dict[str, Any], Plan]] = []
     skipped: list[tuple[str, str]] = []

@@ -15,6 +15,8 @@ from .globs import Glob
 UNDO_VARIABLES = frozenset({"request", "response", "pre", "read"})
 Fidelity = Literal["exact", "needs-preimage", "lossy", "irreversible"]
 FIDELITIES: tuple[str, ...] = ("exact", "needs-preimage", "lossy", "irreversible")
+#: Methods that change nothing: no pre-image, no undo class, nothing for a session undo to take back.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT"})
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,11 @@ class Exchange:
                    row.get("status"), pairs(row.get("resp_headers")), row.get("resp_body"),
                    row.get("pre_status"), pairs(row.get("pre_headers")), row.get("pre_body"))
 
+    def target(self) -> tuple[str, str, str]:
+        """Method, host and path, as rules match them."""
+        parts = urlsplit(self.url)
+        return self.method.upper(), (parts.hostname or "").lower().rstrip("."), parts.path or "/"
+
     def variables(self) -> dict[str, Any]:
         """`request` and `response` as undo expressions read them."""
         parts = urlsplit(self.url)
@@ -186,9 +193,7 @@ class Plan:
 def preimage_read(rules: Iterable[UndoRule], exchange: Exchange) -> Step | None:
     """The read to make before forwarding this request: from the first rule for its host, method and path that has
     a `preimage` (its `when` may need the response, which does not exist yet); None if no rule wants one."""
-    parts = urlsplit(exchange.url)
-    host, path, method = (parts.hostname or "").lower().rstrip("."), parts.path or "/", exchange.method.upper()
-    rule = next((r for r in rules if r.preimage is not None and r.matches(method, host, path)), None)
+    rule = next((r for r in rules if r.preimage is not None and r.matches(*exchange.target())), None)
     if rule is None or rule.preimage is None:
         return None
     try:
@@ -197,29 +202,32 @@ def preimage_read(rules: Iterable[UndoRule], exchange: Exchange) -> Step | None:
         return None
 
 
-def find_rule(rules: Iterable[UndoRule], exchange: Exchange, variables: dict[str, Any]) -> UndoRule | None:
-    """The first rule matching the request (and its `when`), in pack order."""
-    parts = urlsplit(exchange.url)
-    host, path, method = (parts.hostname or "").lower().rstrip("."), parts.path or "/", exchange.method.upper()
+def find_rule(rules: Iterable[UndoRule], exchange: Exchange, variables: dict[str, Any] | None = None
+              ) -> tuple[UndoRule, dict[str, Any]] | None:
+    """The first rule matching the request (and its `when`), in pack order, with the exchange's variables; those
+    are built (bodies parsed) only once a rule matches host, method and path."""
+    target = exchange.target()
     for rule in rules:
-        if not rule.matches(method, host, path):
+        if not rule.matches(*target):
             continue
+        if variables is None:
+            variables = exchange.variables()
         if rule.when is not None:
             try:
                 if not rule.when.evaluate(variables):
                     continue
             except CelEvalError:
                 continue
-        return rule
+        return rule, variables
     return None
 
 
 def classify(rules: Iterable[UndoRule], exchange: Exchange) -> str:
     """The undo class shown with an audit row: the matching rule's fidelity, or "no rule"."""
-    variables = exchange.variables()
-    rule = find_rule(rules, exchange, variables)
-    if rule is None:
+    found = find_rule(rules, exchange)
+    if found is None:
         return "no rule"
+    rule, variables = found
     if rule.effective is not None and exchange.status is not None:
         try:
             if not rule.effective.evaluate(variables):
@@ -252,9 +260,10 @@ def _truncated(exchange: Exchange) -> bool:
 def plan(request_id: str, exchange: Exchange, rules: Iterable[UndoRule]) -> Plan:
     """The compensating requests for one recorded exchange, rendered from its rule."""
     variables = exchange.variables()
-    rule = find_rule(rules, exchange, variables)
-    if rule is None:
+    found = find_rule(rules, exchange, variables)
+    if found is None:
         return Plan(request_id, "no rule", reason="no undo rule matches this request")
+    rule = found[0]
     base = Plan(request_id, "not planned", f"{rule.pack}/{rule.name}", rule.label, variables=variables)
     if exchange.status is None:
         return replace(base, verdict="not planned",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import secrets
 import sqlite3
 import time
@@ -10,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .cel import CelEvalError
 from .config import Config
 from .policy import PolicySet
 from .undoplan import Plan, Step, body_view, header_map
@@ -97,21 +97,25 @@ def run_steps(plan: Plan, replayer: Replayer, journal: Journal, agent: str,
         except Exception as exc:  # httpx's errors: the proxy or the upstream could not be reached
             result = StepResult(step, None, False, None, f"not sent: {type(exc).__name__}: {exc}")
         else:
-            try:
-                ok = step.success.evaluate({**plan.variables, "response": response}) if step.success else \
-                    200 <= status < 300
-            except Exception as exc:  # CelEvalError
-                ok, response["text"] = False, f"success condition failed: {exc}"
-            denied = response["headers"].get("x-goex-decision") == "deny"
-            detail = (json.loads(response["text"]).get("reason", "") if denied and response["text"].startswith("{")
-                      else "" if ok else response["text"][:300])
-            result = StepResult(step, status, ok, compensation_id, f"denied by policy: {detail}" if denied else detail)
+            result = _judge(plan, step, status, response, compensation_id)
         journal.write(plan.request_id, index, DONE if result.ok else FAILED, result.detail, result.request_id)
         results.append(result)
         report(result)
         if not result.ok:
             break
     return results
+
+
+def _judge(plan: Plan, step: Step, status: int, response: dict[str, Any], compensation_id: str | None) -> StepResult:
+    """Did the step do what it should (its success condition, else a 2xx)? Why not, if not."""
+    if response["headers"].get("x-goex-decision") == "deny":
+        reason = response["json"].get("reason", "") if isinstance(response["json"], dict) else ""
+        return StepResult(step, status, False, compensation_id, f"denied by policy: {reason}")
+    try:
+        ok = step.success.evaluate({**plan.variables, "response": response}) if step.success else 200 <= status < 300
+    except CelEvalError as exc:
+        return StepResult(step, status, False, compensation_id, f"success condition failed: {exc}")
+    return StepResult(step, status, ok, compensation_id, "" if ok else response["text"][:300])
 
 
 @dataclass(frozen=True)
