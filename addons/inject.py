@@ -20,9 +20,6 @@ from goex_proxy.policy import Decision
 log = logging.getLogger(__name__)
 
 
-
-
-
 class CannotInject(Exception):
     """The credential is bound here but cannot be put in: the message says why (for the agent's 403)."""
 

@@ -12,7 +12,8 @@ from urllib.parse import parse_qsl, urlsplit
 from . import upstream
 from .config import Config
 from .credentials import Credential
-from .oauth import OAuth2, OAuthError, TokenSet, authorization_url, parse_token_reply, pkce_pair, token_request
+from .oauth import OAuth2, OAuthError, TokenSet, authorization_url, parse_token_reply, pkce_pair
+from .tokens import token_post
 from .vault import Vault
 
 _PAGE = b"<!doctype html><title>goex-proxy</title><p>goex-proxy: %s You can close this tab.</p>\n"
@@ -106,12 +107,10 @@ def authorize(config: Config, credential: Credential, say: Callable[[str], None]
 def _exchange(config: Config, oauth: OAuth2, client_secret: str | None, code: str, redirect_uri: str,
               verifier: str) -> TokenSet:
     """Trade the authorization code (and the PKCE verifier) for tokens at the token endpoint."""
-    headers, body = token_request(oauth, client_secret, {"grant_type": "authorization_code", "code": code,
-                                                         "redirect_uri": redirect_uri, "code_verifier": verifier})
-    target, host_headers, extensions = upstream.routed(config, oauth.provider.token_url)
+    grant = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri, "code_verifier": verifier}
     try:
         with upstream.sync_client(config) as client:
-            reply = client.post(target, headers={**headers, **host_headers}, content=body, extensions=extensions)
+            reply = client.post(**token_post(config, oauth, client_secret, grant))
     except Exception as exc:  # httpx's errors: connection refused, TLS, timeout
         raise OAuthError(f"the token endpoint {oauth.provider.token_url} could not be reached ({exc})") from None
     return parse_token_reply(oauth, reply.status_code, reply.content, TokenSet())

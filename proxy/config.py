@@ -178,16 +178,25 @@ def _oauth2(check: Checker, parent: YMap, where: str) -> OAuth2 | None:
     if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port < 65536:
         check.error(check.at(spec, "redirect_port"), f"'{where}.redirect_port' must be a port number (got {port!r})")
         port = 0
-    client_secret = None
-    if "client_secret" in spec:
-        raw = spec["client_secret"]
-        client_secret = SecretRef(vault=raw) if isinstance(raw, str) and raw else _secret(check, spec, "client_secret",
-                                                                                          f"{where}.client_secret")
+    client_secret = _vault_or_env(check, spec, "client_secret", where) if "client_secret" in spec else None
     margin = check.parsed(spec, "refresh_margin", f"{where}.refresh_margin", parse_duration)
     return OAuth2(replace(provider, token_url=urls["token_url"], authorize_url=urls["authorize_url"]),
                   check.string(spec, "client_id", f"{where}.client_id") or "", client_secret,
                   tuple(check.strings(spec, "scopes", f"{where}.scopes") or ()),
                   margin if margin is not None else 60.0, client_auth, port)
+
+
+def _vault_or_env(check: Checker, parent: YMap, key: str, where: str) -> SecretRef | None:
+    """A secret named by its vault entry (a string) or `{env: NAME}`; never a value written into the config."""
+    value = parent.get(key)
+    if isinstance(value, str) and value:
+        return SecretRef(vault=value)
+    if isinstance(value, YMap):
+        env = check.mapping(value, f"{where}.{key}", check.at(parent, key), {"env"}, {"env"})
+        return SecretRef(env=env["env"]) if env is not None and isinstance(env.get("env"), str) else None
+    check.error(check.at(parent, key), f"'{where}.{key}' must name a vault secret or be {{env: NAME}} "
+                                       "(secrets are never written into the config)")
+    return None
 
 
 def _credentials(check: Checker, raw: Any, pos: tuple[int, int]) -> dict[str, Credential]:
@@ -203,17 +212,7 @@ def _credentials(check: Checker, raw: Any, pos: tuple[int, int]) -> dict[str, Cr
         c = check.mapping(spec, where, raw.value_pos[name], _CREDENTIAL_KEYS, {"secret", "inject"})
         if c is None:
             continue
-        secret = c.get("secret")
-        ref: SecretRef | None = None
-        if isinstance(secret, str) and secret:
-            ref = SecretRef(vault=secret)
-        elif isinstance(secret, YMap):
-            env = check.mapping(secret, f"{where}.secret", check.at(c, "secret"), {"env"}, {"env"})
-            if env is not None and isinstance(env.get("env"), str):
-                ref = SecretRef(env=env["env"])
-        else:
-            check.error(check.at(c, "secret"), f"'{where}.secret' must name a vault secret or be {{env: NAME}} "
-                                               "(secrets are never written into the config)")
+        ref = _vault_or_env(check, c, "secret", where)
         hosts_key = "hosts" if "hosts" in c else "host"
         patterns = check.strings(c, hosts_key, f"{where}.{hosts_key}") or []
         if not patterns:

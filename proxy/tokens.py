@@ -11,7 +11,7 @@ from typing import Any
 from . import upstream
 from .config import Config
 from .credentials import Credential
-from .oauth import OAuthError, TokenSet, parse_token_reply, token_request
+from .oauth import OAuth2, OAuthError, TokenSet, parse_token_reply, token_request
 from .vault import Vault
 
 log = logging.getLogger(__name__)
@@ -21,6 +21,13 @@ RETRY_AFTER = 30.0
 #: A token the proxy got less than this long ago is not refreshed because of a 401: the 401 is about something else
 #: (a missing scope), and refreshing on every such answer would hammer the token endpoint.
 MIN_AGE_FOR_401_REFRESH = 30.0
+
+
+def token_post(config: Config, oauth: OAuth2, client_secret: str | None, grant: dict[str, str]) -> dict[str, Any]:
+    """The httpx `post` arguments of a token-endpoint request for `grant`, routed like the proxy's other requests."""
+    headers, body = token_request(oauth, client_secret, grant)
+    url, host_headers, extensions = upstream.routed(config, oauth.provider.token_url)
+    return {"url": url, "headers": {**headers, **host_headers}, "content": body, "extensions": extensions}
 
 
 class TokenKeeper:
@@ -91,11 +98,9 @@ class TokenKeeper:
         secret = self._client_secrets.get(credential.name)
         if oauth.client_secret is not None and secret is None:
             raise OAuthError(f"its client secret ({oauth.client_secret.describe()}) is not set")
-        headers, body = token_request(oauth, secret, {"grant_type": "refresh_token",
-                                                       "refresh_token": current.refresh_token})
-        url, host_headers, extensions = upstream.routed(self.config, oauth.provider.token_url)
+        grant = {"grant_type": "refresh_token", "refresh_token": current.refresh_token}
         try:
-            reply = await self.client().post(url, headers={**headers, **host_headers}, content=body, extensions=extensions)
+            reply = await self.client().post(**token_post(self.config, oauth, secret, grant))
         except Exception as exc:  # httpx's errors: connection refused, TLS, timeout
             raise OAuthError(f"the token endpoint {oauth.provider.token_url} could not be reached "
                              f"({type(exc).__name__})") from None
