@@ -15,6 +15,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from tests.fake_github import GitHubFake
+from tests.fake_gmail import GmailFake
+
 
 @dataclass
 class Seen:
@@ -29,20 +32,22 @@ class Seen:
 
 @dataclass
 class FakeState:
-    """What the fakes hold: Slack messages, Gmail messages and sent mail, and every request seen."""
+    """What the fakes hold: Slack's messages, channels and reactions, the Gmail and GitHub fakes, every request seen."""
 
     seen: list[Seen] = field(default_factory=list)
     slack_messages: dict[str, dict[str, Any]] = field(default_factory=dict)
     slack_channels: dict[str, dict[str, Any]] = field(default_factory=dict)   # id -> {name, is_archived}
     slack_reactions: set[tuple[str, str, str]] = field(default_factory=set)  # (channel, ts, name)
     slack_calls: list[str] = field(default_factory=list)                     # Slack methods called, in order
-    gmail_sent: list[dict[str, Any]] = field(default_factory=list)
+    gmail: GmailFake = field(default_factory=GmailFake)
+    github: GitHubFake = field(default_factory=GitHubFake)
     echo_headers: dict[str, str] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     counter: itertools.count = field(default_factory=lambda: itertools.count(1))
 
 
-def _slack(state: FakeState, method: str, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+def _slack(state: FakeState, method: str, path: str, query: dict[str, str], body: dict[str, Any]
+           ) -> tuple[int, dict[str, Any]]:
     state.slack_calls.append(path.removeprefix("/api/"))
     if path == "/api/conversations.create":
         name = str(body.get("name", ""))
@@ -89,24 +94,14 @@ def _slack(state: FakeState, method: str, path: str, body: dict[str, Any]) -> tu
     return 200, {"ok": False, "error": "unknown_method"}
 
 
-def _gmail(state: FakeState, method: str, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    if method == "GET" and path == "/gmail/v1/users/me/messages":
-        return 200, {"messages": [{"id": "m1", "threadId": "t1"}], "resultSizeEstimate": 1}
-    if method == "GET" and path.startswith("/gmail/v1/users/me/messages/"):
-        return 200, {"id": path.rsplit("/", 1)[1], "threadId": "t1", "labelIds": ["INBOX"], "snippet": "hello"}
-    if method == "POST" and path == "/gmail/v1/users/me/messages/send":
-        sent = {"id": f"s{next(state.counter)}", "threadId": "t9", "labelIds": ["SENT"]}
-        state.gmail_sent.append(sent)
-        return 200, sent
-    return 404, {"error": {"code": 404, "message": "Requested entity was not found.", "status": "NOT_FOUND"}}
+def _gmail(state: FakeState, method: str, path: str, query: dict[str, str], body: dict[str, Any]
+           ) -> tuple[Any, ...]:
+    return state.gmail.handle(method, path, query, body)
 
 
-def _github(state: FakeState, method: str, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    if method == "GET" and path.startswith("/repos/"):
-        return 200, {"id": 1, "full_name": path[len("/repos/"):].strip("/"), "private": False}
-    if method == "POST" and path.endswith("/issues"):
-        return 201, {"number": next(state.counter), "title": body.get("title")}
-    return 404, {"message": "Not Found", "documentation_url": "https://docs.github.com/rest"}
+def _github(state: FakeState, method: str, path: str, query: dict[str, str], body: dict[str, Any]
+            ) -> tuple[Any, ...]:
+    return state.github.handle(method, path, query, body)
 
 
 APIS = {"slack.com": _slack, "gmail.googleapis.com": _gmail, "api.github.com": _github}
@@ -135,6 +130,7 @@ class _Handler(BaseHTTPRequestHandler):
                 except ValueError:
                     body = {}
             api = APIS.get(host)
+            extra: dict[str, str] = {}
             if url.path == "/slow":
                 status, payload = 200, {"slow": True}
             elif url.path == "/echo":  # a careless API that echoes what it was sent (headers included)
@@ -144,7 +140,9 @@ class _Handler(BaseHTTPRequestHandler):
             elif api is None:
                 status, payload = 200, {"host": host, "path": self.path, "method": self.command}
             else:
-                status, payload = api(state, self.command, url.path, body if isinstance(body, dict) else {})
+                status, payload, *more = api(state, self.command, url.path, dict(parse_qsl(url.query)),
+                                             body if isinstance(body, dict) else {})
+                extra = more[0] if more else {}   # an API's own response headers (Location, ETag)
         if url.path == "/slow":
             self.server.release.wait(30)
         if url.path == "/malformed":  # a broken upstream: a header line without a colon, quoting what it was sent
@@ -163,11 +161,12 @@ class _Handler(BaseHTTPRequestHandler):
                 self.connection.sendall(chunk)
             self.close_connection = True
             return
-        data = json.dumps(payload).encode()
+        data = b"" if status == 204 else json.dumps(payload).encode()   # 204 No Content has no body
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        if data:
+            self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
-        for k, v in state.echo_headers.items():
+        for k, v in {**extra, **state.echo_headers}.items():
             self.send_header(k, v)
         if url.path == "/redirect":
             self.send_header("Location", dict(parse_qsl(url.query)).get("to", "/"))

@@ -41,7 +41,7 @@ def test_send_denied_with_rule_and_reason(proxy, upstream):
     assert out["body"]["rule"] == "gmail-readonly/never send mail"
     assert "cannot be undone" in out["body"]["reason"]
     assert any("read mail" in alt for alt in out["body"]["allowed_instead"])
-    assert upstream.state.gmail_sent == []
+    assert upstream.state.gmail.sent == []
     assert "/gmail/v1/users/me/messages/send" not in upstream.seen_paths()
     row = proxy.rows()[-1]
     assert (row["decision"], row["status"], row["rule"]) == ("deny", 403, "gmail-readonly/never send mail")
