@@ -38,6 +38,11 @@ def request_id(flow: http.HTTPFlow) -> str:
     return str(flow.metadata[_REQUEST_ID])
 
 
+def set_request_id(flow: http.HTTPFlow, value: str) -> None:
+    """Use an id chosen by `goex-proxy undo` (identify checks who may choose)."""
+    flow.metadata[_REQUEST_ID] = value
+
+
 def decision(flow: http.HTTPFlow) -> Decision | None:
     """The policy decision (set by decide)."""
     return flow.metadata.get(_DECISION)

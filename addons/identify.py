@@ -12,6 +12,7 @@ from mitmproxy import connection, http
 from goex_proxy.addons import flowmeta, replies
 from goex_proxy.addons.failclosed import fail_closed
 from goex_proxy.addons.state import ProxyState
+from goex_proxy.audit import is_request_id
 from goex_proxy.policy import Decision
 
 
@@ -29,9 +30,12 @@ def parse_basic(header: str) -> tuple[str, str] | None:
 
 #: The identity `goex-proxy undo` replays compensations as, on its own in-process proxy only (a per-run token);
 #: each request names the agent it acts for and the request it undoes in these headers, which never go upstream.
+#: It also chooses the audit id of each compensation, journaled before sending, so that an undo interrupted mid-way
+#: can find out whether a step it sent was recorded as answered.
 UNDO_IDENTITY = "goex-undo"
 UNDO_AGENT_HEADER = "X-Goex-Undo-Agent"
 UNDO_OF_HEADER = "X-Goex-Undo-Of"
+UNDO_REQUEST_ID_HEADER = "X-Goex-Undo-Request-Id"
 
 
 class Identify:
@@ -89,13 +93,19 @@ class Identify:
                 return
         acting_for = flow.request.headers.pop(UNDO_AGENT_HEADER, None)
         undo_of = flow.request.headers.pop(UNDO_OF_HEADER, None)
+        chosen_id = flow.request.headers.pop(UNDO_REQUEST_ID_HEADER, None)
         if name == UNDO_IDENTITY:
             assert self.state.config is not None
             if not acting_for or acting_for not in self.state.config.agents or not undo_of:
                 self.refuse(flow, f"an undo request must name a known agent ({UNDO_AGENT_HEADER}) and the request it "
                                   f"undoes ({UNDO_OF_HEADER})")
                 return
+            if chosen_id is not None and not is_request_id(chosen_id):
+                self.refuse(flow, f"{UNDO_REQUEST_ID_HEADER} is not a request id")
+                return
             name = acting_for
             flowmeta.set_undo_of(flow, undo_of)
+            if chosen_id is not None:
+                flowmeta.set_request_id(flow, chosen_id)
         flowmeta.set_agent(flow, name)
         flow.request.headers.pop("Proxy-Authorization", None)

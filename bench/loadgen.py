@@ -45,10 +45,14 @@ class Target:
             auth = "Proxy-Authorization: Basic " + base64.b64encode(args.proxy_auth.encode()).decode() + "\r\n"
         self.proxy_auth = auth
         common = f"Host: {self.authority}\r\nUser-Agent: goex-bench/1\r\nAccept: */*\r\n"
+        body = args.body.encode()
+        if body or args.method not in ("GET", "HEAD"):
+            common += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
         if args.proxy_port and not self.https:
-            self.request = (f"GET http://{self.authority}{args.path} HTTP/1.1\r\n{common}{auth}\r\n").encode()
+            self.request = (f"{args.method} http://{self.authority}{args.path} HTTP/1.1\r\n{common}{auth}\r\n"
+                            ).encode() + body
         else:
-            self.request = f"GET {args.path} HTTP/1.1\r\n{common}\r\n".encode()
+            self.request = f"{args.method} {args.path} HTTP/1.1\r\n{common}\r\n".encode() + body
         self.connect = f"CONNECT {self.authority} HTTP/1.1\r\nHost: {self.authority}\r\n{auth}\r\n".encode()
         self.ssl: ssl.SSLContext | None = None
         if self.https:
@@ -152,6 +156,8 @@ async def main() -> None:
     p.add_argument("--scheme", choices=["http", "https"], default="http")
     p.add_argument("--target-port", type=int, required=True, help="upstream port on 127.0.0.1")
     p.add_argument("--path", default="/bench/items/42")
+    p.add_argument("--method", default="GET", help="request method (default GET)")
+    p.add_argument("--body", default="", help="request body, sent as application/json (e.g. with --method PUT)")
     p.add_argument("--proxy-port", type=int, default=0, help="HTTP proxy on 127.0.0.1 (0: connect directly)")
     p.add_argument("--proxy-auth", default="", help="USER:PASSWORD for Proxy-Authorization: Basic")
     p.add_argument("--ca", help="CA file to verify TLS with (the proxy's CA when it intercepts)")

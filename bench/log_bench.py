@@ -6,6 +6,10 @@ under bench/.cache/. When a cached database is reused more than a few minutes la
 deleted and generated again to end "now" (otherwise `--since 1h` would find nothing); the row count stays the
 same. The hash chain of these rows is not valid (random hashes of
 the right size): `goex-proxy log verify` is not what is measured here.
+
+Mutating rows answer as the real APIs do (Slack `{"ok": true, "channel", "ts"}`, S3 `x-amz-version-id`, REST
+201 with `Location`, a PUT with its pre-image), so that the shipped undo packs can plan them: undo_bench.py plans
+undos from this same database.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import Any
 from common import CACHE_DIR, PYTHON, fmt, median, table, tool
 
 TARGET_MS = 100.0
-GEN_VERSION = 2
+GEN_VERSION = 3
 DAYS = 30
 AGENTS = [("mailbot", 30), ("slackbot", 25), ("ghbot", 15), ("s3sync", 15), ("research", 10), ("billing", 5)]
 QUERY_AGENT = "mailbot"
@@ -32,18 +36,61 @@ STALE_AFTER_S = 300
 RECENT_S = 86400  # the last day is regenerated when the cache is reused later
 
 _ENDPOINTS = [
-    # host, method, path template, request body?, status choices
-    ("slack.com", "POST", "/api/chat.postMessage", True, (200, 200, 200, 429)),
-    ("slack.com", "GET", "/api/conversations.history", False, (200,)),
-    ("gmail.googleapis.com", "GET", "/gmail/v1/users/me/messages/{n:x}", False, (200, 200, 404)),
-    ("gmail.googleapis.com", "GET", "/gmail/v1/users/me/messages", False, (200,)),
-    ("api.github.com", "GET", "/repos/acme/widgets/issues/{n}", False, (200, 200, 404)),
-    ("api.github.com", "POST", "/repos/acme/widgets/issues/{n}/comments", True, (201, 201, 422)),
-    ("acme-data.s3.amazonaws.com", "GET", "/exports/2026/{n}.csv", False, (200, 200, 304)),
-    ("acme-data.s3.amazonaws.com", "PUT", "/uploads/{n}.json", True, (200,)),
-    ("api.openai.com", "POST", "/v1/chat/completions", True, (200, 200, 200, 500)),
-    ("api.stripe.com", "GET", "/v1/charges/ch_{n:x}", False, (200, 404)),
+    # host, method, path template, request body?, status choices, response kind (see _response)
+    ("slack.com", "POST", "/api/chat.postMessage", True, (200, 200, 200, 429), "slack"),
+    ("slack.com", "GET", "/api/conversations.history", False, (200,), "json"),
+    ("gmail.googleapis.com", "GET", "/gmail/v1/users/me/messages/{n:x}", False, (200, 200, 404), "json"),
+    ("gmail.googleapis.com", "GET", "/gmail/v1/users/me/messages", False, (200,), "json"),
+    ("api.github.com", "GET", "/repos/acme/widgets/issues/{n}", False, (200, 200, 404), "json"),
+    ("api.github.com", "POST", "/repos/acme/widgets/issues/{n}/comments", True, (201, 201, 422), "created"),
+    ("acme-data.s3.amazonaws.com", "GET", "/exports/2026/{n}.csv", False, (200, 200, 304), "json"),
+    ("acme-data.s3.amazonaws.com", "PUT", "/uploads/{n}.json", True, (200,), "s3-put"),
+    ("api.openai.com", "POST", "/v1/chat/completions", True, (200, 200, 200, 500), "json"),
+    ("api.stripe.com", "GET", "/v1/charges/ch_{n:x}", False, (200, 404), "json"),
+    ("crm.internal.example.com", "PUT", "/api/v2/contacts/{n}", True, (200, 200, 200, 409), "put-preimage"),
 ]
+#: Mutating endpoints whose allowed, successful rows the shipped undo packs can plan (undo_bench.py picks its request
+#: ids among these): a short name, host, method, path prefix, and the statuses with which the call took effect.
+UNDOABLE = [
+    ("slack post", "slack.com", "POST", "/api/chat.postMessage", (200,)),
+    ("REST 201 create", "api.github.com", "POST", "/repos/acme/widgets/issues/", (201,)),
+    ("S3 versioned PUT", "acme-data.s3.amazonaws.com", "PUT", "/uploads/", (200,)),
+    ("REST PUT w/ pre-image", "crm.internal.example.com", "PUT", "/api/v2/contacts/", (200,)),
+]
+
+
+def _response(rng: random.Random, kind: str, host: str, path: str, n: int, status: int
+              ) -> tuple[list[tuple[str, str]], bytes, dict[str, Any]]:
+    """Response headers (besides the common ones), body, and pre-image columns, as the real API would answer."""
+    pre: dict[str, Any] = {}
+    extra: list[tuple[str, str]] = []
+    if kind == "slack":  # Slack answers 200 with "ok"; the message's channel and ts are what undo deletes by
+        body: dict[str, Any] = ({"ok": True, "channel": "C0BOTS", "ts": f"{1764000000 + n % 10**6}.{n % 10**6:06d}",
+                                 "message": {"type": "message", "text": "status update", "user": "U0BOT"}}
+                                if status == 200 else {"ok": False, "error": "ratelimited"})
+    elif kind == "created":  # a REST create: 201 with Location and the new resource
+        cid = rng.randrange(10**8, 10**9)
+        body = {"id": cid, "body": "status update " + "x" * rng.randrange(10, 120), "user": {"login": "ghbot"}}
+        if status == 201:
+            extra.append(("Location", f"https://{host}/repos/acme/widgets/issues/comments/{cid}"))
+        else:
+            body = {"message": "Validation Failed", "errors": [{"code": "invalid"}]}
+    elif kind == "s3-put":  # versioned bucket: S3 names the new version; no body
+        extra += [("ETag", f'"{rng.getrandbits(128):032x}"'), ("x-amz-version-id", f"{rng.getrandbits(160):040x}"[:32]),
+                  ("x-amz-request-id", f"{rng.getrandbits(64):016X}"), ("Server", "AmazonS3")]
+        return extra, b"", pre
+    elif kind == "put-preimage":  # a PUT the proxy read the resource before (pre-image), to put it back on undo
+        was = {"id": n, "name": f"Contact {n}", "email": f"c{n}@example.com", "tags": ["lead"] * rng.randrange(0, 4),
+               "updated_at": "2026-11-20T10:00:00Z"}
+        pre_body = json.dumps(was).encode()
+        pre = {"pre_status": 200, "pre_body": pre_body, "pre_body_size": len(pre_body),
+               "pre_headers": json.dumps([["Content-Type", "application/json"], ["Content-Length", str(len(pre_body))],
+                                          ["ETag", f'W/"{n:x}"']])}
+        body = ({**was, "tags": ["customer"], "updated_at": "2026-11-24T10:00:00Z"} if status == 200
+                else {"error": "conflict", "message": "the contact was modified"})
+    else:
+        body = {"ok": status < 400, "id": n, "items": list(range(rng.randrange(0, 12))), "note": "y" * rng.randrange(20, 240)}
+    return extra, json.dumps(body).encode(), pre
 
 
 def _schema_fingerprint(db_path: Path) -> str:
@@ -70,7 +117,7 @@ def _variants(rng: random.Random, n_per_endpoint: int = 200) -> list[dict[str, A
     from goex_proxy.redact import redacted_headers_json
 
     out = []
-    for host, method, template, has_body, statuses in _ENDPOINTS:
+    for host, method, template, has_body, statuses, kind in _ENDPOINTS:
         for _ in range(n_per_endpoint):
             n = rng.randrange(1, 10**7)
             path = template.format(n=n)
@@ -83,12 +130,11 @@ def _variants(rng: random.Random, n_per_endpoint: int = 200) -> list[dict[str, A
                                        "n": n}).encode()
                 headers += [("Content-Type", "application/json"), ("Content-Length", str(len(req_body)))]
             status = rng.choice(statuses)
-            resp_body = json.dumps({"ok": status < 400, "id": n, "items": list(range(rng.randrange(0, 12))),
-                                    "note": "y" * rng.randrange(20, 240)}).encode()
+            extra, resp_body, pre = _response(rng, kind, host, path, n, status)
             resp_headers = [("Content-Type", "application/json; charset=utf-8"),
                             ("Content-Length", str(len(resp_body))),
                             ("Date", "Tue, 24 Nov 2026 10:00:00 GMT"), ("X-Goex-Request-Id", "0" * 13),
-                            ("Cache-Control", "no-store")]
+                            ("Cache-Control", "no-store"), *extra]
             out.append({
                 "method": method, "scheme": "https", "host": host, "port": 443, "path": path + query,
                 "url": f"https://{host}{path}{query}", "http_version": "HTTP/1.1",
@@ -97,6 +143,7 @@ def _variants(rng: random.Random, n_per_endpoint: int = 200) -> list[dict[str, A
                 "req_body_sha256": hashlib.sha256(req_body).hexdigest() if req_body else None,
                 "status": status, "resp_headers": redacted_headers_json(resp_headers), "resp_body": resp_body,
                 "resp_body_size": len(resp_body), "resp_body_sha256": hashlib.sha256(resp_body).hexdigest(),
+                "pre_status": None, "pre_headers": None, "pre_body": None, "pre_body_size": None, **pre,
             })
     return out
 
@@ -131,7 +178,8 @@ def _fill(conn: sqlite3.Connection, cols: list[str], rows: int, start: float, en
                        ended=ts + duration / 1000, duration_ms=round(duration, 3))
             if decision == "deny":
                 row.update(reason=f"no rule allows {v['method']} {v['host']}{v['path']}", status=403, resp_body=None,
-                           resp_body_size=0, resp_body_sha256=None)
+                           resp_body_size=0, resp_body_sha256=None, pre_status=None, pre_headers=None, pre_body=None,
+                           pre_body_size=None)
             elif decision == "report":
                 row["report"] = "report mode: would be denied by rule 'never delete'"
             elif decision == "error":
@@ -150,7 +198,8 @@ def _columns(conn: sqlite3.Connection) -> list[str]:
     return [c for c in ("id", "ts", "agent", "client", "method", "scheme", "host", "port", "path", "url",
                         "http_version", "req_headers", "req_body", "req_body_size", "req_body_sha256", "decision",
                         "rule", "reason", "report", "status", "resp_headers", "resp_body", "resp_body_size",
-                        "resp_body_sha256", "error", "ended", "duration_ms", "prev_hash", "hash", "outcome_hash")
+                        "resp_body_sha256", "error", "ended", "duration_ms", "prev_hash", "hash", "outcome_hash", "pre_status",
+                        "pre_headers", "pre_body", "pre_body_size")
             if c in existing]
 
 
@@ -204,7 +253,7 @@ def refresh(path: Path, rows: int, base_end: float, now: float) -> float:
     return time.perf_counter() - t0
 
 
-def prepare(rows: int, regenerate: bool = False, say: Any = print) -> tuple[Path, str]:
+def prepare(rows: int, regenerate: bool = False, say: Any = print, part: str = "log") -> tuple[Path, str]:
     """The cached database (made or refreshed as needed), and a note on what was done."""
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     fp = _current_fingerprint()
@@ -221,7 +270,7 @@ def prepare(rows: int, regenerate: bool = False, say: Any = print) -> tuple[Path
         return path, f"cached {path.name}, its last day of rows regenerated to end now ({took:.1f}s)"
     for old in CACHE_DIR.glob(f"audit-{rows}-*.db*"):  # an older generator or schema: replace it
         old.unlink(missing_ok=True)
-    say(f"[log] generating a {rows:,}-row audit database in {CACHE_DIR} (cached for later runs)...", flush=True)
+    say(f"[{part}] generating a {rows:,}-row audit database in {CACHE_DIR} (cached for later runs)...", flush=True)
     base_end, took = generate(path, rows, now)
     meta_path.write_text(json.dumps({"rows": rows, "generated_at": now, "base_end": base_end, "newest_ts": now}))
     return path, f"generated {path.name} in {took:.1f}s"

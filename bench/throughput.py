@@ -19,6 +19,7 @@ import ssl
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,23 +123,27 @@ class Bench:
         for p in self.proxies.values():
             self._check(p)
 
-    def _start_goex(self) -> Proxy:
-        home = self.dir / "goex-home"
+    def _start_goex(self, name: str = "goex-proxy", policy_doc: dict[str, Any] | None = None,
+                    config_lines: str = "") -> Proxy:
+        """A `goex-proxy run` in a state directory of its own; `config_lines` are added to the bench config (the
+        undo preimage bench runs two, with and without undo rules). The first one's home is `goex-home`."""
+        home = self.dir / ("goex-home" if name == "goex-proxy" else f"{name}-home")
         env = {**os.environ, "GOEX_PROXY_HOME": str(home)}
         subprocess.run([tool("goex-proxy"), "init"], env=env, check=True, stdout=subprocess.DEVNULL)
         policy = home / "bench-policy.yaml"
-        policy.write_text(to_yaml(throughput_policy("127.0.0.1")), encoding="utf-8")
+        policy.write_text(to_yaml(policy_doc or throughput_policy("127.0.0.1")), encoding="utf-8")
         port = free_port()
         config = home / "config.yaml"
-        self._write_goex_config(config, port, policy)
-        self.goex_db = home / "audit.db"
-        self.goex_config = config
+        self._write_goex_config(config, port, policy, config_lines)
+        if name == "goex-proxy":
+            self.goex_db = home / "audit.db"
+            self.goex_config = config
         proc = self.procs.start([tool("goex-proxy"), "run", "--config", str(config)], env=env,
-                                log=self.dir / "goex-proxy.log")
-        wait_port(port, proc, what="goex-proxy run")
-        return Proxy("goex-proxy", port, proc, home / "mitmproxy-ca-cert.pem")
+                                log=self.dir / f"{name}.log")
+        wait_port(port, proc, what=f"{name} run")
+        return Proxy(name, port, proc, home / "mitmproxy-ca-cert.pem")
 
-    def _write_goex_config(self, config: Path, port: int, policy: Path) -> None:
+    def _write_goex_config(self, config: Path, port: int, policy: Path, lines: str = "") -> None:
         """The bench config; upstream is 127.0.0.1, so private-network blocking is turned off if the config has it."""
         from goex_proxy.config import load_config
         from goex_proxy.errors import ConfigError
@@ -146,7 +151,7 @@ class Bench:
         def text(extra: str) -> str:
             return (f"version: 1\nlisten: 127.0.0.1:{port}\nagents:\n  {AGENT}: {{token: {json.dumps(TOKEN)}}}\n"
                     f"policies: [{json.dumps(str(policy))}]\naudit: {{db: audit.db}}\n"
-                    f"upstream: {{extra_ca: [{json.dumps(str(self.upstream_ca))}]{extra}}}\n")
+                    f"upstream: {{extra_ca: [{json.dumps(str(self.upstream_ca))}]{extra}}}\n{lines}")
 
         for extra in (", block_private_networks: false", ""):
             config.write_text(text(extra), encoding="utf-8")
@@ -208,13 +213,15 @@ class Bench:
                 raise SystemExit(f"bench: goex-proxy did not mark the {scheme} response as allowed: {data[:600]!r}")
 
     # ---------------------------------------------------------------- one measurement
-    def measure(self, proxy_name: str | None, scheme: str, conns: int, duration: float) -> Run:
+    def measure(self, proxy_name: str | None, scheme: str, conns: int, duration: float,
+                request: Sequence[str] = ()) -> Run:
+        """One load generator run; `request` adds its options (`--method PUT --body ...`; default GET of PATH)."""
         proxy = self.proxies[proxy_name] if proxy_name else None
         if self.loadgen == "hey" and proxy is not None:
             return self._measure_hey(proxy, scheme, conns, duration)
         port = self.http_port if scheme == "http" else self.https_port
         argv = [PYTHON, str(BENCH_DIR / "loadgen.py"), "--scheme", scheme, "--target-port", str(port),
-                "--path", PATH, "--conns", str(conns), "--duration", str(duration)]
+                "--path", PATH, "--conns", str(conns), "--duration", str(duration), *request]
         if proxy is not None:
             argv += ["--proxy-port", str(proxy.port), "--proxy-auth", f"{AGENT}:{TOKEN}", "--ca", str(proxy.ca)]
         else:

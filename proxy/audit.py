@@ -134,6 +134,11 @@ class RequestIds:
             return _b32(ms, 9) + _b32(self._n, 4)
 
 
+def is_request_id(text: str) -> bool:
+    """True for a string shaped like the ids `RequestIds` makes."""
+    return len(text) == 13 and all(c in _CROCKFORD for c in text)
+
+
 def _b32(n: int, width: int) -> str:
     out = []
     for _ in range(width):

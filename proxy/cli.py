@@ -355,10 +355,9 @@ def undo(config_path: Path | None, request_id: str | None, agent: str | None, si
 
     Examples: goex-proxy undo 01JD3K2M5X0A1 --dry-run;  goex-proxy undo --agent mailbot --since 1h
     """
-    from .policyload import load_policy_set
     from .undoplan import SAFE_METHODS, Exchange, Plan, plan
     from .undorules import load_packs
-    from .undorun import DONE, Journal, Replayer, carry_out
+    from .undorun import DONE, Journal, one_undo_at_a_time
 
     if (request_id is None) == (agent is None) or (agent is not None) != (since is not None):
         raise click.UsageError("give a REQUEST_ID, or --agent NAME --since WHEN for a whole session")
@@ -403,6 +402,16 @@ def undo(config_path: Path | None, request_id: str | None, agent: str | None, si
         if not sys.stdin.isatty():
             raise GoexError("undo asks before it acts: pass --yes to carry out the plan without a terminal")
         click.confirm(f"carry out {'this plan' if len(todo) == 1 else f'these {len(todo)} plans'}?", abort=True)
+    with one_undo_at_a_time(config.audit_db):
+        _carry_out_all(config, todo, skipped, journal, agent, force)
+
+
+def _carry_out_all(config: Config, todo: list[tuple[dict[str, Any], Any]], skipped: list[tuple[str, str]],
+                   journal: Any, agent: str | None, force: bool) -> None:
+    """Carry out the plans in order through one in-process pipeline; stop at the first that does not finish."""
+    from .policyload import load_policy_set
+    from .undorun import Replayer, carry_out
+
     replayer = Replayer(config, load_policy_set([(p.path, p.agents) for p in config.policies]))
     try:
         for index, (row, the_plan) in enumerate(todo):

@@ -57,8 +57,11 @@ class RequestTemplate:
     headers: tuple[tuple[str, Template], ...] = ()
     json: Any = None           # a structure of templates, sent as JSON
     form: tuple[tuple[str, Template], ...] | None = None
+    body: Template | None = None   # raw bytes (e.g. `${pre.body}`), sent as they are
     success: Condition | None = None
     why: str = ""
+    repeatable: bool | None = None  # safe to send again if an interrupted undo cannot tell whether it arrived;
+                                    # by default only PUT and DELETE are (HTTP's idempotent methods)
 
 
 @dataclass(frozen=True)
@@ -150,13 +153,14 @@ def header_map(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
 
 
 def body_view(raw: bytes | None) -> dict[str, Any]:
+    """A body as undo expressions read it: `body` (bytes), `text`, and `json` or `form` when it parses as one."""
     text = (raw or b"").decode("utf-8", "replace")
     try:
         parsed = json.loads(text) if text else None
     except ValueError:
         parsed = None
     form = dict(parse_qsl(text, keep_blank_values=True)) if parsed is None and "=" in text else {}
-    return {"text": text, "json": parsed if parsed is not None else {}, "form": form}
+    return {"body": raw or b"", "text": text, "json": parsed if parsed is not None else {}, "form": form}
 
 
 @dataclass(frozen=True)
@@ -169,6 +173,7 @@ class Step:
     body: bytes | None
     why: str
     success: Condition | None = None
+    repeatable: bool = False
 
     def describe(self) -> str:
         return f"{self.method} {self.url}"
@@ -249,7 +254,11 @@ def _render(template: RequestTemplate, variables: dict[str, Any]) -> Step:
 
         body = urlencode([(k, str(v.render(variables))) for k, v in template.form]).encode()
         headers += (("Content-Type", "application/x-www-form-urlencoded"),)
-    return Step(template.method, str(url), headers, body, template.why, template.success)
+    elif template.body is not None:
+        raw = template.body.render(variables)
+        body = raw if isinstance(raw, bytes) else str(raw).encode()
+    repeatable = template.repeatable if template.repeatable is not None else template.method in ("PUT", "DELETE")
+    return Step(template.method, str(url), headers, body, template.why, template.success, repeatable)
 
 
 def _truncated(exchange: Exchange) -> bool:

@@ -15,7 +15,7 @@ from .yamlsrc import YMap
 
 _PACK_KEYS = {"version", "name", "description", "rules"}
 _RULE_KEYS = {"name", "match", "when", "effective", "class", "reason", "undo", "guard", "preimage", "description"}
-_REQUEST_KEYS = {"method", "url", "headers", "json", "form", "success", "why"}
+_REQUEST_KEYS = {"method", "url", "headers", "json", "form", "body", "success", "why", "repeatable"}
 
 
 def parse_template(text: str) -> Template:
@@ -103,8 +103,12 @@ class _UndoReader(RuleReader):
             t = self.template(hm, name, f"{where}.headers") if hm is not None else None
             if t is not None:
                 headers.append((name, t))
-        if "json" in r and "form" in r:
-            self.check.error(r.pos, f"'{where}' may have 'json' or 'form', not both")
+        if sum(k in r for k in ("json", "form", "body")) > 1:
+            self.check.error(r.pos, f"'{where}' may have one of 'json', 'form' or 'body', not several")
+        repeatable = r.get("repeatable")
+        if repeatable is not None and not isinstance(repeatable, bool):
+            self.check.error(self.check.at(r, "repeatable"), f"'{where}.repeatable' must be true or false")
+            repeatable = None
         form = None
         if "form" in r:
             fm = self.check.mapping(r["form"], f"{where}.form", self.check.at(r, "form"), set(r["form"] or {}))
@@ -112,7 +116,8 @@ class _UndoReader(RuleReader):
                          and (t := self.template(fm, k, f"{where}.form")) is not None)
         return RequestTemplate(method, url or Template("", ("",)), tuple(headers),
                                self.tree(r["json"], f"{where}.json", self.check.at(r, "json")) if "json" in r else None,
-                               form, self.condition(r, "success", where), str(r.get("why", "")))
+                               form, self.template(r, "body", where) if "body" in r else None,
+                               self.condition(r, "success", where), str(r.get("why", "")), repeatable)
 
     def rule(self, pack: str, raw: Any, pos: tuple[int, int], index: int) -> UndoRule | None:  # type: ignore[override]
         where = f"rules[{index}]"

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from .audit import RequestIds
 from .cel import CelEvalError
 from .config import Config
+from .errors import GoexError
 from .policy import PolicySet
 from .undoplan import Plan, Step, body_view, header_map
 
 #: Journal states of a step: written before it is sent, and after its answer is judged.
 SENT, DONE, FAILED = "sent", "done", "failed"
+new_request_id = RequestIds().new
 
 
 @dataclass(frozen=True)
@@ -35,15 +42,30 @@ class Journal:
 
     def states(self, request_id: str) -> dict[int, str]:
         """The last state of each step of the undo of `request_id`."""
-        rows = self.conn.execute("SELECT step, state FROM undo_journal WHERE request_id = ? ORDER BY seq",
-                                 (request_id,)).fetchall()
-        return {int(step): str(state) for step, state in rows}
+        return {step: state for step, (state, _) in self.entries(request_id).items()}
+
+    def entries(self, request_id: str) -> dict[int, tuple[str, str | None]]:
+        """The last state of each step, with the audit id of the compensation it concerns."""
+        rows = self.conn.execute("SELECT step, state, compensation_id FROM undo_journal WHERE request_id = ? "
+                                 "ORDER BY seq", (request_id,)).fetchall()
+        return {int(step): (str(state), cid) for step, state, cid in rows}
 
     def write(self, request_id: str, step: int, state: str, detail: str = "", compensation_id: str | None = None) -> None:
         with self.conn:
             self.conn.execute("INSERT INTO undo_journal (request_id, step, state, ts, detail, compensation_id) "
                               "VALUES (?, ?, ?, ?, ?, ?)", (request_id, step, state, time.time(), detail,
                                                             compensation_id))
+
+
+@contextlib.contextmanager
+def one_undo_at_a_time(audit_db: Path) -> Iterator[None]:
+    """Hold the undo lock of an audit log: two undos at once could both send the same step."""
+    with open(audit_db.with_name(audit_db.name + ".undo-lock"), "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise GoexError("another goex-proxy undo is running on this audit log; wait for it to finish") from None
+        yield
 
 
 class Replayer:
@@ -59,16 +81,25 @@ class Replayer:
         self.client = httpx.Client(proxy=f"http://goex-undo:{token}@127.0.0.1:{self.proxy.port}",
                                    verify=str(config.ca_cert), trust_env=False, timeout=60, follow_redirects=False)
 
-    def send(self, step: Step, agent: str, undo_of: str) -> tuple[int, dict[str, Any], str | None]:
-        """Send one request; its status, its response as undo expressions read it, and its audit id."""
+    def send(self, step: Step, agent: str, undo_of: str, request_id: str | None = None
+             ) -> tuple[int, dict[str, Any], str | None]:
+        """Send one request (audited under `request_id` if given); its status, its response as undo expressions
+        read it, and its audit id."""
         headers = [*step.headers, ("X-Goex-Undo-Agent", agent), ("X-Goex-Undo-Of", undo_of)]
+        if request_id is not None:
+            headers.append(("X-Goex-Undo-Request-Id", request_id))
         reply = self.client.request(step.method, step.url, headers=headers, content=step.body)
-        view = {"status": reply.status_code, "headers": header_map(reply.headers.items()), **body_view(reply.content)}
-        return reply.status_code, view, reply.headers.get("x-goex-request-id")
+        return reply.status_code, response_view(reply.status_code, reply.headers.items(), reply.content), \
+            reply.headers.get("x-goex-request-id")
 
     def close(self) -> None:
         self.client.close()
         self.proxy.close()
+
+
+def response_view(status: int, headers: Iterable[tuple[str, str]], body: bytes | None) -> dict[str, Any]:
+    """A response as undo expressions read it."""
+    return {"status": status, "headers": header_map(headers), **body_view(body)}
 
 
 def check_guard(plan: Plan, replayer: Replayer, agent: str) -> tuple[bool, str]:
@@ -84,26 +115,52 @@ def check_guard(plan: Plan, replayer: Replayer, agent: str) -> tuple[bool, str]:
 
 
 def run_steps(plan: Plan, replayer: Replayer, journal: Journal, agent: str,
-              report: Callable[[StepResult], None]) -> list[StepResult]:
-    """Send the steps not yet done, in order; stop at the first that fails."""
-    done = {step for step, state in journal.states(plan.request_id).items() if state == DONE}
+              report: Callable[[StepResult], None], force: bool = False) -> list[StepResult]:
+    """Send the steps not yet done, in order; stop at the first that fails. A step an earlier run sent but never
+    judged (it was interrupted) is judged from its audit row if the answer was recorded, sent again if it never
+    left or is `repeatable`, and otherwise stops the undo (it may or may not have been applied) unless forced."""
+    entries = journal.entries(plan.request_id)
     results = []
     for index, step in enumerate(plan.steps):
-        if index in done:
+        state, earlier_id = entries.get(index, ("", None))
+        if state == DONE:
             continue
-        journal.write(plan.request_id, index, SENT, step.describe())
-        try:
-            status, response, compensation_id = replayer.send(step, agent, plan.request_id)
-        except Exception as exc:  # httpx's errors: the proxy or the upstream could not be reached
-            result = StepResult(step, None, False, None, f"not sent: {type(exc).__name__}: {exc}")
-        else:
-            result = _judge(plan, step, status, response, compensation_id)
+        result = None
+        if state == SENT and earlier_id is not None:
+            result = _resume(plan, step, journal.conn, earlier_id, force)
+        if result is None:
+            compensation_id = new_request_id()
+            journal.write(plan.request_id, index, SENT, step.describe(), compensation_id)
+            try:
+                status, response, _ = replayer.send(step, agent, plan.request_id, compensation_id)
+            except Exception as exc:  # httpx's errors: the proxy or the upstream could not be reached
+                result = StepResult(step, None, False, None, f"not sent: {type(exc).__name__}: {exc}")
+            else:
+                result = _judge(plan, step, status, response, compensation_id)
         journal.write(plan.request_id, index, DONE if result.ok else FAILED, result.detail, result.request_id)
         results.append(result)
         report(result)
         if not result.ok:
             break
     return results
+
+
+def _resume(plan: Plan, step: Step, conn: sqlite3.Connection, compensation_id: str, force: bool
+            ) -> StepResult | None:
+    """What became of a step an interrupted undo sent: judged from its recorded answer; None to send it (again)."""
+    row = conn.execute("SELECT status, resp_headers, resp_body FROM requests WHERE id = ?",
+                       (compensation_id,)).fetchone()
+    if row is None or step.repeatable:  # never recorded, so never forwarded; or harmless to repeat
+        return None
+    status, headers, body = row
+    if status is None and force:
+        return None
+    if status is None:
+        return StepResult(step, None, False, compensation_id, "an earlier, interrupted undo sent this step and its "
+                          "answer was never recorded: it may or may not have been applied. Check, then re-run with "
+                          "--force to send it again")
+    pairs = [(str(k), str(v)) for k, v in json.loads(headers)] if headers else []
+    return _judge(plan, step, int(status), response_view(int(status), pairs, body), compensation_id)
 
 
 def _judge(plan: Plan, step: Step, status: int, response: dict[str, Any], compensation_id: str | None) -> StepResult:
@@ -132,7 +189,7 @@ def carry_out(plan: Plan, replayer: Replayer, journal: Journal, agent: str, forc
     ok, why = check_guard(plan, replayer, agent)
     if not ok and not force:
         return Outcome("conflict", f"conflict: {why}; nothing was changed (--force overrides)")
-    results = run_steps(plan, replayer, journal, agent, report)
+    results = run_steps(plan, replayer, journal, agent, report, force)
     if results and not results[-1].ok:
         undone = sum(1 for r in results if r.ok)
         return Outcome("failed", f"stopped: {undone} of {len(plan.steps)} steps done; the rest were not sent")

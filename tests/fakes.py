@@ -42,6 +42,8 @@ class FakeState:
     gmail: GmailFake = field(default_factory=GmailFake)
     github: GitHubFake = field(default_factory=GitHubFake)
     echo_headers: dict[str, str] = field(default_factory=dict)
+    hold: set[str] = field(default_factory=set)   # paths whose answer waits (after taking effect) until `unhold`
+    unhold: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
     counter: itertools.count = field(default_factory=lambda: itertools.count(1))
 
@@ -145,6 +147,8 @@ class _Handler(BaseHTTPRequestHandler):
                 extra = more[0] if more else {}   # an API's own response headers (Location, ETag)
         if url.path == "/slow":
             self.server.release.wait(30)
+        if url.path in state.hold:
+            state.unhold.wait(30)
         if url.path == "/malformed":  # a broken upstream: a header line without a colon, quoting what it was sent
             self.wfile.write(b"HTTP/1.1 200 OK\r\nEcho " + (self.headers.get("Authorization") or "").encode()
                              + b"\r\n\r\n")

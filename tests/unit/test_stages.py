@@ -78,6 +78,31 @@ def test_identify_refuses_with_407(state, header) -> None:
     assert flowmeta.decision(f).effect == "deny"
 
 
+UNDO_HEADERS = {"X-Goex-Undo-Agent": "bot", "X-Goex-Undo-Of": "0000000000001", "X-Goex-Undo-Request-Id": "01JD3K2M5X0A1"}
+
+
+def test_only_the_undo_identity_may_act_for_an_agent_or_choose_a_request_id(state) -> None:
+    """An agent's undo headers are stripped and ignored; `goex-proxy undo` (its per-run token) has them honoured."""
+    state.undo_token = "per-run-token"
+    agent = flow(**{"Proxy-Authorization": auth("bot", "tok")}, **UNDO_HEADERS)
+    undo = flow(**{"Proxy-Authorization": auth("goex-undo", "per-run-token")}, **UNDO_HEADERS)
+    with taddons.context():
+        Identify(state).requestheaders(agent)
+        Identify(state).requestheaders(undo)
+    assert not any(h in agent.request.headers for h in UNDO_HEADERS) and flowmeta.undo_of(agent) is None
+    assert flowmeta.request_id(agent) != "01JD3K2M5X0A1"
+    assert flowmeta.agent(undo) == "bot" and flowmeta.undo_of(undo) == "0000000000001"
+    assert flowmeta.request_id(undo) == "01JD3K2M5X0A1" and not any(h in undo.request.headers for h in UNDO_HEADERS)
+
+
+def test_the_undo_identity_cannot_choose_a_malformed_request_id(state) -> None:
+    state.undo_token = "per-run-token"
+    f = flow(**{"Proxy-Authorization": auth("goex-undo", "per-run-token")},
+             **{**UNDO_HEADERS, "X-Goex-Undo-Request-Id": "x'; DROP TABLE"})
+    with taddons.context():
+        Identify(state).requestheaders(f)
+    assert f.response is not None and f.response.status_code == 407
+
 def test_identify_fails_closed(state, monkeypatch) -> None:
     """If checking credentials raises, the request gets 502 instead of passing unauthenticated."""
     monkeypatch.setattr(Identify, "authenticate", boom)
