@@ -44,7 +44,7 @@ class Preimage:
         try:
             if name is not None:
                 await inject_into(self.state, request, self.state.config.credentials[name], own=True)
-            response = await sendout.send(self.state, request)
+            response = await sendout.send(self.state, request, keep=self.state.config.max_body_bytes)
         except Exception as exc:  # the read failed: undo will say there is no usable pre-image
             log.warning("%s: pre-image read %s %s failed: %s", flowmeta.request_id(flow), read.method,
                         read.url, self.state.scrubber.text(str(exc)))

@@ -27,9 +27,11 @@ def authority(request: http.Request) -> str:
     return request.host if request.port == default else f"{request.host}:{request.port}"
 
 
-async def send(state: ProxyState, req: http.Request) -> http.Response:
+async def send(state: ProxyState, req: http.Request, keep: int | None = None) -> http.Response:
     """Send `req` outside mitmproxy (its response hook cannot re-send a flow): the same target, headers and body,
-    nothing httpx would add by itself; the answer as a mitmproxy Response."""
+    nothing httpx would add by itself; the answer as a mitmproxy Response. With `keep`, reading stops after `keep`
+    bytes and one more (the sign that there was more): a pre-image larger than what the audit log keeps is not
+    downloaded whole."""
     import httpx
 
     assert state.config is not None
@@ -53,6 +55,9 @@ async def send(state: ProxyState, req: http.Request) -> http.Response:
         raw = bytearray()
         async for chunk in reply.aiter_raw():
             raw += chunk
+            if keep is not None and len(raw) > keep:
+                del raw[keep + 1:]
+                break
             if len(raw) > _BODY_LIMIT:
                 raise ValueError(f"the response is larger than {_BODY_LIMIT} bytes")
     finally:

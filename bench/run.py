@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""goex-proxy benchmark suite: throughput vs bare mitmdump, policy decision latency, audit log query time.
+"""goex-proxy benchmark suite: throughput vs bare mitmdump, policy decision latency, audit log query time, undo
+planning time, and the latency a pre-image read adds to a mutating call.
 
-    python bench/run.py                    # everything (~3-4 minutes)
-    python bench/run.py --quick            # shorter runs, same measurements (~1 minute)
-    python bench/run.py --only decide      # one part: throughput | decide | log (comma-separated for several)
+    python bench/run.py                    # everything (~5 minutes)
+    python bench/run.py --quick            # shorter runs, same measurements (~1.5 minutes)
+    python bench/run.py --only decide      # one part: throughput | decide | log | undoplan | preimage
+                                           # (comma-separated for several; `undo` is undoplan,preimage)
     python bench/run.py --only throughput --rounds 7 --duration 8
 
 Everything it needs (upstream server, both proxies, load generator) is started on 127.0.0.1 with free ports and
@@ -27,14 +29,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import PYTHON, Processes  # noqa: E402
 
-PARTS = ("throughput", "decide", "log")
+PARTS = ("throughput", "decide", "log", "undoplan", "preimage")
 OPTIONAL_PARTS = ("profile",)
+ALIASES = {"undo": ("undoplan", "preimage")}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", default=",".join(PARTS),
-                   help="comma-separated parts to run: throughput, decide, log, profile (default: the first three)")
+                   help="comma-separated parts to run: throughput, decide, log, undoplan, preimage (undo: both), "
+                        "profile (default: all but profile)")
     p.add_argument("--profile", action="store_true",
                    help="also profile goex-proxy under load with py-spy (the `profile` part; needs py-spy)")
     p.add_argument("--profile-scheme", default="https", help="scheme(s) to profile: http, https or http,https")
@@ -48,23 +52,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--decide-calls", type=int, help="decide() calls per round (default 60000; quick 20000)")
     p.add_argument("--log-rows", type=int, default=1_000_000, help="audit rows for the log benchmark")
     p.add_argument("--regenerate", action="store_true", help="rebuild the cached audit database")
+    p.add_argument("--undo-ids", type=int, help="request ids to plan the undo of (default 2000; quick 500)")
+    p.add_argument("--preimage-scheme", default="https", help="scheme(s) of the pre-image part: http, https or http,https")
     p.add_argument("--json", type=Path, help="also write the results as JSON to this file")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, configs, audit.db)")
     p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the result tables")
     args = p.parse_args(argv)
-    args.parts = [x.strip() for x in args.only.split(",") if x.strip()]
+    args.parts = [y for x in args.only.split(",") if x.strip() for y in ALIASES.get(x.strip(), (x.strip(),))]
     if args.profile and "profile" not in args.parts:
         args.parts.append("profile")
     bad = [x for x in args.parts if x not in PARTS + OPTIONAL_PARTS]
     if bad:
-        p.error(f"--only: unknown part(s) {', '.join(bad)} (choose from {', '.join(PARTS + OPTIONAL_PARTS)})")
+        p.error(f"--only: unknown part(s) {', '.join(bad)} (choose from {', '.join(PARTS + OPTIONAL_PARTS)}, undo)")
     args.profile_schemes = tuple(x.strip() for x in args.profile_scheme.split(",") if x.strip())
     if not args.profile_schemes or any(x not in ("http", "https") for x in args.profile_schemes):
         p.error("--profile-scheme: http, https or http,https")
     args.duration = args.duration or (1.5 if args.quick else 5.0)
     args.rounds = args.rounds or (3 if args.quick else 5)
     args.decide_calls = args.decide_calls or (20_000 if args.quick else 60_000)
+    args.undo_ids = args.undo_ids or (500 if args.quick else 2000)
+    args.preimage_schemes = tuple(x.strip() for x in args.preimage_scheme.split(",") if x.strip())
+    if not args.preimage_schemes or any(x not in ("http", "https") for x in args.preimage_schemes):
+        p.error("--preimage-scheme: http, https or http,https")
     return args
 
 
@@ -103,6 +113,14 @@ def main(argv: list[str] | None = None) -> int:
                                                  say=say)
             sections.append(text)
             print(text + "\n", flush=True)
+        if "undoplan" in args.parts:
+            import undo_bench
+
+            text, results["undoplan"] = undo_bench.run(rows=args.log_rows, ids=args.undo_ids,
+                                                       cli_runs=5 if args.quick else 9, regenerate=args.regenerate
+                                                       and "log" not in args.parts, say=say)
+            sections.append(text)
+            print(text + "\n", flush=True)
         if "throughput" in args.parts:
             import throughput
 
@@ -111,6 +129,14 @@ def main(argv: list[str] | None = None) -> int:
                 latency_rounds=0 if args.no_latency else args.rounds,
                 latency_duration=max(1.0, args.duration / 2), loadgen=args.loadgen, verbose=not args.quiet,
                 keep=args.keep)
+            sections.append(text)
+            print(text + "\n", flush=True)
+        if "preimage" in args.parts:
+            import preimage_bench
+
+            text, results["preimage"] = preimage_bench.run(procs, rounds=args.rounds, duration=0.75 if args.quick
+                                                           else 1.5, schemes=args.preimage_schemes,
+                                                           verbose=not args.quiet, keep=args.keep)
             sections.append(text)
             print(text + "\n", flush=True)
         if "profile" in args.parts:
@@ -155,6 +181,10 @@ def passes(results: dict[str, Any]) -> dict[str, bool]:
     if "log" in results:
         out["log CLI"] = results["log"]["pass_cli"]
         out["log query"] = results["log"]["pass_query"]
+    if "undoplan" in results:
+        out["undo plan"] = results["undoplan"]["pass"]
+    for scheme, r in results.get("preimage", {}).items():
+        out[f"pre-image overhead {scheme}"] = r["pass"]
     return out
 
 
@@ -182,6 +212,19 @@ def summary(results: dict[str, Any]) -> str:
                      "PASS" if lg["pass_query"] else "FAIL"])
         rows.append(["  interpreter start / import goex_proxy.cli",
                      f"{lg['python_floor_ms']:.0f} / {lg['import_ms']:.0f} ms", "", ""])
+    if "undoplan" in results:
+        u = results["undoplan"]
+        rows.append([f"undo plan, 1 of {u['ids']:,} ids (get + plan) p50 / p99", f"{u['p50_ms']:.2f} / {u['p99_ms']:.2f} ms",
+                     "p99 <= 20 ms", "PASS" if u["pass"] else "FAIL"])
+        rows.append(["  CLI: undo ID --dry-run --json / log --since 1h",
+                     f"{u['cli_undo_ms']:.0f} / {u['cli_log_ms']:.0f} ms", "", ""])
+    for scheme, r in results.get("preimage", {}).items():
+        rows.append([f"pre-image PUT overhead {scheme} p50 / p99 (1 conn)",
+                     f"{r['overhead_p50_ms']:+.2f} / {r['overhead_p99_ms']:+.2f} ms", "p50 <= 2 ms",
+                     "PASS" if r["pass"] else "FAIL"])
+        rows.append(["  PUT + pre-image / PUT, no rules / GET upstream p50",
+                     f"{r['preimage_put_p50_ms']:.2f} / {r['plain_put_p50_ms']:.2f} / {r['upstream_get_p50_ms']:.2f} ms",
+                     "", ""])
     return table(["target", "measured (medians)", "target", "result"], rows)
 
 

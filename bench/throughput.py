@@ -209,7 +209,7 @@ class Bench:
             status = data.split(b"\r\n", 1)[0]
             if b" 200" not in status or b"bench upstream" not in data:
                 raise SystemExit(f"bench: {proxy.name} {scheme} check failed: {data[:600]!r}")
-            if proxy.name == "goex-proxy" and b"x-goex-decision: allow" not in data.lower():
+            if proxy.name.startswith("goex") and b"x-goex-decision: allow" not in data.lower():
                 raise SystemExit(f"bench: goex-proxy did not mark the {scheme} response as allowed: {data[:600]!r}")
 
     # ---------------------------------------------------------------- one measurement

@@ -60,6 +60,7 @@ class RequestTemplate:
     body: Template | None = None   # raw bytes (e.g. `${pre.body}`), sent as they are
     success: Condition | None = None
     why: str = ""
+    conflict: Condition | None = None   # the answer of a conditional request refused as stale (default: a 412)
     repeatable: bool | None = None  # safe to send again if an interrupted undo cannot tell whether it arrived;
                                     # by default only PUT and DELETE are (HTTP's idempotent methods)
 
@@ -113,6 +114,7 @@ class Exchange:
     pre_status: int | None = None              # the pre-image read before forwarding, if one was made
     pre_headers: tuple[tuple[str, str], ...] = ()
     pre_body: bytes | None = None
+    pre_body_size: int | None = None           # its whole size; more than len(pre_body) when it was cut
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Exchange:
@@ -121,7 +123,7 @@ class Exchange:
 
         return cls(str(row["method"]), str(row["url"]), pairs(row.get("req_headers")), row.get("req_body"),
                    row.get("status"), pairs(row.get("resp_headers")), row.get("resp_body"),
-                   row.get("pre_status"), pairs(row.get("pre_headers")), row.get("pre_body"))
+                   row.get("pre_status"), pairs(row.get("pre_headers")), row.get("pre_body"), row.get("pre_body_size"))
 
     def target(self) -> tuple[str, str, str]:
         """Method, host and path, as rules match them."""
@@ -174,6 +176,7 @@ class Step:
     why: str
     success: Condition | None = None
     repeatable: bool = False
+    conflict: Condition | None = None
 
     def describe(self) -> str:
         return f"{self.method} {self.url}"
@@ -196,33 +199,52 @@ class Plan:
 
 
 def preimage_read(rules: Iterable[UndoRule], exchange: Exchange) -> Step | None:
-    """The read to make before forwarding this request: from the first rule for its host, method and path that has
-    a `preimage` (its `when` may need the response, which does not exist yet); None if no rule wants one."""
-    rule = next((r for r in rules if r.preimage is not None and r.matches(*exchange.target())), None)
-    if rule is None or rule.preimage is None:
-        return None
-    try:
-        return _render(rule.preimage, exchange.variables())
-    except CelEvalError:
-        return None
+    """The read to make before forwarding this request, or None. Rules are tried in order as `find_rule` will try
+    them once the response is in: one whose `when` is already false is passed over; one whose `when` already holds
+    decides (a read if it has a `preimage`); one whose `when` needs the response or the pre-image is read for if it
+    has a `preimage`, else passed over."""
+    target = exchange.target()
+    variables: dict[str, Any] | None = None
+    for rule in rules:
+        if not rule.matches(*target):
+            continue
+        if variables is None:
+            variables = {**exchange.variables(), "response": {}, "pre": {}}  # not known yet: reading them fails
+        try:
+            holds: bool | None = rule.when.evaluate(variables) if rule.when is not None else True
+        except CelEvalError:
+            holds = None
+        if holds is False or (holds is None and rule.preimage is None):
+            continue
+        if rule.preimage is None:
+            return None
+        try:
+            return _render(rule.preimage, variables)
+        except CelEvalError:
+            return None
+    return None
 
 
 def find_rule(rules: Iterable[UndoRule], exchange: Exchange, variables: dict[str, Any] | None = None
               ) -> tuple[UndoRule, dict[str, Any]] | None:
     """The first rule matching the request (and its `when`), in pack order, with the exchange's variables; those
-    are built (bodies parsed) only once a rule matches host, method and path."""
+    are built (bodies parsed) only once a rule matches host, method and path. A rule that reads a pre-image matches
+    when its `when` cannot be told for want of a pre-image that could not be read."""
     target = exchange.target()
     for rule in rules:
         if not rule.matches(*target):
             continue
         if variables is None:
             variables = exchange.variables()
+        missing_pre = rule.preimage is not None and not _usable(variables["pre"])
         if rule.when is not None:
             try:
-                if not rule.when.evaluate(variables):
+                if not rule.when.evaluate({**variables, "pre": {}} if missing_pre else variables):
                     continue
             except CelEvalError:
-                continue
+                if not missing_pre:
+                    continue
+                # It could not be told without the pre-image: the rule stands, and plan() says what is missing.
         return rule, variables
     return None
 
@@ -258,12 +280,20 @@ def _render(template: RequestTemplate, variables: dict[str, Any]) -> Step:
         raw = template.body.render(variables)
         body = raw if isinstance(raw, bytes) else str(raw).encode()
     repeatable = template.repeatable if template.repeatable is not None else template.method in ("PUT", "DELETE")
-    return Step(template.method, str(url), headers, body, template.why, template.success, repeatable)
+    return Step(template.method, str(url), headers, body, template.why, template.success, repeatable,
+                template.conflict)
+
+
+def _usable(pre: dict[str, Any]) -> bool:
+    """A pre-image was read (status 0 records a read that failed)."""
+    return bool(pre) and pre.get("status") != 0
 
 
 def _truncated(exchange: Exchange) -> bool:
+    """True when only part of the pre-image was kept (its size, or its Content-Length, says there was more)."""
+    kept = len(exchange.pre_body or b"")
     length = header_map(exchange.pre_headers).get("content-length", "")
-    return length.isdigit() and int(length) > len(exchange.pre_body or b"")
+    return (exchange.pre_body_size or 0) > kept or (length.isdigit() and int(length) > kept)
 
 
 def plan(request_id: str, exchange: Exchange, rules: Iterable[UndoRule]) -> Plan:
@@ -285,10 +315,12 @@ def plan(request_id: str, exchange: Exchange, rules: Iterable[UndoRule]) -> Plan
         return replace(base, verdict="not effective", reason="the request did not take effect; nothing to undo")
     if rule.fidelity == "irreversible" or not rule.undo:
         return replace(base, verdict="irreversible", reason=rule.reason or "no compensating request exists")
-    if rule.fidelity == "needs-preimage" and not variables["pre"]:
+    if (rule.fidelity == "needs-preimage" or rule.preimage is not None) and not _usable(variables["pre"]):
+        failed = variables["pre"].get("text", "") if variables["pre"] else ""
         return replace(base, verdict="not planned", reason="undoing it needs the resource as it was before the "
-                                                           "request (a pre-image), and none was recorded for it")
-    if rule.fidelity == "needs-preimage" and exchange.pre_body is not None and _truncated(exchange):
+                       "request (a pre-image), and " + (f"reading it failed: {failed}" if failed
+                                                        else "none was recorded for it"))
+    if rule.fidelity == "needs-preimage" and _truncated(exchange):
         return replace(base, verdict="not planned", reason="the pre-image was larger than audit.max_body_bytes, so "
                                                            "only part of it was recorded")
     try:

@@ -15,7 +15,7 @@ from .yamlsrc import YMap
 
 _PACK_KEYS = {"version", "name", "description", "rules"}
 _RULE_KEYS = {"name", "match", "when", "effective", "class", "reason", "undo", "guard", "preimage", "description"}
-_REQUEST_KEYS = {"method", "url", "headers", "json", "form", "body", "success", "why", "repeatable"}
+_REQUEST_KEYS = {"method", "url", "headers", "json", "form", "body", "success", "why", "repeatable", "conflict"}
 
 
 def parse_template(text: str) -> Template:
@@ -117,7 +117,8 @@ class _UndoReader(RuleReader):
         return RequestTemplate(method, url or Template("", ("",)), tuple(headers),
                                self.tree(r["json"], f"{where}.json", self.check.at(r, "json")) if "json" in r else None,
                                form, self.template(r, "body", where) if "body" in r else None,
-                               self.condition(r, "success", where), str(r.get("why", "")), repeatable)
+                               self.condition(r, "success", where), str(r.get("why", "")),
+                               self.condition(r, "conflict", where), repeatable)
 
     def rule(self, pack: str, raw: Any, pos: tuple[int, int], index: int) -> UndoRule | None:  # type: ignore[override]
         where = f"rules[{index}]"

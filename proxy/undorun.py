@@ -9,7 +9,7 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,8 @@ from .undoplan import Plan, Step, body_view, header_map
 #: Journal states of a step: written before it is sent, and after its answer is judged.
 SENT, DONE, FAILED = "sent", "done", "failed"
 new_request_id = RequestIds().new
+#: Conditional request headers, which --force leaves out of the steps it sends.
+PRECONDITIONS = frozenset({"if-match", "if-none-match", "if-unmodified-since", "if-modified-since"})
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class StepResult:
     ok: bool
     request_id: str | None
     detail: str
+    conflict: bool = False   # a conditional request found the resource changed since the agent: nothing clobbered
 
 
 class Journal:
@@ -129,6 +132,8 @@ def run_steps(plan: Plan, replayer: Replayer, journal: Journal, agent: str,
         if state == SENT and earlier_id is not None:
             result = _resume(plan, step, journal.conn, earlier_id, force)
         if result is None:
+            if force:  # the person overrides: no If-Match and the like to refuse the step as stale
+                step = replace(step, headers=tuple((k, v) for k, v in step.headers if k.lower() not in PRECONDITIONS))
             compensation_id = new_request_id()
             journal.write(plan.request_id, index, SENT, step.describe(), compensation_id)
             try:
@@ -168,10 +173,16 @@ def _judge(plan: Plan, step: Step, status: int, response: dict[str, Any], compen
     if response["headers"].get("x-goex-decision") == "deny":
         reason = response["json"].get("reason", "") if isinstance(response["json"], dict) else ""
         return StepResult(step, status, False, compensation_id, f"denied by policy: {reason}")
+    variables = {**plan.variables, "response": response}
     try:
-        ok = step.success.evaluate({**plan.variables, "response": response}) if step.success else 200 <= status < 300
+        ok = step.success.evaluate(variables) if step.success else 200 <= status < 300
+        stale = not ok and (step.conflict.evaluate(variables) if step.conflict else status == 412)
     except CelEvalError as exc:
         return StepResult(step, status, False, compensation_id, f"success condition failed: {exc}")
+    if stale:
+        why = plan.conflict or "the resource changed after the agent's request"
+        return StepResult(step, status, False, compensation_id,
+                          f"{why}: the upstream refused the conditional request ({status})", conflict=True)
     return StepResult(step, status, ok, compensation_id, "" if ok else response["text"][:300])
 
 
@@ -190,6 +201,10 @@ def carry_out(plan: Plan, replayer: Replayer, journal: Journal, agent: str, forc
     if not ok and not force:
         return Outcome("conflict", f"conflict: {why}; nothing was changed (--force overrides)")
     results = run_steps(plan, replayer, journal, agent, report, force)
+    if results and results[-1].conflict:
+        undone = sum(1 for r in results if r.ok)
+        return Outcome("conflict", f"conflict: {results[-1].detail}; {undone} of {len(plan.steps)} steps done, "
+                                   "nothing was overwritten")
     if results and not results[-1].ok:
         undone = sum(1 for r in results if r.ok)
         return Outcome("failed", f"stopped: {undone} of {len(plan.steps)} steps done; the rest were not sent")

@@ -15,7 +15,9 @@ from typing import Any
 REAL = {"access_key_id": "AKIACANARYREAL0000001", "secret_access_key": "CANARY/real+secret/key/0123456789abcdefghij",
         "session_token": "CANARY-session-token-FwoGZXIvYXdzEJr"}
 BUCKET = "goex-test-bucket"
-AWS_HOSTS = (f"{BUCKET}.s3.amazonaws.com", "s3.amazonaws.com", "dynamodb.us-east-1.amazonaws.com")
+PLAIN_BUCKET = "goex-plain-bucket"   # never versioned
+AWS_HOSTS = (f"{BUCKET}.s3.amazonaws.com", "s3.amazonaws.com", "dynamodb.us-east-1.amazonaws.com",
+             f"{PLAIN_BUCKET}.s3.amazonaws.com")
 #: The config entry that has the proxy re-sign AWS requests with the keys stored as `aws-keys`.
 AWS_CREDENTIAL = """credentials:
   aws:

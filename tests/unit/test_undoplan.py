@@ -10,7 +10,7 @@ import pytest
 from goex_proxy.errors import ConfigError
 from goex_proxy.presets import undo_dir as builtin_dir
 from goex_proxy.presets import undo_names as builtin_names
-from goex_proxy.undoplan import Exchange, classify, plan
+from goex_proxy.undoplan import Exchange, classify, plan, preimage_read
 from goex_proxy.undorules import check_pack_text, load_packs, parse_template
 
 RULES = load_packs([builtin_dir() / f"{name}.yaml" for name in ("s3", "rest")])
@@ -74,6 +74,33 @@ def test_a_rule_that_needs_a_preimage_says_so_when_there_is_none() -> None:
     assert p.verdict == "not planned" and "pre-image" in p.reason
 
 
+def test_a_failed_pre_image_read_is_named_as_why_there_is_no_plan() -> None:
+    failed = Exchange("PUT", BUCKET + "/k", (), b"new", 200, (("ETag", '"e"'),), b"", 0, (), b"connection refused")
+    assert classify(RULES, failed) == "needs-preimage"
+    p = plan("R", failed, RULES)
+    assert p.verdict == "not planned" and "reading it failed: connection refused" in p.reason
+
+
+@pytest.mark.parametrize(("method", "path", "read"), [
+    ("PUT", "/cats/tom.jpg", f"GET {BUCKET}/cats/tom.jpg"),          # an object: read what it replaces
+    ("DELETE", "/cats/tom.jpg", f"GET {BUCKET}/cats/tom.jpg"),
+    ("PUT", "/", None),                                               # creating the bucket: nothing to read
+    ("PUT", "/big.iso?partNumber=2&uploadId=u1", None),               # a multipart part is not the object
+    ("DELETE", "/cats/tom.jpg?versionId=v1", None),                   # irreversible anyway
+])
+def test_pre_images_are_read_only_where_a_rule_could_use_them(method: str, path: str, read: str | None) -> None:
+    step = preimage_read(RULES, Exchange(method, BUCKET + path))
+    assert (step.describe() if step else None) == read
+
+
+def test_a_pre_image_cut_at_the_log_limit_is_not_used() -> None:
+    cut = Exchange("PUT", BUCKET + "/k", (), b"new", 200, (("ETag", '"e"'),), b"", 200, (), b"x" * 10, 11)
+    p = plan("R", cut, RULES)
+    assert p.verdict == "not planned" and "larger than audit.max_body_bytes" in p.reason
+    whole = Exchange("PUT", BUCKET + "/k", (), b"new", 200, (("ETag", '"e"'),), b"", 200, (), b"x" * 10, 10)
+    assert [(s.method, s.body) for s in plan("R", whole, RULES).steps] == [("PUT", b"x" * 10)]
+
+
 def test_a_row_without_an_outcome_is_not_planned() -> None:
     p = plan("R", Exchange("PUT", BUCKET + "/k"), RULES)
     assert p.verdict == "not planned" and "no recorded outcome" in p.reason
@@ -94,6 +121,10 @@ def test_templates_keep_types_and_join_strings() -> None:
      "      - {method: DELETE, url: '${reponse.json.id}'}\n", "unknown variable 'reponse'"),
     ("version: 1\nrules:\n  - name: a\n    match: {hosts: [x.example]}\n    class: exact\n    undo:\n"
      "      - {method: DELETE, url: '${response.json.id'}\n", "never closed"),
+    ("version: 1\nrules:\n  - name: a\n    match: {hosts: [x.example]}\n    class: exact\n    undo:\n"
+     "      - {method: PUT, url: 'https://x.example', body: '${pre.body}', json: {a: 1}}\n", "not several"),
+    ("version: 1\nrules:\n  - name: a\n    match: {hosts: [x.example]}\n    class: exact\n    undo:\n"
+     "      - {method: POST, url: 'https://x.example', repeatable: sometimes}\n", "must be true or false"),
 ])
 def test_mistakes_in_packs_are_located(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "pack.yaml"

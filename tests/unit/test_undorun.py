@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 
 from goex_proxy import audit
+from goex_proxy.cel import compile_condition
 from goex_proxy.errors import GoexError
 from goex_proxy.undoplan import Plan, Step
-from goex_proxy.undorun import DONE, FAILED, SENT, Journal, one_undo_at_a_time, run_steps
+from goex_proxy.undorun import DONE, FAILED, SENT, Journal, carry_out, one_undo_at_a_time, run_steps
 
 
 class Sender:
@@ -107,3 +108,42 @@ def test_only_one_undo_runs_at_a_time_on_an_audit_log(tmp_path: Path) -> None:
                 pass
     with one_undo_at_a_time(db):  # released once the first finished
         pass
+
+
+class Refusing(Sender):
+    """An upstream that refuses conditional requests as stale with `status`."""
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        super().__init__()
+        self.status, self.body = status, body
+        self.headers: list[tuple[tuple[str, str], ...]] = []
+
+    def send(self, step: Step, agent: str, undo_of: str, request_id: str | None = None
+             ) -> tuple[int, dict[str, Any], str | None]:
+        self.headers.append(step.headers)
+        return self.status, {"status": self.status, "headers": {}, "body": b"", "text": json.dumps(self.body),
+                             "json": self.body, "form": {}}, request_id
+
+
+def test_a_conditional_step_refused_as_stale_is_a_conflict_not_a_failure(journal: Journal) -> None:
+    step = Step("PUT", "https://x/a", (("If-Match", '"abc"'),), b"old", "why")
+    outcome = carry_out(_plan(step), Refusing(412, {}), journal, "bot", False, lambda r: None)  # type: ignore[arg-type]
+    assert outcome.state == "conflict" and "nothing was overwritten" in outcome.message
+
+
+def test_a_rule_says_what_a_stale_answer_looks_like(journal: Journal) -> None:
+    """GitHub answers 409 to a stale `sha`; the step's `conflict` condition says so."""
+    step = Step("PUT", "https://x/a", (), b"{}", "why", None, True,
+                compile_condition("response.status == 409", frozenset({"response"})))
+    outcome = carry_out(_plan(step), Refusing(409, {"message": "a does not match"}), journal, "bot", False,
+                        lambda r: None)  # type: ignore[arg-type]
+    assert outcome.state == "conflict"
+    outcome = carry_out(_plan(step), Refusing(500, {}), journal, "bot", False, lambda r: None)  # type: ignore[arg-type]
+    assert outcome.state == "failed"
+
+
+def test_force_sends_steps_without_their_preconditions(journal: Journal) -> None:
+    step = Step("PUT", "https://x/a", (("If-Match", '"abc"'), ("Content-Type", "text/plain")), b"old", "why")
+    sender = Refusing(200, {})
+    assert carry_out(_plan(step), sender, journal, "bot", True, lambda r: None).state == "done"  # type: ignore[arg-type]
+    assert sender.headers == [(("Content-Type", "text/plain"),)]
