@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .cel import CelEvalError, Condition, Expression
 from .globs import Glob
@@ -138,6 +138,7 @@ class Exchange:
                    "port": parts.port or (443 if parts.scheme == "https" else 80), "path": parts.path or "/",
                    "base_url": f"{parts.scheme}://{parts.netloc}{parts.path or '/'}",
                    "parent_url": f"{parts.scheme}://{parts.netloc}{(parts.path or '/').rstrip('/').rpartition('/')[0]}",
+                   "segments": [unquote(seg) for seg in (parts.path or "/").split("/")[1:]],
                    "query": dict(parse_qsl(parts.query, keep_blank_values=True)),
                    "headers": header_map(self.request_headers), **body_view(self.request_body)}
         response = {"status": self.status if self.status is not None else 0,

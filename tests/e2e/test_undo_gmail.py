@@ -1,0 +1,76 @@
+"""`goex-proxy undo` with the Gmail pack against the Gmail fake: a whole session taken back, the mailbox as before."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+POLICY = {"gmail": """
+    version: 1
+    rules:
+      - name: the mailbox
+        allow: {host: gmail.googleapis.com, path: "/gmail/v1/users/me/**"}
+"""}
+
+
+def raw(subject: str, to: str = "") -> bytes:
+    return (f"From: me@example.com\r\n{'To: ' + to + chr(13) + chr(10) if to else ''}Subject: {subject}\r\n"
+            f"Date: Wed, 15 Nov 2023 10:00:00 +0000\r\n\r\n{subject} body\r\n").encode()
+
+
+AGENT = """
+import base64, json, sys, requests
+api = "https://gmail.googleapis.com/gmail/v1/users/me"
+ids = json.loads(sys.argv[1])
+def call(method, path, **kw):
+    r = requests.request(method, api + path, timeout=20, **kw)
+    assert r.status_code < 300, (method, path, r.status_code, r.text)
+    return r.json() if r.content else None
+b64 = lambda s: base64.urlsafe_b64encode(s.encode()).decode()
+call("POST", "/drafts", json={"message": {"raw": b64("Subject: agent draft\\r\\n\\r\\nhi")}})
+call("PUT", "/drafts/" + ids["draft"], json={"message": {"raw": b64("Subject: rewritten by the agent\\r\\n\\r\\nx")}})
+call("POST", "/messages/m1/trash")
+call("POST", "/messages/" + ids["keep"] + "/modify", json={"addLabelIds": [ids["receipts"]],
+                                                         "removeLabelIds": ["UNREAD"]})
+call("DELETE", "/messages/" + ids["doomed"])
+call("POST", "/labels", json={"name": "agent-label"})
+call("DELETE", "/labels/" + ids["old"])
+call("POST", "/settings/filters", json={"criteria": {"from": "boss@example.com"}, "action": {"addLabelIds": ["STARRED"]}})
+call("DELETE", "/settings/filters/" + ids["filter"])
+call("POST", "/messages/send", json={"raw": b64("To: bob@example.com\\r\\nSubject: sent\\r\\n\\r\\nbye")})
+"""
+
+
+def test_a_gmail_session_is_undone_and_the_mailbox_is_as_before_except_sent_mail(make_proxy, upstream):
+    gmail = upstream.state.gmail
+    receipts = gmail.add_label("Receipts")
+    ids = {"receipts": receipts, "old": gmail.add_label("Old", messageListVisibility="show", labelListVisibility="labelHide"),
+           "keep": gmail.add_message(raw("keep me", "me@example.com"), ["INBOX", "UNREAD"]),
+           "doomed": gmail.add_message(raw("doomed", "me@example.com"), ["INBOX", receipts]),
+           "draft": gmail.add_draft(raw("my draft")),
+           "filter": gmail.add_filter({"from": "news@example.com"}, {"removeLabelIds": ["INBOX"]})}
+    before = gmail.snapshot(by_content=True)
+
+    proxy = make_proxy(POLICY)
+    r = proxy.exec("mailbot", sys.executable, "-c", AGENT, json.dumps(ids))
+    assert r.returncode == 0, r.stderr
+    classes = [row["undo_class"] for row in proxy.rows()]
+    assert classes == ["exact", "needs-preimage", "exact", "needs-preimage", "lossy", "exact", "lossy", "lossy",
+                       "needs-preimage", "irreversible: sent mail cannot be recalled"]
+    assert gmail.snapshot(by_content=True) != before
+
+    r = proxy.cli("undo", "--agent", "mailbot", "--since", "1h", "--yes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "session of mailbot: 9 undone" in r.stdout and "sent mail cannot be recalled" in r.stdout + r.stderr
+
+    after = gmail.snapshot(by_content=True)
+    sent = [m for m in after["messages"] if "SENT" in m[1]]
+    assert len(sent) == 1 and b"Subject: sent" in sent[0][0]          # the one thing undo cannot take back
+    after["messages"].remove(sent[0])
+    assert after == before
+    # The permanently deleted message came back with a new id; the trashed one kept its own.
+    assert ids["doomed"] not in gmail.messages and "TRASH" not in gmail.messages["m1"].label_ids
