@@ -16,9 +16,10 @@ from goex_proxy.addons.record import Record
 from goex_proxy.addons.route import Route
 from goex_proxy.addons.scrub import Scrub
 from goex_proxy.addons.state import ProxyState
+from goex_proxy.addons.twin import Twin
 
 #: The stages in the order a request passes them; each takes the shared state.
-PIPELINE: tuple[type, ...] = (Identify, Decide, Inject, Preimage, Record, Route, Scrub)
+PIPELINE: tuple[type, ...] = (Identify, Decide, Twin, Inject, Preimage, Record, Route, Scrub)
 
 
 def pipeline(state: ProxyState | None = None) -> list[Any]:

@@ -1,4 +1,4 @@
-"""Stage 7, scrub: echoes of injected secrets become placeholders, and upstream `X-Goex-*` headers are removed."""
+"""Stage 8, scrub: echoes of injected secrets become placeholders, and upstream `X-Goex-*` headers are removed."""
 
 from __future__ import annotations
 

@@ -7,9 +7,9 @@ deleted and generated again to end "now" (otherwise `--since 1h` would find noth
 same. The hash chain of these rows is not valid (random hashes of
 the right size): `goex-proxy log verify` is not what is measured here.
 
-Mutating rows answer as the real APIs do (Slack `{"ok": true, "channel", "ts"}`, S3 `x-amz-version-id`, REST
-201 with `Location`, a PUT with its pre-image), so that the shipped undo packs can plan them: undo_bench.py plans
-undos from this same database.
+Mutating rows answer as the real APIs do (Slack `{"ok": true, "channel", "ts"}`, GitHub's 201 with the comment's
+`url`, S3 `x-amz-version-id`, a REST 201 with `Location`, a PUT with its pre-image), so that the shipped undo packs
+can plan them: undo_bench.py plans undos from this same database.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 from common import CACHE_DIR, PYTHON, fmt, median, table, tool
 
 TARGET_MS = 100.0
-GEN_VERSION = 3
+GEN_VERSION = 4
 DAYS = 30
 AGENTS = [("mailbot", 30), ("slackbot", 25), ("ghbot", 15), ("s3sync", 15), ("research", 10), ("billing", 5)]
 QUERY_AGENT = "mailbot"
@@ -42,18 +42,20 @@ _ENDPOINTS = [
     ("gmail.googleapis.com", "GET", "/gmail/v1/users/me/messages/{n:x}", False, (200, 200, 404), "json"),
     ("gmail.googleapis.com", "GET", "/gmail/v1/users/me/messages", False, (200,), "json"),
     ("api.github.com", "GET", "/repos/acme/widgets/issues/{n}", False, (200, 200, 404), "json"),
-    ("api.github.com", "POST", "/repos/acme/widgets/issues/{n}/comments", True, (201, 201, 422), "created"),
+    ("api.github.com", "POST", "/repos/acme/widgets/issues/{n}/comments", True, (201, 201, 422), "github-comment"),
     ("acme-data.s3.amazonaws.com", "GET", "/exports/2026/{n}.csv", False, (200, 200, 304), "json"),
     ("acme-data.s3.amazonaws.com", "PUT", "/uploads/{n}.json", True, (200,), "s3-put"),
     ("api.openai.com", "POST", "/v1/chat/completions", True, (200, 200, 200, 500), "json"),
     ("api.stripe.com", "GET", "/v1/charges/ch_{n:x}", False, (200, 404), "json"),
     ("crm.internal.example.com", "PUT", "/api/v2/contacts/{n}", True, (200, 200, 200, 409), "put-preimage"),
+    ("tickets.internal.example.com", "POST", "/api/v1/tickets", True, (201, 201, 201, 400), "created"),
 ]
 #: Mutating endpoints whose allowed, successful rows the shipped undo packs can plan (undo_bench.py picks its request
 #: ids among these): a short name, host, method, path prefix, and the statuses with which the call took effect.
 UNDOABLE = [
     ("slack post", "slack.com", "POST", "/api/chat.postMessage", (200,)),
-    ("REST 201 create", "api.github.com", "POST", "/repos/acme/widgets/issues/", (201,)),
+    ("GitHub comment", "api.github.com", "POST", "/repos/acme/widgets/issues/", (201,)),
+    ("REST 201 create", "tickets.internal.example.com", "POST", "/api/v1/tickets", (201,)),
     ("S3 versioned PUT", "acme-data.s3.amazonaws.com", "PUT", "/uploads/", (200,)),
     ("REST PUT w/ pre-image", "crm.internal.example.com", "PUT", "/api/v2/contacts/", (200,)),
 ]
@@ -68,13 +70,23 @@ def _response(rng: random.Random, kind: str, host: str, path: str, n: int, statu
         body: dict[str, Any] = ({"ok": True, "channel": "C0BOTS", "ts": f"{1764000000 + n % 10**6}.{n % 10**6:06d}",
                                  "message": {"type": "message", "text": "status update", "user": "U0BOT"}}
                                 if status == 200 else {"ok": False, "error": "ratelimited"})
-    elif kind == "created":  # a REST create: 201 with Location and the new resource
+    elif kind == "github-comment":  # GitHub: 201 with Location and the comment, which names its own API url
         cid = rng.randrange(10**8, 10**9)
-        body = {"id": cid, "body": "status update " + "x" * rng.randrange(10, 120), "user": {"login": "ghbot"}}
+        url = f"https://{host}/repos/acme/widgets/issues/comments/{cid}"
+        body = {"id": cid, "node_id": f"IC_kwDO{cid:x}", "url": url,
+                "html_url": f"https://github.com/acme/widgets/issues/{n}#issuecomment-{cid}",
+                "body": "status update " + "x" * rng.randrange(10, 120), "user": {"login": "ghbot", "id": 41898282},
+                "created_at": "2026-11-24T10:00:00Z", "updated_at": "2026-11-24T10:00:00Z"}
         if status == 201:
-            extra.append(("Location", f"https://{host}/repos/acme/widgets/issues/comments/{cid}"))
+            extra.append(("Location", url))
         else:
             body = {"message": "Validation Failed", "errors": [{"code": "invalid"}]}
+    elif kind == "created":  # a generic REST create: 201 with Location and the new resource
+        tid = rng.randrange(10**5, 10**6)
+        body = ({"id": tid, "title": f"ticket {n}", "status": "open", "created_at": "2026-11-24T10:00:00Z"}
+                if status == 201 else {"error": "invalid", "message": "title is required"})
+        if status == 201:
+            extra.append(("Location", f"https://{host}{path}/{tid}"))
     elif kind == "s3-put":  # versioned bucket: S3 names the new version; no body
         extra += [("ETag", f'"{rng.getrandbits(128):032x}"'), ("x-amz-version-id", f"{rng.getrandbits(160):040x}"[:32]),
                   ("x-amz-request-id", f"{rng.getrandbits(64):016X}"), ("Server", "AmazonS3")]

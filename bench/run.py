@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--loadgen", choices=["python", "hey"], default="python",
                    help="load generator: bench/loadgen.py (default) or `hey` (Debian package) as a cross-check")
     p.add_argument("--decide-calls", type=int, help="decide() calls per round (default 60000; quick 20000)")
-    p.add_argument("--log-rows", type=int, default=1_000_000, help="audit rows for the log benchmark")
+    p.add_argument("--log-rows", type=int, default=1_000_000, help="audit rows for the log and undoplan benchmarks")
     p.add_argument("--regenerate", action="store_true", help="rebuild the cached audit database")
     p.add_argument("--undo-ids", type=int, help="request ids to plan the undo of (default 2000; quick 500)")
     p.add_argument("--preimage-scheme", default="https", help="scheme(s) of the pre-image part: http, https or http,https")

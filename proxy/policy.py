@@ -40,6 +40,7 @@ class Rule:
     when: Condition | None = None
     limit: Limit | None = None
     reason: str | None = None
+    rewrite: bool = False      # allow only as the request's reversible twin (an undo rule's `twin`)
 
     @property
     def key(self) -> str:
@@ -88,6 +89,7 @@ class Decision:
     report: str | None = None
     count_limits: tuple[str, ...] = ()
     allowed_instead: tuple[str, ...] = ()
+    rewrite: bool = False   # forward the request's reversible twin instead of it (the twin stage does)
 
     @property
     def label(self) -> str:
@@ -219,11 +221,13 @@ def decide(view: RequestView, policies: PolicySet, now: float, counts: LimitCoun
     limited_keys = tuple(r.key for r in hard.allows + soft.allows if r.limit)
     if hard.allows:
         first = hard.allows[0]
-        return Decision("allow", f"allowed by rule '{first.name}'", first.key, would, limited_keys)
+        return Decision("allow", f"allowed by rule '{first.name}'", first.key, would, limited_keys,
+                        rewrite=first.rewrite)
     if allows:
         first = allows[0]
         would = f"report mode: only report-mode rule '{first.name}' allows this; enforced, it would be denied"
-        return Decision("allow", f"allowed by report-mode rule '{first.name}'", first.key, would, limited_keys)
+        return Decision("allow", f"allowed by report-mode rule '{first.name}'", first.key, would, limited_keys,
+                        rewrite=first.rewrite)
     nothing = f"no rule allows {view.method} {view.host}{view.path} for agent '{view.agent}'"
     if reporting:
         return Decision("allow", nothing + " (allowed: a policy for this agent is in report mode)", None,

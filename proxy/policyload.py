@@ -16,7 +16,7 @@ from .yamlsrc import Checker, YMap
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
 _POLICY_KEYS = {"version", "name", "description", "agents", "mode", "rules"}
-_RULE_KEYS = {"name", "allow", "deny", "description"}
+_RULE_KEYS = {"name", "allow", "deny", "description", "rewrite"}
 _MATCH_KEYS = {"host", "hosts", "method", "methods", "path", "paths", "agents", "when"}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.#@:/()'-]*")
 
@@ -107,6 +107,10 @@ class RuleReader:
             self.check.error(r.pos, f"'{where}' ('{name}') must have exactly one of 'allow' or 'deny'")
             return None
         effect = effects[0]
+        rewrite = r.get("rewrite")
+        if rewrite is not None and (effect != "allow" or rewrite != "reversible"):
+            self.check.error(self.check.at(r, "rewrite"), f"'{where}.rewrite' can only be 'reversible', on an allow "
+                                                          f"rule (got {rewrite!r})")
         allowed = _MATCH_KEYS | ({"limit"} if effect == "allow" else {"reason"})
         m = self.check.mapping(r[effect], f"{where}.{effect}", self.check.at(r, effect), allowed)
         if m is None:
@@ -135,6 +139,7 @@ class RuleReader:
             when=when,
             limit=self.limit(m, f"{where}.{effect}") if effect == "allow" else None,
             reason=self.check.string(m, "reason", f"{where}.deny.reason") if effect == "deny" else None,
+            rewrite=rewrite == "reversible" and effect == "allow",
         )
 
     def policy(self, doc: Any, file: str) -> Policy | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -90,6 +90,8 @@ class UndoRule:
     undo: tuple[RequestTemplate, ...] = ()
     guard: Guard | None = None
     preimage: RequestTemplate | None = None  # read before forwarding, templated from the request only
+    twin: RequestTemplate | None = None      # a reversible request with the same purpose, sent instead where a
+                                             # policy rule says `rewrite: reversible` (Gmail delete -> trash)
 
     def matches(self, method: str, host: str, path: str) -> bool:
         return (any(h.matches(host) for h in self.hosts) and (self.methods is None or method in self.methods)
@@ -200,10 +202,21 @@ class Plan:
 
 
 def preimage_read(rules: Iterable[UndoRule], exchange: Exchange) -> Step | None:
-    """The read to make before forwarding this request, or None. Rules are tried in order as `find_rule` will try
-    them once the response is in: one whose `when` is already false is passed over; one whose `when` already holds
-    decides (a read if it has a `preimage`); one whose `when` needs the response or the pre-image is read for if it
-    has a `preimage`, else passed over."""
+    """The read to make before forwarding this request, or None."""
+    return _before_forwarding(rules, exchange, lambda rule: rule.preimage)
+
+
+def twin_for(rules: Iterable[UndoRule], exchange: Exchange) -> Step | None:
+    """The reversible twin to forward instead of this request, or None if its rule has none."""
+    return _before_forwarding(rules, exchange, lambda rule: rule.twin)
+
+
+def _before_forwarding(rules: Iterable[UndoRule], exchange: Exchange,
+                       part: Callable[[UndoRule], RequestTemplate | None]) -> Step | None:
+    """A rule's request made before forwarding (`part` picks which), rendered from the request alone. Rules are
+    tried in order as `find_rule` will try them once the response is in: one whose `when` is already false is
+    passed over; one whose `when` already holds decides; one whose `when` needs the response or the pre-image
+    decides if it has that part, else is passed over."""
     target = exchange.target()
     variables: dict[str, Any] | None = None
     for rule in rules:
@@ -215,12 +228,13 @@ def preimage_read(rules: Iterable[UndoRule], exchange: Exchange) -> Step | None:
             holds: bool | None = rule.when.evaluate(variables) if rule.when is not None else True
         except CelEvalError:
             holds = None
-        if holds is False or (holds is None and rule.preimage is None):
+        template = part(rule)
+        if holds is False or (holds is None and template is None):
             continue
-        if rule.preimage is None:
+        if template is None:
             return None
         try:
-            return _render(rule.preimage, variables)
+            return _render(template, variables)
         except CelEvalError:
             return None
     return None

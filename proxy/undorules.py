@@ -14,7 +14,8 @@ from .undoplan import FIDELITIES, UNDO_VARIABLES, Fidelity, Guard, RequestTempla
 from .yamlsrc import YMap
 
 _PACK_KEYS = {"version", "name", "description", "rules"}
-_RULE_KEYS = {"name", "match", "when", "effective", "class", "reason", "undo", "guard", "preimage", "description"}
+_RULE_KEYS = {"name", "match", "when", "effective", "class", "reason", "undo", "guard", "preimage", "twin",
+              "description"}
 _REQUEST_KEYS = {"method", "url", "headers", "json", "form", "body", "success", "why", "repeatable", "conflict"}
 
 
@@ -164,10 +165,11 @@ class _UndoReader(RuleReader):
                                                            "before the agent's request, and must change nothing)")
         if fidelity == "needs-preimage" and preimage is None:
             self.check.warn(r.pos, f"'{where}' needs a pre-image but has no 'preimage' read; it will never be planned")
+        twin = self.request(r["twin"], f"{where}.twin", self.check.at(r, "twin")) if "twin" in r else None
         return UndoRule(pack, name, hosts or (), self.methods(m, f"{where}.match"),
                         self.globs(m, ("path", "paths"), f"{where}.match", compile_path), fidelity,
                         self.condition(r, "when", where), self.condition(r, "effective", where), reason,
-                        tuple(s for s in steps if s is not None), guard, preimage)
+                        tuple(s for s in steps if s is not None), guard, preimage, twin)
 
     def pack(self, doc: Any, file: str) -> list[UndoRule]:
         p = self.check.mapping(doc, "undo pack", (1, 1), _PACK_KEYS, {"version", "rules"})

@@ -74,3 +74,44 @@ def test_a_gmail_session_is_undone_and_the_mailbox_is_as_before_except_sent_mail
     assert after == before
     # The permanently deleted message came back with a new id; the trashed one kept its own.
     assert ids["doomed"] not in gmail.messages and "TRASH" not in gmail.messages["m1"].label_ids
+
+
+TWIN_POLICY = {"gmail": """
+    version: 1
+    rules:
+      - name: deleting mail moves it to the trash
+        allow: {host: gmail.googleapis.com, methods: [DELETE], path: "/gmail/v1/users/me/messages/*"}
+        rewrite: reversible
+      - name: trash and untrash
+        allow: {host: gmail.googleapis.com, methods: [POST], path: "/gmail/v1/users/me/messages/*/{trash,untrash}"}
+      - name: labels may be deleted only as reversible
+        allow: {host: gmail.googleapis.com, methods: [DELETE], path: "/gmail/v1/users/me/labels/*"}
+        rewrite: reversible
+"""}
+DELETER = """
+import sys, requests
+api = "https://gmail.googleapis.com/gmail/v1/users/me"
+print(requests.delete(api + "/messages/m1", timeout=20).status_code)
+r = requests.delete(api + "/labels/" + sys.argv[1], timeout=20)
+print(r.status_code, r.json()["reason"])
+"""
+
+
+def test_a_policy_turns_a_permanent_delete_into_its_reversible_twin(make_proxy, upstream):
+    gmail = upstream.state.gmail
+    label = gmail.add_label("Keep")
+    proxy = make_proxy(TWIN_POLICY)
+    r = proxy.exec("mailbot", sys.executable, "-c", DELETER, label)
+    assert r.returncode == 0, r.stderr
+    first, second = r.stdout.splitlines()
+    assert first == "200"                                          # trash answers with the message
+    assert "TRASH" in gmail.messages["m1"].label_ids                # in the trash, not gone
+    assert second.startswith("403") and "no undo rule has a twin" in second and label in gmail.labels
+
+    trashed = proxy.rows()[0]
+    assert (trashed["method"], trashed["path"]) == ("POST", "/gmail/v1/users/me/messages/m1/trash")
+    assert "sent as its reversible twin POST" in trashed["reason"] and "instead of DELETE" in trashed["reason"]
+    assert trashed["undo_class"] == "exact"
+    r = proxy.cli("undo", str(trashed["id"]), "--yes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert gmail.messages["m1"].label_ids == ["INBOX"]

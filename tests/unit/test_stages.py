@@ -251,3 +251,67 @@ def test_preimage_read_fails_closed(state, monkeypatch) -> None:
         assert pending is not None
         asyncio.run(pending)
     assert f.response.status_code == 502 and b"preimage" in f.response.content
+
+
+TWIN_POLICY = """
+version: 1
+name: p
+rules:
+  - name: deletes as trash
+    allow: {host: gmail.googleapis.com, methods: [DELETE], path: "/gmail/v1/users/me/messages/*"}
+    rewrite: reversible
+"""
+
+
+def _twin_flow(state, policy: str):
+    from goex_proxy.addons.twin import Twin
+    from goex_proxy.presets import undo_dir
+    from goex_proxy.undorules import load_packs
+
+    parsed, problems = check_policy_text(policy, "p.yaml")
+    assert parsed is not None, problems
+    state.policies = PolicySet.of([parsed])
+    state.undo_rules = load_packs([undo_dir() / "gmail.yaml"])
+    f = tflow.tflow()
+    f.request.method, f.request.scheme, f.request.host, f.request.port = "DELETE", "https", "gmail.googleapis.com", 443
+    f.request.path = "/gmail/v1/users/me/messages/m1"
+    f.client_conn.sni = "gmail.googleapis.com"
+    flowmeta.set_agent(f, "bot")
+    with taddons.context():
+        Decide(state).request(f)
+        assert flowmeta.decision(f).rewrite
+        Twin(state).request(f)
+    return f
+
+
+def test_a_twin_the_policy_does_not_allow_is_not_sent_and_neither_is_the_original(state) -> None:
+    f = _twin_flow(state, TWIN_POLICY)
+    assert f.response is not None and f.response.status_code == 403
+    assert b"allowed only as its reversible twin POST" in f.response.content and b"does not allow" in f.response.content
+
+
+def test_an_allowed_twin_replaces_the_request(state) -> None:
+    f = _twin_flow(state, TWIN_POLICY + """  - name: trash
+    allow: {host: gmail.googleapis.com, methods: [POST], path: "/gmail/v1/users/me/messages/*/trash"}
+""")
+    assert f.response is None
+    assert (f.request.method, f.request.path) == ("POST", "/gmail/v1/users/me/messages/m1/trash")
+    assert flowmeta.path(f) == "/gmail/v1/users/me/messages/m1/trash"
+    assert "sent as its reversible twin" in flowmeta.decision(f).reason
+
+
+def test_rewrite_is_only_for_allow_rules_and_only_reversible() -> None:
+    _, problems = check_policy_text(TWIN_POLICY.replace("rewrite: reversible", "rewrite: trash"), "p.yaml")
+    assert any("'rules[0].rewrite' can only be 'reversible'" in str(p) for p in problems)
+    deny = TWIN_POLICY.replace("allow:", "deny:")
+    _, problems = check_policy_text(deny, "p.yaml")
+    assert any("rewrite" in str(p) for p in problems)
+
+
+def test_twin_fails_closed(state, monkeypatch) -> None:
+    """If finding the twin raises, the request gets 502: neither it nor its twin is forwarded."""
+    from goex_proxy.addons import twin as twin_module
+
+    monkeypatch.setattr(twin_module, "twin_for", boom)
+    f = _twin_flow(state, TWIN_POLICY)
+    assert f.response.status_code == 502 and b"twin" in f.response.content
