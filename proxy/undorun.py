@@ -105,16 +105,23 @@ def response_view(status: int, headers: Iterable[tuple[str, str]], body: bytes |
     return {"status": status, "headers": header_map(headers), **body_view(body)}
 
 
-def check_guard(plan: Plan, replayer: Replayer, agent: str) -> tuple[bool, str]:
-    """Read the resource now; False and why when someone changed it after the agent."""
+def check_guard(plan: Plan, replayer: Replayer, agent: str) -> tuple[str, str]:
+    """Read the resource now: "ok", "conflict" (someone changed it after the agent) or "failed" (the read could not
+    be made: policy denied it, the upstream failed), with why."""
     if plan.guard is None or plan.guard_expect is None:
-        return True, ""
-    status, read, _ = replayer.send(plan.guard, agent, plan.request_id)
+        return "ok", ""
+    try:
+        status, read, _ = replayer.send(plan.guard, agent, plan.request_id)
+    except Exception as exc:  # httpx's errors: the proxy or the upstream could not be reached
+        return "failed", f"the check {plan.guard.describe()} could not be sent: {type(exc).__name__}: {exc}"
+    if read["headers"].get("x-goex-decision") in ("deny", "error"):
+        reason = read["json"].get("reason", "") if isinstance(read["json"], dict) else ""
+        return "failed", f"the check {plan.guard.describe()} was refused by the proxy ({status}): {reason}"
     try:
         ok = plan.guard_expect.evaluate({**plan.variables, "read": read})
     except Exception as exc:  # CelEvalError: the read does not have what the guard compares
-        return False, f"{plan.conflict} (the check could not be made: {exc})"
-    return ok, "" if ok else f"{plan.conflict} (read {plan.guard.describe()} answered {status})"
+        return "conflict", f"{plan.conflict} (the check could not be made: {exc})"
+    return ("ok", "") if ok else ("conflict", f"{plan.conflict} (read {plan.guard.describe()} answered {status})")
 
 
 def run_steps(plan: Plan, replayer: Replayer, journal: Journal, agent: str,
@@ -197,8 +204,10 @@ class Outcome:
 def carry_out(plan: Plan, replayer: Replayer, journal: Journal, agent: str, force: bool,
               report: Callable[[StepResult], None]) -> Outcome:
     """Check the guard (unless forced), then send the steps not yet done; stop at the first that fails."""
-    ok, why = check_guard(plan, replayer, agent)
-    if not ok and not force:
+    state, why = check_guard(plan, replayer, agent)
+    if state == "failed":
+        return Outcome("failed", f"stopped before any step: {why}; nothing was changed")
+    if state == "conflict" and not force:
         return Outcome("conflict", f"conflict: {why}; nothing was changed (--force overrides)")
     results = run_steps(plan, replayer, journal, agent, report, force)
     if results and results[-1].conflict:

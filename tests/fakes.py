@@ -39,6 +39,7 @@ class FakeState:
     slack_channels: dict[str, dict[str, Any]] = field(default_factory=dict)   # id -> {name, is_archived}
     slack_reactions: set[tuple[str, str, str]] = field(default_factory=set)  # (channel, ts, name)
     slack_calls: list[str] = field(default_factory=list)                     # Slack methods called, in order
+    slack_files: dict[str, dict[str, Any]] = field(default_factory=dict)     # id -> {id, name, content}
     gmail: GmailFake = field(default_factory=GmailFake)
     github: GitHubFake = field(default_factory=GitHubFake)
     echo_headers: dict[str, str] = field(default_factory=dict)
@@ -87,6 +88,24 @@ def _slack(state: FakeState, method: str, path: str, query: dict[str, str], body
         ts = f"1700000000.{next(state.counter):06d}"
         state.slack_messages[ts] = {"channel": body["channel"], "text": body["text"], "ts": ts}
         return 200, {"ok": True, "channel": body["channel"], "ts": ts, "message": {"text": body["text"], "ts": ts}}
+    if path == "/api/chat.update":
+        message = state.slack_messages.get(str(body.get("ts")))
+        if message is None or message["channel"] != body.get("channel"):
+            return 200, {"ok": False, "error": "message_not_found"}
+        message["text"] = body.get("text", "")
+        return 200, {"ok": True, "channel": body["channel"], "ts": body["ts"], "text": message["text"]}
+    if path == "/api/conversations.history":   # with latest=TS&inclusive=true&limit=1: that one message
+        found = [m for m in state.slack_messages.values() if m["channel"] == query.get("channel")
+                 and (query.get("latest") is None or m["ts"] == query.get("latest"))]
+        return 200, {"ok": True, "messages": [{"type": "message", "text": m["text"], "ts": m["ts"]} for m in found]}
+    if path == "/api/files.upload":
+        fid = f"F{next(state.counter):08d}"
+        state.slack_files[fid] = {"id": fid, "name": body.get("filename", "file"), "content": body.get("content", "")}
+        return 200, {"ok": True, "file": {"id": fid, "name": state.slack_files[fid]["name"]}}
+    if path == "/api/files.delete":
+        if state.slack_files.pop(str(body.get("file")), None) is None:
+            return 200, {"ok": False, "error": "file_not_found"}
+        return 200, {"ok": True}
     if path == "/api/chat.delete":
         if state.slack_messages.pop(str(body.get("ts")), None) is None:
             return 200, {"ok": False, "error": "message_not_found"}

@@ -48,3 +48,63 @@ def test_a_slack_session_is_undone_in_dependency_order(make_proxy, upstream):
     assert undo_calls == ["reactions.remove", "chat.delete", "chat.delete", "conversations.archive"]
     compensations = [row for row in proxy.rows() if row["undo_of"]]
     assert len(compensations) == 4 and all(row["agent"] == "mailbot" and row["status"] == 200 for row in compensations)
+
+
+EDITOR = """
+import requests
+api = "https://slack.com/api/"
+def call(method, **body):
+    return requests.post(api + method, json=body, timeout=20).json()
+ts = call("chat.postMessage", channel="C0BOTS", text="original words")["ts"]   # posted by a person, say
+print(ts)
+"""
+AGENT_EDITS = """
+import sys, requests
+api = "https://slack.com/api/"
+r = requests.post(api + "chat.update", json={"channel": "C0BOTS", "ts": sys.argv[1], "text": "the agent's words"},
+                  timeout=20).json()
+assert r["ok"], r
+assert requests.post(api + "files.upload", data={"filename": "report.csv", "content": "a,b"}, timeout=20).json()["ok"]
+"""
+
+
+WITH_HISTORY = {"slack": POLICY["slack"] + """
+      - name: read a channel's history
+        allow: {host: slack.com, methods: [GET], path: /api/conversations.history}
+"""}
+
+
+def test_an_edit_is_undone_from_the_message_read_before_it_and_an_upload_is_deleted(make_proxy, upstream):
+    proxy = make_proxy(WITH_HISTORY)
+    ts = proxy.exec("slackbot", sys.executable, "-c", EDITOR).stdout.strip()
+    r = proxy.exec("mailbot", sys.executable, "-c", AGENT_EDITS, ts)
+    assert r.returncode == 0, r.stderr
+    state = upstream.state
+    assert state.slack_messages[ts]["text"] == "the agent's words" and len(state.slack_files) == 1
+    edit = next(row for row in proxy.rows() if row["path"] == "/api/chat.update")
+    assert edit["undo_class"] == "needs-preimage" and b"original words" in edit["pre_body"]
+
+    r = proxy.cli("undo", "--agent", "mailbot", "--since", "1h", "--yes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert state.slack_messages[ts]["text"] == "original words" and state.slack_files == {}
+
+
+def test_an_edit_someone_changed_again_is_a_conflict(make_proxy, upstream):
+    proxy = make_proxy(WITH_HISTORY)
+    ts = proxy.exec("slackbot", sys.executable, "-c", EDITOR).stdout.strip()
+    assert proxy.exec("mailbot", sys.executable, "-c", AGENT_EDITS, ts).returncode == 0
+    upstream.state.slack_messages[ts]["text"] = "a person's correction"
+    edit = next(row for row in proxy.rows() if row["path"] == "/api/chat.update")
+    r = proxy.cli("undo", str(edit["id"]), "--yes")
+    assert r.returncode == 3 and "edited again after the agent" in r.stderr
+    assert upstream.state.slack_messages[ts]["text"] == "a person's correction"
+
+
+def test_a_check_the_policy_refuses_stops_the_undo_as_a_failure_not_a_conflict(make_proxy, upstream):
+    proxy = make_proxy(POLICY)                      # no GET of conversations.history: the guard cannot read
+    ts = proxy.exec("slackbot", sys.executable, "-c", EDITOR).stdout.strip()
+    assert proxy.exec("mailbot", sys.executable, "-c", AGENT_EDITS, ts).returncode == 0
+    edit = next(row for row in proxy.rows() if row["path"] == "/api/chat.update")
+    r = proxy.cli("undo", str(edit["id"]), "--yes")
+    assert r.returncode == 4 and "was refused by the proxy (403)" in r.stderr and "no rule allows GET" in r.stderr
+    assert upstream.state.slack_messages[ts]["text"] == "the agent's words"
