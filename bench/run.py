@@ -2,8 +2,8 @@
 """goex-proxy benchmark suite: throughput vs bare mitmdump, policy decision latency, audit log query time, undo
 planning time, and the latency a pre-image read adds to a mutating call.
 
-    python bench/run.py                    # everything (~5 minutes)
-    python bench/run.py --quick            # shorter runs, same measurements (~1.5 minutes)
+    python bench/run.py                    # everything (~4 minutes)
+    python bench/run.py --quick            # shorter runs, same measurements (~75 seconds)
     python bench/run.py --only decide      # one part: throughput | decide | log | undoplan | preimage
                                            # (comma-separated for several; `undo` is undoplan,preimage)
     python bench/run.py --only throughput --rounds 7 --duration 8
