@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import re
+import sys
+import types
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +66,9 @@ def _describe(exc: Exception) -> str:
 @functools.cache
 def _engine() -> Any:
     """The CEL engine module, imported on first use: it is slow to import, and the log commands never need it."""
+    # The package's __init__ also imports its command line (typer, rich, prompt_toolkit: ~70 ms) for nothing we
+    # use; an empty stand-in for that submodule keeps it out. The engine itself is the compiled `cel.cel`.
+    sys.modules.setdefault("cel.cli", types.ModuleType("cel.cli"))
     import cel
 
     return cel
