@@ -177,6 +177,13 @@ class _Outcome:
 _STOP = object()
 
 
+def _is_outcome(item: Any) -> bool:
+    return isinstance(item, tuple) and isinstance(item[0], _Outcome)
+
+#: How long a batch of outcomes alone waits for company (an intent ends the wait at once).
+OUTCOME_GATHER_SECONDS = 0.005
+
+
 class AuditWriter:
     """The only writer: a thread that takes intents and outcomes, batches them into transactions, and chains hashes."""
 
@@ -207,18 +214,37 @@ class AuditWriter:
 
     def _run(self) -> None:
         while True:
-            batch = [self._queue.get()]
-            while True:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
+            batch = self._next_batch()
             stop = _STOP in batch
             work = [b for b in batch if b is not _STOP]
             if work:
                 self._write(work)
             if stop:
                 return
+
+    def _next_batch(self) -> list[Any]:
+        """Everything queued, at least one item. A batch of outcomes alone (nobody waits for them) also gathers what
+        arrives within OUTCOME_GATHER_SECONDS, so that a busy proxy writes one transaction where it would write two;
+        an intent (a request waiting to be forwarded) or the stop ends the gathering at once."""
+        batch = [self._queue.get()]
+        only_outcomes = _is_outcome(batch[0])
+        deadline: float | None = None
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                if not only_outcomes:
+                    return batch
+                deadline = deadline or time.monotonic() + OUTCOME_GATHER_SECONDS
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return batch
+                try:
+                    item = self._queue.get(timeout=remaining)
+                except queue.Empty:
+                    return batch
+            batch.append(item)
+            only_outcomes = only_outcomes and _is_outcome(item)
 
     def _write(self, batch: list[tuple[Any, concurrent.futures.Future[None]]]) -> None:
         try:

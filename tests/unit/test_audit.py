@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 from goex_proxy import audit
@@ -71,3 +72,25 @@ def test_migrations_are_recorded(tmp_path: Path) -> None:
     db = audit.open_db(tmp_path / "a.db")
     assert db.execute("PRAGMA user_version").fetchone()[0] == len(audit.MIGRATIONS)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_outcomes_share_a_transaction_and_never_hold_up_a_request(tmp_path: Path, monkeypatch) -> None:
+    """Outcomes (nobody waits for them) gather into one write; a request row arriving meanwhile ends the wait."""
+    monkeypatch.setattr(audit, "OUTCOME_GATHER_SECONDS", 0.5)
+    ids, writer = RequestIds(), AuditWriter(tmp_path / "a.db")
+    batches: list[int] = []
+    write = writer._write
+    monkeypatch.setattr(writer, "_write", lambda batch: (batches.append(len(batch)), write(batch)))
+    first, second, late = row(1, ids), row(2, ids), row(3, ids)
+    writer.record_intent(first).result(5)
+    writer.record_intent(second).result(5)
+    done = {"status": 200, "ended": 1.0, "duration_ms": 1.0}
+    a = writer.record_outcome(str(first["id"]), done)
+    time.sleep(0.05)                                    # the writer has taken the first outcome and is gathering
+    b = writer.record_outcome(str(second["id"]), done)
+    started = time.monotonic()
+    writer.record_intent(late).result(5)                # a request waiting to be forwarded: written at once
+    assert time.monotonic() - started < 0.4
+    a.result(5), b.result(5)
+    writer.close()
+    assert batches == [1, 1, 3]
