@@ -69,6 +69,15 @@ def build_master(config: Config, policies: PolicySet, undo_token: str | None = N
     return m
 
 
+def _quiet_shutdown(loop: asyncio.AbstractEventLoop) -> None:
+    """Connections still open at shutdown are cancelled; Python 3.11's stream callback then reports each
+    CancelledError as an "exception in callback" traceback. That is the expected end, not an error."""
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if not isinstance(context.get("exception"), asyncio.CancelledError):
+            loop.default_exception_handler(context)
+    loop.set_exception_handler(handle)
+
+
 class InProcessProxy:
     """The pipeline on an ephemeral loopback port in a background thread, for `undo` (whether or not `run` runs)."""
 
@@ -94,6 +103,7 @@ class InProcessProxy:
     def _run(self, policies: PolicySet, undo_token: str) -> None:
         async def main() -> None:
             self._loop = asyncio.get_running_loop()
+            _quiet_shutdown(self._loop)
             self._master = build_master(self.config, policies, undo_token)
             self._ready.set()
             await self._master.run()
@@ -128,6 +138,7 @@ async def serve(config: Config, policies: PolicySet) -> None:
     """Run the proxy until SIGINT or SIGTERM."""
     m = build_master(config, policies)
     loop = asyncio.get_running_loop()
+    _quiet_shutdown(loop)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, m.shutdown)
     log.info("goex-proxy listening on %s:%d (config %s)", config.listen_host, config.listen_port, config.file)

@@ -41,6 +41,7 @@ def test_a_slack_session_is_undone_in_dependency_order(make_proxy, upstream):
 
     r = proxy.cli("undo", "--agent", "mailbot", "--since", "1h", "--yes")
     assert r.returncode == 0, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
     assert "session of mailbot: 4 undone" in r.stdout and "did not take effect" in r.stdout
     assert state.slack_messages == {} and state.slack_reactions == set() and state.slack_channels[room]["is_archived"]
     undo_calls = state.slack_calls[5:]
