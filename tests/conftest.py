@@ -223,5 +223,24 @@ def make_proxy(tmp_path: Path, upstream: FakeUpstream, upstream_ca: tuple[trustm
         proxy.stop()
 
 
+@pytest.fixture
+def aws_proxy(make_proxy, aws_relay: RelayServer):
+    """A started goex-proxy whose AWS traffic goes to the signature-checking relay, with the real keys stored:
+    aws_proxy({"name": policy_yaml}, extra_config="")."""
+    import json
+
+    from tests.fake_aws import AWS_CREDENTIAL, REAL
+
+    def make(policies: dict[str, str], extra_config: str = "") -> GoexProxy:
+        proxy = make_proxy(policies, start=False, routes={h: aws_relay.url for h in AWS_HOSTS},
+                           extra_config=AWS_CREDENTIAL + extra_config)
+        stored = proxy.run_cli("secrets", "set", "--config", str(proxy.config), "aws-keys",
+                               input=json.dumps(REAL).encode())
+        assert stored.returncode == 0, stored.stderr
+        return proxy.start()
+
+    return make
+
+
 def have(tool: str) -> bool:
     return shutil.which(tool) is not None

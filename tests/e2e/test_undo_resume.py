@@ -9,15 +9,10 @@ import time
 import pytest
 
 from tests.conftest import GOEX
+from tests.e2e.test_undo_slack import POLICY
 
 pytestmark = pytest.mark.e2e
 
-POLICY = {"slack": """
-    version: 1
-    rules:
-      - name: slack methods
-        allow: {host: slack.com, methods: [POST], path: "/api/*"}
-"""}
 # Taking back a channel in two steps: say goodbye in it (a POST: applying it twice posts twice), then archive it
 # (harmless to repeat: "already_archived" counts as done).
 PACK = """

@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import GoexProxy
-from tests.fake_aws import AWS_CREDENTIAL as CREDENTIAL
-from tests.fake_aws import AWS_HOSTS, BUCKET, REAL, RelayServer
+from tests.fake_aws import BUCKET, REAL
 
 pytestmark = pytest.mark.e2e
 
@@ -46,11 +45,8 @@ def direct(moto: int) -> Any:
 
 
 @pytest.fixture
-def proxy(make_proxy, aws_relay: RelayServer, direct: Any) -> GoexProxy:
-    p = make_proxy(POLICY, start=False, routes={h: aws_relay.url for h in AWS_HOSTS}, extra_config=CREDENTIAL)
-    assert p.run_cli("secrets", "set", "--config", str(p.config), "aws-keys",
-                     input=json.dumps(REAL).encode()).returncode == 0
-    p.start()
+def proxy(aws_proxy, direct: Any) -> GoexProxy:
+    p = aws_proxy(POLICY)
     r = p.exec("mailbot", sys.executable, "-c", AGENT, timeout=120)
     assert r.returncode == 0, r.stderr
     return p

@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import GoexProxy
-from tests.fake_aws import AWS_CREDENTIAL as CREDENTIAL
-from tests.fake_aws import AWS_HOSTS, PLAIN_BUCKET, REAL, RelayServer
+from tests.fake_aws import PLAIN_BUCKET
 
 pytestmark = pytest.mark.e2e
 
@@ -48,12 +47,8 @@ def direct(moto: int) -> Any:
 
 
 @pytest.fixture
-def proxy(make_proxy, aws_relay: RelayServer, direct: Any) -> GoexProxy:
-    p = make_proxy(POLICY, start=False, routes={h: aws_relay.url for h in AWS_HOSTS},
-                   extra_config=CREDENTIAL + f"audit:\n  max_body_bytes: {KEEP}\n")
-    assert p.run_cli("secrets", "set", "--config", str(p.config), "aws-keys",
-                     input=json.dumps(REAL).encode()).returncode == 0
-    p.start()
+def proxy(aws_proxy, direct: Any) -> GoexProxy:
+    p = aws_proxy(POLICY, f"audit:\n  max_body_bytes: {KEEP}\n")
     r = p.exec("mailbot", sys.executable, "-c", AGENT, timeout=120)
     assert r.returncode == 0, r.stderr
     return p
