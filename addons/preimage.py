@@ -13,7 +13,7 @@ from goex_proxy.addons.decide import header_pairs
 from goex_proxy.addons.failclosed import fail_closed
 from goex_proxy.addons.inject import inject_into
 from goex_proxy.addons.state import ProxyState
-from goex_proxy.undoplan import SAFE_METHODS, Exchange, Step, preimage_read
+from goex_proxy.undoplan import SAFE_METHODS, Exchange, Step, on_origin, preimage_read
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,13 @@ class Preimage:
 
     @fail_closed("preimage")
     async def _read(self, read: Step, flow: http.HTTPFlow) -> None:  # flow last: fail_closed answers on it
-        request = http.Request.make(read.method, read.url, read.body or b"", list(read.headers))
+        url = on_origin(read.url, flow.request.url)
+        if url is None:  # never carry the agent's credential to another origin
+            log.warning("%s: pre-image read %s %s is off the request's origin; not made", flowmeta.request_id(flow),
+                        read.method, read.url)
+            flowmeta.set_preimage(flow, 0, (), f"the read ({read.describe()}) is not on the request's origin".encode())
+            return
+        request = http.Request.make(read.method, url, read.body or b"", list(read.headers))
         name = flowmeta.credential(flow)
         try:
             if name is not None:

@@ -15,7 +15,7 @@ from goex_proxy.addons.failclosed import fail_closed
 from goex_proxy.addons.state import ProxyState
 from goex_proxy.policy import Decision, decide
 from goex_proxy.requestview import canonical_path
-from goex_proxy.undoplan import Exchange, Step, twin_for
+from goex_proxy.undoplan import Exchange, Step, on_origin, twin_for
 
 #: Headers that describe the agent's body, not the twin's.
 _BODY_HEADERS = ("content-length", "content-type", "content-encoding", "transfer-encoding")
@@ -41,11 +41,11 @@ class Twin:
             self._deny(flow, d, f"rule '{d.rule}' allows {original} only as its reversible twin, and no undo rule "
                                 "has a twin for it")
             return
-        target = urlsplit(twin.url)
-        if (target.scheme, (target.hostname or "").lower(), target.port or req.port) != \
-                (req.scheme, req.host.lower(), req.port) or not twin.url:
+        url = on_origin(twin.url, req.pretty_url)
+        if url is None:
             self._deny(flow, d, f"the reversible twin of {original} ({twin.describe()}) is not on the same origin")
             return
+        target = urlsplit(url)
         self._rewrite(req, twin, target.path + (f"?{target.query}" if target.query else ""))
         path = canonical_path(target.path or "/")
         if path is None:

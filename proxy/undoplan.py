@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urljoin, urlsplit
 
 from .cel import CelEvalError, Condition, Expression
 from .globs import Glob
@@ -299,6 +299,32 @@ def _render(template: RequestTemplate, variables: dict[str, Any]) -> Step:
                 template.conflict)
 
 
+def on_origin(url: str, original: str) -> str | None:
+    """`url` made absolute against `original`, if it is on the same origin (scheme, host, port), else None: a
+    compensation, pre-image read or twin built from an upstream's answer must not carry a credential elsewhere."""
+    def origin(u: str) -> tuple[str, str, int | None]:
+        parts = urlsplit(u)
+        try:
+            port = parts.port or {"https": 443, "http": 80}.get(parts.scheme.lower())
+        except ValueError:
+            port = None
+        return parts.scheme.lower(), (parts.hostname or "").lower().rstrip("."), port
+
+    absolute = urljoin(original, url)
+    return absolute if url and origin(absolute) == origin(original) and origin(original)[2] is not None else None
+
+
+def _on_origin(step: Step, original: str) -> Step:
+    url = on_origin(step.url, original)
+    if url is None:
+        raise OffOrigin(f"{step.describe()} is not on the origin of the request it undoes ({original})")
+    return replace(step, url=url)
+
+
+class OffOrigin(ValueError):
+    """A rendered request would leave the origin of the request it belongs to."""
+
+
 def _usable(pre: dict[str, Any]) -> bool:
     """A pre-image was read (status 0 records a read that failed)."""
     return bool(pre) and pre.get("status") != 0
@@ -339,10 +365,13 @@ def plan(request_id: str, exchange: Exchange, rules: Iterable[UndoRule]) -> Plan
         return replace(base, verdict="not planned", reason="the pre-image was larger than audit.max_body_bytes, so "
                                                            "only part of it was recorded")
     try:
-        steps = tuple(_render(t, variables) for t in rule.undo)
-        guard = _render(rule.guard.read, variables) if rule.guard else None
+        steps = tuple(_on_origin(_render(t, variables), exchange.url) for t in rule.undo)
+        guard = _on_origin(_render(rule.guard.read, variables), exchange.url) if rule.guard else None
     except CelEvalError as exc:
         return replace(base, verdict="not planned", reason=f"the rule cannot be applied to this response: {exc}")
+    except OffOrigin as exc:
+        return replace(base, verdict="not planned", reason=f"refused to plan a compensation off the original "
+                                                           f"origin: {exc}")
     return replace(base, verdict="plan", steps=steps, guard=guard,
                 guard_expect=rule.guard.expect if rule.guard else None,
                 conflict=rule.guard.conflict if rule.guard else "")

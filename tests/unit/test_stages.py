@@ -253,6 +253,35 @@ def test_preimage_read_fails_closed(state, monkeypatch) -> None:
     assert f.response.status_code == 502 and b"preimage" in f.response.content
 
 
+def test_a_preimage_read_off_the_request_origin_is_never_made(state, monkeypatch) -> None:
+    """A user rule whose read would go to another origin (here built from the agent's body) is not sent, so the
+    credential injected into reads cannot leave the request's host; the failure is recorded as the pre-image."""
+    from goex_proxy.addons import preimage as preimage_module
+    from goex_proxy.undorules import check_pack_text
+
+    rules, problems = check_pack_text("""
+version: 1
+rules:
+  - name: put thing
+    match: {hosts: [address], methods: [PUT], path: /things/*}
+    class: needs-preimage
+    preimage: {method: GET, url: "${request.json.mirror}"}
+    undo: [{method: PUT, url: "${request.url}", body: "${pre.body}", why: puts it back}]
+""", "user.yaml")
+    assert rules, problems
+    state.undo_rules = tuple(rules)
+    monkeypatch.setattr(preimage_module.sendout, "send", boom)  # any read actually sent fails the test
+    f = flow()
+    f.request.method, f.request.path = "PUT", "/things/1"
+    f.request.content = b'{"mirror": "http://elsewhere.example/collect"}'
+    with taddons.context():
+        pending = preimage_module.Preimage(state).request(f)
+        assert pending is not None
+        asyncio.run(pending)
+    assert f.response is None  # the request itself goes on
+    status, _, body = flowmeta.preimage(f) or (None, (), b"")
+    assert status == 0 and b"not on the request's origin" in body
+
 TWIN_POLICY = """
 version: 1
 name: p

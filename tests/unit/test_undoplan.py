@@ -10,7 +10,7 @@ import pytest
 from goex_proxy.errors import ConfigError
 from goex_proxy.presets import undo_dir as builtin_dir
 from goex_proxy.presets import undo_names as builtin_names
-from goex_proxy.undoplan import Exchange, classify, plan, preimage_read
+from goex_proxy.undoplan import Exchange, classify, on_origin, plan, preimage_read
 from goex_proxy.undorules import check_pack_text, load_packs, parse_template
 
 RULES = load_packs([builtin_dir() / f"{name}.yaml" for name in ("s3", "rest")])
@@ -68,6 +68,30 @@ def test_rest_create_is_undone_at_its_location_or_id() -> None:
     action = Exchange("POST", "https://api.example.com/mail/send", (), b"{}", 201, (), b'{"id": 1}')
     assert classify(RULES, action) == "no rule"
 
+
+def test_a_relative_location_is_resolved_against_the_request() -> None:
+    created = Exchange("POST", "http://localhost:3000/posts?x=1", (), b"{}", 201, (("Location", "/posts/9"),), b"{}")
+    assert [s.describe() for s in plan("R", created, RULES).steps] == ["DELETE http://localhost:3000/posts/9"]
+
+
+@pytest.mark.parametrize("location", ["https://evil.example/posts/7", "//evil.example/posts/7",
+                                      "https://localhost:3000/posts/7", "http://localhost:3001/posts/7",
+                                      "http://localhost.evil.example:3000/posts/7"])
+def test_a_compensation_never_leaves_the_original_origin(location: str) -> None:
+    """The upstream's answer names where the compensation goes; an answer pointing elsewhere plans nothing, so the
+    credential injected on replay cannot be carried to another origin."""
+    created = Exchange("POST", "http://localhost:3000/posts", (), b"{}", 201, (("Location", location),), b"{}")
+    p = plan("R", created, RULES)
+    assert p.verdict == "not planned" and not p.steps
+    assert "off the original origin" in p.reason and location.lstrip("/") in p.reason
+
+
+def test_on_origin_compares_scheme_host_and_port() -> None:
+    assert on_origin("/things/1", "https://api.example.com/things/1?x") == "https://api.example.com/things/1"
+    assert on_origin("https://API.example.com.:443/a", "https://api.example.com/b") == "https://API.example.com.:443/a"
+    assert on_origin("https://api.example.com:8443/a", "https://api.example.com/b") is None
+    assert on_origin("", "https://api.example.com/b") is None
+    assert on_origin("http://api.example.com/a", "https://api.example.com/b") is None
 
 def test_a_rule_that_needs_a_preimage_says_so_when_there_is_none() -> None:
     p = plan("R", s3("PUT", "/k", 200, ETag='"e"'), RULES)
