@@ -37,7 +37,7 @@ def proxy_url(config: Config, agent: str, host: str | None = None) -> str:
     token = spec.token.reveal()
     if token is None:
         raise GoexError(f"agent {agent!r} has no token: {spec.token.describe()} is not set")
-    host = host or ("127.0.0.1" if config.listen_host in ("0.0.0.0", "::", "") else config.listen_host)
+    host = host or proxy_address(config)[0]
     netloc = f"[{host}]" if ":" in host else host
     return f"http://{quote(agent, safe='')}:{quote(token, safe='')}@{netloc}:{config.listen_port}"
 
@@ -86,14 +86,30 @@ def render(env: dict[str, str], fmt: str, ca_pem: str) -> str:
     raise GoexError(f"unknown format {fmt!r} (expected shell, json or docker)")
 
 
+def proxy_address(config: Config) -> tuple[str, int]:
+    """Where a client on this machine reaches the proxy."""
+    return ("127.0.0.1" if config.listen_host in ("0.0.0.0", "::", "") else config.listen_host), config.listen_port
+
+
+def listening(config: Config) -> bool:
+    """Whether something accepts connections at the proxy's address."""
+    try:
+        socket.create_connection(proxy_address(config), timeout=2).close()
+    except OSError:
+        return False
+    return True
+
+
 def check_listening(config: Config) -> None:
     """Fail with a clear message when no proxy listens where the agent would be sent."""
-    host = "127.0.0.1" if config.listen_host in ("0.0.0.0", "::", "") else config.listen_host
-    try:
-        socket.create_connection((host, config.listen_port), timeout=2).close()
-    except OSError:
-        raise StateError(
-            f"no goex-proxy is listening on {host}:{config.listen_port}; start it with "
-            f"`goex-proxy run --config {config.file}` in another shell") from None
+    if not listening(config):
+        host, port = proxy_address(config)
+        raise StateError(f"no goex-proxy is listening on {host}:{port}; start it with "
+                         f"`goex-proxy run --config {config.file}` in another shell (or use `exec --jail`, which "
+                         "starts one for the command)")
+    check_ca(config)
+
+
+def check_ca(config: Config) -> None:
     if not Path(config.ca_cert).is_file():
         raise StateError(f"the CA certificate {config.ca_cert} is missing; run `goex-proxy init`")

@@ -173,29 +173,109 @@ def _exit_code(returncode: int) -> int:
 @cli.command(name="exec", context_settings={"ignore_unknown_options": True})
 @config_option
 @click.option("--agent", required=True, help="The agent the command acts as.")
+@click.option("--jail", is_flag=True, help="Run it in its own network namespace where the proxy is the only way "
+                                           "out (Linux); starts a proxy for it if none is running.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @handle_errors
-def exec_(config_path: Path | None, agent: str, command: tuple[str, ...]) -> None:
+def exec_(config_path: Path | None, agent: str, jail: bool, command: tuple[str, ...]) -> None:
     """Run COMMAND with its traffic sent through the proxy as AGENT; exits with COMMAND's exit code.
 
-    Example: goex-proxy exec --agent mailbot -- python agent.py
+    Example: goex-proxy exec --jail --agent mailbot -- python agent.py
     """
     config = _config(config_path)
+    if jail:
+        sys.exit(_exit_code(_run_jailed(config, agent, list(command))))
     env = agentenv.apply(dict(os.environ), agentenv.agent_env(config, agent), config)
     agentenv.check_listening(config)
     try:
         child = subprocess.Popen(list(command), env=env)
     except OSError as exc:
         raise GoexError(f"cannot run {command[0]!r}: {exc.strerror or exc}") from None
+    _wait_like_a_shell(child)
+    sys.exit(_exit_code(child.wait()))
 
+
+def _wait_like_a_shell(child: subprocess.Popen[bytes]) -> None:
+    """Ctrl-C reaches the child straight from the terminal (same process group); we only pass on TERM and HUP."""
     def forward(signum: int, _frame: Any) -> None:
         child.send_signal(signum)
 
-    # Ctrl-C reaches the child straight from the terminal (same process group); exec only waits for it to end.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, forward)
-    sys.exit(_exit_code(child.wait()))
+
+
+def _run_jailed(config: Config, agent: str, command: list[str]) -> int:
+    """COMMAND in a jail bridged to the running proxy, or to one started here for it; its exit status."""
+    import shutil
+
+    from .jail import Jail
+    from .policyload import load_policy_set
+    from .runtime import InProcessProxy
+
+    agentenv.proxy_url(config, agent)  # an unknown agent or a missing token: said before anything starts
+    agentenv.check_ca(config)
+    in_process = None
+    if not agentenv.listening(config):
+        audit.open_db(config.audit_db).close()
+        in_process = InProcessProxy(config, load_policy_set([(p.path, p.agents) for p in config.policies]))
+        config = in_process.config
+    try:
+        env = agentenv.apply(dict(os.environ), agentenv.agent_env(config, agent, proxy_host="127.0.0.1"), config)
+        if shutil.which(command[0], path=env.get("PATH")) is None:
+            raise GoexError(f"cannot run {command[0]!r}: no such file or command")
+        jailed = Jail(command, env, config.listen_port, agentenv.proxy_address(config))
+        _wait_like_a_shell(jailed.child)
+        return jailed.wait()
+    finally:
+        if in_process is not None:
+            in_process.close()
+
+
+@cli.command()
+@config_option
+@click.option("--agent", required=True, help="The agent whose proxy settings are checked.")
+@click.option("--no-jail", is_flag=True, help="Check this environment as plain `exec` leaves it (to test a sandbox "
+                                              "of your own) instead of a jail.")
+@json_option
+@handle_errors
+def doctor(config_path: Path | None, agent: str, no_jail: bool, as_json: bool) -> None:
+    """Check that every way around the proxy is blocked and the way through it works; exits 1 if any check fails.
+
+    Example: goex-proxy doctor --agent mailbot
+    """
+    import tempfile
+
+    from .canary import Canary
+
+    config = _config(config_path)
+    probe = [sys.executable, "-I", str(Path(__file__).with_name("doctorprobe.py"))]
+    with tempfile.TemporaryDirectory(prefix="goex-doctor-") as tmp, Canary() as canary:
+        out = Path(tmp) / "results.json"
+        command = [*probe, str(out), str(canary.port)]
+        if no_jail:
+            agentenv.check_listening(config)
+            subprocess.run(command, env=agentenv.apply(dict(os.environ), agentenv.agent_env(config, agent), config),
+                           check=False)
+        else:
+            _run_jailed(config, agent, command)
+        try:
+            results = json.loads(out.read_text())
+        except (OSError, ValueError):
+            raise GoexError("the checks did not run to the end (see the messages above)") from None
+    if canary.hits:
+        results.append({"check": "nothing reached this machine directly", "ok": False,
+                        "detail": f"{canary.hits} connection(s) reached the canary on 127.0.0.1/::1"})
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+    else:
+        table = _table(title=f"goex-proxy doctor ({'this environment' if no_jail else 'jail'}, agent {agent})")
+        for column in ("check", "result", "detail"):
+            table.add_column(column)
+        for r in results:
+            table.add_row(r["check"], "[green]pass[/green]" if r["ok"] else "[red]FAIL[/red]", r["detail"])
+        _console().print(table)
+    sys.exit(0 if all(r["ok"] for r in results) else 1)
 
 
 @cli.command(name="env")

@@ -79,9 +79,10 @@ def _quiet_shutdown(loop: asyncio.AbstractEventLoop) -> None:
 
 
 class InProcessProxy:
-    """The pipeline on an ephemeral loopback port in a background thread, for `undo` (whether or not `run` runs)."""
+    """The pipeline on an ephemeral loopback port in a background thread, for `undo` and `exec --jail` (whether or
+    not `run` runs)."""
 
-    def __init__(self, config: Config, policies: PolicySet, undo_token: str) -> None:
+    def __init__(self, config: Config, policies: PolicySet, undo_token: str | None = None) -> None:
         import dataclasses
         import socket
         import threading
@@ -100,7 +101,7 @@ class InProcessProxy:
         self._thread.start()
         self._wait_listening()
 
-    def _run(self, policies: PolicySet, undo_token: str) -> None:
+    def _run(self, policies: PolicySet, undo_token: str | None) -> None:
         async def main() -> None:
             self._loop = asyncio.get_running_loop()
             _quiet_shutdown(self._loop)

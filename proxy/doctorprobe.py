@@ -1,0 +1,136 @@
+"""The checks `goex-proxy doctor` runs inside a jail: every way around the proxy fails, the way through it works.
+
+Run as `python -I doctorprobe.py OUT PORT` (standard library only), where PORT is a canary that `doctor` listens on
+at 127.0.0.1 and ::1 outside the jail; writes a JSON list of {"check", "ok", "detail"} to OUT. A check of a way
+around the proxy passes when that way fails.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import socket
+import ssl
+import struct
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+
+TIMEOUT = 2.0
+PUBLIC_V4 = [("1.1.1.1", 443), ("8.8.8.8", 53)]
+PUBLIC_V6 = [("2606:4700:4700::1111", 443)]
+PROBE_HOST = "goex-doctor.invalid"
+
+
+def blocked(attempt: Callable[[], str]) -> tuple[bool, str]:
+    """Run a way around the proxy: passing means it raised."""
+    try:
+        return False, f"got through: {attempt()}"
+    except (OSError, urllib.error.URLError) as exc:
+        return True, f"blocked ({getattr(exc, 'reason', None) or exc})"
+
+
+def connect(family: int, address: tuple[str, int]) -> str:
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.settimeout(TIMEOUT)
+        s.connect(address)
+        return f"connected to {address[0]}:{address[1]}"
+
+
+def connect_all(family: int, addresses: list[tuple[str, int]]) -> tuple[bool, str]:
+    return all_blocked([functools.partial(connect, family, a) for a in addresses])
+
+
+def dns_query(name: str) -> bytes:
+    header = struct.pack("!HHHHHH", 0x6f6b, 0x0100, 1, 0, 0, 0)
+    labels = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
+    return header + labels + struct.pack("!HH", 1, 1)
+
+
+def udp_exchange(server: tuple[str, int]) -> str:
+    family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        s.settimeout(TIMEOUT)
+        s.sendto(dns_query("example.com"), server)
+        s.recvfrom(512)
+        return f"{server[0]}:{server[1]} answered"
+
+
+def resolvers() -> list[tuple[str, int]]:
+    try:
+        with open("/etc/resolv.conf") as f:
+            return [(line.split()[1], 53) for line in f if line.startswith("nameserver") and len(line.split()) > 1]
+    except OSError:
+        return []
+
+
+def via_proxy(url: str, context: ssl.SSLContext | None = None) -> tuple[bool, str]:
+    """A request through the proxy the environment names: passing means goex-proxy answered it."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler(), urllib.request.HTTPSHandler(context=context))
+    try:
+        reply = opener.open(url, timeout=10)
+    except urllib.error.HTTPError as exc:
+        reply = exc
+    except (OSError, urllib.error.URLError) as exc:
+        return False, f"failed: {getattr(exc, 'reason', None) or exc}"
+    decision = reply.headers.get("X-Goex-Decision")
+    if decision is None:
+        return False, f"answered {reply.status} without goex-proxy's headers: not the proxy"
+    return True, f"goex-proxy answered {reply.status} ({decision})"
+
+
+def checks(canary: int) -> list[tuple[str, Callable[[], tuple[bool, str]]]]:
+    cafile = os.environ.get("SSL_CERT_FILE")
+    no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    dns_servers = resolvers() + [("8.8.8.8", 53)]
+
+    def raw_socket() -> str:
+        with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as s:
+            s.sendto(b"\x08\0\xf7\xff\0\0\0\0", ("1.1.1.1", 0))
+            return "an ICMP packet was sent to 1.1.1.1"
+
+    def interfaces() -> tuple[bool, str]:
+        names = sorted(name for _, name in socket.if_nameindex())
+        return names == ["lo"], "only lo" if names == ["lo"] else f"interfaces: {', '.join(names)}"
+
+    return [
+        ("proxy path, HTTP", lambda: via_proxy(f"http://{PROBE_HOST}/")),
+        ("proxy path, HTTPS with the CA", lambda: via_proxy(
+            f"https://{PROBE_HOST}/", ssl.create_default_context(cafile=cafile) if cafile else None)),
+        ("direct TCP to this machine", lambda: blocked(lambda: connect(socket.AF_INET, ("127.0.0.1", canary)))),
+        ("direct TCP to public addresses", lambda: connect_all(socket.AF_INET, PUBLIC_V4)),
+        ("HTTP ignoring the proxy settings (--noproxy)", lambda: blocked(
+            lambda: f"answered {no_proxy.open(f'http://127.0.0.1:{canary}/', timeout=TIMEOUT).status}")),
+        ("DNS lookup", lambda: blocked(lambda: f"example.com is {socket.getaddrinfo('example.com', 443)[0][4][0]}")),
+        ("DNS to the resolvers, UDP", lambda: all_blocked([functools.partial(udp_exchange, s) for s in dns_servers])),
+        ("raw socket", lambda: blocked(raw_socket)),
+        ("IPv6", lambda: connect_all(socket.AF_INET6, PUBLIC_V6 + [("::1", canary)])),
+        ("network interfaces", interfaces),
+    ]
+
+
+def all_blocked(attempts: list[Callable[[], str]]) -> tuple[bool, str]:
+    """Passing means every attempt failed."""
+    results = [blocked(a) for a in attempts]
+    failed = [detail for ok, detail in results if not ok]
+    return not failed, "; ".join(failed) if failed else f"{results[0][1]} ({len(results)} tried)"
+
+
+def main(argv: list[str]) -> int:
+    out, canary = argv[1], int(argv[2])
+    results = []
+    for name, check in checks(canary):
+        try:
+            ok, detail = check()
+        except Exception as exc:  # a check that cannot be made is not a pass
+            ok, detail = False, f"could not check: {type(exc).__name__}: {exc}"
+        results.append({"check": name, "ok": ok, "detail": detail})
+    with open(out, "w") as f:
+        json.dump(results, f)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

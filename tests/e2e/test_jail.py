@@ -1,0 +1,192 @@
+"""`exec --jail`: a real network namespace where the proxy is the only way out, and `doctor` proving it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import GOEX
+
+pytestmark = pytest.mark.e2e
+
+POLICY = {"github": """
+    version: 1
+    name: github
+    rules:
+      - name: read repos
+        allow: {host: api.github.com, methods: [GET], path: "/repos/**"}
+"""}
+URL = "https://api.github.com/repos/octo/hello"
+SYSTEM_PYTHON = "/usr/bin/python3"
+NODE = Path(__file__).parent.parent / "node" / "node_modules" / ".bin" / "node"
+
+
+@pytest.fixture
+def proxy(make_proxy):
+    return make_proxy(POLICY)
+
+
+def jailed(proxy, *command: str, timeout: float = 60, **kwargs) -> subprocess.CompletedProcess[str]:
+    return proxy.run_cli("exec", "--jail", "--config", str(proxy.config), "--agent", "mailbot", "--", *command,
+                         timeout=timeout, **kwargs)
+
+
+def test_the_way_through_the_proxy_works_and_is_audited(proxy, upstream):
+    r = jailed(proxy, "curl", "-sS", "--fail", URL)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["full_name"] == "octo/hello"
+    assert upstream.seen_paths("api.github.com") == ["/repos/octo/hello"]
+    row = proxy.rows()[-1]
+    assert (row["agent"], row["decision"], row["status"], row["url"]) == ("mailbot", "allow", 200, URL)
+
+
+def test_without_a_running_proxy_the_jail_starts_one(make_proxy, upstream):
+    """`exec --jail` with no `goex-proxy run`: an in-process proxy on the same config, policy and audit log."""
+    proxy = make_proxy(POLICY, start=False)
+    r = jailed(proxy, sys.executable, "-c", f"import requests; print(requests.get('{URL}').json()['full_name'])")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "octo/hello"
+    denied = jailed(proxy, "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "https://api.github.com/user")
+    assert denied.stdout == "403"
+    assert [(row["decision"], row["url"]) for row in proxy.rows()] == [
+        ("allow", URL), ("deny", "https://api.github.com/user")]
+
+
+BYPASSES = {
+    "curl --noproxy to the upstream's address": ["curl", "-sk", "-m", "3", "--noproxy", "*", "https://127.0.0.1:{port}/"],
+    "curl --noproxy by name": ["curl", "-sk", "-m", "3", "--noproxy", "*", "https://api.github.com/repos/octo/hello"],
+    "python raw TCP socket": [sys.executable, "-c",
+                              "import socket; socket.create_connection(('127.0.0.1', {port}), timeout=3)"],
+    "python raw IP socket": [sys.executable, "-c", "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_RAW, "
+                             "socket.IPPROTO_ICMP); s.sendto(b'\\x08\\0\\xf7\\xff\\0\\0\\0\\0', ('1.1.1.1', 0))"],
+    "python UDP": [sys.executable, "-c", "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+                   "s.settimeout(2); s.sendto(b'x', ('127.0.0.1', {port})); s.sendto(b'x', ('8.8.8.8', 53)); "
+                   "s.recv(1)"],
+    "nc": ["nc", "-z", "-w", "3", "127.0.0.1", "{port}"],
+    "dig with the system resolver": ["dig", "+time=1", "+tries=1", "example.com"],
+    "dig at a public resolver": ["dig", "+time=1", "+tries=1", "@8.8.8.8", "example.com"],
+    "python DNS lookup": [sys.executable, "-c", "import socket; socket.getaddrinfo('api.github.com', 443)"],
+    "IPv6 loopback literal": ["curl", "-gsk", "-m", "3", "--noproxy", "*", "https://[::1]:{port}/"],
+    "IPv6 public literal": ["curl", "-gsk", "-m", "3", "--noproxy", "*", "https://[2606:4700:4700::1111]/"],
+    "node fetch without the proxy variables": [
+        "env", "-u", "HTTPS_PROXY", "-u", "https_proxy", "-u", "HTTP_PROXY", "-u", "http_proxy", "-u",
+        "NODE_USE_ENV_PROXY", str(NODE), "-e",
+        "fetch('https://127.0.0.1:{port}/').then(() => process.exit(0), () => process.exit(3))"],
+    "joining the host's network namespace": ["nsenter", "--net=/proc/1/ns/net", "curl", "-sk", "-m", "3",
+                                             "https://127.0.0.1:{port}/"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(BYPASSES))
+def test_every_way_around_the_proxy_is_blocked(proxy, upstream, name):
+    """Each tool that could skip the proxy fails inside the jail, and the upstream (on this machine's loopback,
+    which a plain `exec` reaches directly) sees nothing."""
+    command = [part.replace("{port}", str(upstream.port)) for part in BYPASSES[name]]
+    assert shutil.which(command[0]), f"{command[0]} must be installed for the bypass suite (.ci/run installs it)"
+    r = jailed(proxy, *command, timeout=30)
+    assert r.returncode != 0, (name, r.stdout, r.stderr)
+    assert upstream.seen_paths() == []
+
+
+def test_the_bypasses_would_work_without_the_jail(proxy, upstream):
+    """The suite can fail: the same direct connection from a plain `exec` reaches the upstream."""
+    r = proxy.exec("mailbot", "curl", "-sk", "-m", "3", "--noproxy", "*",
+                   f"https://127.0.0.1:{upstream.port}/repos/octo/hello")
+    assert r.returncode == 0, r.stderr
+    assert upstream.seen_paths() == ["/repos/octo/hello"]
+
+
+def test_files_cwd_stdin_and_exit_code_are_the_commands(proxy, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "in.txt").write_text("from a file\n")
+    script = "cat in.txt; cat; pwd; echo written > out.txt; exit 7"
+    r = subprocess.run([*GOEX, "exec", "--jail", "--config", str(proxy.config), "--agent", "mailbot", "--", "sh",
+                        "-c", script], env=proxy.env, cwd=work, input="from stdin\n", capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 7, r.stderr
+    assert r.stdout.splitlines() == ["from a file", "from stdin", str(work)]
+    assert (work / "out.txt").read_text() == "written\n"
+
+
+def test_ctrl_c_reaches_the_command_and_its_status_is_returned(proxy, tmp_path):
+    """Ctrl-C goes to the terminal's whole process group: the command handles it, exec waits and reports."""
+    ready = tmp_path / "ready"
+    script = f"trap 'echo interrupted; exit 42' INT; touch {ready}; while :; do sleep 0.1; done"
+    p = subprocess.Popen([*GOEX, "exec", "--jail", "--config", str(proxy.config), "--agent", "mailbot", "--", "sh",
+                          "-c", script], env=proxy.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    deadline = time.monotonic() + 30
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(p.pid, signal.SIGINT)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 42, err
+    assert out.strip() == "interrupted"
+
+
+def test_a_missing_command_or_unknown_agent_runs_nothing(proxy):
+    missing = jailed(proxy, "no-such-command-xyz")
+    assert missing.returncode == 2 and "cannot run 'no-such-command-xyz'" in missing.stderr
+    unknown = proxy.run_cli("exec", "--jail", "--config", str(proxy.config), "--agent", "nobody", "--", "true")
+    assert unknown.returncode == 2 and "no agent named 'nobody'" in unknown.stderr
+
+
+def test_the_jail_needs_no_privilege(tmp_path):
+    """As an unprivileged user (nobody), the jail's first process still gets its own namespaces: the command keeps
+    its uid and reaches nothing on this machine's loopback."""
+    import socket
+
+    assert Path(SYSTEM_PYTHON).exists(), "a Python any user may run, for the jail's first process"
+    if os.geteuid() != 0:
+        user = []
+    else:
+        user = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
+    init_dir = Path(tempfile.mkdtemp(prefix="goex-jailinit-"))
+    try:
+        init = init_dir / "jailinit.py"
+        shutil.copy(Path(__file__).parents[2] / "proxy" / "jailinit.py", init)
+        init_dir.chmod(0o755)
+        init.chmod(0o644)
+        with socket.create_server(("127.0.0.1", 0)) as host_listener:
+            port = host_listener.getsockname()[1]
+            ours, theirs = socket.socketpair()
+            script = (f"id -u; python3 -c \"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=2)\""
+                      " 2>/dev/null && echo reached || echo blocked")
+            p = subprocess.Popen([*user, SYSTEM_PYTHON, "-I", str(init), str(theirs.fileno()), "8123", "--", "sh",
+                                  "-c", script], pass_fds=(theirs.fileno(),), stdout=subprocess.PIPE, text=True,
+                                 env={"PATH": "/usr/bin:/bin"})
+            theirs.close()
+            message, fds, _, _ = socket.recv_fds(ours, 100, 1)
+            for fd in fds:
+                os.close(fd)
+            out, _ = p.communicate(timeout=30)
+    finally:
+        shutil.rmtree(init_dir)
+    assert message == b"ok" and len(fds) == 1
+    assert out.split() == [str(65534 if user else os.geteuid()), "blocked"]
+
+
+def test_doctor_passes_in_a_jail_and_fails_outside(proxy):
+    inside = proxy.cli("doctor", "--agent", "mailbot", "--json")
+    assert inside.returncode == 0, inside.stdout + inside.stderr
+    results = json.loads(inside.stdout)
+    assert {r["check"] for r in results} >= {"proxy path, HTTP", "proxy path, HTTPS with the CA",
+                                             "direct TCP to this machine", "DNS lookup", "raw socket", "IPv6",
+                                             "HTTP ignoring the proxy settings (--noproxy)"}
+    assert all(r["ok"] for r in results), results
+    outside = proxy.cli("doctor", "--agent", "mailbot", "--no-jail", "--json")
+    assert outside.returncode == 1
+    failed = {r["check"] for r in json.loads(outside.stdout) if not r["ok"]}
+    assert {"direct TCP to this machine", "HTTP ignoring the proxy settings (--noproxy)"} <= failed
+    table = proxy.cli("doctor", "--agent", "mailbot")
+    assert table.returncode == 0 and "FAIL" not in table.stdout and "direct TCP to this machine" in table.stdout
