@@ -13,9 +13,14 @@ from goex_proxy.addons import flowmeta, replies
 from goex_proxy.addons.failclosed import fail_closed
 from goex_proxy.addons.state import ProxyState
 from goex_proxy.policy import Decision, decide
-from goex_proxy.requestview import RequestView, canonical_path
+from goex_proxy.requestview import RequestView, aws_unchunked, body_ambiguity, canonical_path, path_ambiguity
 
 log = logging.getLogger(__name__)
+
+#: the Content-Encodings goex-proxy undoes as servers do: `aws-chunked` (S3 streaming uploads) itself, the rest with
+#: mitmproxy. Any other (stacked, `compress`, mitmproxy's own `deflateraw` or Python codecs such as `base64`) would
+#: have the policy read other bytes than the upstream.
+DECODABLE = frozenset({"identity", "gzip", "deflate", "br", "zstd", "aws-chunked"})
 
 
 def _host_of(authority: str) -> tuple[str, int | None]:
@@ -41,9 +46,36 @@ def target_problem(flow: http.HTTPFlow, path: str | None) -> str | None:
     if not req.path.startswith("/") and not (req.method.upper() == "OPTIONS" and req.path == "*"):
         return f"the request target {req.path[:100]!r} is not a path starting with '/'"
     if path is None:
-        return (f"the path {req.path.split('?', 1)[0]!r} is ambiguous (dot or empty segments, or a backslash); "
-                "send its plain form")
+        raw = req.path.split("?", 1)[0]
+        why = path_ambiguity(raw) or "servers read it differently"
+        return f"the path {raw!r} is ambiguous: {why}; send its plain form"
     return None
+
+
+def read_body(req: http.Request) -> tuple[bytes, str | None]:
+    """The body as the upstream will read it (Content-Encoding undone), and why it is refused before policy, if it is.
+
+    A body is refused when its Content-Encoding is not in `DECODABLE` or does not decode (rather than decided on bytes
+    the policy cannot read), or when servers could parse it more than one way (`body_ambiguity`)."""
+    if not req.raw_content:
+        return b"", None
+    coding = req.headers.get("content-encoding", "")
+    if coding and coding.lower() not in DECODABLE:
+        return b"", _undecodable(coding, f"goex-proxy reads only {', '.join(sorted(DECODABLE))}")
+    try:
+        if coding.lower() == "aws-chunked":
+            body = aws_unchunked(req.raw_content)
+        else:
+            body = req.get_content(strict=True) or b""
+    except ValueError as e:  # mitmproxy wraps the decoder's own error, which says what is wrong
+        cause = e.__context__ or e
+        return b"", _undecodable(coding, f"{type(cause).__name__}: {str(cause)[:100]}")
+    return body, body_ambiguity(body)
+
+
+def _undecodable(coding: str, why: str) -> str:
+    return (f"the request body's Content-Encoding {coding[:100]!r} could not be decoded ({why}); it is refused rather "
+            "than decided on bytes the policy cannot read")
 
 
 def header_pairs(headers: http.Headers, keep_case: bool = False) -> tuple[tuple[str, str], ...]:
@@ -53,8 +85,10 @@ def header_pairs(headers: http.Headers, keep_case: bool = False) -> tuple[tuple[
     return tuple(pairs) if keep_case else tuple((k.lower(), v) for k, v in pairs)
 
 
-def request_view(flow: http.HTTPFlow, agent: str | None, path: str) -> RequestView:
-    """What the policy sees of a flow: the host it will connect to, the canonical path, the decoded body."""
+def request_view(flow: http.HTTPFlow, agent: str | None, path: str, body: bytes | None = None) -> RequestView:
+    """What the policy sees of a flow: the host it will connect to, the canonical path, the decoded body.
+
+    `body` is the body `read_body` gave; without it the body is decoded leniently (raw bytes if it does not decode)."""
     req = flow.request
     return RequestView(
         agent=agent,
@@ -65,7 +99,7 @@ def request_view(flow: http.HTTPFlow, agent: str | None, path: str) -> RequestVi
         path=path,
         query=tuple(parse_qsl(query, keep_blank_values=True)) if (query := req.path.partition("?")[2]) else (),
         headers=header_pairs(req.headers),
-        body=req.get_content(strict=False) or b"",
+        body=(req.get_content(strict=False) or b"") if body is None else body,
     )
 
 
@@ -87,8 +121,12 @@ class Decide:
             replies.refuse(flow, Decision("deny", f"refused before policy: {problem or 'ambiguous path'}",
                                           "request-target"))
             return
+        body, problem = read_body(flow.request)
+        if problem is not None:
+            replies.refuse(flow, Decision("deny", f"refused before policy: {problem}", "request-body"))
+            return
         flowmeta.set_path(flow, path)
-        d = decide(request_view(flow, agent, path), self.state.policies, now, self.state.limits)
+        d = decide(request_view(flow, agent, path, body), self.state.policies, now, self.state.limits)
         flowmeta.set_decision(flow, d)
         if d.effect == "deny":
             replies.denied(flow, d)

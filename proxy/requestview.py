@@ -15,20 +15,121 @@ _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
 _UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
 
 
+def _normalise(raw: str) -> str:
+    """`raw` with escapes of unreserved characters decoded and every other escape upper-cased (RFC 3986 6.2.2)."""
+    return _ESCAPE.sub(lambda m: chr(int(m[1], 16)) if chr(int(m[1], 16)) in _UNRESERVED else f"%{m[1].upper()}", raw)
+
+
+def _odd_segments(path: str) -> str | None:
+    """Which kind of segment servers resolve differently (`.`, `..`, empty but not last) `path` has, if any."""
+    segments = path.split("/")[1:]
+    if any(seg in (".", "..") for seg in segments):
+        return "a '.' or '..' segment"
+    if "" in segments[:-1]:
+        return "an empty segment ('//')"
+    return None
+
+
+def path_ambiguity(raw: str) -> str | None:
+    """Why servers could read the path `raw` more than one way, or None when they cannot.
+
+    After decoding escapes of unreserved characters: `.`/`..` or empty segments (`//`, except a trailing `/`), a
+    backslash (raw or `%5C`), a raw `;` (path parameters, which some servers drop and others keep; `%3B` is data), a
+    raw `#`, or `%2F` that hides dot segments from a server that decodes it (`a%2F..%2Fadmin`; `group%2Fname` and
+    an escaped URL `https%3A%2F%2Fexample.com` are fine).
+    """
+    if not raw.startswith("/"):
+        return None
+    path = _normalise(raw)
+    if "\\" in path or "%5C" in path:
+        return "a backslash, which some servers read as '/'"
+    if ";" in path:
+        return "a ';' starts path parameters, which some servers drop and others keep (write it as %3B if it is data)"
+    if odd := _odd_segments(path):
+        return f"{odd}, which servers resolve differently"
+    if "#" in path:
+        return "a raw '#', which servers that drop fragments cut the path at"
+    if "%2F" in path and any(seg in (".", "..") for seg in path.replace("%2F", "/").split("/")):
+        return "an escaped '/' (%2F) makes a '.' or '..' segment for servers that decode it"
+    return None
+
+
 def canonical_path(raw: str) -> str | None:
-    """The path as policies match it, or None when servers could read it more than one way.
+    """The path as policies match it, or None when servers could read it more than one way (see `path_ambiguity`).
 
     Escapes of unreserved characters are decoded (`/%61dmin` is `/admin`, RFC 3986 6.2.2.2) and other escapes are
-    upper-cased; a path with `.` or `..` segments, empty segments (`//`, except a trailing `/`) or a backslash, after
-    decoding, is ambiguous: servers differ in how they resolve it, so it is refused rather than guessed at.
+    upper-cased; an ambiguous path is refused rather than guessed at.
     """
     if not raw.startswith("/"):
         return raw
-    path = _ESCAPE.sub(lambda m: chr(int(m[1], 16)) if chr(int(m[1], 16)) in _UNRESERVED else f"%{m[1].upper()}", raw)
-    segments = path.split("/")[1:]
-    if "\\" in path or "%5C" in path or any(seg in (".", "..") for seg in segments) or "" in segments[:-1]:
+    return None if path_ambiguity(raw) else _normalise(raw)
+
+
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[^\r\n]*)?\r\n")
+_TRAILERS = re.compile(rb"(?:[!-9;-~]+:[^\r\n]*\r\n)*\r\n")
+
+
+def aws_unchunked(body: bytes) -> bytes:
+    """The payload of an `aws-chunked` body (S3 streaming uploads): its chunks joined, without sizes, chunk signatures
+    or trailers, as S3 reads it. Raises ValueError when the framing is broken."""
+    chunks, pos = [], 0
+    while True:
+        size_line = _CHUNK_SIZE.match(body, pos)
+        if size_line is None:
+            raise ValueError(f"no aws-chunked chunk size at byte {pos}")
+        size, pos = int(size_line[1], 16), size_line.end()
+        if size == 0:
+            break
+        if body[pos + size:pos + size + 2] != b"\r\n":
+            raise ValueError(f"the aws-chunked chunk at byte {size_line.start()} is not {size} bytes and a CRLF")
+        chunks.append(body[pos:pos + size])
+        pos += size + 2
+    if _TRAILERS.fullmatch(body, pos) is None:
+        raise ValueError(f"bytes after the last aws-chunked chunk are not trailer fields (at byte {pos})")
+    return b"".join(chunks)
+
+
+#: bytes that may precede the `{` or `[` of a JSON body in the encodings `json.loads` detects: whitespace, BOMs, NULs.
+_JSON_LEAD = b" \t\r\n\x00\xef\xbb\xbf\xfe\xff"
+
+
+class _DuplicateKey(Exception):
+    """Raised from inside `json.loads` at the first object with a key twice (not a ValueError: not a parse error)."""
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """`object_pairs_hook` that builds the object, or raises `_DuplicateKey` naming a key it has twice."""
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise _DuplicateKey(key)
+        seen.add(key)
+    raise AssertionError("unreachable: fewer keys than pairs means one repeats")
+
+
+def body_ambiguity(body: bytes) -> str | None:
+    """Why servers could read the (decoded) body `body` differently from `RequestView.json`, or None.
+
+    A JSON object with a key twice is read with the last value by `json.loads` and with the first by some servers,
+    so a policy could pass one value while the upstream acts on the other. Only a body whose first byte past
+    whitespace and BOMs is `{` or `[` is parsed, in one pass; a duplicate met before the body turns out not to be
+    JSON still counts, since lenient parsers would read it.
+    """
+    if body.lstrip(_JSON_LEAD)[:1] not in (b"{", b"["):
         return None
-    return path
+    try:
+        json.loads(body, object_pairs_hook=_no_duplicates)
+    except _DuplicateKey as dup:
+        key = str(dup.args[0])
+        return f"the JSON body has the key {key[:100]!r} twice in one object; servers differ on which value they read"
+    except RecursionError:
+        return "the JSON body nests too deeply to be checked for duplicate keys"
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,112 @@
+"""The pure checks on a request's path and body that refuse what servers could read more than one way."""
+
+from __future__ import annotations
+
+import pytest
+
+from goex_proxy.requestview import RequestView, aws_unchunked, body_ambiguity, canonical_path, path_ambiguity
+
+#: sentence -> (raw path, a word the reason must contain, or None when the path is not ambiguous)
+AMBIGUITIES = {
+    "a raw ';' starts path parameters some servers drop": ("/admin;x=1", "';'"),
+    "a bare ';' at the end is path parameters too": ("/public/ok;", "';'"),
+    "an escaped ';' is data": ("/files/a%3Bb", None),
+    "a lower-case escaped ';' is data": ("/files/a%3bb", None),
+    "an escaped '/' in a segment is data": ("/projects/group%2Fname", None),
+    "a lower-case escaped '/' in a segment is data": ("/projects/group%2fname/issues", None),
+    "a trailing escaped '/' is like a trailing '/'": ("/a/b%2F", None),
+    "escaped slashes around '..' hide dot segments": ("/files/a%2F..%2F..%2Fadmin", "%2F"),
+    "lower-case escaped slashes around '..' hide dot segments": ("/files/a%2f..%2fadmin", "%2F"),
+    "escaped slashes around escaped dots hide dot segments": ("/files/a%2F%2e%2E%2Fadmin", "%2F"),
+    "an escaped URL in a segment is data": ("/v1/urls/https%3A%2F%2Fexample.com", None),
+    "a raw '#' is cut at by servers that drop fragments": ("/admin#x", "'#'"),
+    "an escaped slash before a single dot makes a dot segment": ("/a%2F.%2Fb", "'.' or '..'"),
+    "an escaped backslash is ambiguous": ("/files/a%5c..%5cadmin", "backslash"),
+    "a raw dot-dot segment names its kind": ("/public/../secret", "'.' or '..'"),
+    "a raw empty segment names its kind": ("/public//admin", "empty segment"),
+    "a raw backslash names its kind": ("/public\\admin", "backslash"),
+    "a plain path is not ambiguous": ("/public/admin/x", None),
+    "dots inside a segment are not dot segments": ("/a/..b/c.d/...", None),
+}
+
+
+@pytest.mark.parametrize("sentence", sorted(AMBIGUITIES))
+def test_path_ambiguity(sentence: str) -> None:
+    """Each ambiguous spelling is refused with a reason naming its kind; legitimate spellings pass."""
+    raw, word = AMBIGUITIES[sentence]
+    reason = path_ambiguity(raw)
+    if word is None:
+        assert reason is None and canonical_path(raw) is not None
+    else:
+        assert reason is not None and word in reason
+        assert canonical_path(raw) is None
+
+
+def test_canonical_path_keeps_data_escapes_upper_cased() -> None:
+    """Escaped ';' and '/' stay escaped (upper-cased) in the path policies match, so `/a*` globs see one segment."""
+    assert canonical_path("/files/a%3bb") == "/files/a%3Bb"
+    assert canonical_path("/projects/group%2fname") == "/projects/group%2Fname"
+
+
+#: sentence -> (decoded body, the key the reason must name, or None when the body is not ambiguous)
+BODIES = {
+    "a key twice at the top is ambiguous": (b'{"channel":"C_OK","channel":"C_SECRET"}', "channel"),
+    "a key twice in a nested object is ambiguous": (b'{"a":{"b":[{"k":1,"k":2}]}}', "k"),
+    "a key twice in an object inside a top-level array is ambiguous": (b' \n[{"x":1},{"y":1,"y":2}]', "y"),
+    "a key spelled once with an escape is the same key": (b'{"channel":"C_OK","chann\\u0065l":"C_SECRET"}', "channel"),
+    "a key twice in a UTF-8 body with a BOM is ambiguous": (b'\xef\xbb\xbf{"k":1,"k":2}', "k"),
+    "a key twice in a UTF-16 body is ambiguous": ('{"k":1,"k":2}'.encode("utf-16"), "k"),
+    "a key twice before the body turns out not to be JSON still counts": (b'{"a":{"k":1,"k":2}, oops', "k"),
+    "the same key in two different objects is fine": (b'{"a":{"k":1},"b":{"k":2}}', None),
+    "the same string as a key and a value is fine": (b'{"k":"k","v":["k","k"]}', None),
+    "a JSON body without duplicates is fine": (b'{"channel":"C1","text":"hi"}', None),
+    "a JSON scalar is fine": (b'"{\\"k\\":1,\\"k\\":2}"', None),
+    "a form body is not parsed": (b"k=1&k=2", None),
+    "text that merely contains braces is not parsed": (b'hello {"k":1,"k":2}', None),
+    "a body that starts like JSON but is not is fine": (b"{not json", None),
+    "an empty body is fine": (b"", None),
+}
+
+
+@pytest.mark.parametrize("sentence", sorted(BODIES))
+def test_body_ambiguity(sentence: str) -> None:
+    """A JSON body with a key twice in one object, at any depth, is refused naming the key; other bodies pass."""
+    body, key = BODIES[sentence]
+    reason = body_ambiguity(body)
+    if key is None:
+        assert reason is None
+    else:
+        assert reason is not None and f"the key {key!r} twice" in reason
+
+
+def test_a_json_body_nested_past_the_parser_is_refused() -> None:
+    """A body nested deeper than the JSON parser can follow is refused instead of raising."""
+    reason = body_ambiguity(b"[" * 200_000)
+    assert reason is not None and "nests too deeply" in reason
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32"])
+def test_every_encoding_the_policy_reads_is_checked(encoding: str) -> None:
+    """In every encoding `RequestView.json` reads, whitespace before the JSON does not let a duplicate key through."""
+    ok, dup = ' \t{"k":1}'.encode(encoding), ' \t[{"k":1,"k":2}]'.encode(encoding)
+    view = RequestView(agent=None, method="POST", scheme="https", host="h", port=443, path="/", body=ok)
+    assert view.json == {"k": 1}
+    assert body_ambiguity(ok) is None and body_ambiguity(dup) is not None
+
+
+def test_aws_chunked_bodies_are_read_as_s3_reads_them() -> None:
+    """Chunk sizes, chunk signatures and trailers are dropped; what is left is the payload S3 stores."""
+    framed = b"5\r\nhello\r\n6;chunk-signature=ab12\r\n world\r\n0\r\nx-amz-checksum-crc32:AAAAAA==\r\n\r\n"
+    assert aws_unchunked(framed) == b"hello world"
+    assert aws_unchunked(b"0\r\n\r\n") == b""
+
+
+@pytest.mark.parametrize("framed", [
+    b"", b"hello", b"5\r\nhello world\r\n0\r\n\r\n", b"5\r\nhel\r\n0\r\n\r\n", b"5\r\nhello\r\n",
+    b"5\r\nhello\r\n0\r\n", b"5\r\nhello\r\n0\r\n\r\nsmuggled", b"5\r\nhello\r\n0\r\nnot a trailer\r\n\r\n",
+    b"-5\r\nhello\r\n0\r\n\r\n", b"zz\r\nhello\r\n0\r\n\r\n",
+])
+def test_broken_aws_chunked_framing_raises(framed: bytes) -> None:
+    """A body whose aws-chunked framing does not add up raises ValueError instead of being read some other way."""
+    with pytest.raises(ValueError):
+        aws_unchunked(framed)
