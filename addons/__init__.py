@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from goex_proxy.addons.decide import Decide
+from goex_proxy.addons.egress import Egress
 from goex_proxy.addons.identify import Identify
 from goex_proxy.addons.inject import Inject
 from goex_proxy.addons.preimage import Preimage
@@ -19,7 +20,7 @@ from goex_proxy.addons.state import ProxyState
 from goex_proxy.addons.twin import Twin
 
 #: The stages in the order a request passes them; each takes the shared state.
-PIPELINE: tuple[type, ...] = (Identify, Decide, Twin, Inject, Preimage, Record, Route, Scrub)
+PIPELINE: tuple[type, ...] = (Identify, Decide, Egress, Twin, Inject, Preimage, Record, Route, Scrub)
 
 
 def pipeline(state: ProxyState | None = None) -> list[Any]:

@@ -1,4 +1,4 @@
-"""Stage 4, inject: put the real credential bound to this host into the request; the agent only holds a placeholder."""
+"""Stage 5, inject: put the real credential bound to this host into the request; the agent only holds a placeholder."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stage 5, pre-image: before a mutating request whose undo rule needs it, read the resource as it is (with the same
+"""Stage 6, pre-image: before a mutating request whose undo rule needs it, read the resource as it is (with the same
 credential), so that `undo` can put it back."""
 
 from __future__ import annotations

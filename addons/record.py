@@ -1,4 +1,4 @@
-"""Stage 6, record: the request row is committed before anything is forwarded; the outcome is written after."""
+"""Stage 7, record: the request row is committed before anything is forwarded; the outcome is written after."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stage 8, scrub: echoes of injected secrets become placeholders, and upstream `X-Goex-*` headers are removed."""
+"""Stage 9, scrub: echoes of injected secrets become placeholders, and upstream `X-Goex-*` headers are removed."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Requests the pipeline sends itself, outside mitmproxy's connections (a retry, a pre-image read): routed like
-forwarded ones, and carrying exactly the headers given."""
+"""Requests the pipeline sends itself, outside mitmproxy's connections (a retry, a pre-image read): routed and
+checked by the SSRF guard like forwarded ones, and carrying exactly the headers given."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from mitmproxy import http
 
 from goex_proxy import upstream
 from goex_proxy.addons.state import ProxyState
+from goex_proxy.egress import literal_address
 
 #: Headers that belong to one connection, not to the request; a request sent anew gets its own.
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authorization", "proxy-connection", "te", "trailer",
@@ -43,6 +44,11 @@ async def send(state: ProxyState, req: http.Request, keep: int | None = None) ->
     routed = httpx.URL(url)
     if routed.host != target.host or routed.port != target.port:  # a route: connect there, same path
         target = target.copy_with(scheme=routed.scheme, host=routed.host, port=routed.port)
+    else:  # the SSRF guard's checked address (raises Blocked), the name kept for TLS and Host
+        address = (await state.pins.addresses(state.config, req.host, req.port))[0]
+        if literal_address(req.host) is None:
+            target = target.copy_with(host=str(address))
+            extensions = {"sni_hostname": req.host.lower().rstrip(".")}
     client = state.upstream_client()
     sent = {k.lower() for k, _ in headers}
     request = client.build_request(req.method, target, headers=headers, content=req.raw_content or b"",

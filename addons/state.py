@@ -15,6 +15,7 @@ from goex_proxy import audit, upstream
 from goex_proxy.audit import AuditWriter
 from goex_proxy.config import Config, load_config
 from goex_proxy.credentials import Credential
+from goex_proxy.egress import Pins
 from goex_proxy.errors import GoexError
 from goex_proxy.limits import LimitCounters
 from goex_proxy.oauth import TokenSet
@@ -49,6 +50,7 @@ class ProxyState:
         self.aws_keys: dict[str, AwsKeys] = {}  # aws_sigv4 credentials whose secret holds valid keys
         self.tokens: TokenKeeper | None = None  # OAuth2 access tokens, refreshed as needed
         self.undo_rules: tuple[UndoRule, ...] = ()  # for the undo class of each audit row
+        self.pins = Pins()  # the SSRF guard's checked addresses, shared with the proxy's own requests
         self.undo_token: str | None = None  # set by `undo` on its own in-process proxy: the identity it replays as
         self._client: Any = None  # httpx.AsyncClient for the proxy's own requests, made on first use
         self.scrubber = SecretScrubber({})

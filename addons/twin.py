@@ -1,4 +1,4 @@
-"""Stage 3, twin: where the deciding policy rule says `rewrite: reversible`, forward the request's reversible twin
+"""Stage 4, twin: where the deciding policy rule says `rewrite: reversible`, forward the request's reversible twin
 (Gmail's messages.delete as messages.trash) instead, so that what the agent did stays undoable."""
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass, field, replace
@@ -12,8 +13,9 @@ from urllib.parse import urlsplit
 from . import yamlsrc
 from .credentials import Credential, Injection
 from .durations import parse_duration
+from .egress import EgressRules, parse_allow
 from .errors import ConfigError, Problem, StateError
-from .globs import compile_host, compile_path
+from .globs import Glob, compile_host, compile_path
 from .presets import resolve, resolve_undo, undo_names
 from .secretref import SecretRef
 from .yamlsrc import Checker, YMap
@@ -79,6 +81,9 @@ class Config:
     extra_ca: tuple[Path, ...] = ()
     credentials: dict[str, Credential] = field(default_factory=dict)
     undo_packs: tuple[Path, ...] = ()
+    block_private: bool = True
+    allow_private: tuple[str, ...] = ()
+    resolver: tuple[str, int] | None = None
 
     @property
     def ca_cert(self) -> Path:
@@ -87,6 +92,13 @@ class Config:
 
     def route_for(self, host: str, port: int) -> Route | None:
         return self.routes.get(f"{host}:{port}") or self.routes.get(host)
+
+    @functools.cached_property
+    def egress(self) -> EgressRules:
+        """The SSRF guard's rules (`upstream.block_private_networks`, `upstream.allow_private`, the listen address)."""
+        allowed = [parse_allow(entry) for entry in self.allow_private]
+        return EgressRules(self.block_private, tuple(a for a in allowed if isinstance(a, Glob)),
+                           tuple(a for a in allowed if not isinstance(a, Glob)), (self.listen_host, self.listen_port))
 
 
 def _listen(value: Any) -> tuple[str, int]:
@@ -320,7 +332,8 @@ def parse_config(doc: Any, file: Path, check: Checker) -> Config:
         check.error(check.at(audit, "max_body_bytes"), f"'audit.max_body_bytes' must be a whole number ≥ 0 (got {max_body!r})")
         max_body = DEFAULT_MAX_BODY
 
-    upstream = check.mapping(top.get("upstream", YMap()), "upstream", check.at(top, "upstream"), {"routes", "extra_ca"}) or YMap()
+    upstream = check.mapping(top.get("upstream", YMap()), "upstream", check.at(top, "upstream"),
+                             {"routes", "extra_ca", "block_private_networks", "allow_private", "resolver"}) or YMap()
     routes: dict[str, Route] = {}
     raw_routes = upstream.get("routes") or YMap()
     if isinstance(raw_routes, YMap):
@@ -336,6 +349,26 @@ def parse_config(doc: Any, file: Path, check: Checker) -> Config:
         if not path.is_file():
             check.error(check.at(upstream, "extra_ca"), f"'upstream.extra_ca' file {str(path)!r} does not exist")
 
+    block_private = upstream.get("block_private_networks", True)
+    if not isinstance(block_private, bool):
+        check.error(check.at(upstream, "block_private_networks"),
+                    f"'upstream.block_private_networks' must be true or false (got {block_private!r})")
+        block_private = True
+    allow_private = tuple(check.strings(upstream, "allow_private", "upstream.allow_private") or [])
+    for allowed in allow_private:
+        try:
+            parse_allow(allowed)
+        except ValueError as exc:
+            check.error(check.at(upstream, "allow_private"), f"'upstream.allow_private' entry {allowed!r} {exc}")
+    resolver = None
+    if (server := check.string(upstream, "resolver", "upstream.resolver")) is not None:
+        from .resolver import parse_server  # imports mitmproxy's DNS codec: only when a resolver is configured
+
+        try:
+            resolver = parse_server(server)
+        except ValueError as exc:
+            check.error(check.at(upstream, "resolver"), f"'upstream.resolver' {exc}")
+
     return Config(
         file=file,
         state_dir=state_dir,
@@ -349,6 +382,9 @@ def parse_config(doc: Any, file: Path, check: Checker) -> Config:
         extra_ca=extra_ca,
         credentials=_credentials(check, top.get("credentials"), check.at(top, "credentials")),
         undo_packs=tuple(undo_packs),
+        block_private=block_private,
+        allow_private=allow_private,
+        resolver=resolver,
     )
 
 

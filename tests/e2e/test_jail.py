@@ -190,3 +190,23 @@ def test_doctor_passes_in_a_jail_and_fails_outside(proxy):
     assert {"direct TCP to this machine", "HTTP ignoring the proxy settings (--noproxy)"} <= failed
     table = proxy.cli("doctor", "--agent", "mailbot")
     assert table.returncode == 0 and "FAIL" not in table.stdout and "direct TCP to this machine" in table.stdout
+
+
+def test_the_proxys_own_address_is_not_an_upstream(make_proxy, upstream):
+    """From the jail, the proxy's listen address asked for through the proxy (its admin surface, were it to have one)
+    is refused by the SSRF guard even where policy allows any host, and so is the machine's loopback by any name."""
+    proxy = make_proxy({"anywhere": """
+        version: 1
+        name: anywhere
+        rules:
+          - name: read anything
+            allow: {host: "**", methods: [GET]}
+    """})
+    for url in (f"http://127.0.0.1:{proxy.port}/", f"http://localhost:{upstream.port}/"):
+        r = jailed(proxy, "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", url)
+        assert r.stdout == "403", (url, r.stdout, r.stderr)
+    onboarding = jailed(proxy, "curl", "-sS", "http://mitm.it/")  # mitmproxy's own pages are not served
+    assert json.loads(onboarding.stdout)["error"] == "goex-proxy: the upstream host cannot be resolved"
+    reasons = [row["reason"] for row in proxy.rows()]
+    assert "this proxy's own listen address" in reasons[0] and "a loopback address" in reasons[1]
+    assert upstream.seen_paths() == []
