@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from urllib.parse import parse_qsl
@@ -126,7 +127,16 @@ class Decide:
             replies.refuse(flow, Decision("deny", f"refused before policy: {problem}", "request-body"))
             return
         flowmeta.set_path(flow, path)
-        d = decide(request_view(flow, agent, path, body), self.state.policies, now, self.state.limits)
+        view = request_view(flow, agent, path, body)
+        d = decide(view, self.state.policies, now, self.state.limits)
+        if "%2F" in path and d.effect == "allow":
+            # Servers differ on whether %2F is a '/': the request must be allowed read either way.
+            decoded = path.replace("%2F", "/")
+            other = decide(dataclasses.replace(view, path=decoded), self.state.policies, now, self.state.limits)
+            if other.effect != "allow":
+                d = Decision("deny", f"refused before policy: the path {path!r} is ambiguous: servers that decode "
+                                     f"%2F read it as {decoded!r}, which policy does not allow ({other.reason})",
+                             "request-target")
         flowmeta.set_decision(flow, d)
         if d.effect == "deny":
             replies.denied(flow, d)

@@ -28,6 +28,8 @@ rules:
     allow: {host: address, methods: [POST], path: /path, when: 'request.json.channel == "C1"'}
   - name: read anything
     allow: {host: address, methods: [GET], path: "/**"}
+  - name: not the secrets
+    deny: {host: address, path: "/secret/**", reason: secrets stay here}
 """
 
 
@@ -169,3 +171,11 @@ def test_the_body_checks_fail_closed(state, monkeypatch) -> None:
     monkeypatch.setattr(decide_module, "body_ambiguity", boom)
     f = decided(state, post(b'{"channel":"C1"}'))
     assert f.response.status_code == 502 and b"decide" in f.response.content
+
+
+def test_an_escaped_slash_must_be_allowed_read_either_way(state) -> None:
+    """`/secret%2Fkeys` is one segment to policy but `/secret/keys` to a server that decodes %2F: since policy denies
+    that reading, the request is refused; where both readings are allowed, it goes on."""
+    f = decided(state, get("/secret%2Fkeys"))
+    refused(f, "request-target", "servers that decode %2F read it as '/secret/keys'", "secrets stay here")
+    assert decided(state, get("/projects/group%2Fname")).response is None
