@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """goex-proxy benchmark suite: throughput vs bare mitmdump, policy decision latency, audit log query time, undo
-planning time, and the latency a pre-image read adds to a mutating call.
+planning time, the latency a pre-image read adds to a mutating call, and (optional) what starting a jail adds.
 
     python bench/run.py                    # everything (~4 minutes)
     python bench/run.py --quick            # shorter runs, same measurements (~75 seconds)
     python bench/run.py --only decide      # one part: throughput | decide | log | undoplan | preimage
                                            # (comma-separated for several; `undo` is undoplan,preimage)
+    python bench/run.py --only jail        # optional: exec --jail vs exec start time (~1 minute)
     python bench/run.py --only throughput --rounds 7 --duration 8
 
 Everything it needs (upstream server, both proxies, load generator) is started on 127.0.0.1 with free ports and
@@ -30,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PYTHON, Processes  # noqa: E402
 
 PARTS = ("throughput", "decide", "log", "undoplan", "preimage")
-OPTIONAL_PARTS = ("profile",)
+OPTIONAL_PARTS = ("profile", "jail")
 ALIASES = {"undo": ("undoplan", "preimage")}
 
 
@@ -38,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", default=",".join(PARTS),
                    help="comma-separated parts to run: throughput, decide, log, undoplan, preimage (undo: both), "
-                        "profile (default: all but profile)")
+                        "profile, jail (default: all but profile and jail)")
     p.add_argument("--profile", action="store_true",
                    help="also profile goex-proxy under load with py-spy (the `profile` part; needs py-spy)")
     p.add_argument("--profile-scheme", default="https", help="scheme(s) to profile: http, https or http,https")
@@ -53,6 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--log-rows", type=int, default=1_000_000, help="audit rows for the log and undoplan benchmarks")
     p.add_argument("--regenerate", action="store_true", help="rebuild the cached audit database")
     p.add_argument("--undo-ids", type=int, help="request ids to plan the undo of (default 2000; quick 500)")
+    p.add_argument("--jail-rounds", type=int, help="interleaved rounds of the jail part (default 20; quick 10)")
     p.add_argument("--preimage-scheme", default="https", help="scheme(s) of the pre-image part: http, https or http,https")
     p.add_argument("--json", type=Path, help="also write the results as JSON to this file")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, configs, audit.db)")
@@ -72,6 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.rounds = args.rounds or (3 if args.quick else 5)
     args.decide_calls = args.decide_calls or (20_000 if args.quick else 60_000)
     args.undo_ids = args.undo_ids or (500 if args.quick else 2000)
+    args.jail_rounds = args.jail_rounds or (10 if args.quick else 20)
     args.preimage_schemes = tuple(x.strip() for x in args.preimage_scheme.split(",") if x.strip())
     if not args.preimage_schemes or any(x not in ("http", "https") for x in args.preimage_schemes):
         p.error("--preimage-scheme: http, https or http,https")
@@ -139,6 +142,12 @@ def main(argv: list[str] | None = None) -> int:
                                                            verbose=not args.quiet, keep=args.keep)
             sections.append(text)
             print(text + "\n", flush=True)
+        if "jail" in args.parts:
+            import jail_bench
+
+            text, results["jail"] = jail_bench.run(procs, rounds=args.jail_rounds, say=say, keep=args.keep)
+            sections.append(text)
+            print(text + "\n", flush=True)
         if "profile" in args.parts:
             import profile_goex
 
@@ -185,6 +194,8 @@ def passes(results: dict[str, Any]) -> dict[str, bool]:
         out["undo plan"] = results["undoplan"]["pass"]
     for scheme, r in results.get("preimage", {}).items():
         out[f"pre-image overhead {scheme}"] = r["pass"]
+    if "jail" in results:
+        out["jail start"] = results["jail"]["pass"]
     return out
 
 
@@ -225,6 +236,12 @@ def summary(results: dict[str, Any]) -> str:
         rows.append(["  PUT + pre-image / PUT, no rules / GET upstream p50",
                      f"{r['preimage_put_p50_ms']:.2f} / {r['plain_put_p50_ms']:.2f} / {r['upstream_get_p50_ms']:.2f} ms",
                      "", ""])
+    if "jail" in results:
+        j = results["jail"]
+        rows.append(["exec --jail -- true minus exec -- true (proxy running)",
+                     f"{j['added_ms']:+.0f} ms ({j['ratio']:.2f}x)", "<= 300 ms", "PASS" if j["pass"] else "FAIL"])
+        rows.append(["  exec / exec --jail / exec --jail, no proxy",
+                     f"{j['plain_ms']:.0f} / {j['jail_ms']:.0f} / {j['jail_no_proxy_ms']:.0f} ms", "", ""])
     return table(["target", "measured (medians)", "target", "result"], rows)
 
 

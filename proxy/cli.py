@@ -210,13 +210,14 @@ def _run_jailed(config: Config, agent: str, command: list[str]) -> int:
     import shutil
 
     from .jail import Jail
-    from .policyload import load_policy_set
-    from .runtime import InProcessProxy
 
     agentenv.proxy_url(config, agent)  # an unknown agent or a missing token: said before anything starts
     agentenv.check_ca(config)
     in_process = None
     if not agentenv.listening(config):
+        from .policyload import load_policy_set  # mitmproxy and CEL: a quarter second, only paid without a proxy
+        from .runtime import InProcessProxy
+
         audit.open_db(config.audit_db).close()
         in_process = InProcessProxy(config, load_policy_set([(p.path, p.agents) for p in config.policies]))
         config = in_process.config
