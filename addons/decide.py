@@ -5,16 +5,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+import weakref
 from urllib.parse import parse_qsl
 
-from mitmproxy import dns, http, tcp, udp
+from mitmproxy import connection, dns, http, tcp, udp
 from mitmproxy.flow import Error
 
 from goex_proxy.addons import flowmeta, replies
 from goex_proxy.addons.failclosed import fail_closed
 from goex_proxy.addons.state import ProxyState
 from goex_proxy.policy import Decision, decide
-from goex_proxy.requestview import RequestView, aws_unchunked, body_ambiguity, canonical_path, path_ambiguity
+from goex_proxy.requestview import RequestView, aws_unchunked, body_ambiguity, canonical_path, path_ambiguity, upgrade_protocol
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +106,14 @@ def request_view(flow: http.HTTPFlow, agent: str | None, path: str, body: bytes 
 
 
 class Decide:
-    """Allows or denies each request by policy; counts allowed requests against their rules' limits."""
+    """Allows or denies each request by policy; counts allowed requests against their rules' limits. What the proxy
+    cannot inspect (raw TCP in a tunnel, an HTTP Upgrade to anything but WebSocket) is denied unless a rule with that
+    `protocol` allows it."""
 
     def __init__(self, state: ProxyState) -> None:
         self.state = state
+        #: the protocol a policy allowed the last request on a client connection to upgrade to
+        self.upgrades: weakref.WeakKeyDictionary[connection.Client, str] = weakref.WeakKeyDictionary()
 
     @fail_closed("decide")
     def request(self, flow: http.HTTPFlow) -> None:
@@ -126,8 +131,14 @@ class Decide:
         if problem is not None:
             replies.refuse(flow, Decision("deny", f"refused before policy: {problem}", "request-body"))
             return
+        self.upgrades.pop(flow.client_conn, None)
+        try:
+            protocol = upgrade_protocol(flow.request.headers.get_all("Upgrade"))
+        except ValueError as exc:
+            replies.refuse(flow, Decision("deny", f"refused before policy: {exc}", "request-upgrade"))
+            return
         flowmeta.set_path(flow, path)
-        view = request_view(flow, agent, path, body)
+        view = dataclasses.replace(request_view(flow, agent, path, body), protocol=protocol)
         d = decide(view, self.state.policies, now, self.state.limits)
         if "%2F" in path and d.effect == "allow":
             # Servers differ on whether %2F is a '/': the request must be allowed read either way.
@@ -140,24 +151,62 @@ class Decide:
         flowmeta.set_decision(flow, d)
         if d.effect == "deny":
             replies.denied(flow, d)
-        elif d.count_limits and agent:
+            return
+        if d.count_limits and agent:
             self.state.limits.record(d.count_limits, agent, now)
+        if protocol != "http":
+            self.upgrades[flow.client_conn] = protocol
 
+    @fail_closed("decide")
+    def response(self, flow: http.HTTPFlow) -> None:
+        """A switch of protocols is relayed only as a WebSocket (inspected) or to the protocol policy allowed."""
+        resp = flow.response
+        if resp is None or resp.status_code != 101 or flow.websocket is not None or flowmeta.is_own_response(flow):
+            return
+        offered = resp.headers.get("Upgrade", "").strip().lower()
+        if offered and self.upgrades.get(flow.client_conn) == offered:
+            return
+        self.upgrades.pop(flow.client_conn, None)
+        replies.reply(flow, 502, {"error": "goex-proxy: the upstream switched protocols, which no policy allows",
+                                  "reason": f"the upstream answered 101 Switching Protocols to {offered or '(none)'!r}; "
+                                            "goex-proxy relays only WebSocket and upgrades a rule's 'protocol' names"},
+                      {"X-Goex-Decision": "error"})
+
+    @fail_closed("decide")
     def tcp_start(self, flow: tcp.TCPFlow) -> None:
-        """Raw TCP through a tunnel cannot be inspected, so it is never relayed (policy and audit would be skipped)."""
-        self._refuse_uninspectable(flow, "TCP")
+        """Raw TCP cannot be inspected: relayed only after an allowed upgrade, or to a host a `protocol: tcp` rule
+        allows; anything else is refused before mitmproxy connects upstream."""
+        if self.upgrades.pop(flow.client_conn, None) is not None:
+            flowmeta.set_decision(flow, Decision("allow", "the upgrade was allowed by policy"))
+            return
+        agent = flowmeta.agent(flow)
+        host, port = flow.server_conn.address or ("", 0)
+        view = RequestView(agent, "", "tcp", str(host).lower().rstrip("."), port, "", protocol="tcp")
+        now = time.time()
+        d = decide(view, self.state.policies, now, self.state.limits)
+        flowmeta.set_decision(flow, d)
+        if d.effect == "allow":
+            if d.count_limits and agent:
+                self.state.limits.record(d.count_limits, agent, now)
+            return
+        log.warning("refused raw TCP to %s:%s: %s", host, port, d.reason)
+        flow.server_conn.error = f"goex-proxy refuses raw TCP: {d.reason}"  # checked before mitmproxy connects
+        flow.kill()
+
+    def tcp_message(self, flow: tcp.TCPFlow) -> None:
+        """Belt and braces: nothing of a stream that was not allowed is passed on."""
+        d = flowmeta.decision(flow)
+        if d is None or d.effect != "allow":
+            flow.messages[-1].content = b""
 
     def udp_start(self, flow: udp.UDPFlow) -> None:
-        self._refuse_uninspectable(flow, "UDP")
+        """UDP (QUIC, HTTP/3) never reaches a regular proxy; should it ever, it is refused."""
+        address = flow.server_conn.address
+        log.warning("refused a UDP stream to %s: goex-proxy relays only what it can inspect", address)
+        flow.server_conn.error = "goex-proxy refuses raw UDP"
+        flow.kill()
 
     def dns_request(self, flow: dns.DNSFlow) -> None:
         """DNS through a tunnel to port 53 would be forwarded by mitmproxy itself: answer SERVFAIL instead."""
         log.warning("refused a DNS query through the proxy to %s", flow.server_conn.address)
         flow.error = Error("goex-proxy does not relay DNS")
-
-    @staticmethod
-    def _refuse_uninspectable(flow: tcp.TCPFlow | udp.UDPFlow, kind: str) -> None:
-        address = flow.server_conn.address
-        log.warning("refused a raw %s stream to %s: goex-proxy relays only HTTP(S) it can inspect", kind, address)
-        flow.server_conn.error = f"goex-proxy refuses raw {kind}"  # checked before mitmproxy connects upstream
-        flow.kill()

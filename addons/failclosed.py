@@ -28,8 +28,11 @@ def _fail(stage: str, hook: str, flow: Any) -> None:
             flow.websocket = None
     elif hasattr(flow, "server"):  # server_connect hook data: refuse the connection
         flow.server.error = f"goex-proxy {stage} stage failed"
-    elif hasattr(flow, "kill"):
-        flow.kill()
+    elif hasattr(flow, "kill"):  # a TCP or UDP stream: refuse its connection too (a kill alone does not)
+        if getattr(flow, "server_conn", None) is not None:
+            flow.server_conn.error = f"goex-proxy {stage} stage failed"
+        if flow.killable:
+            flow.kill()
 
 
 def fail_closed(stage: str) -> Callable[[Callable[P, R]], Callable[P, R]]:

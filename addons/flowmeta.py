@@ -34,7 +34,8 @@ def set_agent(flow: http.HTTPFlow, name: str) -> None:
 def request_id(flow: http.HTTPFlow) -> str:
     """The audit id of this request, made on first use so that any stage can quote it."""
     if _REQUEST_ID not in flow.metadata:
-        flow.metadata[_REQUEST_ID] = _IDS.new(flow.request.timestamp_start)
+        started = flow.request.timestamp_start if isinstance(flow, http.HTTPFlow) else flow.timestamp_created
+        flow.metadata[_REQUEST_ID] = _IDS.new(started)
     return str(flow.metadata[_REQUEST_ID])
 
 

@@ -7,7 +7,7 @@ import binascii
 import hmac
 import weakref
 
-from mitmproxy import connection, http
+from mitmproxy import connection, http, tcp
 
 from goex_proxy.addons import flowmeta, replies
 from goex_proxy.addons.failclosed import fail_closed
@@ -109,3 +109,9 @@ class Identify:
                 flowmeta.set_request_id(flow, chosen_id)
         flowmeta.set_agent(flow, name)
         flow.request.headers.pop("Proxy-Authorization", None)
+
+    def tcp_start(self, flow: tcp.TCPFlow) -> None:
+        """A raw stream in a tunnel belongs to the agent that opened the tunnel."""
+        name = self.tunnels.get(flow.client_conn)
+        if name is not None:
+            flowmeta.set_agent(flow, name)

@@ -9,7 +9,7 @@ import time
 from concurrent.futures import Future
 from typing import Any
 
-from mitmproxy import http
+from mitmproxy import http, tcp
 
 from goex_proxy.addons import flowmeta
 from goex_proxy.addons.decide import header_pairs
@@ -148,6 +148,37 @@ class Record:
         flowmeta.set_recorded(flow, "final")
         # Not awaited: the request already happened. The writer logs a failure itself.
         self.state.writer.record_outcome(flowmeta.request_id(flow), self.outcome(flow))
+
+    @fail_closed("record")
+    async def tcp_start(self, flow: tcp.TCPFlow) -> None:
+        """A raw TCP stream gets a row, committed before it is relayed (an allowed upgrade has its request's row)."""
+        d = flowmeta.decision(flow)
+        if d is None or (d.rule is None and d.effect == "allow") or self.state.writer is None:
+            return
+        host, port = flow.server_conn.address or ("", 0)
+        peer = flow.client_conn.peername
+        row = {"id": flowmeta.request_id(flow), "ts": flow.timestamp_created, "agent": flowmeta.agent(flow),
+               "client": f"{peer[0]}:{peer[1]}" if peer else None, "method": "CONNECT", "scheme": "tcp",
+               "host": host, "port": port, "path": "", "url": f"tcp://{host}:{port}", "decision": d.label,
+               "rule": d.rule, "reason": d.reason, "report": d.report}
+        if d.effect != "allow":
+            row.update({"error": "refused: raw TCP that no rule allows", "ended": time.time(), "duration_ms": 0.0})
+        await asyncio.wrap_future(self.state.writer.record_intent(row, d.count_limits))
+        flowmeta.set_recorded(flow, "intent" if d.effect == "allow" else "final")
+
+    def tcp_end(self, flow: tcp.TCPFlow) -> None:
+        if flowmeta.recorded(flow) != "intent" or self.state.writer is None:
+            return
+        flowmeta.set_recorded(flow, "final")
+        received = sum(len(m.content) for m in flow.messages if not m.from_client)
+        ended = time.time()
+        self.state.writer.record_outcome(flowmeta.request_id(flow), {
+            "resp_body_size": received, "ended": ended,
+            "duration_ms": round((ended - flow.timestamp_created) * 1000, 3),
+            "error": self.state.scrubber.text(flow.error.msg) if flow.error else None})
+
+    def tcp_error(self, flow: tcp.TCPFlow) -> None:
+        self.tcp_end(flow)
 
     @staticmethod
     def _watch(future: Future[None]) -> None:

@@ -38,7 +38,8 @@ class ProxyState:
     REQUIRED_OPTIONS = {
         "connection_strategy": ("lazy", "an eager proxy connects upstream before the policy has decided"),
         "stream_large_bodies": (None, "a streamed body is sent upstream before the policy sees it"),
-        "rawtcp": (False, "raw TCP (or a 101 upgrade to an unknown protocol) would be relayed uninspected"),
+        "ignore_hosts": ([], "traffic to ignored hosts is relayed without any hook: no policy, no audit"),
+        "allow_hosts": ([], "traffic to hosts not listed is relayed without any hook: no policy, no audit"),
     }
 
     def __init__(self, config: Config | None = None, policies: PolicySet | None = None) -> None:

@@ -41,6 +41,8 @@ class Rule:
     limit: Limit | None = None
     reason: str | None = None
     rewrite: bool = False      # allow only as the request's reversible twin (an undo rule's `twin`)
+    protocol: str | None = None  # "tcp" or an HTTP Upgrade token; None: HTTP (a deny without one: any protocol)
+    ports: frozenset[int] | None = None
 
     @property
     def key(self) -> str:
@@ -52,11 +54,19 @@ class Rule:
         hosts = " ".join(h.pattern for h in self.hosts) or "any host"
         extra = f", {self.limit.describe()}" if self.limit else ""
         cond = f" when {self.when.source}" if self.when else ""
-        return f"{methods} {hosts}{paths}{cond} ('{self.name}'{extra})"
+        ports = f" port {','.join(map(str, sorted(self.ports)))}" if self.ports else ""
+        if self.protocol == "tcp":
+            return f"raw TCP to {hosts}{ports} ('{self.name}'{extra})"
+        upgrade = f" upgrading to {self.protocol}" if self.protocol else ""
+        return f"{methods} {hosts}{paths}{ports}{upgrade}{cond} ('{self.name}'{extra})"
 
     def matches_plain(self, view: RequestView, host_known: bool = False) -> bool:
         """Everything but the CEL condition (`host_known`: the host index already matched the host)."""
         if self.agents is not None and view.agent not in self.agents:
+            return False
+        if (self.protocol or "http") != view.protocol and not (self.effect == "deny" and self.protocol is None):
+            return False
+        if self.ports is not None and view.port not in self.ports:
             return False
         if self.methods is not None and view.method not in self.methods:
             return False
@@ -228,7 +238,7 @@ def decide(view: RequestView, policies: PolicySet, now: float, counts: LimitCoun
         would = f"report mode: only report-mode rule '{first.name}' allows this; enforced, it would be denied"
         return Decision("allow", f"allowed by report-mode rule '{first.name}'", first.key, would, limited_keys,
                         rewrite=first.rewrite)
-    nothing = f"no rule allows {view.method} {view.host}{view.path} for agent '{view.agent}'"
+    nothing = f"no rule allows {view.describe()} for agent '{view.agent}'"
     if reporting:
         return Decision("allow", nothing + " (allowed: a policy for this agent is in report mode)", None,
                         would or f"report mode: {nothing}", limited_keys)

@@ -17,8 +17,17 @@ from .yamlsrc import Checker, YMap
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
 _POLICY_KEYS = {"version", "name", "description", "agents", "mode", "rules"}
 _RULE_KEYS = {"name", "allow", "deny", "description", "rewrite"}
-_MATCH_KEYS = {"host", "hosts", "method", "methods", "path", "paths", "agents", "when"}
+_MATCH_KEYS = {"host", "hosts", "method", "methods", "path", "paths", "agents", "when", "protocol", "ports"}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.#@:/()'-]*")
+_PROTOCOL = re.compile(r"[a-z0-9][a-z0-9._/+-]*")
+
+
+def parse_ports(value: Any) -> frozenset[int]:
+    """A port or a list of ports, each 1-65535."""
+    ports = value if isinstance(value, list) else [value]
+    if not ports or not all(isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536 for p in ports):
+        raise ValueError(f"must be a port number or a list of them, 1-65535 (got {value!r})")
+    return frozenset(ports)
 
 
 def expression_pos(source_lines: list[str], pos: tuple[int, int], err: CelSyntaxError) -> tuple[int, int]:
@@ -128,6 +137,7 @@ class RuleReader:
                 line, col = expression_pos(self.lines, self.check.at(m, "when"), exc)
                 self.check.error((line, col), f"'{where}.{effect}.when' {exc}")
         agents = self.check.strings(m, "agents", f"{where}.{effect}.agents")
+        protocol = self.protocol(m, f"{where}.{effect}", rewrite is not None)
         return Rule(
             policy=policy,
             name=name,
@@ -140,7 +150,31 @@ class RuleReader:
             limit=self.limit(m, f"{where}.{effect}") if effect == "allow" else None,
             reason=self.check.string(m, "reason", f"{where}.deny.reason") if effect == "deny" else None,
             rewrite=rewrite == "reversible" and effect == "allow",
+            protocol=protocol,
+            ports=self.check.parsed(m, "ports", f"{where}.{effect}.ports", parse_ports),
         )
+
+    def protocol(self, m: YMap, where: str, rewrite: bool) -> str | None:
+        """`protocol:` names what the proxy cannot inspect: `tcp` (raw TCP in a tunnel) or an HTTP Upgrade token."""
+        value = self.check.string(m, "protocol", f"{where}.protocol")
+        if value is None or value.lower() == "http":
+            return None
+        value = value.lower()
+        pos = self.check.at(m, "protocol")
+        if value == "websocket":
+            self.check.error(pos, f"'{where}.protocol' websocket is HTTP that goex-proxy inspects: ordinary rules "
+                                  "decide it; leave 'protocol' out")
+        elif not _PROTOCOL.fullmatch(value):
+            self.check.error(pos, f"'{where}.protocol' must be 'tcp' or an HTTP Upgrade token such as 'h2c' "
+                                  f"(got {value!r})")
+        elif value == "tcp":
+            for key in ("method", "methods", "path", "paths", "when"):
+                if key in m:
+                    self.check.error(self.check.at(m, key), f"'{where}.{key}': a raw TCP stream has no method, path "
+                                                            "or body to match; leave it out")
+        if rewrite:
+            self.check.error(pos, f"'{where}.protocol': 'rewrite' applies only to HTTP requests")
+        return value
 
     def policy(self, doc: Any, file: str) -> Policy | None:
         p = self.check.mapping(doc, "policy", (1, 1), _POLICY_KEYS, {"version", "rules"})

@@ -93,6 +93,20 @@ def aws_unchunked(body: bytes) -> bytes:
 _JSON_LEAD = b" \t\r\n\x00\xef\xbb\xbf\xfe\xff"
 
 
+def upgrade_protocol(values: Iterable[str]) -> str:
+    """What a request's `Upgrade` header values ask to switch to: "http" for none or WebSocket (which the proxy
+    inspects), else the one protocol token, lower-cased. Several protocols offered at once raise ValueError: the
+    server would pick one, and the policy could not know which."""
+    tokens = [t.strip().lower() for v in values for t in v.split(",") if t.strip()]
+    other = sorted({t for t in tokens if t != "websocket"})
+    if not other:
+        return "http"
+    if len(tokens) > 1:
+        raise ValueError(f"the request offers several protocols to upgrade to ({', '.join(tokens)}); the server "
+                         "would pick one, so send only the one policy allows")
+    return other[0]
+
+
 class _DuplicateKey(Exception):
     """Raised from inside `json.loads` at the first object with a key twice (not a ValueError: not a parse error)."""
 
@@ -145,6 +159,14 @@ class RequestView:
     query: tuple[tuple[str, str], ...] = ()
     headers: tuple[tuple[str, str], ...] = ()
     body: bytes = field(default=b"", repr=False)
+    protocol: str = "http"  # "http" (WebSocket too: it is inspected), "tcp", or the token of an HTTP Upgrade
+
+    def describe(self) -> str:
+        """The request in a few words, for a denial."""
+        if self.protocol == "tcp":
+            return f"raw TCP to {self.host}:{self.port}"
+        upgrade = f" upgrading to {self.protocol!r}" if self.protocol != "http" else ""
+        return f"{self.method} {self.host}{self.path}{upgrade}"
 
     @property
     def url(self) -> str:

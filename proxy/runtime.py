@@ -39,7 +39,7 @@ def proxy_options(config: Config) -> dict[str, Any]:
         "mode": ["regular"],
         "connection_strategy": "lazy",
         "stream_large_bodies": None,
-        "rawtcp": False,
+        "rawtcp": True,  # relays raw TCP only where a `protocol: tcp` rule allows it (the decide stage refuses the rest)
         "ssl_insecure": False,
         "ssl_verify_upstream_trusted_ca": str(bundle) if bundle else None,
         "http2": True,

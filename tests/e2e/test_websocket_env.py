@@ -94,7 +94,7 @@ def test_addons_load_into_plain_mitmdump(make_proxy, upstream):
     port = proxy.port
     mitmdump = Path(sys.executable).parent / "mitmdump"
     proc = subprocess.Popen([str(mitmdump), "-q", "--listen-host", "127.0.0.1", "-p", str(port),
-                             "--set", f"confdir={proxy.home}", "--set", "connection_strategy=lazy", "--set", "rawtcp=false",
+                             "--set", f"confdir={proxy.home}", "--set", "connection_strategy=lazy",
                              "--set", f"ssl_verify_upstream_trusted_ca={_bundle(proxy)}",
                              "-s", addons_pkg.__file__, "--set", f"goex_config={proxy.config}"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import textwrap
 
@@ -279,3 +280,44 @@ def test_report_mode_allow_alone_is_labelled_report() -> None:
     """
     d = decide(view("POST", path="/api/chat.postMessage"), policies(trial), 0, LimitCounters())
     assert (d.effect, d.label) == ("allow", "report") and "would be denied" in (d.report or "")
+
+
+PROTOCOLS = """
+    version: 1
+    name: p
+    rules:
+      - name: postgres
+        allow: {host: db.example.com, protocol: tcp, ports: [5432]}
+      - name: irc upgrade
+        allow: {host: chat.example.com, path: /irc, protocol: IRC}
+      - name: web
+        allow: {host: "*.example.com"}
+      - name: nothing to evil
+        deny: {host: evil.example.com}
+      - name: tcp to evil (the deny wins)
+        allow: {host: evil.example.com, protocol: tcp}
+"""
+
+
+def tcp(host: str, port: int, agent: str = "bot") -> RequestView:
+    return RequestView(agent, "", "tcp", host, port, "", protocol="tcp")
+
+
+def test_uninspectable_protocols_are_allowed_only_by_a_rule_that_names_them() -> None:
+    ps = policies(PROTOCOLS)
+    assert decide(tcp("db.example.com", 5432), ps, 0, LimitCounters()).rule == "p/postgres"
+    other_port = decide(tcp("db.example.com", 5433), ps, 0, LimitCounters())
+    assert other_port.effect == "deny" and "no rule allows raw TCP to db.example.com:5433" in other_port.reason
+    # `web` allows any HTTP on *.example.com, but not raw TCP there, nor an upgrade it does not name
+    assert decide(tcp("www.example.com", 443), ps, 0, LimitCounters()).effect == "deny"
+    upgrade = dataclasses.replace(view(host="www.example.com", path="/irc"), protocol="irc")
+    refused = decide(upgrade, ps, 0, LimitCounters())
+    assert refused.effect == "deny" and "upgrading to 'irc'" in refused.reason
+    named = dataclasses.replace(view(host="chat.example.com", path="/irc"), protocol="irc")
+    assert decide(named, ps, 0, LimitCounters()).rule == "p/irc upgrade"
+    assert decide(view(host="chat.example.com", path="/irc"), ps, 0, LimitCounters()).rule == "p/web"
+
+
+def test_a_deny_without_a_protocol_covers_every_protocol() -> None:
+    d = decide(tcp("evil.example.com", 22), policies(PROTOCOLS), 0, LimitCounters())
+    assert (d.effect, d.rule) == ("deny", "p/nothing to evil")

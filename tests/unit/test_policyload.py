@@ -70,3 +70,26 @@ def test_self_referencing_alias_is_a_problem() -> None:
     """A YAML alias that refers to itself is reported, not a crash."""
     _, problems = check_policy_text("version: 1\nrules: &a [*a]\n", "loop.yaml")
     assert problems and "invalid YAML" in str(problems[0])
+
+
+@pytest.mark.parametrize(("match", "expected"), [
+    ("{host: db.test, protocol: tcp, path: /x}", "'rules[0].allow.path': a raw TCP stream has no method, path or body"),
+    ("{host: db.test, protocol: tcp, when: 'true'}", "'rules[0].allow.when': a raw TCP stream has no method"),
+    ("{host: db.test, protocol: websocket}", "websocket is HTTP that goex-proxy inspects"),
+    ("{host: db.test, protocol: 'no good'}", "must be 'tcp' or an HTTP Upgrade token"),
+    ("{host: db.test, protocol: tcp, ports: [0]}", "'rules[0].allow.ports' must be a port number or a list"),
+    ("{host: db.test, protocol: tcp, ports: '22'}", "'rules[0].allow.ports' must be a port number or a list"),
+])
+def test_protocol_rules_are_checked(match: str, expected: str) -> None:
+    policy, problems = check_policy_text(f"version: 1\nrules:\n  - name: r\n    allow: {match}\n", "p.yaml")
+    assert policy is None
+    assert any(expected in p.message for p in problems), [str(p) for p in problems]
+
+
+def test_a_protocol_rule_loads() -> None:
+    policy, problems = check_policy_text("version: 1\nrules:\n  - name: r\n    allow: {host: db.test, protocol: TCP, "
+                                         "ports: 5432}\n", "p.yaml")
+    assert problems == [] and policy is not None
+    rule = policy.rules[0]
+    assert (rule.protocol, rule.ports) == ("tcp", frozenset({5432}))
+    assert rule.summary() == "raw TCP to db.test port 5432 ('r')"

@@ -135,6 +135,20 @@ def test_decide_fails_closed(state, monkeypatch) -> None:
     assert f.response.status_code == 502 and b"decide" in f.response.content
 
 
+def test_decide_fails_closed_on_a_raw_tcp_stream(state, monkeypatch) -> None:
+    """If deciding a raw TCP stream raises, its upstream connection is refused and nothing of it is passed on."""
+    monkeypatch.setattr(decide_module, "decide", boom)
+    f = tflow.ttcpflow()
+    f.server_conn.timestamp_start = None
+    f.metadata.clear()
+    with taddons.context():
+        Decide(state).tcp_start(f)
+        assert f.server_conn.error and "decide" in f.server_conn.error and f.killable is False
+        f.messages[-1].content = b"payload"
+        Decide(state).tcp_message(f)
+    assert f.messages[-1].content == b""
+
+
 def test_record_writes_before_forwarding(state) -> None:
     """The request row is committed by the time the hook returns; the outcome comes with the response."""
     f = flow()

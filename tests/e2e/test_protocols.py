@@ -1,0 +1,144 @@
+"""What the proxy cannot inspect (raw TCP in a tunnel, an HTTP Upgrade to anything but WebSocket) is refused before it
+reaches anyone, unless a rule with that `protocol` allows it: then it is relayed and audited."""
+
+from __future__ import annotations
+
+import base64
+import socket
+import threading
+
+import pytest
+
+from tests.conftest import TOKENS
+
+pytestmark = pytest.mark.e2e
+
+CREDS = base64.b64encode(f"slackbot:{TOKENS['slackbot']}".encode()).decode()
+POLICY = """
+    version: 1
+    name: p
+    agents: [slackbot]
+    rules:
+      - name: web
+        allow: {host: slack.com, path: "/upgrade-foo"}
+      - name: foo upgrade
+        allow: {host: slack.com, path: "/upgrade-foo", protocol: foo}
+      - name: database
+        allow: {host: db.test, protocol: tcp, ports: [5432]}
+"""
+
+
+class Echo:
+    """A TCP server that echoes what it receives and counts the connections it accepted."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            with conn:
+                while data := conn.recv(1024):
+                    conn.sendall(data)
+
+
+@pytest.fixture
+def echo():
+    server = Echo()
+    yield server
+    server.sock.close()
+
+
+@pytest.fixture
+def proxy(make_proxy, echo):
+    route = f"http://127.0.0.1:{echo.port}"
+    return make_proxy({"p": POLICY}, routes={"db.test:5432": route, "db.test:5433": route})
+
+
+def tunnel(proxy, target: str) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+    s.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: Basic {CREDS}\r\n\r\n".encode())
+    assert s.recv(1024).startswith(b"HTTP/1.1 200")
+    return s
+
+
+def read_all(s: socket.socket, until: bytes = b"", timeout: float = 3) -> bytes:
+    s.settimeout(timeout)
+    got = b""
+    try:
+        while chunk := s.recv(4096):
+            got += chunk
+            if until and until in got:
+                break
+    except (TimeoutError, ConnectionResetError):
+        pass
+    return got
+
+
+def upgrade(s: socket.socket, path: str, protocol: str | None) -> bytes:
+    extra = f"Connection: Upgrade\r\nUpgrade: {protocol}\r\n" if protocol else ""
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: slack.com\r\n{extra}\r\n".encode())
+    return read_all(s, b"\r\n\r\n")
+
+
+def test_raw_tcp_a_rule_allows_is_relayed_and_audited(proxy, echo):
+    with tunnel(proxy, "db.test:5432") as s:
+        s.sendall(b"\x00\x00\x00\x08\x04\xd2\x16\x2f")  # a PostgreSQL SSLRequest: not HTTP, not TLS
+        assert read_all(s, b"\x2f") == b"\x00\x00\x00\x08\x04\xd2\x16\x2f"
+    assert echo.accepted == 1
+    row = proxy.rows()[-1]
+    assert (row["method"], row["url"], row["decision"], row["rule"], row["agent"]) == (
+        "CONNECT", "tcp://db.test:5432", "allow", "p/database", "slackbot")
+
+
+def test_raw_tcp_to_a_port_no_rule_names_never_connects(proxy, echo):
+    with tunnel(proxy, "db.test:5433") as s:
+        s.sendall(b"\x00\x00\x00\x08\x04\xd2\x16\x2f")
+        assert read_all(s) == b""
+    assert echo.accepted == 0
+    row = proxy.rows()[-1]
+    assert (row["url"], row["decision"]) == ("tcp://db.test:5433", "deny")
+    assert "no rule allows raw TCP to db.test:5433" in row["reason"]
+
+
+def test_an_upgrade_no_rule_names_is_refused_before_the_upstream(proxy, upstream):
+    with tunnel(proxy, "slack.com:80") as s:
+        answer = upgrade(s, "/upgrade-foo", "bar") + read_all(s, b"}")
+    assert answer.startswith(b"HTTP/1.1 403") and b"upgrading to 'bar'" in answer
+    assert upstream.seen_paths("slack.com") == []
+
+
+def test_several_upgrade_protocols_at_once_are_refused(proxy, upstream):
+    with tunnel(proxy, "slack.com:80") as s:
+        answer = upgrade(s, "/upgrade-foo", "foo, h2c") + read_all(s, b"}")
+    assert answer.startswith(b"HTTP/1.1 403") and b"request-upgrade" in answer
+    assert upstream.seen_paths("slack.com") == []
+
+
+def test_an_upgrade_a_rule_names_is_relayed(proxy, upstream):
+    with tunnel(proxy, "slack.com:80") as s:
+        assert upgrade(s, "/upgrade-foo", "foo").startswith(b"HTTP/1.1 101")
+        s.sendall(b"hello foo")
+        assert read_all(s, b"hello foo") == b"hello foo"
+    assert [seen.body for seen in upstream.state.seen if seen.method == "RAW"] == [b"hello foo"]
+    assert proxy.rows()[-1]["rule"] == "p/foo upgrade"
+
+
+def test_a_switch_of_protocols_nobody_asked_for_is_not_relayed(proxy, upstream):
+    """The upstream answers 101 to a plain GET: the agent gets 502, and nothing it sends after reaches the upstream."""
+    with tunnel(proxy, "slack.com:80") as s:
+        answer = upgrade(s, "/upgrade-foo", None) + read_all(s, b"}")
+        assert answer.startswith(b"HTTP/1.1 502") and b"switched protocols" in answer
+        try:
+            s.sendall(b"smuggled")
+        except OSError:
+            pass
+        read_all(s, timeout=1)
+    assert not any(seen.method == "RAW" for seen in upstream.state.seen)
