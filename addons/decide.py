@@ -42,6 +42,14 @@ def target_problem(flow: http.HTTPFlow, path: str | None) -> str | None:
         named, port = _host_of(req.host_header)
         if named != host or (port is not None and port != req.port):
             return f"the Host header names {req.host_header!r} but the request goes to {host}:{req.port}"
+    if req.authority and not req.is_http2:
+        # HTTP/1 absolute-form: outside a tunnel the URL gave the host (so they agree); inside one, the host is the
+        # tunnel's, and a server reading the request line would go where it says instead (RFC 9112 3.2.2).
+        named, port = _host_of(req.authority)
+        if named != host or (port is not None and port != req.port):
+            return f"the request line names {req.authority!r} but the request goes to {host}:{req.port}"
+        if flow.client_conn.tls_established:  # mitmproxy rewrites its scheme to https; no client sends this form
+            return f"the request line names a full URL ({req.authority!r}) inside a TLS tunnel; send its path only"
     sni = flow.client_conn.sni
     if sni and sni.lower().rstrip(".") != host:
         return f"the TLS server name {sni!r} does not match the request's host {host!r}"
