@@ -23,7 +23,9 @@ from .yamlsrc import Checker, YMap
 if TYPE_CHECKING:
     from .oauth import OAuth2
 
-_TOP_KEYS = {"version", "state_dir", "listen", "agents", "credentials", "policies", "undo_rules", "audit", "upstream"}
+_TOP_KEYS = {"version", "state_dir", "listen", "agents", "credentials", "policies", "undo_rules", "audit", "upstream",
+             "llm"}
+_LLM_KEYS = {"base_url", "model", "api_key", "timeout"}
 _CREDENTIAL_KEYS = {"secret", "host", "hosts", "methods", "paths", "schemes", "inject", "env"}
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _AGENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -66,6 +68,16 @@ class Route:
 
 
 @dataclass(frozen=True)
+class LLM:
+    """The model `execute` and `undo --propose` ask: any OpenAI-compatible endpoint."""
+
+    base_url: str
+    model: str
+    api_key: SecretRef | None = None
+    timeout: float = 120.0
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything `goex-proxy run` needs, validated."""
 
@@ -84,6 +96,7 @@ class Config:
     block_private: bool = True
     allow_private: tuple[str, ...] = ()
     resolver: tuple[str, int] | None = None
+    llm: LLM | None = None
 
     @property
     def ca_cert(self) -> Path:
@@ -196,6 +209,27 @@ def _oauth2(check: Checker, parent: YMap, where: str) -> OAuth2 | None:
                   check.string(spec, "client_id", f"{where}.client_id") or "", client_secret,
                   tuple(check.strings(spec, "scopes", f"{where}.scopes") or ()),
                   margin if margin is not None else 60.0, client_auth, port)
+
+
+def _llm(check: Checker, top: YMap) -> LLM | None:
+    if "llm" not in top:
+        return None
+    spec = check.mapping(top["llm"], "llm", check.at(top, "llm"), _LLM_KEYS, {"base_url", "model"})
+    if spec is None:
+        return None
+    base_url = check.string(spec, "base_url", "llm.base_url") or ""
+    if base_url and (urlsplit(base_url).scheme not in ("http", "https") or not urlsplit(base_url).hostname):
+        check.error(check.at(spec, "base_url"), f"'llm.base_url' must be an http(s) URL such as "
+                                                f"https://api.openai.com/v1 (got {base_url!r})")
+    model = check.string(spec, "model", "llm.model") or ""
+    timeout = check.parsed(spec, "timeout", "llm.timeout", parse_duration)
+    if timeout is not None and timeout <= 0:
+        check.error(check.at(spec, "timeout"), "'llm.timeout' must be longer than 0s")
+    key = _vault_or_env(check, spec, "api_key", "llm") if "api_key" in spec else None
+    if key is not None and key.vault and (key.vault.startswith("sk-") or len(key.vault) >= 40):
+        check.error(check.at(spec, "api_key"), "'llm.api_key' looks like a key itself: store it with `goex-proxy "
+                                               "secrets set NAME` and name NAME here, or use {env: NAME}")
+    return LLM(base_url.rstrip("/"), model, key, timeout or 120.0)
 
 
 def _vault_or_env(check: Checker, parent: YMap, key: str, where: str) -> SecretRef | None:
@@ -385,6 +419,7 @@ def parse_config(doc: Any, file: Path, check: Checker) -> Config:
         block_private=block_private,
         allow_private=allow_private,
         resolver=resolver,
+        llm=_llm(check, top),
     )
 
 

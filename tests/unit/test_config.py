@@ -42,6 +42,10 @@ def test_example_config_is_valid() -> None:
      "already holds the tokens of 'x'"),
     ("credentials:\n  x: {secret: s, hosts: [a.example], inject: {aws_sigv4: {region: x}}}\n", "unknown key 'region'"),
     ("upstream: {routes: {slack.com: ftp://x}}\n", "must be a URL like http://127.0.0.1:9001"),
+    ("llm: {model: m}\n", "'llm' is missing the required key 'base_url'"),
+    ("llm: {base_url: api.openai.com, model: m}\n", "'llm.base_url' must be an http(s) URL"),
+    ("llm: {base_url: 'http://x/v1', model: m, api_key: sk-proj-123}\n", "'llm.api_key' looks like a key itself"),
+    ("llm: {base_url: 'http://x/v1', model: m, timeout: 0s}\n", "'llm.timeout' must be a duration"),
 ])
 def test_mistakes_are_located(tmp_path: Path, text: str, message: str) -> None:
     """Each mistake is an error with the file and line, naming what is wrong."""
