@@ -76,8 +76,18 @@ def _migration_4(db: sqlite_utils.Database) -> None:
         requests.add_column(column, kind)
 
 
+def _migration_5(db: sqlite_utils.Database) -> None:
+    """The supervising model: every question asked of it and its answer (`execute`, `undo --propose`), and what the
+    person chose to do with it."""
+    calls = db.table("model_calls")
+    calls.create({"seq": int, "ts": float, "kind": str, "agent": str, "subject": str, "model": str, "base_url": str,
+                  "messages": str, "reply": str, "error": str, "code": str, "exit_code": int, "rows": str,
+                  "choice": str}, pk="seq")
+    calls.create_index(["subject"])
+
+
 #: Schema migrations, applied in order; `PRAGMA user_version` records how many have run.
-MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4]
+MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5]
 #: Request fields added by later migrations: hashed only when set, so rows written before them still verify.
 OPTIONAL_REQUEST_FIELDS = ("credential", "undo_of", "pre_status", "pre_headers", "pre_body", "pre_body_size")
 
