@@ -62,6 +62,8 @@ def withheld(config: Config) -> set[str]:
     names = {KEY_ENV, *UNSET_VARIABLES}
     names.update(c.secret.env for c in config.credentials.values() if c.secret.env)
     names.update(a.token.env for a in config.agents.values() if a.token.env)
+    if config.llm is not None and config.llm.api_key is not None and config.llm.api_key.env:
+        names.add(config.llm.api_key.env)  # the supervisor's model key is not the agent's
     return names
 
 

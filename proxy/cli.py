@@ -207,30 +207,13 @@ def _wait_like_a_shell(child: subprocess.Popen[bytes]) -> None:
 
 def _run_jailed(config: Config, agent: str, command: list[str]) -> int:
     """COMMAND in a jail bridged to the running proxy, or to one started here for it; its exit status."""
-    import shutil
-
-    from .jail import Jail
+    from .jail import proxy_for_jail, start_jailed
 
     agentenv.proxy_url(config, agent)  # an unknown agent or a missing token: said before anything starts
-    agentenv.check_ca(config)
-    in_process = None
-    if not agentenv.listening(config):
-        from .policyload import load_policy_set  # mitmproxy and CEL: a quarter second, only paid without a proxy
-        from .runtime import InProcessProxy
-
-        audit.open_db(config.audit_db).close()
-        in_process = InProcessProxy(config, load_policy_set([(p.path, p.agents) for p in config.policies]))
-        config = in_process.config
-    try:
-        env = agentenv.apply(dict(os.environ), agentenv.agent_env(config, agent, proxy_host="127.0.0.1"), config)
-        if shutil.which(command[0], path=env.get("PATH")) is None:
-            raise GoexError(f"cannot run {command[0]!r}: no such file or command")
-        jailed = Jail(command, env, config.listen_port, agentenv.proxy_address(config))
+    with proxy_for_jail(config) as bridged:
+        jailed = start_jailed(bridged, agent, command)
         _wait_like_a_shell(jailed.child)
         return jailed.wait()
-    finally:
-        if in_process is not None:
-            in_process.close()
 
 
 @cli.command()
@@ -277,6 +260,86 @@ def doctor(config_path: Path | None, agent: str, no_jail: bool, as_json: bool) -
             table.add_row(r["check"], "[green]pass[/green]" if r["ok"] else "[red]FAIL[/red]", r["detail"])
         _console().print(table)
     sys.exit(0 if all(r["ok"] for r in results) else 1)
+
+
+@cli.command()
+@config_option
+@click.argument("task")
+@click.option("--agent", required=True, help="The agent the code runs as (its policy bounds what the code may do).")
+@click.option("--yes", is_flag=True, help="Run the code without asking.")
+@click.option("--show-only", is_flag=True, help="Show the code and stop; never run it.")
+@click.option("--retry", "retries", type=click.IntRange(0, 10), default=0, show_default=True,
+              help="When calls are denied or the program fails, let the model revise it up to N times.")
+@click.option("--timeout", default="5m", show_default=True, help="Time limit for each run of the code (30s, 5m).")
+@click.option("--then", "then", type=click.Choice(["ask", "keep", "undo"]), default="ask", show_default=True,
+              help="Afterwards: ask whether to keep or undo what the code did, or keep it, or undo all of it.")
+@handle_errors
+def execute(config_path: Path | None, task: str, agent: str, yes: bool, show_only: bool, retries: int, timeout: str,
+            then: str) -> None:
+    """Have the configured model write Python code for TASK, show it, run it jailed through the proxy as AGENT,
+    show the requests it made, and keep or undo them. Everything is recorded (prompts, code, requests, choice).
+
+    Example: goex-proxy execute "send a funny joke to #random on slack" --agent slackbot
+    """
+    from .durations import parse_duration
+    from .execute import Options
+    from .execute import execute as run_task
+    from .llm import configured
+    from .policyload import load_policy_set
+
+    config = _config(config_path)
+    configured(config)  # no model: said before anything else
+    agentenv.proxy_url(config, agent)
+    try:
+        limit = parse_duration(timeout)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--timeout") from None
+    policies = load_policy_set([(p.path, p.agents) for p in config.policies])
+    options = Options(agent, yes, show_only, retries, limit, then)
+    sys.exit(run_task(config, policies, task, options, _console(), _show_rows,
+                      lambda rows: _undo_rows(config, rows)))
+
+
+def _show_rows(rows: list[dict[str, Any]]) -> None:
+    """The requests a run made, numbered, with what undo could do for each."""
+    if not rows:
+        return
+    table = _table()
+    for column in ("#", "id", "method", "url", "decision", "status", "undo"):
+        table.add_column(column)
+    for i, row in enumerate(rows, start=1):
+        undo = row.get("undo_class") or ("-" if row["method"] in ("GET", "HEAD", "OPTIONS") else "")
+        table.add_row(str(i), str(row["id"]), str(row["method"]), str(row["url"]), str(row["decision"]),
+                      _outcome(row), undo)
+    _console().print(table)
+
+
+def _undo_rows(config: Config, rows: list[dict[str, Any]]) -> None:
+    """Undo these rows, newest first, through the undo engine: each plan shown, then carried out (no more asking)."""
+    from .undoplan import Exchange, plan
+    from .undorules import load_packs
+    from .undorun import Journal, one_undo_at_a_time
+
+    conn = audit.open_db(config.audit_db)
+    journal = Journal(conn)
+    rules = load_packs(list(config.undo_packs))
+    todo: list[tuple[dict[str, Any], Any]] = []
+    skipped: list[tuple[str, str]] = []
+    for row in sorted(rows, key=lambda r: (r["ts"], str(r["id"])), reverse=True):
+        full = audit.get(conn, str(row["id"]))
+        the_plan = plan(str(full["id"]), Exchange.from_row(full), rules)
+        _print_undo_plan(full, the_plan, journal.states(str(full["id"])), False)
+        if the_plan.verdict == "plan":
+            todo.append((full, the_plan))
+        else:
+            skipped.append((str(full["id"]), f"{the_plan.verdict}: {the_plan.reason}"))
+    if todo:
+        with one_undo_at_a_time(config.audit_db):
+            _carry_out_all(config, todo, skipped, journal, None, False)
+    for rid, why in skipped:
+        click.echo(f"not undone: {rid}: {why}", err=True)
+    if skipped:
+        sys.exit(4)
 
 
 @cli.command(name="env")

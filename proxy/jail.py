@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import shutil
 import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+from . import agentenv, audit
+from .config import Config
 from .errors import GoexError
 
 #: Seconds the jail's first process may take to set up its namespace before the command is given up on.
@@ -25,12 +32,14 @@ class Jail:
     accepted by a listener created in the namespace and passed out, and bridged here to `proxy` in the host's
     namespace. Nothing else inside the namespace reaches any network."""
 
-    def __init__(self, command: list[str], env: dict[str, str], port: int, proxy: tuple[str, int]) -> None:
+    def __init__(self, command: list[str], env: dict[str, str], port: int, proxy: tuple[str, int],
+                 **popen: Any) -> None:
+        """`popen`: more `subprocess.Popen` arguments for the command (stdin, stderr, start_new_session)."""
         self.proxy = proxy
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.child = subprocess.Popen([sys.executable, "-I", str(_INIT), str(theirs.fileno()), str(port), "--",
-                                           *command], env=env, pass_fds=(theirs.fileno(),))
+                                           *command], env=env, pass_fds=(theirs.fileno(),), **popen)
         finally:
             theirs.close()
         with ours:
@@ -102,6 +111,32 @@ class Jail:
         if self._thread.is_alive():
             self._loop.call_soon_threadsafe(cancel_all)
             self._thread.join(5)
+
+
+@contextlib.contextmanager
+def proxy_for_jail(config: Config) -> Iterator[Config]:
+    """The config a jail is bridged with: the running proxy's, or that of a proxy started here until the block ends."""
+    agentenv.check_ca(config)
+    if agentenv.listening(config):
+        yield config
+        return
+    from .policyload import load_policy_set  # mitmproxy and CEL: a quarter second, only paid without a proxy
+    from .runtime import InProcessProxy
+
+    audit.open_db(config.audit_db).close()
+    in_process = InProcessProxy(config, load_policy_set([(p.path, p.agents) for p in config.policies]))
+    try:
+        yield in_process.config
+    finally:
+        in_process.close()
+
+
+def start_jailed(config: Config, agent: str, command: list[str], **popen: Any) -> Jail:
+    """COMMAND started in a jail with the agent's proxy settings (from `proxy_for_jail`'s config)."""
+    env = agentenv.apply(dict(os.environ), agentenv.agent_env(config, agent, proxy_host="127.0.0.1"), config)
+    if shutil.which(command[0], path=env.get("PATH")) is None:
+        raise GoexError(f"cannot run {command[0]!r}: no such file or command")
+    return Jail(command, env, config.listen_port, agentenv.proxy_address(config), **popen)
 
 
 async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -1,0 +1,232 @@
+"""`goex-proxy execute`: a model writes the code for a task, the person looks at it, it runs jailed through the
+proxy, and the person keeps or undoes what it did; every step is recorded."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import audit, llm, modellog
+from .config import Config
+from .errors import GoexError
+from .jail import proxy_for_jail, start_jailed
+from .policy import PolicySet
+from .taskprompt import Attempt, agent_brief, feedback, first_messages
+from .undoplan import SAFE_METHODS
+
+#: Seconds to wait after the program ends for the proxy to record the outcomes of its last requests.
+OUTCOME_WAIT = 3.0
+#: The exit status reported when the program was stopped at the time limit (as timeout(1) does).
+TIMED_OUT = 124
+
+
+@dataclass(frozen=True)
+class Options:
+    agent: str
+    yes: bool
+    show_only: bool
+    retries: int
+    timeout: float
+    then: str  # ask | keep | undo
+
+
+class Aborted(GoexError):
+    """The person chose not to run the code."""
+
+
+def execute(config: Config, policies: PolicySet, task: str, opts: Options, console: Any,
+            show_rows: Callable[[list[dict[str, Any]]], None],
+            undo_rows: Callable[[list[dict[str, Any]]], None]) -> int:
+    """The whole flow; returns the exit status for the command (the last program's, or 124 if it timed out)."""
+    model = llm.configured(config)
+    conn = audit.open_db(config.audit_db)
+    messages = first_messages(task, agent_brief(config, policies, opts.agent))
+    calls: list[int] = []
+    attempts: list[Attempt] = []
+    status = 0
+    choice = "aborted"
+    try:
+        with tempfile.TemporaryDirectory(prefix="goex-execute-") as tmp, proxy_for_jail(config) as bridged:
+            for number in range(1, opts.retries + 2):
+                code = _ask_for_code(config, conn, messages, opts.agent, task, calls)
+                console.rule(f"attempt {number}: code written by {model.model}" if number > 1
+                             else f"code written by {model.model}")
+                reviewed = _review(code, opts, console)
+                if reviewed is None:
+                    choice = "shown only" if opts.show_only else "aborted"
+                    modellog.update(conn, calls[-1], choice=choice)
+                    return 0
+                code = reviewed
+                attempt = _run(bridged, opts, code, Path(tmp) / f"attempt{number}.py")
+                attempts.append(attempt)
+                modellog.update(conn, calls[-1], code=code, exit_code=attempt.exit_code,
+                                rows=[str(r["id"]) for r in attempt.rows])
+                status = TIMED_OUT if attempt.exit_code is None else attempt.exit_code
+                click.echo(f"the program {_how_it_ended(attempt, opts.timeout)}; it made {len(attempt.rows)} "
+                           f"request(s)" + (f", {len(attempt.denials)} denied" if attempt.denials else ""))
+                show_rows(list(attempt.rows))
+                if not attempt.failed or number > opts.retries:
+                    break
+                messages = [*messages, {"role": "assistant", "content": f"```python\n{code}```"},
+                            {"role": "user", "content": feedback(attempt)}]
+                click.echo(f"asking the model to revise it ({opts.retries + 1 - number} more attempt(s) allowed)")
+        choice, chosen = _keep_or_undo([r for a in attempts for r in a.rows], opts)
+        if chosen:
+            undo_rows(chosen)
+    finally:
+        if calls:
+            for seq in calls:
+                modellog.update(conn, seq, choice=choice)
+        conn.close()
+    return status
+
+
+def _ask_for_code(config: Config, conn: Any, messages: list[dict[str, str]], agent: str, task: str,
+                  calls: list[int]) -> str:
+    assert config.llm is not None
+    try:
+        reply = llm.ask(config, messages)
+    except llm.LLMError as exc:
+        calls.append(modellog.record_call(conn, "execute", agent, task, config.llm, messages, error=str(exc)))
+        raise
+    calls.append(modellog.record_call(conn, "execute", agent, task, config.llm, messages, reply=reply))
+    try:
+        return llm.code_in(reply)
+    except llm.LLMError as exc:
+        modellog.update(conn, calls[-1], error=str(exc))
+        raise
+
+
+def _review(code: str, opts: Options, console: Any) -> str | None:
+    """Show the code; the code to run (perhaps edited), or None when it is not to run."""
+    from rich.syntax import Syntax
+
+    console.print(Syntax(code, "python", line_numbers=True, word_wrap=True))
+    if opts.show_only:
+        return None
+    if opts.yes:
+        return code
+    if not sys.stdin.isatty():
+        raise GoexError("execute asks before it runs code: pass --yes to run it without a terminal, or --show-only")
+    while True:
+        answer = click.prompt("run it, edit it in $EDITOR, or abort?", type=click.Choice(["run", "edit", "abort"]),
+                              default="run")
+        if answer == "run":
+            return code
+        if answer == "abort":
+            raise Aborted("aborted: nothing was run")
+        edited = click.edit(code, extension=".py", require_save=False)
+        if edited is not None and edited.strip():
+            code = edited if edited.endswith("\n") else edited + "\n"
+        from rich.syntax import Syntax as Shown
+
+        console.print(Shown(code, "python", line_numbers=True, word_wrap=True))
+
+
+def _run(config: Config, opts: Options, code: str, path: Path) -> Attempt:
+    """Run the code jailed, streaming its output, stopped at the time limit; what it did."""
+    path.write_text(code, encoding="utf-8")
+    started = time.time()
+    jailed = start_jailed(config, opts.agent, [sys.executable, "-u", str(path)], stdin=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, start_new_session=True)
+    child = jailed.child
+    errors: list[bytes] = []
+    tee = threading.Thread(target=_tee, args=(child.stderr, errors), daemon=True)
+    tee.start()
+    exit_code: int | None
+    try:
+        exit_code = child.wait(opts.timeout)
+    except subprocess.TimeoutExpired:
+        _kill(child)
+        exit_code = None
+    except KeyboardInterrupt:
+        _kill(child)
+        raise
+    finally:
+        jailed.close()
+        tee.join(5)
+    stderr = b"".join(errors).decode("utf-8", "replace")
+    return Attempt(exit_code, stderr, tuple(_rows_since(config, opts.agent, started)))
+
+
+def _tee(stream: Any, into: list[bytes]) -> None:
+    """Copy the program's stderr to ours as it comes, keeping it for the model's feedback."""
+    out = sys.stderr.buffer
+    while chunk := stream.read1(65536):
+        into.append(chunk)
+        out.write(chunk)
+        out.flush()
+
+
+def _kill(child: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(child.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    child.wait()
+
+
+def _rows_since(config: Config, agent: str, started: float) -> list[dict[str, Any]]:
+    """The agent's audit rows from `started` on, oldest first, once their outcomes are recorded."""
+    deadline = time.monotonic() + OUTCOME_WAIT
+    conn = audit.open_db(config.audit_db, readonly=True)
+    try:
+        while True:
+            rows = [r for r in audit.query(conn, agent=agent, since=started, limit=None, order="ASC")
+                    if not r.get("undo_of")]
+            if all(r["status"] is not None or r["error"] for r in rows) or time.monotonic() > deadline:
+                return rows
+            time.sleep(0.05)
+    finally:
+        conn.close()
+
+
+def _how_it_ended(attempt: Attempt, timeout: float) -> str:
+    if attempt.exit_code is None:
+        return f"was stopped at the time limit ({timeout:g}s)"
+    if attempt.exit_code < 0:
+        return f"was ended by signal {-attempt.exit_code}"
+    return f"exited with status {attempt.exit_code}"
+
+
+def _keep_or_undo(rows: list[dict[str, Any]], opts: Options) -> tuple[str, list[dict[str, Any]]]:
+    """Ask (or take `--then`) whether to keep what the program did or undo all or some of it: the choice, and the
+    rows to undo."""
+    changes = [r for r in rows if r["decision"] in ("allow", "report") and r["method"] not in SAFE_METHODS]
+    if not changes:
+        click.echo("nothing to keep or undo: the program changed nothing through the proxy")
+        return "keep (no changes)", []
+    then = opts.then
+    if then == "ask" and not sys.stdin.isatty():
+        click.echo("kept (no terminal to ask on; pass --then undo to undo instead); `goex-proxy undo ID` can still "
+                   "undo each request")
+        return "keep", []
+    chosen = changes
+    if then == "ask":
+        numbers = {str(i): r for i, r in enumerate(rows, start=1) if r in changes}
+        answer = click.prompt(f"keep what it did, undo all {len(changes)} change(s), or undo some (row numbers "
+                              f"{', '.join(numbers)})?", default="keep").strip().lower()
+        if answer in ("keep", "k"):
+            return "keep", []
+        if answer not in ("undo", "u", "undo all"):
+            picked = answer.replace(",", " ").split()
+            unknown = [p for p in picked if p not in numbers]
+            if unknown or not picked:
+                raise GoexError(f"not a choice: {answer!r} (keep, undo, or row numbers from {', '.join(numbers)}); "
+                                "nothing was undone — `goex-proxy undo ID` still can")
+            chosen = [numbers[p] for p in picked]
+    elif then == "keep":
+        click.echo("kept; `goex-proxy undo ID` can still undo each request")
+        return "keep", []
+    return "undo " + ("all" if chosen is changes else " ".join(str(r["id"]) for r in chosen)), chosen
