@@ -490,19 +490,38 @@ def authorize(config_path: Path | None, name: str, no_browser: bool, timeout: in
 @click.option("--dry-run", is_flag=True, help="Print the plan and stop.")
 @click.option("--yes", is_flag=True, help="Carry out the plan without asking.")
 @click.option("--force", is_flag=True, help="Undo an undo, or carry on despite a conflict (clobbering a later change).")
+@click.option("--propose", is_flag=True, help="For a request no rule can undo: ask the configured model (llm:) for "
+              "compensating requests; they are checked, shown and run only when you confirm.")
+@click.option("--save-rule", "save_rule", type=click.Path(path_type=Path), default=None,
+              help="With --propose: once the proposal has run, save it as an undo rule pack FILE (a new file).")
 @json_option
 @handle_errors
 def undo(config_path: Path | None, request_id: str | None, agent: str | None, since: str | None, dry_run: bool,
-         yes: bool, force: bool, as_json: bool) -> None:
+         yes: bool, force: bool, propose: bool, save_rule: Path | None, as_json: bool) -> None:
     """Take back what a recorded request (or an agent's session) did: print the plan, ask, then replay the
     compensating requests through the pipeline (policy re-checked, credentials injected, each audited as the undo).
 
-    Examples: goex-proxy undo 01JD3K2M5X0A1 --dry-run;  goex-proxy undo --agent mailbot --since 1h
+    With --propose, a request no rule can undo is shown to the configured model (secrets scrubbed), whose proposed
+    requests must stay on the request's origin and be allowed by policy; they are marked as proposed by a model and
+    run only once you confirm. --save-rule FILE then keeps them as an undo rule for requests of the same kind.
+
+    Examples: goex-proxy undo 01JD3K2M5X0A1 --dry-run;  goex-proxy undo --agent mailbot --since 1h;
+    goex-proxy undo 01JD3K2M5X0A1 --propose --save-rule undo-notes.yaml
     """
     from .undoplan import SAFE_METHODS, Exchange, Plan, plan
     from .undorules import load_packs
     from .undorun import DONE, Journal, one_undo_at_a_time
 
+    if save_rule is not None and not propose:
+        raise click.UsageError("--save-rule goes with --propose")
+    if propose and (request_id is None or agent is not None or since is not None):
+        raise click.UsageError("--propose takes one REQUEST_ID (not a session)")
+    if propose and force:
+        raise click.UsageError("--force does not go with --propose")
+    if propose:
+        assert request_id is not None
+        _propose_undo(_config(config_path), request_id, save_rule, dry_run, yes, as_json)
+        return
     if (request_id is None) == (agent is None) or (agent is not None) != (since is not None):
         raise click.UsageError("give a REQUEST_ID, or --agent NAME --since WHEN for a whole session")
     config = _config(config_path)
@@ -603,6 +622,150 @@ def _report_session(done: list[Any], left: list[Any], skipped: list[tuple[str, s
         click.echo(f"  not undone (not attempted): {p.request_id}", err=True)
     for rid, why in skipped:
         click.echo(f"  not undone: {rid}: {why}", err=bool(left))
+
+
+def _propose_undo(config: Config, request_id: str, save_rule: Path | None, dry_run: bool, yes: bool,
+                  as_json: bool) -> None:
+    """`undo ID --propose`: ask the model, check its answer, show it, and on confirmation run it as an undo.
+
+    Nothing is sent upstream before the person confirms, and nothing at all unless every check passed: the row is
+    one no rule plans, the model answered strict JSON, every step is well-formed, on the request's origin, free of
+    credentials and allowed by policy, and (with --save-rule) expressible as a rule that reproduces it. Every call
+    to the model is recorded in `model_calls` (failed ones with their error), then what became of it (`choice`:
+    accepted, declined, refused: why) and the audit ids of the compensations it made (`rows`).
+    """
+    import time
+
+    from . import llm, modellog
+    from . import propose as proposing
+    from .limits import LimitCounters
+    from .policyload import load_policy_set
+    from .undoplan import Exchange, plan
+    from .undorules import load_packs
+    from .undorun import Journal, one_undo_at_a_time
+
+    conn = audit.open_db(config.audit_db)
+    row = audit.get(conn, request_id)
+    rid, agent = str(row["id"]), str(row["agent"])
+    journal = Journal(conn)
+    if save_rule is not None and save_rule.exists():
+        raise GoexError(f"refusing to overwrite {save_rule}: --save-rule writes a new file")
+    if save_rule is not None and not save_rule.absolute().parent.is_dir():
+        raise GoexError(f"cannot save the rule to {save_rule}: its directory does not exist")
+    proposing.check_row(row, plan(rid, Exchange.from_row(row), load_packs(list(config.undo_packs))),
+                        journal.states(rid))
+    model = llm.configured(config)
+    policies = load_policy_set([(p.path, p.agents) for p in config.policies])
+    host = Exchange.from_row(row).target()[1]
+    messages = proposing.prompt_for(row, proposing.secret_scrubber(config),
+                                    proposing.allowed_summaries(policies, agent, host),
+                                    proposing.injected_headers(config, host))
+    if not as_json:
+        click.echo(f"undo {rid}: {row['method']} {row['url']} by {agent} ({_outcome(row)})")
+        click.echo(f"  no rule plans it; asking the model {model.model} at {model.base_url}")
+    try:
+        reply = llm.ask(config, messages)
+    except llm.LLMError as exc:
+        modellog.record_call(conn, "propose", agent, rid, model, messages, error=str(exc))
+        raise
+    seq = modellog.record_call(conn, "propose", agent, rid, model, messages, reply=reply)
+    try:
+        proposal = proposing.parse_proposal(llm.json_in(reply), row, config.credentials.values())
+        now = time.time()
+        counts = LimitCounters()
+        counts.seed(audit.load_limit_hits(conn, policies.limit_windows(), now))
+        decisions = proposing.check_policy(proposal, agent, policies, counts, now)
+        rule_text = (proposing.rule_yaml(row, proposal, save_rule.stem, model.model)
+                     if save_rule is not None else None)
+    except GoexError as exc:
+        modellog.update(conn, seq, choice=f"refused: {exc}")
+        raise
+    the_plan = proposal.plan(rid, row, model.model)
+    _print_proposal(the_plan, proposal, decisions, model.model, save_rule, as_json)
+    if dry_run:
+        modellog.update(conn, seq, choice="not run: --dry-run")
+        return
+    if not yes:
+        if not sys.stdin.isatty():
+            modellog.update(conn, seq, choice="declined: no terminal to confirm on, and no --yes")
+            raise GoexError("undo asks before it acts: pass --yes to carry out the proposal without a terminal")
+        if not click.confirm("carry out these steps, proposed by a model?"):
+            modellog.update(conn, seq, choice="declined")
+            click.echo("declined: nothing was run", err=True)
+            sys.exit(1)
+    with one_undo_at_a_time(config.audit_db):
+        try:
+            proposing.check_not_started(rid, journal.states(rid))  # another undo may have run while we asked
+        except GoexError as exc:
+            modellog.update(conn, seq, choice=f"refused: {exc}")
+            raise
+        modellog.update(conn, seq, choice="accepted")
+        state, message, made = _run_proposal(config, policies, the_plan, journal, agent)
+    modellog.update(conn, seq, rows=made)
+    if state != "done":
+        click.echo(f"{rid}: {message}" + ("; the rule was not saved" if save_rule is not None else ""), err=True)
+        sys.exit(3 if state == "conflict" else 4)
+    click.echo(message)
+    if save_rule is not None and rule_text is not None:
+        try:
+            with open(save_rule, "x", encoding="utf-8") as out:
+                out.write(rule_text)
+        except OSError as exc:
+            raise GoexError(f"the undo was done, but the rule could not be saved to {save_rule}: "
+                            f"{exc.strerror or exc}") from None
+        click.echo(f"saved the undo rule to {save_rule}: check it, then add it to undo_rules in {config.file}")
+
+
+def _print_proposal(the_plan: Any, proposal: Any, decisions: list[Any], model: str, save_rule: Path | None,
+                    as_json: bool) -> None:
+    """The proposal, marked as a model's, each step with why, what it sends and the policy rule that allows it."""
+    from .propose import describe_body
+
+    if as_json:
+        click.echo(json.dumps({
+            "request_id": the_plan.request_id, "verdict": "proposed", "proposed_by": model,
+            "explanation": proposal.explanation, "save_rule": str(save_rule) if save_rule else None,
+            "steps": [{"method": s.method, "url": s.url, "headers": dict(s.headers),
+                       "body": (s.body or b"").decode("utf-8", "replace") or None, "why": s.why, "allowed_by": d.rule}
+                      for s, d in zip(the_plan.steps, decisions, strict=True)]}))
+        return
+    click.echo(f"PROPOSED BY A MODEL ({model}) — not a rule; check it before you confirm")
+    for i, (step, decision) in enumerate(zip(the_plan.steps, decisions, strict=True), start=1):
+        click.echo(f"  step {i}: {step.describe()}")
+        if step.why:
+            click.echo(f"          {step.why}")
+        for name, value in step.headers:
+            click.echo(f"          {name}: {value}")
+        if step.body:
+            click.echo(f"          body: {describe_body(step)}")
+        click.echo(f"          allowed by policy ({decision.rule or decision.reason})")
+    if proposal.explanation:
+        click.echo(f"  the model explains: {proposal.explanation}")
+    if save_rule is not None:
+        click.echo(f"  once done, it is saved as an undo rule to {save_rule}")
+
+
+def _run_proposal(config: Config, policies: Any, the_plan: Any, journal: Any, agent: str
+                  ) -> tuple[str, str, list[str]]:
+    """Carry out an accepted proposal like any plan (journaled, through the pipeline, audited with `undo_of`):
+    its outcome, message, and the audit ids of the compensations sent."""
+    from .undorun import Replayer, StepResult, carry_out
+
+    made: list[str] = []
+
+    def report(r: StepResult) -> None:
+        if r.request_id:
+            made.append(r.request_id)
+        click.echo(f"  {'done' if r.ok else 'FAILED'}: {r.step.describe()} -> {r.status if r.status is not None else '-'}"
+                   + (f" ({r.request_id})" if r.request_id else "") + (f": {r.detail}" if r.detail and not r.ok else ""),
+                   err=not r.ok)
+
+    replayer = Replayer(config, policies)
+    try:
+        outcome = carry_out(the_plan, replayer, journal, agent, False, report)
+    finally:
+        replayer.close()
+    return outcome.state, outcome.message, made
 
 
 @cli.group()
