@@ -95,6 +95,10 @@ def execute(config: Config, policies: PolicySet, task: str, opts: Options, conso
 def _ask_for_code(config: Config, conn: Any, messages: list[dict[str, str]], agent: str, task: str,
                   calls: list[int]) -> str:
     assert config.llm is not None
+    from .propose import secret_scrubber
+
+    scrub = secret_scrubber(config)  # a second lock: nothing the model reads should hold a secret, even by accident
+    messages = [{**m, "content": scrub.text(m["content"])} for m in messages]
     try:
         reply = llm.ask(config, messages)
     except llm.LLMError as exc:
