@@ -191,10 +191,17 @@ class GoexProxy:
 
     def rows(self) -> list[dict[str, object]]:
         """Every audit row, oldest first."""
+        return self.table("requests")
+
+    def model_calls(self) -> list[dict[str, object]]:
+        """Every recorded question to the supervising model, oldest first."""
+        return self.table("model_calls")
+
+    def table(self, name: str) -> list[dict[str, object]]:
         conn = sqlite3.connect(self.home / "audit.db")
         conn.row_factory = sqlite3.Row
         try:
-            return [dict(r) for r in conn.execute("SELECT * FROM requests ORDER BY seq")]
+            return [dict(r) for r in conn.execute(f"SELECT * FROM {name} ORDER BY seq")]
         finally:
             conn.close()
 

@@ -4,7 +4,6 @@ against the Slack fake, and what it did is kept or undone; denials feed back; fa
 from __future__ import annotations
 
 import json
-import sqlite3
 
 import pytest
 
@@ -79,14 +78,6 @@ def execute(proxy, *args: str, timeout: float = 90):
                          timeout=timeout)
 
 
-def model_calls(proxy) -> list[dict]:
-    conn = sqlite3.connect(proxy.home / "audit.db")
-    conn.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in conn.execute("SELECT * FROM model_calls ORDER BY seq")]
-    finally:
-        conn.close()
-
 
 def test_the_code_runs_jailed_and_undoing_all_restores_the_service(proxy, fake, upstream):
     before = dict(upstream.state.slack_messages)
@@ -103,7 +94,7 @@ def test_the_code_runs_jailed_and_undoing_all_restores_the_service(proxy, fake, 
     assert delete["undo_of"] == post["id"] and delete["url"].endswith("/api/chat.delete") and delete["status"] == 200
     assert upstream.state.slack_messages == before
     assert upstream.state.slack_calls == ["chat.postMessage", "chat.delete"]
-    [call] = model_calls(proxy)
+    [call] = proxy.model_calls()
     assert (call["kind"], call["subject"], call["model"], call["exit_code"], call["choice"]) == (
         "execute", TASK, "fake-model", 0, "undo all")
     assert json.loads(call["rows"]) == [post["id"]] and "urlopen" in call["code"]
@@ -123,7 +114,7 @@ def test_a_denial_goes_back_to_the_model_and_the_revision_succeeds(proxy, fake, 
     assert revision[-2]["role"] == "assistant" and "C0RANDOM" in revision[-2]["content"]
     assert "DENIED POST https://slack.com/api/chat.postMessage" in revision[-1]["content"]
     assert "Exit status: 1" in revision[-1]["content"] and "denied:" in revision[-1]["content"]
-    calls = model_calls(proxy)
+    calls = proxy.model_calls()
     assert [c["exit_code"] for c in calls] == [1, 0] and {c["choice"] for c in calls} == {"keep"}
 
 
@@ -141,7 +132,7 @@ def test_show_only_never_runs_and_no_terminal_means_no_run(proxy, fake, upstream
     asked = execute(proxy)
     assert asked.returncode == 2 and "pass --yes" in asked.stderr
     assert upstream.state.slack_calls == [] and proxy.rows() == []
-    assert [c["choice"] for c in model_calls(proxy)] == ["shown only", "aborted"]
+    assert [c["choice"] for c in proxy.model_calls()] == ["shown only", "aborted"]
 
 
 def test_a_program_past_its_time_limit_is_stopped(proxy, fake):
@@ -216,5 +207,5 @@ def test_on_a_terminal_the_person_edits_runs_and_undoes_chosen_rows(proxy, fake,
     assert upstream.state.slack_calls == ["chat.postMessage", "chat.delete"] and upstream.state.slack_messages == {}
     post = proxy.rows()[0]
     assert '"channel": "C0BOTS"' in post["req_body"].decode()
-    [call] = model_calls(proxy)
+    [call] = proxy.model_calls()
     assert call["choice"] == f"undo {post['id']}" and "C0BOTS" in call["code"]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import json
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -100,14 +99,6 @@ def agent_posts(proxy: GoexProxy) -> tuple[str, str]:
     return str(row["id"]), post
 
 
-def model_calls(proxy: GoexProxy) -> list[dict[str, Any]]:
-    conn = sqlite3.connect(proxy.home / "audit.db")
-    conn.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in conn.execute("SELECT * FROM model_calls ORDER BY seq")]
-    finally:
-        conn.close()
-
 
 def one_line_failure(r: subprocess.CompletedProcess[str]) -> str:
     assert r.returncode != 0, r.stdout
@@ -134,7 +125,7 @@ def test_a_proposal_is_checked_confirmed_run_as_an_audited_undo_and_saved_as_a_r
     compensation = [row for row in proxy.rows() if row["undo_of"] == rid]
     assert [(c["method"], c["url"], c["decision"], c["status"]) for c in compensation] == [
         ("DELETE", f"http://notes.example/posts/{post}", "allow", 200)]
-    [call] = model_calls(proxy)
+    [call] = proxy.model_calls()
     assert (call["kind"], call["subject"], call["agent"], call["model"], call["choice"], call["error"]) == (
         "propose", rid, "mailbot", "fake-model", "accepted", None)
     assert json.loads(call["rows"]) == [compensation[0]["id"]] and "DELETE" in call["reply"]
@@ -172,7 +163,7 @@ def test_a_proposal_for_another_host_or_that_policy_denies_is_refused_before_any
     assert line.startswith("goex-proxy: refused the model's proposal: ") and line.endswith("; nothing was run")
     assert message in line
     assert posts(notes) == state and len(proxy.rows()) == rows and len(upstream.state.seen) == seen
-    [call] = model_calls(proxy)
+    [call] = proxy.model_calls()
     assert call["choice"] == "refused: " + line.removeprefix("goex-proxy: ")
 
 
@@ -195,7 +186,7 @@ def test_each_failure_of_the_model_is_one_line_and_nothing_runs(proxy, notes, fa
     fake.script("Sure! To undo it, DELETE the post.")
     assert "the model's reply is not valid JSON" in propose_with(proxy, notes, rid, "prose", text, "--yes")
 
-    calls = model_calls(proxy)  # every question asked is recorded, a failed one with its error
+    calls = proxy.model_calls()  # every question asked is recorded, a failed one with its error
     assert [(c["reply"] is not None, c["error"] is not None) for c in calls] == [(False, True), (True, False)]
     assert "cannot reach" in calls[0]["error"] and calls[0]["choice"] is None
     assert calls[1]["choice"].startswith("refused: the model's reply is not valid JSON")
@@ -207,7 +198,7 @@ def test_a_model_that_does_not_answer_in_time_is_one_line_and_nothing_runs(proxy
                 Delay(3, delete(f"http://notes.example/posts/{post}")))  # the client retries once
     slow = proxy.config.read_text().replace(llm_block(fake.base_url), llm_block(fake.base_url, timeout="1s"))
     assert "did not answer within 1s (llm.timeout)" in propose_with(proxy, notes, rid, "slow", slow, "--yes")
-    [call] = model_calls(proxy)
+    [call] = proxy.model_calls()
     assert "did not answer within" in call["error"] and call["reply"] is None
 
 
@@ -217,12 +208,12 @@ def test_without_a_terminal_or_with_a_rule_that_plans_it_nothing_is_run(proxy, n
     fake.script(delete(f"http://notes.example/posts/{post}"))
     line = propose_with(proxy, notes, rid, "no-tty", text)
     assert line == "goex-proxy: undo asks before it acts: pass --yes to carry out the proposal without a terminal"
-    assert model_calls(proxy)[0]["choice"].startswith("declined: no terminal")
+    assert proxy.model_calls()[0]["choice"].startswith("declined: no terminal")
     default_rules = text.replace(NO_REST, "")  # builtin:rest plans it: the model is not asked
     line = propose_with(proxy, notes, rid, "planned", default_rules, "--yes")
     assert line == (f"goex-proxy: the undo rule rest/create in a collection already plans the undo of {rid}: run "
                     f"`goex-proxy undo {rid}` without --propose")
-    assert len(fake.chat_requests()) == 1 and len(model_calls(proxy)) == 1
+    assert len(fake.chat_requests()) == 1 and len(proxy.model_calls()) == 1
 
 
 CANARY = "CANARY-echo-secret-5e1d7"
@@ -258,6 +249,6 @@ def test_no_secret_reaches_the_model(make_proxy, upstream, fake):
     prompts = fake.prompts()
     assert len(prompts) == 2 and "X-Echo-Key" in prompts[1]  # the header and its echo were shown, hidden
     spellings = [CANARY, base64.b64encode(CANARY.encode()).decode().rstrip("="), CANARY.encode().hex(), LLM_KEY]
-    for text in prompts + [json.dumps(c) for c in model_calls(proxy)]:
+    for text in prompts + [json.dumps(c) for c in proxy.model_calls()]:
         assert not [s for s in spellings if s in text]
-    assert model_calls(proxy)[0]["choice"] == "not run: --dry-run"
+    assert proxy.model_calls()[0]["choice"] == "not run: --dry-run"
