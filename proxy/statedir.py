@@ -40,6 +40,8 @@ audit:
 upstream:
   routes: {{}}          # e.g. {{slack.com: "http://127.0.0.1:9001"}}: policy and audit still see slack.com
   extra_ca: []        # extra CA files to trust for upstream TLS (on top of the public roots)
+# The model `goex-proxy execute` and `undo --propose` ask (any OpenAI-compatible endpoint):
+# llm: {{base_url: "https://api.openai.com/v1", model: gpt-4o, api_key: {{env: OPENAI_API_KEY}}}}
 """
 
 
