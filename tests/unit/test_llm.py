@@ -77,3 +77,12 @@ def test_json_is_taken_bare_or_fenced() -> None:
     assert json_in('```json\n{"steps": [1]}\n```') == {"steps": [1]}
     with pytest.raises(LLMError, match="not valid JSON"):
         json_in("Sure! {steps: []}")
+
+
+def test_the_key_can_come_from_the_vault(tmp_path, fake) -> None:
+    from goex_proxy.vault import Vault
+
+    Vault(tmp_path).set("openai", "sk-test-key")
+    fake.script("from the vault")
+    assert ask(config(tmp_path, fake.base_url, key=SecretRef(vault="openai")), MESSAGES) == "from the vault"
+    assert fake.chat_requests()[0].header("authorization") == "Bearer sk-test-key"
