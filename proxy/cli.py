@@ -316,23 +316,13 @@ def _show_rows(rows: list[dict[str, Any]]) -> None:
 
 def _undo_rows(config: Config, rows: list[dict[str, Any]]) -> None:
     """Undo these rows, newest first, through the undo engine: each plan shown, then carried out (no more asking)."""
-    from .undoplan import Exchange, plan
-    from .undorules import load_packs
     from .undorun import Journal, one_undo_at_a_time
 
     conn = audit.open_db(config.audit_db)
     journal = Journal(conn)
-    rules = load_packs(list(config.undo_packs))
-    todo: list[tuple[dict[str, Any], Any]] = []
-    skipped: list[tuple[str, str]] = []
-    for row in sorted(rows, key=lambda r: (r["ts"], str(r["id"])), reverse=True):
-        full = audit.get(conn, str(row["id"]))
-        the_plan = plan(str(full["id"]), Exchange.from_row(full), rules)
-        _print_undo_plan(full, the_plan, journal.states(str(full["id"])), False)
-        if the_plan.verdict == "plan":
-            todo.append((full, the_plan))
-        else:
-            skipped.append((str(full["id"]), f"{the_plan.verdict}: {the_plan.reason}"))
+    newest_first = sorted(rows, key=lambda r: (r["ts"], str(r["id"])), reverse=True)
+    todo, passed = _plan_rows(config, journal, [audit.get(conn, str(r["id"])) for r in newest_first], False, False)
+    skipped = [(str(row["id"]), why) for row, _, why in passed]
     if todo:
         with one_undo_at_a_time(config.audit_db):
             _carry_out_all(config, todo, skipped, journal, None, False)
@@ -508,9 +498,8 @@ def undo(config_path: Path | None, request_id: str | None, agent: str | None, si
     Examples: goex-proxy undo 01JD3K2M5X0A1 --dry-run;  goex-proxy undo --agent mailbot --since 1h;
     goex-proxy undo 01JD3K2M5X0A1 --propose --save-rule undo-notes.yaml
     """
-    from .undoplan import SAFE_METHODS, Exchange, Plan, plan
-    from .undorules import load_packs
-    from .undorun import DONE, Journal, one_undo_at_a_time
+    from .undoplan import SAFE_METHODS
+    from .undorun import Journal, one_undo_at_a_time
 
     if save_rule is not None and not propose:
         raise click.UsageError("--save-rule goes with --propose")
@@ -527,36 +516,19 @@ def undo(config_path: Path | None, request_id: str | None, agent: str | None, si
     config = _config(config_path)
     conn = audit.open_db(config.audit_db)
     journal = Journal(conn)
-    rules = load_packs(list(config.undo_packs))
     if request_id is not None:
         rows = [audit.get(conn, request_id)]
     else:
         found = audit.query(conn, agent=agent, since=_since(since), limit=None, order="DESC")
         rows = [audit.get(conn, str(r["id"])) for r in found
                 if r["decision"] in ("allow", "report") and not r.get("undo_of") and r["method"] not in SAFE_METHODS]
-
-    todo: list[tuple[dict[str, Any], Plan]] = []
-    skipped: list[tuple[str, str]] = []
-    for row in rows:
-        rid = str(row["id"])
-        states = journal.states(rid)
-        the_plan = plan(rid, Exchange.from_row(row), rules)
-        _print_undo_plan(row, the_plan, states, as_json)
-        done = bool(states) and all(states.get(i) == DONE for i in range(len(the_plan.steps)))
-        if row.get("undo_of") and not force:
-            why = f"it is itself the undo of {row['undo_of']}; undoing it again needs --force"
-        elif the_plan.verdict != "plan":
-            why = the_plan.reason if the_plan.verdict == "not effective" else f"{the_plan.verdict}: {the_plan.reason}"
-        elif done:
-            why = "already undone"
-        else:
-            todo.append((row, the_plan))
-            continue
-        skipped.append((rid, why))
-        if request_id is not None:
-            if why == "already undone" or the_plan.verdict == "not effective":
-                raise NotFound(f"nothing to undo for {rid}: {why}")
-            raise GoexError(f"cannot undo {rid}: {why}")
+    todo, passed = _plan_rows(config, journal, rows, force, as_json)
+    skipped = [(str(row["id"]), why) for row, _, why in passed]
+    if request_id is not None and passed:
+        _, the_plan, why = passed[0]
+        if why == "already undone" or the_plan.verdict == "not effective":
+            raise NotFound(f"nothing to undo for {request_id}: {why}")
+        raise GoexError(f"cannot undo {request_id}: {why}")
     if not todo:
         raise NotFound(f"nothing to undo for {agent} since {since}" + "".join(f"\n  {i}: {w}" for i, w in skipped))
     if dry_run:
@@ -567,6 +539,35 @@ def undo(config_path: Path | None, request_id: str | None, agent: str | None, si
         click.confirm(f"carry out {'this plan' if len(todo) == 1 else f'these {len(todo)} plans'}?", abort=True)
     with one_undo_at_a_time(config.audit_db):
         _carry_out_all(config, todo, skipped, journal, agent, force)
+
+
+def _plan_rows(config: Config, journal: Any, rows: list[dict[str, Any]], force: bool, as_json: bool
+               ) -> tuple[list[tuple[dict[str, Any], Any]], list[tuple[dict[str, Any], Any, str]]]:
+    """Each row's undo plan, printed: the rows to undo with their plans, and the rows passed over with their plan
+    and why (an undo of an undo without --force, no plan, or already undone)."""
+    from .undoplan import Exchange, plan
+    from .undorules import load_packs
+    from .undorun import DONE
+
+    rules = load_packs(list(config.undo_packs))
+    todo: list[tuple[dict[str, Any], Any]] = []
+    passed: list[tuple[dict[str, Any], Any, str]] = []
+    for row in rows:
+        rid = str(row["id"])
+        states = journal.states(rid)
+        the_plan = plan(rid, Exchange.from_row(row), rules)
+        _print_undo_plan(row, the_plan, states, as_json)
+        done = bool(states) and all(states.get(i) == DONE for i in range(len(the_plan.steps)))
+        if row.get("undo_of") and not force:
+            passed.append((row, the_plan, f"it is itself the undo of {row['undo_of']}; undoing it again needs --force"))
+        elif the_plan.verdict != "plan":
+            passed.append((row, the_plan, the_plan.reason if the_plan.verdict == "not effective"
+                           else f"{the_plan.verdict}: {the_plan.reason}"))
+        elif done:
+            passed.append((row, the_plan, "already undone"))
+        else:
+            todo.append((row, the_plan))
+    return todo, passed
 
 
 def _carry_out_all(config: Config, todo: list[tuple[dict[str, Any], Any]], skipped: list[tuple[str, str]],
