@@ -31,7 +31,7 @@ class Egress:
         if flow.response or flow.error or not flow.live:
             return None
         assert self.state.config is not None
-        if self.state.config.route_for(flow.request.host.lower().rstrip("."), flow.request.port) is not None:
+        if self.state.config.route_for(flow.request.host, flow.request.port) is not None:
             return None
         return self._check(flow)
 
@@ -54,7 +54,7 @@ class Egress:
 
         assert self.state.config is not None and data.server.address is not None
         host, port = data.server.address
-        if self.state.config.route_for(str(host).lower().rstrip("."), port) is not None:
+        if self.state.config.route_for(str(host), port) is not None:
             return  # the route stage connects it where the operator said
         try:
             found = await self.state.pins.addresses(self.state.config, str(host), port)

@@ -22,7 +22,7 @@ class Route:
         if flow.response or flow.error or not flow.live:
             return
         assert self.state.config is not None
-        route = self.state.config.route_for(flow.request.host.lower().rstrip("."), flow.request.port)
+        route = self.state.config.route_for(flow.request.host, flow.request.port)
         if route is not None:
             flow.request.scheme = route.scheme
 
@@ -30,7 +30,7 @@ class Route:
     def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         assert self.state.config is not None and data.server.address is not None
         host, port = data.server.address
-        route = self.state.config.route_for(str(host).lower().rstrip("."), port)
+        route = self.state.config.route_for(str(host), port)
         if route is not None:
             # SNI and certificate checks keep using the original name, set before this hook.
             self._original[id(data.server)] = (host, port)

@@ -104,6 +104,8 @@ class Config:
         return self.state_dir / "mitmproxy-ca-cert.pem"
 
     def route_for(self, host: str, port: int) -> Route | None:
+        """Where `upstream.routes` sends host:port (the host in any case, with or without a trailing dot)."""
+        host = host.lower().rstrip(".")
         return self.routes.get(f"{host}:{port}") or self.routes.get(host)
 
     @functools.cached_property
