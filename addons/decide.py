@@ -160,8 +160,7 @@ class Decide:
         if d.effect == "deny":
             replies.denied(flow, d)
             return
-        if d.count_limits and agent:
-            self.state.limits.record(d.count_limits, agent, now)
+        self._count(d, agent, now)
         if protocol != "http":
             self.upgrades[flow.client_conn] = protocol
 
@@ -194,12 +193,14 @@ class Decide:
         d = decide(view, self.state.policies, now, self.state.limits)
         flowmeta.set_decision(flow, d)
         if d.effect == "allow":
-            if d.count_limits and agent:
-                self.state.limits.record(d.count_limits, agent, now)
-            return
-        log.warning("refused raw TCP to %s:%s: %s", host, port, d.reason)
-        flow.server_conn.error = f"goex-proxy refuses raw TCP: {d.reason}"  # checked before mitmproxy connects
-        flow.kill()
+            self._count(d, agent, now)
+        else:
+            _refuse_stream(flow, f"raw TCP to {host}:{port}: {d.reason}")
+
+    def _count(self, d: Decision, agent: str | None, now: float) -> None:
+        """An allowed request or stream counts against the limits of the rules that allowed it."""
+        if d.count_limits and agent:
+            self.state.limits.record(d.count_limits, agent, now)
 
     def tcp_message(self, flow: tcp.TCPFlow) -> None:
         """Belt and braces: nothing of a stream that was not allowed is passed on."""
@@ -209,12 +210,16 @@ class Decide:
 
     def udp_start(self, flow: udp.UDPFlow) -> None:
         """UDP (QUIC, HTTP/3) never reaches a regular proxy; should it ever, it is refused."""
-        address = flow.server_conn.address
-        log.warning("refused a UDP stream to %s: goex-proxy relays only what it can inspect", address)
-        flow.server_conn.error = "goex-proxy refuses raw UDP"
-        flow.kill()
+        _refuse_stream(flow, f"UDP to {flow.server_conn.address}: goex-proxy relays only what it can inspect")
 
     def dns_request(self, flow: dns.DNSFlow) -> None:
         """DNS through a tunnel to port 53 would be forwarded by mitmproxy itself: answer SERVFAIL instead."""
         log.warning("refused a DNS query through the proxy to %s", flow.server_conn.address)
         flow.error = Error("goex-proxy does not relay DNS")
+
+
+def _refuse_stream(flow: tcp.TCPFlow | udp.UDPFlow, what: str) -> None:
+    """Refuse a stream before mitmproxy connects it upstream (it checks `server_conn.error` first)."""
+    log.warning("refused %s", what)
+    flow.server_conn.error = f"goex-proxy refuses {what}"
+    flow.kill()
