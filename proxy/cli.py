@@ -658,7 +658,7 @@ def _propose_undo(config: Config, request_id: str, save_rule: Path | None, dry_r
     model = llm.configured(config)
     policies = load_policy_set([(p.path, p.agents) for p in config.policies])
     host = Exchange.from_row(row).target()[1]
-    messages = proposing.prompt_for(row, proposing.secret_scrubber(config),
+    messages = proposing.prompt_for(row, llm.secret_scrubber(config),
                                     proposing.allowed_summaries(policies, agent, host),
                                     proposing.injected_headers(config, host))
     if not as_json:

@@ -95,9 +95,7 @@ def execute(config: Config, policies: PolicySet, task: str, opts: Options, conso
 def _ask_for_code(config: Config, conn: Any, messages: list[dict[str, str]], agent: str, task: str,
                   calls: list[int]) -> str:
     assert config.llm is not None
-    from .propose import secret_scrubber
-
-    scrub = secret_scrubber(config)  # a second lock: nothing the model reads should hold a secret, even by accident
+    scrub = llm.secret_scrubber(config)  # a second lock: nothing the model reads should hold a secret, even by accident
     messages = [{**m, "content": scrub.text(m["content"])} for m in messages]
     try:
         reply = llm.ask(config, messages)
@@ -116,7 +114,10 @@ def _review(code: str, opts: Options, console: Any) -> str | None:
     """Show the code; the code to run (perhaps edited), or None when it is not to run."""
     from rich.syntax import Syntax
 
-    console.print(Syntax(code, "python", line_numbers=True, word_wrap=True))
+    def show(text: str) -> None:
+        console.print(Syntax(text, "python", line_numbers=True, word_wrap=True))
+
+    show(code)
     if opts.show_only:
         return None
     if opts.yes:
@@ -133,9 +134,7 @@ def _review(code: str, opts: Options, console: Any) -> str | None:
         edited = click.edit(code, extension=".py", require_save=False)
         if edited is not None and edited.strip():
             code = edited if edited.endswith("\n") else edited + "\n"
-        from rich.syntax import Syntax as Shown
-
-        console.print(Shown(code, "python", line_numbers=True, word_wrap=True))
+        show(code)
 
 
 def _run(config: Config, opts: Options, code: str, path: Path) -> Attempt:

@@ -7,7 +7,10 @@ import re
 from typing import Any
 
 from .config import LLM, Config
+from .credentials import PLACEHOLDER_PREFIX, Credential, Injection
 from .errors import GoexError
+from .redact import SecretScrubber
+from .secretref import SecretRef
 from .vault import Vault
 
 _FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
@@ -23,6 +26,36 @@ def configured(config: Config) -> LLM:
         raise LLMError(f"no model is configured: add `llm: {{base_url: ..., model: ..., api_key: {{env: NAME}}}}` "
                        f"to {config.file}")
     return config.llm
+
+
+def secret_scrubber(config: Config) -> SecretScrubber:
+    """Every spelling of every secret goex-proxy can know: each credential's (the vault's or the environment's),
+    OAuth2 client secrets, every other vault entry, and the model's own API key. The audit log is already scrubbed of
+    the injected ones; this is the second lock, so that no secret reaches the model even from a row recorded before
+    a secret was known, or one the agent pasted in. A vault that cannot be opened is an error, not an empty set.
+    A secret from the environment is known only if this process has the variable too (the proxy's own scrubbing of
+    the audit log, which had it, is then the lock that holds)."""
+    vault = Vault(config.state_dir).all()
+    forms: dict[str, str] = {}
+
+    def add(credential: Credential, stored: str, placeholder: str) -> None:
+        try:
+            spellings = credential.forms(stored)
+        except (ValueError, GoexError):
+            spellings = sorted(credential.spellings(stored))
+        forms.update({form: placeholder for form in spellings if form not in forms})
+
+    for c in config.credentials.values():
+        if stored := c.secret.reveal(vault):
+            add(c, stored, c.placeholder)
+        if c.inject.oauth2 and c.inject.oauth2.client_secret and (found := c.inject.oauth2.client_secret.reveal(vault)):
+            forms.update({form: c.placeholder for form in c.spellings(found) if form not in forms})
+    plain = Injection("header")
+    for name, value in vault.items():
+        add(Credential(name, SecretRef(vault=name), (), plain), value, f"{PLACEHOLDER_PREFIX}vault-{name}")
+    if config.llm is not None and config.llm.api_key is not None and (key := config.llm.api_key.reveal(vault)):
+        add(Credential("llm", config.llm.api_key, (), plain), key, "<the model's API key>")
+    return SecretScrubber(forms)
 
 
 def ask(config: Config, messages: list[dict[str, str]]) -> str:

@@ -1,6 +1,6 @@
 """`undo ID --propose`: ask the supervising model for compensating requests where no undo rule knows the way.
 
-Everything here is pure but `secret_scrubber` (which reads the vault): the CLI asks the model, records the call and
+Everything here is pure (the scrubber comes from `llm.secret_scrubber`): the CLI asks the model, records the call and
 runs the accepted steps through the pipeline. The model is treated as an untrusted author: what it is shown is scrubbed
 of every secret goex-proxy knows; what it answers is a proposal that must be well-formed, stay on the original origin,
 carry no credential of its own and be allowed by policy before a person is even asked to confirm it.
@@ -16,13 +16,12 @@ from typing import Any
 from urllib.parse import parse_qsl, urljoin, urlsplit
 
 from .config import Config
-from .credentials import PLACEHOLDER_PREFIX, Credential, Injection
+from .credentials import PLACEHOLDER_PREFIX, Credential
 from .errors import GoexError, NotFound
 from .limits import LimitCounters
 from .policy import Decision, PolicySet, decide
 from .redact import REDACTED, SENSITIVE_HEADERS, SecretScrubber, redact_value
 from .requestview import RequestView, canonical_path
-from .secretref import SecretRef
 from .undoplan import SAFE_METHODS, Exchange, Plan, Step, on_origin, plan
 from .undorun import DONE, SENT
 
@@ -96,38 +95,6 @@ class Proposal:
 
 
 # --- what the model is shown ---------------------------------------------------------------------------------------
-
-
-def secret_scrubber(config: Config) -> SecretScrubber:
-    """Every spelling of every secret goex-proxy can know: each credential's (the vault's or the environment's),
-    OAuth2 client secrets, every other vault entry, and the model's own API key. The audit log is already scrubbed of
-    the injected ones; this is the second lock, so that no secret reaches the model even from a row recorded before
-    a secret was known, or one the agent pasted in. A vault that cannot be opened is an error, not an empty set.
-    A secret from the environment is known only if this process has the variable too (the proxy's own scrubbing of
-    the audit log, which had it, is then the lock that holds)."""
-    from .vault import Vault
-
-    vault = Vault(config.state_dir).all()
-    forms: dict[str, str] = {}
-
-    def add(credential: Credential, stored: str, placeholder: str) -> None:
-        try:
-            spellings = credential.forms(stored)
-        except (ValueError, GoexError):
-            spellings = sorted(credential.spellings(stored))
-        forms.update({form: placeholder for form in spellings if form not in forms})
-
-    for c in config.credentials.values():
-        if stored := c.secret.reveal(vault):
-            add(c, stored, c.placeholder)
-        if c.inject.oauth2 and c.inject.oauth2.client_secret and (found := c.inject.oauth2.client_secret.reveal(vault)):
-            forms.update({form: c.placeholder for form in c.spellings(found) if form not in forms})
-    plain = Injection("header")
-    for name, value in vault.items():
-        add(Credential(name, SecretRef(vault=name), (), plain), value, f"{PLACEHOLDER_PREFIX}vault-{name}")
-    if config.llm is not None and config.llm.api_key is not None and (key := config.llm.api_key.reveal(vault)):
-        add(Credential("llm", config.llm.api_key, (), plain), key, "<the model's API key>")
-    return SecretScrubber(forms)
 
 
 def injected_headers(config: Config, host: str) -> frozenset[str]:

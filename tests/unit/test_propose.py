@@ -16,6 +16,7 @@ from goex_proxy.credentials import Credential, Injection
 from goex_proxy.errors import GoexError, NotFound
 from goex_proxy.globs import compile_host
 from goex_proxy.limits import LimitCounters
+from goex_proxy.llm import secret_scrubber
 from goex_proxy.policy import PolicySet
 from goex_proxy.policyload import check_policy_text
 from goex_proxy.propose import (
@@ -27,7 +28,6 @@ from goex_proxy.propose import (
     parse_proposal,
     prompt_for,
     rule_yaml,
-    secret_scrubber,
 )
 from goex_proxy.secretref import SecretRef
 from goex_proxy.undoplan import Exchange, plan
