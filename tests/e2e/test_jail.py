@@ -14,20 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import GOEX
+from tests.conftest import GITHUB_POLICY as POLICY
+from tests.conftest import GITHUB_URL as URL
+from tests.conftest import GOEX, NODE
 
 pytestmark = pytest.mark.e2e
 
-POLICY = {"github": """
-    version: 1
-    name: github
-    rules:
-      - name: read repos
-        allow: {host: api.github.com, methods: [GET], path: "/repos/**"}
-"""}
-URL = "https://api.github.com/repos/octo/hello"
 SYSTEM_PYTHON = "/usr/bin/python3"
-NODE = Path(__file__).parent.parent / "node" / "node_modules" / ".bin" / "node"
 
 
 @pytest.fixture

