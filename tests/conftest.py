@@ -15,6 +15,7 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
@@ -279,6 +280,29 @@ def serve_json(tmp_path: Path, data: dict[str, object]) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@contextlib.contextmanager
+def stage_state(tmp_path: Path, policy_text: str) -> Iterator[Any]:
+    """A ProxyState for testing stages on mitmproxy test flows: agent `bot` (token `tok`), the host `address` routed to
+    127.0.0.1:9, one policy, and an audit writer on tmp_path/audit.db."""
+    from goex_proxy.addons.state import ProxyState
+    from goex_proxy.audit import AuditWriter
+    from goex_proxy.config import Agent, Config, Route
+    from goex_proxy.policy import PolicySet
+    from goex_proxy.policyload import check_policy_text
+    from goex_proxy.secretref import SecretRef
+
+    config = Config(file=tmp_path / "config.yaml", state_dir=tmp_path, agents={"bot": Agent("bot", SecretRef(inline="tok"))},
+                    audit_db=tmp_path / "audit.db", routes={"address": Route("http", "127.0.0.1", 9)})
+    policy, problems = check_policy_text(policy_text, "p.yaml")
+    assert policy is not None, problems
+    state = ProxyState(config, PolicySet.of([policy]))
+    state.writer = AuditWriter(config.audit_db)
+    try:
+        yield state
+    finally:
+        state.writer.close()
 
 
 def have(tool: str) -> bool:

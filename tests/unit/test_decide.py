@@ -13,12 +13,7 @@ from goex_proxy.addons import decide as decide_module
 from goex_proxy.addons import flowmeta
 from goex_proxy.addons.decide import Decide
 from goex_proxy.addons.state import ProxyState
-from goex_proxy.audit import AuditWriter
-from goex_proxy.config import Agent, Config
-from goex_proxy.config import Route as RouteSpec
-from goex_proxy.policy import PolicySet
-from goex_proxy.policyload import check_policy_text
-from goex_proxy.secretref import SecretRef
+from tests.conftest import stage_state
 
 POLICY = """
 version: 1
@@ -35,15 +30,8 @@ rules:
 
 @pytest.fixture
 def state(tmp_path: Path):
-    config = Config(file=tmp_path / "config.yaml", state_dir=tmp_path, audit_db=tmp_path / "audit.db",
-                    agents={"bot": Agent("bot", SecretRef(inline="tok"))},
-                    routes={"address": RouteSpec("http", "127.0.0.1", 9)})
-    policy, problems = check_policy_text(POLICY, "p.yaml")
-    assert policy is not None, problems
-    s = ProxyState(config, PolicySet.of([policy]))
-    s.writer = AuditWriter(config.audit_db)
-    yield s
-    s.writer.close()
+    with stage_state(tmp_path, POLICY) as s:
+        yield s
 
 
 def post(raw: bytes, *codings: str):

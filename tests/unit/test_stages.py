@@ -16,13 +16,9 @@ from goex_proxy.addons.identify import Identify
 from goex_proxy.addons.record import Record
 from goex_proxy.addons.route import Route
 from goex_proxy.addons.scrub import Scrub
-from goex_proxy.addons.state import ProxyState
-from goex_proxy.audit import AuditWriter
-from goex_proxy.config import Agent, Config
-from goex_proxy.config import Route as RouteSpec
 from goex_proxy.policy import Decision, PolicySet
 from goex_proxy.policyload import check_policy_text
-from goex_proxy.secretref import SecretRef
+from tests.conftest import stage_state
 
 POLICY = """
 version: 1
@@ -35,14 +31,8 @@ rules:
 
 @pytest.fixture
 def state(tmp_path: Path):
-    config = Config(file=tmp_path / "config.yaml", state_dir=tmp_path, agents={"bot": Agent("bot", SecretRef(inline="tok"))},
-                    audit_db=tmp_path / "audit.db", routes={"address": RouteSpec("http", "127.0.0.1", 9)})
-    policy, problems = check_policy_text(POLICY, "p.yaml")
-    assert policy is not None, problems
-    s = ProxyState(config, PolicySet.of([policy]))
-    s.writer = AuditWriter(config.audit_db)
-    yield s
-    s.writer.close()
+    with stage_state(tmp_path, POLICY) as s:
+        yield s
 
 
 def auth(user: str, token: str) -> str:
