@@ -86,8 +86,23 @@ def _migration_5(db: sqlite_utils.Database) -> None:
     calls.create_index(["subject"])
 
 
+def _migration_6(db: sqlite_utils.Database) -> None:
+    """Jailed runs that changed files in their workspace, and each path they changed (kinds, modes, sizes, sha256)."""
+    runs = db.table("file_runs")
+    runs.create({"seq": int, "id": str, "agent": str, "ts": float, "ended": float, "workspace": str, "command": str,
+                 "exit_code": int, "changes": int, "state": str, "decided": float}, pk="seq")
+    runs.create_index(["id"], unique=True)
+    runs.create_index(["agent", "ts"])
+    changes = db.table("file_changes")
+    entry = {"kind": str, "mode": int, "size": int, "sha256": str, "target": str}
+    columns: dict[str, Any] = {"seq": int, "run_id": str, "idx": int, "path": str, "action": str}
+    columns.update({f"{side}_{k}": v for side in ("before", "after") for k, v in entry.items()})
+    changes.create(columns, pk="seq")
+    changes.create_index(["run_id", "idx"])
+
+
 #: Schema migrations, applied in order; `PRAGMA user_version` records how many have run.
-MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5]
+MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6]
 #: Request fields added by later migrations: hashed only when set, so rows written before them still verify.
 OPTIONAL_REQUEST_FIELDS = ("credential", "undo_of", "pre_status", "pre_headers", "pre_body", "pre_body_size")
 

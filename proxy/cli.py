@@ -173,18 +173,28 @@ def _exit_code(returncode: int) -> int:
 @cli.command(name="exec", context_settings={"ignore_unknown_options": True})
 @config_option
 @click.option("--agent", required=True, help="The agent the command acts as.")
-@click.option("--jail", is_flag=True, help="Run it in its own network namespace where the proxy is the only way "
-                                           "out (Linux); starts a proxy for it if none is running.")
+@click.option("--jail/--no-jail", default=True, show_default=True,
+              help="Run it in a jail (Linux namespaces): the proxy is its only way out, goex-proxy's files and the "
+                   "person's credential stores are out of sight, the system is read-only, and workspace writes are "
+                   "copy-on-write. --no-jail only sets the proxy variables (for containers and VMs).")
+@click.option("--workspace", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="The directory the jailed command may change (default: the current directory).")
+@click.option("--files", "files_mode", type=click.Choice(["apply", "review"]), default="apply", show_default=True,
+              help="When the jailed command ends: apply its file changes to the workspace (undo with `files undo`), "
+                   "or hold them until `files keep` or `files undo`.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @handle_errors
-def exec_(config_path: Path | None, agent: str, jail: bool, command: tuple[str, ...]) -> None:
-    """Run COMMAND with its traffic sent through the proxy as AGENT; exits with COMMAND's exit code.
+def exec_(config_path: Path | None, agent: str, jail: bool, workspace: Path | None, files_mode: str,
+          command: tuple[str, ...]) -> None:
+    """Run COMMAND as AGENT, jailed, with its traffic sent through the proxy; exits with COMMAND's exit code.
 
-    Example: goex-proxy exec --jail --agent mailbot -- python agent.py
+    Example: goex-proxy exec --agent mailbot -- python agent.py
     """
     config = _config(config_path)
     if jail:
-        sys.exit(_exit_code(_run_jailed(config, agent, list(command))))
+        sys.exit(_exit_code(_run_jailed(config, agent, list(command), workspace, files_mode == "apply")))
+    if workspace is not None or files_mode != "apply":
+        raise click.UsageError("--workspace and --files need the jail (leave out --no-jail)")
     env = agentenv.apply(dict(os.environ), agentenv.agent_env(config, agent), config)
     agentenv.check_listening(config)
     try:
@@ -205,15 +215,33 @@ def _wait_like_a_shell(child: subprocess.Popen[bytes]) -> None:
         signal.signal(sig, forward)
 
 
-def _run_jailed(config: Config, agent: str, command: list[str]) -> int:
-    """COMMAND in a jail bridged to the running proxy, or to one started here for it; its exit status."""
-    from .jail import proxy_for_jail, start_jailed
+def _run_jailed(config: Config, agent: str, command: list[str], workspace: Path | None = None,
+                apply: bool = True) -> int:
+    """COMMAND in a jail bridged to the running proxy, or to one started here for it; its file changes recorded and
+    applied (or held for review); its exit status."""
+    from .sandbox.jail import proxy_for_jail, start_jailed
 
     agentenv.proxy_url(config, agent)  # an unknown agent or a missing token: said before anything starts
     with proxy_for_jail(config) as bridged:
-        jailed = start_jailed(bridged, agent, command)
+        jailed = start_jailed(bridged, agent, command, workspace)
         _wait_like_a_shell(jailed.child)
-        return jailed.wait()
+        status = jailed.wait()
+        run = jailed.finish(status, apply)
+    if run is not None:
+        _say_run(run)
+    return status
+
+
+def _say_run(run: Any) -> None:
+    """One line on stderr about a run's file changes and what can be done with them."""
+    counts = ", ".join(f"{n} {action}" for action, n in run.counts.items() if n)
+    if run.state == "kept":
+        click.echo(f"goex-proxy: run {run.id} changed {len(run.changes)} path(s) in {run.workspace} ({counts}); "
+                   f"undo with `goex-proxy files undo {run.id}`", err=True)
+    else:
+        click.echo(f"goex-proxy: run {run.id} changed {len(run.changes)} path(s) in {run.workspace} ({counts}), held "
+                   f"for review: `goex-proxy files diff {run.id}`, then `files keep {run.id}` or `files undo "
+                   f"{run.id}`", err=True)
 
 
 @cli.command()
@@ -228,25 +256,18 @@ def doctor(config_path: Path | None, agent: str, no_jail: bool, as_json: bool) -
 
     Example: goex-proxy doctor --agent mailbot
     """
-    import tempfile
-
     from .canary import Canary
 
     config = _config(config_path)
     probe = [sys.executable, "-I", str(Path(__file__).with_name("doctorprobe.py"))]
-    with tempfile.TemporaryDirectory(prefix="goex-doctor-") as tmp, Canary() as canary:
-        out = Path(tmp) / "results.json"
-        command = [*probe, str(out), str(canary.port)]
+    with Canary() as canary:
         if no_jail:
             agentenv.check_listening(config)
-            subprocess.run(command, env=agentenv.apply(dict(os.environ), agentenv.agent_env(config, agent), config),
-                           check=False)
+            done = subprocess.run([*probe, str(canary.port)], stdout=subprocess.PIPE, check=False,
+                                  env=agentenv.apply(dict(os.environ), agentenv.agent_env(config, agent), config))
+            results = _probe_results(done.stdout)
         else:
-            _run_jailed(config, agent, command)
-        try:
-            results = json.loads(out.read_text())
-        except (OSError, ValueError):
-            raise GoexError("the checks did not run to the end (see the messages above)") from None
+            results = _doctor_jail(config, agent, probe, canary.port)
     if canary.hits:
         results.append({"check": "nothing reached this machine directly", "ok": False,
                         "detail": f"{canary.hits} connection(s) reached the canary on 127.0.0.1/::1"})
@@ -262,6 +283,55 @@ def doctor(config_path: Path | None, agent: str, no_jail: bool, as_json: bool) -
     sys.exit(0 if all(r["ok"] for r in results) else 1)
 
 
+def _probe_results(out: bytes) -> list[dict[str, Any]]:
+    try:
+        results: list[dict[str, Any]] = json.loads(out)
+    except ValueError:
+        raise GoexError("the checks did not run to the end (see the messages above)") from None
+    return results
+
+
+def _doctor_jail(config: Config, agent: str, probe: list[str], canary: int) -> list[dict[str, Any]]:
+    """The probe run in a jail on a scratch workspace holding a Unix socket of ours; its writes held for review, then
+    checked to have stayed out of the workspace, and dropped."""
+    import tempfile
+
+    from .sandbox import runs
+    from .sandbox.jail import proxy_for_jail, start_jailed
+
+    agentenv.proxy_url(config, agent)
+    with tempfile.TemporaryDirectory(prefix="goex-doctor-") as tmp, \
+            socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        workspace = Path(tmp)
+        listener.bind(str(workspace / "host.sock"))
+        listener.listen(1)
+        marker = workspace / "written-in-the-jail"
+        secret_files = [config.file, config.audit_db, config.state_dir / "vault.key", config.state_dir / "vault.json",
+                        config.state_dir / "mitmproxy-ca.pem"]
+        spec = {"state_dir": str(config.state_dir), "ca_cert": str(config.ca_cert),
+                "secret_files": [str(p) for p in secret_files],
+                "config_files": [str(config.file), *(str(p.path) for p in config.policies)],
+                "socket": str(workspace / "host.sock"), "marker": str(marker),
+                "outside": sorted({str(Path.home()), "/etc", "/usr", sys.prefix, str(config.state_dir)})}
+        with proxy_for_jail(config) as bridged:
+            jailed = start_jailed(bridged, agent, [*probe, str(canary), json.dumps(spec)], workspace,
+                                  stdout=subprocess.PIPE)
+            out, _ = jailed.child.communicate()
+            run = jailed.finish(jailed.child.returncode, apply=False)
+        results = _probe_results(out)
+        kept_out = not marker.exists()
+        held = run is not None and any(c.path == marker.name for c in run.changes)
+        if run is not None:
+            runs.undo(config, run.id)
+        for r in results:
+            if r["check"] == "a write in the workspace":
+                r["check"] = "a write in the workspace held until kept"
+                r["ok"] = r["ok"] and kept_out and held
+                r["detail"] = ("held in the run's layer, not in the workspace" if r["ok"] else
+                               f"in the workspace: {not kept_out}; in the run's changes: {held}")
+    return results
+
+
 @cli.command()
 @config_option
 @click.argument("task")
@@ -273,9 +343,12 @@ def doctor(config_path: Path | None, agent: str, no_jail: bool, as_json: bool) -
 @click.option("--timeout", default="5m", show_default=True, help="Time limit for each run of the code (30s, 5m).")
 @click.option("--then", "then", type=click.Choice(["ask", "keep", "undo"]), default="ask", show_default=True,
               help="Afterwards: ask whether to keep or undo what the code did, or keep it, or undo all of it.")
+@click.option("--workspace", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="The directory the code may change (default: the current directory); its changes are held until "
+                   "you keep them.")
 @handle_errors
 def execute(config_path: Path | None, task: str, agent: str, yes: bool, show_only: bool, retries: int, timeout: str,
-            then: str) -> None:
+            then: str, workspace: Path | None) -> None:
     """Have the configured model write Python code for TASK, show it, run it jailed through the proxy as AGENT,
     show the requests it made, and keep or undo them. Everything is recorded (prompts, code, requests, choice).
 
@@ -295,7 +368,7 @@ def execute(config_path: Path | None, task: str, agent: str, yes: bool, show_onl
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--timeout") from None
     policies = load_policy_set([(p.path, p.agents) for p in config.policies])
-    options = Options(agent, yes, show_only, retries, limit, then)
+    options = Options(agent, yes, show_only, retries, limit, then, workspace)
     sys.exit(run_task(config, policies, task, options, _console(), _show_rows,
                       lambda rows: _undo_rows(config, rows)))
 
@@ -330,6 +403,105 @@ def _undo_rows(config: Config, rows: list[dict[str, Any]]) -> None:
         click.echo(f"not undone: {rid}: {why}", err=True)
     if skipped:
         sys.exit(4)
+
+
+@cli.group()
+def files() -> None:
+    """Review, keep or undo the file changes of jailed runs (each run that changed files has an id)."""
+
+
+@files.command(name="list")
+@config_option
+@click.option("--agent", help="Only this agent's runs.")
+@click.option("--since", help="Only since then: a duration (30m, 1h, 7d) or an ISO time.")
+@click.option("--limit", default=50, show_default=True, help="At most this many runs (newest).")
+@json_option
+@handle_errors
+def files_list(config_path: Path | None, agent: str | None, since: str | None, limit: int, as_json: bool) -> None:
+    """The runs that changed files, newest first: what they changed and whether it is pending, kept or undone.
+
+    Example: goex-proxy files list --agent mailbot --since 1h
+    """
+    from .sandbox import runs
+
+    found = runs.recorded(_config(config_path), agent=agent, since=_since(since), limit=limit)
+    if as_json:
+        click.echo(json.dumps([{"id": r.id, "agent": r.agent, "ts": r.ts, "ended": r.ended, "workspace": r.workspace,
+                                "command": r.command, "exit_code": r.exit_code, "state": r.state, **r.counts}
+                               for r in found], indent=2))
+        return
+    table = _table()
+    for column in ("id", "when", "agent", "workspace", "added", "changed", "deleted", "state", "command"):
+        table.add_column(column)
+    for r in found:
+        counts = r.counts
+        table.add_row(r.id, _when(r.ts), r.agent, r.workspace, str(counts["added"]), str(counts["changed"]),
+                      str(counts["deleted"]), r.state, " ".join(r.command)[:60])
+    _console().print(table)
+
+
+@files.command(name="diff")
+@config_option
+@click.argument("run_id")
+@json_option
+@handle_errors
+def files_diff(config_path: Path | None, run_id: str, as_json: bool) -> None:
+    """What a run changed: each path added, changed or deleted (kind, mode, link, size), and a unified diff of text.
+
+    Example: goex-proxy files diff 01JD3K2M5X0A1
+    """
+    from dataclasses import asdict
+
+    from .sandbox import runs
+    from .sandbox.diff import describe, unified
+
+    config = _config(config_path)
+    run = runs.load(config, run_id)
+    sides = runs.contents(config, run)
+    if as_json:
+        click.echo(json.dumps({"id": run.id, "state": run.state, "workspace": run.workspace, "changes": [
+            {"path": c.path, "action": c.action, "before": asdict(c.before) if c.before else None,
+             "after": asdict(c.after) if c.after else None, "diff": "".join(unified(c, *sides[i]))}
+            for i, c in enumerate(run.changes)]}, indent=2))
+        return
+    click.echo(f"run {run.id} ({run.state}) by {run.agent} in {run.workspace}: {' '.join(run.command)}")
+    for i, change in enumerate(run.changes):
+        click.echo(describe(change))
+        for line in unified(change, *sides[i]):
+            click.echo("    " + line, nl=False)
+
+
+@files.command(name="keep")
+@config_option
+@click.argument("run_id")
+@click.option("--force", is_flag=True, help="Apply even over paths changed since the run (their contents are lost).")
+@handle_errors
+def files_keep(config_path: Path | None, run_id: str, force: bool) -> None:
+    """Apply a run's held changes to its workspace (what each path held before is kept for `files undo`).
+
+    Example: goex-proxy files keep 01JD3K2M5X0A1
+    """
+    from .sandbox import runs
+
+    run = runs.keep(_config(config_path), run_id, force=force)
+    click.echo(f"kept run {run.id}: {len(run.changes)} path(s) applied to {run.workspace}")
+
+
+@files.command(name="undo")
+@config_option
+@click.argument("run_id")
+@click.option("--force", is_flag=True, help="Restore even paths changed since the run (those later changes are lost).")
+@handle_errors
+def files_undo(config_path: Path | None, run_id: str, force: bool) -> None:
+    """Take a run's file changes back: restore the workspace byte for byte, or drop changes never applied.
+
+    Example: goex-proxy files undo 01JD3K2M5X0A1
+    """
+    from .sandbox import runs
+
+    run = runs.undo(_config(config_path), run_id, force=force)
+    done = "restored in" if run.state == runs.UNDONE else "dropped, never applied to"
+    click.echo(f"undid run {run.id}: {len(run.changes)} path(s) {done} {run.workspace}")
 
 
 @cli.command(name="env")
@@ -524,21 +696,48 @@ def undo(config_path: Path | None, request_id: str | None, agent: str | None, si
                 if r["decision"] in ("allow", "report") and not r.get("undo_of") and r["method"] not in SAFE_METHODS]
     todo, passed = _plan_rows(config, journal, rows, force, as_json)
     skipped = [(str(row["id"]), why) for row, _, why in passed]
+    file_runs = _file_runs_to_undo(config, agent, _since(since), as_json) if agent is not None else []
     if request_id is not None and passed:
         _, the_plan, why = passed[0]
         if why == "already undone" or the_plan.verdict == "not effective":
             raise NotFound(f"nothing to undo for {request_id}: {why}")
         raise GoexError(f"cannot undo {request_id}: {why}")
-    if not todo:
+    if not todo and not file_runs:
         raise NotFound(f"nothing to undo for {agent} since {since}" + "".join(f"\n  {i}: {w}" for i, w in skipped))
     if dry_run:
         return
     if not yes:
         if not sys.stdin.isatty():
             raise GoexError("undo asks before it acts: pass --yes to carry out the plan without a terminal")
-        click.confirm(f"carry out {'this plan' if len(todo) == 1 else f'these {len(todo)} plans'}?", abort=True)
-    with one_undo_at_a_time(config.audit_db):
-        _carry_out_all(config, todo, skipped, journal, agent, force)
+        count = len(todo) + len(file_runs)
+        click.confirm(f"carry out {'this plan' if count == 1 else f'these {count} plans'}?", abort=True)
+    _undo_file_runs(config, file_runs, force)
+    if todo:
+        with one_undo_at_a_time(config.audit_db):
+            _carry_out_all(config, todo, skipped, journal, agent, force)
+
+
+def _file_runs_to_undo(config: Config, agent: str, since: float | None, as_json: bool) -> list[Any]:
+    """The agent's jailed runs since then whose file changes are kept or pending, newest first, each printed."""
+    from .sandbox import runs
+
+    found = runs.recorded(config, agent=agent, since=since, limit=None, states=(runs.KEPT, runs.PENDING))
+    for run in found:
+        verb = "restore" if run.state == runs.KEPT else "discard (never applied)"
+        if as_json:
+            click.echo(json.dumps({"file_run": run.id, "state": run.state, "workspace": run.workspace,
+                                   "paths": [c.path for c in run.changes]}))
+        else:
+            click.echo(f"file run {run.id} in {run.workspace}: {verb} {len(run.changes)} path(s)")
+    return found
+
+
+def _undo_file_runs(config: Config, found: list[Any], force: bool) -> None:
+    from .sandbox import runs
+
+    for run in found:
+        done = runs.undo(config, run.id, force=force)
+        click.echo(f"file run {run.id}: {done.state}")
 
 
 def _plan_rows(config: Config, journal: Any, rows: list[dict[str, Any]], force: bool, as_json: bool
@@ -999,4 +1198,7 @@ def show(config_path: Path | None, request_id: str, as_json: bool) -> None:
 
 
 def main() -> None:
+    from .hardening import harden_process
+
+    harden_process()
     cli()

@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from .oauth import OAuth2
 
 _TOP_KEYS = {"version", "state_dir", "listen", "agents", "credentials", "policies", "undo_rules", "audit", "upstream",
-             "llm"}
+             "llm", "sandbox"}
+_SANDBOX_KEYS = {"hide", "expose", "allow_sockets", "pass_env"}
 _LLM_KEYS = {"base_url", "model", "api_key", "timeout"}
 _CREDENTIAL_KEYS = {"secret", "host", "hosts", "methods", "paths", "schemes", "inject", "env"}
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -78,6 +79,16 @@ class LLM:
 
 
 @dataclass(frozen=True)
+class Sandbox:
+    """What a jail hides and passes beyond its defaults (`sandbox:`); paths are absolute, `~` expanded."""
+
+    hide: tuple[Path, ...] = ()
+    expose: tuple[Path, ...] = ()
+    allow_sockets: tuple[Path, ...] = ()
+    pass_env: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything `goex-proxy run` needs, validated."""
 
@@ -97,6 +108,7 @@ class Config:
     allow_private: tuple[str, ...] = ()
     resolver: tuple[str, int] | None = None
     llm: LLM | None = None
+    sandbox: Sandbox = Sandbox()
 
     @property
     def ca_cert(self) -> Path:
@@ -232,6 +244,25 @@ def _llm(check: Checker, top: YMap) -> LLM | None:
         check.error(check.at(spec, "api_key"), "'llm.api_key' looks like a key itself: store it with `goex-proxy "
                                                "secrets set NAME` and name NAME here, or use {env: NAME}")
     return LLM(base_url.rstrip("/"), model, key, timeout or 120.0)
+
+
+def _sandbox(check: Checker, top: YMap, base: Path) -> Sandbox:
+    spec = check.mapping(top.get("sandbox", YMap()), "sandbox", check.at(top, "sandbox"), _SANDBOX_KEYS) or YMap()
+
+    def paths(key: str) -> tuple[Path, ...]:
+        out = []
+        for text in check.strings(spec, key, f"sandbox.{key}") or []:
+            path = Path(text).expanduser()
+            if not path.is_absolute() and not text.startswith("~"):
+                path = base / path
+            out.append(Path(os.path.abspath(path)))
+        return tuple(out)
+
+    pass_env = tuple(check.strings(spec, "pass_env", "sandbox.pass_env") or [])
+    for name in pass_env:
+        if not _ENV_NAME.fullmatch(name):
+            check.error(check.at(spec, "pass_env"), f"'sandbox.pass_env' entry {name!r} is not a variable name")
+    return Sandbox(paths("hide"), paths("expose"), paths("allow_sockets"), pass_env)
 
 
 def _vault_or_env(check: Checker, parent: YMap, key: str, where: str) -> SecretRef | None:
@@ -422,6 +453,7 @@ def parse_config(doc: Any, file: Path, check: Checker) -> Config:
         allow_private=allow_private,
         resolver=resolver,
         llm=_llm(check, top),
+        sandbox=_sandbox(check, top, base),
     )
 
 

@@ -1,8 +1,9 @@
 """The checks `goex-proxy doctor` runs inside a jail: every way around the proxy fails, the way through it works.
 
-Run as `python -I doctorprobe.py OUT PORT` (standard library only), where PORT is a canary that `doctor` listens on
-at 127.0.0.1 and ::1 outside the jail; writes a JSON list of {"check", "ok", "detail"} to OUT. A check of a way
-around the proxy passes when that way fails.
+Run as `python -I doctorprobe.py PORT [SANDBOX]` (standard library only), where PORT is a canary that `doctor` listens
+on at 127.0.0.1 and ::1 outside the jail, and SANDBOX (JSON) names what the jail must keep out of sight: goex-proxy's
+files, the processes outside, a Unix socket `doctor` listens on, and a marker to write in the workspace. Prints a
+JSON list of {"check", "ok", "detail"}. A check of a way around the proxy or the sandbox passes when that way fails.
 """
 
 from __future__ import annotations
@@ -111,6 +112,69 @@ def checks(canary: int) -> list[tuple[str, Callable[[], tuple[bool, str]]]]:
     ]
 
 
+def sandbox_checks(spec: dict) -> list[tuple[str, Callable[[], tuple[bool, str]]]]:  # type: ignore[type-arg]
+    """What the jail keeps of the host: none of goex-proxy's files, processes or sockets, nothing writable outside the
+    workspace."""
+    def read(path: str) -> str:
+        with open(path, "rb") as f:
+            data = f.read()
+        if data:
+            return f"read {len(data)} bytes of {path}"
+        raise OSError(f"{path} reads as empty")
+
+    def write(path: str) -> str:
+        with open(path, "ab") as f:
+            f.write(b"")
+        return f"opened {path} for writing"
+
+    def state_dir() -> tuple[bool, str]:
+        try:
+            seen = sorted(os.listdir(spec["state_dir"]))
+        except OSError as exc:
+            return True, f"not there ({exc.strerror})"
+        extra = [name for name in seen if name != os.path.basename(spec["ca_cert"])]
+        return not extra, f"shows {', '.join(extra)}" if extra else "shows only the CA certificate"
+
+    def processes() -> tuple[bool, str]:
+        """Only the jail's own two processes (its init and this probe) are there to see."""
+        others = []
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                try:
+                    with open(f"/proc/{name}/cmdline", "rb") as f:
+                        cmdline = f.read()
+                except OSError:
+                    continue
+                if b"jailinit" not in cmdline and b"doctorprobe" not in cmdline:
+                    program = cmdline.split(b"\0")[0].decode(errors="replace")
+                    others.append(f"{name} ({program})")
+        return not others, f"visible: {', '.join(others)}" if others else "only the jail's own processes"
+
+    def unix_socket() -> str:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(TIMEOUT)
+            s.connect(spec["socket"])
+            return f"connected to {spec['socket']}"
+
+    def marker() -> tuple[bool, str]:
+        with open(spec["marker"], "w") as f:
+            f.write("written inside the jail\n")
+        return True, "written (doctor checks it stays out of the workspace until kept)"
+
+    return [
+        ("goex-proxy's state directory out of sight", state_dir),
+        ("config, vault, vault key, CA key, audit database unreadable",
+         lambda: all_blocked([functools.partial(read, p) for p in spec["secret_files"]])),
+        ("config and policy files unwritable",
+         lambda: all_blocked([functools.partial(write, p) for p in spec["config_files"]])),
+        ("processes outside the jail invisible", processes),
+        ("a host Unix socket unreachable", lambda: blocked(unix_socket)),
+        ("a write outside the workspace refused",
+         lambda: all_blocked([functools.partial(write, os.path.join(d, ".goex-doctor-write")) for d in spec["outside"]])),
+        ("a write in the workspace", marker),
+    ]
+
+
 def all_blocked(attempts: list[Callable[[], str]]) -> tuple[bool, str]:
     """Passing means every attempt failed."""
     results = [blocked(a) for a in attempts]
@@ -119,16 +183,16 @@ def all_blocked(attempts: list[Callable[[], str]]) -> tuple[bool, str]:
 
 
 def main(argv: list[str]) -> int:
-    out, canary = argv[1], int(argv[2])
+    canary = int(argv[1])
+    todo = checks(canary) + (sandbox_checks(json.loads(argv[2])) if len(argv) > 2 else [])
     results = []
-    for name, check in checks(canary):
+    for name, check in todo:
         try:
             ok, detail = check()
         except Exception as exc:  # a check that cannot be made is not a pass
             ok, detail = False, f"could not check: {type(exc).__name__}: {exc}"
         results.append({"check": name, "ok": ok, "detail": detail})
-    with open(out, "w") as f:
-        json.dump(results, f)
+    sys.stdout.write(json.dumps(results) + "\n")
     return 0
 
 

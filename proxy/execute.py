@@ -20,8 +20,10 @@ import click
 from . import audit, llm, modellog
 from .config import Config
 from .errors import GoexError
-from .jail import proxy_for_jail, start_jailed
 from .policy import PolicySet
+from .sandbox import runs
+from .sandbox.diff import describe
+from .sandbox.jail import proxy_for_jail, start_jailed
 from .taskprompt import Attempt, agent_brief, feedback, first_messages
 from .undoplan import SAFE_METHODS
 
@@ -39,6 +41,7 @@ class Options:
     retries: int
     timeout: float
     then: str  # ask | keep | undo
+    workspace: Path | None = None
 
 
 class Aborted(GoexError):
@@ -54,6 +57,7 @@ def execute(config: Config, policies: PolicySet, task: str, opts: Options, conso
     messages = first_messages(task, agent_brief(config, policies, opts.agent))
     calls: list[int] = []
     attempts: list[Attempt] = []
+    held: list[runs.Run] = []  # the file changes of the last attempt, held until the person chooses
     status = 0
     choice = "aborted"
     try:
@@ -68,7 +72,10 @@ def execute(config: Config, policies: PolicySet, task: str, opts: Options, conso
                     modellog.update(conn, calls[-1], choice=choice)
                     return 0
                 code = reviewed
-                attempt = _run(bridged, opts, code, Path(tmp) / f"attempt{number}.py")
+                for earlier in held:  # a revision starts from the workspace as it was, not from a failed attempt's files
+                    runs.undo(config, earlier.id)
+                attempt, file_run = _run(bridged, opts, code, Path(tmp) / f"attempt{number}.py")
+                held = [file_run] if file_run is not None else []
                 attempts.append(attempt)
                 modellog.update(conn, calls[-1], code=code, exit_code=attempt.exit_code,
                                 rows=[str(r["id"]) for r in attempt.rows])
@@ -76,12 +83,20 @@ def execute(config: Config, policies: PolicySet, task: str, opts: Options, conso
                 click.echo(f"the program {_how_it_ended(attempt, opts.timeout)}; it made {len(attempt.rows)} "
                            f"request(s)" + (f", {len(attempt.denials)} denied" if attempt.denials else ""))
                 show_rows(list(attempt.rows))
+                _show_files(held)
                 if not attempt.failed or number > opts.retries:
                     break
                 messages = [*messages, {"role": "assistant", "content": f"```python\n{code}```"},
                             {"role": "user", "content": feedback(attempt)}]
                 click.echo(f"asking the model to revise it ({opts.retries + 1 - number} more attempt(s) allowed)")
-        choice, chosen = _keep_or_undo([r for a in attempts for r in a.rows], opts)
+        choice, chosen = _keep_or_undo([r for a in attempts for r in a.rows], held, opts)
+        for run in held:  # undoing all drops the files too; keeping, or undoing some requests, keeps them
+            if choice == "undo all":
+                runs.undo(config, run.id)
+                click.echo(f"dropped the file changes of run {run.id}; the workspace is as it was")
+            else:
+                runs.keep(config, run.id)
+                click.echo(f"kept the file changes of run {run.id}; `goex-proxy files undo {run.id}` takes them back")
         if chosen:
             undo_rows(chosen)
     finally:
@@ -137,12 +152,13 @@ def _review(code: str, opts: Options, console: Any) -> str | None:
         show(code)
 
 
-def _run(config: Config, opts: Options, code: str, path: Path) -> Attempt:
-    """Run the code jailed, streaming its output, stopped at the time limit; what it did."""
+def _run(config: Config, opts: Options, code: str, path: Path) -> tuple[Attempt, runs.Run | None]:
+    """Run the code jailed, streaming its output, stopped at the time limit; what it did, and its file changes (held
+    for review)."""
     path.write_text(code, encoding="utf-8")
     started = time.time()
-    jailed = start_jailed(config, opts.agent, [sys.executable, "-u", str(path)], stdin=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, start_new_session=True)
+    jailed = start_jailed(config, opts.agent, [sys.executable, "-u", str(path)], opts.workspace, reveal=(path,),
+                          stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     child = jailed.child
     errors: list[bytes] = []
     tee = threading.Thread(target=_tee, args=(child.stderr, errors), daemon=True)
@@ -155,12 +171,23 @@ def _run(config: Config, opts: Options, code: str, path: Path) -> Attempt:
         exit_code = None
     except KeyboardInterrupt:
         _kill(child)
+        jailed.finish(None, apply=False)
         raise
     finally:
         jailed.close()
         tee.join(5)
+    file_run = jailed.finish(exit_code, apply=False)
     stderr = b"".join(errors).decode("utf-8", "replace")
-    return Attempt(exit_code, stderr, tuple(_rows_since(config, opts.agent, started)))
+    return Attempt(exit_code, stderr, tuple(_rows_since(config, opts.agent, started))), file_run
+
+
+def _show_files(held: list[runs.Run]) -> None:
+    """The file changes a run made in its workspace, one line each (`goex-proxy files diff` shows the lines)."""
+    for run in held:
+        click.echo(f"it changed {len(run.changes)} path(s) in {run.workspace} (run {run.id}; held until you choose; "
+                   f"`goex-proxy files diff {run.id}` shows every line):")
+        for change in run.changes:
+            click.echo("  " + describe(change))
 
 
 def _tee(stream: Any, into: list[bytes]) -> None:
@@ -203,12 +230,13 @@ def _how_it_ended(attempt: Attempt, timeout: float) -> str:
     return f"exited with status {attempt.exit_code}"
 
 
-def _keep_or_undo(rows: list[dict[str, Any]], opts: Options) -> tuple[str, list[dict[str, Any]]]:
-    """Ask (or take `--then`) whether to keep what the program did or undo all or some of it: the choice, and the
-    rows to undo."""
+def _keep_or_undo(rows: list[dict[str, Any]], held: list[runs.Run], opts: Options
+                  ) -> tuple[str, list[dict[str, Any]]]:
+    """Ask (or take `--then`) whether to keep what the program did (requests and files) or undo all of it, or some of
+    its requests (its files are then kept): the choice, and the rows to undo."""
     changes = [r for r in rows if r["decision"] in ("allow", "report") and r["method"] not in SAFE_METHODS]
-    if not changes:
-        click.echo("nothing to keep or undo: the program changed nothing through the proxy")
+    if not changes and not held:
+        click.echo("nothing to keep or undo: the program changed nothing through the proxy and no file")
         return "keep (no changes)", []
     then = opts.then
     if then == "ask" and not sys.stdin.isatty():
@@ -218,8 +246,9 @@ def _keep_or_undo(rows: list[dict[str, Any]], opts: Options) -> tuple[str, list[
     chosen = changes
     if then == "ask":
         numbers = {str(i): r for i, r in enumerate(rows, start=1) if r in changes}
-        answer = click.prompt(f"keep what it did, undo all {len(changes)} change(s), or undo some (row numbers "
-                              f"{', '.join(numbers)})?", default="keep").strip().lower()
+        what = f"{len(changes)} request(s)" + (f" and {sum(len(r.changes) for r in held)} file change(s)" if held else "")
+        some = f", or undo some requests (row numbers {', '.join(numbers)})" if numbers else ""
+        answer = click.prompt(f"keep what it did, undo all ({what}){some}?", default="keep").strip().lower()
         if answer in ("keep", "k"):
             return "keep", []
         if answer not in ("undo", "u", "undo all"):

@@ -1,22 +1,29 @@
-"""Jailed commands: a network namespace whose only way out is a listener bridged, from outside, to the proxy."""
+"""Jailed commands: namespaces of their own (network, mounts, processes), a copy-on-write workspace, and a listener
+that is the only way out, bridged from outside to the proxy."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from . import agentenv, audit
-from .config import Config
-from .errors import GoexError
+from .. import agentenv, audit
+from ..config import Config
+from ..errors import GoexError
+from . import runs
+from .view import View, jail_env, view_for
 
 #: Seconds the jail's first process may take to set up its namespace before the command is given up on.
 SETUP_TIMEOUT = 10.0
@@ -28,21 +35,22 @@ class JailError(GoexError):
 
 
 class Jail:
-    """Runs a command in its own network namespace. Inside, 127.0.0.1:`port` is the proxy: connections to it are
-    accepted by a listener created in the namespace and passed out, and bridged here to `proxy` in the host's
-    namespace. Nothing else inside the namespace reaches any network."""
+    """Runs a command in namespaces of its own, seeing the machine as `spec` says (see `jailinit`). Inside,
+    127.0.0.1:`port` is the proxy: connections to it are accepted by a listener created in the jail and passed out,
+    and bridged here to `proxy` in the host's namespace. Nothing else inside the jail reaches any network."""
 
-    def __init__(self, command: list[str], env: dict[str, str], port: int, proxy: tuple[str, int],
-                 **popen: Any) -> None:
+    def __init__(self, spec: dict[str, Any], env: dict[str, str], proxy: tuple[str, int], **popen: Any) -> None:
         """`popen`: more `subprocess.Popen` arguments for the command (stdin, stderr, start_new_session)."""
         self.proxy = proxy
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            self.child = subprocess.Popen([sys.executable, "-I", str(_INIT), str(theirs.fileno()), str(port), "--",
-                                           *command], env=env, pass_fds=(theirs.fileno(),), **popen)
+            self.child = subprocess.Popen([sys.executable, "-I", "-S", str(_INIT), str(theirs.fileno())], env=env,
+                                          pass_fds=(theirs.fileno(),), **popen)
         finally:
             theirs.close()
         with ours:
+            payload = json.dumps(spec).encode("utf-8", "surrogateescape")
+            ours.sendall(struct.pack("!I", len(payload)) + payload)
             listener = self._receive_listener(ours)
         self._loop = asyncio.new_event_loop()
         self._server_ready = threading.Event()
@@ -63,9 +71,9 @@ class Jail:
                 socket.close(fd)
             self.child.wait()
             why = message.decode(errors="replace").removeprefix("error: ") or "its first process ended"
-            raise JailError(f"cannot make a network namespace for the jail: {why} (user namespaces may be disabled: "
-                            "see `sysctl kernel.unprivileged_userns_clone` and `user.max_user_namespaces`, or run as "
-                            "root); the command was not run")
+            raise JailError(f"cannot make the jail: {why} (this kernel may not allow unprivileged user namespaces: "
+                            "see `sysctl user.max_user_namespaces` and `kernel.apparmor_restrict_unprivileged_userns`; "
+                            "inside a container or VM, use `--no-jail` or `goex-proxy env`); the command was not run")
         return socket.socket(fileno=fds[0])
 
     def _bridge(self, listener: socket.socket) -> None:
@@ -120,8 +128,8 @@ def proxy_for_jail(config: Config) -> Iterator[Config]:
     if agentenv.listening(config):
         yield config
         return
-    from .policyload import load_policy_set  # mitmproxy and CEL: a quarter second, only paid without a proxy
-    from .runtime import InProcessProxy
+    from ..policyload import load_policy_set  # mitmproxy and CEL: a quarter second, only paid without a proxy
+    from ..runtime import InProcessProxy
 
     audit.open_db(config.audit_db).close()
     in_process = InProcessProxy(config, load_policy_set([(p.path, p.agents) for p in config.policies]))
@@ -131,12 +139,51 @@ def proxy_for_jail(config: Config) -> Iterator[Config]:
         in_process.close()
 
 
-def start_jailed(config: Config, agent: str, command: list[str], **popen: Any) -> Jail:
-    """COMMAND started in a jail with the agent's proxy settings (from `proxy_for_jail`'s config)."""
-    env = agentenv.apply(dict(os.environ), agentenv.agent_env(config, agent, proxy_host="127.0.0.1"), config)
+class JailedRun:
+    """A command running in a jail on a workspace, and the run directory its file changes are layered in."""
+
+    def __init__(self, config: Config, agent: str, command: list[str], view: View, env: dict[str, str],
+                 **popen: Any) -> None:
+        self.config, self.agent, self.command, self.view = config, agent, command, view
+        self.run = runs.new_run_dir(config)
+        self.started = time.time()
+        spec = {**asdict(view), "port": config.listen_port, "root": str(self.run.path / "root"),
+                "run_dir": str(self.run.path), "command": command}
+        try:
+            self.jail = Jail(spec, env, agentenv.proxy_address(config), **popen)
+        except BaseException:
+            runs.remove_tree(self.run.path)
+            raise
+        self.child = self.jail.child
+
+    def wait(self, timeout: float | None = None) -> int:
+        """The command's exit status once it has ended (TimeoutExpired past `timeout`); the bridge stays up."""
+        return self.child.wait(timeout)
+
+    def close(self) -> None:
+        self.jail.close()
+
+    def finish(self, exit_code: int | None, apply: bool) -> runs.Run | None:
+        """Once the jail has ended: record what it changed in the workspace, and apply it when `apply`."""
+        self.jail.close()
+        return runs.finish(self.config, self.run, self.agent, self.view.workspace, self.command, self.started,
+                           exit_code, apply)
+
+
+def start_jailed(config: Config, agent: str, command: list[str], workspace: Path | None = None,
+                 reveal: tuple[Path, ...] = (), **popen: Any) -> JailedRun:
+    """COMMAND started in a jail on `workspace` (default: the current directory) with the agent's proxy settings
+    (from `proxy_for_jail`'s config); `reveal`: files of ours it may read (not write) at their paths, such as the
+    program `execute` runs."""
+    cwd = Path.cwd()
+    view = view_for(config, workspace or cwd, cwd)
+    if reveal:
+        view = replace(view, reveal=(*view.reveal, *(os.path.realpath(p) for p in reveal)))
+    agent_settings = agentenv.agent_env(config, agent, proxy_host="127.0.0.1")
+    env = agentenv.apply(jail_env(dict(os.environ), config), agent_settings, config)
     if shutil.which(command[0], path=env.get("PATH")) is None:
         raise GoexError(f"cannot run {command[0]!r}: no such file or command")
-    return Jail(command, env, config.listen_port, agentenv.proxy_address(config), **popen)
+    return JailedRun(config, agent, command, view, env, **popen)
 
 
 async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -1,49 +1,113 @@
-"""First process of a jail: a new network namespace holding only loopback, a listener handed out, then the command.
+"""First process of a jail: new namespaces, the agent's view of the machine built in them, then the command.
 
-Run as `python -I jailinit.py FD PORT -- CMD...` (standard library only, so that it starts fast and in isolation).
-It leaves the host's network namespace inside a user namespace of its own (so no privilege is needed, and root
-gains none over the host's network),
-brings loopback up, listens on 127.0.0.1:PORT, sends that listening socket over the Unix socket FD to the parent
-(which bridges its connections to the proxy from outside), and becomes the command. Anything that fails is written to
-FD as `error: ...` and the command is never run.
+Run as `python -I -S jailinit.py FD` (standard library only, so that it starts fast and imports nothing the agent
+could have touched). FD is a Unix socket to the parent; the parent first sends the jail's spec (a 4-byte length, then
+JSON: see `jail.JailSpec`). This process then
+
+1. leaves the host's user, network, mount, PID, IPC and UTS namespaces (a user namespace of its own, so no privilege
+   is needed and root gains none over the host), brings loopback up and listens on 127.0.0.1:PORT;
+2. forks the jail's init (PID 1 of the new PID namespace), which builds the new root: the host's root bound
+   read-only, a copy-on-write overlay on the workspace (writes land in the run's upper layer), the Python
+   environment and other protected paths bound read-only over it, every hidden path covered by an empty read-only
+   directory or file, host Unix sockets covered, fresh /proc, /dev, /tmp, /var/tmp and /run; pivots into it; and
+   enters a second user and mount namespace so that every one of these mounts is locked (the agent cannot unmount
+   or remount any of them, even as root inside);
+3. hands the listening socket to the parent (which bridges its connections to the proxy from outside) once all of
+   that worked, or writes `error: ...` and never runs the command.
+
+The init then starts the command in a session of its own (no controlling terminal: it cannot push keystrokes into
+the person's shell), with no capabilities and no way to gain any, passes on the signals this process is sent, and
+exits with the command's status; its exit ends every process left in the jail.
 """
 
 from __future__ import annotations
 
 import ctypes
 import fcntl
+import json
 import os
+import platform
+import signal
 import socket
+import stat
 import struct
 import sys
 
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
 CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
-SIOCGIFFLAGS = 0x8913
-SIOCSIFFLAGS = 0x8914
-IFF_UP = 0x1
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+MNT_DETACH = 2
+MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV = 0x1, 0x2, 0x4
+AT_FDCWD, AT_RECURSIVE = -100, 0x8000
+PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 1, 24, 38
+KEYCTL_JOIN_SESSION_KEYRING = 1
+SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+#: Syscalls the C library has no wrapper for in every version, by machine.
+SYSCALLS = {"x86_64": {"pivot_root": 155, "keyctl": 250, "mount_setattr": 442},
+            "aarch64": {"pivot_root": 41, "keyctl": 219, "mount_setattr": 442}}
+#: Devices the jail's /dev holds (bound from the host's), and the links every program expects there.
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+DEV_LINKS = {"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1",
+             "stderr": "/proc/self/fd/2", "ptmx": "pts/ptmx"}
+#: Signals passed on to the command rather than acted on.
+FORWARDED = (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+libc.syscall.restype = ctypes.c_long
 
 
-def unshare(flags: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(flags) != 0:
+class MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64), ("propagation", ctypes.c_uint64),
+                ("userns_fd", ctypes.c_uint64)]
+
+
+class SetupError(Exception):
+    """A step of building the jail failed; the message says which."""
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
         err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+        raise SetupError(f"{what}: {os.strerror(err)}")
 
 
-def enter_namespaces() -> None:
-    """A user namespace mapping only our own ids, and a network namespace it owns. Even for root: its capabilities
-    then reach no further than the new namespaces, so it cannot join the host's network namespace again."""
-    uid, gid = os.geteuid(), os.getegid()
-    unshare(CLONE_NEWUSER | CLONE_NEWNET)
-    _write("/proc/self/setgroups", "deny")
-    _write("/proc/self/uid_map", f"{uid} {uid} 1")
-    _write("/proc/self/gid_map", f"{gid} {gid} 1")
+def _syscall(name: str, *args: object) -> int:
+    numbers = SYSCALLS.get(platform.machine())
+    if numbers is None:
+        raise SetupError(f"no jail on {platform.machine()} yet (x86_64 and aarch64 only)")
+    return int(libc.syscall(numbers[name], *args))
 
 
-def _write(path: str, text: str) -> None:
-    with open(path, "w") as f:
-        f.write(text)
+def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    enc = os.fsencode
+    _check(libc.mount(source and enc(source), enc(target), fstype and enc(fstype), flags, data and enc(data)),
+           f"mount {fstype or 'bind'} on {target}")
+
+
+def read_only(target: str, recursive: bool = True) -> None:
+    """Make the mount at `target` (and every mount under it) read-only, set-id-less."""
+    attr = MountAttr(MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, 0, 0, 0)
+    flags = AT_RECURSIVE if recursive else 0
+    _check(_syscall("mount_setattr", AT_FDCWD, os.fsencode(target), flags, ctypes.byref(attr), ctypes.sizeof(attr)),
+           f"making {target} read-only")
+
+
+def unshare(flags: int, what: str) -> None:
+    _check(libc.unshare(flags), what)
+
+
+def map_ids(uid: int, gid: int) -> None:
+    """In a user namespace just made: the same uid and gid as outside, and no supplementary groups."""
+    for path, text in (("/proc/self/setgroups", "deny"), ("/proc/self/uid_map", f"{uid} {uid} 1"),
+                       ("/proc/self/gid_map", f"{gid} {gid} 1")):
+        with open(path, "w") as f:
+            f.write(text)
 
 
 def loopback_up() -> None:
@@ -53,28 +117,234 @@ def loopback_up() -> None:
         fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
 
 
-def main(argv: list[str]) -> int:
-    channel = socket.socket(fileno=int(argv[1]))
-    port = int(argv[2])
-    command = argv[4:]
+def _lexists(path: str) -> bool:
     try:
-        enter_namespaces()
+        os.lstat(path)
+    except OSError:
+        return False
+    return True
+
+
+def _mount_point(path: str, like_dir: bool) -> None:
+    """An empty directory or file at `path` to mount over (inside a tmpfs the jail just made)."""
+    if _lexists(path):
+        return
+    if like_dir:
+        os.makedirs(path, exist_ok=True)
+    else:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o444))
+
+
+def build_dev(root: str) -> None:
+    """A /dev of the few devices programs need, its own pseudo-terminals and /dev/shm."""
+    dev = root + "/dev"
+    mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=64k")
+    for name in DEVICES:
+        if _lexists("/dev/" + name):
+            _mount_point(f"{dev}/{name}", False)
+            mount("/dev/" + name, f"{dev}/{name}", None, MS_BIND)
+    os.mkdir(dev + "/pts")
+    mount("devpts", dev + "/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620")
+    os.mkdir(dev + "/shm")
+    mount("tmpfs", dev + "/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    for name, target in DEV_LINKS.items():
+        os.symlink(target, f"{dev}/{name}")
+    mount(None, dev, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NOEXEC)
+
+
+def build_root(spec: dict) -> None:  # type: ignore[type-arg]
+    """The agent's view of the machine, mounted at spec["root"]; see the module docstring."""
+    root = spec["root"]
+    mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing done here reaches the host's mounts
+    mount("/", root, None, MS_BIND | MS_REC)
+    read_only(root)
+    for scratch in ("/tmp", "/var/tmp", "/run"):
+        if os.path.isdir(root + scratch):
+            mount("tmpfs", root + scratch, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777" if scratch != "/run" else "mode=0755")
+    build_dev(root)
+    workspace = spec.get("workspace")
+    if workspace:
+        _mount_point(root + workspace, True)  # a workspace under /tmp needs its mount point in the new /tmp
+        os.chdir(spec["run_dir"])  # relative layer paths: no escaping of ',' or ':' in the person's paths
+        mount("overlay", root + workspace, "overlay", MS_NOSUID,
+              f"lowerdir={_escape(workspace)},upperdir=upper,workdir=work,userxattr")
+    for path in spec["protect"]:  # inside the workspace: the host's own files, read-only
+        if _lexists(root + path):
+            mount(path, root + path, None, MS_BIND | MS_REC)
+            read_only(root + path)
+    empty = spec["run_dir"] + "/empty"
+    covered: list[str] = []
+    for path in sorted(spec["hide"], key=len):
+        target = root + path
+        if any(target.startswith(done + "/") for done in covered) or os.path.islink(path):
+            continue  # inside a directory already hidden
+        is_dir = os.path.isdir(path)
+        if not _lexists(target):
+            try:  # under a scratch directory of the jail's: hidden all the same, so the agent cannot fill it
+                _mount_point(target, is_dir)
+            except OSError:
+                continue  # under a read-only directory: not in this view at all
+        if is_dir:
+            mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0755,size=64k")
+            covered.append(target)
+        else:
+            mount(empty, target, None, MS_BIND)
+            read_only(target, recursive=False)
+    for path in spec["reveal"]:  # the CA certificate and allowed sockets: the host's, read-only, at their paths
+        if _lexists(path):
+            _mount_point(root + path, os.path.isdir(path))
+            mount(path, root + path, None, MS_BIND)
+            read_only(root + path, recursive=False)
+    for target in covered:
+        read_only(target, recursive=False)
+    for path in spec["sockets"]:  # host Unix sockets still in view: covered by an empty file
+        target = root + path
+        try:
+            if stat.S_ISSOCK(os.lstat(target).st_mode):
+                mount(empty, target, None, MS_BIND)
+                read_only(target, recursive=False)
+        except OSError:
+            continue
+    mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    os.chdir(root)
+    _check(_syscall("pivot_root", b".", b"."), "pivot_root")
+    _check(libc.umount2(b".", MNT_DETACH), "detaching the host's root")
+    os.chdir("/")
+
+
+def _escape(path: str) -> str:
+    return path.replace("\\", "\\\\").replace(",", "\\,").replace(":", "\\:")
+
+
+def lock_and_drop(uid: int, gid: int) -> None:
+    """A second user and mount namespace: every mount made above becomes locked to the agent."""
+    unshare(CLONE_NEWUSER | CLONE_NEWNS, "locking the jail's mounts")
+    map_ids(uid, gid)
+
+
+def drop_privileges() -> None:
+    """No capability now or after exec, and no way to gain one (set-id files, file capabilities)."""
+    for cap in range(64):
+        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and ctypes.get_errno() == 22:  # EINVAL: past the last cap
+            break
+    _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "setting no_new_privs")
+
+
+def run_init(spec: dict, report: int, uid: int, gid: int) -> int:  # type: ignore[type-arg]
+    """PID 1 of the jail: build the view, report, start the command, pass on signals, return its wait status."""
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    try:
+        _syscall("keyctl", KEYCTL_JOIN_SESSION_KEYRING, None)  # not the person's session keyring
+        build_root(spec)
+        libc.sethostname(b"goex-jail", 9)
+        lock_and_drop(uid, gid)
+        os.chdir(spec["cwd"])
+    except (SetupError, OSError) as exc:
+        os.write(report, f"error: {exc}".encode())
+        return 125 << 8
+    os.write(report, b"ok")
+    os.close(report)
+    command = spec["command"]
+    child = os.fork()
+    if child == 0:
+        try:
+            os.setsid()
+            for sig in FORWARDED:
+                signal.signal(sig, signal.SIG_DFL)
+            drop_privileges()
+            os.execvp(command[0], command)
+        except (OSError, SetupError) as exc:
+            sys.stderr.write(f"goex-proxy: cannot run {command[0]!r}: {getattr(exc, 'strerror', None) or exc}\n")
+            os._exit(127 if isinstance(exc, FileNotFoundError) else 126)
+    for sig in FORWARDED:
+        signal.signal(sig, lambda signum, _frame: _signal_group(child, signum))
+    while True:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            return 0
+        except InterruptedError:
+            continue
+        if pid == child:
+            return status
+
+
+def _signal_group(leader: int, signum: int) -> None:
+    try:
+        os.killpg(leader, signum)
+    except ProcessLookupError:
+        pass
+
+
+def receive_spec(channel: socket.socket) -> dict:  # type: ignore[type-arg]
+    head = _recv_exactly(channel, 4)
+    return json.loads(_recv_exactly(channel, struct.unpack("!I", head)[0]))  # type: ignore[no-any-return]
+
+
+def _recv_exactly(channel: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = channel.recv(n - len(data))
+        if not chunk:
+            raise SetupError("the parent closed the channel")
+        data += chunk
+    return data
+
+
+def main(argv: list[str]) -> int:
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    channel = socket.socket(fileno=int(argv[1]))
+    uid, gid = os.geteuid(), os.getegid()
+    try:
+        spec = receive_spec(channel)
+        unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS,
+                "making the jail's namespaces")
+        map_ids(uid, gid)
         loopback_up()
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", port))
+        listener.bind(("127.0.0.1", spec["port"]))
         listener.listen(128)
-    except OSError as exc:
-        channel.sendall(f"error: {exc.strerror or exc}".encode())
+    except (SetupError, OSError, ValueError) as exc:
+        channel.sendall(f"error: {getattr(exc, 'strerror', None) or exc}".encode())
+        return 125
+    for sig in FORWARDED:
+        signal.signal(sig, signal.SIG_IGN)  # until the init is there to pass them on
+    read_end, write_end = os.pipe()
+    init = os.fork()
+    if init == 0:
+        os.close(read_end)
+        listener.close()
+        channel.close()
+        status = run_init(spec, write_end, uid, gid)
+        os._exit(_exit_code(status))
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reply:
+        message = reply.read()
+    if message != b"ok":
+        channel.sendall(message or b"error: the jail's init ended before it was set up")
+        os.waitpid(init, 0)
         return 125
     socket.send_fds(channel, [b"ok"], [listener.fileno()])
     listener.close()
     channel.close()
-    try:
-        os.execvp(command[0], command)
-    except OSError as exc:
-        sys.stderr.write(f"goex-proxy: cannot run {command[0]!r}: {exc.strerror or exc}\n")
-        return 127 if isinstance(exc, FileNotFoundError) else 126
+    for sig in FORWARDED:
+        signal.signal(sig, lambda signum, _frame: os.kill(init, signum))
+    while True:
+        try:
+            _, status = os.waitpid(init, 0)
+            break
+        except InterruptedError:
+            continue
+    return _exit_code(status)
+
+
+def _exit_code(status: int) -> int:
+    """The command's wait status as an exit code: a signal's death is 128 + its number, as shells report it."""
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status) if os.WIFEXITED(status) else 125
 
 
 if __name__ == "__main__":

@@ -1,0 +1,292 @@
+"""A jailed run's file changes: its layer in the state directory, its record in the audit database, and what the person
+decides about it (keep, undo, or discard what was never applied)."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import sqlite3
+import stat
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import audit
+from ..audit import RequestIds
+from ..config import Config
+from ..errors import GoexError, NotFound
+from . import workspace as tree
+from .changes import Change, Entry, entry_at, read_layer
+
+#: States of a recorded run: its changes wait for the person, were applied, were taken back, or were dropped unapplied.
+PENDING, KEPT, UNDONE, DISCARDED = "pending", "kept", "undone", "discarded"
+_ENTRY_FIELDS = ("kind", "mode", "size", "sha256", "target")
+new_run_id = RequestIds().new
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Where a run's copy-on-write layer lives while it runs and until the person decides (hidden from every jail)."""
+
+    id: str
+    path: Path
+
+    @property
+    def upper(self) -> Path:
+        return self.path / "upper"
+
+    @property
+    def store(self) -> Path:
+        """What each changed path held before the run, once the run is kept (for undo)."""
+        return self.path / "before"
+
+
+def runs_root(config: Config) -> Path:
+    return config.state_dir / "runs"
+
+
+def new_run_dir(config: Config) -> RunDir:
+    """A fresh run directory: the overlay's upper and work directories, the new root's mount point, an empty file."""
+    run_id = new_run_id()
+    run = RunDir(run_id, runs_root(config) / run_id)
+    try:
+        runs_root(config).mkdir(mode=0o700, exist_ok=True)
+        run.path.mkdir(mode=0o700)
+        for name in ("upper", "work", "root"):
+            (run.path / name).mkdir()
+        fd = os.open(run.path / "empty", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+        os.close(fd)
+    except OSError as exc:
+        raise GoexError(f"cannot make the run directory {run.path}: {exc.strerror or exc}") from None
+    return run
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a run's directory, including the overlay work directory its kernel left unreadable."""
+    def unlock(func: Any, failed: str, _exc: Any) -> None:
+        parent = os.path.dirname(failed)
+        os.chmod(parent, stat.S_IRWXU)
+        with contextlib.suppress(OSError):
+            os.chmod(failed, stat.S_IRWXU)
+        func(failed)
+
+    if path.exists():
+        shutil.rmtree(path, onerror=unlock)
+
+
+@dataclass(frozen=True)
+class Run:
+    """A recorded run and its changes."""
+
+    id: str
+    agent: str
+    ts: float
+    ended: float
+    workspace: str
+    command: list[str]
+    exit_code: int | None
+    state: str
+    changes: tuple[Change, ...]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        out = {"added": 0, "changed": 0, "deleted": 0}
+        for c in self.changes:
+            out[c.action] += 1
+        return out
+
+
+def finish(config: Config, run: RunDir, agent: str, workspace: str, command: list[str], started: float,
+           exit_code: int | None, apply: bool) -> Run | None:
+    """After the jail ended: read what the run changed and record it; apply it to the workspace when `apply`, else hold
+    it for review. None (and the layer removed) when it changed nothing."""
+    try:
+        changes = read_layer(run.upper, Path(workspace))
+    except OSError as exc:
+        raise GoexError(f"cannot read run {run.id}'s changes in {run.upper}: {exc.strerror or exc}; they stay there"
+                        ) from None
+    if not changes:
+        remove_tree(run.path)
+        return None
+    conn = audit.open_db(config.audit_db)
+    try:
+        with conn:
+            conn.execute("INSERT INTO file_runs (id, agent, ts, ended, workspace, command, exit_code, changes, state) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         (run.id, agent, started, time.time(), workspace, json.dumps(command), exit_code, len(changes),
+                          PENDING))
+            conn.executemany(
+                "INSERT INTO file_changes (run_id, idx, path, action, "
+                + ", ".join(f"{s}_{k}" for s in ("before", "after") for k in _ENTRY_FIELDS)
+                + ") VALUES (?, ?, ?, ?" + ", ?" * 10 + ")",
+                [(run.id, i, _db_path(c.path), c.action, *_entry_row(c.before), *_entry_row(c.after))
+                 for i, c in enumerate(changes)])
+    finally:
+        conn.close()
+    if apply:
+        keep(config, run.id)
+    return load(config, run.id)
+
+
+def _db_path(path: str) -> str | bytes:
+    """A path as the database keeps it: text, or its bytes when it is not UTF-8."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(path)
+    return path
+
+
+def _entry_row(entry: Entry | None) -> tuple[Any, ...]:
+    if entry is None:
+        return (None,) * len(_ENTRY_FIELDS)
+    return tuple(getattr(entry, k) for k in _ENTRY_FIELDS)
+
+
+def _entry(row: sqlite3.Row, side: str) -> Entry | None:
+    if row[f"{side}_kind"] is None:
+        return None
+    return Entry(row[f"{side}_kind"], row[f"{side}_mode"], row[f"{side}_size"], row[f"{side}_sha256"],
+                 row[f"{side}_target"])
+
+
+def _run(conn: sqlite3.Connection, row: sqlite3.Row) -> Run:
+    changes = tuple(
+        Change(os.fsdecode(c["path"]), c["action"], _entry(c, "before"), _entry(c, "after"))
+        for c in conn.execute("SELECT * FROM file_changes WHERE run_id = ? ORDER BY idx", (row["id"],)))
+    return Run(row["id"], row["agent"], row["ts"], row["ended"], row["workspace"], json.loads(row["command"]),
+               row["exit_code"], row["state"], changes)
+
+
+def load(config: Config, run_id: str) -> Run:
+    """The recorded run `run_id`; NotFound if there is none."""
+    conn = _connect(config)
+    try:
+        row = conn.execute("SELECT * FROM file_runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no file run {run_id!r} (see `goex-proxy files list`)")
+        return _run(conn, row)
+    finally:
+        conn.close()
+
+
+def recorded(config: Config, *, agent: str | None = None, since: float | None = None, limit: int | None = 50,
+             states: tuple[str, ...] | None = None) -> list[Run]:
+    """Recorded runs, newest first."""
+    where: list[str] = ["1 = 1"]
+    args: list[Any] = []
+    if agent is not None:
+        where.append("agent = ?")
+        args.append(agent)
+    if since is not None:
+        where.append("ts >= ?")
+        args.append(since)
+    if states is not None:
+        where.append(f"state IN ({', '.join('?' * len(states))})")
+        args.extend(states)
+    sql = f"SELECT * FROM file_runs WHERE {' AND '.join(where)} ORDER BY ts DESC, seq DESC"
+    if limit is not None:
+        sql += f" LIMIT {int(limit)}"
+    conn = _connect(config)
+    try:
+        return [_run(conn, row) for row in conn.execute(sql, args)]
+    finally:
+        conn.close()
+
+
+def contents(config: Config, run: Run) -> list[tuple[bytes | None, bytes | None]]:
+    """For each change, the bytes of its file before and after (None where a side is no file, or is no longer at
+    hand: a pending run's `before` is the workspace's, a kept run's is in its store)."""
+    layer = RunDir(run.id, runs_root(config) / run.id)
+    workspace = Path(run.workspace)
+    out = []
+    for i, change in enumerate(run.changes):
+        if run.state == KEPT:
+            before = _read(layer.store / str(i), change.before) if layer.store.is_dir() else None
+            after = _read_at(workspace, change.path, change.after)
+        elif run.state == PENDING:
+            before = _read_at(workspace, change.path, change.before)
+            after = _read_at(layer.upper, change.path, change.after)
+        else:
+            before, after = _read_at(workspace, change.path, change.before), None
+        out.append((before, after))
+    return out
+
+
+def _read_at(root: Path, rel: str, expected: Entry | None) -> bytes | None:
+    """The file at `rel` under `root` if it is still the file `expected` describes (no symlink followed)."""
+    if expected is None or expected.kind != "file" or entry_at(root, rel) != expected:
+        return None
+    return _read(root / rel, expected)
+
+
+def _read(path: Path, expected: Entry | None) -> bytes | None:
+    if expected is None or expected.kind != "file":
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
+
+
+def _connect(config: Config) -> sqlite3.Connection:
+    conn = audit.open_db(config.audit_db)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+@contextlib.contextmanager
+def _deciding(config: Config, run_id: str, allowed: tuple[str, ...], verb: str) -> Iterator[Run]:
+    """One decision on a run at a time; the run, if its state allows `verb`."""
+    path = runs_root(config) / run_id
+    run = load(config, run_id)
+    lock = None
+    if path.is_dir():
+        lock = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        run = load(config, run_id)  # again, under the lock
+        if run.state not in allowed:
+            raise GoexError(f"run {run_id} is {run.state}: nothing to {verb}")
+        yield run
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
+def _set_state(config: Config, run_id: str, state: str) -> None:
+    conn = audit.open_db(config.audit_db)
+    try:
+        with conn:
+            conn.execute("UPDATE file_runs SET state = ?, decided = ? WHERE id = ?", (state, time.time(), run_id))
+    finally:
+        conn.close()
+
+
+def keep(config: Config, run_id: str, *, force: bool = False) -> Run:
+    """Apply a pending run's changes to its workspace, keeping what each path held before (for undo)."""
+    with _deciding(config, run_id, (PENDING,), "keep") as run:
+        layer = RunDir(run_id, runs_root(config) / run_id)
+        tree.keep(list(run.changes), layer.upper, Path(run.workspace), layer.store, force=force)
+        _set_state(config, run_id, KEPT)
+        for leftover in (layer.upper, layer.path / "work", layer.path / "root"):
+            remove_tree(leftover)
+    return load(config, run_id)
+
+
+def undo(config: Config, run_id: str, *, force: bool = False) -> Run:
+    """Take a run back: restore what a kept run changed, or drop a pending run's changes unapplied."""
+    with _deciding(config, run_id, (PENDING, KEPT), "undo") as run:
+        layer = RunDir(run_id, runs_root(config) / run_id)
+        if run.state == KEPT:
+            tree.undo(list(run.changes), Path(run.workspace), layer.store, force=force)
+        _set_state(config, run_id, UNDONE if run.state == KEPT else DISCARDED)
+    remove_tree(layer.path)
+    return load(config, run_id)

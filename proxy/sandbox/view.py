@@ -1,0 +1,136 @@
+"""What a jail shows the agent: the workspace it may change, the supervisor's files it must never see, the paths it
+may read but not write, the host's Unix sockets it must not reach, and the environment it inherits."""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import Config
+from ..errors import GoexError
+
+#: The person's well-known credential stores, hidden from every jail unless `sandbox.expose` names one.
+CREDENTIAL_STORES = ("~/.ssh", "~/.aws", "~/.config/gcloud", "~/.netrc", "~/.git-credentials", "~/.docker/config.json",
+                     "~/.kube", "~/.config/gh", "~/.gnupg", "~/.pgpass", "~/.azure", "~/.password-store", "~/.pypirc",
+                     "~/.npmrc")
+#: Ordinary variables a jailed command inherits from the person's environment (and LC_*); nothing else but
+#: `sandbox.pass_env` and the agent's own settings.
+INHERITED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TERM", "COLORTERM", "TZ", "NO_COLOR",
+                 "COLUMNS", "LINES")
+#: Directories every jail gets fresh and empty (so their sockets and scratch files are out of view).
+SCRATCH = ("/tmp", "/var/tmp", "/run", "/dev")
+
+
+@dataclass(frozen=True)
+class View:
+    """The paths a jail is built from (all absolute and resolved)."""
+
+    workspace: str
+    cwd: str
+    hide: tuple[str, ...]
+    protect: tuple[str, ...]
+    reveal: tuple[str, ...]
+    sockets: tuple[str, ...]
+
+
+def _real(path: Path | str) -> str:
+    return os.path.realpath(os.path.expanduser(str(path)))
+
+
+def _inside(path: str, parent: str) -> bool:
+    return path == parent or path.startswith(parent.rstrip("/") + "/")
+
+
+def supervisor_paths(config: Config) -> list[str]:
+    """Every file of goex-proxy's own the agent must neither read nor write: the state directory (vault, its key, the
+    CA's key, the audit database, run layers), the config, every policy and undo pack, the audit database wherever it
+    is."""
+    paths = [config.state_dir, config.file, *(p.path for p in config.policies), *config.undo_packs]
+    db = config.audit_db
+    paths += [db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm"), db.with_name(db.name + "-journal")]
+    return sorted({_real(p) for p in paths if os.path.lexists(p)})
+
+
+def python_paths() -> list[str]:
+    """The Python environment goex-proxy runs from and its own code: read-only in every jail."""
+    from .. import __file__ as package_file
+
+    candidates = [sys.prefix, sys.exec_prefix, sys.base_prefix, os.path.dirname(package_file)]
+    # sys.path[0] is the directory of the script or, under `python -m`, the current directory: not an environment.
+    candidates += [p for p in sys.path[1:] if p and os.path.isdir(p)]
+    for name in ("goex_proxy.addons", "goex_proxy.policies"):
+        module = sys.modules.get(name)
+        if module is not None and getattr(module, "__file__", None):
+            candidates.append(os.path.dirname(str(module.__file__)))
+    return sorted({_real(p) for p in candidates})
+
+
+def host_sockets() -> list[str]:
+    """Paths of the Unix sockets bound in this network namespace (the host's), from /proc/net/unix."""
+    try:
+        with open("/proc/net/unix", encoding="utf-8", errors="surrogateescape") as f:
+            lines = f.read().splitlines()[1:]
+    except OSError:
+        return []
+    found = set()
+    for line in lines:
+        fields = line.split(None, 7)
+        if len(fields) == 8 and fields[7].startswith("/"):
+            found.add(fields[7])
+    return sorted(found)
+
+
+def view_for(config: Config, workspace: Path, cwd: Path) -> View:
+    """The view of a jail on `workspace`; a GoexError saying why when that workspace cannot be one."""
+    ws = _real(workspace)
+    if not os.path.isdir(ws):
+        raise GoexError(f"the workspace {workspace} is not a directory")
+    supervisor = supervisor_paths(config)
+    exposed = {_real(p) for p in config.sandbox.expose}
+    stores = [_real(p) for p in CREDENTIAL_STORES] + [_real(p) for p in config.sandbox.hide]
+    hidden = sorted({p for p in stores if p not in exposed and os.path.lexists(p)} | set(supervisor))
+    python = python_paths()
+    if ws == "/":
+        raise GoexError("the workspace cannot be / : run from (or pass --workspace) the project directory the agent "
+                        "may change")
+    for path in hidden:
+        if _inside(ws, path):
+            raise GoexError(f"the workspace {ws} is inside {path}, which jails hide (goex-proxy's own files or a "
+                            "credential store); choose another --workspace")
+    for path in python:
+        if _inside(ws, path):
+            raise GoexError(f"the workspace {ws} is inside goex-proxy's own Python environment {path}; choose "
+                            "another --workspace")
+    for scratch in SCRATCH[1:]:
+        if _inside(ws, scratch):
+            raise GoexError(f"the workspace {ws} is under {scratch}, which every jail replaces; choose another "
+                            "--workspace")
+    here = _real(cwd)
+    ca = _real(config.ca_cert)
+    allowed = {_real(p) for p in config.sandbox.allow_sockets}
+    sockets = [s for s in host_sockets() if s not in allowed and not any(_inside(s, d) for d in SCRATCH)
+               and not any(_inside(s, h) for h in hidden)]
+    return View(
+        workspace=ws,
+        cwd=here if _inside(here, ws) else ws,
+        hide=tuple(hidden),
+        protect=tuple(p for p in python if _inside(p, ws)),
+        reveal=tuple([ca] + sorted(p for p in allowed if _is_socket(p))),
+        sockets=tuple(sockets),
+    )
+
+
+def _is_socket(path: str) -> bool:
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def jail_env(base: dict[str, str], config: Config) -> dict[str, str]:
+    """The part of the person's environment a jailed command inherits: ordinary variables and `sandbox.pass_env`."""
+    keep = set(INHERITED_ENV) | set(config.sandbox.pass_env)
+    return {k: v for k, v in base.items() if k in keep or k.startswith("LC_")}
