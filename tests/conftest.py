@@ -166,7 +166,8 @@ class GoexProxy:
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         head, rest = args[0], args[1:]
-        if head in ("policy", "log", "secrets") and rest and rest[0] in ("check", "test", "verify", "set", "list", "rm"):
+        if head in ("policy", "log", "secrets", "files") and rest and rest[0] in (
+                "check", "test", "verify", "set", "list", "rm", "diff", "keep", "undo"):
             return self.run_cli(head, rest[0], "--config", str(self.config), *rest[1:])
         return self.run_cli(head, "--config", str(self.config), *rest)
 

@@ -104,6 +104,47 @@ def test_the_code_runs_jailed_and_undoing_all_restores_the_service(proxy, fake, 
     assert fake.chat_requests()[0].header("authorization") == f"Bearer {LLM_KEY}"
 
 
+def post_and_write_code(channel: str) -> str:
+    """A program that posts a message and writes a file in its workspace (and edits one that was there)."""
+    return post_code(channel).replace("```python\n", "```python\nopen('joke.txt', 'w').write('the joke\\n')\n"
+                                       "open('notes.txt', 'a').write('told a joke\\n')\n", 1)
+
+
+def test_files_and_requests_are_shown_together_and_undo_all_takes_back_both(proxy, fake, upstream, tmp_path):
+    """The program posts to Slack and writes files: its file changes are held (not in the workspace) while the
+    person looks, shown with its requests, and "undo all" deletes the message and drops the files."""
+    workspace = tmp_path / "project"
+    workspace.mkdir()
+    (workspace / "notes.txt").write_text("my notes\n")
+    fake.script(post_and_write_code("C0BOTS"))
+    r = execute(proxy, "--yes", "--then", "undo", "--workspace", str(workspace))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "it changed 2 path(s)" in r.stdout
+    assert "added    joke.txt" in r.stdout and "changed  notes.txt" in r.stdout
+    assert "dropped the file changes of run" in r.stdout
+    assert upstream.state.slack_calls == ["chat.postMessage", "chat.delete"] and upstream.state.slack_messages == {}
+    assert sorted(p.name for p in workspace.iterdir()) == ["notes.txt"]
+    assert (workspace / "notes.txt").read_text() == "my notes\n"
+    [run] = json.loads(proxy.cli("files", "list", "--json").stdout)
+    assert run["state"] == "discarded" and run["agent"] == "slackbot"
+
+
+def test_keeping_applies_the_held_files(proxy, fake, upstream, tmp_path):
+    """"keep" applies the program's file changes to the workspace, and `files undo` can still take them back."""
+    workspace = tmp_path / "project"
+    workspace.mkdir()
+    (workspace / "notes.txt").write_text("my notes\n")
+    fake.script(post_and_write_code("C0BOTS"))
+    r = execute(proxy, "--yes", "--then", "keep", "--workspace", str(workspace))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (workspace / "joke.txt").read_text() == "the joke\n"
+    assert (workspace / "notes.txt").read_text() == "my notes\ntold a joke\n"
+    [run] = json.loads(proxy.cli("files", "list", "--json").stdout)
+    assert run["state"] == "kept"
+    assert proxy.cli("files", "undo", run["id"]).returncode == 0
+    assert sorted(p.name for p in workspace.iterdir()) == ["notes.txt"]
+
+
 def test_a_denial_goes_back_to_the_model_and_the_revision_succeeds(proxy, fake, upstream):
     fake.script(post_code("C0RANDOM"), post_code("C0BOTS"))
     r = execute(proxy, "--yes", "--retry", "2", "--then", "keep")

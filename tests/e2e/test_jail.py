@@ -135,47 +135,65 @@ def test_a_missing_command_or_unknown_agent_runs_nothing(proxy):
 
 
 def test_the_jail_needs_no_privilege(tmp_path):
-    """As an unprivileged user (nobody), the jail's first process still gets its own namespaces: the command keeps
-    its uid and reaches nothing on this machine's loopback."""
+    """As an unprivileged user (nobody), the jail's first process still makes all its namespaces and mounts: the
+    command keeps its uid, reaches nothing on this machine's loopback, sees only its own processes, and its writes to
+    the workspace land in the run's layer."""
     import socket
+    import struct
 
     assert Path(SYSTEM_PYTHON).exists(), "a Python any user may run, for the jail's first process"
-    if os.geteuid() != 0:
-        user = []
-    else:
-        user = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
-    init_dir = Path(tempfile.mkdtemp(prefix="goex-jailinit-"))
+    nobody = os.geteuid() == 0
+    user = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"] if nobody else []
+    run_dir = Path(tempfile.mkdtemp(prefix="goex-jailinit-"))
     try:
-        init = init_dir / "jailinit.py"
-        shutil.copy(Path(__file__).parents[2] / "proxy" / "jailinit.py", init)
-        init_dir.chmod(0o755)
-        init.chmod(0o644)
+        init = run_dir / "jailinit.py"
+        shutil.copy(Path(__file__).parents[2] / "proxy" / "sandbox" / "jailinit.py", init)
+        for name in ("root", "upper", "work", "ws"):
+            (run_dir / name).mkdir()
+        (run_dir / "empty").touch()
+        if nobody:
+            for path in [run_dir, *run_dir.iterdir()]:
+                os.chown(path, 65534, 65534)
         with socket.create_server(("127.0.0.1", 0)) as host_listener:
             port = host_listener.getsockname()[1]
+            script = (f"id -u; set -- /proc/[0-9]*; echo $#; touch written; python3 -c \"import socket; "
+                      f"socket.create_connection(('127.0.0.1', {port}), timeout=2)\" 2>/dev/null && echo reached "
+                      "|| echo blocked")
+            spec = {"port": 8123, "root": str(run_dir / "root"), "run_dir": str(run_dir), "workspace": str(run_dir / "ws"),
+                    "cwd": str(run_dir / "ws"), "hide": [], "protect": [], "reveal": [], "sockets": [],
+                    "command": ["sh", "-c", script]}
             ours, theirs = socket.socketpair()
-            script = (f"id -u; python3 -c \"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=2)\""
-                      " 2>/dev/null && echo reached || echo blocked")
-            p = subprocess.Popen([*user, SYSTEM_PYTHON, "-I", str(init), str(theirs.fileno()), "8123", "--", "sh",
-                                  "-c", script], pass_fds=(theirs.fileno(),), stdout=subprocess.PIPE, text=True,
+            p = subprocess.Popen([*user, SYSTEM_PYTHON, "-I", "-S", str(init), str(theirs.fileno())],
+                                 pass_fds=(theirs.fileno(),), stdout=subprocess.PIPE, text=True,
                                  env={"PATH": "/usr/bin:/bin"})
             theirs.close()
-            message, fds, _, _ = socket.recv_fds(ours, 100, 1)
+            payload = json.dumps(spec).encode()
+            ours.sendall(struct.pack("!I", len(payload)) + payload)
+            message, fds, _, _ = socket.recv_fds(ours, 4096, 1)
             for fd in fds:
                 os.close(fd)
             out, _ = p.communicate(timeout=30)
+        assert message == b"ok" and len(fds) == 1, message
+        assert out.split() == [str(65534 if nobody else os.geteuid()), "2", "blocked"]
+        assert (run_dir / "upper" / "written").exists() and not (run_dir / "ws" / "written").exists()
     finally:
-        shutil.rmtree(init_dir)
-    assert message == b"ok" and len(fds) == 1
-    assert out.split() == [str(65534 if user else os.geteuid()), "blocked"]
+        subprocess.run(["chmod", "-R", "u+rwx", str(run_dir)], check=False)
+        shutil.rmtree(run_dir)
 
 
 def test_doctor_passes_in_a_jail_and_fails_outside(proxy):
+    """doctor's network and sandbox checks all pass in a jail; outside one, the ways around the proxy are found."""
     inside = proxy.cli("doctor", "--agent", "mailbot", "--json")
     assert inside.returncode == 0, inside.stdout + inside.stderr
     results = json.loads(inside.stdout)
     assert {r["check"] for r in results} >= {"proxy path, HTTP", "proxy path, HTTPS with the CA",
                                              "direct TCP to this machine", "DNS lookup", "raw socket", "IPv6",
-                                             "HTTP ignoring the proxy settings (--noproxy)"}
+                                             "HTTP ignoring the proxy settings (--noproxy)",
+                                             "goex-proxy's state directory out of sight",
+                                             "config, vault, vault key, CA key, audit database unreadable",
+                                             "config and policy files unwritable", "processes outside the jail invisible",
+                                             "a host Unix socket unreachable", "a write outside the workspace refused",
+                                             "a write in the workspace held until kept"}
     assert all(r["ok"] for r in results), results
     outside = proxy.cli("doctor", "--agent", "mailbot", "--no-jail", "--json")
     assert outside.returncode == 1

@@ -46,6 +46,9 @@ def test_example_config_is_valid() -> None:
     ("llm: {base_url: api.openai.com, model: m}\n", "'llm.base_url' must be an http(s) URL"),
     ("llm: {base_url: 'http://x/v1', model: m, api_key: sk-proj-123}\n", "'llm.api_key' looks like a key itself"),
     ("llm: {base_url: 'http://x/v1', model: m, timeout: 0s}\n", "'llm.timeout' must be a duration"),
+    ("sandbox: {hide: 5}\n", "'sandbox.hide' must be a string or a list of strings"),
+    ("sandbox: {pass_env: [OK, 'no good']}\n", "'sandbox.pass_env' entry 'no good' is not a variable name"),
+    ("sandbox: {mounts: []}\n", "unknown key 'mounts'"),
 ])
 def test_mistakes_are_located(tmp_path: Path, text: str, message: str) -> None:
     """Each mistake is an error with the file and line, naming what is wrong."""

@@ -1,0 +1,401 @@
+"""The jail owns the agent's view of the machine: a jailed attacker reaches none of goex-proxy's files, processes or
+the person's secrets; a run's file changes are recorded, reviewed, kept and undone byte for byte."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import stat
+import subprocess
+import sys
+import tempfile
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import GITHUB_POLICY, GITHUB_URL, GOEX
+
+pytestmark = pytest.mark.e2e
+
+SECRET_CANARY = "xoxb-SANDBOX-CANARY-5f1e"
+CREDENTIAL = """credentials:
+  github:
+    secret: github-token
+    hosts: [api.github.com]
+    inject: {header: Authorization, value: "Bearer {secret}"}
+    env: GITHUB_TOKEN
+"""
+
+
+def listing(root: Path) -> dict[str, tuple]:
+    """Every path under root: kind, permission bits, sha256 of a file's bytes or a symlink's target."""
+    out: dict[str, tuple] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath, name)
+            st = path.lstat()
+            rel = str(path.relative_to(root))
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = ("symlink", os.readlink(path))
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = ("dir", stat.S_IMODE(st.st_mode))
+            else:
+                out[rel] = ("file", stat.S_IMODE(st.st_mode), hashlib.sha256(path.read_bytes()).hexdigest())
+    return out
+
+
+@pytest.fixture
+def outside() -> Iterator[Path]:
+    """A directory outside /tmp (which every jail replaces), so that what a test puts there is in the jail's view."""
+    base = Path.home() / ".cache"
+    base.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix="goex-sandbox-test-", dir=base))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def run_exec(proxy, workspace: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 90
+             ) -> subprocess.CompletedProcess[str]:
+    """`goex-proxy exec` (jailed by default) from inside `workspace`, as a person would type it there."""
+    return subprocess.run([*GOEX, "exec", "--config", str(proxy.config), "--agent", "mailbot", *args],
+                          env=env or proxy.env, cwd=workspace, capture_output=True, text=True, timeout=timeout)
+
+
+ATTACKER = r'''
+import ctypes, json, os, resource, signal, socket, sys, site
+spec = json.loads(sys.argv[1])
+results = {}
+
+def attempt(name, act):
+    try:
+        got = act()
+    except (OSError, ValueError) as exc:
+        results[name] = "blocked: " + type(exc).__name__
+        return
+    results[name] = "blocked: empty" if got in (b"", None, [], "") else "GOT THROUGH: " + repr(got)[:200]
+
+def read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+def append(path):
+    with open(path, "ab") as f:
+        f.write(b"\n# written by the agent\n")
+    return "appended"
+
+for path in spec["secret_files"]:
+    attempt("read " + path, lambda p=path: read(p))
+for path in spec["config_files"]:
+    attempt("write " + path, lambda p=path: append(p))
+attempt("list the state directory", lambda: [n for n in os.listdir(spec["state_dir"]) if not n.endswith("-cert.pem")])
+pids = [p for p in os.listdir("/proc") if p.isdigit()]
+for pid in pids:
+    attempt(f"/proc/{pid}/root vault key", lambda p=pid: read(f"/proc/{p}/root{spec['state_dir']}/vault.key"))
+    attempt(f"/proc/{pid}/environ", lambda p=pid: [v for v in read(f"/proc/{p}/environ").split(b"\0")
+                                                   if spec["canary"].encode() in v or b"PERSONAL_VAR" in v])
+    def fds(p=pid):
+        found = []
+        for fd in os.listdir(f"/proc/{p}/fd"):
+            target = os.readlink(f"/proc/{p}/fd/{fd}")
+            if target.startswith(spec["state_dir"]) or target == spec["config"]:
+                found.append(read(f"/proc/{p}/fd/{fd}"))
+        return [x for x in found if x]
+    attempt(f"/proc/{pid}/fd", fds)
+attempt("a symlink planted before the run", lambda: read("planted-link"))
+def new_link():
+    os.symlink(spec["state_dir"] + "/vault.key", "agent-link")
+    return read("agent-link")
+attempt("a symlink made in the run", new_link)
+def hard_link():
+    os.link(spec["state_dir"] + "/vault.key", "agent-hardlink")
+    return read("agent-hardlink")
+attempt("a hard link", hard_link)
+libc = ctypes.CDLL(None, use_errno=True)
+for pid in spec["outside_pids"]:
+    def ptrace(p=pid):
+        if libc.ptrace(16, p, None, None) != 0:  # PTRACE_ATTACH
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+        return "attached"
+    attempt(f"ptrace {pid}", ptrace)
+    attempt(f"SIGSTOP {pid}", lambda p=pid: os.kill(p, signal.SIGSTOP) or "stopped")
+    attempt(f"prlimit {pid}", lambda p=pid: resource.prlimit(p, resource.RLIMIT_CORE, (-1, -1)) and "raised")
+for directory in sorted(set(site.getsitepackages() + [p for p in sys.path if p.endswith("site-packages")])):
+    def pth(d=directory):
+        with open(os.path.join(d, "zz-agent.pth"), "w") as f:
+            f.write("import os; os.system('touch /tmp/owned')\n")
+        return "written"
+    attempt("a .pth in " + directory, pth)
+for path in spec["sockets"]:
+    def connect(p=path):
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(2)
+            s.connect(p)
+            return "connected"
+    attempt("connect to " + path, connect)
+attempt("the person's variables", lambda: [k for k in os.environ if k in ("PERSONAL_VAR", spec["canary_env"])])
+for path in spec["hidden"]:
+    attempt("read " + path, lambda p=path: read(p))
+for directory in spec["outside"]:
+    def write(d=directory):
+        with open(os.path.join(d, "agent-was-here"), "w") as f:
+            f.write("x")
+        return "written"
+    attempt("write in " + directory, write)
+print(json.dumps(results))
+'''
+
+
+def test_a_jailed_attacker_reaches_nothing_of_the_supervisor_or_the_person(make_proxy, upstream, outside):
+    """Every way a red team found into the supervisor's files, processes, secrets and the person's credential stores
+    and sockets fails from inside the jail; the proxy's files are byte-identical afterwards, its policy unchanged, and
+    it still serves another agent."""
+    proxy = make_proxy(GITHUB_POLICY, start=False, extra_config=CREDENTIAL + "sandbox:\n  pass_env: [SAFE_VAR]\n")
+    stored = proxy.run_cli("secrets", "set", "--config", str(proxy.config), "github-token",
+                           input=SECRET_CANARY.encode())
+    assert stored.returncode == 0, stored.stderr
+    proxy.start()
+    home = outside / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id_ed25519").write_text("PRIVATE KEY OF THE PERSON\n")
+    (home / ".aws").mkdir()
+    (home / ".aws" / "credentials").write_text("[default]\naws_secret_access_key = PERSON-AWS-SECRET\n")
+    (home / ".netrc").write_text("machine example.com password PERSON-NETRC\n")
+    workspace = outside / "ws"
+    workspace.mkdir()
+    os.symlink(proxy.home / "vault.key", workspace / "planted-link")
+    sock_path = outside / "host.sock"
+    ws_sock = workspace / "ws.sock"
+    listeners = []
+    for path in (sock_path, ws_sock):
+        s = socket.socket(socket.AF_UNIX)
+        s.bind(str(path))
+        s.listen(5)
+        listeners.append(s)
+    supervisor = [proxy.home / n for n in ("vault.key", "vault.json", "mitmproxy-ca.pem", "config.yaml",
+                                           "policies/github.yaml")]
+    before = {p: p.read_bytes() for p in supervisor}
+    spec = {"state_dir": str(proxy.home), "config": str(proxy.config),
+            "secret_files": [str(p) for p in supervisor + [proxy.home / "audit.db"]],
+            "config_files": [str(proxy.config), str(proxy.home / "policies" / "github.yaml"),
+                             str(proxy.home / "audit.db")],
+            "outside_pids": [proxy.proc.pid, os.getpid()], "canary": SECRET_CANARY, "canary_env": "GOEX_PROXY_KEY",
+            "sockets": [str(sock_path), str(ws_sock)],
+            "hidden": [str(home / ".ssh" / "id_ed25519"), str(home / ".aws" / "credentials"), str(home / ".netrc")],
+            "outside": [str(home), "/etc", "/usr/local", sys.prefix, str(proxy.home)]}
+    env = {**proxy.env, "HOME": str(home), "PERSONAL_VAR": "leak-me", "SAFE_VAR": "passed",
+           "GOEX_PROXY_KEY": SECRET_CANARY}
+    try:
+        r = run_exec(proxy, workspace, "--", sys.executable, "-c", ATTACKER, json.dumps(spec), env=env)
+        env_seen = run_exec(proxy, workspace, "--", "sh", "-c", "echo $SAFE_VAR $PERSONAL_VAR", env=env)
+    finally:
+        for s in listeners:
+            s.close()
+    assert r.returncode == 0, r.stderr
+    results = json.loads(r.stdout)
+    assert len(results) > 30, results
+    through = {name: outcome for name, outcome in results.items() if not outcome.startswith("blocked")}
+    assert through == {}
+    assert env_seen.stdout.split() == ["passed"]
+    assert {p: p.read_bytes() for p in supervisor} == before
+    assert not Path("/tmp/owned").exists()
+    assert proxy.cli("log", "verify").returncode == 0
+    for site_dir in {p for p in sys.path if p.endswith("site-packages")}:
+        assert not (Path(site_dir) / "zz-agent.pth").exists()
+    # The proxy was neither stopped nor killed, and still serves: another agent's requests go through.
+    for _ in range(20):
+        ok = proxy.run_cli("exec", "--no-jail", "--config", str(proxy.config), "--agent", "slackbot", "--", "curl",
+                           "-sS", "-o", "/dev/null", "-w", "%{http_code}", GITHUB_URL)
+        assert ok.stdout == "200", ok.stderr
+    assert proxy.proc.poll() is None
+
+
+SETUP = """
+printf 'first\\n' > a.txt
+printf 'second\\n' > b.txt
+mkdir -p dir/sub old
+printf 'x\\n' > dir/x
+printf 'deep\\n' > dir/sub/deep
+printf 'gone\\n' > old/one
+printf '#!/bin/sh\\necho hi\\n' > script.sh
+ln -s a.txt link
+"""
+CHANGES = """
+printf 'first, edited\\n' > a.txt
+rm b.txt
+mv dir/x dir/y
+chmod 755 script.sh
+ln -s script.sh new-link
+ln -sf b.txt link
+rm -r old
+mkdir -p n/m && printf 'new\\n' > n/m/file
+printf 'first\\n' > same.txt && mv same.txt unchanged-rewrite && rm unchanged-rewrite
+python3 -c "import sqlite3; c = sqlite3.connect('data.db'); c.execute('create table t (x)'); \\
+c.execute(\\"insert into t values ('kept')\\"); c.commit()"
+"""
+EXPECTED = {("a.txt", "changed"), ("b.txt", "deleted"), ("dir/x", "deleted"), ("dir/y", "added"),
+            ("script.sh", "changed"), ("new-link", "added"), ("link", "changed"), ("old", "deleted"),
+            ("old/one", "deleted"), ("n", "added"), ("n/m", "added"), ("n/m/file", "added"), ("data.db", "added")}
+
+
+@pytest.fixture
+def proxy(make_proxy):
+    return make_proxy(GITHUB_POLICY)
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    subprocess.run(["sh", "-c", SETUP], cwd=ws, check=True)
+    return ws
+
+
+def test_a_held_run_is_diffed_kept_and_undone_byte_for_byte(proxy, workspace, tmp_path):
+    """A run that creates, edits, deletes, renames, chmods and symlinks files and makes a SQLite database, with
+    --files review: nothing reaches the workspace; `files diff` lists exactly those changes; `files keep` makes the
+    workspace what the same script makes outside a jail; `files undo` gives back the tree from before."""
+    original = listing(workspace)
+    expected_tree = tmp_path / "expected"
+    shutil.copytree(workspace, expected_tree, symlinks=True)
+    subprocess.run(["sh", "-c", CHANGES], cwd=expected_tree, check=True)
+
+    r = run_exec(proxy, workspace, "--files", "review", "--", "sh", "-c", CHANGES)
+    assert r.returncode == 0, r.stderr
+    assert listing(workspace) == original
+    [run] = json.loads(proxy.cli("files", "list", "--json").stdout)
+    assert run["state"] == "pending" and run["agent"] == "mailbot" and run["workspace"] == str(workspace)
+    assert f"held for review: `goex-proxy files diff {run['id']}`" in r.stderr
+
+    diff = json.loads(proxy.cli("files", "diff", run["id"], "--json").stdout)
+    assert {(c["path"], c["action"]) for c in diff["changes"]} == EXPECTED
+    by_path = {c["path"]: c for c in diff["changes"]}
+    assert by_path["script.sh"]["before"]["mode"] == 0o644 and by_path["script.sh"]["after"]["mode"] == 0o755
+    assert by_path["link"]["after"]["target"] == "b.txt"
+    assert "-first\n+first, edited\n" in by_path["a.txt"]["diff"]
+    text = proxy.cli("files", "diff", run["id"]).stdout
+    assert "changed  script.sh  (mode 644 → 755)" in text and "deleted  b.txt" in text
+
+    kept = proxy.cli("files", "keep", run["id"])
+    assert kept.returncode == 0, kept.stderr
+    after = listing(workspace)
+    expected = listing(expected_tree)
+    assert {k: v for k, v in after.items() if k != "data.db"} == {k: v for k, v in expected.items() if k != "data.db"}
+    with sqlite3.connect(workspace / "data.db") as db:
+        assert db.execute("select x from t").fetchall() == [("kept",)]
+
+    undone = proxy.cli("files", "undo", run["id"])
+    assert undone.returncode == 0, undone.stderr
+    assert listing(workspace) == original
+    assert json.loads(proxy.cli("files", "list", "--json").stdout)[0]["state"] == "undone"
+    again = proxy.cli("files", "undo", run["id"])
+    assert again.returncode == 2 and "is undone: nothing to undo" in again.stderr
+
+
+def test_exec_applies_a_runs_changes_and_undo_takes_them_back(proxy, workspace):
+    """Plain `exec` keeps its meaning: the run's writes are in the workspace when it ends, with a run id to undo."""
+    original = listing(workspace)
+    r = run_exec(proxy, workspace, "--", "sh", "-c", "echo more >> a.txt; rm b.txt; echo new > c.txt")
+    assert r.returncode == 0, r.stderr
+    assert (workspace / "a.txt").read_text() == "first\nmore\n" and not (workspace / "b.txt").exists()
+    [run] = json.loads(proxy.cli("files", "list", "--json").stdout)
+    assert (run["state"], run["added"], run["changed"], run["deleted"]) == ("kept", 1, 1, 1)
+    assert proxy.cli("files", "undo", run["id"]).returncode == 0
+    assert listing(workspace) == original
+
+
+def test_a_persons_later_edit_makes_keep_and_undo_refuse_and_change_nothing(proxy, workspace):
+    """Keep and undo check every path first: a path the person changed since the run is named, nothing changes,
+    and --force overrides."""
+    held = run_exec(proxy, workspace, "--files", "review", "--", "sh", "-c", "echo agent > a.txt; echo new > c.txt")
+    assert held.returncode == 0, held.stderr
+    [run] = json.loads(proxy.cli("files", "list", "--json").stdout)
+    (workspace / "a.txt").write_text("the person's edit\n")
+    before = listing(workspace)
+    refused = proxy.cli("files", "keep", run["id"])
+    assert refused.returncode == 2 and "a.txt" in refused.stderr and "--force" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert listing(workspace) == before
+    assert proxy.cli("files", "keep", run["id"], "--force").returncode == 0
+    assert (workspace / "a.txt").read_text() == "agent\n"
+
+    (workspace / "c.txt").write_text("edited after the run\n")
+    refused = proxy.cli("files", "undo", run["id"])
+    assert refused.returncode == 2 and "c.txt" in refused.stderr
+    assert (workspace / "c.txt").read_text() == "edited after the run\n"
+    assert proxy.cli("files", "undo", run["id"], "--force").returncode == 0
+    assert (workspace / "a.txt").read_text() == "the person's edit\n" and not (workspace / "c.txt").exists()
+
+
+def test_the_python_environment_inside_the_workspace_stays_read_only(proxy, tmp_path):
+    """A workspace that holds goex-proxy's own virtualenv (a checkout with .venv): the agent cannot write a .pth there,
+    and nothing of it is ever applied."""
+    venv = Path(sys.prefix)
+    r = subprocess.run([*GOEX, "exec", "--config", str(proxy.config), "--agent", "mailbot", "--workspace",
+                        str(venv.parent), "--files", "review", "--", "sh", "-c",
+                        f"touch {venv}/lib/agent.pth; echo $?"], env=proxy.env, capture_output=True, text=True,
+                       timeout=90)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() != "0"
+    assert not (venv / "lib" / "agent.pth").exists()
+
+
+def test_undo_of_a_session_takes_back_requests_and_files_together(make_proxy, upstream, workspace):
+    """`undo --agent A --since 1h` restores the workspace and deletes the posted message."""
+    proxy = make_proxy({"slack": """
+        version: 1
+        rules:
+          - name: slack methods
+            allow: {host: slack.com, methods: [POST], path: "/api/*"}
+    """})
+    original = listing(workspace)
+    agent = ("import requests; requests.post('https://slack.com/api/chat.postMessage', json={'channel': 'C0BOTS', "
+             "'text': 'hi'}, timeout=20).raise_for_status(); open('note.txt', 'w').write('posted')")
+    r = run_exec(proxy, workspace, "--", sys.executable, "-c", agent)
+    assert r.returncode == 0, r.stderr
+    assert len(upstream.state.slack_messages) == 1 and (workspace / "note.txt").exists()
+    undone = proxy.cli("undo", "--agent", "mailbot", "--since", "1h", "--yes")
+    assert undone.returncode == 0, undone.stdout + undone.stderr
+    assert "file run" in undone.stdout and upstream.state.slack_messages == {}
+    assert listing(workspace) == original
+
+
+def test_exec_refuses_to_run_unconfined_when_namespaces_are_unavailable(proxy, workspace):
+    """With user namespaces turned off (a limit of 0 in a namespace of the test's own), `exec` says so, points at
+    --no-jail, and runs nothing."""
+    script = (f"echo 0 > /proc/sys/user/max_user_namespaces && exec {' '.join(GOEX)} exec --config {proxy.config} "
+              "--agent mailbot -- touch ran-unconfined")
+    r = subprocess.run(["unshare", "-Ur", "sh", "-c", script], cwd=workspace, env=proxy.env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "cannot make the jail" in r.stderr and "--no-jail" in r.stderr and "Traceback" not in r.stderr
+    assert not (workspace / "ran-unconfined").exists()
+
+
+def test_a_workspace_that_would_expose_the_supervisor_is_refused(proxy, tmp_path):
+    """The state directory, a credential store or / cannot be a workspace: one line, nothing run."""
+    for bad in (proxy.home, Path("/")):
+        r = subprocess.run([*GOEX, "exec", "--config", str(proxy.config), "--agent", "mailbot", "--workspace",
+                            str(bad), "--", "true"], env=proxy.env, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and "workspace" in r.stderr and "Traceback" not in r.stderr, (bad, r.stderr)
+
+
+def test_sandbox_config_mistakes_are_one_line(proxy):
+    """An unknown sandbox key or a bad variable name is named with its place in the file."""
+    text = proxy.config.read_text() + textwrap.dedent("""
+        sandbox:
+          pass_env: [OK_NAME, "not a name"]
+          hidee: [~/.x]
+    """)
+    proxy.config.write_text(text)
+    r = proxy.cli("policy", "check")
+    assert r.returncode == 1 or r.returncode == 2
+    assert "'sandbox.pass_env' entry 'not a name' is not a variable name" in r.stdout + r.stderr
+    assert "hidee" in r.stdout + r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,90 @@
+"""What a jail hides, protects and passes: computed from the config, the Python environment and the host's sockets."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+from goex_proxy.config import load_config
+from goex_proxy.errors import GoexError
+from goex_proxy.sandbox.view import host_sockets, jail_env, python_paths, supervisor_paths, view_for
+
+
+@pytest.fixture
+def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".kube").mkdir()
+    (home / ".netrc").write_text("machine x password y\n")
+    monkeypatch.setenv("HOME", str(home))
+    state = tmp_path / "state"
+    (state / "policies").mkdir(parents=True)
+    (state / "policies" / "p.yaml").write_text("version: 1\nrules: []\n")
+    outside_policy = tmp_path / "elsewhere.yaml"
+    outside_policy.write_text("version: 1\nrules: []\n")
+    (state / "audit.db").write_bytes(b"")
+    (state / "config.yaml").write_text(
+        "version: 1\nagents: {a: {token: t}}\n"
+        f"policies: [policies/p.yaml, {outside_policy}]\n"
+        "sandbox:\n  hide: [~/private]\n  expose: [~/.kube]\n  pass_env: [KEEP_ME, GOEX_PROXY_KEY]\n")
+    (home / "private").mkdir()
+    return load_config(state / "config.yaml")
+
+
+def test_supervisor_files_are_hidden_wherever_they_are(config, tmp_path: Path) -> None:
+    """The state directory, the config, a policy outside the state directory and the audit database are all hidden."""
+    paths = supervisor_paths(config)
+    assert str(config.state_dir) in paths and str(config.file) in paths
+    assert str(tmp_path / "elsewhere.yaml") in paths and str(config.audit_db) in paths
+
+
+def test_credential_stores_are_hidden_unless_exposed(config, tmp_path: Path) -> None:
+    """~/.ssh and ~/.netrc hidden by default, ~/private by `sandbox.hide`; ~/.kube shown because `expose` names it."""
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    view = view_for(config, workspace, workspace)
+    home = tmp_path / "home"
+    assert {str(home / ".ssh"), str(home / ".netrc"), str(home / "private")} <= set(view.hide)
+    assert str(home / ".kube") not in view.hide
+    assert view.reveal[0] == str(config.ca_cert)
+    assert view.workspace == str(workspace) and view.cwd == str(workspace)
+
+
+def test_a_workspace_inside_what_jails_hide_or_protect_is_refused(config, tmp_path: Path) -> None:
+    """The state directory, a credential store, goex-proxy's Python environment and / cannot be workspaces."""
+    for bad in (config.state_dir, tmp_path / "home" / ".ssh", Path(sys.prefix), Path("/")):
+        with pytest.raises(GoexError, match="workspace"):
+            view_for(config, bad, bad)
+
+
+def test_the_python_environment_inside_a_workspace_is_protected(config) -> None:
+    """A workspace holding goex-proxy's virtualenv gets it bound read-only over the overlay."""
+    parent = Path(sys.prefix).parent
+    view = view_for(config, parent, parent)
+    assert os.path.realpath(sys.prefix) in view.protect
+    assert all(p.startswith(view.workspace) for p in view.protect)
+    assert os.path.realpath(sys.prefix) in python_paths()
+
+
+def test_the_environment_is_an_allow_list_and_never_carries_a_secret(config) -> None:
+    """Ordinary variables and `pass_env` pass; anything else of the person's does not."""
+    base = {"PATH": "/bin", "LANG": "C", "LC_ALL": "C", "KEEP_ME": "1", "AWS_SECRET_ACCESS_KEY": "x",
+            "GITHUB_TOKEN": "ghp_x", "GOEX_PROXY_KEY": "vault-key"}
+    env = jail_env(base, config)
+    assert env == {"PATH": "/bin", "LANG": "C", "LC_ALL": "C", "KEEP_ME": "1", "GOEX_PROXY_KEY": "vault-key"}
+    # jail.start_jailed then drops the withheld names (the vault key among them) whatever pass_env says:
+    from goex_proxy import agentenv
+    assert "GOEX_PROXY_KEY" not in agentenv.apply(env, {}, config)
+
+
+def test_host_sockets_are_listed_from_proc(tmp_path: Path) -> None:
+    """A Unix socket bound on this machine shows in the list the jail covers."""
+    path = tmp_path / "s.sock"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(path))
+        s.listen(1)
+        assert str(path) in host_sockets()
