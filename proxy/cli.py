@@ -458,13 +458,17 @@ def files_diff(config_path: Path | None, run_id: str, as_json: bool) -> None:
     config = _config(config_path)
     run = runs.load(config, run_id)
     sides = runs.contents(config, run)
+    requests = runs.requests_of(config, run)
     if as_json:
-        click.echo(json.dumps({"id": run.id, "state": run.state, "workspace": run.workspace, "changes": [
+        click.echo(json.dumps({"id": run.id, "state": run.state, "agent": run.agent, "workspace": run.workspace,
+                               "requests": [r["id"] for r in requests], "changes": [
             {"path": c.path, "action": c.action, "before": asdict(c.before) if c.before else None,
              "after": asdict(c.after) if c.after else None, "diff": "".join(unified(c, *sides[i]))}
             for i, c in enumerate(run.changes)]}, indent=2))
         return
     click.echo(f"run {run.id} ({run.state}) by {run.agent} in {run.workspace}: {' '.join(run.command)}")
+    if requests:
+        click.echo(f"requests it made: {' '.join(str(r['id']) for r in requests)} (`goex-proxy show ID`)")
     for i, change in enumerate(run.changes):
         click.echo(describe(change))
         for line in unified(change, *sides[i]):

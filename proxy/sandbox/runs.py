@@ -199,6 +199,16 @@ def recorded(config: Config, *, agent: str | None = None, since: float | None = 
         conn.close()
 
 
+def requests_of(config: Config, run: Run) -> list[dict[str, Any]]:
+    """The agent's audit rows made while the run was going on (its HTTP side), oldest first."""
+    conn = audit.open_db(config.audit_db)
+    try:
+        rows = audit.query(conn, agent=run.agent, since=run.ts, limit=None, order="ASC")
+    finally:
+        conn.close()
+    return [r for r in rows if r["ts"] <= run.ended and not r.get("undo_of")]
+
+
 def contents(config: Config, run: Run) -> list[tuple[bytes | None, bytes | None]]:
     """For each change, the bytes of its file before and after (None where a side is no file, or is no longer at
     hand: a pending run's `before` is the workspace's, a kept run's is in its store)."""

@@ -215,6 +215,8 @@ def test_a_jailed_attacker_reaches_nothing_of_the_supervisor_or_the_person(make_
                            "-sS", "-o", "/dev/null", "-w", "%{http_code}", GITHUB_URL)
         assert ok.stdout == "200", ok.stderr
     assert proxy.proc.poll() is None
+    limits = Path(f"/proc/{proxy.proc.pid}/limits").read_text()
+    assert [line.split()[4:6] for line in limits.splitlines() if line.startswith("Max core file size")] == [["0", "0"]]
 
 
 SETUP = """
@@ -361,6 +363,9 @@ def test_undo_of_a_session_takes_back_requests_and_files_together(make_proxy, up
     r = run_exec(proxy, workspace, "--", sys.executable, "-c", agent)
     assert r.returncode == 0, r.stderr
     assert len(upstream.state.slack_messages) == 1 and (workspace / "note.txt").exists()
+    [run] = json.loads(proxy.cli("files", "list", "--json").stdout)
+    linked = json.loads(proxy.cli("files", "diff", run["id"], "--json").stdout)["requests"]
+    assert linked == [row["id"] for row in proxy.rows()]
     undone = proxy.cli("undo", "--agent", "mailbot", "--since", "1h", "--yes")
     assert undone.returncode == 0, undone.stdout + undone.stderr
     assert "file run" in undone.stdout and upstream.state.slack_messages == {}
