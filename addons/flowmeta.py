@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mitmproxy import http
 
-from goex_proxy.audit import RequestIds
+from goex_proxy.ids import RequestIds
 from goex_proxy.policy import Decision
 
 _AGENT = "goex.agent"

@@ -12,7 +12,7 @@ from mitmproxy import connection, http, tcp
 from goex_proxy.addons import flowmeta, replies
 from goex_proxy.addons.failclosed import fail_closed
 from goex_proxy.addons.state import ProxyState
-from goex_proxy.audit import is_request_id
+from goex_proxy.ids import is_request_id
 from goex_proxy.policy import Decision
 
 

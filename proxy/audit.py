@@ -7,7 +7,6 @@ import hashlib
 import json
 import logging
 import queue
-import secrets
 import sqlite3
 import threading
 import time
@@ -30,7 +29,6 @@ REQUEST_FIELDS = ("id", "ts", "agent", "client", "method", "scheme", "host", "po
 OUTCOME_FIELDS = ("status", "resp_headers", "resp_body", "resp_body_size", "resp_body_sha256", "error", "ended",
                   "duration_ms")
 BUSY_TIMEOUT_S = 2.0
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
 def _migration_1(db: sqlite_utils.Database) -> None:
@@ -136,40 +134,6 @@ def open_db(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         return conn
     except sqlite3.Error as exc:
         raise AuditError(f"cannot open audit database {path}: {exc}") from None
-
-
-class RequestIds:
-    """Short ids that sort by time: 9 base-32 characters of milliseconds, then 4 of sequence."""
-
-    def __init__(self) -> None:
-        self._last_ms = 0
-        self._n = 0
-        self._lock = threading.Lock()
-
-    def new(self, now: float | None = None) -> str:
-        with self._lock:
-            ms = max(int((now or time.time()) * 1000), self._last_ms)
-            if ms == self._last_ms:
-                self._n += 1
-                if self._n >= 32 ** 4:
-                    ms, self._n = ms + 1, secrets.randbelow(1024)
-            else:
-                self._n = secrets.randbelow(1024)
-            self._last_ms = ms
-            return _b32(ms, 9) + _b32(self._n, 4)
-
-
-def is_request_id(text: str) -> bool:
-    """True for a string shaped like the ids `RequestIds` makes."""
-    return len(text) == 13 and all(c in _CROCKFORD for c in text)
-
-
-def _b32(n: int, width: int) -> str:
-    out = []
-    for _ in range(width):
-        n, r = divmod(n, 32)
-        out.append(_CROCKFORD[r])
-    return "".join(reversed(out))
 
 
 def _canonical(row: dict[str, Any], fields: tuple[str, ...]) -> bytes:

@@ -13,10 +13,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .audit import RequestIds
 from .cel import CelEvalError
 from .config import Config
 from .errors import GoexError
+from .ids import RequestIds
 from .policy import PolicySet
 from .undoplan import Plan, Step, body_view, header_map
 

@@ -3,9 +3,8 @@ that is the only way out, bridged from outside to the proxy."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import json
+import marshal
 import os
 import shutil
 import socket
@@ -19,7 +18,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from .. import agentenv, audit
+from .. import agentenv
 from ..config import Config
 from ..errors import GoexError
 from . import runs
@@ -49,14 +48,15 @@ class Jail:
         finally:
             theirs.close()
         with ours:
-            payload = json.dumps(spec).encode("utf-8", "surrogateescape")
+            payload = marshal.dumps(spec)  # plain data to our own child; marshal needs no import there
             ours.sendall(struct.pack("!I", len(payload)) + payload)
             listener = self._receive_listener(ours)
-        self._loop = asyncio.new_event_loop()
-        self._server_ready = threading.Event()
-        self._thread = threading.Thread(target=self._bridge, args=(listener,), name="goex-jail-bridge", daemon=True)
+        self._listener = listener
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._thread = threading.Thread(target=self._accept, name="goex-jail-bridge", daemon=True)
         self._thread.start()
-        self._server_ready.wait(SETUP_TIMEOUT)
 
     def _receive_listener(self, channel: socket.socket) -> socket.socket:
         channel.settimeout(SETUP_TIMEOUT)
@@ -76,35 +76,49 @@ class Jail:
                             "inside a container or VM, use `--no-jail` or `goex-proxy env`); the command was not run")
         return socket.socket(fileno=fds[0])
 
-    def _bridge(self, listener: socket.socket) -> None:
-        async def serve() -> None:
-            server = await asyncio.start_server(self._connect, sock=listener)
-            self._server_ready.set()
-            async with server:
-                await server.serve_forever()
+    def _accept(self) -> None:
+        """Bridge each connection made to the jail's listener to the proxy (threads: no event loop to start)."""
+        while True:
+            try:
+                inside, _ = self._listener.accept()
+            except OSError:  # the listener was closed: the jail is over
+                return
+            try:
+                outside = socket.create_connection(self.proxy, timeout=SETUP_TIMEOUT)
+                outside.settimeout(None)
+            except OSError:
+                inside.close()
+                continue
+            with self._lock:
+                if self._closed:
+                    inside.close()
+                    outside.close()
+                    return
+                self._open.update((inside, outside))
+            ends = [2]
+            for source, sink in ((inside, outside), (outside, inside)):
+                threading.Thread(target=self._pump, args=(source, sink, inside, outside, ends), daemon=True).start()
 
-        asyncio.set_event_loop(self._loop)
+    def _pump(self, source: socket.socket, sink: socket.socket, inside: socket.socket, outside: socket.socket,
+              ends: list[int]) -> None:
+        """Copy one direction until it ends, then half-close it; the second direction to end closes both sockets."""
         try:
-            self._loop.run_until_complete(serve())
-        except asyncio.CancelledError:
-            pass
-        finally:
-            self._server_ready.set()
-
-    async def _connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.proxy)
-        except OSError:
-            writer.close()
-            return
-        try:
-            await asyncio.gather(_pump(reader, up_writer), _pump(up_reader, writer))
-        finally:
-            writer.close()
-            up_writer.close()
+            while data := source.recv(65536):
+                sink.sendall(data)
+            sink.shutdown(socket.SHUT_WR)
+        except OSError:  # a reset or broken pipe on either side ends the whole connection
+            for s in (inside, outside):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+        with self._lock:
+            ends[0] -= 1
+            if ends[0] == 0:
+                for s in (inside, outside):
+                    self._open.discard(s)
+                    s.close()
 
     def wait(self) -> int:
-        """The command's exit status (negative: the signal that ended it), once it has ended."""
+        """The command's exit status, once it has ended."""
         try:
             return self.child.wait()
         finally:
@@ -112,13 +126,18 @@ class Jail:
 
     def close(self) -> None:
         """Stop bridging (connections still open are cut)."""
-        def cancel_all() -> None:
-            for task in asyncio.all_tasks(self._loop):
-                task.cancel()
-
-        if self._thread.is_alive():
-            self._loop.call_soon_threadsafe(cancel_all)
-            self._thread.join(5)
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            still_open = list(self._open)
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        for s in still_open:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+        self._thread.join(5)
 
 
 @contextlib.contextmanager
@@ -128,6 +147,7 @@ def proxy_for_jail(config: Config) -> Iterator[Config]:
     if agentenv.listening(config):
         yield config
         return
+    from .. import audit
     from ..policyload import load_policy_set  # mitmproxy and CEL: a quarter second, only paid without a proxy
     from ..runtime import InProcessProxy
 
@@ -184,15 +204,3 @@ def start_jailed(config: Config, agent: str, command: list[str], workspace: Path
     if shutil.which(command[0], path=env.get("PATH")) is None:
         raise GoexError(f"cannot run {command[0]!r}: no such file or command")
     return JailedRun(config, agent, command, view, env, **popen)
-
-
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Copy one direction until it ends, then half-close it; a broken side closes the whole connection."""
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-        if writer.can_write_eof():
-            writer.write_eof()
-    except OSError:  # a reset or broken pipe on either side
-        writer.close()

@@ -2,7 +2,7 @@
 
 Run as `python -I -S jailinit.py FD` (standard library only, so that it starts fast and imports nothing the agent
 could have touched). FD is a Unix socket to the parent; the parent first sends the jail's spec (a 4-byte length, then
-JSON: see `jail.JailSpec`). This process then
+a marshalled dict: see `jail.JailedRun`). This process then
 
 1. leaves the host's user, network, mount, PID, IPC and UTS namespaces (a user namespace of its own, so no privilege
    is needed and root gains none over the host), brings loopback up and listens on 127.0.0.1:PORT;
@@ -24,9 +24,8 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
-import json
+import marshal
 import os
-import platform
 import signal
 import socket
 import stat
@@ -78,9 +77,10 @@ def _check(result: int, what: str) -> None:
 
 
 def _syscall(name: str, *args: object) -> int:
-    numbers = SYSCALLS.get(platform.machine())
+    machine = os.uname().machine
+    numbers = SYSCALLS.get(machine)
     if numbers is None:
-        raise SetupError(f"no jail on {platform.machine()} yet (x86_64 and aarch64 only)")
+        raise SetupError(f"no jail on {machine} yet (x86_64 and aarch64 only)")
     return int(libc.syscall(numbers[name], *args))
 
 
@@ -279,7 +279,7 @@ def _signal_group(leader: int, signum: int) -> None:
 
 def receive_spec(channel: socket.socket) -> dict:  # type: ignore[type-arg]
     head = _recv_exactly(channel, 4)
-    return json.loads(_recv_exactly(channel, struct.unpack("!I", head)[0]))  # type: ignore[no-any-return]
+    return marshal.loads(_recv_exactly(channel, struct.unpack("!I", head)[0]))  # type: ignore[no-any-return]
 
 
 def _recv_exactly(channel: socket.socket, n: int) -> bytes:

@@ -8,25 +8,25 @@ import fcntl
 import json
 import os
 import shutil
-import sqlite3
 import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .. import audit
-from ..audit import RequestIds
 from ..config import Config
 from ..errors import GoexError, NotFound
-from . import workspace as tree
+from ..ids import RequestIds
 from .changes import Change, Entry, entry_at, read_layer
+
+if TYPE_CHECKING:
+    import sqlite3
 
 #: States of a recorded run: its changes wait for the person, were applied, were taken back, or were dropped unapplied.
 PENDING, KEPT, UNDONE, DISCARDED = "pending", "kept", "undone", "discarded"
+_RUN_IDS = RequestIds()
 _ENTRY_FIELDS = ("kind", "mode", "size", "sha256", "target")
-new_run_id = RequestIds().new
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ def runs_root(config: Config) -> Path:
 
 def new_run_dir(config: Config) -> RunDir:
     """A fresh run directory: the overlay's upper and work directories, the new root's mount point, an empty file."""
-    run_id = new_run_id()
+    run_id = _RUN_IDS.new()
     run = RunDir(run_id, runs_root(config) / run_id)
     try:
         runs_root(config).mkdir(mode=0o700, exist_ok=True)
@@ -113,6 +113,8 @@ def finish(config: Config, run: RunDir, agent: str, workspace: str, command: lis
     if not changes:
         remove_tree(run.path)
         return None
+    from .. import audit  # a run that changed nothing (most of them) never pays for the audit store's import
+
     conn = audit.open_db(config.audit_db)
     try:
         with conn:
@@ -201,6 +203,8 @@ def recorded(config: Config, *, agent: str | None = None, since: float | None = 
 
 def requests_of(config: Config, run: Run) -> list[dict[str, Any]]:
     """The agent's audit rows made while the run was going on (its HTTP side), oldest first."""
+    from .. import audit
+
     conn = audit.open_db(config.audit_db)
     try:
         rows = audit.query(conn, agent=run.agent, since=run.ts, limit=None, order="ASC")
@@ -247,6 +251,10 @@ def _read(path: Path, expected: Entry | None) -> bytes | None:
 
 
 def _connect(config: Config) -> sqlite3.Connection:
+    import sqlite3
+
+    from .. import audit
+
     conn = audit.open_db(config.audit_db)
     conn.row_factory = sqlite3.Row
     return conn
@@ -272,6 +280,8 @@ def _deciding(config: Config, run_id: str, allowed: tuple[str, ...], verb: str) 
 
 
 def _set_state(config: Config, run_id: str, state: str) -> None:
+    from .. import audit
+
     conn = audit.open_db(config.audit_db)
     try:
         with conn:
@@ -283,6 +293,8 @@ def _set_state(config: Config, run_id: str, state: str) -> None:
 def keep(config: Config, run_id: str, *, force: bool = False) -> Run:
     """Apply a pending run's changes to its workspace, keeping what each path held before (for undo)."""
     with _deciding(config, run_id, (PENDING,), "keep") as run:
+        from . import workspace as tree
+
         layer = RunDir(run_id, runs_root(config) / run_id)
         tree.keep(list(run.changes), layer.upper, Path(run.workspace), layer.store, force=force)
         _set_state(config, run_id, KEPT)
@@ -294,6 +306,8 @@ def keep(config: Config, run_id: str, *, force: bool = False) -> Run:
 def undo(config: Config, run_id: str, *, force: bool = False) -> Run:
     """Take a run back: restore what a kept run changed, or drop a pending run's changes unapplied."""
     with _deciding(config, run_id, (PENDING, KEPT), "undo") as run:
+        from . import workspace as tree
+
         layer = RunDir(run_id, runs_root(config) / run_id)
         if run.state == KEPT:
             tree.undo(list(run.changes), Path(run.workspace), layer.store, force=force)

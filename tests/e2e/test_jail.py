@@ -1,4 +1,4 @@
-"""`exec --jail`: a real network namespace where the proxy is the only way out, and `doctor` proving it."""
+"""`exec` (jailed): a real network namespace where the proxy is the only way out, and `doctor` proving it."""
 
 from __future__ import annotations
 
@@ -92,8 +92,8 @@ def test_every_way_around_the_proxy_is_blocked(proxy, upstream, name):
 
 def test_the_bypasses_would_work_without_the_jail(proxy, upstream):
     """The suite can fail: the same direct connection from a plain `exec` reaches the upstream."""
-    r = proxy.exec("mailbot", "curl", "-sk", "-m", "3", "--noproxy", "*",
-                   f"https://127.0.0.1:{upstream.port}/repos/octo/hello")
+    r = proxy.run_cli("exec", "--no-jail", "--config", str(proxy.config), "--agent", "mailbot", "--", "curl", "-sk",
+                      "-m", "3", "--noproxy", "*", f"https://127.0.0.1:{upstream.port}/repos/octo/hello")
     assert r.returncode == 0, r.stderr
     assert upstream.seen_paths() == ["/repos/octo/hello"]
 
@@ -138,6 +138,7 @@ def test_the_jail_needs_no_privilege(tmp_path):
     """As an unprivileged user (nobody), the jail's first process still makes all its namespaces and mounts: the
     command keeps its uid, reaches nothing on this machine's loopback, sees only its own processes, and its writes to
     the workspace land in the run's layer."""
+    import marshal
     import socket
     import struct
 
@@ -167,7 +168,7 @@ def test_the_jail_needs_no_privilege(tmp_path):
                                  pass_fds=(theirs.fileno(),), stdout=subprocess.PIPE, text=True,
                                  env={"PATH": "/usr/bin:/bin"})
             theirs.close()
-            payload = json.dumps(spec).encode()
+            payload = marshal.dumps(spec)
             ours.sendall(struct.pack("!I", len(payload)) + payload)
             message, fds, _, _ = socket.recv_fds(ours, 4096, 1)
             for fd in fds:

@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 
 from goex_proxy import audit
-from goex_proxy.audit import AuditWriter, RequestIds
+from goex_proxy.audit import AuditWriter
+from goex_proxy.ids import RequestIds
 
 
 def row(i: int, ids: RequestIds) -> dict[str, object]:
