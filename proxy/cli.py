@@ -423,6 +423,7 @@ def files_list(config_path: Path | None, agent: str | None, since: str | None, l
     Example: goex-proxy files list --agent mailbot --since 1h
     """
     from .sandbox import runs
+    from .sandbox.diff import shown
 
     found = runs.recorded(_config(config_path), agent=agent, since=_since(since), limit=limit)
     if as_json:
@@ -435,8 +436,8 @@ def files_list(config_path: Path | None, agent: str | None, since: str | None, l
         table.add_column(column)
     for r in found:
         counts = r.counts
-        table.add_row(r.id, _when(r.ts), r.agent, r.workspace, str(counts["added"]), str(counts["changed"]),
-                      str(counts["deleted"]), r.state, " ".join(r.command)[:60])
+        table.add_row(r.id, _when(r.ts), r.agent, shown(r.workspace), str(counts["added"]), str(counts["changed"]),
+                      str(counts["deleted"]), r.state, shown(" ".join(r.command))[:60])
     _console().print(table)
 
 
@@ -453,7 +454,7 @@ def files_diff(config_path: Path | None, run_id: str, as_json: bool) -> None:
     from dataclasses import asdict
 
     from .sandbox import runs
-    from .sandbox.diff import describe, unified
+    from .sandbox.diff import describe, shown, unified
 
     config = _config(config_path)
     run = runs.load(config, run_id)
@@ -466,7 +467,7 @@ def files_diff(config_path: Path | None, run_id: str, as_json: bool) -> None:
              "after": asdict(c.after) if c.after else None, "diff": "".join(unified(c, *sides[i]))}
             for i, c in enumerate(run.changes)]}, indent=2))
         return
-    click.echo(f"run {run.id} ({run.state}) by {run.agent} in {run.workspace}: {' '.join(run.command)}")
+    click.echo(f"run {run.id} ({run.state}) by {run.agent} in {shown(run.workspace)}: {shown(' '.join(run.command))}")
     if requests:
         click.echo(f"requests it made: {' '.join(str(r['id']) for r in requests)} (`goex-proxy show ID`)")
     for i, change in enumerate(run.changes):

@@ -9,6 +9,25 @@ from .changes import Change, Entry
 
 #: Bytes of a side past which no line diff is made (sizes are shown instead).
 MAX_DIFF_BYTES = 1 << 20
+#: Characters that render as nothing or reorder the text around them: zero-width and bidirectional controls.
+_INVISIBLE = frozenset([*range(0x200B, 0x2010), *range(0x202A, 0x202F), *range(0x2066, 0x206A), 0xFEFF, 0x00AD])
+
+
+def shown(text: str) -> str:
+    """`text` safe to print for a person to review: control characters (but tab), invisible and bidirectional
+    characters, and bytes that are not UTF-8 (in names) written as escapes, so that what is printed is all there is."""
+    if text.isprintable() and not any(ord(c) in _INVISIBLE for c in text):
+        return text
+    out = []
+    for c in text:
+        o = ord(c)
+        if 0xDC80 <= o <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
+            out.append(f"\\x{o - 0xDC00:02x}")
+        elif c != "\t" and (o < 0x20 or 0x7F <= o <= 0x9F or o in _INVISIBLE or not c.isprintable() and o < 0x3000):
+            out.append(f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}")
+        else:
+            out.append(c)
+    return "".join(out)
 
 
 def describe(change: Change) -> str:
@@ -21,14 +40,14 @@ def describe(change: Change) -> str:
         if before.mode != after.mode:
             notes.append(f"mode {_mode(before)} → {_mode(after)}")
         if before.kind == after.kind == "symlink" and before.target != after.target:
-            notes.append(f"link {before.target} → {after.target}")
+            notes.append(f"link {shown(before.target or '')} → {shown(after.target or '')}")
         if before.kind == after.kind == "file" and before.sha256 != after.sha256:
             notes.append(f"{before.size} → {after.size} bytes")
     else:
         entry = after or before
         assert entry is not None
         notes.append(_summary(entry))
-    return f"{change.action:<8} {change.path}" + (f"  ({'; '.join(notes)})" if notes else "")
+    return f"{change.action:<8} {shown(change.path)}" + (f"  ({'; '.join(notes)})" if notes else "")
 
 
 def _mode(entry: Entry) -> str:
@@ -37,7 +56,7 @@ def _mode(entry: Entry) -> str:
 
 def _summary(entry: Entry) -> str:
     if entry.kind == "symlink":
-        return f"symlink → {entry.target}"
+        return f"symlink → {shown(entry.target or '')}"
     if entry.kind == "file":
         return f"file, {entry.size} bytes, mode {_mode(entry)}"
     return f"{entry.kind}, mode {_mode(entry)}"
@@ -53,9 +72,15 @@ def unified(change: Change, before: bytes | None, after: bytes | None) -> list[s
     if old is None or new is None:
         return [f"(binary: {len(before or b'')} → {len(after or b'')} bytes)"]
     lines = difflib.unified_diff(old.splitlines(keepends=True), new.splitlines(keepends=True),
-                                 "/dev/null" if before is None else f"a/{change.path}",
-                                 "/dev/null" if after is None else f"b/{change.path}")
-    return [line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in lines]
+                                 "/dev/null" if before is None else f"a/{shown(change.path)}",
+                                 "/dev/null" if after is None else f"b/{shown(change.path)}")
+    out = []
+    for line in lines:
+        body = line[:-1] if line.endswith("\n") else line
+        out.append(shown(body.removesuffix("\r")) + ("\\r" if body.endswith("\r") else "") + "\n")
+        if not line.endswith("\n"):
+            out.append("\\ No newline at end of file\n")
+    return out
 
 
 def _text(data: bytes | None) -> str | None:

@@ -43,12 +43,25 @@ MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 MNT_DETACH = 2
 MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV = 0x1, 0x2, 0x4
 AT_FDCWD, AT_RECURSIVE = -100, 0x8000
-PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 1, 24, 38
+PR_SET_PDEATHSIG, PR_SET_SECCOMP, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 1, 22, 24, 38
+SECCOMP_MODE_FILTER = 2
+SECCOMP_RET_KILL_PROCESS, SECCOMP_RET_ERRNO, SECCOMP_RET_ALLOW = 0x80000000, 0x00050000, 0x7FFF0000
+BPF_LD_W_ABS, BPF_JEQ_K, BPF_JGE_K, BPF_RET_K = 0x20, 0x15, 0x35, 0x06
+X32_SYSCALL_BIT = 0x40000000
 KEYCTL_JOIN_SESSION_KEYRING = 1
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
-#: Syscalls the C library has no wrapper for in every version, by machine.
-SYSCALLS = {"x86_64": {"pivot_root": 155, "keyctl": 250, "mount_setattr": 442},
-            "aarch64": {"pivot_root": 41, "keyctl": 219, "mount_setattr": 442}}
+#: Syscalls the C library has no wrapper for in every version (and those the filter refuses), by machine.
+SYSCALLS = {"x86_64": {"pivot_root": 155, "keyctl": 250, "mount_setattr": 442, "add_key": 248, "request_key": 249},
+            "aarch64": {"pivot_root": 41, "keyctl": 219, "mount_setattr": 442, "add_key": 217, "request_key": 218}}
+#: The seccomp audit architecture of each machine.
+AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
+#: System calls the command may not make: the kernel keyrings, which are per uid, not per namespace (the person's
+#: user keyring would otherwise be the agent's to link and read).
+REFUSED_SYSCALLS = ("keyctl", "add_key", "request_key")
+#: Kernel interfaces in /proc: read-only (a jailed root is uid 0 to /proc/sys's checks), or hidden altogether.
+PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs")
+PROC_MASKED = ("kcore", "keys", "key-users", "kmsg", "timer_list", "sched_debug", "latency_stats", "acpi", "scsi",
+               "asound")
 #: Devices the jail's /dev holds (bound from the host's), and the links every program expects there.
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 DEV_LINKS = {"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1",
@@ -64,6 +77,14 @@ libc.syscall.restype = ctypes.c_long
 class MountAttr(ctypes.Structure):
     _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64), ("propagation", ctypes.c_uint64),
                 ("userns_fd", ctypes.c_uint64)]
+
+
+class SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+
+class SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter))]
 
 
 class SetupError(Exception):
@@ -207,10 +228,29 @@ def build_root(spec: dict) -> None:  # type: ignore[type-arg]
         except OSError:
             continue
     mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    mask_proc(root + "/proc", empty)
     os.chdir(root)
     _check(_syscall("pivot_root", b".", b"."), "pivot_root")
     _check(libc.umount2(b".", MNT_DETACH), "detaching the host's root")
     os.chdir("/")
+
+
+def mask_proc(proc: str, empty: str) -> None:
+    """/proc/sys and the like read-only, /proc/kcore, /proc/keys and the like empty."""
+    for name in PROC_READ_ONLY:
+        path = f"{proc}/{name}"
+        if _lexists(path):
+            mount(path, path, None, MS_BIND | MS_REC)
+            read_only(path)
+    for name in PROC_MASKED:
+        path = f"{proc}/{name}"
+        if not _lexists(path):
+            continue
+        if os.path.isdir(path):
+            mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0555,size=4k")
+        else:
+            mount(empty, path, None, MS_BIND)
+        read_only(path, recursive=False)
 
 
 def _escape(path: str) -> str:
@@ -229,6 +269,27 @@ def drop_privileges() -> None:
         if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and ctypes.get_errno() == 22:  # EINVAL: past the last cap
             break
     _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "setting no_new_privs")
+
+
+def refuse_syscalls() -> None:
+    """A seccomp filter: the refused system calls fail with EPERM, and a foreign ABI (32-bit or x32 calls, which
+    have other numbers) ends the process. Needs no_new_privs."""
+    machine = os.uname().machine
+    numbers = [SYSCALLS[machine][name] for name in REFUSED_SYSCALLS]
+    program: list[tuple[int, int, int, int]] = [(BPF_LD_W_ABS, 0, 0, 4)]  # the call's audit architecture
+    program.append((BPF_JEQ_K, 1, 0, AUDIT_ARCH[machine]))
+    program.append((BPF_RET_K, 0, 0, SECCOMP_RET_KILL_PROCESS))
+    program.append((BPF_LD_W_ABS, 0, 0, 0))  # the call's number
+    if machine == "x86_64":
+        program.append((BPF_JGE_K, 0, 1, X32_SYSCALL_BIT))
+        program.append((BPF_RET_K, 0, 0, SECCOMP_RET_KILL_PROCESS))
+    for i, number in enumerate(numbers):  # jump to the EPERM answer, just past the ALLOW that follows these
+        program.append((BPF_JEQ_K, len(numbers) - i, 0, number))
+    program.append((BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW))
+    program.append((BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | 1))  # EPERM
+    filters = (SockFilter * len(program))(*(SockFilter(*op) for op in program))
+    fprog = SockFprog(len(program), filters)
+    _check(libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0), "installing the syscall filter")
 
 
 def run_init(spec: dict, report: int, uid: int, gid: int) -> int:  # type: ignore[type-arg]
@@ -253,6 +314,7 @@ def run_init(spec: dict, report: int, uid: int, gid: int) -> int:  # type: ignor
             for sig in FORWARDED:
                 signal.signal(sig, signal.SIG_DFL)
             drop_privileges()
+            refuse_syscalls()
             os.execvp(command[0], command)
         except (OSError, SetupError) as exc:
             sys.stderr.write(f"goex-proxy: cannot run {command[0]!r}: {getattr(exc, 'strerror', None) or exc}\n")

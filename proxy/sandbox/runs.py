@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ..config import Config
 from ..errors import GoexError, NotFound
 from ..ids import RequestIds
-from .changes import Change, Entry, entry_at, read_layer
+from .changes import Change, Entry, entry_at, read_layer, unlocked
 
 if TYPE_CHECKING:
     import sqlite3
@@ -67,16 +67,19 @@ def new_run_dir(config: Config) -> RunDir:
 
 
 def remove_tree(path: Path) -> None:
-    """Remove a run's directory, including the overlay work directory its kernel left unreadable."""
-    def unlock(func: Any, failed: str, _exc: Any) -> None:
-        parent = os.path.dirname(failed)
-        os.chmod(parent, stat.S_IRWXU)
-        with contextlib.suppress(OSError):
-            os.chmod(failed, stat.S_IRWXU)
-        func(failed)
-
-    if path.exists():
-        shutil.rmtree(path, onerror=unlock)
+    """Remove a run's directory, including the overlay work directory the kernel left unreadable (and anything the
+    agent made unreadable in its layer)."""
+    if not path.exists():
+        return
+    try:
+        shutil.rmtree(path)
+    except PermissionError:
+        todo = [os.fspath(path)]
+        while todo:  # open every directory to its owner (us), without recursion: a layer can nest deep
+            directory = todo.pop()
+            os.chmod(directory, stat.S_IRWXU)
+            todo += [e.path for e in os.scandir(directory) if e.is_dir(follow_symlinks=False)]
+        shutil.rmtree(path)
 
 
 @dataclass(frozen=True)
@@ -106,10 +109,14 @@ def finish(config: Config, run: RunDir, agent: str, workspace: str, command: lis
     """After the jail ended: read what the run changed and record it; apply it to the workspace when `apply`, else hold
     it for review. None (and the layer removed) when it changed nothing."""
     try:
+        defuse(run.upper)
         changes = read_layer(run.upper, Path(workspace))
     except OSError as exc:
-        raise GoexError(f"cannot read run {run.id}'s changes in {run.upper}: {exc.strerror or exc}; they stay there"
-                        ) from None
+        raise GoexError(f"cannot read run {run.id}'s changes in {run.upper}: {exc.strerror or exc}; they stay there, "
+                        "nothing was applied") from None
+    except RecursionError:
+        raise GoexError(f"run {run.id} made directories nested too deep to review; its changes stay in {run.upper}, "
+                        "nothing was applied") from None
     if not changes:
         remove_tree(run.path)
         return None
@@ -133,6 +140,22 @@ def finish(config: Config, run: RunDir, agent: str, workspace: str, command: lis
     if apply:
         keep(config, run.id)
     return load(config, run.id)
+
+
+def defuse(directory: str | Path) -> None:
+    """Take from a run's layer what would give power to whoever runs its files later, outside any jail: set-user-id
+    and set-group-id bits, and file capabilities. (The workspace is often reachable by other users.)"""
+    with unlocked(os.fspath(directory), stat.S_IRUSR | stat.S_IXUSR):
+        for entry in os.scandir(directory):
+            mode = entry.stat(follow_symlinks=False).st_mode
+            if stat.S_ISLNK(mode):
+                continue
+            if mode & (stat.S_ISUID | stat.S_ISGID):
+                os.chmod(entry.path, stat.S_IMODE(mode) & ~(stat.S_ISUID | stat.S_ISGID))
+            with contextlib.suppress(OSError):
+                os.removexattr(entry.path, "security.capability")
+            if stat.S_ISDIR(mode):
+                defuse(entry.path)
 
 
 def _db_path(path: str) -> str | bytes:
@@ -240,7 +263,10 @@ def _read_at(root: Path, rel: str, expected: Entry | None) -> bytes | None:
 
 
 def _read(path: Path, expected: Entry | None) -> bytes | None:
-    if expected is None or expected.kind != "file":
+    """The file's bytes, if it is one small enough to diff (a large one is described by its size alone)."""
+    from .diff import MAX_DIFF_BYTES
+
+    if expected is None or expected.kind != "file" or expected.size > MAX_DIFF_BYTES:
         return None
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)

@@ -3,7 +3,9 @@ may read but not write, the host's Unix sockets it must not reach, and the envir
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
 import stat
 import sys
 from dataclasses import dataclass
@@ -20,6 +22,8 @@ CREDENTIAL_STORES = ("~/.ssh", "~/.aws", "~/.config/gcloud", "~/.netrc", "~/.git
 #: `sandbox.pass_env` and the agent's own settings.
 INHERITED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TERM", "COLORTERM", "TZ", "NO_COLOR",
                  "COLUMNS", "LINES")
+#: goex-proxy's packages, each of which may live in a folder of its own.
+PACKAGES = ("goex_proxy", "goex_proxy.addons", "goex_proxy.policies", "goex_proxy.sandbox")
 #: Directories every jail gets fresh and empty (so their sockets and scratch files are out of view).
 SCRATCH = ("/tmp", "/var/tmp", "/run", "/dev")
 
@@ -61,11 +65,54 @@ def python_paths() -> list[str]:
     candidates = [sys.prefix, sys.exec_prefix, sys.base_prefix, os.path.dirname(package_file)]
     # sys.path[0] is the directory of the script or, under `python -m`, the current directory: not an environment.
     candidates += [p for p in sys.path[1:] if p and os.path.isdir(p)]
-    for name in ("goex_proxy.addons", "goex_proxy.policies"):
-        module = sys.modules.get(name)
-        if module is not None and getattr(module, "__file__", None):
-            candidates.append(os.path.dirname(str(module.__file__)))
+    for name in PACKAGES:  # where the installer put them (an editable install maps each to its own folder)
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            continue
+        if spec is not None:
+            candidates += list(spec.submodule_search_locations or [])
     return sorted({_real(p) for p in candidates})
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One line of /proc/self/mountinfo: which filesystem (device), which of its directories, mounted where."""
+
+    device: str
+    root: str
+    point: str
+
+
+def mounts(mountinfo: str) -> list[Mount]:
+    """The mounts a mountinfo text lists (octal escapes such as \\040 undone)."""
+    out = []
+    for line in mountinfo.splitlines():
+        fields = line.split(" ")
+        if len(fields) > 4:
+            out.append(Mount(fields[2], _unescape(fields[3]), _unescape(fields[4])))
+    return out
+
+
+def _unescape(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def aliases(path: str, table: list[Mount]) -> list[str]:
+    """Other places the same directory or file shows up: where a bind mount shows (part of) the filesystem `path` is
+    on. Hiding a path must cover these too, or a second mount of it would show what the first hides."""
+    holders = [m for m in table if _inside(path, m.point)]
+    if not holders:
+        return []
+    home = max(holders, key=lambda m: len(m.point))
+    within = os.path.normpath(os.path.join(home.root, os.path.relpath(path, home.point)))
+    found = []
+    for other in table:
+        if other.device == home.device and other != home and _inside(within, other.root):
+            alias = os.path.normpath(os.path.join(other.point, os.path.relpath(within, other.root)))
+            if alias != path:
+                found.append(alias)
+    return found
 
 
 def host_sockets() -> list[str]:
@@ -91,7 +138,13 @@ def view_for(config: Config, workspace: Path, cwd: Path) -> View:
     supervisor = supervisor_paths(config)
     exposed = {_real(p) for p in config.sandbox.expose}
     stores = [_real(p) for p in CREDENTIAL_STORES] + [_real(p) for p in config.sandbox.hide]
-    hidden = sorted({p for p in stores if p not in exposed and os.path.lexists(p)} | set(supervisor))
+    hidden_here = {p for p in stores if p not in exposed and os.path.lexists(p)} | set(supervisor)
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            table = mounts(f.read())
+    except OSError:
+        table = []
+    hidden = sorted(hidden_here | {a for p in hidden_here for a in aliases(p, table) if os.path.lexists(a)})
     python = python_paths()
     if ws == "/":
         raise GoexError("the workspace cannot be / : run from (or pass --workspace) the project directory the agent "

@@ -143,6 +143,22 @@ for path in spec["sockets"]:
 attempt("the person's variables", lambda: [k for k in os.environ if k in ("PERSONAL_VAR", spec["canary_env"])])
 for path in spec["hidden"]:
     attempt("read " + path, lambda p=path: read(p))
+def kernel_setting():
+    with open("/proc/sys/kernel/core_pattern") as f:
+        same = f.read()
+    with open("/proc/sys/kernel/core_pattern", "w") as f:  # the value it has: harmless even if it got through
+        f.write(same)
+    return "written"
+attempt("write /proc/sys (core_pattern)", kernel_setting)
+attempt("list the kernel keys", lambda: read("/proc/keys"))
+buffer = ctypes.create_string_buffer(256)
+def keyring(op, *args):
+    result = libc.syscall(250 if os.uname().machine == "x86_64" else 219, op, *args)
+    if result < 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    return buffer.raw[:result] if op == 11 else f"keyctl {op} gave {result}"
+attempt("link the person's keyring", lambda: keyring(8, spec["keyring"], -3))  # KEYCTL_LINK into our session
+attempt("read the person's key", lambda: keyring(11, spec["key"], buffer, 256))  # KEYCTL_READ
 for directory in spec["outside"]:
     def write(d=directory):
         with open(os.path.join(d, "agent-was-here"), "w") as f:
@@ -151,6 +167,24 @@ for directory in spec["outside"]:
     attempt("write in " + directory, write)
 print(json.dumps(results))
 '''
+
+
+def _syscall(name: str, *args: object) -> int:
+    import ctypes
+
+    numbers = {"x86_64": {"add_key": 248, "keyctl": 250}, "aarch64": {"add_key": 217, "keyctl": 219}}
+    return int(ctypes.CDLL(None, use_errno=True).syscall(numbers[os.uname().machine][name], *args))
+
+
+def user_key(name: bytes, payload: bytes) -> int:
+    """A key in the person's user keyring (which is per uid, not per namespace), as a credential helper would add."""
+    serial = _syscall("add_key", b"user", name, payload, len(payload), -4)  # KEY_SPEC_USER_KEYRING
+    assert serial > 0, "the test could not add a key to its user keyring"
+    return serial
+
+
+def revoke_key(serial: int) -> None:
+    _syscall("keyctl", 3, serial)  # KEYCTL_REVOKE
 
 
 def test_a_jailed_attacker_reaches_nothing_of_the_supervisor_or_the_person(make_proxy, upstream, outside):
@@ -192,12 +226,15 @@ def test_a_jailed_attacker_reaches_nothing_of_the_supervisor_or_the_person(make_
             "outside": [str(home), "/etc", "/usr/local", sys.prefix, str(proxy.home)]}
     env = {**proxy.env, "HOME": str(home), "PERSONAL_VAR": "leak-me", "SAFE_VAR": "passed",
            "GOEX_PROXY_KEY": SECRET_CANARY}
+    spec["key"] = person_key = user_key(b"goex-sandbox-test", SECRET_CANARY.encode())
+    spec["keyring"] = _syscall("keyctl", 0, -4, 0)  # KEYCTL_GET_KEYRING_ID of the user keyring
     try:
         r = run_exec(proxy, workspace, "--", sys.executable, "-c", ATTACKER, json.dumps(spec), env=env)
         env_seen = run_exec(proxy, workspace, "--", "sh", "-c", "echo $SAFE_VAR $PERSONAL_VAR", env=env)
     finally:
         for s in listeners:
             s.close()
+        revoke_key(person_key)
     assert r.returncode == 0, r.stderr
     results = json.loads(r.stdout)
     assert len(results) > 30, results
