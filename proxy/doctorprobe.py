@@ -161,6 +161,24 @@ def sandbox_checks(spec: dict) -> list[tuple[str, Callable[[], tuple[bool, str]]
             f.write("written inside the jail\n")
         return True, "written (doctor checks it stays out of the workspace until kept)"
 
+    def kernel_settings() -> str:
+        with open("/proc/sys/kernel/core_pattern") as f:
+            same = f.read()
+        with open("/proc/sys/kernel/core_pattern", "w") as f:  # the value it has: harmless even if it got through
+            f.write(same)
+        return "wrote /proc/sys/kernel/core_pattern"
+
+    def keyrings() -> str:
+        import ctypes
+
+        number = {"x86_64": 250, "aarch64": 219}.get(os.uname().machine)
+        if number is None:
+            return "no keyctl number known for this machine"
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.syscall(number, 0, -4, 0) < 0:  # KEYCTL_GET_KEYRING_ID of the user keyring
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+        return "reached the user keyring"
+
     return [
         ("goex-proxy's state directory out of sight", state_dir),
         ("config, vault, vault key, CA key, audit database unreadable",
@@ -171,6 +189,8 @@ def sandbox_checks(spec: dict) -> list[tuple[str, Callable[[], tuple[bool, str]]
         ("a host Unix socket unreachable", lambda: blocked(unix_socket)),
         ("a write outside the workspace refused",
          lambda: all_blocked([functools.partial(write, os.path.join(d, ".goex-doctor-write")) for d in spec["outside"]])),
+        ("kernel settings (/proc/sys) unwritable", lambda: blocked(kernel_settings)),
+        ("kernel keyrings refused", lambda: blocked(keyrings)),
         ("a write in the workspace", marker),
     ]
 

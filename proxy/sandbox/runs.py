@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import stat
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -67,19 +68,19 @@ def new_run_dir(config: Config) -> RunDir:
 
 
 def remove_tree(path: Path) -> None:
-    """Remove a run's directory, including the overlay work directory the kernel left unreadable (and anything the
-    agent made unreadable in its layer)."""
-    if not path.exists():
+    """Remove a run's directory, including the overlay work directory the kernel left unreadable and whatever the
+    agent made of its layer: directories it made unreadable, or nested deeper than Python's recursion or PATH_MAX
+    reach (coreutils' `rm` walks any depth)."""
+    if not os.path.lexists(path):
         return
     try:
         shutil.rmtree(path)
-    except PermissionError:
-        todo = [os.fspath(path)]
-        while todo:  # open every directory to its owner (us), without recursion: a layer can nest deep
-            directory = todo.pop()
-            os.chmod(directory, stat.S_IRWXU)
-            todo += [e.path for e in os.scandir(directory) if e.is_dir(follow_symlinks=False)]
-        shutil.rmtree(path)
+    except (OSError, RecursionError):
+        if os.geteuid() != 0:
+            subprocess.run(["chmod", "-R", "u+rwx", "--", os.fspath(path)], check=False, capture_output=True)
+        done = subprocess.run(["rm", "-rf", "--", os.fspath(path)], check=False, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise GoexError(f"cannot remove {path}: {done.stderr.strip()}") from None
 
 
 @dataclass(frozen=True)
@@ -115,8 +116,9 @@ def finish(config: Config, run: RunDir, agent: str, workspace: str, command: lis
         raise GoexError(f"cannot read run {run.id}'s changes in {run.upper}: {exc.strerror or exc}; they stay there, "
                         "nothing was applied") from None
     except RecursionError:
-        raise GoexError(f"run {run.id} made directories nested too deep to review; its changes stay in {run.upper}, "
-                        "nothing was applied") from None
+        remove_tree(run.path)
+        raise GoexError(f"run {run.id} made directories nested too deep to review; nothing of it was applied, and its "
+                        "changes were dropped") from None
     if not changes:
         remove_tree(run.path)
         return None

