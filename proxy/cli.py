@@ -220,13 +220,18 @@ def _run_jailed(config: Config, agent: str, command: list[str], workspace: Path 
     """COMMAND in a jail bridged to the running proxy, or to one started here for it; its file changes recorded and
     applied (or held for review); its exit status."""
     from .sandbox.jail import proxy_for_jail, start_jailed
+    from .sandbox.runs import NotApplied
 
     agentenv.proxy_url(config, agent)  # an unknown agent or a missing token: said before anything starts
     with proxy_for_jail(config) as bridged:
         jailed = start_jailed(bridged, agent, command, workspace)
         _wait_like_a_shell(jailed.child)
         status = jailed.wait()
-        run = jailed.finish(status, apply)
+        try:
+            run = jailed.finish(status, apply)
+        except NotApplied as exc:  # said, and the command's own status still returned
+            click.echo(f"goex-proxy: {exc}", err=True)
+            run = None
     if run is not None:
         _say_run(run)
     return status

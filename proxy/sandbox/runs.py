@@ -30,6 +30,10 @@ _RUN_IDS = RequestIds()
 _ENTRY_FIELDS = ("kind", "mode", "size", "sha256", "target")
 
 
+class NotApplied(GoexError):
+    """A run's changes could not be applied when it ended; they are held for the person instead."""
+
+
 @dataclass(frozen=True)
 class RunDir:
     """Where a run's copy-on-write layer lives while it runs and until the person decides (hidden from every jail)."""
@@ -140,8 +144,36 @@ def finish(config: Config, run: RunDir, agent: str, workspace: str, command: lis
     finally:
         conn.close()
     if apply:
-        keep(config, run.id)
+        from .workspace import Conflict
+
+        raced = [c.path for c in changes if _touched_since(workspace, c.path, started)]
+        if raced:
+            raise NotApplied(f"run {run.id}'s file changes were not applied: {_paths(raced)} changed in the workspace "
+                             f"while it ran. They are held: `goex-proxy files diff {run.id}`, then `files keep "
+                             f"{run.id}` or `files undo {run.id}`")
+        try:
+            keep(config, run.id)
+        except Conflict as exc:  # the person (or another run) changed the same paths meanwhile
+            raise NotApplied(f"run {run.id}'s file changes were not applied: {exc}. They are held: `goex-proxy "
+                             f"files diff {run.id}`, then `files keep {run.id} --force` or `files undo {run.id}`"
+                             ) from None
     return load(config, run.id)
+
+
+def _touched_since(workspace: str, path: str, started: float) -> bool:
+    """Whether the workspace's own `path` was written, created, renamed or chmodded after `started` (the jail's writes
+    never touch it: they land in the layer)."""
+    try:
+        return os.lstat(os.path.join(workspace, path)).st_ctime > started
+    except OSError:
+        return False
+
+
+def _paths(paths: list[str], shown: int = 10) -> str:
+    from .diff import shown as escaped
+
+    text = ", ".join(escaped(p) for p in paths[:shown])
+    return text + (f" and {len(paths) - shown} more" if len(paths) > shown else "")
 
 
 def defuse(directory: str | Path) -> None:

@@ -504,3 +504,20 @@ def test_sandbox_config_mistakes_are_one_line(proxy):
     assert r.returncode == 1 or r.returncode == 2
     assert "'sandbox.pass_env' entry 'not a name' is not a variable name" in r.stdout + r.stderr
     assert "hidee" in r.stdout + r.stderr and "Traceback" not in r.stderr
+
+
+def test_two_runs_changing_one_file_the_later_is_held_not_clobbering(proxy, workspace):
+    """Two jailed runs on one workspace: the first to end applies; the second finds the file changed since it
+    started, applies nothing, says how to review it, and still exits with its command's status."""
+    slow = subprocess.Popen([*GOEX, "exec", "--config", str(proxy.config), "--agent", "mailbot", "--", "sh", "-c",
+                             "echo slow > a.txt; sleep 3; exit 3"], cwd=workspace, env=proxy.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    fast = run_exec(proxy, workspace, "--", "sh", "-c", "echo fast > a.txt")
+    assert fast.returncode == 0, fast.stderr
+    _, err = slow.communicate(timeout=90)
+    assert slow.returncode == 3, err
+    assert "file changes were not applied" in err and "a.txt" in err and "files keep" in err
+    assert "Traceback" not in err
+    assert (workspace / "a.txt").read_text() == "fast\n"
+    states = sorted(r["state"] for r in json.loads(proxy.cli("files", "list", "--json").stdout))
+    assert states == ["kept", "pending"]
