@@ -15,7 +15,16 @@ from goex_proxy.addons import flowmeta, replies
 from goex_proxy.addons.failclosed import fail_closed
 from goex_proxy.addons.state import ProxyState
 from goex_proxy.policy import Decision, decide
-from goex_proxy.requestview import RequestView, aws_unchunked, body_ambiguity, canonical_path, path_ambiguity, upgrade_protocol
+from goex_proxy.requestview import (
+    RequestView,
+    aws_unchunked,
+    body_ambiguity,
+    canonical_path,
+    field_problem,
+    path_ambiguity,
+    token_problem,
+    upgrade_protocol,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +64,23 @@ def target_problem(flow: http.HTTPFlow, path: str | None) -> str | None:
         return f"the TLS server name {sni!r} does not match the request's host {host!r}"
     if not req.path.startswith("/") and not (req.method.upper() == "OPTIONS" and req.path == "*"):
         return f"the request target {req.path[:100]!r} is not a path starting with '/'"
+    if any(c <= " " or c == "\x7f" for c in req.path) or any(c <= " " or c == "\x7f" for c in req.authority):
+        return f"the request target {req.path[:100]!r} holds a space or control character"
+    if (why := token_problem(req.method)) is not None:
+        return why
     if path is None:
         raw = req.path.split("?", 1)[0]
         why = path_ambiguity(raw) or "servers read it differently"
         return f"the path {raw!r} is ambiguous: {why}; send its plain form"
     return None
+
+
+def fields_problem(message: http.Message) -> str | None:
+    """Why a request's or response's header or trailer fields are refused before anything reads them, if they are."""
+    problem = field_problem(message.headers.fields)
+    if problem is None and message.trailers is not None:
+        problem = field_problem(message.trailers.fields, "trailer")
+    return problem
 
 
 def read_body(req: http.Request) -> tuple[bytes, str | None]:
@@ -129,6 +150,10 @@ class Decide:
             return
         agent = flowmeta.agent(flow)
         now = time.time()
+        problem = fields_problem(flow.request)
+        if problem is not None:
+            replies.refuse(flow, Decision("deny", f"refused before policy: {problem}", "request-fields"))
+            return
         path = canonical_path(flow.request.path.split("?", 1)[0] or "/")
         problem = target_problem(flow, path)
         if problem is not None or path is None:
@@ -166,9 +191,17 @@ class Decide:
 
     @fail_closed("decide")
     def response(self, flow: http.HTTPFlow) -> None:
-        """A switch of protocols is relayed only as a WebSocket (inspected) or to the protocol policy allowed."""
+        """A response whose fields could be re-read as others is not relayed; a switch of protocols is relayed only as
+        a WebSocket (inspected) or to the protocol policy allowed."""
         resp = flow.response
-        if resp is None or resp.status_code != 101 or flow.websocket is not None or flowmeta.is_own_response(flow):
+        if resp is None or flowmeta.is_own_response(flow):
+            return
+        problem = fields_problem(resp)
+        if problem is not None:
+            replies.reply(flow, 502, {"error": "goex-proxy: the upstream's answer is malformed; it was not relayed",
+                                      "reason": problem}, {"X-Goex-Decision": "error"})
+            return
+        if resp.status_code != 101 or flow.websocket is not None:
             return
         offered = resp.headers.get("Upgrade", "").strip().lower()
         if offered and self.upgrades.get(flow.client_conn) == offered:

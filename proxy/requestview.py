@@ -93,6 +93,31 @@ def aws_unchunked(body: bytes) -> bytes:
 _JSON_LEAD = b" \t\r\n\x00\xef\xbb\xbf\xfe\xff"
 
 
+#: RFC 9110 5.6.2: the characters of a token, which a field name and a method must be.
+_TCHAR = frozenset(b"!#$%&'*+-.^_`|~" + string.ascii_letters.encode() + string.digits.encode())
+#: Bytes no field value may hold (RFC 9110 5.5, RFC 9113 8.2.1): written into HTTP/1.1 they end the line.
+_LINE_BREAKING = frozenset(b"\r\n\x00")
+
+
+def field_problem(fields: Iterable[tuple[bytes, bytes]], what: str = "header") -> str | None:
+    """Why a message's header (or trailer) fields could be re-read as other fields or another message, if they could:
+    a name that is not a token, or a value holding CR, LF or NUL (HTTP/2 and HTTP/3 carry such bytes unframed; sent on
+    as HTTP/1.1 they would start a line of their own)."""
+    for name, value in fields:
+        if not name or not all(c in _TCHAR for c in name):
+            return f"the {what} name {name[:60]!r} is not a token"
+        if any(c in _LINE_BREAKING for c in value):
+            return f"the value of the {what} {name[:60].decode('latin-1')!r} holds a CR, LF or NUL byte"
+    return None
+
+
+def token_problem(method: str) -> str | None:
+    """Why a request method is not a token, if it is not."""
+    if not method or not all(c in _TCHAR for c in method.encode("utf-8", "surrogateescape")):
+        return f"the method {method[:60]!r} is not a token"
+    return None
+
+
 def upgrade_protocol(values: Iterable[str]) -> str:
     """What a request's `Upgrade` header values ask to switch to: "http" for none or WebSocket (which the proxy
     inspects), else the one protocol token, lower-cased. Several protocols offered at once raise ValueError: the

@@ -58,18 +58,32 @@ class _Builder:
             items = YList(self.build(n) for n in node.value)
             items.pos, items.item_pos = _mark(node), [_mark(n) for n in node.value]
             return items
-        return self.loader.construct_object(node, deep=True)
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except (ValueError, TypeError, OverflowError, yaml.constructor.ConstructorError) as exc:
+            # A tagged scalar that does not read as its tag says (`!!int x`, `!!timestamp 2024-13-45`).
+            line, col = _mark(node)
+            shown = str(getattr(node, "value", ""))[:60]
+            self.problems.append(Problem(self.file, line, col, f"invalid YAML value {shown!r} for {node.tag}: "
+                                                               f"{str(exc).splitlines()[0][:100]}"))
+            return None
 
 
 def load(text: str, file: str) -> tuple[Any, list[Problem]]:
     """Parse one YAML document safely; syntax errors come back as problems, never as exceptions."""
     problems: list[Problem] = []
-    loader = yaml.SafeLoader(text)
+    loader: yaml.SafeLoader | None = None
     try:
+        loader = yaml.SafeLoader(text)  # its reader already refuses characters YAML forbids (NUL, ESC)
         node = loader.get_single_node()
         if node is None:
             return None, problems
         return _Builder(loader, file, problems).build(node), problems
+    except yaml.reader.ReaderError as exc:
+        before = text[: exc.position]
+        line, col = before.count("\n") + 1, exc.position - (before.rfind("\n") + 1) + 1
+        problems.append(Problem(file, line, col, f"invalid YAML: the character #x{exc.character:04x} is not allowed"))
+        return None, problems
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -83,7 +97,8 @@ def load(text: str, file: str) -> tuple[Any, list[Problem]]:
         problems.append(Problem(file, 1, 1, "invalid YAML: an alias refers to itself or nests too deeply"))
         return None, problems
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def type_name(value: Any) -> str:

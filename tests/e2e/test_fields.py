@@ -1,0 +1,92 @@
+"""Header fields that could be re-read as other fields or another message are refused before policy, both ways: an
+HTTP/2 client sends raw bytes no HTTP/1.1 message may hold, and an HTTP/2 upstream answers with them."""
+
+from __future__ import annotations
+
+import base64
+import socket
+import ssl
+
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+
+from tests.conftest import GITHUB_POLICY, TOKENS
+
+pytestmark = pytest.mark.e2e
+
+SMUGGLED = b"v\r\nContent-Length: 0\r\n\r\nPOST /api/files.delete HTTP/1.1\r\nHost: evil.example\r\nX-Rest: x"
+
+
+def h2_request(proxy, headers: list[tuple[bytes, bytes]], trailers: list[tuple[bytes, bytes]] | None = None,
+               path: bytes = b"/repos/octo/hello") -> tuple[int, bytes]:
+    """One HTTP/2 request through the proxy's CONNECT tunnel, its header bytes sent exactly as given (the client
+    checks nothing); the answer's status and body."""
+    raw = socket.create_connection(("127.0.0.1", proxy.port), timeout=20)
+    auth = base64.b64encode(f"mailbot:{TOKENS['mailbot']}".encode()).decode()
+    raw.sendall(f"CONNECT api.github.com:443 HTTP/1.1\r\nHost: api.github.com:443\r\n"
+                f"Proxy-Authorization: Basic {auth}\r\n\r\n".encode())
+    assert raw.recv(4096).startswith(b"HTTP/1.1 200")
+    context = ssl.create_default_context(cafile=str(proxy.ca_cert))
+    context.set_alpn_protocols(["h2"])
+    sock = context.wrap_socket(raw, server_hostname="api.github.com")
+    assert sock.selected_alpn_protocol() == "h2"
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(
+        client_side=True, header_encoding=None, validate_outbound_headers=False, normalize_outbound_headers=False,
+        validate_inbound_headers=False))
+    conn.initiate_connection()
+    stream = conn.get_next_available_stream_id()
+    base = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"api.github.com"),
+            (b":path", path)]
+    conn.send_headers(stream, base + headers, end_stream=trailers is None)
+    if trailers is not None:
+        conn.send_headers(stream, trailers, end_stream=True)
+    sock.sendall(conn.data_to_send())
+    status, body = 0, b""
+    with sock:
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                break
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    status = int(dict(event.headers)[b":status"])
+                elif isinstance(event, h2.events.DataReceived):
+                    body += event.data
+                    conn.acknowledge_received_data(event.flow_controlled_length, stream)
+                elif isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
+                    return status, body
+            sock.sendall(conn.data_to_send())
+    return status, body
+
+
+@pytest.mark.parametrize(("name", "headers", "trailers"), [
+    ("CRLF in a header value", [(b"x-note", SMUGGLED)], None),
+    ("a bare CR in a header value", [(b"x-note", b"a\rb")], None),
+    ("a bare LF in a header value", [(b"x-note", b"a\nb")], None),
+    ("NUL in a header value", [(b"x-note", b"a\x00b")], None),
+    ("a header name with a colon and space", [(b"x-a: b\r\nx-c", b"d")], None),
+    ("CRLF in a trailer", [], [(b"x-trailer", SMUGGLED)]),
+    ("CRLF in the path", [], None),
+])
+def test_fields_that_would_split_the_message_are_refused_before_policy(make_proxy, upstream, name, headers,
+                                                                        trailers):
+    """Over HTTP/2, bytes that end a line in HTTP/1.1 never reach the upstream: the request is refused (403, recorded
+    as such) and the upstream sees nothing, neither the allowed GET nor a smuggled request."""
+    proxy = make_proxy(GITHUB_POLICY)
+    path = b"/repos/octo/hello HTTP/1.1\r\nHost: evil.example\r\n\r\nGET /x" if name == "CRLF in the path" else None
+    status, body = h2_request(proxy, headers, trailers, path or b"/repos/octo/hello")
+    assert status == 403, body
+    assert b"refused before policy" in body
+    assert upstream.seen_paths() == []
+    [row] = proxy.rows()
+    assert row["decision"] == "deny" and row["status"] == 403
+
+
+def test_a_well_formed_http2_request_still_goes_through(make_proxy, upstream):
+    """The same client with ordinary headers is allowed and answered: the refusals above are about the bytes."""
+    proxy = make_proxy(GITHUB_POLICY)
+    status, body = h2_request(proxy, [(b"x-note", b"plain words")])
+    assert status == 200, body
+    assert upstream.seen_paths() == ["/repos/octo/hello"]
