@@ -115,6 +115,30 @@ def test_decide_allows_and_denies(state) -> None:
     assert bad.response.status_code == 403 and b"no rule allows DELETE address/path" in bad.response.content
 
 
+@pytest.mark.parametrize("field", [(b"x-a", b"v\r\nX-Evil: 1"), (b"x-a", b"v\rw"), (b"x-a", b"v\x00"),
+                                   (b"x a", b"v"), (b"x:a", b"v"), (b"", b"v")])
+def test_decide_refuses_fields_that_would_split_a_message_both_ways(state, field) -> None:
+    """A request with such a header or trailer gets 403 before policy; a response with one is replaced by a 502."""
+    from mitmproxy import http
+
+    as_header, as_trailer, answered = flow(), flow(), flow()
+    as_header.request.headers.fields += (field,)
+    as_trailer.request.trailers = http.Headers([field])
+    for f in (as_header, as_trailer, answered):
+        flowmeta.set_agent(f, "bot")
+    with taddons.context():
+        Decide(state).request(as_header)
+        Decide(state).request(as_trailer)
+        Decide(state).request(answered)
+        answered.response = tflow.tresp()
+        answered.response.headers.fields += (field,)
+        Decide(state).response(answered)
+    for f in (as_header, as_trailer):
+        assert f.response.status_code == 403 and b"refused before policy" in f.response.content
+        assert flowmeta.decision(f).rule == "request-fields"
+    assert answered.response.status_code == 502 and b"malformed" in answered.response.content
+
+
 def test_decide_fails_closed(state, monkeypatch) -> None:
     """If the policy engine raises, the request gets 502 and is not forwarded."""
     monkeypatch.setattr(decide_module, "decide", boom)
