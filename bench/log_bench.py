@@ -162,13 +162,14 @@ def _variants(rng: random.Random, n_per_endpoint: int = 200) -> list[dict[str, A
 
 def _fill(conn: sqlite3.Connection, cols: list[str], rows: int, start: float, end: float, seed: int) -> None:
     """Insert `rows` rows with timestamps spread evenly (jittered, ascending) over [start, end)."""
-    from goex_proxy import audit
 
     rng = random.Random(seed)
     pool = _variants(rng)
     names = [a for a, _ in AGENTS]
     agent_picks = rng.choices(names, [w for _, w in AGENTS], k=rows)
-    ids = audit.RequestIds()
+    from goex_proxy.ids import RequestIds
+
+    ids = RequestIds()
     step = (end - start) / rows
     rules = {"slack.com": "slack-post-only/read channels", "api.github.com": "github-readonly/read the API"}
 

@@ -60,7 +60,7 @@ class _Builder:
             return items
         try:
             return self.loader.construct_object(node, deep=True)
-        except (ValueError, TypeError, OverflowError, yaml.constructor.ConstructorError) as exc:
+        except Exception as exc:  # noqa: BLE001 - PyYAML's constructors raise many kinds for a value unlike its tag
             # A tagged scalar that does not read as its tag says (`!!int x`, `!!timestamp 2024-13-45`).
             line, col = _mark(node)
             shown = str(getattr(node, "value", ""))[:60]

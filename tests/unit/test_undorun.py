@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from goex_proxy import audit
+from goex_proxy import audit, ids
 from goex_proxy.cel import compile_condition
 from goex_proxy.errors import GoexError
 from goex_proxy.undoplan import Plan, Step
@@ -97,7 +97,7 @@ def test_steps_are_journaled_with_the_audit_id_chosen_before_sending(journal: Jo
     run_steps(plan, sender, journal, "bot", lambda r: None)  # type: ignore[arg-type]
     rows = journal.conn.execute("SELECT state, compensation_id FROM undo_journal ORDER BY seq").fetchall()
     assert [state for state, _ in rows] == [SENT, DONE]
-    assert rows[0][1] == rows[1][1] == sender.sent[0][1] and audit.is_request_id(rows[0][1])
+    assert rows[0][1] == rows[1][1] == sender.sent[0][1] and ids.is_request_id(rows[0][1])
 
 
 def test_only_one_undo_runs_at_a_time_on_an_audit_log(tmp_path: Path) -> None:
