@@ -110,13 +110,19 @@ def post_and_write_code(channel: str) -> str:
                                        "open('notes.txt', 'a').write('told a joke\\n')\n", 1)
 
 
-def test_files_and_requests_are_shown_together_and_undo_all_takes_back_both(proxy, fake, upstream, tmp_path):
+@pytest.fixture
+def workspace(tmp_path, fake):
+    """A project directory holding the person's notes, and a model scripted to post and write files in it."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "notes.txt").write_text("my notes\n")
+    fake.script(post_and_write_code("C0BOTS"))
+    return project
+
+
+def test_files_and_requests_are_shown_together_and_undo_all_takes_back_both(proxy, upstream, workspace):
     """The program posts to Slack and writes files: its file changes are held (not in the workspace) while the
     person looks, shown with its requests, and "undo all" deletes the message and drops the files."""
-    workspace = tmp_path / "project"
-    workspace.mkdir()
-    (workspace / "notes.txt").write_text("my notes\n")
-    fake.script(post_and_write_code("C0BOTS"))
     r = execute(proxy, "--yes", "--then", "undo", "--workspace", str(workspace))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "it changed 2 path(s)" in r.stdout
@@ -129,12 +135,8 @@ def test_files_and_requests_are_shown_together_and_undo_all_takes_back_both(prox
     assert run["state"] == "discarded" and run["agent"] == "slackbot"
 
 
-def test_keeping_applies_the_held_files(proxy, fake, upstream, tmp_path):
+def test_keeping_applies_the_held_files(proxy, upstream, workspace):
     """"keep" applies the program's file changes to the workspace, and `files undo` can still take them back."""
-    workspace = tmp_path / "project"
-    workspace.mkdir()
-    (workspace / "notes.txt").write_text("my notes\n")
-    fake.script(post_and_write_code("C0BOTS"))
     r = execute(proxy, "--yes", "--then", "keep", "--workspace", str(workspace))
     assert r.returncode == 0, r.stdout + r.stderr
     assert (workspace / "joke.txt").read_text() == "the joke\n"
