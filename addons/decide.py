@@ -20,8 +20,10 @@ from goex_proxy.requestview import (
     aws_unchunked,
     body_ambiguity,
     canonical_path,
+    content_type_problem,
     field_problem,
     path_ambiguity,
+    readings,
     token_problem,
     upgrade_protocol,
 )
@@ -181,6 +183,8 @@ class Decide:
                 d = Decision("deny", f"refused before policy: the path {path!r} is ambiguous: servers that decode "
                                      f"%2F read it as {decoded!r}, which policy does not allow ({other.reason})",
                              "request-target")
+        if d.effect == "allow":
+            d = self._every_reading(view, d, now)
         flowmeta.set_decision(flow, d)
         if d.effect == "deny":
             replies.denied(flow, d)
@@ -188,6 +192,21 @@ class Decide:
         self._count(d, agent, now)
         if protocol != "http":
             self.upgrades[flow.client_conn] = protocol
+
+    def _every_reading(self, view: RequestView, allowed: Decision, now: float) -> Decision:
+        """An allowed request stays allowed only if every other way servers read it is too (a method override must be
+        allowed; a case-insensitive or slash-lenient path must not reach a deny rule), and its body says what its
+        Content-Type says."""
+        problem = content_type_problem(view.header("content-type") or "", view.body)
+        if problem is not None:
+            return Decision("deny", f"refused before policy: {problem}; send the body its Content-Type names",
+                            "request-body")
+        for how, other, must_allow in readings(view):
+            d = decide(other, self.state.policies, now, self.state.limits)
+            if d.effect != "allow" and (must_allow or d.rule is not None):
+                return Decision("deny", f"refused: read {how}, the request is {other.method} {other.path}, which "
+                                        f"policy does not allow ({d.reason})", "request-reading")
+        return allowed
 
     @fail_closed("decide")
     def response(self, flow: http.HTTPFlow) -> None:

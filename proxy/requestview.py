@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import string
@@ -116,6 +117,48 @@ def token_problem(method: str) -> str | None:
     if not method or not all(c in _TCHAR for c in method.encode("utf-8", "surrogateescape")):
         return f"the method {method[:60]!r} is not a token"
     return None
+
+
+#: Where frameworks read a method that replaces the request line's (Express's method-override, Rails, Laravel, Symfony).
+METHOD_OVERRIDE_HEADERS = ("x-http-method-override", "x-http-method", "x-method-override")
+
+
+def readings(view: RequestView) -> list[tuple[str, RequestView, bool]]:
+    """Other ways common servers read this request: (how, the view read that way, whether that reading must be allowed
+    rather than merely not denied). A method override runs as the method it names, so it must be allowed; routers
+    that match paths case-insensitively or without strict trailing slashes must not reach what a deny rule names."""
+    out: list[tuple[str, RequestView, bool]] = []
+    methods = {m for k, v in view.headers if k in METHOD_OVERRIDE_HEADERS for m in [v.strip().upper()]}
+    methods |= {v.strip().upper() for k, v in view.query if k == "_method"}
+    if "_method" in view.form:
+        methods.add(view.form["_method"].strip().upper())
+    for method in sorted(methods - {view.method}):
+        out.append((f"as the method override {method} names", dataclasses.replace(view, method=method), True))
+    if view.path != view.path.lower():
+        out.append(("case-insensitively", dataclasses.replace(view, path=view.path.lower()), False))
+    if len(view.path) > 1 and view.path.endswith("/"):
+        out.append(("without its trailing slash", dataclasses.replace(view, path=view.path.rstrip("/") or "/"), False))
+    return out
+
+
+def content_type_problem(content_type: str, body: bytes) -> str | None:
+    """Why the body's bytes and its Content-Type tell different stories, if they do: JSON declared but not JSON, or a
+    form declared over JSON bytes (servers then read other fields than the policy did)."""
+    if not body.strip():
+        return None
+    declared = content_type.split(";", 1)[0].strip().lower()
+    try:
+        parsed: Any = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        parsed = _NOT_JSON
+    if (declared == "application/json" or declared.endswith("+json")) and parsed is _NOT_JSON:
+        return f"the body is declared {declared} but is not JSON"
+    if declared == "application/x-www-form-urlencoded" and isinstance(parsed, dict | list):
+        return "the body is declared a form but is JSON"
+    return None
+
+
+_NOT_JSON = object()
 
 
 def upgrade_protocol(values: Iterable[str]) -> str:

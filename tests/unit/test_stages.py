@@ -372,3 +372,48 @@ def test_twin_fails_closed(state, monkeypatch) -> None:
     monkeypatch.setattr(twin_module, "twin_for", boom)
     f = _twin_flow(state, TWIN_POLICY)
     assert f.response.status_code == 502 and b"twin" in f.response.content
+
+
+READINGS_POLICY = """
+version: 1
+name: readings
+rules:
+  - name: post to the api
+    allow: {host: address, methods: [POST, GET], path: "/api/**"}
+  - name: never delete files
+    deny: {host: address, path: "/api/files.delete"}
+  - name: this repo only as spelled
+    allow: {host: address, methods: [GET], path: "/repos/Octo/*"}
+"""
+
+
+@pytest.mark.parametrize(("sentence", "method", "path", "headers", "body", "allowed"), [
+    ("a POST the policy allows", "POST", "/api/chat.post", {}, b"", True),
+    ("an override header naming a method no rule allows", "POST", "/api/chat.post",
+     {"X-HTTP-Method-Override": "DELETE"}, b"", False),
+    ("an X-HTTP-Method header", "POST", "/api/chat.post", {"X-HTTP-Method": "PUT"}, b"", False),
+    ("a _method query parameter", "POST", "/api/chat.post?_method=DELETE", {}, b"", False),
+    ("a _method form field", "POST", "/api/chat.post", {"Content-Type": "application/x-www-form-urlencoded"},
+     b"_method=DELETE&x=1", False),
+    ("an override naming an allowed method", "POST", "/api/chat.post", {"X-HTTP-Method-Override": "GET"}, b"", True),
+    ("a denied path in capitals", "POST", "/api/FILES.DELETE", {}, b"", False),
+    ("a denied path with a trailing slash", "POST", "/api/files.delete/", {}, b"", False),
+    ("a case-specific allow rule, spelled as it says", "GET", "/repos/Octo/hello", {}, b"", True),
+    ("a JSON Content-Type over a form body", "POST", "/api/chat.post", {"Content-Type": "application/json"},
+     b"channel=C0RANDOM", False),
+    ("a form Content-Type over a JSON body", "POST", "/api/chat.post",
+     {"Content-Type": "application/x-www-form-urlencoded"}, b'{"channel": "C0RANDOM"}', False),
+    ("a JSON body declared JSON", "POST", "/api/chat.post", {"Content-Type": "application/json; charset=utf-8"},
+     b'{"channel": "C0BOTS"}', True),
+])
+def test_every_reading_a_server_could_make_must_be_allowed(tmp_path, sentence, method, path, headers, body,
+                                                          allowed) -> None:
+    """Method overrides, case-insensitive and slash-lenient routers and a Content-Type that lies are decided the way
+    servers would read them."""
+    with stage_state(tmp_path, READINGS_POLICY) as state:
+        f = flow(**headers)
+        f.request.method, f.request.path, f.request.content = method, path, body
+        flowmeta.set_agent(f, "bot")
+        with taddons.context():
+            Decide(state).request(f)
+    assert (f.response is None) is allowed, (sentence, f.response and f.response.content)
