@@ -36,6 +36,10 @@ def _body(content: bytes | None, limit: int, scrub: SecretScrubber) -> dict[str,
             "sha256": hashlib.sha256(content).hexdigest() if content else None}
 
 
+#: How much of a path, URL or reason a request without a known agent keeps in its row (no headers, no body).
+UNIDENTIFIED_CHARS = 512
+
+
 class Record:
     """Writes every request to the audit log, write-ahead: a row with no outcome means "may have happened"."""
 
@@ -80,11 +84,16 @@ class Record:
             pre_body = _body(pre[2], self._limit(), scrub)
             row.update({"pre_status": pre[0], "pre_headers": redacted_headers_json(pre[1], scrub),
                         "pre_body": pre_body["body"], "pre_body_size": pre_body["size"]})
+        if row["agent"] is None:  # no identity: a compact row, so that any local process cannot fill the disk
+            row.update({"path": row["path"][:UNIDENTIFIED_CHARS], "url": row["url"][:UNIDENTIFIED_CHARS],
+                        "req_headers": None, "req_body": None})
         flowmeta.set_url(flow, row["url"])
         if flow.response is not None and flowmeta.is_own_response(flow):
             row.update(self.outcome(flow))
             if d is None:
                 row["reason"] = flow.response.get_text(strict=False)
+            if row["agent"] is None:
+                row.update({"resp_headers": None, "resp_body": None, "reason": (row["reason"] or "")[:UNIDENTIFIED_CHARS]})
         return row
 
     def outcome(self, flow: http.HTTPFlow) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """Keeps goex-proxy's own processes, which hold the vault's secrets in memory, out of reach of other processes of
-the same user: no core dumps, and not traceable or readable through /proc (non-dumpable)."""
+the same user (no core dumps; not traceable or readable through /proc), and gives them the open files a proxy needs."""
 
 from __future__ import annotations
 
@@ -8,6 +8,17 @@ import resource
 import sys
 
 PR_SET_DUMPABLE = 4
+
+
+def raise_open_files() -> None:
+    """The soft limit on open files up to the hard one: a proxy holds two sockets per connection, and 1,024 (the usual
+    soft limit) was exhausted by one agent's 1,100 idle connections."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
 
 
 def harden_process() -> None:
@@ -19,4 +30,5 @@ def harden_process() -> None:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     except (ValueError, OSError):
         pass
+    raise_open_files()
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)

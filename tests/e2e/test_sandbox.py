@@ -254,6 +254,8 @@ def test_a_jailed_attacker_reaches_nothing_of_the_supervisor_or_the_person(make_
     assert proxy.proc.poll() is None
     limits = Path(f"/proc/{proxy.proc.pid}/limits").read_text()
     assert [line.split()[4:6] for line in limits.splitlines() if line.startswith("Max core file size")] == [["0", "0"]]
+    [files_limit] = [line.split()[3:5] for line in limits.splitlines() if line.startswith("Max open files")]
+    assert files_limit[0] == files_limit[1]  # the soft limit raised to the hard one
 
 
 SETUP = """

@@ -417,3 +417,18 @@ def test_every_reading_a_server_could_make_must_be_allowed(tmp_path, sentence, m
         with taddons.context():
             Decide(state).request(f)
     assert (f.response is None) is allowed, (sentence, f.response and f.response.content)
+
+
+def test_a_request_without_identity_costs_a_compact_row(state) -> None:
+    """No proxy credentials and megabytes of headers and path: the 407 row keeps neither headers nor body, and only
+    the start of the path, so that any local process cannot fill the audit database."""
+    f = flow(**{"X-Filler": "x" * 1_000_000})
+    f.request.path = "/" + "p" * 100_000
+    f.request.content = b"b" * 60_000
+    with taddons.context():
+        Identify(state).requestheaders(f)
+        row = Record(state).request_row(f)
+    assert f.response.status_code == 407
+    assert row["req_headers"] is None and row["req_body"] is None and row["resp_body"] is None
+    assert len(row["path"]) <= 512 and len(row["url"]) <= 512
+    assert len(str(row)) < 4_000
