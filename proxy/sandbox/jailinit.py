@@ -257,7 +257,7 @@ def _escape(path: str) -> str:
     return path.replace("\\", "\\\\").replace(",", "\\,").replace(":", "\\:")
 
 
-def lock_and_drop(uid: int, gid: int) -> None:
+def lock_mounts(uid: int, gid: int) -> None:
     """A second user and mount namespace: every mount made above becomes locked to the agent."""
     unshare(CLONE_NEWUSER | CLONE_NEWNS, "locking the jail's mounts")
     map_ids(uid, gid)
@@ -299,7 +299,7 @@ def run_init(spec: dict, report: int, uid: int, gid: int) -> int:  # type: ignor
         _syscall("keyctl", KEYCTL_JOIN_SESSION_KEYRING, None)  # not the person's session keyring
         build_root(spec)
         libc.sethostname(b"goex-jail", 9)
-        lock_and_drop(uid, gid)
+        lock_mounts(uid, gid)
         os.chdir(spec["cwd"])
     except (SetupError, OSError) as exc:
         os.write(report, f"error: {exc}".encode())
