@@ -523,3 +523,27 @@ def test_two_runs_changing_one_file_the_later_is_held_not_clobbering(proxy, work
     assert (workspace / "a.txt").read_text() == "fast\n"
     states = sorted(r["state"] for r in json.loads(proxy.cli("files", "list", "--json").stdout))
     assert states == ["kept", "pending"]
+
+
+def test_a_socket_the_config_allows_by_name_is_reachable_and_no_other(make_proxy, outside, tmp_path):
+    """`sandbox.allow_sockets` names one host socket (here under /tmp, which every jail replaces): the jail can
+    connect to it, and not to its neighbour."""
+    sockets = tmp_path / "sockets"
+    sockets.mkdir()
+    allowed, other = sockets / "allowed.sock", sockets / "other.sock"
+    proxy = make_proxy(GITHUB_POLICY, extra_config=f"sandbox:\n  allow_sockets: [{allowed}]\n")
+    listeners = []
+    for path in (allowed, other):
+        s = socket.socket(socket.AF_UNIX)
+        s.bind(str(path))
+        s.listen(5)
+        listeners.append(s)
+    code = ("import socket, sys\nfor p in sys.argv[1:]:\n    s = socket.socket(socket.AF_UNIX)\n    try:\n"
+            "        s.connect(p); print('reached', p)\n    except OSError as e:\n        print('blocked', p)\n")
+    try:
+        r = run_exec(proxy, outside, "--", sys.executable, "-c", code, str(allowed), str(other))
+    finally:
+        for s in listeners:
+            s.close()
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:2] == [f"reached {allowed}", f"blocked {other}"]
