@@ -11,6 +11,7 @@ from urllib.parse import parse_qsl
 from mitmproxy import connection, dns, http, tcp, udp
 from mitmproxy.flow import Error
 
+from goex_proxy import bodies
 from goex_proxy.addons import flowmeta, replies
 from goex_proxy.addons.failclosed import fail_closed
 from goex_proxy.addons.state import ProxyState
@@ -99,7 +100,7 @@ def read_body(req: http.Request) -> tuple[bytes, str | None]:
         if coding.lower() == "aws-chunked":
             body = aws_unchunked(req.raw_content)
         else:
-            body = req.get_content(strict=True) or b""
+            body = bodies.decode(req.raw_content, coding)
     except ValueError as e:  # mitmproxy wraps the decoder's own error, which says what is wrong
         cause = e.__context__ or e
         return b"", _undecodable(coding, f"{type(cause).__name__}: {str(cause)[:100]}")

@@ -11,6 +11,7 @@ from typing import Any
 
 from mitmproxy import http, tcp
 
+from goex_proxy import bodies
 from goex_proxy.addons import flowmeta
 from goex_proxy.addons.decide import header_pairs
 from goex_proxy.addons.failclosed import fail_closed
@@ -22,9 +23,10 @@ log = logging.getLogger(__name__)
 
 
 def _decoded(message: http.Message, scrub: SecretScrubber) -> bytes | None:
-    """The body without its content encoding; None if it cannot be decoded while secrets are being scrubbed."""
+    """The body without its content encoding; None if it cannot be decoded (or decodes past the bounds) while secrets
+    are being scrubbed."""
     try:
-        return message.get_content(strict=True)
+        return bodies.decode(message.raw_content or b"", message.headers.get("content-encoding", ""))
     except ValueError:
         return None if scrub else message.raw_content
 

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from mitmproxy import http
 
+from goex_proxy import bodies
 from goex_proxy.addons import flowmeta, replies
 from goex_proxy.addons.failclosed import fail_closed
 from goex_proxy.addons.state import ProxyState
@@ -75,12 +76,13 @@ class Scrub:
             self._clean_headers(flow, flow.response)
         if not self.state.scrubber:
             return
+        coding = flow.response.headers.get("content-encoding", "")
         try:
-            content = flow.response.get_content(strict=True) or b""
-        except ValueError:  # an encoding we cannot undo could hide a secret: nothing unchecked reaches the agent
-            replies.reply(flow, 502, {"error": "goex-proxy: the upstream response uses a content encoding "
-                                               f"({flow.response.headers.get('content-encoding')!r}) that cannot be "
-                                               "checked for secrets, so it is withheld"})
+            content = bodies.decode(flow.response.raw_content or b"", coding)
+        except ValueError as exc:  # what we cannot undo could hide a secret: nothing unchecked reaches the agent
+            replies.reply(flow, 502, {"error": "goex-proxy: the upstream response's content encoding "
+                                               f"({coding!r}) cannot be checked for secrets, so it is withheld",
+                                      "reason": str(exc)[:200]})
             return
         cleaned = self.state.scrubber.bytes(content)
         if cleaned != content:

@@ -93,3 +93,27 @@ def test_a_well_formed_http2_request_still_goes_through(make_proxy, upstream):
     status, body = h2_request(proxy, [(b"x-note", b"plain words")])
     assert status == 200, body
     assert upstream.seen_paths() == ["/repos/octo/hello"]
+
+
+def test_a_decompression_bomb_is_refused_and_the_proxy_stays_small(make_proxy, upstream):
+    """A brotli body of a few hundred bytes that would decode to 400 MiB is refused before policy, the upstream sees
+    nothing, and the proxy's peak memory stays far below what decoding it whole would take."""
+    import brotli
+    import requests
+
+    proxy = make_proxy({"notes": """
+        version: 1
+        name: notes
+        rules:
+          - name: post notes
+            allow: {host: api.github.com, methods: [POST], path: "/repos/**"}
+    """})
+    bomb = brotli.compress(b"\0" * (400 << 20), quality=5)
+    r = requests.post("https://api.github.com/repos/octo/hello/notes", data=bomb, timeout=60,
+                      headers={"Content-Encoding": "br", "Content-Type": "application/octet-stream"},
+                      proxies={"https": proxy.proxy_url()}, verify=str(proxy.ca_cert))
+    assert r.status_code == 403 and "decodes to more than" in r.json()["reason"]
+    assert upstream.seen_paths() == []
+    peak_kb = int(next(line.split()[1] for line in open(f"/proc/{proxy.proc.pid}/status")
+                       if line.startswith("VmHWM:")))
+    assert peak_kb < 300 * 1024, f"the proxy's peak RSS reached {peak_kb // 1024} MiB"
