@@ -100,7 +100,7 @@ def test_an_encoded_json_body_reaches_the_policy_decoded(state, coding) -> None:
 
 
 @pytest.mark.parametrize(("raw", "codings", "words"), [
-    (b'{"channel":"C2"}', ["gzip"], "Content-Encoding 'gzip' could not be decoded (BadGzipFile: "),
+    (b'{"channel":"C2"}', ["gzip"], "Content-Encoding 'gzip' could not be decoded (error: Error -3 "),
     (encoding.encode(b'{"channel":"C2"}', "gzip")[:-6], ["gzip"], "Content-Encoding 'gzip' could not be decoded"),
     (b'{"channel":"C2"}', ["deflate"], "Content-Encoding 'deflate' could not be decoded (error: "),
     (b'{"channel":"C2"}', ["br"], "Content-Encoding 'br' could not be decoded"),
