@@ -30,6 +30,12 @@ def shown(text: str) -> str:
     return "".join(out)
 
 
+def listed(paths: list[str], most: int = 10) -> str:
+    """Paths for a one-line message, escaped as `shown` does: the first `most` of them, then how many more."""
+    text = ", ".join(shown(p) for p in paths[:most])
+    return text + (f" and {len(paths) - most} more" if len(paths) > most else "")
+
+
 def describe(change: Change) -> str:
     """One line: the action, the path, and kind, mode, size or link changes."""
     before, after = change.before, change.after

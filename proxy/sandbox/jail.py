@@ -117,13 +117,6 @@ class Jail:
                     self._open.discard(s)
                     s.close()
 
-    def wait(self) -> int:
-        """The command's exit status, once it has ended."""
-        try:
-            return self.child.wait()
-        finally:
-            self.close()
-
     def close(self) -> None:
         """Stop bridging (connections still open are cut)."""
         with self._lock:

@@ -12,7 +12,7 @@ import stat
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,10 +55,14 @@ def runs_root(config: Config) -> Path:
     return config.state_dir / "runs"
 
 
+def run_dir(config: Config, run_id: str) -> RunDir:
+    """Where run `run_id` keeps its layer and, once kept, what it replaced."""
+    return RunDir(run_id, runs_root(config) / run_id)
+
+
 def new_run_dir(config: Config) -> RunDir:
     """A fresh run directory: the overlay's upper and work directories, the new root's mount point, an empty file."""
-    run_id = _RUN_IDS.new()
-    run = RunDir(run_id, runs_root(config) / run_id)
+    run = run_dir(config, _RUN_IDS.new())
     try:
         runs_root(config).mkdir(mode=0o700, exist_ok=True)
         run.path.mkdir(mode=0o700)
@@ -144,15 +148,16 @@ def finish(config: Config, run: RunDir, agent: str, workspace: str, command: lis
     finally:
         conn.close()
     if apply:
+        from .diff import listed
         from .workspace import Conflict
 
         raced = [c.path for c in changes if _touched_since(workspace, c.path, started)]
         if raced:
-            raise NotApplied(f"run {run.id}'s file changes were not applied: {_paths(raced)} changed in the workspace "
+            raise NotApplied(f"run {run.id}'s file changes were not applied: {listed(raced)} changed in the workspace "
                              f"while it ran. They are held: `goex-proxy files diff {run.id}`, then `files keep "
                              f"{run.id}` or `files undo {run.id}`")
         try:
-            keep(config, run.id)
+            return keep(config, run.id)
         except Conflict as exc:  # the person (or another run) changed the same paths meanwhile
             raise NotApplied(f"run {run.id}'s file changes were not applied: {exc}. They are held: `goex-proxy "
                              f"files diff {run.id}`, then `files keep {run.id} --force` or `files undo {run.id}`"
@@ -167,13 +172,6 @@ def _touched_since(workspace: str, path: str, started: float) -> bool:
         return os.lstat(os.path.join(workspace, path)).st_ctime > started
     except OSError:
         return False
-
-
-def _paths(paths: list[str], shown: int = 10) -> str:
-    from .diff import shown as escaped
-
-    text = ", ".join(escaped(p) for p in paths[:shown])
-    return text + (f" and {len(paths) - shown} more" if len(paths) > shown else "")
 
 
 def defuse(directory: str | Path) -> None:
@@ -273,12 +271,14 @@ def requests_of(config: Config, run: Run) -> list[dict[str, Any]]:
 def contents(config: Config, run: Run) -> list[tuple[bytes | None, bytes | None]]:
     """For each change, the bytes of its file before and after (None where a side is no file, or is no longer at
     hand: a pending run's `before` is the workspace's, a kept run's is in its store)."""
-    layer = RunDir(run.id, runs_root(config) / run.id)
+    from .workspace import saved_at
+
+    layer = run_dir(config, run.id)
     workspace = Path(run.workspace)
     out = []
     for i, change in enumerate(run.changes):
         if run.state == KEPT:
-            before = _read(layer.store / str(i), change.before) if layer.store.is_dir() else None
+            before = _read(Path(saved_at(layer.store, i)), change.before) if layer.store.is_dir() else None
             after = _read_at(workspace, change.path, change.after)
         elif run.state == PENDING:
             before = _read_at(workspace, change.path, change.before)
@@ -323,14 +323,13 @@ def _connect(config: Config) -> sqlite3.Connection:
 @contextlib.contextmanager
 def _deciding(config: Config, run_id: str, allowed: tuple[str, ...], verb: str) -> Iterator[Run]:
     """One decision on a run at a time; the run, if its state allows `verb`."""
-    path = runs_root(config) / run_id
-    run = load(config, run_id)
+    path = run_dir(config, run_id).path
     lock = None
     if path.is_dir():
         lock = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
         fcntl.flock(lock, fcntl.LOCK_EX)
     try:
-        run = load(config, run_id)  # again, under the lock
+        run = load(config, run_id)  # under the lock: another decision may just have been made
         if run.state not in allowed:
             raise GoexError(f"run {run_id} is {run.state}: nothing to {verb}")
         yield run
@@ -355,12 +354,12 @@ def keep(config: Config, run_id: str, *, force: bool = False) -> Run:
     with _deciding(config, run_id, (PENDING,), "keep") as run:
         from . import workspace as tree
 
-        layer = RunDir(run_id, runs_root(config) / run_id)
+        layer = run_dir(config, run_id)
         tree.keep(list(run.changes), layer.upper, Path(run.workspace), layer.store, force=force)
         _set_state(config, run_id, KEPT)
         for leftover in (layer.upper, layer.path / "work", layer.path / "root"):
             remove_tree(leftover)
-    return load(config, run_id)
+    return replace(run, state=KEPT)
 
 
 def undo(config: Config, run_id: str, *, force: bool = False) -> Run:
@@ -368,9 +367,10 @@ def undo(config: Config, run_id: str, *, force: bool = False) -> Run:
     with _deciding(config, run_id, (PENDING, KEPT), "undo") as run:
         from . import workspace as tree
 
-        layer = RunDir(run_id, runs_root(config) / run_id)
+        layer = run_dir(config, run_id)
         if run.state == KEPT:
             tree.undo(list(run.changes), Path(run.workspace), layer.store, force=force)
-        _set_state(config, run_id, UNDONE if run.state == KEPT else DISCARDED)
+        state = UNDONE if run.state == KEPT else DISCARDED
+        _set_state(config, run_id, state)
     remove_tree(layer.path)
-    return load(config, run_id)
+    return replace(run, state=state)

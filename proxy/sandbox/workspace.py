@@ -28,11 +28,16 @@ from pathlib import Path
 
 from ..errors import GoexError
 from .changes import DIR, Change, Entry, entry_at
+from .diff import listed, shown
 
-_SHOWN = 10
 _RWX = stat.S_IRWXU
 _OVERLAY_XATTR = "user.overlay."
 _OK, _GONE, _MISSING, _NOT_DIR = "ok", "gone", "missing", "not a directory"
+
+
+def saved_at(store: str | os.PathLike[str], index: int) -> str:
+    """Where `keep` saves what change number `index` replaced in the workspace (see the store, above)."""
+    return os.path.join(store, str(index))
 
 
 class Conflict(GoexError):
@@ -42,14 +47,12 @@ class Conflict(GoexError):
         self.paths = paths
         self.action = action
         self.forceable = forceable
-        shown = ", ".join(_show(path) for path in paths[:_SHOWN])
-        if len(paths) > _SHOWN:
-            shown += f" and {len(paths) - _SHOWN} more"
+        named = listed(paths)
         if forceable:
-            super().__init__(f"cannot {action}: the workspace changed since the run at {shown}; nothing was changed "
+            super().__init__(f"cannot {action}: the workspace changed since the run at {named}; nothing was changed "
                              "(--force overrides)")
         else:
-            super().__init__(f"cannot {action}: a parent of {shown} is not a real directory (a symlink or a file); "
+            super().__init__(f"cannot {action}: a parent of {named} is not a real directory (a symlink or a file); "
                              "nothing was changed (--force does not override this)")
 
 
@@ -73,14 +76,14 @@ def keep(changes: list[Change], upper: Path, workspace: Path, store: Path, *, fo
         current = _check(steps, root, "keep", force, opened)
         for step in steps:
             if _is_content(step.new) and entry_at(upper, step.path) != step.new:
-                raise GoexError(f"cannot keep: the run's layer no longer holds what was reviewed at {_show(step.path)}")
+                raise GoexError(f"cannot keep: the run's layer no longer holds what was reviewed at {shown(step.path)}")
         saved = os.fspath(store)
         created = _make_store(saved)
         rename_in, rename_out = _same_fs(top, root), _same_fs(root, saved)
         work, scratch = _Work(root, "keep", force, opened), _Scratch(top)
         try:
             work.carry_out(steps, current, take=lambda step: (scratch.path(step.path), rename_in),
-                           save=lambda step: (os.path.join(saved, str(step.index)), rename_out), strip=True)
+                           save=lambda step: (saved_at(saved, step.index), rename_out), strip=True)
         except GoexError:
             if created:
                 _quietly(os.rmdir, saved)
@@ -95,11 +98,11 @@ def undo(changes: list[Change], workspace: Path, store: Path, *, force: bool = F
     with _failing("undo"), _Opened(root, steps) as opened:
         current = _check(steps, root, "undo", force, opened)
         for step in steps:
-            if _is_content(step.new) and not os.path.lexists(os.path.join(saved, str(step.index))):
-                raise GoexError(f"cannot undo: the store {saved} has no saved copy of {_show(step.path)}")
+            if _is_content(step.new) and not os.path.lexists(saved_at(saved, step.index)):
+                raise GoexError(f"cannot undo: the store {saved} has no saved copy of {shown(step.path)}")
         rename = _same_fs(root, saved)
         work = _Work(root, "undo", force, opened)
-        work.carry_out(steps, current, take=lambda step: (os.path.join(saved, str(step.index)), rename),
+        work.carry_out(steps, current, take=lambda step: (saved_at(saved, step.index), rename),
                        save=lambda step: (os.path.join(saved, f"{step.index}.after"), rename), strip=False)
     for step in steps:
         _quietly(_remove_tree, os.path.join(saved, f"{step.index}.after"))
@@ -112,9 +115,9 @@ def _steps(changes: list[Change], *, undoing: bool) -> list[_Step]:
     for index, change in enumerate(changes):
         path = change.path
         if path.startswith("/") or "\0" in path or any(part in ("", ".", "..") for part in path.split("/")):
-            raise GoexError(f"refusing a change outside the workspace or not in normal form: {_show(path)!r}")
+            raise GoexError(f"refusing a change outside the workspace or not in normal form: {shown(path)!r}")
         if path in seen:
-            raise GoexError(f"refusing a change list that names {_show(path)} twice")
+            raise GoexError(f"refusing a change list that names {shown(path)} twice")
         seen.add(path)
         old, new = (change.after, change.before) if undoing else (change.before, change.after)
         steps.append(_Step(index, path, old, new))
@@ -258,7 +261,7 @@ class _Work:
         except OSError as exc:
             failed = _roll_back(self.journal)
             after = "everything done so far was rolled back" if not failed else f"{failed} step(s) could not be rolled back"
-            raise GoexError(f"could not {self.action} {_show(path) or '.'}: {exc.strerror or exc}; {after}") from None
+            raise GoexError(f"could not {self.action} {shown(path) or '.'}: {exc.strerror or exc}; {after}") from None
 
     def _abs(self, rel: str) -> str:
         return os.path.join(self.root, rel) if rel else self.root
@@ -430,7 +433,7 @@ def _failing(action: str) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        where = f" {_show(os.fsdecode(exc.filename))}" if exc.filename is not None else ""
+        where = f" {shown(os.fsdecode(exc.filename))}" if exc.filename is not None else ""
         raise GoexError(f"could not {action}:{where}: {exc.strerror or exc}; nothing was changed") from None
 
 
@@ -452,11 +455,6 @@ def _is_content(entry: Entry | None) -> bool:
 
 def _depth(rel: str) -> int:
     return rel.count("/") + (1 if rel else 0)
-
-
-def _show(path: str) -> str:
-    """`path` printable: bytes that are not UTF-8 (kept by os.fsdecode as surrogates) shown as escapes."""
-    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _quietly(act: Callable[..., object], *args: object) -> None:
