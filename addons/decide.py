@@ -198,7 +198,7 @@ class Decide:
         """An allowed request stays allowed only if every other way servers read it is too (a method override must be
         allowed; a case-insensitive or slash-lenient path must not reach a deny rule), and its body says what its
         Content-Type says."""
-        problem = content_type_problem(view.header("content-type") or "", view.body)
+        problem = content_type_problem(view)
         if problem is not None:
             return Decision("deny", f"refused before policy: {problem}; send the body its Content-Type names",
                             "request-body")

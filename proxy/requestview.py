@@ -141,24 +141,20 @@ def readings(view: RequestView) -> list[tuple[str, RequestView, bool]]:
     return out
 
 
-def content_type_problem(content_type: str, body: bytes) -> str | None:
+def content_type_problem(view: RequestView) -> str | None:
     """Why the body's bytes and its Content-Type tell different stories, if they do: JSON declared but not JSON, or a
-    form declared over JSON bytes (servers then read other fields than the policy did)."""
-    if not body.strip():
+    form declared over JSON bytes (servers then read other fields than the policy did). Only those two types are
+    checked, and the body is parsed at most once (`RequestView.json`, which the policy's conditions share)."""
+    declared = (view.header("content-type") or "").split(";", 1)[0].strip().lower()
+    json_declared = declared == "application/json" or declared.endswith("+json")
+    if not (json_declared or declared == "application/x-www-form-urlencoded") or not view.body.strip():
         return None
-    declared = content_type.split(";", 1)[0].strip().lower()
-    try:
-        parsed: Any = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        parsed = _NOT_JSON
-    if (declared == "application/json" or declared.endswith("+json")) and parsed is _NOT_JSON:
+    parsed = view.json
+    if json_declared and parsed is None and view.body.strip() != b"null":
         return f"the body is declared {declared} but is not JSON"
-    if declared == "application/x-www-form-urlencoded" and isinstance(parsed, dict | list):
+    if not json_declared and isinstance(parsed, dict | list):
         return "the body is declared a form but is JSON"
     return None
-
-
-_NOT_JSON = object()
 
 
 def upgrade_protocol(values: Iterable[str]) -> str:
