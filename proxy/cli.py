@@ -239,8 +239,10 @@ def _run_jailed(config: Config, agent: str, command: list[str], workspace: Path 
 
 def _say_run(run: Any) -> None:
     """One line on stderr about a run's file changes and what can be done with them."""
+    from .sandbox.runs import KEPT
+
     counts = ", ".join(f"{n} {action}" for action, n in run.counts.items() if n)
-    if run.state == "kept":
+    if run.state == KEPT:
         click.echo(f"goex-proxy: run {run.id} changed {len(run.changes)} path(s) in {run.workspace} ({counts}); "
                    f"undo with `goex-proxy files undo {run.id}`", err=True)
     else:
@@ -301,6 +303,7 @@ def _doctor_jail(config: Config, agent: str, probe: list[str], canary: int) -> l
     checked to have stayed out of the workspace, and dropped."""
     import tempfile
 
+    from . import vault
     from .sandbox import runs
     from .sandbox.jail import proxy_for_jail, start_jailed
 
@@ -311,8 +314,8 @@ def _doctor_jail(config: Config, agent: str, probe: list[str], canary: int) -> l
         listener.bind(str(workspace / "host.sock"))
         listener.listen(1)
         marker = workspace / "written-in-the-jail"
-        secret_files = [config.file, config.audit_db, config.state_dir / "vault.key", config.state_dir / "vault.json",
-                        config.state_dir / "mitmproxy-ca.pem"]
+        secret_files = [config.file, config.audit_db, config.state_dir / vault.KEY_FILE,
+                        config.state_dir / vault.VAULT_FILE, config.state_dir / "mitmproxy-ca.pem"]
         spec = {"state_dir": str(config.state_dir), "ca_cert": str(config.ca_cert),
                 "secret_files": [str(p) for p in secret_files],
                 "config_files": [str(config.file), *(str(p.path) for p in config.policies)],
