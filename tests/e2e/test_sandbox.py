@@ -3,6 +3,7 @@ the person's secrets; a run's file changes are recorded, reviewed, kept and undo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -60,6 +61,17 @@ def outside() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def listening_on(*paths: Path) -> Iterator[None]:
+    """Unix sockets of this machine listening at `paths` while the block runs."""
+    with contextlib.ExitStack() as stack:
+        for path in paths:
+            s = stack.enter_context(socket.socket(socket.AF_UNIX))
+            s.bind(str(path))
+            s.listen(5)
+        yield
 
 
 def run_exec(proxy, workspace: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 90
@@ -207,12 +219,6 @@ def test_a_jailed_attacker_reaches_nothing_of_the_supervisor_or_the_person(make_
     os.symlink(proxy.home / "vault.key", workspace / "planted-link")
     sock_path = outside / "host.sock"
     ws_sock = workspace / "ws.sock"
-    listeners = []
-    for path in (sock_path, ws_sock):
-        s = socket.socket(socket.AF_UNIX)
-        s.bind(str(path))
-        s.listen(5)
-        listeners.append(s)
     supervisor = [proxy.home / n for n in ("vault.key", "vault.json", "mitmproxy-ca.pem", "config.yaml",
                                            "policies/github.yaml")]
     before = {p: p.read_bytes() for p in supervisor}
@@ -229,11 +235,10 @@ def test_a_jailed_attacker_reaches_nothing_of_the_supervisor_or_the_person(make_
     spec["key"] = person_key = user_key(b"goex-sandbox-test", SECRET_CANARY.encode())
     spec["keyring"] = _syscall("keyctl", 0, -4, 0)  # KEYCTL_GET_KEYRING_ID of the user keyring
     try:
-        r = run_exec(proxy, workspace, "--", sys.executable, "-c", ATTACKER, json.dumps(spec), env=env)
-        env_seen = run_exec(proxy, workspace, "--", "sh", "-c", "echo $SAFE_VAR $PERSONAL_VAR", env=env)
+        with listening_on(sock_path, ws_sock):
+            r = run_exec(proxy, workspace, "--", sys.executable, "-c", ATTACKER, json.dumps(spec), env=env)
+            env_seen = run_exec(proxy, workspace, "--", "sh", "-c", "echo $SAFE_VAR $PERSONAL_VAR", env=env)
     finally:
-        for s in listeners:
-            s.close()
         revoke_key(person_key)
     assert r.returncode == 0, r.stderr
     results = json.loads(r.stdout)
@@ -532,18 +537,9 @@ def test_a_socket_the_config_allows_by_name_is_reachable_and_no_other(make_proxy
     sockets.mkdir()
     allowed, other = sockets / "allowed.sock", sockets / "other.sock"
     proxy = make_proxy(GITHUB_POLICY, extra_config=f"sandbox:\n  allow_sockets: [{allowed}]\n")
-    listeners = []
-    for path in (allowed, other):
-        s = socket.socket(socket.AF_UNIX)
-        s.bind(str(path))
-        s.listen(5)
-        listeners.append(s)
     code = ("import socket, sys\nfor p in sys.argv[1:]:\n    s = socket.socket(socket.AF_UNIX)\n    try:\n"
             "        s.connect(p); print('reached', p)\n    except OSError as e:\n        print('blocked', p)\n")
-    try:
+    with listening_on(allowed, other):
         r = run_exec(proxy, outside, "--", sys.executable, "-c", code, str(allowed), str(other))
-    finally:
-        for s in listeners:
-            s.close()
     assert r.returncode == 0, r.stderr
     assert r.stdout.split("\n")[:2] == [f"reached {allowed}", f"blocked {other}"]
