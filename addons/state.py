@@ -13,6 +13,7 @@ from mitmproxy import ctx, exceptions
 
 from goex_proxy import audit, upstream
 from goex_proxy.audit import AuditWriter
+from goex_proxy.auditseal import Seal
 from goex_proxy.config import Config, load_config
 from goex_proxy.credentials import Credential
 from goex_proxy.egress import Pins
@@ -139,14 +140,14 @@ class ProxyState:
         assert self.config is not None
         self.load_secrets()
         self.undo_rules = load_packs(list(self.config.undo_packs))
-        self.writer = AuditWriter(self.config.audit_db)
+        self.writer = AuditWriter(self.config.audit_db, Seal(self.config.state_dir))
         self._seed_limits(self.policies.limit_windows())
         self._mtimes = self._stat()
 
     def _seed_limits(self, windows: dict[str, float | None]) -> None:
         """Load the recorded hits of these limited rules, so a restart or reload does not reset their counts."""
         assert self.config is not None
-        with closing(audit.open_db(self.config.audit_db, readonly=True)) as conn:
+        with closing(audit.connect(self.config, readonly=True)) as conn:
             self.limits.seed(list(audit.load_limit_hits(conn, windows, time.time())))
 
     def running(self) -> None:

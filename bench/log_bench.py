@@ -117,10 +117,11 @@ def _schema_fingerprint(db_path: Path) -> str:
 
 def _current_fingerprint() -> str:
     from goex_proxy import audit
+    from goex_proxy.auditseal import Seal
 
     with tempfile.TemporaryDirectory(prefix="goex-bench-schema-") as tmp:
         path = Path(tmp) / "schema.db"
-        audit.open_db(path).close()
+        audit.open_db(path, seal=Seal(path.parent)).close()
         return _schema_fingerprint(path)
 
 
@@ -221,12 +222,13 @@ def generate(path: Path, rows: int, now: float) -> tuple[float, float]:
 
     Returns (base_end timestamp, seconds taken)."""
     from goex_proxy import audit
+    from goex_proxy.auditseal import Seal
 
     t0 = time.perf_counter()
     tmp = path.with_name(path.name + ".tmp")
     for p in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
         p.unlink(missing_ok=True)
-    audit.open_db(tmp).close()  # the project's schema and migrations
+    audit.open_db(tmp, seal=Seal(tmp.parent)).close()  # the project's schema and migrations
     conn = sqlite3.connect(tmp, isolation_level=None)
     conn.execute("PRAGMA journal_mode=DELETE")
     conn.execute("PRAGMA synchronous=OFF")

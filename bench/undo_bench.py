@@ -118,6 +118,7 @@ def _cli(argv: list[str]) -> tuple[float, str]:
 def run(rows: int = 1_000_000, ids: int = 2000, cli_runs: int = 9, regenerate: bool = False,
         say: Any = print) -> tuple[str, dict[str, Any]]:
     from goex_proxy import audit
+    from goex_proxy.auditseal import Seal
     from goex_proxy.config import load_config
     from goex_proxy.undoplan import Exchange, plan
     from goex_proxy.undorules import load_packs
@@ -158,7 +159,7 @@ def run(rows: int = 1_000_000, ids: int = 2000, cli_runs: int = 9, regenerate: b
         fresh = []  # what the CLI does once it has imported: open the database, load the packs, get, plan
         for rid, _ in fresh_ids:
             t0 = time.perf_counter()
-            c = audit.open_db(db_path)
+            c = audit.open_db(db_path, seal=Seal(db_path.parent))
             the_plan = plan(rid, Exchange.from_row(audit.get(c, rid)), load_rules())
             c.close()
             fresh.append((time.perf_counter() - t0) * 1000)

@@ -1,4 +1,4 @@
-"""The SQLite audit log: schema migrations, one writer thread off the event loop, hash chain, queries."""
+"""The SQLite audit log: schema migrations, one writer thread off the event loop, keyed hash chain, queries."""
 
 from __future__ import annotations
 
@@ -15,10 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .auditseal import Anchor, Seal, chain_hash
 from .errors import AuditError, NotFound
 
 if TYPE_CHECKING:
     import sqlite_utils
+
+    from .config import Config
 
 log = logging.getLogger(__name__)
 
@@ -99,41 +102,81 @@ def _migration_6(db: sqlite_utils.Database) -> None:
     changes.create_index(["run_id", "idx"])
 
 
+def _migration_7(db: sqlite_utils.Database) -> None:
+    """The chain is keyed (HMAC): `open_db` re-signs every row under the seal's key in this migration's transaction."""
+
+
 #: Schema migrations, applied in order; `PRAGMA user_version` records how many have run.
-MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6]
+MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6, _migration_7]
+#: From this version on the chain is HMAC-SHA256 under the seal's key; before it, plain SHA-256.
+KEYED_VERSION = 7
 #: Request fields added by later migrations: hashed only when set, so rows written before them still verify.
 OPTIONAL_REQUEST_FIELDS = ("credential", "undo_of", "pre_status", "pre_headers", "pre_body", "pre_body_size")
 
 
-def open_db(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
-    """Open the audit database (WAL), applying any pending migration unless read-only."""
+def connect(config: Config, *, readonly: bool = False) -> sqlite3.Connection:
+    """Open the configured audit database with the seal kept in the state directory."""
+    return open_db(config.audit_db, seal=Seal(config.state_dir), readonly=readonly)
+
+
+def open_db(path: Path, *, seal: Seal | None = None, readonly: bool = False) -> sqlite3.Connection:
+    """Open the audit database (WAL), applying any pending migration unless read-only (writing needs the seal)."""
+    if seal is None and not readonly:
+        raise ValueError("opening the audit log for writing needs its seal")
     try:
         if readonly:
             if not path.exists():
                 raise AuditError(f"no audit database at {path}; has `goex-proxy run` recorded anything yet?")
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
-        else:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise AuditError(f"cannot create {path.parent} for the audit database: {exc.strerror or exc}") from None
-            conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            path.chmod(0o600)
-        if not readonly:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version < len(MIGRATIONS):
-                import sqlite_utils  # only migrations need it; read-only commands should start fast
-
-                db = sqlite_utils.Database(conn)
-                for number, migrate in enumerate(MIGRATIONS[version:], start=version + 1):
-                    with conn:
-                        migrate(db)
-                        conn.execute(f"PRAGMA user_version = {number}")
+            return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise AuditError(f"cannot create {path.parent} for the audit database: {exc.strerror or exc}") from None
+        conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        path.chmod(0o600)
+        _migrate(conn, seal)  # type: ignore[arg-type]  # not None when writing
         return conn
     except sqlite3.Error as exc:
         raise AuditError(f"cannot open audit database {path}: {exc}") from None
+
+
+def _migrate(conn: sqlite3.Connection, seal: Seal) -> None:
+    """Apply pending migrations; make sure the chain key exists for a log that will be written under it."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version >= KEYED_VERSION and seal.key() is None and conn.execute("SELECT 1 FROM requests LIMIT 1").fetchone():
+        raise AuditError(f"the audit chain key {seal.key_path} is missing, so new rows could not be chained to the "
+                         "log's; restore it (from a backup of the state directory) or move the audit database aside")
+    if version >= len(MIGRATIONS):
+        return
+    import sqlite_utils  # only migrations need it; read-only commands should start fast
+
+    db = sqlite_utils.Database(conn)
+    for number, migrate in enumerate(MIGRATIONS[version:], start=version + 1):
+        with conn:
+            migrate(db)
+            if number == KEYED_VERSION:
+                _rechain(conn, seal)
+            conn.execute(f"PRAGMA user_version = {number}")
+
+
+def _rechain(conn: sqlite3.Connection, seal: Seal) -> None:
+    """Re-sign a log written with plain SHA-256 under a fresh chain key, once its plain chain verifies."""
+    result = verify(conn, None)
+    if result.broken_id is not None:
+        raise AuditError(f"the audit log was already broken before its chain was keyed, at row {result.broken_id} "
+                         f"(seq {result.broken_seq}): {result.problem}; move it aside to start a new one")
+    key = seal.key(create=True)
+    prev, head = "", None
+    for row in list(iter_rows(conn)):
+        signed = {"prev_hash": prev, "hash": row_hash(key, prev, row)}
+        if row["outcome_hash"] is not None:
+            signed["outcome_hash"] = outcome_hash(key, signed["hash"], row)
+        conn.execute("UPDATE requests SET prev_hash = ?, hash = ?, outcome_hash = ? WHERE seq = ?",
+                     (signed["prev_hash"], signed["hash"], signed.get("outcome_hash"), row["seq"]))
+        prev, head = signed["hash"], Anchor(row["seq"], row["id"], signed["hash"])
+    seal.set_anchor(head)
 
 
 def _canonical(row: dict[str, Any], fields: tuple[str, ...]) -> bytes:
@@ -142,13 +185,13 @@ def _canonical(row: dict[str, Any], fields: tuple[str, ...]) -> bytes:
     return json.dumps([norm(row.get(f)) for f in fields], separators=(",", ":"), default=str).encode()
 
 
-def row_hash(prev_hash: str, row: dict[str, Any]) -> str:
+def row_hash(key: bytes | None, prev_hash: str, row: dict[str, Any]) -> str:
     fields = REQUEST_FIELDS + tuple(f for f in OPTIONAL_REQUEST_FIELDS if row.get(f) is not None)
-    return hashlib.sha256(prev_hash.encode() + _canonical(row, fields)).hexdigest()
+    return chain_hash(key, prev_hash.encode() + _canonical(row, fields))
 
 
-def outcome_hash(hash_: str, row: dict[str, Any]) -> str:
-    return hashlib.sha256(hash_.encode() + _canonical(row, OUTCOME_FIELDS)).hexdigest()
+def outcome_hash(key: bytes | None, hash_: str, row: dict[str, Any]) -> str:
+    return chain_hash(key, hash_.encode() + _canonical(row, OUTCOME_FIELDS))
 
 
 @dataclass(frozen=True)
@@ -176,9 +219,11 @@ OUTCOME_GATHER_SECONDS = 0.005
 class AuditWriter:
     """The only writer: a thread that takes intents and outcomes, batches them into transactions, and chains hashes."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, seal: Seal) -> None:
         self.path = path
-        self._conn = open_db(path)
+        self.seal = seal
+        self._conn = open_db(path, seal=seal)
+        self._key = seal.key(create=True)
         self._pending: dict[str, tuple[str, int]] = {}  # request id -> (hash, seq) of rows awaiting their outcome
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="goex-audit-writer", daemon=True)
@@ -236,15 +281,15 @@ class AuditWriter:
             only_outcomes = only_outcomes and _is_outcome(item)
 
     def _write(self, batch: list[tuple[Any, concurrent.futures.Future[None]]]) -> None:
+        head: Anchor | None = None
         try:
             with self._conn:
                 # Another process (an `undo` next to `goex-proxy run`) may have appended since: lock, then read the head.
                 self._conn.execute("BEGIN IMMEDIATE")
                 last = self._conn.execute("SELECT hash FROM requests ORDER BY seq DESC LIMIT 1").fetchone()
-                last_hash = last[0] if last else ""
                 for op, _ in batch:
                     if isinstance(op, _Intent):
-                        last_hash = self._insert(op, last_hash)
+                        head = self._insert(op, head.hash if head else last[0] if last else "")
                     else:
                         self._update(op)
         except Exception as exc:  # sqlite3.Error, disk full, a locked database: every waiter fails closed
@@ -255,15 +300,27 @@ class AuditWriter:
             for _, future in batch:
                 future.set_exception(AuditError(f"audit write failed: {exc}"))
             return
+        if head is not None:
+            self._anchor(head)
         for _, future in batch:
             future.set_result(None)
 
-    def _insert(self, op: _Intent, prev: str) -> str:
+    def _anchor(self, head: Anchor) -> None:
+        """Keep the newest row outside the database, after its commit (an anchor may lag the log, never lead it);
+        another writer's newer anchor is never replaced by an older one."""
+        try:
+            kept = self.seal.anchor()
+            if kept is None or kept.seq < head.seq:
+                self.seal.set_anchor(head)
+        except (OSError, AuditError) as exc:
+            log.error("could not keep the audit anchor in %s: %s", self.seal.anchor_path, exc)
+
+    def _insert(self, op: _Intent, prev: str) -> Anchor:
         row = dict(op.row)
         row["prev_hash"] = prev
-        row["hash"] = row_hash(prev, row)
+        row["hash"] = row_hash(self._key, prev, row)
         if row.get("status") is not None or row.get("error") is not None:
-            row["outcome_hash"] = outcome_hash(row["hash"], row)
+            row["outcome_hash"] = outcome_hash(self._key, row["hash"], row)
         cols = ", ".join(row)
         cursor = self._conn.execute(f"INSERT INTO requests ({cols}) VALUES ({', '.join('?' * len(row))})",
                                     tuple(row.values()))
@@ -272,7 +329,7 @@ class AuditWriter:
         for key in op.limit_keys:
             self._conn.execute("INSERT INTO limit_hits (key, agent, ts, request_id) VALUES (?, ?, ?, ?)",
                                (key, row["agent"], row["ts"], row["id"]))
-        return str(row["hash"])
+        return Anchor(int(cursor.lastrowid or 0), str(row["id"]), str(row["hash"]))
 
     def _update(self, op: _Outcome) -> None:
         pending = self._pending.pop(op.id, None)
@@ -283,7 +340,7 @@ class AuditWriter:
             pending = (found[0], found[1])
         hash_, seq = pending
         fields = dict(op.fields)
-        fields["outcome_hash"] = outcome_hash(hash_, fields)
+        fields["outcome_hash"] = outcome_hash(self._key, hash_, fields)
         sets = ", ".join(f"{k} = ?" for k in fields)
         self._conn.execute(f"UPDATE requests SET {sets} WHERE seq = ?", (*fields.values(), seq))  # by rowid
 
@@ -340,30 +397,52 @@ def iter_rows(conn: sqlite3.Connection) -> Iterator[dict[str, Any]]:
 
 @dataclass(frozen=True)
 class VerifyResult:
-    """How many rows were checked and the first one that is broken, if any."""
+    """How many rows were checked, the first one that is broken if any, and how the chain was checked."""
 
     checked: int
     broken_id: str | None = None
     broken_seq: int | None = None
     problem: str | None = None
+    keyed: bool = True
+    anchored: bool = False
 
 
-def verify(conn: sqlite3.Connection) -> VerifyResult:
-    """Recompute the hash chain; name the first row that was edited, removed or reordered."""
+def chain_key(conn: sqlite3.Connection, seal: Seal) -> bytes | None:
+    """The key this log's chain is signed with: None for a log an older version wrote (plain SHA-256)."""
+    if conn.execute("PRAGMA user_version").fetchone()[0] < KEYED_VERSION:
+        return None
+    key = seal.key()
+    if key is None:
+        raise AuditError(f"the audit chain key {seal.key_path} is missing, so the chain cannot be checked")
+    return key
+
+
+def verify(conn: sqlite3.Connection, key: bytes | None, anchor: Anchor | None = None) -> VerifyResult:
+    """Recompute the chain; name the first row that was edited, removed or reordered. With an anchor (the newest row
+    as recorded outside the database), rows removed from the end are caught too."""
     prev = ""
     checked = 0
+    anchored = anchor is None
     for row in iter_rows(conn):
         problem = None
         if row["prev_hash"] != prev:
             problem = "its link to the previous row is broken (a row before it was removed or reordered)"
-        elif row_hash(prev, row) != row["hash"]:
+        elif row_hash(key, prev, row) != row["hash"]:
             problem = "its request fields do not match its hash (the row was edited)"
-        elif row["outcome_hash"] is not None and outcome_hash(row["hash"], row) != row["outcome_hash"]:
+        elif row["outcome_hash"] is not None and outcome_hash(key, row["hash"], row) != row["outcome_hash"]:
             problem = "its outcome fields do not match its outcome hash (the row was edited)"
         elif row["outcome_hash"] is None and any(row[f] is not None for f in ("status", "error")):
             problem = "it has an outcome but no outcome hash (the row was edited)"
+        elif anchor is not None and row["seq"] == anchor.seq:
+            if (row["id"], row["hash"]) != (anchor.id, anchor.hash):
+                problem = f"it is not the row the anchor recorded at seq {anchor.seq} (the log was rewritten)"
+            anchored = True
         if problem:
-            return VerifyResult(checked, row["id"], row["seq"], problem)
+            return VerifyResult(checked, row["id"], row["seq"], problem, key is not None)
         prev = row["hash"]
         checked += 1
-    return VerifyResult(checked)
+    if not anchored:
+        assert anchor is not None
+        return VerifyResult(checked, anchor.id, anchor.seq, "the anchor's row is gone (rows were removed from the end "
+                            "of the log)", key is not None)
+    return VerifyResult(checked, keyed=key is not None, anchored=anchor is not None)

@@ -26,7 +26,7 @@ import click
 from . import __version__, agentenv, audit
 from .config import Config, config_problems, default_config_path, home, load_config
 from .durations import parse_duration
-from .errors import ConfigError, GoexError, NotFound, Problem, StateError, VaultError
+from .errors import AuditError, ConfigError, GoexError, NotFound, Problem, StateError, VaultError
 
 
 def _console() -> Any:
@@ -137,7 +137,7 @@ def run(config_path: Path | None) -> None:
     config = _config(config_path)
     policies = load_policy_set([(p.path, p.agents) for p in config.policies])
     _check_can_listen(config)
-    audit.open_db(config.audit_db).close()  # an unusable audit database is a reason not to start (exit 2)
+    audit.connect(config).close()  # an unusable audit database is a reason not to start (exit 2)
     if any(c.secret.vault for c in config.credentials.values()):
         from .vault import Vault
 
@@ -399,7 +399,7 @@ def _undo_rows(config: Config, rows: list[dict[str, Any]]) -> None:
     """Undo these rows, newest first, through the undo engine: each plan shown, then carried out (no more asking)."""
     from .undorun import Journal, one_undo_at_a_time
 
-    conn = audit.open_db(config.audit_db)
+    conn = audit.connect(config)
     journal = Journal(conn)
     newest_first = sorted(rows, key=lambda r: (r["ts"], str(r["id"])), reverse=True)
     todo, passed = _plan_rows(config, journal, [audit.get(conn, str(r["id"])) for r in newest_first], False, False)
@@ -589,7 +589,7 @@ def secrets_list(config_path: Path | None, as_json: bool) -> None:
     stored = Vault(config.state_dir).names()
     last_used: dict[str, float] = {}
     if config.audit_db.exists():
-        with closing(audit.open_db(config.audit_db, readonly=True)) as conn:
+        with closing(audit.connect(config, readonly=True)) as conn:
             last_used = dict(conn.execute("SELECT credential, max(ts) FROM requests WHERE credential IS NOT NULL "
                                           "GROUP BY credential").fetchall())
     rows: list[dict[str, Any]] = []
@@ -699,7 +699,7 @@ def undo(config_path: Path | None, request_id: str | None, agent: str | None, si
     if (request_id is None) == (agent is None) or (agent is not None) != (since is not None):
         raise click.UsageError("give a REQUEST_ID, or --agent NAME --since WHEN for a whole session")
     config = _config(config_path)
-    conn = audit.open_db(config.audit_db)
+    conn = audit.connect(config)
     journal = Journal(conn)
     if request_id is not None:
         rows = [audit.get(conn, request_id)]
@@ -857,7 +857,7 @@ def _propose_undo(config: Config, request_id: str, save_rule: Path | None, dry_r
     from .undorules import load_packs
     from .undorun import Journal, one_undo_at_a_time
 
-    conn = audit.open_db(config.audit_db)
+    conn = audit.connect(config)
     row = audit.get(conn, request_id)
     rid, agent = str(row["id"]), str(row["agent"])
     journal = Journal(conn)
@@ -1069,7 +1069,7 @@ def test_(config_path: Path | None, files: tuple[Path, ...], against_log: bool, 
     candidates = {load_policy(f).name: f for f in files}
     sources = [(p.path, p.agents) for p in config.policies if load_policy(p.path).name not in candidates]
     policies = load_policy_set(sources + [(f, None) for f in candidates.values()])
-    db = audit.open_db(config.audit_db, readonly=True)
+    db = audit.connect(config, readonly=True)
     seen, changes = whatif.replay(audit.iter_rows(db), policies)
     if as_json:
         for c in changes:
@@ -1115,7 +1115,7 @@ def log(click_ctx: click.Context, config_path: Path | None, agent: str | None, h
         click_ctx.obj = config_path
         return
     config = _config(config_path)
-    db = audit.open_db(config.audit_db, readonly=True)
+    db = audit.connect(config, readonly=True)
     rows = audit.query(db, agent=agent, host=host, since=_since(since), decision=decision, limit=limit)[::-1]
     if as_json:
         for row in rows:
@@ -1132,20 +1132,67 @@ def log(click_ctx: click.Context, config_path: Path | None, agent: str | None, h
 
 @log.command()
 @config_option
+@click.option("--anchor", "anchor_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also check against an anchor saved earlier with `goex-proxy log anchor`.")
 @click.pass_obj
 @handle_errors
-def verify(group_config: Path | None, config_path: Path | None) -> None:
-    """Recompute the hash chain of the audit log and name the first broken row.
+def verify(group_config: Path | None, config_path: Path | None, anchor_file: Path | None) -> None:
+    """Check the audit log's keyed hash chain and name the first broken row.
 
-    Example: goex-proxy log verify
+    The newest row is also checked against the anchor kept in the state directory (and against --anchor), so rows
+    removed from the end are caught as well as edited, removed or reordered ones.
+
+    Example: goex-proxy log verify --anchor ~/goex-anchor.json
     """
+    from .auditseal import Anchor, Seal
+
     config = _config(config_path or group_config)
-    result = audit.verify(audit.open_db(config.audit_db, readonly=True))
-    if result.broken_id is not None:
-        click.echo(f"BROKEN at row {result.broken_id} (seq {result.broken_seq}): {result.problem}; "
-                   f"{result.checked} rows before it are intact")
-        sys.exit(1)
-    click.echo(f"ok: {result.checked} rows, hash chain intact")
+    seal = Seal(config.state_dir)
+    conn = audit.connect(config, readonly=True)
+    key = audit.chain_key(conn, seal)
+    anchors = [("the state directory's anchor", seal.anchor())]
+    if anchor_file is not None:
+        try:
+            text = anchor_file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise AuditError(f"cannot read the anchor {anchor_file}: {exc.strerror or exc}") from None
+        anchors.append((f"the anchor in {anchor_file}", Anchor.loads(text, str(anchor_file))))
+    rows = conn.execute("SELECT count(*) FROM requests").fetchone()[0]
+    for what, anchor in anchors:
+        if anchor is None and key is not None and rows:
+            click.echo(f"BROKEN: {what} ({seal.anchor_path}) is missing, so rows removed from the end of the log "
+                       "could not be told apart; it is written with every row and only goex-proxy writes there")
+            sys.exit(1)
+        result = audit.verify(conn, key, anchor)
+        if result.broken_id is not None:
+            click.echo(f"BROKEN at row {result.broken_id} (seq {result.broken_seq}): {result.problem}; "
+                       f"{result.checked} rows before it are intact (checked against {what})")
+            sys.exit(1)
+    how = "keyed hash chain intact" if key is not None else (
+        "hash chain intact, but not keyed: an older version wrote it; `goex-proxy run` keys it on start")
+    checked = [what for what, anchor in anchors if anchor is not None]
+    click.echo(f"ok: {result.checked} rows, {how}" + (f"; newest rows match {' and '.join(checked)}" if checked else ""))
+
+
+@log.command()
+@config_option
+@click.pass_obj
+@handle_errors
+def anchor(group_config: Path | None, config_path: Path | None) -> None:
+    """Print the newest row of the audit chain as an anchor to keep elsewhere (a file, a ticket, a chat message).
+
+    `goex-proxy log verify --anchor FILE` later proves that nothing up to that row was removed or rewritten.
+
+    Example: goex-proxy log anchor > ~/goex-anchor.json
+    """
+    from .auditseal import Anchor
+
+    config = _config(config_path or group_config)
+    head = audit.connect(config, readonly=True).execute(
+        "SELECT seq, id, hash FROM requests ORDER BY seq DESC LIMIT 1").fetchone()
+    if head is None:
+        raise AuditError("the audit log has no rows yet, so there is nothing to anchor")
+    click.echo(Anchor(int(head[0]), str(head[1]), str(head[2])).dumps(), nl=False)
 
 
 def _pretty_body(body: bytes | None, size: int | None, headers: list[list[str]]) -> Any:
@@ -1178,7 +1225,7 @@ def show(config_path: Path | None, request_id: str, as_json: bool) -> None:
     Example: goex-proxy show 01JD3K2M5X0A1
     """
     config = _config(config_path)
-    row = audit.get(audit.open_db(config.audit_db, readonly=True), request_id)
+    row = audit.get(audit.connect(config, readonly=True), request_id)
     if as_json:
         printable = {k: (v.decode("utf-8", "replace") if isinstance(v, bytes) else v) for k, v in row.items()}
         click.echo(json.dumps(printable))

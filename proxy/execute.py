@@ -53,7 +53,7 @@ def execute(config: Config, policies: PolicySet, task: str, opts: Options, conso
             undo_rows: Callable[[list[dict[str, Any]]], None]) -> int:
     """The whole flow; returns the exit status for the command (the last program's, or 124 if it timed out)."""
     model = llm.configured(config)
-    conn = audit.open_db(config.audit_db)
+    conn = audit.connect(config)
     messages = first_messages(task, agent_brief(config, policies, opts.agent))
     calls: list[int] = []
     attempts: list[Attempt] = []
@@ -210,7 +210,7 @@ def _kill(child: subprocess.Popen[bytes]) -> None:
 def _rows_since(config: Config, agent: str, started: float) -> list[dict[str, Any]]:
     """The agent's audit rows from `started` on, oldest first, once their outcomes are recorded."""
     deadline = time.monotonic() + OUTCOME_WAIT
-    conn = audit.open_db(config.audit_db, readonly=True)
+    conn = audit.connect(config, readonly=True)
     try:
         while True:
             rows = [r for r in audit.query(conn, agent=agent, since=started, limit=None, order="ASC")

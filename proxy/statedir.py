@@ -7,6 +7,7 @@ import secrets
 from pathlib import Path
 
 from . import audit, vault
+from .auditseal import Seal
 from .errors import StateError
 
 STARTER_POLICY = """\
@@ -73,7 +74,7 @@ def init(state_dir: Path, *, force: bool = False) -> list[str]:
             made.append(str(key))
         db = state_dir / "audit.db"
         if not db.exists():
-            audit.open_db(db).close()
+            audit.open_db(db, seal=Seal(state_dir)).close()
             made.append(str(db))
     except OSError as exc:
         raise StateError(f"cannot set up {state_dir}: {exc.strerror or exc}") from None

@@ -289,6 +289,7 @@ def stage_state(tmp_path: Path, policy_text: str) -> Iterator[Any]:
     127.0.0.1:9, one policy, and an audit writer on tmp_path/audit.db."""
     from goex_proxy.addons.state import ProxyState
     from goex_proxy.audit import AuditWriter
+    from goex_proxy.auditseal import Seal
     from goex_proxy.config import Agent, Config, Route
     from goex_proxy.policy import PolicySet
     from goex_proxy.policyload import check_policy_text
@@ -299,7 +300,7 @@ def stage_state(tmp_path: Path, policy_text: str) -> Iterator[Any]:
     policy, problems = check_policy_text(policy_text, "p.yaml")
     assert policy is not None, problems
     state = ProxyState(config, PolicySet.of([policy]))
-    state.writer = AuditWriter(config.audit_db)
+    state.writer = AuditWriter(config.audit_db, Seal(config.state_dir))
     try:
         yield state
     finally:

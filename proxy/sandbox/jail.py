@@ -144,7 +144,7 @@ def proxy_for_jail(config: Config) -> Iterator[Config]:
     from ..policyload import load_policy_set  # mitmproxy and CEL: a quarter second, only paid without a proxy
     from ..runtime import InProcessProxy
 
-    audit.open_db(config.audit_db).close()
+    audit.connect(config).close()
     in_process = InProcessProxy(config, load_policy_set([(p.path, p.agents) for p in config.policies]))
     try:
         yield in_process.config

@@ -132,7 +132,7 @@ def finish(config: Config, run: RunDir, agent: str, workspace: str, command: lis
         return None
     from .. import audit  # a run that changed nothing (most of them) never pays for the audit store's import
 
-    conn = audit.open_db(config.audit_db)
+    conn = audit.connect(config)
     try:
         with conn:
             conn.execute("INSERT INTO file_runs (id, agent, ts, ended, workspace, command, exit_code, changes, state) "
@@ -260,7 +260,7 @@ def requests_of(config: Config, run: Run) -> list[dict[str, Any]]:
     """The agent's audit rows made while the run was going on (its HTTP side), oldest first."""
     from .. import audit
 
-    conn = audit.open_db(config.audit_db)
+    conn = audit.connect(config)
     try:
         rows = audit.query(conn, agent=run.agent, since=run.ts, limit=None, order="ASC")
     finally:
@@ -315,7 +315,7 @@ def _connect(config: Config) -> sqlite3.Connection:
 
     from .. import audit
 
-    conn = audit.open_db(config.audit_db)
+    conn = audit.connect(config)
     conn.row_factory = sqlite3.Row
     return conn
 
@@ -341,7 +341,7 @@ def _deciding(config: Config, run_id: str, allowed: tuple[str, ...], verb: str) 
 def _set_state(config: Config, run_id: str, state: str) -> None:
     from .. import audit
 
-    conn = audit.open_db(config.audit_db)
+    conn = audit.connect(config)
     try:
         with conn:
             conn.execute("UPDATE file_runs SET state = ?, decided = ? WHERE id = ?", (state, time.time(), run_id))

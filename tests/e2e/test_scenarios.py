@@ -227,6 +227,56 @@ def test_log_verify_detects_edited_row(make_proxy, upstream):
     assert f"BROKEN at row {target}" in broken.stdout and "edited" in broken.stdout
 
 
+def test_log_verify_catches_a_rewritten_or_shortened_log(make_proxy, upstream, tmp_path):
+    """An agent that reached the database deletes its rows and re-chains the rest with SHA-256: `log verify` says
+    BROKEN (the chain is keyed). Rows cut from the end are caught by the anchor in the state directory, and by an
+    anchor exported with `log anchor` even if the state directory's anchor was set back to an older row."""
+    from goex_proxy import audit
+
+    proxy = make_proxy(SLACK_POLICY)
+    s = session(proxy)
+    for _ in range(2):
+        s.get(f"{SLACK}/conversations.list")
+    early = proxy.cli("log", "anchor")
+    assert early.returncode == 0
+    (tmp_path / "early.json").write_text(early.stdout)
+    for _ in range(3):
+        s.get(f"{SLACK}/conversations.list")
+    time.sleep(0.3)
+    exported = proxy.cli("log", "anchor")
+    (tmp_path / "anchor.json").write_text(exported.stdout)
+    ok = proxy.cli("log", "verify", "--anchor", str(tmp_path / "anchor.json"))
+    assert ok.returncode == 0 and "5 rows, keyed hash chain intact" in ok.stdout and "anchor.json" in ok.stdout
+    proxy.stop()
+    db = proxy.home / "audit.db"
+    ids = [r["id"] for r in proxy.rows()]
+
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("DELETE FROM requests WHERE id = ?", (ids[-1],))
+    conn.close()
+    cut = proxy.cli("log", "verify")
+    assert cut.returncode == 1 and "removed from the end" in cut.stdout
+    (proxy.home / "audit.anchor").write_text((tmp_path / "early.json").read_text())  # as if set back
+    assert proxy.cli("log", "verify").returncode == 0
+    caught = proxy.cli("log", "verify", "--anchor", str(tmp_path / "anchor.json"))
+    assert caught.returncode == 1 and "removed from the end" in caught.stdout and "anchor.json" in caught.stdout
+
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("DELETE FROM requests WHERE id = ?", (ids[1],))
+        prev = ""
+        for row in list(audit.iter_rows(conn)):
+            new = audit.row_hash(None, prev, row)
+            outcome = audit.outcome_hash(None, new, row) if row["outcome_hash"] else None
+            conn.execute("UPDATE requests SET prev_hash = ?, hash = ?, outcome_hash = ? WHERE seq = ?",
+                         (prev, new, outcome, row["seq"]))
+            prev = new
+    conn.close()
+    rewritten = proxy.cli("log", "verify")
+    assert rewritten.returncode == 1 and f"BROKEN at row {ids[0]}" in rewritten.stdout
+
+
 def test_run_refuses_invalid_policy(make_proxy, upstream):
     """`run` with an invalid policy prints its file:line:col message, exits 2 and never listens."""
     bad = "version: 1\nrules:\n  - name: x\n    allow: {host: slack.com, limit: {count: 5, per: 5 minutes}}\n"

@@ -1,4 +1,4 @@
-"""The audit store: sortable ids, write-ahead rows, and a hash chain that names the first broken row."""
+"""The audit store: sortable ids, write-ahead rows, and a keyed hash chain that names the first broken row."""
 
 from __future__ import annotations
 
@@ -6,8 +6,12 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
+
 from goex_proxy import audit
 from goex_proxy.audit import AuditWriter
+from goex_proxy.auditseal import Anchor, Seal
+from goex_proxy.errors import AuditError
 from goex_proxy.ids import RequestIds
 
 
@@ -18,7 +22,7 @@ def row(i: int, ids: RequestIds) -> dict[str, object]:
 
 
 def fill(path: Path, n: int) -> list[str]:
-    ids, writer = RequestIds(), AuditWriter(path)
+    ids, writer = RequestIds(), AuditWriter(path, Seal(path.parent))
     rows = [row(i, ids) for i in range(n)]
     for r in rows:
         writer.record_intent(r).result(5)
@@ -26,6 +30,13 @@ def fill(path: Path, n: int) -> list[str]:
         writer.record_outcome(str(r["id"]), {"status": 200, "ended": 1.0, "duration_ms": 1.0}).result(5)
     writer.close()
     return [str(r["id"]) for r in rows]
+
+
+def check(home: Path, anchor: Anchor | None = None) -> audit.VerifyResult:
+    """Verify the log in `home` as `log verify` does: under the seal's key, against its anchor (or the one given)."""
+    seal = Seal(home)
+    conn = audit.open_db(home / "a.db", readonly=True)
+    return audit.verify(conn, audit.chain_key(conn, seal), anchor or seal.anchor())
 
 
 def test_ids_are_short_unique_and_sortable() -> None:
@@ -38,7 +49,7 @@ def test_ids_are_short_unique_and_sortable() -> None:
 def test_verify_accepts_intact_log_with_pending_row(tmp_path: Path) -> None:
     """An untouched log verifies, including a last row still waiting for its outcome."""
     fill(tmp_path / "a.db", 5)
-    result = audit.verify(audit.open_db(tmp_path / "a.db", readonly=True))
+    result = check(tmp_path)
     assert (result.checked, result.broken_id) == (5, None)
 
 
@@ -47,7 +58,7 @@ def test_verify_names_edited_outcome(tmp_path: Path) -> None:
     ids = fill(tmp_path / "a.db", 5)
     with sqlite3.connect(tmp_path / "a.db") as conn:
         conn.execute("UPDATE requests SET status = 204 WHERE id = ?", (ids[2],))
-    result = audit.verify(audit.open_db(tmp_path / "a.db", readonly=True))
+    result = check(tmp_path)
     assert result.broken_id == ids[2] and "outcome" in (result.problem or "")
 
 
@@ -56,7 +67,7 @@ def test_verify_names_row_after_a_deleted_one(tmp_path: Path) -> None:
     ids = fill(tmp_path / "a.db", 5)
     with sqlite3.connect(tmp_path / "a.db") as conn:
         conn.execute("DELETE FROM requests WHERE id = ?", (ids[1],))
-    result = audit.verify(audit.open_db(tmp_path / "a.db", readonly=True))
+    result = check(tmp_path)
     assert result.broken_id == ids[2] and result.checked == 1
 
 
@@ -64,13 +75,13 @@ def test_chain_continues_across_writers(tmp_path: Path) -> None:
     """A second writer (a restarted proxy) links its first row to the last row of the first."""
     fill(tmp_path / "a.db", 3)
     fill(tmp_path / "a.db", 3)
-    assert audit.verify(audit.open_db(tmp_path / "a.db", readonly=True)).checked == 6
+    assert check(tmp_path).checked == 6
 
 
 def test_migrations_are_recorded(tmp_path: Path) -> None:
     """Opening twice applies the schema once and records its version."""
-    audit.open_db(tmp_path / "a.db").close()
-    db = audit.open_db(tmp_path / "a.db")
+    audit.open_db(tmp_path / "a.db", seal=Seal(tmp_path)).close()
+    db = audit.open_db(tmp_path / "a.db", seal=Seal(tmp_path))
     assert db.execute("PRAGMA user_version").fetchone()[0] == len(audit.MIGRATIONS)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
@@ -78,7 +89,7 @@ def test_migrations_are_recorded(tmp_path: Path) -> None:
 def test_outcomes_share_a_transaction_and_never_hold_up_a_request(tmp_path: Path, monkeypatch) -> None:
     """Outcomes (nobody waits for them) gather into one write; a request row arriving meanwhile ends the wait."""
     monkeypatch.setattr(audit, "OUTCOME_GATHER_SECONDS", 0.5)
-    ids, writer = RequestIds(), AuditWriter(tmp_path / "a.db")
+    ids, writer = RequestIds(), AuditWriter(tmp_path / "a.db", Seal(tmp_path))
     batches: list[int] = []
     write = writer._write
     monkeypatch.setattr(writer, "_write", lambda batch: (batches.append(len(batch)), write(batch)))
@@ -95,3 +106,84 @@ def test_outcomes_share_a_transaction_and_never_hold_up_a_request(tmp_path: Path
     a.result(5), b.result(5)
     writer.close()
     assert batches == [1, 1, 3]
+
+
+def rechain_without_key(path: Path) -> None:
+    """What an agent that reached the database file can do: recompute every hash with plain SHA-256."""
+    conn = sqlite3.connect(path)
+    with conn:
+        prev = ""
+        for r in list(audit.iter_rows(conn)):
+            r["prev_hash"], r["hash"] = prev, audit.row_hash(None, prev, r)
+            r["outcome_hash"] = audit.outcome_hash(None, r["hash"], r) if r["outcome_hash"] else None
+            conn.execute("UPDATE requests SET prev_hash = ?, hash = ?, outcome_hash = ? WHERE seq = ?",
+                         (r["prev_hash"], r["hash"], r["outcome_hash"], r["seq"]))
+            prev = r["hash"]
+    conn.close()
+
+
+def test_a_rechained_log_does_not_verify(tmp_path: Path) -> None:
+    """Deleting a row and re-chaining the rest (as one could with plain SHA-256) is caught: the chain is keyed."""
+    ids = fill(tmp_path / "a.db", 5)
+    with sqlite3.connect(tmp_path / "a.db") as conn:
+        conn.execute("DELETE FROM requests WHERE id = ?", (ids[2],))
+    rechain_without_key(tmp_path / "a.db")
+    result = check(tmp_path)
+    assert result.broken_id == ids[0] and "edited" in (result.problem or "")
+
+
+def test_rows_removed_from_the_end_are_caught_by_the_anchor(tmp_path: Path) -> None:
+    """The chain alone cannot tell a log cut short; the anchor kept in the state directory can."""
+    ids = fill(tmp_path / "a.db", 5)
+    assert Seal(tmp_path).anchor() == Anchor(5, ids[-1], Seal(tmp_path).anchor().hash)  # type: ignore[union-attr]
+    with sqlite3.connect(tmp_path / "a.db") as conn:
+        conn.execute("DELETE FROM requests WHERE id IN (?, ?)", (ids[3], ids[4]))
+    result = check(tmp_path)
+    assert (result.broken_id, result.checked) == (ids[4], 3) and "removed from the end" in (result.problem or "")
+
+
+def test_the_anchor_lags_but_never_leads_and_other_writers_do_not_move_it_back(tmp_path: Path) -> None:
+    """An anchor older than the newest row still verifies (rows after it are chained); a writer whose head is older
+    than the kept anchor leaves it alone."""
+    fill(tmp_path / "a.db", 3)
+    old = Seal(tmp_path).anchor()
+    fill(tmp_path / "a.db", 2)
+    newest = Seal(tmp_path).anchor()
+    assert old is not None and newest is not None and newest.seq == 5
+    assert check(tmp_path, old).broken_id is None and check(tmp_path, old).checked == 5
+    writer = AuditWriter(tmp_path / "a.db", Seal(tmp_path))
+    writer._anchor(old)
+    writer.close()
+    assert Seal(tmp_path).anchor() == newest
+
+
+def test_a_log_written_before_keying_is_rechained_once_it_verifies(tmp_path: Path) -> None:
+    """Opening a log an older version wrote (plain SHA-256, schema 6) signs it under a new key; a broken one is
+    refused rather than blessed."""
+    for home, tamper in ((tmp_path, False), (tmp_path / "broken", True)):
+        ids = fill(home / "a.db", 4)
+        rechain_without_key(home / "a.db")
+        with sqlite3.connect(home / "a.db") as conn:
+            conn.execute(f"PRAGMA user_version = {audit.KEYED_VERSION - 1}")
+            if tamper:
+                conn.execute("UPDATE requests SET path = '/innocent' WHERE id = ?", (ids[1],))
+        (home / "audit.key").unlink(missing_ok=True)
+        (home / "audit.anchor").unlink(missing_ok=True)
+        if tamper:
+            with pytest.raises(AuditError, match=f"already broken before its chain was keyed, at row {ids[1]}"):
+                audit.open_db(home / "a.db", seal=Seal(home))
+            continue
+        legacy = audit.open_db(home / "a.db", readonly=True)
+        assert audit.chain_key(legacy, Seal(home)) is None and check(home).checked == 4
+        audit.open_db(home / "a.db", seal=Seal(home)).close()
+        assert Seal(home).key() is not None and Seal(home).anchor().id == ids[-1]  # type: ignore[union-attr]
+        rechain_without_key(home / "a.db")  # a plain chain no longer passes
+        assert check(home).broken_id == ids[0]
+
+
+def test_a_lost_chain_key_stops_writing(tmp_path: Path) -> None:
+    """Without its key, new rows could not extend the chain: the log is not opened for writing."""
+    fill(tmp_path / "a.db", 2)
+    (tmp_path / "audit.key").unlink()
+    with pytest.raises(AuditError, match="audit chain key .* is missing"):
+        AuditWriter(tmp_path / "a.db", Seal(tmp_path))

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from goex_proxy import audit, ids
+from goex_proxy.auditseal import Seal
 from goex_proxy.cel import compile_condition
 from goex_proxy.errors import GoexError
 from goex_proxy.undoplan import Plan, Step
@@ -45,7 +46,7 @@ def _row(conn: Any, request_id: str, status: int | None, body: bytes = b'{"ok": 
 
 @pytest.fixture
 def journal(tmp_path: Path) -> Journal:
-    return Journal(audit.open_db(tmp_path / "audit.db"))
+    return Journal(audit.open_db(tmp_path / "audit.db", seal=Seal(tmp_path)))
 
 
 def test_a_step_whose_answer_was_recorded_is_judged_from_the_log_not_sent_again(journal: Journal) -> None:
