@@ -303,7 +303,7 @@ def _doctor_jail(config: Config, agent: str, probe: list[str], canary: int) -> l
     checked to have stayed out of the workspace, and dropped."""
     import tempfile
 
-    from . import vault
+    from . import auditseal, vault
     from .sandbox import runs
     from .sandbox.jail import proxy_for_jail, start_jailed
 
@@ -315,7 +315,8 @@ def _doctor_jail(config: Config, agent: str, probe: list[str], canary: int) -> l
         listener.listen(1)
         marker = workspace / "written-in-the-jail"
         secret_files = [config.file, config.audit_db, config.state_dir / vault.KEY_FILE,
-                        config.state_dir / vault.VAULT_FILE, config.state_dir / "mitmproxy-ca.pem"]
+                        config.state_dir / vault.VAULT_FILE, config.state_dir / "mitmproxy-ca.pem",
+                        config.state_dir / auditseal.KEY_FILE, config.state_dir / auditseal.ANCHOR_FILE]
         spec = {"state_dir": str(config.state_dir), "ca_cert": str(config.ca_cert),
                 "secret_files": [str(p) for p in secret_files],
                 "config_files": [str(config.file), *(str(p.path) for p in config.policies)],

@@ -181,7 +181,7 @@ def sandbox_checks(spec: dict) -> list[tuple[str, Callable[[], tuple[bool, str]]
 
     return [
         ("goex-proxy's state directory out of sight", state_dir),
-        ("config, vault, vault key, CA key, audit database unreadable",
+        ("config, vault, vault key, CA key, audit database and its chain key unreadable",
          lambda: all_blocked([functools.partial(read, p) for p in spec["secret_files"]])),
         ("config and policy files unwritable",
          lambda: all_blocked([functools.partial(write, p) for p in spec["config_files"]])),

@@ -191,7 +191,7 @@ def test_doctor_passes_in_a_jail_and_fails_outside(proxy):
                                              "direct TCP to this machine", "DNS lookup", "raw socket", "IPv6",
                                              "HTTP ignoring the proxy settings (--noproxy)",
                                              "goex-proxy's state directory out of sight",
-                                             "config, vault, vault key, CA key, audit database unreadable",
+                                             "config, vault, vault key, CA key, audit database and its chain key unreadable",
                                              "config and policy files unwritable", "processes outside the jail invisible",
                                              "a host Unix socket unreachable", "a write outside the workspace refused",
                                              "kernel settings (/proc/sys) unwritable", "kernel keyrings refused",
