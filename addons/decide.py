@@ -15,6 +15,7 @@ from goex_proxy import bodies
 from goex_proxy.addons import flowmeta, replies
 from goex_proxy.addons.failclosed import fail_closed
 from goex_proxy.addons.state import ProxyState
+from goex_proxy.limits import Charge
 from goex_proxy.policy import Decision, decide
 from goex_proxy.requestview import (
     RequestView,
@@ -190,7 +191,7 @@ class Decide:
         if d.effect == "deny":
             replies.denied(flow, d)
             return
-        self._count(d, agent, now)
+        self._count(flow, d, agent, now)
         if protocol != "http":
             self.upgrades[flow.client_conn] = protocol
 
@@ -246,14 +247,17 @@ class Decide:
         d = decide(view, self.state.policies, now, self.state.limits)
         flowmeta.set_decision(flow, d)
         if d.effect == "allow":
-            self._count(d, agent, now)
+            self._count(flow, d, agent, now)
         else:
-            _refuse_stream(flow, f"raw TCP to {host}:{port}: {d.reason}")
+            refuse_stream(flow, f"raw TCP to {host}:{port}: {d.reason}")
 
-    def _count(self, d: Decision, agent: str | None, now: float) -> None:
-        """An allowed request or stream counts against the limits of the rules that allowed it."""
+    def _count(self, flow: http.HTTPFlow | tcp.TCPFlow, d: Decision, agent: str | None, now: float) -> None:
+        """An allowed request or stream counts against the limits of the rules that allowed it, at the time it was
+        decided; the record stage has the audit writer check its caps again against every proxy's hits."""
         if d.count_limits and agent:
             self.state.limits.record(d.count_limits, agent, now)
+            flowmeta.set_charge(flow, Charge(agent, d.count_limits, now,
+                                             self.state.policies.enforced_limits(d.count_limits)))
 
     def tcp_message(self, flow: tcp.TCPFlow) -> None:
         """Belt and braces: nothing of a stream that was not allowed is passed on."""
@@ -263,7 +267,7 @@ class Decide:
 
     def udp_start(self, flow: udp.UDPFlow) -> None:
         """UDP (QUIC, HTTP/3) never reaches a regular proxy; should it ever, it is refused."""
-        _refuse_stream(flow, f"UDP to {flow.server_conn.address}: goex-proxy relays only what it can inspect")
+        refuse_stream(flow, f"UDP to {flow.server_conn.address}: goex-proxy relays only what it can inspect")
 
     def dns_request(self, flow: dns.DNSFlow) -> None:
         """DNS through a tunnel to port 53 would be forwarded by mitmproxy itself: answer SERVFAIL instead."""
@@ -271,7 +275,7 @@ class Decide:
         flow.error = Error("goex-proxy does not relay DNS")
 
 
-def _refuse_stream(flow: tcp.TCPFlow | udp.UDPFlow, what: str) -> None:
+def refuse_stream(flow: tcp.TCPFlow | udp.UDPFlow, what: str) -> None:
     """Refuse a stream before mitmproxy connects it upstream (it checks `server_conn.error` first)."""
     log.warning("refused %s", what)
     flow.server_conn.error = f"goex-proxy refuses {what}"

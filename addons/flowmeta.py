@@ -5,6 +5,7 @@ from __future__ import annotations
 from mitmproxy import http
 
 from goex_proxy.ids import RequestIds
+from goex_proxy.limits import Charge
 from goex_proxy.policy import Decision
 
 _AGENT = "goex.agent"
@@ -19,6 +20,7 @@ _URL = "goex.url"
 _UNDO_OF = "goex.undo_of"
 _PREIMAGE = "goex.preimage"
 _HEADERS_SCRUBBED = "goex.headers_scrubbed"
+_CHARGE = "goex.charge"
 _IDS = RequestIds()
 
 
@@ -51,6 +53,15 @@ def decision(flow: http.HTTPFlow) -> Decision | None:
 
 def set_decision(flow: http.HTTPFlow, value: Decision) -> None:
     flow.metadata[_DECISION] = value
+
+
+def charge(flow: http.HTTPFlow) -> Charge | None:
+    """What an allowed request counts against its rules' limits, and when (set by decide)."""
+    return flow.metadata.get(_CHARGE)
+
+
+def set_charge(flow: http.HTTPFlow, value: Charge) -> None:
+    flow.metadata[_CHARGE] = value
 
 
 def is_own_response(flow: http.HTTPFlow) -> bool:

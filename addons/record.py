@@ -12,10 +12,11 @@ from typing import Any
 from mitmproxy import http, tcp
 
 from goex_proxy import bodies
-from goex_proxy.addons import flowmeta
-from goex_proxy.addons.decide import header_pairs
+from goex_proxy.addons import flowmeta, replies
+from goex_proxy.addons.decide import header_pairs, refuse_stream
 from goex_proxy.addons.failclosed import fail_closed
 from goex_proxy.addons.state import ProxyState
+from goex_proxy.policy import Decision
 from goex_proxy.redact import SecretScrubber, redacted_headers_json
 from goex_proxy.undoplan import SAFE_METHODS, Exchange, classify
 
@@ -136,8 +137,15 @@ class Record:
             raise RuntimeError("a request reached the record stage with no allow decision")
         assert self.state.writer is not None
         final = flow.response is not None
-        keys = d.count_limits if d and not final else ()
-        await asyncio.wrap_future(self.state.writer.record_intent(self.request_row(flow), keys))
+        charge = flowmeta.charge(flow) if not final else None
+        refused = await asyncio.wrap_future(self.state.writer.record_intent(self.request_row(flow), charge))
+        if refused is not None and charge is not None and d is not None:  # other proxies' hits reached a cap first
+            self.state.limits.take_back(charge)
+            denial = Decision("deny", refused, d.rule)
+            flowmeta.set_decision(flow, denial)
+            replies.denied(flow, denial)
+            await asyncio.wrap_future(self.state.writer.record_intent(self.request_row(flow)))
+            final = True
         flowmeta.set_recorded(flow, "final" if final else "intent")
 
     @fail_closed("record")
@@ -174,8 +182,15 @@ class Record:
                "rule": d.rule, "reason": d.reason, "report": d.report}
         if d.effect != "allow":
             row.update({"error": "refused: raw TCP that no rule allows", "ended": time.time(), "duration_ms": 0.0})
-        await asyncio.wrap_future(self.state.writer.record_intent(row, d.count_limits))
-        flowmeta.set_recorded(flow, "intent" if d.effect == "allow" else "final")
+        charge = flowmeta.charge(flow)
+        refused = await asyncio.wrap_future(self.state.writer.record_intent(row, charge))
+        if refused is not None and charge is not None:  # other proxies' hits reached a cap first
+            self.state.limits.take_back(charge)
+            row.update({"decision": "deny", "reason": refused, "error": f"refused: {refused}", "ended": time.time(),
+                        "duration_ms": 0.0})
+            await asyncio.wrap_future(self.state.writer.record_intent(row))
+            refuse_stream(flow, f"raw TCP to {host}:{port}: {refused}")
+        flowmeta.set_recorded(flow, "intent" if d.effect == "allow" and refused is None else "final")
 
     def tcp_end(self, flow: tcp.TCPFlow) -> None:
         if flowmeta.recorded(flow) != "intent" or self.state.writer is None:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import sqlite_utils
 
     from .config import Config
+    from .limits import Charge
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +198,7 @@ def outcome_hash(key: bytes | None, hash_: str, row: dict[str, Any]) -> str:
 @dataclass(frozen=True)
 class _Intent:
     row: dict[str, Any]
-    limit_keys: tuple[str, ...]
+    charge: Charge | None
 
 
 @dataclass(frozen=True)
@@ -229,14 +230,16 @@ class AuditWriter:
         self._thread = threading.Thread(target=self._run, name="goex-audit-writer", daemon=True)
         self._thread.start()
 
-    def record_intent(self, row: dict[str, Any], limit_keys: tuple[str, ...] = ()) -> concurrent.futures.Future[None]:
-        """Queue a request row (with its outcome too, if it already has one); the future resolves once committed."""
-        future: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._queue.put((_Intent(row, limit_keys), future))
+    def record_intent(self, row: dict[str, Any], charge: Charge | None = None) -> concurrent.futures.Future[str | None]:
+        """Queue a request row (with its outcome too, if it already has one) and its limit charge. The future resolves
+        once committed to None, or, without writing the row, to why a cap it is charged against was already reached by
+        the hits of every proxy writing this log (the check and the hit share the write lock)."""
+        future: concurrent.futures.Future[str | None] = concurrent.futures.Future()
+        self._queue.put((_Intent(row, charge), future))
         return future
 
-    def record_outcome(self, request_id: str, fields: dict[str, Any]) -> concurrent.futures.Future[None]:
-        future: concurrent.futures.Future[None] = concurrent.futures.Future()
+    def record_outcome(self, request_id: str, fields: dict[str, Any]) -> concurrent.futures.Future[str | None]:
+        future: concurrent.futures.Future[str | None] = concurrent.futures.Future()
         self._queue.put((_Outcome(request_id, fields), future))
         return future
 
@@ -280,18 +283,21 @@ class AuditWriter:
             batch.append(item)
             only_outcomes = only_outcomes and _is_outcome(item)
 
-    def _write(self, batch: list[tuple[Any, concurrent.futures.Future[None]]]) -> None:
+    def _write(self, batch: list[tuple[Any, concurrent.futures.Future[str | None]]]) -> None:
         head: Anchor | None = None
+        refused: dict[int, str] = {}
         try:
             with self._conn:
                 # Another process (an `undo` next to `goex-proxy run`) may have appended since: lock, then read the head.
                 self._conn.execute("BEGIN IMMEDIATE")
                 last = self._conn.execute("SELECT hash FROM requests ORDER BY seq DESC LIMIT 1").fetchone()
-                for op, _ in batch:
-                    if isinstance(op, _Intent):
-                        head = self._insert(op, head.hash if head else last[0] if last else "")
-                    else:
+                for index, (op, _) in enumerate(batch):
+                    if not isinstance(op, _Intent):
                         self._update(op)
+                    elif (over := self._over_cap(op.charge)) is not None:
+                        refused[index] = over
+                    else:
+                        head = self._insert(op, head.hash if head else last[0] if last else "")
         except Exception as exc:  # sqlite3.Error, disk full, a locked database: every waiter fails closed
             log.error("audit write failed (%d records): %s", len(batch), exc)
             for op, _ in batch:
@@ -302,8 +308,21 @@ class AuditWriter:
             return
         if head is not None:
             self._anchor(head)
-        for _, future in batch:
-            future.set_result(None)
+        for index, (_, future) in enumerate(batch):
+            future.set_result(refused.get(index))
+
+    def _over_cap(self, charge: Charge | None) -> str | None:
+        """Why a cap this charge counts against is reached by the hits already stored, if one is."""
+        if charge is None:
+            return None
+        for key, limit in charge.caps:
+            since = charge.at - limit.per if limit.per is not None else float("-inf")
+            (hits,) = self._conn.execute("SELECT count(*) FROM limit_hits WHERE key = ? AND agent = ? AND ts > ?",
+                                         (key, charge.agent, since)).fetchone()
+            if hits >= limit.count:
+                return (f"limit reached: rule '{key.partition('/')[2]}' allows {limit.describe()} for agent "
+                        f"'{charge.agent}', counted across every proxy writing this audit log")
+        return None
 
     def _anchor(self, head: Anchor) -> None:
         """Keep the newest row outside the database, after its commit (an anchor may lag the log, never lead it);
@@ -326,9 +345,9 @@ class AuditWriter:
                                     tuple(row.values()))
         if "outcome_hash" not in row:
             self._pending[str(row["id"])] = (row["hash"], int(cursor.lastrowid or 0))
-        for key in op.limit_keys:
-            self._conn.execute("INSERT INTO limit_hits (key, agent, ts, request_id) VALUES (?, ?, ?, ?)",
-                               (key, row["agent"], row["ts"], row["id"]))
+        if op.charge is not None:  # counted at the time it was decided, the time the in-memory counters use
+            self._conn.executemany("INSERT INTO limit_hits (key, agent, ts, request_id) VALUES (?, ?, ?, ?)",
+                                   [(key, op.charge.agent, op.charge.at, row["id"]) for key in op.charge.keys])
         return Anchor(int(cursor.lastrowid or 0), str(row["id"]), str(row["hash"]))
 
     def _update(self, op: _Outcome) -> None:

@@ -4,8 +4,20 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from .policy import Limit
+
+
+@dataclass(frozen=True)
+class Charge:
+    """What one allowed request counts against: its limited rules' keys, at the one time it was decided, and the
+    enforced caps among them, which the audit writer checks again against every proxy's hits before recording it."""
+
+    agent: str
+    keys: tuple[str, ...]
+    at: float
+    caps: tuple[tuple[str, Limit], ...] = ()
 
 
 class LimitCounters:
@@ -46,3 +58,10 @@ class LimitCounters:
     def record(self, keys: Iterable[str], agent: str, now: float) -> None:
         for key in keys:
             self._hits.setdefault((key, agent), deque()).append(now)
+
+    def take_back(self, charge: Charge) -> None:
+        """Forget a charge the audit writer refused (another proxy's hits had reached a cap first)."""
+        for key in charge.keys:
+            hits = self._hits.get((key, charge.agent))
+            if hits and charge.at in hits:
+                hits.remove(charge.at)

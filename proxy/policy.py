@@ -152,6 +152,12 @@ class PolicySet:
         """Every limited rule's key and window, to seed counters from storage."""
         return {r.key: r.limit.per for p in self.policies for r in p.rules if r.limit}
 
+    def enforced_limits(self, keys: Iterable[str]) -> tuple[tuple[str, Limit], ...]:
+        """The limits of these rules that are caps (in enforced policies, not report-mode ones)."""
+        wanted = set(keys)
+        return tuple((r.key, r.limit) for p in self.policies if p.mode == "enforce" for r in p.rules
+                     if r.limit and r.key in wanted)
+
 
 @dataclass
 class _Verdict:

@@ -217,7 +217,7 @@ class GoexProxy:
         conn = sqlite3.connect(self.home / "audit.db")
         conn.row_factory = sqlite3.Row
         try:
-            return [dict(r) for r in conn.execute(f"SELECT * FROM {name} ORDER BY seq")]
+            return [dict(r) for r in conn.execute(f"SELECT * FROM {name} ORDER BY rowid")]
         finally:
             conn.close()
 

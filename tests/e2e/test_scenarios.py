@@ -6,13 +6,14 @@ import base64
 import json
 import socket
 import sqlite3
+import sys
 import threading
 import time
 
 import pytest
 import requests
 
-from tests.conftest import TOKENS
+from tests.conftest import GOEX, TOKENS
 
 pytestmark = pytest.mark.e2e
 
@@ -63,6 +64,60 @@ def test_slack_limit_survives_restart(make_proxy, upstream):
     assert len(upstream.state.slack_messages) == 5
     # Limits are per agent: another agent with its own budget is not affected.
     assert session(proxy, "mailbot").get(f"{SLACK}/conversations.list").status_code == 403
+
+
+POSTER = """
+import json, sys, time, requests
+time.sleep(2.5)  # both sessions' proxies have started (and read the stored hits) before either posts
+for i in range(4):
+    r = requests.post("https://slack.com/api/chat.postMessage", json={"channel": "C0BOTS", "text": f"{sys.argv[1]} {i}"})
+    print(r.status_code, r.json().get("reason", ""))
+    time.sleep(0.2)
+"""
+
+
+def test_limits_hold_across_proxies_sharing_the_audit_log(make_proxy, upstream):
+    """Two `exec` sessions without `goex-proxy run` each start a proxy of their own on one audit log; 5 posts an hour
+    is still 5 in all, not 5 each: the writer checks each cap against every proxy's hits under the write lock."""
+    import subprocess
+
+    proxy = make_proxy(SLACK_POLICY, start=False)
+    sessions = [subprocess.Popen([*GOEX, "exec", "--config", str(proxy.config), "--agent", "slackbot",
+                                  "--", sys.executable, "-c", POSTER, name], env=proxy.env, text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE) for name in ("a", "b")]
+    outputs = [s.communicate(timeout=90) for s in sessions]
+    lines = [line for out, _ in outputs for line in out.splitlines()]
+    assert len(lines) == 8, outputs
+    assert sum(line.startswith("200") for line in lines) == 5 and len(upstream.state.slack_messages) == 5
+    assert all("limit reached" in line for line in lines if not line.startswith("200"))
+    hits = proxy.table("limit_hits")
+    allowed = [r for r in proxy.rows() if r["decision"] == "allow"]
+    assert len(hits) == 5 and {h["request_id"] for h in hits} == {r["id"] for r in allowed}
+
+
+def test_a_limit_counts_a_request_when_it_was_decided(make_proxy, upstream):
+    """A request whose body arrives 2 s after its headers is counted, in memory and in storage, at the time it was
+    decided (after the body), so a restart reads the same window the running proxy used."""
+    proxy = make_proxy(SLACK_POLICY)
+    import ssl
+
+    body = json.dumps({"channel": "C0BOTS", "text": "slow"}).encode()
+    auth = base64.b64encode(f"slackbot:{TOKENS['slackbot']}".encode()).decode()
+    with socket.create_connection(("127.0.0.1", proxy.port)) as raw:
+        raw.sendall(f"CONNECT slack.com:443 HTTP/1.1\r\nHost: slack.com:443\r\n"
+                    f"Proxy-Authorization: Basic {auth}\r\n\r\n".encode())
+        assert raw.recv(4096).startswith(b"HTTP/1.1 200")
+        tls = ssl.create_default_context(cafile=str(proxy.ca_cert)).wrap_socket(raw, server_hostname="slack.com")
+        tls.sendall(f"POST /api/chat.postMessage HTTP/1.1\r\nHost: slack.com\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n".encode())
+        time.sleep(2)
+        decided_after = time.time()
+        tls.sendall(body)
+        assert tls.recv(65536).startswith(b"HTTP/1.1 200")
+    time.sleep(0.3)
+    [hit] = proxy.table("limit_hits")
+    [row] = [r for r in proxy.rows() if r["id"] == hit["request_id"]]
+    assert hit["ts"] >= decided_after and row["ts"] < decided_after - 1.5
 
 
 def test_cel_condition_and_deny(make_proxy, upstream):

@@ -187,3 +187,26 @@ def test_a_lost_chain_key_stops_writing(tmp_path: Path) -> None:
     (tmp_path / "audit.key").unlink()
     with pytest.raises(AuditError, match="audit chain key .* is missing"):
         AuditWriter(tmp_path / "a.db", Seal(tmp_path))
+
+
+def test_a_cap_is_checked_against_every_writers_hits(tmp_path: Path) -> None:
+    """Two writers on one log (two proxies): a charge past a cap is refused, its row not written, whichever writer
+    stored the earlier hits; hits are stored at the charge's time; a window that has passed counts no more."""
+    from goex_proxy.limits import Charge
+    from goex_proxy.policy import Limit
+
+    cap = (("p/post", Limit(2, 60.0, "1m")),)
+    ids, first, second = RequestIds(), AuditWriter(tmp_path / "a.db", Seal(tmp_path)), AuditWriter(tmp_path / "a.db",
+                                                                                                   Seal(tmp_path))
+    results = [w.record_intent(row(i, ids), Charge("bot", ("p/post",), 1000.0 + i, cap)).result(5)
+               for i, w in enumerate((first, second, first, second))]
+    assert results[:2] == [None, None] and all("limit reached: rule 'post' allows at most 2 per 1m" in r
+                                               for r in results[2:] if r)
+    assert results[2] and results[3]
+    later = second.record_intent(row(9, ids), Charge("bot", ("p/post",), 1061.0, cap)).result(5)
+    other_agent = first.record_intent(row(10, ids), Charge("eve", ("p/post",), 1003.0, cap)).result(5)
+    first.close(), second.close()
+    assert later is None and other_agent is None
+    conn = audit.open_db(tmp_path / "a.db", readonly=True)
+    assert [r[0] for r in conn.execute("SELECT ts FROM limit_hits ORDER BY rowid")] == [1000.0, 1001.0, 1061.0, 1003.0]
+    assert conn.execute("SELECT count(*) FROM requests").fetchone()[0] == 4
