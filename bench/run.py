@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """goex-proxy benchmark suite: throughput vs bare mitmdump, policy decision latency, audit log query time, undo
-planning time, the latency a pre-image read adds to a mutating call, and (optional) what the jail adds to starting a
-command and how fast a jailed run's file changes are kept and undone.
+planning time, the latency a pre-image read adds to a mutating call, peak memory under decompression bombs and how long
+a hostile path holds the event loop, and (optional) what the jail adds to starting a command and how fast a jailed
+run's file changes are kept and undone.
 
-    python bench/run.py                    # everything (~4 minutes)
-    python bench/run.py --quick            # shorter runs, same measurements (~75 seconds)
-    python bench/run.py --only decide      # one part: throughput | decide | log | undoplan | preimage
+    python bench/run.py                    # everything (~5 minutes)
+    python bench/run.py --quick            # shorter runs, same measurements (~2 minutes)
+    python bench/run.py --only decide      # one part: throughput | decide | log | undoplan | preimage | dos
                                            # (comma-separated for several; `undo` is undoplan,preimage)
     python bench/run.py --only jail        # optional: jailed vs --no-jail exec start, keep/undo of 1,000 files (~2 min)
     python bench/run.py --only throughput --rounds 7 --duration 8
@@ -31,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import PYTHON, Processes  # noqa: E402
 
-PARTS = ("throughput", "decide", "log", "undoplan", "preimage")
+PARTS = ("throughput", "decide", "log", "undoplan", "preimage", "dos")
 OPTIONAL_PARTS = ("profile", "jail")
 ALIASES = {"undo": ("undoplan", "preimage")}
 
@@ -39,12 +40,12 @@ ALIASES = {"undo": ("undoplan", "preimage")}
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", default=",".join(PARTS),
-                   help="comma-separated parts to run: throughput, decide, log, undoplan, preimage (undo: both), "
+                   help="comma-separated parts to run: throughput, decide, log, undoplan, preimage (undo: both), dos, "
                         "profile, jail (default: all but profile and jail)")
     p.add_argument("--profile", action="store_true",
                    help="also profile goex-proxy under load with py-spy (the `profile` part; needs py-spy)")
     p.add_argument("--profile-scheme", default="https", help="scheme(s) to profile: http, https or http,https")
-    p.add_argument("--quick", action="store_true", help="shorter runs (about a minute in all)")
+    p.add_argument("--quick", action="store_true", help="shorter runs (about 2 minutes in all)")
     p.add_argument("--duration", type=float, help="seconds per throughput run (default 5; quick 1.5)")
     p.add_argument("--rounds", type=int, help="alternating rounds per proxy and scheme (default 5; quick 3)")
     p.add_argument("--conns", type=int, default=10, help="concurrent keep-alive connections (default 10)")
@@ -144,6 +145,13 @@ def main(argv: list[str] | None = None) -> int:
                                                            verbose=not args.quiet, keep=args.keep)
             sections.append(text)
             print(text + "\n", flush=True)
+        if "dos" in args.parts:
+            import dos_bench
+
+            text, results["dos"] = dos_bench.run(procs, rounds=3 if args.quick else 5, window=1.0 if args.quick
+                                                 else 1.5, say=say, keep=args.keep)
+            sections.append(text)
+            print(text + "\n", flush=True)
         if "jail" in args.parts:
             import jail_bench
 
@@ -197,6 +205,10 @@ def passes(results: dict[str, Any]) -> dict[str, bool]:
         out["undo plan"] = results["undoplan"]["pass"]
     for scheme, r in results.get("preimage", {}).items():
         out[f"pre-image overhead {scheme}"] = r["pass"]
+    if "dos" in results:
+        out["bomb peak RSS"] = results["dos"]["bomb_pass"]
+        out["plain body peak RSS"] = results["dos"]["plain_pass"]
+        out["hostile path stall"] = results["dos"]["stall_pass"]
     if "jail" in results:
         out["jail start"] = results["jail"]["start_pass"]
         out["files undo"] = results["jail"]["files"]["pass"]
@@ -240,6 +252,8 @@ def summary(results: dict[str, Any]) -> str:
         rows.append(["  PUT + pre-image / PUT, no rules / GET upstream p50",
                      f"{r['preimage_put_p50_ms']:.2f} / {r['plain_put_p50_ms']:.2f} / {r['upstream_get_p50_ms']:.2f} ms",
                      "", ""])
+    if "dos" in results:
+        rows += dos_rows(results["dos"])
     if "jail" in results:
         j = results["jail"]
         rows.append(["exec -- true, jailed minus --no-jail (proxy running)",
@@ -255,6 +269,24 @@ def summary(results: dict[str, Any]) -> str:
         rows.append(["  read_layer / keep / CLI files undo, edited", f"{f['edited']['read_layer_ms']:.0f} / "
                      f"{f['edited']['keep_ms']:.0f} / {f['edited']['cli_undo_ms']:.0f} ms", "", ""])
     return table(["target", "measured (medians)", "target", "result"], rows)
+
+
+def dos_rows(d: dict[str, Any]) -> list[list[str]]:
+    worst = max((r for r in d["memory"] if r["bomb"]), key=lambda r: r["growth_mib"])
+    rows = [[f"decompression bombs: worst peak RSS growth ({worst['case']})", f"+{worst['growth_mib']:.0f} MiB",
+             "<= +300 MiB", "PASS" if d["bomb_pass"] else "FAIL"]]
+    if d["plain"]:
+        p = d["plain"]
+        rows.append([f"plain {p['wire_bytes'] >> 20} MiB body: peak RSS growth (status {p['status']})",
+                     f"+{p['growth_mib']:,.0f} MiB ({p['ratio']:.1f}x)", "<= 2x body",
+                     "PASS" if d["plain_pass"] else "FAIL"])
+    s = d["stall"]
+    rows.append(["hostile paths: steady client's max added latency", f"+{s['added_max_ms']:.0f} ms", "<= 100 ms",
+                 "PASS" if s["pass"] else "FAIL"])
+    longest = max(s["hostile"], key=lambda h: h["path_bytes"])
+    rows.append([f"  steady p50 quiet / under attack; hostile {longest['path_bytes'] // 1000} KB path p50",
+                 f"{s['quiet']['p50']:.1f} / {s['attack']['p50']:.1f}; {longest['p50_ms']:.0f} ms", "", ""])
+    return rows
 
 
 if __name__ == "__main__":
