@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 from mitmproxy import http
@@ -10,6 +11,7 @@ from goex_proxy import bodies
 from goex_proxy.addons import flowmeta, replies
 from goex_proxy.addons.failclosed import fail_closed
 from goex_proxy.addons.state import ProxyState
+from goex_proxy.redact import ScrubStream
 
 
 def scrub_error_pages(state: ProxyState) -> None:
@@ -46,6 +48,8 @@ class Scrub:
 
     def __init__(self, state: ProxyState) -> None:
         self.state = state
+        #: each WebSocket's matcher for the upstream's messages (kept here, not in flow.metadata, which can be exported)
+        self._streams: weakref.WeakKeyDictionary[http.HTTPFlow, ScrubStream] = weakref.WeakKeyDictionary()
         scrub_error_pages(state)
 
     @fail_closed("scrub")
@@ -55,13 +59,19 @@ class Scrub:
         self._clean_headers(flow, flow.response)
 
     def _clean_headers(self, flow: http.HTTPFlow, response: http.Response) -> None:
+        """The status line's reason and the header names and values are scrubbed as streams (a secret split across
+        two fields, or between the reason and a field, is caught); upstream `X-Goex-*` fields are dropped."""
         flowmeta.set_headers_scrubbed(flow, response)
         headers = response.headers
         prefix = replies.PREFIX.encode()
         scrub = self.state.scrubber
-        if scrub or any(k.lower().startswith(prefix) for k, _ in headers.fields):  # raw fields: cheap to scan
-            headers.fields = tuple((k, scrub.bytes(v) if scrub else v) for k, v in headers.fields
+        if scrub:
+            names, values = scrub.stream(), scrub.stream()
+            response.data.reason = values.feed(response.data.reason)
+            headers.fields = tuple((names.feed(k), values.feed(v)) for k, v in headers.fields
                                    if not k.lower().startswith(prefix))
+        elif any(k.lower().startswith(prefix) for k, _ in headers.fields):  # raw fields: cheap to scan
+            headers.fields = tuple((k, v) for k, v in headers.fields if not k.lower().startswith(prefix))
         headers["X-Goex-Request-Id"] = flowmeta.request_id(flow)
         d = flowmeta.decision(flow)
         if d is not None:
@@ -76,26 +86,53 @@ class Scrub:
             self._clean_headers(flow, flow.response)
         if not self.state.scrubber:
             return
-        coding = flow.response.headers.get("content-encoding", "")
-        try:
-            content = bodies.decode(flow.response.raw_content or b"", coding)
-        except ValueError as exc:  # what we cannot undo could hide a secret: nothing unchecked reaches the agent
-            replies.reply(flow, 502, {"error": "goex-proxy: the upstream response's content encoding "
-                                               f"({coding!r}) cannot be checked for secrets, so it is withheld",
-                                      "reason": str(exc)[:200]})
+        response = flow.response
+        problem = unscannable(response)
+        if problem is None:
+            try:
+                content = bodies.decode(response.raw_content or b"", response.headers.get("content-encoding", ""))
+            except ValueError as exc:  # what we cannot undo could hide a secret: nothing unchecked reaches the agent
+                problem = f"its content encoding cannot be undone ({str(exc)[:200]})"
+        if problem is None:
+            problem = self._clean_body(response, content)
+        if problem is not None:
+            replies.reply(flow, 502, {"error": "goex-proxy: the upstream's answer cannot be checked for secrets, so "
+                                               "it is withheld", "reason": problem})
             return
-        cleaned = self.state.scrubber.bytes(content)
+        if response.trailers:
+            response.trailers.fields = self.state.scrubber.fields(response.trailers.fields)
+
+    def _clean_body(self, response: http.Response, content: bytes) -> str | None:
+        """Scrub the decoded body in place (a range of a body keeps its length); why it cannot be, if it cannot."""
+        scrub = self.state.scrubber
+        for layer in bodies.inner_layers(content):
+            if scrub.bytes(layer) != layer:
+                return "a secret is inside a compressed layer within the body"
+        cleaned = scrub.part(content) if response.status_code == 206 else scrub.bytes(content)
         if cleaned != content:
-            flow.response.content = cleaned  # re-encoded with the response's Content-Encoding
-        if flow.response.trailers:
-            fields = flow.response.trailers.fields
-            flow.response.trailers.fields = tuple((k, self.state.scrubber.bytes(v)) for k, v in fields)
+            response.content = cleaned  # re-encoded with the response's Content-Encoding
+        return None
 
     @fail_closed("scrub")
     def websocket_message(self, flow: http.HTTPFlow) -> None:
-        """Messages from the upstream over an allowed WebSocket are scrubbed like bodies."""
+        """Messages from the upstream over an allowed WebSocket are scrubbed as one stream (a secret split across
+        messages is caught where it ends, and a possible start of one is withheld at the end of a message)."""
         if flow.websocket is None or not self.state.scrubber:
             return
         message = flow.websocket.messages[-1]
         if not message.from_client:
-            message.content = self.state.scrubber.bytes(message.content)
+            stream = self._streams.get(flow)
+            if stream is None:
+                stream = self._streams[flow] = self.state.scrubber.stream()
+            message.content = stream.feed(message.content)
+
+
+def unscannable(response: http.Response) -> str | None:
+    """Why an answer's bytes could reach the agent in a form the scrubber does not read, if they could: a transfer
+    coding other than chunked (the client would undo it), or several byte ranges in one answer."""
+    codings = [c.strip().lower() for v in response.headers.get_all("transfer-encoding") for c in v.split(",")]
+    if any(c not in ("chunked", "identity", "") for c in codings):
+        return f"it has the transfer coding {', '.join(codings)!r}; goex-proxy relays only chunked"
+    if response.status_code == 206 and "multipart/byteranges" in response.headers.get("content-type", "").lower():
+        return "it holds several byte ranges (multipart/byteranges); ask for one range at a time"
+    return None

@@ -42,6 +42,30 @@ def decode(raw: bytes, coding: str) -> bytes:
     raise ValueError(f"unknown content encoding {coding!r}")
 
 
+#: How many compressed layers inside a body are looked into (gzip in gzip in gzip).
+MAX_INNER_LAYERS = 3
+_ZLIB_HEADERS = (b"\x78\x01", b"\x78\x5e", b"\x78\x9c", b"\x78\xda")
+
+
+def inner_layers(content: bytes) -> list[bytes]:
+    """The layers a client could still decompress out of an already decoded body (gzip or zlib data inside it,
+    which it may undo although no header says so), within the same bounds; a layer that does not decode ends it."""
+    layers: list[bytes] = []
+    while len(layers) < MAX_INNER_LAYERS:
+        if content[:2] == b"\x1f\x8b":
+            coding = "gzip"
+        elif content[:2] in _ZLIB_HEADERS:
+            coding = "deflate"
+        else:
+            break
+        try:
+            content = decode(content, coding)
+        except ValueError:
+            break
+        layers.append(content)
+    return layers
+
+
 def _limit(encoded: int) -> int:
     return min(MAX_DECODED, max(RATIO_FLOOR, MAX_RATIO * encoded))
 

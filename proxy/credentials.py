@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import json
 import re
 from dataclasses import dataclass
@@ -95,9 +96,13 @@ class Credential:
         raw = secret.encode()
         escaped = {quote(secret, safe=""), quote_plus(secret)}
         escaped |= {re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), e) for e in escaped}
+        escaped |= {quote(e, safe="") for e in escaped}  # encoded twice (a URL inside a query parameter)
         in_json = json.dumps(secret)[1:-1]
+        # Go's encoding/json writes & < > as \u0026 \u003c \u003e; HTML escapes & < > " ' as entities.
+        go_json = in_json.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
+        in_html = html.escape(secret, quote=True)
         spellings = {secret, *escaped, raw.hex(), raw.hex().upper(), in_json, in_json.replace("/", "\\/"),
-                     json.dumps(secret, ensure_ascii=True)[1:-1]}
+                     json.dumps(secret, ensure_ascii=True)[1:-1], go_json, in_html, in_html.replace("&#x27;", "&#39;")}
         for encode in (base64.b64encode, base64.urlsafe_b64encode):
             whole = encode(raw).decode()
             spellings.update({whole, whole.rstrip("=")})

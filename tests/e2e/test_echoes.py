@@ -1,0 +1,234 @@
+"""An upstream that reflects the injected credential every way an agent could reassemble it: none of them gives it back."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import html
+import json
+import re
+import socket
+import socketserver
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+from urllib.parse import quote, unquote
+
+import pytest
+from websockets.sync.client import connect
+from websockets.sync.server import serve
+
+from tests.conftest import TOKENS, free_port
+
+pytestmark = pytest.mark.e2e
+
+#: Holds every character an encoder escapes: & < > " ' + / (HTML, Go's JSON, URL encoding).
+SECRET = "xoxb-ECHO&<b>\"q'+/=end-7f3a9c2e"
+HOST, WS_HOST = "echo.example", "ws.echo.example"
+CREDENTIALS = f"""credentials:
+  echo:
+    secret: {{env: GOEX_TEST_ECHO_SECRET}}
+    hosts: [{HOST}, {WS_HOST}]
+    inject: {{header: Authorization, value: "Bearer {{secret}}"}}
+"""
+POLICY = {"echo": f"""
+    version: 1
+    rules:
+      - name: the echo server
+        allow: {{hosts: [{HOST}, {WS_HOST}], methods: [GET]}}
+"""}
+BODY = b"0123456789" * 3 + SECRET.encode() + b"abcdefghij" * 3
+
+
+def _gzip(data: bytes) -> bytes:
+    return gzip.compress(data, mtime=0)
+
+
+def _mime(secret: str) -> bytes:
+    return b"Content-Transfer-Encoding: base64\r\n\r\n" + base64.encodebytes(b"x" * 50 + secret.encode())
+
+
+#: path -> (status line, extra header lines, body): how the upstream reflects the Authorization it got.
+REFLECTIONS: dict[str, Callable[[str], tuple[bytes, list[bytes], bytes]]] = {
+    "/reason": lambda s: (b"HTTP/1.1 200 " + s.encode(), [], b"ok"),
+    "/header-name": lambda s: (b"HTTP/1.1 200 OK", [b"X-" + s.encode().hex().encode() + b": 1"], b"ok"),
+    "/two-headers": lambda s: (b"HTTP/1.1 200 OK", [b"X-A: " + s[:11].encode(), b"X-B: " + s[11:].encode()], b"ok"),
+    "/one-header-twice": lambda s: (b"HTTP/1.1 200 OK", [b"X-Part: " + s[:9].encode(), b"X-Part: " + s[9:].encode()],
+                                    b"ok"),
+    "/te-gzip": lambda s: (b"HTTP/1.1 200 OK", [b"Transfer-Encoding: gzip"], _gzip(s.encode())),
+    "/gzip-in-gzip": lambda s: (b"HTTP/1.1 200 OK", [b"Content-Encoding: gzip"], _gzip(_gzip(s.encode()))),
+    "/mime-base64": lambda s: (b"HTTP/1.1 200 OK", [b"Content-Type: message/rfc822"], _mime(s)),
+    "/html": lambda s: (b"HTTP/1.1 200 OK", [b"Content-Type: text/html"],
+                        b"<p title=\"" + html.escape(s, quote=True).encode() + b"\">hi</p>"),
+    "/go-json": lambda s: (b"HTTP/1.1 200 OK", [b"Content-Type: application/json"],
+                           json.dumps({"auth": s}).replace("&", "\\u0026").replace("<", "\\u003c")
+                           .replace(">", "\\u003e").encode()),
+    "/double-url": lambda s: (b"HTTP/1.1 200 OK", [], b"next=" + quote(quote(s, safe=""), safe="").encode()),
+}
+
+
+def reassembled(path: str, status: bytes, fields: list[tuple[bytes, bytes]], body: bytes) -> str:
+    """What the agent rebuilds from the answer, undoing the reflection `path` names."""
+    values = b"".join(v for _, v in fields).decode("latin-1")
+    text = body
+    if path in ("/te-gzip", "/gzip-in-gzip"):
+        while text[:2] == b"\x1f\x8b":
+            text = gzip.decompress(text)
+    if path == "/mime-base64":
+        letters = re.sub(rb"[^A-Za-z0-9+/]", b"", text.split(b"\r\n\r\n", 1)[-1])  # as a lenient decoder does
+        text = base64.b64decode(letters[:len(letters) // 4 * 4])
+    if path == "/header-name":
+        text = b"".join(bytes.fromhex(k[2:].decode()) if k.startswith(b"X-") and len(k) > 40 else b"" for k, _ in fields)
+    decoded = text.decode("latin-1")
+    return " ".join([status.decode("latin-1"), values, decoded, html.unescape(decoded), unquote(unquote(decoded)),
+                     decoded.encode().decode("unicode_escape", "replace")])
+
+
+class _Reflector(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def _serve(context: ssl.SSLContext) -> tuple[_Reflector, list[str]]:
+    seen: list[str] = []
+
+    class Handler(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            conn = context.wrap_socket(self.request, server_side=True)
+            reader = conn.makefile("rb")
+            request_line = reader.readline().decode()
+            headers: dict[str, str] = {}
+            while (line := reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.decode().partition(":")
+                headers[name.strip().lower()] = value.strip()
+            path = request_line.split()[1]
+            secret = headers.get("authorization", "").removeprefix("Bearer ")
+            seen.append(secret)
+            if path == "/range":
+                first, last = (int(n) for n in headers["range"].removeprefix("bytes=").split("-"))
+                part = BODY[first:last + 1]
+                head = [b"HTTP/1.1 206 Partial Content",
+                        f"Content-Range: bytes {first}-{first + len(part) - 1}/{len(BODY)}".encode()]
+                extra, body = [], part
+                status = head[0]
+                lines = [head[1]]
+            else:
+                status, lines, body = REFLECTIONS[path](secret)
+                extra = []
+            framing = [] if any(h.startswith(b"Transfer-Encoding") for h in lines) else [
+                f"Content-Length: {len(body)}".encode()]
+            conn.sendall(b"\r\n".join([status, *lines, *extra, *framing, b"Connection: close", b"", b""]) + body)
+            conn.close()
+
+    server = _Reflector(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, seen
+
+
+@pytest.fixture
+def reflector(upstream_ca) -> Iterator[tuple[int, list[str]]]:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    upstream_ca[0].issue_cert(HOST).configure_cert(context)
+    server, seen = _serve(context)
+    yield server.server_address[1], seen
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def echo_proxy(make_proxy, reflector, ws_reflector):
+    proxy = make_proxy(POLICY, start=False, extra_config=CREDENTIALS,
+                       routes={HOST: f"https://127.0.0.1:{reflector[0]}", WS_HOST: f"https://127.0.0.1:{ws_reflector}"})
+    proxy.env["GOEX_TEST_ECHO_SECRET"] = SECRET
+    return proxy.start()
+
+
+def fetch(proxy, path: str, headers: dict[str, str] | None = None) -> tuple[bytes, list[tuple[bytes, bytes]], bytes]:
+    """One GET through the proxy on a raw TLS socket: the status line, header fields and body exactly as received."""
+    auth = base64.b64encode(f"mailbot:{TOKENS['mailbot']}".encode()).decode()
+    raw = socket.create_connection(("127.0.0.1", proxy.port), timeout=20)
+    raw.sendall(f"CONNECT {HOST}:443 HTTP/1.1\r\nHost: {HOST}:443\r\nProxy-Authorization: Basic {auth}\r\n\r\n".encode())
+    assert raw.recv(4096).startswith(b"HTTP/1.1 200")
+    tls = ssl.create_default_context(cafile=str(proxy.ca_cert)).wrap_socket(raw, server_hostname=HOST)
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\n{extra}Connection: close\r\n\r\n".encode())
+    data = b""
+    while chunk := tls.recv(65536):
+        data += chunk
+    tls.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    status, *lines = head.split(b"\r\n")
+    fields = [(k.strip(), v.strip()) for k, _, v in (line.partition(b":") for line in lines)]
+    if any(k.lower() == b"transfer-encoding" and v.lower() == b"chunked" for k, v in fields):
+        body = _dechunk(body)
+    return status, fields, body
+
+
+def _dechunk(body: bytes) -> bytes:
+    out = b""
+    while body:
+        size, _, body = body.partition(b"\r\n")
+        n = int(size.split(b";")[0], 16)
+        if n == 0:
+            break
+        out, body = out + body[:n], body[n + 2:]
+    return out
+
+
+@pytest.mark.parametrize("path", sorted(REFLECTIONS))
+def test_no_reflection_gives_the_secret_back(echo_proxy, reflector, path):
+    """Each way the upstream reflects the injected secret reaches the agent scrubbed, withheld, or not at all."""
+    status, fields, body = fetch(echo_proxy, path)
+    assert reflector[1] == [SECRET], "the upstream got the real secret"
+    seen = reassembled(path, status, fields, body)
+    assert SECRET not in seen and SECRET[5:25] not in seen
+    assert status.startswith(b"HTTP/1.1 502") or b"goex-placeholder-echo" in status + b"".join(
+        k + v for k, v in fields) + body or b"<withheld>" in b"".join(v for _, v in fields)
+
+
+def test_byte_ranges_cut_through_the_secret_give_back_at_most_a_few_bytes(echo_proxy, reflector):
+    """Asking for the reflected body a range at a time (every cut, and ranges of 1 to 12 bytes) rebuilds at most
+    PARTIAL_MIN - 1 bytes at each end of the secret, never the secret."""
+    from goex_proxy.redact import PARTIAL_MIN
+
+    start = BODY.index(SECRET.encode())
+    for size in (1, 3, 5, 7, 12, 20):
+        rebuilt = b""
+        for first in range(0, len(BODY), size):
+            status, _, part = fetch(echo_proxy, "/range", {"Range": f"bytes={first}-{first + size - 1}"})
+            assert status.startswith(b"HTTP/1.1 206") and len(part) == min(size, len(BODY) - first)
+            rebuilt += part
+        middle = rebuilt[start + PARTIAL_MIN - 1:start + len(SECRET) - PARTIAL_MIN + 1]
+        assert SECRET.encode() not in rebuilt and set(middle) == {ord("*")}, (size, rebuilt)
+
+
+@pytest.fixture
+def ws_reflector(upstream_ca) -> Iterator[int]:
+    """A WebSocket server that sends back the Authorization it was opened with, cut in two messages."""
+    def reflect(conn):
+        secret = conn.request.headers.get("Authorization", "").removeprefix("Bearer ")
+        conn.recv()
+        conn.send("start " + secret[:13])
+        conn.send(secret[13:] + " end")
+        conn.recv()
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    upstream_ca[0].issue_cert(WS_HOST).configure_cert(context)
+    port = free_port()
+    server = serve(reflect, "127.0.0.1", port, ssl=context)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield port
+    server.shutdown()
+
+
+def test_a_secret_split_across_websocket_messages_is_not_given_back(echo_proxy):
+    """The two halves arrive as two messages: the first half is withheld at the end of its message, the second
+    becomes the placeholder."""
+    client = ssl.create_default_context(cafile=str(echo_proxy.ca_cert))
+    with connect(f"wss://{WS_HOST}/socket", proxy=echo_proxy.proxy_url("mailbot"), ssl=client, open_timeout=10) as ws:
+        ws.send("go")
+        first, second = ws.recv(timeout=10), ws.recv(timeout=10)
+        ws.send("bye")
+    joined = str(first) + str(second)
+    assert SECRET not in joined and SECRET[:6] not in joined and SECRET[13:] not in joined
+    assert first == "start <withheld>" and str(second).endswith(" end")
