@@ -80,10 +80,14 @@ def _zlib(raw: bytes, wbits: int, limit: int, members: bool = False) -> bytes:
     pending = raw
     while pending:
         d = zlib.decompressobj(wbits)
-        try:
-            out += d.decompress(pending, limit + 1 - len(out))
-            while d.unconsumed_tail and len(out) <= limit:
-                out += d.decompress(d.unconsumed_tail, limit + 1 - len(out))
+        data = pending
+        try:  # in steps, so that no step's output is a second copy of everything decoded so far
+            while True:
+                step = d.decompress(data, min(_ZLIB_STEP, limit + 1 - len(out)))
+                out += step
+                data = d.unconsumed_tail
+                if d.eof or len(out) > limit or not (data or step):
+                    break
         except zlib.error as exc:
             raise ValueError(str(exc)) from None
         if len(out) > limit:
