@@ -197,8 +197,8 @@ class Decide:
 
     def _every_reading(self, view: RequestView, allowed: Decision, now: float) -> Decision:
         """An allowed request stays allowed only if every other way servers read it is too (a method override must be
-        allowed; a case-insensitive or slash-lenient path must not reach a deny rule), and its body says what its
-        Content-Type says."""
+        allowed), and its body says what its Content-Type says. (Keys sent twice and paths as lenient routers read
+        them are decided by `decide` itself.)"""
         problem = content_type_problem(view)
         if problem is not None:
             return Decision("deny", f"refused before policy: {problem}; send the body its Content-Type names",

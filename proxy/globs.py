@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import string
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import re2
@@ -30,6 +31,33 @@ class Glob:
         if self.literal is not None:
             return text == self.literal
         return self.regex.fullmatch(text) is not None
+
+    def matches_path(self, path: str, fold_case: bool = False, optional_slash: bool = False) -> bool:
+        """Whether this path glob matches `path` as a router would that ignores case (`fold_case`, RE2's Unicode
+        simple case folding) or treats `/a` and `/a/` as one route (`optional_slash`, Express's non-strict routing)."""
+        slash = optional_slash and len(path) > 1
+        if slash:
+            path = path.removesuffix("/") + "/"  # one spelling; the expression's optional last '/' reads it both ways
+        fold = fold_case and not (self._lower_ascii and path.isascii() and path == path.lower())
+        if not (fold or slash):
+            return self.matches(path)
+        if self.literal is not None and self.literal.isascii() and path.isascii():  # folding is lower-casing there
+            same = (lambda a, b: a.lower() == b.lower()) if fold else str.__eq__
+            return same(path, self.literal) or (slash and same(path[:-1], self.literal))
+        return self._lenient(fold, slash).fullmatch(path) is not None
+
+    @cached_property
+    def _lower_ascii(self) -> bool:
+        """Whether folding case changes nothing this glob matches in an ASCII lower-case path."""
+        return self.pattern.isascii() and self.pattern == self.pattern.lower()
+
+    def _lenient(self, fold: bool, slash: bool) -> Any:
+        """The expression folding case and/or taking an optional last '/', compiled on first use."""
+        key = f"_lenient_{fold:d}{slash:d}"
+        if key not in self.__dict__:
+            body = "(?:" + self.regex.pattern + ")/?" if slash else self.regex.pattern
+            self.__dict__[key] = re2.compile("(?i)" + body if fold else body)
+        return self.__dict__[key]
 
 
 def _translate(pattern: str, separator: str) -> str:

@@ -8,7 +8,7 @@ from typing import Any, Literal, Protocol
 
 from .cel import CelEvalError, Condition, bind
 from .globs import Glob
-from .requestview import RequestView
+from .requestview import RepeatedKey, RequestView, reading_count, repeated_keys, value_readings
 
 Effect = Literal["allow", "deny"]
 Mode = Literal["enforce", "report"]
@@ -24,6 +24,24 @@ class Limit:
 
     def describe(self) -> str:
         return f"at most {self.count} per {self.text}" if self.per else f"at most {self.count} in all"
+
+
+@dataclass(frozen=True)
+class Routing:
+    """How a server routes paths: ignoring case (`path_case: insensitive`), and treating `/a` and `/a/` as one route
+    (`trailing_slash: optional`)."""
+
+    fold_case: bool = False
+    optional_slash: bool = False
+
+    def __or__(self, other: Routing) -> Routing:
+        return Routing(self.fold_case or other.fold_case, self.optional_slash or other.optional_slash)
+
+
+#: Paths matched as written.
+EXACT = Routing()
+#: Paths matched as Express and many other routers do by default: in any case, with or without a trailing slash.
+LENIENT = Routing(fold_case=True, optional_slash=True)
 
 
 @dataclass(frozen=True)
@@ -43,6 +61,8 @@ class Rule:
     rewrite: bool = False      # allow only as the request's reversible twin (an undo rule's `twin`)
     protocol: str | None = None  # "tcp" or an HTTP Upgrade token; None: HTTP (a deny without one: any protocol)
     ports: frozenset[int] | None = None
+    routing: Routing = EXACT     # how the server routes the paths this rule names (`path_case`, `trailing_slash`)
+    accepts_duplicate_keys: bool = False  # `duplicate_keys: accept`: may allow a query or form with a key twice
 
     @property
     def key(self) -> str:
@@ -60,8 +80,9 @@ class Rule:
         upgrade = f" upgrading to {self.protocol}" if self.protocol else ""
         return f"{methods} {hosts}{paths}{ports}{upgrade}{cond} ('{self.name}'{extra})"
 
-    def matches_plain(self, view: RequestView, host_known: bool = False) -> bool:
-        """Everything but the CEL condition (`host_known`: the host index already matched the host)."""
+    def matches_plain(self, view: RequestView, host_known: bool = False, routing: Routing = EXACT) -> bool:
+        """Everything but the CEL condition (`host_known`: the host index already matched the host; `routing`: how
+        the host's server routes paths, besides what the rule itself declares)."""
         if self.agents is not None and view.agent not in self.agents:
             return False
         if (self.protocol or "http") != view.protocol and not (self.effect == "deny" and self.protocol is None):
@@ -72,7 +93,12 @@ class Rule:
             return False
         if not host_known and self.hosts and not any(h.matches(view.host) for h in self.hosts):
             return False
-        return self.paths is None or any(p.matches(view.path) for p in self.paths)
+        if self.paths is None:
+            return True
+        how = self.routing | routing
+        if how == EXACT:
+            return any(p.matches(view.path) for p in self.paths)
+        return any(p.matches_path(view.path, how.fold_case, how.optional_slash) for p in self.paths)
 
 
 @dataclass(frozen=True)
@@ -84,6 +110,7 @@ class Policy:
     rules: tuple[Rule, ...]
     agents: frozenset[str] | None = None
     mode: Mode = "enforce"
+    servers: tuple[tuple[Glob, Routing], ...] = ()   # `servers:`: host globs and how their servers route paths
 
     def applies_to(self, agent: str | None) -> bool:
         return agent is not None and (self.agents is None or agent in self.agents)
@@ -129,6 +156,7 @@ class PolicySet:
     policies: tuple[Policy, ...] = ()
     _by_host: dict[str, tuple[Candidate, ...]] = field(default_factory=dict, compare=False, repr=False)
     _wild: tuple[Candidate, ...] = field(default=(), compare=False, repr=False)
+    _servers: tuple[tuple[Glob, Routing], ...] = field(default=(), compare=False, repr=False)
 
     @classmethod
     def of(cls, policies: Iterable[Policy]) -> PolicySet:
@@ -143,10 +171,20 @@ class PolicySet:
                         by_host.setdefault(lit, []).append(Candidate(rule, policy, True))  # type: ignore[arg-type]
                 else:
                     wild.append(Candidate(rule, policy, False))
-        return cls(policies, {h: tuple(r) for h, r in by_host.items()}, tuple(wild))
+        servers = tuple(server for policy in policies for server in policy.servers)
+        return cls(policies, {h: tuple(r) for h, r in by_host.items()}, tuple(wild), servers)
 
     def candidates(self, host: str) -> tuple[Candidate, ...]:
         return self._by_host.get(host, ()) + self._wild
+
+    def routing(self, host: str) -> Routing:
+        """How the server at `host` routes paths, as any policy's `servers:` declares. A declaration describes the
+        server, so it holds for the rules of every policy; where two differ, the more lenient reading holds."""
+        out = EXACT
+        for glob, routing in self._servers:
+            if glob.matches(host):
+                out = out | routing
+        return out
 
     def limit_windows(self) -> dict[str, float | None]:
         """Every limited rule's key and window, to seed counters from storage."""
@@ -197,32 +235,114 @@ def _limit_denial(rules: list[Rule], view: RequestView, counts: LimitCounts, now
     return None
 
 
+#: The most readings of a request's repeated keys that are decided one by one; past it the request is refused.
+MOST_VALUE_READINGS = 256
+
+
 def decide(view: RequestView, policies: PolicySet, now: float, counts: LimitCounts) -> Decision:
-    """Decide one request. Unknown agents and unmatched requests are denied; deny beats allow; limits are caps."""
+    """Decide one request. Unknown agents and unmatched requests are denied; deny beats allow; limits are caps.
+
+    Two things common servers read differently are decided on every reading (refusals carry `request-reading`):
+
+    - A key the query or a form has twice (`repeated_keys`). Only a rule with `duplicate_keys: accept` may allow such
+      a request, and only if every reading of it is allowed: one per combination of the repeated keys' values
+      (`value_readings`), each read as if it were the only value. Conditions keep seeing one string per key, so one
+      written for a single value stays sound whichever value a server takes (first, last, or each of a list), with
+      nothing to rewrite; giving them a list instead would leave every existing `request.query.x` reading one value
+      of several. Past MOST_VALUE_READINGS combinations the request is refused.
+    - The path as a lenient router reads it: an allowed request must not match an enforced deny rule when paths are
+      matched in any case and with or without a trailing slash (Express's default). Where a policy declares how a
+      server routes (`servers:`; a rule's `path_case`, `trailing_slash`), rules match that way in the first place.
+    """
     if view.agent is None:
         return Decision("deny", "the request carries no known agent identity")
-    enforce: list[Rule] = []
-    report: list[Rule] = []
-    reporting = False  # a report-mode policy softens default deny only on the hosts its rules cover
+    repeated = repeated_keys(view)
+    first = _decide_reading(view, policies, now, counts, repeated)
+    if not repeated or first.effect != "allow":
+        return first
+    return _every_value(view, repeated, first, policies, now, counts)
+
+
+def _every_value(view: RequestView, repeated: list[RepeatedKey], first: Decision, policies: PolicySet, now: float,
+                 counts: LimitCounts) -> Decision:
+    """`first`, the decision on each repeated key's first value, if every other reading of their values is allowed
+    too; else a refusal naming the reading."""
+    count = reading_count(repeated)
+    if count > MOST_VALUE_READINGS:
+        keys = ", ".join(sorted({repr(key) for _, key, _ in repeated}))
+        return Decision("deny", f"keys sent more than once ({keys}) combine into {count} readings of the request, "
+                                f"too many to decide one by one (at most {MOST_VALUE_READINGS})",
+                        "request-reading", allowed_instead=_alternatives(view, policies))
+    for how, reading in value_readings(view):
+        d = _decide_reading(reading, policies, now, counts, repeated)
+        if d.effect != "allow":
+            return Decision("deny", f"refused: servers differ on which value of a repeated key they read; read with "
+                                    f"{how}, policy does not allow the request ({d.reason})",
+                            "request-reading", allowed_instead=d.allowed_instead)
+    return first
+
+
+@dataclass
+class _Matched:
+    """The rules whose plain criteria match one reading of a request, sorted by what they may do to it."""
+
+    enforce: list[Rule] = field(default_factory=list)
+    report: list[Rule] = field(default_factory=list)
+    reporting: bool = False   # a report-mode policy softens default deny only on the hosts its rules cover
+    unaccepting: list[Rule] = field(default_factory=list)   # enforced allow rules refusing keys sent twice
+    lenient_denies: list[Rule] = field(default_factory=list)  # enforced deny rules a lenient router's path meets
+
+
+def _match(view: RequestView, policies: PolicySet, repeated: list[RepeatedKey]) -> _Matched:
+    """Sort the candidate rules for one reading by their plain criteria, matching paths as the host's server routes."""
+    routing = policies.routing(view.host)
+    m = _Matched()
     for c in policies.candidates(view.host):
         if not c.policy.applies_to(view.agent):
             continue
-        if c.policy.mode == "report":
-            reporting = reporting or _covers(c, view)
-        if c.rule.matches_plain(view, c.host_known):
-            (report if c.policy.mode == "report" else enforce).append(c.rule)
+        enforced, rule = c.policy.mode == "enforce", c.rule
+        m.reporting = m.reporting or (not enforced and _covers(c, view))
+        if rule.matches_plain(view, c.host_known, routing):
+            if repeated and rule.effect == "allow" and not rule.accepts_duplicate_keys:
+                if enforced:
+                    m.unaccepting.append(rule)
+            else:
+                (m.enforce if enforced else m.report).append(rule)
+        elif enforced and rule.effect == "deny" and rule.matches_plain(view, c.host_known, LENIENT):
+            m.lenient_denies.append(rule)
+    return m
 
+
+def _decide_reading(view: RequestView, policies: PolicySet, now: float, counts: LimitCounts,
+                    repeated: list[RepeatedKey]) -> Decision:
+    """Decide one reading of a request: its conditions, limits and report mode, then the path as lenient routers
+    read it."""
+    m = _match(view, policies, repeated)
     cache: dict[str, Any] = {}
 
     def context() -> Any:
         """Built once per decision, holding only what the conditions that may run can read."""
         if "c" not in cache:
-            paths = [p for r in enforce + report if r.when is not None for p in r.when.paths]
-            cache["c"] = bind(view.cel_context(now, paths))
+            rules = m.enforce + m.report + m.lenient_denies
+            cache["c"] = bind(view.cel_context(now, [p for r in rules if r.when is not None for p in r.when.paths]))
         return cache["c"]
 
-    hard = _judge(enforce, view, context)
-    soft = _judge(report, view, context)
+    d = _conclude(view, policies, m, context, now, counts, repeated)
+    if d.effect == "allow" and m.lenient_denies:
+        lenient = _judge(m.lenient_denies, view, context)
+        if lenient.deny is not None:
+            return Decision("deny", f"refused: read by a router that ignores case and a trailing slash (as Express "
+                                    f"does by default), the request {view.method} {view.path} is one policy denies "
+                                    f"({lenient.deny[1]})", "request-reading",
+                            allowed_instead=_alternatives(view, policies))
+    return d
+
+
+def _conclude(view: RequestView, policies: PolicySet, m: _Matched, context: Callable[[], Any], now: float,
+              counts: LimitCounts, repeated: list[RepeatedKey]) -> Decision:
+    """The decision the matched rules make: deny beats allow, limits cap, report mode softens default deny."""
+    hard = _judge(m.enforce, view, context)
+    soft = _judge(m.report, view, context)
     if hard.deny is None:
         limited = _limit_denial(hard.allows, view, counts, now)
         if limited:
@@ -244,8 +364,13 @@ def decide(view: RequestView, policies: PolicySet, now: float, counts: LimitCoun
         would = f"report mode: only report-mode rule '{first.name}' allows this; enforced, it would be denied"
         return Decision("allow", f"allowed by report-mode rule '{first.name}'", first.key, would, limited_keys,
                         rewrite=first.rewrite)
+    if m.unaccepting:
+        where, key, _ = repeated[0]
+        return Decision("deny", f"the {where} has the key {key!r} more than once, and servers differ on which value "
+                                f"they read; rule '{m.unaccepting[0].name}' does not accept repeated keys",
+                        "request-reading", allowed_instead=_alternatives(view, policies))
     nothing = f"no rule allows {view.describe()} for agent '{view.agent}'"
-    if reporting:
+    if m.reporting:
         return Decision("allow", nothing + " (allowed: a policy for this agent is in report mode)", None,
                         would or f"report mode: {nothing}", limited_keys)
     return Decision("deny", nothing, None, allowed_instead=_alternatives(view, policies))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Any
@@ -11,13 +12,21 @@ from .cel import CelSyntaxError, compile_condition
 from .durations import parse_duration
 from .errors import ConfigError, Problem
 from .globs import Glob, compile_host, compile_path
-from .policy import Limit, Policy, PolicySet, Rule
+from .policy import Limit, Policy, PolicySet, Routing, Rule
 from .yamlsrc import Checker, YMap
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
-_POLICY_KEYS = {"version", "name", "description", "agents", "mode", "rules"}
+_POLICY_KEYS = {"version", "name", "description", "agents", "mode", "rules", "servers"}
 _RULE_KEYS = {"name", "allow", "deny", "description", "rewrite"}
-_MATCH_KEYS = {"host", "hosts", "method", "methods", "path", "paths", "agents", "when", "protocol", "ports"}
+_ROUTING_KEYS = {"path_case", "trailing_slash"}
+_MATCH_KEYS = {"host", "hosts", "method", "methods", "path", "paths", "agents", "when", "protocol", "ports",
+               *_ROUTING_KEYS}
+#: key -> (the one value it takes, what leaving it out means)
+_FLAGS = {
+    "path_case": ("insensitive", "leave it out to match paths as written"),
+    "trailing_slash": ("optional", "leave it out to match paths as written"),
+    "duplicate_keys": ("accept", "leave it out to refuse a query or form that has a key twice"),
+}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.#@:/()'-]*")
 _PROTOCOL = re.compile(r"[a-z0-9][a-z0-9._/+-]*")
 
@@ -120,7 +129,7 @@ class RuleReader:
         if rewrite is not None and (effect != "allow" or rewrite != "reversible"):
             self.check.error(self.check.at(r, "rewrite"), f"'{where}.rewrite' can only be 'reversible', on an allow "
                                                           f"rule (got {rewrite!r})")
-        allowed = _MATCH_KEYS | ({"limit"} if effect == "allow" else {"reason"})
+        allowed = _MATCH_KEYS | ({"limit", "duplicate_keys"} if effect == "allow" else {"reason"})
         m = self.check.mapping(r[effect], f"{where}.{effect}", self.check.at(r, effect), allowed)
         if m is None:
             return None
@@ -128,6 +137,10 @@ class RuleReader:
         if effect == "allow" and hosts is None:
             self.check.error(m.pos, f"'{where}.allow' must name a 'host' (allow rules never apply to every host)")
         paths = self.globs(m, ("path", "paths"), f"{where}.{effect}", compile_path)
+        if paths is None:
+            for key in sorted(_ROUTING_KEYS & set(m)):
+                self.check.error(self.check.at(m, key), f"'{where}.{effect}.{key}' applies to the rule's 'path', "
+                                                        "which it does not have")
         when = None
         if "when" in m:
             source = m["when"]
@@ -152,7 +165,45 @@ class RuleReader:
             rewrite=rewrite == "reversible" and effect == "allow",
             protocol=protocol,
             ports=self.check.parsed(m, "ports", f"{where}.{effect}.ports", parse_ports),
+            routing=self.routing(m, f"{where}.{effect}"),
+            accepts_duplicate_keys=self.flag(m, "duplicate_keys", f"{where}.{effect}"),
         )
+
+    def flag(self, m: YMap, key: str, where: str) -> bool:
+        """A key of `_FLAGS`: True when it is given its one value; any other value is a problem."""
+        if key not in m:
+            return False
+        value, absent = _FLAGS[key]
+        given: object = m[key]
+        if given != value:
+            self.check.error(self.check.at(m, key), f"'{where}.{key}' can only be '{value}' (got {given!r}); {absent}")
+        return given == value
+
+    def routing(self, m: YMap, where: str) -> Routing:
+        """`path_case: insensitive` and `trailing_slash: optional`: how a server routes paths."""
+        return Routing(self.flag(m, "path_case", where), self.flag(m, "trailing_slash", where))
+
+    def servers(self, p: YMap) -> tuple[tuple[Glob, Routing], ...]:
+        """`servers:`, host globs mapped to how their servers route paths, for the rules of every policy."""
+        raw = p.get("servers")
+        hosts = None if raw is None else self.check.mapping(raw, "servers", self.check.at(p, "servers"),
+                                                             set(raw) if isinstance(raw, YMap) else set())
+        if hosts is None:
+            return ()
+        return tuple(server for host in hosts if (server := self.server(hosts, host)) is not None)
+
+    def server(self, hosts: YMap, host: Any) -> tuple[Glob, Routing] | None:
+        """One entry of `servers:`: a host glob, and `path_case`, `trailing_slash` or both."""
+        where = f"servers.{host}"
+        declared = self.check.mapping(hosts[host], where, self.check.at(hosts, host), _ROUTING_KEYS)
+        try:
+            glob = compile_host(host)
+        except ValueError as exc:
+            self.check.error(hosts.key_pos[host], f"'servers' key {host!r} {exc}")
+            return None
+        if declared is not None and not declared:
+            self.check.error(declared.pos, f"'{where}' must declare 'path_case', 'trailing_slash' or both")
+        return (glob, self.routing(declared, where)) if declared else None
 
     def protocol(self, m: YMap, where: str, rewrite: bool) -> str | None:
         """`protocol:` names what the proxy cannot inspect: `tcp` (raw TCP in a tunnel) or an HTTP Upgrade token."""
@@ -168,7 +219,7 @@ class RuleReader:
             self.check.error(pos, f"'{where}.protocol' must be 'tcp' or an HTTP Upgrade token such as 'h2c' "
                                   f"(got {value!r})")
         elif value == "tcp":
-            for key in ("method", "methods", "path", "paths", "when"):
+            for key in ("method", "methods", "path", "paths", "when", "path_case", "trailing_slash", "duplicate_keys"):
                 if key in m:
                     self.check.error(self.check.at(m, key), f"'{where}.{key}': a raw TCP stream has no method, path "
                                                             "or body to match; leave it out")
@@ -195,6 +246,7 @@ class RuleReader:
             rules=tuple(r for r in rules if r is not None),
             agents=None if agents is None or "*" in agents else frozenset(agents),
             mode=mode if mode in ("enforce", "report") else "enforce",
+            servers=self.servers(p),
         )
 
 
@@ -222,7 +274,7 @@ def load_policy(path: Path, agents_override: frozenset[str] | None = None, displ
     if policy is None:
         raise ConfigError(problems)
     if agents_override is not None:
-        policy = Policy(policy.name, policy.file, policy.rules, agents_override, policy.mode)
+        policy = dataclasses.replace(policy, agents=agents_override)
     return policy
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
+import math
 import re
 import string
 from collections.abc import Callable, Iterable
@@ -125,19 +127,63 @@ METHOD_OVERRIDE_HEADERS = ("x-http-method-override", "x-http-method", "x-method-
 
 def readings(view: RequestView) -> list[tuple[str, RequestView, bool]]:
     """Other ways common servers read this request: (how, the view read that way, whether that reading must be allowed
-    rather than merely not denied). A method override runs as the method it names, so it must be allowed; routers
-    that match paths case-insensitively or without strict trailing slashes must not reach what a deny rule names."""
-    out: list[tuple[str, RequestView, bool]] = []
+    rather than merely not denied). A method override runs as the method it names, so it must be allowed; every
+    `_method` value counts, in the query as in the form. (Paths as lenient routers read them and keys sent twice are
+    decided by the policy engine itself: `policy.decide`.)"""
     methods = {m for k, v in view.headers if k in METHOD_OVERRIDE_HEADERS for m in [v.strip().upper()]}
-    methods |= {v.strip().upper() for k, v in view.query if k == "_method"}
-    if "_method" in view.form:
-        methods.add(view.form["_method"].strip().upper())
-    for method in sorted(methods - {view.method}):
-        out.append((f"as the method override {method} names", dataclasses.replace(view, method=method), True))
-    if view.path != view.path.lower():
-        out.append(("case-insensitively", dataclasses.replace(view, path=view.path.lower()), False))
-    if len(view.path) > 1 and view.path.endswith("/"):
-        out.append(("without its trailing slash", dataclasses.replace(view, path=view.path.rstrip("/") or "/"), False))
+    methods |= {v.strip().upper() for k, v in view.query + view.form_pairs if k == "_method"}
+    return [(f"as the method override {method} names", _reading(view, method=method), True)
+            for method in sorted(methods - {view.method})]
+
+
+def _reading(view: RequestView, **changes: Any) -> RequestView:
+    """`view` with `changes`, sharing what it has already parsed of the body (which a reading never changes)."""
+    out = dataclasses.replace(view, **changes)
+    for name in ("json", "form_pairs"):
+        if name in view.__dict__:
+            out.__dict__[name] = view.__dict__[name]
+    return out
+
+
+#: A key the query or the form has more than once: where ("query" or "form"), the key, and its values in order.
+RepeatedKey = tuple[str, str, tuple[str, ...]]
+
+
+def repeated_keys(view: RequestView) -> list[RepeatedKey]:
+    """The keys the query, or a body declared `application/x-www-form-urlencoded`, has more than once.
+
+    Servers differ on such a key: Go and Flask read its first value, PHP and Rails its last, Express and ASP.NET a
+    list of them all. (A JSON object with a key twice is refused before policy instead, by `body_ambiguity`: no JSON
+    encoder writes one, whereas forms and queries repeat keys on purpose, as in `ids=1&ids=2`.)"""
+    out: list[RepeatedKey] = []
+    for where, pairs in (("query", view.query), ("form", view.form_pairs)):
+        if len({key for key, _ in pairs}) == len(pairs):
+            continue
+        values: dict[str, list[str]] = {}
+        for key, value in pairs:
+            values.setdefault(key, []).append(value)
+        out += [(where, key, tuple(vs)) for key, vs in values.items() if len(vs) > 1]
+    return out
+
+
+def reading_count(repeated: list[RepeatedKey]) -> int:
+    """How many readings `value_readings` makes: one per combination of the repeated keys' distinct values."""
+    return math.prod(len(set(values)) for _, _, values in repeated)
+
+
+def value_readings(view: RequestView) -> list[tuple[str, RequestView]]:
+    """The request read with one value of each repeated key, for every combination of their distinct values but the
+    first (every key's first value, which is what the view itself shows): (how, the view read that way).
+
+    Each reading is a server that takes just those values, so a condition that holds in every reading holds for
+    whichever value a server takes first, last or acts on in a list. Only `request.query` and `request.form` change;
+    see `reading_count` for how many there are."""
+    repeated = repeated_keys(view)
+    choices = [[(where, key, value) for value in dict.fromkeys(values)] for where, key, values in repeated]
+    out = []
+    for picked in itertools.islice(itertools.product(*choices), 1, None):
+        how = " and ".join(f"the {where}'s {key!r} as {value!r}" for where, key, value in picked)
+        out.append((how, _reading(view, picked=picked)))
     return out
 
 
@@ -224,6 +270,8 @@ class RequestView:
     headers: tuple[tuple[str, str], ...] = ()
     body: bytes = field(default=b"", repr=False)
     protocol: str = "http"  # "http" (WebSocket too: it is inspected), "tcp", or the token of an HTTP Upgrade
+    #: (where, key, value): in a reading of a repeated key (`value_readings`), the value conditions see for it
+    picked: tuple[tuple[str, str, str], ...] = ()
 
     def describe(self) -> str:
         """The request in a few words, for a denial."""
@@ -254,14 +302,20 @@ class RequestView:
             return None
 
     @cached_property
-    def form(self) -> dict[str, str]:
+    def form_pairs(self) -> tuple[tuple[str, str], ...]:
+        """The (key, value) pairs of a body declared `application/x-www-form-urlencoded`, in order (else none)."""
         content_type = (self.header("content-type") or "").lower()
         if "application/x-www-form-urlencoded" not in content_type:
-            return {}
+            return ()
         try:
-            return dict(parse_qsl(self.body.decode("utf-8"), keep_blank_values=True))
+            return tuple(parse_qsl(self.body.decode("utf-8"), keep_blank_values=True))
         except UnicodeDecodeError:
-            return {}
+            return ()
+
+    @property
+    def form(self) -> dict[str, str]:
+        """The form's first value of each key (or the value this reading picked)."""
+        return self._first_values("form", self.form_pairs)
 
     def _request_fields(self) -> dict[str, Callable[[], Any]]:
         return {
@@ -285,10 +339,15 @@ class RequestView:
         return headers
 
     def _query_map(self) -> dict[str, str]:
-        query: dict[str, str] = {}
-        for k, v in self.query:
-            query.setdefault(k, v)
-        return query
+        return self._first_values("query", self.query)
+
+    def _first_values(self, where: str, pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+        """Each key's first value, but the value this reading picked for a repeated key (`value_readings`)."""
+        out: dict[str, str] = {}
+        for k, v in pairs:
+            out.setdefault(k, v)
+        out.update((k, v) for w, k, v in self.picked if w == where)
+        return out
 
     def cel_context(self, now: float, paths: Iterable[tuple[str, ...]] | None = None) -> dict[str, Any]:
         """The variables a CEL condition sees: all of them, or only the subtrees on `paths`."""

@@ -199,8 +199,8 @@ def chunked(text: str) -> str:
 class Case:
     """What to send and what must come back, one outcome per response: "forwarded" (answered by the upstream,
     decision allow), "deny" (403 by the deny rule), "default deny" (403, no rule allows it), "request-target" /
-    "request-body" (403 before policy), "bad request" (400 from the proxy's HTTP parser, or the connection closed
-    without an answer)."""
+    "request-body" (403 before policy), "request-reading" (403: servers could read it otherwise), "bad request" (400
+    from the proxy's HTTP parser, or the connection closed without an answer)."""
 
     send: dict[str, Any]
     expect: tuple[str, ...]
@@ -285,6 +285,10 @@ CASES: dict[str, Case] = {
     "duplicate JSON keys, gzipped": refused(
         tls(post(gzip.compress(b'{"title":"t","channel":"forbidden","channel":"ok"}'), "Content-Encoding: gzip\r\n")),
         "request-body"),
+    # keys sent twice: servers differ on which value they read, and no rule here accepts them
+    "a query key sent twice": refused(tls(get("/repos/octo/hello?ref=main&ref=dev")), "request-reading"),
+    "a form field sent twice": refused(tls(post("title=t&title=u", target=NOTES,
+                                                content_type="application/x-www-form-urlencoded")), "request-reading"),
     # framing: a request for the secret path hidden in an allowed POST must never reach the upstream as a request
     "a Content-Length body holding a request": Case(tls(post(SMUGGLED, target=NOTES, content_type="text/plain")),
                                                     ("forwarded",), (("POST", NOTES),)),

@@ -321,3 +321,121 @@ def test_uninspectable_protocols_are_allowed_only_by_a_rule_that_names_them() ->
 def test_a_deny_without_a_protocol_covers_every_protocol() -> None:
     d = decide(tcp("evil.example.com", 22), policies(PROTOCOLS), 0, LimitCounters())
     assert (d.effect, d.rule) == ("deny", "p/nothing to evil")
+
+
+# -- keys sent twice, and paths as servers route them -------------------------------------------------------------------
+
+READINGS = """
+    version: 1
+    name: r
+    servers:
+      slack.com: {path_case: insensitive, trailing_slash: optional}
+      "*.slack.com": {trailing_slash: optional}
+    rules:
+      - name: post to bots
+        allow: {host: [slack.com, api.example.org], methods: [POST], path: /api/chat.postMessage,
+                when: 'request.query.channel.startsWith("C0BOTS")'}
+      - name: post a form to bots
+        allow: {host: api.example.org, methods: [POST], path: /api/form.post,
+                when: 'request.form.channel.startsWith("C0BOTS")'}
+      - name: react in bots
+        allow: {host: [slack.com, api.example.org], methods: [POST], path: /api/reactions.add, duplicate_keys: accept,
+                when: 'request.query.channel.startsWith("C0BOTS") && !("name" in request.query && request.query.name == "skull")'}
+      - name: read anything
+        allow: {host: [slack.com, files.slack.com, api.example.org], methods: [GET], path: "/**"}
+      - name: a case-blind route
+        allow: {host: api.example.org, methods: [PUT], path: /v1/Items, path_case: insensitive}
+      - name: never delete files
+        deny: {host: [slack.com, files.slack.com, api.example.org], path: /api/files.delete, reason: humans delete}
+      - name: never the Admin page
+        deny: {host: api.example.org, path: "/Admin/**", reason: admins only}
+"""
+FORM_TYPE = ("content-type", "application/x-www-form-urlencoded")
+
+
+def query(text: str) -> tuple[tuple[str, str], ...]:
+    return tuple(tuple(pair.split("=", 1)) for pair in text.split("&"))  # type: ignore[misc]
+
+
+READING_CASES = {
+    "a query key sent once is decided as before": (
+        view("POST", path="/api/chat.postMessage", query=query("channel=C0BOTS")), "allow", "r/post to bots", ""),
+    "a query key sent twice is refused, naming the key and the query": (
+        view("POST", path="/api/chat.postMessage", query=query("channel=C0BOTS&channel=C0SECRET")),
+        "deny", "request-reading", "the query has the key 'channel' more than once"),
+    "a query key sent twice with one value twice is still refused (a list is not a string)": (
+        view("POST", path="/api/chat.postMessage", query=query("channel=C0BOTS&channel=C0BOTS")),
+        "deny", "request-reading", "rule 'post to bots' does not accept"),
+    "a form field sent twice is refused, naming the key and the form": (
+        view("POST", host="api.example.org", path="/api/form.post", body=b"channel=C0BOTS&channel=C0SECRET",
+             headers=[FORM_TYPE]), "deny", "request-reading", "the form has the key 'channel' more than once"),
+    "a form field sent twice in a body not declared a form is not a form": (
+        view("POST", host="api.example.org", path="/api/chat.postMessage", body=b"channel=C0X&channel=C0X",
+             query=query("channel=C0BOTS")), "allow", "r/post to bots", ""),
+    "a rule that accepts duplicate keys allows them when every value is allowed": (
+        view("POST", path="/api/reactions.add", query=query("channel=C0BOTS1&channel=C0BOTS2&name=eyes")),
+        "allow", "r/react in bots", ""),
+    "a rule that accepts duplicate keys decides the last value too": (
+        view("POST", path="/api/reactions.add", query=query("channel=C0BOTS&channel=C0SECRET")),
+        "deny", "request-reading", "'C0SECRET'"),
+    "a rule that accepts duplicate keys decides a value between the first and the last": (
+        view("POST", path="/api/reactions.add", query=query("channel=C0BOTS&channel=C0SECRET&channel=C0BOTS2")),
+        "deny", "request-reading", "'C0SECRET'"),
+    "a rule that accepts duplicate keys decides every combination of values": (
+        view("POST", path="/api/reactions.add", query=query("channel=C0BOTS&channel=C0BOTS2&name=eyes&name=skull")),
+        "deny", "request-reading", "'skull'"),
+    "a declared case-insensitive server is allowed other spellings of an allowed path": (
+        view("POST", path="/API/CHAT.POSTMESSAGE/", query=query("channel=C0BOTS")), "allow", "r/post to bots", ""),
+    "an undeclared server is not": (
+        view("POST", host="api.example.org", path="/API/CHAT.POSTMESSAGE", query=query("channel=C0BOTS")),
+        "deny", None, "no rule allows"),
+    "a declared trailing slash alone does not make paths case-insensitive": (
+        view("GET", host="files.slack.com", path="/api/FILES.DELETE/"), "deny", "request-reading", "humans delete"),
+    "a declared server's deny rule matches other spellings itself": (
+        view("POST", path="/api/FILES.DELETE/"), "deny", "r/never delete files", "humans delete"),
+    "a rule may declare its own path case-insensitive": (
+        view("PUT", host="api.example.org", path="/V1/ITEMS"), "allow", "r/a case-blind route", ""),
+    "but not its trailing slash": (
+        view("PUT", host="api.example.org", path="/v1/items/"), "deny", None, "no rule allows"),
+    "undeclared: a denied path in capitals must not be allowed by a broader rule": (
+        view("GET", host="api.example.org", path="/api/FILES.DELETE"), "deny", "request-reading", "humans delete"),
+    "undeclared: a denied path with a trailing slash must not be either": (
+        view("GET", host="api.example.org", path="/api/files.delete/"), "deny", "request-reading", "humans delete"),
+    "undeclared: nor in capitals with a trailing slash": (
+        view("GET", host="api.example.org", path="/api/FILES.DELETE/"), "deny", "request-reading", "humans delete"),
+    "undeclared: a deny rule spelled in capitals catches the path in lower case": (
+        view("GET", host="api.example.org", path="/admin/users"), "deny", "request-reading", "admins only"),
+    "undeclared: the reason names the reading": (
+        view("GET", host="api.example.org", path="/api/Files.Delete"), "deny", "request-reading",
+        "ignores case and a trailing slash"),
+}
+
+
+@pytest.mark.parametrize("sentence", sorted(READING_CASES))
+def test_readings_table(sentence: str) -> None:
+    """Each row: the effect, the rule, and words of the reason."""
+    request, effect, rule, words = READING_CASES[sentence]
+    d = decide(request, policies(READINGS), 1000.0, LimitCounters())
+    assert (d.effect, d.rule) == (effect, rule), (sentence, d)
+    assert words in d.reason, (sentence, d.reason)
+
+
+def test_too_many_combinations_of_repeated_keys_are_refused() -> None:
+    """Every combination of values is decided, up to a bound; past it the request is refused, not half decided."""
+    many = "&".join(f"channel=C0BOTS{i}&name=n{i}" for i in range(20))
+    d = decide(view("POST", path="/api/reactions.add", query=query(many)), policies(READINGS), 0, LimitCounters())
+    assert (d.effect, d.rule) == ("deny", "request-reading") and "too many" in d.reason
+
+
+def test_a_server_declaration_holds_for_every_policy() -> None:
+    """`servers:` describes the server, so another policy's deny rule matches its other spellings too."""
+    other = """
+        version: 1
+        name: other
+        rules:
+          - name: no archiving
+            deny: {host: slack.com, path: /api/conversations.archive}
+    """
+    d = decide(view("POST", path="/API/Conversations.Archive/", query=query("channel=C0BOTS")),
+               policies(READINGS, other), 0, LimitCounters())
+    assert (d.effect, d.rule) == ("deny", "other/no archiving")

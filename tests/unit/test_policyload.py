@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from goex_proxy.policy import PolicySet, Routing
 from goex_proxy.policyload import check_policy_text, load_policy
 from goex_proxy.presets import builtin_dir, builtin_names
 
@@ -93,3 +94,43 @@ def test_a_protocol_rule_loads() -> None:
     rule = policy.rules[0]
     assert (rule.protocol, rule.ports) == ("tcp", frozenset({5432}))
     assert rule.summary() == "raw TCP to db.test port 5432 ('r')"
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("rules:\n  - name: r\n    deny: {host: x.test, path: /a, duplicate_keys: accept}\n",
+     "unknown key 'duplicate_keys' in 'rules[0].deny'"),
+    ("rules:\n  - name: r\n    allow: {host: x.test, path_case: insensitive}\n",
+     "'rules[0].allow.path_case' applies to the rule's 'path', which it does not have"),
+    ("rules:\n  - name: r\n    allow: {host: x.test, protocol: tcp, trailing_slash: optional}\n",
+     "'rules[0].allow.trailing_slash': a raw TCP stream has no method, path or body"),
+    ("servers: [slack.com]\nrules: []\n", "'servers' must be a mapping (got a list)"),
+    ("servers:\n  'slack.com/api': {path_case: insensitive}\nrules: []\n", "'servers' key 'slack.com/api' must be a host"),
+    ("servers:\n  slack.com: {}\nrules: []\n", "'servers.slack.com' must declare 'path_case', 'trailing_slash' or both"),
+    ("servers:\n  slack.com: {paths: case-insensitive}\nrules: []\n", "unknown key 'paths' in 'servers.slack.com'"),
+])
+def test_routing_and_duplicate_keys_are_checked(text: str, expected: str) -> None:
+    policy, problems = check_policy_text("version: 1\n" + text, "p.yaml")
+    assert policy is None
+    assert any(expected in p.message for p in problems), [str(p) for p in problems]
+
+
+def test_routing_and_duplicate_keys_load() -> None:
+    """The rule keys land on the rule, and `servers:` on the policy, as host globs with how they route paths."""
+    policy, problems = check_policy_text("""version: 1
+servers:
+  "*.slack.com": {path_case: insensitive}
+  slack.com: {path_case: insensitive, trailing_slash: optional}
+rules:
+  - name: batch
+    allow: {host: api.example.com, path: /v1/items, duplicate_keys: accept, trailing_slash: optional}
+  - name: plain
+    allow: {host: api.example.com, path: /v1/other}
+""", "p.yaml")
+    assert problems == [] and policy is not None
+    batch, plain = policy.rules
+    assert (batch.accepts_duplicate_keys, batch.routing) == (True, Routing(fold_case=False, optional_slash=True))
+    assert (plain.accepts_duplicate_keys, plain.routing) == (False, Routing())
+    assert [(glob.pattern, routing) for glob, routing in policy.servers] == [
+        ("*.slack.com", Routing(fold_case=True)), ("slack.com", Routing(fold_case=True, optional_slash=True))]
+    assert PolicySet.of([policy]).routing("files.slack.com") == Routing(fold_case=True)
+    assert PolicySet.of([policy]).routing("example.com") == Routing()

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from goex_proxy.requestview import RequestView, aws_unchunked, body_ambiguity, canonical_path, path_ambiguity
+from goex_proxy.globs import compile_path
+from goex_proxy.requestview import (
+    RequestView,
+    aws_unchunked,
+    body_ambiguity,
+    canonical_path,
+    path_ambiguity,
+    readings,
+    repeated_keys,
+    value_readings,
+)
 
 #: sentence -> (raw path, a word the reason must contain, or None when the path is not ambiguous)
 AMBIGUITIES = {
@@ -110,3 +120,63 @@ def test_broken_aws_chunked_framing_raises(framed: bytes) -> None:
     """A body whose aws-chunked framing does not add up raises ValueError instead of being read some other way."""
     with pytest.raises(ValueError):
         aws_unchunked(framed)
+
+
+FORM = (("content-type", "application/x-www-form-urlencoded"),)
+
+
+def request(query: str = "", body: bytes = b"", headers: tuple[tuple[str, str], ...] = FORM) -> RequestView:
+    pairs = tuple(tuple(p.split("=", 1)) for p in query.split("&") if p)
+    return RequestView("bot", "POST", "https", "h", 443, "/", pairs, headers, body)  # type: ignore[arg-type]
+
+
+def test_repeated_keys_are_found_in_the_query_and_in_a_declared_form() -> None:
+    """Each key sent more than once, where it was sent, and its values in order; a body not declared a form is not
+    read as one."""
+    view = request("a=1&b=2&a=3&a=1", b"c=1&c=2&d=4")
+    assert repeated_keys(view) == [("query", "a", ("1", "3", "1")), ("form", "c", ("1", "2"))]
+    assert repeated_keys(request("a=1", b"c=1&c=2", headers=())) == []
+    assert repeated_keys(request("a=1&b=1", b"c=1")) == []
+
+
+def test_conditions_see_the_first_value_and_a_reading_sees_the_one_it_takes() -> None:
+    """`request.query` and `request.form` hold each key's first value (the form used to hold the last); a reading
+    of the repeated keys holds the values it took, and nothing else changes."""
+    view = request("a=1&a=2&b=x", b"c=1&c=2&d=4")
+    context = view.cel_context(0)["request"]
+    assert (context["query"], context["form"]) == ({"a": "1", "b": "x"}, {"c": "1", "d": "4"})
+    [reading] = [r for how, r in value_readings(view) if how == "the query's 'a' as '2' and the form's 'c' as '2'"]
+    picked = reading.cel_context(0)["request"]
+    assert (picked["query"], picked["form"]) == ({"a": "2", "b": "x"}, {"c": "2", "d": "4"})
+    assert (reading.query, reading.body, reading.url) == (view.query, view.body, view.url)
+
+
+def test_value_readings_take_every_combination_of_distinct_values_but_the_first() -> None:
+    """The view itself is the first reading (every first value); the others cover each value of each repeated key,
+    in every combination, once."""
+    view = request("a=1&a=2&a=1&b=x&b=y")
+    taken = sorted(tuple(sorted(r.cel_context(0)["request"]["query"].items())) for _, r in value_readings(view))
+    assert taken == [(("a", "1"), ("b", "y")), (("a", "2"), ("b", "x")), (("a", "2"), ("b", "y"))]
+
+
+def test_a_method_override_sent_twice_in_a_form_is_read_both_ways() -> None:
+    """Every `_method` value counts, in the form as in the query."""
+    view = request(body=b"_method=GET&_method=DELETE")
+    assert sorted(r.method for _, r, must_allow in readings(view) if must_allow) == ["DELETE", "GET"]
+
+
+@pytest.mark.parametrize(("pattern", "path", "fold_case", "optional_slash", "matches"), [
+    ("/api/files.delete", "/api/FILES.DELETE", False, False, False),
+    ("/api/files.delete", "/api/FILES.DELETE", True, False, True),
+    ("/api/files.delete", "/api/files.delete/", False, False, False),
+    ("/api/files.delete", "/api/files.delete/", False, True, True),
+    ("/api/files.delete/", "/api/files.delete", False, True, True),
+    ("/api/files.delete", "/api/FILES.DELETE/", True, False, False),
+    ("/api/files.delete", "/api/FILES.DELETE/", True, True, True),
+    ("/API/*.delete", "/api/chat.DELETE", True, False, True),
+    ("/api/*.delete", "/api/chat.delete/x", True, True, False),
+    ("/", "/", True, True, True),
+])
+def test_path_globs_match_as_a_lenient_router_routes(pattern, path, fold_case, optional_slash, matches) -> None:
+    """Case folding (RE2's, on the whole pattern) and an optional trailing slash, each only when asked for."""
+    assert compile_path(pattern).matches_path(path, fold_case, optional_slash) is matches
