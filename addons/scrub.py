@@ -66,10 +66,12 @@ class Scrub:
         prefix = replies.PREFIX.encode()
         scrub = self.state.scrubber
         if scrub:
-            names, values = scrub.stream(), scrub.stream()
-            response.data.reason = values.feed(response.data.reason)
-            headers.fields = tuple((names.feed(k), values.feed(v)) for k, v in headers.fields
-                                   if not k.lower().startswith(prefix))
+            kept = [(k, v) for k, v in headers.fields if not k.lower().startswith(prefix)]
+            if scrub.touches([response.data.reason, *(v for _, v in kept)]) or scrub.touches([k for k, _ in kept]):
+                names, values = scrub.stream(), scrub.stream()
+                response.data.reason = values.feed(response.data.reason)
+                kept = [(names.feed(k), values.feed(v)) for k, v in kept]
+            headers.fields = tuple(kept)
         elif any(k.lower().startswith(prefix) for k, _ in headers.fields):  # raw fields: cheap to scan
             headers.fields = tuple((k, v) for k, v in headers.fields if not k.lower().startswith(prefix))
         headers["X-Goex-Request-Id"] = flowmeta.request_id(flow)
