@@ -1,8 +1,11 @@
-"""Host and path globs (`*`, `**`, `?`, `{a,b}`) compiled once into RE2 expressions, which match in time linear in the
-text (Python's `re` backtracks: `/api/*-*-*-*-x` took 32 s on one 405-byte path)."""
+"""Host and path globs (`*`, `**`, `?`, `{a,b}`) compiled once into expressions that match in time linear in the text:
+RE2 for a glob with two wildcards or more (Python's `re` backtracks: `/api/*-*-*-*-x` took 32 s on one 405-byte
+path), Python's `re` for the rest, where it cannot backtrack more than once over the text and is ten times faster
+per call than RE2's binding."""
 
 from __future__ import annotations
 
+import re
 import string
 from dataclasses import dataclass
 from functools import cached_property
@@ -24,7 +27,7 @@ class Glob:
     """A compiled glob; `literal` is set when the pattern has no wildcard at all."""
 
     pattern: str
-    regex: Any  # a compiled re2 expression
+    regex: Any  # a compiled expression (see `_compile`)
     literal: str | None
 
     def matches(self, text: str) -> bool:
@@ -56,8 +59,24 @@ class Glob:
         key = f"_lenient_{fold:d}{slash:d}"
         if key not in self.__dict__:
             body = "(?:" + self.regex.pattern + ")/?" if slash else self.regex.pattern
-            self.__dict__[key] = re2.compile("(?i)" + body if fold else body)
+            # Unicode case folding as RE2 does it (`re` folds some characters otherwise), unless folding is ASCII's.
+            self.__dict__[key] = re2.compile("(?i)" + body) if fold and not body.isascii() else _compile(
+                "(?i)" + body if fold else body, _could_backtrack(self.pattern, "/"))
         return self.__dict__[key]
+
+
+def _could_backtrack(pattern: str, separator: str) -> bool:
+    """Whether `re` could backtrack more than linearly on this glob: two `**`, two wildcards in one segment (their
+    matches overlap: `*-*`), or a wildcard inside `{...}`. A `*` stays within its segment, so stars in different
+    segments, and one `**` before them, are each tried once per place their literal context matches."""
+    if pattern.count("**") > 1 or re.search(r"\{[^}]*\*", pattern):
+        return True
+    return any(segment.replace("**", "*").count("*") > 1 for segment in pattern.split(separator))
+
+
+def _compile(body: str, backtracks: bool = True) -> Any:
+    """RE2 for an expression `re` could backtrack on, else `re` (ten times faster per call than RE2's binding)."""
+    return re2.compile(body) if backtracks else re.compile(body)
 
 
 def _translate(pattern: str, separator: str) -> str:
@@ -105,7 +124,7 @@ def compile_path(pattern: str) -> Glob:
     if not isinstance(pattern, str) or not pattern.startswith("/"):
         raise ValueError(f"must be a path glob starting with '/' (got {pattern!r})")
     literal = None if any(c in pattern for c in "*?{}") else pattern
-    return Glob(pattern, re2.compile(_translate(pattern, "/")), literal)
+    return Glob(pattern, _compile(_translate(pattern, "/"), _could_backtrack(pattern, "/")), literal)
 
 
 def compile_host(pattern: str) -> Glob:
@@ -114,4 +133,4 @@ def compile_host(pattern: str) -> Glob:
         raise ValueError(f"must be a host name or host glob like '*.example.com' (got {pattern!r})")
     pattern = pattern.lower().rstrip(".")
     literal = None if any(c in pattern for c in "*?{}") else pattern
-    return Glob(pattern, re2.compile(_translate(pattern, ".")), literal)
+    return Glob(pattern, _compile(_translate(pattern, "."), _could_backtrack(pattern, ".")), literal)

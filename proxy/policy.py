@@ -35,6 +35,10 @@ class Routing:
     optional_slash: bool = False
 
     def __or__(self, other: Routing) -> Routing:
+        if other is EXACT or other == self:  # the common case allocates nothing: decide() calls this per rule
+            return self
+        if self is EXACT:
+            return other
         return Routing(self.fold_case or other.fold_case, self.optional_slash or other.optional_slash)
 
 
@@ -96,7 +100,7 @@ class Rule:
         if self.paths is None:
             return True
         how = self.routing | routing
-        if how == EXACT:
+        if how is EXACT or not (how.fold_case or how.optional_slash):
             return any(p.matches(view.path) for p in self.paths)
         return any(p.matches_path(view.path, how.fold_case, how.optional_slash) for p in self.paths)
 
