@@ -266,21 +266,30 @@ def aws_proxy(make_proxy, aws_relay: RelayServer):
 
 
 @contextlib.contextmanager
-def serve_json(tmp_path: Path, data: dict[str, object]) -> Iterator[str]:
-    """A json-server (a real REST server) on 127.0.0.1 over `data`; its base URL while the block runs."""
-    if not JSON_SERVER.exists():
-        pytest.fail("json-server is missing: run `npm ci --prefix tests/node` (README, Two commands)")
-    db = tmp_path / "json-server-db.json"
-    db.write_text(json.dumps(data))
+def serve_node(*args: str) -> Iterator[str]:
+    """A Node.js server from tests/node (`args` after `node`, then the port) on 127.0.0.1; its base URL while the
+    block runs."""
+    if not NODE.exists() or not NODE_MODULES.exists():
+        pytest.fail("node or tests/node's modules are missing: run `npm ci --prefix tests/node` (README, Two commands)")
     port = free_port()
-    proc = subprocess.Popen([str(NODE), str(JSON_SERVER), "--host", "127.0.0.1", "--port", str(port), str(db)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([str(NODE), *args, str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(port, timeout=30, proc=proc)
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@contextlib.contextmanager
+def serve_json(tmp_path: Path, data: dict[str, object]) -> Iterator[str]:
+    """A json-server (a real REST server) on 127.0.0.1 over `data`; its base URL while the block runs."""
+    if not JSON_SERVER.exists():
+        pytest.fail("json-server is missing: run `npm ci --prefix tests/node` (README, Two commands)")
+    db = tmp_path / "json-server-db.json"
+    db.write_text(json.dumps(data))
+    with serve_node(str(JSON_SERVER), "--host", "127.0.0.1", str(db), "--port") as url:
+        yield url
 
 
 @contextlib.contextmanager

@@ -4,14 +4,13 @@ through."""
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import requests
 
-from tests.conftest import NODE, NODE_MODULES, free_port, wait_port
+from tests.conftest import NODE_MODULES, serve_node
 
 pytestmark = pytest.mark.e2e
 
@@ -49,16 +48,8 @@ FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 @pytest.fixture
 def app() -> Iterator[str]:
     """The Express app on 127.0.0.1; its base URL."""
-    if not NODE.exists():
-        pytest.fail("node is missing: run `npm ci --prefix tests/node` (README, Two commands)")
-    port = free_port()
-    proc = subprocess.Popen([str(NODE), str(ROUTER), str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        wait_port(port, timeout=30, proc=proc)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with serve_node(str(ROUTER)) as url:
+        yield url
 
 
 @pytest.fixture
