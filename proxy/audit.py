@@ -164,6 +164,10 @@ def _migrate(conn: sqlite3.Connection, seal: Seal) -> None:
 
 def _rechain(conn: sqlite3.Connection, seal: Seal) -> None:
     """Re-sign a log written with plain SHA-256 under a fresh chain key, once its plain chain verifies."""
+    if seal.key() is not None and conn.execute("SELECT 1 FROM requests LIMIT 1").fetchone():
+        raise AuditError(f"the audit log says an older version wrote it, but the chain key {seal.key_path} exists, so "
+                         "this log has been keyed before (or is not this state directory's); `goex-proxy log verify` "
+                         "checks it, and a log moved aside lets a new one start")
     result = verify(conn, None)
     if result.broken_id is not None:
         raise AuditError(f"the audit log was already broken before its chain was keyed, at row {result.broken_id} "
@@ -427,11 +431,11 @@ class VerifyResult:
 
 
 def chain_key(conn: sqlite3.Connection, seal: Seal) -> bytes | None:
-    """The key this log's chain is signed with: None for a log an older version wrote (plain SHA-256)."""
-    if conn.execute("PRAGMA user_version").fetchone()[0] < KEYED_VERSION:
-        return None
+    """The key this log's chain is signed with: None for a log an older version wrote (plain SHA-256) before any key
+    existed. Once the state directory has a key, the log is checked under it whatever its schema version says (whoever
+    can write the database can set that version back to make a plain chain pass)."""
     key = seal.key()
-    if key is None:
+    if key is None and conn.execute("PRAGMA user_version").fetchone()[0] >= KEYED_VERSION:
         raise AuditError(f"the audit chain key {seal.key_path} is missing, so the chain cannot be checked")
     return key
 

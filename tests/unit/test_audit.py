@@ -210,3 +210,14 @@ def test_a_cap_is_checked_against_every_writers_hits(tmp_path: Path) -> None:
     conn = audit.open_db(tmp_path / "a.db", readonly=True)
     assert [r[0] for r in conn.execute("SELECT ts FROM limit_hits ORDER BY rowid")] == [1000.0, 1001.0, 1061.0, 1003.0]
     assert conn.execute("SELECT count(*) FROM requests").fetchone()[0] == 4
+
+
+def test_setting_the_schema_version_back_does_not_make_a_plain_chain_pass(tmp_path: Path) -> None:
+    """Once a chain key exists, the log is checked under it even if its schema version claims an unkeyed log."""
+    ids = fill(tmp_path / "a.db", 3)
+    rechain_without_key(tmp_path / "a.db")
+    with sqlite3.connect(tmp_path / "a.db") as conn:
+        conn.execute(f"PRAGMA user_version = {audit.KEYED_VERSION - 1}")
+    assert check(tmp_path).broken_id == ids[0]
+    with pytest.raises(AuditError, match="says an older version wrote it, but the chain key"):
+        audit.open_db(tmp_path / "a.db", seal=Seal(tmp_path))  # nor is it re-signed, blessing the rewrite
