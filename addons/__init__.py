@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from goex_proxy.addons.connections import Connections
 from goex_proxy.addons.decide import Decide
 from goex_proxy.addons.egress import Egress
+from goex_proxy.addons.httpbounds import HttpBounds
 from goex_proxy.addons.identify import Identify
 from goex_proxy.addons.inject import Inject
 from goex_proxy.addons.preimage import Preimage
@@ -20,13 +22,14 @@ from goex_proxy.addons.state import ProxyState
 from goex_proxy.addons.twin import Twin
 
 #: The stages in the order a request passes them; each takes the shared state.
-PIPELINE: tuple[type, ...] = (Identify, Decide, Egress, Twin, Inject, Preimage, Record, Route, Scrub)
+PIPELINE: tuple[type, ...] = (Identify, Connections, Decide, Egress, Twin, Inject, Preimage, Record, Route, Scrub)
 
 
 def pipeline(state: ProxyState | None = None) -> list[Any]:
-    """The state addon followed by every stage, ready for `master.addons.add(*pipeline())`."""
+    """The state addon, the bounded HTTP layers (which hold every connection to `limits:` below the hooks), then
+    every stage, ready for `master.addons.add(*pipeline())`."""
     state = state or ProxyState()
-    return [state, *(stage(state) for stage in PIPELINE)]
+    return [state, HttpBounds(state), *(stage(state) for stage in PIPELINE)]
 
 
 addons = pipeline()

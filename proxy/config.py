@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from . import yamlsrc
+from .clientlimits import ClientLimits, parse_limits
 from .credentials import Credential, Injection
 from .durations import parse_duration
 from .egress import EgressRules, parse_allow
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from .oauth import OAuth2
 
 _TOP_KEYS = {"version", "state_dir", "listen", "agents", "credentials", "policies", "undo_rules", "audit", "upstream",
-             "llm", "sandbox"}
+             "llm", "sandbox", "limits"}
 _SANDBOX_KEYS = {"hide", "expose", "allow_sockets", "pass_env"}
 _LLM_KEYS = {"base_url", "model", "api_key", "timeout"}
 _CREDENTIAL_KEYS = {"secret", "host", "hosts", "methods", "paths", "schemes", "inject", "env"}
@@ -109,6 +110,7 @@ class Config:
     resolver: tuple[str, int] | None = None
     llm: LLM | None = None
     sandbox: Sandbox = Sandbox()
+    limits: ClientLimits = ClientLimits()
 
     @property
     def ca_cert(self) -> Path:
@@ -454,6 +456,7 @@ def parse_config(doc: Any, file: Path, check: Checker) -> Config:
         resolver=resolver,
         llm=_llm(check, top),
         sandbox=_sandbox(check, top, base),
+        limits=parse_limits(check, top),
     )
 
 

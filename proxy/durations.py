@@ -15,3 +15,12 @@ def parse_duration(text: object) -> float:
         if m and int(m.group(1)) > 0:
             return float(int(m.group(1)) * _UNITS[m.group(2)])
     raise ValueError(f"must be a duration like 30s, 5m, 1h or 7d (got {text!r})")
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds written the way `parse_duration` reads them back, in the largest unit that divides them: 120 as `2m`."""
+    whole = int(seconds)
+    if whole != seconds or whole <= 0:
+        return f"{seconds:g}s"
+    return next(f"{whole // size}{unit}" for unit, size in sorted(_UNITS.items(), key=lambda u: -u[1])
+                if whole % size == 0)

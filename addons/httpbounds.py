@@ -1,0 +1,302 @@
+"""mitmproxy's HTTP layers held to `limits:` where the bytes arrive: request heads (HTTP/1) and header lists (HTTP/2)
+past `max_header_bytes`, bodies past their cap (413 before they are buffered whole), HTTP/2 streams past
+`http2_max_streams` and resets past `http2_max_resets`; and a request that fails before it was forwarded says so.
+
+mitmproxy bounds none of these per connection (its HTTP/1 reader says "FIXME: protect against header size DoS"), and
+its `body_size_limit` is one number for every request and response. The classes below are small subclasses that
+`install()` puts where mitmproxy's HTTP layer looks them up; the `HttpBounds` addon installs them and tells them the
+limits of the proxy they run in."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import re
+import time
+from collections.abc import Callable, Generator
+from typing import Any
+
+import h2.errors
+import h2.events
+import h2.exceptions
+from mitmproxy import ctx, flow
+from mitmproxy.proxy import commands, events, layer
+from mitmproxy.proxy.layers import http as http_layers
+from mitmproxy.proxy.layers.http import HttpStream, SendHttp
+from mitmproxy.proxy.layers.http._events import RequestHeaders, ResponseProtocolError
+from mitmproxy.proxy.layers.http._hooks import HttpErrorHook
+from mitmproxy.proxy.layers.http._http1 import Http1Server, make_error_response
+from mitmproxy.proxy.layers.http._http2 import Http2Server, StreamState
+
+from goex_proxy.addons import flowmeta
+from goex_proxy.addons.state import ProxyState
+from goex_proxy.clientlimits import ClientLimits, format_size
+from goex_proxy.quietlog import QuietLog
+
+log = logging.getLogger(__name__)
+quiet = QuietLog(log)
+
+#: The limits each running proxy's layers enforce, by the identity of that proxy's mitmproxy options (layers see
+#: their options, not the addon); a layer of a proxy that published none uses the defaults.
+_published: dict[int, ClientLimits] = {}
+_DEFAULTS = ClientLimits()
+#: What a request's error says when it ended before anything of it was forwarded (the audit row's outcome).
+NOT_SENT = "not sent: "
+_BLANK_LINE = re.compile(rb"\n\r?\n")
+#: Streams remembered per HTTP/2 connection whose END_STREAM came in the same read as their reset (see below).
+_ENDED_EARLY_KEPT = 1024
+
+
+def limits_for(options: Any) -> ClientLimits:
+    """The limits published for these mitmproxy options (or the options a body cap overlays)."""
+    return _published.get(id(getattr(options, "unwrapped", options)), _DEFAULTS)
+
+
+def _peer(conn: Any) -> str:
+    peer = getattr(conn, "peername", None)
+    return f"{peer[0]}:{peer[1]}" if peer else "an unknown peer"
+
+
+def _shown(text: str, most: int = 200) -> str:
+    """Client-sent text as a log line may quote it: cut, with anything unprintable escaped."""
+    cut = text[:most] + ("…" if len(text) > most else "")
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in cut)
+
+
+def _watched(commands_: Generator[Any, Any, Any], see: Callable[[Any], None]) -> Generator[Any, Any, Any]:
+    """`commands_` passed through as they are (replies sent back in), each shown to `see` before it is carried out;
+    returns what `commands_` returns."""
+    reply = None
+    while True:
+        try:
+            command = commands_.send(reply)
+        except StopIteration as stop:
+            return stop.value
+        see(command)
+        reply = yield command
+
+
+class BoundedHttp1Server(Http1Server):
+    """An HTTP/1 client connection whose request head, and whatever it pipelines while a request is answered, stays
+    within `max_header_bytes`: past it, 431 and the connection is closed."""
+
+    def read_headers(self, event: events.ConnectionEvent) -> layer.CommandGenerator[None]:
+        cap = limits_for(self.context.options).max_header_bytes
+        if isinstance(event, events.DataReceived) and len(self.buf) > cap:
+            end = _BLANK_LINE.search(bytes(self.buf)[:cap + 3])
+            if end is None or end.start() > cap:
+                yield from self._refuse_head(cap)
+                return
+        yield from super().read_headers(event)
+
+    def wait(self, event: events.Event) -> layer.CommandGenerator[None]:
+        cap = limits_for(self.context.options).max_header_bytes
+        if isinstance(event, events.DataReceived) and len(self.buf) > cap:
+            quiet.warning("pipelined", f"closing the connection from {_peer(self.conn)}: it sent more than "
+                                       f"{format_size(cap)} ahead while a request was answered (limits.max_header_bytes)")
+            yield from super().wait(events.ConnectionClosed(self.conn))  # as if the client had gone: the same cleanup
+            self.buf.maybe_extract_at_most(len(self.buf))
+            self.state = self.done
+            return
+        yield from super().wait(event)
+
+    def _refuse_head(self, cap: int) -> layer.CommandGenerator[None]:
+        why = f"the request head is over {format_size(cap)} (limits.max_header_bytes)"
+        quiet.warning("head", f"refused a request from {_peer(self.conn)}: {why}; answered 431 and closed")
+        yield commands.SendData(self.conn, make_error_response(431, f"goex-proxy: {why}; nothing was forwarded"))
+        yield commands.CloseConnection(self.conn)
+        self.buf.maybe_extract_at_most(len(self.buf))
+        self.state = self.done
+
+
+class BoundedHttp2Server(Http2Server):
+    """An HTTP/2 client connection that advertises, and holds the client to, at most `http2_max_streams` concurrent
+    streams and header lists of `max_header_bytes`, and is closed (ENHANCE_YOUR_CALM) once the client resets more than
+    `http2_max_resets` streams in `http2_reset_window` seconds."""
+
+    limits: ClientLimits
+
+    def __init__(self, context: Any) -> None:
+        super().__init__(context)
+        self.limits = limits_for(context.options)
+        settings = self.h2_conn.local_settings
+        settings.max_concurrent_streams = self.limits.http2_max_streams
+        settings.max_header_list_size = self.limits.max_header_bytes
+        settings.acknowledge()  # sent in the connection preface (mitmproxy acknowledges its own settings the same way)
+        self.h2_conn.decoder.max_header_list_size = self.limits.max_header_bytes
+        self.resets: collections.deque[float] = collections.deque()
+        self.ended_early: dict[int, None] = {}
+
+    def handle_h2_event(self, event: Any) -> layer.CommandGenerator[bool]:
+        if isinstance(event, h2.events.StreamReset) and event.remote_reset:
+            if self._too_many_resets():
+                return (yield from self._close_for("rapid reset", f"the client reset more than "
+                                                   f"{self.limits.http2_max_resets} streams within "
+                                                   f"{self.limits.http2_reset_window:g}s (limits.http2_max_resets)"))
+            if event.stream_id in self.ended_early:
+                # mitmproxy forgot this stream when its END_STREAM arrived in the same read as this reset, and would
+                # drop the reset: the request went on as if nothing happened. Let it see the reset.
+                del self.ended_early[event.stream_id]
+                self.streams[event.stream_id] = StreamState.HEADERS_RECEIVED
+        elif isinstance(event, h2.exceptions.TooManyStreamsError):
+            return (yield from self._close_for("streams", f"the client opened more than "
+                                               f"{self.limits.http2_max_streams} concurrent streams "
+                                               "(limits.http2_max_streams)", h2.errors.ErrorCodes.PROTOCOL_ERROR))
+        elif isinstance(event, h2.exceptions.DenialOfServiceError):
+            return (yield from self._close_for("head", f"a request's header list is over "
+                                               f"{format_size(self.limits.max_header_bytes)} "
+                                               "(limits.max_header_bytes)"))
+        elif isinstance(event, h2.events.StreamEnded) and event.stream_id in self.streams:
+            stop: bool = yield from super().handle_h2_event(event)
+            if event.stream_id not in self.streams:
+                self.ended_early[event.stream_id] = None
+                while len(self.ended_early) > _ENDED_EARLY_KEPT:
+                    del self.ended_early[next(iter(self.ended_early))]
+            return stop
+        return bool((yield from super().handle_h2_event(event)))
+
+    def _too_many_resets(self) -> bool:
+        now = time.monotonic()
+        self.resets.append(now)
+        while self.resets and self.resets[0] <= now - self.limits.http2_reset_window:
+            self.resets.popleft()
+        return len(self.resets) > self.limits.http2_max_resets
+
+    def _close_for(self, kind: str, why: str,
+                   code: h2.errors.ErrorCodes = h2.errors.ErrorCodes.ENHANCE_YOUR_CALM) -> layer.CommandGenerator[bool]:
+        quiet.warning(f"h2 {kind}", f"closed the HTTP/2 connection from {_peer(self.conn)}: {why}")
+        yield from self.protocol_error(f"goex-proxy: {why}", error_code=code)
+        return True
+
+
+class _BodyCapOptions:
+    """A stream's view of its proxy's mitmproxy options, with `body_size_limit` (one number in mitmproxy) set to the
+    cap of the body it is checking: the request's for its host, or the response's."""
+
+    def __init__(self, options: Any, stream: BoundedHttpStream) -> None:
+        self.unwrapped = getattr(options, "unwrapped", options)
+        self._stream = stream
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "body_size_limit":
+            return str(self._stream.body_cap()[0])
+        return getattr(self.unwrapped, name)
+
+
+class BoundedHttpStream(HttpStream):
+    """One request and its response, whose bodies are refused past their caps (mitmproxy's own check, with the cap of
+    this host and direction: 413 before a request body is buffered whole, 502 for a response), and whose error, when
+    it comes before the request was forwarded, starts with "not sent: " (a client that resets or leaves meanwhile)."""
+
+    limits: ClientLimits
+
+    def __init__(self, context: Any, stream_id: int) -> None:
+        super().__init__(context, stream_id)
+        self.limits = limits_for(context.options)
+        self.context.options = _BodyCapOptions(context.options, self)  # type: ignore[assignment]
+        self.forwarded = False
+        self.checking: bool | None = None  # which body the size check is looking at: True the request's, False the response's
+        self.refusal: str | None = None
+
+    def body_cap(self) -> tuple[int, str]:
+        host: str = self.flow.request.host if getattr(self, "flow", None) is not None else ""
+        return self.limits.response_body_cap(host) if self.checking is False else self.limits.request_body_cap(host)
+
+    def check_body_size(self, request: bool) -> layer.CommandGenerator[bool]:
+        self.checking = request
+        try:
+            refused: bool = yield from super().check_body_size(request)
+            return refused
+        finally:
+            self.checking = None
+
+    def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
+        yield from _watched(super()._handle_event(event), self._see)
+
+    def _see(self, command: Any) -> None:
+        if isinstance(command, SendHttp) and isinstance(command.event, RequestHeaders) \
+                and command.connection is not self.context.client:
+            self.forwarded = True
+        elif isinstance(command, HttpErrorHook) and self.checking is not None:
+            self.refusal = self._over_cap(self.checking)
+            self.flow.error = flow.Error(self.refusal)
+            self.flow.response = None  # its head alone: the agent gets a 502, and the audit row says why
+        elif isinstance(command, HttpErrorHook) and not self.forwarded and self.flow.error is not None:
+            if self.flow.error.msg != flow.Error.KILLED_MESSAGE and not self.flow.error.msg.startswith(NOT_SENT):
+                self.flow.error = flow.Error(NOT_SENT + self.flow.error.msg, self.flow.error.timestamp)
+        elif isinstance(command, SendHttp) and isinstance(command.event, ResponseProtocolError) and self.refusal:
+            command.event.message = f"goex-proxy: {self.refusal.removeprefix(NOT_SENT)}"  # what the client reads
+
+    def _over_cap(self, request: bool) -> str:
+        cap, setting = self.body_cap()
+        req = self.flow.request
+        who = f"{flowmeta.agent(self.flow) or 'a client without a known agent'} ({_peer(self.flow.client_conn)})"
+        if request:
+            why = f"the request body is over {format_size(cap)} ({setting})"
+            quiet.warning("request body", f"refused {_shown(req.method)} {_shown(req.pretty_url)} from {who}: {why}; "
+                                           "answered 413, nothing was forwarded")
+            return NOT_SENT + why
+        status = self.flow.response.status_code if self.flow.response is not None else "?"
+        why = f"the response body is over {format_size(cap)} ({setting})"
+        quiet.warning("response body", f"withheld the answer to {_shown(req.method)} {_shown(req.pretty_url)} from "
+                                        f"{who}: {why}; answered 502 (the request was sent)")
+        return f"the request was sent and answered {status}, but {why}: withheld from the agent"
+
+
+#: What `install` replaces in mitmproxy's HTTP layer, by the name it looks each class up by, and the methods of
+#: mitmproxy's own class the replacement relies on.
+_REPLACED: dict[str, tuple[type, type, tuple[str, ...]]] = {
+    "Http1Server": (Http1Server, BoundedHttp1Server, ("read_headers", "wait", "done")),
+    "Http2Server": (Http2Server, BoundedHttp2Server, ("handle_h2_event", "protocol_error")),
+    "HttpStream": (HttpStream, BoundedHttpStream, ("check_body_size", "_handle_event")),
+}
+
+
+def install() -> None:
+    """Make mitmproxy's HTTP layer (in this process) build the bounded classes; refuse if mitmproxy's own classes lack
+    what they rely on."""
+    for name, (original, bounded, needs) in _REPLACED.items():
+        missing = [m for m in needs if not callable(getattr(original, m, None))]
+        if missing:
+            raise RuntimeError(f"this mitmproxy's {name} has no {', '.join(missing)}: goex-proxy cannot bound its "
+                               "HTTP connections")
+        if getattr(http_layers, name) not in (original, bounded):
+            raise RuntimeError(f"mitmproxy's HTTP layer builds another {name} than its own")
+        setattr(http_layers, name, bounded)
+
+
+def installed() -> bool:
+    return all(getattr(http_layers, name) is bounded for name, (_, bounded, _) in _REPLACED.items())
+
+
+class HttpBounds:
+    """Installs the bounded HTTP layers and publishes this proxy's `limits:` to them; refuses to run without them."""
+
+    def __init__(self, state: ProxyState) -> None:
+        self.state = state
+        self._options_id: int | None = None
+
+    def load(self, loader: object) -> None:
+        try:
+            install()
+        except RuntimeError as exc:
+            log.error("%s", exc)
+        self._publish()
+
+    def configure(self, updated: set[str]) -> None:
+        self._publish()  # under mitmdump, the config is read when `goex_config` is set
+
+    def running(self) -> None:
+        if not installed():
+            log.error("goex-proxy's HTTP bounds are not in place (see above); shutting down")
+            ctx.master.shutdown()
+        self._publish()
+
+    def done(self) -> None:
+        if self._options_id is not None:
+            _published.pop(self._options_id, None)
+
+    def _publish(self) -> None:
+        if self.state.config is not None:
+            self._options_id = id(ctx.options)
+            _published[self._options_id] = self.state.config.limits
