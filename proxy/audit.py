@@ -164,6 +164,10 @@ def _migrate(conn: sqlite3.Connection, seal: Seal) -> None:
 
 def _rechain(conn: sqlite3.Connection, seal: Seal) -> None:
     """Re-sign a log written with plain SHA-256 under a fresh chain key, once its plain chain verifies."""
+    if seal.anchor() is not None:
+        raise AuditError(f"the audit log is new or says an older version wrote it, but {seal.anchor_path} anchors a "
+                         "keyed log: rows were removed or the log replaced; `goex-proxy log verify` says more (if you "
+                         "removed the log on purpose, remove the anchor too)")
     if seal.key() is not None and conn.execute("SELECT 1 FROM requests LIMIT 1").fetchone():
         raise AuditError(f"the audit log says an older version wrote it, but the chain key {seal.key_path} exists, so "
                          "this log has been keyed before (or is not this state directory's); `goex-proxy log verify` "
@@ -196,7 +200,9 @@ def row_hash(key: bytes | None, prev_hash: str, row: dict[str, Any]) -> str:
 
 
 def outcome_hash(key: bytes | None, hash_: str, row: dict[str, Any]) -> str:
-    return chain_hash(key, hash_.encode() + _canonical(row, OUTCOME_FIELDS))
+    """The outcome's hash, bound to its row's; a keyed chain also covers what undo could do for it (`undo_class`)."""
+    fields = OUTCOME_FIELDS if key is None else OUTCOME_FIELDS + ("undo_class",)
+    return chain_hash(key, hash_.encode() + _canonical(row, fields))
 
 
 @dataclass(frozen=True)
@@ -294,6 +300,7 @@ class AuditWriter:
             with self._conn:
                 # Another process (an `undo` next to `goex-proxy run`) may have appended since: lock, then read the head.
                 self._conn.execute("BEGIN IMMEDIATE")
+                self._check_anchor()
                 last = self._conn.execute("SELECT hash FROM requests ORDER BY seq DESC LIMIT 1").fetchone()
                 for index, (op, _) in enumerate(batch):
                     if not isinstance(op, _Intent):
@@ -328,13 +335,25 @@ class AuditWriter:
                         f"'{charge.agent}', counted across every proxy writing this audit log")
         return None
 
+    def _check_anchor(self) -> None:
+        """Refuse to extend a log that no longer holds the row its anchor names: new rows would reuse the seq of
+        removed ones and chain cleanly onto what is left, and the removal would pass `log verify`."""
+        anchor = self.seal.anchor()
+        if anchor is None:
+            return
+        found = self._conn.execute("SELECT id, hash FROM requests WHERE seq = ?", (anchor.seq,)).fetchone()
+        if found is None or tuple(found) != (anchor.id, anchor.hash):
+            raise AuditError(f"the audit log no longer holds the row its anchor names (seq {anchor.seq}, id "
+                             f"{anchor.id}): rows were removed or rewritten; `goex-proxy log verify` says more")
+
     def _anchor(self, head: Anchor) -> None:
         """Keep the newest row outside the database, after its commit (an anchor may lag the log, never lead it);
-        another writer's newer anchor is never replaced by an older one."""
+        another writer's newer anchor is never replaced by an older one (they compare and replace under a lock)."""
         try:
-            kept = self.seal.anchor()
-            if kept is None or kept.seq < head.seq:
-                self.seal.set_anchor(head)
+            with self.seal.locked():
+                kept = self.seal.anchor()
+                if kept is None or kept.seq < head.seq:
+                    self.seal.set_anchor(head)
         except (OSError, AuditError) as exc:
             log.error("could not keep the audit anchor in %s: %s", self.seal.anchor_path, exc)
 
@@ -454,8 +473,8 @@ def verify(conn: sqlite3.Connection, key: bytes | None, anchor: Anchor | None = 
             problem = "its request fields do not match its hash (the row was edited)"
         elif row["outcome_hash"] is not None and outcome_hash(key, row["hash"], row) != row["outcome_hash"]:
             problem = "its outcome fields do not match its outcome hash (the row was edited)"
-        elif row["outcome_hash"] is None and any(row[f] is not None for f in ("status", "error")):
-            problem = "it has an outcome but no outcome hash (the row was edited)"
+        elif row["outcome_hash"] is None and any(row.get(f) is not None for f in (*OUTCOME_FIELDS, "undo_class")):
+            problem = "it has outcome fields but no outcome hash (the row was edited)"
         elif anchor is not None and row["seq"] == anchor.seq:
             if (row["id"], row["hash"]) != (anchor.id, anchor.hash):
                 problem = f"it is not the row the anchor recorded at seq {anchor.seq} (the log was rewritten)"

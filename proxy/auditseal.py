@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import hmac
 import json
 import os
 import secrets
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -88,6 +90,16 @@ class Seal:
         except OSError as exc:
             raise AuditError(f"cannot read the audit anchor {self.anchor_path}: {exc.strerror or exc}") from None
         return Anchor.loads(text, str(self.anchor_path))
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the anchor's lock (between writers of one state directory, in any process)."""
+        fd = os.open(self.anchor_path.with_name(f".{ANCHOR_FILE}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def set_anchor(self, anchor: Anchor | None) -> None:
         """Replace the anchor atomically (None: remove it)."""

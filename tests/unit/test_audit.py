@@ -219,5 +219,37 @@ def test_setting_the_schema_version_back_does_not_make_a_plain_chain_pass(tmp_pa
     with sqlite3.connect(tmp_path / "a.db") as conn:
         conn.execute(f"PRAGMA user_version = {audit.KEYED_VERSION - 1}")
     assert check(tmp_path).broken_id == ids[0]
-    with pytest.raises(AuditError, match="says an older version wrote it, but the chain key"):
+    with pytest.raises(AuditError, match="says an older version wrote it, but .* anchors a keyed log"):
         audit.open_db(tmp_path / "a.db", seal=Seal(tmp_path))  # nor is it re-signed, blessing the rewrite
+
+
+def test_rows_cut_from_the_end_are_not_papered_over_by_new_rows(tmp_path: Path) -> None:
+    """New rows would reuse the seq of removed ones and chain onto what is left: the writer refuses to extend a log
+    that no longer holds its anchor's row, and an emptied or replaced log does not get its anchor removed."""
+    ids = fill(tmp_path / "a.db", 5)
+    with sqlite3.connect(tmp_path / "a.db") as conn:
+        conn.execute("DELETE FROM requests WHERE id IN (?, ?)", (ids[3], ids[4]))
+    writer = AuditWriter(tmp_path / "a.db", Seal(tmp_path))
+    with pytest.raises(AuditError, match="no longer holds the row its anchor names"):
+        writer.record_intent(row(9, RequestIds())).result(5)
+    writer.close()
+    assert check(tmp_path).broken_id == ids[4]
+    (tmp_path / "a.db").unlink()
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / f"a.db{suffix}").unlink(missing_ok=True)
+    with pytest.raises(AuditError, match="anchors a keyed log"):
+        audit.open_db(tmp_path / "a.db", seal=Seal(tmp_path))
+    assert Seal(tmp_path).anchor() is not None
+
+
+def test_outcome_fields_without_an_outcome_hash_and_the_undo_class_are_covered(tmp_path: Path) -> None:
+    """Erasing a row's outcome hash leaves it looking pending only if every outcome field is gone too; the undo
+    class shown with the row is covered by the outcome hash."""
+    ids = fill(tmp_path / "a.db", 3)
+    with sqlite3.connect(tmp_path / "a.db") as conn:
+        conn.execute("UPDATE requests SET status = NULL, outcome_hash = NULL, resp_body = x'00' WHERE id = ?", (ids[0],))
+    assert check(tmp_path).broken_id == ids[0]
+    ids = fill(tmp_path / "b" / "a.db", 3)
+    with sqlite3.connect(tmp_path / "b" / "a.db") as conn:
+        conn.execute("UPDATE requests SET undo_class = 'exact' WHERE id = ?", (ids[0],))
+    assert check(tmp_path / "b").broken_id == ids[0]
