@@ -20,6 +20,11 @@ R = TypeVar("R")
 def _fail(stage: str, hook: str, flow: Any) -> None:
     log.exception("goex-proxy %s.%s failed; answering 502 and forwarding nothing", stage, hook)
     if isinstance(flow, http.HTTPFlow):
+        if flow.websocket is not None and flow.websocket.messages:  # a message hook: that message is not relayed
+            flow.websocket.messages[-1].drop()
+            if flow.killable:
+                flow.kill()
+            return
         try:
             replies.internal_error(flow, stage)
         except Exception:  # even the error reply failed: answer a bare 502

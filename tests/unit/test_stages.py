@@ -437,3 +437,18 @@ def test_a_request_without_identity_costs_a_compact_row(state) -> None:
     assert row["req_headers"] is None and row["req_body"] is None and row["resp_body"] is None
     assert len(row["path"]) <= 512 and len(row["url"]) <= 512
     assert len(str(row)) < 4_000
+
+
+def test_scrub_fails_closed_on_a_websocket_message(state, monkeypatch) -> None:
+    """If scrubbing an upstream WebSocket message raises, that message is dropped and the connection ended, rather
+    than relayed as it came (a 502 cannot be answered once the socket is open)."""
+    from goex_proxy.redact import SecretScrubber
+
+    state.scrubber = SecretScrubber({"s3cr3t-value": "<placeholder>"})
+    monkeypatch.setattr(SecretScrubber, "stream", boom)
+    f = tflow.twebsocketflow()
+    f.websocket.messages[-1].from_client = False
+    f.websocket.messages[-1].content = b"s3cr3t-value"
+    with taddons.context():
+        Scrub(state).websocket_message(f)
+    assert f.websocket.messages[-1].dropped and not f.live
