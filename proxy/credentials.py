@@ -94,15 +94,21 @@ class Credential:
         from urllib.parse import quote, quote_plus
 
         raw = secret.encode()
-        escaped = {quote(secret, safe=""), quote_plus(secret)}
+        # Also as Python's quote() leaves '/' and as JavaScript's encodeURIComponent leaves ! ' ( ) *.
+        escaped = {quote(secret, safe=""), quote_plus(secret), quote(secret), quote(secret, safe="!'()*")}
         escaped |= {re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), e) for e in escaped}
         escaped |= {quote(e, safe="") for e in escaped}  # encoded twice (a URL inside a query parameter)
         in_json = json.dumps(secret)[1:-1]
         # Go's encoding/json writes & < > as \u0026 \u003c \u003e; HTML escapes & < > " ' as entities.
         go_json = in_json.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
+        # .NET's System.Text.Json escapes those and ' + " as well, in upper case (\u002B).
+        dotnet_json = json.dumps(secret)[1:-1].replace('\\"', '"')
+        for c in "&<>'+\"":
+            dotnet_json = dotnet_json.replace(c, f"\\u{ord(c):04X}")
         in_html = html.escape(secret, quote=True)
         spellings = {secret, *escaped, raw.hex(), raw.hex().upper(), in_json, in_json.replace("/", "\\/"),
-                     json.dumps(secret, ensure_ascii=True)[1:-1], go_json, in_html, in_html.replace("&#x27;", "&#39;")}
+                     json.dumps(secret, ensure_ascii=True)[1:-1], go_json, dotnet_json, in_html,
+                     in_html.replace("&#x27;", "&#39;"), in_html.replace("&#x27;", "&#039;")}
         for encode in (base64.b64encode, base64.urlsafe_b64encode):
             whole = encode(raw).decode()
             spellings.update({whole, whole.rstrip("=")})

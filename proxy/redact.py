@@ -7,7 +7,7 @@ import builtins
 import itertools
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import re2
 
@@ -37,16 +37,15 @@ def redacted_headers_json(headers: Iterable[tuple[str, str]], scrub: SecretScrub
     return json.dumps(pairs, ensure_ascii=False)
 
 
-#: A run of at least this many bytes that could begin a secret's spelling is withheld at the end of a stream segment
-#: (a header value, a WebSocket message) when the next segment could complete it: at most this less one leaks.
-PARTIAL_MIN = 6
+#: A run of at least this many bytes that could be a piece of a secret's spelling is withheld where it touches the
+#: edge of a stream segment (a header field, a WebSocket message, a byte range), since the agent can join segments:
+#: at most this less one of the secret's bytes leak at each cut. (Eight: a piece of a hex spelling six long would
+#: turn up by chance in hex-heavy headers once in a few thousand answers.)
+PARTIAL_MIN = 8
 #: What stands in for the start of a possible spelling withheld at the end of a segment.
 WITHHELD = b"<withheld>"
 _TEXT_RUNS = re.compile(rb"[^\r\n]+")
-
-
-#: A header or trailer field as raw (name, value) bytes.
-Field = tuple[bytes, bytes]
+_LINE_BREAK = re.compile(rb"[\r\n]+")
 
 
 class SecretScrubber:
@@ -57,13 +56,15 @@ class SecretScrubber:
         self._forms = dict(forms)
         self._encoded = {f.encode(): p.encode() for f, p in self._forms.items()}
         ordered = sorted(self._forms, key=len, reverse=True)
-        # RE2 runs the alternation of literals as one automaton: 15 times faster than `re` on a 60 KB body.
-        self._text = re2.compile("|".join(map(re.escape, ordered))) if ordered else None
-        self._bytes = re2.compile(b"|".join(re.escape(f.encode()) for f in ordered)) if ordered else None
+        # RE2 runs the alternation of literals as one automaton: 15 times faster than `re` on a 60 KB body. Long
+        # secrets (a service account's JSON) outgrow its default memory, and it would say so on every search.
+        options = re2.Options()
+        options.max_mem, options.log_errors = 256 << 20, False
+        self._text = re2.compile("|".join(map(re.escape, ordered)), options) if ordered else None
+        self._bytes = re2.compile(b"|".join(re.escape(f.encode()) for f in ordered), options) if ordered else None
         self.longest = max(map(len, self._encoded), default=0)
-        # For `partial_prefix`: every PARTIAL_MIN-byte piece of a spelling (a quick no), and every start of one.
+        # Every PARTIAL_MIN-byte piece of a spelling: runs of them at segment edges are withheld.
         self._grams = {f[i:i + PARTIAL_MIN] for f in self._encoded for i in range(len(f) - PARTIAL_MIN + 1)}
-        self._starts = {f[:n] for f in self._encoded for n in range(PARTIAL_MIN, len(f))}
 
     def __bool__(self) -> bool:
         return self._text is not None
@@ -99,28 +100,37 @@ class SecretScrubber:
             cursor = original(m.end() - 1) + 1
         return bytes(out + value[cursor:])
 
-    def fields(self, fields: Iterable[Field]) -> tuple[Field, ...]:
-        """Header or trailer fields with spellings replaced in names and values, including a spelling split across
-        consecutive values (or names), as a client that joins them would read it."""
-        fields = tuple(fields)
-        if not self or not (self.touches([k for k, _ in fields]) or self.touches([v for _, v in fields])):
-            return fields
-        names, values = self.stream(), self.stream()
-        return tuple((names.feed(k), values.feed(v)) for k, v in fields)
-
     def touches(self, segments: list[builtins.bytes]) -> bool:
         """Whether a stream of these segments could need scrubbing at all: a spelling in them joined, a line break,
-        or a segment ending in a piece of a spelling (the quick no that spares most header blocks the stream)."""
+        or a piece of a spelling at or across a segment's edge (the quick no that spares most header blocks)."""
         assert self._bytes is not None
         joined = b"".join(segments)
         if self._bytes.search(joined) is not None or b"\n" in joined or b"\r" in joined:
             return True
-        end = 0
+        edge = 0
         for segment in segments:
-            end += len(segment)
-            if end >= PARTIAL_MIN and joined[end - PARTIAL_MIN:end] in self._grams:
-                return True
+            for at in (edge, edge + len(segment)):
+                if any(joined[i:i + PARTIAL_MIN] in self._grams for i in range(max(at - PARTIAL_MIN + 1, 0), at + 1)):
+                    return True
+            edge += len(segment)
         return False
+
+    def edge_runs(self, text: builtins.bytes, head: int) -> tuple[int, int]:
+        """Within `text[head:]`, the end of a run of spelling pieces covering its start (which may begin before
+        `head`), and the start of one covering its end: (head, len(text)) when there are none."""
+        n, grams = PARTIAL_MIN, self._grams
+        lead = head
+        first = next((i for i in range(max(head - n + 1, 0), head + 1) if text[i:i + n] in grams), None)
+        if first is not None:
+            j = first
+            while j + n <= len(text) and text[j:j + n] in grams:
+                j += 1
+            lead = j + n - 1
+        k = len(text) - n
+        while k >= 0 and text[k:k + n] in grams:
+            k -= 1
+        tail = max(k + 1, head) if k + 1 <= len(text) - n else len(text)
+        return min(lead, len(text)), tail
 
     def part(self, part: builtins.bytes) -> builtins.bytes:
         """A byte range of a larger body (a 206 answer), its length kept: every spelling in it, and a run at either
@@ -148,41 +158,69 @@ class SecretScrubber:
         """A matcher for one stream of segments (a header block, a WebSocket's messages) that keeps state across them."""
         return ScrubStream(self)
 
-    def partial_prefix(self, tail: builtins.bytes) -> int:
-        """The length of the longest end of `tail` that begins a spelling (at least PARTIAL_MIN bytes), else 0."""
-        if tail[-PARTIAL_MIN:] not in self._grams:
-            return 0
-        for length in range(min(len(tail), self.longest - 1), PARTIAL_MIN - 1, -1):
-            if tail[-length:] in self._starts:
-                return length
-        return 0
-
-
 class ScrubStream:
-    """Scrubs a stream segment by segment: a spelling that spans segments is replaced in the segment it ends in, and
-    the start of a possible spelling at the end of a segment is withheld there, so at most PARTIAL_MIN - 1 of its
-    bytes reach the agent however the stream is cut."""
+    """Scrubs one message's bytes as the agent could join them (its reason, header names and values, body, trailers;
+    or a WebSocket's messages), segment by segment, ignoring line breaks: a spelling spanning segments is replaced in
+    the segment it ends in, and a run of pieces of one at either edge of a segment is withheld, so that at most
+    PARTIAL_MIN - 1 bytes of a secret reach the agent at each place the stream is cut."""
 
     def __init__(self, scrubber: SecretScrubber) -> None:
         self._scrubber = scrubber
-        self._carry = b""  # the last bytes as received (unscrubbed), to find spellings that began before
+        self._carry = b""  # the last bytes received (unscrubbed, line breaks dropped), to find spellings begun before
+
+    def touches(self, segments: list[bytes]) -> bool:
+        """Whether feeding these segments next could change any of them (see `SecretScrubber.touches`)."""
+        return self._scrubber.touches([self._carry, *segments])
+
+    def skip(self, segment: bytes) -> None:
+        """Take `segment` as passed on unchanged (it was checked otherwise), keeping the state for what follows."""
+        self._carry = (self._carry + _LINE_BREAK.sub(b"", segment))[-self._keep():]
+
+    def _keep(self) -> int:
+        return max(self._scrubber.longest - 1, PARTIAL_MIN)
 
     def feed(self, segment: bytes) -> bytes:
         scrub = self._scrubber
         pattern = scrub._bytes
         if pattern is None or not segment:
             return segment
-        text = self._carry + segment
-        self._carry = text[-(scrub.longest - 1):] if scrub.longest > 1 else b""
-        head = len(text) - len(segment)
+        broken = b"\n" in segment or b"\r" in segment
+        joined = segment.replace(b"\r", b"").replace(b"\n", b"") if broken else segment
+        head = len(self._carry)
+        text = self._carry + joined
+        self._carry = text[-self._keep():]
+        # What to take out, in `text` positions: whole spellings (one wholly before was replaced there), then runs
+        # of pieces of one at either edge of this segment.
+        cuts = [(max(m.start(), head), m.end(), scrub._encoded[m.group(0)])
+                for m in pattern.finditer(text) if m.end() > head]
+        lead, tail = scrub.edge_runs(text, head)
+        if lead > head:
+            cuts.append((head, lead, WITHHELD))
+        if tail < len(text):
+            cuts.append((tail, len(text), WITHHELD))
+        if not cuts:
+            return segment
+        original = _positions(segment) if broken else (lambda index: index)
         out, cursor = bytearray(), 0
-        for m in pattern.finditer(text):
-            if m.end() > head:  # one wholly in earlier segments was replaced there
-                out += segment[cursor:max(m.start() - head, cursor)] + scrub._encoded[m.group(0)]
-                cursor = m.end() - head
-        out += segment[cursor:]
-        cleaned = scrub._across_lines(bytes(out))
-        partial = min(scrub.partial_prefix(text), len(segment))
-        if partial and cleaned.endswith(segment[-partial:]):  # not already replaced as a whole spelling
-            cleaned = cleaned[:-partial] + WITHHELD
-        return cleaned
+        for start, end, replacement in sorted(cuts, key=lambda cut: (cut[0], cut[2] is WITHHELD)):  # spellings first
+            begin = original(start - head)
+            if begin < cursor:  # overlaps what was already cut: extend that cut
+                cursor = max(cursor, original(end - head - 1) + 1)
+                continue
+            out += segment[cursor:begin] + replacement
+            cursor = original(end - head - 1) + 1
+        return bytes(out + segment[cursor:])
+
+
+def _positions(segment: bytes) -> Callable[[int], int]:
+    """Where each byte of `segment` without its CR and LF bytes sits in `segment` (its length past the end)."""
+    runs = [(m.start(), len(m.group(0))) for m in _TEXT_RUNS.finditer(segment)]
+    starts = list(itertools.accumulate((length for _, length in runs), initial=0))
+
+    def original(index: int) -> int:
+        if index >= starts[-1]:
+            return len(segment)
+        run = bisect.bisect_right(starts, index) - 1
+        return runs[run][0] + index - starts[run]
+
+    return original

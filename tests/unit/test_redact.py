@@ -30,13 +30,22 @@ def test_base64_wrapped_across_lines_is_replaced() -> None:
     assert SECRET.encode()[4:20] not in base64.b64decode(letters[:len(letters) // 4 * 4])
 
 
-def test_fields_catch_a_secret_split_across_values_and_names() -> None:
-    """Consecutive values are one stream: the first part is withheld, the rest replaced; a name holding a spelling
-    is replaced too."""
-    cleaned = scrubber().fields([(b"X-A", SECRET[:10].encode()), (b"X-B", SECRET[10:].encode()),
-                                 (SECRET.encode().hex().encode(), b"1")])
-    assert cleaned[0] == (b"X-A", WITHHELD) and cleaned[1][1] == PLACEHOLDER.encode()
-    assert cleaned[2][0] == PLACEHOLDER.encode()
+def test_a_stream_withholds_pieces_at_every_cut_even_with_other_fields_between() -> None:
+    """Header fields fed as one stream: a secret's first piece at the end of one value and the rest at the start of
+    another, with fields between them, are both withheld; a name holding a spelling is replaced; the ordinary
+    fields pass unchanged."""
+    stream = scrubber().stream()
+    fed = [stream.feed(x) for x in (b"OK", b"X-A", SECRET[:10].encode(), b"Date", b"Thu, 03 Dec 2026",
+                                    b"X-B", SECRET[10:].encode() + b" tail", SECRET.encode().hex().encode(), b"1")]
+    assert fed[:2] == [b"OK", b"X-A"] and fed[2] == WITHHELD and fed[3:6] == [b"Date", b"Thu, 03 Dec 2026", b"X-B"]
+    assert fed[6] == WITHHELD + b" tail" and fed[7] == PLACEHOLDER.encode()
+
+
+def test_a_stream_joins_lines_across_segments() -> None:
+    """A log line wrapped into two WebSocket messages, the break inside the secret, is still caught."""
+    stream = scrubber().stream()
+    first, second = stream.feed(b"Bearer " + SECRET[:14].encode() + b"\n"), stream.feed(SECRET[14:].encode())
+    assert SECRET.encode()[:PARTIAL_MIN] not in first + second and SECRET.encode()[14:] not in first + second
 
 
 @settings(max_examples=200, deadline=None, derandomize=True)

@@ -1,0 +1,96 @@
+"""Where mitmproxy hands upstream bytes to the agent or to its log without calling a hook: its error pages (quoting
+what a broken upstream sent), WebSocket ping, pong and close frames, and its log lines. Each is wrapped once per
+process so that the scrubber sees them."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import re
+from collections.abc import Callable
+from typing import Any
+
+from goex_proxy.addons.state import ProxyState
+
+#: The state whose scrubber the wrappers use (the latest proxy set up in this process).
+_state: ProxyState | None = None
+#: A Python bytes literal, as mitmproxy quotes what an upstream sent: its escapes (`\'`, `\xNN`) would hide a
+#: secret's spelling from the scrubber, so it is not shown at all.
+_BYTES_LITERAL = re.compile(r"""\bb(['"])(?:\\.|(?!\1).)*\1?""", re.DOTALL)
+
+
+def scrub_unhooked(state: ProxyState) -> None:
+    global _state
+    _state = state
+    _wrap_error_pages()
+    _wrap_websocket_controls()
+    _filter_logs()
+
+
+def _scrubbed_text(text: str) -> str:
+    scrub = _state.scrubber if _state is not None else None
+    if not scrub:
+        return text
+    return scrub.text(_BYTES_LITERAL.sub("(bytes not shown)", text))
+
+
+def _wrap_error_pages() -> None:
+    for name, required in (("_http1", True), ("_http2", True), ("_http3", False)):
+        try:
+            module = importlib.import_module(f"mitmproxy.proxy.layers.http.{name}")
+            original = module.format_error
+        except (ImportError, AttributeError):
+            if required:  # a mitmproxy laid out otherwise: refuse to run rather than leak through its error pages
+                raise
+            continue
+        if getattr(original, "goex_scrubbed", False):
+            continue
+
+        def format_error(status_code: int, message: str, _original: Callable[[int, str], bytes] = original) -> bytes:
+            return _original(status_code, _scrubbed_text(message))
+
+        format_error.goex_scrubbed = True  # type: ignore[attr-defined]
+        module.format_error = format_error
+
+
+def _wrap_websocket_controls() -> None:
+    """Ping and pong payloads and close reasons are relayed by mitmproxy's WebSocket layer with no hook."""
+    import wsproto.events
+    from mitmproxy.proxy.layers import websocket
+
+    original = websocket.WebsocketConnection.send2
+    if getattr(original, "goex_scrubbed", False):
+        return
+
+    def send2(self: Any, event: wsproto.events.Event) -> Any:
+        scrub = _state.scrubber if _state is not None else None
+        if scrub and isinstance(event, wsproto.events.Ping | wsproto.events.Pong):
+            event = type(event)(payload=scrub.bytes(bytes(event.payload)))
+        elif scrub and isinstance(event, wsproto.events.CloseConnection) and event.reason:
+            event = wsproto.events.CloseConnection(code=event.code, reason=scrub.text(event.reason))
+        return original(self, event)
+
+    send2.goex_scrubbed = True  # type: ignore[attr-defined]
+    websocket.WebsocketConnection.send2 = send2  # type: ignore[method-assign]
+
+
+class _ScrubRecords(logging.Filter):
+    """Log records leave with secrets replaced (mitmproxy logs WebSocket ping payloads and upstream errors)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _state is not None and _state.scrubber:
+            message = record.getMessage()
+            cleaned = _scrubbed_text(message) if "b'" in message or 'b"' in message else _state.scrubber.text(message)
+            if cleaned != message:
+                record.msg, record.args = cleaned, None
+        return True
+
+
+_FILTER = _ScrubRecords()
+
+
+def _filter_logs() -> None:
+    """Every handler of the root logger (mitmproxy's and goex-proxy's output) gets the filter, once."""
+    for handler in logging.getLogger().handlers:
+        if _FILTER not in handler.filters:
+            handler.addFilter(_FILTER)
