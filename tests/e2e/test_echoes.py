@@ -18,6 +18,7 @@ import pytest
 from websockets.sync.client import connect
 from websockets.sync.server import serve
 
+from goex_proxy.redact import PARTIAL_MIN
 from tests.conftest import TOKENS, free_port
 
 pytestmark = pytest.mark.e2e
@@ -64,12 +65,16 @@ REFLECTIONS: dict[str, Callable[[str], tuple[bytes, list[bytes], bytes]]] = {
                            json.dumps({"auth": s}).replace("&", "\\u0026").replace("<", "\\u003c")
                            .replace(">", "\\u003e").encode()),
     "/double-url": lambda s: (b"HTTP/1.1 200 OK", [], b"next=" + quote(quote(s, safe=""), safe="").encode()),
+    "/header-then-body": lambda s: (b"HTTP/1.1 200 OK", [b"X-T: " + s[:12].encode(), b"X-Other: 1"], s[12:].encode()),
+    "/reason-then-body": lambda s: (b"HTTP/1.1 200 " + s[:12].encode(), [], s[12:].encode()),
+    "/encode-uri-component": lambda s: (b"HTTP/1.1 302 Found", [b"Location: /login?next=" + quote(
+        s, safe="!'()*").encode()], b""),
 }
 
 
 def reassembled(path: str, status: bytes, fields: list[tuple[bytes, bytes]], body: bytes) -> str:
     """What the agent rebuilds from the answer, undoing the reflection `path` names."""
-    values = b"".join(v for _, v in fields).decode("latin-1")
+    values = b"".join(k + v for k, v in fields).decode("latin-1")  # joined as an attacker would, no separators
     text = body
     if path in ("/te-gzip", "/gzip-in-gzip"):
         while text[:2] == b"\x1f\x8b":
@@ -80,7 +85,8 @@ def reassembled(path: str, status: bytes, fields: list[tuple[bytes, bytes]], bod
     if path == "/header-name":
         text = b"".join(bytes.fromhex(k[2:].decode()) if k.startswith(b"X-") and len(k) > 40 else b"" for k, _ in fields)
     decoded = text.decode("latin-1")
-    return " ".join([status.decode("latin-1"), values, decoded, html.unescape(decoded), unquote(unquote(decoded)),
+    reason = status.decode("latin-1").split(" ", 2)[-1]
+    return " ".join([reason + values + decoded, html.unescape(decoded), unquote(unquote(values + decoded)),
                      decoded.encode().decode("unicode_escape", "replace")])
 
 
@@ -182,8 +188,8 @@ def test_no_reflection_gives_the_secret_back(echo_proxy, reflector, path):
     assert reflector[1] == [SECRET], "the upstream got the real secret"
     seen = reassembled(path, status, fields, body)
     assert SECRET not in seen and SECRET[5:25] not in seen
-    assert status.startswith(b"HTTP/1.1 502") or b"goex-placeholder-echo" in status + b"".join(
-        k + v for k, v in fields) + body or b"<withheld>" in b"".join(v for _, v in fields)
+    shown = status + b"".join(k + v for k, v in fields) + body
+    assert status.startswith(b"HTTP/1.1 502") or b"goex-placeholder-echo" in shown or b"<withheld>" in shown
 
 
 def test_byte_ranges_cut_through_the_secret_give_back_at_most_a_few_bytes(echo_proxy, reflector):
@@ -208,6 +214,10 @@ def ws_reflector(upstream_ca) -> Iterator[int]:
     def reflect(conn):
         secret = conn.request.headers.get("Authorization", "").removeprefix("Bearer ")
         conn.recv()
+        if conn.request.path == "/controls":  # in frames mitmproxy relays without a hook
+            conn.ping(secret.encode()[:40])
+            conn.close(4001, "bad token: " + secret)
+            return
         conn.send("start " + secret[:13])
         conn.send(secret[13:] + " end")
         conn.recv()
@@ -232,3 +242,42 @@ def test_a_secret_split_across_websocket_messages_is_not_given_back(echo_proxy):
     joined = str(first) + str(second)
     assert SECRET not in joined and SECRET[:6] not in joined and SECRET[13:] not in joined
     assert first == "start <withheld>" and str(second).endswith(" end")
+
+
+def test_websocket_ping_and_close_payloads_are_scrubbed(echo_proxy):
+    """A ping whose payload is the secret and a close whose reason quotes it reach the agent scrubbed."""
+    import os
+    import struct
+
+    auth = base64.b64encode(f"mailbot:{TOKENS['mailbot']}".encode()).decode()
+    raw = socket.create_connection(("127.0.0.1", echo_proxy.port), timeout=20)
+    raw.sendall(f"CONNECT {WS_HOST}:443 HTTP/1.1\r\nHost: {WS_HOST}:443\r\nProxy-Authorization: Basic {auth}\r\n\r\n"
+                .encode())
+    assert raw.recv(4096).startswith(b"HTTP/1.1 200")
+    tls = ssl.create_default_context(cafile=str(echo_proxy.ca_cert)).wrap_socket(raw, server_hostname=WS_HOST)
+    key = base64.b64encode(os.urandom(16)).decode()
+    tls.sendall(f"GET /controls HTTP/1.1\r\nHost: {WS_HOST}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += tls.recv(4096)
+    head, _, data = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101")
+    mask = os.urandom(4)
+    tls.sendall(bytes([0x81, 0x82]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(b"go")))
+    tls.settimeout(5)
+    try:
+        while chunk := tls.recv(4096):
+            data += chunk
+    except (TimeoutError, ssl.SSLError, ConnectionError):
+        pass
+    frames = []
+    while len(data) >= 2:
+        opcode, size, data = data[0] & 0x0F, data[1] & 0x7F, data[2:]
+        if size == 126:
+            size, data = struct.unpack(">H", data[:2])[0], data[2:]
+        frames.append((opcode, data[:size]))
+        data = data[size:]
+    payloads = {opcode: payload for opcode, payload in frames}
+    assert b"goex-placeholder-echo" in payloads[9] and b"goex-placeholder-echo" in payloads[8]
+    assert SECRET.encode()[:PARTIAL_MIN] not in b"".join(payloads.values())
