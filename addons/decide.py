@@ -24,6 +24,7 @@ from goex_proxy.requestview import (
     canonical_path,
     content_type_problem,
     field_problem,
+    key_collision,
     path_ambiguity,
     readings,
     token_problem,
@@ -203,6 +204,9 @@ class Decide:
         if problem is not None:
             return Decision("deny", f"refused before policy: {problem}; send the body its Content-Type names",
                             "request-body")
+        problem = key_collision(view)
+        if problem is not None:
+            return Decision("deny", f"refused: {problem}; send each parameter under one name", "request-reading")
         for how, other, must_allow in readings(view):
             d = decide(other, self.state.policies, now, self.state.limits)
             if d.effect != "allow" and (must_allow or d.rule is not None):

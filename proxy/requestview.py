@@ -166,6 +166,31 @@ def repeated_keys(view: RequestView) -> list[RepeatedKey]:
     return out
 
 
+_PHP_MANGLED = re.compile(r"[ .]")
+
+
+def key_collision(view: RequestView) -> str | None:
+    """Why two differently spelled keys of the query or a urlencoded form would be read as one by some server, if
+    they would: PHP turns `.` and spaces in a key's name into `_` (`channel.id` is `channel_id`), and PHP and Rails
+    read `channel[]` or `channel[x]` as the same parameter as `channel` (the later one wins). Bracketed keys that
+    differ inside the brackets (`filter[a]`, `filter[b]`) are distinct parameters everywhere."""
+    for where, pairs in (("query", view.query), ("form", view.form_pairs)):
+        by_name: dict[str, str] = {}
+        by_base: dict[str, set[str]] = {}
+        for key in dict.fromkeys(key for key, _ in pairs):
+            base, bracket, rest = key.partition("[")
+            name = _PHP_MANGLED.sub("_", base) + bracket + rest
+            if name in by_name and by_name[name] != key:
+                return f"the {where} keys {by_name[name]!r} and {key!r} are one key to PHP, which reads {name!r}"
+            by_name[name] = key
+            by_base.setdefault(name.partition("[")[0], set()).add(key)
+        for base, keys in by_base.items():
+            if len(keys) > 1 and any("[" not in k for k in keys):
+                spelled = " and ".join(repr(k) for k in sorted(keys))
+                return f"the {where} keys {spelled} are one parameter to PHP and Rails ({base!r}), which read the last"
+    return None
+
+
 def reading_count(repeated: list[RepeatedKey]) -> int:
     """How many readings `value_readings` makes: one per combination of the repeated keys' distinct values."""
     return math.prod(len(set(values)) for _, _, values in repeated)
