@@ -10,7 +10,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -104,7 +104,10 @@ def _migration_6(db: sqlite_utils.Database) -> None:
 
 
 def _migration_7(db: sqlite_utils.Database) -> None:
-    """The chain is keyed (HMAC): `open_db` re-signs every row under the seal's key in this migration's transaction."""
+    """The chain is keyed (HMAC): `open_db` re-signs every row under the seal's key in this migration's transaction.
+    Each row also carries, under its hash, the limit hits it was charged (`charged`), so `limit_hits` can be checked."""
+    if "charged" not in db.table("requests").columns_dict:  # a log whose version was set back already has it
+        db.table("requests").add_column("charged", str)
 
 
 #: Schema migrations, applied in order; `PRAGMA user_version` records how many have run.
@@ -112,7 +115,8 @@ MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration
 #: From this version on the chain is HMAC-SHA256 under the seal's key; before it, plain SHA-256.
 KEYED_VERSION = 7
 #: Request fields added by later migrations: hashed only when set, so rows written before them still verify.
-OPTIONAL_REQUEST_FIELDS = ("credential", "undo_of", "pre_status", "pre_headers", "pre_body", "pre_body_size")
+OPTIONAL_REQUEST_FIELDS = ("credential", "undo_of", "pre_status", "pre_headers", "pre_body", "pre_body_size",
+                           "charged")
 
 
 def connect(config: Config, *, readonly: bool = False) -> sqlite3.Connection:
@@ -177,8 +181,14 @@ def _rechain(conn: sqlite3.Connection, seal: Seal) -> None:
         raise AuditError(f"the audit log was already broken before its chain was keyed, at row {result.broken_id} "
                          f"(seq {result.broken_seq}): {result.problem}; move it aside to start a new one")
     key = seal.key(create=True)
+    hits: dict[str, list[tuple[str, float]]] = {}
+    for key_, ts, request_id in conn.execute("SELECT key, ts, request_id FROM limit_hits ORDER BY rowid"):
+        hits.setdefault(request_id, []).append((key_, ts))
     prev, head = "", None
     for row in list(iter_rows(conn)):
+        if row["id"] in hits:
+            row["charged"] = charged([k for k, _ in hits[row["id"]]], hits[row["id"]][0][1])
+            conn.execute("UPDATE requests SET charged = ? WHERE seq = ?", (row["charged"], row["seq"]))
         signed = {"prev_hash": prev, "hash": row_hash(key, prev, row)}
         if row["outcome_hash"] is not None:
             signed["outcome_hash"] = outcome_hash(key, signed["hash"], row)
@@ -359,6 +369,8 @@ class AuditWriter:
 
     def _insert(self, op: _Intent, prev: str) -> Anchor:
         row = dict(op.row)
+        if op.charge is not None and op.charge.keys:
+            row["charged"] = charged(op.charge.keys, op.charge.at)
         row["prev_hash"] = prev
         row["hash"] = row_hash(self._key, prev, row)
         if row.get("status") is not None or row.get("error") is not None:
@@ -449,6 +461,22 @@ class VerifyResult:
     anchored: bool = False
 
 
+def charged(keys: Iterable[str], at: float) -> str:
+    """A row's `charged` field: the limited rules it counted against and when (what its `limit_hits` rows say)."""
+    return json.dumps({"keys": list(keys), "at": at}, separators=(",", ":"))
+
+
+def _limit_hits_problem(conn: sqlite3.Connection, expected: set[tuple[str, str, float]]) -> tuple[str, str] | None:
+    """The first disagreement between `limit_hits` and the charges the chained rows carry: (row id, problem)."""
+    for key, ts, request_id in conn.execute("SELECT key, ts, request_id FROM limit_hits ORDER BY rowid"):
+        if (request_id, key, ts) not in expected:
+            return request_id, f"a limit hit of rule {key!r} matches no charge its row carries (limit_hits was edited)"
+        expected.discard((request_id, key, ts))
+    for request_id, key, _ in sorted(expected):
+        return request_id, f"its limit hit of rule {key!r} is gone (limit_hits was edited: limits would count less)"
+    return None
+
+
 def chain_key(conn: sqlite3.Connection, seal: Seal) -> bytes | None:
     """The key this log's chain is signed with: None for a log an older version wrote (plain SHA-256) before any key
     existed. Once the state directory has a key, the log is checked under it whatever its schema version says (whoever
@@ -465,6 +493,7 @@ def verify(conn: sqlite3.Connection, key: bytes | None, anchor: Anchor | None = 
     prev = ""
     checked = 0
     anchored = anchor is None
+    expected: set[tuple[str, str, float]] = set()  # (request id, rule key, time) of every charge a row carries
     for row in iter_rows(conn):
         problem = None
         if row["prev_hash"] != prev:
@@ -481,8 +510,13 @@ def verify(conn: sqlite3.Connection, key: bytes | None, anchor: Anchor | None = 
             anchored = True
         if problem:
             return VerifyResult(checked, row["id"], row["seq"], problem, key is not None)
+        if row.get("charged"):
+            charge = json.loads(row["charged"])
+            expected.update((row["id"], k, charge["at"]) for k in charge["keys"])
         prev = row["hash"]
         checked += 1
+    if key is not None and (found := _limit_hits_problem(conn, expected)) is not None:
+        return VerifyResult(checked, found[0], None, found[1], True)
     if not anchored:
         assert anchor is not None
         return VerifyResult(checked, anchor.id, anchor.seq, "the anchor's row is gone (rows were removed from the end "

@@ -167,6 +167,8 @@ def test_a_log_written_before_keying_is_rechained_once_it_verifies(tmp_path: Pat
             conn.execute(f"PRAGMA user_version = {audit.KEYED_VERSION - 1}")
             if tamper:
                 conn.execute("UPDATE requests SET path = '/innocent' WHERE id = ?", (ids[1],))
+            conn.execute("INSERT INTO limit_hits (key, agent, ts, request_id) VALUES ('p/post', 'bot', 5.0, ?)",
+                         (ids[2],))  # an older version's hit: carried into its row's charge when re-signed
         (home / "audit.key").unlink(missing_ok=True)
         (home / "audit.anchor").unlink(missing_ok=True)
         if tamper:
@@ -253,3 +255,26 @@ def test_outcome_fields_without_an_outcome_hash_and_the_undo_class_are_covered(t
     with sqlite3.connect(tmp_path / "b" / "a.db") as conn:
         conn.execute("UPDATE requests SET undo_class = 'exact' WHERE id = ?", (ids[0],))
     assert check(tmp_path / "b").broken_id == ids[0]
+
+
+def test_limit_hits_removed_or_added_are_caught(tmp_path: Path) -> None:
+    """Each row carries, under its hash, the limit hits it was charged: deleting hits (which would reset a limit) or
+    adding some is named by verify."""
+    from goex_proxy.limits import Charge
+
+    ids, writer = RequestIds(), AuditWriter(tmp_path / "a.db", Seal(tmp_path))
+    rows = [row(i, ids) for i in range(3)]
+    for i, r in enumerate(rows):
+        writer.record_intent(r, Charge("bot", ("p/post", "p/all"), 1000.0 + i)).result(5)
+    writer.close()
+    assert check(tmp_path).broken_id is None
+    with sqlite3.connect(tmp_path / "a.db") as conn:
+        conn.execute("DELETE FROM limit_hits WHERE request_id = ? AND key = 'p/all'", (rows[1]["id"],))
+    result = check(tmp_path)
+    assert result.broken_id == rows[1]["id"] and "is gone" in (result.problem or "")
+    with sqlite3.connect(tmp_path / "a.db") as conn:
+        conn.execute("INSERT INTO limit_hits (key, agent, ts, request_id) VALUES ('p/all', 'bot', 1001.0, ?)",
+                     (rows[1]["id"],))
+        conn.execute("INSERT INTO limit_hits (key, agent, ts, request_id) VALUES ('p/x', 'bot', 1.0, ?)", (rows[0]["id"],))
+    result = check(tmp_path)
+    assert result.broken_id == rows[0]["id"] and "matches no charge" in (result.problem or "")
