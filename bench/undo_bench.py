@@ -132,7 +132,9 @@ def run(rows: int = 1_000_000, ids: int = 2000, cli_runs: int = 9, regenerate: b
 
     with tempfile.TemporaryDirectory(prefix="goex-bench-undo-") as tmp:
         config_path = Path(tmp) / "config.yaml"  # no undo_rules key: every shipped pack, REST last (the default)
-        config_path.write_text(f"version: 1\naudit: {{db: {json.dumps(str(db_path))}}}\n", encoding="utf-8")
+        # The state directory is the database's: its chain key is there (undo appends to the log).
+        config_path.write_text(f"version: 1\nstate_dir: {json.dumps(str(db_path.parent))}\n"
+                               f"audit: {{db: {json.dumps(str(db_path))}}}\n", encoding="utf-8")
 
         def load_rules() -> Any:
             return load_packs(list(load_config(config_path).undo_packs))
