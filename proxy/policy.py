@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -301,6 +303,7 @@ def _match(view: RequestView, policies: PolicySet, repeated: list[RepeatedKey]) 
     """Sort the candidate rules for one reading by their plain criteria, matching paths as the host's server routes."""
     routing = policies.routing(view.host)
     m = _Matched()
+    formatless = _without_format(view)
     for c in policies.candidates(view.host):
         if not c.policy.applies_to(view.agent):
             continue
@@ -312,9 +315,22 @@ def _match(view: RequestView, policies: PolicySet, repeated: list[RepeatedKey]) 
                     m.unaccepting.append(rule)
             else:
                 (m.enforce if enforced else m.report).append(rule)
-        elif enforced and rule.effect == "deny" and rule.matches_plain(view, c.host_known, LENIENT):
+        elif enforced and rule.effect == "deny" and (rule.matches_plain(view, c.host_known, LENIENT) or (
+                formatless is not None and rule.matches_plain(formatless, c.host_known, LENIENT))):
             m.lenient_denies.append(rule)
     return m
+
+
+#: The formats Rails registers out of the box (and Spring's suffix matching commonly sees); `files.delete` on a
+#: Slack-style API is a method name, not a format.
+_FORMAT_SUFFIX = re.compile(r"(/[^/]+)\.(?i:json|xml|html?|csv|te?xt|ya?ml|js|atom|rss|ics|pdf|zip)/?$")
+
+
+def _without_format(view: RequestView) -> RequestView | None:
+    """The request with a format suffix taken off its last segment (`/files/a/delete.json`), as Rails' `(.:format)`
+    and Spring's suffix matching route it; None when it has none. Only deny rules are matched against it."""
+    stripped = _FORMAT_SUFFIX.sub(r"\1", view.path)
+    return dataclasses.replace(view, path=stripped) if stripped != view.path else None
 
 
 def _decide_reading(view: RequestView, policies: PolicySet, now: float, counts: LimitCounts,
@@ -335,8 +351,9 @@ def _decide_reading(view: RequestView, policies: PolicySet, now: float, counts: 
     if d.effect == "allow" and m.lenient_denies:
         lenient = _judge(m.lenient_denies, view, context)
         if lenient.deny is not None:
-            return Decision("deny", f"refused: read by a router that ignores case and a trailing slash (as Express "
-                                    f"does by default), the request {view.method} {view.path} is one policy denies "
+            return Decision("deny", f"refused: read by a router that ignores case, a trailing slash (as Express does "
+                                    f"by default) or a format suffix (as Rails does), the request {view.method} "
+                                    f"{view.path} is one policy denies "
                                     f"({lenient.deny[1]})", "request-reading",
                             allowed_instead=_alternatives(view, policies))
     return d

@@ -407,7 +407,9 @@ READING_CASES = {
         view("GET", host="api.example.org", path="/admin/users"), "deny", "request-reading", "admins only"),
     "undeclared: the reason names the reading": (
         view("GET", host="api.example.org", path="/api/Files.Delete"), "deny", "request-reading",
-        "ignores case and a trailing slash"),
+        "ignores case, a trailing slash"),
+    "undeclared: a format suffix reaches the deny rule (Rails)": (
+        view("GET", host="api.example.org", path="/api/files.delete.json"), "deny", "request-reading", "format suffix"),
 }
 
 

@@ -399,6 +399,8 @@ rules:
     ("a denied path in capitals", "POST", "/api/FILES.DELETE", {}, b"", False),
     ("a denied path with a trailing slash", "POST", "/api/files.delete/", {}, b"", False),
     ("a denied path in capitals with a trailing slash", "POST", "/api/FILES.DELETE/", {}, b"", False),
+    ("a denied path with a format suffix (Rails routes it to the same action)", "POST", "/api/files.delete.json", {},
+     b"", False),
     ("a query key sent twice", "POST", "/api/chat.post?channel=C0BOTS&channel=C0RANDOM", {}, b"", False),
     ("a form field sent twice", "POST", "/api/chat.post", {"Content-Type": "application/x-www-form-urlencoded"},
      b"channel=C0BOTS&channel=C0RANDOM", False),
