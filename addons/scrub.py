@@ -73,11 +73,7 @@ class Scrub:
         stream = scrub.stream()
         response.data.reason, response.headers.fields = _clean_fields(stream, response.data.reason,
                                                                       response.headers.fields)
-        if response.status_code == 206:
-            cleaned = scrub.part(content)
-            stream.skip(content)
-        else:
-            cleaned = stream.feed(content)
+        cleaned = stream.feed(content, keep_length=response.status_code == 206)  # a range keeps its length
         if cleaned != content:
             response.content = cleaned  # re-encoded with the response's Content-Encoding
         if response.trailers:

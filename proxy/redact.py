@@ -46,6 +46,7 @@ PARTIAL_MIN = 8
 WITHHELD = b"<withheld>"
 _TEXT_RUNS = re.compile(rb"[^\r\n]+")
 _LINE_BREAK = re.compile(rb"[\r\n]+")
+_LINE_BREAK_OR_NOT = re.compile(rb"[\r\n]+|[^\r\n]+")
 
 
 class SecretScrubber:
@@ -110,49 +111,29 @@ class SecretScrubber:
         edge = 0
         for segment in segments:
             for at in (edge, edge + len(segment)):
-                if any(joined[i:i + PARTIAL_MIN] in self._grams for i in range(max(at - PARTIAL_MIN + 1, 0), at + 1)):
+                if any(joined[i:i + PARTIAL_MIN] in self._grams for i in range(max(at - PARTIAL_MIN, 0), at + 1)):
                     return True
             edge += len(segment)
         return False
 
     def edge_runs(self, text: builtins.bytes, head: int) -> tuple[int, int]:
         """Within `text[head:]`, the end of a run of spelling pieces covering its start (which may begin before
-        `head`), and the start of one covering its end: (head, len(text)) when there are none."""
-        n, grams = PARTIAL_MIN, self._grams
+        `head`), and the start of one covering its end: (head, len(text)) when there are none. A run is followed at
+        most the length of the longest spelling (a piece of one cannot reach further), so a long periodic run (a
+        secret with `AAAA` in it, a body of `A`s) costs no more than that."""
+        n, grams, most = PARTIAL_MIN, self._grams, self.longest
         lead = head
         first = next((i for i in range(max(head - n + 1, 0), head + 1) if text[i:i + n] in grams), None)
         if first is not None:
-            j = first
-            while j + n <= len(text) and text[j:j + n] in grams:
+            j, stop = first, min(len(text) - n, first + most)
+            while j <= stop and text[j:j + n] in grams:
                 j += 1
             lead = j + n - 1
-        k = len(text) - n
-        while k >= 0 and text[k:k + n] in grams:
+        k, stop = len(text) - n, max(len(text) - n - most - 1, head - n, -1)  # windows overlapping the segment
+        while k > stop and text[k:k + n] in grams:
             k -= 1
         tail = max(k + 1, head) if k + 1 <= len(text) - n else len(text)
         return min(lead, len(text)), tail
-
-    def part(self, part: builtins.bytes) -> builtins.bytes:
-        """A byte range of a larger body (a 206 answer), its length kept: every spelling in it, and a run at either
-        edge that could be a piece of one (PARTIAL_MIN bytes or more, or a whole part shorter than that), become
-        `*`s, so that ranges cut through a secret give back at most PARTIAL_MIN - 1 bytes at each of its ends."""
-        if self._bytes is None or not part:
-            return part
-        out = bytearray(self._bytes.sub(lambda m: b"*" * len(m.group(0)), part))
-        if len(part) < PARTIAL_MIN:
-            return b"*" * len(part) if any(part in form for form in self._encoded) else bytes(out)
-        head = 0
-        while head + PARTIAL_MIN <= len(part) and part[head:head + PARTIAL_MIN] in self._grams:
-            head += 1
-        if head:
-            out[:head + PARTIAL_MIN - 1] = b"*" * (head + PARTIAL_MIN - 1)
-        tail = len(part)
-        while tail - PARTIAL_MIN >= 0 and part[tail - PARTIAL_MIN:tail] in self._grams:
-            tail -= 1
-        if tail < len(part):
-            start = tail - PARTIAL_MIN + 1
-            out[start:] = b"*" * (len(part) - start)
-        return bytes(out)
 
     def stream(self) -> ScrubStream:
         """A matcher for one stream of segments (a header block, a WebSocket's messages) that keeps state across them."""
@@ -179,7 +160,9 @@ class ScrubStream:
     def _keep(self) -> int:
         return max(self._scrubber.longest - 1, PARTIAL_MIN)
 
-    def feed(self, segment: bytes) -> bytes:
+    def feed(self, segment: bytes, keep_length: bool = False) -> bytes:
+        """`segment` scrubbed; with `keep_length` (a byte range of a body), what is taken out becomes `*`s instead
+        (line breaks kept), and a segment too short to hold a piece is starred whole if it is part of a spelling."""
         scrub = self._scrubber
         pattern = scrub._bytes
         if pattern is None or not segment:
@@ -198,18 +181,24 @@ class ScrubStream:
             cuts.append((head, lead, WITHHELD))
         if tail < len(text):
             cuts.append((tail, len(text), WITHHELD))
+        if keep_length and len(joined) < PARTIAL_MIN and any(joined in form for form in scrub._encoded):
+            cuts.append((head, len(text), WITHHELD))
         if not cuts:
             return segment
         original = _positions(segment) if broken else (lambda index: index)
         out, cursor = bytearray(), 0
         for start, end, replacement in sorted(cuts, key=lambda cut: (cut[0], cut[2] is WITHHELD)):  # spellings first
-            begin = original(start - head)
-            if begin < cursor:  # overlaps what was already cut: extend that cut
-                cursor = max(cursor, original(end - head - 1) + 1)
-                continue
-            out += segment[cursor:begin] + replacement
-            cursor = original(end - head - 1) + 1
+            begin, finish = original(start - head), original(end - head - 1) + 1
+            if keep_length:  # every byte of the cut but line breaks becomes a '*'
+                out += segment[cursor:begin] + _LINE_BREAK_OR_NOT.sub(_star, segment[max(begin, cursor):finish])
+            elif begin >= cursor:
+                out += segment[cursor:begin] + replacement
+            cursor = max(cursor, finish)
         return bytes(out + segment[cursor:])
+
+
+def _star(run: re.Match[bytes]) -> bytes:
+    return run.group(0) if run.group(0)[:1] in (b"\r", b"\n") else b"*" * len(run.group(0))
 
 
 def _positions(segment: bytes) -> Callable[[int], int]:

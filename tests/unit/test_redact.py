@@ -64,10 +64,34 @@ def test_a_stream_cut_anywhere_gives_back_at_most_a_few_bytes_of_the_secret(cuts
 
 def test_a_part_keeps_its_length_and_hides_pieces_at_its_edges() -> None:
     """A byte range keeps its length; a piece of the secret of PARTIAL_MIN bytes or more at either edge becomes
-    `*`s, as does a whole spelling inside, while ordinary bytes stay."""
+    `*`s, as does a whole spelling inside, also wrapped across lines, while ordinary bytes and line breaks stay."""
     s, body = scrubber(), b"0123456789" + SECRET.encode() + b"abcdefghij"
-    assert s.part(body) == b"0123456789" + b"*" * len(SECRET) + b"abcdefghij"
+
+    def part(data: bytes) -> bytes:
+        return s.stream().feed(data, keep_length=True)
+
+    assert part(body) == b"0123456789" + b"*" * len(SECRET) + b"abcdefghij"
     cut = 10 + 12
-    assert s.part(body[:cut]) == b"0123456789" + b"*" * 12
-    assert s.part(body[cut:]) == b"*" * (len(SECRET) - 12) + b"abcdefghij"
-    assert s.part(b"plain text, nothing secret") == b"plain text, nothing secret"
+    assert part(body[:cut]) == b"0123456789" + b"*" * 12
+    assert part(body[cut:]) == b"*" * (len(SECRET) - 12) + b"abcdefghij"
+    assert part(b"plain text, nothing secret") == b"plain text, nothing secret"
+    wrapped = b"0123456789" + SECRET[:15].encode() + b"\r\n" + SECRET[15:].encode() + b"abcdefghij"
+    assert part(wrapped) == b"0123456789" + b"*" * 15 + b"\r\n" + b"*" * (len(SECRET) - 15) + b"abcdefghij"
+
+
+def test_a_header_ending_in_a_piece_is_not_passed_over_by_the_quick_no() -> None:
+    """`touches` must say yes wherever `feed` would change something: a value ending in a long piece of a secret."""
+    s = scrubber()
+    segments = [b"OK", b"X-A", b"t=" + SECRET[:20].encode(), b"X-C", b"(" + SECRET[20:].encode() + b")"]
+    assert s.stream().touches(segments)
+    stream = s.stream()
+    assert SECRET.encode()[:PARTIAL_MIN] not in b"".join(stream.feed(x) for x in segments)
+
+
+def test_a_long_periodic_run_costs_no_more_than_the_longest_spelling() -> None:
+    """A secret with a repeated character and a body of that character: the edge runs stop at the longest spelling
+    (the walk is bounded), and the body keeps everything past it."""
+    s = SecretScrubber({"tok-AAAAAAAAAAAA-x": "<p>"})
+    body = b"A" * 200_000
+    cleaned = s.stream().feed(body)
+    assert cleaned.startswith(WITHHELD) and cleaned.endswith(WITHHELD) and b"A" * 100_000 in cleaned
