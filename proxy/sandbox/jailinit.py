@@ -190,10 +190,13 @@ def build_root(spec: dict) -> None:  # type: ignore[type-arg]
         os.chdir(spec["run_dir"])  # relative layer paths: no escaping of ',' or ':' in the person's paths
         mount("overlay", root + workspace, "overlay", MS_NOSUID,
               f"lowerdir={_escape(workspace)},upperdir=upper,workdir=work,userxattr")
-    for path in spec["protect"]:  # inside the workspace: the host's own files, read-only
-        if _lexists(root + path):
-            mount(path, root + path, None, MS_BIND | MS_REC)
-            read_only(root + path)
+    for path in spec["protect"]:  # goex-proxy's Python in the workspace or a scratch directory: the host's, read-only
+        if not _lexists(path):
+            continue
+        if not _lexists(root + path):
+            _mount_point(root + path, os.path.isdir(path))  # under a fresh scratch directory
+        mount(path, root + path, None, MS_BIND | MS_REC)
+        read_only(root + path)
     empty = spec["run_dir"] + "/empty"
     covered: list[str] = []
     for path in sorted(spec["hide"], key=len):

@@ -170,7 +170,9 @@ def view_for(config: Config, workspace: Path, cwd: Path) -> View:
         workspace=ws,
         cwd=here if _inside(here, ws) else ws,
         hide=tuple(hidden),
-        protect=tuple(p for p in python if _inside(p, ws)),
+        # goex-proxy's Python, read-only where the jail would not show it as the host's: in the workspace (which the
+        # agent may change) and under the scratch directories every jail gets fresh (a checkout under /tmp).
+        protect=tuple(p for p in python if _inside(p, ws) or any(_inside(p, d) for d in SCRATCH[:-1])),
         reveal=tuple([ca] + sorted(p for p in allowed if _is_socket(p))),
         sockets=tuple(sockets),
     )
