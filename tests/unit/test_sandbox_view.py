@@ -140,3 +140,15 @@ def test_a_layer_its_agent_made_unreadable_is_still_removed() -> None:
     finally:
         subprocess.run(["chmod", "-R", "u+rwx", str(base)], check=False)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_the_python_environment_under_a_scratch_directory_is_shown_read_only(config, tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkout under /tmp (as CI systems make them) keeps its venv usable in the jail, whose /tmp is fresh: it is
+    protected (bound read-only) like one inside the workspace; one elsewhere on the host needs nothing."""
+    import goex_proxy.sandbox.view as view_module
+
+    monkeypatch.setattr(view_module, "python_paths", lambda: ["/tmp/checkout/.venv", "/usr/lib/python3"])
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    assert view_for(config, ws, ws).protect == ("/tmp/checkout/.venv",)
