@@ -169,24 +169,41 @@ def repeated_keys(view: RequestView) -> list[RepeatedKey]:
 _PHP_MANGLED = re.compile(r"[ .]")
 
 
+def php_name(key: str) -> tuple[str, tuple[str, ...]]:
+    """The parameter name PHP registers for a query or form key, and its bracket groups: leading spaces dropped,
+    cut at a NUL, `.` and spaces in the name turned into `_`, an unmatched `[` turned into `_`, spaces at the start
+    of a group dropped (`[ ]` is `[]`), and whatever follows a group other than another group ignored."""
+    key = key.split("\0", 1)[0].lstrip(" ")
+    base, bracket, rest = key.partition("[")
+    if bracket and "]" not in rest:
+        return _PHP_MANGLED.sub("_", base) + "_" + rest, ()
+    groups: list[str] = []
+    more = bool(bracket)
+    while more and "]" in rest:
+        inner, _, rest = rest.partition("]")
+        groups.append(inner.lstrip(" \t\n\r\v\f"))
+        more, rest = rest[:1] == "[", rest[1:]
+    return _PHP_MANGLED.sub("_", base), tuple(groups)
+
+
 def key_collision(view: RequestView) -> str | None:
-    """Why two differently spelled keys of the query or a urlencoded form would be read as one by some server, if
-    they would: PHP turns `.` and spaces in a key's name into `_` (`channel.id` is `channel_id`), and PHP and Rails
-    read `channel[]` or `channel[x]` as the same parameter as `channel` (the later one wins). Bracketed keys that
-    differ inside the brackets (`filter[a]`, `filter[b]`) are distinct parameters everywhere."""
+    """Why two differently spelled keys of the query or a urlencoded form would be read as one parameter by some
+    server, if they would (see `php_name`): `channel.id` and `channel_id`, ` channel` and `channel`, `channel[]` or
+    `channel[x]` beside `channel` (PHP and Rails read the later), `ids[]` beside `ids[0]` (PHP appends, then
+    overwrites). Bracketed keys that differ inside their brackets (`filter[a]`, `filter[b]`) are distinct everywhere."""
     for where, pairs in (("query", view.query), ("form", view.form_pairs)):
-        by_name: dict[str, str] = {}
-        by_base: dict[str, set[str]] = {}
+        by_name: dict[tuple[str, tuple[str, ...]], str] = {}
+        by_base: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
         for key in dict.fromkeys(key for key, _ in pairs):
-            base, bracket, rest = key.partition("[")
-            name = _PHP_MANGLED.sub("_", base) + bracket + rest
+            name = php_name(key)
             if name in by_name and by_name[name] != key:
-                return f"the {where} keys {by_name[name]!r} and {key!r} are one key to PHP, which reads {name!r}"
+                return f"the {where} keys {by_name[name]!r} and {key!r} are one parameter to PHP"
             by_name[name] = key
-            by_base.setdefault(name.partition("[")[0], set()).add(key)
+            by_base.setdefault(name[0], []).append((key, name[1]))
         for base, keys in by_base.items():
-            if len(keys) > 1 and any("[" not in k for k in keys):
-                spelled = " and ".join(repr(k) for k in sorted(keys))
+            firsts = {groups[0] if groups else None for _, groups in keys}
+            if len(keys) > 1 and (None in firsts or ("" in firsts and any(f and f.isdigit() for f in firsts))):
+                spelled = " and ".join(repr(k) for k, _ in sorted(keys))
                 return f"the {where} keys {spelled} are one parameter to PHP and Rails ({base!r}), which read the last"
     return None
 
