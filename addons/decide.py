@@ -23,6 +23,7 @@ from goex_proxy.requestview import (
     body_ambiguity,
     canonical_path,
     content_type_problem,
+    decoded_readings,
     field_problem,
     key_collision,
     path_ambiguity,
@@ -178,14 +179,15 @@ class Decide:
         flowmeta.set_path(flow, path)
         view = dataclasses.replace(request_view(flow, agent, path, body), protocol=protocol)
         d = decide(view, self.state.policies, now, self.state.limits)
-        if "%2F" in path and d.effect == "allow":
-            # Servers differ on whether %2F is a '/': the request must be allowed read either way.
-            decoded = path.replace("%2F", "/")
-            other = decide(dataclasses.replace(view, path=decoded), self.state.policies, now, self.state.limits)
-            if other.effect != "allow":
-                d = Decision("deny", f"refused before policy: the path {path!r} is ambiguous: servers that decode "
-                                     f"%2F read it as {decoded!r}, which policy does not allow ({other.reason})",
+        for how, decoded in decoded_readings(path) if d.effect == "allow" else ():
+            # Servers differ on whether %2F is a '/' and on how often they decode: allowed read every way, or not.
+            other = None if decoded is None else decide(dataclasses.replace(view, path=decoded), self.state.policies,
+                                                        now, self.state.limits)
+            if other is None or other.effect != "allow":
+                why = f"{decoded!r}, which policy does not allow ({other.reason})" if other else "an ambiguous path"
+                d = Decision("deny", f"refused before policy: the path {path!r} is ambiguous: {how} read it as {why}",
                              "request-target")
+                break
         if d.effect == "allow":
             d = self._every_reading(view, d, now)
         flowmeta.set_decision(flow, d)

@@ -68,6 +68,18 @@ def canonical_path(raw: str) -> str | None:
     return None if path_ambiguity(raw) else _normalise(raw)
 
 
+def decoded_readings(path: str) -> list[tuple[str, str | None]]:
+    """Other paths servers may read this canonical path as: (how, the path read that way, or None when that reading
+    is itself ambiguous). `%2F` decoded to `/`, and every escape decoded a second time (`/%2561dmin` is `/admin` to a
+    server, or a proxy and a server, that decode twice)."""
+    out: list[tuple[str, str | None]] = []
+    if "%2F" in path:
+        out.append(("servers that decode %2F", path.replace("%2F", "/")))
+    if "%25" in path:
+        out.append(("servers that decode twice", canonical_path(path.replace("%25", "%"))))
+    return out
+
+
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[^\r\n]*)?\r\n")
 _TRAILERS = re.compile(rb"(?:[!-9;-~]+:[^\r\n]*\r\n)*\r\n")
 

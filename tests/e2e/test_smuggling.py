@@ -223,6 +223,8 @@ CASES: dict[str, Case] = {
                                               ("forwarded",), (("GET", "/repos/octo/hello/plain"),)),
     "control: a lone %2F allowed read both ways": Case(tls(get("/repos/octo/hello/a%2Fb")), ("forwarded",),
                                                        (("GET", "/repos/octo/hello/a%2Fb"),)),
+    "control: an escaped % allowed read both ways": Case(tls(get("/repos/octo/hello/100%2525")), ("forwarded",),
+                                                         (("GET", "/repos/octo/hello/100%2525"),)),
     "control: Host in upper case with a trailing dot": Case(tls(get("/repos/octo/hello/host", "API.GitHub.com.")),
                                                             ("forwarded",), (("GET", "/repos/octo/hello/host"),)),
     # the denied path and its other spellings
@@ -237,6 +239,9 @@ CASES: dict[str, Case] = {
     "a ';' before a '..' segment": refused(tls(get("/repos/octo/hello;/../secret/x")), "request-target"),
     "%2F..%2F": refused(tls(get("/repos/octo/hello%2F..%2Fsecret/x")), "request-target"),
     "a lone %2F into the denied directory": refused(tls(get("/repos/octo%2Fsecret/x")), "request-target"),
+    "escapes encoded twice (a server that decodes twice)": refused(tls(get("/repos/octo/%2573ecret/x")),
+                                                                   "request-target"),
+    "a '..' encoded twice": refused(tls(get("/repos/octo/hello/%252e%252e/secret/x")), "request-target"),
     "backslashes": refused(tls(get("/repos/octo/hello\\..\\secret/x")), "request-target"),
     "escaped backslashes": refused(tls(get("/repos/octo/hello%5C..%5Csecret/x")), "request-target"),
     "a raw '#' before dot segments": refused(tls(get("/repos/octo/hello#/../secret/x")), "request-target"),
