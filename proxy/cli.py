@@ -62,6 +62,18 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except GoexError as exc:
             click.echo(f"goex-proxy: {exc}", err=True)
             sys.exit(2)
+        except click.ClickException:
+            raise
+        except Exception as exc:  # last resort: one line, never a traceback (GOEX_PROXY_DEBUG=1 shows it)
+            if os.environ.get("GOEX_PROXY_DEBUG"):
+                raise
+            where = exc.__traceback__
+            while where is not None and where.tb_next is not None:
+                where = where.tb_next
+            at = f" at {Path(where.tb_frame.f_code.co_filename).name}:{where.tb_lineno}" if where else ""
+            click.echo(f"goex-proxy: internal error ({type(exc).__name__}{at}): {str(exc)[:300]}; this is a bug, "
+                       "please report it (GOEX_PROXY_DEBUG=1 shows the traceback)", err=True)
+            sys.exit(70)
 
     return run
 

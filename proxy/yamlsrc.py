@@ -20,6 +20,10 @@ class YMap(dict[str, Any]):
     key_pos: dict[str, Pos]
     value_pos: dict[str, Pos]
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.key_pos, self.value_pos = {}, {}  # an empty stand-in (for a document that is not a mapping) has none
+
 
 class YList(list[Any]):
     """A YAML sequence that knows the position of itself and of each item."""

@@ -57,3 +57,33 @@ def test_mistakes_are_located(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert any(message in str(p) and str(p).startswith(f"{path}:") for p in err.value.problems), err.value.problems
+
+
+@pytest.mark.parametrize(("text", "got"), [("", "got nothing"), ("- a\n- b\n", "got a list"), ("just text\n", "got a string")])
+def test_a_config_that_is_not_a_mapping_is_one_located_line(tmp_path: Path, text: str, got: str) -> None:
+    """An empty config, or one whose top level is a list, had ended in a traceback."""
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert [str(p) for p in err.value.problems] == [f"{path}:1:1: 'config' must be a mapping ({got})"]
+
+
+@pytest.mark.parametrize("error", [RuntimeError("boom"), KeyError("k"), OSError(5, "I/O error"), UnicodeDecodeError(
+    "utf-8", b"\xff", 0, 1, "invalid start byte"), AttributeError("no attribute 'x'")])
+def test_any_exception_reaching_a_command_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      error: Exception) -> None:
+    """The last resort: whatever escapes a command prints one line naming it and where, exit 70, no traceback."""
+    from click.testing import CliRunner
+
+    from goex_proxy import cli
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setattr(cli, "_config", fail)
+    monkeypatch.delenv("GOEX_PROXY_DEBUG", raising=False)
+    result = CliRunner().invoke(cli.cli, ["log", "verify", "--config", str(tmp_path / "config.yaml")])
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 70 and len(lines) == 1 and "Traceback" not in result.output, result.output
+    assert lines[0].startswith(f"goex-proxy: internal error ({type(error).__name__} at test_config.py:")
