@@ -12,6 +12,7 @@ from mitmproxy import connection, http, tcp
 from goex_proxy.addons import flowmeta, replies
 from goex_proxy.addons.failclosed import fail_closed
 from goex_proxy.addons.state import ProxyState
+from goex_proxy.config import weak_token
 from goex_proxy.ids import is_request_id
 from goex_proxy.policy import Decision
 
@@ -65,8 +66,8 @@ class Identify:
             return (name, "") if ok else (None, "unknown agent or wrong token")
         agent = self.state.config.agents.get(name)
         expected = agent.token.reveal() if agent else None
-        if expected is None or not hmac.compare_digest(token.encode(), expected.encode()):
-            return None, "unknown agent or wrong token"
+        if expected is None or weak_token(expected) or not hmac.compare_digest(token.encode(), expected.encode()):
+            return None, "unknown agent or wrong token"  # a weak token (from the environment) proves nothing
         return name, ""
 
     @fail_closed("identify")
@@ -109,6 +110,7 @@ class Identify:
                 flowmeta.set_request_id(flow, chosen_id)
         flowmeta.set_agent(flow, name)
         flow.request.headers.pop("Proxy-Authorization", None)
+        flow.request.headers.pop("Proxy-Connection", None)  # hop-by-hop, for the proxy: never forwarded upstream
 
     def tcp_start(self, flow: tcp.TCPFlow) -> None:
         """A raw stream in a tunnel belongs to the agent that opened the tunnel."""

@@ -41,7 +41,7 @@ from common import (
 from policies_gen import throughput_policy, to_yaml
 
 TARGET_RATIO = 0.90
-AGENT, TOKEN = "bench", "secret"
+AGENT, TOKEN = "bench", "bench-agent-token"
 PATH = "/bench/items/42"
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import click
 
 from . import __version__, agentenv, audit
-from .config import Config, config_problems, default_config_path, home, load_config
+from .config import Config, config_problems, default_config_path, home, load_config, weak_token
 from .durations import parse_duration
 from .errors import AuditError, ConfigError, GoexError, NotFound, Problem, StateError, VaultError
 
@@ -159,9 +159,13 @@ def run(config_path: Path | None) -> None:
                 click.echo(f"goex-proxy: warning: credential {c.name!r} has no secret ({c.secret.describe()} is not "
                            "set); requests it is bound to will be denied", err=True)
     for name, agent in config.agents.items():
-        if agent.token.reveal() is None:
+        token = agent.token.reveal()
+        if token is None:
             click.echo(f"goex-proxy: warning: agent {name!r} has no token ({agent.token.describe()} is not set); "
                        "its requests will be refused", err=True)
+        elif short := weak_token(token):
+            click.echo(f"goex-proxy: warning: agent {name!r}'s token ({agent.token.describe()}) {short}; its requests "
+                       "will be refused", err=True)
     click.echo(f"goex-proxy {__version__} on {config.listen_host}:{config.listen_port}; "
                f"{len(policies.policies)} polic{'y' if len(policies.policies) == 1 else 'ies'}; audit {config.audit_db}")
     runtime.run(config, policies)

@@ -31,6 +31,17 @@ _LLM_KEYS = {"base_url", "model", "api_key", "timeout"}
 _CREDENTIAL_KEYS = {"secret", "host", "hosts", "methods", "paths", "schemes", "inject", "env"}
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _AGENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+#: The fewest characters an agent's token may have: it is all that tells one agent from another (or from any other
+#: local process) to the proxy.
+MIN_TOKEN_LENGTH = 12
+
+
+def weak_token(token: str) -> str | None:
+    """Why a token is too weak to prove an agent, if it is."""
+    if len(token) < MIN_TOKEN_LENGTH:
+        return (f"is {len(token)} characters; use at least {MIN_TOKEN_LENGTH} random ones (e.g. from "
+                "`python3 -c 'import secrets; print(secrets.token_urlsafe(24))'`)")
+    return None
 DEFAULT_MAX_BODY = 65536
 
 
@@ -362,6 +373,8 @@ def parse_config(doc: Any, file: Path, check: Checker) -> Config:
                 check.error(raw_agents.key_pos[name], f"agent name {name!r} must be letters, digits, '.', '_' or '-' (at most 64)")
             a = check.mapping(spec, where, check.at(raw_agents, name), {"token"}, {"token"})
             token = _secret(check, a, "token", f"{where}.token") if a is not None and "token" in a else None
+            if a is not None and token is not None and token.inline is not None and (short := weak_token(token.inline)):
+                check.error(check.at(a, "token"), f"'{where}.token' {short}")
             if token is not None:
                 agents[name] = Agent(name, token)
 

@@ -294,7 +294,7 @@ def serve_json(tmp_path: Path, data: dict[str, object]) -> Iterator[str]:
 
 @contextlib.contextmanager
 def stage_state(tmp_path: Path, policy_text: str) -> Iterator[Any]:
-    """A ProxyState for testing stages on mitmproxy test flows: agent `bot` (token `tok`), the host `address` routed to
+    """A ProxyState for testing stages on mitmproxy test flows: agent `bot` (token `bot-token-4242`), the host `address` routed to
     127.0.0.1:9, one policy, and an audit writer on tmp_path/audit.db."""
     from goex_proxy.addons.state import ProxyState
     from goex_proxy.audit import AuditWriter
@@ -304,7 +304,7 @@ def stage_state(tmp_path: Path, policy_text: str) -> Iterator[Any]:
     from goex_proxy.policyload import check_policy_text
     from goex_proxy.secretref import SecretRef
 
-    config = Config(file=tmp_path / "config.yaml", state_dir=tmp_path, agents={"bot": Agent("bot", SecretRef(inline="tok"))},
+    config = Config(file=tmp_path / "config.yaml", state_dir=tmp_path, agents={"bot": Agent("bot", SecretRef(inline="bot-token-4242"))},
                     audit_db=tmp_path / "audit.db", routes={"address": Route("http", "127.0.0.1", 9)})
     policy, problems = check_policy_text(policy_text, "p.yaml")
     assert policy is not None, problems

@@ -49,6 +49,7 @@ def test_example_config_is_valid() -> None:
     ("sandbox: {hide: 5}\n", "'sandbox.hide' must be a string or a list of strings"),
     ("sandbox: {pass_env: [OK, 'no good']}\n", "'sandbox.pass_env' entry 'no good' is not a variable name"),
     ("sandbox: {mounts: []}\n", "unknown key 'mounts'"),
+    ("agents: {bot: {token: abc}}\n", "'agents.bot.token' is 3 characters; use at least 12 random ones"),
 ])
 def test_mistakes_are_located(tmp_path: Path, text: str, message: str) -> None:
     """Each mistake is an error with the file and line, naming what is wrong."""

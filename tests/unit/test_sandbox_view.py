@@ -28,7 +28,7 @@ def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     outside_policy.write_text("version: 1\nrules: []\n")
     (state / "audit.db").write_bytes(b"")
     (state / "config.yaml").write_text(
-        "version: 1\nagents: {a: {token: t}}\n"
+        "version: 1\nagents: {a: {token: a-token-long-enough}}\n"
         f"policies: [policies/p.yaml, {outside_policy}]\n"
         "sandbox:\n  hide: [~/private]\n  expose: [~/.kube]\n  pass_env: [KEEP_ME, GOEX_PROXY_KEY]\n")
     (home / "private").mkdir()

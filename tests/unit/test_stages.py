@@ -50,15 +50,30 @@ def boom(*args, **kwargs):
 
 
 def test_identify_sets_agent_and_strips_credentials(state) -> None:
-    """A valid Proxy-Authorization names the agent and is not forwarded."""
-    f = flow(**{"Proxy-Authorization": auth("bot", "tok")})
+    """A valid Proxy-Authorization names the agent and is not forwarded, nor is Proxy-Connection (on plain HTTP a
+    client sends it to the proxy, for the proxy)."""
+    f = flow(**{"Proxy-Authorization": auth("bot", "bot-token-4242"), "Proxy-Connection": "keep-alive"})
     with taddons.context():
         Identify(state).requestheaders(f)
     assert flowmeta.agent(f) == "bot" and f.response is None
-    assert "Proxy-Authorization" not in f.request.headers
+    assert "Proxy-Authorization" not in f.request.headers and "Proxy-Connection" not in f.request.headers
 
 
-@pytest.mark.parametrize("header", [None, auth("bot", "wrong"), auth("ghost", "tok"), "Bearer tok", "Basic !!!"])
+def test_a_token_too_short_to_be_a_secret_proves_nothing(state, monkeypatch) -> None:
+    """An agent whose token (from the environment, where config checks cannot see it) is a few characters is
+    refused like a wrong token, even when the right one is sent."""
+    from goex_proxy.config import Agent
+    from goex_proxy.secretref import SecretRef
+
+    monkeypatch.setenv("GOEX_TEST_WEAK_TOKEN", "abc")
+    state.config.agents["weak"] = Agent("weak", SecretRef(env="GOEX_TEST_WEAK_TOKEN"))
+    f = flow(**{"Proxy-Authorization": auth("weak", "abc")})
+    with taddons.context():
+        Identify(state).requestheaders(f)
+    assert f.response is not None and f.response.status_code == 407 and flowmeta.agent(f) is None
+
+
+@pytest.mark.parametrize("header", [None, auth("bot", "wrong"), auth("ghost", "bot-token-4242"), "Bearer tok", "Basic !!!"])
 def test_identify_refuses_with_407(state, header) -> None:
     """Missing, wrong, unknown or malformed credentials answer 407."""
     f = flow(**({"Proxy-Authorization": header} if header else {}))
@@ -74,7 +89,7 @@ UNDO_HEADERS = {"X-Goex-Undo-Agent": "bot", "X-Goex-Undo-Of": "0000000000001", "
 def test_only_the_undo_identity_may_act_for_an_agent_or_choose_a_request_id(state) -> None:
     """An agent's undo headers are stripped and ignored; `goex-proxy undo` (its per-run token) has them honoured."""
     state.undo_token = "per-run-token"
-    agent = flow(**{"Proxy-Authorization": auth("bot", "tok")}, **UNDO_HEADERS)
+    agent = flow(**{"Proxy-Authorization": auth("bot", "bot-token-4242")}, **UNDO_HEADERS)
     undo = flow(**{"Proxy-Authorization": auth("goex-undo", "per-run-token")}, **UNDO_HEADERS)
     with taddons.context():
         Identify(state).requestheaders(agent)
@@ -96,7 +111,7 @@ def test_the_undo_identity_cannot_choose_a_malformed_request_id(state) -> None:
 def test_identify_fails_closed(state, monkeypatch) -> None:
     """If checking credentials raises, the request gets 502 instead of passing unauthenticated."""
     monkeypatch.setattr(Identify, "authenticate", boom)
-    f = flow(**{"Proxy-Authorization": auth("bot", "tok")})
+    f = flow(**{"Proxy-Authorization": auth("bot", "bot-token-4242")})
     with taddons.context():
         Identify(state).requestheaders(f)
     assert f.response.status_code == 502 and b"identify" in f.response.content
