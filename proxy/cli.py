@@ -111,7 +111,7 @@ def _since(text: str | None) -> float | None:
     return (moment if moment.tzinfo else moment.astimezone()).timestamp()
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="goex-proxy")
 def cli() -> None:
     """goex-proxy: let LLM agents use real accounts through a proxy that enforces policy and records everything."""
@@ -439,7 +439,8 @@ def files() -> None:
 @config_option
 @click.option("--agent", help="Only this agent's runs.")
 @click.option("--since", help="Only since then: a duration (30m, 1h, 7d) or an ISO time.")
-@click.option("--limit", default=50, show_default=True, help="At most this many runs (newest).")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1),
+              help="At most this many runs (newest).")
 @json_option
 @handle_errors
 def files_list(config_path: Path | None, agent: str | None, since: str | None, limit: int, as_json: bool) -> None:
@@ -702,6 +703,8 @@ def undo(config_path: Path | None, request_id: str | None, agent: str | None, si
     """
     from .undoplan import SAFE_METHODS
     from .undorun import Journal, one_undo_at_a_time
+
+    request_id = request_id.upper() if request_id else request_id  # ids are case-free (Crockford base32)
 
     if save_rule is not None and not propose:
         raise click.UsageError("--save-rule goes with --propose")
@@ -1118,7 +1121,8 @@ def _outcome(row: dict[str, Any]) -> str:
 @click.option("--host", help="Only this host.")
 @click.option("--since", help="Only since then: a duration (30m, 1h, 7d) or an ISO time.")
 @click.option("--decision", type=click.Choice(["allow", "deny", "report", "error"]), help="Only this decision.")
-@click.option("--limit", default=50, show_default=True, help="At most this many rows (newest).")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1),
+              help="At most this many rows (newest).")
 @json_option
 @click.pass_context
 @handle_errors
@@ -1242,7 +1246,7 @@ def show(config_path: Path | None, request_id: str, as_json: bool) -> None:
     Example: goex-proxy show 01JD3K2M5X0A1
     """
     config = _config(config_path)
-    row = audit.get(audit.connect(config, readonly=True), request_id)
+    row = audit.get(audit.connect(config, readonly=True), request_id.upper())  # ids are case-free (Crockford)
     if as_json:
         printable = {k: (v.decode("utf-8", "replace") if isinstance(v, bytes) else v) for k, v in row.items()}
         click.echo(json.dumps(printable))

@@ -88,3 +88,29 @@ def test_any_exception_reaching_a_command_is_one_line(tmp_path: Path, monkeypatc
     lines = result.output.strip().splitlines()
     assert result.exit_code == 70 and len(lines) == 1 and "Traceback" not in result.output, result.output
     assert lines[0].startswith(f"goex-proxy: internal error ({type(error).__name__} at test_config.py:")
+
+
+def test_cli_contracts_help_flag_limit_and_case_free_ids(tmp_path: Path) -> None:
+    """`-h` is a help flag; `log --limit -1` is refused rather than silently meaning all; `show` finds an id typed
+    in lower case (the id alphabet is case-free)."""
+    from click.testing import CliRunner
+
+    from goex_proxy import cli
+    from goex_proxy.audit import AuditWriter
+    from goex_proxy.auditseal import Seal
+    from goex_proxy.ids import RequestIds
+
+    runner = CliRunner()
+    assert runner.invoke(cli.cli, ["-h"]).exit_code == 0 and "Usage:" in runner.invoke(cli.cli, ["log", "-h"]).output
+    config = tmp_path / "config.yaml"
+    config.write_text("version: 1\nagents: {bot: {token: bot-token-4242}}\n")
+    refused = runner.invoke(cli.cli, ["log", "--limit", "-1", "--config", str(config)])
+    assert refused.exit_code == 2 and "-1 is not in the range x>=1" in refused.output
+    request_id = RequestIds().new(1_700_000_000.0)
+    writer = AuditWriter(tmp_path / "audit.db", Seal(tmp_path))
+    writer.record_intent({"id": request_id, "ts": 1_700_000_000.0, "agent": "bot", "method": "GET", "scheme": "https",
+                          "host": "example.com", "port": 443, "path": "/", "url": "https://example.com/",
+                          "decision": "allow"}).result(5)
+    writer.close()
+    shown = runner.invoke(cli.cli, ["show", request_id.lower(), "--json", "--config", str(config)])
+    assert shown.exit_code == 0 and request_id in shown.output
