@@ -169,8 +169,12 @@ def test_policy_check_validates_undo_packs(tmp_path: Path) -> None:
                    "      - {method: DELETE, url: '${reponse.json.id}'}\n")
     result = CliRunner().invoke(cli, ["policy", "check", str(bad)])
     assert result.exit_code == 1 and f"{bad}:7:" in result.output and "unknown variable 'reponse'" in result.output
+    from goex_proxy.presets import undo_dir, undo_names
+
     shipped = [str(builtin_dir() / f"{n}.yaml") for n in builtin_names()]
-    assert CliRunner().invoke(cli, ["policy", "check", *shipped]).exit_code == 0
+    shipped += [str(undo_dir() / f"{n}.yaml") for n in undo_names()]
+    checked = CliRunner().invoke(cli, ["policy", "check", *shipped])
+    assert checked.exit_code == 0 and "warning" not in checked.output, checked.output  # none on a fresh install
 
 
 def test_policy_check_warns_about_unlimited_irreversible_calls(tmp_path: Path) -> None:
