@@ -388,6 +388,8 @@ def execute(config_path: Path | None, task: str, agent: str, yes: bool, show_onl
     config = _config(config_path)
     configured(config)  # no model: said before anything else
     agentenv.proxy_url(config, agent)
+    if not (yes or show_only) and not sys.stdin.isatty():  # before the model is asked (a call costs money)
+        raise GoexError("execute asks before it runs code: pass --yes to run it without a terminal, or --show-only")
     try:
         limit = parse_duration(timeout)
     except ValueError as exc:
@@ -1264,7 +1266,7 @@ def show(config_path: Path | None, request_id: str, as_json: bool) -> None:
     out.print(f"\n[bold]{row['method']} {row['url']}[/] {row['http_version'] or ''}")
     for k, v in req_headers:
         out.print(f"  {k}: {v}")
-    out.print(_pretty_body(row["req_body"], row["req_body_size"], req_headers))
+    out.print(_pretty_body(row["req_body"], row["req_body_size"], req_headers), soft_wrap=False)  # wrap, never crop
     outcome = _outcome(row)
     if outcome == "pending":
         out.print("\n[yellow]no outcome recorded: the request may have happened[/]")
@@ -1275,7 +1277,7 @@ def show(config_path: Path | None, request_id: str, as_json: bool) -> None:
     out.print(f"\n[bold]{row['status']}[/] in {row['duration_ms']:.1f} ms")
     for k, v in resp_headers:
         out.print(f"  {k}: {v}")
-    out.print(_pretty_body(row["resp_body"], row["resp_body_size"], resp_headers))
+    out.print(_pretty_body(row["resp_body"], row["resp_body_size"], resp_headers), soft_wrap=False)  # wrap, never crop
 
 
 def main() -> None:

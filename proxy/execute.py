@@ -3,6 +3,7 @@ proxy, and the person keeps or undoes what it did; every step is recorded."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -22,7 +23,7 @@ from .config import Config
 from .errors import GoexError
 from .policy import PolicySet
 from .sandbox import runs
-from .sandbox.diff import describe
+from .sandbox.diff import describe, shown
 from .sandbox.jail import proxy_for_jail, start_jailed
 from .taskprompt import Attempt, agent_brief, feedback, first_messages
 from .undoplan import SAFE_METHODS
@@ -125,12 +126,32 @@ def _ask_for_code(config: Config, conn: Any, messages: list[dict[str, str]], age
         raise
 
 
+def reviewable(code: str) -> tuple[str, int]:
+    """The code as a person reviews it: every character that renders as nothing or reorders the text around it
+    (zero-width and bidirectional controls) written as an escape, lines kept; and how many were escaped."""
+    out, hidden = [], 0
+    for line in code.split("\n"):
+        escaped = shown(line)
+        hidden += escaped != line
+        out.append(escaped)
+    return "\n".join(out), hidden
+
+
 def _review(code: str, opts: Options, console: Any) -> str | None:
-    """Show the code; the code to run (perhaps edited), or None when it is not to run."""
+    """Show all of the code (wrapped, never cropped; invisible characters escaped; its size and sha256); the code to
+    run (perhaps edited), or None when it is not to run. The default answer runs nothing."""
     from rich.syntax import Syntax
 
     def show(text: str) -> None:
-        console.print(Syntax(text, "python", line_numbers=True, word_wrap=True))
+        visible, hidden = reviewable(text)
+        # soft_wrap off for this print: a soft-wrapping console crops a Syntax's long lines instead of wrapping them
+        console.print(Syntax(visible, "python", line_numbers=True, word_wrap=True), soft_wrap=False)
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        console.print(f"{text.count(chr(10)) + (not text.endswith(chr(10)))} lines, {len(text.encode()):,} bytes, "
+                      f"sha256 {digest}", markup=False, highlight=False)
+        if hidden:
+            console.print(f"WARNING: {hidden} line(s) hold characters that render invisibly or reorder the text; they "
+                          "are shown as \\u escapes above, and that is what runs", markup=False, highlight=False)
 
     show(code)
     if opts.show_only:
@@ -141,7 +162,7 @@ def _review(code: str, opts: Options, console: Any) -> str | None:
         raise GoexError("execute asks before it runs code: pass --yes to run it without a terminal, or --show-only")
     while True:
         answer = click.prompt("run it, edit it in $EDITOR, or abort?", type=click.Choice(["run", "edit", "abort"]),
-                              default="run")
+                              default="abort")
         if answer == "run":
             return code
         if answer == "abort":

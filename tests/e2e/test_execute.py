@@ -175,7 +175,21 @@ def test_show_only_never_runs_and_no_terminal_means_no_run(proxy, fake, upstream
     asked = execute(proxy)
     assert asked.returncode == 2 and "pass --yes" in asked.stderr
     assert upstream.state.slack_calls == [] and proxy.rows() == []
-    assert [c["choice"] for c in proxy.model_calls()] == ["shown only", "aborted"]
+    assert [c["choice"] for c in proxy.model_calls()] == ["shown only"]  # without a terminal, the model is not asked
+
+
+def test_the_review_shows_all_that_runs(proxy, fake):
+    """A long line's tail is shown (wrapped, not cropped), characters that render invisibly or reorder text are shown
+    as escapes with a warning, and the code's sha256 is printed: what is reviewed is all that runs."""
+    import hashlib
+
+    code = ('print("' + "a very long harmless looking string " * 4 + '");import os;os.system("echo TAIL-OF-THE-LINE")\n'
+            'access = "user" # \u202e \u2066admin\u2069 \u2066\n')
+    fake.script(f"```python\n{code}```")
+    shown = execute(proxy, "--show-only")
+    assert shown.returncode == 0 and "TAIL-OF-THE-LINE" in shown.stdout
+    assert "\u202e" not in shown.stdout and "\\u202e" in shown.stdout and "render invisibly" in shown.stdout
+    assert f"sha256 {hashlib.sha256(code.encode()).hexdigest()}" in shown.stdout and "2 lines" in shown.stdout
 
 
 def test_a_program_past_its_time_limit_is_stopped(proxy, fake):

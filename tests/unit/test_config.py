@@ -110,7 +110,11 @@ def test_cli_contracts_help_flag_limit_and_case_free_ids(tmp_path: Path) -> None
     writer = AuditWriter(tmp_path / "audit.db", Seal(tmp_path))
     writer.record_intent({"id": request_id, "ts": 1_700_000_000.0, "agent": "bot", "method": "GET", "scheme": "https",
                           "host": "example.com", "port": 443, "path": "/", "url": "https://example.com/",
-                          "decision": "allow"}).result(5)
+                          "req_headers": '[["Content-Type", "application/json"]]',
+                          "req_body": b'{"text": "' + b"word" * 40 + b'END-OF-A-LONG-LINE"}', "decision": "allow"}
+                         ).result(5)
     writer.close()
     shown = runner.invoke(cli.cli, ["show", request_id.lower(), "--json", "--config", str(config)])
     assert shown.exit_code == 0 and request_id in shown.output
+    table = runner.invoke(cli.cli, ["show", request_id, "--config", str(config)])
+    assert table.exit_code == 0 and "END-OF-A-LONG-LINE" in table.output  # wrapped, not cropped at 80 columns
