@@ -1231,10 +1231,28 @@ def _pretty_body(body: bytes | None, size: int | None, headers: list[list[str]])
         return f"({len(body)} bytes of binary data){note}"
     if "json" in content_type or text.lstrip()[:1] in "{[":
         try:
-            return Syntax(json.dumps(json.loads(text), indent=2, ensure_ascii=False) + note, "json", word_wrap=True)
+            pretty = json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+            return Syntax(_seen(pretty) + note, "json", word_wrap=True)
         except ValueError:
             pass
-    return text + note
+    from rich.text import Text
+
+    return Text(_seen(text) + note)  # not markup: recorded bytes must not restyle what a person reads
+
+
+def _seen(value: object) -> str:
+    """A recorded value as a person may safely read it in a terminal: control, invisible and bidirectional
+    characters written as escapes (line breaks kept), so that it cannot move the cursor or reorder what is shown."""
+    from .sandbox.diff import shown
+
+    return "\n".join(shown(line) for line in str(value).split("\n"))
+
+
+def _plain(value: object) -> str:
+    """`_seen`, with rich markup escaped too (for a line that mixes it with goex-proxy's own styling)."""
+    from rich.markup import escape
+
+    return escape(_seen(value))
 
 
 @cli.command()
@@ -1256,27 +1274,27 @@ def show(config_path: Path | None, request_id: str, as_json: bool) -> None:
     out = _console()
     req_headers = json.loads(row["req_headers"] or "[]")
     resp_headers = json.loads(row["resp_headers"] or "[]")
-    out.print(f"[bold]{row['id']}[/]  {_when(row['ts'])}  agent [bold]{row['agent'] or '-'}[/]")
-    out.print(f"decision: [bold]{row['decision']}[/]  rule: {row['rule'] or '-'}")
-    out.print(f"undo: {row.get('undo_class') or '-'}" + (f"  (this request undoes {row['undo_of']})"
-                                                          if row.get("undo_of") else ""))
-    out.print(f"reason: {row['reason'] or '-'}")
+    out.print(f"[bold]{_plain(row['id'])}[/]  {_when(row['ts'])}  agent [bold]{_plain(row['agent'] or '-')}[/]")
+    out.print(f"decision: [bold]{_plain(row['decision'])}[/]  rule: {_plain(row['rule'] or '-')}")
+    out.print(f"undo: {_plain(row.get('undo_class') or '-')}" + (f"  (this request undoes {_plain(row['undo_of'])})"
+                                                                 if row.get("undo_of") else ""))
+    out.print(f"reason: {_plain(row['reason'] or '-')}")
     if row["report"]:
-        out.print(f"[yellow]{row['report']}[/]")
-    out.print(f"\n[bold]{row['method']} {row['url']}[/] {row['http_version'] or ''}")
+        out.print(f"[yellow]{_plain(row['report'])}[/]")
+    out.print(f"\n[bold]{_plain(row['method'])} {_plain(row['url'])}[/] {_plain(row['http_version'] or '')}")
     for k, v in req_headers:
-        out.print(f"  {k}: {v}")
+        out.print(f"  {_plain(k)}: {_plain(v)}")
     out.print(_pretty_body(row["req_body"], row["req_body_size"], req_headers), soft_wrap=False)  # wrap, never crop
     outcome = _outcome(row)
     if outcome == "pending":
         out.print("\n[yellow]no outcome recorded: the request may have happened[/]")
         return
     if row["error"]:
-        out.print(f"\n[magenta]error: {row['error']}[/]")
+        out.print(f"\n[magenta]error: {_plain(row['error'])}[/]")
         return
     out.print(f"\n[bold]{row['status']}[/] in {row['duration_ms']:.1f} ms")
     for k, v in resp_headers:
-        out.print(f"  {k}: {v}")
+        out.print(f"  {_plain(k)}: {_plain(v)}")
     out.print(_pretty_body(row["resp_body"], row["resp_body_size"], resp_headers), soft_wrap=False)  # wrap, never crop
 
 

@@ -110,7 +110,8 @@ def test_cli_contracts_help_flag_limit_and_case_free_ids(tmp_path: Path) -> None
     writer = AuditWriter(tmp_path / "audit.db", Seal(tmp_path))
     writer.record_intent({"id": request_id, "ts": 1_700_000_000.0, "agent": "bot", "method": "GET", "scheme": "https",
                           "host": "example.com", "port": 443, "path": "/", "url": "https://example.com/",
-                          "req_headers": '[["Content-Type", "application/json"]]',
+                          "req_headers": '[["Content-Type", "application/json"], ["X-Note", "\\u001b[2Jcleared"]]',
+                          "reason": "[bold red]approved by security[/]",
                           "req_body": b'{"text": "' + b"word" * 40 + b'END-OF-A-LONG-LINE"}', "decision": "allow"}
                          ).result(5)
     writer.close()
@@ -118,3 +119,6 @@ def test_cli_contracts_help_flag_limit_and_case_free_ids(tmp_path: Path) -> None
     assert shown.exit_code == 0 and request_id in shown.output
     table = runner.invoke(cli.cli, ["show", request_id, "--config", str(config)])
     assert table.exit_code == 0 and "END-OF-A-LONG-LINE" in table.output  # wrapped, not cropped at 80 columns
+    # recorded bytes neither restyle the page (rich markup) nor drive the terminal (escape sequences)
+    assert "[bold red]approved by security[/]" in table.output and "\x1b" not in table.output
+    assert "\\x1b[2Jcleared" in table.output
