@@ -517,8 +517,9 @@ def test_two_runs_changing_one_file_the_later_is_held_not_clobbering(proxy, work
     """Two jailed runs on one workspace: the first to end applies; the second finds the file changed since it
     started, applies nothing, says how to review it, and still exits with its command's status."""
     slow = subprocess.Popen([*GOEX, "exec", "--config", str(proxy.config), "--agent", "mailbot", "--", "sh", "-c",
-                             "echo slow > a.txt; sleep 3; exit 3"], cwd=workspace, env=proxy.env,
+                             "echo slow > a.txt; echo started; sleep 3; exit 3"], cwd=workspace, env=proxy.env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert slow.stdout is not None and slow.stdout.readline() == "started\n"  # its run began before the fast one
     fast = run_exec(proxy, workspace, "--", "sh", "-c", "echo fast > a.txt")
     assert fast.returncode == 0, fast.stderr
     _, err = slow.communicate(timeout=90)
