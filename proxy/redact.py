@@ -84,17 +84,12 @@ class SecretScrubber:
 
     def _across_lines(self, value: builtins.bytes) -> builtins.bytes:
         assert self._bytes is not None
-        if (b"\n" not in value and b"\r" not in value) or not self._bytes.search(
-                value.replace(b"\r", b"").replace(b"\n", b"")):
+        if b"\n" not in value and b"\r" not in value:
             return value
-        runs = [(m.start(), m.group(0)) for m in _TEXT_RUNS.finditer(value)]
-        joined = b"".join(run for _, run in runs)
-        starts = list(itertools.accumulate((len(run) for _, run in runs), initial=0))
-
-        def original(index: int) -> int:  # where byte `index` of `joined` sits in `value`
-            run = bisect.bisect_right(starts, index) - 1
-            return runs[run][0] + index - starts[run]
-
+        joined = value.replace(b"\r", b"").replace(b"\n", b"")
+        if not self._bytes.search(joined):
+            return value
+        original = _positions(value)
         out, cursor = bytearray(), 0
         for m in self._bytes.finditer(joined):
             out += value[cursor:original(m.start())] + self._encoded[m.group(0)]
