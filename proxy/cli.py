@@ -15,7 +15,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +34,15 @@ def _console() -> Any:
     from rich.console import Console
 
     return Console(highlight=False, soft_wrap=True)
+
+
+def _print_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, flexible: int | tuple[int, ...] = (),
+                 colour_column: int | None = None, title: str | None = None) -> None:
+    """Every table of the command line, printed by the one renderer: on a terminal, fitted to its width by shortening
+    the `flexible` columns; piped, each row whole on one line (ids never cut or wrapped, no trailing spaces)."""
+    from .plaintable import render
+
+    click.echo(render(headers, rows, flexible=flexible, colour_column=colour_column, title=title), nl=False)
 
 
 def _table(**kwargs: Any) -> Any:
@@ -95,6 +104,13 @@ def _when(ts: float | None) -> str:
     if ts is None:
         return "-"
     return datetime.fromtimestamp(ts, UTC).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _iso(ts: float | None) -> str | None:
+    """A recorded time for --json: ISO 8601 in UTC with its zone, to the millisecond (`ts` stays the epoch)."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
 
 
 def _since(text: str | None) -> float | None:
@@ -1080,7 +1096,10 @@ def _unconfined_irreversible(config: Config) -> list[Problem]:
 @json_option
 @handle_errors
 def test_(config_path: Path | None, files: tuple[Path, ...], against_log: bool, as_json: bool) -> None:
-    """Show which recorded decisions would change if FILES replaced the configured policies of the same name.
+    """Show which recorded requests the policies would decide differently if FILES replaced the configured policies
+    of the same name (or were added to them): each request the policy decided is decided again by the configured
+    policies (before) and with FILES in their place (after). What refused a request besides the policy (the SSRF
+    guard, credential injection, identity) is no change FILES make.
 
     Example: goex-proxy policy test new-slack.yaml --against-log
     """
@@ -1088,25 +1107,27 @@ def test_(config_path: Path | None, files: tuple[Path, ...], against_log: bool, 
     from .policyload import load_policy, load_policy_set
 
     config = _config(config_path)
+    configured = [(p.path, p.agents) for p in config.policies]
     candidates = {load_policy(f).name: f for f in files}
-    sources = [(p.path, p.agents) for p in config.policies if load_policy(p.path).name not in candidates]
-    policies = load_policy_set(sources + [(f, None) for f in candidates.values()])
+    replaced = [(candidates.pop(load_policy(path).name, path), agents) for path, agents in configured]
+    current = load_policy_set(configured)
+    candidate = load_policy_set(replaced + [(f, None) for f in candidates.values()])  # the config's agents: kept
     db = audit.connect(config, readonly=True)
-    seen, changes = whatif.replay(audit.iter_rows(db), policies)
+    seen, changes = whatif.replay(audit.iter_rows(db), current, candidate)
     if as_json:
         for c in changes:
-            click.echo(json.dumps(c.__dict__))
+            click.echo(json.dumps({**c.__dict__, "time": _iso(c.ts)}))
         return
-    if changes:
-        table = _table(title=f"{len(changes)} of {seen} recorded requests would be decided differently")
-        for col in ("id", "time", "agent", "request", "before", "after", "rule / reason"):
-            table.add_column(col, overflow="fold")
-        for c in changes:
-            note = (c.rule or "-") + ": " + c.reason + (" [body was truncated in the log]" if c.body_truncated else "")
-            table.add_row(c.id, _when(c.ts), c.agent or "-", f"{c.method} {c.url}", c.before, c.after, note)
-        _console().print(table)
-    else:
-        click.echo(f"no change: all {seen} recorded requests would be decided the same way")
+    if not changes:
+        click.echo(f"no change: the {seen} recorded requests the policy decided would be decided the same way")
+        return
+    cells = [(c.id, _when(c.ts), c.agent or "-", f"{c.method} {c.url}", c.before, c.after,
+              f"{c.rule or '-'}: {c.reason}" + (" [body was truncated in the log]" if c.body_truncated else ""))
+             for c in changes]
+    _print_table(("id", "time", "agent", "request", "before", "after", "rule / reason"), cells, flexible=(3, 6),
+                 colour_column=5, title=f"{len(changes)} of {seen} recorded requests would be decided differently "
+                                        "(before: the configured policies; after: with "
+                                        f"{', '.join(str(f) for f in files)})")
 
 
 def _outcome(row: dict[str, Any]) -> str:
