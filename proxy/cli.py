@@ -45,12 +45,6 @@ def _print_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, flexi
     click.echo(render(headers, rows, flexible=flexible, colour_column=colour_column, title=title), nl=False)
 
 
-def _table(**kwargs: Any) -> Any:
-    from rich.table import Table
-
-    return Table(**kwargs)
-
-
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn goex-proxy's own exceptions into a one-line message and an exit code, never a traceback."""
 
@@ -311,14 +305,13 @@ def doctor(config_path: Path | None, agent: str, no_jail: bool, as_json: bool) -
         results.append({"check": "nothing reached this machine directly", "ok": False,
                         "detail": f"{canary.hits} connection(s) reached the canary on 127.0.0.1/::1"})
     if as_json:
-        click.echo(json.dumps(results, indent=2))
-    else:
-        table = _table(title=f"goex-proxy doctor ({'this environment' if no_jail else 'jail'}, agent {agent})")
-        for column in ("check", "result", "detail"):
-            table.add_column(column)
         for r in results:
-            table.add_row(r["check"], "[green]pass[/green]" if r["ok"] else "[red]FAIL[/red]", r["detail"])
-        _console().print(table)
+            click.echo(json.dumps(r))
+    else:
+        _print_table(("check", "result", "detail"),
+                     [(r["check"], "pass" if r["ok"] else "FAIL", r["detail"]) for r in results], flexible=2,
+                     colour_column=1, title=f"goex-proxy doctor ({'this environment' if no_jail else 'jail'}, "
+                                            f"agent {agent})")
     sys.exit(0 if all(r["ok"] for r in results) else 1)
 
 
@@ -420,14 +413,10 @@ def _show_rows(rows: list[dict[str, Any]]) -> None:
     """The requests a run made, numbered, with what undo could do for each."""
     if not rows:
         return
-    table = _table()
-    for column in ("#", "id", "method", "url", "decision", "status", "undo"):
-        table.add_column(column)
-    for i, row in enumerate(rows, start=1):
-        undo = row.get("undo_class") or ("-" if row["method"] in ("GET", "HEAD", "OPTIONS") else "")
-        table.add_row(str(i), str(row["id"]), str(row["method"]), str(row["url"]), str(row["decision"]),
-                      _outcome(row), undo)
-    _console().print(table)
+    cells = [(str(i), str(row["id"]), str(row["method"]), str(row["url"]), str(row["decision"]), _outcome(row),
+              row.get("undo_class") or ("-" if row["method"] in ("GET", "HEAD", "OPTIONS") else ""))
+             for i, row in enumerate(rows, start=1)]
+    _print_table(("#", "id", "method", "url", "decision", "status", "undo"), cells, flexible=3, colour_column=4)
 
 
 def _undo_rows(config: Config, rows: list[dict[str, Any]]) -> None:
@@ -471,18 +460,15 @@ def files_list(config_path: Path | None, agent: str | None, since: str | None, l
 
     found = runs.recorded(_config(config_path), agent=agent, since=_since(since), limit=limit)
     if as_json:
-        click.echo(json.dumps([{"id": r.id, "agent": r.agent, "ts": r.ts, "ended": r.ended, "workspace": r.workspace,
-                                "command": r.command, "exit_code": r.exit_code, "state": r.state, **r.counts}
-                               for r in found], indent=2))
+        for r in found:
+            click.echo(json.dumps({"id": r.id, "agent": r.agent, "ts": r.ts, "time": _iso(r.ts), "ended": r.ended,
+                                   "workspace": r.workspace, "command": r.command, "exit_code": r.exit_code,
+                                   "state": r.state, **r.counts}))
         return
-    table = _table()
-    for column in ("id", "when", "agent", "workspace", "added", "changed", "deleted", "state", "command"):
-        table.add_column(column)
-    for r in found:
-        counts = r.counts
-        table.add_row(r.id, _when(r.ts), r.agent, shown(r.workspace), str(counts["added"]), str(counts["changed"]),
-                      str(counts["deleted"]), r.state, shown(" ".join(r.command))[:60])
-    _console().print(table)
+    cells = [(r.id, _when(r.ts), r.agent, shown(r.workspace), str(r.counts["added"]), str(r.counts["changed"]),
+              str(r.counts["deleted"]), r.state, shown(" ".join(r.command))) for r in found]
+    _print_table(("id", "when", "agent", "workspace", "added", "changed", "deleted", "state", "command"), cells,
+                 flexible=(3, 8))
 
 
 @files.command(name="diff")
@@ -509,7 +495,7 @@ def files_diff(config_path: Path | None, run_id: str, as_json: bool) -> None:
                                "requests": [r["id"] for r in requests], "changes": [
             {"path": c.path, "action": c.action, "before": asdict(c.before) if c.before else None,
              "after": asdict(c.after) if c.after else None, "diff": "".join(unified(c, *sides[i]))}
-            for i, c in enumerate(run.changes)]}, indent=2))
+            for i, c in enumerate(run.changes)]}))
         return
     click.echo(f"run {run.id} ({run.state}) by {run.agent} in {shown(run.workspace)}: {shown(' '.join(run.command))}")
     if requests:
@@ -643,13 +629,10 @@ def secrets_list(config_path: Path | None, as_json: bool) -> None:
         for row in rows:
             click.echo(json.dumps(row))
         return
-    from .plaintable import render
-
     stored_text: dict[bool | None, str] = {True: "yes", False: "MISSING", None: "-"}
     cells = [(str(r["secret"]), r["credential"] or "-", r["hosts"] or "-", r["inject"] or "-",
               stored_text[r["stored"]], _when(r["last_used"])) for r in rows]
-    click.echo(render(("secret", "credential", "hosts", "inject", "in vault", "last used"), cells, flexible=2),
-               nl=False)
+    _print_table(("secret", "credential", "hosts", "inject", "in vault", "last used"), cells, flexible=(2, 3))
 
 
 @secrets.command(name="rm")
@@ -1163,15 +1146,13 @@ def log(click_ctx: click.Context, config_path: Path | None, agent: str | None, h
     rows = audit.query(db, agent=agent, host=host, since=_since(since), decision=decision, limit=limit)[::-1]
     if as_json:
         for row in rows:
-            click.echo(json.dumps(row))
+            click.echo(json.dumps({**row, "time": _iso(row["ts"])}))
         return
-    from .plaintable import render
-
     headers = ("id", "time", "agent", "decision", "status", "method", "url", "rule", "undo")
     cells = [(row["id"], _when(row["ts"])[5:], row["agent"] or "-", row["decision"] or "-", _outcome(row),
               row["method"] or "-", row["url"] or "-", row["rule"] or "-",
               f"undoes {row['undo_of']}" if row.get("undo_of") else row.get("undo_class") or "-") for row in rows]
-    click.echo(render(headers, cells, flexible=6, colour_column=3), nl=False)
+    _print_table(headers, cells, flexible=(6, 7), colour_column=3)
 
 
 @log.command()
@@ -1239,7 +1220,9 @@ def anchor(group_config: Path | None, config_path: Path | None) -> None:
     click.echo(Anchor(int(head[0]), str(head[1]), str(head[2])).dumps(), nl=False)
 
 
-def _pretty_body(body: bytes | None, size: int | None, headers: list[list[str]]) -> Any:
+def _pretty_body(body: bytes | None, size: int | None, headers: list[list[str]], highlight: bool) -> Any:
+    """A recorded body for `show`: JSON indented (and highlighted when `highlight`, on a terminal: rich pads highlighted
+    lines to the console's width, which a pipe must not get), text as it is, binary data by its size."""
     if not body:
         return "(empty)" if not size else f"({size} bytes, not stored)"
     note = f"\n… ({size} bytes in all; the first {len(body)} stored)" if size and size > len(body) else ""
@@ -1252,8 +1235,9 @@ def _pretty_body(body: bytes | None, size: int | None, headers: list[list[str]])
         return f"({len(body)} bytes of binary data){note}"
     if "json" in content_type or text.lstrip()[:1] in "{[":
         try:
-            pretty = json.dumps(json.loads(text), indent=2, ensure_ascii=False)
-            return Syntax(_seen(pretty) + note, "json", word_wrap=True)
+            text = json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+            if highlight:
+                return Syntax(_seen(text) + note, "json", word_wrap=True)
         except ValueError:
             pass
     from rich.text import Text
@@ -1276,6 +1260,14 @@ def _plain(value: object) -> str:
     return escape(_seen(value))
 
 
+#: Audit columns holding JSON text, given by `show --json` as JSON (never a string to decode again).
+_JSON_COLUMNS = ("req_headers", "resp_headers", "pre_headers", "charged")
+
+
+def _header_line(name: str, value: str) -> str:
+    return f"  {_plain(name)}:" + (f" {_plain(value)}" if value else "")
+
+
 @cli.command()
 @config_option
 @click.argument("request_id")
@@ -1289,10 +1281,19 @@ def show(config_path: Path | None, request_id: str, as_json: bool) -> None:
     config = _config(config_path)
     row = audit.get(audit.connect(config, readonly=True), request_id.upper())  # ids are case-free (Crockford)
     if as_json:
-        printable = {k: (v.decode("utf-8", "replace") if isinstance(v, bytes) else v) for k, v in row.items()}
+        printable: dict[str, Any] = {}
+        for key, value in row.items():
+            if isinstance(value, bytes):
+                value = value.decode("utf-8", "replace")
+            elif key in _JSON_COLUMNS and isinstance(value, str):
+                value = json.loads(value)  # headers as [[name, value], ...] in the order sent, repeats kept
+            printable[key] = value
+            if key == "ts":
+                printable["time"] = _iso(value)
         click.echo(json.dumps(printable))
         return
     out = _console()
+    terminal = out.is_terminal  # piped: bodies neither highlighted nor wrapped, so no line is padded or split
     req_headers = json.loads(row["req_headers"] or "[]")
     resp_headers = json.loads(row["resp_headers"] or "[]")
     out.print(f"[bold]{_plain(row['id'])}[/]  {_when(row['ts'])}  agent [bold]{_plain(row['agent'] or '-')}[/]")
@@ -1302,10 +1303,12 @@ def show(config_path: Path | None, request_id: str, as_json: bool) -> None:
     out.print(f"reason: {_plain(row['reason'] or '-')}")
     if row["report"]:
         out.print(f"[yellow]{_plain(row['report'])}[/]")
-    out.print(f"\n[bold]{_plain(row['method'])} {_plain(row['url'])}[/] {_plain(row['http_version'] or '')}")
+    out.print(f"\n[bold]{_plain(row['method'])} {_plain(row['url'])}[/]"
+              + (f" {_plain(row['http_version'])}" if row["http_version"] else ""))
     for k, v in req_headers:
-        out.print(f"  {_plain(k)}: {_plain(v)}")
-    out.print(_pretty_body(row["req_body"], row["req_body_size"], req_headers), soft_wrap=False)  # wrap, never crop
+        out.print(_header_line(k, v))
+    out.print(_pretty_body(row["req_body"], row["req_body_size"], req_headers, terminal),
+              soft_wrap=not terminal)  # on a terminal, wrap, never crop
     outcome = _outcome(row)
     if outcome == "pending":
         out.print("\n[yellow]no outcome recorded: the request may have happened[/]")
@@ -1315,8 +1318,9 @@ def show(config_path: Path | None, request_id: str, as_json: bool) -> None:
         return
     out.print(f"\n[bold]{row['status']}[/] in {row['duration_ms']:.1f} ms")
     for k, v in resp_headers:
-        out.print(f"  {_plain(k)}: {_plain(v)}")
-    out.print(_pretty_body(row["resp_body"], row["resp_body_size"], resp_headers), soft_wrap=False)  # wrap, never crop
+        out.print(_header_line(k, v))
+    out.print(_pretty_body(row["resp_body"], row["resp_body_size"], resp_headers, terminal),
+              soft_wrap=not terminal)  # on a terminal, wrap, never crop
 
 
 def main() -> None:

@@ -1,9 +1,12 @@
 """The command line's output contracts, against the audit log of a real proxy: `policy test --against-log` compares
-policy with policy, and its piped table prints every row whole, ids unsplit (issue 15, item 5)."""
+policy with policy; --json is one JSON object per line with headers as JSON and ISO 8601 times; piped tables and
+`show` print every row whole, ids unsplit, with no trailing spaces (issue 15, items 5 and 10)."""
 
 from __future__ import annotations
 
+import base64
 import json
+import socket
 import subprocess
 import time
 from datetime import datetime
@@ -11,7 +14,7 @@ from datetime import datetime
 import pytest
 import requests
 
-from tests.conftest import GOEX
+from tests.conftest import GOEX, TOKENS
 
 pytestmark = pytest.mark.e2e
 
@@ -72,6 +75,20 @@ def piped(proxy, *args: str, columns: int = 40) -> subprocess.CompletedProcess[s
         argv = [head, "--config", str(proxy.config), *rest]
     return subprocess.run([*GOEX, *argv], env={**proxy.env, "COLUMNS": str(columns)}, capture_output=True, text=True,
                           timeout=60)
+
+
+def raw_get(proxy, url: str, headers: list[tuple[str, str]], agent: str = "slackbot") -> bytes:
+    """A plain-HTTP request through the proxy, headers sent as given (repeats too)."""
+    creds = base64.b64encode(f"{agent}:{TOKENS[agent]}".encode()).decode()
+    host = url.split("/")[2]
+    lines = [f"GET {url} HTTP/1.1", f"Host: {host}", f"Proxy-Authorization: Basic {creds}",
+             *(f"{k}: {v}" for k, v in headers), "Connection: close"]
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+        s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    return answer
 
 
 def wait_rows(proxy, count: int, timeout: float = 10.0) -> list[dict[str, object]]:
@@ -140,3 +157,53 @@ def test_policy_test_compares_policy_with_policy(make_proxy, upstream, tmp_path)
     assert table.stdout.startswith("2 of ")
     assert_piped_table(table.stdout, [c["id"] for c in changes])
     assert "…" not in table.stdout  # piped, nothing is cut either
+
+
+def test_json_headers_are_json_and_times_are_iso(make_proxy, upstream):
+    """`show --json` gives headers as [name, value] pairs (repeats kept), never a string of JSON; it and `log --json`
+    give `time`, ISO 8601 with its zone, beside the epoch `ts`."""
+    proxy = make_proxy({"team": TEAM})
+    answer = raw_get(proxy, "http://slack.com/api/conversations.list", [("X-Trace", "one"), ("X-Trace", "two")])
+    assert answer.startswith(b"HTTP/1.1 "), answer[:200]
+    [row] = wait_rows(proxy, 1)
+    shown = proxy.cli("show", str(row["id"]), "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert len(shown.stdout.splitlines()) == 1
+    record = json.loads(shown.stdout)
+    assert isinstance(record["req_headers"], list)
+    assert [v for k, v in record["req_headers"] if k == "X-Trace"] == ["one", "two"]
+    assert all(isinstance(pair, list) and len(pair) == 2 for pair in record["req_headers"])
+    assert record["resp_headers"] is None or isinstance(record["resp_headers"], list)
+    moment = datetime.fromisoformat(record["time"])
+    assert moment.tzinfo is not None and moment.timestamp() == pytest.approx(record["ts"], abs=0.001)
+
+    [logged] = [json.loads(line) for line in proxy.cli("log", "--json").stdout.splitlines()]
+    assert logged["id"] == record["id"] and logged["time"] == record["time"]
+    assert datetime.fromisoformat(logged["time"]).tzinfo is not None
+
+
+def test_piped_show_log_and_secrets_are_whole_lines_without_trailing_spaces(make_proxy, upstream):
+    """Piped, `show` neither pads nor wraps (a long JSON value stays on its line), and the tables of `log` and
+    `secrets list` print each row whole, ids unsplit and nothing cut to the terminal width COLUMNS names."""
+    proxy = make_proxy({"team": TEAM}, extra_config=UNSET_CREDENTIAL)
+    s = session(proxy)
+    long_text = "a joke that goes on " * 10
+    s.post(f"{SLACK}/chat.postMessage", json={"channel": "C0BOTS", "text": long_text})
+    long_path = "/api/conversations.list?cursor=" + "c" * 150
+    s.get(f"https://slack.com{long_path}")
+    rows = wait_rows(proxy, 2)
+
+    shown = piped(proxy, "show", str(rows[0]["id"]))
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert [line for line in lines if line != line.rstrip()] == []
+    assert f'  "text": "{long_text}"' in lines  # one line, as long as it is
+
+    listed = piped(proxy, "log", columns=40)
+    assert listed.returncode == 0, listed.stderr
+    assert_piped_table(listed.stdout, [str(r["id"]) for r in rows])
+    assert f"https://slack.com{long_path}" in listed.stdout and "…" not in listed.stdout
+
+    secrets = piped(proxy, "secrets", "list", columns=40)
+    assert secrets.returncode == 0, secrets.stderr
+    assert_piped_table(secrets.stdout, ["secret", "vault:never-stored"])

