@@ -90,6 +90,19 @@ def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON, one object per line.")(fn)
 
 
+def duration_option(name: str, default: str, help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """An option taking a duration (`30s`, `5m`, `1h`), read by `parse_duration` like every duration goex-proxy takes
+    (a plain number still means seconds); the command gets seconds."""
+    def seconds(_ctx: click.Context, _param: click.Parameter, value: str) -> float:
+        text = value.strip()
+        try:
+            return float(text) if text.isdigit() and int(text) > 0 else parse_duration(text)
+        except ValueError as exc:
+            raise click.BadParameter(f"{exc}; a plain number is seconds") from None
+
+    return click.option(name, metavar="DURATION", default=default, show_default=True, callback=seconds, help=help)
+
+
 def _config(path: Path | None) -> Config:
     return load_config(path)
 
@@ -655,9 +668,9 @@ def secrets_rm(config_path: Path | None, name: str) -> None:
 @config_option
 @click.argument("name")
 @click.option("--no-browser", is_flag=True, help="Only print the address to open (for a browser on another machine).")
-@click.option("--timeout", default=300, show_default=True, help="Seconds to wait for the provider's redirect.")
+@duration_option("--timeout", "5m", "How long to wait for the provider's redirect (30s, 5m; a plain number is seconds).")
 @handle_errors
-def authorize(config_path: Path | None, name: str, no_browser: bool, timeout: int) -> None:
+def authorize(config_path: Path | None, name: str, no_browser: bool, timeout: float) -> None:
     """Let credential NAME act for you: OAuth2 consent in a browser (PKCE, loopback redirect); tokens go to the vault.
 
     Example: goex-proxy authorize gmail

@@ -207,3 +207,22 @@ def test_piped_show_log_and_secrets_are_whole_lines_without_trailing_spaces(make
     secrets = piped(proxy, "secrets", "list", columns=40)
     assert secrets.returncode == 0, secrets.stderr
     assert_piped_table(secrets.stdout, ["secret", "vault:never-stored"])
+
+
+def test_authorize_timeout_is_a_duration(make_proxy, upstream):
+    """`authorize --timeout` reads a duration as `execute --timeout` does (a plain number is still seconds)."""
+    proxy = make_proxy({"team": TEAM}, start=False, extra_config="""credentials:
+  api:
+    secret: api-oauth
+    hosts: [api.oauth.example]
+    inject:
+      oauth2: {provider: generic, authorize_url: "https://oauth.example/authorize",
+               token_url: "https://oauth.example/token", client_id: goex-test-client}
+""")
+    started = time.monotonic()
+    waited = proxy.cli("authorize", "api", "--no-browser", "--timeout", "1s")
+    assert waited.returncode == 2 and "within 1s; nothing was stored" in waited.stderr, waited.stderr
+    assert time.monotonic() - started < 30
+    assert "within 1s" in proxy.cli("authorize", "api", "--no-browser", "--timeout", "1").stderr
+    bad = proxy.cli("authorize", "api", "--no-browser", "--timeout", "5 minutes")
+    assert bad.returncode == 2 and "must be a duration like 30s, 5m" in bad.stderr
