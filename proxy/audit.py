@@ -33,6 +33,8 @@ REQUEST_FIELDS = ("id", "ts", "agent", "client", "method", "scheme", "host", "po
 OUTCOME_FIELDS = ("status", "resp_headers", "resp_body", "resp_body_size", "resp_body_sha256", "error", "ended",
                   "duration_ms")
 BUSY_TIMEOUT_S = 2.0
+#: The error of a row whose request was in flight when its proxy stopped.
+INTERRUPTED = "interrupted: goex-proxy stopped before the request ended"
 
 
 def _migration_1(db: sqlite_utils.Database) -> None:
@@ -277,7 +279,19 @@ class AuditWriter:
             if work:
                 self._write(work)
             if stop:
+                self._interrupt()
                 return
+
+    def _interrupt(self) -> None:
+        """Rows still waiting for their outcome when the writer stops (the proxy was stopped with requests in flight)
+        get one, `interrupted`, so that no row of this proxy's is left looking as if it were still going on."""
+        if not self._pending:
+            return
+        now, count = time.time(), len(self._pending)
+        self._write([(_Outcome(request_id, {"error": INTERRUPTED, "ended": now}), concurrent.futures.Future())
+                     for request_id in list(self._pending)])
+        log.warning("goex-proxy stopped with %d request%s in flight, recorded as interrupted (%s may have reached the "
+                    "upstream)", count, "" if count == 1 else "s", "it" if count == 1 else "each")
 
     def _next_batch(self) -> list[Any]:
         """Everything queued, at least one item. A batch of outcomes alone (nobody waits for them) also gathers what

@@ -105,7 +105,10 @@ def test_outcomes_share_a_transaction_and_never_hold_up_a_request(tmp_path: Path
     assert time.monotonic() - started < 0.4
     a.result(5), b.result(5)
     writer.close()
-    assert batches == [1, 1, 3]
+    assert batches == [1, 1, 3, 1]  # the last: `late` had no outcome when the writer stopped, so it is interrupted
+    with sqlite3.connect(tmp_path / "a.db") as conn:
+        errors = dict(conn.execute("SELECT id, error FROM requests").fetchall())
+    assert errors == {first["id"]: None, second["id"]: None, late["id"]: audit.INTERRUPTED}
 
 
 def rechain_without_key(path: Path) -> None:
