@@ -93,13 +93,33 @@ def proxy_address(config: Config) -> tuple[str, int]:
     return ("127.0.0.1" if config.listen_host in ("0.0.0.0", "::", "") else config.listen_host), config.listen_port
 
 
+#: How long the proxy at the configured address has to prove itself (the TLS handshake of `listening`).
+PROOF_SECONDS = 3.0
+
+
 def listening(config: Config) -> bool:
-    """Whether something accepts connections at the proxy's address."""
+    """Whether this config's goex-proxy listens at its address. Something that accepts connections there must prove
+    that it is: a TLS handshake with it must present a certificate signed by this state directory's CA, whose key only
+    goex-proxy holds. Else an agent would be sent (with its token) to whatever holds the port, and wait on it."""
+    import ssl
+
+    check_ca(config)
+    address = proxy_address(config)
     try:
-        socket.create_connection(proxy_address(config), timeout=2).close()
+        sock = socket.create_connection(address, timeout=2)
     except OSError:
         return False
-    return True
+    context = ssl.create_default_context(cafile=str(config.ca_cert))
+    context.check_hostname = False  # the chain proves who answers; the name is goex-proxy's to make up
+    try:
+        with sock:
+            sock.settimeout(PROOF_SECONDS)
+            with context.wrap_socket(sock, server_hostname="goex-proxy.invalid"):
+                return True
+    except (OSError, ssl.SSLError) as exc:
+        why = "it did not answer in time" if isinstance(exc, TimeoutError) else f"its answer was not this goex-proxy's ({exc})"
+        raise StateError(f"something other than this config's goex-proxy is listening on {address[0]}:{address[1]}: "
+                         f"{why}; stop it, or change `listen` in {config.file}") from None
 
 
 def check_listening(config: Config) -> None:
@@ -109,7 +129,6 @@ def check_listening(config: Config) -> None:
         raise StateError(f"no goex-proxy is listening on {host}:{port}; start it with "
                          f"`goex-proxy run --config {config.file}` in another shell (or use `exec --jail`, which "
                          "starts one for the command)")
-    check_ca(config)
 
 
 def check_ca(config: Config) -> None:
