@@ -64,7 +64,7 @@ def execute(config: Config, policies: PolicySet, task: str, opts: Options, conso
     try:
         with tempfile.TemporaryDirectory(prefix="goex-execute-") as tmp, proxy_for_jail(config) as bridged:
             for number in range(1, opts.retries + 2):
-                code = _ask_for_code(config, conn, messages, opts.agent, task, calls)
+                code = _ask_for_code(config, conn, messages, opts.agent, task, calls, console)
                 console.rule(f"attempt {number}: code written by {model.model}" if number > 1
                              else f"code written by {model.model}")
                 reviewed = _review(code, opts, console)
@@ -109,12 +109,21 @@ def execute(config: Config, policies: PolicySet, task: str, opts: Options, conso
 
 
 def _ask_for_code(config: Config, conn: Any, messages: list[dict[str, str]], agent: str, task: str,
-                  calls: list[int]) -> str:
+                  calls: list[int], console: Any) -> str:
     assert config.llm is not None
     scrub = llm.secret_scrubber(config)  # a second lock: nothing the model reads should hold a secret, even by accident
     messages = [{**m, "content": scrub.text(m["content"])} for m in messages]
+    asking = f"asking {config.llm.model} for the code (at most {config.llm.timeout:g}s)"
+    started = time.monotonic()
     try:
-        reply = llm.ask(config, messages)
+        if console.is_terminal:
+            with console.status(f"{asking}… Ctrl-C stops"):
+                reply = llm.ask(config, messages)
+        else:
+            console.print(f"{asking}…", markup=False, highlight=False)
+            reply = llm.ask(config, messages)
+        console.print(f"{config.llm.model} answered in {time.monotonic() - started:.1f}s", markup=False,
+                      highlight=False)
     except llm.LLMError as exc:
         calls.append(modellog.record_call(conn, "execute", agent, task, config.llm, messages, error=str(exc)))
         raise

@@ -190,6 +190,10 @@ def test_the_review_shows_all_that_runs(proxy, fake):
     assert shown.returncode == 0 and "TAIL-OF-THE-LINE" in shown.stdout
     assert "\u202e" not in shown.stdout and "\\u202e" in shown.stdout and "render invisibly" in shown.stdout
     assert f"sha256 {hashlib.sha256(code.encode()).hexdigest()}" in shown.stdout and "2 lines" in shown.stdout
+    tail = next(line for line in shown.stdout.splitlines() if "TAIL-OF-THE-LINE" in line)
+    assert not tail.lstrip().startswith(("1 ", "2 "))  # a wrapped line's rest has no line number of its own
+    assert "asking " in shown.stdout and " for the code (at most " in shown.stdout  # progress while the model works
+    assert " answered in " in shown.stdout
 
 
 def test_a_program_past_its_time_limit_is_stopped(proxy, fake):
