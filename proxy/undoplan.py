@@ -17,6 +17,19 @@ Fidelity = Literal["exact", "needs-preimage", "lossy", "irreversible"]
 FIDELITIES: tuple[str, ...] = ("exact", "needs-preimage", "lossy", "irreversible")
 #: Methods that change nothing: no pre-image, no undo class, nothing for a session undo to take back.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT"})
+#: Answers that say a read was not allowed (no or a refused credential), not what the resource is like.
+REFUSED_STATUSES = frozenset({401, 403, 407})
+
+
+def read_refused(status: int | None) -> bool:
+    """Whether a read's status says it was refused (auth), not how the resource is."""
+    return status in REFUSED_STATUSES
+
+
+def read_failed(status: int | None) -> bool:
+    """Whether a read's status says it failed (not made, refused, the upstream failing or throttling): what it
+    shows is not the resource."""
+    return status is None or status == 0 or read_refused(status) or status == 429 or status >= 500
 
 
 @dataclass(frozen=True)
@@ -67,11 +80,14 @@ class RequestTemplate:
 
 @dataclass(frozen=True)
 class Guard:
-    """A read before compensating, and what it must show; otherwise someone changed the resource after the agent."""
+    """A read before compensating, and what it must show; otherwise someone changed the resource after the agent.
+    A read answered 401, 403 or 407 (or as `refused` says, for APIs that answer 200 to everything) was refused: that
+    says nothing about the resource, and is never reported as a conflict."""
 
     read: RequestTemplate
     expect: Condition
     conflict: str = "the resource changed after the agent's request"
+    refused: Condition | None = None
 
 
 @dataclass(frozen=True)
@@ -117,6 +133,7 @@ class Exchange:
     pre_headers: tuple[tuple[str, str], ...] = ()
     pre_body: bytes | None = None
     pre_body_size: int | None = None           # its whole size; more than len(pre_body) when it was cut
+    credential: str | None = None              # the credential injected into the request, if one was
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Exchange:
@@ -125,7 +142,8 @@ class Exchange:
 
         return cls(str(row["method"]), str(row["url"]), pairs(row.get("req_headers")), row.get("req_body"),
                    row.get("status"), pairs(row.get("resp_headers")), row.get("resp_body"),
-                   row.get("pre_status"), pairs(row.get("pre_headers")), row.get("pre_body"), row.get("pre_body_size"))
+                   row.get("pre_status"), pairs(row.get("pre_headers")), row.get("pre_body"), row.get("pre_body_size"),
+                   row.get("credential"))
 
     def target(self) -> tuple[str, str, str]:
         """Method, host and path, as rules match them."""
@@ -199,6 +217,8 @@ class Plan:
     guard_expect: Condition | None = None
     conflict: str = ""
     variables: dict[str, Any] = field(default_factory=dict, repr=False)
+    guard_refused: Condition | None = None
+    credential: str | None = None  # the credential the agent's request was sent with: undo needs it too
 
 
 def preimage_read(rules: Iterable[UndoRule], exchange: Exchange) -> Step | None:
@@ -326,8 +346,20 @@ class OffOrigin(ValueError):
 
 
 def _usable(pre: dict[str, Any]) -> bool:
-    """A pre-image was read (status 0 records a read that failed)."""
-    return bool(pre) and pre.get("status") != 0
+    """A pre-image was read and shows the resource: not a read that failed (status 0), was refused (401, 403, 407)
+    or that the upstream failed to answer (429, 5xx)."""
+    return bool(pre) and not read_failed(pre.get("status"))
+
+
+def _preimage_failure(pre: dict[str, Any]) -> str:
+    """Why the pre-image cannot be used, for a plan's reason."""
+    if not pre:
+        return "none was recorded for it"
+    status, text = pre.get("status"), " ".join(str(pre.get("text", "")).split())[:200]
+    if not status:
+        return f"reading it failed: {text}"
+    what = "was refused" if read_refused(status) else "failed"
+    return f"reading it {what} ({status}{': ' + text if text else ''})"
 
 
 def _truncated(exchange: Exchange) -> bool:
@@ -344,7 +376,8 @@ def plan(request_id: str, exchange: Exchange, rules: Iterable[UndoRule]) -> Plan
     if found is None:
         return Plan(request_id, "no rule", reason="no undo rule matches this request")
     rule = found[0]
-    base = Plan(request_id, "not planned", f"{rule.pack}/{rule.name}", rule.label, variables=variables)
+    base = Plan(request_id, "not planned", f"{rule.pack}/{rule.name}", rule.label, variables=variables,
+                credential=exchange.credential)
     if exchange.status is None:
         return replace(base, verdict="not planned",
                     reason="the request has no recorded outcome (it may or may not have happened)")
@@ -357,10 +390,8 @@ def plan(request_id: str, exchange: Exchange, rules: Iterable[UndoRule]) -> Plan
     if rule.fidelity == "irreversible" or not rule.undo:
         return replace(base, verdict="irreversible", reason=rule.reason or "no compensating request exists")
     if (rule.fidelity == "needs-preimage" or rule.preimage is not None) and not _usable(variables["pre"]):
-        failed = variables["pre"].get("text", "") if variables["pre"] else ""
         return replace(base, verdict="not planned", reason="undoing it needs the resource as it was before the "
-                       "request (a pre-image), and " + (f"reading it failed: {failed}" if failed
-                                                        else "none was recorded for it"))
+                       "request (a pre-image), and " + _preimage_failure(variables["pre"]))
     if rule.fidelity == "needs-preimage" and _truncated(exchange):
         return replace(base, verdict="not planned", reason="the pre-image was larger than audit.max_body_bytes, so "
                                                            "only part of it was recorded")
@@ -374,7 +405,8 @@ def plan(request_id: str, exchange: Exchange, rules: Iterable[UndoRule]) -> Plan
                                                            f"origin: {exc}")
     return replace(base, verdict="plan", steps=steps, guard=guard,
                 guard_expect=rule.guard.expect if rule.guard else None,
-                conflict=rule.guard.conflict if rule.guard else "")
+                conflict=rule.guard.conflict if rule.guard else "",
+                guard_refused=rule.guard.refused if rule.guard else None)
 
 
 def irreversible_samples(rules: Iterable[UndoRule]) -> list[tuple[UndoRule, str, str, str]]:

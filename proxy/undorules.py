@@ -151,13 +151,15 @@ class _UndoReader(RuleReader):
             self.check.error(r.pos, f"'{where}' needs 'undo' steps (or class: irreversible with a reason)")
         guard = None
         if "guard" in r:
-            g = self.check.mapping(r["guard"], f"{where}.guard", self.check.at(r, "guard"), {"read", "expect", "conflict"},
-                                   {"read", "expect"})
+            g = self.check.mapping(r["guard"], f"{where}.guard", self.check.at(r, "guard"),
+                                   {"read", "expect", "conflict", "refused"}, {"read", "expect"})
             if g is not None:
                 read = self.request(g["read"], f"{where}.guard.read", self.check.at(g, "read"))
                 expect = self.condition(g, "expect", f"{where}.guard")
+                refused = self.condition(g, "refused", f"{where}.guard")
                 if read is not None and expect is not None:
-                    guard = Guard(read, expect, str(g.get("conflict") or "the resource changed after the agent's request"))
+                    guard = Guard(read, expect, str(g.get("conflict") or "the resource changed after the agent's request"),
+                                  refused)
         preimage = self.request(r["preimage"], f"{where}.preimage", self.check.at(r, "preimage")) \
             if "preimage" in r else None
         if preimage is not None and preimage.method not in ("GET", "HEAD"):

@@ -12,13 +12,15 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from .cel import CelEvalError
+from .cel import CelEvalError, Condition
 from .config import Config
 from .errors import GoexError
 from .ids import RequestIds
 from .policy import PolicySet
-from .undoplan import Plan, Step, body_view, header_map
+from .requestview import canonical_path
+from .undoplan import Plan, Step, body_view, header_map, read_failed, read_refused
 
 #: Journal states of a step: written before it is sent, and after its answer is judged.
 SENT, DONE, FAILED = "sent", "done", "failed"
@@ -80,6 +82,7 @@ class Replayer:
         from .runtime import InProcessProxy
 
         token = secrets.token_urlsafe(32)
+        self.config = config
         self.proxy = InProcessProxy(config, policies, token)
         self.client = httpx.Client(proxy=f"http://goex-undo:{token}@127.0.0.1:{self.proxy.port}",
                                    verify=str(config.ca_cert), trust_env=False, timeout=60, follow_redirects=False)
@@ -95,6 +98,16 @@ class Replayer:
         return reply.status_code, response_view(reply.status_code, reply.headers.items(), reply.content), \
             reply.headers.get("x-goex-request-id")
 
+    def credential_for(self, step: Step) -> str | None:
+        """The credential the pipeline will inject into this step, chosen as its inject stage chooses (the first
+        bound to the host, method and canonical path); None if it will go without one."""
+        parts = urlsplit(step.url)
+        host, path = (parts.hostname or "").lower().rstrip("."), canonical_path(parts.path or "/")
+        if path is None:
+            return None
+        return next((c.name for c in self.config.credentials.values() if c.binds(host, step.method.upper(), path)),
+                    None)
+
     def close(self) -> None:
         self.client.close()
         self.proxy.close()
@@ -106,22 +119,70 @@ def response_view(status: int, headers: Iterable[tuple[str, str]], body: bytes |
 
 
 def check_guard(plan: Plan, replayer: Replayer, agent: str) -> tuple[str, str]:
-    """Read the resource now: "ok", "conflict" (someone changed it after the agent) or "failed" (the read could not
-    be made: policy denied it, the upstream failed), with why."""
+    """Read the resource now: "ok", "conflict" (someone changed it after the agent) or "failed", with why. Failed is
+    a read that could not be made or says nothing about the resource: policy denied it, the upstream refused it
+    (401, 403, 407, or the rule's `refused`), failed (5xx) or throttled it (429), or it went without the credential
+    the agent's request had. Only a read that worked and does not show what the guard expects is a conflict."""
     if plan.guard is None or plan.guard_expect is None:
         return "ok", ""
+    check = plan.guard.describe()
     try:
         status, read, _ = replayer.send(plan.guard, agent, plan.request_id)
     except Exception as exc:  # httpx's errors: the proxy or the upstream could not be reached
-        return "failed", f"the check {plan.guard.describe()} could not be sent: {type(exc).__name__}: {exc}"
+        return "failed", f"the check {check} could not be sent: {type(exc).__name__}: {exc}"
     if read["headers"].get("x-goex-decision") in ("deny", "error"):
         reason = read["json"].get("reason", "") if isinstance(read["json"], dict) else ""
-        return "failed", f"the check {plan.guard.describe()} was refused by the proxy ({status}): {reason}"
+        return "failed", f"the check {check} was refused by the proxy ({status}): {reason}"
+    variables = {**plan.variables, "read": read}
+    missing = missing_credential(plan, replayer, plan.guard)
+    if read_refused(status) or _holds(plan.guard_refused, variables):
+        return "failed", (f"the check {check} was refused by the upstream ({_answer(status, read)}), so whether "
+                          f"the resource changed since the agent cannot be told; "
+                          + (missing or refused_credential(replayer, plan.guard)))
+    if missing:
+        return "failed", (f"the check {check} answered {status}, but went without a credential, so it says nothing "
+                          f"of the resource; {missing}")
+    if read_failed(status):
+        return "failed", (f"the check {check} failed upstream ({_answer(status, read)}), so whether the resource "
+                          "changed since the agent cannot be told; try again later")
     try:
-        ok = plan.guard_expect.evaluate({**plan.variables, "read": read})
+        ok = plan.guard_expect.evaluate(variables)
     except Exception as exc:  # CelEvalError: the read does not have what the guard compares
         return "conflict", f"{plan.conflict} (the check could not be made: {exc})"
-    return ("ok", "") if ok else ("conflict", f"{plan.conflict} (read {plan.guard.describe()} answered {status})")
+    return ("ok", "") if ok else ("conflict", f"{plan.conflict} (read {check} answered {status})")
+
+
+def _holds(condition: Condition | None, variables: dict[str, Any]) -> bool:
+    try:
+        return condition is not None and condition.evaluate(variables)
+    except CelEvalError:
+        return False
+
+
+def _answer(status: int, response: dict[str, Any]) -> str:
+    """A status with the start of the body that came with it (an error code, usually)."""
+    text = " ".join(str(response.get("text", "")).split())[:200]
+    return f"{status}: {text}" if text else str(status)
+
+
+def missing_credential(plan: Plan, replayer: Replayer, step: Step) -> str:
+    """Why `step` cannot work, if the agent's request was sent with a credential and none would be injected into
+    `step` (it was removed from the config, or no longer binds there); else ""."""
+    if plan.credential is None or replayer.credential_for(step) is not None:
+        return ""
+    host = urlsplit(step.url).hostname or step.url
+    return (f"no credential is configured for {host} (the agent's request was sent with credential "
+            f"'{plan.credential}'): undo sends its requests with the credential configured for the host, so it "
+            f"needs that credential in the config again")
+
+
+def refused_credential(replayer: Replayer, step: Step) -> str:
+    """What to check when the upstream refused `step` (401/403)."""
+    host = urlsplit(step.url).hostname or step.url
+    name = replayer.credential_for(step)
+    if name is None:
+        return f"no credential is configured for {host}: undo needs one for it"
+    return f"the credential '{name}' configured for {host} was refused: it may lack the permission, or be out of date"
 
 
 def run_steps(plan: Plan, replayer: Replayer, journal: Journal, agent: str,
@@ -149,6 +210,8 @@ def run_steps(plan: Plan, replayer: Replayer, journal: Journal, agent: str,
                 result = StepResult(step, None, False, None, f"not sent: {type(exc).__name__}: {exc}")
             else:
                 result = _judge(plan, step, status, response, compensation_id)
+                if not result.ok and not result.conflict and read_refused(status):
+                    result = replace(result, detail=f"{result.detail}; {refused_credential(replayer, step)}")
         journal.write(plan.request_id, index, DONE if result.ok else FAILED, result.detail, result.request_id)
         results.append(result)
         report(result)
@@ -190,6 +253,8 @@ def _judge(plan: Plan, step: Step, status: int, response: dict[str, Any], compen
         why = plan.conflict or "the resource changed after the agent's request"
         return StepResult(step, status, False, compensation_id,
                           f"{why}: the upstream refused the conditional request ({status})", conflict=True)
+    if not ok and read_refused(status):
+        return StepResult(step, status, False, compensation_id, f"refused by the upstream ({_answer(status, response)})")
     return StepResult(step, status, ok, compensation_id, "" if ok else response["text"][:300])
 
 
@@ -209,6 +274,11 @@ def carry_out(plan: Plan, replayer: Replayer, journal: Journal, agent: str, forc
         return Outcome("failed", f"stopped before any step: {why}; nothing was changed")
     if state == "conflict" and not force:
         return Outcome("conflict", f"conflict: {why}; nothing was changed (--force overrides)")
+    done = journal.states(plan.request_id)
+    for index, step in enumerate(plan.steps):
+        missing = missing_credential(plan, replayer, step) if done.get(index) != DONE else ""
+        if missing:  # it would go unsigned: refused at best, and "already gone" (404) mistaken for done at worst
+            return Outcome("failed", f"stopped before {step.describe()}: {missing}; it was not sent")
     results = run_steps(plan, replayer, journal, agent, report, force)
     if results and results[-1].conflict:
         undone = sum(1 for r in results if r.ok)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import GoexProxy
-from tests.fake_aws import BUCKET, REAL
+from tests.fake_aws import AWS_CREDENTIAL, BUCKET, REAL
 
 pytestmark = pytest.mark.e2e
 
@@ -137,3 +137,27 @@ def test_a_session_undo_stops_at_the_first_conflict_and_says_what_is_left(proxy,
     assert "session of mailbot: 0 undone" in r.stdout and r.stderr.count("not undone (not attempted)") == 3
     assert [content(direct, k) for k in ("a.txt", "b.txt", "c.txt", "d.txt")] == \
         ["agent's a", "agent's new b", None, "third party's d"]
+
+
+def test_without_the_aws_credential_undo_says_the_read_was_refused_and_changes_nothing(proxy, direct, aws_relay):
+    """The credential was taken out of the config: the guard's read goes unsigned and S3 refuses it (403). That is
+    not someone writing the object again: undo says the read was refused, and that it needs the credential."""
+    put_a, delete_c = row_id(proxy, "PUT", "a.txt"), row_id(proxy, "DELETE", "c.txt")
+    proxy.stop()
+    proxy.config.write_text(proxy.config.read_text().replace(AWS_CREDENTIAL, ""))
+
+    r = proxy.cli("undo", put_a, "--yes")
+    assert r.returncode == 4, r.stdout + r.stderr
+    assert f"HEAD https://{BUCKET}.s3.amazonaws.com/a.txt was refused by the upstream (403)" in r.stderr, r.stderr
+    assert f"no credential is configured for {BUCKET}.s3.amazonaws.com" in r.stderr
+    assert "sent with credential 'aws'" in r.stderr and "needs that credential" in r.stderr
+    assert "written again" not in r.stderr and "conflict" not in r.stderr
+
+    # A plan with no guard (a delete marker's removal) sends nothing unsigned at all.
+    unsigned = len(aws_relay.verdicts)
+    r = proxy.cli("undo", delete_c, "--yes")
+    assert r.returncode == 4 and "it was not sent" in r.stderr and f"configured for {BUCKET}" in r.stderr, r.stderr
+    assert len(aws_relay.verdicts) == unsigned
+
+    assert content(direct, "a.txt") == "agent's a" and content(direct, "c.txt") is None
+    assert not [row for row in proxy.rows() if row["undo_of"] and row["method"] != "HEAD"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -148,3 +149,92 @@ def test_force_sends_steps_without_their_preconditions(journal: Journal) -> None
     sender = Refusing(200, {})
     assert carry_out(_plan(step), sender, journal, "bot", True, lambda r: None).state == "done"  # type: ignore[arg-type]
     assert sender.headers == [(("Content-Type", "text/plain"),)]
+
+
+class Reading(Sender):
+    """Answers the guard's read (a GET) with `status` and `body`, every step with `steps`; `bound` is the credential
+    the pipeline would inject (None: none is configured for the host)."""
+
+    def __init__(self, status: int, body: dict[str, Any] | None = None, bound: str | None = "aws",
+                 steps: int = 204) -> None:
+        super().__init__()
+        self.status, self.body, self.bound, self.steps = status, body or {}, bound, steps
+
+    def send(self, step: Step, agent: str, undo_of: str, request_id: str | None = None
+             ) -> tuple[int, dict[str, Any], str | None]:
+        self.sent.append((step.url, request_id))
+        status = self.status if step.method == "GET" else self.steps
+        return status, {"status": status, "headers": {}, "body": b"", "text": json.dumps(self.body) if self.body
+                        else "", "json": self.body, "form": {}}, request_id
+
+    def credential_for(self, step: Step) -> str | None:
+        return self.bound
+
+
+def _guarded(credential: str | None = "aws", refused: str | None = None) -> Plan:
+    variables = frozenset({"read", "response", "request", "pre"})
+    return Plan("ORIGINAL00001", "plan", steps=(Step("DELETE", "https://bucket.example/a", (), None, "why"),),
+                guard=Step("GET", "https://bucket.example/a", (), None, ""),
+                guard_expect=compile_condition("read.status == 404", variables),
+                conflict="the object was written again after the agent's version", credential=credential,
+                guard_refused=compile_condition(refused, variables) if refused else None)
+
+
+@pytest.mark.parametrize(("status", "bound", "said"), [
+    (403, None, "no credential is configured for bucket.example (the agent's request was sent with credential 'aws')"),
+    (401, "aws", "the credential 'aws' configured for bucket.example was refused"),
+])
+def test_a_refused_guard_read_is_a_failure_that_says_so_not_a_conflict(
+        journal: Journal, status: int, bound: str | None, said: str) -> None:
+    sender = Reading(status, {"message": "Access Denied"}, bound)
+    outcome = carry_out(_guarded(), sender, journal, "bot", False, lambda r: None)  # type: ignore[arg-type]
+    assert outcome.state == "failed" and "written again" not in outcome.message
+    assert f"the check GET https://bucket.example/a was refused by the upstream ({status}: " in outcome.message
+    assert said in outcome.message and "nothing was changed" in outcome.message
+    assert [url for url, _ in sender.sent] == ["https://bucket.example/a"]       # the read only, no step
+    forced = carry_out(_guarded(), sender, journal, "bot", True, lambda r: None)  # type: ignore[arg-type]
+    assert forced.state == "failed"                                             # --force overrides conflicts only
+
+
+def test_a_guard_read_without_the_agents_credential_says_nothing_of_the_resource(journal: Journal) -> None:
+    """Unauthenticated, an API may answer 404 for what exists (GitHub, for a private repository): the guard holds,
+    yet nothing may be sent without the credential the agent's request had."""
+    sender = Reading(404, bound=None)
+    outcome = carry_out(_guarded(), sender, journal, "bot", False, lambda r: None)  # type: ignore[arg-type]
+    assert outcome.state == "failed" and "answered 404, but went without a credential" in outcome.message
+    assert "needs that credential" in outcome.message and len(sender.sent) == 1
+
+
+def test_a_plan_without_a_guard_is_not_sent_without_the_credential(journal: Journal) -> None:
+    plan = replace(_guarded(), guard=None, guard_expect=None)
+    sender = Reading(404, bound=None)
+    outcome = carry_out(plan, sender, journal, "bot", False, lambda r: None)  # type: ignore[arg-type]
+    assert outcome.state == "failed" and "stopped before DELETE https://bucket.example/a" in outcome.message
+    assert "it was not sent" in outcome.message and sender.sent == []
+    public = carry_out(replace(plan, credential=None), sender, journal, "bot", False, lambda r: None)  # type: ignore[arg-type]
+    assert public.state == "done"                                # the agent's request had none: none is needed
+
+
+@pytest.mark.parametrize(("status", "body", "state", "said"), [
+    (503, {}, "failed", "the check GET https://bucket.example/a failed upstream (503)"),
+    (429, {}, "failed", "failed upstream (429)"),
+    (200, {"ok": False, "error": "not_authed"}, "failed", "was refused by the upstream (200: "),   # the rule's `refused`
+    (200, {"ok": False, "error": "message_not_found"}, "conflict", "written again after the agent's version"),
+    (200, {"ok": True}, "conflict", "written again after the agent's version (read GET https://bucket.example/a "
+                                    "answered 200)"),
+    (404, {}, "done", "undone"),
+])
+def test_only_a_read_that_worked_can_show_a_conflict(
+        journal: Journal, status: int, body: dict[str, Any], state: str, said: str) -> None:
+    plan = _guarded(refused='read.json.ok == false && read.json.error in ["not_authed", "invalid_auth"]')
+    outcome = carry_out(plan, Reading(status, body), journal, "bot", False, lambda r: None)  # type: ignore[arg-type]
+    assert outcome.state == state and said in outcome.message, outcome.message
+
+
+def test_a_step_refused_by_the_upstream_says_so(journal: Journal) -> None:
+    step = Step("PUT", "https://x/a", (), b"old", "why")
+    results: list[Any] = []
+    outcome = carry_out(_plan(step), Reading(200, bound="aws", steps=403), journal, "bot", False, results.append)  # type: ignore[arg-type]
+    assert outcome.state == "failed"
+    assert results[0].detail == "refused by the upstream (403); the credential 'aws' configured for x was refused: " \
+                                "it may lack the permission, or be out of date"
