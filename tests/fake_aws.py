@@ -16,8 +16,9 @@ REAL = {"access_key_id": "AKIACANARYREAL0000001", "secret_access_key": "CANARY/r
         "session_token": "CANARY-session-token-FwoGZXIvYXdzEJr"}
 BUCKET = "goex-test-bucket"
 PLAIN_BUCKET = "goex-plain-bucket"   # never versioned
+NEW_BUCKET = "goex-new-bucket"       # created by an agent, virtual-hosted style
 AWS_HOSTS = (f"{BUCKET}.s3.amazonaws.com", "s3.amazonaws.com", "dynamodb.us-east-1.amazonaws.com",
-             f"{PLAIN_BUCKET}.s3.amazonaws.com")
+             f"{PLAIN_BUCKET}.s3.amazonaws.com", f"{NEW_BUCKET}.s3.amazonaws.com")
 #: The config entry that has the proxy re-sign AWS requests with the keys stored as `aws-keys`.
 AWS_CREDENTIAL = """credentials:
   aws:

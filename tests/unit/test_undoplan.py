@@ -108,13 +108,102 @@ def test_a_failed_pre_image_read_is_named_as_why_there_is_no_plan() -> None:
 @pytest.mark.parametrize(("method", "path", "read"), [
     ("PUT", "/cats/tom.jpg", f"GET {BUCKET}/cats/tom.jpg"),          # an object: read what it replaces
     ("DELETE", "/cats/tom.jpg", f"GET {BUCKET}/cats/tom.jpg"),
-    ("PUT", "/", None),                                               # creating the bucket: nothing to read
+    ("PUT", "/", f"HEAD {BUCKET}/"),                                  # creating the bucket: was it there?
     ("PUT", "/big.iso?partNumber=2&uploadId=u1", None),               # a multipart part is not the object
     ("DELETE", "/cats/tom.jpg?versionId=v1", None),                   # irreversible anyway
 ])
 def test_pre_images_are_read_only_where_a_rule_could_use_them(method: str, path: str, read: str | None) -> None:
     step = preimage_read(RULES, Exchange(method, BUCKET + path))
     assert (step.describe() if step else None) == read
+
+
+PATH_STYLE = "https://s3.amazonaws.com"
+
+
+def s3_at(method: str, url: str, status: int, pre: int | None, **headers: str) -> Exchange:
+    pre_headers = (("x-amz-bucket-region", "eu-west-1"),) if pre == 200 else ()
+    return Exchange(method, url, (), b"", status, tuple(headers.items()), b"", pre, pre_headers, b"")
+
+
+@pytest.mark.parametrize(("url", "delete"), [
+    (f"{PATH_STYLE}/photos", f"{PATH_STYLE}/photos"),                         # path-style: the bucket is the path
+    (f"{PATH_STYLE}/photos/", f"{PATH_STYLE}/photos/"),
+    ("https://s3.eu-west-1.amazonaws.com/photos", "https://s3.eu-west-1.amazonaws.com/photos"),
+    (f"{BUCKET}/", f"{BUCKET}/"),                                             # virtual-hosted: the bucket is the host
+    ("https://photos.s3.eu-west-1.amazonaws.com/?x-id=CreateBucket",
+     "https://photos.s3.eu-west-1.amazonaws.com/"),
+])
+def test_a_bucket_creation_is_one_in_both_addressing_styles(url: str, delete: str) -> None:
+    """`PUT s3.amazonaws.com/BUCKET` is no object put under a new key (which would plan a DELETE with an ETag S3 never
+    sent): the bucket is read first, and only one that was not there is deleted."""
+    assert [s.describe() for s in [preimage_read(RULES, Exchange("PUT", url))] if s] == [f"HEAD {url.split('?')[0]}"]
+    created = s3_at("PUT", url, 200, 404, Location="/photos")
+    assert classify(RULES, created) == "exact"
+    p = plan("R", created, RULES)
+    assert p.rule == "s3/create bucket" and [s.describe() for s in p.steps] == [f"DELETE {delete}"]
+    assert p.guard is not None and p.guard.describe() == f"GET {delete}?list-type=2&max-keys=1"
+    assert p.guard_expect is not None and p.steps[0].conflict is not None
+    assert p.guard_expect.evaluate({**p.variables, "read": {"status": 200, "text": "<KeyCount>0</KeyCount>"}})
+    assert not p.guard_expect.evaluate({**p.variables, "read": {"status": 200, "text": "<Contents><Key>x</Key>"}})
+    assert p.steps[0].conflict.evaluate({**p.variables, "response": {"status": 409}})   # BucketNotEmpty
+
+    existed = s3_at("PUT", url, 200, 200)   # us-east-1 answers 200 to creating a bucket you own
+    assert classify(RULES, existed).startswith("irreversible: the bucket existed before")
+    assert plan("R", existed, RULES).verdict == "irreversible"
+    assert classify(RULES, s3_at("PUT", url, 409, 200)) == "not effective"   # BucketAlreadyOwnedByYou elsewhere
+
+
+@pytest.mark.parametrize("url", [f"{PATH_STYLE}/photos/cats/tom.jpg", f"{PATH_STYLE}/photos//tom.jpg",
+                                 f"{BUCKET}/cats/tom.jpg", "https://s3.us-west-2.amazonaws.com/photos/k"])
+def test_an_object_needs_a_key_in_either_style(url: str) -> None:
+    assert [s.describe() for s in [preimage_read(RULES, Exchange("PUT", url))] if s] == [f"GET {url}"]
+    new = s3_at("PUT", url, 200, 404, ETag='"e"')
+    assert plan("R", new, RULES).rule == "s3/put object under a new key, unversioned bucket"
+    versioned = s3_at("PUT", url, 200, None, **{"x-amz-version-id": "v1"})
+    assert plan("R", versioned, RULES).rule == "s3/put object, versioned bucket"
+
+
+def test_a_deleted_bucket_is_created_again_in_its_region() -> None:
+    """Not taken for an object delete (whose undo would PUT the bucket's listing back as "the object")."""
+    url = f"{PATH_STYLE}/photos"
+    assert [s.describe() for s in [preimage_read(RULES, Exchange("DELETE", url))] if s] == [f"HEAD {url}"]
+    p = plan("R", s3_at("DELETE", url, 204, 200), RULES)
+    assert (p.rule, p.fidelity) == ("s3/delete bucket", "lossy")
+    assert [(s.describe(), s.body) for s in p.steps] == [(f"PUT {url}", b'<CreateBucketConfiguration xmlns="http://'
+                                                          b's3.amazonaws.com/doc/2006-03-01/"><LocationConstraint>'
+                                                          b'eu-west-1</LocationConstraint></CreateBucketConfiguration>')]
+
+
+@pytest.mark.parametrize(("method", "url"), [
+    ("PUT", f"{PATH_STYLE}/photos?versioning"), ("PUT", f"{BUCKET}/?versioning"), ("PUT", f"{BUCKET}/?tagging"),
+    ("DELETE", f"{PATH_STYLE}/photos?tagging"), ("DELETE", f"{BUCKET}/?policy"),
+    ("DELETE", f"{BUCKET}/cats/tom.jpg?tagging"), ("PUT", f"{PATH_STYLE}/photos/k?acl"),
+])
+def test_a_sub_resource_is_neither_the_bucket_nor_the_object(method: str, url: str) -> None:
+    """Tagging, versioning, a policy...: no rule knows them, so none may take them for a bucket or an object (nor may
+    the generic REST pack, which would plan to put back JSON S3 never sent)."""
+    assert preimage_read(RULES, Exchange(method, url)) is None
+    assert classify(RULES, s3_at(method, url, 204 if method == "DELETE" else 200, 200)) == "no rule"
+
+
+def test_an_s3_copy_is_not_undone_by_the_rest_pack() -> None:
+    """It would have been: a PUT over an existing resource, put back from its pre-image as JSON: {} over the object."""
+    copy = Exchange("PUT", BUCKET + "/k", (("x-amz-copy-source", "/photos/src"),), b"", 200, (("ETag", '"e"'),),
+                    b"<CopyObjectResult/>", 200, (), b"old bytes")
+    assert preimage_read(RULES, copy) is None and classify(RULES, copy) == "no rule"
+    elsewhere = Exchange("PUT", "https://api.example.com/things/1", (), b"{}", 200, (), b"{}", 200, (), b'{"a": 1}')
+    assert plan("R", elsewhere, RULES).rule == "rest/replace or update a resource"
+
+
+def test_a_pre_image_read_refused_or_failed_is_named_as_such() -> None:
+    """A 403 (the credential may not read it) or a 5xx is no pre-image: the plan says the read was refused."""
+    for status, said in ((403, "reading it was refused (403: <Error><Code>AccessDenied</Code></Error>)"),
+                         (503, "reading it failed (503")):
+        refused = Exchange("PUT", BUCKET + "/k", (), b"new", 200, (("ETag", '"e"'),), b"", status, (),
+                           b"<Error><Code>AccessDenied</Code></Error>" if status == 403 else b"")
+        assert classify(RULES, refused) == "needs-preimage"
+        p = plan("R", refused, RULES)
+        assert p.verdict == "not planned" and said in p.reason, p.reason
 
 
 def test_a_pre_image_cut_at_the_log_limit_is_not_used() -> None:
