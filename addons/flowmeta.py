@@ -1,7 +1,11 @@
-"""The `flow.metadata` keys the stages share, with typed getters and setters; a stage reads only what earlier ones wrote."""
+"""Per-flow values the stages share, kept beside each flow (not in its exportable `flow.metadata`), with typed access."""
 
 from __future__ import annotations
 
+import weakref
+from typing import Any
+
+from mitmproxy import flow as mflow
 from mitmproxy import http
 
 from goex_proxy.ids import RequestIds
@@ -22,124 +26,136 @@ _PREIMAGE = "goex.preimage"
 _HEADERS_SCRUBBED = "goex.headers_scrubbed"
 _CHARGE = "goex.charge"
 _IDS = RequestIds()
+#: Each live flow's values. Not `flow.metadata`: mitmproxy writes that into flow files (`-w`, which fails on a live
+#: object), copies it with `flow.copy()` and reads it back from files, so a replayed or loaded flow would arrive with
+#: an identity, a decision or "already recorded" that this pipeline never made.
+_VALUES: weakref.WeakKeyDictionary[mflow.Flow, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def _of(flow: mflow.Flow) -> dict[str, Any]:
+    """This flow's values (an empty set for a flow no stage has seen)."""
+    values = _VALUES.get(flow)
+    if values is None:
+        values = _VALUES[flow] = {}
+    return values
 
 
 def agent(flow: http.HTTPFlow) -> str | None:
     """The authenticated agent (set by identify)."""
-    return flow.metadata.get(_AGENT)
+    return _of(flow).get(_AGENT)
 
 
 def set_agent(flow: http.HTTPFlow, name: str) -> None:
-    flow.metadata[_AGENT] = name
+    _of(flow)[_AGENT] = name
 
 
 def request_id(flow: http.HTTPFlow) -> str:
     """The audit id of this request, made on first use so that any stage can quote it."""
-    if _REQUEST_ID not in flow.metadata:
+    if _REQUEST_ID not in _of(flow):
         started = flow.request.timestamp_start if isinstance(flow, http.HTTPFlow) else flow.timestamp_created
-        flow.metadata[_REQUEST_ID] = _IDS.new(started)
-    return str(flow.metadata[_REQUEST_ID])
+        _of(flow)[_REQUEST_ID] = _IDS.new(started)
+    return str(_of(flow)[_REQUEST_ID])
 
 
 def set_request_id(flow: http.HTTPFlow, value: str) -> None:
     """Use an id chosen by `goex-proxy undo` (identify checks who may choose)."""
-    flow.metadata[_REQUEST_ID] = value
+    _of(flow)[_REQUEST_ID] = value
 
 
 def decision(flow: http.HTTPFlow) -> Decision | None:
     """The policy decision (set by decide)."""
-    return flow.metadata.get(_DECISION)
+    return _of(flow).get(_DECISION)
 
 
 def set_decision(flow: http.HTTPFlow, value: Decision) -> None:
-    flow.metadata[_DECISION] = value
+    _of(flow)[_DECISION] = value
 
 
 def charge(flow: http.HTTPFlow) -> Charge | None:
     """What an allowed request counts against its rules' limits, and when (set by decide)."""
-    return flow.metadata.get(_CHARGE)
+    return _of(flow).get(_CHARGE)
 
 
 def set_charge(flow: http.HTTPFlow, value: Charge) -> None:
-    flow.metadata[_CHARGE] = value
+    _of(flow)[_CHARGE] = value
 
 
 def is_own_response(flow: http.HTTPFlow) -> bool:
     """True when the response was made by goex-proxy (a denial or error), not by the upstream."""
-    return bool(flow.metadata.get(_OWN_RESPONSE))
+    return bool(_of(flow).get(_OWN_RESPONSE))
 
 
 def mark_own_response(flow: http.HTTPFlow) -> None:
-    flow.metadata[_OWN_RESPONSE] = True
+    _of(flow)[_OWN_RESPONSE] = True
 
 
 def recorded(flow: http.HTTPFlow) -> str | None:
     """'intent' once the request row is committed, 'final' once its outcome is written too (set by record)."""
-    return flow.metadata.get(_RECORDED)
+    return _of(flow).get(_RECORDED)
 
 
 def set_recorded(flow: http.HTTPFlow, state: str) -> None:
-    flow.metadata[_RECORDED] = state
+    _of(flow)[_RECORDED] = state
 
 
 def path(flow: http.HTTPFlow) -> str | None:
     """The request's canonical path, as policies matched it (set by decide)."""
-    return flow.metadata.get(_PATH)
+    return _of(flow).get(_PATH)
 
 
 def set_path(flow: http.HTTPFlow, value: str) -> None:
-    flow.metadata[_PATH] = value
+    _of(flow)[_PATH] = value
 
 
 def credential(flow: http.HTTPFlow) -> str | None:
     """The name of the credential injected into this request (set by inject)."""
-    return flow.metadata.get(_CREDENTIAL)
+    return _of(flow).get(_CREDENTIAL)
 
 
 def set_credential(flow: http.HTTPFlow, name: str) -> None:
-    flow.metadata[_CREDENTIAL] = name
+    _of(flow)[_CREDENTIAL] = name
 
 
 def retried(flow: http.HTTPFlow) -> bool:
     """True once inject has sent the request a second time (after a refreshed OAuth2 token)."""
-    return bool(flow.metadata.get(_RETRIED))
+    return bool(_of(flow).get(_RETRIED))
 
 
 def mark_retried(flow: http.HTTPFlow) -> None:
-    flow.metadata[_RETRIED] = True
+    _of(flow)[_RETRIED] = True
 
 
 def headers_scrubbed(flow: http.HTTPFlow, response: http.Response) -> bool:
     """True when scrub already cleaned the headers of this very response (not one it was replaced with)."""
-    return flow.metadata.get(_HEADERS_SCRUBBED) is response
+    return _of(flow).get(_HEADERS_SCRUBBED) is response
 
 
 def set_headers_scrubbed(flow: http.HTTPFlow, response: http.Response) -> None:
-    flow.metadata[_HEADERS_SCRUBBED] = response
+    _of(flow)[_HEADERS_SCRUBBED] = response
 
 
 def url(flow: http.HTTPFlow) -> str:
     """The URL as recorded (set by record; route may change the scheme of the live request afterwards)."""
-    return str(flow.metadata.get(_URL) or flow.request.url)
+    return str(_of(flow).get(_URL) or flow.request.url)
 
 
 def set_url(flow: http.HTTPFlow, value: str) -> None:
-    flow.metadata[_URL] = value
+    _of(flow)[_URL] = value
 
 
 def undo_of(flow: http.HTTPFlow) -> str | None:
     """The request this one compensates, when `undo` sent it (set by identify)."""
-    return flow.metadata.get(_UNDO_OF)
+    return _of(flow).get(_UNDO_OF)
 
 
 def set_undo_of(flow: http.HTTPFlow, request_id: str) -> None:
-    flow.metadata[_UNDO_OF] = request_id
+    _of(flow)[_UNDO_OF] = request_id
 
 
 def preimage(flow: http.HTTPFlow) -> tuple[int, tuple[tuple[str, str], ...], bytes] | None:
     """Status, headers and body of the resource as read before forwarding (set by preimage)."""
-    return flow.metadata.get(_PREIMAGE)
+    return _of(flow).get(_PREIMAGE)
 
 
 def set_preimage(flow: http.HTTPFlow, status: int, headers: tuple[tuple[str, str], ...], body: bytes) -> None:
-    flow.metadata[_PREIMAGE] = (status, headers, body)
+    _of(flow)[_PREIMAGE] = (status, headers, body)
