@@ -81,6 +81,12 @@ class Scrub:
         return None
 
     @fail_closed("scrub")
+    def error(self, flow: http.HTTPFlow) -> None:
+        """mitmproxy's error keeps what a broken upstream sent (an echoed secret, say) for its flow files and dump."""
+        if flow.error is not None:
+            flow.error.msg = unhooked.scrubbed_text(flow.error.msg)
+
+    @fail_closed("scrub")
     def websocket_message(self, flow: http.HTTPFlow) -> None:
         """Messages from the upstream over an allowed WebSocket are scrubbed as one stream (a secret split across
         messages is caught where it ends, and a possible start of one is withheld at the end of a message)."""

@@ -27,7 +27,8 @@ def scrub_unhooked(state: ProxyState) -> None:
     _filter_logs()
 
 
-def _scrubbed_text(text: str) -> str:
+def scrubbed_text(text: str) -> str:
+    """Text mitmproxy made from what an upstream sent, as the agent, the logs and the kept flow may show it."""
     scrub = _state.scrubber if _state is not None else None
     if not scrub:
         return text
@@ -47,7 +48,7 @@ def _wrap_error_pages() -> None:
             continue
 
         def format_error(status_code: int, message: str, _original: Callable[[int, str], bytes] = original) -> bytes:
-            return _original(status_code, _scrubbed_text(message))
+            return _original(status_code, scrubbed_text(message))
 
         format_error.goex_scrubbed = True  # type: ignore[attr-defined]
         module.format_error = format_error
@@ -80,7 +81,7 @@ class _ScrubRecords(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if _state is not None and _state.scrubber:
             message = record.getMessage()
-            cleaned = _scrubbed_text(message) if "b'" in message or 'b"' in message else _state.scrubber.text(message)
+            cleaned = scrubbed_text(message) if "b'" in message or 'b"' in message else _state.scrubber.text(message)
             if cleaned != message:
                 record.msg, record.args = cleaned, None
         return True
