@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import logging
+import weakref
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from urllib.parse import quote, unquote_plus
 
 from mitmproxy import http
@@ -86,13 +88,50 @@ async def inject_into(state: ProxyState, request: http.Request, credential: Cred
         apply(request, credential, secret)
 
 
+@dataclass(frozen=True)
+class Swap:
+    """What injecting changed in a request: each header it touched (the agent's values, then the injected ones) and
+    the path, if that changed (a query credential)."""
+
+    headers: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...]
+    path: str | None  # the agent's path
+
+    @classmethod
+    def between(cls, agents: http.Headers, agents_path: str, injected: http.Request) -> Swap | None:
+        """The difference between what the agent sent and the injected request; None if there is none."""
+        names = {k.lower(): k for k in [*agents.keys(), *injected.headers.keys()]}
+        headers = tuple((name, tuple(agents.get_all(name)), tuple(injected.headers.get_all(name)))
+                        for name in names.values() if agents.get_all(name) != injected.headers.get_all(name))
+        path = agents_path if injected.path != agents_path else None
+        return cls(headers, path) if headers or path is not None else None
+
+    def injected(self, name: str) -> str:
+        """The value injected into header `name` ("" if none was)."""
+        return next((values[0] for n, _, values in self.headers if n.lower() == name.lower() and values), "")
+
+    def put_back(self, request: http.Request) -> None:
+        """Give `request` the agent's values again wherever injecting changed it (idempotent)."""
+        for name, agents, _ in self.headers:
+            request.headers.set_all(name, list(agents))
+        if self.path is not None:
+            request.path = self.path
+
+
 class Inject:
     """Injects credentials on the hosts, methods and paths they are bound to; a request that needs one it cannot
     have is denied, never forwarded bare. An OAuth2 token the upstream refuses (401) is refreshed and the request
-    retried once."""
+    retried once.
+
+    Once the request is on its way upstream, the request mitmproxy keeps carries the agent's placeholders again: its
+    flow files (`-w`), HAR export and flow dump read it after this addon's `responseheaders`, `response`, `error` and
+    `done` hooks (mitmproxy calls script addons before its own exporters), and the secret was only ever for the
+    upstream."""
 
     def __init__(self, state: ProxyState) -> None:
         self.state = state
+        #: what injecting changed in each flow's request, for as long as the flow lives (not in flow.metadata, which
+        #: mitmproxy exports)
+        self._swaps: weakref.WeakKeyDictionary[http.HTTPFlow, Swap] = weakref.WeakKeyDictionary()
 
     @fail_closed("inject")
     def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
@@ -116,17 +155,47 @@ class Inject:
 
     @fail_closed("inject")
     async def _inject(self, credential: Credential, flow: http.HTTPFlow) -> None:  # flow last: fail_closed answers on it
+        agents, agents_path = http.Headers(flow.request.headers.fields), flow.request.path
         try:
             await inject_into(self.state, flow.request, credential, own=flowmeta.undo_of(flow) is not None)
         except (CannotInject, OAuthError, sigv4.SigningError) as exc:
             replies.refuse(flow, Decision("deny", self.state.scrubber.text(
                 f"credential '{credential.name}' is bound to this host but cannot be injected: {exc}"), "inject"))
             return
+        finally:
+            self._remember(flow, agents, agents_path)
         flowmeta.set_credential(flow, credential.name)
+
+    def _remember(self, flow: http.HTTPFlow, agents: http.Headers, agents_path: str) -> None:
+        swap = Swap.between(agents, agents_path, flow.request)
+        if swap is not None:
+            self._swaps[flow] = swap
+
+    def put_back(self, flow: http.HTTPFlow) -> None:
+        """The agent's values again in the request mitmproxy keeps: call only once the request was sent (or never
+        will be)."""
+        swap = self._swaps.get(flow)
+        if swap is not None:
+            swap.put_back(flow.request)
+
+    @fail_closed("inject")
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        """The first hook after mitmproxy wrote the request upstream (or after a stage answered it instead)."""
+        self.put_back(flow)
+
+    @fail_closed("inject")
+    def error(self, flow: http.HTTPFlow) -> None:
+        self.put_back(flow)
+
+    def done(self) -> None:
+        """Flows still in flight at shutdown are written out by mitmproxy's exporters after this."""
+        for flow in list(self._swaps.keys()):
+            self.put_back(flow)
 
     @fail_closed("inject")
     def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         """A 401 to an OAuth2 request: refresh the token (unless another request already did) and retry once."""
+        self.put_back(flow)
         name = flowmeta.credential(flow)
         if (name is None or flow.response is None or flow.response.status_code != 401 or flowmeta.is_own_response(flow)
                 or flowmeta.retried(flow) or self.state.tokens is None):
@@ -140,7 +209,8 @@ class Inject:
     async def _retry(self, credential: Credential, flow: http.HTTPFlow) -> None:
         assert self.state.tokens is not None and flow.response is not None
         name = credential.name
-        used = flow.request.headers.get("Authorization", "").removeprefix("Bearer ")
+        swap = self._swaps.get(flow)
+        used = (swap.injected("Authorization") if swap else "").removeprefix("Bearer ")
         try:
             token = await self.state.tokens.access_token(credential, stale=used)
         except OAuthError as exc:
@@ -149,12 +219,13 @@ class Inject:
             return
         if token == used:  # refreshed moments ago: this 401 is not about an expired token
             return
-        flow.request.headers["Authorization"] = f"Bearer {token}"
+        retry = flow.request.copy()  # the kept request goes on carrying the placeholder
+        retry.headers["Authorization"] = f"Bearer {token}"
         flowmeta.mark_retried(flow)
         log.info("%s: %s answered 401; retrying once with a refreshed token of %s", flowmeta.request_id(flow),
                  flow.request.host, name)
         try:
-            flow.response = await sendout.send(self.state, flow.request)
+            flow.response = await sendout.send(self.state, retry)
         except Exception as exc:  # httpx's errors, or a reply too large to hold: the upstream saw the first attempt
             replies.reply(flow, 502, {"error": "goex-proxy: retrying with a refreshed OAuth2 token failed "
                                                f"({type(exc).__name__}); the first attempt was refused with 401"})
