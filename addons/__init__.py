@@ -1,7 +1,8 @@
 """The goex-proxy pipeline as mitmproxy addons; `PIPELINE` is the one list that orders the stages.
 
-Load into a plain mitmdump with:
-    mitmdump -s "$(python -c 'import goex_proxy.addons as a; print(a.__file__)')" --set goex_config=PATH
+Load into a plain mitmdump (listening where the config's `listen` says; `ProxyState.check_options` refuses the rest):
+    mitmdump -s "$(python -c 'import goex_proxy.addons as a; print(a.__file__)')" --listen-host 127.0.0.1 -p 8080 \
+      --set goex_config=PATH --set confdir=STATE_DIR --set connection_strategy=lazy
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from mitmproxy import ctx, exceptions
+from mitmproxy.proxy import mode_specs
 
 from goex_proxy import audit, upstream
 from goex_proxy.audit import AuditWriter
@@ -41,7 +42,12 @@ class ProxyState:
         "stream_large_bodies": (None, "a streamed body is sent upstream before the policy sees it"),
         "ignore_hosts": ([], "traffic to ignored hosts is relayed without any hook: no policy, no audit"),
         "allow_hosts": ([], "traffic to hosts not listed is relayed without any hook: no policy, no audit"),
+        "mode": (["regular"], "another mode listens elsewhere than the config's listen address, or takes traffic no "
+                              "agent sent through the proxy"),
     }
+    #: mitmproxy's own addons that only its interactive tools (mitmweb, the console) load: they show every flow while
+    #: it is in flight, with the real secret injected, and let a person intercept and edit it.
+    INTERACTIVE_ADDONS = ("view", "intercept")
 
     def __init__(self, config: Config | None = None, policies: PolicySet | None = None) -> None:
         self.config = config
@@ -67,21 +73,37 @@ class ProxyState:
         add("goex_config", str, "", "Path of the goex-proxy config.yaml to run with.")
         add("goex_reload_interval", float, 1.0, "Seconds between checks of the policy files for changes.")
 
-    @classmethod
-    def check_options(cls) -> None:
-        for name, (value, why) in cls.REQUIRED_OPTIONS.items():
-            if getattr(ctx.options, name) != value:
+    def check_options(self) -> None:
+        """Refuse mitmproxy options, and tools, under which the pipeline could be bypassed or its secrets shown."""
+        if any(ctx.master.addons.get(name) for name in self.INTERACTIVE_ADDONS):
+            raise exceptions.OptionsError(
+                "goex-proxy does not run under mitmweb or mitmproxy's console: their interactive flow view shows each "
+                "request while it is in flight, with the real secret injected, and lets anyone at it intercept and "
+                "edit it; run the addons under mitmdump (or use `goex-proxy run`)")
+        required = dict(self.REQUIRED_OPTIONS)
+        if self.config is not None:
+            why = f"the config says listen: {self.config.listen_host}:{self.config.listen_port}"
+            required["listen_host"] = (self.config.listen_host, why + "; mitmproxy listens on all interfaces by default")
+            required["listen_port"] = (self.config.listen_port, why)
+        for name, (value, why) in required.items():
+            if self._option(name) != value:
                 raise exceptions.OptionsError(f"goex-proxy needs the mitmproxy option {name}={value} ({why}); "
                                               f"it is {getattr(ctx.options, name)!r}")
 
+    @staticmethod
+    def _option(name: str) -> Any:
+        """An option's value as mitmproxy uses it (an unset listen port is the regular mode's 8080)."""
+        value = getattr(ctx.options, name)
+        return mode_specs.ProxyMode.parse("regular").listen_port(value) if name == "listen_port" else value
+
     def configure(self, updated: set[str]) -> None:
-        self.check_options()
         if "goex_config" in updated and ctx.options.goex_config:
             try:
                 self.config = load_config(Path(ctx.options.goex_config))
                 self.policies = load_policy_set(self.sources())
             except GoexError as exc:
                 raise exceptions.OptionsError(str(exc)) from None
+        self.check_options()  # after loading: the listen address comes from the config; before anything listens
         if self.config is not None and self.writer is None:
             self.open()
 
