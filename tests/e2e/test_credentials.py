@@ -114,6 +114,11 @@ ALL_FORMS = (forms(SLACK_SECRET) + forms(GITHUB_SECRET) + forms(GMAIL_SECRET, "m
 
 @pytest.fixture
 def proxy(make_proxy, upstream, oauth_server, aws_relay, monkeypatch):
+    return with_secrets(make_proxy, oauth_server, aws_relay, monkeypatch).start()
+
+
+def with_secrets(make_proxy, oauth_server, aws_relay, monkeypatch):
+    """A goex-proxy (not started) with every credential above and its secret stored, routed to the fakes."""
     monkeypatch.setenv("GOEX_TEST_GITHUB_SECRET", GITHUB_SECRET)
     routes = {**{h: oauth_server.url for h in FakeOAuth.HOSTS}, **{h: aws_relay.url for h in AWS_HOSTS}}
     p = make_proxy(POLICY, start=False, routes=routes, extra_config=CREDENTIALS)
@@ -128,7 +133,7 @@ def proxy(make_proxy, upstream, oauth_server, aws_relay, monkeypatch):
         r = p.run_cli("secrets", "set", "--config", str(p.config), name, input=value.encode())
         assert r.returncode == 0, r.stderr
         assert value not in r.stdout + r.stderr
-    return p.start()
+    return p
 
 
 def test_canary_never_leaks(proxy, upstream, oauth_server, aws_relay):
