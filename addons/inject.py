@@ -99,9 +99,9 @@ class Swap:
     @classmethod
     def between(cls, agents: http.Headers, agents_path: str, injected: http.Request) -> Swap | None:
         """The difference between what the agent sent and the injected request; None if there is none."""
-        names = {k.lower(): k for k in [*agents.keys(), *injected.headers.keys()]}
-        headers = tuple((name, tuple(agents.get_all(name)), tuple(injected.headers.get_all(name)))
-                        for name in names.values() if agents.get_all(name) != injected.headers.get_all(name))
+        before, after = _by_name(agents), _by_name(injected.headers)
+        headers = tuple((name, before.get(key, ()), after.get(key, ())) for key, name in _spellings(agents, injected.headers)
+                        if before.get(key, ()) != after.get(key, ()))
         path = agents_path if injected.path != agents_path else None
         return cls(headers, path) if headers or path is not None else None
 
@@ -115,6 +115,23 @@ class Swap:
             request.headers.set_all(name, list(agents))
         if self.path is not None:
             request.path = self.path
+
+
+def _by_name(headers: http.Headers) -> dict[str, tuple[str, ...]]:
+    """Each header's values under its lower-case name, in one pass."""
+    out: dict[str, list[str]] = {}
+    for name, value in headers.items(multi=True):
+        out.setdefault(name.lower(), []).append(value)
+    return {key: tuple(values) for key, values in out.items()}
+
+
+def _spellings(*headers: http.Headers) -> list[tuple[str, str]]:
+    """Each header name (lower case) with its spelling where it first appears in `headers`, in order."""
+    seen: dict[str, str] = {}
+    for block in headers:
+        for name, _ in block.items(multi=True):
+            seen.setdefault(name.lower(), name)
+    return list(seen.items())
 
 
 class Inject:
