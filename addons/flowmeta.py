@@ -25,6 +25,7 @@ _UNDO_OF = "goex.undo_of"
 _PREIMAGE = "goex.preimage"
 _HEADERS_SCRUBBED = "goex.headers_scrubbed"
 _CHARGE = "goex.charge"
+_CHALLENGED = "goex.challenged"
 _IDS = RequestIds()
 #: Each live flow's values. Not `flow.metadata`: mitmproxy writes that into flow files (`-w`, which fails on a live
 #: object), copies it with `flow.copy()` and reads it back from files, so a replayed or loaded flow would arrive with
@@ -159,3 +160,14 @@ def preimage(flow: http.HTTPFlow) -> tuple[int, tuple[tuple[str, str], ...], byt
 
 def set_preimage(flow: http.HTTPFlow, status: int, headers: tuple[tuple[str, str], ...], body: bytes) -> None:
     _of(flow)[_PREIMAGE] = (status, headers, body)
+
+
+
+def challenged(flow: http.HTTPFlow) -> bool:
+    """True when identify answered 407 to a request that sent no proxy credentials at all: a challenge (clients such
+    as git first ask without them), not a refused identity."""
+    return bool(_of(flow).get(_CHALLENGED))
+
+
+def set_challenged(flow: http.HTTPFlow) -> None:
+    _of(flow)[_CHALLENGED] = True

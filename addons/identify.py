@@ -37,6 +37,8 @@ UNDO_IDENTITY = "goex-undo"
 UNDO_AGENT_HEADER = "X-Goex-Undo-Agent"
 UNDO_OF_HEADER = "X-Goex-Undo-Of"
 UNDO_REQUEST_ID_HEADER = "X-Goex-Undo-Request-Id"
+#: Why a request without Proxy-Authorization is answered 407: a challenge to send them, recorded as such.
+NO_CREDENTIALS = "no proxy credentials were sent"
 
 
 class Identify:
@@ -44,10 +46,14 @@ class Identify:
 
     def __init__(self, state: ProxyState) -> None:
         self.state = state
-        self.tunnels: weakref.WeakKeyDictionary[connection.Client, str] = weakref.WeakKeyDictionary()
+        #: The agent each CONNECT tunnel authenticated as, and the token it showed (checked again at each request, so
+        #: that an agent removed from the config, or given a new token, is cut off at once).
+        self.tunnels: weakref.WeakKeyDictionary[connection.Client, tuple[str, str]] = weakref.WeakKeyDictionary()
 
     @staticmethod
     def refuse(flow: http.HTTPFlow, why: str) -> None:
+        if why == NO_CREDENTIALS:
+            flowmeta.set_challenged(flow)
         flowmeta.set_decision(flow, Decision("deny", f"proxy authentication failed: {why}", "identify"))
         replies.auth_required(flow, why)
 
@@ -55,11 +61,14 @@ class Identify:
         """The agent's name, or None and why not."""
         header = flow.request.headers.get("Proxy-Authorization")
         if not header:
-            return None, "no proxy credentials were sent"
+            return None, NO_CREDENTIALS
         creds = parse_basic(header)
         if creds is None:
             return None, "proxy credentials must use the Basic scheme"
-        name, token = creds
+        return self.check(*creds)
+
+    def check(self, name: str, token: str) -> tuple[str | None, str]:
+        """The agent's name if this token is its current one, or None and why not."""
         assert self.state.config is not None
         if name == UNDO_IDENTITY and self.state.undo_token:
             ok = hmac.compare_digest(token.encode(), self.state.undo_token.encode())
@@ -78,7 +87,9 @@ class Identify:
         if name is None:
             self.refuse(flow, why)
             return
-        self.tunnels[flow.client_conn] = name
+        creds = parse_basic(flow.request.headers["Proxy-Authorization"])
+        assert creds is not None
+        self.tunnels[flow.client_conn] = creds
         flowmeta.set_agent(flow, name)
         del flow.request.headers["Proxy-Authorization"]
 
@@ -86,12 +97,11 @@ class Identify:
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
             return
-        name = self.tunnels.get(flow.client_conn)
+        tunnel = self.tunnels.get(flow.client_conn)
+        name, why = self.check(*tunnel) if tunnel else self.authenticate(flow)
         if name is None:
-            name, why = self.authenticate(flow)
-            if name is None:
-                self.refuse(flow, why)
-                return
+            self.refuse(flow, f"the tunnel's identity is no longer valid: {why}" if tunnel else why)
+            return
         acting_for = flow.request.headers.pop(UNDO_AGENT_HEADER, None)
         undo_of = flow.request.headers.pop(UNDO_OF_HEADER, None)
         chosen_id = flow.request.headers.pop(UNDO_REQUEST_ID_HEADER, None)
@@ -114,6 +124,6 @@ class Identify:
 
     def tcp_start(self, flow: tcp.TCPFlow) -> None:
         """A raw stream in a tunnel belongs to the agent that opened the tunnel."""
-        name = self.tunnels.get(flow.client_conn)
-        if name is not None:
-            flowmeta.set_agent(flow, name)
+        tunnel = self.tunnels.get(flow.client_conn)
+        if tunnel is not None:
+            flowmeta.set_agent(flow, tunnel[0])

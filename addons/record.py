@@ -75,7 +75,7 @@ class Record:
             "req_body": body["body"],
             "req_body_size": body["size"],
             "req_body_sha256": body["sha256"],
-            "decision": d.label if d else ("error" if flow.response else "deny"),
+            "decision": "challenge" if flowmeta.challenged(flow) else d.label if d else ("error" if flow.response else "deny"),
             "rule": d.rule if d else None,
             "reason": d.reason if d else None,
             "report": d.report if d else None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from contextlib import closing
@@ -65,6 +66,7 @@ class ProxyState:
         self._forms: dict[str, str] = {}
         self._mtimes: dict[Path, float | None] = {}
         self._watch: asyncio.Task[None] | None = None
+        self.file_config: Config | None = None  # the config as its file said, where the running one differs from it
         if config is not None:
             self.open()  # ready before the proxy listens (`goex-proxy run`); under mitmdump, configure() opens it
 
@@ -195,7 +197,7 @@ class ProxyState:
     def _stat(self) -> dict[Path, float | None]:
         assert self.config is not None
         out: dict[Path, float | None] = {}
-        for path in [p for p, _ in self.sources()] + [Vault(self.config.state_dir).path]:
+        for path in [self.config.file] + [p for p, _ in self.sources()] + [Vault(self.config.state_dir).path]:
             try:
                 out[path] = path.stat().st_mtime_ns
             except OSError:
@@ -211,22 +213,26 @@ class ProxyState:
                 log.exception("policy reload failed; keeping the last good policies")
 
     def reload_if_changed(self) -> bool:
-        """Reload the policy files and the vault if any changed; an invalid set is logged and the last good one kept."""
+        """Reload the config, the policy files and the vault if any changed; whatever is invalid is logged and the last
+        good one kept. True if the policy set was replaced."""
         mtimes = self._stat()
         changed = {p for p in mtimes if mtimes[p] != self._mtimes.get(p)}
         if not changed:
             return False
-        self._mtimes = mtimes
         assert self.config is not None
+        old_sources = self.sources()
         vault = Vault(self.config.state_dir).path
-        if vault in changed:
+        if self.config.file in changed:
+            self._reload_config(reread_vault=vault in changed)
+        elif vault in changed:
             try:
                 self.load_secrets()
                 log.info("secrets reloaded from the vault")
             except GoexError as exc:
                 log.error("vault reload rejected; keeping the secrets already loaded: %s", exc)
-            if changed == {vault}:
-                return False
+        self._mtimes = self._stat()  # the new config may name other policy files
+        if self.sources() == old_sources and not changed & {p for p, _ in old_sources}:
+            return False
         try:
             policies = load_policy_set(self.sources())
         except GoexError as exc:
@@ -241,3 +247,53 @@ class ProxyState:
         self.policies = policies
         log.info("policies reloaded: %s", ", ".join(p.name for p in policies.policies) or "(none)")
         return True
+
+    def _reload_config(self, reread_vault: bool = False) -> None:
+        """Apply an edited config.yaml: agents, credentials, routes, egress and undo packs at once (the policy list by
+        the caller); `listen`, `limits`, the state and audit paths and extra CAs only at a restart. All or nothing."""
+        assert self.config is not None
+        previous = self.config
+        try:
+            fresh = load_config(previous.file)
+            later = sorted({RESTART_ONLY[name] for name in config_changes(self.file_config or previous, fresh)
+                            if name in RESTART_ONLY})
+            fresh = dataclasses.replace(fresh, **{name: getattr(previous, name) for name in RESTART_ONLY})
+            applied = config_changes(previous, fresh)
+            undo_rules = load_packs(list(fresh.undo_packs)) if "undo_packs" in applied else self.undo_rules
+            self._use_config(fresh)
+            if "credentials" in applied or reread_vault:
+                self.load_secrets()
+        except GoexError as exc:
+            self._use_config(previous)
+            log.error("config reload rejected; keeping the last good config:\n%s", exc)
+            return
+        self.undo_rules = undo_rules
+        if {"routes", "resolver"} & set(applied) and self._client is not None:
+            client, self._client = self._client, None
+            asyncio.get_running_loop().create_task(client.aclose())
+        if later:
+            log.warning("config: %s take%s effect only when goex-proxy restarts", ", ".join(later),
+                        "" if len(later) > 1 else "s")
+        if applied or not later:
+            log.info("config reloaded: %s", ", ".join(RELOADED[name] for name in applied) or "nothing the proxy uses "
+                     "changed")
+
+    def _use_config(self, config: Config) -> None:
+        self.config = config
+        if self.tokens is not None:
+            self.tokens.config = config
+
+
+#: Config fields the running proxy cannot take over (what `config.yaml` calls them).
+RESTART_ONLY = {"listen_host": "listen", "listen_port": "listen", "state_dir": "state_dir", "audit_db": "audit.db",
+                "extra_ca": "upstream.extra_ca", "limits": "limits"}
+#: How the reload message names each config field it applied.
+RELOADED = {"agents": "agents", "policies": "the policy list", "max_body_bytes": "audit.max_body_bytes",
+            "routes": "upstream.routes", "credentials": "credentials", "undo_packs": "undo_rules",
+            "block_private": "upstream.block_private_networks", "allow_private": "upstream.allow_private",
+            "resolver": "upstream.resolver", "llm": "llm", "sandbox": "sandbox"}
+
+
+def config_changes(old: Config, new: Config) -> list[str]:
+    """The config fields whose values differ, in the config's own order (the file path never does)."""
+    return [f.name for f in dataclasses.fields(Config) if f.name != "file" and getattr(old, f.name) != getattr(new, f.name)]

@@ -160,9 +160,13 @@ def init(force: bool) -> None:
 
 @cli.command()
 @config_option
+@click.option("--quiet", is_flag=True, help="No line per request (reloads, warnings and errors are still shown).")
 @handle_errors
-def run(config_path: Path | None) -> None:
-    """Run the proxy in the foreground until Ctrl-C.
+def run(config_path: Path | None, quiet: bool) -> None:
+    """Run the proxy in the foreground until Ctrl-C, with a line per request as it ends.
+
+    Edits to the config, the policy files and the vault are picked up while it runs; an edit with a mistake is
+    reported and the last good version stays in force.
 
     Example: goex-proxy run --config ~/.goex-proxy/config.yaml
     """
@@ -191,7 +195,7 @@ def run(config_path: Path | None) -> None:
                        "will be refused", err=True)
     click.echo(f"goex-proxy {__version__} on {config.listen_host}:{config.listen_port}; "
                f"{len(policies.policies)} polic{'y' if len(policies.policies) == 1 else 'ies'}; audit {config.audit_db}")
-    runtime.run(config, policies)
+    runtime.run(config, policies, quiet)
 
 
 def _check_can_listen(config: Config) -> None:
@@ -387,21 +391,20 @@ def _doctor_jail(config: Config, agent: str, probe: list[str], canary: int) -> l
 @click.option("--show-only", is_flag=True, help="Show the code and stop; never run it.")
 @click.option("--retry", "retries", type=click.IntRange(0, 10), default=0, show_default=True,
               help="When calls are denied or the program fails, let the model revise it up to N times.")
-@click.option("--timeout", default="5m", show_default=True, help="Time limit for each run of the code (30s, 5m).")
+@duration_option("--timeout", "5m", "Time limit for each run of the code (30s, 5m; a plain number is seconds).")
 @click.option("--then", "then", type=click.Choice(["ask", "keep", "undo"]), default="ask", show_default=True,
               help="Afterwards: ask whether to keep or undo what the code did, or keep it, or undo all of it.")
 @click.option("--workspace", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="The directory the code may change (default: the current directory); its changes are held until "
                    "you keep them.")
 @handle_errors
-def execute(config_path: Path | None, task: str, agent: str, yes: bool, show_only: bool, retries: int, timeout: str,
+def execute(config_path: Path | None, task: str, agent: str, yes: bool, show_only: bool, retries: int, timeout: float,
             then: str, workspace: Path | None) -> None:
     """Have the configured model write Python code for TASK, show it, run it jailed through the proxy as AGENT,
     show the requests it made, and keep or undo them. Everything is recorded (prompts, code, requests, choice).
 
     Example: goex-proxy execute "send a funny joke to #random on slack" --agent slackbot
     """
-    from .durations import parse_duration
     from .execute import Options
     from .execute import execute as run_task
     from .llm import configured
@@ -412,12 +415,8 @@ def execute(config_path: Path | None, task: str, agent: str, yes: bool, show_onl
     agentenv.proxy_url(config, agent)
     if not (yes or show_only) and not sys.stdin.isatty():  # before the model is asked (a call costs money)
         raise GoexError("execute asks before it runs code: pass --yes to run it without a terminal, or --show-only")
-    try:
-        limit = parse_duration(timeout)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--timeout") from None
     policies = load_policy_set([(p.path, p.agents) for p in config.policies])
-    options = Options(agent, yes, show_only, retries, limit, then, workspace)
+    options = Options(agent, yes, show_only, retries, timeout, then, workspace)
     sys.exit(run_task(config, policies, task, options, _console(), _show_rows,
                       lambda rows: _undo_rows(config, rows)))
 
@@ -1139,7 +1138,7 @@ def _outcome(row: dict[str, Any]) -> str:
 @click.option("--agent", help="Only this agent.")
 @click.option("--host", help="Only this host.")
 @click.option("--since", help="Only since then: a duration (30m, 1h, 7d) or an ISO time.")
-@click.option("--decision", type=click.Choice(["allow", "deny", "report", "error"]), help="Only this decision.")
+@click.option("--decision", type=click.Choice(["allow", "deny", "report", "error", "challenge"]), help="Only this decision.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1),
               help="At most this many rows (newest).")
 @json_option

@@ -47,9 +47,12 @@ def proxy_options(config: Config) -> dict[str, Any]:
     }
 
 
-def build_master(config: Config, policies: PolicySet, undo_token: str | None = None) -> master.Master:
-    """A mitmproxy master with only the addons goex-proxy needs, then the pipeline in its one order."""
+def build_master(config: Config, policies: PolicySet, undo_token: str | None = None,
+                 file_config: Config | None = None, live: bool = False) -> master.Master:
+    """A mitmproxy master with only the addons goex-proxy needs, then the pipeline in its one order (and, for `run`,
+    the line per request)."""
     from goex_proxy.addons import pipeline
+    from goex_proxy.addons.livelog import LiveLog
     from goex_proxy.addons.state import ProxyState
 
     opts = options.Options()
@@ -65,7 +68,10 @@ def build_master(config: Config, policies: PolicySet, undo_token: str | None = N
     opts.update(**proxy_options(config))
     state = ProxyState(config, policies)
     state.undo_token = undo_token
+    state.file_config = file_config
     m.addons.add(*pipeline(state))
+    if live:
+        m.addons.add(LiveLog(state))
     return m
 
 
@@ -90,6 +96,7 @@ class InProcessProxy:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = int(probe.getsockname()[1])
+        self.file_config = config
         self.config = dataclasses.replace(config, listen_host="127.0.0.1", listen_port=port)
         self.port = port
         self._ready = threading.Event()
@@ -105,7 +112,7 @@ class InProcessProxy:
         async def main() -> None:
             self._loop = asyncio.get_running_loop()
             _quiet_shutdown(self._loop)
-            self._master = build_master(self.config, policies, undo_token)
+            self._master = build_master(self.config, policies, undo_token, self.file_config)
             self._ready.set()
             await self._master.run()
 
@@ -135,16 +142,16 @@ class InProcessProxy:
         self._thread.join(15)
 
 
-async def serve(config: Config, policies: PolicySet) -> None:
-    """Run the proxy until SIGINT or SIGTERM."""
-    m = build_master(config, policies)
+async def serve(config: Config, policies: PolicySet, quiet: bool = False) -> None:
+    """Run the proxy until SIGINT or SIGTERM, writing what it does (reloads; unless quiet, a line per request)."""
+    logging.getLogger("goex_proxy").setLevel(logging.INFO)
+    m = build_master(config, policies, live=not quiet)
     loop = asyncio.get_running_loop()
     _quiet_shutdown(loop)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, m.shutdown)
-    log.info("goex-proxy listening on %s:%d (config %s)", config.listen_host, config.listen_port, config.file)
     await m.run()
 
 
-def run(config: Config, policies: PolicySet) -> None:
-    asyncio.run(serve(config, policies))
+def run(config: Config, policies: PolicySet, quiet: bool = False) -> None:
+    asyncio.run(serve(config, policies, quiet))
