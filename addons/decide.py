@@ -243,6 +243,10 @@ class Decide:
     def tcp_start(self, flow: tcp.TCPFlow) -> None:
         """Raw TCP cannot be inspected: relayed only after an allowed upgrade, or to a host a `protocol: tcp` rule
         allows; anything else is refused before mitmproxy connects upstream."""
+        refused = flowmeta.decision(flow)
+        if refused is not None and refused.effect == "deny":  # identify refused the tunnel's identity
+            refuse_stream(flow, f"raw TCP: {refused.reason}")
+            return
         if self.upgrades.pop(flow.client_conn, None) is not None:
             flowmeta.set_decision(flow, Decision("allow", "the upgrade was allowed by policy"))
             return

@@ -122,8 +122,15 @@ class Identify:
         flow.request.headers.pop("Proxy-Authorization", None)
         flow.request.headers.pop("Proxy-Connection", None)  # hop-by-hop, for the proxy: never forwarded upstream
 
+    @fail_closed("identify")
     def tcp_start(self, flow: tcp.TCPFlow) -> None:
-        """A raw stream in a tunnel belongs to the agent that opened the tunnel."""
+        """A raw stream in a tunnel belongs to the agent that opened the tunnel, if that identity still holds."""
         tunnel = self.tunnels.get(flow.client_conn)
-        if tunnel is not None:
-            flowmeta.set_agent(flow, tunnel[0])
+        if tunnel is None:
+            return
+        name, why = self.check(*tunnel)
+        if name is None:
+            flowmeta.set_decision(flow, Decision("deny", f"proxy authentication failed: the tunnel's identity is no "
+                                                         f"longer valid: {why}", "identify"))
+            return
+        flowmeta.set_agent(flow, name)

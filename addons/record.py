@@ -181,7 +181,7 @@ class Record:
                "host": host, "port": port, "path": "", "url": f"tcp://{host}:{port}", "decision": d.label,
                "rule": d.rule, "reason": d.reason, "report": d.report}
         if d.effect != "allow":
-            row.update({"error": "refused: raw TCP that no rule allows", "ended": time.time(), "duration_ms": 0.0})
+            row.update({"error": f"refused: {d.reason}", "ended": time.time(), "duration_ms": 0.0})
         charge = flowmeta.charge(flow)
         refused = await asyncio.wrap_future(self.state.writer.record_intent(row, charge))
         if refused is not None and charge is not None:  # other proxies' hits reached a cap first

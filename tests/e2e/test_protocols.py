@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import socket
 import threading
+import time
 
 import pytest
 
@@ -142,3 +143,22 @@ def test_a_switch_of_protocols_nobody_asked_for_is_not_relayed(proxy, upstream):
             pass
         read_all(s, timeout=1)
     assert not any(seen.method == "RAW" for seen in upstream.state.seen)
+
+
+def test_raw_tcp_in_a_tunnel_whose_agent_was_removed_is_refused(proxy, echo):
+    """The tunnel was accepted for slackbot; slackbot is then removed from the config. Its first raw bytes, after the
+    reload, never reach the upstream. Before, the stream took the tunnel's identity without checking it again."""
+    with tunnel(proxy, "db.test:5432") as s:
+        text = proxy.config.read_text()
+        line = f'  slackbot: {{token: "{TOKENS["slackbot"]}"}}\n'
+        assert line in text
+        proxy.config.write_text(text.replace(line, ""))
+        deadline = time.monotonic() + 10
+        while "config reloaded: agents" not in proxy.log_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        s.sendall(b"\x00\x00\x00\x08\x04\xd2\x16\x2f")
+        assert read_all(s) == b""
+    assert echo.accepted == 0
+    row = proxy.rows()[-1]
+    assert (row["url"], row["decision"], row["rule"]) == ("tcp://db.test:5432", "deny", "identify")
+    assert "no longer valid" in row["reason"]
