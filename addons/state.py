@@ -46,6 +46,11 @@ class ProxyState:
         "mode": (["regular"], "another mode listens elsewhere than the config's listen address, or takes traffic no "
                               "agent sent through the proxy"),
     }
+    #: mitmproxy options whose addons change a request, or answer it, after the pipeline has decided, injected and
+    #: recorded it (they run after script addons): a sticky credential or a remapped host would send a secret where
+    #: its binding does not allow, unrecorded. Checked only where mitmproxy defines them (not under `goex-proxy run`).
+    AFTER_THE_PIPELINE = ("map_remote", "map_local", "modify_headers", "modify_body", "stickyauth", "stickycookie",
+                          "server_replay", "client_replay", "upstream_auth")
     #: mitmproxy's own addons that only its interactive tools (mitmweb, the console) load: they show every flow while
     #: it is in flight, with the real secret injected, and let a person intercept and edit it.
     INTERACTIVE_ADDONS = ("view", "intercept")
@@ -87,6 +92,12 @@ class ProxyState:
             why = f"the config says listen: {self.config.listen_host}:{self.config.listen_port}"
             required["listen_host"] = (self.config.listen_host, why + "; mitmproxy listens on all interfaces by default")
             required["listen_port"] = (self.config.listen_port, why)
+        for name in self.AFTER_THE_PIPELINE:
+            if name in ctx.options and getattr(ctx.options, name):
+                raise exceptions.OptionsError(
+                    f"goex-proxy refuses the mitmproxy option {name} (it is {getattr(ctx.options, name)!r}): it changes "
+                    "or answers requests after the pipeline decided, injected and recorded them, so a credential could "
+                    "go where its binding does not allow, unrecorded; leave it unset")
         for name, (value, why) in required.items():
             if self._option(name) != value:
                 raise exceptions.OptionsError(f"goex-proxy needs the mitmproxy option {name}={value} ({why}); "
@@ -220,24 +231,28 @@ class ProxyState:
         if not changed:
             return False
         assert self.config is not None
-        old_sources = self.sources()
+        self._mtimes = mtimes
         vault = Vault(self.config.state_dir).path
-        if self.config.file in changed:
-            self._reload_config(reread_vault=vault in changed)
-        elif vault in changed:
+        if self.config.file in changed and self._reload_config(reread_vault=vault in changed):
+            self._mtimes = self._stat()  # the new config may name other policy files
+            return True
+        if vault in changed:
             try:
                 self.load_secrets()
                 log.info("secrets reloaded from the vault")
             except GoexError as exc:
                 log.error("vault reload rejected; keeping the secrets already loaded: %s", exc)
-        self._mtimes = self._stat()  # the new config may name other policy files
-        if self.sources() == old_sources and not changed & {p for p, _ in old_sources}:
+        if not changed & {p for p, _ in self.sources()}:
             return False
         try:
             policies = load_policy_set(self.sources())
         except GoexError as exc:
             log.error("policy reload rejected; keeping the last good policies:\n%s", exc)
             return False
+        self._install(policies)
+        return True
+
+    def _install(self, policies: PolicySet) -> None:
         known = self.policies.limit_windows()
         changed = {k: v for k, v in policies.limit_windows().items() if k not in known or known[k] != v}
         if changed:
@@ -246,13 +261,14 @@ class ProxyState:
             self._seed_limits(changed)
         self.policies = policies
         log.info("policies reloaded: %s", ", ".join(p.name for p in policies.policies) or "(none)")
-        return True
 
-    def _reload_config(self, reread_vault: bool = False) -> None:
-        """Apply an edited config.yaml: agents, credentials, routes, egress and undo packs at once (the policy list by
-        the caller); `listen`, `limits`, the state and audit paths and extra CAs only at a restart. All or nothing."""
+    def _reload_config(self, reread_vault: bool = False) -> bool:
+        """Apply an edited config.yaml with the policy set it names, all or nothing: agents, credentials, routes,
+        egress, the policy list and undo packs at once; `listen`, `limits`, the state and audit paths and extra CAs
+        only at a restart. True if it was applied (and the policies with it)."""
         assert self.config is not None
         previous = self.config
+        secrets_read = False
         try:
             fresh = load_config(previous.file)
             later = sorted({RESTART_ONLY[name] for name in config_changes(self.file_config or previous, fresh)
@@ -260,13 +276,18 @@ class ProxyState:
             fresh = dataclasses.replace(fresh, **{name: getattr(previous, name) for name in RESTART_ONLY})
             applied = config_changes(previous, fresh)
             undo_rules = load_packs(list(fresh.undo_packs)) if "undo_packs" in applied else self.undo_rules
+            policies = load_policy_set([(p.path, p.agents) for p in fresh.policies])
             self._use_config(fresh)
             if "credentials" in applied or reread_vault:
+                secrets_read = True
                 self.load_secrets()
-        except GoexError as exc:
+        except Exception as exc:  # nothing of a rejected edit stays in force, whatever the failure
             self._use_config(previous)
-            log.error("config reload rejected; keeping the last good config:\n%s", exc)
-            return
+            if secrets_read:
+                self.load_secrets()
+            what = str(exc) if isinstance(exc, GoexError) else f"{type(exc).__name__}: {exc}"
+            log.error("config reload rejected; keeping the last good config and policies:\n%s", what)
+            return False
         self.undo_rules = undo_rules
         if {"routes", "resolver"} & set(applied) and self._client is not None:
             client, self._client = self._client, None
@@ -277,6 +298,8 @@ class ProxyState:
         if applied or not later:
             log.info("config reloaded: %s", ", ".join(RELOADED[name] for name in applied) or "nothing the proxy uses "
                      "changed")
+        self._install(policies)
+        return True
 
     def _use_config(self, config: Config) -> None:
         self.config = config

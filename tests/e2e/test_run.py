@@ -193,3 +193,20 @@ def test_a_jailed_exec_ends_quietly_even_with_a_request_still_in_flight(make_pro
     rows = proxy.rows()
     assert [r["status"] for r in rows if r["path"] == "/fine"] == [200] * 3
     assert [r["error"] for r in rows if r["path"] == "/slow"] == ["Client disconnected."] * 3  # none left pending
+
+
+def test_a_config_edit_whose_policy_list_does_not_load_changes_nothing(make_proxy):
+    """One edit adds an agent and narrows it to a new policy file that does not load: the whole edit is refused, so
+    the agent is not let in under the old, wider policies. Before, the agents applied and the policies did not."""
+    proxy = make_proxy(POLICY)
+    (proxy.home / "policies" / "narrow.yaml").write_text("version: 1\nname: narrow\nbogus: 1\nrules: []\n")
+    text = proxy.config.read_text()
+    edited = text.replace("agents:\n", 'agents:\n  carol: {token: "carol-token-12345"}\n', 1)
+    edited = edited.replace("  - policies/open.yaml\n", "  - {use: policies/open.yaml, agents: [mailbot]}\n"
+                                                         "  - {use: policies/narrow.yaml, agents: [carol]}\n")
+    assert edited.count("carol") == 3
+    proxy.config.write_text(edited)
+    assert logged(proxy, "config reload rejected; keeping the last good config and policies")
+    assert "narrow.yaml:3:1" in proxy.log_text()
+    assert session(proxy, "carol", "carol-token-12345").get("http://example.com/").status_code == 407
+    assert "config reloaded" not in proxy.log_text()
