@@ -89,8 +89,10 @@ def render(env: dict[str, str], fmt: str, ca_pem: str) -> str:
 
 
 def proxy_address(config: Config) -> tuple[str, int]:
-    """Where a client on this machine reaches the proxy."""
-    return ("127.0.0.1" if config.listen_host in ("0.0.0.0", "::", "") else config.listen_host), config.listen_port
+    """Where a client on this machine reaches the proxy (a wildcard address by its family's loopback: a socket bound
+    to `::` may take IPv6 only)."""
+    loopback = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
+    return loopback.get(config.listen_host, config.listen_host), config.listen_port
 
 
 #: How long the proxy at the configured address has to prove itself (the TLS handshake of `listening`).

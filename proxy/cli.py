@@ -1103,7 +1103,12 @@ def test_(config_path: Path | None, files: tuple[Path, ...], against_log: bool, 
 
     config = _config(config_path)
     configured = [(p.path, p.agents) for p in config.policies]
-    candidates = {load_policy(f).name: f for f in files}
+    candidates: dict[str, Path] = {}
+    for f in files:
+        name = load_policy(f).name
+        if name in candidates:
+            raise GoexError(f"{candidates[name]} and {f} are both policy {name!r}: test one of them at a time")
+        candidates[name] = f
     replaced = [(candidates.pop(load_policy(path).name, path), agents) for path, agents in configured]
     current = load_policy_set(configured)
     candidate = load_policy_set(replaced + [(f, None) for f in candidates.values()])  # the config's agents: kept

@@ -158,6 +158,9 @@ def test_policy_test_compares_policy_with_policy(make_proxy, upstream, tmp_path)
     assert_piped_table(table.stdout, [c["id"] for c in changes])
     assert "…" not in table.stdout  # piped, nothing is cut either
 
+    both = proxy.cli("policy", "test", str(policy), str(stricter), "--against-log")  # two files named `team`
+    assert both.returncode == 2 and "are both policy 'team'" in both.stderr, both.stdout + both.stderr
+
 
 def test_json_headers_are_json_and_times_are_iso(make_proxy, upstream):
     """`show --json` gives headers as [name, value] pairs (repeats kept), never a string of JSON; it and `log --json`

@@ -190,3 +190,16 @@ def test_listening_elsewhere_than_the_config_is_refused(proxy, where, named):
     r = subprocess.run([str(BIN / "mitmdump"), *args], env=proxy.env, capture_output=True, text=True, timeout=30)
     assert r.returncode != 0
     assert refusals(r.stdout + r.stderr) == [named.replace("PORT", str(proxy.port))], r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("option", ["stickyauth=~d api.example.test", "map_remote=|//api.github.com/|//example.com/",
+                                    "modify_headers=/~q/Authorization/Bearer x"])
+def test_options_that_change_requests_after_the_pipeline_are_refused(proxy, option):
+    """mitmproxy's sticky auth, remapping, header and body rewriting and replays run after the pipeline decided,
+    injected and recorded a request: a stuck credential or a remapped host would carry a secret where its binding
+    does not allow, unrecorded. Before, they were accepted."""
+    r = subprocess.run([str(BIN / "mitmdump"), *mitm_args(proxy, "--set", option)], env=proxy.env,
+                       capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert r.returncode != 0
+    name = option.partition("=")[0]
+    assert f"goex-proxy refuses the mitmproxy option {name} " in r.stdout + r.stderr, r.stdout + r.stderr

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from goex_proxy.config import load_config
+from goex_proxy.config import Config, load_config
 from goex_proxy.errors import ConfigError
 
 ROOT = Path(__file__).parent.parent.parent
@@ -122,3 +122,15 @@ def test_cli_contracts_help_flag_limit_and_case_free_ids(tmp_path: Path) -> None
     # recorded bytes neither restyle the page (rich markup) nor drive the terminal (escape sequences)
     assert "[bold red]approved by security[/]" in table.output and "\x1b" not in table.output
     assert "\\x1b[2Jcleared" in table.output
+
+
+def test_a_wildcard_listen_address_is_reached_at_its_own_familys_loopback(tmp_path) -> None:
+    """`::` may bind IPv6 only: agents are sent to ::1, not to 127.0.0.1 where nothing listens."""
+    import dataclasses
+
+    from goex_proxy import agentenv
+
+    config = Config(file=tmp_path / "config.yaml", state_dir=tmp_path)
+    expected = {"::": "::1", "0.0.0.0": "127.0.0.1", "": "127.0.0.1", "127.0.0.2": "127.0.0.2"}
+    for listen, reached in expected.items():
+        assert agentenv.proxy_address(dataclasses.replace(config, listen_host=listen))[0] == reached
