@@ -15,9 +15,9 @@ from mitmproxy import connection, ctx, http, tcp
 from goex_proxy.addons import flowmeta, replies
 from goex_proxy.addons.failclosed import fail_closed
 from goex_proxy.addons.state import ProxyState
-from goex_proxy.clientlimits import ClientLimits
-from goex_proxy.conntable import ConnectionTable
-from goex_proxy.policy import Decision
+from goex_proxy.net.clientlimits import ClientLimits
+from goex_proxy.net.conntable import ConnectionTable
+from goex_proxy.policy.engine import Decision
 from goex_proxy.quietlog import QuietLog
 
 log = logging.getLogger(__name__)

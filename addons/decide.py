@@ -11,13 +11,13 @@ from urllib.parse import parse_qsl
 from mitmproxy import connection, dns, http, tcp, udp
 from mitmproxy.flow import Error
 
-from goex_proxy import bodies
 from goex_proxy.addons import flowmeta, replies
 from goex_proxy.addons.failclosed import fail_closed
 from goex_proxy.addons.state import ProxyState
-from goex_proxy.limits import Charge
-from goex_proxy.policy import Decision, decide
-from goex_proxy.requestview import (
+from goex_proxy.net import bodies
+from goex_proxy.policy.engine import Decision, decide
+from goex_proxy.policy.limits import Charge
+from goex_proxy.policy.requestview import (
     RequestView,
     aws_unchunked,
     body_ambiguity,

@@ -11,8 +11,8 @@ from mitmproxy.proxy import server_hooks
 from goex_proxy.addons import replies
 from goex_proxy.addons.failclosed import fail_closed
 from goex_proxy.addons.state import ProxyState
-from goex_proxy.egress import Blocked, literal_address
-from goex_proxy.policy import Decision
+from goex_proxy.net.egress import Blocked, literal_address
+from goex_proxy.policy.engine import Decision
 
 RULE = "upstream.block_private_networks"
 
@@ -37,11 +37,12 @@ class Egress:
 
     @fail_closed("egress")
     async def _check(self, flow: http.HTTPFlow) -> None:
-        from goex_proxy.resolver import ResolveError
+        from goex_proxy.net.resolver import ResolveError
 
         assert self.state.config is not None
         try:
-            await self.state.pins.addresses(self.state.config, flow.request.host, flow.request.port, fresh=True)
+            await self.state.pins.addresses(self.state.config.egress, self.state.config.resolver, flow.request.host,
+                                             flow.request.port, fresh=True)
         except Blocked as exc:
             replies.refuse(flow, Decision("deny", f"blocked: {exc}", RULE))
         except ResolveError as exc:
@@ -50,14 +51,14 @@ class Egress:
 
     @fail_closed("egress")
     async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
-        from goex_proxy.resolver import ResolveError
+        from goex_proxy.net.resolver import ResolveError
 
         assert self.state.config is not None and data.server.address is not None
         host, port = data.server.address
         if self.state.config.route_for(str(host), port) is not None:
             return  # the route stage connects it where the operator said
         try:
-            found = await self.state.pins.addresses(self.state.config, str(host), port)
+            found = await self.state.pins.addresses(self.state.config.egress, self.state.config.resolver, str(host), port)
         except (Blocked, ResolveError) as exc:
             data.server.error = f"goex-proxy: {exc}"
             return

@@ -9,8 +9,8 @@ from mitmproxy import flow as mflow
 from mitmproxy import http
 
 from goex_proxy.ids import RequestIds
-from goex_proxy.limits import Charge
-from goex_proxy.policy import Decision
+from goex_proxy.policy.engine import Decision
+from goex_proxy.policy.limits import Charge
 
 _AGENT = "goex.agent"
 _REQUEST_ID = "goex.request_id"

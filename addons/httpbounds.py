@@ -30,7 +30,7 @@ from mitmproxy.proxy.layers.http._http2 import Http2Server, StreamState
 
 from goex_proxy.addons import flowmeta
 from goex_proxy.addons.state import ProxyState
-from goex_proxy.clientlimits import ClientLimits, format_size
+from goex_proxy.net.clientlimits import ClientLimits, format_size
 from goex_proxy.quietlog import QuietLog
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from goex_proxy.addons.failclosed import fail_closed
 from goex_proxy.addons.state import ProxyState
 from goex_proxy.config import weak_token
 from goex_proxy.ids import is_request_id
-from goex_proxy.policy import Decision
+from goex_proxy.policy.engine import Decision
 
 
 def parse_basic(header: str) -> tuple[str, str] | None:

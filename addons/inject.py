@@ -11,13 +11,13 @@ from urllib.parse import quote, unquote_plus
 
 from mitmproxy import http
 
-from goex_proxy import sigv4
 from goex_proxy.addons import flowmeta, replies, sendout
 from goex_proxy.addons.failclosed import fail_closed
 from goex_proxy.addons.state import ProxyState
-from goex_proxy.credentials import Credential
-from goex_proxy.oauth import OAuthError
-from goex_proxy.policy import Decision
+from goex_proxy.credentials import sigv4
+from goex_proxy.credentials.kinds import Credential
+from goex_proxy.credentials.oauth import OAuthError
+from goex_proxy.policy.engine import Decision
 
 log = logging.getLogger(__name__)
 

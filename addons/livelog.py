@@ -10,7 +10,7 @@ from mitmproxy import http
 
 from goex_proxy.addons import flowmeta
 from goex_proxy.addons.state import ProxyState
-from goex_proxy.sandbox.diff import shown
+from goex_proxy.printable import shown
 
 #: The logger `run` shows at INFO (`--quiet` leaves it at WARNING).
 log = logging.getLogger("goex_proxy.live")

@@ -13,7 +13,7 @@ from goex_proxy.addons.decide import header_pairs
 from goex_proxy.addons.failclosed import fail_closed
 from goex_proxy.addons.inject import inject_into
 from goex_proxy.addons.state import ProxyState
-from goex_proxy.undoplan import SAFE_METHODS, Exchange, Step, on_origin, preimage_read
+from goex_proxy.undo.plan import SAFE_METHODS, Exchange, Step, on_origin, preimage_read
 
 log = logging.getLogger(__name__)
 

@@ -11,14 +11,14 @@ from typing import Any
 
 from mitmproxy import http, tcp
 
-from goex_proxy import bodies
 from goex_proxy.addons import flowmeta, replies
 from goex_proxy.addons.decide import header_pairs, refuse_stream
 from goex_proxy.addons.failclosed import fail_closed
 from goex_proxy.addons.state import ProxyState
-from goex_proxy.policy import Decision
-from goex_proxy.redact import SecretScrubber, redacted_headers_json
-from goex_proxy.undoplan import SAFE_METHODS, Exchange, classify
+from goex_proxy.credentials.redact import SecretScrubber, redacted_headers_json
+from goex_proxy.net import bodies
+from goex_proxy.policy.engine import Decision
+from goex_proxy.undo.plan import SAFE_METHODS, Exchange, classify
 
 log = logging.getLogger(__name__)
 

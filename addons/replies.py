@@ -8,7 +8,7 @@ from typing import Any
 from mitmproxy import http
 
 from goex_proxy.addons import flowmeta
-from goex_proxy.policy import Decision
+from goex_proxy.policy.engine import Decision
 
 PREFIX = "x-goex-"
 

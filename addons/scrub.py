@@ -6,11 +6,11 @@ import weakref
 
 from mitmproxy import http
 
-from goex_proxy import bodies
 from goex_proxy.addons import flowmeta, replies, unhooked
 from goex_proxy.addons.failclosed import fail_closed
 from goex_proxy.addons.state import ProxyState
-from goex_proxy.redact import ScrubStream
+from goex_proxy.credentials.redact import ScrubStream
+from goex_proxy.net import bodies
 
 
 class Scrub:

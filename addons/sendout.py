@@ -7,9 +7,9 @@ import time
 
 from mitmproxy import http
 
-from goex_proxy import upstream
 from goex_proxy.addons.state import ProxyState
-from goex_proxy.egress import literal_address
+from goex_proxy.net import upstream
+from goex_proxy.net.egress import literal_address
 
 #: Headers that belong to one connection, not to the request; a request sent anew gets its own.
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authorization", "proxy-connection", "te", "trailer",
@@ -45,7 +45,7 @@ async def send(state: ProxyState, req: http.Request, keep: int | None = None) ->
     if routed.host != target.host or routed.port != target.port:  # a route: connect there, same path
         target = target.copy_with(scheme=routed.scheme, host=routed.host, port=routed.port)
     else:  # the SSRF guard's checked address (raises Blocked), the name kept for TLS and Host
-        address = (await state.pins.addresses(state.config, req.host, req.port))[0]
+        address = (await state.pins.addresses(state.config.egress, state.config.resolver, req.host, req.port))[0]
         if literal_address(req.host) is None:
             target = target.copy_with(host=str(address))
             extensions = {"sni_hostname": req.host.lower().rstrip(".")}

@@ -13,23 +13,24 @@ from typing import Any
 from mitmproxy import ctx, exceptions
 from mitmproxy.proxy import mode_specs
 
-from goex_proxy import audit, upstream
-from goex_proxy.audit import AuditWriter
-from goex_proxy.auditseal import Seal
+from goex_proxy.audit import store as audit
+from goex_proxy.audit.seal import Seal
+from goex_proxy.audit.store import AuditWriter
 from goex_proxy.config import Config, load_config
-from goex_proxy.credentials import Credential
-from goex_proxy.egress import Pins
+from goex_proxy.credentials.kinds import Credential
+from goex_proxy.credentials.oauth import TokenSet
+from goex_proxy.credentials.redact import SecretScrubber
+from goex_proxy.credentials.sigv4 import AwsKeys
+from goex_proxy.credentials.tokens import TokenKeeper
+from goex_proxy.credentials.vault import Vault
 from goex_proxy.errors import GoexError
-from goex_proxy.limits import LimitCounters
-from goex_proxy.oauth import TokenSet
-from goex_proxy.policy import PolicySet
-from goex_proxy.policyload import load_policy_set
-from goex_proxy.redact import SecretScrubber
-from goex_proxy.sigv4 import AwsKeys
-from goex_proxy.tokens import TokenKeeper
-from goex_proxy.undoplan import UndoRule
-from goex_proxy.undorules import load_packs
-from goex_proxy.vault import Vault
+from goex_proxy.net import upstream
+from goex_proxy.net.egress import Pins
+from goex_proxy.policy.engine import PolicySet
+from goex_proxy.policy.limits import LimitCounters
+from goex_proxy.policy.load import load_policy_set
+from goex_proxy.undo.plan import UndoRule
+from goex_proxy.undo.rules import load_packs
 
 log = logging.getLogger(__name__)
 

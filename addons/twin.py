@@ -13,9 +13,9 @@ from goex_proxy.addons import flowmeta, replies
 from goex_proxy.addons.decide import header_pairs, request_view
 from goex_proxy.addons.failclosed import fail_closed
 from goex_proxy.addons.state import ProxyState
-from goex_proxy.policy import Decision, decide
-from goex_proxy.requestview import canonical_path
-from goex_proxy.undoplan import Exchange, Step, on_origin, twin_for
+from goex_proxy.policy.engine import Decision, decide
+from goex_proxy.policy.requestview import canonical_path
+from goex_proxy.undo.plan import Exchange, Step, on_origin, twin_for
 
 #: Headers that describe the agent's body, not the twin's.
 _BODY_HEADERS = ("content-length", "content-type", "content-encoding", "transfer-encoding")

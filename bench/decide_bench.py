@@ -1,4 +1,4 @@
-"""Target 2: one policy decision over 100 rules, p99 <= 50 us, timing the pure `goex_proxy.policy.decide` in-process."""
+"""Target 2: one policy decision over 100 rules, p99 <= 50 us, timing the pure `goex_proxy.policy.engine.decide` in-process."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def cases() -> list[Case]:
 
 
 def make_view(case: Case, seq: int) -> Any:
-    from goex_proxy.requestview import RequestView
+    from goex_proxy.policy.requestview import RequestView
 
     headers = list(_HEADERS)
     body = b""
@@ -90,8 +90,8 @@ def _gap(perf: Any) -> int:
 
 def _cel_breakdown(policies: Any, mix: list[Case], now: float, n: int = 2000) -> list[list[str]]:
     """decide() vs building the CEL context vs one condition evaluated with the full or a minimal context."""
-    from goex_proxy.limits import LimitCounters
-    from goex_proxy.policy import decide
+    from goex_proxy.policy.engine import decide
+    from goex_proxy.policy.limits import LimitCounters
 
     rules = {r.name: r for p in policies.policies for r in p.rules}
     picks = [("allow: POST, CEL on JSON body", "write api.stripe.com when allowed"),
@@ -125,9 +125,9 @@ def _cel_breakdown(policies: Any, mix: list[Case], now: float, n: int = 2000) ->
 
 
 def run(calls: int = 60_000, rounds: int = 5, seed: int = 1) -> tuple[str, dict[str, Any]]:
-    from goex_proxy.limits import LimitCounters
-    from goex_proxy.policy import decide
-    from goex_proxy.policyload import load_policy_set
+    from goex_proxy.policy.engine import decide
+    from goex_proxy.policy.limits import LimitCounters
+    from goex_proxy.policy.load import load_policy_set
 
     with tempfile.TemporaryDirectory(prefix="goex-bench-decide-") as tmp:
         path = Path(tmp) / "bench-100.yaml"

@@ -1,6 +1,6 @@
 """Target 3: `goex-proxy log --agent X --since 1h` over a 1,000,000-row audit database in <= 100 ms.
 
-The database is made with the project's own schema (`goex_proxy.audit.open_db`), then filled by one bulk
+The database is made with the project's own schema (`goex_proxy.audit.store.open_db`), then filled by one bulk
 `executemany` transaction with realistic rows (30 days, several agents, headers, small bodies, hashes), and cached
 under bench/.cache/. When a cached database is reused more than a few minutes later, its last day of rows is
 deleted and generated again to end "now" (otherwise `--since 1h` would find nothing); the row count stays the
@@ -116,8 +116,8 @@ def _schema_fingerprint(db_path: Path) -> str:
 
 
 def _current_fingerprint() -> str:
-    from goex_proxy import audit
-    from goex_proxy.auditseal import Seal
+    from goex_proxy.audit import store as audit
+    from goex_proxy.audit.seal import Seal
 
     with tempfile.TemporaryDirectory(prefix="goex-bench-schema-") as tmp:
         path = Path(tmp) / "schema.db"
@@ -127,7 +127,7 @@ def _current_fingerprint() -> str:
 
 def _variants(rng: random.Random, n_per_endpoint: int = 200) -> list[dict[str, Any]]:
     """Pools of realistic request/response payloads to pick rows from (fast to generate, varied to store)."""
-    from goex_proxy.redact import redacted_headers_json
+    from goex_proxy.credentials.redact import redacted_headers_json
 
     out = []
     for host, method, template, has_body, statuses, kind in _ENDPOINTS:
@@ -221,8 +221,8 @@ def generate(path: Path, rows: int, now: float) -> tuple[float, float]:
     """Create the database: the older 29 days as a base, the last day as the refreshable recent part.
 
     Returns (base_end timestamp, seconds taken)."""
-    from goex_proxy import audit
-    from goex_proxy.auditseal import Seal
+    from goex_proxy.audit import store as audit
+    from goex_proxy.audit.seal import Seal
 
     t0 = time.perf_counter()
     tmp = path.with_name(path.name + ".tmp")
@@ -332,7 +332,7 @@ def import_breakdown(module: str = "goex_proxy.cli", top: int = 6) -> str:
 
 def run(rows: int = 1_000_000, cli_runs: int = 9, query_runs: int = 50, regenerate: bool = False,
         say: Any = print) -> tuple[str, dict[str, Any]]:
-    from goex_proxy import audit
+    from goex_proxy.audit import store as audit
 
     db_path, note = prepare(rows, regenerate, say)
     with tempfile.TemporaryDirectory(prefix="goex-bench-log-") as tmp:

@@ -34,13 +34,13 @@ from common import PYTHON, fmt, median, percentile, table, tool
 TARGET_MS = 20.0
 #: What `goex-proxy undo` imports before it plans: cli.py imports the undo modules lazily, and the CEL engine is
 #: imported when the packs' expressions are compiled.
-UNDO_MODULES = "goex_proxy.cli, goex_proxy.undoplan, goex_proxy.undorules, goex_proxy.undorun, cel"
+UNDO_MODULES = "goex_proxy.cli, goex_proxy.undo.plan, goex_proxy.undo.rules, goex_proxy.undo.run, cel"
 
 
 def pick_ids(db_path: Path, n: int, mixed: int, seed: int) -> tuple[list[tuple[str, str]], list[str]]:
     """`n` distinct (id, kind) at random among the allowed undoable rows, in random order; and up to `mixed` random
     mutating ids of any kind or decision (for the mix of verdicts). Reads through its own connection."""
-    from goex_proxy.undoplan import SAFE_METHODS
+    from goex_proxy.undo.plan import SAFE_METHODS
 
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     try:
@@ -75,8 +75,8 @@ def pick_ids(db_path: Path, n: int, mixed: int, seed: int) -> tuple[list[tuple[s
 def time_plans(conn: sqlite3.Connection, ids: list[tuple[str, str]], rules: Any) -> list[tuple[str, str, float, float,
                                                                                                float]]:
     """(kind, rule, get ms, from_row ms, plan ms) per id; stops the benchmark if one does not plan."""
-    from goex_proxy import audit
-    from goex_proxy.undoplan import Exchange, plan
+    from goex_proxy.audit import store as audit
+    from goex_proxy.undo.plan import Exchange, plan
 
     out = []
     clock = time.perf_counter_ns
@@ -117,11 +117,11 @@ def _cli(argv: list[str]) -> tuple[float, str]:
 
 def run(rows: int = 1_000_000, ids: int = 2000, cli_runs: int = 9, regenerate: bool = False,
         say: Any = print) -> tuple[str, dict[str, Any]]:
-    from goex_proxy import audit
-    from goex_proxy.auditseal import Seal
+    from goex_proxy.audit import store as audit
+    from goex_proxy.audit.seal import Seal
     from goex_proxy.config import load_config
-    from goex_proxy.undoplan import Exchange, plan
-    from goex_proxy.undorules import load_packs
+    from goex_proxy.undo.plan import Exchange, plan
+    from goex_proxy.undo.rules import load_packs
 
     db_path, note = log_bench.prepare(rows, regenerate, say, part="undoplan")
     fresh_runs = 30

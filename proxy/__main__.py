@@ -1,5 +1,5 @@
 """`python -m goex_proxy` runs the command line."""
 
-from goex_proxy.cli import main
+from .cli import main
 
 main()

@@ -11,18 +11,18 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from . import yamlsrc
-from .clientlimits import ClientLimits, parse_limits
-from .credentials import Credential, Injection
+from .credentials.kinds import Credential, Injection
 from .durations import parse_duration
-from .egress import EgressRules, parse_allow
 from .errors import ConfigError, Problem, StateError
 from .globs import Glob, compile_host, compile_path
+from .net.clientlimits import ClientLimits, parse_limits
+from .net.egress import EgressRules, parse_allow
 from .presets import resolve, resolve_undo, undo_names
 from .secretref import SecretRef
 from .yamlsrc import Checker, YMap
 
 if TYPE_CHECKING:
-    from .oauth import OAuth2
+    from .credentials.oauth import OAuth2
 
 _TOP_KEYS = {"version", "state_dir", "listen", "agents", "credentials", "policies", "undo_rules", "audit", "upstream",
              "llm", "sandbox", "limits"}
@@ -203,7 +203,7 @@ def _injection(check: Checker, c: YMap, where: str) -> Injection | None:
 
 
 def _oauth2(check: Checker, parent: YMap, where: str) -> OAuth2 | None:
-    from .oauth import PROVIDERS, OAuth2
+    from .credentials.oauth import PROVIDERS, OAuth2
 
     spec = check.mapping(parent["oauth2"], where, check.at(parent, "oauth2"), _OAUTH2_KEYS, {"provider", "client_id"})
     if spec is None:
@@ -444,7 +444,7 @@ def parse_config(doc: Any, file: Path, check: Checker) -> Config:
             check.error(check.at(upstream, "allow_private"), f"'upstream.allow_private' entry {allowed!r} {exc}")
     resolver = None
     if (server := check.string(upstream, "resolver", "upstream.resolver")) is not None:
-        from .resolver import parse_server  # imports mitmproxy's DNS codec: only when a resolver is configured
+        from .net.resolver import parse_server  # imports mitmproxy's DNS codec: only when a resolver is configured
 
         try:
             resolver = parse_server(server)

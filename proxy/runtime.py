@@ -13,7 +13,7 @@ from mitmproxy import master, options
 from mitmproxy.addons import core, disable_h2c, errorcheck, next_layer, proxyserver, tlsconfig
 
 from .config import Config
-from .policy import PolicySet
+from .policy.engine import PolicySet
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,9 @@ import os
 import secrets
 from pathlib import Path
 
-from . import audit, vault
-from .auditseal import Seal
+from .audit import store as audit
+from .audit.seal import Seal
+from .credentials import vault
 from .errors import StateError
 
 STARTER_POLICY = """\

@@ -297,11 +297,11 @@ def stage_state(tmp_path: Path, policy_text: str) -> Iterator[Any]:
     """A ProxyState for testing stages on mitmproxy test flows: agent `bot` (token `bot-token-4242`), the host `address` routed to
     127.0.0.1:9, one policy, and an audit writer on tmp_path/audit.db."""
     from goex_proxy.addons.state import ProxyState
-    from goex_proxy.audit import AuditWriter
-    from goex_proxy.auditseal import Seal
+    from goex_proxy.audit.seal import Seal
+    from goex_proxy.audit.store import AuditWriter
     from goex_proxy.config import Agent, Config, Route
-    from goex_proxy.policy import PolicySet
-    from goex_proxy.policyload import check_policy_text
+    from goex_proxy.policy.engine import PolicySet
+    from goex_proxy.policy.load import check_policy_text
     from goex_proxy.secretref import SecretRef
 
     config = Config(file=tmp_path / "config.yaml", state_dir=tmp_path, agents={"bot": Agent("bot", SecretRef(inline="bot-token-4242"))},

@@ -18,10 +18,9 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from .. import agentenv
 from ..config import Config
 from ..errors import GoexError
-from . import runs
+from . import agentenv, runs
 from .view import View, jail_env, view_for
 
 #: Seconds the jail's first process may take to set up its namespace before the command is given up on.
@@ -140,8 +139,8 @@ def proxy_for_jail(config: Config) -> Iterator[Config]:
     if agentenv.listening(config):
         yield config
         return
-    from .. import audit
-    from ..policyload import load_policy_set  # mitmproxy and CEL: a quarter second, only paid without a proxy
+    from ..audit import store as audit
+    from ..policy.load import load_policy_set  # mitmproxy and CEL: a quarter second, only paid without a proxy
     from ..runtime import InProcessProxy
 
     audit.connect(config).close()

@@ -130,7 +130,7 @@ def finish(config: Config, run: RunDir, agent: str, workspace: str, command: lis
     if not changes:
         remove_tree(run.path)
         return None
-    from .. import audit  # a run that changed nothing (most of them) never pays for the audit store's import
+    from ..audit import store as audit  # a run that changed nothing (most of them) never pays for the audit store's import
 
     conn = audit.connect(config)
     try:
@@ -258,7 +258,7 @@ def recorded(config: Config, *, agent: str | None = None, since: float | None = 
 
 def requests_of(config: Config, run: Run) -> list[dict[str, Any]]:
     """The agent's audit rows made while the run was going on (its HTTP side), oldest first."""
-    from .. import audit
+    from ..audit import store as audit
 
     conn = audit.connect(config)
     try:
@@ -313,7 +313,7 @@ def _read(path: Path, expected: Entry | None) -> bytes | None:
 def _connect(config: Config) -> sqlite3.Connection:
     import sqlite3
 
-    from .. import audit
+    from ..audit import store as audit
 
     conn = audit.connect(config)
     conn.row_factory = sqlite3.Row
@@ -339,7 +339,7 @@ def _deciding(config: Config, run_id: str, allowed: tuple[str, ...], verb: str) 
 
 
 def _set_state(config: Config, run_id: str, state: str) -> None:
-    from .. import audit
+    from ..audit import store as audit
 
     conn = audit.connect(config)
     try:

@@ -27,8 +27,9 @@ from functools import partial
 from pathlib import Path
 
 from ..errors import GoexError
+from ..printable import shown
 from .changes import DIR, Change, Entry, entry_at
-from .diff import listed, shown
+from .diff import listed
 
 _RWX = stat.S_IRWXU
 _OVERLAY_XATTR = "user.overlay."

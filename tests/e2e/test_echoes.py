@@ -18,7 +18,7 @@ import pytest
 from websockets.sync.client import connect
 from websockets.sync.server import serve
 
-from goex_proxy.redact import PARTIAL_MIN
+from goex_proxy.credentials.redact import PARTIAL_MIN
 from tests.conftest import TOKENS, free_port
 
 pytestmark = pytest.mark.e2e
@@ -195,7 +195,7 @@ def test_no_reflection_gives_the_secret_back(echo_proxy, reflector, path):
 def test_byte_ranges_cut_through_the_secret_give_back_at_most_a_few_bytes(echo_proxy, reflector):
     """Asking for the reflected body a range at a time (every cut, and ranges of 1 to 12 bytes) rebuilds at most
     PARTIAL_MIN - 1 bytes at each end of the secret, never the secret."""
-    from goex_proxy.redact import PARTIAL_MIN
+    from goex_proxy.credentials.redact import PARTIAL_MIN
 
     start = BODY.index(SECRET.encode())
     for size in (1, 3, 5, 7, 12, 20):

@@ -287,7 +287,7 @@ def test_log_verify_catches_a_rewritten_or_shortened_log(make_proxy, upstream, t
     """An agent that reached the database deletes its rows and re-chains the rest with SHA-256: `log verify` says
     BROKEN (the chain is keyed). Rows cut from the end are caught by the anchor in the state directory, and by an
     anchor exported with `log anchor` even if the state directory's anchor was set back to an older row."""
-    from goex_proxy import audit
+    from goex_proxy.audit import store as audit
 
     proxy = make_proxy(SLACK_POLICY)
     s = session(proxy)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from goex_proxy import audit
-from goex_proxy.audit import AuditWriter
-from goex_proxy.auditseal import Anchor, Seal
+from goex_proxy.audit import store as audit
+from goex_proxy.audit.seal import Anchor, Seal
+from goex_proxy.audit.store import AuditWriter
 from goex_proxy.errors import AuditError
 from goex_proxy.ids import RequestIds
 
@@ -197,8 +197,8 @@ def test_a_lost_chain_key_stops_writing(tmp_path: Path) -> None:
 def test_a_cap_is_checked_against_every_writers_hits(tmp_path: Path) -> None:
     """Two writers on one log (two proxies): a charge past a cap is refused, its row not written, whichever writer
     stored the earlier hits; hits are stored at the charge's time; a window that has passed counts no more."""
-    from goex_proxy.limits import Charge
-    from goex_proxy.policy import Limit
+    from goex_proxy.policy.engine import Limit
+    from goex_proxy.policy.limits import Charge
 
     cap = (("p/post", Limit(2, 60.0, "1m")),)
     ids, first, second = RequestIds(), AuditWriter(tmp_path / "a.db", Seal(tmp_path)), AuditWriter(tmp_path / "a.db",
@@ -263,7 +263,7 @@ def test_outcome_fields_without_an_outcome_hash_and_the_undo_class_are_covered(t
 def test_limit_hits_removed_or_added_are_caught(tmp_path: Path) -> None:
     """Each row carries, under its hash, the limit hits it was charged: deleting hits (which would reset a limit) or
     adding some is named by verify."""
-    from goex_proxy.limits import Charge
+    from goex_proxy.policy.limits import Charge
 
     ids, writer = RequestIds(), AuditWriter(tmp_path / "a.db", Seal(tmp_path))
     rows = [row(i, ids) for i in range(3)]

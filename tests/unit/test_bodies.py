@@ -9,7 +9,7 @@ import brotli
 import pytest
 import zstandard
 
-from goex_proxy.bodies import MAX_DECODED, TooLarge, decode
+from goex_proxy.net.bodies import MAX_DECODED, TooLarge, decode
 
 DATA = b'{"channel": "C0BOTS", "text": "' + b"why did the proxy cross the road? " * 500 + b'"}'
 

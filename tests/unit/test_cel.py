@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from goex_proxy.cel import CelEvalError, CelSyntaxError, compile_condition
-from goex_proxy.requestview import RequestView
+from goex_proxy.policy.cel import CelEvalError, CelSyntaxError, compile_condition
+from goex_proxy.policy.requestview import RequestView
 
 EXPRESSIONS = [
     'request.json.channel == "C0BOTS"',

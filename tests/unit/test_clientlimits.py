@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from goex_proxy.clientlimits import ClientLimits, MiB, format_size, parse_size
 from goex_proxy.config import load_config
-from goex_proxy.conntable import ConnectionTable
 from goex_proxy.errors import ConfigError
+from goex_proxy.net.clientlimits import ClientLimits, MiB, format_size, parse_size
+from goex_proxy.net.conntable import ConnectionTable
 
 ROOT = Path(__file__).parent.parent.parent
 

@@ -96,8 +96,8 @@ def test_cli_contracts_help_flag_limit_and_case_free_ids(tmp_path: Path) -> None
     from click.testing import CliRunner
 
     from goex_proxy import cli
-    from goex_proxy.audit import AuditWriter
-    from goex_proxy.auditseal import Seal
+    from goex_proxy.audit.seal import Seal
+    from goex_proxy.audit.store import AuditWriter
     from goex_proxy.ids import RequestIds
 
     runner = CliRunner()
@@ -128,7 +128,7 @@ def test_a_wildcard_listen_address_is_reached_at_its_own_familys_loopback(tmp_pa
     """`::` may bind IPv6 only: agents are sent to ::1, not to 127.0.0.1 where nothing listens."""
     import dataclasses
 
-    from goex_proxy import agentenv
+    from goex_proxy.sandbox import agentenv
 
     config = Config(file=tmp_path / "config.yaml", state_dir=tmp_path)
     expected = {"::": "::1", "0.0.0.0": "127.0.0.1", "": "127.0.0.1", "127.0.0.2": "127.0.0.2"}

@@ -7,8 +7,8 @@ import ipaddress
 import pytest
 
 from goex_proxy.config import Config
-from goex_proxy.egress import EgressRules, address_class, literal_address, parse_allow
 from goex_proxy.globs import Glob
+from goex_proxy.net.egress import EgressRules, address_class, literal_address, parse_allow
 
 
 @pytest.mark.parametrize(("address", "why"), [

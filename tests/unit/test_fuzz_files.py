@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from goex_proxy.config import config_problems
-from goex_proxy.policyload import check_policy_text
-from goex_proxy.undorules import check_pack_text
+from goex_proxy.policy.load import check_policy_text
+from goex_proxy.undo.rules import check_pack_text
 
 ROOT = Path(__file__).parents[2]
 CONFIGS = [ROOT / "config.example.yaml"]

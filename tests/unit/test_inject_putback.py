@@ -16,7 +16,7 @@ from mitmproxy.test import tflow
 from goex_proxy.addons.inject import Inject, Swap, inject_into
 from goex_proxy.addons.state import ProxyState
 from goex_proxy.config import load_config
-from goex_proxy.sigv4 import AwsKeys
+from goex_proxy.credentials.sigv4 import AwsKeys
 
 REAL_KEYS = {"access_key_id": "AKIAREALREALREAL0001", "secret_access_key": "real/secret+key/REALREALREALREALREAL"}
 SECRET = "s3cr3t-REAL-value"

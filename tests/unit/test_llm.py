@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from goex_proxy.agent.llm import LLMError, ask, code_in, json_in
 from goex_proxy.config import LLM, Config
-from goex_proxy.llm import LLMError, ask, code_in, json_in
 from goex_proxy.secretref import SecretRef
 from tests.conftest import free_port
 from tests.fake_openai import Delay, Error, FakeOpenAI, Hangup
@@ -80,7 +80,7 @@ def test_json_is_taken_bare_or_fenced() -> None:
 
 
 def test_the_key_can_come_from_the_vault(tmp_path, fake) -> None:
-    from goex_proxy.vault import Vault
+    from goex_proxy.credentials.vault import Vault
 
     Vault(tmp_path).set("openai", "sk-test-key")
     fake.script("from the vault")

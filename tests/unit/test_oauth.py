@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from goex_proxy.oauth import PROVIDERS, OAuth2, OAuthError, TokenSet, authorization_url, parse_token_reply, pkce_pair
+from goex_proxy.credentials.oauth import PROVIDERS, OAuth2, OAuthError, TokenSet, authorization_url, parse_token_reply, pkce_pair
 
 GOOGLE = OAuth2(PROVIDERS["google"], "client-1")
 SLACK = OAuth2(PROVIDERS["slack"], "client-2", scopes=("chat:write", "channels:read"))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from goex_proxy import plaintable
-from goex_proxy.plaintable import cells_of, render
+from goex_proxy.cli import tables as plaintable
+from goex_proxy.cli.tables import cells_of, render
 
 ID = "01JD3K2M5X0A1ABCDEFGHJKMNP"
 ROW = (ID, "GET", "https://slack.com/api/" + "x" * 80, "allow", "allowed by rule 'read' " * 4)

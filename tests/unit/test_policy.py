@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from goex_proxy.limits import LimitCounters
-from goex_proxy.policy import PolicySet, decide
-from goex_proxy.policyload import check_policy_text
-from goex_proxy.requestview import RequestView
+from goex_proxy.policy.engine import PolicySet, decide
+from goex_proxy.policy.limits import LimitCounters
+from goex_proxy.policy.load import check_policy_text
+from goex_proxy.policy.requestview import RequestView
 
 SLACK = """
 version: 1
@@ -246,7 +246,7 @@ PATHS = {
 @pytest.mark.parametrize("sentence", sorted(PATHS))
 def test_canonical_path(sentence: str) -> None:
     """Policies match one spelling of each path; spellings servers read differently are refused (None)."""
-    from goex_proxy.requestview import canonical_path
+    from goex_proxy.policy.requestview import canonical_path
 
     raw, expected = PATHS[sentence]
     assert canonical_path(raw) == expected

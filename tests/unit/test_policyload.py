@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from goex_proxy.policy import PolicySet, Routing
-from goex_proxy.policyload import check_policy_text, load_policy
+from goex_proxy.policy.engine import PolicySet, Routing
+from goex_proxy.policy.load import check_policy_text, load_policy
 from goex_proxy.presets import builtin_dir, builtin_names
 
 DATA = Path(__file__).parent / "testdata"

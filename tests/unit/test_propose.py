@@ -11,15 +11,8 @@ from typing import Any
 
 import pytest
 
-from goex_proxy.config import LLM, Config
-from goex_proxy.credentials import Credential, Injection
-from goex_proxy.errors import GoexError, NotFound
-from goex_proxy.globs import compile_host
-from goex_proxy.limits import LimitCounters
-from goex_proxy.llm import secret_scrubber
-from goex_proxy.policy import PolicySet
-from goex_proxy.policyload import check_policy_text
-from goex_proxy.propose import (
+from goex_proxy.agent.llm import secret_scrubber
+from goex_proxy.agent.propose import (
     MAX_STEPS,
     ProposalError,
     canonical_json,
@@ -29,10 +22,17 @@ from goex_proxy.propose import (
     prompt_for,
     rule_yaml,
 )
+from goex_proxy.config import LLM, Config
+from goex_proxy.credentials.kinds import Credential, Injection
+from goex_proxy.credentials.vault import Vault
+from goex_proxy.errors import GoexError, NotFound
+from goex_proxy.globs import compile_host
+from goex_proxy.policy.engine import PolicySet
+from goex_proxy.policy.limits import LimitCounters
+from goex_proxy.policy.load import check_policy_text
 from goex_proxy.secretref import SecretRef
-from goex_proxy.undoplan import Exchange, plan
-from goex_proxy.undorules import check_pack_text
-from goex_proxy.vault import Vault
+from goex_proxy.undo.plan import Exchange, plan
+from goex_proxy.undo.rules import check_pack_text
 
 NOTES = "http://notes.example"
 

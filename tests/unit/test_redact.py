@@ -8,8 +8,8 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from goex_proxy.credentials import Credential, Injection
-from goex_proxy.redact import PARTIAL_MIN, WITHHELD, SecretScrubber
+from goex_proxy.credentials.kinds import Credential, Injection
+from goex_proxy.credentials.redact import PARTIAL_MIN, WITHHELD, SecretScrubber
 from goex_proxy.secretref import SecretRef
 
 SECRET = "xoxb-UNIT&<b>\"q'+/=end-7f3a9c2e"

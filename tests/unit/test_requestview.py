@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from goex_proxy.globs import compile_path
-from goex_proxy.requestview import (
+from goex_proxy.policy.requestview import (
     RequestView,
     aws_unchunked,
     body_ambiguity,

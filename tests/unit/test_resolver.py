@@ -11,7 +11,7 @@ from ipaddress import ip_address
 import pytest
 from mitmproxy.net.dns import types
 
-from goex_proxy.resolver import ResolveError, parse_server, resolve
+from goex_proxy.net.resolver import ResolveError, parse_server, resolve
 from tests.fake_dns import FakeDNS
 
 

@@ -77,7 +77,7 @@ def test_the_environment_is_an_allow_list_and_never_carries_a_secret(config) -> 
     env = jail_env(base, config)
     assert env == {"PATH": "/bin", "LANG": "C", "LC_ALL": "C", "KEEP_ME": "1", "GOEX_PROXY_KEY": "vault-key"}
     # jail.start_jailed then drops the withheld names (the vault key among them) whatever pass_env says:
-    from goex_proxy import agentenv
+    from goex_proxy.sandbox import agentenv
     assert "GOEX_PROXY_KEY" not in agentenv.apply(env, {}, config)
 
 

@@ -11,7 +11,7 @@ from botocore.auth import S3SigV4Auth, SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from goex_proxy.sigv4 import AwsKeys, SigningError, agent_signature, resign
+from goex_proxy.credentials.sigv4 import AwsKeys, SigningError, agent_signature, resign
 
 PLACEHOLDER = Credentials("goex-placeholder-aws", "goex-placeholder-aws", "goex-placeholder-aws")
 REAL = AwsKeys("AKIAREALKEY000000001", "real/secret+key", "real-session-token")
@@ -101,7 +101,7 @@ def test_aws_keys_are_read_from_json_or_sts_output_and_errors_do_not_echo_the_in
     ("b.s3-us-west-2.amazonaws.com", "us-west-2", "s3"), ("dynamodb.us-east-1.amazonaws.com", "us-east-1", "dynamodb"),
 ])
 def test_endpoint_names_imply_region_and_service(host: str, region: str, service: str) -> None:
-    from goex_proxy.sigv4 import host_signature
+    from goex_proxy.credentials.sigv4 import host_signature
 
     signed = host_signature(host)
     assert signed is not None and (signed.region, signed.service) == (region, service)

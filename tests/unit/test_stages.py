@@ -16,8 +16,8 @@ from goex_proxy.addons.identify import Identify
 from goex_proxy.addons.record import Record
 from goex_proxy.addons.route import Route
 from goex_proxy.addons.scrub import Scrub
-from goex_proxy.policy import Decision, PolicySet
-from goex_proxy.policyload import check_policy_text
+from goex_proxy.policy.engine import Decision, PolicySet
+from goex_proxy.policy.load import check_policy_text
 from tests.conftest import stage_state
 
 POLICY = """
@@ -268,7 +268,7 @@ def test_preimage_fails_closed(state, monkeypatch) -> None:
     """If choosing or building the pre-image read raises, the request gets 502 and is not forwarded."""
     from goex_proxy.addons import preimage as preimage_module
     from goex_proxy.presets import undo_dir
-    from goex_proxy.undorules import load_packs
+    from goex_proxy.undo.rules import load_packs
 
     state.undo_rules = load_packs([undo_dir() / "rest.yaml"])
     monkeypatch.setattr(preimage_module, "preimage_read", boom)
@@ -283,7 +283,7 @@ def test_preimage_read_fails_closed(state, monkeypatch) -> None:
     """The read itself runs after the hook returned (a coroutine mitmproxy awaits): a failure there blocks too."""
     from goex_proxy.addons import preimage as preimage_module
     from goex_proxy.presets import undo_dir
-    from goex_proxy.undorules import load_packs
+    from goex_proxy.undo.rules import load_packs
 
     state.undo_rules = load_packs([undo_dir() / "rest.yaml"])
     monkeypatch.setattr(preimage_module.flowmeta, "set_preimage", boom)
@@ -300,7 +300,7 @@ def test_a_preimage_read_off_the_request_origin_is_never_made(state, monkeypatch
     """A user rule whose read would go to another origin (here built from the agent's body) is not sent, so the
     credential injected into reads cannot leave the request's host; the failure is recorded as the pre-image."""
     from goex_proxy.addons import preimage as preimage_module
-    from goex_proxy.undorules import check_pack_text
+    from goex_proxy.undo.rules import check_pack_text
 
     rules, problems = check_pack_text("""
 version: 1
@@ -338,7 +338,7 @@ rules:
 def _twin_flow(state, policy: str):
     from goex_proxy.addons.twin import Twin
     from goex_proxy.presets import undo_dir
-    from goex_proxy.undorules import load_packs
+    from goex_proxy.undo.rules import load_packs
 
     parsed, problems = check_policy_text(policy, "p.yaml")
     assert parsed is not None, problems
@@ -473,7 +473,7 @@ def test_a_request_without_identity_costs_a_compact_row(state) -> None:
 def test_scrub_fails_closed_on_a_websocket_message(state, monkeypatch) -> None:
     """If scrubbing an upstream WebSocket message raises, that message is dropped and the connection ended, rather
     than relayed as it came (a 502 cannot be answered once the socket is open)."""
-    from goex_proxy.redact import SecretScrubber
+    from goex_proxy.credentials.redact import SecretScrubber
 
     state.scrubber = SecretScrubber({"s3cr3t-value": "<placeholder>"})
     monkeypatch.setattr(SecretScrubber, "stream", boom)

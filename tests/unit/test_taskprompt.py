@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from goex_proxy.agent.taskprompt import Attempt, agent_brief, feedback
 from goex_proxy.config import Config
-from goex_proxy.credentials import Credential, Injection
+from goex_proxy.credentials.kinds import Credential, Injection
 from goex_proxy.globs import compile_host
-from goex_proxy.policy import PolicySet
-from goex_proxy.policyload import check_policy_text
+from goex_proxy.policy.engine import PolicySet
+from goex_proxy.policy.load import check_policy_text
 from goex_proxy.secretref import SecretRef
-from goex_proxy.taskprompt import Attempt, agent_brief, feedback
 
 POLICY = """
 version: 1

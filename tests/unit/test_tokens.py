@@ -12,9 +12,9 @@ import httpx
 import pytest
 
 from goex_proxy.config import load_config
-from goex_proxy.oauth import OAuthError, TokenSet
-from goex_proxy.tokens import TokenKeeper
-from goex_proxy.vault import Vault, new_key_file
+from goex_proxy.credentials.oauth import OAuthError, TokenSet
+from goex_proxy.credentials.tokens import TokenKeeper
+from goex_proxy.credentials.vault import Vault, new_key_file
 
 CONFIG = """version: 1
 credentials:

@@ -10,8 +10,8 @@ import pytest
 from goex_proxy.errors import ConfigError
 from goex_proxy.presets import undo_dir as builtin_dir
 from goex_proxy.presets import undo_names as builtin_names
-from goex_proxy.undoplan import Exchange, classify, on_origin, plan, preimage_read
-from goex_proxy.undorules import check_pack_text, load_packs, parse_template
+from goex_proxy.undo.plan import Exchange, classify, on_origin, plan, preimage_read
+from goex_proxy.undo.rules import check_pack_text, load_packs, parse_template
 
 RULES = load_packs([builtin_dir() / f"{name}.yaml" for name in ("s3", "rest")])
 BUCKET = "https://photos.s3.amazonaws.com"

@@ -9,12 +9,13 @@ from typing import Any
 
 import pytest
 
-from goex_proxy import audit, ids
-from goex_proxy.auditseal import Seal
-from goex_proxy.cel import compile_condition
+from goex_proxy import ids
+from goex_proxy.audit import store as audit
+from goex_proxy.audit.seal import Seal
 from goex_proxy.errors import GoexError
-from goex_proxy.undoplan import Plan, Step
-from goex_proxy.undorun import DONE, FAILED, SENT, Journal, carry_out, one_undo_at_a_time, run_steps
+from goex_proxy.policy.cel import compile_condition
+from goex_proxy.undo.plan import Plan, Step
+from goex_proxy.undo.run import DONE, FAILED, SENT, Journal, carry_out, one_undo_at_a_time, run_steps
 
 
 class Sender:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from goex_proxy.credentials.vault import KEY_ENV, Vault, new_key_file
 from goex_proxy.errors import VaultError
-from goex_proxy.vault import KEY_ENV, Vault, new_key_file
 
 
 @pytest.fixture
@@ -98,7 +98,7 @@ def _store(args: tuple[str, str]) -> None:
 
 def test_key_like_passphrase_is_still_stretched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A passphrase that happens to be valid base64 of 32 bytes is stretched with scrypt, not used raw."""
-    from goex_proxy.vault import _decode_key
+    from goex_proxy.credentials.vault import _decode_key
 
     phrase = "a" * 43
     assert _decode_key(phrase, b"salt-one") != _decode_key(phrase, b"salt-two")
@@ -107,9 +107,9 @@ def test_key_like_passphrase_is_still_stretched(tmp_path: Path, monkeypatch: pyt
 
 def test_secret_spellings_cover_json_percent_and_embedded_base64() -> None:
     """The scrubber's spellings include JSON escapes, lower-case percent escapes and base64 inside longer text."""
-    from goex_proxy.credentials import Credential, Injection
+    from goex_proxy.credentials.kinds import Credential, Injection
+    from goex_proxy.credentials.redact import SecretScrubber
     from goex_proxy.globs import compile_host
-    from goex_proxy.redact import SecretScrubber
     from goex_proxy.secretref import SecretRef
 
     secret = "sk-Test/Secret+abc123"

@@ -1,0 +1,121 @@
+"""The audit chain's seal: its HMAC key and the anchor of its newest row, kept in the state directory, never in the log."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import hmac
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..errors import AuditError
+
+KEY_FILE = "audit.key"
+ANCHOR_FILE = "audit.anchor"
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """The newest row of the chain as last written: whoever rewrites the log cannot rewrite this copy."""
+
+    seq: int
+    id: str
+    hash: str
+
+    def dumps(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":")) + "\n"
+
+    @classmethod
+    def loads(cls, text: str, where: str) -> Anchor:
+        """An anchor from its JSON text; AuditError naming `where` when it is not one."""
+        try:
+            raw = json.loads(text)
+            anchor = cls(int(raw["seq"]), str(raw["id"]), str(raw["hash"]))
+        except (ValueError, TypeError, KeyError):
+            raise AuditError(f"{where} is not an audit anchor (JSON with seq, id and hash, as `goex-proxy log anchor` "
+                             "prints)") from None
+        if anchor.seq < 1 or len(anchor.hash) != 64:
+            raise AuditError(f"{where} is not an audit anchor (seq {anchor.seq}, hash {anchor.hash[:70]!r})")
+        return anchor
+
+
+class Seal:
+    """Signs the chain with a key from the state directory and keeps its newest head there too."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.key_path = state_dir / KEY_FILE
+        self.anchor_path = state_dir / ANCHOR_FILE
+        self._key: bytes | None = None
+
+    def key(self, *, create: bool = False) -> bytes | None:
+        """The chain key (32 bytes), made on first use when `create`; None when there is none yet."""
+        if self._key is None:
+            try:
+                self._key = bytes.fromhex(self.key_path.read_text(encoding="ascii").strip())
+            except FileNotFoundError:
+                if not create:
+                    return None
+                self._key = self._new_key()
+            except (OSError, ValueError) as exc:
+                raise AuditError(f"cannot read the audit chain key {self.key_path}: {exc}") from None
+            if len(self._key) != 32:
+                raise AuditError(f"the audit chain key {self.key_path} is not 32 bytes in hex")
+        return self._key
+
+    def _new_key(self) -> bytes:
+        key = secrets.token_bytes(32)
+        try:
+            self.key_path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process made it first: use theirs
+            return bytes.fromhex(self.key_path.read_text(encoding="ascii").strip())
+        except OSError as exc:
+            raise AuditError(f"cannot create the audit chain key {self.key_path}: {exc.strerror or exc}") from None
+        with os.fdopen(fd, "w", encoding="ascii") as out:
+            out.write(key.hex() + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        return key
+
+    def anchor(self) -> Anchor | None:
+        try:
+            text = self.anchor_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise AuditError(f"cannot read the audit anchor {self.anchor_path}: {exc.strerror or exc}") from None
+        return Anchor.loads(text, str(self.anchor_path))
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the anchor's lock (between writers of one state directory, in any process)."""
+        fd = os.open(self.anchor_path.with_name(f".{ANCHOR_FILE}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def set_anchor(self, anchor: Anchor | None) -> None:
+        """Replace the anchor atomically (None: remove it)."""
+        if anchor is None:
+            with contextlib.suppress(FileNotFoundError):
+                self.anchor_path.unlink()
+            return
+        tmp = self.anchor_path.with_name(f".{ANCHOR_FILE}.{secrets.token_hex(6)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(anchor.dumps())
+        os.replace(tmp, self.anchor_path)
+
+
+def chain_hash(key: bytes | None, data: bytes) -> str:
+    """HMAC-SHA256 of `data` under the chain key; plain SHA-256 for a log written before the chain was keyed."""
+    if key is None:
+        return hashlib.sha256(data).hexdigest()
+    return hmac.new(key, data, hashlib.sha256).hexdigest()

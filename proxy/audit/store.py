@@ -1,0 +1,538 @@
+"""The SQLite audit log: schema migrations, one writer thread off the event loop, keyed hash chain, queries."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import AuditError, NotFound
+from .seal import Anchor, Seal, chain_hash
+
+if TYPE_CHECKING:
+    import sqlite_utils
+
+    from ..config import Config
+    from ..policy.limits import Charge
+
+log = logging.getLogger(__name__)
+
+#: Request fields covered by a row's chained hash, in a fixed order.
+REQUEST_FIELDS = ("id", "ts", "agent", "client", "method", "scheme", "host", "port", "path", "url", "http_version",
+                  "req_headers", "req_body", "req_body_size", "req_body_sha256", "decision", "rule", "reason", "report")
+#: Outcome fields, covered by the row's outcome hash (itself bound to the row's hash).
+OUTCOME_FIELDS = ("status", "resp_headers", "resp_body", "resp_body_size", "resp_body_sha256", "error", "ended",
+                  "duration_ms")
+BUSY_TIMEOUT_S = 2.0
+#: The error of a row whose request was in flight when its proxy stopped.
+INTERRUPTED = "interrupted: goex-proxy stopped before the request ended"
+
+
+def _migration_1(db: sqlite_utils.Database) -> None:
+    columns: dict[str, Any] = {"seq": int, "id": str, "ts": float, "agent": str, "client": str, "method": str,
+                               "scheme": str, "host": str, "port": int, "path": str, "url": str, "http_version": str,
+                               "req_headers": str, "req_body": bytes, "req_body_size": int, "req_body_sha256": str,
+                               "decision": str, "rule": str, "reason": str, "report": str, "status": int,
+                               "resp_headers": str, "resp_body": bytes, "resp_body_size": int,
+                               "resp_body_sha256": str, "error": str, "ended": float, "duration_ms": float,
+                               "prev_hash": str, "hash": str, "outcome_hash": str}
+    requests = db.table("requests")
+    requests.create(columns, pk="seq")
+    requests.create_index(["id"], unique=True)
+    requests.create_index(["ts"])
+    requests.create_index(["agent", "ts"])
+    requests.create_index(["host", "ts"])
+    hits = db.table("limit_hits")
+    hits.create({"key": str, "agent": str, "ts": float, "request_id": str})
+    hits.create_index(["key", "agent", "ts"])
+
+
+def _migration_2(db: sqlite_utils.Database) -> None:
+    """Which credential the proxy injected into each request (by name; never the secret)."""
+    db.table("requests").add_column("credential", str)
+
+
+def _migration_3(db: sqlite_utils.Database) -> None:
+    """Undo: each row's undo class, the request a compensation undoes, and the journal of undo steps."""
+    requests = db.table("requests")
+    requests.add_column("undo_class", str)
+    requests.add_column("undo_of", str)
+    requests.create_index(["undo_of"])
+    journal = db.table("undo_journal")
+    journal.create({"seq": int, "request_id": str, "step": int, "state": str, "ts": float, "detail": str,
+                    "compensation_id": str}, pk="seq")
+    journal.create_index(["request_id", "step"])
+
+
+def _migration_4(db: sqlite_utils.Database) -> None:
+    """The pre-image: what the resource looked like before a mutating request, read by the proxy for undo."""
+    requests = db.table("requests")
+    for column, kind in (("pre_status", int), ("pre_headers", str), ("pre_body", bytes), ("pre_body_size", int)):
+        requests.add_column(column, kind)
+
+
+def _migration_5(db: sqlite_utils.Database) -> None:
+    """The supervising model: every question asked of it and its answer (`execute`, `undo --propose`), and what the
+    person chose to do with it."""
+    calls = db.table("model_calls")
+    calls.create({"seq": int, "ts": float, "kind": str, "agent": str, "subject": str, "model": str, "base_url": str,
+                  "messages": str, "reply": str, "error": str, "code": str, "exit_code": int, "rows": str,
+                  "choice": str}, pk="seq")
+    calls.create_index(["subject"])
+
+
+def _migration_6(db: sqlite_utils.Database) -> None:
+    """Jailed runs that changed files in their workspace, and each path they changed (kinds, modes, sizes, sha256)."""
+    runs = db.table("file_runs")
+    runs.create({"seq": int, "id": str, "agent": str, "ts": float, "ended": float, "workspace": str, "command": str,
+                 "exit_code": int, "changes": int, "state": str, "decided": float}, pk="seq")
+    runs.create_index(["id"], unique=True)
+    runs.create_index(["agent", "ts"])
+    changes = db.table("file_changes")
+    entry = {"kind": str, "mode": int, "size": int, "sha256": str, "target": str}
+    columns: dict[str, Any] = {"seq": int, "run_id": str, "idx": int, "path": str, "action": str}
+    columns.update({f"{side}_{k}": v for side in ("before", "after") for k, v in entry.items()})
+    changes.create(columns, pk="seq")
+    changes.create_index(["run_id", "idx"])
+
+
+def _migration_7(db: sqlite_utils.Database) -> None:
+    """The chain is keyed (HMAC): `open_db` re-signs every row under the seal's key in this migration's transaction.
+    Each row also carries, under its hash, the limit hits it was charged (`charged`), so `limit_hits` can be checked."""
+    if "charged" not in db.table("requests").columns_dict:  # a log whose version was set back already has it
+        db.table("requests").add_column("charged", str)
+
+
+#: Schema migrations, applied in order; `PRAGMA user_version` records how many have run.
+MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6, _migration_7]
+#: From this version on the chain is HMAC-SHA256 under the seal's key; before it, plain SHA-256.
+KEYED_VERSION = 7
+#: Request fields added by later migrations: hashed only when set, so rows written before them still verify.
+OPTIONAL_REQUEST_FIELDS = ("credential", "undo_of", "pre_status", "pre_headers", "pre_body", "pre_body_size",
+                           "charged")
+
+
+def connect(config: Config, *, readonly: bool = False) -> sqlite3.Connection:
+    """Open the configured audit database with the seal kept in the state directory."""
+    return open_db(config.audit_db, seal=Seal(config.state_dir), readonly=readonly)
+
+
+def open_db(path: Path, *, seal: Seal | None = None, readonly: bool = False) -> sqlite3.Connection:
+    """Open the audit database (WAL), applying any pending migration unless read-only (writing needs the seal)."""
+    if seal is None and not readonly:
+        raise ValueError("opening the audit log for writing needs its seal")
+    try:
+        if readonly:
+            if not path.exists():
+                raise AuditError(f"no audit database at {path}; has `goex-proxy run` recorded anything yet?")
+            return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise AuditError(f"cannot create {path.parent} for the audit database: {exc.strerror or exc}") from None
+        conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        path.chmod(0o600)
+        _migrate(conn, seal)  # type: ignore[arg-type]  # not None when writing
+        return conn
+    except sqlite3.Error as exc:
+        raise AuditError(f"cannot open audit database {path}: {exc}") from None
+
+
+def _migrate(conn: sqlite3.Connection, seal: Seal) -> None:
+    """Apply pending migrations; make sure the chain key exists for a log that will be written under it."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version >= KEYED_VERSION and seal.key() is None and conn.execute("SELECT 1 FROM requests LIMIT 1").fetchone():
+        raise AuditError(f"the audit chain key {seal.key_path} is missing, so new rows could not be chained to the "
+                         "log's; restore it (from a backup of the state directory) or move the audit database aside")
+    if version >= len(MIGRATIONS):
+        return
+    import sqlite_utils  # only migrations need it; read-only commands should start fast
+
+    db = sqlite_utils.Database(conn)
+    for number, migrate in enumerate(MIGRATIONS[version:], start=version + 1):
+        with conn:
+            migrate(db)
+            if number == KEYED_VERSION:
+                _rechain(conn, seal)
+            conn.execute(f"PRAGMA user_version = {number}")
+
+
+def _rechain(conn: sqlite3.Connection, seal: Seal) -> None:
+    """Re-sign a log written with plain SHA-256 under a fresh chain key, once its plain chain verifies."""
+    if seal.anchor() is not None:
+        raise AuditError(f"the audit log is new or says an older version wrote it, but {seal.anchor_path} anchors a "
+                         "keyed log: rows were removed or the log replaced; `goex-proxy log verify` says more (if you "
+                         "removed the log on purpose, remove the anchor too)")
+    if seal.key() is not None and conn.execute("SELECT 1 FROM requests LIMIT 1").fetchone():
+        raise AuditError(f"the audit log says an older version wrote it, but the chain key {seal.key_path} exists, so "
+                         "this log has been keyed before (or is not this state directory's); `goex-proxy log verify` "
+                         "checks it, and a log moved aside lets a new one start")
+    result = verify(conn, None)
+    if result.broken_id is not None:
+        raise AuditError(f"the audit log was already broken before its chain was keyed, at row {result.broken_id} "
+                         f"(seq {result.broken_seq}): {result.problem}; move it aside to start a new one")
+    key = seal.key(create=True)
+    hits: dict[str, list[tuple[str, float]]] = {}
+    for key_, ts, request_id in conn.execute("SELECT key, ts, request_id FROM limit_hits ORDER BY rowid"):
+        hits.setdefault(request_id, []).append((key_, ts))
+    prev, head = "", None
+    for row in list(iter_rows(conn)):
+        if row["id"] in hits:
+            row["charged"] = charged([k for k, _ in hits[row["id"]]], hits[row["id"]][0][1])
+            conn.execute("UPDATE requests SET charged = ? WHERE seq = ?", (row["charged"], row["seq"]))
+        signed = {"prev_hash": prev, "hash": row_hash(key, prev, row)}
+        if row["outcome_hash"] is not None:
+            signed["outcome_hash"] = outcome_hash(key, signed["hash"], row)
+        conn.execute("UPDATE requests SET prev_hash = ?, hash = ?, outcome_hash = ? WHERE seq = ?",
+                     (signed["prev_hash"], signed["hash"], signed.get("outcome_hash"), row["seq"]))
+        prev, head = signed["hash"], Anchor(row["seq"], row["id"], signed["hash"])
+    seal.set_anchor(head)
+
+
+def _canonical(row: dict[str, Any], fields: tuple[str, ...]) -> bytes:
+    def norm(v: Any) -> Any:
+        return {"sha256": hashlib.sha256(v).hexdigest()} if isinstance(v, bytes) else v
+    return json.dumps([norm(row.get(f)) for f in fields], separators=(",", ":"), default=str).encode()
+
+
+def row_hash(key: bytes | None, prev_hash: str, row: dict[str, Any]) -> str:
+    fields = REQUEST_FIELDS + tuple(f for f in OPTIONAL_REQUEST_FIELDS if row.get(f) is not None)
+    return chain_hash(key, prev_hash.encode() + _canonical(row, fields))
+
+
+def outcome_hash(key: bytes | None, hash_: str, row: dict[str, Any]) -> str:
+    """The outcome's hash, bound to its row's; a keyed chain also covers what undo could do for it (`undo_class`)."""
+    fields = OUTCOME_FIELDS if key is None else OUTCOME_FIELDS + ("undo_class",)
+    return chain_hash(key, hash_.encode() + _canonical(row, fields))
+
+
+@dataclass(frozen=True)
+class _Intent:
+    row: dict[str, Any]
+    charge: Charge | None
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    id: str
+    fields: dict[str, Any]
+
+
+_STOP = object()
+
+
+def _is_outcome(item: Any) -> bool:
+    return isinstance(item, tuple) and isinstance(item[0], _Outcome)
+
+#: How long a batch of outcomes alone waits for company (an intent ends the wait at once).
+OUTCOME_GATHER_SECONDS = 0.005
+
+
+class AuditWriter:
+    """The only writer: a thread that takes intents and outcomes, batches them into transactions, and chains hashes."""
+
+    def __init__(self, path: Path, seal: Seal) -> None:
+        self.path = path
+        self.seal = seal
+        self._conn = open_db(path, seal=seal)
+        self._key = seal.key(create=True)
+        self._pending: dict[str, tuple[str, int]] = {}  # request id -> (hash, seq) of rows awaiting their outcome
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="goex-audit-writer", daemon=True)
+        self._thread.start()
+
+    def record_intent(self, row: dict[str, Any], charge: Charge | None = None) -> concurrent.futures.Future[str | None]:
+        """Queue a request row (with its outcome too, if it already has one) and its limit charge. The future resolves
+        once committed to None, or, without writing the row, to why a cap it is charged against was already reached by
+        the hits of every proxy writing this log (the check and the hit share the write lock)."""
+        future: concurrent.futures.Future[str | None] = concurrent.futures.Future()
+        self._queue.put((_Intent(row, charge), future))
+        return future
+
+    def record_outcome(self, request_id: str, fields: dict[str, Any]) -> concurrent.futures.Future[str | None]:
+        future: concurrent.futures.Future[str | None] = concurrent.futures.Future()
+        self._queue.put((_Outcome(request_id, fields), future))
+        return future
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join(timeout=10)
+        self._conn.close()
+
+    def _run(self) -> None:
+        while True:
+            batch = self._next_batch()
+            stop = _STOP in batch
+            work = [b for b in batch if b is not _STOP]
+            if work:
+                self._write(work)
+            if stop:
+                self._interrupt()
+                return
+
+    def _interrupt(self) -> None:
+        """Rows still waiting for their outcome when the writer stops (the proxy was stopped with requests in flight)
+        get one, `interrupted`, so that no row of this proxy's is left looking as if it were still going on."""
+        if not self._pending:
+            return
+        now, count = time.time(), len(self._pending)
+        self._write([(_Outcome(request_id, {"error": INTERRUPTED, "ended": now}), concurrent.futures.Future())
+                     for request_id in list(self._pending)])
+        log.warning("goex-proxy stopped with %d request%s in flight, recorded as interrupted (%s may have reached the "
+                    "upstream)", count, "" if count == 1 else "s", "it" if count == 1 else "each")
+
+    def _next_batch(self) -> list[Any]:
+        """Everything queued, at least one item. A batch of outcomes alone (nobody waits for them) also gathers what
+        arrives within OUTCOME_GATHER_SECONDS, so that a busy proxy writes one transaction where it would write two;
+        an intent (a request waiting to be forwarded) or the stop ends the gathering at once."""
+        batch = [self._queue.get()]
+        only_outcomes = _is_outcome(batch[0])
+        deadline: float | None = None
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                if not only_outcomes:
+                    return batch
+                deadline = deadline or time.monotonic() + OUTCOME_GATHER_SECONDS
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return batch
+                try:
+                    item = self._queue.get(timeout=remaining)
+                except queue.Empty:
+                    return batch
+            batch.append(item)
+            only_outcomes = only_outcomes and _is_outcome(item)
+
+    def _write(self, batch: list[tuple[Any, concurrent.futures.Future[str | None]]]) -> None:
+        head: Anchor | None = None
+        refused: dict[int, str] = {}
+        try:
+            with self._conn:
+                # Another process (an `undo` next to `goex-proxy run`) may have appended since: lock, then read the head.
+                self._conn.execute("BEGIN IMMEDIATE")
+                self._check_anchor()
+                last = self._conn.execute("SELECT hash FROM requests ORDER BY seq DESC LIMIT 1").fetchone()
+                for index, (op, _) in enumerate(batch):
+                    if not isinstance(op, _Intent):
+                        self._update(op)
+                    elif (over := self._over_cap(op.charge)) is not None:
+                        refused[index] = over
+                    else:
+                        head = self._insert(op, head.hash if head else last[0] if last else "")
+        except Exception as exc:  # sqlite3.Error, disk full, a locked database: every waiter fails closed
+            log.error("audit write failed (%d records): %s", len(batch), exc)
+            for op, _ in batch:
+                if isinstance(op, _Intent):
+                    self._pending.pop(str(op.row["id"]), None)
+            for _, future in batch:
+                future.set_exception(AuditError(f"audit write failed: {exc}"))
+            return
+        if head is not None:
+            self._anchor(head)
+        for index, (_, future) in enumerate(batch):
+            future.set_result(refused.get(index))
+
+    def _over_cap(self, charge: Charge | None) -> str | None:
+        """Why a cap this charge counts against is reached by the hits already stored, if one is."""
+        if charge is None:
+            return None
+        for key, limit in charge.caps:
+            since = charge.at - limit.per if limit.per is not None else float("-inf")
+            (hits,) = self._conn.execute("SELECT count(*) FROM limit_hits WHERE key = ? AND agent = ? AND ts > ?",
+                                         (key, charge.agent, since)).fetchone()
+            if hits >= limit.count:
+                return (f"limit reached: rule '{key.partition('/')[2]}' allows {limit.describe()} for agent "
+                        f"'{charge.agent}', counted across every proxy writing this audit log")
+        return None
+
+    def _check_anchor(self) -> None:
+        """Refuse to extend a log that no longer holds the row its anchor names: new rows would reuse the seq of
+        removed ones and chain cleanly onto what is left, and the removal would pass `log verify`."""
+        anchor = self.seal.anchor()
+        if anchor is None:
+            return
+        found = self._conn.execute("SELECT id, hash FROM requests WHERE seq = ?", (anchor.seq,)).fetchone()
+        if found is None or tuple(found) != (anchor.id, anchor.hash):
+            raise AuditError(f"the audit log no longer holds the row its anchor names (seq {anchor.seq}, id "
+                             f"{anchor.id}): rows were removed or rewritten; `goex-proxy log verify` says more")
+
+    def _anchor(self, head: Anchor) -> None:
+        """Keep the newest row outside the database, after its commit (an anchor may lag the log, never lead it);
+        another writer's newer anchor is never replaced by an older one (they compare and replace under a lock)."""
+        try:
+            with self.seal.locked():
+                kept = self.seal.anchor()
+                if kept is None or kept.seq < head.seq:
+                    self.seal.set_anchor(head)
+        except (OSError, AuditError) as exc:
+            log.error("could not keep the audit anchor in %s: %s", self.seal.anchor_path, exc)
+
+    def _insert(self, op: _Intent, prev: str) -> Anchor:
+        row = dict(op.row)
+        if op.charge is not None and op.charge.keys:
+            row["charged"] = charged(op.charge.keys, op.charge.at)
+        row["prev_hash"] = prev
+        row["hash"] = row_hash(self._key, prev, row)
+        if row.get("status") is not None or row.get("error") is not None:
+            row["outcome_hash"] = outcome_hash(self._key, row["hash"], row)
+        cols = ", ".join(row)
+        cursor = self._conn.execute(f"INSERT INTO requests ({cols}) VALUES ({', '.join('?' * len(row))})",
+                                    tuple(row.values()))
+        if "outcome_hash" not in row:
+            self._pending[str(row["id"])] = (row["hash"], int(cursor.lastrowid or 0))
+        if op.charge is not None:  # counted at the time it was decided, the time the in-memory counters use
+            self._conn.executemany("INSERT INTO limit_hits (key, agent, ts, request_id) VALUES (?, ?, ?, ?)",
+                                   [(key, op.charge.agent, op.charge.at, row["id"]) for key in op.charge.keys])
+        return Anchor(int(cursor.lastrowid or 0), str(row["id"]), str(row["hash"]))
+
+    def _update(self, op: _Outcome) -> None:
+        pending = self._pending.pop(op.id, None)
+        if pending is None:
+            found = self._conn.execute("SELECT hash, seq FROM requests WHERE id = ?", (op.id,)).fetchone()
+            if found is None:
+                raise AuditError(f"outcome for unknown request {op.id}")
+            pending = (found[0], found[1])
+        hash_, seq = pending
+        fields = dict(op.fields)
+        fields["outcome_hash"] = outcome_hash(self._key, hash_, fields)
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        self._conn.execute(f"UPDATE requests SET {sets} WHERE seq = ?", (*fields.values(), seq))  # by rowid
+
+
+def load_limit_hits(conn: sqlite3.Connection, windows: dict[str, float | None], now: float) -> Iterator[tuple[str, str, float]]:
+    """The hits that still count for each limited rule, oldest first."""
+    for key, per in windows.items():
+        since = now - per if per is not None else 0.0
+        yield from conn.execute(
+            "SELECT key, agent, ts FROM limit_hits WHERE key = ? AND ts > ? ORDER BY ts", (key, since))
+
+
+def query(conn: sqlite3.Connection, *, agent: str | None = None, host: str | None = None, since: float | None = None,
+          decision: str | None = None, limit: int | None = 50, order: str = "DESC") -> list[dict[str, Any]]:
+    """Rows matching the filters, newest first (without bodies)."""
+    where: list[str] = []
+    params: list[Any] = []
+    for column, value in (("agent", agent), ("host", host), ("decision", decision)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    if since is not None:
+        where.append("ts >= ?")
+        params.append(since)
+    columns = ("id, ts, agent, method, scheme, host, port, path, url, decision, rule, reason, report, status, "
+               "error, duration_ms, req_body_size, resp_body_size")
+    present = {r[1] for r in conn.execute("PRAGMA table_info(requests)")}  # a database not yet migrated lacks some
+    columns += "".join(f", {c}" for c in ("credential", "undo_class", "undo_of") if c in present)
+    sql = f"SELECT {columns} FROM requests"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += f" ORDER BY ts {order}, seq {order}"
+    if limit is not None:
+        sql += f" LIMIT {int(limit)}"
+    cursor = conn.execute(sql, params)
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, r, strict=True)) for r in cursor.fetchall()]
+
+
+def get(conn: sqlite3.Connection, request_id: str) -> dict[str, Any]:
+    cursor = conn.execute("SELECT * FROM requests WHERE id = ?", (request_id,))
+    found = cursor.fetchone()
+    if found is None:
+        raise NotFound(f"no request with id {request_id!r} in the audit log")
+    return dict(zip([d[0] for d in cursor.description], found, strict=True))
+
+
+def iter_rows(conn: sqlite3.Connection) -> Iterator[dict[str, Any]]:
+    cursor = conn.execute("SELECT * FROM requests ORDER BY seq")
+    names = [d[0] for d in cursor.description]
+    for found in cursor:
+        yield dict(zip(names, found, strict=True))
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """How many rows were checked, the first one that is broken if any, and how the chain was checked."""
+
+    checked: int
+    broken_id: str | None = None
+    broken_seq: int | None = None
+    problem: str | None = None
+    keyed: bool = True
+    anchored: bool = False
+
+
+def charged(keys: Iterable[str], at: float) -> str:
+    """A row's `charged` field: the limited rules it counted against and when (what its `limit_hits` rows say)."""
+    return json.dumps({"keys": list(keys), "at": at}, separators=(",", ":"))
+
+
+def _limit_hits_problem(conn: sqlite3.Connection, expected: set[tuple[str, str, float]]) -> tuple[str, str] | None:
+    """The first disagreement between `limit_hits` and the charges the chained rows carry: (row id, problem)."""
+    for key, ts, request_id in conn.execute("SELECT key, ts, request_id FROM limit_hits ORDER BY rowid"):
+        if (request_id, key, ts) not in expected:
+            return request_id, f"a limit hit of rule {key!r} matches no charge its row carries (limit_hits was edited)"
+        expected.discard((request_id, key, ts))
+    for request_id, key, _ in sorted(expected):
+        return request_id, f"its limit hit of rule {key!r} is gone (limit_hits was edited: limits would count less)"
+    return None
+
+
+def chain_key(conn: sqlite3.Connection, seal: Seal) -> bytes | None:
+    """The key this log's chain is signed with: None for a log an older version wrote (plain SHA-256) before any key
+    existed. Once the state directory has a key, the log is checked under it whatever its schema version says (whoever
+    can write the database can set that version back to make a plain chain pass)."""
+    key = seal.key()
+    if key is None and conn.execute("PRAGMA user_version").fetchone()[0] >= KEYED_VERSION:
+        raise AuditError(f"the audit chain key {seal.key_path} is missing, so the chain cannot be checked")
+    return key
+
+
+def verify(conn: sqlite3.Connection, key: bytes | None, anchor: Anchor | None = None) -> VerifyResult:
+    """Recompute the chain; name the first row that was edited, removed or reordered. With an anchor (the newest row
+    as recorded outside the database), rows removed from the end are caught too."""
+    prev = ""
+    checked = 0
+    anchored = anchor is None
+    expected: set[tuple[str, str, float]] = set()  # (request id, rule key, time) of every charge a row carries
+    for row in iter_rows(conn):
+        problem = None
+        if row["prev_hash"] != prev:
+            problem = "its link to the previous row is broken (a row before it was removed or reordered)"
+        elif row_hash(key, prev, row) != row["hash"]:
+            problem = "its request fields do not match its hash (the row was edited)"
+        elif row["outcome_hash"] is not None and outcome_hash(key, row["hash"], row) != row["outcome_hash"]:
+            problem = "its outcome fields do not match its outcome hash (the row was edited)"
+        elif row["outcome_hash"] is None and any(row.get(f) is not None for f in (*OUTCOME_FIELDS, "undo_class")):
+            problem = "it has outcome fields but no outcome hash (the row was edited)"
+        elif anchor is not None and row["seq"] == anchor.seq:
+            if (row["id"], row["hash"]) != (anchor.id, anchor.hash):
+                problem = f"it is not the row the anchor recorded at seq {anchor.seq} (the log was rewritten)"
+            anchored = True
+        if problem:
+            return VerifyResult(checked, row["id"], row["seq"], problem, key is not None)
+        if row.get("charged"):
+            charge = json.loads(row["charged"])
+            expected.update((row["id"], k, charge["at"]) for k in charge["keys"])
+        prev = row["hash"]
+        checked += 1
+    if key is not None and (found := _limit_hits_problem(conn, expected)) is not None:
+        return VerifyResult(checked, found[0], None, found[1], True)
+    if not anchored:
+        assert anchor is not None
+        return VerifyResult(checked, anchor.id, anchor.seq, "the anchor's row is gone (rows were removed from the end "
+                            "of the log)", key is not None)
+    return VerifyResult(checked, keyed=key is not None, anchored=anchor is not None)

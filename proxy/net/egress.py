@@ -1,0 +1,152 @@
+"""The SSRF guard's rules: which upstream addresses a request may reach after its name is resolved."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from dataclasses import dataclass
+
+from ..globs import Glob, compile_host
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: Cloud instance-metadata endpoints (AWS, GCP, Azure, Oracle, OpenStack; ECS tasks; Alibaba; AWS over IPv6; Azure's
+#: wire server), some of them outside the private ranges.
+METADATA = frozenset(ipaddress.ip_address(a) for a in (
+    "169.254.169.254", "169.254.170.2", "100.100.100.200", "fd00:ec2::254", "168.63.129.16"))
+_RFC1918 = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
+_CGNAT = ipaddress.ip_network("100.64.0.0/10")
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def address_class(ip: Address) -> str | None:
+    """Why a connection to `ip` is one the SSRF guard refuses by default, or None for a public address."""
+    if ip in METADATA:
+        return "a cloud metadata address"
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return f"an IPv4-mapped IPv6 address (of {ip.ipv4_mapped})"
+        embedded = ip.sixtofour or (ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF) if ip in _NAT64 else None)
+        if embedded is not None and (inner := address_class(embedded)) is not None:
+            return f"an IPv6 address embedding {embedded}, {inner}"
+    if ip.is_unspecified:
+        return "the unspecified address"
+    if ip.is_loopback:
+        return "a loopback address"
+    if ip.is_link_local:
+        return "a link-local address"
+    if ip.is_multicast:
+        return "a multicast address"
+    if isinstance(ip, ipaddress.IPv4Address) and ip in _CGNAT:
+        return "a carrier-grade NAT address (100.64.0.0/10)"
+    if any(ip in net for net in _RFC1918):
+        return "a private network address (RFC 1918)"
+    if isinstance(ip, ipaddress.IPv6Address) and ip in ipaddress.ip_network("fc00::/7"):
+        return "a unique local IPv6 address"
+    if not ip.is_global:
+        return "a reserved, non-public address"
+    return None
+
+
+def literal_address(host: str) -> Address | None:
+    """`host` as an IP address if it is one (`[::1]` too), else None."""
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+
+
+def is_local(ip: Address) -> bool:
+    """Whether `ip` is an address of this machine (binding to it works only then)."""
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((str(ip), 0))
+        except OSError:
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class EgressRules:
+    """What `upstream:` says about where requests may go."""
+
+    block_private: bool = True
+    allow_hosts: tuple[Glob, ...] = ()
+    allow_networks: tuple[Network, ...] = ()
+    listen: tuple[str, int] = ("127.0.0.1", 8080)
+
+    def refusal(self, host: str, port: int, addresses: list[Address]) -> str | None:
+        """Why a connection to `host` at these addresses must not be made, or None if every one may be reached."""
+        for ip in addresses:
+            if self._is_the_proxy(ip, port):
+                return f"{host} is {ip}, this proxy's own listen address"
+            if not self.block_private:
+                continue
+            why = address_class(ip)
+            if why is None or any(g.matches(host) for g in self.allow_hosts):
+                continue
+            if any(ip.version == net.version and ip in net for net in self.allow_networks):
+                continue
+            said = f"{host} is {ip}" if str(ip) != host.strip("[]") else f"{ip} is"
+            return (f"{said} {why}; only upstream.routes and upstream.allow_private may reach such addresses "
+                    "(SSRF guard)")
+        return None
+
+    def _is_the_proxy(self, ip: Address, port: int) -> bool:
+        if port != self.listen[1]:
+            return False
+        listen = self.listen[0].strip("[]")
+        if listen in ("", "0.0.0.0", "::"):
+            return ip.is_loopback or ip.is_unspecified or is_local(ip)
+        try:
+            return ip == ipaddress.ip_address(listen) or (ip.is_loopback and ipaddress.ip_address(listen).is_loopback)
+        except ValueError:  # listening on a name
+            return ip.is_loopback or is_local(ip)
+
+
+#: Seconds a checked answer is used for new connections to the same host and port before it is looked up again.
+PIN_SECONDS = 30.0
+
+
+class Blocked(Exception):
+    """A connection the SSRF guard refuses; the message says which address and why."""
+
+
+class Pins:
+    """Checked answers, by host and port: the only addresses upstream connections are made to."""
+
+    def __init__(self) -> None:
+        self._pins: dict[tuple[str, int], tuple[list[Address], float]] = {}
+
+    async def addresses(self, rules: EgressRules, resolver: tuple[str, int] | None, host: str, port: int,
+                        fresh: bool = False) -> list[Address]:
+        """The checked addresses of `host` (looked up again if `fresh` or the pin is old); raise Blocked if any
+        address may not be reached, ResolveError if it has none."""
+        host = host.lower().rstrip(".")
+        pinned = self._pins.get((host, port))
+        if pinned is not None and not fresh and pinned[1] > time.monotonic():
+            return pinned[0]
+        literal = literal_address(host)
+        if literal is not None:
+            found = [literal]
+        else:
+            from .resolver import resolve
+
+            found = await resolve(host, port, resolver)
+        why = rules.refusal(host, port, found)
+        if why is not None:
+            raise Blocked(why)
+        found.sort(key=lambda ip: ip.version)  # IPv4 first: a host with an unreachable IPv6 address still connects
+        self._pins[(host, port)] = (found, time.monotonic() + PIN_SECONDS)
+        return found
+
+
+def parse_allow(entry: str) -> Glob | Network:
+    """An `upstream.allow_private` entry: a network (`10.1.0.0/16`, `192.168.1.5`) or a host glob (`*.corp.example`)."""
+    try:
+        return ipaddress.ip_network(entry, strict=False)
+    except ValueError:
+        return compile_host(entry.lower().rstrip("."))

@@ -1,0 +1,414 @@
+"""The pure policy core: rules, policies and `decide()`, which is default deny and where deny beats allow."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from ..globs import Glob
+from .cel import CelEvalError, Condition, bind
+from .requestview import RepeatedKey, RequestView, reading_count, repeated_keys, value_readings
+
+Effect = Literal["allow", "deny"]
+Mode = Literal["enforce", "report"]
+
+
+@dataclass(frozen=True)
+class Limit:
+    """At most `count` allowed requests per agent, in any window of `per` seconds (or ever, if `per` is None)."""
+
+    count: int
+    per: float | None
+    text: str
+
+    def describe(self) -> str:
+        return f"at most {self.count} per {self.text}" if self.per else f"at most {self.count} in all"
+
+
+@dataclass(frozen=True)
+class Routing:
+    """How a server routes paths: ignoring case (`path_case: insensitive`), and treating `/a` and `/a/` as one route
+    (`trailing_slash: optional`)."""
+
+    fold_case: bool = False
+    optional_slash: bool = False
+
+    def __or__(self, other: Routing) -> Routing:
+        if other is EXACT or other == self:  # the common case allocates nothing: decide() calls this per rule
+            return self
+        if self is EXACT:
+            return other
+        return Routing(self.fold_case or other.fold_case, self.optional_slash or other.optional_slash)
+
+
+#: Paths matched as written.
+EXACT = Routing()
+#: Paths matched as Express and many other routers do by default: in any case, with or without a trailing slash.
+LENIENT = Routing(fold_case=True, optional_slash=True)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One allow or deny rule; every criterion it has must match."""
+
+    policy: str
+    name: str
+    effect: Effect
+    hosts: tuple[Glob, ...] = ()
+    methods: frozenset[str] | None = None
+    paths: tuple[Glob, ...] | None = None
+    agents: frozenset[str] | None = None
+    when: Condition | None = None
+    limit: Limit | None = None
+    reason: str | None = None
+    rewrite: bool = False      # allow only as the request's reversible twin (an undo rule's `twin`)
+    protocol: str | None = None  # "tcp" or an HTTP Upgrade token; None: HTTP (a deny without one: any protocol)
+    ports: frozenset[int] | None = None
+    routing: Routing = EXACT     # how the server routes the paths this rule names (`path_case`, `trailing_slash`)
+    accepts_duplicate_keys: bool = False  # `duplicate_keys: accept`: may allow a query or form with a key twice
+
+    @property
+    def key(self) -> str:
+        return f"{self.policy}/{self.name}"
+
+    def summary(self) -> str:
+        methods = ",".join(sorted(self.methods)) if self.methods else "any method"
+        paths = " ".join(p.pattern for p in self.paths) if self.paths else "/**"
+        hosts = " ".join(h.pattern for h in self.hosts) or "any host"
+        extra = f", {self.limit.describe()}" if self.limit else ""
+        cond = f" when {self.when.source}" if self.when else ""
+        ports = f" port {','.join(map(str, sorted(self.ports)))}" if self.ports else ""
+        if self.protocol == "tcp":
+            return f"raw TCP to {hosts}{ports} ('{self.name}'{extra})"
+        upgrade = f" upgrading to {self.protocol}" if self.protocol else ""
+        return f"{methods} {hosts}{paths}{ports}{upgrade}{cond} ('{self.name}'{extra})"
+
+    def matches_plain(self, view: RequestView, host_known: bool = False, routing: Routing = EXACT) -> bool:
+        """Everything but the CEL condition (`host_known`: the host index already matched the host; `routing`: how
+        the host's server routes paths, besides what the rule itself declares)."""
+        if self.agents is not None and view.agent not in self.agents:
+            return False
+        if (self.protocol or "http") != view.protocol and not (self.effect == "deny" and self.protocol is None):
+            return False
+        if self.ports is not None and view.port not in self.ports:
+            return False
+        if self.methods is not None and view.method not in self.methods:
+            return False
+        if not host_known and self.hosts and not any(h.matches(view.host) for h in self.hosts):
+            return False
+        if self.paths is None:
+            return True
+        how = self.routing | routing
+        if how is EXACT or not (how.fold_case or how.optional_slash):
+            return any(p.matches(view.path) for p in self.paths)
+        return any(p.matches_path(view.path, how.fold_case, how.optional_slash) for p in self.paths)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A named set of rules from one file, applying to some agents (None: all), enforced or only reported."""
+
+    name: str
+    file: str
+    rules: tuple[Rule, ...]
+    agents: frozenset[str] | None = None
+    mode: Mode = "enforce"
+    servers: tuple[tuple[Glob, Routing], ...] = ()   # `servers:`: host globs and how their servers route paths
+
+    def applies_to(self, agent: str | None) -> bool:
+        return agent is not None and (self.agents is None or agent in self.agents)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome for one request: an effect, the rule that decided it, and why."""
+
+    effect: Effect
+    reason: str
+    rule: str | None = None
+    report: str | None = None
+    count_limits: tuple[str, ...] = ()
+    allowed_instead: tuple[str, ...] = ()
+    rewrite: bool = False   # forward the request's reversible twin instead of it (the twin stage does)
+
+    @property
+    def label(self) -> str:
+        """What the audit log calls it: allow, deny, or report (allowed, but an enforced policy would deny)."""
+        return "report" if self.effect == "allow" and self.report else self.effect
+
+
+class LimitCounts(Protocol):
+    def count(self, key: str, agent: str, per: float | None, now: float) -> int: ...
+
+    def retry_after(self, key: str, agent: str, limit: Limit, now: float) -> float | None: ...
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A rule that may apply to a host, with its policy, and whether the host index already matched the host."""
+
+    rule: Rule
+    policy: Policy
+    host_known: bool
+
+
+@dataclass(frozen=True)
+class PolicySet:
+    """All loaded policies, with their rules indexed by literal host so a decision looks at few rules."""
+
+    policies: tuple[Policy, ...] = ()
+    _by_host: dict[str, tuple[Candidate, ...]] = field(default_factory=dict, compare=False, repr=False)
+    _wild: tuple[Candidate, ...] = field(default=(), compare=False, repr=False)
+    _servers: tuple[tuple[Glob, Routing], ...] = field(default=(), compare=False, repr=False)
+
+    @classmethod
+    def of(cls, policies: Iterable[Policy]) -> PolicySet:
+        policies = tuple(policies)
+        by_host: dict[str, list[Candidate]] = {}
+        wild: list[Candidate] = []
+        for policy in policies:
+            for rule in policy.rules:
+                literals = [h.literal for h in rule.hosts]
+                if rule.hosts and all(lit is not None for lit in literals):
+                    for lit in dict.fromkeys(literals):
+                        by_host.setdefault(lit, []).append(Candidate(rule, policy, True))  # type: ignore[arg-type]
+                else:
+                    wild.append(Candidate(rule, policy, False))
+        servers = tuple(server for policy in policies for server in policy.servers)
+        return cls(policies, {h: tuple(r) for h, r in by_host.items()}, tuple(wild), servers)
+
+    def candidates(self, host: str) -> tuple[Candidate, ...]:
+        return self._by_host.get(host, ()) + self._wild
+
+    def routing(self, host: str) -> Routing:
+        """How the server at `host` routes paths, as any policy's `servers:` declares. A declaration describes the
+        server, so it holds for the rules of every policy; where two differ, the more lenient reading holds."""
+        out = EXACT
+        for glob, routing in self._servers:
+            if glob.matches(host):
+                out = out | routing
+        return out
+
+    def limit_windows(self) -> dict[str, float | None]:
+        """Every limited rule's key and window, to seed counters from storage."""
+        return {r.key: r.limit.per for p in self.policies for r in p.rules if r.limit}
+
+    def enforced_limits(self, keys: Iterable[str]) -> tuple[tuple[str, Limit], ...]:
+        """The limits of these rules that are caps (in enforced policies, not report-mode ones)."""
+        wanted = set(keys)
+        return tuple((r.key, r.limit) for p in self.policies if p.mode == "enforce" for r in p.rules
+                     if r.limit and r.key in wanted)
+
+
+@dataclass
+class _Verdict:
+    deny: tuple[Rule, str] | None = None
+    allows: list[Rule] = field(default_factory=list)
+    errors: list[tuple[Rule, str]] = field(default_factory=list)
+
+
+def _judge(rules: list[Rule], view: RequestView, context: Callable[[], Any]) -> _Verdict:
+    verdict = _Verdict()
+    for rule in rules:
+        if rule.when is not None:
+            try:
+                if not rule.when.evaluate(context()):
+                    continue
+            except CelEvalError as exc:
+                verdict.errors.append((rule, str(exc)))
+                continue
+        if rule.effect == "deny":
+            if verdict.deny is None:
+                verdict.deny = (rule, rule.reason or f"denied by rule '{rule.name}'")
+        else:
+            verdict.allows.append(rule)
+    if verdict.deny is None and verdict.errors:
+        rule, message = verdict.errors[0]
+        verdict.deny = (rule, f"rule '{rule.name}' could not be evaluated, so the request is denied: {message}")
+    return verdict
+
+
+def _limit_denial(rules: list[Rule], view: RequestView, counts: LimitCounts, now: float) -> tuple[Rule, str] | None:
+    agent = view.agent or ""
+    for rule in rules:
+        if rule.limit and counts.count(rule.key, agent, rule.limit.per, now) >= rule.limit.count:
+            wait = counts.retry_after(rule.key, agent, rule.limit, now)
+            when = f"; the next one is allowed in {int(wait) + 1}s" if wait is not None else ""
+            return rule, f"limit reached: rule '{rule.name}' allows {rule.limit.describe()} for agent '{agent}'{when}"
+    return None
+
+
+#: The most readings of a request's repeated keys that are decided one by one; past it the request is refused.
+MOST_VALUE_READINGS = 256
+
+
+def decide(view: RequestView, policies: PolicySet, now: float, counts: LimitCounts) -> Decision:
+    """Decide one request. Unknown agents and unmatched requests are denied; deny beats allow; limits are caps.
+
+    Two things common servers read differently are decided on every reading (refusals carry `request-reading`):
+
+    - A key the query or a form has twice (`repeated_keys`). Only a rule with `duplicate_keys: accept` may allow such
+      a request, and only if every reading of it is allowed: one per combination of the repeated keys' values
+      (`value_readings`), each read as if it were the only value. Conditions keep seeing one string per key, so one
+      written for a single value stays sound whichever value a server takes (first, last, or each of a list), with
+      nothing to rewrite; giving them a list instead would leave every existing `request.query.x` reading one value
+      of several. Past MOST_VALUE_READINGS combinations the request is refused.
+    - The path as a lenient router reads it: an allowed request must not match an enforced deny rule when paths are
+      matched in any case and with or without a trailing slash (Express's default). Where a policy declares how a
+      server routes (`servers:`; a rule's `path_case`, `trailing_slash`), rules match that way in the first place.
+    """
+    if view.agent is None:
+        return Decision("deny", "the request carries no known agent identity")
+    repeated = repeated_keys(view)
+    first = _decide_reading(view, policies, now, counts, repeated)
+    if not repeated or first.effect != "allow":
+        return first
+    return _every_value(view, repeated, first, policies, now, counts)
+
+
+def _every_value(view: RequestView, repeated: list[RepeatedKey], first: Decision, policies: PolicySet, now: float,
+                 counts: LimitCounts) -> Decision:
+    """`first`, the decision on each repeated key's first value, if every other reading of their values is allowed
+    too; else a refusal naming the reading."""
+    count = reading_count(repeated)
+    if count > MOST_VALUE_READINGS:
+        keys = ", ".join(sorted({repr(key) for _, key, _ in repeated}))
+        return Decision("deny", f"keys sent more than once ({keys}) combine into {count} readings of the request, "
+                                f"too many to decide one by one (at most {MOST_VALUE_READINGS})",
+                        "request-reading", allowed_instead=_alternatives(view, policies))
+    for how, reading in value_readings(view):
+        d = _decide_reading(reading, policies, now, counts, repeated)
+        if d.effect != "allow":
+            return Decision("deny", f"refused: servers differ on which value of a repeated key they read; read with "
+                                    f"{how}, policy does not allow the request ({d.reason})",
+                            "request-reading", allowed_instead=d.allowed_instead)
+    return first
+
+
+@dataclass
+class _Matched:
+    """The rules whose plain criteria match one reading of a request, sorted by what they may do to it."""
+
+    enforce: list[Rule] = field(default_factory=list)
+    report: list[Rule] = field(default_factory=list)
+    reporting: bool = False   # a report-mode policy softens default deny only on the hosts its rules cover
+    unaccepting: list[Rule] = field(default_factory=list)   # enforced allow rules refusing keys sent twice
+    lenient_denies: list[Rule] = field(default_factory=list)  # enforced deny rules a lenient router's path meets
+
+
+def _match(view: RequestView, policies: PolicySet, repeated: list[RepeatedKey]) -> _Matched:
+    """Sort the candidate rules for one reading by their plain criteria, matching paths as the host's server routes."""
+    routing = policies.routing(view.host)
+    m = _Matched()
+    formatless = _without_format(view)
+    for c in policies.candidates(view.host):
+        if not c.policy.applies_to(view.agent):
+            continue
+        enforced, rule = c.policy.mode == "enforce", c.rule
+        m.reporting = m.reporting or (not enforced and _covers(c, view))
+        if rule.matches_plain(view, c.host_known, routing):
+            if repeated and rule.effect == "allow" and not rule.accepts_duplicate_keys:
+                if enforced:
+                    m.unaccepting.append(rule)
+            else:
+                (m.enforce if enforced else m.report).append(rule)
+        elif enforced and rule.effect == "deny" and (rule.matches_plain(view, c.host_known, LENIENT) or (
+                formatless is not None and rule.matches_plain(formatless, c.host_known, LENIENT))):
+            m.lenient_denies.append(rule)
+    return m
+
+
+#: The formats Rails registers out of the box (and Spring's suffix matching commonly sees); `files.delete` on a
+#: Slack-style API is a method name, not a format.
+_FORMAT_SUFFIX = re.compile(r"(/[^/]+)\.(?i:json|xml|html?|csv|te?xt|ya?ml|js|atom|rss|ics|pdf|zip)/?$")
+
+
+def _without_format(view: RequestView) -> RequestView | None:
+    """The request with a format suffix taken off its last segment (`/files/a/delete.json`), as Rails' `(.:format)`
+    and Spring's suffix matching route it; None when it has none. Only deny rules are matched against it."""
+    stripped = _FORMAT_SUFFIX.sub(r"\1", view.path)
+    return dataclasses.replace(view, path=stripped) if stripped != view.path else None
+
+
+def _decide_reading(view: RequestView, policies: PolicySet, now: float, counts: LimitCounts,
+                    repeated: list[RepeatedKey]) -> Decision:
+    """Decide one reading of a request: its conditions, limits and report mode, then the path as lenient routers
+    read it."""
+    m = _match(view, policies, repeated)
+    cache: dict[str, Any] = {}
+
+    def context() -> Any:
+        """Built once per decision, holding only what the conditions that may run can read."""
+        if "c" not in cache:
+            rules = m.enforce + m.report + m.lenient_denies
+            cache["c"] = bind(view.cel_context(now, [p for r in rules if r.when is not None for p in r.when.paths]))
+        return cache["c"]
+
+    d = _conclude(view, policies, m, context, now, counts, repeated)
+    if d.effect == "allow" and m.lenient_denies:
+        lenient = _judge(m.lenient_denies, view, context)
+        if lenient.deny is not None:
+            return Decision("deny", f"refused: read by a router that ignores case, a trailing slash (as Express does "
+                                    f"by default) or a format suffix (as Rails does), the request {view.method} "
+                                    f"{view.path} is one policy denies "
+                                    f"({lenient.deny[1]})", "request-reading",
+                            allowed_instead=_alternatives(view, policies))
+    return d
+
+
+def _conclude(view: RequestView, policies: PolicySet, m: _Matched, context: Callable[[], Any], now: float,
+              counts: LimitCounts, repeated: list[RepeatedKey]) -> Decision:
+    """The decision the matched rules make: deny beats allow, limits cap, report mode softens default deny."""
+    hard = _judge(m.enforce, view, context)
+    soft = _judge(m.report, view, context)
+    if hard.deny is None:
+        limited = _limit_denial(hard.allows, view, counts, now)
+        if limited:
+            hard.deny = limited
+    if hard.deny is not None:
+        rule, reason = hard.deny
+        return Decision("deny", reason, rule.key, allowed_instead=_alternatives(view, policies))
+    if soft.deny is None:
+        soft.deny = _limit_denial(soft.allows, view, counts, now)
+    would = f"report mode: {soft.deny[1]} (rule {soft.deny[0].key})" if soft.deny else None
+    allows = hard.allows + (soft.allows if soft.deny is None else [])
+    limited_keys = tuple(r.key for r in hard.allows + soft.allows if r.limit)
+    if hard.allows:
+        first = hard.allows[0]
+        return Decision("allow", f"allowed by rule '{first.name}'", first.key, would, limited_keys,
+                        rewrite=first.rewrite)
+    if allows:
+        first = allows[0]
+        would = f"report mode: only report-mode rule '{first.name}' allows this; enforced, it would be denied"
+        return Decision("allow", f"allowed by report-mode rule '{first.name}'", first.key, would, limited_keys,
+                        rewrite=first.rewrite)
+    if m.unaccepting:
+        where, key, _ = repeated[0]
+        return Decision("deny", f"the {where} has the key {key!r} more than once, and servers differ on which value "
+                                f"they read; rule '{m.unaccepting[0].name}' does not accept repeated keys",
+                        "request-reading", allowed_instead=_alternatives(view, policies))
+    nothing = f"no rule allows {view.describe()} for agent '{view.agent}'"
+    if m.reporting:
+        return Decision("allow", nothing + " (allowed: a policy for this agent is in report mode)", None,
+                        would or f"report mode: {nothing}", limited_keys)
+    return Decision("deny", nothing, None, allowed_instead=_alternatives(view, policies))
+
+
+def _covers(c: Candidate, view: RequestView) -> bool:
+    """Whether a candidate rule names this request's host and agent (its method and path may differ)."""
+    rule = c.rule
+    if rule.agents is not None and view.agent not in rule.agents:
+        return False
+    return c.host_known or not rule.hosts or any(h.matches(view.host) for h in rule.hosts)
+
+
+def _alternatives(view: RequestView, policies: PolicySet, most: int = 5) -> tuple[str, ...]:
+    """What this agent may do on this host instead, for the denial body."""
+    out = []
+    for c in policies.candidates(view.host):
+        if c.rule.effect == "allow" and c.policy.applies_to(view.agent) and _covers(c, view):
+            out.append(c.rule.summary())
+    return tuple(out[:most])

@@ -1,0 +1,6 @@
+"""Undo: rule packs (`rules`), the pure planner from a recorded exchange to compensating steps (`plan`), and carrying
+a plan out, journaled, through the pipeline (`run`) and for whole sessions (`session`).
+
+May import: the core, `policy` (CEL, globs, the decision a step needs), `audit`, `credentials` and `sandbox` (file
+runs of a session); `run` also the runtime, whose in-process proxy replays the steps.
+"""

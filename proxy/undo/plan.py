@@ -1,0 +1,422 @@
+"""The undo planner, pure: from an audit row and the undo rules, the compensating requests (or why there are none)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+from urllib.parse import parse_qsl, unquote, urljoin, urlsplit
+
+from ..globs import Glob
+from ..policy.cel import CelEvalError, Condition, Expression
+
+#: Names undo expressions may read: the agent's request and its response, the pre-image, and a guard's read.
+UNDO_VARIABLES = frozenset({"request", "response", "pre", "read"})
+Fidelity = Literal["exact", "needs-preimage", "lossy", "irreversible"]
+FIDELITIES: tuple[str, ...] = ("exact", "needs-preimage", "lossy", "irreversible")
+#: Methods that change nothing: no pre-image, no undo class, nothing for a session undo to take back.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT"})
+#: Answers that say a read was not allowed (no or a refused credential), not what the resource is like.
+REFUSED_STATUSES = frozenset({401, 403, 407})
+
+
+def read_refused(status: int | None) -> bool:
+    """Whether a read's status says it was refused (auth), not how the resource is."""
+    return status in REFUSED_STATUSES
+
+
+def read_failed(status: int | None) -> bool:
+    """Whether a read's status says it failed (not made, refused, the upstream failing or throttling): what it
+    shows is not the resource."""
+    return status is None or status == 0 or read_refused(status) or status == 429 or status >= 500
+
+
+@dataclass(frozen=True)
+class Template:
+    """A string with `${CEL}` parts; a string that is one `${...}` gives that expression's value unconverted."""
+
+    source: str
+    parts: tuple[str | Expression, ...]
+
+    def render(self, variables: dict[str, Any]) -> Any:
+        if len(self.parts) == 1 and isinstance(self.parts[0], Expression):
+            return self.parts[0].evaluate(variables)
+        out = []
+        for part in self.parts:
+            value = part.evaluate(variables) if isinstance(part, Expression) else part
+            out.append(value if isinstance(value, str) else json.dumps(value) if isinstance(value, dict | list)
+                       else str(value).lower() if isinstance(value, bool) else str(value))
+        return "".join(out)
+
+
+def render_tree(value: Any, variables: dict[str, Any]) -> Any:
+    """Render templates inside a JSON-like structure (for `json:` bodies)."""
+    if isinstance(value, Template):
+        return value.render(variables)
+    if isinstance(value, dict):
+        return {k: render_tree(v, variables) for k, v in value.items()}
+    if isinstance(value, list):
+        return [render_tree(v, variables) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class RequestTemplate:
+    """One compensating (or guard) request: method, URL, headers and body, each templated."""
+
+    method: str
+    url: Template
+    headers: tuple[tuple[str, Template], ...] = ()
+    json: Any = None           # a structure of templates, sent as JSON
+    form: tuple[tuple[str, Template], ...] | None = None
+    body: Template | None = None   # raw bytes (e.g. `${pre.body}`), sent as they are
+    success: Condition | None = None
+    why: str = ""
+    conflict: Condition | None = None   # the answer of a conditional request refused as stale (default: a 412)
+    repeatable: bool | None = None  # safe to send again if an interrupted undo cannot tell whether it arrived;
+                                    # by default only PUT and DELETE are (HTTP's idempotent methods)
+
+
+@dataclass(frozen=True)
+class Guard:
+    """A read before compensating, and what it must show; otherwise someone changed the resource after the agent.
+    A read answered 401, 403 or 407 (or as `refused` says, for APIs that answer 200 to everything) was refused: that
+    says nothing about the resource, and is never reported as a conflict."""
+
+    read: RequestTemplate
+    expect: Condition
+    conflict: str = "the resource changed after the agent's request"
+    refused: Condition | None = None
+
+
+@dataclass(frozen=True)
+class UndoRule:
+    """How to take back one kind of request: match, when it took effect, fidelity, and the compensating requests."""
+
+    pack: str
+    name: str
+    hosts: tuple[Glob, ...]
+    methods: frozenset[str] | None
+    paths: tuple[Glob, ...] | None
+    fidelity: Fidelity
+    when: Condition | None = None
+    effective: Condition | None = None
+    reason: str = ""           # for irreversible rules: why (shown in `log` and `show`)
+    undo: tuple[RequestTemplate, ...] = ()
+    guard: Guard | None = None
+    preimage: RequestTemplate | None = None  # read before forwarding, templated from the request only
+    twin: RequestTemplate | None = None      # a reversible request with the same purpose, sent instead where a
+                                             # policy rule says `rewrite: reversible` (Gmail delete -> trash)
+
+    def matches(self, method: str, host: str, path: str) -> bool:
+        return (any(h.matches(host) for h in self.hosts) and (self.methods is None or method in self.methods)
+                and (self.paths is None or any(p.matches(path) for p in self.paths)))
+
+    @property
+    def label(self) -> str:
+        return f"irreversible: {self.reason}" if self.fidelity == "irreversible" and self.reason else self.fidelity
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One request and its response as the planner sees them (from an audit row, or from a live flow)."""
+
+    method: str
+    url: str
+    request_headers: tuple[tuple[str, str], ...] = ()
+    request_body: bytes | None = None
+    status: int | None = None
+    response_headers: tuple[tuple[str, str], ...] = ()
+    response_body: bytes | None = None
+    pre_status: int | None = None              # the pre-image read before forwarding, if one was made
+    pre_headers: tuple[tuple[str, str], ...] = ()
+    pre_body: bytes | None = None
+    pre_body_size: int | None = None           # its whole size; more than len(pre_body) when it was cut
+    credential: str | None = None              # the credential injected into the request, if one was
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Exchange:
+        def pairs(text: Any) -> tuple[tuple[str, str], ...]:
+            return tuple((str(k), str(v)) for k, v in json.loads(text)) if text else ()
+
+        return cls(str(row["method"]), str(row["url"]), pairs(row.get("req_headers")), row.get("req_body"),
+                   row.get("status"), pairs(row.get("resp_headers")), row.get("resp_body"),
+                   row.get("pre_status"), pairs(row.get("pre_headers")), row.get("pre_body"), row.get("pre_body_size"),
+                   row.get("credential"))
+
+    def target(self) -> tuple[str, str, str]:
+        """Method, host and path, as rules match them."""
+        parts = urlsplit(self.url)
+        return self.method.upper(), (parts.hostname or "").lower().rstrip("."), parts.path or "/"
+
+    def variables(self) -> dict[str, Any]:
+        """`request` and `response` as undo expressions read them."""
+        parts = urlsplit(self.url)
+        host = (parts.hostname or "").lower()
+        request = {"method": self.method.upper(), "url": self.url, "scheme": parts.scheme, "host": host,
+                   "port": parts.port or (443 if parts.scheme == "https" else 80), "path": parts.path or "/",
+                   "base_url": f"{parts.scheme}://{parts.netloc}{parts.path or '/'}",
+                   "parent_url": f"{parts.scheme}://{parts.netloc}{(parts.path or '/').rstrip('/').rpartition('/')[0]}",
+                   "segments": [unquote(seg) for seg in (parts.path or "/").split("/")[1:]],
+                   "query": dict(parse_qsl(parts.query, keep_blank_values=True)),
+                   "headers": header_map(self.request_headers), **body_view(self.request_body)}
+        response = {"status": self.status if self.status is not None else 0,
+                    "headers": header_map(self.response_headers), **body_view(self.response_body)}
+        pre = ({"status": self.pre_status, "headers": header_map(self.pre_headers), **body_view(self.pre_body)}
+               if self.pre_status is not None else {})
+        return {"request": request, "response": response, "pre": pre, "read": {}}
+
+
+def header_map(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in pairs:
+        out[k.lower()] = f"{out[k.lower()]}, {v}" if k.lower() in out else v
+    return out
+
+
+def body_view(raw: bytes | None) -> dict[str, Any]:
+    """A body as undo expressions read it: `body` (bytes), `text`, and `json` or `form` when it parses as one."""
+    text = (raw or b"").decode("utf-8", "replace")
+    try:
+        parsed = json.loads(text) if text else None
+    except ValueError:
+        parsed = None
+    form = dict(parse_qsl(text, keep_blank_values=True)) if parsed is None and "=" in text else {}
+    return {"body": raw or b"", "text": text, "json": parsed if parsed is not None else {}, "form": form}
+
+
+@dataclass(frozen=True)
+class Step:
+    """A compensating request, rendered: ready to send through the pipeline."""
+
+    method: str
+    url: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes | None
+    why: str
+    success: Condition | None = None
+    repeatable: bool = False
+    conflict: Condition | None = None
+
+    def describe(self) -> str:
+        return f"{self.method} {self.url}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What `undo` would do for one request: the steps, or why there are none (`verdict` says which)."""
+
+    request_id: str
+    verdict: Literal["plan", "no rule", "not effective", "irreversible", "not planned"]
+    rule: str | None = None
+    fidelity: str = "no rule"
+    reason: str = ""
+    steps: tuple[Step, ...] = ()
+    guard: Step | None = None
+    guard_expect: Condition | None = None
+    conflict: str = ""
+    variables: dict[str, Any] = field(default_factory=dict, repr=False)
+    guard_refused: Condition | None = None
+    credential: str | None = None  # the credential the agent's request was sent with: undo needs it too
+
+
+def preimage_read(rules: Iterable[UndoRule], exchange: Exchange) -> Step | None:
+    """The read to make before forwarding this request, or None."""
+    return _before_forwarding(rules, exchange, lambda rule: rule.preimage)
+
+
+def twin_for(rules: Iterable[UndoRule], exchange: Exchange) -> Step | None:
+    """The reversible twin to forward instead of this request, or None if its rule has none."""
+    return _before_forwarding(rules, exchange, lambda rule: rule.twin)
+
+
+def _before_forwarding(rules: Iterable[UndoRule], exchange: Exchange,
+                       part: Callable[[UndoRule], RequestTemplate | None]) -> Step | None:
+    """A rule's request made before forwarding (`part` picks which), rendered from the request alone. Rules are
+    tried in order as `find_rule` will try them once the response is in: one whose `when` is already false is
+    passed over; one whose `when` already holds decides; one whose `when` needs the response or the pre-image
+    decides if it has that part, else is passed over."""
+    target = exchange.target()
+    variables: dict[str, Any] | None = None
+    for rule in rules:
+        if not rule.matches(*target):
+            continue
+        if variables is None:
+            variables = {**exchange.variables(), "response": {}, "pre": {}}  # not known yet: reading them fails
+        try:
+            holds: bool | None = rule.when.evaluate(variables) if rule.when is not None else True
+        except CelEvalError:
+            holds = None
+        template = part(rule)
+        if holds is False or (holds is None and template is None):
+            continue
+        if template is None:
+            return None
+        try:
+            return _render(template, variables)
+        except CelEvalError:
+            return None
+    return None
+
+
+def find_rule(rules: Iterable[UndoRule], exchange: Exchange, variables: dict[str, Any] | None = None
+              ) -> tuple[UndoRule, dict[str, Any]] | None:
+    """The first rule matching the request (and its `when`), in pack order, with the exchange's variables; those
+    are built (bodies parsed) only once a rule matches host, method and path. A rule that reads a pre-image matches
+    when its `when` cannot be told for want of a pre-image that could not be read."""
+    target = exchange.target()
+    for rule in rules:
+        if not rule.matches(*target):
+            continue
+        if variables is None:
+            variables = exchange.variables()
+        missing_pre = rule.preimage is not None and not _usable(variables["pre"])
+        if rule.when is not None:
+            try:
+                if not rule.when.evaluate({**variables, "pre": {}} if missing_pre else variables):
+                    continue
+            except CelEvalError:
+                if not missing_pre:
+                    continue
+                # It could not be told without the pre-image: the rule stands, and plan() says what is missing.
+        return rule, variables
+    return None
+
+
+def classify(rules: Iterable[UndoRule], exchange: Exchange) -> str:
+    """The undo class shown with an audit row: the matching rule's fidelity, or "no rule"."""
+    found = find_rule(rules, exchange)
+    if found is None:
+        return "no rule"
+    rule, variables = found
+    if rule.effective is not None and exchange.status is not None:
+        try:
+            if not rule.effective.evaluate(variables):
+                return "not effective"
+        except CelEvalError:
+            return "not effective"
+    return rule.label
+
+
+def _render(template: RequestTemplate, variables: dict[str, Any]) -> Step:
+    url = template.url.render(variables)
+    headers = tuple((k, str(v.render(variables))) for k, v in template.headers)
+    body = None
+    if template.json is not None:
+        body = json.dumps(render_tree(template.json, variables)).encode()
+        headers += (("Content-Type", "application/json"),)
+    elif template.form is not None:
+        from urllib.parse import urlencode
+
+        body = urlencode([(k, str(v.render(variables))) for k, v in template.form]).encode()
+        headers += (("Content-Type", "application/x-www-form-urlencoded"),)
+    elif template.body is not None:
+        raw = template.body.render(variables)
+        body = raw if isinstance(raw, bytes) else str(raw).encode()
+    repeatable = template.repeatable if template.repeatable is not None else template.method in ("PUT", "DELETE")
+    return Step(template.method, str(url), headers, body, template.why, template.success, repeatable,
+                template.conflict)
+
+
+def on_origin(url: str, original: str) -> str | None:
+    """`url` made absolute against `original`, if it is on the same origin (scheme, host, port), else None: a
+    compensation, pre-image read or twin built from an upstream's answer must not carry a credential elsewhere."""
+    def origin(u: str) -> tuple[str, str, int | None]:
+        parts = urlsplit(u)
+        try:
+            port = parts.port or {"https": 443, "http": 80}.get(parts.scheme.lower())
+        except ValueError:
+            port = None
+        return parts.scheme.lower(), (parts.hostname or "").lower().rstrip("."), port
+
+    absolute = urljoin(original, url)
+    return absolute if url and origin(absolute) == origin(original) and origin(original)[2] is not None else None
+
+
+def _on_origin(step: Step, original: str) -> Step:
+    url = on_origin(step.url, original)
+    if url is None:
+        raise OffOrigin(f"{step.describe()} is not on the origin of the request it undoes ({original})")
+    return replace(step, url=url)
+
+
+class OffOrigin(ValueError):
+    """A rendered request would leave the origin of the request it belongs to."""
+
+
+def _usable(pre: dict[str, Any]) -> bool:
+    """A pre-image was read and shows the resource: not a read that failed (status 0), was refused (401, 403, 407)
+    or that the upstream failed to answer (429, 5xx)."""
+    return bool(pre) and not read_failed(pre.get("status"))
+
+
+def _preimage_failure(pre: dict[str, Any]) -> str:
+    """Why the pre-image cannot be used, for a plan's reason."""
+    if not pre:
+        return "none was recorded for it"
+    status, text = pre.get("status"), " ".join(str(pre.get("text", "")).split())[:200]
+    if not status:
+        return f"reading it failed: {text}"
+    what = "was refused" if read_refused(status) else "failed"
+    return f"reading it {what} ({status}{': ' + text if text else ''})"
+
+
+def _truncated(exchange: Exchange) -> bool:
+    """True when only part of the pre-image was kept (its size, or its Content-Length, says there was more)."""
+    kept = len(exchange.pre_body or b"")
+    length = header_map(exchange.pre_headers).get("content-length", "")
+    return (exchange.pre_body_size or 0) > kept or (length.isdigit() and int(length) > kept)
+
+
+def plan(request_id: str, exchange: Exchange, rules: Iterable[UndoRule]) -> Plan:
+    """The compensating requests for one recorded exchange, rendered from its rule."""
+    variables = exchange.variables()
+    found = find_rule(rules, exchange, variables)
+    if found is None:
+        return Plan(request_id, "no rule", reason="no undo rule matches this request")
+    rule = found[0]
+    base = Plan(request_id, "not planned", f"{rule.pack}/{rule.name}", rule.label, variables=variables,
+                credential=exchange.credential)
+    if exchange.status is None:
+        return replace(base, verdict="not planned",
+                    reason="the request has no recorded outcome (it may or may not have happened)")
+    try:
+        effective = rule.effective.evaluate(variables) if rule.effective is not None else True
+    except CelEvalError as exc:
+        return replace(base, verdict="not planned", reason=f"cannot tell whether it took effect: {exc}")
+    if not effective:
+        return replace(base, verdict="not effective", reason="the request did not take effect; nothing to undo")
+    if rule.fidelity == "irreversible" or not rule.undo:
+        return replace(base, verdict="irreversible", reason=rule.reason or "no compensating request exists")
+    if (rule.fidelity == "needs-preimage" or rule.preimage is not None) and not _usable(variables["pre"]):
+        return replace(base, verdict="not planned", reason="undoing it needs the resource as it was before the "
+                       "request (a pre-image), and " + _preimage_failure(variables["pre"]))
+    if rule.fidelity == "needs-preimage" and _truncated(exchange):
+        return replace(base, verdict="not planned", reason="the pre-image was larger than audit.max_body_bytes, so "
+                                                           "only part of it was recorded")
+    try:
+        steps = tuple(_on_origin(_render(t, variables), exchange.url) for t in rule.undo)
+        guard = _on_origin(_render(rule.guard.read, variables), exchange.url) if rule.guard else None
+    except CelEvalError as exc:
+        return replace(base, verdict="not planned", reason=f"the rule cannot be applied to this response: {exc}")
+    except OffOrigin as exc:
+        return replace(base, verdict="not planned", reason=f"refused to plan a compensation off the original "
+                                                           f"origin: {exc}")
+    return replace(base, verdict="plan", steps=steps, guard=guard,
+                guard_expect=rule.guard.expect if rule.guard else None,
+                conflict=rule.guard.conflict if rule.guard else "",
+                guard_refused=rule.guard.refused if rule.guard else None)
+
+
+def irreversible_samples(rules: Iterable[UndoRule]) -> list[tuple[UndoRule, str, str, str]]:
+    """(rule, method, host, path) for each irreversible rule whose host and path are literal: a request a policy
+    can be asked about (`policy check` warns when one is allowed with no limit)."""
+    out = []
+    for rule in rules:
+        if rule.fidelity != "irreversible" or rule.methods is None or not rule.paths:
+            continue
+        for host in (h.literal for h in rule.hosts if h.literal):
+            for path in (p.literal for p in rule.paths if p.literal):
+                out += [(rule, method, host, path) for method in sorted(rule.methods)]
+    return out

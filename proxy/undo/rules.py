@@ -1,0 +1,221 @@
+"""Undo rule packs: YAML read onto `UndoRule` values (shipped as `builtin:NAME`), every problem as `file:line:col`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, cast
+
+from .. import yamlsrc
+from ..errors import ConfigError, Problem
+from ..globs import compile_host, compile_path
+from ..policy.cel import CelSyntaxError, compile_condition, compile_expression
+from ..policy.load import RuleReader, expression_pos
+from ..yamlsrc import YMap
+from .plan import FIDELITIES, UNDO_VARIABLES, Fidelity, Guard, RequestTemplate, Template, UndoRule
+
+_PACK_KEYS = {"version", "name", "description", "rules"}
+_RULE_KEYS = {"name", "match", "when", "effective", "class", "reason", "undo", "guard", "preimage", "twin",
+              "description"}
+_REQUEST_KEYS = {"method", "url", "headers", "json", "form", "body", "success", "why", "repeatable", "conflict"}
+
+
+def parse_template(text: str) -> Template:
+    """Split `a ${expr} b` into literal and expression parts; `$${` is a literal `${`."""
+    parts: list[Any] = []
+    i, literal = 0, ""
+    while i < len(text):
+        if text.startswith("$${", i):
+            literal, i = literal + "${", i + 3
+        elif text.startswith("${", i):
+            end, depth, j = -1, 0, i + 2
+            while j < len(text):
+                if text[j] in "{[(":
+                    depth += 1
+                elif text[j] in "}])":
+                    if depth == 0 and text[j] == "}":
+                        end = j
+                        break
+                    depth -= 1
+                elif text[j] in "'\"":
+                    close = text.find(text[j], j + 1)
+                    j = close if close != -1 else len(text)
+                j += 1
+            if end == -1:
+                raise CelSyntaxError(f"'${{' at character {i + 1} is never closed with '}}'")
+            if literal:
+                parts.append(literal)
+                literal = ""
+            parts.append(compile_expression(text[i + 2:end], UNDO_VARIABLES))
+            i = end + 1
+        else:
+            literal, i = literal + text[i], i + 1
+    if literal or not parts:
+        parts.append(literal)
+    return Template(text, tuple(parts))
+
+
+class _UndoReader(RuleReader):
+    def condition(self, m: YMap, key: str, where: str) -> Any:
+        if key not in m:
+            return None
+        try:
+            return compile_condition(m[key], UNDO_VARIABLES)
+        except CelSyntaxError as exc:
+            self.check.error(expression_pos(self.lines, self.check.at(m, key), exc), f"'{where}.{key}' {exc}")
+            return None
+
+    def template(self, m: YMap, key: str, where: str) -> Template | None:
+        value = m.get(key)
+        if not isinstance(value, str):
+            self.check.error(self.check.at(m, key) if key in m else m.pos, f"'{where}.{key}' must be a string")
+            return None
+        try:
+            return parse_template(value)
+        except CelSyntaxError as exc:
+            self.check.error(self.check.at(m, key), f"'{where}.{key}' {exc}")
+            return None
+
+    def tree(self, value: Any, where: str, pos: tuple[int, int]) -> Any:
+        if isinstance(value, str):
+            try:
+                return parse_template(value)
+            except CelSyntaxError as exc:
+                self.check.error(pos, f"'{where}' {exc}")
+                return None
+        if isinstance(value, dict):
+            return {k: self.tree(v, f"{where}.{k}", value.value_pos.get(k, pos) if isinstance(value, YMap) else pos)
+                    for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.tree(v, f"{where}[{i}]", pos) for i, v in enumerate(value)]
+        return value
+
+    def request(self, raw: Any, where: str, pos: tuple[int, int]) -> RequestTemplate | None:
+        r = self.check.mapping(raw, where, pos, _REQUEST_KEYS, {"method", "url"})
+        if r is None:
+            return None
+        method = str(r.get("method", "")).upper()
+        if method not in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"):
+            self.check.error(self.check.at(r, "method"), f"'{where}.method' must be an HTTP method (got {method!r})")
+        url = self.template(r, "url", where)
+        headers: list[tuple[str, Template]] = []
+        hm = self.check.mapping(r.get("headers", YMap()), f"{where}.headers", self.check.at(r, "headers"),
+                                set(r.get("headers") or {}))
+        for name in hm or {}:
+            t = self.template(hm, name, f"{where}.headers") if hm is not None else None
+            if t is not None:
+                headers.append((name, t))
+        if sum(k in r for k in ("json", "form", "body")) > 1:
+            self.check.error(r.pos, f"'{where}' may have one of 'json', 'form' or 'body', not several")
+        repeatable = r.get("repeatable")
+        if repeatable is not None and not isinstance(repeatable, bool):
+            self.check.error(self.check.at(r, "repeatable"), f"'{where}.repeatable' must be true or false")
+            repeatable = None
+        form = None
+        if "form" in r:
+            fm = self.check.mapping(r["form"], f"{where}.form", self.check.at(r, "form"), set(r["form"] or {}))
+            form = tuple((k, t) for k in (fm or YMap()) if fm is not None
+                         and (t := self.template(fm, k, f"{where}.form")) is not None)
+        return RequestTemplate(method, url or Template("", ("",)), tuple(headers),
+                               self.tree(r["json"], f"{where}.json", self.check.at(r, "json")) if "json" in r else None,
+                               form, self.template(r, "body", where) if "body" in r else None,
+                               self.condition(r, "success", where), str(r.get("why", "")),
+                               self.condition(r, "conflict", where), repeatable)
+
+    def rule(self, pack: str, raw: Any, pos: tuple[int, int], index: int) -> UndoRule | None:  # type: ignore[override]
+        where = f"rules[{index}]"
+        r = self.check.mapping(raw, where, pos, _RULE_KEYS, {"name", "match", "class"})
+        if r is None:
+            return None
+        name = self.check.string(r, "name", f"{where}.name") or f"#{index + 1}"
+        m = self.check.mapping(r.get("match"), f"{where}.match", self.check.at(r, "match"),
+                               {"host", "hosts", "method", "methods", "path", "paths"})
+        if m is None:
+            return None
+        hosts = self.globs(m, ("host", "hosts"), f"{where}.match", compile_host)
+        if not hosts:
+            self.check.error(m.pos, f"'{where}.match' must name a 'host'")
+        fidelity = r.get("class")
+        if fidelity not in FIDELITIES:
+            self.check.error(self.check.at(r, "class"), f"'{where}.class' must be one of {', '.join(FIDELITIES)} "
+                                                        f"(got {fidelity!r})")
+            fidelity = "irreversible"
+        fidelity = cast(Fidelity, fidelity)
+        reason = self.check.string(r, "reason", f"{where}.reason") or ""
+        steps = [self.request(s, f"{where}.undo[{i}]", p)
+                 for i, s, p in self.check.items(r.get("undo", yamlsrc.YList()), f"{where}.undo", self.check.at(r, "undo"))]
+        if fidelity == "irreversible" and steps:
+            self.check.error(self.check.at(r, "undo"), f"'{where}' is irreversible but has undo steps")
+        if fidelity == "irreversible" and not reason:
+            self.check.error(r.pos, f"'{where}' is irreversible: say why in 'reason' (it is shown with every row)")
+        if fidelity != "irreversible" and not steps:
+            self.check.error(r.pos, f"'{where}' needs 'undo' steps (or class: irreversible with a reason)")
+        guard = None
+        if "guard" in r:
+            g = self.check.mapping(r["guard"], f"{where}.guard", self.check.at(r, "guard"),
+                                   {"read", "expect", "conflict", "refused"}, {"read", "expect"})
+            if g is not None:
+                read = self.request(g["read"], f"{where}.guard.read", self.check.at(g, "read"))
+                expect = self.condition(g, "expect", f"{where}.guard")
+                refused = self.condition(g, "refused", f"{where}.guard")
+                if read is not None and expect is not None:
+                    guard = Guard(read, expect, str(g.get("conflict") or "the resource changed after the agent's request"),
+                                  refused)
+        preimage = self.request(r["preimage"], f"{where}.preimage", self.check.at(r, "preimage")) \
+            if "preimage" in r else None
+        if preimage is not None and preimage.method not in ("GET", "HEAD"):
+            self.check.error(self.check.at(r, "preimage"), f"'{where}.preimage' must be a GET or HEAD (it is sent "
+                                                           "before the agent's request, and must change nothing)")
+        if fidelity == "needs-preimage" and preimage is None:
+            self.check.warn(r.pos, f"'{where}' needs a pre-image but has no 'preimage' read; it will never be planned")
+        twin = self.request(r["twin"], f"{where}.twin", self.check.at(r, "twin")) if "twin" in r else None
+        return UndoRule(pack, name, hosts or (), self.methods(m, f"{where}.match"),
+                        self.globs(m, ("path", "paths"), f"{where}.match", compile_path), fidelity,
+                        self.condition(r, "when", where), self.condition(r, "effective", where), reason,
+                        tuple(s for s in steps if s is not None), guard, preimage, twin)
+
+    def pack(self, doc: Any, file: str) -> list[UndoRule]:
+        p = self.check.mapping(doc, "undo pack", (1, 1), _PACK_KEYS, {"version", "rules"})
+        if p is None:
+            return []
+        if p.get("version") != 1:
+            self.check.error(self.check.at(p, "version"), f"'version' must be 1 (got {p.get('version')!r})")
+        name = self.check.string(p, "name", "name") or Path(file).stem
+        rules = [self.rule(name, raw, pos, i) for i, raw, pos in self.check.items(p.get("rules"), "rules",
+                                                                                    self.check.at(p, "rules"))]
+        return [r for r in rules if r is not None]
+
+
+def is_undo_pack(text: str) -> bool:
+    """Whether a rules file is an undo pack (its rules have `match`) rather than a policy (`allow`/`deny`)."""
+    doc, problems = yamlsrc.load(text, "")
+    rules = doc.get("rules") if isinstance(doc, dict) and not problems else None
+    return isinstance(rules, list) and any(isinstance(r, dict) and "match" in r for r in rules)
+
+
+def check_pack_text(text: str, file: str) -> tuple[list[UndoRule], list[Problem]]:
+    """Read one undo pack; returns its rules (empty if unusable) and every problem found."""
+    doc, problems = yamlsrc.load(text, file)
+    if problems:
+        return [], problems
+    reader = _UndoReader(file, text)
+    rules = reader.pack(doc, file)
+    errors = [p for p in reader.check.problems if p.severity == "error"]
+    return ([] if errors else rules), reader.check.problems
+
+
+def load_packs(paths: list[Path]) -> tuple[UndoRule, ...]:
+    """Every rule of every pack, in order; ConfigError with the problems of all files if any is invalid."""
+    problems: list[Problem] = []
+    rules: list[UndoRule] = []
+    for path in paths:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(Problem(str(path), 1, 1, f"cannot read undo pack: {exc}"))
+            continue
+        found, issues = check_pack_text(text, str(path))
+        problems += [p for p in issues if p.severity == "error"]
+        rules += found
+    if problems:
+        raise ConfigError(problems)
+    return tuple(rules)
