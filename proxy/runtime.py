@@ -13,6 +13,7 @@ from mitmproxy import master, options
 from mitmproxy.addons import core, disable_h2c, errorcheck, next_layer, proxyserver, tlsconfig
 
 from .config import Config
+from .errors import StateError
 from .policy.engine import PolicySet
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,21 @@ async def serve(config: Config, policies: PolicySet, quiet: bool = False) -> Non
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, m.shutdown)
     await m.run()
+
+
+def check_can_listen(config: Config) -> None:
+    """Raise StateError if `run` could not listen where the config says (the port taken, the address not ours), so
+    that it says so before it starts rather than in mitmproxy's words after."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in config.listen_host else socket.AF_INET
+    with socket.socket(family) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((config.listen_host, config.listen_port))
+        except OSError as exc:
+            raise StateError(f"cannot listen on {config.listen_host}:{config.listen_port}: {exc.strerror or exc} "
+                             f"(is another goex-proxy running? change `listen` in {config.file})") from None
 
 
 def run(config: Config, policies: PolicySet, quiet: bool = False) -> None:

@@ -10,7 +10,6 @@ import functools
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -177,7 +176,7 @@ def run(config_path: Path | None, quiet: bool) -> None:
 
     config = _config(config_path)
     policies = load_policy_set([(p.path, p.agents) for p in config.policies])
-    _check_can_listen(config)
+    runtime.check_can_listen(config)
     audit.connect(config).close()  # an unusable audit database is a reason not to start (exit 2)
     if any(c.secret.vault for c in config.credentials.values()):
         from ..credentials.vault import Vault
@@ -198,17 +197,6 @@ def run(config_path: Path | None, quiet: bool) -> None:
     click.echo(f"goex-proxy {__version__} on {config.listen_host}:{config.listen_port}; "
                f"{len(policies.policies)} polic{'y' if len(policies.policies) == 1 else 'ies'}; audit {config.audit_db}")
     runtime.run(config, policies, quiet)
-
-
-def _check_can_listen(config: Config) -> None:
-    family = socket.AF_INET6 if ":" in config.listen_host else socket.AF_INET
-    with socket.socket(family) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((config.listen_host, config.listen_port))
-        except OSError as exc:
-            raise StateError(f"cannot listen on {config.listen_host}:{config.listen_port}: {exc.strerror or exc} "
-                             f"(is another goex-proxy running? change `listen` in {config.file})") from None
 
 
 def _exit_code(returncode: int) -> int:
