@@ -1027,19 +1027,9 @@ def test_(config_path: Path | None, files: tuple[Path, ...], against_log: bool, 
     Example: goex-proxy policy test new-slack.yaml --against-log
     """
     from ..policy import whatif
-    from ..policy.load import load_policy, load_policy_set
 
     config = _config(config_path)
-    configured = [(p.path, p.agents) for p in config.policies]
-    candidates: dict[str, Path] = {}
-    for f in files:
-        name = load_policy(f).name
-        if name in candidates:
-            raise GoexError(f"{candidates[name]} and {f} are both policy {name!r}: test one of them at a time")
-        candidates[name] = f
-    replaced = [(candidates.pop(load_policy(path).name, path), agents) for path, agents in configured]
-    current = load_policy_set(configured)
-    candidate = load_policy_set(replaced + [(f, None) for f in candidates.values()])  # the config's agents: kept
+    current, candidate = whatif.policy_sets([(p.path, p.agents) for p in config.policies], files)
     db = audit.connect(config, readonly=True)
     seen, changes = whatif.replay(audit.iter_rows(db), current, candidate)
     if as_json:

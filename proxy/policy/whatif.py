@@ -8,13 +8,16 @@ changed since is no change the candidate files make."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
+from ..errors import GoexError
 from .engine import Decision, PolicySet, decide
 from .limits import LimitCounters
+from .load import load_policy, load_policy_set
 from .requestview import RequestView, canonical_path
 
 #: Rules that refuse a request before the policy sees it; their rows are not the policy's to change.
@@ -38,6 +41,22 @@ class Change:
     reason: str
     recorded: str  # what the log says happened (the policy then, or whatever refused it)
     body_truncated: bool
+
+
+def policy_sets(configured: Sequence[tuple[Path, frozenset[str] | None]], files: Sequence[Path]
+                ) -> tuple[PolicySet, PolicySet]:
+    """The configured policies (path, agents), and the candidate set: each of `files` in place of the configured
+    policy of the same name (keeping the config's agents for it), or added if none has its name."""
+    candidates: dict[str, Path] = {}
+    for f in files:
+        name = load_policy(f).name
+        if name in candidates:
+            raise GoexError(f"{candidates[name]} and {f} are both policy {name!r}: test one of them at a time")
+        candidates[name] = f
+    replaced = [(candidates.pop(load_policy(path).name, path), agents) for path, agents in configured]
+    current = load_policy_set(list(configured))
+    candidate = load_policy_set(replaced + [(f, None) for f in candidates.values()])
+    return current, candidate
 
 
 def view_of_row(row: dict[str, Any]) -> RequestView:
