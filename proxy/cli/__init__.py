@@ -24,9 +24,9 @@ import click
 
 from .. import __version__
 from ..audit import store as audit
-from ..config import Config, config_problems, default_config_path, home, load_config, weak_token
+from ..config import Config, home, load_config, weak_token
 from ..durations import parse_duration
-from ..errors import AuditError, ConfigError, GoexError, NotFound, Problem, StateError, VaultError
+from ..errors import AuditError, ConfigError, GoexError, NotFound, StateError, VaultError
 from ..sandbox import agentenv
 
 
@@ -957,59 +957,15 @@ def check(config_path: Path | None, files: tuple[Path, ...]) -> None:
 
     Example: goex-proxy policy check policies/slack-post-only.yaml
     """
-    from ..policy.load import check_policy_text
-    from ..undo.rules import check_pack_text, is_undo_pack
+    from ..undo.policycheck import check as check_files
 
-    problems: list[Problem] = []
-    targets = list(files)
-    if not targets:
-        path = config_path or default_config_path()
-        problems += config_problems(path)
-        if not problems:
-            config = _config(path)
-            targets = [p.path for p in config.policies] + list(config.undo_packs)
-            problems += _unconfined_irreversible(config)
-    for file in targets:
-        try:
-            text = file.read_text(encoding="utf-8")
-        except OSError as exc:
-            problems.append(Problem(str(file), 1, 1, f"cannot read policy file: {exc.strerror or exc}"))
-            continue
-        except UnicodeDecodeError as exc:
-            problems.append(Problem(str(file), 1, 1, f"policy file is not UTF-8 text (byte {exc.start})"))
-            continue
-        problems += (check_pack_text if is_undo_pack(text) else check_policy_text)(text, str(file))[1]
+    targets, problems = check_files(files, config_path)
     for problem in problems:
         click.echo(str(problem))
     errors = [p for p in problems if p.severity == "error"]
     if errors:
         sys.exit(1)
     click.echo(f"ok: {len(targets)} file{'' if len(targets) == 1 else 's'} (policies and undo packs) checked, no errors")
-
-
-def _unconfined_irreversible(config: Config) -> list[Problem]:
-    """Warnings for allow rules that let an agent make a call no undo can take back, with no limit on it."""
-    from ..policy.load import load_policy_set
-    from ..policy.requestview import RequestView
-    from ..undo.plan import irreversible_samples
-    from ..undo.rules import load_packs
-
-    try:
-        policies = load_policy_set([(p.path, p.agents) for p in config.policies])
-        samples = irreversible_samples(load_packs(list(config.undo_packs)))
-    except GoexError:
-        return []  # the files' own errors are reported above
-    warnings = []
-    for policy in policies.policies:
-        for rule in policy.rules:
-            if rule.effect != "allow" or rule.limit is not None:
-                continue
-            for undo_rule, method, host, path in samples:
-                if any(h.matches(host) for h in rule.hosts) and rule.matches_plain(
-                        RequestView(None, method, "https", host, 443, path), host_known=True):
-                    warnings.append(Problem(policy.file, 1, 1, f"rule '{rule.name}' allows {method} {host}{path} "
-                                                               f"with no limit, and it is {undo_rule.label}", "warning"))
-    return warnings
 
 
 @policy.command(name="test")
