@@ -1,9 +1,9 @@
 """`undo ID --propose`: ask the supervising model for compensating requests where no undo rule knows the way.
 
-Everything here is pure (the scrubber comes from `llm.secret_scrubber`): the CLI asks the model, records the call and
-runs the accepted steps through the pipeline. The model is treated as an untrusted author: what it is shown is scrubbed
-of every secret goex-proxy knows; what it answers is a proposal that must be well-formed, stay on the original origin,
-carry no credential of its own and be allowed by policy before a person is even asked to confirm it.
+Everything here is pure (the scrubber comes from `llm.secret_scrubber`): `proposeflow` asks the model, records the
+call and runs the accepted steps through the pipeline. The model is treated as an untrusted author: what it is shown
+is scrubbed of every secret goex-proxy knows; what it answers is a proposal that must be well-formed, stay on the
+original origin, carry no credential of its own and be allowed by policy before a person is even asked to confirm it.
 """
 
 from __future__ import annotations

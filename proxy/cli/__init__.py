@@ -358,24 +358,6 @@ def _show_rows(rows: list[dict[str, Any]]) -> None:
     _print_table(("#", "id", "method", "url", "decision", "status", "undo"), cells, flexible=3, colour_column=4)
 
 
-def _undo_rows(config: Config, rows: list[dict[str, Any]]) -> None:
-    """Undo these rows, newest first, through the undo engine: each plan shown, then carried out (no more asking)."""
-    from ..undo.run import Journal, one_undo_at_a_time
-
-    conn = audit.connect(config)
-    journal = Journal(conn)
-    newest_first = sorted(rows, key=lambda r: (r["ts"], str(r["id"])), reverse=True)
-    todo, passed = _plan_rows(config, journal, [audit.get(conn, str(r["id"])) for r in newest_first], False, False)
-    skipped = [(str(row["id"]), why) for row, _, why in passed]
-    if todo:
-        with one_undo_at_a_time(config.audit_db):
-            _carry_out_all(config, todo, skipped, journal, None, False)
-    for rid, why in skipped:
-        click.echo(f"not undone: {rid}: {why}", err=True)
-    if skipped:
-        sys.exit(4)
-
-
 @cli.group()
 def files() -> None:
     """Review, keep or undo the file changes of jailed runs (each run that changed files has an id)."""
@@ -642,8 +624,8 @@ def undo(config_path: Path | None, request_id: str | None, agent: str | None, si
     Examples: goex-proxy undo 01JD3K2M5X0A1 --dry-run;  goex-proxy undo --agent mailbot --since 1h;
     goex-proxy undo 01JD3K2M5X0A1 --propose --save-rule undo-notes.yaml
     """
-    from ..undo.plan import SAFE_METHODS
-    from ..undo.run import Journal, one_undo_at_a_time
+    from ..undo import session
+    from ..undo.run import Journal
 
     request_id = request_id.upper() if request_id else request_id  # ids are case-free (Crockford base32)
 
@@ -665,19 +647,16 @@ def undo(config_path: Path | None, request_id: str | None, agent: str | None, si
     if request_id is not None:
         rows = [audit.get(conn, request_id)]
     else:
-        found = audit.query(conn, agent=agent, since=_since(since), limit=None, order="DESC")
-        rows = [audit.get(conn, str(r["id"])) for r in found
-                if r["decision"] in ("allow", "report") and not r.get("undo_of") and r["method"] not in SAFE_METHODS]
-    todo, passed = _plan_rows(config, journal, rows, force, as_json)
-    skipped = [(str(row["id"]), why) for row, _, why in passed]
-    file_runs = _file_runs_to_undo(config, agent, _since(since), as_json) if agent is not None else []
-    if request_id is not None and passed:
-        _, the_plan, why = passed[0]
-        if why == "already undone" or the_plan.verdict == "not effective":
-            raise NotFound(f"nothing to undo for {request_id}: {why}")
-        raise GoexError(f"cannot undo {request_id}: {why}")
+        assert agent is not None
+        rows = session.session_rows(conn, agent, _since(since))
+    planned = _show_plans(session.plan_rows(config, journal, rows, force), as_json)
+    todo = [p for p in planned if p.passed_over is None]
+    file_runs = _file_runs_to_undo(session.file_runs(config, agent, _since(since)), as_json) if agent is not None else []
+    if request_id is not None:
+        session.check_undoable(planned[0])
     if not todo and not file_runs:
-        raise NotFound(f"nothing to undo for {agent} since {since}" + "".join(f"\n  {i}: {w}" for i, w in skipped))
+        raise NotFound(f"nothing to undo for {agent} since {since}" + "".join(f"\n  {p.request_id}: {p.passed_over}"
+                                                                         for p in planned if p.passed_over))
     if dry_run:
         return
     if not yes:
@@ -685,19 +664,44 @@ def undo(config_path: Path | None, request_id: str | None, agent: str | None, si
             raise GoexError("undo asks before it acts: pass --yes to carry out the plan without a terminal")
         count = len(todo) + len(file_runs)
         click.confirm(f"carry out {'this plan' if count == 1 else f'these {count} plans'}?", abort=True)
-    _undo_file_runs(config, file_runs, force)
+    session.undo_file_runs(config, file_runs, force, lambda run: click.echo(f"file run {run.id}: {run.state}"))
     if todo:
-        with one_undo_at_a_time(config.audit_db):
-            _carry_out_all(config, todo, skipped, journal, agent, force)
+        _carry_out_all(config, todo, planned, journal, agent, force)
 
 
-def _file_runs_to_undo(config: Config, agent: str, since: float | None, as_json: bool) -> list[Any]:
-    """The agent's jailed runs since then whose file changes are kept or pending, newest first, each printed."""
-    from ..sandbox import runs
+def _undo_rows(config: Config, rows: list[dict[str, Any]]) -> None:
+    """Undo these rows, newest first, through the undo engine: each plan shown, then carried out (no more asking)."""
+    from ..undo import session
+    from ..undo.run import Journal
 
-    found = runs.recorded(config, agent=agent, since=since, limit=None, states=(runs.KEPT, runs.PENDING))
+    conn = audit.connect(config)
+    journal = Journal(conn)
+    planned = _show_plans(session.plan_rows(config, journal, session.newest_first(conn, rows), False), False)
+    todo = [p for p in planned if p.passed_over is None]
+    if todo:
+        _carry_out_all(config, todo, planned, journal, None, False)
+    skipped = [p for p in planned if p.passed_over is not None]
+    for p in skipped:
+        click.echo(f"not undone: {p.request_id}: {p.passed_over}", err=True)
+    if skipped:
+        sys.exit(4)
+
+
+def _show_plans(planning: Any, as_json: bool) -> list[Any]:
+    """Each plan printed as it is made; all of them."""
+    planned = []
+    for p in planning:
+        _print_undo_plan(p.row, p.plan, p.states, as_json)
+        planned.append(p)
+    return planned
+
+
+def _file_runs_to_undo(found: list[Any], as_json: bool) -> list[Any]:
+    """The session's jailed runs with file changes to take back, each printed."""
+    from ..sandbox.runs import KEPT
+
     for run in found:
-        verb = "restore" if run.state == runs.KEPT else "discard (never applied)"
+        verb = "restore" if run.state == KEPT else "discard (never applied)"
         if as_json:
             click.echo(json.dumps({"file_run": run.id, "state": run.state, "workspace": run.workspace,
                                    "paths": [c.path for c in run.changes]}))
@@ -706,65 +710,28 @@ def _file_runs_to_undo(config: Config, agent: str, since: float | None, as_json:
     return found
 
 
-def _undo_file_runs(config: Config, found: list[Any], force: bool) -> None:
-    from ..sandbox import runs
-
-    for run in found:
-        done = runs.undo(config, run.id, force=force)
-        click.echo(f"file run {run.id}: {done.state}")
+def _say_step(r: Any) -> None:
+    click.echo(f"  {'done' if r.ok else 'FAILED'}: {r.step.describe()} -> {r.status if r.status is not None else '-'}"
+               + (f" ({r.request_id})" if r.request_id else "") + (f": {r.detail}" if r.detail and not r.ok else ""),
+               err=not r.ok)
 
 
-def _plan_rows(config: Config, journal: Any, rows: list[dict[str, Any]], force: bool, as_json: bool
-               ) -> tuple[list[tuple[dict[str, Any], Any]], list[tuple[dict[str, Any], Any, str]]]:
-    """Each row's undo plan, printed: the rows to undo with their plans, and the rows passed over with their plan
-    and why (an undo of an undo without --force, no plan, or already undone)."""
-    from ..undo.plan import Exchange, plan
-    from ..undo.rules import load_packs
-    from ..undo.run import DONE
+def _carry_out_all(config: Config, todo: list[Any], planned: list[Any], journal: Any, agent: str | None,
+                   force: bool) -> None:
+    """Carry out the plans, each step and each plan's end said as it happens; exit 3 (conflict) or 4 at the first
+    that does not finish; for a session, then say what was and was not undone."""
+    from ..undo import session
 
-    rules = load_packs(list(config.undo_packs))
-    todo: list[tuple[dict[str, Any], Any]] = []
-    passed: list[tuple[dict[str, Any], Any, str]] = []
-    for row in rows:
-        rid = str(row["id"])
-        states = journal.states(rid)
-        the_plan = plan(rid, Exchange.from_row(row), rules)
-        _print_undo_plan(row, the_plan, states, as_json)
-        done = bool(states) and all(states.get(i) == DONE for i in range(len(the_plan.steps)))
-        if row.get("undo_of") and not force:
-            passed.append((row, the_plan, f"it is itself the undo of {row['undo_of']}; undoing it again needs --force"))
-        elif the_plan.verdict != "plan":
-            passed.append((row, the_plan, the_plan.reason if the_plan.verdict == "not effective"
-                           else f"{the_plan.verdict}: {the_plan.reason}"))
-        elif done:
-            passed.append((row, the_plan, "already undone"))
-        else:
-            todo.append((row, the_plan))
-    return todo, passed
-
-
-def _carry_out_all(config: Config, todo: list[tuple[dict[str, Any], Any]], skipped: list[tuple[str, str]],
-                   journal: Any, agent: str | None, force: bool) -> None:
-    """Carry out the plans in order through one in-process pipeline; stop at the first that does not finish."""
-    from ..policy.load import load_policy_set
-    from ..undo.run import Replayer, carry_out
-
-    replayer = Replayer(config, load_policy_set([(p.path, p.agents) for p in config.policies]))
-    try:
-        for index, (row, the_plan) in enumerate(todo):
-            outcome = carry_out(the_plan, replayer, journal, str(row["agent"]), force, lambda r: click.echo(
-                f"  {'done' if r.ok else 'FAILED'}: {r.step.describe()} -> {r.status if r.status is not None else '-'}"
-                + (f" ({r.request_id})" if r.request_id else "") + (f": {r.detail}" if r.detail and not r.ok else ""),
-                err=not r.ok))
-            if outcome.state != "done":
-                click.echo(f"{the_plan.request_id}: {outcome.message}", err=True)
-                _report_session(todo[:index], todo[index + 1:], skipped, agent)
-                sys.exit(3 if outcome.state == "conflict" else 4)
+    def say_outcome(p: Any, outcome: Any) -> None:
+        if outcome.state == "done":
             click.echo(outcome.message)
-    finally:
-        replayer.close()
-    if agent is not None:
-        _report_session(todo, [], skipped, agent)
+        else:
+            click.echo(f"{p.plan.request_id}: {outcome.message}", err=True)
+
+    carried = session.carry_out_all(config, todo, journal, force, _say_step, say_outcome)
+    _report_session(carried.done, carried.left, [p for p in planned if p.passed_over is not None], agent)
+    if carried.outcome is not None:
+        sys.exit(3 if carried.outcome.state == "conflict" else 4)
 
 
 def _print_undo_plan(row: dict[str, Any], the_plan: Any, states: dict[int, str], as_json: bool) -> None:
@@ -787,106 +754,49 @@ def _print_undo_plan(row: dict[str, Any], the_plan: Any, states: dict[int, str],
             click.echo(f"          {step.why}")
 
 
-def _report_session(done: list[Any], left: list[Any], skipped: list[tuple[str, str]], agent: str | None) -> None:
+def _report_session(done: list[Any], left: list[Any], skipped: list[Any], agent: str | None) -> None:
     """What a session undo did and did not take back."""
     if agent is None:
         return
-    click.echo(f"session of {agent}: {len(done)} undone" + "".join(f"\n  undone: {p.request_id}" for _, p in done))
-    for _, p in left:
+    click.echo(f"session of {agent}: {len(done)} undone" + "".join(f"\n  undone: {p.request_id}" for p in done))
+    for p in left:
         click.echo(f"  not undone (not attempted): {p.request_id}", err=True)
-    for rid, why in skipped:
-        click.echo(f"  not undone: {rid}: {why}", err=bool(left))
+    for p in skipped:
+        click.echo(f"  not undone: {p.request_id}: {p.passed_over}", err=bool(left))
 
 
 def _propose_undo(config: Config, request_id: str, save_rule: Path | None, dry_run: bool, yes: bool,
                   as_json: bool) -> None:
-    """`undo ID --propose`: ask the model, check its answer, show it, and on confirmation run it as an undo.
+    """`undo ID --propose`: the model asked and its answer checked (agent.proposeflow), the proposal shown, and on
+    confirmation run as an undo; each choice recorded with the model's call."""
+    from ..agent import proposeflow
 
-    Nothing is sent upstream before the person confirms, and nothing at all unless every check passed: the row is
-    one no rule plans, the model answered strict JSON, every step is well-formed, on the request's origin, free of
-    credentials and allowed by policy, and (with --save-rule) expressible as a rule that reproduces it. Every call
-    to the model is recorded in `model_calls` (failed ones with their error), then what became of it (`choice`:
-    accepted, declined, refused: why) and the audit ids of the compensations it made (`rows`).
-    """
-    import time
+    def asking(row: dict[str, Any], model: Any) -> None:
+        if not as_json:
+            click.echo(f"undo {row['id']}: {row['method']} {row['url']} by {row['agent']} ({_outcome(row)})")
+            click.echo(f"  no rule plans it; asking the model {model.model} at {model.base_url}")
 
-    from ..agent import llm, modellog
-    from ..agent import propose as proposing
-    from ..policy.limits import LimitCounters
-    from ..policy.load import load_policy_set
-    from ..undo.plan import Exchange, plan
-    from ..undo.rules import load_packs
-    from ..undo.run import Journal, one_undo_at_a_time
-
-    conn = audit.connect(config)
-    row = audit.get(conn, request_id)
-    rid, agent = str(row["id"]), str(row["agent"])
-    journal = Journal(conn)
-    if save_rule is not None and save_rule.exists():
-        raise GoexError(f"refusing to overwrite {save_rule}: --save-rule writes a new file")
-    if save_rule is not None and not save_rule.absolute().parent.is_dir():
-        raise GoexError(f"cannot save the rule to {save_rule}: its directory does not exist")
-    proposing.check_row(row, plan(rid, Exchange.from_row(row), load_packs(list(config.undo_packs))),
-                        journal.states(rid))
-    model = llm.configured(config)
-    policies = load_policy_set([(p.path, p.agents) for p in config.policies])
-    host = Exchange.from_row(row).target()[1]
-    messages = proposing.prompt_for(row, llm.secret_scrubber(config),
-                                    proposing.allowed_summaries(policies, agent, host),
-                                    proposing.injected_headers(config, host))
-    if not as_json:
-        click.echo(f"undo {rid}: {row['method']} {row['url']} by {agent} ({_outcome(row)})")
-        click.echo(f"  no rule plans it; asking the model {model.model} at {model.base_url}")
-    try:
-        reply = llm.ask(config, messages)
-    except llm.LLMError as exc:
-        modellog.record_call(conn, "propose", agent, rid, model, messages, error=str(exc))
-        raise
-    seq = modellog.record_call(conn, "propose", agent, rid, model, messages, reply=reply)
-    try:
-        proposal = proposing.parse_proposal(llm.json_in(reply), row, config.credentials.values())
-        now = time.time()
-        counts = LimitCounters()
-        counts.seed(audit.load_limit_hits(conn, policies.limit_windows(), now))
-        decisions = proposing.check_policy(proposal, agent, policies, counts, now)
-        rule_text = (proposing.rule_yaml(row, proposal, save_rule.stem, model.model)
-                     if save_rule is not None else None)
-    except GoexError as exc:
-        modellog.update(conn, seq, choice=f"refused: {exc}")
-        raise
-    the_plan = proposal.plan(rid, row, model.model)
-    _print_proposal(the_plan, proposal, decisions, model.model, save_rule, as_json)
+    asked = proposeflow.ask(config, request_id, save_rule, asking)
+    _print_proposal(asked.plan, asked.proposal, asked.decisions, asked.model.model, save_rule, as_json)
     if dry_run:
-        modellog.update(conn, seq, choice="not run: --dry-run")
+        asked.record("not run: --dry-run")
         return
     if not yes:
         if not sys.stdin.isatty():
-            modellog.update(conn, seq, choice="declined: no terminal to confirm on, and no --yes")
+            asked.record("declined: no terminal to confirm on, and no --yes")
             raise GoexError("undo asks before it acts: pass --yes to carry out the proposal without a terminal")
         if not click.confirm("carry out these steps, proposed by a model?"):
-            modellog.update(conn, seq, choice="declined")
+            asked.record("declined")
             click.echo("declined: nothing was run", err=True)
             sys.exit(1)
-    with one_undo_at_a_time(config.audit_db):
-        try:
-            proposing.check_not_started(rid, journal.states(rid))  # another undo may have run while we asked
-        except GoexError as exc:
-            modellog.update(conn, seq, choice=f"refused: {exc}")
-            raise
-        modellog.update(conn, seq, choice="accepted")
-        state, message, made = _run_proposal(config, policies, the_plan, journal, agent)
-    modellog.update(conn, seq, rows=made)
-    if state != "done":
-        click.echo(f"{rid}: {message}" + ("; the rule was not saved" if save_rule is not None else ""), err=True)
-        sys.exit(3 if state == "conflict" else 4)
-    click.echo(message)
-    if save_rule is not None and rule_text is not None:
-        try:
-            with open(save_rule, "x", encoding="utf-8") as out:
-                out.write(rule_text)
-        except OSError as exc:
-            raise GoexError(f"the undo was done, but the rule could not be saved to {save_rule}: "
-                            f"{exc.strerror or exc}") from None
+    outcome = proposeflow.carry_out_proposal(config, asked, _say_step)
+    if outcome.state != "done":
+        click.echo(f"{asked.request_id}: {outcome.message}" + ("; the rule was not saved" if save_rule is not None
+                                                               else ""), err=True)
+        sys.exit(3 if outcome.state == "conflict" else 4)
+    click.echo(outcome.message)
+    if save_rule is not None and asked.rule_text is not None:
+        proposeflow.write_rule(save_rule, asked.rule_text)
         click.echo(f"saved the undo rule to {save_rule}: check it, then add it to undo_rules in {config.file}")
 
 
@@ -917,29 +827,6 @@ def _print_proposal(the_plan: Any, proposal: Any, decisions: list[Any], model: s
         click.echo(f"  the model explains: {proposal.explanation}")
     if save_rule is not None:
         click.echo(f"  once done, it is saved as an undo rule to {save_rule}")
-
-
-def _run_proposal(config: Config, policies: Any, the_plan: Any, journal: Any, agent: str
-                  ) -> tuple[str, str, list[str]]:
-    """Carry out an accepted proposal like any plan (journaled, through the pipeline, audited with `undo_of`):
-    its outcome, message, and the audit ids of the compensations sent."""
-    from ..undo.run import Replayer, StepResult, carry_out
-
-    made: list[str] = []
-
-    def report(r: StepResult) -> None:
-        if r.request_id:
-            made.append(r.request_id)
-        click.echo(f"  {'done' if r.ok else 'FAILED'}: {r.step.describe()} -> {r.status if r.status is not None else '-'}"
-                   + (f" ({r.request_id})" if r.request_id else "") + (f": {r.detail}" if r.detail and not r.ok else ""),
-                   err=not r.ok)
-
-    replayer = Replayer(config, policies)
-    try:
-        outcome = carry_out(the_plan, replayer, journal, agent, False, report)
-    finally:
-        replayer.close()
-    return outcome.state, outcome.message, made
 
 
 @cli.group()
