@@ -78,11 +78,12 @@ def test_any_exception_reaching_a_command_is_one_line(tmp_path: Path, monkeypatc
     from click.testing import CliRunner
 
     from goex_proxy import cli
+    from goex_proxy.cli import logs
 
     def fail(*args: object, **kwargs: object) -> None:
         raise error
 
-    monkeypatch.setattr(cli, "_config", fail)
+    monkeypatch.setattr(logs, "load_config", fail)
     monkeypatch.delenv("GOEX_PROXY_DEBUG", raising=False)
     result = CliRunner().invoke(cli.cli, ["log", "verify", "--config", str(tmp_path / "config.yaml")])
     lines = result.output.strip().splitlines()

@@ -1,0 +1,218 @@
+"""`log` (the recorded requests; `log verify` and `log anchor` for the audit chain) and `show` (one exchange in
+full, every recorded value escaped so that it cannot drive the terminal)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..audit import store as audit
+from ..config import load_config
+from ..errors import AuditError
+from .common import config_option, console, handle_errors, iso, json_option, outcome_of, parse_since, print_table, when
+
+
+@click.group(invoke_without_command=True)
+@config_option
+@click.option("--agent", help="Only this agent.")
+@click.option("--host", help="Only this host.")
+@click.option("--since", help="Only since then: a duration (30m, 1h, 7d) or an ISO time.")
+@click.option("--decision", type=click.Choice(["allow", "deny", "report", "error", "challenge"]), help="Only this decision.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1),
+              help="At most this many rows (newest).")
+@json_option
+@click.pass_context
+@handle_errors
+def log(click_ctx: click.Context, config_path: Path | None, agent: str | None, host: str | None, since: str | None,
+        decision: str | None, limit: int, as_json: bool) -> None:
+    """List recorded requests, oldest to newest; `pending` means it may have happened (no outcome was recorded).
+
+    Example: goex-proxy log --agent mailbot --since 1h
+    """
+    if click_ctx.invoked_subcommand is not None:
+        click_ctx.obj = config_path
+        return
+    config = load_config(config_path)
+    db = audit.connect(config, readonly=True)
+    rows = audit.query(db, agent=agent, host=host, since=parse_since(since), decision=decision, limit=limit)[::-1]
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps({**row, "time": iso(row["ts"])}))
+        return
+    headers = ("id", "time", "agent", "decision", "status", "method", "url", "rule", "undo")
+    cells = [(row["id"], when(row["ts"])[5:], row["agent"] or "-", row["decision"] or "-", outcome_of(row),
+              row["method"] or "-", row["url"] or "-", row["rule"] or "-",
+              f"undoes {row['undo_of']}" if row.get("undo_of") else row.get("undo_class") or "-") for row in rows]
+    print_table(headers, cells, flexible=(6, 7), colour_column=3)
+
+
+@log.command()
+@config_option
+@click.option("--anchor", "anchor_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also check against an anchor saved earlier with `goex-proxy log anchor`.")
+@click.pass_obj
+@handle_errors
+def verify(group_config: Path | None, config_path: Path | None, anchor_file: Path | None) -> None:
+    """Check the audit log's keyed hash chain and name the first broken row.
+
+    The newest row is also checked against the anchor kept in the state directory (and against --anchor), so rows
+    removed from the end are caught as well as edited, removed or reordered ones.
+
+    Example: goex-proxy log verify --anchor ~/goex-anchor.json
+    """
+    from ..audit.seal import Anchor, Seal
+
+    config = load_config(config_path or group_config)
+    seal = Seal(config.state_dir)
+    conn = audit.connect(config, readonly=True)
+    key = audit.chain_key(conn, seal)
+    anchors = [("the state directory's anchor", seal.anchor())]
+    if anchor_file is not None:
+        try:
+            text = anchor_file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise AuditError(f"cannot read the anchor {anchor_file}: {exc.strerror or exc}") from None
+        anchors.append((f"the anchor in {anchor_file}", Anchor.loads(text, str(anchor_file))))
+    rows = conn.execute("SELECT count(*) FROM requests").fetchone()[0]
+    for what, anchor in anchors:
+        if anchor is None and key is not None and rows:
+            click.echo(f"BROKEN: {what} ({seal.anchor_path}) is missing, so rows removed from the end of the log "
+                       "could not be told apart; it is written with every row and only goex-proxy writes there")
+            sys.exit(1)
+        result = audit.verify(conn, key, anchor)
+        if result.broken_id is not None:
+            click.echo(f"BROKEN at row {result.broken_id} (seq {result.broken_seq}): {result.problem}; "
+                       f"{result.checked} rows before it are intact (checked against {what})")
+            sys.exit(1)
+    how = "keyed hash chain intact" if key is not None else (
+        "hash chain intact, but not keyed: an older version wrote it; `goex-proxy run` keys it on start")
+    checked = [what for what, anchor in anchors if anchor is not None]
+    click.echo(f"ok: {result.checked} rows, {how}" + (f"; newest rows match {' and '.join(checked)}" if checked else ""))
+
+
+@log.command()
+@config_option
+@click.pass_obj
+@handle_errors
+def anchor(group_config: Path | None, config_path: Path | None) -> None:
+    """Print the newest row of the audit chain as an anchor to keep elsewhere (a file, a ticket, a chat message).
+
+    `goex-proxy log verify --anchor FILE` later proves that nothing up to that row was removed or rewritten.
+
+    Example: goex-proxy log anchor > ~/goex-anchor.json
+    """
+    from ..audit.seal import Anchor
+
+    config = load_config(config_path or group_config)
+    head = audit.connect(config, readonly=True).execute(
+        "SELECT seq, id, hash FROM requests ORDER BY seq DESC LIMIT 1").fetchone()
+    if head is None:
+        raise AuditError("the audit log has no rows yet, so there is nothing to anchor")
+    click.echo(Anchor(int(head[0]), str(head[1]), str(head[2])).dumps(), nl=False)
+
+
+def _pretty_body(body: bytes | None, size: int | None, headers: list[list[str]], highlight: bool) -> Any:
+    """A recorded body for `show`: JSON indented (and highlighted when `highlight`, on a terminal: rich pads highlighted
+    lines to the console's width, which a pipe must not get), text as it is, binary data by its size."""
+    if not body:
+        return "(empty)" if not size else f"({size} bytes, not stored)"
+    note = f"\n… ({size} bytes in all; the first {len(body)} stored)" if size and size > len(body) else ""
+    from rich.syntax import Syntax
+
+    content_type = next((v for k, v in headers if k.lower() == "content-type"), "")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"({len(body)} bytes of binary data){note}"
+    if "json" in content_type or text.lstrip()[:1] in "{[":
+        try:
+            text = json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+            if highlight:
+                return Syntax(_seen(text) + note, "json", word_wrap=True)
+        except ValueError:
+            pass
+    from rich.text import Text
+
+    return Text(_seen(text) + note)  # not markup: recorded bytes must not restyle what a person reads
+
+
+def _seen(value: object) -> str:
+    """A recorded value as a person may safely read it in a terminal: control, invisible and bidirectional
+    characters written as escapes (line breaks kept), so that it cannot move the cursor or reorder what is shown."""
+    from ..printable import shown
+
+    return "\n".join(shown(line) for line in str(value).split("\n"))
+
+
+def _plain(value: object) -> str:
+    """`_seen`, with rich markup escaped too (for a line that mixes it with goex-proxy's own styling)."""
+    from rich.markup import escape
+
+    return escape(_seen(value))
+
+
+#: Audit columns holding JSON text, given by `show --json` as JSON (never a string to decode again).
+_JSON_COLUMNS = ("req_headers", "resp_headers", "pre_headers", "charged")
+
+
+def _header_line(name: str, value: str) -> str:
+    return f"  {_plain(name)}:" + (f" {_plain(value)}" if value else "")
+
+
+@click.command()
+@config_option
+@click.argument("request_id")
+@json_option
+@handle_errors
+def show(config_path: Path | None, request_id: str, as_json: bool) -> None:
+    """Show one recorded exchange in full, bodies pretty-printed.
+
+    Example: goex-proxy show 01JD3K2M5X0A1
+    """
+    config = load_config(config_path)
+    row = audit.get(audit.connect(config, readonly=True), request_id.upper())  # ids are case-free (Crockford)
+    if as_json:
+        printable: dict[str, Any] = {}
+        for key, value in row.items():
+            if isinstance(value, bytes):
+                value = value.decode("utf-8", "replace")
+            elif key in _JSON_COLUMNS and isinstance(value, str):
+                value = json.loads(value)  # headers as [[name, value], ...] in the order sent, repeats kept
+            printable[key] = value
+            if key == "ts":
+                printable["time"] = iso(value)
+        click.echo(json.dumps(printable))
+        return
+    out = console()
+    terminal = out.is_terminal  # piped: bodies neither highlighted nor wrapped, so no line is padded or split
+    req_headers = json.loads(row["req_headers"] or "[]")
+    resp_headers = json.loads(row["resp_headers"] or "[]")
+    out.print(f"[bold]{_plain(row['id'])}[/]  {when(row['ts'])}  agent [bold]{_plain(row['agent'] or '-')}[/]")
+    out.print(f"decision: [bold]{_plain(row['decision'])}[/]  rule: {_plain(row['rule'] or '-')}")
+    out.print(f"undo: {_plain(row.get('undo_class') or '-')}" + (f"  (this request undoes {_plain(row['undo_of'])})"
+                                                                 if row.get("undo_of") else ""))
+    out.print(f"reason: {_plain(row['reason'] or '-')}")
+    if row["report"]:
+        out.print(f"[yellow]{_plain(row['report'])}[/]")
+    out.print(f"\n[bold]{_plain(row['method'])} {_plain(row['url'])}[/]"
+              + (f" {_plain(row['http_version'])}" if row["http_version"] else ""))
+    for k, v in req_headers:
+        out.print(_header_line(k, v))
+    out.print(_pretty_body(row["req_body"], row["req_body_size"], req_headers, terminal),
+              soft_wrap=not terminal)  # on a terminal, wrap, never crop
+    outcome = outcome_of(row)
+    if outcome == "pending":
+        out.print("\n[yellow]no outcome recorded: the request may have happened[/]")
+        return
+    if row["error"]:
+        out.print(f"\n[magenta]error: {_plain(row['error'])}[/]")
+        return
+    out.print(f"\n[bold]{row['status']}[/] in {row['duration_ms']:.1f} ms")
+    for k, v in resp_headers:
+        out.print(_header_line(k, v))
+    out.print(_pretty_body(row["resp_body"], row["resp_body_size"], resp_headers, terminal),
+              soft_wrap=not terminal)  # on a terminal, wrap, never crop

@@ -1,0 +1,211 @@
+"""`init`, `run`, `exec`, `env` and `doctor`: the state directory, the proxy, and an agent's command run through
+it (jailed, or given the proxy settings only) or checked to have no way around it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .. import __version__
+from ..audit import store as audit
+from ..config import Config, home, load_config, weak_token
+from ..errors import GoexError, StateError
+from ..sandbox import agentenv
+from .common import config_option, handle_errors, json_option, print_table
+
+
+@click.command()
+@click.option("--force", is_flag=True, help="Write a fresh starter config even if one exists.")
+@handle_errors
+def init(force: bool) -> None:
+    """Create the state directory ($GOEX_PROXY_HOME or ~/.goex-proxy): CA, audit database, starter config.
+
+    Example: goex-proxy init
+    """
+    from .. import statedir
+
+    state = home()
+    made = statedir.init(state, force=force)
+    for path in made:
+        click.echo(f"created {path}")
+    click.echo(f"goex-proxy state is in {state}" + ("" if made else " (nothing to do)"))
+    click.echo("next: goex-proxy run   (then, in another shell: goex-proxy exec --agent agent -- curl https://example.com)")
+
+
+@click.command()
+@config_option
+@click.option("--quiet", is_flag=True, help="No line per request (reloads, warnings and errors are still shown).")
+@handle_errors
+def run(config_path: Path | None, quiet: bool) -> None:
+    """Run the proxy in the foreground until Ctrl-C, with a line per request as it ends.
+
+    Edits to the config, the policy files and the vault are picked up while it runs; an edit with a mistake is
+    reported and the last good version stays in force.
+
+    Example: goex-proxy run --config ~/.goex-proxy/config.yaml
+    """
+    from .. import runtime
+    from ..policy.load import load_policy_set
+
+    config = load_config(config_path)
+    policies = load_policy_set([(p.path, p.agents) for p in config.policies])
+    runtime.check_can_listen(config)
+    audit.connect(config).close()  # an unusable audit database is a reason not to start (exit 2)
+    if any(c.secret.vault for c in config.credentials.values()):
+        from ..credentials.vault import Vault
+
+        stored = Vault(config.state_dir).all()  # a wrong key is a reason not to start (exit 2)
+        for c in config.credentials.values():
+            if c.secret.reveal(stored) is None:
+                click.echo(f"goex-proxy: warning: credential {c.name!r} has no secret ({c.secret.describe()} is not "
+                           "set); requests it is bound to will be denied", err=True)
+    for name, agent in config.agents.items():
+        token = agent.token.reveal()
+        if token is None:
+            click.echo(f"goex-proxy: warning: agent {name!r} has no token ({agent.token.describe()} is not set); "
+                       "its requests will be refused", err=True)
+        elif short := weak_token(token):
+            click.echo(f"goex-proxy: warning: agent {name!r}'s token ({agent.token.describe()}) {short}; its requests "
+                       "will be refused", err=True)
+    click.echo(f"goex-proxy {__version__} on {config.listen_host}:{config.listen_port}; "
+               f"{len(policies.policies)} polic{'y' if len(policies.policies) == 1 else 'ies'}; audit {config.audit_db}")
+    runtime.run(config, policies, quiet)
+
+
+def _exit_code(returncode: int) -> int:
+    return 128 - returncode if returncode < 0 else returncode
+
+
+@click.command(name="exec", context_settings={"ignore_unknown_options": True})
+@config_option
+@click.option("--agent", required=True, help="The agent the command acts as.")
+@click.option("--jail/--no-jail", default=True, show_default=True,
+              help="Run it in a jail (Linux namespaces): the proxy is its only way out, goex-proxy's files and the "
+                   "person's credential stores are out of sight, the system is read-only, and workspace writes are "
+                   "copy-on-write. --no-jail only sets the proxy variables (for containers and VMs).")
+@click.option("--workspace", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="The directory the jailed command may change (default: the current directory).")
+@click.option("--files", "files_mode", type=click.Choice(["apply", "review"]), default="apply", show_default=True,
+              help="When the jailed command ends: apply its file changes to the workspace (undo with `files undo`), "
+                   "or hold them until `files keep` or `files undo`.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@handle_errors
+def exec_(config_path: Path | None, agent: str, jail: bool, workspace: Path | None, files_mode: str,
+          command: tuple[str, ...]) -> None:
+    """Run COMMAND as AGENT, jailed, with its traffic sent through the proxy; exits with COMMAND's exit code.
+
+    Example: goex-proxy exec --agent mailbot -- python agent.py
+    """
+    config = load_config(config_path)
+    if jail:
+        sys.exit(_exit_code(_run_jailed(config, agent, list(command), workspace, files_mode == "apply")))
+    if workspace is not None or files_mode != "apply":
+        raise click.UsageError("--workspace and --files need the jail (leave out --no-jail)")
+    env = agentenv.apply(dict(os.environ), agentenv.agent_env(config, agent), config)
+    agentenv.check_listening(config)
+    try:
+        child = subprocess.Popen(list(command), env=env)
+    except OSError as exc:
+        raise GoexError(f"cannot run {command[0]!r}: {exc.strerror or exc}") from None
+    _wait_like_a_shell(child)
+    sys.exit(_exit_code(child.wait()))
+
+
+def _wait_like_a_shell(child: subprocess.Popen[bytes]) -> None:
+    """Ctrl-C reaches the child straight from the terminal (same process group); we only pass on TERM and HUP."""
+    def forward(signum: int, _frame: Any) -> None:
+        child.send_signal(signum)
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, forward)
+
+
+def _run_jailed(config: Config, agent: str, command: list[str], workspace: Path | None = None,
+                apply: bool = True) -> int:
+    """COMMAND in a jail bridged to the running proxy, or to one started here for it; its file changes recorded and
+    applied (or held for review); its exit status."""
+    from ..sandbox.jail import proxy_for_jail, start_jailed
+    from ..sandbox.runs import NotApplied
+
+    agentenv.proxy_url(config, agent)  # an unknown agent or a missing token: said before anything starts
+    with proxy_for_jail(config) as bridged:
+        jailed = start_jailed(bridged, agent, command, workspace)
+        _wait_like_a_shell(jailed.child)
+        status = jailed.wait()
+        try:
+            run = jailed.finish(status, apply)
+        except NotApplied as exc:  # said, and the command's own status still returned
+            click.echo(f"goex-proxy: {exc}", err=True)
+            run = None
+    if run is not None:
+        _say_run(run)
+    return status
+
+
+def _say_run(run: Any) -> None:
+    """One line on stderr about a run's file changes and what can be done with them."""
+    from ..sandbox.runs import KEPT
+
+    counts = ", ".join(f"{n} {action}" for action, n in run.counts.items() if n)
+    if run.state == KEPT:
+        click.echo(f"goex-proxy: run {run.id} changed {len(run.changes)} path(s) in {run.workspace} ({counts}); "
+                   f"undo with `goex-proxy files undo {run.id}`", err=True)
+    else:
+        click.echo(f"goex-proxy: run {run.id} changed {len(run.changes)} path(s) in {run.workspace} ({counts}), held "
+                   f"for review: `goex-proxy files diff {run.id}`, then `files keep {run.id}` or `files undo "
+                   f"{run.id}`", err=True)
+
+
+@click.command(name="env")
+@config_option
+@click.option("--agent", required=True, help="The agent the settings are for.")
+@click.option("--format", "fmt", type=click.Choice(["shell", "json", "docker"]), default="shell", show_default=True)
+@click.option("--proxy-host", help="Host the sandbox reaches the proxy at (default: the listen address).")
+@click.option("--ca-path", help="Where the CA certificate is inside the sandbox (default: its path here).")
+@handle_errors
+def env_(config_path: Path | None, agent: str, fmt: str, proxy_host: str | None, ca_path: str | None) -> None:
+    """Print the proxy settings for a sandbox that is not a child process (container, VM, remote runner).
+
+    Example: goex-proxy env --agent mailbot --format docker > agent.env
+    """
+    config = load_config(config_path)
+    env = agentenv.agent_env(config, agent, proxy_host=proxy_host, ca_path=ca_path)
+    try:
+        pem = config.ca_cert.read_text(encoding="ascii")
+    except OSError:
+        raise StateError(f"the CA certificate {config.ca_cert} is missing; run `goex-proxy init`") from None
+    click.echo(agentenv.render(env, fmt, pem), nl=False)
+
+
+@click.command()
+@config_option
+@click.option("--agent", required=True, help="The agent whose proxy settings are checked.")
+@click.option("--no-jail", is_flag=True, help="Check this environment as plain `exec` leaves it (to test a sandbox "
+                                              "of your own) instead of a jail.")
+@json_option
+@handle_errors
+def doctor(config_path: Path | None, agent: str, no_jail: bool, as_json: bool) -> None:
+    """Check that every way around the proxy is blocked and the way through it works; exits 1 if any check fails.
+
+    Example: goex-proxy doctor --agent mailbot
+    """
+    from ..sandbox.doctor import run_checks
+
+    results = run_checks(load_config(config_path), agent, jail=not no_jail)
+    if as_json:
+        for r in results:
+            click.echo(json.dumps(r))
+    else:
+        print_table(("check", "result", "detail"),
+                    [(r["check"], "pass" if r["ok"] else "FAIL", r["detail"]) for r in results], flexible=2,
+                    colour_column=1, title=f"goex-proxy doctor ({'this environment' if no_jail else 'jail'}, "
+                                           f"agent {agent})")
+    sys.exit(0 if all(r["ok"] for r in results) else 1)
