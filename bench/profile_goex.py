@@ -24,7 +24,7 @@ from throughput import Bench
 RATE = 250
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^():]+):(?P<line>\d+)\)$")
 OUR_DIRS = ("proxy/", "addons/")
-SKIP_OURS = ("proxy/cli.py", "proxy/runtime.py")  # the outer frames every sample has
+SKIP_OURS = ("proxy/cli/", "proxy/runtime.py")  # the outer frames every sample has
 
 
 def _py_spy() -> str | None:

@@ -32,9 +32,10 @@ import log_bench
 from common import PYTHON, fmt, median, percentile, table, tool
 
 TARGET_MS = 20.0
-#: What `goex-proxy undo` imports before it plans: cli.py imports the undo modules lazily, and the CEL engine is
+#: What `goex-proxy undo` imports before it plans: cli/undo.py imports the undo modules lazily, and the CEL engine is
 #: imported when the packs' expressions are compiled.
-UNDO_MODULES = "goex_proxy.cli, goex_proxy.undo.plan, goex_proxy.undo.rules, goex_proxy.undo.run, cel"
+UNDO_MODULES = ("goex_proxy.cli, goex_proxy.cli.undo, goex_proxy.undo.session, goex_proxy.undo.plan, goex_proxy.undo.rules, "
+                "goex_proxy.undo.run, cel")
 
 
 def pick_ids(db_path: Path, n: int, mixed: int, seed: int) -> tuple[list[tuple[str, str]], list[str]]:

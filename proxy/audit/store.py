@@ -456,6 +456,22 @@ def get(conn: sqlite3.Connection, request_id: str) -> dict[str, Any]:
     return dict(zip([d[0] for d in cursor.description], found, strict=True))
 
 
+def row_count(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT count(*) FROM requests").fetchone()[0])
+
+
+def newest(conn: sqlite3.Connection) -> Anchor | None:
+    """The newest row of the chain, as an anchor to keep elsewhere; None for an empty log."""
+    found = conn.execute("SELECT seq, id, hash FROM requests ORDER BY seq DESC LIMIT 1").fetchone()
+    return Anchor(int(found[0]), str(found[1]), str(found[2])) if found else None
+
+
+def last_injected(conn: sqlite3.Connection) -> dict[str, float]:
+    """When each credential was last injected into a request, by credential name."""
+    return dict(conn.execute("SELECT credential, max(ts) FROM requests WHERE credential IS NOT NULL "
+                             "GROUP BY credential").fetchall())
+
+
 def iter_rows(conn: sqlite3.Connection) -> Iterator[dict[str, Any]]:
     cursor = conn.execute("SELECT * FROM requests ORDER BY seq")
     names = [d[0] for d in cursor.description]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +78,7 @@ def verify(group_config: Path | None, config_path: Path | None, anchor_file: Pat
         except OSError as exc:
             raise AuditError(f"cannot read the anchor {anchor_file}: {exc.strerror or exc}") from None
         anchors.append((f"the anchor in {anchor_file}", Anchor.loads(text, str(anchor_file))))
-    rows = conn.execute("SELECT count(*) FROM requests").fetchone()[0]
+    rows = audit.row_count(conn)
     for what, anchor in anchors:
         if anchor is None and key is not None and rows:
             click.echo(f"BROKEN: {what} ({seal.anchor_path}) is missing, so rows removed from the end of the log "
@@ -105,14 +106,12 @@ def anchor(group_config: Path | None, config_path: Path | None) -> None:
 
     Example: goex-proxy log anchor > ~/goex-anchor.json
     """
-    from ..audit.seal import Anchor
-
     config = load_config(config_path or group_config)
-    head = audit.connect(config, readonly=True).execute(
-        "SELECT seq, id, hash FROM requests ORDER BY seq DESC LIMIT 1").fetchone()
-    if head is None:
+    with closing(audit.connect(config, readonly=True)) as conn:
+        newest = audit.newest(conn)
+    if newest is None:
         raise AuditError("the audit log has no rows yet, so there is nothing to anchor")
-    click.echo(Anchor(int(head[0]), str(head[1]), str(head[2])).dumps(), nl=False)
+    click.echo(newest.dumps(), nl=False)
 
 
 def _pretty_body(body: bytes | None, size: int | None, headers: list[list[str]], highlight: bool) -> Any:

@@ -69,8 +69,7 @@ def secrets_list(config_path: Path | None, as_json: bool) -> None:
     last_used: dict[str, float] = {}
     if config.audit_db.exists():
         with closing(audit.connect(config, readonly=True)) as conn:
-            last_used = dict(conn.execute("SELECT credential, max(ts) FROM requests WHERE credential IS NOT NULL "
-                                          "GROUP BY credential").fetchall())
+            last_used = audit.last_injected(conn)
     rows: list[dict[str, Any]] = []
     for c in config.credentials.values():
         where = " ".join(h.pattern for h in c.hosts)
