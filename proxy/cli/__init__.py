@@ -24,19 +24,11 @@ def cli() -> None:
     """goex-proxy: let LLM agents use real accounts through a proxy that enforces policy and records everything."""
 
 
-cli.add_command(run.init)
-cli.add_command(run.run)
-cli.add_command(run.exec_)
-cli.add_command(run.env_)
-cli.add_command(run.doctor)
-cli.add_command(logs.log)
-cli.add_command(logs.show)
-cli.add_command(undo.undo)
-cli.add_command(policy.policy)
-cli.add_command(secrets.secrets)
-cli.add_command(secrets.authorize)
-cli.add_command(execute.execute)
-cli.add_command(files.files)
+#: Every command and command group of `goex-proxy`.
+COMMANDS = (run.init, run.run, run.exec_, run.env_, run.doctor, logs.log, logs.show, undo.undo, policy.policy,
+            secrets.secrets, secrets.authorize, execute.execute, files.files)
+for command in COMMANDS:
+    cli.add_command(command)
 
 
 def main() -> None:
