@@ -135,9 +135,22 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args: Any) -> None:
         pass
 
-    def _handle(self) -> None:
+    def _body(self) -> bytes:
+        """The request body, framed by Content-Length or chunked as a real server reads it (leaving chunks unread
+        would have them parsed as the next request on the connection)."""
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            out = b""
+            while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+                out += self.rfile.read(size)
+                self.rfile.readline()
+            while self.rfile.readline() not in (b"\r\n", b"\n", b""):  # trailers
+                pass
+            return out
         length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
+        return self.rfile.read(length) if length else b""
+
+    def _handle(self) -> None:
+        raw = self._body()
         host = (self.headers.get("Host") or "").split(":")[0]
         url = urlsplit(self.path)
         state = self.server.state
