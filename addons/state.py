@@ -123,7 +123,7 @@ class ProxyState:
 
     def sources(self) -> list[tuple[Path, frozenset[str] | None]]:
         assert self.config is not None
-        return [(p.path, p.agents) for p in self.config.policies]
+        return self.config.policy_sources
 
     def load_secrets(self) -> None:
         """Read every credential's secret (vault or environment) into memory, and the spellings to scrub."""
@@ -277,7 +277,7 @@ class ProxyState:
             fresh = dataclasses.replace(fresh, **{name: getattr(previous, name) for name in RESTART_ONLY})
             applied = config_changes(previous, fresh)
             undo_rules = load_packs(list(fresh.undo_packs)) if "undo_packs" in applied else self.undo_rules
-            policies = load_policy_set([(p.path, p.agents) for p in fresh.policies])
+            policies = load_policy_set(fresh.policy_sources)
             self._use_config(fresh)
             if "credentials" in applied or reread_vault:
                 secrets_read = True

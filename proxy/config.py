@@ -124,6 +124,11 @@ class Config:
     limits: ClientLimits = ClientLimits()
 
     @property
+    def policy_sources(self) -> list[tuple[Path, frozenset[str] | None]]:
+        """The policy files with the agents each is narrowed to, as `load_policy_set` takes them."""
+        return [(p.path, p.agents) for p in self.policies]
+
+    @property
     def ca_cert(self) -> Path:
         """The CA certificate agents must trust (mitmproxy's name for it, in the state directory)."""
         return self.state_dir / "mitmproxy-ca-cert.pem"

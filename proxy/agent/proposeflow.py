@@ -74,7 +74,7 @@ def ask(config: Config, request_id: str, save_rule: Path | None,
     proposing.check_row(row, plan(rid, Exchange.from_row(row), load_packs(list(config.undo_packs))),
                         journal.states(rid))
     model = llm.configured(config)
-    policies = load_policy_set([(p.path, p.agents) for p in config.policies])
+    policies = load_policy_set(config.policy_sources)
     host = Exchange.from_row(row).target()[1]
     messages = proposing.prompt_for(row, llm.secret_scrubber(config),
                                     proposing.allowed_summaries(policies, agent, host),

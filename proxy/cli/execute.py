@@ -48,7 +48,7 @@ def execute(config_path: Path | None, task: str, agent: str, yes: bool, show_onl
     agentenv.proxy_url(config, agent)
     if not (yes or show_only) and not sys.stdin.isatty():  # before the model is asked (a call costs money)
         raise GoexError("execute asks before it runs code: pass --yes to run it without a terminal, or --show-only")
-    policies = load_policy_set([(p.path, p.agents) for p in config.policies])
+    policies = load_policy_set(config.policy_sources)
     options = Options(agent, yes, show_only, retries, timeout, then, workspace)
     sys.exit(run_task(config, policies, task, options, console(), _show_rows,
                       lambda rows: undo_rows(config, rows)))

@@ -56,7 +56,7 @@ def test_(config_path: Path | None, files: tuple[Path, ...], against_log: bool, 
     from ..policy import whatif
 
     config = load_config(config_path)
-    current, candidate = whatif.policy_sets([(p.path, p.agents) for p in config.policies], files)
+    current, candidate = whatif.policy_sets(config.policy_sources, files)
     db = audit.connect(config, readonly=True)
     seen, changes = whatif.replay(audit.iter_rows(db), current, candidate)
     if as_json:

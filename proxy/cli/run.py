@@ -55,7 +55,7 @@ def run(config_path: Path | None, quiet: bool) -> None:
     from ..policy.load import load_policy_set
 
     config = load_config(config_path)
-    policies = load_policy_set([(p.path, p.agents) for p in config.policies])
+    policies = load_policy_set(config.policy_sources)
     runtime.check_can_listen(config)
     audit.connect(config).close()  # an unusable audit database is a reason not to start (exit 2)
     if any(c.secret.vault for c in config.credentials.values()):

@@ -144,7 +144,7 @@ def proxy_for_jail(config: Config) -> Iterator[Config]:
     from ..runtime import InProcessProxy
 
     audit.connect(config).close()
-    in_process = InProcessProxy(config, load_policy_set([(p.path, p.agents) for p in config.policies]))
+    in_process = InProcessProxy(config, load_policy_set(config.policy_sources))
     try:
         yield in_process.config
     finally:

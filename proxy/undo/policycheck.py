@@ -45,7 +45,7 @@ def check_file(file: Path) -> list[Problem]:
 def unconfined_irreversible(config: Config) -> list[Problem]:
     """Warnings for allow rules that let an agent make a call no undo can take back, with no limit on it."""
     try:
-        policies = load_policy_set([(p.path, p.agents) for p in config.policies])
+        policies = load_policy_set(config.policy_sources)
         samples = irreversible_samples(load_packs(list(config.undo_packs)))
     except GoexError:
         return []  # the files' own errors are reported by check_file

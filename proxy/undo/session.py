@@ -98,7 +98,7 @@ def carry_out_all(config: Config, todo: Sequence[Planned], journal: Journal, for
     from ..policy.load import load_policy_set
 
     with one_undo_at_a_time(config.audit_db):
-        replayer = Replayer(config, load_policy_set([(p.path, p.agents) for p in config.policies]))
+        replayer = Replayer(config, load_policy_set(config.policy_sources))
         try:
             for index, planned in enumerate(todo):
                 outcome = carry_out(planned.plan, replayer, journal, str(planned.row["agent"]), force, on_step)
