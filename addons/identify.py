@@ -51,21 +51,24 @@ class Identify:
         self.tunnels: weakref.WeakKeyDictionary[connection.Client, tuple[str, str]] = weakref.WeakKeyDictionary()
 
     @staticmethod
-    def refuse(flow: http.HTTPFlow, why: str) -> None:
+    def refuse(flow: http.HTTPFlow | tcp.TCPFlow, why: str) -> None:
+        """Deny the flow for its identity; an HTTP request is answered 407 (a challenge when it sent no credentials)."""
         if why == NO_CREDENTIALS:
             flowmeta.set_challenged(flow)
         flowmeta.set_decision(flow, Decision("deny", f"proxy authentication failed: {why}", "identify"))
-        replies.auth_required(flow, why)
+        if isinstance(flow, http.HTTPFlow):
+            replies.auth_required(flow, why)
 
-    def authenticate(self, flow: http.HTTPFlow) -> tuple[str | None, str]:
-        """The agent's name, or None and why not."""
+    def authenticate(self, flow: http.HTTPFlow) -> tuple[tuple[str, str] | None, str]:
+        """The agent's name and token from the request's proxy credentials, if they hold; else None and why not."""
         header = flow.request.headers.get("Proxy-Authorization")
         if not header:
             return None, NO_CREDENTIALS
         creds = parse_basic(header)
         if creds is None:
             return None, "proxy credentials must use the Basic scheme"
-        return self.check(*creds)
+        name, why = self.check(*creds)
+        return (creds if name is not None else None), why
 
     def check(self, name: str, token: str) -> tuple[str | None, str]:
         """The agent's name if this token is its current one, or None and why not."""
@@ -83,24 +86,21 @@ class Identify:
     def http_connect(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error:
             return
-        name, why = self.authenticate(flow)
-        if name is None:
+        creds, why = self.authenticate(flow)
+        if creds is None:
             self.refuse(flow, why)
             return
-        creds = parse_basic(flow.request.headers["Proxy-Authorization"])
-        assert creds is not None
         self.tunnels[flow.client_conn] = creds
-        flowmeta.set_agent(flow, name)
+        flowmeta.set_agent(flow, creds[0])
         del flow.request.headers["Proxy-Authorization"]
 
     @fail_closed("identify")
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
             return
-        tunnel = self.tunnels.get(flow.client_conn)
-        name, why = self.check(*tunnel) if tunnel else self.authenticate(flow)
+        name, why = self.tunnel_agent(flow) if flow.client_conn in self.tunnels else self.identity(flow)
         if name is None:
-            self.refuse(flow, f"the tunnel's identity is no longer valid: {why}" if tunnel else why)
+            self.refuse(flow, why)
             return
         acting_for = flow.request.headers.pop(UNDO_AGENT_HEADER, None)
         undo_of = flow.request.headers.pop(UNDO_OF_HEADER, None)
@@ -125,12 +125,20 @@ class Identify:
     @fail_closed("identify")
     def tcp_start(self, flow: tcp.TCPFlow) -> None:
         """A raw stream in a tunnel belongs to the agent that opened the tunnel, if that identity still holds."""
-        tunnel = self.tunnels.get(flow.client_conn)
-        if tunnel is None:
+        if flow.client_conn not in self.tunnels:
             return
-        name, why = self.check(*tunnel)
+        name, why = self.tunnel_agent(flow)
         if name is None:
-            flowmeta.set_decision(flow, Decision("deny", f"proxy authentication failed: the tunnel's identity is no "
-                                                         f"longer valid: {why}", "identify"))
+            self.refuse(flow, why)
             return
         flowmeta.set_agent(flow, name)
+
+    def identity(self, flow: http.HTTPFlow) -> tuple[str | None, str]:
+        """The agent a plain request's proxy credentials name, or None and why not."""
+        creds, why = self.authenticate(flow)
+        return (creds[0] if creds else None), why
+
+    def tunnel_agent(self, flow: http.HTTPFlow | tcp.TCPFlow) -> tuple[str | None, str]:
+        """The agent whose CONNECT opened this flow's tunnel, if its identity still holds; else None and why not."""
+        name, why = self.check(*self.tunnels[flow.client_conn])
+        return name, (f"the tunnel's identity is no longer valid: {why}" if name is None else "")

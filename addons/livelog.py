@@ -30,9 +30,7 @@ class LiveLog:
             outcome = str(flow.response.status_code)
         else:
             outcome = f"failed: {flow.error.msg if flow.error else 'no response'}"
-        url = flowmeta.url(flow) or flow.request.pretty_url
-        if flow.request.method == "CONNECT":
-            url = f"{flow.request.host}:{flow.request.port}"
+        url = f"{flow.request.host}:{flow.request.port}" if flow.request.method == "CONNECT" else flowmeta.url(flow)
         took = (time.time() - flow.request.timestamp_start) * 1000
         text = (f"{flowmeta.request_id(flow)} {flowmeta.agent(flow) or '-'} {flow.request.method} {url} -> {label} "
                 f"{outcome} ({took:.0f} ms)")
