@@ -31,8 +31,8 @@ class Twin:
     @fail_closed("twin")
     def request(self, flow: http.HTTPFlow) -> None:
         d = flowmeta.decision(flow)
-        if flow.response or flow.error or not flow.live or d is None or not d.rewrite:
-            return
+        if flow.response or flow.error or not flow.live or d is None or not d.rewrite or flowmeta.undo_of(flow):
+            return  # an undo step goes exactly as it was planned: its twin would be a different compensation
         req = flow.request
         original = f"{req.method} {req.pretty_url}"
         twin = twin_for(self.state.undo_rules, Exchange(req.method, req.pretty_url, header_pairs(req.headers),

@@ -141,7 +141,7 @@ def _show_file_runs(found: list[Run], as_json: bool) -> None:
 
 def _say_step(r: StepResult) -> None:
     """A step as it was sent and how it ended (on stderr if it failed)."""
-    click.echo(f"  {'done' if r.ok else 'FAILED'}: {r.step.describe()} -> {r.status if r.status is not None else '-'}"
+    click.echo(f"  {'done' if r.ok else 'FAILED'}: {r.describe()} -> {r.status if r.status is not None else '-'}"
                + (f" ({r.request_id})" if r.request_id else "") + (f": {r.detail}" if r.detail and not r.ok else ""),
                err=not r.ok)
 

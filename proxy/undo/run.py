@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from ..config import Config
 from ..errors import GoexError
@@ -37,6 +37,11 @@ class StepResult:
     request_id: str | None
     detail: str
     conflict: bool = False   # a conditional request found the resource changed since the agent: nothing clobbered
+    sent: str = ""           # the request as the audit log recorded it going upstream ("" if it never went)
+
+    def describe(self) -> str:
+        """The request that went upstream for this step (as planned, else what was planned and never sent)."""
+        return self.sent or self.step.describe()
 
 
 class Journal:
@@ -212,12 +217,29 @@ def run_steps(plan: Plan, replayer: Replayer, journal: Journal, agent: str,
                 result = _judge(plan, step, status, response, compensation_id)
                 if not result.ok and not result.conflict and read_refused(status):
                     result = replace(result, detail=f"{result.detail}; {refused_credential(replayer, step)}")
+                result = _as_sent(result, journal.conn)
         journal.write(plan.request_id, index, DONE if result.ok else FAILED, result.detail, result.request_id)
         results.append(result)
         report(result)
         if not result.ok:
             break
     return results
+
+
+def _as_sent(result: StepResult, conn: sqlite3.Connection) -> StepResult:
+    """The result with the request its audit row says went upstream; failed if that is not the planned request
+    (a compensation must go exactly as planned: nothing in the pipeline may turn it into another call)."""
+    row = conn.execute("SELECT method, url FROM requests WHERE id = ?", (result.request_id,)).fetchone()
+    if row is None:
+        return result
+    method, url = str(row[0]), str(row[1])
+    sent = f"{method} {url}"
+    planned, went = urlsplit(result.step.url), urlsplit(url)
+    if method.upper() == result.step.method and (planned.hostname, unquote(planned.path), planned.query) == (
+            went.hostname, unquote(went.path), went.query):
+        return replace(result, sent=sent)
+    return replace(result, sent=sent, ok=False, conflict=False,
+                   detail=f"the pipeline sent {sent} instead of the planned {result.step.describe()}")
 
 
 def _resume(plan: Plan, step: Step, conn: sqlite3.Connection, compensation_id: str, force: bool

@@ -239,3 +239,32 @@ def test_a_step_refused_by_the_upstream_says_so(journal: Journal) -> None:
     assert outcome.state == "failed"
     assert results[0].detail == "refused by the upstream (403); the credential 'aws' configured for x was refused: " \
                                 "it may lack the permission, or be out of date"
+
+
+class Rewriter(Sender):
+    """A pipeline that sends another request than the one it was given, and records what it sent."""
+
+    def __init__(self, conn: Any, method: str, path: str) -> None:
+        super().__init__()
+        self.conn, self.method, self.path = conn, method, path
+
+    def send(self, step: Step, agent: str, undo_of: str, request_id: str | None = None
+             ) -> tuple[int, dict[str, Any], str | None]:
+        assert request_id is not None
+        _row(self.conn, request_id, 200)
+        with self.conn:
+            self.conn.execute("UPDATE requests SET method = ?, url = ? WHERE id = ?",
+                              (self.method, f"https://x{self.path}", request_id))
+        return super().send(step, agent, undo_of, request_id)
+
+
+@pytest.mark.parametrize(("method", "path", "ok"), [("POST", "/first", True), ("POST", "/first/trash", False),
+                                                    ("DELETE", "/first", False)])
+def test_a_step_sent_as_another_request_than_planned_fails_and_the_report_names_what_went(
+        journal: Journal, method: str, path: str, ok: bool) -> None:
+    plan = _plan(_post("https://x/first"), _post("https://x/second"))
+    results = run_steps(plan, Rewriter(journal.conn, method, path), journal, "bot", lambda r: None)  # type: ignore[arg-type]
+    assert results[0].ok is ok and results[0].describe() == f"{method} https://x{path}"
+    if not ok:
+        assert len(results) == 1 and "instead of the planned POST https://x/first" in results[0].detail
+        assert journal.states(plan.request_id) == {0: FAILED}
