@@ -170,6 +170,7 @@ def _print_undo_plan(planned: Planned, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"request_id": the_plan.request_id, "verdict": the_plan.verdict, "rule": the_plan.rule,
                                "fidelity": the_plan.fidelity, "reason": the_plan.reason,
+                               "unguarded": the_plan.unguarded or None,
                                "guard": the_plan.guard.describe() if the_plan.guard else None,
                                "steps": [{"method": s.method, "url": s.url, "why": s.why,
                                           "state": states.get(i)} for i, s in enumerate(the_plan.steps)]}))
@@ -177,6 +178,8 @@ def _print_undo_plan(planned: Planned, as_json: bool) -> None:
     click.echo(f"undo {the_plan.request_id}: {row['method']} {row['url']} by {row['agent']} ({outcome_of(row)})")
     click.echo(f"  rule: {the_plan.rule or '-'}   fidelity: {the_plan.fidelity}"
                + (f"   ({the_plan.reason})" if the_plan.verdict != "plan" else ""))
+    if the_plan.unguarded:
+        click.echo(f"  unguarded: {the_plan.unguarded}")
     if the_plan.guard is not None:
         click.echo(f"  first checks: {the_plan.guard.describe()} (refused if {the_plan.conflict})")
     for i, step in enumerate(the_plan.steps, start=1):

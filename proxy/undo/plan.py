@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -108,6 +109,7 @@ class UndoRule:
     preimage: RequestTemplate | None = None  # read before forwarding, templated from the request only
     twin: RequestTemplate | None = None      # a reversible request with the same purpose, sent instead where a
                                              # policy rule says `rewrite: reversible` (Gmail delete -> trash)
+    guard_unneeded: str = ""   # why no later change can be lost by this undo, where the rule needs no guard
 
     def matches(self, method: str, host: str, path: str) -> bool:
         return (any(h.matches(host) for h in self.hosts) and (self.methods is None or method in self.methods)
@@ -160,10 +162,10 @@ class Exchange:
                    "parent_url": f"{parts.scheme}://{parts.netloc}{(parts.path or '/').rstrip('/').rpartition('/')[0]}",
                    "segments": [unquote(seg) for seg in (parts.path or "/").split("/")[1:]],
                    "query": dict(parse_qsl(parts.query, keep_blank_values=True)),
-                   "headers": header_map(self.request_headers), **body_view(self.request_body)}
+                   **message_view(self.request_headers, self.request_body)}
         response = {"status": self.status if self.status is not None else 0,
-                    "headers": header_map(self.response_headers), **body_view(self.response_body)}
-        pre = ({"status": self.pre_status, "headers": header_map(self.pre_headers), **body_view(self.pre_body)}
+                    **message_view(self.response_headers, self.response_body)}
+        pre = ({"status": self.pre_status, **message_view(self.pre_headers, self.pre_body)}
                if self.pre_status is not None else {})
         return {"request": request, "response": response, "pre": pre, "read": {}}
 
@@ -173,6 +175,14 @@ def header_map(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
     for k, v in pairs:
         out[k.lower()] = f"{out[k.lower()]}, {v}" if k.lower() in out else v
     return out
+
+
+def message_view(headers: Iterable[tuple[str, str]], body: bytes | None) -> dict[str, Any]:
+    """A request's or response's headers (lower-case names), `content_type` (its media type, lower-case, without
+    parameters; "" if none) and body as undo expressions read them."""
+    mapped = header_map(headers)
+    content_type = mapped.get("content-type", "").split(";")[0].strip().lower()
+    return {"headers": mapped, "content_type": content_type, **body_view(body)}
 
 
 def body_view(raw: bytes | None) -> dict[str, Any]:
@@ -219,6 +229,7 @@ class Plan:
     variables: dict[str, Any] = field(default_factory=dict, repr=False)
     guard_refused: Condition | None = None
     credential: str | None = None  # the credential the agent's request was sent with: undo needs it too
+    unguarded: str = ""   # why nothing can tell a later change from the agent's version ("": something can)
 
 
 def preimage_read(rules: Iterable[UndoRule], exchange: Exchange) -> Step | None:
@@ -285,7 +296,9 @@ def find_rule(rules: Iterable[UndoRule], exchange: Exchange, variables: dict[str
 
 
 def classify(rules: Iterable[UndoRule], exchange: Exchange) -> str:
-    """The undo class shown with an audit row: the matching rule's fidelity, or "no rule"."""
+    """The undo class shown with an audit row: the matching rule's fidelity ("unguarded" if nothing would stop its
+    undo from destroying a later change), or "no rule"."""
+    rules = tuple(rules)
     found = find_rule(rules, exchange)
     if found is None:
         return "no rule"
@@ -296,12 +309,16 @@ def classify(rules: Iterable[UndoRule], exchange: Exchange) -> str:
                 return "not effective"
         except CelEvalError:
             return "not effective"
+    if exchange.status is not None and rule.fidelity != "irreversible":
+        planned = plan("", exchange, (rule,))
+        if planned.verdict == "plan" and planned.unguarded:
+            return UNGUARDED
     return rule.label
 
 
 def _render(template: RequestTemplate, variables: dict[str, Any]) -> Step:
     url = template.url.render(variables)
-    headers = tuple((k, str(v.render(variables))) for k, v in template.headers)
+    headers = tuple((k, str(value)) for k, v in template.headers if (value := v.render(variables)) is not None)
     body = None
     if template.json is not None:
         body = json.dumps(render_tree(template.json, variables)).encode()
@@ -403,10 +420,58 @@ def plan(request_id: str, exchange: Exchange, rules: Iterable[UndoRule]) -> Plan
     except OffOrigin as exc:
         return replace(base, verdict="not planned", reason=f"refused to plan a compensation off the original "
                                                            f"origin: {exc}")
+    unguarded = unguarded_because(rule, variables, steps)
     return replace(base, verdict="plan", steps=steps, guard=guard,
                 guard_expect=rule.guard.expect if rule.guard else None,
                 conflict=rule.guard.conflict if rule.guard else "",
-                guard_refused=rule.guard.refused if rule.guard else None)
+                guard_refused=rule.guard.refused if rule.guard else None,
+                unguarded=unguarded, fidelity=UNGUARDED if unguarded else base.fidelity)
+
+
+#: The class of a row whose undo nothing guards: it would overwrite or delete whatever is there by then.
+UNGUARDED = "unguarded"
+#: Headers that make a step conditional: the upstream itself refuses it if the resource changed (412).
+CONDITIONAL = frozenset({"if-match", "if-unmodified-since", "if-none-match"})
+#: Response headers that name a resource's state (a probe read gives them values no real state has).
+_STATE_HEADER = re.compile(r"etag|last-modified|version|md5|sha|digest|hash|content-length|x-goog-generation",
+                           re.IGNORECASE)
+_PROBE = "goex-probe-3f1c9a7e5b2d"
+
+
+def unguarded_because(rule: UndoRule, variables: dict[str, Any], steps: Iterable[Step]) -> str:
+    """Why nothing would stop this undo from destroying a change made after the agent's ("" if something would): the
+    rule says no later change can be lost, a step is a conditional request, or the guard's `expect` fails on a read
+    showing the resource changed. A guard that holds for any body (`read.json == response.json` where neither is
+    JSON: `{} == {}`) guards nothing."""
+    if rule.guard_unneeded:
+        return ""
+    if any(k.lower() in CONDITIONAL and v.strip() for step in steps for k, v in step.headers):
+        return ""
+    if rule.guard is None:
+        return "the rule has no guard: nothing checks that the resource is still as the agent left it"
+    for probe in changed_reads(variables):
+        try:
+            if rule.guard.expect.evaluate({**variables, "read": probe}):
+                return (f"its guard `{rule.guard.expect.source}` also holds for a resource someone changed after "
+                        f"the agent (a read answering 200 with {probe['content_type'] or 'a'} body no one wrote), so "
+                        "it cannot tell a later edit from the agent's version")
+        except CelEvalError:
+            continue  # the expectation cannot even be read on such a resource: it would not hold
+    return ""
+
+
+def changed_reads(variables: dict[str, Any]) -> list[dict[str, Any]]:
+    """Reads of the resource as if someone had changed it after the agent: the response's headers with every header
+    naming a state replaced, and a body no one wrote, as text and as JSON."""
+    response = variables.get("response") or {}
+    headers = {k: (f'"{_PROBE}"' if k == "etag" else "Fri, 01 Jan 2100 00:00:00 GMT" if k == "last-modified"
+                   else _PROBE if _STATE_HEADER.search(k) else v) for k, v in response.get("headers", {}).items()
+               if k != "content-type"}
+    out = []
+    for content_type, body in ((response.get("content_type") or "text/plain", _PROBE.encode()),
+                               ("application/json", json.dumps({"goex_probe": _PROBE}).encode())):
+        out.append({"status": 200, **message_view([*headers.items(), ("content-type", content_type)], body)})
+    return out
 
 
 def irreversible_samples(rules: Iterable[UndoRule]) -> list[tuple[UndoRule, str, str, str]]:

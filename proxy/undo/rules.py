@@ -11,7 +11,7 @@ from ..globs import compile_host, compile_path
 from ..policy.cel import CelSyntaxError, compile_condition, compile_expression
 from ..policy.load import RuleReader, expression_pos
 from ..yamlsrc import YMap
-from .plan import FIDELITIES, UNDO_VARIABLES, Fidelity, Guard, RequestTemplate, Template, UndoRule
+from .plan import CONDITIONAL, FIDELITIES, UNDO_VARIABLES, UNGUARDED, Fidelity, Guard, RequestTemplate, Template, UndoRule
 
 _PACK_KEYS = {"version", "name", "description", "rules"}
 _RULE_KEYS = {"name", "match", "when", "effective", "class", "reason", "undo", "guard", "preimage", "twin",
@@ -149,8 +149,14 @@ class _UndoReader(RuleReader):
             self.check.error(r.pos, f"'{where}' is irreversible: say why in 'reason' (it is shown with every row)")
         if fidelity != "irreversible" and not steps:
             self.check.error(r.pos, f"'{where}' needs 'undo' steps (or class: irreversible with a reason)")
-        guard = None
-        if "guard" in r:
+        guard, unneeded = None, ""
+        if "guard" in r and isinstance(r["guard"], dict) and "unneeded" in r["guard"]:
+            g = self.check.mapping(r["guard"], f"{where}.guard", self.check.at(r, "guard"), {"unneeded"})
+            unneeded = (self.check.string(g, "unneeded", f"{where}.guard.unneeded") or "") if g is not None else ""
+            if g is not None and not unneeded.strip():
+                self.check.error(self.check.at(g, "unneeded"), f"'{where}.guard.unneeded' must say why no change "
+                                                               "made after the agent's can be lost by this undo")
+        elif "guard" in r:
             g = self.check.mapping(r["guard"], f"{where}.guard", self.check.at(r, "guard"),
                                    {"read", "expect", "conflict", "refused"}, {"read", "expect"})
             if g is not None:
@@ -167,11 +173,16 @@ class _UndoReader(RuleReader):
                                                            "before the agent's request, and must change nothing)")
         if fidelity == "needs-preimage" and preimage is None:
             self.check.warn(r.pos, f"'{where}' needs a pre-image but has no 'preimage' read; it will never be planned")
+        conditional = any(name.lower() in CONDITIONAL for s in steps if s is not None for name, _ in s.headers)
+        if fidelity != "irreversible" and "guard" not in r and not conditional:
+            self.check.warn(r.pos, f"'{where}' has no guard, so the requests it matches are {UNGUARDED}: undoing one "
+                                   "needs --force, as it would overwrite a later change. Add a 'guard' that reads the "
+                                   "resource, a conditional header (If-Match) to a step, or 'guard: {unneeded: WHY}'")
         twin = self.request(r["twin"], f"{where}.twin", self.check.at(r, "twin")) if "twin" in r else None
         return UndoRule(pack, name, hosts or (), self.methods(m, f"{where}.match"),
                         self.globs(m, ("path", "paths"), f"{where}.match", compile_path), fidelity,
                         self.condition(r, "when", where), self.condition(r, "effective", where), reason,
-                        tuple(s for s in steps if s is not None), guard, preimage, twin)
+                        tuple(s for s in steps if s is not None), guard, preimage, twin, unneeded.strip())
 
     def pack(self, doc: Any, file: str) -> list[UndoRule]:
         p = self.check.mapping(doc, "undo pack", (1, 1), _PACK_KEYS, {"version", "rules"})

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ..audit import store as audit
 from ..config import Config
 from ..errors import GoexError, NotFound
-from .plan import SAFE_METHODS, Exchange, Plan, plan
+from .plan import SAFE_METHODS, UNGUARDED, Exchange, Plan, plan
 from .rules import load_packs
 from .run import DONE, Journal, Outcome, Replayer, StepResult, carry_out, one_undo_at_a_time
 
@@ -67,6 +67,8 @@ def plan_rows(config: Config, journal: Journal, rows: Iterable[dict[str, Any]], 
             why = the_plan.reason if the_plan.verdict == "not effective" else f"{the_plan.verdict}: {the_plan.reason}"
         elif done:
             why = ALREADY_UNDONE
+        elif the_plan.unguarded and not force:
+            why = f"{UNGUARDED}: {the_plan.unguarded}; undoing it anyway (overwriting any later change) needs --force"
         yield Planned(row, the_plan, states, why)
 
 

@@ -87,3 +87,38 @@ def test_a_session_undo_restores_the_collection(proxy, json_server):
     r = proxy.cli("undo", "--agent", "mailbot", "--since", "1h", "--yes")
     assert r.returncode == 0, r.stdout + r.stderr
     assert posts(json_server) == before
+
+
+UNGUARDED_PACK = """version: 1
+rules:
+  - name: titles are set by PATCH
+    match: {host: notes.example, methods: [PATCH], path: "/posts/*"}
+    preimage: {method: GET, url: "${request.url}"}
+    when: pre.status == 200
+    class: needs-preimage
+    undo:
+      - {method: PUT, url: "${request.url}", body: "${pre.body}", headers: {Content-Type: application/json}}
+"""
+
+
+def test_an_unguarded_undo_is_refused_without_force_and_a_session_passes_it_over(make_proxy, json_server, tmp_path):
+    pack = tmp_path / "mine.yaml"
+    pack.write_text(UNGUARDED_PACK)
+    proxy = make_proxy(POLICY, routes={"notes.example": json_server},
+                       extra_config=f"undo_rules: [{pack}, builtin:rest]\n")
+    before = posts(json_server)
+    patch = "import requests; print(requests.patch('http://notes.example/posts/2', json={'title': 'x'}).status_code)"
+    assert proxy.exec("mailbot", sys.executable, "-c", patch).stdout.strip() == "200"
+    [row] = [row for row in proxy.rows() if row["method"] == "PATCH"]
+    assert row["undo_class"] == "unguarded"
+    checked = proxy.cli("policy", "check")
+    assert "has no guard" in checked.stdout + checked.stderr
+
+    r = proxy.cli("undo", str(row["id"]), "--yes")
+    assert r.returncode != 0 and "unguarded" in r.stderr and "--force" in r.stderr
+    r = proxy.cli("undo", "--agent", "mailbot", "--since", "1h", "--yes")
+    assert r.returncode != 0 and "needs --force" in r.stdout + r.stderr
+    assert posts(json_server) != before                    # nothing was sent: the agent's title is still there
+    r = proxy.cli("undo", str(row["id"]), "--yes", "--force")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert posts(json_server) == before

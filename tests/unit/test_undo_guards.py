@@ -1,0 +1,158 @@
+"""Guards that can fail: the REST pack compares what names a resource's state (ETag, JSON, exact bytes) for any
+content type, restores non-JSON bytes with their own Content-Type, and a rule nothing guards makes its rows
+`unguarded`, which undo takes back only with --force."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from goex_proxy.presets import undo_dir
+from goex_proxy.undo.plan import UNGUARDED, Exchange, Plan, classify, plan
+from goex_proxy.undo.rules import check_pack_text, load_packs
+
+REST = load_packs([undo_dir() / "rest.yaml"])
+URL = "https://cal.example/calendars/ann/work/meeting.ics"
+ICS = b"BEGIN:VCALENDAR\r\nVERSION:2.0\r\nBEGIN:VEVENT\r\nUID:1\r\nSUMMARY:before\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+AGENTS = ICS.replace(b"before", b"the agent's")
+PERSONS = ICS.replace(b"before", b"a person's edit")
+CAL = (("Content-Type", "text/calendar; charset=utf-8"),)
+
+
+def calendar(method: str, status: int, response_headers: tuple[tuple[str, str], ...] = (), pre_status: int = 200,
+             request_body: bytes | None = AGENTS, response_body: bytes = b"") -> Exchange:
+    return Exchange(method, URL, CAL, request_body, status, response_headers, response_body,
+                    pre_status, CAL + (("ETag", '"v1"'),) if pre_status == 200 else (),
+                    ICS if pre_status == 200 else b"not found")
+
+
+def read(status: int, body: bytes, content_type: str = "text/calendar", **headers: str) -> dict[str, Any]:
+    from goex_proxy.undo.run import response_view
+
+    return response_view(status, [("Content-Type", content_type), *headers.items()], body)
+
+
+def guard_holds(p: Plan, answer: dict[str, Any]) -> bool:
+    assert p.guard_expect is not None
+    return bool(p.guard_expect.evaluate({**p.variables, "read": answer}))
+
+
+def test_a_replaced_calendar_is_put_back_byte_for_byte_with_its_own_type_and_the_etag_it_was_left_with() -> None:
+    exchange = calendar("PUT", 204, (("ETag", '"v2"'),))
+    assert classify(REST, exchange) == "needs-preimage"
+    p = plan("R1", exchange, REST)
+    assert p.verdict == "plan" and not p.unguarded
+    [step] = p.steps
+    assert (step.method, step.url, step.body) == ("PUT", URL, ICS)
+    assert dict(step.headers) == {"Content-Type": "text/calendar; charset=utf-8", "If-Match": '"v2"'}
+    assert guard_holds(p, read(200, AGENTS, ETag='"v2"'))
+    assert not guard_holds(p, read(200, PERSONS, ETag='"v3"'))       # a person's edit: a conflict, not clobbered
+
+
+def test_without_an_etag_the_bytes_are_compared_and_a_persons_edit_is_a_conflict() -> None:
+    p = plan("R1", calendar("PUT", 204), REST)
+    assert p.verdict == "plan" and not p.unguarded and p.fidelity == "needs-preimage"
+    assert dict(p.steps[0].headers) == {"Content-Type": "text/calendar; charset=utf-8"}  # no If-Match to send
+    assert guard_holds(p, read(200, AGENTS))
+    assert not guard_holds(p, read(200, PERSONS))
+    assert not guard_holds(p, read(200, b"{}", "application/json"))     # `{} == {}` no longer passes as equal
+
+
+def test_a_put_that_created_a_calendar_is_deleted_only_while_it_holds_the_agents_bytes() -> None:
+    p = plan("R1", calendar("PUT", 201, pre_status=404), REST)
+    assert p.verdict == "plan" and not p.unguarded and [s.describe() for s in p.steps] == [f"DELETE {URL}"]
+    assert guard_holds(p, read(200, AGENTS)) and guard_holds(p, read(404, b""))
+    assert not guard_holds(p, read(200, PERSONS))
+
+
+def test_a_deleted_calendar_is_put_back_at_its_url_only_if_nothing_is_there() -> None:
+    p = plan("R1", calendar("DELETE", 204, request_body=None), REST)
+    assert p.verdict == "plan" and p.rule == "rest/delete a resource that is not JSON" and not p.unguarded
+    [step] = p.steps
+    assert (step.method, step.url, step.body) == ("PUT", URL, ICS)
+    assert dict(step.headers) == {"Content-Type": "text/calendar; charset=utf-8", "If-None-Match": "*"}
+
+
+def test_a_deleted_json_resource_is_posted_back_to_its_collection_as_its_bytes() -> None:
+    before = b'{"id": 3, "title": "three", "draft": true}'
+    exchange = Exchange("DELETE", "https://api.example/posts/3", (), None, 200, (), b"{}", 200,
+                        (("Content-Type", "application/json"),), before)
+    p = plan("R1", exchange, REST)
+    assert p.rule == "rest/delete a JSON resource"
+    assert [(s.describe(), s.body, dict(s.headers)) for s in p.steps] == [
+        ("POST https://api.example/posts", before, {"Content-Type": "application/json"})]
+
+
+def test_a_patch_of_a_resource_nothing_identifies_is_unguarded_and_says_why() -> None:
+    exchange = calendar("PATCH", 204)
+    assert classify(REST, exchange) == UNGUARDED
+    p = plan("R1", exchange, REST)
+    assert p.verdict == "plan" and p.fidelity == UNGUARDED and "cannot tell a later edit" in p.unguarded
+    # The same PATCH answered with an ETag is guarded: the server names the state it left.
+    assert classify(REST, calendar("PATCH", 204, (("ETag", '"v2"'),))) == "needs-preimage"
+
+
+def test_a_create_answered_200_is_undone_but_a_404_then_is_a_conflict_not_already_gone() -> None:
+    body = b'{"id": 7, "title": "new"}'
+    json_type = (("Content-Type", "application/json"),)
+    made = Exchange("POST", "https://api.example/posts", json_type, b'{"title": "new"}', 200, json_type, body)
+    p = plan("R1", made, REST)
+    assert p.verdict == "plan" and [s.describe() for s in p.steps] == ["DELETE https://api.example/posts/7"]
+    assert guard_holds(p, read(200, body, "application/json"))
+    assert not guard_holds(p, read(404, b"")) and not guard_holds(p, read(200, b'{"id": 7, "title": "edited"}',
+                                                                          "application/json"))
+    created = Exchange("POST", "https://api.example/posts", json_type, b'{"title": "new"}', 201, json_type, body)
+    assert guard_holds(plan("R1", created, REST), read(404, b""))
+
+
+PACK = """version: 1
+rules:
+  - name: put a note
+    match: {host: notes.example, methods: [PUT]}
+    class: exact
+{guard}
+    undo:
+      - method: DELETE
+        url: "${request.url}"
+        headers: {If-Match: '${"etag" in response.headers ? response.headers["etag"] : null}'}
+"""
+NOTE = Exchange("PUT", "https://notes.example/n/1", (("Content-Type", "text/plain"),), b"agent's note", 201,
+                (("Content-Type", "text/plain"),), b"")
+
+
+def pack(guard: str) -> tuple[list[Any], list[Any]]:
+    return check_pack_text(PACK.replace("{guard}\n", guard + "\n" if guard else ""), "mine.yaml")
+
+
+@pytest.mark.parametrize(("guard", "guarded"), [
+    ("    guard: {read: {method: GET, url: '${request.url}'}, expect: 'read.json == response.json'}", False),
+    ("    guard: {read: {method: GET, url: '${request.url}'}, expect: 'read.status == 200'}", False),
+    ("    guard: {read: {method: GET, url: '${request.url}'}, expect: 'read.body == request.body'}", True),
+    ("    guard: {read: {method: GET, url: '${request.url}'}, expect: 'read.headers[\"etag\"] == \"x\"'}", True),
+    ("    guard: {unneeded: only the agent can write its own notes}", True),
+])
+def test_a_guard_that_holds_for_a_changed_resource_guards_nothing(guard: str, guarded: bool) -> None:
+    rules, problems = pack(guard)
+    assert rules and not problems
+    assert classify(rules, NOTE) == ("exact" if guarded else UNGUARDED)
+    assert plan("R1", NOTE, rules).steps[0].headers == ()   # a header whose value is null is left out
+
+
+def test_a_rule_with_no_guard_is_pointed_out_and_its_rows_are_unguarded_unless_a_step_is_conditional() -> None:
+    bare, problems = check_pack_text(PACK.replace("{guard}\n", "").split("        headers:")[0], "mine.yaml")
+    assert [p.severity for p in problems] == ["warning"] and "has no guard" in problems[0].message
+    assert "unneeded" in problems[0].message and (problems[0].line, problems[0].col) == (3, 5)
+    assert classify(bare, NOTE) == UNGUARDED
+    rules, problems = pack("")
+    assert not problems                                              # its step may be conditional: no warning,
+    assert classify(rules, NOTE) == UNGUARDED                        # but this answer gave no ETag to send
+    tagged = Exchange(*NOTE.target()[:1], NOTE.url, NOTE.request_headers, NOTE.request_body, 201,
+                      (("ETag", '"n1"'),), b"")
+    assert classify(rules, tagged) == "exact"                       # its DELETE carries If-Match: the server checks
+    assert dict(plan("R1", tagged, rules).steps[0].headers) == {"If-Match": '"n1"'}
+
+
+def test_an_empty_reason_for_needing_no_guard_is_an_error() -> None:
+    rules, problems = pack("    guard: {unneeded: ''}")
+    assert not rules and any("guard.unneeded" in p.message and p.severity == "error" for p in problems)
