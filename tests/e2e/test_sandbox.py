@@ -53,8 +53,14 @@ def listing(root: Path) -> dict[str, tuple]:
 
 @pytest.fixture
 def outside() -> Iterator[Path]:
-    """A directory outside /tmp (which every jail replaces), so that what a test puts there is in the jail's view."""
-    base = Path.home() / ".cache"
+    """A directory outside /tmp (which every jail replaces), so that what a test puts there is in the jail's view: under
+    HOME, or the account's own home directory when HOME was set under a scratch directory."""
+    import pwd
+
+    from goex_proxy.sandbox.view import SCRATCH
+
+    homes = [Path.home(), Path(pwd.getpwuid(os.getuid()).pw_dir)]
+    base = next((h for h in homes if not any(h.resolve().is_relative_to(d) for d in SCRATCH)), homes[-1]) / ".cache"
     base.mkdir(parents=True, exist_ok=True)
     path = Path(tempfile.mkdtemp(prefix="goex-sandbox-test-", dir=base))
     try:

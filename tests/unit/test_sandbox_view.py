@@ -113,6 +113,7 @@ def test_a_bind_mount_showing_a_hidden_path_elsewhere_is_an_alias_of_it() -> Non
 
 def test_a_layer_its_agent_made_unreadable_is_still_removed() -> None:
     """remove_tree opens directories of mode 000 (nested, as a non-root owner would meet them) before removing."""
+    import inspect
     import shutil
     import subprocess
     import tempfile
@@ -129,10 +130,12 @@ def test_a_layer_its_agent_made_unreadable_is_still_removed() -> None:
         (layer / "a" / "b").chmod(0)
         (layer / "a").chmod(0)
         if os.geteuid() == 0:
-            code = f"from goex_proxy.sandbox.runs import remove_tree; from pathlib import Path; remove_tree(Path({str(layer)!r}))"
-            done = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", sys.executable,
-                                   "-c", code], capture_output=True, text=True,
-                                  env={"PATH": os.environ["PATH"], "PYTHONPATH": os.pathsep.join(sys.path)})
+            # The function's own source, run as nobody: the checkout (and its venv) may be unreadable to nobody.
+            code = ("import os, shutil, subprocess\nfrom pathlib import Path\nclass GoexError(Exception): pass\n"
+                    f"{inspect.getsource(remove_tree)}\nremove_tree(Path({str(layer)!r}))\n")
+            done = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+                                   os.path.realpath(sys.executable), "-I", "-c", code], capture_output=True, text=True,
+                                  env={"PATH": os.environ["PATH"]})
             assert done.returncode == 0, done.stderr
         else:
             remove_tree(layer)
