@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, cast
 
 from .. import yamlsrc
 from ..errors import ConfigError, Problem
 from ..globs import compile_host, compile_path
-from ..policy.cel import CelSyntaxError, compile_condition, compile_expression
+from ..policy.cel import CelSyntaxError, Condition, Expression, compile_condition, compile_expression
 from ..policy.load import RuleReader, expression_pos
 from ..yamlsrc import YMap
 from .plan import CONDITIONAL, FIDELITIES, UNDO_VARIABLES, UNGUARDED, Fidelity, Guard, RequestTemplate, Template, UndoRule
@@ -54,7 +55,26 @@ def parse_template(text: str) -> Template:
     return Template(text, tuple(parts))
 
 
+def reads(part: Any) -> set[str]:
+    """The names every expression inside a rule part reads (templates, conditions, requests, nested bodies)."""
+    if isinstance(part, Expression | Condition):
+        return set(part.program.variables())
+    if isinstance(part, Template):
+        return set().union(*(reads(p) for p in part.parts))
+    if isinstance(part, RequestTemplate):
+        return set().union(*(reads(getattr(part, f.name)) for f in fields(part)))
+    if isinstance(part, dict):
+        return set().union(*(reads(v) for v in part.values()))
+    if isinstance(part, list | tuple):
+        return set().union(*(reads(v) for v in part))
+    return set()
+
+
 class _UndoReader(RuleReader):
+    def __init__(self, file: str, text: str) -> None:
+        super().__init__(file, text)
+        self.preimage_methods: list[frozenset[str] | None] = []  # the methods of each rule read so far with a preimage
+
     def condition(self, m: YMap, key: str, where: str) -> Any:
         if key not in m:
             return None
@@ -179,10 +199,35 @@ class _UndoReader(RuleReader):
                                    "needs --force, as it would overwrite a later change. Add a 'guard' that reads the "
                                    "resource, a conditional header (If-Match) to a step, or 'guard: {unneeded: WHY}'")
         twin = self.request(r["twin"], f"{where}.twin", self.check.at(r, "twin")) if "twin" in r else None
-        return UndoRule(pack, name, hosts or (), self.methods(m, f"{where}.match"),
-                        self.globs(m, ("path", "paths"), f"{where}.match", compile_path), fidelity,
-                        self.condition(r, "when", where), self.condition(r, "effective", where), reason,
-                        tuple(s for s in steps if s is not None), guard, preimage, twin, unneeded.strip())
+        when, effective = self.condition(r, "when", where), self.condition(r, "effective", where)
+        methods = self.methods(m, f"{where}.match")
+        # A rule may read the pre-image an earlier rule of its pack reads for the same requests (S3's put rules).
+        has_pre = preimage is not None or any(earlier is None or methods is None or earlier & methods
+                                              for earlier in self.preimage_methods)
+        if preimage is not None:
+            self.preimage_methods.append(methods)
+        self.reads_what_it_can(r, where, has_pre, {"when": when, "effective": effective, "undo": steps,
+                                                   "guard.read": guard.read if guard else None, "preimage": preimage,
+                                                   "twin": twin})
+        return UndoRule(pack, name, hosts or (), methods,
+                        self.globs(m, ("path", "paths"), f"{where}.match", compile_path), fidelity, when, effective,
+                        reason, tuple(s for s in steps if s is not None), guard, preimage, twin, unneeded.strip())
+
+    def reads_what_it_can(self, r: YMap, where: str, has_pre: bool, parts: dict[str, Any]) -> None:
+        """Errors for a rule part that reads what is never there when it is used: `read` (a guard's answer) outside
+        the guard's conditions, `response` or `pre` in the reads and twins made before forwarding, and `pre` in a rule
+        with no `preimage` read. Each would fail on every request it matches."""
+        for part, value in parts.items():
+            used = sorted(reads(value) & UNDO_VARIABLES)
+            known = {"request"} if part in ("preimage", "twin") else UNDO_VARIABLES - {"read"}
+            if not has_pre:
+                known = known - {"pre"}
+            for name in (n for n in used if n not in known):
+                why = ("it is the guard's answer, known only to 'guard.expect' and 'guard.refused'" if name == "read"
+                       else "it is made before the request is forwarded, when only 'request' is known"
+                       if part in ("preimage", "twin") else "the rule has no 'preimage' read to fill it")
+                self.check.error(self.check.at(r, part.split(".")[0]) if part.split(".")[0] in r else r.pos,
+                                 f"'{where}.{part}' reads '{name}', which it never has: {why}")
 
     def pack(self, doc: Any, file: str) -> list[UndoRule]:
         p = self.check.mapping(doc, "undo pack", (1, 1), _PACK_KEYS, {"version", "rules"})

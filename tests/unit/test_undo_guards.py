@@ -156,3 +156,31 @@ def test_a_rule_with_no_guard_is_pointed_out_and_its_rows_are_unguarded_unless_a
 def test_an_empty_reason_for_needing_no_guard_is_an_error() -> None:
     rules, problems = pack("    guard: {unneeded: ''}")
     assert not rules and any("guard.unneeded" in p.message and p.severity == "error" for p in problems)
+
+
+@pytest.mark.parametrize(("rule", "message"), [
+    ("    when: pre.status == 200\n", "'rules[0].when' reads 'pre', which it never has: the rule has no 'preimage'"),
+    ("    when: read.status == 200\n", "'rules[0].when' reads 'read', which it never has: it is the guard's answer"),
+    ("    preimage: {method: GET, url: '${response.headers[\"location\"]}'}\n",
+     "'rules[0].preimage' reads 'response', which it never has: it is made before the request is forwarded"),
+    ("    guard: {read: {method: GET, url: '${read.json.url}'}, expect: 'read.status == 404'}\n",
+     "'rules[0].guard.read' reads 'read'"),
+])
+def test_a_rule_part_that_reads_what_it_never_has_is_an_error_with_its_place(rule: str, message: str) -> None:
+    text = PACK.replace("{guard}\n", rule)
+    rules, problems = check_pack_text(text, "mine.yaml")
+    assert not rules and [p.message for p in problems if p.severity == "error"] == [
+        next(p.message for p in problems if message in p.message)]
+    line = next(i for i, t in enumerate(text.splitlines(), 1) if t == rule.rstrip("\n"))
+    assert [p.line for p in problems if p.severity == "error"] == [line]
+
+
+def test_a_rule_may_read_the_preimage_an_earlier_rule_reads_for_the_same_requests() -> None:
+    earlier = ("version: 1\nrules:\n  - name: replace\n    match: {host: notes.example, methods: [PUT]}\n"
+               "    preimage: {method: GET, url: '${request.url}'}\n    when: pre.status == 200\n"
+               "    class: irreversible\n    reason: test\n")
+    later = PACK.replace("version: 1\nrules:\n", "").replace("{guard}\n", "    when: pre.status == 404\n")
+    rules, problems = check_pack_text(earlier + later, "mine.yaml")
+    assert len(rules) == 2 and not [p for p in problems if p.severity == "error"]
+    other = later.replace("methods: [PUT]", "methods: [DELETE]")
+    assert any("reads 'pre'" in p.message for p in check_pack_text(earlier + other, "mine.yaml")[1])
