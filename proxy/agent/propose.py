@@ -338,6 +338,14 @@ def _kind(value: Any) -> str:
 # --- an accepted proposal as an undo rule --------------------------------------------------------------------------
 
 
+#: A saved rule's guard for a DELETE of what the agent's request made: it is gone already, or still as the agent's
+#: answer left it (its ETag, else its JSON, else its bytes). Other proposals are saved with no guard: `unguarded`.
+CREATED_UNCHANGED = (
+    'read.status == 404 || read.status == 410 || (read.status == 200 && ("etag" in response.headers ? "etag" in '
+    'read.headers && read.headers["etag"] == response.headers["etag"] : response.content_type.endsWith("json") ? '
+    'read.json == response.json : size(response.body) > 0 && read.body == response.body))')
+
+
 def rule_yaml(row: dict[str, Any], proposal: Proposal, pack: str = "proposed", model: str = "a model") -> str:
     """An undo pack of one rule that plans `proposal` for `row`, and for later requests of the same kind.
 
@@ -347,6 +355,8 @@ def rule_yaml(row: dict[str, Any], proposal: Proposal, pack: str = "proposed", m
     answered with, and in a JSON body any value equal to the pre-image's at the same place (then the rule reads a
     pre-image itself, `GET ${request.url}`). Everything else stays literal, and the rule's `when` requires what its
     templates read. Its class is `lossy` (or `needs-preimage`): a model's proposal is not known to restore everything.
+    A single DELETE gets a guard (the resource gone, or as the agent's answer left it); other rules have none, so
+    their rows are `unguarded` until a person adds one.
 
     The text is proved before it is returned: it must load as an undo pack, and the planner given `row` and this
     rule alone must produce exactly the proposed steps; ProposalError otherwise (so nothing runs that could not be
@@ -372,6 +382,9 @@ def rule_yaml(row: dict[str, Any], proposal: Proposal, pack: str = "proposed", m
     rule["class"] = "needs-preimage" if ties.uses_pre else "lossy"
     if ties.uses_pre:
         rule["preimage"] = {"method": "GET", "url": "${request.url}"}
+    if len(steps) == 1 and steps[0]["method"] == "DELETE":  # the common proposal: delete what the agent made
+        rule["guard"] = {"read": {"method": "GET", "url": steps[0]["url"]}, "expect": CREATED_UNCHANGED,
+                         "conflict": "the resource was changed after the agent's request"}
     rule["undo"] = steps
     doc = {"version": 1, "name": pack, "rules": [rule]}
     header = [f"# Undo rule made from a proposal by {_line(model)} for request {_line(str(row['id']))}",

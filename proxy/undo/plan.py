@@ -87,7 +87,7 @@ class RequestTemplate:
     url: Template
     headers: tuple[tuple[str, Template], ...] = ()
     json: Any = None           # a structure of templates, sent as JSON
-    form: tuple[tuple[str, Template], ...] | None = None
+    form: Any = None           # a map of templates (nested maps and lists too), or one template giving a map: a form
     body: Template | None = None   # raw bytes (e.g. `${pre.body}`), sent as they are
     success: Condition | None = None
     why: str = ""
@@ -341,9 +341,12 @@ def _render(template: RequestTemplate, variables: dict[str, Any]) -> Step:
         body = json.dumps(render_tree(template.json, variables)).encode()
         headers += (("Content-Type", "application/json"),)
     elif template.form is not None:
-        from urllib.parse import urlencode
+        from .forms import FormError, encode_form
 
-        body = urlencode([(k, str(v.render(variables))) for k, v in template.form]).encode()
+        try:
+            body = encode_form(render_tree(template.form, variables))
+        except FormError as exc:
+            raise CelEvalError(f"its form body cannot be sent: {exc}") from None
         headers += (("Content-Type", "application/x-www-form-urlencoded"),)
     elif template.body is not None:
         raw = template.body.render(variables)
@@ -456,6 +459,13 @@ _STATE_HEADER = re.compile(r"etag|last-modified|version|md5|sha|digest|hash|cont
 _PROBE = "goex-probe-3f1c9a7e5b2d"
 
 
+def is_condition(name: str, value: str) -> bool:
+    """Whether a step's header makes the upstream refuse it if the resource is not as the agent left it: `If-Match:
+    *` asks only that something be there, so it is none; `If-None-Match: *` (nothing may be there) is one."""
+    name, value = name.lower(), value.strip()
+    return name in CONDITIONAL and bool(value) and (value != "*" or name == "if-none-match")
+
+
 def unguarded_because(rule: UndoRule, variables: dict[str, Any], steps: Iterable[Step]) -> str:
     """Why nothing would stop this undo from destroying a change made after the agent's ("" if something would): the
     rule says no later change can be lost, a step is a conditional request, or the guard's `expect` fails on a read
@@ -463,7 +473,7 @@ def unguarded_because(rule: UndoRule, variables: dict[str, Any], steps: Iterable
     JSON: `{} == {}`) guards nothing."""
     if rule.guard_unneeded:
         return ""
-    if any(k.lower() in CONDITIONAL and v.strip() for step in steps for k, v in step.headers):
+    if any(is_condition(k, v) for step in steps for k, v in step.headers):
         return ""
     if rule.guard is None:
         return "the rule has no guard: nothing checks that the resource is still as the agent left it"

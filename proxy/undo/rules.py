@@ -12,7 +12,7 @@ from ..globs import compile_host, compile_path
 from ..policy.cel import CelSyntaxError, Condition, Expression, compile_condition, compile_expression
 from ..policy.load import RuleReader, expression_pos
 from ..yamlsrc import YMap
-from .plan import CONDITIONAL, FIDELITIES, UNDO_VARIABLES, UNGUARDED, Fidelity, Guard, RequestTemplate, Template, UndoRule
+from .plan import FIDELITIES, UNDO_VARIABLES, UNGUARDED, Fidelity, Guard, RequestTemplate, Template, UndoRule, is_condition
 
 _PACK_KEYS = {"version", "name", "description", "rules"}
 _RULE_KEYS = {"name", "match", "when", "effective", "class", "reason", "undo", "guard", "preimage", "twin",
@@ -132,9 +132,13 @@ class _UndoReader(RuleReader):
             repeatable = None
         form = None
         if "form" in r:
-            fm = self.check.mapping(r["form"], f"{where}.form", self.check.at(r, "form"), set(r["form"] or {}))
-            form = tuple((k, t) for k in (fm or YMap()) if fm is not None
-                         and (t := self.template(fm, k, f"{where}.form")) is not None)
+            from .forms import NOT_A_FORM, form_problems
+
+            for at, message in form_problems(r["form"], self.check.at(r, "form")):
+                self.check.error(at, f"'{where}.form' {message}")
+            form = self.tree(r["form"], f"{where}.form", self.check.at(r, "form"))
+            if isinstance(form, Template) and (len(form.parts) != 1 or isinstance(form.parts[0], str)):
+                self.check.error(self.check.at(r, "form"), f"'{where}.form' {NOT_A_FORM} (got text)")
         return RequestTemplate(method, url or Template("", ("",)), tuple(headers),
                                self.tree(r["json"], f"{where}.json", self.check.at(r, "json")) if "json" in r else None,
                                form, self.template(r, "body", where) if "body" in r else None,
@@ -193,7 +197,7 @@ class _UndoReader(RuleReader):
                                                            "before the agent's request, and must change nothing)")
         if fidelity == "needs-preimage" and preimage is None:
             self.check.warn(r.pos, f"'{where}' needs a pre-image but has no 'preimage' read; it will never be planned")
-        conditional = any(name.lower() in CONDITIONAL for s in steps if s is not None for name, _ in s.headers)
+        conditional = any(is_condition(name, value.source) for s in steps if s is not None for name, value in s.headers)
         if fidelity != "irreversible" and "guard" not in r and not conditional:
             self.check.warn(r.pos, f"'{where}' has no guard, so the requests it matches are {UNGUARDED}: undoing one "
                                    "needs --force, as it would overwrite a later change. Add a 'guard' that reads the "

@@ -237,7 +237,10 @@ def test_only_a_request_no_rule_plans_goes_to_the_model() -> None:
 
 def planned(text: str, r: dict[str, Any]) -> list[tuple[str, str, tuple[tuple[str, str], ...], bytes | None]]:
     rules, problems = check_pack_text(text, "saved.yaml")
-    assert rules and not problems, problems
+    assert rules and not [p for p in problems if p.severity == "error"], problems
+    guarded = rules[0].guard is not None
+    assert guarded == (len(rules[0].undo) == 1 and rules[0].undo[0].method == "DELETE")
+    assert [p.severity for p in problems] == ([] if guarded else ["warning"])   # said unguarded, honestly
     p = plan(str(r["id"]), Exchange.from_row(r), rules)
     assert p.verdict == "plan", p.reason
     return [(s.method, s.url, s.headers, canonical_json(s.body)) for s in p.steps]
