@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
+import json
+import logging
+import math
 import re
 import sys
 import types
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 #: Names a condition may read: the request, the agent's name, and the time in seconds since the epoch.
@@ -24,6 +31,19 @@ _INDEXED = re.compile(_CHAIN + r"\s*\[\s*" + _LITERAL + r"\s*\]")
 #: `"x" in request.headers`: only whether key x is there is asked.
 #: The literal must be a whole operand: `"a" + "b" in m` or `"""a""" in m` ask about other keys, so they read all of m.
 _MEMBERSHIP = re.compile(r"(^|[(&|!,?:])(\s*)" + _LITERAL + r"\s+in\s+" + _CHAIN + r"(?!\s*[.\[(])")
+#: A string literal, to blank out before looking for calls in the source (escapes included; raw and triple-quoted
+#: strings are read as runs of plain ones, which is close enough for that).
+_STRING = re.compile(r'"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'')
+#: `ns.name(`: a call of a namespaced function such as `base64.encode(`, the namespace not itself a selector.
+_NAMESPACED_CALL = re.compile(r"(?<![\w.])([A-Za-z_]\w*)\s*\.\s*([A-Za-z_]\w*)\s*\(")
+#: A named function in `program.functions()`, not an operator (`_+_`, `@in`, `!_`).
+_NAMED = re.compile(r"[A-Za-z]\w*")
+#: CEL's own functions (the engine's standard library, macros included): always there, never reported as unknown.
+BUILTIN_FUNCTIONS = frozenset({
+    "size", "contains", "startsWith", "endsWith", "matches", "string", "bytes", "int", "uint", "double", "timestamp",
+    "duration", "dyn", "type", "has", "all", "exists", "exists_one", "map", "filter", "getFullYear", "getMonth",
+    "getDayOfYear", "getDayOfMonth", "getDate", "getDayOfWeek", "getHours", "getMinutes", "getSeconds",
+    "getMilliseconds", "of", "none", "ofNonZeroValue", "hasValue", "value", "orValue", "or"})
 
 
 class CelSyntaxError(ValueError):
@@ -38,6 +58,10 @@ class CelEvalError(Exception):
     """A condition failed at run time or did not give a boolean; policies treat this as deny."""
 
 
+#: Functions a compiled expression calls beyond CEL's own, by the names the engine is given them under.
+Functions = dict[str, Callable[..., Any]]
+
+
 @dataclass(frozen=True)
 class Condition:
     """A compiled CEL condition, its source text, and the paths it reads (the context is pruned to those)."""
@@ -45,11 +69,14 @@ class Condition:
     source: str
     program: Any
     paths: tuple[Path, ...] = ()
+    #: The template functions it calls (undo expressions only), handed to the engine with the variables; None for
+    #: the many that call none, which are evaluated exactly as before (a policy decision's fast path).
+    functions: Functions | None = field(default=None, compare=False, repr=False)
 
     def evaluate(self, context: Any) -> bool:
         """Evaluate against a dict of variables or a `bind()`-ed context."""
         try:
-            result = self.program.execute(context)
+            result = self.program.execute(context if self.functions is None else _with(context, self.functions))
         except Exception as exc:  # the engine raises KeyError, TypeError, RuntimeError, ValueError…
             raise CelEvalError(f"condition `{self.source}` failed: {_describe(exc)}") from None
         if not isinstance(result, bool):
@@ -57,9 +84,27 @@ class Condition:
         return result
 
 
+def _with(context: Any, functions: Functions) -> Any:
+    """The variables and the functions an expression calls, together as the engine takes them."""
+    if isinstance(context, dict):
+        return {**context, **functions}  # the engine takes a callable in the dict as a function
+    for name, function in functions.items():
+        context.add_function(name, function)
+    return context
+
+
+#: How the engine reports an exception raised in one of our functions.
+_CALLBACK_ERROR = re.compile(r"Function '([^']+)' error: Python function call failed: (?:[A-Za-z_]\w*: )?(.*?)"
+                             r"(?:\. Check function arguments.*)?$", re.S)
+
+
 def _describe(exc: Exception) -> str:
     if isinstance(exc, KeyError):
         return f"no such key {exc.args[0]!r}"
+    m = _CALLBACK_ERROR.match(str(exc))
+    if m:
+        name, message = m.group(1), m.group(2).strip()
+        return message if message.startswith(name) else f"{name}: {message}"
     return str(exc).split(". ")[0]
 
 
@@ -71,6 +116,10 @@ def _engine() -> Any:
     sys.modules.setdefault("cel.cli", types.ModuleType("cel.cli"))
     import cel
 
+    # The engine also logs each exception one of our functions raises (logger "cel", to stderr when nothing is
+    # configured); it reaches us as the evaluation's error anyway, which says it better and where.
+    logging.getLogger("cel").addHandler(logging.NullHandler())
+    logging.getLogger("cel").propagate = False
     return cel
 
 
@@ -116,25 +165,32 @@ class Expression:
 
     source: str
     program: Any
+    functions: Functions | None = field(default=None, compare=False, repr=False)  # as Condition's
 
     def evaluate(self, variables: dict[str, Any]) -> Any:
         try:
-            return self.program.execute(variables)
+            return self.program.execute(variables if self.functions is None else _with(variables, self.functions))
         except Exception as exc:  # the engine raises KeyError, TypeError, RuntimeError, ValueError…
             raise CelEvalError(f"expression `{self.source}` failed: {_describe(exc)}") from None
 
 
-def compile_expression(source: str, variables: frozenset[str]) -> Expression:
+def compile_expression(source: str, variables: frozenset[str], library: bool | None = None) -> Expression:
     """Compile an expression over `variables` (checked like a condition's)."""
-    return Expression(source, _compile(source, variables))
+    return Expression(source, *_compile(source, variables, library))
 
 
-def compile_condition(source: str, variables: frozenset[str] = VARIABLES) -> Condition:
-    """Compile `source`, checking syntax and that it reads only the known variables."""
-    return Condition(source, _compile(source, variables), read_paths(source))
+def compile_condition(source: str, variables: frozenset[str] = VARIABLES, library: bool | None = None) -> Condition:
+    """Compile `source`, checking syntax and that it reads only the known variables.
+
+    `library`: whether it may call the template functions (`template_functions()`); by default every expression may
+    but a policy condition (over `VARIABLES`), which keeps to CEL's own functions."""
+    program, functions = _compile(source, variables, library)
+    return Condition(source, program, read_paths(source), functions)
 
 
-def _compile(source: str, variables: frozenset[str]) -> Any:
+def _compile(source: str, variables: frozenset[str], library: bool | None) -> tuple[Any, Functions | None]:
+    """The program, and the template functions it calls (None if none); unknown variables and, where the template
+    functions are offered, unknown functions are refused here rather than failing at every evaluation."""
     if not isinstance(source, str) or not source.strip():
         raise CelSyntaxError("must be a non-empty CEL expression")
     try:
@@ -146,8 +202,228 @@ def _compile(source: str, variables: frozenset[str]) -> Any:
             raise CelSyntaxError(f"CEL {m.group(3).strip()}", int(m.group(1)), int(m.group(2))) from None
         raise CelSyntaxError(f"CEL: {text}") from None
     bound = set(_MACRO_VARIABLE.findall(source))  # `list.exists(x, ...)` binds x: not a free variable
-    unknown = sorted(set(program.variables()) - variables - bound)
+    functions: Functions | None = None
+    namespaces: set[str] = set()
+    if library if library is not None else variables != VARIABLES:
+        functions, namespaces = _functions_called(source, program.functions())
+    unknown = sorted(set(program.variables()) - variables - bound - namespaces)
     if unknown:
         known = ", ".join(sorted(variables))
         raise CelSyntaxError(f"CEL expression reads unknown variable '{unknown[0]}' (known: {known})")
-    return program
+    return program, functions
+
+
+def _functions_called(source: str, names: list[str]) -> tuple[Functions | None, set[str]]:
+    """The template functions `source` calls (None if none) and the namespaces it names in calls (`base64` of
+    `base64.encode(x)`, which the engine lists as a variable); CelSyntaxError, located, for a function that is
+    neither CEL's nor a template function."""
+    library = template_functions()
+    text = _STRING.sub(lambda m: " " * len(m.group(0)), source)  # a call spelled in a string literal is no call
+    qualified = {f"{m.group(1)}.{m.group(2)}" for m in _NAMESPACED_CALL.finditer(text)} & library.keys()
+    called = {name: library[name] for name in qualified}
+    for name in names:
+        if not _NAMED.fullmatch(name) or name in BUILTIN_FUNCTIONS or any(q.endswith("." + name) for q in qualified):
+            continue
+        if name in library:
+            called[name] = library[name]
+            continue
+        m = re.search(r"(?:(?<![\w.])([A-Za-z_]\w*)\s*\.\s*)?\b" + name + r"\s*\(", text)
+        start = m.start() if m else 0
+        shown = f"{m.group(1)}.{name}" if m and m.group(1) else name
+        line = source.count("\n", 0, start) + 1
+        col = start - (source.rfind("\n", 0, start) + 1) + 1
+        raise CelSyntaxError(f"CEL expression calls unknown function '{shown}' (not CEL's own, nor a template "
+                             "function)", line, col)
+    return called or None, {name.split(".")[0] for name in qualified}
+
+
+# Template functions: what undo rules need beyond CEL's own to build requests (README, "Template functions").
+# The engine's optional libraries give most string, base64 and math functions as Python callables; the rest are
+# here. Each raises a one-line error naming itself, which evaluation reports as the expression's failure.
+
+
+#: CEL's names for the Python types the engine hands our functions (bool before int: a bool is an int to Python).
+_KINDS: tuple[tuple[type, str], ...] = (
+    (bool, "bool"), (int, "int"), (float, "double"), (str, "string"), (bytes, "bytes"), (list, "list"), (dict, "map"),
+    (datetime, "timestamp"), (timedelta, "duration"), (type(None), "null"))
+
+
+def _kind(value: Any) -> str:
+    """A value's CEL type name, for messages."""
+    return next((name for kind, name in _KINDS if isinstance(value, kind)), type(value).__name__)
+
+
+def _taking(name: str, function: Callable[..., Any], *kinds: type) -> Callable[..., Any]:
+    """`function`, refusing a first argument (the receiver of `x.name()`) of another type with a clear message."""
+    wanted = " or ".join(dict(_KINDS)[kind] for kind in kinds)
+
+    def call(first: Any, *rest: Any) -> Any:
+        if not isinstance(first, kinds):
+            raise TypeError(f"{name} takes a {wanted}, not {_kind(first)}")
+        return function(first, *rest)
+
+    return call
+
+
+def _text(value: Any) -> str:
+    """A value as `%s` shows it: strings as they are, lists and maps as JSON, the rest as CEL writes them."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool) or value is None:
+        return "null" if value is None else str(value).lower()
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError("format: %s of bytes that are not UTF-8 text (use base64.encode or %x)") from None
+    if isinstance(value, float):
+        return _real(value, "%s")
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, list | dict):
+        return _json_encode(value)
+    return str(value)
+
+
+def _real(value: float, verb: str, precision: int | None = None) -> str:
+    if math.isnan(value) or math.isinf(value):
+        return "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
+    if verb == "%s":
+        return repr(value)
+    return f"{value:.{6 if precision is None else precision}{verb[-1]}}"
+
+
+_VERB = re.compile(r"%(?:\.(\d+))?([A-Za-z%])")
+
+
+def _format(template: str, args: Any) -> str:
+    """`"%s-%d".format([a, b])`, as cel-go's: %s %d %f %e %x %X %o %b and %%, `%.2f` giving a precision."""
+    if not isinstance(args, list):
+        raise TypeError(f"format takes a list of arguments, not {_kind(args)}")
+    out: list[str] = []
+    used, i = 0, 0
+    while i < len(template):
+        char = template[i]
+        if char != "%":
+            out.append(char)
+            i += 1
+            continue
+        m = _VERB.match(template, i)
+        if m is None:
+            raise ValueError(f"format: '%' at character {i + 1} starts no verb (write %% for a percent sign)")
+        precision = int(m.group(1)) if m.group(1) is not None else None
+        verb, i = m.group(2), m.end()
+        if verb == "%" and precision is None:
+            out.append("%")
+            continue
+        if verb not in "sdfexXob" or precision is not None and verb not in "fe":
+            raise ValueError(f"format: unknown verb {m.group(0)!r} (known: %s %d %f %e %x %X %o %b %%, and %.Nf, %.Ne)")
+        if used >= len(args):
+            raise ValueError(f"format: {m.group(0)} at character {m.start() + 1} has no argument ({len(args)} given)")
+        value = args[used]
+        used += 1
+        out.append(_verb(verb, value, precision))
+    if used < len(args):
+        raise ValueError(f"format: {len(args)} arguments for {used} verbs")
+    return "".join(out)
+
+
+def _verb(verb: str, value: Any, precision: int | None) -> str:
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if verb == "s":
+        return _text(value)
+    if verb in "fe" and number:
+        return _real(float(value), "%" + verb, precision)
+    if verb in "xX" and isinstance(value, str | bytes):
+        hexed = (value.encode() if isinstance(value, str) else value).hex()
+        return hexed.upper() if verb == "X" else hexed
+    if verb in "dxXob" and isinstance(value, int) and not isinstance(value, bool):
+        return format(value, verb)
+    wanted = {"d": "an int", "f": "a number", "e": "a number", "o": "an int", "b": "an int"}.get(verb, "an int, string or bytes")
+    raise TypeError(f"format: %{verb} needs {wanted}, not {_kind(value)}")
+
+
+def _json_encode(value: Any) -> str:
+    """JSON text of a value, keys sorted (the engine's maps have no order of their own), no spaces."""
+    def refuse(v: Any) -> Any:
+        raise TypeError(f"json.encode: a {_kind(v)} value has no JSON form" +
+                        (" (base64.encode it, or decode it as text with string())" if isinstance(v, bytes) else ""))
+
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False,
+                          default=refuse)
+    except ValueError as exc:  # NaN or an infinity
+        raise ValueError(f"json.encode: {exc}") from None
+
+
+def _json_decode(text: Any) -> Any:
+    if not isinstance(text, str | bytes):
+        raise TypeError(f"json.decode takes a string or bytes, not {_kind(text)}")
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"json.decode: not JSON ({str(exc).split(':')[0]})") from None
+
+
+def _base64_decode(text: str) -> bytes:
+    """Standard base64, with or without its `=` padding."""
+    try:
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except ValueError:
+        raise ValueError("base64.decode: not base64 text") from None
+
+
+def _keys(name: str, keys: Any) -> list[Any]:
+    if not isinstance(keys, list):
+        raise TypeError(f"{name} takes a list of keys, not {_kind(keys)}")
+    return keys
+
+
+def _omit(mapping: dict[Any, Any], keys: Any) -> dict[Any, Any]:
+    drop = _keys("omit", keys)
+    return {k: v for k, v in mapping.items() if k not in drop}
+
+
+def _pick(mapping: dict[Any, Any], keys: Any) -> dict[Any, Any]:
+    return {k: mapping[k] for k in _keys("pick", keys) if k in mapping}
+
+
+def _merge(mapping: dict[Any, Any], other: Any) -> dict[Any, Any]:
+    if not isinstance(other, dict):
+        raise TypeError(f"merge takes a map to merge in, not {_kind(other)}")
+    return {**mapping, **other}
+
+
+def _to_map(keys: list[Any], value: Any) -> dict[Any, Any]:
+    for key in keys:
+        if not isinstance(key, str | int):
+            raise TypeError(f"toMap: a map key is a string, int or bool, not {_kind(key)}")
+    return dict.fromkeys(keys, value)
+
+
+def _sha256(data: Any) -> str:
+    return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
+
+
+@functools.cache
+def template_functions() -> Functions:
+    """Every template function by the name expressions call it by (`trim`, `base64.encode`, `math.abs`, …)."""
+    stdlib = _engine().stdlib.EXTENSIONS
+    strings = {name: _taking(name, stdlib["strings"][name], str)
+               for name in ("charAt", "indexOf", "lastIndexOf", "substring", "replace", "split", "lowerAscii",
+                            "upperAscii", "trim")}
+    return {
+        **strings,
+        "format": _taking("format", _format, str),
+        "join": _taking("join", stdlib["strings"]["join"], list),
+        "base64.encode": _taking("base64.encode", stdlib["encoders"]["base64.encode"], bytes, str),
+        "base64.decode": _taking("base64.decode", _base64_decode, str),
+        "json.encode": _json_encode,
+        "json.decode": _json_decode,
+        "omit": _taking("omit", _omit, dict),
+        "pick": _taking("pick", _pick, dict),
+        "merge": _taking("merge", _merge, dict),
+        "toMap": _taking("toMap", _to_map, list),
+        "sha256": _taking("sha256", _sha256, bytes, str),
+        **stdlib["math"],
+    }
