@@ -34,6 +34,10 @@ POLICY = {"stripe": f"""
     rules:
       - name: customers
         allow: {{host: {HOST}, methods: [GET, POST], paths: [/v1/customers, "/v1/customers/*"]}}
+      # Undo deletes the customers the agent created, through the policy as the agent: deleting must be allowed,
+      # and is confined, being irreversible.
+      - name: delete a few customers
+        allow: {{host: {HOST}, methods: [DELETE], path: "/v1/customers/*", limit: {{count: 5, per: 1h}}}}
 """}
 CREDENTIAL = f"""credentials:
   stripe:
