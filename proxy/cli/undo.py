@@ -14,7 +14,7 @@ import click
 from ..audit import store as audit
 from ..config import LLM, Config, load_config
 from ..errors import GoexError, NotFound
-from .common import config_option, handle_errors, json_option, outcome_of, parse_since
+from .common import config_option, handle_errors, json_option, outcome_of, parse_since, print_table
 
 if TYPE_CHECKING:
     from ..agent.proposeflow import Asked
@@ -46,12 +46,18 @@ def undo(config_path: Path | None, request_id: str | None, agent: str | None, si
     requests must stay on the request's origin and be allowed by policy; they are marked as proposed by a model and
     run only once you confirm. --save-rule FILE then keeps them as an undo rule for requests of the same kind.
 
+    `goex-proxy undo catalog [--json]` prints the census instead: every mutating operation the vendors of the
+    shipped packs document, the class its pack gives it, and each pack's share covered.
+
     Examples: goex-proxy undo 01JD3K2M5X0A1 --dry-run;  goex-proxy undo --agent mailbot --since 1h;
-    goex-proxy undo 01JD3K2M5X0A1 --propose --save-rule undo-notes.yaml
+    goex-proxy undo 01JD3K2M5X0A1 --propose --save-rule undo-notes.yaml;  goex-proxy undo catalog
     """
     from ..undo import session
     from ..undo.run import Journal
 
+    if request_id is not None and request_id.lower() == CATALOG:  # no request id is a word (Crockford base32)
+        _catalog(agent, since, dry_run, yes, force, propose, save_rule, as_json)
+        return
     request_id = request_id.upper() if request_id else request_id  # ids are case-free (Crockford base32)
 
     if save_rule is not None and not propose:
@@ -94,6 +100,41 @@ def undo(config_path: Path | None, request_id: str | None, agent: str | None, si
     session.undo_file_runs(config, file_runs, force, lambda run: click.echo(f"file run {run.id}: {run.state}"))
     if todo:
         _carry_out(config, todo, skipped, journal, agent, force)
+
+
+#: `undo catalog`: the census of the shipped packs, in place of a REQUEST_ID.
+CATALOG = "catalog"
+
+
+def _catalog(agent: str | None, since: str | None, dry_run: bool, yes: bool, force: bool, propose: bool,
+             save_rule: Path | None, as_json: bool) -> None:
+    """`undo catalog`: each documented mutating operation of every shipped pack's vendor and the class the pack gives
+    it (computed by planning a sample exchange of it), then each pack's share covered."""
+    from ..undo import catalog
+
+    if agent or since or dry_run or yes or force or propose or save_rule:
+        raise click.UsageError("'undo catalog' takes only --json")
+    rows = catalog.census(catalog.load_catalogs(catalog.catalog_files()))
+    shares = catalog.shares(rows)
+    if as_json:
+        for r in rows:
+            click.echo(json.dumps({"pack": r.pack, "operation": r.operation, "case": r.case or None,
+                                   "class": r.fidelity, "covered": r.covered,
+                                   "rule": r.rule, "reason": r.reason or None, "method": r.method, "url": r.url,
+                                   "doc": r.doc}))
+        for s in shares:
+            click.echo(json.dumps({"pack": s.pack, "documented": s.documented, "covered": s.covered,
+                                   "share": round(s.share, 4), "irreversible": s.irreversible,
+                                   "not_covered": list(s.not_covered)}))
+        return
+    print_table(("pack", "operation", "class", "rule / why"),
+                [(r.pack, r.label, r.fidelity, (r.rule or "-") + (f": {r.reason}" if r.reason else ""))
+                 for r in rows],
+                flexible=(1, 3), title="what undo can take back, per documented mutating operation")
+    click.echo()
+    print_table(("pack", "documented", "covered", "share", "irreversible", "not covered"),
+                [(s.pack, str(s.documented), str(s.covered), s.percent, str(s.irreversible),
+                  ", ".join(s.not_covered) or "-") for s in shares], flexible=5)
 
 
 def undo_rows(config: Config, rows: list[dict[str, Any]]) -> None:
