@@ -10,6 +10,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -119,6 +120,8 @@ class Repo:
     commits: dict[str, Commit] = field(default_factory=dict)
     blobs: dict[str, bytes] = field(default_factory=dict)
     next_number: int = 1
+    pushed_at: str = ""          # when a commit last reached any branch (ISO 8601, as GitHub writes it)
+    updated_at: str = ""         # when the repository's settings last changed
 
     @property
     def full_name(self) -> str:
@@ -151,6 +154,8 @@ ROUTES: list[tuple[str, re.Pattern[str], str]] = [(verb, re.compile(pattern), na
     ("GET", R + r"/git/ref/(?P<ref>.+)", "get_ref"), ("GET", R + r"/git/refs/(?P<ref>.+)", "match_refs"),
     ("POST", R + r"/git/refs", "create_ref"),
     ("PATCH", R + r"/git/refs/(?P<ref>.+)", "update_ref"), ("DELETE", R + r"/git/refs/(?P<ref>.+)", "delete_ref"),
+    # GitHub documents `git/refs/{ref}` for these, and also answers them at `git/ref/{ref}`.
+    ("PATCH", R + r"/git/ref/(?P<ref>.+)", "update_ref"), ("DELETE", R + r"/git/ref/(?P<ref>.+)", "delete_ref"),
     ("GET", R + r"/contents(?:/(?P<path>.*))?", "get_contents"),
     ("PUT", R + r"/contents/(?P<path>.+)", "put_contents"),
     ("DELETE", R + r"/contents/(?P<path>.+)", "delete_contents"),
@@ -162,10 +167,17 @@ class GitHubFake:
     """Repositories and what they hold; `handle` answers one request. Callers hold the server's lock.
 
     Seeded with a/b, octo/hello (README.md) and octo/plain, each with `refs/heads/main` at an initial commit.
+
+    Two ways real answers vary, within what the docs allow, can be switched on: `created_as_200` answers 200 where
+    GitHub documents 201 (its file API answers either for the same PUT), and `omit_urls` leaves out every `url`
+    field and the Location header (a client must know where a resource is from its own request and its id).
     """
 
     repos: dict[str, Repo] = field(default_factory=dict)     # lower-cased "owner/name" -> repo
     ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    clock: itertools.count[int] = field(default_factory=lambda: itertools.count(1_700_000_000))
+    created_as_200: bool = False
+    omit_urls: bool = False
 
     def __post_init__(self) -> None:
         for full_name in SEEDED:
@@ -186,6 +198,10 @@ class GitHubFake:
                     args = {k: unquote(v) for k, v in match.groupdict().items() if v is not None}
                     handler: Handler = getattr(self, "_" + name)
                     status, payload, headers = handler(args, query, body)
+                    if self.created_as_200 and status == 201:
+                        status = 200
+                    if self.omit_urls:
+                        payload, headers = _without_urls(payload), {k: v for k, v in headers.items() if k != "Location"}
                     if method == "GET" and status == 200:
                         headers = {**headers, "ETag": f'W/"{_sha1(json.dumps(payload, sort_keys=True))}"'}
                     return status, payload, headers
@@ -211,6 +227,7 @@ class GitHubFake:
         """Create a repo directly, `refs/heads/main` at an initial commit holding `files`."""
         owner, name = full_name.split("/")
         repo = Repo(next(self.ids), owner, name, owner_type, private, description)
+        repo.updated_at = self._now()
         self.repos[full_name.lower()] = repo
         self._commit(repo, "main", {path: self._blob(repo, data) for path, data in (files or {}).items()},
                      "Initial commit")
@@ -302,7 +319,12 @@ class GitHubFake:
         sha = _sha1(f"commit {_tree_sha(tree)}\nparent {parent}\n\n{message}\n{next(self.ids)}")
         commit = repo.commits[sha] = Commit(sha, tree, parent, message)
         repo.refs[ref] = sha
+        repo.pushed_at = self._now()
         return commit
+
+    def _now(self) -> str:
+        """The fake's clock: a second later at every call, as GitHub's timestamps (ISO 8601, UTC)."""
+        return datetime.fromtimestamp(next(self.clock), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
     def _resolve(self, repo: Repo, ref: str | None) -> Commit:
         """A branch or tag name, `heads/x`, `refs/heads/x` or a commit sha -> the commit (None: default branch)."""
@@ -354,7 +376,8 @@ class GitHubFake:
                 "owner": {"login": repo.owner, "type": repo.owner_type}, "private": repo.private,
                 "visibility": "private" if repo.private else "public", "description": repo.description,
                 "archived": repo.archived, "default_branch": repo.default_branch, "url": repo.url,
-                "html_url": f"{WEB}/{repo.full_name}"}
+                "html_url": f"{WEB}/{repo.full_name}", "pushed_at": repo.pushed_at, "updated_at": repo.updated_at,
+                "open_issues_count": sum(i.state == "open" for i in repo.issues.values())}
 
     @staticmethod
     def _label_json(repo: Repo, label: Label) -> dict[str, Any]:
@@ -431,6 +454,7 @@ class GitHubFake:
         repo.description = body.get("description", repo.description)
         repo.private = bool(body.get("private", repo.private))
         repo.archived = bool(body.get("archived", repo.archived))
+        repo.updated_at = self._now()
         return 200, self._repo_json(repo), {}
 
     def _delete_repo(self, a: dict[str, str], query: dict[str, str], body: dict[str, Any]) -> Reply:
@@ -723,6 +747,15 @@ class GitHubFake:
         if f"refs/heads/{branch}" not in repo.refs:
             raise GitHubError(404, f"Branch {branch} not found")
         return branch
+
+
+def _without_urls(payload: Any) -> Any:
+    """The answer with every `url` field left out, at any depth."""
+    if isinstance(payload, dict):
+        return {k: _without_urls(v) for k, v in payload.items() if k != "url"}
+    if isinstance(payload, list):
+        return [_without_urls(v) for v in payload]
+    return payload
 
 
 def _tree_sha(tree: dict[str, str]) -> str:

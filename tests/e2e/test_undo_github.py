@@ -113,3 +113,50 @@ def test_a_file_changed_after_the_agent_is_a_conflict_and_is_kept(make_proxy, up
     sent = json.loads(compensation["req_body"])
     assert sent["sha"] == json.loads(put["resp_body"])["content"]["sha"]   # the agent's blob: stale now
     assert base64.b64decode(sent["content"]) == b"# hello\n"
+
+
+VARIANT_AGENT = """
+import base64, json, sys, requests
+api = "https://api.github.com/repos/octo/hello"
+shas = json.loads(sys.argv[1])
+def call(method, path, **body):
+    r = requests.request(method, api + path, json=body or None, timeout=20)
+    assert r.status_code < 300, (method, path, r.status_code, r.text)
+    return r
+call("POST", "/issues", title="agent's issue")
+call("POST", "/issues/1/comments", body="agent was here")
+call("POST", "/labels", name="needs triage", color="ff0000")
+call("PUT", "/contents/docs/new.md", message="add docs", content=base64.b64encode(b"new doc").decode())
+call("POST", "/git/refs", ref="refs/heads/agent", sha=shas["old"])
+call("PATCH", "/git/ref/heads/agent", sha=shas["main"])          # the singular form GitHub also answers
+call("DELETE", "/git/ref/heads/doomed")
+"""
+
+
+def test_undo_holds_when_creates_answer_200_and_no_answer_says_where_the_resource_is(make_proxy, upstream, seeded):
+    """A server within the docs' latitude: 200 where GitHub documents 201 (as its own file API does for the same
+    PUT), no `url` fields and no Location, and refs changed at `git/ref/{ref}`. Every compensation is addressed from
+    the request's path and the resource's id, so the session is still undone exactly."""
+    github = upstream.state.github
+    old = github.head(REPO)
+    main = github.seed_file(REPO, "notes.txt", b"remember the eggs\n")
+    gh(upstream, "POST", f"/repos/{REPO}/git/refs", ref="refs/heads/doomed", sha=old)
+    before = github.snapshot(refs=False)    # (the file's commit and its undo move main on)
+    github.created_as_200 = github.omit_urls = True
+    proxy = make_proxy(POLICY)
+    r = proxy.exec("mailbot", sys.executable, "-c", VARIANT_AGENT, json.dumps({"old": old, "main": main}))
+    assert r.returncode == 0, r.stderr
+    writes = [row for row in proxy.rows() if row["method"] != "GET"]
+    assert all(row["status"] == 200 or row["method"] in ("PATCH", "DELETE") for row in writes)
+    assert all(b'"url"' not in (row["resp_body"] or b"") for row in writes)
+    assert [row["undo_class"] for row in writes] == [
+        "lossy", "exact", "exact", "exact", "exact", "needs-preimage", "needs-preimage"]
+
+    r = proxy.cli("undo", "--agent", "mailbot", "--since", "1h", "--yes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "session of mailbot: 7 undone" in r.stdout
+    after = github.snapshot(refs=False)
+    assert after[REPO]["issues"].pop(2)["state"] == "closed"
+    assert after == before
+    refs = github.snapshot()[REPO]["refs"]
+    assert "refs/heads/agent" not in refs and refs["refs/heads/doomed"] == old
