@@ -102,8 +102,21 @@ def test_a_create_answered_200_is_undone_but_a_404_then_is_a_conflict_not_alread
     assert guard_holds(p, read(200, body, "application/json"))
     assert not guard_holds(p, read(404, b"")) and not guard_holds(p, read(200, b'{"id": 7, "title": "edited"}',
                                                                           "application/json"))
+    assert p.steps[0].success is not None
+    assert not p.steps[0].success.evaluate({**p.variables, "response": read(404, b"")})   # a failure, not gone
     created = Exchange("POST", "https://api.example/posts", json_type, b'{"title": "new"}', 201, json_type, body)
     assert guard_holds(plan("R1", created, REST), read(404, b""))
+
+
+@pytest.mark.parametrize(("path", "answer"), [
+    ("/v1/customers/cus_1", b'{"id": "cus_1", "name": "x"}'),       # an update by POST to the resource itself
+    ("/v1/charges", b'{"id": "ch_1", "amount": 500}'),             # a payment: never "undone" by a DELETE
+])
+def test_a_post_answered_200_that_is_no_create_gets_no_delete(path: str, answer: bytes) -> None:
+    json_type = (("Content-Type", "application/json"),)
+    posted = Exchange("POST", f"https://api.example{path}", (("Content-Type", "application/x-www-form-urlencoded"),),
+                      b"name=x", 200, json_type, answer)
+    assert classify(REST, posted) == "no rule" and plan("R1", posted, REST).verdict == "no rule"
 
 
 PACK = """version: 1
