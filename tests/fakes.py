@@ -36,7 +36,8 @@ class FakeState:
 
     seen: list[Seen] = field(default_factory=list)
     slack_messages: dict[str, dict[str, Any]] = field(default_factory=dict)
-    slack_channels: dict[str, dict[str, Any]] = field(default_factory=dict)   # id -> {name, is_archived}
+    slack_channels: dict[str, dict[str, Any]] = field(default_factory=dict)   # id -> {name, is_archived, ...}
+    slack_pins: set[tuple[str, str]] = field(default_factory=set)             # (channel, ts)
     slack_reactions: set[tuple[str, str, str]] = field(default_factory=set)  # (channel, ts, name)
     slack_calls: list[str] = field(default_factory=list)                     # Slack methods called, in order
     slack_files: dict[str, dict[str, Any]] = field(default_factory=dict)     # id -> {id, name, content}
@@ -52,6 +53,35 @@ class FakeState:
 def _slack(state: FakeState, method: str, path: str, query: dict[str, str], body: dict[str, Any]
            ) -> tuple[int, dict[str, Any]]:
     state.slack_calls.append(path.removeprefix("/api/"))
+    body = {**query, **body}     # a method's arguments may come in the query string as well as in the body
+    if path == "/api/conversations.info":
+        channel = state.slack_channels.get(str(body.get("channel")))
+        if channel is None:
+            return 200, {"ok": False, "error": "channel_not_found"}
+        return 200, {"ok": True, "channel": _channel(channel)}
+    if path in ("/api/conversations.rename", "/api/conversations.setTopic", "/api/conversations.setPurpose"):
+        channel = state.slack_channels.get(str(body.get("channel")))
+        if channel is None:
+            return 200, {"ok": False, "error": "channel_not_found"}
+        if path.endswith("rename"):
+            if any(c["name"] == body.get("name") for c in state.slack_channels.values() if c is not channel):
+                return 200, {"ok": False, "error": "name_taken"}
+            channel["name"] = str(body.get("name"))
+        else:
+            what = "topic" if path.endswith("Topic") else "purpose"
+            channel[what] = str(body.get(what, ""))
+        return 200, {"ok": True, "channel": _channel(channel)}
+    if path in ("/api/pins.add", "/api/pins.remove"):
+        key = (str(body.get("channel")), str(body.get("timestamp")))
+        if path.endswith(".add"):
+            if key in state.slack_pins:
+                return 200, {"ok": False, "error": "already_pinned"}
+            state.slack_pins.add(key)
+        elif key in state.slack_pins:
+            state.slack_pins.discard(key)
+        else:
+            return 200, {"ok": False, "error": "no_pin"}
+        return 200, {"ok": True}
     if path == "/api/conversations.create":
         name = str(body.get("name", ""))
         if any(c["name"] == name for c in state.slack_channels.values()):
@@ -113,6 +143,14 @@ def _slack(state: FakeState, method: str, path: str, query: dict[str, str], body
     if path == "/api/conversations.list":
         return 200, {"ok": True, "channels": [{"id": "C0BOTS", "name": "bots"}, {"id": "C0RANDOM", "name": "random"}]}
     return 200, {"ok": False, "error": "unknown_method"}
+
+
+def _channel(channel: dict[str, Any]) -> dict[str, Any]:
+    """A conversation object as Slack shows it: the topic and purpose as {value, creator, last_set}."""
+    shown = {k: v for k, v in channel.items() if k not in ("topic", "purpose")}
+    for what in ("topic", "purpose"):
+        shown[what] = {"value": channel.get(what, ""), "creator": "", "last_set": 0}
+    return {**shown, "is_channel": True, "is_private": bool(channel.get("is_private", False))}
 
 
 def _gmail(state: FakeState, method: str, path: str, query: dict[str, str], body: dict[str, Any]

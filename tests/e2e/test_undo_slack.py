@@ -109,3 +109,45 @@ def test_a_check_the_policy_refuses_stops_the_undo_as_a_failure_not_a_conflict(m
     r = proxy.cli("undo", str(edit["id"]), "--yes")
     assert r.returncode == 4 and "was refused by the proxy (403)" in r.stderr and "no rule allows GET" in r.stderr
     assert upstream.state.slack_messages[ts]["text"] == "the agent's words"
+
+
+SETTINGS_AGENT = """
+import sys, requests
+api = "https://slack.com/api/"
+ts = sys.argv[1]
+def ok(r):
+    assert r.json()["ok"], r.text
+ok(requests.post(api + "conversations.rename", data={"channel": "C0GENERAL", "name": "agents-only"}, timeout=20))
+ok(requests.post(api + "conversations.setTopic", json={"channel": "C0GENERAL", "topic": "the agent's topic"}, timeout=20))
+ok(requests.post(api + "pins.add", data={"channel": "C0BOTS", "timestamp": ts}, timeout=20))
+ok(requests.post(api + "reactions.add", params={"channel": "C0BOTS", "timestamp": ts, "name": "eyes"}, timeout=20))
+r = requests.post(api + "conversations.rename", json={"channel": "C0NOPE", "name": "x"}, timeout=20).json()
+assert r == {"ok": False, "error": "channel_not_found"}, r
+"""
+READS = {"slack": POLICY["slack"] + """
+      - name: read channels
+        allow: {host: slack.com, methods: [GET], path: /api/conversations.info}
+"""}
+
+
+def test_arguments_sent_as_a_form_or_a_query_are_undone_and_a_channel_is_put_back_from_what_slack_showed(
+        make_proxy, upstream):
+    """Slack takes a method's arguments as JSON, a form or a query string: undo reads them whichever way they came. A
+    renamed channel and its topic are put back from conversations.info read before; a rename of a channel Slack does
+    not know (its read answered ok: false) falls to the rule for what Slack did not show, and failed: nothing to undo."""
+    state = upstream.state
+    state.slack_channels["C0GENERAL"] = {"id": "C0GENERAL", "name": "general", "is_archived": False, "topic": "chat"}
+    proxy = make_proxy(READS)
+    ts = proxy.exec("slackbot", sys.executable, "-c", EDITOR).stdout.strip()      # a person's message
+    r = proxy.exec("mailbot", sys.executable, "-c", SETTINGS_AGENT, ts)
+    assert r.returncode == 0, r.stderr
+    assert state.slack_channels["C0GENERAL"]["name"] == "agents-only" and state.slack_pins and state.slack_reactions
+    rows = [row for row in proxy.rows() if row["agent"] == "mailbot"]
+    assert [row["undo_class"] for row in rows] == ["needs-preimage", "needs-preimage", "exact", "exact", "not effective"]
+    assert b"channel_not_found" in rows[-1]["pre_body"]
+
+    r = proxy.cli("undo", "--agent", "mailbot", "--since", "1h", "--yes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "session of mailbot: 4 undone" in r.stdout
+    assert state.slack_channels["C0GENERAL"]["name"] == "general" and state.slack_channels["C0GENERAL"]["topic"] == "chat"
+    assert state.slack_pins == set() and state.slack_reactions == set() and ts in state.slack_messages
