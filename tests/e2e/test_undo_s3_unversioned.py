@@ -105,3 +105,50 @@ def test_a_pre_image_larger_than_the_log_keeps_is_neither_downloaded_whole_nor_u
     r = proxy.cli("undo", str(put_big["id"]), "--yes")
     assert r.returncode == 2 and "larger than audit.max_body_bytes" in r.stderr
     assert obj(direct, "big.bin")[0] == b"y" * 10000
+
+
+COPIER = f"""
+import json, boto3
+s3 = boto3.client("s3", region_name="us-east-1")
+bucket = "{PLAIN_BUCKET}"
+s3.copy_object(Bucket=bucket, Key="a.txt", CopySource={{"Bucket": bucket, "Key": "c.txt"}})      # over an object
+s3.copy_object(Bucket=bucket, Key="copy.txt", CopySource={{"Bucket": bucket, "Key": "a.txt"}})   # under a new key
+s3.put_object_tagging(Bucket=bucket, Key="c.txt", Tagging={{"TagSet": [{{"Key": "by", "Value": "agent"}}]}})
+s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps({{"Version": "2012-10-17", "Statement": [{{
+    "Effect": "Allow", "Principal": {{"AWS": "arn:aws:iam::123456789012:root"}}, "Action": "s3:GetObject",
+    "Resource": "arn:aws:s3:::{PLAIN_BUCKET}/*"}}]}}))
+upload = s3.create_multipart_upload(Bucket=bucket, Key="mp.bin")["UploadId"]
+etag = s3.upload_part(Bucket=bucket, Key="mp.bin", UploadId=upload, PartNumber=1, Body=b"z" * 100)["ETag"]
+s3.complete_multipart_upload(Bucket=bucket, Key="mp.bin", UploadId=upload,
+                             MultipartUpload={{"Parts": [{{"ETag": etag, "PartNumber": 1}}]}})
+"""
+ALL_METHODS = {"s3": f"""
+    version: 1
+    rules:
+      - name: the plain bucket
+        allow: {{host: {PLAIN_BUCKET}.s3.amazonaws.com, methods: [GET, HEAD, PUT, POST, DELETE]}}
+"""}
+
+
+def test_copies_tags_a_new_policy_and_a_multipart_upload_are_undone(aws_proxy, direct):
+    """A copy's ETag is in its XML answer, not a header: undo puts back what the copy replaced, or deletes what it
+    made, If-Match that ETag. Tags on an object that had none, and a policy on a bucket that had none, are deleted; a
+    completed multipart upload is deleted If-Match its ETag (also in the XML), its start and part are aborted."""
+    proxy = aws_proxy(ALL_METHODS)
+    r = proxy.exec("mailbot", sys.executable, "-c", COPIER, timeout=120)
+    assert r.returncode == 0, r.stderr
+    writes = [r for r in proxy.rows() if r["method"] not in ("GET", "HEAD")]
+    assert [r["undo_class"] for r in writes] == [
+        "needs-preimage", "exact", "exact", "exact", "exact", "lossy", "exact"]
+    assert direct.get_object_tagging(Bucket=PLAIN_BUCKET, Key="c.txt")["TagSet"]
+
+    r = proxy.cli("undo", "--agent", "mailbot", "--since", "1h", "--yes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert obj(direct, "a.txt") == (b"original a", "text/plain")
+    assert obj(direct, "copy.txt") is None and obj(direct, "mp.bin") is None
+    assert direct.get_object_tagging(Bucket=PLAIN_BUCKET, Key="c.txt")["TagSet"] == []
+    with pytest.raises(direct.exceptions.ClientError, match="NoSuchBucketPolicy"):
+        direct.get_bucket_policy(Bucket=PLAIN_BUCKET)
+    undone = {r["undo_of"]: dict(json.loads(r["req_headers"])) for r in proxy.rows() if r["undo_of"]
+              and r["method"] in ("PUT", "DELETE") and "uploadId" not in str(r["url"])}
+    assert undone[writes[0]["id"]]["If-Match"] == direct.head_object(Bucket=PLAIN_BUCKET, Key="c.txt")["ETag"]
