@@ -56,7 +56,7 @@ def test_a_session_undo_sends_each_compensation_as_planned_not_as_its_twin(make_
     assert out["id"] not in gmail.messages
     assert gmail.snapshot(by_content=True) == before
     sent = sorted((str(row["method"]), f"https://{row['host']}{row['path']}") for row in proxy.rows()
-                  if row["undo_of"])
+                  if row["undo_of"] and row["method"] != "GET")   # (a guard's read is recorded as the undo's too)
     assert sent == planned
     for method, url in planned:  # the report names what went upstream, for every step
         assert f"done: {method} {url} -> " in r.stdout
