@@ -405,6 +405,11 @@ def _sha256(data: Any) -> str:
     return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
 
 
+def _md5(data: Any) -> bytes:
+    """The raw MD5 digest, for headers such as S3's Content-MD5 (`base64.encode(md5(body))`); not a security hash."""
+    return hashlib.md5(data.encode() if isinstance(data, str) else data, usedforsecurity=False).digest()
+
+
 @functools.cache
 def template_functions() -> Functions:
     """Every template function by the name expressions call it by (`trim`, `base64.encode`, `math.abs`, …)."""
@@ -425,5 +430,6 @@ def template_functions() -> Functions:
         "merge": _taking("merge", _merge, dict),
         "toMap": _taking("toMap", _to_map, list),
         "sha256": _taking("sha256", _sha256, bytes, str),
+        "md5": _taking("md5", _md5, bytes, str),
         **stdlib["math"],
     }

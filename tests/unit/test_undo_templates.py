@@ -71,6 +71,8 @@ def render(text: str) -> object:
     # hashing, math
     ("${sha256(pre.body)}", hashlib.sha256(json.dumps(PRE).encode()).hexdigest()),
     ('${sha256("abc")}', "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"),
+    ('${base64.encode(md5("abc"))}', "kAFQmDzST7DWlj99KOF/cg=="),
+    ("${base64.encode(md5(pre.body))}", base64.b64encode(hashlib.md5(json.dumps(PRE).encode()).digest()).decode()),
     ("${math.greatest([pre.json.created_at, 5])}", 1700000000),
     ("${math.abs(-3)}", 3),
     # text around a template: values as text
