@@ -20,6 +20,14 @@ _RULE_KEYS = {"name", "match", "when", "effective", "class", "reason", "undo", "
 _REQUEST_KEYS = {"method", "url", "headers", "json", "form", "body", "success", "why", "repeatable", "conflict"}
 
 
+def _string_end(text: str, start: int) -> int:
+    """Where the CEL string literal opened at `start` closes (a backslash escapes the next character)."""
+    j = start + 1
+    while j < len(text) and text[j] != text[start]:
+        j += 2 if text[j] == "\\" else 1
+    return min(j, len(text))
+
+
 def parse_template(text: str) -> Template:
     """Split `a ${expr} b` into literal and expression parts; `$${` is a literal `${`."""
     parts: list[Any] = []
@@ -38,8 +46,7 @@ def parse_template(text: str) -> Template:
                         break
                     depth -= 1
                 elif text[j] in "'\"":
-                    close = text.find(text[j], j + 1)
-                    j = close if close != -1 else len(text)
+                    j = _string_end(text, j)
                 j += 1
             if end == -1:
                 raise CelSyntaxError(f"'${{' at character {i + 1} is never closed with '}}'")

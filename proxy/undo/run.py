@@ -20,7 +20,7 @@ from ..ids import RequestIds
 from ..policy.cel import CelEvalError, Condition
 from ..policy.engine import PolicySet
 from ..policy.requestview import canonical_path
-from .plan import Plan, Step, body_view, header_map, read_failed, read_refused
+from .plan import Plan, Step, message_view, read_failed, read_refused
 
 #: Journal states of a step: written before it is sent, and after its answer is judged.
 SENT, DONE, FAILED = "sent", "done", "failed"
@@ -120,7 +120,7 @@ class Replayer:
 
 def response_view(status: int, headers: Iterable[tuple[str, str]], body: bytes | None) -> dict[str, Any]:
     """A response as undo expressions read it."""
-    return {"status": status, "headers": header_map(headers), **body_view(body)}
+    return {"status": status, **message_view(headers, body)}
 
 
 def check_guard(plan: Plan, replayer: Replayer, agent: str) -> tuple[str, str]:

@@ -23,6 +23,7 @@ rules:
     match: {host: slack.com, methods: [POST], path: /api/conversations.create}
     effective: response.json.ok == true
     class: lossy
+    guard: {unneeded: archiving a room loses nothing anyone wrote; it can be unarchived}
     undo:
       - method: POST
         url: https://slack.com/api/chat.postMessage

@@ -197,3 +197,16 @@ def test_a_rule_may_read_the_preimage_an_earlier_rule_reads_for_the_same_request
     assert len(rules) == 2 and not [p for p in problems if p.severity == "error"]
     other = later.replace("methods: [PUT]", "methods: [DELETE]")
     assert any("reads 'pre'" in p.message for p in check_pack_text(earlier + other, "mine.yaml")[1])
+
+
+def test_a_template_reads_an_escaped_quote_inside_a_string_as_part_of_it() -> None:
+    from goex_proxy.undo.rules import parse_template
+
+    template = parse_template('q=${"say \\"}\\" " + request.path}!')
+    assert template.render({"request": {"path": "/x"}}) == 'q=say "}" /x!'
+
+
+def test_a_guard_read_shows_its_content_type() -> None:
+    from goex_proxy.undo.run import response_view
+
+    assert response_view(200, [("Content-Type", "Text/Calendar; charset=utf-8")], ICS)["content_type"] == "text/calendar"
