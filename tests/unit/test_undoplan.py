@@ -175,13 +175,13 @@ def test_a_deleted_bucket_is_created_again_in_its_region() -> None:
 
 
 @pytest.mark.parametrize(("method", "url", "read", "label"), [
-    ("PUT", f"{PATH_STYLE}/photos?versioning", None, "irreversible: a bucket once versioned"),
-    ("PUT", f"{BUCKET}/?versioning", None, "irreversible: a bucket once versioned"),
-    ("PUT", f"{BUCKET}/?tagging", f"GET {BUCKET}/?tagging", "irreversible: putting back the configuration"),
-    ("DELETE", f"{PATH_STYLE}/photos?tagging", f"GET {PATH_STYLE}/photos?tagging", "irreversible: putting back the"),
-    ("DELETE", f"{BUCKET}/?policy", f"GET {BUCKET}/?policy", "irreversible: putting back the configuration"),
-    ("DELETE", f"{BUCKET}/cats/tom.jpg?tagging", f"GET {BUCKET}/cats/tom.jpg?tagging", "irreversible: putting back the tags"),
-    ("PUT", f"{PATH_STYLE}/photos/k?acl", None, "irreversible: putting back the access control list"),
+    ("PUT", f"{PATH_STYLE}/photos?versioning", None, "irreversible: the bucket's versioning could not be read"),
+    ("PUT", f"{BUCKET}/?versioning", None, "irreversible: the bucket's versioning could not be read"),
+    ("PUT", f"{BUCKET}/?tagging", f"GET {BUCKET}/?tagging", "needs-preimage"),
+    ("DELETE", f"{PATH_STYLE}/photos?tagging", f"GET {PATH_STYLE}/photos?tagging", "needs-preimage"),
+    ("DELETE", f"{BUCKET}/?policy", f"GET {BUCKET}/?policy", "needs-preimage"),
+    ("DELETE", f"{BUCKET}/cats/tom.jpg?tagging", f"GET {BUCKET}/cats/tom.jpg?tagging", "needs-preimage"),
+    ("PUT", f"{PATH_STYLE}/photos/k?acl", None, "irreversible: S3 expands a canned ACL"),
 ])
 def test_a_sub_resource_is_neither_the_bucket_nor_the_object(method: str, url: str, read: str | None, label: str) -> None:
     """Tagging, versioning, a policy...: each has a rule of its own, which reads the sub-resource (never the bucket's
