@@ -293,7 +293,9 @@ def _real(value: float, verb: str, precision: int | None = None) -> str:
     return f"{value:.{6 if precision is None else precision}{verb[-1]}}"
 
 
-_VERB = re.compile(r"%(?:\.(\d+))?([A-Za-z%])")
+_VERB = re.compile(r"%(?:\.(\d{1,9}))?([A-Za-z%])")
+#: The largest precision `format` takes: a string from a request must not make it build gigabytes.
+MAX_PRECISION = 100
 
 
 def _format(template: str, args: Any) -> str:
@@ -312,6 +314,8 @@ def _format(template: str, args: Any) -> str:
         if m is None:
             raise ValueError(f"format: '%' at character {i + 1} starts no verb (write %% for a percent sign)")
         precision = int(m.group(1)) if m.group(1) is not None else None
+        if precision is not None and precision > MAX_PRECISION:
+            raise ValueError(f"format: precision {precision} is more than {MAX_PRECISION}")
         verb, i = m.group(2), m.end()
         if verb == "%" and precision is None:
             out.append("%")

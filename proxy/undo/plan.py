@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote, urljoin, urlsplit
@@ -106,6 +106,7 @@ class Guard:
     expect: Condition
     conflict: str = "the resource changed after the agent's request"
     refused: Condition | None = None
+    changes_with: tuple[str, ...] = ()  # JSON fields (dotted) the server changes on every edit: a version
 
 
 @dataclass(frozen=True)
@@ -207,7 +208,7 @@ def body_view(raw: bytes | None) -> dict[str, Any]:
     text = (raw or b"").decode("utf-8", "replace")
     try:
         parsed = json.loads(text) if text else None
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than Python's parser goes
         parsed = None
     form = dict(parse_qsl(text, keep_blank_values=True)) if parsed is None and "=" in text else {}
     return {"body": raw or b"", "text": text, "json": parsed if parsed is not None else {}, "form": form}
@@ -460,10 +461,13 @@ _PROBE = "goex-probe-3f1c9a7e5b2d"
 
 
 def is_condition(name: str, value: str) -> bool:
-    """Whether a step's header makes the upstream refuse it if the resource is not as the agent left it: `If-Match:
-    *` asks only that something be there, so it is none; `If-None-Match: *` (nothing may be there) is one."""
+    """Whether a step's header makes the upstream refuse it if the resource is not as the agent left it (for a server
+    that honours it): `If-Match: ETAG` and `If-Unmodified-Since`, and `If-None-Match: *` (nothing may be there). `If-Match:
+    *` asks only that something be there, and `If-None-Match: ETAG` that it changed: neither is one."""
     name, value = name.lower(), value.strip()
-    return name in CONDITIONAL and bool(value) and (value != "*" or name == "if-none-match")
+    if name == "if-none-match":  # with an ETag it asks that the resource HAS changed: the opposite of a guard
+        return value == "*"
+    return name in CONDITIONAL and bool(value) and value != "*"
 
 
 def unguarded_because(rule: UndoRule, variables: dict[str, Any], steps: Iterable[Step]) -> str:
@@ -478,7 +482,7 @@ def unguarded_because(rule: UndoRule, variables: dict[str, Any], steps: Iterable
     if rule.guard is None:
         return "the rule has no guard: nothing checks that the resource is still as the agent left it"
     context = Scope(variables).bound()  # its own: `read` is set to each probe in turn
-    for probe in changed_reads(variables):
+    for probe in changed_reads(variables, rule.guard.changes_with, restores_whole(steps, variables)):
         context.update({"read": probe})
         try:
             if rule.guard.expect.evaluate(context):
@@ -490,18 +494,82 @@ def unguarded_because(rule: UndoRule, variables: dict[str, Any], steps: Iterable
     return ""
 
 
-def changed_reads(variables: dict[str, Any]) -> list[dict[str, Any]]:
+def restores_whole(steps: Iterable[Step], variables: dict[str, Any]) -> bool:
+    """Whether a step writes the pre-image back whole (its bytes, or its JSON): then every field of the resource is
+    overwritten, and a change to any of them is one undo would destroy."""
+    pre = variables.get("pre") or {}
+    for step in steps:
+        if not step.body or not pre:
+            continue
+        if step.body == pre.get("body"):
+            return True
+        try:
+            if pre.get("json") and json.loads(step.body) == pre["json"]:
+                return True
+        except (ValueError, RecursionError):
+            continue
+    return False
+
+
+def changed_reads(variables: dict[str, Any], changes_with: tuple[str, ...] = (),
+                  whole: bool = False) -> list[dict[str, Any]]:
     """Reads of the resource as if someone had changed it after the agent: the response's headers with every header
-    naming a state replaced, and a body no one wrote, as text and as JSON."""
+    naming a state replaced, and a body no one wrote, as text and as JSON; and, where the agent's answer (else the
+    pre-image) is a JSON object, that object with one field changed at a time, each time with every field that names
+    a version changed too (an `etag`, `sha`, `updated_at`…, and those the guard's `changes_with` names) — these only
+    where undo writes the pre-image back `whole`: a guard for a partial write need watch only what it writes."""
     response = variables.get("response") or {}
     headers = {k: (f'"{_PROBE}"' if k == "etag" else "Fri, 01 Jan 2100 00:00:00 GMT" if k == "last-modified"
                    else _PROBE if _STATE_HEADER.search(k) else v) for k, v in response.get("headers", {}).items()
                if k != "content-type"}
-    out = []
-    for content_type, body in ((response.get("content_type") or "text/plain", _PROBE.encode()),
-                               ("application/json", json.dumps({"goex_probe": _PROBE}).encode())):
-        out.append({"status": 200, **message_view([*headers.items(), ("content-type", content_type)], body)})
-    return out
+    bodies = [(response.get("content_type") or "text/plain", _PROBE.encode()),
+              ("application/json", json.dumps({"goex_probe": _PROBE}).encode())]
+    pre = variables.get("pre") or {}
+    shape = response.get("json") or pre.get("json")
+    if whole and isinstance(shape, dict):
+        bodies += [("application/json", json.dumps(doc).encode()) for doc in _one_field_changed(shape, changes_with)]
+    return [{"status": 200, **message_view([*headers.items(), ("content-type", content_type)], body)}
+            for content_type, body in bodies]
+
+
+#: JSON fields that name a version of the resource: a real edit changes them along with what it edits.
+_VERSION_KEY = re.compile(r"^_?rev$|etag|version|revision|generation|updated|modified|sha|hash|digest|timestamp|_at$",
+                          re.IGNORECASE)
+#: At most this many fields are changed one at a time (a guard comparing fewer fields is found among the first).
+_MAX_PROBED_FIELDS = 32
+
+
+def _one_field_changed(doc: dict[str, Any], changes_with: tuple[str, ...]) -> list[dict[str, Any]]:
+    """`doc` once per field (nested objects walked), with that field and every version field changed."""
+    leaves = list(_leaves(doc, (), 0))
+    named = {tuple(p.split(".")) for p in changes_with}
+    versions = [p for p in leaves if p in named or any(_VERSION_KEY.search(k) for k in p)]
+    base = doc
+    for path in versions:
+        base = _replaced(base, path)
+    edited = [p for p in leaves if p not in versions]
+    return [_replaced(base, path) for path in edited[:_MAX_PROBED_FIELDS]] or (
+        [base] if versions else [])
+
+
+def _leaves(doc: dict[str, Any], prefix: tuple[str, ...], depth: int) -> Iterator[tuple[str, ...]]:
+    for key, value in doc.items():
+        if isinstance(value, dict) and value and depth < 4:
+            yield from _leaves(value, (*prefix, str(key)), depth + 1)
+        else:
+            yield (*prefix, str(key))
+
+
+def _replaced(doc: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
+    """A copy of `doc` whose value at `path` is another of its kind."""
+    head, rest = path[0], path[1:]
+    value = doc.get(head)
+    if rest and isinstance(value, dict):
+        return {**doc, head: _replaced(value, rest)}
+    changed: Any = (not value if isinstance(value, bool) else value + 1 if isinstance(value, int | float)
+                    else f"{value}~{_PROBE}" if isinstance(value, str) else [*value, _PROBE] if isinstance(value, list)
+                    else {**value, _PROBE: _PROBE} if isinstance(value, dict) else _PROBE)
+    return {**doc, head: changed}
 
 
 def irreversible_samples(rules: Iterable[UndoRule]) -> list[tuple[UndoRule, str, str, str]]:

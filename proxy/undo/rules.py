@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, cast
@@ -62,19 +64,26 @@ def parse_template(text: str) -> Template:
     return Template(text, tuple(parts))
 
 
-def reads(part: Any) -> set[str]:
-    """The names every expression inside a rule part reads (templates, conditions, requests, nested bodies)."""
+def expressions(part: Any) -> Iterator[Expression | Condition]:
+    """Every expression inside a rule part (templates, conditions, requests, nested bodies)."""
     if isinstance(part, Expression | Condition):
-        return set(part.program.variables())
-    if isinstance(part, Template):
-        return set().union(*(reads(p) for p in part.parts))
-    if isinstance(part, RequestTemplate):
-        return set().union(*(reads(getattr(part, f.name)) for f in fields(part)))
-    if isinstance(part, dict):
-        return set().union(*(reads(v) for v in part.values()))
-    if isinstance(part, list | tuple):
-        return set().union(*(reads(v) for v in part))
-    return set()
+        yield part
+    elif isinstance(part, Template):
+        yield from (p for p in part.parts if isinstance(p, Expression))
+    elif isinstance(part, RequestTemplate):
+        for f in fields(part):
+            yield from expressions(getattr(part, f.name))
+    elif isinstance(part, dict):
+        for v in part.values():
+            yield from expressions(v)
+    elif isinstance(part, list | tuple):
+        for v in part:
+            yield from expressions(v)
+
+
+def reads(part: Any) -> set[str]:
+    """The names every expression inside a rule part reads."""
+    return set().union(*(e.program.variables() for e in expressions(part)))
 
 
 class _UndoReader(RuleReader):
@@ -189,14 +198,18 @@ class _UndoReader(RuleReader):
                                                                "made after the agent's can be lost by this undo")
         elif "guard" in r:
             g = self.check.mapping(r["guard"], f"{where}.guard", self.check.at(r, "guard"),
-                                   {"read", "expect", "conflict", "refused"}, {"read", "expect"})
+                                   {"read", "expect", "conflict", "refused", "changes_with"}, {"read", "expect"})
             if g is not None:
                 read = self.request(g["read"], f"{where}.guard.read", self.check.at(g, "read"))
+                if read is not None and read.method not in ("GET", "HEAD"):
+                    self.check.error(self.check.at(g, "read"), f"'{where}.guard.read' must be a GET or HEAD (it is "
+                                                               "sent before undo decides anything, and must change nothing)")
                 expect = self.condition(g, "expect", f"{where}.guard")
                 refused = self.condition(g, "refused", f"{where}.guard")
+                changes_with = self.check.strings(g, "changes_with", f"{where}.guard.changes_with") or []
                 if read is not None and expect is not None:
                     guard = Guard(read, expect, str(g.get("conflict") or "the resource changed after the agent's request"),
-                                  refused)
+                                  refused, tuple(changes_with))
         preimage = self.request(r["preimage"], f"{where}.preimage", self.check.at(r, "preimage")) \
             if "preimage" in r else None
         if preimage is not None and preimage.method not in ("GET", "HEAD"):
@@ -217,12 +230,23 @@ class _UndoReader(RuleReader):
                                               for earlier in self.preimage_methods)
         if preimage is not None:
             self.preimage_methods.append(methods)
+        if preimage is not None and preimage.method == "HEAD":
+            self.head_has_no_body(r, where, {"when": when, "undo": steps, "guard.read": guard.read if guard else None})
         self.reads_what_it_can(r, where, has_pre, {"when": when, "effective": effective, "undo": steps,
                                                    "guard.read": guard.read if guard else None, "preimage": preimage,
                                                    "twin": twin})
         return UndoRule(pack, name, hosts or (), methods,
                         self.globs(m, ("path", "paths"), f"{where}.match", compile_path), fidelity, when, effective,
                         reason, tuple(s for s in steps if s is not None), guard, preimage, twin, unneeded.strip())
+
+    def head_has_no_body(self, r: YMap, where: str, parts: dict[str, Any]) -> None:
+        """An error for a part that reads the body of a pre-image read by HEAD (it is always empty)."""
+        for part, value in parts.items():
+            sources = " ".join(e.source for e in expressions(value))
+            if re.search(r"\bpre\s*\.\s*(body|json|text|form)\b", sources):
+                self.check.error(self.check.at(r, part.split(".")[0]) if part.split(".")[0] in r else r.pos,
+                                 f"'{where}.{part}' reads the pre-image's body, but its 'preimage' read is a HEAD, "
+                                 "which has none")
 
     def reads_what_it_can(self, r: YMap, where: str, has_pre: bool, parts: dict[str, Any]) -> None:
         """Errors for a rule part that reads what is never there when it is used: `read` (a guard's answer) outside

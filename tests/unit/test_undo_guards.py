@@ -68,7 +68,7 @@ def test_a_put_that_created_a_calendar_is_deleted_only_while_it_holds_the_agents
 
 def test_a_deleted_calendar_is_put_back_at_its_url_only_if_nothing_is_there() -> None:
     p = plan("R1", calendar("DELETE", 204, request_body=None), REST)
-    assert p.verdict == "plan" and p.rule == "rest/delete a resource that is not JSON" and not p.unguarded
+    assert p.verdict == "plan" and p.rule == "rest/delete a resource at its own URL" and not p.unguarded
     [step] = p.steps
     assert (step.method, step.url, step.body) == ("PUT", URL, ICS)
     assert dict(step.headers) == {"Content-Type": "text/calendar; charset=utf-8", "If-None-Match": "*"}
@@ -104,7 +104,8 @@ def test_a_create_answered_200_is_undone_but_a_404_then_is_a_conflict_not_alread
                                                                           "application/json"))
     assert p.steps[0].success is not None
     assert not p.steps[0].success.evaluate({**p.variables, "response": read(404, b"")})   # a failure, not gone
-    created = Exchange("POST", "https://api.example/posts", json_type, b'{"title": "new"}', 201, json_type, body)
+    created = Exchange("POST", "https://api.example/posts", json_type, b'{"title": "new"}', 201,
+                       json_type + (("Location", "/posts/7"),), body)
     assert guard_holds(plan("R1", created, REST), read(404, b""))
 
 
@@ -210,3 +211,106 @@ def test_a_guard_read_shows_its_content_type() -> None:
     from goex_proxy.undo.run import response_view
 
     assert response_view(200, [("Content-Type", "Text/Calendar; charset=utf-8")], ICS)["content_type"] == "text/calendar"
+
+
+# --- what a red team found ---------------------------------------------------------------------------------------
+
+ID_ONLY = """version: 1
+rules:
+  - name: edit a note
+    match: {host: notes.example, methods: [PUT]}
+    preimage: {method: GET, url: "${request.url}"}
+    when: pre.status == 200
+    class: needs-preimage
+    guard: {read: {method: GET, url: "${request.url}"}, expect: 'read.status == 200 && read.json.GUARDED'}
+    undo:
+      - {method: PUT, url: "${request.url}", body: "${pre.body}"}
+"""
+JSON = (("Content-Type", "application/json"),)
+EDIT = Exchange("PUT", "https://notes.example/n/7", JSON, b'{"text": "agent"}', 200, JSON,
+                b'{"id": 7, "text": "agent", "draft": {"id": "d1", "rev": 3}}', 200, JSON, b'{"id": 7, "text": "before"}')
+
+
+@pytest.mark.parametrize(("expect", "guarded"), [
+    ("id == response.json.id", False),                       # a person's edit keeps the id: guards nothing
+    ("draft.id == response.json.draft.id", False),
+    ("text == response.json.text", False),                   # one field of three: an edit of another passes
+    ("draft.rev == response.json.draft.rev", True),           # a version field: every edit changes it
+])
+def test_a_guard_comparing_fields_an_edit_keeps_is_unguarded(expect: str, guarded: bool) -> None:
+    rules, problems = check_pack_text(ID_ONLY.replace("GUARDED", expect), "mine.yaml")
+    assert rules and not problems, problems
+    assert classify(rules, EDIT) == ("needs-preimage" if guarded else UNGUARDED)
+
+
+def test_a_guard_names_the_fields_its_server_changes_on_every_edit() -> None:
+    text = ID_ONLY.replace("GUARDED", "draft.id == response.json.draft.id").replace(
+        "expect: 'read", "changes_with: [draft.id], expect: 'read")
+    rules, problems = check_pack_text(text, "mine.yaml")
+    assert rules and not problems, problems
+    assert classify(rules, EDIT) == "needs-preimage"
+
+
+def test_a_created_resource_at_an_url_made_from_its_id_is_not_believed_gone_on_a_404() -> None:
+    job = Exchange("POST", "https://api.example/v1/exports", JSON, b"{}", 201, JSON, b'{"id": 12}')
+    p = plan("R1", job, REST)
+    assert [s.describe() for s in p.steps] == ["DELETE https://api.example/v1/exports/12"]
+    assert not guard_holds(p, read(404, b"")) and guard_holds(p, read(200, b'{"id": 12}', "application/json"))
+    located = Exchange("POST", "https://api.example/v1/exports", JSON, b"{}", 201,
+                       JSON + (("Location", "/v1/exports/12"),), b'{"id": 12}')
+    assert guard_holds(plan("R1", located, REST), read(404, b""))
+
+
+@pytest.mark.parametrize(("url", "before"), [
+    ("https://api.example/users/5/avatar", b'{"url": "https://img.example/a.png"}'),   # a sub-resource
+    ("https://api.example/posts/7", b'{"title": "no id in it"}'),                      # a POST could not bring back 7
+])
+def test_a_deleted_json_resource_not_named_by_its_id_is_put_back_at_its_url(url: str, before: bytes) -> None:
+    gone = Exchange("DELETE", url, (), None, 204, (), b"", 200, JSON, before)
+    p = plan("R1", gone, REST)
+    assert p.rule == "rest/delete a resource at its own URL"
+    assert [(s.method, s.url, s.body, dict(s.headers).get("If-None-Match")) for s in p.steps] == [("PUT", url, before, "*")]
+
+
+CHECKED = """version: 1
+rules:
+  - name: r
+    match: {host: notes.example, methods: [PUT]}
+    class: exact
+RULE"""
+
+
+@pytest.mark.parametrize(("rule", "message"), [
+    ("    guard: {read: {method: DELETE, url: '${request.url}'}, expect: 'read.status == 404'}\n"
+     "    undo: [{method: DELETE, url: '${request.url}'}]\n", "'rules[0].guard.read' must be a GET or HEAD"),
+    ("    preimage: {method: HEAD, url: '${request.url}'}\n    guard: {unneeded: test}\n"
+     "    undo: [{method: PUT, url: '${request.url}', body: '${pre.body}'}]\n",
+     "'rules[0].undo' reads the pre-image's body, but its 'preimage' read is a HEAD"),
+])
+def test_policy_check_refuses_a_guard_that_writes_and_a_body_a_head_never_has(rule: str, message: str) -> None:
+    rules, problems = check_pack_text(CHECKED.replace("RULE", rule), "mine.yaml")
+    assert not rules and any(message in p.message for p in problems if p.severity == "error"), problems
+
+
+def test_if_none_match_with_an_etag_is_no_guard() -> None:
+    rule = ("    undo: [{method: DELETE, url: '${request.url}', headers: {If-None-Match: "
+            "'${response.headers[\"etag\"]}'}}]\n")
+    rules, problems = check_pack_text(CHECKED.replace("RULE", rule), "mine.yaml")
+    assert [p.severity for p in problems] == ["warning"]
+    tagged = Exchange("PUT", "https://notes.example/n/1", (), b"x", 201, (("ETag", '"n1"'),), b"")
+    assert classify(rules, tagged) == UNGUARDED
+
+
+def test_a_body_nested_past_the_parsers_depth_is_not_json_and_plans_without_a_crash() -> None:
+    deep = b"[" * 5000 + b"]" * 5000
+    created = Exchange("POST", "https://api.example/posts", JSON, deep, 201, JSON, deep)
+    assert classify(REST, created) == "no rule" and plan("R1", created, REST).verdict == "no rule"
+
+
+def test_a_format_precision_from_data_cannot_build_gigabytes() -> None:
+    from goex_proxy.policy.cel import CelEvalError, compile_expression
+    from goex_proxy.undo.plan import UNDO_VARIABLES
+
+    with pytest.raises(CelEvalError, match="precision 100000000 is more than 100"):
+        compile_expression('request.json.f.format([1.5])', UNDO_VARIABLES).evaluate(
+            {"request": {"json": {"f": "%.100000000f"}}})
