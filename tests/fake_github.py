@@ -464,9 +464,14 @@ class GitHubFake:
     # -- issues and comments ---------------------------------------------------------------------------------------
 
     def _list_issues(self, a: dict[str, str], query: dict[str, str], body: dict[str, Any]) -> Reply:
+        """Newest first; `state` (open, closed, all), `labels` (comma-separated names, every one must be on the issue,
+        matched without regard to case) and `per_page` (default 30) as GitHub documents them."""
         repo, state = self._repo(a), query.get("state", "open")
-        issues = [i for i in sorted(repo.issues.values(), key=lambda i: -i.number) if state in ("all", i.state)]
-        return 200, [self._issue_json(repo, i) for i in issues], {}
+        wanted = [n.strip().lower() for n in query["labels"].split(",")] if query.get("labels") else []
+        names = {label.id: label.name.lower() for label in repo.labels.values()}
+        issues = [i for i in sorted(repo.issues.values(), key=lambda i: -i.number) if state in ("all", i.state)
+                  and all(n in {names[x] for x in i.labels} for n in wanted)]
+        return 200, [self._issue_json(repo, i) for i in issues[:int(query.get("per_page", 30))]], {}
 
     def _create_issue(self, a: dict[str, str], query: dict[str, str], body: dict[str, Any]) -> Reply:
         repo = self._writable(a)

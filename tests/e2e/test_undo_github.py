@@ -160,3 +160,47 @@ def test_undo_holds_when_creates_answer_200_and_no_answer_says_where_the_resourc
     assert after == before
     refs = github.snapshot()[REPO]["refs"]
     assert "refs/heads/agent" not in refs and refs["refs/heads/doomed"] == old
+
+
+CREATOR = """
+import requests
+for path, body in (("/user/repos", {"name": "agent-scratch"}), ("/repos/octo/hello/labels", {"name": "agent"})):
+    r = requests.post("https://api.github.com" + path, json=body, timeout=20)
+    assert r.status_code == 201, r.text
+"""
+
+
+def test_what_a_person_did_after_the_agent_is_a_conflict_and_nothing_is_deleted(make_proxy, upstream, seeded):
+    """A repository the agent created and whose description a person then set (GitHub moves its `updated_at`), and
+    a label the agent created that a person then put on an issue: deleting either would destroy their work."""
+    github = upstream.state.github
+    proxy = make_proxy(POLICY)
+    r = proxy.exec("mailbot", sys.executable, "-c", CREATOR)
+    assert r.returncode == 0, r.stderr
+    repo_row, label_row = [row for row in proxy.rows() if row["method"] == "POST"]
+    gh(upstream, "PATCH", "/repos/octocat/agent-scratch", description="a person's project now")
+    gh(upstream, "POST", f"/repos/{REPO}/issues/1/labels", labels=["agent"])
+
+    for row in (repo_row, label_row):
+        r = proxy.cli("undo", str(row["id"]), "--yes")
+        assert r.returncode == 3 and "conflict" in r.stderr, r.stdout + r.stderr
+    after = github.snapshot(refs=False)
+    assert after["octocat/agent-scratch"]["description"] == "a person's project now"
+    assert "agent" in after[REPO]["labels"] and "agent" in after[REPO]["issues"][1]["labels"]
+    assert not [row for row in proxy.rows() if row["undo_of"] and row["method"] != "GET"]   # nothing was sent but reads
+
+
+def test_a_created_repository_the_check_cannot_see_is_not_reported_undone(make_proxy, upstream, seeded):
+    """GitHub answers 404 for a repository the credential cannot see as for one that is gone: here a person renamed
+    it, and undo fails saying so instead of calling it undone (the repository is still there)."""
+    github = upstream.state.github
+    proxy = make_proxy(POLICY)
+    r = proxy.exec("mailbot", sys.executable, "-c", CREATOR)
+    assert r.returncode == 0, r.stderr
+    repo_row = next(row for row in proxy.rows() if row["method"] == "POST")
+    gh(upstream, "PATCH", "/repos/octocat/agent-scratch", name="kept")
+
+    r = proxy.cli("undo", str(repo_row["id"]), "--yes")
+    assert r.returncode not in (0, 3) and "404" in r.stdout + r.stderr, r.stdout + r.stderr
+    assert "octocat/kept" in github.snapshot()
+    assert not [row for row in proxy.rows() if row["undo_of"] and row["method"] != "GET"]

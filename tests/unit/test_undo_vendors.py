@@ -142,3 +142,76 @@ def test_a_thread_whose_messages_differed_gets_its_one_label_back_message_by_mes
     assert p.guard_expect is not None and p.guard_expect.evaluate({**p.variables, "read": read(200, after)})
     replied = {"id": "t1", "messages": [*after["messages"], {"id": "m3", "labelIds": ["INBOX"]}]}
     assert not p.guard_expect.evaluate({**p.variables, "read": read(200, replied)})   # a reply came in since
+
+
+REPO_ANSWER = {"id": 7, "name": "scratch", "full_name": "octocat/scratch", "private": False, "description": None,
+               "archived": False, "default_branch": "main", "pushed_at": "2024-01-01T00:00:00Z",
+               "updated_at": "2024-01-01T00:00:00Z", "open_issues_count": 0}
+
+
+@pytest.mark.parametrize(("change", "holds"), [
+    ({}, True),
+    ({"updated_at": "2024-01-02T00:00:00Z"}, False),                                   # settings changed
+    ({"updated_at": "2024-01-02T00:00:00Z", "description": "a person's"}, False),
+    ({"pushed_at": "2024-01-02T00:00:00Z"}, False),                                    # someone pushed
+    ({"open_issues_count": 1}, False),                                                 # an issue opened
+])
+def test_a_created_repository_is_deleted_only_as_the_agent_left_it(change: dict[str, Any], holds: bool) -> None:
+    p = plan("R", exchange("POST", "https://api.github.com/user/repos", {"name": "scratch"}, 201, REPO_ANSWER), PACKS)
+    assert p.verdict == "plan" and not p.unguarded and p.guard_expect is not None
+    assert p.guard_expect.evaluate({**p.variables, "read": read(200, {**REPO_ANSWER, **change})}) == holds
+
+
+def test_a_404_for_a_created_repository_says_nothing_and_its_delete_counts_only_on_2xx() -> None:
+    """GitHub answers 404 to a credential that cannot see a repository: undo must not call that "already gone"."""
+    p = plan("R", exchange("POST", "https://api.github.com/user/repos", {"name": "scratch"}, 201, REPO_ANSWER), PACKS)
+    gone = {**p.variables, "read": read(404, {"message": "Not Found"})}
+    assert p.guard_refused is not None and p.guard_refused.evaluate(gone)
+    assert p.guard_expect is not None and not p.guard_expect.evaluate(gone)
+    rule = next(r for r in PACKS if r.pack == "github" and r.name == "create a repository")
+    success = rule.undo[0].success
+    assert success is not None
+    assert success.evaluate({**p.variables, "response": read(204, {})})
+    assert not success.evaluate({**p.variables, "response": read(404, {"message": "Not Found"})})
+
+
+def test_a_created_label_is_deleted_only_while_no_issue_carries_it() -> None:
+    """Deleting a label takes it off every issue: the guard asks GitHub's issue filter for any issue or pull request
+    with it (the name encoded for a query), and finds none."""
+    name = "needs triage & more+1"
+    p = plan("R", exchange("POST", f"{GH}/labels", {"name": name, "color": "ff0000"}, 201,
+                           {"id": 3, "name": name, "color": "ff0000", "description": None}), PACKS)
+    assert p.rule == "github/create a label" and p.verdict == "plan" and not p.unguarded
+    assert p.guard is not None and p.guard.describe() == (
+        f"GET {GH}/issues?labels=needs%20triage%20%26%20more%2B1&state=all&per_page=1")
+    assert p.guard_expect is not None and p.guard_expect.evaluate({**p.variables, "read": read(200, [])})
+    carried = read(200, [{"number": 1, "labels": [{"name": name}]}])
+    assert not p.guard_expect.evaluate({**p.variables, "read": carried})
+    assert p.guard_refused is not None and p.guard_refused.evaluate({**p.variables, "read": read(404, {})})
+
+
+def test_a_label_whose_name_has_a_comma_is_checked_by_reading_the_label() -> None:
+    """GitHub's `labels` filter splits on commas, so such a name cannot be asked about alone."""
+    p = plan("R", exchange("POST", f"{GH}/labels", {"name": "a,b", "color": "ff0000"}, 201,
+                           {"id": 3, "name": "a,b", "color": "ff0000", "description": None}), PACKS)
+    assert p.rule == "github/create a label whose name has a comma" and not p.unguarded
+    assert p.guard is not None and p.guard.describe() == f"GET {GH}/labels/a,b"
+
+
+RELEASE = {"id": 5, "tag_name": "v1", "name": "v1", "body": "notes", "draft": False, "prerelease": False,
+           "assets": []}
+
+
+@pytest.mark.parametrize("tag_exists", [True, False])
+def test_a_created_release_is_deleted_only_with_no_assets_added_since(tag_exists: bool) -> None:
+    ex = exchange("POST", f"{GH}/releases", {"tag_name": "v1", "name": "v1", "body": "notes"}, 201, RELEASE,
+                  200 if tag_exists else 404,
+                  {"ref": "refs/tags/v1", "object": {"sha": "abc"}} if tag_exists else {"message": "Not Found"})
+    p = plan("R", ex, PACKS)
+    assert p.verdict == "plan" and not p.unguarded and p.guard_expect is not None
+    assert p.guard_expect.evaluate({**p.variables, "read": read(200, RELEASE)})
+    uploaded = {**RELEASE, "assets": [{"id": 9, "name": "app.zip", "size": 1024, "updated_at": "2024-01-02T00:00:00Z"}]}
+    assert not p.guard_expect.evaluate({**p.variables, "read": read(200, uploaded)})
+    # A tag the release created is left alone: nothing read shows whether someone moved it since.
+    assert [s.describe() for s in p.steps] == [f"DELETE {GH}/releases/5"]
+    assert p.fidelity == ("exact" if tag_exists else "lossy")
