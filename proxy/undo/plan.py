@@ -369,6 +369,8 @@ def on_origin(url: str, original: str) -> str | None:
         return parts.scheme.lower(), (parts.hostname or "").lower().rstrip("."), port
 
     absolute = urljoin(original, url)
+    if "@" in urlsplit(absolute).netloc:  # user:password@ from an answer: a client would send it as Basic auth
+        return None
     return absolute if url and origin(absolute) == origin(original) and origin(original)[2] is not None else None
 
 

@@ -76,14 +76,15 @@ def test_a_relative_location_is_resolved_against_the_request() -> None:
 
 @pytest.mark.parametrize("location", ["https://evil.example/posts/7", "//evil.example/posts/7",
                                       "https://localhost:3000/posts/7", "http://localhost:3001/posts/7",
-                                      "http://localhost.evil.example:3000/posts/7"])
+                                      "http://localhost.evil.example:3000/posts/7",
+                                      "http://user:pass@localhost:3000/posts/7"])
 def test_a_compensation_never_leaves_the_original_origin(location: str) -> None:
     """The upstream's answer names where the compensation goes; an answer pointing elsewhere plans nothing, so the
     credential injected on replay cannot be carried to another origin."""
     created = Exchange("POST", "http://localhost:3000/posts", (), b"{}", 201, (("Location", location),), b"{}")
     p = plan("R", created, RULES)
     assert p.verdict == "not planned" and not p.steps
-    assert "off the original origin" in p.reason and location.lstrip("/") in p.reason
+    assert "off the original origin" in p.reason and location.lstrip("/").split("@")[-1] in p.reason
 
 
 def test_on_origin_compares_scheme_host_and_port() -> None:
