@@ -433,7 +433,7 @@ def plan(request_id: str, exchange: Exchange, rules: Iterable[UndoRule], variabl
     if (rule.fidelity == "needs-preimage" or rule.preimage is not None) and not _usable(variables["pre"]):
         return replace(base, verdict="not planned", reason="undoing it needs the resource as it was before the "
                        "request (a pre-image), and " + _preimage_failure(variables["pre"]))
-    if rule.fidelity == "needs-preimage" and _truncated(exchange):
+    if (rule.fidelity == "needs-preimage" or rule.preimage is not None) and _truncated(exchange):
         return replace(base, verdict="not planned", reason="the pre-image was larger than audit.max_body_bytes, so "
                                                            "only part of it was recorded")
     try:

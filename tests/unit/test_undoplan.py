@@ -48,7 +48,7 @@ def test_delete_on_a_versioned_bucket_removes_the_marker() -> None:
 
 
 @pytest.mark.parametrize(("exchange", "label", "verdict"), [
-    (s3("PUT", "/k", 200, ETag='"e"'), "needs-preimage", "not planned"),   # unversioned: needs the old bytes
+    (s3("PUT", "/k", 200, ETag='"e"'), "lossy", "not planned"),   # unversioned: needs the old bytes
     (s3("DELETE", "/k?versionId=v1", 204), "irreversible: a deleted object version cannot be brought back",
      "irreversible"),
     (s3("PUT", "/k", 403, **{"x-amz-version-id": "v9"}), "not effective", "not effective"),
@@ -101,7 +101,7 @@ def test_a_rule_that_needs_a_preimage_says_so_when_there_is_none() -> None:
 
 def test_a_failed_pre_image_read_is_named_as_why_there_is_no_plan() -> None:
     failed = Exchange("PUT", BUCKET + "/k", (), b"new", 200, (("ETag", '"e"'),), b"", 0, (), b"connection refused")
-    assert classify(RULES, failed) == "needs-preimage"
+    assert classify(RULES, failed) == "lossy"
     p = plan("R", failed, RULES)
     assert p.verdict == "not planned" and "reading it failed: connection refused" in p.reason
 
@@ -204,7 +204,7 @@ def test_an_s3_copy_is_undone_by_the_s3_pack_not_the_rest_pack() -> None:
                     (("Content-Type", "text/plain"),), b"old bytes")
     assert [s.describe() for s in [preimage_read(RULES, copy)] if s] == [f"GET {BUCKET}/k"]
     p = plan("R", copy, RULES)
-    assert (p.rule, p.fidelity) == ("s3/put object over an existing one, unversioned bucket", "needs-preimage")
+    assert (p.rule, p.fidelity) == ("s3/put object over an existing one, unversioned bucket", "lossy")
     assert [(s.method, s.body, dict(s.headers)) for s in p.steps] == [
         ("PUT", b"old bytes", {"If-Match": '"e1"', "Content-Type": "text/plain"})]
     failed = Exchange("PUT", BUCKET + "/k", (("x-amz-copy-source", "/photos/src"),), b"", 200, (),
@@ -220,7 +220,7 @@ def test_a_pre_image_read_refused_or_failed_is_named_as_such() -> None:
                          (503, "reading it failed (503")):
         refused = Exchange("PUT", BUCKET + "/k", (), b"new", 200, (("ETag", '"e"'),), b"", status, (),
                            b"<Error><Code>AccessDenied</Code></Error>" if status == 403 else b"")
-        assert classify(RULES, refused) == "needs-preimage"
+        assert classify(RULES, refused) == "lossy"
         p = plan("R", refused, RULES)
         assert p.verdict == "not planned" and said in p.reason, p.reason
 
