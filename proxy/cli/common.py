@@ -57,6 +57,9 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(2)
         except click.ClickException:
             raise
+        except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as other command-line tools do
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            sys.exit(141)
         except Exception as exc:  # last resort: one line, never a traceback (GOEX_PROXY_DEBUG=1 shows it)
             if os.environ.get("GOEX_PROXY_DEBUG"):
                 raise

@@ -111,3 +111,17 @@ def test_policy_check_of_the_shipped_packs_and_presets_prints_no_warning(tmp_pat
     checked = CliRunner().invoke(cli, ["policy", "check", "--config", str(config)])
     assert checked.exit_code == 0 and "warning" not in checked.output, checked.output
     assert f"{len(presets) + len(packs)} files" in checked.output
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly() -> None:
+    """`goex-proxy undo catalog --json | head -1`: no 'internal error' when head closes the pipe."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "goex_proxy", "undo", "catalog", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    errors = proc.stderr.read()
+    assert json.loads(first)["pack"] and proc.wait(30) in (0, 141) and errors == b"", errors
