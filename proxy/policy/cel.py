@@ -435,5 +435,6 @@ def template_functions() -> Functions:
         "toMap": _taking("toMap", _to_map, list),
         "sha256": _taking("sha256", _sha256, bytes, str),
         "md5": _taking("md5", _md5, bytes, str),
+        "sort": _taking("sort", stdlib["lists"]["sort"], list),
         **stdlib["math"],
     }

@@ -518,8 +518,9 @@ def changed_reads(variables: dict[str, Any], changes_with: tuple[str, ...] = (),
     """Reads of the resource as if someone had changed it after the agent: the response's headers with every header
     naming a state replaced, and a body no one wrote, as text and as JSON; and, where the agent's answer (else the
     pre-image) is a JSON object, that object with one field changed at a time, each time with every field that names
-    a version changed too (an `etag`, `sha`, `updated_at`…, and those the guard's `changes_with` names) — these only
-    where undo writes the pre-image back `whole`: a guard for a partial write need watch only what it writes."""
+    a version changed too (an `etag`, `sha`, `updated_at`…, and those the guard's `changes_with` names) where undo
+    writes the pre-image back `whole`; otherwise (a delete, a partial write) that object with every field changed
+    but those that name it (`id`, `number`, `…_id`): a guard comparing only those guards nothing."""
     response = variables.get("response") or {}
     headers = {k: (f'"{_PROBE}"' if k == "etag" else "Fri, 01 Jan 2100 00:00:00 GMT" if k == "last-modified"
                    else _PROBE if _STATE_HEADER.search(k) else v) for k, v in response.get("headers", {}).items()
@@ -529,7 +530,12 @@ def changed_reads(variables: dict[str, Any], changes_with: tuple[str, ...] = (),
     pre = variables.get("pre") or {}
     shape = response.get("json") or pre.get("json")
     if whole and isinstance(shape, dict):
-        bodies += [("application/json", json.dumps(doc).encode()) for doc in _one_field_changed(shape, changes_with)]
+        docs = _one_field_changed(shape, changes_with)
+        bodies += [("application/json", json.dumps(doc).encode()) for doc in docs if doc != shape]
+    elif isinstance(response.get("json"), dict) and response["json"]:  # the resource as the agent's answer left it
+        shape = response["json"]
+        docs = [_all_but_identity_changed(shape, changes_with)]
+        bodies += [("application/json", json.dumps(doc).encode()) for doc in docs if doc != shape]
     return [{"status": 200, **message_view([*headers.items(), ("content-type", content_type)], body)}
             for content_type, body in bodies]
 
@@ -552,6 +558,19 @@ def _one_field_changed(doc: dict[str, Any], changes_with: tuple[str, ...]) -> li
     edited = [p for p in leaves if p not in versions]
     return [_replaced(base, path) for path in edited[:_MAX_PROBED_FIELDS]] or (
         [base] if versions else [])
+
+
+#: JSON fields that name a resource rather than describe it: an edit keeps them.
+_IDENTITY_KEY = re.compile(r"^(id|number|node_id|uuid|guid|[a-z0-9]+_id|[a-z0-9]+Id)$")
+
+
+def _all_but_identity_changed(doc: dict[str, Any], changes_with: tuple[str, ...]) -> dict[str, Any]:
+    """`doc` with every field changed but those that name the resource (unless `changes_with` names them)."""
+    named = {tuple(p.split(".")) for p in changes_with}
+    for path in list(_leaves(doc, (), 0)):
+        if path in named or not _IDENTITY_KEY.match(path[-1]):
+            doc = _replaced(doc, path)
+    return doc
 
 
 def _leaves(doc: dict[str, Any], prefix: tuple[str, ...], depth: int) -> Iterator[tuple[str, ...]]:

@@ -314,3 +314,69 @@ def test_a_format_precision_from_data_cannot_build_gigabytes() -> None:
     with pytest.raises(CelEvalError, match="precision 100000000 is more than 100"):
         compile_expression('request.json.f.format([1.5])', UNDO_VARIABLES).evaluate(
             {"request": {"json": {"f": "%.100000000f"}}})
+
+
+# --- what a second red team found ---------------------------------------------------------------------------------
+
+PACKS = load_packs([undo_dir() / f"{n}.yaml" for n in ("gmail", "github", "s3", "slack", "rest")])
+XML = (("Content-Type", "application/xml"),)
+
+
+def lifecycle(*rules: tuple[str, int, str]) -> bytes:
+    return ('<LifecycleConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/">' + "".join(
+        f"<Rule><ID>{i}</ID><Filter><Prefix>{i}/</Prefix></Filter><Status>{status}</Status>"
+        f"<Expiration><Days>{days}</Days></Expiration></Rule>" for i, days, status in rules)
+        + "</LifecycleConfiguration>").encode()
+
+
+def test_an_s3_configuration_guard_counts_each_element_so_one_changed_value_is_a_conflict() -> None:
+    agents = lifecycle(("logs", 30, "Enabled"), ("tmp", 30, "Enabled"), ("old", 7, "Disabled"))
+    change = Exchange("PUT", "https://bkt1.s3.amazonaws.com/?lifecycle", XML, agents, 200, (), b"", 200, XML,
+                      lifecycle(("logs", 365, "Enabled")))
+    p = plan("R1", change, PACKS)
+    assert (p.rule, p.fidelity) == ("s3/change a bucket's configuration", "needs-preimage")
+    assert guard_holds(p, read(200, agents, "application/xml"))
+    for persons in (lifecycle(("logs", 30, "Enabled"), ("tmp", 30, "Disabled"), ("old", 7, "Disabled")),
+                    lifecycle(("logs", 7, "Enabled"), ("tmp", 30, "Enabled"), ("old", 7, "Disabled"))):
+        assert not guard_holds(p, read(200, persons, "application/xml"))   # a value already elsewhere in it
+
+
+def test_a_delete_on_a_suspended_bucket_is_put_back_from_the_pre_image_not_by_deleting_the_null_version() -> None:
+    gone = Exchange("DELETE", "https://bkt1.s3.amazonaws.com/report.csv", (), None, 204,
+                    (("x-amz-delete-marker", "true"), ("x-amz-version-id", "null")), b"", 200,
+                    (("Content-Type", "text/csv"),), b"a,b\n")
+    p = plan("R1", gone, PACKS)
+    assert p.rule == "s3/delete object, unversioned bucket" and not p.unguarded
+    assert [(s.describe(), s.body, dict(s.headers).get("If-None-Match")) for s in p.steps] == [
+        ("PUT https://bkt1.s3.amazonaws.com/report.csv", b"a,b\n", "*")]
+
+
+ID_GUARDED = """version: 1
+rules:
+  - name: create a note
+    match: {host: notes.example, methods: [POST], path: /notes}
+    class: exact
+    guard: {read: {method: GET, url: "${request.url}/${response.json.id}"}, expect: 'EXPECT'}
+    undo:
+      - {method: DELETE, url: "${request.url}/${response.json.id}"}
+"""
+
+
+@pytest.mark.parametrize(("expect", "guarded"), [
+    ("read.status == 200 && read.json.id == response.json.id", False),        # a rename keeps the id
+    ("read.status == 200 && read.json.title == response.json.title", True),
+])
+def test_a_delete_guarded_only_by_the_resources_id_is_unguarded(expect: str, guarded: bool) -> None:
+    rules, problems = check_pack_text(ID_GUARDED.replace("EXPECT", expect), "mine.yaml")
+    assert rules and not problems, problems
+    made = Exchange("POST", "https://notes.example/notes", JSON, b'{"title": "t"}', 201, JSON,
+                    b'{"id": 7, "title": "t", "owner_id": 3}')
+    assert classify(rules, made) == ("exact" if guarded else UNGUARDED)
+
+
+def test_a_label_delete_answered_404_is_no_undo_since_a_person_may_have_renamed_it() -> None:
+    made = Exchange("POST", "https://api.github.com/repos/o/r/labels", JSON, b'{"name": "triage"}', 201, JSON,
+                    b'{"id": 1, "name": "triage", "color": "fff"}')
+    p = plan("R1", made, PACKS)
+    assert p.rule == "github/create a label" and p.steps[0].success is not None
+    assert not p.steps[0].success.evaluate({**p.variables, "response": read(404, b"")})
