@@ -117,7 +117,9 @@ def _slack(state: FakeState, method: str, path: str, query: dict[str, str], body
             return 200, {"ok": False, "error": "is_archived"}
         ts = f"1700000000.{next(state.counter):06d}"
         state.slack_messages[ts] = {"channel": body["channel"], "text": body["text"], "ts": ts}
-        return 200, {"ok": True, "channel": body["channel"], "ts": ts, "message": {"text": body["text"], "ts": ts}}
+        # As Slack answers a bot token (the agents' usual one): the message names the app's bot.
+        return 200, {"ok": True, "channel": body["channel"], "ts": ts,
+                     "message": {"text": body["text"], "ts": ts, "bot_id": "B0GOEXFAKE"}}
     if path == "/api/chat.update":
         message = state.slack_messages.get(str(body.get("ts")))
         if message is None or message["channel"] != body.get("channel"):

@@ -4,6 +4,7 @@ content type, restores non-JSON bytes with their own Content-Type, and a rule no
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -380,3 +381,20 @@ def test_a_label_delete_answered_404_is_no_undo_since_a_person_may_have_renamed_
     p = plan("R1", made, PACKS)
     assert p.rule == "github/create a label" and p.steps[0].success is not None
     assert not p.steps[0].success.evaluate({**p.variables, "response": read(404, b"")})
+
+
+@pytest.mark.parametrize(("message", "rule", "guarded_by_read"), [
+    ({"text": "hi", "ts": "1.000001", "bot_id": "B1"}, "slack/post a message as an app", False),
+    ({"text": "hi", "ts": "1.000001", "user": "U1"}, "slack/post a message", True),   # a user token: the person's
+])
+def test_a_slack_message_posted_with_a_user_token_is_deleted_only_while_it_reads_as_posted(
+        message: dict[str, str], rule: str, guarded_by_read: bool) -> None:
+    posted = Exchange("POST", "https://slack.com/api/chat.postMessage", JSON, b'{"channel": "C1", "text": "hi"}',
+                      200, JSON, json.dumps({"ok": True, "channel": "C1", "ts": "1.000001", "message": message}).encode())
+    p = plan("R1", posted, PACKS)
+    assert p.rule == rule and p.fidelity == "exact" and (p.guard is not None) == guarded_by_read
+    if guarded_by_read:
+        history = {"ok": True, "messages": [{"ts": "1.000001", "text": "hi"}]}
+        assert guard_holds(p, read(200, json.dumps(history).encode(), "application/json"))
+        history["messages"][0]["text"] = "hi, edited by the person"
+        assert not guard_holds(p, read(200, json.dumps(history).encode(), "application/json"))
