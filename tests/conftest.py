@@ -13,7 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -314,6 +314,14 @@ def stage_state(tmp_path: Path, policy_text: str) -> Iterator[Any]:
         yield state
     finally:
         state.writer.close()
+
+
+def after_agent(make: Callable[..., GoexProxy], policy: dict[str, str], agent: str, timeout: float = 120) -> GoexProxy:
+    """A proxy made by `make` with `policy`, once `agent` (Python source) has run through it as mailbot."""
+    proxy = make(policy)
+    r = proxy.exec("mailbot", sys.executable, "-c", agent, timeout=timeout)
+    assert r.returncode == 0, r.stderr
+    return proxy
 
 
 def have(tool: str) -> bool:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any
 
 import pytest
 
-from tests.conftest import GoexProxy
+from tests.conftest import GoexProxy, after_agent
 from tests.fake_aws import AWS_CREDENTIAL, BUCKET, REAL
 
 pytestmark = pytest.mark.e2e
@@ -46,10 +45,7 @@ def direct(moto: int) -> Any:
 
 @pytest.fixture
 def proxy(aws_proxy, direct: Any) -> GoexProxy:
-    p = aws_proxy(POLICY)
-    r = p.exec("mailbot", sys.executable, "-c", AGENT, timeout=120)
-    assert r.returncode == 0, r.stderr
-    return p
+    return after_agent(aws_proxy, POLICY, AGENT)
 
 
 def content(client: Any, key: str) -> str | None:

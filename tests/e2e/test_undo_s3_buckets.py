@@ -5,12 +5,11 @@ already existed is not the agent's to delete; a deleted bucket is created again.
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any
 
 import pytest
 
-from tests.conftest import GoexProxy
+from tests.conftest import GoexProxy, after_agent
 from tests.fake_aws import BUCKET, NEW_BUCKET
 
 pytestmark = pytest.mark.e2e
@@ -53,10 +52,7 @@ def direct(moto: int) -> Any:
 
 @pytest.fixture
 def proxy(aws_proxy, direct: Any) -> GoexProxy:
-    p = aws_proxy(POLICY)
-    r = p.exec("mailbot", sys.executable, "-c", AGENT, timeout=120)
-    assert r.returncode == 0, r.stderr
-    return p
+    return after_agent(aws_proxy, POLICY, AGENT)
 
 
 def row(proxy: GoexProxy, method: str, host: str, path: str) -> dict[str, Any]:

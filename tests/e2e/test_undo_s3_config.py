@@ -5,12 +5,11 @@ one it did not have is deleted again, and one someone changed after the agent is
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any
 
 import pytest
 
-from tests.conftest import GoexProxy
+from tests.conftest import GoexProxy, after_agent
 
 pytestmark = pytest.mark.e2e
 
@@ -66,10 +65,7 @@ def direct(moto: int) -> Any:
 
 @pytest.fixture
 def proxy(aws_proxy, direct: Any) -> GoexProxy:
-    p = aws_proxy(POLICY)
-    r = p.exec("mailbot", sys.executable, "-c", AGENT, timeout=120)
-    assert r.returncode == 0, r.stderr
-    return p
+    return after_agent(aws_proxy, POLICY, AGENT)
 
 
 def state(client: Any, bucket: str) -> dict[str, Any]:
