@@ -316,7 +316,6 @@ def find_rule(rules: Iterable[UndoRule], exchange: Exchange, variables: Scope | 
 def classify(rules: Iterable[UndoRule], exchange: Exchange) -> str:
     """The undo class shown with an audit row: the matching rule's fidelity ("unguarded" if nothing would stop its
     undo from destroying a later change), or "no rule"."""
-    rules = tuple(rules)
     found = find_rule(rules, exchange)
     if found is None:
         return "no rule"
@@ -328,7 +327,7 @@ def classify(rules: Iterable[UndoRule], exchange: Exchange) -> str:
         except CelEvalError:
             return "not effective"
     if exchange.status is not None and rule.fidelity != "irreversible":
-        planned = plan("", exchange, (rule,), variables)
+        planned = plan_rule("", exchange, rule, variables)
         if planned.verdict == "plan" and planned.unguarded:
             return UNGUARDED
     return rule.label
@@ -409,14 +408,16 @@ def _truncated(exchange: Exchange) -> bool:
     return (exchange.pre_body_size or 0) > kept or (length.isdigit() and int(length) > kept)
 
 
-def plan(request_id: str, exchange: Exchange, rules: Iterable[UndoRule], variables: Scope | None = None) -> Plan:
-    """The compensating requests for one recorded exchange, rendered from its rule (`variables`: the exchange's, if
-    they were already made)."""
-    variables = exchange.variables() if variables is None else variables
-    found = find_rule(rules, exchange, variables)
+def plan(request_id: str, exchange: Exchange, rules: Iterable[UndoRule]) -> Plan:
+    """The compensating requests for one recorded exchange, rendered from its rule."""
+    found = find_rule(rules, exchange)
     if found is None:
         return Plan(request_id, "no rule", reason="no undo rule matches this request")
-    rule = found[0]
+    return plan_rule(request_id, exchange, *found)
+
+
+def plan_rule(request_id: str, exchange: Exchange, rule: UndoRule, variables: Scope) -> Plan:
+    """The compensating requests of `rule`, which `find_rule` found for the exchange with these variables."""
     base = Plan(request_id, "not planned", f"{rule.pack}/{rule.name}", rule.label, variables=variables,
                 credential=exchange.credential)
     if exchange.status is None:
@@ -483,17 +484,20 @@ def unguarded_because(rule: UndoRule, variables: dict[str, Any], steps: Iterable
         return ""
     if rule.guard is None:
         return "the rule has no guard: nothing checks that the resource is still as the agent left it"
-    context = Scope(variables).bound()  # its own: `read` is set to each probe in turn
-    for probe in changed_reads(variables, rule.guard.changes_with, restores_whole(steps, variables)):
-        context.update({"read": probe})
-        try:
-            if rule.guard.expect.evaluate(context):
-                return (f"its guard `{rule.guard.expect.source}` also holds for a resource someone changed after "
-                        f"the agent (a read answering 200 with {probe['content_type'] or 'a'} body no one wrote), so "
-                        "it cannot tell a later edit from the agent's version")
-        except CelEvalError:
-            continue  # the expectation cannot even be read on such a resource: it would not hold
-    return ""
+    context = variables.bound() if isinstance(variables, Scope) else Scope(variables).bound()
+    try:
+        for probe in changed_reads(variables, rule.guard.changes_with, restores_whole(steps, variables)):
+            context.update({"read": probe})  # each probe in turn, then the exchange's own `read` again
+            try:
+                if rule.guard.expect.evaluate(context):
+                    return (f"its guard `{rule.guard.expect.source}` also holds for a resource someone changed after "
+                            f"the agent (a read answering 200 with {probe['content_type'] or 'a'} body no one wrote), "
+                            "so it cannot tell a later edit from the agent's version")
+            except CelEvalError:
+                continue  # the expectation cannot even be read on such a resource: it would not hold
+        return ""
+    finally:
+        context.update({"read": variables.get("read", {})})
 
 
 def restores_whole(steps: Iterable[Step], variables: dict[str, Any]) -> bool:
@@ -527,15 +531,15 @@ def changed_reads(variables: dict[str, Any], changes_with: tuple[str, ...] = (),
                if k != "content-type"}
     bodies = [(response.get("content_type") or "text/plain", _PROBE.encode()),
               ("application/json", json.dumps({"goex_probe": _PROBE}).encode())]
-    pre = variables.get("pre") or {}
-    shape = response.get("json") or pre.get("json")
-    if whole and isinstance(shape, dict):
-        docs = _one_field_changed(shape, changes_with)
-        bodies += [("application/json", json.dumps(doc).encode()) for doc in docs if doc != shape]
-    elif isinstance(response.get("json"), dict) and response["json"]:  # the resource as the agent's answer left it
-        shape = response["json"]
-        docs = [_all_but_identity_changed(shape, changes_with)]
-        bodies += [("application/json", json.dumps(doc).encode()) for doc in docs if doc != shape]
+    named = {tuple(path.split(".")) for path in changes_with}
+    answer = response.get("json")
+    if whole:
+        shape = answer or (variables.get("pre") or {}).get("json")
+        docs = _one_field_changed(shape, named) if isinstance(shape, dict) else []
+    else:  # the resource as the agent's answer left it
+        shape = answer
+        docs = [_all_but_identity_changed(answer, named)] if isinstance(answer, dict) and answer else []
+    bodies += [("application/json", json.dumps(doc).encode()) for doc in docs if doc != shape]
     return [{"status": 200, **message_view([*headers.items(), ("content-type", content_type)], body)}
             for content_type, body in bodies]
 
@@ -547,10 +551,10 @@ _VERSION_KEY = re.compile(r"^_?rev$|etag|version|revision|generation|updated|mod
 _MAX_PROBED_FIELDS = 32
 
 
-def _one_field_changed(doc: dict[str, Any], changes_with: tuple[str, ...]) -> list[dict[str, Any]]:
-    """`doc` once per field (nested objects walked), with that field and every version field changed."""
+def _one_field_changed(doc: dict[str, Any], named: set[tuple[str, ...]]) -> list[dict[str, Any]]:
+    """`doc` once per field (nested objects walked), with that field and every version field (and those `named`)
+    changed."""
     leaves = list(_leaves(doc, (), 0))
-    named = {tuple(p.split(".")) for p in changes_with}
     versions = [p for p in leaves if p in named or any(_VERSION_KEY.search(k) for k in p)]
     base = doc
     for path in versions:
@@ -564,9 +568,8 @@ def _one_field_changed(doc: dict[str, Any], changes_with: tuple[str, ...]) -> li
 _IDENTITY_KEY = re.compile(r"^(id|number|node_id|uuid|guid|[a-z0-9]+_id|[a-z0-9]+Id)$")
 
 
-def _all_but_identity_changed(doc: dict[str, Any], changes_with: tuple[str, ...]) -> dict[str, Any]:
-    """`doc` with every field changed but those that name the resource (unless `changes_with` names them)."""
-    named = {tuple(p.split(".")) for p in changes_with}
+def _all_but_identity_changed(doc: dict[str, Any], named: set[tuple[str, ...]]) -> dict[str, Any]:
+    """`doc` with every field changed but those that name the resource (unless they are `named`)."""
     for path in list(_leaves(doc, (), 0)):
         if path in named or not _IDENTITY_KEY.match(path[-1]):
             doc = _replaced(doc, path)

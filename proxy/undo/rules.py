@@ -239,12 +239,17 @@ class _UndoReader(RuleReader):
                         self.globs(m, ("path", "paths"), f"{where}.match", compile_path), fidelity, when, effective,
                         reason, tuple(s for s in steps if s is not None), guard, preimage, twin, unneeded.strip())
 
+    def part_at(self, r: YMap, part: str) -> tuple[int, int]:
+        """Where a rule part (`undo`, `guard.read`…) is written: its key's place, else the rule's."""
+        key = part.split(".")[0]
+        return self.check.at(r, key) if key in r else r.pos
+
     def head_has_no_body(self, r: YMap, where: str, parts: dict[str, Any]) -> None:
         """An error for a part that reads the body of a pre-image read by HEAD (it is always empty)."""
         for part, value in parts.items():
             sources = " ".join(e.source for e in expressions(value))
             if re.search(r"\bpre\s*\.\s*(body|json|text|form)\b", sources):
-                self.check.error(self.check.at(r, part.split(".")[0]) if part.split(".")[0] in r else r.pos,
+                self.check.error(self.part_at(r, part),
                                  f"'{where}.{part}' reads the pre-image's body, but its 'preimage' read is a HEAD, "
                                  "which has none")
 
@@ -261,7 +266,7 @@ class _UndoReader(RuleReader):
                 why = ("it is the guard's answer, known only to 'guard.expect' and 'guard.refused'" if name == "read"
                        else "it is made before the request is forwarded, when only 'request' is known"
                        if part in ("preimage", "twin") else "the rule has no 'preimage' read to fill it")
-                self.check.error(self.check.at(r, part.split(".")[0]) if part.split(".")[0] in r else r.pos,
+                self.check.error(self.part_at(r, part),
                                  f"'{where}.{part}' reads '{name}', which it never has: {why}")
 
     def pack(self, doc: Any, file: str) -> list[UndoRule]:
