@@ -12,6 +12,7 @@ from typing import Any
 from goex_proxy.addons.connections import Connections
 from goex_proxy.addons.decide import Decide
 from goex_proxy.addons.egress import Egress
+from goex_proxy.addons.gate import Gate
 from goex_proxy.addons.httpbounds import HttpBounds
 from goex_proxy.addons.identify import Identify
 from goex_proxy.addons.inject import Inject
@@ -23,7 +24,8 @@ from goex_proxy.addons.state import ProxyState
 from goex_proxy.addons.twin import Twin
 
 #: The stages in the order a request passes them; each takes the shared state.
-PIPELINE: tuple[type, ...] = (Identify, Connections, Decide, Egress, Twin, Inject, Preimage, Record, Route, Scrub)
+PIPELINE: tuple[type, ...] = (Identify, Connections, Decide, Egress, Twin, Inject, Preimage, Gate, Record, Route,
+                              Scrub)
 
 
 def pipeline(state: ProxyState | None = None) -> list[Any]:

@@ -21,6 +21,7 @@ _CREDENTIAL = "goex.credential"
 _PATH = "goex.path"
 _RETRIED = "goex.retried"
 _URL = "goex.url"
+_UNDO_CLASS = "goex.undo_class"
 _UNDO_OF = "goex.undo_of"
 _PREIMAGE = "goex.preimage"
 _HEADERS_SCRUBBED = "goex.headers_scrubbed"
@@ -79,6 +80,11 @@ def charge(flow: http.HTTPFlow) -> Charge | None:
 
 def set_charge(flow: http.HTTPFlow, value: Charge) -> None:
     _of(flow)[_CHARGE] = value
+
+
+def clear_charge(flow: http.HTTPFlow) -> None:
+    """The request no longer counts against limits (it waits; gate charges it again if it is sent)."""
+    _of(flow).pop(_CHARGE, None)
 
 
 def is_own_response(flow: http.HTTPFlow) -> bool:
@@ -144,6 +150,18 @@ def set_url(flow: http.HTTPFlow, value: str) -> None:
     _of(flow)[_URL] = value
 
 
+def undo_class(flow: http.HTTPFlow) -> str | None:
+    """What `undo` could do for the exchange, as its audit row has it (set by record with the outcome; None for a
+    read, a denial, a failure, or before the request ends)."""
+    return _of(flow).get(_UNDO_CLASS)
+
+
+def set_undo_class(flow: http.HTTPFlow, value: str | None) -> str | None:
+    """Keep the undo class record computed; returns it, for the row."""
+    _of(flow)[_UNDO_CLASS] = value
+    return value
+
+
 def undo_of(flow: http.HTTPFlow) -> str | None:
     """The request this one compensates, when `undo` sent it (set by identify)."""
     return _of(flow).get(_UNDO_OF)
@@ -171,3 +189,26 @@ def challenged(flow: http.HTTPFlow) -> bool:
 
 def set_challenged(flow: http.HTTPFlow) -> None:
     _of(flow)[_CHALLENGED] = True
+
+
+_REVIEW = "goex.review"
+_APPROVAL = "goex.approval"
+
+
+def review(flow: http.HTTPFlow) -> tuple[str, str] | None:
+    """The undo class and reason of a request that passed without waiting and goes to the review queue (set by
+    gate)."""
+    return _of(flow).get(_REVIEW)
+
+
+def set_review(flow: http.HTTPFlow, undo_class: str, why: str) -> None:
+    _of(flow)[_REVIEW] = (undo_class, why)
+
+
+def approval(flow: http.HTTPFlow) -> str | None:
+    """What became of a request that waited, as its audit row keeps it (set by gate; recorded with the outcome)."""
+    return _of(flow).get(_APPROVAL)
+
+
+def set_approval(flow: http.HTTPFlow, value: str) -> None:
+    _of(flow)[_APPROVAL] = value

@@ -1,4 +1,4 @@
-"""Stage 7, record: the request row is committed before anything is forwarded; the outcome is written after."""
+"""Stage 8, record: the request row is committed before anything is forwarded; the outcome is written after."""
 
 from __future__ import annotations
 
@@ -102,7 +102,8 @@ class Record:
     def outcome(self, flow: http.HTTPFlow) -> dict[str, Any]:
         if flow.response is None:
             err = self.state.scrubber.text(flow.error.msg) if flow.error else "no response"
-            return {"error": err, "ended": time.time(), "duration_ms": (time.time() - flow.request.timestamp_start) * 1000}
+            return {"error": err, "ended": time.time(),
+                    "duration_ms": (time.time() - flow.request.timestamp_start) * 1000} | self.approval(flow)
         resp = flow.response
         body = _body(_decoded(resp, self.state.scrubber), self._limit(), self.state.scrubber)
         ended = resp.timestamp_end or time.time()
@@ -115,8 +116,14 @@ class Record:
             "error": None,
             "ended": ended,
             "duration_ms": round((ended - flow.request.timestamp_start) * 1000, 3),
-            "undo_class": self.undo_class(flow, resp),
-        }
+            "undo_class": flowmeta.set_undo_class(flow, self.undo_class(flow, resp)),
+        } | self.approval(flow)
+
+    @staticmethod
+    def approval(flow: http.HTTPFlow) -> dict[str, str]:
+        """For a request that waited: what became of the wait, recorded under the outcome hash."""
+        kept = flowmeta.approval(flow)
+        return {"approval": kept} if kept is not None else {}
 
     def undo_class(self, flow: http.HTTPFlow, resp: http.Response) -> str | None:
         """What `undo` could do for this exchange ("exact", "irreversible: ...", "no rule"), shown with the row."""

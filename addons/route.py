@@ -1,4 +1,4 @@
-"""Stage 8, route: send a host's traffic to the address `upstream.routes` names, keeping the original host for TLS."""
+"""Stage 9, route: send a host's traffic to the address `upstream.routes` names, keeping the original host for TLS."""
 
 from __future__ import annotations
 

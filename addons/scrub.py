@@ -1,4 +1,4 @@
-"""Stage 9, scrub: echoes of injected secrets become placeholders, and upstream `X-Goex-*` headers are removed."""
+"""Stage 10, scrub: echoes of injected secrets become placeholders, and upstream `X-Goex-*` headers are removed."""
 
 from __future__ import annotations
 

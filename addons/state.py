@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,8 @@ class ProxyState:
         self._mtimes: dict[Path, float | None] = {}
         self._watch: asyncio.Task[None] | None = None
         self.file_config: Config | None = None  # the config as its file said, where the running one differs from it
+        #: what must happen before the audit writer closes at shutdown (the gate answers what still waits)
+        self.before_close: list[Callable[[], Awaitable[None]]] = []
         if config is not None:
             self.open()  # ready before the proxy listens (`goex-proxy run`); under mitmdump, configure() opens it
 
@@ -197,6 +200,8 @@ class ProxyState:
             self._watch = asyncio.get_running_loop().create_task(self._watch_policies())
 
     async def done(self) -> None:
+        for stop in self.before_close:
+            await stop()
         if self._watch is not None:
             self._watch.cancel()
         if self._client is not None:

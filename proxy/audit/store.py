@@ -10,7 +10,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -112,8 +112,29 @@ def _migration_7(db: sqlite_utils.Database) -> None:
         db.table("requests").add_column("charged", str)
 
 
+def _migration_8(db: sqlite_utils.Database) -> None:
+    """Approvals: requests that waited for a person (held) or a delay, or passed to be reviewed, and what became of
+    them (`approval` on the row, under its outcome hash); the one-time links notifications carry."""
+    if "approval" not in db.table("requests").columns_dict:  # a log whose version was set back already has it
+        db.table("requests").add_column("approval", str)
+    if db.table("approvals").exists():
+        return
+    approvals = db.table("approvals")
+    approvals.create({"request_id": str, "ts": float, "agent": str, "kind": str, "state": str, "deadline": float,
+                      "on_timeout": str, "undo_class": str, "why": str, "card": str, "owner": str, "decided_by": str,
+                      "decided_at": float, "reason": str, "charged": str, "reviewed_at": float, "reviewed_by": str},
+                     pk="request_id")
+    approvals.create_index(["state", "ts"])
+    approvals.create_index(["kind", "reviewed_at", "ts"])
+    links = db.table("approval_links")
+    links.create({"token_sha256": str, "request_id": str, "action": str, "expires": float, "used_at": float},
+                 pk="token_sha256")
+    links.create_index(["request_id"])
+
+
 #: Schema migrations, applied in order; `PRAGMA user_version` records how many have run.
-MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6, _migration_7]
+MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6, _migration_7,
+              _migration_8]
 #: From this version on the chain is HMAC-SHA256 under the seal's key; before it, plain SHA-256.
 KEYED_VERSION = 7
 #: Request fields added by later migrations: hashed only when set, so rows written before them still verify.
@@ -212,8 +233,11 @@ def row_hash(key: bytes | None, prev_hash: str, row: dict[str, Any]) -> str:
 
 
 def outcome_hash(key: bytes | None, hash_: str, row: dict[str, Any]) -> str:
-    """The outcome's hash, bound to its row's; a keyed chain also covers what undo could do for it (`undo_class`)."""
-    fields = OUTCOME_FIELDS if key is None else OUTCOME_FIELDS + ("undo_class",)
+    """The outcome's hash, bound to its row's; a keyed chain also covers what undo could do for it (`undo_class`)
+    and, for a request that waited, what became of the wait (`approval`)."""
+    fields: tuple[str, ...] = OUTCOME_FIELDS if key is None else OUTCOME_FIELDS + ("undo_class",)
+    if row.get("approval") is not None:
+        fields += ("approval",)
     return chain_hash(key, hash_.encode() + _canonical(row, fields))
 
 
@@ -221,6 +245,14 @@ def outcome_hash(key: bytes | None, hash_: str, row: dict[str, Any]) -> str:
 class _Intent:
     row: dict[str, Any]
     charge: Charge | None
+    approval: dict[str, Any] | None = None   # the approvals entry of a request that waits, written with its row
+
+
+@dataclass(frozen=True)
+class _Apply:
+    """Any other write, run in the writer's transaction (in order with the rows): `fn(conn, writer)` gives the result."""
+
+    fn: Callable[[sqlite3.Connection, AuditWriter], Any]
 
 
 @dataclass(frozen=True)
@@ -263,6 +295,19 @@ class AuditWriter:
     def record_outcome(self, request_id: str, fields: dict[str, Any]) -> concurrent.futures.Future[str | None]:
         future: concurrent.futures.Future[str | None] = concurrent.futures.Future()
         self._queue.put((_Outcome(request_id, fields), future))
+        return future
+
+    def record_wait(self, row: dict[str, Any], approval: dict[str, Any]) -> concurrent.futures.Future[str | None]:
+        """Queue the row of a request that waits (held or delayed) with its approvals entry, in one transaction."""
+        future: concurrent.futures.Future[str | None] = concurrent.futures.Future()
+        self._queue.put((_Intent(row, None, approval), future))
+        return future
+
+    def apply(self, fn: Callable[[sqlite3.Connection, AuditWriter], Any]) -> concurrent.futures.Future[Any]:
+        """Queue `fn(conn, writer)`, run in a write transaction in order with rows and outcomes; the future has its
+        result (or its exception)."""
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._queue.put((_Apply(fn), future))
         return future
 
     def close(self) -> None:
@@ -319,7 +364,7 @@ class AuditWriter:
 
     def _write(self, batch: list[tuple[Any, concurrent.futures.Future[str | None]]]) -> None:
         head: Anchor | None = None
-        refused: dict[int, str] = {}
+        refused: dict[int, Any] = {}
         try:
             with self._conn:
                 # Another process (an `undo` next to `goex-proxy run`) may have appended since: lock, then read the head.
@@ -327,7 +372,13 @@ class AuditWriter:
                 self._check_anchor()
                 last = self._conn.execute("SELECT hash FROM requests ORDER BY seq DESC LIMIT 1").fetchone()
                 for index, (op, _) in enumerate(batch):
-                    if not isinstance(op, _Intent):
+                    if isinstance(op, _Apply):
+                        try:
+                            with _savepoint(self._conn):
+                                refused[index] = op.fn(self._conn, self)
+                        except Exception as exc:  # its own failure: its waiter is told, the batch goes on
+                            refused[index] = exc
+                    elif not isinstance(op, _Intent):
                         self._update(op)
                     elif (over := self._over_cap(op.charge)) is not None:
                         refused[index] = over
@@ -344,7 +395,20 @@ class AuditWriter:
         if head is not None:
             self._anchor(head)
         for index, (_, future) in enumerate(batch):
-            future.set_result(refused.get(index))
+            result = refused.get(index)
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+    def update_outcome(self, request_id: str, fields: dict[str, Any]) -> None:
+        """Write a row's outcome now (call inside `apply`, in the writer's transaction)."""
+        self._update(_Outcome(request_id, fields))
+
+    def over_cap(self, charge: Charge | None) -> str | None:
+        """Why a cap this charge counts against is reached by the hits already stored, if one is (call inside
+        `apply`, where the write lock is held)."""
+        return self._over_cap(charge)
 
     def _over_cap(self, charge: Charge | None) -> str | None:
         """Why a cap this charge counts against is reached by the hits already stored, if one is."""
@@ -394,6 +458,10 @@ class AuditWriter:
                                     tuple(row.values()))
         if "outcome_hash" not in row:
             self._pending[str(row["id"])] = (row["hash"], int(cursor.lastrowid or 0))
+        if op.approval is not None:
+            entry = {"request_id": row["id"], **op.approval}
+            self._conn.execute(f"INSERT INTO approvals ({', '.join(entry)}) VALUES ({', '.join('?' * len(entry))})",
+                               tuple(entry.values()))
         if op.charge is not None:  # counted at the time it was decided, the time the in-memory counters use
             self._conn.executemany("INSERT INTO limit_hits (key, agent, ts, request_id) VALUES (?, ?, ?, ?)",
                                    [(key, op.charge.agent, op.charge.at, row["id"]) for key in op.charge.keys])
@@ -411,6 +479,21 @@ class AuditWriter:
         fields["outcome_hash"] = outcome_hash(self._key, hash_, fields)
         sets = ", ".join(f"{k} = ?" for k in fields)
         self._conn.execute(f"UPDATE requests SET {sets} WHERE seq = ?", (*fields.values(), seq))  # by rowid
+
+
+class _savepoint:
+    """A SAVEPOINT around one `apply`: its failure rolls back only its own writes."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> None:
+        self.conn.execute("SAVEPOINT goex_apply")
+
+    def __exit__(self, kind: Any, *_: Any) -> None:
+        if kind is not None:
+            self.conn.execute("ROLLBACK TO goex_apply")
+        self.conn.execute("RELEASE goex_apply")
 
 
 def load_limit_hits(conn: sqlite3.Connection, windows: dict[str, float | None], now: float) -> Iterator[tuple[str, str, float]]:
@@ -507,6 +590,17 @@ def _limit_hits_problem(conn: sqlite3.Connection, expected: set[tuple[str, str, 
     return None
 
 
+def _released_charge(conn: sqlite3.Connection, row: dict[str, Any]) -> dict[str, Any] | None:
+    """What a request that waited was charged when it was let go: under its outcome hash once it ended, or, while it
+    is still in flight, what its approvals entry says (the hits were written with it, before it was sent)."""
+    if row.get("approval"):
+        return json.loads(row["approval"]).get("charged")  # type: ignore[no-any-return]
+    if row.get("outcome_hash") is None and row.get("decision") in ("hold", "delay"):
+        found = conn.execute("SELECT charged FROM approvals WHERE request_id = ?", (row["id"],)).fetchone()
+        return json.loads(found[0]) if found and found[0] else None
+    return None
+
+
 def chain_key(conn: sqlite3.Connection, seal: Seal) -> bytes | None:
     """The key this log's chain is signed with: None for a log an older version wrote (plain SHA-256) before any key
     existed. Once the state directory has a key, the log is checked under it whatever its schema version says (whoever
@@ -532,7 +626,8 @@ def verify(conn: sqlite3.Connection, key: bytes | None, anchor: Anchor | None = 
             problem = "its request fields do not match its hash (the row was edited)"
         elif row["outcome_hash"] is not None and outcome_hash(key, row["hash"], row) != row["outcome_hash"]:
             problem = "its outcome fields do not match its outcome hash (the row was edited)"
-        elif row["outcome_hash"] is None and any(row.get(f) is not None for f in (*OUTCOME_FIELDS, "undo_class")):
+        elif row["outcome_hash"] is None and any(row.get(f) is not None
+                                                 for f in (*OUTCOME_FIELDS, "undo_class", "approval")):
             problem = "it has outcome fields but no outcome hash (the row was edited)"
         elif anchor is not None and row["seq"] == anchor.seq:
             if (row["id"], row["hash"]) != (anchor.id, anchor.hash):
@@ -540,8 +635,8 @@ def verify(conn: sqlite3.Connection, key: bytes | None, anchor: Anchor | None = 
             anchored = True
         if problem:
             return VerifyResult(checked, row["id"], row["seq"], problem, key is not None)
-        if row.get("charged"):
-            charge = json.loads(row["charged"])
+        charge = json.loads(row["charged"]) if row.get("charged") else _released_charge(conn, row)
+        if charge:
             expected.update((row["id"], k, charge["at"]) for k in charge["keys"])
         prev = row["hash"]
         checked += 1

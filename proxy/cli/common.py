@@ -131,4 +131,4 @@ def outcome_of(row: dict[str, Any]) -> str:
         return str(row["status"])
     if row["error"]:
         return "error"
-    return "pending"
+    return "waiting" if row.get("decision") in ("hold", "delay") else "pending"

@@ -22,7 +22,8 @@ from .common import config_option, console, handle_errors, iso, json_option, out
 @click.option("--agent", help="Only this agent.")
 @click.option("--host", help="Only this host.")
 @click.option("--since", help="Only since then: a duration (30m, 1h, 7d) or an ISO time.")
-@click.option("--decision", type=click.Choice(["allow", "deny", "report", "error", "challenge"]), help="Only this decision.")
+@click.option("--decision", type=click.Choice(["allow", "deny", "report", "error", "challenge", "hold", "delay"]),
+              help="Only this decision.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1),
               help="At most this many rows (newest).")
 @json_option

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from ..durations import format_duration
 from ..globs import Glob
 from .cel import CelEvalError, Condition, bind
 from .requestview import RepeatedKey, RequestView, reading_count, repeated_keys, value_readings
@@ -26,6 +27,36 @@ class Limit:
 
     def describe(self) -> str:
         return f"at most {self.count} per {self.text}" if self.per else f"at most {self.count} in all"
+
+
+@dataclass(frozen=True)
+class Wait:
+    """A request that waits before it is sent: `hold` waits for a person (up to `seconds`, then `on_timeout`);
+    `delay` is sent after `seconds` unless a person cancels it in that window."""
+
+    kind: Literal["hold", "delay"]
+    seconds: float
+    on_timeout: Literal["deny", "send"] = "deny"
+
+    def strictness(self) -> tuple[int, float]:
+        """How much it keeps from happening: a hold beats a delay, a longer delay a shorter one."""
+        return (2, 0.0) if self.kind == "hold" and self.on_timeout == "deny" else (1, self.seconds)
+
+    def describe(self) -> str:
+        if self.kind == "delay":
+            return f"delay {format_duration(self.seconds)}"
+        then = "" if self.on_timeout == "deny" else ", then send"
+        return f"hold up to {format_duration(self.seconds)}{then}"
+
+
+#: What `review:` may name: the undo classes a request has before it is sent.
+REVIEW_CLASSES = ("exact", "needs-preimage", "lossy", "irreversible")
+
+
+def strictest(waits: Iterable[Wait | None]) -> Wait | None:
+    """The wait that keeps most from happening (None: none of them waits)."""
+    found = [w for w in waits if w is not None]
+    return max(found, key=Wait.strictness) if found else None
 
 
 @dataclass(frozen=True)
@@ -69,6 +100,7 @@ class Rule:
     ports: frozenset[int] | None = None
     routing: Routing = EXACT     # how the server routes the paths this rule names (`path_case`, `trailing_slash`)
     accepts_duplicate_keys: bool = False  # `duplicate_keys: accept`: may allow a query or form with a key twice
+    wait: Wait | None = None     # `hold:` or `delay:`: an allowed request waits before it is sent
 
     @property
     def key(self) -> str:
@@ -79,6 +111,7 @@ class Rule:
         paths = " ".join(p.pattern for p in self.paths) if self.paths else "/**"
         hosts = " ".join(h.pattern for h in self.hosts) or "any host"
         extra = f", {self.limit.describe()}" if self.limit else ""
+        extra += f", {self.wait.describe()}" if self.wait else ""
         cond = f" when {self.when.source}" if self.when else ""
         ports = f" port {','.join(map(str, sorted(self.ports)))}" if self.ports else ""
         if self.protocol == "tcp":
@@ -117,6 +150,7 @@ class Policy:
     agents: frozenset[str] | None = None
     mode: Mode = "enforce"
     servers: tuple[tuple[Glob, Routing], ...] = ()   # `servers:`: host globs and how their servers route paths
+    review: tuple[tuple[str, Wait | None], ...] = ()  # `review:`: undo class -> wait (None: pass, queued for review)
 
     def applies_to(self, agent: str | None) -> bool:
         return agent is not None and (self.agents is None or agent in self.agents)
@@ -133,6 +167,7 @@ class Decision:
     count_limits: tuple[str, ...] = ()
     allowed_instead: tuple[str, ...] = ()
     rewrite: bool = False   # forward the request's reversible twin instead of it (the twin stage does)
+    wait: Wait | None = None   # the allowing rules' strictest `hold:` or `delay:` (enforced policies only)
 
     @property
     def label(self) -> str:
@@ -195,6 +230,17 @@ class PolicySet:
     def limit_windows(self) -> dict[str, float | None]:
         """Every limited rule's key and window, to seed counters from storage."""
         return {r.key: r.limit.per for p in self.policies for r in p.rules if r.limit}
+
+    def review_for(self, agent: str | None) -> dict[str, Wait | None]:
+        """What the enforced policies for this agent say each undo class does (`review:`): absent, it is not gated;
+        None, it passes and is queued for review; else it waits. Where policies differ, the strictest holds."""
+        out: dict[str, Wait | None] = {}
+        for policy in self.policies:
+            if policy.mode != "enforce" or not policy.applies_to(agent):
+                continue
+            for undo_class, wait in policy.review:
+                out[undo_class] = strictest((out.get(undo_class), wait)) if undo_class in out else wait
+        return out
 
     def enforced_limits(self, keys: Iterable[str]) -> tuple[tuple[str, Limit], ...]:
         """The limits of these rules that are caps (in enforced policies, not report-mode ones)."""
@@ -379,7 +425,7 @@ def _conclude(view: RequestView, policies: PolicySet, m: _Matched, context: Call
     if hard.allows:
         first = hard.allows[0]
         return Decision("allow", f"allowed by rule '{first.name}'", first.key, would, limited_keys,
-                        rewrite=first.rewrite)
+                        rewrite=first.rewrite, wait=strictest(r.wait for r in hard.allows))
     if allows:
         first = allows[0]
         would = f"report mode: only report-mode rule '{first.name}' allows this; enforced, it would be denied"

@@ -13,10 +13,10 @@ from ..errors import ConfigError, Problem
 from ..globs import Glob, compile_host, compile_path
 from ..yamlsrc import Checker, YMap
 from .cel import CelSyntaxError, compile_condition
-from .engine import Limit, Policy, PolicySet, Routing, Rule
+from .engine import REVIEW_CLASSES, Limit, Policy, PolicySet, Routing, Rule, Wait
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
-_POLICY_KEYS = {"version", "name", "description", "agents", "mode", "rules", "servers"}
+_POLICY_KEYS = {"version", "name", "description", "agents", "mode", "rules", "servers", "review"}
 _RULE_KEYS = {"name", "allow", "deny", "description", "rewrite"}
 _ROUTING_KEYS = {"path_case", "trailing_slash"}
 _MATCH_KEYS = {"host", "hosts", "method", "methods", "path", "paths", "agents", "when", "protocol", "ports",
@@ -29,6 +29,25 @@ _FLAGS = {
 }
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.#@:/()'-]*")
 _PROTOCOL = re.compile(r"[a-z0-9][a-z0-9._/+-]*")
+
+
+#: How long a `hold` without a `timeout` waits for a person before it is denied.
+DEFAULT_HOLD_SECONDS = 600.0
+
+
+def parse_review(value: Any) -> Wait | None:
+    """One `review:` value: `pass` (None), `delay 30s`, `hold` or `hold 10m`."""
+    words = value.split() if isinstance(value, str) else []
+    try:
+        if words == ["pass"]:
+            return None
+        if len(words) == 2 and words[0] == "delay":
+            return Wait("delay", parse_duration(words[1]))
+        if words and words[0] == "hold" and len(words) <= 2:
+            return Wait("hold", parse_duration(words[1]) if len(words) == 2 else DEFAULT_HOLD_SECONDS)
+    except ValueError:
+        pass
+    raise ValueError(f"must be 'pass', 'delay DURATION', 'hold' or 'hold TIMEOUT' (got {value!r})")
 
 
 def parse_ports(value: Any) -> frozenset[int]:
@@ -129,7 +148,7 @@ class RuleReader:
         if rewrite is not None and (effect != "allow" or rewrite != "reversible"):
             self.check.error(self.check.at(r, "rewrite"), f"'{where}.rewrite' can only be 'reversible', on an allow "
                                                           f"rule (got {rewrite!r})")
-        allowed = _MATCH_KEYS | ({"limit", "duplicate_keys"} if effect == "allow" else {"reason"})
+        allowed = _MATCH_KEYS | ({"limit", "duplicate_keys", "hold", "delay"} if effect == "allow" else {"reason"})
         m = self.check.mapping(r[effect], f"{where}.{effect}", self.check.at(r, effect), allowed)
         if m is None:
             return None
@@ -151,6 +170,10 @@ class RuleReader:
                 self.check.error((line, col), f"'{where}.{effect}.when' {exc}")
         agents = self.check.strings(m, "agents", f"{where}.{effect}.agents")
         protocol = self.protocol(m, f"{where}.{effect}", rewrite is not None)
+        for key in ("hold", "delay") if protocol is not None else ():
+            if key in m:
+                self.check.error(self.check.at(m, key), f"'{where}.{effect}.{key}' applies to HTTP requests only: a "
+                                                        "stream cannot wait for a person")
         return Rule(
             policy=policy,
             name=name,
@@ -167,7 +190,48 @@ class RuleReader:
             ports=self.check.parsed(m, "ports", f"{where}.{effect}.ports", parse_ports),
             routing=self.routing(m, f"{where}.{effect}"),
             accepts_duplicate_keys=self.flag(m, "duplicate_keys", f"{where}.{effect}"),
+            wait=self.wait(m, f"{where}.{effect}") if effect == "allow" else None,
         )
+
+    def wait(self, m: YMap, where: str) -> Wait | None:
+        """`hold: {timeout: 10m, on_timeout: deny}` (or `hold: true`) or `delay: 30s` on an allow rule."""
+        if "hold" in m and "delay" in m:
+            self.check.error(self.check.at(m, "delay"), f"'{where}' has both 'hold' and 'delay'; use one")
+        if "delay" in m:
+            seconds = self.check.parsed(m, "delay", f"{where}.delay", parse_duration)
+            return Wait("delay", seconds) if seconds is not None else None
+        if "hold" not in m:
+            return None
+        raw = m["hold"]
+        if raw is True:
+            return Wait("hold", DEFAULT_HOLD_SECONDS)
+        spec = self.check.mapping(raw, f"{where}.hold", self.check.at(m, "hold"), {"timeout", "on_timeout"})
+        if spec is None:
+            return None
+        seconds = self.check.parsed(spec, "timeout", f"{where}.hold.timeout", parse_duration) if "timeout" in spec \
+            else DEFAULT_HOLD_SECONDS
+        then = spec.get("on_timeout", "deny")
+        if then not in ("deny", "send"):
+            self.check.error(self.check.at(spec, "on_timeout"),
+                             f"'{where}.hold.on_timeout' must be 'deny' or 'send' (got {then!r})")
+            then = "deny"
+        return Wait("hold", seconds or DEFAULT_HOLD_SECONDS, then)
+
+    def review(self, p: YMap) -> tuple[tuple[str, Wait | None], ...]:
+        """`review:`, what each undo class does for the policy's agents: `pass`, `delay 30s`, `hold` or `hold 10m`."""
+        raw = p.get("review")
+        spec = None if raw is None else self.check.mapping(raw, "review", self.check.at(p, "review"),
+                                                            set(REVIEW_CLASSES))
+        out: list[tuple[str, Wait | None]] = []
+        for undo_class in REVIEW_CLASSES:
+            if spec is None or undo_class not in spec:
+                continue
+            value, pos = spec[undo_class], self.check.at(spec, undo_class)
+            try:
+                out.append((undo_class, parse_review(value)))
+            except ValueError as exc:
+                self.check.error(pos, f"'review.{undo_class}' {exc}")
+        return tuple(out)
 
     def flag(self, m: YMap, key: str, where: str) -> bool:
         """A key of `_FLAGS`: True when it is given its one value; any other value is a problem."""
@@ -247,6 +311,7 @@ class RuleReader:
             agents=None if agents is None or "*" in agents else frozenset(agents),
             mode=mode if mode in ("enforce", "report") else "enforce",
             servers=self.servers(p),
+            review=self.review(p),
         )
 
 

@@ -313,6 +313,38 @@ def find_rule(rules: Iterable[UndoRule], exchange: Exchange, variables: Scope | 
     return None
 
 
+#: Undo classes from what undo takes back best to what it cannot take back at all.
+FIDELITY_ORDER: tuple[Fidelity, ...] = ("exact", "needs-preimage", "lossy", "irreversible")
+
+
+def expected_class(rules: Iterable[UndoRule], exchange: Exchange) -> tuple[Fidelity, UndoRule | None]:
+    """The undo class a request will have, told before it is sent (for `review:`), and the rule that gives it.
+
+    Rules are tried as `find_rule` will try them once the response is in; where a rule's `when` needs the response,
+    the request may end up under it or a later one, and the worse class of the two is taken. A request no rule
+    matches cannot be undone: irreversible."""
+    target = exchange.target()
+    variables: dict[str, Any] | None = None
+    worst: tuple[int, UndoRule] | None = None
+    for rule in rules:
+        if not rule.matches(*target):
+            continue
+        if variables is None:
+            variables = Scope({**exchange.variables(), "response": {}})  # not known yet: reading it fails
+        try:
+            holds: bool | None = rule.when.evaluate(engine_view(variables)) if rule.when is not None else True
+        except CelEvalError:
+            holds = None
+        if holds is False:
+            continue
+        rank = FIDELITY_ORDER.index(rule.fidelity)
+        if worst is None or rank > worst[0]:
+            worst = (rank, rule)
+        if holds:
+            return FIDELITY_ORDER[worst[0]], worst[1]
+    return "irreversible", worst[1] if worst else None
+
+
 def classify(rules: Iterable[UndoRule], exchange: Exchange) -> str:
     """The undo class shown with an audit row: the matching rule's fidelity ("unguarded" if nothing would stop its
     undo from destroying a later change), or "no rule"."""

@@ -1,0 +1,332 @@
+"""Stage 7, gate: an allowed request waits for a person (hold) or a delay when its rule or its undo class says so;
+the wait is recorded before it starts, and what became of it after. Other requests never wait behind it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from mitmproxy import http
+from mitmproxy.connection import ConnectionState
+
+from goex_proxy.addons import flowmeta, replies
+from goex_proxy.addons.decide import header_pairs
+from goex_proxy.addons.failclosed import fail_closed
+from goex_proxy.addons.record import Record
+from goex_proxy.addons.state import ProxyState
+from goex_proxy.approvals import notify
+from goex_proxy.approvals import store as approvals
+from goex_proxy.approvals.card import card as make_card
+from goex_proxy.approvals.gate import Choice, choose
+from goex_proxy.audit import store as audit
+from goex_proxy.durations import format_duration
+from goex_proxy.policy.engine import Decision
+from goex_proxy.policy.limits import Charge
+from goex_proxy.printable import shown
+from goex_proxy.undo.plan import SAFE_METHODS, Exchange, expected_class
+
+log = logging.getLogger(__name__)
+live = logging.getLogger("goex_proxy.live")
+
+#: How often the waiting requests' states are read from the approvals table (a person may decide in another process).
+POLL_SECONDS = 0.2
+#: What the audit row of a request that waited says, when its proxy stopped before anyone decided.
+STOPPED_REASON = "goex-proxy stopped while the request waited; it was not sent"
+
+
+@dataclass
+class _Waiter:
+    flow: http.HTTPFlow
+    deadline: float
+    kind: str
+    on_timeout: str
+    ending: bool = False  # the proxy is ending the wait itself (timeout, client gone)
+    done: asyncio.Future[approvals.Settled] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class Gate:
+    """Holds or delays what its rule (`hold:`, `delay:`) or its policies' `review:` says, by the undo class the
+    request will have; queues what passed under `review:` for a person to look at afterwards."""
+
+    def __init__(self, state: ProxyState) -> None:
+        self.state = state
+        self.owner = approvals.this_process()
+        self.waiting: dict[str, _Waiter] = {}
+        self._poller: asyncio.Task[None] | None = None
+        self._reader: Any = None  # a read-only connection to the audit database, used off the event loop
+        state.before_close.append(self.stop)
+
+    def running(self) -> None:
+        """Requests a stopped proxy left waiting were never sent: record them so (and free their cards)."""
+        if self.state.writer is not None:
+            self.state.writer.apply(_recover_stopped).add_done_callback(_log_failure)
+
+    @fail_closed("gate")
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if not flow.live or flow.response is not None or flow.error is not None or flowmeta.recorded(flow):
+            return
+        d = flowmeta.decision(flow)
+        if d is None or d.effect != "allow" or flowmeta.undo_of(flow) is not None:
+            return
+        review = self.state.policies.review_for(flowmeta.agent(flow))
+        if d.wait is None and not review:
+            return
+        exchange = self._exchange(flow)
+        rule = None
+        undo_class: str | None = None
+        if flow.request.method.upper() not in SAFE_METHODS:
+            undo_class, rule = expected_class(self.state.undo_rules, exchange)
+        choice = choose(d.wait, d.rule.partition("/")[2] if d.rule else None, review, undo_class)
+        if choice.action == "review":
+            flowmeta.set_review(flow, str(undo_class), choice.why)
+        elif choice.action in ("hold", "delay"):
+            entry = await self._begin(flow, d, choice, undo_class or "read", make_card(
+                exchange, undo_class or "read (changes nothing)", rule, choice.why, self.state.scrubber))
+            settled = await self._until_decided(flow, entry)
+            await self._end(flow, d, settled)
+
+    def _exchange(self, flow: http.HTTPFlow) -> Exchange:
+        req = flow.request
+        pre = flowmeta.preimage(flow) or (None, (), None)
+        return Exchange(req.method, req.url, header_pairs(req.headers), req.get_content(strict=False), None, (), None,
+                        pre[0], pre[1], pre[2])
+
+    async def _begin(self, flow: http.HTTPFlow, d: Decision, choice: Choice, undo_class: str,
+                     card: dict[str, Any]) -> dict[str, Any]:
+        """Record the request and its wait in one transaction, before it waits; tell the person where they are."""
+        assert choice.wait is not None and self.state.writer is not None
+        charge = flowmeta.charge(flow)
+        if charge is not None:  # counted only once it is sent
+            self.state.limits.take_back(charge)
+            flowmeta.clear_charge(flow)
+        now = time.time()
+        row = Record(self.state).request_row(flow)
+        row["decision"] = choice.action
+        row["reason"] = f"{d.reason}; {'held for approval' if choice.action == 'hold' else 'delayed'}: {choice.why}"
+        entry = {"ts": now, "agent": row["agent"], "kind": choice.action,
+                 "state": approvals.HELD if choice.action == "hold" else approvals.DELAYED,
+                 "deadline": now + choice.wait.seconds, "on_timeout": choice.wait.on_timeout, "undo_class": undo_class,
+                 "why": choice.why, "card": json.dumps(card), "owner": self.owner}
+        await asyncio.wrap_future(self.state.writer.record_wait(row, entry))
+        flowmeta.set_recorded(flow, "intent")
+        flow.intercept()
+        request_id = str(row["id"])
+        verb = "held for approval" if choice.action == "hold" else f"delayed {format_duration(choice.wait.seconds)}"
+        live.info("%s", shown(f"{request_id} {row['agent']} {verb}: {card['summary']}"))
+        asyncio.get_running_loop().create_task(
+            notify.announce(self.state, request_id, card, entry["deadline"], choice.action))
+        return {"request_id": request_id, **entry}
+
+    async def _until_decided(self, flow: http.HTTPFlow, entry: dict[str, Any]) -> approvals.Settled:
+        request_id = entry["request_id"]
+        waiter = _Waiter(flow, entry["deadline"], entry["kind"], entry["on_timeout"])
+        self.waiting[request_id] = waiter
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.get_running_loop().create_task(self._poll())
+        try:
+            return await waiter.done
+        finally:
+            self.waiting.pop(request_id, None)
+
+    async def _end(self, flow: http.HTTPFlow, d: Decision, settled: approvals.Settled) -> None:
+        """Send what was approved (or whose delay ran out) if its limits still allow; answer the rest 403."""
+        entry, request_id = settled.entry, flowmeta.request_id(flow)
+        charged: str | None = None
+        reason = None
+        if settled.state in approvals.GOING:
+            reason, charged = await self._charge(flow, d)
+        if reason is None and settled.state in approvals.GOING:
+            flowmeta.set_approval(flow, approvals.outcome(entry, charged))
+            who = f" by {entry['decided_by']}" if entry.get("decided_by") else ""
+            live.info("%s", shown(f"{request_id} {settled.state}{who}; sending it"))
+            flow.resume()
+            return
+        reason = reason or refusal(entry)
+        flowmeta.set_approval(flow, approvals.outcome({**entry, "reason": reason} if entry["state"] in approvals.GOING
+                                                      else entry))
+        live.info("%s", shown(f"{request_id} {reason}"))
+        denial = Decision("deny", reason, d.rule)
+        flowmeta.set_decision(flow, denial)
+        replies.denied(flow, denial)
+        flow.resume()
+
+    async def _charge(self, flow: http.HTTPFlow, d: Decision) -> tuple[str | None, str | None]:
+        """Count a request that is let go against its rules' limits, as decide would have counted it then: (why a
+        limit refuses it, None) or (None, the charge as its row keeps it)."""
+        agent = flowmeta.agent(flow)
+        if not d.count_limits or not agent:
+            return None, None
+        now = time.time()
+        caps = self.state.policies.enforced_limits(d.count_limits)
+        for key, limit in caps:
+            if self.state.limits.count(key, agent, limit.per, now) >= limit.count:
+                return (f"limit reached while it waited: rule '{key.partition('/')[2]}' allows {limit.describe()} "
+                        f"for agent '{agent}'"), None
+        self.state.limits.record(d.count_limits, agent, now)
+        charge = Charge(agent, d.count_limits, now, caps)
+        assert self.state.writer is not None
+        request_id = flowmeta.request_id(flow)
+        refused = await asyncio.wrap_future(self.state.writer.apply(
+            lambda conn, writer: _release(conn, writer, request_id, charge)))
+        if refused is not None:
+            self.state.limits.take_back(charge)
+            return refused, None
+        return None, audit.charged(charge.keys, charge.at)
+
+    async def _poll(self) -> None:
+        """While anything waits: end the waits whose time ran out or whose client left, and pick up what people
+        decided (in this process or another)."""
+        while self.waiting:
+            await asyncio.sleep(POLL_SECONDS)
+            now = time.time()
+            for request_id, waiter in list(self.waiting.items()):
+                if not waiter.flow.client_conn.state & ConnectionState.CAN_READ:
+                    self._settle(request_id, approvals.ABANDONED, "the agent's client closed the connection")
+                elif now >= waiter.deadline:
+                    sends = waiter.kind == "delay" or waiter.on_timeout == "send"
+                    self._settle(request_id, approvals.SENT if sends else approvals.TIMED_OUT, None)
+            ids = [i for i, w in self.waiting.items() if not w.done.done()]
+            if not ids:
+                continue
+            try:
+                for entry in await asyncio.to_thread(self._read, ids):
+                    waiter = self.waiting.get(entry["request_id"])
+                    if waiter is not None and entry["state"] not in approvals.WAITING and not waiter.done.done():
+                        waiter.done.set_result(approvals.Settled(entry["state"], False, entry))
+            except Exception as exc:  # a locked or unreadable database: the waits go on, their deadlines hold
+                log.warning("could not read the approvals table: %s", exc)
+
+    def _read(self, ids: list[str]) -> list[dict[str, Any]]:
+        if self._reader is None:
+            assert self.state.config is not None
+            self._reader = audit.connect(self.state.config, readonly=True)
+        cursor = self._reader.execute(
+            f"SELECT * FROM approvals WHERE request_id IN ({', '.join('?' * len(ids))})", ids)
+        names = [c[0] for c in cursor.description]
+        return [dict(zip(names, found, strict=True)) for found in cursor.fetchall()]
+
+    def _settle(self, request_id: str, to: str, reason: str | None) -> None:
+        """End a wait ourselves (time ran out, the client left), unless a person decided first; the waiter gets the
+        state it ends in either way."""
+        waiter = self.waiting[request_id]
+        if waiter.ending or self.state.writer is None:
+            return
+        waiter.ending = True
+        loop = asyncio.get_running_loop()
+
+        def done(f: Any) -> None:
+            if waiter.done.done():
+                return
+            if f.exception() is not None:
+                log.error("could not end the wait of %s: %s", request_id, f.exception())
+                waiter.ending = False  # tried again at the next poll
+                return
+            waiter.done.set_result(f.result())
+
+        self.state.writer.apply(
+            lambda conn, writer: approvals.settle(conn, request_id, to, approvals.WAITING, "goex-proxy", reason)
+        ).add_done_callback(lambda f: loop.call_soon_threadsafe(done, f))
+
+    async def stop(self) -> None:
+        """At shutdown: what still waits is recorded as not sent, then answered (while the connections still are)."""
+        if not self.waiting or self.state.writer is None:
+            return
+        waiting = list(self.waiting.items())
+        ended = time.time()
+        settled = await asyncio.wrap_future(self.state.writer.apply(lambda conn, writer: [
+            _stop_one(conn, writer, request_id, ended) for request_id, _ in waiting]))
+        for (_, waiter), result in zip(waiting, settled, strict=True):
+            if result is not None and not waiter.done.done():
+                flowmeta.set_recorded(waiter.flow, "final")  # its outcome is written: record must not write another
+                waiter.done.set_result(result)
+        await asyncio.sleep(0.1)  # let the answers go out before the connections close
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        """A request that passed under `review:` and reached its upstream joins the review queue."""
+        passed = flowmeta.review(flow)
+        if passed is None or flowmeta.is_own_response(flow) or self.state.writer is None:
+            return
+        entry = {"request_id": flowmeta.request_id(flow), "ts": flow.request.timestamp_start,
+                 "agent": flowmeta.agent(flow), "kind": "review", "state": approvals.PASSED,
+                 "undo_class": passed[0], "why": passed[1], "owner": self.owner}
+        self.state.writer.apply(lambda conn, writer: _insert(conn, entry)).add_done_callback(_log_failure)
+
+    def done(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+
+def refusal(entry: dict[str, Any]) -> str:
+    """What the agent is told, and the audit row keeps, when a wait ends without the request being sent."""
+    state, who = entry["state"], f" by {entry['decided_by']}" if entry.get("decided_by") else ""
+    because = f": {entry['reason']}" if entry.get("reason") else ""
+    if state == approvals.DENIED:
+        return f"held for approval and denied{who}{because}"
+    if state == approvals.CANCELLED:
+        return f"cancelled{who} during its delay{because}"
+    if state == approvals.TIMED_OUT:
+        waited = format_duration(max(1, round(entry["deadline"] - entry["ts"])))
+        return f"held for approval; nobody approved it within {waited}, so it was denied"
+    if state == approvals.STOPPED:
+        return STOPPED_REASON
+    if state == approvals.ABANDONED:
+        return "the agent's client closed the connection while the request waited; it was not sent"
+    return f"the request's wait ended as {state}{because}; it was not sent"
+
+
+def _release(conn: Any, writer: audit.AuditWriter, request_id: str, charge: Charge) -> str | None:
+    """Under the writer's lock: refuse if another proxy's hits reached a cap meanwhile, else store the hits and the
+    charge (the row's outcome will carry it)."""
+    refused = writer.over_cap(charge)
+    if refused is not None:
+        return refused
+    conn.executemany("INSERT INTO limit_hits (key, agent, ts, request_id) VALUES (?, ?, ?, ?)",
+                     [(key, charge.agent, charge.at, request_id) for key in charge.keys])
+    conn.execute("UPDATE approvals SET charged = ? WHERE request_id = ?",
+                 (audit.charged(charge.keys, charge.at), request_id))
+    return None
+
+
+def _stop_one(conn: Any, writer: audit.AuditWriter, request_id: str, ended: float) -> approvals.Settled | None:
+    """Record one wait ended by a stopping proxy: its state and its row's outcome (nothing was sent)."""
+    settled = approvals.settle(conn, request_id, approvals.STOPPED, approvals.WAITING, "goex-proxy", STOPPED_REASON)
+    if not settled.changed:
+        return None  # decided just now: its own path answers it
+    writer.update_outcome(request_id, {"error": STOPPED_REASON, "ended": ended,
+                                       "approval": approvals.outcome(settled.entry)})
+    return settled
+
+
+def _recover_stopped(conn: Any, writer: audit.AuditWriter) -> int:
+    """Waits whose proxy is gone (it crashed or was killed) end as stopped; their rows get that outcome."""
+    count = 0
+    for entry in conn.execute("SELECT request_id, owner FROM approvals WHERE state IN (?, ?)",
+                              approvals.WAITING).fetchall():
+        if approvals.alive(entry[1]):
+            continue
+        settled = approvals.settle(conn, entry[0], approvals.STOPPED, approvals.WAITING, "goex-proxy",
+                                   STOPPED_REASON)
+        found = conn.execute("SELECT outcome_hash FROM requests WHERE id = ?", (entry[0],)).fetchone()
+        if settled.changed and found is not None and found[0] is None:
+            writer.update_outcome(entry[0], {"error": STOPPED_REASON, "ended": time.time(),
+                                             "approval": approvals.outcome(settled.entry)})
+        count += 1
+    if count:
+        log.warning("%d request%s waited in a goex-proxy that stopped; recorded as not sent", count,
+                    "" if count == 1 else "s")
+    return count
+
+
+def _insert(conn: Any, entry: dict[str, Any]) -> None:
+    conn.execute(f"INSERT OR IGNORE INTO approvals ({', '.join(entry)}) VALUES ({', '.join('?' * len(entry))})",
+                 tuple(entry.values()))
+
+
+def _log_failure(future: Any) -> None:
+    if future.exception() is not None:
+        log.error("could not update the approvals table: %s", future.exception())
