@@ -48,7 +48,7 @@ def compensation(rule: UndoRule | None, undo_class: str, exchange: Exchange, scr
     """The requests undo would send to take this one back, as far as they can be told before the response: each URL
     rendered from the request where it can be, else as its rule writes it."""
     if rule is None:
-        return ["nothing: no undo rule matches this request"]
+        return ["nothing: no undo rule is sure to match it before its answer is in"]
     if rule.fidelity == "irreversible" or not rule.undo:
         return [f"nothing: {rule.reason or 'the API offers no way back'}"]
     variables = Scope({**exchange.variables(), "response": {}})
@@ -58,8 +58,7 @@ def compensation(rule: UndoRule | None, undo_class: str, exchange: Exchange, scr
             url = str(template.url.render(variables))
         except CelEvalError:
             url = template.url.source
-        steps.append(_short(f"{template.method} {url}", scrub) if len(url) < VALUE_CHARS else
-                     shown(scrub.text(f"{template.method} {url[:200]}")))
+        steps.append(shown(scrub.text(f"{template.method} {url}"))[:200])
     if rule.preimage is not None:
         steps.append("restoring what was read before it was sent")
     return steps

@@ -159,6 +159,17 @@ def _plain(value: object) -> str:
 _JSON_COLUMNS = ("req_headers", "resp_headers", "pre_headers", "charged")
 
 
+def _waited(row: dict[str, Any]) -> str:
+    """What became of a request that waited for a person or a delay (or that it still waits)."""
+    if not row.get("approval"):
+        return "it waits (see `goex-proxy pending`)" if outcome_of(row) == "waiting" else "-"
+    kept = json.loads(row["approval"])
+    who = f" by {kept['decided_by']}" if kept.get("decided_by") else ""
+    at = f" at {when(kept['decided_at'])}" if kept.get("decided_at") else ""
+    why = f": {kept['reason']}" if kept.get("reason") else ""
+    return f"{kept.get('kind', 'hold')}, {kept.get('state')}{who}{at}{why}"
+
+
 def _header_line(name: str, value: str) -> str:
     return f"  {_plain(name)}:" + (f" {_plain(value)}" if value else "")
 
@@ -196,6 +207,8 @@ def show(config_path: Path | None, request_id: str, as_json: bool) -> None:
     out.print(f"undo: {_plain(row.get('undo_class') or '-')}" + (f"  (this request undoes {_plain(row['undo_of'])})"
                                                                  if row.get("undo_of") else ""))
     out.print(f"reason: {_plain(row['reason'] or '-')}")
+    if row.get("approval") or row["decision"] in ("hold", "delay"):
+        out.print(f"wait: {_plain(_waited(row))}")
     if row["report"]:
         out.print(f"[yellow]{_plain(row['report'])}[/]")
     out.print(f"\n[bold]{_plain(row['method'])} {_plain(row['url'])}[/]"

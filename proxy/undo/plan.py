@@ -322,7 +322,8 @@ def expected_class(rules: Iterable[UndoRule], exchange: Exchange) -> tuple[Fidel
 
     Rules are tried as `find_rule` will try them once the response is in; where a rule's `when` needs the response,
     the request may end up under it or a later one, and the worse class of the two is taken. A request no rule
-    matches cannot be undone: irreversible."""
+    is sure to match (none does, or each that may needs the response) cannot be counted on to be undone:
+    irreversible, with no rule."""
     target = exchange.target()
     variables: dict[str, Any] | None = None
     worst: tuple[int, UndoRule] | None = None
@@ -342,7 +343,7 @@ def expected_class(rules: Iterable[UndoRule], exchange: Exchange) -> tuple[Fidel
             worst = (rank, rule)
         if holds:
             return FIDELITY_ORDER[worst[0]], worst[1]
-    return "irreversible", worst[1] if worst else None
+    return "irreversible", None  # perhaps no rule will match: nothing is sure to take it back
 
 
 def classify(rules: Iterable[UndoRule], exchange: Exchange) -> str:

@@ -96,6 +96,8 @@ def test_an_irreversible_call_waits_for_approval_and_is_sent_once(make_proxy, up
     row = next(r for r in proxy.rows() if r["id"] == card["id"])
     approval = json.loads(row["approval"])
     assert row["status"] == 200 and approval["state"] == "approved" and "command line" in approval["decided_by"]
+    shown = proxy.cli("show", card["id"]).stdout
+    assert "decision: hold" in shown and "wait: hold, approved by" in shown, shown
     assert proxy.cli("log", "verify").returncode == 0
 
 
@@ -153,3 +155,127 @@ def test_an_exact_call_passes_at_once_and_is_queued_for_review(make_proxy, upstr
     assert "nothing to review" in proxy.cli("review").stdout
     assert proxy.cli("undo", request_id, "--yes").returncode == 0
     assert upstream.state.slack_reactions == set()
+
+
+def _session(proxy: Any, agent: str) -> Any:
+    import requests
+
+    session = requests.Session()
+    session.proxies = {"https": proxy_url(proxy, agent), "http": proxy_url(proxy, agent)}
+    session.verify = str(proxy.ca_cert)
+    return session
+
+
+def proxy_url(proxy: Any, agent: str) -> str:
+    return f"http://{agent}:{agent}-token-{agent}@127.0.0.1:{proxy.port}"
+
+
+WAITERS = 20
+
+
+def test_twenty_agents_wait_at_once_while_another_agents_calls_flow(make_proxy, upstream):
+    proxy = make_proxy({"slack": """
+        version: 1
+        rules:
+          - name: reads
+            allow: {host: slack.com, methods: [GET], path: /api/conversations.list}
+          - name: deletes wait for a person
+            allow: {host: slack.com, methods: [POST], path: /api/chat.delete, hold: {timeout: 2m}}
+    """}, start=False)
+    names = [f"agent{i:02d}" for i in range(WAITERS + 1)]
+    text = proxy.config.read_text()
+    extra = "".join(f'  {n}: {{token: "{n}-token-{n}"}}\n' for n in names)
+    proxy.config.write_text(text.replace("agents:\n", "agents:\n" + extra, 1))
+    proxy.start()
+    results: dict[str, int] = {}
+
+    def delete(name: str) -> None:
+        r = _session(proxy, name).post("https://slack.com/api/chat.delete", json={"channel": "C0BOTS", "ts": name},
+                                       timeout=120)
+        results[name] = r.status_code
+
+    threads = [threading.Thread(target=delete, args=(n,), daemon=True) for n in names[:WAITERS]]
+    for t in threads:
+        t.start()
+    waiting = wait_for(lambda: len(found := pending(proxy)) == WAITERS and found, timeout=60, what="20 held requests")
+    assert {w["agent"] for w in waiting} == set(names[:WAITERS])
+
+    reader = _session(proxy, names[WAITERS])
+    for _ in range(30):  # while twenty wait, the twenty-first agent's reads are answered one after another
+        r = reader.get("https://slack.com/api/conversations.list", timeout=10)
+        assert r.status_code == 200 and r.json()["ok"] is True
+    assert not results and all(t.is_alive() for t in threads) and "chat.delete" not in upstream.state.slack_calls
+
+    for w in waiting:
+        assert proxy.cli("approve" if w["agent"] < "agent10" else "deny", w["id"]).returncode == 0
+    for t in threads:
+        t.join(60)
+    assert sorted(results.items()) == [(n, 200 if n < "agent10" else 403) for n in names[:WAITERS]]
+    assert upstream.state.slack_calls.count("chat.delete") == 10
+    assert proxy.cli("log", "verify").returncode == 0
+
+
+def test_curl_waits_for_approval_and_a_held_call_counts_against_limits_only_when_sent(make_proxy, upstream):
+    proxy = make_proxy({"slack": """
+        version: 1
+        rules:
+          - name: one delete an hour and each held
+            allow:
+              host: slack.com
+              methods: [POST]
+              path: /api/chat.delete
+              limit: {count: 1, per: 1h}
+              hold: {timeout: 2m}
+    """})
+    curl = ["curl", "-sS", "--cacert", str(proxy.ca_cert), "-X", "POST", "-H", "Content-Type: application/json"]
+
+    def curl_delete(ts: str) -> threading.Thread:
+        out: dict[str, Any] = {}
+
+        def go() -> None:
+            r = proxy.exec("mailbot", *curl, "-d", json.dumps({"channel": "C0BOTS", "ts": ts}),
+                           "https://slack.com/api/chat.delete", timeout=150)
+            out.update(json.loads(r.stdout or "{}"))
+        thread = threading.Thread(target=go, daemon=True)
+        thread.out = out  # type: ignore[attr-defined]
+        thread.start()
+        return thread
+
+    first = curl_delete("1.0")
+    card = one_pending(proxy)
+    assert proxy.cli("deny", card["id"]).returncode == 0  # denied: not charged
+    first.join(60)
+    assert "denied" in first.out["reason"]  # type: ignore[attr-defined]
+    second = curl_delete("2.0")
+    card = wait_for(lambda: [p for p in pending(proxy) if p["id"] != card["id"]], what="the second hold")[0]
+    assert proxy.cli("approve", card["id"]).returncode == 0
+    second.join(60)
+    assert second.out.get("ok") is not None  # type: ignore[attr-defined]  # the upstream's answer, relayed
+    third = curl_delete("3.0")  # the limit is spent by the approved one: refused before it waits
+    third.join(60)
+    assert "limit reached" in third.out["reason"] and not pending(proxy)  # type: ignore[attr-defined]
+    assert upstream.state.slack_calls.count("chat.delete") == 1
+    assert proxy.cli("log", "verify").returncode == 0
+
+
+@pytest.mark.parametrize("how", ["stop", "kill"])
+def test_a_restart_while_a_request_waits_denies_it_and_loses_no_row(make_proxy, upstream, how):
+    proxy = make_proxy(POLICY)
+    deleting = Agent(proxy, "chat.delete", {"channel": "C0BOTS", "ts": "1.0"})
+    card = one_pending(proxy)
+    if how == "stop":
+        proxy.stop()
+        out = deleting.outcome()
+        assert out["status"] == 403 and "goex-proxy stopped while the request waited" in out["body"]["reason"]
+    else:
+        proxy.kill()
+        deleting.join(60)
+        assert deleting.result is None  # the connection broke: the client says so itself
+    proxy.start()
+    row = wait_for(lambda: [r for r in proxy.rows() if r["id"] == card["id"] and r["error"]], what="the outcome")[0]
+    assert "stopped while the request waited; it was not sent" in row["error"]
+    assert json.loads(row["approval"])["state"] == "stopped"
+    assert not pending(proxy) and "chat.delete" not in upstream.state.slack_calls
+    r = proxy.cli("approve", card["id"])
+    assert r.returncode == 1 and "it was stopped" in r.stderr
+    assert proxy.cli("log", "verify").returncode == 0
