@@ -279,3 +279,42 @@ def test_a_restart_while_a_request_waits_denies_it_and_loses_no_row(make_proxy, 
     r = proxy.cli("approve", card["id"])
     assert r.returncode == 1 and "it was stopped" in r.stderr
     assert proxy.cli("log", "verify").returncode == 0
+
+
+def test_a_held_http2_stream_does_not_hold_the_other_streams_of_its_connection(make_proxy, upstream):
+    import h2.events
+
+    from tests.e2e.test_dos import H2Client
+
+    proxy = make_proxy({"github": """
+        version: 1
+        rules:
+          - name: reads
+            allow: {host: api.github.com, methods: [GET], path: /repos/**}
+          - name: deletes wait
+            allow: {host: api.github.com, methods: [DELETE], path: /repos/**, hold: {timeout: 1m}}
+    """})
+    client = H2Client(proxy)
+    held = client.start("DELETE", "/repos/octo/hello")
+    card = one_pending(proxy)
+    reads = [client.start("GET", "/repos/octo/hello") for _ in range(5)]
+    answered: dict[int, str] = {}
+
+    def read_until(streams: set[int]) -> None:
+        client.sock.settimeout(1)
+        end = time.monotonic() + 30
+        while not streams <= answered.keys() and time.monotonic() < end:
+            try:
+                data = client.sock.recv(65536)
+            except (TimeoutError, OSError):
+                continue
+            for event in client.conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    answered[event.stream_id] = dict(event.headers)[":status"]
+            client.flush()
+
+    read_until(set(reads))  # the reads on the same connection are answered while the delete waits
+    assert [answered[s] for s in reads] == ["200"] * 5 and held not in answered
+    assert proxy.cli("approve", card["id"]).returncode == 0
+    read_until({held})
+    assert answered[held] in ("200", "204") and [s.method for s in upstream.state.seen].count("DELETE") == 1
