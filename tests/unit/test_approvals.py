@@ -223,3 +223,13 @@ def test_a_charge_taken_when_a_wait_ends_is_under_the_chain(tmp_path: Path) -> N
         rw.execute("""UPDATE requests SET approval = replace(approval, '"approved"', '"held"')""")
         rw.execute("DELETE FROM limit_hits")
     assert "limit_hits was edited" in str(audit.verify(conn, key).problem)
+
+
+def test_the_readme_example_is_a_valid_policy() -> None:
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Approvals"):]
+    example = section[section.index("```yaml\n") + 8:section.index("```\n", section.index("```yaml\n") + 8)]
+    found, problems = policy(example)
+    assert problems == [] and found is not None
+    assert [r.wait.describe() if r.wait else None for r in found.rules] == [  # type: ignore[attr-defined]
+        None, "hold up to 10m", "delay 1m"]
