@@ -194,6 +194,7 @@ class Decide:
         if d.effect == "deny":
             replies.denied(flow, d)
             return
+        flowmeta.set_view(flow, view)
         self._count(flow, d, agent, now)
         if protocol != "http":
             self.upgrades[flow.client_conn] = protocol

@@ -11,6 +11,7 @@ from mitmproxy import http
 from goex_proxy.ids import RequestIds
 from goex_proxy.policy.engine import Decision
 from goex_proxy.policy.limits import Charge
+from goex_proxy.policy.requestview import RequestView
 
 _AGENT = "goex.agent"
 _REQUEST_ID = "goex.request_id"
@@ -193,6 +194,16 @@ def set_challenged(flow: http.HTTPFlow) -> None:
 
 _REVIEW = "goex.review"
 _APPROVAL = "goex.approval"
+_VIEW = "goex.view"
+
+
+def view(flow: http.HTTPFlow) -> RequestView | None:
+    """The request as the policy decided it, before any credential was injected (set by decide)."""
+    return _of(flow).get(_VIEW)
+
+
+def set_view(flow: http.HTTPFlow, value: RequestView) -> None:
+    _of(flow)[_VIEW] = value
 
 
 def review(flow: http.HTTPFlow) -> tuple[str, str] | None:

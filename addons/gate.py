@@ -24,7 +24,7 @@ from goex_proxy.approvals.card import card as make_card
 from goex_proxy.approvals.gate import Choice, choose
 from goex_proxy.audit import store as audit
 from goex_proxy.durations import format_duration
-from goex_proxy.policy.engine import Decision
+from goex_proxy.policy.engine import Decision, decide
 from goex_proxy.policy.limits import Charge
 from goex_proxy.printable import shown
 from goex_proxy.undo.plan import SAFE_METHODS, Exchange, expected_class
@@ -86,8 +86,13 @@ class Gate:
         elif choice.action in ("hold", "delay"):
             entry = await self._begin(flow, d, choice, undo_class or "read", make_card(
                 exchange, undo_class or "read (changes nothing)", rule, choice.why, self.state.scrubber))
-            settled = await self._until_decided(flow, entry)
-            await self._end(flow, d, settled)
+            try:
+                await self._end(flow, d, await self._until_decided(flow, entry))
+            except BaseException:  # nothing is sent; the wait must not outlive the failure (fail_closed answers 502)
+                self._abandon(entry["request_id"], "goex-proxy failed while the request waited; it was not sent")
+                raise
+            finally:
+                flow.resume()
 
     def _exchange(self, flow: http.HTTPFlow) -> Exchange:
         req = flow.request
@@ -133,42 +138,40 @@ class Gate:
             self.waiting.pop(request_id, None)
 
     async def _end(self, flow: http.HTTPFlow, d: Decision, settled: approvals.Settled) -> None:
-        """Send what was approved (or whose delay ran out) if its limits still allow; answer the rest 403."""
+        """Send what was approved (or whose delay ran out) if the policies in force now still allow it, its limits
+        included; answer the rest 403."""
         entry, request_id = settled.entry, flowmeta.request_id(flow)
-        charged: str | None = None
-        reason = None
+        reason, charged = None, None
         if settled.state in approvals.GOING:
-            reason, charged = await self._charge(flow, d)
+            reason, charged = await self._still_allowed(flow, d)
         if reason is None and settled.state in approvals.GOING:
             flowmeta.set_approval(flow, approvals.outcome(entry, charged))
             who = f" by {entry['decided_by']}" if entry.get("decided_by") else ""
             live.info("%s", shown(f"{request_id} {settled.state}{who}; sending it"))
-            flow.resume()
             return
         reason = reason or refusal(entry)
         flowmeta.set_approval(flow, approvals.outcome({**entry, "reason": reason} if entry["state"] in approvals.GOING
                                                       else entry))
-        live.info("%s", shown(f"{request_id} {reason}"))
+        live.info("%s", shown(f"{request_id} not sent: {reason}"))
         denial = Decision("deny", reason, d.rule)
         flowmeta.set_decision(flow, denial)
         replies.denied(flow, denial)
-        flow.resume()
 
-    async def _charge(self, flow: http.HTTPFlow, d: Decision) -> tuple[str | None, str | None]:
-        """Count a request that is let go against its rules' limits, as decide would have counted it then: (why a
-        limit refuses it, None) or (None, the charge as its row keeps it)."""
-        agent = flowmeta.agent(flow)
-        if not d.count_limits or not agent:
-            return None, None
+    async def _still_allowed(self, flow: http.HTTPFlow, d: Decision) -> tuple[str | None, str | None]:
+        """Decide the request again under the policies and limits in force now (they may have changed while it
+        waited), and count it: (why it is refused, None) or (None, the charge as its row keeps it)."""
+        view, agent = flowmeta.view(flow), flowmeta.agent(flow)
+        assert self.state.config is not None and self.state.writer is not None
+        if view is None or agent is None or agent not in self.state.config.agents:
+            return "its agent was removed from the config while the request waited; it was not sent", None
         now = time.time()
-        caps = self.state.policies.enforced_limits(d.count_limits)
-        for key, limit in caps:
-            if self.state.limits.count(key, agent, limit.per, now) >= limit.count:
-                return (f"limit reached while it waited: rule '{key.partition('/')[2]}' allows {limit.describe()} "
-                        f"for agent '{agent}'"), None
-        self.state.limits.record(d.count_limits, agent, now)
-        charge = Charge(agent, d.count_limits, now, caps)
-        assert self.state.writer is not None
+        again = decide(view, self.state.policies, now, self.state.limits)
+        if again.effect != "allow":
+            return f"no longer allowed when its wait ended: {again.reason}", None
+        if not again.count_limits:
+            return None, None
+        self.state.limits.record(again.count_limits, agent, now)
+        charge = Charge(agent, again.count_limits, now, self.state.policies.enforced_limits(again.count_limits))
         request_id = flowmeta.request_id(flow)
         refused = await asyncio.wrap_future(self.state.writer.apply(
             lambda conn, writer: _release(conn, writer, request_id, charge)))
@@ -176,6 +179,13 @@ class Gate:
             self.state.limits.take_back(charge)
             return refused, None
         return None, audit.charged(charge.keys, charge.at)
+
+    def _abandon(self, request_id: str, reason: str) -> None:
+        """End a wait that failed in the proxy itself: the person's card goes, nothing is sent."""
+        if self.state.writer is not None:
+            self.state.writer.apply(lambda conn, writer: approvals.settle(
+                conn, request_id, approvals.DENIED, approvals.WAITING, "goex-proxy", reason)).add_done_callback(
+                _log_failure)
 
     async def _poll(self) -> None:
         """While anything waits: end the waits whose time ran out or whose client left, and pick up what people

@@ -318,3 +318,15 @@ def test_a_held_http2_stream_does_not_hold_the_other_streams_of_its_connection(m
     assert proxy.cli("approve", card["id"]).returncode == 0
     read_until({held})
     assert answered[held] in ("200", "204") and [s.method for s in upstream.state.seen].count("DELETE") == 1
+
+
+def test_an_approval_does_not_send_what_the_policy_stopped_allowing_while_it_waited(make_proxy, upstream):
+    proxy = make_proxy(POLICY)
+    deleting = Agent(proxy, "chat.delete", {"channel": "C0BOTS", "ts": "1.0"})
+    card = one_pending(proxy)
+    proxy.write_policy("slack", POLICY["slack"].replace('path: "/api/*"', 'path: "/api/reactions.*"'))
+    wait_for(lambda: "policies reloaded" in proxy.log_text(), what="the reload")
+    assert proxy.cli("approve", card["id"]).returncode == 0
+    out = deleting.outcome()
+    assert out["status"] == 403 and "no longer allowed when its wait ended" in out["body"]["reason"]
+    assert "chat.delete" not in upstream.state.slack_calls
