@@ -304,6 +304,9 @@ class RuleReader:
         agents = self.check.strings(p, "agents", "agents")
         seen: set[str] = set()
         rules = [self.rule(name, raw, pos, i, seen) for i, raw, pos in self.check.items(p.get("rules"), "rules", self.check.at(p, "rules"))]
+        if mode == "report" and ("review" in p or any(r is not None and r.wait for r in rules)):
+            self.check.warn(self.check.at(p, "mode"), "a report-mode policy never holds or delays a request: its "
+                                                      "'review', 'hold' and 'delay' have no effect")
         return Policy(
             name=name,
             file=file,

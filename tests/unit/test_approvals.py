@@ -233,3 +233,9 @@ def test_the_readme_example_is_a_valid_policy() -> None:
     assert problems == [] and found is not None
     assert [r.wait.describe() if r.wait else None for r in found.rules] == [  # type: ignore[attr-defined]
         None, "hold up to 10m", "delay 1m"]
+
+
+def test_a_report_mode_policy_is_warned_that_it_never_holds() -> None:
+    _, problems = check_policy_text("version: 1\nmode: report\nreview: {irreversible: hold}\nrules: []\n", "p.yaml")
+    assert [(p.severity, p.line) for p in problems] == [("warning", 2)]
+    assert "never holds or delays" in problems[0].message
