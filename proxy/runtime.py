@@ -144,9 +144,13 @@ class InProcessProxy:
 
 
 async def serve(config: Config, policies: PolicySet, quiet: bool = False) -> None:
-    """Run the proxy until SIGINT or SIGTERM, writing what it does (reloads; unless quiet, a line per request)."""
+    """Run the proxy until SIGINT or SIGTERM, writing what it does (reloads, holds, approvals, warnings, errors;
+    unless quiet, a line per request), each line with its time, coloured on a terminal."""
+    from goex_proxy.addons import livelog
+
     logging.getLogger("goex_proxy").setLevel(logging.INFO)
     m = build_master(config, policies, live=not quiet)
+    livelog.format_output()
     loop = asyncio.get_running_loop()
     _quiet_shutdown(loop)
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -41,10 +41,14 @@ def init(force: bool) -> None:
 
 @click.command()
 @config_option
-@click.option("--quiet", is_flag=True, help="No line per request (reloads, warnings and errors are still shown).")
+@click.option("--quiet", is_flag=True, help="No line per request (holds, approvals, reloads, warnings and errors are "
+                                            "still shown).")
 @handle_errors
 def run(config_path: Path | None, quiet: bool) -> None:
     """Run the proxy in the foreground until Ctrl-C, with a line per request as it ends.
+
+    Each line: time, decision, request id, agent, method, URL, status, undo class (for writes), duration, and why
+    for a denial; holds, approvals, reloads and errors get a line too. Coloured on a terminal unless NO_COLOR is set.
 
     Edits to the config, the policy files and the vault are picked up while it runs; an edit with a mistake is
     reported and the last good version stays in force.
