@@ -13,10 +13,9 @@ from typing import Any
 from mitmproxy import http
 from mitmproxy.connection import ConnectionState
 
-from goex_proxy.addons import flowmeta, replies
+from goex_proxy.addons import flowmeta, livelog, replies, rows
 from goex_proxy.addons.decide import header_pairs
 from goex_proxy.addons.failclosed import fail_closed
-from goex_proxy.addons.record import Record
 from goex_proxy.addons.state import ProxyState
 from goex_proxy.approvals import notify
 from goex_proxy.approvals import store as approvals
@@ -26,14 +25,15 @@ from goex_proxy.audit import store as audit
 from goex_proxy.durations import format_duration
 from goex_proxy.policy.engine import Decision, decide
 from goex_proxy.policy.limits import Charge
-from goex_proxy.printable import shown
-from goex_proxy.undo.plan import SAFE_METHODS, Exchange, expected_class
+from goex_proxy.undo.plan import SAFE_METHODS, Exchange, UndoRule, expected_class
 
 log = logging.getLogger(__name__)
-live = logging.getLogger("goex_proxy.live")
 
 #: How often the waiting requests' states are read from the approvals table (a person may decide in another process).
 POLL_SECONDS = 0.2
+#: How many requests of one agent may wait at once (in this proxy); past it they are refused, not queued, so that
+#: an agent cannot bury the person under cards.
+MOST_WAITING_PER_AGENT = 32
 #: What the audit row of a request that waited says, when its proxy stopped before anyone decided.
 STOPPED_REASON = "goex-proxy stopped while the request waited; it was not sent"
 
@@ -56,6 +56,7 @@ class Gate:
         self.state = state
         self.owner = approvals.this_process()
         self.waiting: dict[str, _Waiter] = {}
+        self.per_agent: dict[str, int] = {}  # how many requests of each agent wait (or are about to)
         self._poller: asyncio.Task[None] | None = None
         self._reader: Any = None  # a read-only connection to the audit database, used off the event loop
         state.before_close.append(self.stop)
@@ -84,15 +85,30 @@ class Gate:
         if choice.action == "review":
             flowmeta.set_review(flow, str(undo_class), choice.why)
         elif choice.action in ("hold", "delay"):
-            entry = await self._begin(flow, d, choice, undo_class or "read", make_card(
-                exchange, undo_class or "read (changes nothing)", rule, choice.why, self.state.scrubber))
+            agent = str(flowmeta.agent(flow))
+            if self.per_agent.get(agent, 0) >= MOST_WAITING_PER_AGENT:
+                replies.refuse(flow, Decision("deny", f"agent '{agent}' already has {MOST_WAITING_PER_AGENT} requests "
+                                                      "waiting for a person; this one was not sent (try again once "
+                                                      "they are decided)", d.rule))
+                return
+            self.per_agent[agent] = self.per_agent.get(agent, 0) + 1  # counted before the first await
             try:
-                await self._end(flow, d, await self._until_decided(flow, entry))
-            except BaseException:  # nothing is sent; the wait must not outlive the failure (fail_closed answers 502)
-                self._abandon(entry["request_id"], "goex-proxy failed while the request waited; it was not sent")
-                raise
+                await self._hold(flow, d, choice, undo_class, rule, exchange)
             finally:
-                flow.resume()
+                self.per_agent[agent] -= 1
+
+    async def _hold(self, flow: http.HTTPFlow, d: Decision, choice: Choice, undo_class: str | None,
+                    rule: UndoRule | None, exchange: Exchange) -> None:
+        """Record the wait, wait, then let the request go or answer it; never leave the flow intercepted."""
+        entry = await self._begin(flow, d, choice, undo_class or "read", make_card(
+            exchange, undo_class or "read (changes nothing)", rule, choice.why, self.state.scrubber))
+        try:
+            await self._end(flow, d, await self._until_decided(flow, entry))
+        except BaseException:  # nothing is sent; the wait must not outlive the failure (fail_closed answers 502)
+            self._abandon(entry["request_id"], "goex-proxy failed while the request waited; it was not sent")
+            raise
+        finally:
+            flow.resume()
 
     def _exchange(self, flow: http.HTTPFlow) -> Exchange:
         req = flow.request
@@ -109,7 +125,7 @@ class Gate:
             self.state.limits.take_back(charge)
             flowmeta.clear_charge(flow)
         now = time.time()
-        row = Record(self.state).request_row(flow)
+        row = rows.request_row(self.state, flow)
         row["decision"] = choice.action
         row["reason"] = f"{d.reason}; {'held for approval' if choice.action == 'hold' else 'delayed'}: {choice.why}"
         entry = {"ts": now, "agent": row["agent"], "kind": choice.action,
@@ -120,8 +136,9 @@ class Gate:
         flowmeta.set_recorded(flow, "intent")
         flow.intercept()
         request_id = str(row["id"])
-        verb = "held for approval" if choice.action == "hold" else f"delayed {format_duration(choice.wait.seconds)}"
-        live.info("%s", shown(f"{request_id} {row['agent']} {verb}: {card['summary']}"))
+        waits = "until a person decides" if choice.action == "hold" else f"{format_duration(choice.wait.seconds)}"
+        livelog.event("held" if choice.action == "hold" else "delayed", request_id, row["agent"],
+                      f"({waits}) {card['summary']}")
         asyncio.get_running_loop().create_task(
             notify.announce(self.state, request_id, card, entry["deadline"], choice.action))
         return {"request_id": request_id, **entry}
@@ -147,12 +164,14 @@ class Gate:
         if reason is None and settled.state in approvals.GOING:
             flowmeta.set_approval(flow, approvals.outcome(entry, charged))
             who = f" by {entry['decided_by']}" if entry.get("decided_by") else ""
-            live.info("%s", shown(f"{request_id} {settled.state}{who}; sending it"))
+            livelog.event(settled.state, request_id, flowmeta.agent(flow), f"{who.strip() or 'its delay ran out'}; "
+                                                                            "sending it")
             return
         reason = reason or refusal(entry)
         flowmeta.set_approval(flow, approvals.outcome({**entry, "reason": reason} if entry["state"] in approvals.GOING
                                                       else entry))
-        live.info("%s", shown(f"{request_id} not sent: {reason}"))
+        livelog.event(entry["state"] if entry["state"] not in approvals.GOING else "refused", request_id,
+                      flowmeta.agent(flow), f"not sent: {self.state.scrubber.text(reason)}")
         denial = Decision("deny", reason, d.rule)
         flowmeta.set_decision(flow, denial)
         replies.denied(flow, denial)

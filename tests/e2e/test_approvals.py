@@ -330,3 +330,26 @@ def test_an_approval_does_not_send_what_the_policy_stopped_allowing_while_it_wai
     out = deleting.outcome()
     assert out["status"] == 403 and "no longer allowed when its wait ended" in out["body"]["reason"]
     assert "chat.delete" not in upstream.state.slack_calls
+
+
+def test_one_agent_cannot_bury_the_person_under_waiting_requests(make_proxy, upstream):
+    proxy = make_proxy({"slack": """
+        version: 1
+        rules:
+          - name: deletes wait
+            allow: {host: slack.com, methods: [POST], path: /api/chat.delete, hold: {timeout: 2m}}
+    """})
+    statuses: list[int] = []
+
+    def delete(i: int) -> None:
+        session = _session(proxy, "mailbot")
+        session.proxies = {"https": proxy.proxy_url("mailbot")}
+        statuses.append(session.post("https://slack.com/api/chat.delete", json={"ts": str(i)}, timeout=150).status_code)
+
+    threads = [threading.Thread(target=delete, args=(i,), daemon=True) for i in range(33)]
+    for t in threads:
+        t.start()
+    refused = wait_for(lambda: statuses == [403] and statuses, timeout=60, what="the 33rd request refused")
+    assert refused == [403] and len(pending(proxy)) == 32
+    row = next(r for r in proxy.rows() if r["decision"] == "deny")
+    assert "already has 32 requests waiting for a person" in str(row["reason"])
