@@ -4,6 +4,7 @@ that is the only way out, bridged from outside to the proxy."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import marshal
 import os
 import shutil
@@ -146,9 +147,41 @@ def proxy_for_jail(config: Config) -> Iterator[Config]:
     audit.connect(config).close()
     in_process = InProcessProxy(config, load_policy_set(config.policy_sources))
     try:
-        yield in_process.config
+        with _waits_told():
+            yield in_process.config
     finally:
         in_process.close()
+
+
+class _Told(logging.Formatter):
+    """`goex-proxy: ` and the line; a request that starts waiting also says how to decide it."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        if text.startswith(("held", "delayed")):
+            text += " (decide from another shell: goex-proxy approve ID, deny ID or, for a delay, cancel ID)"
+        return f"goex-proxy: {text}"
+
+
+@contextlib.contextmanager
+def _waits_told() -> Iterator[None]:
+    """With no `run` to show them, the person at this command is told on stderr when a request waits for them (and
+    what became of it), so that a held request is not a silent hang; the command's own output stays its own."""
+    import logging
+
+    live = logging.getLogger("goex_proxy.live")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Told())
+    saved = live.level, live.propagate
+    live.setLevel(logging.INFO)
+    live.propagate = False
+    live.addHandler(handler)
+    try:
+        yield
+    finally:
+        live.removeHandler(handler)
+        live.setLevel(saved[0])
+        live.propagate = saved[1]
 
 
 class JailedRun:

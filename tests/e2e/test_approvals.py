@@ -353,3 +353,14 @@ def test_one_agent_cannot_bury_the_person_under_waiting_requests(make_proxy, ups
     assert refused == [403] and len(pending(proxy)) == 32
     row = next(r for r in proxy.rows() if r["decision"] == "deny")
     assert "already has 32 requests waiting for a person" in str(row["reason"])
+
+
+def test_without_run_the_person_at_exec_is_told_on_stderr_and_the_agents_output_stays_its_own(make_proxy, upstream):
+    proxy = make_proxy(POLICY, start=False)  # exec starts a proxy of its own
+    deleting = Agent(proxy, "chat.delete", {"channel": "C0BOTS", "ts": "1.0"})
+    card = one_pending(proxy)
+    assert proxy.cli("approve", card["id"]).returncode == 0
+    assert deleting.outcome()["body"]["error"] == "message_not_found"  # its stdout parsed as the program's JSON
+    told = deleting.error.splitlines()
+    assert told[0].startswith(f"goex-proxy: held      {card['id']} mailbot") and "goex-proxy approve ID" in told[0]
+    assert told[1].startswith(f"goex-proxy: approved  {card['id']} mailbot by ")
