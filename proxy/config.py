@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from . import yamlsrc
+from .approvalconfig import Approvals, parse_approvals
 from .credentials.kinds import Credential, Injection
 from .durations import parse_duration
 from .errors import ConfigError, Problem, StateError
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from .credentials.oauth import OAuth2
 
 _TOP_KEYS = {"version", "state_dir", "listen", "agents", "credentials", "policies", "undo_rules", "audit", "upstream",
-             "llm", "sandbox", "limits"}
+             "llm", "sandbox", "limits", "approvals"}
 _SANDBOX_KEYS = {"hide", "expose", "allow_sockets", "pass_env"}
 _LLM_KEYS = {"base_url", "model", "api_key", "timeout"}
 _CREDENTIAL_KEYS = {"secret", "host", "hosts", "methods", "paths", "schemes", "inject", "env"}
@@ -122,6 +123,7 @@ class Config:
     llm: LLM | None = None
     sandbox: Sandbox = Sandbox()
     limits: ClientLimits = ClientLimits()
+    approvals: Approvals = Approvals()
 
     @property
     def policy_sources(self) -> list[tuple[Path, frozenset[str] | None]]:
@@ -475,6 +477,7 @@ def parse_config(doc: Any, file: Path, check: Checker) -> Config:
         llm=_llm(check, top),
         sandbox=_sandbox(check, top, base),
         limits=parse_limits(check, top),
+        approvals=parse_approvals(check, top),
     )
 
 
