@@ -57,6 +57,7 @@ class Gate:
         self.owner = approvals.this_process()
         self.waiting: dict[str, _Waiter] = {}
         self.per_agent: dict[str, int] = {}  # how many requests of each agent wait (or are about to)
+        self.announcing: set[asyncio.Task[None]] = set()
         self._poller: asyncio.Task[None] | None = None
         self._reader: Any = None  # a read-only connection to the audit database, used off the event loop
         state.before_close.append(self.stop)
@@ -139,8 +140,10 @@ class Gate:
         waits = "until a person decides" if choice.action == "hold" else f"{format_duration(choice.wait.seconds)}"
         livelog.event("held" if choice.action == "hold" else "delayed", request_id, row["agent"],
                       f"({waits}) {card['summary']}")
-        asyncio.get_running_loop().create_task(
+        task = asyncio.get_running_loop().create_task(
             notify.announce(self.state, request_id, card, entry["deadline"], choice.action))
+        self.announcing.add(task)  # a task nothing refers to may be collected before it ends
+        task.add_done_callback(self.announcing.discard)
         return {"request_id": request_id, **entry}
 
     async def _until_decided(self, flow: http.HTTPFlow, entry: dict[str, Any]) -> approvals.Settled:

@@ -315,7 +315,7 @@ class ProxyState:
 
 #: Config fields the running proxy cannot take over (what `config.yaml` calls them).
 RESTART_ONLY = {"listen_host": "listen", "listen_port": "listen", "state_dir": "state_dir", "audit_db": "audit.db",
-                "extra_ca": "upstream.extra_ca", "limits": "limits"}
+                "extra_ca": "upstream.extra_ca", "limits": "limits", "approvals": "approvals"}
 #: How the reload message names each config field it applied.
 RELOADED = {"agents": "agents", "policies": "the policy list", "max_body_bytes": "audit.max_body_bytes",
             "routes": "upstream.routes", "credentials": "credentials", "undo_packs": "undo_rules",

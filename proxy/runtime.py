@@ -147,6 +147,7 @@ async def serve(config: Config, policies: PolicySet, quiet: bool = False) -> Non
     """Run the proxy until SIGINT or SIGTERM, writing what it does (reloads, holds, approvals, warnings, errors;
     unless quiet, a line per request), each line with its time, coloured on a terminal."""
     from goex_proxy.addons import livelog
+    from goex_proxy.approvals.linkserver import serve_links
 
     logging.getLogger("goex_proxy").setLevel(logging.INFO)
     m = build_master(config, policies, live=not quiet)
@@ -155,22 +156,31 @@ async def serve(config: Config, policies: PolicySet, quiet: bool = False) -> Non
     _quiet_shutdown(loop)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, m.shutdown)
-    await m.run()
+    links = await serve_links(config)  # approval links (`approvals.listen`), in this loop, until the proxy stops
+    try:
+        await m.run()
+    finally:
+        if links is not None:
+            await links.close()
 
 
 def check_can_listen(config: Config) -> None:
-    """Raise StateError if `run` could not listen where the config says (the port taken, the address not ours), so
-    that it says so before it starts rather than in mitmproxy's words after."""
+    """Raise StateError if `run` could not listen where the config says (the port taken, the address not ours), for
+    the proxy and the approval links, so that it says so before it starts rather than in mitmproxy's words after."""
     import socket
 
-    family = socket.AF_INET6 if ":" in config.listen_host else socket.AF_INET
-    with socket.socket(family) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((config.listen_host, config.listen_port))
-        except OSError as exc:
-            raise StateError(f"cannot listen on {config.listen_host}:{config.listen_port}: {exc.strerror or exc} "
-                             f"(is another goex-proxy running? change `listen` in {config.file})") from None
+    wanted = [((config.listen_host, config.listen_port), "listen")]
+    if config.approvals.listen is not None:
+        wanted.append((config.approvals.listen, "approvals.listen"))
+    for (host, port), key in wanted:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                raise StateError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (is another goex-proxy "
+                                 f"running? change `{key}` in {config.file})") from None
 
 
 def run(config: Config, policies: PolicySet, quiet: bool = False) -> None:

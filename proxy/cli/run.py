@@ -78,8 +78,16 @@ def run(config_path: Path | None, quiet: bool) -> None:
         elif short := weak_token(token):
             click.echo(f"goex-proxy: warning: agent {name!r}'s token ({agent.token.describe()}) {short}; its requests "
                        "will be refused", err=True)
+    if config.approvals.notify:
+        from ..approvals.notify import targets
+
+        for target in targets(config):
+            if target.problem:
+                click.echo(f"goex-proxy: warning: {target.channel.name}: {target.problem}; it will not be notified",
+                           err=True)
     click.echo(f"goex-proxy {__version__} on {config.listen_host}:{config.listen_port}; "
-               f"{len(policies.policies)} polic{'y' if len(policies.policies) == 1 else 'ies'}; audit {config.audit_db}")
+               f"{len(policies.policies)} polic{'y' if len(policies.policies) == 1 else 'ies'}; audit {config.audit_db}"
+               + (f"; approval links on {config.approvals.base_url}" if config.approvals.listen else ""))
     runtime.run(config, policies, quiet)
 
 

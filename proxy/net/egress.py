@@ -77,12 +77,18 @@ class EgressRules:
     allow_hosts: tuple[Glob, ...] = ()
     allow_networks: tuple[Network, ...] = ()
     listen: tuple[str, int] = ("127.0.0.1", 8080)
+    links: tuple[str, int] | None = None   # where approval links are served (`approvals.listen`)
+    link_host: str | None = None           # the host approval links are written with (`approvals.public_url`)
 
     def refusal(self, host: str, port: int, addresses: list[Address]) -> str | None:
         """Why a connection to `host` at these addresses must not be made, or None if every one may be reached."""
+        if self.link_host is not None and host.lower().rstrip(".") == self.link_host:
+            return f"{host} serves goex-proxy's approval links, which no agent may reach"
         for ip in addresses:
-            if self._is_the_proxy(ip, port):
+            if _is_listener(self.listen, ip, port):
                 return f"{host} is {ip}, this proxy's own listen address"
+            if self.links is not None and _is_listener(self.links, ip, port):
+                return f"{host} is {ip}, where goex-proxy serves approval links, which no agent may reach"
             if not self.block_private:
                 continue
             why = address_class(ip)
@@ -95,16 +101,18 @@ class EgressRules:
                     "(SSRF guard)")
         return None
 
-    def _is_the_proxy(self, ip: Address, port: int) -> bool:
-        if port != self.listen[1]:
-            return False
-        listen = self.listen[0].strip("[]")
-        if listen in ("", "0.0.0.0", "::"):
-            return ip.is_loopback or ip.is_unspecified or is_local(ip)
-        try:
-            return ip == ipaddress.ip_address(listen) or (ip.is_loopback and ipaddress.ip_address(listen).is_loopback)
-        except ValueError:  # listening on a name
-            return ip.is_loopback or is_local(ip)
+
+def _is_listener(listen: tuple[str, int], ip: Address, port: int) -> bool:
+    """Whether a connection to `ip`:`port` would reach a socket listening at `listen`."""
+    if port != listen[1]:
+        return False
+    host = listen[0].strip("[]")
+    if host in ("", "0.0.0.0", "::"):
+        return ip.is_loopback or ip.is_unspecified or is_local(ip)
+    try:
+        return ip == ipaddress.ip_address(host) or (ip.is_loopback and ipaddress.ip_address(host).is_loopback)
+    except ValueError:  # listening on a name
+        return ip.is_loopback or is_local(ip)
 
 
 #: Seconds a checked answer is used for new connections to the same host and port before it is looked up again.

@@ -367,44 +367,29 @@ def call(proxy: GoexProxy, method: str, body: dict[str, Any]) -> dict[str, Any]:
     return json.loads(r.stdout)  # type: ignore[no-any-return]
 
 
-def link_server_for(proxy: GoexProxy, port: int, loop: Loop) -> LinkServer | None:
-    """The proxy's own link server when `run` serves one; else one in this process over the proxy's database (the
-    proxy picks a decision up from the approvals table either way)."""
-    try:
-        wait_port(port, timeout=3)
-        return None
-    except TimeoutError:
-        return loop.run(serve_links(load_config(proxy.config)))  # type: ignore[no-any-return]
-
-
 def test_a_held_request_is_approved_from_its_webhook_link_and_completes(make_proxy, upstream, receivers) -> None:
     webhook, ntfy, _ = receivers
     port = free_port()
     proxy = make_proxy(POLICY, extra_config=approvals_yaml(port, webhook, ntfy))
-    loop = Loop()
-    server = link_server_for(proxy, port, loop)
-    try:
-        ts = call(proxy, "chat.postMessage", {"channel": "C0BOTS", "text": "to delete"})["body"]["ts"]
-        result: dict[str, Any] = {}
-        agent = threading.Thread(target=lambda: result.update(call(proxy, "chat.delete", {"channel": "C0BOTS",
-                                                                                          "ts": ts})))
-        agent.start()
-        message = wait_for(lambda: next(iter(webhook.seen), None), what="the webhook's notification")
-        assert message["kind"] == "hold" and message["card"]["undo_class"] == "irreversible"
-        assert "chat.delete" in message["card"]["summary"]
-        time.sleep(0.5)
-        assert agent.is_alive() and "chat.delete" not in upstream.state.slack_calls  # it waits for the person
-        with client() as http:
-            assert http.post(message["links"]["approve"]).status_code == 200
-            agent.join(60)
-            assert result["body"]["ok"] is True and upstream.state.slack_calls.count("chat.delete") == 1
-            assert http.post(message["links"]["approve"]).status_code == 410
-        row = next(r for r in proxy.rows() if r["id"] == message["request_id"])
-        approval = json.loads(str(row["approval"]))
-        assert row["status"] == 200 and approval["state"] == "approved"
-        assert approval["decided_by"] == "link (webhook, ntfy, slack)"
-        assert proxy.cli("log", "verify").returncode == 0
-    finally:
-        if server is not None:
-            loop.run(server.close())
-        loop.close()
+    wait_port(port, timeout=10)  # `run` serves the links itself
+    assert f"approval links on http://127.0.0.1:{port}" in proxy.log_text()
+    ts = call(proxy, "chat.postMessage", {"channel": "C0BOTS", "text": "to delete"})["body"]["ts"]
+    result: dict[str, Any] = {}
+    agent = threading.Thread(target=lambda: result.update(call(proxy, "chat.delete", {"channel": "C0BOTS",
+                                                                                      "ts": ts})))
+    agent.start()
+    message = wait_for(lambda: next(iter(webhook.seen), None), what="the webhook's notification")
+    assert message["kind"] == "hold" and message["card"]["undo_class"] == "irreversible"
+    assert "chat.delete" in message["card"]["summary"]
+    time.sleep(0.5)
+    assert agent.is_alive() and "chat.delete" not in upstream.state.slack_calls  # it waits for the person
+    with client() as http:
+        assert http.post(message["links"]["approve"]).status_code == 200
+        agent.join(60)
+        assert result["body"]["ok"] is True and upstream.state.slack_calls.count("chat.delete") == 1
+        assert http.post(message["links"]["approve"]).status_code == 410
+    row = next(r for r in proxy.rows() if r["id"] == message["request_id"])
+    approval = json.loads(str(row["approval"]))
+    assert row["status"] == 200 and approval["state"] == "approved"
+    assert approval["decided_by"] == "link (webhook, ntfy, slack)"
+    assert proxy.cli("log", "verify").returncode == 0

@@ -239,3 +239,15 @@ def test_a_report_mode_policy_is_warned_that_it_never_holds() -> None:
     _, problems = check_policy_text("version: 1\nmode: report\nreview: {irreversible: hold}\nrules: []\n", "p.yaml")
     assert [(p.severity, p.line) for p in problems] == [("warning", 2)]
     assert "never holds or delays" in problems[0].message
+
+
+def test_no_agent_request_reaches_the_approval_links_whatever_else_egress_allows() -> None:
+    import ipaddress
+
+    from goex_proxy.net.egress import EgressRules
+
+    rules = EgressRules(block_private=False, links=("127.0.0.1", 8790), link_host="approve.example.net")
+    loopback, public = ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("203.0.113.9")
+    assert "approval links" in str(rules.refusal("localhost", 8790, [loopback]))
+    assert "approval links" in str(rules.refusal("Approve.Example.NET.", 443, [public]))  # the tunnel's public name
+    assert rules.refusal("localhost", 8791, [loopback]) is None and rules.refusal("api.example", 443, [public]) is None
