@@ -82,12 +82,20 @@ def check_url(value: str) -> str | None:
     return None
 
 
-def _host_port(value: Any) -> tuple[str, int]:
+def parse_host_port(value: Any, example: str = "127.0.0.1:8080") -> tuple[str, int]:
+    """`HOST:PORT` (an IPv6 host in brackets) as a listen address; ValueError naming the bad value."""
     if isinstance(value, str):
         host, sep, port = value.rpartition(":")
         if sep and host and port.isdigit() and 0 < int(port) < 65536:
             return host.strip("[]"), int(port)
-    raise ValueError(f"must be HOST:PORT like 127.0.0.1:8790, or false to serve no links (got {value!r})")
+    raise ValueError(f"must be HOST:PORT like {example} (got {value!r})")
+
+
+def _host_port(value: Any) -> tuple[str, int]:
+    try:
+        return parse_host_port(value, "127.0.0.1:8790")
+    except ValueError as exc:
+        raise ValueError(f"{exc}; or false to serve no links") from None
 
 
 def _listen(check: Checker, spec: YMap) -> tuple[str, int] | None:

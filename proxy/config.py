@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from . import yamlsrc
-from .approvalconfig import Approvals, parse_approvals
+from .approvalconfig import Approvals, parse_approvals, parse_host_port
 from .credentials.kinds import Credential, Injection
 from .durations import parse_duration
 from .errors import ConfigError, Problem, StateError
@@ -151,11 +151,7 @@ class Config:
 
 
 def _listen(value: Any) -> tuple[str, int]:
-    if isinstance(value, str):
-        host, sep, port = value.rpartition(":")
-        if sep and host and port.isdigit() and 0 < int(port) < 65536:
-            return host.strip("[]"), int(port)
-    raise ValueError(f"must be HOST:PORT like 127.0.0.1:8080 (got {value!r})")
+    return parse_host_port(value)
 
 
 def _route(value: Any) -> Route:

@@ -11,7 +11,7 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from goex_proxy.config import Config, load_config
 from goex_proxy.errors import StateError
 from goex_proxy.ids import RequestIds
 from tests.conftest import GoexProxy, free_port, wait_port
+from tests.e2e.test_approvals import CALL, wait_for
 from tests.fake_notify import FakeNtfy, FakeSlackWebhook, WebhookReceiver
 
 pytestmark = pytest.mark.e2e
@@ -345,20 +346,6 @@ POLICY = {"slack": """
       - name: slack methods
         allow: {host: slack.com, methods: [POST], path: "/api/*"}
 """}
-CALL = """
-import json, sys, requests
-r = requests.post("https://slack.com/api/" + sys.argv[1], json=json.loads(sys.argv[2]), timeout=120)
-print(json.dumps({"status": r.status_code, "body": r.json()}))
-"""
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 30, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if found := check():
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def call(proxy: GoexProxy, method: str, body: dict[str, Any]) -> dict[str, Any]:
