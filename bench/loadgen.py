@@ -37,9 +37,10 @@ class Target:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.host = "127.0.0.1"
+        self.name = args.host or self.host  # the name requests carry (a proxy may route it to 127.0.0.1)
         self.port = args.target_port
         self.https = args.scheme == "https"
-        self.authority = f"{self.host}:{self.port}"
+        self.authority = f"{self.name}:{self.port}"
         auth = ""
         if args.proxy_auth:
             auth = "Proxy-Authorization: Basic " + base64.b64encode(args.proxy_auth.encode()).decode() + "\r\n"
@@ -64,7 +65,7 @@ class Target:
         a = self.args
         if not a.proxy_port:
             return await asyncio.open_connection(self.host, self.port, ssl=self.ssl,
-                                                 server_hostname=self.host if self.ssl else None)
+                                                 server_hostname=self.name if self.ssl else None)
         reader, writer = await asyncio.open_connection("127.0.0.1", a.proxy_port)
         if self.https:
             writer.write(self.connect)
@@ -73,7 +74,7 @@ class Target:
                 writer.close()
                 first = head.split(b"\r\n", 1)[0].decode(errors="replace")
                 raise ConnectionError(f"CONNECT refused: {first}")
-            await writer.start_tls(self.ssl, server_hostname=self.host)  # type: ignore[arg-type]
+            await writer.start_tls(self.ssl, server_hostname=self.name)  # type: ignore[arg-type]
         return reader, writer
 
 
@@ -155,6 +156,8 @@ async def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scheme", choices=["http", "https"], default="http")
     p.add_argument("--target-port", type=int, required=True, help="upstream port on 127.0.0.1")
+    p.add_argument("--host", default="", help="host name in the request line and Host header (default 127.0.0.1; "
+                   "direct connections still go to 127.0.0.1)")
     p.add_argument("--path", default="/bench/items/42")
     p.add_argument("--method", default="GET", help="request method (default GET)")
     p.add_argument("--body", default="", help="request body, sent as application/json (e.g. with --method PUT)")

@@ -105,6 +105,9 @@ def throughput_policy(upstream_host: str = "127.0.0.1") -> dict:
 
 def to_yaml(doc: dict) -> str:
     """YAML text for a policy mapping (JSON is YAML; one rule a line keeps it readable)."""
-    lines = [f"version: {doc['version']}", f"name: {json.dumps(doc['name'])}", "rules:"]
+    lines = [f"version: {doc['version']}", f"name: {json.dumps(doc['name'])}"]
+    if "review" in doc:
+        lines.append(f"review: {json.dumps(doc['review'])}")
+    lines.append("rules:")
     lines += [f"  - {json.dumps(rule)}" for rule in doc["rules"]]
     return "\n".join(lines) + "\n"

@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """goex-proxy benchmark suite: throughput vs bare mitmdump, policy decision latency, audit log query time, undo
-planning time, the latency a pre-image read adds to a mutating call, peak memory under decompression bombs and how long
-a hostile path holds the event loop, and (optional) what the jail adds to starting a command and how fast a jailed
-run's file changes are kept and undone.
+planning time, the latency a pre-image read adds to a mutating call, what `review:` adds to one, peak memory under
+decompression bombs and how long a hostile path holds the event loop, and (optional) what the jail adds to starting a
+command and how fast a jailed run's file changes are kept and undone.
 
-    python bench/run.py                    # everything (~5 minutes)
-    python bench/run.py --quick            # shorter runs, same measurements (~2 minutes)
-    python bench/run.py --only decide      # one part: throughput | decide | log | undoplan | preimage | dos
+    python bench/run.py                    # everything (~9 minutes)
+    python bench/run.py --quick            # shorter runs, same measurements (~3 minutes)
+    python bench/run.py --only decide      # one part: throughput | decide | log | undoplan | preimage | review | dos
                                            # (comma-separated for several; `undo` is undoplan,preimage)
     python bench/run.py --only jail        # optional: jailed vs --no-jail exec start, keep/undo of 1,000 files (~2 min)
     python bench/run.py --only throughput --rounds 7 --duration 8
@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import PYTHON, Processes  # noqa: E402
 
-PARTS = ("throughput", "decide", "log", "undoplan", "preimage", "dos")
+PARTS = ("throughput", "decide", "log", "undoplan", "preimage", "review", "dos")
 OPTIONAL_PARTS = ("profile", "jail")
 ALIASES = {"undo": ("undoplan", "preimage")}
 
@@ -40,12 +40,12 @@ ALIASES = {"undo": ("undoplan", "preimage")}
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", default=",".join(PARTS),
-                   help="comma-separated parts to run: throughput, decide, log, undoplan, preimage (undo: both), dos, "
-                        "profile, jail (default: all but profile and jail)")
+                   help="comma-separated parts to run: throughput, decide, log, undoplan, preimage (undo: both), "
+                        "review, dos, profile, jail (default: all but profile and jail)")
     p.add_argument("--profile", action="store_true",
                    help="also profile goex-proxy under load with py-spy (the `profile` part; needs py-spy)")
     p.add_argument("--profile-scheme", default="https", help="scheme(s) to profile: http, https or http,https")
-    p.add_argument("--quick", action="store_true", help="shorter runs (about 2 minutes in all)")
+    p.add_argument("--quick", action="store_true", help="shorter runs (about 3 minutes in all)")
     p.add_argument("--duration", type=float, help="seconds per throughput run (default 5; quick 1.5)")
     p.add_argument("--rounds", type=int, help="alternating rounds per proxy and scheme (default 5; quick 3)")
     p.add_argument("--conns", type=int, default=10, help="concurrent keep-alive connections (default 10)")
@@ -145,6 +145,14 @@ def main(argv: list[str] | None = None) -> int:
                                                            verbose=not args.quiet, keep=args.keep)
             sections.append(text)
             print(text + "\n", flush=True)
+        if "review" in args.parts:
+            import review_bench
+
+            text, results["review"] = review_bench.run(procs, rounds=args.rounds, duration=args.duration,
+                                                       conns=args.conns, micro_calls=500 if args.quick else 2000,
+                                                       verbose=not args.quiet, keep=args.keep)
+            sections.append(text)
+            print(text + "\n", flush=True)
         if "dos" in args.parts:
             import dos_bench
 
@@ -205,6 +213,8 @@ def passes(results: dict[str, Any]) -> dict[str, bool]:
         out["undo plan"] = results["undoplan"]["pass"]
     for scheme, r in results.get("preimage", {}).items():
         out[f"pre-image overhead {scheme}"] = r["pass"]
+    for kind, r in review_kinds(results):
+        out[f"review pass path {kind}"] = r["within_noise"]
     if "dos" in results:
         out["bomb peak RSS"] = results["dos"]["bomb_pass"]
         out["plain body peak RSS"] = results["dos"]["plain_pass"]
@@ -252,6 +262,7 @@ def summary(results: dict[str, Any]) -> str:
         rows.append(["  PUT + pre-image / PUT, no rules / GET upstream p50",
                      f"{r['preimage_put_p50_ms']:.2f} / {r['plain_put_p50_ms']:.2f} / {r['upstream_get_p50_ms']:.2f} ms",
                      "", ""])
+    rows += review_rows(results)
     if "dos" in results:
         rows += dos_rows(results["dos"])
     if "jail" in results:
@@ -269,6 +280,25 @@ def summary(results: dict[str, Any]) -> str:
         rows.append(["  read_layer / keep / CLI files undo, edited", f"{f['edited']['read_layer_ms']:.0f} / "
                      f"{f['edited']['keep_ms']:.0f} / {f['edited']['cli_undo_ms']:.0f} ms", "", ""])
     return table(["target", "measured (medians)", "target", "result"], rows)
+
+
+def review_kinds(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The review part's results by kind of request (vendor, rest)."""
+    return [(k, r) for k, r in results.get("review", {}).items() if isinstance(r, dict) and "within_noise" in r]
+
+
+def review_rows(results: dict[str, Any]) -> list[list[str]]:
+    """Per kind of POST: goex with `review:` over goex without, both over bare, and expected_class() alone."""
+    rows = []
+    for kind, r in review_kinds(results):
+        rows.append([f"review: all pass, POST {kind}: (b)/(a) req/s", f"{r['b_over_a']:.3f} (cost {r['cost']:.0%}, "
+                     f"noise {r['noise']:.0%})", "within noise", "PASS" if r["within_noise"] else "FAIL"])
+        rows.append(["  (a)/bare, (b)/bare req/s; (b) slower in", f"{r['a_ratio']:.3f}, {r['b_ratio']:.3f}; "
+                     f"{r['rounds_b_slower']} of {len(r['b_over_a_rounds'])} rounds", "", ""])
+        rows.append([f"  expected_class() {kind} p50 / p99; main thread (b)-(a)",
+                     f"{r['expected_class_p50_us']:.0f} / {r['expected_class_p99_us']:.0f} us; "
+                     f"{r['added_main_us']:+.0f} us/req", "", ""])
+    return rows
 
 
 def dos_rows(d: dict[str, Any]) -> list[list[str]]:

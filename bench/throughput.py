@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import resource
 import shutil
 import socket
@@ -84,6 +85,9 @@ class Bench:
         self.verbose = verbose
         self.proxies: dict[str, Proxy] = {}
         self.notes: list[str] = []
+        #: host names both proxies send to the upstream's plain-HTTP listener (goex: `upstream.routes`; mitmdump:
+        #: `map_remote`), so that a request can name a host an undo pack knows
+        self.routed_hosts: tuple[str, ...] = ()
 
     def close(self, keep: bool, what: str = "bench") -> None:
         """Stop every process this bench started; keep its directory (logs, configs) if asked, else remove it."""
@@ -148,10 +152,15 @@ class Bench:
         from goex_proxy.config import load_config
         from goex_proxy.errors import ConfigError
 
+        routes = ", ".join(f"{json.dumps(h)}: {json.dumps(f'http://127.0.0.1:{self.http_port}')}"
+                           for h in self.routed_hosts)
+        if routes:
+            routes = f", routes: {{{routes}}}"
+
         def text(extra: str) -> str:
             return (f"version: 1\nlisten: 127.0.0.1:{port}\nagents:\n  {AGENT}: {{token: {json.dumps(TOKEN)}}}\n"
                     f"policies: [{json.dumps(str(policy))}]\naudit: {{db: audit.db}}\n"
-                    f"upstream: {{extra_ca: [{json.dumps(str(self.upstream_ca))}]{extra}}}\n{lines}")
+                    f"upstream: {{extra_ca: [{json.dumps(str(self.upstream_ca))}]{extra}{routes}}}\n{lines}")
 
         for extra in (", block_private_networks: false", ""):
             config.write_text(text(extra), encoding="utf-8")
@@ -173,9 +182,11 @@ class Bench:
             for f in home.glob("mitmproxy-*"):
                 shutil.copy2(f, conf / f.name)
         port = free_port()
+        routes = [x for h in self.routed_hosts for x in
+                  ("--map-remote", f"|//{re.escape(h)}(:80)?/|//127.0.0.1:{self.http_port}/")]
         proc = self.procs.start([tool("mitmdump"), "-q", "--listen-host", "127.0.0.1", "-p", str(port),
                                  "--set", f"confdir={conf}",
-                                 "--set", f"ssl_verify_upstream_trusted_ca={self.upstream_ca}"],
+                                 "--set", f"ssl_verify_upstream_trusted_ca={self.upstream_ca}", *routes],
                                 log=self.dir / "mitmdump.log")
         wait_port(port, proc, what="mitmdump")
         ca = conf / "mitmproxy-ca-cert.pem"
