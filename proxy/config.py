@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from . import yamlsrc
 from .approvalconfig import Approvals, parse_approvals, parse_host_port
+from .consoleconfig import Console, parse_console
 from .credentials.kinds import Credential, Injection
 from .durations import parse_duration
 from .errors import ConfigError, Problem, StateError
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from .credentials.oauth import OAuth2
 
 _TOP_KEYS = {"version", "state_dir", "listen", "agents", "credentials", "policies", "undo_rules", "audit", "upstream",
-             "llm", "sandbox", "limits", "approvals"}
+             "llm", "sandbox", "limits", "approvals", "console"}
 _SANDBOX_KEYS = {"hide", "expose", "allow_sockets", "pass_env"}
 _LLM_KEYS = {"base_url", "model", "api_key", "timeout"}
 _CREDENTIAL_KEYS = {"secret", "host", "hosts", "methods", "paths", "schemes", "inject", "env"}
@@ -124,6 +125,7 @@ class Config:
     sandbox: Sandbox = Sandbox()
     limits: ClientLimits = ClientLimits()
     approvals: Approvals = Approvals()
+    console: Console = Console()
 
     @property
     def policy_sources(self) -> list[tuple[Path, frozenset[str] | None]]:
@@ -476,6 +478,7 @@ def parse_config(doc: Any, file: Path, check: Checker) -> Config:
         sandbox=_sandbox(check, top, base),
         limits=parse_limits(check, top),
         approvals=parse_approvals(check, top),
+        console=parse_console(check, top, base),
     )
 
 

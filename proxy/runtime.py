@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import certifi
 from mitmproxy import master, options
@@ -17,6 +18,14 @@ from .errors import StateError
 from .policy.engine import PolicySet
 
 log = logging.getLogger(__name__)
+
+
+class Closing(Protocol):
+    async def close(self) -> None: ...
+
+
+#: A server `run` starts in its loop next to the proxy: started when the proxy starts, closed when it stops.
+Serving = Callable[[], Awaitable[Closing]]
 
 
 def upstream_ca_bundle(config: Config) -> Path | None:
@@ -143,9 +152,11 @@ class InProcessProxy:
         self._thread.join(15)
 
 
-async def serve(config: Config, policies: PolicySet, quiet: bool = False) -> None:
+async def serve(config: Config, policies: PolicySet, quiet: bool = False, also: Sequence[Serving] = ()) -> None:
     """Run the proxy until SIGINT or SIGTERM, writing what it does (reloads, holds, approvals, warnings, errors;
-    unless quiet, a line per request), each line with its time, coloured on a terminal."""
+    unless quiet, a line per request), each line with its time, coloured on a terminal. `also` starts servers in the
+    same loop next to the approval links (the console: given by the caller, since it imports undo, which imports this
+    module), each closed when the proxy stops."""
     from goex_proxy.addons import livelog
     from goex_proxy.approvals.linkserver import serve_links
 
@@ -157,14 +168,19 @@ async def serve(config: Config, policies: PolicySet, quiet: bool = False) -> Non
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, m.shutdown)
     links = await serve_links(config)  # approval links (`approvals.listen`), in this loop, until the proxy stops
+    started: list[Closing] = []
     try:
+        for start in also:
+            started.append(await start())
         await m.run()
     finally:
+        for server in reversed(started):
+            await server.close()
         if links is not None:
             await links.close()
 
 
-def check_can_listen(config: Config) -> None:
+def check_can_listen(config: Config, console: tuple[str, int] | None = None) -> None:
     """Raise StateError if `run` could not listen where the config says (the port taken, the address not ours), for
     the proxy and the approval links, so that it says so before it starts rather than in mitmproxy's words after."""
     import socket
@@ -172,6 +188,8 @@ def check_can_listen(config: Config) -> None:
     wanted = [((config.listen_host, config.listen_port), "listen")]
     if config.approvals.listen is not None:
         wanted.append((config.approvals.listen, "approvals.listen"))
+    if console is not None:
+        wanted.append((console, "console.listen"))
     for (host, port), key in wanted:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         with socket.socket(family) as probe:
@@ -183,5 +201,5 @@ def check_can_listen(config: Config) -> None:
                                  f"running? change `{key}` in {config.file})") from None
 
 
-def run(config: Config, policies: PolicySet, quiet: bool = False) -> None:
-    asyncio.run(serve(config, policies, quiet))
+def run(config: Config, policies: PolicySet, quiet: bool = False, also: Sequence[Serving] = ()) -> None:
+    asyncio.run(serve(config, policies, quiet, also))

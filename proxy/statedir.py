@@ -42,6 +42,10 @@ audit:
 upstream:
   routes: {{}}          # e.g. {{slack.com: "http://127.0.0.1:9001"}}: policy and audit still see slack.com
   extra_ca: []        # extra CA files to trust for upstream TLS (on top of the public roots)
+# The web console `goex-proxy run` serves (and `goex-proxy console` on its own); `run` prints a link to sign in.
+# Only 127.0.0.1 unless you add tls_cert and tls_key; `console: false` (or `run --no-console`) serves none.
+console:
+  listen: 127.0.0.1:8791
 # The model `goex-proxy execute` and `undo --propose` ask (any OpenAI-compatible endpoint):
 # llm: {{base_url: "https://api.openai.com/v1", model: gpt-4o, api_key: {{env: OPENAI_API_KEY}}}}
 """

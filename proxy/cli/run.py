@@ -43,8 +43,11 @@ def init(force: bool) -> None:
 @config_option
 @click.option("--quiet", is_flag=True, help="No line per request (holds, approvals, reloads, warnings and errors are "
                                             "still shown).")
+@click.option("--console/--no-console", "with_console", default=None,
+              help="Serve the web console (on console.listen, else 127.0.0.1:8791), or not; default: when the config "
+                   "has a console: section.")
 @handle_errors
-def run(config_path: Path | None, quiet: bool) -> None:
+def run(config_path: Path | None, quiet: bool, with_console: bool | None) -> None:
     """Run the proxy in the foreground until Ctrl-C, with a line per request as it ends.
 
     Each line: time, decision, request id, agent, method, URL, status, undo class (for writes), duration, and why
@@ -53,6 +56,8 @@ def run(config_path: Path | None, quiet: bool) -> None:
     Edits to the config, the policy files and the vault are picked up while it runs; an edit with a mistake is
     reported and the last good version stays in force.
 
+    With a console (see --console), it prints a link with a token once: open it to sign in to the web console.
+
     Example: goex-proxy run --config ~/.goex-proxy/config.yaml
     """
     from .. import runtime
@@ -60,7 +65,8 @@ def run(config_path: Path | None, quiet: bool) -> None:
 
     config = load_config(config_path)
     policies = load_policy_set(config.policy_sources)
-    runtime.check_can_listen(config)
+    console = _console_address(config, with_console)
+    runtime.check_can_listen(config, console)
     audit.connect(config).close()  # an unusable audit database is a reason not to start (exit 2)
     if any(c.secret.vault for c in config.credentials.values()):
         from ..credentials.vault import Vault
@@ -88,7 +94,33 @@ def run(config_path: Path | None, quiet: bool) -> None:
     click.echo(f"goex-proxy {__version__} on {config.listen_host}:{config.listen_port}; "
                f"{len(policies.policies)} polic{'y' if len(policies.policies) == 1 else 'ies'}; audit {config.audit_db}"
                + (f"; approval links on {config.approvals.base_url}" if config.approvals.listen else ""))
-    runtime.run(config, policies, quiet)
+    runtime.run(config, policies, quiet, [_serve_console(config, console)] if console else [])
+
+
+def _console_address(config: Config, wanted: bool | None) -> tuple[str, int] | None:
+    """Where `run` serves the console: `console.listen` unless --no-console; with --console, its default address when
+    the config has no section. An address beyond this machine without TLS is refused here, before anything starts."""
+    from ..consoleconfig import DEFAULT_LISTEN, exposure_problem
+
+    if wanted is False:
+        return None
+    address = config.console.listen or (DEFAULT_LISTEN if wanted else None)
+    if address is not None and (problem := exposure_problem(address, config.console.tls)) is not None:
+        raise StateError(f"{problem} ({config.file})")
+    return address
+
+
+def _serve_console(config: Config, address: tuple[str, int]) -> Any:
+    """What starts the console in `run`'s loop and prints its sign-in link, once (it is never logged)."""
+    async def start() -> Any:
+        from ..console.server import serve_console
+
+        served = await serve_console(config, address)
+        assert served is not None
+        click.echo(f"goex-proxy console on {served.base}; open (once, to sign in): {served.link}")
+        return served
+
+    return start
 
 
 def _exit_code(returncode: int) -> int:

@@ -1,0 +1,135 @@
+"""What the console reads from the audit database: rows by keyset pages, one row with its chain status, approvals."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from ..audit import store as audit
+from ..audit.seal import Seal
+from ..config import Config
+from ..errors import AuditError
+
+T = TypeVar("T")
+#: The columns of a log page (never the bodies).
+LIST_COLUMNS = ("seq, id, ts, agent, method, host, path, url, decision, rule, reason, status, error, duration_ms, "
+                "undo_class, undo_of")
+PAGE = 50
+
+
+@dataclass(frozen=True)
+class Filters:
+    """The log page's filters; each None is no filter."""
+
+    agent: str | None = None
+    host: str | None = None
+    decision: str | None = None
+    undo_class: str | None = None
+    since: float | None = None
+    until: float | None = None
+
+    def where(self) -> tuple[list[str], list[Any]]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column in ("agent", "host", "decision", "undo_class"):
+            value = getattr(self, column)
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if self.since is not None:
+            clauses.append("ts >= ?")
+            params.append(self.since)
+        if self.until is not None:
+            clauses.append("ts <= ?")
+            params.append(self.until)
+        return clauses, params
+
+
+def _rows(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, r, strict=True)) for r in cursor.fetchall()]
+
+
+def page(conn: sqlite3.Connection, filters: Filters, before: int | None = None, limit: int = PAGE) -> list[dict[str, Any]]:
+    """One page of rows, newest first, older than seq `before` (keyset: never an OFFSET, never the whole table)."""
+    clauses, params = filters.where()
+    if before is not None:
+        clauses.append("seq < ?")
+        params.append(before)
+    sql = f"SELECT {LIST_COLUMNS} FROM requests" + (" WHERE " + " AND ".join(clauses) if clauses else "")
+    return _rows(conn.execute(sql + f" ORDER BY seq DESC LIMIT {int(limit)}", params))
+
+
+def newer(conn: sqlite3.Connection, filters: Filters, after: int, limit: int = 100) -> list[dict[str, Any]]:
+    """Rows after seq `after`, oldest first (what the live stream sends next)."""
+    clauses, params = filters.where()
+    clauses.append("seq > ?")
+    params.append(after)
+    sql = f"SELECT {LIST_COLUMNS} FROM requests WHERE " + " AND ".join(clauses)
+    return _rows(conn.execute(sql + f" ORDER BY seq ASC LIMIT {int(limit)}", params))
+
+
+def head(conn: sqlite3.Connection) -> int:
+    """The newest seq (0 for an empty log)."""
+    return int(conn.execute("SELECT coalesce(max(seq), 0) FROM requests").fetchone()[0])
+
+
+def chain_status(conn: sqlite3.Connection, seal: Seal, row: dict[str, Any]) -> tuple[bool, str]:
+    """Whether this row's hashes hold under the seal's key: its link to the row before, its request fields and its
+    outcome; in a sentence. (`goex-proxy log verify` checks the whole chain.)"""
+    try:
+        key = audit.chain_key(conn, seal)
+    except AuditError as exc:
+        return False, str(exc)
+    found = conn.execute("SELECT hash FROM requests WHERE seq < ? ORDER BY seq DESC LIMIT 1", (row["seq"],)).fetchone()
+    if row["prev_hash"] != (found[0] if found else ""):
+        return False, "broken: its link to the row before does not hold (a row before it was removed or reordered)"
+    if audit.row_hash(key, row["prev_hash"], row) != row["hash"]:
+        return False, "broken: its request fields do not match its hash (the row was edited)"
+    if row["outcome_hash"] is not None and audit.outcome_hash(key, row["hash"], row) != row["outcome_hash"]:
+        return False, "broken: its outcome fields do not match its outcome hash (the row was edited)"
+    if row["outcome_hash"] is None and any(row.get(f) is not None for f in (*audit.OUTCOME_FIELDS, "undo_class",
+                                                                             "approval")):
+        return False, "broken: it has outcome fields but no outcome hash (the row was edited)"
+    keyed = "HMAC-SHA256 under the seal's key" if key is not None else "plain SHA-256 (an older log)"
+    ended = "" if row["outcome_hash"] is not None else "; its outcome is not recorded yet"
+    return True, f"intact: its link, request and outcome hashes hold ({keyed}){ended}"
+
+
+def approval_of(row: dict[str, Any]) -> dict[str, Any] | None:
+    try:
+        found = json.loads(row.get("approval") or "null")
+    except ValueError:
+        return None
+    return found if isinstance(found, dict) else None
+
+
+class Db:
+    """The console's one connection to the audit database, used by one request at a time, off the event loop."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.seal = Seal(config.state_dir)
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        with self._lock:
+            if self._conn is None:
+                self._conn = audit.connect(self.config)
+            return work(self._conn)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+def when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"

@@ -1,0 +1,35 @@
+"use strict";
+// The console's only script: new log rows without a reload (server-sent events), countdowns, a confirmation before
+// a state-changing button. The pages work without it (reload to see new rows).
+(function () {
+  var live = document.getElementById("live");
+  var body = document.querySelector("#log tbody");
+  if (live && body && live.dataset.stream && !live.hidden && window.EventSource) {
+    var source = new EventSource(live.dataset.stream);
+    source.addEventListener("row", function (event) {
+      var data = JSON.parse(event.data);
+      if (body.querySelector('tr[data-seq="' + Number(data.seq) + '"]')) return;
+      var holder = document.createElement("tbody");
+      holder.innerHTML = data.html;  // rendered by the console, every recorded value escaped
+      var row = holder.firstElementChild;
+      if (!row) return;
+      row.classList.add("new");
+      body.insertBefore(row, body.firstChild);
+    });
+    source.onerror = function () { live.textContent = "Live: reconnecting…"; };
+    source.onopen = function () { live.textContent = "Live: new requests appear at the top."; };
+  }
+  function tick() {
+    document.querySelectorAll(".countdown").forEach(function (el) {
+      var s = Math.max(0, Math.round(Number(el.dataset.deadline) - Date.now() / 1000));
+      el.textContent = s > 0 ? (s >= 60 ? Math.floor(s / 60) + " min " + (s % 60) + " s" : s + " s") : "the wait is over";
+    });
+  }
+  tick();
+  setInterval(tick, 1000);
+  document.querySelectorAll("button.danger").forEach(function (button) {
+    button.form.addEventListener("submit", function (event) {
+      if (!window.confirm(button.textContent + "?")) event.preventDefault();
+    });
+  });
+})();

@@ -1,0 +1,246 @@
+"""The web console over a real audit log, served by uvicorn on 127.0.0.1 and asked with httpx: the `console:` section,
+the guard (Host, token, cookie, CSRF, headers), keyset pages, escaping, bodies by content type and chain status."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from goex_proxy.audit.seal import Seal
+from goex_proxy.audit.store import AuditWriter
+from goex_proxy.config import Config, load_config
+from goex_proxy.console.render import body_view
+from goex_proxy.console.server import ConsoleServer, serve_console
+from goex_proxy.consoleconfig import DEFAULT_LISTEN, Console
+from goex_proxy.errors import ConfigError, StateError
+from goex_proxy.ids import RequestIds
+
+SCRIPT = "<script>alert(1)</script>"
+
+
+def write_config(tmp_path: Path, text: str = "") -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text("version: 1\nagents: {}\npolicies: []\n" + text)
+    return path
+
+
+def problems(tmp_path: Path, text: str) -> list[str]:
+    with pytest.raises(ConfigError) as err:
+        load_config(write_config(tmp_path, text))
+    return [str(p) for p in err.value.problems]
+
+
+def test_no_console_section_serves_none_from_run_and_a_section_defaults_to_loopback(tmp_path: Path) -> None:
+    assert load_config(write_config(tmp_path)).console == Console()
+    assert load_config(write_config(tmp_path, "console: {}\n")).console.listen == DEFAULT_LISTEN
+    assert load_config(write_config(tmp_path, "console: {listen: '127.0.0.1:9999'}\n")).console.listen == \
+        ("127.0.0.1", 9999)
+    assert load_config(write_config(tmp_path, "console: false\n")).console == Console()
+
+
+def test_a_console_beyond_this_machine_needs_tls(tmp_path: Path) -> None:
+    found = problems(tmp_path, "console: {listen: '0.0.0.0:8791'}\n")
+    assert len(found) == 1 and "not a loopback address" in found[0] and "TLS" in found[0], found
+    tls = load_config(write_config(tmp_path, "console: {listen: '0.0.0.0:8791', tls_cert: c.pem, tls_key: k.pem}\n"))
+    assert tls.console.tls and tls.console.tls_cert == tmp_path / "c.pem"
+    assert any("both tls_cert and tls_key" in p for p in problems(tmp_path, "console: {tls_cert: c.pem}\n"))
+    assert any("HOST:PORT" in p for p in problems(tmp_path, "console: {listen: 8791}\n"))
+
+
+def test_bodies_are_shown_by_content_type() -> None:
+    pretty = body_view(b'{"a":[1,2]}', 11, [("Content-Type", "application/json")])
+    assert pretty["kind"] == "json" and '"a": [\n' in pretty["text"]
+    assert body_view(b"plain words", 11, [("content-type", "text/plain")])["kind"] == "text"
+    binary = body_view(bytes(range(256)) * 4, 2048, [])
+    assert binary["kind"] == "hex" and binary["text"].startswith("00000000  00 01 02") and "2048 bytes" in \
+        binary["note"]
+    assert body_view(None, 0, [])["kind"] == "empty" and "not stored" in body_view(None, 99, [])["text"]
+
+
+def fill(config: Config, rows: list[dict[str, Any]]) -> list[str]:
+    ids, writer = RequestIds(), AuditWriter(config.audit_db, Seal(config.state_dir))
+    made = []
+    for i, extra in enumerate(rows):
+        rid = ids.new(1_700_000_000 + i)
+        row = {"id": rid, "ts": 1_700_000_000.0 + i, "agent": "bot", "method": "POST", "scheme": "https",
+               "host": "slack.com", "port": 443, "path": f"/p{i}", "url": f"https://slack.com/p{i}",
+               "req_headers": "[]", "req_body": b"", "decision": "allow", **extra}
+        writer.record_intent(row).result(5)
+        writer.record_outcome(rid, {"status": 200, "ended": 1.0, "duration_ms": 1.0, "resp_headers": "[]"}).result(5)
+        made.append(rid)
+    writer.close()
+    return made
+
+
+class Running:
+    """A console served in a loop of its own thread, and a client that is signed in (or not)."""
+
+    def __init__(self, config: Config) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.served: ConsoleServer = asyncio.run_coroutine_threadsafe(
+            serve_console(config, ("127.0.0.1", 0)), self.loop).result(10)  # type: ignore[assignment]
+        self.base = self.served.base
+
+    def client(self, signed_in: bool = True) -> httpx.Client:
+        client = httpx.Client(base_url=self.base, timeout=10)
+        if signed_in:
+            r = client.get(f"/?token={self.served.console.keys.token}")
+            assert r.status_code == 303 and r.headers["location"] == "/"
+        return client
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.served.close(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Config:
+    return load_config(write_config(tmp_path))
+
+
+@pytest.fixture
+def console(state: Config) -> Iterator[Running]:
+    running = Running(state)
+    yield running
+    running.close()
+
+
+def test_nothing_answers_without_the_token_and_a_wrong_token_opens_nothing(console: Running) -> None:
+    anonymous = console.client(signed_in=False)
+    for path in ("/", "/approvals", "/events", "/static/console.js", "/request/X", "/nothing"):
+        r = anonymous.get(path)
+        assert r.status_code == 401 and "Not signed in" in r.text and "set-cookie" not in r.headers, path
+    assert anonymous.get("/?token=wrong").status_code == 401
+    assert anonymous.post("/approvals/X/approve", data={"csrf": "x"}).status_code == 401
+    assert anonymous.get("/", headers={"Cookie": "goex_console=made-up"}).status_code == 401
+
+
+def test_the_token_is_traded_for_a_strict_httponly_cookie_and_a_url_without_it(console: Running) -> None:
+    client = httpx.Client(base_url=console.base)
+    r = client.get(f"/approvals?token={console.served.console.keys.token}&x=1")
+    assert r.status_code == 303 and r.headers["location"] == "/approvals?x=1"
+    cookie = r.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie and console.served.console.keys.token.lower() \
+        not in cookie
+    page = client.get("/")
+    assert page.status_code == 200 and "Requests" in page.text
+    assert page.headers["referrer-policy"] == "no-referrer" and page.headers["cache-control"] == "no-store"
+    csp = page.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp and "default-src 'none'" in csp
+    assert "<script src=\"/static/console.js\"" in page.text and "http" not in re.sub(r"https?://slack\.com\S*", "",
+                                                                                      page.text.split("<body>")[0])
+    js = client.get("/static/console.js")
+    assert js.status_code == 200 and "EventSource" in js.text and js.headers["content-type"].startswith("text/java")
+    assert client.get("/static/../auth.py").status_code == 404
+
+
+def test_a_host_other_than_the_consoles_own_is_refused(console: Running) -> None:
+    client = console.client()
+    port = console.served.address[1]
+    assert client.get("/", headers={"Host": f"localhost:{port}"}).status_code == 200
+    for host in (f"attacker.example:{port}", "127.0.0.1", f"127.0.0.1:{port + 1}"):
+        assert client.get("/", headers={"Host": host}).status_code == 400, host
+    fresh = httpx.Client(base_url=console.base)
+    r = fresh.get(f"/?token={console.served.console.keys.token}", headers={"Host": f"rebound.example:{port}"})
+    assert r.status_code == 400 and "set-cookie" not in r.headers
+
+
+def test_a_post_needs_the_sessions_csrf_token_and_the_consoles_origin(console: Running, state: Config) -> None:
+    [rid] = fill(state, [{}])
+    client = console.client()
+    page = client.get("/approvals")
+    csrf = console.served.console.keys.csrf(client.cookies["goex_console"])
+    assert f'value="{csrf}"' not in page.text or csrf  # forms carry it when there is something to decide
+    assert client.post("/review/seen", data={"id": rid}).status_code == 403
+    assert client.post("/review/seen", data={"id": rid, "csrf": "0" * 64}).status_code == 403
+    other = console.client()  # another session's token is not this one's
+    assert other.post("/review/seen", data={"id": rid, "csrf": csrf}).status_code == 403
+    assert client.post("/review/seen", data={"id": rid, "csrf": csrf},
+                       headers={"Origin": "http://evil.example"}).status_code == 403
+    assert client.post("/review/seen", data={"id": rid, "csrf": csrf},
+                       headers={"Sec-Fetch-Site": "cross-site"}).status_code == 403
+    assert client.post(f"/request/{rid}/undo", data={}).status_code == 403
+    ok = client.post("/review/seen", data={"id": rid, "csrf": csrf}, headers={"Origin": console.base,
+                                                                              "Sec-Fetch-Site": "same-origin"})
+    assert ok.status_code == 303 and ok.headers["location"] == "/approvals"
+
+
+def test_recorded_values_are_shown_as_text(console: Running, state: Config) -> None:
+    [rid] = fill(state, [{"agent": "bot", "url": f"https://slack.com/p?q={SCRIPT}",
+                          "req_headers": f'[["X-Evil", "{SCRIPT}"], ["Content-Type", "text/html"]]',
+                          "req_body": f"<b>{SCRIPT}</b>".encode(), "reason": SCRIPT}])
+    client = console.client()
+    for path in ("/", f"/request/{rid}"):
+        text = client.get(path).text
+        assert SCRIPT not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text, path
+    assert "<script" not in client.get(f"/request/{rid}").text.replace('<script src="/static/console.js" defer>', "")
+
+
+def test_the_log_is_paged_by_keyset_newest_first_and_filtered(console: Running, state: Config) -> None:
+    ids = fill(state, [{"agent": "a" if i % 2 else "b", "host": "h.example"} for i in range(120)])
+    client = console.client()
+    first = client.get("/").text
+    shown = re.findall(r'href="/request/([0-9A-Z]+)"', first)
+    assert shown == list(reversed(ids))[:50]
+    older = re.search(r'href="(/\?before=\d+)" rel="next"', first)
+    assert older, "a link to older rows"
+    second = re.findall(r'href="/request/([0-9A-Z]+)"', client.get(older.group(1).replace("&amp;", "&")).text)
+    assert second == list(reversed(ids))[50:100]
+    only_a = re.findall(r'href="/request/([0-9A-Z]+)"', client.get("/?agent=a").text)
+    assert only_a == [i for i in reversed(ids) if ids.index(i) % 2][:50]
+    assert client.get("/?decision=bogus").status_code == 400 and client.get("/?before=x").status_code == 400
+    assert client.get("/?since=yesterday-ish").status_code == 400
+
+
+def test_new_rows_arrive_on_the_event_stream(console: Running, state: Config) -> None:
+    fill(state, [{}])
+    client = console.client()
+    page = client.get("/").text
+    stream = re.search(r'data-stream="([^"]+)"', page).group(1).replace("&amp;", "&")  # type: ignore[union-attr]
+    got: list[str] = []
+
+    def listen() -> None:
+        with client.stream("GET", stream, timeout=15) as r:
+            assert r.headers["content-type"].startswith("text/event-stream")
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    got.append(line)
+                    return
+
+    reader = threading.Thread(target=listen, daemon=True)
+    reader.start()
+    [new] = fill(state, [{"agent": "late", "url": f"https://slack.com/{SCRIPT}"}])
+    reader.join(15)
+    assert got and new in got[0] and SCRIPT not in got[0] and "&lt;script&gt;" in got[0]
+
+
+def test_a_row_shows_its_chain_status_and_an_edited_row_is_named_broken(console: Running, state: Config) -> None:
+    ids = fill(state, [{}, {}])
+    client = console.client()
+    assert "intact" in client.get(f"/request/{ids[1]}").text
+    with sqlite3.connect(state.audit_db) as conn:
+        conn.execute("UPDATE requests SET status = 201 WHERE id = ?", (ids[1],))
+    page = client.get(f"/request/{ids[1]}").text
+    assert "broken: its outcome fields do not match" in page
+    assert client.get("/request/NOPE").status_code == 404
+
+
+def test_a_taken_port_and_an_open_address_are_one_clear_error(state: Config, console: Running) -> None:
+    async def serve(listen: tuple[str, int]) -> None:
+        await serve_console(state, listen)
+
+    with pytest.raises(StateError, match="cannot serve the console on 127.0.0.1:"):
+        asyncio.run(serve(console.served.address))
+    with pytest.raises(StateError, match="not a loopback address"):
+        asyncio.run(serve(("0.0.0.0", 0)))
