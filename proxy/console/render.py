@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, FileSystemLoader, select_autoescape
+from jinja2 import Environment, FileSystemLoader
 
 from ..printable import shown
 
@@ -57,8 +57,7 @@ def body_view(body: bytes | None, size: int | None, headers: list[tuple[str, str
 
 
 def environment() -> Environment:
-    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(default=True,
-                                                                                    default_for_string=True))
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True)
     env.filters["seen"] = _seen
     env.filters["when"] = _when
     return env

@@ -1,0 +1,201 @@
+"""The web console for real: served by `goex-proxy run` (a `console:` section) and by `goex-proxy console` on its own,
+asked with httpx. An agent's request made through `exec` shows up in the log and on the live stream, escaped; a held
+request approved from the approvals page completes; undo from a request's page restores the Slack fake."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import GOEX, free_port, wait_port
+from tests.e2e.test_approvals import Agent, posted, wait_for
+
+pytestmark = pytest.mark.e2e
+
+SLACK = {"slack": """
+    version: 1
+    rules:
+      - name: slack methods
+        allow: {host: slack.com, methods: [POST], path: "/api/*"}
+"""}
+HOLDING = {"slack": """
+    version: 1
+    review: {exact: pass, needs-preimage: pass, lossy: delay 3s, irreversible: hold 30s}
+    rules:
+      - name: slack methods
+        allow: {host: slack.com, methods: [POST], path: "/api/*"}
+"""}
+SCRIPT = "<script>alert(1)</script>"
+EVIL = """
+import json, requests
+r = requests.post("https://slack.com/api/chat.postMessage", json={"channel": "C0BOTS", "text": "<script>alert(1)</script>"},
+                  headers={"X-Note": "<script>alert(1)</script>"}, timeout=20)
+print(json.dumps(r.json()))
+"""
+LINK = re.compile(r"(http://127\.0\.0\.1:\d+)/\?token=([A-Za-z0-9_-]+)")
+
+
+def with_console(make_proxy: Any, policies: dict[str, str]) -> tuple[Any, str, str]:
+    """A started `goex-proxy run` serving its console; the console's base URL and the token `run` printed."""
+    port = free_port()
+    proxy = make_proxy(policies, extra_config=f"console: {{listen: '127.0.0.1:{port}'}}\n")
+    found = wait_for(lambda: LINK.search(proxy.log_text()), what="the console's link")
+    assert found.group(1) == f"http://127.0.0.1:{port}"
+    return proxy, found.group(1), found.group(2)
+
+
+def signed_in(base: str, token: str) -> httpx.Client:
+    client = httpx.Client(base_url=base, timeout=30)
+    r = client.get(f"/?token={token}")
+    assert r.status_code == 303 and r.headers["location"] == "/" and "goex_console" in client.cookies
+    return client
+
+
+def csrf_of(page: str) -> str:
+    found = re.search(r'name="csrf" value="([0-9a-f]{64})"', page)
+    assert found, "a form with its CSRF token"
+    return found.group(1)
+
+
+def first_event(client: httpx.Client, url: str, got: list[str]) -> threading.Thread:
+    def listen() -> None:
+        with client.stream("GET", url, timeout=60) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    got.append(line)
+                    return
+
+    reader = threading.Thread(target=listen, daemon=True)
+    reader.start()
+    return reader
+
+
+def test_run_serves_the_console_where_an_agents_request_appears_live_and_escaped(make_proxy, upstream):
+    proxy, base, token = with_console(make_proxy, SLACK)
+    anonymous = httpx.Client(base_url=base, timeout=30)
+    for path in ("/", "/approvals", "/events", "/static/console.css"):
+        assert anonymous.get(path).status_code == 401, path
+    assert anonymous.get("/?token=" + "x" * 43).status_code == 401
+    assert anonymous.get(f"/?token={token}", headers={"Host": f"rebind.example:{base.rsplit(':', 1)[1]}"}) \
+        .status_code == 400
+    client = signed_in(base, token)
+    page = client.get("/")
+    assert page.status_code == 200 and "No requests recorded yet" in page.text
+    stream = re.search(r'data-stream="([^"]+)"', page.text).group(1).replace("&amp;", "&")  # type: ignore[union-attr]
+    got: list[str] = []
+    reader = first_event(client, stream, got)
+
+    r = proxy.exec("mailbot", sys.executable, "-c", EVIL)
+    assert r.returncode == 0 and json.loads(r.stdout)["ok"] is True, r.stderr
+    rid = str(proxy.rows()[-1]["id"])
+    reader.join(30)
+    assert got and rid in got[0] and "chat.postMessage" in got[0], got
+    assert rid in client.get("/").text and rid in client.get("/?agent=mailbot&decision=allow").text
+    assert rid not in client.get("/?agent=slackbot").text
+
+    detail = client.get(f"/request/{rid}")
+    assert detail.status_code == 200 and detail.headers["cache-control"] == "no-store"
+    text = detail.text
+    assert SCRIPT not in text and text.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 2  # the header and the body
+    assert "X-Note" in text and "intact" in text and "slack methods" in text and "exact" in text
+    assert "frame-ancestors 'none'" in detail.headers["content-security-policy"]
+
+    proxy.stop()
+    log = proxy.log_text()
+    assert log.count(token) == 1, "the token is printed once, as the link, and never logged"
+    for path in proxy.home.rglob("*"):
+        if path.is_file() and path != proxy.log_path:
+            assert token.encode() not in path.read_bytes(), path
+
+
+def test_approving_a_held_request_from_the_approvals_page_lets_the_agents_call_complete(make_proxy, upstream):
+    proxy, base, token = with_console(make_proxy, HOLDING)
+    ts = Agent(proxy, "chat.postMessage", {"channel": "C0BOTS", "text": "to delete"}).outcome()["body"]["ts"]
+    deleting = Agent(proxy, "chat.delete", {"channel": "C0BOTS", "ts": ts})
+    client = signed_in(base, token)
+    def held() -> str | None:
+        text = client.get("/approvals").text
+        return text if "chat.delete" in text else None
+
+    page = wait_for(held, what="the held request on the approvals page")
+    rid = re.search(r'action="/approvals/([0-9A-Z]+)/approve"', page).group(1)  # type: ignore[union-attr]
+    assert 'class="countdown"' in page and "irreversible" in page and f"/approvals/{rid}/deny" in page
+    assert client.post(f"/approvals/{rid}/approve", data={}).status_code == 403  # no CSRF token: nothing decided
+    assert client.post(f"/approvals/{rid}/approve", data={"csrf": csrf_of(page)},
+                       headers={"Origin": "http://evil.example"}).status_code == 403
+    assert deleting.is_alive() and upstream.state.slack_calls.count("chat.delete") == 0
+
+    r = client.post(f"/approvals/{rid}/approve", data={"csrf": csrf_of(page)}, headers={"Origin": base})
+    assert r.status_code == 303 and r.headers["location"] == "/approvals"
+    assert deleting.outcome()["body"]["ok"] is True and ts not in posted(upstream)
+    row = next(r for r in proxy.rows() if r["id"] == rid)
+    assert json.loads(str(row["approval"]))["decided_by"] == "console" and row["status"] == 200
+    again = client.post(f"/approvals/{rid}/approve", data={"csrf": csrf_of(page)})
+    assert again.status_code == 409 and "no longer waiting" in again.text
+    assert "Nothing waits for you" in client.get("/approvals").text
+    assert proxy.cli("log", "verify").returncode == 0
+
+
+def test_undo_from_a_requests_page_restores_the_slack_fake(make_proxy, upstream):
+    proxy, base, token = with_console(make_proxy, SLACK)
+    out = Agent(proxy, "chat.postMessage", {"channel": "C0BOTS", "text": "take me back"}).outcome()
+    assert out["body"]["ok"] and posted(upstream)
+    rid = str(proxy.rows()[-1]["id"])
+    client = signed_in(base, token)
+    page = client.get(f"/request/{rid}").text
+    assert "Undo this request" in page and "chat.delete" in page and "fidelity: <b>exact</b>" in page
+    assert client.post(f"/request/{rid}/undo", data={"csrf": "0" * 64}).status_code == 403
+    assert posted(upstream), "a refused POST changes nothing"
+
+    done = client.post(f"/request/{rid}/undo", data={"csrf": csrf_of(page)}, headers={"Origin": base})
+    assert done.status_code == 200 and "done" in done.text, done.text
+    assert posted(upstream) == {} and upstream.state.slack_calls[-1] == "chat.delete"
+    undo_rows = [r for r in proxy.rows() if r["undo_of"] == rid]
+    assert len(undo_rows) == 1 and undo_rows[0]["status"] == 200
+    after = client.get(f"/request/{rid}").text
+    assert "already undone" in after and "Undo this request" not in after
+    again = client.post(f"/request/{rid}/undo", data={"csrf": csrf_of(page)})
+    assert again.status_code == 409 and upstream.state.slack_calls.count("chat.delete") == 1
+
+
+def test_the_console_command_serves_a_state_directory_on_its_own(make_proxy, upstream, tmp_path: Path):
+    proxy = make_proxy(SLACK)  # no console: section, so run serves none
+    assert not LINK.search(proxy.log_text())
+    port = free_port()
+    out = tmp_path / "console.out"
+    with open(out, "wb") as sink:
+        console = subprocess.Popen([*GOEX, "console", "--config", str(proxy.config), "--listen", f"127.0.0.1:{port}"],
+                                   env=proxy.env, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        wait_port(port, proc=console)
+        found = wait_for(lambda: LINK.search(out.read_text()), what="the console's link")
+        base, token = found.group(1), found.group(2)
+        assert httpx.get(f"{base}/", timeout=10).status_code == 401
+        client = signed_in(base, token)
+        stream = re.search(r'data-stream="([^"]+)"', client.get("/").text).group(1)  # type: ignore[union-attr]
+        got: list[str] = []
+        reader = first_event(client, stream.replace("&amp;", "&"), got)
+        Agent(proxy, "chat.postMessage", {"channel": "C0BOTS", "text": "seen from afar"}).outcome()
+        reader.join(30)
+        assert got and str(proxy.rows()[-1]["id"]) in got[0]
+
+        taken = subprocess.run([*GOEX, "console", "--config", str(proxy.config), "--listen", f"127.0.0.1:{port}"],
+                               env=proxy.env, capture_output=True, text=True, timeout=60)
+        assert taken.returncode == 2 and f"cannot serve the console on 127.0.0.1:{port}" in taken.stderr
+        assert "Traceback" not in taken.stderr and taken.stderr.count("\n") == 1, taken.stderr
+        open_ = subprocess.run([*GOEX, "console", "--config", str(proxy.config), "--listen", "0.0.0.0:1"],
+                               env=proxy.env, capture_output=True, text=True, timeout=60)
+        assert open_.returncode == 2 and "not a loopback address" in open_.stderr and "TLS" in open_.stderr
+    finally:
+        console.send_signal(signal.SIGTERM)
+        console.wait(15)
+    assert console.returncode == 0 and out.read_text().count(token) == 1
