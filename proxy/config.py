@@ -144,12 +144,14 @@ class Config:
 
     @functools.cached_property
     def egress(self) -> EgressRules:
-        """The SSRF guard's rules (`upstream.block_private_networks`, `upstream.allow_private`, the listen address)."""
+        """The SSRF guard's rules (`upstream.block_private_networks`, `upstream.allow_private`, the listen address,
+        and the approval links' and the console's, which no agent may reach)."""
         allowed = [parse_allow(entry) for entry in self.allow_private]
         links = self.approvals.public_url
         return EgressRules(self.block_private, tuple(a for a in allowed if isinstance(a, Glob)),
                            tuple(a for a in allowed if not isinstance(a, Glob)), (self.listen_host, self.listen_port),
-                           self.approvals.listen, (urlsplit(links).hostname or "").lower() or None if links else None)
+                           self.approvals.listen, (urlsplit(links).hostname or "").lower() or None if links else None,
+                           self.console.listen)
 
 
 def _listen(value: Any) -> tuple[str, int]:

@@ -3,6 +3,7 @@ it (jailed, or given the proxy settings only) or checked to have no way around i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -66,6 +67,8 @@ def run(config_path: Path | None, quiet: bool, with_console: bool | None) -> Non
     config = load_config(config_path)
     policies = load_policy_set(config.policy_sources)
     console = _console_address(config, with_console)
+    if console is not None and console != config.console.listen:  # --console without a section: guarded from agents too
+        config = dataclasses.replace(config, console=dataclasses.replace(config.console, listen=console))
     runtime.check_can_listen(config, console)
     audit.connect(config).close()  # an unusable audit database is a reason not to start (exit 2)
     if any(c.secret.vault for c in config.credentials.values()):

@@ -79,6 +79,7 @@ class EgressRules:
     listen: tuple[str, int] = ("127.0.0.1", 8080)
     links: tuple[str, int] | None = None   # where approval links are served (`approvals.listen`)
     link_host: str | None = None           # the host approval links are written with (`approvals.public_url`)
+    console: tuple[str, int] | None = None  # where the web console is served (`console.listen`)
 
     def refusal(self, host: str, port: int, addresses: list[Address]) -> str | None:
         """Why a connection to `host` at these addresses must not be made, or None if every one may be reached."""
@@ -89,6 +90,8 @@ class EgressRules:
                 return f"{host} is {ip}, this proxy's own listen address"
             if self.links is not None and _is_listener(self.links, ip, port):
                 return f"{host} is {ip}, where goex-proxy serves approval links, which no agent may reach"
+            if self.console is not None and _is_listener(self.console, ip, port):
+                return f"{host} is {ip}, where goex-proxy serves its web console, which no agent may reach"
             if not self.block_private:
                 continue
             why = address_class(ip)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -199,3 +200,26 @@ def test_the_console_command_serves_a_state_directory_on_its_own(make_proxy, ups
         console.send_signal(signal.SIGTERM)
         console.wait(15)
     assert console.returncode == 0 and out.read_text().count(token) == 1
+
+
+def test_run_no_console_serves_none_and_a_taken_console_port_stops_run_before_it_starts(make_proxy, upstream):
+    port = free_port()
+    proxy = make_proxy(SLACK, start=False, extra_config=f"console: {{listen: '127.0.0.1:{port}'}}\n")
+    with open(proxy.log_path, "ab") as sink:
+        run = subprocess.Popen([*GOEX, "run", "--config", str(proxy.config), "--no-console"], env=proxy.env,
+                               stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        wait_port(proxy.port, proc=run)
+        assert not LINK.search(proxy.log_text())
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
+    finally:
+        run.send_signal(signal.SIGTERM)
+        run.wait(15)
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        r = proxy.run_cli("run", "--config", str(proxy.config), timeout=60)
+    assert r.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in r.stderr and "console.listen" in r.stderr
+    assert "Traceback" not in r.stderr and "token=" not in r.stdout + r.stderr

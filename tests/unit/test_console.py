@@ -244,3 +244,15 @@ def test_a_taken_port_and_an_open_address_are_one_clear_error(state: Config, con
         asyncio.run(serve(console.served.address))
     with pytest.raises(StateError, match="not a loopback address"):
         asyncio.run(serve(("0.0.0.0", 0)))
+
+
+def test_no_agent_request_reaches_the_console_whatever_else_egress_allows(tmp_path: Path) -> None:
+    import ipaddress
+
+    config = load_config(write_config(tmp_path, "upstream: {block_private_networks: false}\n"
+                                                "console: {listen: '127.0.0.1:8791'}\n"))
+    loopback = ipaddress.ip_address("127.0.0.1")
+    assert "web console, which no agent may reach" in str(config.egress.refusal("localhost", 8791, [loopback]))
+    assert config.egress.refusal("localhost", 8792, [loopback]) is None
+    without = load_config(write_config(tmp_path, "upstream: {block_private_networks: false}\n"))
+    assert without.egress.refusal("localhost", 8791, [loopback]) is None
