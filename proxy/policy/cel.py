@@ -23,7 +23,8 @@ Path = tuple[str, ...]
 
 _LOCATION = re.compile(r"<input>:(\d+):(\d+): (.*)")
 _MACRO_VARIABLE = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(\s*([A-Za-z_][A-Za-z0-9_]*)\s*,")
-_CHAIN = r"\b(request|agent|now)((?:\s*\.\s*[A-Za-z_][A-Za-z0-9_]*)*)"
+#: The roots a path starts at: a policy condition's variables, and those undo expressions read besides.
+_CHAIN = r"\b(request|agent|now|response|pre|read)((?:\s*\.\s*[A-Za-z_][A-Za-z0-9_]*)*)"
 _REFERENCE = re.compile(_CHAIN + r"(\s*\()?")
 _LITERAL = r"""(?:"([^"\\]*)"|'([^'\\]*)')"""
 #: `request.headers["x"]`: only key x of the map is read.

@@ -413,6 +413,8 @@ class RequestView:
         for path in sorted(set(paths), key=len):
             if path[0] in roots:
                 out[path[0]] = roots[path[0]]()
+            elif path[0] != "request":
+                continue
             elif len(path) == 1:
                 out["request"] = _Whole((name, make()) for name, make in fields.items())
             else:

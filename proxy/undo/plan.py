@@ -268,7 +268,7 @@ def _before_forwarding(rules: Iterable[UndoRule], exchange: Exchange,
     decides if it has that part, else is passed over."""
     target = exchange.target()
     variables: dict[str, Any] | None = None
-    for rule in rules:
+    for rule in rules_for(rules, target[1]):
         if not rule.matches(*target):
             continue
         if variables is None:
@@ -295,7 +295,7 @@ def find_rule(rules: Iterable[UndoRule], exchange: Exchange, variables: Scope | 
     are built (bodies parsed) only once a rule matches host, method and path. A rule that reads a pre-image matches
     when its `when` cannot be told for want of a pre-image that could not be read."""
     target = exchange.target()
-    for rule in rules:
+    for rule in rules_for(rules, target[1]):
         if not rule.matches(*target):
             continue
         if variables is None:
@@ -320,22 +320,28 @@ FIDELITY_ORDER: tuple[Fidelity, ...] = ("exact", "needs-preimage", "lossy", "irr
 def expected_class(rules: Iterable[UndoRule], exchange: Exchange) -> tuple[Fidelity, UndoRule | None]:
     """The undo class a request will have, told before it is sent (for `review:`), and the rule that gives it.
 
-    Rules are tried as `find_rule` will try them once the response is in; where a rule's `when` needs the response,
-    the request may end up under it or a later one, and the worse class of the two is taken. A request no rule
-    is sure to match (none does, or each that may needs the response) cannot be counted on to be undone:
-    irreversible, with no rule."""
-    target = exchange.target()
+    Rules are tried as `find_rule` will try them once the response is in; where a rule's `when` reads the response,
+    the request may end up under it or a later one, and the worse class of the two is taken (such a `when` is not
+    evaluated: before the response it could only be false or unknown, and counting it can only make the class
+    worse, never better). A request no rule is sure to match (none does, or each that may needs the response)
+    cannot be counted on to be undone: irreversible, with no rule. Called for every mutating request under a
+    `review:`, so it looks only at the rules for the request's host and hands each condition only what it reads."""
+    method, host, path = exchange.target()
     variables: dict[str, Any] | None = None
     worst: tuple[int, UndoRule] | None = None
-    for rule in rules:
-        if not rule.matches(*target):
+    for rule in rules_for(rules, host):
+        if not rule.matches(method, host, path):
             continue
-        if variables is None:
-            variables = Scope({**exchange.variables(), "response": {}})  # not known yet: reading it fails
-        try:
-            holds: bool | None = rule.when.evaluate(engine_view(variables)) if rule.when is not None else True
-        except CelEvalError:
+        holds: bool | None = True
+        if rule.when is not None and any(p[0] == "response" for p in rule.when.paths):
             holds = None
+        elif rule.when is not None:
+            if variables is None:
+                variables = exchange.variables()
+            try:
+                holds = rule.when.evaluate(pruned(variables, rule.when.paths))
+            except CelEvalError:
+                holds = None
         if holds is False:
             continue
         rank = FIDELITY_ORDER.index(rule.fidelity)
@@ -344,6 +350,68 @@ def expected_class(rules: Iterable[UndoRule], exchange: Exchange) -> tuple[Fidel
         if holds:
             return FIDELITY_ORDER[worst[0]], worst[1]
     return "irreversible", None  # perhaps no rule will match: nothing is sure to take it back
+
+
+def pruned(variables: dict[str, Any], paths: Iterable[tuple[str, ...]]) -> dict[str, Any]:
+    """Only the parts of the variables these paths read (each root's first-level keys), so that the engine converts
+    a few values instead of a whole request."""
+    out: dict[str, Any] = {}
+    whole: set[str] = set()
+    for path in paths:
+        root = path[0]
+        if root not in variables or root in whole:
+            continue
+        value = variables[root]
+        if len(path) == 1 or not isinstance(value, dict):
+            out[root] = value
+            whole.add(root)
+        elif path[1] in value:
+            out.setdefault(root, {})[path[1]] = value[path[1]]
+        else:
+            out.setdefault(root, {})
+    return out
+
+
+class RuleIndex:
+    """A pack list's rules by literal host, the others (globs) kept apart, each host's candidates in pack order."""
+
+    def __init__(self, rules: tuple[UndoRule, ...]) -> None:
+        self.rules = rules
+        self._literal: dict[str, list[int]] = {}
+        self._wild: list[int] = []
+        for i, rule in enumerate(rules):
+            literals = {h.literal for h in rule.hosts}
+            if rule.hosts and None not in literals:
+                for literal in literals:
+                    self._literal.setdefault(str(literal), []).append(i)
+            else:
+                self._wild.append(i)
+        self._by_host: dict[str, tuple[UndoRule, ...]] = {}
+
+    def candidates(self, host: str) -> tuple[UndoRule, ...]:
+        found = self._by_host.get(host)
+        if found is None:
+            found = tuple(self.rules[i] for i in sorted(self._literal.get(host, []) + self._wild))
+            if len(self._by_host) < MOST_INDEXED_HOSTS:
+                self._by_host[host] = found
+        return found
+
+
+#: How many hosts' candidate lists an index keeps (a proxy sees few hosts; a flood of names must not grow it).
+MOST_INDEXED_HOSTS = 4096
+_INDEXES: dict[int, RuleIndex] = {}
+
+
+def rules_for(rules: Iterable[UndoRule], host: str) -> Iterable[UndoRule]:
+    """The rules that may match a host, in order: from an index kept per rule tuple (the loaded packs), else all."""
+    if not isinstance(rules, tuple):
+        return rules
+    index = _INDEXES.get(id(rules))
+    if index is None or index.rules is not rules:
+        if len(_INDEXES) >= 8:  # packs reloaded: the old tuples are gone
+            _INDEXES.clear()
+        index = _INDEXES[id(rules)] = RuleIndex(rules)
+    return index.candidates(host)
 
 
 def classify(rules: Iterable[UndoRule], exchange: Exchange) -> str:

@@ -251,3 +251,16 @@ def test_no_agent_request_reaches_the_approval_links_whatever_else_egress_allows
     assert "approval links" in str(rules.refusal("localhost", 8790, [loopback]))
     assert "approval links" in str(rules.refusal("Approve.Example.NET.", 443, [public]))  # the tunnel's public name
     assert rules.refusal("localhost", 8791, [loopback]) is None and rules.refusal("api.example", 443, [public]) is None
+
+
+@pytest.mark.parametrize("host", ["slack.com", "api.github.com", "gmail.googleapis.com", "bucket.s3.amazonaws.com",
+                                  "s3.eu-west-1.amazonaws.com", "nowhere.example", "Slack.com", ""])
+def test_the_rule_index_keeps_every_rule_a_host_may_match_in_pack_order(packs, host: str) -> None:  # type: ignore[no-untyped-def]
+    from goex_proxy.undo.plan import rules_for
+
+    indexed = list(rules_for(packs, host))
+    assert indexed == [r for r in packs if r in indexed]  # pack order
+    for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+        for path in ("/", "/api/chat.delete", "/repos/o/r", "/gmail/v1/users/me/messages/1", "/b/k", "/items/1"):
+            assert [r for r in indexed if r.matches(method, host, path)] == \
+                   [r for r in packs if r.matches(method, host, path)]
