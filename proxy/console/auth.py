@@ -12,6 +12,7 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 COOKIE = "goex_console"
+MAX_SESSIONS = 1000
 #: Every answer's headers: nothing cached, framed, sniffed or referred; only the console's own assets.
 SECURITY_HEADERS = [
     (b"referrer-policy", b"no-referrer"),
@@ -38,6 +39,10 @@ class Keys:
         return hmac.compare_digest(given.encode(), self.token.encode())
 
     def open_session(self) -> str:
+        """A new session for a browser that showed the token; past MAX_SESSIONS, the set starts again (every browser
+        signs in again with the link) rather than grow without end."""
+        if len(self.sessions) >= MAX_SESSIONS:
+            self.sessions.clear()
         session = secrets.token_urlsafe(32)
         self.sessions.add(session)
         return session

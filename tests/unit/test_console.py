@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
+import ssl
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -256,3 +257,27 @@ def test_no_agent_request_reaches_the_console_whatever_else_egress_allows(tmp_pa
     assert config.egress.refusal("localhost", 8792, [loopback]) is None
     without = load_config(write_config(tmp_path, "upstream: {block_private_networks: false}\n"))
     assert without.egress.refusal("localhost", 8791, [loopback]) is None
+
+
+def test_a_console_with_tls_is_served_over_https_with_a_secure_cookie(tmp_path: Path) -> None:
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    config = load_config(write_config(tmp_path, "console: {listen: '127.0.0.1:8791', tls_cert: cert.pem, "
+                                                "tls_key: key.pem}\n"))
+    running = Running(config)
+    try:
+        assert running.base.startswith("https://127.0.0.1:")
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(running.base.replace("https", "http") + "/", timeout=5)
+        client = httpx.Client(base_url=running.base, verify=ssl.create_default_context(cafile=tmp_path / "ca.pem"),
+                              timeout=10)
+        r = client.get(f"/?token={running.served.console.keys.token}")
+        assert r.status_code == 303 and "secure" in r.headers["set-cookie"].lower()
+        assert client.get("/").status_code == 200
+    finally:
+        running.close()
