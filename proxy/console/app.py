@@ -231,7 +231,7 @@ class Console:
             entry["card"] = card if isinstance(card, dict) else {}
             entry["left"] = max(0, round(float(entry.get("deadline") or 0) - now))
         return self.page(request, "approvals.html", title="Approvals", nav="approvals", waiting=waiting,
-                         review=review)
+                         review=review, refresh=5)
 
     async def decide(self, request: Request) -> Response:
         form = await self.checked_form(request)

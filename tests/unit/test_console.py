@@ -144,6 +144,7 @@ def test_the_token_is_traded_for_a_strict_httponly_cookie_and_a_url_without_it(c
     js = client.get("/static/console.js")
     assert js.status_code == 200 and "EventSource" in js.text and js.headers["content-type"].startswith("text/java")
     assert client.get("/static/../auth.py").status_code == 404
+    assert 'data-refresh="5"' in client.get("/approvals").text and "data-refresh" not in page.text
 
 
 def test_a_host_other_than_the_consoles_own_is_refused(console: Running) -> None:

@@ -27,6 +27,17 @@
   }
   tick();
   setInterval(tick, 1000);
+  // The approvals page reloads itself while nobody is typing in it, so new waiting requests appear.
+  var main = document.getElementById("main");
+  if (main && main.dataset.refresh) {
+    setInterval(function () {
+      var typing = Array.prototype.some.call(document.querySelectorAll("input[name=reason]"), function (i) {
+        return i.value !== "";
+      });
+      var busy = document.activeElement && /^(INPUT|SELECT|TEXTAREA)$/.test(document.activeElement.tagName);
+      if (!typing && !busy && document.visibilityState === "visible") window.location.reload();
+    }, 1000 * Number(main.dataset.refresh));
+  }
   document.querySelectorAll("button.danger").forEach(function (button) {
     button.form.addEventListener("submit", function (event) {
       if (!window.confirm(button.textContent + "?")) event.preventDefault();
