@@ -56,8 +56,8 @@ class BadInput(ValueError):
     """A filter or form value the console cannot use (400, said on the page)."""
 
 
-def _since(text: str) -> float | None:
-    """A `since` filter: a duration back from now (1h, 30m) or an ISO time, local unless it names a zone."""
+def _since(text: str, name: str = "since") -> float | None:
+    """A `since` or `until` filter: a duration back from now (1h, 30m) or an ISO time, local unless it names a zone."""
     if not text:
         return None
     try:
@@ -67,7 +67,7 @@ def _since(text: str) -> float | None:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        raise BadInput(f"'since' must be a duration like 1h or an ISO time like 2026-11-24T10:00 (got {text!r})") \
+        raise BadInput(f"'{name}' must be a duration like 1h or an ISO time like 2026-11-24T10:00 (got {text!r})") \
             from None
     return (moment if moment.tzinfo else moment.astimezone()).timestamp()
 
@@ -81,7 +81,8 @@ def _filters(request: Request) -> data.Filters:
     if undo_class is not None and undo_class not in FIDELITIES:
         raise BadInput(f"unknown undo class {undo_class!r}")
     return data.Filters(agent=q.get("agent") or None, host=(q.get("host") or "").lower() or None, decision=decision,
-                        undo_class=undo_class, since=_since(q.get("since", "").strip()))
+                        undo_class=undo_class, since=_since(q.get("since", "").strip()),
+                        until=_since(q.get("until", "").strip(), "until"))
 
 
 def _seq(value: str | None, name: str) -> int | None:
@@ -136,11 +137,11 @@ class Console:
         before = _seq(request.query_params.get("before"), "before")
         rows, top = await self.read(lambda c: (data.page(c, filters, before), data.head(c)))
         kept = {k: v for k, v in request.query_params.items() if k in ("agent", "host", "decision", "undo_class",
-                                                                        "since") and v}
+                                                                        "since", "until") and v}
         older = f"/?{urlencode({**kept, 'before': rows[-1]['seq']})}" if len(rows) == data.PAGE else None
         stream = f"/events?{urlencode({**kept, 'after': top})}"
         return self.page(request, "log.html", title="Requests", nav="log", rows=rows, f=filters, older=older,
-                         before=before, stream=stream, since=kept.get("since", ""), decisions=DECISIONS,
+                         before=before, stream=stream, since=kept.get("since", ""), until=kept.get("until", ""), decisions=DECISIONS,
                          classes=FIDELITIES, filtered=bool(kept))
 
     async def events(self, request: Request) -> Response:

@@ -223,3 +223,25 @@ def test_run_no_console_serves_none_and_a_taken_console_port_stops_run_before_it
         r = proxy.run_cli("run", "--config", str(proxy.config), timeout=60)
     assert r.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in r.stderr and "console.listen" in r.stderr
     assert "Traceback" not in r.stderr and "token=" not in r.stdout + r.stderr
+
+
+def test_a_conflict_is_shown_and_force_is_an_explicit_second_step(make_proxy, upstream):
+    from tests.e2e.test_undo_slack import AGENT_EDITS, EDITOR, WITH_HISTORY
+
+    proxy, base, token = with_console(make_proxy, WITH_HISTORY)
+    ts = proxy.exec("slackbot", sys.executable, "-c", EDITOR).stdout.strip()
+    assert proxy.exec("mailbot", sys.executable, "-c", AGENT_EDITS, ts).returncode == 0
+    upstream.state.slack_messages[ts]["text"] = "a person's correction"
+    edit = str(next(row for row in proxy.rows() if row["path"] == "/api/chat.update")["id"])
+    client = signed_in(base, token)
+    page = client.get(f"/request/{edit}").text
+    assert "needs-preimage" in page and "First checks" in page and 'name="force"' not in page
+
+    conflict = client.post(f"/request/{edit}/undo", data={"csrf": csrf_of(page)})
+    assert conflict.status_code == 409 and "edited again after the agent" in conflict.text
+    assert 'name="force" value="1"' in conflict.text and "Undo anyway" in conflict.text
+    assert upstream.state.slack_messages[ts]["text"] == "a person's correction"  # nothing clobbered
+
+    forced = client.post(f"/request/{edit}/undo", data={"csrf": csrf_of(conflict.text), "force": "1"})
+    assert forced.status_code == 200 and "done" in forced.text, forced.text
+    assert upstream.state.slack_messages[ts]["text"] == "original words"

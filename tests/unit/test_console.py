@@ -203,6 +203,9 @@ def test_the_log_is_paged_by_keyset_newest_first_and_filtered(console: Running, 
     assert only_a == [i for i in reversed(ids) if ids.index(i) % 2][:50]
     assert client.get("/?decision=bogus").status_code == 400 and client.get("/?before=x").status_code == 400
     assert client.get("/?since=yesterday-ish").status_code == 400
+    window = re.findall(r'href="/request/([0-9A-Z]+)"', client.get("/", params={
+        "since": "2023-11-14T22:13:25+00:00", "until": "2023-11-14T22:13:29+00:00", "agent": "a"}).text)
+    assert window == [i for i in reversed(ids) if 5 <= ids.index(i) <= 9 and ids.index(i) % 2], "a time window"
 
 
 def test_new_rows_arrive_on_the_event_stream(console: Running, state: Config) -> None:
