@@ -11,6 +11,8 @@ from urllib.parse import parse_qsl, urlencode
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+#: The session cookie's name, followed by the console's port: cookies are not kept apart by port, and two consoles
+#: (two state directories) on one machine must not sign each other out.
 COOKIE = "goex_console"
 MAX_SESSIONS = 1000
 #: Every answer's headers: nothing cached, framed, sniffed or referred; only the console's own assets.
@@ -58,12 +60,12 @@ class Keys:
         return hmac.compare_digest(self.csrf(session).encode(), given.encode())
 
 
-def _cookie(scope: Scope) -> str | None:
+def _cookie(scope: Scope, wanted: str) -> str | None:
     for name, value in scope["headers"]:
         if name == b"cookie":
             for part in value.decode("latin-1").split(";"):
                 key, _, val = part.strip().partition("=")
-                if key == COOKIE:
+                if key == wanted:
                     return str(val)
     return None
 
@@ -82,8 +84,10 @@ class Guard:
     HttpOnly SameSite=Strict cookie and a redirect without it; nothing answers without the cookie (401); a state-changing
     request must come from the console's own origin. The security headers go on every answer."""
 
-    def __init__(self, app: ASGIApp, keys: Keys, hosts: frozenset[str], origins: frozenset[str], secure: bool) -> None:
+    def __init__(self, app: ASGIApp, keys: Keys, hosts: frozenset[str], origins: frozenset[str], secure: bool,
+                 port: int) -> None:
         self.app, self.keys, self.hosts, self.origins, self.secure = app, keys, hosts, origins, secure
+        self.cookie = f"{COOKIE}_{port}"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -112,10 +116,10 @@ class Guard:
                 return HTMLResponse(_REFUSED, 401)
             rest = urlencode([(k, v) for k, v in query if k != "token"])
             redirect = RedirectResponse(scope["path"] + (f"?{rest}" if rest else ""), 303)
-            redirect.set_cookie(COOKIE, self.keys.open_session(), httponly=True, samesite="strict", secure=self.secure,
+            redirect.set_cookie(self.cookie, self.keys.open_session(), httponly=True, samesite="strict", secure=self.secure,
                                 path="/")
             return redirect
-        session = _cookie(scope)
+        session = _cookie(scope, self.cookie)
         if not self.keys.session_ok(session):
             return HTMLResponse(_REFUSED, 401)
         scope.setdefault("state", {})["session"] = session

@@ -99,7 +99,7 @@ async def serve_console(config: Config, listen: tuple[str, int] | None = None) -
     hosts = hosts_of(address)
     console = Console(config, Keys())
     app = Guard(build(console), console.keys, hosts, frozenset(f"{scheme}://{h}" for h in hosts),
-                secure=config.console.tls)
+                secure=config.console.tls, port=address[1])
     tls = config.console.tls
     server = _Server(uvicorn.Config(app, log_config=None, log_level="warning", access_log=False, lifespan="off",
                                     server_header=False, proxy_headers=False, ws="none", timeout_graceful_shutdown=2,

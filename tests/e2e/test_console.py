@@ -57,7 +57,7 @@ def with_console(make_proxy: Any, policies: dict[str, str]) -> tuple[Any, str, s
 def signed_in(base: str, token: str) -> httpx.Client:
     client = httpx.Client(base_url=base, timeout=30)
     r = client.get(f"/?token={token}")
-    assert r.status_code == 303 and r.headers["location"] == "/" and "goex_console" in client.cookies
+    assert r.status_code == 303 and r.headers["location"] == "/" and f"goex_console_{base.rsplit(':', 1)[1]}" in client.cookies
     return client
 
 

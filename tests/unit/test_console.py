@@ -124,7 +124,12 @@ def test_nothing_answers_without_the_token_and_a_wrong_token_opens_nothing(conso
         assert r.status_code == 401 and "Not signed in" in r.text and "set-cookie" not in r.headers, path
     assert anonymous.get("/?token=wrong").status_code == 401
     assert anonymous.post("/approvals/X/approve", data={"csrf": "x"}).status_code == 401
-    assert anonymous.get("/", headers={"Cookie": "goex_console=made-up"}).status_code == 401
+    port = console.served.address[1]
+    assert anonymous.get("/", headers={"Cookie": f"goex_console_{port}=made-up"}).status_code == 401
+    signed = console.client()
+    session = signed.cookies[f"goex_console_{port}"]
+    assert anonymous.get("/", headers={"Cookie": f"goex_console_{port + 1}={session}"}).status_code == 401
+    assert anonymous.get("/", headers={"Cookie": f"goex_console_{port}={session}"}).status_code == 200
 
 
 def test_the_token_is_traded_for_a_strict_httponly_cookie_and_a_url_without_it(console: Running) -> None:
@@ -162,7 +167,7 @@ def test_a_post_needs_the_sessions_csrf_token_and_the_consoles_origin(console: R
     [rid] = fill(state, [{}])
     client = console.client()
     page = client.get("/approvals")
-    csrf = console.served.console.keys.csrf(client.cookies["goex_console"])
+    csrf = console.served.console.keys.csrf(client.cookies[f"goex_console_{console.served.address[1]}"])
     assert f'value="{csrf}"' not in page.text or csrf  # forms carry it when there is something to decide
     assert client.post("/review/seen", data={"id": rid}).status_code == 403
     assert client.post("/review/seen", data={"id": rid, "csrf": "0" * 64}).status_code == 403
