@@ -245,3 +245,32 @@ def test_a_conflict_is_shown_and_force_is_an_explicit_second_step(make_proxy, up
     forced = client.post(f"/request/{edit}/undo", data={"csrf": csrf_of(conflict.text), "force": "1"})
     assert forced.status_code == 200 and "done" in forced.text, forced.text
     assert upstream.state.slack_messages[ts]["text"] == "original words"
+
+
+def test_a_denial_from_the_page_carries_its_reason_and_a_delayed_request_can_be_cancelled(make_proxy, upstream):
+    proxy, base, token = with_console(make_proxy, {"slack": HOLDING["slack"].replace("delay 3s", "delay 60s")})
+    ts = Agent(proxy, "chat.postMessage", {"channel": "C0BOTS", "text": "keep me"}).outcome()["body"]["ts"]
+    client = signed_in(base, token)
+
+    def waiting(what: str) -> str | None:
+        text = client.get("/approvals").text
+        return text if what in text else None
+
+    deleting = Agent(proxy, "chat.delete", {"channel": "C0BOTS", "ts": ts})
+    page = wait_for(lambda: waiting("chat.delete"), what="the held delete")
+    rid = re.search(r'action="/approvals/([0-9A-Z]+)/deny"', page).group(1)  # type: ignore[union-attr]
+    r = client.post(f"/approvals/{rid}/deny", data={"csrf": csrf_of(page), "reason": "<b>that message stays</b>"})
+    assert r.status_code == 303
+    out = deleting.outcome()
+    assert out["status"] == 403 and "<b>that message stays</b>" in out["body"]["reason"] and ts in posted(upstream)
+
+    creating = Agent(proxy, "conversations.create", {"name": "late-room"})
+    page = wait_for(lambda: waiting("conversations.create"), what="the delayed create")
+    rid = re.search(r'action="/approvals/([0-9A-Z]+)/cancel"', page).group(1)  # type: ignore[union-attr]
+    assert "Send now" in page and "Sent in" in page
+    assert client.post(f"/approvals/{rid}/cancel", data={"csrf": csrf_of(page)}).status_code == 303
+    assert creating.outcome()["status"] == 403 and "conversations.create" not in upstream.state.slack_calls
+    states = {json.loads(str(r["approval"]))["state"] for r in proxy.rows() if r["approval"]}
+    assert states == {"denied", "cancelled"}
+    detail = client.get(f"/request/{rid}").text
+    assert "cancelled" in detail and "console" in detail
