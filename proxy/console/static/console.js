@@ -38,6 +38,17 @@
       if (!typing && !busy && document.visibilityState === "visible") window.location.reload();
     }, 1000 * Number(main.dataset.refresh));
   }
+  // "/" jumps to the filters (as in many log viewers); Escape leaves a field.
+  document.addEventListener("keydown", function (event) {
+    var target = event.target;
+    var typing = target && /^(INPUT|SELECT|TEXTAREA)$/.test(target.tagName);
+    if (event.key === "/" && !typing && !event.ctrlKey && !event.metaKey && !event.altKey) {
+      var first = document.querySelector(".filters input");
+      if (first) { event.preventDefault(); first.focus(); }
+    } else if (event.key === "Escape" && typing) {
+      target.blur();
+    }
+  });
   document.querySelectorAll("button.danger").forEach(function (button) {
     button.form.addEventListener("submit", function (event) {
       if (!window.confirm(button.textContent + "?")) event.preventDefault();
