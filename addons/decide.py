@@ -15,7 +15,7 @@ from goex_proxy.addons import flowmeta, replies
 from goex_proxy.addons.failclosed import fail_closed
 from goex_proxy.addons.state import ProxyState
 from goex_proxy.net import bodies
-from goex_proxy.policy.engine import Decision, decide
+from goex_proxy.policy.engine import Decision, decide, waiting_as_strictly
 from goex_proxy.policy.limits import Charge
 from goex_proxy.policy.requestview import (
     RequestView,
@@ -188,6 +188,7 @@ class Decide:
                 d = Decision("deny", f"refused before policy: the path {path!r} is ambiguous: {how} read it as {why}",
                              "request-target")
                 break
+            d = waiting_as_strictly(d, other)
         if d.effect == "allow":
             d = self._every_reading(view, d, now)
         flowmeta.set_decision(flow, d)
@@ -215,6 +216,7 @@ class Decide:
             if d.effect != "allow" and (must_allow or d.rule is not None):
                 return Decision("deny", f"refused: read {how}, the request is {other.method} {other.path}, which "
                                         f"policy does not allow ({d.reason})", "request-reading")
+            allowed = waiting_as_strictly(allowed, d)
         return allowed
 
     @fail_closed("decide")

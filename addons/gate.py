@@ -4,6 +4,7 @@ the wait is recorded before it starts, and what became of it after. Other reques
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -16,6 +17,7 @@ from mitmproxy.connection import ConnectionState
 from goex_proxy.addons import flowmeta, livelog, replies, rows
 from goex_proxy.addons.decide import header_pairs
 from goex_proxy.addons.failclosed import fail_closed
+from goex_proxy.addons.preimage import Preimage
 from goex_proxy.addons.state import ProxyState
 from goex_proxy.approvals import notify
 from goex_proxy.approvals import store as approvals
@@ -25,7 +27,8 @@ from goex_proxy.audit import store as audit
 from goex_proxy.durations import format_duration
 from goex_proxy.policy.engine import Decision, decide
 from goex_proxy.policy.limits import Charge
-from goex_proxy.undo.plan import SAFE_METHODS, Exchange, UndoRule, expected_class
+from goex_proxy.policy.requestview import readings
+from goex_proxy.undo.plan import FIDELITY_ORDER, SAFE_METHODS, Exchange, UndoRule, expected_class
 
 log = logging.getLogger(__name__)
 
@@ -78,31 +81,32 @@ class Gate:
         if d.wait is None and not review:
             return
         exchange = self._exchange(flow)
-        rule = None
-        undo_class: str | None = None
-        if flow.request.method.upper() not in SAFE_METHODS:
-            undo_class, rule = expected_class(self.state.undo_rules, exchange)
+        runs_as = self._methods(flow)
+        undo_class, rule = self._worst_class(exchange, runs_as)
         choice = choose(d.wait, d.rule.partition("/")[2] if d.rule else None, review, undo_class)
         if choice.action == "review":
             flowmeta.set_review(flow, str(undo_class), choice.why)
         elif choice.action in ("hold", "delay"):
             agent = str(flowmeta.agent(flow))
             if self.per_agent.get(agent, 0) >= MOST_WAITING_PER_AGENT:
+                if (charge := flowmeta.charge(flow)) is not None:  # not sent: it counts against no limit
+                    self.state.limits.take_back(charge)
+                    flowmeta.clear_charge(flow)
                 replies.refuse(flow, Decision("deny", f"agent '{agent}' already has {MOST_WAITING_PER_AGENT} requests "
                                                       "waiting for a person; this one was not sent (try again once "
                                                       "they are decided)", d.rule))
                 return
             self.per_agent[agent] = self.per_agent.get(agent, 0) + 1  # counted before the first await
             try:
-                await self._hold(flow, d, choice, undo_class, rule, exchange)
+                await self._hold(flow, d, choice, undo_class, rule, exchange, runs_as)
             finally:
                 self.per_agent[agent] -= 1
 
     async def _hold(self, flow: http.HTTPFlow, d: Decision, choice: Choice, undo_class: str | None,
-                    rule: UndoRule | None, exchange: Exchange) -> None:
+                    rule: UndoRule | None, exchange: Exchange, runs_as: tuple[str, ...]) -> None:
         """Record the wait, wait, then let the request go or answer it; never leave the flow intercepted."""
         entry = await self._begin(flow, d, choice, undo_class or "read", make_card(
-            exchange, undo_class or "read (changes nothing)", rule, choice.why, self.state.scrubber))
+            exchange, undo_class or "read (changes nothing)", rule, choice.why, self.state.scrubber, runs_as[1:]))
         try:
             await self._end(flow, d, await self._until_decided(flow, entry))
         except BaseException:  # nothing is sent; the wait must not outlive the failure (fail_closed answers 502)
@@ -110,6 +114,26 @@ class Gate:
             raise
         finally:
             flow.resume()
+
+    @staticmethod
+    def _methods(flow: http.HTTPFlow) -> tuple[str, ...]:
+        """The method the request has, then any other a server may run it as (a method override names one)."""
+        own = flow.request.method.upper()
+        view = flowmeta.view(flow)
+        others = sorted({other.method for _, other, _ in readings(view)} - {own}) if view is not None else []
+        return (own, *others)
+
+    def _worst_class(self, exchange: Exchange, methods: tuple[str, ...]) -> tuple[str | None, UndoRule | None]:
+        """The worst undo class the request has under any method it may be run as (None: every one is a read)."""
+        worst: tuple[int, str, UndoRule | None] | None = None
+        for method in methods:
+            if method in SAFE_METHODS:
+                continue
+            found, rule = expected_class(self.state.undo_rules, dataclasses.replace(exchange, method=method))
+            rank = FIDELITY_ORDER.index(found)
+            if worst is None or rank > worst[0]:
+                worst = (rank, found, rule)
+        return (worst[1], worst[2]) if worst else (None, None)
 
     def _exchange(self, flow: http.HTTPFlow) -> Exchange:
         req = flow.request
@@ -163,6 +187,8 @@ class Gate:
         entry, request_id = settled.entry, flowmeta.request_id(flow)
         reason, charged = None, None
         if settled.state in approvals.GOING:
+            reason = await self._unchanged(flow)
+        if reason is None and settled.state in approvals.GOING:
             reason, charged = await self._still_allowed(flow, d)
         if reason is None and settled.state in approvals.GOING:
             flowmeta.set_approval(flow, approvals.outcome(entry, charged))
@@ -170,14 +196,36 @@ class Gate:
             livelog.event(settled.state, request_id, flowmeta.agent(flow), f"{who.strip() or 'its delay ran out'}; "
                                                                             "sending it")
             return
+        if entry["state"] in approvals.GOING:  # let go, then refused: the queue and the row must not say sent
+            entry = {**entry, "state": approvals.REFUSED, "reason": reason}
+            self.state.writer.apply(lambda conn, writer: conn.execute(  # type: ignore[union-attr]
+                "UPDATE approvals SET state = ?, reason = ? WHERE request_id = ?",
+                (approvals.REFUSED, reason, request_id))).add_done_callback(_log_failure)
         reason = reason or refusal(entry)
-        flowmeta.set_approval(flow, approvals.outcome({**entry, "reason": reason} if entry["state"] in approvals.GOING
-                                                      else entry))
+        flowmeta.set_approval(flow, approvals.outcome(entry))
         livelog.event(entry["state"] if entry["state"] not in approvals.GOING else "refused", request_id,
                       flowmeta.agent(flow), f"not sent: {self.state.scrubber.text(reason)}")
         denial = Decision("deny", reason, d.rule)
         flowmeta.set_decision(flow, denial)
         replies.denied(flow, denial)
+
+    async def _unchanged(self, flow: http.HTTPFlow) -> str | None:
+        """Why the request must not go after all, if the resource its pre-image was read of has changed while it
+        waited (undo would put back the older state, losing the newer one); the row keeps the pre-image it has."""
+        kept = flowmeta.preimage(flow)
+        if kept is None or kept[0] == 0:  # none was read, or the read failed: undo has no pre-image to go stale
+            return None
+        reading = Preimage(self.state).read_again(flow)
+        if reading is not None:
+            await reading
+        fresh = flowmeta.preimage(flow)
+        flowmeta.set_preimage(flow, *kept)
+        if fresh is None or flow.response is not None:
+            return None if flow.response is None else "its pre-image could not be read again when its wait ended"
+        if (fresh[0], fresh[2]) != (kept[0], kept[2]):
+            return ("the resource changed while the request waited (it no longer reads as it did when the request "
+                    "arrived), so undo could not put it back as it was; it was not sent: look at it again")
+        return None
 
     async def _still_allowed(self, flow: http.HTTPFlow, d: Decision) -> tuple[str | None, str | None]:
         """Decide the request again under the policies and limits in force now (they may have changed while it
@@ -216,8 +264,9 @@ class Gate:
             await asyncio.sleep(POLL_SECONDS)
             now = time.time()
             for request_id, waiter in list(self.waiting.items()):
-                if not waiter.flow.client_conn.state & ConnectionState.CAN_READ:
-                    self._settle(request_id, approvals.ABANDONED, "the agent's client closed the connection")
+                if waiter.flow.error is not None or not waiter.flow.client_conn.state & ConnectionState.CAN_READ:
+                    self._settle(request_id, approvals.ABANDONED, "the agent's client gave up on the request "
+                                                                  "(closed its connection or reset its stream)")
                 elif now >= waiter.deadline:
                     sends = waiter.kind == "delay" or waiter.on_timeout == "send"
                     self._settle(request_id, approvals.SENT if sends else approvals.TIMED_OUT, None)

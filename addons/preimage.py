@@ -28,9 +28,14 @@ class Preimage:
     @fail_closed("preimage")
     def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         """Sync for reads and requests no rule wants a pre-image of; only the read itself is a coroutine."""
-        if flow.response or flow.error or not flow.live or flow.request.method.upper() in SAFE_METHODS:
+        if flow.response or flow.error or not flow.live:
             return None
-        if not self.state.undo_rules or flowmeta.undo_of(flow):
+        return self.read_again(flow)
+
+    def read_again(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """Read the pre-image this request's undo rule wants (None when it wants none); the gate reads it again
+        when a request that waited is let go, to see that the resource did not change meanwhile."""
+        if flow.request.method.upper() in SAFE_METHODS or not self.state.undo_rules or flowmeta.undo_of(flow):
             return None
         req = flow.request
         read = preimage_read(self.state.undo_rules, Exchange(req.method, req.url, header_pairs(req.headers),

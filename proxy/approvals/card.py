@@ -12,15 +12,17 @@ from ..policy.cel import CelEvalError
 from ..printable import shown
 from ..undo.plan import Exchange, Scope, UndoRule, header_map
 
-#: How many of a body's fields a card names, and how much of each value it shows.
-MOST_FIELDS = 8
+#: How many of a body's fields a card names, and how much of each value it shows (a cut value says its length).
+MOST_FIELDS = 20
 VALUE_CHARS = 80
+#: How much of the URL a card shows, so that a long one cannot push the fields out of a notification.
+MOST_URL_CHARS = 300
 
 
 def _short(value: Any, scrub: SecretScrubber) -> str:
     text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), default=str)
     text = shown(scrub.text(text))
-    return text if len(text) <= VALUE_CHARS else text[:VALUE_CHARS - 1] + "…"
+    return text if len(text) <= VALUE_CHARS else f"{text[:VALUE_CHARS - 1]}… ({len(text)} characters)"
 
 
 def key_fields(exchange: Exchange, scrub: SecretScrubber) -> dict[str, str]:
@@ -64,9 +66,13 @@ def compensation(rule: UndoRule | None, undo_class: str, exchange: Exchange, scr
     return steps
 
 
-def card(exchange: Exchange, undo_class: str, rule: UndoRule | None, why: str, scrub: SecretScrubber) -> dict[str, Any]:
-    """The card for one waiting request (stored with it, sent in notifications, shown by `pending`)."""
+def card(exchange: Exchange, undo_class: str, rule: UndoRule | None, why: str, scrub: SecretScrubber,
+         runs_as: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The card for one waiting request (stored with it, sent in notifications, shown by `pending`); `runs_as`: other
+    methods a server may run it as (a method override names them)."""
     method, url = exchange.method.upper(), shown(scrub.text(exchange.url))
+    url = url if len(url) <= MOST_URL_CHARS else f"{url[:MOST_URL_CHARS]}… ({len(url)} characters)"
+    verb = f"{method} (which a server may run as {' or '.join(runs_as)})" if runs_as else method
     fields = key_fields(exchange, scrub)
     undo = compensation(rule, undo_class, exchange, scrub)
     with_fields = f" with {', '.join(f'{k}={v}' for k, v in fields.items())}" if fields else ""
@@ -74,6 +80,6 @@ def card(exchange: Exchange, undo_class: str, rule: UndoRule | None, why: str, s
         back = f"Undo could not take it back ({undo[0].removeprefix('nothing: ')})."
     else:
         back = f"Undo ({undo_class}) would send {'; then '.join(undo)}."
-    summary = f"{method} {url}{with_fields}. It waits because {why}. {back}"
-    return {"method": method, "url": url, "fields": fields, "undo_class": undo_class,
+    summary = f"{verb} {url}{with_fields}. It waits because {why}. {back}"
+    return {"method": method, "runs_as": list(runs_as), "url": url, "fields": fields, "undo_class": undo_class,
             "undo_rule": f"{rule.pack}/{rule.name}" if rule else None, "undo": undo, "why": why, "summary": summary}

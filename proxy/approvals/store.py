@@ -32,6 +32,7 @@ CANCELLED = "cancelled"
 STOPPED = "stopped"        # its proxy stopped while it waited: nothing was sent
 ABANDONED = "abandoned"    # the agent's client closed the connection while it waited: nothing was sent
 PASSED = "passed"          # sent at once because undo can take it back; queued for review
+REFUSED = "refused"        # let go, then refused as the policy or limits stood when its wait ended: not sent
 
 #: Which state each person's action leads to, and from which states it may.
 ACTIONS = {"approve": (APPROVED, WAITING), "deny": (DENIED, WAITING), "cancel": (CANCELLED, (DELAYED,))}

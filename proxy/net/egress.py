@@ -106,9 +106,14 @@ class EgressRules:
 
 
 def _is_listener(listen: tuple[str, int], ip: Address, port: int) -> bool:
-    """Whether a connection to `ip`:`port` would reach a socket listening at `listen`."""
+    """Whether a connection to `ip`:`port` would reach a socket listening at `listen` (0.0.0.0 and :: reach this
+    machine, as an IPv4-mapped IPv6 address reaches its IPv4 one)."""
     if port != listen[1]:
         return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_unspecified:
+        return True
     host = listen[0].strip("[]")
     if host in ("", "0.0.0.0", "::"):
         return ip.is_loopback or ip.is_unspecified or is_local(ip)

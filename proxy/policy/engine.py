@@ -53,6 +53,13 @@ class Wait:
 REVIEW_CLASSES = ("exact", "needs-preimage", "lossy", "irreversible")
 
 
+def waiting_as_strictly(allowed: Decision, other: Decision) -> Decision:
+    """`allowed`, made to wait as long as another reading of the same request would (a server may run that one)."""
+    if other.effect != "allow" or other.wait is None or other.wait == allowed.wait:
+        return allowed
+    return dataclasses.replace(allowed, wait=strictest((allowed.wait, other.wait)))
+
+
 def strictest(waits: Iterable[Wait | None]) -> Wait | None:
     """The wait that keeps most from happening (None: none of them waits)."""
     found = [w for w in waits if w is not None]
@@ -331,6 +338,7 @@ def _every_value(view: RequestView, repeated: list[RepeatedKey], first: Decision
             return Decision("deny", f"refused: servers differ on which value of a repeated key they read; read with "
                                     f"{how}, policy does not allow the request ({d.reason})",
                             "request-reading", allowed_instead=d.allowed_instead)
+        first = waiting_as_strictly(first, d)
     return first
 
 
@@ -343,6 +351,7 @@ class _Matched:
     reporting: bool = False   # a report-mode policy softens default deny only on the hosts its rules cover
     unaccepting: list[Rule] = field(default_factory=list)   # enforced allow rules refusing keys sent twice
     lenient_denies: list[Rule] = field(default_factory=list)  # enforced deny rules a lenient router's path meets
+    lenient_waits: list[Rule] = field(default_factory=list)   # enforced allow rules that wait, met the same way
 
 
 def _match(view: RequestView, policies: PolicySet, repeated: list[RepeatedKey]) -> _Matched:
@@ -361,9 +370,10 @@ def _match(view: RequestView, policies: PolicySet, repeated: list[RepeatedKey]) 
                     m.unaccepting.append(rule)
             else:
                 (m.enforce if enforced else m.report).append(rule)
-        elif enforced and rule.effect == "deny" and (rule.matches_plain(view, c.host_known, LENIENT) or (
+        elif enforced and (rule.effect == "deny" or rule.wait is not None) and (
+                rule.matches_plain(view, c.host_known, LENIENT) or (
                 formatless is not None and rule.matches_plain(formatless, c.host_known, LENIENT))):
-            m.lenient_denies.append(rule)
+            (m.lenient_denies if rule.effect == "deny" else m.lenient_waits).append(rule)
     return m
 
 
@@ -389,11 +399,16 @@ def _decide_reading(view: RequestView, policies: PolicySet, now: float, counts: 
     def context() -> Any:
         """Built once per decision, holding only what the conditions that may run can read."""
         if "c" not in cache:
-            rules = m.enforce + m.report + m.lenient_denies
+            rules = m.enforce + m.report + m.lenient_denies + m.lenient_waits
             cache["c"] = bind(view.cel_context(now, [p for r in rules if r.when is not None for p in r.when.paths]))
         return cache["c"]
 
     d = _conclude(view, policies, m, context, now, counts, repeated)
+    if d.effect == "allow" and m.lenient_waits:
+        # A router that ignores case, a trailing slash or a format suffix runs what a waiting rule names: it waits.
+        waits = _judge(m.lenient_waits, view, context).allows
+        if waits:
+            d = dataclasses.replace(d, wait=strictest([d.wait, *(r.wait for r in waits)]))
     if d.effect == "allow" and m.lenient_denies:
         lenient = _judge(m.lenient_denies, view, context)
         if lenient.deny is not None:

@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import serve_json
+
 pytestmark = pytest.mark.e2e
 
 POLICY = {"slack": """
@@ -364,3 +366,72 @@ def test_without_run_the_person_at_exec_is_told_on_stderr_and_the_agents_output_
     told = deleting.error.splitlines()
     assert told[0].startswith(f"goex-proxy: held      {card['id']} mailbot") and "goex-proxy approve ID" in told[0]
     assert told[1].startswith(f"goex-proxy: approved  {card['id']} mailbot by ")
+
+
+# What a red team found: other readings of a request, stale pre-images, refusals after a wait ----------------------
+
+HOLD_DELETES = {"slack": """
+    version: 1
+    rules:
+      - name: slack posts
+        allow: {host: slack.com, methods: [POST], path: "/api/*"}
+      - name: deleting waits
+        allow: {host: slack.com, methods: [POST], path: /api/chat.delete, hold: {timeout: 1m}}
+      - name: items
+        allow: {host: slack.com, methods: [POST, GET], path: "/items/*"}
+      - name: deleting items waits
+        allow: {host: slack.com, methods: [DELETE], path: "/items/*", hold: {timeout: 1m}}
+"""}
+
+
+@pytest.mark.parametrize(("how", "args"), [
+    ("method override header", ["-X", "POST", "-H", "X-HTTP-Method-Override: DELETE", "https://slack.com/items/1"]),
+    ("_method in the query", ["-X", "POST", "https://slack.com/items/1?_method=DELETE"]),
+    ("a read that overrides", ["-H", "X-HTTP-Method-Override: DELETE", "https://slack.com/items/2"]),
+    ("the path in capitals", ["-X", "POST", "--json", "{}", "https://slack.com/api/CHAT.DELETE"]),
+    ("a format suffix", ["-X", "POST", "--json", "{}", "https://slack.com/api/chat.delete.json"]),
+])
+def test_a_request_waits_if_any_way_a_server_reads_it_waits(make_proxy, upstream, how, args):
+    proxy = make_proxy(HOLD_DELETES)
+    out: dict[str, Any] = {}
+    agent = threading.Thread(target=lambda: out.update(r=proxy.exec("mailbot", "curl", "-sS", "-m", "60", *args)),
+                             daemon=True)
+    agent.start()
+    card = one_pending(proxy)
+    if "override" in how or "_method" in how:
+        assert card["card"]["runs_as"] == ["DELETE"] and "a server may run as DELETE" in card["card"]["summary"]
+    time.sleep(0.5)
+    assert agent.is_alive() and not [s for s in upstream.state.seen if s.host == "slack.com"]
+    assert proxy.cli("deny", card["id"]).returncode == 0
+    agent.join(60)
+    assert not [s for s in upstream.state.seen if s.host == "slack.com"]
+
+
+def test_a_resource_changed_while_the_request_waited_is_not_overwritten(make_proxy, tmp_path):
+    policy = {"rest": """
+        version: 1
+        review: {needs-preimage: hold 1m}
+        rules:
+          - name: the notes API
+            allow: {host: notes.example, methods: [GET, PUT]}
+    """}
+    with serve_json(tmp_path, {"posts": [{"id": 1, "title": "one"}]}) as base:
+        proxy = make_proxy(policy, routes={"notes.example": base})
+        out: dict[str, Any] = {}
+        put = ("import requests; r = requests.put('http://notes.example/posts/1', json={'title': 'agent'}, "
+               "timeout=60); print(r.status_code, r.text)")
+        agent = threading.Thread(target=lambda: out.update(r=proxy.exec("mailbot", sys.executable, "-c", put)),
+                                 daemon=True)
+        agent.start()
+        card = one_pending(proxy)
+        assert card["undo_class"] == "needs-preimage"
+        import requests
+
+        requests.put(f"{base}/posts/1", json={"id": 1, "title": "a colleague's edit"}, timeout=10)
+        assert proxy.cli("approve", card["id"]).returncode == 0
+        agent.join(60)
+        assert out["r"].stdout.startswith("403") and "the resource changed while the request waited" in out["r"].stdout
+        assert requests.get(f"{base}/posts/1", timeout=10).json()["title"] == "a colleague's edit"
+        row = next(r for r in proxy.rows() if r["id"] == card["id"])
+        assert json.loads(row["approval"])["state"] == "refused"
+        assert "nothing to review" in proxy.cli("review").stdout  # it was not sent: not in the review queue

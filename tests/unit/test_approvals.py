@@ -120,7 +120,8 @@ def test_a_card_says_what_the_request_will_do_without_its_secrets(packs) -> None
                  scrub)
     text = json.dumps(found)
     assert "xoxb-real-secret" not in text and found["fields"]["token"] == "{{SLACK}}"
-    assert len(found["fields"]["blob"]) <= 80 and found["fields"]["…"] == "6 more"
+    assert found["fields"]["blob"] == "x" * 79 + "… (500 characters)"  # cut, and says how long it was
+    assert len(found["fields"]) == 14  # every field of a small body is named, the channel among them
     assert found["summary"].startswith("POST https://slack.com/api/chat.delete with channel=C0BOTS")
     assert "Undo could not take it back" in found["summary"]
     create = slack("conversations.create", {"name": "room"})
@@ -264,3 +265,33 @@ def test_the_rule_index_keeps_every_rule_a_host_may_match_in_pack_order(packs, h
         for path in ("/", "/api/chat.delete", "/repos/o/r", "/gmail/v1/users/me/messages/1", "/b/k", "/items/1"):
             assert [r for r in indexed if r.matches(method, host, path)] == \
                    [r for r in packs if r.matches(method, host, path)]
+
+
+def test_a_key_sent_twice_waits_if_any_of_its_readings_waits() -> None:
+    from goex_proxy.policy.limits import LimitCounters
+    from goex_proxy.policy.requestview import RequestView
+
+    found, _ = policy("""version: 1
+rules:
+  - name: post
+    allow: {host: a.example, methods: [POST], duplicate_keys: accept}
+  - name: general waits
+    allow: {host: a.example, methods: [POST], duplicate_keys: accept, hold: true,
+            when: 'request.form.channel == "C0GENERAL"'}
+""")
+    view = RequestView("bot", "POST", "https", "a.example", 443, "/post",
+                       headers=(("content-type", "application/x-www-form-urlencoded"),),
+                       body=b"channel=C0BOTS&channel=C0GENERAL")
+    from goex_proxy.policy.engine import decide
+
+    assert decide(view, PolicySet.of([found]), 0.0, LimitCounters()).wait == HOLD  # type: ignore[list-item]
+
+
+def test_the_link_server_is_unreachable_at_any_spelling_of_this_machine() -> None:
+    import ipaddress
+
+    from goex_proxy.net.egress import EgressRules
+
+    rules = EgressRules(block_private=False, links=("127.0.0.1", 8790))
+    for spelled in ("0.0.0.0", "::", "::ffff:127.0.0.1", "::1"):
+        assert "approval links" in str(rules.refusal(spelled, 8790, [ipaddress.ip_address(spelled)])), spelled
