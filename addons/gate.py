@@ -165,7 +165,7 @@ class Gate:
         livelog.event("held" if choice.action == "hold" else "delayed", request_id, row["agent"],
                       f"({waits}) {card['summary']}")
         task = asyncio.get_running_loop().create_task(
-            notify.announce(self.state, request_id, card, entry["deadline"], choice.action))
+            notify.announce(self.state, request_id, {**card, "agent": row["agent"]}, entry["deadline"], choice.action))
         self.announcing.add(task)  # a task nothing refers to may be collected before it ends
         task.add_done_callback(self.announcing.discard)
         return {"request_id": request_id, **entry}
@@ -193,8 +193,8 @@ class Gate:
         if reason is None and settled.state in approvals.GOING:
             flowmeta.set_approval(flow, approvals.outcome(entry, charged))
             who = f" by {entry['decided_by']}" if entry.get("decided_by") else ""
-            livelog.event(settled.state, request_id, flowmeta.agent(flow), f"{who.strip() or 'its delay ran out'}; "
-                                                                            "sending it")
+            said = "its time ran out" if entry.get("decided_by") == "goex-proxy" else who.strip()
+            livelog.event(settled.state, request_id, flowmeta.agent(flow), f"{said}; sending it")
             return
         if entry["state"] in approvals.GOING:  # let go, then refused: the queue and the row must not say sent
             entry = {**entry, "state": approvals.REFUSED, "reason": reason}
@@ -392,8 +392,10 @@ def _recover_stopped(conn: Any, writer: audit.AuditWriter) -> int:
             continue
         settled = approvals.settle(conn, entry[0], approvals.STOPPED, approvals.WAITING, "goex-proxy",
                                    STOPPED_REASON)
-        found = conn.execute("SELECT outcome_hash FROM requests WHERE id = ?", (entry[0],)).fetchone()
-        if settled.changed and found is not None and found[0] is None:
+        found = conn.execute("SELECT outcome_hash, decision FROM requests WHERE id = ?", (entry[0],)).fetchone()
+        # Only a row whose own (hashed) decision says it waited is recorded as not sent: the approvals table is not
+        # under the chain, and an entry added to it must not get a sent request's row signed as "not sent".
+        if settled.changed and found is not None and found[0] is None and found[1] in ("hold", "delay"):
             writer.update_outcome(entry[0], {"error": STOPPED_REASON, "ended": time.time(),
                                              "approval": approvals.outcome(settled.entry)})
         count += 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import os
 import re
 import time
 from collections.abc import Mapping
@@ -16,6 +17,7 @@ import httpx
 
 from ..approvalconfig import LINK_TTL_CAP, Approvals, Channel, check_url
 from ..config import Config
+from ..credentials.vault import VAULT_FILE
 from ..durations import format_duration
 from ..errors import GoexError
 from . import store
@@ -259,9 +261,55 @@ def client() -> httpx.AsyncClient:
     return httpx.AsyncClient(timeout=TIMEOUT_SECONDS, trust_env=False, follow_redirects=False)
 
 
+#: Each config's channels as last read, and the vault's state they were read at (the vault is decrypted once, not
+#: once per notification: with a passphrase key that costs a scrypt each time).
+_READ: dict[int, tuple[Any, Any, list[Target]]] = {}
+
+
+def _vault_state(config: Config) -> Any:
+    try:
+        return (config.state_dir / VAULT_FILE).stat().st_mtime_ns, os.environ.get("GOEX_PROXY_KEY") is not None
+    except OSError:
+        return None
+
+
+def cached_targets(config: Config) -> list[Target]:
+    """`targets(config)`, read again only when the approvals section or the vault file changed."""
+    seen = _vault_state(config)
+    kept = _READ.get(id(config.approvals))
+    if kept is not None and kept[0] is config.approvals and kept[1] == seen:
+        return kept[2]
+    found = targets(config)
+    _READ.clear()
+    _READ[id(config.approvals)] = (config.approvals, seen, found)
+    return found
+
+
+#: At most this many notifications per agent in any minute; past it, waits are announced only by `pending` (a
+#: looping agent must not flood the person's phone, or use up a public ntfy server's allowance).
+MOST_PER_MINUTE = 6
+#: When each proxy (by its shared state's id) last notified for each agent.
+_SENT: dict[int, dict[str, list[float]]] = {}
+
+
+def _flooding(state: Any, agent: str | None, now: float) -> bool:
+    """Whether this agent's notifications are past MOST_PER_MINUTE (if not, this one is counted)."""
+    sent = _SENT.setdefault(id(state), {})
+    recent = [t for t in sent.get(agent or "", []) if now - t < 60]
+    if len(recent) >= MOST_PER_MINUTE:
+        if len(recent) == MOST_PER_MINUTE:
+            log.warning("agent %s has more than %d requests a minute waiting for a person; until that eases, they are "
+                        "not notified one by one (see goex-proxy pending)", agent, MOST_PER_MINUTE)
+            recent.append(now)  # warned once per burst
+        sent[agent or ""] = recent
+        return True
+    sent[agent or ""] = [*recent, now]
+    return False
+
+
 async def notify(config: Config, notice: Notice) -> list[bool]:
     """Send a notice to every channel at once; one channel's failure does not touch the others."""
-    found = await asyncio.to_thread(targets, config)
+    found = await asyncio.to_thread(cached_targets, config)
     async with client() as http:
         return list(await asyncio.gather(*(send(http, target, notice) for target in found)))
 
@@ -273,6 +321,8 @@ async def announce(state: Any, request_id: str, card: dict[str, Any], deadline: 
     if config is None or not config.approvals.notify:
         return
     now = time.time()
+    if _flooding(state, card.get("agent"), now):
+        return
     try:
         links, expires = await make_links(state, request_id, kind, deadline, now)
     except Exception as exc:  # the links could not be stored: the notice still tells the person, without them

@@ -219,3 +219,16 @@ def test_announce_with_no_channels_makes_no_links(tmp_path: Path) -> None:
         writer = None  # would fail if links were made
 
     asyncio.run(notify.announce(State(), "r-1", CARD, NOW + 60, "hold"))
+
+
+def test_a_looping_agent_cannot_flood_the_persons_phone() -> None:
+    from goex_proxy.approvals.notify import MOST_PER_MINUTE, _flooding
+
+    class State:
+        pass
+
+    state, other = State(), State()
+    sent = [not _flooding(state, "bot", 1000.0 + i) for i in range(MOST_PER_MINUTE + 3)]
+    assert sent == [True] * MOST_PER_MINUTE + [False] * 3
+    assert not _flooding(state, "another", 1010.0) and not _flooding(other, "bot", 1010.0)
+    assert not _flooding(state, "bot", 1000.0 + 65 + MOST_PER_MINUTE)  # a minute later
