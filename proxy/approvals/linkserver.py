@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import html
 import json
@@ -14,7 +13,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Generator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,6 +30,7 @@ from ..audit import store as audit
 from ..config import Config
 from ..errors import GoexError, StateError
 from . import store
+from .served import OPTIONS, EmbeddedServer
 
 log = logging.getLogger(__name__)
 
@@ -299,14 +299,6 @@ def link_app(config: Config, links: Links) -> ASGIApp:
     return Guard(app, allowed_hosts(config))
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without signal handlers of its own: the proxy's own decide when it stops."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-
 @dataclass
 class LinkServer:
     """A running link server: `close()` stops it."""
@@ -349,9 +341,9 @@ async def serve_links(config: Config) -> LinkServer | None:
         return None
     sock = _bind(config)
     links = Links(config)
-    server = _Server(uvicorn.Config(link_app(config, links), log_config=None, log_level="warning", access_log=False,
+    server = EmbeddedServer(uvicorn.Config(link_app(config, links), log_config=None, log_level="warning", access_log=False,
                                     lifespan="off", server_header=False, proxy_headers=False, ws="none",
-                                    timeout_graceful_shutdown=2))
+                                    timeout_graceful_shutdown=2, **OPTIONS))
     task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
     task.add_done_callback(_log_end)
     while not server.started and not task.done():

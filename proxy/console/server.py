@@ -4,16 +4,16 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import socket
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import uvicorn
 
 from ..approvalconfig import is_loopback, netloc
+from ..approvals.served import OPTIONS, EmbeddedServer
 from ..config import Config
 from ..consoleconfig import exposure_problem
 from ..errors import StateError
@@ -21,14 +21,6 @@ from .app import Console, build
 from .auth import Guard, Keys
 
 log = logging.getLogger(__name__)
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without signal handlers of its own: whoever runs it decides when it stops."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
 
 
 @dataclass
@@ -101,8 +93,8 @@ async def serve_console(config: Config, listen: tuple[str, int] | None = None) -
     app = Guard(build(console), console.keys, hosts, frozenset(f"{scheme}://{h}" for h in hosts),
                 secure=config.console.tls, port=address[1])
     tls = config.console.tls
-    server = _Server(uvicorn.Config(app, log_config=None, log_level="warning", access_log=False, lifespan="off",
-                                    server_header=False, proxy_headers=False, ws="none", timeout_graceful_shutdown=2,
+    server = EmbeddedServer(uvicorn.Config(app, log_config=None, log_level="warning", access_log=False, lifespan="off",
+                                    server_header=False, proxy_headers=False, ws="none", timeout_graceful_shutdown=2, **OPTIONS,
                                     ssl_certfile=str(config.console.tls_cert) if tls else None,
                                     ssl_keyfile=str(config.console.tls_key) if tls else None))
     task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))

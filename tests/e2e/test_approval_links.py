@@ -380,3 +380,21 @@ def test_a_held_request_is_approved_from_its_webhook_link_and_completes(make_pro
     assert row["status"] == 200 and approval["state"] == "approved"
     assert approval["decided_by"] == "link (webhook, ntfy, slack)"
     assert proxy.cli("log", "verify").returncode == 0
+
+
+def test_connections_that_never_send_a_request_are_closed(links: Links) -> None:
+    import socket
+
+    from goex_proxy.approvals.served import HEAD_SECONDS
+
+    silent = []
+    for _ in range(5):
+        s = socket.create_connection(("127.0.0.1", links.server.address[1]), timeout=HEAD_SECONDS + 10)
+        s.sendall(b"GET /a/x HTTP/1.1\r\nHost: 127.0.0.1")  # a head that never ends
+        silent.append(s)
+    started = time.monotonic()
+    for s in silent:
+        assert s.recv(1024) == b""  # closed by the server, not by the test's timeout
+    assert HEAD_SECONDS <= time.monotonic() - started + 1 < HEAD_SECONDS + 8
+    with client() as http:
+        assert http.get(links.base + "/a/forged").status_code == 404  # and it still serves the rest
