@@ -195,6 +195,16 @@ def set_challenged(flow: http.HTTPFlow) -> None:
 _REVIEW = "goex.review"
 _APPROVAL = "goex.approval"
 _VIEW = "goex.view"
+_TOKEN_DIGEST = "goex.token_digest"
+
+
+def token_digest(flow: http.HTTPFlow) -> str | None:
+    """The sha256 of the token the request's agent identified with (set by identify)."""
+    return _of(flow).get(_TOKEN_DIGEST)
+
+
+def set_token_digest(flow: http.HTTPFlow, value: str) -> None:
+    _of(flow)[_TOKEN_DIGEST] = value
 
 
 def view(flow: http.HTTPFlow) -> RequestView | None:

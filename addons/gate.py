@@ -17,6 +17,7 @@ from mitmproxy.connection import ConnectionState
 from goex_proxy.addons import flowmeta, livelog, replies, rows
 from goex_proxy.addons.decide import header_pairs
 from goex_proxy.addons.failclosed import fail_closed
+from goex_proxy.addons.identify import token_digest
 from goex_proxy.addons.preimage import Preimage
 from goex_proxy.addons.state import ProxyState
 from goex_proxy.approvals import notify
@@ -234,6 +235,9 @@ class Gate:
         assert self.state.config is not None and self.state.writer is not None
         if view is None or agent is None or agent not in self.state.config.agents:
             return "its agent was removed from the config while the request waited; it was not sent", None
+        current = self.state.config.agents[agent].token.reveal()
+        if current is None or token_digest(current) != flowmeta.token_digest(flow):
+            return "its agent's token was changed while the request waited; it was not sent", None
         now = time.time()
         again = decide(view, self.state.policies, now, self.state.limits)
         if again.effect != "allow":

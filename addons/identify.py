@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 import weakref
 
@@ -39,6 +40,11 @@ UNDO_OF_HEADER = "X-Goex-Undo-Of"
 UNDO_REQUEST_ID_HEADER = "X-Goex-Undo-Request-Id"
 #: Why a request without Proxy-Authorization is answered 407: a challenge to send them, recorded as such.
 NO_CREDENTIALS = "no proxy credentials were sent"
+
+
+def token_digest(token: str) -> str:
+    """What a flow keeps of the token it came with, to tell later whether that token still holds (never the token)."""
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 class Identify:
@@ -98,10 +104,14 @@ class Identify:
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
             return
-        name, why = self.tunnel_agent(flow) if flow.client_conn in self.tunnels else self.identity(flow)
+        in_tunnel = flow.client_conn in self.tunnels
+        name, why = self.tunnel_agent(flow) if in_tunnel else self.identity(flow)
         if name is None:
             self.refuse(flow, why)
             return
+        creds = self.tunnels[flow.client_conn] if in_tunnel else self.authenticate(flow)[0]
+        if creds is not None:
+            flowmeta.set_token_digest(flow, token_digest(creds[1]))
         acting_for = flow.request.headers.pop(UNDO_AGENT_HEADER, None)
         undo_of = flow.request.headers.pop(UNDO_OF_HEADER, None)
         chosen_id = flow.request.headers.pop(UNDO_REQUEST_ID_HEADER, None)

@@ -435,3 +435,16 @@ def test_a_resource_changed_while_the_request_waited_is_not_overwritten(make_pro
         row = next(r for r in proxy.rows() if r["id"] == card["id"])
         assert json.loads(row["approval"])["state"] == "refused"
         assert "nothing to review" in proxy.cli("review").stdout  # it was not sent: not in the review queue
+
+
+def test_a_token_changed_while_a_request_waited_stops_it(make_proxy, upstream):
+    proxy = make_proxy(POLICY)
+    deleting = Agent(proxy, "chat.delete", {"channel": "C0BOTS", "ts": "1.0"})
+    card = one_pending(proxy)
+    text = proxy.config.read_text()
+    proxy.config.write_text(text.replace('"mailbot-token-1"', '"mailbot-token-rotated-9"'))
+    wait_for(lambda: "config reloaded" in proxy.log_text(), what="the config reload")
+    assert proxy.cli("approve", card["id"]).returncode == 0
+    out = deleting.outcome()
+    assert out["status"] == 403 and "token was changed while the request waited" in out["body"]["reason"]
+    assert "chat.delete" not in upstream.state.slack_calls
