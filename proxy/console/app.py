@@ -24,8 +24,9 @@ from ..audit import store as audit
 from ..config import Config
 from ..durations import parse_duration
 from ..errors import GoexError, NotFound
-from ..undo.plan import FIDELITIES
-from . import data, undoing
+from ..undo import session
+from ..undo.plan import FIDELITIES, SAFE_METHODS
+from . import data, executions, undoing
 from .auth import Keys
 from .render import body_view, environment, headers_of
 
@@ -39,6 +40,8 @@ POLL_S = 0.5
 KEEPALIVE_S = 15.0
 BY = "console"
 FORM_LIMIT = 64 * 1024
+REFUSED = ("This form is stale or did not come from the console; nothing was done. Reload the page and try "
+           "again.")
 
 
 class Form(dict[str, list[str]]):
@@ -261,6 +264,97 @@ class Console:
         await self.read(lambda c: approvals.mark_seen(c, ids, BY))
         return RedirectResponse("/approvals", 303)
 
+    # Runs of execute ---------------------------------------------------------------------------------------------
+
+    async def runs_page(self, request: Request) -> Response:
+        found = await self.read(executions.listed)
+        return self.page(request, "runs.html", title="Runs of execute", nav="runs", runs=found)
+
+    async def run_page(self, request: Request) -> Response:
+        run_id = int(request.path_params["run_id"])
+
+        def work(conn: sqlite3.Connection) -> tuple[executions.ExecRun, float | None, list[dict[str, Any]]]:
+            run, until = executions.one(conn, run_id)
+            return run, until, executions.requests(conn, run)
+
+        try:
+            run, until, rows = await self.read(work)
+        except NotFound as exc:
+            return self.message(request, 404, "Not found", str(exc), "/runs")
+        files = await asyncio.to_thread(executions.file_runs_of, self.config, run, until)
+        undoable = sum(1 for r in rows if r["decision"] in ("allow", "report") and r["method"] not in SAFE_METHODS)
+        live = [f for f in files if f.state in ("pending", "kept")]
+        return self.page(request, "run.html", title=f"Run {run.id} of execute", nav="runs", run=run, rows=rows,
+                         files=files, undoable=undoable, live_files=bool(live))
+
+    async def run_undo(self, request: Request) -> Response:
+        """Undo a whole run: its requests through the undo engine (as `execute`'s "undo all"), then its files."""
+        form = await self.checked_form(request)
+        if form is None:
+            return self.message(request, 403, "Refused", REFUSED)
+        run_id, force = int(request.path_params["run_id"]), form.get("force") == "1"
+        back = f"/runs/{run_id}"
+
+        def work() -> tuple[executions.Undone, list[tuple[bool, str]], bool]:
+            conn = audit.connect(self.config)
+            try:
+                run, until = executions.one(conn, run_id)
+                rows = [r for r in executions.requests(conn, run)
+                        if r["decision"] in ("allow", "report") and r["method"] not in SAFE_METHODS]
+            finally:
+                conn.close()
+            undone = executions.undo_requests(self.config, rows, force)
+            said: list[tuple[bool, str]] = [(state == "done", f"{rid}: {message}")
+                                            for rid, state, message in undone.ended]
+            said += [(False, f"not undone: {rid}: {why}") for rid, why in undone.skipped
+                     if why != session.ALREADY_UNDONE]
+            conflict = any(state == "conflict" for _, state, _ in undone.ended)
+            if all(state == "done" for _, state, _ in undone.ended):
+                for f in executions.file_runs_of(self.config, run, until):
+                    if f.state not in ("pending", "kept"):
+                        continue
+                    try:
+                        said.append((True, executions.decide_files(self.config, f.id, "undo", force)))
+                    except GoexError as exc:
+                        said.append((False, str(exc)))
+                        conflict = conflict or "changed since the run" in str(exc)
+            return undone, said, conflict
+
+        try:
+            undone, said, conflict = await asyncio.to_thread(work)
+        except NotFound as exc:
+            return self.message(request, 404, "Not found", str(exc), "/runs")
+        if not said:
+            said = [(True, "nothing was left to undo")]
+        log.info("console: undo of execute run %s%s", run_id, " (forced)" if force else "")
+        ok = all(good for good, _ in said)
+        return self.page(request, "run_done.html", 200 if ok else 409, title=f"Undo of run {run_id}", nav="runs",
+                         said=said, steps=undone.steps, back=back,
+                         forceable=f"/runs/{run_id}/undo" if conflict and not force else None)
+
+    async def run_files(self, request: Request) -> Response:
+        """Keep or undo one file run of a run, as `goex-proxy files keep/undo` does."""
+        form = await self.checked_form(request)
+        if form is None:
+            return self.message(request, 403, "Refused", REFUSED)
+        run_id, file_run = int(request.path_params["run_id"]), str(request.path_params["file_run"])
+        action, force = str(request.path_params["action"]), form.get("force") == "1"
+        back = f"/runs/{run_id}"
+        if action not in ("keep", "undo"):
+            return self.message(request, 404, "Not found", f"no action {action!r}", back)
+        try:
+            said = await asyncio.to_thread(executions.decide_files, self.config, file_run, action, force)
+        except NotFound as exc:
+            return self.message(request, 404, "Not found", str(exc), back)
+        except GoexError as exc:
+            conflict = "changed since the run" in str(exc) and not force
+            return self.page(request, "run_done.html", 409, title=f"Not done: {action} of {file_run}", nav="runs",
+                             said=[(False, str(exc))], steps=[], back=back,
+                             forceable=f"/runs/{run_id}/files/{file_run}/{action}" if conflict else None)
+        log.info("console: %s of file run %s%s", action, file_run, " (forced)" if force else "")
+        return self.page(request, "run_done.html", title=f"{action.capitalize()} of {file_run}", nav="runs",
+                         said=[(True, said)], steps=[], back=back, forceable=None)
+
     async def asset(self, request: Request) -> Response:
         name = str(request.path_params["name"])
         if name not in ASSETS:
@@ -297,6 +391,10 @@ def build(console: Console) -> Starlette:
         Route("/approvals", _safe(c, c.approvals_page)),
         Route("/approvals/{request_id}/{action}", _safe(c, c.decide), methods=["POST"]),
         Route("/review/seen", _safe(c, c.mark_seen), methods=["POST"]),
+        Route("/runs", _safe(c, c.runs_page)),
+        Route("/runs/{run_id:int}", _safe(c, c.run_page)),
+        Route("/runs/{run_id:int}/undo", _safe(c, c.run_undo), methods=["POST"]),
+        Route("/runs/{run_id:int}/files/{file_run}/{action}", _safe(c, c.run_files), methods=["POST"]),
         Route("/static/{name}", c.asset),
     ]
     return Starlette(routes=routes)
