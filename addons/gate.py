@@ -190,7 +190,7 @@ class Gate:
         if settled.state in approvals.GOING:
             reason = await self._unchanged(flow)
         if reason is None and settled.state in approvals.GOING:
-            reason, charged = await self._still_allowed(flow, d)
+            reason, charged = await self._still_allowed(flow, d, settled)
         if reason is None and settled.state in approvals.GOING:
             flowmeta.set_approval(flow, approvals.outcome(entry, charged))
             who = f" by {entry['decided_by']}" if entry.get("decided_by") else ""
@@ -228,9 +228,11 @@ class Gate:
                     "arrived), so undo could not put it back as it was; it was not sent: look at it again")
         return None
 
-    async def _still_allowed(self, flow: http.HTTPFlow, d: Decision) -> tuple[str | None, str | None]:
+    async def _still_allowed(self, flow: http.HTTPFlow, d: Decision, settled: approvals.Settled
+                             ) -> tuple[str | None, str | None]:
         """Decide the request again under the policies and limits in force now (they may have changed while it
-        waited), and count it: (why it is refused, None) or (None, the charge as its row keeps it)."""
+        waited; one that now holds it for a person stops it unless a person let it go), and count it: (why it is
+        refused, None) or (None, the charge as its row keeps it)."""
         view, agent = flowmeta.view(flow), flowmeta.agent(flow)
         assert self.state.config is not None and self.state.writer is not None
         if view is None or agent is None or agent not in self.state.config.agents:
@@ -240,6 +242,13 @@ class Gate:
             return "its agent's token was changed while the request waited; it was not sent", None
         now = time.time()
         again = decide(view, self.state.policies, now, self.state.limits)
+        if settled.state == approvals.SENT and again.effect == "allow":  # no person looked at it
+            undo_class = settled.entry.get("undo_class")
+            now_says = choose(again.wait, again.rule, self.state.policies.review_for(agent),
+                              None if undo_class in (None, "read") else undo_class)
+            if now_says.action == "hold":
+                return ("the policies changed while it waited and now hold it for a person; it was not sent (send it "
+                        "again to have it held)"), None
         if again.effect != "allow":
             return f"no longer allowed when its wait ended: {again.reason}", None
         if not again.count_limits:

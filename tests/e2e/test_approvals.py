@@ -448,3 +448,15 @@ def test_a_token_changed_while_a_request_waited_stops_it(make_proxy, upstream):
     out = deleting.outcome()
     assert out["status"] == 403 and "token was changed while the request waited" in out["body"]["reason"]
     assert "chat.delete" not in upstream.state.slack_calls
+
+
+def test_a_delay_that_runs_out_after_the_policy_began_to_hold_it_is_not_sent(make_proxy, upstream):
+    proxy = make_proxy({"slack": POLICY["slack"].replace("delay 3s", "delay 8s")})
+    creating = Agent(proxy, "conversations.create", {"name": "late-room"})  # lossy: delayed 8s
+    card = one_pending(proxy)
+    proxy.write_policy("slack", POLICY["slack"].replace("lossy: delay 3s", "lossy: hold"))
+    wait_for(lambda: "policies reloaded" in proxy.log_text(), what="the reload")
+    assert any(p["id"] == card["id"] for p in pending(proxy))  # the reload came before the delay ran out
+    out = creating.outcome()  # no person looked at it: the hold the policy now says stops it
+    assert out["status"] == 403 and "now hold it for a person" in out["body"]["reason"]
+    assert "conversations.create" not in upstream.state.slack_calls
