@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from goex_proxy.agent import modellog
@@ -44,7 +45,7 @@ def record(config: Config, task: str, code: str, rows: list[str], revise_of: str
         modellog.update(conn, seq, code=code, exit_code=0, rows=rows, choice="keep")
     finally:
         conn.close()
-    return seq
+    return int(seq)
 
 
 def file_run(config: Config, workspace: Path, files: dict[str, str], agent: str = "bot") -> runs.Run:
@@ -59,9 +60,9 @@ def file_run(config: Config, workspace: Path, files: dict[str, str], agent: str 
     return found
 
 
-def csrf_of(console: Running, client: object) -> str:
+def csrf_of(console: Running, client: httpx.Client) -> str:
     port = console.served.address[1]
-    return console.served.console.keys.csrf(client.cookies[f"goex_console_{port}"])  # type: ignore[attr-defined]
+    return str(console.served.console.keys.csrf(str(client.cookies[f"goex_console_{port}"])))
 
 
 def test_a_runs_long_code_line_is_on_its_page_whole_and_escaped(console: Running, state: Config) -> None:
