@@ -26,7 +26,7 @@ from ..durations import parse_duration
 from ..errors import GoexError, NotFound
 from ..undo import session
 from ..undo.plan import FIDELITIES, SAFE_METHODS
-from . import data, executions, undoing
+from . import data, executions, policies, undoing
 from .auth import Keys
 from .render import body_view, environment, headers_of
 
@@ -355,6 +355,22 @@ class Console:
         return self.page(request, "run_done.html", title=f"{action.capitalize()} of {file_run}", nav="runs",
                          said=[(True, said)], steps=[], back=back, forceable=None)
 
+    # Policies ----------------------------------------------------------------------------------------------------
+
+    async def policies_page(self, request: Request) -> Response:
+        found = await asyncio.to_thread(policies.overview, self.config)
+        return self.page(request, "policies.html", title="Policies", nav="policies", o=found, w=None, draft="")
+
+    async def what_if(self, request: Request) -> Response:
+        """A draft policy replayed against the log (POST for its size and the CSRF check; nothing is saved)."""
+        form = await self.checked_form(request)
+        if form is None:
+            return self.message(request, 403, "Refused", REFUSED)
+        draft = str(form.get("draft") or "")
+        found, result = await asyncio.gather(asyncio.to_thread(policies.overview, self.config),
+                                             asyncio.to_thread(policies.what_if, self.config, draft))
+        return self.page(request, "policies.html", title="Policies", nav="policies", o=found, w=result, draft=draft)
+
     async def asset(self, request: Request) -> Response:
         name = str(request.path_params["name"])
         if name not in ASSETS:
@@ -395,6 +411,8 @@ def build(console: Console) -> Starlette:
         Route("/runs/{run_id:int}", _safe(c, c.run_page)),
         Route("/runs/{run_id:int}/undo", _safe(c, c.run_undo), methods=["POST"]),
         Route("/runs/{run_id:int}/files/{file_run}/{action}", _safe(c, c.run_files), methods=["POST"]),
+        Route("/policies", _safe(c, c.policies_page)),
+        Route("/policies/whatif", _safe(c, c.what_if), methods=["POST"]),
         Route("/static/{name}", c.asset),
     ]
     return Starlette(routes=routes)
