@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import PYTHON, Processes  # noqa: E402
 
-PARTS = ("throughput", "decide", "log", "undoplan", "preimage", "review", "dos")
+PARTS = ("throughput", "decide", "log", "undoplan", "preimage", "review", "dos", "console")
 OPTIONAL_PARTS = ("profile", "jail")
 ALIASES = {"undo": ("undoplan", "preimage")}
 
@@ -160,6 +160,14 @@ def main(argv: list[str] | None = None) -> int:
                                                  else 1.5, say=say, keep=args.keep)
             sections.append(text)
             print(text + "\n", flush=True)
+        if "console" in args.parts:
+            import console_bench
+
+            text, results["console"] = console_bench.run(procs, runs=7 if args.quick else 15, rounds=args.rounds,
+                                                         duration=args.duration, conns=args.conns,
+                                                         verbose=not args.quiet, keep=args.keep)
+            sections.append(text)
+            print(text + "\n", flush=True)
         if "jail" in args.parts:
             import jail_bench
 
@@ -219,6 +227,9 @@ def passes(results: dict[str, Any]) -> dict[str, bool]:
         out["bomb peak RSS"] = results["dos"]["bomb_pass"]
         out["plain body peak RSS"] = results["dos"]["plain_pass"]
         out["hostile path stall"] = results["dos"]["stall_pass"]
+    if "console" in results:
+        out["console log page TTFB"] = results["console"]["ttfb"]["pass"]
+        out["console streaming throughput"] = results["console"]["streaming"]["within_noise"]
     if "jail" in results:
         out["jail start"] = results["jail"]["start_pass"]
         out["files undo"] = results["jail"]["files"]["pass"]
@@ -265,6 +276,16 @@ def summary(results: dict[str, Any]) -> str:
     rows += review_rows(results)
     if "dos" in results:
         rows += dos_rows(results["dos"])
+    if "console" in results:
+        c = results["console"]
+        worst = max(c["ttfb"]["filters"].items(), key=lambda kv: kv[1]["p50_ms"])
+        rows.append([f"console log page TTFB, 1M rows, worst filter p50 / p95 ({worst[0]})",
+                     f"{worst[1]['p50_ms']:.0f} / {worst[1]['p95_ms']:.0f} ms", "<= 200 ms",
+                     "PASS" if c["ttfb"]["pass"] else "FAIL"])
+        s_ = c["streaming"]
+        rows.append(["throughput, console streaming / idle req/s", f"{s_['ratio']:.3f} (noise {s_['noise']:.0%})",
+                     "within noise", "PASS" if s_["within_noise"] else "FAIL"])
+        rows.append(["  with / without the console's indexes req/s", f"{s_['index_ratio']:.3f}", "", ""])
     if "jail" in results:
         j = results["jail"]
         rows.append(["exec -- true, jailed minus --no-jail (proxy running)",
