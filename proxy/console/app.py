@@ -371,6 +371,43 @@ class Console:
                                              asyncio.to_thread(policies.what_if, self.config, draft))
         return self.page(request, "policies.html", title="Policies", nav="policies", o=found, w=result, draft=draft)
 
+    # Whole-session undo ------------------------------------------------------------------------------------------
+
+    async def session_page(self, request: Request) -> Response:
+        q = request.query_params
+        agent, since_text, until_text = (q.get("agent") or "").strip(), (q.get("since") or "").strip(), \
+            (q.get("until") or "").strip()
+        found = None
+        if agent and since_text:
+            since, until = _since(since_text), _since(until_text, "until")
+            assert since is not None
+            found = await asyncio.to_thread(undoing.plan_session, self.config, agent, since, until)
+        elif agent or since_text:
+            raise BadInput("a session is an agent and a 'since' (1h, or an ISO time)")
+        return self.page(request, "session.html", title="Undo a session", nav="session", agent=agent,
+                         since=since_text, until=until_text, p=found)
+
+    async def session_undo(self, request: Request) -> Response:
+        form = await self.checked_form(request)
+        if form is None:
+            return self.message(request, 403, "Refused", REFUSED)
+        agent, force = str(form.get("agent") or ""), form.get("force") == "1"
+        ids = [str(v).upper() for v in form.getlist("id")]
+        run_ids = [str(v) for v in form.getlist("run")]
+        if not agent or not (ids or run_ids):
+            raise BadInput("nothing was confirmed to undo")
+        try:
+            done = await asyncio.to_thread(undoing.carry_out_session, self.config, agent, ids, run_ids, force)
+        except NotFound as exc:
+            return self.message(request, 404, "Not found", str(exc), "/session")
+        except GoexError as exc:
+            return self.message(request, 409, "Not undone", str(exc), "/session")
+        log.info("console: session undo of %s: %d request(s), %d file run(s)%s", agent, len(ids), len(run_ids),
+                 " (forced)" if force else "")
+        ok = all(s == "done" for _, s, _ in done.ended) and all(good for _, good, _ in done.files) and not done.left
+        return self.page(request, "session_done.html", 200 if ok else 409, title=f"Undo of {agent}'s session",
+                         nav="session", d=done, agent=agent, ids=ids, run_ids=run_ids, forced=force)
+
     async def asset(self, request: Request) -> Response:
         name = str(request.path_params["name"])
         if name not in ASSETS:
@@ -413,6 +450,8 @@ def build(console: Console) -> Starlette:
         Route("/runs/{run_id:int}/files/{file_run}/{action}", _safe(c, c.run_files), methods=["POST"]),
         Route("/policies", _safe(c, c.policies_page)),
         Route("/policies/whatif", _safe(c, c.what_if), methods=["POST"]),
+        Route("/session", _safe(c, c.session_page)),
+        Route("/session/undo", _safe(c, c.session_undo), methods=["POST"]),
         Route("/static/{name}", c.asset),
     ]
     return Starlette(routes=routes)

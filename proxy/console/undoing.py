@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..audit import store as audit
 from ..config import Config
+from ..errors import GoexError
 from ..undo import session
 from ..undo.run import Journal, StepResult
+
+if TYPE_CHECKING:
+    from ..sandbox.runs import Run
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,80 @@ def carry_out(config: Config, request_id: str, force: bool) -> Done:
             done.state, done.message = outcome.state, outcome.message
 
         session.carry_out_all(config, [planned], journal, force, done.steps.append, ended)
+        return done
+    finally:
+        conn.close()
+
+
+@dataclass
+class SessionPlan:
+    """An agent's session as `goex-proxy undo --agent A --since WHEN` plans it (its requests newest first, each with
+    its plan or why it is passed over, and its jailed runs' file changes), narrowed to `until` when given."""
+
+    planned: list[session.Planned]
+    file_runs: list[Run]
+
+    @property
+    def todo(self) -> list[session.Planned]:
+        return [p for p in self.planned if p.passed_over is None]
+
+
+def plan_session(config: Config, agent: str, since: float, until: float | None, force: bool = False) -> SessionPlan:
+    conn = audit.connect(config)
+    try:
+        rows = [r for r in session.session_rows(conn, agent, since) if until is None or r["ts"] <= until]
+        planned = list(session.plan_rows(config, Journal(conn), rows, force))
+    finally:
+        conn.close()
+    found = [r for r in session.file_runs(config, agent, since) if until is None or r.ts <= until]
+    return SessionPlan(planned, found)
+
+
+@dataclass
+class SessionDone:
+    """How carrying out a session's plans ended: each file run's end, each plan's, the steps sent, those passed over
+    or never attempted, and whether it stopped at a conflict (then force is the person's explicit second step)."""
+
+    files: list[tuple[str, bool, str]] = field(default_factory=list)
+    ended: list[tuple[str, str, str]] = field(default_factory=list)
+    steps: list[StepResult] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    left: list[str] = field(default_factory=list)
+    conflict: bool = False
+
+
+def carry_out_session(config: Config, agent: str, request_ids: list[str], run_ids: list[str], force: bool
+                      ) -> SessionDone:
+    """Carry out the plans the person confirmed: these requests and file runs of `agent` (anything else is refused),
+    planned again (the log may have moved on), file runs first and then the requests newest first, as `goex-proxy
+    undo --agent A --since WHEN --yes [--force]` does."""
+    from ..sandbox import runs
+
+    done = SessionDone()
+    conn = audit.connect(config)
+    try:
+        rows = [audit.get(conn, rid) for rid in request_ids]
+        if any(r["agent"] != agent for r in rows):
+            raise GoexError(f"a request confirmed is not {agent}'s; nothing was done")
+        found = [runs.load(config, rid) for rid in run_ids]
+        if any(r.agent != agent for r in found):
+            raise GoexError(f"a file run confirmed is not {agent}'s; nothing was done")
+        journal = Journal(conn)
+        planned = list(session.plan_rows(config, journal, session.newest_first(conn, rows), force))
+        for run in found:
+            try:
+                ended = runs.undo(config, run.id, force=force)
+                done.files.append((run.id, True, f"file run {run.id}: {ended.state}"))
+            except GoexError as exc:
+                done.files.append((run.id, False, f"file run {run.id}: {exc}"))
+                done.conflict = done.conflict or "changed since the run" in str(exc)
+        done.skipped = [(p.request_id, str(p.passed_over)) for p in planned if p.passed_over is not None]
+        todo = [p for p in planned if p.passed_over is None]
+        if todo:
+            carried = session.carry_out_all(config, todo, journal, force, done.steps.append,
+                                            lambda p, o: done.ended.append((p.request_id, o.state, o.message)))
+            done.left = [p.request_id for p in carried.left]
+            done.conflict = done.conflict or bool(carried.outcome and carried.outcome.state == "conflict")
         return done
     finally:
         conn.close()

@@ -137,3 +137,23 @@ def test_undo_all_of_a_run_drops_its_held_files_and_passes_over_reads(console: R
     assert runs.load(state, held.id).state == runs.DISCARDED and not (workspace / "out.txt").exists()
     assert runs.load(state, untouched.id).state == runs.PENDING  # another agent's run is not this run's
     assert "Nothing of it is left to undo." in client.get(f"/runs/{seq}").text
+
+
+def test_a_session_undo_takes_back_the_agents_file_runs_too(console: Running, state: Config, tmp_path: Path) -> None:
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "notes.txt").write_text("before\n")
+    kept = file_run(state, workspace, {"notes.txt": "after\n"})
+    runs.keep(state, kept.id)
+    other = file_run(state, workspace, {"theirs.txt": "x\n"}, agent="someone-else")
+    assert (workspace / "notes.txt").read_text() == "after\n"
+    client = console.client()
+    page = client.get("/session", params={"agent": "bot", "since": "1h"}).text
+    assert kept.id in page and other.id not in page and "restore 1 path(s)" in page
+    assert client.post("/session/undo", data={"agent": "bot", "run": kept.id}).status_code == 403
+    assert client.post("/session/undo", data={"agent": "bot", "run": other.id,
+                                              "csrf": csrf_of(console, client)}).status_code == 409
+    assert runs.load(state, other.id).state == runs.PENDING  # another agent's run is refused, untouched
+    done = client.post("/session/undo", data={"agent": "bot", "run": kept.id, "csrf": csrf_of(console, client)})
+    assert done.status_code == 200 and f"file run {kept.id}: undone" in done.text, done.text
+    assert (workspace / "notes.txt").read_text() == "before\n" and runs.load(state, kept.id).state == runs.UNDONE
