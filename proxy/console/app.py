@@ -26,6 +26,7 @@ from ..durations import parse_duration
 from ..errors import GoexError, NotFound
 from ..undo import session
 from ..undo.plan import FIDELITIES, SAFE_METHODS
+from ..undo.run import Journal
 from . import data, executions, policies, undoing
 from .auth import Keys
 from .render import body_view, environment, headers_of
@@ -273,16 +274,18 @@ class Console:
     async def run_page(self, request: Request) -> Response:
         run_id = int(request.path_params["run_id"])
 
-        def work(conn: sqlite3.Connection) -> tuple[executions.ExecRun, float | None, list[dict[str, Any]]]:
+        def work(conn: sqlite3.Connection) -> tuple[executions.ExecRun, float | None, list[dict[str, Any]], int]:
             run, until = executions.one(conn, run_id)
-            return run, until, executions.requests(conn, run)
+            rows = executions.requests(conn, run)
+            changing = [r for r in rows if r["decision"] in ("allow", "report") and r["method"] not in SAFE_METHODS]
+            planned = session.plan_rows(self.config, Journal(conn), changing, False)
+            return run, until, rows, sum(1 for p in planned if p.passed_over is None)
 
         try:
-            run, until, rows = await self.read(work)
+            run, until, rows, undoable = await self.read(work)
         except NotFound as exc:
             return self.message(request, 404, "Not found", str(exc), "/runs")
         files = await asyncio.to_thread(executions.file_runs_of, self.config, run, until)
-        undoable = sum(1 for r in rows if r["decision"] in ("allow", "report") and r["method"] not in SAFE_METHODS)
         live = [f for f in files if f.state in ("pending", "kept")]
         return self.page(request, "run.html", title=f"Run {run.id} of execute", nav="runs", run=run, rows=rows,
                          files=files, undoable=undoable, live_files=bool(live))
