@@ -4,9 +4,9 @@ planning time, the latency a pre-image read adds to a mutating call, what `revie
 decompression bombs and how long a hostile path holds the event loop, and (optional) what the jail adds to starting a
 command and how fast a jailed run's file changes are kept and undone.
 
-    python bench/run.py                    # everything (~9 minutes)
+    python bench/run.py                    # everything (~11 minutes)
     python bench/run.py --quick            # shorter runs, same measurements (~3 minutes)
-    python bench/run.py --only decide      # one part: throughput | decide | log | undoplan | preimage | review | dos
+    python bench/run.py --only decide      # one part: throughput | decide | log | undoplan | preimage | review | dos | console
                                            # (comma-separated for several; `undo` is undoplan,preimage)
     python bench/run.py --only jail        # optional: jailed vs --no-jail exec start, keep/undo of 1,000 files (~2 min)
     python bench/run.py --only throughput --rounds 7 --duration 8
