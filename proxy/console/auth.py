@@ -17,7 +17,7 @@ COOKIE = "goex_console"
 MAX_SESSIONS = 1000
 #: Every answer's headers: nothing cached, framed, sniffed or referred; only the console's own assets.
 SECURITY_HEADERS = [
-    (b"referrer-policy", b"no-referrer"),
+    (b"referrer-policy", b"same-origin"),  # no-referrer would make Chromium send "Origin: null" on its forms
     (b"cache-control", b"no-store"),
     (b"x-frame-options", b"DENY"),
     (b"x-content-type-options", b"nosniff"),

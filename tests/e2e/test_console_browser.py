@@ -90,14 +90,10 @@ def no_alert(driver: WebDriver) -> bool:
 
 
 class RefusedAsCrossSite(AssertionError):
-    """The console answered a button of its own page with its cross-site refusal (403)."""
+    """The console answered a button of its own page with its cross-site refusal (403). It did, in Chromium, while
+    the pages asked for no referrer: Chromium then sends `Origin: null` with a form, which the console refuses."""
 
 
-#: Known console bug: the pages set `referrer: no-referrer` (meta tag and header), so Chromium sends `Origin: null`
-#: with a form POST, and the console's same-origin check refuses a null Origin: no button works in a real browser.
-#: strict, and only for that refusal: any other failure fails, and the tests fail (XPASS) once the console is fixed.
-NULL_ORIGIN = pytest.mark.xfail(raises=RefusedAsCrossSite, strict=True,
-                                reason="the console refuses its own forms: Chromium sends Origin: null under no-referrer")
 REFUSAL = "refused: this request did not come from the console's own pages"
 
 
@@ -123,7 +119,6 @@ def click(driver: WebDriver, selector: str) -> None:
     waiting(driver).until(clicked)
 
 
-@NULL_ORIGIN
 def test_a_request_appears_live_its_page_shows_script_as_text_and_undo_restores_the_slack_fake(
         make_proxy: Any, upstream: Any, browser: Callable[[], WebDriver], artefacts: Path) -> None:
     proxy, base, token = with_console(make_proxy, SLACK)
@@ -173,7 +168,6 @@ def test_a_request_appears_live_its_page_shows_script_as_text_and_undo_restores_
     assert driver.find_elements(By.CSS_SELECTOR, undo) == []
 
 
-@NULL_ORIGIN
 def test_a_held_request_approved_in_the_browser_lets_the_agents_call_complete(
         make_proxy: Any, upstream: Any, browser: Callable[[], WebDriver], artefacts: Path) -> None:
     proxy, base, token = with_console(make_proxy, HOLDING)

@@ -141,7 +141,7 @@ def test_the_token_is_traded_for_a_strict_httponly_cookie_and_a_url_without_it(c
         not in cookie
     page = client.get("/")
     assert page.status_code == 200 and "Requests" in page.text
-    assert page.headers["referrer-policy"] == "no-referrer" and page.headers["cache-control"] == "no-store"
+    assert page.headers["referrer-policy"] == "same-origin" and page.headers["cache-control"] == "no-store"
     csp = page.headers["content-security-policy"]
     assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp and "default-src 'none'" in csp
     assert "<script src=\"/static/console.js\"" in page.text and "http" not in re.sub(r"https?://slack\.com\S*", "",

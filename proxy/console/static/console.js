@@ -15,6 +15,8 @@
       if (!row) return;
       row.classList.add("new");
       body.insertBefore(row, body.firstChild);
+      var empty = document.getElementById("empty");
+      if (empty) empty.remove();  // "No requests recorded yet." is no longer true
     });
     source.onerror = function () { live.textContent = "Live: reconnecting…"; };
     source.onopen = function () { live.textContent = "Live: new requests appear at the top."; };
