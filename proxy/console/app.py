@@ -169,6 +169,8 @@ class Console:
                 if quiet >= KEEPALIVE_S:
                     quiet = 0.0
                     yield ": still here\n\n"
+                if len(rows) >= data.NEWER_ROWS:
+                    continue  # more are waiting: a busy proxy must not leave the stream behind
                 try:
                     await asyncio.wait_for(self.closing.wait(), POLL_S)
                 except TimeoutError:

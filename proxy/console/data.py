@@ -65,7 +65,11 @@ def page(conn: sqlite3.Connection, filters: Filters, before: int | None = None, 
     return _rows(conn.execute(sql + f" ORDER BY seq DESC LIMIT {int(limit)}", params))
 
 
-def newer(conn: sqlite3.Connection, filters: Filters, after: int, limit: int = 100) -> list[dict[str, Any]]:
+#: How many new rows one poll of the live stream reads at most (a full batch is followed at once by the next).
+NEWER_ROWS = 100
+
+
+def newer(conn: sqlite3.Connection, filters: Filters, after: int, limit: int = NEWER_ROWS) -> list[dict[str, Any]]:
     """Rows after seq `after`, oldest first (what the live stream sends next)."""
     clauses, params = filters.where()
     clauses.append("seq > ?")
