@@ -24,3 +24,19 @@ def format_duration(seconds: float) -> str:
         return f"{seconds:g}s"
     return next(f"{whole // size}{unit}" for unit, size in sorted(_UNITS.items(), key=lambda u: -u[1])
                 if whole % size == 0)
+
+
+def moment(text: str, now: float) -> float:
+    """A point in time as a person writes one: a duration back from `now` (`1h`, `30m`) or an ISO time (local
+    unless it names a zone), as an epoch; ValueError naming what is wrong."""
+    from datetime import datetime
+
+    try:
+        return now - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        found = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"must be a duration like 1h or an ISO time like 2026-11-24T10:00 (got {text!r})") from None
+    return (found if found.tzinfo else found.astimezone()).timestamp()

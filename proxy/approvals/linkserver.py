@@ -30,7 +30,7 @@ from ..audit import store as audit
 from ..config import Config
 from ..errors import GoexError, StateError
 from . import store
-from .served import OPTIONS, EmbeddedServer
+from .served import OPTIONS, EmbeddedServer, stop
 
 log = logging.getLogger(__name__)
 
@@ -309,13 +309,7 @@ class LinkServer:
     address: tuple[str, int]
 
     async def close(self) -> None:
-        self.server.should_exit = True
-        try:
-            if not self.task.done():
-                await asyncio.wait_for(asyncio.shield(self.task), 5)
-        except Exception as exc:  # it stops either way; say why it did not stop cleanly
-            self.task.cancel()
-            log.warning("the approval link server did not stop cleanly: %s", type(exc).__name__)
+        await stop(self.server, self.task, "approval link server")
         await asyncio.to_thread(self.links.close)
 
 

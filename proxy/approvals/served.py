@@ -3,13 +3,17 @@ and a connection that sends no complete request head in time is closed (uvicorn 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import time
 import weakref
 from collections.abc import Generator
 from typing import Any
 
 import uvicorn
+
+log = logging.getLogger(__name__)
 
 #: Seconds a connection may stay open without a request in progress or answered; then it is closed.
 HEAD_SECONDS = 10.0
@@ -41,3 +45,14 @@ class EmbeddedServer(uvicorn.Server):
                 transport = getattr(protocol, "transport", None)
                 if transport is not None:
                     transport.close()
+
+
+async def stop(server: uvicorn.Server, task: asyncio.Task[None], what: str) -> None:
+    """Stop an embedded server: let it finish what it serves (5 s at most), else cancel it and say so."""
+    server.should_exit = True
+    try:
+        if not task.done():
+            await asyncio.wait_for(asyncio.shield(task), 5)
+    except Exception as exc:  # it stops either way; say why it did not stop cleanly
+        task.cancel()
+        log.warning("the %s did not stop cleanly: %s", what, type(exc).__name__)

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from ..durations import parse_duration
+from ..durations import moment, parse_duration
 from ..errors import ConfigError, GoexError, NotFound
 
 
@@ -115,14 +115,9 @@ def parse_since(text: str | None) -> float | None:
     if text is None:
         return None
     try:
-        return time.time() - parse_duration(text)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise click.BadParameter(f"must be a duration like 1h or an ISO time like 2026-11-24T10:00 (got {text!r})") from None
-    return (moment if moment.tzinfo else moment.astimezone()).timestamp()
+        return moment(text, time.time())
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def outcome_of(row: dict[str, Any]) -> str:

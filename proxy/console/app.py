@@ -9,7 +9,6 @@ import logging
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode
@@ -22,7 +21,7 @@ from starlette.routing import Route
 from ..approvals import store as approvals
 from ..audit import store as audit
 from ..config import Config
-from ..durations import parse_duration
+from ..durations import moment
 from ..errors import GoexError, NotFound
 from ..undo import session
 from ..undo.plan import FIDELITIES, SAFE_METHODS
@@ -65,15 +64,9 @@ def _since(text: str, name: str = "since") -> float | None:
     if not text:
         return None
     try:
-        return time.time() - parse_duration(text)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise BadInput(f"'{name}' must be a duration like 1h or an ISO time like 2026-11-24T10:00 (got {text!r})") \
-            from None
-    return (moment if moment.tzinfo else moment.astimezone()).timestamp()
+        return moment(text, time.time())
+    except ValueError as exc:
+        raise BadInput(f"'{name}' {exc}") from None
 
 
 def _filters(request: Request) -> data.Filters:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import uvicorn
 
 from ..approvalconfig import is_loopback, netloc
-from ..approvals.served import OPTIONS, EmbeddedServer
+from ..approvals.served import OPTIONS, EmbeddedServer, stop
 from ..config import Config
 from ..consoleconfig import exposure_problem
 from ..errors import StateError
@@ -43,13 +43,7 @@ class ConsoleServer:
 
     async def close(self) -> None:
         self.console.closing.set()
-        self.server.should_exit = True
-        try:
-            if not self.task.done():
-                await asyncio.wait_for(asyncio.shield(self.task), 5)
-        except Exception as exc:  # it stops either way; say why it did not stop cleanly
-            self.task.cancel()
-            log.warning("the console did not stop cleanly: %s", type(exc).__name__)
+        await stop(self.server, self.task, "console")
         await asyncio.to_thread(self.console.db.close)
 
 
