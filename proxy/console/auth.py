@@ -60,14 +60,17 @@ class Keys:
         return hmac.compare_digest(self.csrf(session).encode(), given.encode())
 
 
-def _cookie(scope: Scope, wanted: str) -> str | None:
+def _cookies(scope: Scope, wanted: str) -> list[str]:
+    """Every value sent under this cookie name: another local server may set one of the same name (cookies are not
+    kept apart by port), which must not hide the console's own."""
+    out = []
     for name, value in scope["headers"]:
         if name == b"cookie":
             for part in value.decode("latin-1").split(";"):
                 key, _, val = part.strip().partition("=")
                 if key == wanted:
-                    return str(val)
-    return None
+                    out.append(str(val))
+    return out
 
 
 def _header(scope: Scope, wanted: bytes) -> list[str]:
@@ -115,11 +118,12 @@ class Guard:
             if len(token) != 1 or not self.keys.token_ok(token[0]) or scope["method"] != "GET":
                 return HTMLResponse(_REFUSED, 401)
             rest = urlencode([(k, v) for k, v in query if k != "token"])
-            redirect = RedirectResponse(scope["path"] + (f"?{rest}" if rest else ""), 303)
+            here = "/" + scope["path"].lstrip("/\\")  # never `//host`: that would leave the console
+            redirect = RedirectResponse(here + (f"?{rest}" if rest else ""), 303)
             redirect.set_cookie(self.cookie, self.keys.open_session(), httponly=True, samesite="strict", secure=self.secure,
                                 path="/")
             return redirect
-        session = _cookie(scope, self.cookie)
+        session = next((value for value in _cookies(scope, self.cookie) if self.keys.session_ok(value)), None)
         if not self.keys.session_ok(session):
             return HTMLResponse(_REFUSED, 401)
         scope.setdefault("state", {})["session"] = session

@@ -290,3 +290,23 @@ def test_a_console_with_tls_is_served_over_https_with_a_secure_cookie(tmp_path: 
         assert client.get("/").status_code == 200
     finally:
         running.close()
+
+
+def test_signing_in_never_redirects_off_the_console(console: Running) -> None:
+    token = console.served.console.keys.token
+    client = httpx.Client(base_url=console.base)
+    for path in ("//evil.example/", "/%2F%2Fevil.example", "/\\evil.example"):
+        r = client.get(f"{path}?token={token}")
+        location = r.headers.get("location", "")
+        assert r.status_code in (303, 401) and not location.startswith(("//", "/\\")), (path, location)
+
+
+def test_a_cookie_of_the_same_name_from_another_local_server_does_not_sign_the_person_out(console: Running) -> None:
+    port = console.served.address[1]
+    signed = httpx.Client(base_url=console.base)
+    signed.get(f"/?token={console.served.console.keys.token}")
+    session = signed.cookies[f"goex_console_{port}"]
+    anonymous = httpx.Client(base_url=console.base)
+    both = f"goex_console_{port}=planted; goex_console_{port}={session}"
+    assert anonymous.get("/approvals", headers={"Cookie": both}).status_code == 200
+    assert anonymous.get("/approvals", headers={"Cookie": f"goex_console_{port}=planted"}).status_code == 401

@@ -32,7 +32,10 @@
   // The approvals page reloads itself while nobody is typing in it, so new waiting requests appear.
   var main = document.getElementById("main");
   if (main && main.dataset.refresh) {
+    var submitted = false;  // a button was pressed: reloading now would drop the person's decision
+    document.addEventListener("submit", function (event) { submitted = !event.defaultPrevented; });
     setInterval(function () {
+      if (submitted) return;
       var typing = Array.prototype.some.call(document.querySelectorAll("input[name=reason]"), function (i) {
         return i.value !== "";
       });
