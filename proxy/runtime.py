@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -94,23 +95,62 @@ def _quiet_shutdown(loop: asyncio.AbstractEventLoop) -> None:
     loop.set_exception_handler(handle)
 
 
+def _free_loopback_port() -> int:
+    """A loopback port free at this moment (another process may take it before it is bound: see InProcessProxy)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def _stopped_at_startup(m: master.Master) -> None:
+    """What mitmproxy leaves undone when an error stops it before it runs (its process would exit next; ours goes
+    on): its log handlers stay installed, and they would swallow the next master's errors, and its addons' `done`."""
+    if (check := m.addons.get("errorcheck")) is not None:
+        check.finish()
+    await m.done()
+
+
+class _PortTaken(Exception):
+    """The port chosen for the in-process proxy was taken by another process before mitmproxy could bind it."""
+
+
+class _Listening:
+    """Sets an event when mitmproxy's servers are bound and every addon has started (the `running` hook)."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def running(self) -> None:
+        self.event.set()
+
+
 class InProcessProxy:
     """The pipeline on an ephemeral loopback port in a background thread, for `undo` and `exec --jail` (whether or
-    not `run` runs)."""
+    not `run` runs). mitmproxy binds the port itself, so a port free when chosen can be taken by then (tests and
+    sessions start proxies side by side): it then starts again on another port, up to ATTEMPTS times."""
+
+    ATTEMPTS = 5
 
     def __init__(self, config: Config, policies: PolicySet, undo_token: str | None = None) -> None:
-        import dataclasses
-        import socket
-        import threading
-
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = int(probe.getsockname()[1])
         self.file_config = config
-        self.config = dataclasses.replace(config, listen_host="127.0.0.1", listen_port=port)
-        self.port = port
-        self._ready = threading.Event()
+        for attempt in range(self.ATTEMPTS):
+            try:
+                self._start(config, policies, undo_token)
+                return
+            except _PortTaken:
+                if attempt == self.ATTEMPTS - 1:
+                    raise RuntimeError(f"the in-process proxy found its port taken {self.ATTEMPTS} times") from None
+
+    def _start(self, config: Config, policies: PolicySet, undo_token: str | None) -> None:
+        import dataclasses
+
+        self.port = _free_loopback_port()
+        self.config = dataclasses.replace(config, listen_host="127.0.0.1", listen_port=self.port)
+        self._listening = threading.Event()
         self._error: BaseException | None = None
+        self._port_taken = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._master: master.Master | None = None
         self._thread = threading.Thread(target=self._run, args=(policies, undo_token), name="goex-undo-proxy",
@@ -123,27 +163,41 @@ class InProcessProxy:
             self._loop = asyncio.get_running_loop()
             _quiet_shutdown(self._loop)
             self._master = build_master(self.config, policies, undo_token, self.file_config)
-            self._ready.set()
-            await self._master.run()
+            self._master.addons.add(_Listening(self._listening))
+            try:
+                await self._master.run()
+            except SystemExit:
+                await _stopped_at_startup(self._master)
+                raise
 
         try:
             asyncio.run(main())
         except BaseException as exc:  # reported to the caller by _wait_listening
+            self._port_taken = self._failed_to_bind()
             self._error = exc
-            self._ready.set()
+
+    def _failed_to_bind(self) -> bool:
+        """Whether mitmproxy stopped because its listen address was in use (its server keeps the error)."""
+        import errno
+
+        if self._master is None:
+            return False
+        servers = getattr(self._master.addons.get("proxyserver"), "servers", ())
+        return any(isinstance(s.last_exception, OSError) and s.last_exception.errno == errno.EADDRINUSE
+                   for s in servers)
 
     def _wait_listening(self) -> None:
-        import socket
+        """Until mitmproxy says its servers listen (its `running` event), not until the port answers: a port taken
+        by another process answers too."""
         import time
 
-        self._ready.wait(30)
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and self._error is None:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.05)
+        while time.monotonic() < deadline and self._thread.is_alive():
+            if self._listening.wait(0.05):
+                return
+        self._thread.join(15)
+        if self._port_taken:
+            raise _PortTaken()
         raise RuntimeError(f"the in-process proxy did not start: {self._error or 'no listener'}")
 
     def close(self) -> None:
