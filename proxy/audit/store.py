@@ -142,9 +142,21 @@ def _migration_9(db: sqlite_utils.Database) -> None:
         requests.create_index(columns, if_not_exists=True)  # a log whose version was set back already has them
 
 
+def _migration_10(db: sqlite_utils.Database) -> None:
+    """The console's sign-in links (each token stored hashed, good once and until it expires, so that `goex-proxy
+    console link` can make one for a console that runs), and the `execute` run each model call belongs to (the seq of
+    the run's first call), so that the console groups a run's calls exactly."""
+    if "run" not in db.table("model_calls").columns_dict:  # a log whose version was set back already has it
+        db.table("model_calls").add_column("run", int)
+        db.table("model_calls").create_index(["run"], if_not_exists=True)
+    if not db.table("console_links").exists():
+        db.table("console_links").create({"token_sha256": str, "made": float, "expires": float, "used_at": float},
+                                         pk="token_sha256")
+
+
 #: Schema migrations, applied in order; `PRAGMA user_version` records how many have run.
 MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6, _migration_7,
-              _migration_8, _migration_9]
+              _migration_8, _migration_9, _migration_10]
 #: From this version on the chain is HMAC-SHA256 under the seal's key; before it, plain SHA-256.
 KEYED_VERSION = 7
 #: Request fields added by later migrations: hashed only when set, so rows written before them still verify.
