@@ -1,34 +1,99 @@
-"""Short ids that sort by time, for audit rows and file runs: 9 base-32 characters of milliseconds, then 4 of
-sequence (Crockford's alphabet)."""
+"""Short ids that sort by time, for audit rows and file runs, unique across the processes sharing one audit log:
+9 base-32 characters of milliseconds, then 4 of this process's tag and a count within the millisecond (Crockford's
+alphabet)."""
 
 from __future__ import annotations
 
+import fcntl
+import logging
+import os
 import secrets
 import threading
 import time
+from pathlib import Path
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+#: The 20 bits after the milliseconds: a process tag in the high 10, a count within the millisecond in the low 10.
+TAGS = 1024
+PER_MS = 1024
+
+log = logging.getLogger(__name__)
+
+
+class _Clock:
+    """The process's one source of ids: every RequestIds shares it, so that two of them never give one id."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.last_ms = 0
+        self.n = 0
+        self.tag = secrets.randbelow(TAGS)  # until `claim` holds one no other process has
+        self.claimed: dict[Path, int] = {}  # lock directory -> the open, locked tag file
+
+    def new(self, now: float | None) -> str:
+        with self.lock:
+            ms = max(int((now or time.time()) * 1000), self.last_ms)
+            if ms == self.last_ms:
+                self.n += 1
+                if self.n >= PER_MS:
+                    ms, self.n = ms + 1, 0
+            else:
+                self.n = 0
+            self.last_ms = ms
+            return _b32(ms, 9) + _b32(self.tag * PER_MS + self.n, 4)
+
+
+_CLOCK = _Clock()
 
 
 class RequestIds:
-    """Short ids that sort by time: 9 base-32 characters of milliseconds, then 4 of sequence."""
-
-    def __init__(self) -> None:
-        self._last_ms = 0
-        self._n = 0
-        self._lock = threading.Lock()
+    """Short ids that sort by time (within a millisecond, by process and then by order)."""
 
     def new(self, now: float | None = None) -> str:
-        with self._lock:
-            ms = max(int((now or time.time()) * 1000), self._last_ms)
-            if ms == self._last_ms:
-                self._n += 1
-                if self._n >= 32 ** 4:
-                    ms, self._n = ms + 1, secrets.randbelow(1024)
-            else:
-                self._n = secrets.randbelow(1024)
-            self._last_ms = ms
-            return _b32(ms, 9) + _b32(self._n, 4)
+        return _CLOCK.new(now)
+
+
+def tags_folder(audit_db: Path) -> Path:
+    """Where the processes writing this audit database hold their tags (hidden from agents like the database)."""
+    return audit_db.parent / f".{audit_db.name}.ids"
+
+
+def claim(audit_db: Path) -> None:
+    """Hold, for the life of this process, a tag that no other live process holds for this audit database: the first
+    free one of TAGS lock files beside it, each held with flock (the kernel lets go when a process ends, however it
+    ends). Two proxies on one log (`run` and an `exec --jail` without it, or several workers) then never make the
+    same id. A process keeps the tag it claimed first; past TAGS processes at once, a random tag (and a warning)."""
+    folder = tags_folder(audit_db)
+    with _CLOCK.lock:
+        if folder in _CLOCK.claimed:
+            return
+        try:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            log.warning("request ids: cannot create %s (%s); ids may repeat across processes", folder, exc)
+            return
+        for offset in range(TAGS):
+            tag = (_CLOCK.tag + offset) % TAGS
+            fd = os.open(folder / f"{tag:04d}", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                if _CLOCK.claimed:
+                    break  # this process's tag is another's here: keep it (ids of the first log stay unique)
+                continue
+            _CLOCK.claimed[folder] = fd
+            _CLOCK.tag, _CLOCK.n = tag, PER_MS  # a new tag starts its count in the next millisecond
+            return
+        log.warning("request ids: no free tag in %s; ids may repeat across processes", folder)
+
+
+def tag_of(request_id: str) -> int:
+    """The tag of the process that made an id."""
+    n = 0
+    for c in request_id[9:].upper():
+        n = n * 32 + _CROCKFORD.index(c)
+    return n // PER_MS
 
 
 def is_request_id(text: str) -> bool:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .. import ids
 from ..errors import AuditError, NotFound
 from .seal import Anchor, Seal, chain_hash
 
@@ -300,6 +301,7 @@ class AuditWriter:
         self.path = path
         self.seal = seal
         self._conn = open_db(path, seal=seal)
+        ids.claim(path)  # the ids this process makes are its own among all that write this log
         self._key = seal.key(create=True)
         self._pending: dict[str, tuple[str, int]] = {}  # request id -> (hash, seq) of rows awaiting their outcome
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()

@@ -16,9 +16,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .. import ids
 from ..config import Config
 from ..errors import GoexError, NotFound
-from ..ids import RequestIds
 from .changes import Change, Entry, entry_at, read_layer, unlocked
 
 if TYPE_CHECKING:
@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 
 #: States of a recorded run: its changes wait for the person, were applied, were taken back, or were dropped unapplied.
 PENDING, KEPT, UNDONE, DISCARDED = "pending", "kept", "undone", "discarded"
-_RUN_IDS = RequestIds()
 _ENTRY_FIELDS = ("kind", "mode", "size", "sha256", "target")
 
 
@@ -62,7 +61,8 @@ def run_dir(config: Config, run_id: str) -> RunDir:
 
 def new_run_dir(config: Config) -> RunDir:
     """A fresh run directory: the overlay's upper and work directories, the new root's mount point, an empty file."""
-    run = run_dir(config, _RUN_IDS.new())
+    ids.claim(config.audit_db)  # run ids share the audit log (file_runs) with other processes'
+    run = run_dir(config, ids.RequestIds().new())
     try:
         runs_root(config).mkdir(mode=0o700, exist_ok=True)
         run.path.mkdir(mode=0o700)

@@ -11,6 +11,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import ids
 from ..config import Config
 from ..errors import GoexError
 
@@ -54,7 +55,8 @@ def supervisor_paths(config: Config) -> list[str]:
     is."""
     paths = [config.state_dir, config.file, *(p.path for p in config.policies), *config.undo_packs]
     db = config.audit_db
-    paths += [db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm"), db.with_name(db.name + "-journal")]
+    paths += [db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm"), db.with_name(db.name + "-journal"),
+              ids.tags_folder(db)]
     return sorted({_real(p) for p in paths if os.path.lexists(p)})
 
 

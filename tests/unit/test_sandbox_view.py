@@ -155,3 +155,16 @@ def test_the_python_environment_under_a_scratch_directory_is_shown_read_only(con
     ws = tmp_path / "ws"
     ws.mkdir()
     assert view_for(config, ws, ws).protect == ("/tmp/checkout/.venv",)
+
+
+def test_the_id_tags_beside_an_audit_database_elsewhere_are_hidden(tmp_path: Path) -> None:
+    """The lock files by which processes keep their request ids apart live beside the audit database: hidden too."""
+    from goex_proxy import ids
+
+    elsewhere = tmp_path / "logs" / "audit.db"
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "config.yaml").write_text(
+        f"version: 1\nagents: {{a: {{token: a-token-long-enough}}}}\naudit: {{db: {elsewhere}}}\n")
+    config = load_config(tmp_path / "state" / "config.yaml")
+    ids.claim(config.audit_db)
+    assert str(ids.tags_folder(elsewhere)) in supervisor_paths(config)
