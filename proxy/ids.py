@@ -28,7 +28,7 @@ class _Clock:
         self.last_ms = 0
         self.n = 0
         self.tag = secrets.randbelow(TAGS)  # until `claim` holds one no other process has
-        self.claimed: dict[Path, int] = {}  # lock directory -> the open, locked tag file
+        self.claimed: dict[Path, list[int]] = {}  # lock directory -> [the open, locked tag file, claims on it]
 
     def new(self, now: float | None) -> str:
         with self.lock:
@@ -59,13 +59,15 @@ def tags_folder(audit_db: Path) -> Path:
 
 
 def claim(audit_db: Path) -> None:
-    """Hold, for the life of this process, a tag that no other live process holds for this audit database: the first
-    free one of TAGS lock files beside it, each held with flock (the kernel lets go when a process ends, however it
-    ends). Two proxies on one log (`run` and an `exec --jail` without it, or several workers) then never make the
-    same id. A process keeps the tag it claimed first; past TAGS processes at once, a random tag (and a warning)."""
+    """Hold, until the last `release` of this log (its writers closed) or the process ends, a tag that no other live
+    process holds for this audit database: the first free one of TAGS lock files beside it, each held with flock (the
+    kernel lets go when a process ends, however it ends). Two proxies on one log (`run` and an `exec --jail` without
+    it, or several workers) then never make the same id. A process keeps the tag it claimed first; past TAGS
+    processes at once, a random tag (and a warning)."""
     folder = tags_folder(audit_db)
     with _CLOCK.lock:
         if folder in _CLOCK.claimed:
+            _CLOCK.claimed[folder][1] += 1
             return
         try:
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -74,7 +76,12 @@ def claim(audit_db: Path) -> None:
             return
         for offset in range(TAGS):
             tag = (_CLOCK.tag + offset) % TAGS
-            fd = os.open(folder / f"{tag:04d}", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fd = os.open(folder / f"{tag:04d}", os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError as exc:
+                log.warning("request ids: cannot open a tag file in %s (%s); ids may repeat across processes", folder,
+                            exc)
+                return
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
@@ -82,7 +89,7 @@ def claim(audit_db: Path) -> None:
                 if _CLOCK.claimed:
                     break  # this process's tag is another's here: keep it (ids of the first log stay unique)
                 continue
-            _CLOCK.claimed[folder] = fd
+            _CLOCK.claimed[folder] = [fd, 1]
             _CLOCK.tag, _CLOCK.n = tag, PER_MS  # a new tag starts its count in the next millisecond
             return
         log.warning("request ids: no free tag in %s; ids may repeat across processes", folder)
@@ -94,6 +101,19 @@ def tag_of(request_id: str) -> int:
     for c in request_id[9:].upper():
         n = n * 32 + _CROCKFORD.index(c)
     return n // PER_MS
+
+
+def release(audit_db: Path) -> None:
+    """One `claim` of this log ends (its writer closed); the last lets go of the tag file."""
+    folder = tags_folder(audit_db)
+    with _CLOCK.lock:
+        held = _CLOCK.claimed.get(folder)
+        if held is None:
+            return
+        held[1] -= 1
+        if held[1] <= 0:
+            os.close(held[0])
+            del _CLOCK.claimed[folder]
 
 
 def is_request_id(text: str) -> bool:

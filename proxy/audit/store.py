@@ -339,6 +339,7 @@ class AuditWriter:
             self._queue.put(_STOP)
             self._thread.join(timeout=10)
         self._conn.close()
+        ids.release(self.path)
 
     def _run(self) -> None:
         while True:

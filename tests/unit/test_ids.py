@@ -72,3 +72,16 @@ def test_ids_sort_by_time_and_keep_their_shape() -> None:
     made = [ids.RequestIds().new() for _ in range(5000)]
     assert made == sorted(made) and len(set(made)) == 5000
     assert all(ids.is_request_id(m) for m in made)
+
+
+def test_a_closed_writer_lets_go_of_its_tag(tmp_path: Path) -> None:
+    from goex_proxy.audit.seal import Seal
+    from goex_proxy.audit.store import AuditWriter
+
+    first, second = AuditWriter(tmp_path / "a.db", Seal(tmp_path)), AuditWriter(tmp_path / "a.db", Seal(tmp_path))
+    folder = ids.tags_folder(tmp_path / "a.db")
+    assert ids._CLOCK.claimed[folder][1] == 2
+    first.close()
+    assert folder in ids._CLOCK.claimed  # the other writer still writes
+    second.close()
+    assert folder not in ids._CLOCK.claimed
