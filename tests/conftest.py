@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -53,8 +54,33 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_PORTS = random.Random()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A loopback port free now, for a server a test starts. Not an ephemeral one: those are also handed out as the
+    source ports of the many connections tests make, so one could be taken before the server binds it (a CI run
+    lost a test that way). Each xdist worker draws from its own band below the ephemeral range."""
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").lstrip("gw") or 0)
+    top = _ephemeral_start()
+    band = max((top - 10000) // 8, 500)
+    low = 10000 + (worker % 8) * band
+    for _ in range(200):
+        port = _PORTS.randrange(low, min(low + band, top))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # the band is full: any free port
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
