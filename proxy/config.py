@@ -114,6 +114,7 @@ class Config:
     policies: tuple[PolicySource, ...] = ()
     audit_db: Path = Path("audit.db")
     max_body_bytes: int = DEFAULT_MAX_BODY
+    retention: float | None = None  # `audit.retention`: rows older than this are pruned (None: kept)
     routes: dict[str, Route] = field(default_factory=dict)
     extra_ca: tuple[Path, ...] = ()
     credentials: dict[str, Credential] = field(default_factory=dict)
@@ -416,12 +417,19 @@ def parse_config(doc: Any, file: Path, check: Checker) -> Config:
         except ValueError as exc:
             check.error(check.at(top, "undo_rules"), f"undo pack {ref!r} {exc}")
 
-    audit = check.mapping(top.get("audit", YMap()), "audit", check.at(top, "audit"), {"db", "max_body_bytes"}) or YMap()
+    audit = check.mapping(top.get("audit", YMap()), "audit", check.at(top, "audit"),
+                          {"db", "max_body_bytes", "retention"}) or YMap()
     db = Path(check.string(audit, "db", "audit.db") or "audit.db").expanduser()
     max_body = audit.get("max_body_bytes", DEFAULT_MAX_BODY)
     if not isinstance(max_body, int) or isinstance(max_body, bool) or max_body < 0:
         check.error(check.at(audit, "max_body_bytes"), f"'audit.max_body_bytes' must be a whole number ≥ 0 (got {max_body!r})")
         max_body = DEFAULT_MAX_BODY
+    retention = None
+    if audit.get("retention") is not None:
+        try:
+            retention = parse_duration(audit["retention"])
+        except ValueError as exc:
+            check.error(check.at(audit, "retention"), f"'audit.retention' {exc}")
 
     upstream = check.mapping(top.get("upstream", YMap()), "upstream", check.at(top, "upstream"),
                              {"routes", "extra_ca", "block_private_networks", "allow_private", "resolver"}) or YMap()
@@ -469,6 +477,7 @@ def parse_config(doc: Any, file: Path, check: Checker) -> Config:
         policies=tuple(policies),
         audit_db=db if db.is_absolute() else state_dir / db,
         max_body_bytes=max_body,
+        retention=retention,
         routes=routes,
         extra_ca=extra_ca,
         credentials=_credentials(check, top.get("credentials"), check.at(top, "credentials")),

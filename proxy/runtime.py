@@ -59,11 +59,12 @@ def proxy_options(config: Config) -> dict[str, Any]:
 
 
 def build_master(config: Config, policies: PolicySet, undo_token: str | None = None,
-                 file_config: Config | None = None, live: bool = False) -> master.Master:
+                 file_config: Config | None = None, live: bool = False, maintain: bool = False) -> master.Master:
     """A mitmproxy master with only the addons goex-proxy needs, then the pipeline in its one order (and, for `run`,
-    the line per request)."""
+    the line per request when `live`, and the audit log's retention when `maintain`)."""
     from goex_proxy.addons import pipeline
     from goex_proxy.addons.livelog import LiveLog
+    from goex_proxy.addons.retention import Retention
     from goex_proxy.addons.state import ProxyState
 
     opts = options.Options()
@@ -83,6 +84,8 @@ def build_master(config: Config, policies: PolicySet, undo_token: str | None = N
     m.addons.add(*pipeline(state))
     if live:
         m.addons.add(LiveLog(state))
+    if maintain:
+        m.addons.add(Retention(state))
     return m
 
 
@@ -215,7 +218,7 @@ async def serve(config: Config, policies: PolicySet, quiet: bool = False, also: 
     from goex_proxy.approvals.linkserver import serve_links
 
     logging.getLogger("goex_proxy").setLevel(logging.INFO)
-    m = build_master(config, policies, live=not quiet)
+    m = build_master(config, policies, live=not quiet, maintain=True)
     livelog.format_output()
     loop = asyncio.get_running_loop()
     _quiet_shutdown(loop)

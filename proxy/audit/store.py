@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import ids
 from ..errors import AuditError, NotFound
+from .gaps import gap_holds, gaps
 from .seal import Anchor, Seal, chain_hash
 
 if TYPE_CHECKING:
@@ -155,9 +156,17 @@ def _migration_10(db: sqlite_utils.Database) -> None:
                                          pk="token_sha256")
 
 
+def _migration_11(db: sqlite_utils.Database) -> None:
+    """Pruning (`audit.retention`, `goex-proxy log prune`): each run of removed rows leaves a gap record, keyed by the
+    kept row after it and signed under the chain key, that `log verify` checks the chain across."""
+    if not db.table("audit_gaps").exists():
+        db.table("audit_gaps").create({"next_seq": int, "first_seq": int, "last_seq": int, "rows": int,
+                                       "before_hash": str, "last_hash": str, "at": float, "mac": str}, pk="next_seq")
+
+
 #: Schema migrations, applied in order; `PRAGMA user_version` records how many have run.
 MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6, _migration_7,
-              _migration_8, _migration_9, _migration_10]
+              _migration_8, _migration_9, _migration_10, _migration_11]
 #: From this version on the chain is HMAC-SHA256 under the seal's key; before it, plain SHA-256.
 KEYED_VERSION = 7
 #: Request fields added by later migrations: hashed only when set, so rows written before them still verify.
@@ -597,6 +606,7 @@ class VerifyResult:
     problem: str | None = None
     keyed: bool = True
     anchored: bool = False
+    pruned: int = 0  # rows removed by `log prune`, each run joined by a signed gap record
 
 
 def charged(keys: Iterable[str], at: float) -> str:
@@ -640,11 +650,15 @@ def verify(conn: sqlite3.Connection, key: bytes | None, anchor: Anchor | None = 
     """Recompute the chain; name the first row that was edited, removed or reordered. With an anchor (the newest row
     as recorded outside the database), rows removed from the end are caught too."""
     prev = ""
-    checked = 0
+    checked = pruned = 0
     anchored = anchor is None
     expected: set[tuple[str, str, float]] = set()  # (request id, rule key, time) of every charge a row carries
+    joins = gaps(conn)
     for row in iter_rows(conn):
         problem = None
+        if row["prev_hash"] != prev and gap_holds(key, joins.get(row["seq"]), prev, row["prev_hash"]):
+            pruned += joins[row["seq"]].rows  # rows pruned before it, joined by a signed gap record
+            prev = row["prev_hash"]
         if row["prev_hash"] != prev:
             problem = "its link to the previous row is broken (a row before it was removed or reordered)"
         elif row_hash(key, prev, row) != row["hash"]:
@@ -671,4 +685,4 @@ def verify(conn: sqlite3.Connection, key: bytes | None, anchor: Anchor | None = 
         assert anchor is not None
         return VerifyResult(checked, anchor.id, anchor.seq, "the anchor's row is gone (rows were removed from the end "
                             "of the log)", key is not None)
-    return VerifyResult(checked, keyed=key is not None, anchored=anchor is not None)
+    return VerifyResult(checked, keyed=key is not None, anchored=anchor is not None, pruned=pruned)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -93,7 +94,58 @@ def verify(group_config: Path | None, config_path: Path | None, anchor_file: Pat
     how = "keyed hash chain intact" if key is not None else (
         "hash chain intact, but not keyed: an older version wrote it; `goex-proxy run` keys it on start")
     checked = [what for what, anchor in anchors if anchor is not None]
-    click.echo(f"ok: {result.checked} rows, {how}" + (f"; newest rows match {' and '.join(checked)}" if checked else ""))
+    pruned = f" ({result.pruned} older rows pruned, each run joined by a signed gap record)" if result.pruned else ""
+    click.echo(f"ok: {result.checked} rows{pruned}, {how}"
+               + (f"; newest rows match {' and '.join(checked)}" if checked else ""))
+
+
+@log.command()
+@config_option
+@click.option("--older-than", "older_than", metavar="DURATION",
+              help="Remove rows whose requests began longer ago than this (e.g. 90d); default: audit.retention.")
+@click.option("--include-undoable", is_flag=True,
+              help="Also remove rows undo could still take back (kept by default until they are undone).")
+@click.option("--vacuum", is_flag=True, help="Then give the freed space back to the file system (VACUUM: the "
+                                              "database is locked meanwhile, so run it while goex-proxy is stopped).")
+@click.pass_obj
+@handle_errors
+def prune(group_config: Path | None, config_path: Path | None, older_than: str | None, include_undoable: bool,
+          vacuum: bool) -> None:
+    """Remove old rows from the audit log, keeping what is still needed.
+
+    Rows of requests that began before the cutoff go, with their limit hits, approvals and undo journal. Kept: rows
+    undo could still take back (until undone, unless --include-undoable), rows that count against a limit whose
+    window has not passed, requests still waiting or in flight, and the newest row. Each run of removed rows leaves
+    a gap record signed under the chain key, so `goex-proxy log verify` still holds. `goex-proxy run` prunes by
+    audit.retention on its own (at start and every 6 hours). Safe while `run` writes: one short transaction per
+    batch of rows.
+
+    Example: goex-proxy log prune --older-than 90d
+    """
+    from ..audit.prune import prune as prune_log
+    from ..audit.seal import Seal
+    from ..durations import format_duration, parse_duration
+    from ..policy.load import load_policy_set
+
+    config = load_config(config_path or group_config)
+    if older_than is None and config.retention is None:
+        raise click.UsageError("say how old: --older-than DURATION, or set audit.retention in the config")
+    try:
+        age = parse_duration(older_than) if older_than is not None else float(config.retention or 0)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--older-than") from None
+    seal = Seal(config.state_dir)
+    conn = audit.connect(config)
+    windows = load_policy_set(config.policy_sources).limit_windows()
+    done = prune_log(conn, audit.chain_key(conn, seal), time.time() - age, windows, seal.anchor(),
+                     include_undoable=include_undoable)
+    kept = ", ".join(f"{n} {why}" for why, n in sorted(done.kept.items()))
+    click.echo(f"pruned {done.rows} rows older than {format_duration(age)}" + (f" ({done.gaps} new gaps)" if done.rows
+                                                                                else "")
+               + (f"; kept older rows: {kept}" if kept else ""))
+    if vacuum:
+        conn.execute("VACUUM")
+        click.echo("vacuumed: the freed space is back with the file system")
 
 
 @log.command()

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ..audit import store as audit
+from ..audit.gaps import gap_holds, gaps
 from ..audit.seal import Seal
 from ..config import Config
 from ..errors import AuditError
@@ -107,7 +108,9 @@ def chain_status(conn: sqlite3.Connection, seal: Seal, row: dict[str, Any]) -> t
     except AuditError as exc:
         return False, str(exc)
     found = conn.execute("SELECT hash FROM requests WHERE seq < ? ORDER BY seq DESC LIMIT 1", (row["seq"],)).fetchone()
-    if row["prev_hash"] != (found[0] if found else ""):
+    before = found[0] if found else ""
+    pruned = gaps(conn, row["seq"] - 1, row["seq"]).get(row["seq"])
+    if row["prev_hash"] != before and not gap_holds(key, pruned, before, row["prev_hash"]):
         return False, "broken: its link to the row before does not hold (a row before it was removed or reordered)"
     if audit.row_hash(key, row["prev_hash"], row) != row["hash"]:
         return False, "broken: its request fields do not match its hash (the row was edited)"
@@ -118,6 +121,8 @@ def chain_status(conn: sqlite3.Connection, seal: Seal, row: dict[str, Any]) -> t
         return False, "broken: it has outcome fields but no outcome hash (the row was edited)"
     keyed = "HMAC-SHA256 under the seal's key" if key is not None else "plain SHA-256 (an older log)"
     ended = "" if row["outcome_hash"] is not None else "; its outcome is not recorded yet"
+    if row["prev_hash"] != before:
+        ended += f"; {pruned.rows if pruned else 0} older rows before it were pruned (a signed gap record joins them)"
     return True, f"intact: its link, request and outcome hashes hold ({keyed}){ended}"
 
 

@@ -1,0 +1,159 @@
+"""Pruning the audit log by age: rows that began before a cutoff go, except what undo, limits and waiting requests
+still need; each run of removed rows leaves a gap record, signed under the chain key, across which `log verify`
+checks the chain (the kept row after it still names the hash of the last removed one)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import AuditError
+from .gaps import Gap, gap_holds, gaps
+from .seal import Anchor
+from .store import row_hash
+
+#: Undo classes of rows undo can still take back (unguarded ones with --force): kept until undone, unless asked.
+UNDOABLE = ("exact", "needs-preimage", "lossy", "unguarded")
+#: Approval states of requests still waiting: their rows stay.
+WAITING = ("held", "delayed")
+#: Rows examined per transaction: the proxy's writer waits for at most one batch.
+BATCH = 2000
+#: How much later than its start a row may be written (as the console's `until` filter assumes): the walk stops at
+#: the first row that began this long after the cutoff.
+SLACK_S = 86400.0
+#: Why a row older than the cutoff stays, as `log prune` reports it.
+KEPT_UNDOABLE, KEPT_LIMIT, KEPT_WAITING, KEPT_OPEN = ("still undoable", "counts against a limit",
+                                                      "waiting for a person", "its outcome not recorded yet")
+
+
+@dataclass
+class Pruned:
+    """What a prune did: rows removed, gap records written or extended, and the older rows kept, by why."""
+
+    rows: int = 0
+    gaps: int = 0
+    kept: Counter[str] = field(default_factory=Counter)
+
+
+def _kept_because(conn: sqlite3.Connection, row: dict[str, Any], windows: dict[str, float | None], now: float,
+                  include_undoable: bool) -> str | None:
+    approval = json.loads(row["approval"]) if row.get("approval") else None
+    if row["outcome_hash"] is None:
+        found = conn.execute("SELECT state FROM approvals WHERE request_id = ?", (row["id"],)).fetchone()
+        return KEPT_WAITING if found is not None and found[0] in WAITING else KEPT_OPEN
+    for charge in (json.loads(row["charged"]) if row.get("charged") else None,
+                   approval.get("charged") if isinstance(approval, dict) else None):
+        if charge and any(k in windows and (windows[k] is None or charge["at"] > now - float(windows[k] or 0))
+                          for k in charge["keys"]):
+            return KEPT_LIMIT
+    if (not include_undoable and row["undo_of"] is None and row["undo_class"] in UNDOABLE
+            and row["status"] is not None and 200 <= row["status"] < 300
+            and conn.execute("SELECT 1 FROM requests WHERE undo_of = ? LIMIT 1", (row["id"],)).fetchone() is None):
+        return KEPT_UNDOABLE
+    return None
+
+
+def upper_bound(conn: sqlite3.Connection, before: float, anchor: Anchor | None) -> int:
+    """No seq at or past this is examined: the newest row and the anchor's stay, and so does every row past the
+    first that began a day after the cutoff (the walk ends there instead of at the newest row)."""
+    top = int(conn.execute("SELECT coalesce(max(seq), 0) FROM requests").fetchone()[0])
+    if anchor is not None:
+        top = min(top, anchor.seq)
+    later = conn.execute("SELECT seq FROM requests WHERE ts > ? ORDER BY ts LIMIT 1", (before + SLACK_S,)).fetchone()
+    return min(top, int(later[0])) if later else top
+
+
+def prune_batch(conn: sqlite3.Connection, key: bytes, before: float, windows: dict[str, float | None], *,
+                after: int = 0, upper: int, include_undoable: bool = False, now: float | None = None,
+                done: Pruned | None = None) -> int | None:
+    """Examine up to BATCH rows after seq `after` (below `upper`), remove those that began before `before` and nothing
+    needs, and record their gaps; call inside a write transaction. The seq to go on after, or None when done.
+    AuditError if a removed row's hash does not hold: a broken chain is not pruned away."""
+    now = time.time() if now is None else now
+    done = done if done is not None else Pruned()
+    cursor = conn.execute("SELECT * FROM requests WHERE seq > ? AND seq < ? ORDER BY seq LIMIT ?",
+                          (after, upper, BATCH))
+    names = [d[0] for d in cursor.description]
+    rows = [dict(zip(names, r, strict=True)) for r in cursor.fetchall()]
+    if not rows:
+        return None
+    known = gaps(conn, after, int(rows[-1]["seq"]) + 1)
+    found = conn.execute("SELECT hash FROM requests WHERE seq <= ? ORDER BY seq DESC LIMIT 1", (after,)).fetchone()
+    before_hash = found[0] if found else ""
+    run: list[dict[str, Any]] = []
+    for row in rows:
+        why = "newer" if row["ts"] >= before else _kept_because(conn, row, windows, now, include_undoable)
+        if why is None:
+            _check(key, known, row, run[-1]["hash"] if run else before_hash)
+            run.append(row)
+            continue
+        if why != "newer":
+            done.kept[why] += 1
+        if run:
+            _remove(conn, key, known, run, before_hash, row, done)
+            run = []
+        before_hash = row["hash"]
+    if run:
+        following = conn.execute("SELECT * FROM requests WHERE seq > ? ORDER BY seq LIMIT 1",
+                                 (run[-1]["seq"],)).fetchone()
+        if following is None:  # never: the newest row is never examined
+            raise AuditError("prune: no row after the removed ones")
+        _remove(conn, key, known, run, before_hash, {"seq": following[0]}, done)
+    return int(rows[-1]["seq"])
+
+
+def _check(key: bytes, known: dict[int, Gap], row: dict[str, Any], prev: str) -> None:
+    """A row about to go must hold: its link to the row before (or a gap record to it) and its request hash."""
+    linked = row["prev_hash"] == prev or gap_holds(key, known.get(row["seq"]), prev, row["prev_hash"])
+    if not linked or row_hash(key, row["prev_hash"], row) != row["hash"]:
+        raise AuditError(f"the audit chain does not hold at row {row['id']} (seq {row['seq']}); nothing past it was "
+                         "pruned: run `goex-proxy log verify`")
+
+
+def _remove(conn: sqlite3.Connection, key: bytes, known: dict[int, Gap], run: list[dict[str, Any]], before_hash: str,
+            following: dict[str, Any], done: Pruned) -> None:
+    """Delete a run of rows (and their limit hits, approvals and undo journal) and write the one gap record that joins
+    the kept rows around it: an earlier gap that ended at the run's first row, or began right after its last, becomes
+    part of it."""
+    ids = [r["id"] for r in run]
+    first, last, rows, last_hash = run[0]["seq"], run[-1]["seq"], len(run), run[-1]["hash"]
+    left = known.pop(first, None)  # the run starts at the row an earlier gap joined to
+    if left is not None:
+        first, rows, before_hash = left.first_seq, left.rows + rows, left.before_hash
+    right = known.pop(int(following["seq"]), None) or gaps(conn, int(following["seq"]) - 1,
+                                                            int(following["seq"])).get(int(following["seq"]))
+    if right is not None:  # the row after the run was itself joined to rows pruned before: they join this run
+        last, rows, last_hash = right.last_seq, rows + right.rows, right.last_hash
+    conn.execute("DELETE FROM audit_gaps WHERE next_seq IN (?, ?)", (run[0]["seq"], int(following["seq"])))
+    gap = Gap(int(following["seq"]), first, last, rows, before_hash, last_hash, time.time()).signed(key)
+    conn.execute("INSERT INTO audit_gaps (next_seq, first_seq, last_seq, rows, before_hash, last_hash, at, mac) "
+                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (*gap.fields(), gap.mac))
+    known[gap.next_seq] = gap
+    marks = ", ".join("?" * len(ids))
+    for table in ("limit_hits", "approval_links", "approvals", "undo_journal"):
+        conn.execute(f"DELETE FROM {table} WHERE request_id IN ({marks})", ids)
+    conn.execute("DELETE FROM requests WHERE seq BETWEEN ? AND ?", (run[0]["seq"], run[-1]["seq"]))
+    done.rows += len(run)
+    done.gaps += 1 - (left is not None) - (right is not None)
+
+
+def prune(conn: sqlite3.Connection, key: bytes | None, before: float, windows: dict[str, float | None],
+          anchor: Anchor | None, *, include_undoable: bool = False, now: float | None = None) -> Pruned:
+    """Prune the whole log, one write transaction per batch (a proxy writing the log waits for one at a time)."""
+    if key is None:
+        raise AuditError("this audit log is not keyed (written before goex-proxy signed its chain), so a prune could "
+                         "not be told from a removal; it is not pruned")
+    done = Pruned()
+    after: int | None = 0
+    upper = upper_bound(conn, before, anchor)
+    while after is not None:
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            after = prune_batch(conn, key, before, windows, after=after, upper=upper,
+                                include_undoable=include_undoable, now=now, done=done)
+    return done
+
