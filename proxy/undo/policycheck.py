@@ -1,14 +1,17 @@
 """`policy check`: policy files and undo packs told apart and checked, and the configured allow rules that let an agent
-make a call no undo can take back, with no limit on it (here, because only `undo` may read both kinds of file)."""
+make a call no undo can take back, with no limit on it (here, because only `undo` may read both kinds of file), and
+the conditions that nest one comprehension in another: possibly slow on every request their rule matches."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
+from .. import yamlsrc
 from ..config import Config, config_problems, default_config_path, load_config
 from ..errors import GoexError, Problem
-from ..policy.load import check_policy_text, load_policy_set
+from ..policy.cel import CelSyntaxError, nested_comprehension
+from ..policy.load import check_policy_text, expression_pos, load_policy_set
 from ..policy.requestview import RequestView
 from .plan import irreversible_samples
 from .rules import check_pack_text, is_undo_pack, load_packs
@@ -39,7 +42,39 @@ def check_file(file: Path) -> list[Problem]:
         return [Problem(str(file), 1, 1, f"cannot read policy file: {exc.strerror or exc}")]
     except UnicodeDecodeError as exc:
         return [Problem(str(file), 1, 1, f"policy file is not UTF-8 text (byte {exc.start})")]
-    return (check_pack_text if is_undo_pack(text) else check_policy_text)(text, str(file))[1]
+    if is_undo_pack(text):
+        return check_pack_text(text, str(file))[1]
+    problems = check_policy_text(text, str(file))[1]
+    return problems + slow_conditions(text, str(file))
+
+
+def slow_conditions(text: str, file: str) -> list[Problem]:
+    """A warning, at its place, for each rule's `when` that nests a comprehension macro in another's body: its cost
+    is the product of the lists' lengths, paid on every request the rule matches (and the proxy decides one request at
+    a time). The policy's own problems are check_policy_text's."""
+    doc, problems = yamlsrc.load(text, file)
+    rules = doc.get("rules") if isinstance(doc, yamlsrc.YMap) and not problems else None
+    if not isinstance(rules, yamlsrc.YList):
+        return []
+    lines = text.splitlines()
+    found = []
+    for index, rule in enumerate(rules):
+        for effect in ("allow", "deny"):
+            match = rule.get(effect) if isinstance(rule, yamlsrc.YMap) else None
+            source = match.get("when") if isinstance(match, yamlsrc.YMap) else None
+            nesting = nested_comprehension(source) if isinstance(source, str) else None
+            if match is None or nesting is None:
+                continue
+            name = rule.get("name")
+            line, col = expression_pos(lines, match.value_pos.get("when", match.pos),
+                                       CelSyntaxError("", nesting.line, nesting.col))
+            found.append(Problem(file, line, col, f"'rules[{index}].{effect}.when'"
+                                 + (f" ('{name}')" if isinstance(name, str) else "")
+                                 + f" nests .{nesting.inner}() in the body of .{nesting.outer}(): its cost is the "
+                                   "product of the lists' lengths, paid on every request the rule matches; it may "
+                                   "slow the proxy for all agents (test it with `goex-proxy policy test FILE "
+                                   "--against-log`)", "warning"))
+    return found
 
 
 def unconfined_irreversible(config: Config) -> list[Problem]:

@@ -3,6 +3,9 @@ problems, and a pasted draft replayed against logged rows (nothing saved)."""
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +13,7 @@ import httpx
 import pytest
 
 from goex_proxy.config import Config, load_config
+from goex_proxy.console import policies
 from tests.unit.test_console import SCRIPT, Running, fill, write_config
 
 POLICY = """version: 1
@@ -96,3 +100,70 @@ def test_a_draft_that_denies_what_was_allowed_shows_those_rows_and_saves_nothing
     bad = client.post("/policies/whatif", data={"draft": "version: 1\nname: x\nrules: 7\n",
                                                 "csrf": csrf_of(console, client)})
     assert bad.status_code == 200 and "nothing was replayed" in bad.text
+
+
+#: Three lists of 400 nested: 64 million evaluations, half a minute of CPU for one logged request.
+LONG = "[" + ",".join(str(i) for i in range(400)) + "]"
+HOSTILE = f"""version: 1
+name: team-slack
+rules:
+  - name: post messages
+    allow:
+      host: slack.com
+      methods: [POST]
+      when: '{LONG}.all(x, {LONG}.all(y, {LONG}.all(z, x + y + z >= 0)))'
+"""
+
+
+def whatif_children() -> list[int]:
+    """This process's children that are what-if processes."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            command = (stat.parent / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == os.getpid() and b"whatifjob" in command:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_a_draft_that_runs_too_long_is_stopped_at_the_time_limit_and_said_in_one_line(
+        console: Running, state: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(policies, "TIMEOUT_S", 1.5)
+    fill(state, [{"rule": "team-slack/post messages"}])
+    client, other = console.client(), console.client()
+    answers: list[httpx.Response] = []
+    started = time.monotonic()
+    slow = threading.Thread(target=lambda: answers.append(client.post(
+        "/policies/whatif", data={"draft": HOSTILE, "csrf": csrf_of(console, client)})))
+    slow.start()
+    deadline = time.monotonic() + 5
+    while not whatif_children() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert whatif_children(), "the what-if runs in a process of its own"
+    second = other.post("/policies/whatif", data={"draft": POLICY, "csrf": csrf_of(console, other)})
+    assert "another what-if is running" in second.text  # one at a time
+    assert other.get("/policies").status_code == 200  # the console answers meanwhile
+    slow.join(30)
+    took = time.monotonic() - started
+    [r] = answers
+    assert r.status_code == 200 and took < 10, took
+    result = r.text[r.text.index('id="result"'):]
+    assert result.count("the what-if stopped after 1.5 s: ") == 1 and "nests .all() in the body of .all()" in result
+    assert not whatif_children()  # killed and reaped
+    assert "No change" in other.post("/policies/whatif", data={"draft": POLICY,
+                                                                "csrf": csrf_of(console, other)}).text
+
+
+def test_a_draft_that_needs_too_much_memory_is_stopped_and_said(console: Running, state: Config,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(policies, "MEMORY_BYTES", 100 << 20)
+    fill(state, [{"rule": "team-slack/post messages", "req_body": b"x" * (4 << 20)}])
+    draft = HOSTILE.replace(HOSTILE.split("when: ")[1].strip(), "'" + " + ".join(["request.body"] * 40) + " != \"\"'")
+    client = console.client()
+    r = client.post("/policies/whatif", data={"draft": draft, "csrf": csrf_of(console, client)})
+    assert r.status_code == 200
+    result = r.text[r.text.index('id="result"'):]
+    assert "it needed more than the 100 MiB of memory it may use" in result, result
