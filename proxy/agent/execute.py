@@ -113,6 +113,7 @@ def execute(config: Config, policies: PolicySet, task: str, opts: Options, conso
 def _ask_for_code(config: Config, conn: Any, messages: list[dict[str, str]], agent: str, task: str,
                   calls: list[int], console: Any) -> str:
     assert config.llm is not None
+    run = calls[0] if calls else modellog.NEW_RUN  # every call of one `execute` names its first: the console's run
     scrub = llm.secret_scrubber(config)  # a second lock: nothing the model reads should hold a secret, even by accident
     messages = [{**m, "content": scrub.text(m["content"])} for m in messages]
     asking = f"asking {config.llm.model} for the code (at most {config.llm.timeout:g}s)"
@@ -127,9 +128,9 @@ def _ask_for_code(config: Config, conn: Any, messages: list[dict[str, str]], age
         console.print(f"{config.llm.model} answered in {time.monotonic() - started:.1f}s", markup=False,
                       highlight=False)
     except llm.LLMError as exc:
-        calls.append(modellog.record_call(conn, "execute", agent, task, config.llm, messages, error=str(exc)))
+        calls.append(modellog.record_call(conn, "execute", agent, task, config.llm, messages, error=str(exc), run=run))
         raise
-    calls.append(modellog.record_call(conn, "execute", agent, task, config.llm, messages, reply=reply))
+    calls.append(modellog.record_call(conn, "execute", agent, task, config.llm, messages, reply=reply, run=run))
     try:
         return llm.code_in(reply)
     except llm.LLMError as exc:

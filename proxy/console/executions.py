@@ -65,23 +65,32 @@ def _starts_a_run(call: dict[str, Any]) -> bool:
 
 
 def grouped(conn: sqlite3.Connection) -> list[ExecRun]:
-    """Every `execute` run, oldest first: a call starts a run unless it revises an earlier one of the same agent and
-    task (then it joins the newest such run)."""
+    """Every `execute` run, oldest first. A call `execute` recorded with its run (the number of the run's first call)
+    is in that run. One recorded before runs were (run NULL) is guessed from the prompt: it starts a run unless it
+    revises an earlier one of the same agent and task, and then joins the newest such run of unnumbered calls."""
     conn.row_factory = sqlite3.Row
     try:
         rows = conn.execute("SELECT * FROM model_calls WHERE kind = 'execute' ORDER BY seq").fetchall()
     finally:
         conn.row_factory = None
+    numbered: dict[int, ExecRun] = {}
     found: list[ExecRun] = []
-    latest: dict[tuple[str, str], ExecRun] = {}
+    latest: dict[tuple[str, str], ExecRun] = {}  # the newest guessed run of each agent and task
     for row in rows:
         call = _call(row)
         key = (str(call.get("agent") or ""), str(call.get("subject") or ""))
+        if call.get("run") is not None:
+            run_id = int(call["run"])
+            if run_id not in numbered:
+                numbered[run_id] = ExecRun(run_id, key[1], key[0])
+                found.append(numbered[run_id])
+            numbered[run_id].calls.append(call)
+            continue
         if _starts_a_run(call) or key not in latest:
             latest[key] = ExecRun(int(call["seq"]), key[1], key[0])
             found.append(latest[key])
         latest[key].calls.append(call)
-    return found
+    return sorted(found, key=lambda r: r.id)
 
 
 def listed(conn: sqlite3.Connection) -> list[ExecRun]:

@@ -159,6 +159,7 @@ def test_a_denial_goes_back_to_the_model_and_the_revision_succeeds(proxy, fake, 
     assert "Exit status: 1" in revision[-1]["content"] and "denied:" in revision[-1]["content"]
     calls = proxy.model_calls()
     assert [c["exit_code"] for c in calls] == [1, 0] and {c["choice"] for c in calls} == {"keep"}
+    assert [c["run"] for c in calls] == [calls[0]["seq"]] * 2  # the revision is of the run its first call began
 
 
 def test_without_retries_a_denial_ends_it_with_the_programs_status(proxy, fake, upstream):

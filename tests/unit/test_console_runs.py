@@ -5,43 +5,34 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import httpx
-import pytest
+from typing import Literal
 
 from goex_proxy.agent import modellog
 from goex_proxy.agent.taskprompt import first_messages
 from goex_proxy.audit import store as audit
-from goex_proxy.config import LLM, Config, load_config
+from goex_proxy.config import LLM, Config
 from goex_proxy.sandbox import runs
-from tests.unit.test_console import SCRIPT, Running, fill, write_config
+from tests.unit import test_console as shared
+from tests.unit.test_console import SCRIPT, Running, fill
+from tests.unit.test_console_policies import csrf_of
 
+#: The console served over a state directory with an empty config, as test_console sets it up (tests ask by name).
+state, console = shared.state, shared.console
 MODEL = LLM(base_url="http://127.0.0.1:9/v1", model="test-model")
 
 
-@pytest.fixture
-def state(tmp_path: Path) -> Config:
-    return load_config(write_config(tmp_path))
-
-
-@pytest.fixture
-def console(state: Config) -> Iterator[Running]:
-    running = Running(state)
-    yield running
-    running.close()
-
-
 def record(config: Config, task: str, code: str, rows: list[str], revise_of: str | None = None,
-           agent: str = "bot") -> int:
-    """One model call as `execute` records it: the question, the answer, the code run, its exit code and rows."""
+           agent: str = "bot", run: int | Literal["new"] | None = None) -> int:
+    """One model call as `execute` records it: the question, the answer, the code run, its exit code and rows (`run`:
+    the run it belongs to, as `execute` records it now; None: as it did before runs were recorded)."""
     messages = first_messages(task, "brief")
     if revise_of is not None:
         messages += [{"role": "assistant", "content": revise_of}, {"role": "user", "content": "it failed"}]
     conn = audit.connect(config)
     try:
-        seq = modellog.record_call(conn, "execute", agent, task, MODEL, messages, reply=f"```python\n{code}```")
+        seq = modellog.record_call(conn, "execute", agent, task, MODEL, messages, reply=f"```python\n{code}```",
+                                   run=run)
         modellog.update(conn, seq, code=code, exit_code=0, rows=rows, choice="keep")
     finally:
         conn.close()
@@ -58,11 +49,6 @@ def file_run(config: Config, workspace: Path, files: dict[str, str], agent: str 
                         started, 0, apply=False)
     assert found is not None
     return found
-
-
-def csrf_of(console: Running, client: httpx.Client) -> str:
-    port = console.served.address[1]
-    return str(console.served.console.keys.csrf(str(client.cookies[f"goex_console_{port}"])))
 
 
 def test_a_runs_long_code_line_is_on_its_page_whole_and_escaped(console: Running, state: Config) -> None:
@@ -157,3 +143,38 @@ def test_a_session_undo_takes_back_the_agents_file_runs_too(console: Running, st
     done = client.post("/session/undo", data={"agent": "bot", "run": kept.id, "csrf": csrf_of(console, client)})
     assert done.status_code == 200 and f"file run {kept.id}: undone" in done.text, done.text
     assert (workspace / "notes.txt").read_text() == "before\n" and runs.load(state, kept.id).state == runs.UNDONE
+
+
+def test_two_executes_of_one_task_interleaved_with_another_agents_are_runs_of_their_own_calls(
+        console: Running, state: Config) -> None:
+    rids = fill(state, [{"method": "POST"} for _ in range(3)])
+    task = "post a joke"
+    a1 = record(state, task, "print('a1')\n", [rids[0]], run=modellog.NEW_RUN)
+    o1 = record(state, task, "print('o1')\n", [], agent="someone-else", run=modellog.NEW_RUN)
+    b1 = record(state, task, "print('b1')\n", [rids[1]], run=modellog.NEW_RUN)
+    a2 = record(state, task, "print('a2')\n", [rids[2]], revise_of="print('a1')", run=a1)
+    o2 = record(state, task, "print('o2')\n", [], revise_of="print('o1')", agent="someone-else", run=o1)
+    b2 = record(state, task, "print('b2')\n", [], revise_of="print('b1')", run=b1)
+    legacy = record(state, "an older task", "print('l1')\n", [])  # recorded before runs were: guessed from prompts
+    legacy2 = record(state, "an older task", "print('l2')\n", [], revise_of="print('l1')")
+    conn = audit.connect(state)
+    try:
+        numbered = {c["seq"]: c["run"] for c in modellog.calls(conn)}
+    finally:
+        conn.close()
+    assert numbered == {a1: a1, o1: o1, b1: b1, a2: a1, o2: o1, b2: b1, legacy: None, legacy2: None}
+    client = console.client()
+    listing = client.get("/runs").text
+    for first in (a1, o1, b1, legacy):
+        assert f'href="/runs/{first}"' in listing
+    for later in (a2, o2, b2, legacy2):
+        assert f'href="/runs/{later}"' not in listing
+    for first, mine, theirs, requests in ((a1, ("a1", "a2"), ("b1", "b2", "o1", "o2"), (rids[0], rids[2])),
+                                          (b1, ("b1", "b2"), ("a1", "a2", "o1", "o2"), (rids[1],)),
+                                          (o1, ("o1", "o2"), ("a1", "a2", "b1", "b2"), ()),
+                                          (legacy, ("l1", "l2"), ("a1", "b1"), ())):
+        page = client.get(f"/runs/{first}").text
+        assert page.count("Model call ") == 2, (first, page)
+        assert all(f"print(&#39;{c}&#39;)" in page for c in mine), (first, mine)
+        assert not any(f"print(&#39;{c}&#39;)" in page for c in theirs), (first, theirs)
+        assert {r for r in rids if f'href="/request/{r}"' in page} == set(requests), first
