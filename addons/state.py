@@ -154,7 +154,7 @@ class ProxyState:
         # Spellings of secrets that were rotated or removed stay: an upstream may still echo an old one.
         self._forms.update({form: c.placeholder for c in credentials if c.name in self.secrets
                             for form in c.forms(self.secrets[c.name])})
-        self.scrubber = SecretScrubber(self._forms)
+        self.scrubber = SecretScrubber(self._forms, base=self.scrubber)
 
     def upstream_client(self) -> Any:
         """The client for requests goex-proxy makes itself (token refreshes, retries), routed like forwarded ones."""
@@ -167,7 +167,7 @@ class ProxyState:
         """A refreshed token set: scrub its new tokens from now on (the keeper saves it to the vault)."""
         self.secrets[credential.name] = tokens.dumps()
         self._forms.update({form: credential.placeholder for form in credential.forms(self.secrets[credential.name])})
-        self.scrubber = SecretScrubber(self._forms)
+        self.scrubber = SecretScrubber(self._forms, base=self.scrubber)
 
     def credential_for(self, host: str, method: str, path: str) -> Credential | None:
         """The first credential bound to this host, method and path, if any."""

@@ -95,3 +95,9 @@ def test_a_long_periodic_run_costs_no_more_than_the_longest_spelling() -> None:
     body = b"A" * 200_000
     cleaned = s.stream().feed(body)
     assert cleaned.startswith(WITHHELD) and cleaned.endswith(WITHHELD) and b"A" * 100_000 in cleaned
+
+
+def test_a_part_of_line_breaks_only_passes_unchanged() -> None:
+    """A byte range holding only a line break is nothing of a secret (it failed with an IndexError before)."""
+    assert scrubber().stream().feed(b"\r\n", keep_length=True) == b"\r\n"
+    assert scrubber().stream().feed(b"\n") == b"\n"
