@@ -117,8 +117,12 @@ def _in_own_process(job: dict[str, Any]) -> dict[str, Any]:
     command = [sys.executable, "-I", "-m", f"{__package__}.whatifjob", str(CPU_S), str(MEMORY_BYTES)]
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "TMPDIR", "LANG", "LC_ALL", "SYSTEMROOT")}
     started = time.monotonic()
-    child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             env=env, start_new_session=True)
+    try:
+        child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 env=env, start_new_session=True)
+    except OSError as exc:
+        log.error("console: cannot start a what-if process: %s", exc)
+        return {"error": f"the what-if could not start its process: {exc.strerror or exc}"}
     try:
         said, errors = child.communicate(json.dumps(job).encode(), timeout=TIMEOUT_S)
         stopped = ""
@@ -151,10 +155,11 @@ def _how_it_stopped(code: int, took: float, said: str) -> str:
     """How the what-if's process ended, from its exit status and the last line it wrote to stderr."""
     if code in (whatifjob.OUT_OF_MEMORY, -signal.SIGABRT, -signal.SIGSEGV, -signal.SIGBUS) or \
             "MemoryError" in said or "failed to map segment" in said:
-        return (f"stopped after {took:.0f} s: it needed more than the {MEMORY_BYTES >> 20} MiB of memory it may use "
-                "(a condition that builds long lists in comprehensions is the usual cause)")
+        return (f"stopped after {took:.1f} s: it needed more than the {MEMORY_BYTES >> 20} MiB of memory it may use "
+                "(a condition that builds long strings or lists, in comprehensions or by concatenation, is the usual "
+                "cause)")
     if code in (-signal.SIGXCPU, -signal.SIGKILL):
-        return (f"stopped after {took:.0f} s: it used the {CPU_S} s of CPU it may use (a condition that nests "
+        return (f"stopped after {took:.1f} s: it used the {CPU_S} s of CPU it may use (a condition that nests "
                 "comprehensions over long lists is the usual cause)")
     return f"failed (its process ended with status {code})"
 
