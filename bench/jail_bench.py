@@ -161,7 +161,7 @@ def run(procs: Processes, rounds: int = 20, files_rounds: int = 5, say: Any = pr
         for i in range(FILES):
             (workspaces["edited"] / f"e{i:04d}.txt").write_text(f"line {i}\n")
         say(f"[jail] starting goex-proxy run on 127.0.0.1:{port} (home {tmp / 'running'})...", flush=True)
-        proxy = procs.start([*GOEX, "run"], log=tmp / "proxy.log", env=running_env)
+        proxy = procs.start([*GOEX, "run", "--workers", "1"], log=tmp / "proxy.log", env=running_env)
         wait_port(port, proxy, what="goex-proxy run")
         plain = [*GOEX, "exec", "--no-jail", "--agent", AGENT, "--", "true"]
         jailed = [*GOEX, "exec", "--agent", AGENT, "--", "true"]

@@ -9,6 +9,7 @@ command and how fast a jailed run's file changes are kept and undone.
     python bench/run.py --only decide      # one part: throughput | decide | log | undoplan | preimage | review | dos | console
                                            # (comma-separated for several; `undo` is undoplan,preimage)
     python bench/run.py --only jail        # optional: jailed vs --no-jail exec start, keep/undo of 1,000 files (~2 min)
+    python bench/run.py --only workers     # optional: run --workers 2 vs --workers 1 vs bare mitmdump (~3 minutes)
     python bench/run.py --only throughput --rounds 7 --duration 8
 
 Everything it needs (upstream server, both proxies, load generator) is started on 127.0.0.1 with free ports and
@@ -33,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PYTHON, Processes  # noqa: E402
 
 PARTS = ("throughput", "decide", "log", "undoplan", "preimage", "review", "dos", "console")
-OPTIONAL_PARTS = ("profile", "jail")
+OPTIONAL_PARTS = ("profile", "jail", "workers")
 ALIASES = {"undo": ("undoplan", "preimage")}
 
 
@@ -135,6 +136,13 @@ def main(argv: list[str] | None = None) -> int:
                 latency_rounds=0 if args.no_latency else args.rounds,
                 latency_duration=max(1.0, args.duration / 2), loadgen=args.loadgen, verbose=not args.quiet,
                 keep=args.keep)
+            sections.append(text)
+            print(text + "\n", flush=True)
+        if "workers" in args.parts:
+            import workers_bench
+
+            text, results["workers"] = workers_bench.run(procs, rounds=args.rounds, duration=args.duration,
+                                                         conns=args.conns, verbose=not args.quiet, keep=args.keep)
             sections.append(text)
             print(text + "\n", flush=True)
         if "preimage" in args.parts:

@@ -128,7 +128,7 @@ class Bench:
             self._check(p)
 
     def _start_goex(self, name: str = "goex-proxy", policy_doc: dict[str, Any] | None = None,
-                    config_lines: str = "") -> Proxy:
+                    config_lines: str = "", workers: int = 1) -> Proxy:
         """A `goex-proxy run` in a state directory of its own; `config_lines` are added to the bench config (the
         undo preimage bench runs two, with and without undo rules). The first one's home is `goex-home`."""
         home = self.dir / ("goex-home" if name == "goex-proxy" else f"{name}-home")
@@ -142,8 +142,8 @@ class Bench:
         if name == "goex-proxy":
             self.goex_db = home / "audit.db"
             self.goex_config = config
-        proc = self.procs.start([tool("goex-proxy"), "run", "--config", str(config)], env=env,
-                                log=self.dir / f"{name}.log")
+        proc = self.procs.start([tool("goex-proxy"), "run", "--config", str(config), "--workers", str(workers)],
+                                env=env, log=self.dir / f"{name}.log")
         wait_port(port, proc, what=f"{name} run")
         return Proxy(name, port, proc, home / "mitmproxy-ca-cert.pem")
 

@@ -209,28 +209,48 @@ class InProcessProxy:
         self._thread.join(15)
 
 
-async def serve(config: Config, policies: PolicySet, quiet: bool = False, also: Sequence[Serving] = ()) -> None:
+async def serve(config: Config, policies: PolicySet, quiet: bool = False, also: Sequence[Serving] = (),
+                workers: int = 1, worker: int | None = None) -> None:
     """Run the proxy until SIGINT or SIGTERM, writing what it does (reloads, holds, approvals, warnings, errors;
     unless quiet, a line per request), each line with its time, coloured on a terminal. `also` starts servers in the
     same loop next to the approval links (the console: given by the caller, since it imports undo, which imports this
-    module), each closed when the proxy stops."""
+    module), each closed when the proxy stops. With `workers` > 1 it starts the other workers and watches them; as
+    one of those (`worker` set) it serves the proxy only: the first serves the links, the console and the retention."""
     from goex_proxy.addons import livelog
     from goex_proxy.approvals.linkserver import serve_links
 
+    from .workers import Workers
+
     logging.getLogger("goex_proxy").setLevel(logging.INFO)
-    m = build_master(config, policies, live=not quiet, maintain=True)
+    first = worker is None
+    m = build_master(config, policies, live=not quiet, maintain=first)
     livelog.format_output()
     loop = asyncio.get_running_loop()
     _quiet_shutdown(loop)
+    others = Workers(config.file, workers, quiet) if first and workers > 1 else None
+
+    def stop() -> None:
+        if others is not None:
+            others.stopping = True  # a worker ending now is not started again
+        m.shutdown()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, m.shutdown)
-    links = await serve_links(config)  # approval links (`approvals.listen`), in this loop, until the proxy stops
+        loop.add_signal_handler(sig, stop)
+    links = await serve_links(config) if first else None  # approval links (`approvals.listen`) until the proxy stops
     started: list[Closing] = []
+    watching: asyncio.Task[None] | None = None
     try:
-        for start in also:
+        for start in also if first else ():
             started.append(await start())
+        if others is not None:
+            others.start()
+            watching = loop.create_task(others.watch())
         await m.run()
     finally:
+        if others is not None:
+            if watching is not None:
+                watching.cancel()
+            await asyncio.to_thread(others.stop)
         for server in reversed(started):
             await server.close()
         if links is not None:
@@ -258,5 +278,11 @@ def check_can_listen(config: Config, console: tuple[str, int] | None = None) -> 
                                  f"running? change `{key}` in {config.file})") from None
 
 
-def run(config: Config, policies: PolicySet, quiet: bool = False, also: Sequence[Serving] = ()) -> None:
-    asyncio.run(serve(config, policies, quiet, also))
+def run(config: Config, policies: PolicySet, quiet: bool = False, also: Sequence[Serving] = (), workers: int = 1,
+        worker: int | None = None) -> None:
+    """`serve` in a loop of its own; with several workers, one whose proxy server shares its port (SO_REUSEPORT)."""
+    from .workers import SharedPortLoop
+
+    shared = workers > 1 or worker is not None
+    with asyncio.Runner(loop_factory=(lambda: SharedPortLoop(config.listen_port)) if shared else None) as runner:
+        runner.run(serve(config, policies, quiet, also, workers, worker))

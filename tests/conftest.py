@@ -52,6 +52,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No proxy or CA settings leak in from the developer's shell."""
     for name in _CLEARED:
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("GOEX_PROXY_WORKERS", "1")  # one proxy process per `run`, unless a test asks for more
 
 
 def _ephemeral_start() -> int:
@@ -197,10 +198,10 @@ class GoexProxy:
             return self.run_cli(head, rest[0], "--config", str(self.config), *rest[1:])
         return self.run_cli(head, "--config", str(self.config), *rest)
 
-    def start(self) -> GoexProxy:
+    def start(self, workers: int = 1) -> GoexProxy:
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([*GOEX, "run", "--config", str(self.config)], env=self.env, stdout=log,
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen([*GOEX, "run", "--config", str(self.config), "--workers", str(workers)],
+                                     env=self.env, stdout=log, stderr=subprocess.STDOUT)
         wait_port(self.port, proc=self.proc)
         return self
 

@@ -47,8 +47,14 @@ def init(force: bool) -> None:
 @click.option("--console/--no-console", "with_console", default=None,
               help="Serve the web console (on console.listen, else 127.0.0.1:8791), or not; default: when the config "
                    "has a console: section.")
+@click.option("--workers", type=click.IntRange(1, 64), envvar="GOEX_PROXY_WORKERS",
+              help="Proxy processes sharing the listen address (default: the number of cores, at most 8; "
+                   "$GOEX_PROXY_WORKERS).")
+@click.option("--worker", type=int, hidden=True)  # set by `run` on the workers it starts
+@click.option("--parent", type=int, hidden=True)
 @handle_errors
-def run(config_path: Path | None, quiet: bool, with_console: bool | None) -> None:
+def run(config_path: Path | None, quiet: bool, with_console: bool | None, workers: int | None, worker: int | None,
+        parent: int | None) -> None:
     """Run the proxy in the foreground until Ctrl-C, with a line per request as it ends.
 
     Each line: time, decision, request id, agent, method, URL, status, undo class (for writes), duration, and why
@@ -63,9 +69,15 @@ def run(config_path: Path | None, quiet: bool, with_console: bool | None) -> Non
     """
     from .. import runtime
     from ..policy.load import load_policy_set
+    from ..workers import default_count, die_with_parent
 
     config = load_config(config_path)
     policies = load_policy_set(config.policy_sources)
+    if worker is not None:  # started by `run`, which checked everything below and said so
+        die_with_parent(parent or 0)
+        runtime.run(config, policies, quiet, worker=worker)
+        return
+    workers = workers or default_count()
     console = _console_address(config, with_console)
     if console is not None and console != config.console.listen:  # --console without a section: guarded from agents too
         config = dataclasses.replace(config, console=dataclasses.replace(config.console, listen=console))
@@ -94,10 +106,11 @@ def run(config_path: Path | None, quiet: bool, with_console: bool | None) -> Non
             if target.problem:
                 click.echo(f"goex-proxy: warning: {target.channel.name}: {target.problem}; it will not be notified",
                            err=True)
-    click.echo(f"goex-proxy {__version__} on {config.listen_host}:{config.listen_port}; "
+    click.echo(f"goex-proxy {__version__} on {config.listen_host}:{config.listen_port}"
+               + (f" ({workers} workers)" if workers > 1 else "") + "; "
                f"{len(policies.policies)} polic{'y' if len(policies.policies) == 1 else 'ies'}; audit {config.audit_db}"
                + (f"; approval links on {config.approvals.base_url}" if config.approvals.listen else ""))
-    runtime.run(config, policies, quiet, [_serve_console(config, console)] if console else [])
+    runtime.run(config, policies, quiet, [_serve_console(config, console)] if console else [], workers=workers)
 
 
 def _console_address(config: Config, wanted: bool | None) -> tuple[str, int] | None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from ..config import Config
@@ -77,7 +79,7 @@ class TokenKeeper:
                 raise OAuthError(f"its access token expired and it has no refresh token; run `goex-proxy authorize "
                                  f"{credential.name}`")
             try:
-                fresh = await self._refresh(credential, current)
+                fresh, ours = await self._refresh_once(credential, current, stale, oauth.refresh_margin)
             except OAuthError as exc:
                 reason = f"refreshing its access token failed: {exc}; run `goex-proxy authorize {credential.name}`"
                 self._refused[credential.name] = (now + RETRY_AFTER, reason)
@@ -85,12 +87,36 @@ class TokenKeeper:
             self._sets[credential.name] = fresh
             self._refreshed_at[credential.name] = time.time()
             self.on_new_tokens(credential, fresh)
+            log.info("%s the OAuth2 access token of %s", "refreshed" if ours else "took another goex-proxy's refreshed",
+                     credential.name)
+            return fresh.access_token
+
+    async def _refresh_once(self, credential: Credential, current: TokenSet, stale: str | None,
+                            margin: float) -> tuple[TokenSet, bool]:
+        """Refresh under the vault's lock for this credential, shared by every goex-proxy process on the state
+        directory: a provider that rotates refresh tokens refuses the second use of one, so a process that finds a
+        set another process refreshed meanwhile takes it instead (True: this process refreshed)."""
+        vault = Vault(self.config.state_dir)
+        name = credential.secret.vault
+        if name is None:  # tokens not kept in the vault: nothing to share
+            return await self._refresh(credential, current), True
+        fd = await asyncio.to_thread(vault.lock_refresh, name)
+        try:
+            text = await asyncio.to_thread(vault.get, name)
+            stored = TokenSet.loads(text) if text else None
+            if stored is not None and stored != current and stored.access_token != stale and stored.fresh(time.time(),
+                                                                                                           margin):
+                return stored, False
+            if stored is not None and stored.refresh_token:
+                current = replace(current, refresh_token=stored.refresh_token)  # the newest one another process saved
+            fresh = await self._refresh(credential, current)
             try:
                 await asyncio.to_thread(self._save, credential, fresh)
-            except Exception as exc:  # the new token works; only a restart would need the saved one
+            except Exception as exc:  # the new token works; other processes and a restart would need the saved one
                 log.error("could not save the refreshed tokens of %s to the vault: %s", credential.name, exc)
-            log.info("refreshed the OAuth2 access token of %s", credential.name)
-            return fresh.access_token
+            return fresh, True
+        finally:
+            os.close(fd)
 
     async def _refresh(self, credential: Credential, current: TokenSet) -> TokenSet:
         oauth = credential.inject.oauth2

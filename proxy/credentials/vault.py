@@ -6,6 +6,7 @@ import base64
 import binascii
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import secrets
@@ -140,6 +141,19 @@ class Vault:
             yield
         finally:
             os.close(fd)
+
+    def lock_refresh(self, name: str) -> int:
+        """Block until this process alone may refresh the OAuth2 tokens stored as `name` (every goex-proxy process
+        on this state directory: `run`'s workers, an `exec` or `undo` beside it); the open file whose close lets go."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+        fd = os.open(self.path.with_name(f"refresh-{digest}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def set(self, name: str, value: str) -> None:
         if len(value) < MIN_SECRET_LENGTH:

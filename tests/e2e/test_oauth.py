@@ -256,3 +256,16 @@ def test_authorize_ignores_a_forged_state(proxy, oauth_server):
     listed = {json.loads(line)["credential"]: json.loads(line)
               for line in proxy.cli("secrets", "list", "--json").stdout.splitlines()}
     assert listed["api"]["stored"] is False
+
+
+def test_two_workers_refresh_one_at_a_time(proxy, oauth_server, upstream_ca):
+    """Both workers of `run --workers 2` need fresh tokens at each expiry; the provider rotates refresh tokens and
+    refuses a second use of one, so a worker that refreshed on its own would be refused: they share the refresh."""
+    assert authorize(proxy, oauth_server, upstream_ca[1]).returncode == 0
+    proxy.start(workers=2)
+    calls = agent_calls(proxy, 6.0)
+    assert [c["status"] for c in calls] == [200] * len(calls), calls
+    served = {json.loads(str(c["body"]))["token_serial"] for c in calls}
+    assert len(served) >= 3
+    assert "refreshing its access token failed" not in proxy.log_text()
+    assert "took another goex-proxy's refreshed" in proxy.log_text()  # the second worker took the first one's

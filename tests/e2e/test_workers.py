@@ -1,0 +1,130 @@
+"""`run --workers 2`: two proxy processes on one address sharing the state directory: one audit chain, limits
+counted across both exactly, holds decided from anywhere, reloads in each, a dead worker started again, OAuth2
+refreshes shared."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import pytest
+
+from goex_proxy import ids
+from tests.e2e.test_approvals import Agent, one_pending, wait_for
+
+pytestmark = pytest.mark.e2e
+
+POLICY = {"slack": """
+    version: 1
+    rules:
+      - name: post
+        allow: {host: slack.com, methods: [POST], path: /api/chat.postMessage, limit: {count: 15, per: 1h}}
+      - name: delete after a person looks
+        allow: {host: slack.com, methods: [POST], path: /api/chat.delete, hold: {timeout: 2m}}
+"""}
+
+# 40 posts at once, each on its own connection (so the kernel spreads them over the workers); prints the statuses.
+BURST = """
+import json, concurrent.futures, requests
+def post(i):
+    with requests.Session() as s:
+        return s.post("https://slack.com/api/chat.postMessage", json={"channel": "C1", "text": f"m{i}"},
+                      headers={"Connection": "close"}, timeout=60).status_code
+with concurrent.futures.ThreadPoolExecutor(20) as pool:
+    print(json.dumps(list(pool.map(post, range(40)))))
+"""
+
+
+def _workers_of(parent: int) -> list[int]:
+    """The pids of the workers `run` (pid `parent`) started."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"--worker" in argv and b"--parent" in argv and argv[argv.index(b"--parent") + 1] == str(parent).encode():
+            found.append(int(entry))
+    return found
+
+
+def _listening(port: int) -> int:
+    """How many sockets listen on 127.0.0.1:port (one per worker that has bound it)."""
+    count = 0
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            if state == "0A" and local == f"0100007F:{port:04X}":
+                count += 1
+    return count
+
+
+def _started(proxy: Any) -> Any:
+    proxy.start(workers=2)
+    wait_for(lambda: _listening(proxy.port) == 2, what="both workers listening", timeout=30)
+    return proxy
+
+
+def _burst(proxy: Any) -> list[int]:
+    r = proxy.exec("mailbot", sys.executable, "-c", BURST, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)  # type: ignore[no-any-return]
+
+
+def test_two_workers_share_one_chain_and_count_limits_across_both(make_proxy, upstream):
+    proxy = _started(make_proxy(POLICY, start=False))
+    statuses = _burst(proxy)
+    assert statuses.count(200) == 15, statuses  # 15 an hour across both workers, not 15 each
+    assert set(statuses) <= {200, 403, 429}
+    rows = [r for r in proxy.rows() if r["path"] == "/api/chat.postMessage"]
+    assert len(rows) == 40 and len({r["id"] for r in rows}) == 40
+    assert len({ids.tag_of(str(r["id"])) for r in rows}) == 2, "both workers should have answered"
+    assert len(upstream.state.slack_messages) == 15
+    verified = proxy.cli("log", "verify")
+    assert verified.returncode == 0 and "ok: " in verified.stdout, verified.stdout + verified.stderr
+
+
+def test_holds_are_decided_from_anywhere_and_each_worker_reloads(make_proxy, upstream):
+    proxy = _started(make_proxy(POLICY, start=False))
+    held = Agent(proxy, "chat.delete", {"channel": "C1", "ts": "1.2"})
+    card = one_pending(proxy)
+    assert proxy.cli("approve", card["id"]).returncode == 0
+    assert held.outcome()["status"] == 200
+    # A policy edit reaches every worker: no post goes out afterwards, whichever worker takes it.
+    proxy.write_policy("slack", """
+        version: 1
+        rules:
+          - name: no more posts
+            deny: {host: slack.com, methods: [POST], path: /api/chat.postMessage}
+    """)
+    before = len(upstream.state.slack_messages)
+
+    def both_reloaded() -> bool:
+        return proxy.log_text().count("reloaded") >= 2
+
+    wait_for(both_reloaded, what="a reload in each worker", timeout=30)
+    statuses = _burst(proxy)
+    assert statuses == [403] * 40, statuses
+    assert len(upstream.state.slack_messages) == before
+
+
+def test_a_dead_worker_is_started_again_and_all_stop_with_run(make_proxy, upstream):
+    proxy = _started(make_proxy(POLICY, start=False))
+    parent = proxy.proc.pid
+    first = wait_for(lambda: _workers_of(parent), what="the second worker")[0]
+    os.kill(first, signal.SIGKILL)
+    second = wait_for(lambda: [p for p in _workers_of(parent) if p != first], what="a new worker", timeout=30)[0]
+    wait_for(lambda: _listening(proxy.port) == 2, what="the new worker listening", timeout=30)
+    assert "worker 1 exited with -9; starting it again" in proxy.log_text()
+    assert _burst(proxy).count(200) == 15
+    proxy.stop()
+    assert proxy.proc.returncode == 0
+    time.sleep(0.5)
+    assert not os.path.exists(f"/proc/{second}") or b"zombie" in open(f"/proc/{second}/status", "rb").read().lower()
