@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from common import fmt, median, percentile, table
-from policies_gen import decide_policy, to_yaml
+from policies_gen import API_HOST, api_policy, decide_policy, to_yaml
 
 TARGET_P99_US = 50.0
 LIMIT_RULE = "bench-100/post to bots at most 5 an hour"
@@ -197,5 +197,104 @@ def run(calls: int = 60_000, rounds: int = 5, seed: int = 1) -> tuple[str, dict[
     return text, {"p50_us": p50, "p99_us": p99, "pass": p99 <= TARGET_P99_US, "rules": n_rules}
 
 
+#: Rules on one host (`policies_gen.api_policy`) that `run_scale` measures, and its goals: p99 per decision and load.
+SCALE_SIZES = (10, 100, 1_000, 10_000)
+SCALE_TARGETS = {100: (50.0, None), 10_000: (100.0, 1.0)}
+
+
+def _scale_views(n: int, kind: str, k: int, rng: random.Random) -> Any:
+    """A request of one kind against `api_policy(n)`: allowed (GET under `**` or `*`, a POST with a condition), denied
+    by a rule (DELETE, an admin path), or matching no rule on the host (default deny, alternatives built)."""
+    from policies_gen import api_rule
+
+    m = n - 2
+    def pick(kinds: tuple[int, ...]) -> int:
+        while True:
+            i = rng.randrange(m)
+            if i % 10 in kinds:
+                return i
+    if kind == "allow":
+        i = pick((0, 1, 2, 3, 4))
+        rule = api_rule(i)["allow"]
+        if "POST" in rule["methods"]:
+            case = Case(kind, 1, "allow", "agent", "POST", API_HOST, f"/v1/res{i}", body={"name": f"n{k}"},
+                        content_type="application/json")
+        else:
+            case = Case(kind, 1, "allow", "agent", "GET", API_HOST, f"/v1/res{i}/item{k % 997}")
+    elif kind == "deny":
+        i = pick((6, 7))
+        method, path = ("DELETE", f"/v1/res{i}/item{k}") if i % 10 == 6 else ("GET", f"/v1/res{i}/x{k}/admin/keys")
+        case = Case(kind, 1, "deny", "agent", method, API_HOST, path)
+    else:
+        case = Case(kind, 1, "deny", "agent", "GET", API_HOST, f"/v1/unknown{rng.randrange(m)}/item{k}")
+    return make_view(case, k)
+
+
+def run_scale(sizes: tuple[int, ...] = SCALE_SIZES, calls: int = 3000, budget_s: float = 4.0,
+              seed: int = 2) -> tuple[str, dict[str, Any]]:
+    """Load time and decide() p50/p99 for allow, deny and no-match, with 10 to 10,000 rules on one host."""
+    from goex_proxy.policy.engine import decide
+    from goex_proxy.policy.limits import LimitCounters
+    from goex_proxy.policy.load import load_policy_set
+
+    rng = random.Random(seed)
+    perf = time.perf_counter_ns
+    rows, results = [], {}
+    for n in sizes:
+        with tempfile.TemporaryDirectory(prefix="goex-bench-scale-") as tmp:
+            path = Path(tmp) / f"api-{n}.yaml"
+            path.write_text(to_yaml(api_policy(n)), encoding="utf-8")
+            loads = []
+            for _ in range(3 if n <= 1000 else 2):
+                t0 = time.perf_counter()
+                policies = load_policy_set([(path, None)])
+                loads.append(time.perf_counter() - t0)
+        now = time.time()
+        counters = LimitCounters()
+        per_kind = {}
+        for kind in ("allow", "deny", "no-match"):
+            views = [_scale_views(n, kind, k, rng) for k in range(calls)]
+            for v in views[:20]:  # warm-up, and the sanity check that each kind gets its effect
+                got = decide(v, policies, now, counters)
+                if got.effect != ("allow" if kind == "allow" else "deny") or (kind == "no-match") != (got.rule is None):
+                    raise SystemExit(f"bench scale: {n} rules, {kind} {v.method} {v.path} got {got.effect}: "
+                                     f"{got.reason}")
+            times: list[int] = []
+            gc.collect()
+            deadline = time.perf_counter() + budget_s
+            for v in views:
+                t0 = perf()
+                decide(v, policies, now, counters)
+                times.append(perf() - t0)
+                if len(times) >= 30 and time.perf_counter() > deadline:
+                    break
+            s = sorted(times)
+            per_kind[kind] = (percentile(s, 50) / 1e3, percentile(s, 99) / 1e3, len(s))
+        goal_p99, goal_load = SCALE_TARGETS.get(n, (None, None))
+        worst = max(p99 for _, p99, _ in per_kind.values())
+        ok = (goal_p99 is None or worst <= goal_p99) and (goal_load is None or median(loads) <= goal_load)
+        results[n] = {"load_s": median(loads), "worst_p99_us": worst, "pass": ok,
+                      **{f"{k}_p50_us": v[0] for k, v in per_kind.items()},
+                      **{f"{k}_p99_us": v[1] for k, v in per_kind.items()}}
+        goal = " / ".join(x for x in (goal_load and f"load <= {goal_load:.0f} s",
+                                      goal_p99 and f"p99 <= {goal_p99:.0f} us") if x)
+        rows.append([f"{n:,}", f"{median(loads) * 1e3:,.0f} ms",
+                     *(f"{per_kind[k][0]:,.1f} / {per_kind[k][1]:,.1f} ({per_kind[k][2]:,})"
+                       for k in ("allow", "deny", "no-match")),
+                     goal, ("PASS" if ok else "FAIL") if goal else ""])
+    text = "\n".join([
+        f"== Policy scale: N rules on one host ({API_HOST}), load_policy_set() and decide() per kind "
+        f"(p50 / p99 us, (calls)) ==",
+        table(["rules", "load", "allow", "deny (rule)", "no match", "goal", "result"], rows)])
+    return text, {"sizes": results, "pass": all(r["pass"] for r in results.values())}
+
+
 if __name__ == "__main__":
-    print(run()[0])
+    import sys
+
+    if "--scale" in sys.argv:
+        sizes = tuple(int(x) for x in sys.argv[sys.argv.index("--scale") + 1].split(",")) \
+            if len(sys.argv) > sys.argv.index("--scale") + 1 else SCALE_SIZES
+        print(run_scale(sizes)[0])
+    else:
+        print(run()[0])

@@ -111,3 +111,45 @@ def to_yaml(doc: dict) -> str:
     lines.append("rules:")
     lines += [f"  - {json.dumps(rule)}" for rule in doc["rules"]]
     return "\n".join(lines) + "\n"
+
+
+#: The one host of `api_policy`: a large REST API whose paths each have rules of their own.
+API_HOST = "api.bigco.example"
+
+
+def api_rule(i: int) -> dict:
+    """Rule `i` of `api_policy`: resource `res{i}`, in ten kinds that repeat (allows by method, `*` and `**` paths,
+    a CEL condition, alternatives in braces, denies with and without a method)."""
+    res = f"res{i}"
+    kind = i % 10
+    if kind in (0, 3):
+        return {"name": f"read {res}", "allow": {"host": API_HOST, "methods": ["GET", "HEAD"], "path": f"/v1/{res}/**"}}
+    if kind in (1, 4):
+        return {"name": f"read one {res}", "allow": {"host": API_HOST, "methods": ["GET"],
+                                                     "paths": [f"/v1/{res}/*", f"/v1/{res}/*/versions/*"]}}
+    if kind == 2:
+        return {"name": f"create {res}", "allow": {"host": API_HOST, "methods": ["POST"], "path": f"/v1/{res}",
+                                                   "when": 'has(request.json.name) && request.json.name != ""'}}
+    if kind == 5:
+        return {"name": f"edit {res}", "allow": {"host": API_HOST, "methods": ["PUT", "PATCH"],
+                                                 "path": f"/v1/orgs/*/{res}/{{items,labels}}"}}
+    if kind == 6:
+        return {"name": f"never delete {res}", "deny": {"host": API_HOST, "methods": ["DELETE"],
+                                                        "path": f"/v1/{res}/**",
+                                                        "reason": f"deleting {res} is reserved to humans"}}
+    if kind == 7:
+        return {"name": f"no admin on {res}", "deny": {"host": API_HOST, "path": f"/v1/{res}/*/admin/**"}}
+    if kind == 8:
+        return {"name": f"comment on {res}", "allow": {"host": API_HOST, "methods": ["POST"],
+                                                       "path": f"/v1/{res}/*/comments",
+                                                       "when": 'size(request.body) < 10000'}}
+    return {"name": f"search {res}", "allow": {"host": API_HOST, "methods": ["GET"], "path": f"/v1/search/{res}",
+                                               "when": '!("limit" in request.query) || int(request.query.limit) <= 100'}}
+
+
+def api_policy(rules_wanted: int) -> dict:
+    """`rules_wanted` rules on one host (`API_HOST`), as a real API's policy has hundreds of paths, after a few rules
+    on every host (host globs, as `WILD_RULES`)."""
+    head = [WILD_RULES[3], WILD_RULES[7]]
+    rules = head + [api_rule(i) for i in range(rules_wanted - len(head))]
+    return {"version": 1, "name": f"api-{rules_wanted}", "rules": rules}
