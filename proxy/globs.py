@@ -5,6 +5,7 @@ per call than RE2's binding."""
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 from dataclasses import dataclass
@@ -24,15 +25,32 @@ def _escape(c: str) -> str:
 
 @dataclass(frozen=True)
 class Glob:
-    """A compiled glob; `literal` is set when the pattern has no wildcard at all."""
+    """A compiled glob; `literal` is set when the pattern has no wildcard at all.
+
+    The expression is compiled on first use (`regex`): compiling took most of the second a 10,000-rule policy needed
+    to load, and a path glob made of literal segments, `*` segments and a last `**` (`simple`) is matched segment by
+    segment without one."""
 
     pattern: str
-    regex: Any  # a compiled expression (see `_compile`)
+    separator: str   # '/' for a path glob, '.' for a host glob
     literal: str | None
+    simple: tuple[str, ...] | None = None  # a simple path glob's segments, the last one possibly '**'
+
+    @cached_property
+    def body(self) -> str:
+        """The expression's text (see `_translate`)."""
+        return _translate(self.pattern, self.separator)
+
+    @cached_property
+    def regex(self) -> Any:
+        """The compiled expression (see `_compile`)."""
+        return _compile(self.body, _could_backtrack(self.pattern, self.separator))
 
     def matches(self, text: str) -> bool:
         if self.literal is not None:
             return text == self.literal
+        if self.simple is not None:
+            return _simple_match(self.simple, text)
         return self.regex.fullmatch(text) is not None
 
     def matches_path(self, path: str, fold_case: bool = False, optional_slash: bool = False) -> bool:
@@ -47,7 +65,15 @@ class Glob:
         if self.literal is not None and self.literal.isascii() and path.isascii():  # folding is lower-casing there
             same = (lambda a, b: a.lower() == b.lower()) if fold else str.__eq__
             return same(path, self.literal) or (slash and same(path[:-1], self.literal))
+        if self.simple is not None and self.pattern.isascii() and path.isascii():
+            segments = self._simple_lower if fold else self.simple
+            text = path.lower() if fold else path
+            return _simple_match(segments, text) or (slash and _simple_match(segments, text[:-1]))
         return self._lenient(fold, slash).fullmatch(path) is not None
+
+    @cached_property
+    def _simple_lower(self) -> tuple[str, ...]:
+        return tuple(s.lower() for s in self.simple or ())
 
     @cached_property
     def _lower_ascii(self) -> bool:
@@ -58,11 +84,42 @@ class Glob:
         """The expression folding case and/or taking an optional last '/', compiled on first use."""
         key = f"_lenient_{fold:d}{slash:d}"
         if key not in self.__dict__:
-            body = "(?:" + self.regex.pattern + ")/?" if slash else self.regex.pattern
+            body = "(?:" + self.body + ")/?" if slash else self.body
             # Unicode case folding as RE2 does it (`re` folds some characters otherwise), unless folding is ASCII's.
             self.__dict__[key] = re2.compile("(?i)" + body) if fold and not body.isascii() else _compile(
-                "(?i)" + body if fold else body, _could_backtrack(self.pattern, "/"))
+                "(?i)" + body if fold else body, _could_backtrack(self.pattern, self.separator))
         return self.__dict__[key]
+
+
+def _simple_match(segments: tuple[str, ...], path: str) -> bool:
+    """Whether a simple path glob's segments match `path` as its expression would: a literal segment equals the
+    path's, `*` is any one segment (empty too), a last `**` is anything after the '/' before it."""
+    if not path.startswith("/"):
+        return False
+    parts = path[1:].split("/")
+    if segments[-1] == "**":
+        fixed = len(segments) - 1
+        if len(parts) <= fixed or ("\n" in path and "\n" in "/".join(parts[fixed:])):  # '.' stops at a newline
+            return False
+    elif len(parts) != len(segments):
+        return False
+    else:
+        fixed = len(segments)
+    for i in range(fixed):
+        if segments[i] != "*" and segments[i] != parts[i]:
+            return False
+    return True
+
+
+def _simple(pattern: str) -> tuple[str, ...] | None:
+    """A path glob's segments if each is literal or exactly `*`, the last one possibly exactly `**`; else None."""
+    if "?" in pattern or "{" in pattern or "}" in pattern:
+        return None
+    segments = tuple(pattern[1:].split("/"))
+    for i, segment in enumerate(segments):
+        if "*" in segment and segment != "*" and not (segment == "**" and i == len(segments) - 1):
+            return None
+    return segments
 
 
 def _could_backtrack(pattern: str, separator: str) -> bool:
@@ -119,18 +176,36 @@ def _translate(pattern: str, separator: str) -> str:
     return "".join(out)
 
 
+def _checked(pattern: str, separator: str) -> None:
+    """Raise the problem `_translate` would find in a glob; only braces and brackets can have one."""
+    if any(c in pattern for c in "{}[]"):
+        _translate(pattern, separator)
+
+
 def compile_path(pattern: str) -> Glob:
     """Compile a path glob: `*` matches inside one segment, `**` across segments, `{a,b}` alternatives."""
     if not isinstance(pattern, str) or not pattern.startswith("/"):
         raise ValueError(f"must be a path glob starting with '/' (got {pattern!r})")
+    return _path_glob(pattern)
+
+
+@functools.lru_cache(maxsize=4096)
+def _path_glob(pattern: str) -> Glob:
+    _checked(pattern, "/")
     literal = None if any(c in pattern for c in "*?{}") else pattern
-    return Glob(pattern, _compile(_translate(pattern, "/"), _could_backtrack(pattern, "/")), literal)
+    return Glob(pattern, "/", literal, None if literal is not None else _simple(pattern))
 
 
 def compile_host(pattern: str) -> Glob:
     """Compile a host glob, case-insensitively: `*` matches one DNS label, `**` any number of labels."""
     if not isinstance(pattern, str) or not pattern or any(c in pattern for c in "/: "):
         raise ValueError(f"must be a host name or host glob like '*.example.com' (got {pattern!r})")
-    pattern = pattern.lower().rstrip(".")
+    return _host_glob(pattern.lower().rstrip("."))
+
+
+@functools.lru_cache(maxsize=4096)
+def _host_glob(pattern: str) -> Glob:
+    """One glob object per pattern: a policy names one host in many rules."""
+    _checked(pattern, ".")
     literal = None if any(c in pattern for c in "*?{}") else pattern
-    return Glob(pattern, _compile(_translate(pattern, "."), _could_backtrack(pattern, ".")), literal)
+    return Glob(pattern, ".", literal)

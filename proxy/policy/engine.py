@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -195,35 +196,194 @@ class Candidate:
     rule: Rule
     policy: Policy
     host_known: bool
+    order: int = 0   # its place in the linear scan: rules on literal hosts first, then the others, in policy order
+
+
+#: Characters outside ASCII that case-insensitive matching (Python's `re` or RE2) reads as an ASCII letter.
+_FOLDS_TO_ASCII = str.maketrans({"\u0130": "i", "\u0131": "i", "\u017f": "s", "\u212a": "k"})
+
+
+def _segment_key(segment: str) -> str:
+    """How the path index files a request's path segment: lower-cased, so that a rule matching it in any case (a
+    server's `path_case: insensitive`, a lenient router) is found under the same key as one matching it as written."""
+    return segment.lower() if segment.isascii() else segment.translate(_FOLDS_TO_ASCII).lower()
+
+
+class _Node:
+    """One node of a path index: rules whose globs' segments lead here, by what the next segment is."""
+
+    __slots__ = ("literal", "star", "below", "end")
+
+    def __init__(self) -> None:
+        self.literal: dict[str, _Node] = {}
+        self.star: _Node | None = None      # a segment with a wildcard that stays inside it (`*`, `?`, `{a,b}`)
+        self.below: list[Candidate] = []    # may match this path and anything under it (`**`, or not indexable)
+        self.end: list[Candidate] = []      # may match a path that ends here
+
+    def walk(self, parts: list[str], out: list[Candidate]) -> None:
+        """Add the candidates for a path's segment keys, in no particular order. Each node is at one depth and so is
+        visited at most once per walk: the time is bounded by the index's size, whatever the path."""
+        stack: list[tuple[_Node, int]] = [(self, 0)]
+        while stack:
+            node, i = stack.pop()
+            out += node.below
+            if i == len(parts):
+                out += node.end
+                continue
+            if node.star is not None:
+                stack.append((node.star, i + 1))
+            child = node.literal.get(parts[i])
+            if child is not None:
+                stack.append((child, i + 1))
+
+
+class _PathIndex:
+    """Candidate rules by the segments of their path globs: a rule is found for every path its globs could match, in
+    any case and with or without a trailing slash (a superset; the rule itself then decides). Literal segments are
+    children by their lower-cased text, segments with a wildcard inside them one `*` child, and `**` (or anything the
+    index cannot read: braces spanning a '/', non-ASCII text) keeps the rule at that node for every path below."""
+
+    def __init__(self, candidates: Iterable[Candidate]) -> None:
+        self.root = _Node()
+        for c in candidates:
+            if c.rule.paths is None:
+                self.root.below.append(c)
+                continue
+            for node, deep in dict.fromkeys(self._place(glob.pattern) for glob in c.rule.paths):
+                (node.below if deep else node.end).append(c)
+
+    def _place(self, pattern: str) -> tuple[_Node, bool]:
+        node = self.root
+        for segment in pattern[1:].split("/"):
+            if "**" in segment or segment.count("{") != segment.count("}") or not segment.isascii():
+                return node, True
+            if any(ch in segment for ch in "*?{"):
+                if node.star is None:
+                    node.star = _Node()
+                node = node.star
+            else:
+                node = node.literal.setdefault(segment.lower(), _Node())
+        return node, False
+
+    def find(self, paths: Iterable[str], out: list[Candidate]) -> None:
+        """Add the candidates for each of these paths, each also with and without a trailing slash."""
+        for path in paths:
+            if not path.startswith("/"):
+                self.root.walk([], out)   # not a path (raw TCP): only rules that match any path
+                continue
+            parts = [_segment_key(s) for s in path[1:].split("/")]
+            self.root.walk(parts, out)
+            self.root.walk(parts[:-1] if parts[-1] == "" else [*parts, ""], out)
+
+
+#: Hosts whose glob-host rules are remembered (a cache, cleared when full: agents name few hosts).
+MOST_CACHED_HOSTS = 4096
 
 
 @dataclass(frozen=True)
 class PolicySet:
-    """All loaded policies, with their rules indexed by literal host so a decision looks at few rules."""
+    """All loaded policies, with their rules indexed by literal host, then by path segments, so that a decision looks
+    at few rules however many a host has."""
 
     policies: tuple[Policy, ...] = ()
     _by_host: dict[str, tuple[Candidate, ...]] = field(default_factory=dict, compare=False, repr=False)
     _wild: tuple[Candidate, ...] = field(default=(), compare=False, repr=False)
     _servers: tuple[tuple[Glob, Routing], ...] = field(default=(), compare=False, repr=False)
+    _paths: dict[str, _PathIndex] = field(default_factory=dict, compare=False, repr=False)
+    _wild_paths: _PathIndex = field(default_factory=lambda: _PathIndex(()), compare=False, repr=False)
+    _wild_for: dict[str, frozenset[int]] = field(default_factory=dict, compare=False, repr=False)
+    _reporting: dict[str, tuple[Candidate, ...]] = field(default_factory=dict, compare=False, repr=False)
+    _alternatives: dict[tuple[str, str | None, int], tuple[str, ...]] = field(default_factory=dict, compare=False,
+                                                                             repr=False)
+    _indexed: bool = field(default=True, compare=False, repr=False)   # False: scan every candidate (tests compare)
 
     @classmethod
-    def of(cls, policies: Iterable[Policy]) -> PolicySet:
+    def of(cls, policies: Iterable[Policy], indexed: bool = True) -> PolicySet:
+        """The set of these policies; `indexed=False` makes every decision scan all candidates of the request's host
+        (what the index must always agree with)."""
         policies = tuple(policies)
-        by_host: dict[str, list[Candidate]] = {}
-        wild: list[Candidate] = []
+        by_host: dict[str, list[tuple[Rule, Policy]]] = {}
+        wild_rules: list[tuple[Rule, Policy]] = []
         for policy in policies:
             for rule in policy.rules:
                 literals = [h.literal for h in rule.hosts]
                 if rule.hosts and all(lit is not None for lit in literals):
                     for lit in dict.fromkeys(literals):
-                        by_host.setdefault(lit, []).append(Candidate(rule, policy, True))  # type: ignore[arg-type]
+                        by_host.setdefault(lit, []).append((rule, policy))  # type: ignore[arg-type]
                 else:
-                    wild.append(Candidate(rule, policy, False))
+                    wild_rules.append((rule, policy))
+        # Candidates on a literal host come first in a scan, then the rest: `order` keeps that order across indexes.
+        hosted = {h: tuple(Candidate(r, p, True, i) for i, (r, p) in enumerate(rules)) for h, rules in by_host.items()}
+        offset = max((len(c) for c in hosted.values()), default=0)
+        wild = tuple(Candidate(r, p, False, offset + i) for i, (r, p) in enumerate(wild_rules))
         servers = tuple(server for policy in policies for server in policy.servers)
-        return cls(policies, {h: tuple(r) for h, r in by_host.items()}, tuple(wild), servers)
+        if not indexed:
+            return cls(policies, hosted, wild, servers, _indexed=False)
+        return cls(policies, hosted, wild, servers, {h: _PathIndex(c) for h, c in hosted.items()}, _PathIndex(wild))
 
     def candidates(self, host: str) -> tuple[Candidate, ...]:
+        """Every rule that may apply to this host, in the order a decision scans them."""
         return self._by_host.get(host, ()) + self._wild
+
+    def path_candidates(self, host: str, paths: Iterable[str]) -> list[Candidate]:
+        """The rules of `candidates(host)` whose host and path globs could match one of `paths` (in any case, with or
+        without a trailing slash), in the same order: whatever else they leave out could not match."""
+        if not self._indexed:
+            return list(self.candidates(host))
+        paths = tuple(paths)
+        out: list[Candidate] = []
+        index = self._paths.get(host)
+        if index is not None:
+            index.find(paths, out)
+        wild: list[Candidate] = []
+        self._wild_paths.find(paths, wild)
+        if wild:
+            matching = self._wild_matching(host)
+            out += (c for c in wild if c.order in matching)
+        if len(out) < 2:
+            return out
+        return sorted({c.order: c for c in out}.values(), key=_order)
+
+    def alternatives(self, host: str, agent: str | None, most: int = 5) -> tuple[str, ...]:
+        """The first `most` allow rules this agent may use on this host, summed up for a denial's message; remembered
+        per host and agent (a host with thousands of rules would otherwise cost a denial a scan of them all)."""
+        key = (host, agent, most)
+        found = self._alternatives.get(key)
+        if found is None:
+            out: list[str] = []
+            for c in itertools.chain(self._by_host.get(host, ()), self._wild):
+                if c.rule.effect == "allow" and c.policy.applies_to(agent) and (
+                        c.rule.agents is None or agent in c.rule.agents) and (
+                        c.host_known or not c.rule.hosts or any(h.matches(host) for h in c.rule.hosts)):
+                    out.append(c.rule.summary())
+                    if len(out) == most:
+                        break
+            found = tuple(out)
+            if len(self._alternatives) >= MOST_CACHED_HOSTS:
+                self._alternatives.clear()
+            self._alternatives[key] = found
+        return found
+
+    def reporting(self, host: str) -> tuple[Candidate, ...]:
+        """The candidates on this host from report-mode policies (they soften default deny where they cover it)."""
+        found = self._reporting.get(host)
+        if found is None:
+            found = tuple(c for c in self.candidates(host) if c.policy.mode == "report")
+            if len(self._reporting) >= MOST_CACHED_HOSTS:
+                self._reporting.clear()
+            self._reporting[host] = found
+        return found
+
+    def _wild_matching(self, host: str) -> frozenset[int]:
+        """The glob-host rules whose hosts match this host (by `order`), remembered per host."""
+        found = self._wild_for.get(host)
+        if found is None:
+            found = frozenset(c.order for c in self._wild if not c.rule.hosts
+                              or any(h.matches(host) for h in c.rule.hosts))
+            if len(self._wild_for) >= MOST_CACHED_HOSTS:
+                self._wild_for.clear()
+            self._wild_for[host] = found
+        return found
 
     def routing(self, host: str) -> Routing:
         """How the server at `host` routes paths, as any policy's `servers:` declares. A declaration describes the
@@ -254,6 +414,10 @@ class PolicySet:
         wanted = set(keys)
         return tuple((r.key, r.limit) for p in self.policies if p.mode == "enforce" for r in p.rules
                      if r.limit and r.key in wanted)
+
+
+def _order(c: Candidate) -> int:
+    return c.order
 
 
 @dataclass
@@ -359,11 +523,12 @@ def _match(view: RequestView, policies: PolicySet, repeated: list[RepeatedKey]) 
     routing = policies.routing(view.host)
     m = _Matched()
     formatless = _without_format(view)
-    for c in policies.candidates(view.host):
+    m.reporting = any(c.policy.applies_to(view.agent) and _covers(c, view) for c in policies.reporting(view.host))
+    paths = (view.path,) if formatless is None else (view.path, formatless.path)
+    for c in policies.path_candidates(view.host, paths):
         if not c.policy.applies_to(view.agent):
             continue
         enforced, rule = c.policy.mode == "enforce", c.rule
-        m.reporting = m.reporting or (not enforced and _covers(c, view))
         if rule.matches_plain(view, c.host_known, routing):
             if repeated and rule.effect == "allow" and not rule.accepts_duplicate_keys:
                 if enforced:
@@ -468,8 +633,4 @@ def _covers(c: Candidate, view: RequestView) -> bool:
 
 def _alternatives(view: RequestView, policies: PolicySet, most: int = 5) -> tuple[str, ...]:
     """What this agent may do on this host instead, for the denial body."""
-    out = []
-    for c in policies.candidates(view.host):
-        if c.rule.effect == "allow" and c.policy.applies_to(view.agent) and _covers(c, view):
-            out.append(c.rule.summary())
-    return tuple(out[:most])
+    return policies.alternatives(view.host, view.agent, most)

@@ -12,7 +12,7 @@ from ..durations import parse_duration
 from ..errors import ConfigError, Problem
 from ..globs import Glob, compile_host, compile_path
 from ..yamlsrc import Checker, YMap
-from .cel import CelSyntaxError, compile_condition
+from .cel import CelSyntaxError, Condition, compile_condition
 from .engine import REVIEW_CLASSES, Limit, Policy, PolicySet, Routing, Rule, Wait
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
@@ -75,6 +75,7 @@ class RuleReader:
     def __init__(self, file: str, text: str) -> None:
         self.check = Checker(file)
         self.lines = text.splitlines()
+        self.conditions: dict[str, Condition] = {}   # by source: rules repeat conditions, compiling one costs 0.1 ms
 
     def globs(self, m: YMap, keys: tuple[str, str], where: str, make: Any) -> tuple[Glob, ...] | None:
         present = [k for k in keys if k in m]
@@ -164,7 +165,9 @@ class RuleReader:
         if "when" in m:
             source = m["when"]
             try:
-                when = compile_condition(source)
+                when = self.conditions.get(source) if isinstance(source, str) else None
+                if when is None:
+                    when = self.conditions[source] = compile_condition(source)
             except CelSyntaxError as exc:
                 line, col = expression_pos(self.lines, self.check.at(m, "when"), exc)
                 self.check.error((line, col), f"'{where}.{effect}.when' {exc}")
