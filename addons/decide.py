@@ -15,7 +15,7 @@ from goex_proxy.addons import flowmeta, replies
 from goex_proxy.addons.failclosed import fail_closed
 from goex_proxy.addons.state import ProxyState
 from goex_proxy.net import bodies
-from goex_proxy.policy.engine import Decision, decide, waiting_as_strictly
+from goex_proxy.policy.engine import Decision, PolicySet, decide, waiting_as_strictly
 from goex_proxy.policy.limits import Charge
 from goex_proxy.policy.requestview import (
     RequestView,
@@ -178,10 +178,11 @@ class Decide:
             return
         flowmeta.set_path(flow, path)
         view = dataclasses.replace(request_view(flow, agent, path, body), protocol=protocol)
-        d = decide(view, self.state.policies, now, self.state.limits)
+        policies = self.state.policies  # one set decides every reading, whatever a reload installs meanwhile
+        d = decide(view, policies, now, self.state.limits)
         for how, decoded in decoded_readings(path) if d.effect == "allow" else ():
             # Servers differ on whether %2F is a '/' and on how often they decode: allowed read every way, or not.
-            other = None if decoded is None else decide(dataclasses.replace(view, path=decoded), self.state.policies,
+            other = None if decoded is None else decide(dataclasses.replace(view, path=decoded), policies,
                                                         now, self.state.limits)
             if other is None or other.effect != "allow":
                 why = f"{decoded!r}, which policy does not allow ({other.reason})" if other else "an ambiguous path"
@@ -190,17 +191,17 @@ class Decide:
                 break
             d = waiting_as_strictly(d, other)
         if d.effect == "allow":
-            d = self._every_reading(view, d, now)
+            d = self._every_reading(view, d, now, policies)
         flowmeta.set_decision(flow, d)
         if d.effect == "deny":
             replies.denied(flow, d)
             return
         flowmeta.set_view(flow, view)
-        self._count(flow, d, agent, now)
+        self._count(flow, d, agent, now, policies)
         if protocol != "http":
             self.upgrades[flow.client_conn] = protocol
 
-    def _every_reading(self, view: RequestView, allowed: Decision, now: float) -> Decision:
+    def _every_reading(self, view: RequestView, allowed: Decision, now: float, policies: PolicySet) -> Decision:
         """An allowed request stays allowed only if every other way servers read it is too (a method override must be
         allowed), and its body says what its Content-Type says. (Keys sent twice and paths as lenient routers read
         them are decided by `decide` itself.)"""
@@ -212,7 +213,7 @@ class Decide:
         if problem is not None:
             return Decision("deny", f"refused: {problem}; send each parameter under one name", "request-reading")
         for how, other, must_allow in readings(view):
-            d = decide(other, self.state.policies, now, self.state.limits)
+            d = decide(other, policies, now, self.state.limits)
             if d.effect != "allow" and (must_allow or d.rule is not None):
                 return Decision("deny", f"refused: read {how}, the request is {other.method} {other.path}, which "
                                         f"policy does not allow ({d.reason})", "request-reading")
@@ -257,20 +258,22 @@ class Decide:
         host, port = flow.server_conn.address or ("", 0)
         view = RequestView(agent, "", "tcp", str(host).lower().rstrip("."), port, "", protocol="tcp")
         now = time.time()
-        d = decide(view, self.state.policies, now, self.state.limits)
+        policies = self.state.policies
+        d = decide(view, policies, now, self.state.limits)
         flowmeta.set_decision(flow, d)
         if d.effect == "allow":
-            self._count(flow, d, agent, now)
+            self._count(flow, d, agent, now, policies)
         else:
             refuse_stream(flow, f"raw TCP to {host}:{port}: {d.reason}")
 
-    def _count(self, flow: http.HTTPFlow | tcp.TCPFlow, d: Decision, agent: str | None, now: float) -> None:
+    def _count(self, flow: http.HTTPFlow | tcp.TCPFlow, d: Decision, agent: str | None, now: float,
+               policies: PolicySet) -> None:
         """An allowed request or stream counts against the limits of the rules that allowed it, at the time it was
         decided; the record stage has the audit writer check its caps again against every proxy's hits."""
         if d.count_limits and agent:
             self.state.limits.record(d.count_limits, agent, now)
             flowmeta.set_charge(flow, Charge(agent, d.count_limits, now,
-                                             self.state.policies.enforced_limits(d.count_limits)))
+                                             policies.enforced_limits(d.count_limits)))
 
     def tcp_message(self, flow: tcp.TCPFlow) -> None:
         """Belt and braces: nothing of a stream that was not allowed is passed on."""

@@ -225,13 +225,17 @@ class ProxyState:
         while True:
             await asyncio.sleep(ctx.options.goex_reload_interval)
             try:
-                self.reload_if_changed()
+                await self.reload_if_changed()
             except Exception:  # the watcher must outlive any one bad edit; the last good policies stay in force
                 log.exception("policy reload failed; keeping the last good policies")
 
-    def reload_if_changed(self) -> bool:
+    async def reload_if_changed(self) -> bool:
         """Reload the config, the policy files and the vault if any changed; whatever is invalid is logged and the last
-        good one kept. True if the policy set was replaced."""
+        good one kept. True if the policy set was replaced.
+
+        Files are read, parsed and compiled in a worker thread (a 10,000-rule policy takes about a second), so the
+        proxy goes on deciding requests meanwhile, under the policies in force; the new set then replaces them in one
+        assignment on the event loop, between two requests' decisions."""
         mtimes = self._stat()
         changed = {p for p in mtimes if mtimes[p] != self._mtimes.get(p)}
         if not changed:
@@ -239,7 +243,7 @@ class ProxyState:
         assert self.config is not None
         self._mtimes = mtimes
         vault = Vault(self.config.state_dir).path
-        if self.config.file in changed and self._reload_config(reread_vault=vault in changed):
+        if self.config.file in changed and await self._reload_config(reread_vault=vault in changed):
             self._mtimes = self._stat()  # the new config may name other policy files
             return True
         if vault in changed:
@@ -251,7 +255,7 @@ class ProxyState:
         if not changed & {p for p, _ in self.sources()}:
             return False
         try:
-            policies = load_policy_set(self.sources())
+            policies = await asyncio.to_thread(load_policy_set, self.sources())
         except GoexError as exc:
             log.error("policy reload rejected; keeping the last good policies:\n%s", exc)
             return False
@@ -268,7 +272,7 @@ class ProxyState:
         self.policies = policies
         log.info("policies reloaded: %s", ", ".join(p.name for p in policies.policies) or "(none)")
 
-    def _reload_config(self, reread_vault: bool = False) -> bool:
+    async def _reload_config(self, reread_vault: bool = False) -> bool:
         """Apply an edited config.yaml with the policy set it names, all or nothing: agents, credentials, routes,
         egress, the policy list and undo packs at once; `listen`, `limits`, the state and audit paths and extra CAs
         only at a restart. True if it was applied (and the policies with it)."""
@@ -276,13 +280,7 @@ class ProxyState:
         previous = self.config
         secrets_read = False
         try:
-            fresh = load_config(previous.file)
-            later = sorted({RESTART_ONLY[name] for name in config_changes(self.file_config or previous, fresh)
-                            if name in RESTART_ONLY})
-            fresh = dataclasses.replace(fresh, **{name: getattr(previous, name) for name in RESTART_ONLY})
-            applied = config_changes(previous, fresh)
-            undo_rules = load_packs(list(fresh.undo_packs)) if "undo_packs" in applied else self.undo_rules
-            policies = load_policy_set(fresh.policy_sources)
+            fresh, later, applied, undo_rules, policies = await asyncio.to_thread(self._read_config, previous)
             self._use_config(fresh)
             if "credentials" in applied or reread_vault:
                 secrets_read = True
@@ -306,6 +304,17 @@ class ProxyState:
                      "changed")
         self._install(policies)
         return True
+
+    def _read_config(self, previous: Config) -> tuple[Config, list[str], list[str], tuple[UndoRule, ...], PolicySet]:
+        """Read the edited config and what it names (in a worker thread: it changes nothing): the config as it will
+        apply, the restart-only settings it changed, the settings it applies, the undo rules and the policy set."""
+        fresh = load_config(previous.file)
+        later = sorted({RESTART_ONLY[name] for name in config_changes(self.file_config or previous, fresh)
+                        if name in RESTART_ONLY})
+        fresh = dataclasses.replace(fresh, **{name: getattr(previous, name) for name in RESTART_ONLY})
+        applied = config_changes(previous, fresh)
+        undo_rules = load_packs(list(fresh.undo_packs)) if "undo_packs" in applied else self.undo_rules
+        return fresh, later, applied, undo_rules, load_policy_set(fresh.policy_sources)
 
     def _use_config(self, config: Config) -> None:
         self.config = config
