@@ -273,19 +273,19 @@ def run_scale(sizes: tuple[int, ...] = SCALE_SIZES, calls: int = 3000, budget_s:
         goal_p99, goal_load = SCALE_TARGETS.get(n, (None, None))
         worst = max(p99 for _, p99, _ in per_kind.values())
         ok = (goal_p99 is None or worst <= goal_p99) and (goal_load is None or median(loads) <= goal_load)
-        results[n] = {"load_s": median(loads), "worst_p99_us": worst, "pass": ok,
+        results[n] = {"load_s": median(loads), "load_best_s": min(loads), "worst_p99_us": worst, "pass": ok,
                       **{f"{k}_p50_us": v[0] for k, v in per_kind.items()},
                       **{f"{k}_p99_us": v[1] for k, v in per_kind.items()}}
         goal = " / ".join(x for x in (goal_load and f"load <= {goal_load:.0f} s",
                                       goal_p99 and f"p99 <= {goal_p99:.0f} us") if x)
-        rows.append([f"{n:,}", f"{median(loads) * 1e3:,.0f} ms",
+        rows.append([f"{n:,}", f"{median(loads) * 1e3:,.0f} ({min(loads) * 1e3:,.0f}) ms",
                      *(f"{per_kind[k][0]:,.1f} / {per_kind[k][1]:,.1f} ({per_kind[k][2]:,})"
                        for k in ("allow", "deny", "no-match")),
                      goal, ("PASS" if ok else "FAIL") if goal else ""])
     text = "\n".join([
         f"== Policy scale: N rules on one host ({API_HOST}), load_policy_set() and decide() per kind "
         f"(p50 / p99 us, (calls)) ==",
-        table(["rules", "load", "allow", "deny (rule)", "no match", "goal", "result"], rows)])
+        table(["rules", "load (best)", "allow", "deny (rule)", "no match", "goal", "result"], rows)])
     return text, {"sizes": results, "pass": all(r["pass"] for r in results.values())}
 
 

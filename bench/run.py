@@ -6,7 +6,7 @@ command and how fast a jailed run's file changes are kept and undone.
 
     python bench/run.py                    # everything (~11 minutes)
     python bench/run.py --quick            # shorter runs, same measurements (~3 minutes)
-    python bench/run.py --only decide      # one part: throughput | decide | log | undoplan | preimage | review | dos | console
+    python bench/run.py --only decide      # one part: throughput | decide | scale | log | undoplan | preimage | review | dos | console
                                            # (comma-separated for several; `undo` is undoplan,preimage)
     python bench/run.py --only jail        # optional: jailed vs --no-jail exec start, keep/undo of 1,000 files (~2 min)
     python bench/run.py --only workers     # optional: run --workers 2 vs --workers 1 vs bare mitmdump (~3 minutes)
@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import PYTHON, Processes  # noqa: E402
 
-PARTS = ("throughput", "decide", "log", "undoplan", "preimage", "review", "dos", "console")
+PARTS = ("throughput", "decide", "scale", "log", "undoplan", "preimage", "review", "dos", "console")
 OPTIONAL_PARTS = ("profile", "jail", "workers")
 ALIASES = {"undo": ("undoplan", "preimage")}
 
@@ -110,6 +110,13 @@ def main(argv: list[str] | None = None) -> int:
 
             say("[decide] timing decide() over 100 rules...", flush=True)
             text, results["decide"] = decide_bench.run(calls=args.decide_calls, rounds=3 if args.quick else 5)
+            sections.append(text)
+            print(text + "\n", flush=True)
+        if "scale" in args.parts:
+            import decide_bench
+
+            say("[scale] loading and deciding with 10 to 10,000 rules on one host...", flush=True)
+            text, results["scale"] = decide_bench.run_scale(calls=1000 if args.quick else 3000)
             sections.append(text)
             print(text + "\n", flush=True)
         if "log" in args.parts:
@@ -222,6 +229,8 @@ def passes(results: dict[str, Any]) -> dict[str, bool]:
         out[f"throughput {scheme}"] = r["pass"]
     if "decide" in results:
         out["decide p99"] = results["decide"]["pass"]
+    if "scale" in results:
+        out["decide and load at scale"] = results["scale"]["pass"]
     if "log" in results:
         out["log CLI"] = results["log"]["pass_cli"]
         out["log query"] = results["log"]["pass_query"]
@@ -260,6 +269,11 @@ def summary(results: dict[str, Any]) -> str:
         d = results["decide"]
         rows.append([f"decide() over {d['rules']} rules p50 / p99", f"{d['p50_us']:.1f} / {d['p99_us']:.1f} us",
                      "p99 <= 50 us", "PASS" if d["pass"] else "FAIL"])
+    for n, r in results.get("scale", {}).get("sizes", {}).items():
+        if n in (100, 10_000):
+            goal = "p99 <= 50 us" if n == 100 else "load <= 1 s, p99 <= 100 us"
+            rows.append([f"{n:,} rules on one host: load, worst p99", f"{r['load_s'] * 1e3:,.0f} ms, "
+                         f"{r['worst_p99_us']:.1f} us", goal, "PASS" if r["pass"] else "FAIL"])
     if "log" in results:
         lg = results["log"]
         rows.append(["goex-proxy log --agent X --since 1h (CLI)", f"{lg['cli_ms']:.0f} ms", "<= 100 ms",

@@ -203,10 +203,10 @@ class Candidate:
 _FOLDS_TO_ASCII = str.maketrans({"\u0130": "i", "\u0131": "i", "\u017f": "s", "\u212a": "k"})
 
 
-def _segment_key(segment: str) -> str:
-    """How the path index files a request's path segment: lower-cased, so that a rule matching it in any case (a
+def _segment_key(text: str) -> str:
+    """How the path index files a request's path segments: lower-cased, so that a rule matching one in any case (a
     server's `path_case: insensitive`, a lenient router) is found under the same key as one matching it as written."""
-    return segment.lower() if segment.isascii() else segment.translate(_FOLDS_TO_ASCII).lower()
+    return text.lower() if text.isascii() else text.translate(_FOLDS_TO_ASCII).lower()
 
 
 class _Node:
@@ -237,6 +237,9 @@ class _Node:
                 stack.append((child, i + 1))
 
 
+_WILDCARDS = frozenset("*?{")
+
+
 class _PathIndex:
     """Candidate rules by the segments of their path globs: a rule is found for every path its globs could match, in
     any case and with or without a trailing slash (a superset; the rule itself then decides). Literal segments are
@@ -257,7 +260,7 @@ class _PathIndex:
         for segment in pattern[1:].split("/"):
             if "**" in segment or segment.count("{") != segment.count("}") or not segment.isascii():
                 return node, True
-            if any(ch in segment for ch in "*?{"):
+            if not _WILDCARDS.isdisjoint(segment):
                 if node.star is None:
                     node.star = _Node()
                 node = node.star
@@ -271,7 +274,7 @@ class _PathIndex:
             if not path.startswith("/"):
                 self.root.walk([], out)   # not a path (raw TCP): only rules that match any path
                 continue
-            parts = [_segment_key(s) for s in path[1:].split("/")]
+            parts = _segment_key(path)[1:].split("/")   # folding keeps every '/' where it was
             self.root.walk(parts, out)
             self.root.walk(parts[:-1] if parts[-1] == "" else [*parts, ""], out)
 

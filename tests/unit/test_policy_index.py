@@ -87,7 +87,7 @@ def counters() -> LimitCounters:
     return c
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(policy_sets(), st.lists(views(), min_size=1, max_size=8))
 def test_the_index_decides_every_request_as_a_scan_of_every_rule_does(policies: list[Policy],
                                                                        requests: list[RequestView]) -> None:
