@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from . import yamlsrc
 from .approvalconfig import Approvals, parse_approvals, parse_host_port
-from .consoleconfig import Console, parse_console
+from .consoleconfig import Console, RunningListens, parse_console
 from .credentials.kinds import Credential, Injection
 from .durations import parse_duration
 from .errors import ConfigError, Problem, StateError
@@ -152,7 +152,7 @@ class Config:
         return EgressRules(self.block_private, tuple(a for a in allowed if isinstance(a, Glob)),
                            tuple(a for a in allowed if not isinstance(a, Glob)), (self.listen_host, self.listen_port),
                            self.approvals.listen, (urlsplit(links).hostname or "").lower() or None if links else None,
-                           self.console.listen)
+                           self.console.listen, RunningListens(self.state_dir))
 
 
 def _listen(value: Any) -> tuple[str, int]:

@@ -1,16 +1,24 @@
-"""The `console:` section: where the web console is served, and the TLS it needs beyond this machine."""
+"""The `console:` section: where the web console is served, the TLS it needs beyond this machine and the address
+people open it at; and the files a running console leaves in the state directory, by which `goex-proxy console link`
+finds it and the SSRF guard keeps agents from it wherever it listens."""
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
-from .approvalconfig import is_loopback, netloc, parse_host_port
+from .approvalconfig import check_url, is_loopback, netloc, parse_host_port
 from .yamlsrc import Checker, YMap
 
 #: The console's address in `init`'s starter config and for `goex-proxy console` without a section.
 DEFAULT_LISTEN = ("127.0.0.1", 8791)
-_KEYS = {"listen", "tls_cert", "tls_key"}
+_KEYS = {"listen", "tls_cert", "tls_key", "public_url"}
+#: The folder of the state directory where each running console keeps a file (0600) with its address and base URL.
+RUNNING_DIR = "consoles"
 
 
 @dataclass(frozen=True)
@@ -20,20 +28,26 @@ class Console:
     listen: tuple[str, int] | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    public_url: str | None = None   # what people open it at (a name, or a reverse proxy in front), no trailing slash
 
     @property
     def tls(self) -> bool:
         return self.tls_cert is not None and self.tls_key is not None
 
 
-def exposure_problem(listen: tuple[str, int], tls: bool) -> str | None:
+def exposure_problem(listen: tuple[str, int], tls: bool, public_url: str | None = None) -> str | None:
     """Why the console may not be served at this address: it shows the log and acts on it, so beyond this machine only
-    over TLS."""
-    if is_loopback(listen[0]) or tls:
+    over TLS, and only under the name people open it at (it answers no other Host)."""
+    if is_loopback(listen[0]):
         return None
-    return (f"the console would listen on {netloc(*listen)}, which is not a loopback address: it shows the audit log "
-            "and can approve and undo requests, so serve it beyond this machine only over TLS (set console.tls_cert "
-            "and console.tls_key), or listen on 127.0.0.1")
+    if not tls:
+        return (f"the console would listen on {netloc(*listen)}, which is not a loopback address: it shows the audit "
+                "log and can approve and undo requests, so serve it beyond this machine only over TLS (set "
+                "console.tls_cert and console.tls_key) and console.public_url, or listen on 127.0.0.1")
+    if public_url is None:
+        return (f"the console would listen on {netloc(*listen)}, which is not a loopback address: set "
+                "console.public_url to the https:// address people open it at (it answers under no other name)")
+    return None
 
 
 def _path(check: Checker, spec: YMap, key: str, base: Path) -> Path | None:
@@ -42,6 +56,20 @@ def _path(check: Checker, spec: YMap, key: str, base: Path) -> Path | None:
         return None
     path = Path(value).expanduser()
     return path if path.is_absolute() else base / path
+
+
+def _public_url(check: Checker, spec: YMap) -> str | None:
+    url = check.string(spec, "public_url", "console.public_url")
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    problem = check_url(url)
+    if problem is None and (parts.path not in ("", "/") or parts.query or parts.fragment):
+        problem = "must be a scheme, a host and an optional port, with no path, query or fragment"
+    if problem is not None:
+        check.error(check.at(spec, "public_url"), f"'console.public_url' {problem} (got {url!r})")
+        return None
+    return url.rstrip("/")
 
 
 def parse_console(check: Checker, top: YMap, base: Path) -> Console:
@@ -55,12 +83,87 @@ def parse_console(check: Checker, top: YMap, base: Path) -> Console:
     if "listen" not in spec:
         listen = DEFAULT_LISTEN
     cert, key = _path(check, spec, "tls_cert", base), _path(check, spec, "tls_key", base)
+    public_url = _public_url(check, spec)
     if (cert is None) != (key is None):
         check.error(spec.pos, "'console' needs both tls_cert and tls_key, or neither")
         return Console()
     if listen is None:
         return Console()
-    if (problem := exposure_problem(listen, cert is not None)) is not None:
+    if (problem := exposure_problem(listen, cert is not None, public_url)) is not None:
         check.error(check.at(spec, "listen"), f"'console.listen': {problem}")
         return Console()
-    return Console(listen, cert, key)
+    return Console(listen, cert, key, public_url)
+
+
+@dataclass(frozen=True)
+class RunningConsole:
+    """A console that runs over a state directory, as its file says: where it listens and the base of its links."""
+
+    listen: tuple[str, int]
+    base: str
+    pid: int
+    path: Path
+
+
+def running_file(state_dir: Path, listen: tuple[str, int]) -> Path:
+    return state_dir / RUNNING_DIR / f"{listen[0].replace(':', '_')}-{listen[1]}.json"
+
+
+def say_running(state_dir: Path, listen: tuple[str, int], base: str) -> Path:
+    """Leave the file of a console that has started (0600; removed when it stops; a stale one names a dead pid)."""
+    folder = state_dir / RUNNING_DIR
+    folder.mkdir(mode=0o700, exist_ok=True)
+    path = running_file(state_dir, listen)
+    text = json.dumps({"listen": list(listen), "base": base, "pid": os.getpid()})
+    fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    os.replace(path.with_suffix(".tmp"), path)
+    return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _read(path: Path) -> RunningConsole | None:
+    try:
+        found: Any = json.loads(path.read_text(encoding="utf-8"))
+        host, port = found["listen"]
+        running = RunningConsole((str(host), int(port)), str(found["base"]), int(found["pid"]), path)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return running if _alive(running.pid) else None
+
+
+def running_consoles(state_dir: Path) -> list[RunningConsole]:
+    """The consoles that run over this state directory (their process alive), the most recently started first."""
+    try:
+        paths = sorted((state_dir / RUNNING_DIR).glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    except OSError:
+        return []
+    return [r for r in map(_read, paths) if r is not None]
+
+
+class RunningListens:
+    """Where the consoles of a state directory listen, for the SSRF guard: the folder is listed again only when its
+    modification time changes (a console started or stopped), so a check costs one stat."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.folder = state_dir / RUNNING_DIR
+        self._seen: tuple[int, list[tuple[str, int]]] | None = None
+
+    def __call__(self) -> list[tuple[str, int]]:
+        try:
+            stamp = self.folder.stat().st_mtime_ns
+        except OSError:
+            return []
+        if self._seen is None or self._seen[0] != stamp:
+            self._seen = (stamp, [r.listen for r in running_consoles(self.folder.parent)])
+        return self._seen[1]

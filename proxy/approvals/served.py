@@ -1,50 +1,115 @@
-"""uvicorn inside goex-proxy's own event loop, for the link server and the console: no signal handlers of its own,
-and a connection that sends no complete request head in time is closed (uvicorn has no such timeout)."""
+"""uvicorn inside goex-proxy's own event loop, for the link server and the console: no signal handlers of its own;
+a connection whose request head is not complete a few seconds after it began is closed (uvicorn has no such timeout),
+and only requests being served count against the cap, never connections that merely hold a socket open."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import time
-import weakref
 from collections.abc import Generator
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
+from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 log = logging.getLogger(__name__)
 
-#: Seconds a connection may stay open without a request in progress or answered; then it is closed.
-HEAD_SECONDS = 10.0
-#: Options every embedded server runs with: a cap on requests served at once (past it, 503), short keep-alive.
-OPTIONS: dict[str, Any] = {"limit_concurrency": 64, "timeout_keep_alive": 5, "backlog": 128}
+#: Seconds from a connection's start (or, on a kept-alive connection, from the first byte of its next request) to a
+#: complete request head; then it is closed, whether it was silent or sending a byte at a time (slowloris). A browser
+#: or a script sends its head in one packet, milliseconds after connecting.
+HEAD_SECONDS = 5.0
+#: Requests served at once; past it, 503. Counted by the app, so idle or half-open connections take no share of it
+#: (uvicorn's limit_concurrency counts every open connection: 64 half-open ones made it answer 503 to everyone).
+MAX_REQUESTS = 64
+#: Connections held at once: past it, the oldest one still waiting for its request head is closed to make room (file
+#: descriptors are finite), so a person's connection, which sends its head at once, always gets through.
+MAX_CONNECTIONS = 256
+#: Options every embedded server runs with: short keep-alive, and no limit_concurrency (see MAX_REQUESTS).
+OPTIONS: dict[str, Any] = {"timeout_keep_alive": 5, "backlog": 512, "http": "h11"}
+
+
+class _Capped:
+    """The app, answering 503 past MAX_REQUESTS requests in progress."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit, self.active = app, limit, 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.active < self.limit:
+            self.active += scope["type"] == "http"
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                self.active -= scope["type"] == "http"
+            return
+        await send({"type": "http.response.start", "status": 503,
+                    "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": b"busy: too many requests at once; try again\n"})
+
+
+class HeadTimedProtocol(H11Protocol):
+    """uvicorn's h11 protocol, closed when its request head is late, and making room past MAX_CONNECTIONS."""
+
+    head_seconds = HEAD_SECONDS
+    max_connections = MAX_CONNECTIONS
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._timed: Any = None
+        self._waiting_since = self.loop.time()
+        super().connection_made(transport)
+        self._arm()
+        if len(self.connections) > self.max_connections:
+            waiting = [c for c in self.connections if isinstance(c, HeadTimedProtocol) and c is not self
+                       and c.waiting_for_head() and not c.transport.is_closing()]
+            if waiting:
+                min(waiting, key=lambda c: c._waiting_since).transport.close()
+
+    def waiting_for_head(self) -> bool:
+        """Whether no request is in progress on it (it is new, or between two requests)."""
+        return self.cycle is None or self.cycle.response_complete
+
+    def data_received(self, data: bytes) -> None:
+        if self.waiting_for_head() and (self._head_timer is None or self._timed is not self.cycle):
+            self._waiting_since = self.loop.time()  # the first byte of the next request: its clock starts
+            self._arm()
+        super().data_received(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        self._timed = self.cycle
+        self._head_timer = self.loop.call_later(self.head_seconds, self._late, self.cycle)
+
+    def _late(self, cycle: Any) -> None:
+        """HEAD_SECONDS after the clock started: closed unless a request head arrived since (a new cycle)."""
+        self._head_timer = None
+        if self.cycle is cycle and self.waiting_for_head() and not self.transport.is_closing():
+            self.transport.close()
 
 
 class EmbeddedServer(uvicorn.Server):
-    """A uvicorn server whose owner decides when it stops, and which closes connections that idle without a request
-    (a client holding thousands open would use up the proxy's file descriptors)."""
+    """A uvicorn server whose owner decides when it stops, whose connections must send their request head in time,
+    and which answers 503 only when MAX_REQUESTS requests are in progress."""
 
     def __init__(self, config: uvicorn.Config) -> None:
+        assert not isinstance(config.app, str), "an embedded server is given its app, not an import string"
+        config.app = _Capped(cast(ASGIApp, config.app), MAX_REQUESTS)
+        config.http = HeadTimedProtocol
+        config.limit_concurrency = None
         super().__init__(config)
-        self._seen: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
-
-    async def on_tick(self, counter: int) -> bool:
-        if counter % 10 == 0:  # once a second
-            self._close_silent(time.monotonic())
-        return await super().on_tick(counter)
-
-    def _close_silent(self, now: float) -> None:
-        for protocol in list(self.server_state.connections):
-            first = self._seen.setdefault(protocol, now)
-            if getattr(protocol, "cycle", None) is None and now - first > HEAD_SECONDS:
-                transport = getattr(protocol, "transport", None)
-                if transport is not None:
-                    transport.close()
 
 
 async def stop(server: uvicorn.Server, task: asyncio.Task[None], what: str) -> None:

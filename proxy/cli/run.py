@@ -63,7 +63,8 @@ def run(config_path: Path | None, quiet: bool, with_console: bool | None, worker
     Edits to the config, the policy files and the vault are picked up while it runs; an edit with a mistake is
     reported and the last good version stays in force.
 
-    With a console (see --console), it prints a link with a token once: open it to sign in to the web console.
+    With a console (see --console), it prints a sign-in link for the web console: good once, within 10 minutes
+    (`goex-proxy console link` makes another).
 
     Example: goex-proxy run --config ~/.goex-proxy/config.yaml
     """
@@ -121,19 +122,22 @@ def _console_address(config: Config, wanted: bool | None) -> tuple[str, int] | N
     if wanted is False:
         return None
     address = config.console.listen or (DEFAULT_LISTEN if wanted else None)
-    if address is not None and (problem := exposure_problem(address, config.console.tls)) is not None:
+    if address is not None and (problem := exposure_problem(address, config.console.tls,
+                                                            config.console.public_url)) is not None:
         raise StateError(f"{problem} ({config.file})")
     return address
 
 
 def _serve_console(config: Config, address: tuple[str, int]) -> Any:
-    """What starts the console in `run`'s loop and prints its sign-in link, once (it is never logged)."""
+    """What starts the console in `run`'s loop and prints a sign-in link (it is never logged; `console link` makes
+    more)."""
     async def start() -> Any:
         from ..console.server import serve_console
+        from .console import say_link
 
         served = await serve_console(config, address)
         assert served is not None
-        click.echo(f"goex-proxy console on {served.base}; open (once, to sign in): {served.link}")
+        say_link(served.base, await served.new_link())
         return served
 
     return start

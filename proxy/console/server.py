@@ -1,5 +1,6 @@
 """Serving the console: bound before it starts (a taken port is one clear error), inside a running event loop (for
-`run`, next to the approval links) or on its own (`goex-proxy console`)."""
+`run`, next to the approval links) or on its own (`goex-proxy console`); while it runs, a file in the state directory
+says where (for `goex-proxy console link` and the SSRF guard)."""
 
 from __future__ import annotations
 
@@ -9,47 +10,48 @@ import signal
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import uvicorn
 
 from ..approvalconfig import is_loopback, netloc
 from ..approvals.served import OPTIONS, EmbeddedServer, stop
 from ..config import Config
-from ..consoleconfig import exposure_problem
+from ..consoleconfig import exposure_problem, say_running
 from ..errors import StateError
 from .app import Console, build
-from .auth import Guard, Keys
+from .auth import Guard, Keys, mint_link, redeem_link
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class ConsoleServer:
-    """A running console: its address, the link that signs in (printed once, never logged), `close()` to stop it."""
+    """A running console: its address, where people open it, new sign-in links (printed, never logged), `close()` to
+    stop it."""
 
     server: uvicorn.Server
     task: asyncio.Task[None]
     console: Console
     address: tuple[str, int]
-    scheme: str
+    base: str
+    running_file: Path
 
-    @property
-    def base(self) -> str:
-        return f"{self.scheme}://{netloc(*self.address)}"
-
-    @property
-    def link(self) -> str:
-        return f"{self.base}/?token={self.console.keys.token}"
+    async def new_link(self) -> str:
+        """A sign-in link, good once, for LINK_SECONDS."""
+        return f"{self.base}/?token={await self.console.read(mint_link)}"
 
     async def close(self) -> None:
         self.console.closing.set()
+        self.running_file.unlink(missing_ok=True)
         await stop(self.server, self.task, "console")
         await asyncio.to_thread(self.console.db.close)
 
 
 def bind(config: Config, listen: tuple[str, int]) -> socket.socket:
     """The console's socket, or one clear error: an address beyond this machine without TLS, or a taken port."""
-    if (problem := exposure_problem(listen, config.console.tls)) is not None:
+    if (problem := exposure_problem(listen, config.console.tls, config.console.public_url)) is not None:
         raise StateError(f"{problem} ({config.file})")
     host, port = listen
     try:
@@ -59,13 +61,35 @@ def bind(config: Config, listen: tuple[str, int]) -> socket.socket:
                          f"goex-proxy running? change console.listen in {config.file}, or pass --listen)") from None
 
 
-def hosts_of(address: tuple[str, int]) -> frozenset[str]:
-    """The Host headers the console answers under: its address, and `localhost` for a loopback one."""
+def _own_names(address: tuple[str, int]) -> set[str]:
+    """Its address as a Host (unless it listens on every interface, which is no name to open it at), and
+    `localhost` for a loopback one."""
     host, port = address
-    names = {netloc(host, port).lower()}
+    names = set() if host in ("0.0.0.0", "::") else {netloc(host, port).lower()}
     if is_loopback(host):
         names.add(f"localhost:{port}")
-    return frozenset(names)
+    return names
+
+
+def _public_names(public_url: str | None) -> set[str]:
+    """`console.public_url`'s host as a Host: with its port, and without it when it is the scheme's default."""
+    if public_url is None:
+        return set()
+    parts = urlsplit(public_url)
+    default = 443 if parts.scheme == "https" else 80
+    name, given = (parts.hostname or "").lower(), parts.port or default
+    return {netloc(name, given)} | ({f"[{name}]" if ":" in name else name} if given == default else set())
+
+
+def hosts_of(address: tuple[str, int], public_url: str | None = None) -> frozenset[str]:
+    """The Host headers the console answers under: its own address's and `console.public_url`'s."""
+    return frozenset(_own_names(address) | _public_names(public_url))
+
+
+def origins_of(scheme: str, address: tuple[str, int], public_url: str | None) -> frozenset[str]:
+    """The Origin headers the console's own pages send: its scheme with its own names, and `public_url`'s."""
+    public = {f"{urlsplit(public_url).scheme}://{h}" for h in _public_names(public_url)} if public_url else set()
+    return frozenset({f"{scheme}://{h}" for h in _own_names(address)} | public)
 
 
 def _log_end(task: asyncio.Task[None]) -> None:
@@ -81,12 +105,17 @@ async def serve_console(config: Config, listen: tuple[str, int] | None = None) -
         return None
     sock = bind(config, listen)
     address = sock.getsockname()[:2]
-    scheme = "https" if config.console.tls else "http"
-    hosts = hosts_of(address)
+    tls, public_url = config.console.tls, config.console.public_url
+    scheme = "https" if tls else "http"
+    hosts = hosts_of(address, public_url)
     console = Console(config, Keys())
-    app = Guard(build(console), console.keys, hosts, frozenset(f"{scheme}://{h}" for h in hosts),
-                secure=config.console.tls, port=address[1])
-    tls = config.console.tls
+
+    async def redeem(token: str) -> bool:
+        return bool(await console.read(lambda conn: redeem_link(conn, token)))
+
+    secure = tls or (public_url or "").startswith("https:")
+    app = Guard(build(console), console.keys, redeem, hosts, origins_of(scheme, address, public_url), secure=secure,
+                port=address[1])
     server = EmbeddedServer(uvicorn.Config(app, log_config=None, log_level="warning", access_log=False, lifespan="off",
                                     server_header=False, proxy_headers=False, ws="none", timeout_graceful_shutdown=2, **OPTIONS,
                                     ssl_certfile=str(config.console.tls_cert) if tls else None,
@@ -99,11 +128,17 @@ async def serve_console(config: Config, listen: tuple[str, int] | None = None) -
         sock.close()
         raise StateError("the console could not start" + (" (are console.tls_cert and tls_key a certificate and its "
                                                            "key?)" if tls else ""))
-    return ConsoleServer(server, task, console, address, scheme)
+    base = public_url or f"{scheme}://{netloc(*address)}"
+    try:
+        running = await asyncio.to_thread(say_running, config.state_dir, address, base)
+    except OSError as exc:
+        await stop(server, task, "console")
+        raise StateError(f"cannot write the console's address in {config.state_dir}: {exc.strerror or exc}") from None
+    return ConsoleServer(server, task, console, address, base, running)
 
 
-def run_alone(config: Config, listen: tuple[str, int], say: Callable[[str], None]) -> None:
-    """`goex-proxy console`: serve until SIGINT or SIGTERM, the sign-in link said once through `say`."""
+def run_alone(config: Config, listen: tuple[str, int], say: Callable[[str, str], None]) -> None:
+    """`goex-proxy console`: serve until SIGINT or SIGTERM, its address and a first sign-in link said through `say`."""
 
     async def main() -> None:
         served = await serve_console(config, listen)
@@ -112,7 +147,7 @@ def run_alone(config: Config, listen: tuple[str, int], say: Callable[[str], None
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        say(served.link)
+        say(served.base, await served.new_link())
         try:
             await stop.wait()
         finally:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import ipaddress
 import socket
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from ..globs import Glob, compile_host
 
@@ -80,6 +81,9 @@ class EgressRules:
     links: tuple[str, int] | None = None   # where approval links are served (`approvals.listen`)
     link_host: str | None = None           # the host approval links are written with (`approvals.public_url`)
     console: tuple[str, int] | None = None  # where the web console is served (`console.listen`)
+    #: where the consoles running over the state directory listen (`goex-proxy console --listen` anywhere), as their
+    #: files say: asked at each check, pinned answers included
+    consoles: Callable[[], list[tuple[str, int]]] | None = field(default=None, compare=False)
 
     def refusal(self, host: str, port: int, addresses: list[Address]) -> str | None:
         """Why a connection to `host` at these addresses must not be made, or None if every one may be reached."""
@@ -92,6 +96,8 @@ class EgressRules:
                 return f"{host} is {ip}, where goex-proxy serves approval links, which no agent may reach"
             if self.console is not None and _is_listener(self.console, ip, port):
                 return f"{host} is {ip}, where goex-proxy serves its web console, which no agent may reach"
+            if (why := self.console_refusal(host, port, [ip])) is not None:
+                return why
             if not self.block_private:
                 continue
             why = address_class(ip)
@@ -102,6 +108,15 @@ class EgressRules:
             said = f"{host} is {ip}" if str(ip) != host.strip("[]") else f"{ip} is"
             return (f"{said} {why}; only upstream.routes and upstream.allow_private may reach such addresses "
                     "(SSRF guard)")
+        return None
+
+    def console_refusal(self, host: str, port: int, addresses: list[Address]) -> str | None:
+        """Why these addresses are a running console's, which no agent may reach (it may have started after they
+        were pinned)."""
+        running = self.consoles() if self.consoles is not None else []
+        for ip in addresses:
+            if any(_is_listener(listen, ip, port) for listen in running):
+                return f"{host} is {ip}, where goex-proxy serves its web console, which no agent may reach"
         return None
 
 
@@ -144,6 +159,8 @@ class Pins:
         host = host.lower().rstrip(".")
         pinned = self._pins.get((host, port))
         if pinned is not None and not fresh and pinned[1] > time.monotonic():
+            if (why := rules.console_refusal(host, port, pinned[0])) is not None:
+                raise Blocked(why)
             return pinned[0]
         literal = literal_address(host)
         if literal is not None:

@@ -50,8 +50,11 @@ def test_no_console_section_serves_none_from_run_and_a_section_defaults_to_loopb
 def test_a_console_beyond_this_machine_needs_tls(tmp_path: Path) -> None:
     found = problems(tmp_path, "console: {listen: '0.0.0.0:8791'}\n")
     assert len(found) == 1 and "not a loopback address" in found[0] and "TLS" in found[0], found
-    tls = load_config(write_config(tmp_path, "console: {listen: '0.0.0.0:8791', tls_cert: c.pem, tls_key: k.pem}\n"))
+    tls = load_config(write_config(tmp_path, "console: {listen: '0.0.0.0:8791', tls_cert: c.pem, tls_key: k.pem, "
+                                             "public_url: 'https://console.example:8791'}\n"))
     assert tls.console.tls and tls.console.tls_cert == tmp_path / "c.pem"
+    nameless = problems(tmp_path, "console: {listen: '0.0.0.0:8791', tls_cert: c.pem, tls_key: k.pem}\n")
+    assert len(nameless) == 1 and "console.public_url" in nameless[0], nameless
     assert any("both tls_cert and tls_key" in p for p in problems(tmp_path, "console: {tls_cert: c.pem}\n"))
     assert any("HOST:PORT" in p for p in problems(tmp_path, "console: {listen: 8791}\n"))
 
@@ -92,10 +95,15 @@ class Running:
             serve_console(config, ("127.0.0.1", 0)), self.loop).result(10)  # type: ignore[assignment]
         self.base = self.served.base
 
+    def token(self) -> str:
+        """A new sign-in link's token, minted as `goex-proxy console link` does."""
+        link = asyncio.run_coroutine_threadsafe(self.served.new_link(), self.loop).result(10)
+        return link.partition("?token=")[2]
+
     def client(self, signed_in: bool = True) -> httpx.Client:
         client = httpx.Client(base_url=self.base, timeout=10)
         if signed_in:
-            r = client.get(f"/?token={self.served.console.keys.token}")
+            r = client.get(f"/?token={self.token()}")
             assert r.status_code == 303 and r.headers["location"] == "/"
         return client
 
@@ -134,11 +142,11 @@ def test_nothing_answers_without_the_token_and_a_wrong_token_opens_nothing(conso
 
 def test_the_token_is_traded_for_a_strict_httponly_cookie_and_a_url_without_it(console: Running) -> None:
     client = httpx.Client(base_url=console.base)
-    r = client.get(f"/approvals?token={console.served.console.keys.token}&x=1")
+    token = console.token()
+    r = client.get(f"/approvals?token={token}&x=1")
     assert r.status_code == 303 and r.headers["location"] == "/approvals?x=1"
     cookie = r.headers["set-cookie"].lower()
-    assert "httponly" in cookie and "samesite=strict" in cookie and console.served.console.keys.token.lower() \
-        not in cookie
+    assert "httponly" in cookie and "samesite=strict" in cookie and token.lower() not in cookie
     page = client.get("/")
     assert page.status_code == 200 and "Requests" in page.text
     assert page.headers["referrer-policy"] == "same-origin" and page.headers["cache-control"] == "no-store"
@@ -159,7 +167,7 @@ def test_a_host_other_than_the_consoles_own_is_refused(console: Running) -> None
     for host in (f"attacker.example:{port}", "127.0.0.1", f"127.0.0.1:{port + 1}"):
         assert client.get("/", headers={"Host": host}).status_code == 400, host
     fresh = httpx.Client(base_url=console.base)
-    r = fresh.get(f"/?token={console.served.console.keys.token}", headers={"Host": f"rebound.example:{port}"})
+    r = fresh.get(f"/?token={console.token()}", headers={"Host": f"rebound.example:{port}"})
     assert r.status_code == 400 and "set-cookie" not in r.headers
 
 
@@ -285,18 +293,18 @@ def test_a_console_with_tls_is_served_over_https_with_a_secure_cookie(tmp_path: 
             httpx.get(running.base.replace("https", "http") + "/", timeout=5)
         client = httpx.Client(base_url=running.base, verify=ssl.create_default_context(cafile=tmp_path / "ca.pem"),
                               timeout=10)
-        r = client.get(f"/?token={running.served.console.keys.token}")
-        assert r.status_code == 303 and "secure" in r.headers["set-cookie"].lower()
+        r = client.get(f"/?token={running.token()}")
+        cookie = r.headers["set-cookie"].lower()
+        assert r.status_code == 303 and "secure" in cookie and cookie.startswith(f"__host-goex_console_{running.served.address[1]}=")
         assert client.get("/").status_code == 200
     finally:
         running.close()
 
 
 def test_signing_in_never_redirects_off_the_console(console: Running) -> None:
-    token = console.served.console.keys.token
     client = httpx.Client(base_url=console.base)
     for path in ("//evil.example/", "/%2F%2Fevil.example", "/\\evil.example"):
-        r = client.get(f"{path}?token={token}")
+        r = client.get(f"{path}?token={console.token()}")
         location = r.headers.get("location", "")
         assert r.status_code in (303, 401) and not location.startswith(("//", "/\\")), (path, location)
 
@@ -304,7 +312,7 @@ def test_signing_in_never_redirects_off_the_console(console: Running) -> None:
 def test_a_cookie_of_the_same_name_from_another_local_server_does_not_sign_the_person_out(console: Running) -> None:
     port = console.served.address[1]
     signed = httpx.Client(base_url=console.base)
-    signed.get(f"/?token={console.served.console.keys.token}")
+    signed.get(f"/?token={console.token()}")
     session = signed.cookies[f"goex_console_{port}"]
     anonymous = httpx.Client(base_url=console.base)
     both = f"goex_console_{port}=planted; goex_console_{port}={session}"
