@@ -308,3 +308,25 @@ def test_past_the_connection_cap_the_oldest_waiting_connection_makes_room(
     finally:
         for s in held:
             s.close()
+
+
+def test_the_next_request_on_a_kept_alive_connection_has_the_same_head_deadline(
+        console: Running, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(HeadTimedProtocol, "head_seconds", 1.0)
+    with socket.create_connection(("127.0.0.1", console.served.address[1]), timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: " + console.base.split("//")[1].encode() + b"\r\n\r\n")
+        answer = b""
+        while b"Not signed in" not in answer:
+            answer += s.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 401")
+        time.sleep(1.5)  # idle between requests, within the keep-alive time: still open
+        s.sendall(b"GET /approvals HTTP/1.1\r\n")
+        started = time.monotonic()
+        while time.monotonic() - started < 3.0 and not _closed(s):
+            s.setblocking(True)
+            try:
+                s.sendall(b"X")  # a byte at a time: the keep-alive timer alone would never fire
+            except OSError:
+                break
+            time.sleep(0.2)
+        assert _closed(s) and time.monotonic() - started < 2.0, "closed a second after its first byte"
