@@ -88,12 +88,105 @@ class _Builder:
 _FAST_LOADER: Any = getattr(yaml, "CSafeLoader", None)
 
 
+class _Unusual(Exception):
+    """What the event reader leaves to the composer: anchors, aliases, explicit tags, merge keys, values that do not
+    read as their tag, duplicate keys, several documents."""
+
+
+_PLAIN_TAGS = (None, "!")
+_MERGE, _VALUE = "tag:yaml.org,2002:merge", "tag:yaml.org,2002:value"
+
+
+def _from_events(loader: Any) -> Any:
+    """The document read straight from libyaml's events, as `_Builder` builds it from nodes: the node tree of a
+    10,000-rule policy cost half its load. Raises `_Unusual` for anything but plain mappings, lists and scalars."""
+    get = loader.get_event
+    resolve = loader.resolve
+    get()  # the stream's start
+    event = get()
+    if isinstance(event, yaml.StreamEndEvent):
+        return None
+    root: list[Any] = []
+    # Frames: [container, key of the value awaited (None: a key is awaited), key's position]
+    stack: list[list[Any]] = [[root, None, None]]
+    while True:
+        event = get()
+        cls = type(event)
+        if cls is yaml.DocumentEndEvent:
+            break
+        frame = stack[-1]
+        container = frame[0]
+        if cls is yaml.MappingEndEvent or cls is yaml.SequenceEndEvent:
+            stack.pop()
+            continue
+        if event.anchor is not None or cls is yaml.AliasEvent:
+            raise _Unusual
+        mark = event.start_mark
+        pos = (mark.line + 1, mark.column + 1)
+        if cls is yaml.ScalarEvent:
+            if event.tag not in _PLAIN_TAGS:
+                raise _Unusual
+            tag = resolve(yaml.ScalarNode, event.value, event.implicit)
+            if tag == _STR:
+                value: Any = event.value
+            elif tag == _MERGE or tag == _VALUE:
+                raise _Unusual
+            else:
+                try:
+                    value = loader.construct_object(yaml.ScalarNode(tag, event.value, mark, event.end_mark,
+                                                                    event.style), deep=True)
+                except Exception:  # noqa: BLE001 - the composer's reading words the problem
+                    raise _Unusual from None
+            child: Any = None
+        elif event.tag not in _PLAIN_TAGS:
+            raise _Unusual
+        elif cls is yaml.MappingStartEvent:
+            value = child = YMap()
+            value.pos = pos
+        else:
+            value = child = YList()
+            value.pos, value.item_pos = pos, []
+        if type(container) is YList:
+            container.append(value)
+            container.item_pos.append(pos)
+        elif container is root:
+            root.append(value)
+        elif frame[1] is None:   # a key
+            if child is not None:
+                raise _Unusual
+            key = value if isinstance(value, str) else str(value)
+            if key in container:
+                raise _Unusual
+            frame[1], frame[2] = key, pos
+            continue
+        else:
+            key = frame[1]
+            container[key] = value
+            container.key_pos[key], container.value_pos[key] = frame[2], pos
+            frame[1] = None
+        if child is not None:
+            stack.append([child, None, None])
+    if not isinstance(get(), yaml.StreamEndEvent):
+        raise _Unusual
+    return root[0]
+
+
 def _fast(text: str, file: str) -> tuple[Any, list[Problem]] | None:
-    """The document composed by libyaml and built as `load` builds it; None when libyaml is missing, the text holds a
-    character YAML forbids, or libyaml finds any error: then the pure-Python loader reads it again, so that a
-    document's problems are worded (and located) the same way whichever loader is installed."""
+    """The document read by libyaml and built as `load` builds it (from its events, or from its nodes when it has
+    anything unusual); None when libyaml is missing, the text holds a character YAML forbids, or libyaml finds any
+    problem: then the pure-Python loader reads it again, so that a document's problems are worded (and located) the
+    same way whichever loader is installed."""
     if _FAST_LOADER is None or yaml.reader.Reader.NON_PRINTABLE.search(text):
         return None
+    loader = _FAST_LOADER(text)
+    try:
+        return _from_events(loader), []
+    except _Unusual:
+        pass
+    except (yaml.YAMLError, RecursionError, ValueError):
+        return None
+    finally:
+        loader.dispose()
     problems: list[Problem] = []
     loader = _FAST_LOADER(text)
     try:

@@ -221,15 +221,25 @@ class _Node:
         self.end: list[Candidate] = []      # may match a path that ends here
 
     def walk(self, parts: list[str], out: list[Candidate]) -> None:
-        """Add the candidates for a path's segment keys, in no particular order. Each node is at one depth and so is
-        visited at most once per walk: the time is bounded by the index's size, whatever the path."""
+        """Add the candidates for a path's segment keys, and for the path with a last '/' added or taken away, in no
+        particular order. Each node is at one depth and so is visited at most once: the time is bounded by the index's
+        size, whatever the path."""
+        n = len(parts)
+        slashed = n > 0 and parts[-1] == ""   # '/a/': also '/a'; '/a': also '/a/'
         stack: list[tuple[_Node, int]] = [(self, 0)]
         while stack:
             node, i = stack.pop()
             out += node.below
-            if i == len(parts):
+            if i == n:
                 out += node.end
+                if not slashed:
+                    for extra in (node.literal.get(""), node.star):
+                        if extra is not None:
+                            out += extra.below
+                            out += extra.end
                 continue
+            if slashed and i == n - 1:
+                out += node.end
             if node.star is not None:
                 stack.append((node.star, i + 1))
             child = node.literal.get(parts[i])
@@ -274,9 +284,7 @@ class _PathIndex:
             if not path.startswith("/"):
                 self.root.walk([], out)   # not a path (raw TCP): only rules that match any path
                 continue
-            parts = _segment_key(path)[1:].split("/")   # folding keeps every '/' where it was
-            self.root.walk(parts, out)
-            self.root.walk(parts[:-1] if parts[-1] == "" else [*parts, ""], out)
+            self.root.walk(_segment_key(path)[1:].split("/"), out)   # folding keeps every '/' where it was
 
 
 #: Hosts whose glob-host rules are remembered (a cache, cleared when full: agents name few hosts).
@@ -339,7 +347,8 @@ class PolicySet:
         if index is not None:
             index.find(paths, out)
         wild: list[Candidate] = []
-        self._wild_paths.find(paths, wild)
+        if self._wild:
+            self._wild_paths.find(paths, wild)
         if wild:
             matching = self._wild_matching(host)
             out += (c for c in wild if c.order in matching)

@@ -180,7 +180,11 @@ def test_libyaml_reads_every_yaml_file_of_the_project_as_the_pure_python_loader_
     files = sorted({*REPO.glob("policies/**/*.yaml"), *REPO.glob("tests/**/*.yaml"), REPO / "config.example.yaml"})
     texts = [f.read_text(encoding="utf-8") for f in files] + [
         "a: 1\na: 2\n", "x: !!int nope\n", "- &a [*a]\n", "a: [1, 2\n", "k: \x00\n", "<<: {a: 1}\nb: !!binary aGk=\n",
-        "t: 2024-01-01\nf: 1.5\nn: ~\nb: yes\n", "", "# only a comment\n", "s: 'it''s'\nd: \"\\u00e9\\t\"\n"]
+        "t: 2024-01-01\nf: 1.5\nn: ~\nb: yes\n", "", "# only a comment\n", "s: 'it''s'\nd: \"\\u00e9\\t\"\n",
+        "1: a\ntrue: b\n~: c\n: d\n", "a:\nb: |\n  x\n  y\nc: >\n  p\n  q\n", "? [a, b]\n: c\n", "---\na\n---\nb\n",
+        "x: !foo bar\n", "x: !!str 1\n", "&a x\n", "a: &x {b: 1}\nc: *x\n", "a: {b: [1, {c: d}], e: []}\n- x\n",
+        "rules:\n  - {name: \"r\", allow: {host: h, paths: [\"/a/**\", \"/b\"]}}\n  - name: s\n    deny: {host: h}\n",
+        "~\n", "[1, 2.5, 0x1f, .inf, null, '', \"\"]\n", "a: =\n", "=: a\n", "é: ü\n  # indented comment\n"]
     assert len(texts) > 20
     for text in texts:
         fast = yamlsrc.load(text, "f.yaml")
