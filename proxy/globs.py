@@ -195,14 +195,9 @@ def _translate(pattern: str, separator: str) -> str:
     return "".join(out)
 
 
-#: What makes a glob more than its literal text, and the characters whose use `_translate` checks.
-_WILD = frozenset("*?{}")
-_BRACES = frozenset("{}[]")
-
-
 def _checked(pattern: str, separator: str) -> None:
     """Raise the problem `_translate` would find in a glob; only braces and brackets can have one."""
-    if not _BRACES.isdisjoint(pattern):
+    if "{" in pattern or "}" in pattern or "[" in pattern or "]" in pattern:
         _translate(pattern, separator)
 
 
@@ -216,7 +211,7 @@ def compile_path(pattern: str) -> Glob:
 @functools.lru_cache(maxsize=4096)
 def _path_glob(pattern: str) -> Glob:
     _checked(pattern, "/")
-    literal = None if not _WILD.isdisjoint(pattern) else pattern
+    literal = None if "*" in pattern or "?" in pattern or "{" in pattern or "}" in pattern else pattern
     return Glob(pattern, "/", literal, None if literal is not None else _simple(pattern))
 
 
@@ -231,5 +226,5 @@ def compile_host(pattern: str) -> Glob:
 def _host_glob(pattern: str) -> Glob:
     """One glob object per pattern: a policy names one host in many rules."""
     _checked(pattern, ".")
-    literal = None if not _WILD.isdisjoint(pattern) else pattern
+    literal = None if "*" in pattern or "?" in pattern or "{" in pattern or "}" in pattern else pattern
     return Glob(pattern, ".", literal)

@@ -247,9 +247,6 @@ class _Node:
                 stack.append((child, i + 1))
 
 
-_WILDCARDS = frozenset("*?{")
-
-
 class _PathIndex:
     """Candidate rules by the segments of their path globs: a rule is found for every path its globs could match, in
     any case and with or without a trailing slash (a superset; the rule itself then decides). Literal segments are
@@ -270,7 +267,7 @@ class _PathIndex:
         for segment in pattern[1:].split("/"):
             if "**" in segment or segment.count("{") != segment.count("}") or not segment.isascii():
                 return node, True
-            if not _WILDCARDS.isdisjoint(segment):
+            if "*" in segment or "?" in segment or "{" in segment:
                 if node.star is None:
                     node.star = _Node()
                 node = node.star
