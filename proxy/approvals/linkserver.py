@@ -30,7 +30,7 @@ from ..audit import store as audit
 from ..config import Config
 from ..errors import GoexError, StateError
 from . import store
-from .served import OPTIONS, EmbeddedServer, stop
+from .served import OPTIONS, EmbeddedServer, listening_socket, stop
 
 log = logging.getLogger(__name__)
 
@@ -317,7 +317,7 @@ def _bind(config: Config) -> socket.socket:
     assert config.approvals.listen is not None
     host, port = config.approvals.listen
     try:
-        return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+        return listening_socket(host, port)
     except OSError as exc:
         raise StateError(f"cannot serve approval links on {netloc(host, port)}: {exc.strerror or exc} (change "
                          f"approvals.listen in {config.file})") from None

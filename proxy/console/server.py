@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import uvicorn
 
 from ..approvalconfig import is_loopback, netloc
-from ..approvals.served import OPTIONS, EmbeddedServer, stop
+from ..approvals.served import OPTIONS, EmbeddedServer, listening_socket, stop
 from ..config import Config
 from ..consoleconfig import exposure_problem, say_running
 from ..errors import StateError
@@ -55,7 +55,7 @@ def bind(config: Config, listen: tuple[str, int]) -> socket.socket:
         raise StateError(f"{problem} ({config.file})")
     host, port = listen
     try:
-        return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+        return listening_socket(host, port)
     except OSError as exc:
         raise StateError(f"cannot serve the console on {netloc(host, port)}: {exc.strerror or exc} (is another "
                          f"goex-proxy running? change console.listen in {config.file}, or pass --listen)") from None

@@ -330,3 +330,16 @@ def test_the_next_request_on_a_kept_alive_connection_has_the_same_head_deadline(
                 break
             time.sleep(0.2)
         assert _closed(s) and time.monotonic() - started < 2.0, "closed a second after its first byte"
+
+
+def test_console_connections_send_at_once() -> None:
+    """The console's and link server's connections have TCP_NODELAY (asyncio sets it only on sockets it made): without
+    it a page's body waited 40 ms for the browser's delayed ACK on every request after a connection's first."""
+    import socket
+
+    from goex_proxy.approvals.served import listening_socket
+
+    with listening_socket("127.0.0.1", 0) as server, socket.create_connection(server.getsockname()[:2]):
+        accepted, _ = server.accept()
+        with accepted:
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
