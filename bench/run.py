@@ -9,6 +9,7 @@ command and how fast a jailed run's file changes are kept and undone.
     python bench/run.py --only decide      # one part: throughput | decide | scale | log | undoplan | preimage | review | dos | console
                                            # (comma-separated for several; `undo` is undoplan,preimage)
     python bench/run.py --only jail        # optional: jailed vs --no-jail exec start, keep/undo of 1,000 files (~2 min)
+    python bench/run.py --only scrub       # optional: scrubbing echoes of 0-1,000 secrets, alone and end to end (~4 min)
     python bench/run.py --only workers     # optional: run --workers 2 vs --workers 1 vs bare mitmdump (~3 minutes)
     python bench/run.py --only throughput --rounds 7 --duration 8
 
@@ -34,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PYTHON, Processes  # noqa: E402
 
 PARTS = ("throughput", "decide", "scale", "log", "undoplan", "preimage", "review", "dos", "console")
-OPTIONAL_PARTS = ("profile", "jail", "workers")
+OPTIONAL_PARTS = ("profile", "jail", "workers", "scrub")
 ALIASES = {"undo": ("undoplan", "preimage")}
 
 
@@ -143,6 +144,13 @@ def main(argv: list[str] | None = None) -> int:
                 latency_rounds=0 if args.no_latency else args.rounds,
                 latency_duration=max(1.0, args.duration / 2), loadgen=args.loadgen, verbose=not args.quiet,
                 keep=args.keep)
+            sections.append(text)
+            print(text + "\n", flush=True)
+        if "scrub" in args.parts:
+            import scrub_bench
+
+            text, results["scrub"] = scrub_bench.run_all(procs, quick=args.quick, rounds=args.rounds, say=say,
+                                                         keep=args.keep)
             sections.append(text)
             print(text + "\n", flush=True)
         if "workers" in args.parts:

@@ -4,6 +4,16 @@ building the scrubber takes at 5,000 spellings (an OAuth2 credential refreshed h
 
     python bench/scrub_bench.py                 # or: python bench/run.py --only scrub
     python bench/scrub_bench.py --quick
+    python bench/scrub_bench.py --e2e           # also through real `goex-proxy run`s (about 2 minutes more)
+    python bench/scrub_bench.py --e2e --compare-tree DIR   # and the same proxies run from another checkout
+
+End to end (`--e2e`): one `goex-proxy run` per number of secrets (0 / 1 / 100, each secret a credential whose
+secret comes from the environment; the scrubber scrubs every answer, whichever host it is from), all running at once
+and measured in turn, alternating, with the load generator of the throughput bench (plain HTTP, keep-alive) against
+an upstream that answers the same pretty-printed JSON of 1 KB or 100 KB. Ratios are req/s over the 0-secrets proxy's in
+the same round. `--compare-tree DIR` runs a second set of proxies with DIR on PYTHONPATH, DIR holding a package
+`goex_proxy` laid out as installed (proxy/ with addons/ and policies/ inside): the code before a change, measured side
+by side with the working tree's (or with `--tree DIR`'s, another such directory: two commits side by side).
 
 Per body it does what the proxy does for one upstream answer without a secret in it: the record stage's
 `scrubber.bytes(body)` (the audit row) and the scrub stage's stream over the status reason, the header fields
@@ -14,10 +24,13 @@ gives medians of rounds. The 0-secrets scrubber is the one the proxy runs withou
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import random
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,7 +38,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import table  # noqa: E402
+from common import PYTHON, Processes, free_port, table, wait_port  # noqa: E402
 
 SECRET_COUNTS = (0, 1, 100, 1000)
 BODY_SIZES = (1_000, 100_000)
@@ -188,16 +201,149 @@ def run(rounds: int = 5, budget: float = 0.25, refresh_count: int = 48, say: Cal
     return text, results
 
 
+E2E_COUNTS = (0, 1, 100)
+
+
+def serve(ports: list[int]) -> None:
+    """The upstream: on each port, every GET is answered with the body of the size at the same place in BODY_SIZES."""
+
+    def responder(content: bytes) -> Callable[[], asyncio.Protocol]:
+        response = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: " + str(len(content)).encode()
+                    + b"\r\nServer: scrub-bench\r\n\r\n" + content)
+
+        class Answer(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                self.transport, self.buf = transport, b""
+
+            def data_received(self, data: bytes) -> None:
+                self.buf += data
+                while (end := self.buf.find(b"\r\n\r\n")) >= 0:  # GETs: no request bodies
+                    self.buf = self.buf[end + 4:]
+                    self.transport.write(response)  # type: ignore[attr-defined]
+
+        return Answer
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for port, size in zip(ports, BODY_SIZES, strict=True):
+            await loop.create_server(responder(body(size)), "127.0.0.1", port)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+def credentials_yaml(values: list[str], prefix: str) -> str:
+    """One credential per secret, each read from an environment variable this process sets."""
+    lines = ["credentials:"] if values else []
+    for i, value in enumerate(values):
+        os.environ[f"{prefix}{i}"] = value
+        lines += [f"  c{i}:", f"    secret: {{env: {prefix}{i}}}", f"    hosts: [c{i}.scrub-bench.example]",
+                  '    inject: {header: Authorization, value: "Bearer {secret}"}']
+    return "\n".join(lines) + "\n"
+
+
+def run_e2e(procs: Processes, rounds: int = 3, duration: float = 3.0, conns: int = 10, compare: Path | None = None,
+            tree: Path | None = None, keep: bool = False, say: Callable[..., Any] = print) -> tuple[str, dict[str, Any]]:
+    import trustme
+    from throughput import Bench
+
+    bench = Bench(procs, Path(tempfile.mkdtemp(prefix="goex-scrub-bench-")))
+    try:
+        ports = [free_port() for _ in BODY_SIZES]
+        bench.upstream = procs.start([PYTHON, str(Path(__file__).resolve()), "--upstream", *map(str, ports)],
+                                     log=bench.dir / "upstream.log")
+        for port in ports:
+            wait_port(port, bench.upstream, what="scrub bench upstream")
+        bench.upstream_ca = bench.dir / "unused-ca.pem"  # the config names one; every request here is plain HTTP
+        trustme.CA().cert_pem.write_to_path(str(bench.upstream_ca))
+        bench.http_port = ports[0]
+        trees = {"": tree, **({"old ": compare} if compare else {})}
+        for label, tree in trees.items():
+            for n in E2E_COUNTS:
+                saved = os.environ.get("PYTHONPATH")
+                if tree is not None:
+                    os.environ["PYTHONPATH"] = str(tree)
+                try:
+                    name = f"{label}{n} secrets"
+                    say(f"[scrub] starting goex-proxy with {n} secrets{' from ' + str(tree) if tree else ''}", flush=True)
+                    bench.proxies[name] = bench._start_goex(name.replace(" ", "-"),
+                                                            config_lines=credentials_yaml(secrets(n), "SCRUB_BENCH_S"))
+                finally:
+                    if tree is not None:
+                        if saved is None:
+                            os.environ.pop("PYTHONPATH", None)
+                        else:
+                            os.environ["PYTHONPATH"] = saved
+        names = list(bench.proxies)
+        runs: dict[tuple[str, int], list[Any]] = {(name, size): [] for name in names for size in BODY_SIZES}
+        for r in range(rounds):
+            for port, size in zip(ports, BODY_SIZES, strict=True):
+                bench.http_port = port
+                for name in names if r % 2 == 0 else reversed(names):
+                    runs[name, size].append(bench.measure(name, "http", conns, duration))
+            say(f"[scrub] end-to-end round {r + 1}/{rounds} done", flush=True)
+        results: dict[str, Any] = {}
+        rows = []
+        for label in trees:
+            for size in BODY_SIZES:
+                base = runs[f"{label}0 secrets", size]
+                for n in E2E_COUNTS:
+                    mine = runs[f"{label}{n} secrets", size]
+                    ratio = statistics.median(m.rps / b.rps for m, b in zip(mine, base, strict=True))
+                    rps = statistics.median(m.rps for m in mine)
+                    cpu = statistics.median(m.cpu_us_per_req for m in mine)
+                    errors = sum(sum(m.errors.values()) for m in mine if m.errors)
+                    results[f"{label}{n}x{size}"] = {"rps": rps, "ratio": ratio, "cpu_us_per_req": cpu, "errors": errors}
+                    rows.append([(label or "working tree ").strip(), f"{size // 1000} KB", f"{n:,}", f"{rps:,.0f}",
+                                 f"{ratio:.3f}", f"{cpu:,.0f}", str(errors)])
+        text = table(["code", "body", "secrets", "req/s (median)", "/ 0 secrets", "proxy CPU us/req", "errors"], rows,
+                     title=f"end to end: goex-proxy run, plain HTTP, {conns} connections, {rounds} rounds of {duration:g} s")
+        return text, results
+    except SystemExit:
+        keep = True
+        raise
+    finally:
+        bench.close(keep, "scrub bench")
+
+
+def run_all(procs: Processes, quick: bool = False, rounds: int | None = None, say: Callable[..., Any] = print,
+            keep: bool = False) -> tuple[str, dict[str, Any]]:
+    """Both parts, as `bench/run.py --only scrub` runs them."""
+    rounds = rounds or (3 if quick else 5)
+    alone, results = run(rounds=rounds, budget=0.1 if quick else 0.25, refresh_count=12 if quick else 48, say=say)
+    e2e, results["e2e"] = run_e2e(procs, rounds=rounds, duration=1.5 if quick else 3.0, keep=keep, say=say)
+    return alone + "\n\n" + e2e, results
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--rounds", type=int)
+    p.add_argument("--e2e", action="store_true", help="also measure through real proxies")
+    p.add_argument("--e2e-only", action="store_true", help="only the end-to-end part")
+    p.add_argument("--compare-tree", type=Path, help="a directory with an older goex_proxy package to run as well")
+    p.add_argument("--tree", type=Path, help="a directory with the goex_proxy package to run (default: as installed)")
+    p.add_argument("--duration", type=float, help="seconds per end-to-end run (default 3; quick 1.5)")
+    p.add_argument("--keep", action="store_true")
+    p.add_argument("--upstream", type=int, nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    text, _ = run(rounds=args.rounds or (3 if args.quick else 5), budget=0.1 if args.quick else 0.25,
-                  refresh_count=12 if args.quick else 48)
-    print(text)
+    if args.upstream:
+        serve(args.upstream)
+        return 0
+    rounds = args.rounds or (3 if args.quick else 5)
+    if not args.e2e_only:
+        text, _ = run(rounds=rounds, budget=0.1 if args.quick else 0.25, refresh_count=12 if args.quick else 48)
+        print(text)
+    if args.e2e or args.e2e_only:
+        procs = Processes()
+        try:
+            text, _ = run_e2e(procs, rounds=rounds, duration=args.duration or (1.5 if args.quick else 3.0),
+                              compare=args.compare_tree, tree=args.tree, keep=args.keep)
+        finally:
+            procs.stop_all()
+        print(text)
     return 0
 
 
