@@ -268,8 +268,9 @@ class Checker:
             if key not in allowed:
                 choices = ", ".join(sorted(allowed))
                 self.error(value.key_pos[key], f"unknown key '{key}' in '{where}' (expected one of: {choices})")
-        for key in sorted(required - set(value)):
-            self.error(value.pos, f"'{where}' is missing the required key '{key}'")
+        if any(key not in value for key in required):
+            for key in sorted(required - set(value)):
+                self.error(value.pos, f"'{where}' is missing the required key '{key}'")
         return value
 
     def at(self, parent: YMap, key: str) -> Pos:

@@ -272,7 +272,11 @@ class _PathIndex:
                     node.star = _Node()
                 node = node.star
             else:
-                node = node.literal.setdefault(segment.lower(), _Node())
+                key = segment.lower()
+                child = node.literal.get(key)
+                if child is None:
+                    child = node.literal[key] = _Node()
+                node = child
         return node, False
 
     def find(self, paths: Iterable[str], out: list[Candidate]) -> None:

@@ -21,6 +21,8 @@ _RULE_KEYS = {"name", "allow", "deny", "description", "rewrite"}
 _ROUTING_KEYS = {"path_case", "trailing_slash"}
 _MATCH_KEYS = {"host", "hosts", "method", "methods", "path", "paths", "agents", "when", "protocol", "ports",
                *_ROUTING_KEYS}
+_ALLOW_KEYS = _MATCH_KEYS | {"limit", "duplicate_keys", "hold", "delay"}
+_DENY_KEYS = _MATCH_KEYS | {"reason"}
 #: key -> (the one value it takes, what leaving it out means)
 _FLAGS = {
     "path_case": ("insensitive", "leave it out to match paths as written"),
@@ -149,7 +151,7 @@ class RuleReader:
         if rewrite is not None and (effect != "allow" or rewrite != "reversible"):
             self.check.error(self.check.at(r, "rewrite"), f"'{where}.rewrite' can only be 'reversible', on an allow "
                                                           f"rule (got {rewrite!r})")
-        allowed = _MATCH_KEYS | ({"limit", "duplicate_keys", "hold", "delay"} if effect == "allow" else {"reason"})
+        allowed = _ALLOW_KEYS if effect == "allow" else _DENY_KEYS
         m = self.check.mapping(r[effect], f"{where}.{effect}", self.check.at(r, effect), allowed)
         if m is None:
             return None
