@@ -264,19 +264,23 @@ class _PathIndex:
 
     def _place(self, pattern: str) -> tuple[_Node, bool]:
         node = self.root
-        for segment in pattern[1:].split("/"):
-            if "**" in segment or segment.count("{") != segment.count("}") or not segment.isascii():
-                return node, True
-            if "*" in segment or "?" in segment or "{" in segment:
+        plain = pattern.isascii()
+        for segment in (pattern.lower() if plain else pattern)[1:].split("/"):
+            if "*" in segment or "?" in segment or "{" in segment or "}" in segment:
+                if "**" in segment or segment.count("{") != segment.count("}"):
+                    return node, True
                 if node.star is None:
                     node.star = _Node()
                 node = node.star
-            else:
-                key = segment.lower()
-                child = node.literal.get(key)
-                if child is None:
-                    child = node.literal[key] = _Node()
-                node = child
+                continue
+            if not plain:
+                if not segment.isascii():
+                    return node, True
+                segment = segment.lower()
+            child = node.literal.get(segment)
+            if child is None:
+                child = node.literal[segment] = _Node()
+            node = child
         return node, False
 
     def find(self, paths: Iterable[str], out: list[Candidate]) -> None:
@@ -319,7 +323,7 @@ class PolicySet:
         for policy in policies:
             for rule in policy.rules:
                 literals = [h.literal for h in rule.hosts]
-                if rule.hosts and all(lit is not None for lit in literals):
+                if rule.hosts and None not in literals:
                     for lit in dict.fromkeys(literals):
                         by_host.setdefault(lit, []).append((rule, policy))  # type: ignore[arg-type]
                 else:
