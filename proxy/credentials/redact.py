@@ -101,8 +101,9 @@ class _Layer:
 
 
 #: Bodies at least this long are remembered (the last few, by value) with what the scrubber found in them: the record
-#: stage scrubs an answer's body for the audit log, then the scrub stage the same bytes for the agent; one scan.
-_MEMO_MIN, _MEMO_MAX, _MEMO_ENTRIES = 4096, 8 << 20, 4
+#: stage scrubs an answer's body for the audit log, then the scrub stage the same bytes for the agent; one scan. At
+#: most 4 bodies of up to 4 MiB each, with their joined lines, are held (32 MiB); a larger body is scanned twice.
+_MEMO_MIN, _MEMO_MAX, _MEMO_ENTRIES = 4096, 4 << 20, 4
 
 
 class SecretScrubber:
