@@ -14,7 +14,7 @@ from typing import Any
 from ..errors import AuditError
 from .gaps import Gap, gap_holds, gaps
 from .seal import Anchor
-from .store import row_hash
+from .store import OUTCOME_FIELDS, outcome_hash, row_hash
 
 #: Undo classes of rows undo can still take back (unguarded ones with --force): kept until undone, unless asked.
 UNDOABLE = ("exact", "needs-preimage", "lossy", "unguarded")
@@ -28,11 +28,17 @@ SLACK_S = 86400.0
 #: Why a row older than the cutoff stays, as `log prune` reports it.
 KEPT_UNDOABLE, KEPT_LIMIT, KEPT_WAITING, KEPT_OPEN = ("still undoable", "counts against a limit",
                                                       "waiting for a person", "its outcome not recorded yet")
+#: A row with no outcome is kept this long (its request may still end); an older one was in flight when its proxy
+#: died, and goes like any other.
+IN_FLIGHT_S = 7 * 86400.0
+#: The undo journal's state of a step that was carried out (as `undo.run` writes it).
+DONE = "done"
 
 
 @dataclass
 class Pruned:
-    """What a prune did: rows removed, gap records written or extended, and the older rows kept, by why."""
+    """What a prune did: rows removed, the change in the number of gap records (gaps joined into one count less), and
+    the older rows kept, by why."""
 
     rows: int = 0
     gaps: int = 0
@@ -40,21 +46,30 @@ class Pruned:
 
 
 def _kept_because(conn: sqlite3.Connection, row: dict[str, Any], windows: dict[str, float | None], now: float,
-                  include_undoable: bool) -> str | None:
+                  before: float, include_undoable: bool) -> str | None:
     approval = json.loads(row["approval"]) if row.get("approval") else None
     if row["outcome_hash"] is None:
         found = conn.execute("SELECT state FROM approvals WHERE request_id = ?", (row["id"],)).fetchone()
-        return KEPT_WAITING if found is not None and found[0] in WAITING else KEPT_OPEN
+        if found is not None and found[0] in WAITING:
+            return KEPT_WAITING
+        if row["ts"] > now - IN_FLIGHT_S:  # it may still end; past that, its proxy surely died while it was in flight
+            return KEPT_OPEN
     for charge in (json.loads(row["charged"]) if row.get("charged") else None,
                    approval.get("charged") if isinstance(approval, dict) else None):
         if charge and any(k in windows and (windows[k] is None or charge["at"] > now - float(windows[k] or 0))
                           for k in charge["keys"]):
             return KEPT_LIMIT
     if (not include_undoable and row["undo_of"] is None and row["undo_class"] in UNDOABLE
-            and row["status"] is not None and 200 <= row["status"] < 300
-            and conn.execute("SELECT 1 FROM requests WHERE undo_of = ? LIMIT 1", (row["id"],)).fetchone() is None):
+            and row["status"] is not None and 200 <= row["status"] < 300 and not _undone_before(conn, row, before)):
         return KEPT_UNDOABLE
     return None
+
+
+def _undone_before(conn: sqlite3.Connection, row: dict[str, Any], before: float) -> bool:
+    """Whether undo took the row back before the cutoff: every step its journal holds is done, the last before the
+    cutoff (an undo that failed, or is under way, keeps the row it may still take back)."""
+    states = conn.execute("SELECT state, ts FROM undo_journal WHERE request_id = ?", (row["id"],)).fetchall()
+    return bool(states) and all(state == DONE for state, _ in states) and max(ts for _, ts in states) < before
 
 
 def upper_bound(conn: sqlite3.Connection, before: float, anchor: Anchor | None) -> int:
@@ -72,7 +87,12 @@ def prune_batch(conn: sqlite3.Connection, key: bytes, before: float, windows: di
                 done: Pruned | None = None) -> int | None:
     """Examine up to BATCH rows after seq `after` (below `upper`), remove those that began before `before` and nothing
     needs, and record their gaps; call inside a write transaction. The seq to go on after, or None when done.
-    AuditError if a removed row's hash does not hold: a broken chain is not pruned away."""
+
+    Every row examined is checked first as `log verify` checks it (its link or a signed gap to the row before, its
+    request hash, its outcome hash), and so is the link into the row after them: AuditError on the first that does
+    not hold, before anything is removed, so that a prune never signs a gap over rows someone else removed or
+    edited (whoever can write the database could otherwise make a row prunable, or take one out, and have the prune
+    cover it)."""
     now = time.time() if now is None else now
     done = done if done is not None else Pruned()
     cursor = conn.execute("SELECT * FROM requests WHERE seq > ? AND seq < ? ORDER BY seq LIMIT ?",
@@ -81,64 +101,84 @@ def prune_batch(conn: sqlite3.Connection, key: bytes, before: float, windows: di
     rows = [dict(zip(names, r, strict=True)) for r in cursor.fetchall()]
     if not rows:
         return None
-    known = gaps(conn, after, int(rows[-1]["seq"]) + 1)
+    following = conn.execute("SELECT seq, prev_hash FROM requests WHERE seq > ? ORDER BY seq LIMIT 1",
+                             (rows[-1]["seq"],)).fetchone()
+    if following is None:  # never: the newest row is never examined
+        raise AuditError("prune: no row after the rows examined")
+    known = gaps(conn, after, int(following[0]))
     found = conn.execute("SELECT hash FROM requests WHERE seq <= ? ORDER BY seq DESC LIMIT 1", (after,)).fetchone()
+    prev = found[0] if found else ""
+    for row in rows:
+        _check(key, known, row, prev)
+        prev = row["hash"]
+    _check_link(key, known, {"seq": following[0], "prev_hash": following[1], "id": "after them"}, prev)
     before_hash = found[0] if found else ""
     run: list[dict[str, Any]] = []
     for row in rows:
-        why = "newer" if row["ts"] >= before else _kept_because(conn, row, windows, now, include_undoable)
+        why = "newer" if row["ts"] >= before else _kept_because(conn, row, windows, now, before, include_undoable)
         if why is None:
-            _check(key, known, row, run[-1]["hash"] if run else before_hash)
             run.append(row)
             continue
         if why != "newer":
             done.kept[why] += 1
         if run:
-            _remove(conn, key, known, run, before_hash, row, done)
+            _remove(conn, key, known, run, before_hash, row["seq"], done)
             run = []
         before_hash = row["hash"]
     if run:
-        following = conn.execute("SELECT * FROM requests WHERE seq > ? ORDER BY seq LIMIT 1",
-                                 (run[-1]["seq"],)).fetchone()
-        if following is None:  # never: the newest row is never examined
-            raise AuditError("prune: no row after the removed ones")
-        _remove(conn, key, known, run, before_hash, {"seq": following[0]}, done)
+        _remove(conn, key, known, run, before_hash, int(following[0]), done)
     return int(rows[-1]["seq"])
 
 
+def _check_link(key: bytes, known: dict[int, Gap], row: dict[str, Any], prev: str) -> None:
+    if row["prev_hash"] != prev and not gap_holds(key, known.get(row["seq"]), prev, row["prev_hash"]):
+        raise AuditError(f"the audit chain does not hold at row {row['id']} (seq {row['seq']}): its link to the row "
+                         "before is broken; nothing was pruned there: run `goex-proxy log verify`")
+
+
 def _check(key: bytes, known: dict[int, Gap], row: dict[str, Any], prev: str) -> None:
-    """A row about to go must hold: its link to the row before (or a gap record to it) and its request hash."""
-    linked = row["prev_hash"] == prev or gap_holds(key, known.get(row["seq"]), prev, row["prev_hash"])
-    if not linked or row_hash(key, row["prev_hash"], row) != row["hash"]:
-        raise AuditError(f"the audit chain does not hold at row {row['id']} (seq {row['seq']}); nothing past it was "
-                         "pruned: run `goex-proxy log verify`")
+    """A row examined must hold as `log verify` has it: its link (or a signed gap) to the row before, its request
+    hash, and its outcome hash (or no outcome fields without one)."""
+    _check_link(key, known, row, prev)
+    broken = row_hash(key, row["prev_hash"], row) != row["hash"] or (
+        outcome_hash(key, row["hash"], row) != row["outcome_hash"] if row["outcome_hash"] is not None
+        else any(row.get(f) is not None for f in (*OUTCOME_FIELDS, "undo_class", "approval")))
+    if broken:
+        raise AuditError(f"the audit chain does not hold at row {row['id']} (seq {row['seq']}): it was edited; "
+                         "nothing was pruned there: run `goex-proxy log verify`")
 
 
 def _remove(conn: sqlite3.Connection, key: bytes, known: dict[int, Gap], run: list[dict[str, Any]], before_hash: str,
-            following: dict[str, Any], done: Pruned) -> None:
+            next_seq: int, done: Pruned) -> None:
     """Delete a run of rows (and their limit hits, approvals and undo journal) and write the one gap record that joins
-    the kept rows around it: an earlier gap that ended at the run's first row, or began right after its last, becomes
-    part of it."""
+    the kept rows around it; the gap records before any row of the run, and the one before the row after it, become
+    part of it (their rows counted, their records replaced)."""
     ids = [r["id"] for r in run]
     first, last, rows, last_hash = run[0]["seq"], run[-1]["seq"], len(run), run[-1]["hash"]
-    left = known.pop(first, None)  # the run starts at the row an earlier gap joined to
-    if left is not None:
-        first, rows, before_hash = left.first_seq, left.rows + rows, left.before_hash
-    right = known.pop(int(following["seq"]), None) or gaps(conn, int(following["seq"]) - 1,
-                                                            int(following["seq"])).get(int(following["seq"]))
-    if right is not None:  # the row after the run was itself joined to rows pruned before: they join this run
+    absorbed = 0
+    for row in run:  # checked: each such gap joins the row before it to this one
+        inner = known.pop(row["seq"], None)
+        if inner is not None:
+            rows += inner.rows
+            absorbed += 1
+            if row is run[0]:
+                first, before_hash = inner.first_seq, inner.before_hash
+    right = known.pop(next_seq, None)
+    if right is not None:  # checked: it joins the run's last row to the row after the run
         last, rows, last_hash = right.last_seq, rows + right.rows, right.last_hash
-    conn.execute("DELETE FROM audit_gaps WHERE next_seq IN (?, ?)", (run[0]["seq"], int(following["seq"])))
-    gap = Gap(int(following["seq"]), first, last, rows, before_hash, last_hash, time.time()).signed(key)
+        absorbed += 1
+    marks = ", ".join("?" * len(ids))
+    conn.execute(f"DELETE FROM audit_gaps WHERE next_seq IN ({', '.join('?' * (len(run) + 1))})",
+                 [r["seq"] for r in run] + [next_seq])
+    gap = Gap(next_seq, first, last, rows, before_hash, last_hash, time.time()).signed(key)
     conn.execute("INSERT INTO audit_gaps (next_seq, first_seq, last_seq, rows, before_hash, last_hash, at, mac) "
                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (*gap.fields(), gap.mac))
     known[gap.next_seq] = gap
-    marks = ", ".join("?" * len(ids))
     for table in ("limit_hits", "approval_links", "approvals", "undo_journal"):
         conn.execute(f"DELETE FROM {table} WHERE request_id IN ({marks})", ids)
     conn.execute("DELETE FROM requests WHERE seq BETWEEN ? AND ?", (run[0]["seq"], run[-1]["seq"]))
     done.rows += len(run)
-    done.gaps += 1 - (left is not None) - (right is not None)
+    done.gaps += 1 - absorbed
 
 
 def prune(conn: sqlite3.Connection, key: bytes | None, before: float, windows: dict[str, float | None],

@@ -140,9 +140,8 @@ def prune(group_config: Path | None, config_path: Path | None, older_than: str |
     done = prune_log(conn, audit.chain_key(conn, seal), time.time() - age, windows, seal.anchor(),
                      include_undoable=include_undoable)
     kept = ", ".join(f"{n} {why}" for why, n in sorted(done.kept.items()))
-    click.echo(f"pruned {done.rows} rows older than {format_duration(age)}" + (f" ({done.gaps} new gaps)" if done.rows
-                                                                                else "")
-               + (f"; kept older rows: {kept}" if kept else ""))
+    click.echo(f"pruned {done.rows} rows older than {format_duration(age)}" + (f"; kept older rows: {kept}" if kept
+                                                                                else ""))
     if vacuum:
         conn.execute("VACUUM")
         click.echo("vacuumed: the freed space is back with the file system")

@@ -116,28 +116,94 @@ def test_small_batches_join_into_one_gap(log: Log, monkeypatch: pytest.MonkeyPat
     assert log.prune(90).rows == 0 and log.verify().pruned == 25
 
 
+def _journal(log: Log, request_id: str, *states: str, age_days: float = 150) -> None:
+    conn = log.conn()
+    with conn:
+        conn.executemany("INSERT INTO undo_journal (request_id, step, state, ts) VALUES (?, ?, ?, ?)",
+                         [(request_id, i, state, NOW - age_days * DAY) for i, state in enumerate(states)])
+    conn.close()
+
+
 def test_what_is_still_needed_stays(log: Log) -> None:
     undoable = log.add(200, undo_class="needs-preimage")
     undone = log.add(200, undo_class="exact")
-    log.add(200, undo_of=undone)                                      # its compensation: undone, so it may go
+    log.add(200, undo_of=undone)                                      # its compensation
+    half_undone = log.add(200, undo_class="exact")                    # its undo's second step failed: retry it
     failed = log.add(200, undo_class="exact", status=500)             # nothing to undo
     limited = log.add(200, charge=Charge("bot", ("p/yearly",), NOW - 200 * DAY, (("p/yearly", Limit(5, 365 * DAY, "year")),)))
     lapsed = log.add(200, charge=Charge("bot", ("p/daily",), NOW - 200 * DAY))
-    in_flight = log.add(200, open=True)
+    lost = log.add(200, open=True)                                    # in flight when its proxy died, long ago
     newest = log.add(0)
+    _journal(log, undone, "done")
+    _journal(log, half_undone, "done", "failed")
     done = log.prune(90, {"p/yearly": 365 * DAY, "p/daily": DAY})
     left = log.left()
-    assert undoable in left and limited in left and in_flight in left
-    assert undone not in left and failed not in left and lapsed not in left
-    assert done.kept == {pruning.KEPT_UNDOABLE: 1, pruning.KEPT_LIMIT: 1, pruning.KEPT_OPEN: 1}
+    assert undoable in left and limited in left and half_undone in left
+    assert undone not in left and failed not in left and lapsed not in left and lost not in left
+    assert done.kept == {pruning.KEPT_UNDOABLE: 2, pruning.KEPT_LIMIT: 1}
     conn = log.conn()
     hits = {r[0] for r in conn.execute("SELECT request_id FROM limit_hits")}
     assert hits == {limited}  # the lapsed charge's hit went with its row
+    journal = {r[0] for r in conn.execute("SELECT request_id FROM undo_journal")}
+    assert journal == {half_undone}  # the finished undo's journal went with its row, the unfinished one stays
     assert log.verify().broken_id is None
     # Asked to, undoable rows go too.
     again = log.prune(90, {"p/yearly": 365 * DAY}, include_undoable=True)
-    assert log.left() == [limited, in_flight, newest] and log.verify().broken_id is None
-    assert again.rows == 1 and again.gaps == 0  # joined to the gap after it: still one gap before `limited`
+    assert log.left() == [limited, newest] and log.verify().broken_id is None
+    joins = sorted(g.rows for g in gaps(log.conn()).values())
+    assert again.rows == 2 and joins == [2, 5]  # the gaps around them joined: 5 rows before `limited`, 2 after it
+
+
+def test_a_request_still_in_flight_stays(log: Log) -> None:
+    open_one = log.add(2, open=True)
+    log.add(0)
+    assert log.prune(1).kept == {pruning.KEPT_OPEN: 1} and open_one in log.left()
+
+
+def test_a_prune_never_covers_rows_someone_removed(log: Log) -> None:
+    """Removing kept rows next to a gap is caught by verify; the next prune must refuse rather than sign a gap over
+    them (it once merged the gap after them into a new one, and verify then passed)."""
+    first = log.add(200, undo_class="exact")           # kept: undoable
+    victim = log.add(199, undo_class="exact")          # kept: undoable
+    log.add(198)                                       # pruned: a gap joins `victim` to `recent`
+    recent = log.add(1)
+    log.prune(90)
+    assert log.left() == [first, victim, recent]
+    with sqlite3.connect(log.home / "a.db") as conn:
+        conn.execute("DELETE FROM requests WHERE id = ?", (victim,))
+    assert log.verify().broken_id == recent
+    with pytest.raises(AuditError, match="does not hold"):
+        log.prune(90, include_undoable=True)
+    assert log.verify().broken_id == recent  # still caught
+
+
+def test_a_prune_never_removes_a_row_whose_outcome_was_edited(log: Log) -> None:
+    kept = log.add(200, undo_class="exact")
+    log.add(0)
+    with sqlite3.connect(log.home / "a.db") as conn:
+        conn.execute("UPDATE requests SET undo_class = 'irreversible' WHERE id = ?", (kept,))  # to make it prunable
+    with pytest.raises(AuditError, match="it was edited"):
+        log.prune(90)
+    assert kept in log.left() and log.verify().broken_id == kept
+
+
+def test_repeated_prunes_count_every_row_once(log: Log, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows kept by one prune and removed by a later one take the gaps before them into the new gap: the gap
+    records add up to what verify says was pruned, and no gap record is left over."""
+    monkeypatch.setattr(pruning, "BATCH", 4)
+    keep = []
+    for i in range(30):
+        keep.append(log.add(200 - i, undo_class="exact" if i % 3 == 0 else "irreversible"))
+    log.add(0)
+    first = log.prune(90)
+    assert first.rows == 20
+    second = log.prune(90, include_undoable=True)
+    assert second.rows == 10
+    conn = log.conn()
+    recorded = list(gaps(conn).values())
+    result = log.verify()
+    assert result.broken_id is None and result.pruned == 30
+    assert len(recorded) == 1 and recorded[0].rows == 30
 
 
 def test_the_newest_row_stays_however_old(log: Log) -> None:
