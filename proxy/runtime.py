@@ -210,12 +210,13 @@ class InProcessProxy:
 
 
 async def serve(config: Config, policies: PolicySet, quiet: bool = False, also: Sequence[Serving] = (),
-                workers: int = 1, worker: int | None = None) -> None:
+                worker: int | None = None, sockets: Sequence[Any] = ()) -> str | None:
     """Run the proxy until SIGINT or SIGTERM, writing what it does (reloads, holds, approvals, warnings, errors;
     unless quiet, a line per request), each line with its time, coloured on a terminal. `also` starts servers in the
     same loop next to the approval links (the console: given by the caller, since it imports undo, which imports this
-    module), each closed when the proxy stops. With `workers` > 1 it starts the other workers and watches them; as
-    one of those (`worker` set) it serves the proxy only: the first serves the links, the console and the retention."""
+    module), each closed when the proxy stops. Given the sockets of several workers it starts the others and watches
+    them (why they kept dying, if they did, is returned); as one of those (`worker` set) it serves the proxy only:
+    the first serves the links, the console and the retention."""
     from goex_proxy.addons import livelog
     from goex_proxy.approvals.linkserver import serve_links
 
@@ -227,7 +228,8 @@ async def serve(config: Config, policies: PolicySet, quiet: bool = False, also: 
     livelog.format_output()
     loop = asyncio.get_running_loop()
     _quiet_shutdown(loop)
-    others = Workers(config.file, workers, quiet) if first and workers > 1 else None
+    others = Workers(config.file, list(sockets), quiet, lambda: _same_listen(config)) if first and len(sockets) > 1 \
+        else None
 
     def stop() -> None:
         if others is not None:
@@ -255,6 +257,24 @@ async def serve(config: Config, policies: PolicySet, quiet: bool = False, also: 
             await server.close()
         if links is not None:
             await links.close()
+    return others.failed if others is not None else None
+
+
+def _same_listen(running: Config) -> str | None:
+    """Why a worker must not be started from the config file as it is now (None: it may): it does not load, or it
+    names another listen address, state directory or audit database than `run` started with."""
+    from .config import load_config
+    from .errors import GoexError
+
+    try:
+        now = load_config(running.file)
+    except GoexError as exc:
+        return f"{running.file} does not load ({str(exc).splitlines()[0]})"
+    for what, a, b in (("listen", (now.listen_host, now.listen_port), (running.listen_host, running.listen_port)),
+                       ("state_dir", now.state_dir, running.state_dir), ("audit.db", now.audit_db, running.audit_db)):
+        if a != b:
+            return f"{running.file} says another {what} than `run` started with (restart `run` to use it)"
+    return None
 
 
 def check_can_listen(config: Config, console: tuple[str, int] | None = None) -> None:
@@ -279,10 +299,26 @@ def check_can_listen(config: Config, console: tuple[str, int] | None = None) -> 
 
 
 def run(config: Config, policies: PolicySet, quiet: bool = False, also: Sequence[Serving] = (), workers: int = 1,
-        worker: int | None = None) -> None:
-    """`serve` in a loop of its own; with several workers, one whose proxy server shares its port (SO_REUSEPORT)."""
-    from .workers import SharedPortLoop
+        worker: int | None = None, listen_fd: int | None = None) -> None:
+    """`serve` in a loop of its own. With several workers, the first makes one listening socket per worker and its
+    loop serves the proxy on the first; a worker serves on the one it was handed (`listen_fd`). StateError when the
+    workers kept dying."""
+    import socket
 
-    shared = workers > 1 or worker is not None
-    with asyncio.Runner(loop_factory=(lambda: SharedPortLoop(config.listen_port)) if shared else None) as runner:
-        runner.run(serve(config, policies, quiet, also, workers, worker))
+    from .workers import SharedPortLoop, listen_sockets
+
+    sockets: list[socket.socket] = []
+    if worker is not None:
+        sockets = [socket.socket(fileno=listen_fd)] if listen_fd is not None else []
+        if not sockets:
+            raise StateError("a worker is started by `goex-proxy run`, with the socket it accepts on")
+    elif workers > 1:
+        try:
+            sockets = listen_sockets(config.listen_host, config.listen_port, workers)
+        except OSError as exc:
+            raise StateError(f"cannot listen on {config.listen_host}:{config.listen_port}: {exc.strerror or exc}") from None
+    factory = (lambda: SharedPortLoop(config.listen_port, sockets[0])) if sockets else None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        failed = runner.run(serve(config, policies, quiet, also, worker, sockets))
+    if failed:
+        raise StateError(f"stopped: {failed}")

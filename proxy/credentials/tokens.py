@@ -32,6 +32,10 @@ def token_post(config: Config, oauth: OAuth2, client_secret: str | None, grant: 
     return {"url": url, "headers": {**headers, **host_headers}, "content": body, "extensions": extensions}
 
 
+#: How long a refresh waits for another process's refresh of the same credential.
+REFRESH_LOCK_WAIT_S = 30.0
+
+
 class TokenKeeper:
     """One refresh at a time per credential; every request waiting on it gets the new token (or the same refusal)."""
 
@@ -100,7 +104,7 @@ class TokenKeeper:
         name = credential.secret.vault
         if name is None:  # tokens not kept in the vault: nothing to share
             return await self._refresh(credential, current), True
-        fd = await asyncio.to_thread(vault.lock_refresh, name)
+        fd = await _refresh_lock(vault, name)
         try:
             text = await asyncio.to_thread(vault.get, name)
             stored = TokenSet.loads(text) if text else None
@@ -135,6 +139,18 @@ class TokenKeeper:
     def _save(self, credential: Credential, tokens: TokenSet) -> None:
         assert credential.secret.vault is not None
         Vault(self.config.state_dir).set(credential.secret.vault, tokens.dumps())
+
+
+async def _refresh_lock(vault: Vault, name: str) -> int:
+    """Wait (polling, up to REFRESH_LOCK_WAIT_S) for the right to refresh this credential's tokens; OAuthError past
+    that (a process that holds it that long is stuck; the lock goes with the process if it dies)."""
+    deadline = time.monotonic() + REFRESH_LOCK_WAIT_S
+    while (fd := vault.try_lock_refresh(name)) is None:
+        if time.monotonic() > deadline:
+            raise OAuthError(f"another goex-proxy process has been refreshing its tokens for over "
+                             f"{REFRESH_LOCK_WAIT_S:.0f} s")
+        await asyncio.sleep(0.05)
+    return fd
 
 
 def _outlives(ours: TokenSet, stored: TokenSet) -> bool:

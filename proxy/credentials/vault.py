@@ -142,14 +142,18 @@ class Vault:
         finally:
             os.close(fd)
 
-    def lock_refresh(self, name: str) -> int:
-        """Block until this process alone may refresh the OAuth2 tokens stored as `name` (every goex-proxy process
-        on this state directory: `run`'s workers, an `exec` or `undo` beside it); the open file whose close lets go."""
+    def try_lock_refresh(self, name: str) -> int | None:
+        """The open file whose close lets go, if this process alone may now refresh the OAuth2 tokens stored as `name`
+        (among every goex-proxy process on this state directory: `run`'s workers, an `exec` or `undo` beside it);
+        None while another holds it. Never blocks, so a waiter that is cancelled leaves nothing locked behind."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256(name.encode()).hexdigest()[:16]
-        fd = os.open(self.path.with_name(f"refresh-{digest}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(self.path.with_name(f"refresh-{digest}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
         except BaseException:
             os.close(fd)
             raise

@@ -91,6 +91,41 @@ def test_two_workers_share_one_chain_and_count_limits_across_both(make_proxy, up
     assert verified.returncode == 0 and "ok: " in verified.stdout, verified.stdout + verified.stderr
 
 
+def test_another_process_joining_the_port_is_never_handed_a_connection(make_proxy, upstream):
+    """Any process of the same user may add a socket to the workers' SO_REUSEPORT group; the group's filter steers
+    every connection to the workers' own sockets, so a socket added later never gets one (it would see the agents'
+    Proxy-Authorization)."""
+    import socket
+
+    proxy = _started(make_proxy(POLICY, start=False))
+    rogue = socket.socket()
+    rogue.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    rogue.bind(("127.0.0.1", proxy.port))
+    rogue.listen(100)
+    rogue.setblocking(False)
+    try:
+        assert _listening(proxy.port) == 3
+        assert _burst(proxy).count(200) == 15
+        with pytest.raises(BlockingIOError):
+            rogue.accept()
+    finally:
+        rogue.close()
+
+
+def test_a_worker_is_not_started_again_from_a_config_that_moved(make_proxy, upstream):
+    proxy = _started(make_proxy(POLICY, start=False))
+    assert proxy.proc is not None
+    text = proxy.config.read_text()
+    proxy.config.write_text(text.replace(f"listen: 127.0.0.1:{proxy.port}", "listen: 127.0.0.1:1"))
+    first = wait_for(lambda: _workers_of(proxy.proc.pid), what="the second worker")[0]
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: "not started again while" in proxy.log_text(), what="the refusal", timeout=20)
+    assert "says another listen" in proxy.log_text() and not _workers_of(proxy.proc.pid)
+    assert proxy.proc.poll() is None  # the first worker still serves
+    proxy.config.write_text(text)  # back as it was: the worker is started again
+    wait_for(lambda: _listening(proxy.port) == 2 and _workers_of(proxy.proc.pid), what="the worker again", timeout=30)
+
+
 def test_holds_are_decided_from_anywhere_and_each_worker_reloads(make_proxy, upstream):
     proxy = _started(make_proxy(POLICY, start=False))
     held = Agent(proxy, "chat.delete", {"channel": "C1", "ts": "1.2"})
