@@ -152,7 +152,9 @@ class Config:
         return EgressRules(self.block_private, tuple(a for a in allowed if isinstance(a, Glob)),
                            tuple(a for a in allowed if not isinstance(a, Glob)), (self.listen_host, self.listen_port),
                            self.approvals.listen, (urlsplit(links).hostname or "").lower() or None if links else None,
-                           self.console.listen, RunningListens(self.state_dir))
+                           self.console.listen, RunningListens(self.state_dir),
+                           (urlsplit(self.console.public_url).hostname or "").lower() or None
+                           if self.console.public_url else None)
 
 
 def _listen(value: Any) -> tuple[str, int]:

@@ -24,9 +24,14 @@ HEAD_SECONDS = 5.0
 #: Requests served at once; past it, 503. Counted by the app, so idle or half-open connections take no share of it
 #: (uvicorn's limit_concurrency counts every open connection: 64 half-open ones made it answer 503 to everyone).
 MAX_REQUESTS = 64
-#: Connections held at once: past it, the oldest one still waiting for its request head is closed to make room (file
-#: descriptors are finite), so a person's connection, which sends its head at once, always gets through.
+#: Connections held at once: past it, the oldest one that has waited at least EVICT_AFTER for its request head is
+#: closed to make room (file descriptors are finite); a person's connection sends its head at once, so it is not the
+#: one closed unless the flood is faster than the server reads.
 MAX_CONNECTIONS = 256
+EVICT_AFTER = 1.0
+#: Seconds an answer may wait for its reader: a client that sends requests (pipelined, thousands at once) and never
+#: reads the answers would otherwise hold a request in progress, and its place under MAX_REQUESTS, for good.
+WRITE_SECONDS = 10.0
 #: Options every embedded server runs with: short keep-alive, and no limit_concurrency (see MAX_REQUESTS).
 OPTIONS: dict[str, Any] = {"timeout_keep_alive": 5, "backlog": 512, "http": "h11"}
 
@@ -40,8 +45,9 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-class _Capped:
-    """The app, answering 503 past MAX_REQUESTS requests in progress."""
+class Capped:
+    """The app, answering 503 past MAX_REQUESTS requests in progress (the console puts it behind its sign-in check,
+    so that only a signed-in person's requests count)."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app, self.limit, self.active = app, limit, 0
@@ -67,13 +73,16 @@ class HeadTimedProtocol(H11Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._head_timer: asyncio.TimerHandle | None = None
+        self._write_timer: asyncio.TimerHandle | None = None
         self._timed: Any = None
         self._waiting_since = self.loop.time()
         super().connection_made(transport)
         self._arm()
         if len(self.connections) > self.max_connections:
+            now = self.loop.time()
             waiting = [c for c in self.connections if isinstance(c, HeadTimedProtocol) and c is not self
-                       and c.waiting_for_head() and not c.transport.is_closing()]
+                       and c.waiting_for_head() and not c.transport.is_closing()
+                       and now - c._waiting_since >= EVICT_AFTER]
             if waiting:
                 min(waiting, key=lambda c: c._waiting_since).transport.close()
 
@@ -88,10 +97,23 @@ class HeadTimedProtocol(H11Protocol):
         super().data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        for timer in (self._head_timer, self._write_timer):
+            if timer is not None:
+                timer.cancel()
+        self._head_timer = self._write_timer = None
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        """The reader stopped reading: closed unless it reads again within WRITE_SECONDS."""
+        super().pause_writing()
+        if self._write_timer is None:
+            self._write_timer = self.loop.call_later(WRITE_SECONDS, self.transport.abort)  # close() would wait to flush
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
 
     def _arm(self) -> None:
         if self._head_timer is not None:
@@ -110,12 +132,32 @@ class EmbeddedServer(uvicorn.Server):
     """A uvicorn server whose owner decides when it stops, whose connections must send their request head in time,
     and which answers 503 only when MAX_REQUESTS requests are in progress."""
 
-    def __init__(self, config: uvicorn.Config) -> None:
+    def __init__(self, config: uvicorn.Config, capped: bool = False) -> None:
+        """`capped`: the app already has its Capped inside (behind its sign-in check); else it is put around it."""
         assert not isinstance(config.app, str), "an embedded server is given its app, not an import string"
-        config.app = _Capped(cast(ASGIApp, config.app), MAX_REQUESTS)
+        if not capped:
+            config.app = Capped(cast(ASGIApp, config.app), MAX_REQUESTS)
         config.http = HeadTimedProtocol
         config.limit_concurrency = None
         super().__init__(config)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's start-up, with a TLS handshake held to HEAD_SECONDS (asyncio's default is 60 s, and a connection
+        is not ours to time or count until its handshake ends: thousands that never finish one held the process's
+        files)."""
+        loop = asyncio.get_running_loop()
+        create_server = loop.create_server
+
+        async def with_handshake_timeout(*args: Any, **kwargs: Any) -> asyncio.Server:
+            if kwargs.get("ssl") is not None:
+                kwargs.setdefault("ssl_handshake_timeout", HEAD_SECONDS)
+            return await create_server(*args, **kwargs)
+
+        loop.create_server = with_handshake_timeout  # type: ignore[method-assign]
+        try:
+            await super().startup(sockets)
+        finally:
+            del loop.create_server
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import uvicorn
 
 from ..approvalconfig import is_loopback, netloc
-from ..approvals.served import OPTIONS, EmbeddedServer, listening_socket, stop
+from ..approvals.served import MAX_REQUESTS, OPTIONS, Capped, EmbeddedServer, listening_socket, stop
 from ..config import Config
 from ..consoleconfig import exposure_problem, say_running
 from ..errors import StateError
@@ -114,12 +114,13 @@ async def serve_console(config: Config, listen: tuple[str, int] | None = None) -
         return bool(await console.read(lambda conn: redeem_link(conn, token)))
 
     secure = tls or (public_url or "").startswith("https:")
-    app = Guard(build(console), console.keys, redeem, hosts, origins_of(scheme, address, public_url), secure=secure,
-                port=address[1])
+    # Only a signed-in person's requests count against the cap: the guard's refusals are answered before it.
+    app = Guard(Capped(build(console), MAX_REQUESTS), console.keys, redeem, hosts,
+                origins_of(scheme, address, public_url), secure=secure, port=address[1])
     server = EmbeddedServer(uvicorn.Config(app, log_config=None, log_level="warning", access_log=False, lifespan="off",
                                     server_header=False, proxy_headers=False, ws="none", timeout_graceful_shutdown=2, **OPTIONS,
                                     ssl_certfile=str(config.console.tls_cert) if tls else None,
-                                    ssl_keyfile=str(config.console.tls_key) if tls else None))
+                                    ssl_keyfile=str(config.console.tls_key) if tls else None), capped=True)
     task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
     task.add_done_callback(_log_end)
     while not server.started and not task.done():

@@ -84,11 +84,14 @@ class EgressRules:
     #: where the consoles running over the state directory listen (`goex-proxy console --listen` anywhere), as their
     #: files say: asked at each check, pinned answers included
     consoles: Callable[[], list[tuple[str, int]]] | None = field(default=None, compare=False)
+    console_host: str | None = None        # the host the console is reached by (`console.public_url`)
 
     def refusal(self, host: str, port: int, addresses: list[Address]) -> str | None:
         """Why a connection to `host` at these addresses must not be made, or None if every one may be reached."""
         if self.link_host is not None and host.lower().rstrip(".") == self.link_host:
             return f"{host} serves goex-proxy's approval links, which no agent may reach"
+        if self.console_host is not None and host.lower().rstrip(".") == self.console_host:
+            return f"{host} serves goex-proxy's web console, which no agent may reach"
         for ip in addresses:
             if _is_listener(self.listen, ip, port):
                 return f"{host} is {ip}, this proxy's own listen address"

@@ -17,10 +17,12 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from goex_proxy.approvals import served
 from goex_proxy.approvals.served import HeadTimedProtocol
 from goex_proxy.audit.store import connect
 from goex_proxy.config import Config, load_config
@@ -297,11 +299,14 @@ def test_a_person_gets_through_while_200_half_open_connections_are_held_and_they
 def test_past_the_connection_cap_the_oldest_waiting_connection_makes_room(
         console: Running, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(HeadTimedProtocol, "max_connections", 20)
+    monkeypatch.setattr(served, "EVICT_AFTER", 0.5)  # only a connection that has waited that long is closed for room
     port = console.served.address[1]
     client = console.client()
-    held = _half_open(port, 40)
+    held = _half_open(port, 20)
     try:
-        time.sleep(0.5)
+        time.sleep(0.7)
+        held += _half_open(port, 20)
+        time.sleep(0.3)
         assert client.get("/").status_code == 200
         closed = [_closed(s) for s in held]
         assert all(closed[:19]) and not any(closed[-15:]), closed
@@ -343,3 +348,48 @@ def test_console_connections_send_at_once() -> None:
         accepted, _ = server.accept()
         with accepted:
             assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+
+
+def test_a_client_that_never_reads_its_answers_is_closed(console: Running, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Thousands of pipelined requests whose answers are never read held a request in progress for good (a stalled
+    write has no deadline in uvicorn); now the connection is closed WRITE_SECONDS after its answers stop draining."""
+    monkeypatch.setattr(served, "WRITE_SECONDS", 1.0)
+    made = HeadTimedProtocol.connection_made
+
+    def small_buffers(self: HeadTimedProtocol, transport: Any) -> None:  # so that 3,000 small answers fill them
+        transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        transport.set_write_buffer_limits(high=8192)
+        made(self, transport)
+
+    monkeypatch.setattr(HeadTimedProtocol, "connection_made", small_buffers)
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: the server's buffers fill at once
+    s.connect(("127.0.0.1", console.served.address[1]))
+    head = b"GET / HTTP/1.1\r\nHost: " + console.base.split("//")[1].encode() + b"\r\n\r\n"
+    s.sendall(head * 3000)
+    time.sleep(3.0)
+    s.setblocking(False)
+    ended = False
+    try:
+        for _ in range(10000):  # drain what was sent before the close, then see the end
+            if s.recv(1 << 20) == b"":
+                ended = True
+                break
+    except BlockingIOError:
+        ended = False
+    except OSError:
+        ended = True
+    finally:
+        s.close()
+    assert ended, "the server still holds a connection whose answers are never read"
+
+
+def test_only_a_signed_in_persons_requests_count_against_the_cap(console: Running) -> None:
+    """The guard answers before the cap: with no room at all, a stranger still gets 401 (so strangers' requests,
+    however many or stalled, take no room), and the person gets 503."""
+    capped = console.served.server.config.app.app
+    assert isinstance(capped, served.Capped)
+    capped.limit = 0
+    stranger = httpx.get(console.base + "/", timeout=5)
+    assert stranger.status_code == 401
+    assert console.client().get("/").status_code == 503

@@ -94,3 +94,18 @@ def test_config_reads_the_upstream_keys(tmp_path) -> None:
     config = Config(file=file, state_dir=tmp_path, allow_private=("10.0.0.0/8", "*.corp"), resolver=("127.0.0.1", 53))
     assert config.egress.refusal("a.corp", 443, ips("172.16.0.1")) is None
     assert config.egress.refusal("b.other", 443, ips("10.3.3.3")) is None
+
+
+def test_the_consoles_public_name_is_refused_whatever_it_resolves_to(tmp_path) -> None:
+    """A console behind a reverse proxy, or at a public address no interface has, is refused by its name, as the
+    approval links' public name is."""
+    import ipaddress
+
+    from goex_proxy.config import Config
+    from goex_proxy.consoleconfig import Console
+
+    config = Config(file=tmp_path / "config.yaml", state_dir=tmp_path,
+                    console=Console(listen=("0.0.0.0", 8791), public_url="https://console.example.net:8791"))
+    why = config.egress.refusal("Console.Example.NET.", 443, [ipaddress.ip_address("8.8.4.4")])
+    assert why is not None and "web console" in why
+    assert config.egress.refusal("other.example.net", 443, [ipaddress.ip_address("8.8.4.4")]) is None
