@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,31 +116,42 @@ def say_running(state_dir: Path, listen: tuple[str, int], base: str) -> Path:
     folder.mkdir(mode=0o700, exist_ok=True)
     path = running_file(state_dir, listen)
     text = json.dumps({"listen": list(listen), "base": base, "pid": os.getpid()})
-    fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    temporary = path.with_suffix(".tmp")
+    temporary.unlink(missing_ok=True)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(text)
     os.replace(path.with_suffix(".tmp"), path)
     return path
 
 
-def _alive(pid: int) -> bool:
+def _alive(pid: int, written: float) -> bool:
+    """Whether `pid` is a process of this user that was already running when its console's file was written (a stale
+    file's pid may since have been given to another process)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        owner = os.stat(f"/proc/{pid}").st_uid
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22: start time, in clock ticks since boot
+        with open("/proc/stat", encoding="ascii") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+    except (OSError, ValueError, IndexError, StopIteration):
         return False
-    except PermissionError:
-        return True
-    return True
+    started = boot + ticks / os.sysconf("SC_CLK_TCK")
+    return owner == os.getuid() and started <= written + 1.0
 
 
 def _read(path: Path) -> RunningConsole | None:
+    """A console's file as it left it: a regular file of this user's, not a link, readable by no one else."""
     try:
+        mode = path.lstat()
+        if not stat.S_ISREG(mode.st_mode) or mode.st_uid != os.getuid() or mode.st_mode & 0o077:
+            return None
         found: Any = json.loads(path.read_text(encoding="utf-8"))
         host, port = found["listen"]
         running = RunningConsole((str(host), int(port)), str(found["base"]), int(found["pid"]), path)
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return running if _alive(running.pid) else None
+    return running if _alive(running.pid, mode.st_mtime) else None
 
 
 def running_consoles(state_dir: Path) -> list[RunningConsole]:

@@ -88,20 +88,22 @@ def test_a_link_past_its_time_opens_nothing_and_is_removed_later(console: Runnin
 
 
 def test_two_redeems_of_one_token_sign_in_once(state: Config) -> None:
-    a, b = connect(state), connect(state)
+    # Eight connections at once, as eight console processes (or requests) would each have their own: a sqlite3
+    # connection is not to be used by two threads at a time (the console's own is behind a lock).
+    conns = [connect(state) for _ in range(8)]
     try:
-        token = mint_link(a)
+        token = mint_link(conns[0])
         results: list[bool] = []
-        threads = [threading.Thread(target=lambda c=c: results.append(redeem_link(c, token))) for c in (a, b) * 4]
+        threads = [threading.Thread(target=lambda c=c: results.append(redeem_link(c, token))) for c in conns]
         for t in threads:
             t.start()
         for t in threads:
             t.join(10)
         assert sorted(results) == [False] * 7 + [True]
-        assert not redeem_link(a, "not-a-token")
+        assert not redeem_link(conns[0], "not-a-token")
     finally:
-        a.close()
-        b.close()
+        for c in conns:
+            c.close()
 
 
 def test_a_session_ends_when_idle_and_at_its_age_an_open_live_log_keeping_it(
@@ -393,3 +395,23 @@ def test_only_a_signed_in_persons_requests_count_against_the_cap(console: Runnin
     stranger = httpx.get(console.base + "/", timeout=5)
     assert stranger.status_code == 401
     assert console.client().get("/").status_code == 503
+
+
+def test_console_link_trusts_only_a_live_consoles_own_file(tmp_path: Path) -> None:
+    """A file under consoles/ names the console `console link` writes a link for: one whose process started after it
+    was written (its pid reused), a link to elsewhere, or a file others may write is not believed."""
+    from goex_proxy.consoleconfig import running_consoles, say_running
+
+    mine = say_running(tmp_path, ("127.0.0.1", 8791), "http://127.0.0.1:8791")
+    assert [r.base for r in running_consoles(tmp_path)] == ["http://127.0.0.1:8791"]
+    planted = mine.with_name("zz-planted.json")
+    planted.write_text('{"listen": ["127.0.0.1", 9], "base": "http://attacker.example", "pid": 1}')
+    planted.chmod(0o600)
+    os.utime(planted, (1_000_000_000, 1_000_000_000))  # written "before" pid 1 started? no: long before boot
+    assert all(r.base != "http://attacker.example" for r in running_consoles(tmp_path))
+    linked = mine.with_name("zz-link.json")
+    linked.symlink_to(mine)
+    shared = mine.with_name("zz-shared.json")
+    shared.write_text(mine.read_text())
+    shared.chmod(0o644)
+    assert [r.path for r in running_consoles(tmp_path)] == [mine]
