@@ -68,7 +68,7 @@ def sign_in(port: int, link: str) -> str:
 def _link_from(log: Path, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = re.search(r"open \(once, to sign in\): (\S+)", log.read_text(errors="replace") if log.exists() else "")
+        found = re.search(r"open \(once[^)]*\): (\S+)", log.read_text(errors="replace") if log.exists() else "")
         if found:
             return found.group(1)
         if proc.poll() is not None:
