@@ -479,7 +479,7 @@ def test_invalid_config_is_refused_with_its_location(make_proxy, upstream):
     proxy = make_proxy(SLACK_POLICY, start=False, extra_config="audit: {db: audit.db, max_bodys: 5}\n")
     r = proxy.cli("run")
     line = proxy.config.read_text().splitlines().index("audit: {db: audit.db, max_bodys: 5}") + 1
-    expected = f"{proxy.config}:{line}:23: unknown key 'max_bodys' in 'audit' (expected one of: db, max_body_bytes)"
+    expected = f"{proxy.config}:{line}:23: unknown key 'max_bodys' in 'audit' (expected one of: db, max_body_bytes, retention)"
     assert r.returncode == 2 and expected in r.stderr
     check = proxy.cli("policy", "check")
     assert check.returncode == 1 and expected in check.stdout
