@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import threading
 from collections.abc import Awaitable, Callable, Sequence
@@ -247,6 +248,8 @@ async def serve(config: Config, policies: PolicySet, quiet: bool = False, also: 
         if others is not None:
             others.start()
             watching = loop.create_task(others.watch())
+        if not first:  # its config and policies are loaded: from now on it reloads them when they change
+            logging.getLogger("goex_proxy.workers").info("worker %d started (pid %d)", worker, os.getpid())
         await m.run()
     finally:
         if others is not None:

@@ -100,8 +100,11 @@ REFUSAL = "refused: this request did not come from the console's own pages"
 def answered(driver: WebDriver, done: Callable[[WebDriver], Any]) -> Any:
     """Wait until the page after a button is `done`; its cross-site refusal raises RefusedAsCrossSite."""
     def settled(d: WebDriver) -> Any:
-        if REFUSAL in d.find_element(By.TAG_NAME, "body").text:
-            raise RefusedAsCrossSite(f"{d.current_url}: {REFUSAL}")
+        try:
+            if REFUSAL in d.find_element(By.TAG_NAME, "body").text:
+                raise RefusedAsCrossSite(f"{d.current_url}: {REFUSAL}")
+        except StaleElementReferenceException:  # the page was replaced as it was read (the next one is loading)
+            return False
         return done(d)
 
     return waiting(driver).until(settled)

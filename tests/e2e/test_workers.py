@@ -66,10 +66,16 @@ def _listening(port: int) -> int:
     return count
 
 
-def _started(proxy: Any) -> Any:
+def _started(proxy: Any, times: int = 1) -> Any:
+    """The proxy with two workers, once the second has loaded its config and policies (the first binds both
+    sockets, so the port answers before it has)."""
     proxy.start(workers=2)
-    wait_for(lambda: _listening(proxy.port) == 2, what="both workers listening", timeout=30)
+    _worker_started(proxy, times)
     return proxy
+
+
+def _worker_started(proxy: Any, times: int = 1) -> None:
+    wait_for(lambda: proxy.log_text().count("worker 1 started") >= times, what="the second worker", timeout=60)
 
 
 def _burst(proxy: Any) -> list[int]:
@@ -123,7 +129,7 @@ def test_a_worker_is_not_started_again_from_a_config_that_moved(make_proxy, upst
     assert "says another listen" in proxy.log_text() and not _workers_of(proxy.proc.pid)
     assert proxy.proc.poll() is None  # the first worker still serves
     proxy.config.write_text(text)  # back as it was: the worker is started again
-    wait_for(lambda: _listening(proxy.port) == 2 and _workers_of(proxy.proc.pid), what="the worker again", timeout=30)
+    _worker_started(proxy, 2)
 
 
 def test_holds_are_decided_from_anywhere_and_each_worker_reloads(make_proxy, upstream):
@@ -156,7 +162,7 @@ def test_a_dead_worker_is_started_again_and_all_stop_with_run(make_proxy, upstre
     first = wait_for(lambda: _workers_of(parent), what="the second worker")[0]
     os.kill(first, signal.SIGKILL)
     second = wait_for(lambda: [p for p in _workers_of(parent) if p != first], what="a new worker", timeout=30)[0]
-    wait_for(lambda: _listening(proxy.port) == 2, what="the new worker listening", timeout=30)
+    _worker_started(proxy, 2)
     assert "worker 1 exited with -9; starting it again" in proxy.log_text()
     assert _burst(proxy).count(200) == 15
     proxy.stop()
