@@ -170,27 +170,31 @@ class Connections:
         for why, count in closed.items():
             quiet.warning(f"timeout {why}", f"closed {count} connection(s) {why}")
 
-    @staticmethod
-    def _client_io(key: str) -> Any:
-        """mitmproxy's reader, writer and handler task of a client connection (None once it is gone)."""
-        server = ctx.master.addons.get("proxyserver")
-        handler = server.connections.get(key) if server is not None else None
-        return handler.transports.get(handler.client) if handler is not None else None
-
     def _still_writing(self, key: str) -> bool:
-        io = self._client_io(key)
+        io = _client_io(key)
         transport = getattr(getattr(io, "writer", None), "transport", None)
         return transport is not None and transport.get_write_buffer_size() > 0
 
     def close(self, key: str) -> None:
-        """Close a client connection as mitmproxy closes one on its own inactivity timeout (its handler is cancelled,
-        and its layers see the client go), and close its socket too: a handler cancelled before it first ran (one
-        accepted in the same burst) never closes it, and the socket would stay open with nothing to read it."""
         self.table.close(key)
-        io = self._client_io(key)
-        if io is None:
-            return
-        if io.handler is not None:
-            io.handler.cancel("goex-proxy: connection limits")
-        if io.writer is not None:
-            io.writer.close()
+        hang_up(key, "connection limits")
+
+
+def _client_io(key: str) -> Any:
+    """mitmproxy's reader, writer and handler task of a client connection (None once it is gone)."""
+    server = ctx.master.addons.get("proxyserver")
+    handler = server.connections.get(key) if server is not None else None
+    return handler.transports.get(handler.client) if handler is not None else None
+
+
+def hang_up(key: str, why: str) -> None:
+    """Close a client connection as mitmproxy closes one on its own inactivity timeout (its handler is cancelled, and
+    its layers see the client go), and close its socket too: a handler cancelled before it first ran (one accepted in
+    the same burst) never closes it, and the socket would stay open with nothing to read it."""
+    io = _client_io(key)
+    if io is None:
+        return
+    if io.handler is not None:
+        io.handler.cancel(f"goex-proxy: {why}")
+    if io.writer is not None:
+        io.writer.close()

@@ -6,11 +6,14 @@ import base64
 import binascii
 import hashlib
 import hmac
+import logging
 import weakref
 
 from mitmproxy import connection, http, tcp
+from mitmproxy.flow import Error
 
 from goex_proxy.addons import flowmeta, replies
+from goex_proxy.addons.connections import hang_up
 from goex_proxy.addons.failclosed import fail_closed
 from goex_proxy.addons.state import ProxyState
 from goex_proxy.config import weak_token
@@ -38,6 +41,7 @@ UNDO_IDENTITY = "goex-undo"
 UNDO_AGENT_HEADER = "X-Goex-Undo-Agent"
 UNDO_OF_HEADER = "X-Goex-Undo-Of"
 UNDO_REQUEST_ID_HEADER = "X-Goex-Undo-Request-Id"
+log = logging.getLogger(__name__)
 #: Why a request without Proxy-Authorization is answered 407: a challenge to send them, recorded as such.
 NO_CREDENTIALS = "no proxy credentials were sent"
 
@@ -55,6 +59,8 @@ class Identify:
         #: The agent each CONNECT tunnel authenticated as, and the token it showed (checked again at each request, so
         #: that an agent removed from the config, or given a new token, is cut off at once).
         self.tunnels: weakref.WeakKeyDictionary[connection.Client, tuple[str, str]] = weakref.WeakKeyDictionary()
+        #: The same for a plain connection's latest request: what an upgrade on it (WebSocket, a raw stream) goes on as.
+        self.plain: weakref.WeakKeyDictionary[connection.Client, tuple[str, str]] = weakref.WeakKeyDictionary()
 
     @staticmethod
     def refuse(flow: http.HTTPFlow | tcp.TCPFlow, why: str) -> None:
@@ -112,6 +118,8 @@ class Identify:
         creds = self.tunnels[flow.client_conn] if in_tunnel else self.authenticate(flow)[0]
         if creds is not None:
             flowmeta.set_token_digest(flow, token_digest(creds[1]))
+            if not in_tunnel:
+                self.plain[flow.client_conn] = creds
         acting_for = flow.request.headers.pop(UNDO_AGENT_HEADER, None)
         undo_of = flow.request.headers.pop(UNDO_OF_HEADER, None)
         chosen_id = flow.request.headers.pop(UNDO_REQUEST_ID_HEADER, None)
@@ -142,6 +150,38 @@ class Identify:
             self.refuse(flow, why)
             return
         flowmeta.set_agent(flow, name)
+
+    @fail_closed("identify")
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        """A WebSocket outlives its upgrade: each message is relayed only while the identity it was opened with holds."""
+        assert flow.websocket is not None
+        why = self.revoked(flow)
+        if why is not None:
+            flow.websocket.messages[-1].drop()
+            self._end_stream(flow, why)
+
+    @fail_closed("identify")
+    def tcp_message(self, flow: tcp.TCPFlow) -> None:
+        """So does a raw stream: its bytes are relayed only while the identity it was opened with holds."""
+        why = self.revoked(flow)
+        if why is not None:
+            flow.messages[-1].content = b""
+            flow.error = Error(f"goex-proxy ended the stream: {why}")
+            self._end_stream(flow, why)
+
+    @staticmethod
+    def _end_stream(flow: http.HTTPFlow | tcp.TCPFlow, why: str) -> None:
+        log.warning("ended a stream of agent %r from %s: %s", flowmeta.agent(flow), flow.client_conn.peername, why)
+        hang_up(flow.client_conn.id, why)
+
+    def revoked(self, flow: http.HTTPFlow | tcp.TCPFlow) -> str | None:
+        """Why the identity a stream's connection came in with no longer holds (its agent was removed from the config,
+        or given another token), or None while it holds."""
+        creds = self.tunnels.get(flow.client_conn) or self.plain.get(flow.client_conn)
+        if creds is None:
+            return None
+        name, why = self.check(*creds)
+        return None if name is not None else f"the identity it was opened with is no longer valid: {why}"
 
     def identity(self, flow: http.HTTPFlow) -> tuple[str | None, str]:
         """The agent a plain request's proxy credentials name, or None and why not."""

@@ -145,17 +145,39 @@ def test_a_switch_of_protocols_nobody_asked_for_is_not_relayed(proxy, upstream):
     assert not any(seen.method == "RAW" for seen in upstream.state.seen)
 
 
+def remove_slackbot(proxy) -> None:
+    text = proxy.config.read_text()
+    line = f'  slackbot: {{token: "{TOKENS["slackbot"]}"}}\n'
+    assert line in text
+    proxy.config.write_text(text.replace(line, ""))
+    deadline = time.monotonic() + 10
+    while "config reloaded: agents" not in proxy.log_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def test_a_raw_stream_already_relayed_ends_when_its_agent_is_removed(proxy, echo):
+    """The stream was allowed and relayed; once slackbot is removed from the config, its next bytes are not relayed and
+    the connection is closed, and the row says why the stream ended. Before, a stream outlived its agent."""
+    with tunnel(proxy, "db.test:5432") as s:
+        s.sendall(b"before")
+        assert read_all(s, b"before") == b"before"
+        remove_slackbot(proxy)
+        s.sendall(b"after")
+        assert read_all(s) == b""
+    assert echo.accepted == 1
+    deadline = time.monotonic() + 10
+    while (row := proxy.rows()[-1])["ended"] is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (row["url"], row["decision"]) == ("tcp://db.test:5432", "allow")
+    assert "ended the stream" in row["error"] and "no longer valid" in row["error"]
+    assert "agent 'slackbot'" in proxy.log_text()
+
+
 def test_raw_tcp_in_a_tunnel_whose_agent_was_removed_is_refused(proxy, echo):
     """The tunnel was accepted for slackbot; slackbot is then removed from the config. Its first raw bytes, after the
     reload, never reach the upstream. Before, the stream took the tunnel's identity without checking it again."""
     with tunnel(proxy, "db.test:5432") as s:
-        text = proxy.config.read_text()
-        line = f'  slackbot: {{token: "{TOKENS["slackbot"]}"}}\n'
-        assert line in text
-        proxy.config.write_text(text.replace(line, ""))
-        deadline = time.monotonic() + 10
-        while "config reloaded: agents" not in proxy.log_text() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        remove_slackbot(proxy)
         s.sendall(b"\x00\x00\x00\x08\x04\xd2\x16\x2f")
         assert read_all(s) == b""
     assert echo.accepted == 0

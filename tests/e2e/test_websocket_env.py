@@ -8,10 +8,11 @@ import shlex
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 from websockets.sync.server import serve
 
@@ -59,6 +60,25 @@ def test_websocket_upgrade_goes_through_policy(make_proxy, ws_upstream):
     assert refused.value.response.status_code == 403
     rows = proxy.rows()
     assert [(r["path"], r["decision"], r["status"]) for r in rows] == [("/chat", "allow", 101), ("/admin", "deny", 403)]
+
+
+def test_a_websocket_ends_when_its_agents_token_is_changed(make_proxy, ws_upstream):
+    """An open WebSocket goes on as the identity it was opened with only while that identity holds: after the agent's
+    token is changed in the config, its next message is not relayed and the connection is closed."""
+    proxy = make_proxy(POLICY, routes={"ws.example.com": f"http://127.0.0.1:{ws_upstream}"})
+    with connect("ws://ws.example.com/chat", proxy=proxy.proxy_url(), open_timeout=10) as ws:
+        ws.send("hello")
+        assert ws.recv(timeout=10) == "echo: hello"
+        text = proxy.config.read_text()
+        assert '"mailbot-token-1"' in text
+        proxy.config.write_text(text.replace('"mailbot-token-1"', '"mailbot-token-rotated-9"'))
+        deadline = time.monotonic() + 10
+        while "config reloaded" not in proxy.log_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with pytest.raises(ConnectionClosed):
+            ws.send("after")
+            ws.recv(timeout=10)
+    assert "no longer valid" in proxy.log_text()
 
 
 def test_env_formats(make_proxy):
