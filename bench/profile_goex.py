@@ -22,6 +22,14 @@ from common import REPO_DIR, Processes, fmt, table, tool
 from throughput import Bench
 
 RATE = 250
+#: What the load generator sends: a GET (the throughput bench's), a small JSON POST that the REST undo pack
+#: classifies (`create in a collection, answered 200`: exact), a JSON PUT with its pre-image read first.
+ITEM = '{"name": "widget 42", "color": "blue", "tags": ["bench"], "count": 43}'
+REQUESTS: dict[str, tuple[str, ...]] = {
+    "get": (),
+    "post": ("--method", "POST", "--path", "/bench/items", "--body", ITEM),
+    "put": ("--method", "PUT", "--body", ITEM),
+}
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^():]+):(?P<line>\d+)\)$")
 OUR_DIRS = ("proxy/", "addons/")
 SKIP_OURS = ("proxy/cli/", "proxy/runtime.py")  # the outer frames every sample has
@@ -51,7 +59,25 @@ def _source(file: str, line: int) -> str:
         return ""
 
 
+#: Frames that are not a stage of their own: the fail-closed wrapper every hook runs in.
+_WRAPPERS = ("addons/failclosed.py",)
+
+
+def stage_of(frames: list[str]) -> str:
+    """Which part of the proxy a main-thread sample is in: the outermost frame of ours below the command line (a
+    stage's module and function, e.g. `addons/decide.py Decide.request`), waiting in epoll, or mitmproxy/asyncio."""
+    leaf = _frame(frames[-1])
+    if leaf and leaf[0].endswith("select") and leaf[1] == "selectors.py":
+        return "(idle: waiting in epoll)"
+    for f in frames[1:]:
+        parsed = _frame(f)
+        if parsed and _ours(parsed[1]) and parsed[1] not in _WRAPPERS:
+            return f"{parsed[1]} {parsed[0]}"
+    return "(mitmproxy, asyncio, ssl: not ours)"
+
+
 def analyse(raw: Path, requests: int, top: int = 14) -> tuple[str, dict[str, Any]]:
+    stages: collections.Counter[str] = collections.Counter()
     threads: collections.Counter[str] = collections.Counter()
     func_incl: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     line_incl: dict[str, collections.Counter[tuple[str, int]]] = collections.defaultdict(collections.Counter)
@@ -70,6 +96,8 @@ def analyse(raw: Path, requests: int, top: int = 14) -> tuple[str, dict[str, Any
             idle += n
             continue
         threads[thread] += n
+        if thread == "main (event loop)":
+            stages[stage_of(frames)] += n
         seen_f: set[str] = set()
         seen_l: set[tuple[str, int]] = set()
         for f in frames[1:]:
@@ -101,6 +129,10 @@ def analyse(raw: Path, requests: int, top: int = 14) -> tuple[str, dict[str, Any
     frows = [[k, f"{n / max(1, threads[main_t]) * 100:.1f}%", fmt(us(n), 1)]
              for k, n in func_incl[main_t].most_common(top)]
     out.append(table(["function (file)", "of main thread", "us/request"], frows))
+    out.append("")
+    out.append("Main thread by stage (the outermost function of ours in each sample: exclusive between stages):")
+    srows = [[k, f"{n / max(1, threads[main_t]) * 100:.1f}%", fmt(us(n), 1)] for k, n in stages.most_common(top + 6)]
+    out.append(table(["stage (file function)", "of main thread", "us/request"], srows))
     writer = "audit writer"
     if threads[writer]:
         out.append("")
@@ -111,11 +143,11 @@ def analyse(raw: Path, requests: int, top: int = 14) -> tuple[str, dict[str, Any
     if idle:
         out.append(f"({idle:,} samples of threads blocked in queue.get(), waiting for work, are left out.)")
     return "\n".join(out), {"threads": dict(threads), "ours": dict(ours_any),
-                            "main_top": func_incl[main_t].most_common(top)}
+                            "main_top": func_incl[main_t].most_common(top), "stages": stages.most_common()}
 
 
 def run(procs: Processes, schemes: tuple[str, ...] = ("https",), duration: float = 6.0, conns: int = 10,
-        keep: bool = False) -> tuple[str, dict[str, Any]]:
+        keep: bool = False, request: str = "get") -> tuple[str, dict[str, Any]]:
     spy = _py_spy()
     if not spy:
         msg = "== Profile: skipped, py-spy is not installed (pip install py-spy) =="
@@ -124,16 +156,19 @@ def run(procs: Processes, schemes: tuple[str, ...] = ("https",), duration: float
     bench = Bench(procs, workdir, verbose=True)
     texts, results = [], {}
     try:
-        bench.setup(only="goex")
+        from preimage_bench import preimage_policy  # the throughput policy and a rule allowing PUT /bench/items/*
+
+        bench.setup(only="goex", policy_doc=preimage_policy())
         proxy = bench.proxies["goex-proxy"]
+        options = REQUESTS[request]
         for scheme in schemes:
-            bench.measure("goex-proxy", scheme, conns, 1.0)  # warm-up
+            bench.measure("goex-proxy", scheme, conns, 1.0, options)  # warm-up
             raw = workdir / f"py-spy-{scheme}.txt"
             sampler = procs.start([spy, "record", "--pid", str(proxy.proc.pid), "--rate", str(RATE), "--format", "raw",
                                    "--threads", "--duration", str(int(duration + 2)), "-o", str(raw)],
                                   log=workdir / "py-spy.log")
             time.sleep(1.0)  # py-spy attaches
-            r = bench.measure("goex-proxy", scheme, conns, duration)
+            r = bench.measure("goex-proxy", scheme, conns, duration, options)
             try:
                 sampler.wait(timeout=duration + 30)
             except subprocess.TimeoutExpired:
@@ -152,7 +187,7 @@ def run(procs: Processes, schemes: tuple[str, ...] = ("https",), duration: float
                        main_thread_util=r.main_thread_cpu_s / r.duration_s)
             results[scheme] = res
             texts.append(
-                f"== Profile: goex-proxy under load, {scheme}, {conns} connections, {duration:g}s, py-spy at {RATE} Hz "
+                f"== Profile: goex-proxy under load, {request.upper()} {scheme}, {conns} connections, {duration:g}s, py-spy at {RATE} Hz "
                 f"({r.rps:,.0f} req/s while sampled) ==\n"
                 f"Proxy CPU per request (from /proc): main thread (event loop) {fmt(main_us, 0)} us, other threads "
                 f"(audit writer, ...) {fmt(other_us, 0)} us; the main thread was busy "
@@ -161,3 +196,26 @@ def run(procs: Processes, schemes: tuple[str, ...] = ("https",), duration: float
     finally:
         bench.close(keep, "profile")
     return "\n\n".join(texts), results
+
+
+def main() -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(description="Profile goex-proxy under load with py-spy (one kind of request).")
+    p.add_argument("--request", choices=sorted(REQUESTS), default="get")
+    p.add_argument("--scheme", default="http", help="http, https or http,https")
+    p.add_argument("--duration", type=float, default=6.0)
+    p.add_argument("--conns", type=int, default=10)
+    p.add_argument("--top", type=int, default=14)
+    p.add_argument("--keep", action="store_true", help="keep the temporary directory (the raw py-spy samples)")
+    args = p.parse_args()
+    procs = Processes()
+    try:
+        text, _ = run(procs, tuple(args.scheme.split(",")), args.duration, args.conns, args.keep, args.request)
+    finally:
+        procs.stop_all()
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

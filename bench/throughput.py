@@ -101,7 +101,9 @@ class Bench:
             shutil.rmtree(self.dir, ignore_errors=True)
 
     # ---------------------------------------------------------------- setup
-    def setup(self, only: str | None = None) -> None:
+    def setup(self, only: str | None = None, policy_doc: dict[str, Any] | None = None) -> None:
+        """The upstream, then both proxies (or `only` "goex", "bare" or "upstream"); `policy_doc` replaces goex's
+        throughput policy."""
         import trustme
 
         ca = trustme.CA()
@@ -121,7 +123,7 @@ class Bench:
         self.upstream = up
 
         if only in (None, "goex"):
-            self.proxies["goex-proxy"] = self._start_goex()
+            self.proxies["goex-proxy"] = self._start_goex(policy_doc=policy_doc)
         if only in (None, "bare"):
             self.proxies["mitmdump"] = self._start_bare()
         for p in self.proxies.values():

@@ -105,6 +105,7 @@ def _describe(exc: Exception) -> str:
     m = _CALLBACK_ERROR.match(str(exc))
     if m:
         name, message = m.group(1), m.group(2).strip()
+        name = "matches" if name == MATCHES else name
         return message if message.startswith(name) else f"{name}: {message}"
     return str(exc).split(". ")[0]
 
@@ -225,9 +226,69 @@ def nested_comprehension(source: str) -> Nesting | None:
     return None
 
 
+#: A call of CEL's `matches` (`s.matches(re)` or `matches(s, re)`), found in the source with its strings blanked.
+_MATCHES_CALL = re.compile(r"(?<![\w])matches(\s*\()")
+#: What `matches` calls are compiled to: the engine compiles a call's regex anew at every evaluation (50-70 us each),
+#: so they go through `_matches`, which remembers the engine's own answers.
+MATCHES = "goex_matches"
+#: Strings longer than this are matched without being remembered (the cache must stay small whatever agents send).
+_MATCHES_CACHED_CHARS = 1024
+
+
+@functools.cache
+def _matches_program() -> Any:
+    return _engine().compile("s.matches(p)")
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_matches(text: str, pattern: str) -> bool:
+    return bool(_matches_program().execute({"s": text, "p": pattern}))
+
+
+def _matches(text: Any, pattern: Any) -> bool:
+    """CEL's `matches`, answered by the engine itself (same regex dialect, same result), each (text, pattern) pair
+    compiled and run once: a policy or undo rule tries the same few patterns on the same hosts and paths again and
+    again."""
+    if not isinstance(text, str) or not isinstance(pattern, str):
+        raise TypeError(f"matches takes a string and a regex string, not {_kind(text)} and {_kind(pattern)}")
+    try:
+        if len(text) > _MATCHES_CACHED_CHARS or len(pattern) > _MATCHES_CACHED_CHARS:
+            return bool(_matches_program().execute({"s": text, "p": pattern}))
+        return _cached_matches(text, pattern)
+    except Exception as exc:  # an invalid regex: the engine's message, on one line
+        raise ValueError(" ".join(str(exc).removeprefix("Function 'matches' error: ").split())) from None
+
+
+def _fast_matches(source: str) -> str | None:
+    """`source` with its `matches` calls renamed to `MATCHES`, or None if it makes none."""
+    text = _STRING.sub(lambda m: " " * len(m.group(0)), source)
+    spans = [m.start() for m in _MATCHES_CALL.finditer(text)]
+    if not spans:
+        return None
+    out, last = [], 0
+    for start in spans:
+        out += [source[last:start], MATCHES]
+        last = start + len("matches")
+    return "".join(out) + source[last:]
+
+
 def _compile(source: str, variables: frozenset[str], library: bool | None) -> tuple[Any, Functions | None]:
     """The program, and the template functions it calls (None if none); unknown variables and, where the template
-    functions are offered, unknown functions are refused here rather than failing at every evaluation."""
+    functions are offered, unknown functions are refused here rather than failing at every evaluation. A source
+    that calls `matches` is checked as written, then compiled with those calls renamed (`_fast_matches`)."""
+    program, functions = _checked(source, variables, library)
+    renamed = _fast_matches(source)
+    if renamed is None:
+        return program, functions
+    try:
+        fast = _engine().compile(renamed)
+    except ValueError:  # never expected (only a name changed); the program as written still works
+        return program, functions
+    return fast, {**(functions or {}), MATCHES: _matches}
+
+
+def _checked(source: str, variables: frozenset[str], library: bool | None) -> tuple[Any, Functions | None]:
+    """The program as written, and the template functions it calls, once the checks `_compile` names pass."""
     if not isinstance(source, str) or not source.strip():
         raise CelSyntaxError("must be a non-empty CEL expression")
     try:

@@ -68,3 +68,57 @@ def test_non_boolean_result_is_an_error() -> None:
     """A condition must give a boolean; anything else is an evaluation error, never truthiness."""
     with pytest.raises(CelEvalError, match="not a boolean"):
         compile_condition("request.path").evaluate({"request": {"path": "/x"}})
+
+
+# `matches` calls run through a cache of the engine's own answers (the engine compiles the regex at every call).
+PATTERNS = ["^a", "b$", "(^|[.])s3[.-].*amazonaws[.]com$", "/(send|run)$|:[A-Za-z]+$", "\\d+", "^$", "[[:alpha:]]x",
+            "(?i)ABC", "\\w\\s\\w"]
+
+
+def _native(text: str, pattern: str) -> object:
+    """What the engine's own `matches` says, or the exception it raises."""
+    from goex_proxy.policy.cel import _engine
+
+    try:
+        return _engine().compile("s.matches(p)").execute({"s": text, "p": pattern})
+    except Exception:
+        return CelEvalError
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(alphabet="ab.s3-amazonwsc:/runAB 1٣x", max_size=20), pattern=st.sampled_from(PATTERNS))
+def test_matches_gives_the_engines_own_answer(text: str, pattern: str) -> None:
+    method = compile_condition(f"request.host.matches({json.dumps(pattern)})")
+    function = compile_condition(f"matches(request.host, {json.dumps(pattern)})")
+    for condition in (method, function):
+        assert condition.program is not None and condition.functions  # compiled to the cached form
+        for _ in range(2):  # the second answer comes from the cache
+            try:
+                got: object = condition.evaluate({"request": {"host": text}})
+            except CelEvalError:
+                got = CelEvalError
+            assert got == _native(text, pattern)
+
+
+def test_matches_in_a_string_literal_is_text_not_a_call() -> None:
+    condition = compile_condition('request.host == "x.matches(y)" || request.path.matches("^/a")')
+    assert condition.evaluate({"request": {"host": "x.matches(y)", "path": "/b"}}) is True
+    assert condition.evaluate({"request": {"host": "z", "path": "/a"}}) is True
+    assert condition.evaluate({"request": {"host": "z", "path": "/b"}}) is False
+    assert compile_condition('request.host == "matches(x)"').functions is None  # no call: compiled as written
+
+
+def test_matches_failures_are_one_line_and_name_matches() -> None:
+    with pytest.raises(CelEvalError) as bad_regex:
+        compile_condition('request.host.matches("[")').evaluate({"request": {"host": "a"}})
+    with pytest.raises(CelEvalError) as not_a_string:
+        compile_condition('request.port.matches("1")').evaluate({"request": {"port": 1}})
+    for error in (bad_regex.value, not_a_string.value):
+        assert "\n" not in str(error) and "matches" in str(error) and "goex_matches" not in str(error)
+    assert "not a valid regex" in str(bad_regex.value)
+
+
+def test_matches_on_a_long_string_is_answered_without_being_remembered() -> None:
+    condition = compile_condition('request.path.matches("x$")')
+    assert condition.evaluate({"request": {"path": "a" * 5000 + "x"}}) is True
+    assert condition.evaluate({"request": {"path": "a" * 5000 + "y"}}) is False
