@@ -268,7 +268,7 @@ def _before_forwarding(rules: Iterable[UndoRule], exchange: Exchange,
     decides if it has that part, else is passed over."""
     target = exchange.target()
     variables: dict[str, Any] | None = None
-    for rule in rules_for(rules, target[1]):
+    for rule in rules_for(rules, target[1], target[0]):
         if not rule.matches(*target):
             continue
         if variables is None:
@@ -295,7 +295,7 @@ def find_rule(rules: Iterable[UndoRule], exchange: Exchange, variables: Scope | 
     are built (bodies parsed) only once a rule matches host, method and path. A rule that reads a pre-image matches
     when its `when` cannot be told for want of a pre-image that could not be read."""
     target = exchange.target()
-    for rule in rules_for(rules, target[1]):
+    for rule in rules_for(rules, target[1], target[0]):
         if not rule.matches(*target):
             continue
         if variables is None:
@@ -329,7 +329,7 @@ def expected_class(rules: Iterable[UndoRule], exchange: Exchange) -> tuple[Fidel
     method, host, path = exchange.target()
     variables: dict[str, Any] | None = None
     worst: tuple[int, UndoRule] | None = None
-    for rule in rules_for(rules, host):
+    for rule in rules_for(rules, host, method):
         if not rule.matches(method, host, path):
             continue
         holds: bool | None = True
@@ -373,7 +373,8 @@ def pruned(variables: dict[str, Any], paths: Iterable[tuple[str, ...]]) -> dict[
 
 
 class RuleIndex:
-    """A pack list's rules by literal host, the others (globs) kept apart, each host's candidates in pack order."""
+    """A pack list's rules by literal host, the others (globs) kept apart; each (host, method)'s candidates in pack
+    order: the rules whose hosts may match the host and whose methods (if they name any) include the method."""
 
     def __init__(self, rules: tuple[UndoRule, ...]) -> None:
         self.rules = rules
@@ -386,24 +387,32 @@ class RuleIndex:
                     self._literal.setdefault(str(literal), []).append(i)
             else:
                 self._wild.append(i)
-        self._by_host: dict[str, tuple[UndoRule, ...]] = {}
+        self._by_target: dict[tuple[str, str | None], tuple[UndoRule, ...]] = {}
 
-    def candidates(self, host: str) -> tuple[UndoRule, ...]:
-        found = self._by_host.get(host)
+    def candidates(self, host: str, method: str | None = None) -> tuple[UndoRule, ...]:
+        """The rules that may match `host` and `method` (None: any method), in pack order."""
+        found = self._by_target.get((host, method))
         if found is None:
-            found = tuple(self.rules[i] for i in sorted(self._literal.get(host, []) + self._wild))
-            if len(self._by_host) < MOST_INDEXED_HOSTS:
-                self._by_host[host] = found
+            found = tuple(rule for i in sorted(set(self._literal.get(host, [])) | set(self._wild))
+                          if _takes(rule := self.rules[i], method))
+            if len(self._by_target) < MOST_INDEXED_TARGETS:
+                self._by_target[host, method] = found
         return found
 
 
-#: How many hosts' candidate lists an index keeps (a proxy sees few hosts; a flood of names must not grow it).
-MOST_INDEXED_HOSTS = 4096
+def _takes(rule: UndoRule, method: str | None) -> bool:
+    return method is None or rule.methods is None or method in rule.methods
+
+
+#: How many (host, method) candidate lists an index keeps (a proxy sees few hosts; a flood of names must not grow
+#: it: past this, lists are made and not kept).
+MOST_INDEXED_TARGETS = 4096
 _INDEXES: dict[int, RuleIndex] = {}
 
 
-def rules_for(rules: Iterable[UndoRule], host: str) -> Iterable[UndoRule]:
-    """The rules that may match a host, in order: from an index kept per rule tuple (the loaded packs), else all."""
+def rules_for(rules: Iterable[UndoRule], host: str, method: str | None = None) -> Iterable[UndoRule]:
+    """The rules that may match a host (and a method, upper-case, if given), in order: from an index kept per rule
+    tuple (the loaded packs), else all of them."""
     if not isinstance(rules, tuple):
         return rules
     index = _INDEXES.get(id(rules))
@@ -411,7 +420,7 @@ def rules_for(rules: Iterable[UndoRule], host: str) -> Iterable[UndoRule]:
         if len(_INDEXES) >= 8:  # packs reloaded: the old tuples are gone
             _INDEXES.clear()
         index = _INDEXES[id(rules)] = RuleIndex(rules)
-    return index.candidates(host)
+    return index.candidates(host, method)
 
 
 def classify(rules: Iterable[UndoRule], exchange: Exchange) -> str:
