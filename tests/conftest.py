@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -160,6 +161,31 @@ def aws_relay(moto: int, upstream_ca: tuple[trustme.CA, Path]) -> Iterator[Relay
     server = RelayServer(moto, context)
     yield server
     server.close()
+
+
+class LoopbackServer:
+    """A TCP server on a free loopback port that hands each connection it accepts to `serve` (one at a time) and
+    counts them; `close` stops it."""
+
+    def __init__(self, serve: Callable[[socket.socket], None]) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.sock.getsockname()[1])
+        self.accepted = 0
+        self._serve = serve
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            with conn:
+                self._serve(conn)
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 class GoexProxy:

@@ -4,6 +4,7 @@ request approved from the approvals page completes; undo from a request's page r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
@@ -11,6 +12,8 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +81,36 @@ def first_event(client: httpx.Client, url: str, got: list[str]) -> threading.Thr
     reader = threading.Thread(target=listen, daemon=True)
     reader.start()
     return reader
+
+
+
+@dataclass(frozen=True)
+class Served:
+    """`goex-proxy console` running on its own over a proxy's state directory: its process, port, output, base URL and
+    first sign-in token."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    out: Path
+    base: str
+    token: str
+
+
+@contextlib.contextmanager
+def console_alone(proxy: Any, tmp_path: Path) -> Iterator[Served]:
+    """Start `goex-proxy console` on a free loopback port over the proxy's config; stop it (SIGTERM) on leaving."""
+    port = free_port()
+    out = tmp_path / "console.out"
+    with open(out, "wb") as sink:
+        process = subprocess.Popen([*GOEX, "console", "--config", str(proxy.config), "--listen", f"127.0.0.1:{port}"],
+                                   env=proxy.env, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        wait_port(port, proc=process)
+        found = wait_for(lambda: LINK.search(out.read_text()), what="the console's link")
+        yield Served(process, port, out, found.group(1), found.group(2))
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(15)
 
 
 def test_run_serves_the_console_where_an_agents_request_appears_live_and_escaped(make_proxy, upstream):
@@ -171,15 +204,8 @@ def test_undo_from_a_requests_page_restores_the_slack_fake(make_proxy, upstream)
 def test_the_console_command_serves_a_state_directory_on_its_own(make_proxy, upstream, tmp_path: Path):
     proxy = make_proxy(SLACK)  # no console: section, so run serves none
     assert not LINK.search(proxy.log_text())
-    port = free_port()
-    out = tmp_path / "console.out"
-    with open(out, "wb") as sink:
-        console = subprocess.Popen([*GOEX, "console", "--config", str(proxy.config), "--listen", f"127.0.0.1:{port}"],
-                                   env=proxy.env, stdout=sink, stderr=subprocess.STDOUT)
-    try:
-        wait_port(port, proc=console)
-        found = wait_for(lambda: LINK.search(out.read_text()), what="the console's link")
-        base, token = found.group(1), found.group(2)
+    with console_alone(proxy, tmp_path) as console:
+        base, token, port = console.base, console.token, console.port
         assert httpx.get(f"{base}/", timeout=10).status_code == 401
         client = signed_in(base, token)
         stream = re.search(r'data-stream="([^"]+)"', client.get("/").text).group(1)  # type: ignore[union-attr]
@@ -196,10 +222,7 @@ def test_the_console_command_serves_a_state_directory_on_its_own(make_proxy, ups
         open_ = subprocess.run([*GOEX, "console", "--config", str(proxy.config), "--listen", "0.0.0.0:1"],
                                env=proxy.env, capture_output=True, text=True, timeout=60)
         assert open_.returncode == 2 and "not a loopback address" in open_.stderr and "TLS" in open_.stderr
-    finally:
-        console.send_signal(signal.SIGTERM)
-        console.wait(15)
-    assert console.returncode == 0 and out.read_text().count(token) == 1
+    assert console.process.returncode == 0 and console.out.read_text().count(token) == 1
 
 
 def test_run_no_console_serves_none_and_a_taken_console_port_stops_run_before_it_starts(make_proxy, upstream):

@@ -5,8 +5,6 @@ state directory shows the run whole and "Undo all of this run" restores both the
 from __future__ import annotations
 
 import re
-import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,9 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import GOEX, free_port, wait_port
-from tests.e2e.test_approvals import wait_for
-from tests.e2e.test_console import LINK, csrf_of, signed_in
+from tests.e2e.test_console import console_alone, csrf_of, signed_in
 from tests.e2e.test_execute import execute, fake, post_and_write_code, proxy  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.e2e
@@ -26,18 +22,8 @@ LONG = "# " + " ".join(f"joke{i}" for i in range(700)) + " <b>end</b>"
 @pytest.fixture
 def console(proxy: Any, tmp_path: Path) -> Iterator[tuple[str, str]]:  # noqa: F811
     """`goex-proxy console` on its own over the proxy's state directory: its base URL and token."""
-    port = free_port()
-    out = tmp_path / "console.out"
-    with open(out, "wb") as sink:
-        served = subprocess.Popen([*GOEX, "console", "--config", str(proxy.config), "--listen", f"127.0.0.1:{port}"],
-                                  env=proxy.env, stdout=sink, stderr=subprocess.STDOUT)
-    try:
-        wait_port(port, proc=served)
-        found = wait_for(lambda: LINK.search(out.read_text()), what="the console's link")
-        yield found.group(1), found.group(2)
-    finally:
-        served.send_signal(signal.SIGTERM)
-        served.wait(15)
+    with console_alone(proxy, tmp_path) as served:
+        yield served.base, served.token
 
 
 def test_an_execute_run_is_shown_whole_and_undoing_it_restores_slack_and_the_workspace(

@@ -6,17 +6,15 @@ from __future__ import annotations
 
 import http.server
 import re
-import signal
-import subprocess
 import threading
 
 import httpx
 import pytest
 import requests
 
-from tests.conftest import GOEX, free_port, wait_port
+from tests.conftest import free_port
 from tests.e2e.test_approvals import wait_for
-from tests.e2e.test_console import LINK
+from tests.e2e.test_console import LINK, console_alone
 
 pytestmark = pytest.mark.e2e
 
@@ -66,16 +64,10 @@ def test_links_sign_in_once_and_no_agent_reaches_a_console_on_another_address(ma
         hello.shutdown()
         hello.server_close()
 
-    port = free_port()  # the config has no console: section; this address is said only by the running console
-    out = tmp_path / "console.out"
-    with open(out, "wb") as sink:
-        console = subprocess.Popen([*GOEX, "console", "--config", str(proxy.config), "--listen", f"127.0.0.1:{port}"],
-                                   env=proxy.env, stdout=sink, stderr=subprocess.STDOUT)
-    try:
-        wait_port(port, proc=console)
-        found = wait_for(lambda: LINK.search(out.read_text()), what="the console's link")
-        base, first = found.group(1), found.group(2)
-        assert base == f"http://127.0.0.1:{port}" and "within 10 minutes" in out.read_text()
+    # The config has no console: section; the console's address is said only by the running console.
+    with console_alone(proxy, tmp_path) as console:
+        base, first, port = console.base, console.token, console.port
+        assert base == f"http://127.0.0.1:{port}" and "within 10 minutes" in console.out.read_text()
         signed = opens_once(base, first)
 
         made = proxy.run_cli("console", "link", "--config", str(proxy.config))
@@ -89,10 +81,7 @@ def test_links_sign_in_once_and_no_agent_reaches_a_console_on_another_address(ma
         refused = through_proxy(proxy, f"http://localhost:{port}/?token={link.group(2)}")
         assert refused.status_code >= 400 and "web console" in refused.text, refused.text
         assert signed.get("/").status_code == 200
-    finally:
-        console.send_signal(signal.SIGTERM)
-        console.wait(15)
-    assert console.returncode == 0 and out.read_text().count(first) == 1
+    assert console.process.returncode == 0 and console.out.read_text().count(first) == 1
     assert not list((proxy.home / "consoles").glob("*.json")), "its file is removed when it stops"
 
     none = proxy.run_cli("console", "link", "--config", str(proxy.config))

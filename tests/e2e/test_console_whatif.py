@@ -6,7 +6,6 @@ from __future__ import annotations
 import statistics
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -14,6 +13,7 @@ import requests
 
 from tests.conftest import GITHUB_POLICY, GITHUB_URL
 from tests.e2e.test_console import csrf_of, signed_in, with_console
+from tests.unit.test_console_policies import whatif_children
 
 pytestmark = pytest.mark.e2e
 
@@ -30,20 +30,6 @@ rules:
       path: "/repos/**"
       when: 'request.path != "/repos/octo/slow" || {LONG}.all(x, {LONG}.all(y, {LONG}.all(z, x + y + z >= 0)))'
 """
-
-
-def whatif_children(parent: int) -> list[int]:
-    """The what-if processes `parent` started."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            command = (stat.parent / "cmdline").read_bytes()
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == parent and b"whatifjob" in command:
-            found.append(int(stat.parent.name))
-    return found
 
 
 def timed(session: requests.Session, url: str) -> float:

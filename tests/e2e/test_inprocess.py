@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import threading
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from goex_proxy.config import Agent, Config
 from goex_proxy.policy.engine import PolicySet
 from goex_proxy.policy.load import check_policy_text
 from goex_proxy.secretref import SecretRef
+from tests.conftest import LoopbackServer
 
 POLICY = "version: 1\nname: p\nrules: []\n"
 
@@ -29,52 +29,36 @@ def _policies() -> PolicySet:
     return PolicySet.of([policy])
 
 
-class Squatter:
-    """Another process's listener on a loopback port: it accepts and answers every connection with its own name."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen()
-        self.port = int(self.sock.getsockname()[1])
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                conn.recv(4096)
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\nConnection: close\r\n\r\nsquatter")
-
-    def close(self) -> None:
-        self.sock.close()
+def squatter() -> LoopbackServer:
+    """Another process's listener on a loopback port: it answers every connection with its own name."""
+    def answer(conn: socket.socket) -> None:
+        conn.recv(4096)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\nConnection: close\r\n\r\nsquatter")
+    return LoopbackServer(answer)
 
 
 def test_a_port_taken_between_choosing_and_binding_is_left_for_another(tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    squatter = Squatter()
-    chosen = iter([squatter.port, squatter.port])
+    taken = squatter()
+    chosen = iter([taken.port, taken.port])
     real = runtime._free_loopback_port
     monkeypatch.setattr(runtime, "_free_loopback_port", lambda: next(chosen, None) or real())
     proxy = runtime.InProcessProxy(_config(tmp_path), _policies())
     try:
-        assert proxy.port != squatter.port
+        assert proxy.port != taken.port
         # The proxy that answers is goex-proxy (an unknown agent is refused with 407), not the squatter.
         r = requests.get("http://example.invalid/", proxies={"http": f"http://127.0.0.1:{proxy.port}"}, timeout=10)
         assert r.status_code == 407 and b"squatter" not in r.content
     finally:
         proxy.close()
-        squatter.close()
+        taken.close()
 
 
 def test_a_port_never_free_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    squatter = Squatter()
-    monkeypatch.setattr(runtime, "_free_loopback_port", lambda: squatter.port)
+    taken = squatter()
+    monkeypatch.setattr(runtime, "_free_loopback_port", lambda: taken.port)
     try:
         with pytest.raises(RuntimeError, match="port taken 5 times"):
             runtime.InProcessProxy(_config(tmp_path), _policies())
     finally:
-        squatter.close()
+        taken.close()

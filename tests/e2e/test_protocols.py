@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import base64
 import socket
-import threading
 import time
 
 import pytest
 
-from tests.conftest import TOKENS
+from tests.conftest import TOKENS, LoopbackServer
 
 pytestmark = pytest.mark.e2e
 
@@ -29,32 +28,16 @@ POLICY = """
 """
 
 
-class Echo:
-    """A TCP server that echoes what it receives and counts the connections it accepted."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.accepted = 0
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            with conn:
-                while data := conn.recv(1024):
-                    conn.sendall(data)
+def _echo(conn: socket.socket) -> None:
+    while data := conn.recv(1024):
+        conn.sendall(data)
 
 
 @pytest.fixture
 def echo():
-    server = Echo()
+    server = LoopbackServer(_echo)  # echoes what it receives
     yield server
-    server.sock.close()
+    server.close()
 
 
 @pytest.fixture

@@ -115,8 +115,9 @@ rules:
 """
 
 
-def whatif_children() -> list[int]:
-    """This process's children that are what-if processes."""
+def whatif_children(parent: int | None = None) -> list[int]:
+    """The what-if processes that `parent` (this process by default) started."""
+    parent = os.getpid() if parent is None else parent
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -124,7 +125,7 @@ def whatif_children() -> list[int]:
             command = (stat.parent / "cmdline").read_bytes()
         except (OSError, ValueError, IndexError):
             continue
-        if ppid == os.getpid() and b"whatifjob" in command:
+        if ppid == parent and b"whatifjob" in command:
             found.append(int(stat.parent.name))
     return found
 
