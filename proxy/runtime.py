@@ -265,7 +265,10 @@ async def serve(config: Config, policies: PolicySet, quiet: bool = False, also: 
 
 def _same_listen(running: Config) -> str | None:
     """Why a worker must not be started from the config file as it is now (None: it may): it does not load, or it
-    names another listen address, state directory or audit database than `run` started with."""
+    changes what a running proxy takes over only at a restart (listen, state_dir, audit.db, upstream.extra_ca,
+    limits, approvals): every worker runs with what `run` started with."""
+    from goex_proxy.addons.state import RESTART_ONLY, config_changes
+
     from .config import load_config
     from .errors import GoexError
 
@@ -273,10 +276,9 @@ def _same_listen(running: Config) -> str | None:
         now = load_config(running.file)
     except GoexError as exc:
         return f"{running.file} does not load ({str(exc).splitlines()[0]})"
-    for what, a, b in (("listen", (now.listen_host, now.listen_port), (running.listen_host, running.listen_port)),
-                       ("state_dir", now.state_dir, running.state_dir), ("audit.db", now.audit_db, running.audit_db)):
-        if a != b:
-            return f"{running.file} says another {what} than `run` started with (restart `run` to use it)"
+    changed = sorted({RESTART_ONLY[name] for name in config_changes(running, now) if name in RESTART_ONLY})
+    if changed:
+        return f"{running.file} changes {', '.join(changed)} since `run` started (restart `run` to use it)"
     return None
 
 
@@ -290,6 +292,8 @@ def check_can_listen(config: Config, console: tuple[str, int] | None = None) -> 
         wanted.append((config.approvals.listen, "approvals.listen"))
     if console is not None:
         wanted.append((console, "console.listen"))
+    if config.databases.by_name:
+        wanted.append((config.databases.listen, "databases.listen"))
     for (host, port), key in wanted:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         with socket.socket(family) as probe:

@@ -118,15 +118,21 @@ def test_another_process_joining_the_port_is_never_handed_a_connection(make_prox
         rogue.close()
 
 
-def test_a_worker_is_not_started_again_from_a_config_that_moved(make_proxy, upstream):
+@pytest.mark.parametrize("change", ["listen", "limits"])
+def test_a_worker_is_not_started_again_from_a_config_that_moved(make_proxy, upstream, change):
+    """A config that now says another address, or anything else a running proxy takes over only at a restart (limits
+    here), is not what the other workers run with: the dead worker is not started from it."""
     proxy = _started(make_proxy(POLICY, start=False))
     assert proxy.proc is not None
     text = proxy.config.read_text()
-    proxy.config.write_text(text.replace(f"listen: 127.0.0.1:{proxy.port}", "listen: 127.0.0.1:1"))
+    moved = text.replace(f"listen: 127.0.0.1:{proxy.port}", "listen: 127.0.0.1:1") if change == "listen" \
+        else text + "limits: {max_connections_per_agent: 7}\n"
+    assert moved != text
+    proxy.config.write_text(moved)
     first = wait_for(lambda: _workers_of(proxy.proc.pid), what="the second worker")[0]
     os.kill(first, signal.SIGKILL)
     wait_for(lambda: "not started again while" in proxy.log_text(), what="the refusal", timeout=20)
-    assert "says another listen" in proxy.log_text() and not _workers_of(proxy.proc.pid)
+    assert f"changes {change} since `run` started" in proxy.log_text() and not _workers_of(proxy.proc.pid)
     assert proxy.proc.poll() is None  # the first worker still serves
     proxy.config.write_text(text)  # back as it was: the worker is started again
     _worker_started(proxy, 2)
