@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import AuditError
+from . import blobs, layout
 from .gaps import Gap, gap_holds, gaps
+from .layout import hex_of
 from .seal import Anchor
 from .store import OUTCOME_FIELDS, outcome_hash, row_hash
 
@@ -95,10 +97,8 @@ def prune_batch(conn: sqlite3.Connection, key: bytes, before: float, windows: di
     cover it)."""
     now = time.time() if now is None else now
     done = done if done is not None else Pruned()
-    cursor = conn.execute("SELECT * FROM requests WHERE seq > ? AND seq < ? ORDER BY seq LIMIT ?",
-                          (after, upper, BATCH))
-    names = [d[0] for d in cursor.description]
-    rows = [dict(zip(names, r, strict=True)) for r in cursor.fetchall()]
+    rows = list(layout.read(conn, "SELECT * FROM requests WHERE seq > ? AND seq < ? ORDER BY seq LIMIT ?",
+                            (after, upper, BATCH), lenient=True))  # a row that cannot be read fails its check
     if not rows:
         return None
     following = conn.execute("SELECT seq, prev_hash FROM requests WHERE seq > ? ORDER BY seq LIMIT 1",
@@ -107,12 +107,12 @@ def prune_batch(conn: sqlite3.Connection, key: bytes, before: float, windows: di
         raise AuditError("prune: no row after the rows examined")
     known = gaps(conn, after, int(following[0]))
     found = conn.execute("SELECT hash FROM requests WHERE seq <= ? ORDER BY seq DESC LIMIT 1", (after,)).fetchone()
-    prev = found[0] if found else ""
+    prev = hex_of(found[0]) if found else ""
     for row in rows:
         _check(key, known, row, prev)
         prev = row["hash"]
-    _check_link(key, known, {"seq": following[0], "prev_hash": following[1], "id": "after them"}, prev)
-    before_hash = found[0] if found else ""
+    _check_link(key, known, {"seq": following[0], "prev_hash": hex_of(following[1]), "id": "after them"}, prev)
+    before_hash = hex_of(found[0]) if found else ""
     run: list[dict[str, Any]] = []
     for row in rows:
         why = "newer" if row["ts"] >= before else _kept_because(conn, row, windows, now, before, include_undoable)
@@ -176,7 +176,11 @@ def _remove(conn: sqlite3.Connection, key: bytes, known: dict[int, Gap], run: li
     known[gap.next_seq] = gap
     for table in ("limit_hits", "approval_links", "approvals", "undo_journal"):
         conn.execute(f"DELETE FROM {table} WHERE request_id IN ({marks})", ids)
+    named = [ref for found in conn.execute(f"SELECT {', '.join(layout.BLOB_COLUMNS)} FROM requests WHERE seq BETWEEN "
+                                           "? AND ?", (run[0]["seq"], run[-1]["seq"]))
+             for ref in found if ref is not None]
     conn.execute("DELETE FROM requests WHERE seq BETWEEN ? AND ?", (run[0]["seq"], run[-1]["seq"]))
+    blobs.release(conn, named)  # each blob no kept row names goes with them
     done.rows += len(run)
     done.gaps += 1 - absorbed
 

@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from .. import ids
 from ..errors import AuditError, NotFound
+from . import blobs, layout
 from .gaps import gap_holds, gaps
+from .layout import hex_of
 from .seal import Anchor, Seal, chain_hash
 
 if TYPE_CHECKING:
@@ -164,9 +166,23 @@ def _migration_11(db: sqlite_utils.Database) -> None:
                                        "before_hash": str, "last_hash": str, "at": float, "mac": str}, pk="next_seq")
 
 
+def _migration_12(db: sqlite_utils.Database) -> None:
+    """A smaller log (`layout`): headers and bodies in `audit_blobs`, compressed, stored once while they repeat and
+    counted by the rows that name them; hashes as bytes; values a row's other fields give left out. Rows already
+    written stay as they are (both layouts read back the same): rewriting a 10 GB log here would hold every writer for
+    as long, need as much again in its WAL, and give nothing back to the disk without a VACUUM."""
+    requests = db.table("requests")
+    have = requests.columns_dict
+    for column in layout.BLOB_COLUMNS:
+        if column not in have:  # a log whose version was set back already has them
+            requests.add_column(column, int)
+    if not db.table(blobs.TABLE).exists():
+        db.table(blobs.TABLE).create({"id": int, "data": bytes, "refs": int}, pk="id")
+
+
 #: Schema migrations, applied in order; `PRAGMA user_version` records how many have run.
 MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6, _migration_7,
-              _migration_8, _migration_9, _migration_10, _migration_11]
+              _migration_8, _migration_9, _migration_10, _migration_11, _migration_12]
 #: From this version on the chain is HMAC-SHA256 under the seal's key; before it, plain SHA-256.
 KEYED_VERSION = 7
 #: Request fields added by later migrations: hashed only when set, so rows written before them still verify.
@@ -313,6 +329,7 @@ class AuditWriter:
         ids.claim(path)  # the ids this process makes are its own among all that write this log
         self._key = seal.key(create=True)
         self._pending: dict[str, tuple[str, int]] = {}  # request id -> (hash, seq) of rows awaiting their outcome
+        self._blobs = blobs.BlobStore()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="goex-audit-writer", daemon=True)
         self._thread.start()
@@ -405,6 +422,7 @@ class AuditWriter:
                 self._conn.execute("BEGIN IMMEDIATE")
                 self._check_anchor()
                 last = self._conn.execute("SELECT hash FROM requests ORDER BY seq DESC LIMIT 1").fetchone()
+                last = (hex_of(last[0]),) if last else None
                 for index, (op, _) in enumerate(batch):
                     if isinstance(op, _Apply):
                         try:
@@ -420,6 +438,7 @@ class AuditWriter:
                         head = self._insert(op, head.hash if head else last[0] if last else "")
         except Exception as exc:  # sqlite3.Error, disk full, a locked database: every waiter fails closed
             log.error("audit write failed (%d records): %s", len(batch), exc)
+            self._blobs.forget()
             for op, _ in batch:
                 if isinstance(op, _Intent):
                     self._pending.pop(str(op.row["id"]), None)
@@ -464,7 +483,7 @@ class AuditWriter:
         if anchor is None:
             return
         found = self._conn.execute("SELECT id, hash FROM requests WHERE seq = ?", (anchor.seq,)).fetchone()
-        if found is None or tuple(found) != (anchor.id, anchor.hash):
+        if found is None or (found[0], hex_of(found[1])) != (anchor.id, anchor.hash):
             raise AuditError(f"the audit log no longer holds the row its anchor names (seq {anchor.seq}, id "
                              f"{anchor.id}): rows were removed or rewritten; `goex-proxy log verify` says more")
 
@@ -487,9 +506,9 @@ class AuditWriter:
         row["hash"] = row_hash(self._key, prev, row)
         if row.get("status") is not None or row.get("error") is not None:
             row["outcome_hash"] = outcome_hash(self._key, row["hash"], row)
-        cols = ", ".join(row)
-        cursor = self._conn.execute(f"INSERT INTO requests ({cols}) VALUES ({', '.join('?' * len(row))})",
-                                    tuple(row.values()))
+        kept = self._stored(row)
+        cursor = self._conn.execute(f"INSERT INTO requests ({', '.join(kept)}) VALUES ({', '.join('?' * len(kept))})",
+                                    tuple(kept.values()))
         if "outcome_hash" not in row:
             self._pending[str(row["id"])] = (row["hash"], int(cursor.lastrowid or 0))
         if op.approval is not None:
@@ -507,12 +526,17 @@ class AuditWriter:
             found = self._conn.execute("SELECT hash, seq FROM requests WHERE id = ?", (op.id,)).fetchone()
             if found is None:
                 raise AuditError(f"outcome for unknown request {op.id}")
-            pending = (found[0], found[1])
+            pending = (hex_of(found[0]), found[1])
         hash_, seq = pending
         fields = dict(op.fields)
         fields["outcome_hash"] = outcome_hash(self._key, hash_, fields)
-        sets = ", ".join(f"{k} = ?" for k in fields)
-        self._conn.execute(f"UPDATE requests SET {sets} WHERE seq = ?", (*fields.values(), seq))  # by rowid
+        kept = self._stored(fields)
+        sets = ", ".join(f"{k} = ?" for k in kept)
+        self._conn.execute(f"UPDATE requests SET {sets} WHERE seq = ?", (*kept.values(), seq))  # by rowid
+
+    def _stored(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """The columns that keep these fields (hashed as they are): headers and bodies as blobs, and so on."""
+        return layout.stored(fields, lambda value: self._blobs.put(self._conn, value))
 
 
 class _savepoint:
@@ -560,17 +584,14 @@ def query(conn: sqlite3.Connection, *, agent: str | None = None, host: str | Non
     sql += f" ORDER BY ts {order}, seq {order}"
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
-    cursor = conn.execute(sql, params)
-    names = [d[0] for d in cursor.description]
-    return [dict(zip(names, r, strict=True)) for r in cursor.fetchall()]
+    return list(layout.read(conn, sql, params))
 
 
 def get(conn: sqlite3.Connection, request_id: str) -> dict[str, Any]:
-    cursor = conn.execute("SELECT * FROM requests WHERE id = ?", (request_id,))
-    found = cursor.fetchone()
-    if found is None:
-        raise NotFound(f"no request with id {request_id!r} in the audit log")
-    return dict(zip([d[0] for d in cursor.description], found, strict=True))
+    """One row, whole and as written (its headers and bodies read back from their blobs)."""
+    for found in layout.read(conn, "SELECT * FROM requests WHERE id = ?", (request_id,)):
+        return found
+    raise NotFound(f"no request with id {request_id!r} in the audit log")
 
 
 def row_count(conn: sqlite3.Connection) -> int:
@@ -580,7 +601,7 @@ def row_count(conn: sqlite3.Connection) -> int:
 def newest(conn: sqlite3.Connection) -> Anchor | None:
     """The newest row of the chain, as an anchor to keep elsewhere; None for an empty log."""
     found = conn.execute("SELECT seq, id, hash FROM requests ORDER BY seq DESC LIMIT 1").fetchone()
-    return Anchor(int(found[0]), str(found[1]), str(found[2])) if found else None
+    return Anchor(int(found[0]), str(found[1]), str(hex_of(found[2]))) if found else None
 
 
 def last_injected(conn: sqlite3.Connection) -> dict[str, float]:
@@ -589,11 +610,10 @@ def last_injected(conn: sqlite3.Connection) -> dict[str, float]:
                              "GROUP BY credential").fetchall())
 
 
-def iter_rows(conn: sqlite3.Connection) -> Iterator[dict[str, Any]]:
-    cursor = conn.execute("SELECT * FROM requests ORDER BY seq")
-    names = [d[0] for d in cursor.description]
-    for found in cursor:
-        yield dict(zip(names, found, strict=True))
+def iter_rows(conn: sqlite3.Connection, *, lenient: bool = False) -> Iterator[dict[str, Any]]:
+    """Every row in seq order, whole and as written; `lenient`: a value that cannot be read (a blob removed or
+    damaged) reads as one that fails the chain check, instead of stopping the walk (as `verify` needs)."""
+    return layout.read(conn, "SELECT * FROM requests ORDER BY seq", lenient=lenient)
 
 
 @dataclass(frozen=True)
@@ -654,7 +674,7 @@ def verify(conn: sqlite3.Connection, key: bytes | None, anchor: Anchor | None = 
     anchored = anchor is None
     expected: set[tuple[str, str, float]] = set()  # (request id, rule key, time) of every charge a row carries
     joins = gaps(conn)
-    for row in iter_rows(conn):
+    for row in iter_rows(conn, lenient=True):
         problem = None
         if row["prev_hash"] != prev and gap_holds(key, joins.get(row["seq"]), prev, row["prev_hash"]):
             pruned += joins[row["seq"]].rows  # rows pruned before it, joined by a signed gap record

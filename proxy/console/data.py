@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from ..audit import layout
 from ..audit import store as audit
 from ..audit.gaps import gap_holds, gaps
 from ..audit.seal import Seal
@@ -17,9 +18,9 @@ from ..config import Config
 from ..errors import AuditError
 
 T = TypeVar("T")
-#: The columns of a log page (never the bodies).
-LIST_COLUMNS = ("seq, id, ts, agent, method, host, path, url, decision, rule, reason, status, error, duration_ms, "
-                "undo_class, undo_of")
+#: The columns of a log page (never the bodies; scheme and port for the URL, which a row may leave to its parts).
+LIST_COLUMNS = ("seq, id, ts, agent, method, scheme, host, port, path, url, decision, rule, reason, status, error, "
+                "duration_ms, undo_class, undo_of")
 PAGE = 50
 
 
@@ -51,9 +52,8 @@ class Filters:
         return clauses, params
 
 
-def _rows(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
-    names = [d[0] for d in cursor.description]
-    return [dict(zip(names, r, strict=True)) for r in cursor.fetchall()]
+def _rows(conn: sqlite3.Connection, sql: str, params: list[Any]) -> list[dict[str, Any]]:
+    return list(layout.read(conn, sql, params))
 
 
 #: How much later than its `ts` (the request's start) a row may be written: after the pre-image read, a hold, a slow
@@ -79,7 +79,7 @@ def page(conn: sqlite3.Connection, filters: Filters, before: int | None = None, 
         clauses.append("seq < ?")  # walk down seq from there, not from the newest row (1M rows, 10 days back: 150-190 -> 15 ms)
         params.append(later)
     sql = f"SELECT {LIST_COLUMNS} FROM requests" + (" WHERE " + " AND ".join(clauses) if clauses else "")
-    return _rows(conn.execute(sql + f" ORDER BY seq DESC LIMIT {int(limit)}", params))
+    return _rows(conn, sql + f" ORDER BY seq DESC LIMIT {int(limit)}", params)
 
 
 #: How many new rows one poll of the live stream reads at most (a full batch is followed at once by the next).
@@ -92,7 +92,7 @@ def newer(conn: sqlite3.Connection, filters: Filters, after: int, limit: int = N
     clauses.append("seq > ?")
     params.append(after)
     sql = f"SELECT {LIST_COLUMNS} FROM requests WHERE " + " AND ".join(clauses)
-    return _rows(conn.execute(sql + f" ORDER BY seq ASC LIMIT {int(limit)}", params))
+    return _rows(conn, sql + f" ORDER BY seq ASC LIMIT {int(limit)}", params)
 
 
 def head(conn: sqlite3.Connection) -> int:
@@ -108,7 +108,7 @@ def chain_status(conn: sqlite3.Connection, seal: Seal, row: dict[str, Any]) -> t
     except AuditError as exc:
         return False, str(exc)
     found = conn.execute("SELECT hash FROM requests WHERE seq < ? ORDER BY seq DESC LIMIT 1", (row["seq"],)).fetchone()
-    before = found[0] if found else ""
+    before = layout.hex_of(found[0]) if found else ""
     pruned = gaps(conn, row["seq"] - 1, row["seq"]).get(row["seq"])
     if row["prev_hash"] != before and not gap_holds(key, pruned, before, row["prev_hash"]):
         return False, "broken: its link to the row before does not hold (a row before it was removed or reordered)"

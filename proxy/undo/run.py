@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from ..audit import layout
+from ..audit import store as audit
 from ..config import Config
-from ..errors import GoexError
+from ..errors import GoexError, NotFound
 from ..ids import RequestIds
 from ..policy.cel import CelEvalError, Condition
 from ..policy.engine import PolicySet
@@ -229,10 +231,11 @@ def run_steps(plan: Plan, replayer: Replayer, journal: Journal, agent: str,
 def _as_sent(result: StepResult, conn: sqlite3.Connection) -> StepResult:
     """The result with the request its audit row says went upstream; failed if that is not the planned request
     (a compensation must go exactly as planned: nothing in the pipeline may turn it into another call)."""
-    row = conn.execute("SELECT method, url FROM requests WHERE id = ?", (result.request_id,)).fetchone()
-    if row is None:
+    found = list(layout.read(conn, "SELECT method, scheme, host, port, path, url FROM requests WHERE id = ?",
+                             (result.request_id,)))
+    if not found:
         return result
-    method, url = str(row[0]), str(row[1])
+    method, url = str(found[0]["method"]), str(found[0]["url"])
     sent = f"{method} {url}"
     planned, went = urlsplit(result.step.url), urlsplit(url)
     if method.upper() == result.step.method and (planned.hostname, unquote(planned.path), planned.query) == (
@@ -245,11 +248,13 @@ def _as_sent(result: StepResult, conn: sqlite3.Connection) -> StepResult:
 def _resume(plan: Plan, step: Step, conn: sqlite3.Connection, compensation_id: str, force: bool
             ) -> StepResult | None:
     """What became of a step an interrupted undo sent: judged from its recorded answer; None to send it (again)."""
-    row = conn.execute("SELECT status, resp_headers, resp_body FROM requests WHERE id = ?",
-                       (compensation_id,)).fetchone()
-    if row is None or step.repeatable:  # never recorded, so never forwarded; or harmless to repeat
+    try:
+        row = None if step.repeatable else audit.get(conn, compensation_id)
+    except NotFound:
+        row = None
+    if row is None:  # never recorded, so never forwarded; or harmless to repeat
         return None
-    status, headers, body = row
+    status, headers, body = row["status"], row["resp_headers"], row["resp_body"]
     if status is None and force:
         return None
     if status is None:

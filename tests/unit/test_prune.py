@@ -15,6 +15,7 @@ from goex_proxy import cli
 from goex_proxy.audit import prune as pruning
 from goex_proxy.audit import store as audit
 from goex_proxy.audit.gaps import Gap, gaps
+from goex_proxy.audit.layout import hex_of
 from goex_proxy.audit.seal import Seal
 from goex_proxy.audit.store import AuditWriter
 from goex_proxy.console.data import chain_status
@@ -232,7 +233,7 @@ def test_a_gap_forged_or_edited_without_the_key_is_caught(log: Log) -> None:
         first = conn.execute("SELECT seq FROM requests WHERE id = ?", (rows[1],)).fetchone()[0]
         before = conn.execute("SELECT hash FROM requests WHERE id = ?", (rows[0],)).fetchone()[0]
         conn.execute("DELETE FROM requests WHERE id IN (?, ?)", (rows[1], rows[2]))
-        forged = Gap(after[0], first, first + 1, 2, before, after[1], NOW).signed(b"not the key" * 3)
+        forged = Gap(after[0], first, first + 1, 2, hex_of(before), hex_of(after[1]), NOW).signed(b"not the key" * 3)
         conn.execute("INSERT INTO audit_gaps VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (*forged.fields(), forged.mac))
     assert log.verify().broken_id == rows[3]
 

@@ -1,0 +1,124 @@
+"""How a row is stored and read back: the same fields and values as written, in less room. Headers and bodies go to
+blobs (the row names them), hashes are kept as 32 bytes instead of 64 hex characters, and a value the row's other
+fields give (its URL from scheme, host, port and path; a body's sha256 when the body is stored whole) is left out.
+Rows written before (schema 11 and older) hold every value as is; both read back the same."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from ..errors import AuditError
+from . import blobs
+
+#: Fields kept in blobs; a row names each by id in the column of the same name with `_blob` after it.
+BLOB_FIELDS = ("req_headers", "req_body", "resp_headers", "resp_body", "pre_headers", "pre_body")
+BLOB_COLUMNS = tuple(f"{f}_blob" for f in BLOB_FIELDS)
+#: Fields that hold a SHA-256 or HMAC-SHA256 in lower-case hex: stored as its 32 bytes.
+HEX_FIELDS = ("prev_hash", "hash", "outcome_hash", "req_body_sha256", "resp_body_sha256")
+#: A body's digest, left out when it is the digest of the body as stored.
+DIGEST_OF = {"req_body_sha256": "req_body", "resp_body_sha256": "resp_body"}
+#: Stored in place of a value that the row's other fields give (a zero-length blob: never a value of these fields).
+DERIVED = b""
+_HEX = re.compile(r"[0-9a-f]{64}")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def url_of(scheme: Any, host: Any, port: Any, path: Any) -> str | None:
+    """The URL these parts make when the port is the scheme's own or given (None: not parts of a URL)."""
+    if not all(isinstance(v, str) for v in (scheme, host, path)) or not isinstance(port, int):
+        return None
+    netloc = f"[{host}]" if ":" in host else host
+    if _DEFAULT_PORTS.get(scheme) != port:
+        netloc += f":{port}"
+    return f"{scheme}://{netloc}{path}"
+
+
+def stored(fields: dict[str, Any], put: Callable[[str | bytes], int]) -> dict[str, Any]:
+    """The columns to write for these fields of a row (all of them, or an outcome's); `put` stores a blob."""
+    out = dict(fields)
+    for field, column in zip(BLOB_FIELDS, BLOB_COLUMNS, strict=True):
+        value = fields.get(field)
+        if isinstance(value, (str, bytes)) and value:
+            out[field], out[column] = None, put(value)
+    for field, body in DIGEST_OF.items():
+        value, content = fields.get(field), fields.get(body)
+        if isinstance(value, str) and isinstance(content, bytes) and hashlib.sha256(content).hexdigest() == value:
+            out[field] = DERIVED
+    for field in HEX_FIELDS:
+        value = out.get(field)
+        if isinstance(value, str) and _HEX.fullmatch(value):
+            out[field] = bytes.fromhex(value)
+    if isinstance(fields.get("url"), str) and url_of(*(fields.get(k) for k in ("scheme", "host", "port", "path"))) \
+            == fields["url"]:
+        out["url"] = DERIVED
+    return out
+
+
+def hex_of(value: Any) -> Any:
+    """A stored hash as the hex the chain works with (rows written before hold it as hex already)."""
+    return value.hex() if isinstance(value, bytes) and len(value) == 32 else value
+
+
+def unreadable(field: str, why: str) -> str:
+    """What a lenient read gives for a value that cannot be read: never what was hashed, so the row fails `verify`."""
+    return f"<unreadable {field}: {why}>"
+
+
+def logical(row: dict[str, Any], found: dict[int, bytes], *, lenient: bool = False) -> dict[str, Any]:
+    """The row as it was written, from its stored columns and the blobs `found` (by id). A value that cannot be read
+    raises AuditError, or, `lenient`, reads as something that fails the chain check."""
+    out = dict(row)
+    for field, column in zip(BLOB_FIELDS, BLOB_COLUMNS, strict=True):
+        ref = out.pop(column, None)
+        if ref is None:
+            continue
+        try:
+            data = found.get(ref)
+            if data is None:
+                raise AuditError(f"blob {ref} is missing")
+            out[field] = blobs.decode(data)
+        except AuditError as exc:
+            if not lenient:
+                raise AuditError(f"the audit log is damaged: the {field} of row {row.get('id')} cannot be read "
+                                 f"({exc}); `goex-proxy log verify` checks the log") from None
+            out[field] = unreadable(field, str(exc))
+    for field in HEX_FIELDS:
+        if field in out:
+            out[field] = hex_of(out[field])
+    for field, body in DIGEST_OF.items():
+        if out.get(field) == DERIVED and isinstance(out.get(field), bytes):
+            content = out.get(body)
+            out[field] = hashlib.sha256(content).hexdigest() if isinstance(content, bytes) else \
+                unreadable(field, "its body is not stored")
+    if out.get("url") == DERIVED and isinstance(out.get("url"), bytes):
+        out["url"] = url_of(*(out.get(k) for k in ("scheme", "host", "port", "path"))) or unreadable("url", "no parts")
+    return out
+
+
+def refs(row: dict[str, Any]) -> list[int]:
+    """The blob ids a stored row names (one per column that names one)."""
+    return [int(row[c]) for c in BLOB_COLUMNS if row.get(c) is not None]
+
+
+def expand(conn: sqlite3.Connection, rows: list[dict[str, Any]], *, lenient: bool = False) -> list[dict[str, Any]]:
+    """Stored rows as written, their blobs read in one query."""
+    wanted = {ref for r in rows for ref in refs(r)}
+    found = blobs.fetch(conn, wanted) if wanted else {}
+    return [logical(r, found, lenient=lenient) for r in rows]
+
+
+#: Rows read (and their blobs fetched) per step of a long read.
+CHUNK = 500
+
+
+def read(conn: sqlite3.Connection, sql: str, params: Iterable[Any] = (), *, lenient: bool = False
+         ) -> Iterator[dict[str, Any]]:
+    """The rows a SELECT on `requests` gives, as written (the one way rows are read whole)."""
+    cursor = conn.execute(sql, tuple(params))
+    names = [d[0] for d in cursor.description]
+    while chunk := cursor.fetchmany(CHUNK):
+        yield from expand(conn, [dict(zip(names, r, strict=True)) for r in chunk], lenient=lenient)

@@ -1,0 +1,240 @@
+"""How the audit log stores rows (schema 12): headers and bodies as compressed blobs stored once while they repeat,
+hashes as bytes, derived values left out; every reader gets what was written, `log verify` still catches an edit in
+the new storage, a log written before reads and verifies the same, and pruning leaves no blob behind."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from goex_proxy.audit import blobs, layout
+from goex_proxy.audit import prune as pruning
+from goex_proxy.audit import store as audit
+from goex_proxy.audit.dictionary import DICTIONARIES, FROZEN, fingerprint
+from goex_proxy.audit.seal import Seal
+from goex_proxy.audit.store import AuditWriter
+from goex_proxy.console import data as console_data
+from goex_proxy.errors import AuditError
+from goex_proxy.ids import RequestIds
+
+NOW = time.time()
+HEADERS = json.dumps([["Host", "slack.com"], ["User-Agent", "python-httpx/0.28.1"], ["Accept", "*/*"],
+                      ["Authorization", "Bearer <redacted>"], ["Content-Type", "application/json"]])
+RESP_HEADERS = json.dumps([["Content-Type", "application/json; charset=utf-8"], ["Date", "Fri, 04 Dec 2026 10:00:00 GMT"]])
+
+
+def intent(ids: RequestIds, i: int, **extra: Any) -> dict[str, Any]:
+    """A request row with every field a real one can have, as addons/rows.py makes it."""
+    body = json.dumps({"channel": "C0BOTS", "text": f"status update {i}"}).encode()
+    pre = json.dumps({"id": i, "name": "before"}).encode()
+    row = {"id": ids.new(NOW - 100 + i), "ts": NOW - 100 + i, "agent": "bot", "client": "127.0.0.1:40000",
+           "method": "POST", "scheme": "https", "host": "slack.com", "port": 443, "path": f"/api/chat.postMessage?n={i}",
+           "url": f"https://slack.com/api/chat.postMessage?n={i}", "http_version": "HTTP/1.1", "req_headers": HEADERS,
+           "req_body": body, "req_body_size": len(body), "req_body_sha256": hashlib.sha256(body).hexdigest(),
+           "decision": "allow", "rule": "slack/post", "reason": "allowed by rule 'post'", "report": None,
+           "credential": "slack", "undo_of": None, "pre_status": 200, "pre_headers": RESP_HEADERS, "pre_body": pre,
+           "pre_body_size": len(pre)}
+    row.update(extra)
+    return row
+
+
+def outcome(i: int, body: bytes | None = None) -> dict[str, Any]:
+    body = body if body is not None else json.dumps({"ok": True, "ts": f"1764000000.{i:06d}"}).encode()
+    return {"status": 200, "resp_headers": RESP_HEADERS, "resp_body": body, "resp_body_size": len(body),
+            "resp_body_sha256": hashlib.sha256(body).hexdigest(), "error": None, "ended": NOW - 99 + i,
+            "duration_ms": 12.5, "undo_class": "exact"}
+
+
+def write(home: Path, rows: list[tuple[dict[str, Any], dict[str, Any] | None]]) -> None:
+    writer = AuditWriter(home / "a.db", Seal(home))
+    try:
+        for row, done in rows:
+            writer.record_intent(row).result(5)
+            if done is not None:
+                writer.record_outcome(str(row["id"]), done).result(5)
+    finally:
+        writer.close()
+
+
+def ro(home: Path) -> sqlite3.Connection:
+    return audit.open_db(home / "a.db", readonly=True)
+
+
+def verify(home: Path) -> audit.VerifyResult:
+    seal, conn = Seal(home), ro(home)
+    try:
+        return audit.verify(conn, audit.chain_key(conn, seal), seal.anchor())
+    finally:
+        conn.close()
+
+
+def blob_of(home: Path, request_id: str, field: str) -> int:
+    with sqlite3.connect(home / "a.db") as conn:
+        return int(conn.execute(f"SELECT {field}_blob FROM requests WHERE id = ?", (request_id,)).fetchone()[0])
+
+
+def test_every_field_reads_back_as_written(tmp_path: Path) -> None:
+    """get, iter_rows, query and the console's page give each field exactly as the writer was given it (types too),
+    while the row itself holds none of the headers, bodies, URL or digests of a full body in their old form."""
+    ids = RequestIds()
+    row, done = intent(ids, 1), outcome(1)
+    cut = intent(ids, 2, req_body=b"x" * 10, req_body_size=50, req_body_sha256=hashlib.sha256(b"y" * 50).hexdigest(),
+                 port=8443, url="https://slack.com:8443/odd")  # a cut body; a URL not made of its parts
+    write(tmp_path, [(row, done), (cut, None)])
+    conn = ro(tmp_path)
+    got = audit.get(conn, row["id"])
+    assert {k: got[k] for k in (*row, *done)} == {**row, **done}
+    assert isinstance(got["req_body"], bytes) and isinstance(got["req_headers"], str)
+    assert not any(k.endswith("_blob") for k in got)
+    got_cut = audit.get(conn, cut["id"])
+    assert {k: got_cut[k] for k in cut} == cut and got_cut["resp_body"] is None
+    assert [r["id"] for r in audit.iter_rows(conn)] == [row["id"], cut["id"]]
+    assert next(audit.iter_rows(conn)) == got
+    listed = {r["id"]: r["url"] for r in audit.query(conn)}
+    assert listed == {row["id"]: row["url"], cut["id"]: cut["url"]}
+    assert {r["id"]: r["url"] for r in console_data.page(conn, console_data.Filters())} == listed
+    stored = dict(zip(("req_headers", "req_body", "url", "req_body_sha256", "resp_body_sha256", "hash"), conn.execute(
+        "SELECT req_headers, req_body, url, req_body_sha256, resp_body_sha256, hash FROM requests WHERE id = ?",
+        (row["id"],)).fetchone(), strict=True))
+    assert stored == {"req_headers": None, "req_body": None, "url": b"", "req_body_sha256": b"",
+                      "resp_body_sha256": b"", "hash": bytes.fromhex(got["hash"])}
+    assert verify(tmp_path).checked == 2
+
+
+def test_a_repeated_value_is_stored_once(tmp_path: Path) -> None:
+    """Two rows with the same headers and the same response body name one blob each, counted twice."""
+    ids = RequestIds()
+    same = b'{"ok": true}'
+    write(tmp_path, [(intent(ids, 1), outcome(1, same)), (intent(ids, 2), outcome(2, same))])
+    conn = ro(tmp_path)
+    first, second = (r["id"] for r in audit.iter_rows(conn))
+    for field in ("req_headers", "resp_headers", "resp_body", "pre_headers"):
+        assert blob_of(tmp_path, first, field) == blob_of(tmp_path, second, field), field
+    assert blob_of(tmp_path, first, "req_body") != blob_of(tmp_path, second, "req_body")
+    refs = dict(conn.execute("SELECT id, refs FROM audit_blobs").fetchall())
+    # req_headers (2) and resp_headers = pre_headers (4, the same text), resp_body (2); each req_body, pre_body once
+    assert sorted(refs.values()) == [1, 1, 1, 1, 2, 2, 4]
+    assert refs[blob_of(tmp_path, first, "resp_headers")] == 4
+    assert audit.get(conn, second)["resp_body"] == same
+
+
+def test_verify_catches_an_edited_or_removed_blob(tmp_path: Path) -> None:
+    """A blob rewritten (even well-formed) breaks the row that names it; one removed too, and reading that row then
+    says so in one line instead of giving a wrong value."""
+    ids = RequestIds()
+    rows = [(intent(ids, i), outcome(i)) for i in range(3)]
+    write(tmp_path, rows)
+    victim = str(rows[1][0]["id"])
+    with sqlite3.connect(tmp_path / "a.db") as conn:
+        conn.execute("UPDATE audit_blobs SET data = ? WHERE id = ?",
+                     (blobs.encode(b'{"ok": false}'), blob_of(tmp_path, victim, "resp_body")))
+    result = verify(tmp_path)
+    assert (result.broken_id, result.checked) == (victim, 1) and "outcome" in (result.problem or "")
+
+    home = tmp_path / "again"
+    home.mkdir()
+    rows = [(intent(ids, i), outcome(i)) for i in range(3)]
+    write(home, rows)
+    victim = str(rows[2][0]["id"])
+    with sqlite3.connect(home / "a.db") as conn:
+        conn.execute("DELETE FROM audit_blobs WHERE id = ?", (blob_of(home, victim, "req_body"),))
+    result = verify(home)
+    assert (result.broken_id, result.checked) == (victim, 2) and "request fields" in (result.problem or "")
+    with pytest.raises(AuditError, match=f"req_body of row {victim} cannot be read"):
+        audit.get(ro(home), victim)
+
+
+def test_a_log_written_before_reads_and_verifies_the_same_after_migrating(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows written by schema 11 (every value in its row, hashes as hex) stay as they are through migration 12: they
+    read back the same and verify, and new rows chain onto them."""
+    ids = RequestIds()
+    old = [(intent(ids, i), outcome(i)) for i in range(3)]
+    with monkeypatch.context() as old_version:
+        old_version.setattr(audit, "MIGRATIONS", audit.MIGRATIONS[:11])
+        old_version.setattr(layout, "stored", lambda fields, put: dict(fields))
+        write(tmp_path, old)
+        conn = ro(tmp_path)
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 11
+        before = [audit.get(conn, str(r["id"])) for r, _ in old]
+        assert isinstance(before[0]["req_headers"], str) and len(before[0]["hash"]) == 64
+    new = [(intent(ids, 10 + i), outcome(10 + i)) for i in range(2)]
+    write(tmp_path, new)  # migrates, then writes the new layout after the old rows
+    conn = ro(tmp_path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(audit.MIGRATIONS) == 12
+    after = [audit.get(conn, str(r["id"])) for r, _ in old]
+    assert [{k: v for k, v in r.items() if not k.endswith("_blob")} for r in after] == before
+    stored = conn.execute("SELECT typeof(req_headers), typeof(hash), req_headers_blob FROM requests ORDER BY seq"
+                          ).fetchall()
+    assert stored == [("text", "text", None)] * 3 + [("null", "blob", stored[3][2]), ("null", "blob", stored[4][2])]
+    for row, done in new:
+        got = audit.get(conn, str(row["id"]))
+        assert {k: got[k] for k in (*row, *done)} == {**row, **done}
+    assert (verify(tmp_path).checked, verify(tmp_path).broken_id) == (5, None)
+
+
+def test_prune_removes_the_blobs_no_kept_row_names(tmp_path: Path) -> None:
+    """Pruned rows take their blobs with them, except those a kept row still names (counted down, not removed);
+    no blob is left that no row names, every count is right, and the chain still verifies."""
+    ids = RequestIds()
+    shared = b'{"ok": true, "shared": 1}'
+    old = [(intent(ids, i, ts=NOW - 40 * 86400 + i), outcome(i, shared if i % 2 else None)) for i in range(6)]
+    kept = [(intent(ids, 100 + i), outcome(100 + i, shared)) for i in range(2)]
+    write(tmp_path, old + kept)
+    seal = Seal(tmp_path)
+    conn = audit.open_db(tmp_path / "a.db", seal=seal)
+    done = pruning.prune(conn, seal.key(), NOW - 30 * 86400, {}, seal.anchor(), include_undoable=True)
+    assert done.rows == 6
+    named: dict[int, int] = {}
+    for found in conn.execute(f"SELECT {', '.join(layout.BLOB_COLUMNS)} FROM requests"):
+        for ref in found:
+            if ref is not None:
+                named[ref] = named.get(ref, 0) + 1
+    assert dict(conn.execute("SELECT id, refs FROM audit_blobs").fetchall()) == named
+    conn.close()
+    result = verify(tmp_path)
+    assert (result.checked, result.broken_id, result.pruned) == (2, None, 6)
+
+
+def test_a_blob_taken_by_a_prune_is_not_named_again(tmp_path: Path) -> None:
+    """A writer that remembers a value it stored, after a prune (another process) removed its blob, stores it again
+    instead of naming a blob that is gone."""
+    ids = RequestIds()
+    home = tmp_path
+    writer = AuditWriter(home / "a.db", Seal(home))
+    try:
+        first = intent(ids, 1, ts=NOW - 40 * 86400)
+        writer.record_intent(first).result(5)
+        writer.record_outcome(str(first["id"]), outcome(1)).result(5)
+        writer.record_intent(intent(ids, 2)).result(5)  # the newest row stays
+        seal = Seal(home)
+        conn = audit.open_db(home / "a.db", seal=seal)
+        assert pruning.prune(conn, seal.key(), NOW - 30 * 86400, {}, seal.anchor(), include_undoable=True).rows == 1
+        conn.close()
+        later = intent(ids, 3)  # the same headers as the pruned row, whose blob went with it
+        writer.record_intent(later).result(5)
+    finally:
+        writer.close()
+    assert audit.get(ro(home), str(later["id"]))["req_headers"] == HEADERS
+    assert verify(home).broken_id is None
+
+
+def test_codec_round_trip_and_bad_input() -> None:
+    for value in ("", "[]", HEADERS, b"", b"\x00\xff" * 10, bytes(range(256)) * 4, "é" * 50):
+        assert blobs.decode(blobs.encode(value)) == value and type(blobs.decode(blobs.encode(value))) is type(value)
+    assert blobs.encode(HEADERS)[0] == blobs.DEFLATE_V1_TEXT and len(blobs.encode(HEADERS)) < len(HEADERS) // 3
+    for bad, why in ((b"", "empty"), (b"\x09abc", "unknown encoding"), (b"\x02\xff\xff\xff", "does not decompress"),
+                     (b"\x01\xff", "not UTF-8")):
+        with pytest.raises(AuditError, match=why):
+            blobs.decode(bad)
+
+
+def test_the_dictionaries_never_change() -> None:
+    """Every blob compressed with a dictionary needs that very dictionary to be read: versions are only added."""
+    assert set(DICTIONARIES) == set(FROZEN) and all(fingerprint(v) == FROZEN[v] for v in DICTIONARIES)
