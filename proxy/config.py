@@ -14,6 +14,7 @@ from . import yamlsrc
 from .approvalconfig import Approvals, parse_approvals, parse_host_port
 from .consoleconfig import Console, RunningListens, parse_console
 from .credentials.kinds import Credential, Injection
+from .dbconfig import Databases, parse_databases
 from .durations import parse_duration
 from .errors import ConfigError, Problem, StateError
 from .globs import Glob, compile_host, compile_path
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from .credentials.oauth import OAuth2
 
 _TOP_KEYS = {"version", "state_dir", "listen", "agents", "credentials", "policies", "undo_rules", "audit", "upstream",
-             "llm", "sandbox", "limits", "approvals", "console"}
+             "llm", "sandbox", "limits", "approvals", "console", "databases"}
 _SANDBOX_KEYS = {"hide", "expose", "allow_sockets", "pass_env"}
 _LLM_KEYS = {"base_url", "model", "api_key", "timeout"}
 _CREDENTIAL_KEYS = {"secret", "host", "hosts", "methods", "paths", "schemes", "inject", "env"}
@@ -127,6 +128,7 @@ class Config:
     limits: ClientLimits = ClientLimits()
     approvals: Approvals = Approvals()
     console: Console = Console()
+    databases: Databases = Databases()
 
     @property
     def policy_sources(self) -> list[tuple[Path, frozenset[str] | None]]:
@@ -492,6 +494,7 @@ def parse_config(doc: Any, file: Path, check: Checker) -> Config:
         limits=parse_limits(check, top),
         approvals=parse_approvals(check, top),
         console=parse_console(check, top, base),
+        databases=parse_databases(check, top, base, set(agents)),
     )
 
 

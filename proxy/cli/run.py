@@ -101,6 +101,7 @@ def run(config_path: Path | None, quiet: bool, with_console: bool | None, worker
         elif short := weak_token(token):
             click.echo(f"goex-proxy: warning: agent {name!r}'s token ({agent.token.describe()}) {short}; its requests "
                        "will be refused", err=True)
+    _warn_databases(config)
     if config.approvals.notify:
         from ..approvals.notify import targets
 
@@ -111,8 +112,36 @@ def run(config_path: Path | None, quiet: bool, with_console: bool | None, worker
     click.echo(f"goex-proxy {__version__} on {config.listen_host}:{config.listen_port}"
                + (f" ({workers} workers)" if workers > 1 else "") + "; "
                f"{len(policies.policies)} polic{'y' if len(policies.policies) == 1 else 'ies'}; audit {config.audit_db}"
-               + (f"; approval links on {config.approvals.base_url}" if config.approvals.listen else ""))
-    runtime.run(config, policies, quiet, [_serve_console(config, console)] if console else [], workers=workers)
+               + (f"; approval links on {config.approvals.base_url}" if config.approvals.listen else "")
+               + (f"; databases on {config.databases.listen[0]}:{config.databases.listen[1]}"
+                  if config.databases.by_name else ""))
+    also = [_serve_console(config, console)] if console else []
+    if config.databases.by_name:
+        also.append(_serve_databases(config))
+    runtime.run(config, policies, quiet, also, workers=workers)
+
+
+def _warn_databases(config: Config) -> None:
+    """Say which databases cannot be reached for want of their password (their connections will be refused)."""
+    if not config.databases.by_name:
+        return
+    from ..credentials.vault import Vault
+
+    stored = Vault(config.state_dir).all()
+    for database in config.databases.by_name.values():
+        if database.password.reveal(stored) is None:
+            click.echo(f"goex-proxy: warning: database {database.name!r} has no password ({database.password.describe()} "
+                       "is not set); its connections will be refused", err=True)
+
+
+def _serve_databases(config: Config) -> Any:
+    """What starts the database gateway in `run`'s loop (on `databases.listen`)."""
+    async def start() -> Any:
+        from ..db.gateway import serve_gateway
+
+        return await serve_gateway(config)
+
+    return start
 
 
 def _console_address(config: Config, wanted: bool | None) -> tuple[str, int] | None:

@@ -159,6 +159,7 @@ class Policy:
     mode: Mode = "enforce"
     servers: tuple[tuple[Glob, Routing], ...] = ()   # `servers:`: host globs and how their servers route paths
     review: tuple[tuple[str, Wait | None], ...] = ()  # `review:`: undo class -> wait (None: pass, queued for review)
+    sql_rules: tuple[Any, ...] = ()   # rules over SQL statements (`policy.sql.SqlRule`), for the database gateway
 
     def applies_to(self, agent: str | None) -> bool:
         return agent is not None and (self.agents is None or agent in self.agents)

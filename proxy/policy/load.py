@@ -14,6 +14,9 @@ from ..globs import Glob, compile_host, compile_path
 from ..yamlsrc import Checker, YMap
 from .cel import CelSyntaxError, Condition, compile_condition
 from .engine import REVIEW_CLASSES, Limit, Policy, PolicySet, Routing, Rule, Wait
+from .sql import ALLOW_KEYS as SQL_ALLOW_KEYS
+from .sql import DENY_KEYS as SQL_DENY_KEYS
+from .sql import SqlRule, SqlRuleReader, compile_sql_condition, is_sql_rule
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
 _POLICY_KEYS = {"version", "name", "description", "agents", "mode", "rules", "servers", "review"}
@@ -130,7 +133,7 @@ class RuleReader:
         per = self.check.parsed(lm, "per", f"{where}.limit.per", parse_duration)
         return Limit(count, per, str(lm.get("per", "")))
 
-    def rule(self, policy: str, raw: Any, pos: tuple[int, int], index: int, seen: set[str]) -> Rule | None:
+    def rule(self, policy: str, raw: Any, pos: tuple[int, int], index: int, seen: set[str]) -> Rule | SqlRule | None:
         where = f"rules[{index}]"
         r = self.check.mapping(raw, where, pos, _RULE_KEYS, {"name"})
         if r is None:
@@ -151,6 +154,8 @@ class RuleReader:
         if rewrite is not None and (effect != "allow" or rewrite != "reversible"):
             self.check.error(self.check.at(r, "rewrite"), f"'{where}.rewrite' can only be 'reversible', on an allow "
                                                           f"rule (got {rewrite!r})")
+        if is_sql_rule(r[effect]):
+            return self.sql_rule(policy, name, effect, r, where)
         allowed = _ALLOW_KEYS if effect == "allow" else _DENY_KEYS
         m = self.check.mapping(r[effect], f"{where}.{effect}", self.check.at(r, effect), allowed)
         if m is None:
@@ -197,6 +202,25 @@ class RuleReader:
             accepts_duplicate_keys=self.flag(m, "duplicate_keys", f"{where}.{effect}"),
             wait=self.wait(m, f"{where}.{effect}") if effect == "allow" else None,
         )
+
+    def sql_rule(self, policy: str, name: str, effect: str, r: YMap, where: str) -> SqlRule | None:
+        """A rule over SQL statements (its block names a `database`), for the database gateway."""
+        if "rewrite" in r:
+            self.check.error(self.check.at(r, "rewrite"), f"'{where}.rewrite' applies only to HTTP requests")
+        keys = SQL_ALLOW_KEYS if effect == "allow" else SQL_DENY_KEYS
+        m = self.check.mapping(r[effect], f"{where}.{effect}", self.check.at(r, effect), keys)
+        if m is None:
+            return None
+        return SqlRuleReader(self.check, self.sql_condition).rule(policy, name, effect, m, f"{where}.{effect}")
+
+    def sql_condition(self, m: YMap, key: str, where: str) -> Condition | None:
+        source = m[key]
+        try:
+            return compile_sql_condition(source)
+        except CelSyntaxError as exc:
+            line, col = expression_pos(self.lines, self.check.at(m, key), exc)
+            self.check.error((line, col), f"'{where}.{key}' {exc}")
+            return None
 
     def wait(self, m: YMap, where: str) -> Wait | None:
         """`hold: {timeout: 10m, on_timeout: deny}` (or `hold: true`) or `delay: 30s` on an allow rule."""
@@ -309,17 +333,22 @@ class RuleReader:
         agents = self.check.strings(p, "agents", "agents")
         seen: set[str] = set()
         rules = [self.rule(name, raw, pos, i, seen) for i, raw, pos in self.check.items(p.get("rules"), "rules", self.check.at(p, "rules"))]
-        if mode == "report" and ("review" in p or any(r is not None and r.wait for r in rules)):
+        sql_rules = tuple(r for r in rules if isinstance(r, SqlRule))
+        if mode == "report" and sql_rules:
+            self.check.warn(self.check.at(p, "mode"), "a report-mode policy's SQL rules are not applied (the database "
+                                                      "gateway enforces only enforce-mode policies)")
+        if mode == "report" and ("review" in p or any(isinstance(r, Rule) and r.wait for r in rules)):
             self.check.warn(self.check.at(p, "mode"), "a report-mode policy never holds or delays a request: its "
                                                       "'review', 'hold' and 'delay' have no effect")
         return Policy(
             name=name,
             file=file,
-            rules=tuple(r for r in rules if r is not None),
+            rules=tuple(r for r in rules if isinstance(r, Rule)),
             agents=None if agents is None or "*" in agents else frozenset(agents),
             mode=mode if mode in ("enforce", "report") else "enforce",
             servers=self.servers(p),
             review=self.review(p),
+            sql_rules=sql_rules,
         )
 
 

@@ -28,8 +28,8 @@ PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "http
 UNSET_VARIABLES = ("NO_PROXY", "no_proxy")
 
 
-def proxy_url(config: Config, agent: str, host: str | None = None) -> str:
-    """`http://AGENT:TOKEN@host:port` for an agent of this config."""
+def agent_token(config: Config, agent: str) -> str:
+    """An agent's token; GoexError naming the problem for an unknown agent or one whose token is not set."""
     spec = config.agents.get(agent)
     if spec is None:
         known = ", ".join(sorted(config.agents)) or "none"
@@ -37,9 +37,30 @@ def proxy_url(config: Config, agent: str, host: str | None = None) -> str:
     token = spec.token.reveal()
     if token is None:
         raise GoexError(f"agent {agent!r} has no token: {spec.token.describe()} is not set")
+    return token
+
+
+def proxy_url(config: Config, agent: str, host: str | None = None) -> str:
+    """`http://AGENT:TOKEN@host:port` for an agent of this config."""
+    token = agent_token(config, agent)
     host = host or proxy_address(config)[0]
     netloc = f"[{host}]" if ":" in host else host
     return f"http://{quote(agent, safe='')}:{quote(token, safe='')}@{netloc}:{config.listen_port}"
+
+
+def database_urls(config: Config, agent: str, host: str | None = None) -> dict[str, str]:
+    """`postgresql://AGENT:TOKEN@host:port/NAME` for each database the agent may use, by the variable it is given
+    in: the gateway's address and the agent's own identity, never the database's password."""
+    databases = config.databases.for_agent(agent)
+    if not databases:
+        return {}
+    token = agent_token(config, agent)
+    loopback = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
+    host = host or loopback.get(config.databases.listen[0], config.databases.listen[0])
+    netloc = f"[{host}]" if ":" in host else host
+    port = config.databases.listen[1]
+    return {d.env: f"postgresql://{quote(agent, safe='')}:{quote(token, safe='')}@{netloc}:{port}/"
+                   f"{quote(d.name, safe='')}" for d in databases}
 
 
 def agent_env(config: Config, agent: str, *, proxy_host: str | None = None, ca_path: str | None = None) -> dict[str, str]:
@@ -52,6 +73,7 @@ def agent_env(config: Config, agent: str, *, proxy_host: str | None = None, ca_p
     env["GOEX_PROXY_AGENT"] = agent
     for credential in config.credentials.values():  # unchanged SDK code finds a token; the proxy swaps it
         env.update({name: credential.placeholder for name in credential.env})
+    env.update(database_urls(config, agent, proxy_host))
     return env
 
 
@@ -64,6 +86,8 @@ def withheld(config: Config) -> set[str]:
     names.update(a.token.env for a in config.agents.values() if a.token.env)
     if config.llm is not None and config.llm.api_key is not None and config.llm.api_key.env:
         names.add(config.llm.api_key.env)  # the supervisor's model key is not the agent's
+    names.update(d.password.env for d in config.databases.by_name.values() if d.password.env)
+    names.update({"PGPASSWORD", "PGPASSFILE", "PGSERVICEFILE"})  # libpq's own ways to a password
     return names
 
 

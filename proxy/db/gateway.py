@@ -1,0 +1,135 @@
+"""The database gateway's server: a PostgreSQL listener on this machine, the policies it reloads when their files
+change, the vault, the audit writer its sessions share, and the cancel keys it handed out."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+from ..audit.seal import Seal
+from ..audit.store import AuditWriter
+from ..config import Config
+from ..errors import AuditError, ConfigError, GoexError
+from ..ids import RequestIds
+from ..policy.engine import Policy
+from ..policy.load import load_policy_set
+from .session import Refused, Session
+
+log = logging.getLogger("goex_proxy.db")
+
+
+class Gateway:
+    """Serves the agents' PostgreSQL connections for one config (`serve_gateway` starts it)."""
+
+    def __init__(self, config: Config, writer: AuditWriter | None = None) -> None:
+        self.config = config
+        self._writer = writer or AuditWriter(config.audit_db, Seal(config.state_dir))
+        self._owns_writer = writer is None
+        self._ids = RequestIds()
+        self._stamps: tuple[tuple[Path, int | None], ...] = ()
+        self._policies: tuple[Policy, ...] = ()
+        self._lock = asyncio.Lock()
+        self._sessions: dict[tuple[int, int], Session] = {}
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        await self.policies()  # a policy that does not load is a reason not to start (run checked it already)
+        host, port = self.config.databases.listen
+        self._server = await asyncio.start_server(self._serve, host, port)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+        if self._owns_writer:
+            await asyncio.to_thread(self._writer.close)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await Session(self, reader, writer).run()
+        except Exception:  # one connection's failure is logged; the gateway serves the others
+            log.exception("database connection failed")
+        finally:
+            self._tasks.discard(task)
+
+    def _stamp(self) -> tuple[tuple[Path, int | None], ...]:
+        out: list[tuple[Path, int | None]] = []
+        for path, _ in self.config.policy_sources:
+            try:
+                out.append((path, path.stat().st_mtime_ns))
+            except OSError:
+                out.append((path, None))
+        return tuple(out)
+
+    async def policies(self) -> tuple[Policy, ...]:
+        """The policies in force: read again when a file changed since (a file with a mistake keeps the last good
+        set, and says so)."""
+        stamps = self._stamp()
+        if stamps == self._stamps:
+            return self._policies
+        async with self._lock:
+            if stamps != self._stamps:
+                try:
+                    loaded = await asyncio.to_thread(load_policy_set, self.config.policy_sources)
+                except ConfigError as exc:
+                    if not self._stamps:
+                        raise
+                    log.error("database gateway: policy reload rejected; keeping the last good policies: %s", exc)
+                else:
+                    self._policies = tuple(loaded.policies)
+                self._stamps = stamps
+        return self._policies
+
+    def secrets(self) -> dict[str, str]:
+        from ..credentials.vault import Vault
+
+        try:
+            return Vault(self.config.state_dir).all()
+        except GoexError as exc:
+            raise Refused("28000", f"goex-proxy cannot read its vault: {exc}") from None
+
+    async def record_intent(self, row: dict[str, Any]) -> None:
+        """Commit a statement's row before it is sent; a log that cannot take it refuses the statement."""
+        try:
+            await asyncio.wrap_future(self._writer.record_intent(row))
+        except AuditError as exc:
+            raise Refused("58000", f"goex-proxy could not record the statement, so it was not sent: {exc}") from None
+
+    def record_outcome(self, request_id: str, fields: dict[str, Any]) -> None:
+        self._writer.record_outcome(request_id, fields)
+
+    def new_id(self) -> str:
+        return self._ids.new()
+
+    def register(self, key: tuple[int, int], session: Session | None) -> None:
+        if session is None:
+            self._sessions.pop(key, None)
+        else:
+            self._sessions[key] = session
+
+    def session_for(self, key: tuple[int, int]) -> Session | None:
+        return self._sessions.get(key)
+
+
+async def serve_gateway(config: Config) -> Gateway:
+    """The gateway, listening on `databases.listen` until closed."""
+    gateway = Gateway(config)
+    try:
+        await gateway.start()
+    except BaseException:
+        await gateway.close()
+        raise
+    host, port = config.databases.listen
+    log.info("database gateway on %s:%d for %s", host, port, ", ".join(config.databases.by_name))
+    return gateway

@@ -1,0 +1,392 @@
+"""One agent's connection through the gateway: its own identity checked, the real one used upstream, and every
+statement decided and recorded before it is sent, its outcome after."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import hmac
+import logging
+import secrets
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..config import Config, weak_token
+from ..dbconfig import Database
+from ..policy.engine import Decision, Policy
+from ..policy.sql import decide
+from ..policy.sqlparse import SqlError, Statement, parse
+from . import record
+from .upstream import Upstream, UpstreamError, connect
+from .wire import (
+    CANCEL_REQUEST,
+    GSSENC_REQUEST,
+    PROTOCOL_3,
+    SSL_REQUEST,
+    Message,
+    ProtocolError,
+    auth,
+    backend_key,
+    bind_message,
+    close_target,
+    error_fields,
+    error_response,
+    execute_portal,
+    message,
+    parse_message,
+    parse_params,
+    parse_payload,
+    query_text,
+    read_message,
+    read_startup,
+)
+
+log = logging.getLogger("goex_proxy.db")
+
+#: SQL the server cannot parse, sent in place of a refused statement so that the server fails the statement as it
+#: would any other (a transaction it was in is aborted, the rest of an extended-protocol batch skipped); the server's
+#: syntax error is replaced by the refusal on its way back.
+REFUSAL_PROBE = "goex-proxy refused this statement"
+#: Startup parameters passed on to the server; others (`options` sets any setting, `-c role=...` included) are not.
+PASSED_PARAMS = ("application_name", "client_encoding", "DateStyle", "TimeZone", "extra_float_digits", "IntervalStyle")
+INSUFFICIENT_PRIVILEGE = "42501"
+
+
+class Gatekeeper(Protocol):
+    """What a session needs from its gateway: the config, the policies in force, the secrets, the audit writer."""
+
+    config: Config
+
+    async def policies(self) -> tuple[Policy, ...]: ...
+
+    def secrets(self) -> dict[str, str]: ...
+
+    async def record_intent(self, row: dict[str, Any]) -> None: ...
+
+    def record_outcome(self, request_id: str, fields: dict[str, Any]) -> None: ...
+
+    def new_id(self) -> str: ...
+
+    def register(self, key: tuple[int, int], session: Session | None) -> None: ...
+
+    def session_for(self, key: tuple[int, int]) -> Session | None: ...
+
+
+class Refused(Exception):
+    """A connection the gateway ends before relaying anything, with the error the client is sent."""
+
+    def __init__(self, sqlstate: str, text: str) -> None:
+        super().__init__(text)
+        self.sqlstate = sqlstate
+
+
+@dataclass
+class _Pending:
+    """A message sent upstream whose response the gateway waits for: a simple query, an Execute, or a refusal."""
+
+    kind: str                       # "query", "execute" or "refusal"
+    request_id: str | None
+    started: float
+    reason: str = ""
+    tags: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class _Prepared:
+    sql: str
+    statements: tuple[Statement, ...]
+    decision: Decision
+    types: tuple[int, ...] = ()
+
+
+class Session:
+    """Relays one agent connection after it has authenticated; `run` returns when either side ends."""
+
+    def __init__(self, gate: Gatekeeper, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.gate, self.reader, self.writer = gate, reader, writer
+        peer = writer.get_extra_info("peername")
+        self.client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "local"
+        self.agent = ""
+        self.database: Database | None = None
+        self.upstream: Upstream | None = None
+        self.scrub: Any = None
+        self.pending: collections.deque[_Pending] = collections.deque()
+        self.prepared: dict[str, _Prepared] = {}
+        self.portals: dict[str, tuple[_Prepared, list[Any]]] = {}
+        self.skipping = False
+        self.key = (secrets.randbits(31), secrets.randbits(32))
+
+    async def run(self) -> None:
+        try:
+            params = await self._startup()
+            if params is None:
+                return
+            await self._authenticate(params)
+            await self._relay()
+        except Refused as exc:
+            await self._fatal(exc.sqlstate, str(exc))
+        except UpstreamError as exc:
+            await self._fatal(exc.sqlstate, str(exc))
+        except (ProtocolError, ConnectionError, asyncio.IncompleteReadError) as exc:
+            log.debug("database connection from %s ended: %s", self.client, exc)
+        finally:
+            self.gate.register(self.key, None)
+            if self.upstream is not None:
+                self.upstream.writer.close()
+            self.writer.close()
+
+    async def _fatal(self, sqlstate: str, text: str) -> None:
+        with contextlib.suppress(ConnectionError, OSError):
+            self.writer.write(error_response(sqlstate, text, "FATAL"))
+            await self.writer.drain()
+
+    async def _startup(self) -> dict[str, str] | None:
+        """The startup packet (TLS and GSS encryption declined: the gateway listens on this machine); None when it
+        was a cancel request, handled here."""
+        while True:
+            code, body = await read_startup(self.reader)
+            if code in (SSL_REQUEST, GSSENC_REQUEST):
+                self.writer.write(b"N")
+                await self.writer.drain()
+                continue
+            if code == CANCEL_REQUEST and len(body) >= 8:
+                target = self.gate.session_for(struct.unpack("!II", body[:8]))
+                if target is not None:
+                    await target.cancel()
+                return None
+            if code != PROTOCOL_3:
+                raise Refused("08P01", f"unsupported protocol {code >> 16}.{code & 0xFFFF}: goex-proxy speaks 3.0")
+            return parse_params(body)
+
+    async def _authenticate(self, params: dict[str, str]) -> None:
+        """The agent proves itself with its goex-proxy token as the password; then the real server is reached."""
+        config = self.gate.config
+        agent = params.get("user", "")
+        name = params.get("database") or agent
+        if "replication" in params:
+            raise Refused("42501", "replication connections are not relayed by goex-proxy")
+        self.writer.write(auth(3))  # cleartext: the token, over this machine's loopback
+        await self.writer.drain()
+        reply = await read_message(self.reader)
+        if reply is None or reply.kind != b"p":
+            raise ProtocolError("no password message")
+        given = reply.payload.rstrip(b"\0").decode("utf-8", "replace")
+        spec = config.agents.get(agent)
+        token = spec.token.reveal() if spec is not None else None
+        if token is None or weak_token(token) or not hmac.compare_digest(given.encode(), token.encode()):
+            raise Refused("28P01", f"password authentication failed for agent {agent!r} (use the agent's name and its "
+                                   "goex-proxy token, as `goex-proxy exec` and `env` give them)")
+        database = config.databases.by_name.get(name)
+        if database is None:
+            raise Refused("3D000", f"no database named {name!r} in goex-proxy's config")
+        if not database.admits(agent):
+            raise Refused("42501", f"agent {agent!r} may not use database {name!r} (its 'agents' in the config)")
+        vault = self.gate.secrets()
+        password = database.password.reveal(vault)
+        if password is None:
+            raise Refused("28000", f"database {name!r} has no password: {database.password.describe()} is not set")
+        from ..credentials.redact import SecretScrubber
+
+        self.agent, self.database = agent, database
+        self.scrub = SecretScrubber({password: "[database password]", token: "[agent token]"})
+        passed = {k: v for k, v in params.items() if k in PASSED_PARAMS}
+        self.upstream = await connect(database, password, passed)
+        self.gate.register(self.key, self)
+        out = auth(0) + b"".join(m.encode() for m in self.upstream.parameters) + backend_key(*self.key)
+        self.writer.write(out + message(b"Z", self.upstream.status))
+        await self.writer.drain()
+
+    async def cancel(self) -> None:
+        """Pass a cancel request on to the server, with the server's own key (the agent only knows ours)."""
+        if self.upstream is None or self.database is None:
+            return
+        with contextlib.suppress(OSError):
+            _, writer = await asyncio.open_connection(self.database.host, self.database.port)
+            writer.write(struct.pack("!III", 16, CANCEL_REQUEST, self.upstream.pid) + struct.pack("!I", self.upstream.key))
+            await writer.drain()
+            writer.close()
+
+    async def _relay(self) -> None:
+        assert self.upstream is not None
+        back = asyncio.create_task(self._relay_back())
+        try:
+            await self._relay_forth()
+        finally:
+            back.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await back
+            self._finish_all("the connection ended before the statement's outcome was known")
+
+    async def _relay_forth(self) -> None:
+        """The agent's messages, each decided before it is passed on."""
+        assert self.upstream is not None
+        up = self.upstream.writer
+        while True:
+            msg = await read_message(self.reader)
+            if msg is None or msg.kind == b"X":
+                with contextlib.suppress(OSError):
+                    up.write(message(b"X"))
+                return
+            kind = msg.kind
+            if self.skipping and kind != b"S":
+                continue  # the rest of a batch whose statement was refused: the server would skip it too
+            if kind == b"Q":
+                await self._query(query_text(msg.payload))
+            elif kind == b"P":
+                await self._parse(msg)
+            elif kind == b"B":
+                self._bind(msg)
+                up.write(msg.encode())
+            elif kind == b"E":
+                await self._execute(msg)
+            elif kind == b"S":
+                self.skipping = False
+                up.write(msg.encode())
+            elif kind == b"C":
+                what, name = close_target(msg.payload)
+                (self.prepared if what == "S" else self.portals).pop(name, None)
+                up.write(msg.encode())
+            elif kind in (b"D", b"H", b"d", b"c", b"f"):
+                up.write(msg.encode())
+            elif kind == b"F":
+                await self._refuse_simple("the function-call protocol calls a function by number, which the policy "
+                                          "cannot see through")
+            else:
+                raise Refused("08P01", f"goex-proxy does not relay protocol message {kind!r}")
+            await up.drain()
+
+    def _decide(self, sql: str) -> tuple[tuple[Statement, ...], Decision]:
+        assert self.database is not None
+        try:
+            statements = parse(sql)
+        except SqlError as exc:
+            return (), Decision("deny", str(exc))
+        return statements, decide(self._policies, self.database.name, self.agent, statements)[0]
+
+    async def _record(self, sql: str, params: list[Any] | None, statements: tuple[Statement, ...],
+                      decision: Decision) -> str:
+        assert self.database is not None
+        request_id = self.gate.new_id()
+        row = record.statement_row(request_id, self.database, self.agent, self.client, sql, params, statements,
+                                   decision, self.scrub, self.gate.config.max_body_bytes)
+        if decision.effect == "deny":
+            row |= record.refused(decision.reason, row["ts"])
+        await self.gate.record_intent(row)
+        level = logging.INFO if decision.effect == "allow" else logging.WARNING
+        logging.getLogger("goex_proxy.live").log(level, "%s %s %s %s %s%s", decision.label, request_id, self.agent,
+                                                 row["method"], row["url"],
+                                                 "" if decision.effect == "allow" else f" ({row['reason']})")
+        return request_id
+
+    async def _query(self, sql: str) -> None:
+        assert self.upstream is not None
+        self._policies = await self.gate.policies()
+        statements, decision = self._decide(sql)
+        if decision.effect == "deny":
+            await self._refuse_simple(decision.reason, sql, statements, decision)
+            return
+        request_id = await self._record(sql, None, statements, decision) if statements else None
+        self.pending.append(_Pending("query", request_id, time.time()))
+        self.upstream.writer.write(message(b"Q", sql.encode() + b"\0"))
+
+    async def _refuse_simple(self, reason: str, sql: str | None = None, statements: tuple[Statement, ...] = (),
+                             decision: Decision | None = None) -> None:
+        assert self.upstream is not None
+        if sql is not None:
+            await self._record(sql, None, statements, decision or Decision("deny", reason))
+        self.pending.append(_Pending("refusal", None, time.time(), reason))
+        self.upstream.writer.write(message(b"Q", REFUSAL_PROBE.encode() + b"\0"))
+
+    def _refuse_extended(self, reason: str) -> None:
+        assert self.upstream is not None
+        self.pending.append(_Pending("refusal", None, time.time(), reason))
+        self.upstream.writer.write(message(b"P", parse_payload("", REFUSAL_PROBE)))
+        self.skipping = True
+
+    async def _parse(self, msg: Message) -> None:
+        assert self.upstream is not None
+        parsed = parse_message(msg.payload)
+        self._policies = await self.gate.policies()
+        statements, decision = self._decide(parsed.sql)
+        if decision.effect == "deny":
+            await self._record(parsed.sql, None, statements, decision)
+            self._refuse_extended(decision.reason)
+            return
+        self.prepared[parsed.statement] = _Prepared(parsed.sql, statements, decision, parsed.types)
+        self.upstream.writer.write(msg.encode())
+
+    def _bind(self, msg: Message) -> None:
+        bound = bind_message(msg.payload)
+        prepared = self.prepared.get(bound.statement)
+        if prepared is not None:
+            types = prepared.types + (0,) * (len(bound.params) - len(prepared.types))
+            params = [record.param_value(v, f == 1, t) for v, f, t in zip(bound.params, bound.formats, types,
+                                                                           strict=False)]
+            self.portals[bound.portal] = (prepared, params)
+        else:
+            self.portals.pop(bound.portal, None)
+
+    async def _execute(self, msg: Message) -> None:
+        assert self.upstream is not None
+        found = self.portals.get(execute_portal(msg.payload))
+        if found is None:
+            self._refuse_extended("the statement of this portal was not prepared through goex-proxy")
+            return
+        prepared, params = found
+        request_id = await self._record(prepared.sql, params, prepared.statements, prepared.decision) \
+            if prepared.statements else None
+        self.pending.append(_Pending("execute", request_id, time.time()))
+        self.upstream.writer.write(msg.encode())
+
+    _policies: tuple[Policy, ...] = ()
+
+    async def _relay_back(self) -> None:
+        """The server's messages to the agent, each refusal's syntax error replaced by the refusal, and each
+        statement's outcome recorded."""
+        assert self.upstream is not None
+        while True:
+            msg = await read_message(self.upstream.reader)
+            if msg is None:
+                self.writer.close()
+                return
+            head = self.pending[0] if self.pending else None
+            out = msg.encode()
+            if msg.kind == b"E" and head is not None:
+                fields = error_fields(msg.payload)
+                self.pending.popleft()
+                if head.kind == "refusal":
+                    out = error_response(INSUFFICIENT_PRIVILEGE, f"goex-proxy refused the statement: {head.reason}")
+                else:
+                    head.error = f"{fields.get('C', '')} {fields.get('M', '')}".strip()
+                    self._finish(head)
+            elif msg.kind == b"C" and head is not None and head.kind in ("query", "execute"):
+                head.tags.append(msg.payload.rstrip(b"\0").decode("utf-8", "replace"))
+                if head.kind == "execute":
+                    self.pending.popleft()
+                    self._finish(head)
+            elif msg.kind in (b"I", b"s") and head is not None and head.kind == "execute":
+                self.pending.popleft()
+                self._finish(head)
+            elif msg.kind == b"Z":
+                self._finish_all("not run: an earlier message of its batch failed")
+            self.writer.write(out)
+            if msg.kind in (b"Z", b"G", b"H", b"W") or self.writer.transport.get_write_buffer_size() > 65536:
+                await self.writer.drain()
+
+    def _finish(self, pending: _Pending) -> None:
+        if pending.request_id is None or pending.kind == "refusal":
+            return
+        self.gate.record_outcome(pending.request_id, record.outcome(pending.tags, pending.error, pending.started,
+                                                                    self.scrub, self.gate.config.max_body_bytes))
+
+    def _finish_all(self, why: str) -> None:
+        """At ReadyForQuery: simple queries end; an Execute that got no answer did not run."""
+        while self.pending:
+            pending = self.pending.popleft()
+            if pending.kind == "execute" and pending.error is None and not pending.tags:
+                pending.error = why
+            self._finish(pending)

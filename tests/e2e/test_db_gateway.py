@@ -1,0 +1,199 @@
+"""The PostgreSQL gateway end to end: a real PostgreSQL (SCRAM), a real `goex-proxy run`, psycopg and psql as the
+agent, with its own identity; statements decided by SQL rules, refused with PostgreSQL errors, recorded in the log."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import errors
+
+from tests.conftest import TOKENS, free_port, wait_port
+from tests.pg import APP_USER, Postgres, running_postgres, server_bin
+
+pytestmark = [pytest.mark.e2e,
+              pytest.mark.skipif(server_bin() is None, reason="PostgreSQL is not installed (tests/install-tools)")]
+
+POLICY = """\
+version: 1
+name: shop
+agents: [mailbot, slackbot]
+rules:
+  - name: read orders
+    allow: {database: shop, statements: [select], tables: [orders, customers]}
+  - name: change orders
+    allow: {database: shop, statements: [insert, update, delete], tables: [orders]}
+  - name: no unbounded writes
+    deny:
+      database: shop
+      statements: [update, delete]
+      when: "!statement.where"
+      reason: UPDATE and DELETE need a WHERE here
+"""
+ORDERS = [("apples", 3), ("pears", 1), ("plums", 7)]
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """One server for the session: the `shop` database, owned by the application user the gateway logs in as."""
+    with running_postgres(free_port()) as pg:
+        with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+            conn.execute(f"CREATE ROLE {APP_USER[0]} LOGIN PASSWORD '{APP_USER[1]}'")
+            conn.execute(f"CREATE DATABASE shop OWNER {APP_USER[0]}")
+        with psycopg.connect(pg.dsn(APP_USER, "shop"), autocommit=True) as conn:
+            conn.execute("CREATE TABLE orders (id serial PRIMARY KEY, item text NOT NULL, qty int NOT NULL)")
+            conn.execute("CREATE TABLE customers (id serial PRIMARY KEY, name text)")
+            conn.execute("CREATE TABLE payroll (id serial PRIMARY KEY, salary int)")
+        yield pg
+
+
+def direct(pg: Postgres, sql: str) -> list[tuple[object, ...]]:
+    """What the database holds, read past the gateway."""
+    with psycopg.connect(pg.dsn(APP_USER, "shop"), autocommit=True) as conn:
+        return conn.execute(sql).fetchall()
+
+
+@pytest.fixture
+def gateway(make_proxy, postgres: Postgres) -> Iterator[tuple[object, str]]:
+    """A `goex-proxy run` with the `shop` database (its password in the vault), the orders table reset; yields the
+    proxy and mailbot's URL."""
+    with psycopg.connect(postgres.dsn(APP_USER, "shop"), autocommit=True) as conn:
+        conn.execute("TRUNCATE orders RESTART IDENTITY")
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO orders (item, qty) VALUES (%s, %s)", ORDERS)
+    port = free_port()
+    extra = (f"databases:\n  listen: 127.0.0.1:{port}\n  shop:\n    host: 127.0.0.1\n    port: {postgres.port}\n"
+             f"    dbname: shop\n    user: {APP_USER[0]}\n    password: shop-db\n    agents: [mailbot]\n")
+    proxy = make_proxy({"shop": POLICY}, start=False, extra_config=extra)
+    stored = proxy.run_cli("secrets", "set", "--config", str(proxy.config), "shop-db", input=APP_USER[1].encode())
+    assert stored.returncode == 0, stored.stderr
+    proxy.start()
+    wait_port(port, proc=proxy.proc)
+    yield proxy, f"postgresql://mailbot:{TOKENS['mailbot']}@127.0.0.1:{port}/shop"
+
+
+def db_rows(proxy) -> list[dict[str, object]]:
+    """The gateway's rows in the audit log, oldest first, whole (`show --json`: bodies and all)."""
+    listed = proxy.cli("log", "--json", "--host", "shop", "--limit", "1000")
+    assert listed.returncode == 0, listed.stderr
+    out = []
+    for line in listed.stdout.splitlines():
+        shown = proxy.cli("show", "--json", json.loads(line)["id"])
+        assert shown.returncode == 0, shown.stderr
+        out.append(json.loads(shown.stdout))
+    return out
+
+
+def test_selects_work_simple_extended_and_prepared(gateway) -> None:
+    _, url = gateway
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert conn.execute("SELECT item FROM orders WHERE qty > %s ORDER BY id", (2,)).fetchall() == \
+            [("apples",), ("plums",)]
+        for _ in range(3):  # psycopg prepares a statement run this often (named, then Bind/Execute only)
+            assert conn.execute("SELECT count(*) FROM orders WHERE qty < %s", (5,), prepare=True).fetchone() == (2,)
+        with psycopg.ClientCursor(conn) as cur:  # the simple query protocol
+            cur.execute("SELECT sum(qty) FROM orders")
+            assert cur.fetchone() == (11,)
+    with psycopg.connect(url) as conn:  # not autocommit: psycopg sends BEGIN first, and COMMIT at the end
+        conn.execute("UPDATE orders SET qty = qty + 1 WHERE item = %s", ("pears",))
+    assert direct(gateway_pg(gateway), "SELECT qty FROM orders WHERE item = 'pears'") == [(2,)]
+
+
+def gateway_pg(gateway) -> Postgres:
+    proxy, _ = gateway
+    text = proxy.config.read_text()
+    port = int(text.split("databases:")[1].split("port: ")[1].split()[0])
+    return Postgres("127.0.0.1", port, Path("."))
+
+
+def test_delete_without_where_is_refused_with_the_rules_reason(gateway) -> None:
+    _, url = gateway
+    with psycopg.connect(url) as conn:
+        conn.execute("SELECT 1 FROM orders")
+        with pytest.raises(errors.InsufficientPrivilege, match="UPDATE and DELETE need a WHERE here"):
+            conn.execute("DELETE FROM orders")
+        # The server failed the transaction as for any error: nothing else runs in it until ROLLBACK.
+        with pytest.raises(errors.InFailedSqlTransaction):
+            conn.execute("SELECT 1 FROM orders")
+        conn.rollback()
+        assert conn.execute("SELECT count(*) FROM orders").fetchone() == (3,)
+    assert direct(gateway_pg(gateway), "SELECT count(*) FROM orders") == [(3,)]
+
+
+def test_refusals_unparsable_tables_functions_and_mixed_messages(gateway) -> None:
+    _, url = gateway
+    with psycopg.connect(url, autocommit=True) as conn:
+        with pytest.raises(errors.InsufficientPrivilege, match="does not parse"):
+            conn.execute("SELEC item FROM orders")
+        with pytest.raises(errors.InsufficientPrivilege, match="no rule allows SELECT on payroll"):
+            conn.execute("SELECT salary FROM payroll")
+        with pytest.raises(errors.InsufficientPrivilege, match="pg_sleep, which the policy cannot see through"):
+            conn.execute("SELECT pg_sleep(0) FROM orders")
+        with pytest.raises(errors.InsufficientPrivilege, match="no rule allows DDL"):
+            conn.execute("DROP TABLE orders")
+        with psycopg.ClientCursor(conn) as cur, pytest.raises(errors.InsufficientPrivilege, match="need a WHERE"):
+            cur.execute("INSERT INTO orders (item, qty) VALUES ('kiwis', 1); DELETE FROM orders")
+        # The connection goes on after refusals, in both protocols.
+        assert conn.execute("SELECT count(*) FROM orders WHERE qty > %s", (0,)).fetchone() == (3,)
+    assert direct(gateway_pg(gateway), "SELECT count(*) FROM orders") == [(3,)]  # the insert never ran
+
+
+def test_the_agent_gets_its_own_identity_only(gateway) -> None:
+    proxy, url = gateway
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(url.replace(TOKENS["mailbot"], "wrong-token-123456")).close()
+    with pytest.raises(psycopg.OperationalError, match="may not use database 'shop'"):
+        psycopg.connect(url.replace(f"mailbot:{TOKENS['mailbot']}", f"slackbot:{TOKENS['slackbot']}")).close()
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(url.replace(TOKENS["mailbot"], APP_USER[1])).close()  # the real password is not the agent's
+    shown = proxy.cli("env", "--agent", "mailbot", "--format", "json")
+    assert shown.returncode == 0, shown.stderr
+    assert f'"DATABASE_URL": "{url}"' in shown.stdout
+    assert APP_USER[1] not in shown.stdout
+
+
+@pytest.mark.skipif(shutil.which("psql") is None, reason="psql is not installed")
+def test_psql_through_exec_and_the_audit_log(gateway) -> None:
+    proxy, _ = gateway
+    script = ('env; psql "$DATABASE_URL" -X -At -c "SELECT item FROM orders WHERE id = 3"; '
+              'psql "$DATABASE_URL" -X -At -c "DELETE FROM orders"; exit 0')
+    ran = proxy.run_cli("exec", "--config", str(proxy.config), "--agent", "mailbot", "--no-jail", "--", "sh", "-c",
+                        script)
+    assert "plums" in ran.stdout, ran.stderr
+    assert "UPDATE and DELETE need a WHERE here" in ran.stderr
+    assert APP_USER[1] not in ran.stdout + ran.stderr
+    rows = db_rows(proxy)
+    assert {r["scheme"] for r in rows} == {"postgresql"}
+    selected = next(r for r in rows if "WHERE id = 3" in r["req_body"])
+    assert (selected["decision"], selected["method"], selected["host"], selected["status"]) == ("allow", "SELECT",
+                                                                                              "shop", 0)
+    assert json.loads(selected["req_body"]) == {"sql": "SELECT item FROM orders WHERE id = 3"}
+    assert json.loads(selected["resp_body"]) == {"tags": ["SELECT 1"], "rows": 1}
+    refused = next(r for r in rows if "DELETE FROM orders" in r["req_body"])
+    assert (refused["decision"], refused["rule"]) == ("deny", "shop/no unbounded writes")
+    assert refused["error"].startswith("42501")
+    assert proxy.cli("log", "verify").stdout.startswith("ok:")
+    listing = proxy.cli("log")
+    assert "postgresql://shop/shop" in listing.stdout
+    audit = (proxy.home / "audit.db").read_bytes()
+    assert APP_USER[1].encode() not in audit
+    assert APP_USER[1] not in proxy.log_text()
+
+
+def test_writes_are_recorded_with_their_outcome_and_undo_class(gateway) -> None:
+    proxy, url = gateway
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE orders SET qty = %s WHERE qty < %s", (0, 5))
+        with pytest.raises(errors.UniqueViolation):
+            conn.execute("INSERT INTO orders (id, item, qty) VALUES (%s, %s, %s)", (1, "dup", 1))
+    rows = db_rows(proxy)
+    update = next(r for r in rows if r["method"] == "UPDATE")
+    assert json.loads(update["req_body"])["params"] == [0, 5]  # psycopg binds ints in binary
+    assert json.loads(update["resp_body"]) == {"tags": ["UPDATE 2"], "rows": 2}
+    assert update["undo_class"].startswith("irreversible")
+    failed = next(r for r in rows if r["method"] == "INSERT")
+    assert failed["error"].startswith("23505") and failed["status"] is None
