@@ -1,0 +1,109 @@
+"""SQL rules in policy files: their shape and its mistakes, and the default-deny decision over parsed statements."""
+
+from __future__ import annotations
+
+import pytest
+
+from goex_proxy.policy.load import check_policy_text
+from goex_proxy.policy.sql import TRANSACTION_RULE, decide
+from goex_proxy.policy.sqlparse import parse
+
+POLICY = """\
+version: 1
+name: shop
+agents: [bot]
+rules:
+  - name: read
+    allow: {database: shop, statements: [select], tables: [orders, public.customers]}
+  - name: write orders
+    allow: {database: shop, statements: [insert, update, delete], tables: [orders], columns: [qty, id, item]}
+  - name: sleepy
+    allow: {database: shop, statements: [select], tables: [none], functions: [pg_sleep], when: "agent == 'bot'"}
+  - name: no unbounded writes
+    deny: {database: shop, statements: [update, delete], when: "!statement.where", reason: need a WHERE}
+  - name: never payroll
+    deny: {database: "*", tables: [payroll], reason: payroll is private}
+  - name: http
+    allow: {host: api.example.com, methods: [GET]}
+"""
+
+
+def policies(text: str = POLICY):
+    policy, problems = check_policy_text(text, "shop.yaml")
+    assert policy is not None, problems
+    return (policy,)
+
+
+def verdict(sql: str, agent: str = "bot", database: str = "shop"):
+    decision, _ = decide(policies(), database, agent, parse(sql), now=0.0)
+    return decision
+
+
+def test_sql_rules_sit_beside_http_rules() -> None:
+    (policy,) = policies()
+    assert [r.name for r in policy.rules] == ["http"]
+    assert [r.name for r in policy.sql_rules] == ["read", "write orders", "sleepy", "no unbounded writes",
+                                                  "never payroll"]
+
+
+@pytest.mark.parametrize(("sql", "effect", "rule"), [
+    ("SELECT * FROM orders", "allow", "shop/read"),
+    ("SELECT name FROM customers", "allow", "shop/read"),
+    ("SELECT name FROM public.customers", "allow", "shop/read"),
+    ("SELECT name FROM other.customers", "deny", None),              # another schema's table is another table
+    ("UPDATE orders SET qty = 1 WHERE id = 2", "allow", "shop/write orders"),
+    ("UPDATE orders SET item = 'x', secret = 1 WHERE id = 2", "deny", None),   # a column it does not list
+    ("DELETE FROM orders", "deny", "shop/no unbounded writes"),
+    ("TRUNCATE orders", "deny", "shop/no unbounded writes"),
+    ("WITH d AS (DELETE FROM orders RETURNING *) SELECT * FROM d", "deny", "shop/no unbounded writes"),
+    # One rule must allow all a statement does: reading and deleting here, which no rule allows together.
+    ("WITH d AS (DELETE FROM orders WHERE id = 1 RETURNING *) SELECT * FROM d", "deny", None),
+    ("SELECT * FROM payroll", "deny", "shop/never payroll"),
+    ("DROP TABLE orders", "deny", None),
+    ("SELECT pg_sleep(1)", "allow", "shop/sleepy"),
+    ("BEGIN", "allow", TRANSACTION_RULE),
+    ("SET ROLE postgres", "deny", None),
+])
+def test_decisions(sql: str, effect: str, rule: str | None) -> None:
+    decision = verdict(sql)
+    assert (decision.effect, decision.rule) == (effect, rule), decision.reason
+
+
+def test_every_statement_of_a_message_must_be_allowed() -> None:
+    decision, refused = decide(policies(), "shop", "bot", parse("SELECT 1 FROM orders; DELETE FROM orders"))
+    assert decision.effect == "deny" and decision.reason == "need a WHERE"
+    assert refused is not None and refused.text == "DELETE FROM orders"
+    decision, _ = decide(policies(), "shop", "bot", parse("SELECT 1 FROM orders; SELECT 2 FROM customers"))
+    assert (decision.effect, decision.rule) == ("allow", "shop/read")
+
+
+def test_default_deny_says_why() -> None:
+    assert verdict("SELECT * FROM orders", database="crm").reason == \
+        "no rule allows SELECT on orders on database 'crm' for agent 'bot' (default deny)"
+    assert verdict("SELECT * FROM orders", agent="stranger").effect == "deny"   # the policy is bot's only
+    assert "dblink, which the policy cannot see through" in verdict("SELECT dblink('a', 'b') FROM orders").reason
+
+
+def test_a_report_mode_policys_sql_rules_allow_nothing() -> None:
+    policy, problems = check_policy_text(POLICY.replace("agents: [bot]", "agents: [bot]\nmode: report"), "r.yaml")
+    assert policy is not None
+    assert any("SQL rules are not applied" in str(p) for p in problems)
+    assert decide((policy,), "shop", "bot", parse("SELECT * FROM orders"))[0].effect == "deny"
+
+
+@pytest.mark.parametrize(("rule", "message"), [
+    ("allow: {database: shop, tables: [orders]}", "must list the 'statements' it allows"),
+    ("allow: {database: shop, statements: [selcet]}", "unknown kind 'selcet'"),
+    ("allow: {database: '*', statements: [select]}", "an allow rule never applies to every database"),
+    ("allow: {database: shop, statements: [select], host: x.example}", "unknown key 'host'"),
+    ("allow: {database: shop, statements: [select], limit: {count: 1}}", "unknown key 'limit'"),
+    ("deny: {database: shop, columns: [a]}", "unknown key 'columns'"),
+    ("allow: {database: shop, statements: [select], when: 'request.method == 1'}", "request"),
+    ("allow: {database: shop, databases: [x], statements: [select]}", "has both 'database' and 'databases'"),
+    ("allow: {database: shop, statements: [select], tables: []}", "must not be empty"),
+])
+def test_mistakes_are_located(rule: str, message: str) -> None:
+    text = f"version: 1\nname: p\nrules:\n  - name: r\n    {rule}\n"
+    policy, problems = check_policy_text(text, "p.yaml")
+    assert policy is None
+    assert any(message in str(p) and str(p).startswith("p.yaml:5:") for p in problems), problems
