@@ -168,6 +168,8 @@ class Expression:
     source: str
     program: Any
     functions: Functions | None = field(default=None, compare=False, repr=False)  # as Condition's
+    #: The paths it reads (as Condition's); None: not known, it is handed every variable.
+    paths: tuple[Path, ...] | None = field(default=None, compare=False, repr=False)
 
     def evaluate(self, variables: dict[str, Any]) -> Any:
         try:
@@ -178,7 +180,7 @@ class Expression:
 
 def compile_expression(source: str, variables: frozenset[str], library: bool | None = None) -> Expression:
     """Compile an expression over `variables` (checked like a condition's)."""
-    return Expression(source, *_compile(source, variables, library))
+    return Expression(source, *_compile(source, variables, library), paths=read_paths(source))
 
 
 def compile_condition(source: str, variables: frozenset[str] = VARIABLES, library: bool | None = None) -> Condition:
