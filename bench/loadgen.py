@@ -46,7 +46,7 @@ class Target:
             auth = "Proxy-Authorization: Basic " + base64.b64encode(args.proxy_auth.encode()).decode() + "\r\n"
         self.proxy_auth = auth
         common = f"Host: {self.authority}\r\nUser-Agent: goex-bench/1\r\nAccept: */*\r\n"
-        body = args.body.encode()
+        body = open(args.body_file, "rb").read() if args.body_file else args.body.encode()  # noqa: SIM115
         if body or args.method not in ("GET", "HEAD"):
             common += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
         if args.proxy_port and not self.https:
@@ -161,6 +161,7 @@ async def main() -> None:
     p.add_argument("--path", default="/bench/items/42")
     p.add_argument("--method", default="GET", help="request method (default GET)")
     p.add_argument("--body", default="", help="request body, sent as application/json (e.g. with --method PUT)")
+    p.add_argument("--body-file", help="read the request body from this file (a body too large for the command line)")
     p.add_argument("--proxy-port", type=int, default=0, help="HTTP proxy on 127.0.0.1 (0: connect directly)")
     p.add_argument("--proxy-auth", default="", help="USER:PASSWORD for Proxy-Authorization: Basic")
     p.add_argument("--ca", help="CA file to verify TLS with (the proxy's CA when it intercepts)")

@@ -29,6 +29,7 @@ REQUESTS: dict[str, tuple[str, ...]] = {
     "get": (),
     "post": ("--method", "POST", "--path", "/bench/items", "--body", ITEM),
     "put": ("--method", "PUT", "--body", ITEM),
+    "post10m": ("--method", "POST", "--path", "/bench/items", "--warmup", "1"),  # 10 MB of JSON, 2 connections
 }
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^():]+):(?P<line>\d+)\)$")
 OUR_DIRS = ("proxy/", "addons/")
@@ -161,6 +162,11 @@ def run(procs: Processes, schemes: tuple[str, ...] = ("https",), duration: float
         bench.setup(only="goex", policy_doc=preimage_policy())
         proxy = bench.proxies["goex-proxy"]
         options = REQUESTS[request]
+        if request == "post10m":
+            from throughput import big_body
+
+            options = (*options, "--body-file", str(big_body(workdir / "body-10m.json")))
+            conns = 2
         for scheme in schemes:
             bench.measure("goex-proxy", scheme, conns, 1.0, options)  # warm-up
             raw = workdir / f"py-spy-{scheme}.txt"

@@ -447,3 +447,108 @@ def _report(bench: Bench, runs: list[Run], ceilings: dict[str, Run], conns: int,
         for r in bad:
             lines.append(f"  {r.proxy} {r.scheme} c={r.conns}: {r.errors}")
     return "\n".join(lines), results
+
+
+# ---------------------------------------------------------------- side by side: kinds of request, two trees
+#: What `--requests` names: loadgen options (a body file is written once). The policy allows each (throughput policy
+#: plus PUT /bench/items/*); POST and PUT get the shipped undo packs' work (the REST pack classifies them).
+ITEM = '{"name": "widget 42", "color": "blue", "tags": ["bench"], "count": 43}'
+REQUEST_KINDS: dict[str, tuple[str, ...]] = {
+    "get": (),
+    "post": ("--method", "POST", "--path", "/bench/items", "--body", ITEM),
+    "put": ("--method", "PUT", "--body", ITEM),
+    "post10m": ("--method", "POST", "--path", "/bench/items", "--warmup", "1"),  # + --body-file: 10 MB of JSON
+}
+#: Connections for a kind whose requests are large (10 keep-alive connections of 10 MB bodies only queue).
+CONNS_OF = {"post10m": 2}
+
+
+def big_body(path: Path, size: int = 10 * 1024 * 1024) -> Path:
+    """A JSON object of about `size` bytes that the POST rule allows (it has a `name`)."""
+    filler = "x" * (size - 64)
+    path.write_text(json.dumps({"name": "widget 42", "data": filler}), encoding="utf-8")
+    return path
+
+
+def side_by_side(procs: Processes, kinds: Sequence[str], schemes: Sequence[str], rounds: int, duration: float,
+                 conns: int, compare: Path | None) -> tuple[str, dict[str, Any]]:
+    """Bare mitmdump, goex-proxy as installed (the working tree) and, with `compare`, goex-proxy from that directory
+    (a `goex_proxy` package laid out as installed), measured in rotating order per round; ratios to bare per round,
+    medians of rounds."""
+    from preimage_bench import preimage_policy
+
+    bench = Bench(procs, Path(tempfile.mkdtemp(prefix="goex-bench-sbs-")), verbose=True)
+    options = dict(REQUEST_KINDS)
+    options["post10m"] = (*REQUEST_KINDS["post10m"], "--body-file", str(big_body(bench.dir / "body-10m.json")))
+    try:
+        bench.setup(policy_doc=preimage_policy())
+        if compare is not None:
+            saved = os.environ.get("PYTHONPATH")
+            os.environ["PYTHONPATH"] = str(compare)
+            try:
+                bench.proxies["goex-before"] = bench._start_goex("goex-before", preimage_policy())
+            finally:
+                os.environ.pop("PYTHONPATH", None) if saved is None else os.environ.__setitem__("PYTHONPATH", saved)
+            bench._check(bench.proxies["goex-before"])
+        names = list(bench.proxies)
+        runs: dict[tuple[str, str, str], list[Run]] = {}
+        for kind in kinds:
+            for scheme in schemes:
+                c = CONNS_OF.get(kind, conns)
+                for name in names:
+                    bench.measure(name, scheme, c, min(duration, 1.0), options[kind])  # warm-up
+                for r in range(rounds):
+                    order = names[r % len(names):] + names[:r % len(names)]
+                    for name in order:
+                        runs.setdefault((kind, scheme, name), []).append(
+                            bench.measure(name, scheme, c, duration, options[kind]))
+        rows, results = [], {}
+        for kind in kinds:
+            for scheme in schemes:
+                bare = runs[kind, scheme, "mitmdump"]
+                for name in names:
+                    mine = runs[kind, scheme, name]
+                    ratios = [m.rps / b.rps for m, b in zip(mine, bare, strict=True)]
+                    res = {"rps": median([m.rps for m in mine]), "ratio": median(ratios),
+                           "cpu_us": median([m.cpu_us_per_req for m in mine]),
+                           "main_us": median([m.main_thread_cpu_s / m.requests * 1e6 for m in mine if m.requests]),
+                           "errors": sum(sum(m.errors.values()) for m in mine)}
+                    results[f"{kind} {scheme} {name}"] = res
+                    rows.append([kind, scheme, name, fmt(res["rps"], 0), f"{res['ratio']:.3f}",
+                                 ", ".join(f"{x:.2f}" for x in ratios), fmt(res["cpu_us"], 0), fmt(res["main_us"], 0),
+                                 str(res["errors"])])
+        text = table(["request", "scheme", "proxy", "req/s", "/ bare (median)", "per round", "proxy CPU us/req",
+                      "main thread us/req", "errors"], rows,
+                     title=f"side by side: {conns} keep-alive connections (post10m: {CONNS_OF['post10m']}), {rounds} "
+                           f"rotating rounds of {duration:g} s")
+        return text, results
+    finally:
+        bench.close(False, "side by side")
+
+
+def main() -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(description="goex-proxy vs bare mitmdump per kind of request, optionally with a second "
+                                            "goex_proxy tree side by side (before/after).")
+    p.add_argument("--requests", default="get,post", help=f"comma-separated: {', '.join(REQUEST_KINDS)}")
+    p.add_argument("--schemes", default="http,https")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--duration", type=float, default=4.0)
+    p.add_argument("--conns", type=int, default=10)
+    p.add_argument("--compare-tree", type=Path, help="a directory holding another `goex_proxy` package to run too")
+    args = p.parse_args()
+    kinds = [k for k in args.requests.split(",") if k]
+    if any(k not in REQUEST_KINDS for k in kinds):
+        p.error(f"--requests: {', '.join(REQUEST_KINDS)}")
+    procs = Processes()
+    try:
+        text, _ = side_by_side(procs, kinds, args.schemes.split(","), args.rounds, args.duration, args.conns,
+                               args.compare_tree)
+    finally:
+        procs.stop_all()
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
