@@ -55,7 +55,8 @@ _LINE_BREAK_OR_NOT = re.compile(rb"[\r\n]+|[^\r\n]+")
 class _Layer:
     """One compiled literal database (Hyperscan: one pass over the bytes for all its spellings, whatever their number)
     over some of the spellings. Hyperscan reads a literal up to its first NUL byte, so a spelling holding one is
-    found by its longest NUL-free piece and checked whole."""
+    found by its longest NUL-free piece and checked whole. ASCII case is ignored: hex, percent escapes, JSON's
+    `\\u00XX` and HTML's `&#X27;` decode the same in either case, letter by letter (`7F3a`, `%2f`)."""
 
     def __init__(self, encoded: Mapping[bytes, bytes]) -> None:
         self.encoded = dict(encoded)
@@ -72,7 +73,7 @@ class _Layer:
         if self.pieces:
             self.db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
             self.db.compile(expressions=[p[2][p[1]:p[1] + p[0]] for p in self.pieces],
-                            ids=list(range(len(self.pieces))), flags=0, literal=True)
+                            ids=list(range(len(self.pieces))), flags=hyperscan.HS_FLAG_CASELESS, literal=True)
         self._local = threading.local()  # a scan's scratch space belongs to one thread at a time
 
     def occurrences(self, data: builtins.bytes, out: list[tuple[int, int, builtins.bytes]]) -> None:
@@ -89,7 +90,7 @@ class _Layer:
                     add((end - length, end, form))
                     return
                 start = end - length - offset
-                if start >= 0 and data.startswith(form, start):
+                if start >= 0 and data[start:start + len(form)].lower() == form.lower():
                     add((start, start + len(form), form))
 
             self.db.scan(data, match_event_handler=hit, scratch=scratch)
@@ -117,6 +118,8 @@ class SecretScrubber:
         `base` (the scrubber these forms extend, as at an OAuth2 refresh), what was compiled for its spellings is kept
         and only the new ones are compiled, into a second, small layer, until that grows past an eighth of all."""
         self._forms = dict(forms)
+        #: the scrubber made from this one (an OAuth2 refresh): a stream begun with this one follows it
+        self._newer: SecretScrubber | None = None
         encoded: dict[builtins.bytes, builtins.bytes] = {}
         for form, placeholder in self._forms.items():
             raw = form.encode()
@@ -128,6 +131,8 @@ class SecretScrubber:
         self.longest = max(map(len, encoded), default=0)
         self._recent: deque[tuple[builtins.bytes, builtins.bytes, list[tuple[int, int, builtins.bytes]]]] = deque(
             maxlen=_MEMO_ENTRIES)
+        if base is not None:
+            base._newer = self
         if base is not None and base._forms.items() <= self._forms.items():
             new = {f: p for f, p in encoded.items() if f not in base._encoded}
             # Every PARTIAL_MIN-byte piece of a spelling: runs of them at segment edges are withheld. Spellings only
@@ -152,7 +157,9 @@ class SecretScrubber:
         return bool(self._encoded)
 
     def _find(self, data: builtins.bytes) -> list[tuple[int, int, builtins.bytes]]:
-        """The spellings in `data` to replace, leftmost first and longest at the same start, none overlapping."""
+        """The spans of `data` to replace, leftmost first, each named by the spelling it starts with: spellings that
+        overlap make one span (one spelling's end the next one's start, `secret` + `base64(secret)` sharing a
+        letter: the second must not be left with one letter taken)."""
         found: list[tuple[int, int, builtins.bytes]] = []
         if not data:
             return found
@@ -161,11 +168,13 @@ class SecretScrubber:
         if len(found) < 2:
             return found
         found.sort(key=lambda m: (m[0], m[0] - m[1]))
-        picked, cursor = [], 0
-        for m in found:
+        picked, cursor = [found[0]], found[0][1]
+        for m in found[1:]:
             if m[0] >= cursor:
                 picked.append(m)
-                cursor = m[1]
+            elif m[1] > cursor:
+                picked[-1] = (picked[-1][0], m[1], picked[-1][2])
+            cursor = max(cursor, m[1])
         return picked
 
     def _joined(self, segment: builtins.bytes) -> tuple[builtins.bytes, list[tuple[int, int, builtins.bytes]]]:
@@ -184,14 +193,8 @@ class SecretScrubber:
         if not self._encoded or not value:
             return value
         data = value.encode("utf-8", "surrogatepass")
-        found = self._find(data)
-        if not found:
-            return value
-        out, cursor = bytearray(), 0
-        for start, end, form in found:
-            out += data[cursor:start] + self._encoded[form]
-            cursor = end
-        return bytes(out + data[cursor:]).decode("utf-8", "surrogatepass")
+        cleaned = self.bytes(data)  # with lines joined, as a reader of a wrapped message or close reason would
+        return value if cleaned is data else cleaned.decode("utf-8", "surrogatepass")
 
     def bytes(self, value: bytes) -> bytes:
         """`value` with every spelling replaced, including spellings broken across lines (MIME base64 wraps its
@@ -217,6 +220,7 @@ class SecretScrubber:
         near: set[int] = set()  # where the windows touching an edge start
         for edge in itertools.accumulate(map(len, segments), initial=0):
             near.update(range(max(edge - PARTIAL_MIN, 0), edge + 1))
+        joined = joined.lower()
         return not self._grams.isdisjoint([joined[i:i + PARTIAL_MIN] for i in near])
 
     def edge_runs(self, text: builtins.bytes, head: int) -> tuple[int, int]:
@@ -226,14 +230,18 @@ class SecretScrubber:
         secret with `AAAA` in it, a body of `A`s) costs no more than that."""
         n, grams, most = PARTIAL_MIN, self._grams, self.longest
         lead = head
-        first = next((i for i in range(max(head - n + 1, 0), head + 1) if text[i:i + n] in grams), None)
+        base = max(head - n + 1, 0)
+        low = text[base:head + most + n].lower()  # only what the walk can reach is lowered (grams are lower case)
+        first = next((i for i in range(base, head + 1) if low[i - base:i - base + n] in grams), None)
         if first is not None:
             j, stop = first, min(len(text) - n, first + most)
-            while j <= stop and text[j:j + n] in grams:
+            while j <= stop and low[j - base:j - base + n] in grams:
                 j += 1
             lead = j + n - 1
         k, stop = len(text) - n, max(len(text) - n - most - 1, head - n, -1)  # windows overlapping the segment
-        while k > stop and text[k:k + n] in grams:
+        base = stop + 1
+        low = text[base:].lower()
+        while k > stop and low[k - base:k - base + n] in grams:
             k -= 1
         tail = max(k + 1, head) if k + 1 <= len(text) - n else len(text)
         return min(lead, len(text)), tail
@@ -252,21 +260,27 @@ class ScrubStream:
         self._scrubber = scrubber
         self._carry = b""  # the last bytes received (unscrubbed, line breaks dropped), to find spellings begun before
 
+    def _current(self) -> SecretScrubber:
+        """The newest scrubber: a token refreshed while a WebSocket is open is scrubbed from its next message on."""
+        while self._scrubber._newer is not None:
+            self._scrubber = self._scrubber._newer
+        return self._scrubber
+
     def touches(self, segments: list[bytes]) -> bool:
         """Whether feeding these segments next could change any of them (see `SecretScrubber.touches`)."""
-        return self._scrubber.touches([self._carry, *segments])
+        return self._current().touches([self._carry, *segments])
 
     def skip(self, segment: bytes) -> None:
         """Take `segment` as passed on unchanged (it was checked otherwise), keeping the state for what follows."""
         self._carry = (self._carry + _LINE_BREAK.sub(b"", segment))[-self._keep():]
 
     def _keep(self) -> int:
-        return max(self._scrubber.longest - 1, PARTIAL_MIN)
+        return max(self._current().longest - 1, PARTIAL_MIN)
 
     def feed(self, segment: bytes, keep_length: bool = False) -> bytes:
         """`segment` scrubbed; with `keep_length` (a byte range of a body), what is taken out becomes `*`s instead
         (line breaks kept), and a segment too short to hold a piece is starred whole if it is part of a spelling."""
-        scrub = self._scrubber
+        scrub = self._current()
         if not scrub or not segment:
             return segment
         joined, found = scrub._joined(segment)
@@ -288,7 +302,8 @@ class ScrubStream:
             cuts.append((head, lead, WITHHELD))
         if tail < len(text):
             cuts.append((tail, len(text), WITHHELD))
-        if keep_length and 0 < len(joined) < PARTIAL_MIN and any(joined in form for form in scrub._encoded):
+        if keep_length and 0 < len(joined) < PARTIAL_MIN and any(joined.lower() in form.lower()
+                                                                  for form in scrub._encoded):
             cuts.append((head, len(text), WITHHELD))
         if not cuts:
             return segment
@@ -305,7 +320,8 @@ class ScrubStream:
 
 
 def _grams(encoded: Iterable[bytes]) -> set[bytes]:
-    return {f[i:i + PARTIAL_MIN] for f in encoded for i in range(len(f) - PARTIAL_MIN + 1)}
+    """Every PARTIAL_MIN-byte piece of the spellings, in lower case (looked up with the text lowered too)."""
+    return {f[i:i + PARTIAL_MIN] for f in map(bytes.lower, encoded) for i in range(len(f) - PARTIAL_MIN + 1)}
 
 
 def _star(run: re.Match[bytes]) -> bytes:
