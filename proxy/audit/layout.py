@@ -1,5 +1,5 @@
-"""How a row is stored and read back: the same fields and values as written, in less room. Headers and bodies go to
-blobs (the row names them), hashes are kept as 32 bytes instead of 64 hex characters, and a value the row's other
+"""How a row is stored and read back: the same fields and values as written, in less room. Headers, bodies, rule and
+reason go to blobs (the row names them), hashes are kept as 32 bytes instead of 64 hex characters, and a value the row's other
 fields give (its URL from scheme, host, port and path; a body's sha256 when the body is stored whole) is left out.
 Rows written before (schema 11 and older) hold every value as is; both read back the same."""
 
@@ -14,8 +14,9 @@ from typing import Any
 from ..errors import AuditError
 from . import blobs
 
-#: Fields kept in blobs; a row names each by id in the column of the same name with `_blob` after it.
-BLOB_FIELDS = ("req_headers", "req_body", "resp_headers", "resp_body", "pre_headers", "pre_body")
+#: Fields kept in blobs; a row names each by id in the column of the same name with `_blob` after it. The rule and
+#: reason too: the same few sentences over and over (a reason per rule), each then kept once.
+BLOB_FIELDS = ("req_headers", "req_body", "resp_headers", "resp_body", "pre_headers", "pre_body", "rule", "reason")
 BLOB_COLUMNS = tuple(f"{f}_blob" for f in BLOB_FIELDS)
 #: Fields that hold a SHA-256 or HMAC-SHA256 in lower-case hex: stored as its 32 bytes.
 HEX_FIELDS = ("prev_hash", "hash", "outcome_hash", "req_body_sha256", "resp_body_sha256")

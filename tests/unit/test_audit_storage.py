@@ -114,12 +114,13 @@ def test_a_repeated_value_is_stored_once(tmp_path: Path) -> None:
     write(tmp_path, [(intent(ids, 1), outcome(1, same)), (intent(ids, 2), outcome(2, same))])
     conn = ro(tmp_path)
     first, second = (r["id"] for r in audit.iter_rows(conn))
-    for field in ("req_headers", "resp_headers", "resp_body", "pre_headers"):
+    for field in ("req_headers", "resp_headers", "resp_body", "pre_headers", "rule", "reason"):
         assert blob_of(tmp_path, first, field) == blob_of(tmp_path, second, field), field
     assert blob_of(tmp_path, first, "req_body") != blob_of(tmp_path, second, "req_body")
     refs = dict(conn.execute("SELECT id, refs FROM audit_blobs").fetchall())
-    # req_headers (2) and resp_headers = pre_headers (4, the same text), resp_body (2); each req_body, pre_body once
-    assert sorted(refs.values()) == [1, 1, 1, 1, 2, 2, 4]
+    # req_headers, resp_body, rule, reason (2 each), resp_headers = pre_headers (4: the same text); each req_body and
+    # pre_body once
+    assert sorted(refs.values()) == [1, 1, 1, 1, 2, 2, 2, 2, 4]
     assert refs[blob_of(tmp_path, first, "resp_headers")] == 4
     assert audit.get(conn, second)["resp_body"] == same
 
