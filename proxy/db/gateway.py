@@ -133,3 +133,49 @@ async def serve_gateway(config: Config) -> Gateway:
     host, port = config.databases.listen
     log.info("database gateway on %s:%d for %s", host, port, ", ".join(config.databases.by_name))
     return gateway
+
+
+class InProcessGateway:
+    """The gateway on an ephemeral loopback port in a thread of its own, for `exec --jail` without `run`; `config` is
+    the config with that address as `databases.listen`."""
+
+    def __init__(self, config: Config) -> None:
+        import dataclasses
+        import threading
+
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._gateway: Gateway | None = None
+        self._error: BaseException | None = None
+        self._stop: asyncio.Event | None = None
+        local = dataclasses.replace(config, databases=dataclasses.replace(config.databases, listen=("127.0.0.1", 0)))
+        self._thread = threading.Thread(target=self._run, args=(local,), name="goex-db-gateway", daemon=True)
+        self._thread.start()
+        self._ready.wait(30)
+        if self._gateway is None or self._gateway._server is None:
+            raise GoexError(f"the database gateway did not start: {self._error or 'it did not answer in time'}")
+        port = self._gateway._server.sockets[0].getsockname()[1]
+        self.config: Config = dataclasses.replace(config, databases=dataclasses.replace(
+            config.databases, listen=("127.0.0.1", port)))
+
+    def _run(self, config: Config) -> None:
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            try:
+                self._gateway = await serve_gateway(config)
+            finally:
+                self._ready.set()
+            await self._stop.wait()
+            await self._gateway.close()
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # said by __init__
+            self._error = exc
+            self._ready.set()
+
+    def close(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(15)

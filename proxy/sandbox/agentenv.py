@@ -55,8 +55,7 @@ def database_urls(config: Config, agent: str, host: str | None = None) -> dict[s
     if not databases:
         return {}
     token = agent_token(config, agent)
-    loopback = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
-    host = host or loopback.get(config.databases.listen[0], config.databases.listen[0])
+    host = host or gateway_address(config)[0]
     netloc = f"[{host}]" if ":" in host else host
     port = config.databases.listen[1]
     return {d.env: f"postgresql://{quote(agent, safe='')}:{quote(token, safe='')}@{netloc}:{port}/"
@@ -117,6 +116,13 @@ def proxy_address(config: Config) -> tuple[str, int]:
     to `::` may take IPv6 only)."""
     loopback = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
     return loopback.get(config.listen_host, config.listen_host), config.listen_port
+
+
+def gateway_address(config: Config) -> tuple[str, int]:
+    """Where a client on this machine reaches the database gateway (a wildcard address by its family's loopback)."""
+    loopback = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
+    host, port = config.databases.listen
+    return loopback.get(host, host), port
 
 
 #: How long the proxy at the configured address has to prove itself (the TLS handshake of `listening`).

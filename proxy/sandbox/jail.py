@@ -36,11 +36,14 @@ class JailError(GoexError):
 class Jail:
     """Runs a command in namespaces of its own, seeing the machine as `spec` says (see `jailinit`). Inside,
     127.0.0.1:`port` is the proxy: connections to it are accepted by a listener created in the jail and passed out,
-    and bridged here to `proxy` in the host's namespace. Nothing else inside the jail reaches any network."""
+    and bridged here to `proxy` in the host's namespace; likewise 127.0.0.1:each of `more_ports` to the matching
+    address of `more` (the database gateway). Nothing else inside the jail reaches any network."""
 
-    def __init__(self, spec: dict[str, Any], env: dict[str, str], proxy: tuple[str, int], **popen: Any) -> None:
+    def __init__(self, spec: dict[str, Any], env: dict[str, str], proxy: tuple[str, int],
+                 more: tuple[tuple[str, int], ...] = (), **popen: Any) -> None:
         """`popen`: more `subprocess.Popen` arguments for the command (stdin, stderr, start_new_session)."""
         self.proxy = proxy
+        self._targets = (proxy, *more)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.child = subprocess.Popen([sys.executable, "-I", "-S", str(_INIT), str(theirs.fileno())], env=env,
@@ -50,23 +53,25 @@ class Jail:
         with ours:
             payload = marshal.dumps(spec)  # plain data to our own child; marshal needs no import there
             ours.sendall(struct.pack("!I", len(payload)) + payload)
-            listener = self._receive_listener(ours)
-        self._listener = listener
+            listeners = self._receive_listeners(ours)
+        self._listeners = listeners
         self._open: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._closed = False
-        self._thread = threading.Thread(target=self._accept, name="goex-jail-bridge", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._accept, args=(listener, target), name="goex-jail-bridge",
+                                          daemon=True) for listener, target in zip(listeners, self._targets, strict=True)]
+        for thread in self._threads:
+            thread.start()
 
-    def _receive_listener(self, channel: socket.socket) -> socket.socket:
+    def _receive_listeners(self, channel: socket.socket) -> list[socket.socket]:
         channel.settimeout(SETUP_TIMEOUT)
         try:
-            message, fds, _, _ = socket.recv_fds(channel, 4096, 1)
+            message, fds, _, _ = socket.recv_fds(channel, 4096, len(self._targets))
         except (TimeoutError, OSError) as exc:
             self.child.kill()
             self.child.wait()
             raise JailError(f"the jail was not set up in time: {exc}") from None
-        if message != b"ok" or len(fds) != 1:
+        if message != b"ok" or len(fds) != len(self._targets):
             for fd in fds:
                 socket.close(fd)
             self.child.wait()
@@ -74,17 +79,18 @@ class Jail:
             raise JailError(f"cannot make the jail: {why} (this kernel may not allow unprivileged user namespaces: "
                             "see `sysctl user.max_user_namespaces` and `kernel.apparmor_restrict_unprivileged_userns`; "
                             "inside a container or VM, use `--no-jail` or `goex-proxy env`); the command was not run")
-        return socket.socket(fileno=fds[0])
+        return [socket.socket(fileno=fd) for fd in fds]
 
-    def _accept(self) -> None:
-        """Bridge each connection made to the jail's listener to the proxy (threads: no event loop to start)."""
+    def _accept(self, listener: socket.socket, target: tuple[str, int]) -> None:
+        """Bridge each connection made to one of the jail's listeners to its target (threads: no event loop to
+        start)."""
         while True:
             try:
-                inside, _ = self._listener.accept()
+                inside, _ = listener.accept()
             except OSError:  # the listener was closed: the jail is over
                 return
             try:
-                outside = socket.create_connection(self.proxy, timeout=SETUP_TIMEOUT)
+                outside = socket.create_connection(target, timeout=SETUP_TIMEOUT)
                 outside.settimeout(None)
             except OSError:
                 inside.close()
@@ -124,20 +130,22 @@ class Jail:
                 return
             self._closed = True
             still_open = list(self._open)
-        with contextlib.suppress(OSError):
-            self._listener.shutdown(socket.SHUT_RDWR)
-        self._listener.close()
+        for listener in self._listeners:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
+            listener.close()
         for s in still_open:
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-        self._thread.join(5)
+        for thread in self._threads:
+            thread.join(5)
 
 
 @contextlib.contextmanager
 def proxy_for_jail(config: Config) -> Iterator[Config]:
     """The config a jail is bridged with: the running proxy's, or that of a proxy started here until the block ends."""
     agentenv.check_ca(config)
-    if agentenv.listening(config):
+    if agentenv.listening(config):  # `run`, which also serves the database gateway when databases are configured
         yield config
         return
     from ..audit import store as audit
@@ -146,10 +154,19 @@ def proxy_for_jail(config: Config) -> Iterator[Config]:
 
     audit.connect(config).close()
     in_process = InProcessProxy(config, load_policy_set(config.policy_sources))
+    gateway = None
     try:
+        bridged = in_process.config
+        if config.databases.by_name:
+            from ..db.gateway import InProcessGateway
+
+            gateway = InProcessGateway(bridged)
+            bridged = gateway.config
         with _waits_told():
-            yield in_process.config
+            yield bridged
     finally:
+        if gateway is not None:
+            gateway.close()
         in_process.close()
 
 
@@ -192,10 +209,12 @@ class JailedRun:
         self.config, self.agent, self.command, self.view = config, agent, command, view
         self.run = runs.new_run_dir(config)
         self.started = time.time()
+        gateway = agentenv.gateway_address(config) if config.databases.for_agent(agent) else None
         spec = {**asdict(view), "port": config.listen_port, "root": str(self.run.path / "root"),
-                "run_dir": str(self.run.path), "command": command}
+                "run_dir": str(self.run.path), "command": command,
+                "more_ports": [config.databases.listen[1]] if gateway else []}
         try:
-            self.jail = Jail(spec, env, agentenv.proxy_address(config), **popen)
+            self.jail = Jail(spec, env, agentenv.proxy_address(config), (gateway,) if gateway else (), **popen)
         except BaseException:
             runs.remove_tree(self.run.path)
             raise

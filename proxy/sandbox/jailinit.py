@@ -5,14 +5,15 @@ could have touched). FD is a Unix socket to the parent; the parent first sends t
 a marshalled dict: see `jail.JailedRun`). This process then
 
 1. leaves the host's user, network, mount, PID, IPC and UTS namespaces (a user namespace of its own, so no privilege
-   is needed and root gains none over the host), brings loopback up and listens on 127.0.0.1:PORT;
+   is needed and root gains none over the host), brings loopback up and listens on 127.0.0.1:PORT (and on each of
+   `more_ports`: the database gateway's);
 2. forks the jail's init (PID 1 of the new PID namespace), which builds the new root: the host's root bound
    read-only, a copy-on-write overlay on the workspace (writes land in the run's upper layer), the Python
    environment and other protected paths bound read-only over it, every hidden path covered by an empty read-only
    directory or file, host Unix sockets covered, fresh /proc, /dev, /tmp, /var/tmp and /run; pivots into it; and
    enters a second user and mount namespace so that every one of these mounts is locked (the agent cannot unmount
    or remount any of them, even as root inside);
-3. hands the listening socket to the parent (which bridges its connections to the proxy from outside) once all of
+3. hands the listening sockets to the parent (which bridges their connections to the proxy from outside) once all of
    that worked, or writes `error: ...` and never runs the command.
 
 The init then starts the command in a session of its own (no controlling terminal: it cannot push keystrokes into
@@ -367,10 +368,13 @@ def main(argv: list[str]) -> int:
                 "making the jail's namespaces")
         map_ids(uid, gid)
         loopback_up()
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", spec["port"]))
-        listener.listen(128)
+        listeners = []
+        for port in [spec["port"], *spec.get("more_ports", ())]:  # the proxy's, then the database gateway's
+            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(("127.0.0.1", port))
+            listener.listen(128)
+            listeners.append(listener)
     except (SetupError, OSError, ValueError) as exc:
         channel.sendall(f"error: {getattr(exc, 'strerror', None) or exc}".encode())
         return 125
@@ -380,7 +384,8 @@ def main(argv: list[str]) -> int:
     init = os.fork()
     if init == 0:
         os.close(read_end)
-        listener.close()
+        for listener in listeners:
+            listener.close()
         channel.close()
         status = run_init(spec, write_end, uid, gid)
         os._exit(_exit_code(status))
@@ -391,8 +396,9 @@ def main(argv: list[str]) -> int:
         channel.sendall(message or b"error: the jail's init ended before it was set up")
         os.waitpid(init, 0)
         return 125
-    socket.send_fds(channel, [b"ok"], [listener.fileno()])
-    listener.close()
+    socket.send_fds(channel, [b"ok"], [listener.fileno() for listener in listeners])
+    for listener in listeners:
+        listener.close()
     channel.close()
     for sig in FORWARDED:
         signal.signal(sig, lambda signum, _frame: os.kill(init, signum))

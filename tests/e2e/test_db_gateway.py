@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -197,3 +198,35 @@ def test_writes_are_recorded_with_their_outcome_and_undo_class(gateway) -> None:
     assert update["undo_class"].startswith("irreversible")
     failed = next(r for r in rows if r["method"] == "INSERT")
     assert failed["error"].startswith("23505") and failed["status"] is None
+
+
+def jailed_psql(proxy, sql: str) -> subprocess.CompletedProcess[str]:
+    script = f'env; psql "$DATABASE_URL" -X -At -c "{sql}"'
+    return proxy.run_cli("exec", "--jail", "--config", str(proxy.config), "--agent", "mailbot", "--", "sh", "-c",
+                         script, timeout=90)
+
+
+@pytest.mark.skipif(shutil.which("psql") is None, reason="psql is not installed")
+def test_psql_in_the_jail_reaches_the_database_only_through_the_gateway(gateway) -> None:
+    proxy, url = gateway
+    pg = gateway_pg(gateway)
+    ran = jailed_psql(proxy, "SELECT item FROM orders WHERE id = 1")
+    assert ran.returncode == 0 and "apples" in ran.stdout, ran.stderr
+    assert f"DATABASE_URL={url}" in ran.stdout
+    assert APP_USER[1] not in ran.stdout + ran.stderr
+    refused = jailed_psql(proxy, "DELETE FROM orders")
+    assert refused.returncode != 0 and "UPDATE and DELETE need a WHERE here" in refused.stderr
+    # The server itself is out of reach from the jail, even with the real password.
+    around = proxy.run_cli("exec", "--jail", "--config", str(proxy.config), "--agent", "mailbot", "--", "psql",
+                           pg.dsn(APP_USER, "shop"), "-X", "-At", "-c", "SELECT 1", timeout=90)
+    assert around.returncode != 0 and "1\n" not in around.stdout
+
+
+@pytest.mark.skipif(shutil.which("psql") is None, reason="psql is not installed")
+def test_without_run_the_jail_starts_a_gateway_of_its_own(gateway) -> None:
+    proxy, _ = gateway
+    proxy.stop()
+    ran = jailed_psql(proxy, "SELECT count(*) FROM orders")
+    assert ran.returncode == 0 and ran.stdout.strip().endswith("3"), ran.stderr
+    assert "postgresql://mailbot:" in ran.stdout and APP_USER[1] not in ran.stdout
+    assert any("count(*)" in r["req_body"] for r in db_rows(proxy))
