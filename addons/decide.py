@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import time
 import weakref
+from typing import Any
 from urllib.parse import parse_qsl
 
 from mitmproxy import connection, dns, http, tcp, udp
@@ -18,10 +19,11 @@ from goex_proxy.net import bodies
 from goex_proxy.policy.engine import Decision, PolicySet, decide, waiting_as_strictly
 from goex_proxy.policy.limits import Charge
 from goex_proxy.policy.requestview import (
+    NOT_PARSED,
     RequestView,
     aws_unchunked,
-    body_ambiguity,
     canonical_path,
+    checked_json,
     content_type_problem,
     decoded_readings,
     field_problem,
@@ -30,6 +32,7 @@ from goex_proxy.policy.requestview import (
     readings,
     token_problem,
     upgrade_protocol,
+    with_json,
 )
 
 log = logging.getLogger(__name__)
@@ -89,16 +92,17 @@ def fields_problem(message: http.Message) -> str | None:
     return problem
 
 
-def read_body(req: http.Request) -> tuple[bytes, str | None]:
-    """The body as the upstream will read it (Content-Encoding undone), and why it is refused before policy, if it is.
+def read_body(req: http.Request) -> tuple[bytes, str | None, Any]:
+    """The body as the upstream will read it (Content-Encoding undone), why it is refused before policy if it is, and
+    the body parsed as JSON if checking it parsed it (else `NOT_PARSED`).
 
     A body is refused when its Content-Encoding is not in `DECODABLE` or does not decode (rather than decided on bytes
-    the policy cannot read), or when servers could parse it more than one way (`body_ambiguity`)."""
+    the policy cannot read), or when servers could parse it more than one way (`checked_json`)."""
     if not req.raw_content:
-        return b"", None
+        return b"", None, NOT_PARSED
     coding = req.headers.get("content-encoding", "")
     if coding and coding.lower() not in DECODABLE:
-        return b"", _undecodable(coding, f"goex-proxy reads only {', '.join(sorted(DECODABLE))}")
+        return b"", _undecodable(coding, f"goex-proxy reads only {', '.join(sorted(DECODABLE))}"), NOT_PARSED
     try:
         if coding.lower() == "aws-chunked":
             body = aws_unchunked(req.raw_content)
@@ -106,8 +110,8 @@ def read_body(req: http.Request) -> tuple[bytes, str | None]:
             body = bodies.decode(req.raw_content, coding)
     except ValueError as e:  # mitmproxy wraps the decoder's own error, which says what is wrong
         cause = e.__context__ or e
-        return b"", _undecodable(coding, f"{type(cause).__name__}: {str(cause)[:100]}")
-    return body, body_ambiguity(body)
+        return b"", _undecodable(coding, f"{type(cause).__name__}: {str(cause)[:100]}"), NOT_PARSED
+    return body, *checked_json(body)
 
 
 def _undecodable(coding: str, why: str) -> str:
@@ -166,7 +170,7 @@ class Decide:
             replies.refuse(flow, Decision("deny", f"refused before policy: {problem or 'ambiguous path'}",
                                           "request-target"))
             return
-        body, problem = read_body(flow.request)
+        body, problem, parsed = read_body(flow.request)
         if problem is not None:
             replies.refuse(flow, Decision("deny", f"refused before policy: {problem}", "request-body"))
             return
@@ -177,7 +181,7 @@ class Decide:
             replies.refuse(flow, Decision("deny", f"refused before policy: {exc}", "request-upgrade"))
             return
         flowmeta.set_path(flow, path)
-        view = dataclasses.replace(request_view(flow, agent, path, body), protocol=protocol)
+        view = with_json(dataclasses.replace(request_view(flow, agent, path, body), protocol=protocol), parsed)
         policies = self.state.policies  # one set decides every reading, whatever a reload installs meanwhile
         d = decide(view, policies, now, self.state.limits)
         for how, decoded in decoded_readings(path) if d.effect == "allow" else ():

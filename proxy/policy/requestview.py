@@ -288,26 +288,46 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     raise AssertionError("unreachable: fewer keys than pairs means one repeats")
 
 
+#: What `checked_json` gives for a body it did not parse (not starting like a JSON object or array, or refused).
+NOT_PARSED: Any = object()
+
+
 def body_ambiguity(body: bytes) -> str | None:
-    """Why servers could read the (decoded) body `body` differently from `RequestView.json`, or None.
+    """Why servers could read the (decoded) body `body` differently from `RequestView.json`, or None (see
+    `checked_json`)."""
+    return checked_json(body)[0]
+
+
+def checked_json(body: bytes) -> tuple[str | None, Any]:
+    """Why servers could read the (decoded) body `body` differently from `RequestView.json` (or None), and the body
+    as `RequestView.json` reads it (or `NOT_PARSED`), from one parse.
 
     A JSON object with a key twice is read with the last value by `json.loads` and with the first by some servers,
     so a policy could pass one value while the upstream acts on the other. Only a body whose first byte past
     whitespace and BOMs is `{` or `[` is parsed, in one pass; a duplicate met before the body turns out not to be
-    JSON still counts, since lenient parsers would read it.
+    JSON still counts, since lenient parsers would read it. Without a duplicate, the parse builds what `json.loads`
+    builds (the same pairs, in order), so a view can be given it instead of parsing the body again (`with_json`).
     """
     if body.lstrip(_JSON_LEAD)[:1] not in (b"{", b"["):
-        return None
+        return None, NOT_PARSED
     try:
-        json.loads(body, object_pairs_hook=_no_duplicates)
+        parsed = json.loads(body, object_pairs_hook=_no_duplicates)
     except _DuplicateKey as dup:
         key = str(dup.args[0])
-        return f"the JSON body has the key {key[:100]!r} twice in one object; servers differ on which value they read"
+        return (f"the JSON body has the key {key[:100]!r} twice in one object; servers differ on which value they "
+                "read"), NOT_PARSED
     except RecursionError:
-        return "the JSON body nests too deeply to be checked for duplicate keys"
+        return "the JSON body nests too deeply to be checked for duplicate keys", NOT_PARSED
     except (ValueError, UnicodeDecodeError):
-        return None
-    return None
+        return None, None  # not JSON: what `RequestView.json` says of it too
+    return None, parsed
+
+
+def with_json(view: RequestView, parsed: Any) -> RequestView:
+    """`view`, its `json` already known (`checked_json` parsed its body): conditions reading it do not parse again."""
+    if parsed is not NOT_PARSED:
+        view.__dict__["json"] = parsed
+    return view
 
 
 @dataclass(frozen=True)

@@ -153,10 +153,10 @@ def test_a_key_repeated_in_different_objects_is_decided_by_policy(state) -> None
 
 def test_the_body_checks_fail_closed(state, monkeypatch) -> None:
     """If checking the body raises, the request gets 502 and is not forwarded."""
-    def boom(body: bytes) -> str | None:
+    def boom(body: bytes) -> tuple[str | None, object]:
         raise RuntimeError("collaborator failed")
 
-    monkeypatch.setattr(decide_module, "body_ambiguity", boom)
+    monkeypatch.setattr(decide_module, "checked_json", boom)
     f = decided(state, post(b'{"channel":"C1"}'))
     assert f.response.status_code == 502 and b"decide" in f.response.content
 

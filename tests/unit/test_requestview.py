@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from goex_proxy.globs import compile_path
 from goex_proxy.policy.requestview import (
+    NOT_PARSED,
     RequestView,
     aws_unchunked,
     body_ambiguity,
     canonical_path,
+    checked_json,
     path_ambiguity,
     readings,
     repeated_keys,
     value_readings,
+    with_json,
 )
 
 #: sentence -> (raw path, a word the reason must contain, or None when the path is not ambiguous)
@@ -180,3 +187,39 @@ def test_a_method_override_sent_twice_in_a_form_is_read_both_ways() -> None:
 def test_path_globs_match_as_a_lenient_router_routes(pattern, path, fold_case, optional_slash, matches) -> None:
     """Case folding (RE2's, on the whole pattern) and an optional trailing slash, each only when asked for."""
     assert compile_path(pattern).matches_path(path, fold_case, optional_slash) is matches
+
+
+
+# The body is parsed once: the duplicate-key check's parse is what `RequestView.json` would have parsed.
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=5))
+_json_values = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=3)
+                            | st.dictionaries(st.text(max_size=3), inner, max_size=3), max_leaves=10)
+_bodies = st.one_of(_json_values.map(lambda v: json.dumps(v).encode()),
+                    st.sampled_from([b"", b"{", b"[1,", b'{"a": 1, "a": 2}', b"\xff{}", b"  {\"a\": [1]}", b"a=1&b=2",
+                                     b"\xef\xbb\xbf{\"bom\": true}", b"null", b'"text"', b"[" * 100_000]),
+                    st.binary(max_size=12))
+
+
+@settings(max_examples=400, deadline=None)
+@given(body=_bodies)
+def test_the_checked_parse_is_the_views_json(body: bytes) -> None:
+    problem, parsed = checked_json(body)
+    assert problem == body_ambiguity(body)
+    fresh = RequestView(None, "POST", "https", "h", 443, "/", body=body)
+    seeded = with_json(RequestView(None, "POST", "https", "h", 443, "/", body=body), parsed)
+    if problem is None:
+        assert json.dumps(seeded.json) == json.dumps(fresh.json)  # same values, same key order
+        assert seeded.cel_context(0, [("request", "json")]) == fresh.cel_context(0, [("request", "json")])
+    if parsed is not NOT_PARSED:
+        assert "json" in seeded.__dict__  # given, not parsed again
+
+
+def test_a_condition_reading_the_body_still_sees_it_when_its_json_was_given() -> None:
+    from goex_proxy.policy.cel import compile_condition
+
+    body = b'{"name": "widget", "n": 2}'
+    view = with_json(RequestView(None, "POST", "https", "h", 443, "/", body=body), checked_json(body)[1])
+    for source, expected in (('request.json.name == "widget"', True), ('request.body.contains("widget")', True),
+                             ("request.json.n > 2", False)):
+        condition = compile_condition(source)
+        assert condition.evaluate(view.cel_context(0, condition.paths)) is expected
