@@ -1,7 +1,9 @@
 """How a row is stored and read back: the same fields and values as written, in less room. Headers, bodies, rule and
 reason go to blobs (the row names them), hashes are kept as 32 bytes instead of 64 hex characters, and a value the row's other
 fields give (its URL from scheme, host, port and path; a body's sha256 when the body is stored whole) is left out.
-Rows written before (schema 11 and older) hold every value as is; both read back the same."""
+The writer leaves out each row's prev_hash (always the hash of the row before it when written); a prune writes it
+into the row after the rows it removes. Rows written before (schema 11 and older) hold every value as is; both read
+back the same."""
 
 from __future__ import annotations
 
@@ -105,21 +107,44 @@ def refs(row: dict[str, Any]) -> list[int]:
     return [int(row[c]) for c in BLOB_COLUMNS if row.get(c) is not None]
 
 
-def expand(conn: sqlite3.Connection, rows: list[dict[str, Any]], *, lenient: bool = False) -> list[dict[str, Any]]:
-    """Stored rows as written, their blobs read in one query."""
+def hash_before(conn: sqlite3.Connection, seq: int) -> str:
+    """The hash of the row before seq `seq` ("" for the first): what a row that leaves out its prev_hash links to."""
+    found = conn.execute("SELECT hash FROM requests WHERE seq < ? ORDER BY seq DESC LIMIT 1", (seq,)).fetchone()
+    return str(hex_of(found[0])) if found else ""
+
+
+def expand(conn: sqlite3.Connection, rows: list[dict[str, Any]], *, lenient: bool = False,
+           before: tuple[int, str] | None = None) -> list[dict[str, Any]]:
+    """Stored rows as written, their blobs read in one query. A prev_hash left out (the hash of the row before, as
+    the writer stores it) is read from that row; `before`: the rows are every row from the one after seq
+    `before[0]`, in seq order, and before[1] is that row's hash."""
     wanted = {ref for r in rows for ref in refs(r)}
     found = blobs.fetch(conn, wanted) if wanted else {}
-    return [logical(r, found, lenient=lenient) for r in rows]
+    out = [logical(r, found, lenient=lenient) for r in rows]
+    for row in out:
+        if row.get("prev_hash") == DERIVED and isinstance(row.get("prev_hash"), bytes):
+            row["prev_hash"] = before[1] if before is not None else hash_before(conn, int(row["seq"]))
+        if before is not None:
+            before = (int(row["seq"]), str(row["hash"]))
+    return out
 
 
 #: Rows read (and their blobs fetched) per step of a long read.
 CHUNK = 500
 
 
-def read(conn: sqlite3.Connection, sql: str, params: Iterable[Any] = (), *, lenient: bool = False
-         ) -> Iterator[dict[str, Any]]:
-    """The rows a SELECT on `requests` gives, as written (the one way rows are read whole)."""
+def read(conn: sqlite3.Connection, sql: str, params: Iterable[Any] = (), *, lenient: bool = False,
+         consecutive: bool = False) -> Iterator[dict[str, Any]]:
+    """The rows a SELECT on `requests` gives, as written (the one way rows are read whole). `consecutive`: the SELECT
+    gives (`*`, in seq order) every row from its first on, so each row's predecessor is the row read before it."""
     cursor = conn.execute(sql, tuple(params))
     names = [d[0] for d in cursor.description]
+    before: tuple[int, str] | None = None
     while chunk := cursor.fetchmany(CHUNK):
-        yield from expand(conn, [dict(zip(names, r, strict=True)) for r in chunk], lenient=lenient)
+        stored = [dict(zip(names, r, strict=True)) for r in chunk]
+        if consecutive and before is None:
+            before = (int(stored[0]["seq"]) - 1, hash_before(conn, int(stored[0]["seq"])))
+        rows = expand(conn, stored, lenient=lenient, before=before)
+        if consecutive:
+            before = (int(rows[-1]["seq"]), str(rows[-1]["hash"]))
+        yield from rows

@@ -98,7 +98,7 @@ def prune_batch(conn: sqlite3.Connection, key: bytes, before: float, windows: di
     now = time.time() if now is None else now
     done = done if done is not None else Pruned()
     rows = list(layout.read(conn, "SELECT * FROM requests WHERE seq > ? AND seq < ? ORDER BY seq LIMIT ?",
-                            (after, upper, BATCH), lenient=True))  # a row that cannot be read fails its check
+                            (after, upper, BATCH), lenient=True, consecutive=True))  # one unreadable fails its check
     if not rows:
         return None
     following = conn.execute("SELECT seq, prev_hash FROM requests WHERE seq > ? ORDER BY seq LIMIT 1",
@@ -111,7 +111,8 @@ def prune_batch(conn: sqlite3.Connection, key: bytes, before: float, windows: di
     for row in rows:
         _check(key, known, row, prev)
         prev = row["hash"]
-    _check_link(key, known, {"seq": following[0], "prev_hash": hex_of(following[1]), "id": "after them"}, prev)
+    link = rows[-1]["hash"] if following[1] == layout.DERIVED else hex_of(following[1])  # left out: the row before
+    _check_link(key, known, {"seq": following[0], "prev_hash": link, "id": "after them"}, prev)
     before_hash = hex_of(found[0]) if found else ""
     run: list[dict[str, Any]] = []
     for row in rows:
@@ -180,6 +181,9 @@ def _remove(conn: sqlite3.Connection, key: bytes, known: dict[int, Gap], run: li
                                            "? AND ?", (run[0]["seq"], run[-1]["seq"]))
              for ref in found if ref is not None]
     conn.execute("DELETE FROM requests WHERE seq BETWEEN ? AND ?", (run[0]["seq"], run[-1]["seq"]))
+    # The kept row after the run may leave its prev_hash to the row before it, which is gone: write it in.
+    conn.execute("UPDATE requests SET prev_hash = ? WHERE seq = ? AND prev_hash = ?",
+                 (bytes.fromhex(run[-1]["hash"]), next_seq, layout.DERIVED))
     blobs.release(conn, named)  # each blob no kept row names goes with them
     done.rows += len(run)
     done.gaps += 1 - absorbed

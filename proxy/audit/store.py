@@ -507,6 +507,7 @@ class AuditWriter:
         if row.get("status") is not None or row.get("error") is not None:
             row["outcome_hash"] = outcome_hash(self._key, row["hash"], row)
         kept = self._stored(row)
+        kept["prev_hash"] = layout.DERIVED  # always the hash of the row before this one (the newest so far)
         cursor = self._conn.execute(f"INSERT INTO requests ({', '.join(kept)}) VALUES ({', '.join('?' * len(kept))})",
                                     tuple(kept.values()))
         if "outcome_hash" not in row:
@@ -613,7 +614,7 @@ def last_injected(conn: sqlite3.Connection) -> dict[str, float]:
 def iter_rows(conn: sqlite3.Connection, *, lenient: bool = False) -> Iterator[dict[str, Any]]:
     """Every row in seq order, whole and as written; `lenient`: a value that cannot be read (a blob removed or
     damaged) reads as one that fails the chain check, instead of stopping the walk (as `verify` needs)."""
-    return layout.read(conn, "SELECT * FROM requests ORDER BY seq", lenient=lenient)
+    return layout.read(conn, "SELECT * FROM requests ORDER BY seq", lenient=lenient, consecutive=True)
 
 
 @dataclass(frozen=True)

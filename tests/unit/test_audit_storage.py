@@ -94,16 +94,20 @@ def test_every_field_reads_back_as_written(tmp_path: Path) -> None:
     assert not any(k.endswith("_blob") for k in got)
     got_cut = audit.get(conn, cut["id"])
     assert {k: got_cut[k] for k in cut} == cut and got_cut["resp_body"] is None
+    assert (got["prev_hash"], got_cut["prev_hash"]) == ("", got["hash"])  # left out of the row, read from the one before
     assert [r["id"] for r in audit.iter_rows(conn)] == [row["id"], cut["id"]]
     assert next(audit.iter_rows(conn)) == got
     listed = {r["id"]: r["url"] for r in audit.query(conn)}
     assert listed == {row["id"]: row["url"], cut["id"]: cut["url"]}
     assert {r["id"]: r["url"] for r in console_data.page(conn, console_data.Filters())} == listed
-    stored = dict(zip(("req_headers", "req_body", "url", "req_body_sha256", "resp_body_sha256", "hash"), conn.execute(
-        "SELECT req_headers, req_body, url, req_body_sha256, resp_body_sha256, hash FROM requests WHERE id = ?",
-        (row["id"],)).fetchone(), strict=True))
-    assert stored == {"req_headers": None, "req_body": None, "url": b"", "req_body_sha256": b"",
-                      "resp_body_sha256": b"", "hash": bytes.fromhex(got["hash"])}
+    columns = ("req_headers", "req_body", "rule", "url", "req_body_sha256", "resp_body_sha256", "prev_hash", "hash")
+    stored = dict(zip(columns, conn.execute(f"SELECT {', '.join(columns)} FROM requests WHERE id = ?",
+                                            (cut["id"],)).fetchone(), strict=True))
+    assert stored == {"req_headers": None, "req_body": None, "rule": None, "url": cut["url"],
+                      "req_body_sha256": bytes.fromhex(cut["req_body_sha256"]), "resp_body_sha256": None,
+                      "prev_hash": b"", "hash": bytes.fromhex(got_cut["hash"])}
+    assert conn.execute("SELECT url, req_body_sha256, resp_body_sha256 FROM requests WHERE id = ?",
+                        (row["id"],)).fetchone() == (b"", b"", b"")
     assert verify(tmp_path).checked == 2
 
 

@@ -15,7 +15,6 @@ from goex_proxy import cli
 from goex_proxy.audit import prune as pruning
 from goex_proxy.audit import store as audit
 from goex_proxy.audit.gaps import Gap, gaps
-from goex_proxy.audit.layout import hex_of
 from goex_proxy.audit.seal import Seal
 from goex_proxy.audit.store import AuditWriter
 from goex_proxy.console.data import chain_status
@@ -229,11 +228,12 @@ def test_a_gap_forged_or_edited_without_the_key_is_caught(log: Log) -> None:
     # Remove rows by hand and write a gap record as an attacker without the chain key would.
     conn = sqlite3.connect(log.home / "a.db")
     with conn:
-        after = conn.execute("SELECT seq, prev_hash FROM requests WHERE id = ?", (rows[3],)).fetchone()
+        after = audit.get(conn, rows[3])  # its prev_hash and hash as the chain has them (stored as bytes, or left out)
         first = conn.execute("SELECT seq FROM requests WHERE id = ?", (rows[1],)).fetchone()[0]
-        before = conn.execute("SELECT hash FROM requests WHERE id = ?", (rows[0],)).fetchone()[0]
+        before = audit.get(conn, rows[0])["hash"]
+        conn.execute("UPDATE requests SET prev_hash = ? WHERE id = ?", (bytes.fromhex(after["prev_hash"]), rows[3]))
         conn.execute("DELETE FROM requests WHERE id IN (?, ?)", (rows[1], rows[2]))
-        forged = Gap(after[0], first, first + 1, 2, hex_of(before), hex_of(after[1]), NOW).signed(b"not the key" * 3)
+        forged = Gap(after["seq"], first, first + 1, 2, before, after["prev_hash"], NOW).signed(b"not the key" * 3)
         conn.execute("INSERT INTO audit_gaps VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (*forged.fields(), forged.mac))
     assert log.verify().broken_id == rows[3]
 
