@@ -1,8 +1,13 @@
 """Target 3: `goex-proxy log --agent X --since 1h` over a 1,000,000-row audit database in <= 100 ms.
 
 The database is made with the project's own schema (`goex_proxy.audit.store.open_db`), then filled by one bulk
-`executemany` transaction with realistic rows (30 days, several agents, headers, small bodies, hashes), and cached
-under bench/.cache/. When a cached database is reused more than a few minutes later, its last day of rows is
+`executemany` transaction with realistic rows (30 days, several agents, headers, small bodies, hashes), stored as the
+proxy stores them (`goex_proxy.audit.layout`: headers and bodies in compressed blobs; `layout="old"` writes schema 11's
+layout, every value in its row, for audit_size_bench.py to compare), and cached under bench/.cache/. Rows are drawn
+from a pool of payloads, but each carries what makes real ones differ: its own Date and X-Goex-Request-Id response
+headers and a token of its own in each body (a message id, a node id), so that no two rows' bodies or response
+headers are the same (a repeated body would be stored once and flatter the new layout); text in bodies is words, not
+a repeated letter. When a cached database is reused more than a few minutes later, its last day of rows is
 deleted and generated again to end "now" (otherwise `--since 1h` would find nothing); the row count stays the
 same. The hash chain of these rows is not valid (random hashes of
 the right size): `goex-proxy log verify` is not what is measured here.
@@ -28,12 +33,27 @@ from typing import Any
 from common import CACHE_DIR, PYTHON, fmt, median, table, tool
 
 TARGET_MS = 100.0
-GEN_VERSION = 4
+GEN_VERSION = 5
 DAYS = 30
 AGENTS = [("mailbot", 30), ("slackbot", 25), ("ghbot", 15), ("s3sync", 15), ("research", 10), ("billing", 5)]
 QUERY_AGENT = "mailbot"
 STALE_AFTER_S = 300
 RECENT_S = 86400  # the last day is regenerated when the cache is reused later
+
+#: Replaced in each row by a token of its own (bodies) or its id (the X-Goex-Request-Id header); the pool's Date by the
+#: row's own.
+TOKEN = "@" * 13
+POOL_DATE = "Tue, 24 Nov 2026 10:00:00 GMT"
+WORDS = ("the of and to in is you that it he was for on are as with his they at be this have from or one had by word "
+         "but not what all were we when your can said there use an each which she do how their if will up other about "
+         "out many then them these so some her would make like him into time has look two more write go see number no "
+         "way could people my than first water been call who oil its now find long down day did get come made may part "
+         "status update deploy build release ticket customer invoice meeting report review merge branch fix issue").split()
+
+
+def _words(rng: random.Random, low: int, high: int) -> str:
+    return " ".join(rng.choices(WORDS, k=rng.randrange(low, high)))
+
 
 _ENDPOINTS = [
     # host, method, path template, request body?, status choices, response kind (see _response)
@@ -68,14 +88,15 @@ def _response(rng: random.Random, kind: str, host: str, path: str, n: int, statu
     extra: list[tuple[str, str]] = []
     if kind == "slack":  # Slack answers 200 with "ok"; the message's channel and ts are what undo deletes by
         body: dict[str, Any] = ({"ok": True, "channel": "C0BOTS", "ts": f"{1764000000 + n % 10**6}.{n % 10**6:06d}",
-                                 "message": {"type": "message", "text": "status update", "user": "U0BOT"}}
+                                 "message": {"type": "message", "text": "status update", "user": "U0BOT",
+                                             "client_msg_id": TOKEN}}
                                 if status == 200 else {"ok": False, "error": "ratelimited"})
     elif kind == "github-comment":  # GitHub: 201 with Location and the comment, which names its own API url
         cid = rng.randrange(10**8, 10**9)
         url = f"https://{host}/repos/acme/widgets/issues/comments/{cid}"
-        body = {"id": cid, "node_id": f"IC_kwDO{cid:x}", "url": url,
+        body = {"id": cid, "node_id": f"IC_kwDO{TOKEN}", "url": url,
                 "html_url": f"https://github.com/acme/widgets/issues/{n}#issuecomment-{cid}",
-                "body": "status update " + "x" * rng.randrange(10, 120), "user": {"login": "ghbot", "id": 41898282},
+                "body": "status update " + _words(rng, 2, 24), "user": {"login": "ghbot", "id": 41898282},
                 "created_at": "2026-11-24T10:00:00Z", "updated_at": "2026-11-24T10:00:00Z"}
         if status == 201:
             extra.append(("Location", url))
@@ -83,7 +104,7 @@ def _response(rng: random.Random, kind: str, host: str, path: str, n: int, statu
             body = {"message": "Validation Failed", "errors": [{"code": "invalid"}]}
     elif kind == "created":  # a generic REST create: 201 with Location and the new resource
         tid = rng.randrange(10**5, 10**6)
-        body = ({"id": tid, "title": f"ticket {n}", "status": "open", "created_at": "2026-11-24T10:00:00Z"}
+        body = ({"id": tid, "ref": TOKEN, "title": f"ticket {n}", "status": "open", "created_at": "2026-11-24T10:00:00Z"}
                 if status == 201 else {"error": "invalid", "message": "title is required"})
         if status == 201:
             extra.append(("Location", f"https://{host}{path}/{tid}"))
@@ -92,16 +113,17 @@ def _response(rng: random.Random, kind: str, host: str, path: str, n: int, statu
                   ("x-amz-request-id", f"{rng.getrandbits(64):016X}"), ("Server", "AmazonS3")]
         return extra, b"", pre
     elif kind == "put-preimage":  # a PUT the proxy read the resource before (pre-image), to put it back on undo
-        was = {"id": n, "name": f"Contact {n}", "email": f"c{n}@example.com", "tags": ["lead"] * rng.randrange(0, 4),
+        was = {"id": n, "version": TOKEN, "name": f"Contact {n}", "email": f"c{n}@example.com", "tags": ["lead"] * rng.randrange(0, 4),
                "updated_at": "2026-11-20T10:00:00Z"}
         pre_body = json.dumps(was).encode()
         pre = {"pre_status": 200, "pre_body": pre_body, "pre_body_size": len(pre_body),
                "pre_headers": json.dumps([["Content-Type", "application/json"], ["Content-Length", str(len(pre_body))],
                                           ["ETag", f'W/"{n:x}"']])}
-        body = ({**was, "tags": ["customer"], "updated_at": "2026-11-24T10:00:00Z"} if status == 200
+        body = ({**was, "tags": ["customer"], "etag": TOKEN, "updated_at": "2026-11-24T10:00:00Z"} if status == 200
                 else {"error": "conflict", "message": "the contact was modified"})
     else:
-        body = {"ok": status < 400, "id": n, "items": list(range(rng.randrange(0, 12))), "note": "y" * rng.randrange(20, 240)}
+        body = {"ok": status < 400, "id": TOKEN, "n": n, "items": list(range(rng.randrange(0, 12))),
+                "note": _words(rng, 3, 40)}
     return extra, json.dumps(body).encode(), pre
 
 
@@ -115,13 +137,30 @@ def _schema_fingerprint(db_path: Path) -> str:
     return hashlib.sha256(f"{version}\n{sql}".encode()).hexdigest()[:12]
 
 
-def _current_fingerprint() -> str:
+#: The layouts a database can be generated in: as the proxy writes now, or as schema 11 (before migration 12) did.
+LAYOUTS = ("new", "old")
+#: How many migrations make the old layout's schema.
+OLD_SCHEMA = 11
+
+
+def _open_schema(path: Path, layout: str) -> None:
+    """Create the project's schema at `path`: all migrations, or (old layout) those before migration 12."""
     from goex_proxy.audit import store as audit
     from goex_proxy.audit.seal import Seal
 
+    every = audit.MIGRATIONS
+    if layout == "old":
+        audit.MIGRATIONS = every[:OLD_SCHEMA]
+    try:
+        audit.open_db(path, seal=Seal(path.parent)).close()
+    finally:
+        audit.MIGRATIONS = every
+
+
+def _current_fingerprint(layout: str = "new") -> str:
     with tempfile.TemporaryDirectory(prefix="goex-bench-schema-") as tmp:
         path = Path(tmp) / "schema.db"
-        audit.open_db(path, seal=Seal(path.parent)).close()
+        _open_schema(path, layout)
         return _schema_fingerprint(path)
 
 
@@ -139,14 +178,14 @@ def _variants(rng: random.Random, n_per_endpoint: int = 200) -> list[dict[str, A
             headers = [("Host", host), ("User-Agent", "python-httpx/0.28.1"), ("Accept", "*/*"),
                        ("Accept-Encoding", "gzip, deflate"), ("Authorization", "Bearer xoxb-placeholder")]
             if has_body:
-                req_body = json.dumps({"channel": "C0BOTS", "text": "status update " + "x" * rng.randrange(10, 120),
+                req_body = json.dumps({"channel": "C0BOTS", "text": f"status update {TOKEN} " + _words(rng, 2, 24),
                                        "n": n}).encode()
                 headers += [("Content-Type", "application/json"), ("Content-Length", str(len(req_body)))]
             status = rng.choice(statuses)
             extra, resp_body, pre = _response(rng, kind, host, path, n, status)
             resp_headers = [("Content-Type", "application/json; charset=utf-8"),
                             ("Content-Length", str(len(resp_body))),
-                            ("Date", "Tue, 24 Nov 2026 10:00:00 GMT"), ("X-Goex-Request-Id", "0" * 13),
+                            ("Date", POOL_DATE), ("X-Goex-Request-Id", TOKEN),
                             ("Cache-Control", "no-store"), *extra]
             out.append({
                 "method": method, "scheme": "https", "host": host, "port": 443, "path": path + query,
@@ -161,10 +200,15 @@ def _variants(rng: random.Random, n_per_endpoint: int = 200) -> list[dict[str, A
     return out
 
 
-def _fill(conn: sqlite3.Connection, cols: list[str], rows: int, start: float, end: float, seed: int) -> None:
-    """Insert `rows` rows with timestamps spread evenly (jittered, ascending) over [start, end)."""
+def _fill(conn: sqlite3.Connection, cols: list[str], rows: int, start: float, end: float, seed: int,
+          new_layout: bool = True) -> None:
+    """Insert `rows` rows with timestamps spread evenly (jittered, ascending) over [start, end), stored as the proxy
+    stores them (`new_layout`) or as schema 11 did."""
+    from goex_proxy.audit import blobs, layout
 
     rng = random.Random(seed)
+    store = blobs.BlobStore()
+    columns = cols + [c for c in layout.BLOB_COLUMNS if new_layout]
     pool = _variants(rng)
     names = [a for a, _ in AGENTS]
     agent_picks = rng.choices(names, [w for _, w in AGENTS], k=rows)
@@ -178,6 +222,9 @@ def _fill(conn: sqlite3.Connection, cols: list[str], rows: int, start: float, en
         rand = rng.random
         npool = len(pool)
         urandom = os.urandom
+        token_bits = rng.getrandbits
+        gmtime, strftime, sha256 = time.gmtime, time.strftime, hashlib.sha256
+        put = lambda value: store.put(conn, value)  # noqa: E731
         prev = ""
         for i in range(rows):
             ts = start + (i + rand() * 0.9) * step
@@ -185,8 +232,18 @@ def _fill(conn: sqlite3.Connection, cols: list[str], rows: int, start: float, en
             r = rand()
             decision = "allow" if r < 0.86 else "deny" if r < 0.97 else "report" if r < 0.99 else "error"
             row = dict(v)
+            rid, token = ids.new(ts), f"{token_bits(64):016x}"[:13]
+            if row["resp_headers"]:
+                row["resp_headers"] = row["resp_headers"].replace(POOL_DATE, strftime(
+                    "%a, %d %b %Y %H:%M:%S GMT", gmtime(ts))).replace(TOKEN, rid)
+            for body, digest in (("req_body", "req_body_sha256"), ("resp_body", "resp_body_sha256"),
+                                 ("pre_body", None)):
+                if row[body] and TOKEN.encode() in row[body]:
+                    row[body] = row[body].replace(TOKEN.encode(), token.encode())
+                    if digest:
+                        row[digest] = sha256(row[body]).hexdigest()
             duration = 5 + rand() * 400
-            row.update(id=ids.new(ts), ts=ts, agent=agent_picks[i], client=f"127.0.0.1:{40000 + int(rand() * 20000)}",
+            row.update(id=rid, ts=ts, agent=agent_picks[i], client=f"127.0.0.1:{40000 + int(rand() * 20000)}",
                        decision=decision, rule=rules.get(v["host"], f"{v['host']}/rule"),
                        reason=f"allowed by rule '{v['host']} rule'", report=None, error=None,
                        ended=ts + duration / 1000, duration_ms=round(duration, 3))
@@ -202,9 +259,12 @@ def _fill(conn: sqlite3.Connection, cols: list[str], rows: int, start: float, en
             h = urandom(32).hex()
             row.update(prev_hash=prev, hash=h, outcome_hash=urandom(32).hex())
             prev = h
-            yield tuple(row[c] for c in cols)
+            if new_layout:  # as the writer stores it (its prev_hash left to the row before)
+                row = {**layout.stored(row, put), "prev_hash": layout.DERIVED}
+            yield tuple(row.get(c) for c in columns)
 
-    conn.executemany(f"INSERT INTO requests ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", make_rows())
+    conn.executemany(f"INSERT INTO requests ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                     make_rows())
 
 
 def _columns(conn: sqlite3.Connection) -> list[str]:
@@ -217,18 +277,15 @@ def _columns(conn: sqlite3.Connection) -> list[str]:
             if c in existing]
 
 
-def generate(path: Path, rows: int, now: float) -> tuple[float, float]:
+def generate(path: Path, rows: int, now: float, layout: str = "new") -> tuple[float, float]:
     """Create the database: the older 29 days as a base, the last day as the refreshable recent part.
 
     Returns (base_end timestamp, seconds taken)."""
-    from goex_proxy.audit import store as audit
-    from goex_proxy.audit.seal import Seal
-
     t0 = time.perf_counter()
     tmp = path.with_name(path.name + ".tmp")
     for p in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
         p.unlink(missing_ok=True)
-    audit.open_db(tmp, seal=Seal(tmp.parent)).close()  # the project's schema and migrations
+    _open_schema(tmp, layout)  # the project's schema and migrations
     conn = sqlite3.connect(tmp, isolation_level=None)
     conn.execute("PRAGMA journal_mode=DELETE")
     conn.execute("PRAGMA synchronous=OFF")
@@ -242,8 +299,8 @@ def generate(path: Path, rows: int, now: float) -> tuple[float, float]:
     for sql in indexes:  # bulk load without indexes, then build them once
         name = sql.split("INDEX", 1)[1].split("ON", 1)[0].replace("IF NOT EXISTS", "").strip().strip('"[]`')
         conn.execute(f'DROP INDEX "{name}"')
-    _fill(conn, cols, rows - recent, now - DAYS * 86400, base_end, seed=7)
-    _fill(conn, cols, recent, base_end, now, seed=int(now))
+    _fill(conn, cols, rows - recent, now - DAYS * 86400, base_end, seed=7, new_layout=layout == "new")
+    _fill(conn, cols, recent, base_end, now, seed=int(now), new_layout=layout == "new")
     for sql in indexes:
         conn.execute(sql)
     conn.execute("COMMIT")
@@ -253,26 +310,38 @@ def generate(path: Path, rows: int, now: float) -> tuple[float, float]:
     return base_end, time.perf_counter() - t0
 
 
+def _is_new_layout(conn: sqlite3.Connection) -> bool:
+    return conn.execute("PRAGMA user_version").fetchone()[0] > OLD_SCHEMA
+
+
 def refresh(path: Path, rows: int, base_end: float, now: float) -> float:
     """Replace the recent part (newer than base_end) by a fresh last day ending now; the row count stays the same."""
     t0 = time.perf_counter()
     conn = sqlite3.connect(path, isolation_level=None, timeout=30)
     conn.execute("PRAGMA synchronous=OFF")
     conn.execute("BEGIN")
+    new_layout = _is_new_layout(conn)
+    if new_layout:  # the blobs of the rows removed go with them (as a prune does)
+        from goex_proxy.audit import blobs, layout
+
+        named = conn.execute(f"SELECT {', '.join(layout.BLOB_COLUMNS)} FROM requests WHERE ts > ?", (base_end,))
+        blobs.release(conn, [ref for found in named.fetchall() for ref in found if ref is not None])
     conn.execute("DELETE FROM requests WHERE ts > ?", (base_end,))
     have = conn.execute("SELECT count(*) FROM requests").fetchone()[0]
-    _fill(conn, _columns(conn), rows - have, now - RECENT_S, now, seed=int(now))
+    _fill(conn, _columns(conn), rows - have, now - RECENT_S, now, seed=int(now), new_layout=new_layout)
     conn.execute("COMMIT")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
     return time.perf_counter() - t0
 
 
-def prepare(rows: int, regenerate: bool = False, say: Any = print, part: str = "log") -> tuple[Path, str]:
+def prepare(rows: int, regenerate: bool = False, say: Any = print, part: str = "log", layout: str = "new"
+            ) -> tuple[Path, str]:
     """The cached database (made or refreshed as needed), and a note on what was done."""
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    fp = _current_fingerprint()
-    path = CACHE_DIR / f"audit-{rows}-g{GEN_VERSION}-{fp}.db"
+    fp = _current_fingerprint(layout)
+    kind = "" if layout == "new" else f"{layout}-"
+    path = CACHE_DIR / f"audit-{kind}{rows}-g{GEN_VERSION}-{fp}.db"
     meta_path = path.with_name(path.name + ".json")
     now = time.time()
     if path.exists() and meta_path.exists() and not regenerate:
@@ -283,10 +352,11 @@ def prepare(rows: int, regenerate: bool = False, say: Any = print, part: str = "
         meta["newest_ts"] = now
         meta_path.write_text(json.dumps(meta))
         return path, f"cached {path.name}, its last day of rows regenerated to end now ({took:.1f}s)"
-    for old in CACHE_DIR.glob(f"audit-{rows}-*.db*"):  # an older generator or schema: replace it
+    for old in CACHE_DIR.glob(f"audit-{kind}{rows}-*.db*"):  # an older generator or schema: replace it
         old.unlink(missing_ok=True)
-    say(f"[{part}] generating a {rows:,}-row audit database in {CACHE_DIR} (cached for later runs)...", flush=True)
-    base_end, took = generate(path, rows, now)
+    say(f"[{part}] generating a {rows:,}-row audit database ({layout} layout) in {CACHE_DIR} (cached for later "
+        "runs)...", flush=True)
+    base_end, took = generate(path, rows, now, layout)
     meta_path.write_text(json.dumps({"rows": rows, "generated_at": now, "base_end": base_end, "newest_ts": now}))
     return path, f"generated {path.name} in {took:.1f}s"
 

@@ -11,6 +11,7 @@ command and how fast a jailed run's file changes are kept and undone.
     python bench/run.py --only jail        # optional: jailed vs --no-jail exec start, keep/undo of 1,000 files (~2 min)
     python bench/run.py --only scrub       # optional: scrubbing echoes of 0-1,000 secrets, alone and end to end (~4 min)
     python bench/run.py --only workers     # optional: run --workers 2 vs --workers 1 vs bare mitmdump (~3 minutes)
+    python bench/run.py --only audit-size  # optional: audit bytes/row, old layout vs new, 1M rows (--log-rows for 10M)
     python bench/run.py --only throughput --rounds 7 --duration 8
 
 Everything it needs (upstream server, both proxies, load generator) is started on 127.0.0.1 with free ports and
@@ -35,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PYTHON, Processes  # noqa: E402
 
 PARTS = ("throughput", "decide", "scale", "log", "undoplan", "preimage", "review", "dos", "console")
-OPTIONAL_PARTS = ("profile", "jail", "workers", "scrub")
+OPTIONAL_PARTS = ("profile", "jail", "workers", "scrub", "audit-size")
 ALIASES = {"undo": ("undoplan", "preimage")}
 
 
@@ -126,6 +127,14 @@ def main(argv: list[str] | None = None) -> int:
             text, results["log"] = log_bench.run(rows=args.log_rows, cli_runs=5 if args.quick else 9,
                                                  query_runs=20 if args.quick else 50, regenerate=args.regenerate,
                                                  say=say)
+            sections.append(text)
+            print(text + "\n", flush=True)
+        if "audit-size" in args.parts:
+            import audit_size_bench
+
+            text, results["audit-size"] = audit_size_bench.run(rows=args.log_rows, plans=200 if args.quick else 500,
+                                                               cli_runs=5 if args.quick else 7,
+                                                               regenerate=args.regenerate, say=say)
             sections.append(text)
             print(text + "\n", flush=True)
         if "undoplan" in args.parts:
@@ -244,6 +253,8 @@ def passes(results: dict[str, Any]) -> dict[str, bool]:
         out["log query"] = results["log"]["pass_query"]
     if "undoplan" in results:
         out["undo plan"] = results["undoplan"]["pass"]
+    if "audit-size" in results:
+        out["audit bytes per row"] = results["audit-size"]["pass_size"]
     for scheme, r in results.get("preimage", {}).items():
         out[f"pre-image overhead {scheme}"] = r["pass"]
     for kind, r in review_kinds(results):
@@ -282,6 +293,11 @@ def summary(results: dict[str, Any]) -> str:
             goal = "p99 <= 50 us" if n == 100 else "load <= 1 s, p99 <= 100 us"
             rows.append([f"{n:,} rules on one host: load, worst p99", f"{r['load_s'] * 1e3:,.0f} ms, "
                          f"{r['worst_p99_us']:.1f} us", goal, "PASS" if r["pass"] else "FAIL"])
+    if "audit-size" in results:
+        sz = results["audit-size"]
+        rows.append([f"audit log bytes per row, {sz['new']['rows']:,} rows (old layout -> new)",
+                     f"{sz['old']['bytes_per_row']:,.0f} -> {sz['new']['bytes_per_row']:,.0f}", "<= 400",
+                     "PASS" if sz["pass_size"] else "FAIL"])
     if "log" in results:
         lg = results["log"]
         rows.append(["goex-proxy log --agent X --since 1h (CLI)", f"{lg['cli_ms']:.0f} ms", "<= 100 ms",

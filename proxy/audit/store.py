@@ -168,7 +168,8 @@ def _migration_11(db: sqlite_utils.Database) -> None:
 
 def _migration_12(db: sqlite_utils.Database) -> None:
     """A smaller log (`layout`): headers and bodies in `audit_blobs`, compressed, stored once while they repeat and
-    counted by the rows that name them; hashes as bytes; values a row's other fields give left out. Rows already
+    counted by the rows that name them; hashes as bytes; values a row's other fields give left out; the unused index
+    on undo_of dropped. Rows already
     written stay as they are (both layouts read back the same): rewriting a 10 GB log here would hold every writer for
     as long, need as much again in its WAL, and give nothing back to the disk without a VACUUM."""
     requests = db.table("requests")
@@ -178,6 +179,8 @@ def _migration_12(db: sqlite_utils.Database) -> None:
             requests.add_column(column, int)
     if not db.table(blobs.TABLE).exists():
         db.table(blobs.TABLE).create({"id": int, "data": bytes, "refs": int}, pk="id")
+    # No query looks rows up by undo_of (undo finds a row's undos through its journal): its index only took room.
+    db.execute("DROP INDEX IF EXISTS idx_requests_undo_of")
 
 
 #: Schema migrations, applied in order; `PRAGMA user_version` records how many have run.

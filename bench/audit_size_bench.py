@@ -1,0 +1,139 @@
+"""The audit log's size per row, schema 11's layout against the one the proxy writes now (migration 12), on the same
+generated rows (log_bench.py's: the same seed, so the same requests), with what each costs to read.
+
+For each layout: file size / rows, and where the bytes go (SQLite's dbstat: the requests table, the blobs table, each
+index); `audit.query(agent=X, since=1h)` in-process and `goex-proxy log --agent X --since 1h` as a subprocess
+(medians); `audit.get` + the undo plan of undoable rows (as undo_bench.py times them, median and p99); and reading
+100,000 rows whole in seq order (what `log verify` and what-if do). Both databases are cached under bench/.cache/
+(`--regenerate` rebuilds them); `--log-rows 10000000` for ten million rows (each layout takes minutes to generate, and
+the new one about twice the disk of the old at 1M... see bench/README.md).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import log_bench
+import undo_bench
+from common import fmt, median, percentile, table, tool
+
+TARGET_BYTES = 400.0
+READ_ROWS = 100_000
+
+
+def breakdown(path: Path) -> tuple[int, dict[str, int]]:
+    """Rows, and bytes per b-tree (table or index) as dbstat counts its pages."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = int(conn.execute("SELECT count(*) FROM requests").fetchone()[0])
+        sizes = {str(name): int(size) for name, size in conn.execute(
+            "SELECT name, sum(pgsize) FROM dbstat GROUP BY name")}
+    finally:
+        conn.close()
+    return rows, sizes
+
+
+def _timed(fn: Any, n: int) -> float:
+    fn()
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    return median(times)
+
+
+def measure(path: Path, rules: Any, plans: int, cli_runs: int) -> dict[str, Any]:
+    from goex_proxy.audit import store as audit
+
+    rows, sizes = breakdown(path)
+    indexes = sum(v for k, v in sizes.items() if k.startswith(("idx_requests", "sqlite_autoindex_requests")))
+    out: dict[str, Any] = {
+        "rows": rows, "file_bytes": os.path.getsize(path), "requests_bytes": sizes.get("requests", 0),
+        "blobs_bytes": sizes.get("audit_blobs", 0), "index_bytes": indexes,
+        "indexes": {k: v for k, v in sorted(sizes.items(), key=lambda kv: -kv[1]) if k.startswith("idx_requests")},
+    }
+    out["bytes_per_row"] = out["file_bytes"] / rows
+    conn = audit.open_db(path, readonly=True)
+    out["query_ms"] = _timed(lambda: audit.query(conn, agent=log_bench.QUERY_AGENT, since=time.time() - 3600,
+                                                 limit=50), 30)
+    picked, _ = undo_bench.pick_ids(path, plans + 50, mixed=0, seed=11)  # the same ids in both (same rows, same seed)
+    undo_bench.time_plans(conn, picked[:50], rules)
+    timed = [g + r + p for _, _, g, r, p in undo_bench.time_plans(conn, picked[50:], rules)]
+    out["get_plan_p50_ms"], out["get_plan_p99_ms"] = percentile(sorted(timed), 50), percentile(sorted(timed), 99)
+    t0 = time.perf_counter()
+    read = sum(1 for _ in itertools.islice(audit.iter_rows(conn), READ_ROWS))
+    out["read_rows_s"] = time.perf_counter() - t0
+    out["read_rows"] = read
+    conn.close()
+    with tempfile.TemporaryDirectory(prefix="goex-bench-size-") as tmp:
+        config = Path(tmp) / "config.yaml"
+        config.write_text(f"version: 1\naudit: {{db: {json.dumps(str(path))}}}\n", encoding="utf-8")
+        cli, _ = log_bench._time_cli([tool("goex-proxy"), "log", "--agent", log_bench.QUERY_AGENT, "--since", "1h",
+                                      "--config", str(config)], cli_runs)
+    out["cli_ms"] = median(cli)
+    return out
+
+
+def run(rows: int = 1_000_000, plans: int = 500, cli_runs: int = 7, regenerate: bool = False,
+        say: Any = print) -> tuple[str, dict[str, Any]]:
+    from goex_proxy.config import load_config
+    from goex_proxy.undo.rules import load_packs
+
+    results: dict[str, Any] = {}
+    notes = []
+    for layout in ("old", "new"):
+        path, note = log_bench.prepare(rows, regenerate, say, part="audit-size", layout=layout)
+        notes.append(f"{layout}: {note}")
+        with tempfile.TemporaryDirectory(prefix="goex-bench-size-") as tmp:
+            config_path = Path(tmp) / "config.yaml"
+            config_path.write_text("version: 1\n", encoding="utf-8")
+            rules = load_packs(list(load_config(config_path).undo_packs))
+        say(f"[audit-size] measuring the {layout} layout ({path.name})...", flush=True)
+        results[layout] = measure(path, rules, plans, cli_runs)
+    old, new = results["old"], results["new"]
+
+    def per_row(r: dict[str, Any], key: str) -> str:
+        return fmt(r[key] / r["rows"], 0)
+
+    lines = [
+        ["bytes per row (file size / rows)", fmt(old["bytes_per_row"], 0), fmt(new["bytes_per_row"], 0),
+         f"{old['bytes_per_row'] / new['bytes_per_row']:.2f}x", f"<= {TARGET_BYTES:.0f}",
+         "PASS" if new["bytes_per_row"] <= TARGET_BYTES else "FAIL"],
+        ["  of which the requests table", per_row(old, "requests_bytes"), per_row(new, "requests_bytes"), "", "", ""],
+        ["  of which audit_blobs (headers, bodies, rule, reason)", per_row(old, "blobs_bytes"),
+         per_row(new, "blobs_bytes"), "", "", ""],
+        ["  of which the requests indexes (9)", per_row(old, "index_bytes"), per_row(new, "index_bytes"), "", "", ""],
+        ["file size, MB", fmt(old["file_bytes"] / 1e6, 0), fmt(new["file_bytes"] / 1e6, 0), "", "", ""],
+        ["audit.query(agent, since=1h) ms", fmt(old["query_ms"], 2), fmt(new["query_ms"], 2), "", "<= 100",
+         "PASS" if new["query_ms"] <= 100 else "FAIL"],
+        ["goex-proxy log --agent X --since 1h ms (CLI)", fmt(old["cli_ms"], 0), fmt(new["cli_ms"], 0), "", "<= 100",
+         "PASS" if new["cli_ms"] <= 100 else "FAIL"],
+        [f"audit.get + undo plan ms, p50 / p99 ({plans} ids)",
+         f"{old['get_plan_p50_ms']:.2f} / {old['get_plan_p99_ms']:.2f}",
+         f"{new['get_plan_p50_ms']:.2f} / {new['get_plan_p99_ms']:.2f}", "", "<= 20",
+         "PASS" if new["get_plan_p99_ms"] <= 20 else "FAIL"],
+        [f"iter_rows: {READ_ROWS:,} rows read whole, s", fmt(old["read_rows_s"], 2), fmt(new["read_rows_s"], 2), "",
+         "", ""],
+    ]
+    index_lines = [[name, fmt(old["indexes"].get(name, 0) / old["rows"], 1), fmt(size / new["rows"], 1)]
+                   for name, size in new["indexes"].items()]
+    text = "\n".join([
+        f"== Audit log size: {new['rows']:,} rows, schema 11's layout (old) against migration 12's (new), the same "
+        "generated rows ==",
+        "Databases: " + "; ".join(notes),
+        table(["what", "old", "new", "old/new", "target", "result"], lines),
+        table(["index, bytes per row", "old", "new"], index_lines),
+    ])
+    return text, {"old": old, "new": new, "pass_size": new["bytes_per_row"] <= TARGET_BYTES}
+
+
+if __name__ == "__main__":
+    print(run()[0])
