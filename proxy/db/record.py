@@ -18,7 +18,7 @@ from ..policy.sqlparse import Statement
 #: `error`, and have no status).
 COMPLETED = 0
 #: The undo class of every statement that changes something, until row-level undo is built (issue 21).
-WRITE_KINDS = frozenset({"insert", "update", "delete", "ddl", "copy", "other", "set"})
+WRITE_KINDS = frozenset({"insert", "update", "delete", "ddl", "other", "set"})
 _JSON = [["content-type", "application/json"]]
 
 

@@ -253,8 +253,8 @@ class Session:
             elif kind in (b"D", b"H", b"d", b"c", b"f"):
                 up.write(msg.encode())
             elif kind == b"F":
-                await self._refuse_simple("the function-call protocol calls a function by number, which the policy "
-                                          "cannot see through")
+                why = "the function-call protocol calls a function by number, which the policy cannot see through"
+                await self._refuse_simple(why, "(function-call protocol message)")
             else:
                 raise Refused("08P01", f"goex-proxy does not relay protocol message {kind!r}")
             await up.drain()
@@ -332,9 +332,12 @@ class Session:
 
     async def _execute(self, msg: Message) -> None:
         assert self.upstream is not None
-        found = self.portals.get(execute_portal(msg.payload))
+        portal = execute_portal(msg.payload)
+        found = self.portals.get(portal)
         if found is None:
-            self._refuse_extended("the statement of this portal was not prepared through goex-proxy")
+            why = "the statement of this portal was not prepared through goex-proxy"
+            await self._record(f"(Execute of portal {portal!r})", None, (), Decision("deny", why))
+            self._refuse_extended(why)
             return
         prepared, params = found
         request_id = await self._record(prepared.sql, params, prepared.statements, prepared.decision) \

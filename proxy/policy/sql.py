@@ -65,14 +65,15 @@ class SqlRule:
 
     def _allows(self, statement: Statement) -> bool:
         """Everything the statement does is within this allow rule: its kinds, tables, columns and functions."""
-        assert self.statements is not None
-        if not statement.kinds <= self.statements:
+        return self.covers(statement) and not statement.unseen_functions(self.functions)
+
+    def covers(self, statement: Statement) -> bool:
+        """The statement's kinds, tables and columns are within this allow rule (its functions aside)."""
+        if self.statements is None or not statement.kinds <= self.statements:
             return False
         if self.tables is not None and not all(_table_in(t, self.tables) for t in statement.tables):
             return False
-        if self.columns is not None and "*" not in self.columns and not set(statement.columns) <= self.columns:
-            return False
-        return not statement.unseen_functions(self.functions)
+        return self.columns is None or "*" in self.columns or set(statement.columns) <= self.columns
 
     def _touches(self, statement: Statement) -> bool:
         """The statement does one of the things this deny rule names."""
@@ -103,6 +104,9 @@ def decide(policies: Iterable[Policy], database: str, agent: str, statements: tu
                       None)
         if denied is not None:
             return Decision("deny", denied.reason or f"denied by rule '{denied.name}'", denied.key), statement
+        if statement.copy_program:
+            return Decision("deny", "COPY to or from a file or program on the database server is never relayed "
+                                    "(COPY ... FROM STDIN and TO STDOUT can be allowed)"), statement
         if statement.kinds == {"transaction"}:
             allowed_by.append(TRANSACTION_RULE)
             continue
@@ -117,7 +121,9 @@ def decide(policies: Iterable[Policy], database: str, agent: str, statements: tu
 
 def _why_not(rules: list[SqlRule], database: str, agent: str, statement: Statement) -> str:
     """Why no rule allows a statement, in words a person at the client can act on."""
-    unseen = statement.unseen_functions(frozenset().union(*(r.functions for r in rules if r.effect == "allow")))
+    near = [r for r in rules if r.effect == "allow" and (r.databases is None or database in r.databases)
+            and (r.agents is None or agent in r.agents) and r.covers(statement)]
+    unseen = [f for f in statement.unseen_functions() if not any(f in r.functions for r in near)]
     if unseen:
         return (f"the statement calls {', '.join(unseen)}, which the policy cannot see through (a rule may name it "
                 "in 'functions:')")

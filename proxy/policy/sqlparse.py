@@ -152,6 +152,8 @@ def _statement(text: str, node: Any) -> Statement:
         walk(top)
     kind = _kind_of(top)
     kinds = {kind, *walk.kinds}
+    if isinstance(top, ast.CopyStmt) and top.is_from:  # COPY ... FROM writes rows: an insert as well
+        kinds.add("insert")
     setting = top.name if isinstance(top, _SET) else None
     copy_program = isinstance(top, ast.CopyStmt) and (bool(top.filename) or bool(top.is_program))
     return Statement(text, kind, frozenset(kinds), _tables(top), tuple(dict.fromkeys(walk.columns)), walk.where,

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import pytest
 from psycopg import errors
 
 from tests.conftest import TOKENS, free_port, wait_port
-from tests.pg import APP_USER, Postgres, running_postgres, server_bin
+from tests.pg import APP_USER, SUPERUSER, Postgres, running_postgres, server_bin
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(server_bin() is None, reason="PostgreSQL is not installed (tests/install-tools)")]
@@ -28,6 +30,10 @@ rules:
     allow: {database: shop, statements: [select], tables: [orders, customers]}
   - name: change orders
     allow: {database: shop, statements: [insert, update, delete], tables: [orders]}
+  - name: slow reads
+    allow: {database: shop, statements: [select], tables: [orders], functions: [pg_sleep]}
+  - name: export orders
+    allow: {database: shop, statements: [copy], tables: [orders]}
   - name: no unbounded writes
     deny:
       database: shop
@@ -133,7 +139,7 @@ def test_refusals_unparsable_tables_functions_and_mixed_messages(gateway) -> Non
         with pytest.raises(errors.InsufficientPrivilege, match="no rule allows SELECT on payroll"):
             conn.execute("SELECT salary FROM payroll")
         with pytest.raises(errors.InsufficientPrivilege, match="pg_sleep, which the policy cannot see through"):
-            conn.execute("SELECT pg_sleep(0) FROM orders")
+            conn.execute("SELECT pg_sleep(0) FROM customers")  # allowed on orders only
         with pytest.raises(errors.InsufficientPrivilege, match="no rule allows DDL"):
             conn.execute("DROP TABLE orders")
         with psycopg.ClientCursor(conn) as cur, pytest.raises(errors.InsufficientPrivilege, match="need a WHERE"):
@@ -230,3 +236,47 @@ def test_without_run_the_jail_starts_a_gateway_of_its_own(gateway) -> None:
     assert ran.returncode == 0 and ran.stdout.strip().endswith("3"), ran.stderr
     assert "postgresql://mailbot:" in ran.stdout and APP_USER[1] not in ran.stdout
     assert any("count(*)" in r["req_body"] for r in db_rows(proxy))
+
+
+def test_a_cancel_request_reaches_the_server_with_its_own_key(gateway) -> None:
+    _, url = gateway
+    pg = gateway_pg(gateway)
+    outcome: list[BaseException] = []
+    with psycopg.connect(url, autocommit=True) as conn:
+        def slow() -> None:
+            try:
+                conn.execute("SELECT pg_sleep(60) FROM orders LIMIT 1")
+            except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+                outcome.append(exc)
+
+        worker = threading.Thread(target=slow)
+        worker.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not direct_as(pg, SUPERUSER, "SELECT 1 FROM pg_stat_activity WHERE "
+                                                                             "state = 'active' AND query LIKE 'SELECT pg_sleep(60)%'"):
+            time.sleep(0.05)
+        conn.cancel()
+        worker.join(30)
+        assert not worker.is_alive()
+        assert len(outcome) == 1 and isinstance(outcome[0], errors.QueryCanceled), outcome
+        assert conn.execute("SELECT count(*) FROM orders").fetchone() == (3,)  # the session goes on
+
+
+def direct_as(pg: Postgres, user: tuple[str, str], sql: str) -> list[tuple[object, ...]]:
+    with psycopg.connect(pg.dsn(user, "shop"), autocommit=True) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def test_copy_out_when_a_rule_allows_it(gateway) -> None:
+    _, url = gateway
+    with psycopg.connect(url, autocommit=True) as conn, conn.cursor() as cur:
+        with cur.copy("COPY orders (item, qty) TO STDOUT") as copy:
+            exported = b"".join(bytes(chunk) for chunk in copy)
+        assert exported == b"apples\t3\npears\t1\nplums\t7\n"
+        with pytest.raises(errors.InsufficientPrivilege, match="no rule allows COPY on payroll"):
+            with cur.copy("COPY payroll TO STDOUT") as copy:
+                b"".join(bytes(chunk) for chunk in copy)
+        with pytest.raises(errors.InsufficientPrivilege, match="no rule allows COPY/INSERT on orders"):
+            with cur.copy("COPY orders (item, qty) FROM STDIN") as copy:  # writes rows: `copy` alone does not do
+                copy.write(b"figs\t2\n")
+    assert direct(gateway_pg(gateway), "SELECT count(*) FROM orders") == [(3,)]

@@ -25,6 +25,7 @@ def one(sql: str):
     ("CREATE VIEW v AS SELECT 1", "ddl", {"ddl"}),
     ("SELECT * INTO copy_of FROM orders", "ddl", {"ddl"}),             # makes a table
     ("COPY orders TO STDOUT", "copy", {"copy"}),
+    ("COPY orders FROM STDIN", "copy", {"copy", "insert"}),              # writes rows
     ("BEGIN", "transaction", {"transaction"}),
     ("ROLLBACK TO SAVEPOINT s", "transaction", {"transaction"}),
     ("SET search_path = x", "set", {"set"}),

