@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import weakref
 
-from mitmproxy import http
+from mitmproxy import http, tcp
 
 from goex_proxy.addons import flowmeta, replies, unhooked
 from goex_proxy.addons.failclosed import fail_closed
@@ -18,8 +18,10 @@ class Scrub:
 
     def __init__(self, state: ProxyState) -> None:
         self.state = state
-        #: each WebSocket's matcher for the upstream's messages (kept here, not in flow.metadata, which can be exported)
-        self._streams: weakref.WeakKeyDictionary[http.HTTPFlow, ScrubStream] = weakref.WeakKeyDictionary()
+        #: each WebSocket's or raw stream's matcher for the upstream's messages (kept here, not in flow.metadata, which
+        #: can be exported)
+        self._streams: weakref.WeakKeyDictionary[http.HTTPFlow | tcp.TCPFlow, ScrubStream] = \
+            weakref.WeakKeyDictionary()
         unhooked.scrub_unhooked(state)
 
     @fail_closed("scrub")
@@ -94,10 +96,21 @@ class Scrub:
             return
         message = flow.websocket.messages[-1]
         if not message.from_client:
-            stream = self._streams.get(flow)
-            if stream is None:
-                stream = self._streams[flow] = self.state.scrubber.stream()
-            message.content = stream.feed(message.content)
+            message.content = self._stream(flow).feed(message.content)
+
+    @fail_closed("scrub")
+    def tcp_message(self, flow: tcp.TCPFlow) -> None:
+        """What the upstream sends over a raw stream a rule allows (after an upgrade whose request had a credential
+        injected, say) is scrubbed as a WebSocket's messages are: relayed blind, it gave an echoed secret back."""
+        message = flow.messages[-1]
+        if not message.from_client and self.state.scrubber:
+            message.content = self._stream(flow).feed(message.content)
+
+    def _stream(self, flow: http.HTTPFlow | tcp.TCPFlow) -> ScrubStream:
+        stream = self._streams.get(flow)
+        if stream is None:
+            stream = self._streams[flow] = self.state.scrubber.stream()
+        return stream
 
 
 def _clean_fields(stream: ScrubStream, lead: bytes, fields: tuple[tuple[bytes, bytes], ...]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import gzip
 import re
+import socket
 import socketserver
 import ssl
 import threading
@@ -18,6 +19,7 @@ import pytest
 from goex_proxy.credentials.kinds import Credential, Injection
 from goex_proxy.credentials.redact import PARTIAL_MIN
 from goex_proxy.secretref import SecretRef
+from tests.conftest import TOKENS
 from tests.e2e.test_echoes import HOST, fetch
 
 pytestmark = pytest.mark.e2e
@@ -35,6 +37,8 @@ POLICY = {"echo": f"""
     rules:
       - name: the echo server
         allow: {{hosts: [{HOST}], methods: [GET]}}
+      - name: a protocol the upstream upgrades to
+        allow: {{host: {HOST}, path: /upgrade, protocol: foo}}
 """}
 
 
@@ -105,7 +109,14 @@ def attacker(upstream_ca) -> Iterator[tuple[int, list[str]]]:
                 headers[name.strip().lower()] = value.strip()
             secret = headers.get("authorization", "").removeprefix("Bearer ")
             seen.append(secret)
-            conn.sendall(_range(headers) if path == "/range" else ANSWERS[path](secret, headers))
+            if path == "/upgrade":  # raw bytes after 101: the secret whole, then cut in two sends
+                conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: foo\r\n\r\n")
+                for part in (b"welcome " + secret.encode() + b"\n", b"id " + secret.encode()[:15],
+                             secret.encode()[15:] + b" bye\n"):
+                    reader.readline()  # the agent asks for each part: each is its own message at the proxy
+                    conn.sendall(part)
+            else:
+                conn.sendall(_range(headers) if path == "/range" else ANSWERS[path](secret, headers))
             conn.close()
 
     server = _Reflector(("127.0.0.1", 0), Handler)
@@ -160,3 +171,31 @@ def test_byte_ranges_of_a_mixed_case_hex_echo_rebuild_nothing(attacked_proxy, at
             rebuilt += part
         assert not {p for p in pieces(SECRET) if p in rebuilt.lower()}, (size, rebuilt)
         assert set(rebuilt[start + PARTIAL_MIN:start + len(_mixed_hex(SECRET)) - PARTIAL_MIN]) == {ord("*")}
+
+
+def test_a_raw_stream_after_an_upgrade_is_scrubbed(attacked_proxy, attacker):
+    """A rule allows an upgrade to a protocol the proxy cannot read; its request had the credential injected, and the
+    upstream sends it back over the raw stream, whole and cut in two: the agent gets neither (relayed blind before)."""
+    auth = base64.b64encode(f"mailbot:{TOKENS['mailbot']}".encode()).decode()
+    raw = socket.create_connection(("127.0.0.1", attacked_proxy.port), timeout=20)
+    raw.sendall(f"CONNECT {HOST}:443 HTTP/1.1\r\nHost: {HOST}:443\r\nProxy-Authorization: Basic {auth}\r\n\r\n"
+                .encode())
+    assert raw.recv(4096).startswith(b"HTTP/1.1 200")
+    tls = ssl.create_default_context(cafile=str(attacked_proxy.ca_cert)).wrap_socket(raw, server_hostname=HOST)
+    tls.sendall(f"GET /upgrade HTTP/1.1\r\nHost: {HOST}\r\nConnection: Upgrade\r\nUpgrade: foo\r\n\r\n".encode())
+    got = b""
+    while b"\r\n\r\n" not in got:
+        got += tls.recv(4096)
+    assert got.startswith(b"HTTP/1.1 101")
+    got = got.partition(b"\r\n\r\n")[2]
+    for _ in range(3):
+        tls.sendall(b"next\n")
+        before = len(got)
+        while len(got) == before:  # one message per part (the upstream waits for the next ask)
+            got += tls.recv(4096)
+    while b"bye" not in got:
+        got += tls.recv(4096)
+    tls.close()
+    assert attacker[1] == [SECRET]
+    assert not {p for p in pieces(SECRET) if p in got.lower()}, got
+    assert got.startswith(b"welcome goex-placeholder-echo\n") and b"<withheld>" in got
