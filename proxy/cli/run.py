@@ -117,7 +117,7 @@ def run(config_path: Path | None, quiet: bool, with_console: bool | None, worker
                   if config.databases.by_name else ""))
     also = [_serve_console(config, console)] if console else []
     if config.databases.by_name:
-        also.append(_serve_databases(config))
+        also.append(_serve_databases(config, quiet))
     runtime.run(config, policies, quiet, also, workers=workers)
 
 
@@ -134,12 +134,13 @@ def _warn_databases(config: Config) -> None:
                        "is not set); its connections will be refused", err=True)
 
 
-def _serve_databases(config: Config) -> Any:
-    """What starts the database gateway in `run`'s loop (on `databases.listen`)."""
+def _serve_databases(config: Config, quiet: bool) -> Any:
+    """What starts the database gateway in `run`'s loop (on `databases.listen`), with a line per statement unless
+    `quiet`."""
     async def start() -> Any:
         from ..db.gateway import serve_gateway
 
-        return await serve_gateway(config)
+        return await serve_gateway(config, quiet)
 
     return start
 

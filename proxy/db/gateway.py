@@ -23,8 +23,9 @@ log = logging.getLogger("goex_proxy.db")
 class Gateway:
     """Serves the agents' PostgreSQL connections for one config (`serve_gateway` starts it)."""
 
-    def __init__(self, config: Config, writer: AuditWriter | None = None) -> None:
+    def __init__(self, config: Config, writer: AuditWriter | None = None, quiet: bool = True) -> None:
         self.config = config
+        self.quiet = quiet
         self._writer = writer or AuditWriter(config.audit_db, Seal(config.state_dir))
         self._owns_writer = writer is None
         self._ids = RequestIds()
@@ -122,9 +123,9 @@ class Gateway:
         return self._sessions.get(key)
 
 
-async def serve_gateway(config: Config) -> Gateway:
-    """The gateway, listening on `databases.listen` until closed."""
-    gateway = Gateway(config)
+async def serve_gateway(config: Config, quiet: bool = True) -> Gateway:
+    """The gateway, listening on `databases.listen` until closed; a line per statement unless `quiet`."""
+    gateway = Gateway(config, quiet=quiet)
     try:
         await gateway.start()
     except BaseException:

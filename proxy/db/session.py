@@ -24,6 +24,7 @@ from .upstream import Upstream, UpstreamError, connect
 from .wire import (
     CANCEL_REQUEST,
     GSSENC_REQUEST,
+    MAX_STARTUP,
     PROTOCOL_3,
     SSL_REQUEST,
     Message,
@@ -53,12 +54,16 @@ REFUSAL_PROBE = "goex-proxy refused this statement"
 #: Startup parameters passed on to the server; others (`options` sets any setting, `-c role=...` included) are not.
 PASSED_PARAMS = ("application_name", "client_encoding", "DateStyle", "TimeZone", "extra_float_digits", "IntervalStyle")
 INSUFFICIENT_PRIVILEGE = "42501"
+#: Seconds a client has to start up and authenticate, and how often it may ask for TLS or GSS first (each answered N).
+LOGIN_SECONDS = 30.0
+_NEGOTIATIONS = 2
 
 
 class Gatekeeper(Protocol):
     """What a session needs from its gateway: the config, the policies in force, the secrets, the audit writer."""
 
     config: Config
+    quiet: bool
 
     async def policies(self) -> tuple[Policy, ...]: ...
 
@@ -122,10 +127,13 @@ class Session:
 
     async def run(self) -> None:
         try:
-            params = await self._startup()
-            if params is None:
-                return
-            await self._authenticate(params)
+            try:
+                params = await asyncio.wait_for(self._startup(), LOGIN_SECONDS)
+                if params is None:
+                    return
+                await asyncio.wait_for(self._authenticate(params), LOGIN_SECONDS + 15)  # the server's login within
+            except TimeoutError:
+                raise Refused("08006", "the client did not start up and authenticate in time") from None
             await self._relay()
         except Refused as exc:
             await self._fatal(exc.sqlstate, str(exc))
@@ -147,7 +155,7 @@ class Session:
     async def _startup(self) -> dict[str, str] | None:
         """The startup packet (TLS and GSS encryption declined: the gateway listens on this machine); None when it
         was a cancel request, handled here."""
-        while True:
+        for _ in range(_NEGOTIATIONS + 1):
             code, body = await read_startup(self.reader)
             if code in (SSL_REQUEST, GSSENC_REQUEST):
                 self.writer.write(b"N")
@@ -161,6 +169,7 @@ class Session:
             if code != PROTOCOL_3:
                 raise Refused("08P01", f"unsupported protocol {code >> 16}.{code & 0xFFFF}: goex-proxy speaks 3.0")
             return parse_params(body)
+        raise Refused("08P01", "too many encryption requests")
 
     async def _authenticate(self, params: dict[str, str]) -> None:
         """The agent proves itself with its goex-proxy token as the password; then the real server is reached."""
@@ -171,7 +180,7 @@ class Session:
             raise Refused("42501", "replication connections are not relayed by goex-proxy")
         self.writer.write(auth(3))  # cleartext: the token, over this machine's loopback
         await self.writer.drain()
-        reply = await read_message(self.reader)
+        reply = await read_message(self.reader, MAX_STARTUP)
         if reply is None or reply.kind != b"p":
             raise ProtocolError("no password message")
         given = reply.payload.rstrip(b"\0").decode("utf-8", "replace")
@@ -276,10 +285,9 @@ class Session:
         if decision.effect == "deny":
             row |= record.refused(decision.reason, row["ts"])
         await self.gate.record_intent(row)
-        level = logging.INFO if decision.effect == "allow" else logging.WARNING
-        logging.getLogger("goex_proxy.live").log(level, "%s %s %s %s %s%s", decision.label, request_id, self.agent,
-                                                 row["method"], row["url"],
-                                                 "" if decision.effect == "allow" else f" ({row['reason']})")
+        if not self.gate.quiet:  # `run`'s line per statement (its own `--quiet` leaves them out)
+            log.info("%s %s %s %s %s%s", decision.label, request_id, self.agent, row["method"], row["url"],
+                     "" if decision.effect == "allow" else f": {row['reason']}")
         return request_id
 
     async def _query(self, sql: str) -> None:

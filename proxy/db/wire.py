@@ -33,14 +33,14 @@ def message(kind: bytes, payload: bytes = b"") -> bytes:
     return Message(kind, payload).encode()
 
 
-async def read_message(reader: asyncio.StreamReader) -> Message | None:
-    """The next typed message, or None at a clean end of the stream."""
+async def read_message(reader: asyncio.StreamReader, limit: int = MAX_MESSAGE) -> Message | None:
+    """The next typed message, or None at a clean end of the stream; ProtocolError past `limit` bytes."""
     head = await reader.read(1)
     if not head:
         return None
     try:
         (length,) = struct.unpack("!I", await reader.readexactly(4))
-        if not 4 <= length <= MAX_MESSAGE:
+        if not 4 <= length <= limit:
             raise ProtocolError(f"a message of {length} bytes")
         return Message(head, await reader.readexactly(length - 4))
     except asyncio.IncompleteReadError:

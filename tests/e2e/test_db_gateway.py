@@ -188,7 +188,10 @@ def test_psql_through_exec_and_the_audit_log(gateway) -> None:
     assert "postgresql://shop/shop" in listing.stdout
     audit = (proxy.home / "audit.db").read_bytes()
     assert APP_USER[1].encode() not in audit
-    assert APP_USER[1] not in proxy.log_text()
+    shown = proxy.log_text()  # `run`'s output: a line per statement
+    assert f"allow {selected['id']} mailbot SELECT postgresql://shop/shop" in shown
+    assert f"deny {refused['id']} mailbot DELETE postgresql://shop/shop: UPDATE and DELETE need a WHERE here" in shown
+    assert APP_USER[1] not in shown
 
 
 def test_writes_are_recorded_with_their_outcome_and_undo_class(gateway) -> None:
@@ -280,3 +283,20 @@ def test_copy_out_when_a_rule_allows_it(gateway) -> None:
             with cur.copy("COPY orders (item, qty) FROM STDIN") as copy:  # writes rows: `copy` alone does not do
                 copy.write(b"figs\t2\n")
     assert direct(gateway_pg(gateway), "SELECT count(*) FROM orders") == [(3,)]
+
+
+def test_what_is_not_the_protocol_gets_one_clear_error_and_the_gateway_goes_on(gateway) -> None:
+    import socket
+    import struct
+
+    _, url = gateway
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(struct.pack("!II", 8, 1234 << 16))  # protocol 1234.0
+        reply = sock.recv(4096)
+    assert reply[:1] == b"E" and b"unsupported protocol 1234.0" in reply
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(struct.pack("!I", 1 << 30))  # a startup packet of a gigabyte: closed, not read
+        assert sock.recv(4096) == b""
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM orders").fetchone() == (3,)
