@@ -84,6 +84,7 @@ class Gate:
         exchange = self._exchange(flow)
         runs_as = self._methods(flow)
         undo_class, rule = self._worst_class(exchange, runs_as)
+        rows.remember_exchange(flow, exchange)  # the outcome row's class reads the request from it again
         choice = choose(d.wait, d.rule.partition("/")[2] if d.rule else None, review, undo_class)
         if choice.action == "review":
             flowmeta.set_review(flow, str(undo_class), choice.why)
@@ -130,7 +131,8 @@ class Gate:
         for method in methods:
             if method in SAFE_METHODS:
                 continue
-            found, rule = expected_class(self.state.undo_rules, dataclasses.replace(exchange, method=method))
+            as_method = exchange if method == exchange.method else dataclasses.replace(exchange, method=method)
+            found, rule = expected_class(self.state.undo_rules, as_method)
             rank = FIDELITY_ORDER.index(found)
             if worst is None or rank > worst[0]:
                 worst = (rank, found, rule)

@@ -185,6 +185,18 @@ class Exchange:
 
     def variables(self) -> Scope:
         """`request` and `response` as undo expressions read them."""
+        request = self.request_variables()
+        response = {"status": self.status if self.status is not None else 0,
+                    **message_view(self.response_headers, self.response_body)}
+        pre = ({"status": self.pre_status, **message_view(self.pre_headers, self.pre_body)}
+               if self.pre_status is not None else {})
+        return Scope({"request": request, "response": response, "pre": pre, "read": {}})
+
+    def request_variables(self) -> dict[str, Any]:
+        """`request` as undo expressions read it, built once per Exchange (and kept by `answered`); never changed."""
+        kept: dict[str, Any] | None = self.__dict__.get("_request_variables")
+        if kept is not None:
+            return kept
         parts = urlsplit(self.url)
         host = (parts.hostname or "").lower()
         request = {"method": self.method.upper(), "url": self.url, "scheme": parts.scheme, "host": host,
@@ -194,11 +206,23 @@ class Exchange:
                    "segments": [unquote(seg) for seg in (parts.path or "/").split("/")[1:]],
                    "query": dict(parse_qsl(parts.query, keep_blank_values=True)),
                    **message_view(self.request_headers, self.request_body)}
-        response = {"status": self.status if self.status is not None else 0,
-                    **message_view(self.response_headers, self.response_body)}
-        pre = ({"status": self.pre_status, **message_view(self.pre_headers, self.pre_body)}
-               if self.pre_status is not None else {})
-        return Scope({"request": request, "response": response, "pre": pre, "read": {}})
+        self.__dict__["_request_variables"] = request
+        return request
+
+    def same_request(self, other: Exchange) -> bool:
+        """Whether `other` is the same request (method, URL, headers, body), whatever its response."""
+        return ((self.method, self.url, self.request_headers, self.request_body)
+                == (other.method, other.url, other.request_headers, other.request_body))
+
+    def answered(self, later: Exchange) -> Exchange:
+        """`later` (the same request, with its response and pre-image) keeping the request's variables this exchange
+        has built: a request is read once, before it is sent and after its answer."""
+        if not self.same_request(later):
+            return later
+        kept = self.__dict__.get("_request_variables")
+        if kept is not None:
+            later.__dict__["_request_variables"] = kept
+        return later
 
 
 def header_map(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
