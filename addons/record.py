@@ -18,6 +18,16 @@ from goex_proxy.policy.engine import Decision
 
 log = logging.getLogger(__name__)
 
+#: A request or response body past this size has its row built in a worker thread: the event loop serves other
+#: requests meanwhile (decoding, the scrubber's scan and sha256 let go of the GIL). A smaller one is built on the
+#: loop, where it costs less than handing it over.
+OFF_LOOP_BYTES = 256 * 1024
+
+
+def large(*messages: http.Message | None) -> bool:
+    """Whether any of these messages has a body past `OFF_LOOP_BYTES` (as received: encoded bodies count as sent)."""
+    return any(m is not None and len(m.raw_content or b"") > OFF_LOOP_BYTES for m in messages)
+
 
 class Record:
     """Writes every request to the audit log, write-ahead: a row with no outcome means "may have happened"."""
@@ -41,7 +51,9 @@ class Record:
         assert self.state.writer is not None
         final = flow.response is not None
         charge = flowmeta.charge(flow) if not final else None
-        refused = await asyncio.wrap_future(self.state.writer.record_intent(self.request_row(flow), charge))
+        # The flow waits for this hook, so no other stage touches it while a thread builds its row.
+        row = await asyncio.to_thread(self.request_row, flow) if large(flow.request) else self.request_row(flow)
+        refused = await asyncio.wrap_future(self.state.writer.record_intent(row, charge))
         if refused is not None and charge is not None and d is not None:  # other proxies' hits reached a cap first
             self.state.limits.take_back(charge)
             denial = Decision("deny", refused, d.rule)
@@ -58,18 +70,22 @@ class Record:
             self._watch(self.state.writer.record_intent(self.request_row(flow)))
             flowmeta.set_recorded(flow, "final")
 
-    def response(self, flow: http.HTTPFlow) -> None:
-        self._finish(flow)
+    async def response(self, flow: http.HTTPFlow) -> None:
+        await self._finish(flow)
 
-    def error(self, flow: http.HTTPFlow) -> None:
-        self._finish(flow)
+    async def error(self, flow: http.HTTPFlow) -> None:
+        await self._finish(flow)
 
-    def _finish(self, flow: http.HTTPFlow) -> None:
+    async def _finish(self, flow: http.HTTPFlow) -> None:
         if flowmeta.recorded(flow) != "intent" or self.state.writer is None:
             return
         flowmeta.set_recorded(flow, "final")
+        # The flow waits for this hook (the scrub stage then reuses the scan of its body, the live log its undo class),
+        # so no other stage touches it while a thread builds the outcome of a large exchange.
+        outcome = (await asyncio.to_thread(self.outcome, flow) if large(flow.request, flow.response)
+                   else self.outcome(flow))
         # Not awaited: the request already happened. The writer logs a failure itself.
-        self.state.writer.record_outcome(flowmeta.request_id(flow), self.outcome(flow))
+        self.state.writer.record_outcome(flowmeta.request_id(flow), outcome)
 
     @fail_closed("record")
     async def tcp_start(self, flow: tcp.TCPFlow) -> None:
