@@ -186,3 +186,31 @@ def test_threads_scanning_at_once_each_find_every_spelling() -> None:
     for t in threads:
         t.join()
     assert len(results) == 80 and all(PLACEHOLDER in r and not leaked(r, SECRET) for r in results)
+
+
+def test_a_websocket_open_across_a_token_refresh_gets_the_new_token_scrubbed(tmp_path) -> None:
+    """The scrub stage keeps one stream per WebSocket; the OAuth2 keeper refreshes the token while it is open (the
+    upstream gets the new one on the agent's next request and sends it back over the socket): the message carrying
+    it reaches the agent with the placeholder, as the first token does."""
+    from mitmproxy.test import taddons, tflow
+    from mitmproxy.websocket import WebSocketMessage
+    from wsproto.frame_protocol import Opcode
+
+    from goex_proxy.addons.scrub import Scrub
+    from goex_proxy.credentials.oauth import OAuth2, Provider, TokenSet
+    from tests.conftest import stage_state
+
+    oauth = Credential("gmail", SecretRef(vault="gmail"), (), Injection("oauth2", oauth2=OAuth2(Provider("generic"), "id")))
+    first, second = "ya29.first-access-token-0001", "ya29.second-access-token-0002"
+    with stage_state(tmp_path, "version: 1\nname: p\nrules: []\n") as state, taddons.context():
+        state.remember_tokens(oauth, TokenSet(first, "1//refresh-token-abcdef"))
+        scrub, flow = Scrub(state), tflow.twebsocketflow()
+
+        def upstream_sends(text: str) -> bytes:
+            flow.websocket.messages.append(WebSocketMessage(Opcode.TEXT, False, text.encode()))
+            scrub.websocket_message(flow)
+            return flow.websocket.messages[-1].content
+
+        assert upstream_sends(f"token {first} ok") == f"token {oauth.placeholder} ok".encode()
+        state.remember_tokens(oauth, TokenSet(second, "1//refresh-token-abcdef"))
+        assert upstream_sends(f"token {second} ok") == f"token {oauth.placeholder} ok".encode()
