@@ -56,8 +56,9 @@ def _own(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def running_postgres(port: int) -> Iterator[Postgres]:
-    """A fresh cluster on 127.0.0.1:`port` until the block ends (then stopped and removed)."""
+def running_postgres(port: int, tls: tuple[bytes, bytes] | None = None) -> Iterator[Postgres]:
+    """A fresh cluster on 127.0.0.1:`port` until the block ends (then stopped and removed); with `tls` (a certificate
+    chain and its key, PEM), it also offers TLS."""
     binaries = server_bin()
     if binaries is None:
         raise RuntimeError("PostgreSQL's server is not installed: run tests/install-tools (Debian package postgresql)")
@@ -70,13 +71,21 @@ def running_postgres(port: int) -> Iterator[Postgres]:
     _own(data)
     _own(root)
     env = {**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
+    settings = []
+    if tls is not None:
+        for name, pem in (("server.crt", tls[0]), ("server.key", tls[1])):
+            (root / name).write_bytes(pem)
+            (root / name).chmod(0o600)
+            _own(root / name)
+        settings = ["-c", "ssl=on", "-c", f"ssl_cert_file={root / 'server.crt'}",
+                    "-c", f"ssl_key_file={root / 'server.key'}"]
     subprocess.run(_as_server_user([str(binaries / "initdb"), "-D", str(data), "-U", SUPERUSER[0], "-E", "UTF8",
                                     "--auth=scram-sha-256", f"--pwfile={pwfile}", "--no-sync"]),
                    check=True, capture_output=True, env=env, cwd=root)
     server = subprocess.Popen(_as_server_user([
         str(binaries / "postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(port), "-k", str(root),
         "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-        "-c", "password_encryption=scram-sha-256"]),
+        "-c", "password_encryption=scram-sha-256", *settings]),
         stdout=subprocess.DEVNULL, stderr=open(root / "server.log", "ab"), env=env, cwd=root)
     try:
         _wait_ready(binaries, port, server, root)

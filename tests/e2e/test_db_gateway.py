@@ -45,9 +45,12 @@ ORDERS = [("apples", 3), ("pears", 1), ("plums", 7)]
 
 
 @pytest.fixture(scope="session")
-def postgres() -> Iterator[Postgres]:
-    """One server for the session: the `shop` database, owned by the application user the gateway logs in as."""
-    with running_postgres(free_port()) as pg:
+def postgres(upstream_ca) -> Iterator[Postgres]:
+    """One server for the session, offering TLS with a certificate of the tests' CA for 127.0.0.1: the `shop`
+    database, owned by the application user the gateway logs in as."""
+    cert = upstream_ca[0].issue_cert("127.0.0.1", "localhost")
+    chain = b"".join(blob.bytes() for blob in cert.cert_chain_pems)
+    with running_postgres(free_port(), (chain, cert.private_key_pem.bytes())) as pg:
         with psycopg.connect(pg.dsn(), autocommit=True) as conn:
             conn.execute(f"CREATE ROLE {APP_USER[0]} LOGIN PASSWORD '{APP_USER[1]}'")
             conn.execute(f"CREATE DATABASE shop OWNER {APP_USER[0]}")
@@ -64,23 +67,28 @@ def direct(pg: Postgres, sql: str) -> list[tuple[object, ...]]:
         return conn.execute(sql).fetchall()
 
 
-@pytest.fixture
-def gateway(make_proxy, postgres: Postgres) -> Iterator[tuple[object, str]]:
-    """A `goex-proxy run` with the `shop` database (its password in the vault), the orders table reset; yields the
-    proxy and mailbot's URL."""
+def start_gateway(make_proxy, postgres: Postgres, more: str = "") -> tuple[object, str]:
+    """A `goex-proxy run` with the `shop` database (its password in the vault; `more`: further keys of its entry),
+    the orders table reset; the proxy and mailbot's URL."""
     with psycopg.connect(postgres.dsn(APP_USER, "shop"), autocommit=True) as conn:
         conn.execute("TRUNCATE orders RESTART IDENTITY")
         with conn.cursor() as cur:
             cur.executemany("INSERT INTO orders (item, qty) VALUES (%s, %s)", ORDERS)
     port = free_port()
     extra = (f"databases:\n  listen: 127.0.0.1:{port}\n  shop:\n    host: 127.0.0.1\n    port: {postgres.port}\n"
-             f"    dbname: shop\n    user: {APP_USER[0]}\n    password: shop-db\n    agents: [mailbot]\n")
+             f"    dbname: shop\n    user: {APP_USER[0]}\n    password: shop-db\n    agents: [mailbot]\n{more}")
     proxy = make_proxy({"shop": POLICY}, start=False, extra_config=extra)
     stored = proxy.run_cli("secrets", "set", "--config", str(proxy.config), "shop-db", input=APP_USER[1].encode())
     assert stored.returncode == 0, stored.stderr
     proxy.start()
     wait_port(port, proc=proxy.proc)
-    yield proxy, f"postgresql://mailbot:{TOKENS['mailbot']}@127.0.0.1:{port}/shop"
+    return proxy, f"postgresql://mailbot:{TOKENS['mailbot']}@127.0.0.1:{port}/shop"
+
+
+@pytest.fixture
+def gateway(make_proxy, postgres: Postgres) -> tuple[object, str]:
+    """The gateway with `sslmode` left at prefer: TLS to the server, which offers it, unverified."""
+    return start_gateway(make_proxy, postgres)
 
 
 def db_rows(proxy) -> list[dict[str, object]]:
@@ -300,3 +308,25 @@ def test_what_is_not_the_protocol_gets_one_clear_error_and_the_gateway_goes_on(g
         assert sock.recv(4096) == b""
     with psycopg.connect(url, autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM orders").fetchone() == (3,)
+
+
+def over_tls(pg: Postgres, application: str) -> list[bool]:
+    """Whether each connection of the application user named `application` (passed on by the gateway) is over TLS."""
+    return [bool(row[0]) for row in direct_as(pg, SUPERUSER, "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a "
+                                                             f"USING (pid) WHERE a.usename = '{APP_USER[0]}' AND "
+                                                             f"a.application_name = '{application}'")]
+
+
+def test_tls_to_the_server_as_sslmode_says(make_proxy, postgres: Postgres, upstream_ca) -> None:
+    _, url = start_gateway(make_proxy, postgres, f"    sslmode: verify-full\n    ca: {upstream_ca[1]}\n")
+    with psycopg.connect(url, autocommit=True, application_name="verified") as conn:
+        assert conn.execute("SELECT count(*) FROM orders").fetchone() == (3,)
+        assert over_tls(postgres, "verified") == [True]
+    # The system's roots do not know the tests' CA: verify-full refuses the server, and says why.
+    _, url = start_gateway(make_proxy, postgres, "    sslmode: verify-full\n")
+    with pytest.raises(psycopg.OperationalError, match="cannot reach the server of database 'shop'.*certificate"):
+        psycopg.connect(url).close()
+    _, url = start_gateway(make_proxy, postgres, "    sslmode: disable\n")
+    with psycopg.connect(url, autocommit=True, application_name="plain") as conn:
+        assert conn.execute("SELECT count(*) FROM orders").fetchone() == (3,)
+        assert over_tls(postgres, "plain") == [False]
