@@ -71,20 +71,34 @@ def unreadable(field: str, why: str) -> str:
     return f"<unreadable {field}: {why}>"
 
 
-def logical(row: dict[str, Any], found: dict[int, bytes], *, lenient: bool = False) -> dict[str, Any]:
-    """The row as it was written, from its stored columns and the blobs `found` (by id). A value that cannot be read
-    raises AuditError, or, `lenient`, reads as something that fails the chain check."""
+def decoded(found: dict[int, bytes]) -> dict[int, str | bytes | AuditError]:
+    """Each blob's value (or why it cannot be read), by id: decoded once however many rows name it."""
+    out: dict[int, str | bytes | AuditError] = {}
+    for ref, data in found.items():
+        try:
+            out[ref] = blobs.decode(data)
+        except AuditError as exc:
+            out[ref] = exc
+    return out
+
+
+_PAIRS = tuple(zip(BLOB_FIELDS, BLOB_COLUMNS, strict=True))
+
+
+def logical(row: dict[str, Any], values: dict[int, str | bytes | AuditError], *, lenient: bool = False
+            ) -> dict[str, Any]:
+    """The row as it was written, from its stored columns and its blobs' `values` (by id, as `decoded` gives them). A
+    value that cannot be read raises AuditError, or, `lenient`, reads as something that fails the chain check."""
     out = dict(row)
-    for field, column in zip(BLOB_FIELDS, BLOB_COLUMNS, strict=True):
+    for field, column in _PAIRS:
         ref = out.pop(column, None)
         if ref is None:
             continue
-        try:
-            data = found.get(ref)
-            if data is None:
-                raise AuditError(f"blob {ref} is missing")
-            out[field] = blobs.decode(data)
-        except AuditError as exc:
+        value = values.get(ref, None)
+        if isinstance(value, (str, bytes)):
+            out[field] = value
+        else:
+            exc = value or AuditError(f"blob {ref} is missing")
             if not lenient:
                 raise AuditError(f"the audit log is damaged: the {field} of row {row.get('id')} cannot be read "
                                  f"({exc}); `goex-proxy log verify` checks the log") from None
@@ -119,8 +133,8 @@ def expand(conn: sqlite3.Connection, rows: list[dict[str, Any]], *, lenient: boo
     the writer stores it) is read from that row; `before`: the rows are every row from the one after seq
     `before[0]`, in seq order, and before[1] is that row's hash."""
     wanted = {ref for r in rows for ref in refs(r)}
-    found = blobs.fetch(conn, wanted) if wanted else {}
-    out = [logical(r, found, lenient=lenient) for r in rows]
+    values = decoded(blobs.fetch(conn, wanted)) if wanted else {}
+    out = [logical(r, values, lenient=lenient) for r in rows]
     for row in out:
         if row.get("prev_hash") == DERIVED and isinstance(row.get("prev_hash"), bytes):
             row["prev_hash"] = before[1] if before is not None else hash_before(conn, int(row["seq"]))
