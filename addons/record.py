@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Coroutine
 from concurrent.futures import Future
 from typing import Any
 
@@ -70,21 +71,28 @@ class Record:
             self._watch(self.state.writer.record_intent(self.request_row(flow)))
             flowmeta.set_recorded(flow, "final")
 
-    async def response(self, flow: http.HTTPFlow) -> None:
-        await self._finish(flow)
+    def response(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
+        return self._finish(flow)
 
-    async def error(self, flow: http.HTTPFlow) -> None:
-        await self._finish(flow)
+    def error(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
+        return self._finish(flow)
 
-    async def _finish(self, flow: http.HTTPFlow) -> None:
+    def _finish(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
+        """Queue the outcome, built here, or for a large exchange a coroutine (which mitmproxy awaits, the flow
+        waiting for it) that builds it in a thread: the scrub stage then reuses the scan of its body, the live log its
+        undo class, and no other stage touches the flow meanwhile."""
         if flowmeta.recorded(flow) != "intent" or self.state.writer is None:
-            return
+            return None
         flowmeta.set_recorded(flow, "final")
-        # The flow waits for this hook (the scrub stage then reuses the scan of its body, the live log its undo class),
-        # so no other stage touches it while a thread builds the outcome of a large exchange.
-        outcome = (await asyncio.to_thread(self.outcome, flow) if large(flow.request, flow.response)
-                   else self.outcome(flow))
+        if large(flow.request, flow.response):
+            return self._finish_off_loop(flow)
         # Not awaited: the request already happened. The writer logs a failure itself.
+        self.state.writer.record_outcome(flowmeta.request_id(flow), self.outcome(flow))
+        return None
+
+    async def _finish_off_loop(self, flow: http.HTTPFlow) -> None:
+        outcome = await asyncio.to_thread(self.outcome, flow)
+        assert self.state.writer is not None
         self.state.writer.record_outcome(flowmeta.request_id(flow), outcome)
 
     @fail_closed("record")

@@ -63,7 +63,10 @@ def _exchange(state: Any, body: bytes, answer: bytes) -> tuple[dict[str, Any], s
             assert committed == 1  # the request row is in before the request may go on
             f.response = tflow.tresp(status_code=201, content=answer)
             f.response.headers["Content-Type"] = "application/json"
-            asyncio.run(stage.response(f))
+            pending = stage.response(f)  # a coroutine only for a large exchange (mitmproxy awaits it)
+            assert (pending is not None) is record.large(f.request, f.response)
+            if pending is not None:
+                asyncio.run(pending)
     state.writer.apply(lambda conn, writer: None).result(timeout=10)  # the outcome was queued before this
     conn = audit.connect(state.config, readonly=True)
     try:
