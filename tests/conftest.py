@@ -259,8 +259,15 @@ class GoexProxy:
         return self.run_cli("exec", "--config", str(self.config), "--agent", agent, "--", *command, timeout=timeout)
 
     def rows(self) -> list[dict[str, object]]:
-        """Every audit row, oldest first."""
-        return self.table("requests")
+        """Every audit row, oldest first, as written (read as the product reads them: headers, bodies, rule and reason
+        kept apart in blobs, hashes as bytes)."""
+        from goex_proxy.audit import store as audit
+
+        conn = audit.open_db(self.home / "audit.db", readonly=True)
+        try:
+            return list(audit.iter_rows(conn))
+        finally:
+            conn.close()
 
     def model_calls(self) -> list[dict[str, object]]:
         """Every recorded question to the supervising model, oldest first."""
