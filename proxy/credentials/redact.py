@@ -20,6 +20,9 @@ SENSITIVE_HEADERS = frozenset({
     "x-goog-api-key", "x-amz-security-token", "x-csrf-token", "private-token", "x-github-token",
 })
 REDACTED = "<redacted>"
+#: What `text` gives when Hyperscan fails on it: none of the text (it may hold a secret), and no exception, since text
+#: is scrubbed in log filters and on the fail-closed path itself (an exception there escaped the 502 it was logging).
+UNSCANNED = "(not shown: the secret scrubber failed on it)"
 
 
 def redact_value(name: str, value: str) -> str:
@@ -193,7 +196,10 @@ class SecretScrubber:
         if not self._encoded or not value:
             return value
         data = value.encode("utf-8", "surrogatepass")
-        cleaned = self.bytes(data)  # with lines joined, as a reader of a wrapped message or close reason would
+        try:
+            cleaned = self.bytes(data)  # with lines joined, as a reader of a wrapped message or close reason would
+        except hyperscan.error:
+            return UNSCANNED
         return value if cleaned is data else cleaned.decode("utf-8", "surrogatepass")
 
     def bytes(self, value: bytes) -> bytes:

@@ -13,7 +13,7 @@ from urllib.parse import quote
 import pytest
 
 from goex_proxy.credentials.kinds import Credential, Injection
-from goex_proxy.credentials.redact import PARTIAL_MIN, SecretScrubber
+from goex_proxy.credentials.redact import PARTIAL_MIN, UNSCANNED, SecretScrubber
 from goex_proxy.secretref import SecretRef
 
 #: Holds every character an encoder escapes, and ends with the letter its base64 starts with ("eG94…").
@@ -214,3 +214,50 @@ def test_a_websocket_open_across_a_token_refresh_gets_the_new_token_scrubbed(tmp
         assert upstream_sends(f"token {first} ok") == f"token {oauth.placeholder} ok".encode()
         state.remember_tokens(oauth, TokenSet(second, "1//refresh-token-abcdef"))
         assert upstream_sends(f"token {second} ok") == f"token {oauth.placeholder} ok".encode()
+
+
+def test_a_secret_split_between_the_body_and_a_trailer_is_not_given_back(tmp_path) -> None:
+    """HTTP/2 trailers come after the body (mitmproxy relays them after the response hook): the body ending with the
+    secret's first part and a trailer holding the rest, and a trailer's name holding its hex, reach the agent without
+    a piece of it; the answer is one stream from its reason to its last trailer."""
+    from mitmproxy import http
+    from mitmproxy.test import taddons, tflow
+
+    from goex_proxy.addons.scrub import Scrub
+    from tests.conftest import stage_state
+
+    with stage_state(tmp_path, "version: 1\nname: p\nrules: []\n") as state, taddons.context():
+        state.scrubber = scrubber(SECRET)
+        f = tflow.tflow(resp=True)
+        f.response.content = b"data " + SECRET[:12].encode()
+        f.response.trailers = http.Headers([(b"x-rest", SECRET[12:].encode() + b" end"),
+                                            (b"x-" + SECRET.encode().hex().upper().encode(), b"1")])
+        Scrub(state).response(f)
+        seen = f.response.content + b"".join(k + v for k, v in f.response.trailers.fields)
+    assert f.response.status_code == 200 and not leaked(seen, SECRET), seen
+    assert f.response.content.endswith(b"<withheld>") and PLACEHOLDER in seen
+
+
+def test_hyperscan_failing_mid_scan_withholds_the_answer(tmp_path, monkeypatch) -> None:
+    """Hyperscan raising during a scan (scratch space in use, out of memory) must not let the unscrubbed answer
+    through: the scrub stage fails closed with a 502 that quotes nothing of the upstream's. (Before, the failure was
+    logged through the log filter, which scrubs with the same scrubber: it raised again, out of the fail-closed
+    wrapper, and mitmproxy treats an addon's exception as an error to log, not a reason to hold the answer.)"""
+    import hyperscan
+    from mitmproxy.test import taddons, tflow
+
+    from goex_proxy.addons.scrub import Scrub
+    from goex_proxy.credentials import redact
+    from tests.conftest import stage_state
+
+    def failing(self, data, out) -> None:
+        raise hyperscan.error("simulated: scratch in use")
+
+    with stage_state(tmp_path, "version: 1\nname: p\nrules: []\n") as state, taddons.context():
+        state.scrubber = scrubber(SECRET)
+        monkeypatch.setattr(redact._Layer, "occurrences", failing)
+        f = tflow.tflow(resp=True)
+        f.response.content = b"echo: " + SECRET.encode()
+        Scrub(state).response(f)
+        assert state.scrubber.text("a log line: " + SECRET) == UNSCANNED
+    assert f.response.status_code == 502 and SECRET.encode()[:PARTIAL_MIN] not in f.response.content

@@ -182,7 +182,8 @@ def test_every_spelling_of_every_credential_is_found_at_any_split_point(values, 
         data = filler + b" " + form.encode() + b" " + filler
         at = len(filler) + 1 + len(form) // 2
         stream = scrubber.stream()
-        out = stream.feed(data[:at]) + stream.feed(data[at:])
+        # (the placeholder set apart: seven bytes let through before it and its own first letter are no piece)
+        out = (stream.feed(data[:at]) + stream.feed(data[at:])).replace(credential.placeholder.encode(), b"|")
         assert form.encode() not in out and form.encode()[:PARTIAL_MIN] not in out
         assert scrubber.bytes(data).count(credential.placeholder.encode()) >= 1
 
