@@ -27,6 +27,7 @@ from .wire import (
     MAX_STARTUP,
     PROTOCOL_3,
     SSL_REQUEST,
+    Framer,
     Message,
     ProtocolError,
     auth,
@@ -124,6 +125,7 @@ class Session:
         self.portals: dict[str, tuple[_Prepared, list[Any]]] = {}
         self.skipping = False
         self.key = (secrets.randbits(31), secrets.randbits(32))
+        self._out: list[bytes] = []
 
     async def run(self) -> None:
         try:
@@ -231,42 +233,59 @@ class Session:
             self._finish_all("the connection ended before the statement's outcome was known")
 
     async def _relay_forth(self) -> None:
-        """The agent's messages, each decided before it is passed on."""
+        """The agent's messages, each decided before it is passed on; what it sent together goes on together."""
         assert self.upstream is not None
         up = self.upstream.writer
+        frames = Framer(self.reader)
         while True:
-            msg = await read_message(self.reader)
-            if msg is None or msg.kind == b"X":
-                with contextlib.suppress(OSError):
-                    up.write(message(b"X"))
+            batch = await frames.batch()
+            ended = batch is None
+            for msg in batch or ():
+                if msg.kind == b"X":
+                    ended = True
+                    break
+                await self._forth(msg)
+            if ended:
+                self._send(message(b"X"))
+            up.write(b"".join(self._out))
+            self._out.clear()
+            if ended:
+                with contextlib.suppress(OSError, ConnectionError):
+                    await up.drain()
                 return
-            kind = msg.kind
-            if self.skipping and kind != b"S":
-                continue  # the rest of a batch whose statement was refused: the server would skip it too
-            if kind == b"Q":
-                await self._query(query_text(msg.payload))
-            elif kind == b"P":
-                await self._parse(msg)
-            elif kind == b"B":
-                self._bind(msg)
-                up.write(msg.encode())
-            elif kind == b"E":
-                await self._execute(msg)
-            elif kind == b"S":
-                self.skipping = False
-                up.write(msg.encode())
-            elif kind == b"C":
-                what, name = close_target(msg.payload)
-                (self.prepared if what == "S" else self.portals).pop(name, None)
-                up.write(msg.encode())
-            elif kind in (b"D", b"H", b"d", b"c", b"f"):
-                up.write(msg.encode())
-            elif kind == b"F":
-                why = "the function-call protocol calls a function by number, which the policy cannot see through"
-                await self._refuse_simple(why, "(function-call protocol message)")
-            else:
-                raise Refused("08P01", f"goex-proxy does not relay protocol message {kind!r}")
             await up.drain()
+
+    def _send(self, data: bytes) -> None:
+        """Queue bytes for the server, written once the agent's batch is through."""
+        self._out.append(data)
+
+    async def _forth(self, msg: Message) -> None:
+        kind = msg.kind
+        if self.skipping and kind != b"S":
+            return  # the rest of a batch whose statement was refused: the server would skip it too
+        if kind == b"Q":
+            await self._query(query_text(msg.payload))
+        elif kind == b"P":
+            await self._parse(msg)
+        elif kind == b"B":
+            self._bind(msg)
+            self._send(msg.encode())
+        elif kind == b"E":
+            await self._execute(msg)
+        elif kind == b"S":
+            self.skipping = False
+            self._send(msg.encode())
+        elif kind == b"C":
+            what, name = close_target(msg.payload)
+            (self.prepared if what == "S" else self.portals).pop(name, None)
+            self._send(msg.encode())
+        elif kind in (b"D", b"H", b"d", b"c", b"f"):
+            self._send(msg.encode())
+        elif kind == b"F":
+            why = "the function-call protocol calls a function by number, which the policy cannot see through"
+            await self._refuse_simple(why, "(function-call protocol message)")
+        else:
+            raise Refused("08P01", f"goex-proxy does not relay protocol message {kind!r}")
 
     def _decide(self, sql: str) -> tuple[tuple[Statement, ...], Decision]:
         assert self.database is not None
@@ -299,7 +318,7 @@ class Session:
             return
         request_id = await self._record(sql, None, statements, decision) if statements else None
         self.pending.append(_Pending("query", request_id, time.time()))
-        self.upstream.writer.write(message(b"Q", sql.encode() + b"\0"))
+        self._send(message(b"Q", sql.encode() + b"\0"))
 
     async def _refuse_simple(self, reason: str, sql: str | None = None, statements: tuple[Statement, ...] = (),
                              decision: Decision | None = None) -> None:
@@ -307,12 +326,12 @@ class Session:
         if sql is not None:
             await self._record(sql, None, statements, decision or Decision("deny", reason))
         self.pending.append(_Pending("refusal", None, time.time(), reason))
-        self.upstream.writer.write(message(b"Q", REFUSAL_PROBE.encode() + b"\0"))
+        self._send(message(b"Q", REFUSAL_PROBE.encode() + b"\0"))
 
     def _refuse_extended(self, reason: str) -> None:
         assert self.upstream is not None
         self.pending.append(_Pending("refusal", None, time.time(), reason))
-        self.upstream.writer.write(message(b"P", parse_payload("", REFUSAL_PROBE)))
+        self._send(message(b"P", parse_payload("", REFUSAL_PROBE)))
         self.skipping = True
 
     async def _parse(self, msg: Message) -> None:
@@ -325,7 +344,7 @@ class Session:
             self._refuse_extended(decision.reason)
             return
         self.prepared[parsed.statement] = _Prepared(parsed.sql, statements, decision, parsed.types)
-        self.upstream.writer.write(msg.encode())
+        self._send(msg.encode())
 
     def _bind(self, msg: Message) -> None:
         bound = bind_message(msg.payload)
@@ -351,42 +370,45 @@ class Session:
         request_id = await self._record(prepared.sql, params, prepared.statements, prepared.decision) \
             if prepared.statements else None
         self.pending.append(_Pending("execute", request_id, time.time()))
-        self.upstream.writer.write(msg.encode())
+        self._send(msg.encode())
 
     _policies: tuple[Policy, ...] = ()
 
     async def _relay_back(self) -> None:
         """The server's messages to the agent, each refusal's syntax error replaced by the refusal, and each
-        statement's outcome recorded."""
+        statement's outcome recorded; what the server sent together goes on together."""
         assert self.upstream is not None
+        frames = Framer(self.upstream.reader)
         while True:
-            msg = await read_message(self.upstream.reader)
-            if msg is None:
+            batch = await frames.batch()
+            if batch is None:
                 self.writer.close()
                 return
-            head = self.pending[0] if self.pending else None
-            out = msg.encode()
-            if msg.kind == b"E" and head is not None:
-                fields = error_fields(msg.payload)
-                self.pending.popleft()
-                if head.kind == "refusal":
-                    out = error_response(INSUFFICIENT_PRIVILEGE, f"goex-proxy refused the statement: {head.reason}")
-                else:
-                    head.error = f"{fields.get('C', '')} {fields.get('M', '')}".strip()
-                    self._finish(head)
-            elif msg.kind == b"C" and head is not None and head.kind in ("query", "execute"):
-                head.tags.append(msg.payload.rstrip(b"\0").decode("utf-8", "replace"))
-                if head.kind == "execute":
-                    self.pending.popleft()
-                    self._finish(head)
-            elif msg.kind in (b"I", b"s") and head is not None and head.kind == "execute":
+            self.writer.write(b"".join(self._back(msg) for msg in batch))
+            if self.writer.transport.get_write_buffer_size() > 65536 or batch[-1].kind in (b"Z", b"G", b"H", b"W"):
+                await self.writer.drain()
+
+    def _back(self, msg: Message) -> bytes:
+        """What the agent is sent for one of the server's messages."""
+        head = self.pending[0] if self.pending else None
+        if msg.kind == b"E" and head is not None:
+            self.pending.popleft()
+            if head.kind == "refusal":
+                return error_response(INSUFFICIENT_PRIVILEGE, f"goex-proxy refused the statement: {head.reason}")
+            fields = error_fields(msg.payload)
+            head.error = f"{fields.get('C', '')} {fields.get('M', '')}".strip()
+            self._finish(head)
+        elif msg.kind == b"C" and head is not None and head.kind in ("query", "execute"):
+            head.tags.append(msg.payload.rstrip(b"\0").decode("utf-8", "replace"))
+            if head.kind == "execute":
                 self.pending.popleft()
                 self._finish(head)
-            elif msg.kind == b"Z":
-                self._finish_all("not run: an earlier message of its batch failed")
-            self.writer.write(out)
-            if msg.kind in (b"Z", b"G", b"H", b"W") or self.writer.transport.get_write_buffer_size() > 65536:
-                await self.writer.drain()
+        elif msg.kind in (b"I", b"s") and head is not None and head.kind == "execute":
+            self.pending.popleft()
+            self._finish(head)
+        elif msg.kind == b"Z":
+            self._finish_all("not run: an earlier message of its batch failed")
+        return msg.encode()
 
     def _finish(self, pending: _Pending) -> None:
         if pending.request_id is None or pending.kind == "refusal":

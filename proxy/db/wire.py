@@ -47,6 +47,42 @@ async def read_message(reader: asyncio.StreamReader, limit: int = MAX_MESSAGE) -
         raise ProtocolError("the stream ended inside a message") from None
 
 
+class Framer:
+    """The messages of a stream in batches: every complete message read so far, so that what a peer sent together
+    is relayed together (one write, not one per message)."""
+
+    READ_SIZE = 256 * 1024
+
+    def __init__(self, reader: asyncio.StreamReader, limit: int = MAX_MESSAGE) -> None:
+        self.reader, self.limit = reader, limit
+        self.buffer = bytearray()
+
+    async def batch(self) -> list[Message] | None:
+        """At least one message; None at a clean end of the stream (ProtocolError inside a message)."""
+        while not (found := self._complete()):
+            chunk = await self.reader.read(self.READ_SIZE)
+            if not chunk:
+                if self.buffer:
+                    raise ProtocolError("the stream ended inside a message")
+                return None
+            self.buffer += chunk
+        return found
+
+    def _complete(self) -> list[Message]:
+        out: list[Message] = []
+        at, buffer = 0, self.buffer
+        while len(buffer) - at >= 5:
+            length = int.from_bytes(buffer[at + 1:at + 5], "big")
+            if not 4 <= length <= self.limit:
+                raise ProtocolError(f"a message of {length} bytes")
+            if len(buffer) - at - 1 < length:
+                break
+            out.append(Message(bytes(buffer[at:at + 1]), bytes(buffer[at + 5:at + 1 + length])))
+            at += 1 + length
+        del buffer[:at]
+        return out
+
+
 async def read_startup(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     """A startup packet: its code and the rest."""
     try:
