@@ -61,14 +61,18 @@ class Scrub:
             except ValueError as exc:  # what we cannot undo could hide a secret: nothing unchecked reaches the agent
                 problem = f"its content encoding cannot be undone ({str(exc)[:200]})"
         if problem is None:
-            problem = self._clean(response, content)
+            problem = self._clean(response, content, response.raw_content or b"")
         if problem is not None:
             replies.reply(flow, 502, {"error": "goex-proxy: the upstream's answer cannot be checked for secrets, so "
                                                "it is withheld", "reason": problem})
 
-    def _clean(self, response: http.Response, content: bytes) -> str | None:
+    def _clean(self, response: http.Response, content: bytes, raw: bytes) -> str | None:
         """Scrub the answer in place as one stream (a range of a body keeps its length); why it cannot be, if not."""
         scrub = self.state.scrubber
+        # The encoded bytes go to the agent as they came unless something is replaced, and a decoder passes over
+        # some of them (what follows the end of a deflate stream): a secret there would reach the agent unread.
+        if raw is not content and scrub.stream().feed(raw) != raw:
+            return "a secret is in its encoded bytes, outside what its content encoding decodes to"
         for layer in bodies.inner_layers(content):
             if scrub.bytes(layer) != layer:
                 return "a secret is inside a compressed layer within the body"

@@ -11,6 +11,7 @@ import socket
 import socketserver
 import ssl
 import threading
+import zlib
 from collections.abc import Callable, Iterator
 from urllib.parse import quote
 
@@ -76,6 +77,8 @@ ANSWERS: dict[str, Callable[[str, dict[str, str]], bytes]] = {
         "%[0-9A-F]{2}", lambda m: m.group(0).lower() if m.start() % 2 else m.group(0), quote(s, safe="")).encode()],
         b""),
     "/chunked-hex": lambda s, h: _chunked(b"token=" + s.encode().hex().encode() + b"&end"),
+    "/deflate-then-plain": lambda s, h: _response(b"HTTP/1.1 200 OK", [b"Content-Encoding: deflate"],
+                                                  zlib.compress(b"ok") + s.encode()),  # decoders stop before it
 }
 
 
@@ -151,12 +154,13 @@ def shown(status: bytes, fields: list[tuple[bytes, bytes]], body: bytes) -> byte
 @pytest.mark.parametrize("path", sorted(ANSWERS))
 def test_no_attack_gives_any_piece_of_the_secret_back(attacked_proxy, attacker, path):
     """Spellings overlapping (the base64 left less one letter before), mixed-case hex in a header and percent escapes
-    in a redirect (passed whole before), a body a byte per chunk: the agent gets the placeholder, no piece."""
+    in a redirect, the secret after the end of a deflate stream (passed whole before), a body a byte per chunk: the
+    agent gets the placeholder, or a 502 for an answer that cannot be cleaned, and no piece."""
     status, fields, body = fetch(attacked_proxy, path)
     assert attacker[1] == [SECRET], "the upstream got the real secret"
     seen = shown(status, fields, body)
     assert not {p for p in pieces(SECRET) if p in seen}, seen
-    assert b"goex-placeholder-echo" in seen
+    assert b"goex-placeholder-echo" in seen or (status.startswith(b"HTTP/1.1 502") and path == "/deflate-then-plain")
 
 
 def test_byte_ranges_of_a_mixed_case_hex_echo_rebuild_nothing(attacked_proxy, attacker):
