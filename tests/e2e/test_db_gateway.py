@@ -330,3 +330,17 @@ def test_tls_to_the_server_as_sslmode_says(make_proxy, postgres: Postgres, upstr
     with psycopg.connect(url, autocommit=True, application_name="plain") as conn:
         assert conn.execute("SELECT count(*) FROM orders").fetchone() == (3,)
         assert over_tls(postgres, "plain") == [False]
+
+
+def test_an_edited_policy_applies_to_the_next_statement_and_a_broken_one_is_not_taken(gateway) -> None:
+    proxy, url = gateway
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM orders").fetchone() == (3,)
+        proxy.write_policy("shop", POLICY.replace("tables: [orders, customers]", "tables: [customers]")
+                           .replace("tables: [orders], functions", "tables: [customers], functions"))
+        with pytest.raises(errors.InsufficientPrivilege, match="no rule allows SELECT on orders"):
+            conn.execute("SELECT count(*) FROM orders WHERE qty > 0")
+        proxy.write_policy("shop", POLICY.replace("statements: [select]", "statements: [selcet]"))  # a mistake
+        with pytest.raises(errors.InsufficientPrivilege, match="no rule allows SELECT on orders"):
+            conn.execute("SELECT count(*) FROM orders WHERE qty > 1")   # the last good policy stays in force
+    assert "policy reload rejected" in proxy.log_text()
