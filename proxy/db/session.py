@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import hmac
 import logging
 import secrets
 import struct
@@ -19,12 +18,11 @@ from ..dbconfig import Database
 from ..policy.engine import Decision, Policy
 from ..policy.sql import decide
 from ..policy.sqlparse import SqlError, Statement, parse
-from . import record
+from . import agentauth, record
 from .upstream import Upstream, UpstreamError, connect
 from .wire import (
     CANCEL_REQUEST,
     GSSENC_REQUEST,
-    MAX_STARTUP,
     PROTOCOL_3,
     SSL_REQUEST,
     Framer,
@@ -42,7 +40,6 @@ from .wire import (
     parse_params,
     parse_payload,
     query_text,
-    read_message,
     read_startup,
 )
 
@@ -174,21 +171,18 @@ class Session:
         raise Refused("08P01", "too many encryption requests")
 
     async def _authenticate(self, params: dict[str, str]) -> None:
-        """The agent proves itself with its goex-proxy token as the password; then the real server is reached."""
+        """The agent proves its goex-proxy token (SCRAM-SHA-256, the token as the password); then the real server is
+        reached."""
         config = self.gate.config
         agent = params.get("user", "")
         name = params.get("database") or agent
         if "replication" in params:
             raise Refused("42501", "replication connections are not relayed by goex-proxy")
-        self.writer.write(auth(3))  # cleartext: the token, over this machine's loopback
-        await self.writer.drain()
-        reply = await read_message(self.reader, MAX_STARTUP)
-        if reply is None or reply.kind != b"p":
-            raise ProtocolError("no password message")
-        given = reply.payload.rstrip(b"\0").decode("utf-8", "replace")
         spec = config.agents.get(agent)
         token = spec.token.reveal() if spec is not None else None
-        if token is None or weak_token(token) or not hmac.compare_digest(given.encode(), token.encode()):
+        if token is not None and weak_token(token):
+            token = None  # a token too weak to prove anything proves nothing
+        if not await agentauth.prove(self.reader, self.writer, token):
             raise Refused("28P01", f"password authentication failed for agent {agent!r} (use the agent's name and its "
                                    "goex-proxy token, as `goex-proxy exec` and `env` give them)")
         database = config.databases.by_name.get(name)
@@ -203,6 +197,7 @@ class Session:
         from ..credentials.redact import SecretScrubber
 
         self.agent, self.database = agent, database
+        assert token is not None  # proven above
         self.scrub = SecretScrubber({password: "[database password]", token: "[agent token]"})
         passed = {k: v for k, v in params.items() if k in PASSED_PARAMS}
         self.upstream = await connect(database, password, passed)
