@@ -96,10 +96,14 @@ def outcome(tags: list[str], error: str | None, started: float, scrub: Any, limi
     """How a sent statement ended: its command tags (and the rows they count), or the server's error."""
     now = time.time()
     fields: dict[str, Any] = {"ended": now, "duration_ms": round((now - started) * 1000, 3)}
-    if error is not None:
-        return fields | {"error": scrub.text(error), "status": None}
     data = json.dumps({"tags": tags, "rows": rows_of(tags)}).encode()
-    return fields | {"status": COMPLETED, "error": None, "resp_headers": json.dumps(_JSON),
+    if error is not None:  # the statements of a message that ran before the error keep their tags
+        fields |= {"error": scrub.text(error), "status": None}
+        if not tags:
+            return fields
+    else:
+        fields |= {"status": COMPLETED, "error": None}
+    return fields | {"resp_headers": json.dumps(_JSON),
                      "resp_body": data[:limit] if limit else None, "resp_body_size": len(data),
                      "resp_body_sha256": hashlib.sha256(data).hexdigest()}
 

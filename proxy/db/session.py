@@ -50,6 +50,8 @@ log = logging.getLogger("goex_proxy.db")
 #: syntax error is replaced by the refusal on its way back.
 REFUSAL_PROBE = "goex-proxy refused this statement"
 #: Startup parameters passed on to the server; others (`options` sets any setting, `-c role=...` included) are not.
+#: The statement name a refused Execute's probe is parsed into (the Parse fails, so it never exists).
+REFUSED_STATEMENT = "goex-proxy refused"
 PASSED_PARAMS = ("application_name", "client_encoding", "DateStyle", "TimeZone", "extra_float_digits", "IntervalStyle")
 INSUFFICIENT_PRIVILEGE = "42501"
 #: Seconds a client has to start up and authenticate, and how often it may ask for TLS or GSS first (each answered N).
@@ -323,10 +325,12 @@ class Session:
         self.pending.append(_Pending("refusal", None, time.time(), reason))
         self._send(message(b"Q", REFUSAL_PROBE.encode() + b"\0"))
 
-    def _refuse_extended(self, reason: str) -> None:
+    def _refuse_extended(self, reason: str, statement: str = REFUSED_STATEMENT) -> None:
+        """Fail the batch at the server in place of a refused message: a Parse (into the refused Parse's own
+        statement name, which the server then drops as for any failed Parse) of SQL that cannot parse."""
         assert self.upstream is not None
         self.pending.append(_Pending("refusal", None, time.time(), reason))
-        self._send(message(b"P", parse_payload("", REFUSAL_PROBE)))
+        self._send(message(b"P", parse_payload(statement, REFUSAL_PROBE)))
         self.skipping = True
 
     async def _parse(self, msg: Message) -> None:
@@ -336,7 +340,8 @@ class Session:
         statements, decision = self._decide(parsed.sql)
         if decision.effect == "deny":
             await self._record(parsed.sql, None, statements, decision)
-            self._refuse_extended(decision.reason)
+            self.prepared.pop(parsed.statement, None)
+            self._refuse_extended(decision.reason, parsed.statement)
             return
         self.prepared[parsed.statement] = _Prepared(parsed.sql, statements, decision, parsed.types)
         self._send(msg.encode())

@@ -79,7 +79,7 @@ def _builtin(name: str) -> str:
 
 def _kind_of(node: Any) -> str:
     if isinstance(node, (ast.SelectStmt, ast.VariableShowStmt)) and not getattr(node, "intoClause", None):
-        return "select" if isinstance(node, ast.SelectStmt) else "set"
+        return "select"   # SHOW reads a setting, as SELECT reads rows (SQLAlchemy asks a few when it connects)
     if isinstance(node, ast.SelectStmt):  # SELECT ... INTO makes a table
         return "ddl"
     if isinstance(node, ast.InsertStmt):

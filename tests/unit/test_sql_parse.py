@@ -30,6 +30,7 @@ def one(sql: str):
     ("ROLLBACK TO SAVEPOINT s", "transaction", {"transaction"}),
     ("SET search_path = x", "set", {"set"}),
     ("SET ROLE admin", "set", {"set"}),
+    ("SHOW search_path", "select", {"select"}),                       # reads a setting
     ("DO $$ BEGIN END $$", "other", {"other"}),
     ("VACUUM orders", "other", {"other"}),
     # A SELECT whose CTE deletes is a delete too: a rule allowing only selects must not allow it.
