@@ -55,13 +55,14 @@ class Scrub:
             return
         response = flow.response
         problem = unscannable(response)
+        raw = response.raw_content or b""
         if problem is None:
             try:
-                content = bodies.decode(response.raw_content or b"", response.headers.get("content-encoding", ""))
+                content = bodies.decode(raw, response.headers.get("content-encoding", ""))
             except ValueError as exc:  # what we cannot undo could hide a secret: nothing unchecked reaches the agent
                 problem = f"its content encoding cannot be undone ({str(exc)[:200]})"
         if problem is None:
-            problem = self._clean(response, content, response.raw_content or b"")
+            problem = self._clean(response, content, raw)
         if problem is not None:
             replies.reply(flow, 502, {"error": "goex-proxy: the upstream's answer cannot be checked for secrets, so "
                                                "it is withheld", "reason": problem})
@@ -71,7 +72,7 @@ class Scrub:
         scrub = self.state.scrubber
         # The encoded bytes go to the agent as they came unless something is replaced, and a decoder passes over
         # some of them (what follows the end of a deflate stream): a secret there would reach the agent unread.
-        if raw is not content and scrub.stream().feed(raw) != raw:
+        if raw is not content and scrub.stream().feed(raw) != raw:  # (identity: decode gives `raw` itself back)
             return "a secret is in its encoded bytes, outside what its content encoding decodes to"
         for layer in bodies.inner_layers(content):
             if scrub.bytes(layer) != layer:
