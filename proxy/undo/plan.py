@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -18,6 +19,8 @@ Fidelity = Literal["exact", "needs-preimage", "lossy", "irreversible"]
 FIDELITIES: tuple[str, ...] = ("exact", "needs-preimage", "lossy", "irreversible")
 #: Methods that change nothing: no pre-image, no undo class, nothing for a session undo to take back.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT"})
+#: The fields of a body as undo expressions read it: the bytes, and what is decoded (`text`) or parsed from them.
+BODY_FIELDS = frozenset({"body", "text", "json", "form"})
 #: Answers that say a read was not allowed (no or a refused credential), not what the resource is like.
 REFUSED_STATUSES = frozenset({401, 403, 407})
 
@@ -146,9 +149,49 @@ class UndoRule:
         return (any(h.matches(host) for h in self.hosts) and (self.methods is None or method in self.methods)
                 and (self.paths is None or any(p.matches(path) for p in self.paths)))
 
+    @functools.cached_property
+    def request_body_fields(self) -> frozenset[str]:
+        """The fields of the request's body (`BODY_FIELDS`) its expressions may read (all, if one's paths are not
+        known)."""
+        out: set[str] = set()
+        for expression in _expressions(self):
+            paths = expression.paths
+            if paths is None:
+                return BODY_FIELDS
+            for path in paths:
+                if path[0] == "request":
+                    if len(path) == 1:
+                        return BODY_FIELDS
+                    if path[1] in BODY_FIELDS:
+                        out.add(path[1])
+        return frozenset(out)
+
     @property
     def label(self) -> str:
         return f"irreversible: {self.reason}" if self.fidelity == "irreversible" and self.reason else self.fidelity
+
+
+def _expressions(rule: UndoRule) -> Iterator[Condition | Expression]:
+    """Every condition and expression of a rule: its match, its templates (compensations, guard, pre-image, twin)."""
+    yield from (c for c in (rule.when, rule.effective) if c is not None)
+    if rule.guard is not None:
+        yield from (c for c in (rule.guard.expect, rule.guard.refused) if c is not None)
+    for template in (*rule.undo, *(t for t in (rule.guard and rule.guard.read, rule.preimage, rule.twin) if t)):
+        yield from (c for c in (template.success, template.conflict) if c is not None)
+        yield from _in_templates((template.url, *(v for _, v in template.headers), template.json, template.form,
+                                  template.body))
+
+
+def _in_templates(value: Any) -> Iterator[Expression]:
+    """The expressions of templates anywhere in a structure (a `json:` or `form:` body)."""
+    if isinstance(value, Template):
+        yield from (part for part in value.parts if isinstance(part, Expression))
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _in_templates(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _in_templates(item)
 
 
 @dataclass(frozen=True)
@@ -183,20 +226,21 @@ class Exchange:
         parts = urlsplit(self.url)
         return self.method.upper(), (parts.hostname or "").lower().rstrip("."), parts.path or "/"
 
-    def variables(self) -> Scope:
-        """`request` and `response` as undo expressions read them."""
-        request = self.request_variables()
+    def variables(self, request_fields: frozenset[str] = BODY_FIELDS) -> Scope:
+        """`request` and `response` as undo expressions read them (of the request's body, `request_fields`)."""
+        request = self.request_variables(request_fields)
         response = {"status": self.status if self.status is not None else 0,
                     **message_view(self.response_headers, self.response_body)}
         pre = ({"status": self.pre_status, **message_view(self.pre_headers, self.pre_body)}
                if self.pre_status is not None else {})
         return Scope({"request": request, "response": response, "pre": pre, "read": {}})
 
-    def request_variables(self) -> dict[str, Any]:
-        """`request` as undo expressions read it, built once per Exchange (and kept by `answered`); never changed."""
-        kept: dict[str, Any] | None = self.__dict__.get("_request_variables")
-        if kept is not None:
-            return kept
+    def request_variables(self, fields: frozenset[str] = BODY_FIELDS) -> dict[str, Any]:
+        """`request` as undo expressions read it (of its body, at least `fields`), built once per Exchange (and kept
+        by `answered`) unless more fields are asked for later; never changed."""
+        kept: tuple[frozenset[str], dict[str, Any]] | None = self.__dict__.get("_request_variables")
+        if kept is not None and fields <= kept[0]:
+            return kept[1]
         parts = urlsplit(self.url)
         host = (parts.hostname or "").lower()
         request = {"method": self.method.upper(), "url": self.url, "scheme": parts.scheme, "host": host,
@@ -205,8 +249,8 @@ class Exchange:
                    "parent_url": f"{parts.scheme}://{parts.netloc}{(parts.path or '/').rstrip('/').rpartition('/')[0]}",
                    "segments": [unquote(seg) for seg in (parts.path or "/").split("/")[1:]],
                    "query": dict(parse_qsl(parts.query, keep_blank_values=True)),
-                   **message_view(self.request_headers, self.request_body)}
-        self.__dict__["_request_variables"] = request
+                   **message_view(self.request_headers, self.request_body, fields)}
+        self.__dict__["_request_variables"] = (fields, request)
         return request
 
     def same_request(self, other: Exchange) -> bool:
@@ -232,23 +276,45 @@ def header_map(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
     return out
 
 
-def message_view(headers: Iterable[tuple[str, str]], body: bytes | None) -> dict[str, Any]:
+def message_view(headers: Iterable[tuple[str, str]], body: bytes | None,
+                 fields: frozenset[str] = BODY_FIELDS) -> dict[str, Any]:
     """A request's or response's headers (lower-case names), `content_type` (its media type, lower-case, without
-    parameters; "" if none) and body as undo expressions read them."""
+    parameters; "" if none) and body as undo expressions read them (of the body, `fields`: see `body_view`)."""
     mapped = header_map(headers)
     content_type = mapped.get("content-type", "").split(";")[0].strip().lower()
-    return {"headers": mapped, "content_type": content_type, **body_view(body)}
+    return {"headers": mapped, "content_type": content_type, **body_view(body, fields)}
 
 
-def body_view(raw: bytes | None) -> dict[str, Any]:
-    """A body as undo expressions read it: `body` (bytes), `text`, and `json` or `form` when it parses as one."""
+def body_view(raw: bytes | None, fields: frozenset[str] = BODY_FIELDS) -> dict[str, Any]:
+    """A body as undo expressions read it: `body` (bytes), `text`, and `json` or `form` when it parses as one; of
+    these, only `fields` (what the rules that may match read: a body no rule reads is neither decoded nor parsed)."""
+    out: dict[str, Any] = {"body": raw or b""}
+    if fields <= {"body"}:
+        return out
     text = (raw or b"").decode("utf-8", "replace")
+    if "text" in fields:
+        out["text"] = text
+    if not fields & {"json", "form"}:
+        return out
     try:
         parsed = json.loads(text) if text else None
     except (ValueError, RecursionError):  # not JSON, or nested deeper than Python's parser goes
         parsed = None
-    form = dict(parse_qsl(text, keep_blank_values=True)) if parsed is None and "=" in text else {}
-    return {"body": raw or b"", "text": text, "json": parsed if parsed is not None else {}, "form": form}
+    if "json" in fields:
+        out["json"] = parsed if parsed is not None else {}
+    if "form" in fields:
+        out["form"] = dict(parse_qsl(text, keep_blank_values=True)) if parsed is None and "=" in text else {}
+    return out
+
+
+def request_body_fields(rules: Iterable[UndoRule]) -> frozenset[str]:
+    """The fields of the request's body (`BODY_FIELDS`) that any of these rules' expressions may read."""
+    out: frozenset[str] = frozenset()
+    for rule in rules:
+        out |= rule.request_body_fields
+        if out == BODY_FIELDS:
+            break
+    return out
 
 
 @dataclass(frozen=True)
@@ -305,11 +371,13 @@ def _before_forwarding(rules: Iterable[UndoRule], exchange: Exchange,
     decides if it has that part, else is passed over."""
     target = exchange.target()
     variables: dict[str, Any] | None = None
-    for rule in rules_for(rules, target[1], target[0]):
+    candidates = tuple(rules_for(rules, target[1], target[0]))
+    for rule in candidates:
         if not rule.matches(*target):
             continue
         if variables is None:
-            variables = Scope({**exchange.variables(), "response": {}, "pre": {}})  # not known yet: reading fails
+            variables = Scope({**exchange.variables(request_body_fields(candidates)), "response": {}, "pre": {}})
+            # (the response and the pre-image are not known yet: reading them fails)
         try:
             holds: bool | None = (rule.when.evaluate(engine_view(variables, rule.when.paths)) if rule.when is not None
                                   else True)
@@ -333,11 +401,12 @@ def find_rule(rules: Iterable[UndoRule], exchange: Exchange, variables: Scope | 
     are built (bodies parsed) only once a rule matches host, method and path. A rule that reads a pre-image matches
     when its `when` cannot be told for want of a pre-image that could not be read."""
     target = exchange.target()
-    for rule in rules_for(rules, target[1], target[0]):
+    candidates = tuple(rules_for(rules, target[1], target[0]))
+    for rule in candidates:
         if not rule.matches(*target):
             continue
-        if variables is None:
-            variables = exchange.variables()
+        if variables is None:  # of the request's body, only what the rules that may match read
+            variables = exchange.variables(request_body_fields(candidates))
         missing_pre = rule.preimage is not None and not _usable(variables["pre"])
         if rule.when is not None:
             try:
@@ -368,7 +437,8 @@ def expected_class(rules: Iterable[UndoRule], exchange: Exchange) -> tuple[Fidel
     method, host, path = exchange.target()
     variables: dict[str, Any] | None = None
     worst: tuple[int, UndoRule] | None = None
-    for rule in rules_for(rules, host, method):
+    candidates = tuple(rules_for(rules, host, method))
+    for rule in candidates:
         if not rule.matches(method, host, path):
             continue
         holds: bool | None = True
@@ -376,7 +446,7 @@ def expected_class(rules: Iterable[UndoRule], exchange: Exchange) -> tuple[Fidel
             holds = None
         elif rule.when is not None:
             if variables is None:
-                variables = exchange.variables()
+                variables = exchange.variables(request_body_fields(candidates))
             try:
                 holds = rule.when.evaluate(pruned(variables, rule.when.paths))
             except CelEvalError:

@@ -40,7 +40,7 @@ class _Everything(Scope):
 def _everything(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make Exchange.variables() and the guard's probe context hand every variable over, as before."""
     original = Exchange.variables
-    monkeypatch.setattr(Exchange, "variables", lambda self: _Everything(original(self)))
+    monkeypatch.setattr(Exchange, "variables", lambda self, *fields: _Everything(original(self)))  # every field
     monkeypatch.setattr("goex_proxy.undo.plan.pruned", lambda variables, paths: dict(variables))
 
 
@@ -95,3 +95,18 @@ def test_a_condition_on_the_host_never_has_the_body_converted() -> None:
     finally:
         plan_module.bind = saved  # type: ignore[assignment]
     assert bound == [{"request": {"host": "a.example"}}]
+
+
+def test_a_request_body_no_rule_reads_is_neither_decoded_nor_parsed() -> None:
+    from goex_proxy.undo.plan import BODY_FIELDS, request_body_fields, rules_for
+
+    post, put = replace(REST[0]), replace(REST[2])  # fresh: no request variables kept from another test
+    found = find_rule(RULES, post)
+    assert found is not None and found[0].pack == "rest"
+    request = found[1]["request"]
+    assert request["body"] == ITEM and "text" not in request and "json" not in request  # no POST rule reads them
+    assert found[1]["response"]["json"] == json.loads(ITEM)  # the response is read whole (the guard's probes)
+    put_found = find_rule(RULES, put)
+    assert put_found is not None and put_found[1]["request"]["body"] == ITEM  # the PUT rules' guard compares it
+    assert request_body_fields(rules_for(RULES, "api.example.com", "POST")) < BODY_FIELDS
+    assert post.variables()["request"]["json"] == json.loads(ITEM)  # asked for everything, as before

@@ -65,9 +65,9 @@ def test_the_recorded_class_is_a_fresh_readings_and_the_request_is_read_once(
     reads: list[bytes | None] = []
     real = plan.message_view
 
-    def counted(headers: Any, body: bytes | None) -> dict[str, Any]:
+    def counted(headers: Any, body: bytes | None, *fields: Any) -> dict[str, Any]:
         reads.append(body)
-        return real(headers, body)
+        return real(headers, body, *fields)
 
     monkeypatch.setattr(plan, "message_view", counted)
     f = _answered(state, method, status, answer)
