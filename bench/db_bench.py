@@ -1,0 +1,129 @@
+"""What the database gateway costs: statements per second through `goex-proxy run`'s gateway against the same
+PostgreSQL directly, over keep-alive connections (psycopg, extended protocol, one parameter), side by side.
+
+A fresh PostgreSQL (Debian's, as the tests start it: tests/pg.py) with a 1,000-row table; a `goex-proxy init` home
+whose `run` serves the gateway with a policy allowing the two statements. Per round, each side runs N statements per
+connection after a warm-up, on 1 connection and on CONNS connections at once (threads), interleaved direct/gateway;
+the table shows medians over the rounds and gateway/direct ratios. Kinds: `select` (a primary-key read) and `update`
+(a single-row update). The issue's goal is >= 0.8 of direct for selects; each statement the gateway relays is first
+committed to the audit log (write-ahead), which is what this measures beside the relay.
+
+    python bench/db_bench.py [--rounds 5] [--statements 1000] [--conns 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from common import PYTHON, Processes, fmt, free_port, median, table, wait_port
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.pg import APP_USER, running_postgres, server_bin  # noqa: E402
+
+POLICY = """\
+version: 1
+name: bench
+rules:
+  - name: reads
+    allow: {database: shop, statements: [select], tables: [orders]}
+  - name: writes
+    allow: {database: shop, statements: [update], tables: [orders]}
+"""
+KINDS = {"select": "SELECT qty FROM orders WHERE id = %s", "update": "UPDATE orders SET qty = qty + 1 WHERE id = %s"}
+
+
+def rate(url: str, sql: str, statements: int, conns: int) -> float:
+    """Statements per second over `conns` connections at once, each running `statements` after 50 to warm up."""
+    import psycopg
+
+    ready, go = threading.Barrier(conns + 1), threading.Event()
+    failures: list[BaseException] = []
+
+    def client(index: int) -> None:
+        try:
+            with psycopg.connect(url, autocommit=True) as conn:
+                for i in range(50):
+                    conn.execute(sql, (1 + (index * 97 + i) % 1000,))
+                ready.wait()
+                go.wait()
+                for i in range(statements):
+                    conn.execute(sql, (1 + (index * 97 + i) % 1000,))
+        except BaseException as exc:  # noqa: BLE001 - reported by the caller
+            failures.append(exc)
+            ready.abort()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(conns)]
+    for thread in threads:
+        thread.start()
+    ready.wait()
+    started = time.perf_counter()
+    go.set()
+    for thread in threads:
+        thread.join()
+    took = time.perf_counter() - started
+    if failures:
+        raise SystemExit(f"bench: a client failed: {failures[0]}")
+    return statements * conns / took
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--statements", type=int, default=1000)
+    parser.add_argument("--conns", type=int, default=4)
+    args = parser.parse_args()
+    if server_bin() is None:
+        raise SystemExit(2)  # PostgreSQL is not installed (tests/install-tools)
+    import psycopg
+
+    processes = Processes()
+    with tempfile.TemporaryDirectory(prefix="goex-db-bench-") as tmp, running_postgres(free_port()) as pg:
+        with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+            conn.execute(f"CREATE ROLE {APP_USER[0]} LOGIN PASSWORD '{APP_USER[1]}'")
+            conn.execute(f"CREATE DATABASE shop OWNER {APP_USER[0]}")
+        with psycopg.connect(pg.dsn(APP_USER, "shop"), autocommit=True) as conn:
+            conn.execute("CREATE TABLE orders (id int PRIMARY KEY, qty int NOT NULL)")
+            conn.execute("INSERT INTO orders SELECT g, g FROM generate_series(1, 1000) g")
+        home = Path(tmp)
+        env = {**os.environ, "GOEX_PROXY_HOME": str(home), "GOEX_PROXY_WORKERS": "1"}
+        token = "bench-agent-token-0123456789"
+        proxy_port, gateway_port = free_port(), free_port()
+        import subprocess
+
+        subprocess.run([PYTHON, "-m", "goex_proxy", "init"], env=env, check=True, capture_output=True)
+        (home / "bench.yaml").write_text(POLICY)
+        (home / "config.yaml").write_text(
+            f"version: 1\nlisten: 127.0.0.1:{proxy_port}\nagents:\n  bench: {{token: {token}}}\npolicies: [bench.yaml]\n"
+            f"databases:\n  listen: 127.0.0.1:{gateway_port}\n  shop:\n    host: 127.0.0.1\n    port: {pg.port}\n"
+            f"    user: {APP_USER[0]}\n    password: shop-db\n    sslmode: disable\n    agents: [bench]\n")
+        subprocess.run([PYTHON, "-m", "goex_proxy", "secrets", "set", "shop-db"], env=env, check=True,
+                       input=APP_USER[1].encode(), capture_output=True)
+        run = processes.start([PYTHON, "-m", "goex_proxy", "run", "--quiet"], env=env, log=home / "run.log")
+        try:
+            wait_port(gateway_port, run, what="the gateway")
+            direct = pg.dsn(APP_USER, "shop")
+            gateway = f"postgresql://bench:{token}@127.0.0.1:{gateway_port}/shop"
+            rows = []
+            for kind, sql in KINDS.items():
+                for conns in (1, args.conns):
+                    measured: dict[str, list[float]] = {"direct": [], "gateway": []}
+                    for _ in range(args.rounds):
+                        measured["direct"].append(rate(direct, sql, args.statements, conns))
+                        measured["gateway"].append(rate(gateway, sql, args.statements, conns))
+                    d, g = median(measured["direct"]), median(measured["gateway"])
+                    rows.append((kind, conns, fmt(d, 0), fmt(g, 0), fmt(g / d, 3)))
+            print(table(("statements", "connections", "direct /s", "gateway /s", "gateway / direct"), rows,
+                        title=f"database gateway: medians of {args.rounds} rounds, {args.statements} statements "
+                              "per connection"))
+        finally:
+            processes.stop_all()
+
+
+if __name__ == "__main__":
+    main()
