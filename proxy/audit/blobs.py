@@ -77,16 +77,17 @@ class BlobStore:
         self._size = recent
 
     def put(self, conn: sqlite3.Connection, value: str | bytes) -> int:
-        """The id of a blob holding `value`: one recently stored, if it still holds exactly this (a transaction rolled
-        back or a prune may have taken it), with one more row counted; else a new one."""
+        """The id of a blob holding `value`: one recently stored, if it is still there (a prune may have taken it),
+        with one more row counted; else a new one. Ids are never reused once committed (AUTOINCREMENT), and the
+        writer `forget`s whenever a transaction or savepoint rolls back (what it stored there is gone, and its ids
+        may be given again), so a remembered id that is still there holds this value."""
         digest = _digest(value)
         known = self._recent.get(digest)
         if known is not None:
-            found = conn.execute(f"SELECT data FROM {TABLE} WHERE id = ?", (known,)).fetchone()
-            if found is not None and _holds(found[0], value):
-                conn.execute(f"UPDATE {TABLE} SET refs = refs + 1 WHERE id = ?", (known,))
+            if conn.execute(f"UPDATE {TABLE} SET refs = refs + 1 WHERE id = ?", (known,)).rowcount == 1:
                 self._recent.move_to_end(digest)
                 return known
+            del self._recent[digest]
         blob_id = int(conn.execute(f"INSERT INTO {TABLE} (data, refs) VALUES (?, 1)", (encode(value),)).lastrowid or 0)
         self._recent[digest] = blob_id
         if len(self._recent) > self._size:
@@ -96,13 +97,6 @@ class BlobStore:
     def forget(self) -> None:
         """Drop what is remembered (after a failed transaction, whose blobs are gone)."""
         self._recent.clear()
-
-
-def _holds(data: bytes, value: str | bytes) -> bool:
-    try:
-        return decode(data) == value
-    except AuditError:
-        return False
 
 
 def fetch(conn: sqlite3.Connection, ids: set[int]) -> dict[int, bytes]:

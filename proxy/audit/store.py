@@ -177,8 +177,8 @@ def _migration_12(db: sqlite_utils.Database) -> None:
     for column in layout.BLOB_COLUMNS:
         if column not in have:  # a log whose version was set back already has them
             requests.add_column(column, int)
-    if not db.table(blobs.TABLE).exists():
-        db.table(blobs.TABLE).create({"id": int, "data": bytes, "refs": int}, pk="id")
+    if not db.table(blobs.TABLE).exists():  # AUTOINCREMENT: a blob id once committed never names another blob
+        db.execute(f"CREATE TABLE {blobs.TABLE} (id INTEGER PRIMARY KEY AUTOINCREMENT, data BLOB, refs INTEGER)")
     # No query looks rows up by undo_of (undo finds a row's undos through its journal): its index only took room.
     db.execute("DROP INDEX IF EXISTS idx_requests_undo_of")
 
@@ -432,6 +432,7 @@ class AuditWriter:
                             with _savepoint(self._conn):
                                 refused[index] = op.fn(self._conn, self)
                         except Exception as exc:  # its own failure: its waiter is told, the batch goes on
+                            self._blobs.forget()  # blobs it stored are gone with its savepoint
                             refused[index] = exc
                     elif not isinstance(op, _Intent):
                         self._update(op)
@@ -535,6 +536,10 @@ class AuditWriter:
         fields = dict(op.fields)
         fields["outcome_hash"] = outcome_hash(self._key, hash_, fields)
         kept = self._stored(fields)
+        named = [c for c in layout.BLOB_COLUMNS if c in kept]
+        if named:  # an outcome written again (never, as the proxy goes) lets go of the blobs the first one named
+            before = self._conn.execute(f"SELECT {', '.join(named)} FROM requests WHERE seq = ?", (seq,)).fetchone()
+            blobs.release(self._conn, [ref for ref in before or () if ref is not None])
         sets = ", ".join(f"{k} = ?" for k in kept)
         self._conn.execute(f"UPDATE requests SET {sets} WHERE seq = ?", (*kept.values(), seq))  # by rowid
 

@@ -243,3 +243,56 @@ def test_codec_round_trip_and_bad_input() -> None:
 def test_the_dictionaries_never_change() -> None:
     """Every blob compressed with a dictionary needs that very dictionary to be read: versions are only added."""
     assert set(DICTIONARIES) == set(FROZEN) and all(fingerprint(v) == FROZEN[v] for v in DICTIONARIES)
+
+
+def named_counts(conn: sqlite3.Connection) -> dict[int, int]:
+    """How many row columns name each blob (what each blob's count must say)."""
+    named: dict[int, int] = {}
+    for found in conn.execute(f"SELECT {', '.join(layout.BLOB_COLUMNS)} FROM requests"):
+        for ref in found:
+            if ref is not None:
+                named[ref] = named.get(ref, 0) + 1
+    return named
+
+
+def test_what_a_rolled_back_write_stored_is_never_named(tmp_path: Path) -> None:
+    """Blobs stored by a write that rolled back are gone, and their ids may be given to other values: the writer
+    forgets them, so a later row with the same value gets a blob that holds it."""
+    ids = RequestIds()
+    first, second = intent(ids, 1), intent(ids, 2)
+    value_a, value_b = b'{"only": "in the rolled back write"}', b'{"what": "came next"}'
+    writer = AuditWriter(tmp_path / "a.db", Seal(tmp_path))
+    try:
+        writer.record_intent(first).result(5)
+
+        def fails(conn: sqlite3.Connection, w: AuditWriter) -> None:
+            w.update_outcome(str(first["id"]), outcome(1, value_a))
+            raise RuntimeError("this write fails after storing its blobs")
+
+        with pytest.raises(RuntimeError):
+            writer.apply(fails).result(5)
+        writer.record_outcome(str(first["id"]), outcome(1, value_b)).result(5)  # may take the ids given back
+        writer.record_intent(second).result(5)
+        writer.record_outcome(str(second["id"]), outcome(2, value_a)).result(5)
+    finally:
+        writer.close()
+    conn = ro(tmp_path)
+    assert [audit.get(conn, str(r["id"]))["resp_body"] for r in (first, second)] == [value_b, value_a]
+    assert dict(conn.execute("SELECT id, refs FROM audit_blobs").fetchall()) == named_counts(conn)
+    assert verify(tmp_path).broken_id is None
+
+
+def test_an_outcome_written_again_lets_go_of_the_first_ones_blobs(tmp_path: Path) -> None:
+    ids = RequestIds()
+    row = intent(ids, 1)
+    writer = AuditWriter(tmp_path / "a.db", Seal(tmp_path))
+    try:
+        writer.record_intent(row).result(5)
+        writer.record_outcome(str(row["id"]), outcome(1, b'{"first": 1}')).result(5)
+        writer.apply(lambda conn, w: w.update_outcome(str(row["id"]), outcome(1, b'{"second": 2}'))).result(5)
+    finally:
+        writer.close()
+    conn = ro(tmp_path)
+    assert audit.get(conn, str(row["id"]))["resp_body"] == b'{"second": 2}'
+    counts = dict(conn.execute("SELECT id, refs FROM audit_blobs").fetchall())
+    assert {k: v for k, v in counts.items() if v > 0} == named_counts(conn) and min(counts.values()) > 0
