@@ -215,6 +215,9 @@ def test_writes_are_recorded_with_their_outcome_and_undo_class(gateway) -> None:
     assert update["undo_class"].startswith("irreversible")
     failed = next(r for r in rows if r["method"] == "INSERT")
     assert failed["error"].startswith("23505") and failed["status"] is None
+    undone = proxy.cli("undo", update["id"])  # no row-level undo yet: refused in one line, nothing sent
+    assert undone.returncode == 2 and undone.stderr.startswith(f"goex-proxy: cannot undo {update['id']}")
+    assert direct(gateway_pg(gateway), "SELECT qty FROM orders ORDER BY id") == [(0,), (0,), (7,)]
 
 
 def jailed_psql(proxy, sql: str) -> subprocess.CompletedProcess[str]:
