@@ -55,12 +55,16 @@ class Scrub:
             return
         response = flow.response
         problem = unscannable(response)
-        raw = response.raw_content or b""
+        raw, coding = response.raw_content or b"", response.headers.get("content-encoding", "")
         if problem is None:
             try:
-                content = bodies.decode(raw, response.headers.get("content-encoding", ""))
+                content = bodies.decode(raw, coding)
             except ValueError as exc:  # what we cannot undo could hide a secret: nothing unchecked reaches the agent
-                problem = f"its content encoding cannot be undone ({str(exc)[:200]})"
+                # Our own answer is not scrubbed: it must not quote the upstream's header (a secret's hex, lower-cased),
+                # so only a decoder's own message for a coding it knows is shown.
+                known = coding.strip().lower() in ("gzip", "x-gzip", "deflate", "br", "zstd")
+                why = str(exc) if known else "it is not gzip, deflate, br or zstd"
+                problem = f"its content encoding cannot be undone ({why[:200]})"
         if problem is None:
             problem = self._clean(response, content, raw)
         if problem is not None:

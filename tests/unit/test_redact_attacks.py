@@ -261,3 +261,22 @@ def test_hyperscan_failing_mid_scan_withholds_the_answer(tmp_path, monkeypatch) 
         Scrub(state).response(f)
         assert state.scrubber.text("a log line: " + SECRET) == UNSCANNED
     assert f.response.status_code == 502 and SECRET.encode()[:PARTIAL_MIN] not in f.response.content
+
+
+@pytest.mark.parametrize("spelling", [SECRET, SECRET.encode().hex(), base64.b64encode(SECRET.encode()).decode()])
+def test_the_502_for_an_unknown_content_encoding_does_not_quote_it(tmp_path, spelling: str) -> None:
+    """An upstream names the secret (as it is, in hex, in base64) as its Content-Encoding: the proxy's own 502, which
+    the scrub stage does not scrub again, must not quote it back (it did, repr'd and cut at 200 characters)."""
+    from mitmproxy.test import taddons, tflow
+
+    from goex_proxy.addons.scrub import Scrub
+    from tests.conftest import stage_state
+
+    with stage_state(tmp_path, "version: 1\nname: p\nrules: []\n") as state, taddons.context():
+        state.scrubber = scrubber(SECRET)
+        f = tflow.tflow(resp=True)
+        f.response.headers["Content-Encoding"] = spelling
+        Scrub(state).response(f)
+    assert f.response.status_code == 502 and b"content encoding" in f.response.content
+    shown = json.loads(f.response.content)["reason"].encode()
+    assert not leaked(shown, SECRET) and not leaked(shown.decode("unicode_escape").encode(), SECRET), shown
