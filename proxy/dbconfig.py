@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .approvalconfig import parse_host_port
+from .approvalconfig import is_loopback, parse_host_port
 from .secretref import SecretRef
 from .yamlsrc import Checker, YMap
 
@@ -121,6 +121,10 @@ def parse_databases(check: Checker, top: YMap, base: Path, agents: set[str]) -> 
     if "listen" in spec:
         listen = check.parsed(spec, "listen", "databases.listen",
                               lambda v: parse_host_port(v, "127.0.0.1:6433")) or DEFAULT_LISTEN
+        if not is_loopback(listen[0]):
+            check.warn(check.at(spec, "listen"), f"'databases.listen' {listen[0]} is not a loopback address: agents' "
+                                                 "statements and their results would cross the network unencrypted "
+                                                 "(the gateway offers no TLS to agents yet)")
     found: dict[str, Database] = {}
     envs: dict[tuple[str, str], str] = {}
     for name in spec:

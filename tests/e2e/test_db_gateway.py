@@ -347,3 +347,19 @@ def test_an_edited_policy_applies_to_the_next_statement_and_a_broken_one_is_not_
         with pytest.raises(errors.InsufficientPrivilege, match="no rule allows SELECT on orders"):
             conn.execute("SELECT count(*) FROM orders WHERE qty > 1")   # the last good policy stays in force
     assert "policy reload rejected" in proxy.log_text()
+
+
+def test_a_refusal_inside_a_pipeline_arrives_in_its_place(gateway) -> None:
+    """psycopg's pipeline mode sends many statements before one Sync: the refusal comes back in order, after the
+    results of what ran before it; what follows it is skipped and the batch's implicit transaction rolled back, as
+    the server does after any error."""
+    _, url = gateway
+    with psycopg.connect(url, autocommit=True) as conn:
+        with pytest.raises(errors.InsufficientPrivilege, match="need a WHERE"):
+            with conn.pipeline():
+                first = conn.execute("SELECT item FROM orders WHERE id = %s", (1,))
+                conn.execute("UPDATE orders SET qty = %s WHERE id = %s", (50, 2))
+                conn.execute("DELETE FROM orders")
+                conn.execute("UPDATE orders SET qty = %s WHERE id = %s", (99, 3))
+        assert first.fetchall() == [("apples",)]
+        assert conn.execute("SELECT id, qty FROM orders ORDER BY id").fetchall() == [(1, 3), (2, 1), (3, 7)]

@@ -67,3 +67,20 @@ def test_mistakes_are_one_located_line(tmp_path: Path, text: str, message: str) 
         config(tmp_path, text)
     assert any(message in str(p) and str(p).startswith(f"{tmp_path / 'config.yaml'}:") for p in err.value.problems), \
         err.value.problems
+
+
+def test_a_gateway_beyond_this_machine_is_warned_about(tmp_path: Path) -> None:
+    from goex_proxy.config import config_problems
+
+    path = tmp_path / "config.yaml"
+    path.write_text("version: 1\n" + AGENTS + "databases:\n  listen: 0.0.0.0:6433\n" + SHOP)
+    assert load_config(path).databases.listen == ("0.0.0.0", 6433)   # a warning, not an error
+    from goex_proxy.config import parse_config
+    from goex_proxy.yamlsrc import Checker, load
+
+    check = Checker(str(path))
+    parse_config(load(path.read_text(), str(path))[0], path, check)
+    assert [p.message for p in check.problems if p.severity == "warning"] == [
+        "'databases.listen' 0.0.0.0 is not a loopback address: agents' statements and their results would cross the "
+        "network unencrypted (the gateway offers no TLS to agents yet)"]
+    assert config_problems(path) == []
