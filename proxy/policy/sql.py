@@ -84,8 +84,7 @@ class SqlRule:
 
 def _table_in(table: str, names: frozenset[str]) -> bool:
     """`orders` or `public.orders` written in a statement, against a rule's names (unqualified `public` matches both)."""
-    table = table.lower()
-    if table in names:
+    if table in names:  # both as PostgreSQL folds them: unquoted lower case, a quoted name as written
         return True
     schema, _, bare = table.rpartition(".")
     return schema in ("", "public") and (bare in names or f"public.{bare}" in names)
@@ -169,9 +168,10 @@ class SqlRuleReader:
         agents = self.check.strings(m, "agents", f"{where}.agents")
         return SqlRule(
             policy=policy, name=name, effect=effect, databases=databases,
-            statements=statements, tables=self.names(m, "tables", where),
-            columns=self.names(m, "columns", where) if effect == "allow" else None,
-            functions=(self.names(m, "functions", where) or frozenset()) if effect == "allow" else frozenset(),
+            statements=statements, tables=self.names(m, "tables", where, lower=False),
+            columns=self.names(m, "columns", where, lower=False) if effect == "allow" else None,
+            functions=(self.names(m, "functions", where, lower=False) or frozenset()) if effect == "allow"
+            else frozenset(),
             agents=None if agents is None or "*" in agents else frozenset(agents),
             when=self.compile_when(m, "when", where) if "when" in m else None,
             reason=self.check.string(m, "reason", f"{where}.reason") if effect == "deny" else None,

@@ -73,7 +73,7 @@ class Statement:
 
 def _builtin(name: str) -> str:
     """A function's name as the safe list has it: unqualified or in pg_catalog (any other schema is user code)."""
-    schema, _, bare = name.lower().rpartition(".")
+    schema, _, bare = name.rpartition(".")  # as the parser folds it: a quoted "Lower" is not lower()
     return bare if schema in ("", "pg_catalog") else name
 
 

