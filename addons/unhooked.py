@@ -7,15 +7,18 @@ from __future__ import annotations
 import importlib
 import logging
 import re
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 from goex_proxy.addons.state import ProxyState
+from goex_proxy.credentials.redact import ScrubStream
 
 #: The state whose scrubber the wrappers use (the latest proxy set up in this process).
 _state: ProxyState | None = None
 #: A Python bytes literal, as mitmproxy quotes what an upstream sent: its escapes (`\'`, `\xNN`) would hide a
 #: secret's spelling from the scrubber, so it is not shown at all.
+_LINE_BREAKS = re.compile(r"[\r\n]+")
 _BYTES_LITERAL = re.compile(r"""\bb(['"])(?:\\.|(?!\1).)*\1?""", re.DOTALL)
 
 
@@ -63,12 +66,22 @@ def _wrap_websocket_controls() -> None:
     if getattr(original, "goex_scrubbed", False):
         return
 
+    streams: weakref.WeakKeyDictionary[Any, ScrubStream] = weakref.WeakKeyDictionary()
+
     def send2(self: Any, event: wsproto.events.Event) -> Any:
         scrub = _state.scrubber if _state is not None else None
-        if scrub and isinstance(event, wsproto.events.Ping | wsproto.events.Pong):
-            event = type(event)(payload=scrub.bytes(bytes(event.payload)))
-        elif scrub and isinstance(event, wsproto.events.CloseConnection) and event.reason:
-            event = wsproto.events.CloseConnection(code=event.code, reason=scrub.text(event.reason))
+        if not scrub or not isinstance(event, wsproto.events.Ping | wsproto.events.Pong | wsproto.events.CloseConnection):
+            return original(self, event)
+        # One stream per side of a connection: a secret cut between pings is caught where it ends, and a piece of
+        # one at the edge of a payload is withheld.
+        stream = streams.get(self)
+        if stream is None:
+            stream = streams[self] = scrub.stream()
+        if isinstance(event, wsproto.events.Ping | wsproto.events.Pong):
+            event = type(event)(payload=stream.feed(bytes(event.payload)))
+        elif event.reason:
+            reason = stream.feed(_LINE_BREAKS.sub(" ", event.reason).encode())
+            event = wsproto.events.CloseConnection(code=event.code, reason=reason.decode("utf-8", "replace"))
         return original(self, event)
 
     send2.goex_scrubbed = True  # type: ignore[attr-defined]

@@ -113,9 +113,11 @@ class Credential:
             whole = encode(raw).decode()
             spellings.update({whole, whole.rstrip("=")})
             # Inside a longer base64 text (`base64("Bearer " + secret)`), the secret shows at one of three
-            # alignments; the middle of each does not depend on the bytes around it.
+            # alignments; at each, the characters made only of the secret's bits do not depend on the bytes around
+            # it: from the first whose 6 bits all come after the `shift` bytes before it, to the last whose bits all
+            # come from the secret.
             for shift in (0, 1, 2):
-                inner = encode(b"\0" * shift + raw).decode().rstrip("=")[4 if shift else 0:-2]
+                inner = encode(b"\0" * shift + raw).decode()[-(-8 * shift // 6):8 * (shift + len(raw)) // 6]
                 if len(inner) >= 8:
                     spellings.add(inner)
         if self.inject.kind == "basic":

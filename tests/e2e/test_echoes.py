@@ -218,6 +218,11 @@ def ws_reflector(upstream_ca) -> Iterator[int]:
             conn.ping(secret.encode()[:40])
             conn.close(4001, "bad token: " + secret)
             return
+        if conn.request.path == "/controls-split":  # the secret in two pings, each too short to match alone
+            conn.ping(b"x" + secret.encode()[:13])
+            conn.ping(secret.encode()[13:40] + b"y")
+            conn.close(4001, "bye")
+            return
         conn.send("start " + secret[:13])
         conn.send(secret[13:] + " end")
         conn.recv()
@@ -244,8 +249,10 @@ def test_a_secret_split_across_websocket_messages_is_not_given_back(echo_proxy):
     assert first == "start <withheld>" and str(second).endswith(" end")
 
 
-def test_websocket_ping_and_close_payloads_are_scrubbed(echo_proxy):
-    """A ping whose payload is the secret and a close whose reason quotes it reach the agent scrubbed."""
+@pytest.mark.parametrize("path", ["/controls", "/controls-split"])
+def test_websocket_ping_and_close_payloads_are_scrubbed(echo_proxy, path):
+    """A ping whose payload is the secret and a close whose reason quotes it reach the agent scrubbed; so does a secret
+    cut between two pings (each was scrubbed on its own before, and both halves passed)."""
     import os
     import struct
 
@@ -256,7 +263,7 @@ def test_websocket_ping_and_close_payloads_are_scrubbed(echo_proxy):
     assert raw.recv(4096).startswith(b"HTTP/1.1 200")
     tls = ssl.create_default_context(cafile=str(echo_proxy.ca_cert)).wrap_socket(raw, server_hostname=WS_HOST)
     key = base64.b64encode(os.urandom(16)).decode()
-    tls.sendall(f"GET /controls HTTP/1.1\r\nHost: {WS_HOST}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {WS_HOST}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
     data = b""
     while b"\r\n\r\n" not in data:
@@ -278,6 +285,11 @@ def test_websocket_ping_and_close_payloads_are_scrubbed(echo_proxy):
             size, data = struct.unpack(">H", data[:2])[0], data[2:]
         frames.append((opcode, data[:size]))
         data = data[size:]
-    payloads = {opcode: payload for opcode, payload in frames}
-    assert b"goex-placeholder-echo" in payloads[9] and b"goex-placeholder-echo" in payloads[8]
-    assert SECRET.encode()[:PARTIAL_MIN] not in b"".join(payloads.values())
+    pings = [payload for opcode, payload in frames if opcode == 9]
+    everything = b"".join(payload for _, payload in frames)
+    if path == "/controls":
+        closes = [payload for opcode, payload in frames if opcode == 8]
+        assert b"goex-placeholder-echo" in pings[0] and b"goex-placeholder-echo" in closes[0]
+    else:
+        assert len(pings) == 2 and pings[0].startswith(b"x") and pings[1].endswith(b"y"), pings
+    assert not any(SECRET.encode()[i:i + PARTIAL_MIN] in everything for i in range(len(SECRET) - PARTIAL_MIN + 1))

@@ -30,6 +30,20 @@ def test_base64_wrapped_across_lines_is_replaced() -> None:
     assert SECRET.encode()[4:20] not in base64.b64decode(letters[:len(letters) // 4 * 4])
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=0, max_size=9),
+       st.text(st.characters(codec="ascii", categories=["L", "N"]), min_size=8, max_size=12)
+       | st.text(st.characters(codec="utf-8"), min_size=8, max_size=24),
+       st.binary(min_size=0, max_size=3), st.booleans())
+def test_a_secret_inside_longer_base64_text_is_found_at_any_alignment(before, secret, after, url_safe) -> None:
+    """`base64("Bearer " + secret + …)`: whatever bytes surround the secret, the base64 of the whole holds one of the
+    secret's spellings, even for a secret of 8 characters (the spelling kept two characters too few before)."""
+    encode = base64.urlsafe_b64encode if url_safe else base64.b64encode
+    credential = Credential("unit", SecretRef(vault="unit"), (), Injection("header"))
+    text = encode(before + secret.encode() + after).decode()
+    assert any(form in text for form in credential.forms(secret)), (text, secret)
+
+
 def test_a_stream_withholds_pieces_at_every_cut_even_with_other_fields_between() -> None:
     """Header fields fed as one stream: a secret's first piece at the end of one value and the rest at the start of
     another, with fields between them, are both withheld; a name holding a spelling is replaced; the ordinary
