@@ -45,7 +45,15 @@ def _py_spy() -> str | None:
 
 def _frame(text: str) -> tuple[str, str, int] | None:
     m = _FRAME.match(text)
-    return (m["func"], m["file"], int(m["line"])) if m else None
+    return (m["func"], _in_repo(m["file"]), int(m["line"])) if m else None
+
+
+def _in_repo(file: str) -> str:
+    """A file of a `goex_proxy` package run from another tree (`PYTHONPATH=DIR`) named as in this repository."""
+    if "goex_proxy/" not in file:
+        return file
+    rest = file.rsplit("goex_proxy/", 1)[1]
+    return rest if rest.startswith("addons/") else f"proxy/{rest}"
 
 
 def _ours(file: str) -> bool:
