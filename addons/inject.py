@@ -17,6 +17,7 @@ from goex_proxy.addons.state import ProxyState
 from goex_proxy.credentials import sigv4
 from goex_proxy.credentials.kinds import Credential
 from goex_proxy.credentials.oauth import OAuthError
+from goex_proxy.credentials.redact import PARTIAL_MIN
 from goex_proxy.policy.engine import Decision
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,12 @@ def resign(req: http.Request, keys: sigv4.AwsKeys, own: bool = False) -> None:
     req.headers = http.Headers([(k.encode(), v.encode()) for k, v in fields])
 
 
+#: A request that carries a secret shorter than this goes without `Range`: each range of an answer that reflects the
+#: secret may give back PARTIAL_MIN - 1 of its bytes at either end of it (the agent chooses where the ranges cut), so
+#: a short secret could be joined whole; from this length on, at least ten of its characters stay hidden.
+SHORTEST_RANGED = 2 * (PARTIAL_MIN - 1) + 10
+
+
 async def inject_into(state: ProxyState, request: http.Request, credential: Credential, own: bool = False) -> None:
     """Put `credential` into `request` (the agent's, or one goex-proxy sends itself); CannotInject says why not."""
     kind = credential.inject.kind
@@ -86,6 +93,9 @@ async def inject_into(state: ProxyState, request: http.Request, credential: Cred
         if secret is None:
             raise CannotInject(f"its secret ({credential.secret.describe()}) is not set")
         apply(request, credential, secret)
+        if "Range" in request.headers and min(map(len, credential.secret_values(secret)), default=0) < SHORTEST_RANGED:
+            del request.headers["Range"]  # the answer comes whole (200) and is scrubbed whole
+            request.headers.pop("If-Range", None)
 
 
 @dataclass(frozen=True)

@@ -120,6 +120,17 @@ def token_request(oauth: OAuth2, client_secret: str | None, grant: dict[str, str
     return headers, urlencode(form).encode()
 
 
+def whole_words(text: str, limit: int = 200) -> str:
+    """At most `limit` characters of what an endpoint said, never part of a word: a token it quotes, cut short, would
+    pass the scrubber (which replaces whole spellings) as a piece of the secret."""
+    if len(text) <= limit:
+        return text
+    head = text[:limit]
+    if not text[limit].isspace():
+        head = head.rsplit(None, 1)[0] if any(c.isspace() for c in head) else ""
+    return head.rstrip() + " …"
+
+
 def parse_token_reply(oauth: OAuth2, status: int, body: bytes, previous: TokenSet, now: float | None = None) -> TokenSet:
     """The token set a token endpoint answered, or OAuthError naming what it said (never a token)."""
     try:
@@ -134,7 +145,8 @@ def parse_token_reply(oauth: OAuth2, status: int, body: bytes, previous: TokenSe
     if status >= 400 or error or data.get("ok") is False or not isinstance(data.get("access_token"), str):
         what = str(error or (f"HTTP {status}" if status >= 400 else "no access_token in the reply"))
         detail = data.get("error_description")
-        raise OAuthError(f"the token endpoint refused: {what}" + (f" ({str(detail)[:200]})" if detail else ""))
+        raise OAuthError(f"the token endpoint refused: {whole_words(what)}"
+                         + (f" ({whole_words(str(detail))})" if detail else ""))
     expires_in = data.get("expires_in")
     try:
         expires_at = (now or time.time()) + float(expires_in) if expires_in not in (None, "") else None

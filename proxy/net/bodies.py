@@ -94,6 +94,8 @@ def _zlib(raw: bytes, wbits: int, limit: int, members: bool = False) -> bytes:
             raise _too_large(limit)
         if not d.eof:
             raise ValueError("the compressed data ends early")
+        if d.unused_data and not members:  # a client may read on past the stream's end (a second stream, plain bytes)
+            raise ValueError("bytes follow the end of the compressed data")
         pending = d.unused_data if members else b""
     return bytes(out)
 

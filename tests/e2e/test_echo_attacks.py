@@ -119,7 +119,9 @@ def attacker(upstream_ca) -> Iterator[tuple[int, list[str]]]:
                     reader.readline()  # the agent asks for each part: each is its own message at the proxy
                     conn.sendall(part)
             else:
-                conn.sendall(_range(headers) if path == "/range" else ANSWERS[path](secret, headers))
+                answer = ANSWERS[path](secret, headers) if path != "/range" else _range(headers) if "range" in headers \
+                    else _response(b"HTTP/1.1 200 OK", [], b"whole: " + _mixed_hex(secret))
+                conn.sendall(answer)
             conn.close()
 
     server = _Reflector(("127.0.0.1", 0), Handler)
@@ -135,6 +137,26 @@ def attacked_proxy(make_proxy, attacker):
                        routes={HOST: f"https://127.0.0.1:{attacker[0]}"})
     proxy.env["GOEX_TEST_ECHO_SECRET"] = SECRET
     return proxy.start()
+
+
+SHORT_SECRET = "pw-Sh0rt-9x7Kq2"  # 15 characters: two ranges (7 bytes back at each end) would give all but one
+
+
+@pytest.fixture
+def short_secret_proxy(make_proxy, attacker):
+    proxy = make_proxy(POLICY, start=False, extra_config=CREDENTIALS,
+                       routes={HOST: f"https://127.0.0.1:{attacker[0]}"})
+    proxy.env["GOEX_TEST_ECHO_SECRET"] = SHORT_SECRET
+    return proxy.start()
+
+
+def test_a_short_secret_goes_without_byte_ranges(short_secret_proxy, attacker):
+    """Each range of an echo gives back up to 7 bytes at either end of the secret, so a secret under 24 characters
+    could be joined from a few ranges: its requests go without Range, and the whole answer comes back scrubbed."""
+    status, _, body = fetch(short_secret_proxy, "/range", {"Range": "bytes=0-6"})
+    assert attacker[1] == [SHORT_SECRET], "the upstream got the real secret"
+    assert status.startswith(b"HTTP/1.1 200") and b"goex-placeholder-echo" in body, (status, body)
+    assert not {p for p in pieces(SHORT_SECRET) if p in body.lower()}, body
 
 
 def pieces(secret: str) -> set[bytes]:

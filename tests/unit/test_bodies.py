@@ -55,3 +55,18 @@ def test_garbage_or_a_truncated_body_does_not_decode(coding, encoded) -> None:
     """A body that is not what its encoding says is an error, never bytes read some other way."""
     with pytest.raises(ValueError):
         decode(encoded, coding)
+
+
+@pytest.mark.parametrize(("coding", "encoded"), [
+    ("deflate", zlib.compress(DATA) + b"plain bytes after the stream"),
+    ("deflate", zlib.compress(DATA) + zlib.compress(b"a second stream")),
+    ("deflate", zlib.compress(DATA)[2:-4] + b"after raw deflate"),  # raw deflate, no zlib wrapper
+    ("gzip", gzip.compress(DATA) + b"plain bytes after the member"),
+    ("br", brotli.compress(DATA) + b"after"),
+    ("zstd", zstandard.ZstdCompressor().compress(DATA) + b"after"),
+])
+def test_bytes_after_the_end_of_the_compressed_data_do_not_decode(coding, encoded) -> None:
+    """A client may read on past the end of a stream (more bytes, a second stream) where the decoder stopped: what the
+    proxy would not have read is refused as undecodable rather than passed unread (the deflate decoder stopped)."""
+    with pytest.raises(ValueError):
+        decode(encoded, coding)

@@ -49,6 +49,19 @@ def test_refusals_name_what_the_endpoint_said(status: int, body: dict[str, objec
     assert "old-refresh" not in str(err.value)
 
 
+@pytest.mark.parametrize("words", [0, 1, 5])
+def test_a_long_refusal_is_cut_between_words_never_through_a_token_it_quotes(words: int) -> None:
+    """An endpoint that quotes the refresh token in a long error_description: the message is cut short, but never
+    inside the token (a piece of it would pass the scrubber, which replaces whole spellings)."""
+    token = "1//0g" + "Rt" * 150
+    said = "word " * words * 37 + "bad token " + token + " was sent"
+    with pytest.raises(OAuthError) as err:
+        parse_token_reply(SLACK, 400, json.dumps({"error": "invalid_grant", "error_description": said}).encode(),
+                          PREVIOUS)
+    message = str(err.value)
+    assert "invalid_grant" in message and "1//0gRtRt" not in message and message.endswith("…)"), message
+
+
 def test_stored_sets_round_trip_and_a_pasted_refresh_token_is_one() -> None:
     assert TokenSet.loads(PREVIOUS.dumps()) == PREVIOUS
     assert TokenSet.loads("1//0gPasted-refresh-token\n") == TokenSet(refresh_token="1//0gPasted-refresh-token")
