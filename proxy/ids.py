@@ -4,12 +4,14 @@ alphabet)."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
 import secrets
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -93,6 +95,31 @@ def claim(audit_db: Path) -> None:
             _CLOCK.tag, _CLOCK.n = tag, PER_MS  # a new tag starts its count in the next millisecond
             return
         log.warning("request ids: no free tag in %s; ids may repeat across processes", folder)
+
+
+@contextlib.contextmanager
+def unheld(audit_db: Path, tag: int) -> Iterator[bool]:
+    """Whether no live process holds `tag` for this audit database (whoever made ids with it has ended, however it
+    ended), holding the tag meanwhile so that no process starting now takes it. This process's own tag is held."""
+    try:
+        fd = os.open(tags_folder(audit_db) / f"{tag:04d}", os.O_RDWR)
+    except OSError:
+        yield False  # no such file: no process ever held it (or the folder is not ours to read)
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def tag_text(tag: int) -> str:
+    """How a tag is spelled in the ids it made: their 10th and 11th characters."""
+    return _b32(tag, 2)
 
 
 def tag_of(request_id: str) -> int:

@@ -39,6 +39,8 @@ OUTCOME_FIELDS = ("status", "resp_headers", "resp_body", "resp_body_size", "resp
 BUSY_TIMEOUT_S = 2.0
 #: The error of a row whose request was in flight when its proxy stopped.
 INTERRUPTED = "interrupted: goex-proxy stopped before the request ended"
+#: The error of a row whose request was in flight when its process ended without stopping (killed, crashed).
+ORPHANED = "interrupted: the goex-proxy process that sent it ended (killed or crashed) before the request ended"
 
 
 def _migration_1(db: sqlite_utils.Database) -> None:
@@ -183,9 +185,15 @@ def _migration_12(db: sqlite_utils.Database) -> None:
     db.execute("DROP INDEX IF EXISTS idx_requests_undo_of")
 
 
+def _migration_13(db: sqlite_utils.Database) -> None:
+    """The rows still in flight (no outcome yet), indexed apart: a starting writer finds those of processes that ended
+    without recording their outcome (killed, crashed) by reading only them."""
+    db.execute("CREATE INDEX IF NOT EXISTS idx_requests_in_flight ON requests (seq) WHERE outcome_hash IS NULL")
+
+
 #: Schema migrations, applied in order; `PRAGMA user_version` records how many have run.
 MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6, _migration_7,
-              _migration_8, _migration_9, _migration_10, _migration_11, _migration_12]
+              _migration_8, _migration_9, _migration_10, _migration_11, _migration_12, _migration_13]
 #: From this version on the chain is HMAC-SHA256 under the seal's key; before it, plain SHA-256.
 KEYED_VERSION = 7
 #: Request fields added by later migrations: hashed only when set, so rows written before them still verify.
@@ -334,6 +342,10 @@ class AuditWriter:
         self._pending: dict[str, tuple[str, int]] = {}  # request id -> (hash, seq) of rows awaiting their outcome
         self._blobs = blobs.BlobStore()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        started: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._write([(_Apply(self._end_orphans), started)])  # before any row of its own
+        if started.exception() is not None:
+            log.error("could not record the outcome of requests left in flight: %s", started.exception())
         self._thread = threading.Thread(target=self._run, name="goex-audit-writer", daemon=True)
         self._thread.start()
 
@@ -391,6 +403,30 @@ class AuditWriter:
                      for request_id in list(self._pending)])
         log.warning("goex-proxy stopped with %d request%s in flight, recorded as interrupted (%s may have reached the "
                     "upstream)", count, "" if count == 1 else "s", "it" if count == 1 else "each")
+
+    def _end_orphans(self, conn: sqlite3.Connection, _: AuditWriter) -> int:
+        """Rows left in flight by processes that ended without stopping (a worker killed, a crash) get their outcome,
+        `interrupted`: a row's id names the process tag that made it, and a tag no live process holds has no one left
+        to record the outcome (held meanwhile, so that no process starting now takes it and writes under it). Rows
+        that wait for a person are the gate's to end."""
+        in_flight: dict[str, list[str]] = {}
+        for request_id, decision in conn.execute("SELECT id, decision FROM requests WHERE outcome_hash IS NULL"):
+            if decision not in ("hold", "delay") and ids.is_request_id(request_id):
+                in_flight.setdefault(request_id[9:11].upper(), []).append(request_id)
+        ended, now = 0, time.time()
+        for tag in range(ids.TAGS):
+            orphans = in_flight.get(ids.tag_text(tag))
+            if not orphans:
+                continue
+            with ids.unheld(self.path, tag) as free:
+                if free:
+                    for request_id in orphans:
+                        self._update(_Outcome(request_id, {"error": ORPHANED, "ended": now}))
+                    ended += len(orphans)
+        if ended:
+            log.warning("%d request%s left in flight by a goex-proxy process that ended without stopping, recorded as "
+                        "interrupted", ended, "" if ended == 1 else "s")
+        return ended
 
     def _next_batch(self) -> list[Any]:
         """Everything queued, at least one item. A batch of outcomes alone (nobody waits for them) also gathers what

@@ -281,3 +281,53 @@ def test_limit_hits_removed_or_added_are_caught(tmp_path: Path) -> None:
         conn.execute("INSERT INTO limit_hits (key, agent, ts, request_id) VALUES ('p/x', 'bot', 1.0, ?)", (rows[0]["id"],))
     result = check(tmp_path)
     assert result.broken_id == rows[0]["id"] and "matches no charge" in (result.problem or "")
+
+
+IN_FLIGHT = """
+import os, signal, sys, time
+from pathlib import Path
+from goex_proxy.audit.seal import Seal
+from goex_proxy.audit.store import AuditWriter
+from goex_proxy.ids import RequestIds
+db = Path(sys.argv[1])
+writer = AuditWriter(db, Seal(db.parent))
+rid = RequestIds().new()
+writer.record_intent({"id": rid, "ts": time.time(), "agent": "bot", "method": "POST", "scheme": "https",
+                      "host": "slack.com", "port": 443, "path": "/p", "url": "https://slack.com/p",
+                      "req_headers": "[]", "req_body": b"x", "decision": "allow"}).result(10)
+print(rid, flush=True)
+if sys.argv[2] == "killed":
+    os.kill(os.getpid(), signal.SIGKILL)
+sys.stdin.readline()
+writer.record_outcome(rid, {"status": 200, "ended": time.time(), "duration_ms": 1.0}).result(10)
+writer.close()
+"""
+
+
+def test_a_starting_writer_ends_the_rows_a_killed_process_left_in_flight(tmp_path: Path) -> None:
+    """A worker killed with a request in flight leaves its row without an outcome, and nothing would ever write one
+    (it stayed 'in flight' until pruned): the next writer to start records it as interrupted, and leaves alone the
+    rows of a process that still lives (it holds its tag)."""
+    import subprocess
+    import sys
+
+    db = tmp_path / "a.db"
+    alive = subprocess.Popen([sys.executable, "-c", IN_FLIGHT, str(db), "alive"], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    assert alive.stdout is not None and alive.stdin is not None
+    alive_id = alive.stdout.readline().strip()
+    killed = subprocess.run([sys.executable, "-c", IN_FLIGHT, str(db), "killed"], capture_output=True, text=True,
+                            timeout=60)
+    killed_id = killed.stdout.strip()
+    assert killed.returncode == -9 and killed_id and alive_id
+    writer = AuditWriter(db, Seal(tmp_path))
+    conn = audit.open_db(db, readonly=True)
+    assert audit.get(conn, killed_id)["error"] == audit.ORPHANED
+    assert audit.get(conn, alive_id)["outcome_hash"] is None  # its process lives: still in flight
+    alive.stdin.write("done\n")
+    alive.stdin.flush()
+    assert alive.wait(30) == 0
+    writer.close()
+    assert audit.get(conn, alive_id)["status"] == 200 and check(tmp_path).broken_id is None
+    plan = conn.execute("EXPLAIN QUERY PLAN SELECT id, decision FROM requests WHERE outcome_hash IS NULL").fetchall()
+    assert "idx_requests_in_flight" in str(plan), plan
