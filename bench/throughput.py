@@ -470,26 +470,32 @@ def big_body(path: Path, size: int = 10 * 1024 * 1024) -> Path:
     return path
 
 
+def _from_tree(tree: Path | None) -> dict[str, str]:
+    """The environment that runs `goex-proxy` from `tree` (a `goex_proxy` package laid out as installed) first."""
+    return {"PYTHONPATH": str(tree)} if tree is not None else {}
+
+
 def side_by_side(procs: Processes, kinds: Sequence[str], schemes: Sequence[str], rounds: int, duration: float,
-                 conns: int, compare: Path | None) -> tuple[str, dict[str, Any]]:
-    """Bare mitmdump, goex-proxy as installed (the working tree) and, with `compare`, goex-proxy from that directory
-    (a `goex_proxy` package laid out as installed), measured in rotating order per round; ratios to bare per round,
-    medians of rounds."""
+                 conns: int, compare: Path | None, tree: Path | None = None) -> tuple[str, dict[str, Any]]:
+    """Bare mitmdump, goex-proxy as installed (or from `tree`) and, with `compare`, goex-proxy from that directory
+    (each a `goex_proxy` package laid out as installed), measured in rotating order per round; ratios to bare per
+    round, medians of rounds."""
     from preimage_bench import preimage_policy
 
     bench = Bench(procs, Path(tempfile.mkdtemp(prefix="goex-bench-sbs-")), verbose=True)
     options = dict(REQUEST_KINDS)
     options["post10m"] = (*REQUEST_KINDS["post10m"], "--body-file", str(big_body(bench.dir / "body-10m.json")))
     try:
-        bench.setup(policy_doc=preimage_policy())
-        if compare is not None:
-            saved = os.environ.get("PYTHONPATH")
-            os.environ["PYTHONPATH"] = str(compare)
-            try:
+        saved = os.environ.get("PYTHONPATH")
+        try:
+            os.environ.update(_from_tree(tree))
+            bench.setup(policy_doc=preimage_policy())
+            if compare is not None:
+                os.environ["PYTHONPATH"] = str(compare)
                 bench.proxies["goex-before"] = bench._start_goex("goex-before", preimage_policy())
-            finally:
-                os.environ.pop("PYTHONPATH", None) if saved is None else os.environ.__setitem__("PYTHONPATH", saved)
-            bench._check(bench.proxies["goex-before"])
+                bench._check(bench.proxies["goex-before"])
+        finally:
+            os.environ.pop("PYTHONPATH", None) if saved is None else os.environ.__setitem__("PYTHONPATH", saved)
         names = list(bench.proxies)
         runs: dict[tuple[str, str, str], list[Run]] = {}
         for kind in kinds:
@@ -537,6 +543,7 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=4.0)
     p.add_argument("--conns", type=int, default=10)
     p.add_argument("--compare-tree", type=Path, help="a directory holding another `goex_proxy` package to run too")
+    p.add_argument("--tree", type=Path, help="run the main goex-proxy from this directory's `goex_proxy` package")
     args = p.parse_args()
     kinds = [k for k in args.requests.split(",") if k]
     if any(k not in REQUEST_KINDS for k in kinds):
@@ -544,7 +551,7 @@ def main() -> None:
     procs = Processes()
     try:
         text, _ = side_by_side(procs, kinds, args.schemes.split(","), args.rounds, args.duration, args.conns,
-                               args.compare_tree)
+                               args.compare_tree, args.tree)
     finally:
         procs.stop_all()
     print(text)
