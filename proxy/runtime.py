@@ -70,6 +70,11 @@ def build_master(config: Config, policies: PolicySet, undo_token: str | None = N
 
     opts = options.Options()
     m = master.Master(opts, event_loop=asyncio.get_running_loop(), with_termlog=True)
+    # mitmproxy turns every log record into a deprecated `add_log` event for every addon (none of these has one): a
+    # wake-up of the event loop and a dispatch for each request's line.
+    legacy = getattr(m, "_legacy_log_events", None)
+    if legacy is not None:
+        legacy.uninstall()
     m.addons.add(
         core.Core(),
         disable_h2c.DisableH2C(),
