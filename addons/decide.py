@@ -85,10 +85,12 @@ def target_problem(flow: http.HTTPFlow, path: str | None) -> str | None:
 
 
 def fields_problem(message: http.Message) -> str | None:
-    """Why a request's or response's header or trailer fields are refused before anything reads them, if they are."""
-    problem = field_problem(message.headers.fields)
+    """Why a request's or response's header or trailer fields are refused before anything reads them, if they are (a
+    response's fields are named by their place: what an upstream sent is not quoted back unscrubbed)."""
+    quote = isinstance(message, http.Request)
+    problem = field_problem(message.headers.fields, quote=quote)
     if problem is None and message.trailers is not None:
-        problem = field_problem(message.trailers.fields, "trailer")
+        problem = field_problem(message.trailers.fields, "trailer", quote=quote)
     return problem
 
 

@@ -114,15 +114,18 @@ _TCHAR = frozenset(b"!#$%&'*+-.^_`|~" + string.ascii_letters.encode() + string.d
 _LINE_BREAKING = frozenset(b"\r\n\x00")
 
 
-def field_problem(fields: Iterable[tuple[bytes, bytes]], what: str = "header") -> str | None:
+def field_problem(fields: Iterable[tuple[bytes, bytes]], what: str = "header", quote: bool = True) -> str | None:
     """Why a message's header (or trailer) fields could be re-read as other fields or another message, if they could:
     a name that is not a token, or a value holding CR, LF or NUL (HTTP/2 and HTTP/3 carry such bytes unframed; sent on
-    as HTTP/1.1 they would start a line of their own)."""
-    for name, value in fields:
+    as HTTP/1.1 they would start a line of their own). Without `quote` (an upstream's fields: its bytes may hold an
+    injected secret, and a cut one passes the scrubber), the field is named by its place, not its name."""
+    for place, (name, value) in enumerate(fields, start=1):
+        named = f"{name[:60]!r}" if quote else f"number {place}"
         if not name or not all(c in _TCHAR for c in name):
-            return f"the {what} name {name[:60]!r} is not a token"
+            return f"the {what} name {named} is not a token" if quote else f"the name of {what} {named} is not a token"
         if any(c in _LINE_BREAKING for c in value):
-            return f"the value of the {what} {name[:60].decode('latin-1')!r} holds a CR, LF or NUL byte"
+            named = repr(name[:60].decode("latin-1")) if quote else named
+            return f"the value of the {what} {named} holds a CR, LF or NUL byte"
     return None
 
 

@@ -223,3 +223,20 @@ def test_a_condition_reading_the_body_still_sees_it_when_its_json_was_given() ->
                              ("request.json.n > 2", False)):
         condition = compile_condition(source)
         assert condition.evaluate(view.cel_context(0, condition.paths)) is expected
+
+
+def test_an_upstreams_malformed_field_is_named_by_its_place_not_quoted() -> None:
+    """The 502 for an upstream's malformed header says which field by its place: quoting its name (as a request's is
+    quoted to its own client) would give back bytes the scrubber never saw, such as a secret's hex as a header name."""
+    from mitmproxy import http
+
+    from goex_proxy.addons.decide import fields_problem
+
+    secret_hex = b"7866786f622d53454352455420"
+    answer = http.Response.make(200, b"", [(b"date", b"today"), (secret_hex, b"a\x00b")])
+    problem = fields_problem(answer)
+    assert problem == "the value of the header number 2 holds a CR, LF or NUL byte"
+    bad_name = http.Response.make(200, b"", [(secret_hex + b" x", b"v")])
+    assert fields_problem(bad_name) == "the name of header number 1 is not a token"
+    asked = http.Request.make("GET", "http://example.com/", b"", [(b"x-note", b"a\x00b")])
+    assert fields_problem(asked) == "the value of the header 'x-note' holds a CR, LF or NUL byte"
