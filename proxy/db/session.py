@@ -49,10 +49,15 @@ log = logging.getLogger("goex_proxy.db")
 #: would any other (a transaction it was in is aborted, the rest of an extended-protocol batch skipped); the server's
 #: syntax error is replaced by the refusal on its way back.
 REFUSAL_PROBE = "goex-proxy refused this statement"
-#: Startup parameters passed on to the server; others (`options` sets any setting, `-c role=...` included) are not.
 #: The statement name a refused Execute's probe is parsed into (the Parse fails, so it never exists).
 REFUSED_STATEMENT = "goex-proxy refused"
-PASSED_PARAMS = ("application_name", "client_encoding", "DateStyle", "TimeZone", "extra_float_digits", "IntervalStyle")
+#: Startup parameters passed on to the server; others (`options` sets any setting, `-c role=...` included) are not.
+PASSED_PARAMS = ("application_name", "DateStyle", "TimeZone", "extra_float_digits", "IntervalStyle")
+#: Settings the gateway logs in with whatever the client asks: the server must read statements as the gateway's
+#: parser did (UTF-8, standard-conforming strings). A client encoding such as SJIS or GBK has multibyte characters
+#: whose second byte is a backslash: `E'Á\' ; DELETE ...'` is one string to a UTF-8 reader and two statements to
+#: the server. The client is told UTF8 (ParameterStatus), as when it asks for it.
+PINNED_PARAMS = {"client_encoding": "UTF8", "standard_conforming_strings": "on"}
 INSUFFICIENT_PRIVILEGE = "42501"
 #: Seconds a client has to start up and authenticate, and how often it may ask for TLS or GSS first (each answered N).
 LOGIN_SECONDS = 30.0
@@ -201,7 +206,7 @@ class Session:
         self.agent, self.database = agent, database
         assert token is not None  # proven above
         self.scrub = SecretScrubber({password: "[database password]", token: "[agent token]"})
-        passed = {k: v for k, v in params.items() if k in PASSED_PARAMS}
+        passed = {k: v for k, v in params.items() if k in PASSED_PARAMS} | PINNED_PARAMS
         self.upstream = await connect(database, password, passed)
         self.gate.register(self.key, self)
         out = auth(0) + b"".join(m.encode() for m in self.upstream.parameters) + backend_key(*self.key)

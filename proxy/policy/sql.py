@@ -20,6 +20,10 @@ ALLOW_KEYS = _MATCH_KEYS | {"columns", "functions"}
 DENY_KEYS = _MATCH_KEYS | {"reason"}
 #: The rule that lets transaction control through (BEGIN, COMMIT, ROLLBACK, SAVEPOINT): it changes nothing itself.
 TRANSACTION_RULE = "builtin/transaction-control"
+#: Settings that change how the server reads SQL text. The gateway reads it as UTF-8 with standard-conforming strings
+#: and pins both when it logs in upstream: changed, the server would split and quote the text otherwise than the
+#: statements decided (a Shift-JIS byte before a backslash ends an E'' string the gateway reads on).
+PINNED_SETTINGS = frozenset({"client_encoding", "standard_conforming_strings"})
 
 
 def is_sql_rule(spec: Any) -> bool:
@@ -103,6 +107,9 @@ def decide(policies: Iterable[Policy], database: str, agent: str, statements: tu
                       None)
         if denied is not None:
             return Decision("deny", denied.reason or f"denied by rule '{denied.name}'", denied.key), statement
+        if statement.kind == "set" and (statement.setting or "").lower() in PINNED_SETTINGS:
+            return Decision("deny", f"{statement.setting} is fixed by goex-proxy (it reads statements as UTF-8 with "
+                                    "standard-conforming strings)"), statement
         if statement.copy_program:
             return Decision("deny", "COPY to or from a file or program on the database server is never relayed "
                                     "(COPY ... FROM STDIN and TO STDOUT can be allowed)"), statement

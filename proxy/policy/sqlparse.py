@@ -6,7 +6,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
-from pglast import ast, parse_sql
+from pglast import ast, enums, parse_sql
 from pglast.parser import ParseError
 from pglast.visitors import Visitor
 
@@ -92,8 +92,8 @@ def _kind_of(node: Any) -> str:
         return "update"
     if isinstance(node, ast.CopyStmt):
         return "copy"
-    if isinstance(node, _TRANSACTION):
-        return "transaction"
+    if isinstance(node, _TRANSACTION):  # two-phase commit acts beyond the session: another transaction, kept locks
+        return "other" if node.kind in _TWO_PHASE else "transaction"
     if isinstance(node, _SET):
         return "set"
     name = type(node).__name__
@@ -101,6 +101,13 @@ def _kind_of(node: Any) -> str:
         return "ddl"
     return "other"
 
+
+_TWO_PHASE = frozenset({enums.TransactionStmtKind.TRANS_STMT_PREPARE, enums.TransactionStmtKind.TRANS_STMT_COMMIT_PREPARED,
+                        enums.TransactionStmtKind.TRANS_STMT_ROLLBACK_PREPARED})
+_MERGE_KINDS = {enums.CmdType.CMD_UPDATE: "update", enums.CmdType.CMD_DELETE: "delete",
+                enums.CmdType.CMD_INSERT: "insert"}
+#: The name a DO block's code is listed under in `functions` (code the policy cannot see through, like a function's).
+DO_BLOCK = "DO"
 
 _WRITES = (ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.TruncateStmt, ast.MergeStmt, ast.CopyStmt)
 
@@ -120,6 +127,21 @@ class _Walk(Visitor):
         if isinstance(node, (ast.UpdateStmt, ast.DeleteStmt)) and node.whereClause is None \
                 or isinstance(node, ast.TruncateStmt):
             self.where = False
+        if isinstance(node, ast.MergeStmt):  # each WHEN clause is an insert, update or delete; the ON is no WHERE
+            actions = {_MERGE_KINDS[c.commandType] for c in node.mergeWhenClauses or () if c.commandType in _MERGE_KINDS}
+            self.kinds |= actions
+            if actions & {"update", "delete"}:
+                self.where = False
+        elif isinstance(node, ast.OnConflictClause) and node.action == enums.OnConflictAction.ONCONFLICT_UPDATE:
+            self.kinds.add("update")  # INSERT ... ON CONFLICT DO UPDATE updates the rows that are there
+        elif isinstance(node, ast.LockingClause):
+            self.kinds.add("update")  # SELECT ... FOR UPDATE/SHARE locks rows: PostgreSQL asks UPDATE privilege too
+        elif isinstance(node, ast.DoStmt):
+            self.functions.append(DO_BLOCK)
+        elif isinstance(node, ast.A_Indirection):
+            # `(x).name` is a field of x, or the function name(x) ("('seq'::regclass).nextval" calls nextval): which
+            # one only the server knows, so each name is read as a function the policy must see through.
+            self.functions.extend(str(part.sval) for part in node.indirection or () if isinstance(part, ast.String))
         if isinstance(node, ast.FuncCall):
             self.functions.append(".".join(part.sval for part in node.funcname or ()))
         elif isinstance(node, ast.ColumnRef):
@@ -134,7 +156,7 @@ def _names_written_column(ancestors: Any) -> bool:
     holder = getattr(ancestors, "parent", None)  # the tuple holding the target, then the statement holding the tuple
     statement, member = getattr(holder, "node", None), getattr(holder, "member", None)
     return isinstance(statement, ast.InsertStmt) and member == "cols" or \
-        isinstance(statement, ast.UpdateStmt) and member == "targetList"
+        isinstance(statement, (ast.UpdateStmt, ast.OnConflictClause, ast.MergeWhenClause)) and member == "targetList"
 
 
 def _tables(node: Any) -> tuple[str, ...]:

@@ -1,0 +1,67 @@
+"""A hostile agent against the PostgreSQL gateway, with the real server behind it: each test is an attack that ran
+what the policy does not allow (or hid what ran from the audit log) before the gateway was fixed."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from psycopg import errors
+
+from tests.e2e.test_db_gateway import POLICY, db_rows, direct, gateway, postgres, start_gateway  # noqa: F401
+from tests.pg import server_bin
+
+pytestmark = [pytest.mark.e2e,
+              pytest.mark.skipif(server_bin() is None, reason="PostgreSQL is not installed (tests/install-tools)")]
+
+#: `SELECT E'Á\' ; DELETE FROM payroll; --'` in UTF-8: one string literal to a UTF-8 reader (the backslash escapes the
+#: quote). In Shift-JIS, C3 is one character and 81 5C another, so the backslash is gone, the quote ends the string,
+#: and DELETE FROM payroll is a statement of its own.
+SMUGGLED = b"SELECT E'\xc3\x81\\' ; DELETE FROM payroll; --'"
+
+
+def test_a_client_encoding_cannot_hide_a_statement_in_a_string(gateway, postgres) -> None:  # noqa: F811
+    _, url = gateway
+    pg = postgres
+    direct(pg, "INSERT INTO payroll (salary) VALUES (100), (200) RETURNING id")
+    before = direct(pg, "SELECT count(*) FROM payroll")[0][0]
+    with psycopg.connect(url, autocommit=True, client_encoding="SJIS") as conn:
+        with psycopg.ClientCursor(conn) as cur:  # the simple protocol, as is
+            cur.execute(SMUGGLED)
+            assert direct(pg, "SELECT count(*) FROM payroll")[0][0] == before
+            assert cur.fetchone() == ("Á' ; DELETE FROM payroll; --",)  # the one string the gateway read
+        assert conn.info.parameter_status("client_encoding") == "UTF8"  # what the server reads, whatever was asked
+        with pytest.raises(errors.InsufficientPrivilege, match="client_encoding is fixed by goex-proxy"):
+            conn.execute("SET client_encoding = 'SJIS'")
+    assert direct(pg, "SELECT count(*) FROM payroll")[0][0] == before
+
+
+def test_a_function_called_as_a_field_is_a_function(gateway, postgres) -> None:  # noqa: F811
+    """`(x).f` is f(x) when x has no field f: nextval advanced the orders' sequence from a read-only rule."""
+    _, url = gateway
+    pg = postgres
+    before = direct(pg, "SELECT last_value FROM orders_id_seq")
+    with psycopg.connect(url, autocommit=True) as conn:
+        with pytest.raises(errors.InsufficientPrivilege, match="calls nextval"):
+            conn.execute("SELECT ('orders_id_seq'::regclass).nextval FROM orders LIMIT 1")
+    assert direct(pg, "SELECT last_value FROM orders_id_seq") == before
+
+
+def test_upserts_and_merges_are_the_writes_they_make(make_proxy, postgres) -> None:  # noqa: F811
+    """An insert-only rule let ON CONFLICT DO UPDATE change rows that were there; a rule for updates let MERGE
+    delete them."""
+    more_policy = ("  - name: add only\n    allow: {database: shop, statements: [insert], tables: [customers]}\n"
+                   "  - name: change customers\n    allow: {database: shop, statements: [update], tables: "
+                   "[customers]}\n")
+    proxy, url = start_gateway(make_proxy, postgres)
+    proxy.write_policy("shop", POLICY + more_policy)
+    direct(postgres, "WITH gone AS (DELETE FROM customers RETURNING id) SELECT setval('customers_id_seq', 1, false)")
+    direct(postgres, "INSERT INTO customers (name) VALUES ('ann'), ('bob') RETURNING id")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO customers (name) VALUES (%s)", ("cy",))  # the rule works
+        with pytest.raises(errors.InsufficientPrivilege):
+            conn.execute("INSERT INTO customers (id, name) VALUES (1, 'x') ON CONFLICT (id) DO UPDATE SET name = 'x'")
+        with pytest.raises(errors.InsufficientPrivilege):
+            conn.execute("MERGE INTO customers c USING (SELECT 2 AS id) s ON c.id = s.id WHEN MATCHED THEN DELETE")
+    assert direct(postgres, "SELECT id, name FROM customers ORDER BY id") == [(1, "ann"), (2, "bob"), (3, "cy")]
+    refused = [r for r in db_rows(proxy) if r["decision"] == "deny"]
+    assert [r["method"] for r in refused] == ["INSERT", "UPDATE"]

@@ -1,0 +1,106 @@
+"""A hostile agent's statements against the classifier and the SQL rules: each one ran something its policy does not
+allow (or would, on a database with the objects it names) until the gateway read it for what it does."""
+
+from __future__ import annotations
+
+import pytest
+
+from goex_proxy.policy.load import check_policy_text
+from goex_proxy.policy.sql import TRANSACTION_RULE, decide
+from goex_proxy.policy.sqlparse import parse
+
+POLICY = """\
+version: 1
+name: shop
+agents: [bot]
+rules:
+  - name: read
+    allow: {database: shop, statements: [select], tables: [orders, customers]}
+  - name: add orders
+    allow: {database: shop, statements: [insert], tables: [orders], columns: [item, qty]}
+  - name: change quantities
+    allow: {database: shop, statements: [update], tables: [orders], columns: [qty, id]}
+  - name: settings
+    allow: {database: shop, statements: [set]}
+  - name: housekeeping
+    allow: {database: shop, statements: [other]}
+  - name: no unbounded writes
+    deny: {database: shop, statements: [update, delete], when: "!statement.where", reason: need a WHERE}
+"""
+
+
+def verdict(sql: str, text: str = POLICY):
+    policy, problems = check_policy_text(text, "shop.yaml")
+    assert policy is not None, problems
+    decision, _ = decide((policy,), "shop", "bot", parse(sql), now=0.0)
+    return decision
+
+
+def test_the_policy_allows_what_it_means_to() -> None:
+    """The attacks below are refused for what they do, not because nothing is allowed."""
+    assert verdict("SELECT item FROM orders WHERE id = 1").effect == "allow"
+    assert verdict("INSERT INTO orders (item, qty) VALUES ('x', 1)").effect == "allow"
+    assert verdict("UPDATE orders SET qty = 2 WHERE id = 1").effect == "allow"
+    assert verdict("INSERT INTO orders (item, qty) VALUES ('x', 1) ON CONFLICT DO NOTHING").effect == "allow"
+    assert verdict("SET statement_timeout = 1000").effect == "allow"
+    assert verdict("VACUUM orders").effect == "allow"
+    assert verdict("COMMIT").rule == TRANSACTION_RULE
+
+
+@pytest.mark.parametrize("sql", [
+    # A function called by attribute notation, `(x).f` for f(x), is no FuncCall in the tree: nextval writes a
+    # sequence, pg_sleep holds the connection, pg_terminate_backend ends other sessions of the same role.
+    "SELECT ('orders_id_seq'::regclass).nextval",
+    "SELECT (3600::float8).pg_sleep",
+    "SELECT (pid).pg_terminate_backend FROM (SELECT 42 AS pid) AS p",
+    # MERGE was read as an UPDATE whatever its WHEN clauses do: here it deletes, under a rule for updates.
+    "MERGE INTO orders o USING (SELECT 1 AS id) s ON o.id = s.id WHEN MATCHED THEN DELETE",
+    # Its ON is no WHERE: every row of orders matches ON true.
+    "MERGE INTO orders o USING (SELECT 1 AS x) s ON true WHEN MATCHED THEN UPDATE SET qty = 0",
+    # INSERT ... ON CONFLICT DO UPDATE updates rows that are there, under a rule for inserts only, and writes a
+    # column (item) the update rule does not list.
+    "INSERT INTO orders (item, qty) VALUES ('x', 1) ON CONFLICT (id) DO UPDATE SET qty = 0",
+    "INSERT INTO orders (item, qty) VALUES ('x', 1) ON CONFLICT (id) DO UPDATE SET item = 'y' WHERE orders.id = 1",
+    # SELECT ... FOR UPDATE locks rows (held as long as the transaction is), which PostgreSQL grants with UPDATE.
+    "SELECT * FROM customers FOR UPDATE",
+    # A DO block is code, as a function is: a rule for `other` (VACUUM, LISTEN) does not let it run.
+    "DO $$ BEGIN DELETE FROM payroll; END $$",
+    # The client encoding and string syntax the gateway reads statements in cannot be changed under it.
+    "SET client_encoding = 'SJIS'",
+    "SET NAMES 'GBK'",
+    "SET standard_conforming_strings = off",
+    "RESET standard_conforming_strings",
+])
+def test_refused(sql: str) -> None:
+    decision = verdict(sql)
+    assert decision.effect == "deny", (sql, decision)
+
+
+def test_why_they_are_refused() -> None:
+    assert "calls nextval" in verdict("SELECT ('orders_id_seq'::regclass).nextval").reason
+    assert "no rule allows DELETE/UPDATE on orders" in verdict(
+        "MERGE INTO orders o USING (SELECT 1 AS id) s ON o.id = s.id WHEN MATCHED THEN DELETE",
+        POLICY.replace("when: \"!statement.where\"", "when: 'false'")).reason
+    assert verdict("MERGE INTO orders o USING (SELECT 1 AS x) s ON true WHEN MATCHED THEN UPDATE SET qty = 0"
+                   ).reason == "need a WHERE"
+    assert "calls DO" in verdict("DO $$ BEGIN END $$").reason
+    assert "client_encoding is fixed by goex-proxy" in verdict("SET NAMES 'SJIS'").reason
+
+
+def test_merge_and_upsert_are_every_kind_they_perform() -> None:
+    (merge,) = parse("MERGE INTO orders o USING src s ON o.id = s.id WHEN MATCHED THEN UPDATE SET qty = s.qty "
+                     "WHEN NOT MATCHED THEN INSERT (item, qty) VALUES (s.item, s.qty)")
+    assert merge.kinds == {"update", "insert"}
+    assert {"qty", "item"} <= set(merge.columns) and not merge.where
+    (upsert,) = parse("INSERT INTO orders (item) VALUES ('x') ON CONFLICT (id) DO UPDATE SET status = 'new'")
+    assert upsert.kinds == {"insert", "update"} and "status" in upsert.columns
+
+
+@pytest.mark.parametrize("sql", ["COMMIT PREPARED 'theirs'", "ROLLBACK PREPARED 'theirs'", "PREPARE TRANSACTION 'kept'"])
+def test_two_phase_commit_is_not_transaction_control(sql: str) -> None:
+    """Transaction control needs no rule because it changes nothing by itself; two-phase commit does: it commits or
+    rolls back another session's prepared transaction, or leaves one holding its locks after the session ends."""
+    (statement,) = parse(sql)
+    assert statement.kinds == {"other"}
+    decision = verdict(sql, POLICY.replace("statements: [other]", "statements: [ddl]"))
+    assert decision.effect == "deny" and decision.rule != TRANSACTION_RULE
