@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import itertools
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -183,11 +185,47 @@ def _statement(text: str, node: Any) -> Statement:
                      tuple(dict.fromkeys(walk.functions)), setting, copy_program)
 
 
-@functools.lru_cache(maxsize=2048)
+#: Text longer than this is parsed again each time rather than kept in the cache (2048 texts of up to a message's
+#: 64 MiB each would be the gateway's memory).
+CACHED_CHARS = 16 * 1024
+#: Text longer than this has its tree's depth measured before pglast builds it: pglast builds Python nodes
+#: recursively, and a tree some 50,000 deep (`SELECT 1+1+...+1`, 2 bytes a level) overflows the C stack and kills
+#: the process (the gateway, and `run`'s proxy with it). Up to this length a tree is at most ~4,000 deep, which
+#: pglast builds.
+DEPTH_CHECKED_CHARS = 8 * 1024
+#: The deepest tree (in its JSON's nesting) a longer text may have; statements people and ORMs write nest far less.
+MAX_DEPTH = 2000
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_STEP = {"{": 1, "[": 1, "}": -1, "]": -1}
+
+
 def parse(sql: str) -> tuple[Statement, ...]:
     """Every statement in `sql`, in order; SqlError with the parser's message when it does not parse. Cached by the
     text: clients send the same statements again and again, and the parser's tree costs about 250 µs to build."""
+    return _cached(sql) if len(sql) <= CACHED_CHARS else _parse(sql)
+
+
+@functools.lru_cache(maxsize=2048)
+def _cached(sql: str) -> tuple[Statement, ...]:
+    return _parse(sql)
+
+
+def _check_depth(sql: str) -> None:
+    """SqlError if the tree of a long text is deeper than MAX_DEPTH (measured on libpg_query's JSON, built in C,
+    without recursion in Python)."""
+    from pglast.parser import parse_sql_json
+
+    tree = _NOT_BRACKET.sub("", _JSON_STRING.sub("", parse_sql_json(sql)))
+    depth = max(itertools.accumulate(map(_STEP.__getitem__, tree)), default=0)
+    if depth > MAX_DEPTH:
+        raise SqlError(f"the statement nests {depth} deep (goex-proxy reads statements up to {MAX_DEPTH} deep)")
+
+
+def _parse(sql: str) -> tuple[Statement, ...]:
     try:
+        if len(sql) > DEPTH_CHECKED_CHARS:
+            _check_depth(sql)
         raw = parse_sql(sql)
     except ParseError as exc:
         raise SqlError(f"the statement does not parse: {exc.args[0]}") from None

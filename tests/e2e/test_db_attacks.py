@@ -65,3 +65,15 @@ def test_upserts_and_merges_are_the_writes_they_make(make_proxy, postgres) -> No
     assert direct(postgres, "SELECT id, name FROM customers ORDER BY id") == [(1, "ann"), (2, "bob"), (3, "cy")]
     refused = [r for r in db_rows(proxy) if r["decision"] == "deny"]
     assert [r["method"] for r in refused] == ["INSERT", "UPDATE"]
+
+
+def test_a_statement_too_deep_to_read_does_not_take_the_gateway_down(gateway) -> None:  # noqa: F811
+    """200,000 terms of `1+1+...` made pglast overflow the C stack: `run` died, its proxy with it."""
+    proxy, url = gateway
+    with psycopg.connect(url, autocommit=True) as conn:
+        with pytest.raises(errors.InsufficientPrivilege, match="does not parse|nests"):
+            conn.execute("SELECT " + "+".join(["1"] * 200000))
+        assert conn.execute("SELECT count(*) FROM orders").fetchone() == (3,)
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM orders").fetchone() == (3,)
+    assert proxy.proc.poll() is None

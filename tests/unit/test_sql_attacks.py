@@ -104,3 +104,29 @@ def test_two_phase_commit_is_not_transaction_control(sql: str) -> None:
     assert statement.kinds == {"other"}
     decision = verdict(sql, POLICY.replace("statements: [other]", "statements: [ddl]"))
     assert decision.effect == "deny" and decision.rule != TRANSACTION_RULE
+
+
+def test_a_tree_too_deep_to_build_is_refused_not_a_crash() -> None:
+    """`SELECT 1+1+...+1` of 200,000 terms (400 kB) made pglast overflow the C stack building its nodes: a
+    segmentation fault of the gateway's process, which is `run`'s proxy too. Run apart, so a crash fails the test."""
+    import subprocess
+    import sys
+
+    probe = ("from goex_proxy.policy.sqlparse import SqlError, parse\n"
+             "try:\n    parse('SELECT ' + '+'.join(['1'] * 200000))\nexcept SqlError as exc:\n    print(exc)\n")
+    ran = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert "does not parse" in ran.stdout or "nests" in ran.stdout
+
+
+def test_long_statements_are_measured_and_not_kept() -> None:
+    from goex_proxy.policy import sqlparse
+
+    nested = "SELECT " + "+".join(["1"] * 3000) + " -- " + "x" * sqlparse.DEPTH_CHECKED_CHARS
+    with pytest.raises(sqlparse.SqlError, match="nests"):
+        parse(nested)
+    rows = ",".join(f"('item {i} \"{{[]]}}', {i})" for i in range(2000))  # brackets in strings are no depth
+    before = sqlparse._cached.cache_info().currsize
+    (insert,) = parse(f"INSERT INTO orders (item, qty) VALUES {rows}")
+    assert insert.kinds == {"insert"}
+    assert sqlparse._cached.cache_info().currsize == before  # a long text is not held in the cache
