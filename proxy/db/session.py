@@ -97,7 +97,7 @@ class Refused(Exception):
 class _Pending:
     """A message sent upstream whose response the gateway waits for: a simple query, an Execute, or a refusal."""
 
-    kind: str                       # "query", "execute" or "refusal"
+    kind: str                       # "query", "execute", "refusal", or "ready": where a ReadyForQuery will answer
     request_id: str | None
     started: float
     reason: str = ""
@@ -128,6 +128,7 @@ class Session:
         self.prepared: dict[str, _Prepared] = {}
         self.portals: dict[str, tuple[_Prepared, list[Any]]] = {}
         self.skipping = False
+        self.in_batch = False   # extended-protocol messages sent since the last Sync
         self.key = (secrets.randbits(31), secrets.randbits(32))
         self._out: list[bytes] = []
 
@@ -265,6 +266,13 @@ class Session:
         kind = msg.kind
         if self.skipping and kind != b"S":
             return  # the rest of a batch whose statement was refused: the server would skip it too
+        if kind in (b"Q", b"F") and self.in_batch:
+            # The server ignores a Query after an error in an unsynced batch (no ReadyForQuery answers it), which
+            # the gateway cannot know yet: outcomes would be matched to the wrong statements. libpq never does it.
+            raise Refused("08P01", "goex-proxy does not relay a simple Query or function call inside an "
+                                   "extended-protocol batch (send Sync first)")
+        if kind in (b"P", b"B", b"E", b"D"):  # the messages that can fail (Close and Flush cannot)
+            self.in_batch = True
         if kind == b"Q":
             await self._query(query_text(msg.payload))
         elif kind == b"P":
@@ -275,7 +283,8 @@ class Session:
         elif kind == b"E":
             await self._execute(msg)
         elif kind == b"S":
-            self.skipping = False
+            self.skipping = self.in_batch = False
+            self.pending.append(_Pending("ready", None, time.time()))
             self._send(msg.encode())
         elif kind == b"C":
             what, name = close_target(msg.payload)
@@ -319,7 +328,7 @@ class Session:
             await self._refuse_simple(decision.reason, sql, statements, decision)
             return
         request_id = await self._record(sql, None, statements, decision) if statements else None
-        self.pending.append(_Pending("query", request_id, time.time()))
+        self.pending.extend((_Pending("query", request_id, time.time()), _Pending("ready", None, time.time())))
         self._send(message(b"Q", sql.encode() + b"\0"))
 
     async def _refuse_simple(self, reason: str, sql: str | None = None, statements: tuple[Statement, ...] = (),
@@ -327,7 +336,7 @@ class Session:
         assert self.upstream is not None
         if sql is not None:
             await self._record(sql, None, statements, decision or Decision("deny", reason))
-        self.pending.append(_Pending("refusal", None, time.time(), reason))
+        self.pending.extend((_Pending("refusal", None, time.time(), reason), _Pending("ready", None, time.time())))
         self._send(message(b"Q", REFUSAL_PROBE.encode() + b"\0"))
 
     def _refuse_extended(self, reason: str, statement: str = REFUSED_STATEMENT) -> None:
@@ -396,7 +405,7 @@ class Session:
     def _back(self, msg: Message) -> bytes:
         """What the agent is sent for one of the server's messages."""
         head = self.pending[0] if self.pending else None
-        if msg.kind == b"E" and head is not None:
+        if msg.kind == b"E" and head is not None and head.kind != "ready":
             self.pending.popleft()
             if head.kind == "refusal":
                 return error_response(INSUFFICIENT_PRIVILEGE, f"goex-proxy refused the statement: {head.reason}")
@@ -412,7 +421,7 @@ class Session:
             self.pending.popleft()
             self._finish(head)
         elif msg.kind == b"Z":
-            self._finish_all("not run: an earlier message of its batch failed")
+            self._finish_all("not run: an earlier message of its batch failed", through_ready=True)
         return msg.encode()
 
     def _finish(self, pending: _Pending) -> None:
@@ -421,10 +430,13 @@ class Session:
         self.gate.record_outcome(pending.request_id, record.outcome(pending.tags, pending.error, pending.started,
                                                                     self.scrub, self.gate.config.max_body_bytes))
 
-    def _finish_all(self, why: str) -> None:
-        """At ReadyForQuery: simple queries end; an Execute that got no answer did not run."""
+    def _finish_all(self, why: str, through_ready: bool = False) -> None:
+        """At ReadyForQuery (`through_ready`: what was sent before the Query or Sync it answers; pipelined ones
+        after it wait for their own): simple queries end; an Execute that got no answer did not run."""
         while self.pending:
             pending = self.pending.popleft()
+            if pending.kind == "ready" and through_ready:
+                return
             if pending.kind == "execute" and pending.error is None and not pending.tags:
                 pending.error = why
             self._finish(pending)

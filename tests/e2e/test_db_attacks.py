@@ -3,10 +3,15 @@ what the policy does not allow (or hid what ran from the audit log) before the g
 
 from __future__ import annotations
 
+import json
+import os
+import struct
+
 import psycopg
 import pytest
 from psycopg import errors
 
+from goex_proxy.db.wire import message, parse_payload
 from tests.e2e.test_db_gateway import POLICY, db_rows, direct, gateway, postgres, start_gateway  # noqa: F401
 from tests.pg import server_bin
 
@@ -77,3 +82,62 @@ def test_a_statement_too_deep_to_read_does_not_take_the_gateway_down(gateway) ->
     with psycopg.connect(url, autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM orders").fetchone() == (3,)
     assert proxy.proc.poll() is None
+
+
+def raw_exchange(url: str, data: bytes, readies: int) -> bytes:
+    """`data` written on a connection psycopg logged in (SCRAM and all), as one write; the server's answer up to the
+    `readies`-th ReadyForQuery."""
+    import socket
+
+    conn = psycopg.connect(url, autocommit=True)
+    try:
+        sock = socket.socket(fileno=os.dup(conn.pgconn.socket))
+        sock.settimeout(30)
+        with sock:
+            sock.sendall(data)
+            got = b""
+            while got.count(b"Z\x00\x00\x00\x05") < readies:
+                chunk = sock.recv(65536)
+                assert chunk, got
+                got += chunk
+            return got
+    finally:
+        conn.close()
+
+
+def extended(sql: str) -> bytes:
+    """Parse, Bind and Execute of `sql` (unnamed statement and portal, no parameters), then Sync."""
+    return (message(b"P", parse_payload("", sql)) + message(b"B", b"\0\0" + struct.pack("!HHH", 0, 0, 0))
+            + message(b"E", b"\0" + struct.pack("!I", 0)) + message(b"S"))
+
+
+def test_a_pipelined_write_is_recorded_as_run(gateway, postgres) -> None:  # noqa: F811
+    """Two Syncs' batches sent at once: the first ReadyForQuery closed every statement still waiting, so the second
+    batch's UPDATE, which ran, was recorded as 'not run: an earlier message of its batch failed'."""
+    proxy, url = gateway
+    raw_exchange(url, extended("SELECT item FROM orders WHERE id = 1")
+                 + extended("UPDATE orders SET qty = 42 WHERE id = 2"), readies=2)
+    assert direct(postgres, "SELECT qty FROM orders WHERE id = 2") == [(42,)]
+    (update,) = [r for r in db_rows(proxy) if r["method"] == "UPDATE"]
+    assert (update["status"], update["error"]) == (0, None)
+    assert json.loads(update["resp_body"]) == {"tags": ["UPDATE 1"], "rows": 1}
+
+
+def test_a_query_inside_an_unsynced_batch_ends_the_connection(gateway, postgres) -> None:  # noqa: F811
+    """After an error in an extended batch the server ignores everything up to Sync, a simple Query too, unanswered:
+    the gateway would match the next answers to the wrong statements. Such a Query is a protocol error."""
+    proxy, url = gateway
+    bad_bind = message(b"B", b"\0no such statement\0" + struct.pack("!HHH", 0, 0, 0))
+    import socket
+
+    got = b""
+    conn = psycopg.connect(url, autocommit=True)
+    with socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
+        sock.settimeout(30)
+        sock.sendall(bad_bind + message(b"Q", b"UPDATE orders SET qty = 9 WHERE id = 3\0") + message(b"S"))
+        while chunk := sock.recv(65536):
+            got += chunk
+    conn.close()
+    assert b"08P01" in got and b"inside an extended-protocol batch" in got
+    assert direct(postgres, "SELECT qty FROM orders WHERE id = 3") == [(7,)]
+    assert not [r for r in db_rows(proxy) if r["method"] == "UPDATE"]
