@@ -328,6 +328,7 @@ class Session:
             await self._refuse_simple(decision.reason, sql, statements, decision)
             return
         request_id = await self._record(sql, None, statements, decision) if statements else None
+        self._forget(statements)
         self.pending.extend((_Pending("query", request_id, time.time()), _Pending("ready", None, time.time())))
         self._send(message(b"Q", sql.encode() + b"\0"))
 
@@ -383,10 +384,25 @@ class Session:
         prepared, params = found
         request_id = await self._record(prepared.sql, params, prepared.statements, prepared.decision) \
             if prepared.statements else None
+        self._forget(prepared.statements)
         self.pending.append(_Pending("execute", request_id, time.time()))
         self._send(msg.encode())
 
     _policies: tuple[Policy, ...] = ()
+
+    def _forget(self, statements: tuple[Statement, ...]) -> None:
+        """Statements and portals that SQL about to run makes or drops (PREPARE, DEALLOCATE, DECLARE, CLOSE,
+        DISCARD ALL) are no longer known: a Bind or Execute naming them is refused. Else a name whose Parse the
+        server failed (the gateway took it as made) and then PREPAREd as an UPDATE ran as the SELECT it was
+        recorded as."""
+        for statement in statements:
+            for name in statement.names:
+                what, _, which = name.partition(":")
+                known = self.prepared if what == "statement" else self.portals
+                if which == "*":
+                    known.clear()
+                else:
+                    known.pop(which, None)
 
     async def _relay_back(self) -> None:
         """The server's messages to the agent, each refusal's syntax error replaced by the refusal, and each

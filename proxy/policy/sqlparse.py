@@ -61,6 +61,9 @@ class Statement:
     functions: tuple[str, ...]      # every function it calls, as written (`pg_catalog.lower` keeps its schema)
     setting: str | None = None      # SET/SHOW: the setting's name
     copy_program: bool = False      # COPY to or from a server file or program
+    #: Server-side names it makes or drops, which the extended protocol's Bind and Execute name too:
+    #: `statement:NAME` (PREPARE, DEALLOCATE), `portal:NAME` (DECLARE, CLOSE), NAME `*` for all of them.
+    names: tuple[str, ...] = ()
 
     def as_cel(self) -> dict[str, Any]:
         """What a rule's `when` reads as `statement`."""
@@ -168,6 +171,20 @@ def _tables(node: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(sorted(referenced_relations(node))))
 
 
+def _names(node: Any) -> tuple[str, ...]:
+    if isinstance(node, ast.PrepareStmt):
+        return (f"statement:{node.name}",)
+    if isinstance(node, ast.DeallocateStmt):
+        return ("statement:*",) if node.isall or node.name is None else (f"statement:{node.name}",)
+    if isinstance(node, ast.DiscardStmt) and node.target == enums.DiscardMode.DISCARD_ALL:
+        return ("statement:*", "portal:*")
+    if isinstance(node, ast.DeclareCursorStmt):
+        return (f"portal:{node.portalname}",)
+    if isinstance(node, ast.ClosePortalStmt):
+        return (f"portal:{node.portalname}" if node.portalname is not None else "portal:*",)
+    return ()
+
+
 def _statement(text: str, node: Any) -> Statement:
     top: Any = node.query if isinstance(node, ast.ExplainStmt) else node  # EXPLAIN ANALYZE runs it: read as what it explains
     if isinstance(top, ast.PrepareStmt):  # PREPARE ... AS: the statement it prepares
@@ -182,7 +199,7 @@ def _statement(text: str, node: Any) -> Statement:
     setting = top.name if isinstance(top, _SET) else None
     copy_program = isinstance(top, ast.CopyStmt) and (bool(top.filename) or bool(top.is_program))
     return Statement(text, kind, frozenset(kinds), _tables(top), tuple(dict.fromkeys(walk.columns)), walk.where,
-                     tuple(dict.fromkeys(walk.functions)), setting, copy_program)
+                     tuple(dict.fromkeys(walk.functions)), setting, copy_program, _names(node))
 
 
 #: Text longer than this is parsed again each time rather than kept in the cache (2048 texts of up to a message's

@@ -141,3 +141,19 @@ def test_a_query_inside_an_unsynced_batch_ends_the_connection(gateway, postgres)
     assert b"08P01" in got and b"inside an extended-protocol batch" in got
     assert direct(postgres, "SELECT qty FROM orders WHERE id = 3") == [(7,)]
     assert not [r for r in db_rows(proxy) if r["method"] == "UPDATE"]
+
+
+def test_a_statement_name_reprepared_in_sql_is_not_taken_for_the_old_one(gateway, postgres) -> None:  # noqa: F811
+    """A Parse the server fails (an unknown column) left the gateway believing statement `s` was that SELECT; SQL
+    `PREPARE s AS UPDATE ...` then made `s` an UPDATE, whose Bind and Execute the log recorded as the SELECT."""
+    proxy, url = gateway
+    bind_execute = (message(b"B", b"\0s\0" + struct.pack("!HHH", 0, 0, 0)) + message(b"E", b"\0" + struct.pack("!I", 0))
+                    + message(b"S"))
+    got = raw_exchange(url, message(b"P", parse_payload("s", "SELECT item FROM orders WHERE nosuchcolumn = 1"))
+                       + message(b"S") + message(b"Q", b"PREPARE s AS UPDATE orders SET qty = 0 WHERE id = 1\0")
+                       + bind_execute, readies=3)
+    assert b"not prepared through goex-proxy" in got
+    assert direct(postgres, "SELECT qty FROM orders WHERE id = 1") == [(3,)]
+    for row in db_rows(proxy):
+        if row["resp_body"] and row["method"] == "SELECT":
+            assert "UPDATE" not in row["resp_body"]

@@ -130,3 +130,19 @@ def test_long_statements_are_measured_and_not_kept() -> None:
     (insert,) = parse(f"INSERT INTO orders (item, qty) VALUES {rows}")
     assert insert.kinds == {"insert"}
     assert sqlparse._cached.cache_info().currsize == before  # a long text is not held in the cache
+
+
+@pytest.mark.parametrize(("sql", "names"), [
+    ("PREPARE s AS UPDATE orders SET qty = 0 WHERE id = 1", ("statement:s",)),
+    ("DEALLOCATE s", ("statement:s",)),
+    ("DEALLOCATE ALL", ("statement:*",)),
+    ("DISCARD ALL", ("statement:*", "portal:*")),
+    ("DECLARE c CURSOR FOR SELECT * FROM orders", ("portal:c",)),
+    ("CLOSE ALL", ("portal:*",)),
+    ("SELECT 1", ()),
+])
+def test_sql_that_makes_or_drops_protocol_names_says_which(sql: str, names: tuple[str, ...]) -> None:
+    """The gateway forgets these names when the SQL runs: the server's statement or portal is no longer the one
+    the gateway decided, so a Bind or Execute naming it is refused."""
+    (statement,) = parse(sql)
+    assert statement.names == names
