@@ -382,7 +382,18 @@ class Session:
             self._refuse_extended(why)
             return
         prepared, params = found
-        request_id = await self._record(prepared.sql, params, prepared.statements, prepared.decision) \
+        decision = prepared.decision
+        if prepared.statements and decision.effect == "allow":
+            # Decided again as it runs: a policy edited since the Parse applies to a prepared statement's next run
+            # too (psycopg, JDBC and asyncpg prepare what they run often, and Parse it only once).
+            assert self.database is not None
+            self._policies = await self.gate.policies()
+            decision = decide(self._policies, self.database.name, self.agent, prepared.statements)[0]
+            if decision.effect == "deny":
+                await self._record(prepared.sql, params, prepared.statements, decision)
+                self._refuse_extended(decision.reason)
+                return
+        request_id = await self._record(prepared.sql, params, prepared.statements, decision) \
             if prepared.statements else None
         self._forget(prepared.statements)
         self.pending.append(_Pending("execute", request_id, time.time()))

@@ -20,7 +20,7 @@ _TRANSACTION = (ast.TransactionStmt,)
 _SET = (ast.VariableSetStmt, ast.VariableShowStmt)
 #: Statements that change the schema, roles or the server's objects rather than rows.
 _DDL_NAMES = ("Create", "Alter", "Drop", "Rename", "Grant", "Comment", "Index", "Reindex", "Cluster", "Refresh",
-              "Security", "Define", "Composite", "Rule", "View", "Import", "Reassign", "Alter")
+              "Security", "SecLabel", "Define", "Composite", "Rule", "View", "Import", "Reassign", "Alter")
 
 #: Functions whose result depends only on their arguments (or the clock or session), that read and write no table,
 #: call no user code and reach nothing beyond the server: a statement calling only these is seen through.
@@ -113,6 +113,7 @@ _MERGE_KINDS = {enums.CmdType.CMD_UPDATE: "update", enums.CmdType.CMD_DELETE: "d
                 enums.CmdType.CMD_INSERT: "insert"}
 #: The name a DO block's code is listed under in `functions` (code the policy cannot see through, like a function's).
 DO_BLOCK = "DO"
+LOAD_LIBRARY = "LOAD"
 
 _WRITES = (ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.TruncateStmt, ast.MergeStmt, ast.CopyStmt)
 
@@ -143,6 +144,8 @@ class _Walk(Visitor):
             self.kinds.add("update")  # SELECT ... FOR UPDATE/SHARE locks rows: PostgreSQL asks UPDATE privilege too
         elif isinstance(node, ast.DoStmt):
             self.functions.append(DO_BLOCK)
+        elif isinstance(node, ast.LoadStmt):  # LOAD 'library': a shared library's code, run in the server
+            self.functions.append(LOAD_LIBRARY)
         elif isinstance(node, ast.A_Indirection):
             # `(x).name` is a field of x, or the function name(x) ("('seq'::regclass).nextval" calls nextval): which
             # one only the server knows, so each name is read as a function the policy must see through.

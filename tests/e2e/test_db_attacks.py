@@ -157,3 +157,18 @@ def test_a_statement_name_reprepared_in_sql_is_not_taken_for_the_old_one(gateway
     for row in db_rows(proxy):
         if row["resp_body"] and row["method"] == "SELECT":
             assert "UPDATE" not in row["resp_body"]
+
+
+def test_a_prepared_statement_is_decided_again_when_the_policy_changes(gateway) -> None:  # noqa: F811
+    """psycopg parses a statement it runs often once, then only binds and executes it: the decision made at the
+    Parse ran on after the policy stopped allowing it."""
+    proxy, url = gateway
+    with psycopg.connect(url, autocommit=True) as conn:
+        for _ in range(2):
+            assert conn.execute("SELECT count(*) FROM orders WHERE qty > %s", (0,), prepare=True).fetchone() == (3,)
+        proxy.write_policy("shop", POLICY.replace("tables: [orders, customers]", "tables: [customers]")
+                           .replace("tables: [orders], functions", "tables: [customers], functions"))
+        with pytest.raises(errors.InsufficientPrivilege, match="no rule allows SELECT on orders"):
+            conn.execute("SELECT count(*) FROM orders WHERE qty > %s", (0,), prepare=True)
+    refused = [r for r in db_rows(proxy) if r["decision"] == "deny"]
+    assert [json.loads(r["req_body"])["params"] for r in refused] == [[0]]

@@ -146,3 +146,9 @@ def test_sql_that_makes_or_drops_protocol_names_says_which(sql: str, names: tupl
     the gateway decided, so a Bind or Execute naming it is refused."""
     (statement,) = parse(sql)
     assert statement.names == names
+
+
+def test_load_is_code_and_security_label_is_ddl() -> None:
+    assert "calls LOAD" in verdict("LOAD 'auto_explain'").reason  # a rule for `other` does not load libraries
+    (label,) = parse("SECURITY LABEL ON TABLE orders IS 'public'")
+    assert label.kinds == {"ddl"}
