@@ -75,7 +75,7 @@ class SqlRule:
         """The statement's kinds, tables and columns are within this allow rule (its functions aside)."""
         if self.statements is None or not statement.kinds <= self.statements:
             return False
-        if self.tables is not None and not all(_table_in(t, self.tables) for t in statement.tables):
+        if self.tables is not None and (statement.opaque or not all(_table_in(t, self.tables) for t in statement.tables)):
             return False
         return self.columns is None or "*" in self.columns or set(statement.columns) <= self.columns
 
@@ -83,7 +83,7 @@ class SqlRule:
         """The statement does one of the things this deny rule names."""
         if self.statements is not None and not statement.kinds & self.statements:
             return False
-        return self.tables is None or any(_table_in(t, self.tables) for t in statement.tables)
+        return self.tables is None or statement.opaque or any(_table_in(t, self.tables) for t in statement.tables)
 
 
 def _table_in(table: str, names: frozenset[str]) -> bool:
@@ -135,6 +135,8 @@ def _why_not(rules: list[SqlRule], database: str, agent: str, statement: Stateme
                 "in 'functions:')")
     what = "/".join(sorted(statement.kinds)).upper()
     on = f" on {', '.join(statement.tables)}" if statement.tables else ""
+    if statement.opaque:
+        on += " (it acts beyond the tables it names: only a rule without 'tables' can allow it)"
     return f"no rule allows {what}{on} on database '{database}' for agent '{agent}' (default deny)"
 
 

@@ -64,12 +64,15 @@ class Statement:
     #: Server-side names it makes or drops, which the extended protocol's Bind and Execute name too:
     #: `statement:NAME` (PREPARE, DEALLOCATE), `portal:NAME` (DECLARE, CLOSE), NAME `*` for all of them.
     names: tuple[str, ...] = ()
+    #: It acts on more than the tables it names: CASCADE (to whatever depends on them), DDL naming no table (DROP
+    #: SCHEMA, DROP OWNED, GRANT ON ALL TABLES IN SCHEMA, CREATE FUNCTION), VACUUM or CLUSTER of every table.
+    opaque: bool = False
 
     def as_cel(self) -> dict[str, Any]:
         """What a rule's `when` reads as `statement`."""
         return {"text": self.text, "kind": self.kind, "kinds": sorted(self.kinds), "tables": list(self.tables),
                 "columns": list(self.columns), "where": self.where, "functions": list(self.functions),
-                "setting": self.setting or "", "copy_program": self.copy_program}
+                "setting": self.setting or "", "copy_program": self.copy_program, "opaque": self.opaque}
 
     def unseen_functions(self, allowed: frozenset[str] = frozenset()) -> list[str]:
         """The functions it calls that the policy cannot see through: neither built-in safe ones nor named by a rule."""
@@ -126,8 +129,11 @@ class _Walk(Visitor):
         self.columns: list[str] = []
         self.functions: list[str] = []
         self.where = True
+        self.cascade = False
 
     def visit(self, ancestors: Any, node: Any) -> None:
+        if getattr(node, "behavior", None) == enums.DropBehavior.DROP_CASCADE:
+            self.cascade = True
         if isinstance(node, _WRITES) or isinstance(node, ast.SelectStmt) and node.intoClause is not None:
             self.kinds.add(_kind_of(node))
         if isinstance(node, (ast.UpdateStmt, ast.DeleteStmt)) and node.whereClause is None \
@@ -201,8 +207,10 @@ def _statement(text: str, node: Any) -> Statement:
         kinds.add("insert")
     setting = top.name if isinstance(top, _SET) else None
     copy_program = isinstance(top, ast.CopyStmt) and (bool(top.filename) or bool(top.is_program))
-    return Statement(text, kind, frozenset(kinds), _tables(top), tuple(dict.fromkeys(walk.columns)), walk.where,
-                     tuple(dict.fromkeys(walk.functions)), setting, copy_program, _names(node))
+    tables = _tables(top)
+    opaque = walk.cascade or not tables and (kind == "ddl" or isinstance(top, ast.VacuumStmt))
+    return Statement(text, kind, frozenset(kinds), tables, tuple(dict.fromkeys(walk.columns)), walk.where,
+                     tuple(dict.fromkeys(walk.functions)), setting, copy_program, _names(node), opaque)
 
 
 #: Text longer than this is parsed again each time rather than kept in the cache (2048 texts of up to a message's

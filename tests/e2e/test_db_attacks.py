@@ -172,3 +172,18 @@ def test_a_prepared_statement_is_decided_again_when_the_policy_changes(gateway) 
             conn.execute("SELECT count(*) FROM orders WHERE qty > %s", (0,), prepare=True)
     refused = [r for r in db_rows(proxy) if r["decision"] == "deny"]
     assert [json.loads(r["req_body"])["params"] for r in refused] == [[0]]
+
+
+def test_ddl_allowed_on_one_table_does_not_reach_the_others(gateway, postgres) -> None:  # noqa: F811
+    """COMMENT ON TABLE names its table as no RangeVar, so it named no table at all, and every `tables:` list held
+    it: a rule for DDL on a scratch table let the agent write on payroll (or drop a schema, or grant every table)."""
+    proxy, url = gateway
+    proxy.write_policy("shop", POLICY + "  - name: scratch\n    allow: {database: shop, statements: [ddl], "
+                                        "tables: [scratch]}\n")
+    with psycopg.connect(url, autocommit=True) as conn:
+        with pytest.raises(errors.InsufficientPrivilege, match="acts beyond the tables it names"):
+            conn.execute("COMMENT ON TABLE payroll IS 'mine now'")
+        with pytest.raises(errors.InsufficientPrivilege, match="acts beyond the tables it names"):
+            conn.execute("GRANT SELECT ON ALL TABLES IN SCHEMA public TO PUBLIC")
+    assert direct(postgres, "SELECT obj_description('payroll'::regclass, 'pg_class')") == [(None,)]
+    assert direct(postgres, "SELECT has_table_privilege('public', 'payroll', 'SELECT')") == [(False,)]

@@ -152,3 +152,46 @@ def test_load_is_code_and_security_label_is_ddl() -> None:
     assert "calls LOAD" in verdict("LOAD 'auto_explain'").reason  # a rule for `other` does not load libraries
     (label,) = parse("SECURITY LABEL ON TABLE orders IS 'public'")
     assert label.kinds == {"ddl"}
+
+
+SCRATCH = """\
+version: 1
+name: shop
+agents: [bot]
+rules:
+  - name: scratch tables
+    allow: {database: shop, statements: [ddl, delete], tables: [scratch]}
+  - name: anything else
+    allow: {database: other, statements: [ddl]}
+  - name: never payroll
+    deny: {database: "*", tables: [payroll], reason: payroll is private}
+"""
+
+
+@pytest.mark.parametrize("sql", [
+    # A statement that names no table was inside every `tables:` list: a rule for DDL on scratch dropped a schema,
+    # every object of the role, or granted every table.
+    "DROP SCHEMA public CASCADE",
+    "DROP OWNED BY shopapp",
+    "GRANT SELECT ON ALL TABLES IN SCHEMA public TO PUBLIC",
+    "COMMENT ON TABLE payroll IS 'mine now'",
+    "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT salary FROM payroll'",
+    # CASCADE reaches whatever depends on the table named: views, and tables whose foreign keys point at it.
+    "DROP TABLE scratch CASCADE",
+    "TRUNCATE scratch CASCADE",
+])
+def test_statements_reaching_beyond_their_tables_need_a_rule_without_tables(sql: str) -> None:
+    decision = verdict(sql, SCRATCH)
+    assert decision.effect == "deny", decision
+    assert decision.rule == "shop/never payroll" or "acts beyond the tables it names" in decision.reason
+    # A rule without `tables` can still allow it, where no deny names tables.
+    policy, _ = check_policy_text(SCRATCH.split("  - name: never payroll")[0], "shop.yaml")
+    assert policy is not None
+    if not sql.startswith("TRUNCATE"):
+        assert decide((policy,), "other", "bot", parse(sql), now=0.0)[0].effect == "allow"
+
+
+def test_ddl_on_the_tables_named_is_still_allowed() -> None:
+    assert verdict("DROP TABLE scratch", SCRATCH).effect == "allow"
+    assert verdict("TRUNCATE scratch", SCRATCH).effect == "allow"
+    assert verdict("CREATE INDEX ON scratch (a)", SCRATCH).effect == "allow"
