@@ -103,6 +103,8 @@ class _Pending:
     reason: str = ""
     tags: list[str] = field(default_factory=list)
     error: str | None = None
+    copying: bool = False           # a COPY FROM STDIN the server has begun (CopyInResponse seen)
+    maybe_for: _Pending | None = None  # "ready": a Sync sent during that COPY, which the server ignores once it began
 
 
 @dataclass
@@ -129,6 +131,7 @@ class Session:
         self.portals: dict[str, tuple[_Prepared, list[Any]]] = {}
         self.skipping = False
         self.in_batch = False   # extended-protocol messages sent since the last Sync
+        self.copy_in: _Pending | None = None  # an allowed COPY FROM STDIN sent, its CopyDone or CopyFail not yet
         self.key = (secrets.randbits(31), secrets.randbits(32))
         self._out: list[bytes] = []
 
@@ -266,6 +269,13 @@ class Session:
         kind = msg.kind
         if self.skipping and kind != b"S":
             return  # the rest of a batch whose statement was refused: the server would skip it too
+        if self.copy_in is not None and kind not in (b"d", b"c", b"f", b"H", b"S"):
+            # In COPY FROM STDIN the server takes any other message as the end of the copy (an error) and ignores
+            # it: a Query sent with the COPY would be recorded, never run, and take the next statement's outcome.
+            raise Refused("08P01", "goex-proxy relays only CopyData, CopyDone, CopyFail, Flush and Sync while a "
+                                   "COPY FROM STDIN is open")
+        if kind in (b"c", b"f"):
+            self.copy_in = None
         if kind in (b"Q", b"F") and self.in_batch:
             # The server ignores a Query after an error in an unsynced batch (no ReadyForQuery answers it), which
             # the gateway cannot know yet: outcomes would be matched to the wrong statements. libpq never does it.
@@ -284,7 +294,8 @@ class Session:
             await self._execute(msg)
         elif kind == b"S":
             self.skipping = self.in_batch = False
-            self.pending.append(_Pending("ready", None, time.time()))
+            if self.copy_in is None or not self.copy_in.copying:  # a Sync in a begun COPY is ignored: no answer
+                self.pending.append(_Pending("ready", None, time.time(), maybe_for=self.copy_in))
             self._send(msg.encode())
         elif kind == b"C":
             what, name = close_target(msg.payload)
@@ -329,7 +340,10 @@ class Session:
             return
         request_id = await self._record(sql, None, statements, decision) if statements else None
         self._forget(statements)
-        self.pending.extend((_Pending("query", request_id, time.time()), _Pending("ready", None, time.time())))
+        sent = _Pending("query", request_id, time.time())
+        self.pending.extend((sent, _Pending("ready", None, time.time())))
+        if _copies_in(statements):
+            self.copy_in = sent
         self._send(message(b"Q", sql.encode() + b"\0"))
 
     async def _refuse_simple(self, reason: str, sql: str | None = None, statements: tuple[Statement, ...] = (),
@@ -396,7 +410,10 @@ class Session:
         request_id = await self._record(prepared.sql, params, prepared.statements, decision) \
             if prepared.statements else None
         self._forget(prepared.statements)
-        self.pending.append(_Pending("execute", request_id, time.time()))
+        sent = _Pending("execute", request_id, time.time())
+        self.pending.append(sent)
+        if _copies_in(prepared.statements):
+            self.copy_in = sent
         self._send(msg.encode())
 
     _policies: tuple[Policy, ...] = ()
@@ -447,11 +464,16 @@ class Session:
         elif msg.kind in (b"I", b"s") and head is not None and head.kind == "execute":
             self.pending.popleft()
             self._finish(head)
+        elif msg.kind == b"G" and head is not None and head.kind in ("query", "execute"):
+            head.copying = True  # the server ignores the Syncs the client sent since, until the copy ends
+            self.pending = collections.deque(p for p in self.pending if p.maybe_for is not head)
         elif msg.kind == b"Z":
             self._finish_all("not run: an earlier message of its batch failed", through_ready=True)
         return msg.encode()
 
     def _finish(self, pending: _Pending) -> None:
+        if self.copy_in is pending:
+            self.copy_in = None
         if pending.request_id is None or pending.kind == "refusal":
             return
         self.gate.record_outcome(pending.request_id, record.outcome(pending.tags, pending.error, pending.started,
@@ -467,3 +489,8 @@ class Session:
             if pending.kind == "execute" and pending.error is None and not pending.tags:
                 pending.error = why
             self._finish(pending)
+
+
+def _copies_in(statements: tuple[Statement, ...]) -> bool:
+    """Whether a statement is a COPY FROM STDIN (the client's CopyData follows)."""
+    return any(s.kind == "copy" and "insert" in s.kinds for s in statements)

@@ -187,3 +187,49 @@ def test_ddl_allowed_on_one_table_does_not_reach_the_others(gateway, postgres) -
             conn.execute("GRANT SELECT ON ALL TABLES IN SCHEMA public TO PUBLIC")
     assert direct(postgres, "SELECT obj_description('payroll'::regclass, 'pg_class')") == [(None,)]
     assert direct(postgres, "SELECT has_table_privilege('public', 'payroll', 'SELECT')") == [(False,)]
+
+
+LOADS = POLICY + "  - name: load orders\n    allow: {database: shop, statements: [copy, insert], tables: [orders]}\n"
+
+
+def test_a_query_sent_into_an_open_copy_is_not_recorded_as_run(gateway, postgres) -> None:  # noqa: F811
+    """COPY FROM STDIN and an UPDATE sent at once: the server takes the Query as the copy's end (an error) and never
+    runs it, but the log had the UPDATE as completed. Anything but copy data in an open COPY ends the connection."""
+    import socket
+
+    proxy, url = gateway
+    proxy.write_policy("shop", LOADS)
+    conn = psycopg.connect(url, autocommit=True)
+    got = b""
+    with socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
+        sock.settimeout(30)
+        sock.sendall(message(b"Q", b"COPY orders (item, qty) FROM STDIN\0")
+                     + message(b"Q", b"UPDATE orders SET qty = 5 WHERE id = 1\0"))
+        while chunk := sock.recv(65536):
+            got += chunk
+    conn.close()
+    assert b"08P01" in got and b"COPY FROM STDIN is open" in got
+    assert direct(postgres, "SELECT qty FROM orders WHERE id = 1") == [(3,)]
+    assert not [r for r in db_rows(proxy) if r["method"] == "UPDATE" and r["status"] == 0]
+
+
+def test_copy_in_both_protocols_keeps_outcomes_on_their_statements(gateway, postgres) -> None:  # noqa: F811
+    """In COPY FROM STDIN by the extended protocol libpq sends a Sync the server ignores, and another after
+    CopyDone: the outcomes after it stay on their own statements."""
+    proxy, url = gateway
+    proxy.write_policy("shop", LOADS)
+    with psycopg.connect(url, autocommit=True) as conn, conn.cursor() as cur:
+        with cur.copy("COPY orders (item, qty) FROM STDIN") as copy:  # the simple protocol
+            copy.write(b"figs\t2\nlimes\t4\n")
+        assert conn.execute("SELECT count(*) FROM orders").fetchone() == (5,)
+    copy_in = (message(b"P", parse_payload("", "COPY orders (item, qty) FROM STDIN"))
+               + message(b"B", b"\0\0" + struct.pack("!HHH", 0, 0, 0)) + message(b"E", b"\0" + struct.pack("!I", 0))
+               + message(b"S") + message(b"d", b"kiwis\t6\n") + message(b"c") + message(b"S"))
+    raw_exchange(url, copy_in + extended("SELECT item FROM orders WHERE qty = 6")
+                 + extended("SELECT item FROM orders WHERE qty >= 4"), readies=3)
+    rows = [(json.loads(r["req_body"])["sql"], json.loads(r["resp_body"])["tags"]) for r in db_rows(proxy)
+            if r["resp_body"]]
+    assert sorted(tags for sql, tags in rows if sql.startswith("COPY")) == [["COPY 1"], ["COPY 2"]]
+    outcomes = dict(rows)
+    assert outcomes["SELECT item FROM orders WHERE qty = 6"] == ["SELECT 1"]
+    assert outcomes["SELECT item FROM orders WHERE qty >= 4"] == ["SELECT 3"]
