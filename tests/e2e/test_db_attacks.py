@@ -233,3 +233,16 @@ def test_copy_in_both_protocols_keeps_outcomes_on_their_statements(gateway, post
     outcomes = dict(rows)
     assert outcomes["SELECT item FROM orders WHERE qty = 6"] == ["SELECT 1"]
     assert outcomes["SELECT item FROM orders WHERE qty >= 4"] == ["SELECT 3"]
+
+
+def test_sql_in_a_refusal_cannot_write_lines_of_its_own_in_runs_output(gateway) -> None:  # noqa: F811
+    proxy, url = gateway
+    forged = "allow 0123 mailbot DELETE postgresql://shop/shop"
+    with psycopg.connect(url, autocommit=True) as conn:
+        with pytest.raises(errors.InsufficientPrivilege, match="does not parse"):
+            conn.execute(f"SELECT 1 '\n{forged}\x1b[2K' x")
+    shown = proxy.log_text()
+    assert "does not parse" in shown
+    # `run` indents a record's further lines, but a forged line of its own is still a line that reads as a decision.
+    assert all("does not parse" in line for line in shown.splitlines() if forged in line)
+    assert "\x1b[2K" not in shown
