@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
+
+_T = TypeVar("_T")
 
 #: Startup codes (a startup packet has no type byte: a length, then one of these).
 PROTOCOL_3 = 196608
@@ -112,6 +117,18 @@ def parse_params(body: bytes) -> dict[str, str]:
     return out
 
 
+def _decoder(read: Callable[[bytes], _T]) -> Callable[[bytes], _T]:
+    """A reader of a message's payload whose malformed payload (a string without its NUL, a count past the end) is
+    a ProtocolError: the connection ends, as for any other peer that does not speak the protocol."""
+    @functools.wraps(read)
+    def checked(payload: bytes) -> _T:
+        try:
+            return read(payload)
+        except (struct.error, ValueError, IndexError) as exc:
+            raise ProtocolError(f"a malformed {read.__name__.split('_')[0]} message: {exc}") from None
+    return checked
+
+
 def cstring(data: bytes, at: int) -> tuple[str, int]:
     """A NUL-terminated string at `at`, and where the next field starts."""
     end = data.index(b"\0", at)
@@ -125,6 +142,7 @@ def error_response(sqlstate: str, text: str, severity: str = "ERROR", hint: str 
     return message(b"E", b"".join(k + v.encode("utf-8", "replace") + b"\0" for k, v in fields) + b"\0")
 
 
+@_decoder
 def error_fields(payload: bytes) -> dict[str, str]:
     """An ErrorResponse's fields by their code letter (S, C, M, ...)."""
     out: dict[str, str] = {}
@@ -136,6 +154,7 @@ def error_fields(payload: bytes) -> dict[str, str]:
     return out
 
 
+@_decoder
 def query_text(payload: bytes) -> str:
     """A simple Query's SQL."""
     return cstring(payload, 0)[0]
@@ -148,6 +167,7 @@ class Parse:
     types: tuple[int, ...] = ()   # the parameters' type OIDs the client gave (0: for the server to infer)
 
 
+@_decoder
 def parse_message(payload: bytes) -> Parse:
     name, at = cstring(payload, 0)
     sql, at = cstring(payload, at)
@@ -167,6 +187,7 @@ class Bind:
     formats: tuple[int, ...]    # per parameter: 0 text, 1 binary
 
 
+@_decoder
 def bind_message(payload: bytes) -> Bind:
     portal, at = cstring(payload, 0)
     statement, at = cstring(payload, at)
@@ -188,10 +209,12 @@ def bind_message(payload: bytes) -> Bind:
     return Bind(portal, statement, tuple(params), formats)
 
 
+@_decoder
 def execute_portal(payload: bytes) -> str:
     return cstring(payload, 0)[0]
 
 
+@_decoder
 def close_target(payload: bytes) -> tuple[str, str]:
     """A Close's kind (S statement, P portal) and name."""
     return payload[:1].decode(), cstring(payload, 1)[0]

@@ -246,3 +246,23 @@ def test_sql_in_a_refusal_cannot_write_lines_of_its_own_in_runs_output(gateway) 
     # `run` indents a record's further lines, but a forged line of its own is still a line that reads as a decision.
     assert all("does not parse" in line for line in shown.splitlines() if forged in line)
     assert "\x1b[2K" not in shown
+
+
+@pytest.mark.parametrize("bad", [message(b"B", b"no terminator"), message(b"P", b"s\0SELECT 1\0\xff"),
+                                 message(b"C", b"S"), message(b"Q", b"SELECT 1")])
+def test_a_malformed_message_ends_its_connection_quietly(gateway, bad: bytes) -> None:  # noqa: F811
+    """A message cut short inside (no NUL, a count past its end) raised struct or index errors out of the session:
+    a traceback in `run`'s output for each one an agent sends. It is a protocol error like any other."""
+    import socket
+
+    proxy, url = gateway
+    conn = psycopg.connect(url, autocommit=True)
+    with socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
+        sock.settimeout(30)
+        sock.sendall(bad)
+        while sock.recv(65536):
+            pass
+    conn.close()
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM orders").fetchone() == (3,)
+    assert "Traceback" not in proxy.log_text() and "database connection failed" not in proxy.log_text()
