@@ -200,7 +200,7 @@ class _UndoReader(RuleReader):
             g = self.check.mapping(r["guard"], f"{where}.guard", self.check.at(r, "guard"),
                                    {"read", "expect", "conflict", "refused", "changes_with"}, {"read", "expect"})
             if g is not None:
-                read = self.request(g["read"], f"{where}.guard.read", self.check.at(g, "read"))
+                read = self.request(g["read"], f"{where}.guard.read", self.check.at(g, "read")) if "read" in g else None
                 if read is not None and read.method not in ("GET", "HEAD"):
                     self.check.error(self.check.at(g, "read"), f"'{where}.guard.read' must be a GET or HEAD (it is "
                                                                "sent before undo decides anything, and must change nothing)")

@@ -168,6 +168,14 @@ def test_a_rule_with_no_guard_is_pointed_out_and_its_rows_are_unguarded_unless_a
     assert dict(plan("R1", tagged, rules).steps[0].headers) == {"If-Match": '"n1"'}
 
 
+def test_a_guard_without_its_read_is_a_located_error_not_a_crash() -> None:
+    """A guard whose `read` key is misspelt (found by the fuzz test: `:read:`) was a KeyError from the loader."""
+    rules, problems = pack("    guard: {':read': {method: GET, url: '${request.url}'}, expect: 'read.status == 200'}")
+    assert not rules
+    assert any("missing the required key 'read'" in p.message for p in problems)
+    assert any("unknown key ':read'" in p.message for p in problems)
+
+
 def test_an_empty_reason_for_needing_no_guard_is_an_error() -> None:
     rules, problems = pack("    guard: {unneeded: ''}")
     assert not rules and any("guard.unneeded" in p.message and p.severity == "error" for p in problems)
