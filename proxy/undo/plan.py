@@ -6,7 +6,7 @@ import functools
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote, urljoin, urlsplit
 
@@ -171,27 +171,31 @@ class UndoRule:
         return f"irreversible: {self.reason}" if self.fidelity == "irreversible" and self.reason else self.fidelity
 
 
+def expressions(part: Any) -> Iterator[Expression | Condition]:
+    """Every expression inside a rule part (templates, conditions, requests, nested bodies)."""
+    if isinstance(part, Expression | Condition):
+        yield part
+    elif isinstance(part, Template):
+        yield from (p for p in part.parts if isinstance(p, Expression))
+    elif isinstance(part, RequestTemplate):
+        for f in fields(part):
+            yield from expressions(getattr(part, f.name))
+    elif isinstance(part, dict):
+        for v in part.values():
+            yield from expressions(v)
+    elif isinstance(part, list | tuple):
+        for v in part:
+            yield from expressions(v)
+
+
+
 def _expressions(rule: UndoRule) -> Iterator[Condition | Expression]:
     """Every condition and expression of a rule: its match, its templates (compensations, guard, pre-image, twin)."""
     yield from (c for c in (rule.when, rule.effective) if c is not None)
     if rule.guard is not None:
         yield from (c for c in (rule.guard.expect, rule.guard.refused) if c is not None)
     for template in (*rule.undo, *(t for t in (rule.guard and rule.guard.read, rule.preimage, rule.twin) if t)):
-        yield from (c for c in (template.success, template.conflict) if c is not None)
-        yield from _in_templates((template.url, *(v for _, v in template.headers), template.json, template.form,
-                                  template.body))
-
-
-def _in_templates(value: Any) -> Iterator[Expression]:
-    """The expressions of templates anywhere in a structure (a `json:` or `form:` body)."""
-    if isinstance(value, Template):
-        yield from (part for part in value.parts if isinstance(part, Expression))
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _in_templates(item)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            yield from _in_templates(item)
+        yield from expressions(template)  # its success and conflict, and the templates of its URL, headers and body
 
 
 @dataclass(frozen=True)

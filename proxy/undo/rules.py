@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from dataclasses import fields
 from pathlib import Path
 from typing import Any, cast
 
 from .. import yamlsrc
 from ..errors import ConfigError, Problem
 from ..globs import compile_host, compile_path
-from ..policy.cel import CelSyntaxError, Condition, Expression, compile_condition, compile_expression
+from ..policy.cel import CelSyntaxError, compile_condition, compile_expression
 from ..policy.load import RuleReader, expression_pos
 from ..yamlsrc import YMap
-from .plan import FIDELITIES, UNDO_VARIABLES, UNGUARDED, Fidelity, Guard, RequestTemplate, Template, UndoRule, is_condition
+from .plan import (
+    FIDELITIES,
+    UNDO_VARIABLES,
+    UNGUARDED,
+    Fidelity,
+    Guard,
+    RequestTemplate,
+    Template,
+    UndoRule,
+    expressions,
+    is_condition,
+)
 
 _PACK_KEYS = {"version", "name", "description", "rules"}
 _RULE_KEYS = {"name", "match", "when", "effective", "class", "reason", "undo", "guard", "preimage", "twin",
@@ -62,23 +71,6 @@ def parse_template(text: str) -> Template:
     if literal or not parts:
         parts.append(literal)
     return Template(text, tuple(parts))
-
-
-def expressions(part: Any) -> Iterator[Expression | Condition]:
-    """Every expression inside a rule part (templates, conditions, requests, nested bodies)."""
-    if isinstance(part, Expression | Condition):
-        yield part
-    elif isinstance(part, Template):
-        yield from (p for p in part.parts if isinstance(p, Expression))
-    elif isinstance(part, RequestTemplate):
-        for f in fields(part):
-            yield from expressions(getattr(part, f.name))
-    elif isinstance(part, dict):
-        for v in part.values():
-            yield from expressions(v)
-    elif isinstance(part, list | tuple):
-        for v in part:
-            yield from expressions(v)
 
 
 def reads(part: Any) -> set[str]:

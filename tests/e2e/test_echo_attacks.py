@@ -131,12 +131,17 @@ def attacker(upstream_ca) -> Iterator[tuple[int, list[str]]]:
     server.server_close()
 
 
-@pytest.fixture
-def attacked_proxy(make_proxy, attacker):
+def _proxy_injecting(make_proxy, attacker, secret: str):
+    """A proxy that injects `secret` into every request to the attacker's host."""
     proxy = make_proxy(POLICY, start=False, extra_config=CREDENTIALS,
                        routes={HOST: f"https://127.0.0.1:{attacker[0]}"})
-    proxy.env["GOEX_TEST_ECHO_SECRET"] = SECRET
+    proxy.env["GOEX_TEST_ECHO_SECRET"] = secret
     return proxy.start()
+
+
+@pytest.fixture
+def attacked_proxy(make_proxy, attacker):
+    return _proxy_injecting(make_proxy, attacker, SECRET)
 
 
 SHORT_SECRET = "pw-Sh0rt-9x7Kq2"  # 15 characters: two ranges (7 bytes back at each end) would give all but one
@@ -144,10 +149,7 @@ SHORT_SECRET = "pw-Sh0rt-9x7Kq2"  # 15 characters: two ranges (7 bytes back at e
 
 @pytest.fixture
 def short_secret_proxy(make_proxy, attacker):
-    proxy = make_proxy(POLICY, start=False, extra_config=CREDENTIALS,
-                       routes={HOST: f"https://127.0.0.1:{attacker[0]}"})
-    proxy.env["GOEX_TEST_ECHO_SECRET"] = SHORT_SECRET
-    return proxy.start()
+    return _proxy_injecting(make_proxy, attacker, SHORT_SECRET)
 
 
 def test_a_short_secret_goes_without_byte_ranges(short_secret_proxy, attacker):
