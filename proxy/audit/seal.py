@@ -51,6 +51,9 @@ class Seal:
         self.key_path = state_dir / KEY_FILE
         self.anchor_path = state_dir / ANCHOR_FILE
         self._key: bytes | None = None
+        #: The anchor as last read or written, with the file's identity then: read again only when the file changed
+        #: (every audit write checks it, and reading it cost more than the row).
+        self._seen: tuple[tuple[int, int, int, int], Anchor] | None = None
 
     def key(self, *, create: bool = False) -> bytes | None:
         """The chain key (32 bytes), made on first use when `create`; None when there is none yet."""
@@ -84,12 +87,18 @@ class Seal:
 
     def anchor(self) -> Anchor | None:
         try:
-            text = self.anchor_path.read_text(encoding="utf-8")
+            stamp = _identity(os.stat(self.anchor_path))
+            if self._seen is not None and self._seen[0] == stamp:
+                return self._seen[1]
+            with open(self.anchor_path, encoding="utf-8") as f:
+                stamp, text = _identity(os.fstat(f.fileno())), f.read()
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise AuditError(f"cannot read the audit anchor {self.anchor_path}: {exc.strerror or exc}") from None
-        return Anchor.loads(text, str(self.anchor_path))
+        anchor = Anchor.loads(text, str(self.anchor_path))
+        self._seen = (stamp, anchor)
+        return anchor
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -111,7 +120,15 @@ class Seal:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(anchor.dumps())
-        os.replace(tmp, self.anchor_path)
+            out.flush()
+            os.replace(tmp, self.anchor_path)
+            self._seen = (_identity(os.fstat(out.fileno())), anchor)  # the file under its name now (a rename is a change)
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What tells one version of a file from another: a replaced file is another inode, an edited one has new times
+    (and the inode number of a removed file given to the next is told apart by them)."""
+    return st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size
 
 
 def chain_hash(key: bytes | None, data: bytes) -> str:

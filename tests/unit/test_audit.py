@@ -331,3 +331,19 @@ def test_a_starting_writer_ends_the_rows_a_killed_process_left_in_flight(tmp_pat
     assert audit.get(conn, alive_id)["status"] == 200 and check(tmp_path).broken_id is None
     plan = conn.execute("EXPLAIN QUERY PLAN SELECT id, decision FROM requests WHERE outcome_hash IS NULL").fetchall()
     assert "idx_requests_in_flight" in str(plan), plan
+
+
+def test_the_anchor_is_read_again_whenever_its_file_changes(tmp_path: Path) -> None:
+    """A Seal keeps the anchor it read or wrote while the file stays the same one (every audit write checks it); a
+    file another process replaced, or one edited in place, is read again."""
+    mine, theirs = Seal(tmp_path), Seal(tmp_path)
+    first, second = Anchor(1, "A", "a" * 64), Anchor(2, "B", "b" * 64)
+    mine.set_anchor(first)
+    assert mine.anchor() == first and theirs.anchor() == first
+    theirs.set_anchor(second)
+    assert mine.anchor() == second
+    text = mine.anchor_path.read_text()
+    mine.anchor_path.write_text(text.replace('"B"', '"C"'))  # edited in place: same inode, same size
+    assert mine.anchor() == Anchor(2, "C", "b" * 64)
+    mine.anchor_path.unlink()
+    assert mine.anchor() is None
