@@ -16,7 +16,7 @@ from . import blobs, layout
 from .gaps import Gap, gap_holds, gaps
 from .layout import hex_of
 from .seal import Anchor
-from .store import OUTCOME_FIELDS, outcome_hash, row_hash
+from .store import OUTCOME_FIELDS, first_seq_after, outcome_hash, row_hash
 
 #: Undo classes of rows undo can still take back (unguarded ones with --force): kept until undone, unless asked.
 UNDOABLE = ("exact", "needs-preimage", "lossy", "unguarded")
@@ -24,9 +24,6 @@ UNDOABLE = ("exact", "needs-preimage", "lossy", "unguarded")
 WAITING = ("held", "delayed")
 #: Rows examined per transaction: the proxy's writer waits for at most one batch.
 BATCH = 2000
-#: How much later than its start a row may be written (as the console's `until` filter assumes): the walk stops at
-#: the first row that began this long after the cutoff.
-SLACK_S = 86400.0
 #: Why a row older than the cutoff stays, as `log prune` reports it.
 KEPT_UNDOABLE, KEPT_LIMIT, KEPT_WAITING, KEPT_OPEN = ("still undoable", "counts against a limit",
                                                       "waiting for a person", "its outcome not recorded yet")
@@ -80,8 +77,8 @@ def upper_bound(conn: sqlite3.Connection, before: float, anchor: Anchor | None) 
     top = int(conn.execute("SELECT coalesce(max(seq), 0) FROM requests").fetchone()[0])
     if anchor is not None:
         top = min(top, anchor.seq)
-    later = conn.execute("SELECT seq FROM requests WHERE ts > ? ORDER BY ts LIMIT 1", (before + SLACK_S,)).fetchone()
-    return min(top, int(later[0])) if later else top
+    later = first_seq_after(conn, before)
+    return min(top, later) if later is not None else top
 
 
 def prune_batch(conn: sqlite3.Connection, key: bytes, before: float, windows: dict[str, float | None], *,

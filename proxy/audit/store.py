@@ -639,6 +639,20 @@ def get(conn: sqlite3.Connection, request_id: str) -> dict[str, Any]:
     raise NotFound(f"no request with id {request_id!r} in the audit log")
 
 
+#: How much later than its `ts` (the request's start) a row may be written: after the pre-image read, a hold, a slow
+#: upstream. Every row that began by a time was written before the first row that began this long after it, so a walk
+#: down seq can start there (the console's `until` filter, a prune's end); a clock set back by more than this could
+#: hide a row from such a walk (`goex-proxy log` reads by ts alone).
+WRITE_SLACK_S = 86400.0
+
+
+def first_seq_after(conn: sqlite3.Connection, ts: float) -> int | None:
+    """The seq of the first row (by ts, through its index) that began more than WRITE_SLACK_S after `ts`: every row
+    that began by `ts` has a smaller seq. None: no row began that late."""
+    found = conn.execute("SELECT seq FROM requests WHERE ts > ? ORDER BY ts LIMIT 1", (ts + WRITE_SLACK_S,)).fetchone()
+    return None if found is None else int(found[0])
+
+
 def row_count(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT count(*) FROM requests").fetchone()[0])
 

@@ -56,26 +56,13 @@ def _rows(conn: sqlite3.Connection, sql: str, params: list[Any]) -> list[dict[st
     return list(layout.read(conn, sql, params))
 
 
-#: How much later than its `ts` (the request's start) a row may be written: after the pre-image read, a hold, a slow
-#: upstream. A page filtered by `until` starts its walk down seq at the first row that began more than this after
-#: `until` (every row that began by `until` was written before it); a clock set back by more than this could hide a
-#: row from such a page (`goex-proxy log` reads by ts alone).
-UNTIL_SLACK_S = 86400.0
-
-
-def _first_seq_after(conn: sqlite3.Connection, ts: float) -> int | None:
-    """The seq of the first row (by ts, through its index) that began after `ts`; None: none did."""
-    found = conn.execute("SELECT seq FROM requests WHERE ts > ? ORDER BY ts LIMIT 1", (ts,)).fetchone()
-    return None if found is None else int(found[0])
-
-
 def page(conn: sqlite3.Connection, filters: Filters, before: int | None = None, limit: int = PAGE) -> list[dict[str, Any]]:
     """One page of rows, newest first, older than seq `before` (keyset: never an OFFSET, never the whole table)."""
     clauses, params = filters.where()
     if before is not None:
         clauses.append("seq < ?")
         params.append(before)
-    if filters.until is not None and (later := _first_seq_after(conn, filters.until + UNTIL_SLACK_S)) is not None:
+    if filters.until is not None and (later := audit.first_seq_after(conn, filters.until)) is not None:
         clauses.append("seq < ?")  # walk down seq from there, not from the newest row (1M rows, 10 days back: 150-190 -> 15 ms)
         params.append(later)
     sql = f"SELECT {LIST_COLUMNS} FROM requests" + (" WHERE " + " AND ".join(clauses) if clauses else "")
