@@ -12,6 +12,7 @@ from goex_proxy.ids import RequestIds
 from goex_proxy.policy.engine import Decision
 from goex_proxy.policy.limits import Charge
 from goex_proxy.policy.requestview import RequestView
+from goex_proxy.undo.plan import Exchange
 
 _AGENT = "goex.agent"
 _REQUEST_ID = "goex.request_id"
@@ -28,6 +29,7 @@ _PREIMAGE = "goex.preimage"
 _HEADERS_SCRUBBED = "goex.headers_scrubbed"
 _CHARGE = "goex.charge"
 _CHALLENGED = "goex.challenged"
+_EXCHANGE = "goex.exchange"
 _IDS = RequestIds()
 #: Each live flow's values. Not `flow.metadata`: mitmproxy writes that into flow files (`-w`, which fails on a live
 #: object), copies it with `flow.copy()` and reads it back from files, so a replayed or loaded flow would arrive with
@@ -179,6 +181,16 @@ def preimage(flow: http.HTTPFlow) -> tuple[int, tuple[tuple[str, str], ...], byt
 
 def set_preimage(flow: http.HTTPFlow, status: int, headers: tuple[tuple[str, str], ...], body: bytes) -> None:
     _of(flow)[_PREIMAGE] = (status, headers, body)
+
+
+def exchange(flow: http.HTTPFlow) -> Exchange | None:
+    """The request as the gate read it for its undo class (set by gate), its undo variables built once: the outcome
+    row's class reads the request from it again. It holds the injected credential, so it is never exported."""
+    return _of(flow).get(_EXCHANGE)
+
+
+def set_exchange(flow: http.HTTPFlow, value: Exchange) -> None:
+    _of(flow)[_EXCHANGE] = value
 
 
 

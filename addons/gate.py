@@ -84,7 +84,7 @@ class Gate:
         exchange = self._exchange(flow)
         runs_as = self._methods(flow)
         undo_class, rule = self._worst_class(exchange, runs_as)
-        rows.remember_exchange(flow, exchange)  # the outcome row's class reads the request from it again
+        flowmeta.set_exchange(flow, exchange)  # the outcome row's class reads the request from it again
         choice = choose(d.wait, d.rule.partition("/")[2] if d.rule else None, review, undo_class)
         if choice.action == "review":
             flowmeta.set_review(flow, str(undo_class), choice.why)

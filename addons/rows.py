@@ -124,14 +124,5 @@ def undo_class(state: ProxyState, flow: http.HTTPFlow, resp: http.Response) -> s
     exchange = Exchange(req.method, flowmeta.url(flow), header_pairs(req.headers), req.get_content(strict=False),
                         resp.status_code, header_pairs(resp.headers), resp.get_content(strict=False), pre[0], pre[1],
                         pre[2])
-    before = flow.metadata.get(_EXCHANGE)
-    return classify(state.undo_rules, before.answered(exchange) if isinstance(before, Exchange) else exchange)
-
-
-#: Where the gate keeps the Exchange it classified before sending, so that the row's class reads the request once.
-_EXCHANGE = "goex.undo.exchange"
-
-
-def remember_exchange(flow: http.HTTPFlow, exchange: Exchange) -> None:
-    """Keep the request as the gate read it (its undo variables built once) for the outcome row's class."""
-    flow.metadata[_EXCHANGE] = exchange
+    before = flowmeta.exchange(flow)
+    return classify(state.undo_rules, before.answered(exchange) if before is not None else exchange)

@@ -71,7 +71,8 @@ def test_the_recorded_class_is_a_fresh_readings_and_the_request_is_read_once(
 
     monkeypatch.setattr(plan, "message_view", counted)
     f = _answered(state, method, status, answer)
-    kept = f.metadata[rows._EXCHANGE]
+    kept = flowmeta.exchange(f)
+    assert kept is not None and not f.metadata  # kept beside the flow: it holds the injected credential
     before = reads.count(ITEM)
     recorded = rows.undo_class(state, f, f.response)
     read_once = reads.count(ITEM)
@@ -86,7 +87,8 @@ def test_the_recorded_class_is_a_fresh_readings_and_the_request_is_read_once(
 
 def test_a_request_changed_after_the_gate_is_read_again(state: Any) -> None:
     f = _answered(state, "POST", 201, {"id": 7})
-    kept = f.metadata[rows._EXCHANGE]
+    kept = flowmeta.exchange(f)
+    assert kept is not None and not f.metadata  # kept beside the flow: it holds the injected credential
     f.request.content = json.dumps({"name": "other"}).encode()  # a later stage rewrote the body
     later = Exchange("POST", kept.url, kept.request_headers, f.request.content, 201)
     assert kept.answered(later) is later and "_request_variables" not in later.__dict__
