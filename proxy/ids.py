@@ -117,11 +117,6 @@ def unheld(audit_db: Path, tag: int) -> Iterator[bool]:
         os.close(fd)
 
 
-def tag_text(tag: int) -> str:
-    """How a tag is spelled in the ids it made: their 10th and 11th characters."""
-    return _b32(tag, 2)
-
-
 def tag_of(request_id: str) -> int:
     """The tag of the process that made an id."""
     n = 0

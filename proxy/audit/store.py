@@ -409,15 +409,12 @@ class AuditWriter:
         `interrupted`: a row's id names the process tag that made it, and a tag no live process holds has no one left
         to record the outcome (held meanwhile, so that no process starting now takes it and writes under it). Rows
         that wait for a person are the gate's to end."""
-        in_flight: dict[str, list[str]] = {}
+        in_flight: dict[int, list[str]] = {}
         for request_id, decision in conn.execute("SELECT id, decision FROM requests WHERE outcome_hash IS NULL"):
             if decision not in ("hold", "delay") and ids.is_request_id(request_id):
-                in_flight.setdefault(request_id[9:11].upper(), []).append(request_id)
+                in_flight.setdefault(ids.tag_of(request_id), []).append(request_id)
         ended, now = 0, time.time()
-        for tag in range(ids.TAGS):
-            orphans = in_flight.get(ids.tag_text(tag))
-            if not orphans:
-                continue
+        for tag, orphans in sorted(in_flight.items()):
             with ids.unheld(self.path, tag) as free:
                 if free:
                     for request_id in orphans:
