@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import gzip
 import re
-import socket
 import socketserver
 import ssl
 import threading
@@ -20,8 +19,7 @@ import pytest
 from goex_proxy.credentials.kinds import Credential, Injection
 from goex_proxy.credentials.redact import PARTIAL_MIN
 from goex_proxy.secretref import SecretRef
-from tests.conftest import TOKENS
-from tests.e2e.test_echoes import HOST, fetch
+from tests.e2e.test_echoes import HOST, fetch, tls_tunnel
 
 pytestmark = pytest.mark.e2e
 
@@ -204,12 +202,7 @@ def test_byte_ranges_of_a_mixed_case_hex_echo_rebuild_nothing(attacked_proxy, at
 def test_a_raw_stream_after_an_upgrade_is_scrubbed(attacked_proxy, attacker):
     """A rule allows an upgrade to a protocol the proxy cannot read; its request had the credential injected, and the
     upstream sends it back over the raw stream, whole and cut in two: the agent gets neither (relayed blind before)."""
-    auth = base64.b64encode(f"mailbot:{TOKENS['mailbot']}".encode()).decode()
-    raw = socket.create_connection(("127.0.0.1", attacked_proxy.port), timeout=20)
-    raw.sendall(f"CONNECT {HOST}:443 HTTP/1.1\r\nHost: {HOST}:443\r\nProxy-Authorization: Basic {auth}\r\n\r\n"
-                .encode())
-    assert raw.recv(4096).startswith(b"HTTP/1.1 200")
-    tls = ssl.create_default_context(cafile=str(attacked_proxy.ca_cert)).wrap_socket(raw, server_hostname=HOST)
+    tls = tls_tunnel(attacked_proxy, HOST)
     tls.sendall(f"GET /upgrade HTTP/1.1\r\nHost: {HOST}\r\nConnection: Upgrade\r\nUpgrade: foo\r\n\r\n".encode())
     got = b""
     while b"\r\n\r\n" not in got:

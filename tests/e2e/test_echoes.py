@@ -249,6 +249,16 @@ def test_a_secret_split_across_websocket_messages_is_not_given_back(echo_proxy):
     assert first == "start <withheld>" and str(second).endswith(" end")
 
 
+def tls_tunnel(proxy, host: str) -> ssl.SSLSocket:
+    """A TLS connection to `host`:443 through a CONNECT tunnel of the proxy, as mailbot, with raw bytes to send."""
+    auth = base64.b64encode(f"mailbot:{TOKENS['mailbot']}".encode()).decode()
+    raw = socket.create_connection(("127.0.0.1", proxy.port), timeout=20)
+    raw.sendall(f"CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\nProxy-Authorization: Basic {auth}\r\n\r\n"
+                .encode())
+    assert raw.recv(4096).startswith(b"HTTP/1.1 200")
+    return ssl.create_default_context(cafile=str(proxy.ca_cert)).wrap_socket(raw, server_hostname=host)
+
+
 @pytest.mark.parametrize("path", ["/controls", "/controls-split"])
 def test_websocket_ping_and_close_payloads_are_scrubbed(echo_proxy, path):
     """A ping whose payload is the secret and a close whose reason quotes it reach the agent scrubbed; so does a secret
@@ -256,12 +266,7 @@ def test_websocket_ping_and_close_payloads_are_scrubbed(echo_proxy, path):
     import os
     import struct
 
-    auth = base64.b64encode(f"mailbot:{TOKENS['mailbot']}".encode()).decode()
-    raw = socket.create_connection(("127.0.0.1", echo_proxy.port), timeout=20)
-    raw.sendall(f"CONNECT {WS_HOST}:443 HTTP/1.1\r\nHost: {WS_HOST}:443\r\nProxy-Authorization: Basic {auth}\r\n\r\n"
-                .encode())
-    assert raw.recv(4096).startswith(b"HTTP/1.1 200")
-    tls = ssl.create_default_context(cafile=str(echo_proxy.ca_cert)).wrap_socket(raw, server_hostname=WS_HOST)
+    tls = tls_tunnel(echo_proxy, WS_HOST)
     key = base64.b64encode(os.urandom(16)).decode()
     tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {WS_HOST}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
