@@ -13,9 +13,12 @@ from ..audit.store import AuditWriter
 from ..config import Config
 from ..errors import AuditError, ConfigError, GoexError
 from ..ids import RequestIds
-from ..policy.engine import Policy
+from ..policy.engine import Decision, Policy
+from ..policy.limits import Charge
 from ..policy.load import load_policy_set
+from ..policy.sqlparse import Statement
 from .session import Refused, Session
+from .waits import Admitted, Waits
 
 log = logging.getLogger("goex_proxy.db")
 
@@ -35,6 +38,12 @@ class Gateway:
         self._sessions: dict[tuple[int, int], Session] = {}
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._undo_classes: dict[str, str] = {}  # request id -> the undo class its outcome will carry
+        self._waits = Waits(self)
+
+    @property
+    def writer(self) -> AuditWriter:
+        return self._writer
 
     async def start(self) -> None:
         await self.policies()  # a policy that does not load is a reason not to start (run checked it already)
@@ -50,6 +59,7 @@ class Gateway:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
+        self._waits.close()
         if self._owns_writer:
             await asyncio.to_thread(self._writer.close)
 
@@ -100,15 +110,35 @@ class Gateway:
         except GoexError as exc:
             raise Refused("28000", f"goex-proxy cannot read its vault: {exc}") from None
 
-    async def record_intent(self, row: dict[str, Any]) -> None:
-        """Commit a statement's row before it is sent; a log that cannot take it refuses the statement."""
+    async def admit(self, session: Session, sql: str, params: list[Any] | None, statements: tuple[Statement, ...],
+                    decision: Decision, policies: tuple[Policy, ...]) -> Admitted | None:
+        """An allowed statement counted against its rules' limits, held or delayed as they say (`waits`)."""
+        return await self._waits.admit(session, sql, params, statements, decision, policies)
+
+    async def record_intent(self, row: dict[str, Any], charge: Charge | None = None) -> str | None:
+        """Commit a statement's row before it is sent; a log that cannot take it refuses the statement. With a charge:
+        why a cap it counts against is reached (and the row is not written), or None."""
         try:
-            await asyncio.wrap_future(self._writer.record_intent(row))
+            over = await asyncio.wrap_future(self._writer.record_intent(self.class_later(row), charge))
         except AuditError as exc:
+            self._undo_classes.pop(row["id"], None)
             raise Refused("58000", f"goex-proxy could not record the statement, so it was not sent: {exc}") from None
 
+        if over is not None:
+            self._undo_classes.pop(row["id"], None)
+        return over
+
+    def class_later(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The row without its undo class, kept for its outcome: the class is under the outcome's hash (as an HTTP
+        row's is), and a row in flight with one reads as edited to `log verify`."""
+        if row.get("undo_class") is None or row.get("status") is not None or row.get("error") is not None:
+            return row
+        self._undo_classes[row["id"]] = row["undo_class"]
+        return {k: v for k, v in row.items() if k != "undo_class"}
+
     def record_outcome(self, request_id: str, fields: dict[str, Any]) -> None:
-        self._writer.record_outcome(request_id, fields)
+        undo_class = self._undo_classes.pop(request_id, None)
+        self._writer.record_outcome(request_id, fields | {"undo_class": undo_class} if undo_class else fields)
 
     def new_id(self) -> str:
         return self._ids.new()

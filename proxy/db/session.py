@@ -74,7 +74,10 @@ class Gatekeeper(Protocol):
 
     def secrets(self) -> dict[str, str]: ...
 
-    async def record_intent(self, row: dict[str, Any]) -> None: ...
+    async def record_intent(self, row: dict[str, Any]) -> str | None: ...
+
+    async def admit(self, session: Session, sql: str, params: list[Any] | None, statements: tuple[Statement, ...],
+                    decision: Decision, policies: tuple[Policy, ...]) -> Any: ...
 
     def record_outcome(self, request_id: str, fields: dict[str, Any]) -> None: ...
 
@@ -104,6 +107,7 @@ class _Pending:
     tags: list[str] = field(default_factory=list)
     error: str | None = None
     copying: bool = False           # a COPY FROM STDIN the server has begun (CopyInResponse seen)
+    approval: str | None = None     # what became of its wait (`db.waits`), for its outcome row
     maybe_for: _Pending | None = None  # "ready": a Sync sent during that COPY, which the server ignores once it began
 
 
@@ -338,9 +342,14 @@ class Session:
         if decision.effect == "deny":
             await self._refuse_simple(decision.reason, sql, statements, decision)
             return
-        request_id = await self._record(sql, None, statements, decision) if statements else None
+        admitted = await self.gate.admit(self, sql, None, statements, decision, self._policies)  # limits, waits
+        if admitted is not None and admitted.refusal is not None:
+            await self._refuse_simple(admitted.refusal)
+            return
+        request_id = admitted.request_id if admitted is not None else \
+            await self._record(sql, None, statements, decision) if statements else None
         self._forget(statements)
-        sent = _Pending("query", request_id, time.time())
+        sent = _Pending("query", request_id, time.time(), approval=admitted.approval if admitted else None)
         self.pending.extend((sent, _Pending("ready", None, time.time())))
         if _copies_in(statements):
             self.copy_in = sent
@@ -407,10 +416,14 @@ class Session:
                 await self._record(prepared.sql, params, prepared.statements, decision)
                 self._refuse_extended(decision.reason)
                 return
-        request_id = await self._record(prepared.sql, params, prepared.statements, decision) \
-            if prepared.statements else None
+        admitted = await self.gate.admit(self, prepared.sql, params, prepared.statements, decision, self._policies)
+        if admitted is not None and admitted.refusal is not None:
+            self._refuse_extended(admitted.refusal)
+            return
+        request_id = admitted.request_id if admitted is not None else \
+            await self._record(prepared.sql, params, prepared.statements, decision) if prepared.statements else None
         self._forget(prepared.statements)
-        sent = _Pending("execute", request_id, time.time())
+        sent = _Pending("execute", request_id, time.time(), approval=admitted.approval if admitted else None)
         self.pending.append(sent)
         if _copies_in(prepared.statements):
             self.copy_in = sent
@@ -476,8 +489,8 @@ class Session:
             self.copy_in = None
         if pending.request_id is None or pending.kind == "refusal":
             return
-        self.gate.record_outcome(pending.request_id, record.outcome(pending.tags, pending.error, pending.started,
-                                                                    self.scrub, self.gate.config.max_body_bytes))
+        fields = record.outcome(pending.tags, pending.error, pending.started, self.scrub, self.gate.config.max_body_bytes)
+        self.gate.record_outcome(pending.request_id, fields | ({"approval": pending.approval} if pending.approval else {}))
 
     def _finish_all(self, why: str, through_ready: bool = False) -> None:
         """At ReadyForQuery (`through_ready`: what was sent before the Query or Sync it answers; pipelined ones

@@ -1,0 +1,174 @@
+"""SQL rules' `limit`, `hold` and `delay` through a real `goex-proxy run` and a real PostgreSQL, psycopg as the agent:
+a limit counted exactly and charged only for what is sent, a held statement sent once approved and refused with the
+person's reason when denied, a delayed one sent when its time is up."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import errors
+
+from tests.conftest import TOKENS, free_port, wait_port
+from tests.e2e import test_db_gateway
+from tests.e2e.test_db_gateway import ORDERS, db_rows, direct
+from tests.pg import APP_USER, Postgres, server_bin
+
+pytestmark = [pytest.mark.e2e,
+              pytest.mark.skipif(server_bin() is None, reason="PostgreSQL is not installed (tests/install-tools)")]
+
+#: The session's PostgreSQL server, the gateway tests' fixture under a name of this module's.
+pg_server = test_db_gateway.postgres
+
+RULES = """\
+version: 1
+name: shop
+agents: [mailbot]
+rules:
+  - name: read orders
+    allow: {{database: shop, statements: [select], tables: [orders]}}
+  - name: change orders
+    allow: {{database: shop, statements: [delete, update], tables: [orders]{change}}}
+"""
+
+
+def start(make_proxy, pg: Postgres, change: str, workers: int = 1) -> tuple[Any, str]:
+    """A `goex-proxy run` whose rule 'change orders' has `change` (", limit: ..." and the like), the orders reset;
+    the proxy and mailbot's URL."""
+    with psycopg.connect(pg.dsn(APP_USER, "shop"), autocommit=True) as conn:
+        conn.execute("TRUNCATE orders RESTART IDENTITY")
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO orders (item, qty) VALUES (%s, %s)", ORDERS)
+    port = free_port()
+    extra = (f"databases:\n  listen: 127.0.0.1:{port}\n  shop:\n    host: 127.0.0.1\n    port: {pg.port}\n"
+             f"    dbname: shop\n    user: {APP_USER[0]}\n    password: shop-db\n    agents: [mailbot]\n")
+    proxy = make_proxy({"shop": RULES.format(change=change)}, start=False, extra_config=extra)
+    stored = proxy.run_cli("secrets", "set", "--config", str(proxy.config), "shop-db", input=APP_USER[1].encode())
+    assert stored.returncode == 0, stored.stderr
+    proxy.start(workers=workers)
+    wait_port(port, proc=proxy.proc)
+    return proxy, f"postgresql://mailbot:{TOKENS['mailbot']}@127.0.0.1:{port}/shop"
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 30, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if found := check():
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def pending(proxy: Any) -> list[dict[str, Any]]:
+    listed = proxy.cli("pending", "--json")
+    assert listed.returncode == 0, listed.stderr
+    return [json.loads(line) for line in listed.stdout.splitlines()]
+
+
+class Agent(threading.Thread):
+    """One statement run by psycopg in a thread (it blocks while the statement waits): its error, or None."""
+
+    def __init__(self, url: str, sql: str, params: tuple[Any, ...] = ()) -> None:
+        super().__init__(daemon=True)
+        self.url, self.sql, self.params = url, sql, params
+        self.error: Exception | None = None
+        self.took = 0.0
+        self.start()
+
+    def run(self) -> None:
+        started = time.monotonic()
+        try:
+            with psycopg.connect(self.url, autocommit=True) as conn:
+                conn.execute(self.sql, self.params)
+        except Exception as exc:  # noqa: BLE001 - the test reads it
+            self.error = exc
+        self.took = time.monotonic() - started
+
+    def outcome(self, timeout: float = 60) -> Exception | None:
+        self.join(timeout)
+        assert not self.is_alive(), "the statement is still waiting"
+        return self.error
+
+
+def test_a_limit_is_exact_and_the_next_statement_is_refused(make_proxy, pg_server) -> None:
+    proxy, url = start(make_proxy, pg_server, ", limit: {count: 2, per: 1h}", workers=2)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE orders SET qty = 10 WHERE id = %s", (1,))
+        conn.execute("DELETE FROM orders WHERE id = %s", (2,))
+        with pytest.raises(errors.InsufficientPrivilege, match="limit reached: rule 'change orders' allows at most 2 "
+                                                               "per 1h for agent 'mailbot'"):
+            conn.execute("DELETE FROM orders WHERE id = %s", (3,))
+        assert conn.execute("SELECT count(*) FROM orders").fetchone() == (2,)  # reads have no limit
+    assert direct(pg_server, "SELECT id, qty FROM orders ORDER BY id") == [(1, 10), (3, 7)]
+    # Racing connections: the writer counts every hit under one lock, so none gets past the cap.
+    racers = [Agent(url, "UPDATE orders SET qty = qty + 1 WHERE id = %s", (1,)) for _ in range(6)]
+    assert all(isinstance(r.outcome(), errors.InsufficientPrivilege) for r in racers)
+    assert direct(pg_server, "SELECT qty FROM orders WHERE id = 1") == [(10,)]
+    rows = db_rows(proxy)
+    refused = [r for r in rows if r["decision"] == "deny"]
+    assert len(refused) == 7 and all("limit reached" in r["reason"] for r in refused)
+    assert sum(1 for r in rows if r["decision"] == "allow" and r["method"] != "SELECT") == 2
+    assert proxy.cli("log", "verify").stdout.startswith("ok:")
+
+
+def test_a_held_statement_is_sent_once_approved(make_proxy, pg_server) -> None:
+    proxy, url = start(make_proxy, pg_server, ", hold: {timeout: 2m}")
+    agent = Agent(url, "DELETE FROM orders WHERE item = %s OR item = %s", ("pears", APP_USER[1]))
+    card = wait_for(lambda: pending(proxy), what="the held DELETE")[0]
+    assert (card["agent"], card["kind"], card["card"]["database"]) == ("mailbot", "hold", "shop")
+    assert card["card"]["sql"] == "DELETE FROM orders WHERE item = $1 OR item = $2"
+    assert card["card"]["fields"] == {"$1": "pears", "$2": "[database password]"}  # scrubbed, as in the log
+    assert "DELETE on database 'shop' by agent 'mailbot'" in card["card"]["summary"]
+    time.sleep(0.5)
+    assert agent.is_alive() and direct(pg_server, "SELECT count(*) FROM orders") == [(3,)]  # not sent while it waits
+    approved = proxy.cli("approve", card["id"])
+    assert approved.returncode == 0, approved.stderr
+    assert agent.outcome() is None
+    assert direct(pg_server, "SELECT item FROM orders ORDER BY id") == [("apples",), ("plums",)]
+    row = next(r for r in db_rows(proxy) if r["id"] == card["id"])
+    assert (row["decision"], row["status"], json.loads(row["resp_body"])["rows"]) == ("hold", 0, 1)
+    assert json.loads(row["approval"])["state"] == "approved"
+    assert APP_USER[1] not in json.dumps(row)
+    assert proxy.cli("log", "verify").stdout.startswith("ok:")
+
+
+def test_a_denied_statement_is_refused_with_the_reason_and_not_charged(make_proxy, pg_server) -> None:
+    proxy, url = start(make_proxy, pg_server, ", hold: {timeout: 2m}, limit: {count: 1, per: 1h}")
+    first = Agent(url, "DELETE FROM orders WHERE id = %s", (1,))
+    card = wait_for(lambda: pending(proxy), what="the held DELETE")[0]
+    denied = proxy.cli("deny", card["id"], "--reason", "not the apples")
+    assert denied.returncode == 0, denied.stderr
+    refused = first.outcome()
+    assert isinstance(refused, errors.InsufficientPrivilege)
+    assert "held for approval and denied" in str(refused) and "not the apples" in str(refused)
+    # The denied one was never sent, so it counted against no limit: the next one may still go, once approved.
+    second = Agent(url, "DELETE FROM orders WHERE id = %s", (2,))
+    card = wait_for(lambda: pending(proxy), what="the second DELETE")[0]
+    assert proxy.cli("approve", card["id"]).returncode == 0
+    assert second.outcome() is None
+    assert direct(pg_server, "SELECT id FROM orders ORDER BY id") == [(1,), (3,)]
+    third = Agent(url, "DELETE FROM orders WHERE id = %s", (3,))
+    card = wait_for(lambda: pending(proxy), what="the third DELETE")[0]
+    assert proxy.cli("approve", card["id"]).returncode == 0
+    assert "limit reached" in str(third.outcome())  # approved, but the limit is spent: not sent
+    assert direct(pg_server, "SELECT id FROM orders ORDER BY id") == [(1,), (3,)]
+    assert proxy.cli("log", "verify").stdout.startswith("ok:")
+
+
+def test_a_delayed_statement_waits_then_runs_and_a_hold_times_out(make_proxy, pg_server) -> None:
+    proxy, url = start(make_proxy, pg_server, ", delay: 2s")
+    agent = Agent(url, "UPDATE orders SET qty = 0 WHERE id = %s", (1,))
+    assert agent.outcome() is None and agent.took >= 2
+    assert direct(pg_server, "SELECT qty FROM orders WHERE id = 1") == [(0,)]
+    assert "delayed" in proxy.log_text()
+    proxy.stop()
+    proxy, url = start(make_proxy, pg_server, ", hold: {timeout: 1s}")
+    with psycopg.connect(url, autocommit=True) as conn:
+        with pytest.raises(errors.InsufficientPrivilege, match="nobody approved it within 1s"):
+            conn.execute("DELETE FROM orders WHERE id = %s", (1,))
+        assert conn.execute("SELECT count(*) FROM orders").fetchone() == (3,)  # the connection goes on
