@@ -36,6 +36,7 @@ from .wire import (
     error_response,
     execute_portal,
     message,
+    parameter_types,
     parse_message,
     parse_params,
     parse_payload,
@@ -136,6 +137,7 @@ class Session:
         self.skipping = False
         self.in_batch = False   # extended-protocol messages sent since the last Sync
         self.copy_in: _Pending | None = None  # an allowed COPY FROM STDIN sent, its CopyDone or CopyFail not yet
+        self.describing: collections.deque[_Prepared | None] = collections.deque()  # Describes of statements sent
         self.key = (secrets.randbits(31), secrets.randbits(32))
         self._out: list[bytes] = []
 
@@ -306,6 +308,8 @@ class Session:
             (self.prepared if what == "S" else self.portals).pop(name, None)
             self._send(msg.encode())
         elif kind in (b"D", b"H", b"d", b"c", b"f"):
+            if kind == b"D" and (target := close_target(msg.payload))[0] == "S":
+                self.describing.append(self.prepared.get(target[1]))  # the server's answer gives its types
             self._send(msg.encode())
         elif kind == b"F":
             why = "the function-call protocol calls a function by number, which the policy cannot see through"
@@ -480,7 +484,13 @@ class Session:
         elif msg.kind == b"G" and head is not None and head.kind in ("query", "execute"):
             head.copying = True  # the server ignores the Syncs the client sent since, until the copy ends
             self.pending = collections.deque(p for p in self.pending if p.maybe_for is not head)
+        elif msg.kind == b"t" and self.describing:
+            # The parameter types the server inferred, for a client that sent none (asyncpg): its binary parameters
+            # are then recorded (and scrubbed) as values, not hex.
+            if (described := self.describing.popleft()) is not None:
+                described.types = parameter_types(msg.payload)  # the types it was given, and those it inferred
         elif msg.kind == b"Z":
+            self.describing.clear()  # a Describe after a failure in its batch got no answer
             self._finish_all("not run: an earlier message of its batch failed", through_ready=True)
         return msg.encode()
 

@@ -40,6 +40,11 @@ rules:
 def start(make_proxy, pg: Postgres, change: str, workers: int = 1) -> tuple[Any, str]:
     """A `goex-proxy run` whose rule 'change orders' has `change` (", limit: ..." and the like), the orders reset;
     the proxy and mailbot's URL."""
+    return start_with(make_proxy, pg, RULES.format(change=change), workers)
+
+
+def start_with(make_proxy, pg: Postgres, policy: str, workers: int = 1) -> tuple[Any, str]:
+    """A `goex-proxy run` with the `shop` database and this policy, the orders reset; the proxy and mailbot's URL."""
     with psycopg.connect(pg.dsn(APP_USER, "shop"), autocommit=True) as conn:
         conn.execute("TRUNCATE orders RESTART IDENTITY")
         with conn.cursor() as cur:
@@ -47,7 +52,7 @@ def start(make_proxy, pg: Postgres, change: str, workers: int = 1) -> tuple[Any,
     port = free_port()
     extra = (f"databases:\n  listen: 127.0.0.1:{port}\n  shop:\n    host: 127.0.0.1\n    port: {pg.port}\n"
              f"    dbname: shop\n    user: {APP_USER[0]}\n    password: shop-db\n    agents: [mailbot]\n")
-    proxy = make_proxy({"shop": RULES.format(change=change)}, start=False, extra_config=extra)
+    proxy = make_proxy({"shop": policy}, start=False, extra_config=extra)
     stored = proxy.run_cli("secrets", "set", "--config", str(proxy.config), "shop-db", input=APP_USER[1].encode())
     assert stored.returncode == 0, stored.stderr
     proxy.start(workers=workers)
