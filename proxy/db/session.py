@@ -86,6 +86,8 @@ class Gatekeeper(Protocol):
 
     def register(self, key: tuple[int, int], session: Session | None) -> None: ...
 
+    async def check_admitted(self, session: Session) -> None: ...
+
     def session_for(self, key: tuple[int, int]) -> Session | None: ...
 
 
@@ -289,6 +291,8 @@ class Session:
                                    "extended-protocol batch (send Sync first)")
         if kind in (b"P", b"B", b"E", b"D"):  # the messages that can fail (Close and Flush cannot)
             self.in_batch = True
+        if kind in (b"Q", b"P", b"E"):
+            await self.gate.check_admitted(self)  # a reloaded config may no longer admit this connection
         if kind == b"Q":
             await self._query(query_text(msg.payload))
         elif kind == b"P":

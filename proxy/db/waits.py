@@ -211,11 +211,11 @@ class Waits:
                              settled: approvals.Settled) -> tuple[str | None, str | None]:
         """Decide the statement again under the config and policies in force now, and count it: (why it is refused,
         None) or (None, the charge as its row keeps it)."""
+        policies = await self.gateway.policies()  # the config too, if it was edited meanwhile
         config, agent, name = self.gateway.config, session.agent, session.database.name
         database = config.databases.by_name.get(name)
         if database is None or not database.admits(agent) or agent not in config.agents:
             return f"database {name!r} is no longer open to agent {agent!r} in the config; it was not sent", None
-        policies = await self.gateway.policies()
         now = time.time()
         again = decide(policies, name, agent, statements, now)[0]
         if again.effect != "allow":

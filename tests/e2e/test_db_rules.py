@@ -177,3 +177,62 @@ def test_a_delayed_statement_waits_then_runs_and_a_hold_times_out(make_proxy, pg
         with pytest.raises(errors.InsufficientPrivilege, match="nobody approved it within 1s"):
             conn.execute("DELETE FROM orders WHERE id = %s", (1,))
         assert conn.execute("SELECT count(*) FROM orders").fetchone() == (3,)  # the connection goes on
+
+
+BOTH = """\
+version: 1
+name: shop
+agents: [mailbot, slackbot]
+rules:
+  - name: read orders
+    allow: {databases: [shop, shop2], statements: [select], tables: [orders]}
+"""
+
+
+def test_databases_are_reloaded_and_revoked_connections_end(make_proxy, pg_server) -> None:
+    """`databases:` edited under a running `run`: added and changed databases and agents apply to new connections,
+    and a connection no longer admitted (its agent, its database removed) is refused at its next statement."""
+    proxy, url = start_with(make_proxy, pg_server, BOTH)
+    original = proxy.config.read_text()
+    slackbot = url.replace(f"mailbot:{TOKENS['mailbot']}", f"slackbot:{TOKENS['slackbot']}")
+    second = original.replace("    agents: [mailbot]\n", "    agents: [mailbot]\n  shop2:\n    host: 127.0.0.1\n"
+                              f"    port: {pg_server.port}\n    dbname: shop\n    user: {APP_USER[0]}\n"
+                              "    password: shop-db\n    agents: [mailbot]\n")
+    mailbot = psycopg.connect(url, autocommit=True)
+    assert mailbot.execute("SELECT count(*) FROM orders").fetchone() == (3,)
+    with pytest.raises(psycopg.OperationalError, match="may not use database 'shop'"):
+        psycopg.connect(slackbot).close()
+    # shop is now slackbot's, and shop2 is added for mailbot.
+    edit(proxy, second.replace("    agents: [mailbot]\n  shop2:", "    agents: [slackbot]\n  shop2:"))
+    wait_for(lambda: "databases reloaded: shop, shop2" in proxy.log_text(), what="the gateway's reload")
+    with pytest.raises(errors.InsufficientPrivilege, match="agent 'mailbot' may no longer use database 'shop'"):
+        mailbot.execute("SELECT count(*) FROM orders")
+    assert mailbot.closed or mailbot.broken
+    with psycopg.connect(slackbot, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM orders").fetchone() == (3,)
+    with psycopg.connect(url.replace("/shop", "/shop2"), autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM orders").fetchone() == (3,)
+        edit(proxy, original)  # shop2 removed, shop mailbot's again
+        wait_for(lambda: proxy.log_text().count("databases reloaded") == 2, what="the second reload")
+        with pytest.raises(psycopg.Error, match="database 'shop2' was removed"):
+            conn.execute("SELECT count(*) FROM orders")
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM orders").fetchone() == (3,)
+        # Where the gateway listens changes only at a restart, and `run` says so; it goes on where it was.
+        port = url.rsplit(":", 1)[1].split("/")[0]
+        edit(proxy, original.replace(f"listen: 127.0.0.1:{port}", "listen: 127.0.0.1:1"))
+        wait_for(lambda: "databases.listen take" in proxy.log_text(), what="the restart warning")
+        assert conn.execute("SELECT count(*) FROM orders").fetchone() == (3,)
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert conn.execute("SELECT 1 FROM orders LIMIT 1").fetchone() == (1,)
+    assert "Traceback" not in proxy.log_text() and "reload failed" not in proxy.log_text()
+
+
+def edit(proxy: Any, text: str) -> None:
+    """Rewrite the config as a person would, its modification time surely new."""
+    before = proxy.config.stat().st_mtime_ns
+    proxy.config.write_text(text)
+    if proxy.config.stat().st_mtime_ns == before:
+        import os
+
+        os.utime(proxy.config, ns=(before + 1_000_000, before + 1_000_000))
