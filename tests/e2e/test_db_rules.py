@@ -147,7 +147,7 @@ def test_a_denied_statement_is_refused_with_the_reason_and_not_charged(make_prox
     first = Agent(url, "DELETE FROM orders WHERE id = %s", (1,))
     card = wait_for(lambda: pending(proxy), what="the held DELETE")[0]
     denied = proxy.cli("deny", card["id"], "--reason", "not the apples")
-    assert denied.returncode == 0, denied.stderr
+    assert denied.returncode == 0 and "the agent gets a PostgreSQL error (42501)" in denied.stdout, denied.stderr
     refused = first.outcome()
     assert isinstance(refused, errors.InsufficientPrivilege)
     assert "held for approval and denied" in str(refused) and "not the apples" in str(refused)
@@ -236,3 +236,32 @@ def edit(proxy: Any, text: str) -> None:
         import os
 
         os.utime(proxy.config, ns=(before + 1_000_000, before + 1_000_000))
+
+
+REVIEWED = """\
+version: 1
+name: shop
+agents: [mailbot]
+review: {irreversible: hold 2m}
+rules:
+  - name: read orders
+    allow: {database: shop, statements: [select], tables: [orders]}
+  - name: change orders
+    allow: {database: shop, statements: [delete], tables: [orders], limit: {count: 10, per: 1h}}
+"""
+
+
+def test_review_holds_irreversible_statements_and_a_stopping_proxy_ends_the_wait(make_proxy, pg_server) -> None:
+    proxy, url = start_with(make_proxy, pg_server, REVIEWED)
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM orders").fetchone() == (3,)  # a read changes nothing: not held
+    agent = Agent(url, "DELETE FROM orders WHERE id = %s", (1,))
+    card = wait_for(lambda: pending(proxy), what="the held DELETE")[0]
+    assert card["undo_class"] == "irreversible" and card["why"] == "irreversible: review says hold up to 2m"
+    proxy.stop()  # nothing was sent, and the log says so
+    assert agent.outcome() is not None
+    assert direct(pg_server, "SELECT count(*) FROM orders") == [(3,)]
+    row = next(r for r in db_rows(proxy) if r["id"] == card["id"])
+    assert row["decision"] == "hold" and "stopped while the request waited" in row["error"]
+    assert json.loads(row["approval"])["state"] == "stopped"
+    assert proxy.cli("log", "verify").stdout.startswith("ok:")
