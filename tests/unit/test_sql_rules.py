@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from goex_proxy.policy.engine import PolicySet
 from goex_proxy.policy.load import check_policy_text
 from goex_proxy.policy.sql import TRANSACTION_RULE, decide
 from goex_proxy.policy.sqlparse import parse
@@ -159,6 +160,8 @@ def test_limits_and_waits_of_the_rules_that_allowed_a_message() -> None:
     assert both.wait is not None and (both.wait.kind, both.wait.seconds) == ("hold", 600)  # a hold beats a delay
     ((key, limit),) = limits_of(shop, both.count_limits)
     assert (key, limit.count, limit.per) == ("shop/deletes", 100, 3600)
+    # Pruning the log keeps the rows whose hits still count, SQL rules' as HTTP rules'.
+    assert PolicySet.of(shop).limit_windows() == {"shop/deletes": 3600}
 
 
 def test_policy_check_warns_of_irreversible_sql_without_a_limit(tmp_path) -> None:
