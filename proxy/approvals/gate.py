@@ -51,6 +51,8 @@ def refusal(entry: dict[str, Any]) -> str:
         return f"held for approval; nobody approved it within {waited}, so it was denied"
     if state == approvals.STOPPED:
         return STOPPED_REASON
+    if state == approvals.ABANDONED and entry.get("reason"):
+        return f"{entry['reason']} while it waited; it was not sent"
     if state == approvals.ABANDONED:
         return "the agent's client closed the connection while the request waited; it was not sent"
     return f"the request's wait ended as {state}{because}; it was not sent"

@@ -141,6 +141,7 @@ class Session:
         self.copy_in: _Pending | None = None  # an allowed COPY FROM STDIN sent, its CopyDone or CopyFail not yet
         self.describing: collections.deque[_Prepared | None] = collections.deque()  # Describes of statements sent
         self.key = (secrets.randbits(31), secrets.randbits(32))
+        self.cancelled_at = 0.0   # when the agent last sent a cancel request for this connection (monotonic)
         self._out: list[bytes] = []
 
     async def run(self) -> None:
@@ -227,6 +228,7 @@ class Session:
 
     async def cancel(self) -> None:
         """Pass a cancel request on to the server, with the server's own key (the agent only knows ours)."""
+        self.cancelled_at = time.monotonic()  # and a statement waiting for a person is not sent (`waits`)
         if self.upstream is None or self.database is None:
             return
         with contextlib.suppress(OSError):

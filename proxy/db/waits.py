@@ -154,11 +154,14 @@ class Waits:
         return await self._end(session, row, statements, settled)
 
     async def _until_decided(self, session: Any, request_id: str, entry: dict[str, Any]) -> approvals.Settled:
-        """Poll the approvals table until a person (in any process) or the clock ends the wait."""
+        """Poll the approvals table until a person (in any process), the clock or the agent ends the wait."""
+        began = time.monotonic()
         while True:
             await asyncio.sleep(POLL_SECONDS)
             if session.reader.at_eof() or session.writer.is_closing():
                 return await self._settle(request_id, approvals.ABANDONED, "the agent's client closed its connection")
+            if session.cancelled_at > began:
+                return await self._settle(request_id, approvals.ABANDONED, "the agent cancelled the statement")
             if time.time() >= entry["deadline"]:
                 sends = entry["kind"] == "delay" or entry["on_timeout"] == "send"
                 return await self._settle(request_id, approvals.SENT if sends else approvals.TIMED_OUT, None)

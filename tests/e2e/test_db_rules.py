@@ -265,3 +265,25 @@ def test_review_holds_irreversible_statements_and_a_stopping_proxy_ends_the_wait
     assert row["decision"] == "hold" and "stopped while the request waited" in row["error"]
     assert json.loads(row["approval"])["state"] == "stopped"
     assert proxy.cli("log", "verify").stdout.startswith("ok:")
+
+
+def test_a_statement_the_agent_cancels_while_it_waits_is_not_sent(make_proxy, pg_server) -> None:
+    import asyncio
+
+    import asyncpg
+
+    proxy, url = start(make_proxy, pg_server, ", hold: {timeout: 2m}")
+
+    async def agent() -> None:
+        conn = await asyncpg.connect(url)
+        with pytest.raises(TimeoutError):  # asyncpg sends a cancel request when its timeout runs out
+            await conn.execute("DELETE FROM orders WHERE id = $1", 1, timeout=2)
+        assert await conn.fetchval("SELECT count(*) FROM orders") == 3  # the connection goes on
+        await conn.close()
+
+    asyncio.run(agent())
+    assert pending(proxy) == []
+    row = wait_for(lambda: [r for r in db_rows(proxy) if r["decision"] == "hold" and r.get("error")],
+                   what="the cancelled statement's outcome")[0]
+    assert "the agent cancelled the statement while it waited; it was not sent" in row["error"]
+    assert direct(pg_server, "SELECT count(*) FROM orders") == [(3,)]
