@@ -66,7 +66,7 @@ class Waits:
         review = PolicySet(policies).review_for(session.agent) if any(p.review for p in policies) else {}
         undo_class = record.undo_class(statements)
         klass = undo_class.partition(":")[0] if undo_class else None
-        choice = choose(decision.wait, decision.rule, review, klass)
+        choice = choose(decision.wait, _waiting_rule(policies, decision), review, klass)
         if choice.action == "go" and not decision.count_limits:
             return None
         row = self._row(session, sql, params, statements, decision)
@@ -226,8 +226,8 @@ class Waits:
         if settled.state == approvals.SENT:  # no person looked at it: a policy that now holds it stops it
             review = PolicySet(policies).review_for(agent)
             undo_class = settled.entry.get("undo_class")
-            if choose(again.wait, again.rule, review, None if undo_class in (None, "read") else undo_class).action \
-                    == "hold":
+            if choose(again.wait, _waiting_rule(policies, again), review,
+                      None if undo_class in (None, "read") else undo_class).action == "hold":
                 return ("the policies changed while it waited and now hold it for a person; it was not sent (run it "
                         "again to have it held)"), None
         if not again.count_limits:
@@ -245,6 +245,14 @@ class Waits:
             if self._reader is not None:
                 self._reader.close()
                 self._reader = None
+
+
+def _waiting_rule(policies: tuple[Policy, ...], decision: Decision) -> str | None:
+    """The name of the rule whose wait the decision has (of those that allowed the statements of a message)."""
+    if decision.wait is None:
+        return None
+    keys = set((decision.rule or "").split(", "))
+    return next((r.name for p in policies for r in p.sql_rules if r.key in keys and r.wait == decision.wait), None)
 
 
 def _charge(policies: tuple[Policy, ...], agent: str, keys: tuple[str, ...], now: float) -> Charge | None:

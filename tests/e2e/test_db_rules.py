@@ -126,6 +126,7 @@ def test_a_held_statement_is_sent_once_approved(make_proxy, pg_server) -> None:
     agent = Agent(url, "DELETE FROM orders WHERE item = %s OR item = %s", ("pears", APP_USER[1]))
     card = wait_for(lambda: pending(proxy), what="the held DELETE")[0]
     assert (card["agent"], card["kind"], card["card"]["database"]) == ("mailbot", "hold", "shop")
+    assert card["why"] == "rule 'change orders' says hold up to 2m"
     assert card["card"]["sql"] == "DELETE FROM orders WHERE item = $1 OR item = $2"
     assert card["card"]["fields"] == {"$1": "pears", "$2": "[database password]"}  # scrubbed, as in the log
     assert "DELETE on database 'shop' by agent 'mailbot'" in card["card"]["summary"]
