@@ -1,4 +1,5 @@
-"""The pure choice of whether a request waits: its rule's `hold:`/`delay:` and its policies' `review:` for its class."""
+"""The pure choice of whether a request waits (its rule's `hold:`/`delay:` and its policies' `review:` for its class),
+and what the agent is told when a wait ends without the request being sent."""
 
 from __future__ import annotations
 

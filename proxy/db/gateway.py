@@ -165,7 +165,6 @@ class Gateway:
         except AuditError as exc:
             self._undo_classes.pop(row["id"], None)
             raise Refused("58000", f"goex-proxy could not record the statement, so it was not sent: {exc}") from None
-
         if over is not None:
             self._undo_classes.pop(row["id"], None)
         return over
