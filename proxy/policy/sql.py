@@ -125,10 +125,10 @@ def decide(policies: Iterable[Policy], database: str, agent: str, statements: tu
         allowed_by.append(allow)
     by = list(dict.fromkeys(allowed_by))
     rule = ", ".join(r.key for r in by) or None
-    # A message of several statements counts once against each limited rule that allowed one, and waits as its
-    # strictest rule says.
+    # Each statement of a message counts against the limit of the rule that allowed it (a limit on deletes is not
+    # escaped by sending them together), and the message waits as its strictest rule says.
     return Decision("allow", "allowed" if rule else "nothing to run", rule,
-                    count_limits=tuple(r.key for r in by if r.limit is not None),
+                    count_limits=tuple(r.key for r in allowed_by if r.limit is not None),
                     wait=strictest(r.wait for r in by)), None
 
 

@@ -121,6 +121,20 @@ def test_a_limit_is_exact_and_the_next_statement_is_refused(make_proxy, pg_serve
     assert proxy.cli("log", "verify").stdout.startswith("ok:")
 
 
+def test_each_statement_of_a_message_counts_against_the_limit(make_proxy, pg_server) -> None:
+    proxy, url = start(make_proxy, pg_server, ", limit: {count: 3, per: 1h}")
+    with psycopg.connect(url, autocommit=True) as conn, psycopg.ClientCursor(conn) as cur:  # the simple protocol
+        with pytest.raises(errors.InsufficientPrivilege, match="limit reached"):  # four at once: none runs
+            cur.execute("DELETE FROM orders WHERE id = 1; DELETE FROM orders WHERE id = 2; "
+                        "UPDATE orders SET qty = 0 WHERE id = 3; DELETE FROM orders WHERE id = 4")
+        cur.execute("DELETE FROM orders WHERE id = 1; SELECT 1 FROM orders; DELETE FROM orders WHERE id = 2")
+        cur.execute("UPDATE orders SET qty = 0 WHERE id = 3")
+        with pytest.raises(errors.InsufficientPrivilege, match="limit reached"):
+            cur.execute("UPDATE orders SET qty = 1 WHERE id = 3")
+    assert direct(pg_server, "SELECT id, qty FROM orders") == [(3, 0)]
+    assert proxy.cli("log", "verify").stdout.startswith("ok:")  # two hits of one rule for one row
+
+
 def test_a_held_statement_is_sent_once_approved(make_proxy, pg_server) -> None:
     proxy, url = start(make_proxy, pg_server, ", hold: {timeout: 2m}")
     agent = Agent(url, "DELETE FROM orders WHERE item = %s OR item = %s", ("pears", APP_USER[1]))

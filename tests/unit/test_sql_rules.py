@@ -157,6 +157,8 @@ def test_limits_and_waits_of_the_rules_that_allowed_a_message() -> None:
     both = decide(shop, "shop", "bot", parse("UPDATE t SET a = 1 WHERE b; DELETE FROM t WHERE c; BEGIN"))[0]
     assert both.rule == "shop/updates, shop/deletes, builtin/transaction-control"
     assert both.count_limits == ("shop/deletes",)
+    twice = decide(shop, "shop", "bot", parse("DELETE FROM t WHERE a; SELECT 1; DELETE FROM u WHERE b"))[0]
+    assert twice.count_limits == ("shop/deletes", "shop/deletes")  # a hit per statement
     assert both.wait is not None and (both.wait.kind, both.wait.seconds) == ("hold", 600)  # a hold beats a delay
     ((key, limit),) = limits_of(shop, both.count_limits)
     assert (key, limit.count, limit.per) == ("shop/deletes", 100, 3600)
