@@ -151,4 +151,4 @@ def restart_changes(running: Databases, edited: Databases) -> list[str]:
     which agents may use them are taken over at once."""
     if not running.by_name:
         return ["databases (the gateway starts with `run` when the config has a database)"] if edited.by_name else []
-    return ["databases.listen"] if edited.listen != running.listen else []
+    return ["databases.listen"] if edited.by_name and edited.listen != running.listen else []
