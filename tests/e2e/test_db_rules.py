@@ -43,15 +43,16 @@ def start(make_proxy, pg: Postgres, change: str, workers: int = 1) -> tuple[Any,
     return start_with(make_proxy, pg, RULES.format(change=change), workers)
 
 
-def start_with(make_proxy, pg: Postgres, policy: str, workers: int = 1) -> tuple[Any, str]:
-    """A `goex-proxy run` with the `shop` database and this policy, the orders reset; the proxy and mailbot's URL."""
+def start_with(make_proxy, pg: Postgres, policy: str, workers: int = 1, more: str = "") -> tuple[Any, str]:
+    """A `goex-proxy run` with the `shop` database and this policy (and `more` config), the orders reset; the proxy
+    and mailbot's URL."""
     with psycopg.connect(pg.dsn(APP_USER, "shop"), autocommit=True) as conn:
         conn.execute("TRUNCATE orders RESTART IDENTITY")
         with conn.cursor() as cur:
             cur.executemany("INSERT INTO orders (item, qty) VALUES (%s, %s)", ORDERS)
     port = free_port()
     extra = (f"databases:\n  listen: 127.0.0.1:{port}\n  shop:\n    host: 127.0.0.1\n    port: {pg.port}\n"
-             f"    dbname: shop\n    user: {APP_USER[0]}\n    password: shop-db\n    agents: [mailbot]\n")
+             f"    dbname: shop\n    user: {APP_USER[0]}\n    password: shop-db\n    agents: [mailbot]\n{more}")
     proxy = make_proxy({"shop": policy}, start=False, extra_config=extra)
     stored = proxy.run_cli("secrets", "set", "--config", str(proxy.config), "shop-db", input=APP_USER[1].encode())
     assert stored.returncode == 0, stored.stderr
@@ -302,3 +303,27 @@ def test_a_statement_the_agent_cancels_while_it_waits_is_not_sent(make_proxy, pg
                    what="the cancelled statement's outcome")[0]
     assert "the agent cancelled the statement while it waited; it was not sent" in row["error"]
     assert direct(pg_server, "SELECT count(*) FROM orders") == [(3,)]
+
+
+def test_a_held_statement_is_notified_and_approved_from_its_link(make_proxy, pg_server) -> None:
+    import httpx
+
+    from tests.fake_notify import WebhookReceiver
+
+    webhook = WebhookReceiver()
+    try:
+        port = free_port()
+        proxy, url = start_with(make_proxy, pg_server, RULES.format(change=", hold: {timeout: 2m}"),
+                                more=f"approvals:\n  listen: 127.0.0.1:{port}\n  notify:\n    - webhook: {webhook.url}\n")
+        agent = Agent(url, "UPDATE orders SET qty = %s WHERE item = %s", (9, "plums"))
+        message = wait_for(lambda: next(iter(webhook.seen), None), what="the webhook's notification")
+        assert message["kind"] == "hold" and message["text"].startswith("Held for approval: UPDATE shop")
+        assert message["card"]["fields"] == {"$1": "9", "$2": "plums"} and message["card"]["database"] == "shop"
+        with httpx.Client(timeout=10, trust_env=False) as http:
+            assert http.post(message["links"]["approve"]).status_code == 200
+        assert agent.outcome() is None
+        assert direct(pg_server, "SELECT qty FROM orders WHERE item = 'plums'") == [(9,)]
+        row = next(r for r in db_rows(proxy) if r["id"] == message["request_id"])
+        assert json.loads(row["approval"])["decided_by"] == "link (webhook)"
+    finally:
+        webhook.close()
