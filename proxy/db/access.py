@@ -45,6 +45,7 @@ def revoked(grant: Grant, agent: str, config: Config) -> tuple[str, str] | None:
     if not database.admits(agent):
         return "42501", (f"agent {agent!r} may no longer use database {name!r} (its 'agents' in the config); the "
                          "connection is closed")
-    if dataclasses.replace(database, agents=None) != dataclasses.replace(grant.database, agents=None):
+    if database != grant.database and (
+            dataclasses.replace(database, agents=None) != dataclasses.replace(grant.database, agents=None)):
         return "57P01", f"database {name!r} was changed in goex-proxy's config; the connection is closed (reconnect)"
     return None
