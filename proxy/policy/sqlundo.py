@@ -17,7 +17,8 @@ WRITING_KINDS = frozenset(KINDS) - CHANGES_NOTHING
 
 def reversible_kinds(transaction: str = "auto") -> frozenset[str]:
     """The writing kinds undo can take back on a database in this `transaction:` mode: none yet (no row-level undo,
-    no held transaction)."""
+    no held transaction). A kind belongs here only if every statement of it can be taken back: TRUNCATE is a
+    `delete` whose rows no capture by RETURNING sees, and `ddl` and `other` never are."""
     return frozenset()
 
 
