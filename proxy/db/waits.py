@@ -27,6 +27,9 @@ from ..policy.sqlparse import Statement
 from . import record
 
 log = logging.getLogger("goex_proxy.db")
+#: Where a wait and its end are told, as the HTTP gate tells them: `run`'s output, also with --quiet, and the stderr
+#: of an `exec --jail` that started its own gateway (else a held statement would be a silent hang there).
+live = logging.getLogger("goex_proxy.live")
 
 #: How often a waiting statement's state is read from the approvals table (a person may decide in another process).
 POLL_SECONDS = 0.2
@@ -99,8 +102,8 @@ class Waits:
     def _say(self, label: str, row: dict[str, Any], agent: str, reason: str | None = None, always: bool = False) -> None:
         """`run`'s line for the statement, as the session writes one (holds and their ends always get one)."""
         if always or not self.gateway.quiet:
-            log.info("%s %s %s %s %s%s", label, row["id"], agent, row["method"], row["url"],
-                     f": {_printable(reason)}" if reason else "")
+            (live if always else log).info("%s %s %s %s %s%s", label, row["id"], agent, row["method"], row["url"],
+                                           f": {_printable(reason)}" if reason else "")
 
     async def _wait(self, session: Any, row: dict[str, Any], statements: tuple[Statement, ...], decision: Decision,
                     choice: Choice, klass: str, sql: str, params: list[Any] | None) -> Admitted:

@@ -5,6 +5,7 @@ person's reason when denied, a delayed one sent when its time is up."""
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -327,3 +328,24 @@ def test_a_held_statement_is_notified_and_approved_from_its_link(make_proxy, pg_
         assert json.loads(row["approval"])["decided_by"] == "link (webhook)"
     finally:
         webhook.close()
+
+
+@pytest.mark.skipif(shutil.which("psql") is None, reason="psql is not installed")
+def test_without_run_a_jailed_command_is_told_its_statement_waits(make_proxy, pg_server) -> None:
+    """`exec --jail` starts a gateway of its own: a held statement is not a silent hang, and is decided as ever."""
+    proxy, _ = start(make_proxy, pg_server, ", hold: {timeout: 2m}")
+    proxy.stop()
+    done: dict[str, Any] = {}
+    script = 'psql "$DATABASE_URL" -X -At -c "DELETE FROM orders WHERE id = 2"'
+    agent = threading.Thread(target=lambda: done.update(ran=proxy.run_cli(
+        "exec", "--jail", "--config", str(proxy.config), "--agent", "mailbot", "--", "sh", "-c", script,
+        timeout=120)))
+    agent.start()
+    card = wait_for(lambda: pending(proxy), timeout=60, what="the held DELETE")[0]
+    assert proxy.cli("approve", card["id"]).returncode == 0
+    agent.join(60)
+    ran = done["ran"]
+    assert ran.returncode == 0, ran.stderr
+    assert f"held {card['id']} mailbot DELETE postgresql://shop/shop" in ran.stderr
+    assert "decide from another shell" in ran.stderr
+    assert direct(pg_server, "SELECT id FROM orders ORDER BY id") == [(1,), (3,)]
