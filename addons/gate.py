@@ -23,7 +23,9 @@ from goex_proxy.addons.state import ProxyState
 from goex_proxy.approvals import notify
 from goex_proxy.approvals import store as approvals
 from goex_proxy.approvals.card import card as make_card
-from goex_proxy.approvals.gate import Choice, choose
+from goex_proxy.approvals.gate import STOPPED_REASON, Choice, choose, refusal
+from goex_proxy.approvals.store import release as _release
+from goex_proxy.approvals.store import stop_one as _stop_one
 from goex_proxy.audit import store as audit
 from goex_proxy.durations import format_duration
 from goex_proxy.policy.engine import Decision, decide
@@ -38,8 +40,6 @@ POLL_SECONDS = 0.2
 #: How many requests of one agent may wait at once (in this proxy); past it they are refused, not queued, so that
 #: an agent cannot bury the person under cards.
 MOST_WAITING_PER_AGENT = 32
-#: What the audit row of a request that waited says, when its proxy stopped before anyone decided.
-STOPPED_REASON = "goex-proxy stopped while the request waited; it was not sent"
 
 
 @dataclass
@@ -355,47 +355,6 @@ class Gate:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
-
-
-def refusal(entry: dict[str, Any]) -> str:
-    """What the agent is told, and the audit row keeps, when a wait ends without the request being sent."""
-    state, who = entry["state"], f" by {entry['decided_by']}" if entry.get("decided_by") else ""
-    because = f": {entry['reason']}" if entry.get("reason") else ""
-    if state == approvals.DENIED:
-        return f"held for approval and denied{who}{because}"
-    if state == approvals.CANCELLED:
-        return f"cancelled{who} during its delay{because}"
-    if state == approvals.TIMED_OUT:
-        waited = format_duration(max(1, round(entry["deadline"] - entry["ts"])))
-        return f"held for approval; nobody approved it within {waited}, so it was denied"
-    if state == approvals.STOPPED:
-        return STOPPED_REASON
-    if state == approvals.ABANDONED:
-        return "the agent's client closed the connection while the request waited; it was not sent"
-    return f"the request's wait ended as {state}{because}; it was not sent"
-
-
-def _release(conn: Any, writer: audit.AuditWriter, request_id: str, charge: Charge) -> str | None:
-    """Under the writer's lock: refuse if another proxy's hits reached a cap meanwhile, else store the hits and the
-    charge (the row's outcome will carry it)."""
-    refused = writer.over_cap(charge)
-    if refused is not None:
-        return refused
-    conn.executemany("INSERT INTO limit_hits (key, agent, ts, request_id) VALUES (?, ?, ?, ?)",
-                     [(key, charge.agent, charge.at, request_id) for key in charge.keys])
-    conn.execute("UPDATE approvals SET charged = ? WHERE request_id = ?",
-                 (audit.charged(charge.keys, charge.at), request_id))
-    return None
-
-
-def _stop_one(conn: Any, writer: audit.AuditWriter, request_id: str, ended: float) -> approvals.Settled | None:
-    """Record one wait ended by a stopping proxy: its state and its row's outcome (nothing was sent)."""
-    settled = approvals.settle(conn, request_id, approvals.STOPPED, approvals.WAITING, "goex-proxy", STOPPED_REASON)
-    if not settled.changed:
-        return None  # decided just now: its own path answers it
-    writer.update_outcome(request_id, {"error": STOPPED_REASON, "ended": ended,
-                                       "approval": approvals.outcome(settled.entry)})
-    return settled
 
 
 def _recover_stopped(conn: Any, writer: audit.AuditWriter) -> int:

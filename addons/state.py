@@ -25,6 +25,7 @@ from goex_proxy.credentials.redact import SecretScrubber
 from goex_proxy.credentials.sigv4 import AwsKeys
 from goex_proxy.credentials.tokens import TokenKeeper
 from goex_proxy.credentials.vault import Vault
+from goex_proxy.dbconfig import restart_changes
 from goex_proxy.errors import GoexError
 from goex_proxy.net import upstream
 from goex_proxy.net.egress import Pins
@@ -314,7 +315,10 @@ class ProxyState:
         fresh = load_config(previous.file)
         later = sorted({RESTART_ONLY[name] for name in config_changes(self.file_config or previous, fresh)
                         if name in RESTART_ONLY})
-        fresh = dataclasses.replace(fresh, **{name: getattr(previous, name) for name in RESTART_ONLY})
+        later += restart_changes((self.file_config or previous).databases, fresh.databases)
+        fresh = dataclasses.replace(fresh, databases=dataclasses.replace(fresh.databases,
+                                                                         listen=previous.databases.listen),
+                                    **{name: getattr(previous, name) for name in RESTART_ONLY})
         applied = config_changes(previous, fresh)
         undo_rules = load_packs(list(fresh.undo_packs)) if "undo_packs" in applied else self.undo_rules
         return fresh, later, applied, undo_rules, load_policy_set(fresh.policy_sources)
@@ -332,7 +336,8 @@ RESTART_ONLY = {"listen_host": "listen", "listen_port": "listen", "state_dir": "
 RELOADED = {"agents": "agents", "policies": "the policy list", "max_body_bytes": "audit.max_body_bytes",
             "routes": "upstream.routes", "credentials": "credentials", "undo_packs": "undo_rules",
             "block_private": "upstream.block_private_networks", "allow_private": "upstream.allow_private",
-            "resolver": "upstream.resolver", "llm": "llm", "sandbox": "sandbox"}
+            "resolver": "upstream.resolver", "llm": "llm", "sandbox": "sandbox",
+            "databases": "databases (the gateway's databases and their agents)"}
 
 
 def config_changes(old: Config, new: Config) -> list[str]:

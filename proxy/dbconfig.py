@@ -143,3 +143,12 @@ def parse_databases(check: Checker, top: YMap, base: Path, agents: set[str]) -> 
             envs[(agent, database.env)] = name
         found[name] = database
     return Databases(listen, found)
+
+
+def restart_changes(running: Databases, edited: Databases) -> list[str]:
+    """What of an edited `databases:` section a running `run` takes over only when it restarts: where the gateway
+    listens, and the gateway itself when `run` started without a database (it did not start one). The databases and
+    which agents may use them are taken over at once."""
+    if not running.by_name:
+        return ["databases (the gateway starts with `run` when the config has a database)"] if edited.by_name else []
+    return ["databases.listen"] if edited.by_name and edited.listen != running.listen else []

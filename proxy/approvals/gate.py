@@ -1,11 +1,15 @@
-"""The pure choice of whether a request waits: its rule's `hold:`/`delay:` and its policies' `review:` for its class."""
+"""The pure choice of whether a request waits (its rule's `hold:`/`delay:` and its policies' `review:` for its class),
+and what the agent is told when a wait ends without the request being sent."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
+from ..durations import format_duration
 from ..policy.engine import Wait, strictest
+from . import store as approvals
+from .store import STOPPED_REASON
 
 
 @dataclass(frozen=True)
@@ -33,3 +37,23 @@ def choose(rule_wait: Wait | None, rule_name: str | None, review: dict[str, Wait
     if wait is rule_wait:
         return Choice(wait.kind, wait, f"rule '{rule_name}' says {wait.describe()}")
     return Choice(wait.kind, wait, f"{undo_class}: review says {wait.describe()}")
+
+
+def refusal(entry: dict[str, Any]) -> str:
+    """What the agent is told, and the audit row keeps, when a wait ends without the request being sent."""
+    state, who = entry["state"], f" by {entry['decided_by']}" if entry.get("decided_by") else ""
+    because = f": {entry['reason']}" if entry.get("reason") else ""
+    if state == approvals.DENIED:
+        return f"held for approval and denied{who}{because}"
+    if state == approvals.CANCELLED:
+        return f"cancelled{who} during its delay{because}"
+    if state == approvals.TIMED_OUT:
+        waited = format_duration(max(1, round(entry["deadline"] - entry["ts"])))
+        return f"held for approval; nobody approved it within {waited}, so it was denied"
+    if state == approvals.STOPPED:
+        return STOPPED_REASON
+    if state == approvals.ABANDONED and entry.get("reason"):
+        return f"{entry['reason']} while it waited; it was not sent"
+    if state == approvals.ABANDONED:
+        return "the agent's client closed the connection while the request waited; it was not sent"
+    return f"the request's wait ended as {state}{because}; it was not sent"

@@ -16,7 +16,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from ..audit import store as audit
 from ..errors import GoexError, NotFound
+from ..policy.limits import Charge
 
 HELD = "held"
 DELAYED = "delayed"
@@ -30,6 +32,8 @@ DENIED = "denied"
 TIMED_OUT = "timed out"
 CANCELLED = "cancelled"
 STOPPED = "stopped"        # its proxy stopped while it waited: nothing was sent
+#: What the audit row of a request that waited says, when its proxy stopped before anyone decided.
+STOPPED_REASON = "goex-proxy stopped while the request waited; it was not sent"
 ABANDONED = "abandoned"    # the agent's client closed the connection while it waited: nothing was sent
 PASSED = "passed"          # sent at once because undo can take it back; queued for review
 REFUSED = "refused"        # let go, then refused as the policy or limits stood when its wait ended: not sent
@@ -165,6 +169,29 @@ def outcome(entry: dict[str, Any], charged: str | None = None) -> str:
     if charged or entry.get("charged"):
         kept["charged"] = json.loads(charged or entry["charged"])
     return json.dumps({k: v for k, v in kept.items() if v is not None}, separators=(",", ":"))
+
+
+def release(conn: Any, writer: audit.AuditWriter, request_id: str, charge: Charge) -> str | None:
+    """Under the writer's lock: refuse if another proxy's hits reached a cap meanwhile, else store the hits and the
+    charge (the row's outcome will carry it)."""
+    refused = writer.over_cap(charge)
+    if refused is not None:
+        return refused
+    conn.executemany("INSERT INTO limit_hits (key, agent, ts, request_id) VALUES (?, ?, ?, ?)",
+                     [(key, charge.agent, charge.at, request_id) for key in charge.keys])
+    conn.execute("UPDATE approvals SET charged = ? WHERE request_id = ?",
+                 (audit.charged(charge.keys, charge.at), request_id))
+    return None
+
+
+def stop_one(conn: Any, writer: audit.AuditWriter, request_id: str, ended: float) -> Settled | None:
+    """Record one wait ended by a stopping proxy: its state and its row's outcome (nothing was sent)."""
+    settled = settle(conn, request_id, STOPPED, WAITING, "goex-proxy", STOPPED_REASON)
+    if not settled.changed:
+        return None  # decided just now: its own path answers it
+    writer.update_outcome(request_id, {"error": STOPPED_REASON, "ended": ended,
+                                       "approval": outcome(settled.entry)})
+    return settled
 
 
 # One-time links -------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import queue
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -508,7 +509,7 @@ class AuditWriter:
             since = charge.at - limit.per if limit.per is not None else float("-inf")
             (hits,) = self._conn.execute("SELECT count(*) FROM limit_hits WHERE key = ? AND agent = ? AND ts > ?",
                                          (key, charge.agent, since)).fetchone()
-            if hits >= limit.count:
+            if hits + charge.keys.count(key) > limit.count:  # a message of several SQL statements: a hit each
                 return (f"limit reached: rule '{key.partition('/')[2]}' allows {limit.describe()} for agent "
                         f"'{charge.agent}', counted across every proxy writing this audit log")
         return None
@@ -690,14 +691,16 @@ def charged(keys: Iterable[str], at: float) -> str:
     return json.dumps({"keys": list(keys), "at": at}, separators=(",", ":"))
 
 
-def _limit_hits_problem(conn: sqlite3.Connection, expected: set[tuple[str, str, float]]) -> tuple[str, str] | None:
-    """The first disagreement between `limit_hits` and the charges the chained rows carry: (row id, problem)."""
+def _limit_hits_problem(conn: sqlite3.Connection, expected: Counter[tuple[str, str, float]]) -> tuple[str, str] | None:
+    """The first disagreement between `limit_hits` and the charges the chained rows carry (a charge may name a rule
+    more than once: a message of several SQL statements): (row id, problem)."""
     for key, ts, request_id in conn.execute("SELECT key, ts, request_id FROM limit_hits ORDER BY rowid"):
-        if (request_id, key, ts) not in expected:
+        if expected[(request_id, key, ts)] <= 0:
             return request_id, f"a limit hit of rule {key!r} matches no charge its row carries (limit_hits was edited)"
-        expected.discard((request_id, key, ts))
-    for request_id, key, _ in sorted(expected):
-        return request_id, f"its limit hit of rule {key!r} is gone (limit_hits was edited: limits would count less)"
+        expected[(request_id, key, ts)] -= 1
+    for (request_id, key, _), left in sorted(expected.items()):
+        if left > 0:
+            return request_id, f"its limit hit of rule {key!r} is gone (limit_hits was edited: limits would count less)"
     return None
 
 
@@ -728,7 +731,7 @@ def verify(conn: sqlite3.Connection, key: bytes | None, anchor: Anchor | None = 
     prev = ""
     checked = pruned = 0
     anchored = anchor is None
-    expected: set[tuple[str, str, float]] = set()  # (request id, rule key, time) of every charge a row carries
+    expected: Counter[tuple[str, str, float]] = Counter()  # (request id, rule key, time) of each hit rows carry
     joins = gaps(conn)
     for row in iter_rows(conn, lenient=True):
         problem = None

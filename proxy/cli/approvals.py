@@ -70,7 +70,9 @@ def _decide(config_path: Path | None, request_id: str, action: str, reason: str 
     except approvals.ApprovalError as exc:
         click.echo(f"goex-proxy: {exc}", err=True)
         sys.exit(1)
-    what = {"approve": "approved: it is sent now", "deny": "denied: the agent gets a 403" + (
+    statement = json.loads(settled.entry.get("card") or "{}").get("database") is not None  # a SQL card names it
+    refused = "a PostgreSQL error (42501)" if statement else "a 403"
+    what = {"approve": "approved: it is sent now", "deny": f"denied: the agent gets {refused}" + (
         f" saying {reason!r}" if reason else ""), "cancel": "cancelled: it will not be sent"}[action]
     click.echo(f"{settled.entry['request_id']} {what}")
 
@@ -93,7 +95,8 @@ def approve(config_path: Path | None, request_id: str) -> None:
 @click.option("--reason", help="Told to the agent with its 403, and kept in the audit log.")
 @handle_errors
 def deny(config_path: Path | None, request_id: str, reason: str | None) -> None:
-    """Refuse a waiting request: nothing is sent, and the agent gets a 403 with the reason.
+    """Refuse a waiting request: nothing is sent, and the agent gets a 403 (a PostgreSQL error for a statement) with
+    the reason.
 
     Example: goex-proxy deny 01JD3K2M5X0A1 --reason "not this channel"
     """

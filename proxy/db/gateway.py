@@ -13,11 +13,18 @@ from ..audit.store import AuditWriter
 from ..config import Config
 from ..errors import AuditError, ConfigError, GoexError
 from ..ids import RequestIds
-from ..policy.engine import Policy
+from ..policy.engine import Decision, Policy
+from ..policy.limits import Charge
 from ..policy.load import load_policy_set
+from ..policy.sqlparse import Statement
+from . import access
 from .session import Refused, Session
+from .waits import Admitted, Waits
 
 log = logging.getLogger("goex_proxy.db")
+
+#: How often the gateway looks for edits of its config and policies while no statement does (as `run` does).
+RELOAD_SECONDS = 1.0
 
 
 class Gateway:
@@ -35,13 +42,24 @@ class Gateway:
         self._sessions: dict[tuple[int, int], Session] = {}
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._undo_classes: dict[str, str] = {}  # request id -> the undo class its outcome will carry
+        self._waits = Waits(self)
+        self._grants: dict[tuple[int, int], access.Grant] = {}  # what admitted each connection, by its cancel key
+        self._watcher: asyncio.Task[None] | None = None
+
+    @property
+    def writer(self) -> AuditWriter:
+        return self._writer
 
     async def start(self) -> None:
         await self.policies()  # a policy that does not load is a reason not to start (run checked it already)
         host, port = self.config.databases.listen
         self._server = await asyncio.start_server(self._serve, host, port)
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
 
     async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
         if self._server is not None:
             self._server.close()
         for task in list(self._tasks):
@@ -50,6 +68,7 @@ class Gateway:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
+        self._waits.close()
         if self._owns_writer:
             await asyncio.to_thread(self._writer.close)
 
@@ -65,8 +84,9 @@ class Gateway:
             self._tasks.discard(task)
 
     def _stamp(self) -> tuple[tuple[Path, int | None], ...]:
+        """The config file's and each policy file's modification time (None: unreadable), the config's first."""
         out: list[tuple[Path, int | None]] = []
-        for path, _ in self.config.policy_sources:
+        for path in (self.config.file, *(path for path, _ in self.config.policy_sources)):
             try:
                 out.append((path, path.stat().st_mtime_ns))
             except OSError:
@@ -75,12 +95,15 @@ class Gateway:
 
     async def policies(self) -> tuple[Policy, ...]:
         """The policies in force: read again when a file changed since (a file with a mistake keeps the last good
-        set, and says so)."""
+        set, and says so); the config too, when its file changed (`access`)."""
         stamps = self._stamp()
         if stamps == self._stamps:
             return self._policies
         async with self._lock:
-            if stamps != self._stamps:
+            if self._stamps and stamps[0] != self._stamps[0]:
+                await self._reload_config()
+                stamps = self._stamp()  # the config's own, and those of the policy files it names now
+            elif stamps != self._stamps:
                 try:
                     loaded = await asyncio.to_thread(load_policy_set, self.config.policy_sources)
                 except ConfigError as exc:
@@ -89,8 +112,37 @@ class Gateway:
                     log.error("database gateway: policy reload rejected; keeping the last good policies: %s", exc)
                 else:
                     self._policies = tuple(loaded.policies)
-                self._stamps = stamps
+            self._stamps = stamps
         return self._policies
+
+    async def _reload_config(self) -> None:
+        """Take over an edited config with its policies, all or nothing (its `databases.listen` only at a restart,
+        which `run` says)."""
+        try:
+            config, policies = await asyncio.to_thread(access.read_again, self.config)
+        except GoexError as exc:
+            log.error("database gateway: config reload rejected; keeping the last good config and policies: %s", exc)
+            return
+        if config.databases != self.config.databases:
+            log.info("database gateway: databases reloaded: %s", ", ".join(config.databases.by_name) or "(none)")
+        self.config, self._policies = config, policies
+
+    async def _watch(self) -> None:
+        """Pick up edits while no statement comes (new connections are admitted under the config as it is)."""
+        while True:
+            await asyncio.sleep(RELOAD_SECONDS)
+            try:
+                await self.policies()
+            except Exception:  # the watcher must outlive any one bad edit
+                log.exception("database gateway: reload failed")
+
+    async def check_admitted(self, session: Session) -> None:
+        """Refuse the statement about to run, and end its connection, if the config in force no longer admits the
+        connection (its database removed or changed, its agent removed or no longer among the database's)."""
+        await self.policies()
+        grant = self._grants.get(session.key)
+        if grant is not None and (why := access.revoked(grant, session.agent, self.config)) is not None:
+            raise Refused(*why)
 
     def secrets(self) -> dict[str, str]:
         from ..credentials.vault import Vault
@@ -100,15 +152,34 @@ class Gateway:
         except GoexError as exc:
             raise Refused("28000", f"goex-proxy cannot read its vault: {exc}") from None
 
-    async def record_intent(self, row: dict[str, Any]) -> None:
-        """Commit a statement's row before it is sent; a log that cannot take it refuses the statement."""
+    async def admit(self, session: Session, sql: str, params: list[Any] | None, statements: tuple[Statement, ...],
+                    decision: Decision, policies: tuple[Policy, ...]) -> Admitted | None:
+        """An allowed statement counted against its rules' limits, held or delayed as they say (`waits`)."""
+        return await self._waits.admit(session, sql, params, statements, decision, policies)
+
+    async def record_intent(self, row: dict[str, Any], charge: Charge | None = None) -> str | None:
+        """Commit a statement's row before it is sent; a log that cannot take it refuses the statement. With a charge:
+        why a cap it counts against is reached (and the row is not written), or None."""
         try:
-            await asyncio.wrap_future(self._writer.record_intent(row))
+            over = await asyncio.wrap_future(self._writer.record_intent(self.class_later(row), charge))
         except AuditError as exc:
+            self._undo_classes.pop(row["id"], None)
             raise Refused("58000", f"goex-proxy could not record the statement, so it was not sent: {exc}") from None
+        if over is not None:
+            self._undo_classes.pop(row["id"], None)
+        return over
+
+    def class_later(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The row without its undo class, kept for its outcome: the class is under the outcome's hash (as an HTTP
+        row's is), and a row in flight with one reads as edited to `log verify`."""
+        if row.get("undo_class") is None or row.get("status") is not None or row.get("error") is not None:
+            return row
+        self._undo_classes[row["id"]] = row["undo_class"]
+        return {k: v for k, v in row.items() if k != "undo_class"}
 
     def record_outcome(self, request_id: str, fields: dict[str, Any]) -> None:
-        self._writer.record_outcome(request_id, fields)
+        undo_class = self._undo_classes.pop(request_id, None)
+        self._writer.record_outcome(request_id, fields | {"undo_class": undo_class} if undo_class else fields)
 
     def new_id(self) -> str:
         return self._ids.new()
@@ -116,8 +187,11 @@ class Gateway:
     def register(self, key: tuple[int, int], session: Session | None) -> None:
         if session is None:
             self._sessions.pop(key, None)
+            self._grants.pop(key, None)
         else:
             self._sessions[key] = session
+            assert session.database is not None
+            self._grants[key] = access.Grant(self.config.agents.get(session.agent), session.database)
 
     def session_for(self, key: tuple[int, int]) -> Session | None:
         return self._sessions.get(key)

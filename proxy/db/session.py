@@ -36,6 +36,7 @@ from .wire import (
     error_response,
     execute_portal,
     message,
+    parameter_types,
     parse_message,
     parse_params,
     parse_payload,
@@ -74,13 +75,18 @@ class Gatekeeper(Protocol):
 
     def secrets(self) -> dict[str, str]: ...
 
-    async def record_intent(self, row: dict[str, Any]) -> None: ...
+    async def record_intent(self, row: dict[str, Any]) -> str | None: ...
+
+    async def admit(self, session: Session, sql: str, params: list[Any] | None, statements: tuple[Statement, ...],
+                    decision: Decision, policies: tuple[Policy, ...]) -> Any: ...
 
     def record_outcome(self, request_id: str, fields: dict[str, Any]) -> None: ...
 
     def new_id(self) -> str: ...
 
     def register(self, key: tuple[int, int], session: Session | None) -> None: ...
+
+    async def check_admitted(self, session: Session) -> None: ...
 
     def session_for(self, key: tuple[int, int]) -> Session | None: ...
 
@@ -104,6 +110,7 @@ class _Pending:
     tags: list[str] = field(default_factory=list)
     error: str | None = None
     copying: bool = False           # a COPY FROM STDIN the server has begun (CopyInResponse seen)
+    approval: str | None = None     # what became of its wait (`db.waits`), for its outcome row
     maybe_for: _Pending | None = None  # "ready": a Sync sent during that COPY, which the server ignores once it began
 
 
@@ -132,7 +139,9 @@ class Session:
         self.skipping = False
         self.in_batch = False   # extended-protocol messages sent since the last Sync
         self.copy_in: _Pending | None = None  # an allowed COPY FROM STDIN sent, its CopyDone or CopyFail not yet
+        self.describing: collections.deque[_Prepared | None] = collections.deque()  # Describes of statements sent
         self.key = (secrets.randbits(31), secrets.randbits(32))
+        self.cancelled_at = 0.0   # when the agent last sent a cancel request for this connection (monotonic)
         self._out: list[bytes] = []
 
     async def run(self) -> None:
@@ -219,6 +228,7 @@ class Session:
 
     async def cancel(self) -> None:
         """Pass a cancel request on to the server, with the server's own key (the agent only knows ours)."""
+        self.cancelled_at = time.monotonic()  # and a statement waiting for a person is not sent (`waits`)
         if self.upstream is None or self.database is None:
             return
         with contextlib.suppress(OSError):
@@ -283,6 +293,8 @@ class Session:
                                    "extended-protocol batch (send Sync first)")
         if kind in (b"P", b"B", b"E", b"D"):  # the messages that can fail (Close and Flush cannot)
             self.in_batch = True
+        if kind in (b"Q", b"P", b"E"):
+            await self.gate.check_admitted(self)  # a reloaded config may no longer admit this connection
         if kind == b"Q":
             await self._query(query_text(msg.payload))
         elif kind == b"P":
@@ -302,6 +314,8 @@ class Session:
             (self.prepared if what == "S" else self.portals).pop(name, None)
             self._send(msg.encode())
         elif kind in (b"D", b"H", b"d", b"c", b"f"):
+            if kind == b"D" and (target := close_target(msg.payload))[0] == "S":
+                self.describing.append(self.prepared.get(target[1]))  # the server's answer gives its types
             self._send(msg.encode())
         elif kind == b"F":
             why = "the function-call protocol calls a function by number, which the policy cannot see through"
@@ -338,9 +352,14 @@ class Session:
         if decision.effect == "deny":
             await self._refuse_simple(decision.reason, sql, statements, decision)
             return
-        request_id = await self._record(sql, None, statements, decision) if statements else None
+        admitted = await self.gate.admit(self, sql, None, statements, decision, self._policies)  # limits, waits
+        if admitted is not None and admitted.refusal is not None:
+            await self._refuse_simple(admitted.refusal)
+            return
+        request_id = admitted.request_id if admitted is not None else \
+            await self._record(sql, None, statements, decision) if statements else None
         self._forget(statements)
-        sent = _Pending("query", request_id, time.time())
+        sent = _Pending("query", request_id, time.time(), approval=admitted.approval if admitted else None)
         self.pending.extend((sent, _Pending("ready", None, time.time())))
         if _copies_in(statements):
             self.copy_in = sent
@@ -407,10 +426,14 @@ class Session:
                 await self._record(prepared.sql, params, prepared.statements, decision)
                 self._refuse_extended(decision.reason)
                 return
-        request_id = await self._record(prepared.sql, params, prepared.statements, decision) \
-            if prepared.statements else None
+        admitted = await self.gate.admit(self, prepared.sql, params, prepared.statements, decision, self._policies)
+        if admitted is not None and admitted.refusal is not None:
+            self._refuse_extended(admitted.refusal)
+            return
+        request_id = admitted.request_id if admitted is not None else \
+            await self._record(prepared.sql, params, prepared.statements, decision) if prepared.statements else None
         self._forget(prepared.statements)
-        sent = _Pending("execute", request_id, time.time())
+        sent = _Pending("execute", request_id, time.time(), approval=admitted.approval if admitted else None)
         self.pending.append(sent)
         if _copies_in(prepared.statements):
             self.copy_in = sent
@@ -467,7 +490,13 @@ class Session:
         elif msg.kind == b"G" and head is not None and head.kind in ("query", "execute"):
             head.copying = True  # the server ignores the Syncs the client sent since, until the copy ends
             self.pending = collections.deque(p for p in self.pending if p.maybe_for is not head)
+        elif msg.kind == b"t" and self.describing:
+            # The parameter types the server inferred, for a client that sent none (asyncpg): its binary parameters
+            # are then recorded (and scrubbed) as values, not hex.
+            if (described := self.describing.popleft()) is not None:
+                described.types = parameter_types(msg.payload)  # the types it was given, and those it inferred
         elif msg.kind == b"Z":
+            self.describing.clear()  # a Describe after a failure in its batch got no answer
             self._finish_all("not run: an earlier message of its batch failed", through_ready=True)
         return msg.encode()
 
@@ -476,8 +505,8 @@ class Session:
             self.copy_in = None
         if pending.request_id is None or pending.kind == "refusal":
             return
-        self.gate.record_outcome(pending.request_id, record.outcome(pending.tags, pending.error, pending.started,
-                                                                    self.scrub, self.gate.config.max_body_bytes))
+        fields = record.outcome(pending.tags, pending.error, pending.started, self.scrub, self.gate.config.max_body_bytes)
+        self.gate.record_outcome(pending.request_id, fields | ({"approval": pending.approval} if pending.approval else {}))
 
     def _finish_all(self, why: str, through_ready: bool = False) -> None:
         """At ReadyForQuery (`through_ready`: what was sent before the Query or Sync it answers; pipelined ones

@@ -220,6 +220,13 @@ def close_target(payload: bytes) -> tuple[str, str]:
     return payload[:1].decode(), cstring(payload, 1)[0]
 
 
+@_decoder
+def parameter_types(payload: bytes) -> tuple[int, ...]:
+    """A ParameterDescription's type OIDs: the server's answer to a Describe of a statement."""
+    (count,) = struct.unpack_from("!H", payload, 0)
+    return struct.unpack_from(f"!{count}I", payload, 2)
+
+
 def auth(code: int, extra: bytes = b"") -> bytes:
     return message(b"R", struct.pack("!I", code) + extra)
 

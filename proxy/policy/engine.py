@@ -413,8 +413,9 @@ class PolicySet:
         return out
 
     def limit_windows(self) -> dict[str, float | None]:
-        """Every limited rule's key and window, to seed counters from storage."""
-        return {r.key: r.limit.per for p in self.policies for r in p.rules if r.limit}
+        """Every limited rule's key and window (SQL rules' too), to seed counters from storage and to keep the rows
+        whose hits still count when the log is pruned."""
+        return {r.key: r.limit.per for p in self.policies for r in (*p.rules, *p.sql_rules) if r.limit}
 
     def review_for(self, agent: str | None) -> dict[str, Wait | None]:
         """What the enforced policies for this agent say each undo class does (`review:`): absent, it is not gated;

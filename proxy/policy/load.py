@@ -211,7 +211,8 @@ class RuleReader:
         m = self.check.mapping(r[effect], f"{where}.{effect}", self.check.at(r, effect), keys)
         if m is None:
             return None
-        return SqlRuleReader(self.check, self.sql_condition).rule(policy, name, effect, m, f"{where}.{effect}")
+        return SqlRuleReader(self.check, self.sql_condition, self.limit, self.wait).rule(policy, name, effect, m,
+                                                                                         f"{where}.{effect}")
 
     def sql_condition(self, m: YMap, key: str, where: str) -> Condition | None:
         source = m[key]
@@ -337,7 +338,7 @@ class RuleReader:
         if mode == "report" and sql_rules:
             self.check.warn(self.check.at(p, "mode"), "a report-mode policy's SQL rules are not applied (the database "
                                                       "gateway enforces only enforce-mode policies)")
-        if mode == "report" and ("review" in p or any(isinstance(r, Rule) and r.wait for r in rules)):
+        if mode == "report" and ("review" in p or any(isinstance(r, (Rule, SqlRule)) and r.wait for r in rules)):
             self.check.warn(self.check.at(p, "mode"), "a report-mode policy never holds or delays a request: its "
                                                       "'review', 'hold' and 'delay' have no effect")
         return Policy(

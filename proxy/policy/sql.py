@@ -10,13 +10,13 @@ from typing import Any
 
 from ..yamlsrc import Checker, YMap
 from .cel import CelEvalError, CelSyntaxError, Condition, compile_condition
-from .engine import Decision, Policy
+from .engine import Decision, Limit, Policy, Wait, strictest
 from .sqlparse import KINDS, Statement
 
 #: What a SQL rule's `when` may read.
 SQL_VARIABLES = frozenset({"statement", "agent", "database", "now"})
 _MATCH_KEYS = {"database", "databases", "statements", "tables", "agents", "when"}
-ALLOW_KEYS = _MATCH_KEYS | {"columns", "functions"}
+ALLOW_KEYS = _MATCH_KEYS | {"columns", "functions", "limit", "hold", "delay"}
 DENY_KEYS = _MATCH_KEYS | {"reason"}
 #: The rule that lets transaction control through (BEGIN, COMMIT, ROLLBACK, SAVEPOINT): it changes nothing itself.
 TRANSACTION_RULE = "builtin/transaction-control"
@@ -46,6 +46,8 @@ class SqlRule:
     agents: frozenset[str] | None = None
     when: Condition | None = None
     reason: str | None = None
+    limit: Limit | None = None               # allow only: at most so many statements it allows, per agent
+    wait: Wait | None = None                 # allow only: `hold:` or `delay:`, as for HTTP requests
 
     @property
     def key(self) -> str:
@@ -99,7 +101,7 @@ def decide(policies: Iterable[Policy], database: str, agent: str, statements: tu
     """Allow only if every statement is allowed by an enforced policy's rule and denied by none; else the first
     statement refused and why. A message with no statement (empty) is allowed: it runs nothing."""
     rules = [r for p in policies if p.applies_to(agent) and p.mode == "enforce" for r in p.sql_rules]
-    allowed_by: list[str] = []
+    allowed_by: list[SqlRule] = []
     for statement in statements:
         variables = {"statement": statement.as_cel(), "agent": agent, "database": database,
                      "now": now if now is not None else time.time()}
@@ -114,15 +116,27 @@ def decide(policies: Iterable[Policy], database: str, agent: str, statements: tu
             return Decision("deny", "COPY to or from a file or program on the database server is never relayed "
                                     "(COPY ... FROM STDIN and TO STDOUT can be allowed)"), statement
         if statement.kinds == {"transaction"}:
-            allowed_by.append(TRANSACTION_RULE)
+            allowed_by.append(_TRANSACTION)
             continue
         allow = next((r for r in rules if r.effect == "allow" and r.matches(database, agent, statement, variables)),
                      None)
         if allow is None:
             return Decision("deny", _why_not(rules, database, agent, statement)), statement
-        allowed_by.append(allow.key)
-    rule = ", ".join(dict.fromkeys(allowed_by)) or None
-    return Decision("allow", "allowed" if rule else "nothing to run", rule), None
+        allowed_by.append(allow)
+    by = list(dict.fromkeys(allowed_by))
+    rule = ", ".join(r.key for r in by) or None
+    # Each statement of a message counts against the limit of the rule that allowed it (a limit on deletes is not
+    # escaped by sending them together), and the message waits as its strictest rule says.
+    return Decision("allow", "allowed" if rule else "nothing to run", rule,
+                    count_limits=tuple(r.key for r in allowed_by if r.limit is not None),
+                    wait=strictest(r.wait for r in by)), None
+
+
+def limits_of(policies: Iterable[Policy], keys: Iterable[str]) -> tuple[tuple[str, Limit], ...]:
+    """The limits of these SQL rules (by key), as caps the audit writer checks against every proxy's hits."""
+    wanted = set(keys)
+    return tuple((r.key, r.limit) for p in policies if p.mode == "enforce" for r in p.sql_rules
+                 if r.limit is not None and r.key in wanted)
 
 
 def _why_not(rules: list[SqlRule], database: str, agent: str, statement: Statement) -> str:
@@ -140,12 +154,17 @@ def _why_not(rules: list[SqlRule], database: str, agent: str, statement: Stateme
     return f"no rule allows {what}{on} on database '{database}' for agent '{agent}' (default deny)"
 
 
+#: What allows transaction control (it changes nothing itself, so it has no limit and never waits).
+_TRANSACTION = SqlRule("builtin", "transaction-control", "allow", None, frozenset({"transaction"}))
+
+
 class SqlRuleReader:
     """Reads a SQL rule's block, reporting problems on the policy file's checker."""
 
-    def __init__(self, check: Checker, compile_when: Any) -> None:
+    def __init__(self, check: Checker, compile_when: Any, limit: Any = None, wait: Any = None) -> None:
         self.check = check
         self.compile_when = compile_when   # (YMap, key, where) -> Condition | None, with positions in the file
+        self.limit, self.wait = limit, wait  # (YMap, where) -> Limit | Wait | None: read as for HTTP rules
 
     def names(self, m: YMap, key: str, where: str, lower: bool = True) -> frozenset[str] | None:
         if key not in m:
@@ -184,6 +203,8 @@ class SqlRuleReader:
             agents=None if agents is None or "*" in agents else frozenset(agents),
             when=self.compile_when(m, "when", where) if "when" in m else None,
             reason=self.check.string(m, "reason", f"{where}.reason") if effect == "deny" else None,
+            limit=self.limit(m, where) if effect == "allow" and self.limit is not None else None,
+            wait=self.wait(m, where) if effect == "allow" and self.wait is not None else None,
         )
 
 

@@ -1,5 +1,6 @@
 """`policy check`: policy files and undo packs told apart and checked, and the configured allow rules that let an agent
-make a call no undo can take back, with no limit on it (here, because only `undo` may read both kinds of file), and
+make a call no undo can take back, with no limit on it (here, because only `undo` may read both kinds of file; SQL
+rules' irreversible statements too), and
 the conditions that nest one comprehension in another: possibly slow on every request their rule matches."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from ..errors import GoexError, Problem
 from ..policy.cel import CelSyntaxError, nested_comprehension
 from ..policy.load import check_policy_text, expression_pos, load_policy_set
 from ..policy.requestview import RequestView
+from ..policy.sqlundo import unlimited_irreversible
 from .plan import irreversible_samples
 from .rules import check_pack_text, is_undo_pack, load_packs
 
@@ -44,8 +46,9 @@ def check_file(file: Path) -> list[Problem]:
         return [Problem(str(file), 1, 1, f"policy file is not UTF-8 text (byte {exc.start})")]
     if is_undo_pack(text):
         return check_pack_text(text, str(file))[1]
-    problems = check_policy_text(text, str(file))[1]
-    return problems + slow_conditions(text, str(file))
+    policy, problems = check_policy_text(text, str(file))
+    sql = unlimited_irreversible(policy) if policy is not None else []
+    return problems + sql + slow_conditions(text, str(file))
 
 
 def slow_conditions(text: str, file: str) -> list[Problem]:

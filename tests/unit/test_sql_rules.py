@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from goex_proxy.policy.engine import PolicySet
 from goex_proxy.policy.load import check_policy_text
 from goex_proxy.policy.sql import TRANSACTION_RULE, decide
 from goex_proxy.policy.sqlparse import parse
@@ -96,7 +97,11 @@ def test_a_report_mode_policys_sql_rules_allow_nothing() -> None:
     ("allow: {database: shop, statements: [selcet]}", "unknown kind 'selcet'"),
     ("allow: {database: '*', statements: [select]}", "an allow rule never applies to every database"),
     ("allow: {database: shop, statements: [select], host: x.example}", "unknown key 'host'"),
-    ("allow: {database: shop, statements: [select], limit: {count: 1}}", "unknown key 'limit'"),
+    ("deny: {database: shop, statements: [delete], limit: {count: 1}}", "unknown key 'limit'"),
+    ("deny: {database: shop, statements: [delete], hold: true}", "unknown key 'hold'"),
+    ("allow: {database: shop, statements: [delete], limit: {count: -1}}", "limit.count' must be a whole number"),
+    ("allow: {database: shop, statements: [delete], hold: true, delay: 5s}", "has both 'hold' and 'delay'"),
+    ("allow: {database: shop, statements: [delete], hold: {on_timeout: later}}", "must be 'deny' or 'send'"),
     ("deny: {database: shop, columns: [a]}", "unknown key 'columns'"),
     ("allow: {database: shop, statements: [select], when: 'request.method == 1'}", "request"),
     ("allow: {database: shop, databases: [x], statements: [select]}", "has both 'database' and 'databases'"),
@@ -126,3 +131,56 @@ def test_names_compare_as_postgresql_folds_them() -> None:
     # A function of one's own named "Lower" is not the built-in lower().
     assert "Lower" in verdict('SELECT "Lower"(item) FROM orders').reason
     assert verdict("SELECT LOWER(item) FROM orders").rule == "shop/read"
+
+
+LIMITED = """\
+version: 1
+name: shop
+rules:
+  - name: read
+    allow: {database: shop, statements: [select]}
+  - name: deletes
+    allow: {database: shop, statements: [delete], limit: {count: 100, per: 1h}, hold: {timeout: 10m}}
+  - name: updates
+    allow: {database: shop, statements: [update], delay: 30s}
+  - name: ddl
+    allow: {database: shop, statements: [ddl]}
+"""
+
+
+def test_limits_and_waits_of_the_rules_that_allowed_a_message() -> None:
+    from goex_proxy.policy.sql import limits_of
+
+    shop = policies(LIMITED)
+    read = decide(shop, "shop", "bot", parse("SELECT 1"))[0]
+    assert (read.count_limits, read.wait) == ((), None)
+    both = decide(shop, "shop", "bot", parse("UPDATE t SET a = 1 WHERE b; DELETE FROM t WHERE c; BEGIN"))[0]
+    assert both.rule == "shop/updates, shop/deletes, builtin/transaction-control"
+    assert both.count_limits == ("shop/deletes",)
+    twice = decide(shop, "shop", "bot", parse("DELETE FROM t WHERE a; SELECT 1; DELETE FROM u WHERE b"))[0]
+    assert twice.count_limits == ("shop/deletes", "shop/deletes")  # a hit per statement
+    assert both.wait is not None and (both.wait.kind, both.wait.seconds) == ("hold", 600)  # a hold beats a delay
+    ((key, limit),) = limits_of(shop, both.count_limits)
+    assert (key, limit.count, limit.per) == ("shop/deletes", 100, 3600)
+    # Pruning the log keeps the rows whose hits still count, SQL rules' as HTTP rules'.
+    assert PolicySet.of(shop).limit_windows() == {"shop/deletes": 3600}
+
+
+def test_policy_check_warns_of_irreversible_sql_without_a_limit(tmp_path) -> None:
+    from goex_proxy.undo.policycheck import check_file
+
+    path = tmp_path / "shop.yaml"
+    path.write_text(LIMITED)
+    warned = [p.message for p in check_file(path) if p.severity == "warning"]
+    # deletes are limited, reads change nothing; updates only wait (a delay lets them through unseen), DDL nothing.
+    assert [w.split("'")[1] for w in warned] == ["updates", "ddl"], warned
+    assert "allows update on shop with no limit, and undo cannot take them back" in warned[0]
+
+
+def test_the_warning_asks_which_kinds_undo_can_take_back(monkeypatch) -> None:
+    from goex_proxy.policy import sqlundo
+
+    (policy,) = policies(LIMITED)
+    assert len(sqlundo.unlimited_irreversible(policy)) == 2
+    monkeypatch.setattr(sqlundo, "reversible_kinds", lambda transaction="auto": frozenset({"update", "ddl"}))
+    assert sqlundo.unlimited_irreversible(policy) == []
