@@ -331,13 +331,14 @@ class ProxyState:
 
 #: Config fields the running proxy cannot take over (what `config.yaml` calls them).
 RESTART_ONLY = {"listen_host": "listen", "listen_port": "listen", "state_dir": "state_dir", "audit_db": "audit.db",
-                "extra_ca": "upstream.extra_ca", "limits": "limits", "approvals": "approvals"}
+                "extra_ca": "upstream.extra_ca", "limits": "limits", "approvals": "approvals", "console": "console"}
 #: How the reload message names each config field it applied.
 RELOADED = {"agents": "agents", "policies": "the policy list", "max_body_bytes": "audit.max_body_bytes",
             "routes": "upstream.routes", "credentials": "credentials", "undo_packs": "undo_rules",
             "block_private": "upstream.block_private_networks", "allow_private": "upstream.allow_private",
             "resolver": "upstream.resolver", "llm": "llm", "sandbox": "sandbox",
-            "databases": "databases (the gateway's databases and their agents)"}
+            "databases": "databases (the gateway's databases and their agents)",
+            "retention": "audit.retention (from the next prune)"}
 
 
 def config_changes(old: Config, new: Config) -> list[str]:

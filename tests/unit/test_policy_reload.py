@@ -131,3 +131,14 @@ def test_a_reload_of_a_10000_rule_policy_does_not_stall_requests_decided_meanwhi
     # Before the swap the old set denied the request, after it the new one allows it: never a mix, never back.
     assert effects[0] == "deny" and effects[-1] == "allow"
     assert effects == sorted(effects, key=lambda e: e == "allow")
+
+
+def test_every_config_field_is_either_taken_over_by_a_reload_or_named_as_needing_a_restart() -> None:
+    """A field in neither table made `run`'s reload fail with a KeyError when it was edited (`databases:` and
+    `console:` both did)."""
+    from goex_proxy.addons.state import RELOADED, RESTART_ONLY
+    from goex_proxy.config import Config
+
+    fields = {f.name for f in dataclasses.fields(Config)} - {"file"}
+    assert not set(RELOADED) & set(RESTART_ONLY)
+    assert fields - set(RELOADED) - set(RESTART_ONLY) == set()
