@@ -15,6 +15,7 @@ from ..errors import AuditError, ConfigError, GoexError
 from ..ids import RequestIds
 from ..policy.engine import Policy
 from ..policy.load import load_policy_set
+from .hold import Holds
 from .session import Refused, Session
 
 log = logging.getLogger("goex_proxy.db")
@@ -35,9 +36,11 @@ class Gateway:
         self._sessions: dict[tuple[int, int], Session] = {}
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.holds = Holds(self, self._writer)
 
     async def start(self) -> None:
         await self.policies()  # a policy that does not load is a reason not to start (run checked it already)
+        await self.holds.start()
         host, port = self.config.databases.listen
         self._server = await asyncio.start_server(self._serve, host, port)
 
@@ -50,6 +53,7 @@ class Gateway:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
+        await self.holds.close()
         if self._owns_writer:
             await asyncio.to_thread(self._writer.close)
 
@@ -121,6 +125,10 @@ class Gateway:
 
     def session_for(self, key: tuple[int, int]) -> Session | None:
         return self._sessions.get(key)
+
+    async def attach_hold(self, session: Session, database: Any, password: str, params: dict[str, str]) -> Any:
+        """`transaction: hold`: the agent's held transaction on this database, for this connection alone."""
+        return await self.holds.attach(session, database, password, params)
 
 
 async def serve_gateway(config: Config, quiet: bool = True) -> Gateway:

@@ -1,0 +1,231 @@
+"""`transaction: hold` end to end: a real PostgreSQL, a real `goex-proxy run`, psycopg and psql as the agent. The
+agent's work stays in one transaction the gateway holds, invisible to everyone else, until a person commits it or
+rolls it back with `goex-proxy db`, or its timeout rolls it back."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+
+import psycopg
+import pytest
+from psycopg import errors
+
+from tests.e2e.test_db_gateway import db_rows, direct, postgres, start_gateway  # noqa: F401 - the fixture
+from tests.pg import APP_USER, Postgres, server_bin
+
+pytestmark = [pytest.mark.e2e,
+              pytest.mark.skipif(server_bin() is None, reason="PostgreSQL is not installed (tests/install-tools)")]
+
+HOLD = "    transaction: hold\n"
+ORIGINAL = [("apples", 3), ("pears", 1), ("plums", 7)]
+
+
+def items(pg: Postgres) -> list[tuple[object, ...]]:
+    return direct(pg, "SELECT item, qty FROM orders ORDER BY id")
+
+
+def db(proxy, *args: str) -> subprocess.CompletedProcess[str]:
+    return proxy.run_cli("db", args[0], "--config", str(proxy.config), *args[1:])
+
+
+def holds(proxy, everything: bool = False) -> list[dict[str, object]]:
+    listed = db(proxy, "list", "--json", *(["--all"] if everything else []))
+    assert listed.returncode == 0, listed.stderr
+    return [json.loads(line) for line in listed.stdout.splitlines()]
+
+
+def the_hold(proxy) -> str:
+    (found,) = holds(proxy)
+    assert (found["agent"], found["database"], found["state"], found["live"]) == ("mailbot", "shop", "open", True)
+    return str(found["id"])
+
+
+def pg_dump(pg: Postgres) -> str:
+    dumped = subprocess.run(["pg_dump", "--no-owner", pg.dsn(APP_USER, "shop")], capture_output=True, text=True,
+                            check=True)
+    # pg_dump 15.14 and later fence the script with a random \restrict key; a sequence's nextval is never rolled back
+    # (PostgreSQL's own rule, held or not), so its setval lines are left out too.
+    return "\n".join(line for line in dumped.stdout.splitlines()
+                     if not line.startswith(("\\restrict", "\\unrestrict", "SELECT pg_catalog.setval(")))
+
+
+def test_held_writes_are_invisible_until_a_person_commits(make_proxy, postgres: Postgres) -> None:  # noqa: F811
+    proxy, url = start_gateway(make_proxy, postgres, HOLD)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO orders (item, qty) VALUES (%s, %s)", ("kiwis", 4))
+        conn.execute("UPDATE orders SET qty = 10 WHERE item = 'apples'")
+        conn.execute("DELETE FROM orders WHERE item = 'pears'")
+        assert conn.execute("SELECT item, qty FROM orders ORDER BY id").fetchall() == \
+            [("apples", 10), ("plums", 7), ("kiwis", 4)]
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE  # as without the hold
+        assert items(postgres) == ORIGINAL  # another session sees none of it
+    assert items(postgres) == ORIGINAL  # nor once the agent's connection ended
+    hold_id = the_hold(proxy)
+    committed = db(proxy, "commit", hold_id)
+    assert committed.returncode == 0, committed.stderr
+    assert f"{hold_id} committed" in committed.stdout
+    assert items(postgres) == [("apples", 10), ("plums", 7), ("kiwis", 4)]
+    assert holds(proxy) == []
+    (done,) = holds(proxy, everything=True)
+    assert (done["state"], done["statements"]) == ("committed", 4)
+    assert "command line" in str(done["decided_by"])
+    rows = db_rows(proxy)
+    update = next(r for r in rows if r["method"] == "UPDATE")
+    assert update["undo_class"] == f"held: undone by `goex-proxy db rollback {hold_id}` until committed"
+    commit = next(r for r in rows if r["method"] == "COMMIT")
+    assert "command line" in commit["reason"] and hold_id in commit["reason"]
+    assert (commit["status"], json.loads(commit["resp_body"])["tags"]) == (0, ["COMMIT"])
+    again = db(proxy, "rollback", hold_id)
+    assert again.returncode == 1 and "already committed" in again.stderr
+    assert proxy.cli("log", "verify").stdout.startswith("ok:")
+
+
+def test_rollback_leaves_the_database_as_it_was(make_proxy, postgres: Postgres) -> None:  # noqa: F811
+    proxy, url = start_gateway(make_proxy, postgres, HOLD)
+    before = pg_dump(postgres)
+    with psycopg.connect(url) as conn:  # psycopg's own BEGIN and COMMIT: savepoints of the held transaction
+        conn.execute("INSERT INTO orders (item, qty) VALUES ('figs', 2)")
+        conn.execute("UPDATE orders SET item = 'quinces' WHERE qty > %s", (0,))
+    if shutil.which("psql"):
+        ran = subprocess.run(["psql", url, "-X", "-At", "-c", "DELETE FROM orders WHERE qty = 7"],
+                             capture_output=True, text=True)
+        assert ran.stdout.strip() == "DELETE 1", ran.stderr
+    assert pg_dump(postgres) == before
+    hold_id = the_hold(proxy)
+    rolled = db(proxy, "rollback", hold_id)
+    assert rolled.returncode == 0, rolled.stderr
+    assert "rolled back" in rolled.stdout
+    assert pg_dump(postgres) == before
+    rollback = next(r for r in db_rows(proxy) if r["method"] == "ROLLBACK")
+    assert hold_id in rollback["reason"] and "command line" in rollback["reason"]
+
+
+def test_the_agents_own_transactions_errors_and_a_second_connection(make_proxy, postgres: Postgres) -> None:  # noqa: F811
+    proxy, url = start_gateway(make_proxy, postgres, HOLD)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO orders (item, qty) VALUES ('kiwis', 1)")
+        with pytest.raises(errors.NotNullViolation):  # an error outside its own transaction loses nothing else
+            conn.execute("INSERT INTO orders (item, qty) VALUES ('nulls', NULL)")
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        with pytest.raises(ZeroDivisionError), conn.transaction():  # BEGIN ... ROLLBACK: only its own part undone
+            conn.execute("INSERT INTO orders (item, qty) VALUES ('figs', 1)")
+            raise ZeroDivisionError
+        with conn.transaction():  # BEGIN ... COMMIT: kept, in the held transaction
+            conn.execute("INSERT INTO orders (item, qty) VALUES ('limes', 1)")
+        assert conn.execute("SELECT count(*) FROM orders WHERE item IN ('kiwis', 'figs', 'limes')").fetchone() == (2,)
+    with psycopg.connect(url) as conn:  # not autocommit: a failed transaction's COMMIT is a ROLLBACK
+        conn.execute("INSERT INTO orders (item, qty) VALUES ('grapes', 1)")
+        with pytest.raises(errors.NotNullViolation):
+            conn.execute("INSERT INTO orders (item, qty) VALUES ('nulls', NULL)")
+        with pytest.raises(errors.InFailedSqlTransaction):
+            conn.execute("SELECT 1 FROM orders")
+        conn.commit()
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    with psycopg.connect(url) as conn:  # an open transaction at disconnect is rolled back, as PostgreSQL does
+        conn.execute("INSERT INTO orders (item, qty) VALUES ('dates', 1)")
+        conn.execute("SELECT count(*) FROM orders WHERE qty > %s", (0,), prepare=True)  # psycopg's _pg3_0
+        conn.pgconn.finish()
+    with psycopg.connect(url, autocommit=True) as conn:  # a second connection carries on with the held work
+        assert conn.execute("SELECT item FROM orders WHERE id > 3 ORDER BY id").fetchall() == [("kiwis",), ("limes",)]
+        # The same statement name again: the last connection's prepared statements did not carry over.
+        assert conn.execute("SELECT count(*) FROM orders WHERE qty > %s", (0,), prepare=True).fetchone() == (5,)
+        conn.execute("UPDATE orders SET qty = 9 WHERE item = 'kiwis'")
+    assert items(postgres) == ORIGINAL
+    hold_id = the_hold(proxy)
+    assert db(proxy, "commit", hold_id).returncode == 0
+    assert items(postgres) == [*ORIGINAL, ("kiwis", 9), ("limes", 1)]
+
+
+def test_a_hostile_agent_cannot_commit_its_work(make_proxy, postgres: Postgres) -> None:  # noqa: F811
+    proxy, url = start_gateway(make_proxy, postgres, HOLD)
+    with psycopg.connect(url, autocommit=True) as conn, psycopg.ClientCursor(conn) as simple:
+        conn.execute("INSERT INTO orders (item, qty) VALUES ('hostile', 1)")
+        for sql in ("COMMIT", "END", "COMMIT AND CHAIN", "ROLLBACK", "ABORT"):  # outside its own transaction: no-ops
+            simple.execute(sql)
+            assert items(postgres) == ORIGINAL, sql
+        for sql in ("BEGIN", "COMMIT AND CHAIN", "COMMIT", "BEGIN", "END"):
+            simple.execute(sql)
+            assert items(postgres) == ORIGINAL, sql
+        for sql in ("COMMIT; COMMIT", "SELECT 1 FROM orders; COMMIT", "BEGIN; COMMIT; COMMIT",
+                    "ROLLBACK; SELECT 1 FROM orders", "RELEASE SAVEPOINT goex_a; COMMIT"):
+            with pytest.raises(errors.InsufficientPrivilege, match="message of their own"):
+                simple.execute(sql)
+            assert items(postgres) == ORIGINAL, sql
+        for sql in ("RELEASE SAVEPOINT goex_s_0", "ROLLBACK TO SAVEPOINT goex_a_0"):
+            with pytest.raises(errors.InsufficientPrivilege, match="goex-proxy's own"):
+                simple.execute(sql)
+        for sql in ("PREPARE TRANSACTION 'x'", "COMMIT PREPARED 'x'"):
+            with pytest.raises(errors.InsufficientPrivilege):
+                simple.execute(sql)
+        with pytest.raises(errors.InsufficientPrivilege, match="modes"):
+            simple.execute("BEGIN ISOLATION LEVEL SERIALIZABLE")
+        for sql in ("COMMIT", "END", "ROLLBACK", "BEGIN", "SAVEPOINT x"):  # the extended protocol: refused
+            with pytest.raises(errors.InsufficientPrivilege, match="simple query protocol"):
+                conn.cursor(binary=True).execute(sql)
+            with pytest.raises(errors.InsufficientPrivilege, match="simple query protocol"):
+                conn.execute(sql, prepare=True)
+        with pytest.raises(errors.InsufficientPrivilege):
+            conn.execute("DO $$BEGIN COMMIT; END$$")
+        simple.execute("BEGIN")
+        simple.execute("SAVEPOINT mine")
+        simple.execute("RELEASE SAVEPOINT mine")
+        simple.execute("COMMIT")
+        assert conn.execute("SELECT count(*) FROM orders WHERE item = 'hostile'").fetchone() == (1,)
+    assert items(postgres) == ORIGINAL
+    if shutil.which("psql"):
+        for script in ("INSERT INTO orders (item, qty) VALUES ('psql', 1); COMMIT", "COMMIT; COMMIT"):
+            ran = subprocess.run(["psql", url, "-X", "-At", "-c", script], capture_output=True, text=True)
+            assert "message of their own" in ran.stderr
+        ran = subprocess.run(["psql", url, "-X", "-At", "-c", "BEGIN", "-c", "INSERT INTO orders (item, qty) VALUES "
+                              "('psql', 1)", "-c", "COMMIT", "-c", "END"], capture_output=True, text=True)
+        assert ran.returncode == 0, ran.stderr
+        assert items(postgres) == ORIGINAL
+    hold_id = the_hold(proxy)
+    assert db(proxy, "rollback", hold_id).returncode == 0
+    assert items(postgres) == ORIGINAL
+
+
+def test_the_timeout_rolls_back_and_ends_the_connection(make_proxy, postgres: Postgres) -> None:  # noqa: F811
+    proxy, url = start_gateway(make_proxy, postgres, HOLD + "    hold_timeout: 2s\n")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO orders (item, qty) VALUES ('late', 1)")
+        hold_id = the_hold(proxy)
+        deadline = time.time() + 15
+        while holds(proxy) and time.time() < deadline:
+            time.sleep(0.3)
+        with pytest.raises(psycopg.OperationalError, match="rolled back"):
+            conn.execute("SELECT 1 FROM orders")
+    (done,) = holds(proxy, everything=True)
+    assert (done["id"], done["state"], done["decided_by"]) == (hold_id, "rolled back", "goex-proxy")
+    assert "timeout" in str(done["result"])
+    assert items(postgres) == ORIGINAL
+    with psycopg.connect(url, autocommit=True) as conn:  # the next connection begins a new one
+        conn.execute("INSERT INTO orders (item, qty) VALUES ('next', 1)")
+    assert the_hold(proxy) != hold_id
+
+
+def test_commit_against_run_with_workers_and_a_stopped_gateway(make_proxy, postgres: Postgres) -> None:  # noqa: F811
+    proxy, url = start_gateway(make_proxy, postgres, HOLD, workers=2)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO orders (item, qty) VALUES ('kept', 1)")
+    assert db(proxy, "commit", the_hold(proxy)).returncode == 0
+    assert items(postgres)[-1] == ("kept", 1)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO orders (item, qty) VALUES ('lost', 1)")
+    hold_id = the_hold(proxy)
+    proxy.proc.kill()  # the gateway's process ends without a word: the server rolls the transaction back
+    proxy.proc.wait(10)
+    time.sleep(0.5)
+    assert items(postgres)[-1] == ("kept", 1)
+    gone = db(proxy, "commit", hold_id)
+    assert gone.returncode == 1 and "no longer running" in gone.stderr
+    proxy.start(workers=2)
+    deadline = time.time() + 20
+    while holds(proxy) and time.time() < deadline:  # the gateway records it as it starts
+        time.sleep(0.3)
+    done = holds(proxy, everything=True)[0]
+    assert (done["id"], done["state"]) == (hold_id, "rolled back")
+    assert "process ended" in str(done["result"])
