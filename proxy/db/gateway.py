@@ -45,6 +45,7 @@ class Gateway:
         self._server = await asyncio.start_server(self._serve, host, port)
 
     async def close(self) -> None:
+        self.holds.stopping = True
         if self._server is not None:
             self._server.close()
         for task in list(self._tasks):

@@ -117,7 +117,7 @@ class Hold:
             session._finish_all("the connection ended before the statement's outcome was known")
 
     async def _quiet(self, session: Session) -> None:
-        if self.broken is not None:
+        if self.broken is not None or self.holds.stopping:
             return
         for _ in range(2):
             try:
@@ -314,6 +314,8 @@ class Hold:
         """The connection ended: the agent's open transaction rolled back and its session state reset, as PostgreSQL
         does at a disconnect; the held work stays for a person. A hold that wrote nothing is rolled back now."""
         try:
+            if self.holds.stopping:
+                return  # `close` ends every held transaction with its connection
             if self.broken is None and not self.upstream.writer.is_closing():
                 sql = []
                 if self.dirty is not None:
@@ -330,7 +332,9 @@ class Hold:
         finally:
             self.session = None
             try:
-                if self.broken is not None:
+                if self.holds.stopping:
+                    pass
+                elif self.broken is not None:
                     await self.holds.finish(self, "rollback", "goex-proxy", f"it failed: {self.broken}")
                 elif not self.writes and not self.finished and not self.deciding:
                     await self.holds.finish(self, "rollback", "goex-proxy", "it wrote nothing")
@@ -369,6 +373,7 @@ class Holds:
         self._poller: asyncio.Task[None] | None = None
         self._reader: sqlite3.Connection | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.stopping = False  # the gateway stops: connections end without waiting for their statements
 
     async def start(self) -> None:
         """Holds left open by a gateway process that ended are recorded as rolled back (the server did so when its

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import threading
 import time
 
 import psycopg
@@ -205,6 +206,33 @@ def test_the_timeout_rolls_back_and_ends_the_connection(make_proxy, postgres: Po
     with psycopg.connect(url, autocommit=True) as conn:  # the next connection begins a new one
         conn.execute("INSERT INTO orders (item, qty) VALUES ('next', 1)")
     assert the_hold(proxy) != hold_id
+    proxy.stop()  # a `run` that stops ends its held transactions with their connections, and says so
+    stopped = holds(proxy, everything=True)[0]
+    assert (stopped["state"], stopped["decided_by"]) == ("rolled back", "goex-proxy")
+    assert "goex-proxy stopped" in str(stopped["result"])
+    assert items(postgres) == ORIGINAL
+
+
+def test_a_second_connection_waits_for_the_first(make_proxy, postgres: Postgres) -> None:  # noqa: F811
+    proxy, url = start_gateway(make_proxy, postgres, HOLD)
+    first = psycopg.connect(url, autocommit=True)
+    first.execute("INSERT INTO orders (item, qty) VALUES ('first', 1)")
+    got: dict[str, object] = {}
+
+    def second() -> None:
+        started = time.time()
+        with psycopg.connect(url, autocommit=True) as conn:
+            got["waited"] = time.time() - started
+            got["rows"] = conn.execute("SELECT item FROM orders WHERE item = 'first'").fetchall()
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    time.sleep(1.5)
+    assert thread.is_alive() and not got  # it waits: one connection at a time uses the held transaction
+    first.close()
+    thread.join(20)
+    assert got["rows"] == [("first",)] and float(got["waited"]) >= 1.4  # type: ignore[arg-type]
+    assert items(postgres) == ORIGINAL
 
 
 def test_commit_against_run_with_workers_and_a_stopped_gateway(make_proxy, postgres: Postgres) -> None:  # noqa: F811
