@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from ..audit import store as audit
-from ..config import load_config
+from ..config import Config, load_config
 from ..db import holdstore
 from ..printable import shown
 from .common import config_option, handle_errors, iso, json_option, print_table
@@ -65,25 +65,32 @@ def list_(config_path: Path | None, as_json: bool, everything: bool) -> None:
         click.echo("keep one with `goex-proxy db commit ID`, undo it with `goex-proxy db rollback ID`")
 
 
-def _decide(config_path: Path | None, hold_id: str, action: str) -> None:
-    config = load_config(config_path)
+def settle(config: Config, hold_id: str, action: str) -> bool:
+    """Ask the gateway holding `hold_id` to commit or roll it back, wait for it, and say what became of it; whether
+    it ended as asked."""
     conn = audit.connect(config)
-    hold_id = hold_id.upper()
     try:
-        holdstore.request(conn, config.audit_db, hold_id, action, _who())
-    except holdstore.HoldError as exc:
-        click.echo(f"goex-proxy: {exc}", err=True)
-        sys.exit(1)
-    deadline = time.monotonic() + WAIT_SECONDS
-    while time.monotonic() < deadline:
-        entry = holdstore.get(conn, hold_id)
-        if entry["state"] != holdstore.OPEN:
-            click.echo(f"{hold_id} {shown(entry['result'] or entry['state'])}")
-            sys.exit(0 if entry["state"] == holdstore.ACTIONS[action] else 1)
-        time.sleep(0.2)
+        try:
+            holdstore.request(conn, config.audit_db, hold_id, action, _who())
+        except holdstore.HoldError as exc:
+            click.echo(f"goex-proxy: {exc}", err=True)
+            return False
+        deadline = time.monotonic() + WAIT_SECONDS
+        while time.monotonic() < deadline:
+            entry = holdstore.get(conn, hold_id)
+            if entry["state"] != holdstore.OPEN:
+                click.echo(f"held transaction {hold_id} {shown(entry['result'] or entry['state'])}")
+                return bool(entry["state"] == holdstore.ACTIONS[action])
+            time.sleep(0.2)
+    finally:
+        conn.close()
     click.echo(f"goex-proxy: the gateway holding {hold_id} has not answered within {WAIT_SECONDS:g}s; it will carry "
                "the decision out when it can (see `goex-proxy db list`)", err=True)
-    sys.exit(1)
+    return False
+
+
+def _decide(config_path: Path | None, hold_id: str, action: str) -> None:
+    sys.exit(0 if settle(load_config(config_path), hold_id.upper(), action) else 1)
 
 
 @db.command()

@@ -67,7 +67,7 @@ def test_held_writes_are_invisible_until_a_person_commits(make_proxy, postgres: 
     hold_id = the_hold(proxy)
     committed = db(proxy, "commit", hold_id)
     assert committed.returncode == 0, committed.stderr
-    assert f"{hold_id} committed" in committed.stdout
+    assert f"held transaction {hold_id} committed" in committed.stdout
     assert items(postgres) == [("apples", 10), ("plums", 7), ("kiwis", 4)]
     assert holds(proxy) == []
     (done,) = holds(proxy, everything=True)
@@ -257,3 +257,50 @@ def test_commit_against_run_with_workers_and_a_stopped_gateway(make_proxy, postg
     done = holds(proxy, everything=True)[0]
     assert (done["id"], done["state"]) == (hold_id, "rolled back")
     assert "process ended" in str(done["result"])
+
+
+def test_a_connection_that_ends_mid_statement(make_proxy, postgres: Postgres) -> None:  # noqa: F811
+    proxy, url = start_gateway(make_proxy, postgres, HOLD)
+    conn = psycopg.connect(url, autocommit=True)
+    conn.execute("INSERT INTO orders (item, qty) VALUES ('before', 1)")
+    conn.execute("BEGIN")
+    conn.execute("INSERT INTO orders (item, qty) VALUES ('open', 1)")
+    conn.pgconn.send_query(b"SELECT pg_sleep(2) FROM orders LIMIT 1")
+    conn.pgconn.flush()
+    time.sleep(0.3)
+    conn.pgconn.finish()  # gone while its statement runs, inside a transaction of its own
+    started = time.time()
+    with psycopg.connect(url, autocommit=True) as again:  # attached once that statement ended and was cleaned up
+        assert time.time() - started >= 1.0
+        assert again.execute("SELECT item FROM orders WHERE id > 3").fetchall() == [("before",)]
+        assert again.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert db(proxy, "commit", the_hold(proxy)).returncode == 0
+    assert items(postgres) == [*ORIGINAL, ("before", 1)]
+
+
+MODEL_CODE = """```python
+import os, psycopg
+with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
+    conn.execute("INSERT INTO orders (item, qty) VALUES ('by the model', 1)")
+print("inserted")
+```
+"""
+
+
+def test_execute_offers_the_held_transaction_with_the_rest(make_proxy, postgres: Postgres) -> None:  # noqa: F811
+    from tests.fake_openai import FakeOpenAI
+
+    with FakeOpenAI(api_key="sk-test-llm-key") as fake:
+        llm = (f"llm: {{base_url: '{fake.base_url}', model: fake-model, api_key: {{env: TEST_LLM_KEY}}, "
+               "timeout: 10s}\n")
+        proxy, _ = start_gateway(make_proxy, postgres, HOLD + llm)
+        proxy.env["TEST_LLM_KEY"] = "sk-test-llm-key"
+        for then, expected in (("undo", ORIGINAL), ("keep", [*ORIGINAL, ("by the model", 1)])):
+            fake.script(MODEL_CODE)
+            ran = proxy.run_cli("execute", "--config", str(proxy.config), "add an order", "--agent", "mailbot",
+                                "--yes", "--then", then, timeout=120)
+            assert ran.returncode == 0, ran.stdout + ran.stderr
+            assert "inserted" in ran.stdout and "held: undone by" in ran.stdout  # the row, with what undoes it
+            assert ("rolled back" if then == "undo" else "committed") in ran.stdout
+            assert items(postgres) == expected
+            assert holds(proxy) == []
