@@ -157,7 +157,8 @@ class Hold:
                         self.in_unit = False
                         continue
                     self._open(wrap=self.state == b"I")
-                elif msg.kind == b"Q" and (found := holdsql.transaction_nodes(query_text(msg.payload))) and found[1]:
+                elif msg.kind == b"Q" and not session.in_batch and \
+                        (found := holdsql.transaction_nodes(query_text(msg.payload))) and found[1]:
                     await self._refuse_simple(session, query_text(msg.payload), holdsql.MIXED)
                     self.in_unit = False
                     continue
@@ -251,8 +252,8 @@ class Hold:
                         session.writer.write(out)
                     if batch[-1].kind in (b"Z", b"G", b"H", b"W"):
                         await session.writer.drain()
-        except (HoldBroken, ProtocolError, OSError, ConnectionError) as exc:
-            self._break(str(exc))
+        except Exception as exc:  # noqa: BLE001 - whatever stops the relay back ends the hold, never leaves it waiting
+            self._break(str(exc) if isinstance(exc, HoldBroken | ProtocolError | OSError) else f"internal error: {exc!r}")
             self.kick(f"goex-proxy ended the held transaction {self.id}: {exc}; it is rolled back")
 
     def _back(self, session: Session, msg: Message) -> bytes:

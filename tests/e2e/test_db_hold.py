@@ -65,6 +65,10 @@ def test_held_writes_are_invisible_until_a_person_commits(make_proxy, postgres: 
         assert items(postgres) == ORIGINAL  # another session sees none of it
     assert items(postgres) == ORIGINAL  # nor once the agent's connection ended
     hold_id = the_hold(proxy)
+    table = db(proxy, "list")
+    assert hold_id in table.stdout and "mailbot" in table.stdout and "db commit ID" in table.stdout
+    unknown = db(proxy, "commit", "0000000000000")
+    assert unknown.returncode == 1 and "no held transaction" in unknown.stderr and "Traceback" not in unknown.stderr
     committed = db(proxy, "commit", hold_id)
     assert committed.returncode == 0, committed.stderr
     assert f"held transaction {hold_id} committed" in committed.stdout
