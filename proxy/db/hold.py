@@ -143,8 +143,8 @@ class Hold:
             for msg in batch:
                 if msg.kind == b"X":
                     return  # the held transaction's connection stays: nothing of the Terminate goes upstream
-                if msg.kind in (b"d", b"c", b"f"):  # COPY data belongs to the unit that began the COPY
-                    await session._forth(msg)
+                if msg.kind in (b"d", b"c", b"f") or (msg.kind == b"H" and not self.in_unit):
+                    await session._forth(msg)  # COPY data belongs to the unit that began the COPY; a Flush to none
                     continue
                 if not self.in_unit:
                     await self._flush(session)

@@ -174,6 +174,10 @@ def test_a_hostile_agent_cannot_commit_its_work(make_proxy, postgres: Postgres) 
                 conn.execute(sql, prepare=True)
         with pytest.raises(errors.InsufficientPrivilege):
             conn.execute("DO $$BEGIN COMMIT; END$$")
+        with pytest.raises(errors.InsufficientPrivilege, match="simple query protocol"), conn.pipeline():
+            conn.execute("UPDATE orders SET qty = 0 WHERE item = %s", ("hostile",))
+            conn.execute("COMMIT")  # in a pipeline psycopg sends even its own commands with the extended protocol
+        assert items(postgres) == ORIGINAL
         simple.execute("BEGIN")
         simple.execute("SAVEPOINT mine")
         simple.execute("RELEASE SAVEPOINT mine")
