@@ -17,6 +17,7 @@ from typing import Any
 
 from ..dbconfig import Database
 from ..durations import format_duration
+from ..errors import GoexError
 from ..policy.engine import Decision
 from ..policy.sqlparse import SqlError, parse
 from . import holdsql, holdstore, record
@@ -428,7 +429,7 @@ class Holds:
             if tags != ["BEGIN"] or status != b"T":
                 raise HoldBroken(f"BEGIN answered {tags} {status!r}")
             await self._apply(lambda conn: holdstore.insert(conn, hold.id, database.name, agent, hold.created))
-        except (HoldBroken, OSError, TimeoutError, ProtocolError) as exc:
+        except (HoldBroken, OSError, TimeoutError, ProtocolError, GoexError) as exc:  # GoexError: the log's
             upstream.writer.close()
             raise Refused("08006", f"goex-proxy could not begin the held transaction on database "
                                    f"{database.name!r}: {exc}") from None

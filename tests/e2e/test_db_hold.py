@@ -14,6 +14,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
+from tests.conftest import TOKENS
 from tests.e2e.test_db_gateway import db_rows, direct, postgres, start_gateway  # noqa: F401 - the fixture
 from tests.pg import APP_USER, Postgres, server_bin
 
@@ -312,3 +313,29 @@ def test_execute_offers_the_held_transaction_with_the_rest(make_proxy, postgres:
             assert ("rolled back" if then == "undo" else "committed") in ran.stdout
             assert items(postgres) == expected
             assert holds(proxy) == []
+
+
+def test_a_second_connection_that_waits_too_long_is_refused(make_proxy, postgres: Postgres,  # noqa: F811
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gateway in this process (as `exec --jail` starts one without `run`), its wait cut to a second."""
+    from goex_proxy.config import load_config
+    from goex_proxy.db import hold
+    from goex_proxy.db.gateway import InProcessGateway
+
+    proxy, _ = start_gateway(make_proxy, postgres, HOLD)
+    monkeypatch.setenv("GOEX_PROXY_HOME", str(proxy.home))
+    monkeypatch.setattr(hold, "ATTACH_SECONDS", 1.0)
+    gateway = InProcessGateway(load_config(proxy.config))
+    try:
+        url = f"postgresql://mailbot:{TOKENS['mailbot']}@127.0.0.1:{gateway.config.databases.listen[1]}/shop"
+        with psycopg.connect(url, autocommit=True) as first:
+            first.execute("INSERT INTO orders (item, qty) VALUES ('first', 1)")
+            with pytest.raises(psycopg.OperationalError, match="in use by another of its connections"):
+                psycopg.connect(url, connect_timeout=10).close()
+            first.execute("INSERT INTO orders (item, qty) VALUES ('still', 1)")  # the first goes on
+    finally:
+        gateway.close()  # its held transaction ends with it, rolled back
+    assert items(postgres) == ORIGINAL
+    stopped = holds(proxy, everything=True)[0]
+    assert (stopped["state"], stopped["statements"]) == ("rolled back", 2)
+    assert "goex-proxy stopped" in str(stopped["result"])
