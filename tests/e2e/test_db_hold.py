@@ -339,3 +339,21 @@ def test_a_second_connection_that_waits_too_long_is_refused(make_proxy, postgres
     stopped = holds(proxy, everything=True)[0]
     assert (stopped["state"], stopped["statements"]) == ("rolled back", 2)
     assert "goex-proxy stopped" in str(stopped["result"])
+
+
+def test_copy_in_and_out_of_a_held_transaction(make_proxy, postgres: Postgres) -> None:  # noqa: F811
+    proxy, url = start_gateway(make_proxy, postgres, HOLD)
+    policy = proxy.home / "policies" / "shop.yaml"  # read again by the gateway when it changes
+    policy.write_text(policy.read_text() + "  - name: load orders\n    allow: {database: shop, statements: [copy, insert], "
+                      "tables: [orders]}\n")
+    with psycopg.connect(url, autocommit=True) as conn, conn.cursor() as cur:
+        with cur.copy("COPY orders (item, qty) FROM STDIN") as copy:
+            copy.write_row(("copied", 5))
+        with cur.copy("COPY orders (item, qty) TO STDOUT") as copy:
+            assert [tuple(r) for r in copy.rows()][-1] == ("copied", "5")
+        with pytest.raises(errors.NotNullViolation), cur.copy("COPY orders (item, qty) FROM STDIN") as copy:
+            copy.write_row(("broken", None))  # its error loses nothing else
+        assert conn.execute("SELECT item FROM orders WHERE id > 3").fetchall() == [("copied",)]
+    assert items(postgres) == ORIGINAL
+    assert db(proxy, "commit", the_hold(proxy)).returncode == 0
+    assert items(postgres) == [*ORIGINAL, ("copied", 5)]
