@@ -86,6 +86,7 @@ class Hold:
         self.idle = asyncio.Event()
         self.idle.set()
         self.in_unit = False         # the agent began a unit whose Query, Sync or function call has not come yet
+        self.gone = False            # the attached connection's relay forth has ended
 
     def mark(self, row: dict[str, Any]) -> dict[str, Any]:
         """A statement's audit row, as it belongs to this hold: its undo is the hold's rollback."""
@@ -99,11 +100,12 @@ class Hold:
 
     async def relay(self, session: Session) -> None:
         """Relay the attached connection until it ends; the statement in flight then is let finish."""
-        self.state, self.dirty = b"I", None
+        self.state, self.dirty, self.gone = b"I", None, False
         back = asyncio.create_task(self._back_loop(session))
         try:
             await self._forth_loop(session)
         finally:
+            self.gone = True  # what the server still answers is for no one: the agent's side has ended
             if self.in_unit:  # ended halfway through a batch: the server would wait for its Sync
                 session._send(message(b"S"))
                 session.pending.append(_Pending("ready", None, time.time()))
@@ -249,7 +251,7 @@ class Hold:
                     raise HoldBroken("the server closed the held transaction's connection")
                 out = b"".join(self._back(session, msg) for msg in batch)
                 with contextlib.suppress(OSError, ConnectionError):  # the agent gone: its units still end upstream
-                    if out:
+                    if out and not self.gone:
                         session.writer.write(out)
                     if batch[-1].kind in (b"Z", b"G", b"H", b"W"):
                         await session.writer.drain()

@@ -357,3 +357,41 @@ def test_copy_in_and_out_of_a_held_transaction(make_proxy, postgres: Postgres) -
     assert items(postgres) == ORIGINAL
     assert db(proxy, "commit", the_hold(proxy)).returncode == 0
     assert items(postgres) == [*ORIGINAL, ("copied", 5)]
+
+
+def test_a_raw_client_pipelining_tricks_commits_nothing(make_proxy, postgres: Postgres) -> None:  # noqa: F811
+    """Everything written at once, past any client library: the agent is told the statuses it would see without the
+    hold, nothing it sends commits, and a Query slipped into an unsynced batch ends the connection."""
+    import os
+    import socket
+    import struct
+
+    from goex_proxy.db.wire import message, parse_payload
+
+    def extended(sql: str, sync: bool = True) -> bytes:
+        return (message(b"P", parse_payload("", sql)) + message(b"B", b"\0\0" + struct.pack("!HHH", 0, 0, 0))
+                + message(b"E", b"\0" + struct.pack("!I", 0)) + (message(b"S") if sync else b""))
+
+    def query(sql: str) -> bytes:
+        return message(b"Q", sql.encode() + b"\0")
+
+    proxy, url = start_gateway(make_proxy, postgres, HOLD)
+    conn = psycopg.connect(url, autocommit=True)
+    got = b""
+    with socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
+        sock.settimeout(30)
+        sock.sendall(query("INSERT INTO orders (item, qty) VALUES ('raw', 1)") + query("BEGIN") + query("COMMIT")
+                     + query("COMMIT") + extended("COMMIT") + extended("UPDATE orders SET qty = 0 WHERE id = 1")
+                     + query("BEGIN") + extended("INSERT INTO orders (item, qty) VALUES ('raw2', 1)", sync=False)
+                     + query("COMMIT") + message(b"S"))
+        while chunk := sock.recv(65536):
+            got += chunk
+    conn.close()
+    statuses = [got[i + 5:i + 6] for i in range(len(got)) if got.startswith(b"Z\x00\x00\x00\x05", i)]
+    assert statuses == [b"I", b"T", b"I", b"I", b"I", b"I", b"T"], got
+    assert b"simple query protocol" in got and b"inside an extended-protocol batch" in got
+    assert items(postgres) == ORIGINAL
+    with psycopg.connect(url, autocommit=True) as again:  # the open BEGIN's part was rolled back at the disconnect
+        assert again.execute("SELECT item, qty FROM orders WHERE id = 1 OR id > 3 ORDER BY id").fetchall() == \
+            [("apples", 0), ("raw", 1)]
+    assert items(postgres) == ORIGINAL
