@@ -42,6 +42,10 @@ class HoldBroken(Exception):
     """The held transaction is no longer in a state the gateway can carry on with (it is rolled back)."""
 
 
+class HoldLost(HoldBroken):
+    """The server's connection ended: whatever was in flight, a COMMIT included, has an outcome no one was told."""
+
+
 class _Plain:
     """A scrubber with nothing to scrub (rows the gateway writes itself)."""
 
@@ -248,7 +252,7 @@ class Hold:
             while True:
                 batch = await self.frames.batch()
                 if batch is None:
-                    raise HoldBroken("the server closed the held transaction's connection")
+                    raise HoldLost("the server closed the held transaction's connection")
                 out = b"".join(self._back(session, msg) for msg in batch)
                 with contextlib.suppress(OSError, ConnectionError):  # the agent gone: its units still end upstream
                     if out and not self.gone:
@@ -345,7 +349,7 @@ class Hold:
             finally:
                 self.lock.release()
 
-    async def exchange(self, sql: str) -> tuple[list[str], bytes]:
+    async def exchange(self, sql: str, timeout: float | None = IDLE_SECONDS) -> tuple[list[str], bytes]:
         """Run the gateway's own statements (nothing attached): their command tags and the status after; an error
         is HoldBroken."""
         self.upstream.writer.write(message(b"Q", sql.encode() + b"\0"))
@@ -353,9 +357,9 @@ class Hold:
         tags: list[str] = []
         error = None
         while True:
-            batch = await asyncio.wait_for(self.frames.batch(), IDLE_SECONDS)
+            batch = await asyncio.wait_for(self.frames.batch(), timeout)
             if batch is None:
-                raise HoldBroken("the server closed the held transaction's connection")
+                raise HoldLost("the server closed the held transaction's connection")
             for msg in batch:
                 if msg.kind == b"C":
                     tags.append(msg.payload.rstrip(b"\0").decode("utf-8", "replace"))
@@ -466,12 +470,14 @@ class Holds:
         except Refused as exc:  # the log cannot take it: nothing is committed
             log.error("held transaction %s: %s; it is rolled back", hold.id, exc)
             action, request_id = "rollback", None
-        tag, error = None, None
+        tag, error, lost = None, None, False
         if send and hold.broken is None and not hold.upstream.writer.is_closing():
-            try:
-                tags, _ = await hold.exchange("COMMIT" if action == "commit" else "ROLLBACK")
+            try:  # however long a COMMIT takes: given up on, its outcome would be unknown
+                tags, _ = await hold.exchange("COMMIT" if action == "commit" else "ROLLBACK", timeout=None)
                 tag = tags[-1] if tags else None
-            except (HoldBroken, OSError, ConnectionError, ProtocolError, TimeoutError) as exc:
+            except (HoldLost, OSError, ConnectionError, ProtocolError) as exc:
+                error, lost = str(exc), True
+            except HoldBroken as exc:  # the server's error (a deferred constraint at COMMIT): it rolled back
                 error = str(exc)
         elif hold.broken is not None:
             error = hold.broken
@@ -481,6 +487,8 @@ class Holds:
                   holdstore.ROLLED_BACK: "rolled back"}[state] + (f" ({why})" if why else "")
         if action == "commit" and state != holdstore.COMMITTED:
             result = f"not committed: {error or 'it had failed, so the server rolled it back'}"
+            if lost:  # the COMMIT was sent and no answer came: the server may have committed it
+                state, result = holdstore.UNKNOWN, f"commit sent, outcome unknown: {error}"
         if request_id is not None:
             self.gate.record_outcome(request_id, record.outcome([tag] if tag else [], error, started, _Plain(),
                                                                 self.gate.config.max_body_bytes))

@@ -16,6 +16,7 @@ from ..errors import GoexError, NotFound
 OPEN = "open"
 COMMITTED = "committed"
 ROLLED_BACK = "rolled back"
+UNKNOWN = "unknown"        # a COMMIT was sent and the server's connection ended before it answered
 #: What a person may ask for, and the state it leads to.
 ACTIONS = {"commit": COMMITTED, "rollback": ROLLED_BACK}
 

@@ -33,6 +33,11 @@ def db(proxy, *args: str) -> subprocess.CompletedProcess[str]:
     return proxy.run_cli("db", args[0], "--config", str(proxy.config), *args[1:])
 
 
+def alter(pg: Postgres, sql: str) -> None:
+    with psycopg.connect(pg.dsn(APP_USER, "shop"), autocommit=True) as conn:
+        conn.execute(sql)
+
+
 def holds(proxy, everything: bool = False) -> list[dict[str, object]]:
     listed = db(proxy, "list", "--json", *(["--all"] if everything else []))
     assert listed.returncode == 0, listed.stderr
@@ -394,4 +399,23 @@ def test_a_raw_client_pipelining_tricks_commits_nothing(make_proxy, postgres: Po
     with psycopg.connect(url, autocommit=True) as again:  # the open BEGIN's part was rolled back at the disconnect
         assert again.execute("SELECT item, qty FROM orders WHERE id = 1 OR id > 3 ORDER BY id").fetchall() == \
             [("apples", 0), ("raw", 1)]
+    assert items(postgres) == ORIGINAL
+
+
+def test_a_commit_the_server_refuses_is_reported_not_committed(make_proxy, postgres: Postgres) -> None:  # noqa: F811
+    proxy, url = start_gateway(make_proxy, postgres, HOLD)
+    alter(postgres, "ALTER TABLE orders ADD CONSTRAINT one_each UNIQUE (item) DEFERRABLE INITIALLY DEFERRED")
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("INSERT INTO orders (item, qty) VALUES ('apples', 1)")  # checked only at the real COMMIT
+        hold_id = the_hold(proxy)
+        refused = db(proxy, "commit", hold_id)
+        assert refused.returncode == 1
+        assert f"held transaction {hold_id} not committed" in refused.stdout and "one_each" in refused.stdout
+        (done,) = holds(proxy, everything=True)
+        assert done["state"] == "rolled back"
+        commit = next(r for r in db_rows(proxy) if r["method"] == "COMMIT")
+        assert "one_each" in commit["error"]
+    finally:
+        alter(postgres, "ALTER TABLE orders DROP CONSTRAINT one_each")
     assert items(postgres) == ORIGINAL
