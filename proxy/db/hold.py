@@ -33,9 +33,12 @@ ATTACH_SECONDS = 25.0
 IDLE_SECONDS = 30.0
 #: How often the gateway looks for people's decisions and timeouts.
 POLL_SECONDS = 0.5
+#: The server's own limit on a transaction left idle would end a held one behind everyone's back (its work lost,
+#: found out only at the next statement): `hold_timeout` is the limit here.
+NO_IDLE_LIMIT = "SET idle_in_transaction_session_timeout = 0"
 #: What the gateway runs between two connections, as PostgreSQL does at a disconnect: cursors, prepared statements,
 #: settings, listens and session advisory locks do not carry over to the next connection.
-RESET = "CLOSE ALL; DEALLOCATE ALL; RESET ALL; UNLISTEN *; SELECT pg_advisory_unlock_all()"
+RESET = f"CLOSE ALL; DEALLOCATE ALL; RESET ALL; {NO_IDLE_LIMIT}; UNLISTEN *; SELECT pg_advisory_unlock_all()"
 
 
 class HoldBroken(Exception):
@@ -431,8 +434,8 @@ class Holds:
         upstream = await connect(database, password, passed)
         hold = Hold(self, self.gate.new_id(), agent, database, upstream)
         try:
-            tags, status = await hold.exchange("BEGIN")
-            if tags != ["BEGIN"] or status != b"T":
+            tags, status = await hold.exchange(f"{NO_IDLE_LIMIT}; BEGIN")
+            if tags != ["SET", "BEGIN"] or status != b"T":
                 raise HoldBroken(f"BEGIN answered {tags} {status!r}")
             await self._apply(lambda conn: holdstore.insert(conn, hold.id, database.name, agent, hold.created))
         except (HoldBroken, OSError, TimeoutError, ProtocolError, GoexError) as exc:  # GoexError: the log's

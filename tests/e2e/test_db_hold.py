@@ -419,3 +419,18 @@ def test_a_commit_the_server_refuses_is_reported_not_committed(make_proxy, postg
     finally:
         alter(postgres, "ALTER TABLE orders DROP CONSTRAINT one_each")
     assert items(postgres) == ORIGINAL
+
+
+def test_the_servers_idle_transaction_limit_does_not_end_a_hold(make_proxy, postgres: Postgres) -> None:  # noqa: F811
+    alter(postgres, f"ALTER ROLE {APP_USER[0]} SET idle_in_transaction_session_timeout = '1s'")
+    try:
+        proxy, url = start_gateway(make_proxy, postgres, HOLD)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("INSERT INTO orders (item, qty) VALUES ('patient', 1)")
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("SELECT 1 FROM orders")  # after a reset, the limit is lifted again
+        time.sleep(2.5)
+        assert db(proxy, "commit", the_hold(proxy)).returncode == 0
+    finally:
+        alter(postgres, f"ALTER ROLE {APP_USER[0]} RESET idle_in_transaction_session_timeout")
+    assert items(postgres) == [*ORIGINAL, ("patient", 1)]
