@@ -280,7 +280,11 @@ class Hold:
                     raise HoldBroken("the held transaction is no longer open")
                 self._idle()
                 return b""
+            if kind == b"S":
+                self._parameter(msg)
             return msg.encode() if kind in (b"S", b"A") else b""
+        if kind == b"S":
+            self._parameter(msg)
         if kind == b"Z":
             status = msg.payload[:1]
             if status not in (b"T", b"E"):  # only a COMMIT or ROLLBACK that got through ends it: never the agent's
@@ -352,6 +356,25 @@ class Hold:
             finally:
                 self.lock.release()
 
+    def _parameter(self, msg: Message) -> None:
+        """A setting the server reports (ParameterStatus), kept for what the next connection is told at its start."""
+        name = msg.payload.split(b"\0", 1)[0]
+        kept = [m for m in self.upstream.parameters if m.payload.split(b"\0", 1)[0] != name]
+        self.upstream.parameters = [*kept, msg]
+
+    async def adopt(self, params: dict[str, str]) -> None:
+        """A later connection's own startup settings (time zone, date style, application name), as the first
+        connection's were given at login; in a savepoint, so that a value the server refuses costs nothing held."""
+        sets = ", ".join(f"pg_catalog.set_config('{name}', '{value.replace(chr(39), chr(39) * 2)}', false)"
+                         for name, value in sorted(params.items()))
+        try:
+            await self.exchange(f"SAVEPOINT {self.auto}; SELECT {sets}; RELEASE SAVEPOINT {self.auto}")
+        except HoldLost:
+            raise
+        except HoldBroken as exc:
+            await self.exchange(f"ROLLBACK TO SAVEPOINT {self.auto}; RELEASE SAVEPOINT {self.auto}")
+            raise Refused("22023", f"invalid connection setting: {exc}") from None
+
     async def exchange(self, sql: str, timeout: float | None = IDLE_SECONDS) -> tuple[list[str], bytes]:
         """Run the gateway's own statements (nothing attached): their command tags and the status after; an error
         is HoldBroken."""
@@ -364,7 +387,9 @@ class Hold:
             if batch is None:
                 raise HoldLost("the server closed the held transaction's connection")
             for msg in batch:
-                if msg.kind == b"C":
+                if msg.kind == b"S":
+                    self._parameter(msg)
+                elif msg.kind == b"C":
                     tags.append(msg.payload.rstrip(b"\0").decode("utf-8", "replace"))
                 elif msg.kind == b"E":
                     error = error_fields(msg.payload).get("M", "an error")
@@ -426,6 +451,17 @@ class Holds:
         if hold.finished or hold.deciding:
             hold.lock.release()
             return await self.attach(session, database, password, passed)
+        try:
+            await hold.adopt(passed)
+        except (HoldBroken, OSError, ConnectionError, ProtocolError, TimeoutError) as exc:
+            hold._break(f"taking a new connection's settings failed: {exc}")
+            hold.session = None
+            await self.finish(hold, "rollback", "goex-proxy", f"it failed: {hold.broken}")
+            hold.lock.release()
+            raise Refused("08006", f"goex-proxy lost the held transaction {hold.id}: {exc}") from None
+        except Refused:
+            hold.lock.release()
+            raise
         hold.session = session
         session.upstream = hold.upstream
         return hold

@@ -434,3 +434,16 @@ def test_the_servers_idle_transaction_limit_does_not_end_a_hold(make_proxy, post
     finally:
         alter(postgres, f"ALTER ROLE {APP_USER[0]} RESET idle_in_transaction_session_timeout")
     assert items(postgres) == [*ORIGINAL, ("patient", 1)]
+
+
+def test_each_connection_gets_its_own_settings(make_proxy, postgres: Postgres) -> None:  # noqa: F811
+    proxy, url = start_gateway(make_proxy, postgres, HOLD)
+    with psycopg.connect(url, autocommit=True, application_name="one") as conn:
+        conn.execute("INSERT INTO orders (item, qty) VALUES ('kept', 1)")
+        assert conn.execute("SHOW application_name").fetchone() == ("one",)
+    with psycopg.connect(url, autocommit=True, application_name="two") as conn:  # as if it had logged in itself
+        assert conn.execute("SHOW application_name").fetchone() == ("two",)
+        assert conn.info.parameter_status("application_name") == "two"  # what it was told at its start
+        assert conn.execute("SELECT count(*) FROM orders WHERE item = 'kept'").fetchone() == (1,)
+    assert db(proxy, "commit", the_hold(proxy)).returncode == 0
+    assert items(postgres)[-1] == ("kept", 1)
