@@ -9,14 +9,18 @@ from pathlib import Path
 from typing import Any
 
 from .approvalconfig import is_loopback, parse_host_port
+from .durations import parse_duration
 from .secretref import SecretRef
 from .yamlsrc import Checker, YMap
 
 #: Where the gateway listens unless `databases.listen` says otherwise (next to PostgreSQL's own 5432).
 DEFAULT_LISTEN = ("127.0.0.1", 6433)
 SSLMODES = ("disable", "prefer", "require", "verify-full")
-TRANSACTIONS = ("auto",)
-_KEYS = {"host", "port", "dbname", "user", "password", "sslmode", "ca", "agents", "env", "transaction"}
+TRANSACTIONS = ("auto", "hold")
+#: How long a held transaction (`transaction: hold`) may stay open, from its first statement, unless `hold_timeout`.
+HOLD_TIMEOUT = 3600.0
+_KEYS = {"host", "port", "dbname", "user", "password", "sslmode", "ca", "agents", "env", "transaction",
+         "hold_timeout"}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -36,6 +40,7 @@ class Database:
     agents: frozenset[str] | None = None      # None: every agent of the config (`agents: ['*']`)
     env: str = "DATABASE_URL"
     transaction: str = "auto"
+    hold_timeout: float = HOLD_TIMEOUT        # transaction: hold: seconds from its first statement to a rollback
 
     def admits(self, agent: str) -> bool:
         return self.agents is None or agent in self.agents
@@ -87,10 +92,13 @@ def _database(check: Checker, name: str, raw: Any, pos: tuple[int, int], base: P
         if not ca.is_file():
             check.error(check.at(spec, "ca"), f"'{where}.ca' file {str(ca)!r} does not exist")
     transaction = check.string(spec, "transaction", f"{where}.transaction", "auto") or "auto"
-    if transaction == "hold":
-        check.error(check.at(spec, "transaction"), f"'{where}.transaction' hold is not built yet (issue 21); use auto")
-    elif transaction not in TRANSACTIONS:
-        check.error(check.at(spec, "transaction"), f"'{where}.transaction' must be auto (got {transaction!r})")
+    if transaction not in TRANSACTIONS:
+        check.error(check.at(spec, "transaction"), f"'{where}.transaction' must be auto or hold (got {transaction!r})")
+    hold_timeout = HOLD_TIMEOUT
+    if "hold_timeout" in spec:
+        hold_timeout = check.parsed(spec, "hold_timeout", f"{where}.hold_timeout", parse_duration) or HOLD_TIMEOUT
+        if transaction != "hold":
+            check.error(check.at(spec, "hold_timeout"), f"'{where}.hold_timeout' applies only to 'transaction: hold'")
     env = check.string(spec, "env", f"{where}.env", "DATABASE_URL") or "DATABASE_URL"
     if not _ENV_NAME.fullmatch(env):
         check.error(check.at(spec, "env"), f"'{where}.env' {env!r} is not an environment variable name")
@@ -105,7 +113,7 @@ def _database(check: Checker, name: str, raw: Any, pos: tuple[int, int], base: P
         return None
     return Database(name, host, port, check.string(spec, "dbname", f"{where}.dbname") or name,
                     check.string(spec, "user", f"{where}.user") or "", password, sslmode, ca,
-                    None if "*" in allowed else frozenset(allowed), env, transaction)
+                    None if "*" in allowed else frozenset(allowed), env, transaction, hold_timeout)
 
 
 def parse_databases(check: Checker, top: YMap, base: Path, agents: set[str]) -> Databases:

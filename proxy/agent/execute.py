@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -53,8 +54,11 @@ class Aborted(GoexError):
 
 def execute(config: Config, policies: PolicySet, task: str, opts: Options, console: Any,
             show_rows: Callable[[list[dict[str, Any]]], None],
-            undo_rows: Callable[[list[dict[str, Any]]], None]) -> int:
-    """The whole flow; returns the exit status for the command (the last program's, or 124 if it timed out)."""
+            undo_rows: Callable[[list[dict[str, Any]]], None],
+            settle_hold: Callable[[str, str], None] | None = None) -> int:
+    """The whole flow; returns the exit status for the command (the last program's, or 124 if it timed out).
+    `settle_hold(ID, "commit" | "rollback")` carries out the choice for each held database transaction the code
+    used (`transaction: hold`), while the gateway that holds it (an in-process one included) still runs."""
     model = llm.configured(config)
     conn = audit.connect(config)
     messages = first_messages(task, agent_brief(config, policies, opts.agent))
@@ -92,7 +96,10 @@ def execute(config: Config, policies: PolicySet, task: str, opts: Options, conso
                 messages = [*messages, {"role": "assistant", "content": f"```python\n{code}```"},
                             {"role": "user", "content": feedback(attempt)}]
                 click.echo(f"asking the model to revise it ({opts.retries + 1 - number} more attempt(s) allowed)")
-        choice, chosen = _keep_or_undo([r for a in attempts for r in a.rows], held, opts)
+            every = [r for a in attempts for r in a.rows]
+            choice, chosen = _keep_or_undo(every, held, opts)
+            if settle_hold is not None:
+                chosen = _settle_holds(every, choice, chosen, settle_hold)
         for run in held:  # undoing all drops the files too; keeping, or undoing some requests, keeps them
             if choice == "undo all":
                 runs.undo(config, run.id)
@@ -295,3 +302,23 @@ def _keep_or_undo(rows: list[dict[str, Any]], held: list[runs.Run], opts: Option
         click.echo("kept; `goex-proxy undo ID` can still undo each request")
         return "keep", []
     return "undo " + ("all" if chosen is changes else " ".join(str(r["id"]) for r in chosen)), chosen
+
+
+_HELD = re.compile(r"held: undone by `goex-proxy db rollback ([0-9A-Z]+)`")
+
+
+def hold_of(row: dict[str, Any]) -> str | None:
+    """The held database transaction a statement's row belongs to (`transaction: hold`), from its undo class."""
+    found = _HELD.match(str(row.get("undo_class") or ""))
+    return found.group(1) if found else None
+
+
+def _settle_holds(rows: list[dict[str, Any]], choice: str, chosen: list[dict[str, Any]],
+                  settle_hold: Callable[[str, str], None]) -> list[dict[str, Any]]:
+    """The run's held transactions follow the choice: kept, committed; undone (all, or any of its statements
+    picked), rolled back whole. The rows left for the undo engine (held statements are undone by the rollback)."""
+    holds = list(dict.fromkeys(h for r in rows if (h := hold_of(r)) is not None))
+    undone = {hold_of(r) for r in chosen}
+    for hold_id in holds:
+        settle_hold(hold_id, "rollback" if choice == "undo all" or hold_id in undone else "commit")
+    return [r for r in chosen if hold_of(r) is None]

@@ -192,9 +192,21 @@ def _migration_13(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS idx_requests_in_flight ON requests (seq) WHERE outcome_hash IS NULL")
 
 
+def _migration_14(db: sqlite_utils.Database) -> None:
+    """The database gateway's held transactions (`transaction: hold`): one row each, its state, and a person's
+    request to commit or roll it back, which the gateway process holding its connection polls for and carries out
+    (`db.holdstore`)."""
+    if not db.table("db_holds").exists():
+        db.table("db_holds").create({"id": str, "database": str, "agent": str, "created": float, "started": float,
+                                     "statements": int, "state": str, "request": str, "requested_by": str,
+                                     "requested_at": float, "decided_by": str, "ended": float, "result": str},
+                                    pk="id")
+        db.table("db_holds").create_index(["state"])
+
+
 #: Schema migrations, applied in order; `PRAGMA user_version` records how many have run.
 MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6, _migration_7,
-              _migration_8, _migration_9, _migration_10, _migration_11, _migration_12, _migration_13]
+              _migration_8, _migration_9, _migration_10, _migration_11, _migration_12, _migration_13, _migration_14]
 #: From this version on the chain is HMAC-SHA256 under the seal's key; before it, plain SHA-256.
 KEYED_VERSION = 7
 #: Request fields added by later migrations: hashed only when set, so rows written before them still verify.

@@ -51,7 +51,14 @@ def execute(config_path: Path | None, task: str, agent: str, yes: bool, show_onl
     policies = load_policy_set(config.policy_sources)
     options = Options(agent, yes, show_only, retries, timeout, then, workspace)
     sys.exit(run_task(config, policies, task, options, console(), _show_rows,
-                      lambda rows: undo_rows(config, rows)))
+                      lambda rows: undo_rows(config, rows), lambda hold_id, action: _settle(config, hold_id, action)))
+
+
+def _settle(config: Any, hold_id: str, action: str) -> None:
+    """A held database transaction the code used, committed (kept) or rolled back (undone)."""
+    from .db import settle
+
+    settle(config, hold_id, action)  # says what became of it, or why it could not be done
 
 
 def _show_rows(rows: list[dict[str, Any]]) -> None:

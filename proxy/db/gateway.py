@@ -18,6 +18,7 @@ from ..policy.limits import Charge
 from ..policy.load import load_policy_set
 from ..policy.sqlparse import Statement
 from . import access
+from .hold import Holds
 from .session import Refused, Session
 from .waits import Admitted, Waits
 
@@ -46,6 +47,7 @@ class Gateway:
         self._waits = Waits(self)
         self._grants: dict[tuple[int, int], access.Grant] = {}  # what admitted each connection, by its cancel key
         self._watcher: asyncio.Task[None] | None = None
+        self.holds = Holds(self, self._writer)
 
     @property
     def writer(self) -> AuditWriter:
@@ -53,6 +55,7 @@ class Gateway:
 
     async def start(self) -> None:
         await self.policies()  # a policy that does not load is a reason not to start (run checked it already)
+        await self.holds.start()
         host, port = self.config.databases.listen
         self._server = await asyncio.start_server(self._serve, host, port)
         self._watcher = asyncio.get_running_loop().create_task(self._watch())
@@ -60,6 +63,7 @@ class Gateway:
     async def close(self) -> None:
         if self._watcher is not None:
             self._watcher.cancel()
+        self.holds.stopping = True
         if self._server is not None:
             self._server.close()
         for task in list(self._tasks):
@@ -69,6 +73,7 @@ class Gateway:
         if self._server is not None:
             await self._server.wait_closed()
         self._waits.close()
+        await self.holds.close()
         if self._owns_writer:
             await asyncio.to_thread(self._writer.close)
 
@@ -195,6 +200,10 @@ class Gateway:
 
     def session_for(self, key: tuple[int, int]) -> Session | None:
         return self._sessions.get(key)
+
+    async def attach_hold(self, session: Session, database: Any, password: str, params: dict[str, str]) -> Any:
+        """`transaction: hold`: the agent's held transaction on this database, for this connection alone."""
+        return await self.holds.attach(session, database, password, params)
 
 
 async def serve_gateway(config: Config, quiet: bool = True) -> Gateway:

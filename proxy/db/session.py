@@ -90,6 +90,9 @@ class Gatekeeper(Protocol):
 
     def session_for(self, key: tuple[int, int]) -> Session | None: ...
 
+    async def attach_hold(self, session: Session, database: Database, password: str,
+                          params: dict[str, str]) -> Any: ...
+
 
 class Refused(Exception):
     """A connection the gateway ends before relaying anything, with the error the client is sent."""
@@ -140,6 +143,7 @@ class Session:
         self.in_batch = False   # extended-protocol messages sent since the last Sync
         self.copy_in: _Pending | None = None  # an allowed COPY FROM STDIN sent, its CopyDone or CopyFail not yet
         self.describing: collections.deque[_Prepared | None] = collections.deque()  # Describes of statements sent
+        self.hold: Any = None   # `transaction: hold`: the held transaction this connection uses (db.hold.Hold)
         self.key = (secrets.randbits(31), secrets.randbits(32))
         self.cancelled_at = 0.0   # when the agent last sent a cancel request for this connection (monotonic)
         self._out: list[bytes] = []
@@ -162,7 +166,9 @@ class Session:
             log.debug("database connection from %s ended: %s", self.client, exc)
         finally:
             self.gate.register(self.key, None)
-            if self.upstream is not None:
+            if self.hold is not None:
+                await self.hold.detach(self)  # the held transaction's connection stays open
+            elif self.upstream is not None:
                 self.upstream.writer.close()
             self.writer.close()
 
@@ -220,7 +226,11 @@ class Session:
         assert token is not None  # proven above
         self.scrub = SecretScrubber({password: "[database password]", token: "[agent token]"})
         passed = {k: v for k, v in params.items() if k in PASSED_PARAMS} | PINNED_PARAMS
-        self.upstream = await connect(database, password, passed)
+        if database.transaction == "hold":
+            self.hold = await self.gate.attach_hold(self, database, password, passed)  # sets self.upstream
+        else:
+            self.upstream = await connect(database, password, passed)
+        assert self.upstream is not None
         self.gate.register(self.key, self)
         out = auth(0) + b"".join(m.encode() for m in self.upstream.parameters) + backend_key(*self.key)
         self.writer.write(out + message(b"Z", self.upstream.status))
@@ -239,6 +249,9 @@ class Session:
 
     async def _relay(self) -> None:
         assert self.upstream is not None
+        if self.hold is not None:
+            await self.hold.relay(self)
+            return
         back = asyncio.create_task(self._relay_back())
         try:
             await self._relay_forth()
@@ -339,6 +352,8 @@ class Session:
                                    decision, self.scrub, self.gate.config.max_body_bytes)
         if decision.effect == "deny":
             row |= record.refused(decision.reason, row["ts"])
+        if self.hold is not None:
+            row = self.hold.mark(row)
         await self.gate.record_intent(row)
         if not self.gate.quiet:  # `run`'s line per statement (its own `--quiet` leaves them out)
             log.info("%s %s %s %s %s%s", decision.label, request_id, self.agent, row["method"], row["url"],

@@ -68,11 +68,14 @@ class Waits:
             return None
         review = PolicySet(policies).review_for(session.agent) if any(p.review for p in policies) else {}
         undo_class = record.undo_class(statements)
-        klass = undo_class.partition(":")[0] if undo_class else None
+        hold = getattr(session, "hold", None)  # a held transaction's writes are undone exactly, by its rollback
+        klass = ("exact" if hold is not None else undo_class.partition(":")[0]) if undo_class else None
         choice = choose(decision.wait, _waiting_rule(policies, decision), review, klass)
         if choice.action == "go" and not decision.count_limits:
             return None
         row = self._row(session, sql, params, statements, decision)
+        if hold is not None:
+            row = hold.mark(row)
         if choice.action in ("hold", "delay"):
             return await self._wait(session, row, statements, decision, choice, klass or "read", sql, params)
         charge = _charge(policies, session.agent, decision.count_limits, time.time())

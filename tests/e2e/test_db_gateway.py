@@ -67,7 +67,7 @@ def direct(pg: Postgres, sql: str) -> list[tuple[object, ...]]:
         return conn.execute(sql).fetchall()
 
 
-def start_gateway(make_proxy, postgres: Postgres, more: str = "") -> tuple[object, str]:
+def start_gateway(make_proxy, postgres: Postgres, more: str = "", workers: int = 1) -> tuple[object, str]:
     """A `goex-proxy run` with the `shop` database (its password in the vault; `more`: further keys of its entry),
     the orders table reset; the proxy and mailbot's URL."""
     with psycopg.connect(postgres.dsn(APP_USER, "shop"), autocommit=True) as conn:
@@ -80,7 +80,7 @@ def start_gateway(make_proxy, postgres: Postgres, more: str = "") -> tuple[objec
     proxy = make_proxy({"shop": POLICY}, start=False, extra_config=extra)
     stored = proxy.run_cli("secrets", "set", "--config", str(proxy.config), "shop-db", input=APP_USER[1].encode())
     assert stored.returncode == 0, stored.stderr
-    proxy.start()
+    proxy.start(workers)
     wait_port(port, proc=proxy.proc)
     return proxy, f"postgresql://mailbot:{TOKENS['mailbot']}@127.0.0.1:{port}/shop"
 

@@ -49,8 +49,9 @@ def test_the_agent_gets_a_url_with_its_own_identity(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("text", "message"), [
     ("databases:\n" + SHOP.replace("password: shop-db", "password: {value: x}"), "unknown key 'value'"),
     ("databases:\n" + SHOP.replace("    password: shop-db\n", ""), "missing the required key 'password'"),
-    ("databases:\n" + SHOP + "    transaction: hold\n", "'databases.shop.transaction' hold is not built yet"),
-    ("databases:\n" + SHOP + "    transaction: sometimes\n", "must be auto"),
+    ("databases:\n" + SHOP + "    transaction: sometimes\n", "must be auto or hold"),
+    ("databases:\n" + SHOP + "    transaction: hold\n    hold_timeout: soon\n", "hold_timeout' must be a duration"),
+    ("databases:\n" + SHOP + "    hold_timeout: 5m\n", "applies only to 'transaction: hold'"),
     ("databases:\n" + SHOP + "    sslmode: verify-ca\n", "must be one of disable, prefer, require, verify-full"),
     ("databases:\n" + SHOP + "    port: 99999\n", "'databases.shop.port' must be a port number"),
     ("databases:\n" + SHOP.replace("[bot]", "[robot]"), "names 'robot', which is not in 'agents'"),
@@ -84,3 +85,11 @@ def test_a_gateway_beyond_this_machine_is_warned_about(tmp_path: Path) -> None:
         "'databases.listen' 0.0.0.0 is not a loopback address: agents' statements and their results would cross the "
         "network unencrypted (the gateway offers no TLS to agents yet)"]
     assert config_problems(path) == []
+
+
+def test_a_held_database_and_its_timeout(tmp_path: Path) -> None:
+    loaded = config(tmp_path, "databases:\n" + SHOP + "    transaction: hold\n    hold_timeout: 30m\n")
+    shop = loaded.databases.by_name["shop"]
+    assert (shop.transaction, shop.hold_timeout) == ("hold", 1800.0)
+    assert config(tmp_path, "databases:\n" + SHOP + "    transaction: hold\n").databases.by_name["shop"].hold_timeout \
+        == 3600.0
