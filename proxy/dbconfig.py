@@ -16,7 +16,10 @@ from .yamlsrc import Checker, YMap
 DEFAULT_LISTEN = ("127.0.0.1", 6433)
 SSLMODES = ("disable", "prefer", "require", "verify-full")
 TRANSACTIONS = ("auto",)
-_KEYS = {"host", "port", "dbname", "user", "password", "sslmode", "ca", "agents", "env", "transaction"}
+_KEYS = {"host", "port", "dbname", "user", "password", "sslmode", "ca", "agents", "env", "transaction",
+         "max_connections"}
+#: How many connections one agent may have open to one database through the gateway unless `max_connections` says.
+DEFAULT_MAX_CONNECTIONS = 10
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -36,6 +39,7 @@ class Database:
     agents: frozenset[str] | None = None      # None: every agent of the config (`agents: ['*']`)
     env: str = "DATABASE_URL"
     transaction: str = "auto"
+    max_connections: int = DEFAULT_MAX_CONNECTIONS   # per agent: each is a connection to the real server
 
     def admits(self, agent: str) -> bool:
         return self.agents is None or agent in self.agents
@@ -100,12 +104,17 @@ def _database(check: Checker, name: str, raw: Any, pos: tuple[int, int], base: P
     for agent in allowed:
         if agent != "*" and agent not in agents:
             check.error(check.at(spec, "agents"), f"'{where}.agents' names {agent!r}, which is not in 'agents'")
+    most = spec.get("max_connections", DEFAULT_MAX_CONNECTIONS)
+    if not isinstance(most, int) or isinstance(most, bool) or most < 1:
+        check.error(check.at(spec, "max_connections"), f"'{where}.max_connections' must be a whole number of at least "
+                                                       f"1 (got {most!r})")
+        most = DEFAULT_MAX_CONNECTIONS
     password = _password(check, spec, where)
     if password is None or not host:
         return None
     return Database(name, host, port, check.string(spec, "dbname", f"{where}.dbname") or name,
                     check.string(spec, "user", f"{where}.user") or "", password, sslmode, ca,
-                    None if "*" in allowed else frozenset(allowed), env, transaction)
+                    None if "*" in allowed else frozenset(allowed), env, transaction, most)
 
 
 def parse_databases(check: Checker, top: YMap, base: Path, agents: set[str]) -> Databases:

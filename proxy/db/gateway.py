@@ -4,6 +4,7 @@ change, the vault, the audit writer its sessions share, and the cancel keys it h
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from ..errors import AuditError, ConfigError, GoexError
 from ..ids import RequestIds
 from ..policy.engine import Policy
 from ..policy.load import load_policy_set
+from .fastpath import DecisionCache
 from .session import Refused, Session
 
 log = logging.getLogger("goex_proxy.db")
@@ -35,6 +37,8 @@ class Gateway:
         self._sessions: dict[tuple[int, int], Session] = {}
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.decisions = DecisionCache()
+        self._connections: dict[tuple[str, str], int] = {}  # (agent, database) -> its upstream connections open
 
     async def start(self) -> None:
         await self.policies()  # a policy that does not load is a reason not to start (run checked it already)
@@ -107,8 +111,29 @@ class Gateway:
         except AuditError as exc:
             raise Refused("58000", f"goex-proxy could not record the statement, so it was not sent: {exc}") from None
 
+    def queue_intent(self, row: dict[str, Any]) -> concurrent.futures.Future[str | None]:
+        """Queue a read's row without waiting for its commit: it is written in order with every row queued before
+        and after it (a write queued later is committed only with or after it); the future says if it failed."""
+        return self._writer.record_intent(row)
+
     def record_outcome(self, request_id: str, fields: dict[str, Any]) -> None:
         self._writer.record_outcome(request_id, fields)
+
+    def admit(self, agent: str, database: str, most: int) -> bool:
+        """Count one more upstream connection of an agent to a database, unless it has `most` open already."""
+        key = (agent, database)
+        if self._connections.get(key, 0) >= most:
+            return False
+        self._connections[key] = self._connections.get(key, 0) + 1
+        return True
+
+    def leave(self, agent: str, database: str) -> None:
+        key = (agent, database)
+        left = self._connections.get(key, 0) - 1
+        if left > 0:
+            self._connections[key] = left
+        else:
+            self._connections.pop(key, None)
 
     def new_id(self) -> str:
         return self._ids.new()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import logging
 import secrets
@@ -16,9 +17,9 @@ from typing import Any, Protocol
 from ..config import Config, weak_token
 from ..dbconfig import Database
 from ..policy.engine import Decision, Policy
-from ..policy.sql import decide
-from ..policy.sqlparse import SqlError, Statement, parse
+from ..policy.sqlparse import Statement
 from . import agentauth, record
+from .fastpath import DecisionCache, QueuedReads, only_reads, parse_statements
 from .upstream import Upstream, UpstreamError, connect
 from .wire import (
     CANCEL_REQUEST,
@@ -69,6 +70,7 @@ class Gatekeeper(Protocol):
 
     config: Config
     quiet: bool
+    decisions: DecisionCache
 
     async def policies(self) -> tuple[Policy, ...]: ...
 
@@ -76,9 +78,15 @@ class Gatekeeper(Protocol):
 
     async def record_intent(self, row: dict[str, Any]) -> None: ...
 
+    def queue_intent(self, row: dict[str, Any]) -> concurrent.futures.Future[str | None]: ...
+
     def record_outcome(self, request_id: str, fields: dict[str, Any]) -> None: ...
 
     def new_id(self) -> str: ...
+
+    def admit(self, agent: str, database: str, most: int) -> bool: ...
+
+    def leave(self, agent: str, database: str) -> None: ...
 
     def register(self, key: tuple[int, int], session: Session | None) -> None: ...
 
@@ -134,6 +142,8 @@ class Session:
         self.copy_in: _Pending | None = None  # an allowed COPY FROM STDIN sent, its CopyDone or CopyFail not yet
         self.key = (secrets.randbits(31), secrets.randbits(32))
         self._out: list[bytes] = []
+        self._admitted: tuple[str, str] | None = None  # (agent, database) counted against its max_connections
+        self.reads = QueuedReads()  # reads recorded without waiting for their row's commit
 
     async def run(self) -> None:
         try:
@@ -153,6 +163,8 @@ class Session:
             log.debug("database connection from %s ended: %s", self.client, exc)
         finally:
             self.gate.register(self.key, None)
+            if self._admitted is not None:
+                self.gate.leave(*self._admitted)
             if self.upstream is not None:
                 self.upstream.writer.close()
             self.writer.close()
@@ -205,6 +217,10 @@ class Session:
         password = database.password.reveal(vault)
         if password is None:
             raise Refused("28000", f"database {name!r} has no password: {database.password.describe()} is not set")
+        if not self.gate.admit(agent, name, database.max_connections):
+            raise Refused("53300", f"agent {agent!r} has {database.max_connections} connections open to database "
+                                   f"{name!r} already, its 'max_connections' in goex-proxy's config; close one first")
+        self._admitted = (agent, name)
         from ..credentials.redact import SecretScrubber
 
         self.agent, self.database = agent, database
@@ -309,13 +325,12 @@ class Session:
         else:
             raise Refused("08P01", f"goex-proxy does not relay protocol message {kind!r}")
 
-    def _decide(self, sql: str) -> tuple[tuple[Statement, ...], Decision]:
+    async def _decide(self, sql: str) -> tuple[tuple[Statement, ...], Decision]:
         assert self.database is not None
-        try:
-            statements = parse(sql)
-        except SqlError as exc:
-            return (), Decision("deny", str(exc))
-        return statements, decide(self._policies, self.database.name, self.agent, statements)[0]
+        statements, error = await parse_statements(sql)
+        if error is not None:
+            return (), Decision("deny", error)
+        return statements, self.gate.decisions.decide(self._policies, self.database.name, self.agent, sql, statements)
 
     async def _record(self, sql: str, params: list[Any] | None, statements: tuple[Statement, ...],
                       decision: Decision) -> str:
@@ -325,7 +340,18 @@ class Session:
                                    decision, self.scrub, self.gate.config.max_body_bytes)
         if decision.effect == "deny":
             row |= record.refused(decision.reason, row["ts"])
-        await self.gate.record_intent(row)
+        if self.reads.failed is not None:
+            raise Refused("58000", f"goex-proxy could not record an earlier statement: {self.reads.failed}")
+        if decision.effect == "allow" and only_reads(statements):
+            # A read's row is queued, not waited for: the writer commits it in order, before any row queued after
+            # it, and its outcome after it. A write waits for its own row, and so for every read's queued before.
+            self.reads.add(request_id, self.gate.queue_intent(row))
+        else:
+            await self.gate.record_intent(row)
+            if self.reads.failed is not None:
+                self.gate.record_outcome(request_id, record.refused(self.reads.failed, row["ts"]))
+                raise Refused("58000", f"goex-proxy could not record an earlier statement, so this one was not sent: "
+                                       f"{self.reads.failed}")
         if not self.gate.quiet:  # `run`'s line per statement (its own `--quiet` leaves them out)
             log.info("%s %s %s %s %s%s", decision.label, request_id, self.agent, row["method"], row["url"],
                      "" if decision.effect == "allow" else f": {_printable(row['reason'])}")
@@ -334,7 +360,7 @@ class Session:
     async def _query(self, sql: str) -> None:
         assert self.upstream is not None
         self._policies = await self.gate.policies()
-        statements, decision = self._decide(sql)
+        statements, decision = await self._decide(sql)
         if decision.effect == "deny":
             await self._refuse_simple(decision.reason, sql, statements, decision)
             return
@@ -366,7 +392,7 @@ class Session:
         assert self.upstream is not None
         parsed = parse_message(msg.payload)
         self._policies = await self.gate.policies()
-        statements, decision = self._decide(parsed.sql)
+        statements, decision = await self._decide(parsed.sql)
         if decision.effect == "deny":
             await self._record(parsed.sql, None, statements, decision)
             self.prepared.pop(parsed.statement, None)
@@ -402,7 +428,8 @@ class Session:
             # too (psycopg, JDBC and asyncpg prepare what they run often, and Parse it only once).
             assert self.database is not None
             self._policies = await self.gate.policies()
-            decision = decide(self._policies, self.database.name, self.agent, prepared.statements)[0]
+            decision = self.gate.decisions.decide(self._policies, self.database.name, self.agent, prepared.sql,
+                                                  prepared.statements)
             if decision.effect == "deny":
                 await self._record(prepared.sql, params, prepared.statements, decision)
                 self._refuse_extended(decision.reason)
@@ -476,8 +503,8 @@ class Session:
             self.copy_in = None
         if pending.request_id is None or pending.kind == "refusal":
             return
-        self.gate.record_outcome(pending.request_id, record.outcome(pending.tags, pending.error, pending.started,
-                                                                    self.scrub, self.gate.config.max_body_bytes))
+        self.reads.outcome(pending.request_id, record.outcome(pending.tags, pending.error, pending.started, self.scrub,
+                                                              self.gate.config.max_body_bytes), self.gate.record_outcome)
 
     def _finish_all(self, why: str, through_ready: bool = False) -> None:
         """At ReadyForQuery (`through_ready`: what was sent before the Query or Sync it answers; pipelined ones
