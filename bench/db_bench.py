@@ -8,13 +8,19 @@ the table shows medians over the rounds and gateway/direct ratios. Kinds: `selec
 (a single-row update). The issue's goal is >= 0.8 of direct for selects; each statement the gateway relays is first
 committed to the audit log (write-ahead), which is what this measures beside the relay.
 
-    python bench/db_bench.py [--rounds 5] [--statements 1000] [--conns 4]
+    python bench/db_bench.py [--rounds 5] [--statements 1000] [--conns 4] [--profile select|update]
+
+`--profile KIND` then samples `run` with py-spy (if installed) while one connection runs KIND through the gateway,
+and prints where the proxy's time goes per statement (bench/profile_goex.py's analysis).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -72,11 +78,34 @@ def rate(url: str, sql: str, statements: int, conns: int) -> float:
     return statements * conns / took
 
 
+def profile(processes: Processes, pid: int, url: str, sql: str, statements: int, workdir: Path) -> str:
+    """py-spy's samples of `run` while one connection runs `statements` of `sql` through the gateway, analysed."""
+    from profile_goex import RATE, _py_spy, analyse
+
+    spy = _py_spy()
+    if not spy:
+        return "(profile skipped: py-spy is not installed: pip install py-spy)"
+    raw = workdir / "py-spy.txt"
+    sampler = processes.start([spy, "record", "--pid", str(pid), "--rate", str(RATE), "--format", "raw", "--threads",
+                               "-o", str(raw)], log=workdir / "py-spy.log")
+    time.sleep(1.0)  # py-spy attaches
+    took = statements / rate(url, sql, statements, 1)
+    sampler.send_signal(signal.SIGINT)  # py-spy writes what it sampled when interrupted
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        sampler.wait(timeout=30)
+    processes.stop(sampler)
+    if not raw.exists():
+        return f"(py-spy recorded nothing: {(workdir / 'py-spy.log').read_text(errors='replace')[-400:]})"
+    text, _ = analyse(raw, statements)
+    return f"profile: {statements} statements on one connection in {took:.2f}s, py-spy at {RATE} Hz\n{text}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--statements", type=int, default=1000)
     parser.add_argument("--conns", type=int, default=4)
+    parser.add_argument("--profile", choices=sorted(KINDS), help="then profile the gateway running this kind")
     args = parser.parse_args()
     if server_bin() is None:
         raise SystemExit(2)  # PostgreSQL is not installed (tests/install-tools)
@@ -94,8 +123,6 @@ def main() -> None:
         env = {**os.environ, "GOEX_PROXY_HOME": str(home), "GOEX_PROXY_WORKERS": "1"}
         token = "bench-agent-token-0123456789"
         proxy_port, gateway_port = free_port(), free_port()
-        import subprocess
-
         subprocess.run([PYTHON, "-m", "goex_proxy", "init"], env=env, check=True, capture_output=True)
         (home / "bench.yaml").write_text(POLICY)
         (home / "config.yaml").write_text(
@@ -121,6 +148,8 @@ def main() -> None:
             print(table(("statements", "connections", "direct /s", "gateway /s", "gateway / direct"), rows,
                         title=f"database gateway: medians of {args.rounds} rounds, {args.statements} statements "
                               "per connection"))
+            if args.profile:
+                print(profile(processes, run.pid, gateway, KINDS[args.profile], args.statements * 4, home))
         finally:
             processes.stop_all()
 

@@ -305,6 +305,7 @@ class _Intent:
     row: dict[str, Any]
     charge: Charge | None
     approval: dict[str, Any] | None = None   # the approvals entry of a request that waits, written with its row
+    unwaited: bool = False   # nobody waits for its commit (`queue_intent`)
 
 
 @dataclass(frozen=True)
@@ -323,10 +324,11 @@ class _Outcome:
 _STOP = object()
 
 
-def _is_outcome(item: Any) -> bool:
-    return isinstance(item, tuple) and isinstance(item[0], _Outcome)
+def _unwaited(item: Any) -> bool:
+    """An outcome, or a row queued with `queue_intent`: nothing waits for its commit."""
+    return isinstance(item, tuple) and (isinstance(item[0], _Outcome) or isinstance(item[0], _Intent) and item[0].unwaited)
 
-#: How long a batch of outcomes alone waits for company (an intent ends the wait at once).
+#: How long a batch of outcomes and unwaited rows alone waits for company (an intent waited for ends the wait at once).
 OUTCOME_GATHER_SECONDS = 0.005
 
 
@@ -355,6 +357,14 @@ class AuditWriter:
         the hits of every proxy writing this log (the check and the hit share the write lock)."""
         future: concurrent.futures.Future[str | None] = concurrent.futures.Future()
         self._queue.put((_Intent(row, charge), future))
+        return future
+
+    def queue_intent(self, row: dict[str, Any]) -> concurrent.futures.Future[str | None]:
+        """Queue a request row whose request goes on without waiting for its commit (the database gateway's reads):
+        like an outcome it may wait OUTCOME_GATHER_SECONDS for company, so that many share a transaction; every row
+        queued after it is written with it or after it, in order. The future says whether it was written."""
+        future: concurrent.futures.Future[str | None] = concurrent.futures.Future()
+        self._queue.put((_Intent(row, None, unwaited=True), future))
         return future
 
     def record_outcome(self, request_id: str, fields: dict[str, Any]) -> concurrent.futures.Future[str | None]:
@@ -426,11 +436,12 @@ class AuditWriter:
         return ended
 
     def _next_batch(self) -> list[Any]:
-        """Everything queued, at least one item. A batch of outcomes alone (nobody waits for them) also gathers what
-        arrives within OUTCOME_GATHER_SECONDS, so that a busy proxy writes one transaction where it would write two;
-        an intent (a request waiting to be forwarded) or the stop ends the gathering at once."""
+        """Everything queued, at least one item. A batch of outcomes and unwaited rows alone (nobody waits for them)
+        also gathers what arrives within OUTCOME_GATHER_SECONDS, so that a busy proxy writes one transaction where it
+        would write several; an intent waited for (a request waiting to be forwarded) or the stop ends the gathering
+        at once."""
         batch = [self._queue.get()]
-        only_outcomes = _is_outcome(batch[0])
+        only_outcomes = _unwaited(batch[0])
         deadline: float | None = None
         while True:
             try:
@@ -447,7 +458,7 @@ class AuditWriter:
                 except queue.Empty:
                     return batch
             batch.append(item)
-            only_outcomes = only_outcomes and _is_outcome(item)
+            only_outcomes = only_outcomes and _unwaited(item)
 
     def _write(self, batch: list[tuple[Any, concurrent.futures.Future[str | None]]]) -> None:
         head: Anchor | None = None

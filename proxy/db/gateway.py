@@ -39,6 +39,7 @@ class Gateway:
         self._tasks: set[asyncio.Task[None]] = set()
         self.decisions = DecisionCache()
         self._connections: dict[tuple[str, str], int] = {}  # (agent, database) -> its upstream connections open
+        self._classes: dict[str, str] = {}  # request id -> the undo class its row was written with, for its outcome
 
     async def start(self) -> None:
         await self.policies()  # a policy that does not load is a reason not to start (run checked it already)
@@ -110,14 +111,20 @@ class Gateway:
             await asyncio.wrap_future(self._writer.record_intent(row))
         except AuditError as exc:
             raise Refused("58000", f"goex-proxy could not record the statement, so it was not sent: {exc}") from None
+        if row.get("undo_class") is not None and row.get("status") is None and row.get("error") is None:
+            self._classes[str(row["id"])] = row["undo_class"]
 
     def queue_intent(self, row: dict[str, Any]) -> concurrent.futures.Future[str | None]:
         """Queue a read's row without waiting for its commit: it is written in order with every row queued before
         and after it (a write queued later is committed only with or after it); the future says if it failed."""
-        return self._writer.record_intent(row)
+        return self._writer.queue_intent(row)
 
     def record_outcome(self, request_id: str, fields: dict[str, Any]) -> None:
-        self._writer.record_outcome(request_id, fields)
+        """Queue a statement's outcome, with the undo class its row was written with: a keyed chain's outcome hash
+        covers the row's undo class (HTTP rows set it with the outcome), and without it `log verify` took every write
+        through the gateway for an edited row."""
+        undo_class = self._classes.pop(request_id, None)
+        self._writer.record_outcome(request_id, fields if undo_class is None else {"undo_class": undo_class, **fields})
 
     def admit(self, agent: str, database: str, most: int) -> bool:
         """Count one more upstream connection of an agent to a database, unless it has `most` open already."""
