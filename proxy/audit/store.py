@@ -344,6 +344,9 @@ class AuditWriter:
         self._pending: dict[str, tuple[str, int]] = {}  # request id -> (hash, seq) of rows awaiting their outcome
         self._blobs = blobs.BlobStore()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        # Set when something someone waits for is queued: it ends a gathering, which what nobody waits for does not
+        # interrupt (a wake-up per outcome would take the event loop's GIL as often).
+        self._waited = threading.Event()
         started: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self._write([(_Apply(self._end_orphans), started)])  # before any row of its own
         if started.exception() is not None:
@@ -357,6 +360,7 @@ class AuditWriter:
         the hits of every proxy writing this log (the check and the hit share the write lock)."""
         future: concurrent.futures.Future[str | None] = concurrent.futures.Future()
         self._queue.put((_Intent(row, charge), future))
+        self._waited.set()
         return future
 
     def queue_intent(self, row: dict[str, Any]) -> concurrent.futures.Future[str | None]:
@@ -376,6 +380,7 @@ class AuditWriter:
         """Queue the row of a request that waits (held or delayed) with its approvals entry, in one transaction."""
         future: concurrent.futures.Future[str | None] = concurrent.futures.Future()
         self._queue.put((_Intent(row, None, approval), future))
+        self._waited.set()
         return future
 
     def apply(self, fn: Callable[[sqlite3.Connection, AuditWriter], Any]) -> concurrent.futures.Future[Any]:
@@ -383,11 +388,13 @@ class AuditWriter:
         result (or its exception)."""
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self._queue.put((_Apply(fn), future))
+        self._waited.set()
         return future
 
     def close(self) -> None:
         if self._thread.is_alive():
             self._queue.put(_STOP)
+            self._waited.set()
             self._thread.join(timeout=10)
         self._conn.close()
         ids.release(self.path)
@@ -441,24 +448,14 @@ class AuditWriter:
         would write several; an intent waited for (a request waiting to be forwarded) or the stop ends the gathering
         at once."""
         batch = [self._queue.get()]
-        only_outcomes = _unwaited(batch[0])
-        deadline: float | None = None
+        if _unwaited(batch[0]):
+            self._waited.wait(OUTCOME_GATHER_SECONDS)  # at once if something waited for was queued since
+        self._waited.clear()  # whatever set it is taken below, or by the next get (which does not wait for company)
         while True:
             try:
-                item = self._queue.get_nowait()
+                batch.append(self._queue.get_nowait())
             except queue.Empty:
-                if not only_outcomes:
-                    return batch
-                deadline = deadline or time.monotonic() + OUTCOME_GATHER_SECONDS
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return batch
-                try:
-                    item = self._queue.get(timeout=remaining)
-                except queue.Empty:
-                    return batch
-            batch.append(item)
-            only_outcomes = only_outcomes and _unwaited(item)
+                return batch
 
     def _write(self, batch: list[tuple[Any, concurrent.futures.Future[str | None]]]) -> None:
         head: Anchor | None = None
