@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import hashlib
 import json
 import logging
@@ -324,6 +325,22 @@ class _Outcome:
 _STOP = object()
 
 
+class UnknownRequest(AuditError):
+    """An outcome for a row the log does not hold (a row queued without waiting, whose batch failed)."""
+
+
+def _with_outcomes(batch: list[tuple[Any, Any]]) -> list[Any]:
+    """The batch's operations, each unwaited row whose outcome is in the same batch given it, and that outcome None:
+    one INSERT with both hashes instead of an INSERT and an UPDATE (the same hashes, the same row)."""
+    ops = [op for op, _ in batch]
+    rows = {str(op.row["id"]): index for index, op in enumerate(ops) if isinstance(op, _Intent) and op.unwaited}
+    for index, op in enumerate(ops):
+        if isinstance(op, _Outcome) and (at := rows.pop(op.id, None)) is not None and at < index:
+            ops[at] = dataclasses.replace(ops[at], row={**ops[at].row, **op.fields})
+            ops[index] = None
+    return ops
+
+
 def _unwaited(item: Any) -> bool:
     """An outcome, or a row queued with `queue_intent`: nothing waits for its commit."""
     return isinstance(item, tuple) and (isinstance(item[0], _Outcome) or isinstance(item[0], _Intent) and item[0].unwaited)
@@ -467,7 +484,9 @@ class AuditWriter:
                 self._check_anchor()
                 last = self._conn.execute("SELECT hash FROM requests ORDER BY seq DESC LIMIT 1").fetchone()
                 last = (hex_of(last[0]),) if last else None
-                for index, (op, _) in enumerate(batch):
+                for index, op in enumerate(_with_outcomes(batch)):
+                    if op is None:
+                        continue  # an outcome written with its row
                     if isinstance(op, _Apply):
                         try:
                             with _savepoint(self._conn):
@@ -476,7 +495,11 @@ class AuditWriter:
                             self._blobs.forget()  # blobs it stored are gone with its savepoint
                             refused[index] = exc
                     elif not isinstance(op, _Intent):
-                        self._update(op)
+                        try:
+                            self._update(op)
+                        except UnknownRequest as exc:  # nothing written: it fails alone (its row's batch failed)
+                            log.error("audit: %s", exc)
+                            refused[index] = exc
                     elif (over := self._over_cap(op.charge)) is not None:
                         refused[index] = over
                     else:
@@ -571,7 +594,7 @@ class AuditWriter:
         if pending is None:
             found = self._conn.execute("SELECT hash, seq FROM requests WHERE id = ?", (op.id,)).fetchone()
             if found is None:
-                raise AuditError(f"outcome for unknown request {op.id}")
+                raise UnknownRequest(f"outcome for unknown request {op.id}")
             pending = (hex_of(found[0]), found[1])
         hash_, seq = pending
         fields = dict(op.fields)

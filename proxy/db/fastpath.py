@@ -7,7 +7,7 @@ import asyncio
 import collections
 import concurrent.futures
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from ..policy.engine import Decision, Policy
@@ -31,30 +31,19 @@ def only_reads(statements: tuple[Statement, ...]) -> bool:
 
 
 class QueuedReads:
-    """A session's reads whose rows were queued without waiting for their commit. An outcome is queued once its row is
-    written, never for a row the writer could not write (an outcome of a row it does not hold fails the writer's
-    whole batch, other sessions' rows with it); a row that could not be written is remembered (`failed`), and the
-    session refuses what follows."""
+    """A session's reads whose rows were queued without waiting for their commit: a row that could not be written is
+    remembered (`failed`), and the session refuses what follows. (Their outcomes are queued as any other: after the
+    row, often into the same transaction; one whose row was not written fails alone.)"""
 
     def __init__(self) -> None:
         self.failed: str | None = None
-        self._written: dict[str, concurrent.futures.Future[Any]] = {}
 
-    def add(self, request_id: str, written: concurrent.futures.Future[Any]) -> None:
-        self._written[request_id] = written
+    def add(self, written: concurrent.futures.Future[Any]) -> None:
         written.add_done_callback(self._done)
 
     def _done(self, written: concurrent.futures.Future[Any]) -> None:  # in the writer's thread
         if written.exception() is not None:
             self.failed = str(written.exception())
-
-    def outcome(self, request_id: str, fields: dict[str, Any], record: Callable[[str, dict[str, Any]], None]) -> None:
-        """Queue a statement's outcome with `record`: now, or for a queued read once its row is written."""
-        written = self._written.pop(request_id, None)
-        if written is None:
-            record(request_id, fields)
-        else:
-            written.add_done_callback(lambda done: None if done.exception() is not None else record(request_id, fields))
 
 
 async def parse_statements(sql: str) -> tuple[tuple[Statement, ...], str | None]:

@@ -345,7 +345,7 @@ class Session:
         if decision.effect == "allow" and only_reads(statements):
             # A read's row is queued, not waited for: the writer commits it in order, before any row queued after
             # it, and its outcome after it. A write waits for its own row, and so for every read's queued before.
-            self.reads.add(request_id, self.gate.queue_intent(row))
+            self.reads.add(self.gate.queue_intent(row))
         else:
             await self.gate.record_intent(row)
             if self.reads.failed is not None:
@@ -503,8 +503,8 @@ class Session:
             self.copy_in = None
         if pending.request_id is None or pending.kind == "refusal":
             return
-        self.reads.outcome(pending.request_id, record.outcome(pending.tags, pending.error, pending.started, self.scrub,
-                                                              self.gate.config.max_body_bytes), self.gate.record_outcome)
+        self.gate.record_outcome(pending.request_id, record.outcome(pending.tags, pending.error, pending.started,
+                                                                    self.scrub, self.gate.config.max_body_bytes))
 
     def _finish_all(self, why: str, through_ready: bool = False) -> None:
         """At ReadyForQuery (`through_ready`: what was sent before the Query or Sync it answers; pipelined ones

@@ -111,22 +111,39 @@ def test_a_write_is_committed_only_with_or_after_the_reads_queued_before_it(tmp_
     writer.close()
 
 
-def test_an_outcome_waits_for_its_read_and_is_dropped_if_the_row_was_not_written() -> None:
+def test_a_reads_outcome_is_written_with_its_row_and_one_for_a_row_not_written_fails_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(audit, "OUTCOME_GATHER_SECONDS", 0.5)
+    ids, writer = RequestIds(), AuditWriter(tmp_path / "a.db", Seal(tmp_path))
+    updates: list[str] = []
+    update = writer._update
+    monkeypatch.setattr(writer, "_update", lambda op: (updates.append(op.id), update(op)))
+    read = intent(ids, "/read")
+    writer.queue_intent(read)
+    done = writer.record_outcome(str(read["id"]), {"status": 0, "ended": 1.0, "duration_ms": 1.0})
+    lost = writer.record_outcome("1M0000000000000", {"status": 0, "ended": 1.0, "duration_ms": 1.0})
+    writer.record_intent(intent(ids, "/write")).result(5)  # in the same batch as the outcome of a row never written
+    assert done.result(5) is None and updates == ["1M0000000000000"]  # the read's outcome went in with its row
+    with pytest.raises(audit.UnknownRequest):
+        lost.result(5)
+    writer.close()
+    conn = audit.open_db(tmp_path / "a.db", readonly=True)
+    assert conn.execute("SELECT path, status FROM requests ORDER BY seq").fetchall() == [("/read", 0), ("/write", None)]
+    result = audit.verify(conn, audit.chain_key(conn, Seal(tmp_path)), Seal(tmp_path).anchor())
+    assert result.broken_id is None and result.checked == 2
+
+
+def test_a_read_whose_row_was_not_written_is_remembered() -> None:
     import concurrent.futures
 
-    recorded: list[str] = []
     reads = QueuedReads()
     written: concurrent.futures.Future[str | None] = concurrent.futures.Future()
     lost: concurrent.futures.Future[str | None] = concurrent.futures.Future()
-    reads.add("r1", written)
-    reads.add("r2", lost)
-    reads.outcome("r1", {}, lambda rid, _: recorded.append(rid))
-    reads.outcome("r2", {}, lambda rid, _: recorded.append(rid))
-    reads.outcome("w1", {}, lambda rid, _: recorded.append(rid))  # not a queued read: at once
-    assert recorded == ["w1"] and reads.failed is None
+    reads.add(written)
+    reads.add(lost)
     written.set_result(None)
+    assert reads.failed is None
     lost.set_exception(AuditError("audit write failed: database is locked"))
-    assert recorded == ["w1", "r1"]           # an outcome of a row the writer does not hold would fail its batch
     assert reads.failed == "audit write failed: database is locked"
 
 
