@@ -48,8 +48,13 @@ def test_reads_are_all_recorded_in_order_with_their_outcomes(gateway) -> None:  
             conn.execute("UPDATE orders SET qty = qty + 1 WHERE id = %s", (101,))
             conn.execute("SELECT %s::int AS n FROM orders WHERE id = 2", (102,))
         sent += [("SELECT", 100), ("UPDATE", 101), ("SELECT", 102)]
+        with psycopg.ClientCursor(conn) as cur:  # the simple query protocol: the SQL with its values in it
+            cur.execute("SELECT %s::int AS n FROM orders WHERE id = 3", (200,))
+        sent.append(("SELECT", 200))
     rows = settled_rows(proxy, len(sent))
-    assert [(r["method"], json.loads(r["req_body"])["params"][0]) for r in rows] == sent
+    bodies = [json.loads(r["req_body"]) for r in rows]
+    assert [(r["method"], b["params"][0] if "params" in b else int(b["sql"].split("::")[0].split()[-1].strip("'")))
+            for r, b in zip(rows, bodies, strict=True)] == sent
     for row in rows:
         assert row["status"] == 0 and row["error"] is None, row
         tags = json.loads(row["resp_body"])["tags"]
