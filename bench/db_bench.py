@@ -14,7 +14,8 @@ whose rows are queued to the writer in order and not waited for (README, "Databa
     python bench/db_bench.py [--rounds 5] [--statements 1000] [--conns 4] [--profile select|update]
 
 `--profile KIND` then samples `run` with py-spy (if installed) while one connection runs KIND through the gateway,
-and prints where the proxy's time goes per statement (bench/profile_goex.py's analysis).
+and prints where the proxy's time goes per statement (bench/profile_goex.py's analysis); `--gil` samples only what
+holds the GIL (time waiting in a system call or for the GIL left out).
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ def rate(url: str, sql: str, statements: int, conns: int) -> float:
     return statements * conns / took
 
 
-def profile(processes: Processes, pid: int, url: str, sql: str, statements: int, workdir: Path) -> str:
+def profile(processes: Processes, pid: int, url: str, sql: str, statements: int, workdir: Path,
+            gil: bool = False) -> str:
     """py-spy's samples of `run` while one connection runs `statements` of `sql` through the gateway, analysed."""
     from profile_goex import RATE, _py_spy, analyse
 
@@ -90,7 +92,7 @@ def profile(processes: Processes, pid: int, url: str, sql: str, statements: int,
         return "(profile skipped: py-spy is not installed: pip install py-spy)"
     raw = workdir / "py-spy.txt"
     sampler = processes.start([spy, "record", "--pid", str(pid), "--rate", str(RATE), "--format", "raw", "--threads",
-                               "-o", str(raw)], log=workdir / "py-spy.log")
+                               *(["--gil"] if gil else []), "-o", str(raw)], log=workdir / "py-spy.log")
     time.sleep(1.0)  # py-spy attaches
     took = statements / rate(url, sql, statements, 1)
     sampler.send_signal(signal.SIGINT)  # py-spy writes what it sampled when interrupted
@@ -109,6 +111,7 @@ def main() -> None:
     parser.add_argument("--statements", type=int, default=1000)
     parser.add_argument("--conns", type=int, default=4)
     parser.add_argument("--profile", choices=sorted(KINDS), help="then profile the gateway running this kind")
+    parser.add_argument("--gil", action="store_true", help="profile only what holds the GIL (py-spy --gil)")
     args = parser.parse_args()
     if server_bin() is None:
         raise SystemExit(2)  # PostgreSQL is not installed (tests/install-tools)
@@ -163,7 +166,7 @@ def main() -> None:
                         title=f"database gateway: medians of {args.rounds} rounds, {args.statements} statements "
                               "per connection"))
             if args.profile:
-                print(profile(processes, run.pid, gateway, KINDS[args.profile], args.statements * 4, home))
+                print(profile(processes, run.pid, gateway, KINDS[args.profile], args.statements * 4, home, args.gil))
         finally:
             processes.stop_all()
 
