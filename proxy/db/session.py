@@ -349,7 +349,7 @@ class Session:
         else:
             await self.gate.record_intent(row)
             if self.reads.failed is not None:
-                self.gate.record_outcome(request_id, record.refused(self.reads.failed, row["ts"]))
+                self.gate.record_outcome(request_id, {"error": f"not sent: {self.reads.failed}", "ended": time.time()})
                 raise Refused("58000", f"goex-proxy could not record an earlier statement, so this one was not sent: "
                                        f"{self.reads.failed}")
         if not self.gate.quiet:  # `run`'s line per statement (its own `--quiet` leaves them out)
