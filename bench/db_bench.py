@@ -3,25 +3,35 @@ PostgreSQL directly, over keep-alive connections (psycopg, extended protocol, on
 
 A fresh PostgreSQL (Debian's, as the tests start it: tests/pg.py) with a 1,000-row table; a `goex-proxy init` home
 whose `run` serves the gateway with a policy allowing the two statements. Per round, each side runs N statements per
-connection after a warm-up, on 1 connection and on CONNS connections at once (threads), interleaved direct/gateway;
-the table shows medians over the rounds and gateway/direct ratios. Kinds: `select` (a primary-key read) and `update`
-(a single-row update). The issue's goal is >= 0.8 of direct for selects; each statement the gateway relays is first
-committed to the audit log (write-ahead), which is what this measures beside the relay.
+connection after a warm-up, on 1 connection and on CONNS connections at once (threads), interleaved
+direct/relay/gateway; the table shows medians over the rounds and ratios to direct. The relay is a plain asyncio TCP
+relay (bench/tcp_relay.py: bytes both ways, nothing read or recorded), the floor of any Python hop; the proxy's CPU
+time per statement (all its threads, from /proc) is steadier than rates on a shared machine. Kinds: `select` (a
+primary-key read) and `update` (a single-row update). The issue's goal is >= 0.8 of direct for selects; each
+statement the gateway relays is first committed to the audit log (write-ahead), except messages that only read,
+whose rows are queued to the writer in order and not waited for (README, "Databases").
 
-    python bench/db_bench.py [--rounds 5] [--statements 1000] [--conns 4]
+    python bench/db_bench.py [--rounds 5] [--statements 1000] [--conns 4] [--profile select|update]
+
+`--profile KIND` then samples `run` with py-spy (if installed) while one connection runs KIND through the gateway,
+and prints where the proxy's time goes per statement (bench/profile_goex.py's analysis); `--gil` samples only what
+holds the GIL (time waiting in a system call or for the GIL left out).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from common import PYTHON, Processes, fmt, free_port, median, table, wait_port
+from common import PYTHON, Processes, cpu_seconds, fmt, free_port, median, table, wait_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.pg import APP_USER, running_postgres, server_bin  # noqa: E402
@@ -72,11 +82,36 @@ def rate(url: str, sql: str, statements: int, conns: int) -> float:
     return statements * conns / took
 
 
+def profile(processes: Processes, pid: int, url: str, sql: str, statements: int, workdir: Path,
+            gil: bool = False) -> str:
+    """py-spy's samples of `run` while one connection runs `statements` of `sql` through the gateway, analysed."""
+    from profile_goex import RATE, _py_spy, analyse
+
+    spy = _py_spy()
+    if not spy:
+        return "(profile skipped: py-spy is not installed: pip install py-spy)"
+    raw = workdir / "py-spy.txt"
+    sampler = processes.start([spy, "record", "--pid", str(pid), "--rate", str(RATE), "--format", "raw", "--threads",
+                               *(["--gil"] if gil else []), "-o", str(raw)], log=workdir / "py-spy.log")
+    time.sleep(1.0)  # py-spy attaches
+    took = statements / rate(url, sql, statements, 1)
+    sampler.send_signal(signal.SIGINT)  # py-spy writes what it sampled when interrupted
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        sampler.wait(timeout=30)
+    processes.stop(sampler)
+    if not raw.exists():
+        return f"(py-spy recorded nothing: {(workdir / 'py-spy.log').read_text(errors='replace')[-400:]})"
+    text, _ = analyse(raw, statements)
+    return f"profile: {statements} statements on one connection in {took:.2f}s, py-spy at {RATE} Hz\n{text}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--statements", type=int, default=1000)
     parser.add_argument("--conns", type=int, default=4)
+    parser.add_argument("--profile", choices=sorted(KINDS), help="then profile the gateway running this kind")
+    parser.add_argument("--gil", action="store_true", help="profile only what holds the GIL (py-spy --gil)")
     args = parser.parse_args()
     if server_bin() is None:
         raise SystemExit(2)  # PostgreSQL is not installed (tests/install-tools)
@@ -94,8 +129,6 @@ def main() -> None:
         env = {**os.environ, "GOEX_PROXY_HOME": str(home), "GOEX_PROXY_WORKERS": "1"}
         token = "bench-agent-token-0123456789"
         proxy_port, gateway_port = free_port(), free_port()
-        import subprocess
-
         subprocess.run([PYTHON, "-m", "goex_proxy", "init"], env=env, check=True, capture_output=True)
         (home / "bench.yaml").write_text(POLICY)
         (home / "config.yaml").write_text(
@@ -105,22 +138,35 @@ def main() -> None:
         subprocess.run([PYTHON, "-m", "goex_proxy", "secrets", "set", "shop-db"], env=env, check=True,
                        input=APP_USER[1].encode(), capture_output=True)
         run = processes.start([PYTHON, "-m", "goex_proxy", "run", "--quiet"], env=env, log=home / "run.log")
+        relay_port = free_port()
+        relay = processes.start([PYTHON, str(Path(__file__).with_name("tcp_relay.py")), str(relay_port), str(pg.port)])
         try:
             wait_port(gateway_port, run, what="the gateway")
+            wait_port(relay_port, relay, what="the relay")
             direct = pg.dsn(APP_USER, "shop")
+            relayed = direct.replace(f"port={pg.port} ", f"port={relay_port} ")
+            assert relayed != direct
             gateway = f"postgresql://bench:{token}@127.0.0.1:{gateway_port}/shop"
             rows = []
             for kind, sql in KINDS.items():
                 for conns in (1, args.conns):
-                    measured: dict[str, list[float]] = {"direct": [], "gateway": []}
+                    measured: dict[str, list[float]] = {"direct": [], "relay": [], "gateway": [], "cpu": []}
                     for _ in range(args.rounds):
                         measured["direct"].append(rate(direct, sql, args.statements, conns))
+                        measured["relay"].append(rate(relayed, sql, args.statements, conns))
+                        before = cpu_seconds(run.pid)  # the 50 warm-up statements a connection runs count too
                         measured["gateway"].append(rate(gateway, sql, args.statements, conns))
-                    d, g = median(measured["direct"]), median(measured["gateway"])
-                    rows.append((kind, conns, fmt(d, 0), fmt(g, 0), fmt(g / d, 3)))
-            print(table(("statements", "connections", "direct /s", "gateway /s", "gateway / direct"), rows,
+                        spent = cpu_seconds(run.pid) - before
+                        measured["cpu"].append(spent / ((args.statements + 50) * conns) * 1e6)
+                    d, r, g = median(measured["direct"]), median(measured["relay"]), median(measured["gateway"])
+                    rows.append((kind, conns, fmt(d, 0), fmt(r, 0), fmt(g, 0), fmt(r / d, 3), fmt(g / d, 3),
+                                 fmt(median(measured["cpu"]), 0)))
+            print(table(("statements", "connections", "direct /s", "relay /s", "gateway /s", "relay / direct",
+                         "gateway / direct", "proxy CPU us/stmt"), rows,
                         title=f"database gateway: medians of {args.rounds} rounds, {args.statements} statements "
                               "per connection"))
+            if args.profile:
+                print(profile(processes, run.pid, gateway, KINDS[args.profile], args.statements * 4, home, args.gil))
         finally:
             processes.stop_all()
 

@@ -20,7 +20,9 @@ TRANSACTIONS = ("auto", "hold")
 #: How long a held transaction (`transaction: hold`) may stay open, from its first statement, unless `hold_timeout`.
 HOLD_TIMEOUT = 3600.0
 _KEYS = {"host", "port", "dbname", "user", "password", "sslmode", "ca", "agents", "env", "transaction",
-         "hold_timeout"}
+         "hold_timeout", "max_connections"}
+#: How many connections one agent may have open to one database through the gateway unless `max_connections` says.
+DEFAULT_MAX_CONNECTIONS = 10
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -41,6 +43,7 @@ class Database:
     env: str = "DATABASE_URL"
     transaction: str = "auto"
     hold_timeout: float = HOLD_TIMEOUT        # transaction: hold: seconds from its first statement to a rollback
+    max_connections: int = DEFAULT_MAX_CONNECTIONS   # per agent: each is a connection to the real server
 
     def admits(self, agent: str) -> bool:
         return self.agents is None or agent in self.agents
@@ -108,12 +111,17 @@ def _database(check: Checker, name: str, raw: Any, pos: tuple[int, int], base: P
     for agent in allowed:
         if agent != "*" and agent not in agents:
             check.error(check.at(spec, "agents"), f"'{where}.agents' names {agent!r}, which is not in 'agents'")
+    most = spec.get("max_connections", DEFAULT_MAX_CONNECTIONS)
+    if not isinstance(most, int) or isinstance(most, bool) or most < 1:
+        check.error(check.at(spec, "max_connections"), f"'{where}.max_connections' must be a whole number of at least "
+                                                       f"1 (got {most!r})")
+        most = DEFAULT_MAX_CONNECTIONS
     password = _password(check, spec, where)
     if password is None or not host:
         return None
     return Database(name, host, port, check.string(spec, "dbname", f"{where}.dbname") or name,
                     check.string(spec, "user", f"{where}.user") or "", password, sslmode, ca,
-                    None if "*" in allowed else frozenset(allowed), env, transaction, hold_timeout)
+                    None if "*" in allowed else frozenset(allowed), env, transaction, hold_timeout, most)
 
 
 def parse_databases(check: Checker, top: YMap, base: Path, agents: set[str]) -> Databases:

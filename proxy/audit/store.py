@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import hashlib
 import json
 import logging
@@ -318,6 +319,7 @@ class _Intent:
     row: dict[str, Any]
     charge: Charge | None
     approval: dict[str, Any] | None = None   # the approvals entry of a request that waits, written with its row
+    unwaited: bool = False   # nobody waits for its commit (`queue_intent`)
 
 
 @dataclass(frozen=True)
@@ -336,10 +338,27 @@ class _Outcome:
 _STOP = object()
 
 
-def _is_outcome(item: Any) -> bool:
-    return isinstance(item, tuple) and isinstance(item[0], _Outcome)
+class UnknownRequest(AuditError):
+    """An outcome for a row the log does not hold (a row queued without waiting, whose batch failed)."""
 
-#: How long a batch of outcomes alone waits for company (an intent ends the wait at once).
+
+def _with_outcomes(batch: list[tuple[Any, Any]]) -> list[Any]:
+    """The batch's operations, each unwaited row whose outcome is in the same batch given it, and that outcome None:
+    one INSERT with both hashes instead of an INSERT and an UPDATE (the same hashes, the same row)."""
+    ops = [op for op, _ in batch]
+    rows = {str(op.row["id"]): index for index, op in enumerate(ops) if isinstance(op, _Intent) and op.unwaited}
+    for index, op in enumerate(ops):
+        if isinstance(op, _Outcome) and (at := rows.pop(op.id, None)) is not None and at < index:
+            ops[at] = dataclasses.replace(ops[at], row={**ops[at].row, **op.fields})
+            ops[index] = None
+    return ops
+
+
+def _unwaited(item: Any) -> bool:
+    """An outcome, or a row queued with `queue_intent`: nothing waits for its commit."""
+    return isinstance(item, tuple) and (isinstance(item[0], _Outcome) or isinstance(item[0], _Intent) and item[0].unwaited)
+
+#: How long a batch of outcomes and unwaited rows alone waits for company (an intent waited for ends the wait at once).
 OUTCOME_GATHER_SECONDS = 0.005
 
 
@@ -355,6 +374,9 @@ class AuditWriter:
         self._pending: dict[str, tuple[str, int]] = {}  # request id -> (hash, seq) of rows awaiting their outcome
         self._blobs = blobs.BlobStore()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        # Set when something someone waits for is queued: it ends a gathering, which what nobody waits for does not
+        # interrupt (a wake-up per outcome would take the event loop's GIL as often).
+        self._waited = threading.Event()
         started: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self._write([(_Apply(self._end_orphans), started)])  # before any row of its own
         if started.exception() is not None:
@@ -368,6 +390,15 @@ class AuditWriter:
         the hits of every proxy writing this log (the check and the hit share the write lock)."""
         future: concurrent.futures.Future[str | None] = concurrent.futures.Future()
         self._queue.put((_Intent(row, charge), future))
+        self._waited.set()
+        return future
+
+    def queue_intent(self, row: dict[str, Any]) -> concurrent.futures.Future[str | None]:
+        """Queue a request row whose request goes on without waiting for its commit (the database gateway's reads):
+        like an outcome it may wait OUTCOME_GATHER_SECONDS for company, so that many share a transaction; every row
+        queued after it is written with it or after it, in order. The future says whether it was written."""
+        future: concurrent.futures.Future[str | None] = concurrent.futures.Future()
+        self._queue.put((_Intent(row, None, unwaited=True), future))
         return future
 
     def record_outcome(self, request_id: str, fields: dict[str, Any]) -> concurrent.futures.Future[str | None]:
@@ -379,6 +410,7 @@ class AuditWriter:
         """Queue the row of a request that waits (held or delayed) with its approvals entry, in one transaction."""
         future: concurrent.futures.Future[str | None] = concurrent.futures.Future()
         self._queue.put((_Intent(row, None, approval), future))
+        self._waited.set()
         return future
 
     def apply(self, fn: Callable[[sqlite3.Connection, AuditWriter], Any]) -> concurrent.futures.Future[Any]:
@@ -386,11 +418,13 @@ class AuditWriter:
         result (or its exception)."""
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self._queue.put((_Apply(fn), future))
+        self._waited.set()
         return future
 
     def close(self) -> None:
         if self._thread.is_alive():
             self._queue.put(_STOP)
+            self._waited.set()
             self._thread.join(timeout=10)
         self._conn.close()
         ids.release(self.path)
@@ -439,28 +473,19 @@ class AuditWriter:
         return ended
 
     def _next_batch(self) -> list[Any]:
-        """Everything queued, at least one item. A batch of outcomes alone (nobody waits for them) also gathers what
-        arrives within OUTCOME_GATHER_SECONDS, so that a busy proxy writes one transaction where it would write two;
-        an intent (a request waiting to be forwarded) or the stop ends the gathering at once."""
+        """Everything queued, at least one item. A batch of outcomes and unwaited rows alone (nobody waits for them)
+        also gathers what arrives within OUTCOME_GATHER_SECONDS, so that a busy proxy writes one transaction where it
+        would write several; an intent waited for (a request waiting to be forwarded) or the stop ends the gathering
+        at once."""
         batch = [self._queue.get()]
-        only_outcomes = _is_outcome(batch[0])
-        deadline: float | None = None
+        if _unwaited(batch[0]):
+            self._waited.wait(OUTCOME_GATHER_SECONDS)  # at once if something waited for was queued since
+        self._waited.clear()  # whatever set it is taken below, or by the next get (which does not wait for company)
         while True:
             try:
-                item = self._queue.get_nowait()
+                batch.append(self._queue.get_nowait())
             except queue.Empty:
-                if not only_outcomes:
-                    return batch
-                deadline = deadline or time.monotonic() + OUTCOME_GATHER_SECONDS
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return batch
-                try:
-                    item = self._queue.get(timeout=remaining)
-                except queue.Empty:
-                    return batch
-            batch.append(item)
-            only_outcomes = only_outcomes and _is_outcome(item)
+                return batch
 
     def _write(self, batch: list[tuple[Any, concurrent.futures.Future[str | None]]]) -> None:
         head: Anchor | None = None
@@ -472,7 +497,9 @@ class AuditWriter:
                 self._check_anchor()
                 last = self._conn.execute("SELECT hash FROM requests ORDER BY seq DESC LIMIT 1").fetchone()
                 last = (hex_of(last[0]),) if last else None
-                for index, (op, _) in enumerate(batch):
+                for index, op in enumerate(_with_outcomes(batch)):
+                    if op is None:
+                        continue  # an outcome written with its row
                     if isinstance(op, _Apply):
                         try:
                             with _savepoint(self._conn):
@@ -481,7 +508,11 @@ class AuditWriter:
                             self._blobs.forget()  # blobs it stored are gone with its savepoint
                             refused[index] = exc
                     elif not isinstance(op, _Intent):
-                        self._update(op)
+                        try:
+                            self._update(op)
+                        except UnknownRequest as exc:  # nothing written: it fails alone (its row's batch failed)
+                            log.error("audit: %s", exc)
+                            refused[index] = exc
                     elif (over := self._over_cap(op.charge)) is not None:
                         refused[index] = over
                     else:
@@ -576,7 +607,7 @@ class AuditWriter:
         if pending is None:
             found = self._conn.execute("SELECT hash, seq FROM requests WHERE id = ?", (op.id,)).fetchone()
             if found is None:
-                raise AuditError(f"outcome for unknown request {op.id}")
+                raise UnknownRequest(f"outcome for unknown request {op.id}")
             pending = (hex_of(found[0]), found[1])
         hash_, seq = pending
         fields = dict(op.fields)

@@ -4,6 +4,7 @@ change, the vault, the audit writer its sessions share, and the cancel keys it h
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from ..policy.limits import Charge
 from ..policy.load import load_policy_set
 from ..policy.sqlparse import Statement
 from . import access
+from .fastpath import DecisionCache
 from .hold import Holds
 from .session import Refused, Session
 from .waits import Admitted, Waits
@@ -52,6 +54,9 @@ class Gateway:
     @property
     def writer(self) -> AuditWriter:
         return self._writer
+        self.decisions = DecisionCache()
+        self._connections: dict[tuple[str, str], int] = {}  # (agent, database) -> its upstream connections open
+        self._classes: dict[str, str] = {}  # request id -> the undo class its row was written with, for its outcome
 
     async def start(self) -> None:
         await self.policies()  # a policy that does not load is a reason not to start (run checked it already)
@@ -185,6 +190,27 @@ class Gateway:
     def record_outcome(self, request_id: str, fields: dict[str, Any]) -> None:
         undo_class = self._undo_classes.pop(request_id, None)
         self._writer.record_outcome(request_id, fields | {"undo_class": undo_class} if undo_class else fields)
+
+    def queue_intent(self, row: dict[str, Any]) -> concurrent.futures.Future[str | None]:
+        """Queue a read's row without waiting for its commit: it is written in order with every row queued before
+        and after it (a write queued later is committed only with or after it); the future says if it failed."""
+        return self._writer.queue_intent(row)
+
+    def admit_connection(self, agent: str, database: str, most: int) -> bool:
+        """Count one more upstream connection of an agent to a database, unless it has `most` open already."""
+        key = (agent, database)
+        if self._connections.get(key, 0) >= most:
+            return False
+        self._connections[key] = self._connections.get(key, 0) + 1
+        return True
+
+    def leave_connection(self, agent: str, database: str) -> None:
+        key = (agent, database)
+        left = self._connections.get(key, 0) - 1
+        if left > 0:
+            self._connections[key] = left
+        else:
+            self._connections.pop(key, None)
 
     def new_id(self) -> str:
         return self._ids.new()

@@ -211,7 +211,7 @@ class Hold:
         if done is None:
             return False  # the agent's own savepoints, relayed as they are
         session._policies = await session.gate.policies()
-        statements, decision = session._decide(sql)
+        statements, decision = await session._decide(sql)
         if isinstance(done, holdsql.Refusal) or decision.effect == "deny":
             self._open(wrap=self.state == b"I")
             why = done.reason if isinstance(done, holdsql.Refusal) else decision.reason

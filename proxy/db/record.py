@@ -19,7 +19,7 @@ from ..policy.sqlparse import Statement
 COMPLETED = 0
 #: The undo class of every statement that changes something, until row-level undo is built (issue 21).
 WRITE_KINDS = frozenset({"insert", "update", "delete", "ddl", "other", "set"})
-_JSON = [["content-type", "application/json"]]
+_JSON = json.dumps([["content-type", "application/json"]])  # the headers of every body: built once
 
 
 def method_of(statements: tuple[Statement, ...]) -> str:
@@ -74,7 +74,7 @@ def statement_row(request_id: str, database: Database, agent: str, client: str, 
         "path": f"/{database.dbname}",
         "url": f"postgresql://{database.name}/{database.dbname}",
         "http_version": "pgwire/3",
-        "req_headers": json.dumps(_JSON),
+        "req_headers": _JSON,
         "req_body": data[:limit] if limit else None,
         "req_body_size": len(data),
         "req_body_sha256": hashlib.sha256(data).hexdigest(),
@@ -103,7 +103,7 @@ def outcome(tags: list[str], error: str | None, started: float, scrub: Any, limi
             return fields
     else:
         fields |= {"status": COMPLETED, "error": None}
-    return fields | {"resp_headers": json.dumps(_JSON),
+    return fields | {"resp_headers": _JSON,
                      "resp_body": data[:limit] if limit else None, "resp_body_size": len(data),
                      "resp_body_sha256": hashlib.sha256(data).hexdigest()}
 

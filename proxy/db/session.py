@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import logging
 import secrets
@@ -16,9 +17,9 @@ from typing import Any, Protocol
 from ..config import Config, weak_token
 from ..dbconfig import Database
 from ..policy.engine import Decision, Policy
-from ..policy.sql import decide
-from ..policy.sqlparse import SqlError, Statement, parse
+from ..policy.sqlparse import Statement
 from . import agentauth, record
+from .fastpath import DecisionCache, QueuedReads, only_reads, parse_statements
 from .upstream import Upstream, UpstreamError, connect
 from .wire import (
     CANCEL_REQUEST,
@@ -70,6 +71,7 @@ class Gatekeeper(Protocol):
 
     config: Config
     quiet: bool
+    decisions: DecisionCache
 
     async def policies(self) -> tuple[Policy, ...]: ...
 
@@ -80,9 +82,15 @@ class Gatekeeper(Protocol):
     async def admit(self, session: Session, sql: str, params: list[Any] | None, statements: tuple[Statement, ...],
                     decision: Decision, policies: tuple[Policy, ...]) -> Any: ...
 
+    def queue_intent(self, row: dict[str, Any]) -> concurrent.futures.Future[str | None]: ...
+
     def record_outcome(self, request_id: str, fields: dict[str, Any]) -> None: ...
 
     def new_id(self) -> str: ...
+
+    def admit_connection(self, agent: str, database: str, most: int) -> bool: ...
+
+    def leave_connection(self, agent: str, database: str) -> None: ...
 
     def register(self, key: tuple[int, int], session: Session | None) -> None: ...
 
@@ -147,6 +155,8 @@ class Session:
         self.key = (secrets.randbits(31), secrets.randbits(32))
         self.cancelled_at = 0.0   # when the agent last sent a cancel request for this connection (monotonic)
         self._out: list[bytes] = []
+        self._admitted: tuple[str, str] | None = None  # (agent, database) counted against its max_connections
+        self.reads = QueuedReads()  # reads recorded without waiting for their row's commit
 
     async def run(self) -> None:
         try:
@@ -166,6 +176,8 @@ class Session:
             log.debug("database connection from %s ended: %s", self.client, exc)
         finally:
             self.gate.register(self.key, None)
+            if self._admitted is not None:
+                self.gate.leave_connection(*self._admitted)
             if self.hold is not None:
                 await self.hold.detach(self)  # the held transaction's connection stays open
             elif self.upstream is not None:
@@ -220,6 +232,10 @@ class Session:
         password = database.password.reveal(vault)
         if password is None:
             raise Refused("28000", f"database {name!r} has no password: {database.password.describe()} is not set")
+        if not self.gate.admit_connection(agent, name, database.max_connections):
+            raise Refused("53300", f"agent {agent!r} has {database.max_connections} connections open to database "
+                                   f"{name!r} already, its 'max_connections' in goex-proxy's config; close one first")
+        self._admitted = (agent, name)
         from ..credentials.redact import SecretScrubber
 
         self.agent, self.database = agent, database
@@ -336,13 +352,12 @@ class Session:
         else:
             raise Refused("08P01", f"goex-proxy does not relay protocol message {kind!r}")
 
-    def _decide(self, sql: str) -> tuple[tuple[Statement, ...], Decision]:
+    async def _decide(self, sql: str) -> tuple[tuple[Statement, ...], Decision]:
         assert self.database is not None
-        try:
-            statements = parse(sql)
-        except SqlError as exc:
-            return (), Decision("deny", str(exc))
-        return statements, decide(self._policies, self.database.name, self.agent, statements)[0]
+        statements, error = await parse_statements(sql)
+        if error is not None:
+            return (), Decision("deny", error)
+        return statements, self.gate.decisions.decide(self._policies, self.database.name, self.agent, sql, statements)
 
     async def _record(self, sql: str, params: list[Any] | None, statements: tuple[Statement, ...],
                       decision: Decision) -> str:
@@ -354,7 +369,18 @@ class Session:
             row |= record.refused(decision.reason, row["ts"])
         if self.hold is not None:
             row = self.hold.mark(row)
-        await self.gate.record_intent(row)
+        if self.reads.failed is not None:
+            raise Refused("58000", f"goex-proxy could not record an earlier statement: {self.reads.failed}")
+        if decision.effect == "allow" and only_reads(statements):
+            # A read's row is queued, not waited for: the writer commits it in order, before any row queued after
+            # it, and its outcome after it. A write waits for its own row, and so for every read's queued before.
+            self.reads.add(self.gate.queue_intent(row))
+        else:
+            await self.gate.record_intent(row)
+            if self.reads.failed is not None:
+                self.gate.record_outcome(request_id, {"error": f"not sent: {self.reads.failed}", "ended": time.time()})
+                raise Refused("58000", f"goex-proxy could not record an earlier statement, so this one was not sent: "
+                                       f"{self.reads.failed}")
         if not self.gate.quiet:  # `run`'s line per statement (its own `--quiet` leaves them out)
             log.info("%s %s %s %s %s%s", decision.label, request_id, self.agent, row["method"], row["url"],
                      "" if decision.effect == "allow" else f": {_printable(row['reason'])}")
@@ -363,7 +389,7 @@ class Session:
     async def _query(self, sql: str) -> None:
         assert self.upstream is not None
         self._policies = await self.gate.policies()
-        statements, decision = self._decide(sql)
+        statements, decision = await self._decide(sql)
         if decision.effect == "deny":
             await self._refuse_simple(decision.reason, sql, statements, decision)
             return
@@ -400,7 +426,7 @@ class Session:
         assert self.upstream is not None
         parsed = parse_message(msg.payload)
         self._policies = await self.gate.policies()
-        statements, decision = self._decide(parsed.sql)
+        statements, decision = await self._decide(parsed.sql)
         if decision.effect == "deny":
             await self._record(parsed.sql, None, statements, decision)
             self.prepared.pop(parsed.statement, None)
@@ -436,7 +462,8 @@ class Session:
             # too (psycopg, JDBC and asyncpg prepare what they run often, and Parse it only once).
             assert self.database is not None
             self._policies = await self.gate.policies()
-            decision = decide(self._policies, self.database.name, self.agent, prepared.statements)[0]
+            decision = self.gate.decisions.decide(self._policies, self.database.name, self.agent, prepared.sql,
+                                                  prepared.statements)
             if decision.effect == "deny":
                 await self._record(prepared.sql, params, prepared.statements, decision)
                 self._refuse_extended(decision.reason)
