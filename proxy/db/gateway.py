@@ -50,13 +50,12 @@ class Gateway:
         self._grants: dict[tuple[int, int], access.Grant] = {}  # what admitted each connection, by its cancel key
         self._watcher: asyncio.Task[None] | None = None
         self.holds = Holds(self, self._writer)
+        self.decisions = DecisionCache()
+        self._connections: dict[tuple[str, str], int] = {}  # (agent, database) -> its upstream connections open
 
     @property
     def writer(self) -> AuditWriter:
         return self._writer
-        self.decisions = DecisionCache()
-        self._connections: dict[tuple[str, str], int] = {}  # (agent, database) -> its upstream connections open
-        self._classes: dict[str, str] = {}  # request id -> the undo class its row was written with, for its outcome
 
     async def start(self) -> None:
         await self.policies()  # a policy that does not load is a reason not to start (run checked it already)
