@@ -78,6 +78,9 @@ def undo(config_path: Path | None, request_id: str | None, agent: str | None, si
     if agent is None:
         assert request_id is not None
         rows = [audit.get(conn, request_id)]
+        if rows[0]["scheme"] == SQL_SCHEME:
+            _undo_statement(config, conn, rows[0], dry_run, yes, force, as_json)
+            return
     else:
         rows = session.session_rows(conn, agent, parse_since(since))
     planned = _show_plans(session.plan_rows(config, journal, rows, force), as_json)
@@ -100,6 +103,46 @@ def undo(config_path: Path | None, request_id: str | None, agent: str | None, si
     session.undo_file_runs(config, file_runs, force, lambda run: click.echo(f"file run {run.id}: {run.state}"))
     if todo:
         _carry_out(config, todo, skipped, journal, agent, force)
+
+
+#: The scheme of the gateway's rows: undone row by row from their captured images (db.rowundo), not by a rule.
+SQL_SCHEME = "postgresql"
+
+
+def _undo_statement(config: Config, conn: Any, row: dict[str, Any], dry_run: bool, yes: bool, force: bool,
+                    as_json: bool) -> None:
+    """`undo ID` of an SQL statement: its rows restored from their images, in one transaction upstream that first
+    checks each is as the statement left it (exit 3 on a conflict, nothing changed)."""
+    from ..audit.seal import Seal
+    from ..db import rowundo
+
+    if force:
+        raise click.UsageError("--force does not go with the undo of an SQL statement (a changed row is never "
+                               "overwritten)")
+    the_plan = rowundo.plan_row(row, audit.chain_key(conn, Seal(config.state_dir)))
+    done = rowundo.already_undone(conn, the_plan.request_id)
+    if done is not None:
+        raise NotFound(f"nothing to undo for {the_plan.request_id}: already undone (by {done})")
+    if as_json:
+        click.echo(json.dumps({"request_id": the_plan.request_id, "verdict": "plan", "fidelity": "exact",
+                               "table": the_plan.quoted, "rows": len(the_plan.rows), "steps": the_plan.describe()}))
+    else:
+        click.echo(f"undo {the_plan.request_id}: {row['method']} {row['url']} by {row['agent']} ({outcome_of(row)})")
+        click.echo(f"  rows captured in the statement   fidelity: exact   table: {the_plan.quoted}")
+        for i, step in enumerate(the_plan.describe(), start=1):
+            click.echo(f"  step {i}: {step}")
+    if dry_run:
+        return
+    if not yes:
+        if not sys.stdin.isatty():
+            raise GoexError("undo asks before it acts: pass --yes to carry out the plan without a terminal")
+        click.confirm("carry out this plan?", abort=True)
+    try:
+        tags = rowundo.carry_out(config, row, the_plan)
+    except rowundo.Conflict as exc:
+        click.echo(f"goex-proxy: {exc}", err=True)
+        sys.exit(3)
+    click.echo(f"undone {the_plan.request_id}: {', '.join(tags) or 'nothing to change'}")
 
 
 #: `undo catalog`: the census of the shipped packs, in place of a REQUEST_ID.

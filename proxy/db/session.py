@@ -18,7 +18,7 @@ from ..dbconfig import Database
 from ..policy.engine import Decision, Policy
 from ..policy.sql import decide
 from ..policy.sqlparse import SqlError, Statement, parse
-from . import agentauth, record
+from . import agentauth, record, rowcapture
 from .upstream import Upstream, UpstreamError, connect
 from .wire import (
     CANCEL_REQUEST,
@@ -105,6 +105,8 @@ class _Pending:
     error: str | None = None
     copying: bool = False           # a COPY FROM STDIN the server has begun (CopyInResponse seen)
     maybe_for: _Pending | None = None  # "ready": a Sync sent during that COPY, which the server ignores once it began
+    undo_class: str | None = None
+    images: rowcapture.Images | None = None  # a captured statement's rows (rowcapture), kept until ReadyForQuery
 
 
 @dataclass
@@ -113,6 +115,7 @@ class _Prepared:
     statements: tuple[Statement, ...]
     decision: Decision
     types: tuple[int, ...] = ()
+    planned: rowcapture.Planned | None = None
 
 
 class Session:
@@ -134,6 +137,9 @@ class Session:
         self.copy_in: _Pending | None = None  # an allowed COPY FROM STDIN sent, its CopyDone or CopyFail not yet
         self.key = (secrets.randbits(31), secrets.randbits(32))
         self._out: list[bytes] = []
+        self.capturer: rowcapture.Capturer | None = None
+        self.binary_images: dict[str, bool] = {}  # portal: whether its image column comes in binary
+        self._captured: list[_Pending] = []  # captured statements that ended, their transaction's end not yet seen
 
     async def run(self) -> None:
         try:
@@ -155,6 +161,8 @@ class Session:
             self.gate.register(self.key, None)
             if self.upstream is not None:
                 self.upstream.writer.close()
+            if self.capturer is not None:
+                self.capturer.close()
             self.writer.close()
 
     async def _fatal(self, sqlstate: str, text: str) -> None:
@@ -212,6 +220,7 @@ class Session:
         self.scrub = SecretScrubber({password: "[database password]", token: "[agent token]"})
         passed = {k: v for k, v in params.items() if k in PASSED_PARAMS} | PINNED_PARAMS
         self.upstream = await connect(database, password, passed)
+        self.capturer = rowcapture.Capturer(lambda: connect(database, password, passed))
         self.gate.register(self.key, self)
         out = auth(0) + b"".join(m.encode() for m in self.upstream.parameters) + backend_key(*self.key)
         self.writer.write(out + message(b"Z", self.upstream.status))
@@ -288,8 +297,7 @@ class Session:
         elif kind == b"P":
             await self._parse(msg)
         elif kind == b"B":
-            self._bind(msg)
-            self._send(msg.encode())
+            self._send(self._bind(msg).encode())
         elif kind == b"E":
             await self._execute(msg)
         elif kind == b"S":
@@ -318,13 +326,15 @@ class Session:
         return statements, decide(self._policies, self.database.name, self.agent, statements)[0]
 
     async def _record(self, sql: str, params: list[Any] | None, statements: tuple[Statement, ...],
-                      decision: Decision) -> str:
+                      decision: Decision, planned: rowcapture.Planned | None = None) -> str:
         assert self.database is not None
         request_id = self.gate.new_id()
         row = record.statement_row(request_id, self.database, self.agent, self.client, sql, params, statements,
                                    decision, self.scrub, self.gate.config.max_body_bytes)
         if decision.effect == "deny":
             row |= record.refused(decision.reason, row["ts"])
+        elif planned is not None:
+            row["undo_class"] = planned.undo_class
         await self.gate.record_intent(row)
         if not self.gate.quiet:  # `run`'s line per statement (its own `--quiet` leaves them out)
             log.info("%s %s %s %s %s%s", decision.label, request_id, self.agent, row["method"], row["url"],
@@ -338,13 +348,21 @@ class Session:
         if decision.effect == "deny":
             await self._refuse_simple(decision.reason, sql, statements, decision)
             return
-        request_id = await self._record(sql, None, statements, decision) if statements else None
+        planned = await self._plan(sql, statements)
+        request_id = await self._record(sql, None, statements, decision, planned) if statements else None
         self._forget(statements)
-        sent = _Pending("query", request_id, time.time())
+        sent = _Pending("query", request_id, time.time(), undo_class=planned.undo_class)
+        if planned.capture is not None:
+            sent.images = rowcapture.Images(planned.capture)
         self.pending.extend((sent, _Pending("ready", None, time.time())))
         if _copies_in(statements):
             self.copy_in = sent
-        self._send(message(b"Q", sql.encode() + b"\0"))
+        self._send(message(b"Q", planned.sql.encode() + b"\0"))
+
+    async def _plan(self, sql: str, statements: tuple[Statement, ...]) -> rowcapture.Planned:
+        """How an allowed statement is sent: rewritten to capture its rows' images when it can be (rowcapture)."""
+        assert self.capturer is not None
+        return await self.capturer.plan(sql, statements)
 
     async def _refuse_simple(self, reason: str, sql: str | None = None, statements: tuple[Statement, ...] = (),
                              decision: Decision | None = None) -> None:
@@ -372,10 +390,13 @@ class Session:
             self.prepared.pop(parsed.statement, None)
             self._refuse_extended(decision.reason, parsed.statement)
             return
-        self.prepared[parsed.statement] = _Prepared(parsed.sql, statements, decision, parsed.types)
+        planned = await self._plan(parsed.sql, statements)
+        self.prepared[parsed.statement] = _Prepared(parsed.sql, statements, decision, parsed.types, planned)
+        if planned.capture is not None:
+            msg = Message(b"P", parse_payload(parsed.statement, planned.sql, parsed.types))
         self._send(msg.encode())
 
-    def _bind(self, msg: Message) -> None:
+    def _bind(self, msg: Message) -> Message:
         bound = bind_message(msg.payload)
         prepared = self.prepared.get(bound.statement)
         if prepared is not None:
@@ -383,8 +404,14 @@ class Session:
             params = [record.param_value(v, f == 1, t) for v, f, t in zip(bound.params, bound.formats, types,
                                                                            strict=False)]
             self.portals[bound.portal] = (prepared, params)
+            if prepared.planned is not None and prepared.planned.capture is not None:
+                payload, binary = rowcapture.result_formats(msg.payload)
+                self.binary_images[bound.portal] = binary
+                return Message(b"B", payload)
         else:
             self.portals.pop(bound.portal, None)
+        return msg
+
 
     async def _execute(self, msg: Message) -> None:
         assert self.upstream is not None
@@ -407,10 +434,13 @@ class Session:
                 await self._record(prepared.sql, params, prepared.statements, decision)
                 self._refuse_extended(decision.reason)
                 return
-        request_id = await self._record(prepared.sql, params, prepared.statements, decision) \
+        planned = prepared.planned
+        request_id = await self._record(prepared.sql, params, prepared.statements, decision, planned) \
             if prepared.statements else None
         self._forget(prepared.statements)
-        sent = _Pending("execute", request_id, time.time())
+        sent = _Pending("execute", request_id, time.time(), undo_class=planned.undo_class if planned else None)
+        if planned is not None and planned.capture is not None:
+            sent.images = rowcapture.Images(planned.capture, self.binary_images.get(portal, False))
         self.pending.append(sent)
         if _copies_in(prepared.statements):
             self.copy_in = sent
@@ -449,6 +479,8 @@ class Session:
     def _back(self, msg: Message) -> bytes:
         """What the agent is sent for one of the server's messages."""
         head = self.pending[0] if self.pending else None
+        if msg.kind == b"E" and self._captured:
+            self._failed_since = True  # the batch's implicit transaction rolls back what was captured in it
         if msg.kind == b"E" and head is not None and head.kind != "ready":
             self.pending.popleft()
             if head.kind == "refusal":
@@ -469,15 +501,57 @@ class Session:
             self.pending = collections.deque(p for p in self.pending if p.maybe_for is not head)
         elif msg.kind == b"Z":
             self._finish_all("not run: an earlier message of its batch failed", through_ready=True)
+            self._end_captures(msg.payload[:1] == b"I")
+        elif msg.kind in (b"T", b"D") and self.capturer is not None:
+            return self._strip_capture(msg, head)
         return msg.encode()
+
+    def _strip_capture(self, msg: Message, head: _Pending | None) -> bytes:
+        """A RowDescription or DataRow of a captured statement without the image column (its value kept): what the
+        agent would have been sent for its statement as written."""
+        assert self.capturer is not None
+        if msg.kind == b"T":
+            if not rowcapture.is_captured(msg.payload, self.capturer.marker):
+                return msg.encode()
+            stripped = rowcapture.strip_description(msg.payload)
+            if head is not None and head.kind == "query":  # a simple query's own description: none if no RETURNING
+                return b"" if stripped is None else message(b"T", stripped)
+            return message(b"n") if stripped is None else message(b"T", stripped)  # a Describe's answer
+        images = head.images if head is not None and head.kind in ("query", "execute") else None
+        if images is None:
+            return msg.encode()
+        row, value = rowcapture.strip_row(msg.payload)
+        rowcapture.take(images, value)
+        return message(b"D", row) if images.capture.returning else b""
 
     def _finish(self, pending: _Pending) -> None:
         if self.copy_in is pending:
             self.copy_in = None
         if pending.request_id is None or pending.kind == "refusal":
             return
-        self.gate.record_outcome(pending.request_id, record.outcome(pending.tags, pending.error, pending.started,
-                                                                    self.scrub, self.gate.config.max_body_bytes))
+        if pending.images is not None and pending.error is None:
+            self._captured.append(pending)  # its images count once its transaction is known to have committed
+            return
+        self._record_outcome(pending)
+
+    def _record_outcome(self, pending: _Pending, more: dict[str, Any] | None = None) -> None:
+        assert pending.request_id is not None
+        fields = record.outcome(pending.tags, pending.error, pending.started, self.scrub,
+                                self.gate.config.max_body_bytes)
+        fields["undo_class"] = pending.undo_class if pending.error is None else None
+        self.gate.record_outcome(pending.request_id, fields | (more or {}))
+
+    def _end_captures(self, idle: bool) -> None:
+        """At ReadyForQuery: the captured statements since the last one committed if the server is idle again (an
+        implicit transaction, or autocommit) and nothing of their batch failed after them (which rolls it all back)."""
+        for pending in self._captured:
+            assert pending.images is not None
+            self._record_outcome(pending, rowcapture.outcome(pending.images, idle and not self._failed_since,
+                                                             self.scrub))
+        self._captured.clear()
+        self._failed_since = False
+
+    _failed_since = False
 
     def _finish_all(self, why: str, through_ready: bool = False) -> None:
         """At ReadyForQuery (`through_ready`: what was sent before the Query or Sync it answers; pipelined ones

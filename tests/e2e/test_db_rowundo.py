@@ -1,0 +1,157 @@
+"""Row-level undo of SQL through the gateway end to end: a real PostgreSQL, a real `goex-proxy run`, psycopg as the
+agent; each write's rows captured in its own statement, and `goex-proxy undo ID` restoring exactly those rows."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import psycopg
+import pytest
+
+from tests.e2e.test_db_gateway import db_rows, direct, gateway_pg, postgres, start_gateway  # noqa: F401
+from tests.pg import APP_USER, server_bin
+
+pytestmark = [pytest.mark.e2e,
+              pytest.mark.skipif(server_bin() is None, reason="PostgreSQL is not installed (tests/install-tools)")]
+
+ALL = "SELECT id, item, qty FROM orders ORDER BY id"
+
+
+@pytest.fixture
+def gateway(make_proxy, postgres):  # noqa: F811
+    return start_gateway(make_proxy, postgres)
+
+
+def person(pg, sql: str) -> None:
+    """A person's change, straight to the database."""
+    with psycopg.connect(pg.dsn(APP_USER, "shop"), autocommit=True) as conn:
+        conn.execute(sql)
+
+
+def last(proxy, method: str) -> dict:
+    """The newest row of the gateway's of this method (not an undo)."""
+    return [r for r in db_rows(proxy) if r["method"] == method and not r.get("undo_of")][-1]
+
+
+def undo(proxy, request_id: str, *more: str):
+    return proxy.cli("undo", request_id, "--yes", *more)
+
+
+def test_an_update_and_a_delete_of_several_rows_are_undone_by_id(gateway) -> None:
+    proxy, url = gateway
+    pg = gateway_pg(gateway)
+    before = direct(pg, ALL)
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert conn.execute("UPDATE orders SET qty = qty * %s WHERE qty < %s", (10, 5)).rowcount == 2
+    update = last(proxy, "UPDATE")
+    assert update["undo_class"] == "exact"
+    shown = proxy.cli("undo", update["id"], "--dry-run")
+    assert shown.returncode == 0, shown.stderr
+    assert 'set back 2 row(s): (1), (2)' in shown.stdout
+    assert direct(pg, ALL) == [(1, "apples", 30), (2, "pears", 10), (3, "plums", 7)]  # --dry-run changed nothing
+    done = undo(proxy, update["id"])
+    assert done.returncode == 0, done.stderr
+    assert direct(pg, ALL) == before
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert conn.execute("DELETE FROM orders WHERE qty > %s", (2,)).rowcount == 2
+    assert direct(pg, ALL) == [(2, "pears", 1)]
+    delete = last(proxy, "DELETE")
+    done = undo(proxy, delete["id"])
+    assert done.returncode == 0, done.stderr
+    assert direct(pg, ALL) == before
+    again = undo(proxy, delete["id"])
+    assert again.returncode == 1 and "already undone" in again.stderr
+    undos = [r for r in db_rows(proxy) if r.get("undo_of")]
+    assert [(r["undo_of"], r["method"], r["status"]) for r in undos] == [(update["id"], "UPDATE", 0),
+                                                                         (delete["id"], "INSERT", 0)]
+    verified = proxy.cli("log", "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_a_persons_change_in_between_is_a_conflict_and_nothing_changes(gateway) -> None:
+    proxy, url = gateway
+    pg = gateway_pg(gateway)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE orders SET qty = 0 WHERE id IN (%s, %s)", (1, 3))
+        conn.execute("DELETE FROM orders WHERE id = %s", (2,))
+    update, delete = last(proxy, "UPDATE"), last(proxy, "DELETE")
+    person(pg, "UPDATE orders SET item = 'plums (person)' WHERE id = 3")
+    person(pg, "INSERT INTO orders (id, item, qty) VALUES (2, 'pears (person)', 5)")
+    now = direct(pg, ALL)
+    refused = undo(proxy, update["id"])
+    assert refused.returncode == 3, refused.stderr
+    assert "the row with key (3) changed since: item \"plums\" -> \"plums (person)\"" in refused.stderr
+    refused = undo(proxy, delete["id"])
+    assert refused.returncode == 3 and "a row with key (2) exists again" in refused.stderr
+    assert direct(pg, ALL) == now  # row 1 was not set back either: one transaction
+
+
+def test_an_insert_is_undone_and_the_agent_sees_what_it_would_without_capture(gateway) -> None:
+    proxy, url = gateway
+    pg = gateway_pg(gateway)
+    before = direct(pg, ALL)
+    with psycopg.connect(url, autocommit=True) as conn:
+        cur = conn.execute("INSERT INTO orders (item, qty) VALUES (%s, %s), (%s, %s)", ("kiwis", 4, "figs", 2))
+        assert (cur.rowcount, cur.description, cur.statusmessage) == (2, None, "INSERT 0 2")
+        cur = conn.execute("UPDATE orders SET qty = qty + 1 WHERE item = %s RETURNING *", ("kiwis",))
+        assert [c.name for c in cur.description] == ["id", "item", "qty"] and cur.fetchall() == [(4, "kiwis", 5)]
+        cur = conn.execute("UPDATE orders o SET qty = qty + 1 WHERE item = %s RETURNING o.qty, item", ("figs",),
+                           binary=True)
+        assert [c.name for c in cur.description] == ["qty", "item"] and cur.fetchall() == [(3, "figs")]
+        with psycopg.ClientCursor(conn) as simple:  # the simple query protocol
+            simple.execute("DELETE FROM orders WHERE item = 'nothing here'")
+            assert (simple.rowcount, simple.description, simple.statusmessage) == (0, None, "DELETE 0")
+            simple.execute("UPDATE orders SET qty = qty WHERE item = 'figs' RETURNING id")
+            assert simple.fetchall() == [(5,)] and simple.statusmessage == "UPDATE 1"
+        for _ in range(6):  # psycopg prepares what runs often: Bind and Execute of a named statement
+            assert conn.execute("UPDATE orders SET qty = qty WHERE id = %s", (1,), prepare=True).rowcount == 1
+    rows = db_rows(proxy)
+    updates = [r for r in rows if r["method"] == "UPDATE" and r["row_images"]]
+    assert len(updates) == 9 and all(r["undo_class"] == "exact" for r in updates)
+    insert = last(proxy, "INSERT")
+    blocked = undo(proxy, insert["id"])  # the rows it inserted were updated since: undo those first
+    assert blocked.returncode == 3 and "the row with key (4) changed since: qty 4 -> 5" in blocked.stderr
+    for row in (updates[1], updates[0], insert):
+        done = undo(proxy, row["id"])
+        assert done.returncode == 0, done.stderr
+    assert direct(pg, ALL) == before
+    empty = [r for r in db_rows(proxy) if r["method"] == "DELETE"][-1]
+    assert empty["undo_class"] is None and empty["row_images"] is None  # it changed nothing
+
+
+def test_rows_that_cannot_be_captured_are_irreversible(gateway) -> None:
+    proxy, url = gateway
+    pg = gateway_pg(gateway)
+    person(pg, "CREATE TABLE IF NOT EXISTS loose (item text, qty int)")
+    person(pg, "GRANT ALL ON loose TO " + APP_USER[0])
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE orders SET id = id WHERE id = %s", (1,))
+        with conn.transaction():  # the agent's own transaction: its end is not followed yet
+            conn.execute("UPDATE orders SET qty = 1 WHERE id = %s", (1,))
+    rows = [r for r in db_rows(proxy) if r["method"] == "UPDATE"]
+    assert rows[0]["undo_class"].startswith("irreversible: UPDATE sets a primary-key column")
+    assert rows[1]["undo_class"].startswith("irreversible: it ran inside a transaction block")
+    assert rows[1]["row_images"] is None
+    refused = undo(proxy, rows[1]["id"])
+    assert refused.returncode == 2 and "transaction block" in refused.stderr
+
+
+def test_an_edited_image_fails_verify_and_undo_refuses(gateway) -> None:
+    proxy, url = gateway
+    pg = gateway_pg(gateway)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DELETE FROM orders WHERE id = %s", (3,))
+    delete = last(proxy, "DELETE")
+    images = json.loads(delete["row_images"])
+    assert images["rows"] == [{"id": 3, "item": "plums", "qty": 7}]
+    images["rows"][0]["qty"] = 7000
+    db = sqlite3.connect(proxy.home / "audit.db")
+    db.execute("UPDATE requests SET row_images = ? WHERE id = ?", (json.dumps(images).encode(), delete["id"]))
+    db.commit()
+    verified = proxy.cli("log", "verify")
+    assert verified.returncode != 0 and delete["id"] in verified.stdout + verified.stderr
+    refused = undo(proxy, delete["id"])
+    assert refused.returncode == 2 and "does not match its hash" in refused.stderr
+    assert direct(pg, ALL) == [(1, "apples", 3), (2, "pears", 1)]

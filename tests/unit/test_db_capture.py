@@ -1,0 +1,76 @@
+"""The row-capture planner (db.capture) over many statement shapes: what it rewrites and how, and what it classes
+irreversible with the reason; each rewrite read back by PostgreSQL's parser."""
+
+from __future__ import annotations
+
+import pytest
+from pglast import parse_sql
+
+from goex_proxy.db.capture import Capture, Table, Target, plan, target
+
+ORDERS = Table("public", "orders", ("id",))
+M = "goex_0123456789ab"
+
+
+def planned(sql: str, table: Table = ORDERS) -> Capture:
+    found = plan(sql, table, M)
+    assert isinstance(found, Capture), found
+    parse_sql(found.sql)  # the rewrite is SQL the server's parser takes
+    return found
+
+
+@pytest.mark.parametrize(("sql", "expected"), [
+    ("DELETE FROM orders WHERE id = 1", Target(None, "orders")),
+    ('update Shop."Orders" set qty = 1', Target("shop", "Orders")),
+    ("INSERT INTO public.orders (item) VALUES ('a')", Target("public", "orders")),
+])
+def test_the_target_is_the_table_as_written(sql: str, expected: Target) -> None:
+    assert target(sql) == expected
+
+
+def test_delete_and_insert_hand_back_their_rows_in_one_added_column() -> None:
+    delete = planned("DELETE FROM orders WHERE qty > $1")
+    assert delete.sql == f"DELETE FROM orders WHERE qty > $1 RETURNING pg_catalog.to_jsonb(orders.*) AS {M}"
+    assert (delete.kind, delete.returning) == ("delete", False)
+    insert = planned("INSERT INTO orders AS o (item, qty) VALUES ($1, 2) ON CONFLICT DO NOTHING RETURNING o.id")
+    assert insert.sql.endswith(f"RETURNING o.id, pg_catalog.to_jsonb(o.*) AS {M}")
+    assert (insert.kind, insert.returning) == ("insert", True)
+    assert planned("DELETE FROM orders USING customers c WHERE orders.id = c.id").kind == "delete"
+
+
+def test_update_locks_and_reads_the_rows_before_and_joins_them_by_key() -> None:
+    update = planned("UPDATE orders SET qty = qty + $1 WHERE item = $2 OR qty < 0 RETURNING *")
+    sql = update.sql
+    assert sql.startswith(f"WITH {M}_o AS (SELECT orders.id AS {M}_k0, pg_catalog.to_jsonb(orders.*)")
+    assert "FOR UPDATE OF orders" in sql
+    assert f"WHERE (item = $2 OR qty < 0) AND orders.id = {M}_o.{M}_k0" in sql
+    assert f"RETURNING orders.*, pg_catalog.jsonb_build_array({M}_o.{M}_j" in sql  # `*`: the table's only
+    with_cte = planned("WITH a AS (SELECT 1 AS x) UPDATE orders o SET qty = 2 WHERE id IN (SELECT x FROM a)").sql
+    assert with_cte.startswith(f"WITH a AS (SELECT 1 AS x), {M}_o AS (")
+    quoted = planned('UPDATE "Shop"."Orders" AS "O" SET qty = 1', Table("Shop", "Orders", ("Id",))).sql
+    assert 'FROM "Shop"."Orders" AS "O" FOR UPDATE OF "O"' in quoted and '"O"."Id" AS' in quoted
+    two_keys = planned("UPDATE lines SET qty = 1", Table("public", "lines", ("order_id", "n"))).sql
+    assert f"lines.order_id = {M}_o.{M}_k0 AND lines.n = {M}_o.{M}_k1" in two_keys
+
+
+@pytest.mark.parametrize(("sql", "why"), [
+    ("UPDATE orders SET id = id + 1", "sets a primary-key column (id)"),
+    ("UPDATE orders SET qty = 1 FROM customers WHERE true", "UPDATE ... FROM"),
+    ("UPDATE orders SET qty = 1 WHERE CURRENT OF c", "WHERE CURRENT OF"),
+    ("DELETE FROM orders WHERE CURRENT OF c", "WHERE CURRENT OF"),
+    ("INSERT INTO orders VALUES (1) ON CONFLICT (id) DO UPDATE SET qty = 1", "ON CONFLICT DO UPDATE"),
+    ("WITH d AS (DELETE FROM orders RETURNING *) INSERT INTO orders SELECT * FROM d", "data-modifying WITH"),
+    ("DELETE FROM orders; DELETE FROM orders", "several statements"),
+    ("SELECT 1", "SELECT: no rows to capture"),
+    ("TRUNCATE orders", "TRUNCATE: no rows to capture"),
+    ("DELETE FROM other.public.orders", "another database"),
+])
+def test_what_cannot_be_captured_exactly_says_why(sql: str, why: str) -> None:
+    found = plan(sql, ORDERS, M)
+    assert isinstance(found, str) and why in found
+
+
+def test_the_tables_problem_or_missing_key_makes_it_irreversible() -> None:
+    assert "no primary key" in str(plan("DELETE FROM loose", Table("public", "loose", ()), M))
+    triggers = Table("public", "orders", ("id",), "table orders has triggers")
+    assert plan("DELETE FROM orders", triggers, M) == "table orders has triggers"
