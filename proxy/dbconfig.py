@@ -16,7 +16,9 @@ from .yamlsrc import Checker, YMap
 DEFAULT_LISTEN = ("127.0.0.1", 6433)
 SSLMODES = ("disable", "prefer", "require", "verify-full")
 TRANSACTIONS = ("auto",)
-_KEYS = {"host", "port", "dbname", "user", "password", "sslmode", "ca", "agents", "env", "transaction"}
+_KEYS = {"host", "port", "dbname", "user", "password", "sslmode", "ca", "agents", "env", "transaction", "capture_rows"}
+#: The most rows one statement may change when its rows are captured for undo, unless `capture_rows` says otherwise.
+CAPTURE_ROWS = 10000
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -36,6 +38,7 @@ class Database:
     agents: frozenset[str] | None = None      # None: every agent of the config (`agents: ['*']`)
     env: str = "DATABASE_URL"
     transaction: str = "auto"
+    capture_rows: int = CAPTURE_ROWS          # a statement changing more fails, nothing changed (db.capture)
 
     def admits(self, agent: str) -> bool:
         return self.agents is None or agent in self.agents
@@ -100,12 +103,17 @@ def _database(check: Checker, name: str, raw: Any, pos: tuple[int, int], base: P
     for agent in allowed:
         if agent != "*" and agent not in agents:
             check.error(check.at(spec, "agents"), f"'{where}.agents' names {agent!r}, which is not in 'agents'")
+    capture_rows = spec.get("capture_rows", CAPTURE_ROWS)
+    if not isinstance(capture_rows, int) or isinstance(capture_rows, bool) or capture_rows < 1:
+        check.error(check.at(spec, "capture_rows"), f"'{where}.capture_rows' must be a number of rows, 1 or more "
+                                                    f"(got {capture_rows!r})")
+        capture_rows = CAPTURE_ROWS
     password = _password(check, spec, where)
     if password is None or not host:
         return None
     return Database(name, host, port, check.string(spec, "dbname", f"{where}.dbname") or name,
                     check.string(spec, "user", f"{where}.user") or "", password, sslmode, ca,
-                    None if "*" in allowed else frozenset(allowed), env, transaction)
+                    None if "*" in allowed else frozenset(allowed), env, transaction, capture_rows)
 
 
 def parse_databases(check: Checker, top: YMap, base: Path, agents: set[str]) -> Databases:

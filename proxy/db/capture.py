@@ -84,10 +84,11 @@ def _single(sql: str) -> Any:
     return node
 
 
-def plan(sql: str, table: Table, marker: str) -> Capture | str:
+def plan(sql: str, table: Table, marker: str, bound: int = 10000) -> Capture | str:
     """`sql` rewritten to capture its rows on `table` (what the catalog says of the table `target` named), or why
     it cannot be captured exactly. `marker` is a name the agent cannot guess (the session's), for the added column
-    and anything else added to the statement."""
+    and anything else added to the statement. A statement that changes more than `bound` rows fails (nothing
+    changed) with an error naming `bound_error(marker)`."""
     node = _single(sql)
     if isinstance(node, str):
         return node
@@ -113,7 +114,7 @@ def plan(sql: str, table: Table, marker: str) -> Capture | str:
             return problem
         image = _update_capture(node, table, ref, marker)
         kind = "update"
-    added = _expression(f"{image} AS {_q(marker)}")
+    added = _expression(f"{_bounded(image, marker, bound)} AS {_q(marker)}")
     if node.returningClause is None:
         node.returningClause = ast.ReturningClause(exprs=(added,))
     else:
@@ -159,6 +160,29 @@ def _update_capture(node: Any, table: Table, ref: str, marker: str) -> str:
             if fields is not None and len(fields) == 1 and isinstance(fields[0], ast.A_Star):
                 target.val = ast.ColumnRef(fields=(ast.String(sval=ref), ast.A_Star()))
     return f"pg_catalog.jsonb_build_array({_q(old)}.{_q(marker + '_j')}, pg_catalog.to_jsonb({_q(ref)}.*))"
+
+
+def bound_error(marker: str) -> str:
+    """The text the server's error for a statement over the bound holds (the marker: no statement can forge it)."""
+    return f"goex-proxy capture bound {marker}"
+
+
+def _bounded(image: str, marker: str, bound: int) -> str:
+    """The image, counted row by row in a setting local to the transaction and keyed by the statement's start (so
+    that each statement, and each run of a prepared one, counts from one): past `bound`, a cast that fails, which
+    fails the statement before it ends, so nothing it did stays."""
+    name = f"'goex.{marker}'"
+    now = "pg_catalog.statement_timestamp()::text"
+    kept = f"pg_catalog.current_setting({name}, true)"
+    count = (f"CASE WHEN pg_catalog.split_part({kept}, '|', 1) = {now} "
+             f"THEN pg_catalog.split_part({kept}, '|', 2)::int + 1 ELSE 1 END")
+    counted = f"pg_catalog.split_part(pg_catalog.set_config({name}, {now} || '|' || ({count})::text, true), '|', 2)::int"
+    fail = f"pg_catalog.to_jsonb(({_literal(bound_error(marker) + ': ')} || {kept})::int)"
+    return f"CASE WHEN {counted} > {int(bound)} THEN {fail} ELSE {image} END"
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _current_of(where: Any) -> bool:

@@ -46,8 +46,9 @@ class Images:
 class Capturer:
     """One session's capture: its marker (a name the agent cannot guess), its catalog connection."""
 
-    def __init__(self, opener: Callable[[], Awaitable[Upstream]]) -> None:
+    def __init__(self, opener: Callable[[], Awaitable[Upstream]], bound: int) -> None:
         self.marker = "goex_" + secrets.token_hex(6)
+        self.bound = bound
         self.catalog = Catalog(opener)
 
     async def plan(self, sql: str, statements: tuple[Statement, ...]) -> Planned:
@@ -69,13 +70,17 @@ class Capturer:
             table = f"the table's catalog entry could not be read ({exc})"
         if isinstance(table, str):
             return Planned(sql, None, f"irreversible: {table}")
-        planned = capture.plan(sql, table, self.marker)
+        planned = capture.plan(sql, table, self.marker, self.bound)
         if isinstance(planned, str):
             return Planned(sql, None, f"irreversible: {planned}")
         return Planned(planned.sql, planned, EXACT)
 
     def close(self) -> None:
         self.catalog.close()
+
+    def over_bound(self, error_text: str) -> bool:
+        """Whether a server error is that of a captured statement over the bound (capture.bound_error)."""
+        return capture.bound_error(self.marker) in error_text
 
 
 def result_formats(payload: bytes) -> tuple[bytes, bool]:

@@ -59,6 +59,7 @@ PASSED_PARAMS = ("application_name", "DateStyle", "TimeZone", "extra_float_digit
 #: the server. The client is told UTF8 (ParameterStatus), as when it asks for it.
 PINNED_PARAMS = {"client_encoding": "UTF8", "standard_conforming_strings": "on"}
 INSUFFICIENT_PRIVILEGE = "42501"
+PROGRAM_LIMIT_EXCEEDED = "54000"
 #: Seconds a client has to start up and authenticate, and how often it may ask for TLS or GSS first (each answered N).
 LOGIN_SECONDS = 30.0
 _NEGOTIATIONS = 2
@@ -220,7 +221,7 @@ class Session:
         self.scrub = SecretScrubber({password: "[database password]", token: "[agent token]"})
         passed = {k: v for k, v in params.items() if k in PASSED_PARAMS} | PINNED_PARAMS
         self.upstream = await connect(database, password, passed)
-        self.capturer = rowcapture.Capturer(lambda: connect(database, password, passed))
+        self.capturer = rowcapture.Capturer(lambda: connect(database, password, passed), database.capture_rows)
         self.gate.register(self.key, self)
         out = auth(0) + b"".join(m.encode() for m in self.upstream.parameters) + backend_key(*self.key)
         self.writer.write(out + message(b"Z", self.upstream.status))
@@ -487,6 +488,13 @@ class Session:
                 return error_response(INSUFFICIENT_PRIVILEGE, f"goex-proxy refused the statement: {head.reason}")
             fields = error_fields(msg.payload)
             head.error = f"{fields.get('C', '')} {fields.get('M', '')}".strip()
+            if head.images is not None and self.capturer is not None and self.capturer.over_bound(head.error):
+                assert self.database is not None
+                why = (f"it would change more than {self.database.capture_rows} rows, the most goex-proxy captures for "
+                       f"undo in one statement (databases.{self.database.name}.capture_rows); nothing was changed")
+                head.error = f"{PROGRAM_LIMIT_EXCEEDED} {why}"
+                self._finish(head)
+                return error_response(PROGRAM_LIMIT_EXCEEDED, f"goex-proxy refused the statement: {why}")
             self._finish(head)
         elif msg.kind == b"C" and head is not None and head.kind in ("query", "execute"):
             head.tags.append(msg.payload.rstrip(b"\0").decode("utf-8", "replace"))

@@ -155,3 +155,23 @@ def test_an_edited_image_fails_verify_and_undo_refuses(gateway) -> None:
     refused = undo(proxy, delete["id"])
     assert refused.returncode == 2 and "does not match its hash" in refused.stderr
     assert direct(pg, ALL) == [(1, "apples", 3), (2, "pears", 1)]
+
+
+def test_a_statement_over_the_capture_bound_fails_with_nothing_changed(make_proxy, postgres) -> None:  # noqa: F811
+    proxy, url = start_gateway(make_proxy, postgres, "    capture_rows: 2\n")
+    pg = gateway_pg((proxy, url))
+    before = direct(pg, ALL)
+    with psycopg.connect(url, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded, match="more than 2 rows.*nothing was changed"):
+            conn.execute("UPDATE orders SET qty = qty + %s WHERE id > 0", (1,))
+        with psycopg.ClientCursor(conn) as simple, pytest.raises(psycopg.errors.ProgramLimitExceeded):
+            simple.execute("DELETE FROM orders WHERE id > 0")
+        assert direct(pg, ALL) == before
+        for _ in range(6):  # each run of a prepared statement counts from one (in one transaction too)
+            assert conn.execute("UPDATE orders SET qty = qty WHERE id < %s", (3,), prepare=True).rowcount == 2
+        with conn.transaction():
+            for _ in range(3):
+                assert conn.execute("UPDATE orders SET qty = qty WHERE id < %s", (3,), prepare=True).rowcount == 2
+        assert conn.execute("DELETE FROM orders WHERE id < %s", (3,)).rowcount == 2
+    refused = [r for r in db_rows(proxy) if (r["error"] or "").startswith("54000")]
+    assert len(refused) == 2 and all("capture_rows" in r["error"] for r in refused)
