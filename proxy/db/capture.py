@@ -114,12 +114,17 @@ def plan(sql: str, table: Table, marker: str, bound: int = 10000) -> Capture | s
             return problem
         image = _update_capture(node, table, ref, marker)
         kind = "update"
-    added = _expression(f"{_bounded(image, marker, bound)} AS {_q(marker)}")
+    # The added column goes in as a placeholder name, put in place as text after the statement is printed again:
+    # printing an expression this size from its tree costs more than all the rest of the plan.
+    placeholder = f"{marker}_image"
+    added = ast.ResTarget(name=marker, val=ast.ColumnRef(fields=(ast.String(sval=placeholder),)))
     if node.returningClause is None:
         node.returningClause = ast.ReturningClause(exprs=(added,))
     else:
         node.returningClause.exprs = (*node.returningClause.exprs, added)
-    return Capture(RawStream()(node), kind, table, marker, returning)
+    head, found, tail = RawStream()(node).rpartition(placeholder)
+    assert found, "the placeholder is printed as itself"
+    return Capture(head + _bounded(image, marker, bound) + tail, kind, table, marker, returning)
 
 
 def _update_problem(node: Any, table: Table) -> str | None:
@@ -187,11 +192,6 @@ def _literal(text: str) -> str:
 
 def _current_of(where: Any) -> bool:
     return isinstance(where, ast.CurrentOfExpr)
-
-
-def _expression(text: str) -> ast.ResTarget:
-    target_: ast.ResTarget = parse_sql(f"SELECT {text}")[0].stmt.targetList[0]  # type: ignore[union-attr]
-    return target_
 
 
 def _q(name: str) -> str:

@@ -11,7 +11,7 @@ from goex_proxy.db.capture import Capture, Table, Target, plan, target
 ORDERS = Table("public", "orders", ("id",))
 M = "goex_0123456789ab"
 #: What a row past the bound makes: a cast that fails with the marker in its message.
-FAIL = f"pg_catalog.to_jsonb(CAST('goex-proxy capture bound {M}: ' || pg_catalog.current_setting('goex.{M}', TRUE) AS integer))"
+FAIL = f"pg_catalog.to_jsonb(('goex-proxy capture bound {M}: ' || pg_catalog.current_setting('goex.{M}', true))::int)"
 
 
 def planned(sql: str, table: Table = ORDERS) -> Capture:
@@ -33,11 +33,11 @@ def test_the_target_is_the_table_as_written(sql: str, expected: Target) -> None:
 def test_delete_and_insert_hand_back_their_rows_in_one_added_column() -> None:
     delete = planned("DELETE FROM orders WHERE qty > $1")
     assert delete.sql.startswith("DELETE FROM orders WHERE qty > $1 RETURNING CASE WHEN ")
-    assert delete.sql.endswith(f" > 10000 THEN {FAIL} ELSE pg_catalog.to_jsonb(orders.*) END AS {M}")
+    assert delete.sql.endswith(f' > 10000 THEN {FAIL} ELSE pg_catalog.to_jsonb("orders".*) END AS {M}')
     assert (delete.kind, delete.returning) == ("delete", False)
     insert = planned("INSERT INTO orders AS o (item, qty) VALUES ($1, 2) ON CONFLICT DO NOTHING RETURNING o.id")
     assert " RETURNING o.id, CASE WHEN " in insert.sql
-    assert insert.sql.endswith(f"ELSE pg_catalog.to_jsonb(o.*) END AS {M}")
+    assert insert.sql.endswith(f'ELSE pg_catalog.to_jsonb("o".*) END AS {M}')
     assert (insert.kind, insert.returning) == ("insert", True)
     assert planned("DELETE FROM orders USING customers c WHERE orders.id = c.id").kind == "delete"
 
@@ -49,7 +49,7 @@ def test_update_locks_and_reads_the_rows_before_and_joins_them_by_key() -> None:
     assert "FOR UPDATE OF orders" in sql
     assert f"WHERE (item = $2 OR qty < 0) AND orders.id = {M}_o.{M}_k0" in sql
     assert "RETURNING orders.*, CASE WHEN " in sql
-    assert f"ELSE pg_catalog.jsonb_build_array({M}_o.{M}_j, pg_catalog.to_jsonb(orders.*)) END AS {M}" in sql  # `*`: the table's only
+    assert f'ELSE pg_catalog.jsonb_build_array("{M}_o"."{M}_j", pg_catalog.to_jsonb("orders".*)) END AS {M}' in sql  # `*`: the table's only
     with_cte = planned("WITH a AS (SELECT 1 AS x) UPDATE orders o SET qty = 2 WHERE id IN (SELECT x FROM a)").sql
     assert with_cte.startswith(f"WITH a AS (SELECT 1 AS x), {M}_o AS (")
     quoted = planned('UPDATE "Shop"."Orders" AS "O" SET qty = 1', Table("Shop", "Orders", ("Id",))).sql
@@ -84,5 +84,5 @@ def test_the_tables_problem_or_missing_key_makes_it_irreversible() -> None:
 def test_the_bound_is_counted_per_statement_start_in_a_transaction_local_setting() -> None:
     sql = plan("DELETE FROM orders", ORDERS, M, 25)
     assert isinstance(sql, Capture)
-    assert f"pg_catalog.set_config('goex.{M}', CAST(pg_catalog.statement_timestamp() AS text) || '|'" in sql.sql
-    assert f", TRUE), '|', 2) AS integer) > 25 THEN {FAIL}" in sql.sql
+    assert f"pg_catalog.set_config('goex.{M}', pg_catalog.statement_timestamp()::text || '|'" in sql.sql
+    assert f", true), '|', 2)::int > 25 THEN {FAIL}" in sql.sql
