@@ -138,6 +138,33 @@ def test_rows_that_cannot_be_captured_are_irreversible(gateway) -> None:
     assert refused.returncode == 2 and "transaction block" in refused.stderr
 
 
+def test_a_table_without_a_primary_key_or_with_a_trigger_is_irreversible(gateway) -> None:
+    proxy, url = gateway
+    pg = gateway_pg(gateway)
+    person(pg, "ALTER TABLE orders DROP CONSTRAINT orders_pkey")
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert conn.execute("UPDATE orders SET qty = 0 WHERE id = %s", (1,)).rowcount == 1
+    finally:
+        person(pg, "ALTER TABLE orders ADD PRIMARY KEY (id)")
+    person(pg, "CREATE FUNCTION bump() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN NEW.qty := NEW.qty + 1; "
+               "RETURN NEW; END'")
+    person(pg, "CREATE TRIGGER bump BEFORE UPDATE ON orders FOR EACH ROW EXECUTE FUNCTION bump()")
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert conn.execute("UPDATE orders SET qty = 0 WHERE id = %s", (2,)).rowcount == 1
+    finally:
+        person(pg, "DROP TRIGGER bump ON orders")
+        person(pg, "DROP FUNCTION bump()")
+    first, second = [r for r in db_rows(proxy) if r["method"] == "UPDATE"]
+    assert first["undo_class"] == "irreversible: table public.orders has no primary key: its rows cannot be found " \
+                                  "again to be restored"
+    assert second["undo_class"] == "irreversible: table orders has triggers: they may change rows the statement " \
+                                   "does not hand back"
+    assert first["row_images"] is None and second["row_images"] is None
+    assert direct(pg, ALL) == [(1, "apples", 0), (2, "pears", 1), (3, "plums", 7)]
+
+
 def test_an_edited_image_fails_verify_and_undo_refuses(gateway) -> None:
     proxy, url = gateway
     pg = gateway_pg(gateway)
