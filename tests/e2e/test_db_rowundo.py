@@ -202,3 +202,21 @@ def test_a_statement_over_the_capture_bound_fails_with_nothing_changed(make_prox
         assert conn.execute("DELETE FROM orders WHERE id < %s", (3,)).rowcount == 2
     refused = [r for r in db_rows(proxy) if (r["error"] or "").startswith("54000")]
     assert len(refused) == 2 and all("capture_rows" in r["error"] for r in refused)
+
+
+def test_a_session_undo_takes_back_its_statements_newest_first(gateway) -> None:
+    proxy, url = gateway
+    pg = gateway_pg(gateway)
+    before = direct(pg, ALL)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO orders (item, qty) VALUES (%s, %s)", ("kiwis", 4))
+        conn.execute("UPDATE orders SET qty = qty + 100 WHERE item IN (%s, %s)", ("kiwis", "apples"))
+        conn.execute("DELETE FROM orders WHERE item = %s OR id = %s", ("kiwis", 2))
+        assert conn.execute("SELECT count(*) FROM orders").fetchone() == (2,)
+    shown = proxy.cli("undo", "--agent", "mailbot", "--since", "1h", "--dry-run")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.count("fidelity: exact") == 3 and direct(pg, ALL) != before
+    done = proxy.cli("undo", "--agent", "mailbot", "--since", "1h", "--yes")
+    assert done.returncode == 0, done.stderr
+    assert direct(pg, ALL) == before
+    assert [r["method"] for r in db_rows(proxy) if r.get("undo_of")] == ["INSERT", "UPDATE", "DELETE"]
