@@ -9,7 +9,7 @@ import secrets
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from ..policy.sqlparse import Statement
 from . import capture
@@ -17,6 +17,7 @@ from .capture import Capture, Table
 from .catalog import Catalog
 from .upstream import Upstream
 
+_T = TypeVar("_T")
 #: The undo class of a statement whose rows are captured.
 EXACT = "exact"
 #: The statements whose rows are captured; any other write is irreversible.
@@ -158,10 +159,59 @@ def take(images: Images, value: bytes | None) -> None:
     images.rows.append(json.loads(value))
 
 
-def outcome(images: Images, committed: bool, scrub: Any) -> dict[str, Any]:
-    """The fields a captured statement's outcome adds: the images (when its transaction committed) and its class."""
-    if not committed:
-        return {"undo_class": "irreversible: it ran inside a transaction block, whose end is not followed yet"}
+class Transactions(Generic[_T]):
+    """Captured statements held until their transaction is known to have committed or not, from what the server
+    says: the command tags that end a transaction block (COMMIT; ROLLBACK, also to a savepoint; PREPARE TRANSACTION),
+    errors, and each ReadyForQuery's status (I idle, T in a block, E in a failed block)."""
+
+    _ENDS = ("COMMIT", "ROLLBACK", "PREPARE TRANSACTION")
+
+    def __init__(self) -> None:
+        self.held: list[_T] = []
+        self._failed = False     # an error since the last ReadyForQuery (it rolls an implicit transaction back)
+        self._block = False      # the server was in a transaction block while statements were held
+        self._end: str | None = None
+
+    def hold(self, item: _T) -> None:
+        self.held.append(item)
+
+    def error(self) -> None:
+        self._failed = True
+
+    def tag(self, tag: str) -> None:
+        if tag in self._ENDS:
+            self._end = tag
+
+    def ready(self, status: bytes) -> list[tuple[_T, str | None]]:
+        """At ReadyForQuery: the statements whose transaction's end is now known, each with why its rows did not
+        stay (None: committed); the others stay held."""
+        end, failed = self._end, self._failed
+        self._end, self._failed = None, False
+        if not self.held:
+            self._block = False
+            return []
+        why: str | None
+        if end == "COMMIT":
+            why = None
+        elif end is not None:
+            why = ("its transaction was prepared for two-phase commit, whose end is not followed" if end != "ROLLBACK"
+                   else "its transaction was rolled back (wholly, or to a savepoint after it)")
+        elif status == b"I":
+            why = "its transaction did not commit" if failed or self._block else None
+        else:
+            self._block = True
+            return []
+        out = [(item, why) for item in self.held]
+        self.held.clear()
+        self._block = status != b"I"
+        return out
+
+
+def outcome(images: Images, why_not: str | None, scrub: Any) -> dict[str, Any]:
+    """The fields a captured statement's outcome adds: the images (when its transaction committed: `why_not` None)
+    and its class."""
+    if why_not is not None:
+        return {"undo_class": f"irreversible: {why_not}"}
     if not images.rows:
         return {"undo_class": None}  # nothing changed: nothing to undo
     capture_ = images.capture

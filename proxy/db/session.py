@@ -140,7 +140,7 @@ class Session:
         self._out: list[bytes] = []
         self.capturer: rowcapture.Capturer | None = None
         self.binary_images: dict[str, bool] = {}  # portal: whether its image column comes in binary
-        self._captured: list[_Pending] = []  # captured statements that ended, their transaction's end not yet seen
+        self._captured: rowcapture.Transactions[_Pending] = rowcapture.Transactions()  # ended, their commit unknown
 
     async def run(self) -> None:
         try:
@@ -480,8 +480,8 @@ class Session:
     def _back(self, msg: Message) -> bytes:
         """What the agent is sent for one of the server's messages."""
         head = self.pending[0] if self.pending else None
-        if msg.kind == b"E" and self._captured:
-            self._failed_since = True  # the batch's implicit transaction rolls back what was captured in it
+        if msg.kind == b"E":
+            self._captured.error()  # an implicit transaction rolls back what was captured in it
         if msg.kind == b"E" and head is not None and head.kind != "ready":
             self.pending.popleft()
             if head.kind == "refusal":
@@ -498,6 +498,7 @@ class Session:
             self._finish(head)
         elif msg.kind == b"C" and head is not None and head.kind in ("query", "execute"):
             head.tags.append(msg.payload.rstrip(b"\0").decode("utf-8", "replace"))
+            self._captured.tag(head.tags[-1])
             if head.kind == "execute":
                 self.pending.popleft()
                 self._finish(head)
@@ -509,7 +510,9 @@ class Session:
             self.pending = collections.deque(p for p in self.pending if p.maybe_for is not head)
         elif msg.kind == b"Z":
             self._finish_all("not run: an earlier message of its batch failed", through_ready=True)
-            self._end_captures(msg.payload[:1] == b"I")
+            for pending, why_not in self._captured.ready(msg.payload[:1]):
+                assert pending.images is not None
+                self._record_outcome(pending, rowcapture.outcome(pending.images, why_not, self.scrub))
         elif msg.kind in (b"T", b"D") and self.capturer is not None:
             return self._strip_capture(msg, head)
         return msg.encode()
@@ -538,7 +541,7 @@ class Session:
         if pending.request_id is None or pending.kind == "refusal":
             return
         if pending.images is not None and pending.error is None:
-            self._captured.append(pending)  # its images count once its transaction is known to have committed
+            self._captured.hold(pending)  # its images count once its transaction is known to have committed
             return
         self._record_outcome(pending)
 
@@ -549,17 +552,6 @@ class Session:
         fields["undo_class"] = pending.undo_class if pending.error is None else None
         self.gate.record_outcome(pending.request_id, fields | (more or {}))
 
-    def _end_captures(self, idle: bool) -> None:
-        """At ReadyForQuery: the captured statements since the last one committed if the server is idle again (an
-        implicit transaction, or autocommit) and nothing of their batch failed after them (which rolls it all back)."""
-        for pending in self._captured:
-            assert pending.images is not None
-            self._record_outcome(pending, rowcapture.outcome(pending.images, idle and not self._failed_since,
-                                                             self.scrub))
-        self._captured.clear()
-        self._failed_since = False
-
-    _failed_since = False
 
     def _finish_all(self, why: str, through_ready: bool = False) -> None:
         """At ReadyForQuery (`through_ready`: what was sent before the Query or Sync it answers; pipelined ones

@@ -128,14 +128,15 @@ def test_rows_that_cannot_be_captured_are_irreversible(gateway) -> None:
     person(pg, "GRANT ALL ON loose TO " + APP_USER[0])
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("UPDATE orders SET id = id WHERE id = %s", (1,))
-        with conn.transaction():  # the agent's own transaction: its end is not followed yet
+        with conn.transaction():  # the agent's own transaction, rolled back: its rows never changed
             conn.execute("UPDATE orders SET qty = 1 WHERE id = %s", (1,))
+            raise psycopg.Rollback()
     rows = [r for r in db_rows(proxy) if r["method"] == "UPDATE"]
     assert rows[0]["undo_class"].startswith("irreversible: UPDATE sets a primary-key column")
-    assert rows[1]["undo_class"].startswith("irreversible: it ran inside a transaction block")
+    assert rows[1]["undo_class"] == "irreversible: its transaction was rolled back (wholly, or to a savepoint after it)"
     assert rows[1]["row_images"] is None
     refused = undo(proxy, rows[1]["id"])
-    assert refused.returncode == 2 and "transaction block" in refused.stderr
+    assert refused.returncode == 2 and "rolled back" in refused.stderr
 
 
 def test_a_table_without_a_primary_key_or_with_a_trigger_is_irreversible(gateway) -> None:
@@ -220,3 +221,29 @@ def test_a_session_undo_takes_back_its_statements_newest_first(gateway) -> None:
     assert done.returncode == 0, done.stderr
     assert direct(pg, ALL) == before
     assert [r["method"] for r in db_rows(proxy) if r.get("undo_of")] == ["INSERT", "UPDATE", "DELETE"]
+
+
+def test_statements_in_the_agents_own_transaction_count_once_it_commits(gateway) -> None:
+    proxy, url = gateway
+    pg = gateway_pg(gateway)
+    before = direct(pg, ALL)
+    with psycopg.connect(url) as conn:  # not autocommit: psycopg sends BEGIN first, COMMIT at the end
+        conn.execute("UPDATE orders SET qty = 50 WHERE id = %s", (1,))
+        conn.execute("DELETE FROM orders WHERE id = %s", (2,))
+        with conn.transaction():  # a savepoint, released
+            conn.execute("UPDATE orders SET qty = 70 WHERE id = %s", (3,))
+    with psycopg.connect(url) as conn:
+        conn.execute("UPDATE orders SET qty = 0 WHERE id = %s", (1,))
+        conn.rollback()
+    with psycopg.connect(url) as conn:
+        conn.execute("UPDATE orders SET qty = 0 WHERE id = %s", (1,))
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            conn.execute("SELECT 1 / 0 FROM orders")
+    rows = [r for r in db_rows(proxy) if r["method"] in ("UPDATE", "DELETE")]
+    assert [r["undo_class"] for r in rows[:3]] == ["exact"] * 3
+    assert [r["undo_class"] for r in rows[3:]] == ["irreversible: its transaction was rolled back (wholly, or to a "
+                                                   "savepoint after it)"] * 2
+    for row in reversed(rows[:3]):
+        done = undo(proxy, row["id"])
+        assert done.returncode == 0, done.stderr
+    assert direct(pg, ALL) == before
