@@ -51,6 +51,7 @@ class Capturer:
 
     def __init__(self, opener: Callable[[], Awaitable[Upstream]], bound: int) -> None:
         self.marker = "goex_" + secrets.token_hex(6)
+        self.marker_bytes = self.marker.encode()
         self.bound = bound
         self._plans: dict[tuple[str, Table], Capture | str] = {}  # the same SQL on the same table plans the same
         self.catalog = Catalog(opener)

@@ -513,8 +513,9 @@ class Session:
             for pending, why_not in self._captured.ready(msg.payload[:1]):
                 assert pending.images is not None
                 self._record_outcome(pending, rowcapture.outcome(pending.images, why_not, self.scrub))
-        elif msg.kind in (b"T", b"D") and self.capturer is not None:
-            return self._strip_capture(msg, head)
+        elif (msg.kind == b"D" and head is not None and head.images is not None) or (
+                msg.kind == b"T" and self.capturer is not None and self.capturer.marker_bytes in msg.payload):
+            return self._strip_capture(msg, head)  # a captured statement's: reads pass by the two checks above
         return msg.encode()
 
     def _strip_capture(self, msg: Message, head: _Pending | None) -> bytes:
