@@ -207,6 +207,12 @@ class Transactions(Generic[_T]):
         self._block = status != b"I"
         return out
 
+    def drain(self, why: str) -> list[tuple[_T, str | None]]:
+        """Every statement still held, as not kept (the connection ended before its transaction's end was seen)."""
+        out: list[tuple[_T, str | None]] = [(item, why) for item in self.held]
+        self.held.clear()
+        return out
+
 
 def outcome(images: Images, why_not: str | None, scrub: Any) -> dict[str, Any]:
     """The fields a captured statement's outcome adds: the images (when its transaction committed: `why_not` None)

@@ -247,6 +247,7 @@ class Session:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await back
             self._finish_all("the connection ended before the statement's outcome was known")
+            self._end_captures(self._captured.drain("the connection ended before its transaction's end was seen"))
 
     async def _relay_forth(self) -> None:
         """The agent's messages, each decided before it is passed on; what it sent together goes on together."""
@@ -413,7 +414,6 @@ class Session:
             self.portals.pop(bound.portal, None)
         return msg
 
-
     async def _execute(self, msg: Message) -> None:
         assert self.upstream is not None
         portal = execute_portal(msg.payload)
@@ -510,9 +510,7 @@ class Session:
             self.pending = collections.deque(p for p in self.pending if p.maybe_for is not head)
         elif msg.kind == b"Z":
             self._finish_all("not run: an earlier message of its batch failed", through_ready=True)
-            for pending, why_not in self._captured.ready(msg.payload[:1]):
-                assert pending.images is not None
-                self._record_outcome(pending, rowcapture.outcome(pending.images, why_not, self.scrub))
+            self._end_captures(self._captured.ready(msg.payload[:1]))
         elif (msg.kind == b"D" and head is not None and head.images is not None) or (
                 msg.kind == b"T" and self.capturer is not None and self.capturer.marker_bytes in msg.payload):
             return self._strip_capture(msg, head)  # a captured statement's: reads pass by the two checks above
@@ -553,6 +551,12 @@ class Session:
         fields["undo_class"] = pending.undo_class if pending.error is None else None
         self.gate.record_outcome(pending.request_id, fields | (more or {}))
 
+    def _end_captures(self, ended: list[tuple[_Pending, str | None]]) -> None:
+        """Record the outcomes of captured statements whose transaction's end is known, with their images if it
+        committed (`why_not` None)."""
+        for pending, why_not in ended:
+            assert pending.images is not None
+            self._record_outcome(pending, rowcapture.outcome(pending.images, why_not, self.scrub))
 
     def _finish_all(self, why: str, through_ready: bool = False) -> None:
         """At ReadyForQuery (`through_ready`: what was sent before the Query or Sync it answers; pipelined ones

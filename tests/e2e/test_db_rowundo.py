@@ -247,3 +247,9 @@ def test_statements_in_the_agents_own_transaction_count_once_it_commits(gateway)
         done = undo(proxy, row["id"])
         assert done.returncode == 0, done.stderr
     assert direct(pg, ALL) == before
+    conn = psycopg.connect(url)
+    conn.execute("UPDATE orders SET qty = 0 WHERE id = %s", (1,))
+    conn.close()  # in its transaction: the server rolls it back
+    cut = [r for r in db_rows(proxy) if r["method"] == "UPDATE" and not r.get("undo_of")][-1]
+    assert cut["undo_class"] == "irreversible: the connection ended before its transaction's end was seen"
+    assert direct(pg, ALL) == before

@@ -71,6 +71,10 @@ def test_held_images_count_once_the_transaction_commits() -> None:
     prepared.ready(b"T")
     prepared.tag("PREPARE TRANSACTION")
     assert "two-phase" in str(prepared.ready(b"I")[0][1])
+    cut: Transactions[str] = Transactions()
+    cut.hold("a")
+    cut.ready(b"T")
+    assert cut.drain("the connection ended") == [("a", "the connection ended")] and cut.held == []
 
 
 def test_images_holding_a_known_secret_are_not_written() -> None:
