@@ -253,3 +253,52 @@ def test_statements_in_the_agents_own_transaction_count_once_it_commits(gateway)
     cut = [r for r in db_rows(proxy) if r["method"] == "UPDATE" and not r.get("undo_of")][-1]
     assert cut["undo_class"] == "irreversible: the connection ended before its transaction's end was seen"
     assert direct(pg, ALL) == before
+
+
+SHAPES = [
+    ("UPDATE orders SET qty = qty + %s WHERE qty < %s", (1, 5)),
+    ("UPDATE orders SET qty = qty + %s WHERE qty < %s RETURNING *", (1, 5)),
+    ("UPDATE orders AS o SET qty = 2 WHERE o.id = %s RETURNING o.item, qty * 2 AS double, 'x' AS qty", (1,)),
+    ("DELETE FROM orders WHERE id = %s RETURNING id, item", (2,)),
+    ("DELETE FROM orders WHERE id > %s", (100,)),
+    ("INSERT INTO orders (id, item, qty) VALUES (%s, %s, 1), (%s, 'b', 2) RETURNING *", (10, "a", 11)),
+    ("INSERT INTO orders (id, item, qty) VALUES (%s, 'c', 1) ON CONFLICT DO NOTHING", (1,)),
+    ("INSERT INTO orders (id, item, qty) SELECT id + 20, item, qty FROM orders WHERE id < %s RETURNING id", (3,)),
+]
+
+
+def outcome_of(cur) -> tuple:
+    description = None if cur.description is None else [(c.name, c.type_code) for c in cur.description]
+    return description, cur.fetchall() if cur.description is not None else None, cur.statusmessage, cur.rowcount
+
+
+def reset(pg) -> None:
+    """The orders table as start_gateway leaves it."""
+    person(pg, "DELETE FROM orders WHERE id > 3")
+    person(pg, "INSERT INTO orders (id, item, qty) VALUES (1, 'apples', 3), (2, 'pears', 1), (3, 'plums', 7) "
+               "ON CONFLICT (id) DO UPDATE SET item = EXCLUDED.item, qty = EXCLUDED.qty")
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_the_agent_sees_exactly_what_it_would_without_capture(gateway, binary: bool) -> None:
+    proxy, url = gateway
+    pg = gateway_pg(gateway)
+    with psycopg.connect(pg.dsn(APP_USER, "shop")) as straight, psycopg.connect(url, autocommit=True) as agent:
+        for sql, params in SHAPES:
+            for prepare in (False, True):
+                reset(pg)
+                with straight.cursor(binary=binary) as cur:  # the same statement straight to the server, undone
+                    cur.execute(sql, params, prepare=prepare)
+                    expected = outcome_of(cur)
+                straight.rollback()
+                with agent.cursor(binary=binary) as cur:  # the extended protocol (prepared: Bind, Execute only)
+                    cur.execute(sql, params, prepare=prepare)
+                    assert outcome_of(cur) == expected, sql
+                reset(pg)
+                with psycopg.ClientCursor(agent) as cur:  # the simple query protocol
+                    cur.execute(sql, params)
+                    assert outcome_of(cur) == expected, sql
+    captured = [r for r in db_rows(proxy) if r["method"] in ("UPDATE", "DELETE", "INSERT")]
+    assert len(captured) == 4 * len(SHAPES)  # each statement twice extended, twice simple
+    assert {r["undo_class"] for r in captured} <= {"exact", None}
+    assert sum(r["undo_class"] == "exact" for r in captured) >= 2 * len(SHAPES)
