@@ -128,8 +128,8 @@ def plan(sql: str, table: Table, marker: str, bound: int = 10000) -> Capture | s
 
 
 def _update_problem(node: Any, table: Table) -> str | None:
-    if node.fromClause:
-        return "UPDATE ... FROM: not captured yet"
+    if node.fromClause and node.returningClause is not None and any(_star(t.val) for t in node.returningClause.exprs):
+        return "UPDATE ... FROM ... RETURNING *: not captured (the star would take in the rows' images too)"
     if _current_of(node.whereClause):
         return "UPDATE ... WHERE CURRENT OF a cursor"
     set_columns = {t.name for t in node.targetList}
@@ -142,27 +142,27 @@ def _update_problem(node: Any, table: Table) -> str | None:
 def _update_capture(node: Any, table: Table, ref: str, marker: str) -> str:
     """Add a CTE that locks and reads the rows the WHERE picks (their before-images, FOR UPDATE, so that a row
     changed meanwhile is read as it is when updated), joined by primary key: returns the [before, after] expression.
-    Every updated row is one of the CTE's (the join), so each has its before-image."""
+    Every updated row is one of the CTE's (the join), so each has its before-image. An UPDATE ... FROM's tables are
+    read by the CTE too (only the table updated is locked); a row the join gives twice is updated once, as ever."""
     old = f"{marker}_o"
     keys = ", ".join(f"{_q(ref)}.{_q(k)} AS {_q(f'{marker}_k{i}')}" for i, k in enumerate(table.key))
     template = (f"WITH {_q(old)} AS (SELECT {keys}, pg_catalog.to_jsonb({_q(ref)}.*) AS {_q(marker + '_j')} "
                 f"FROM x FOR UPDATE OF {_q(ref)}) SELECT 1")
     cte: Any = parse_sql(template)[0].stmt.withClause.ctes[0]  # type: ignore[union-attr]
-    cte.ctequery.fromClause = (node.relation,)
+    cte.ctequery.fromClause = (node.relation, *(node.fromClause or ()))  # the WHERE may name the FROM's tables
     cte.ctequery.whereClause = node.whereClause
     if node.withClause is None:
         node.withClause = ast.WithClause(ctes=(cte,), recursive=False)
     else:
         node.withClause.ctes = (*node.withClause.ctes, cte)
-    node.fromClause = (ast.RangeVar(relname=old, inh=True, relpersistence="p"),)
+    node.fromClause = (*(node.fromClause or ()), ast.RangeVar(relname=old, inh=True, relpersistence="p"))
     join = " AND ".join(f"{_q(ref)}.{_q(k)} = {_q(old)}.{_q(f'{marker}_k{i}')}" for i, k in enumerate(table.key))
     joined = parse_sql(f"SELECT 1 WHERE {join}")[0].stmt.whereClause  # type: ignore[union-attr]
     node.whereClause = joined if node.whereClause is None else \
         ast.BoolExpr(boolop=enums.BoolExprType.AND_EXPR, args=(node.whereClause, joined))
     if node.returningClause is not None:  # `*` would now take in the CTE's columns too: the table's only
         for target in node.returningClause.exprs:
-            fields: Any = target.val.fields if isinstance(target.val, ast.ColumnRef) else None
-            if fields is not None and len(fields) == 1 and isinstance(fields[0], ast.A_Star):
+            if _star(target.val):
                 target.val = ast.ColumnRef(fields=(ast.String(sval=ref), ast.A_Star()))
     return f"pg_catalog.jsonb_build_array({_q(old)}.{_q(marker + '_j')}, pg_catalog.to_jsonb({_q(ref)}.*))"
 
@@ -188,6 +188,12 @@ def _bounded(image: str, marker: str, bound: int) -> str:
 
 def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
+
+
+def _star(value: Any) -> bool:
+    """Whether an expression is an unqualified `*`."""
+    fields: Any = value.fields if isinstance(value, ast.ColumnRef) else None
+    return fields is not None and len(fields) == 1 and isinstance(fields[0], ast.A_Star)
 
 
 def _current_of(where: Any) -> bool:

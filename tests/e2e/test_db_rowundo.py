@@ -70,6 +70,20 @@ def test_an_update_and_a_delete_of_several_rows_are_undone_by_id(gateway) -> Non
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
+def test_an_update_from_a_list_is_undone(gateway) -> None:
+    proxy, url = gateway
+    pg = gateway_pg(gateway)
+    before = direct(pg, ALL)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE orders o SET qty = v.q FROM (VALUES (1, %s), (3, %s), (3, 99)) AS v(id, q) "
+                     "WHERE o.id = v.id", (10, 30))
+    changed = direct(pg, ALL)
+    assert changed[1] == before[1] and changed != before
+    done = undo(proxy, last(proxy, "UPDATE")["id"])
+    assert done.returncode == 0, done.stderr
+    assert direct(pg, ALL) == before
+
+
 def test_a_persons_change_in_between_is_a_conflict_and_nothing_changes(gateway) -> None:
     proxy, url = gateway
     pg = gateway_pg(gateway)
@@ -259,6 +273,8 @@ SHAPES = [
     ("UPDATE orders SET qty = qty + %s WHERE qty < %s", (1, 5)),
     ("UPDATE orders SET qty = qty + %s WHERE qty < %s RETURNING *", (1, 5)),
     ("UPDATE orders AS o SET qty = 2 WHERE o.id = %s RETURNING o.item, qty * 2 AS double, 'x' AS qty", (1,)),
+    ("UPDATE orders o SET qty = v.q FROM (VALUES (1, 10), (3, %s)) AS v(id, q) WHERE o.id = v.id RETURNING v.q",
+     (30,)),
     ("DELETE FROM orders WHERE id = %s RETURNING id, item", (2,)),
     ("DELETE FROM orders WHERE id > %s", (100,)),
     ("INSERT INTO orders (id, item, qty) VALUES (%s, %s, 1), (%s, 'b', 2) RETURNING *", (10, "a", 11)),

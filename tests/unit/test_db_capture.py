@@ -54,13 +54,17 @@ def test_update_locks_and_reads_the_rows_before_and_joins_them_by_key() -> None:
     assert with_cte.startswith(f"WITH a AS (SELECT 1 AS x), {M}_o AS (")
     quoted = planned('UPDATE "Shop"."Orders" AS "O" SET qty = 1', Table("Shop", "Orders", ("Id",))).sql
     assert 'FROM "Shop"."Orders" AS "O" FOR UPDATE OF "O"' in quoted and '"O"."Id" AS' in quoted
+    joined = planned("UPDATE orders o SET qty = v.q FROM (VALUES (1, 10)) AS v(id, q) WHERE o.id = v.id "
+                     "RETURNING o.id, v.q").sql
+    assert "FROM orders AS o, ((VALUES (1, 10))) AS v (id, q) WHERE o.id = v.id FOR UPDATE OF o)" in joined
+    assert f"FROM ((VALUES (1, 10))) AS v (id, q), {M}_o WHERE o.id = v.id AND o.id = {M}_o.{M}_k0" in joined
     two_keys = planned("UPDATE lines SET qty = 1", Table("public", "lines", ("order_id", "n"))).sql
     assert f"lines.order_id = {M}_o.{M}_k0 AND lines.n = {M}_o.{M}_k1" in two_keys
 
 
 @pytest.mark.parametrize(("sql", "why"), [
     ("UPDATE orders SET id = id + 1", "sets a primary-key column (id)"),
-    ("UPDATE orders SET qty = 1 FROM customers WHERE true", "UPDATE ... FROM"),
+    ("UPDATE orders SET qty = 1 FROM customers c WHERE c.id = orders.id RETURNING *", "FROM ... RETURNING *"),
     ("UPDATE orders SET qty = 1 WHERE CURRENT OF c", "WHERE CURRENT OF"),
     ("DELETE FROM orders WHERE CURRENT OF c", "WHERE CURRENT OF"),
     ("INSERT INTO orders VALUES (1) ON CONFLICT (id) DO UPDATE SET qty = 1", "ON CONFLICT DO UPDATE"),
