@@ -46,6 +46,7 @@ def test_an_update_and_a_delete_of_several_rows_are_undone_by_id(gateway) -> Non
         assert conn.execute("UPDATE orders SET qty = qty * %s WHERE qty < %s", (10, 5)).rowcount == 2
     update = last(proxy, "UPDATE")
     assert update["undo_class"] == "exact"
+    assert "undo: exact  (2 row(s) of public.orders captured)" in proxy.cli("show", update["id"]).stdout
     shown = proxy.cli("undo", update["id"], "--dry-run")
     assert shown.returncode == 0, shown.stderr
     assert 'set back 2 row(s): (1), (2)' in shown.stdout
