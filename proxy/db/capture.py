@@ -37,6 +37,7 @@ class Table:
     relname: str
     key: tuple[str, ...]
     problem: str | None = None
+    oid: int = 0       # its pg_class oid: the table the agent's session finds by the name must be this one
 
     @property
     def quoted(self) -> str:
@@ -124,6 +125,9 @@ def plan(sql: str, table: Table, marker: str, bound: int = 10000) -> Capture | s
         node.returningClause.exprs = (*node.returningClause.exprs, added)
     head, found, tail = RawStream()(node).rpartition(placeholder)
     assert found, "the placeholder is printed as itself"
+    written = Target(node.relation.schemaname or None, node.relation.relname)
+    image = f"CASE WHEN {_literal(written.quoted)}::pg_catalog.regclass::pg_catalog.oid = {int(table.oid)} " \
+            f"THEN {image} ELSE 'null'::jsonb END"  # another table (the agent's search_path): no image, not undone
     return Capture(head + _bounded(image, marker, bound) + tail, kind, table, marker, returning)
 
 

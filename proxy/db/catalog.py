@@ -65,7 +65,7 @@ def literal(text: str) -> str:
 
 #: One row per table: its name, primary key, and each thing that changes rows beyond those a statement hands back.
 _TABLE = """
-SELECT n.nspname, c.relname, c.relkind,
+SELECT c.oid, n.nspname, c.relname, c.relkind,
   (SELECT pg_catalog.json_agg(a.attname ORDER BY k.ord) FROM pg_catalog.pg_index i
      CROSS JOIN LATERAL pg_catalog.unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
      JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
@@ -94,7 +94,7 @@ async def table(upstream: Upstream, found: Target) -> Table | str:
     rows = await query(upstream, _TABLE.format(name=literal(found.quoted)))
     if not rows:
         return f"table {found.quoted} is not in the server's catalogs as the gateway sees them"
-    schema, relname, relkind, key, *flags = rows[0]
+    oid, schema, relname, relkind, key, *flags = rows[0]
     assert schema is not None and relname is not None
     problem = None
     if relkind not in ("r", "p"):
@@ -102,7 +102,7 @@ async def table(upstream: Upstream, found: Target) -> Table | str:
     for flag, why in zip(flags, _PROBLEMS, strict=True):
         if flag == "t" and problem is None:
             problem = f"table {found.quoted} {why}"
-    return Table(schema, relname, tuple(json.loads(key)) if key else (), problem)
+    return Table(schema, relname, tuple(json.loads(key)) if key else (), problem, int(oid or 0))
 
 
 class Catalog:

@@ -221,6 +221,9 @@ def outcome(images: Images, why_not: str | None, scrub: Any) -> dict[str, Any]:
         return {"undo_class": f"irreversible: {why_not}"}
     if not images.rows:
         return {"undo_class": None}  # nothing changed: nothing to undo
+    if any(row is None for row in images.rows):
+        return {"undo_class": "irreversible: the table it changed is not the one goex-proxy read the catalog of "
+                              "(a search_path of the session's own?)"}
     capture_ = images.capture
     data = json.dumps({"kind": capture_.kind, "schema": capture_.table.schema, "table": capture_.table.relname,
                        "key": list(capture_.table.key), "rows": images.rows}, ensure_ascii=False,

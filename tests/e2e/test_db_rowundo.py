@@ -319,3 +319,23 @@ def test_the_agent_sees_exactly_what_it_would_without_capture(gateway, binary: b
     assert len(captured) == 4 * len(SHAPES)  # each statement twice extended, twice simple
     assert {r["undo_class"] for r in captured} <= {"exact", None}
     assert sum(r["undo_class"] == "exact" for r in captured) >= 2 * len(SHAPES)
+
+
+def test_a_table_the_session_finds_other_than_the_catalog_read_is_not_undone(gateway) -> None:
+    proxy, url = gateway
+    pg = gateway_pg(gateway)
+    person(pg, "CREATE SCHEMA IF NOT EXISTS shadow")
+    person(pg, "CREATE TABLE IF NOT EXISTS shadow.orders (id int PRIMARY KEY, item text, qty int)")
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            # Connections made from now on (the gateway's catalog reader among them) find shadow.orders first; the
+            # agent's session, made before, finds public.orders (as a session's own SET search_path would).
+            person(pg, f"ALTER ROLE {APP_USER[0]} SET search_path = shadow, public")
+            assert conn.execute("UPDATE orders SET qty = 5 WHERE id = %s", (1,)).rowcount == 1
+    finally:
+        person(pg, f"ALTER ROLE {APP_USER[0]} RESET search_path")
+        person(pg, "DROP SCHEMA shadow CASCADE")
+    assert direct(pg, ALL)[0] == (1, "apples", 5)
+    update = last(proxy, "UPDATE")
+    assert update["undo_class"].startswith("irreversible: the table it changed is not the one goex-proxy read")
+    assert update["row_images"] is None

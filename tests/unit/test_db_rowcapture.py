@@ -86,3 +86,6 @@ def test_images_holding_a_known_secret_are_not_written() -> None:
     assert outcome(secret, None, scrub) == {"undo_class": "irreversible: its rows hold a secret goex-proxy knows, "
                                                           "which is never written down"}
     assert outcome(Images(CAPTURE), None, scrub) == {"undo_class": None}  # it changed no rows
+    elsewhere = Images(CAPTURE)
+    take(elsewhere, b"null")  # the session found another table by the name (its own search_path)
+    assert outcome(elsewhere, None, scrub)["undo_class"].startswith("irreversible: the table it changed is not")
