@@ -339,3 +339,20 @@ def test_a_table_the_session_finds_other_than_the_catalog_read_is_not_undone(gat
     update = last(proxy, "UPDATE")
     assert update["undo_class"].startswith("irreversible: the table it changed is not the one goex-proxy read")
     assert update["row_images"] is None
+
+
+def test_rows_with_an_identity_column_always_generated_are_put_back_as_they_were(gateway) -> None:
+    proxy, url = gateway
+    pg = gateway_pg(gateway)
+    person(pg, "ALTER TABLE orders ALTER COLUMN id DROP DEFAULT")
+    person(pg, "ALTER TABLE orders ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (START 100)")
+    try:
+        before = direct(pg, ALL)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("DELETE FROM orders WHERE id IN (%s, %s)", (1, 3))
+        done = undo(proxy, last(proxy, "DELETE")["id"])  # the ids given back, not new ones (OVERRIDING SYSTEM VALUE)
+        assert done.returncode == 0, done.stderr
+        assert direct(pg, ALL) == before
+    finally:
+        person(pg, "ALTER TABLE orders ALTER COLUMN id DROP IDENTITY")
+        person(pg, "ALTER TABLE orders ALTER COLUMN id SET DEFAULT nextval('orders_id_seq')")
