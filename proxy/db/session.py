@@ -548,7 +548,8 @@ class Session:
         assert pending.request_id is not None
         fields = record.outcome(pending.tags, pending.error, pending.started, self.scrub,
                                 self.gate.config.max_body_bytes)
-        fields["undo_class"] = pending.undo_class if pending.error is None else None
+        # A statement that failed changed nothing; one of several in a message that ran before the error may have.
+        fields["undo_class"] = pending.undo_class if pending.error is None or pending.tags else None
         self.gate.record_outcome(pending.request_id, fields | (more or {}))
 
     def _end_captures(self, ended: list[tuple[_Pending, str | None]]) -> None:
