@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
+from collections.abc import Awaitable, Callable
 
 from .capture import Table, Target
 from .upstream import Upstream
@@ -23,23 +24,30 @@ class ServerError(Exception):
 
 async def query(upstream: Upstream, sql: str) -> list[list[str | None]]:
     """The rows (text columns) of one simple Query; ServerError if it failed (the server is then ready again)."""
+    return (await run(upstream, sql))[0]
+
+
+async def run(upstream: Upstream, sql: str) -> tuple[list[list[str | None]], str]:
+    """The rows and the (last) command tag of one simple Query; ServerError if it failed."""
     upstream.writer.write(message(b"Q", sql.encode() + b"\0"))
     await upstream.writer.drain()
     rows: list[list[str | None]] = []
-    error: ServerError | None = None
+    tag, error = "", None
     while True:
         msg = await read_message(upstream.reader)
         if msg is None:
             raise ConnectionError("the server closed the connection")
         if msg.kind == b"D":
             rows.append(data_row(msg.payload))
+        elif msg.kind == b"C":
+            tag = msg.payload.rstrip(b"\0").decode("utf-8", "replace")
         elif msg.kind == b"E":
             fields = error_fields(msg.payload)
             error = ServerError(fields.get("C", ""), fields.get("M", ""))
         elif msg.kind == b"Z":
             if error is not None:
                 raise error
-            return rows
+            return rows, tag
 
 
 def data_row(payload: bytes) -> list[str | None]:
@@ -109,7 +117,7 @@ class Catalog:
     """Tables read once per session (the answer kept until a statement that may change the schema runs), over one
     connection the session opens when it first needs one."""
 
-    def __init__(self, opener: object) -> None:
+    def __init__(self, opener: Callable[[], Awaitable[Upstream]]) -> None:
         self._open = opener
         self._upstream: Upstream | None = None
         self._tables: dict[Target, Table | str] = {}
@@ -120,7 +128,7 @@ class Catalog:
             return self._tables[found]
         async with self._lock:
             if self._upstream is None:
-                self._upstream = await self._open()  # type: ignore[operator]
+                self._upstream = await self._open()
             assert self._upstream is not None
             self._tables[found] = answer = await table(self._upstream, found)
         return answer

@@ -15,7 +15,7 @@ from typing import Any
 from ..audit import store as audit
 from ..config import Config
 from ..errors import GoexError, NotFound
-from .catalog import ServerError, literal, query
+from .catalog import ServerError, literal, query, run
 from .upstream import UpstreamError, connect
 
 _JSON = json.dumps([["content-type", "application/json"]])
@@ -169,7 +169,7 @@ async def _run(config: Config, plan: RowPlan, host: str) -> list[str]:
                 raise Conflict(f"conflict: {plan.request_id} not undone, nothing changed: " + "; ".join(problems))
             tags = []
             for sql in plan.statements:
-                tags.append(await _tag(upstream, sql))
+                tags.append((await run(upstream, sql))[1])
             expected = len(plan.rows)
             if any(not tag.endswith(f" {expected}") for tag in tags):
                 raise Conflict(f"conflict: {plan.request_id} not undone, nothing changed: the restore touched "
@@ -183,28 +183,6 @@ async def _run(config: Config, plan: RowPlan, host: str) -> list[str]:
         raise GoexError(f"cannot undo {plan.request_id}: the server refused: {exc}; nothing changed") from None
     finally:
         upstream.writer.close()
-
-
-async def _tag(upstream: Any, sql: str) -> str:
-    """Run one statement; its command tag."""
-    from .wire import error_fields, message, read_message
-
-    upstream.writer.write(message(b"Q", sql.encode() + b"\0"))
-    await upstream.writer.drain()
-    tag, error = "", None
-    while True:
-        msg = await read_message(upstream.reader)
-        if msg is None:
-            raise ConnectionError("the server closed the connection")
-        if msg.kind == b"C":
-            tag = msg.payload.rstrip(b"\0").decode()
-        elif msg.kind == b"E":
-            fields = error_fields(msg.payload)
-            error = ServerError(fields.get("C", ""), fields.get("M", ""))
-        elif msg.kind == b"Z":
-            if error is not None:
-                raise error
-            return tag
 
 
 def already_undone(conn: sqlite3.Connection, request_id: str) -> str | None:
