@@ -12,6 +12,7 @@ command and how fast a jailed run's file changes are kept and undone.
     python bench/run.py --only scrub       # optional: scrubbing echoes of 0-1,000 secrets, alone and end to end (~4 min)
     python bench/run.py --only workers     # optional: run --workers 2 vs --workers 1 vs bare mitmdump (~3 minutes)
     python bench/run.py --only audit-size  # optional: audit bytes/row, old layout vs new, 1M rows (--log-rows for 10M)
+    python bench/run.py --only dbcapture   # optional: what row capture for SQL undo costs (PostgreSQL; ~2 min)
     python bench/run.py --only throughput --rounds 7 --duration 8
 
 Everything it needs (upstream server, both proxies, load generator) is started on 127.0.0.1 with free ports and
@@ -36,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PYTHON, Processes  # noqa: E402
 
 PARTS = ("throughput", "decide", "scale", "log", "undoplan", "preimage", "review", "dos", "console")
-OPTIONAL_PARTS = ("profile", "jail", "workers", "scrub", "audit-size")
+OPTIONAL_PARTS = ("profile", "jail", "workers", "scrub", "audit-size", "dbcapture")
 ALIASES = {"undo": ("undoplan", "preimage")}
 
 
@@ -205,6 +206,13 @@ def main(argv: list[str] | None = None) -> int:
 
             text, results["jail"] = jail_bench.run(procs, rounds=args.jail_rounds,
                                                    files_rounds=max(3, args.jail_rounds // 4), say=say, keep=args.keep)
+            sections.append(text)
+            print(text + "\n", flush=True)
+        if "dbcapture" in args.parts:
+            import db_capture_bench
+
+            text, results["dbcapture"] = db_capture_bench.run(procs, rounds=args.rounds,
+                                                              statements=200 if args.quick else 500, say=say)
             sections.append(text)
             print(text + "\n", flush=True)
         if "profile" in args.parts:

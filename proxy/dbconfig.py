@@ -20,9 +20,12 @@ TRANSACTIONS = ("auto", "hold")
 #: How long a held transaction (`transaction: hold`) may stay open, from its first statement, unless `hold_timeout`.
 HOLD_TIMEOUT = 3600.0
 _KEYS = {"host", "port", "dbname", "user", "password", "sslmode", "ca", "agents", "env", "transaction",
-         "hold_timeout", "max_connections"}
+         "hold_timeout", "max_connections",
+         "capture_rows"}
 #: How many connections one agent may have open to one database through the gateway unless `max_connections` says.
 DEFAULT_MAX_CONNECTIONS = 10
+#: The most rows one statement may change when its rows are captured for undo, unless `capture_rows` says otherwise.
+CAPTURE_ROWS = 10000
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -44,6 +47,7 @@ class Database:
     transaction: str = "auto"
     hold_timeout: float = HOLD_TIMEOUT        # transaction: hold: seconds from its first statement to a rollback
     max_connections: int = DEFAULT_MAX_CONNECTIONS   # per agent: each is a connection to the real server
+    capture_rows: int = CAPTURE_ROWS          # a statement changing more fails, nothing changed (db.capture)
 
     def admits(self, agent: str) -> bool:
         return self.agents is None or agent in self.agents
@@ -116,12 +120,18 @@ def _database(check: Checker, name: str, raw: Any, pos: tuple[int, int], base: P
         check.error(check.at(spec, "max_connections"), f"'{where}.max_connections' must be a whole number of at least "
                                                        f"1 (got {most!r})")
         most = DEFAULT_MAX_CONNECTIONS
+    capture_rows = spec.get("capture_rows", CAPTURE_ROWS)
+    if not isinstance(capture_rows, int) or isinstance(capture_rows, bool) or capture_rows < 1:
+        check.error(check.at(spec, "capture_rows"), f"'{where}.capture_rows' must be a number of rows, 1 or more "
+                                                    f"(got {capture_rows!r})")
+        capture_rows = CAPTURE_ROWS
     password = _password(check, spec, where)
     if password is None or not host:
         return None
     return Database(name, host, port, check.string(spec, "dbname", f"{where}.dbname") or name,
                     check.string(spec, "user", f"{where}.user") or "", password, sslmode, ca,
-                    None if "*" in allowed else frozenset(allowed), env, transaction, hold_timeout, most)
+                    None if "*" in allowed else frozenset(allowed), env, transaction, hold_timeout, most,
+                    capture_rows)
 
 
 def parse_databases(check: Checker, top: YMap, base: Path, agents: set[str]) -> Databases:

@@ -22,12 +22,12 @@ def sql_card(database: str, url: str, agent: str, method: str, sql: str, params:
     fields = {f"${n}": _short(value, scrub) for n, value in enumerate(given[:MOST_FIELDS], 1)}
     if len(given) > MOST_FIELDS:
         fields["…"] = f"{len(given) - MOST_FIELDS} more"
-    back = "Undo could not take it back (no row-level undo for SQL yet)." if undo_class.startswith("irreversible") \
+    back = "Undo could not take it back (its rows are not captured)." if undo_class.startswith("irreversible") \
         else f"Undo class: {undo_class}."
     with_params = f" with {', '.join(f'{k}={v}' for k, v in fields.items())}" if fields else ""
     summary = (f"{method} on database '{database}' by agent '{agent}': {text}{with_params}. It waits because {why}. "
                f"{back}")
     return {"method": method, "runs_as": [], "url": url, "database": database, "agent": agent, "sql": text,
             "fields": fields, "undo_class": undo_class, "undo_rule": None,
-            "undo": ["nothing: no row-level undo for SQL yet"] if undo_class.startswith("irreversible") else [],
+            "undo": ["nothing: its rows are not captured"] if undo_class.startswith("irreversible") else [],
             "why": why, "summary": summary}

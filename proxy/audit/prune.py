@@ -140,7 +140,7 @@ def _check(key: bytes, known: dict[int, Gap], row: dict[str, Any], prev: str) ->
     _check_link(key, known, row, prev)
     broken = row_hash(key, row["prev_hash"], row) != row["hash"] or (
         outcome_hash(key, row["hash"], row) != row["outcome_hash"] if row["outcome_hash"] is not None
-        else any(row.get(f) is not None for f in (*OUTCOME_FIELDS, "undo_class", "approval")))
+        else any(row.get(f) is not None for f in (*OUTCOME_FIELDS, "undo_class", "approval", "row_images")))
     if broken:
         raise AuditError(f"the audit chain does not hold at row {row['id']} (seq {row['seq']}): it was edited; "
                          "nothing was pruned there: run `goex-proxy log verify`")

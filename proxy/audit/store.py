@@ -205,9 +205,18 @@ def _migration_14(db: sqlite_utils.Database) -> None:
         db.table("db_holds").create_index(["state"])
 
 
+def _migration_15(db: sqlite_utils.Database) -> None:
+    """The images of the rows a captured SQL statement changed (db.rowcapture), which undo restores: an outcome
+    field, covered by the outcome hash when set."""
+    requests = db.table("requests")
+    if "row_images" not in requests.columns_dict:
+        requests.add_column("row_images", bytes)
+
+
 #: Schema migrations, applied in order; `PRAGMA user_version` records how many have run.
 MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6, _migration_7,
-              _migration_8, _migration_9, _migration_10, _migration_11, _migration_12, _migration_13, _migration_14]
+              _migration_8, _migration_9, _migration_10, _migration_11, _migration_12, _migration_13,
+              _migration_14, _migration_15]
 #: From this version on the chain is HMAC-SHA256 under the seal's key; before it, plain SHA-256.
 KEYED_VERSION = 7
 #: Request fields added by later migrations: hashed only when set, so rows written before them still verify.
@@ -311,6 +320,8 @@ def outcome_hash(key: bytes | None, hash_: str, row: dict[str, Any]) -> str:
     fields: tuple[str, ...] = OUTCOME_FIELDS if key is None else OUTCOME_FIELDS + ("undo_class",)
     if row.get("approval") is not None:
         fields += ("approval",)
+    if row.get("row_images") is not None:
+        fields += ("row_images",)
     return chain_hash(key, hash_.encode() + _canonical(row, fields))
 
 
@@ -788,7 +799,8 @@ def verify(conn: sqlite3.Connection, key: bytes | None, anchor: Anchor | None = 
         elif row["outcome_hash"] is not None and outcome_hash(key, row["hash"], row) != row["outcome_hash"]:
             problem = "its outcome fields do not match its outcome hash (the row was edited)"
         elif row["outcome_hash"] is None and any(row.get(f) is not None
-                                                 for f in (*OUTCOME_FIELDS, "undo_class", "approval")):
+                                                 for f in (*OUTCOME_FIELDS, "undo_class", "approval",
+                                                           "row_images")):
             problem = "it has outcome fields but no outcome hash (the row was edited)"
         elif anchor is not None and row["seq"] == anchor.seq:
             if (row["id"], row["hash"]) != (anchor.id, anchor.hash):

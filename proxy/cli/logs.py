@@ -221,6 +221,14 @@ def _waited(row: dict[str, Any]) -> str:
     return f"{kept.get('kind', 'hold')}, {kept.get('state')}{who}{at}{why}"
 
 
+def _captured(row: dict[str, Any]) -> str:
+    """For an SQL statement whose rows were captured: how many, of which table (the images: `show --json`)."""
+    if not row.get("row_images"):
+        return ""
+    images = json.loads(row["row_images"])
+    return _plain(f"  ({len(images['rows'])} row(s) of {images['schema']}.{images['table']} captured)")
+
+
 def _header_line(name: str, value: str) -> str:
     return f"  {_plain(name)}:" + (f" {_plain(value)}" if value else "")
 
@@ -256,7 +264,7 @@ def show(config_path: Path | None, request_id: str, as_json: bool) -> None:
     out.print(f"[bold]{_plain(row['id'])}[/]  {when(row['ts'])}  agent [bold]{_plain(row['agent'] or '-')}[/]")
     out.print(f"decision: [bold]{_plain(row['decision'])}[/]  rule: {_plain(row['rule'] or '-')}")
     out.print(f"undo: {_plain(row.get('undo_class') or '-')}" + (f"  (this request undoes {_plain(row['undo_of'])})"
-                                                                 if row.get("undo_of") else ""))
+                                                                 if row.get("undo_of") else "") + _captured(row))
     out.print(f"reason: {_plain(row['reason'] or '-')}")
     if row.get("approval") or row["decision"] in ("hold", "delay"):
         out.print(f"wait: {_plain(_waited(row))}")

@@ -18,6 +18,7 @@ from .common import config_option, handle_errors, json_option, outcome_of, parse
 
 if TYPE_CHECKING:
     from ..agent.proposeflow import Asked
+    from ..db.rowundo import RowPlan
     from ..sandbox.runs import Run
     from ..undo.run import Journal, Outcome, StepResult
     from ..undo.session import Planned
@@ -78,8 +79,13 @@ def undo(config_path: Path | None, request_id: str | None, agent: str | None, si
     if agent is None:
         assert request_id is not None
         rows = [audit.get(conn, request_id)]
+        if rows[0]["scheme"] == SQL_SCHEME:
+            _undo_statement(config, conn, rows[0], dry_run, yes, force, as_json)
+            return
     else:
         rows = session.session_rows(conn, agent, parse_since(since))
+    statements = _plan_statements(config, conn, [r for r in rows if r["scheme"] == SQL_SCHEME], as_json)
+    rows = [r for r in rows if r["scheme"] != SQL_SCHEME]
     planned = _show_plans(session.plan_rows(config, journal, rows, force), as_json)
     todo = [p for p in planned if p.passed_over is None]
     skipped = [p for p in planned if p.passed_over is not None]
@@ -87,7 +93,7 @@ def undo(config_path: Path | None, request_id: str | None, agent: str | None, si
     _show_file_runs(file_runs, as_json)
     if request_id is not None:
         session.check_undoable(planned[0])
-    if not todo and not file_runs:
+    if not todo and not file_runs and not statements:
         raise NotFound(f"nothing to undo for {agent} since {since}" + "".join(f"\n  {p.request_id}: {p.passed_over}"
                                                                          for p in skipped))
     if dry_run:
@@ -95,11 +101,89 @@ def undo(config_path: Path | None, request_id: str | None, agent: str | None, si
     if not yes:
         if not sys.stdin.isatty():
             raise GoexError("undo asks before it acts: pass --yes to carry out the plan without a terminal")
-        count = len(todo) + len(file_runs)
+        count = len(todo) + len(file_runs) + len(statements)
         click.confirm(f"carry out {'this plan' if count == 1 else f'these {count} plans'}?", abort=True)
+    for row, statement in statements:  # newest first, each in a transaction of its own
+        _carry_out_statement(config, row, statement)
     session.undo_file_runs(config, file_runs, force, lambda run: click.echo(f"file run {run.id}: {run.state}"))
     if todo:
         _carry_out(config, todo, skipped, journal, agent, force)
+
+
+#: The scheme of the gateway's rows: undone row by row from their captured images (db.rowundo), not by a rule.
+SQL_SCHEME = "postgresql"
+
+
+def _undo_statement(config: Config, conn: Any, row: dict[str, Any], dry_run: bool, yes: bool, force: bool,
+                    as_json: bool) -> None:
+    """`undo ID` of an SQL statement: its rows restored from their images, in one transaction upstream that first
+    checks each is as the statement left it (exit 3 on a conflict, nothing changed)."""
+    if force:
+        raise click.UsageError("--force does not go with the undo of an SQL statement (a changed row is never "
+                               "overwritten)")
+    the_plan = _plan_statement(config, conn, row)
+    _print_statement_plan(row, the_plan, as_json)
+    if dry_run:
+        return
+    if not yes:
+        if not sys.stdin.isatty():
+            raise GoexError("undo asks before it acts: pass --yes to carry out the plan without a terminal")
+        click.confirm("carry out this plan?", abort=True)
+    _carry_out_statement(config, row, the_plan)
+
+
+def _plan_statement(config: Config, conn: Any, row: dict[str, Any]) -> RowPlan:
+    """A statement's undo plan; NotFound or GoexError (one line) why there is none."""
+    from ..audit.seal import Seal
+    from ..db import rowundo
+
+    the_plan = rowundo.plan_row(row, audit.chain_key(conn, Seal(config.state_dir)))
+    done = rowundo.already_undone(conn, the_plan.request_id)
+    if done is not None:
+        raise NotFound(f"nothing to undo for {the_plan.request_id}: already undone (by {done})")
+    return the_plan
+
+
+def _plan_statements(config: Config, conn: Any, rows: list[dict[str, Any]],
+                     as_json: bool) -> list[tuple[dict[str, Any], RowPlan]]:
+    """A session's SQL statements that changed rows, newest first, each plan shown (or why it is passed over)."""
+    out = []
+    for row in rows:
+        if row.get("undo_class") is None and row.get("row_images") is None:
+            continue  # a read, transaction control, or a write that changed nothing
+        try:
+            the_plan = _plan_statement(config, conn, row)
+        except GoexError as exc:  # NotFound too
+            click.echo(f"  not undone: {row['id']}: {str(exc).split(': ', 1)[-1]}", err=True)
+            continue
+        _print_statement_plan(row, the_plan, as_json)
+        out.append((row, the_plan))
+    return out
+
+
+def _print_statement_plan(row: dict[str, Any], the_plan: RowPlan, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({"request_id": the_plan.request_id, "verdict": "plan", "fidelity": "exact",
+                               "table": the_plan.quoted, "rows": len(the_plan.rows), "steps": the_plan.describe()}))
+    else:
+        click.echo(f"undo {the_plan.request_id}: {row['method']} {row['url']} by {row['agent']} ({outcome_of(row)})")
+        click.echo(f"  rows captured in the statement   fidelity: exact   table: {the_plan.quoted}")
+        for i, step in enumerate(the_plan.describe(), start=1):
+            click.echo(f"  step {i}: {step}")
+
+
+def _carry_out_statement(config: Config, row: dict[str, Any], the_plan: RowPlan) -> None:
+    """Restore the rows (holding the undo lock); exit 3 on a conflict, nothing changed."""
+    from ..db import rowundo
+    from ..undo.run import one_undo_at_a_time
+
+    try:
+        with one_undo_at_a_time(config.audit_db):
+            tags = rowundo.carry_out(config, row, the_plan)
+    except rowundo.Conflict as exc:
+        click.echo(f"goex-proxy: {exc}", err=True)
+        sys.exit(3)
+    click.echo(f"undone {the_plan.request_id}: {', '.join(tags) or 'nothing to change'}")
 
 
 #: `undo catalog`: the census of the shipped packs, in place of a REQUEST_ID.

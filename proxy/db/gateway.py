@@ -21,6 +21,7 @@ from ..policy.sqlparse import Statement
 from . import access
 from .fastpath import DecisionCache
 from .hold import Holds
+from .rowcapture import Planned
 from .session import Refused, Session
 from .waits import Admitted, Waits
 
@@ -162,9 +163,9 @@ class Gateway:
             raise Refused("28000", f"goex-proxy cannot read its vault: {exc}") from None
 
     async def admit(self, session: Session, sql: str, params: list[Any] | None, statements: tuple[Statement, ...],
-                    decision: Decision, policies: tuple[Policy, ...]) -> Admitted | None:
+                    decision: Decision, policies: tuple[Policy, ...], planned: Planned | None) -> Admitted | None:
         """An allowed statement counted against its rules' limits, held or delayed as they say (`waits`)."""
-        return await self._waits.admit(session, sql, params, statements, decision, policies)
+        return await self._waits.admit(session, sql, params, statements, decision, policies, planned)
 
     async def record_intent(self, row: dict[str, Any], charge: Charge | None = None) -> str | None:
         """Commit a statement's row before it is sent; a log that cannot take it refuses the statement. With a charge:
@@ -187,8 +188,12 @@ class Gateway:
         return {k: v for k, v in row.items() if k != "undo_class"}
 
     def record_outcome(self, request_id: str, fields: dict[str, Any]) -> None:
+        """Queue a statement's outcome, with the undo class its row was written with unless the outcome says another
+        (a captured statement's, known once its transaction ended)."""
         undo_class = self._undo_classes.pop(request_id, None)
-        self._writer.record_outcome(request_id, fields | {"undo_class": undo_class} if undo_class else fields)
+        if undo_class is not None and "undo_class" not in fields:
+            fields = fields | {"undo_class": undo_class}
+        self._writer.record_outcome(request_id, fields)
 
     def queue_intent(self, row: dict[str, Any]) -> concurrent.futures.Future[str | None]:
         """Queue a read's row without waiting for its commit: it is written in order with every row queued before

@@ -17,7 +17,7 @@ from ..policy.sqlparse import Statement
 #: `status` of a statement that completed: SQLSTATE 00000, successful_completion (errors keep their SQLSTATE in
 #: `error`, and have no status).
 COMPLETED = 0
-#: The undo class of every statement that changes something, until row-level undo is built (issue 21).
+#: The kinds of statement that change something (irreversible unless their rows are captured or held).
 WRITE_KINDS = frozenset({"insert", "update", "delete", "ddl", "other", "set"})
 _JSON = json.dumps([["content-type", "application/json"]])  # the headers of every body: built once
 
@@ -29,9 +29,10 @@ def method_of(statements: tuple[Statement, ...]) -> str:
 
 
 def undo_class(statements: tuple[Statement, ...]) -> str | None:
-    """None for reads and transaction control (nothing to undo); irreversible for anything that writes."""
+    """None for reads and transaction control (nothing to undo); irreversible for anything that writes, unless row
+    capture (`rowcapture`) or a held transaction says otherwise."""
     if any(s.kinds & WRITE_KINDS for s in statements):
-        return "irreversible: no row-level undo for SQL yet"
+        return "irreversible: its rows are not captured for undo"
     return None
 
 

@@ -18,7 +18,7 @@ from ..config import Config, weak_token
 from ..dbconfig import Database
 from ..policy.engine import Decision, Policy
 from ..policy.sqlparse import Statement
-from . import agentauth, record
+from . import agentauth, record, rowcapture
 from .fastpath import DecisionCache, QueuedReads, only_reads, parse_statements
 from .upstream import Upstream, UpstreamError, connect
 from .wire import (
@@ -61,6 +61,7 @@ PASSED_PARAMS = ("application_name", "DateStyle", "TimeZone", "extra_float_digit
 #: the server. The client is told UTF8 (ParameterStatus), as when it asks for it.
 PINNED_PARAMS = {"client_encoding": "UTF8", "standard_conforming_strings": "on"}
 INSUFFICIENT_PRIVILEGE = "42501"
+PROGRAM_LIMIT_EXCEEDED = "54000"
 #: Seconds a client has to start up and authenticate, and how often it may ask for TLS or GSS first (each answered N).
 LOGIN_SECONDS = 30.0
 _NEGOTIATIONS = 2
@@ -80,7 +81,7 @@ class Gatekeeper(Protocol):
     async def record_intent(self, row: dict[str, Any]) -> str | None: ...
 
     async def admit(self, session: Session, sql: str, params: list[Any] | None, statements: tuple[Statement, ...],
-                    decision: Decision, policies: tuple[Policy, ...]) -> Any: ...
+                    decision: Decision, policies: tuple[Policy, ...], planned: rowcapture.Planned | None) -> Any: ...
 
     def queue_intent(self, row: dict[str, Any]) -> concurrent.futures.Future[str | None]: ...
 
@@ -123,6 +124,8 @@ class _Pending:
     copying: bool = False           # a COPY FROM STDIN the server has begun (CopyInResponse seen)
     approval: str | None = None     # what became of its wait (`db.waits`), for its outcome row
     maybe_for: _Pending | None = None  # "ready": a Sync sent during that COPY, which the server ignores once it began
+    undo_class: str | None = None
+    images: rowcapture.Images | None = None  # a captured statement's rows (rowcapture), kept until ReadyForQuery
 
 
 @dataclass
@@ -131,6 +134,7 @@ class _Prepared:
     statements: tuple[Statement, ...]
     decision: Decision
     types: tuple[int, ...] = ()
+    planned: rowcapture.Planned | None = None
 
 
 class Session:
@@ -157,6 +161,9 @@ class Session:
         self._out: list[bytes] = []
         self._admitted: tuple[str, str] | None = None  # (agent, database) counted against its max_connections
         self.reads = QueuedReads()  # reads recorded without waiting for their row's commit
+        self.capturer: rowcapture.Capturer | None = None
+        self.binary_images: dict[str, bool] = {}  # portal: whether its image column comes in binary
+        self._captured: rowcapture.Transactions[_Pending] = rowcapture.Transactions()  # ended, their commit unknown
 
     async def run(self) -> None:
         try:
@@ -182,6 +189,8 @@ class Session:
                 await self.hold.detach(self)  # the held transaction's connection stays open
             elif self.upstream is not None:
                 self.upstream.writer.close()
+            if self.capturer is not None:
+                self.capturer.close()
             self.writer.close()
 
     async def _fatal(self, sqlstate: str, text: str) -> None:
@@ -244,8 +253,9 @@ class Session:
         passed = {k: v for k, v in params.items() if k in PASSED_PARAMS} | PINNED_PARAMS
         if database.transaction == "hold":
             self.hold = await self.gate.attach_hold(self, database, password, passed)  # sets self.upstream
-        else:
+        else:  # a held transaction's rollback undoes its writes: rows are captured only in auto mode
             self.upstream = await connect(database, password, passed)
+            self.capturer = rowcapture.Capturer(lambda: connect(database, password, passed), database.capture_rows)
         assert self.upstream is not None
         self.gate.register(self.key, self)
         out = auth(0) + b"".join(m.encode() for m in self.upstream.parameters) + backend_key(*self.key)
@@ -276,6 +286,7 @@ class Session:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await back
             self._finish_all("the connection ended before the statement's outcome was known")
+            self._end_captures(self._captured.drain("the connection ended before its transaction's end was seen"))
 
     async def _relay_forth(self) -> None:
         """The agent's messages, each decided before it is passed on; what it sent together goes on together."""
@@ -329,8 +340,7 @@ class Session:
         elif kind == b"P":
             await self._parse(msg)
         elif kind == b"B":
-            self._bind(msg)
-            self._send(msg.encode())
+            self._send(self._bind(msg).encode())
         elif kind == b"E":
             await self._execute(msg)
         elif kind == b"S":
@@ -360,13 +370,15 @@ class Session:
         return statements, self.gate.decisions.decide(self._policies, self.database.name, self.agent, sql, statements)
 
     async def _record(self, sql: str, params: list[Any] | None, statements: tuple[Statement, ...],
-                      decision: Decision) -> str:
+                      decision: Decision, planned: rowcapture.Planned | None = None) -> str:
         assert self.database is not None
         request_id = self.gate.new_id()
         row = record.statement_row(request_id, self.database, self.agent, self.client, sql, params, statements,
                                    decision, self.scrub, self.gate.config.max_body_bytes)
         if decision.effect == "deny":
             row |= record.refused(decision.reason, row["ts"])
+        elif planned is not None:
+            row["undo_class"] = planned.undo_class
         if self.hold is not None:
             row = self.hold.mark(row)
         if self.reads.failed is not None:
@@ -393,18 +405,29 @@ class Session:
         if decision.effect == "deny":
             await self._refuse_simple(decision.reason, sql, statements, decision)
             return
-        admitted = await self.gate.admit(self, sql, None, statements, decision, self._policies)  # limits, waits
+        planned = await self._plan(sql, statements)
+        admitted = await self.gate.admit(self, sql, None, statements, decision, self._policies, planned)  # limits, waits
         if admitted is not None and admitted.refusal is not None:
             await self._refuse_simple(admitted.refusal)
             return
         request_id = admitted.request_id if admitted is not None else \
-            await self._record(sql, None, statements, decision) if statements else None
+            await self._record(sql, None, statements, decision, planned) if statements else None
         self._forget(statements)
-        sent = _Pending("query", request_id, time.time(), approval=admitted.approval if admitted else None)
+        sent = _Pending("query", request_id, time.time(), approval=admitted.approval if admitted else None,
+                        undo_class=planned.undo_class)
+        if planned.capture is not None:
+            sent.images = rowcapture.Images(planned.capture)
         self.pending.extend((sent, _Pending("ready", None, time.time())))
         if _copies_in(statements):
             self.copy_in = sent
-        self._send(message(b"Q", sql.encode() + b"\0"))
+        self._send(message(b"Q", planned.sql.encode() + b"\0"))
+
+    async def _plan(self, sql: str, statements: tuple[Statement, ...]) -> rowcapture.Planned:
+        """How an allowed statement is sent: rewritten to capture its rows' images when it can be (rowcapture); as
+        written in a held transaction, whose rollback is its undo."""
+        if self.capturer is None:
+            return rowcapture.Planned(sql, None, record.undo_class(statements))
+        return await self.capturer.plan(sql, statements)
 
     async def _refuse_simple(self, reason: str, sql: str | None = None, statements: tuple[Statement, ...] = (),
                              decision: Decision | None = None) -> None:
@@ -432,10 +455,13 @@ class Session:
             self.prepared.pop(parsed.statement, None)
             self._refuse_extended(decision.reason, parsed.statement)
             return
-        self.prepared[parsed.statement] = _Prepared(parsed.sql, statements, decision, parsed.types)
+        planned = await self._plan(parsed.sql, statements)
+        self.prepared[parsed.statement] = _Prepared(parsed.sql, statements, decision, parsed.types, planned)
+        if planned.capture is not None:
+            msg = Message(b"P", parse_payload(parsed.statement, planned.sql, parsed.types))
         self._send(msg.encode())
 
-    def _bind(self, msg: Message) -> None:
+    def _bind(self, msg: Message) -> Message:
         bound = bind_message(msg.payload)
         prepared = self.prepared.get(bound.statement)
         if prepared is not None:
@@ -443,8 +469,13 @@ class Session:
             params = [record.param_value(v, f == 1, t) for v, f, t in zip(bound.params, bound.formats, types,
                                                                            strict=False)]
             self.portals[bound.portal] = (prepared, params)
+            if prepared.planned is not None and prepared.planned.capture is not None:
+                payload, binary = rowcapture.result_formats(msg.payload)
+                self.binary_images[bound.portal] = binary
+                return Message(b"B", payload)
         else:
             self.portals.pop(bound.portal, None)
+        return msg
 
     async def _execute(self, msg: Message) -> None:
         assert self.upstream is not None
@@ -468,14 +499,20 @@ class Session:
                 await self._record(prepared.sql, params, prepared.statements, decision)
                 self._refuse_extended(decision.reason)
                 return
-        admitted = await self.gate.admit(self, prepared.sql, params, prepared.statements, decision, self._policies)
+        planned = prepared.planned
+        admitted = await self.gate.admit(self, prepared.sql, params, prepared.statements, decision, self._policies,
+                                         planned)
         if admitted is not None and admitted.refusal is not None:
             self._refuse_extended(admitted.refusal)
             return
         request_id = admitted.request_id if admitted is not None else \
-            await self._record(prepared.sql, params, prepared.statements, decision) if prepared.statements else None
+            await self._record(prepared.sql, params, prepared.statements, decision, planned) \
+            if prepared.statements else None
         self._forget(prepared.statements)
-        sent = _Pending("execute", request_id, time.time(), approval=admitted.approval if admitted else None)
+        sent = _Pending("execute", request_id, time.time(), approval=admitted.approval if admitted else None,
+                        undo_class=planned.undo_class if planned else None)
+        if planned is not None and planned.capture is not None:
+            sent.images = rowcapture.Images(planned.capture, self.binary_images.get(portal, False))
         self.pending.append(sent)
         if _copies_in(prepared.statements):
             self.copy_in = sent
@@ -514,15 +551,25 @@ class Session:
     def _back(self, msg: Message) -> bytes:
         """What the agent is sent for one of the server's messages."""
         head = self.pending[0] if self.pending else None
+        if msg.kind == b"E":
+            self._captured.error()  # an implicit transaction rolls back what was captured in it
         if msg.kind == b"E" and head is not None and head.kind != "ready":
             self.pending.popleft()
             if head.kind == "refusal":
                 return error_response(INSUFFICIENT_PRIVILEGE, f"goex-proxy refused the statement: {head.reason}")
             fields = error_fields(msg.payload)
             head.error = f"{fields.get('C', '')} {fields.get('M', '')}".strip()
+            if head.images is not None and self.capturer is not None and self.capturer.over_bound(head.error):
+                assert self.database is not None
+                why = (f"it would change more than {self.database.capture_rows} rows, the most goex-proxy captures for "
+                       f"undo in one statement (databases.{self.database.name}.capture_rows); nothing was changed")
+                head.error = f"{PROGRAM_LIMIT_EXCEEDED} {why}"
+                self._finish(head)
+                return error_response(PROGRAM_LIMIT_EXCEEDED, f"goex-proxy refused the statement: {why}")
             self._finish(head)
         elif msg.kind == b"C" and head is not None and head.kind in ("query", "execute"):
             head.tags.append(msg.payload.rstrip(b"\0").decode("utf-8", "replace"))
+            self._captured.tag(head.tags[-1])
             if head.kind == "execute":
                 self.pending.popleft()
                 self._finish(head)
@@ -540,15 +587,57 @@ class Session:
         elif msg.kind == b"Z":
             self.describing.clear()  # a Describe after a failure in its batch got no answer
             self._finish_all("not run: an earlier message of its batch failed", through_ready=True)
+            self._end_captures(self._captured.ready(msg.payload[:1]))
+        elif (msg.kind == b"D" and head is not None and head.images is not None) or (
+                msg.kind == b"T" and self.capturer is not None and self.capturer.marker_bytes in msg.payload):
+            return self._strip_capture(msg, head)  # a captured statement's: reads pass by the two checks above
         return msg.encode()
+
+    def _strip_capture(self, msg: Message, head: _Pending | None) -> bytes:
+        """A RowDescription or DataRow of a captured statement without the image column (its value kept): what the
+        agent would have been sent for its statement as written."""
+        assert self.capturer is not None
+        if msg.kind == b"T":
+            if not rowcapture.is_captured(msg.payload, self.capturer.marker):
+                return msg.encode()
+            stripped = rowcapture.strip_description(msg.payload)
+            if head is not None and head.kind == "query":  # a simple query's own description: none if no RETURNING
+                return b"" if stripped is None else message(b"T", stripped)
+            return message(b"n") if stripped is None else message(b"T", stripped)  # a Describe's answer
+        images = head.images if head is not None and head.kind in ("query", "execute") else None
+        if images is None:
+            return msg.encode()
+        row, value = rowcapture.strip_row(msg.payload)
+        rowcapture.take(images, value)
+        return message(b"D", row) if images.capture.returning else b""
 
     def _finish(self, pending: _Pending) -> None:
         if self.copy_in is pending:
             self.copy_in = None
         if pending.request_id is None or pending.kind == "refusal":
             return
-        fields = record.outcome(pending.tags, pending.error, pending.started, self.scrub, self.gate.config.max_body_bytes)
-        self.gate.record_outcome(pending.request_id, fields | ({"approval": pending.approval} if pending.approval else {}))
+        if pending.images is not None and pending.error is None:
+            self._captured.hold(pending)  # its images count once its transaction is known to have committed
+            return
+        self._record_outcome(pending)
+
+    def _record_outcome(self, pending: _Pending, more: dict[str, Any] | None = None) -> None:
+        assert pending.request_id is not None
+        fields = record.outcome(pending.tags, pending.error, pending.started, self.scrub,
+                                self.gate.config.max_body_bytes)
+        # A statement that failed changed nothing; one of several in a message that ran before the error may have.
+        if pending.error is not None and not pending.tags:
+            fields["undo_class"] = None  # else the class its row was written with (the gateway keeps it), or `more`'s
+        if pending.approval:
+            fields["approval"] = pending.approval
+        self.gate.record_outcome(pending.request_id, fields | (more or {}))
+
+    def _end_captures(self, ended: list[tuple[_Pending, str | None]]) -> None:
+        """Record the outcomes of captured statements whose transaction's end is known, with their images if it
+        committed (`why_not` None)."""
+        for pending, why_not in ended:
+            assert pending.images is not None
+            self._record_outcome(pending, rowcapture.outcome(pending.images, why_not, self.scrub))
 
     def _finish_all(self, why: str, through_ready: bool = False) -> None:
         """At ReadyForQuery (`through_ready`: what was sent before the Query or Sync it answers; pipelined ones

@@ -61,19 +61,19 @@ class Waits:
         self._lock = threading.Lock()
 
     async def admit(self, session: Any, sql: str, params: list[Any] | None, statements: tuple[Statement, ...],
-                    decision: Decision, policies: tuple[Policy, ...]) -> Admitted | None:
+                    decision: Decision, policies: tuple[Policy, ...], planned: Any = None) -> Admitted | None:
         """Record and hold back an allowed statement as its limits and waits say; None when none applies (the session
         records and sends it as it does any other)."""
         if decision.effect != "allow" or not statements:
             return None
         review = PolicySet(policies).review_for(session.agent) if any(p.review for p in policies) else {}
-        undo_class = record.undo_class(statements)
+        undo_class = planned.undo_class if planned is not None else record.undo_class(statements)
         hold = getattr(session, "hold", None)  # a held transaction's writes are undone exactly, by its rollback
         klass = ("exact" if hold is not None else undo_class.partition(":")[0]) if undo_class else None
         choice = choose(decision.wait, _waiting_rule(policies, decision), review, klass)
         if choice.action == "go" and not decision.count_limits:
             return None
-        row = self._row(session, sql, params, statements, decision)
+        row = self._row(session, sql, params, statements, decision) | {"undo_class": undo_class}
         if hold is not None:
             row = hold.mark(row)
         if choice.action in ("hold", "delay"):

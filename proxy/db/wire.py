@@ -175,8 +175,8 @@ def parse_message(payload: bytes) -> Parse:
     return Parse(name, sql, struct.unpack_from(f"!{count}I", payload, at + 2))
 
 
-def parse_payload(statement: str, sql: str) -> bytes:
-    return statement.encode() + b"\0" + sql.encode() + b"\0" + struct.pack("!H", 0)
+def parse_payload(statement: str, sql: str, types: tuple[int, ...] = ()) -> bytes:
+    return statement.encode() + b"\0" + sql.encode() + b"\0" + struct.pack(f"!H{len(types)}I", len(types), *types)
 
 
 @dataclass(frozen=True)

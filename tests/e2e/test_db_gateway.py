@@ -212,11 +212,11 @@ def test_writes_are_recorded_with_their_outcome_and_undo_class(gateway) -> None:
     update = next(r for r in rows if r["method"] == "UPDATE")
     assert json.loads(update["req_body"])["params"] == [0, 5]  # psycopg binds ints in binary
     assert json.loads(update["resp_body"]) == {"tags": ["UPDATE 2"], "rows": 2}
-    assert update["undo_class"].startswith("irreversible")
+    assert update["undo_class"] == "exact"  # its rows captured: tests/e2e/test_db_rowundo.py undoes them
     failed = next(r for r in rows if r["method"] == "INSERT")
-    assert failed["error"].startswith("23505") and failed["status"] is None
-    undone = proxy.cli("undo", update["id"])  # no row-level undo yet: refused in one line, nothing sent
-    assert undone.returncode == 2 and undone.stderr.startswith(f"goex-proxy: cannot undo {update['id']}")
+    assert failed["error"].startswith("23505") and failed["status"] is None and failed["undo_class"] is None
+    undone = proxy.cli("undo", update["id"])  # without a terminal to confirm on: refused in one line, nothing sent
+    assert undone.returncode == 2 and undone.stderr.startswith("goex-proxy: undo asks before it acts")
     assert direct(gateway_pg(gateway), "SELECT qty FROM orders ORDER BY id") == [(0,), (0,), (7,)]
 
 

@@ -174,7 +174,8 @@ def test_a_log_written_before_reads_and_verifies_the_same_after_migrating(tmp_pa
     conn = ro(tmp_path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == len(audit.MIGRATIONS) >= 12
     after = [audit.get(conn, str(r["id"])) for r, _ in old]
-    assert [{k: v for k, v in r.items() if not k.endswith("_blob")} for r in after] == before
+    assert [{k: v for k, v in r.items() if not k.endswith("_blob") and (k in before[0] or v is not None)}
+            for r in after] == before  # columns of later migrations (row_images) read as None
     stored = conn.execute("SELECT typeof(req_headers), typeof(hash), req_headers_blob FROM requests ORDER BY seq"
                           ).fetchall()
     assert stored == [("text", "text", None)] * 3 + [("null", "blob", stored[3][2]), ("null", "blob", stored[4][2])]

@@ -27,6 +27,8 @@ def test_a_database_with_its_defaults(tmp_path: Path) -> None:
     assert (shop.host, shop.port, shop.dbname, shop.user, shop.sslmode, shop.env, shop.transaction) == \
         ("db.internal", 5432, "shop", "app", "prefer", "DATABASE_URL", "auto")
     assert shop.password.vault == "shop-db" and shop.password.reveal({"shop-db": "pw"}) == "pw"
+    assert shop.capture_rows == 10000
+    assert config(tmp_path, "databases:\n" + SHOP + "    capture_rows: 50\n").databases.by_name["shop"].capture_rows == 50
     assert loaded.databases.listen == DEFAULT_LISTEN
     assert [d.name for d in loaded.databases.for_agent("bot")] == ["shop"]
     assert loaded.databases.for_agent("other") == []
@@ -54,6 +56,7 @@ def test_the_agent_gets_a_url_with_its_own_identity(tmp_path: Path) -> None:
     ("databases:\n" + SHOP + "    hold_timeout: 5m\n", "applies only to 'transaction: hold'"),
     ("databases:\n" + SHOP + "    sslmode: verify-ca\n", "must be one of disable, prefer, require, verify-full"),
     ("databases:\n" + SHOP + "    port: 99999\n", "'databases.shop.port' must be a port number"),
+    ("databases:\n" + SHOP + "    capture_rows: 0\n", "'databases.shop.capture_rows' must be a number of rows"),
     ("databases:\n" + SHOP.replace("[bot]", "[robot]"), "names 'robot', which is not in 'agents'"),
     ("databases:\n" + SHOP.replace("[bot]", "[]"), "must name the agents that may use it"),
     ("databases:\n" + SHOP + "    env: 1BAD\n", "is not an environment variable name"),

@@ -1,0 +1,233 @@
+"""A session's row capture: a write planned (capture) against the table's catalog entry (catalog) and sent rewritten,
+the images taken out of what the server answers so that the agent sees exactly what it would have without them, and
+kept for the row's outcome once its transaction is known to have committed."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import struct
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from ..policy.sqlparse import Statement
+from . import capture
+from .capture import Capture, Table
+from .catalog import Catalog
+from .upstream import Upstream
+
+_T = TypeVar("_T")
+#: The undo class of a statement whose rows are captured.
+EXACT = "exact"
+#: The statements whose rows are captured; any other write is irreversible.
+_ROW_KINDS = frozenset({"insert", "update", "delete"})
+_WRITE_KINDS = frozenset({"insert", "update", "delete", "ddl", "other", "set"})
+_JSONB_BINARY_VERSION = b"\x01"
+#: Plans a session keeps (a plan of an UPDATE takes about a millisecond; a client repeats its statements).
+_PLANS_KEPT = 256
+
+
+@dataclass
+class Planned:
+    """How a message is sent: its SQL (rewritten when captured), the capture, and its undo class."""
+
+    sql: str
+    capture: Capture | None
+    undo_class: str | None
+
+
+@dataclass
+class Images:
+    """The images of one statement's rows as the server handed them back."""
+
+    capture: Capture
+    binary: bool = False                 # the image column comes in binary (jsonb's version byte first)
+    rows: list[Any] = field(default_factory=list)
+
+
+class Capturer:
+    """One session's capture: its marker (a name the agent cannot guess), its catalog connection."""
+
+    def __init__(self, opener: Callable[[], Awaitable[Upstream]], bound: int) -> None:
+        self.marker = "goex_" + secrets.token_hex(6)
+        self.marker_bytes = self.marker.encode()
+        self.bound = bound
+        self._plans: dict[tuple[str, Table], Capture | str] = {}  # the same SQL on the same table plans the same
+        self.catalog = Catalog(opener)
+
+    async def plan(self, sql: str, statements: tuple[Statement, ...]) -> Planned:
+        kinds = frozenset().union(*(s.kinds for s in statements)) if statements else frozenset()
+        if not kinds & _WRITE_KINDS:
+            return Planned(sql, None, None)
+        if any(s.kind == "ddl" for s in statements):
+            self.catalog.forget()  # a table's keys, triggers or foreign keys may be what changes
+        if len(statements) != 1 or not kinds <= _ROW_KINDS:
+            why = "several statements in one message" if len(statements) != 1 else \
+                f"{statements[0].kind.upper()}: only INSERT, UPDATE and DELETE rows are captured"
+            return Planned(sql, None, f"irreversible: {why}")
+        found = capture.target(sql)
+        if isinstance(found, str):
+            return Planned(sql, None, f"irreversible: {found}")
+        try:
+            table = await self.catalog.table(found)
+        except Exception as exc:  # noqa: BLE001 - any failure to read the catalog leaves the statement uncaptured
+            table = f"the table's catalog entry could not be read ({exc})"
+        if isinstance(table, str):
+            return Planned(sql, None, f"irreversible: {table}")
+        key = (sql, table)
+        planned = self._plans.get(key)
+        if planned is None:
+            if len(self._plans) >= _PLANS_KEPT:
+                self._plans.clear()
+            planned = self._plans[key] = capture.plan(sql, table, self.marker, self.bound)
+        if isinstance(planned, str):
+            return Planned(sql, None, f"irreversible: {planned}")
+        return Planned(planned.sql, planned, EXACT)
+
+    def close(self) -> None:
+        self.catalog.close()
+
+    def over_bound(self, error_text: str) -> bool:
+        """Whether a server error is that of a captured statement over the bound (capture.bound_error)."""
+        return capture.bound_error(self.marker) in error_text
+
+
+def result_formats(payload: bytes) -> tuple[bytes, bool]:
+    """A Bind for a captured statement: given per column result formats, one more (text) for the image column; and
+    whether the image comes in binary (one format for every column, binary)."""
+    at = payload.index(b"\0") + 1
+    at = payload.index(b"\0", at) + 1
+    (count,) = struct.unpack_from("!H", payload, at)
+    at += 2 + 2 * count
+    (n,) = struct.unpack_from("!H", payload, at)
+    at += 2
+    for _ in range(n):
+        (size,) = struct.unpack_from("!i", payload, at)
+        at += 4 + max(size, 0)
+    (formats,) = struct.unpack_from("!H", payload, at)
+    codes = struct.unpack_from(f"!{formats}H", payload, at + 2)
+    if formats > 1:
+        return payload[:at] + struct.pack(f"!{formats + 2}H", formats + 1, *codes, 0), False
+    return payload, formats == 1 and codes[0] == 1
+
+
+def is_captured(description: bytes, marker: str) -> bool:
+    """Whether a RowDescription's last column is the image column."""
+    (count,) = struct.unpack_from("!H", description, 0)
+    if count == 0:
+        return False
+    return _last_field(description, count)[1] == marker
+
+
+def _last_field(description: bytes, count: int) -> tuple[int, str]:
+    at = 2
+    for i in range(count):
+        end = description.index(b"\0", at)
+        if i == count - 1:
+            return at, description[at:end].decode("utf-8", "replace")
+        at = end + 1 + 18
+    raise ValueError("no fields")
+
+
+def strip_description(description: bytes) -> bytes | None:
+    """A RowDescription without its last (the image) column; None when that was its only one."""
+    (count,) = struct.unpack_from("!H", description, 0)
+    if count == 1:
+        return None
+    at, _ = _last_field(description, count)
+    return struct.pack("!H", count - 1) + description[2:at]
+
+
+def strip_row(row: bytes) -> tuple[bytes, bytes | None]:
+    """A DataRow without its last column, and that column's value."""
+    (count,) = struct.unpack_from("!H", row, 0)
+    at = 2
+    for _ in range(count - 1):
+        (size,) = struct.unpack_from("!i", row, at)
+        at += 4 + max(size, 0)
+    (size,) = struct.unpack_from("!i", row, at)
+    value = None if size < 0 else row[at + 4:at + 4 + size]
+    return struct.pack("!H", count - 1) + row[2:at], value
+
+
+def take(images: Images, value: bytes | None) -> None:
+    """One row's image from its column's value."""
+    if value is None:
+        return
+    if images.binary:
+        value = value.removeprefix(_JSONB_BINARY_VERSION)
+    images.rows.append(json.loads(value))
+
+
+class Transactions(Generic[_T]):
+    """Captured statements held until their transaction is known to have committed or not, from what the server
+    says: the command tags that end a transaction block (COMMIT; ROLLBACK, also to a savepoint; PREPARE TRANSACTION),
+    errors, and each ReadyForQuery's status (I idle, T in a block, E in a failed block)."""
+
+    _ENDS = ("COMMIT", "ROLLBACK", "PREPARE TRANSACTION")
+
+    def __init__(self) -> None:
+        self.held: list[_T] = []
+        self._failed = False     # an error since the last ReadyForQuery (it rolls an implicit transaction back)
+        self._block = False      # the server was in a transaction block while statements were held
+        self._end: str | None = None
+
+    def hold(self, item: _T) -> None:
+        self.held.append(item)
+
+    def error(self) -> None:
+        self._failed = True
+
+    def tag(self, tag: str) -> None:
+        if tag in self._ENDS:
+            self._end = tag
+
+    def ready(self, status: bytes) -> list[tuple[_T, str | None]]:
+        """At ReadyForQuery: the statements whose transaction's end is now known, each with why its rows did not
+        stay (None: committed); the others stay held."""
+        end, failed = self._end, self._failed
+        self._end, self._failed = None, False
+        if not self.held:
+            self._block = False
+            return []
+        why: str | None
+        if end == "COMMIT":
+            why = None
+        elif end is not None:
+            why = ("its transaction was prepared for two-phase commit, whose end is not followed" if end != "ROLLBACK"
+                   else "its transaction was rolled back (wholly, or to a savepoint after it)")
+        elif status == b"I":
+            why = "its transaction did not commit" if failed or self._block else None
+        else:
+            self._block = True
+            return []
+        out = [(item, why) for item in self.held]
+        self.held.clear()
+        self._block = status != b"I"
+        return out
+
+    def drain(self, why: str) -> list[tuple[_T, str | None]]:
+        """Every statement still held, as not kept (the connection ended before its transaction's end was seen)."""
+        out: list[tuple[_T, str | None]] = [(item, why) for item in self.held]
+        self.held.clear()
+        return out
+
+
+def outcome(images: Images, why_not: str | None, scrub: Any) -> dict[str, Any]:
+    """The fields a captured statement's outcome adds: the images (when its transaction committed: `why_not` None)
+    and its class."""
+    if why_not is not None:
+        return {"undo_class": f"irreversible: {why_not}"}
+    if not images.rows:
+        return {"undo_class": None}  # nothing changed: nothing to undo
+    if any(row is None for row in images.rows):
+        return {"undo_class": "irreversible: the table it changed is not the one goex-proxy read the catalog of "
+                              "(a search_path of the session's own?)"}
+    capture_ = images.capture
+    data = json.dumps({"kind": capture_.kind, "schema": capture_.table.schema, "table": capture_.table.relname,
+                       "key": list(capture_.table.key), "rows": images.rows}, ensure_ascii=False,
+                      separators=(",", ":"))
+    if scrub.text(data) != data:
+        return {"undo_class": "irreversible: its rows hold a secret goex-proxy knows, which is never written down"}
+    return {"undo_class": EXACT, "row_images": data.encode()}
