@@ -16,7 +16,7 @@ from . import blobs, layout
 from .gaps import Gap, gap_holds, gaps
 from .layout import hex_of
 from .seal import Anchor
-from .store import OUTCOME_FIELDS, first_seq_after, outcome_hash, row_hash
+from .store import edited, first_seq_after
 
 #: Undo classes of rows undo can still take back (unguarded ones with --force): kept until undone, unless asked.
 UNDOABLE = ("exact", "needs-preimage", "lossy", "unguarded")
@@ -138,10 +138,7 @@ def _check(key: bytes, known: dict[int, Gap], row: dict[str, Any], prev: str) ->
     """A row examined must hold as `log verify` has it: its link (or a signed gap) to the row before, its request
     hash, and its outcome hash (or no outcome fields without one)."""
     _check_link(key, known, row, prev)
-    broken = row_hash(key, row["prev_hash"], row) != row["hash"] or (
-        outcome_hash(key, row["hash"], row) != row["outcome_hash"] if row["outcome_hash"] is not None
-        else any(row.get(f) is not None for f in (*OUTCOME_FIELDS, "undo_class", "approval")))
-    if broken:
+    if edited(key, row) is not None:
         raise AuditError(f"the audit chain does not hold at row {row['id']} (seq {row['seq']}): it was edited; "
                          "nothing was pruned there: run `goex-proxy log verify`")
 

@@ -722,6 +722,19 @@ def chain_key(conn: sqlite3.Connection, seal: Seal) -> bytes | None:
     return key
 
 
+def edited(key: bytes | None, row: dict[str, Any]) -> str | None:
+    """Why a row as read back is not what was written under this key, or None: its request fields against its hash
+    (which covers its prev_hash too), its outcome against its outcome hash, no outcome fields without one. Whatever
+    acts on a row (undo replays its bodies with the real credential) checks this first; `verify` checks the links."""
+    if row_hash(key, row["prev_hash"], row) != row["hash"]:
+        return "its request fields do not match its hash (the row was edited)"
+    if row["outcome_hash"] is not None and outcome_hash(key, row["hash"], row) != row["outcome_hash"]:
+        return "its outcome fields do not match its outcome hash (the row was edited)"
+    if row["outcome_hash"] is None and any(row.get(f) is not None for f in (*OUTCOME_FIELDS, "undo_class", "approval")):
+        return "it has outcome fields but no outcome hash (the row was edited)"
+    return None
+
+
 def verify(conn: sqlite3.Connection, key: bytes | None, anchor: Anchor | None = None) -> VerifyResult:
     """Recompute the chain; name the first row that was edited, removed or reordered. With an anchor (the newest row
     as recorded outside the database), rows removed from the end are caught too."""
@@ -737,13 +750,8 @@ def verify(conn: sqlite3.Connection, key: bytes | None, anchor: Anchor | None = 
             prev = row["prev_hash"]
         if row["prev_hash"] != prev:
             problem = "its link to the previous row is broken (a row before it was removed or reordered)"
-        elif row_hash(key, prev, row) != row["hash"]:
-            problem = "its request fields do not match its hash (the row was edited)"
-        elif row["outcome_hash"] is not None and outcome_hash(key, row["hash"], row) != row["outcome_hash"]:
-            problem = "its outcome fields do not match its outcome hash (the row was edited)"
-        elif row["outcome_hash"] is None and any(row.get(f) is not None
-                                                 for f in (*OUTCOME_FIELDS, "undo_class", "approval")):
-            problem = "it has outcome fields but no outcome hash (the row was edited)"
+        elif (problem := edited(key, row)) is not None:
+            pass
         elif anchor is not None and row["seq"] == anchor.seq:
             if (row["id"], row["hash"]) != (anchor.id, anchor.hash):
                 problem = f"it is not the row the anchor recorded at seq {anchor.seq} (the log was rewritten)"
