@@ -619,7 +619,8 @@ def query(conn: sqlite3.Connection, *, agent: str | None = None, host: str | Non
     columns = ("id, ts, agent, method, scheme, host, port, path, url, decision, rule, reason, report, status, "
                "error, duration_ms, req_body_size, resp_body_size")
     present = {r[1] for r in conn.execute("PRAGMA table_info(requests)")}  # a database not yet migrated lacks some
-    columns += "".join(f", {c}" for c in ("credential", "undo_class", "undo_of") if c in present)
+    columns += "".join(f", {c}" for c in ("credential", "undo_class", "undo_of", "rule_blob", "reason_blob")
+                       if c in present)  # the rule and reason of rows written since schema 12 are in blobs
     sql = f"SELECT {columns} FROM requests"
     if where:
         sql += " WHERE " + " AND ".join(where)

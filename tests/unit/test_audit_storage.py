@@ -97,9 +97,10 @@ def test_every_field_reads_back_as_written(tmp_path: Path) -> None:
     assert (got["prev_hash"], got_cut["prev_hash"]) == ("", got["hash"])  # left out of the row, read from the one before
     assert [r["id"] for r in audit.iter_rows(conn)] == [row["id"], cut["id"]]
     assert next(audit.iter_rows(conn)) == got
-    listed = {r["id"]: r["url"] for r in audit.query(conn)}
-    assert listed == {row["id"]: row["url"], cut["id"]: cut["url"]}
-    assert {r["id"]: r["url"] for r in console_data.page(conn, console_data.Filters())} == listed
+    listed = {r["id"]: (r["url"], r["rule"], r["reason"]) for r in audit.query(conn)}
+    assert listed == {r["id"]: (r["url"], r["rule"], r["reason"]) for r in (row, cut)}  # `log` lists rule: "-" before
+    assert {r["id"]: (r["url"], r["rule"], r["reason"]) for r in console_data.page(conn, console_data.Filters())} \
+        == listed
     columns = ("req_headers", "req_body", "rule", "url", "req_body_sha256", "resp_body_sha256", "prev_hash", "hash")
     stored = dict(zip(columns, conn.execute(f"SELECT {', '.join(columns)} FROM requests WHERE id = ?",
                                             (cut["id"],)).fetchone(), strict=True))
