@@ -94,20 +94,23 @@ def prune_batch(conn: sqlite3.Connection, key: bytes, before: float, windows: di
     cover it)."""
     now = time.time() if now is None else now
     done = done if done is not None else Pruned()
-    rows = list(layout.read(conn, "SELECT * FROM requests WHERE seq > ? AND seq < ? ORDER BY seq LIMIT ?",
-                            (after, upper, BATCH), lenient=True, consecutive=True))  # one unreadable fails its check
-    if not rows:
+    (last,) = conn.execute("SELECT max(seq) FROM (SELECT seq FROM requests WHERE seq > ? AND seq < ? ORDER BY seq "
+                           "LIMIT ?)", (after, upper, BATCH)).fetchone()
+    if last is None:
         return None
     following = conn.execute("SELECT seq, prev_hash FROM requests WHERE seq > ? ORDER BY seq LIMIT 1",
-                             (rows[-1]["seq"],)).fetchone()
+                             (last,)).fetchone()
     if following is None:  # never: the newest row is never examined
         raise AuditError("prune: no row after the rows examined")
     known = gaps(conn, after, int(following[0]))
     found = conn.execute("SELECT hash FROM requests WHERE seq <= ? ORDER BY seq DESC LIMIT 1", (after,)).fetchone()
     prev = hex_of(found[0]) if found else ""
-    for row in rows:
+    rows: list[dict[str, Any]] = []
+    for row in layout.read(conn, "SELECT * FROM requests WHERE seq > ? AND seq <= ? ORDER BY seq", (after, last),
+                           lenient=True, consecutive=True):  # one unreadable fails its check
         _check(key, known, row, prev)
         prev = row["hash"]
+        rows.append({k: v for k, v in row.items() if k not in layout.BLOB_FIELDS})  # kept: not its headers, bodies
     link = rows[-1]["hash"] if following[1] == layout.DERIVED else hex_of(following[1])  # left out: the row before
     _check_link(key, known, {"seq": following[0], "prev_hash": link, "id": "after them"}, prev)
     before_hash = hex_of(found[0]) if found else ""
