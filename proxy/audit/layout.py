@@ -124,6 +124,21 @@ def refs(row: dict[str, Any]) -> list[int]:
     return [int(row[c]) for c in BLOB_COLUMNS if row.get(c) is not None]
 
 
+def miscounted(conn: sqlite3.Connection) -> tuple[int, int, int, str, int] | None:
+    """The first blob some row names whose count is not the number of rows that name it: (its id, its count, the rows
+    naming it, the id and seq of the first), or None when every count holds. Counts are outside the chain: one set
+    too low would have a prune remove a blob that kept rows still name. One pass over the rows, counted on disk."""
+    named = " UNION ALL ".join(f"SELECT {c} AS ref FROM requests WHERE {c} IS NOT NULL" for c in BLOB_COLUMNS)
+    found = conn.execute(f"SELECT n.ref, coalesce(b.refs, 0), n.named FROM (SELECT ref, count(*) AS named FROM "
+                         f"({named}) GROUP BY ref) n LEFT JOIN {blobs.TABLE} b ON b.id = n.ref "
+                         "WHERE coalesce(b.refs, 0) != n.named LIMIT 1").fetchone()
+    if found is None:
+        return None
+    first = conn.execute(f"SELECT id, seq FROM requests WHERE {' OR '.join(f'{c} = ?' for c in BLOB_COLUMNS)} "
+                         "ORDER BY seq LIMIT 1", (found[0],) * len(BLOB_COLUMNS)).fetchone()
+    return int(found[0]), int(found[1]), int(found[2]), str(first[0]), int(first[1])
+
+
 def hash_before(conn: sqlite3.Connection, seq: int) -> str:
     """The hash of the row before seq `seq` ("" for the first): what a row that leaves out its prev_hash links to."""
     found = conn.execute("SELECT hash FROM requests WHERE seq < ? ORDER BY seq DESC LIMIT 1", (seq,)).fetchone()

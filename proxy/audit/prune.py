@@ -16,7 +16,7 @@ from . import blobs, layout
 from .gaps import Gap, gap_holds, gaps
 from .layout import hex_of
 from .seal import Anchor
-from .store import edited, first_seq_after
+from .store import edited, first_seq_after, miscount, miscounted
 
 #: Undo classes of rows undo can still take back (unguarded ones with --force): kept until undone, unless asked.
 UNDOABLE = ("exact", "needs-preimage", "lossy", "unguarded")
@@ -69,6 +69,14 @@ def _undone_before(conn: sqlite3.Connection, row: dict[str, Any], before: float)
     cutoff (an undo that failed, or is under way, keeps the row it may still take back)."""
     states = conn.execute("SELECT state, ts FROM undo_journal WHERE request_id = ?", (row["id"],)).fetchall()
     return bool(states) and all(state == DONE for state, _ in states) and max(ts for _, ts in states) < before
+
+
+def check_counts(conn: sqlite3.Connection) -> None:
+    """Refuse to prune a log whose blob counts were edited (a prune removes a blob when its count reaches 0, and one
+    set too low would go while kept rows still name it); the one full pass over the rows a prune makes."""
+    if (counted := miscounted(conn)) is not None:
+        raise AuditError(f"the audit log does not hold at row {counted[3]} (seq {counted[4]}): {miscount(counted)}; "
+                         "nothing was pruned: run `goex-proxy log verify`")
 
 
 def upper_bound(conn: sqlite3.Connection, before: float, anchor: Anchor | None) -> int:
@@ -192,6 +200,7 @@ def prune(conn: sqlite3.Connection, key: bytes | None, before: float, windows: d
     if key is None:
         raise AuditError("this audit log is not keyed (written before goex-proxy signed its chain), so a prune could "
                          "not be told from a removal; it is not pruned")
+    check_counts(conn)
     done = Pruned()
     after: int | None = 0
     upper = upper_bound(conn, before, anchor)

@@ -723,6 +723,21 @@ def chain_key(conn: sqlite3.Connection, seal: Seal) -> bytes | None:
     return key
 
 
+def miscounted(conn: sqlite3.Connection) -> tuple[int, int, int, str, int] | None:
+    """`layout.miscounted`, none in a log older than its blobs (read-only, not migrated)."""
+    try:
+        return layout.miscounted(conn)
+    except sqlite3.OperationalError:  # no audit_blobs table, no blob columns
+        return None
+
+
+def miscount(counted: tuple[int, int, int, str, int]) -> str:
+    """What a blob count that does not hold means, in a sentence."""
+    ref, count, named = counted[:3]
+    return (f"blob {ref}, which it names, is counted for {count} row{'' if count == 1 else 's'} but {named} name it "
+            "(audit_blobs was edited: a prune would remove it while rows still name it)")
+
+
 def edited(key: bytes | None, row: dict[str, Any]) -> str | None:
     """Why a row as read back is not what was written under this key, or None: its request fields against its hash
     (which covers its prev_hash too), its outcome against its outcome hash, no outcome fields without one. Whatever
@@ -770,4 +785,6 @@ def verify(conn: sqlite3.Connection, key: bytes | None, anchor: Anchor | None = 
         assert anchor is not None
         return VerifyResult(checked, anchor.id, anchor.seq, "the anchor's row is gone (rows were removed from the end "
                             "of the log)", key is not None)
+    if (counted := miscounted(conn)) is not None:
+        return VerifyResult(checked, counted[3], counted[4], miscount(counted), key is not None)
     return VerifyResult(checked, keyed=key is not None, anchored=anchor is not None, pruned=pruned)

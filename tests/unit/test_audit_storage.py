@@ -375,3 +375,24 @@ def test_a_read_holds_one_rows_large_values_at_a_time(tmp_path: Path) -> None:
         conn.close()
     assert result.broken_id is None and result.checked == 21 and verify_peak < 64 << 20, verify_peak
     assert done.rows == 20 and prune_peak < 64 << 20, prune_peak
+
+
+def test_a_blob_count_set_low_is_caught_before_a_prune_removes_what_rows_name(tmp_path: Path) -> None:
+    """An old row and a kept one name one response body; its count is set to 1 in the database. `log verify` must say
+    so, and a prune must refuse (it would count the old row off and remove the blob the kept row names). Before,
+    verify said the log was intact, and the prune removed the blob: only then did verify find the kept row broken."""
+    ids = RequestIds()
+    shared = b'{"ok": true, "shared": 1}'
+    old, kept = intent(ids, 1, ts=NOW - 40 * 86400), intent(ids, 2)
+    write(tmp_path, [(old, outcome(1, shared)), (kept, outcome(2, shared)), (intent(ids, 3), outcome(3))])
+    ref = blob_of(tmp_path, str(kept["id"]), "resp_body")
+    with sqlite3.connect(tmp_path / "a.db") as conn:
+        conn.execute("UPDATE audit_blobs SET refs = 1 WHERE id = ?", (ref,))
+    result = verify(tmp_path)
+    assert result.broken_id == old["id"] and f"blob {ref}" in str(result.problem), result
+    seal = Seal(tmp_path)
+    conn = audit.open_db(tmp_path / "a.db", seal=seal)
+    with pytest.raises(AuditError, match="nothing was pruned"):
+        pruning.prune(conn, seal.key(), NOW - 30 * 86400, {}, seal.anchor(), include_undoable=True)
+    conn.close()
+    assert audit.get(ro(tmp_path), str(kept["id"]))["resp_body"] == shared
