@@ -735,7 +735,7 @@ def miscount(counted: tuple[int, int, int, str, int]) -> str:
     """What a blob count that does not hold means, in a sentence."""
     ref, count, named = counted[:3]
     return (f"blob {ref}, which it names, is counted for {count} row{'' if count == 1 else 's'} but {named} name it "
-            "(audit_blobs was edited: a prune would remove it while rows still name it)")
+            "(rows or blob counts were edited: a prune removes a blob whose count reaches 0, while rows may name it)")
 
 
 def edited(key: bytes | None, row: dict[str, Any]) -> str | None:
