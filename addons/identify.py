@@ -61,6 +61,9 @@ class Identify:
         self.tunnels: weakref.WeakKeyDictionary[connection.Client, tuple[str, str]] = weakref.WeakKeyDictionary()
         #: The same for a plain connection's latest request: what an upgrade on it (WebSocket, a raw stream) goes on as.
         self.plain: weakref.WeakKeyDictionary[connection.Client, tuple[str, str]] = weakref.WeakKeyDictionary()
+        #: The raw stream on each connection, whose row says why it ended when a reload ends it.
+        self.streams: weakref.WeakKeyDictionary[connection.Client, tcp.TCPFlow] = weakref.WeakKeyDictionary()
+        state.after_reload.append(self.end_revoked)
 
     @staticmethod
     def refuse(flow: http.HTTPFlow | tcp.TCPFlow, why: str) -> None:
@@ -93,6 +96,21 @@ class Identify:
         if expected is None or weak_token(expected) or not hmac.compare_digest(token.encode(), expected.encode()):
             return None, "unknown agent or wrong token"  # a weak token (from the environment) proves nothing
         return name, ""
+
+    def end_revoked(self) -> None:
+        """After a reload, end at once every connection whose identity no longer holds (its agent removed or given
+        another token). Each message of a stream is checked too, but not everything on one is a message: WebSocket
+        pings, pongs and closes pass with no hook (125 bytes each way, as often as the agent likes), and a stream that
+        waits, or a long answer, sends none."""
+        for opened in (self.tunnels, self.plain):
+            for client, creds in list(opened.items()):
+                name, why = self.check(*creds)
+                if name is None:
+                    why = f"the identity it was opened with is no longer valid: {why}"
+                    log.warning("ended a connection of agent %r from %s: %s", creds[0], client.peername, why)
+                    if (stream := self.streams.get(client)) is not None and stream.error is None:
+                        stream.error = Error(f"goex-proxy ended the stream: {why}")
+                    hang_up(client.id, why)
 
     @fail_closed("identify")
     def http_connect(self, flow: http.HTTPFlow) -> None:
@@ -143,6 +161,7 @@ class Identify:
     @fail_closed("identify")
     def tcp_start(self, flow: tcp.TCPFlow) -> None:
         """A raw stream in a tunnel belongs to the agent that opened the tunnel, if that identity still holds."""
+        self.streams[flow.client_conn] = flow
         if flow.client_conn not in self.tunnels:
             return
         name, why = self.tunnel_agent(flow)

@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 
 from goex_proxy.addons.state import ProxyState
-from goex_proxy.audit.prune import Pruned, prune_batch, upper_bound
+from goex_proxy.audit.prune import Pruned, check_counts, prune_batch, upper_bound
+from goex_proxy.audit.store import open_db
 
 log = logging.getLogger("goex_proxy.retention")
 #: How often `run` prunes (it also does at start).
@@ -45,6 +47,7 @@ class Retention:
         key = writer.seal.key()
         if key is None:
             return None
+        await asyncio.to_thread(_check_counts, config.audit_db)
         before, windows, done = time.time() - config.retention, self.state.policies.limit_windows(), Pruned()
         upper = await asyncio.wrap_future(writer.apply(lambda conn, w: upper_bound(conn, before, w.seal.anchor())))
         after: int | None = 0
@@ -56,3 +59,12 @@ class Retention:
             log.info("audit retention: pruned %d rows older than the retention%s", done.rows,
                      f" (kept older rows: {kept})" if kept else "")
         return done
+
+
+def _check_counts(audit_db: Path) -> None:
+    """`check_counts` on a connection of its own: its pass over every row holds no write lock."""
+    conn = open_db(audit_db, readonly=True)
+    try:
+        check_counts(conn)
+    finally:
+        conn.close()

@@ -80,6 +80,8 @@ class ProxyState:
         self.file_config: Config | None = None  # the config as its file said, where the running one differs from it
         #: what must happen before the audit writer closes at shutdown (the gate answers what still waits)
         self.before_close: list[Callable[[], Awaitable[None]]] = []
+        #: what must hear that the config, policies or vault were read again (whether or not the edit was applied)
+        self.after_reload: list[Callable[[], None]] = []
         if config is not None:
             self.open()  # ready before the proxy listens (`goex-proxy run`); under mitmdump, configure() opens it
 
@@ -244,8 +246,15 @@ class ProxyState:
         changed = {p for p in mtimes if mtimes[p] != self._mtimes.get(p)}
         if not changed:
             return False
-        assert self.config is not None
         self._mtimes = mtimes
+        try:
+            return await self._reload(changed)
+        finally:
+            for hear in self.after_reload:
+                hear()
+
+    async def _reload(self, changed: set[Path]) -> bool:
+        assert self.config is not None
         vault = Vault(self.config.state_dir).path
         if self.config.file in changed and await self._reload_config(reread_vault=vault in changed):
             self._mtimes = self._stat()  # the new config may name other policy files

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..audit import store as audit
+from ..audit.seal import Seal
 from ..config import LLM, Config
 from ..errors import GoexError
 from ..policy.engine import Decision, PolicySet
@@ -71,6 +72,9 @@ def ask(config: Config, request_id: str, save_rule: Path | None,
         raise GoexError(f"refusing to overwrite {save_rule}: --save-rule writes a new file")
     if save_rule is not None and not save_rule.absolute().parent.is_dir():
         raise GoexError(f"cannot save the rule to {save_rule}: its directory does not exist")
+    if (edited := audit.edited(audit.chain_key(conn, Seal(config.state_dir)), row)) is not None:
+        raise GoexError(f"cannot undo {rid}: its audit row does not hold: {edited}; `goex-proxy log verify` checks "
+                        "the log")
     proposing.check_row(row, plan(rid, Exchange.from_row(row), load_packs(list(config.undo_packs))),
                         journal.states(rid))
     model = llm.configured(config)

@@ -26,6 +26,15 @@ SMALL = 4096
 _SMALL_WINDOW, _SMALL_MEMORY = -12, 5
 #: A decompressed blob larger than this is refused (stored values are cut at `audit.max_body_bytes`, far below).
 MAX_VALUE_BYTES = 64 * 1024 * 1024
+#: Past RATIO_FLOOR bytes, a blob decompresses to at most MAX_RATIO times its stored size: whoever can write the
+#: database must not make a few kilobytes that every reader inflates to 64 MiB. `encode` stores a value raw where
+#: deflate would pass that ratio, so that every blob it writes reads back.
+RATIO_FLOOR, MAX_RATIO = 64 * 1024, 100
+
+
+def _bound(stored: int) -> int:
+    """The most bytes a blob of `stored` bytes may decompress to."""
+    return min(MAX_VALUE_BYTES, max(RATIO_FLOOR, MAX_RATIO * stored))
 
 
 def encode(value: str | bytes) -> bytes:
@@ -35,7 +44,7 @@ def encode(value: str | bytes) -> bytes:
     window, memory = (_SMALL_WINDOW, _SMALL_MEMORY) if len(raw) <= SMALL else (-15, 8)
     packer = zlib.compressobj(LEVEL, zlib.DEFLATED, window, memory, zlib.Z_DEFAULT_STRATEGY, DICTIONARIES[1])
     packed = packer.compress(raw) + packer.flush()
-    if len(packed) < len(raw):
+    if len(packed) < len(raw) and len(raw) <= _bound(1 + len(packed)):
         return bytes([DEFLATE_V1_TEXT if text else DEFLATE_V1_BYTES]) + packed
     return bytes([RAW_TEXT if text else RAW_BYTES]) + raw
 
@@ -50,11 +59,14 @@ def decode(data: bytes) -> str | bytes:
     elif code in _DEFLATED:
         unpacker = zlib.decompressobj(-15, DICTIONARIES[_DEFLATED[code][0]])
         try:
-            raw = unpacker.decompress(rest, MAX_VALUE_BYTES)
+            raw = unpacker.decompress(rest, _bound(len(data)))
         except zlib.error as exc:
             raise AuditError(f"a stored blob does not decompress ({exc})") from None
-        if unpacker.unconsumed_tail:
-            raise AuditError("a stored blob decompresses past its bound")
+        if unpacker.unconsumed_tail or (not unpacker.eof and unpacker.decompress(b"", 1)):
+            raise AuditError(f"a stored blob decompresses past its bound ({_bound(len(data)):,} bytes)")
+        if not unpacker.eof or unpacker.unused_data:  # never as written: it was cut, or bytes were added
+            raise AuditError("a stored blob's compressed data ends early" if not unpacker.eof else
+                             "bytes follow a stored blob's compressed data")
     else:
         raise AuditError(f"a stored blob has an unknown encoding {code}")
     if code in (RAW_TEXT, DEFLATE_V1_TEXT):

@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import re
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator
+from collections import ChainMap
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from ..errors import AuditError
@@ -71,21 +72,23 @@ def unreadable(field: str, why: str) -> str:
     return f"<unreadable {field}: {why}>"
 
 
-def decoded(found: dict[int, bytes]) -> dict[int, str | bytes | AuditError]:
-    """Each blob's value (or why it cannot be read), by id: decoded once however many rows name it."""
-    out: dict[int, str | bytes | AuditError] = {}
-    for ref, data in found.items():
-        try:
-            out[ref] = blobs.decode(data)
-        except AuditError as exc:
-            out[ref] = exc
-    return out
+def decoded(data: bytes | None) -> str | bytes | AuditError | None:
+    """A stored blob's value, or why it cannot be read (None: it is missing)."""
+    try:
+        return None if data is None else blobs.decode(data)
+    except AuditError as exc:
+        return exc.with_traceback(None)  # kept: not with the frame that holds what it inflated
+
+
+#: A decoded value up to this size is kept while a chunk of rows is read (the rule, reason and headers many rows
+#: name are decoded once); a larger one is held only while its row is.
+SHARED = 4096
 
 
 _PAIRS = tuple(zip(BLOB_FIELDS, BLOB_COLUMNS, strict=True))
 
 
-def logical(row: dict[str, Any], values: dict[int, str | bytes | AuditError], *, lenient: bool = False
+def logical(row: dict[str, Any], values: Mapping[int, str | bytes | AuditError | None], *, lenient: bool = False
             ) -> dict[str, Any]:
     """The row as it was written, from its stored columns and its blobs' `values` (by id, as `decoded` gives them). A
     value that cannot be read raises AuditError, or, `lenient`, reads as something that fails the chain check."""
@@ -121,6 +124,21 @@ def refs(row: dict[str, Any]) -> list[int]:
     return [int(row[c]) for c in BLOB_COLUMNS if row.get(c) is not None]
 
 
+def miscounted(conn: sqlite3.Connection) -> tuple[int, int, int, str, int] | None:
+    """The first blob some row names whose count is not the number of rows that name it: (its id, its count, the rows
+    naming it, the id and seq of the first), or None when every count holds. Counts are outside the chain: one set
+    too low would have a prune remove a blob that kept rows still name. One pass over the rows, counted on disk."""
+    named = " UNION ALL ".join(f"SELECT {c} AS ref FROM requests WHERE {c} IS NOT NULL" for c in BLOB_COLUMNS)
+    found = conn.execute(f"SELECT n.ref, coalesce(b.refs, 0), n.named FROM (SELECT ref, count(*) AS named FROM "
+                         f"({named}) GROUP BY ref) n LEFT JOIN {blobs.TABLE} b ON b.id = n.ref "
+                         "WHERE coalesce(b.refs, 0) != n.named LIMIT 1").fetchone()
+    if found is None:
+        return None
+    first = conn.execute(f"SELECT id, seq FROM requests WHERE {' OR '.join(f'{c} = ?' for c in BLOB_COLUMNS)} "
+                         "ORDER BY seq LIMIT 1", (found[0],) * len(BLOB_COLUMNS)).fetchone()
+    return int(found[0]), int(found[1]), int(found[2]), str(first[0]), int(first[1])
+
+
 def hash_before(conn: sqlite3.Connection, seq: int) -> str:
     """The hash of the row before seq `seq` ("" for the first): what a row that leaves out its prev_hash links to."""
     found = conn.execute("SELECT hash FROM requests WHERE seq < ? ORDER BY seq DESC LIMIT 1", (seq,)).fetchone()
@@ -128,19 +146,29 @@ def hash_before(conn: sqlite3.Connection, seq: int) -> str:
 
 
 def expand(conn: sqlite3.Connection, rows: list[dict[str, Any]], *, lenient: bool = False,
-           before: tuple[int, str] | None = None) -> list[dict[str, Any]]:
-    """Stored rows as written, their blobs read in one query. A prev_hash left out (the hash of the row before, as
-    the writer stores it) is read from that row; `before`: the rows are every row from the one after seq
+           before: tuple[int, str] | None = None) -> Iterator[dict[str, Any]]:
+    """Stored rows as written, one at a time, their blobs read in one query and each decoded as its row is made (so
+    that a read holds one row's headers and bodies, not a chunk's). A prev_hash left out (the hash of the row before,
+    as the writer stores it) is read from that row; `before`: the rows are every row from the one after seq
     `before[0]`, in seq order, and before[1] is that row's hash."""
     wanted = {ref for r in rows for ref in refs(r)}
-    values = decoded(blobs.fetch(conn, wanted)) if wanted else {}
-    out = [logical(r, values, lenient=lenient) for r in rows]
-    for row in out:
+    found = blobs.fetch(conn, wanted) if wanted else {}
+    shared: dict[int, str | bytes | AuditError | None] = {}
+    for stored in rows:
+        large: dict[int, str | bytes | AuditError | None] = {}
+        for ref in refs(stored):
+            if ref not in shared:
+                value = decoded(found.get(ref))
+                if isinstance(value, (str, bytes)) and len(value) > SHARED:
+                    large[ref] = value
+                else:
+                    shared[ref] = value
+        row = logical(stored, ChainMap(large, shared) if large else shared, lenient=lenient)
         if row.get("prev_hash") == DERIVED and isinstance(row.get("prev_hash"), bytes):
             row["prev_hash"] = before[1] if before is not None else hash_before(conn, int(row["seq"]))
         if before is not None:
             before = (int(row["seq"]), str(row["hash"]))
-    return out
+        yield row
 
 
 #: Rows read (and their blobs fetched) per step of a long read.
@@ -158,7 +186,7 @@ def read(conn: sqlite3.Connection, sql: str, params: Iterable[Any] = (), *, leni
         stored = [dict(zip(names, r, strict=True)) for r in chunk]
         if consecutive and before is None:
             before = (int(stored[0]["seq"]) - 1, hash_before(conn, int(stored[0]["seq"])))
-        rows = expand(conn, stored, lenient=lenient, before=before)
-        if consecutive:
-            before = (int(rows[-1]["seq"]), str(rows[-1]["hash"]))
-        yield from rows
+        for row in expand(conn, stored, lenient=lenient, before=before):
+            if consecutive:
+                before = (int(row["seq"]), str(row["hash"]))
+            yield row

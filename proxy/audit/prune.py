@@ -16,7 +16,7 @@ from . import blobs, layout
 from .gaps import Gap, gap_holds, gaps
 from .layout import hex_of
 from .seal import Anchor
-from .store import OUTCOME_FIELDS, first_seq_after, outcome_hash, row_hash
+from .store import edited, first_seq_after, miscount, miscounted
 
 #: Undo classes of rows undo can still take back (unguarded ones with --force): kept until undone, unless asked.
 UNDOABLE = ("exact", "needs-preimage", "lossy", "unguarded")
@@ -71,6 +71,14 @@ def _undone_before(conn: sqlite3.Connection, row: dict[str, Any], before: float)
     return bool(states) and all(state == DONE for state, _ in states) and max(ts for _, ts in states) < before
 
 
+def check_counts(conn: sqlite3.Connection) -> None:
+    """Refuse to prune a log whose blob counts were edited (a prune removes a blob when its count reaches 0, and one
+    set too low would go while kept rows still name it); the one full pass over the rows a prune makes."""
+    if (counted := miscounted(conn)) is not None:
+        raise AuditError(f"the audit log does not hold at row {counted[3]} (seq {counted[4]}): {miscount(counted)}; "
+                         "nothing was pruned: run `goex-proxy log verify`")
+
+
 def upper_bound(conn: sqlite3.Connection, before: float, anchor: Anchor | None) -> int:
     """No seq at or past this is examined: the newest row and the anchor's stay, and so does every row past the
     first that began a day after the cutoff (the walk ends there instead of at the newest row)."""
@@ -94,20 +102,23 @@ def prune_batch(conn: sqlite3.Connection, key: bytes, before: float, windows: di
     cover it)."""
     now = time.time() if now is None else now
     done = done if done is not None else Pruned()
-    rows = list(layout.read(conn, "SELECT * FROM requests WHERE seq > ? AND seq < ? ORDER BY seq LIMIT ?",
-                            (after, upper, BATCH), lenient=True, consecutive=True))  # one unreadable fails its check
-    if not rows:
+    (last,) = conn.execute("SELECT max(seq) FROM (SELECT seq FROM requests WHERE seq > ? AND seq < ? ORDER BY seq "
+                           "LIMIT ?)", (after, upper, BATCH)).fetchone()
+    if last is None:
         return None
     following = conn.execute("SELECT seq, prev_hash FROM requests WHERE seq > ? ORDER BY seq LIMIT 1",
-                             (rows[-1]["seq"],)).fetchone()
+                             (last,)).fetchone()
     if following is None:  # never: the newest row is never examined
         raise AuditError("prune: no row after the rows examined")
     known = gaps(conn, after, int(following[0]))
     found = conn.execute("SELECT hash FROM requests WHERE seq <= ? ORDER BY seq DESC LIMIT 1", (after,)).fetchone()
     prev = hex_of(found[0]) if found else ""
-    for row in rows:
+    rows: list[dict[str, Any]] = []
+    for row in layout.read(conn, "SELECT * FROM requests WHERE seq > ? AND seq <= ? ORDER BY seq", (after, last),
+                           lenient=True, consecutive=True):  # one unreadable fails its check
         _check(key, known, row, prev)
         prev = row["hash"]
+        rows.append({k: v for k, v in row.items() if k not in layout.BLOB_FIELDS})  # kept: not its headers, bodies
     link = rows[-1]["hash"] if following[1] == layout.DERIVED else hex_of(following[1])  # left out: the row before
     _check_link(key, known, {"seq": following[0], "prev_hash": link, "id": "after them"}, prev)
     before_hash = hex_of(found[0]) if found else ""
@@ -138,10 +149,7 @@ def _check(key: bytes, known: dict[int, Gap], row: dict[str, Any], prev: str) ->
     """A row examined must hold as `log verify` has it: its link (or a signed gap) to the row before, its request
     hash, and its outcome hash (or no outcome fields without one)."""
     _check_link(key, known, row, prev)
-    broken = row_hash(key, row["prev_hash"], row) != row["hash"] or (
-        outcome_hash(key, row["hash"], row) != row["outcome_hash"] if row["outcome_hash"] is not None
-        else any(row.get(f) is not None for f in (*OUTCOME_FIELDS, "undo_class", "approval", "row_images")))
-    if broken:
+    if edited(key, row) is not None:
         raise AuditError(f"the audit chain does not hold at row {row['id']} (seq {row['seq']}): it was edited; "
                          "nothing was pruned there: run `goex-proxy log verify`")
 
@@ -192,6 +200,7 @@ def prune(conn: sqlite3.Connection, key: bytes | None, before: float, windows: d
     if key is None:
         raise AuditError("this audit log is not keyed (written before goex-proxy signed its chain), so a prune could "
                          "not be told from a removal; it is not pruned")
+    check_counts(conn)
     done = Pruned()
     after: int | None = 0
     upper = upper_bound(conn, before, anchor)

@@ -674,7 +674,8 @@ def query(conn: sqlite3.Connection, *, agent: str | None = None, host: str | Non
     columns = ("id, ts, agent, method, scheme, host, port, path, url, decision, rule, reason, report, status, "
                "error, duration_ms, req_body_size, resp_body_size")
     present = {r[1] for r in conn.execute("PRAGMA table_info(requests)")}  # a database not yet migrated lacks some
-    columns += "".join(f", {c}" for c in ("credential", "undo_class", "undo_of") if c in present)
+    columns += "".join(f", {c}" for c in ("credential", "undo_class", "undo_of", "rule_blob", "reason_blob")
+                       if c in present)  # the rule and reason of rows written since schema 12 are in blobs
     sql = f"SELECT {columns} FROM requests"
     if where:
         sql += " WHERE " + " AND ".join(where)
@@ -779,6 +780,35 @@ def chain_key(conn: sqlite3.Connection, seal: Seal) -> bytes | None:
     return key
 
 
+def miscounted(conn: sqlite3.Connection) -> tuple[int, int, int, str, int] | None:
+    """`layout.miscounted`, none in a log older than its blobs (read-only, not migrated)."""
+    try:
+        return layout.miscounted(conn)
+    except sqlite3.OperationalError:  # no audit_blobs table, no blob columns
+        return None
+
+
+def miscount(counted: tuple[int, int, int, str, int]) -> str:
+    """What a blob count that does not hold means, in a sentence."""
+    ref, count, named = counted[:3]
+    return (f"blob {ref}, which it names, is counted for {count} row{'' if count == 1 else 's'} but {named} name it "
+            "(rows or blob counts were edited: a prune removes a blob whose count reaches 0, while rows may name it)")
+
+
+def edited(key: bytes | None, row: dict[str, Any]) -> str | None:
+    """Why a row as read back is not what was written under this key, or None: its request fields against its hash
+    (which covers its prev_hash too), its outcome against its outcome hash, no outcome fields without one. Whatever
+    acts on a row (undo replays its bodies with the real credential) checks this first; `verify` checks the links."""
+    if row_hash(key, row["prev_hash"], row) != row["hash"]:
+        return "its request fields do not match its hash (the row was edited)"
+    if row["outcome_hash"] is not None and outcome_hash(key, row["hash"], row) != row["outcome_hash"]:
+        return "its outcome fields do not match its outcome hash (the row was edited)"
+    if row["outcome_hash"] is None and any(row.get(f) is not None
+                                           for f in (*OUTCOME_FIELDS, "undo_class", "approval", "row_images")):
+        return "it has outcome fields but no outcome hash (the row was edited)"
+    return None
+
+
 def verify(conn: sqlite3.Connection, key: bytes | None, anchor: Anchor | None = None) -> VerifyResult:
     """Recompute the chain; name the first row that was edited, removed or reordered. With an anchor (the newest row
     as recorded outside the database), rows removed from the end are caught too."""
@@ -794,14 +824,8 @@ def verify(conn: sqlite3.Connection, key: bytes | None, anchor: Anchor | None = 
             prev = row["prev_hash"]
         if row["prev_hash"] != prev:
             problem = "its link to the previous row is broken (a row before it was removed or reordered)"
-        elif row_hash(key, prev, row) != row["hash"]:
-            problem = "its request fields do not match its hash (the row was edited)"
-        elif row["outcome_hash"] is not None and outcome_hash(key, row["hash"], row) != row["outcome_hash"]:
-            problem = "its outcome fields do not match its outcome hash (the row was edited)"
-        elif row["outcome_hash"] is None and any(row.get(f) is not None
-                                                 for f in (*OUTCOME_FIELDS, "undo_class", "approval",
-                                                           "row_images")):
-            problem = "it has outcome fields but no outcome hash (the row was edited)"
+        elif (problem := edited(key, row)) is not None:
+            pass
         elif anchor is not None and row["seq"] == anchor.seq:
             if (row["id"], row["hash"]) != (anchor.id, anchor.hash):
                 problem = f"it is not the row the anchor recorded at seq {anchor.seq} (the log was rewritten)"
@@ -819,4 +843,6 @@ def verify(conn: sqlite3.Connection, key: bytes | None, anchor: Anchor | None = 
         assert anchor is not None
         return VerifyResult(checked, anchor.id, anchor.seq, "the anchor's row is gone (rows were removed from the end "
                             "of the log)", key is not None)
+    if (counted := miscounted(conn)) is not None:
+        return VerifyResult(checked, counted[3], counted[4], miscount(counted), key is not None)
     return VerifyResult(checked, keyed=key is not None, anchored=anchor is not None, pruned=pruned)

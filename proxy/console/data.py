@@ -20,7 +20,7 @@ from ..errors import AuditError
 T = TypeVar("T")
 #: The columns of a log page (never the bodies; scheme and port for the URL, which a row may leave to its parts).
 LIST_COLUMNS = ("seq, id, ts, agent, method, scheme, host, port, path, url, decision, rule, reason, status, error, "
-                "duration_ms, undo_class, undo_of")
+                "duration_ms, undo_class, undo_of, rule_blob, reason_blob")  # the rule and reason, where in blobs
 PAGE = 50
 
 
@@ -99,13 +99,8 @@ def chain_status(conn: sqlite3.Connection, seal: Seal, row: dict[str, Any]) -> t
     pruned = gaps(conn, row["seq"] - 1, row["seq"]).get(row["seq"])
     if row["prev_hash"] != before and not gap_holds(key, pruned, before, row["prev_hash"]):
         return False, "broken: its link to the row before does not hold (a row before it was removed or reordered)"
-    if audit.row_hash(key, row["prev_hash"], row) != row["hash"]:
-        return False, "broken: its request fields do not match its hash (the row was edited)"
-    if row["outcome_hash"] is not None and audit.outcome_hash(key, row["hash"], row) != row["outcome_hash"]:
-        return False, "broken: its outcome fields do not match its outcome hash (the row was edited)"
-    if row["outcome_hash"] is None and any(row.get(f) is not None for f in (*audit.OUTCOME_FIELDS, "undo_class",
-                                                                             "approval")):
-        return False, "broken: it has outcome fields but no outcome hash (the row was edited)"
+    if (problem := audit.edited(key, row)) is not None:
+        return False, f"broken: {problem}"
     keyed = "HMAC-SHA256 under the seal's key" if key is not None else "plain SHA-256 (an older log)"
     ended = "" if row["outcome_hash"] is not None else "; its outcome is not recorded yet"
     if row["prev_hash"] != before:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..audit import store as audit
+from ..audit.seal import Seal
 from ..config import Config
 from ..errors import GoexError, NotFound
 from .plan import SAFE_METHODS, UNGUARDED, Exchange, Plan, plan
@@ -53,15 +54,19 @@ def newest_first(conn: sqlite3.Connection, rows: Iterable[dict[str, Any]]) -> li
 
 def plan_rows(config: Config, journal: Journal, rows: Iterable[dict[str, Any]], force: bool) -> Iterator[Planned]:
     """Each row's undo plan, in order and one at a time (so each can be shown as it is made), with why it is passed
-    over: it is itself an undo (unless `force`), there is no plan, or every step is already done."""
+    over: its row was edited since it was written, it is itself an undo (unless `force`), there is no plan, or every
+    step is already done."""
     rules = load_packs(list(config.undo_packs))
+    key = audit.chain_key(journal.conn, Seal(config.state_dir))
     for row in rows:
         rid = str(row["id"])
         states = journal.states(rid)
         the_plan = plan(rid, Exchange.from_row(row), rules)
         done = bool(states) and all(states.get(i) == DONE for i in range(len(the_plan.steps)))
         why: str | None = None
-        if row.get("undo_of") and not force:
+        if (edited := audit.edited(key, row)) is not None:  # never replay what someone else wrote into the log
+            why = f"its audit row does not hold: {edited}; `goex-proxy log verify` checks the log"
+        elif row.get("undo_of") and not force:
             why = f"it is itself the undo of {row['undo_of']}; undoing it again needs --force"
         elif the_plan.verdict != "plan":
             why = the_plan.reason if the_plan.verdict == "not effective" else f"{the_plan.verdict}: {the_plan.reason}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -238,3 +239,15 @@ def test_no_secret_reaches_the_model(make_proxy, upstream, fake):
     for text in prompts + [json.dumps(c) for c in proxy.model_calls()]:
         assert not [s for s in spellings if s in text]
     assert proxy.model_calls()[0]["choice"] == "not run: --dry-run"
+
+
+def test_a_row_edited_in_the_database_is_never_shown_to_the_model_nor_undone(proxy, notes, fake):
+    """The agent's row is edited in the audit database (its URL now names post 1): the model is never asked to undo
+    what the row now says, and nothing is sent. Before, the model was shown the edited row and its DELETE ran."""
+    rid, post = agent_posts(proxy)
+    with sqlite3.connect(proxy.home / "audit.db") as conn:
+        conn.execute("UPDATE requests SET path = '/posts/1', url = 'http://notes.example/posts/1' WHERE id = ?", (rid,))
+    fake.script(delete("http://notes.example/posts/1"))
+    line = propose_with(proxy, notes, rid, "same", proxy.config.read_text(), "--yes")
+    assert "its audit row does not hold" in line and "was edited" in line, line
+    assert proxy.model_calls() == []

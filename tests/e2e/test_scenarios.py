@@ -287,6 +287,7 @@ def test_log_verify_catches_a_rewritten_or_shortened_log(make_proxy, upstream, t
     """An agent that reached the database deletes its rows and re-chains the rest with SHA-256: `log verify` says
     BROKEN (the chain is keyed). Rows cut from the end are caught by the anchor in the state directory, and by an
     anchor exported with `log anchor` even if the state directory's anchor was set back to an older row."""
+    from goex_proxy.audit import layout
     from goex_proxy.audit import store as audit
 
     proxy = make_proxy(SLACK_POLICY)
@@ -308,7 +309,10 @@ def test_log_verify_catches_a_rewritten_or_shortened_log(make_proxy, upstream, t
     ids = [r["id"] for r in proxy.rows()]
 
     conn = sqlite3.connect(db)
-    with conn:
+    with conn:  # and counts its blobs down, as a prune would (verify checks the counts)
+        named = conn.execute(f"SELECT {', '.join(layout.BLOB_COLUMNS)} FROM requests WHERE id = ?", (ids[-1],))
+        for ref in [ref for ref in named.fetchone() if ref is not None]:
+            conn.execute("UPDATE audit_blobs SET refs = refs - 1 WHERE id = ?", (ref,))
         conn.execute("DELETE FROM requests WHERE id = ?", (ids[-1],))
     conn.close()
     cut = proxy.cli("log", "verify")

@@ -146,3 +146,22 @@ def test_plain_mitmdump_with_unsafe_options_is_refused(make_proxy):
 def _bundle(proxy) -> Path:
     """mitmdump's own options do not read our config's extra_ca: give it the test CA directly."""
     return Path(proxy.config.read_text().split("extra_ca: [")[1].split("]")[0])
+
+
+def test_pings_do_not_outlive_a_revoked_identity(make_proxy, ws_upstream):
+    """Ping and pong frames pass with no hook: after the agent's token is changed, a WebSocket that only pings (each
+    ping's 125 bytes reach the upstream and come back in its pong) must be closed all the same, at the reload and not
+    at its next message. Before, it went on pinging both ways for as long as it liked."""
+    proxy = make_proxy(POLICY, routes={"ws.example.com": f"http://127.0.0.1:{ws_upstream}"})
+    with connect("ws://ws.example.com/chat", proxy=proxy.proxy_url(), open_timeout=10) as ws:
+        assert ws.ping(b"before").wait(timeout=10)
+        text = proxy.config.read_text()
+        proxy.config.write_text(text.replace('"mailbot-token-1"', '"mailbot-token-rotated-9"'))
+        deadline = time.monotonic() + 10
+        while "config reloaded" not in proxy.log_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        with pytest.raises(ConnectionClosed):
+            for _ in range(3):
+                assert not ws.ping(b"exfiltrated after the token was changed").wait(timeout=3)
+    assert "no longer valid" in proxy.log_text()

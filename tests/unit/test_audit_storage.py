@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import time
+import tracemalloc
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -97,9 +100,10 @@ def test_every_field_reads_back_as_written(tmp_path: Path) -> None:
     assert (got["prev_hash"], got_cut["prev_hash"]) == ("", got["hash"])  # left out of the row, read from the one before
     assert [r["id"] for r in audit.iter_rows(conn)] == [row["id"], cut["id"]]
     assert next(audit.iter_rows(conn)) == got
-    listed = {r["id"]: r["url"] for r in audit.query(conn)}
-    assert listed == {row["id"]: row["url"], cut["id"]: cut["url"]}
-    assert {r["id"]: r["url"] for r in console_data.page(conn, console_data.Filters())} == listed
+    listed = {r["id"]: (r["url"], r["rule"], r["reason"]) for r in audit.query(conn)}
+    assert listed == {r["id"]: (r["url"], r["rule"], r["reason"]) for r in (row, cut)}  # `log` lists rule: "-" before
+    assert {r["id"]: (r["url"], r["rule"], r["reason"]) for r in console_data.page(conn, console_data.Filters())} \
+        == listed
     columns = ("req_headers", "req_body", "rule", "url", "req_body_sha256", "resp_body_sha256", "prev_hash", "hash")
     stored = dict(zip(columns, conn.execute(f"SELECT {', '.join(columns)} FROM requests WHERE id = ?",
                                             (cut["id"],)).fetchone(), strict=True))
@@ -297,3 +301,99 @@ def test_an_outcome_written_again_lets_go_of_the_first_ones_blobs(tmp_path: Path
     assert audit.get(conn, str(row["id"]))["resp_body"] == b'{"second": 2}'
     counts = dict(conn.execute("SELECT id, refs FROM audit_blobs").fetchall())
     assert {k: v for k, v in counts.items() if v > 0} == named_counts(conn) and min(counts.values()) > 0
+
+
+def bomb(size: int) -> bytes:
+    """A stored blob (as an attacker writes it) of a few kilobytes that inflates to `size` zero bytes."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, DICTIONARIES[1])
+    return bytes([blobs.DEFLATE_V1_BYTES]) + packer.compress(b"\0" * size) + packer.flush()
+
+
+def test_a_small_blob_never_inflates_to_megabytes(tmp_path: Path) -> None:
+    """Each blob of ten rows is replaced by 61 KB that inflate to 60 MiB: reading stops at 100 times a blob's size, so
+    `verify` names the first row in a moment, and `get` says in one line what is wrong. Before, every reader held a
+    chunk's blobs inflated at once: verify of these ten rows peaked at 2.1 GB, and 300 rows took 60 GB."""
+    ids = RequestIds()
+    rows = [intent(ids, i) for i in range(10)]
+    write(tmp_path, [(row, outcome(i)) for i, row in enumerate(rows)])
+    with sqlite3.connect(tmp_path / "a.db") as conn:
+        conn.execute("UPDATE audit_blobs SET data = ?", (bomb(60 << 20),))
+    tracemalloc.start()
+    try:
+        result = verify(tmp_path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert result.broken_id == rows[0]["id"] and peak < 32 << 20, peak
+    with pytest.raises(AuditError, match="decompresses past its bound"):
+        audit.get(ro(tmp_path), str(rows[0]["id"]))
+
+
+def test_a_blob_cut_short_or_with_bytes_added_is_refused() -> None:
+    """A compressed blob cut short read as the first part of its value (a different value, silently); one with bytes
+    after its end read as the value. Neither is what the writer stored."""
+    stored = blobs.encode(HEADERS)
+    with pytest.raises(AuditError, match="ends early"):
+        blobs.decode(stored[:-3])
+    with pytest.raises(AuditError, match="bytes follow"):
+        blobs.decode(stored + b"\x00")
+
+
+def test_a_value_deflate_shrinks_past_the_bound_is_stored_raw_and_reads_back(tmp_path: Path) -> None:
+    """What the writer stores always reads back: 1 MiB of zeros deflates 1000 to 1, past what a reader inflates, so it
+    is kept raw."""
+    ids = RequestIds()
+    row, body = intent(ids, 1), b"\0" * (1 << 20)
+    write(tmp_path, [(row, outcome(1, body))])
+    assert blobs.encode(body)[0] == blobs.RAW_BYTES
+    assert audit.get(ro(tmp_path), str(row["id"]))["resp_body"] == body and verify(tmp_path).broken_id is None
+
+
+def test_a_read_holds_one_rows_large_values_at_a_time(tmp_path: Path) -> None:
+    """Twenty rows, each with two different 8 MB bodies that deflate 37 to 1 (within the bound): `verify` and a prune
+    hold one row's bodies at a time, not the 320 MB of a chunk's (a prune kept every row it examined whole)."""
+    ids = RequestIds()
+
+    def big() -> bytes:
+        value = bytearray(os.urandom(20000) * 420)
+        value[::300] = os.urandom(len(value[::300]))
+        return bytes(value)
+
+    write(tmp_path, [(intent(ids, i, ts=NOW - 40 * 86400 + i, req_body=big(), req_body_sha256=None),
+                      outcome(i, big())) for i in range(20)] + [(intent(ids, 100), outcome(100))])
+    assert os.path.getsize(tmp_path / "a.db") < 10 << 20  # stored deflated: the bound allows them
+    seal = Seal(tmp_path)
+    conn = audit.open_db(tmp_path / "a.db", seal=seal)
+    tracemalloc.start()
+    try:
+        result = verify(tmp_path)
+        verify_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        done = pruning.prune(conn, seal.key(), NOW - 30 * 86400, {}, seal.anchor(), include_undoable=True)
+        prune_peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        conn.close()
+    assert result.broken_id is None and result.checked == 21 and verify_peak < 64 << 20, verify_peak
+    assert done.rows == 20 and prune_peak < 64 << 20, prune_peak
+
+
+def test_a_blob_count_set_low_is_caught_before_a_prune_removes_what_rows_name(tmp_path: Path) -> None:
+    """An old row and a kept one name one response body; its count is set to 1 in the database. `log verify` must say
+    so, and a prune must refuse (it would count the old row off and remove the blob the kept row names). Before,
+    verify said the log was intact, and the prune removed the blob: only then did verify find the kept row broken."""
+    ids = RequestIds()
+    shared = b'{"ok": true, "shared": 1}'
+    old, kept = intent(ids, 1, ts=NOW - 40 * 86400), intent(ids, 2)
+    write(tmp_path, [(old, outcome(1, shared)), (kept, outcome(2, shared)), (intent(ids, 3), outcome(3))])
+    ref = blob_of(tmp_path, str(kept["id"]), "resp_body")
+    with sqlite3.connect(tmp_path / "a.db") as conn:
+        conn.execute("UPDATE audit_blobs SET refs = 1 WHERE id = ?", (ref,))
+    result = verify(tmp_path)
+    assert result.broken_id == old["id"] and f"blob {ref}" in str(result.problem), result
+    seal = Seal(tmp_path)
+    conn = audit.open_db(tmp_path / "a.db", seal=seal)
+    with pytest.raises(AuditError, match="nothing was pruned"):
+        pruning.prune(conn, seal.key(), NOW - 30 * 86400, {}, seal.anchor(), include_undoable=True)
+    conn.close()
+    assert audit.get(ro(tmp_path), str(kept["id"]))["resp_body"] == shared

@@ -311,3 +311,27 @@ def test_run_prunes_by_the_retention_through_its_own_writer(tmp_path: Path) -> N
         assert [r[0] for r in conn.execute("SELECT id FROM requests")] == [kept["id"]]
         seal = Seal(tmp_path)
         assert audit.verify(conn, audit.chain_key(conn, seal), seal.anchor()).pruned == 12
+
+
+def test_run_does_not_prune_a_log_whose_blob_counts_were_edited(tmp_path: Path) -> None:
+    """The retention task checks the blob counts first, as `log prune` does: one set low in the database would have it
+    remove a blob that a kept row still names."""
+    import asyncio
+    import dataclasses
+
+    from goex_proxy.addons.retention import Retention
+    from tests.conftest import stage_state
+
+    with stage_state(tmp_path, "version: 1\nname: p\nrules: []\n") as state:
+        assert state.writer is not None and state.config is not None
+        ids = RequestIds()
+        rows = [_row(ids, 100), _row(ids, 0), _row(ids, 0)]  # an old row, then two kept: one reason, in one blob
+        for row in rows:
+            state.writer.record_intent({**row, "reason": "the same reason"}).result(5)
+        with sqlite3.connect(tmp_path / "audit.db") as conn:
+            conn.execute("UPDATE audit_blobs SET refs = 1")
+        state.config = dataclasses.replace(state.config, retention=30 * DAY)
+        with pytest.raises(AuditError, match="nothing was pruned"):
+            asyncio.run(Retention(state).prune_once())
+        assert audit.get(audit.open_db(tmp_path / "audit.db", readonly=True), rows[1]["id"])["reason"] == \
+            "the same reason"
