@@ -69,7 +69,7 @@ class Gate:
     def running(self) -> None:
         """Requests a stopped proxy left waiting were never sent: record them so (and free their cards)."""
         if self.state.writer is not None:
-            self.state.writer.apply(_recover_stopped).add_done_callback(_log_failure)
+            self.state.writer.apply(_recover_stopped).add_done_callback(approvals.log_failure)
 
     @fail_closed("gate")
     async def request(self, flow: http.HTTPFlow) -> None:
@@ -203,7 +203,7 @@ class Gate:
             entry = {**entry, "state": approvals.REFUSED, "reason": reason}
             self.state.writer.apply(lambda conn, writer: conn.execute(  # type: ignore[union-attr]
                 "UPDATE approvals SET state = ?, reason = ? WHERE request_id = ?",
-                (approvals.REFUSED, reason, request_id))).add_done_callback(_log_failure)
+                (approvals.REFUSED, reason, request_id))).add_done_callback(approvals.log_failure)
         reason = reason or refusal(entry)
         flowmeta.set_approval(flow, approvals.outcome(entry))
         livelog.event(entry["state"] if entry["state"] not in approvals.GOING else "refused", request_id,
@@ -270,7 +270,7 @@ class Gate:
         if self.state.writer is not None:
             self.state.writer.apply(lambda conn, writer: approvals.settle(
                 conn, request_id, approvals.DENIED, approvals.WAITING, "goex-proxy", reason)).add_done_callback(
-                _log_failure)
+                approvals.log_failure)
 
     async def _poll(self) -> None:
         """While anything waits: end the waits whose time ran out or whose client left, and pick up what people
@@ -349,7 +349,7 @@ class Gate:
         entry = {"request_id": flowmeta.request_id(flow), "ts": flow.request.timestamp_start,
                  "agent": flowmeta.agent(flow), "kind": "review", "state": approvals.PASSED,
                  "undo_class": passed[0], "why": passed[1], "owner": self.owner}
-        self.state.writer.apply(lambda conn, writer: _insert(conn, entry)).add_done_callback(_log_failure)
+        self.state.writer.apply(lambda conn, writer: approvals.insert(conn, entry)).add_done_callback(approvals.log_failure)
 
     def done(self) -> None:
         if self._reader is not None:
@@ -377,13 +377,3 @@ def _recover_stopped(conn: Any, writer: audit.AuditWriter) -> int:
         log.warning("%d request%s waited in a goex-proxy that stopped; recorded as not sent", count,
                     "" if count == 1 else "s")
     return count
-
-
-def _insert(conn: Any, entry: dict[str, Any]) -> None:
-    conn.execute(f"INSERT OR IGNORE INTO approvals ({', '.join(entry)}) VALUES ({', '.join('?' * len(entry))})",
-                 tuple(entry.values()))
-
-
-def _log_failure(future: Any) -> None:
-    if future.exception() is not None:
-        log.error("could not update the approvals table: %s", future.exception())

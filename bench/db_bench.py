@@ -22,19 +22,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 from common import PYTHON, Processes, cpu_seconds, fmt, free_port, median, table, wait_port
+from db_common import shop_gateway
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.pg import APP_USER, running_postgres, server_bin  # noqa: E402
+from tests.pg import server_bin  # noqa: E402
 
 POLICY = """\
 version: 1
@@ -115,38 +114,19 @@ def main() -> None:
     args = parser.parse_args()
     if server_bin() is None:
         raise SystemExit(2)  # PostgreSQL is not installed (tests/install-tools)
-    import psycopg
 
     processes = Processes()
-    with tempfile.TemporaryDirectory(prefix="goex-db-bench-") as tmp, running_postgres(free_port()) as pg:
-        with psycopg.connect(pg.dsn(), autocommit=True) as conn:
-            conn.execute(f"CREATE ROLE {APP_USER[0]} LOGIN PASSWORD '{APP_USER[1]}'")
-            conn.execute(f"CREATE DATABASE shop OWNER {APP_USER[0]}")
-        with psycopg.connect(pg.dsn(APP_USER, "shop"), autocommit=True) as conn:
-            conn.execute("CREATE TABLE orders (id int PRIMARY KEY, qty int NOT NULL)")
-            conn.execute("INSERT INTO orders SELECT g, g FROM generate_series(1, 1000) g")
-        home = Path(tmp)
-        env = {**os.environ, "GOEX_PROXY_HOME": str(home), "GOEX_PROXY_WORKERS": "1"}
-        token = "bench-agent-token-0123456789"
-        proxy_port, gateway_port = free_port(), free_port()
-        subprocess.run([PYTHON, "-m", "goex_proxy", "init"], env=env, check=True, capture_output=True)
-        (home / "bench.yaml").write_text(POLICY)
-        (home / "config.yaml").write_text(
-            f"version: 1\nlisten: 127.0.0.1:{proxy_port}\nagents:\n  bench: {{token: {token}}}\npolicies: [bench.yaml]\n"
-            f"databases:\n  listen: 127.0.0.1:{gateway_port}\n  shop:\n    host: 127.0.0.1\n    port: {pg.port}\n"
-            f"    user: {APP_USER[0]}\n    password: shop-db\n    sslmode: disable\n    agents: [bench]\n")
-        subprocess.run([PYTHON, "-m", "goex_proxy", "secrets", "set", "shop-db"], env=env, check=True,
-                       input=APP_USER[1].encode(), capture_output=True)
-        run = processes.start([PYTHON, "-m", "goex_proxy", "run", "--quiet"], env=env, log=home / "run.log")
+    tables = ("CREATE TABLE orders (id int PRIMARY KEY, qty int NOT NULL)",
+              "INSERT INTO orders SELECT g, g FROM generate_series(1, 1000) g")
+    with shop_gateway(processes, POLICY, tables) as shop:
+        run, home, direct, gateway = shop.run, shop.home, shop.direct, shop.gateway
         relay_port = free_port()
-        relay = processes.start([PYTHON, str(Path(__file__).with_name("tcp_relay.py")), str(relay_port), str(pg.port)])
+        relay = processes.start([PYTHON, str(Path(__file__).with_name("tcp_relay.py")), str(relay_port),
+                                 str(shop.pg.port)])
         try:
-            wait_port(gateway_port, run, what="the gateway")
             wait_port(relay_port, relay, what="the relay")
-            direct = pg.dsn(APP_USER, "shop")
-            relayed = direct.replace(f"port={pg.port} ", f"port={relay_port} ")
+            relayed = direct.replace(f"port={shop.pg.port} ", f"port={relay_port} ")
             assert relayed != direct
-            gateway = f"postgresql://bench:{token}@127.0.0.1:{gateway_port}/shop"
             rows = []
             for kind, sql in KINDS.items():
                 for conns in (1, args.conns):

@@ -15,18 +15,16 @@ Kinds: `update 1` (one row by key), `update 10` (ten rows by range), `delete+ins
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from common import PYTHON, Processes, fmt, free_port, median, table, wait_port
+from common import Processes, fmt, median, table
+from db_common import shop_gateway
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.pg import APP_USER, running_postgres, server_bin  # noqa: E402
+from tests.pg import server_bin  # noqa: E402
 
 POLICY = """\
 version: 1
@@ -93,56 +91,31 @@ def captured_sql(sql: str) -> str:
 def run(procs: Processes, rounds: int = 5, statements: int = 500, say: Any = print) -> tuple[str, dict[str, Any]]:
     if server_bin() is None:
         raise SystemExit("bench: PostgreSQL is not installed (tests/install-tools)")
-    import psycopg
-
     results: dict[str, Any] = {"planner_us": planner_us()}
-    with tempfile.TemporaryDirectory(prefix="goex-dbcapture-bench-") as tmp, running_postgres(free_port()) as pg:
-        with psycopg.connect(pg.dsn(), autocommit=True) as conn:
-            conn.execute(f"CREATE ROLE {APP_USER[0]} LOGIN PASSWORD '{APP_USER[1]}'")
-            conn.execute(f"CREATE DATABASE shop OWNER {APP_USER[0]}")
-        with psycopg.connect(pg.dsn(APP_USER, "shop"), autocommit=True) as conn:
-            conn.execute("CREATE TABLE orders (id int PRIMARY KEY, qty int NOT NULL)")
-            conn.execute("CREATE TABLE loose (id int NOT NULL, qty int NOT NULL)")  # no key: not captured
-            conn.execute("CREATE INDEX ON loose (id)")
-            for t in ("orders", "loose"):
-                conn.execute(f"INSERT INTO {t} SELECT g, g FROM generate_series(1, 1000) g")
-        home = Path(tmp)
-        env = {**os.environ, "GOEX_PROXY_HOME": str(home), "GOEX_PROXY_WORKERS": "1"}
-        token = "bench-agent-token-0123456789"
-        proxy_port, gateway_port = free_port(), free_port()
-        subprocess.run([PYTHON, "-m", "goex_proxy", "init"], env=env, check=True, capture_output=True)
-        (home / "bench.yaml").write_text(POLICY)
-        (home / "config.yaml").write_text(
-            f"version: 1\nlisten: 127.0.0.1:{proxy_port}\nagents:\n  bench: {{token: {token}}}\npolicies: [bench.yaml]\n"
-            f"databases:\n  listen: 127.0.0.1:{gateway_port}\n  shop:\n    host: 127.0.0.1\n    port: {pg.port}\n"
-            f"    user: {APP_USER[0]}\n    password: shop-db\n    sslmode: disable\n    agents: [bench]\n")
-        subprocess.run([PYTHON, "-m", "goex_proxy", "secrets", "set", "shop-db"], env=env, check=True,
-                       input=APP_USER[1].encode(), capture_output=True)
-        proc = procs.start([PYTHON, "-m", "goex_proxy", "run", "--quiet"], env=env, log=home / "run.log")
-        try:
-            wait_port(gateway_port, proc, what="the gateway")
-            direct = pg.dsn(APP_USER, "shop")
-            gateway = f"postgresql://bench:{token}@127.0.0.1:{gateway_port}/shop"
-            server_rows, gateway_rows = [], []
-            for kind, steps in KINDS.items():
-                say(f"[dbcapture] {kind}...", flush=True)
-                plain = tuple(s.format(t="orders") for s in steps)
-                rewritten = tuple(captured_sql(s) for s in plain)
-                loose = tuple(s.format(t="loose") for s in steps)
-                m: dict[str, list[float]] = {"plain": [], "captured": [], "gw_plain": [], "gw_captured": []}
-                for _ in range(rounds):
-                    m["plain"].append(rate(direct, plain, statements))
-                    m["captured"].append(rate(direct, rewritten, statements))
-                    m["gw_plain"].append(rate(gateway, loose, statements))
-                    m["gw_captured"].append(rate(gateway, plain, statements))
-                med = {k: median(v) for k, v in m.items()}
-                results[kind] = med
-                server_rows.append((kind, fmt(med["plain"], 0), fmt(med["captured"], 0),
-                                    fmt(med["captured"] / med["plain"], 3)))
-                gateway_rows.append((kind, fmt(med["gw_plain"], 0), fmt(med["gw_captured"], 0),
-                                     fmt(med["gw_captured"] / med["gw_plain"], 3)))
-        finally:
-            procs.stop(proc)
+    tables = ["CREATE TABLE orders (id int PRIMARY KEY, qty int NOT NULL)",
+              "CREATE TABLE loose (id int NOT NULL, qty int NOT NULL)",  # no key: not captured
+              "CREATE INDEX ON loose (id)"]
+    tables += [f"INSERT INTO {t} SELECT g, g FROM generate_series(1, 1000) g" for t in ("orders", "loose")]
+    with shop_gateway(procs, POLICY, tables) as shop:
+        direct, gateway = shop.direct, shop.gateway
+        server_rows, gateway_rows = [], []
+        for kind, steps in KINDS.items():
+            say(f"[dbcapture] {kind}...", flush=True)
+            plain = tuple(s.format(t="orders") for s in steps)
+            rewritten = tuple(captured_sql(s) for s in plain)
+            loose = tuple(s.format(t="loose") for s in steps)
+            m: dict[str, list[float]] = {"plain": [], "captured": [], "gw_plain": [], "gw_captured": []}
+            for _ in range(rounds):
+                m["plain"].append(rate(direct, plain, statements))
+                m["captured"].append(rate(direct, rewritten, statements))
+                m["gw_plain"].append(rate(gateway, loose, statements))
+                m["gw_captured"].append(rate(gateway, plain, statements))
+            med = {k: median(v) for k, v in m.items()}
+            results[kind] = med
+            server_rows.append((kind, fmt(med["plain"], 0), fmt(med["captured"], 0),
+                                fmt(med["captured"] / med["plain"], 3)))
+            gateway_rows.append((kind, fmt(med["gw_plain"], 0), fmt(med["gw_captured"], 0),
+                                 fmt(med["gw_captured"] / med["gw_plain"], 3)))
     text = "\n\n".join([
         f"row capture: the planner {results['planner_us']:.0f} us per UPDATE (db.capture.plan)",
         table(("steps", "as written /s", "rewritten /s", "rewritten / as written"), server_rows,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import secrets
 import sqlite3
@@ -19,6 +20,8 @@ from typing import Any
 from ..audit import store as audit
 from ..errors import GoexError, NotFound
 from ..policy.limits import Charge
+
+log = logging.getLogger("goex_proxy.approvals")
 
 HELD = "held"
 DELAYED = "delayed"
@@ -195,6 +198,18 @@ def stop_one(conn: Any, writer: audit.AuditWriter, request_id: str, ended: float
 
 
 # One-time links -------------------------------------------------------------------------------------------------
+
+
+def insert(conn: Any, entry: dict[str, Any]) -> None:
+    """A new entry of the approvals table (a request or statement held, delayed or passed under review)."""
+    conn.execute(f"INSERT OR IGNORE INTO approvals ({', '.join(entry)}) VALUES ({', '.join('?' * len(entry))})",
+                 tuple(entry.values()))
+
+
+def log_failure(future: Any) -> None:
+    """Say so when a change to the approvals table the writer carried out failed (nobody waits for it)."""
+    if future.exception() is not None:
+        log.error("could not update the approvals table: %s", future.exception())
 
 
 def _digest(token: str) -> str:

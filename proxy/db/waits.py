@@ -86,7 +86,7 @@ class Waits:
         if choice.action == "review":
             entry = {"request_id": row["id"], "ts": row["ts"], "agent": session.agent, "kind": "review",
                      "state": approvals.PASSED, "undo_class": klass, "why": choice.why, "owner": self.owner}
-            self.gateway.writer.apply(lambda conn, writer: _insert(conn, entry)).add_done_callback(_log_failure)
+            self.gateway.writer.apply(lambda conn, writer: approvals.insert(conn, entry)).add_done_callback(approvals.log_failure)
         return Admitted(str(row["id"]))
 
     def _row(self, session: Any, sql: str, params: list[Any] | None, statements: tuple[Statement, ...],
@@ -209,7 +209,7 @@ class Waits:
             entry = {**entry, "state": approvals.REFUSED, "reason": reason}
             self.gateway.writer.apply(lambda conn, writer: conn.execute(
                 "UPDATE approvals SET state = ?, reason = ? WHERE request_id = ?",
-                (approvals.REFUSED, reason, request_id))).add_done_callback(_log_failure)
+                (approvals.REFUSED, reason, request_id))).add_done_callback(approvals.log_failure)
         reason = reason or refusal(entry)
         self.gateway.record_outcome(request_id, record.refused(session.scrub.text(reason), row["ts"])
                                     | {"approval": approvals.outcome(entry)})
@@ -264,16 +264,6 @@ def _waiting_rule(policies: tuple[Policy, ...], decision: Decision) -> str | Non
 def _charge(policies: tuple[Policy, ...], agent: str, keys: tuple[str, ...], now: float) -> Charge | None:
     """What a statement counts against: its limited rules, with their caps (checked when its row is written)."""
     return Charge(agent, keys, now, limits_of(policies, keys)) if keys else None
-
-
-def _insert(conn: Any, entry: dict[str, Any]) -> None:
-    conn.execute(f"INSERT OR IGNORE INTO approvals ({', '.join(entry)}) VALUES ({', '.join('?' * len(entry))})",
-                 tuple(entry.values()))
-
-
-def _log_failure(future: Any) -> None:
-    if future.exception() is not None:
-        log.error("could not update the approvals table: %s", future.exception())
 
 
 def _printable(text: str) -> str:
