@@ -13,6 +13,13 @@ from pglast.stream import RawStream, maybe_double_quote_name
 
 #: The statements whose rows can be captured.
 _WRITES = (ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt)
+#: Whether the agent's session prints floats and intervals so that they read back as the same values: a client may
+#: start up with extra_float_digits below 1 (rounded floats) or IntervalStyle sql_standard (`-1 2:00:00` is read
+#: back as -1 day +2 hours), and undo would put back other values than the statement changed.
+EXACT_PRINT = ("pg_catalog.current_setting('extra_float_digits')::int >= 1 "
+               "AND pg_catalog.current_setting('IntervalStyle') = 'postgres'")
+#: The image of a row the session's settings would print inexactly (see EXACT_PRINT): none is kept.
+INEXACT = "inexact"
 
 
 @dataclass(frozen=True)
@@ -127,7 +134,8 @@ def plan(sql: str, table: Table, marker: str, bound: int = 10000) -> Capture | s
     assert found, "the placeholder is printed as itself"
     written = Target(node.relation.schemaname or None, node.relation.relname)
     image = f"CASE WHEN {_literal(written.quoted)}::pg_catalog.regclass::pg_catalog.oid = {int(table.oid)} " \
-            f"THEN {image} ELSE 'null'::jsonb END"  # another table (the agent's search_path): no image, not undone
+            f"THEN CASE WHEN {EXACT_PRINT} THEN {image} ELSE '\"{INEXACT}\"'::jsonb END " \
+            f"ELSE 'null'::jsonb END"  # another table (the agent's search_path): no image, not undone
     return Capture(head + _bounded(image, marker, bound) + tail, kind, table, marker, returning)
 
 

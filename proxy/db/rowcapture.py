@@ -224,6 +224,9 @@ def outcome(images: Images, why_not: str | None, scrub: Any) -> dict[str, Any]:
     if any(row is None for row in images.rows):
         return {"undo_class": "irreversible: the table it changed is not the one goex-proxy read the catalog of "
                               "(a search_path of the session's own?)"}
+    if any(row == capture.INEXACT for row in images.rows):
+        return {"undo_class": "irreversible: the session prints its rows' values inexactly (its extra_float_digits "
+                              "or IntervalStyle): they would not be put back as they were"}
     capture_ = images.capture
     data = json.dumps({"kind": capture_.kind, "schema": capture_.table.schema, "table": capture_.table.relname,
                        "key": list(capture_.table.key), "rows": images.rows}, ensure_ascii=False,

@@ -356,3 +356,37 @@ def test_rows_with_an_identity_column_always_generated_are_put_back_as_they_were
     finally:
         person(pg, "ALTER TABLE orders ALTER COLUMN id DROP IDENTITY")
         person(pg, "ALTER TABLE orders ALTER COLUMN id SET DEFAULT nextval('orders_id_seq')")
+
+
+def test_rows_printed_inexactly_by_the_agents_settings_are_not_put_back_rounded(gateway) -> None:
+    """A client may start up with extra_float_digits or IntervalStyle of its own (they are passed on, no SET rule
+    needed): the images would then be printed rounded (or ambiguously) and an undo would put back other values."""
+    import asyncio
+
+    import asyncpg
+
+    proxy, url = gateway
+    pg = gateway_pg(gateway)
+    person(pg, "ALTER TABLE orders ADD COLUMN price float8, ADD COLUMN span interval")
+    try:
+        person(pg, "UPDATE orders SET price = 3.14159265358979, span = '-1 day -2 hours' WHERE id IN (1, 2)")
+        before = direct(pg, "SELECT id, price, span FROM orders ORDER BY id")
+
+        async def agent(settings: dict[str, str], key: int) -> None:
+            conn = await asyncpg.connect(url, server_settings=settings)
+            try:
+                assert await conn.execute("DELETE FROM orders WHERE id = $1", key) == "DELETE 1"
+            finally:
+                await conn.close()
+
+        asyncio.run(agent({"extra_float_digits": "-15"}, 1))
+        asyncio.run(agent({"IntervalStyle": "sql_standard"}, 2))
+        for row in [r for r in db_rows(proxy) if r["method"] == "DELETE"]:
+            assert row["undo_class"].startswith("irreversible: the session prints its rows' values inexactly"), row["undo_class"]
+            assert row["row_images"] is None
+            assert undo(proxy, row["id"]).returncode != 0
+        person(pg, "INSERT INTO orders (id, item, qty, price, span) VALUES (1, 'apples', 3, 3.14159265358979, "
+                   "'-1 day -2 hours'), (2, 'pears', 1, 3.14159265358979, '-1 day -2 hours')")
+        assert direct(pg, "SELECT id, price, span FROM orders ORDER BY id") == before
+    finally:
+        person(pg, "ALTER TABLE orders DROP COLUMN price, DROP COLUMN span")
