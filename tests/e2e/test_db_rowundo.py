@@ -390,3 +390,30 @@ def test_rows_printed_inexactly_by_the_agents_settings_are_not_put_back_rounded(
         assert direct(pg, "SELECT id, price, span FROM orders ORDER BY id") == before
     finally:
         person(pg, "ALTER TABLE orders DROP COLUMN price, DROP COLUMN span")
+
+
+def test_a_rollback_is_not_taken_for_a_commit_sent_with_it_or_after_it(gateway) -> None:
+    """Which statements a transaction's end settles is followed statement by statement: `ROLLBACK; COMMIT` in one
+    message (the COMMIT outside any transaction) leaves the rolled back rows' images out, and so does a pipeline
+    whose COMMIT ends one transaction before another that is rolled back later."""
+    proxy, url = gateway
+    pg = gateway_pg(gateway)
+    before = direct(pg, ALL)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("BEGIN")
+        conn.execute("UPDATE orders SET qty = 50 WHERE id = %s", (1,))
+        with psycopg.ClientCursor(conn) as simple:
+            simple.execute("ROLLBACK; COMMIT")
+        with conn.pipeline():
+            conn.execute("BEGIN")
+            conn.execute("UPDATE orders SET qty = 60 WHERE id = %s", (2,))
+            conn.execute("COMMIT")
+            conn.execute("BEGIN")
+            conn.execute("UPDATE orders SET qty = 70 WHERE id = %s", (3,))
+        conn.execute("ROLLBACK")
+    assert direct(pg, ALL) == [before[0], (2, "pears", 60), before[2]]
+    first, second, third = [r for r in db_rows(proxy) if r["method"] == "UPDATE"]
+    assert first["undo_class"].startswith("irreversible: its transaction was rolled back"), first["undo_class"]
+    assert second["undo_class"] == "exact"
+    assert third["undo_class"].startswith("irreversible: its transaction was rolled back"), third["undo_class"]
+    assert first["row_images"] is None and third["row_images"] is None
