@@ -22,6 +22,16 @@ EXACT_PRINT = ("pg_catalog.current_setting('extra_float_digits')::int >= 1 "
 INEXACT = "inexact"
 
 
+def prints_exactly(name: str, value: str) -> bool:
+    """Whether a client's startup setting leaves values printed as EXACT_PRINT needs (the others are not passed on:
+    a statement planned exact would only turn out irreversible once sent, past a `review:` that holds those)."""
+    if name == "extra_float_digits":
+        return value.strip().lstrip("+").isdigit() and int(value) >= 1
+    if name == "IntervalStyle":
+        return value.strip().lower() == "postgres"
+    return True
+
+
 @dataclass(frozen=True)
 class Target:
     """The table a write names, as written (schema None: found by the session's search_path)."""

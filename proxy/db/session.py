@@ -18,7 +18,7 @@ from ..config import Config, weak_token
 from ..dbconfig import Database
 from ..policy.engine import Decision, Policy
 from ..policy.sqlparse import Statement
-from . import agentauth, record, rowcapture
+from . import agentauth, capture, record, rowcapture
 from .fastpath import DecisionCache, QueuedReads, only_reads, parse_statements
 from .upstream import Upstream, UpstreamError, connect
 from .wire import (
@@ -53,7 +53,8 @@ log = logging.getLogger("goex_proxy.db")
 REFUSAL_PROBE = "goex-proxy refused this statement"
 #: The statement name a refused Execute's probe is parsed into (the Parse fails, so it never exists).
 REFUSED_STATEMENT = "goex-proxy refused"
-#: Startup parameters passed on to the server; others (`options` sets any setting, `-c role=...` included) are not.
+#: Startup parameters passed on to the server; others (`options` sets any setting, `-c role=...` included) are not,
+#: nor a value that prints rows inexactly for their capture (capture.prints_exactly).
 PASSED_PARAMS = ("application_name", "DateStyle", "TimeZone", "extra_float_digits", "IntervalStyle")
 #: Settings the gateway logs in with whatever the client asks: the server must read statements as the gateway's
 #: parser did (UTF-8, standard-conforming strings). A client encoding such as SJIS or GBK has multibyte characters
@@ -250,7 +251,8 @@ class Session:
         self.agent, self.database = agent, database
         assert token is not None  # proven above
         self.scrub = SecretScrubber({password: "[database password]", token: "[agent token]"})
-        passed = {k: v for k, v in params.items() if k in PASSED_PARAMS} | PINNED_PARAMS
+        passed = {k: v for k, v in params.items()
+                  if k in PASSED_PARAMS and capture.prints_exactly(k, v)} | PINNED_PARAMS
         if database.transaction == "hold":
             self.hold = await self.gate.attach_hold(self, database, password, passed)  # sets self.upstream
         else:  # a held transaction's rollback undoes its writes: rows are captured only in auto mode
