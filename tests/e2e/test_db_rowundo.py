@@ -430,3 +430,23 @@ def test_a_rollback_is_not_taken_for_a_commit_sent_with_it_or_after_it(gateway) 
     assert second["undo_class"] == "exact"
     assert third["undo_class"].startswith("irreversible: its transaction was rolled back"), third["undo_class"]
     assert first["row_images"] is None and third["row_images"] is None
+
+
+def test_a_table_with_a_json_column_is_irreversible(gateway) -> None:
+    """A json column keeps its text as written (key order, duplicate keys, spaces, `1e2`), which the jsonb image
+    normalizes: its rows put back would not be the rows deleted."""
+    proxy, url = gateway
+    pg = gateway_pg(gateway)
+    person(pg, "CREATE DOMAIN doc AS json")
+    person(pg, "ALTER TABLE orders ADD COLUMN note json, ADD COLUMN notes doc[]")
+    try:
+        person(pg, """UPDATE orders SET note = '{"b": 1e2, "a": 2, "a": 3}', notes = ARRAY['{"z": 1,  "y": 2}'::doc]""")
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert conn.execute("DELETE FROM orders WHERE id = %s", (1,)).rowcount == 1
+        row = last(proxy, "DELETE")
+        assert row["undo_class"] == "irreversible: table orders has a json column: its text is not kept as written " \
+                                    "in the image", row["undo_class"]
+        assert row["row_images"] is None
+    finally:
+        person(pg, "ALTER TABLE orders DROP COLUMN note, DROP COLUMN notes")
+        person(pg, "DROP DOMAIN doc")
