@@ -13,11 +13,13 @@ from pglast.stream import RawStream, maybe_double_quote_name
 
 #: The statements whose rows can be captured.
 _WRITES = (ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt)
-#: Whether the agent's session prints floats and intervals so that they read back as the same values: a client may
-#: start up with extra_float_digits below 1 (rounded floats) or IntervalStyle sql_standard (`-1 2:00:00` is read
-#: back as -1 day +2 hours), and undo would put back other values than the statement changed.
+#: Whether the agent's session prints floats, intervals and dates so that they read back as the same values: a client
+#: may start up with extra_float_digits below 1 (rounded floats), IntervalStyle sql_standard (`-1 2:00:00` is read
+#: back as -1 day +2 hours) or DateStyle `SQL, DMY` (a daterange's `04/03/2024` is read back as April 3rd), and undo
+#: would put back other values than the statement changed.
 EXACT_PRINT = ("pg_catalog.current_setting('extra_float_digits')::int >= 1 "
-               "AND pg_catalog.current_setting('IntervalStyle') = 'postgres'")
+               "AND pg_catalog.current_setting('IntervalStyle') = 'postgres' "
+               "AND pg_catalog.current_setting('DateStyle') LIKE 'ISO,%'")
 #: The image of a row the session's settings would print inexactly (see EXACT_PRINT): none is kept.
 INEXACT = "inexact"
 
@@ -29,6 +31,10 @@ def prints_exactly(name: str, value: str) -> bool:
         return value.strip().lstrip("+").isdigit() and int(value) >= 1
     if name == "IntervalStyle":
         return value.strip().lower() == "postgres"
+    if name == "DateStyle":  # ISO output, with any input order (which ISO output does not use)
+        parts = {part.strip().lower() for part in value.split(",")}
+        return "iso" in parts and parts <= {"iso", "mdy", "dmy", "ymd", "us", "euro", "european", "noneuro",
+                                            "noneuropean"}
     return True
 
 

@@ -372,11 +372,12 @@ def test_rows_printed_inexactly_by_the_agents_settings_are_not_put_back_rounded(
     settable = POLICY + "  - name: settings\n    allow: {database: shop, statements: [set]}\n"
     proxy, url = start_gateway(make_proxy, postgres, policy=settable)
     pg = gateway_pg((proxy, url))
-    values = "price = 3.14159265358979, span = '-1 day -2 hours'"
-    person(pg, "ALTER TABLE orders ADD COLUMN price float8, ADD COLUMN span interval")
+    values = "price = 3.14159265358979, span = '-1 day -2 hours', days = '[2024-03-04,2024-05-06)'"
+    person(pg, "ALTER TABLE orders ADD COLUMN price float8, ADD COLUMN span interval, ADD COLUMN days daterange")
     try:
+        person(pg, "INSERT INTO orders (id, item, qty) VALUES (4, 'figs', 2)")
         person(pg, f"UPDATE orders SET {values}")
-        before = direct(pg, "SELECT id, price, span FROM orders ORDER BY id")
+        before = direct(pg, "SELECT id, price, span, days FROM orders ORDER BY id")
 
         async def agent(settings: dict[str, str], sets: list[str], key: int) -> None:
             conn = await asyncpg.connect(url, server_settings=settings)
@@ -387,9 +388,10 @@ def test_rows_printed_inexactly_by_the_agents_settings_are_not_put_back_rounded(
             finally:
                 await conn.close()
 
-        asyncio.run(agent({"extra_float_digits": "-15", "IntervalStyle": "sql_standard"}, [], 1))
+        asyncio.run(agent({"extra_float_digits": "-15", "IntervalStyle": "sql_standard", "DateStyle": "SQL, DMY"}, [], 1))
         asyncio.run(agent({}, ["SET extra_float_digits = -15"], 2))
         asyncio.run(agent({}, ["SET IntervalStyle = sql_standard"], 3))
+        asyncio.run(agent({}, ["SET DateStyle = 'SQL, DMY'"], 4))
         first, *others = [r for r in db_rows(proxy) if r["method"] == "DELETE"]
         assert first["undo_class"] == "exact"
         for row in others:
@@ -398,11 +400,12 @@ def test_rows_printed_inexactly_by_the_agents_settings_are_not_put_back_rounded(
             assert row["row_images"] is None
         done = undo(proxy, first["id"])
         assert done.returncode == 0, done.stderr
-        person(pg, "INSERT INTO orders (id, item, qty) VALUES (2, 'pears', 1), (3, 'plums', 7)")
+        person(pg, "INSERT INTO orders (id, item, qty) VALUES (2, 'pears', 1), (3, 'plums', 7), (4, 'figs', 2)")
         person(pg, f"UPDATE orders SET {values} WHERE id > 1")
-        assert direct(pg, "SELECT id, price, span FROM orders ORDER BY id") == before
+        assert direct(pg, "SELECT id, price, span, days FROM orders ORDER BY id") == before
     finally:
-        person(pg, "ALTER TABLE orders DROP COLUMN price, DROP COLUMN span")
+        person(pg, "DELETE FROM orders WHERE id = 4")
+        person(pg, "ALTER TABLE orders DROP COLUMN price, DROP COLUMN span, DROP COLUMN days")
 
 
 def test_a_rollback_is_not_taken_for_a_commit_sent_with_it_or_after_it(gateway) -> None:
