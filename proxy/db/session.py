@@ -151,6 +151,9 @@ class Session:
         self.scrub: Any = None
         self.pending: collections.deque[_Pending] = collections.deque()
         self.prepared: dict[str, _Prepared] = {}
+        #: Statement names the server may hold (Parsed or SQL PREPAREd, not Closed since): it refuses a Parse into
+        #: one and keeps the old statement, which the gateway would have taken for the new SQL.
+        self.named: set[str] = set()
         self.portals: dict[str, tuple[_Prepared, list[Any]]] = {}
         self.skipping = False
         self.in_batch = False   # extended-protocol messages sent since the last Sync
@@ -353,6 +356,8 @@ class Session:
         elif kind == b"C":
             what, name = close_target(msg.payload)
             (self.prepared if what == "S" else self.portals).pop(name, None)
+            if what == "S":
+                self.named.discard(name)
             self._send(msg.encode())
         elif kind in (b"D", b"H", b"d", b"c", b"f"):
             if kind == b"D" and (target := close_target(msg.payload))[0] == "S":
@@ -452,12 +457,17 @@ class Session:
         parsed = parse_message(msg.payload)
         self._policies = await self.gate.policies()
         statements, decision = await self._decide(parsed.sql)
+        if decision.effect != "deny" and parsed.statement in self.named:
+            decision = Decision("deny", f"statement name {parsed.statement!r} may be in use on this connection "
+                                        "(PostgreSQL keeps the old statement): Close it first")
         if decision.effect == "deny":
             await self._record(parsed.sql, None, statements, decision)
             self.prepared.pop(parsed.statement, None)
             self._refuse_extended(decision.reason, parsed.statement)
             return
         planned = await self._plan(parsed.sql, statements)
+        if parsed.statement:
+            self.named.add(parsed.statement)
         self.prepared[parsed.statement] = _Prepared(parsed.sql, statements, decision, parsed.types, planned)
         if planned.capture is not None:
             msg = Message(b"P", parse_payload(parsed.statement, planned.sql, parsed.types))
@@ -530,6 +540,8 @@ class Session:
         for statement in statements:
             for name in statement.names:
                 what, _, which = name.partition(":")
+                if what == "statement" and which != "*":  # PREPARE's (or a DEALLOCATE's, which may fail)
+                    self.named.add(which)
                 known = self.prepared if what == "statement" else self.portals
                 if which == "*":
                     known.clear()

@@ -266,3 +266,20 @@ def test_a_malformed_message_ends_its_connection_quietly(gateway, bad: bytes) ->
     with psycopg.connect(url, autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM orders").fetchone() == (3,)
     assert "Traceback" not in proxy.log_text() and "database connection failed" not in proxy.log_text()
+
+
+@pytest.mark.parametrize("first", ["parse", "sql"])
+def test_a_statement_name_parsed_again_is_not_taken_for_the_new_sql(gateway, postgres, first: str) -> None:  # noqa: F811
+    """The server refuses a Parse into a name it holds (42P05) and keeps the old statement: the gateway took the new
+    SQL as made, so `s`, a DELETE (Parsed or SQL PREPAREd), ran at Execute recorded as a SELECT, past write-ahead."""
+    proxy, url = gateway
+    delete = "DELETE FROM orders WHERE id = 1"
+    made = (message(b"P", parse_payload("s", delete)) + message(b"S") if first == "parse"
+            else message(b"Q", f"PREPARE s AS {delete}\0".encode()))
+    bind_execute = (message(b"B", b"\0s\0" + struct.pack("!HHH", 0, 0, 0)) + message(b"E", b"\0" + struct.pack("!I", 0))
+                    + message(b"S"))
+    got = raw_exchange(url, made + message(b"P", parse_payload("s", "SELECT 1")) + message(b"S") + bind_execute,
+                       readies=3)
+    assert b"not prepared through goex-proxy" in got
+    assert direct(postgres, "SELECT count(*) FROM orders WHERE id = 1") == [(1,)]
+    assert not [r for r in db_rows(proxy) if "DELETE 1" in (r["resp_body"] or "")]
