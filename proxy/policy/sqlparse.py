@@ -152,6 +152,12 @@ class _Walk(Visitor):
             self.functions.append(DO_BLOCK)
         elif isinstance(node, ast.LoadStmt):  # LOAD 'library': a shared library's code, run in the server
             self.functions.append(LOAD_LIBRARY)
+        elif isinstance(node, ast.A_Expr) and len(node.name or ()) > 1:
+            # OPERATOR(schema.op) of a schema other than pg_catalog runs a function of someone's, unseen: listed by
+            # its name as a function is (an unqualified operator is found in pg_catalog first, as are functions)
+            name = ".".join(str(getattr(part, "sval", "?")) for part in node.name)
+            if not name.startswith("pg_catalog."):
+                self.functions.append(name)
         elif isinstance(node, ast.A_Indirection):
             # `(x).name` is a field of x, or the function name(x) ("('seq'::regclass).nextval" calls nextval): which
             # one only the server knows, so each name is read as a function the policy must see through.

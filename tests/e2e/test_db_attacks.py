@@ -13,7 +13,7 @@ from psycopg import errors
 
 from goex_proxy.db.wire import message, parse_payload
 from tests.e2e.test_db_gateway import POLICY, db_rows, direct, gateway, postgres, start_gateway  # noqa: F401
-from tests.pg import server_bin
+from tests.pg import APP_USER, server_bin
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(server_bin() is None, reason="PostgreSQL is not installed (tests/install-tools)")]
@@ -283,3 +283,24 @@ def test_a_statement_name_parsed_again_is_not_taken_for_the_new_sql(gateway, pos
     assert b"not prepared through goex-proxy" in got
     assert direct(postgres, "SELECT count(*) FROM orders WHERE id = 1") == [(1,)]
     assert not [r for r in db_rows(proxy) if "DELETE 1" in (r["resp_body"] or "")]
+
+
+def test_an_operator_of_another_schema_is_a_function_the_policy_sees(gateway, postgres) -> None:  # noqa: F811
+    """`OPERATOR(public.#=#)` calls the function behind the operator, which may write anything: the statement was a
+    plain read (no function listed), allowed and not even waited for."""
+    proxy, url = gateway
+    with psycopg.connect(postgres.dsn(APP_USER, "shop"), autocommit=True) as conn:
+        conn.execute("CREATE FUNCTION public.wipe(int, int) RETURNS int LANGUAGE sql AS "
+                     "'DELETE FROM payroll; SELECT 1'")
+        conn.execute("CREATE OPERATOR public.#=# (FUNCTION = public.wipe, LEFTARG = int, RIGHTARG = int)")
+        conn.execute("INSERT INTO payroll (salary) VALUES (100)")
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            with pytest.raises(errors.InsufficientPrivilege, match="public\\.#=#"):
+                conn.execute("SELECT qty OPERATOR(public.#=#) 1 FROM orders")
+        assert direct(postgres, "SELECT count(*) FROM payroll") == [(1,)]
+    finally:
+        with psycopg.connect(postgres.dsn(APP_USER, "shop"), autocommit=True) as conn:
+            conn.execute("DROP OPERATOR public.#=# (int, int)")
+            conn.execute("DROP FUNCTION public.wipe(int, int)")
+            conn.execute("DELETE FROM payroll")
