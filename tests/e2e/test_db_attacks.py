@@ -286,8 +286,8 @@ def test_a_statement_name_parsed_again_is_not_taken_for_the_new_sql(gateway, pos
 
 
 def test_an_operator_of_another_schema_is_a_function_the_policy_sees(gateway, postgres) -> None:  # noqa: F811
-    """`OPERATOR(public.#=#)` calls the function behind the operator, which may write anything: the statement was a
-    plain read (no function listed), allowed and not even waited for."""
+    """`OPERATOR(public.#=#)` (or `#=#`, found in public) calls the function behind the operator, which may write
+    anything: the statement was a plain read (no function listed), allowed and not even waited for."""
     proxy, url = gateway
     with psycopg.connect(postgres.dsn(APP_USER, "shop"), autocommit=True) as conn:
         conn.execute("CREATE FUNCTION public.wipe(int, int) RETURNS int LANGUAGE sql AS "
@@ -298,6 +298,8 @@ def test_an_operator_of_another_schema_is_a_function_the_policy_sees(gateway, po
         with psycopg.connect(url, autocommit=True) as conn:
             with pytest.raises(errors.InsufficientPrivilege, match="public\\.#=#"):
                 conn.execute("SELECT qty OPERATOR(public.#=#) 1 FROM orders")
+            with pytest.raises(errors.InsufficientPrivilege, match="#=#"):
+                conn.execute("SELECT qty #=# 1 FROM orders")  # unqualified: found in public by the search_path
         assert direct(postgres, "SELECT count(*) FROM payroll") == [(1,)]
     finally:
         with psycopg.connect(postgres.dsn(APP_USER, "shop"), autocommit=True) as conn:
