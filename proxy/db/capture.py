@@ -13,6 +13,29 @@ from pglast.stream import RawStream, maybe_double_quote_name
 
 #: The statements whose rows can be captured.
 _WRITES = (ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt)
+#: Whether the agent's session prints floats, intervals and dates so that they read back as the same values: a client
+#: may start up with extra_float_digits below 1 (rounded floats), IntervalStyle sql_standard (`-1 2:00:00` is read
+#: back as -1 day +2 hours) or DateStyle `SQL, DMY` (a daterange's `04/03/2024` is read back as April 3rd), and undo
+#: would put back other values than the statement changed.
+EXACT_PRINT = ("pg_catalog.current_setting('extra_float_digits')::int >= 1 "
+               "AND pg_catalog.current_setting('IntervalStyle') = 'postgres' "
+               "AND pg_catalog.current_setting('DateStyle') LIKE 'ISO,%'")
+#: The image of a row the session's settings would print inexactly (see EXACT_PRINT): none is kept.
+INEXACT = "inexact"
+
+
+def prints_exactly(name: str, value: str) -> bool:
+    """Whether a client's startup setting leaves values printed as EXACT_PRINT needs (the others are not passed on:
+    a statement planned exact would only turn out irreversible once sent, past a `review:` that holds those)."""
+    if name == "extra_float_digits":
+        return value.strip().lstrip("+").isdigit() and int(value) >= 1
+    if name == "IntervalStyle":
+        return value.strip().lower() == "postgres"
+    if name == "DateStyle":  # ISO output, with any input order (which ISO output does not use)
+        parts = {part.strip().lower() for part in value.split(",")}
+        return "iso" in parts and parts <= {"iso", "mdy", "dmy", "ymd", "us", "euro", "european", "noneuro",
+                                            "noneuropean"}
+    return True
 
 
 @dataclass(frozen=True)
@@ -127,7 +150,8 @@ def plan(sql: str, table: Table, marker: str, bound: int = 10000) -> Capture | s
     assert found, "the placeholder is printed as itself"
     written = Target(node.relation.schemaname or None, node.relation.relname)
     image = f"CASE WHEN {_literal(written.quoted)}::pg_catalog.regclass::pg_catalog.oid = {int(table.oid)} " \
-            f"THEN {image} ELSE 'null'::jsonb END"  # another table (the agent's search_path): no image, not undone
+            f"THEN CASE WHEN {EXACT_PRINT} THEN {image} ELSE '\"{INEXACT}\"'::jsonb END " \
+            f"ELSE 'null'::jsonb END"  # another table (the agent's search_path): no image, not undone
     return Capture(head + _bounded(image, marker, bound) + tail, kind, table, marker, returning)
 
 

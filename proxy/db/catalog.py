@@ -84,7 +84,16 @@ SELECT c.oid, n.nspname, c.relname, c.relkind,
   EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0
             AND NOT a.attisdropped AND a.attgenerated <> ''),
   c.relkind = 'r' AND EXISTS (SELECT 1 FROM pg_catalog.pg_inherits h WHERE h.inhparent = c.oid),
-  EXISTS (SELECT 1 FROM pg_catalog.pg_rewrite r WHERE r.ev_class = c.oid AND r.rulename <> '_RETURN')
+  EXISTS (SELECT 1 FROM pg_catalog.pg_rewrite r WHERE r.ev_class = c.oid AND r.rulename <> '_RETURN'),
+  EXISTS (WITH RECURSIVE ty(oid) AS (
+      SELECT a.atttypid FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+    UNION
+      SELECT n.oid FROM ty JOIN pg_catalog.pg_type t ON t.oid = ty.oid
+        CROSS JOIN LATERAL (SELECT t.typbasetype UNION ALL SELECT t.typelem UNION ALL
+                            SELECT b.atttypid FROM pg_catalog.pg_attribute b
+                             WHERE b.attrelid = t.typrelid AND b.attnum > 0 AND NOT b.attisdropped) AS n(oid)
+       WHERE n.oid <> 0)
+    SELECT 1 FROM ty WHERE ty.oid = 'pg_catalog.json'::pg_catalog.regtype)
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE c.oid = pg_catalog.to_regclass({name})
 """
@@ -93,7 +102,10 @@ _PROBLEMS = ("has triggers: they may change rows the statement does not hand bac
              "is referenced by foreign keys that cascade (or set null or default): rows of other tables change too",
              "has generated columns, which cannot be restored as they were",
              "has inheritance children, whose rows have columns the parent's image lacks",
-             "has rewrite rules: the statement may not do what it says")
+             "has rewrite rules: the statement may not do what it says",
+             # json (not jsonb) keeps its text as written; the jsonb image has keys sorted, duplicates dropped, numbers
+             # as numeric (also in a domain, an array or a composite column)
+             "has a json column: its text is not kept as written in the image")
 
 
 async def table(upstream: Upstream, found: Target) -> Table | str:

@@ -171,7 +171,9 @@ class Transactions(Generic[_T]):
         self.held: list[_T] = []
         self._failed = False     # an error since the last ReadyForQuery (it rolls an implicit transaction back)
         self._block = False      # the server was in a transaction block while statements were held
-        self._end: str | None = None
+        #: How the held statements that came before a transaction's end ended (the first `len(_ends)` of them): a
+        #: later end in the same round trip (`ROLLBACK; COMMIT`, or a pipeline's COMMIT, BEGIN, ...) is not theirs.
+        self._ends: list[str] = []
 
     def hold(self, item: _T) -> None:
         self.held.append(item)
@@ -181,31 +183,36 @@ class Transactions(Generic[_T]):
 
     def tag(self, tag: str) -> None:
         if tag in self._ENDS:
-            self._end = tag
+            self._ends += [tag] * (len(self.held) - len(self._ends))
 
     def ready(self, status: bytes) -> list[tuple[_T, str | None]]:
         """At ReadyForQuery: the statements whose transaction's end is now known, each with why its rows did not
         stay (None: committed); the others stay held."""
-        end, failed = self._end, self._failed
-        self._end, self._failed = None, False
+        ends, failed = self._ends, self._failed
+        self._ends, self._failed = [], False
         if not self.held:
             self._block = False
             return []
-        why: str | None
-        if end == "COMMIT":
-            why = None
-        elif end is not None:
-            why = ("its transaction was prepared for two-phase commit, whose end is not followed" if end != "ROLLBACK"
-                   else "its transaction was rolled back (wholly, or to a savepoint after it)")
-        elif status == b"I":
-            why = "its transaction did not commit" if failed or self._block else None
-        else:
-            self._block = True
-            return []
-        out = [(item, why) for item in self.held]
-        self.held.clear()
+        out = [(item, self._why(end)) for item, end in zip(self.held, ends, strict=False)]
+        if ends:
+            self._block = False  # the statements held after the end (if any) began after it
+        rest = self.held[len(ends):]
+        self.held = []
+        if rest and status != b"I":
+            self.held, self._block = rest, True
+            return out
+        why = "its transaction did not commit" if failed or self._block else None
+        out += [(item, why) for item in rest]
         self._block = status != b"I"
         return out
+
+    @staticmethod
+    def _why(end: str) -> str | None:
+        if end == "COMMIT":
+            return None
+        if end != "ROLLBACK":
+            return "its transaction was prepared for two-phase commit, whose end is not followed"
+        return "its transaction was rolled back (wholly, or to a savepoint after it)"
 
     def drain(self, why: str) -> list[tuple[_T, str | None]]:
         """Every statement still held, as not kept (the connection ended before its transaction's end was seen)."""
@@ -224,6 +231,9 @@ def outcome(images: Images, why_not: str | None, scrub: Any) -> dict[str, Any]:
     if any(row is None for row in images.rows):
         return {"undo_class": "irreversible: the table it changed is not the one goex-proxy read the catalog of "
                               "(a search_path of the session's own?)"}
+    if any(row == capture.INEXACT for row in images.rows):
+        return {"undo_class": "irreversible: the session prints its rows' values inexactly (its extra_float_digits "
+                              "or IntervalStyle): they would not be put back as they were"}
     capture_ = images.capture
     data = json.dumps({"kind": capture_.kind, "schema": capture_.table.schema, "table": capture_.table.relname,
                        "key": list(capture_.table.key), "rows": images.rows}, ensure_ascii=False,

@@ -18,7 +18,7 @@ from ..config import Config, weak_token
 from ..dbconfig import Database
 from ..policy.engine import Decision, Policy
 from ..policy.sqlparse import Statement
-from . import agentauth, record, rowcapture
+from . import agentauth, capture, record, rowcapture
 from .fastpath import DecisionCache, QueuedReads, only_reads, parse_statements
 from .upstream import Upstream, UpstreamError, connect
 from .wire import (
@@ -53,7 +53,8 @@ log = logging.getLogger("goex_proxy.db")
 REFUSAL_PROBE = "goex-proxy refused this statement"
 #: The statement name a refused Execute's probe is parsed into (the Parse fails, so it never exists).
 REFUSED_STATEMENT = "goex-proxy refused"
-#: Startup parameters passed on to the server; others (`options` sets any setting, `-c role=...` included) are not.
+#: Startup parameters passed on to the server; others (`options` sets any setting, `-c role=...` included) are not,
+#: nor a value that prints rows inexactly for their capture (capture.prints_exactly).
 PASSED_PARAMS = ("application_name", "DateStyle", "TimeZone", "extra_float_digits", "IntervalStyle")
 #: Settings the gateway logs in with whatever the client asks: the server must read statements as the gateway's
 #: parser did (UTF-8, standard-conforming strings). A client encoding such as SJIS or GBK has multibyte characters
@@ -150,6 +151,9 @@ class Session:
         self.scrub: Any = None
         self.pending: collections.deque[_Pending] = collections.deque()
         self.prepared: dict[str, _Prepared] = {}
+        #: Statement names the server may hold (Parsed or SQL PREPAREd, not Closed since): it refuses a Parse into
+        #: one and keeps the old statement, which the gateway would have taken for the new SQL.
+        self.named: set[str] = set()
         self.portals: dict[str, tuple[_Prepared, list[Any]]] = {}
         self.skipping = False
         self.in_batch = False   # extended-protocol messages sent since the last Sync
@@ -250,7 +254,8 @@ class Session:
         self.agent, self.database = agent, database
         assert token is not None  # proven above
         self.scrub = SecretScrubber({password: "[database password]", token: "[agent token]"})
-        passed = {k: v for k, v in params.items() if k in PASSED_PARAMS} | PINNED_PARAMS
+        passed = {k: v for k, v in params.items()
+                  if k in PASSED_PARAMS and capture.prints_exactly(k, v)} | PINNED_PARAMS
         if database.transaction == "hold":
             self.hold = await self.gate.attach_hold(self, database, password, passed)  # sets self.upstream
         else:  # a held transaction's rollback undoes its writes: rows are captured only in auto mode
@@ -351,6 +356,8 @@ class Session:
         elif kind == b"C":
             what, name = close_target(msg.payload)
             (self.prepared if what == "S" else self.portals).pop(name, None)
+            if what == "S":
+                self.named.discard(name)
             self._send(msg.encode())
         elif kind in (b"D", b"H", b"d", b"c", b"f"):
             if kind == b"D" and (target := close_target(msg.payload))[0] == "S":
@@ -450,12 +457,17 @@ class Session:
         parsed = parse_message(msg.payload)
         self._policies = await self.gate.policies()
         statements, decision = await self._decide(parsed.sql)
+        if decision.effect != "deny" and parsed.statement in self.named:
+            decision = Decision("deny", f"statement name {parsed.statement!r} may be in use on this connection "
+                                        "(PostgreSQL keeps the old statement): Close it first")
         if decision.effect == "deny":
             await self._record(parsed.sql, None, statements, decision)
             self.prepared.pop(parsed.statement, None)
             self._refuse_extended(decision.reason, parsed.statement)
             return
         planned = await self._plan(parsed.sql, statements)
+        if parsed.statement:
+            self.named.add(parsed.statement)
         self.prepared[parsed.statement] = _Prepared(parsed.sql, statements, decision, parsed.types, planned)
         if planned.capture is not None:
             msg = Message(b"P", parse_payload(parsed.statement, planned.sql, parsed.types))
@@ -528,6 +540,8 @@ class Session:
         for statement in statements:
             for name in statement.names:
                 what, _, which = name.partition(":")
+                if what == "statement" and which != "*":  # PREPARE's (or a DEALLOCATE's, which may fail)
+                    self.named.add(which)
                 known = self.prepared if what == "statement" else self.portals
                 if which == "*":
                     known.clear()

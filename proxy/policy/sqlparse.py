@@ -118,6 +118,14 @@ _MERGE_KINDS = {enums.CmdType.CMD_UPDATE: "update", enums.CmdType.CMD_DELETE: "d
 DO_BLOCK = "DO"
 LOAD_LIBRARY = "LOAD"
 
+#: The operators PostgreSQL 15 defines in pg_catalog (`SELECT DISTINCT oprname FROM pg_operator ...`); another name
+#: unqualified is someone's operator found in the search_path.
+BUILTIN_OPERATORS = frozenset(
+    "!! !~ !~* !~~ !~~* # ## #- #> #>> % & && &< &<| &> * *< *<= *<> *= *> *>= + - -> ->> -|- / < <-> << <<= <<| <= "
+    "<> <@ <^ = > >= >> >>= >^ ? ?# ?& ?- ?-| ?| ?|| @ @-@ @> @? @@ @@@ ^ ^@ | |&> |/ |>> || ||/ ~ ~* ~<=~ ~<~ ~= "
+    "~>=~ ~>~ ~~ ~~*".split())
+_OPERATOR_KINDS = (enums.A_Expr_Kind.AEXPR_OP, enums.A_Expr_Kind.AEXPR_OP_ANY, enums.A_Expr_Kind.AEXPR_OP_ALL)
+
 _WRITES = (ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.TruncateStmt, ast.MergeStmt, ast.CopyStmt)
 
 
@@ -152,6 +160,12 @@ class _Walk(Visitor):
             self.functions.append(DO_BLOCK)
         elif isinstance(node, ast.LoadStmt):  # LOAD 'library': a shared library's code, run in the server
             self.functions.append(LOAD_LIBRARY)
+        elif isinstance(node, ast.A_Expr) and node.kind in _OPERATOR_KINDS:
+            # An operator runs its function unseen: one of another schema than pg_catalog (OPERATOR(public.#=#)), or
+            # unqualified and not a built-in one (found in the search_path), is listed as a function is
+            name = ".".join(str(getattr(part, "sval", "?")) for part in node.name or ())
+            if not (name.startswith("pg_catalog.") or name in BUILTIN_OPERATORS):
+                self.functions.append(name)
         elif isinstance(node, ast.A_Indirection):
             # `(x).name` is a field of x, or the function name(x) ("('seq'::regclass).nextval" calls nextval): which
             # one only the server knows, so each name is read as a function the policy must see through.

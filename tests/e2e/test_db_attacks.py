@@ -13,7 +13,7 @@ from psycopg import errors
 
 from goex_proxy.db.wire import message, parse_payload
 from tests.e2e.test_db_gateway import POLICY, db_rows, direct, gateway, postgres, start_gateway  # noqa: F401
-from tests.pg import server_bin
+from tests.pg import APP_USER, server_bin
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(server_bin() is None, reason="PostgreSQL is not installed (tests/install-tools)")]
@@ -266,3 +266,43 @@ def test_a_malformed_message_ends_its_connection_quietly(gateway, bad: bytes) ->
     with psycopg.connect(url, autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM orders").fetchone() == (3,)
     assert "Traceback" not in proxy.log_text() and "database connection failed" not in proxy.log_text()
+
+
+@pytest.mark.parametrize("first", ["parse", "sql"])
+def test_a_statement_name_parsed_again_is_not_taken_for_the_new_sql(gateway, postgres, first: str) -> None:  # noqa: F811
+    """The server refuses a Parse into a name it holds (42P05) and keeps the old statement: the gateway took the new
+    SQL as made, so `s`, a DELETE (Parsed or SQL PREPAREd), ran at Execute recorded as a SELECT, past write-ahead."""
+    proxy, url = gateway
+    delete = "DELETE FROM orders WHERE id = 1"
+    made = (message(b"P", parse_payload("s", delete)) + message(b"S") if first == "parse"
+            else message(b"Q", f"PREPARE s AS {delete}\0".encode()))
+    bind_execute = (message(b"B", b"\0s\0" + struct.pack("!HHH", 0, 0, 0)) + message(b"E", b"\0" + struct.pack("!I", 0))
+                    + message(b"S"))
+    got = raw_exchange(url, made + message(b"P", parse_payload("s", "SELECT 1")) + message(b"S") + bind_execute,
+                       readies=3)
+    assert b"not prepared through goex-proxy" in got
+    assert direct(postgres, "SELECT count(*) FROM orders WHERE id = 1") == [(1,)]
+    assert not [r for r in db_rows(proxy) if "DELETE 1" in (r["resp_body"] or "")]
+
+
+def test_an_operator_of_another_schema_is_a_function_the_policy_sees(gateway, postgres) -> None:  # noqa: F811
+    """`OPERATOR(public.#=#)` (or `#=#`, found in public) calls the function behind the operator, which may write
+    anything: the statement was a plain read (no function listed), allowed and not even waited for."""
+    proxy, url = gateway
+    with psycopg.connect(postgres.dsn(APP_USER, "shop"), autocommit=True) as conn:
+        conn.execute("CREATE FUNCTION public.wipe(int, int) RETURNS int LANGUAGE sql AS "
+                     "'DELETE FROM payroll; SELECT 1'")
+        conn.execute("CREATE OPERATOR public.#=# (FUNCTION = public.wipe, LEFTARG = int, RIGHTARG = int)")
+        conn.execute("INSERT INTO payroll (salary) VALUES (100)")
+    paid = direct(postgres, "SELECT count(*) FROM payroll")
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            with pytest.raises(errors.InsufficientPrivilege, match="public\\.#=#"):
+                conn.execute("SELECT qty OPERATOR(public.#=#) 1 FROM orders")
+            with pytest.raises(errors.InsufficientPrivilege, match="#=#"):
+                conn.execute("SELECT qty #=# 1 FROM orders")  # unqualified: found in public by the search_path
+        assert direct(postgres, "SELECT count(*) FROM payroll") == paid != [(0,)]
+    finally:
+        with psycopg.connect(postgres.dsn(APP_USER, "shop"), autocommit=True) as conn:
+            conn.execute("DROP OPERATOR public.#=# (int, int)")
+            conn.execute("DROP FUNCTION public.wipe(int, int)")

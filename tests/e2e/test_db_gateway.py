@@ -67,7 +67,8 @@ def direct(pg: Postgres, sql: str) -> list[tuple[object, ...]]:
         return conn.execute(sql).fetchall()
 
 
-def start_gateway(make_proxy, postgres: Postgres, more: str = "", workers: int = 1) -> tuple[object, str]:
+def start_gateway(make_proxy, postgres: Postgres, more: str = "", workers: int = 1,
+                  policy: str = POLICY) -> tuple[object, str]:
     """A `goex-proxy run` with the `shop` database (its password in the vault; `more`: further keys of its entry),
     the orders table reset; the proxy and mailbot's URL."""
     with psycopg.connect(postgres.dsn(APP_USER, "shop"), autocommit=True) as conn:
@@ -77,7 +78,7 @@ def start_gateway(make_proxy, postgres: Postgres, more: str = "", workers: int =
     port = free_port()
     extra = (f"databases:\n  listen: 127.0.0.1:{port}\n  shop:\n    host: 127.0.0.1\n    port: {postgres.port}\n"
              f"    dbname: shop\n    user: {APP_USER[0]}\n    password: shop-db\n    agents: [mailbot]\n{more}")
-    proxy = make_proxy({"shop": POLICY}, start=False, extra_config=extra)
+    proxy = make_proxy({"shop": policy}, start=False, extra_config=extra)
     stored = proxy.run_cli("secrets", "set", "--config", str(proxy.config), "shop-db", input=APP_USER[1].encode())
     assert stored.returncode == 0, stored.stderr
     proxy.start(workers)

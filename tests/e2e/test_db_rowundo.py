@@ -356,3 +356,100 @@ def test_rows_with_an_identity_column_always_generated_are_put_back_as_they_were
     finally:
         person(pg, "ALTER TABLE orders ALTER COLUMN id DROP IDENTITY")
         person(pg, "ALTER TABLE orders ALTER COLUMN id SET DEFAULT nextval('orders_id_seq')")
+
+
+def test_rows_printed_inexactly_by_the_agents_settings_are_not_put_back_rounded(make_proxy, postgres) -> None:  # noqa: F811
+    """A client may start up with extra_float_digits or IntervalStyle of its own, or SET them: the images would then
+    be printed rounded (or ambiguously) and an undo would put back other values. Asked at startup, they are not passed
+    on (a statement planned exact must stay so, whatever `review:` says of irreversible ones); SET, the statement is
+    irreversible."""
+    import asyncio
+
+    import asyncpg
+
+    from tests.e2e.test_db_gateway import POLICY
+
+    settable = POLICY + "  - name: settings\n    allow: {database: shop, statements: [set]}\n"
+    proxy, url = start_gateway(make_proxy, postgres, policy=settable)
+    pg = gateway_pg((proxy, url))
+    values = "price = 3.14159265358979, span = '-1 day -2 hours', days = '[2024-03-04,2024-05-06)'"
+    person(pg, "ALTER TABLE orders ADD COLUMN price float8, ADD COLUMN span interval, ADD COLUMN days daterange")
+    try:
+        person(pg, "INSERT INTO orders (id, item, qty) VALUES (4, 'figs', 2)")
+        person(pg, f"UPDATE orders SET {values}")
+        before = direct(pg, "SELECT id, price, span, days FROM orders ORDER BY id")
+
+        async def agent(settings: dict[str, str], sets: list[str], key: int) -> None:
+            conn = await asyncpg.connect(url, server_settings=settings)
+            try:
+                for sql in sets:
+                    await conn.execute(sql)
+                assert await conn.execute("DELETE FROM orders WHERE id = $1", key) == "DELETE 1"
+            finally:
+                await conn.close()
+
+        asyncio.run(agent({"extra_float_digits": "-15", "IntervalStyle": "sql_standard", "DateStyle": "SQL, DMY"}, [], 1))
+        asyncio.run(agent({}, ["SET extra_float_digits = -15"], 2))
+        asyncio.run(agent({}, ["SET IntervalStyle = sql_standard"], 3))
+        asyncio.run(agent({}, ["SET DateStyle = 'SQL, DMY'"], 4))
+        first, *others = [r for r in db_rows(proxy) if r["method"] == "DELETE"]
+        assert first["undo_class"] == "exact"
+        for row in others:
+            assert row["undo_class"].startswith("irreversible: the session prints its rows' values inexactly"), \
+                row["undo_class"]
+            assert row["row_images"] is None
+        done = undo(proxy, first["id"])
+        assert done.returncode == 0, done.stderr
+        person(pg, "INSERT INTO orders (id, item, qty) VALUES (2, 'pears', 1), (3, 'plums', 7), (4, 'figs', 2)")
+        person(pg, f"UPDATE orders SET {values} WHERE id > 1")
+        assert direct(pg, "SELECT id, price, span, days FROM orders ORDER BY id") == before
+    finally:
+        person(pg, "DELETE FROM orders WHERE id = 4")
+        person(pg, "ALTER TABLE orders DROP COLUMN price, DROP COLUMN span, DROP COLUMN days")
+
+
+def test_a_rollback_is_not_taken_for_a_commit_sent_with_it_or_after_it(gateway) -> None:
+    """Which statements a transaction's end settles is followed statement by statement: `ROLLBACK; COMMIT` in one
+    message (the COMMIT outside any transaction) leaves the rolled back rows' images out, and so does a pipeline
+    whose COMMIT ends one transaction before another that is rolled back later."""
+    proxy, url = gateway
+    pg = gateway_pg(gateway)
+    before = direct(pg, ALL)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("BEGIN")
+        conn.execute("UPDATE orders SET qty = 50 WHERE id = %s", (1,))
+        with psycopg.ClientCursor(conn) as simple:
+            simple.execute("ROLLBACK; COMMIT")
+        with conn.pipeline():
+            conn.execute("BEGIN")
+            conn.execute("UPDATE orders SET qty = 60 WHERE id = %s", (2,))
+            conn.execute("COMMIT")
+            conn.execute("BEGIN")
+            conn.execute("UPDATE orders SET qty = 70 WHERE id = %s", (3,))
+        conn.execute("ROLLBACK")
+    assert direct(pg, ALL) == [before[0], (2, "pears", 60), before[2]]
+    first, second, third = [r for r in db_rows(proxy) if r["method"] == "UPDATE"]
+    assert first["undo_class"].startswith("irreversible: its transaction was rolled back"), first["undo_class"]
+    assert second["undo_class"] == "exact"
+    assert third["undo_class"].startswith("irreversible: its transaction was rolled back"), third["undo_class"]
+    assert first["row_images"] is None and third["row_images"] is None
+
+
+def test_a_table_with_a_json_column_is_irreversible(gateway) -> None:
+    """A json column keeps its text as written (key order, duplicate keys, spaces, `1e2`), which the jsonb image
+    normalizes: its rows put back would not be the rows deleted."""
+    proxy, url = gateway
+    pg = gateway_pg(gateway)
+    person(pg, "CREATE DOMAIN doc AS json")
+    person(pg, "ALTER TABLE orders ADD COLUMN note json, ADD COLUMN notes doc[]")
+    try:
+        person(pg, """UPDATE orders SET note = '{"b": 1e2, "a": 2, "a": 3}', notes = ARRAY['{"z": 1,  "y": 2}'::doc]""")
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert conn.execute("DELETE FROM orders WHERE id = %s", (1,)).rowcount == 1
+        row = last(proxy, "DELETE")
+        assert row["undo_class"] == "irreversible: table orders has a json column: its text is not kept as written " \
+                                    "in the image", row["undo_class"]
+        assert row["row_images"] is None
+    finally:
+        person(pg, "ALTER TABLE orders DROP COLUMN note, DROP COLUMN notes")
+        person(pg, "DROP DOMAIN doc")

@@ -6,11 +6,13 @@ from __future__ import annotations
 import pytest
 from pglast import parse_sql
 
-from goex_proxy.db.capture import Capture, Table, Target, plan, target
+from goex_proxy.db.capture import EXACT_PRINT, Capture, Table, Target, plan, target
 
 ORDERS = Table("public", "orders", ("id",), oid=16400)
-#: The image only when the agent's session finds the table the catalog was read of (else JSON null: not undone).
-SAME = "CASE WHEN 'orders'::pg_catalog.regclass::pg_catalog.oid = 16400 THEN"
+#: The image only when the agent's session finds the table the catalog was read of (else JSON null: not undone) and
+#: prints values exactly (else the string "inexact": not undone either).
+SAME = f"CASE WHEN 'orders'::pg_catalog.regclass::pg_catalog.oid = 16400 THEN CASE WHEN {EXACT_PRINT} THEN"
+INEXACT = "ELSE '\"inexact\"'::jsonb END"
 M = "goex_0123456789ab"
 #: What a row past the bound makes: a cast that fails with the marker in its message.
 FAIL = f"pg_catalog.to_jsonb(('goex-proxy capture bound {M}: ' || pg_catalog.current_setting('goex.{M}', true))::int)"
@@ -36,11 +38,11 @@ def test_delete_and_insert_hand_back_their_rows_in_one_added_column() -> None:
     delete = planned("DELETE FROM orders WHERE qty > $1")
     assert delete.sql.startswith("DELETE FROM orders WHERE qty > $1 RETURNING CASE WHEN ")
     assert delete.sql.endswith(f' > 10000 THEN {FAIL} ELSE {SAME} pg_catalog.to_jsonb("orders".*) '
-                               f"ELSE 'null'::jsonb END END AS {M}")
+                               f"{INEXACT} ELSE 'null'::jsonb END END AS {M}")
     assert (delete.kind, delete.returning) == ("delete", False)
     insert = planned("INSERT INTO orders AS o (item, qty) VALUES ($1, 2) ON CONFLICT DO NOTHING RETURNING o.id")
     assert " RETURNING o.id, CASE WHEN " in insert.sql
-    assert insert.sql.endswith(f'THEN pg_catalog.to_jsonb("o".*) ELSE \'null\'::jsonb END END AS {M}')
+    assert insert.sql.endswith(f'THEN pg_catalog.to_jsonb("o".*) {INEXACT} ELSE \'null\'::jsonb END END AS {M}')
     assert (insert.kind, insert.returning) == ("insert", True)
     assert planned("DELETE FROM orders USING customers c WHERE orders.id = c.id").kind == "delete"
 
@@ -52,7 +54,8 @@ def test_update_locks_and_reads_the_rows_before_and_joins_them_by_key() -> None:
     assert "FOR UPDATE OF orders" in sql
     assert f"WHERE (item = $2 OR qty < 0) AND orders.id = {M}_o.{M}_k0" in sql
     assert "RETURNING orders.*, CASE WHEN " in sql  # `*`: the table's only
-    assert f'{SAME} pg_catalog.jsonb_build_array("{M}_o"."{M}_j", pg_catalog.to_jsonb("orders".*)) ELSE \'null\'::jsonb END' in sql
+    assert (f'{SAME} pg_catalog.jsonb_build_array("{M}_o"."{M}_j", '
+             f'pg_catalog.to_jsonb("orders".*)) {INEXACT} ELSE \'null\'::jsonb END') in sql
     with_cte = planned("WITH a AS (SELECT 1 AS x) UPDATE orders o SET qty = 2 WHERE id IN (SELECT x FROM a)").sql
     assert with_cte.startswith(f"WITH a AS (SELECT 1 AS x), {M}_o AS (")
     quoted = planned('UPDATE "Shop"."Orders" AS "O" SET qty = 1', Table("Shop", "Orders", ("Id",))).sql

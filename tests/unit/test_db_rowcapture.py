@@ -77,6 +77,23 @@ def test_held_images_count_once_the_transaction_commits() -> None:
     assert cut.drain("the connection ended") == [("a", "the connection ended")] and cut.held == []
 
 
+
+def test_a_transactions_end_settles_only_the_statements_before_it() -> None:
+    rolled = "its transaction was rolled back (wholly, or to a savepoint after it)"
+    both: Transactions[str] = Transactions()
+    both.hold("a")
+    assert both.ready(b"T") == []
+    both.tag("ROLLBACK")
+    both.tag("COMMIT")  # `ROLLBACK; COMMIT`: the COMMIT, outside any transaction, commits nothing
+    assert both.ready(b"I") == [("a", rolled)]
+    pipeline: Transactions[str] = Transactions()
+    pipeline.hold("a")
+    pipeline.tag("COMMIT")
+    pipeline.hold("b")  # after a BEGIN further on in the same pipeline
+    assert pipeline.ready(b"T") == [("a", None)] and pipeline.held == ["b"]
+    pipeline.tag("ROLLBACK")
+    assert pipeline.ready(b"I") == [("b", rolled)]
+
 def test_images_holding_a_known_secret_are_not_written() -> None:
     scrub = SecretScrubber({"Db-Password-9x7": "[database password]"})
     kept = Images(CAPTURE, rows=[{"id": 1, "item": "apples"}])
