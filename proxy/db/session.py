@@ -18,6 +18,7 @@ from ..config import Config, weak_token
 from ..dbconfig import Database
 from ..policy.engine import Decision, Policy
 from ..policy.sqlparse import Statement
+from ..printable import shown
 from . import agentauth, capture, record, rowcapture
 from .fastpath import DecisionCache, QueuedReads, only_reads, parse_statements
 from .upstream import Upstream, UpstreamError, connect
@@ -402,7 +403,7 @@ class Session:
                                        f"{self.reads.failed}")
         if not self.gate.quiet:  # `run`'s line per statement (its own `--quiet` leaves them out)
             log.info("%s %s %s %s %s%s", decision.label, request_id, self.agent, row["method"], row["url"],
-                     "" if decision.effect == "allow" else f": {_printable(row['reason'])}")
+                     "" if decision.effect == "allow" else f": {shown(row['reason'])}")
         return request_id
 
     async def _query(self, sql: str) -> None:
@@ -668,9 +669,3 @@ class Session:
 def _copies_in(statements: tuple[Statement, ...]) -> bool:
     """Whether a statement is a COPY FROM STDIN (the client's CopyData follows)."""
     return any(s.kind == "copy" and "insert" in s.kinds for s in statements)
-
-
-def _printable(text: str) -> str:
-    """Text for `run`'s one line per statement: a parser's error quotes the agent's SQL, whose newlines would start
-    lines of their own (a fake `allow ...`) and whose escape sequences would drive the terminal."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)

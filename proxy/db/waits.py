@@ -24,6 +24,7 @@ from ..policy.engine import Decision, Policy, PolicySet
 from ..policy.limits import Charge
 from ..policy.sql import decide, limits_of
 from ..policy.sqlparse import Statement
+from ..printable import shown
 from . import record
 
 log = logging.getLogger("goex_proxy.db")
@@ -106,7 +107,7 @@ class Waits:
         """`run`'s line for the statement, as the session writes one (holds and their ends always get one)."""
         if always or not self.gateway.quiet:
             (live if always else log).info("%s %s %s %s %s%s", label, row["id"], agent, row["method"], row["url"],
-                                           f": {_printable(reason)}" if reason else "")
+                                           f": {shown(reason)}" if reason else "")
 
     async def _wait(self, session: Any, row: dict[str, Any], statements: tuple[Statement, ...], decision: Decision,
                     choice: Choice, klass: str, sql: str, params: list[Any] | None) -> Admitted:
@@ -264,8 +265,3 @@ def _waiting_rule(policies: tuple[Policy, ...], decision: Decision) -> str | Non
 def _charge(policies: tuple[Policy, ...], agent: str, keys: tuple[str, ...], now: float) -> Charge | None:
     """What a statement counts against: its limited rules, with their caps (checked when its row is written)."""
     return Charge(agent, keys, now, limits_of(policies, keys)) if keys else None
-
-
-def _printable(text: str) -> str:
-    """Text for `run`'s line: newlines and escape sequences of the agent's SQL shown, never acted on."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
