@@ -43,12 +43,16 @@ def settle(conn: sqlite3.Connection, hold_id: str, state: str, decided_by: str, 
     return cursor.rowcount == 1
 
 
+def _entries(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
 def get(conn: sqlite3.Connection, hold_id: str) -> dict[str, Any]:
-    cursor = conn.execute("SELECT * FROM db_holds WHERE id = ?", (hold_id,))
-    found = cursor.fetchone()
-    if found is None:
+    found = _entries(conn.execute("SELECT * FROM db_holds WHERE id = ?", (hold_id,)))
+    if not found:
         raise NotFound(f"no held transaction {hold_id!r} (see `goex-proxy db list`)")
-    return dict(zip([d[0] for d in cursor.description], found, strict=True))
+    return found[0]
 
 
 def alive(audit_db: Path, hold_id: str) -> bool:
@@ -91,9 +95,7 @@ def requested(conn: sqlite3.Connection, hold_ids: list[str]) -> list[tuple[str, 
 def listing(conn: sqlite3.Connection, audit_db: Path, everything: bool = False) -> list[dict[str, Any]]:
     """The open holds (every one with `everything`), newest first, each with `live`: whether its gateway still runs."""
     where = "" if everything else "WHERE state = 'open'"
-    cursor = conn.execute(f"SELECT * FROM db_holds {where} ORDER BY created DESC")
-    names = [d[0] for d in cursor.description]
-    out = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    out = _entries(conn.execute(f"SELECT * FROM db_holds {where} ORDER BY created DESC"))
     for entry in out:
         entry["live"] = entry["state"] == OPEN and alive(audit_db, entry["id"])
     return out
@@ -101,7 +103,5 @@ def listing(conn: sqlite3.Connection, audit_db: Path, everything: bool = False) 
 
 def orphans(conn: sqlite3.Connection, audit_db: Path) -> list[dict[str, Any]]:
     """Open holds whose gateway process ended (its connection closed, so the server rolled them back)."""
-    cursor = conn.execute("SELECT * FROM db_holds WHERE state = ?", (OPEN,))
-    names = [d[0] for d in cursor.description]
-    return [e for e in (dict(zip(names, row, strict=True)) for row in cursor.fetchall())
+    return [e for e in _entries(conn.execute("SELECT * FROM db_holds WHERE state = ?", (OPEN,)))
             if not alive(audit_db, e["id"])]
