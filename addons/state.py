@@ -18,7 +18,7 @@ from mitmproxy.proxy import mode_specs
 from goex_proxy.audit import store as audit
 from goex_proxy.audit.seal import Seal
 from goex_proxy.audit.store import AuditWriter
-from goex_proxy.config import Config, load_config
+from goex_proxy.config import RESTART_ONLY, Config, as_running, load_config
 from goex_proxy.credentials.kinds import Credential
 from goex_proxy.credentials.oauth import TokenSet
 from goex_proxy.credentials.redact import SecretScrubber
@@ -325,9 +325,7 @@ class ProxyState:
         later = sorted({RESTART_ONLY[name] for name in config_changes(self.file_config or previous, fresh)
                         if name in RESTART_ONLY})
         later += restart_changes((self.file_config or previous).databases, fresh.databases)
-        fresh = dataclasses.replace(fresh, databases=dataclasses.replace(fresh.databases,
-                                                                         listen=previous.databases.listen),
-                                    **{name: getattr(previous, name) for name in RESTART_ONLY})
+        fresh = as_running(fresh, previous)
         applied = config_changes(previous, fresh)
         undo_rules = load_packs(list(fresh.undo_packs)) if "undo_packs" in applied else self.undo_rules
         return fresh, later, applied, undo_rules, load_policy_set(fresh.policy_sources)
@@ -338,9 +336,6 @@ class ProxyState:
             self.tokens.config = config
 
 
-#: Config fields the running proxy cannot take over (what `config.yaml` calls them).
-RESTART_ONLY = {"listen_host": "listen", "listen_port": "listen", "state_dir": "state_dir", "audit_db": "audit.db",
-                "extra_ca": "upstream.extra_ca", "limits": "limits", "approvals": "approvals", "console": "console"}
 #: How the reload message names each config field it applied.
 RELOADED = {"agents": "agents", "policies": "the policy list", "max_body_bytes": "audit.max_body_bytes",
             "routes": "upstream.routes", "credentials": "credentials", "undo_packs": "undo_rules",

@@ -498,6 +498,18 @@ def parse_config(doc: Any, file: Path, check: Checker) -> Config:
     )
 
 
+#: Config fields a running proxy (and its database gateway) cannot take over from an edited file (what `config.yaml`
+#: calls them); `databases.listen` is one too (dbconfig.restart_changes says when it changed).
+RESTART_ONLY = {"listen_host": "listen", "listen_port": "listen", "state_dir": "state_dir", "audit_db": "audit.db",
+                "extra_ca": "upstream.extra_ca", "limits": "limits", "approvals": "approvals", "console": "console"}
+
+
+def as_running(edited: Config, running: Config) -> Config:
+    """An edited config as a running process takes it over: what only a restart changes kept as it runs."""
+    return replace(edited, databases=replace(edited.databases, listen=running.databases.listen),
+                   **{name: getattr(running, name) for name in RESTART_ONLY})
+
+
 def load_config(path: Path | None = None) -> Config:
     """Read and validate the config file; raise StateError if it is missing, ConfigError if it is wrong."""
     path = (path or default_config_path()).expanduser()

@@ -272,9 +272,9 @@ def _same_listen(running: Config) -> str | None:
     """Why a worker must not be started from the config file as it is now (None: it may): it does not load, or it
     changes what a running proxy takes over only at a restart (listen, state_dir, audit.db, upstream.extra_ca,
     limits, approvals): every worker runs with what `run` started with."""
-    from goex_proxy.addons.state import RESTART_ONLY, config_changes
+    from goex_proxy.addons.state import config_changes
 
-    from .config import load_config
+    from .config import RESTART_ONLY, load_config
     from .errors import GoexError
 
     try:

@@ -7,22 +7,17 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ..config import Agent, Config, load_config
+from ..config import Agent, Config, as_running, load_config
 from ..dbconfig import Database
 from ..policy.engine import Policy
 from ..policy.load import load_policy_set
 
-#: What a running gateway keeps of the config it started with, whatever the file says now (as `run` does: see
-#: addons.state.RESTART_ONLY): where its audit log, state and approvals are, and where it listens.
-KEPT = ("state_dir", "audit_db", "approvals")
-
 
 def read_again(running: Config) -> tuple[Config, tuple[Policy, ...]]:
-    """The edited config as the running gateway takes it over, with the policies it names; a ConfigError (the file
-    or a policy has a mistake) leaves the running ones in force. Blocking: run it in a thread."""
-    fresh = load_config(running.file)
-    fresh = dataclasses.replace(fresh, databases=dataclasses.replace(fresh.databases, listen=running.databases.listen),
-                                **{name: getattr(running, name) for name in KEPT})
+    """The edited config as the running gateway takes it over (what only a restart changes kept as it runs, as `run`
+    keeps it), with the policies it names; a ConfigError (the file or a policy has a mistake) leaves the running ones
+    in force. Blocking: run it in a thread."""
+    fresh = as_running(load_config(running.file), running)
     return fresh, tuple(load_policy_set(fresh.policy_sources).policies)
 
 

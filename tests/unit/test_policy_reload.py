@@ -136,8 +136,8 @@ def test_a_reload_of_a_10000_rule_policy_does_not_stall_requests_decided_meanwhi
 def test_every_config_field_is_either_taken_over_by_a_reload_or_named_as_needing_a_restart() -> None:
     """A field in neither table made `run`'s reload fail with a KeyError when it was edited (`databases:` and
     `console:` both did)."""
-    from goex_proxy.addons.state import RELOADED, RESTART_ONLY
-    from goex_proxy.config import Config
+    from goex_proxy.addons.state import RELOADED
+    from goex_proxy.config import RESTART_ONLY, Config
 
     fields = {f.name for f in dataclasses.fields(Config)} - {"file"}
     assert not set(RELOADED) & set(RESTART_ONLY)
