@@ -201,9 +201,8 @@ class Gate:
             return
         if entry["state"] in approvals.GOING:  # let go, then refused: the queue and the row must not say sent
             entry = {**entry, "state": approvals.REFUSED, "reason": reason}
-            self.state.writer.apply(lambda conn, writer: conn.execute(  # type: ignore[union-attr]
-                "UPDATE approvals SET state = ?, reason = ? WHERE request_id = ?",
-                (approvals.REFUSED, reason, request_id))).add_done_callback(approvals.log_failure)
+            self.state.writer.apply(lambda conn, writer: approvals.refuse_after_release(
+                conn, request_id, reason)).add_done_callback(approvals.log_failure)
         reason = reason or refusal(entry)
         flowmeta.set_approval(flow, approvals.outcome(entry))
         livelog.event(entry["state"] if entry["state"] not in approvals.GOING else "refused", request_id,

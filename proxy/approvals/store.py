@@ -206,6 +206,12 @@ def insert(conn: Any, entry: dict[str, Any]) -> None:
                  tuple(entry.values()))
 
 
+def refuse_after_release(conn: Any, request_id: str, reason: str) -> None:
+    """A request let go by a person or its delay but refused as it went (no longer allowed, over its limit): the
+    queue must not say it was sent."""
+    conn.execute("UPDATE approvals SET state = ?, reason = ? WHERE request_id = ?", (REFUSED, reason, request_id))
+
+
 def log_failure(future: Any) -> None:
     """Say so when a change to the approvals table the writer carried out failed (nobody waits for it)."""
     if future.exception() is not None:

@@ -208,9 +208,8 @@ class Waits:
                 self._say(settled.state, row, session.agent, f"{said}; sending it", always=True)
                 return Admitted(request_id, approval=approvals.outcome(entry, charged))
             entry = {**entry, "state": approvals.REFUSED, "reason": reason}
-            self.gateway.writer.apply(lambda conn, writer: conn.execute(
-                "UPDATE approvals SET state = ?, reason = ? WHERE request_id = ?",
-                (approvals.REFUSED, reason, request_id))).add_done_callback(approvals.log_failure)
+            self.gateway.writer.apply(lambda conn, writer: approvals.refuse_after_release(
+                conn, request_id, reason)).add_done_callback(approvals.log_failure)
         reason = reason or refusal(entry)
         self.gateway.record_outcome(request_id, record.refused(session.scrub.text(reason), row["ts"])
                                     | {"approval": approvals.outcome(entry)})
