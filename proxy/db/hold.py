@@ -19,8 +19,9 @@ from ..dbconfig import Database
 from ..durations import format_duration
 from ..errors import GoexError
 from ..policy.engine import Decision
-from ..policy.sqlparse import SqlError, parse
+from ..policy.sqlparse import parse
 from . import holdsql, holdstore, record
+from .fastpath import parse_statements
 from .session import Refused, Session, _Pending
 from .upstream import Upstream, connect
 from .wire import Framer, Message, ProtocolError, error_fields, error_response, message, parse_message, query_text
@@ -226,10 +227,7 @@ class Hold:
         return True
 
     async def _refuse_simple(self, session: Session, sql: str, why: str) -> None:
-        try:
-            statements = parse(sql)
-        except SqlError:
-            statements = ()
+        statements, _ = await parse_statements(sql)
         await session._refuse_simple(why, sql, statements, Decision("deny", why))
 
     async def _extended_transaction(self, session: Session, msg: Message) -> bool:
@@ -241,10 +239,7 @@ class Hold:
         if found is None or not found[1]:
             return False
         session.in_batch = True
-        try:
-            statements = parse(parsed.sql)
-        except SqlError:
-            statements = ()
+        statements, _ = await parse_statements(parsed.sql)
         await session._record(parsed.sql, None, statements, Decision("deny", holdsql.EXTENDED))
         session.prepared.pop(parsed.statement, None)
         session._refuse_extended(holdsql.EXTENDED, parsed.statement)
