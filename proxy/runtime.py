@@ -265,7 +265,17 @@ async def serve(config: Config, policies: PolicySet, quiet: bool = False, also: 
             await server.close()
         if links is not None:
             await links.close()
+        _ignore_further_stops(loop)
     return others.failed if others is not None else None
+
+
+def _ignore_further_stops(loop: asyncio.AbstractEventLoop) -> None:
+    """Once stopped, a second SIGINT or SIGTERM (a process group signalled, then `run` signalling its workers) is
+    ignored: left to the loop, it would arrive while the loop closes the pipe its handler writes to, and Python would
+    print that as an ignored exception; left to the default, it would kill the process before the audit is closed."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.remove_signal_handler(sig)
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def _same_listen(running: Config) -> str | None:

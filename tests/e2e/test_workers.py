@@ -4,6 +4,7 @@ refreshes shared."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -175,3 +176,23 @@ def test_a_dead_worker_is_started_again_and_all_stop_with_run(make_proxy, upstre
     assert proxy.proc.returncode == 0
     time.sleep(0.5)
     assert not os.path.exists(f"/proc/{second}") or b"zombie" in open(f"/proc/{second}/status", "rb").read().lower()
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_stopping_by_signals_to_every_process_prints_no_traceback(make_proxy, upstream, round_):
+    """A terminal's Ctrl-C or `kill` of the process group signals `run` and its workers at once (and `run` signals
+    them again): each stops cleanly, saying nothing a person would take for a crash."""
+    proxy = _started(make_proxy(POLICY, start=False))
+    assert _burst(proxy).count(200) == 15
+    parent = proxy.proc.pid
+    pids = [parent, *wait_for(lambda: _workers_of(parent), what="the second worker")]
+    for _ in range(3):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        time.sleep(0.02 * round_)
+    proxy.proc.wait(30)
+    time.sleep(0.5)
+    text = proxy.log_text()
+    assert "Traceback" not in text and "Exception ignored" not in text, text[-3000:]
+    assert proxy.proc.returncode == 0
