@@ -73,19 +73,21 @@ def undo(config_path: Path | None, request_id: str | None, agent: str | None, si
         return
     if (request_id is None) == (agent is None) or (agent is not None) != (since is not None):
         raise click.UsageError("give a REQUEST_ID, or --agent NAME --since WHEN for a whole session")
+    from ..db.record import SCHEME  # the gateway's rows: undone from their captured images, not by a rule
+
     config = load_config(config_path)
     conn = audit.connect(config)
     journal = Journal(conn)
     if agent is None:
         assert request_id is not None
         rows = [audit.get(conn, request_id)]
-        if rows[0]["scheme"] == SQL_SCHEME:
+        if rows[0]["scheme"] == SCHEME:
             _undo_statement(config, conn, rows[0], dry_run, yes, force, as_json)
             return
     else:
         rows = session.session_rows(conn, agent, parse_since(since))
-    statements = _plan_statements(config, conn, [r for r in rows if r["scheme"] == SQL_SCHEME], as_json)
-    rows = [r for r in rows if r["scheme"] != SQL_SCHEME]
+    statements = _plan_statements(config, conn, [r for r in rows if r["scheme"] == SCHEME], as_json)
+    rows = [r for r in rows if r["scheme"] != SCHEME]
     planned = _show_plans(session.plan_rows(config, journal, rows, force), as_json)
     todo = [p for p in planned if p.passed_over is None]
     skipped = [p for p in planned if p.passed_over is not None]
@@ -110,8 +112,6 @@ def undo(config_path: Path | None, request_id: str | None, agent: str | None, si
         _carry_out(config, todo, skipped, journal, agent, force)
 
 
-#: The scheme of the gateway's rows: undone row by row from their captured images (db.rowundo), not by a rule.
-SQL_SCHEME = "postgresql"
 
 
 def _undo_statement(config: Config, conn: Any, row: dict[str, Any], dry_run: bool, yes: bool, force: bool,

@@ -178,12 +178,15 @@ class Console:
         def work(conn: sqlite3.Connection) -> dict[str, Any]:
             row = audit.get(conn, request_id)
             ok, chain = data.chain_status(conn, self.db.seal, row)
+            if undoing.is_statement(row):
+                return {"row": row, "chain_ok": ok, "chain": chain, "shown": None, "no_plan": "",
+                        "statement": undoing.show_statement(self.config, conn, row)}
             try:
                 shown: undoing.Shown | None = undoing.show(self.config, conn, row)
                 no_plan = ""
             except GoexError as exc:
                 shown, no_plan = None, f"No undo plan: {exc}"
-            return {"row": row, "chain_ok": ok, "chain": chain, "shown": shown, "no_plan": no_plan}
+            return {"row": row, "chain_ok": ok, "chain": chain, "shown": shown, "no_plan": no_plan, "statement": None}
 
         try:
             found = await self.read(work)
@@ -197,6 +200,7 @@ class Console:
                          req_body=body_view(row["req_body"], row["req_body_size"], req_headers),
                          resp_body=body_view(row["resp_body"], row["resp_body_size"], resp_headers),
                          plan=shown.planned if shown else None, forceable=bool(shown and shown.forceable),
+                         statement=found["statement"],
                          no_plan=found["no_plan"] or "No undo plan.")
 
     async def undo(self, request: Request) -> Response:
@@ -215,7 +219,8 @@ class Console:
         log.info("console: undo of %s%s: %s", request_id, " (forced)" if force else "", done.state)
         status = {"done": 200, "refused": 409, "conflict": 409}.get(done.state, 502)
         return self.page(request, "undone.html", status, title=f"Undo of {request_id}: {done.state}", nav="log",
-                         state=done.state, message=done.message, steps=done.steps, request_id=request_id)
+                         state=done.state, message=done.message, steps=done.steps, request_id=request_id,
+                         forceable=done.forceable)
 
     async def approvals_page(self, request: Request) -> Response:
         def work(conn: sqlite3.Connection) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

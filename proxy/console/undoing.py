@@ -12,6 +12,7 @@ from ..undo import session
 from ..undo.run import Journal, StepResult
 
 if TYPE_CHECKING:
+    from ..db.rowundo import RowPlan
     from ..sandbox.runs import Run
 
 
@@ -23,13 +24,63 @@ class Shown:
     forceable: bool
 
 
+@dataclass(frozen=True)
+class StatementShown:
+    """An SQL statement's undo as its page shows it: the rows it restores, or why it cannot now."""
+
+    plan: RowPlan | None
+    passed_over: str | None
+
+
 @dataclass
 class Done:
-    """How carrying out one request's undo ended: "done", "conflict", "failed", or "refused" (not undoable)."""
+    """How carrying out one request's undo ended: "done", "conflict", "failed", or "refused" (not undoable);
+    `forceable` when a conflict may be overridden (never for SQL rows: a changed row is never overwritten)."""
 
     state: str
     message: str
     steps: list[StepResult] = field(default_factory=list)
+    forceable: bool = True
+
+
+def is_statement(row: dict[str, Any]) -> bool:
+    """A statement the database gateway ran: undone from its captured rows, not by an HTTP rule."""
+    from ..db.record import SCHEME
+
+    return row.get("scheme") == SCHEME
+
+
+def show_statement(config: Config, conn: Any, row: dict[str, Any]) -> StatementShown:
+    """The statement's undo plan as `goex-proxy undo ID --dry-run` shows it (planning reads only the log)."""
+    from ..audit.seal import Seal
+    from ..db import rowundo
+
+    try:
+        the_plan = rowundo.plan_row(row, audit.chain_key(conn, Seal(config.state_dir)))
+    except GoexError as exc:  # NotFound too: not captured, did not run, an undo itself, its row edited
+        return StatementShown(None, str(exc).split(": ", 1)[-1])
+    done = rowundo.already_undone(conn, the_plan.request_id)
+    return StatementShown(the_plan, None if done is None else f"{session.ALREADY_UNDONE} (by {done})")
+
+
+def _carry_out_statement(config: Config, conn: Any, row: dict[str, Any], force: bool) -> Done:
+    """Restore the statement's rows upstream, as `goex-proxy undo ID --yes` does: refused on a conflict, nothing
+    changed."""
+    from ..db import rowundo
+    from ..undo.run import one_undo_at_a_time
+
+    if force:
+        return Done("refused", "not undone: a changed row is never overwritten (there is no force for SQL)",
+                    forceable=False)
+    shown = show_statement(config, conn, row)
+    if shown.plan is None or shown.passed_over is not None:
+        return Done("refused", f"not undone: {shown.passed_over}", forceable=False)
+    try:
+        with one_undo_at_a_time(config.audit_db):
+            tags = rowundo.carry_out(config, row, shown.plan)
+    except rowundo.Conflict as exc:
+        return Done("conflict", str(exc), forceable=False)
+    return Done("done", f"undone {shown.plan.request_id}: {', '.join(tags) or 'nothing to change'}", forceable=False)
 
 
 def show(config: Config, conn: Any, row: dict[str, Any]) -> Shown:
@@ -49,6 +100,8 @@ def carry_out(config: Config, request_id: str, force: bool) -> Done:
     try:
         journal = Journal(conn)
         row = audit.get(conn, request_id)
+        if is_statement(row):
+            return _carry_out_statement(config, conn, row, force)
         planned = next(session.plan_rows(config, journal, [row], force))
         if planned.passed_over is not None:
             return Done("refused", f"not undone: {planned.passed_over}")

@@ -21,6 +21,9 @@ COMPLETED = 0
 WRITE_KINDS = frozenset({"insert", "update", "delete", "ddl", "other", "set"})
 _JSON = json.dumps([["content-type", "application/json"]])  # the headers of every body: built once
 
+#: The scheme of the gateway's rows in the audit log (their url is `postgresql://DATABASE/DBNAME`).
+SCHEME = "postgresql"
+
 
 def method_of(statements: tuple[Statement, ...]) -> str:
     """The row's method: the statement's kind, or the kinds of a message of several joined with `+`."""
@@ -69,7 +72,7 @@ def statement_row(request_id: str, database: Database, agent: str, client: str, 
         "agent": agent,
         "client": client,
         "method": method_of(statements),
-        "scheme": "postgresql",
+        "scheme": SCHEME,
         "host": database.name,
         "port": database.port,
         "path": f"/{database.dbname}",

@@ -62,6 +62,15 @@ class Journal:
                                  "ORDER BY seq", (request_id,)).fetchall()
         return {int(step): (str(state), cid) for step, state, cid in rows}
 
+    def unjournaled(self, request_id: str) -> list[str]:
+        """The requests the chained audit log records as sent to undo `request_id` (its guard's reads aside) that
+        this journal does not name: a journal that lost its entries (it is not chained) would send them again."""
+        named = {cid for (cid,) in self.conn.execute("SELECT compensation_id FROM undo_journal WHERE request_id = ?",
+                                                     (request_id,))}
+        sent = self.conn.execute("SELECT id FROM requests WHERE undo_of = ? AND method NOT IN ('GET', 'HEAD') "
+                                 "ORDER BY seq", (request_id,)).fetchall()
+        return [str(rid) for (rid,) in sent if rid not in named]
+
     def write(self, request_id: str, step: int, state: str, detail: str = "", compensation_id: str | None = None) -> None:
         with self.conn:
             self.conn.execute("INSERT INTO undo_journal (request_id, step, state, ts, detail, compensation_id) "
@@ -285,6 +294,18 @@ def _judge(plan: Plan, step: Step, status: int, response: dict[str, Any], compen
     return StepResult(step, status, ok, compensation_id, "" if ok else response["text"][:300])
 
 
+def unjournaled_reason(journal: Journal, request_id: str) -> str:
+    """Why an undo of `request_id` must not go ahead on its journal's word ("" if it may): the audit log shows
+    compensations sent that the journal has lost, so it may be undone already."""
+    lost = journal.unjournaled(request_id)
+    if not lost:
+        return ""
+    return (f"the audit log holds {len(lost)} request{'s' if len(lost) > 1 else ''} sent as its undo "
+            f"({', '.join(lost[:3])}{', …' if len(lost) > 3 else ''}) that its undo journal does not list (the journal "
+            "was edited or lost), so it may be undone already; look with `goex-proxy show`, then --force to undo it "
+            "again")
+
+
 @dataclass(frozen=True)
 class Outcome:
     """How carrying out one plan ended: "done", "conflict" (nothing sent) or "failed" (stopped at a step)."""
@@ -296,6 +317,8 @@ class Outcome:
 def carry_out(plan: Plan, replayer: Replayer, journal: Journal, agent: str, force: bool,
               report: Callable[[StepResult], None]) -> Outcome:
     """Check the guard (unless forced), then send the steps not yet done; stop at the first that fails."""
+    if not force and (lost := unjournaled_reason(journal, plan.request_id)):
+        return Outcome("failed", f"stopped before any step: {lost}; nothing was sent")
     state, why = check_guard(plan, replayer, agent)
     if state == "failed":
         return Outcome("failed", f"stopped before any step: {why}; nothing was changed")

@@ -14,7 +14,7 @@ from ..config import Config
 from ..errors import GoexError, NotFound
 from .plan import SAFE_METHODS, UNGUARDED, Exchange, Plan, plan
 from .rules import load_packs
-from .run import DONE, Journal, Outcome, Replayer, StepResult, carry_out, one_undo_at_a_time
+from .run import DONE, Journal, Outcome, Replayer, StepResult, carry_out, one_undo_at_a_time, unjournaled_reason
 
 if TYPE_CHECKING:
     from ..sandbox.runs import Run
@@ -68,6 +68,8 @@ def plan_rows(config: Config, journal: Journal, rows: Iterable[dict[str, Any]], 
             why = f"its audit row does not hold: {edited}; `goex-proxy log verify` checks the log"
         elif row.get("undo_of") and not force:
             why = f"it is itself the undo of {row['undo_of']}; undoing it again needs --force"
+        elif not force and (lost := unjournaled_reason(journal, rid)):
+            why = lost
         elif the_plan.verdict != "plan":
             why = the_plan.reason if the_plan.verdict == "not effective" else f"{the_plan.verdict}: {the_plan.reason}"
         elif done:

@@ -453,3 +453,44 @@ def test_a_table_with_a_json_column_is_irreversible(gateway) -> None:
     finally:
         person(pg, "ALTER TABLE orders DROP COLUMN note, DROP COLUMN notes")
         person(pg, "DROP DOMAIN doc")
+
+
+def test_a_statement_is_undone_from_its_page_in_the_console(make_proxy, postgres) -> None:  # noqa: F811
+    """The console's request page shows a statement's captured rows and undoes them as `undo ID` does; a person's
+    change in between is a conflict with no way to force it, and nothing changed."""
+    import re
+
+    from tests.conftest import free_port
+    from tests.e2e.test_approvals import wait_for
+    from tests.e2e.test_console import LINK, csrf_of, signed_in
+
+    port = free_port()
+    proxy, url = start_gateway(make_proxy, postgres, more=f"console:\n  listen: '127.0.0.1:{port}'\n")
+    found = wait_for(lambda: LINK.search(proxy.log_text()), what="the console's link")
+    client = signed_in(found.group(1), found.group(2))
+    pg = gateway_pg((proxy, url))
+    before = direct(pg, ALL)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE orders SET qty = 0 WHERE id = %s", (1,))
+        conn.execute("DELETE FROM orders WHERE id = %s", (2,))
+    update, delete = last(proxy, "UPDATE"), last(proxy, "DELETE")
+
+    page = client.get(f"/request/{update['id']}").text
+    assert "set back 1 row(s): (1)" in page and "Undo this statement" in page, page
+    person(pg, "UPDATE orders SET qty = 99 WHERE id = 1")
+    refused = client.post(f"/request/{update['id']}/undo", data={"csrf": csrf_of(page)},
+                          headers={"Origin": found.group(1)})
+    assert refused.status_code == 409 and "conflict" in refused.text and "force" not in refused.text.lower()
+    assert direct(pg, "SELECT qty FROM orders WHERE id = 1") == [(99,)]
+    forced = client.post(f"/request/{update['id']}/undo", data={"csrf": csrf_of(page), "force": "1"},
+                         headers={"Origin": found.group(1)})
+    assert forced.status_code == 409 and direct(pg, "SELECT qty FROM orders WHERE id = 1") == [(99,)]
+
+    page = client.get(f"/request/{delete['id']}").text
+    assert "insert back 1 row(s): (2)" in page
+    done = client.post(f"/request/{delete['id']}/undo", data={"csrf": csrf_of(page)}, headers={"Origin": found.group(1)})
+    assert done.status_code == 200 and re.search(r"undone \w+: INSERT 0 1", done.text), done.text
+    assert direct(pg, "SELECT id, item, qty FROM orders WHERE id = 2") == [r for r in before if r[0] == 2]
+    after = client.get(f"/request/{delete['id']}").text
+    assert "already undone" in after and "Undo this statement" not in after
+    assert proxy.cli("log", "verify").returncode == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from typing import Any
 
 import pytest
@@ -90,6 +91,15 @@ def test_each_write_is_undone_exactly(proxy, direct, aws_relay):
 
     again = proxy.cli("undo", put_a, "--yes")
     assert again.returncode == 1 and "already undone" in again.stderr
+    # The undo journal is not chained; the audit log is. With the journal's entries deleted, the chained row of the
+    # compensation still says it was undone: nothing is sent again unless a person forces it.
+    with sqlite3.connect(proxy.home / "audit.db") as conn:
+        conn.execute("DELETE FROM undo_journal WHERE request_id = ?", (put_a,))
+    sent = len(proxy.rows())
+    again = proxy.cli("undo", put_a, "--yes")
+    assert again.returncode != 0 and "undo journal does not list" in again.stderr, again.stderr
+    assert next(str(r["id"]) for r in compensations if r["undo_of"] == put_a and r["method"] == "DELETE") in again.stderr
+    assert len(proxy.rows()) == sent and content(direct, "a.txt") == "original a.txt"
     undo_of_undo = proxy.cli("undo", str(compensations[0]["id"]), "--yes")
     assert undo_of_undo.returncode != 0 and "needs --force" in undo_of_undo.stderr
 
