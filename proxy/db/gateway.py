@@ -150,9 +150,13 @@ class Gateway:
         """Refuse the statement about to run, and end its connection, if the config in force no longer admits the
         connection (its database removed or changed, its agent removed or no longer among the database's)."""
         await self.policies()
-        grant = self._grants.get(session.key)
-        if grant is not None and (why := access.revoked(grant, session.agent, self.config)) is not None:
+        if (why := self.revoked(session)) is not None:
             raise Refused(*why)
+
+    def revoked(self, session: Session) -> tuple[str, str] | None:
+        """Why the config in force no longer admits the session's connection (SQLSTATE, message), if it does not."""
+        grant = self._grants.get(session.key)
+        return None if grant is None else access.revoked(grant, session.agent, self.config)
 
     def secrets(self) -> dict[str, str]:
         from ..credentials.vault import Vault

@@ -221,10 +221,9 @@ class Waits:
         """Decide the statement again under the config and policies in force now, and count it: (why it is refused,
         None) or (None, the charge as its row keeps it)."""
         policies = await self.gateway.policies()  # the config too, if it was edited meanwhile
-        config, agent, name = self.gateway.config, session.agent, session.database.name
-        database = config.databases.by_name.get(name)
-        if database is None or not database.admits(agent) or agent not in config.agents:
-            return f"database {name!r} is no longer open to agent {agent!r} in the config; it was not sent", None
+        agent, name = session.agent, session.database.name
+        if (why := self.gateway.revoked(session)) is not None:
+            return f"{why[1].split('; ')[0]} while it waited; it was not sent", None
         now = time.time()
         again = decide(policies, name, agent, statements, now)[0]
         if again.effect != "allow":

@@ -352,3 +352,17 @@ def test_without_run_a_jailed_command_is_told_its_statement_waits(make_proxy, pg
     assert f"held {card['id']} mailbot DELETE postgresql://shop/shop" in ran.stderr
     assert "decide from another shell" in ran.stderr
     assert direct(pg_server, "SELECT id FROM orders ORDER BY id") == [(1,), (3,)]
+
+
+def test_a_statement_waiting_out_its_delay_is_not_sent_once_its_agent_loses_the_database(make_proxy,
+                                                                                       pg_server) -> None:
+    """The config edited while a statement waits: what no longer admits its connection stops it, in the words a
+    revoked connection is told."""
+    proxy, url = start(make_proxy, pg_server, ", delay: 4s")
+    agent = Agent(url, "UPDATE orders SET qty = 0 WHERE id = %s", (1,))
+    wait_for(lambda: "delayed" in proxy.log_text(), what="the delay")
+    edit(proxy, proxy.config.read_text().replace("    agents: [mailbot]\n", "    agents: [slackbot]\n"))
+    error = agent.outcome()
+    assert isinstance(error, errors.InsufficientPrivilege), error
+    assert "may no longer use database 'shop'" in str(error) and "while it waited; it was not sent" in str(error)
+    assert direct(pg_server, "SELECT qty FROM orders WHERE id = 1") != [(0,)]
