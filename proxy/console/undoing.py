@@ -123,21 +123,32 @@ class SessionPlan:
 
     planned: list[session.Planned]
     file_runs: list[Run]
+    statements: list[tuple[dict[str, Any], StatementShown]] = field(default_factory=list)
 
     @property
     def todo(self) -> list[session.Planned]:
         return [p for p in self.planned if p.passed_over is None]
+
+    @property
+    def statements_todo(self) -> list[dict[str, Any]]:
+        return [row for row, shown in self.statements if shown.passed_over is None]
+
+
+def changed_rows(row: dict[str, Any]) -> bool:
+    """A statement that may have changed rows (not a read, transaction control, or a write that changed none)."""
+    return row.get("undo_class") is not None or row.get("row_images") is not None
 
 
 def plan_session(config: Config, agent: str, since: float, until: float | None, force: bool = False) -> SessionPlan:
     conn = audit.connect(config)
     try:
         rows = [r for r in session.session_rows(conn, agent, since) if until is None or r["ts"] <= until]
-        planned = list(session.plan_rows(config, Journal(conn), rows, force))
+        statements = [(r, show_statement(config, conn, r)) for r in rows if is_statement(r) and changed_rows(r)]
+        planned = list(session.plan_rows(config, Journal(conn), [r for r in rows if not is_statement(r)], force))
     finally:
         conn.close()
     found = [r for r in session.file_runs(config, agent, since) if until is None or r.ts <= until]
-    return SessionPlan(planned, found)
+    return SessionPlan(planned, found, statements)
 
 
 @dataclass
@@ -157,7 +168,8 @@ def carry_out_session(config: Config, agent: str, request_ids: list[str], run_id
                       ) -> SessionDone:
     """Carry out the plans the person confirmed: these requests and file runs of `agent` (anything else is refused),
     planned again (the log may have moved on), file runs first and then the requests newest first, as `goex-proxy
-    undo --agent A --since WHEN --yes [--force]` does."""
+    undo --agent A --since WHEN --yes [--force]` does: its SQL statements first, newest first, each restored
+    unforced (a changed row is never overwritten)."""
     from ..sandbox import runs
 
     done = SessionDone()
@@ -166,6 +178,10 @@ def carry_out_session(config: Config, agent: str, request_ids: list[str], run_id
         rows = [audit.get(conn, rid) for rid in request_ids]
         if any(r["agent"] != agent for r in rows):
             raise GoexError(f"a request confirmed is not {agent}'s; nothing was done")
+        for row in session.newest_first(conn, [r for r in rows if is_statement(r)]):
+            ended = _carry_out_statement(config, conn, row, False)
+            done.ended.append((str(row["id"]), ended.state, ended.message))
+        rows = [r for r in rows if not is_statement(r)]
         found = [runs.load(config, rid) for rid in run_ids]
         if any(r.agent != agent for r in found):
             raise GoexError(f"a file run confirmed is not {agent}'s; nothing was done")

@@ -4,6 +4,7 @@ agent; each write's rows captured in its own statement, and `goex-proxy undo ID`
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 
 import psycopg
@@ -494,3 +495,34 @@ def test_a_statement_is_undone_from_its_page_in_the_console(make_proxy, postgres
     after = client.get(f"/request/{delete['id']}").text
     assert "already undone" in after and "Undo this statement" not in after
     assert proxy.cli("log", "verify").returncode == 0
+
+
+def test_a_sessions_statements_are_undone_from_the_consoles_session_page(make_proxy, postgres) -> None:  # noqa: F811
+    """The console's session undo plans an agent's statements with its requests, and one confirm restores their rows,
+    newest first, as `goex-proxy undo --agent A --since WHEN` does."""
+    from tests.conftest import free_port
+    from tests.e2e.test_approvals import wait_for
+    from tests.e2e.test_console import LINK, csrf_of, signed_in
+
+    port = free_port()
+    proxy, url = start_gateway(make_proxy, postgres, more=f"console:\n  listen: '127.0.0.1:{port}'\n")
+    found = wait_for(lambda: LINK.search(proxy.log_text()), what="the console's link")
+    base, client = found.group(1), signed_in(found.group(1), found.group(2))
+    pg = gateway_pg((proxy, url))
+    before = direct(pg, ALL)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE orders SET qty = qty + 1 WHERE id = %s", (1,))
+        conn.execute("UPDATE orders SET qty = qty + 1 WHERE id = %s", (1,))  # undone first, then the one before
+        conn.execute("DELETE FROM orders WHERE id = %s", (3,))
+        conn.execute("SELECT count(*) FROM orders")
+    wait_for(lambda: last(proxy, "DELETE").get("undo_class") == "exact", what="the DELETE's outcome")
+    page = client.get("/session", params={"agent": "mailbot", "since": "1h"}).text
+    assert "Database statements" in page and "Undo these 3 request(s)" in page, page
+    assert page.count("set back 1 row(s): (1)") == 2 and "insert back 1 row(s): (3)" in page
+    ids = re.findall(r'name="id" value="(\w+)"', page)
+    done = client.post("/session/undo", data={"csrf": csrf_of(page), "agent": "mailbot", "id": ids},
+                       headers={"Origin": base})
+    assert done.status_code == 200, done.text
+    assert direct(pg, ALL) == before
+    again = client.get("/session", params={"agent": "mailbot", "since": "1h"}).text
+    assert again.count("already undone") == 3 and 'id="nothing"' in again
