@@ -178,13 +178,13 @@ def carry_out_session(config: Config, agent: str, request_ids: list[str], run_id
         rows = [audit.get(conn, rid) for rid in request_ids]
         if any(r["agent"] != agent for r in rows):
             raise GoexError(f"a request confirmed is not {agent}'s; nothing was done")
-        for row in session.newest_first(conn, [r for r in rows if is_statement(r)]):
-            ended = _carry_out_statement(config, conn, row, False)
-            done.ended.append((str(row["id"]), ended.state, ended.message))
-        rows = [r for r in rows if not is_statement(r)]
         found = [runs.load(config, rid) for rid in run_ids]
         if any(r.agent != agent for r in found):
             raise GoexError(f"a file run confirmed is not {agent}'s; nothing was done")
+        for row in session.newest_first(conn, [r for r in rows if is_statement(r)]):
+            restored = _carry_out_statement(config, conn, row, False)
+            done.ended.append((str(row["id"]), restored.state, restored.message))
+        rows = [r for r in rows if not is_statement(r)]
         journal = Journal(conn)
         planned = list(session.plan_rows(config, journal, session.newest_first(conn, rows), force))
         for run in found:
