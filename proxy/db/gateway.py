@@ -234,7 +234,8 @@ class Gateway:
             return self._certificates.context(self.config.state_dir, self.config.databases.listen[0])
         except (OSError, ValueError) as exc:
             raise Refused("58000", f"goex-proxy cannot make the database gateway's TLS certificate from its CA "
-                                   f"({self.config.state_dir / agenttls.CA_FILE}): {exc}") from None
+                                   f"({self.config.state_dir / agenttls.CA_FILE}): "
+                                   f"{getattr(exc, 'strerror', None) or exc}") from None
 
     def register(self, key: tuple[int, int], session: Session | None) -> None:
         if session is None:

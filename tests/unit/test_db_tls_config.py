@@ -8,7 +8,6 @@ import ssl
 from pathlib import Path
 
 import pytest
-from cryptography import x509
 
 from goex_proxy.config import load_config
 from goex_proxy.db import agenttls
@@ -72,7 +71,26 @@ def test_the_certificate_is_the_cas_for_the_listen_address_and_loopback(tmp_path
     assert certificates.context(tmp_path, "10.1.2.3") is not first
 
 
-def test_a_state_directory_without_its_ca_is_an_error(tmp_path: Path) -> None:
-    with pytest.raises(OSError):
-        agenttls.server_context(tmp_path, "127.0.0.1", datetime.datetime.now(datetime.UTC))
-    assert x509  # the CA's certificate itself is checked end to end (tests/e2e/test_db_tls.py)
+def test_a_gateway_whose_ca_is_missing_does_not_start_and_says_why(tmp_path: Path) -> None:
+    import asyncio
+
+    from goex_proxy.db.gateway import Gateway
+    from goex_proxy.errors import GoexError
+    from goex_proxy.statedir import init
+
+    init(tmp_path / "home")
+    (tmp_path / "home" / agenttls.CA_FILE).unlink()
+    loaded = load_config(tmp_path / "home" / "config.yaml")
+
+    async def start() -> str:
+        gateway = Gateway(loaded)
+        try:
+            await gateway.start()
+        except GoexError as exc:
+            return str(exc)
+        finally:
+            await gateway.close()
+        return "started"
+
+    assert asyncio.run(start()) == ("goex-proxy cannot make the database gateway's TLS certificate from its CA "
+                                    f"({tmp_path / 'home' / agenttls.CA_FILE}): No such file or directory")
