@@ -15,7 +15,8 @@ whose rows are queued to the writer in order and not waited for (README, "Databa
 
 The gateway is measured without TLS (`sslmode=disable`; its default `databases.tls: offer` would give TLS to psycopg's
 default, prefer); `--tls` adds the same statements with `sslmode=require` in TLS, and connections per second (a
-connection made, SCRAM, one select, closed) both ways: what TLS between the agent and the gateway costs.
+connection made, SCRAM, one select, closed) both ways: what TLS between the agent and the gateway costs (and
+`--profile` then samples a connection in TLS).
 
 `--profile KIND` then samples `run` with py-spy (if installed) while one connection runs KIND through the gateway,
 and prints where the proxy's time goes per statement (bench/profile_goex.py's analysis); `--gil` samples only what
@@ -181,7 +182,8 @@ def main() -> None:
                             [("made, 1 select, closed", fmt(plain, 1), fmt(encrypted, 1), fmt(encrypted / plain, 3))],
                             title=f"gateway connections: medians of {args.rounds} rounds of 50"))
             if args.profile:
-                print(profile(processes, run.pid, gateway, KINDS[args.profile], args.statements * 4, home, args.gil))
+                print(profile(processes, run.pid, tls if args.tls else gateway, KINDS[args.profile],
+                              args.statements * 4, home, args.gil))
         finally:
             processes.stop_all()
 
