@@ -263,7 +263,8 @@ async def serve_gateway(config: Config, quiet: bool = True) -> Gateway:
         await gateway.close()
         raise
     host, port = config.databases.listen
-    log.info("database gateway on %s:%d for %s", host, port, ", ".join(config.databases.by_name))
+    log.info("database gateway on %s:%d for %s (TLS: %s)", host, port, ", ".join(config.databases.by_name),
+             config.databases.tls)
     return gateway
 
 

@@ -131,6 +131,7 @@ def test_a_client_that_offers_only_tls_1_1_is_refused(make_proxy, pg_server) -> 
 
 def test_require_refuses_plaintext_and_the_url_it_gives_verifies(make_proxy, pg_server) -> None:
     proxy, url = start(make_proxy, pg_server, "require")
+    assert "(TLS: require)" in proxy.log_text()  # `run` says what it does
     with pytest.raises(psycopg.OperationalError, match="accepts only encrypted connections"):
         psycopg.connect(url + "?sslmode=disable").close()
     sock, first = asked(url, startup())  # the error's code is PostgreSQL's for a pg_hba refusal (no encryption)
