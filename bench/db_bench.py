@@ -11,7 +11,12 @@ primary-key read) and `update` (a single-row update). The issue's goal is >= 0.8
 statement the gateway relays is first committed to the audit log (write-ahead), except messages that only read,
 whose rows are queued to the writer in order and not waited for (README, "Databases").
 
-    python bench/db_bench.py [--rounds 5] [--statements 1000] [--conns 4] [--profile select|update]
+    python bench/db_bench.py [--rounds 5] [--statements 1000] [--conns 4] [--tls] [--profile select|update]
+
+The gateway is measured without TLS (`sslmode=disable`; its default `databases.tls: offer` would give TLS to psycopg's
+default, prefer); `--tls` adds the same statements with `sslmode=require` in TLS, and connections per second (a
+connection made, SCRAM, one select, closed) both ways: what TLS between the agent and the gateway costs (and
+`--profile` then samples a connection in TLS).
 
 `--profile KIND` then samples `run` with py-spy (if installed) while one connection runs KIND through the gateway,
 and prints where the proxy's time goes per statement (bench/profile_goex.py's analysis); `--gil` samples only what
@@ -81,6 +86,17 @@ def rate(url: str, sql: str, statements: int, conns: int) -> float:
     return statements * conns / took
 
 
+def connects(url: str, count: int) -> float:
+    """Connections per second, one after another: each made (TLS if the URL says, SCRAM), one select, closed."""
+    import psycopg
+
+    started = time.perf_counter()
+    for _ in range(count):
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("SELECT 1")
+    return count / (time.perf_counter() - started)
+
+
 def profile(processes: Processes, pid: int, url: str, sql: str, statements: int, workdir: Path,
             gil: bool = False) -> str:
     """py-spy's samples of `run` while one connection runs `statements` of `sql` through the gateway, analysed."""
@@ -109,6 +125,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--statements", type=int, default=1000)
     parser.add_argument("--conns", type=int, default=4)
+    parser.add_argument("--tls", action="store_true", help="also measure the gateway with TLS (sslmode=require)")
     parser.add_argument("--profile", choices=sorted(KINDS), help="then profile the gateway running this kind")
     parser.add_argument("--gil", action="store_true", help="profile only what holds the GIL (py-spy --gil)")
     args = parser.parse_args()
@@ -119,7 +136,8 @@ def main() -> None:
     tables = ("CREATE TABLE orders (id int PRIMARY KEY, qty int NOT NULL)",
               "INSERT INTO orders SELECT g, g FROM generate_series(1, 1000) g")
     with shop_gateway(processes, POLICY, tables) as shop:
-        run, home, direct, gateway = shop.run, shop.home, shop.direct, shop.gateway
+        run, home, direct = shop.run, shop.home, shop.direct
+        gateway, tls = shop.gateway + "?sslmode=disable", shop.gateway + "?sslmode=require"
         relay_port = free_port()
         relay = processes.start([PYTHON, str(Path(__file__).with_name("tcp_relay.py")), str(relay_port),
                                  str(shop.pg.port)])
@@ -130,7 +148,8 @@ def main() -> None:
             rows = []
             for kind, sql in KINDS.items():
                 for conns in (1, args.conns):
-                    measured: dict[str, list[float]] = {"direct": [], "relay": [], "gateway": [], "cpu": []}
+                    measured: dict[str, list[float]] = {"direct": [], "relay": [], "gateway": [], "cpu": [],
+                                                        "tls": [], "tls cpu": []}
                     for _ in range(args.rounds):
                         measured["direct"].append(rate(direct, sql, args.statements, conns))
                         measured["relay"].append(rate(relayed, sql, args.statements, conns))
@@ -138,15 +157,33 @@ def main() -> None:
                         measured["gateway"].append(rate(gateway, sql, args.statements, conns))
                         spent = cpu_seconds(run.pid) - before
                         measured["cpu"].append(spent / ((args.statements + 50) * conns) * 1e6)
+                        if args.tls:
+                            before = cpu_seconds(run.pid)
+                            measured["tls"].append(rate(tls, sql, args.statements, conns))
+                            spent = cpu_seconds(run.pid) - before
+                            measured["tls cpu"].append(spent / ((args.statements + 50) * conns) * 1e6)
                     d, r, g = median(measured["direct"]), median(measured["relay"]), median(measured["gateway"])
                     rows.append((kind, conns, fmt(d, 0), fmt(r, 0), fmt(g, 0), fmt(r / d, 3), fmt(g / d, 3),
-                                 fmt(median(measured["cpu"]), 0)))
+                                 fmt(median(measured["cpu"]), 0))
+                                + ((fmt(median(measured["tls"]), 0), fmt(median(measured["tls"]) / g, 3),
+                                    fmt(median(measured["tls cpu"]), 0)) if args.tls else ()))
             print(table(("statements", "connections", "direct /s", "relay /s", "gateway /s", "relay / direct",
-                         "gateway / direct", "proxy CPU us/stmt"), rows,
+                         "gateway / direct", "proxy CPU us/stmt")
+                        + (("gateway TLS /s", "TLS / plain", "TLS CPU us/stmt") if args.tls else ()), rows,
                         title=f"database gateway: medians of {args.rounds} rounds, {args.statements} statements "
                               "per connection"))
+            if args.tls:
+                made: dict[str, list[float]] = {"plain": [], "tls": []}
+                for _ in range(args.rounds):
+                    made["plain"].append(connects(gateway, 50))
+                    made["tls"].append(connects(tls, 50))
+                plain, encrypted = median(made["plain"]), median(made["tls"])
+                print(table(("connections", "plain /s", "TLS /s", "TLS / plain"),
+                            [("made, 1 select, closed", fmt(plain, 1), fmt(encrypted, 1), fmt(encrypted / plain, 3))],
+                            title=f"gateway connections: medians of {args.rounds} rounds of 50"))
             if args.profile:
-                print(profile(processes, run.pid, gateway, KINDS[args.profile], args.statements * 4, home, args.gil))
+                print(profile(processes, run.pid, tls if args.tls else gateway, KINDS[args.profile],
+                              args.statements * 4, home, args.gil))
         finally:
             processes.stop_all()
 

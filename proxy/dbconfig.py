@@ -15,6 +15,12 @@ from .yamlsrc import Checker, YMap
 
 #: Where the gateway listens unless `databases.listen` says otherwise (next to PostgreSQL's own 5432).
 DEFAULT_LISTEN = ("127.0.0.1", 6433)
+#: `databases.tls`: whether the gateway answers a client's SSLRequest with TLS (`offer`), demands it (`require`) or
+#: declines it (`off`). One setting for the gateway: the request comes before the client names its database.
+TLS_MODES = ("off", "offer", "require")
+DEFAULT_TLS = "offer"
+#: Keys of `databases:` that are the gateway's own, not databases.
+GATEWAY_KEYS = ("listen", "tls")
 SSLMODES = ("disable", "prefer", "require", "verify-full")
 TRANSACTIONS = ("auto", "hold")
 #: How long a held transaction (`transaction: hold`) may stay open, from its first statement, unless `hold_timeout`.
@@ -59,6 +65,7 @@ class Databases:
 
     listen: tuple[str, int] = DEFAULT_LISTEN
     by_name: dict[str, Database] = field(default_factory=dict)
+    tls: str = DEFAULT_TLS
 
     def for_agent(self, agent: str) -> list[Database]:
         return [d for d in self.by_name.values() if d.admits(agent)]
@@ -147,14 +154,15 @@ def parse_databases(check: Checker, top: YMap, base: Path, agents: set[str]) -> 
     if "listen" in spec:
         listen = check.parsed(spec, "listen", "databases.listen",
                               lambda v: parse_host_port(v, "127.0.0.1:6433")) or DEFAULT_LISTEN
-        if not is_loopback(listen[0]):
-            check.warn(check.at(spec, "listen"), f"'databases.listen' {listen[0]} is not a loopback address: agents' "
-                                                 "statements and their results would cross the network unencrypted "
-                                                 "(the gateway offers no TLS to agents yet)")
+    tls = _tls(check, spec)
+    if "listen" in spec and not is_loopback(listen[0]) and tls != "require":
+        check.warn(check.at(spec, "listen"), f"'databases.listen' {listen[0]} is not a loopback address: the "
+                                             "statements and results of an agent that does not ask for TLS would "
+                                             "cross the network unencrypted (set 'databases.tls: require')")
     found: dict[str, Database] = {}
     envs: dict[tuple[str, str], str] = {}
     for name in spec:
-        if name == "listen":
+        if name in GATEWAY_KEYS:
             continue
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             check.error(spec.key_pos[name], f"database name {name!r} must be letters, digits, '.', '_' or '-'")
@@ -168,7 +176,20 @@ def parse_databases(check: Checker, top: YMap, base: Path, agents: set[str]) -> 
                                                   f"{agent!r} by database {other!r}; give one of them another 'env'")
             envs[(agent, database.env)] = name
         found[name] = database
-    return Databases(listen, found)
+    return Databases(listen, found, tls)
+
+
+def _tls(check: Checker, spec: YMap) -> str:
+    """`databases.tls`: off, offer or require (YAML reads a bare `off` as false, which says the same)."""
+    value = spec.get("tls", DEFAULT_TLS)
+    if value is False:
+        return "off"
+    if value not in TLS_MODES:
+        got = ("a mapping: tls is the gateway's own setting, so no database can be named tls"
+               if isinstance(value, YMap) else "true" if value is True else repr(value))
+        check.error(check.at(spec, "tls"), f"'databases.tls' must be off, offer or require (got {got})")
+        return "require"  # not used: the config does not load with an error
+    return str(value)
 
 
 def restart_changes(running: Databases, edited: Databases) -> list[str]:

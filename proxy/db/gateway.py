@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from ..policy.engine import Decision, Policy
 from ..policy.limits import Charge
 from ..policy.load import load_policy_set
 from ..policy.sqlparse import Statement
-from . import access
+from . import access, agenttls
 from .fastpath import DecisionCache
 from .hold import Holds
 from .rowcapture import Planned
@@ -53,6 +54,7 @@ class Gateway:
         self.holds = Holds(self, self._writer)
         self.decisions = DecisionCache()
         self._connections: dict[tuple[str, str], int] = {}  # (agent, database) -> its upstream connections open
+        self._certificates = agenttls.Certificates()
 
     @property
     def writer(self) -> AuditWriter:
@@ -61,6 +63,11 @@ class Gateway:
     async def start(self) -> None:
         await self.policies()  # a policy that does not load is a reason not to start (run checked it already)
         await self.holds.start()
+        if self.config.databases.tls != "off":
+            try:
+                self.tls_context()
+            except Refused as exc:  # before listening: an agent is not offered TLS the gateway cannot give
+                raise GoexError(str(exc)) from None
         host, port = self.config.databases.listen
         self._server = await asyncio.start_server(self._serve, host, port)
         self._watcher = asyncio.get_running_loop().create_task(self._watch())
@@ -223,6 +230,17 @@ class Gateway:
     def new_id(self) -> str:
         return self._ids.new()
 
+    def tls_context(self) -> ssl.SSLContext | None:
+        """What answers a client's SSLRequest under `databases.tls` as the config in force says: None for off."""
+        if self.config.databases.tls == "off":
+            return None
+        try:
+            return self._certificates.context(self.config.state_dir, self.config.databases.listen[0])
+        except (OSError, ValueError) as exc:
+            raise Refused("58000", f"goex-proxy cannot make the database gateway's TLS certificate from its CA "
+                                   f"({self.config.state_dir / agenttls.CA_FILE}): "
+                                   f"{getattr(exc, 'strerror', None) or exc}") from None
+
     def register(self, key: tuple[int, int], session: Session | None) -> None:
         if session is None:
             self._sessions.pop(key, None)
@@ -249,7 +267,8 @@ async def serve_gateway(config: Config, quiet: bool = True) -> Gateway:
         await gateway.close()
         raise
     host, port = config.databases.listen
-    log.info("database gateway on %s:%d for %s", host, port, ", ".join(config.databases.by_name))
+    log.info("database gateway on %s:%d for %s (TLS: %s)", host, port, ", ".join(config.databases.by_name),
+             config.databases.tls)
     return gateway
 
 

@@ -9,6 +9,7 @@ import concurrent.futures
 import contextlib
 import logging
 import secrets
+import ssl
 import struct
 import time
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from ..dbconfig import Database
 from ..policy.engine import Decision, Policy
 from ..policy.sqlparse import Statement
 from ..printable import shown
-from . import agentauth, capture, record, rowcapture
+from . import agentauth, agenttls, capture, record, rowcapture
 from .fastpath import DecisionCache, QueuedReads, only_reads, parse_statements
 from .upstream import Upstream, UpstreamError, connect
 from .wire import (
@@ -64,7 +65,7 @@ PASSED_PARAMS = ("application_name", "DateStyle", "TimeZone", "extra_float_digit
 PINNED_PARAMS = {"client_encoding": "UTF8", "standard_conforming_strings": "on"}
 INSUFFICIENT_PRIVILEGE = "42501"
 PROGRAM_LIMIT_EXCEEDED = "54000"
-#: Seconds a client has to start up and authenticate, and how often it may ask for TLS or GSS first (each answered N).
+#: Seconds a client has to start up and authenticate, and how often it may ask for TLS or GSS first.
 LOGIN_SECONDS = 30.0
 _NEGOTIATIONS = 2
 
@@ -90,6 +91,8 @@ class Gatekeeper(Protocol):
     def record_outcome(self, request_id: str, fields: dict[str, Any]) -> None: ...
 
     def new_id(self) -> str: ...
+
+    def tls_context(self) -> ssl.SSLContext | None: ...
 
     def admit_connection(self, agent: str, database: str, most: int) -> bool: ...
 
@@ -204,11 +207,19 @@ class Session:
             await self.writer.drain()
 
     async def _startup(self) -> dict[str, str] | None:
-        """The startup packet (TLS and GSS encryption declined: the gateway listens on this machine); None when it
-        was a cancel request, handled here."""
+        """The startup packet, in TLS when the client asks and `databases.tls` offers it (GSS encryption declined);
+        None when it was a cancel request, handled here."""
+        encrypted = False
         for _ in range(_NEGOTIATIONS + 1):
             code, body = await read_startup(self.reader)
             if code in (SSL_REQUEST, GSSENC_REQUEST):
+                if encrypted:
+                    raise Refused("08P01", "an encryption request inside TLS")
+                context = self.gate.tls_context() if code == SSL_REQUEST else None
+                if context is not None:
+                    await agenttls.upgrade(self.reader, self.writer, context)
+                    encrypted = True
+                    continue
                 self.writer.write(b"N")
                 await self.writer.drain()
                 continue
@@ -219,6 +230,8 @@ class Session:
                 return None
             if code != PROTOCOL_3:
                 raise Refused("08P01", f"unsupported protocol {code >> 16}.{code & 0xFFFF}: goex-proxy speaks 3.0")
+            if not encrypted and self.gate.config.databases.tls == "require":
+                raise Refused("28000", agenttls.REQUIRED)
             return parse_params(body)
         raise Refused("08P01", "too many encryption requests")
 

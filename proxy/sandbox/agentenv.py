@@ -48,9 +48,10 @@ def proxy_url(config: Config, agent: str, host: str | None = None) -> str:
     return f"http://{quote(agent, safe='')}:{quote(token, safe='')}@{netloc}:{config.listen_port}"
 
 
-def database_urls(config: Config, agent: str, host: str | None = None) -> dict[str, str]:
+def database_urls(config: Config, agent: str, host: str | None = None, ca_path: str | None = None) -> dict[str, str]:
     """`postgresql://AGENT:TOKEN@host:port/NAME` for each database the agent may use, by the variable it is given
-    in: the gateway's address and the agent's own identity, never the database's password."""
+    in: the gateway's address and the agent's own identity, never the database's password. Under `databases.tls:
+    require` the URL also has the client check the gateway (`tls_options`)."""
     databases = config.databases.for_agent(agent)
     if not databases:
         return {}
@@ -58,8 +59,22 @@ def database_urls(config: Config, agent: str, host: str | None = None) -> dict[s
     host = host or gateway_address(config)[0]
     netloc = f"[{host}]" if ":" in host else host
     port = config.databases.listen[1]
+    options = tls_options(config, host, ca_path or str(config.ca_cert))
     return {d.env: f"postgresql://{quote(agent, safe='')}:{quote(token, safe='')}@{netloc}:{port}/"
-                   f"{quote(d.name, safe='')}" for d in databases}
+                   f"{quote(d.name, safe='')}{options}" for d in databases}
+
+
+def tls_options(config: Config, host: str, ca: str) -> str:
+    """What a URL to the gateway adds for TLS: under `require`, TLS checked against goex-proxy's CA, the name too
+    when the certificate is for `host` (verify-full); under `offer`, nothing (a client's default, prefer, uses TLS
+    unchecked; one that wants it checked adds `sslmode=verify-full&sslrootcert=` the CA, as SSL_CERT_FILE names it),
+    so that clients which refuse options they do not know (SQLAlchemy's asyncpg) keep working."""
+    if config.databases.tls != "require":
+        return ""
+    from ..db.agenttls import names
+
+    mode = "verify-full" if host.lower() in names(config.databases.listen[0]) else "verify-ca"
+    return f"?sslmode={mode}&sslrootcert={quote(ca, safe='/')}"
 
 
 def agent_env(config: Config, agent: str, *, proxy_host: str | None = None, ca_path: str | None = None) -> dict[str, str]:
@@ -72,7 +87,7 @@ def agent_env(config: Config, agent: str, *, proxy_host: str | None = None, ca_p
     env["GOEX_PROXY_AGENT"] = agent
     for credential in config.credentials.values():  # unchanged SDK code finds a token; the proxy swaps it
         env.update({name: credential.placeholder for name in credential.env})
-    env.update(database_urls(config, agent, proxy_host))
+    env.update(database_urls(config, agent, proxy_host, ca_path))
     return env
 
 

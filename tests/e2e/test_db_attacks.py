@@ -89,7 +89,7 @@ def raw_exchange(url: str, data: bytes, readies: int) -> bytes:
     `readies`-th ReadyForQuery."""
     import socket
 
-    conn = psycopg.connect(url, autocommit=True)
+    conn = psycopg.connect(url, autocommit=True, sslmode="disable")  # written raw: no TLS
     try:
         sock = socket.socket(fileno=os.dup(conn.pgconn.socket))
         sock.settimeout(30)
@@ -131,7 +131,7 @@ def test_a_query_inside_an_unsynced_batch_ends_the_connection(gateway, postgres)
     import socket
 
     got = b""
-    conn = psycopg.connect(url, autocommit=True)
+    conn = psycopg.connect(url, autocommit=True, sslmode="disable")  # written raw: no TLS
     with socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
         sock.settimeout(30)
         sock.sendall(bad_bind + message(b"Q", b"UPDATE orders SET qty = 9 WHERE id = 3\0") + message(b"S"))
@@ -199,7 +199,7 @@ def test_a_query_sent_into_an_open_copy_is_not_recorded_as_run(gateway, postgres
 
     proxy, url = gateway
     proxy.write_policy("shop", LOADS)
-    conn = psycopg.connect(url, autocommit=True)
+    conn = psycopg.connect(url, autocommit=True, sslmode="disable")  # written raw: no TLS
     got = b""
     with socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
         sock.settimeout(30)
@@ -256,7 +256,7 @@ def test_a_malformed_message_ends_its_connection_quietly(gateway, bad: bytes) ->
     import socket
 
     proxy, url = gateway
-    conn = psycopg.connect(url, autocommit=True)
+    conn = psycopg.connect(url, autocommit=True, sslmode="disable")  # written raw: no TLS
     with socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
         sock.settimeout(30)
         sock.sendall(bad)

@@ -85,9 +85,13 @@ def test_a_gateway_beyond_this_machine_is_warned_about(tmp_path: Path) -> None:
     check = Checker(str(path))
     parse_config(load(path.read_text(), str(path))[0], path, check)
     assert [p.message for p in check.problems if p.severity == "warning"] == [
-        "'databases.listen' 0.0.0.0 is not a loopback address: agents' statements and their results would cross the "
-        "network unencrypted (the gateway offers no TLS to agents yet)"]
+        "'databases.listen' 0.0.0.0 is not a loopback address: the statements and results of an agent that does not "
+        "ask for TLS would cross the network unencrypted (set 'databases.tls: require')"]
     assert config_problems(path) == []
+    path.write_text("version: 1\n" + AGENTS + "databases:\n  listen: 0.0.0.0:6433\n  tls: require\n" + SHOP)
+    check = Checker(str(path))
+    parse_config(load(path.read_text(), str(path))[0], path, check)
+    assert check.problems == []  # every agent's connection is encrypted
 
 
 def test_a_held_database_and_its_timeout(tmp_path: Path) -> None:
