@@ -1,0 +1,109 @@
+"""A hostile agent inside `exec --jail`: each test is a way a red team found to read what the jail hides, run as the
+agent would, with the real jail and real commands."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import GITHUB_POLICY, GOEX, free_port
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def outside() -> Iterator[Path]:
+    """A directory outside the scratch directories every jail replaces, so that the jail sees it (read-only) live."""
+    import pwd
+
+    from goex_proxy.sandbox.view import SCRATCH
+
+    homes = [Path.home(), Path(pwd.getpwuid(os.getuid()).pw_dir)]
+    base = next((h for h in homes if not any(h.resolve().is_relative_to(d) for d in SCRATCH)), homes[-1]) / ".cache"
+    base.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix="goex-jail-attack-", dir=base))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def replace_by_rename(path: Path, text: str) -> None:
+    """Write `path` as editors, `git credential-store` and `docker login` do: a new file renamed over the old one."""
+    fresh = path.with_name(path.name + ".new")
+    fresh.write_text(text)
+    os.rename(fresh, path)
+
+
+#: Reads each path once, says it is ready, waits for the go-ahead (a file the host makes outside), reads them again.
+READ_TWICE = """
+for f in "$@"; do echo "before $f: $(cat "$f" 2>&1)"; done
+touch "$READY"
+while [ ! -e "$GO" ]; do sleep 0.05; done
+for f in "$@"; do echo "after $f: $(cat "$f" 2>&1)"; done
+"""
+
+
+def test_a_hidden_file_replaced_during_the_run_stays_hidden(make_proxy, outside):
+    """A credential store and a config file outside the state directory, rewritten by rename while the agent runs
+    (as editors save, and as `git credential-store` and `docker login` write), stay hidden: the kernel drops a mount
+    whose mount point is renamed over, so covering the file itself with a mount does not survive the rewrite."""
+    proxy = make_proxy(GITHUB_POLICY, start=False)
+    home = outside / "home"
+    home.mkdir()
+    netrc = home / ".netrc"
+    netrc.write_text("machine example.com password NETRC-FIRST\n")
+    config = outside / "etc" / "goex.yaml"
+    config.parent.mkdir()
+    config.write_text(proxy.config.read_text().replace("policies/", f"{proxy.home}/policies/")
+                      + f"state_dir: {proxy.home}\n")
+    workspace = outside / "ws"
+    workspace.mkdir()
+    ready, go = workspace / "ready", outside / "go"
+    env = {**proxy.env, "HOME": str(home)}
+    script = READ_TWICE.replace("$READY", str(ready)).replace("$GO", str(go))
+    p = subprocess.Popen([*GOEX, "exec", "--config", str(config), "--agent", "mailbot", "--files", "review", "--",
+                          "sh", "-c", script, "sh", str(netrc), str(config)], env=env, cwd=workspace,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while p.poll() is None and not any(proxy.home.glob("runs/*/upper/ready")):
+            assert time.monotonic() < deadline, "the jailed command never got ready"
+            time.sleep(0.05)
+        replace_by_rename(netrc, "machine example.com password NETRC-SECOND\n")
+        replace_by_rename(config, config.read_text() + "# CONFIG-SECOND\n")
+        go.touch()
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0, err
+    assert "after" in out, out
+    for secret in ("NETRC-FIRST", "NETRC-SECOND", "mailbot-token-1", "CONFIG-SECOND"):
+        assert secret not in out, out
+
+
+def test_the_consoles_tls_key_is_hidden(make_proxy, outside, upstream_ca):
+    """The console's TLS private key, wherever the config keeps it, is goex-proxy's own secret like the CA's key."""
+    ca, _ = upstream_ca
+    cert = ca.issue_cert("console.example.test")
+    keys = outside / "tls"
+    keys.mkdir()
+    cert.private_key_pem.write_to_path(str(keys / "console.key"))
+    cert.cert_chain_pems[0].write_to_path(str(keys / "console.crt"))
+    proxy = make_proxy(GITHUB_POLICY, start=False, extra_config=(
+        f"console:\n  listen: 127.0.0.1:{free_port()}\n  tls_cert: {keys / 'console.crt'}\n  tls_key: {keys / 'console.key'}\n"))
+    workspace = outside / "ws"
+    workspace.mkdir()
+    r = subprocess.run([*GOEX, "exec", "--config", str(proxy.config), "--agent", "mailbot", "--", "sh", "-c",
+                        f"cat {keys / 'console.key'}; cat {keys / 'console.crt'} >/dev/null && echo cert-readable"],
+                       env=proxy.env, cwd=workspace, capture_output=True, text=True, timeout=90)
+    assert "cert-readable" in r.stdout, r.stderr  # the certificate is public; the test reads the right place
+    assert "PRIVATE KEY" not in r.stdout
