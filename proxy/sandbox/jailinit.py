@@ -27,6 +27,7 @@ import ctypes
 import fcntl
 import marshal
 import os
+import re
 import signal
 import socket
 import stat
@@ -179,8 +180,10 @@ def build_root(spec: dict) -> None:  # type: ignore[type-arg]
     """The agent's view of the machine, mounted at spec["root"]; see the module docstring."""
     root = spec["root"]
     mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing done here reaches the host's mounts
+    host_mounts = mount_points()
     mount("/", root, None, MS_BIND | MS_REC)
     read_only(root)
+    shield_parents(spec, host_mounts)
     for scratch in ("/tmp", "/var/tmp", "/run"):
         if os.path.isdir(root + scratch):
             mount("tmpfs", root + scratch, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777" if scratch != "/run" else "mode=0755")
@@ -237,6 +240,56 @@ def build_root(spec: dict) -> None:  # type: ignore[type-arg]
     _check(_syscall("pivot_root", b".", b"."), "pivot_root")
     _check(libc.umount2(b".", MNT_DETACH), "detaching the host's root")
     os.chdir("/")
+
+
+def mount_points() -> list[str]:
+    """Where this mount namespace has mounts (the host's, before any of the jail's), from /proc/self/mountinfo."""
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        lines = f.read().splitlines()
+    unescape = re.compile(r"\\([0-7]{3})")
+    return [unescape.sub(lambda m: chr(int(m.group(1), 8)), line.split(" ")[4]) for line in lines
+            if len(line.split(" ")) > 4]
+
+
+def _inside(path: str, parent: str) -> bool:
+    return path == parent or path.startswith(parent.rstrip("/") + "/")
+
+
+def shield_parents(spec: dict, host_mounts: list[str]) -> None:  # type: ignore[type-arg]
+    """Give each directory that holds a hidden path (outside the workspace and the scratch directories) an overlay of
+    its own in the view: the host's directory, read-only, under a layer holding an empty file for each hidden file.
+
+    A mount made on one of the host's files or directories does not survive it being renamed over or deleted on the
+    host (the kernel drops the mount): covering ~/.netrc itself would uncover the new ~/.netrc that an editor,
+    `git credential-store` or `docker login` writes by rename while the agent runs. A hidden file is answered by the
+    overlay's top layer whatever the host does, and the mounts that cover hidden directories land on the overlay's
+    own entries, which the host's renames do not reach. A directory with other mounts below it cannot be an overlay's
+    layer (the kernel refuses to copy a tree with locked mounts in it): its hidden paths keep mounts of their own."""
+    root, masks = spec["root"], spec["run_dir"] + "/masks"
+    hidden = [path for path in spec["hide"] if _lexists(path) and not os.path.islink(path)]
+    hidden_dirs = [path for path in hidden if os.path.isdir(path)]
+    fenced = [spec.get("workspace") or "/nonexistent", "/tmp", "/var/tmp", "/run", "/dev", *hidden_dirs]
+    parents: dict[str, list[str]] = {}
+    for path in hidden:
+        parent = os.path.dirname(path)
+        if any(_inside(parent, d) for d in fenced) or not os.path.isdir(parent) or os.path.islink(parent):
+            continue
+        if any(m != parent and _inside(m, parent) for m in host_mounts):
+            continue
+        parents.setdefault(parent, []).append(path)
+    if parents:  # a filesystem of its own: a layer inside another layer (the state directory in ~) is refused
+        os.mkdir(masks)
+        mount("tmpfs", masks, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0700,size=64k")
+    for n, parent in enumerate(sorted(parents, key=len)):
+        layer = f"{masks}/{n}"
+        os.mkdir(layer)
+        os.chmod(layer, stat.S_IMODE(os.stat(parent).st_mode))  # the top layer's mode is the directory's
+        for path in parents[parent]:
+            if path not in hidden_dirs:
+                os.close(os.open(f"{layer}/{os.path.basename(path)}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444))
+        mount("overlay", root + parent, "overlay", MS_NOSUID | MS_RDONLY,
+              f"lowerdir={_escape(layer)}:{_escape(parent)},userxattr")
+        read_only(root + parent)
 
 
 def mask_proc(proc: str, empty: str) -> None:
