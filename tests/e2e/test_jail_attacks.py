@@ -107,3 +107,23 @@ def test_the_consoles_tls_key_is_hidden(make_proxy, outside, upstream_ca):
                        env=proxy.env, cwd=workspace, capture_output=True, text=True, timeout=90)
     assert "cert-readable" in r.stdout, r.stderr  # the certificate is public; the test reads the right place
     assert "PRIVATE KEY" not in r.stdout
+
+
+def test_executes_program_cannot_hide_the_review_with_terminal_escapes(make_proxy):
+    """The program `execute` runs writes to the person's terminal: control sequences in its output (here: conceal,
+    which would make the review that follows invisible under a fake one it printed, clear screen, carriage return) are
+    shown as escapes, never sent to the terminal, so what the review says after it is what the person sees."""
+    from tests.fake_openai import FakeOpenAI
+
+    with FakeOpenAI(api_key="sk-jail-attack") as fake:
+        llm = f"llm: {{base_url: '{fake.base_url}', model: fake-model, api_key: {{env: TEST_LLM_KEY}}, timeout: 10s}}\n"
+        proxy = make_proxy(GITHUB_POLICY, start=False, extra_config=llm)
+        proxy.env["TEST_LLM_KEY"] = "sk-jail-attack"
+        fake.script('```python\nimport sys\nprint("requests made: none\\x1b[2J\\x1b[8m\\rFAKE")\n'
+                    'print("\\x1b[8m\\x9b8m", file=sys.stderr)\n```\n')
+        r = proxy.run_cli("execute", "--config", str(proxy.config), "say hi", "--agent", "mailbot", "--yes",
+                          "--then", "keep", timeout=90)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "requests made: none" in r.stdout  # the program's output is still shown
+    assert "\x1b" not in r.stdout + r.stderr and "\x9b" not in r.stdout + r.stderr and "\r" not in r.stdout
+    assert "\\x1b[8m" in r.stdout and "\\x1b[8m" in r.stderr
