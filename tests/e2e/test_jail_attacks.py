@@ -127,3 +127,29 @@ def test_executes_program_cannot_hide_the_review_with_terminal_escapes(make_prox
     assert "requests made: none" in r.stdout  # the program's output is still shown
     assert "\x1b" not in r.stdout + r.stderr and "\x9b" not in r.stdout + r.stderr and "\r" not in r.stdout
     assert "\\x1b[8m" in r.stdout and "\\x1b[8m" in r.stderr
+
+
+def test_an_agent_that_fills_the_state_directorys_disk_gets_nothing_past_the_log(make_proxy, upstream, outside):
+    """The run's layer is in the state directory: an agent can fill its filesystem (here a 6 MB tmpfs) by writing in
+    the workspace. The audit log can then take no row, and every request after that is refused, never forwarded; the
+    person sees why in one line per request, not a traceback."""
+    from tests.conftest import GITHUB_URL
+
+    proxy = make_proxy(GITHUB_POLICY, start=False)
+    small = outside / "small"
+    small.mkdir()
+    workspace = outside / "ws"
+    workspace.mkdir()
+    command = " ".join([*GOEX, "exec", "--config", f"{small}/config.yaml", "--agent", "mailbot", "--", "sh", "-c"])
+    agent = (f"curl -s -o /dev/null -w 'first %{{http_code}}\\n' {GITHUB_URL}; "
+             "dd if=/dev/zero of=fill bs=1M count=32 2>/dev/null; "
+             f"curl -s -o /dev/null -w 'second %{{http_code}}\\n' {GITHUB_URL}")
+    script = f"mount -t tmpfs -o size=6m tmpfs {small} && cp -a {proxy.home}/. {small} && {command} \"{agent}\""
+    unshare = ["unshare", "-m"] if os.geteuid() == 0 else ["unshare", "-Urm"]
+    r = subprocess.run([*unshare, "sh", "-c", script], cwd=workspace, env=proxy.env, capture_output=True, text=True,
+                       timeout=120)
+    assert "first 200" in r.stdout, r.stdout + r.stderr
+    assert "second 502" in r.stdout, r.stdout + r.stderr
+    assert upstream.seen_paths("api.github.com") == ["/repos/octo/hello"]
+    said = r.stdout + r.stderr
+    assert "audit write failed" in said and "Traceback" not in said, said
