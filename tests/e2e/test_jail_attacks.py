@@ -153,3 +153,58 @@ def test_an_agent_that_fills_the_state_directorys_disk_gets_nothing_past_the_log
     assert upstream.seen_paths("api.github.com") == ["/repos/octo/hello"]
     said = r.stdout + r.stderr
     assert "audit write failed" in said and "Traceback" not in said, said
+
+
+def test_reads_through_the_gateway_are_not_unrecorded_once_the_log_fails(make_proxy, outside, upstream_ca):
+    """The gateway sends a read before its row is committed. An agent that fills the state directory's disk from the
+    jail would then have each new connection's first read run unrecorded, as many times as it connects: once the log
+    has failed to take a row, reads wait for theirs as writes do, and are refused while it cannot; once it has room
+    again, they work again."""
+    from tests.pg import APP_USER, running_postgres, server_bin
+
+    if server_bin() is None or shutil.which("psql") is None:
+        pytest.skip("PostgreSQL is not installed (tests/install-tools)")
+    import psycopg
+
+    cert = upstream_ca[0].issue_cert("127.0.0.1")
+    chain = b"".join(blob.bytes() for blob in cert.cert_chain_pems)
+    with running_postgres(free_port(), (chain, cert.private_key_pem.bytes())) as pg:
+        with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+            conn.execute(f"CREATE ROLE {APP_USER[0]} LOGIN PASSWORD '{APP_USER[1]}'")
+            conn.execute(f"CREATE DATABASE shop OWNER {APP_USER[0]}")
+        with psycopg.connect(pg.dsn(APP_USER, "shop"), autocommit=True) as conn:
+            conn.execute("CREATE TABLE orders (id int PRIMARY KEY, item text)")
+            conn.execute("INSERT INTO orders VALUES (1, 'apples'), (2, 'pears'), (3, 'plums'), (4, 'figs')")
+        port = free_port()
+        policy = ("version: 1\nname: shop\nrules:\n  - name: read orders\n"
+                  "    allow: {database: shop, statements: [select], tables: [orders]}\n")
+        proxy = make_proxy({"shop": policy}, start=False, extra_config=(
+            f"databases:\n  listen: 127.0.0.1:{port}\n  shop:\n    host: 127.0.0.1\n    port: {pg.port}\n"
+            f"    user: {APP_USER[0]}\n    password: shop-db\n    agents: [mailbot]\n"))
+        stored = proxy.run_cli("secrets", "set", "--config", str(proxy.config), "shop-db", input=APP_USER[1].encode())
+        assert stored.returncode == 0, stored.stderr
+        small = outside / "small"
+        small.mkdir()
+        workspace = outside / "ws"
+        workspace.mkdir()
+        goex = " ".join(GOEX)
+        reads = "".join(f"psql \"$DATABASE_URL\" -Atc \"select 'read-' || item from orders where id = {i}\"\n"
+                        for i in range(1, 5))
+        (workspace / "agent.sh").write_text(
+            f"psql \"$DATABASE_URL\" -Atc \"select 'before-' || count(*) from orders\"\n"
+            f"dd if=/dev/zero of=fill bs=1M count=32 2>/dev/null\n{reads}rm fill\n"
+            f"psql \"$DATABASE_URL\" -Atc \"select 'again-' || count(*) from orders\"\n"
+            f"psql \"$DATABASE_URL\" -Atc \"select 'queued-' || count(*) from orders\"\n")
+        script = (f"mount -t tmpfs -o size=6m tmpfs {small} && cp -a {proxy.home}/. {small} && "
+                  f"{{ {goex} run --config {small}/config.yaml --no-console >{outside}/run.log 2>&1 & }}; RUN=$!; "
+                  f"python3 -c 'import socket, time\nfor _ in range(200):\n try: socket.create_connection((\"127.0.0.1\", "
+                  f"{port})); break\n except OSError: time.sleep(0.1)' && "
+                  f"{goex} exec --config {small}/config.yaml --agent mailbot -- sh agent.sh; "
+                  f"kill $RUN; wait $RUN")
+        unshare = ["unshare", "-m"] if os.geteuid() == 0 else ["unshare", "-Urm"]
+        r = subprocess.run([*unshare, "sh", "-c", script], cwd=workspace, env=proxy.env, capture_output=True,
+                           text=True, timeout=180)
+    assert "before-4" in r.stdout, r.stdout + r.stderr + (outside / "run.log").read_text()
+    leaked = [line for line in r.stdout.splitlines() if line.startswith("read-")]
+    assert len(leaked) <= 1, (leaked, r.stderr)
+    assert "again-4" in r.stdout and "queued-4" in r.stdout, r.stdout + r.stderr  # with room again, reads work again
