@@ -264,7 +264,8 @@ def shield_parents(spec: dict, host_mounts: list[str]) -> None:  # type: ignore[
     `git credential-store` or `docker login` writes by rename while the agent runs. A hidden file is answered by the
     overlay's top layer whatever the host does, and the mounts that cover hidden directories land on the overlay's
     own entries, which the host's renames do not reach. A directory with other mounts below it cannot be an overlay's
-    layer (the kernel refuses to copy a tree with locked mounts in it): its hidden paths keep mounts of their own."""
+    layer (the kernel refuses to copy a tree with locked mounts in it), nor can one on a filesystem overlayfs does
+    not take: their hidden paths keep mounts of their own (build_root makes them for every hidden path)."""
     root, masks = spec["root"], spec["run_dir"] + "/masks"
     hidden = [path for path in spec["hide"] if _lexists(path) and not os.path.islink(path)]
     hidden_dirs = [path for path in hidden if os.path.isdir(path)]
@@ -283,12 +284,15 @@ def shield_parents(spec: dict, host_mounts: list[str]) -> None:  # type: ignore[
     for n, parent in enumerate(sorted(parents, key=len)):
         layer = f"{masks}/{n}"
         os.mkdir(layer)
-        os.chmod(layer, stat.S_IMODE(os.stat(parent).st_mode))  # the top layer's mode is the directory's
         for path in parents[parent]:
             if path not in hidden_dirs:
                 os.close(os.open(f"{layer}/{os.path.basename(path)}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444))
-        mount("overlay", root + parent, "overlay", MS_NOSUID | MS_RDONLY,
-              f"lowerdir={_escape(layer)}:{_escape(parent)},userxattr")
+        os.chmod(layer, stat.S_IMODE(os.stat(parent).st_mode))  # the top layer's mode is the directory's
+        try:
+            mount("overlay", root + parent, "overlay", MS_NOSUID | MS_RDONLY,
+                  f"lowerdir={_escape(layer)}:{_escape(parent)},userxattr")
+        except SetupError:  # a filesystem overlayfs does not take as a layer: its hidden paths keep mounts of their own
+            continue
         read_only(root + parent)
 
 
