@@ -10,7 +10,8 @@ a marshalled dict: see `jail.JailedRun`). This process then
 2. forks the jail's init (PID 1 of the new PID namespace), which builds the new root: the host's root bound
    read-only, a copy-on-write overlay on the workspace (writes land in the run's upper layer), the Python
    environment and other protected paths bound read-only over it, every hidden path covered by an empty read-only
-   directory or file, host Unix sockets covered, fresh /proc, /dev, /tmp, /var/tmp and /run; pivots into it; and
+   directory or file (in a copy of its directory made of the names it has now: see `shield_parents`), host Unix
+   sockets covered, fresh /proc, /dev, /tmp, /var/tmp and /run; pivots into it; and
    enters a second user and mount namespace so that every one of these mounts is locked (the agent cannot unmount
    or remount any of them, even as root inside);
 3. hands the listening sockets to the parent (which bridges their connections to the proxy from outside) once all of
@@ -27,7 +28,6 @@ import ctypes
 import fcntl
 import marshal
 import os
-import re
 import signal
 import socket
 import stat
@@ -64,6 +64,8 @@ REFUSED_SYSCALLS = ("keyctl", "add_key", "request_key")
 PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs")
 PROC_MASKED = ("kcore", "keys", "key-users", "kmsg", "timer_list", "sched_debug", "latency_stats", "acpi", "scsi",
                "asound")
+#: The most entries a directory holding a hidden path is rebuilt from (see shield_parents).
+MOST_ENTRIES = 4096
 #: Devices the jail's /dev holds (bound from the host's), and the links every program expects there.
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 DEV_LINKS = {"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1",
@@ -180,10 +182,9 @@ def build_root(spec: dict) -> None:  # type: ignore[type-arg]
     """The agent's view of the machine, mounted at spec["root"]; see the module docstring."""
     root = spec["root"]
     mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing done here reaches the host's mounts
-    host_mounts = mount_points()
     mount("/", root, None, MS_BIND | MS_REC)
     read_only(root)
-    shield_parents(spec, host_mounts)
+    shield_parents(spec)
     for scratch in ("/tmp", "/var/tmp", "/run"):
         if os.path.isdir(root + scratch):
             mount("tmpfs", root + scratch, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777" if scratch != "/run" else "mode=0755")
@@ -242,58 +243,57 @@ def build_root(spec: dict) -> None:  # type: ignore[type-arg]
     os.chdir("/")
 
 
-def mount_points() -> list[str]:
-    """Where this mount namespace has mounts (the host's, before any of the jail's), from /proc/self/mountinfo."""
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        lines = f.read().splitlines()
-    unescape = re.compile(r"\\([0-7]{3})")
-    return [unescape.sub(lambda m: chr(int(m.group(1), 8)), line.split(" ")[4]) for line in lines
-            if len(line.split(" ")) > 4]
-
-
 def _inside(path: str, parent: str) -> bool:
     return path == parent or path.startswith(parent.rstrip("/") + "/")
 
 
-def shield_parents(spec: dict, host_mounts: list[str]) -> None:  # type: ignore[type-arg]
-    """Give each directory that holds a hidden path (outside the workspace and the scratch directories) an overlay of
-    its own in the view: the host's directory, read-only, under a layer holding an empty file for each hidden file.
+def shield_parents(spec: dict) -> None:  # type: ignore[type-arg]
+    """Rebuild each directory that holds a hidden path (outside the workspace and the scratch directories) from the
+    names it has now: a tmpfs where every other entry is the host's, bound (with what is mounted below it), and each
+    hidden one an empty file or directory of the tmpfs itself, which the covers of build_root then go on.
 
-    A mount made on one of the host's files or directories does not survive it being renamed over or deleted on the
-    host (the kernel drops the mount): covering ~/.netrc itself would uncover the new ~/.netrc that an editor,
-    `git credential-store` or `docker login` writes by rename while the agent runs. A hidden file is answered by the
-    overlay's top layer whatever the host does, and the mounts that cover hidden directories land on the overlay's
-    own entries, which the host's renames do not reach. A directory with other mounts below it cannot be an overlay's
-    layer (the kernel refuses to copy a tree with locked mounts in it), nor can one on a filesystem overlayfs does
-    not take: their hidden paths keep mounts of their own (build_root makes them for every hidden path)."""
-    root, masks = spec["root"], spec["run_dir"] + "/masks"
-    hidden = [path for path in spec["hide"] if _lexists(path) and not os.path.islink(path)]
-    hidden_dirs = [path for path in hidden if os.path.isdir(path)]
-    fenced = [spec.get("workspace") or "/nonexistent", "/tmp", "/var/tmp", "/run", "/dev", *hidden_dirs]
-    parents: dict[str, list[str]] = {}
-    for path in hidden:
-        parent = os.path.dirname(path)
+    A mount made on one of the host's files does not survive the file being renamed over or deleted on the host (the
+    kernel drops the mount), so covering ~/.netrc itself would uncover the new ~/.netrc that an editor, `git
+    credential-store` or `docker login` writes by rename while the agent runs; and a directory shown whole (an
+    overlay of it) would show a hidden file renamed aside (an editor's `config.yaml~`) under its new name. Here a
+    hidden name is the tmpfs's whatever the host does, a name made later is not in view, and an entry renamed over
+    on the host loses its bind and shows the tmpfs's empty entry. A directory with more entries than MOST_ENTRIES
+    keeps per-path covers only."""
+    root = spec["root"]
+    hidden = {path for path in spec["hide"] if _lexists(path) and not os.path.islink(path)}
+    fenced = [spec.get("workspace") or "/nonexistent", "/tmp", "/var/tmp", "/run", "/dev",
+              *(path for path in hidden if os.path.isdir(path))]
+    parents = {os.path.dirname(path) for path in hidden}
+    for parent in sorted(parents, key=len):
         if any(_inside(parent, d) for d in fenced) or not os.path.isdir(parent) or os.path.islink(parent):
             continue
-        if any(m != parent and _inside(m, parent) for m in host_mounts):
-            continue
-        parents.setdefault(parent, []).append(path)
-    if parents:  # a filesystem of its own: a layer inside another layer (the state directory in ~) is refused
-        os.mkdir(masks)
-        mount("tmpfs", masks, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0700,size=64k")
-    for n, parent in enumerate(sorted(parents, key=len)):
-        layer = f"{masks}/{n}"
-        os.mkdir(layer)
-        for path in parents[parent]:
-            if path not in hidden_dirs:
-                os.close(os.open(f"{layer}/{os.path.basename(path)}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444))
-        os.chmod(layer, stat.S_IMODE(os.stat(parent).st_mode))  # the top layer's mode is the directory's
         try:
-            mount("overlay", root + parent, "overlay", MS_NOSUID | MS_RDONLY,
-                  f"lowerdir={_escape(layer)}:{_escape(parent)},userxattr")
-        except SetupError:  # a filesystem overlayfs does not take as a layer: its hidden paths keep mounts of their own
+            names = os.listdir(parent)
+        except OSError:
             continue
-        read_only(root + parent)
+        if len(names) > MOST_ENTRIES:
+            continue
+        target = root + parent if parent != "/" else root
+        mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV,
+              f"mode={stat.S_IMODE(os.stat(parent).st_mode):o},size=1m,nr_inodes={len(names) + 16}")
+        for name in names:
+            path = os.path.join(parent, name)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                os.symlink(os.readlink(path), f"{target}/{name}")
+                continue
+            _mount_point(f"{target}/{name}", stat.S_ISDIR(st.st_mode))
+            if path not in hidden:
+                try:  # one that cannot be bound (gone since) stays an empty entry: that hides more, never less
+                    mount(path, f"{target}/{name}", None, MS_BIND | MS_REC)
+                except SetupError:
+                    continue
+                if _inside(root, path):  # the copy of the view under construction it carries (the state directory
+                    libc.umount2(os.fsencode(root + root), MNT_DETACH)  # in ~/.cache, say) is not needed twice
+        read_only(target)
 
 
 def mask_proc(proc: str, empty: str) -> None:

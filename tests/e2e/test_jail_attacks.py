@@ -53,8 +53,9 @@ for f in "$@"; do echo "after $f: $(cat "$f" 2>&1)"; done
 
 def test_a_hidden_file_replaced_during_the_run_stays_hidden(make_proxy, outside):
     """A credential store and a config file outside the state directory, rewritten by rename while the agent runs
-    (as editors save, and as `git credential-store` and `docker login` write), stay hidden: the kernel drops a mount
-    whose mount point is renamed over, so covering the file itself with a mount does not survive the rewrite."""
+    (as editors save, and as `git credential-store` and `docker login` write) or renamed aside with a new one written
+    (as Emacs keeps a backup), stay hidden: the kernel drops a mount whose mount point is renamed over, so covering
+    the file itself with a mount does not survive the rewrite, and the old file must not show under its new name."""
     proxy = make_proxy(GITHUB_POLICY, start=False)
     home = outside / "home"
     home.mkdir()
@@ -70,7 +71,7 @@ def test_a_hidden_file_replaced_during_the_run_stays_hidden(make_proxy, outside)
     env = {**proxy.env, "HOME": str(home)}
     script = READ_TWICE.replace("$READY", str(ready)).replace("$GO", str(go))
     p = subprocess.Popen([*GOEX, "exec", "--config", str(config), "--agent", "mailbot", "--files", "review", "--",
-                          "sh", "-c", script, "sh", str(netrc), str(config)], env=env, cwd=workspace,
+                          "sh", "-c", script, "sh", str(netrc), str(config), f"{config}~"], env=env, cwd=workspace,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
@@ -78,7 +79,8 @@ def test_a_hidden_file_replaced_during_the_run_stays_hidden(make_proxy, outside)
             assert time.monotonic() < deadline, "the jailed command never got ready"
             time.sleep(0.05)
         replace_by_rename(netrc, "machine example.com password NETRC-SECOND\n")
-        replace_by_rename(config, config.read_text() + "# CONFIG-SECOND\n")
+        os.rename(config, config.with_name(config.name + "~"))  # as Emacs keeps a backup: the old file renamed aside
+        config.write_text(config.with_name(config.name + "~").read_text() + "# CONFIG-SECOND\n")
         go.touch()
         out, err = p.communicate(timeout=60)
     finally:
