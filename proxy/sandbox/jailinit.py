@@ -248,21 +248,23 @@ def _inside(path: str, parent: str) -> bool:
 
 
 def shield_parents(spec: dict) -> None:  # type: ignore[type-arg]
-    """Rebuild each directory that holds a hidden path (outside the workspace and the scratch directories) from the
-    names it has now: a tmpfs where every other entry is the host's, bound (with what is mounted below it), and each
-    hidden one an empty file or directory of the tmpfs itself, which the covers of build_root then go on.
+    """Rebuild each directory that holds a hidden path or a host socket (outside the workspace and the scratch
+    directories) from the names it has now: a tmpfs where every other entry is the host's, bound (with what is
+    mounted below it), and each hidden one an empty file or directory of the tmpfs itself, which the covers of
+    build_root then go on.
 
     A mount made on one of the host's files does not survive the file being renamed over or deleted on the host (the
     kernel drops the mount), so covering ~/.netrc itself would uncover the new ~/.netrc that an editor, `git
     credential-store` or `docker login` writes by rename while the agent runs; and a directory shown whole (an
     overlay of it) would show a hidden file renamed aside (an editor's `config.yaml~`) under its new name. Here a
     hidden name is the tmpfs's whatever the host does, a name made later is not in view, and an entry renamed over
-    on the host loses its bind and shows the tmpfs's empty entry. A directory with more entries than MOST_ENTRIES
-    keeps per-path covers only."""
+    on the host loses its bind and shows the tmpfs's empty entry. A service restarted meanwhile binds its socket
+    again at the same name: still the empty file. A directory with more entries than MOST_ENTRIES keeps per-path
+    covers only."""
     root = spec["root"]
-    hidden = {path for path in spec["hide"] if _lexists(path) and not os.path.islink(path)}
+    hidden = {path for path in [*spec["hide"], *spec["sockets"]] if _lexists(path) and not os.path.islink(path)}
     fenced = [spec.get("workspace") or "/nonexistent", "/tmp", "/var/tmp", "/run", "/dev",
-              *(path for path in hidden if os.path.isdir(path))]
+              *(path for path in spec["hide"] if os.path.isdir(path) and not os.path.islink(path))]
     parents = {os.path.dirname(path) for path in hidden}
     for parent in sorted(parents, key=len):
         if any(_inside(parent, d) for d in fenced) or not os.path.isdir(parent) or os.path.islink(parent):

@@ -210,3 +210,43 @@ def test_reads_through_the_gateway_are_not_unrecorded_once_the_log_fails(make_pr
     leaked = [line for line in r.stdout.splitlines() if line.startswith("read-")]
     assert len(leaked) <= 1, (leaked, r.stderr)
     assert "again-4" in r.stdout and "queued-4" in r.stdout, r.stdout + r.stderr  # with room again, reads work again
+
+
+def test_a_host_socket_restarted_during_the_run_stays_out_of_reach(make_proxy, outside):
+    """A service restarted while the agent runs binds its socket again at the same path (a database's, say, where
+    peer authentication would let the agent in as the person): the new socket is as out of reach as the old one."""
+    import socket
+
+    proxy = make_proxy(GITHUB_POLICY, start=False)
+    workspace = outside / "ws"
+    workspace.mkdir()
+    sockets = outside / "sockets"
+    sockets.mkdir()
+    path = sockets / "db.sock"
+    go = outside / "go"
+    script = (f"touch ready; while [ ! -e {go} ]; do sleep 0.05; done; "
+              f"python3 -c \"import socket; s = socket.socket(socket.AF_UNIX); s.settimeout(3); s.connect('{path}'); "
+              f"print('CONNECTED')\"")
+    first = socket.socket(socket.AF_UNIX)
+    first.bind(str(path))
+    first.listen(5)
+    p = subprocess.Popen([*GOEX, "exec", "--config", str(proxy.config), "--agent", "mailbot", "--files", "review", "--",
+                          "sh", "-c", script], env=proxy.env, cwd=workspace, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while p.poll() is None and not any(proxy.home.glob("runs/*/upper/ready")):
+            assert time.monotonic() < deadline, "the jailed command never got ready"
+            time.sleep(0.05)
+        first.close()
+        path.unlink()
+        with socket.socket(socket.AF_UNIX) as again:
+            again.bind(str(path))
+            again.listen(5)
+            go.touch()
+            out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert "CONNECTED" not in out, out + err
+    assert "Traceback" in err  # the connection failed in the jail (the test reached the connect)
