@@ -5,12 +5,14 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar, cast
 
 from mitmproxy import http
 
 from goex_proxy.addons import replies
+from goex_proxy.errors import GoexError
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -18,7 +20,11 @@ R = TypeVar("R")
 
 
 def _fail(stage: str, hook: str, flow: Any) -> None:
-    log.exception("goex-proxy %s.%s failed; answering 502 and forwarding nothing", stage, hook)
+    why = sys.exc_info()[1]
+    if isinstance(why, GoexError):  # a failure the product explains (the audit log refusing a row): one line
+        log.error("goex-proxy %s.%s failed (%s); answering 502 and forwarding nothing", stage, hook, why)
+    else:
+        log.exception("goex-proxy %s.%s failed; answering 502 and forwarding nothing", stage, hook)
     if isinstance(flow, http.HTTPFlow):
         if flow.websocket is not None and flow.websocket.messages:  # a message hook: that message is not relayed
             flow.websocket.messages[-1].drop()

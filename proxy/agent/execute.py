@@ -3,6 +3,7 @@ proxy, and the person keeps or undoes what it did; every step is recorded."""
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import os
 import re
@@ -198,11 +199,14 @@ def _run(config: Config, opts: Options, code: str, path: Path) -> tuple[Attempt,
     path.write_text(code, encoding="utf-8")
     started = time.time()
     jailed = start_jailed(config, opts.agent, [sys.executable, "-u", str(path)], opts.workspace, reveal=(path,),
-                          stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          start_new_session=True)
     child = jailed.child
     errors: list[bytes] = []
-    tee = threading.Thread(target=_tee, args=(child.stderr, errors), daemon=True)
-    tee.start()
+    tees = [threading.Thread(target=_tee, args=(child.stdout, sys.stdout, []), daemon=True),
+            threading.Thread(target=_tee, args=(child.stderr, sys.stderr, errors), daemon=True)]
+    for tee in tees:
+        tee.start()
     exit_code: int | None
     try:
         exit_code = child.wait(opts.timeout)
@@ -215,7 +219,8 @@ def _run(config: Config, opts: Options, code: str, path: Path) -> tuple[Attempt,
         raise
     finally:
         jailed.close()
-        tee.join(5)
+        for tee in tees:
+            tee.join(5)
     file_run = jailed.finish(exit_code, apply=False)
     stderr = b"".join(errors).decode("utf-8", "replace")
     return Attempt(exit_code, stderr, tuple(_rows_since(config, opts.agent, started))), file_run
@@ -230,13 +235,20 @@ def _show_files(held: list[runs.Run]) -> None:
             click.echo("  " + describe(change))
 
 
-def _tee(stream: Any, into: list[bytes]) -> None:
-    """Copy the program's stderr to ours as it comes, keeping it for the model's feedback."""
-    out = sys.stderr.buffer
-    while chunk := stream.read1(65536):
+def _tee(stream: Any, out: Any, into: list[bytes]) -> None:
+    """Copy the program's output to ours as it comes, keeping it in `into` (stderr: for the model's feedback). Its
+    control characters are shown as escapes, line by line: the program writes to the person's terminal, and a
+    sequence that moved the cursor, cleared the screen or made text invisible could hide the review printed after it
+    under one the program printed."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
+    while True:
+        chunk = stream.read1(65536)
         into.append(chunk)
-        out.write(chunk)
+        text = decoder.decode(chunk, final=not chunk)
+        out.buffer.write("\n".join(shown(line) for line in text.split("\n")).encode("utf-8", "replace"))
         out.flush()
+        if not chunk:
+            return
 
 
 def _kill(child: subprocess.Popen[bytes]) -> None:

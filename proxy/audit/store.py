@@ -394,6 +394,8 @@ class AuditWriter:
         # Set when something someone waits for is queued: it ends a gathering, which what nobody waits for does not
         # interrupt (a wake-up per outcome would take the event loop's GIL as often).
         self._waited = threading.Event()
+        # Why the last batch failed, until one writes a row again: the gateway then waits for a read's row too.
+        self.failing: str | None = None
         started: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self._write([(_Apply(self._end_orphans), started)])  # before any row of its own
         if started.exception() is not None:
@@ -536,6 +538,7 @@ class AuditWriter:
                         head = self._insert(op, head.hash if head else last[0] if last else "")
         except Exception as exc:  # sqlite3.Error, disk full, a locked database: every waiter fails closed
             log.error("audit write failed (%d records): %s", len(batch), exc)
+            self.failing = str(exc)
             self._blobs.forget()
             for op, _ in batch:
                 if isinstance(op, _Intent):
@@ -545,6 +548,7 @@ class AuditWriter:
             return
         if head is not None:
             self._anchor(head)
+            self.failing = None
         for index, (_, future) in enumerate(batch):
             result = refused.get(index)
             if isinstance(result, Exception):

@@ -206,6 +206,10 @@ class Gateway:
             fields = fields | {"undo_class": undo_class}
         self._writer.record_outcome(request_id, fields)
 
+    def log_failing(self) -> bool:
+        """Whether the log failed to take its last rows (a full disk) and has taken none since."""
+        return self._writer.failing is not None
+
     def queue_intent(self, row: dict[str, Any]) -> concurrent.futures.Future[str | None]:
         """Queue a read's row without waiting for its commit: it is written in order with every row queued before
         and after it (a write queued later is committed only with or after it); the future says if it failed."""

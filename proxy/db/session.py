@@ -88,6 +88,8 @@ class Gatekeeper(Protocol):
 
     def queue_intent(self, row: dict[str, Any]) -> concurrent.futures.Future[str | None]: ...
 
+    def log_failing(self) -> bool: ...
+
     def record_outcome(self, request_id: str, fields: dict[str, Any]) -> None: ...
 
     def new_id(self) -> str: ...
@@ -404,9 +406,11 @@ class Session:
             row = self.hold.mark(row)
         if self.reads.failed is not None:
             raise Refused("58000", f"goex-proxy could not record an earlier statement: {self.reads.failed}")
-        if decision.effect == "allow" and only_reads(statements):
+        if decision.effect == "allow" and only_reads(statements) and not self.gate.log_failing():
             # A read's row is queued, not waited for: the writer commits it in order, before any row queued after
             # it, and its outcome after it. A write waits for its own row, and so for every read's queued before.
+            # While the log is failing (a disk an agent filled), reads wait too: a new connection's first read would
+            # otherwise run unrecorded, as often as the agent connects.
             self.reads.add(self.gate.queue_intent(row))
         else:
             await self.gate.record_intent(row)

@@ -10,7 +10,8 @@ a marshalled dict: see `jail.JailedRun`). This process then
 2. forks the jail's init (PID 1 of the new PID namespace), which builds the new root: the host's root bound
    read-only, a copy-on-write overlay on the workspace (writes land in the run's upper layer), the Python
    environment and other protected paths bound read-only over it, every hidden path covered by an empty read-only
-   directory or file, host Unix sockets covered, fresh /proc, /dev, /tmp, /var/tmp and /run; pivots into it; and
+   directory or file (in a copy of its directory made of the names it has now: see `shield_parents`), host Unix
+   sockets covered, fresh /proc, /dev, /tmp, /var/tmp and /run; pivots into it; and
    enters a second user and mount namespace so that every one of these mounts is locked (the agent cannot unmount
    or remount any of them, even as root inside);
 3. hands the listening sockets to the parent (which bridges their connections to the proxy from outside) once all of
@@ -63,6 +64,8 @@ REFUSED_SYSCALLS = ("keyctl", "add_key", "request_key")
 PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs")
 PROC_MASKED = ("kcore", "keys", "key-users", "kmsg", "timer_list", "sched_debug", "latency_stats", "acpi", "scsi",
                "asound")
+#: The most entries a directory holding a hidden path is rebuilt from (see shield_parents).
+MOST_ENTRIES = 4096
 #: Devices the jail's /dev holds (bound from the host's), and the links every program expects there.
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 DEV_LINKS = {"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1",
@@ -181,6 +184,7 @@ def build_root(spec: dict) -> None:  # type: ignore[type-arg]
     mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing done here reaches the host's mounts
     mount("/", root, None, MS_BIND | MS_REC)
     read_only(root)
+    shield_parents(spec)
     for scratch in ("/tmp", "/var/tmp", "/run"):
         if os.path.isdir(root + scratch):
             mount("tmpfs", root + scratch, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777" if scratch != "/run" else "mode=0755")
@@ -237,6 +241,61 @@ def build_root(spec: dict) -> None:  # type: ignore[type-arg]
     _check(_syscall("pivot_root", b".", b"."), "pivot_root")
     _check(libc.umount2(b".", MNT_DETACH), "detaching the host's root")
     os.chdir("/")
+
+
+def _inside(path: str, parent: str) -> bool:
+    return path == parent or path.startswith(parent.rstrip("/") + "/")
+
+
+def shield_parents(spec: dict) -> None:  # type: ignore[type-arg]
+    """Rebuild each directory that holds a hidden path or a host socket (outside the workspace and the scratch
+    directories) from the names it has now: a tmpfs where every other entry is the host's, bound (with what is
+    mounted below it), and each hidden one an empty file or directory of the tmpfs itself, which the covers of
+    build_root then go on.
+
+    A mount made on one of the host's files does not survive the file being renamed over or deleted on the host (the
+    kernel drops the mount), so covering ~/.netrc itself would uncover the new ~/.netrc that an editor, `git
+    credential-store` or `docker login` writes by rename while the agent runs; and a directory shown whole (an
+    overlay of it) would show a hidden file renamed aside (an editor's `config.yaml~`) under its new name. Here a
+    hidden name is the tmpfs's whatever the host does, a name made later is not in view, and an entry renamed over
+    on the host loses its bind and shows the tmpfs's empty entry. A service restarted meanwhile binds its socket
+    again at the same name: still the empty file. A directory with more entries than MOST_ENTRIES keeps per-path
+    covers only."""
+    root = spec["root"]
+    hidden = {path for path in [*spec["hide"], *spec["sockets"]] if _lexists(path) and not os.path.islink(path)}
+    fenced = [spec.get("workspace") or "/nonexistent", "/tmp", "/var/tmp", "/run", "/dev",
+              *(path for path in spec["hide"] if os.path.isdir(path) and not os.path.islink(path))]
+    parents = {os.path.dirname(path) for path in hidden}
+    for parent in sorted(parents, key=len):
+        if any(_inside(parent, d) for d in fenced) or not os.path.isdir(parent) or os.path.islink(parent):
+            continue
+        try:
+            names = os.listdir(parent)
+        except OSError:
+            continue
+        if len(names) > MOST_ENTRIES:
+            continue
+        target = root + parent if parent != "/" else root
+        mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV,
+              f"mode={stat.S_IMODE(os.stat(parent).st_mode):o},size=1m,nr_inodes={len(names) + 16}")
+        for name in names:
+            path = os.path.join(parent, name)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                os.symlink(os.readlink(path), f"{target}/{name}")
+                continue
+            _mount_point(f"{target}/{name}", stat.S_ISDIR(st.st_mode))
+            if path not in hidden:
+                try:  # one that cannot be bound (gone since) stays an empty entry: that hides more, never less
+                    mount(path, f"{target}/{name}", None, MS_BIND | MS_REC)
+                except SetupError:
+                    continue
+                if _inside(root, path):  # the copy of the view under construction it carries (the state directory
+                    libc.umount2(os.fsencode(root + root), MNT_DETACH)  # in ~/.cache, say) is not needed twice
+        read_only(target)
 
 
 def mask_proc(proc: str, empty: str) -> None:

@@ -52,8 +52,10 @@ def _inside(path: str, parent: str) -> bool:
 def supervisor_paths(config: Config) -> list[str]:
     """Every file of goex-proxy's own the agent must neither read nor write: the state directory (vault, its key, the
     CA's key, the audit database, run layers), the config, every policy and undo pack, the audit database wherever it
-    is."""
+    is, and the console's TLS key wherever it is."""
     paths = [config.state_dir, config.file, *(p.path for p in config.policies), *config.undo_packs]
+    if config.console.tls_key is not None:
+        paths.append(config.console.tls_key)
     db = config.audit_db
     paths += [db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm"), db.with_name(db.name + "-journal"),
               ids.tags_folder(db)]

@@ -1,0 +1,252 @@
+"""A hostile agent inside `exec --jail`: each test is a way a red team found to read what the jail hides, run as the
+agent would, with the real jail and real commands."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import GITHUB_POLICY, GOEX, free_port
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def outside() -> Iterator[Path]:
+    """A directory outside the scratch directories every jail replaces, so that the jail sees it (read-only) live."""
+    import pwd
+
+    from goex_proxy.sandbox.view import SCRATCH
+
+    homes = [Path.home(), Path(pwd.getpwuid(os.getuid()).pw_dir)]
+    base = next((h for h in homes if not any(h.resolve().is_relative_to(d) for d in SCRATCH)), homes[-1]) / ".cache"
+    base.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix="goex-jail-attack-", dir=base))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def replace_by_rename(path: Path, text: str) -> None:
+    """Write `path` as editors, `git credential-store` and `docker login` do: a new file renamed over the old one."""
+    fresh = path.with_name(path.name + ".new")
+    fresh.write_text(text)
+    os.rename(fresh, path)
+
+
+#: Reads each path once, says it is ready, waits for the go-ahead (a file the host makes outside), reads them again.
+READ_TWICE = """
+for f in "$@"; do echo "before $f: $(cat "$f" 2>&1)"; done
+touch "$READY"
+while [ ! -e "$GO" ]; do sleep 0.05; done
+for f in "$@"; do echo "after $f: $(cat "$f" 2>&1)"; done
+"""
+
+
+def test_a_hidden_file_replaced_during_the_run_stays_hidden(make_proxy, outside):
+    """A credential store and a config file outside the state directory, rewritten by rename while the agent runs
+    (as editors save, and as `git credential-store` and `docker login` write) or renamed aside with a new one written
+    (as Emacs keeps a backup), stay hidden: the kernel drops a mount whose mount point is renamed over, so covering
+    the file itself with a mount does not survive the rewrite, and the old file must not show under its new name."""
+    proxy = make_proxy(GITHUB_POLICY, start=False)
+    home = outside / "home"
+    home.mkdir()
+    netrc = home / ".netrc"
+    netrc.write_text("machine example.com password NETRC-FIRST\n")
+    config = outside / "etc" / "goex.yaml"
+    config.parent.mkdir()
+    config.write_text(proxy.config.read_text().replace("policies/", f"{proxy.home}/policies/")
+                      + f"state_dir: {proxy.home}\n")
+    workspace = outside / "ws"
+    workspace.mkdir()
+    ready, go = workspace / "ready", outside / "go"
+    env = {**proxy.env, "HOME": str(home)}
+    script = READ_TWICE.replace("$READY", str(ready)).replace("$GO", str(go))
+    p = subprocess.Popen([*GOEX, "exec", "--config", str(config), "--agent", "mailbot", "--files", "review", "--",
+                          "sh", "-c", script, "sh", str(netrc), str(config), f"{config}~"], env=env, cwd=workspace,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while p.poll() is None and not any(proxy.home.glob("runs/*/upper/ready")):
+            assert time.monotonic() < deadline, "the jailed command never got ready"
+            time.sleep(0.05)
+        replace_by_rename(netrc, "machine example.com password NETRC-SECOND\n")
+        os.rename(config, config.with_name(config.name + "~"))  # as Emacs keeps a backup: the old file renamed aside
+        config.write_text(config.with_name(config.name + "~").read_text() + "# CONFIG-SECOND\n")
+        go.touch()
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0, err
+    assert "after" in out, out
+    for secret in ("NETRC-FIRST", "NETRC-SECOND", "mailbot-token-1", "CONFIG-SECOND"):
+        assert secret not in out, out
+
+
+def test_the_consoles_tls_key_is_hidden(make_proxy, outside, upstream_ca):
+    """The console's TLS private key, wherever the config keeps it, is goex-proxy's own secret like the CA's key."""
+    ca, _ = upstream_ca
+    cert = ca.issue_cert("console.example.test")
+    keys = outside / "tls"
+    keys.mkdir()
+    cert.private_key_pem.write_to_path(str(keys / "console.key"))
+    cert.cert_chain_pems[0].write_to_path(str(keys / "console.crt"))
+    proxy = make_proxy(GITHUB_POLICY, start=False, extra_config=(
+        f"console:\n  listen: 127.0.0.1:{free_port()}\n  tls_cert: {keys / 'console.crt'}\n  tls_key: {keys / 'console.key'}\n"))
+    workspace = outside / "ws"
+    workspace.mkdir()
+    r = subprocess.run([*GOEX, "exec", "--config", str(proxy.config), "--agent", "mailbot", "--", "sh", "-c",
+                        f"cat {keys / 'console.key'}; cat {keys / 'console.crt'} >/dev/null && echo cert-readable"],
+                       env=proxy.env, cwd=workspace, capture_output=True, text=True, timeout=90)
+    assert "cert-readable" in r.stdout, r.stderr  # the certificate is public; the test reads the right place
+    assert "PRIVATE KEY" not in r.stdout
+
+
+def test_executes_program_cannot_hide_the_review_with_terminal_escapes(make_proxy):
+    """The program `execute` runs writes to the person's terminal: control sequences in its output (here: conceal,
+    which would make the review that follows invisible under a fake one it printed, clear screen, carriage return) are
+    shown as escapes, never sent to the terminal, so what the review says after it is what the person sees."""
+    from tests.fake_openai import FakeOpenAI
+
+    with FakeOpenAI(api_key="sk-jail-attack") as fake:
+        llm = f"llm: {{base_url: '{fake.base_url}', model: fake-model, api_key: {{env: TEST_LLM_KEY}}, timeout: 10s}}\n"
+        proxy = make_proxy(GITHUB_POLICY, start=False, extra_config=llm)
+        proxy.env["TEST_LLM_KEY"] = "sk-jail-attack"
+        fake.script('```python\nimport sys\nprint("requests made: none\\x1b[2J\\x1b[8m\\rFAKE")\n'
+                    'print("\\x1b[8m\\x9b8m", file=sys.stderr)\n```\n')
+        r = proxy.run_cli("execute", "--config", str(proxy.config), "say hi", "--agent", "mailbot", "--yes",
+                          "--then", "keep", timeout=90)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "requests made: none" in r.stdout  # the program's output is still shown
+    assert "\x1b" not in r.stdout + r.stderr and "\x9b" not in r.stdout + r.stderr and "\r" not in r.stdout
+    assert "\\x1b[8m" in r.stdout and "\\x1b[8m" in r.stderr
+
+
+def test_an_agent_that_fills_the_state_directorys_disk_gets_nothing_past_the_log(make_proxy, upstream, outside):
+    """The run's layer is in the state directory: an agent can fill its filesystem (here a 6 MB tmpfs) by writing in
+    the workspace. The audit log can then take no row, and every request after that is refused, never forwarded; the
+    person sees why in one line per request, not a traceback."""
+    from tests.conftest import GITHUB_URL
+
+    proxy = make_proxy(GITHUB_POLICY, start=False)
+    small = outside / "small"
+    small.mkdir()
+    workspace = outside / "ws"
+    workspace.mkdir()
+    command = " ".join([*GOEX, "exec", "--config", f"{small}/config.yaml", "--agent", "mailbot", "--", "sh", "-c"])
+    agent = (f"curl -s -o /dev/null -w 'first %{{http_code}}\\n' {GITHUB_URL}; "
+             "dd if=/dev/zero of=fill bs=1M count=32 2>/dev/null; "
+             f"curl -s -o /dev/null -w 'second %{{http_code}}\\n' {GITHUB_URL}")
+    script = f"mount -t tmpfs -o size=6m tmpfs {small} && cp -a {proxy.home}/. {small} && {command} \"{agent}\""
+    unshare = ["unshare", "-m"] if os.geteuid() == 0 else ["unshare", "-Urm"]
+    r = subprocess.run([*unshare, "sh", "-c", script], cwd=workspace, env=proxy.env, capture_output=True, text=True,
+                       timeout=120)
+    assert "first 200" in r.stdout, r.stdout + r.stderr
+    assert "second 502" in r.stdout, r.stdout + r.stderr
+    assert upstream.seen_paths("api.github.com") == ["/repos/octo/hello"]
+    said = r.stdout + r.stderr
+    assert "audit write failed" in said and "Traceback" not in said, said
+
+
+def test_reads_through_the_gateway_are_not_unrecorded_once_the_log_fails(make_proxy, outside, upstream_ca):
+    """The gateway sends a read before its row is committed. An agent that fills the state directory's disk from the
+    jail would then have each new connection's first read run unrecorded, as many times as it connects: once the log
+    has failed to take a row, reads wait for theirs as writes do, and are refused while it cannot; once it has room
+    again, they work again."""
+    from tests.pg import APP_USER, running_postgres, server_bin
+
+    if server_bin() is None or shutil.which("psql") is None:
+        pytest.skip("PostgreSQL is not installed (tests/install-tools)")
+    import psycopg
+
+    cert = upstream_ca[0].issue_cert("127.0.0.1")
+    chain = b"".join(blob.bytes() for blob in cert.cert_chain_pems)
+    with running_postgres(free_port(), (chain, cert.private_key_pem.bytes())) as pg:
+        with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+            conn.execute(f"CREATE ROLE {APP_USER[0]} LOGIN PASSWORD '{APP_USER[1]}'")
+            conn.execute(f"CREATE DATABASE shop OWNER {APP_USER[0]}")
+        with psycopg.connect(pg.dsn(APP_USER, "shop"), autocommit=True) as conn:
+            conn.execute("CREATE TABLE orders (id int PRIMARY KEY, item text)")
+            conn.execute("INSERT INTO orders VALUES (1, 'apples'), (2, 'pears'), (3, 'plums'), (4, 'figs')")
+        port = free_port()
+        policy = ("version: 1\nname: shop\nrules:\n  - name: read orders\n"
+                  "    allow: {database: shop, statements: [select], tables: [orders]}\n")
+        proxy = make_proxy({"shop": policy}, start=False, extra_config=(
+            f"databases:\n  listen: 127.0.0.1:{port}\n  shop:\n    host: 127.0.0.1\n    port: {pg.port}\n"
+            f"    user: {APP_USER[0]}\n    password: shop-db\n    agents: [mailbot]\n"))
+        stored = proxy.run_cli("secrets", "set", "--config", str(proxy.config), "shop-db", input=APP_USER[1].encode())
+        assert stored.returncode == 0, stored.stderr
+        small = outside / "small"
+        small.mkdir()
+        workspace = outside / "ws"
+        workspace.mkdir()
+        goex = " ".join(GOEX)
+        reads = "".join(f"psql \"$DATABASE_URL\" -Atc \"select 'read-' || item from orders where id = {i}\"\n"
+                        for i in range(1, 5))
+        (workspace / "agent.sh").write_text(
+            f"psql \"$DATABASE_URL\" -Atc \"select 'before-' || count(*) from orders\"\n"
+            f"dd if=/dev/zero of=fill bs=1M count=32 2>/dev/null\n{reads}rm fill\n"
+            f"psql \"$DATABASE_URL\" -Atc \"select 'again-' || count(*) from orders\"\n"
+            f"psql \"$DATABASE_URL\" -Atc \"select 'queued-' || count(*) from orders\"\n")
+        script = (f"mount -t tmpfs -o size=6m tmpfs {small} && cp -a {proxy.home}/. {small} && "
+                  f"{{ {goex} run --config {small}/config.yaml --no-console >{outside}/run.log 2>&1 & }}; RUN=$!; "
+                  f"python3 -c 'import socket, time\nfor _ in range(200):\n try: socket.create_connection((\"127.0.0.1\", "
+                  f"{port})); break\n except OSError: time.sleep(0.1)' && "
+                  f"{goex} exec --config {small}/config.yaml --agent mailbot -- sh agent.sh; "
+                  f"kill $RUN; wait $RUN")
+        unshare = ["unshare", "-m"] if os.geteuid() == 0 else ["unshare", "-Urm"]
+        r = subprocess.run([*unshare, "sh", "-c", script], cwd=workspace, env=proxy.env, capture_output=True,
+                           text=True, timeout=180)
+    assert "before-4" in r.stdout, r.stdout + r.stderr + (outside / "run.log").read_text()
+    leaked = [line for line in r.stdout.splitlines() if line.startswith("read-")]
+    assert len(leaked) <= 1, (leaked, r.stderr)
+    assert "again-4" in r.stdout and "queued-4" in r.stdout, r.stdout + r.stderr  # with room again, reads work again
+
+
+def test_a_host_socket_restarted_during_the_run_stays_out_of_reach(make_proxy, outside):
+    """A service restarted while the agent runs binds its socket again at the same path (a database's, say, where
+    peer authentication would let the agent in as the person): the new socket is as out of reach as the old one."""
+    import socket
+
+    proxy = make_proxy(GITHUB_POLICY, start=False)
+    workspace = outside / "ws"
+    workspace.mkdir()
+    sockets = outside / "sockets"
+    sockets.mkdir()
+    path = sockets / "db.sock"
+    go = outside / "go"
+    script = (f"touch ready; while [ ! -e {go} ]; do sleep 0.05; done; "
+              f"python3 -c \"import socket; s = socket.socket(socket.AF_UNIX); s.settimeout(3); s.connect('{path}'); "
+              f"print('CONNECTED')\"")
+    first = socket.socket(socket.AF_UNIX)
+    first.bind(str(path))
+    first.listen(5)
+    p = subprocess.Popen([*GOEX, "exec", "--config", str(proxy.config), "--agent", "mailbot", "--files", "review", "--",
+                          "sh", "-c", script], env=proxy.env, cwd=workspace, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while p.poll() is None and not any(proxy.home.glob("runs/*/upper/ready")):
+            assert time.monotonic() < deadline, "the jailed command never got ready"
+            time.sleep(0.05)
+        first.close()
+        path.unlink()
+        with socket.socket(socket.AF_UNIX) as again:
+            again.bind(str(path))
+            again.listen(5)
+            go.touch()
+            out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert "CONNECTED" not in out, out + err
+    assert "Traceback" in err  # the connection failed in the jail (the test reached the connect)
