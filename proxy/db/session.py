@@ -63,7 +63,6 @@ PASSED_PARAMS = ("application_name", "DateStyle", "TimeZone", "extra_float_digit
 #: the server. The client is told UTF8 (ParameterStatus), as when it asks for it.
 PINNED_PARAMS = {"client_encoding": "UTF8", "standard_conforming_strings": "on"}
 INSUFFICIENT_PRIVILEGE = "42501"
-PROGRAM_LIMIT_EXCEEDED = "54000"
 #: Seconds a client has to start up and authenticate, and how often it may ask for TLS or GSS first (each answered N).
 LOGIN_SECONDS = 30.0
 _NEGOTIATIONS = 2
@@ -574,13 +573,11 @@ class Session:
                 return error_response(INSUFFICIENT_PRIVILEGE, f"goex-proxy refused the statement: {head.reason}")
             fields = error_fields(msg.payload)
             head.error = f"{fields.get('C', '')} {fields.get('M', '')}".strip()
-            if head.images is not None and self.capturer is not None and self.capturer.over_bound(head.error):
-                assert self.database is not None
-                why = (f"it would change more than {self.database.capture_rows} rows, the most goex-proxy captures for "
-                       f"undo in one statement (databases.{self.database.name}.capture_rows); nothing was changed")
-                head.error = f"{PROGRAM_LIMIT_EXCEEDED} {why}"
+            if head.images is not None and self.capturer is not None and self.database is not None and \
+                    (refused := self.capturer.refusal(head.error, self.database.name)) is not None:
+                head.error = " ".join(refused)  # a failure of its capture's own: the statement changed nothing
                 self._finish(head)
-                return error_response(PROGRAM_LIMIT_EXCEEDED, f"goex-proxy refused the statement: {why}")
+                return error_response(refused[0], f"goex-proxy refused the statement: {refused[1]}")
             self._finish(head)
         elif msg.kind == b"C" and head is not None and head.kind in ("query", "execute"):
             head.tags.append(msg.payload.rstrip(b"\0").decode("utf-8", "replace"))
