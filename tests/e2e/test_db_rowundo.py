@@ -489,3 +489,31 @@ def test_a_write_planned_exact_never_runs_uncaptured_after_a_setting_changes(mak
         if (row["undo_class"] or "").startswith("irreversible"):
             assert row["decision"] == "delay", row
     assert [r["decision"] for r in db_rows(proxy) if r["method"] in ("SET", "SELECT")] == ["delay"] * 6
+
+
+def test_a_table_with_a_money_or_reg_column_is_irreversible_before_it_runs(gateway) -> None:
+    """money prints by the session's lc_monetary (which a SET changes, and the server's may differ by the time of an
+    undo), a reg* type as a name the search_path resolves: an image of either may be put back as another amount or
+    another object. Known from the catalog, so before the statement runs (as `review:` needs)."""
+    proxy, url = gateway
+    pg = gateway_pg(gateway)
+    person(pg, "CREATE DOMAIN prices AS money[]")
+    person(pg, "ALTER TABLE orders ADD COLUMN price money, ADD COLUMN prices prices")
+    try:
+        person(pg, "UPDATE orders SET price = 1234.5, prices = ARRAY[2.25::money]")
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert conn.execute("DELETE FROM orders WHERE id = %s", (1,)).rowcount == 1
+        row = last(proxy, "DELETE")
+        assert row["undo_class"] == "irreversible: table orders has a money column: it prints by the session's " \
+                                    "lc_monetary, so an amount could be put back as another", row["undo_class"]
+        assert row["row_images"] is None
+        person(pg, "ALTER TABLE orders DROP COLUMN price, DROP COLUMN prices, ADD COLUMN kind regclass")
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert conn.execute("DELETE FROM orders WHERE id = %s", (2,)).rowcount == 1
+        row = last(proxy, "DELETE")
+        assert row["undo_class"].startswith("irreversible: table orders has a column of type regclass"), \
+            row["undo_class"]
+    finally:
+        person(pg, "ALTER TABLE orders DROP COLUMN IF EXISTS price, DROP COLUMN IF EXISTS prices, "
+                   "DROP COLUMN IF EXISTS kind")
+        person(pg, "DROP DOMAIN prices")
