@@ -517,3 +517,21 @@ def test_a_table_with_a_money_or_reg_column_is_irreversible_before_it_runs(gatew
         person(pg, "ALTER TABLE orders DROP COLUMN IF EXISTS price, DROP COLUMN IF EXISTS prices, "
                    "DROP COLUMN IF EXISTS kind")
         person(pg, "DROP DOMAIN prices")
+
+
+def test_the_capture_counter_is_not_a_setting_the_agent_sees(make_proxy, postgres) -> None:  # noqa: F811
+    """A captured statement counts its rows in a setting named by the session's marker (set_config, local to the
+    transaction): PostgreSQL lists such a placeholder neither in SHOW ALL nor in pg_settings, inside the transaction
+    or after it, so the marker stays the gateway's."""
+    from tests.e2e.test_db_gateway import POLICY
+
+    policy = POLICY + "  - name: settings view\n    allow: {database: shop, statements: [select], tables: [pg_settings]}\n"
+    proxy, url = start_gateway(make_proxy, postgres, policy=policy)
+    with psycopg.connect(url) as conn:
+        assert conn.execute("UPDATE orders SET qty = qty WHERE id < %s", (3,)).rowcount == 2
+        inside = [r[0] for r in conn.execute("SHOW ALL")] + [r[0] for r in conn.execute("SELECT name FROM pg_settings")]
+        conn.commit()
+        after = [r[0] for r in conn.execute("SHOW ALL")] + [r[0] for r in conn.execute("SELECT name FROM pg_settings")]
+    assert len(inside) > 300 and len(after) > 300
+    assert not [name for name in inside + after if "goex" in name]
+    assert last(proxy, "UPDATE")["undo_class"] == "exact"
