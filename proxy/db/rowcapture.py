@@ -175,7 +175,10 @@ def take(images: Images, value: bytes | None) -> None:
         return
     if images.binary:
         value = value.removeprefix(_JSONB_BINARY_VERSION)
-    images.rows.append(json.loads(value))
+    try:
+        images.rows.append(json.loads(value))
+    except ValueError:  # not an image the plan made (a portal that was not the statement): no image, not undone
+        images.rows.append(None)
 
 
 class Transactions(Generic[_T]):

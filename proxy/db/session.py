@@ -155,6 +155,9 @@ class Session:
         #: one and keeps the old statement, which the gateway would have taken for the new SQL.
         self.named: set[str] = set()
         self.portals: dict[str, tuple[_Prepared, list[Any]]] = {}
+        #: Portal names SQL DECLAREd (or CLOSEd, which may fail) on this connection, for good: the server refuses a
+        #: Bind into a cursor's name and keeps the cursor, whose rows a later Execute would return as the Bind's.
+        self.cursors: set[str] = set()
         self.skipping = False
         self.in_batch = False   # extended-protocol messages sent since the last Sync
         self.copy_in: _Pending | None = None  # an allowed COPY FROM STDIN sent, its CopyDone or CopyFail not yet
@@ -345,7 +348,7 @@ class Session:
         elif kind == b"P":
             await self._parse(msg)
         elif kind == b"B":
-            self._send(self._bind(msg).encode())
+            await self._bind(msg)
         elif kind == b"E":
             await self._execute(msg)
         elif kind == b"S":
@@ -473,8 +476,14 @@ class Session:
             msg = Message(b"P", parse_payload(parsed.statement, planned.sql, parsed.types))
         self._send(msg.encode())
 
-    def _bind(self, msg: Message) -> Message:
+    async def _bind(self, msg: Message) -> None:
         bound = bind_message(msg.payload)
+        if bound.portal in self.cursors:
+            why = (f"portal name {bound.portal!r} may be a cursor DECLAREd on this connection (PostgreSQL keeps the "
+                   "cursor and refuses the Bind): bind another name")
+            await self._record(f"(Bind into portal {bound.portal!r})", None, (), Decision("deny", why))
+            self._refuse_extended(why)
+            return
         prepared = self.prepared.get(bound.statement)
         if prepared is not None:
             types = prepared.types + (0,) * (len(bound.params) - len(prepared.types))
@@ -484,10 +493,10 @@ class Session:
             if prepared.planned is not None and prepared.planned.capture is not None:
                 payload, binary = rowcapture.result_formats(msg.payload)
                 self.binary_images[bound.portal] = binary
-                return Message(b"B", payload)
+                msg = Message(b"B", payload)
         else:
             self.portals.pop(bound.portal, None)
-        return msg
+        self._send(msg.encode())
 
     async def _execute(self, msg: Message) -> None:
         assert self.upstream is not None
@@ -542,6 +551,8 @@ class Session:
                 what, _, which = name.partition(":")
                 if what == "statement" and which != "*":  # PREPARE's (or a DEALLOCATE's, which may fail)
                     self.named.add(which)
+                elif what == "portal" and which != "*":  # DECLARE's, or a CLOSE's (which may fail)
+                    self.cursors.add(which)
                 known = self.prepared if what == "statement" else self.portals
                 if which == "*":
                     known.clear()
