@@ -72,15 +72,15 @@ def planner_us(calls: int = 5000) -> float:
     return (time.perf_counter() - started) / calls * 1e6
 
 
-def captured_sql(sql: str) -> str:
-    """The statement as the gateway rewrites it (psycopg's %s as $n)."""
+def captured_sql(sql: str, oid: int) -> str:
+    """The statement as the gateway rewrites it (psycopg's %s as $n), for the table of this oid (another's fails)."""
     from goex_proxy.db.capture import Capture, Table, plan
 
     numbered, n = sql, 0
     while "%s" in numbered:
         n += 1
         numbered = numbered.replace("%s", f"${n}", 1)
-    found = plan(numbered, Table("public", "orders", ("id",)), "goex_0123456789ab")
+    found = plan(numbered, Table("public", "orders", ("id",), oid=oid), "goex_0123456789ab")
     assert isinstance(found, Capture), found
     out = found.sql.replace("%", "%%")
     for i in range(n, 0, -1):
@@ -98,11 +98,17 @@ def run(procs: Processes, rounds: int = 5, statements: int = 500, say: Any = pri
     tables += [f"INSERT INTO {t} SELECT g, g FROM generate_series(1, 1000) g" for t in ("orders", "loose")]
     with shop_gateway(procs, POLICY, tables) as shop:
         direct, gateway = shop.direct, shop.gateway
+        import psycopg
+
+        with psycopg.connect(direct) as conn:
+            row = conn.execute("SELECT 'orders'::regclass::oid").fetchone()
+            assert row is not None
+            oid = int(row[0])
         server_rows, gateway_rows = [], []
         for kind, steps in KINDS.items():
             say(f"[dbcapture] {kind}...", flush=True)
             plain = tuple(s.format(t="orders") for s in steps)
-            rewritten = tuple(captured_sql(s) for s in plain)
+            rewritten = tuple(captured_sql(s, oid) for s in plain)
             loose = tuple(s.format(t="loose") for s in steps)
             m: dict[str, list[float]] = {"plain": [], "captured": [], "gw_plain": [], "gw_captured": []}
             for _ in range(rounds):

@@ -147,9 +147,11 @@ def _plan_statement(config: Config, conn: Any, row: dict[str, Any]) -> RowPlan:
 def _plan_statements(config: Config, conn: Any, rows: list[dict[str, Any]],
                      as_json: bool) -> list[tuple[dict[str, Any], RowPlan]]:
     """A session's SQL statements that changed rows, newest first, each plan shown (or why it is passed over)."""
+    from ..db.rowundo import changes_nothing
+
     out = []
     for row in rows:
-        if row.get("undo_class") is None and row.get("row_images") is None:
+        if changes_nothing(row.get("undo_class")) and row.get("row_images") is None:
             continue  # a read, transaction control, or a write that changed nothing
         try:
             the_plan = _plan_statement(config, conn, row)

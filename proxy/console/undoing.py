@@ -136,7 +136,9 @@ class SessionPlan:
 
 def changed_rows(row: dict[str, Any]) -> bool:
     """A statement that may have changed rows (not a read, transaction control, or a write that changed none)."""
-    return row.get("undo_class") is not None or row.get("row_images") is not None
+    from ..db.rowundo import changes_nothing
+
+    return not changes_nothing(row.get("undo_class")) or row.get("row_images") is not None
 
 
 def plan_session(config: Config, agent: str, since: float, until: float | None, force: bool = False) -> SessionPlan:

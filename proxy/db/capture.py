@@ -20,8 +20,16 @@ _WRITES = (ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt)
 EXACT_PRINT = ("pg_catalog.current_setting('extra_float_digits')::int >= 1 "
                "AND pg_catalog.current_setting('IntervalStyle') = 'postgres' "
                "AND pg_catalog.current_setting('DateStyle') LIKE 'ISO,%'")
-#: The image of a row the session's settings would print inexactly (see EXACT_PRINT): none is kept.
-INEXACT = "inexact"
+#: What the session prints by, in the failure for it (`extra_float_digits|IntervalStyle|DateStyle`).
+_PRINTED = " || '|' || ".join(f"pg_catalog.current_setting('{name}')"
+                              for name in ("extra_float_digits", "IntervalStyle", "DateStyle"))
+_SEARCH_PATH = "pg_catalog.current_setting('search_path')"
+#: Why a captured statement may fail in the server, each checked row by row inside it (so the class it was planned
+#: with, exact, holds: it is captured or changes nothing): more rows than the bound; the session finds another table
+#: by the name than the one the catalog was read of (a search_path of its own); the session prints values inexactly
+#: (EXACT_PRINT: a SET, or set_config, since it started). The agent may change either at any time, so the plan can
+#: only check them as the statement runs.
+FAILURES = ("bound", "table", "print")
 
 
 def prints_exactly(name: str, value: str) -> bool:
@@ -112,7 +120,7 @@ def plan(sql: str, table: Table, marker: str, bound: int = 10000) -> Capture | s
     """`sql` rewritten to capture its rows on `table` (what the catalog says of the table `target` named), or why
     it cannot be captured exactly. `marker` is a name the agent cannot guess (the session's), for the added column
     and anything else added to the statement. A statement that changes more than `bound` rows fails (nothing
-    changed) with an error naming `bound_error(marker)`."""
+    changed) with an error `failure` reads, as does one the session's settings or search_path would leave uncaptured."""
     node = _single(sql)
     if isinstance(node, str):
         return node
@@ -149,9 +157,9 @@ def plan(sql: str, table: Table, marker: str, bound: int = 10000) -> Capture | s
     head, found, tail = RawStream()(node).rpartition(placeholder)
     assert found, "the placeholder is printed as itself"
     written = Target(node.relation.schemaname or None, node.relation.relname)
-    image = f"CASE WHEN {_literal(written.quoted)}::pg_catalog.regclass::pg_catalog.oid = {int(table.oid)} " \
-            f"THEN CASE WHEN {EXACT_PRINT} THEN {image} ELSE '\"{INEXACT}\"'::jsonb END " \
-            f"ELSE 'null'::jsonb END"  # another table (the agent's search_path): no image, not undone
+    image = f"CASE WHEN {_literal(written.quoted)}::pg_catalog.regclass::pg_catalog.oid <> {int(table.oid)} " \
+            f"THEN {_fail('table', marker, _SEARCH_PATH)} " \
+            f"WHEN NOT ({EXACT_PRINT}) THEN {_fail('print', marker, _PRINTED)} ELSE {image} END"
     return Capture(head + _bounded(image, marker, bound) + tail, kind, table, marker, returning)
 
 
@@ -195,9 +203,21 @@ def _update_capture(node: Any, table: Table, ref: str, marker: str) -> str:
     return f"pg_catalog.jsonb_build_array({_q(old)}.{_q(marker + '_j')}, pg_catalog.to_jsonb({_q(ref)}.*))"
 
 
-def bound_error(marker: str) -> str:
-    """The text the server's error for a statement over the bound holds (the marker: no statement can forge it)."""
-    return f"goex-proxy capture bound {marker}"
+def failure(error_text: str, marker: str) -> str | None:
+    """Which of FAILURES a server's error is, from the text its cast left in it (the marker: no statement the agent
+    writes can forge it); None for any other error."""
+    return next((what for what in FAILURES if _failure_text(what, marker) in error_text), None)
+
+
+def _failure_text(what: str, marker: str) -> str:
+    return f"goex-proxy capture {what} {marker}"
+
+
+def _fail(what: str, marker: str, detail: str) -> str:
+    """An expression that fails the statement with the failure's text in the server's error: a cast to int of text
+    that is none. `detail` must not be a constant (a constant cast is folded, so failed, when the statement is
+    planned, whether a row would reach it or not)."""
+    return f"pg_catalog.to_jsonb(({_literal(_failure_text(what, marker) + ': ')} || {detail})::int)"
 
 
 def _bounded(image: str, marker: str, bound: int) -> str:
@@ -210,8 +230,7 @@ def _bounded(image: str, marker: str, bound: int) -> str:
     count = (f"CASE WHEN pg_catalog.split_part({kept}, '|', 1) = {now} "
              f"THEN pg_catalog.split_part({kept}, '|', 2)::int + 1 ELSE 1 END")
     counted = f"pg_catalog.split_part(pg_catalog.set_config({name}, {now} || '|' || ({count})::text, true), '|', 2)::int"
-    fail = f"pg_catalog.to_jsonb(({_literal(bound_error(marker) + ': ')} || {kept})::int)"
-    return f"CASE WHEN {counted} > {int(bound)} THEN {fail} ELSE {image} END"
+    return f"CASE WHEN {counted} > {int(bound)} THEN {_fail('bound', marker, kept)} ELSE {image} END"
 
 
 def _literal(text: str) -> str:

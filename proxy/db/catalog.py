@@ -85,7 +85,7 @@ SELECT c.oid, n.nspname, c.relname, c.relkind,
             AND NOT a.attisdropped AND a.attgenerated <> ''),
   c.relkind = 'r' AND EXISTS (SELECT 1 FROM pg_catalog.pg_inherits h WHERE h.inhparent = c.oid),
   EXISTS (SELECT 1 FROM pg_catalog.pg_rewrite r WHERE r.ev_class = c.oid AND r.rulename <> '_RETURN'),
-  EXISTS (WITH RECURSIVE ty(oid) AS (
+  (WITH RECURSIVE ty(oid) AS (
       SELECT a.atttypid FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
     UNION
       SELECT n.oid FROM ty JOIN pg_catalog.pg_type t ON t.oid = ty.oid
@@ -93,7 +93,7 @@ SELECT c.oid, n.nspname, c.relname, c.relkind,
                             SELECT b.atttypid FROM pg_catalog.pg_attribute b
                              WHERE b.attrelid = t.typrelid AND b.attnum > 0 AND NOT b.attisdropped) AS n(oid)
        WHERE n.oid <> 0)
-    SELECT 1 FROM ty WHERE ty.oid = 'pg_catalog.json'::pg_catalog.regtype)
+    SELECT pg_catalog.min(ty.oid::pg_catalog.regtype::text) FROM ty WHERE ty.oid IN ({printed}))
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE c.oid = pg_catalog.to_regclass({name})
 """
@@ -102,19 +102,28 @@ _PROBLEMS = ("has triggers: they may change rows the statement does not hand bac
              "is referenced by foreign keys that cascade (or set null or default): rows of other tables change too",
              "has generated columns, which cannot be restored as they were",
              "has inheritance children, whose rows have columns the parent's image lacks",
-             "has rewrite rules: the statement may not do what it says",
-             # json (not jsonb) keeps its text as written; the jsonb image has keys sorted, duplicates dropped, numbers
-             # as numeric (also in a domain, an array or a composite column)
-             "has a json column: its text is not kept as written in the image")
+             "has rewrite rules: the statement may not do what it says",)
+#: Column types whose image is not the value, by type OID (also in a domain, an array or a composite column): json
+#: (not jsonb) keeps its text as written, where the jsonb image has keys sorted, duplicates dropped, numbers as
+#: numeric; money prints by the session's lc_monetary (a SET changes it, and the server's may differ by the time of
+#: an undo), and so is read back by whichever is in force then; a reg* type prints as a name the search_path finds,
+#: which may be another object when the image is read back.
+_PRINTED_TYPES = {114: "json", 790: "money", 24: "regproc", 2202: "regprocedure", 2203: "regoper",
+                  2204: "regoperator", 2205: "regclass", 2206: "regtype", 3734: "regconfig", 3769: "regdictionary",
+                  4089: "regnamespace", 4096: "regrole", 4191: "regcollation"}
+_PRINTED_WHY = {"json": "has a json column: its text is not kept as written in the image",
+                "money": "has a money column: it prints by the session's lc_monetary, so an amount could be put back "
+                         "as another"}
 
 
 async def table(upstream: Upstream, found: Target) -> Table | str:
     """The table as the catalogs say, or why it cannot be captured (not found: it is another session's, or new in
     the agent's open transaction)."""
-    rows = await query(upstream, _TABLE.format(name=literal(found.quoted)))
+    rows = await query(upstream, _TABLE.format(name=literal(found.quoted),
+                                               printed=", ".join(map(str, sorted(_PRINTED_TYPES)))))
     if not rows:
         return f"table {found.quoted} is not in the server's catalogs as the gateway sees them"
-    oid, schema, relname, relkind, key, *flags = rows[0]
+    oid, schema, relname, relkind, key, *flags, printed = rows[0]
     assert schema is not None and relname is not None
     problem = None
     if relkind not in ("r", "p"):
@@ -122,6 +131,10 @@ async def table(upstream: Upstream, found: Target) -> Table | str:
     for flag, why in zip(flags, _PROBLEMS, strict=True):
         if flag == "t" and problem is None:
             problem = f"table {found.quoted} {why}"
+    if printed is not None and problem is None:
+        problem = f"table {found.quoted} " + _PRINTED_WHY.get(
+            printed, f"has a column of type {printed}: it prints as a name the search_path finds, which may be another "
+                     "object when put back")
     return Table(schema, relname, tuple(json.loads(key)) if key else (), problem, int(oid or 0))
 
 

@@ -213,7 +213,7 @@ class Gateway:
     def queue_intent(self, row: dict[str, Any]) -> concurrent.futures.Future[str | None]:
         """Queue a read's row without waiting for its commit: it is written in order with every row queued before
         and after it (a write queued later is committed only with or after it); the future says if it failed."""
-        return self._writer.queue_intent(row)
+        return self._writer.queue_intent(self.class_later(row))  # a held read's class names its hold
 
     def admit_connection(self, agent: str, database: str, most: int) -> bool:
         """Count one more upstream connection of an agent to a database, unless it has `most` open already."""

@@ -20,7 +20,7 @@ from ..durations import format_duration
 from ..errors import GoexError
 from ..policy.engine import Decision
 from ..policy.sqlparse import parse
-from . import holdsql, holdstore, record
+from . import holdsql, holdstore, record, rowundo
 from .fastpath import parse_statements
 from .session import Refused, Session, _Pending
 from .upstream import Upstream, connect
@@ -104,6 +104,8 @@ class Hold:
         if row.get("undo_class"):
             self.writes = True
             row["undo_class"] = f"held: undone by `goex-proxy db rollback {self.id}` until committed"
+        elif row.get("decision") != "deny":  # a read sees the hold's writes: its row names the hold too
+            row["undo_class"] = rowundo.held_nothing(self.id)
         return row
 
     async def relay(self, session: Session) -> None:

@@ -32,11 +32,21 @@ def method_of(statements: tuple[Statement, ...]) -> str:
 
 
 def undo_class(statements: tuple[Statement, ...]) -> str | None:
-    """None for reads and transaction control (nothing to undo); irreversible for anything that writes, unless row
-    capture (`rowcapture`) or a held transaction says otherwise."""
+    """None for reads and transaction control (nothing to undo); irreversible for anything that writes or calls code
+    the policy cannot see through, unless row capture (`rowcapture`) or a held transaction says otherwise."""
     if any(s.kinds & WRITE_KINDS for s in statements):
         return "irreversible: its rows are not captured for undo"
-    return None
+    return calls_code(statements)
+
+
+def calls_code(statements: tuple[Statement, ...]) -> str | None:
+    """Why a message is irreversible whatever it looks like, when it calls functions beyond the built-in pure ones
+    (a rule's `functions:` let them through): a SELECT of set_config, nextval or a function of the database's own may
+    change anything, which no capture sees; None when it calls none."""
+    called = list(dict.fromkeys(f for s in statements for f in s.unseen_functions()))
+    if not called:
+        return None
+    return f"irreversible: it calls {', '.join(called)}, which may change what undo cannot see"
 
 
 #: Binary parameter formats read back as values, by type OID: bool, int8, int2, int4, float4, float8.

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from ..policy.sqlparse import Statement
-from . import capture
+from . import capture, record
 from .capture import Capture, Table
 from .catalog import Catalog
 from .upstream import Upstream
@@ -24,6 +24,8 @@ EXACT = "exact"
 _ROW_KINDS = frozenset({"insert", "update", "delete"})
 _WRITE_KINDS = frozenset({"insert", "update", "delete", "ddl", "other", "set"})
 _JSONB_BINARY_VERSION = b"\x01"
+INSUFFICIENT_PRIVILEGE = "42501"
+PROGRAM_LIMIT_EXCEEDED = "54000"
 #: Plans a session keeps (a plan of an UPDATE takes about a millisecond; a client repeats its statements).
 _PLANS_KEPT = 256
 
@@ -58,10 +60,11 @@ class Capturer:
 
     async def plan(self, sql: str, statements: tuple[Statement, ...]) -> Planned:
         kinds = frozenset().union(*(s.kinds for s in statements)) if statements else frozenset()
-        if not kinds & _WRITE_KINDS:
-            return Planned(sql, None, None)
         if any(s.kind == "ddl" for s in statements):
             self.catalog.forget()  # a table's keys, triggers or foreign keys may be what changes
+        called = record.calls_code(statements)  # known before it runs, as `review:` needs: never exact
+        if called is not None or not kinds & _WRITE_KINDS:
+            return Planned(sql, None, called)
         if len(statements) != 1 or not kinds <= _ROW_KINDS:
             why = "several statements in one message" if len(statements) != 1 else \
                 f"{statements[0].kind.upper()}: only INSERT, UPDATE and DELETE rows are captured"
@@ -88,9 +91,24 @@ class Capturer:
     def close(self) -> None:
         self.catalog.close()
 
-    def over_bound(self, error_text: str) -> bool:
-        """Whether a server error is that of a captured statement over the bound (capture.bound_error)."""
-        return capture.bound_error(self.marker) in error_text
+    def refusal(self, error_text: str, database: str) -> tuple[str, str] | None:
+        """A server error that is one of a captured statement's own failures (capture.FAILURES), as the SQLSTATE and
+        the reason the agent is told it was refused; None for any other error."""
+        what = capture.failure(error_text, self.marker)
+        if what == "bound":
+            return PROGRAM_LIMIT_EXCEEDED, (f"it would change more than {self.bound} rows, the most goex-proxy captures "
+                                            f"for undo in one statement (databases.{database}.capture_rows); nothing "
+                                            "was changed")
+        if what == "table":
+            return INSUFFICIENT_PRIVILEGE, ("the table this session finds by that name is not the one goex-proxy read "
+                                            "the catalog of (a search_path of the session's own?), so its rows would "
+                                            "not be captured for undo; nothing was changed (name the table with its "
+                                            "schema)")
+        if what == "print":
+            return INSUFFICIENT_PRIVILEGE, ("this session prints values so that undo would not put its rows back as "
+                                            "they were (extra_float_digits below 1, IntervalStyle other than postgres "
+                                            "or DateStyle other than ISO); nothing was changed (RESET them to write)")
+        return None
 
 
 def result_formats(payload: bytes) -> tuple[bytes, bool]:
@@ -157,7 +175,10 @@ def take(images: Images, value: bytes | None) -> None:
         return
     if images.binary:
         value = value.removeprefix(_JSONB_BINARY_VERSION)
-    images.rows.append(json.loads(value))
+    try:
+        images.rows.append(json.loads(value))
+    except ValueError:  # not an image the plan made (a portal that was not the statement): no image, not undone
+        images.rows.append(None)
 
 
 class Transactions(Generic[_T]):
@@ -228,12 +249,8 @@ def outcome(images: Images, why_not: str | None, scrub: Any) -> dict[str, Any]:
         return {"undo_class": f"irreversible: {why_not}"}
     if not images.rows:
         return {"undo_class": None}  # nothing changed: nothing to undo
-    if any(row is None for row in images.rows):
-        return {"undo_class": "irreversible: the table it changed is not the one goex-proxy read the catalog of "
-                              "(a search_path of the session's own?)"}
-    if any(row == capture.INEXACT for row in images.rows):
-        return {"undo_class": "irreversible: the session prints its rows' values inexactly (its extra_float_digits "
-                              "or IntervalStyle): they would not be put back as they were"}
+    if any(row is None for row in images.rows):  # no plan hands one back (it fails the statement): never kept
+        return {"undo_class": "irreversible: a row came back without its image"}
     capture_ = images.capture
     data = json.dumps({"kind": capture_.kind, "schema": capture_.table.schema, "table": capture_.table.relname,
                        "key": list(capture_.table.key), "rows": images.rows}, ensure_ascii=False,

@@ -66,6 +66,21 @@ class RowPlan:
         return list(self.rows) if self.kind == "delete" else []
 
 
+#: How the undo class of a statement in a held transaction that changes nothing (a read, transaction control)
+#: begins: it names its hold, as a write's does (`held: undone by ...`), and has nothing to undo.
+HELD_NOTHING = "held: in held transaction "
+
+
+def held_nothing(hold_id: str) -> str:
+    """The undo class of a statement that changes nothing in held transaction `hold_id`."""
+    return f"{HELD_NOTHING}{hold_id}, changes nothing"
+
+
+def changes_nothing(undo_class: str | None) -> bool:
+    """Whether a statement's undo class says it has nothing to undo (none, or a held read's)."""
+    return undo_class is None or undo_class.startswith(HELD_NOTHING)
+
+
 def plan_row(row: dict[str, Any], key: bytes | None) -> RowPlan:
     """The undo of a recorded statement; GoexError (one line) when it cannot be undone: not captured, or its row does
     not match the audit chain (edited since it was written)."""
@@ -77,7 +92,7 @@ def plan_row(row: dict[str, Any], key: bytes | None) -> RowPlan:
     images = row.get("row_images")
     if images is None:
         why = row.get("undo_class")
-        if why is None:
+        if changes_nothing(why):
             raise NotFound(f"nothing to undo for {rid}: it changed no rows")
         raise GoexError(f"cannot undo {rid}: {why}")
     if row.get("outcome_hash") is None or audit.edited(key, row) is not None:

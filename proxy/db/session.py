@@ -64,7 +64,6 @@ PASSED_PARAMS = ("application_name", "DateStyle", "TimeZone", "extra_float_digit
 #: the server. The client is told UTF8 (ParameterStatus), as when it asks for it.
 PINNED_PARAMS = {"client_encoding": "UTF8", "standard_conforming_strings": "on"}
 INSUFFICIENT_PRIVILEGE = "42501"
-PROGRAM_LIMIT_EXCEEDED = "54000"
 #: Seconds a client has to start up and authenticate, and how often it may ask for TLS or GSS first.
 LOGIN_SECONDS = 30.0
 _NEGOTIATIONS = 2
@@ -161,6 +160,9 @@ class Session:
         #: one and keeps the old statement, which the gateway would have taken for the new SQL.
         self.named: set[str] = set()
         self.portals: dict[str, tuple[_Prepared, list[Any]]] = {}
+        #: Portal names SQL DECLAREd (or CLOSEd, which may fail) on this connection, for good: the server refuses a
+        #: Bind into a cursor's name and keeps the cursor, whose rows a later Execute would return as the Bind's.
+        self.cursors: set[str] = set()
         self.skipping = False
         self.in_batch = False   # extended-protocol messages sent since the last Sync
         self.copy_in: _Pending | None = None  # an allowed COPY FROM STDIN sent, its CopyDone or CopyFail not yet
@@ -361,7 +363,7 @@ class Session:
         elif kind == b"P":
             await self._parse(msg)
         elif kind == b"B":
-            self._send(self._bind(msg).encode())
+            await self._bind(msg)
         elif kind == b"E":
             await self._execute(msg)
         elif kind == b"S":
@@ -491,8 +493,14 @@ class Session:
             msg = Message(b"P", parse_payload(parsed.statement, planned.sql, parsed.types))
         self._send(msg.encode())
 
-    def _bind(self, msg: Message) -> Message:
+    async def _bind(self, msg: Message) -> None:
         bound = bind_message(msg.payload)
+        if bound.portal in self.cursors:
+            why = (f"portal name {bound.portal!r} may be a cursor DECLAREd on this connection (PostgreSQL keeps the "
+                   "cursor and refuses the Bind): bind another name")
+            await self._record(f"(Bind into portal {bound.portal!r})", None, (), Decision("deny", why))
+            self._refuse_extended(why)
+            return
         prepared = self.prepared.get(bound.statement)
         if prepared is not None:
             types = prepared.types + (0,) * (len(bound.params) - len(prepared.types))
@@ -502,10 +510,10 @@ class Session:
             if prepared.planned is not None and prepared.planned.capture is not None:
                 payload, binary = rowcapture.result_formats(msg.payload)
                 self.binary_images[bound.portal] = binary
-                return Message(b"B", payload)
+                msg = Message(b"B", payload)
         else:
             self.portals.pop(bound.portal, None)
-        return msg
+        self._send(msg.encode())
 
     async def _execute(self, msg: Message) -> None:
         assert self.upstream is not None
@@ -560,6 +568,8 @@ class Session:
                 what, _, which = name.partition(":")
                 if what == "statement" and which != "*":  # PREPARE's (or a DEALLOCATE's, which may fail)
                     self.named.add(which)
+                elif what == "portal" and which != "*":  # DECLARE's, or a CLOSE's (which may fail)
+                    self.cursors.add(which)
                 known = self.prepared if what == "statement" else self.portals
                 if which == "*":
                     known.clear()
@@ -591,13 +601,11 @@ class Session:
                 return error_response(INSUFFICIENT_PRIVILEGE, f"goex-proxy refused the statement: {head.reason}")
             fields = error_fields(msg.payload)
             head.error = f"{fields.get('C', '')} {fields.get('M', '')}".strip()
-            if head.images is not None and self.capturer is not None and self.capturer.over_bound(head.error):
-                assert self.database is not None
-                why = (f"it would change more than {self.database.capture_rows} rows, the most goex-proxy captures for "
-                       f"undo in one statement (databases.{self.database.name}.capture_rows); nothing was changed")
-                head.error = f"{PROGRAM_LIMIT_EXCEEDED} {why}"
+            if head.images is not None and self.capturer is not None and self.database is not None and \
+                    (refused := self.capturer.refusal(head.error, self.database.name)) is not None:
+                head.error = " ".join(refused)  # a failure of its capture's own: the statement changed nothing
                 self._finish(head)
-                return error_response(PROGRAM_LIMIT_EXCEEDED, f"goex-proxy refused the statement: {why}")
+                return error_response(refused[0], f"goex-proxy refused the statement: {refused[1]}")
             self._finish(head)
         elif msg.kind == b"C" and head is not None and head.kind in ("query", "execute"):
             head.tags.append(msg.payload.rstrip(b"\0").decode("utf-8", "replace"))

@@ -38,9 +38,14 @@ def unlimited_irreversible(policy: Policy) -> list[Problem]:
         if rule.wait is not None and rule.wait.kind == "hold" and rule.wait.on_timeout == "deny":
             continue  # a person decides each one
         kinds = irreversible_kinds(rule.statements)
+        where = ', '.join(sorted(rule.databases or ()))
         if kinds:
             out.append(Problem(policy.file, 1, 1, f"SQL rule '{rule.name}' allows {', '.join(sorted(kinds))} on "
-                                                  f"{', '.join(sorted(rule.databases or ()))} with no limit, and undo "
-                                                  "cannot take them back (add a 'limit', or 'hold' them for a person)",
-                               "warning"))
+                                                  f"{where} with no limit, and undo cannot take them back (add a "
+                                                  "'limit', or 'hold' them for a person)", "warning"))
+        elif rule.functions:  # a function may change anything, whatever the statement calling it is
+            out.append(Problem(policy.file, 1, 1, f"SQL rule '{rule.name}' lets statements call "
+                                                  f"{', '.join(sorted(rule.functions))} on {where} with no limit, and "
+                                                  "undo cannot take back what a function changes (add a 'limit', or "
+                                                  "'hold' them for a person)", "warning"))
     return out

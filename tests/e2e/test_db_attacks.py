@@ -306,3 +306,22 @@ def test_an_operator_of_another_schema_is_a_function_the_policy_sees(gateway, po
         with psycopg.connect(postgres.dsn(APP_USER, "shop"), autocommit=True) as conn:
             conn.execute("DROP OPERATOR public.#=# (int, int)")
             conn.execute("DROP FUNCTION public.wipe(int, int)")
+
+
+def test_a_bind_into_a_cursors_name_is_refused(make_proxy, postgres) -> None:  # noqa: F811
+    """PostgreSQL refuses a Bind into a portal name a cursor DECLAREd in SQL holds (42P03) and keeps the cursor: the
+    gateway took the portal for the Bind's UPDATE, so a later Execute of it, which ran the cursor's SELECT, was
+    recorded as the UPDATE (its SQL, its parameters, the SELECT's command tag)."""
+    cursors = POLICY + "  - name: cursors\n    allow: {database: shop, statements: [other, select], tables: [orders]}\n"
+    proxy, url = start_gateway(make_proxy, postgres, policy=cursors)
+    bind_c = message(b"B", b"c\0\0" + struct.pack("!HHH", 0, 0, 0))
+    execute_c = message(b"E", b"c\0" + struct.pack("!I", 0)) + message(b"S")
+    got = raw_exchange(url, message(b"Q", b"DECLARE c CURSOR WITH HOLD FOR SELECT item FROM orders WHERE id = 3\0")
+                       + message(b"P", parse_payload("", "UPDATE orders SET qty = 0 WHERE id = 1")) + bind_c
+                       + execute_c + execute_c, readies=3)
+    assert b"portal name 'c' may be a cursor DECLAREd on this connection" in got
+    assert b"plums" not in got  # the cursor's Execute: refused, not recorded as another statement
+    assert direct(postgres, "SELECT qty FROM orders WHERE id = 1") == [(3,)]
+    rows = db_rows(proxy)
+    assert not [r for r in rows if r["method"] == "UPDATE" and r["decision"] == "allow"]
+    assert [r["decision"] for r in rows if r["req_body"] and '"(Bind into portal' in r["req_body"]] == ["deny"]

@@ -447,3 +447,26 @@ def test_each_connection_gets_its_own_settings(make_proxy, postgres: Postgres) -
         assert conn.execute("SELECT count(*) FROM orders WHERE item = 'kept'").fetchone() == (1,)
     assert db(proxy, "commit", the_hold(proxy)).returncode == 0
     assert items(postgres)[-1] == ("kept", 1)
+
+
+def test_reads_in_a_held_transaction_name_their_hold(make_proxy, postgres: Postgres) -> None:  # noqa: F811
+    """A read in a held transaction sees its uncommitted writes: its row says which hold it ran in, as a write's
+    does (`log` and `show` list it with it), though it has nothing to undo."""
+    proxy, url = start_gateway(make_proxy, postgres, HOLD)
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM orders").fetchone() == (3,)
+        conn.execute("DELETE FROM orders WHERE item = %s", ("pears",))
+        assert conn.execute("SELECT count(*) FROM orders WHERE qty > %s", (0,)).fetchone() == (2,)
+    hold_id = the_hold(proxy)
+    rows = db_rows(proxy)
+    assert [(r["method"], r["undo_class"]) for r in rows] == [
+        ("SELECT", f"held: in held transaction {hold_id}, changes nothing"),
+        ("DELETE", f"held: undone by `goex-proxy db rollback {hold_id}` until committed"),
+        ("SELECT", f"held: in held transaction {hold_id}, changes nothing")]
+    shown = proxy.cli("show", str(rows[0]["id"]))
+    assert f"undo: held: in held transaction {hold_id}, changes nothing" in shown.stdout
+    read = proxy.cli("undo", str(rows[0]["id"]), "--yes")
+    assert read.returncode == 1 and "nothing to undo" in read.stderr, read.stderr
+    session = proxy.cli("undo", "--agent", "mailbot", "--since", "1h", "--dry-run")
+    assert str(rows[0]["id"]) not in session.stdout + session.stderr  # a read is no statement to undo
+    assert (db(proxy, "rollback", hold_id).returncode, items(postgres)) == (0, ORIGINAL)

@@ -9,6 +9,7 @@ import sqlite3
 
 import psycopg
 import pytest
+from psycopg import errors
 
 from tests.e2e.test_db_gateway import db_rows, direct, gateway_pg, postgres, start_gateway  # noqa: F401
 from tests.pg import APP_USER, server_bin
@@ -332,14 +333,16 @@ def test_a_table_the_session_finds_other_than_the_catalog_read_is_not_undone(gat
             # Connections made from now on (the gateway's catalog reader among them) find shadow.orders first; the
             # agent's session, made before, finds public.orders (as a session's own SET search_path would).
             person(pg, f"ALTER ROLE {APP_USER[0]} SET search_path = shadow, public")
-            assert conn.execute("UPDATE orders SET qty = 5 WHERE id = %s", (1,)).rowcount == 1
+            with pytest.raises(errors.InsufficientPrivilege, match="not the one goex-proxy read the catalog of"):
+                conn.execute("UPDATE orders SET qty = 5 WHERE id = %s", (1,))
+            assert conn.execute("UPDATE public.orders SET qty = 5 WHERE id = %s", (1,)).rowcount == 1
     finally:
         person(pg, f"ALTER ROLE {APP_USER[0]} RESET search_path")
         person(pg, "DROP SCHEMA shadow CASCADE")
     assert direct(pg, ALL)[0] == (1, "apples", 5)
-    update = last(proxy, "UPDATE")
-    assert update["undo_class"].startswith("irreversible: the table it changed is not the one goex-proxy read")
-    assert update["row_images"] is None
+    refused, update = [r for r in db_rows(proxy) if r["method"] == "UPDATE"]
+    assert refused["undo_class"] is None and "nothing was changed" in refused["error"]  # planned exact: never less
+    assert update["undo_class"] == "exact"
 
 
 def test_rows_with_an_identity_column_always_generated_are_put_back_as_they_were(gateway) -> None:
@@ -362,8 +365,8 @@ def test_rows_with_an_identity_column_always_generated_are_put_back_as_they_were
 def test_rows_printed_inexactly_by_the_agents_settings_are_not_put_back_rounded(make_proxy, postgres) -> None:  # noqa: F811
     """A client may start up with extra_float_digits or IntervalStyle of its own, or SET them: the images would then
     be printed rounded (or ambiguously) and an undo would put back other values. Asked at startup, they are not passed
-    on (a statement planned exact must stay so, whatever `review:` says of irreversible ones); SET, the statement is
-    irreversible."""
+    on; SET, the write fails with nothing changed (a statement planned exact must stay so, whatever `review:` says
+    of irreversible ones)."""
     import asyncio
 
     import asyncpg
@@ -385,6 +388,10 @@ def test_rows_printed_inexactly_by_the_agents_settings_are_not_put_back_rounded(
             try:
                 for sql in sets:
                     await conn.execute(sql)
+                if sets:
+                    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="prints values so that undo"):
+                        await conn.execute("DELETE FROM orders WHERE id = $1", key)
+                    await conn.execute("RESET ALL")
                 assert await conn.execute("DELETE FROM orders WHERE id = $1", key) == "DELETE 1"
             finally:
                 await conn.close()
@@ -393,16 +400,12 @@ def test_rows_printed_inexactly_by_the_agents_settings_are_not_put_back_rounded(
         asyncio.run(agent({}, ["SET extra_float_digits = -15"], 2))
         asyncio.run(agent({}, ["SET IntervalStyle = sql_standard"], 3))
         asyncio.run(agent({}, ["SET DateStyle = 'SQL, DMY'"], 4))
-        first, *others = [r for r in db_rows(proxy) if r["method"] == "DELETE"]
-        assert first["undo_class"] == "exact"
-        for row in others:
-            assert row["undo_class"].startswith("irreversible: the session prints its rows' values inexactly"), \
-                row["undo_class"]
-            assert row["row_images"] is None
-        done = undo(proxy, first["id"])
-        assert done.returncode == 0, done.stderr
-        person(pg, "INSERT INTO orders (id, item, qty) VALUES (2, 'pears', 1), (3, 'plums', 7), (4, 'figs', 2)")
-        person(pg, f"UPDATE orders SET {values} WHERE id > 1")
+        deletes = [r for r in db_rows(proxy) if r["method"] == "DELETE"]
+        assert [r["undo_class"] for r in deletes] == ["exact"] + [None, "exact"] * 3
+        assert all("nothing was changed" in r["error"] for r in deletes[1::2])
+        for row in reversed(deletes[::2]):
+            done = undo(proxy, row["id"])
+            assert done.returncode == 0, done.stderr
         assert direct(pg, "SELECT id, price, span, days FROM orders ORDER BY id") == before
     finally:
         person(pg, "DELETE FROM orders WHERE id = 4")
@@ -526,3 +529,82 @@ def test_a_sessions_statements_are_undone_from_the_consoles_session_page(make_pr
     assert direct(pg, ALL) == before
     again = client.get("/session", params={"agent": "mailbot", "since": "1h"}).text
     assert again.count("already undone") == 3 and 'id="nothing"' in again
+
+
+
+def test_a_write_planned_exact_never_runs_uncaptured_after_a_setting_changes(make_proxy, postgres) -> None:  # noqa: F811
+    """`review:` decides by the class a statement is planned with: a write planned exact that the session's settings
+    (SET under a `set` rule, or set_config) would print inexactly, or that finds another table by its name, must not
+    run as an irreversible write that review let pass. It fails, nothing changed, and the agent is told why."""
+    from tests.e2e.test_db_gateway import POLICY
+
+    policy = POLICY.replace("rules:\n", "review: {irreversible: delay 1s}\nrules:\n") + (
+        "  - name: settings\n    allow: {database: shop, statements: [set]}\n"
+        "  - name: settings by function\n    allow: {database: shop, statements: [select], functions: [set_config]}\n")
+    proxy, url = start_gateway(make_proxy, postgres, policy=policy)
+    pg = gateway_pg((proxy, url))
+    before = direct(pg, ALL)
+    with psycopg.connect(url, autocommit=True) as conn:
+        for change in ("SET extra_float_digits = -15", "SET IntervalStyle = sql_standard",
+                       "SELECT set_config('DateStyle', 'SQL, DMY', false)"):
+            conn.execute(change)
+            with pytest.raises(errors.InsufficientPrivilege, match="prints values so that undo would not put"):
+                conn.execute("DELETE FROM orders WHERE id = %s", (1,))
+            with pytest.raises(errors.InsufficientPrivilege, match="prints values so that undo would not put"):
+                conn.execute("UPDATE orders SET qty = 0 WHERE id = %s", (1,), prepare=True)
+            assert direct(pg, ALL) == before
+            conn.execute("RESET ALL")
+        assert conn.execute("DELETE FROM orders WHERE id = %s", (1,)).rowcount == 1
+    rows = [r for r in db_rows(proxy) if r["method"] in ("DELETE", "UPDATE")]
+    assert [r["undo_class"] for r in rows] == [None] * 6 + ["exact"]
+    assert all("42501" in r["error"] and "nothing was changed" in r["error"] for r in rows[:6])
+    for row in db_rows(proxy):  # nothing irreversible ran without its review's delay (set_config included)
+        if (row["undo_class"] or "").startswith("irreversible"):
+            assert row["decision"] == "delay", row
+    assert [r["decision"] for r in db_rows(proxy) if r["method"] in ("SET", "SELECT")] == ["delay"] * 6
+
+
+def test_a_table_with_a_money_or_reg_column_is_irreversible_before_it_runs(gateway) -> None:
+    """money prints by the session's lc_monetary (which a SET changes, and the server's may differ by the time of an
+    undo), a reg* type as a name the search_path resolves: an image of either may be put back as another amount or
+    another object. Known from the catalog, so before the statement runs (as `review:` needs)."""
+    proxy, url = gateway
+    pg = gateway_pg(gateway)
+    person(pg, "CREATE DOMAIN prices AS money[]")
+    person(pg, "ALTER TABLE orders ADD COLUMN price money, ADD COLUMN prices prices")
+    try:
+        person(pg, "UPDATE orders SET price = 1234.5, prices = ARRAY[2.25::money]")
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert conn.execute("DELETE FROM orders WHERE id = %s", (1,)).rowcount == 1
+        row = last(proxy, "DELETE")
+        assert row["undo_class"] == "irreversible: table orders has a money column: it prints by the session's " \
+                                    "lc_monetary, so an amount could be put back as another", row["undo_class"]
+        assert row["row_images"] is None
+        person(pg, "ALTER TABLE orders DROP COLUMN price, DROP COLUMN prices, ADD COLUMN kind regclass")
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert conn.execute("DELETE FROM orders WHERE id = %s", (2,)).rowcount == 1
+        row = last(proxy, "DELETE")
+        assert row["undo_class"].startswith("irreversible: table orders has a column of type regclass"), \
+            row["undo_class"]
+    finally:
+        person(pg, "ALTER TABLE orders DROP COLUMN IF EXISTS price, DROP COLUMN IF EXISTS prices, "
+                   "DROP COLUMN IF EXISTS kind")
+        person(pg, "DROP DOMAIN prices")
+
+
+def test_the_capture_counter_is_not_a_setting_the_agent_sees(make_proxy, postgres) -> None:  # noqa: F811
+    """A captured statement counts its rows in a setting named by the session's marker (set_config, local to the
+    transaction): PostgreSQL lists such a placeholder neither in SHOW ALL nor in pg_settings, inside the transaction
+    or after it, so the marker stays the gateway's."""
+    from tests.e2e.test_db_gateway import POLICY
+
+    policy = POLICY + "  - name: settings view\n    allow: {database: shop, statements: [select], tables: [pg_settings]}\n"
+    proxy, url = start_gateway(make_proxy, postgres, policy=policy)
+    with psycopg.connect(url) as conn:
+        assert conn.execute("UPDATE orders SET qty = qty WHERE id < %s", (3,)).rowcount == 2
+        inside = [r[0] for r in conn.execute("SHOW ALL")] + [r[0] for r in conn.execute("SELECT name FROM pg_settings")]
+        conn.commit()
+        after = [r[0] for r in conn.execute("SHOW ALL")] + [r[0] for r in conn.execute("SELECT name FROM pg_settings")]
+    assert len(inside) > 300 and len(after) > 300
+    assert not [name for name in inside + after if "goex" in name]
+    assert last(proxy, "UPDATE")["undo_class"] == "exact"

@@ -9,11 +9,14 @@ from pglast import parse_sql
 from goex_proxy.db.capture import EXACT_PRINT, Capture, Table, Target, plan, target
 
 ORDERS = Table("public", "orders", ("id",), oid=16400)
-#: The image only when the agent's session finds the table the catalog was read of (else JSON null: not undone) and
-#: prints values exactly (else the string "inexact": not undone either).
-SAME = f"CASE WHEN 'orders'::pg_catalog.regclass::pg_catalog.oid = 16400 THEN CASE WHEN {EXACT_PRINT} THEN"
-INEXACT = "ELSE '\"inexact\"'::jsonb END"
 M = "goex_0123456789ab"
+#: The image only when the agent's session finds the table the catalog was read of and prints values exactly; else
+#: the statement fails (nothing changed), so that the exact it was planned as holds.
+PRINTED = ("pg_catalog.current_setting('extra_float_digits') || '|' || pg_catalog.current_setting('IntervalStyle') "
+           "|| '|' || pg_catalog.current_setting('DateStyle')")
+SAME = (f"CASE WHEN 'orders'::pg_catalog.regclass::pg_catalog.oid <> 16400 THEN pg_catalog.to_jsonb(("
+        f"'goex-proxy capture table {M}: ' || pg_catalog.current_setting('search_path'))::int) WHEN NOT ({EXACT_PRINT}) "
+        f"THEN pg_catalog.to_jsonb(('goex-proxy capture print {M}: ' || {PRINTED})::int) ELSE")
 #: What a row past the bound makes: a cast that fails with the marker in its message.
 FAIL = f"pg_catalog.to_jsonb(('goex-proxy capture bound {M}: ' || pg_catalog.current_setting('goex.{M}', true))::int)"
 
@@ -37,12 +40,11 @@ def test_the_target_is_the_table_as_written(sql: str, expected: Target) -> None:
 def test_delete_and_insert_hand_back_their_rows_in_one_added_column() -> None:
     delete = planned("DELETE FROM orders WHERE qty > $1")
     assert delete.sql.startswith("DELETE FROM orders WHERE qty > $1 RETURNING CASE WHEN ")
-    assert delete.sql.endswith(f' > 10000 THEN {FAIL} ELSE {SAME} pg_catalog.to_jsonb("orders".*) '
-                               f"{INEXACT} ELSE 'null'::jsonb END END AS {M}")
+    assert delete.sql.endswith(f' > 10000 THEN {FAIL} ELSE {SAME} pg_catalog.to_jsonb("orders".*) END END AS {M}')
     assert (delete.kind, delete.returning) == ("delete", False)
     insert = planned("INSERT INTO orders AS o (item, qty) VALUES ($1, 2) ON CONFLICT DO NOTHING RETURNING o.id")
     assert " RETURNING o.id, CASE WHEN " in insert.sql
-    assert insert.sql.endswith(f'THEN pg_catalog.to_jsonb("o".*) {INEXACT} ELSE \'null\'::jsonb END END AS {M}')
+    assert insert.sql.endswith(f'{SAME} pg_catalog.to_jsonb("o".*) END END AS {M}')
     assert (insert.kind, insert.returning) == ("insert", True)
     assert planned("DELETE FROM orders USING customers c WHERE orders.id = c.id").kind == "delete"
 
@@ -55,7 +57,7 @@ def test_update_locks_and_reads_the_rows_before_and_joins_them_by_key() -> None:
     assert f"WHERE (item = $2 OR qty < 0) AND orders.id = {M}_o.{M}_k0" in sql
     assert "RETURNING orders.*, CASE WHEN " in sql  # `*`: the table's only
     assert (f'{SAME} pg_catalog.jsonb_build_array("{M}_o"."{M}_j", '
-             f'pg_catalog.to_jsonb("orders".*)) {INEXACT} ELSE \'null\'::jsonb END') in sql
+             'pg_catalog.to_jsonb("orders".*)) END') in sql
     with_cte = planned("WITH a AS (SELECT 1 AS x) UPDATE orders o SET qty = 2 WHERE id IN (SELECT x FROM a)").sql
     assert with_cte.startswith(f"WITH a AS (SELECT 1 AS x), {M}_o AS (")
     quoted = planned('UPDATE "Shop"."Orders" AS "O" SET qty = 1', Table("Shop", "Orders", ("Id",))).sql

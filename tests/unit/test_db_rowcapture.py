@@ -104,5 +104,8 @@ def test_images_holding_a_known_secret_are_not_written() -> None:
                                                           "which is never written down"}
     assert outcome(Images(CAPTURE), None, scrub) == {"undo_class": None}  # it changed no rows
     elsewhere = Images(CAPTURE)
-    take(elsewhere, b"null")  # the session found another table by the name (its own search_path)
-    assert outcome(elsewhere, None, scrub)["undo_class"].startswith("irreversible: the table it changed is not")
+    take(elsewhere, b"null")  # a row without its image (the plan fails the statement instead): not undone
+    assert outcome(elsewhere, None, scrub)["undo_class"] == "irreversible: a row came back without its image"
+    other = Images(CAPTURE)
+    take(other, b"plums")  # a column that is no image (another portal's rows): kept as none, never a crash
+    assert outcome(other, None, scrub)["undo_class"] == "irreversible: a row came back without its image"

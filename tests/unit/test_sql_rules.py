@@ -184,3 +184,23 @@ def test_the_warning_asks_which_kinds_undo_can_take_back(monkeypatch) -> None:
     assert len(sqlundo.unlimited_irreversible(policy)) == 2
     monkeypatch.setattr(sqlundo, "reversible_kinds", lambda transaction="auto": frozenset({"update", "ddl"}))
     assert sqlundo.unlimited_irreversible(policy) == []
+
+
+def test_a_rule_letting_functions_through_without_a_limit_is_warned_of() -> None:
+    """A function a rule lets a read call (set_config, nextval, the database's own) may change anything, and its
+    statement is classed irreversible as it runs: the warning for irreversible kinds must not miss it."""
+    from goex_proxy.policy import sqlundo
+
+    (policy,) = policies("""\
+version: 1
+name: shop
+agents: [mailbot]
+rules:
+  - name: settings by function
+    allow: {database: shop, statements: [select], functions: [set_config, nextval]}
+  - name: counted
+    allow: {database: shop, statements: [select], functions: [nextval], limit: {count: 5, per: 1h}}
+""")
+    (warned,) = sqlundo.unlimited_irreversible(policy)
+    assert "SQL rule 'settings by function' lets statements call nextval, set_config on shop with no limit" \
+        in warned.message, warned.message
