@@ -642,11 +642,11 @@ def _conclude(view: RequestView, policies: PolicySet, m: _Matched, context: Call
         soft.deny = _limit_denial(soft.allows, view, counts, now)
     would = f"report mode: {soft.deny[1]} (rule {soft.deny[0].key})" if soft.deny else None
     allows = hard.allows + (soft.allows if soft.deny is None else [])
-    limited_keys = tuple(r.key for r in hard.allows + soft.allows if r.limit)
+    limited_keys = tuple([r.key for r in hard.allows + soft.allows if r.limit])
     if hard.allows:
         first = hard.allows[0]
         return Decision("allow", f"allowed by rule '{first.name}'", first.key, would, limited_keys,
-                        rewrite=first.rewrite, wait=strictest(r.wait for r in hard.allows))
+                        rewrite=first.rewrite, wait=strictest([r.wait for r in hard.allows]))
     if allows:
         first = allows[0]
         would = f"report mode: only report-mode rule '{first.name}' allows this; enforced, it would be denied"
