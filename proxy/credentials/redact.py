@@ -39,7 +39,7 @@ def redacted_headers_json(headers: Iterable[tuple[str, str]], scrub: SecretScrub
     """Headers as a JSON list of [name, value] pairs, sensitive values redacted, order and repeats kept."""
     pairs = [[k, redact_value(k, v)] for k, v in headers]
     if scrub:
-        pairs = [[k, scrub.text(v)] for k, v in pairs]
+        pairs = [[k, v] for (k, _), v in zip(pairs, scrub.texts([v for _, v in pairs]))]
     return json.dumps(pairs, ensure_ascii=False)
 
 
@@ -201,6 +201,23 @@ class SecretScrubber:
         except hyperscan.error:
             return UNSCANNED
         return value if cleaned is data else cleaned.decode("utf-8", "surrogatepass")
+
+    def texts(self, values: list[str]) -> list[str]:
+        """`text` of each value, with one scan for them all when none holds a spelling (the common case: a row's
+        header values, or its path and URL; a scan costs about a microsecond, whatever the length). A spelling in one
+        value, lines joined, is also in all of them run together, lines joined: a scan of that finding nothing means
+        every value comes back unchanged. Anything found (even across two values) has each value scrubbed alone."""
+        if not self._encoded or not values:
+            return values
+        data = "".join(values).encode("utf-8", "surrogatepass")
+        if b"\n" in data or b"\r" in data:
+            data = data.translate(None, b"\r\n")
+        try:
+            if not self._find(data):
+                return values
+        except hyperscan.error:
+            pass  # each value then gets its own scan, and its own UNSCANNED if that fails too
+        return [self.text(value) for value in values]
 
     def bytes(self, value: bytes) -> bytes:
         """`value` with every spelling replaced, including spellings broken across lines (MIME base64 wraps its

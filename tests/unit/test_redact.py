@@ -115,3 +115,15 @@ def test_a_part_of_line_breaks_only_passes_unchanged() -> None:
     """A byte range holding only a line break is nothing of a secret (it failed with an IndexError before)."""
     assert scrubber().stream().feed(b"\r\n", keep_length=True) == b"\r\n"
     assert scrubber().stream().feed(b"\n") == b"\n"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["", "plain", "a\r\nb", "\n", SECRET, SECRET[:9], SECRET[9:], SECRET.upper(),
+                                 base64.b64encode(SECRET.encode()).decode(), "x\udcff"])
+                | st.text(max_size=12), max_size=8))
+def test_values_scrubbed_together_come_back_as_each_scrubbed_alone(values: list[str]) -> None:
+    """`texts` (one scan for a row's header values, or its path and URL) gives what `text` gives for each value: a
+    secret split between two values is not joined into one, a secret in one is replaced there."""
+    scrub = scrubber()
+    assert scrub.texts(values) == [scrub.text(value) for value in values]
+    assert SecretScrubber({}).texts(values) == values
