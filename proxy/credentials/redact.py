@@ -39,7 +39,7 @@ def redacted_headers_json(headers: Iterable[tuple[str, str]], scrub: SecretScrub
     """Headers as a JSON list of [name, value] pairs, sensitive values redacted, order and repeats kept."""
     pairs = [[k, redact_value(k, v)] for k, v in headers]
     if scrub:
-        pairs = [[k, v] for (k, _), v in zip(pairs, scrub.texts([v for _, v in pairs]))]
+        pairs = [[k, v] for (k, _), v in zip(pairs, scrub.texts([v for _, v in pairs]), strict=True)]
     return json.dumps(pairs, ensure_ascii=False)
 
 
@@ -108,6 +108,9 @@ class _Layer:
 #: stage scrubs an answer's body for the audit log, then the scrub stage the same bytes for the agent; one scan. At
 #: most 4 bodies of up to 4 MiB each, with their joined lines, are held (32 MiB); a larger body is scanned twice.
 _MEMO_MIN, _MEMO_MAX, _MEMO_ENTRIES = 4096, 4 << 20, 4
+#: How many segment edges' answers `touches` remembers (cleared when full): a header block mostly repeats from one
+#: answer to the next (names, content type, server), so most of its edges are looked up, not read window by window.
+_EDGES_REMEMBERED = 4096
 
 
 class SecretScrubber:
@@ -134,6 +137,9 @@ class SecretScrubber:
         self.longest = max(map(len, encoded), default=0)
         self._recent: deque[tuple[builtins.bytes, builtins.bytes, list[tuple[int, int, builtins.bytes]]]] = deque(
             maxlen=_MEMO_ENTRIES)
+        #: the quick no's answer near a segment edge, by the bytes around it (`touches`); for `_edges_for` grams
+        self._edges: dict[tuple[int, builtins.bytes], bool] = {}
+        self._edges_for = 0
         if base is not None:
             base._newer = self
         if base is not None and base._forms.items() <= self._forms.items():
@@ -240,11 +246,21 @@ class SecretScrubber:
         joined = b"".join(segments)
         if b"\n" in joined or b"\r" in joined or self._find(joined):
             return True
-        near: set[int] = set()  # where the windows touching an edge start
+        n, grams, low = PARTIAL_MIN, self._grams, joined.lower()
+        if self._edges_for != len(grams) or len(self._edges) >= _EDGES_REMEMBERED:  # grams only ever get added
+            self._edges.clear()
+            self._edges_for = len(grams)
+        known = self._edges
         for edge in itertools.accumulate(map(len, segments), initial=0):
-            near.update(range(max(edge - PARTIAL_MIN, 0), edge + 1))
-        joined = joined.lower()
-        return not self._grams.isdisjoint([joined[i:i + PARTIAL_MIN] for i in near])
+            # The windows touching this edge start at most n before it and at most at it: all inside these bytes.
+            start = max(edge - n, 0)
+            key = (edge - start, low[start:edge + n])
+            near = known.get(key)
+            if near is None:
+                near = known[key] = not grams.isdisjoint([key[1][i:i + n] for i in range(key[0] + 1)])
+            if near:
+                return True
+        return False
 
     def edge_runs(self, text: builtins.bytes, head: int) -> tuple[int, int]:
         """Within `text[head:]`, the end of a run of spelling pieces covering its start (which may begin before
