@@ -188,8 +188,12 @@ class SecretScrubber:
 
     def _joined(self, segment: builtins.bytes) -> tuple[builtins.bytes, list[tuple[int, int, builtins.bytes]]]:
         """`segment` without its line breaks, and the spellings found in that (remembered for large segments)."""
-        for seen, joined, found in tuple(self._recent):
-            if seen is segment or (len(seen) == len(segment) and seen == segment):
+        recent = tuple(self._recent)
+        for seen, joined, found in recent:  # the same bytes object first (the record stage's body, then the scrub's)
+            if seen is segment:
+                return joined, found
+        for seen, joined, found in recent:  # then equal bytes (answers of one size are often the same length)
+            if len(seen) == len(segment) and seen == segment:
                 return (segment if joined is seen else joined), found
         broken = b"\n" in segment or b"\r" in segment
         joined = segment.translate(None, b"\r\n") if broken else segment
