@@ -48,6 +48,7 @@ def request_row(state: ProxyState, flow: http.HTTPFlow) -> dict[str, Any]:
     d = flowmeta.decision(flow)
     scrub = state.scrubber
     body = _body(_decoded(req, scrub), _limit(state), scrub)
+    path, url = scrub.texts([req.path, req.url])  # one scan for both when neither holds a secret
     peer = flow.client_conn.peername
     row: dict[str, Any] = {
         "id": flowmeta.request_id(flow),
@@ -58,8 +59,8 @@ def request_row(state: ProxyState, flow: http.HTTPFlow) -> dict[str, Any]:
         "scheme": req.scheme,
         "host": req.host,
         "port": req.port,
-        "path": scrub.text(req.path),
-        "url": scrub.text(req.url),
+        "path": path,
+        "url": url,
         "http_version": req.http_version,
         "req_headers": redacted_headers_json(header_pairs(req.headers, keep_case=True), scrub),
         "req_body": body["body"],

@@ -299,8 +299,9 @@ def summary(results: dict[str, Any]) -> str:
     for n, r in results.get("scale", {}).get("sizes", {}).items():
         if n in (100, 10_000):
             goal = "p99 <= 50 us" if n == 100 else "load <= 1 s, p99 <= 100 us"
-            rows.append([f"{n:,} rules on one host: load, worst p99", f"{r['load_s'] * 1e3:,.0f} ms, "
-                         f"{r['worst_p99_us']:.1f} us", goal, "PASS" if r["pass"] else "FAIL"])
+            rows.append([f"{n:,} rules on one host: load, worst own p99 (wall p99)", f"{r['load_s'] * 1e3:,.0f} ms, "
+                         f"{r['worst_p99_us']:.1f} us ({r['worst_wall_p99_us']:.1f})", goal,
+                         "PASS" if r["pass"] else "FAIL"])
     if "audit-size" in results:
         sz = results["audit-size"]
         rows.append([f"audit log bytes per row, {sz['new']['rows']:,} rows (old layout -> new)",

@@ -71,6 +71,10 @@ class Glob:
     def matches_path(self, path: str, fold_case: bool = False, optional_slash: bool = False) -> bool:
         """Whether this path glob matches `path` as a router would that ignores case (`fold_case`, RE2's Unicode
         simple case folding) or treats `/a` and `/a/` as one route (`optional_slash`, Express's non-strict routing)."""
+        needle = self._needle
+        if needle and needle not in path:   # first: most paths a lenient reading is tried on lack it
+            if not fold_case or (path.isascii() and needle.isascii() and needle.lower() not in path.lower()):
+                return False
         slash = optional_slash and len(path) > 1
         if slash:
             path = path.removesuffix("/") + "/"  # one spelling; the expression's optional last '/' reads it both ways
@@ -84,10 +88,6 @@ class Glob:
             segments = self._simple_lower if fold else self.simple
             text = path.lower() if fold else path
             return _simple_match(segments, text) or (slash and _simple_match(segments, text[:-1]))
-        needle = self._needle
-        if needle and (needle.lower() not in path.lower() if fold and path.isascii() and needle.isascii()
-                       else not fold and needle not in path):
-            return False
         return self._lenient(fold, slash).fullmatch(path) is not None
 
     @cached_property

@@ -39,7 +39,7 @@ def redacted_headers_json(headers: Iterable[tuple[str, str]], scrub: SecretScrub
     """Headers as a JSON list of [name, value] pairs, sensitive values redacted, order and repeats kept."""
     pairs = [[k, redact_value(k, v)] for k, v in headers]
     if scrub:
-        pairs = [[k, scrub.text(v)] for k, v in pairs]
+        pairs = [[k, v] for (k, _), v in zip(pairs, scrub.texts([v for _, v in pairs]), strict=True)]
     return json.dumps(pairs, ensure_ascii=False)
 
 
@@ -108,6 +108,9 @@ class _Layer:
 #: stage scrubs an answer's body for the audit log, then the scrub stage the same bytes for the agent; one scan. At
 #: most 4 bodies of up to 4 MiB each, with their joined lines, are held (32 MiB); a larger body is scanned twice.
 _MEMO_MIN, _MEMO_MAX, _MEMO_ENTRIES = 4096, 4 << 20, 4
+#: How many segment edges' answers `touches` remembers (cleared when full): a header block mostly repeats from one
+#: answer to the next (names, content type, server), so most of its edges are looked up, not read window by window.
+_EDGES_REMEMBERED = 4096
 
 
 class SecretScrubber:
@@ -134,6 +137,9 @@ class SecretScrubber:
         self.longest = max(map(len, encoded), default=0)
         self._recent: deque[tuple[builtins.bytes, builtins.bytes, list[tuple[int, int, builtins.bytes]]]] = deque(
             maxlen=_MEMO_ENTRIES)
+        #: the quick no's answer near a segment edge, by the bytes around it (`touches`); for `_edges_for` grams
+        self._edges: dict[tuple[int, builtins.bytes], bool] = {}
+        self._edges_for = 0
         if base is not None:
             base._newer = self
         if base is not None and base._forms.items() <= self._forms.items():
@@ -182,8 +188,12 @@ class SecretScrubber:
 
     def _joined(self, segment: builtins.bytes) -> tuple[builtins.bytes, list[tuple[int, int, builtins.bytes]]]:
         """`segment` without its line breaks, and the spellings found in that (remembered for large segments)."""
-        for seen, joined, found in tuple(self._recent):
-            if seen is segment or (len(seen) == len(segment) and seen == segment):
+        recent = tuple(self._recent)
+        for seen, joined, found in recent:  # the same bytes object first (the record stage's body, then the scrub's)
+            if seen is segment:
+                return joined, found
+        for seen, joined, found in recent:  # then equal bytes (answers of one size are often the same length)
+            if len(seen) == len(segment) and seen == segment:
                 return (segment if joined is seen else joined), found
         broken = b"\n" in segment or b"\r" in segment
         joined = segment.translate(None, b"\r\n") if broken else segment
@@ -201,6 +211,23 @@ class SecretScrubber:
         except hyperscan.error:
             return UNSCANNED
         return value if cleaned is data else cleaned.decode("utf-8", "surrogatepass")
+
+    def texts(self, values: list[str]) -> list[str]:
+        """`text` of each value, with one scan for them all when none holds a spelling (the common case: a row's
+        header values, or its path and URL; a scan costs about a microsecond, whatever the length). A spelling in one
+        value, lines joined, is also in all of them run together, lines joined: a scan of that finding nothing means
+        every value comes back unchanged. Anything found (even across two values) has each value scrubbed alone."""
+        if not self._encoded or not values:
+            return values
+        data = "".join(values).encode("utf-8", "surrogatepass")
+        if b"\n" in data or b"\r" in data:
+            data = data.translate(None, b"\r\n")
+        try:
+            if not self._find(data):
+                return values
+        except hyperscan.error:
+            pass  # each value then gets its own scan, and its own UNSCANNED if that fails too
+        return [self.text(value) for value in values]
 
     def bytes(self, value: bytes) -> bytes:
         """`value` with every spelling replaced, including spellings broken across lines (MIME base64 wraps its
@@ -223,11 +250,21 @@ class SecretScrubber:
         joined = b"".join(segments)
         if b"\n" in joined or b"\r" in joined or self._find(joined):
             return True
-        near: set[int] = set()  # where the windows touching an edge start
+        n, grams, low = PARTIAL_MIN, self._grams, joined.lower()
+        if self._edges_for != len(grams) or len(self._edges) >= _EDGES_REMEMBERED:  # grams only ever get added
+            self._edges.clear()
+            self._edges_for = len(grams)
+        known = self._edges
         for edge in itertools.accumulate(map(len, segments), initial=0):
-            near.update(range(max(edge - PARTIAL_MIN, 0), edge + 1))
-        joined = joined.lower()
-        return not self._grams.isdisjoint([joined[i:i + PARTIAL_MIN] for i in near])
+            # The windows touching this edge start at most n before it and at most at it: all inside these bytes.
+            start = max(edge - n, 0)
+            key = (edge - start, low[start:edge + n])
+            near = known.get(key)
+            if near is None:
+                near = known[key] = not grams.isdisjoint([key[1][i:i + n] for i in range(key[0] + 1)])
+            if near:
+                return True
+        return False
 
     def edge_runs(self, text: builtins.bytes, head: int) -> tuple[int, int]:
         """Within `text[head:]`, the end of a run of spelling pieces covering its start (which may begin before

@@ -76,11 +76,15 @@ class Routing:
     optional_slash: bool = False
 
     def __or__(self, other: Routing) -> Routing:
-        if other is EXACT or other == self:  # the common case allocates nothing: decide() calls this per rule
+        if other is EXACT or other is self:
             return self
-        if self is EXACT:
+        fold, slash = self.fold_case or other.fold_case, self.optional_slash or other.optional_slash
+        # Either side when it is already the answer: decide() calls this per rule, and allocates nothing then.
+        if fold == other.fold_case and slash == other.optional_slash:
             return other
-        return Routing(self.fold_case or other.fold_case, self.optional_slash or other.optional_slash)
+        if fold == self.fold_case and slash == self.optional_slash:
+            return self
+        return Routing(fold, slash)
 
 
 #: Paths matched as written.
@@ -142,10 +146,16 @@ class Rule:
             return False
         if self.paths is None:
             return True
-        how = self.routing | routing
+        how = self.routing if routing is EXACT else self.routing | routing
         if how is EXACT or not (how.fold_case or how.optional_slash):
-            return any(p.matches(view.path) for p in self.paths)
-        return any(p.matches_path(view.path, how.fold_case, how.optional_slash) for p in self.paths)
+            for glob in self.paths:   # a loop, not any(): a generator costs more than most rules' one glob
+                if glob.matches(view.path):
+                    return True
+            return False
+        for glob in self.paths:
+            if glob.matches_path(view.path, how.fold_case, how.optional_slash):
+                return True
+        return False
 
 
 @dataclass(frozen=True)
@@ -284,13 +294,11 @@ class _PathIndex:
             node = child
         return node, False
 
-    def find(self, paths: Iterable[str], out: list[Candidate]) -> None:
-        """Add the candidates for each of these paths, each also with and without a trailing slash."""
-        for path in paths:
-            if not path.startswith("/"):
-                self.root.walk([], out)   # not a path (raw TCP): only rules that match any path
-                continue
-            self.root.walk(_segment_key(path)[1:].split("/"), out)   # folding keeps every '/' where it was
+
+def _segment_keys(paths: Iterable[str]) -> list[list[str]]:
+    """What a path index walks for these paths (`_Node.walk`): each one's segment keys, found once for every index
+    (none for what is not a path: raw TCP has only rules that match any path)."""
+    return [_segment_key(path)[1:].split("/") if path.startswith("/") else [] for path in paths]  # '/' stay put
 
 
 #: Hosts whose glob-host rules are remembered (a cache, cleared when full: agents name few hosts).
@@ -344,23 +352,32 @@ class PolicySet:
 
     def path_candidates(self, host: str, paths: Iterable[str]) -> list[Candidate]:
         """The rules of `candidates(host)` whose host and path globs could match one of `paths` (in any case, with or
-        without a trailing slash), in the same order: whatever else they leave out could not match."""
+        without a trailing slash), in the same order: whatever else they leave out could not match. Indexed, the host
+        globs of every one returned match `host` (`hosts_matched`)."""
         if not self._indexed:
             return list(self.candidates(host))
-        paths = tuple(paths)
+        keys = _segment_keys(paths)
         out: list[Candidate] = []
         index = self._paths.get(host)
         if index is not None:
-            index.find(paths, out)
-        wild: list[Candidate] = []
+            for parts in keys:
+                index.root.walk(parts, out)
         if self._wild:
-            self._wild_paths.find(paths, wild)
-        if wild:
-            matching = self._wild_matching(host)
-            out += (c for c in wild if c.order in matching)
+            wild: list[Candidate] = []
+            for parts in keys:
+                self._wild_paths.root.walk(parts, wild)
+            if wild:
+                matching = self._wild_matching(host)
+                out += [c for c in wild if c.order in matching]
         if len(out) < 2:
             return out
-        return sorted({c.order: c for c in out}.values(), key=_order)
+        by_order = {c.order: c for c in out}   # a rule found twice (several globs, or paths) is one candidate
+        return [by_order[order] for order in sorted(by_order)]
+
+    @property
+    def hosts_matched(self) -> bool:
+        """Whether `path_candidates` gives only rules whose hosts match (so a decision need not match them again)."""
+        return self._indexed
 
     def alternatives(self, host: str, agent: str | None, most: int = 5) -> tuple[str, ...]:
         """The first `most` allow rules this agent may use on this host, summed up for a denial's message; remembered
@@ -435,15 +452,15 @@ class PolicySet:
                      if r.limit and r.key in wanted)
 
 
-def _order(c: Candidate) -> int:
-    return c.order
-
-
-@dataclass
 class _Verdict:
-    deny: tuple[Rule, str] | None = None
-    allows: list[Rule] = field(default_factory=list)
-    errors: list[tuple[Rule, str]] = field(default_factory=list)
+    """What a list of matched rules says once their conditions are evaluated: the first deny, the allows, the errors."""
+
+    __slots__ = ("deny", "allows", "errors")   # a plain class: made twice per decision, a dataclass costs more
+
+    def __init__(self) -> None:
+        self.deny: tuple[Rule, str] | None = None
+        self.allows: list[Rule] = []
+        self.errors: list[tuple[Rule, str]] = []
 
 
 def _judge(rules: list[Rule], view: RequestView, context: Callable[[], Any]) -> _Verdict:
@@ -525,16 +542,18 @@ def _every_value(view: RequestView, repeated: list[RepeatedKey], first: Decision
     return first
 
 
-@dataclass
 class _Matched:
     """The rules whose plain criteria match one reading of a request, sorted by what they may do to it."""
 
-    enforce: list[Rule] = field(default_factory=list)
-    report: list[Rule] = field(default_factory=list)
-    reporting: bool = False   # a report-mode policy softens default deny only on the hosts its rules cover
-    unaccepting: list[Rule] = field(default_factory=list)   # enforced allow rules refusing keys sent twice
-    lenient_denies: list[Rule] = field(default_factory=list)  # enforced deny rules a lenient router's path meets
-    lenient_waits: list[Rule] = field(default_factory=list)   # enforced allow rules that wait, met the same way
+    __slots__ = ("enforce", "report", "reporting", "unaccepting", "lenient_denies", "lenient_waits")
+
+    def __init__(self) -> None:   # a plain class: made for every decision, a dataclass costs more
+        self.enforce: list[Rule] = []
+        self.report: list[Rule] = []
+        self.reporting = False   # a report-mode policy softens default deny only on the hosts its rules cover
+        self.unaccepting: list[Rule] = []   # enforced allow rules refusing keys sent twice
+        self.lenient_denies: list[Rule] = []  # enforced deny rules a lenient router's path meets
+        self.lenient_waits: list[Rule] = []   # enforced allow rules that wait, met the same way
 
 
 def _match(view: RequestView, policies: PolicySet, repeated: list[RepeatedKey]) -> _Matched:
@@ -544,19 +563,20 @@ def _match(view: RequestView, policies: PolicySet, repeated: list[RepeatedKey]) 
     formatless = _without_format(view)
     m.reporting = any(c.policy.applies_to(view.agent) and _covers(c, view) for c in policies.reporting(view.host))
     paths = (view.path,) if formatless is None else (view.path, formatless.path)
+    hosts_matched = policies.hosts_matched
     for c in policies.path_candidates(view.host, paths):
         if not c.policy.applies_to(view.agent):
             continue
-        enforced, rule = c.policy.mode == "enforce", c.rule
-        if rule.matches_plain(view, c.host_known, routing):
+        enforced, rule, host_known = c.policy.mode == "enforce", c.rule, c.host_known or hosts_matched
+        if rule.matches_plain(view, host_known, routing):
             if repeated and rule.effect == "allow" and not rule.accepts_duplicate_keys:
                 if enforced:
                     m.unaccepting.append(rule)
             else:
                 (m.enforce if enforced else m.report).append(rule)
         elif enforced and (rule.effect == "deny" or rule.wait is not None) and (
-                rule.matches_plain(view, c.host_known, LENIENT) or (
-                formatless is not None and rule.matches_plain(formatless, c.host_known, LENIENT))):
+                rule.matches_plain(view, host_known, LENIENT) or (
+                formatless is not None and rule.matches_plain(formatless, host_known, LENIENT))):
             (m.lenient_denies if rule.effect == "deny" else m.lenient_waits).append(rule)
     return m
 
@@ -569,6 +589,8 @@ _FORMAT_SUFFIX = re.compile(r"(/[^/]+)\.(?i:json|xml|html?|csv|te?xt|ya?ml|js|at
 def _without_format(view: RequestView) -> RequestView | None:
     """The request with a format suffix taken off its last segment (`/files/a/delete.json`), as Rails' `(.:format)`
     and Spring's suffix matching route it; None when it has none. Only deny rules are matched against it."""
+    if "." not in view.path:   # every format suffix has one (most paths have none: the expression is spared)
+        return None
     stripped = _FORMAT_SUFFIX.sub(r"\1", view.path)
     return dataclasses.replace(view, path=stripped) if stripped != view.path else None
 
@@ -620,11 +642,11 @@ def _conclude(view: RequestView, policies: PolicySet, m: _Matched, context: Call
         soft.deny = _limit_denial(soft.allows, view, counts, now)
     would = f"report mode: {soft.deny[1]} (rule {soft.deny[0].key})" if soft.deny else None
     allows = hard.allows + (soft.allows if soft.deny is None else [])
-    limited_keys = tuple(r.key for r in hard.allows + soft.allows if r.limit)
+    limited_keys = tuple([r.key for r in hard.allows + soft.allows if r.limit])
     if hard.allows:
         first = hard.allows[0]
         return Decision("allow", f"allowed by rule '{first.name}'", first.key, would, limited_keys,
-                        rewrite=first.rewrite, wait=strictest(r.wait for r in hard.allows))
+                        rewrite=first.rewrite, wait=strictest([r.wait for r in hard.allows]))
     if allows:
         first = allows[0]
         would = f"report mode: only report-mode rule '{first.name}' allows this; enforced, it would be denied"

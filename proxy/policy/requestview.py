@@ -172,7 +172,7 @@ def repeated_keys(view: RequestView) -> list[RepeatedKey]:
     encoder writes one, whereas forms and queries repeat keys on purpose, as in `ids=1&ids=2`.)"""
     out: list[RepeatedKey] = []
     for where, pairs in (("query", view.query), ("form", view.form_pairs)):
-        if len({key for key, _ in pairs}) == len(pairs):
+        if len(pairs) < 2 or len({key for key, _ in pairs}) == len(pairs):
             continue
         values: dict[str, list[str]] = {}
         for key, value in pairs:
@@ -381,6 +381,8 @@ class RequestView:
     @cached_property
     def form_pairs(self) -> tuple[tuple[str, str], ...]:
         """The (key, value) pairs of a body declared `application/x-www-form-urlencoded`, in order (else none)."""
+        if not self.body:   # nothing to parse, whatever the header says (spares most requests the header scan)
+            return ()
         content_type = (self.header("content-type") or "").lower()
         if "application/x-www-form-urlencoded" not in content_type:
             return ()
@@ -393,21 +395,6 @@ class RequestView:
     def form(self) -> dict[str, str]:
         """The form's first value of each key (or the value this reading picked)."""
         return self._first_values("form", self.form_pairs)
-
-    def _request_fields(self) -> dict[str, Callable[[], Any]]:
-        return {
-            "method": lambda: self.method,
-            "scheme": lambda: self.scheme,
-            "host": lambda: self.host,
-            "port": lambda: self.port,
-            "path": lambda: self.path,
-            "url": lambda: self.url,
-            "query": self._query_map,
-            "headers": self._header_map,
-            "body": lambda: self.body.decode("utf-8", "replace"),
-            "json": lambda: self.json,
-            "form": lambda: self.form,
-        }
 
     def _header_map(self) -> dict[str, str]:
         headers: dict[str, str] = {}
@@ -428,23 +415,45 @@ class RequestView:
 
     def cel_context(self, now: float, paths: Iterable[tuple[str, ...]] | None = None) -> dict[str, Any]:
         """The variables a CEL condition sees: all of them, or only the subtrees on `paths`."""
-        roots: dict[str, Callable[[], Any]] = {"agent": lambda: self.agent or "", "now": lambda: int(now)}
-        fields = self._request_fields()
         if paths is None:
-            paths = [("agent",), ("now",), ("request",)]
+            paths = _ALL_VARIABLES
         out: dict[str, Any] = {}
         for path in sorted(set(paths), key=len):
-            if path[0] in roots:
-                out[path[0]] = roots[path[0]]()
-            elif path[0] != "request":
+            root = path[0]
+            if root == "agent":
+                out["agent"] = self.agent or ""
+            elif root == "now":
+                out["now"] = int(now)
+            elif root != "request":
                 continue
             elif len(path) == 1:
-                out["request"] = _Whole((name, make()) for name, make in fields.items())
+                out["request"] = _Whole((name, read(self)) for name, read in _REQUEST_FIELDS.items())
             else:
                 request = out.setdefault("request", {})
-                if not isinstance(request, _Whole) and path[1] in fields:
-                    _graft(request, path[1], fields[path[1]](), path[2:])
+                read = _REQUEST_FIELDS.get(path[1])
+                if read is not None and not isinstance(request, _Whole):
+                    _graft(request, path[1], read(self), path[2:])
         return out
+
+
+#: Every variable, for `cel_context` without paths.
+_ALL_VARIABLES = (("agent",), ("now",), ("request",))
+
+#: What `request.NAME` reads from a view, by NAME: functions of the view, made once rather than per context (a
+#: decision builds a context for nearly every request with a condition).
+_REQUEST_FIELDS: dict[str, Callable[[RequestView], Any]] = {
+    "method": lambda view: view.method,
+    "scheme": lambda view: view.scheme,
+    "host": lambda view: view.host,
+    "port": lambda view: view.port,
+    "path": lambda view: view.path,
+    "url": lambda view: view.url,
+    "query": lambda view: view._query_map(),
+    "headers": lambda view: view._header_map(),
+    "body": lambda view: view.body.decode("utf-8", "replace"),
+    "json": lambda view: view.json,
+    "form": lambda view: view.form,
+}
 
 
 class _Whole(dict):  # type: ignore[type-arg]

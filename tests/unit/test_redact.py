@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import re
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from goex_proxy.credentials.kinds import Credential, Injection
@@ -115,3 +115,43 @@ def test_a_part_of_line_breaks_only_passes_unchanged() -> None:
     """A byte range holding only a line break is nothing of a secret (it failed with an IndexError before)."""
     assert scrubber().stream().feed(b"\r\n", keep_length=True) == b"\r\n"
     assert scrubber().stream().feed(b"\n") == b"\n"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["", "plain", "a\r\nb", "\n", SECRET, SECRET[:9], SECRET[9:], SECRET.upper(),
+                                 base64.b64encode(SECRET.encode()).decode(), "x\udcff"])
+                | st.text(max_size=12), max_size=8))
+def test_values_scrubbed_together_come_back_as_each_scrubbed_alone(values: list[str]) -> None:
+    """`texts` (one scan for a row's header values, or its path and URL) gives what `text` gives for each value: a
+    secret split between two values is not joined into one, a secret in one is replaced there."""
+    scrub = scrubber()
+    assert scrub.texts(values) == [scrub.text(value) for value in values]
+    assert SecretScrubber({}).texts(values) == values
+
+
+def _touches_window_by_window(scrub: SecretScrubber, segments: list[bytes]) -> bool:
+    """The quick no read the slow way: every window of PARTIAL_MIN bytes touching a segment edge, looked up."""
+    joined = b"".join(segments)
+    if b"\n" in joined or b"\r" in joined or scrub._find(joined):
+        return True
+    edges = [sum(map(len, segments[:k])) for k in range(len(segments) + 1)]
+    near = {i for edge in edges for i in range(max(edge - PARTIAL_MIN, 0), edge + 1)}
+    return any(joined.lower()[i:i + PARTIAL_MIN] in scrub._grams for i in near)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(st.sampled_from([b"", b"OK", b"Content-Type", b"application/json", b"X-Id", b"a" * 9,
+                                          SECRET.encode()[:12], SECRET.encode()[12:], SECRET.upper().encode()[3:14],
+                                          b"Q9-other-tok", b"\xff\xfe"]), max_size=8), min_size=1, max_size=6))
+@example([[b"X-Id", b"Q9-other-tok"], [b"X-Id", b"Q9-other-tok"]])
+def test_the_quick_no_remembered_edge_by_edge_answers_as_reading_every_window(blocks: list[list[bytes]]) -> None:
+    """`touches` remembers its answer near each edge; block after block (repeated ones looked up) it answers as the
+    window-by-window reading does, also once a refresh has added spellings (and pieces) the old scrubber shares."""
+    scrub = scrubber()
+    for k, segments in enumerate(blocks):
+        if k == len(blocks) // 2:
+            credential = Credential("other", SecretRef(vault="other"), (), Injection("header"))
+            SecretScrubber({**scrub._forms, **{f: "goex-placeholder-other" for f in credential.forms("Q9-other-tok")}},
+                           base=scrub)
+        assert scrub.touches(segments) == _touches_window_by_window(scrub, segments), segments
+        assert scrub.touches(segments) == _touches_window_by_window(scrub, segments), segments
