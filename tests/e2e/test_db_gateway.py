@@ -253,23 +253,30 @@ def test_without_run_the_jail_starts_a_gateway_of_its_own(gateway) -> None:
     assert any("count(*)" in r["req_body"] for r in db_rows(proxy))
 
 
+def sleeping(conn: psycopg.Connection, pg: Postgres) -> tuple[threading.Thread, list[BaseException]]:
+    """A minute's `pg_sleep` sent on `conn` from a thread, once the server runs it: the thread and what it raised."""
+    outcome: list[BaseException] = []
+
+    def slow() -> None:
+        try:
+            conn.execute("SELECT pg_sleep(60) FROM orders LIMIT 1")
+        except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+            outcome.append(exc)
+
+    worker = threading.Thread(target=slow)
+    worker.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not direct_as(pg, SUPERUSER, "SELECT 1 FROM pg_stat_activity WHERE "
+                                                                         "state = 'active' AND query LIKE 'SELECT pg_sleep(60)%'"):
+        time.sleep(0.05)
+    return worker, outcome
+
+
 def test_a_cancel_request_reaches_the_server_with_its_own_key(gateway) -> None:
     _, url = gateway
     pg = gateway_pg(gateway)
-    outcome: list[BaseException] = []
     with psycopg.connect(url, autocommit=True) as conn:
-        def slow() -> None:
-            try:
-                conn.execute("SELECT pg_sleep(60) FROM orders LIMIT 1")
-            except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
-                outcome.append(exc)
-
-        worker = threading.Thread(target=slow)
-        worker.start()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not direct_as(pg, SUPERUSER, "SELECT 1 FROM pg_stat_activity WHERE "
-                                                                             "state = 'active' AND query LIKE 'SELECT pg_sleep(60)%'"):
-            time.sleep(0.05)
+        worker, outcome = sleeping(conn, pg)
         conn.cancel()
         worker.join(30)
         assert not worker.is_alive()

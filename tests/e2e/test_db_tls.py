@@ -8,7 +8,6 @@ import shutil
 import socket
 import ssl
 import struct
-import threading
 import time
 from typing import Any
 
@@ -18,8 +17,8 @@ from cryptography import x509
 from psycopg import errors
 
 from tests.e2e import test_db_gateway
-from tests.e2e.test_db_gateway import direct_as, gateway_pg, jailed_psql, start_gateway
-from tests.pg import APP_USER, SUPERUSER, Postgres, server_bin
+from tests.e2e.test_db_gateway import gateway_pg, jailed_psql, sleeping, start_gateway
+from tests.pg import APP_USER, Postgres, server_bin
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(server_bin() is None, reason="PostgreSQL is not installed (tests/install-tools)")]
@@ -191,21 +190,9 @@ def test_a_cancel_request_sent_over_tls_cancels_the_statement(make_proxy, pg_ser
         pytest.skip("libpq before 17 sends cancel requests unencrypted")
     proxy, _ = start(make_proxy, pg_server, "require")
     pg = gateway_pg((proxy, ""))
-    outcome: list[BaseException] = []
     # verify-full: libpq 17+ sends the cancel request in TLS, checked as the connection was, or not at all.
     with psycopg.connect(given_url(proxy), autocommit=True) as conn:
-        def slow() -> None:
-            try:
-                conn.execute("SELECT pg_sleep(60) FROM orders LIMIT 1")
-            except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
-                outcome.append(exc)
-
-        worker = threading.Thread(target=slow)
-        worker.start()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not direct_as(pg, SUPERUSER, "SELECT 1 FROM pg_stat_activity WHERE "
-                                                                             "state = 'active' AND query LIKE 'SELECT pg_sleep(60)%'"):
-            time.sleep(0.05)
+        worker, outcome = sleeping(conn, pg)
         started = time.monotonic()
         conn.cancel_safe(timeout=10)
         worker.join(30)
