@@ -532,6 +532,44 @@ def test_a_sessions_statements_are_undone_from_the_consoles_session_page(make_pr
 
 
 
+def test_a_session_undo_that_fails_at_one_statement_still_says_which_it_restored(make_proxy,
+                                                                                  postgres) -> None:  # noqa: F811
+    """The console's session undo restores statements one transaction each, newest first: when a later one fails (the
+    server refuses its restore), the page must still say which were restored. It said only 'Not undone' with the
+    failure, while the newer statement's rows were back, so the person could not tell what the database now holds."""
+    from tests.conftest import free_port
+    from tests.e2e.test_approvals import wait_for
+    from tests.e2e.test_console import LINK, csrf_of, signed_in
+
+    port = free_port()
+    proxy, url = start_gateway(make_proxy, postgres, more=f"console:\n  listen: '127.0.0.1:{port}'\n")
+    found = wait_for(lambda: LINK.search(proxy.log_text()), what="the console's link")
+    base, client = found.group(1), signed_in(found.group(1), found.group(2))
+    pg = gateway_pg((proxy, url))
+    before = direct(pg, ALL)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE orders SET qty = 5 WHERE id = %s", (1,))
+        conn.execute("DELETE FROM orders WHERE id = %s", (3,))
+    wait_for(lambda: last(proxy, "DELETE").get("undo_class") == "exact", what="the DELETE's outcome")
+    update, delete = last(proxy, "UPDATE"), last(proxy, "DELETE")
+    person(pg, "CREATE FUNCTION no_updates() RETURNS trigger LANGUAGE plpgsql AS "
+               "$$BEGIN RAISE EXCEPTION 'orders are not updated here'; END$$")
+    person(pg, "CREATE TRIGGER no_updates BEFORE UPDATE ON orders FOR EACH ROW EXECUTE FUNCTION no_updates()")
+    try:
+        page = client.get("/session", params={"agent": "mailbot", "since": "1h"}).text
+        ids = re.findall(r'name="id" value="(\w+)"', page)
+        assert set(ids) == {update["id"], delete["id"]}, page
+        done = client.post("/session/undo", data={"csrf": csrf_of(page), "agent": "mailbot", "id": ids},
+                           headers={"Origin": base})
+        assert direct(pg, "SELECT id, item, qty FROM orders WHERE id = 3") == [r for r in before if r[0] == 3]
+        assert done.status_code == 409, done.text
+        assert re.search(rf"{delete['id']}</a>: undone \w+: INSERT 0 1", done.text), done.text
+        assert re.search(rf"{update['id']}</a>: cannot undo .*orders are not updated here", done.text), done.text
+    finally:
+        person(pg, "DROP TRIGGER no_updates ON orders")
+        person(pg, "DROP FUNCTION no_updates()")
+
+
 def test_a_write_planned_exact_never_runs_uncaptured_after_a_setting_changes(make_proxy, postgres) -> None:  # noqa: F811
     """`review:` decides by the class a statement is planned with: a write planned exact that the session's settings
     (SET under a `set` rule, or set_config) would print inexactly, or that finds another table by its name, must not
