@@ -570,6 +570,34 @@ def test_a_session_undo_that_fails_at_one_statement_still_says_which_it_restored
         person(pg, "DROP FUNCTION no_updates()")
 
 
+def test_a_statement_is_not_undone_into_another_database_its_name_now_points_at(gateway) -> None:
+    """Undo restores rows through the database's entry in the config as it is now. Once `shop` names another
+    database (its dbname or port edited since: staging moved to production), the captured rows must not be written
+    there: an undone DELETE would insert rows the statement never took from it."""
+    proxy, url = gateway
+    pg = gateway_pg(gateway)
+    with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS shop_moved WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE shop_moved OWNER {APP_USER[0]}")
+    try:
+        with psycopg.connect(pg.dsn(APP_USER, "shop_moved"), autocommit=True) as conn:
+            conn.execute("CREATE TABLE orders (id serial PRIMARY KEY, item text NOT NULL, qty int NOT NULL)")
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert conn.execute("DELETE FROM orders WHERE id = %s", (1,)).rowcount == 1
+        delete = last(proxy, "DELETE")
+        text = proxy.config.read_text()
+        assert "    dbname: shop\n" in text
+        proxy.config.write_text(text.replace("    dbname: shop\n", "    dbname: shop_moved\n"))
+        done = undo(proxy, delete["id"])
+        assert done.returncode != 0, done.stdout
+        assert "now names another database" in done.stderr, done.stderr
+        with psycopg.connect(pg.dsn(APP_USER, "shop_moved"), autocommit=True) as conn:
+            assert conn.execute("SELECT count(*) FROM orders").fetchone() == (0,)
+    finally:
+        with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+            conn.execute("DROP DATABASE IF EXISTS shop_moved WITH (FORCE)")
+
+
 def test_a_write_planned_exact_never_runs_uncaptured_after_a_setting_changes(make_proxy, postgres) -> None:  # noqa: F811
     """`review:` decides by the class a statement is planned with: a write planned exact that the session's settings
     (SET under a `set` rule, or set_config) would print inexactly, or that finds another table by its name, must not
