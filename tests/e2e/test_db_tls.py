@@ -18,8 +18,8 @@ from cryptography import x509
 from psycopg import errors
 
 from tests.e2e import test_db_gateway
-from tests.e2e.test_db_rules import edit, wait_for
 from tests.e2e.test_db_gateway import direct_as, gateway_pg, jailed_psql, start_gateway
+from tests.e2e.test_db_rules import edit, wait_for
 from tests.pg import APP_USER, SUPERUSER, Postgres, server_bin
 
 pytestmark = [pytest.mark.e2e,
