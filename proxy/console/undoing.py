@@ -184,7 +184,10 @@ def carry_out_session(config: Config, agent: str, request_ids: list[str], run_id
         if any(r.agent != agent for r in found):
             raise GoexError(f"a file run confirmed is not {agent}'s; nothing was done")
         for row in session.newest_first(conn, [r for r in rows if is_statement(r)]):
-            restored = _carry_out_statement(config, conn, row, False)
+            try:
+                restored = _carry_out_statement(config, conn, row, False)
+            except GoexError as exc:  # its transaction rolled back; newer ones restored stay listed as done
+                restored = Done("failed", str(exc), forceable=False)
             done.ended.append((str(row["id"]), restored.state, restored.message))
         rows = [r for r in rows if not is_statement(r)]
         journal = Journal(conn)

@@ -163,7 +163,11 @@ class Gateway:
     def revoked(self, session: Session) -> tuple[str, str] | None:
         """Why the config in force no longer admits the session's connection (SQLSTATE, message), if it does not."""
         grant = self._grants.get(session.key)
-        return None if grant is None else access.revoked(grant, session.agent, self.config)
+        if grant is None:
+            return None
+        if self.config.databases.tls == "require" and not session.encrypted:  # made in plaintext before a reload
+            return "28000", f"{agenttls.REQUIRED}; the connection is closed"
+        return access.revoked(grant, session.agent, self.config)
 
     def secrets(self) -> dict[str, str]:
         from ..credentials.vault import Vault

@@ -158,13 +158,19 @@ def conflicts(plan: RowPlan, found: list[list[str | None]]) -> list[str]:
     return out
 
 
-async def _run(config: Config, plan: RowPlan, host: str) -> list[str]:
+async def _run(config: Config, plan: RowPlan, row: dict[str, Any]) -> list[str]:
     """Check and restore in one transaction; the restoring statements' command tags. Conflict if any row differs."""
     from ..credentials.vault import Vault
 
+    host = str(row["host"])
     database = config.databases.by_name.get(host)
     if database is None:
         raise GoexError(f"cannot undo {plan.request_id}: no database named {host!r} in the config now")
+    if (database.port, f"/{database.dbname}") != (row.get("port"), row.get("path")):
+        # The entry was edited since (its dbname or port; its server is not recorded): its rows are not this one's.
+        raise GoexError(f"cannot undo {plan.request_id}: {host!r} now names another database than the statement "
+                        f"ran in ({database.dbname} on port {database.port}, not {str(row.get('path'))[1:]} on "
+                        f"port {row.get('port')}); nothing changed")
     password = database.password.reveal(Vault(config.state_dir).all())
     if password is None:
         raise GoexError(f"cannot undo {plan.request_id}: database {host!r} has no password "
@@ -224,7 +230,7 @@ def carry_out(config: Config, row: dict[str, Any], plan: RowPlan) -> list[str]:
             "decision": "allow", "rule": None, "reason": f"undo of {plan.request_id}", "report": None,
             "undo_of": plan.request_id}).result()
         try:
-            tags = asyncio.run(_run(config, plan, str(row["host"])))
+            tags = asyncio.run(_run(config, plan, row))
         except GoexError as exc:
             now = time.time()
             writer.record_outcome(undo_id, {"status": None, "error": str(exc), "ended": now,

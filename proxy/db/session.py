@@ -163,6 +163,8 @@ class Session:
         #: Portal names SQL DECLAREd (or CLOSEd, which may fail) on this connection, for good: the server refuses a
         #: Bind into a cursor's name and keeps the cursor, whose rows a later Execute would return as the Bind's.
         self.cursors: set[str] = set()
+        #: Whether the client's connection is in TLS (a reload to `databases.tls: require` ends one that is not).
+        self.encrypted = False
         self.skipping = False
         self.in_batch = False   # extended-protocol messages sent since the last Sync
         self.copy_in: _Pending | None = None  # an allowed COPY FROM STDIN sent, its CopyDone or CopyFail not yet
@@ -222,7 +224,7 @@ class Session:
                 context = self.gate.tls_context() if code == SSL_REQUEST else None
                 if context is not None:
                     await agenttls.upgrade(self.reader, self.writer, context)
-                    encrypted = True
+                    encrypted = self.encrypted = True
                     continue
                 self.writer.write(b"N")
                 await self.writer.drain()

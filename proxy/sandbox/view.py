@@ -62,6 +62,27 @@ def supervisor_paths(config: Config) -> list[str]:
     return sorted({_real(p) for p in paths if os.path.lexists(p)})
 
 
+def copies_beside(paths: set[str]) -> set[str]:
+    """The files beside each hidden file that an editor or a person left as its copy (`config.yaml~`, `#config.yaml#`,
+    `.config.yaml.swp`, `config.yaml.bak`): they hold the same secrets (every agent's token, a netrc's passwords).
+    Regular files only: a directory named like a hidden one is the person's own."""
+    out = set()
+    for path in paths:
+        if not os.path.isfile(path):
+            continue
+        parent, base = os.path.split(path)
+        try:
+            names = os.listdir(parent)
+        except OSError:
+            continue
+        for name in names:
+            copy = os.path.join(parent, name)
+            if name != base and name.lstrip(".#").startswith(base.lstrip(".")) and os.path.isfile(copy) and \
+                    not os.path.islink(copy):  # a link shows what it points at, which is hidden if it is one of these
+                out.add(copy)
+    return out
+
+
 def python_paths() -> list[str]:
     """The Python environment goex-proxy runs from and its own code: read-only in every jail."""
     from .. import __file__ as package_file
@@ -143,6 +164,7 @@ def view_for(config: Config, workspace: Path, cwd: Path) -> View:
     exposed = {_real(p) for p in config.sandbox.expose}
     stores = [_real(p) for p in CREDENTIAL_STORES] + [_real(p) for p in config.sandbox.hide]
     hidden_here = {p for p in stores if p not in exposed and os.path.lexists(p)} | set(supervisor)
+    hidden_here |= {p for p in copies_beside(hidden_here) if p not in exposed}
     try:
         with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
             table = mounts(f.read())

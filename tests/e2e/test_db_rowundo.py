@@ -532,6 +532,72 @@ def test_a_sessions_statements_are_undone_from_the_consoles_session_page(make_pr
 
 
 
+def test_a_session_undo_that_fails_at_one_statement_still_says_which_it_restored(make_proxy,
+                                                                                  postgres) -> None:  # noqa: F811
+    """The console's session undo restores statements one transaction each, newest first: when a later one fails (the
+    server refuses its restore), the page must still say which were restored. It said only 'Not undone' with the
+    failure, while the newer statement's rows were back, so the person could not tell what the database now holds."""
+    from tests.conftest import free_port
+    from tests.e2e.test_approvals import wait_for
+    from tests.e2e.test_console import LINK, csrf_of, signed_in
+
+    port = free_port()
+    proxy, url = start_gateway(make_proxy, postgres, more=f"console:\n  listen: '127.0.0.1:{port}'\n")
+    found = wait_for(lambda: LINK.search(proxy.log_text()), what="the console's link")
+    base, client = found.group(1), signed_in(found.group(1), found.group(2))
+    pg = gateway_pg((proxy, url))
+    before = direct(pg, ALL)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE orders SET qty = 5 WHERE id = %s", (1,))
+        conn.execute("DELETE FROM orders WHERE id = %s", (3,))
+    wait_for(lambda: last(proxy, "DELETE").get("undo_class") == "exact", what="the DELETE's outcome")
+    update, delete = last(proxy, "UPDATE"), last(proxy, "DELETE")
+    person(pg, "CREATE FUNCTION no_updates() RETURNS trigger LANGUAGE plpgsql AS "
+               "$$BEGIN RAISE EXCEPTION 'orders are not updated here'; END$$")
+    person(pg, "CREATE TRIGGER no_updates BEFORE UPDATE ON orders FOR EACH ROW EXECUTE FUNCTION no_updates()")
+    try:
+        page = client.get("/session", params={"agent": "mailbot", "since": "1h"}).text
+        ids = re.findall(r'name="id" value="(\w+)"', page)
+        assert set(ids) == {update["id"], delete["id"]}, page
+        done = client.post("/session/undo", data={"csrf": csrf_of(page), "agent": "mailbot", "id": ids},
+                           headers={"Origin": base})
+        assert direct(pg, "SELECT id, item, qty FROM orders WHERE id = 3") == [r for r in before if r[0] == 3]
+        assert done.status_code == 409, done.text
+        assert re.search(rf"{delete['id']}</a>: undone \w+: INSERT 0 1", done.text), done.text
+        assert re.search(rf"{update['id']}</a>: cannot undo .*orders are not updated here", done.text), done.text
+    finally:
+        person(pg, "DROP TRIGGER no_updates ON orders")
+        person(pg, "DROP FUNCTION no_updates()")
+
+
+def test_a_statement_is_not_undone_into_another_database_its_name_now_points_at(gateway) -> None:
+    """Undo restores rows through the database's entry in the config as it is now. Once `shop` names another
+    database (its dbname or port edited since: staging moved to production), the captured rows must not be written
+    there: an undone DELETE would insert rows the statement never took from it."""
+    proxy, url = gateway
+    pg = gateway_pg(gateway)
+    with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS shop_moved WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE shop_moved OWNER {APP_USER[0]}")
+    try:
+        with psycopg.connect(pg.dsn(APP_USER, "shop_moved"), autocommit=True) as conn:
+            conn.execute("CREATE TABLE orders (id serial PRIMARY KEY, item text NOT NULL, qty int NOT NULL)")
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert conn.execute("DELETE FROM orders WHERE id = %s", (1,)).rowcount == 1
+        delete = last(proxy, "DELETE")
+        text = proxy.config.read_text()
+        assert "    dbname: shop\n" in text
+        proxy.config.write_text(text.replace("    dbname: shop\n", "    dbname: shop_moved\n"))
+        done = undo(proxy, delete["id"])
+        assert done.returncode != 0, done.stdout
+        assert "now names another database" in done.stderr, done.stderr
+        with psycopg.connect(pg.dsn(APP_USER, "shop_moved"), autocommit=True) as conn:
+            assert conn.execute("SELECT count(*) FROM orders").fetchone() == (0,)
+    finally:
+        with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+            conn.execute("DROP DATABASE IF EXISTS shop_moved WITH (FORCE)")
+
+
 def test_a_write_planned_exact_never_runs_uncaptured_after_a_setting_changes(make_proxy, postgres) -> None:  # noqa: F811
     """`review:` decides by the class a statement is planned with: a write planned exact that the session's settings
     (SET under a `set` rule, or set_config) would print inexactly, or that finds another table by its name, must not

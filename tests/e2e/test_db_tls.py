@@ -18,6 +18,7 @@ from psycopg import errors
 
 from tests.e2e import test_db_gateway
 from tests.e2e.test_db_gateway import gateway_pg, jailed_psql, sleeping, start_gateway
+from tests.e2e.test_db_rules import edit, wait_for
 from tests.pg import APP_USER, Postgres, server_bin
 
 pytestmark = [pytest.mark.e2e,
@@ -146,6 +147,24 @@ def test_require_refuses_plaintext_and_the_url_it_gives_verifies(make_proxy, pg_
     docker = proxy.cli("env", "--agent", "mailbot", "--format", "json", "--proxy-host", "host.docker.internal",
                        "--ca-path", "/certs/goex.pem")  # a name the certificate is not for: the chain is checked
     assert json.loads(docker.stdout)["env"]["DATABASE_URL"].endswith("?sslmode=verify-ca&sslrootcert=/certs/goex.pem")
+
+
+def test_require_taken_over_by_a_reload_ends_plaintext_connections_at_their_next_statement(make_proxy,
+                                                                                           pg_server) -> None:
+    """A config edited to `tls: require` under a running gateway: a connection made in plaintext before (under
+    offer) would otherwise go on sending statements and results unencrypted for as long as it stays open."""
+    proxy, url = start(make_proxy, pg_server, "offer")
+    plain = psycopg.connect(url + "?sslmode=disable", autocommit=True)
+    encrypted = psycopg.connect(url + "?sslmode=require", autocommit=True)
+    assert not plain.pgconn.ssl_in_use and encrypted.pgconn.ssl_in_use
+    assert plain.execute("SELECT count(*) FROM orders").fetchone() == (3,)
+    edit(proxy, proxy.config.read_text().replace("  tls: offer\n", "  tls: require\n"))
+    wait_for(lambda: "databases reloaded" in proxy.log_text(), what="the gateway's reload")
+    with pytest.raises(psycopg.OperationalError, match="accepts only encrypted connections"):
+        plain.execute("SELECT count(*) FROM orders")
+    assert plain.closed or plain.broken
+    assert encrypted.execute("SELECT count(*) FROM orders").fetchone() == (3,)  # in TLS: admitted as before
+    encrypted.close()
 
 
 def test_off_declines_tls_as_before(make_proxy, pg_server) -> None:

@@ -250,3 +250,27 @@ def test_a_host_socket_restarted_during_the_run_stays_out_of_reach(make_proxy, o
             p.kill()
     assert "CONNECTED" not in out, out + err
     assert "Traceback" in err  # the connection failed in the jail (the test reached the connect)
+
+
+def test_an_editors_copy_of_the_config_made_before_the_run_is_hidden(make_proxy, outside):
+    """The config outside the state directory holds every agent's token, and so does the copy an editor leaves beside
+    it when the person last edited it (Emacs's `goex.yaml~` and `#goex.yaml#`, vim's `.goex.yaml.swp`, a `.bak`):
+    hidden too, whether it was made before the run or during it (the directory is rebuilt from its names)."""
+    proxy = make_proxy(GITHUB_POLICY, start=False)
+    config = outside / "etc" / "goex.yaml"
+    config.parent.mkdir()
+    text = proxy.config.read_text().replace("policies/", f"{proxy.home}/policies/") + f"state_dir: {proxy.home}\n"
+    config.write_text(text)
+    assert "mailbot-token-1" in text
+    copies = [config.with_name(name) for name in ("goex.yaml~", "#goex.yaml#", ".goex.yaml.swp", "goex.yaml.bak")]
+    for copy in copies:
+        copy.write_text(text)
+    other = config.with_name("notes.txt")
+    other.write_text("NOT-A-SECRET\n")
+    workspace = outside / "ws"
+    workspace.mkdir()
+    shown = subprocess.run([*GOEX, "exec", "--config", str(config), "--agent", "mailbot", "--files", "review", "--",
+                            "cat", str(other), *map(str, copies)], env=proxy.env, cwd=workspace, capture_output=True,
+                           text=True, timeout=120)
+    assert "NOT-A-SECRET" in shown.stdout, shown.stderr  # the directory's other files are in view as before
+    assert "mailbot-token-1" not in shown.stdout + shown.stderr
