@@ -11,6 +11,9 @@ import psycopg
 import pytest
 from psycopg import errors
 
+from tests.conftest import free_port
+from tests.e2e.test_approvals import wait_for
+from tests.e2e.test_console import LINK, csrf_of, signed_in
 from tests.e2e.test_db_gateway import db_rows, direct, gateway_pg, postgres, start_gateway  # noqa: F401
 from tests.pg import APP_USER, server_bin
 
@@ -459,19 +462,19 @@ def test_a_table_with_a_json_column_is_irreversible(gateway) -> None:
         person(pg, "DROP DOMAIN doc")
 
 
-def test_a_statement_is_undone_from_its_page_in_the_console(make_proxy, postgres) -> None:  # noqa: F811
-    """The console's request page shows a statement's captured rows and undoes them as `undo ID` does; a person's
-    change in between is a conflict with no way to force it, and nothing changed."""
-    import re
-
-    from tests.conftest import free_port
-    from tests.e2e.test_approvals import wait_for
-    from tests.e2e.test_console import LINK, csrf_of, signed_in
-
+def with_console(make_proxy, postgres):  # noqa: F811
+    """The gateway's `run` serving its console too: the proxy, mailbot's URL, the console's base and a signed-in
+    client."""
     port = free_port()
     proxy, url = start_gateway(make_proxy, postgres, more=f"console:\n  listen: '127.0.0.1:{port}'\n")
     found = wait_for(lambda: LINK.search(proxy.log_text()), what="the console's link")
-    client = signed_in(found.group(1), found.group(2))
+    return proxy, url, found.group(1), signed_in(found.group(1), found.group(2))
+
+
+def test_a_statement_is_undone_from_its_page_in_the_console(make_proxy, postgres) -> None:  # noqa: F811
+    """The console's request page shows a statement's captured rows and undoes them as `undo ID` does; a person's
+    change in between is a conflict with no way to force it, and nothing changed."""
+    proxy, url, base, client = with_console(make_proxy, postgres)
     pg = gateway_pg((proxy, url))
     before = direct(pg, ALL)
     with psycopg.connect(url, autocommit=True) as conn:
@@ -483,16 +486,16 @@ def test_a_statement_is_undone_from_its_page_in_the_console(make_proxy, postgres
     assert "set back 1 row(s): (1)" in page and "Undo this statement" in page, page
     person(pg, "UPDATE orders SET qty = 99 WHERE id = 1")
     refused = client.post(f"/request/{update['id']}/undo", data={"csrf": csrf_of(page)},
-                          headers={"Origin": found.group(1)})
+                          headers={"Origin": base})
     assert refused.status_code == 409 and "conflict" in refused.text and "force" not in refused.text.lower()
     assert direct(pg, "SELECT qty FROM orders WHERE id = 1") == [(99,)]
     forced = client.post(f"/request/{update['id']}/undo", data={"csrf": csrf_of(page), "force": "1"},
-                         headers={"Origin": found.group(1)})
+                         headers={"Origin": base})
     assert forced.status_code == 409 and direct(pg, "SELECT qty FROM orders WHERE id = 1") == [(99,)]
 
     page = client.get(f"/request/{delete['id']}").text
     assert "insert back 1 row(s): (2)" in page
-    done = client.post(f"/request/{delete['id']}/undo", data={"csrf": csrf_of(page)}, headers={"Origin": found.group(1)})
+    done = client.post(f"/request/{delete['id']}/undo", data={"csrf": csrf_of(page)}, headers={"Origin": base})
     assert done.status_code == 200 and re.search(r"undone \w+: INSERT 0 1", done.text), done.text
     assert direct(pg, "SELECT id, item, qty FROM orders WHERE id = 2") == [r for r in before if r[0] == 2]
     after = client.get(f"/request/{delete['id']}").text
@@ -503,14 +506,7 @@ def test_a_statement_is_undone_from_its_page_in_the_console(make_proxy, postgres
 def test_a_sessions_statements_are_undone_from_the_consoles_session_page(make_proxy, postgres) -> None:  # noqa: F811
     """The console's session undo plans an agent's statements with its requests, and one confirm restores their rows,
     newest first, as `goex-proxy undo --agent A --since WHEN` does."""
-    from tests.conftest import free_port
-    from tests.e2e.test_approvals import wait_for
-    from tests.e2e.test_console import LINK, csrf_of, signed_in
-
-    port = free_port()
-    proxy, url = start_gateway(make_proxy, postgres, more=f"console:\n  listen: '127.0.0.1:{port}'\n")
-    found = wait_for(lambda: LINK.search(proxy.log_text()), what="the console's link")
-    base, client = found.group(1), signed_in(found.group(1), found.group(2))
+    proxy, url, base, client = with_console(make_proxy, postgres)
     pg = gateway_pg((proxy, url))
     before = direct(pg, ALL)
     with psycopg.connect(url, autocommit=True) as conn:
@@ -537,14 +533,7 @@ def test_a_session_undo_that_fails_at_one_statement_still_says_which_it_restored
     """The console's session undo restores statements one transaction each, newest first: when a later one fails (the
     server refuses its restore), the page must still say which were restored. It said only 'Not undone' with the
     failure, while the newer statement's rows were back, so the person could not tell what the database now holds."""
-    from tests.conftest import free_port
-    from tests.e2e.test_approvals import wait_for
-    from tests.e2e.test_console import LINK, csrf_of, signed_in
-
-    port = free_port()
-    proxy, url = start_gateway(make_proxy, postgres, more=f"console:\n  listen: '127.0.0.1:{port}'\n")
-    found = wait_for(lambda: LINK.search(proxy.log_text()), what="the console's link")
-    base, client = found.group(1), signed_in(found.group(1), found.group(2))
+    proxy, url, base, client = with_console(make_proxy, postgres)
     pg = gateway_pg((proxy, url))
     before = direct(pg, ALL)
     with psycopg.connect(url, autocommit=True) as conn:
