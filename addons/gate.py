@@ -147,7 +147,8 @@ class Gate:
     async def _begin(self, flow: http.HTTPFlow, d: Decision, choice: Choice, undo_class: str,
                      card: dict[str, Any]) -> dict[str, Any]:
         """Record the request and its wait in one transaction, before it waits; tell the person where they are."""
-        assert choice.wait is not None and self.state.writer is not None
+        assert choice.wait is not None
+        writer = self.state.audit()
         charge = flowmeta.charge(flow)
         if charge is not None:  # counted only once it is sent
             self.state.limits.take_back(charge)
@@ -160,7 +161,7 @@ class Gate:
                  "state": approvals.HELD if choice.action == "hold" else approvals.DELAYED,
                  "deadline": now + choice.wait.seconds, "on_timeout": choice.wait.on_timeout, "undo_class": undo_class,
                  "why": choice.why, "card": json.dumps(card), "owner": self.owner}
-        await asyncio.wrap_future(self.state.writer.record_wait(row, entry))
+        await asyncio.wrap_future(writer.record_wait(row, entry))
         flowmeta.set_recorded(flow, "intent")
         flow.intercept()
         request_id = str(row["id"])
@@ -201,7 +202,7 @@ class Gate:
             return
         if entry["state"] in approvals.GOING:  # let go, then refused: the queue and the row must not say sent
             entry = {**entry, "state": approvals.REFUSED, "reason": reason}
-            self.state.writer.apply(lambda conn, writer: approvals.refuse_after_release(
+            self.state.audit().apply(lambda conn, writer: approvals.refuse_after_release(
                 conn, request_id, reason)).add_done_callback(approvals.log_failure)
         reason = reason or refusal(entry)
         flowmeta.set_approval(flow, approvals.outcome(entry))
@@ -235,7 +236,8 @@ class Gate:
         waited; one that now holds it for a person stops it unless a person let it go), and count it: (why it is
         refused, None) or (None, the charge as its row keeps it)."""
         view, agent = flowmeta.view(flow), flowmeta.agent(flow)
-        assert self.state.config is not None and self.state.writer is not None
+        assert self.state.config is not None
+        writer = self.state.audit()
         if view is None or agent is None or agent not in self.state.config.agents:
             return "its agent was removed from the config while the request waited; it was not sent", None
         current = self.state.config.agents[agent].token.reveal()
@@ -257,7 +259,7 @@ class Gate:
         self.state.limits.record(again.count_limits, agent, now)
         charge = Charge(agent, again.count_limits, now, self.state.policies.enforced_limits(again.count_limits))
         request_id = flowmeta.request_id(flow)
-        refused = await asyncio.wrap_future(self.state.writer.apply(
+        refused = await asyncio.wrap_future(writer.apply(
             lambda conn, writer: _release(conn, writer, request_id, charge)))
         if refused is not None:
             self.state.limits.take_back(charge)

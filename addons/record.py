@@ -49,18 +49,18 @@ class Record:
         d = flowmeta.decision(flow)
         if flow.response is None and (d is None or d.effect != "allow"):
             raise RuntimeError("a request reached the record stage with no allow decision")
-        assert self.state.writer is not None
+        writer = self.state.audit()
         final = flow.response is not None
         charge = flowmeta.charge(flow) if not final else None
         # The flow waits for this hook, so no other stage touches it while a thread builds its row.
         row = await asyncio.to_thread(self.request_row, flow) if large(flow.request) else self.request_row(flow)
-        refused = await asyncio.wrap_future(self.state.writer.record_intent(row, charge))
+        refused = await asyncio.wrap_future(writer.record_intent(row, charge))
         if refused is not None and charge is not None and d is not None:  # other proxies' hits reached a cap first
             self.state.limits.take_back(charge)
             denial = Decision("deny", refused, d.rule)
             flowmeta.set_decision(flow, denial)
             replies.denied(flow, denial)
-            await asyncio.wrap_future(self.state.writer.record_intent(self.request_row(flow)))
+            await asyncio.wrap_future(writer.record_intent(self.request_row(flow)))
             final = True
         flowmeta.set_recorded(flow, "final" if final else "intent")
 
@@ -92,8 +92,7 @@ class Record:
 
     async def _finish_off_loop(self, flow: http.HTTPFlow) -> None:
         outcome = await asyncio.to_thread(self.outcome, flow)
-        assert self.state.writer is not None
-        self.state.writer.record_outcome(flowmeta.request_id(flow), outcome)
+        self.state.audit().record_outcome(flowmeta.request_id(flow), outcome)
 
     @fail_closed("record")
     async def tcp_start(self, flow: tcp.TCPFlow) -> None:

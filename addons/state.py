@@ -26,7 +26,7 @@ from goex_proxy.credentials.sigv4 import AwsKeys
 from goex_proxy.credentials.tokens import TokenKeeper
 from goex_proxy.credentials.vault import Vault
 from goex_proxy.dbconfig import restart_changes
-from goex_proxy.errors import GoexError
+from goex_proxy.errors import AuditError, GoexError
 from goex_proxy.net import upstream
 from goex_proxy.net.egress import Pins
 from goex_proxy.policy.engine import PolicySet
@@ -204,6 +204,13 @@ class ProxyState:
             return
         if self.config is not None and self._watch is None:
             self._watch = asyncio.get_running_loop().create_task(self._watch_policies())
+
+    def audit(self) -> AuditWriter:
+        """The audit writer; AuditError (one line) once it is closed: a request still in flight while goex-proxy stops
+        is refused, as any request the log cannot take first."""
+        if self.writer is None:
+            raise AuditError("the audit log is closed: goex-proxy is stopping")
+        return self.writer
 
     async def done(self) -> None:
         for stop in self.before_close:

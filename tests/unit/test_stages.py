@@ -211,6 +211,21 @@ def test_record_fails_closed(state, monkeypatch) -> None:
     assert f.response.status_code == 502 and b"record" in f.response.content
 
 
+def test_a_request_still_in_flight_as_the_proxy_stops_is_refused_in_one_line(state, caplog) -> None:
+    """Stopping closes the audit writer while mitmproxy may still hand a stage a request: it is answered 502, never
+    forwarded, and said in one line (it was an AssertionError's traceback in the person's terminal)."""
+    writer, state.writer = state.writer, None
+    f = flow()
+    flowmeta.set_decision(f, Decision("allow", "ok", "p/read"))
+    f.response = None
+    with taddons.context():
+        asyncio.run(Record(state).request(f))
+    state.writer = writer  # closed by the fixture
+    assert f.response.status_code == 502
+    assert "the audit log is closed: goex-proxy is stopping" in caplog.text and "Traceback" not in caplog.text
+    assert all(r.exc_info is None for r in caplog.records)
+
+
 def test_route_fails_closed(state, monkeypatch) -> None:
     """If looking up a route raises, the request gets 502 rather than going to the unrouted host."""
     monkeypatch.setattr(type(state.config), "route_for", boom)
