@@ -263,9 +263,15 @@ def test_two_workers_refresh_one_at_a_time(proxy, oauth_server, upstream_ca):
     refuses a second use of one, so a worker that refreshed on its own would be refused: they share the refresh."""
     assert authorize(proxy, oauth_server, upstream_ca[1]).returncode == 0
     proxy.start(workers=2)
-    calls = agent_calls(proxy, 6.0)
-    assert [c["status"] for c in calls] == [200] * len(calls), calls
-    served = {json.loads(str(c["body"]))["token_serial"] for c in calls}
+    served: set[object] = set()
+    # Each call is a new connection, which the kernel hands to either worker: in a rare run every call after each
+    # refresh lands on the worker that made it, so the other never has to take one. Up to three spells of calls.
+    for _ in range(3):
+        calls = agent_calls(proxy, 6.0)
+        assert [c["status"] for c in calls] == [200] * len(calls), calls
+        served |= {json.loads(str(c["body"]))["token_serial"] for c in calls}
+        assert "refreshing its access token failed" not in proxy.log_text()
+        if "took another goex-proxy's refreshed" in proxy.log_text():
+            break
     assert len(served) >= 3
-    assert "refreshing its access token failed" not in proxy.log_text()
     assert "took another goex-proxy's refreshed" in proxy.log_text()  # the second worker took the first one's
