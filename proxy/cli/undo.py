@@ -112,16 +112,16 @@ def undo(config_path: Path | None, request_id: str | None, agent: str | None, si
         _carry_out(config, todo, skipped, journal, agent, force)
 
 
-
-
 def _undo_statement(config: Config, conn: Any, row: dict[str, Any], dry_run: bool, yes: bool, force: bool,
                     as_json: bool) -> None:
     """`undo ID` of an SQL statement: its rows restored from their images, in one transaction upstream that first
     checks each is as the statement left it (exit 3 on a conflict, nothing changed)."""
+    from ..db import rowundo
+
     if force:
         raise click.UsageError("--force does not go with the undo of an SQL statement (a changed row is never "
                                "overwritten)")
-    the_plan = _plan_statement(config, conn, row)
+    the_plan = rowundo.plan_undo(config, conn, row)
     _print_statement_plan(row, the_plan, as_json)
     if dry_run:
         return
@@ -132,29 +132,15 @@ def _undo_statement(config: Config, conn: Any, row: dict[str, Any], dry_run: boo
     _carry_out_statement(config, row, the_plan)
 
 
-def _plan_statement(config: Config, conn: Any, row: dict[str, Any]) -> RowPlan:
-    """A statement's undo plan; NotFound or GoexError (one line) why there is none."""
-    from ..audit.seal import Seal
-    from ..db import rowundo
-
-    the_plan = rowundo.plan_row(row, audit.chain_key(conn, Seal(config.state_dir)))
-    done = rowundo.already_undone(conn, the_plan.request_id)
-    if done is not None:
-        raise NotFound(f"nothing to undo for {the_plan.request_id}: already undone (by {done})")
-    return the_plan
-
-
 def _plan_statements(config: Config, conn: Any, rows: list[dict[str, Any]],
                      as_json: bool) -> list[tuple[dict[str, Any], RowPlan]]:
     """A session's SQL statements that changed rows, newest first, each plan shown (or why it is passed over)."""
-    from ..db.rowundo import changes_nothing
+    from ..db import rowundo
 
     out = []
-    for row in rows:
-        if changes_nothing(row.get("undo_class")) and row.get("row_images") is None:
-            continue  # a read, transaction control, or a write that changed nothing
+    for row in filter(rowundo.may_change_rows, rows):
         try:
-            the_plan = _plan_statement(config, conn, row)
+            the_plan = rowundo.plan_undo(config, conn, row)
         except GoexError as exc:  # NotFound too
             click.echo(f"  not undone: {row['id']}: {str(exc).split(': ', 1)[-1]}", err=True)
             continue

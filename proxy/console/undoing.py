@@ -52,15 +52,12 @@ def is_statement(row: dict[str, Any]) -> bool:
 
 def show_statement(config: Config, conn: Any, row: dict[str, Any]) -> StatementShown:
     """The statement's undo plan as `goex-proxy undo ID --dry-run` shows it (planning reads only the log)."""
-    from ..audit.seal import Seal
     from ..db import rowundo
 
     try:
-        the_plan = rowundo.plan_row(row, audit.chain_key(conn, Seal(config.state_dir)))
-    except GoexError as exc:  # NotFound too: not captured, did not run, an undo itself, its row edited
+        return StatementShown(rowundo.plan_undo(config, conn, row), None)
+    except GoexError as exc:  # NotFound too: not captured, did not run, an undo itself, edited, already undone
         return StatementShown(None, str(exc).split(": ", 1)[-1])
-    done = rowundo.already_undone(conn, the_plan.request_id)
-    return StatementShown(the_plan, None if done is None else f"{session.ALREADY_UNDONE} (by {done})")
 
 
 def _carry_out_statement(config: Config, conn: Any, row: dict[str, Any], force: bool) -> Done:
@@ -134,18 +131,13 @@ class SessionPlan:
         return [row for row, shown in self.statements if shown.passed_over is None]
 
 
-def changed_rows(row: dict[str, Any]) -> bool:
-    """A statement that may have changed rows (not a read, transaction control, or a write that changed none)."""
-    from ..db.rowundo import changes_nothing
-
-    return not changes_nothing(row.get("undo_class")) or row.get("row_images") is not None
-
-
 def plan_session(config: Config, agent: str, since: float, until: float | None, force: bool = False) -> SessionPlan:
     conn = audit.connect(config)
     try:
         rows = [r for r in session.session_rows(conn, agent, since) if until is None or r["ts"] <= until]
-        statements = [(r, show_statement(config, conn, r)) for r in rows if is_statement(r) and changed_rows(r)]
+        from ..db.rowundo import may_change_rows
+
+        statements = [(r, show_statement(config, conn, r)) for r in rows if is_statement(r) and may_change_rows(r)]
         planned = list(session.plan_rows(config, Journal(conn), [r for r in rows if not is_statement(r)], force))
     finally:
         conn.close()

@@ -81,6 +81,12 @@ def changes_nothing(undo_class: str | None) -> bool:
     return undo_class is None or undo_class.startswith(HELD_NOTHING)
 
 
+def may_change_rows(row: dict[str, Any]) -> bool:
+    """Whether a recorded statement may have changed rows (not a read, transaction control, or a write that changed
+    none): what a session's undo plans."""
+    return not changes_nothing(row.get("undo_class")) or row.get("row_images") is not None
+
+
 def plan_row(row: dict[str, Any], key: bytes | None) -> RowPlan:
     """The undo of a recorded statement; GoexError (one line) when it cannot be undone: not captured, or its row does
     not match the audit chain (edited since it was written)."""
@@ -209,6 +215,18 @@ def already_undone(conn: sqlite3.Connection, request_id: str) -> str | None:
     """The undo that already took this statement back, if one did."""
     found = conn.execute("SELECT id FROM requests WHERE undo_of = ? AND status = 0 LIMIT 1", (request_id,)).fetchone()
     return None if found is None else str(found[0])
+
+
+def plan_undo(config: Config, conn: sqlite3.Connection, row: dict[str, Any]) -> RowPlan:
+    """A recorded statement's undo plan, as `undo ID` and the console show it; NotFound or GoexError (one line) why
+    there is none: not captured, edited since, or already undone."""
+    from ..audit.seal import Seal
+
+    the_plan = plan_row(row, audit.chain_key(conn, Seal(config.state_dir)))
+    done = already_undone(conn, the_plan.request_id)
+    if done is not None:
+        raise NotFound(f"nothing to undo for {the_plan.request_id}: already undone (by {done})")
+    return the_plan
 
 
 def carry_out(config: Config, row: dict[str, Any], plan: RowPlan) -> list[str]:
