@@ -19,6 +19,9 @@ Fidelity = Literal["exact", "needs-preimage", "lossy", "irreversible"]
 FIDELITIES: tuple[str, ...] = ("exact", "needs-preimage", "lossy", "irreversible")
 #: Methods that change nothing: no pre-image, no undo class, nothing for a session undo to take back.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT"})
+#: The methods a rule's reads (a guard's, a pre-image's) may use: sent before undo or the agent's request, they must
+#: change nothing. So a request sent as an undo with another method is one of its compensating steps.
+READ_METHODS = ("GET", "HEAD")
 #: The fields of a body as undo expressions read it: the bytes, and what is decoded (`text`) or parsed from them.
 BODY_FIELDS = frozenset({"body", "text", "json", "form"})
 #: Answers that say a read was not allowed (no or a refused credential), not what the resource is like.

@@ -14,6 +14,7 @@ from ..policy.load import RuleReader, expression_pos
 from ..yamlsrc import YMap
 from .plan import (
     FIDELITIES,
+    READ_METHODS,
     UNDO_VARIABLES,
     UNGUARDED,
     Fidelity,
@@ -193,7 +194,7 @@ class _UndoReader(RuleReader):
                                    {"read", "expect", "conflict", "refused", "changes_with"}, {"read", "expect"})
             if g is not None:
                 read = self.request(g["read"], f"{where}.guard.read", self.check.at(g, "read")) if "read" in g else None
-                if read is not None and read.method not in ("GET", "HEAD"):
+                if read is not None and read.method not in READ_METHODS:
                     self.check.error(self.check.at(g, "read"), f"'{where}.guard.read' must be a GET or HEAD (it is "
                                                                "sent before undo decides anything, and must change nothing)")
                 expect = self.condition(g, "expect", f"{where}.guard")
@@ -204,7 +205,7 @@ class _UndoReader(RuleReader):
                                   refused, tuple(changes_with))
         preimage = self.request(r["preimage"], f"{where}.preimage", self.check.at(r, "preimage")) \
             if "preimage" in r else None
-        if preimage is not None and preimage.method not in ("GET", "HEAD"):
+        if preimage is not None and preimage.method not in READ_METHODS:
             self.check.error(self.check.at(r, "preimage"), f"'{where}.preimage' must be a GET or HEAD (it is sent "
                                                            "before the agent's request, and must change nothing)")
         if fidelity == "needs-preimage" and preimage is None:

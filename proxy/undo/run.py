@@ -22,7 +22,7 @@ from ..ids import RequestIds
 from ..policy.cel import CelEvalError, Condition
 from ..policy.engine import PolicySet
 from ..policy.requestview import canonical_path
-from .plan import Plan, Step, message_view, read_failed, read_refused
+from .plan import READ_METHODS, Plan, Step, message_view, read_failed, read_refused
 
 #: Journal states of a step: written before it is sent, and after its answer is judged.
 SENT, DONE, FAILED = "sent", "done", "failed"
@@ -67,8 +67,9 @@ class Journal:
         this journal does not name: a journal that lost its entries (it is not chained) would send them again."""
         named = {cid for (cid,) in self.conn.execute("SELECT compensation_id FROM undo_journal WHERE request_id = ?",
                                                      (request_id,))}
-        sent = self.conn.execute("SELECT id FROM requests WHERE undo_of = ? AND method NOT IN ('GET', 'HEAD') "
-                                 "ORDER BY seq", (request_id,)).fetchall()
+        sent = self.conn.execute(f"SELECT id FROM requests WHERE undo_of = ? AND method NOT IN "
+                                 f"({', '.join('?' * len(READ_METHODS))}) ORDER BY seq",
+                                 (request_id, *READ_METHODS)).fetchall()
         return [str(rid) for (rid,) in sent if rid not in named]
 
     def write(self, request_id: str, step: int, state: str, detail: str = "", compensation_id: str | None = None) -> None:
