@@ -48,6 +48,25 @@ _CLEARED = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", 
             "NODE_EXTRA_CA_CERTS", "NODE_USE_ENV_PROXY", "GOEX_PROXY_HOME")
 
 
+@pytest.fixture
+def outside() -> Iterator[Path]:
+    """A directory outside /tmp (which every jail replaces), so that what a test puts there is in the jail's view: under
+    HOME, or the account's own home directory when HOME was set under a scratch directory."""
+    import pwd
+    import tempfile
+
+    from goex_proxy.sandbox.view import SCRATCH
+
+    homes = [Path.home(), Path(pwd.getpwuid(os.getuid()).pw_dir)]
+    base = next((h for h in homes if not any(h.resolve().is_relative_to(d) for d in SCRATCH)), homes[-1]) / ".cache"
+    base.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix="goex-outside-", dir=base))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No proxy or CA settings leak in from the developer's shell."""

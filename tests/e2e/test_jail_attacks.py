@@ -6,9 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,23 +14,6 @@ import pytest
 from tests.conftest import GITHUB_POLICY, GOEX, free_port
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def outside() -> Iterator[Path]:
-    """A directory outside the scratch directories every jail replaces, so that the jail sees it (read-only) live."""
-    import pwd
-
-    from goex_proxy.sandbox.view import SCRATCH
-
-    homes = [Path.home(), Path(pwd.getpwuid(os.getuid()).pw_dir)]
-    base = next((h for h in homes if not any(h.resolve().is_relative_to(d) for d in SCRATCH)), homes[-1]) / ".cache"
-    base.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix="goex-jail-attack-", dir=base))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def replace_by_rename(path: Path, text: str) -> None:

@@ -13,7 +13,6 @@ import sqlite3
 import stat
 import subprocess
 import sys
-import tempfile
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,24 +48,6 @@ def listing(root: Path) -> dict[str, tuple]:
             else:
                 out[rel] = ("file", stat.S_IMODE(st.st_mode), hashlib.sha256(path.read_bytes()).hexdigest())
     return out
-
-
-@pytest.fixture
-def outside() -> Iterator[Path]:
-    """A directory outside /tmp (which every jail replaces), so that what a test puts there is in the jail's view: under
-    HOME, or the account's own home directory when HOME was set under a scratch directory."""
-    import pwd
-
-    from goex_proxy.sandbox.view import SCRATCH
-
-    homes = [Path.home(), Path(pwd.getpwuid(os.getuid()).pw_dir)]
-    base = next((h for h in homes if not any(h.resolve().is_relative_to(d) for d in SCRATCH)), homes[-1]) / ".cache"
-    base.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix="goex-sandbox-test-", dir=base))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @contextlib.contextmanager
