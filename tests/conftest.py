@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -83,6 +84,8 @@ def _ephemeral_start() -> int:
 
 
 _PORTS = random.Random()
+#: The ports free_port handed out last: free when drawn, so two draws could give one port to two servers.
+_GIVEN: collections.deque[int] = collections.deque(maxlen=64)
 
 
 def free_port() -> int:
@@ -95,11 +98,14 @@ def free_port() -> int:
     low = 10000 + (worker % 8) * band
     for _ in range(200):
         port = _PORTS.randrange(low, min(low + band, top))
+        if port in _GIVEN:  # handed out just now, maybe not bound yet: a test's two servers must not share one
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            _GIVEN.append(port)
             return port
     with socket.socket() as s:  # the band is full: any free port
         s.bind(("127.0.0.1", 0))
