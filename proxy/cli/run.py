@@ -213,12 +213,16 @@ def exec_(config_path: Path | None, agent: str, jail: bool, workspace: Path | No
     sys.exit(_exit_code(child.wait()))
 
 
-def _wait_like_a_shell(child: subprocess.Popen[bytes]) -> None:
-    """Ctrl-C reaches the child straight from the terminal (same process group); we only pass on TERM and HUP."""
+def _wait_like_a_shell(child: subprocess.Popen[bytes], jailed: bool = False) -> None:
+    """A command run as is gets Ctrl-C (and Ctrl-\\) straight from the terminal, being in our process group: we
+    pass on only TERM and HUP. A jail is in a group of its own (each of its processes passes signals on, so in ours
+    the command would get each Ctrl-C twice): we pass those on too."""
     def forward(signum: int, _frame: Any) -> None:
         child.send_signal(signum)
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from_terminal = (signal.SIGINT, signal.SIGQUIT)
+    for sig in from_terminal:
+        signal.signal(sig, forward if jailed else signal.SIG_IGN)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, forward)
 
@@ -233,7 +237,7 @@ def _run_jailed(config: Config, agent: str, command: list[str], workspace: Path 
     agentenv.proxy_url(config, agent)  # an unknown agent or a missing token: said before anything starts
     with proxy_for_jail(config) as bridged:
         jailed = start_jailed(bridged, agent, command, workspace)
-        _wait_like_a_shell(jailed.child)
+        _wait_like_a_shell(jailed.child, jailed=True)
         status = jailed.wait()
         try:
             run = jailed.finish(status, apply)

@@ -41,7 +41,11 @@ class Jail:
 
     def __init__(self, spec: dict[str, Any], env: dict[str, str], proxy: tuple[str, int],
                  more: tuple[tuple[str, int], ...] = (), **popen: Any) -> None:
-        """`popen`: more `subprocess.Popen` arguments for the command (stdin, stderr, start_new_session)."""
+        """`popen`: more `subprocess.Popen` arguments for the command (stdin, stderr, start_new_session). Without
+        start_new_session, the jail leads a process group of its own: a terminal's signals reach only its caller,
+        which passes them on (once: each of the jail's processes passes on what it is sent)."""
+        if not popen.get("start_new_session"):
+            popen["process_group"] = 0
         self.proxy = proxy
         self._targets = (proxy, *more)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -111,20 +111,55 @@ def test_files_cwd_stdin_and_exit_code_are_the_commands(proxy, tmp_path):
     assert (work / "out.txt").read_text() == "written\n"
 
 
-def test_ctrl_c_reaches_the_command_and_its_status_is_returned(proxy, tmp_path):
+def test_ctrl_c_reaches_the_command_and_its_status_is_returned(proxy):
     """Ctrl-C goes to the terminal's whole process group: the command handles it, exec waits and reports."""
-    ready = tmp_path / "ready"
-    script = f"trap 'echo interrupted; exit 42' INT; touch {ready}; while :; do sleep 0.1; done"
-    p = subprocess.Popen([*GOEX, "exec", "--jail", "--config", str(proxy.config), "--agent", "mailbot", "--", "sh",
-                          "-c", script], env=proxy.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True)
-    deadline = time.monotonic() + 30
-    while not ready.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    p = _started_in_a_group(proxy, "trap 'echo interrupted; exit 42' INT; echo ready; while :; do sleep 0.1; done")
+    assert p.stdout.readline() == "ready\n"
     os.killpg(p.pid, signal.SIGINT)
     out, err = p.communicate(timeout=30)
     assert p.returncode == 42, err
     assert out.strip() == "interrupted"
+
+
+def test_each_ctrl_c_reaches_the_command_once(proxy):
+    """A Ctrl-C reaches the terminal's whole foreground process group. The jail's own processes pass signals on to
+    the command, so they must not be in that group: each would pass on its copy, and the command got two (a CI run's
+    trap printed 'interrupted' twice). exec passes them on instead, once."""
+    p = _started_in_a_group(proxy, "n=0; trap 'n=$((n+1)); echo $n' INT; trap 'exit 42' TERM; echo 0; "
+                                   "while :; do sleep 0.05; done")
+    assert p.stdout.readline() == "0\n"
+    in_group = [pid for pid in _descendants(p.pid) if _pgid(pid) == p.pid]
+    assert in_group == [], "processes of the jail in the terminal's process group"
+    for sent in range(1, 4):
+        os.killpg(p.pid, signal.SIGINT)
+        assert p.stdout.readline() == f"{sent}\n"
+        time.sleep(0.3)  # room for a second copy to arrive
+    os.killpg(p.pid, signal.SIGTERM)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 42, err
+    assert out == "", "the command got more Ctrl-Cs than were sent"
+
+
+def _started_in_a_group(proxy, script: str) -> subprocess.Popen[str]:
+    """`exec --jail -- sh -c SCRIPT` leading a process group of its own, as a shell starts a foreground job."""
+    return subprocess.Popen([*GOEX, "exec", "--jail", "--config", str(proxy.config), "--agent", "mailbot", "--", "sh",
+                             "-c", script], env=proxy.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def _descendants(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            found += [int(child), *_descendants(int(child))]
+    return found
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
 
 
 def test_a_missing_command_or_unknown_agent_runs_nothing(proxy):
