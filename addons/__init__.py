@@ -20,6 +20,7 @@ from goex_proxy.addons.preimage import Preimage
 from goex_proxy.addons.record import Record
 from goex_proxy.addons.route import Route
 from goex_proxy.addons.scrub import Scrub
+from goex_proxy.addons.stages import Stages
 from goex_proxy.addons.state import ProxyState
 from goex_proxy.addons.twin import Twin
 
@@ -28,11 +29,12 @@ PIPELINE: tuple[type, ...] = (Identify, Connections, Decide, Egress, Twin, Injec
                               Scrub)
 
 
-def pipeline(state: ProxyState | None = None) -> list[Any]:
-    """The state addon, the bounded HTTP layers (which hold every connection to `limits:` below the hooks), then
-    every stage, ready for `master.addons.add(*pipeline())`."""
+def pipeline(state: ProxyState | None = None, after: tuple[Any, ...] = ()) -> list[Any]:
+    """The state addon, the bounded HTTP layers (which hold every connection to `limits:` below the hooks), every
+    stage, then `after` (addons that watch what the stages did), held as one addon (see `stages`), ready for
+    `master.addons.add(*pipeline())`."""
     state = state or ProxyState()
-    return [state, HttpBounds(state), *(stage(state) for stage in PIPELINE)]
+    return [Stages([state, HttpBounds(state), *(stage(state) for stage in PIPELINE), *after])]
 
 
 addons = pipeline()

@@ -68,8 +68,8 @@ def _source(file: str, line: int) -> str:
         return ""
 
 
-#: Frames that are not a stage of their own: the fail-closed wrapper every hook runs in.
-_WRAPPERS = ("addons/failclosed.py",)
+#: Frames that are not a stage of their own: the fail-closed wrapper every hook runs in, and the stages' dispatch.
+_WRAPPERS = ("addons/failclosed.py", "addons/stages.py")
 
 
 def stage_of(frames: list[str]) -> str:

@@ -87,11 +87,8 @@ def build_master(config: Config, policies: PolicySet, undo_token: str | None = N
     state = ProxyState(config, policies)
     state.undo_token = undo_token
     state.file_config = file_config
-    m.addons.add(*pipeline(state))
-    if live:
-        m.addons.add(LiveLog(state))
-    if maintain:
-        m.addons.add(Retention(state))
+    after = ((LiveLog(state),) if live else ()) + ((Retention(state),) if maintain else ())
+    m.addons.add(*pipeline(state, after))
     return m
 
 

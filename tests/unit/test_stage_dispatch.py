@@ -1,0 +1,122 @@
+"""The stages held as one mitmproxy addon: each hook reaches the stages that have it, in order, as mitmproxy would."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+from mitmproxy import exceptions, master, options
+from mitmproxy.proxy.layers.http import HttpRequestHook
+from mitmproxy.test import tflow
+
+from goex_proxy.addons import PIPELINE, pipeline
+from goex_proxy.addons.stages import Stages
+
+
+class Recorder:
+    """A stage that notes each call of its `request` hook in a shared list."""
+
+    def __init__(self, name: str, calls: list[str]) -> None:
+        self.label, self.calls = name, calls
+
+    def request(self, flow: Any) -> None:
+        self.calls.append(self.label)
+
+
+class Slow(Recorder):
+    async def request(self, flow: Any) -> None:  # type: ignore[override]
+        await asyncio.sleep(0.01)
+        self.calls.append(self.label)
+
+
+class Broken(Recorder):
+    def request(self, flow: Any) -> None:
+        self.calls.append(self.label)
+        raise ValueError("stage broke")
+
+
+class BrokenLater(Recorder):
+    async def request(self, flow: Any) -> None:  # type: ignore[override]
+        await asyncio.sleep(0)
+        raise ValueError("stage broke after waiting")
+
+
+class Halting(Recorder):
+    def request(self, flow: Any) -> None:
+        self.calls.append(self.label)
+        raise exceptions.AddonHalt()
+
+
+class NoHooks:
+    pass
+
+
+def run_request_hook(*stages: Any) -> Master:
+    """A real mitmproxy master holding `stages` as one addon, then a plain addon after it; the request hook fired."""
+    async def main() -> Master:
+        m = Master(stages)
+        await m.addons.handle_lifecycle(HttpRequestHook(tflow.tflow()))
+        return m
+    return asyncio.run(main())
+
+
+class Master(master.Master):
+    def __init__(self, stages: tuple[Any, ...]) -> None:
+        super().__init__(options.Options(), event_loop=asyncio.get_running_loop())
+        self.calls: list[str] = []
+        for stage in stages:
+            stage.calls = self.calls
+        self.addons.add(Stages(stages), Recorder("after the pipeline", self.calls))
+
+
+def test_a_hook_reaches_the_stages_that_have_it_in_order_an_awaited_one_before_the_next() -> None:
+    m = run_request_hook(Recorder("a", []), NoHooks(), Slow("b", []), Recorder("c", []))
+    assert m.calls == ["a", "b", "c", "after the pipeline"]
+
+
+def test_a_stage_without_a_hook_gives_the_addon_no_such_hook() -> None:
+    held = Stages([NoHooks(), Recorder("a", [])])
+    assert callable(held.request)
+    assert getattr(held, "response", None) is None  # mitmproxy passes over it, as over an addon without the hook
+    assert getattr(held, "addons", None) is None  # not nested addons of mitmproxy's: it would call each twice
+
+
+@pytest.mark.parametrize("broken", [Broken, BrokenLater])
+def test_an_error_in_one_stage_is_logged_as_mitmproxy_logs_it_and_the_next_stage_still_runs(
+        broken: type, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.ERROR, logger="mitmproxy.addonmanager"):
+        m = run_request_hook(Recorder("a", []), broken("broken", []), Recorder("c", []))
+    assert m.calls[0] == "a" and m.calls[-2:] == ["c", "after the pipeline"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "Addon error: " + ("stage broke" if broken is Broken else "stage broke after waiting")]
+
+
+def test_addon_halt_stops_the_stages_after_it_and_every_addon_after_the_pipeline() -> None:
+    m = run_request_hook(Recorder("a", []), Halting("halting", []), Recorder("c", []))
+    assert m.calls == ["a", "halting"]
+
+
+def test_a_refused_option_is_refused_through_the_pipeline() -> None:
+    class Refuses:
+        def configure(self, updated: set[str]) -> None:
+            if "listen_port" in updated:
+                raise exceptions.OptionsError("no such port")
+
+    async def main() -> None:
+        m = master.Master(options.Options(), event_loop=asyncio.get_running_loop())
+        m.addons.add(Stages([NoHooks(), Refuses()]))
+        with pytest.raises(exceptions.OptionsError, match="no such port"):
+            m.options.update(listen_port=1)
+        assert m.options.listen_port != 1
+
+    asyncio.run(main())
+
+
+def test_the_pipeline_is_one_addon_holding_every_stage_in_pipeline_order() -> None:
+    [held] = pipeline()
+    names = [type(stage).__name__ for stage in held.stages]
+    assert names == ["ProxyState", "HttpBounds", *(stage.__name__ for stage in PIPELINE)]
+    for hook in ("requestheaders", "request", "responseheaders", "response", "error", "configure", "running", "done"):
+        assert callable(getattr(held, hook)), hook
