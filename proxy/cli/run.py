@@ -209,22 +209,42 @@ def exec_(config_path: Path | None, agent: str, jail: bool, workspace: Path | No
         child = subprocess.Popen(list(command), env=env)
     except OSError as exc:
         raise GoexError(f"cannot run {command[0]!r}: {exc.strerror or exc}") from None
-    _wait_like_a_shell(child)
+    _wait_like_a_shell().to(child)  # after starting it: a child inherits an ignored Ctrl-C
     sys.exit(_exit_code(child.wait()))
 
 
-def _wait_like_a_shell(child: subprocess.Popen[bytes], jailed: bool = False) -> None:
+class _PassedOn:
+    """Signals to pass on to a child, kept until it is there (a jail takes a moment to start, and a Ctrl-C meanwhile
+    must neither be lost nor end us with a traceback)."""
+
+    def __init__(self) -> None:
+        self.child: subprocess.Popen[bytes] | None = None
+        self.kept: list[int] = []
+
+    def __call__(self, signum: int, _frame: Any) -> None:
+        if self.child is None:
+            self.kept.append(signum)
+        else:
+            self.child.send_signal(signum)
+
+    def to(self, child: subprocess.Popen[bytes]) -> None:
+        self.child = child
+        for signum in self.kept:
+            child.send_signal(signum)
+        self.kept.clear()
+
+
+def _wait_like_a_shell(jailed: bool = False) -> _PassedOn:
     """A command run as is gets Ctrl-C (and Ctrl-\\) straight from the terminal, being in our process group: we
     pass on only TERM and HUP. A jail is in a group of its own (each of its processes passes signals on, so in ours
-    the command would get each Ctrl-C twice): we pass those on too."""
-    def forward(signum: int, _frame: Any) -> None:
-        child.send_signal(signum)
-
-    from_terminal = (signal.SIGINT, signal.SIGQUIT)
-    for sig in from_terminal:
-        signal.signal(sig, forward if jailed else signal.SIG_IGN)
+    the command would get each Ctrl-C twice): we pass those on too. Then `to` the child (a jail: call this before
+    starting it)."""
+    passed_on = _PassedOn()
+    for sig in (signal.SIGINT, signal.SIGQUIT):
+        signal.signal(sig, passed_on if jailed else signal.SIG_IGN)
     for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, forward)
+        signal.signal(sig, passed_on)
+    return passed_on
 
 
 def _run_jailed(config: Config, agent: str, command: list[str], workspace: Path | None = None,
@@ -236,8 +256,9 @@ def _run_jailed(config: Config, agent: str, command: list[str], workspace: Path 
 
     agentenv.proxy_url(config, agent)  # an unknown agent or a missing token: said before anything starts
     with proxy_for_jail(config) as bridged:
+        passed_on = _wait_like_a_shell(jailed=True)
         jailed = start_jailed(bridged, agent, command, workspace)
-        _wait_like_a_shell(jailed.child, jailed=True)
+        passed_on.to(jailed.child)
         status = jailed.wait()
         try:
             run = jailed.finish(status, apply)

@@ -376,6 +376,7 @@ def run_init(spec: dict, report: int, uid: int, gid: int) -> int:  # type: ignor
             os.setsid()
             for sig in FORWARDED:
                 signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
             drop_privileges()
             refuse_syscalls()
             os.execvp(command[0], command)
@@ -384,6 +385,7 @@ def run_init(spec: dict, report: int, uid: int, gid: int) -> int:  # type: ignor
             os._exit(127 if isinstance(exc, FileNotFoundError) else 126)
     for sig in FORWARDED:
         signal.signal(sig, lambda signum, _frame: _signal_group(child, signum))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)  # what came meanwhile is passed on now
     while True:
         try:
             pid, status = os.waitpid(-1, 0)
@@ -419,6 +421,9 @@ def _recv_exactly(channel: socket.socket, n: int) -> bytes:
 
 def main(argv: list[str]) -> int:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    # Held until there is someone to pass them on to (this process's handler, then the init's, which inherits the
+    # mask): a signal that came before would be lost, or end this process with a traceback.
+    signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
     channel = socket.socket(fileno=int(argv[1]))
     uid, gid = os.geteuid(), os.getegid()
     try:
@@ -437,8 +442,6 @@ def main(argv: list[str]) -> int:
     except (SetupError, OSError, ValueError) as exc:
         channel.sendall(f"error: {getattr(exc, 'strerror', None) or exc}".encode())
         return 125
-    for sig in FORWARDED:
-        signal.signal(sig, signal.SIG_IGN)  # until the init is there to pass them on
     read_end, write_end = os.pipe()
     init = os.fork()
     if init == 0:
@@ -461,6 +464,7 @@ def main(argv: list[str]) -> int:
     channel.close()
     for sig in FORWARDED:
         signal.signal(sig, lambda signum, _frame: os.kill(init, signum))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
     while True:
         try:
             _, status = os.waitpid(init, 0)

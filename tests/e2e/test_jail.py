@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -111,9 +112,9 @@ def test_files_cwd_stdin_and_exit_code_are_the_commands(proxy, tmp_path):
     assert (work / "out.txt").read_text() == "written\n"
 
 
-def test_ctrl_c_reaches_the_command_and_its_status_is_returned(proxy):
+def test_ctrl_c_reaches_the_command_and_its_status_is_returned(proxy, in_a_group):
     """Ctrl-C goes to the terminal's whole process group: the command handles it, exec waits and reports."""
-    p = _started_in_a_group(proxy, "trap 'echo interrupted; exit 42' INT; echo ready; while :; do sleep 0.1; done")
+    p = in_a_group(proxy, "trap 'echo interrupted; exit 42' INT; echo ready; while :; do sleep 0.1; done")
     assert p.stdout.readline() == "ready\n"
     os.killpg(p.pid, signal.SIGINT)
     out, err = p.communicate(timeout=30)
@@ -121,11 +122,11 @@ def test_ctrl_c_reaches_the_command_and_its_status_is_returned(proxy):
     assert out.strip() == "interrupted"
 
 
-def test_each_ctrl_c_reaches_the_command_once(proxy):
+def test_each_ctrl_c_reaches_the_command_once(proxy, in_a_group):
     """A Ctrl-C reaches the terminal's whole foreground process group. The jail's own processes pass signals on to
     the command, so they must not be in that group: each would pass on its copy, and the command got two (a CI run's
     trap printed 'interrupted' twice). exec passes them on instead, once."""
-    p = _started_in_a_group(proxy, "n=0; trap 'n=$((n+1)); echo $n' INT; trap 'exit 42' TERM; echo 0; "
+    p = in_a_group(proxy, "n=0; trap 'n=$((n+1)); echo $n' INT; trap 'exit 42' TERM; echo 0; "
                                    "while :; do sleep 0.05; done")
     assert p.stdout.readline() == "0\n"
     in_group = [pid for pid in _descendants(p.pid) if _pgid(pid) == p.pid]
@@ -140,11 +141,34 @@ def test_each_ctrl_c_reaches_the_command_once(proxy):
     assert out == "", "the command got more Ctrl-Cs than were sent"
 
 
-def _started_in_a_group(proxy, script: str) -> subprocess.Popen[str]:
-    """`exec --jail -- sh -c SCRIPT` leading a process group of its own, as a shell starts a foreground job."""
-    return subprocess.Popen([*GOEX, "exec", "--jail", "--config", str(proxy.config), "--agent", "mailbot", "--", "sh",
-                             "-c", script], env=proxy.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+@pytest.mark.parametrize("jail", ["--jail", "--no-jail"])
+def test_ctrl_c_ends_a_command_that_does_not_catch_it(proxy, in_a_group, jail):
+    """Its default action stays: a command started with Ctrl-C ignored would inherit that, and could not be stopped."""
+    p = in_a_group(proxy, "echo ready; while :; do sleep 0.05; done", jail)
+    assert p.stdout.readline() == "ready\n"
+    os.killpg(p.pid, signal.SIGINT)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 128 + signal.SIGINT, err
+
+
+@pytest.fixture
+def in_a_group():
+    """Starts `exec --jail -- sh -c SCRIPT` leading a process group of its own, as a shell starts a foreground job;
+    killed with its jail at the end of the test, whether or not it ended."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(proxy, script: str, jail: str = "--jail") -> subprocess.Popen[str]:
+        started.append(subprocess.Popen([*GOEX, "exec", jail, "--config", str(proxy.config), "--agent", "mailbot",
+                                         "--", "sh", "-c", script], env=proxy.env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True, start_new_session=True))
+        return started[-1]
+
+    yield start
+    for p in started:
+        for pid in [*_descendants(p.pid), p.pid] if p.poll() is None else []:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        p.communicate()
 
 
 def _descendants(pid: int) -> list[int]:
