@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -379,6 +382,34 @@ def _unwaited(item: Any) -> bool:
 OUTCOME_GATHER_SECONDS = 0.005
 
 
+class _WriteTurns:
+    """Writers of one audit log (the workers of `run`, an `undo` beside it) take turns through a lock file beside it,
+    held from BEGIN to the anchor: the kernel wakes the next as the last lets go. Left to SQLite's busy handler, the
+    loser of each race slept 1 ms or more before trying again, and two workers served no more than one."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            self._fd: int | None = os.open(path.with_name(f".{path.name}.write-lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            self._fd = None  # SQLite's own lock still keeps writers apart, just more slowly
+
+    @contextlib.contextmanager
+    def taken(self) -> Iterator[None]:
+        if self._fd is None:
+            yield
+            return
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 class AuditWriter:
     """The only writer: a thread that takes intents and outcomes, batches them into transactions, and chains hashes."""
 
@@ -386,6 +417,7 @@ class AuditWriter:
         self.path = path
         self.seal = seal
         self._conn = open_db(path, seal=seal)
+        self._turns = _WriteTurns(path)
         ids.claim(path)  # the ids this process makes are its own among all that write this log
         self._key = seal.key(create=True)
         self._pending: dict[str, tuple[str, int]] = {}  # request id -> (hash, seq) of rows awaiting their outcome
@@ -446,6 +478,7 @@ class AuditWriter:
             self._waited.set()
             self._thread.join(timeout=10)
         self._conn.close()
+        self._turns.close()
         ids.release(self.path)
 
     def _run(self) -> None:
@@ -507,6 +540,27 @@ class AuditWriter:
                 return batch
 
     def _write(self, batch: list[tuple[Any, concurrent.futures.Future[str | None]]]) -> None:
+        """One transaction for the batch, in this writer's turn; then the anchor (outside the turn: the next writer
+        need not wait for it), and only then its waiters (a request goes upstream once its row is anchored)."""
+        with self._turns.taken():
+            written = self._commit(batch)
+        if written is None:
+            return
+        head, refused = written
+        if head is not None:
+            self._anchor(head)
+            self.failing = None
+        for index, (_, future) in enumerate(batch):
+            result = refused.get(index)
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+    def _commit(self, batch: list[tuple[Any, concurrent.futures.Future[str | None]]]
+                ) -> tuple[Anchor | None, dict[int, Any]] | None:
+        """Write the batch; the newest row it wrote, and what each refused op gets instead of its result (None: the
+        transaction failed, and every waiter was told)."""
         head: Anchor | None = None
         refused: dict[int, Any] = {}
         try:
@@ -545,16 +599,8 @@ class AuditWriter:
                     self._pending.pop(str(op.row["id"]), None)
             for _, future in batch:
                 future.set_exception(AuditError(f"audit write failed: {exc}"))
-            return
-        if head is not None:
-            self._anchor(head)
-            self.failing = None
-        for index, (_, future) in enumerate(batch):
-            result = refused.get(index)
-            if isinstance(result, Exception):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
+            return None
+        return head, refused
 
     def update_outcome(self, request_id: str, fields: dict[str, Any]) -> None:
         """Write a row's outcome now (call inside `apply`, in the writer's transaction)."""

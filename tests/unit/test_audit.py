@@ -347,3 +347,43 @@ def test_the_anchor_is_read_again_whenever_its_file_changes(tmp_path: Path) -> N
     assert mine.anchor() == Anchor(2, "C", "b" * 64)
     mine.anchor_path.unlink()
     assert mine.anchor() is None
+
+
+def test_a_request_row_is_anchored_before_its_writer_answers(tmp_path: Path) -> None:
+    """A request goes upstream once its row is committed and anchored: removing the row of a request that was sent is
+    then always caught, even had the proxy died right after sending it."""
+    ids, writer = RequestIds(), AuditWriter(tmp_path / "a.db", Seal(tmp_path))
+    try:
+        for i in range(20):
+            r = row(i, ids)
+            writer.record_intent(r).result(5)
+            anchor = Seal(tmp_path).anchor()
+            assert anchor is not None and anchor.id == r["id"]
+    finally:
+        writer.close()
+
+
+def test_writers_of_one_log_take_turns_through_its_lock_file(tmp_path: Path) -> None:
+    """Two writers (two workers of `run`) wait for each other's turn in the kernel, where SQLite's busy handler had
+    the loser sleep and poll; while another holds the turn, nothing is written."""
+    import fcntl
+    import os
+
+    path = tmp_path / "a.db"
+    ids, first, second = RequestIds(), AuditWriter(path, Seal(tmp_path)), AuditWriter(path, Seal(tmp_path))
+    try:
+        lock = os.open(tmp_path / ".a.db.write-lock", os.O_RDWR)
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a third writer's turn
+        waiting = first.record_intent(row(0, ids))
+        time.sleep(0.3)
+        assert not waiting.done()
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        os.close(lock)
+        waiting.result(5)
+        futures = [(first if i % 2 else second).record_intent(row(i, ids)) for i in range(1, 200)]
+        for future in futures:
+            future.result(10)
+    finally:
+        first.close()
+        second.close()
+    assert (check(tmp_path).checked, check(tmp_path).broken_id) == (200, None)
