@@ -66,10 +66,12 @@ def build_master(config: Config, policies: PolicySet, undo_token: str | None = N
     from goex_proxy.addons import pipeline
     from goex_proxy.addons.livelog import LiveLog
     from goex_proxy.addons.retention import Retention
+    from goex_proxy.addons.stages import index_hooks
     from goex_proxy.addons.state import ProxyState
 
     opts = options.Options()
     m = master.Master(opts, event_loop=asyncio.get_running_loop(), with_termlog=True)
+    index_hooks(m.addons)
     # mitmproxy turns every log record into a deprecated `add_log` event for every addon (none of these has one): a
     # wake-up of the event loop and a dispatch for each request's line.
     legacy = getattr(m, "_legacy_log_events", None)

@@ -7,12 +7,12 @@ import logging
 from typing import Any
 
 import pytest
-from mitmproxy import exceptions, master, options
+from mitmproxy import exceptions, hooks, master, options
 from mitmproxy.proxy.layers.http import HttpRequestHook
 from mitmproxy.test import tflow
 
 from goex_proxy.addons import PIPELINE, pipeline
-from goex_proxy.addons.stages import Stages
+from goex_proxy.addons.stages import HookIndexedAddons, Stages, index_hooks
 
 
 class Recorder:
@@ -20,6 +20,7 @@ class Recorder:
 
     def __init__(self, name: str, calls: list[str]) -> None:
         self.label, self.calls = name, calls
+        self.name = f"recorder {name}"  # mitmproxy's name for the addon: one of a name per master
 
     def request(self, flow: Any) -> None:
         self.calls.append(self.label)
@@ -62,9 +63,18 @@ def run_request_hook(*stages: Any) -> Master:
     return asyncio.run(main())
 
 
+def new_master() -> master.Master:
+    """A real mitmproxy master on the running loop, without its handler that turns log records into events (left on
+    the root logger, it would post them to this test's loop once it is closed)."""
+    m = master.Master(options.Options(), event_loop=asyncio.get_running_loop())
+    m._legacy_log_events.uninstall()
+    return m
+
+
 class Master(master.Master):
     def __init__(self, stages: tuple[Any, ...]) -> None:
         super().__init__(options.Options(), event_loop=asyncio.get_running_loop())
+        self._legacy_log_events.uninstall()
         self.calls: list[str] = []
         for stage in stages:
             stage.calls = self.calls
@@ -105,7 +115,7 @@ def test_a_refused_option_is_refused_through_the_pipeline() -> None:
                 raise exceptions.OptionsError("no such port")
 
     async def main() -> None:
-        m = master.Master(options.Options(), event_loop=asyncio.get_running_loop())
+        m = new_master()
         m.addons.add(Stages([NoHooks(), Refuses()]))
         with pytest.raises(exceptions.OptionsError, match="no such port"):
             m.options.update(listen_port=1)
@@ -120,3 +130,47 @@ def test_the_pipeline_is_one_addon_holding_every_stage_in_pipeline_order() -> No
     assert names == ["ProxyState", "HttpBounds", *(stage.__name__ for stage in PIPELINE)]
     for hook in ("requestheaders", "request", "responseheaders", "response", "error", "configure", "running", "done"):
         assert callable(getattr(held, hook)), hook
+
+
+def test_an_indexed_manager_hands_hooks_on_as_mitmproxys_does(caplog: pytest.LogCaptureFixture) -> None:
+    """The same calls in the same order, an addon added later included, errors logged and AddonHalt obeyed; only the
+    addons without the hook are passed over."""
+    async def calls(indexed: bool) -> list[str]:
+        m = new_master()
+        if indexed:
+            index_hooks(m.addons)
+        seen: list[str] = []
+        m.addons.add(Recorder("a", seen), NoHooks(), Stages([Broken("b", seen)]), Recorder("c", seen))
+        await m.addons.handle_lifecycle(HttpRequestHook(tflow.tflow()))
+        later = Stages([Halting("halting", seen)])
+        later.name = "more stages"
+        m.addons.add(later, Recorder("never", seen))
+        await m.addons.handle_lifecycle(HttpRequestHook(tflow.tflow()))
+        return seen
+
+    with caplog.at_level(logging.ERROR, logger="mitmproxy.addonmanager"):
+        theirs, ours = asyncio.run(calls(False)), asyncio.run(calls(True))
+    assert ours == theirs == ["a", "b", "c", "a", "b", "c", "halting"]
+    assert [r.getMessage() for r in caplog.records] == ["Addon error: stage broke"] * 4
+
+
+def test_the_running_proxys_master_hands_hooks_only_to_the_addons_that_have_them(tmp_path) -> None:
+    from goex_proxy.config import load_config
+    from goex_proxy.policy.engine import PolicySet
+    from goex_proxy.runtime import build_master
+
+    config = tmp_path / "config.yaml"
+    config.write_text("version: 1\n", encoding="utf-8")
+
+    async def main() -> None:
+        m = build_master(load_config(config), PolicySet())
+        assert isinstance(m.addons, HookIndexedAddons)
+        [pipeline_addon] = [a for a in m.addons.chain if isinstance(a, Stages)]
+        await m.addons.handle_lifecycle(HttpRequestHook(tflow.tflow()))
+        having = m.addons._having
+        assert pipeline_addon in having["request"] and having["update"] == []
+        m.addons.add(Recorder("later", []))
+        assert "_having" not in m.addons.__dict__  # worked out again for the addon added
+        await m.addons.trigger_event(hooks.DoneHook())  # the audit writer closed
+
+    asyncio.run(main())
