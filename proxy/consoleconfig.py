@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -164,18 +165,50 @@ def running_consoles(state_dir: Path) -> list[RunningConsole]:
 
 
 class RunningListens:
-    """Where the consoles of a state directory listen, for the SSRF guard: the folder is listed again only when its
-    modification time changes (a console started or stopped), so a check costs one stat."""
+    """Where the consoles of a state directory listen, for the SSRF guard (at every request): the folder is listed
+    again only when its modification time changes (a console started or stopped). That time is read through a
+    descriptor kept open, not by path: a lookup in the state directory waits behind its renames (an audit anchor's
+    at every commit), and cost a request up to 100 µs. The path is looked at again every `RECHECK_S` seconds, in
+    case the folder was replaced."""
+
+    RECHECK_S = 1.0
+    SAME_TICK_NS = 50_000_000
 
     def __init__(self, state_dir: Path) -> None:
         self.folder = state_dir / RUNNING_DIR
         self._seen: tuple[int, list[tuple[str, int]]] | None = None
+        self._fd: int | None = None
+        self._checked = 0.0
 
     def __call__(self) -> list[tuple[str, int]]:
-        try:
-            stamp = self.folder.stat().st_mtime_ns
-        except OSError:
+        stamp = self._stamp()
+        if stamp is None:
             return []
-        if self._seen is None or self._seen[0] != stamp:
+        # A folder's time moves in clock ticks (4 ms): a change in the tick of the last listing leaves it as it was.
+        if self._seen is None or self._seen[0] != stamp or time.time_ns() - stamp < self.SAME_TICK_NS:
             self._seen = (stamp, [r.listen for r in running_consoles(self.folder.parent)])
         return self._seen[1]
+
+    def _stamp(self) -> int | None:
+        now = time.monotonic()
+        if now - self._checked < self.RECHECK_S:
+            return os.fstat(self._fd).st_mtime_ns if self._fd is not None else None
+        self._checked = now
+        self._close()
+        try:
+            self.folder.mkdir(mode=0o700, exist_ok=True)  # so that a console started later changes its time
+        except OSError:
+            pass
+        try:
+            self._fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        return os.fstat(self._fd).st_mtime_ns
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self) -> None:
+        self._close()

@@ -415,3 +415,22 @@ def test_console_link_trusts_only_a_live_consoles_own_file(tmp_path: Path) -> No
     shared.write_text(mine.read_text())
     shared.chmod(0o644)
     assert [r.path for r in running_consoles(tmp_path)] == [mine]
+
+
+def test_the_guard_sees_consoles_come_and_go_and_a_replaced_folder_of_them(tmp_path: Path) -> None:
+    """The SSRF guard reads the consoles' folder's time through a descriptor; a console registered there is seen at
+    the next check, and one registered in a folder that replaced it once the path is looked at again."""
+    import shutil
+
+    from goex_proxy.consoleconfig import RUNNING_DIR, RunningListens, say_running
+
+    watch = RunningListens(tmp_path)
+    assert watch() == []  # no console has run here: the folder is made, to be watched
+    first = say_running(tmp_path, ("127.0.0.1", 8791), "http://127.0.0.1:8791")
+    assert watch() == [("127.0.0.1", 8791)]
+    first.unlink()
+    assert watch() == []
+    shutil.rmtree(tmp_path / RUNNING_DIR)
+    say_running(tmp_path, ("127.0.0.1", 8792), "http://127.0.0.1:8792")  # in a new folder of that name
+    watch._checked -= watch.RECHECK_S  # a second later
+    assert watch() == [("127.0.0.1", 8792)]
