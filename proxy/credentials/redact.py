@@ -108,6 +108,8 @@ class _Layer:
 #: stage scrubs an answer's body for the audit log, then the scrub stage the same bytes for the agent; one scan. At
 #: most 4 bodies of up to 4 MiB each, with their joined lines, are held (32 MiB); a larger body is scanned twice.
 _MEMO_MIN, _MEMO_MAX, _MEMO_ENTRIES = 4096, 4 << 20, 4
+#: How many last bytes of a body are compared before all of them, when looking for it among the remembered ones.
+_MEMO_TAIL = 64
 #: How many segment edges' answers `touches` remembers (cleared when full): a header block mostly repeats from one
 #: answer to the next (names, content type, server), so most of its edges are looked up, not read window by window.
 _EDGES_REMEMBERED = 4096
@@ -192,8 +194,11 @@ class SecretScrubber:
         for seen, joined, found in recent:  # the same bytes object first (the record stage's body, then the scrub's)
             if seen is segment:
                 return joined, found
-        for seen, joined, found in recent:  # then equal bytes (answers of one size are often the same length)
-            if len(seen) == len(segment) and seen == segment:
+        # Then equal bytes (the same answer decoded twice, or answered twice). Answers of one size are often the same
+        # length and differ only near their end (a page of records, an id, a time), where a comparison from the start
+        # learns it last: their last bytes are compared first, which spares a new answer a full comparison with each.
+        for seen, joined, found in recent:
+            if len(seen) == len(segment) and seen[-_MEMO_TAIL:] == segment[-_MEMO_TAIL:] and seen == segment:
                 return (segment if joined is seen else joined), found
         broken = b"\n" in segment or b"\r" in segment
         joined = segment.translate(None, b"\r\n") if broken else segment

@@ -155,3 +155,24 @@ def test_the_quick_no_remembered_edge_by_edge_answers_as_reading_every_window(bl
                            base=scrub)
         assert scrub.touches(segments) == _touches_window_by_window(scrub, segments), segments
         assert scrub.touches(segments) == _touches_window_by_window(scrub, segments), segments
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=0, max_value=5000 - len(SECRET)), st.sampled_from([0, 1, 63, 64, 65, 4999]),
+       st.booleans())
+def test_a_remembered_body_of_the_same_length_never_answers_for_another(at, differs_at, broken) -> None:
+    """Bodies are remembered with what was found in them, and looked up by their bytes (the scrub stage finds the
+    record stage's scan): one of the same length that differs anywhere, its end compared first, is scanned itself."""
+    scrub = scrubber()
+    clean = bytearray(b"x" * 5000)
+    if broken:
+        clean[100::50] = b"\n" * len(clean[100::50])
+    with_secret = bytearray(clean)
+    with_secret[at:at + len(SECRET)] = SECRET.encode()
+    plain = bytes(clean)
+    twin = bytearray(plain)
+    twin[differs_at] = ord("y")
+    for _ in range(2):  # the second time, each is found remembered
+        assert scrub.bytes(plain) is plain and scrub.bytes(bytes(twin)) == bytes(twin)
+        assert SECRET.encode() not in scrub.bytes(bytes(with_secret)).replace(b"\n", b"")
+        assert PLACEHOLDER.encode() in scrub.bytes(bytes(with_secret))
