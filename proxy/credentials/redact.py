@@ -106,8 +106,9 @@ class _Layer:
 
 #: Bodies at least this long are remembered (the last few, by value) with what the scrubber found in them: the record
 #: stage scrubs an answer's body for the audit log, then the scrub stage the same bytes for the agent; one scan. At
-#: most 4 bodies of up to 4 MiB each, with their joined lines, are held (32 MiB); a larger body is scanned twice.
-_MEMO_MIN, _MEMO_MAX, _MEMO_ENTRIES = 4096, 4 << 20, 4
+#: most 4 bodies of up to 4 MiB each, with their joined lines, are held (32 MiB); a larger body is scanned twice. A
+#: shorter text is not (a row's header values and URL, the live log's parts: `text` remembers those found clean).
+_MEMO_MIN, _MEMO_MAX, _MEMO_ENTRIES = 512, 4 << 20, 4
 #: How many last bytes of a body are compared before all of them, when looking for it among the remembered ones.
 _MEMO_TAIL = 64
 #: How many segment edges' answers `touches` remembers (cleared when full): a header block mostly repeats from one
