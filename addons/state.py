@@ -19,6 +19,7 @@ from goex_proxy.audit import store as audit
 from goex_proxy.audit.seal import Seal
 from goex_proxy.audit.store import AuditWriter
 from goex_proxy.config import RESTART_ONLY, Config, as_running, load_config
+from goex_proxy.credentials.binding import Bindings
 from goex_proxy.credentials.kinds import Credential
 from goex_proxy.credentials.oauth import TokenSet
 from goex_proxy.credentials.redact import SecretScrubber
@@ -77,6 +78,7 @@ class ProxyState:
         self._forms: dict[str, str] = {}
         self._mtimes: dict[Path, float | None] = {}
         self._watch: asyncio.Task[None] | None = None
+        self._bindings: tuple[object, Bindings] | None = None  # the config's credentials and their index by host
         self.file_config: Config | None = None  # the config as its file said, where the running one differs from it
         #: what must happen before the audit writer closes at shutdown (the gate answers what still waits)
         self.before_close: list[Callable[[], Awaitable[None]]] = []
@@ -178,7 +180,10 @@ class ProxyState:
     def credential_for(self, host: str, method: str, path: str) -> Credential | None:
         """The first credential bound to this host, method and path, if any."""
         assert self.config is not None
-        return next((c for c in self.config.credentials.values() if c.binds(host, method, path)), None)
+        credentials = self.config.credentials
+        if self._bindings is None or self._bindings[0] is not credentials:  # a config loaded anew has its own
+            self._bindings = (credentials, Bindings(credentials.values()))
+        return self._bindings[1].first(host, method, path)
 
     def open(self) -> None:
         """Load the secrets, open the audit writer and seed the limit counters from what it recorded before."""

@@ -106,11 +106,18 @@ class _Layer:
 
 #: Bodies at least this long are remembered (the last few, by value) with what the scrubber found in them: the record
 #: stage scrubs an answer's body for the audit log, then the scrub stage the same bytes for the agent; one scan. At
-#: most 4 bodies of up to 4 MiB each, with their joined lines, are held (32 MiB); a larger body is scanned twice.
-_MEMO_MIN, _MEMO_MAX, _MEMO_ENTRIES = 4096, 4 << 20, 4
+#: most 4 bodies of up to 4 MiB each, with their joined lines, are held (32 MiB); a larger body is scanned twice. A
+#: shorter text is not (a row's header values and URL, the live log's parts: `text` remembers those found clean).
+_MEMO_MIN, _MEMO_MAX, _MEMO_ENTRIES = 512, 4 << 20, 4
+#: How many last bytes of a body are compared before all of them, when looking for it among the remembered ones.
+_MEMO_TAIL = 64
 #: How many segment edges' answers `touches` remembers (cleared when full): a header block mostly repeats from one
 #: answer to the next (names, content type, server), so most of its edges are looked up, not read window by window.
 _EDGES_REMEMBERED = 4096
+#: Texts of up to this many characters found to hold no spelling are remembered (this many at most, cleared when
+#: full): a request's method, agent, URL and most header values repeat from one request to the next, and each was a
+#: scan of its own in every stage that records or shows it (the row, the live log), a dozen per request.
+_CLEAN_TEXT_CHARS, _CLEAN_TEXTS_REMEMBERED = 512, 4096
 
 
 class SecretScrubber:
@@ -140,6 +147,8 @@ class SecretScrubber:
         #: the quick no's answer near a segment edge, by the bytes around it (`touches`); for `_edges_for` grams
         self._edges: dict[tuple[int, builtins.bytes], bool] = {}
         self._edges_for = 0
+        #: texts `text` found no spelling in (this scrubber's spellings: one made at a refresh starts anew)
+        self._clean: set[str] = set()
         if base is not None:
             base._newer = self
         if base is not None and base._forms.items() <= self._forms.items():
@@ -192,8 +201,11 @@ class SecretScrubber:
         for seen, joined, found in recent:  # the same bytes object first (the record stage's body, then the scrub's)
             if seen is segment:
                 return joined, found
-        for seen, joined, found in recent:  # then equal bytes (answers of one size are often the same length)
-            if len(seen) == len(segment) and seen == segment:
+        # Then equal bytes (the same answer decoded twice, or answered twice). Answers of one size are often the same
+        # length and differ only near their end (a page of records, an id, a time), where a comparison from the start
+        # learns it last: their last bytes are compared first, which spares a new answer a full comparison with each.
+        for seen, joined, found in recent:
+            if len(seen) == len(segment) and seen[-_MEMO_TAIL:] == segment[-_MEMO_TAIL:] and seen == segment:
                 return (segment if joined is seen else joined), found
         broken = b"\n" in segment or b"\r" in segment
         joined = segment.translate(None, b"\r\n") if broken else segment
@@ -203,14 +215,24 @@ class SecretScrubber:
         return joined, found
 
     def text(self, value: str) -> str:
-        if not self._encoded or not value:
+        if not self._encoded or not value or value in self._clean:
             return value
         data = value.encode("utf-8", "surrogatepass")
         try:
             cleaned = self.bytes(data)  # with lines joined, as a reader of a wrapped message or close reason would
         except hyperscan.error:
             return UNSCANNED
-        return value if cleaned is data else cleaned.decode("utf-8", "surrogatepass")
+        if cleaned is data:
+            self._remember_clean([value])
+            return value
+        return cleaned.decode("utf-8", "surrogatepass")
+
+    def _remember_clean(self, values: list[str]) -> None:
+        """Remember these texts as holding no spelling (`text` gives each back as it is)."""
+        clean = self._clean
+        if len(clean) + len(values) > _CLEAN_TEXTS_REMEMBERED:
+            clean.clear()
+        clean.update(v for v in values if len(v) <= _CLEAN_TEXT_CHARS)
 
     def texts(self, values: list[str]) -> list[str]:
         """`text` of each value, with one scan for them all when none holds a spelling (the common case: a row's
@@ -219,11 +241,15 @@ class SecretScrubber:
         every value comes back unchanged. Anything found (even across two values) has each value scrubbed alone."""
         if not self._encoded or not values:
             return values
+        clean = self._clean
+        if all(v in clean for v in values):
+            return values
         data = "".join(values).encode("utf-8", "surrogatepass")
         if b"\n" in data or b"\r" in data:
             data = data.translate(None, b"\r\n")
         try:
             if not self._find(data):
+                self._remember_clean(values)
                 return values
         except hyperscan.error:
             pass  # each value then gets its own scan, and its own UNSCANNED if that fails too

@@ -155,3 +155,57 @@ def test_the_quick_no_remembered_edge_by_edge_answers_as_reading_every_window(bl
                            base=scrub)
         assert scrub.touches(segments) == _touches_window_by_window(scrub, segments), segments
         assert scrub.touches(segments) == _touches_window_by_window(scrub, segments), segments
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from([600, 5000]), st.integers(min_value=0, max_value=600 - len(SECRET)),
+       st.sampled_from([0, 1, 63, 64, 65, -1]), st.booleans())
+def test_a_remembered_body_of_the_same_length_never_answers_for_another(size, at, differs_at, broken) -> None:
+    """Bodies are remembered with what was found in them, and looked up by their bytes (the scrub stage finds the
+    record stage's scan): one of the same length that differs anywhere, its end compared first, is scanned itself."""
+    scrub = scrubber()
+    at = at * (size - len(SECRET)) // (600 - len(SECRET))
+    clean = bytearray(b"x" * size)
+    if broken:
+        clean[100::50] = b"\n" * len(clean[100::50])
+    with_secret = bytearray(clean)
+    with_secret[at:at + len(SECRET)] = SECRET.encode()
+    plain = bytes(clean)
+    twin = bytearray(plain)
+    twin[differs_at] = ord("y")
+    for _ in range(2):  # the second time, each is found remembered
+        assert scrub.bytes(plain) is plain and scrub.bytes(bytes(twin)) == bytes(twin)
+        assert SECRET.encode() not in scrub.bytes(bytes(with_secret)).replace(b"\n", b"")
+        assert PLACEHOLDER.encode() in scrub.bytes(bytes(with_secret))
+
+
+def test_a_text_remembered_clean_is_scrubbed_once_its_secret_is_known() -> None:
+    """Short texts found clean are remembered by the scrubber that scanned them; a refresh (a new token) makes a
+    scrubber that scans them again, so a text the old one passed, once it holds the new secret, is scrubbed."""
+    old = scrubber()
+    token = "ya29.REFRESHED-token-4d7a1c9e0b"
+    shown = [f"GET https://api.example/items?access_token={token}", "mailbot", "GET"]
+    assert old.texts(shown) == shown and [old.text(v) for v in shown] == shown  # remembered now
+    credential = Credential("gmail", SecretRef(vault="gmail"), (), Injection("header"))
+    refreshed = SecretScrubber({**old._forms, **{f: credential.placeholder for f in credential.forms(token)}},
+                               base=old)
+    assert refreshed.text(shown[0]) == "GET https://api.example/items?access_token=goex-placeholder-gmail"
+    assert refreshed.texts(shown)[0] == refreshed.text(shown[0]) and refreshed.texts(shown)[1:] == shown[1:]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.sampled_from(["GET", "x" * 600, SECRET[:9], SECRET[9:], SECRET, "a\n" + SECRET[:5],
+                                 SECRET[5:] + "\r\nb", f"Bearer {SECRET}", "mailbot"]), min_size=1, max_size=6),
+       st.integers(min_value=0, max_value=5000))
+def test_texts_remembered_clean_answer_as_a_scan_does(values, filler) -> None:
+    """Whatever was remembered before (a full memory cleared, a long text never kept), `text` and `texts` give what
+    a scrubber that remembers nothing gives."""
+    scrub, fresh = scrubber(), scrubber()
+    for i in range(filler):
+        scrub.text(f"filler {i}")
+    for v in values:
+        scrub.text(v)
+    scrub.texts(values)
+    assert [scrub.text(v) for v in values] == [scrubber().text(v) for v in values]
+    assert scrub.texts(values) == fresh.texts(values) == [fresh.text(v) for v in values]
+    assert all(SECRET not in v.replace("\n", "").replace("\r", "") for v in scrub.texts(values))
