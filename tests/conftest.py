@@ -377,6 +377,16 @@ def serve_json(tmp_path: Path, data: dict[str, object]) -> Iterator[str]:
         yield url
 
 
+#: The policy most stage tests run under: agents may GET /path on the host `address` (see `stage_state`).
+READ_PATH_POLICY = """
+version: 1
+name: p
+rules:
+  - name: read
+    allow: {host: address, methods: [GET], path: /path}
+"""
+
+
 @contextlib.contextmanager
 def stage_state(tmp_path: Path, policy_text: str) -> Iterator[Any]:
     """A ProxyState for testing stages on mitmproxy test flows: agent `bot` (token `bot-token-4242`), the host `address` routed to

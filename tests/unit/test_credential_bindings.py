@@ -18,7 +18,7 @@ from goex_proxy.credentials.binding import Bindings
 from goex_proxy.credentials.kinds import Credential, Injection
 from goex_proxy.globs import compile_host, compile_path
 from goex_proxy.secretref import SecretRef
-from tests.conftest import stage_state
+from tests.conftest import READ_PATH_POLICY, stage_state
 
 HOSTS = ["a.example", "b.example", "x.a.example", "y.b.example", "address", "c.example"]
 HOST_GLOBS = [*HOSTS, "*.a.example", "**.example", "*.example", "{a,c}.example", "addr?ss"]
@@ -56,20 +56,13 @@ def test_a_host_glob_earlier_in_the_config_wins_over_a_literal_host_later() -> N
     assert Bindings(made[1:]).first("b.example", "GET", "/") is None
 
 
-POLICY = """
-version: 1
-name: p
-rules:
-  - name: read
-    allow: {host: address, methods: [GET], path: /path}
-"""
 
 
 def test_secrets_of_credentials_bound_elsewhere_are_scrubbed_from_the_answer(tmp_path: Path) -> None:
     """Only the credential bound to the request's host is injected (the others are not even asked), yet an upstream
     that echoes the secrets of all of them, bound to other hosts, shows the agent only their placeholders."""
     others = {f"far{i}": f"far-secret-{i}-7d1e0c4b9a" for i in range(50)}
-    with stage_state(tmp_path, POLICY) as state:
+    with stage_state(tmp_path, READ_PATH_POLICY) as state:
         made = {name: Credential(name, SecretRef(inline=value), (compile_host(f"{name}.elsewhere.example"),),
                                  Injection("header"), schemes=frozenset({"http", "https"}))
                 for name, value in others.items()}

@@ -16,22 +16,15 @@ from goex_proxy.addons.livelog import LiveFormatter, LiveLog, RequestLine
 from goex_proxy.addons.record import Record
 from goex_proxy.credentials.redact import SecretScrubber
 from goex_proxy.policy.engine import Decision
-from tests.conftest import stage_state
+from tests.conftest import READ_PATH_POLICY, stage_state
 
-POLICY = """
-version: 1
-name: p
-rules:
-  - name: read
-    allow: {host: address, methods: [GET], path: /path}
-"""
 ESC = "\033["
 SECRET = "s3cr3t-CANARY-value"
 
 
 @pytest.fixture
 def state(tmp_path: Path):
-    with stage_state(tmp_path, POLICY) as s:
+    with stage_state(tmp_path, READ_PATH_POLICY) as s:
         s.scrubber = SecretScrubber({SECRET: "goex-placeholder-key"})
         yield s
 

@@ -18,20 +18,12 @@ from goex_proxy.addons.route import Route
 from goex_proxy.addons.scrub import Scrub
 from goex_proxy.policy.engine import Decision, PolicySet
 from goex_proxy.policy.load import check_policy_text
-from tests.conftest import stage_state
-
-POLICY = """
-version: 1
-name: p
-rules:
-  - name: read
-    allow: {host: address, methods: [GET], path: /path}
-"""
+from tests.conftest import READ_PATH_POLICY, stage_state
 
 
 @pytest.fixture
 def state(tmp_path: Path):
-    with stage_state(tmp_path, POLICY) as s:
+    with stage_state(tmp_path, READ_PATH_POLICY) as s:
         yield s
 
 
