@@ -165,6 +165,17 @@ def test_a_ctrl_c_while_the_jail_starts_ends_the_command(proxy, in_a_group):
         assert "survived" not in out and p.returncode == 128 + signal.SIGINT, (out, err)
 
 
+def test_a_ctrl_c_as_the_command_starts_ends_it_and_not_exec(proxy, in_a_group):
+    """Without the jail, the command gets Ctrl-C from the terminal and exec ignores it; but exec ignored it only once
+    the command had started, and a Ctrl-C the command got before that ended exec too ('Aborted!', exit 1)."""
+    for _ in range(10):
+        p = in_a_group(proxy, "echo ready; sleep 3; echo survived", "--no-jail")
+        assert p.stdout.readline() == "ready\n"
+        os.killpg(p.pid, signal.SIGINT)
+        out, err = p.communicate(timeout=30)
+        assert p.returncode == 128 + signal.SIGINT and "survived" not in out, (out, err)
+
+
 @pytest.fixture
 def in_a_group():
     """Starts `exec --jail -- sh -c SCRIPT` leading a process group of its own, as a shell starts a foreground job;
