@@ -157,6 +157,8 @@ class LiveLog:
         (the method the agent chose, then the URL), so the joined line is scrubbed too, and shown uncoloured if that
         finds one."""
         line = self.request_line(flow).line()
+        if not self.state.scrubber.spaced:
+            return line
         text = line.text()
         scrubbed = self.state.scrubber.text(text)
         return line if scrubbed == text else Line(((scrubbed, ""),))
