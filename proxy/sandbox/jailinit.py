@@ -375,7 +375,7 @@ def run_init(spec: dict, report: int, uid: int, gid: int) -> int:  # type: ignor
     if child == 0:
         try:
             os.setsid()
-            for sig in FORWARDED:
+            for sig in (*FORWARDED, signal.SIGPIPE, signal.SIGXFSZ):  # the last two Python ignores (an exec keeps it)
                 signal.signal(sig, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
             drop_privileges()

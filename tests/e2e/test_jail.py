@@ -176,6 +176,16 @@ def test_a_ctrl_c_as_the_command_starts_ends_it_and_not_exec(proxy, in_a_group):
         assert p.returncode == 128 + signal.SIGINT and "survived" not in out, (out, err)
 
 
+def test_the_command_gets_broken_pipes_as_outside_the_jail(proxy):
+    """Python ignores SIGPIPE and SIGXFSZ; the jail's processes are Python, and an exec keeps what is ignored: the
+    command then got EPIPE where it would have ended quietly (`yes | head -n 1` printed 'Broken pipe')."""
+    r = jailed(proxy, "sh", "-c", "yes | head -n 1; grep SigIgn /proc/self/status")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""
+    ignored = int(r.stdout.split()[-1], 16)
+    assert not ignored & (1 << (signal.SIGPIPE - 1) | 1 << (signal.SIGXFSZ - 1)), r.stdout
+
+
 @pytest.fixture
 def in_a_group():
     """Starts `exec --jail -- sh -c SCRIPT` leading a process group of its own, as a shell starts a foreground job;
