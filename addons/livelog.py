@@ -152,8 +152,19 @@ class LiveLog:
         """`text` with secrets replaced and control characters escaped ("" for None)."""
         return shown(self.state.scrubber.text(text)) if text else ""
 
-    def _log(self, flow: http.HTTPFlow) -> None:
+    def logged_line(self, flow: http.HTTPFlow) -> Line:
+        """The line shown for a request. Its parts are scrubbed one by one; a spelling with a space in it can span two
+        (the method the agent chose, then the URL), so the joined line is scrubbed too, and shown uncoloured if that
+        finds one."""
         line = self.request_line(flow).line()
+        if not self.state.scrubber.spaced:
+            return line
+        text = line.text()
+        scrubbed = self.state.scrubber.text(text)
+        return line if scrubbed == text else Line(((scrubbed, ""),))
+
+    def _log(self, flow: http.HTTPFlow) -> None:
+        line = self.logged_line(flow)
         log.info("%s", line.text(), extra={LINE: line})
 
     def http_connect(self, flow: http.HTTPFlow) -> None:

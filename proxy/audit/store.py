@@ -382,6 +382,12 @@ def _unwaited(item: Any) -> bool:
 OUTCOME_GATHER_SECONDS = 0.005
 
 
+def write_lock(path: Path) -> Path:
+    """The lock file beside an audit database by which its writers take turns (hidden from every jail: one that
+    held it would stall every request)."""
+    return path.with_name(f".{path.name}.write-lock")
+
+
 class _WriteTurns:
     """Writers of one audit log (the workers of `run`, an `undo` beside it) take turns through a lock file beside it,
     held from BEGIN to the anchor: the kernel wakes the next as the last lets go. Left to SQLite's busy handler, the
@@ -389,7 +395,7 @@ class _WriteTurns:
 
     def __init__(self, path: Path) -> None:
         try:
-            self._fd: int | None = os.open(path.with_name(f".{path.name}.write-lock"), os.O_RDWR | os.O_CREAT, 0o600)
+            self._fd: int | None = os.open(write_lock(path), os.O_RDWR | os.O_CREAT, 0o600)
         except OSError:
             self._fd = None  # SQLite's own lock still keeps writers apart, just more slowly
 
@@ -398,7 +404,12 @@ class _WriteTurns:
         if self._fd is None:
             yield
             return
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except OSError:  # a filesystem without locks (ENOLCK): SQLite's own lock keeps writers apart, more slowly
+            self.close()
+            yield
+            return
         try:
             yield
         finally:

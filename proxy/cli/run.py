@@ -205,11 +205,12 @@ def exec_(config_path: Path | None, agent: str, jail: bool, workspace: Path | No
         raise click.UsageError("--workspace and --files need the jail (leave out --no-jail)")
     env = agentenv.apply(dict(os.environ), agentenv.agent_env(config, agent), config)
     agentenv.check_listening(config)
+    passed_on = _wait_like_a_shell()  # before starting it: a Ctrl-C as it starts reaches it, and must not end us
     try:
         child = subprocess.Popen(list(command), env=env)
     except OSError as exc:
         raise GoexError(f"cannot run {command[0]!r}: {exc.strerror or exc}") from None
-    _wait_like_a_shell().to(child)  # after starting it: a child inherits an ignored Ctrl-C
+    passed_on.to(child)
     sys.exit(_exit_code(child.wait()))
 
 
@@ -217,7 +218,8 @@ class _PassedOn:
     """Signals to pass on to a child, kept until it is there (a jail takes a moment to start, and a Ctrl-C meanwhile
     must neither be lost nor end us with a traceback)."""
 
-    def __init__(self) -> None:
+    def __init__(self, jailed: bool) -> None:
+        self.jailed = jailed
         self.child: subprocess.Popen[bytes] | None = None
         self.kept: list[int] = []
 
@@ -229,6 +231,10 @@ class _PassedOn:
 
     def to(self, child: subprocess.Popen[bytes]) -> None:
         self.child = child
+        if not self.jailed:  # in our process group, it gets Ctrl-C from the terminal (it got those kept as it started)
+            for sig in (signal.SIGINT, signal.SIGQUIT):
+                signal.signal(sig, signal.SIG_IGN)  # now, not before: a child inherits an ignored Ctrl-C
+            self.kept = [signum for signum in self.kept if signum not in (signal.SIGINT, signal.SIGQUIT)]
         for signum in self.kept:
             child.send_signal(signum)
         self.kept.clear()
@@ -237,12 +243,10 @@ class _PassedOn:
 def _wait_like_a_shell(jailed: bool = False) -> _PassedOn:
     """A command run as is gets Ctrl-C (and Ctrl-\\) straight from the terminal, being in our process group: we
     pass on only TERM and HUP. A jail is in a group of its own (each of its processes passes signals on, so in ours
-    the command would get each Ctrl-C twice): we pass those on too. Then `to` the child (a jail: call this before
-    starting it)."""
-    passed_on = _PassedOn()
-    for sig in (signal.SIGINT, signal.SIGQUIT):
-        signal.signal(sig, passed_on if jailed else signal.SIG_IGN)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+    the command would get each Ctrl-C twice): we pass those on too. Call this before starting the child, then `to`
+    it: until then, signals are kept."""
+    passed_on = _PassedOn(jailed)
+    for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, passed_on)
     return passed_on
 

@@ -142,6 +142,8 @@ class SecretScrubber:
                 encoded.setdefault(flat, placeholder.encode())
         self._encoded = encoded
         self.longest = max(map(len, encoded), default=0)
+        #: whether a spelling has a space in it: only such a one can span two texts shown with a space between them
+        self.spaced = any(b" " in form for form in encoded)
         self._recent: deque[tuple[builtins.bytes, builtins.bytes, list[tuple[int, int, builtins.bytes]]]] = deque(
             maxlen=_MEMO_ENTRIES)
         #: the quick no's answer near a segment edge, by the bytes around it (`touches`); for `_edges_for` grams

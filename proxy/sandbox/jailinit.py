@@ -24,6 +24,7 @@ exits with the command's status; its exit ends every process left in the jail.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
 import marshal
@@ -374,7 +375,7 @@ def run_init(spec: dict, report: int, uid: int, gid: int) -> int:  # type: ignor
     if child == 0:
         try:
             os.setsid()
-            for sig in FORWARDED:
+            for sig in (*FORWARDED, signal.SIGPIPE, signal.SIGXFSZ):  # the last two Python ignores (an exec keeps it)
                 signal.signal(sig, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
             drop_privileges()
@@ -398,10 +399,13 @@ def run_init(spec: dict, report: int, uid: int, gid: int) -> int:  # type: ignor
 
 
 def _signal_group(leader: int, signum: int) -> None:
+    """Pass a signal on to the command's group; to the command alone while it has no group yet (it makes one with
+    `setsid` just after it is forked, and a signal held while the jail started comes at once: it was lost)."""
     try:
         os.killpg(leader, signum)
     except ProcessLookupError:
-        pass
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(leader, signum)  # blocked there until its default action is back, then acted on
 
 
 def receive_spec(channel: socket.socket) -> dict:  # type: ignore[type-arg]

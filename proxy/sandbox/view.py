@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import ids
+from ..audit.store import write_lock
 from ..config import Config
 from ..errors import GoexError
 
@@ -58,7 +59,7 @@ def supervisor_paths(config: Config) -> list[str]:
         paths.append(config.console.tls_key)
     db = config.audit_db
     paths += [db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm"), db.with_name(db.name + "-journal"),
-              ids.tags_folder(db)]
+              ids.tags_folder(db), write_lock(db)]
     return sorted({_real(p) for p in paths if os.path.lexists(p)})
 
 

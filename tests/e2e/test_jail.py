@@ -151,6 +151,27 @@ def test_ctrl_c_ends_a_command_that_does_not_catch_it(proxy, in_a_group, jail):
     assert p.returncode == 128 + signal.SIGINT, err
 
 
+def test_a_ctrl_c_as_the_command_starts_ends_it_and_not_exec(proxy, in_a_group):
+    """Without the jail, the command gets Ctrl-C from the terminal and exec ignores it; but exec ignored it only once
+    the command had started, and a Ctrl-C the command got before that ended exec too ('Aborted!', exit 1)."""
+    for _ in range(10):
+        p = in_a_group(proxy, "echo ready; sleep 3; echo survived", "--no-jail")
+        assert p.stdout.readline() == "ready\n"
+        os.killpg(p.pid, signal.SIGINT)
+        out, err = p.communicate(timeout=30)
+        assert p.returncode == 128 + signal.SIGINT and "survived" not in out, (out, err)
+
+
+def test_the_command_gets_broken_pipes_as_outside_the_jail(proxy):
+    """Python ignores SIGPIPE and SIGXFSZ; the jail's processes are Python, and an exec keeps what is ignored: the
+    command then got EPIPE where it would have ended quietly (`yes | head -n 1` printed 'Broken pipe')."""
+    r = jailed(proxy, "sh", "-c", "yes | head -n 1; grep SigIgn /proc/self/status")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""
+    ignored = int(r.stdout.split()[-1], 16)
+    assert not ignored & (1 << (signal.SIGPIPE - 1) | 1 << (signal.SIGXFSZ - 1)), r.stdout
+
+
 @pytest.fixture
 def in_a_group():
     """Starts `exec --jail -- sh -c SCRIPT` leading a process group of its own, as a shell starts a foreground job;
@@ -173,9 +194,12 @@ def in_a_group():
 
 def _descendants(pid: int) -> list[int]:
     found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            found += [int(child), *_descendants(int(child))]
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                found += [int(child), *_descendants(int(child))]
+    except OSError:  # it ended meanwhile
+        pass
     return found
 
 

@@ -387,3 +387,28 @@ def test_writers_of_one_log_take_turns_through_its_lock_file(tmp_path: Path) -> 
         first.close()
         second.close()
     assert (check(tmp_path).checked, check(tmp_path).broken_id) == (200, None)
+
+
+def test_a_write_lock_the_filesystem_refuses_leaves_the_turns_to_sqlite(tmp_path: Path, monkeypatch) -> None:
+    """flock can fail (ENOLCK on a network filesystem): the writer goes on under SQLite's own lock, as without the
+    lock file, where its thread ended and every request waited for its row forever."""
+    import errno
+    import os
+
+    from goex_proxy.audit import store
+
+    flock = store.fcntl.flock
+
+    def refused(fd: int, op: int) -> None:  # for the write lock only (the anchor's is taken the same way)
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".write-lock"):
+            raise OSError(errno.ENOLCK, "No locks available")
+        flock(fd, op)
+
+    monkeypatch.setattr(store.fcntl, "flock", refused)
+    ids, writer = RequestIds(), AuditWriter(tmp_path / "a.db", Seal(tmp_path))
+    try:
+        writer.record_intent(row(0, ids)).result(5)
+        writer.record_intent(row(1, ids)).result(5)
+    finally:
+        writer.close()
+    assert check(tmp_path).checked == 2

@@ -200,3 +200,19 @@ def test_a_request_that_waited_shows_hold_or_delay_as_its_row_does(state) -> Non
     flowmeta.set_decision(f, Decision("deny", "cancelled by alice", "p/read"))
     assert livelog.decision_of(f) == "delay"
     assert LiveLog(state).request_line(f).line().text().endswith("ms): cancelled by alice")
+
+
+def test_a_secret_split_across_two_parts_of_a_request_line_is_not_shown(state, caplog: pytest.LogCaptureFixture
+                                                                        ) -> None:
+    """Each part of a line is scrubbed alone; a spelling that spans the space between two (the method the agent chose
+    and the URL) is only whole in the joined line, which is scrubbed too."""
+    spaced = "tok-canary-9f http://address"
+    state.scrubber = SecretScrubber({spaced: "goex-placeholder-key"})
+    f = tflow.tflow(resp=True)
+    f.request.method = "tok-CANARY-9f"
+    flowmeta.set_decision(f, Decision("allow", "allowed", "p/read"))
+    with caplog.at_level(logging.INFO, logger="goex_proxy.live"):
+        LiveLog(state).response(f)
+    [logged] = caplog.records
+    for shown_text in (logged.getMessage(), getattr(logged, livelog.LINE).text(colour=True)):
+        assert spaced not in shown_text.lower() and "goex-placeholder-key" in shown_text, shown_text
