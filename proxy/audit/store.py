@@ -388,10 +388,14 @@ def write_lock(path: Path) -> Path:
     return path.with_name(f".{path.name}.write-lock")
 
 
+class TurnNotTaken(AuditError):
+    """Another writer of the audit log held its write turn past the wait."""
+
+
 class _WriteTurns:
     """Writers of one audit log (the workers of `run`, an `undo` beside it) take turns through a lock file beside it,
-    held from BEGIN to the anchor: the kernel wakes the next as the last lets go. Left to SQLite's busy handler, the
-    loser of each race slept 1 ms or more before trying again, and two workers served no more than one."""
+    held from BEGIN to COMMIT and asked again within 50 µs to 1 ms. Left to SQLite's busy handler, the loser of each
+    race slept 1 ms or more before trying again, and two workers served no more than one."""
 
     def __init__(self, path: Path) -> None:
         try:
@@ -401,11 +405,13 @@ class _WriteTurns:
 
     @contextlib.contextmanager
     def taken(self) -> Iterator[None]:
+        """Hold the turn; TurnNotTaken when another writer has held it for BUSY_TIMEOUT_S (stopped with Ctrl-Z, say):
+        the batch then fails closed, as SQLite's lock made it fail, not wait forever."""
         if self._fd is None:
             yield
             return
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            self._take()
         except OSError:  # a filesystem without locks (ENOLCK): SQLite's own lock keeps writers apart, more slowly
             self.close()
             yield
@@ -414,6 +420,22 @@ class _WriteTurns:
             yield
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def _take(self) -> None:
+        """The lock, asked again after pauses that grow from 50 µs to 1 ms (a turn lasts a fraction of a millisecond;
+        a lock wait in the kernel would have no bound)."""
+        assert self._fd is not None
+        deadline, pause = time.monotonic() + BUSY_TIMEOUT_S, 0.00005
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TurnNotTaken(f"another writer of the audit log has held its write lock for over "
+                                       f"{BUSY_TIMEOUT_S:g} s (a stopped `goex-proxy undo` or worker?)") from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.001)
 
     def close(self) -> None:
         if self._fd is not None:
@@ -553,8 +575,12 @@ class AuditWriter:
     def _write(self, batch: list[tuple[Any, concurrent.futures.Future[str | None]]]) -> None:
         """One transaction for the batch, in this writer's turn; then the anchor (outside the turn: the next writer
         need not wait for it), and only then its waiters (a request goes upstream once its row is anchored)."""
-        with self._turns.taken():
-            written = self._commit(batch)
+        try:
+            with self._turns.taken():
+                written = self._commit(batch)
+        except TurnNotTaken as exc:
+            self._failed(batch, exc)
+            return
         if written is None:
             return
         head, refused = written
@@ -602,16 +628,20 @@ class AuditWriter:
                     else:
                         head = self._insert(op, head.hash if head else last[0] if last else "")
         except Exception as exc:  # sqlite3.Error, disk full, a locked database: every waiter fails closed
-            log.error("audit write failed (%d records): %s", len(batch), exc)
-            self.failing = str(exc)
-            self._blobs.forget()
-            for op, _ in batch:
-                if isinstance(op, _Intent):
-                    self._pending.pop(str(op.row["id"]), None)
-            for _, future in batch:
-                future.set_exception(AuditError(f"audit write failed: {exc}"))
+            self._failed(batch, exc)
             return None
         return head, refused
+
+    def _failed(self, batch: list[tuple[Any, concurrent.futures.Future[str | None]]], exc: Exception) -> None:
+        """Nothing of the batch was written: every waiter is told (its request is refused)."""
+        log.error("audit write failed (%d records): %s", len(batch), exc)
+        self.failing = str(exc)
+        self._blobs.forget()
+        for op, _ in batch:
+            if isinstance(op, _Intent):
+                self._pending.pop(str(op.row["id"]), None)
+        for _, future in batch:
+            future.set_exception(AuditError(f"audit write failed: {exc}"))
 
     def update_outcome(self, request_id: str, fields: dict[str, Any]) -> None:
         """Write a row's outcome now (call inside `apply`, in the writer's transaction)."""

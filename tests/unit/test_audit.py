@@ -364,8 +364,8 @@ def test_a_request_row_is_anchored_before_its_writer_answers(tmp_path: Path) -> 
 
 
 def test_writers_of_one_log_take_turns_through_its_lock_file(tmp_path: Path) -> None:
-    """Two writers (two workers of `run`) wait for each other's turn in the kernel, where SQLite's busy handler had
-    the loser sleep and poll; while another holds the turn, nothing is written."""
+    """Two writers (two workers of `run`) take turns through a lock file, asked again within a millisecond, where
+    SQLite's busy handler had the loser sleep 1 ms or more; while another holds the turn, nothing is written."""
     import fcntl
     import os
 
@@ -412,3 +412,25 @@ def test_a_write_lock_the_filesystem_refuses_leaves_the_turns_to_sqlite(tmp_path
     finally:
         writer.close()
     assert check(tmp_path).checked == 2
+
+
+def test_a_turn_held_past_the_wait_fails_the_batch_closed_not_forever(tmp_path: Path, monkeypatch) -> None:
+    """A writer stopped while it holds the turn (Ctrl-Z on `undo`): the others' requests are refused after the wait,
+    as SQLite's lock refused them, and the log goes on once the turn is free."""
+    import fcntl
+    import os
+
+    monkeypatch.setattr(audit, "BUSY_TIMEOUT_S", 0.3)
+    ids, writer = RequestIds(), AuditWriter(tmp_path / "a.db", Seal(tmp_path))
+    try:
+        lock = os.open(tmp_path / ".a.db.write-lock", os.O_RDWR)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with pytest.raises(AuditError, match="held its write lock for over 0.3 s"):
+            writer.record_intent(row(0, ids)).result(5)
+        assert writer.failing is not None
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        os.close(lock)
+        writer.record_intent(row(1, ids)).result(5)
+    finally:
+        writer.close()
+    assert (check(tmp_path).checked, check(tmp_path).broken_id) == (1, None)
