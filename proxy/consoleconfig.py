@@ -4,9 +4,12 @@ finds it and the SSRF guard keeps agents from it wherever it listens."""
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import json
 import os
 import stat
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,9 +170,9 @@ def running_consoles(state_dir: Path) -> list[RunningConsole]:
 class RunningListens:
     """Where the consoles of a state directory listen, for the SSRF guard (at every request): the folder is listed
     again only when its modification time changes (a console started or stopped). That time is read through a
-    descriptor kept open, not by path: a lookup in the state directory waits behind its renames (an audit anchor's
-    at every commit), and cost a request up to 100 µs. The path is looked at again every `RECHECK_S` seconds, in
-    case the folder was replaced."""
+    descriptor kept open (`_folder_stamp`), not by path: a lookup in the state directory waits behind its renames (an
+    audit anchor's at every commit), and cost a request up to 100 µs. The path is looked at again every `RECHECK_S`
+    seconds, in case the folder was replaced."""
 
     RECHECK_S = 1.0
     SAME_TICK_NS = 50_000_000
@@ -177,11 +180,18 @@ class RunningListens:
     def __init__(self, state_dir: Path) -> None:
         self.folder = state_dir / RUNNING_DIR
         self._seen: tuple[int, list[tuple[str, int]]] | None = None
-        self._fd: int | None = None
-        self._checked = 0.0
+        self._checked = float("-inf")
+        self._absent = False  # the folder could not be opened at the last look by path
 
     def __call__(self) -> list[tuple[str, int]]:
-        stamp = self._stamp()
+        now = time.monotonic()
+        fresh = now - self._checked >= self.RECHECK_S
+        if fresh:
+            self._checked = now
+        elif self._absent:
+            return []
+        stamp = _folder_stamp(self.folder, reopen=fresh)
+        self._absent = stamp is None
         if stamp is None:
             return []
         # A folder's time moves in clock ticks (4 ms): a change in the tick of the last listing leaves it as it was.
@@ -189,26 +199,31 @@ class RunningListens:
             self._seen = (stamp, [r.listen for r in running_consoles(self.folder.parent)])
         return self._seen[1]
 
-    def _stamp(self) -> int | None:
-        now = time.monotonic()
-        if now - self._checked < self.RECHECK_S:
-            return os.fstat(self._fd).st_mtime_ns if self._fd is not None else None
-        self._checked = now
-        self._close()
-        try:
-            self.folder.mkdir(mode=0o700, exist_ok=True)  # so that a console started later changes its time
-        except OSError:
-            pass
-        try:
-            self._fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError:
-            return None
-        return os.fstat(self._fd).st_mtime_ns
 
-    def _close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+#: Open descriptors of consoles' folders, the last few used, shared by the configs of a state directory (a reload makes
+#: a new config). Not one per config, closed by a finalizer: the garbage collector runs finalizers wherever it happens
+#: to, deep in a hostile JSON body's parse say, where Python can no longer call them.
+_FOLDER_FDS: collections.OrderedDict[Path, int] = collections.OrderedDict()
+_FOLDER_FDS_KEPT = 8
+_FOLDER_FDS_LOCK = threading.Lock()
 
-    def __del__(self) -> None:
-        self._close()
+
+def _folder_stamp(folder: Path, reopen: bool) -> int | None:
+    """The folder's modification time through its kept descriptor (opened by path when it has none, or `reopen`;
+    the folder made if missing, so that a console started later changes its time); None if it cannot be opened."""
+    with _FOLDER_FDS_LOCK:
+        fd = _FOLDER_FDS.pop(folder, None)
+        if fd is not None and reopen:
+            os.close(fd)
+            fd = None
+        if fd is None:
+            with contextlib.suppress(OSError):
+                folder.mkdir(mode=0o700, exist_ok=True)
+            try:
+                fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError:
+                return None
+        _FOLDER_FDS[folder] = fd
+        while len(_FOLDER_FDS) > _FOLDER_FDS_KEPT:
+            os.close(_FOLDER_FDS.popitem(last=False)[1])
+        return os.fstat(fd).st_mtime_ns
