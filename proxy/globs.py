@@ -6,8 +6,10 @@ per call than RE2's binding."""
 from __future__ import annotations
 
 import functools
+import heapq
 import re
 import string
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -228,3 +230,26 @@ def _host_glob(pattern: str) -> Glob:
     _checked(pattern, ".")
     literal = None if "*" in pattern or "?" in pattern or "{" in pattern or "}" in pattern else pattern
     return Glob(pattern, ".", literal)
+
+
+class HostIndex:
+    """Positions of items (rules, credentials) by the literal host names they are bound to; an item with a host glob,
+    or with no hosts, may match any host. `positions(host)`: those that may match it, in the items' order (each still
+    to be asked whether it does)."""
+
+    def __init__(self, hosts_of_items: Iterable[tuple[Glob, ...]]) -> None:
+        literal: dict[str, list[int]] = {}
+        wild: list[int] = []
+        for i, hosts in enumerate(hosts_of_items):
+            literals = {h.literal for h in hosts}
+            if hosts and None not in literals:
+                for name in literals:
+                    literal.setdefault(str(name), []).append(i)
+            else:
+                wild.append(i)
+        self._literal = {name: tuple(places) for name, places in literal.items()}
+        self._wild = tuple(wild)
+
+    def positions(self, host: str) -> Iterable[int]:
+        named = self._literal.get(host, ())
+        return heapq.merge(named, self._wild) if named and self._wild else named or self._wild

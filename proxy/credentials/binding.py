@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Iterable
 
+from ..globs import HostIndex
 from .kinds import Credential
 
 
@@ -17,22 +17,10 @@ class Bindings:
 
     def __init__(self, credentials: Iterable[Credential]) -> None:
         self._order = tuple(credentials)
-        by_host: dict[str, list[int]] = {}
-        globbed: list[int] = []  # credentials with a host glob: asked for every host
-        for i, credential in enumerate(self._order):
-            if any(h.literal is None for h in credential.hosts):
-                globbed.append(i)
-                continue
-            for h in credential.hosts:
-                places = by_host.setdefault(h.literal or "", [])
-                if not places or places[-1] != i:  # a host named twice by one credential
-                    places.append(i)
-        self._by_host = {host: tuple(places) for host, places in by_host.items()}
-        self._globbed = tuple(globbed)
+        self._hosts = HostIndex(credential.hosts for credential in self._order)
 
     def first(self, host: str, method: str, path: str) -> Credential | None:
         """The first credential, in the config's order, bound to this host (lower case, no trailing dot), method and
         path, if any."""
-        named = self._by_host.get(host, ())
-        candidates = heapq.merge(named, self._globbed) if named and self._globbed else named or self._globbed
-        return next((self._order[i] for i in candidates if self._order[i].binds(host, method, path)), None)
+        return next((self._order[i] for i in self._hosts.positions(host)
+                     if self._order[i].binds(host, method, path)), None)

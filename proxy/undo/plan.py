@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote, urljoin, urlsplit
 
-from ..globs import Glob
+from ..globs import Glob, HostIndex
 from ..policy.cel import CelEvalError, Condition, Expression, bind
 
 #: Names undo expressions may read: the agent's request and its response, the pre-image, and a guard's read.
@@ -494,23 +494,14 @@ class RuleIndex:
 
     def __init__(self, rules: tuple[UndoRule, ...]) -> None:
         self.rules = rules
-        self._literal: dict[str, list[int]] = {}
-        self._wild: list[int] = []
-        for i, rule in enumerate(rules):
-            literals = {h.literal for h in rule.hosts}
-            if rule.hosts and None not in literals:
-                for literal in literals:
-                    self._literal.setdefault(str(literal), []).append(i)
-            else:
-                self._wild.append(i)
+        self._hosts = HostIndex(rule.hosts for rule in rules)
         self._by_target: dict[tuple[str, str | None], tuple[UndoRule, ...]] = {}
 
     def candidates(self, host: str, method: str | None = None) -> tuple[UndoRule, ...]:
         """The rules that may match `host` and `method` (None: any method), in pack order."""
         found = self._by_target.get((host, method))
         if found is None:
-            found = tuple(rule for i in sorted(set(self._literal.get(host, [])) | set(self._wild))
-                          if _takes(rule := self.rules[i], method))
+            found = tuple(rule for i in self._hosts.positions(host) if _takes(rule := self.rules[i], method))
             if len(self._by_target) < MOST_INDEXED_TARGETS:
                 self._by_target[host, method] = found
         return found
