@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 
 BUILTIN = "builtin:"
@@ -10,6 +9,8 @@ BUILTIN = "builtin:"
 
 def builtin_dir() -> Path:
     """Where the shipped presets live (package data `goex_proxy.policies`)."""
+    from importlib import resources  # here: loading a config that names no preset does not need it (4 ms)
+
     return Path(str(resources.files("goex_proxy.policies")))
 
 

@@ -12,24 +12,42 @@ invalid config or policy, or missing state; `exec` exits with its command's code
 
 from __future__ import annotations
 
+import importlib
+
 import click
 
 from .. import __version__
-from . import approvals, console, db, execute, files, logs, policy, run, secrets, undo
+
+#: Every command and command group of `goex-proxy`: its name, and the module here and the attribute there that make it.
+COMMANDS = {"init": ("run", "init"), "run": ("run", "run"), "exec": ("run", "exec_"), "env": ("run", "env_"),
+            "doctor": ("run", "doctor"), "log": ("logs", "log"), "show": ("logs", "show"), "undo": ("undo", "undo"),
+            "pending": ("approvals", "pending"), "approve": ("approvals", "approve"), "deny": ("approvals", "deny"),
+            "cancel": ("approvals", "cancel"), "review": ("approvals", "review"), "policy": ("policy", "policy"),
+            "secrets": ("secrets", "secrets"), "authorize": ("secrets", "authorize"),
+            "execute": ("execute", "execute"), "files": ("files", "files"), "console": ("console", "console"),
+            "db": ("db", "db")}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The group of COMMANDS, each module imported only when one of its commands runs (help imports them all): `log`
+    then starts without what `run`, `approvals` or `execute` load."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        where = COMMANDS.get(cmd_name)
+        if where is None:
+            return None
+        command: click.Command = getattr(importlib.import_module(f"{__name__}.{where[0]}"), where[1])
+        return command
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="goex-proxy")
 def cli() -> None:
     """goex-proxy: let LLM agents use real accounts through a proxy that enforces policy and records everything."""
 
-
-#: Every command and command group of `goex-proxy`.
-COMMANDS = (run.init, run.run, run.exec_, run.env_, run.doctor, logs.log, logs.show, undo.undo, approvals.pending,
-            approvals.approve, approvals.deny, approvals.cancel, approvals.review, policy.policy, secrets.secrets,
-            secrets.authorize, execute.execute, files.files, console.console, db.db)
-for command in COMMANDS:
-    cli.add_command(command)
 
 
 def main() -> None:

@@ -1,0 +1,38 @@
+"""The command line's table of commands: each name is the command it names, and one command loads only its module."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import click
+from click.testing import CliRunner
+
+from goex_proxy.cli import COMMANDS, cli
+
+
+def test_every_listed_command_resolves_to_a_command_of_that_name() -> None:
+    context = click.Context(cli)
+    for name in COMMANDS:
+        command = cli.get_command(context, name)
+        assert isinstance(command, click.Command) and command.name == name
+    assert cli.get_command(context, "no-such-command") is None
+
+
+def test_help_lists_every_command_and_an_unknown_one_is_refused() -> None:
+    shown = CliRunner().invoke(cli, ["--help"]).output
+    assert all(f"  {name} " in shown for name in COMMANDS)
+    refused = CliRunner().invoke(cli, ["lgo"])
+    assert refused.exit_code == 2 and "No such command 'lgo'" in refused.output
+
+
+def test_a_command_loads_only_its_own_module() -> None:
+    """`log` starts without what the proxy, approvals or execute load (it is run often, from scripts)."""
+    probe = ("import json, sys\nfrom goex_proxy.cli import cli\ntry:\n    cli(['log', '--help'])\nexcept SystemExit:\n"
+             "    pass\nprint(json.dumps(sorted(sys.modules)))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    modules = json.loads(loaded.splitlines()[-1])
+    assert "goex_proxy.cli.logs" in modules
+    assert not [m for m in modules if m.startswith(("goex_proxy.cli.run", "goex_proxy.cli.approvals",
+                                                   "goex_proxy.cli.execute", "mitmproxy", "celpy"))], modules
