@@ -224,7 +224,7 @@ def _fill(conn: sqlite3.Connection, cols: list[str], rows: int, start: float, en
         urandom = os.urandom
         token_bits = rng.getrandbits
         gmtime, strftime, sha256 = time.gmtime, time.strftime, hashlib.sha256
-        put = lambda value: store.put(conn, value)  # noqa: E731
+        put = lambda value, family: store.put(conn, value, family)  # noqa: E731
         prev = ""
         for i in range(rows):
             ts = start + (i + rand() * 0.9) * step
@@ -260,7 +260,7 @@ def _fill(conn: sqlite3.Connection, cols: list[str], rows: int, start: float, en
             row.update(prev_hash=prev, hash=h, outcome_hash=urandom(32).hex())
             prev = h
             if new_layout:  # as the writer stores it (its prev_hash left to the row before)
-                row = {**layout.stored(row, put), "prev_hash": layout.DERIVED}
+                row = {**layout.stored(row, put, (row["host"], row["method"])), "prev_hash": layout.DERIVED}
             yield tuple(row.get(c) for c in columns)
 
     conn.executemany(f"INSERT INTO requests ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",

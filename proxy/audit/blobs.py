@@ -1,5 +1,6 @@
-"""Headers and bodies kept apart from their rows: compressed (raw deflate with a fixed preset dictionary), stored once
-while they repeat, counted by the rows that name them (so that pruning removes those no row names)."""
+"""Headers and bodies kept apart from their rows: compressed (raw deflate with a fixed preset dictionary, and a small
+value with the last one of its kind too), stored once while they repeat, counted by the rows that name them (so that
+pruning removes those no row names)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import hashlib
 import sqlite3
 import zlib
 from collections import OrderedDict
+from collections.abc import Hashable
+from typing import NamedTuple
 
 from ..errors import AuditError
 from .dictionary import DICTIONARIES
@@ -14,7 +17,12 @@ from .dictionary import DICTIONARIES
 TABLE = "audit_blobs"
 #: The first byte of a stored blob: how the rest is encoded. Never renumbered (old blobs keep their codes).
 RAW_BYTES, RAW_TEXT, DEFLATE_V1_BYTES, DEFLATE_V1_TEXT = 0, 1, 2, 3
-_DEFLATED = {DEFLATE_V1_BYTES: (1, bytes), DEFLATE_V1_TEXT: (1, str)}
+#: Deflated with dictionary 1 followed by the value of another blob, its base (named in the `base` column and counted
+#: in the base's refs): a row's answer from an API is much like the last one that API gave.
+BASED_V1_BYTES, BASED_V1_TEXT = 4, 5
+_DEFLATED = {DEFLATE_V1_BYTES: (1, bytes), DEFLATE_V1_TEXT: (1, str), BASED_V1_BYTES: (1, bytes),
+             BASED_V1_TEXT: (1, str)}
+_BASED = (BASED_V1_BYTES, BASED_V1_TEXT)
 #: Values stored in a process's recent memory, to be named again instead of stored again.
 RECENT = 4096
 #: zlib's level: 6 compresses these small values as well as 9 does, and a 64 KiB body in half the time.
@@ -37,27 +45,48 @@ def _bound(stored: int) -> int:
     return min(MAX_VALUE_BYTES, max(RATIO_FLOOR, MAX_RATIO * stored))
 
 
-def encode(value: str | bytes) -> bytes:
-    """A value as stored: its code byte, then the value deflated with the dictionary (or as is, if not smaller)."""
+def _based_dictionary(base: bytes) -> bytes:
+    """What a value is deflated with on top of its base: the base last (deflate finds later bytes at shorter
+    distances), cut to the small window, the most a based value's deflate looks back."""
+    return (DICTIONARIES[1] + base)[-(1 << -_SMALL_WINDOW):]
+
+
+def raw_of(value: str | bytes) -> bytes:
+    """A value's bytes, as deflated (text as UTF-8)."""
+    return value.encode() if isinstance(value, str) else value
+
+
+def encode(value: str | bytes, base: bytes | None = None) -> bytes:
+    """A value as stored: its code byte, then the value deflated with the dictionary (and `base`, the bytes of another
+    blob's value, for a value up to SMALL), or as is, if not smaller."""
     text = isinstance(value, str)
-    raw = value.encode() if isinstance(value, str) else value
-    window, memory = (_SMALL_WINDOW, _SMALL_MEMORY) if len(raw) <= SMALL else (-15, 8)
-    packer = zlib.compressobj(LEVEL, zlib.DEFLATED, window, memory, zlib.Z_DEFAULT_STRATEGY, DICTIONARIES[1])
+    raw = raw_of(value)
+    small = len(raw) <= SMALL
+    window, memory = (_SMALL_WINDOW, _SMALL_MEMORY) if small else (-15, 8)
+    based = base is not None and small
+    dictionary = _based_dictionary(base) if based and base is not None else DICTIONARIES[1]
+    packer = zlib.compressobj(LEVEL, zlib.DEFLATED, window, memory, zlib.Z_DEFAULT_STRATEGY, dictionary)
     packed = packer.compress(raw) + packer.flush()
+    if based:
+        return bytes([BASED_V1_TEXT if text else BASED_V1_BYTES]) + packed
     if len(packed) < len(raw) and len(raw) <= _bound(1 + len(packed)):
         return bytes([DEFLATE_V1_TEXT if text else DEFLATE_V1_BYTES]) + packed
     return bytes([RAW_TEXT if text else RAW_BYTES]) + raw
 
 
-def decode(data: bytes) -> str | bytes:
-    """The value a stored blob holds; AuditError if it cannot be read."""
+def decode(data: bytes, base: bytes | None = None) -> str | bytes:
+    """The value a stored blob holds (`base`: the bytes of its base's value, for a blob that has one); AuditError if
+    it cannot be read."""
     if not data:
         raise AuditError("a stored blob is empty")
     code, rest = data[0], data[1:]
     if code in (RAW_BYTES, RAW_TEXT):
         raw = rest
     elif code in _DEFLATED:
-        unpacker = zlib.decompressobj(-15, DICTIONARIES[_DEFLATED[code][0]])
+        if code in _BASED and base is None:
+            raise AuditError("a stored blob's base is missing")
+        dictionary = _based_dictionary(base) if code in _BASED and base is not None else DICTIONARIES[_DEFLATED[code][0]]
+        unpacker = zlib.decompressobj(-15, dictionary)
         try:
             raw = unpacker.decompress(rest, _bound(len(data)))
         except zlib.error as exc:
@@ -69,7 +98,7 @@ def decode(data: bytes) -> str | bytes:
                              "bytes follow a stored blob's compressed data")
     else:
         raise AuditError(f"a stored blob has an unknown encoding {code}")
-    if code in (RAW_TEXT, DEFLATE_V1_TEXT):
+    if code in (RAW_TEXT, DEFLATE_V1_TEXT, BASED_V1_TEXT):
         try:
             return raw.decode()
         except UnicodeDecodeError:
@@ -81,18 +110,36 @@ def _digest(value: str | bytes) -> bytes:
     return hashlib.sha256((b"t" + value.encode()) if isinstance(value, str) else (b"b" + value)).digest()
 
 
+#: Families (a field of one host's one method, as the writer names them) whose last base is remembered.
+FAMILIES = 1024
+#: A based blob is stored when at most this part of the value's size deflated alone (it costs a read of its base);
+#: else the value is stored alone and becomes its family's base.
+BASED_AT_MOST = 0.9
+
+
+class _Base(NamedTuple):
+    """A blob a family's next values are deflated on top of: its id, its value's bytes, and how much of them it
+    stored (deflated alone)."""
+
+    id: int
+    value: bytes
+    ratio: float
+
+
 class BlobStore:
     """The writer's side: `put` a value (in the writer's transaction) and get the id a row names it by."""
 
     def __init__(self, recent: int = RECENT) -> None:
         self._recent: OrderedDict[bytes, int] = OrderedDict()  # digest -> blob id, newest last
         self._size = recent
+        self._bases: OrderedDict[Hashable, _Base] = OrderedDict()  # family -> its last base
 
-    def put(self, conn: sqlite3.Connection, value: str | bytes) -> int:
+    def put(self, conn: sqlite3.Connection, value: str | bytes, family: Hashable | None = None) -> int:
         """The id of a blob holding `value`: one recently stored, if it is still there (a prune may have taken it),
-        with one more row counted; else a new one. Ids are never reused once committed (AUTOINCREMENT), and the
-        writer `forget`s whenever a transaction or savepoint rolls back (what it stored there is gone, and its ids
-        may be given again), so a remembered id that is still there holds this value."""
+        with one more row counted; else a new one, deflated on top of the last base of its `family` where that makes
+        it smaller enough. Ids are never reused once committed (AUTOINCREMENT), and the writer `forget`s whenever a
+        transaction or savepoint rolls back (what it stored there is gone, and its ids may be given again), so a
+        remembered id that is still there holds this value."""
         digest = _digest(value)
         known = self._recent.get(digest)
         if known is not None:
@@ -100,7 +147,29 @@ class BlobStore:
                 self._recent.move_to_end(digest)
                 return known
             del self._recent[digest]
-        blob_id = int(conn.execute(f"INSERT INTO {TABLE} (data, refs) VALUES (?, 1)", (encode(value),)).lastrowid or 0)
+        raw = raw_of(value)
+        kept = self._bases.get(family) if family is not None and len(raw) <= SMALL else None
+        data = encode(value, kept.value) if kept is not None else None
+        # Stored alone when that is smaller enough: judged by the base's own ratio, and deflated alone only when the
+        # value on top of it does not beat that (one deflate a value, mostly).
+        if data is not None and kept is not None and len(data) > BASED_AT_MOST * kept.ratio * len(raw):
+            alone = encode(value)
+            if len(data) > BASED_AT_MOST * len(alone):
+                data = None
+        if data is not None and kept is not None and conn.execute(
+                f"UPDATE {TABLE} SET refs = refs + 1 WHERE id = ?", (kept.id,)).rowcount != 1:
+            del self._bases[family]  # pruned since
+            data = None
+        base = kept.id if data is not None and kept is not None else None
+        if data is None:
+            data = encode(value)
+        blob_id = int(conn.execute(f"INSERT INTO {TABLE} (data, refs, base) VALUES (?, 1, ?)",
+                                   (data, base)).lastrowid or 0)
+        if base is None and family is not None and len(raw) <= SMALL:
+            self._bases[family] = _Base(blob_id, raw, len(data) / max(1, len(raw)))  # the next of its family goes on it
+            self._bases.move_to_end(family)
+            if len(self._bases) > FAMILIES:
+                self._bases.popitem(last=False)
         self._recent[digest] = blob_id
         if len(self._recent) > self._size:
             self._recent.popitem(last=False)
@@ -109,16 +178,53 @@ class BlobStore:
     def forget(self) -> None:
         """Drop what is remembered (after a failed transaction, whose blobs are gone)."""
         self._recent.clear()
+        self._bases.clear()
 
 
-def fetch(conn: sqlite3.Connection, ids: set[int]) -> dict[int, bytes]:
-    """The stored form of these blobs, by id (those missing are left out)."""
-    found: dict[int, bytes] = {}
-    wanted = sorted(ids)
-    for start in range(0, len(wanted), 500):
-        part = wanted[start:start + 500]
-        found.update(conn.execute(f"SELECT id, data FROM {TABLE} WHERE id IN ({', '.join('?' * len(part))})", part))
+def fetch(conn: sqlite3.Connection, ids: set[int]) -> dict[int, tuple[bytes, int | None]]:
+    """The stored form of these blobs and of their bases, by id: the data and the base's id (those missing are left
+    out)."""
+    found: dict[int, tuple[bytes, int | None]] = {}
+    asked: set[int] = set()
+    while wanted := sorted(ids - asked):
+        asked.update(wanted)
+        for start in range(0, len(wanted), 500):
+            part = wanted[start:start + 500]
+            found.update((i, (data, base)) for i, data, base in conn.execute(
+                f"SELECT id, data, base FROM {TABLE} WHERE id IN ({', '.join('?' * len(part))})", part))
+        ids = {base for _, base in found.values() if base is not None}
     return found
+
+
+def value_of(found: dict[int, tuple[bytes, int | None]], blob_id: int, bases: dict[int, bytes | AuditError]
+             ) -> str | bytes | None:
+    """The value of a blob `fetch` gave (None: it is missing); AuditError if it cannot be read. `bases` keeps the
+    bytes of each base read, for the next blob on top of it."""
+    entry = found.get(blob_id)
+    if entry is None:
+        return None
+    data, base = entry
+    if base is None:
+        return decode(data)
+    if base not in bases:
+        bases[base] = _base_bytes(found, base)
+    under = bases[base]
+    if isinstance(under, AuditError):
+        raise under
+    return decode(data, under)
+
+
+def _base_bytes(found: dict[int, tuple[bytes, int | None]], base: int) -> bytes | AuditError:
+    """The bytes of a base's value, or why they cannot be read."""
+    entry = found.get(base)
+    if entry is None:
+        return AuditError(f"its base (blob {base}) is missing")
+    if entry[1] is not None:  # never as written: a base is a blob stored alone
+        return AuditError(f"its base (blob {base}) has a base of its own")
+    try:
+        return raw_of(decode(entry[0]))
+    except AuditError as exc:
+        return AuditError(f"its base (blob {base}) cannot be read ({exc})")
 
 
 def release(conn: sqlite3.Connection, ids: list[int]) -> int:
@@ -128,10 +234,11 @@ def release(conn: sqlite3.Connection, ids: list[int]) -> int:
     for blob_id in ids:
         counts[blob_id] = counts.get(blob_id, 0) + 1
     conn.executemany(f"UPDATE {TABLE} SET refs = refs - ? WHERE id = ?", [(n, i) for i, n in counts.items()])
-    gone = 0
+    gone, bases = 0, []
     wanted = sorted(counts)
     for start in range(0, len(wanted), 500):
         part = wanted[start:start + 500]
-        gone += conn.execute(f"DELETE FROM {TABLE} WHERE refs <= 0 AND id IN ({', '.join('?' * len(part))})",
-                             part).rowcount
-    return gone
+        unnamed = f"refs <= 0 AND id IN ({', '.join('?' * len(part))})"
+        bases += [b for (b,) in conn.execute(f"SELECT base FROM {TABLE} WHERE base IS NOT NULL AND {unnamed}", part)]
+        gone += conn.execute(f"DELETE FROM {TABLE} WHERE {unnamed}", part).rowcount
+    return gone + (release(conn, bases) if bases else 0)  # a deleted blob no longer counts in its base

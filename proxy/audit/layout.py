@@ -11,7 +11,7 @@ import hashlib
 import re
 import sqlite3
 from collections import ChainMap
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from typing import Any
 
 from ..errors import AuditError
@@ -28,6 +28,11 @@ DIGEST_OF = {"req_body_sha256": "req_body", "resp_body_sha256": "resp_body"}
 #: Stored in place of a value that the row's other fields give (a zero-length blob: never a value of these fields).
 DERIVED = b""
 _HEX = re.compile(r"[0-9a-f]{64}")
+#: The column that keeps room for a row's outcome until it comes, never a field of the row. An outcome adds about 58
+#: bytes (its hash 32, ended and duration 8 each, status, sizes and blob ids a few), more with an undo class or an
+#: error; 96 left the fewest pages split (bench/README.md).
+ROOM = "room"
+OUTCOME_ROOM = bytes(96)
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -41,13 +46,15 @@ def url_of(scheme: Any, host: Any, port: Any, path: Any) -> str | None:
     return f"{scheme}://{netloc}{path}"
 
 
-def stored(fields: dict[str, Any], put: Callable[[str | bytes], int]) -> dict[str, Any]:
-    """The columns to write for these fields of a row (all of them, or an outcome's); `put` stores a blob."""
+def stored(fields: dict[str, Any], put: Callable[[str | bytes, Hashable], int], kind: tuple[Any, ...] = ()
+           ) -> dict[str, Any]:
+    """The columns to write for these fields of a row (all of them, or an outcome's); `put` stores a blob of a value
+    and its family: the field and `kind` (the row's host and method, whose answers are alike)."""
     out = dict(fields)
     for field, column in zip(BLOB_FIELDS, BLOB_COLUMNS, strict=True):
         value = fields.get(field)
         if isinstance(value, (str, bytes)) and value:
-            out[field], out[column] = None, put(value)
+            out[field], out[column] = None, put(value, (field, *kind))
     for field, body in DIGEST_OF.items():
         value, content = fields.get(field), fields.get(body)
         if isinstance(value, str) and isinstance(content, bytes) and hashlib.sha256(content).hexdigest() == value:
@@ -72,10 +79,11 @@ def unreadable(field: str, why: str) -> str:
     return f"<unreadable {field}: {why}>"
 
 
-def decoded(data: bytes | None) -> str | bytes | AuditError | None:
-    """A stored blob's value, or why it cannot be read (None: it is missing)."""
+def decoded(found: dict[int, tuple[bytes, int | None]], ref: int, bases: dict[int, bytes | AuditError]
+            ) -> str | bytes | AuditError | None:
+    """A fetched blob's value, or why it cannot be read (None: it is missing)."""
     try:
-        return None if data is None else blobs.decode(data)
+        return blobs.value_of(found, ref, bases)
     except AuditError as exc:
         return exc.with_traceback(None)  # kept: not with the frame that holds what it inflated
 
@@ -93,6 +101,7 @@ def logical(row: dict[str, Any], values: Mapping[int, str | bytes | AuditError |
     """The row as it was written, from its stored columns and its blobs' `values` (by id, as `decoded` gives them). A
     value that cannot be read raises AuditError, or, `lenient`, reads as something that fails the chain check."""
     out = dict(row)
+    out.pop(ROOM, None)
     for field, column in _PAIRS:
         ref = out.pop(column, None)
         if ref is None:
@@ -128,14 +137,21 @@ def miscounted(conn: sqlite3.Connection) -> tuple[int, int, int, str, int] | Non
     """The first blob some row names whose count is not the number of rows that name it: (its id, its count, the rows
     naming it, the id and seq of the first), or None when every count holds. Counts are outside the chain: one set
     too low would have a prune remove a blob that kept rows still name. One pass over the rows, counted on disk."""
-    named = " UNION ALL ".join(f"SELECT {c} AS ref FROM requests WHERE {c} IS NOT NULL" for c in BLOB_COLUMNS)
+    based = "base" in {r[1] for r in conn.execute(f"PRAGMA table_info({blobs.TABLE})")}  # since schema 17
+    naming = [f"SELECT {c} AS ref FROM requests WHERE {c} IS NOT NULL" for c in BLOB_COLUMNS]
+    if based:  # a blob stored on top of a base counts as one more naming it
+        naming.append(f"SELECT base AS ref FROM {blobs.TABLE} WHERE base IS NOT NULL")
     found = conn.execute(f"SELECT n.ref, coalesce(b.refs, 0), n.named FROM (SELECT ref, count(*) AS named FROM "
-                         f"({named}) GROUP BY ref) n LEFT JOIN {blobs.TABLE} b ON b.id = n.ref "
+                         f"({' UNION ALL '.join(naming)}) GROUP BY ref) n LEFT JOIN {blobs.TABLE} b ON b.id = n.ref "
                          "WHERE coalesce(b.refs, 0) != n.named LIMIT 1").fetchone()
     if found is None:
         return None
-    first = conn.execute(f"SELECT id, seq FROM requests WHERE {' OR '.join(f'{c} = ?' for c in BLOB_COLUMNS)} "
-                         "ORDER BY seq LIMIT 1", (found[0],) * len(BLOB_COLUMNS)).fetchone()
+    ids = [int(found[0])]
+    if based:
+        ids += [i for (i,) in conn.execute(f"SELECT id FROM {blobs.TABLE} WHERE base = ? LIMIT 100", (found[0],))]
+    holes = ", ".join("?" * len(ids))
+    first = conn.execute(f"SELECT id, seq FROM requests WHERE {' OR '.join(f'{c} IN ({holes})' for c in BLOB_COLUMNS)} "
+                         "ORDER BY seq LIMIT 1", ids * len(BLOB_COLUMNS)).fetchone() or ("", 0)
     return int(found[0]), int(found[1]), int(found[2]), str(first[0]), int(first[1])
 
 
@@ -154,11 +170,12 @@ def expand(conn: sqlite3.Connection, rows: list[dict[str, Any]], *, lenient: boo
     wanted = {ref for r in rows for ref in refs(r)}
     found = blobs.fetch(conn, wanted) if wanted else {}
     shared: dict[int, str | bytes | AuditError | None] = {}
+    bases: dict[int, bytes | AuditError] = {}
     for stored in rows:
         large: dict[int, str | bytes | AuditError | None] = {}
         for ref in refs(stored):
             if ref not in shared:
-                value = decoded(found.get(ref))
+                value = decoded(found, ref, bases)
                 if isinstance(value, (str, bytes)) and len(value) > SHARED:
                     large[ref] = value
                 else:

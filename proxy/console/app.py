@@ -153,11 +153,12 @@ class Console:
             last, quiet = int(after or 0), 0.0
             yield "retry: 2000\n\n"
             while not self.closing.is_set() and not await request.is_disconnected():
-                rows = await self.read(functools.partial(data.newer, filters=filters, after=last))
+                rows, read_to = await self.read(functools.partial(data.newer, filters=filters, after=last))
                 for r in rows:
-                    last = int(r["seq"])
+                    seq = int(r["seq"])
                     html = row_template.render(r=r).replace("\n", "")
-                    yield f"event: row\nid: {last}\ndata: {json.dumps({'seq': last, 'html': html})}\n\n"
+                    yield f"event: row\nid: {seq}\ndata: {json.dumps({'seq': seq, 'html': html})}\n\n"
+                last = read_to
                 quiet = 0.0 if rows else quiet + POLL_S
                 if quiet >= KEEPALIVE_S:
                     quiet = 0.0

@@ -127,9 +127,12 @@ def test_a_repeated_value_is_stored_once(tmp_path: Path) -> None:
     assert blob_of(tmp_path, first, "req_body") != blob_of(tmp_path, second, "req_body")
     refs = dict(conn.execute("SELECT id, refs FROM audit_blobs").fetchall())
     # req_headers, resp_body, rule, reason (2 each), resp_headers = pre_headers (4: the same text); each req_body and
-    # pre_body once
-    assert sorted(refs.values()) == [1, 1, 1, 1, 2, 2, 2, 2, 4]
+    # pre_body once, the second on top of the first, which counts it too
+    assert sorted(refs.values()) == [1, 1, 2, 2, 2, 2, 2, 2, 4]
     assert refs[blob_of(tmp_path, first, "resp_headers")] == 4
+    for field in ("req_body", "pre_body"):
+        based = conn.execute("SELECT base FROM audit_blobs WHERE id = ?", (blob_of(tmp_path, second, field),))
+        assert based.fetchone()[0] == blob_of(tmp_path, first, field), field
     assert audit.get(conn, second)["resp_body"] == same
 
 
@@ -167,7 +170,8 @@ def test_a_log_written_before_reads_and_verifies_the_same_after_migrating(tmp_pa
     old = [(intent(ids, i), outcome(i)) for i in range(3)]
     with monkeypatch.context() as old_version:
         old_version.setattr(audit, "MIGRATIONS", audit.MIGRATIONS[:11])
-        old_version.setattr(layout, "stored", lambda fields, put: dict(fields))
+        old_version.setattr(layout, "stored", lambda fields, put, kind=(): dict(fields))
+        old_version.setattr(layout, "OUTCOME_ROOM", b"")  # schema 11 had no room for outcomes
         write(tmp_path, old)
         conn = ro(tmp_path)
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 11
@@ -190,8 +194,9 @@ def test_a_log_written_before_reads_and_verifies_the_same_after_migrating(tmp_pa
 
 
 def test_prune_removes_the_blobs_no_kept_row_names(tmp_path: Path) -> None:
-    """Pruned rows take their blobs with them, except those a kept row still names (counted down, not removed);
-    no blob is left that no row names, every count is right, and the chain still verifies."""
+    """Pruned rows take their blobs with them, except those a kept row still names (counted down, not removed), and
+    the bases of those; no blob is left that no row names (itself or through one on top of it), every count is right,
+    the kept rows read back, and the chain still verifies."""
     ids = RequestIds()
     shared = b'{"ok": true, "shared": 1}'
     old = [(intent(ids, i, ts=NOW - 40 * 86400 + i), outcome(i, shared if i % 2 else None)) for i in range(6)]
@@ -201,12 +206,10 @@ def test_prune_removes_the_blobs_no_kept_row_names(tmp_path: Path) -> None:
     conn = audit.open_db(tmp_path / "a.db", seal=seal)
     done = pruning.prune(conn, seal.key(), NOW - 30 * 86400, {}, seal.anchor(), include_undoable=True)
     assert done.rows == 6
-    named: dict[int, int] = {}
-    for found in conn.execute(f"SELECT {', '.join(layout.BLOB_COLUMNS)} FROM requests"):
-        for ref in found:
-            if ref is not None:
-                named[ref] = named.get(ref, 0) + 1
-    assert dict(conn.execute("SELECT id, refs FROM audit_blobs").fetchall()) == named
+    bases = [base for (base,) in conn.execute("SELECT base FROM audit_blobs WHERE base IS NOT NULL")]
+    assert bases and set(bases) <= {i for (i,) in conn.execute("SELECT id FROM audit_blobs")}
+    assert dict(conn.execute("SELECT id, refs FROM audit_blobs").fetchall()) == named_counts(conn)
+    assert [audit.get(conn, str(row["id"]))["req_body"] for row, _ in kept] == [row["req_body"] for row, _ in kept]
     conn.close()
     result = verify(tmp_path)
     assert (result.checked, result.broken_id, result.pruned) == (2, None, 6)
@@ -245,18 +248,138 @@ def test_codec_round_trip_and_bad_input() -> None:
             blobs.decode(bad)
 
 
+def test_a_value_on_top_of_a_base_reads_back_only_with_that_base() -> None:
+    base = b'{"ok": true, "channel": "C0BOTS", "ts": "1764000000.000001", "message": {"text": "status update"}}'
+    value = base.replace(b"000001", b"000002").replace(b"status", b"weekly status")
+    alone, based = blobs.encode(value), blobs.encode(value, base)
+    assert based[0] == blobs.BASED_V1_BYTES and len(based) < len(alone) * 0.6
+    assert blobs.decode(based, base) == value and blobs.decode(blobs.encode(HEADERS, base), base) == HEADERS
+    with pytest.raises(AuditError, match="base is missing"):
+        blobs.decode(based)
+    with pytest.raises(AuditError):  # another base gives other bytes, or none at all
+        assert blobs.decode(based, base.replace(b"C0BOTS", b"C9XXXX")) != value
+        raise AuditError("read back something else")
+    big = os.urandom(blobs.SMALL + 1)
+    assert blobs.decode(blobs.encode(big, base)) == big  # a value past SMALL is stored alone
+
+
+def rows_alike(ids: RequestIds, n: int, **extra: Any) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Requests to one API whose answers differ a little (a new id, a time, a word), as a real API's do."""
+    out = []
+    for i in range(n):
+        body = json.dumps({"ok": True, "channel": "C0BOTS", "ts": f"1764000000.{i:06d}", "message": {
+            "type": "message", "text": f"status update {i} " + "deploy " * (i % 3), "user": "U0BOT",
+            "client_msg_id": hashlib.sha256(str(i).encode()).hexdigest()[:16]}}).encode()
+        done = outcome(i, body) | {"resp_headers": json.dumps([["Content-Type", "application/json; charset=utf-8"],
+                                                               ["Date", f"Fri, 04 Dec 2026 10:00:{i % 60:02d} GMT"],
+                                                               ["X-Goex-Request-Id", f"r{i:012d}"]])}
+        out.append((intent(ids, i, **extra), done))
+    return out
+
+
+def test_a_value_like_the_last_of_its_kind_is_stored_on_top_of_it(tmp_path: Path) -> None:
+    """The answers of one API (host and method) are deflated on top of an earlier one: smaller than alone, and each
+    reads back as written; the counts hold and the chain verifies."""
+    ids = RequestIds()
+    rows = rows_alike(ids, 12)
+    write(tmp_path, rows)
+    conn = ro(tmp_path)
+    for field in ("resp_body", "resp_headers", "req_body"):
+        stored = [conn.execute("SELECT data, base FROM audit_blobs WHERE id = ?",
+                               (blob_of(tmp_path, str(row["id"]), field),)).fetchone() for row, _ in rows]
+        assert stored[0][1] is None and all(base is not None for _, base in stored[1:]), field
+        values = [audit.get(conn, str(row["id"]))[field] for row, _ in rows]
+        assert values == [row.get(field) or done.get(field) for row, done in rows], field
+        assert sum(len(data) for data, _ in stored[1:]) < 0.75 * sum(len(blobs.encode(v)) for v in values[1:]), field
+    assert dict(conn.execute("SELECT id, refs FROM audit_blobs").fetchall()) == named_counts(conn)
+    assert [r["resp_body"] for r in audit.iter_rows(conn)] == [done["resp_body"] for _, done in rows]
+    assert verify(tmp_path).checked == 12
+
+
+def test_an_api_whose_answers_change_gets_a_new_base(tmp_path: Path) -> None:
+    """A value the last base no longer helps is stored alone, and the next of its kind goes on top of it."""
+    ids = RequestIds()
+    rows = rows_alike(ids, 3)
+    changed = [(row, done | {"resp_body": json.dumps({"error": "ratelimited", "retry_after": 30 + i, "detail": "x" * (
+        40 + i)}).encode()}) for i, (row, done) in enumerate(rows_alike(ids, 3))]
+    write(tmp_path, rows + changed)
+    conn = ro(tmp_path)
+    bases = [conn.execute("SELECT base FROM audit_blobs WHERE id = ?", (blob_of(tmp_path, str(row["id"]),
+                                                                            "resp_body"),)).fetchone()[0]
+             for row, _ in rows + changed]
+    first, new = blob_of(tmp_path, str(rows[0][0]["id"]), "resp_body"), blob_of(tmp_path, str(changed[0][0]["id"]),
+                                                                                "resp_body")
+    assert bases == [None, first, first, None, new, new]
+    assert verify(tmp_path).checked == 6
+
+
+def test_verify_catches_an_edited_or_removed_base(tmp_path: Path) -> None:
+    """The value of a blob on top of a base depends on the base: a base rewritten breaks the rows built on it, and
+    one removed makes them say in one line that they cannot be read."""
+    ids = RequestIds()
+    rows = rows_alike(ids, 3)
+    write(tmp_path, rows)
+    base = blob_of(tmp_path, str(rows[0][0]["id"]), "resp_body")
+    on_top = str(rows[1][0]["id"])
+    assert ro(tmp_path).execute("SELECT base FROM audit_blobs WHERE id = ?",
+                                (blob_of(tmp_path, on_top, "resp_body"),)).fetchone()[0] == base
+    with sqlite3.connect(tmp_path / "a.db") as conn:  # the base's row is changed back after: only the others differ
+        data = conn.execute("SELECT data FROM audit_blobs WHERE id = ?", (base,)).fetchone()[0]
+        conn.execute("UPDATE audit_blobs SET data = ? WHERE id = ?", (blobs.encode(b'{"ok": false}'), base))
+    result = verify(tmp_path)
+    assert result.broken_id == str(rows[0][0]["id"])
+    with sqlite3.connect(tmp_path / "a.db") as conn:
+        conn.execute("UPDATE audit_blobs SET data = ?, refs = 1 WHERE id = ?", (data, base))
+        conn.execute("DELETE FROM audit_blobs WHERE id = ?", (base,))
+    result = verify(tmp_path)
+    assert result.broken_id == str(rows[0][0]["id"]) and "outcome" in (result.problem or "")
+    with pytest.raises(AuditError, match=f"resp_body of row {on_top} cannot be read.*base \\(blob {base}\\) is missing"):
+        audit.get(ro(tmp_path), on_top)
+
+
+def test_a_base_taken_by_a_prune_is_not_built_on(tmp_path: Path) -> None:
+    """A writer that remembers a base, after a prune (another process) removed it with every row built on it,
+    stores the next value of that kind alone, which then reads back and verifies."""
+    ids = RequestIds()
+    old = rows_alike(ids, 2, ts=NOW - 40 * 86400)
+    writer = AuditWriter(tmp_path / "a.db", Seal(tmp_path))
+    try:
+        for row, done in old:
+            writer.record_intent(row).result(5)
+            writer.record_outcome(str(row["id"]), done).result(5)
+        writer.record_intent(intent(ids, 50, host="api.github.com")).result(5)  # the newest row stays
+        seal = Seal(tmp_path)
+        conn = audit.open_db(tmp_path / "a.db", seal=seal)
+        assert pruning.prune(conn, seal.key(), NOW - 30 * 86400, {}, seal.anchor(), include_undoable=True).rows == 2
+        assert conn.execute("SELECT count(*) FROM audit_blobs WHERE base IS NOT NULL").fetchone()[0] == 0
+        conn.close()
+        later, done = rows_alike(ids, 3)[2]
+        writer.record_intent(later).result(5)
+        writer.record_outcome(str(later["id"]), done).result(5)
+    finally:
+        writer.close()
+    conn = ro(tmp_path)
+    assert audit.get(conn, str(later["id"]))["resp_body"] == done["resp_body"]
+    assert conn.execute("SELECT base FROM audit_blobs WHERE id = ?",
+                        (blob_of(tmp_path, str(later["id"]), "resp_body"),)).fetchone()[0] is None
+    assert dict(conn.execute("SELECT id, refs FROM audit_blobs").fetchall()) == named_counts(conn)
+    assert verify(tmp_path).broken_id is None
+
+
 def test_the_dictionaries_never_change() -> None:
     """Every blob compressed with a dictionary needs that very dictionary to be read: versions are only added."""
     assert set(DICTIONARIES) == set(FROZEN) and all(fingerprint(v) == FROZEN[v] for v in DICTIONARIES)
 
 
 def named_counts(conn: sqlite3.Connection) -> dict[int, int]:
-    """How many row columns name each blob (what each blob's count must say)."""
+    """How many row columns and blobs on top of it name each blob (what each blob's count must say)."""
     named: dict[int, int] = {}
     for found in conn.execute(f"SELECT {', '.join(layout.BLOB_COLUMNS)} FROM requests"):
         for ref in found:
             if ref is not None:
                 named[ref] = named.get(ref, 0) + 1
+    for (base,) in conn.execute("SELECT base FROM audit_blobs WHERE base IS NOT NULL"):
+        named[base] = named.get(base, 0) + 1
     return named
 
 
@@ -397,3 +520,62 @@ def test_a_blob_count_set_low_is_caught_before_a_prune_removes_what_rows_name(tm
         pruning.prune(conn, seal.key(), NOW - 30 * 86400, {}, seal.anchor(), include_undoable=True)
     conn.close()
     assert audit.get(ro(tmp_path), str(kept["id"]))["resp_body"] == shared
+
+
+def test_the_decision_and_undo_class_indexes_hold_only_rows_a_filter_needs_them_for(tmp_path: Path) -> None:
+    """Allowed rows and reads (no undo class) are left out of those indexes; every filter still finds exactly its
+    rows, in the console and in `log`, and a filter on a rarer decision or on an undo class is read from its index."""
+    ids = RequestIds()
+    rows = []
+    for i in range(30):
+        decision = "deny" if i % 10 == 3 else "report" if i == 7 else "allow"
+        done = outcome(i) | ({"undo_class": None} if i % 3 else {}) | ({"status": 403} if decision == "deny" else {})
+        rows.append((intent(ids, i, decision=decision), done))
+    write(tmp_path, rows)
+    conn = ro(tmp_path)
+    index = {name: sql for name, sql in conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index'")}
+    assert "WHERE decision != 'allow'" in index["idx_requests_decision_ts"]
+    assert "WHERE undo_class IS NOT NULL" in index["idx_requests_undo_class_ts"]
+    entries = dict(conn.execute("SELECT name, sum(ncell) FROM dbstat WHERE name LIKE 'idx_requests_%' AND pagetype "
+                                "= 'leaf' GROUP BY name").fetchall())
+    assert (entries["idx_requests_decision_ts"], entries["idx_requests_undo_class_ts"], entries["idx_requests_id"]) \
+        == (4, 10, 30)  # 3 denied and 1 reported; every third has a class
+    for decision in ("allow", "deny", "report", "hold"):
+        wanted = [str(row["id"]) for row, _ in reversed(rows) if row["decision"] == decision]
+        assert [r["id"] for r in console_data.page(conn, console_data.Filters(decision=decision), limit=100)] == wanted
+        assert [r["id"] for r in audit.query(conn, decision=decision, limit=None)] == wanted
+    for undo_class in ("exact", "no rule"):
+        wanted = [str(row["id"]) for row, done in reversed(rows) if done.get("undo_class") == undo_class]
+        assert [r["id"] for r in console_data.page(conn, console_data.Filters(undo_class=undo_class))] == wanted
+    clauses, params = console_data.Filters(decision="deny").where()
+    plan = str(conn.execute("EXPLAIN QUERY PLAN SELECT seq FROM requests WHERE " + " AND ".join(clauses) +
+                            " ORDER BY ts DESC", params).fetchall())
+    assert "idx_requests_decision_ts" in plan, plan
+    plan = str(conn.execute("EXPLAIN QUERY PLAN SELECT seq FROM requests WHERE undo_class = ? ORDER BY ts DESC",
+                            ("exact",)).fetchall())
+    assert "idx_requests_undo_class_ts" in plan, plan
+
+
+def test_a_row_keeps_room_for_its_outcome_until_it_comes(tmp_path: Path) -> None:
+    """A row written before its outcome holds zero bytes in its room column, about what the outcome adds, so that it
+    does not grow (and split its page) when the outcome comes; the outcome frees it. No reader ever sees the room."""
+    ids = RequestIds()
+    waiting, done_at_once = intent(ids, 1), intent(ids, 2, decision="deny") | outcome(2) | {"status": 403}
+    writer = AuditWriter(tmp_path / "a.db", Seal(tmp_path))
+    try:
+        writer.record_intent(waiting).result(5)
+        writer.record_intent(done_at_once).result(5)
+        conn = ro(tmp_path)
+        room = dict(conn.execute("SELECT id, room FROM requests").fetchall())
+        assert room == {waiting["id"]: layout.OUTCOME_ROOM, done_at_once["id"]: None}
+        assert len(layout.OUTCOME_ROOM) >= 64 and not any(layout.OUTCOME_ROOM)
+        before = conn.execute("SELECT sum(payload) FROM dbstat WHERE name = 'requests'").fetchone()[0]
+        writer.record_outcome(str(waiting["id"]), outcome(1)).result(5)
+        after = conn.execute("SELECT sum(payload) FROM dbstat WHERE name = 'requests'").fetchone()[0]
+    finally:
+        writer.close()
+    assert dict(conn.execute("SELECT id, room FROM requests").fetchall()) == {waiting["id"]: None,
+                                                                             done_at_once["id"]: None}
+    assert after <= before  # the outcome took the room's place
+    assert all("room" not in row for row in audit.iter_rows(conn))
+    assert "room" not in audit.get(conn, str(waiting["id"])) and verify(tmp_path).checked == 2
