@@ -117,6 +117,24 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU time so far of a process and every process below it (`run --workers`' workers)."""
+    total, seen, todo = 0.0, set(), [pid]
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        spent = cpu_seconds(current)
+        total += spent if spent == spent else 0.0  # a process gone meanwhile (nan) counts nothing
+        try:
+            for task in os.listdir(f"/proc/{current}/task"):
+                todo += [int(c) for c in Path(f"/proc/{current}/task/{task}/children").read_text().split()]
+        except OSError:
+            continue
+    return total
+
+
 def thread_cpu_seconds(pid: int) -> dict[int, float]:
     """CPU time of each thread of a process, by thread id (the main thread's id is the pid)."""
     out: dict[int, float] = {}

@@ -37,6 +37,7 @@ from common import (
     table,
     thread_cpu_seconds,
     tool,
+    tree_cpu_seconds,
     wait_port,
 )
 from policies_gen import throughput_policy, to_yaml
@@ -71,6 +72,13 @@ class Run:
     #: CPU seconds of the proxy's main thread and of all its other threads over the window
     main_thread_cpu_s: float = float("nan")
     other_threads_cpu_s: float = float("nan")
+    #: CPU seconds of the proxy and every process it started (`run --workers`' workers) over the window
+    proxy_tree_cpu_s: float = float("nan")
+
+    @property
+    def cores_busy(self) -> float:
+        """How many cores the proxy (all its processes), the upstream and the load generator kept busy."""
+        return (self.proxy_tree_cpu_s + self.upstream_cpu_s + self.loadgen_cpu_s) / self.duration_s
 
     @property
     def cpu_us_per_req(self) -> float:
@@ -242,16 +250,18 @@ class Bench:
         pid = proxy.proc.pid if proxy else None
         lg = self.procs.start(argv, stdout=subprocess.PIPE, log=self.dir / "loadgen.log")
         assert lg.stdout is not None
-        c0 = c1 = u0 = u1 = float("nan")
+        c0 = c1 = u0 = u1 = m0 = m1 = float("nan")  # m: the proxy's whole process tree
         t0: dict[int, float] = {}
         t1: dict[int, float] = {}
         result: dict[str, Any] = {}
         for raw in lg.stdout:
             line = raw.decode().strip()
             if line == "window-start":
+                m0 = tree_cpu_seconds(pid) if pid else 0.0
                 c0, u0 = (cpu_seconds(pid) if pid else float("nan")), cpu_seconds(self.upstream.pid)
                 t0 = thread_cpu_seconds(pid) if pid else {}
             elif line == "window-end":
+                m1 = tree_cpu_seconds(pid) if pid else 0.0
                 c1, u1 = (cpu_seconds(pid) if pid else float("nan")), cpu_seconds(self.upstream.pid)
                 t1 = thread_cpu_seconds(pid) if pid else {}
             elif line.startswith("{"):
@@ -268,6 +278,7 @@ class Bench:
                              f"{result or 'no result'}{why}")
         run = Run(proxy_name or "direct", scheme, conns, result["rps"], result["p50_ms"], result["p99_ms"],
                   c1 - c0, u1 - u0, result["loadgen_cpu_s"], duration, result["requests"], result["errors"])
+        run.proxy_tree_cpu_s = m1 - m0
         if pid and t0 and t1:
             run.main_thread_cpu_s = t1.get(pid, 0.0) - t0.get(pid, 0.0)
             run.other_threads_cpu_s = sum(v - t0.get(k, 0.0) for k, v in t1.items() if k != pid)

@@ -38,6 +38,7 @@ def run(procs: Processes, *, rounds: int, duration: float, conns: int, verbose: 
                 del os.environ["PYTHONPATH"]
             bench._check(bench.proxies["before x2"])
         runs: dict[tuple[str, str], list[float]] = {}
+        busy: dict[tuple[str, str], list[float]] = {}
         for scheme in ("http", "https"):
             say(f"[workers] {scheme}: warm-up, then {rounds} alternating rounds of {duration:g}s at {conns} "
                 "connections", flush=True)
@@ -46,7 +47,9 @@ def run(procs: Processes, *, rounds: int, duration: float, conns: int, verbose: 
             for i in range(rounds):
                 at = i % len(names)
                 for name in names[at:] + names[:at]:  # each takes each place in the order
-                    runs.setdefault((name, scheme), []).append(bench.measure(name, scheme, conns, duration).rps)
+                    got = bench.measure(name, scheme, conns, duration)
+                    runs.setdefault((name, scheme), []).append(got.rps)
+                    busy.setdefault((name, scheme), []).append(got.cores_busy)
     except SystemExit:
         keep = True
         raise
@@ -60,20 +63,25 @@ def run(procs: Processes, *, rounds: int, duration: float, conns: int, verbose: 
         two_one = [x2 / x1 for x2, x1 in zip(rps["goex-proxy x2"], rps["goex-proxy"], strict=True)]
         ratio = median(per)
         before = [b / bare for b, bare in zip(rps.get("before x2", ()), rps["mitmdump"], strict=False)]
+        cores = {name: median(busy[(name, scheme)]) for name in names}
         results[scheme] = {"x2_over_bare": ratio, "x1_over_bare": median(one), "x2_over_x1": median(two_one),
-                           "rps": {n: median(v) for n, v in rps.items()}, "pass": ratio >= TARGET}
+                           "rps": {n: median(v) for n, v in rps.items()}, "cores_busy": cores,
+                           "pass": ratio >= TARGET}
         if before:
             results[scheme]["before_x2_over_bare"] = median(before)
         rows.append([scheme, *(f"{median(rps[n]):,.0f}" for n in NAMES), f"{median(one):.2f}", f"{ratio:.2f}",
                      ", ".join(f"{r:.2f}" for r in per), f"{median(two_one):.2f}",
-                     *([f"{median(before):.2f}"] if before else []), f">= {TARGET}",
-                     "PASS" if ratio >= TARGET else "FAIL"])
+                     *([f"{median(before):.2f}"] if before else []),
+                     " / ".join(f"{cores[n]:.2f}" for n in NAMES), f">= {TARGET}", "PASS" if ratio >= TARGET else "FAIL"])
     text = "\n".join([
         f"== Workers: goex-proxy run --workers 2 vs --workers 1 vs bare mitmdump ({conns} keep-alive connections, "
         f"{rounds} rotating rounds x {duration:g}s, medians; {os.cpu_count()} cores shared with the upstream and the "
         "load generator) ==",
         table(["scheme", "mitmdump req/s", "goex x1 req/s", "goex x2 req/s", "x1/bare", "x2/bare", "x2/bare per round",
-               "x2/x1", *(["before x2/bare"] if compare is not None else []), "goal", "result"], rows)])
+               "x2/x1", *(["before x2/bare"] if compare is not None else []), "cores busy (bare / x1 / x2)", "goal",
+               "result"], rows),
+        "cores busy: the CPU time of the proxy (all its processes), the upstream and the load generator over a round's "
+        "length, medians: how much of the machine the three took."])
     return text, results
 
 
