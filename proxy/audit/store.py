@@ -297,6 +297,10 @@ def open_db(path: Path, *, seal: Seal | None = None, readonly: bool = False) -> 
         raise AuditError(f"cannot open audit database {path}: {exc}") from None
 
 
+#: A log this long is told about before it is upgraded (a migration that builds an index reads every row).
+LARGE_LOG_ROWS = 1_000_000
+
+
 def _migrate(conn: sqlite3.Connection, seal: Seal) -> None:
     """Apply pending migrations; make sure the chain key exists for a log that will be written under it."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -307,6 +311,10 @@ def _migrate(conn: sqlite3.Connection, seal: Seal) -> None:
         return
     import sqlite_utils  # only migrations need it; read-only commands should start fast
 
+    rows = conn.execute("SELECT max(seq) FROM requests").fetchone()[0] if version else None
+    if rows and rows >= LARGE_LOG_ROWS:  # building an index reads the whole table, holding every writer meanwhile
+        log.warning("upgrading the audit log (%s rows) from schema %d to %d; this is done once and may take about a "
+                    "minute for every ten million rows", f"{rows:,}", version, len(MIGRATIONS))
     db = sqlite_utils.Database(conn)
     for number, migrate in enumerate(MIGRATIONS[version:], start=version + 1):
         with conn:

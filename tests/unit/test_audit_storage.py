@@ -579,3 +579,25 @@ def test_a_row_keeps_room_for_its_outcome_until_it_comes(tmp_path: Path) -> None
     assert after <= before  # the outcome took the room's place
     assert all("room" not in row for row in audit.iter_rows(conn))
     assert "room" not in audit.get(conn, str(waiting["id"])) and verify(tmp_path).checked == 2
+
+
+def test_upgrading_a_long_log_says_so_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    """A migration may build an index over every row, holding the proxy meanwhile: a long log is told about first;
+    a new log or one already upgraded is not."""
+    ids = RequestIds()
+    with monkeypatch.context() as old_version:
+        old_version.setattr(audit, "MIGRATIONS", audit.MIGRATIONS[:11])
+        old_version.setattr(layout, "stored", lambda fields, put, kind=(): dict(fields))
+        old_version.setattr(layout, "OUTCOME_ROOM", b"")
+        write(tmp_path, [(intent(ids, i), outcome(i)) for i in range(3)])
+    monkeypatch.setattr(audit, "LARGE_LOG_ROWS", 3)
+    with caplog.at_level("WARNING", logger="goex_proxy.audit.store"):
+        audit.open_db(tmp_path / "a.db", seal=Seal(tmp_path)).close()
+        audit.open_db(tmp_path / "a.db", seal=Seal(tmp_path)).close()
+        (tmp_path / "fresh").mkdir()
+        audit.open_db(tmp_path / "fresh" / "a.db", seal=Seal(tmp_path / "fresh")).close()
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [f"upgrading the audit log (3 rows) from schema 11 to {len(audit.MIGRATIONS)}; this is done once "
+                    "and may take about a minute for every ten million rows"]
+    assert verify(tmp_path).checked == 3
