@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from goex_proxy.audit import seal as seal_module
 from goex_proxy.audit import store as audit
 from goex_proxy.audit.seal import Anchor, Seal
 from goex_proxy.audit.store import AuditWriter
@@ -347,6 +351,66 @@ def test_the_anchor_is_read_again_whenever_its_file_changes(tmp_path: Path) -> N
     assert mine.anchor() == Anchor(2, "C", "b" * 64)
     mine.anchor_path.unlink()
     assert mine.anchor() is None
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["names exchanged", "renamed over"])
+def test_an_anchor_replaces_the_last_at_once_and_leaves_nothing_behind(tmp_path: Path, exchange: bool,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """However the new anchor takes the name (exchanged with the last one, which is then removed, or renamed over it
+    where the filesystem cannot exchange names), a reader meanwhile finds an anchor at every moment, whole and never
+    older than one it found before, and only the anchor is left, readable by its owner alone."""
+    if not exchange:
+        monkeypatch.setattr(seal_module, "_renameat2", None)
+    elif seal_module._renameat2 is None:
+        pytest.fail("this system's C library has no renameat2, so the exchange is not tested")
+    writer = Seal(tmp_path)
+    writer.set_anchor(Anchor(1, "A", "a" * 64))
+    found: list[int] = []
+    problems: list[Exception] = []
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            try:
+                got = Seal(tmp_path).anchor()  # a Seal of its own each time: read from the file, never remembered
+            except Exception as exc:  # noqa: BLE001  (any failure is what the test looks for)
+                problems.append(exc)
+                return
+            if got is None:
+                problems.append(AssertionError("no anchor at one moment"))
+                return
+            found.append(got.seq)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for seq in range(2, 1500):
+            writer.set_anchor(Anchor(seq, f"ID{seq}", f"{seq:064x}"))
+    finally:
+        done.set()
+        reader.join()
+    assert not problems and found and found == sorted(found)
+    assert Seal(tmp_path).anchor() == Anchor(1499, "ID1499", f"{1499:064x}")
+    assert [p.name for p in tmp_path.iterdir()] == ["audit.anchor"]
+    assert (tmp_path / "audit.anchor").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_filesystem_that_cannot_exchange_names_gets_renames(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """renameat2 refused (EINVAL: a filesystem without RENAME_EXCHANGE) is not an error: the anchor is renamed over,
+    and from then on the exchange is not tried."""
+    calls: list[bytes] = []
+
+    def refusing(*args: object) -> int:
+        calls.append(args[1])  # type: ignore[arg-type]
+        ctypes.set_errno(errno.EINVAL)
+        return -1
+
+    monkeypatch.setattr(seal_module, "_renameat2", refusing)
+    mine = Seal(tmp_path)
+    for seq in (1, 2, 3):
+        mine.set_anchor(Anchor(seq, "A", "a" * 64))
+    assert Seal(tmp_path).anchor() == Anchor(3, "A", "a" * 64) and len(calls) == 1
+    assert seal_module._renameat2 is None and [p.name for p in tmp_path.iterdir()] == ["audit.anchor"]
 
 
 def test_a_request_row_is_anchored_before_its_writer_answers(tmp_path: Path) -> None:
