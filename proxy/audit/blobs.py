@@ -9,7 +9,7 @@ import sqlite3
 import zlib
 from collections import OrderedDict
 from collections.abc import Hashable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from ..errors import AuditError
 from .dictionary import DICTIONARIES
@@ -74,25 +74,30 @@ def encode(value: str | bytes, base: bytes | None = None) -> bytes:
     return bytes([RAW_TEXT if text else RAW_BYTES]) + raw
 
 
-def decode(data: bytes, base: bytes | None = None) -> str | bytes:
-    """The value a stored blob holds (`base`: the bytes of its base's value, for a blob that has one); AuditError if
-    it cannot be read."""
+def decode(data: bytes, base: bytes | None = None, most: int = MAX_VALUE_BYTES) -> str | bytes:
+    """The value a stored blob holds (`base`: the bytes of its base's value, for a blob that has one; `most`: the
+    most bytes it may hold); AuditError if it cannot be read."""
+    if not isinstance(data, bytes):  # never as written: the database was edited
+        raise AuditError(f"a stored blob is not bytes but {type(data).__name__}")
     if not data:
         raise AuditError("a stored blob is empty")
     code, rest = data[0], data[1:]
+    bound = min(_bound(len(data)), most)
     if code in (RAW_BYTES, RAW_TEXT):
         raw = rest
+        if len(raw) > most:
+            raise AuditError(f"a stored blob holds more than {most:,} bytes")
     elif code in _DEFLATED:
         if code in _BASED and base is None:
             raise AuditError("a stored blob's base is missing")
         dictionary = _based_dictionary(base) if code in _BASED and base is not None else DICTIONARIES[_DEFLATED[code][0]]
         unpacker = zlib.decompressobj(-15, dictionary)
         try:
-            raw = unpacker.decompress(rest, _bound(len(data)))
+            raw = unpacker.decompress(rest, bound)
         except zlib.error as exc:
             raise AuditError(f"a stored blob does not decompress ({exc})") from None
         if unpacker.unconsumed_tail or (not unpacker.eof and unpacker.decompress(b"", 1)):
-            raise AuditError(f"a stored blob decompresses past its bound ({_bound(len(data)):,} bytes)")
+            raise AuditError(f"a stored blob decompresses past its bound ({bound:,} bytes)")
         if not unpacker.eof or unpacker.unused_data:  # never as written: it was cut, or bytes were added
             raise AuditError("a stored blob's compressed data ends early" if not unpacker.eof else
                              "bytes follow a stored blob's compressed data")
@@ -181,22 +186,27 @@ class BlobStore:
         self._bases.clear()
 
 
-def fetch(conn: sqlite3.Connection, ids: set[int]) -> dict[int, tuple[bytes, int | None]]:
+def fetch(conn: sqlite3.Connection, ids: set[Any]) -> dict[Any, tuple[Any, Any]]:
     """The stored form of these blobs and of their bases, by id: the data and the base's id (those missing are left
-    out)."""
-    found: dict[int, tuple[bytes, int | None]] = {}
-    asked: set[int] = set()
-    while wanted := sorted(ids - asked):
-        asked.update(wanted)
-        for start in range(0, len(wanted), 500):
-            part = wanted[start:start + 500]
-            found.update((i, (data, base)) for i, data, base in conn.execute(
-                f"SELECT id, data, base FROM {TABLE} WHERE id IN ({', '.join('?' * len(part))})", part))
-        ids = {base for _, base in found.values() if base is not None}
+    out, and so is an id that is not an integer: never as written). A base's own base is never fetched: `value_of`
+    refuses a base that has one, and a chain of them would cost a query a link."""
+    found = _select(conn, ids)
+    found.update(_select(conn, {base for _, base in found.values() if base is not None} - found.keys()))
     return found
 
 
-def value_of(found: dict[int, tuple[bytes, int | None]], blob_id: int, bases: dict[int, bytes | AuditError]
+def _select(conn: sqlite3.Connection, ids: set[Any]) -> dict[Any, tuple[Any, Any]]:
+    """The data and base of the blobs of these ids, those that are integers."""
+    found: dict[Any, tuple[Any, Any]] = {}
+    wanted = sorted(i for i in ids if isinstance(i, int))
+    for start in range(0, len(wanted), 500):
+        part = wanted[start:start + 500]
+        found.update((i, (data, base)) for i, data, base in conn.execute(
+            f"SELECT id, data, base FROM {TABLE} WHERE id IN ({', '.join('?' * len(part))})", part))
+    return found
+
+
+def value_of(found: dict[Any, tuple[Any, Any]], blob_id: Any, bases: dict[Any, bytes | AuditError]
              ) -> str | bytes | None:
     """The value of a blob `fetch` gave (None: it is missing); AuditError if it cannot be read. `bases` keeps the
     bytes of each base read, for the next blob on top of it."""
@@ -214,15 +224,15 @@ def value_of(found: dict[int, tuple[bytes, int | None]], blob_id: int, bases: di
     return decode(data, under)
 
 
-def _base_bytes(found: dict[int, tuple[bytes, int | None]], base: int) -> bytes | AuditError:
+def _base_bytes(found: dict[Any, tuple[Any, Any]], base: Any) -> bytes | AuditError:
     """The bytes of a base's value, or why they cannot be read."""
     entry = found.get(base)
     if entry is None:
         return AuditError(f"its base (blob {base}) is missing")
     if entry[1] is not None:  # never as written: a base is a blob stored alone
         return AuditError(f"its base (blob {base}) has a base of its own")
-    try:
-        return raw_of(decode(entry[0]))
+    try:  # a base is a value stored alone, up to SMALL: a larger one is never inflated, nor kept for the next row
+        return raw_of(decode(entry[0], most=SMALL))
     except AuditError as exc:
         return AuditError(f"its base (blob {base}) cannot be read ({exc})")
 

@@ -922,7 +922,7 @@ def chain_key(conn: sqlite3.Connection, seal: Seal) -> bytes | None:
     return key
 
 
-def miscounted(conn: sqlite3.Connection) -> tuple[int, int, int, str, int] | None:
+def miscounted(conn: sqlite3.Connection) -> tuple[Any, Any, int, str, int] | None:
     """`layout.miscounted`, none in a log older than its blobs (read-only, not migrated)."""
     try:
         return layout.miscounted(conn)
@@ -930,7 +930,7 @@ def miscounted(conn: sqlite3.Connection) -> tuple[int, int, int, str, int] | Non
         return None
 
 
-def miscount(counted: tuple[int, int, int, str, int]) -> str:
+def miscount(counted: tuple[Any, Any, int, str, int]) -> str:
     """What a blob count that does not hold means, in a sentence."""
     ref, count, named = counted[:3]
     return (f"blob {ref}, which it names, is counted for {count} row{'' if count == 1 else 's'} but {named} name it "
