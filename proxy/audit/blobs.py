@@ -252,3 +252,50 @@ def release(conn: sqlite3.Connection, ids: list[int]) -> int:
         bases += [b for (b,) in conn.execute(f"SELECT base FROM {TABLE} WHERE base IS NOT NULL AND {unnamed}", part)]
         gone += conn.execute(f"DELETE FROM {TABLE} WHERE {unnamed}", part).rowcount
     return gone + (release(conn, bases) if bases else 0)  # a deleted blob no longer counts in its base
+
+
+def replace_unnamed_bases(conn: sqlite3.Connection) -> int:
+    """Let go of each base no row names any more (its rows pruned, or an outcome written again), which the blobs on
+    top of it kept whole: what the removed rows held must go with them. The first blob on it is stored alone and
+    becomes the base of the others, each stored again on top of it (the same values: the chain holds). Call in a
+    write transaction; one pass over the blobs. How many bases went. A base with a blob on top of it that cannot be
+    read is left as it is (`log verify` names that blob's row)."""
+    unnamed = [base for (base,) in conn.execute(
+        f"SELECT d.base FROM (SELECT base, count(*) AS n FROM {TABLE} WHERE base IS NOT NULL GROUP BY base) d "
+        f"JOIN {TABLE} b ON b.id = d.base WHERE b.refs <= d.n ORDER BY d.base")]
+    gone = 0
+    for start in range(0, len(unnamed), 500):
+        part = unnamed[start:start + 500]
+        holes = ", ".join("?" * len(part))
+        stored = dict(conn.execute(f"SELECT id, data FROM {TABLE} WHERE id IN ({holes})", part).fetchall())
+        above: dict[int, list[tuple[int, bytes]]] = {}
+        for blob_id, data, base in conn.execute(f"SELECT id, data, base FROM {TABLE} WHERE base IN ({holes}) "
+                                                "ORDER BY id", part):
+            above.setdefault(base, []).append((blob_id, data))
+        for base, on_top in above.items():
+            gone += _replace(conn, base, stored.get(base), on_top)
+    return gone
+
+
+def _replace(conn: sqlite3.Connection, base: int, data: bytes | None, on_top: list[tuple[int, bytes]]) -> int:
+    """Move the blobs on top of `base` onto the first of them (stored alone), then delete `base` if nothing names it."""
+    under = _base_bytes({base: (data, None)} if data is not None else {}, base)
+    try:
+        if isinstance(under, AuditError):
+            raise under
+        values = [(blob_id, decode(blob, under)) for blob_id, blob in on_top]
+    except AuditError:
+        return 0
+    new_base: tuple[int, bytes] | None = None
+    for blob_id, value in values:
+        raw = raw_of(value)
+        if new_base is None or len(raw) > SMALL:  # alone: the first, and one no base may be built on (never written)
+            conn.execute(f"UPDATE {TABLE} SET data = ?, base = NULL WHERE id = ?", (encode(value), blob_id))
+            if new_base is None and len(raw) <= SMALL:
+                new_base = (blob_id, raw)
+        else:
+            conn.execute(f"UPDATE {TABLE} SET data = ?, base = ? WHERE id = ?",
+                         (encode(value, new_base[1]), new_base[0], blob_id))
+            conn.execute(f"UPDATE {TABLE} SET refs = refs + 1 WHERE id = ?", (new_base[0],))
+    conn.execute(f"UPDATE {TABLE} SET refs = refs - ? WHERE id = ?", (len(on_top), base))
+    return conn.execute(f"DELETE FROM {TABLE} WHERE id = ? AND refs <= 0", (base,)).rowcount

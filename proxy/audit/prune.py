@@ -209,5 +209,9 @@ def prune(conn: sqlite3.Connection, key: bytes | None, before: float, windows: d
             conn.execute("BEGIN IMMEDIATE")
             after = prune_batch(conn, key, before, windows, after=after, upper=upper,
                                 include_undoable=include_undoable, now=now, done=done)
+    if done.rows:
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            blobs.replace_unnamed_bases(conn)  # what the removed rows held goes, though kept values were built on it
     return done
 

@@ -1,0 +1,113 @@
+"""Pruning a log whose blobs name bases: what the pruned rows held is gone with them, though newer rows were
+deflated on top of it, and the kept rows read back, verify and keep their counts."""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+from pathlib import Path
+
+from goex_proxy.audit import blobs, layout
+from goex_proxy.audit import prune as pruning
+from goex_proxy.audit import store as audit
+from goex_proxy.audit.seal import Seal
+from goex_proxy.audit.store import AuditWriter
+from goex_proxy.ids import RequestIds
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_audit_storage import NOW, named_counts, ro, rows_alike, verify, write  # noqa: E402
+
+SECRET = b'"access_token": "xoxp-old-%d"'
+
+
+def every_value(conn: sqlite3.Connection) -> list[bytes]:
+    """The value of every blob stored, as bytes (a blob on top of a base read with it)."""
+    found = dict(conn.execute("SELECT id, data FROM audit_blobs WHERE base IS NULL").fetchall())
+    values = [blobs.raw_of(blobs.decode(data)) for data in found.values()]
+    values += [blobs.raw_of(blobs.decode(data, blobs.raw_of(blobs.decode(found[base]))))
+               for data, base in conn.execute("SELECT data, base FROM audit_blobs WHERE base IS NOT NULL")]
+    return values
+
+
+def test_a_pruned_rows_value_does_not_stay_as_the_base_of_newer_rows(tmp_path: Path) -> None:
+    """Three old answers hold a token; three newer ones of the same API were stored on top of the first. The prune
+    removed the old rows but kept the first answer whole as the newer ones' base (and the writer builds on a base as
+    long as it helps: for a steady API, forever), so `log prune` left the token in the database. Now a base no kept
+    row names is replaced by the first blob on it, which the others are stored on top of."""
+    ids = RequestIds()
+    rows = rows_alike(ids, 6)
+    old = [(row | {"ts": NOW - 40 * 86400 + i}, done | {"resp_body": done["resp_body"].replace(
+        b'"ok": true', b'"ok": true, ' + SECRET % i)}) for i, (row, done) in enumerate(rows[:3])]
+    write(tmp_path, old + rows[3:])
+    conn = ro(tmp_path)
+    assert conn.execute("SELECT count(*) FROM audit_blobs WHERE base IS NOT NULL").fetchone()[0] >= 6  # built on
+    seal = Seal(tmp_path)
+    conn = audit.open_db(tmp_path / "a.db", seal=seal)
+    assert pruning.prune(conn, seal.key(), NOW - 30 * 86400, {}, seal.anchor(), include_undoable=True).rows == 3
+    conn.close()
+    conn = ro(tmp_path)
+    assert not any(b"xoxp-old" in value for value in every_value(conn))
+    assert [audit.get(conn, str(row["id"]))["resp_body"] for row, _ in rows[3:]] == [d["resp_body"] for _, d in rows[3:]]
+    assert conn.execute("SELECT count(*) FROM audit_blobs WHERE base IS NOT NULL").fetchone()[0] > 0  # still based
+    assert dict(conn.execute("SELECT id, refs FROM audit_blobs").fetchall()) == named_counts(conn)
+    assert layout.miscounted(conn) is None and verify(tmp_path).broken_id is None
+
+
+def test_a_writer_that_remembers_a_replaced_base_stores_alone(tmp_path: Path) -> None:
+    """The writer (another process) remembers the base a prune replaced: its next value of that kind reads back, the
+    counts hold, and no pruned value stays."""
+    ids = RequestIds()
+    rows = rows_alike(ids, 8)
+    old = [(row | {"ts": NOW - 40 * 86400 + i}, done | {"resp_body": done["resp_body"].replace(
+        b'"ok": true', b'"ok": true, ' + SECRET % i)}) for i, (row, done) in enumerate(rows[:2])]
+    writer = AuditWriter(tmp_path / "a.db", Seal(tmp_path))
+    try:
+        for row, done in old + rows[2:5]:
+            writer.record_intent(row).result(5)
+            writer.record_outcome(str(row["id"]), done).result(5)
+        seal = Seal(tmp_path)
+        conn = audit.open_db(tmp_path / "a.db", seal=seal)
+        assert pruning.prune(conn, seal.key(), NOW - 30 * 86400, {}, seal.anchor(), include_undoable=True).rows == 2
+        conn.close()
+        for row, done in rows[5:]:
+            writer.record_intent(row).result(5)
+            writer.record_outcome(str(row["id"]), done).result(5)
+    finally:
+        writer.close()
+    conn = ro(tmp_path)
+    assert [audit.get(conn, str(row["id"]))["resp_body"] for row, _ in rows[2:]] == [d["resp_body"] for _, d in rows[2:]]
+    assert not any(b"xoxp-old" in value for value in every_value(conn))
+    assert dict(conn.execute("SELECT id, refs FROM audit_blobs").fetchall()) == named_counts(conn)
+    assert verify(tmp_path).broken_id is None
+
+
+def test_the_retention_task_lets_go_of_pruned_bases_too(tmp_path: Path) -> None:
+    """`run`'s retention prunes through its own writer, which remembers the base: the token goes there too, and the
+    next answer of that API is stored and read back."""
+    import asyncio
+    import dataclasses
+
+    from goex_proxy.addons.retention import Retention
+    from tests.conftest import stage_state
+
+    with stage_state(tmp_path, "version: 1\nname: p\nrules: []\n") as state:
+        assert state.writer is not None and state.config is not None
+        ids = RequestIds()
+        rows = rows_alike(ids, 6)
+        old = [(row | {"ts": NOW - 40 * 86400 + i}, done | {"undo_class": None, "resp_body": done["resp_body"].replace(
+            b'"ok": true', b'"ok": true, ' + SECRET % i)}) for i, (row, done) in enumerate(rows[:2])]
+        for row, done in old + rows[2:5]:
+            state.writer.record_intent(row).result(5)
+            state.writer.record_outcome(str(row["id"]), done).result(5)
+        state.config = dataclasses.replace(state.config, retention=30 * 86400)
+        done = asyncio.run(Retention(state).prune_once())
+        assert done is not None and done.rows == 2
+        row, outcome = rows[5]
+        state.writer.record_intent(row).result(5)
+        state.writer.record_outcome(str(row["id"]), outcome).result(5)
+        conn = audit.open_db(tmp_path / "audit.db", readonly=True)
+        assert not any(b"xoxp-old" in value for value in every_value(conn))
+        assert [audit.get(conn, str(r["id"]))["resp_body"] for r, _ in rows[2:]] == [d["resp_body"] for _, d in rows[2:]]
+        assert dict(conn.execute("SELECT id, refs FROM audit_blobs").fetchall()) == named_counts(conn)
+        seal = Seal(tmp_path)
+        assert audit.verify(conn, audit.chain_key(conn, seal), seal.anchor()).broken_id is None
