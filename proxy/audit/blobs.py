@@ -237,21 +237,24 @@ def _base_bytes(found: dict[Any, tuple[Any, Any]], base: Any) -> bytes | AuditEr
         return AuditError(f"its base (blob {base}) cannot be read ({exc})")
 
 
-def release(conn: sqlite3.Connection, ids: list[int]) -> int:
-    """Count one row less for each id (an id once per row that named it); delete the blobs no row names any more.
+def release(conn: sqlite3.Connection, ids: list[Any]) -> int:
+    """Count one row less for each id (an id once per row that named it); delete the blobs no row names any more, and
+    count each one's base one less (a loop, not a recursion: a hand-edited chain of bases is as long as it likes).
     How many were deleted."""
-    counts: dict[int, int] = {}
-    for blob_id in ids:
-        counts[blob_id] = counts.get(blob_id, 0) + 1
-    conn.executemany(f"UPDATE {TABLE} SET refs = refs - ? WHERE id = ?", [(n, i) for i, n in counts.items()])
-    gone, bases = 0, []
-    wanted = sorted(counts)
-    for start in range(0, len(wanted), 500):
-        part = wanted[start:start + 500]
-        unnamed = f"refs <= 0 AND id IN ({', '.join('?' * len(part))})"
-        bases += [b for (b,) in conn.execute(f"SELECT base FROM {TABLE} WHERE base IS NOT NULL AND {unnamed}", part)]
-        gone += conn.execute(f"DELETE FROM {TABLE} WHERE {unnamed}", part).rowcount
-    return gone + (release(conn, bases) if bases else 0)  # a deleted blob no longer counts in its base
+    gone = 0
+    while ids:
+        counts: dict[Any, int] = {}
+        for blob_id in ids:
+            counts[blob_id] = counts.get(blob_id, 0) + 1
+        conn.executemany(f"UPDATE {TABLE} SET refs = refs - ? WHERE id = ?", [(n, i) for i, n in counts.items()])
+        ids = []
+        wanted = list(counts)
+        for start in range(0, len(wanted), 500):
+            part = wanted[start:start + 500]
+            unnamed = f"refs <= 0 AND id IN ({', '.join('?' * len(part))})"
+            ids += [b for (b,) in conn.execute(f"SELECT base FROM {TABLE} WHERE base IS NOT NULL AND {unnamed}", part)]
+            gone += conn.execute(f"DELETE FROM {TABLE} WHERE {unnamed}", part).rowcount
+    return gone
 
 
 def replace_unnamed_bases(conn: sqlite3.Connection) -> int:

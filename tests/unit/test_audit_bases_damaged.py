@@ -132,3 +132,18 @@ def test_a_chain_of_bases_is_read_one_level_deep(tmp_path: Path) -> None:
         audit.get(conn, str(row["id"]))
     assert sum("FROM audit_blobs" in q for q in queries) <= 3, len(queries)
     assert verify(tmp_path).broken_id == row["id"]
+
+
+def test_releasing_a_blob_on_a_long_chain_of_bases_ends(tmp_path: Path) -> None:
+    """A row's blob on top of a hand-made chain of 5,000 bases, each named only by the one above: releasing it
+    (an outcome written again, a prune) recursed once a link and failed with RecursionError, which failed the writer's
+    whole batch. It now lets go of the whole chain, as each blob's count reaches 0."""
+    ids = RequestIds()
+    write(tmp_path, [(intent(ids, 1), outcome(1))])
+    with sqlite3.connect(tmp_path / "a.db") as conn:
+        top = int(conn.execute("SELECT max(id) FROM audit_blobs").fetchone()[0])
+        conn.executemany("INSERT INTO audit_blobs (id, data, refs, base) VALUES (?, ?, 1, ?)",
+                         [(top + 1 + k, blobs.encode(b"x"), top + 2 + k if k < 4999 else None) for k in range(5000)])
+        conn.execute("UPDATE audit_blobs SET refs = 1 WHERE id = ?", (top + 1,))
+        assert blobs.release(conn, [top + 1]) == 5000
+        assert conn.execute("SELECT count(*) FROM audit_blobs WHERE id > ?", (top,)).fetchone()[0] == 0
