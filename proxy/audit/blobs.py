@@ -199,11 +199,18 @@ def _select(conn: sqlite3.Connection, ids: set[Any]) -> dict[Any, tuple[Any, Any
     """The data and base of the blobs of these ids, those that are integers."""
     found: dict[Any, tuple[Any, Any]] = {}
     wanted = sorted(i for i in ids if isinstance(i, int))
+    # A log the last release wrote, read before a writer migrated it (read-only commands do not), has no bases.
+    base = "base" if wanted and has_bases(conn) else "NULL"
     for start in range(0, len(wanted), 500):
         part = wanted[start:start + 500]
-        found.update((i, (data, base)) for i, data, base in conn.execute(
-            f"SELECT id, data, base FROM {TABLE} WHERE id IN ({', '.join('?' * len(part))})", part))
+        found.update((i, (data, under)) for i, data, under in conn.execute(
+            f"SELECT id, data, {base} FROM {TABLE} WHERE id IN ({', '.join('?' * len(part))})", part))
     return found
+
+
+def has_bases(conn: sqlite3.Connection) -> bool:
+    """Whether the log's blobs may name bases (schema 17 on)."""
+    return "base" in {r[1] for r in conn.execute(f"PRAGMA table_info({TABLE})")}
 
 
 def value_of(found: dict[Any, tuple[Any, Any]], blob_id: Any, bases: dict[Any, bytes | AuditError]

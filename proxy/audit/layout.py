@@ -138,7 +138,7 @@ def miscounted(conn: sqlite3.Connection) -> tuple[Any, Any, int, str, int] | Non
     """The first blob some row names whose count is not the number of rows that name it: (its id, its count, the rows
     naming it, the id and seq of the first), or None when every count holds. Counts are outside the chain: one set
     too low would have a prune remove a blob that kept rows still name. One pass over the rows, counted on disk."""
-    based = "base" in {r[1] for r in conn.execute(f"PRAGMA table_info({blobs.TABLE})")}  # since schema 17
+    based = blobs.has_bases(conn)
     naming = [f"SELECT {c} AS ref FROM requests WHERE {c} IS NOT NULL" for c in BLOB_COLUMNS]
     if based:  # a blob stored on top of a base counts as one more naming it
         naming.append(f"SELECT base AS ref FROM {blobs.TABLE} WHERE base IS NOT NULL")
