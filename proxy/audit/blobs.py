@@ -272,7 +272,7 @@ def replace_unnamed_bases(conn: sqlite3.Connection) -> int:
     read is left as it is (`log verify` names that blob's row)."""
     unnamed = [base for (base,) in conn.execute(
         f"SELECT d.base FROM (SELECT base, count(*) AS n FROM {TABLE} WHERE base IS NOT NULL GROUP BY base) d "
-        f"JOIN {TABLE} b ON b.id = d.base WHERE b.refs <= d.n ORDER BY d.base")]
+        f"JOIN {TABLE} b ON b.id = d.base WHERE b.refs = d.n ORDER BY d.base")]
     gone = 0
     for start in range(0, len(unnamed), 500):
         part = unnamed[start:start + 500]
