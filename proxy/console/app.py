@@ -132,7 +132,7 @@ class Console:
     async def log_page(self, request: Request) -> Response:
         filters = _filters(request)
         before = _seq(request.query_params.get("before"), "before")
-        rows, top = await self.read(lambda c: (data.page(c, filters, before), data.head(c)))
+        rows, top = await self.read(functools.partial(data.listing, filters=filters, before=before))
         kept = {k: v for k, v in request.query_params.items() if k in ("agent", "host", "decision", "undo_class",
                                                                         "since", "until") and v}
         older = f"/?{urlencode({**kept, 'before': rows[-1]['seq']})}" if len(rows) == data.PAGE else None

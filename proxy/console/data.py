@@ -96,6 +96,19 @@ def newer(conn: sqlite3.Connection, filters: Filters, after: int, limit: int = N
     return rows, int(rows[-1]["seq"]) if len(rows) >= limit else max(top, after)
 
 
+def listing(conn: sqlite3.Connection, filters: Filters, before: int | None = None
+            ) -> tuple[list[dict[str, Any]], int]:
+    """The log page's rows and the newest seq, the live stream's start, read in one snapshot: read apart, a row
+    another process committed between the two was on neither the page nor the stream."""
+    if conn.in_transaction:
+        return page(conn, filters, before), head(conn)
+    conn.execute("BEGIN")
+    try:
+        return page(conn, filters, before), head(conn)
+    finally:
+        conn.execute("COMMIT")
+
+
 def head(conn: sqlite3.Connection) -> int:
     """The newest seq (0 for an empty log)."""
     return int(conn.execute("SELECT coalesce(max(seq), 0) FROM requests").fetchone()[0])

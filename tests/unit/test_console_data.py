@@ -94,3 +94,23 @@ def test_a_page_until_before_the_first_row_is_empty(tmp_path: Path) -> None:
     conn = _log(tmp_path, [1_700_000_000.0, 1_700_000_100.0])
     assert data.page(conn, data.Filters(until=1_600_000_000.0)) == []
     assert [r["seq"] for r in data.page(conn, data.Filters(until=1_700_000_050.0))] == [1]
+
+
+def test_a_row_committed_while_the_page_is_read_goes_to_the_live_stream(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The log page read its rows, then the newest seq (where its live stream starts) apart: a row another process
+    committed in between was on neither. Both are read in one snapshot now, so the stream sends it."""
+    conn = _log(tmp_path, [100.0, 101.0, 102.0])
+    shown = data.page
+
+    def page_then_a_commit(*args, **kwargs):  # type: ignore[no-untyped-def]
+        rows = shown(*args, **kwargs)
+        with sqlite3.connect(tmp_path / "audit.db") as other:
+            other.execute("INSERT INTO requests (id, ts, agent, method, scheme, host, port, path, url, decision, hash, "
+                          "prev_hash) VALUES ('IDLATE', 103.0, 'bot', 'GET', 'https', 'x', 443, '/', 'https://x/', "
+                          "'allow', 'h', '')")
+        return rows
+
+    monkeypatch.setattr(data, "page", page_then_a_commit)
+    rows, top = data.listing(conn, data.Filters())
+    assert [r["seq"] for r in rows] == [3, 2, 1]
+    assert [r["id"] for r in data.newer(conn, data.Filters(), top)[0]] == ["IDLATE"]
