@@ -264,31 +264,39 @@ def release(conn: sqlite3.Connection, ids: list[Any]) -> int:
     return gone
 
 
-def replace_unnamed_bases(conn: sqlite3.Connection) -> int:
+#: Blobs `replace_unnamed_bases` stores again in one call (one write transaction the proxy's writer waits for).
+REWRITES = 2000
+
+
+def replace_unnamed_bases(conn: sqlite3.Connection, most: int = REWRITES) -> int:
     """Let go of each base no row names any more (its rows pruned, or an outcome written again), which the blobs on
-    top of it kept whole: what the removed rows held must go with them. The first blob on it is stored alone and
-    becomes the base of the others, each stored again on top of it (the same values: the chain holds). Call in a
-    write transaction; one pass over the blobs. How many bases went. A base with a blob on top of it that cannot be
-    read is left as it is (`log verify` names that blob's row)."""
+    top of it kept whole: what the removed rows held must go with them. The newest blob on it is stored alone and
+    becomes the base of the others, each stored again on top of it (the same values: the chain holds); the newest,
+    so that the next prunes, which take the older rows first, leave it in place. Call in a write transaction; one
+    pass over the blobs, and at most `most` blobs stored again: how many were (call again while that is `most`). A
+    base with a blob on top of it that cannot be read is left as it is (`log verify` names that blob's row)."""
     unnamed = [base for (base,) in conn.execute(
         f"SELECT d.base FROM (SELECT base, count(*) AS n FROM {TABLE} WHERE base IS NOT NULL GROUP BY base) d "
         f"JOIN {TABLE} b ON b.id = d.base WHERE b.refs = d.n ORDER BY d.base")]
-    gone = 0
+    moved = 0
     for start in range(0, len(unnamed), 500):
         part = unnamed[start:start + 500]
         holes = ", ".join("?" * len(part))
         stored = dict(conn.execute(f"SELECT id, data FROM {TABLE} WHERE id IN ({holes})", part).fetchall())
         above: dict[int, list[tuple[int, bytes]]] = {}
         for blob_id, data, base in conn.execute(f"SELECT id, data, base FROM {TABLE} WHERE base IN ({holes}) "
-                                                "ORDER BY id", part):
+                                                "ORDER BY id DESC", part):
             above.setdefault(base, []).append((blob_id, data))
         for base, on_top in above.items():
-            gone += _replace(conn, base, stored.get(base), on_top)
-    return gone
+            if moved >= most:
+                return moved
+            moved += _replace(conn, base, stored.get(base), on_top[:most - moved])
+    return moved
 
 
 def _replace(conn: sqlite3.Connection, base: int, data: bytes | None, on_top: list[tuple[int, bytes]]) -> int:
-    """Move the blobs on top of `base` onto the first of them (stored alone), then delete `base` if nothing names it."""
+    """Move these blobs on top of `base` onto the first of them (stored alone), then delete `base` if nothing names
+    it any more. How many were moved."""
     under = _base_bytes({base: (data, None)} if data is not None else {}, base)
     try:
         if isinstance(under, AuditError):
@@ -308,4 +316,5 @@ def _replace(conn: sqlite3.Connection, base: int, data: bytes | None, on_top: li
                          (encode(value, new_base[1]), new_base[0], blob_id))
             conn.execute(f"UPDATE {TABLE} SET refs = refs + 1 WHERE id = ?", (new_base[0],))
     conn.execute(f"UPDATE {TABLE} SET refs = refs - ? WHERE id = ?", (len(on_top), base))
-    return conn.execute(f"DELETE FROM {TABLE} WHERE id = ? AND refs <= 0", (base,)).rowcount
+    conn.execute(f"DELETE FROM {TABLE} WHERE id = ? AND refs <= 0", (base,))
+    return len(on_top)

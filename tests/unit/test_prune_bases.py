@@ -128,3 +128,35 @@ def test_a_base_whose_count_was_set_low_is_not_taken_by_the_sweep(tmp_path: Path
         assert blobs.replace_unnamed_bases(conn) == 0
         assert conn.execute("SELECT count(*) FROM audit_blobs WHERE base = ?", (base,)).fetchone()[0] == 2
     assert audit.get(ro(tmp_path), str(rows[0][0]["id"]))["resp_body"] == rows[0][1]["resp_body"]
+
+
+def test_bases_are_replaced_in_short_transactions_by_the_newest_blob_on_them(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The blobs on a pruned base are stored again a few at a time (each a transaction the proxy's writer waits
+    for), on top of the newest of them: the next prune, which takes the next oldest rows, then stores nothing again
+    (on the oldest, it would have moved every blob of that API once more, at every prune)."""
+    ids = RequestIds()
+    rows = rows_alike(ids, 9)
+    aged = [(row | {"ts": NOW - (40 - i) * 86400}, done | {"undo_class": None}) for i, (row, done) in enumerate(rows)]
+    write(tmp_path, aged[:1] + [(row, done | {"resp_body": done["resp_body"].replace(b'"ok": true', b'"ok": true, '
+                                                                                      + SECRET % 0)})
+                                for row, done in aged[1:2]] + aged[2:])
+    monkeypatch.setattr(blobs, "REWRITES", 2)
+    seal = Seal(tmp_path)
+    conn = audit.open_db(tmp_path / "a.db", seal=seal)
+    assert pruning.prune(conn, seal.key(), NOW - 38.5 * 86400, {}, seal.anchor()).rows == 2
+    conn.close()
+    conn = ro(tmp_path)
+    assert not any(b"xoxp-old" in value for value in every_value(conn))
+    assert dict(conn.execute("SELECT id, refs FROM audit_blobs").fetchall()) == named_counts(conn)
+    assert verify(tmp_path).broken_id is None
+    moved: list[int] = []
+    replace = blobs.replace_unnamed_bases
+    monkeypatch.setattr(blobs, "replace_unnamed_bases", lambda c, most=2: moved.append(replace(c, most)) or moved[-1])
+    conn = audit.open_db(tmp_path / "a.db", seal=seal)
+    assert pruning.prune(conn, seal.key(), NOW - 36.5 * 86400, {}, seal.anchor()).rows == 2
+    conn.close()
+    assert moved == [0]
+    conn = ro(tmp_path)
+    assert [audit.get(conn, str(r["id"]))["resp_body"] for r, _ in aged[4:]] == [d["resp_body"] for _, d in aged[4:]]
+    assert dict(conn.execute("SELECT id, refs FROM audit_blobs").fetchall()) == named_counts(conn)
+    assert verify(tmp_path).broken_id is None
