@@ -753,10 +753,13 @@ class AuditWriter:
     def _update(self, op: _Outcome) -> None:
         pending = self._pending.pop(op.id, None)
         if pending is None:
-            found = self._conn.execute("SELECT hash, seq, host, method FROM requests WHERE id = ?", (op.id,)).fetchone()
+            found = self._conn.execute("SELECT hash, seq, host, method, outcome_hash FROM requests WHERE id = ?",
+                                       (op.id,)).fetchone()
             if found is None:
                 raise UnknownRequest(f"outcome for unknown request {op.id}")
             pending = (hex_of(found[0]), found[1], (found[2], found[3]))
+            if found[4] is not None:  # written again: nothing of it is built on the first one's values, let go of below
+                self._blobs.forget()
         hash_, seq, kind = pending
         fields = dict(op.fields)
         fields["outcome_hash"] = outcome_hash(self._key, hash_, fields)

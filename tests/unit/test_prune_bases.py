@@ -160,3 +160,24 @@ def test_bases_are_replaced_in_short_transactions_by_the_newest_blob_on_them(tmp
     assert [audit.get(conn, str(r["id"]))["resp_body"] for r, _ in aged[4:]] == [d["resp_body"] for _, d in aged[4:]]
     assert dict(conn.execute("SELECT id, refs FROM audit_blobs").fetchall()) == named_counts(conn)
     assert verify(tmp_path).broken_id is None
+
+
+def test_an_outcome_written_again_keeps_nothing_of_the_first(tmp_path: Path) -> None:
+    """The second outcome's body was deflated on top of the first's (the last of its kind), so letting go of the
+    first left it stored whole as the second's base: the value the row no longer holds stayed. An outcome written
+    again is stored on no base the writer remembers now (a base other rows were built on goes at the next prune)."""
+    ids = RequestIds()
+    row, done = rows_alike(ids, 1)[0]
+    first = done["resp_body"].replace(b'"ok": true', b'"ok": true, ' + SECRET % 1)
+    writer = AuditWriter(tmp_path / "a.db", Seal(tmp_path))
+    try:
+        writer.record_intent(row).result(5)
+        writer.record_outcome(str(row["id"]), done | {"resp_body": first}).result(5)
+        writer.apply(lambda conn, w: w.update_outcome(str(row["id"]), done)).result(5)
+    finally:
+        writer.close()
+    conn = ro(tmp_path)
+    assert audit.get(conn, str(row["id"]))["resp_body"] == done["resp_body"]
+    assert not any(b"xoxp-old" in value for value in every_value(conn))
+    assert dict(conn.execute("SELECT id, refs FROM audit_blobs").fetchall()) == named_counts(conn)
+    assert verify(tmp_path).broken_id is None
