@@ -114,3 +114,18 @@ def test_a_row_committed_while_the_page_is_read_goes_to_the_live_stream(tmp_path
     rows, top = data.listing(conn, data.Filters())
     assert [r["seq"] for r in rows] == [3, 2, 1]
     assert [r["id"] for r in data.newer(conn, data.Filters(), top)[0]] == ["IDLATE"]
+
+
+def test_a_page_after_a_row_pruned_since_goes_on_from_its_time(tmp_path: Path) -> None:
+    """Rows written out of time order; the last row of a page is pruned before the next page is read. The next page
+    went on by seq alone, in time order: it skipped the later-written rows that began earlier and showed again
+    earlier-written ones. With the time the page before showed (`at`), it goes on exactly."""
+    rng = random.Random(3)
+    conn = _log(tmp_path, [1_700_000_000 + i * 60 - rng.choice([0, 0, 5, 600, 3600]) for i in range(300)])
+    first = [(r["seq"], r["ts"]) for r in data.page(conn, data.Filters())]
+    last, at = first[-1]
+    want = _scan(conn, data.Filters(), last)
+    with conn:
+        conn.execute("DELETE FROM requests WHERE seq = ?", (last,))
+    assert [r["seq"] for r in data.page(conn, data.Filters(), last)] != want  # by seq alone
+    assert [r["seq"] for r in data.page(conn, data.Filters(), last, at=at)] == want
