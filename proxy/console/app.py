@@ -150,8 +150,11 @@ class Console:
         rows, top = await self.read(functools.partial(data.listing, filters=filters, before=before, at=at))
         kept = {k: v for k, v in request.query_params.items() if k in ("agent", "host", "decision", "undo_class",
                                                                         "since", "until") and v}
-        older = f"/?{urlencode({**kept, 'before': rows[-1]['seq'], 'at': repr(float(rows[-1]['ts']))})}" \
-            if len(rows) == data.PAGE else None
+        older = None
+        if len(rows) == data.PAGE:
+            last = rows[-1]
+            at_last = {"at": repr(float(last["ts"]))} if isinstance(last["ts"], (int, float)) else {}  # edited: none
+            older = f"/?{urlencode({**kept, 'before': last['seq'], **at_last})}"
         stream = f"/events?{urlencode({**kept, 'after': top})}"
         return self.page(request, "log.html", title="Requests", nav="log", rows=rows, f=filters, older=older,
                          before=before, stream=stream, since=kept.get("since", ""), until=kept.get("until", ""), decisions=DECISIONS,
