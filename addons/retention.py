@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from goex_proxy.addons.state import ProxyState
+from goex_proxy.audit.blobs import REWRITES, replace_unnamed_bases
 from goex_proxy.audit.prune import Pruned, check_counts, prune_batch, upper_bound
 from goex_proxy.audit.store import open_db
 
@@ -54,6 +55,9 @@ class Retention:
         while after is not None:
             after = await asyncio.wrap_future(writer.apply(lambda conn, w, start=after: prune_batch(
                 conn, key, before, windows, after=start, upper=upper, done=done)))
+        while done.rows:  # what the removed rows held goes, though kept values were built on it
+            if await asyncio.wrap_future(writer.apply(lambda conn, w: replace_unnamed_bases(conn))) < REWRITES:
+                break
         if done.rows:
             kept = ", ".join(f"{n} {why}" for why, n in sorted(done.kept.items()))
             log.info("audit retention: pruned %d rows older than the retention%s", done.rows,

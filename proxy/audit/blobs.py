@@ -9,7 +9,7 @@ import sqlite3
 import zlib
 from collections import OrderedDict
 from collections.abc import Hashable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from ..errors import AuditError
 from .dictionary import DICTIONARIES
@@ -74,25 +74,30 @@ def encode(value: str | bytes, base: bytes | None = None) -> bytes:
     return bytes([RAW_TEXT if text else RAW_BYTES]) + raw
 
 
-def decode(data: bytes, base: bytes | None = None) -> str | bytes:
-    """The value a stored blob holds (`base`: the bytes of its base's value, for a blob that has one); AuditError if
-    it cannot be read."""
+def decode(data: bytes, base: bytes | None = None, most: int = MAX_VALUE_BYTES) -> str | bytes:
+    """The value a stored blob holds (`base`: the bytes of its base's value, for a blob that has one; `most`: the
+    most bytes it may hold); AuditError if it cannot be read."""
+    if not isinstance(data, bytes):  # never as written: the database was edited
+        raise AuditError(f"a stored blob is not bytes but {type(data).__name__}")
     if not data:
         raise AuditError("a stored blob is empty")
     code, rest = data[0], data[1:]
+    bound = min(_bound(len(data)), most)
     if code in (RAW_BYTES, RAW_TEXT):
         raw = rest
+        if len(raw) > most:
+            raise AuditError(f"a stored blob holds more than {most:,} bytes")
     elif code in _DEFLATED:
         if code in _BASED and base is None:
             raise AuditError("a stored blob's base is missing")
         dictionary = _based_dictionary(base) if code in _BASED and base is not None else DICTIONARIES[_DEFLATED[code][0]]
         unpacker = zlib.decompressobj(-15, dictionary)
         try:
-            raw = unpacker.decompress(rest, _bound(len(data)))
+            raw = unpacker.decompress(rest, bound)
         except zlib.error as exc:
             raise AuditError(f"a stored blob does not decompress ({exc})") from None
         if unpacker.unconsumed_tail or (not unpacker.eof and unpacker.decompress(b"", 1)):
-            raise AuditError(f"a stored blob decompresses past its bound ({_bound(len(data)):,} bytes)")
+            raise AuditError(f"a stored blob decompresses past its bound ({bound:,} bytes)")
         if not unpacker.eof or unpacker.unused_data:  # never as written: it was cut, or bytes were added
             raise AuditError("a stored blob's compressed data ends early" if not unpacker.eof else
                              "bytes follow a stored blob's compressed data")
@@ -181,22 +186,34 @@ class BlobStore:
         self._bases.clear()
 
 
-def fetch(conn: sqlite3.Connection, ids: set[int]) -> dict[int, tuple[bytes, int | None]]:
+def fetch(conn: sqlite3.Connection, ids: set[Any]) -> dict[Any, tuple[Any, Any]]:
     """The stored form of these blobs and of their bases, by id: the data and the base's id (those missing are left
-    out)."""
-    found: dict[int, tuple[bytes, int | None]] = {}
-    asked: set[int] = set()
-    while wanted := sorted(ids - asked):
-        asked.update(wanted)
-        for start in range(0, len(wanted), 500):
-            part = wanted[start:start + 500]
-            found.update((i, (data, base)) for i, data, base in conn.execute(
-                f"SELECT id, data, base FROM {TABLE} WHERE id IN ({', '.join('?' * len(part))})", part))
-        ids = {base for _, base in found.values() if base is not None}
+    out, and so is an id that is not an integer: never as written). A base's own base is never fetched: `value_of`
+    refuses a base that has one, and a chain of them would cost a query a link."""
+    found = _select(conn, ids)
+    found.update(_select(conn, {base for _, base in found.values() if base is not None} - found.keys()))
     return found
 
 
-def value_of(found: dict[int, tuple[bytes, int | None]], blob_id: int, bases: dict[int, bytes | AuditError]
+def _select(conn: sqlite3.Connection, ids: set[Any]) -> dict[Any, tuple[Any, Any]]:
+    """The data and base of the blobs of these ids, those that are integers."""
+    found: dict[Any, tuple[Any, Any]] = {}
+    wanted = sorted(i for i in ids if isinstance(i, int))
+    # A log the last release wrote, read before a writer migrated it (read-only commands do not), has no bases.
+    base = "base" if wanted and has_bases(conn) else "NULL"
+    for start in range(0, len(wanted), 500):
+        part = wanted[start:start + 500]
+        found.update((i, (data, under)) for i, data, under in conn.execute(
+            f"SELECT id, data, {base} FROM {TABLE} WHERE id IN ({', '.join('?' * len(part))})", part))
+    return found
+
+
+def has_bases(conn: sqlite3.Connection) -> bool:
+    """Whether the log's blobs may name bases (schema 17 on)."""
+    return "base" in {r[1] for r in conn.execute(f"PRAGMA table_info({TABLE})")}
+
+
+def value_of(found: dict[Any, tuple[Any, Any]], blob_id: Any, bases: dict[Any, bytes | AuditError]
              ) -> str | bytes | None:
     """The value of a blob `fetch` gave (None: it is missing); AuditError if it cannot be read. `bases` keeps the
     bytes of each base read, for the next blob on top of it."""
@@ -214,31 +231,90 @@ def value_of(found: dict[int, tuple[bytes, int | None]], blob_id: int, bases: di
     return decode(data, under)
 
 
-def _base_bytes(found: dict[int, tuple[bytes, int | None]], base: int) -> bytes | AuditError:
+def _base_bytes(found: dict[Any, tuple[Any, Any]], base: Any) -> bytes | AuditError:
     """The bytes of a base's value, or why they cannot be read."""
     entry = found.get(base)
     if entry is None:
         return AuditError(f"its base (blob {base}) is missing")
     if entry[1] is not None:  # never as written: a base is a blob stored alone
         return AuditError(f"its base (blob {base}) has a base of its own")
-    try:
-        return raw_of(decode(entry[0]))
+    try:  # a base is a value stored alone, up to SMALL: a larger one is never inflated, nor kept for the next row
+        return raw_of(decode(entry[0], most=SMALL))
     except AuditError as exc:
         return AuditError(f"its base (blob {base}) cannot be read ({exc})")
 
 
-def release(conn: sqlite3.Connection, ids: list[int]) -> int:
-    """Count one row less for each id (an id once per row that named it); delete the blobs no row names any more.
+def release(conn: sqlite3.Connection, ids: list[Any]) -> int:
+    """Count one row less for each id (an id once per row that named it); delete the blobs no row names any more, and
+    count each one's base one less (a loop, not a recursion: a hand-edited chain of bases is as long as it likes).
     How many were deleted."""
-    counts: dict[int, int] = {}
-    for blob_id in ids:
-        counts[blob_id] = counts.get(blob_id, 0) + 1
-    conn.executemany(f"UPDATE {TABLE} SET refs = refs - ? WHERE id = ?", [(n, i) for i, n in counts.items()])
-    gone, bases = 0, []
-    wanted = sorted(counts)
-    for start in range(0, len(wanted), 500):
-        part = wanted[start:start + 500]
-        unnamed = f"refs <= 0 AND id IN ({', '.join('?' * len(part))})"
-        bases += [b for (b,) in conn.execute(f"SELECT base FROM {TABLE} WHERE base IS NOT NULL AND {unnamed}", part)]
-        gone += conn.execute(f"DELETE FROM {TABLE} WHERE {unnamed}", part).rowcount
-    return gone + (release(conn, bases) if bases else 0)  # a deleted blob no longer counts in its base
+    gone = 0
+    while ids:
+        counts: dict[Any, int] = {}
+        for blob_id in ids:
+            counts[blob_id] = counts.get(blob_id, 0) + 1
+        conn.executemany(f"UPDATE {TABLE} SET refs = refs - ? WHERE id = ?", [(n, i) for i, n in counts.items()])
+        ids = []
+        wanted = list(counts)
+        for start in range(0, len(wanted), 500):
+            part = wanted[start:start + 500]
+            unnamed = f"refs <= 0 AND id IN ({', '.join('?' * len(part))})"
+            ids += [b for (b,) in conn.execute(f"SELECT base FROM {TABLE} WHERE base IS NOT NULL AND {unnamed}", part)]
+            gone += conn.execute(f"DELETE FROM {TABLE} WHERE {unnamed}", part).rowcount
+    return gone
+
+
+#: Blobs `replace_unnamed_bases` stores again in one call (one write transaction the proxy's writer waits for).
+REWRITES = 2000
+
+
+def replace_unnamed_bases(conn: sqlite3.Connection, most: int = REWRITES) -> int:
+    """Let go of each base no row names any more (its rows pruned, or an outcome written again), which the blobs on
+    top of it kept whole: what the removed rows held must go with them. The newest blob on it is stored alone and
+    becomes the base of the others, each stored again on top of it (the same values: the chain holds); the newest,
+    so that the next prunes, which take the older rows first, leave it in place. Call in a write transaction; one
+    pass over the blobs, and at most `most` blobs stored again: how many were (call again while that is `most`). A
+    base with a blob on top of it that cannot be read is left as it is (`log verify` names that blob's row)."""
+    unnamed = [base for (base,) in conn.execute(
+        f"SELECT d.base FROM (SELECT base, count(*) AS n FROM {TABLE} WHERE base IS NOT NULL GROUP BY base) d "
+        f"JOIN {TABLE} b ON b.id = d.base WHERE b.refs = d.n ORDER BY d.base")]
+    moved = 0
+    for start in range(0, len(unnamed), 500):
+        part = unnamed[start:start + 500]
+        holes = ", ".join("?" * len(part))
+        stored = dict(conn.execute(f"SELECT id, data FROM {TABLE} WHERE id IN ({holes})", part).fetchall())
+        above: dict[int, list[tuple[int, bytes]]] = {}
+        for blob_id, data, base in conn.execute(f"SELECT id, data, base FROM {TABLE} WHERE base IN ({holes}) "
+                                                "ORDER BY id DESC", part):
+            above.setdefault(base, []).append((blob_id, data))
+        for base, on_top in above.items():
+            if moved >= most:
+                return moved
+            moved += _replace(conn, base, stored.get(base), on_top[:most - moved])
+    return moved
+
+
+def _replace(conn: sqlite3.Connection, base: int, data: bytes | None, on_top: list[tuple[int, bytes]]) -> int:
+    """Move these blobs on top of `base` onto the first of them (stored alone), then delete `base` if nothing names
+    it any more. How many were moved."""
+    under = _base_bytes({base: (data, None)} if data is not None else {}, base)
+    try:
+        if isinstance(under, AuditError):
+            raise under
+        values = [(blob_id, decode(blob, under)) for blob_id, blob in on_top]
+    except AuditError:
+        return 0
+    new_base: tuple[int, bytes] | None = None
+    for blob_id, value in values:
+        raw = raw_of(value)
+        if new_base is None or len(raw) > SMALL:  # alone: the first, and one no base may be built on (never written)
+            conn.execute(f"UPDATE {TABLE} SET data = ?, base = NULL WHERE id = ?", (encode(value), blob_id))
+            if new_base is None and len(raw) <= SMALL:
+                new_base = (blob_id, raw)
+        else:
+            conn.execute(f"UPDATE {TABLE} SET data = ?, base = ? WHERE id = ?",
+                         (encode(value, new_base[1]), new_base[0], blob_id))
+            conn.execute(f"UPDATE {TABLE} SET refs = refs + 1 WHERE id = ?", (new_base[0],))
+    conn.execute(f"UPDATE {TABLE} SET refs = refs - ? WHERE id = ?", (len(on_top), base))
+    conn.execute(f"DELETE FROM {TABLE} WHERE id = ? AND refs <= 0", (base,))
+    return len(on_top)

@@ -79,7 +79,7 @@ def unreadable(field: str, why: str) -> str:
     return f"<unreadable {field}: {why}>"
 
 
-def decoded(found: dict[int, tuple[bytes, int | None]], ref: int, bases: dict[int, bytes | AuditError]
+def decoded(found: dict[Any, tuple[Any, Any]], ref: Any, bases: dict[Any, bytes | AuditError]
             ) -> str | bytes | AuditError | None:
     """A fetched blob's value, or why it cannot be read (None: it is missing)."""
     try:
@@ -128,16 +128,17 @@ def logical(row: dict[str, Any], values: Mapping[int, str | bytes | AuditError |
     return out
 
 
-def refs(row: dict[str, Any]) -> list[int]:
-    """The blob ids a stored row names (one per column that names one)."""
-    return [int(row[c]) for c in BLOB_COLUMNS if row.get(c) is not None]
+def refs(row: dict[str, Any]) -> list[Any]:
+    """The blob ids a stored row names (one per column that names one), as stored: one that is not an integer (never
+    as written) names no blob, and reads as missing."""
+    return [row[c] for c in BLOB_COLUMNS if row.get(c) is not None]
 
 
-def miscounted(conn: sqlite3.Connection) -> tuple[int, int, int, str, int] | None:
+def miscounted(conn: sqlite3.Connection) -> tuple[Any, Any, int, str, int] | None:
     """The first blob some row names whose count is not the number of rows that name it: (its id, its count, the rows
     naming it, the id and seq of the first), or None when every count holds. Counts are outside the chain: one set
     too low would have a prune remove a blob that kept rows still name. One pass over the rows, counted on disk."""
-    based = "base" in {r[1] for r in conn.execute(f"PRAGMA table_info({blobs.TABLE})")}  # since schema 17
+    based = blobs.has_bases(conn)
     naming = [f"SELECT {c} AS ref FROM requests WHERE {c} IS NOT NULL" for c in BLOB_COLUMNS]
     if based:  # a blob stored on top of a base counts as one more naming it
         naming.append(f"SELECT base AS ref FROM {blobs.TABLE} WHERE base IS NOT NULL")
@@ -146,13 +147,13 @@ def miscounted(conn: sqlite3.Connection) -> tuple[int, int, int, str, int] | Non
                          "WHERE coalesce(b.refs, 0) != n.named LIMIT 1").fetchone()
     if found is None:
         return None
-    ids = [int(found[0])]
+    ids = [found[0]]
     if based:
         ids += [i for (i,) in conn.execute(f"SELECT id FROM {blobs.TABLE} WHERE base = ? LIMIT 100", (found[0],))]
     holes = ", ".join("?" * len(ids))
     first = conn.execute(f"SELECT id, seq FROM requests WHERE {' OR '.join(f'{c} IN ({holes})' for c in BLOB_COLUMNS)} "
                          "ORDER BY seq LIMIT 1", ids * len(BLOB_COLUMNS)).fetchone() or ("", 0)
-    return int(found[0]), int(found[1]), int(found[2]), str(first[0]), int(first[1])
+    return found[0], found[1], int(found[2]), str(first[0]), int(first[1])  # id and count as stored (edited: any type)
 
 
 def hash_before(conn: sqlite3.Connection, seq: int) -> str:

@@ -209,5 +209,10 @@ def prune(conn: sqlite3.Connection, key: bytes | None, before: float, windows: d
             conn.execute("BEGIN IMMEDIATE")
             after = prune_batch(conn, key, before, windows, after=after, upper=upper,
                                 include_undoable=include_undoable, now=now, done=done)
+    while done.rows:  # what the removed rows held goes, though kept values were built on it
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            if blobs.replace_unnamed_bases(conn) < blobs.REWRITES:
+                break
     return done
 

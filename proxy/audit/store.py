@@ -761,10 +761,13 @@ class AuditWriter:
     def _update(self, op: _Outcome) -> None:
         pending = self._pending.pop(op.id, None)
         if pending is None:
-            found = self._conn.execute("SELECT hash, seq, host, method FROM requests WHERE id = ?", (op.id,)).fetchone()
+            found = self._conn.execute("SELECT hash, seq, host, method, outcome_hash FROM requests WHERE id = ?",
+                                       (op.id,)).fetchone()
             if found is None:
                 raise UnknownRequest(f"outcome for unknown request {op.id}")
             pending = (hex_of(found[0]), found[1], (found[2], found[3]))
+            if found[4] is not None:  # written again: nothing of it is built on the first one's values, let go of below
+                self._blobs.forget()
         hash_, seq, kind = pending
         fields = dict(op.fields)
         fields["outcome_hash"] = outcome_hash(self._key, hash_, fields)
@@ -930,7 +933,7 @@ def chain_key(conn: sqlite3.Connection, seal: Seal) -> bytes | None:
     return key
 
 
-def miscounted(conn: sqlite3.Connection) -> tuple[int, int, int, str, int] | None:
+def miscounted(conn: sqlite3.Connection) -> tuple[Any, Any, int, str, int] | None:
     """`layout.miscounted`, none in a log older than its blobs (read-only, not migrated)."""
     try:
         return layout.miscounted(conn)
@@ -938,7 +941,7 @@ def miscounted(conn: sqlite3.Connection) -> tuple[int, int, int, str, int] | Non
         return None
 
 
-def miscount(counted: tuple[int, int, int, str, int]) -> str:
+def miscount(counted: tuple[Any, Any, int, str, int]) -> str:
     """What a blob count that does not hold means, in a sentence."""
     ref, count, named = counted[:3]
     return (f"blob {ref}, which it names, is counted for {count} row{'' if count == 1 else 's'} but {named} name it "

@@ -6,6 +6,7 @@ import asyncio
 import functools
 import json
 import logging
+import math
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -82,6 +83,19 @@ def _filters(request: Request) -> data.Filters:
                         until=_since(q.get("until", "").strip(), "until"))
 
 
+def _at(value: str | None) -> float | None:
+    """The time of the row a page goes on after (`at`), as the page before gave it (a prune may have taken the row)."""
+    if not value:
+        return None
+    try:
+        found = float(value)
+    except ValueError:
+        raise BadInput("'at' must be a time in seconds") from None
+    if not math.isfinite(found):
+        raise BadInput("'at' must be a time in seconds")
+    return found
+
+
 def _seq(value: str | None, name: str) -> int | None:
     if not value:
         return None
@@ -132,10 +146,15 @@ class Console:
     async def log_page(self, request: Request) -> Response:
         filters = _filters(request)
         before = _seq(request.query_params.get("before"), "before")
-        rows, top = await self.read(lambda c: (data.page(c, filters, before), data.head(c)))
+        at = _at(request.query_params.get("at")) if before is not None else None
+        rows, top = await self.read(functools.partial(data.listing, filters=filters, before=before, at=at))
         kept = {k: v for k, v in request.query_params.items() if k in ("agent", "host", "decision", "undo_class",
                                                                         "since", "until") and v}
-        older = f"/?{urlencode({**kept, 'before': rows[-1]['seq']})}" if len(rows) == data.PAGE else None
+        older = None
+        if len(rows) == data.PAGE:
+            last = rows[-1]
+            at_last = {"at": repr(float(last["ts"]))} if isinstance(last["ts"], (int, float)) else {}  # edited: none
+            older = f"/?{urlencode({**kept, 'before': last['seq'], **at_last})}"
         stream = f"/events?{urlencode({**kept, 'after': top})}"
         return self.page(request, "log.html", title="Requests", nav="log", rows=rows, f=filters, older=older,
                          before=before, stream=stream, since=kept.get("since", ""), until=kept.get("until", ""), decisions=DECISIONS,

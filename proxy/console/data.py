@@ -61,18 +61,21 @@ def _rows(conn: sqlite3.Connection, sql: str, params: list[Any]) -> list[dict[st
     return list(layout.read(conn, sql, params))
 
 
-def page(conn: sqlite3.Connection, filters: Filters, before: int | None = None, limit: int = PAGE) -> list[dict[str, Any]]:
+def page(conn: sqlite3.Connection, filters: Filters, before: int | None = None, limit: int = PAGE,
+         at: float | None = None) -> list[dict[str, Any]]:
     """One page of rows, newest first (by the time each began, then seq, as `log` lists them), after the row of seq
-    `before` in that order (keyset: never an OFFSET, never the whole table; each filter's index ends in ts)."""
+    `before` in that order (keyset: never an OFFSET, never the whole table; each filter's index ends in ts). `at`:
+    that row's time as the page before showed it, for a row pruned since."""
     clauses, params = filters.where()
     if before is not None:
         found = conn.execute("SELECT ts FROM requests WHERE seq = ?", (before,)).fetchone()
-        if found is None:  # pruned since the page before was read: the rows chained before it
+        ts = found[0] if found is not None else at
+        if ts is None:  # pruned since the page before was read, and its time not given: the rows chained before it
             clauses.append("seq < ?")
             params.append(before)
-        else:
+        else:  # by seq alone, rows written out of time order would be skipped or shown again
             clauses.append("ts <= ? AND (ts < ? OR seq < ?)")
-            params += [found[0], found[0], before]
+            params += [ts, ts, before]
     sql = f"SELECT {LIST_COLUMNS} FROM requests" + (" WHERE " + " AND ".join(clauses) if clauses else "")
     return _rows(conn, sql + f" ORDER BY ts DESC, seq DESC LIMIT {int(limit)}", params)
 
@@ -94,6 +97,19 @@ def newer(conn: sqlite3.Connection, filters: Filters, after: int, limit: int = N
     sql = f"SELECT {LIST_COLUMNS} FROM requests WHERE " + " AND ".join(clauses)
     rows = _rows(conn, sql + f" ORDER BY seq ASC LIMIT {int(limit)}", params)
     return rows, int(rows[-1]["seq"]) if len(rows) >= limit else max(top, after)
+
+
+def listing(conn: sqlite3.Connection, filters: Filters, before: int | None = None, at: float | None = None
+            ) -> tuple[list[dict[str, Any]], int]:
+    """The log page's rows and the newest seq, the live stream's start, read in one snapshot: read apart, a row
+    another process committed between the two was on neither the page nor the stream."""
+    if conn.in_transaction:
+        return page(conn, filters, before, at=at), head(conn)
+    conn.execute("BEGIN")
+    try:
+        return page(conn, filters, before, at=at), head(conn)
+    finally:
+        conn.execute("COMMIT")
 
 
 def head(conn: sqlite3.Connection) -> int:

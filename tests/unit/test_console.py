@@ -208,13 +208,14 @@ def test_the_log_is_paged_by_keyset_newest_first_and_filtered(console: Running, 
     first = client.get("/").text
     shown = re.findall(r'href="/request/([0-9A-Z]+)"', first)
     assert shown == list(reversed(ids))[:50]
-    older = re.search(r'href="(/\?before=\d+)" rel="next"', first)
+    older = re.search(r'href="(/\?before=\d+&amp;at=[0-9.e+]+)" rel="next"', first)
     assert older, "a link to older rows"
     second = re.findall(r'href="/request/([0-9A-Z]+)"', client.get(older.group(1).replace("&amp;", "&")).text)
     assert second == list(reversed(ids))[50:100]
     only_a = re.findall(r'href="/request/([0-9A-Z]+)"', client.get("/?agent=a").text)
     assert only_a == [i for i in reversed(ids) if ids.index(i) % 2][:50]
     assert client.get("/?decision=bogus").status_code == 400 and client.get("/?before=x").status_code == 400
+    assert client.get("/?before=5&at=nan").status_code == 400 and client.get("/?before=5&at=x").status_code == 400
     assert client.get("/?since=yesterday-ish").status_code == 400
     window = re.findall(r'href="/request/([0-9A-Z]+)"', client.get("/", params={
         "since": "2023-11-14T22:13:25+00:00", "until": "2023-11-14T22:13:29+00:00", "agent": "a"}).text)

@@ -94,3 +94,38 @@ def test_a_page_until_before_the_first_row_is_empty(tmp_path: Path) -> None:
     conn = _log(tmp_path, [1_700_000_000.0, 1_700_000_100.0])
     assert data.page(conn, data.Filters(until=1_600_000_000.0)) == []
     assert [r["seq"] for r in data.page(conn, data.Filters(until=1_700_000_050.0))] == [1]
+
+
+def test_a_row_committed_while_the_page_is_read_goes_to_the_live_stream(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The log page read its rows, then the newest seq (where its live stream starts) apart: a row another process
+    committed in between was on neither. Both are read in one snapshot now, so the stream sends it."""
+    conn = _log(tmp_path, [100.0, 101.0, 102.0])
+    shown = data.page
+
+    def page_then_a_commit(*args, **kwargs):  # type: ignore[no-untyped-def]
+        rows = shown(*args, **kwargs)
+        with sqlite3.connect(tmp_path / "audit.db") as other:
+            other.execute("INSERT INTO requests (id, ts, agent, method, scheme, host, port, path, url, decision, hash, "
+                          "prev_hash) VALUES ('IDLATE', 103.0, 'bot', 'GET', 'https', 'x', 443, '/', 'https://x/', "
+                          "'allow', 'h', '')")
+        return rows
+
+    monkeypatch.setattr(data, "page", page_then_a_commit)
+    rows, top = data.listing(conn, data.Filters())
+    assert [r["seq"] for r in rows] == [3, 2, 1]
+    assert [r["id"] for r in data.newer(conn, data.Filters(), top)[0]] == ["IDLATE"]
+
+
+def test_a_page_after_a_row_pruned_since_goes_on_from_its_time(tmp_path: Path) -> None:
+    """Rows written out of time order; the last row of a page is pruned before the next page is read. The next page
+    went on by seq alone, in time order: it skipped the later-written rows that began earlier and showed again
+    earlier-written ones. With the time the page before showed (`at`), it goes on exactly."""
+    rng = random.Random(3)
+    conn = _log(tmp_path, [1_700_000_000 + i * 60 - rng.choice([0, 0, 5, 600, 3600]) for i in range(300)])
+    first = [(r["seq"], r["ts"]) for r in data.page(conn, data.Filters())]
+    last, at = first[-1]
+    want = _scan(conn, data.Filters(), last)
+    with conn:
+        conn.execute("DELETE FROM requests WHERE seq = ?", (last,))
+    assert [r["seq"] for r in data.page(conn, data.Filters(), last)] != want  # by seq alone
+    assert [r["seq"] for r in data.page(conn, data.Filters(), last, at=at)] == want
