@@ -9,7 +9,8 @@ import sqlite3
 import zlib
 from collections import OrderedDict
 from collections.abc import Hashable
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any
 
 from ..errors import AuditError
 from .dictionary import DICTIONARIES
@@ -122,13 +123,21 @@ FAMILIES = 1024
 BASED_AT_MOST = 0.9
 
 
-class _Base(NamedTuple):
-    """A blob a family's next values are deflated on top of: its id, its value's bytes, and how much of them it
-    stored (deflated alone)."""
+#: The most values deflated on top of one base; the next is stored alone and becomes its family's base. A prune that
+#: removes a base's row stores again the values on it that it keeps (`replace_unnamed_bases`): at most this many, the
+#: values written right after it, and not every value of a steady API since its first answer.
+BASE_USES = 1000
+
+
+@dataclass(slots=True)
+class _Base:
+    """A blob a family's next values are deflated on top of: its id, its value's bytes, how much of them it stored
+    (deflated alone), and how many values were deflated on top of it."""
 
     id: int
     value: bytes
     ratio: float
+    uses: int = 0
 
 
 class BlobStore:
@@ -154,6 +163,8 @@ class BlobStore:
             del self._recent[digest]
         raw = raw_of(value)
         kept = self._bases.get(family) if family is not None and len(raw) <= SMALL else None
+        if kept is not None and kept.uses >= BASE_USES:
+            kept = None  # stored alone, the family's next base
         data = encode(value, kept.value) if kept is not None else None
         # Stored alone when that is smaller enough: judged by the base's own ratio, and deflated alone only when the
         # value on top of it does not beat that (one deflate a value, mostly).
@@ -166,6 +177,8 @@ class BlobStore:
             del self._bases[family]  # pruned since
             data = None
         base = kept.id if data is not None and kept is not None else None
+        if base is not None and kept is not None:
+            kept.uses += 1
         if data is None:
             data = encode(value)
         blob_id = int(conn.execute(f"INSERT INTO {TABLE} (data, refs, base) VALUES (?, 1, ?)",

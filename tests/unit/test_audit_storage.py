@@ -601,3 +601,19 @@ def test_upgrading_a_long_log_says_so_first(tmp_path: Path, monkeypatch: pytest.
     assert said == [f"upgrading the audit log (3 rows) from schema 11 to {len(audit.MIGRATIONS)}; this is done once "
                     "and may take about a minute for every ten million rows"]
     assert verify(tmp_path).checked == 3
+
+
+def test_a_base_takes_at_most_base_uses_values_then_the_next_is_the_base(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A steady API's values go on a base a bounded number of times, so that a prune that removes the base's row
+    stores again at most that many kept values, not everything built on it since the API's first answer."""
+    monkeypatch.setattr(blobs, "BASE_USES", 3)
+    ids = RequestIds()
+    rows = rows_alike(ids, 9)
+    write(tmp_path, rows)
+    conn = ro(tmp_path)
+    named = [blob_of(tmp_path, str(row["id"]), "resp_body") for row, _ in rows]
+    bases = [conn.execute("SELECT base FROM audit_blobs WHERE id = ?", (i,)).fetchone()[0] for i in named]
+    assert bases == [None, named[0], named[0], named[0], None, named[4], named[4], named[4], None]
+    assert [audit.get(conn, str(row["id"]))["resp_body"] for row, _ in rows] == [d["resp_body"] for _, d in rows]
+    assert verify(tmp_path).checked == 9
