@@ -11,6 +11,7 @@ import hmac
 import json
 import os
 import secrets
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -56,6 +57,10 @@ class Seal:
         #: The anchor as last read or written, with the file's identity then: read again only when the file changed
         #: (every audit write checks it, and reading it cost more than the row).
         self._seen: tuple[tuple[int, int, int, int], Anchor] | None = None
+        #: That file, held open: its inode number cannot go to another file while it is remembered (file times move
+        #: a tick at a time on older kernels, so a newer anchor in the freed number could look the same).
+        self._held: int | None = None
+        self._holding = threading.Lock()
 
     def key(self, *, create: bool = False) -> bytes | None:
         """The chain key (32 bytes), made on first use when `create`; None when there is none yet."""
@@ -92,15 +97,36 @@ class Seal:
             stamp = _identity(os.stat(self.anchor_path))
             if self._seen is not None and self._seen[0] == stamp:
                 return self._seen[1]
-            with open(self.anchor_path, encoding="utf-8") as f:
-                stamp, text = _identity(os.fstat(f.fileno())), f.read()
+            fd = os.open(self.anchor_path, os.O_RDONLY)
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise AuditError(f"cannot read the audit anchor {self.anchor_path}: {exc.strerror or exc}") from None
-        anchor = Anchor.loads(text, str(self.anchor_path))
-        self._seen = (stamp, anchor)
+        try:
+            with open(fd, encoding="utf-8", closefd=False) as f:
+                stamp, text = _identity(os.fstat(fd)), f.read()
+            anchor = Anchor.loads(text, str(self.anchor_path))
+        except BaseException as exc:
+            os.close(fd)
+            if isinstance(exc, OSError):
+                raise AuditError(f"cannot read the audit anchor {self.anchor_path}: {exc.strerror or exc}") from None
+            raise
+        self._remember(stamp, anchor, fd)
         return anchor
+
+    def __del__(self) -> None:
+        held = getattr(self, "_held", None)  # None too when __init__ did not get that far
+        if held is not None:
+            with contextlib.suppress(OSError):
+                os.close(held)
+
+    def _remember(self, stamp: tuple[int, int, int, int], anchor: Anchor, fd: int) -> None:
+        """Remember `anchor` as the one in the file open as `fd` (kept open; the file remembered before is let go)."""
+        with self._holding:
+            let_go, self._held = self._held, fd
+            self._seen = (stamp, anchor)
+        if let_go is not None:
+            os.close(let_go)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -120,15 +146,19 @@ class Seal:
             return
         tmp = self.anchor_path.with_name(f".{ANCHOR_FILE}.{secrets.token_hex(6)}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(anchor.dumps())
-            out.flush()
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8", closefd=False) as out:
+                out.write(anchor.dumps())
             if exchanged(tmp, self.anchor_path):
                 with contextlib.suppress(OSError):  # the last anchor, now under tmp's name (left behind, it is harmless)
                     os.unlink(tmp)
             else:
                 os.replace(tmp, self.anchor_path)
-            self._seen = (_identity(os.fstat(out.fileno())), anchor)  # the file under its name now (a rename is a change)
+            stamp = _identity(os.fstat(fd))  # the file under its name now (a rename is a change)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._remember(stamp, anchor, fd)
 
 
 #: renameat2(2) from the C library, where it has it; None once a filesystem refused RENAME_EXCHANGE.

@@ -413,6 +413,25 @@ def test_a_filesystem_that_cannot_exchange_names_gets_renames(tmp_path: Path, mo
     assert seal_module._renameat2 is None and [p.name for p in tmp_path.iterdir()] == ["audit.anchor"]
 
 
+def test_a_remembered_anchor_is_not_taken_for_a_newer_one_in_its_inode(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The anchor a Seal remembers is told from the file by inode, times and size. On a kernel whose file times move
+    a tick (1 to 10 ms) at a time (before Linux 6.13), another writer's two anchors in one tick put the second in the
+    inode number the first freed, same times, same size: the Seal kept the older anchor, and a writer comparing under
+    the lock then replaced the newer one with its own older head (rows answered were no longer anchored)."""
+    tick = 10_000_000  # ns: HZ=100
+    coarse = seal_module._identity
+    monkeypatch.setattr(seal_module, "_identity", lambda st: (*coarse(st)[:1], *(t // tick for t in coarse(st)[1:3]),
+                                                              *coarse(st)[3:]))
+    mine, theirs = Seal(tmp_path), Seal(tmp_path)
+    for seq in range(100_000, 100_600, 3):  # a tick holds several of them
+        mine.set_anchor(Anchor(seq, "ID", "a" * 64))
+        assert mine.anchor() == Anchor(seq, "ID", "a" * 64)
+        theirs.set_anchor(Anchor(seq + 1, "ID", "a" * 64))
+        theirs.set_anchor(Anchor(seq + 2, "ID", "a" * 64))
+        assert mine.anchor() == Anchor(seq + 2, "ID", "a" * 64)
+
+
 def test_a_request_row_is_anchored_before_its_writer_answers(tmp_path: Path) -> None:
     """A request goes upstream once its row is committed and anchored: removing the row of a request that was sent is
     then always caught, even had the proxy died right after sending it."""
