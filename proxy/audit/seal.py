@@ -61,6 +61,8 @@ class Seal:
         #: a tick at a time on older kernels, so a newer anchor in the freed number could look the same).
         self._held: int | None = None
         self._holding = threading.Lock()
+        #: Whether the temporary anchors a writer killed midway left behind were removed (once, under the lock).
+        self._swept = False
 
     def key(self, *, create: bool = False) -> bytes | None:
         """The chain key (32 bytes), made on first use when `create`; None when there is none yet."""
@@ -134,12 +136,17 @@ class Seal:
         fd = os.open(self.anchor_path.with_name(f".{ANCHOR_FILE}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            if not self._swept:  # nobody is between making a temporary anchor and removing it while the lock is held
+                for left in self.anchor_path.parent.glob(f".{ANCHOR_FILE}.*.tmp"):
+                    with contextlib.suppress(OSError):  # a directory someone put there stays (it is no anchor)
+                        left.unlink()
+                self._swept = True
             yield
         finally:
             os.close(fd)
 
     def set_anchor(self, anchor: Anchor | None) -> None:
-        """Replace the anchor atomically (None: remove it)."""
+        """Replace the anchor atomically (None: remove it); call under `locked()`."""
         if anchor is None:
             with contextlib.suppress(FileNotFoundError):
                 self.anchor_path.unlink()
@@ -157,6 +164,8 @@ class Seal:
             stamp = _identity(os.fstat(fd))  # the file under its name now (a rename is a change)
         except BaseException:
             os.close(fd)
+            with contextlib.suppress(OSError):  # the new anchor not written, or the last one exchanged out
+                os.unlink(tmp)
             raise
         self._remember(stamp, anchor, fd)
 

@@ -353,7 +353,8 @@ def _rechain(conn: sqlite3.Connection, seal: Seal) -> None:
         conn.execute("UPDATE requests SET prev_hash = ?, hash = ?, outcome_hash = ? WHERE seq = ?",
                      (signed["prev_hash"], signed["hash"], signed.get("outcome_hash"), row["seq"]))
         prev, head = signed["hash"], Anchor(row["seq"], row["id"], signed["hash"])
-    seal.set_anchor(head)
+    with seal.locked():
+        seal.set_anchor(head)
 
 
 def _canonical(row: dict[str, Any], fields: tuple[str, ...]) -> bytes:

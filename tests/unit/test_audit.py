@@ -432,6 +432,55 @@ def test_a_remembered_anchor_is_not_taken_for_a_newer_one_in_its_inode(tmp_path:
         assert mine.anchor() == Anchor(seq + 2, "ID", "a" * 64)
 
 
+def test_an_anchor_that_could_not_take_its_name_leaves_no_file_behind(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed replacement (an I/O error, a full disk) is told to the writer, which logs it; the last anchor stays,
+    and the new one is not left under its temporary name (one a failed write, piling up while the disk is full)."""
+    mine = Seal(tmp_path)
+    mine.set_anchor(Anchor(1, "A", "a" * 64))
+
+    def failing(new: Path, old: Path) -> bool:
+        raise OSError(errno.EIO, "Input/output error", str(old))
+
+    monkeypatch.setattr(seal_module, "exchanged", failing)
+    with pytest.raises(OSError):
+        mine.set_anchor(Anchor(2, "B", "b" * 64))
+    assert [p.name for p in tmp_path.iterdir()] == ["audit.anchor"] and Seal(tmp_path).anchor() == Anchor(1, "A",
+                                                                                                        "a" * 64)
+
+
+KILLED_BETWEEN = """
+import os, signal, sys
+from pathlib import Path
+from goex_proxy.audit import seal
+from goex_proxy.audit.seal import Anchor, Seal
+real = seal.exchanged
+def then_killed(new, old):
+    real(new, old)
+    os.kill(os.getpid(), signal.SIGKILL)  # after the exchange, before the last anchor (now under new's name) is removed
+seal.exchanged = then_killed
+mine = Seal(Path(sys.argv[1]))
+mine.set_anchor(Anchor(2, "B", "b" * 64))
+"""
+
+
+def test_a_writer_killed_between_exchange_and_removal_leaves_the_new_anchor_and_the_next_sweeps(tmp_path: Path) -> None:
+    """Killed after the names were exchanged and before the last anchor was removed, a writer leaves the new anchor
+    under its name (never an older one, never none) and the last under a temporary name, which the next writer to
+    take the lock removes: such files do not pile up one a crash."""
+    import subprocess
+    import sys
+
+    Seal(tmp_path).set_anchor(Anchor(1, "A", "a" * 64))
+    killed = subprocess.run([sys.executable, "-c", KILLED_BETWEEN, str(tmp_path)], capture_output=True, timeout=60)
+    assert killed.returncode == -9, killed.stderr
+    assert Seal(tmp_path).anchor() == Anchor(2, "B", "b" * 64)
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".anchor", ".tmp"]  # the anchor, and the last one
+    with Seal(tmp_path).locked():  # as a writer takes it to anchor its rows
+        assert not [p for p in tmp_path.iterdir() if p.suffix == ".tmp"]
+    assert Seal(tmp_path).anchor() == Anchor(2, "B", "b" * 64)
+
+
 def test_a_request_row_is_anchored_before_its_writer_answers(tmp_path: Path) -> None:
     """A request goes upstream once its row is committed and anchored: removing the row of a request that was sent is
     then always caught, even had the proxy died right after sending it."""
