@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import sqlite3
 import threading
@@ -353,16 +352,9 @@ def test_the_anchor_is_read_again_whenever_its_file_changes(tmp_path: Path) -> N
     assert mine.anchor() is None
 
 
-@pytest.mark.parametrize("exchange", [True, False], ids=["names exchanged", "renamed over"])
-def test_an_anchor_replaces_the_last_at_once_and_leaves_nothing_behind(tmp_path: Path, exchange: bool,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """However the new anchor takes the name (exchanged with the last one, which is then removed, or renamed over it
-    where the filesystem cannot exchange names), a reader meanwhile finds an anchor at every moment, whole and never
-    older than one it found before, and only the anchor is left, readable by its owner alone."""
-    if not exchange:
-        monkeypatch.setattr(seal_module, "_renameat2", None)
-    elif seal_module._renameat2 is None:
-        pytest.fail("this system's C library has no renameat2, so the exchange is not tested")
+def test_an_anchor_replaces_the_last_at_once_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    """A reader finds an anchor at every moment while new ones are renamed over the last, whole and never older than
+    one it found before, and only the anchor is left, readable by its owner alone."""
     writer = Seal(tmp_path)
     writer.set_anchor(Anchor(1, "A", "a" * 64))
     found: list[int] = []
@@ -395,24 +387,6 @@ def test_an_anchor_replaces_the_last_at_once_and_leaves_nothing_behind(tmp_path:
     assert (tmp_path / "audit.anchor").stat().st_mode & 0o777 == 0o600
 
 
-def test_a_filesystem_that_cannot_exchange_names_gets_renames(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """renameat2 refused (EINVAL: a filesystem without RENAME_EXCHANGE) is not an error: the anchor is renamed over,
-    and from then on the exchange is not tried."""
-    calls: list[bytes] = []
-
-    def refusing(*args: object) -> int:
-        calls.append(args[1])  # type: ignore[arg-type]
-        ctypes.set_errno(errno.EINVAL)
-        return -1
-
-    monkeypatch.setattr(seal_module, "_renameat2", refusing)
-    mine = Seal(tmp_path)
-    for seq in (1, 2, 3):
-        mine.set_anchor(Anchor(seq, "A", "a" * 64))
-    assert Seal(tmp_path).anchor() == Anchor(3, "A", "a" * 64) and len(calls) == 1
-    assert seal_module._renameat2 is None and [p.name for p in tmp_path.iterdir()] == ["audit.anchor"]
-
-
 def test_a_remembered_anchor_is_not_taken_for_a_newer_one_in_its_inode(tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """The anchor a Seal remembers is told from the file by inode, times and size. On a kernel whose file times move
@@ -439,10 +413,10 @@ def test_an_anchor_that_could_not_take_its_name_leaves_no_file_behind(tmp_path: 
     mine = Seal(tmp_path)
     mine.set_anchor(Anchor(1, "A", "a" * 64))
 
-    def failing(new: Path, old: Path) -> bool:
-        raise OSError(errno.EIO, "Input/output error", str(old))
+    def failing(src: object, dst: object) -> None:
+        raise OSError(errno.EIO, "Input/output error", str(dst))
 
-    monkeypatch.setattr(seal_module, "exchanged", failing)
+    monkeypatch.setattr(seal_module.os, "replace", failing)
     with pytest.raises(OSError):
         mine.set_anchor(Anchor(2, "B", "b" * 64))
     assert [p.name for p in tmp_path.iterdir()] == ["audit.anchor"] and Seal(tmp_path).anchor() == Anchor(1, "A",
@@ -454,19 +428,17 @@ import os, signal, sys
 from pathlib import Path
 from goex_proxy.audit import seal
 from goex_proxy.audit.seal import Anchor, Seal
-real = seal.exchanged
-def then_killed(new, old):
-    real(new, old)
-    os.kill(os.getpid(), signal.SIGKILL)  # after the exchange, before the last anchor (now under new's name) is removed
-seal.exchanged = then_killed
+def killed(src, dst):
+    os.kill(os.getpid(), signal.SIGKILL)  # the new anchor written under its temporary name, not renamed yet
+os.replace = killed
 mine = Seal(Path(sys.argv[1]))
 mine.set_anchor(Anchor(2, "B", "b" * 64))
 """
 
 
-def test_a_writer_killed_between_exchange_and_removal_leaves_the_new_anchor_and_the_next_sweeps(tmp_path: Path) -> None:
-    """Killed after the names were exchanged and before the last anchor was removed, a writer leaves the new anchor
-    under its name (never an older one, never none) and the last under a temporary name, which the next writer to
+def test_a_writer_killed_before_its_rename_leaves_the_last_anchor_and_the_next_sweeps(tmp_path: Path) -> None:
+    """Killed after writing the new anchor and before renaming it, a writer leaves the last anchor under its name
+    (none of the new one's rows was answered yet) and the new one under a temporary name, which the next writer to
     take the lock removes: such files do not pile up one a crash."""
     import subprocess
     import sys
@@ -474,11 +446,11 @@ def test_a_writer_killed_between_exchange_and_removal_leaves_the_new_anchor_and_
     Seal(tmp_path).set_anchor(Anchor(1, "A", "a" * 64))
     killed = subprocess.run([sys.executable, "-c", KILLED_BETWEEN, str(tmp_path)], capture_output=True, timeout=60)
     assert killed.returncode == -9, killed.stderr
-    assert Seal(tmp_path).anchor() == Anchor(2, "B", "b" * 64)
-    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".anchor", ".tmp"]  # the anchor, and the last one
+    assert Seal(tmp_path).anchor() == Anchor(1, "A", "a" * 64)
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".anchor", ".tmp"]  # the anchor, and the new one
     with Seal(tmp_path).locked():  # as a writer takes it to anchor its rows
         assert not [p for p in tmp_path.iterdir() if p.suffix == ".tmp"]
-    assert Seal(tmp_path).anchor() == Anchor(2, "B", "b" * 64)
+    assert Seal(tmp_path).anchor() == Anchor(1, "A", "a" * 64)
 
 
 def test_a_request_row_is_anchored_before_its_writer_answers(tmp_path: Path) -> None:
