@@ -467,6 +467,30 @@ def test_a_request_row_is_anchored_before_its_writer_answers(tmp_path: Path) -> 
         writer.close()
 
 
+def test_a_request_whose_row_could_not_be_anchored_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The anchor not written (a full disk, an I/O error in the state directory) refuses the requests of the batch, as
+    a failed commit does: their rows could be removed from the end of the log unseen. It was logged, and the request
+    went upstream all the same. The next batch that anchors its rows answers again."""
+    ids, writer = RequestIds(), AuditWriter(tmp_path / "a.db", Seal(tmp_path))
+    real = seal_module.os.replace
+
+    def full(src: object, dst: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+
+    try:
+        writer.record_intent(row(0, ids)).result(5)
+        monkeypatch.setattr(seal_module.os, "replace", full)
+        with pytest.raises(audit.AuditError, match="anchor"):
+            writer.record_intent(row(1, ids)).result(5)
+        assert writer.failing and "anchor" in writer.failing
+        monkeypatch.setattr(seal_module.os, "replace", real)
+        last = row(2, ids)
+        writer.record_intent(last).result(5)
+        assert writer.failing is None and Seal(tmp_path).anchor().id == last["id"]  # type: ignore[union-attr]
+    finally:
+        writer.close()
+
+
 def test_writers_of_one_log_take_turns_through_its_lock_file(tmp_path: Path) -> None:
     """Two writers (two workers of `run`) take turns through a lock file, asked again within a millisecond, where
     SQLite's busy handler had the loser sleep 1 ms or more; while another holds the turn, nothing is written."""
