@@ -9,6 +9,7 @@ import hmac
 import json
 import os
 import secrets
+import stat
 import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -97,14 +98,18 @@ class Seal:
             stamp = _identity(os.stat(self.anchor_path))
             if self._seen is not None and self._seen[0] == stamp:
                 return self._seen[1]
-            fd = os.open(self.anchor_path, os.O_RDONLY)
+            fd = os.open(self.anchor_path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO put there would wait for a writer
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise AuditError(f"cannot read the audit anchor {self.anchor_path}: {exc.strerror or exc}") from None
         try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise AuditError(f"the audit anchor {self.anchor_path} is not a regular file (a directory, a FIFO or a "
+                                 "device was put in its place); move it aside")
             with open(fd, encoding="utf-8", closefd=False) as f:
-                stamp, text = _identity(os.fstat(fd)), f.read()
+                stamp, text = _identity(st), f.read()
             anchor = Anchor.loads(text, str(self.anchor_path))
         except BaseException as exc:
             os.close(fd)

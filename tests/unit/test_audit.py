@@ -453,6 +453,29 @@ def test_a_writer_killed_before_its_rename_leaves_the_last_anchor_and_the_next_s
     assert Seal(tmp_path).anchor() == Anchor(1, "A", "a" * 64)
 
 
+def test_an_anchor_that_is_no_file_is_refused_in_one_line(tmp_path: Path) -> None:
+    """A FIFO in the anchor's place (whoever can write the state directory) is refused with the path named, at once:
+    reading it waited for a writer for ever, and with it the audit writer and every request."""
+    import os
+
+    os.mkfifo(tmp_path / "audit.anchor", 0o600)
+    outcome: list[BaseException | Anchor | None] = []
+    reader = threading.Thread(target=lambda: outcome.append(_anchor_or_error(Seal(tmp_path))), daemon=True)
+    reader.start()
+    reader.join(5)
+    if reader.is_alive():  # let it go before failing
+        os.close(os.open(tmp_path / "audit.anchor", os.O_WRONLY | os.O_NONBLOCK))
+    assert len(outcome) == 1 and isinstance(outcome[0], audit.AuditError), outcome
+    assert "audit.anchor" in str(outcome[0]) and "regular file" in str(outcome[0])
+
+
+def _anchor_or_error(seal: Seal) -> BaseException | Anchor | None:
+    try:
+        return seal.anchor()
+    except Exception as exc:  # noqa: BLE001  (the error is what the test looks at)
+        return exc
+
+
 def test_a_request_row_is_anchored_before_its_writer_answers(tmp_path: Path) -> None:
     """A request goes upstream once its row is committed and anchored: removing the row of a request that was sent is
     then always caught, even had the proxy died right after sending it."""
