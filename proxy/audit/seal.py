@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import errno
 import fcntl
 import hashlib
 import hmac
 import json
 import os
 import secrets
-from collections.abc import Callable, Iterator
+import stat
+import threading
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -56,6 +56,12 @@ class Seal:
         #: The anchor as last read or written, with the file's identity then: read again only when the file changed
         #: (every audit write checks it, and reading it cost more than the row).
         self._seen: tuple[tuple[int, int, int, int], Anchor] | None = None
+        #: That file, held open: its inode number cannot go to another file while it is remembered (file times move
+        #: a tick at a time on older kernels, so a newer anchor in the freed number could look the same).
+        self._held: int | None = None
+        self._holding = threading.Lock()
+        #: Whether the temporary anchors a writer killed midway left behind were removed (once, under the lock).
+        self._swept = False
 
     def key(self, *, create: bool = False) -> bytes | None:
         """The chain key (32 bytes), made on first use when `create`; None when there is none yet."""
@@ -92,15 +98,40 @@ class Seal:
             stamp = _identity(os.stat(self.anchor_path))
             if self._seen is not None and self._seen[0] == stamp:
                 return self._seen[1]
-            with open(self.anchor_path, encoding="utf-8") as f:
-                stamp, text = _identity(os.fstat(f.fileno())), f.read()
+            fd = os.open(self.anchor_path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO put there would wait for a writer
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise AuditError(f"cannot read the audit anchor {self.anchor_path}: {exc.strerror or exc}") from None
-        anchor = Anchor.loads(text, str(self.anchor_path))
-        self._seen = (stamp, anchor)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise AuditError(f"the audit anchor {self.anchor_path} is not a regular file (a directory, a FIFO or a "
+                                 "device was put in its place); move it aside")
+            with open(fd, encoding="utf-8", closefd=False) as f:
+                stamp, text = _identity(st), f.read()
+            anchor = Anchor.loads(text, str(self.anchor_path))
+        except BaseException as exc:
+            os.close(fd)
+            if isinstance(exc, OSError):
+                raise AuditError(f"cannot read the audit anchor {self.anchor_path}: {exc.strerror or exc}") from None
+            raise
+        self._remember(stamp, anchor, fd)
         return anchor
+
+    def __del__(self) -> None:
+        held = getattr(self, "_held", None)  # None too when __init__ did not get that far
+        if held is not None:
+            with contextlib.suppress(OSError):
+                os.close(held)
+
+    def _remember(self, stamp: tuple[int, int, int, int], anchor: Anchor, fd: int) -> None:
+        """Remember `anchor` as the one in the file open as `fd` (kept open; the file remembered before is let go)."""
+        with self._holding:
+            let_go, self._held = self._held, fd
+            self._seen = (stamp, anchor)
+        if let_go is not None:
+            os.close(let_go)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -108,57 +139,42 @@ class Seal:
         fd = os.open(self.anchor_path.with_name(f".{ANCHOR_FILE}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            if not self._swept:  # nobody is between making a temporary anchor and removing it while the lock is held
+                for left in self.anchor_path.parent.glob(f".{ANCHOR_FILE}.*.tmp"):
+                    with contextlib.suppress(OSError):  # a directory someone put there stays (it is no anchor)
+                        left.unlink()
+                self._swept = True
             yield
         finally:
             os.close(fd)
 
     def set_anchor(self, anchor: Anchor | None) -> None:
-        """Replace the anchor atomically (None: remove it)."""
+        """Replace the anchor atomically (None: remove it); call under `locked()`."""
         if anchor is None:
             with contextlib.suppress(FileNotFoundError):
                 self.anchor_path.unlink()
             return
         tmp = self.anchor_path.with_name(f".{ANCHOR_FILE}.{secrets.token_hex(6)}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(anchor.dumps())
-            out.flush()
-            if exchanged(tmp, self.anchor_path):
-                with contextlib.suppress(OSError):  # the last anchor, now under tmp's name (left behind, it is harmless)
-                    os.unlink(tmp)
-            else:
-                os.replace(tmp, self.anchor_path)
-            self._seen = (_identity(os.fstat(out.fileno())), anchor)  # the file under its name now (a rename is a change)
-
-
-#: renameat2(2) from the C library, where it has it; None once a filesystem refused RENAME_EXCHANGE.
-_renameat2: Callable[..., int] | None = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
-_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
-
-
-def exchanged(new: Path, old: Path) -> bool:
-    """Swap two names atomically (renameat2's RENAME_EXCHANGE); False, having done nothing, where `old` is not there
-    or the system or its filesystem cannot. A replacing rename makes ext4 write the new file's data out first (its
-    `auto_da_alloc`): about 0.1 ms on an idle disk, 0.5 ms under load, on the audit writer's way to answering the
-    requests waiting for their rows; an exchange, then removing the old file, takes 10 us."""
-    global _renameat2
-    call = _renameat2
-    if call is None:
-        return False
-    if call(_AT_FDCWD, os.fsencode(new), _AT_FDCWD, os.fsencode(old), _RENAME_EXCHANGE) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code == errno.ENOENT:
-        return False
-    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM):
-        _renameat2 = None  # this system or filesystem cannot: rename as before from now on
-        return False
-    raise OSError(code, os.strerror(code), str(old))
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8", closefd=False) as out:
+                out.write(anchor.dumps())
+            # Renamed over the last anchor, which makes ext4 write the new one's data out before the rename commits
+            # (auto_da_alloc): after a power loss the anchor is the last or the new one, whole. Exchanging names with
+            # the last (renameat2 RENAME_EXCHANGE) saved that ~0.1 ms and left an empty anchor that stops every write.
+            os.replace(tmp, self.anchor_path)
+            stamp = _identity(os.fstat(fd))  # the file under its name now (a rename is a change)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):  # the new anchor, not written or not renamed
+                os.unlink(tmp)
+            raise
+        self._remember(stamp, anchor, fd)
 
 
 def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
     """What tells one version of a file from another: a replaced file is another inode, an edited one has new times
-    (and the inode number of a removed file given to the next is told apart by them)."""
+    (the inode number of a file a Seal remembers is not given to another: it holds the file open)."""
     return st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size
 
 

@@ -353,7 +353,8 @@ def _rechain(conn: sqlite3.Connection, seal: Seal) -> None:
         conn.execute("UPDATE requests SET prev_hash = ?, hash = ?, outcome_hash = ? WHERE seq = ?",
                      (signed["prev_hash"], signed["hash"], signed.get("outcome_hash"), row["seq"]))
         prev, head = signed["hash"], Anchor(row["seq"], row["id"], signed["hash"])
-    seal.set_anchor(head)
+    with seal.locked():
+        seal.set_anchor(head)
 
 
 def _canonical(row: dict[str, Any], fields: tuple[str, ...]) -> bytes:
@@ -630,8 +631,12 @@ class AuditWriter:
             return
         head, refused = written
         if head is not None:
-            self._anchor(head)
-            self.failing = None
+            unanchored = self._anchor(head)
+            self.failing = unanchored
+            if unanchored is not None:  # its requests are refused: rows cut from the end now would go unseen
+                for index, (op, _) in enumerate(batch):
+                    if isinstance(op, _Intent) and index not in refused:
+                        refused[index] = AuditError(f"audit write failed: {unanchored}")
         for index, (_, future) in enumerate(batch):
             result = refused.get(index)
             if isinstance(result, Exception):
@@ -721,9 +726,10 @@ class AuditWriter:
             raise AuditError(f"the audit log no longer holds the row its anchor names (seq {anchor.seq}, id "
                              f"{anchor.id}): rows were removed or rewritten; `goex-proxy log verify` says more")
 
-    def _anchor(self, head: Anchor) -> None:
+    def _anchor(self, head: Anchor) -> str | None:
         """Keep the newest row outside the database, after its commit (an anchor may lag the log, never lead it);
-        another writer's newer anchor is never replaced by an older one (they compare and replace under a lock)."""
+        another writer's newer anchor is never replaced by an older one (they compare and replace under a lock).
+        Why it could not, if it could not."""
         try:
             with self.seal.locked():
                 kept = self.seal.anchor()
@@ -731,6 +737,8 @@ class AuditWriter:
                     self.seal.set_anchor(head)
         except (OSError, AuditError) as exc:
             log.error("could not keep the audit anchor in %s: %s", self.seal.anchor_path, exc)
+            return f"could not keep the audit anchor in {self.seal.anchor_path}: {exc}"
+        return None
 
     def _insert(self, op: _Intent, prev: str) -> Anchor:
         row = dict(op.row)

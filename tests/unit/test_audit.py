@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import sqlite3
 import threading
@@ -353,16 +352,9 @@ def test_the_anchor_is_read_again_whenever_its_file_changes(tmp_path: Path) -> N
     assert mine.anchor() is None
 
 
-@pytest.mark.parametrize("exchange", [True, False], ids=["names exchanged", "renamed over"])
-def test_an_anchor_replaces_the_last_at_once_and_leaves_nothing_behind(tmp_path: Path, exchange: bool,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """However the new anchor takes the name (exchanged with the last one, which is then removed, or renamed over it
-    where the filesystem cannot exchange names), a reader meanwhile finds an anchor at every moment, whole and never
-    older than one it found before, and only the anchor is left, readable by its owner alone."""
-    if not exchange:
-        monkeypatch.setattr(seal_module, "_renameat2", None)
-    elif seal_module._renameat2 is None:
-        pytest.fail("this system's C library has no renameat2, so the exchange is not tested")
+def test_an_anchor_replaces_the_last_at_once_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    """A reader finds an anchor at every moment while new ones are renamed over the last, whole and never older than
+    one it found before, and only the anchor is left, readable by its owner alone."""
     writer = Seal(tmp_path)
     writer.set_anchor(Anchor(1, "A", "a" * 64))
     found: list[int] = []
@@ -395,22 +387,93 @@ def test_an_anchor_replaces_the_last_at_once_and_leaves_nothing_behind(tmp_path:
     assert (tmp_path / "audit.anchor").stat().st_mode & 0o777 == 0o600
 
 
-def test_a_filesystem_that_cannot_exchange_names_gets_renames(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """renameat2 refused (EINVAL: a filesystem without RENAME_EXCHANGE) is not an error: the anchor is renamed over,
-    and from then on the exchange is not tried."""
-    calls: list[bytes] = []
+def test_a_remembered_anchor_is_not_taken_for_a_newer_one_in_its_inode(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The anchor a Seal remembers is told from the file by inode, times and size. On a kernel whose file times move
+    a tick (1 to 10 ms) at a time (before Linux 6.13), another writer's two anchors in one tick put the second in the
+    inode number the first freed, same times, same size: the Seal kept the older anchor, and a writer comparing under
+    the lock then replaced the newer one with its own older head (rows answered were no longer anchored)."""
+    tick = 10_000_000  # ns: HZ=100
+    coarse = seal_module._identity
+    monkeypatch.setattr(seal_module, "_identity", lambda st: (*coarse(st)[:1], *(t // tick for t in coarse(st)[1:3]),
+                                                              *coarse(st)[3:]))
+    mine, theirs = Seal(tmp_path), Seal(tmp_path)
+    for seq in range(100_000, 100_600, 3):  # a tick holds several of them
+        mine.set_anchor(Anchor(seq, "ID", "a" * 64))
+        assert mine.anchor() == Anchor(seq, "ID", "a" * 64)
+        theirs.set_anchor(Anchor(seq + 1, "ID", "a" * 64))
+        theirs.set_anchor(Anchor(seq + 2, "ID", "a" * 64))
+        assert mine.anchor() == Anchor(seq + 2, "ID", "a" * 64)
 
-    def refusing(*args: object) -> int:
-        calls.append(args[1])  # type: ignore[arg-type]
-        ctypes.set_errno(errno.EINVAL)
-        return -1
 
-    monkeypatch.setattr(seal_module, "_renameat2", refusing)
+def test_an_anchor_that_could_not_take_its_name_leaves_no_file_behind(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed replacement (an I/O error, a full disk) is told to the writer, which logs it; the last anchor stays,
+    and the new one is not left under its temporary name (one a failed write, piling up while the disk is full)."""
     mine = Seal(tmp_path)
-    for seq in (1, 2, 3):
-        mine.set_anchor(Anchor(seq, "A", "a" * 64))
-    assert Seal(tmp_path).anchor() == Anchor(3, "A", "a" * 64) and len(calls) == 1
-    assert seal_module._renameat2 is None and [p.name for p in tmp_path.iterdir()] == ["audit.anchor"]
+    mine.set_anchor(Anchor(1, "A", "a" * 64))
+
+    def failing(src: object, dst: object) -> None:
+        raise OSError(errno.EIO, "Input/output error", str(dst))
+
+    monkeypatch.setattr(seal_module.os, "replace", failing)
+    with pytest.raises(OSError):
+        mine.set_anchor(Anchor(2, "B", "b" * 64))
+    assert [p.name for p in tmp_path.iterdir()] == ["audit.anchor"] and Seal(tmp_path).anchor() == Anchor(1, "A",
+                                                                                                        "a" * 64)
+
+
+KILLED_BETWEEN = """
+import os, signal, sys
+from pathlib import Path
+from goex_proxy.audit import seal
+from goex_proxy.audit.seal import Anchor, Seal
+def killed(src, dst):
+    os.kill(os.getpid(), signal.SIGKILL)  # the new anchor written under its temporary name, not renamed yet
+os.replace = killed
+mine = Seal(Path(sys.argv[1]))
+mine.set_anchor(Anchor(2, "B", "b" * 64))
+"""
+
+
+def test_a_writer_killed_before_its_rename_leaves_the_last_anchor_and_the_next_sweeps(tmp_path: Path) -> None:
+    """Killed after writing the new anchor and before renaming it, a writer leaves the last anchor under its name
+    (none of the new one's rows was answered yet) and the new one under a temporary name, which the next writer to
+    take the lock removes: such files do not pile up one a crash."""
+    import subprocess
+    import sys
+
+    Seal(tmp_path).set_anchor(Anchor(1, "A", "a" * 64))
+    killed = subprocess.run([sys.executable, "-c", KILLED_BETWEEN, str(tmp_path)], capture_output=True, timeout=60)
+    assert killed.returncode == -9, killed.stderr
+    assert Seal(tmp_path).anchor() == Anchor(1, "A", "a" * 64)
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".anchor", ".tmp"]  # the anchor, and the new one
+    with Seal(tmp_path).locked():  # as a writer takes it to anchor its rows
+        assert not [p for p in tmp_path.iterdir() if p.suffix == ".tmp"]
+    assert Seal(tmp_path).anchor() == Anchor(1, "A", "a" * 64)
+
+
+def test_an_anchor_that_is_no_file_is_refused_in_one_line(tmp_path: Path) -> None:
+    """A FIFO in the anchor's place (whoever can write the state directory) is refused with the path named, at once:
+    reading it waited for a writer for ever, and with it the audit writer and every request."""
+    import os
+
+    os.mkfifo(tmp_path / "audit.anchor", 0o600)
+    outcome: list[BaseException | Anchor | None] = []
+    reader = threading.Thread(target=lambda: outcome.append(_anchor_or_error(Seal(tmp_path))), daemon=True)
+    reader.start()
+    reader.join(5)
+    if reader.is_alive():  # let it go before failing
+        os.close(os.open(tmp_path / "audit.anchor", os.O_WRONLY | os.O_NONBLOCK))
+    assert len(outcome) == 1 and isinstance(outcome[0], audit.AuditError), outcome
+    assert "audit.anchor" in str(outcome[0]) and "regular file" in str(outcome[0])
+
+
+def _anchor_or_error(seal: Seal) -> BaseException | Anchor | None:
+    try:
+        return seal.anchor()
+    except Exception as exc:  # noqa: BLE001  (the error is what the test looks at)
+        return exc
 
 
 def test_a_request_row_is_anchored_before_its_writer_answers(tmp_path: Path) -> None:
@@ -423,6 +486,30 @@ def test_a_request_row_is_anchored_before_its_writer_answers(tmp_path: Path) -> 
             writer.record_intent(r).result(5)
             anchor = Seal(tmp_path).anchor()
             assert anchor is not None and anchor.id == r["id"]
+    finally:
+        writer.close()
+
+
+def test_a_request_whose_row_could_not_be_anchored_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The anchor not written (a full disk, an I/O error in the state directory) refuses the requests of the batch, as
+    a failed commit does: their rows could be removed from the end of the log unseen. It was logged, and the request
+    went upstream all the same. The next batch that anchors its rows answers again."""
+    ids, writer = RequestIds(), AuditWriter(tmp_path / "a.db", Seal(tmp_path))
+    real = seal_module.os.replace
+
+    def full(src: object, dst: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+
+    try:
+        writer.record_intent(row(0, ids)).result(5)
+        monkeypatch.setattr(seal_module.os, "replace", full)
+        with pytest.raises(audit.AuditError, match="anchor"):
+            writer.record_intent(row(1, ids)).result(5)
+        assert writer.failing and "anchor" in writer.failing
+        monkeypatch.setattr(seal_module.os, "replace", real)
+        last = row(2, ids)
+        writer.record_intent(last).result(5)
+        assert writer.failing is None and Seal(tmp_path).anchor().id == last["id"]  # type: ignore[union-attr]
     finally:
         writer.close()
 
