@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import sys
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -19,9 +18,7 @@ from goex_proxy.audit import store as audit
 from goex_proxy.audit.seal import Seal
 from goex_proxy.errors import AuditError
 from goex_proxy.ids import RequestIds
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_audit_storage import NOW, intent, outcome, ro, rows_alike, verify, write  # noqa: E402
+from tests.unit.test_audit_storage import NOW, intent, outcome, ro, rows_alike, verify, write
 
 
 def edit(home: Path, sql: str, params: tuple[Any, ...] = ()) -> None:

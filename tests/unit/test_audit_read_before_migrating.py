@@ -3,7 +3,6 @@ migrated it (`goex-proxy log`, `show`, `log verify`, the console right after an 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,9 +11,7 @@ from goex_proxy.audit import blobs, layout
 from goex_proxy.audit import store as audit
 from goex_proxy.console import data
 from goex_proxy.ids import RequestIds
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_audit_storage import intent, outcome, ro, verify, write  # noqa: E402
+from tests.unit.test_audit_storage import intent, outcome, ro, verify, write
 
 
 def test_a_log_of_schema_16_reads_and_verifies_read_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,7 +4,6 @@ deflated on top of it, and the kept rows read back, verify and keep their counts
 from __future__ import annotations
 
 import sqlite3
-import sys
 from pathlib import Path
 
 from goex_proxy.audit import blobs, layout
@@ -13,9 +12,7 @@ from goex_proxy.audit import store as audit
 from goex_proxy.audit.seal import Seal
 from goex_proxy.audit.store import AuditWriter
 from goex_proxy.ids import RequestIds
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_audit_storage import NOW, named_counts, ro, rows_alike, verify, write  # noqa: E402
+from tests.unit.test_audit_storage import NOW, named_counts, ro, rows_alike, verify, write
 
 SECRET = b'"access_token": "xoxp-old-%d"'
 
