@@ -379,9 +379,10 @@ def _time_cli(argv: list[str], runs: int) -> tuple[list[float], str]:
     return times, out
 
 
-def import_breakdown(module: str = "goex_proxy.cli", top: int = 6) -> str:
-    """Third-party packages whose first import costs most under `module`, and which of our modules imports them."""
-    proc = subprocess.run([PYTHON, "-X", "importtime", "-c", f"import {module}"], capture_output=True, text=True)
+def import_breakdown(module: str = "goex_proxy.cli", top: int = 6, code: str | None = None) -> str:
+    """Third-party packages whose first import costs most under `module` (or what `code` imports), and which of our
+    modules imports them."""
+    proc = subprocess.run([PYTHON, "-X", "importtime", "-c", code or f"import {module}"], capture_output=True, text=True)
     entries: list[tuple[int, str, int]] = []  # (depth, module, cumulative us), children listed before parents
     for line in proc.stderr.splitlines():
         parts = line.split("|")
