@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-import re2
-
 #: Characters written into an expression as they are; every other ASCII character is escaped (RE2 refuses escapes of
 #: letters, digits and spaces, and needs them of its own syntax).
 _PLAIN = frozenset(string.ascii_letters + string.digits + " _")
@@ -107,7 +105,7 @@ class Glob:
         if key not in self.__dict__:
             body = "(?:" + self.body + ")/?" if slash else self.body
             # Unicode case folding as RE2 does it (`re` folds some characters otherwise), unless folding is ASCII's.
-            self.__dict__[key] = re2.compile("(?i)" + body) if fold and not body.isascii() else _compile(
+            self.__dict__[key] = _re2().compile("(?i)" + body) if fold and not body.isascii() else _compile(
                 "(?i)" + body if fold else body, _could_backtrack(self.pattern, self.separator))
         return self.__dict__[key]
 
@@ -154,7 +152,16 @@ def _could_backtrack(pattern: str, separator: str) -> bool:
 
 def _compile(body: str, backtracks: bool = True) -> Any:
     """RE2 for an expression `re` could backtrack on, else `re` (ten times faster per call than RE2's binding)."""
-    return re2.compile(body) if backtracks else re.compile(body)
+    return _re2().compile(body) if backtracks else re.compile(body)
+
+
+@functools.cache
+def _re2() -> Any:
+    """The RE2 binding, imported when a glob first needs it (globs compile on first use; `log` loads a config's
+    globs and compiles none)."""
+    import re2
+
+    return re2
 
 
 def _translate(pattern: str, separator: str) -> str:

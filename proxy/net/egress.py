@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,6 +60,8 @@ def literal_address(host: str) -> Address | None:
 
 def is_local(ip: Address) -> bool:
     """Whether `ip` is an address of this machine (binding to it works only then)."""
+    import socket  # here: loading a config (`log`) needs none of it
+
     family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 from click.testing import CliRunner
@@ -27,12 +28,16 @@ def test_help_lists_every_command_and_an_unknown_one_is_refused() -> None:
     assert refused.exit_code == 2 and "No such command 'lgo'" in refused.output
 
 
-def test_a_command_loads_only_its_own_module() -> None:
-    """`log` starts without what the proxy, approvals or execute load (it is run often, from scripts)."""
-    probe = ("import json, sys\nfrom goex_proxy.cli import cli\ntry:\n    cli(['log', '--help'])\nexcept SystemExit:\n"
-             "    pass\nprint(json.dumps(sorted(sys.modules)))")
-    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
-    modules = json.loads(loaded.splitlines()[-1])
-    assert "goex_proxy.cli.logs" in modules
+def test_a_command_loads_only_its_own_module(tmp_path: Path) -> None:
+    """`log` starts without what the proxy, approvals or execute load (it is run often, from scripts), nor RE2, which
+    only a glob compiled on first use needs."""
+    config = tmp_path / "config.yaml"
+    config.write_text(f"version: 1\naudit: {{db: {json.dumps(str(tmp_path / 'audit.db'))}}}\n", encoding="utf-8")
+    probe = ("import json, sys\nfrom goex_proxy.cli import cli\ntry:\n    cli(['log', '--config', sys.argv[1]])\n"
+             "except SystemExit:\n    pass\nprint(json.dumps(sorted(sys.modules)))")
+    ran = subprocess.run([sys.executable, "-c", probe, str(config)], capture_output=True, text=True, check=True)
+    assert "no audit database" in ran.stderr  # it read the config, and looked for the log where it says
+    modules = json.loads(ran.stdout.splitlines()[-1])
+    assert {"goex_proxy.cli.logs", "goex_proxy.config", "goex_proxy.audit.store"} <= set(modules)
     assert not [m for m in modules if m.startswith(("goex_proxy.cli.run", "goex_proxy.cli.approvals",
-                                                   "goex_proxy.cli.execute", "mitmproxy", "celpy"))], modules
+                                                   "goex_proxy.cli.execute", "mitmproxy", "celpy", "re2"))], modules
