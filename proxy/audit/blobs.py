@@ -163,23 +163,9 @@ class BlobStore:
             del self._recent[digest]
         raw = raw_of(value)
         kept = self._bases.get(family) if family is not None and len(raw) <= SMALL else None
-        if kept is not None and kept.uses >= BASE_USES:
-            kept = None  # stored alone, the family's next base
-        data = encode(value, kept.value) if kept is not None else None
-        # Stored alone when that is smaller enough: judged by the base's own ratio, and deflated alone only when the
-        # value on top of it does not beat that (one deflate a value, mostly).
-        if data is not None and kept is not None and len(data) > BASED_AT_MOST * kept.ratio * len(raw):
-            alone = encode(value)
-            if len(data) > BASED_AT_MOST * len(alone):
-                data = None
-        if data is not None and kept is not None and conn.execute(
-                f"UPDATE {TABLE} SET refs = refs + 1 WHERE id = ?", (kept.id,)).rowcount != 1:
-            del self._bases[family]  # pruned since
-            data = None
+        data = self._on_base(conn, value, raw, kept) if kept is not None else None
         base = kept.id if data is not None and kept is not None else None
-        if base is not None and kept is not None:
-            kept.uses += 1
-        if data is None:
+        if data is None:  # alone: then its family's next base
             data = encode(value)
         blob_id = int(conn.execute(f"INSERT INTO {TABLE} (data, refs, base) VALUES (?, 1, ?)",
                                    (data, base)).lastrowid or 0)
@@ -192,6 +178,21 @@ class BlobStore:
         if len(self._recent) > self._size:
             self._recent.popitem(last=False)
         return blob_id
+
+    def _on_base(self, conn: sqlite3.Connection, value: str | bytes, raw: bytes, kept: _Base) -> bytes | None:
+        """`value` deflated on top of its family's base, that base counted once more; None where it is to be stored
+        alone (the base took its BASE_USES values, helps too little, or was pruned since)."""
+        if kept.uses >= BASE_USES:
+            return None
+        data = encode(value, kept.value)
+        # Judged by the base's own ratio first, so that a value is deflated alone only when the base does not beat
+        # that ratio (one deflate a value, mostly).
+        if len(data) > BASED_AT_MOST * kept.ratio * len(raw) and len(data) > BASED_AT_MOST * len(encode(value)):
+            return None
+        if conn.execute(f"UPDATE {TABLE} SET refs = refs + 1 WHERE id = ?", (kept.id,)).rowcount != 1:
+            return None  # pruned since: the value stored alone takes its place
+        kept.uses += 1
+        return data
 
     def forget(self) -> None:
         """Drop what is remembered (after a failed transaction, whose blobs are gone)."""
