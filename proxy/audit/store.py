@@ -235,6 +235,12 @@ COMMON_DECISION = "allow"
 NOT_COMMON_DECISION = f"decision != '{COMMON_DECISION}'"
 
 
+def decision_index_terms(decision: str | None) -> list[str]:
+    """SQL terms true of every row with this decision that let SQLite read them from the index of decisions (a
+    partial index is used only for a query that names its condition)."""
+    return [NOT_COMMON_DECISION] if decision is not None and decision != COMMON_DECISION else []
+
+
 def _migration_18(db: sqlite_utils.Database) -> None:
     """Rows are listed by time everywhere (the console's pages as `log`), so each filter has one index, ending in ts
     (and the row's seq, which every index holds): migration 9's (agent, seq) and (host, seq) twins of (agent, ts) and
@@ -827,8 +833,7 @@ def query(conn: sqlite3.Connection, *, agent: str | None = None, host: str | Non
         if value is not None:
             where.append(f"{column} = ?")
             params.append(value)
-    if decision is not None and decision != COMMON_DECISION:
-        where.append(NOT_COMMON_DECISION)  # true of the rows it matches; it lets SQLite use the index of decisions
+    where += decision_index_terms(decision)
     if since is not None:
         where.append("ts >= ?")
         params.append(since)

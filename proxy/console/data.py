@@ -46,8 +46,8 @@ class Filters:
             if value is not None:
                 clauses.append(f"{plus}{column} = ?")
                 params.append(value)
-        if indexed and self.decision is not None and self.decision != audit.COMMON_DECISION:
-            clauses.append(audit.NOT_COMMON_DECISION)  # true of the rows it matches: SQLite then uses that index
+        if indexed:
+            clauses += audit.decision_index_terms(self.decision)
         if self.since is not None:
             clauses.append(f"{plus}ts >= ?")
             params.append(self.since)
