@@ -27,6 +27,7 @@ from goex_proxy.approvals.gate import STOPPED_REASON, Choice, choose, refusal
 from goex_proxy.approvals.store import release as _release
 from goex_proxy.approvals.store import stop_one as _stop_one
 from goex_proxy.audit import store as audit
+from goex_proxy.audit.writer import AuditWriter
 from goex_proxy.durations import format_duration
 from goex_proxy.policy.engine import Decision, decide
 from goex_proxy.policy.limits import Charge
@@ -358,7 +359,7 @@ class Gate:
             self._reader = None
 
 
-def _recover_stopped(conn: Any, writer: audit.AuditWriter) -> int:
+def _recover_stopped(conn: Any, writer: AuditWriter) -> int:
     """Waits whose proxy is gone (it crashed or was killed) end as stopped; their rows get that outcome."""
     count = 0
     for entry in conn.execute("SELECT request_id, owner FROM approvals WHERE state IN (?, ?)",

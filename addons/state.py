@@ -17,7 +17,7 @@ from mitmproxy.proxy import mode_specs
 
 from goex_proxy.audit import store as audit
 from goex_proxy.audit.seal import Seal
-from goex_proxy.audit.store import AuditWriter
+from goex_proxy.audit.writer import AuditWriter
 from goex_proxy.config import RESTART_ONLY, Config, as_running, load_config
 from goex_proxy.credentials.binding import Bindings
 from goex_proxy.credentials.kinds import Credential

@@ -65,15 +65,15 @@ def grown(rows: int = 30_000, lag: int = 5, rounds: int = 3) -> dict[str, dict[s
     import random
 
     from goex_proxy.audit import layout
-    from goex_proxy.audit import store as audit
     from goex_proxy.audit.seal import Seal
+    from goex_proxy.audit.writer import AuditWriter
 
     def one(room: bytes) -> dict[str, float]:
         kept, layout.OUTCOME_ROOM = layout.OUTCOME_ROOM, room
         try:
             with tempfile.TemporaryDirectory(prefix="goex-bench-grown-") as tmp:
                 path = Path(tmp) / "a.db"
-                writer = audit.AuditWriter(path, Seal(Path(tmp)))
+                writer = AuditWriter(path, Seal(Path(tmp)))
                 waiting, futures = [], []
                 for intent, done in _requests(random.Random(5), rows):
                     futures.append(writer.record_intent(intent))
@@ -115,6 +115,7 @@ def writer_cost(rows: int = 3000, rounds: int = 5) -> dict[str, float]:
     from goex_proxy.audit import layout
     from goex_proxy.audit import store as audit
     from goex_proxy.audit.seal import Seal
+    from goex_proxy.audit.writer import AuditWriter
 
     rng = random.Random(3)
 
@@ -128,7 +129,7 @@ def writer_cost(rows: int = 3000, rounds: int = 5) -> dict[str, float]:
             layout.OUTCOME_ROOM = b""
         try:
             with tempfile.TemporaryDirectory(prefix="goex-bench-writer-") as tmp:
-                writer = audit.AuditWriter(Path(tmp) / "a.db", Seal(Path(tmp)))
+                writer = AuditWriter(Path(tmp) / "a.db", Seal(Path(tmp)))
                 t0 = time.process_time()
                 pending = []
                 for intent, done in work:

@@ -393,7 +393,7 @@ def stage_state(tmp_path: Path, policy_text: str) -> Iterator[Any]:
     127.0.0.1:9, one policy, and an audit writer on tmp_path/audit.db."""
     from goex_proxy.addons.state import ProxyState
     from goex_proxy.audit.seal import Seal
-    from goex_proxy.audit.store import AuditWriter
+    from goex_proxy.audit.writer import AuditWriter
     from goex_proxy.config import Agent, Config, Route
     from goex_proxy.policy.engine import PolicySet
     from goex_proxy.policy.load import check_policy_text

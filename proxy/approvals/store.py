@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..audit import store as audit
+from ..audit.writer import AuditWriter
 from ..errors import GoexError, NotFound
 from ..policy.limits import Charge
 
@@ -174,7 +175,7 @@ def outcome(entry: dict[str, Any], charged: str | None = None) -> str:
     return json.dumps({k: v for k, v in kept.items() if v is not None}, separators=(",", ":"))
 
 
-def release(conn: Any, writer: audit.AuditWriter, request_id: str, charge: Charge) -> str | None:
+def release(conn: Any, writer: AuditWriter, request_id: str, charge: Charge) -> str | None:
     """Under the writer's lock: refuse if another proxy's hits reached a cap meanwhile, else store the hits and the
     charge (the row's outcome will carry it)."""
     refused = writer.over_cap(charge)
@@ -187,7 +188,7 @@ def release(conn: Any, writer: audit.AuditWriter, request_id: str, charge: Charg
     return None
 
 
-def stop_one(conn: Any, writer: audit.AuditWriter, request_id: str, ended: float) -> Settled | None:
+def stop_one(conn: Any, writer: AuditWriter, request_id: str, ended: float) -> Settled | None:
     """Record one wait ended by a stopping proxy: its state and its row's outcome (nothing was sent)."""
     settled = settle(conn, request_id, STOPPED, WAITING, "goex-proxy", STOPPED_REASON)
     if not settled.changed:

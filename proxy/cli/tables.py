@@ -10,7 +10,6 @@ recorded values, so that a recorded URL cannot move the cursor or reorder the te
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import unicodedata
 from collections.abc import Sequence
@@ -81,6 +80,8 @@ def render(headers: Sequence[str], rows: Sequence[Sequence[str]], *, flexible: i
     if colour is None:
         colour = terminal and "NO_COLOR" not in os.environ
     if width is None and terminal:
+        import shutil  # here: a table written to a pipe or file (scripts) never pays for it
+
         width = shutil.get_terminal_size((160, 24)).columns
     flexible = [flexible] if isinstance(flexible, int) else list(flexible)
     body = [[_escaped(str(c)) for c in r] for r in rows]

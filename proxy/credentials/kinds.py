@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import html
 import json
 import re
 from dataclasses import dataclass
@@ -105,6 +104,8 @@ class Credential:
         dotnet_json = json.dumps(secret)[1:-1].replace('\\"', '"')
         for c in "&<>'+\"":
             dotnet_json = dotnet_json.replace(c, f"\\u{ord(c):04X}")
+        import html  # here: commands that never scrub (`log`, `show`) do not pay for its entity table
+
         in_html = html.escape(secret, quote=True)
         spellings = {secret, *escaped, raw.hex(), raw.hex().upper(), in_json, in_json.replace("/", "\\/"),
                      json.dumps(secret, ensure_ascii=True)[1:-1], go_json, dotnet_json, in_html,

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..audit.seal import Seal
-from ..audit.store import AuditWriter
+from ..audit.writer import AuditWriter
 from ..config import Config
 from ..errors import AuditError, ConfigError, GoexError
 from ..ids import RequestIds

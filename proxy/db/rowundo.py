@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..audit import store as audit
+from ..audit.writer import AuditWriter
 from ..config import Config
 from ..errors import GoexError, NotFound
 from .catalog import ServerError, literal, query, run
@@ -235,7 +236,7 @@ def carry_out(config: Config, row: dict[str, Any], plan: RowPlan) -> list[str]:
     from ..audit.seal import Seal
     from ..ids import RequestIds
 
-    writer = audit.AuditWriter(config.audit_db, Seal(config.state_dir))
+    writer = AuditWriter(config.audit_db, Seal(config.state_dir))
     try:
         body = json.dumps({"undo": plan.describe()}).encode()
         undo_id = RequestIds().new()

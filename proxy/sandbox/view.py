@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import ids
-from ..audit.store import write_lock
+from ..audit.writer import write_lock
 from ..config import Config
 from ..errors import GoexError
 

@@ -26,7 +26,7 @@ from goex_proxy.approvals import store
 from goex_proxy.approvals.linkserver import LinkServer, allowed_hosts, serve_links
 from goex_proxy.approvals.notify import announce
 from goex_proxy.audit.seal import Seal
-from goex_proxy.audit.store import AuditWriter
+from goex_proxy.audit.writer import AuditWriter
 from goex_proxy.config import Config, load_config
 from goex_proxy.errors import StateError
 from goex_proxy.ids import RequestIds

@@ -16,7 +16,7 @@ from goex_proxy.approvals.card import card
 from goex_proxy.approvals.gate import choose
 from goex_proxy.audit import store as audit
 from goex_proxy.audit.seal import Seal
-from goex_proxy.audit.store import AuditWriter
+from goex_proxy.audit.writer import AuditWriter
 from goex_proxy.config import undo_names
 from goex_proxy.credentials.redact import SecretScrubber
 from goex_proxy.ids import RequestIds

@@ -12,8 +12,9 @@ import pytest
 
 from goex_proxy.audit import seal as seal_module
 from goex_proxy.audit import store as audit
+from goex_proxy.audit import writer as audit_writer
 from goex_proxy.audit.seal import Anchor, Seal
-from goex_proxy.audit.store import AuditWriter
+from goex_proxy.audit.writer import AuditWriter
 from goex_proxy.errors import AuditError
 from goex_proxy.ids import RequestIds
 
@@ -91,7 +92,7 @@ def test_migrations_are_recorded(tmp_path: Path) -> None:
 
 def test_outcomes_share_a_transaction_and_never_hold_up_a_request(tmp_path: Path, monkeypatch) -> None:
     """Outcomes (nobody waits for them) gather into one write; a request row arriving meanwhile ends the wait."""
-    monkeypatch.setattr(audit, "OUTCOME_GATHER_SECONDS", 0.5)
+    monkeypatch.setattr(audit_writer, "OUTCOME_GATHER_SECONDS", 0.5)
     ids, writer = RequestIds(), AuditWriter(tmp_path / "a.db", Seal(tmp_path))
     batches: list[int] = []
     write = writer._write
@@ -290,7 +291,7 @@ IN_FLIGHT = """
 import os, signal, sys, time
 from pathlib import Path
 from goex_proxy.audit.seal import Seal
-from goex_proxy.audit.store import AuditWriter
+from goex_proxy.audit.writer import AuditWriter
 from goex_proxy.ids import RequestIds
 db = Path(sys.argv[1])
 writer = AuditWriter(db, Seal(db.parent))
@@ -546,7 +547,7 @@ def test_a_write_lock_the_filesystem_refuses_leaves_the_turns_to_sqlite(tmp_path
     import errno
     import os
 
-    from goex_proxy.audit import store
+    from goex_proxy.audit import writer as store
 
     flock = store.fcntl.flock
 
@@ -571,7 +572,7 @@ def test_a_turn_held_past_the_wait_fails_the_batch_closed_not_forever(tmp_path: 
     import fcntl
     import os
 
-    monkeypatch.setattr(audit, "BUSY_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(audit_writer, "BUSY_TIMEOUT_S", 0.3)  # the wait for a turn
     ids, writer = RequestIds(), AuditWriter(tmp_path / "a.db", Seal(tmp_path))
     try:
         lock = os.open(tmp_path / ".a.db.write-lock", os.O_RDWR)

@@ -21,7 +21,7 @@ from goex_proxy.audit import prune as pruning
 from goex_proxy.audit import store as audit
 from goex_proxy.audit.dictionary import DICTIONARIES, FROZEN, fingerprint
 from goex_proxy.audit.seal import Seal
-from goex_proxy.audit.store import AuditWriter
+from goex_proxy.audit.writer import AuditWriter
 from goex_proxy.console import data as console_data
 from goex_proxy.errors import AuditError
 from goex_proxy.ids import RequestIds

@@ -29,8 +29,9 @@ def test_help_lists_every_command_and_an_unknown_one_is_refused() -> None:
 
 
 def test_a_command_loads_only_its_own_module(tmp_path: Path) -> None:
-    """`log` starts without what the proxy, approvals or execute load (it is run often, from scripts), nor RE2, which
-    only a glob compiled on first use needs."""
+    """`log` starts without what the proxy, approvals or execute load (it is run often, from scripts): not the audit
+    writer and its thread pool's futures, nor RE2, which only a glob compiled on first use needs, nor the HTML
+    entities that only the spellings of secrets need."""
     config = tmp_path / "config.yaml"
     config.write_text(f"version: 1\naudit: {{db: {json.dumps(str(tmp_path / 'audit.db'))}}}\n", encoding="utf-8")
     probe = ("import json, sys\nfrom goex_proxy.cli import cli\ntry:\n    cli(['log', '--config', sys.argv[1]])\n"
@@ -40,4 +41,5 @@ def test_a_command_loads_only_its_own_module(tmp_path: Path) -> None:
     modules = json.loads(ran.stdout.splitlines()[-1])
     assert {"goex_proxy.cli.logs", "goex_proxy.config", "goex_proxy.audit.store"} <= set(modules)
     assert not [m for m in modules if m.startswith(("goex_proxy.cli.run", "goex_proxy.cli.approvals",
-                                                   "goex_proxy.cli.execute", "mitmproxy", "celpy", "re2"))], modules
+                                                   "goex_proxy.cli.execute", "goex_proxy.audit.writer",
+                                                   "concurrent.futures", "html", "mitmproxy", "celpy", "re2"))], modules

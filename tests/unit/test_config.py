@@ -98,7 +98,7 @@ def test_cli_contracts_help_flag_limit_and_case_free_ids(tmp_path: Path) -> None
 
     from goex_proxy import cli
     from goex_proxy.audit.seal import Seal
-    from goex_proxy.audit.store import AuditWriter
+    from goex_proxy.audit.writer import AuditWriter
     from goex_proxy.ids import RequestIds
 
     runner = CliRunner()

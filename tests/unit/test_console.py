@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from goex_proxy.audit.seal import Seal
-from goex_proxy.audit.store import AuditWriter
+from goex_proxy.audit.writer import AuditWriter
 from goex_proxy.config import Config, load_config
 from goex_proxy.console.render import body_view
 from goex_proxy.console.server import ConsoleServer, serve_console

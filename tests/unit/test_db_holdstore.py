@@ -10,12 +10,13 @@ import pytest
 from goex_proxy import ids
 from goex_proxy.audit import store as audit
 from goex_proxy.audit.seal import Seal
+from goex_proxy.audit.writer import AuditWriter
 from goex_proxy.db import holdstore
 
 
 def test_a_request_is_taken_once_and_a_hold_settled_once(tmp_path: Path) -> None:
     path = tmp_path / "audit.db"
-    writer = audit.AuditWriter(path, Seal(tmp_path))  # holds this process's id tag, as a gateway does
+    writer = AuditWriter(path, Seal(tmp_path))  # holds this process's id tag, as a gateway does
     try:
         conn = audit.open_db(path, seal=Seal(tmp_path))
         live = ids.RequestIds().new()

@@ -76,7 +76,7 @@ def test_ids_sort_by_time_and_keep_their_shape() -> None:
 
 def test_a_closed_writer_lets_go_of_its_tag(tmp_path: Path) -> None:
     from goex_proxy.audit.seal import Seal
-    from goex_proxy.audit.store import AuditWriter
+    from goex_proxy.audit.writer import AuditWriter
 
     first, second = AuditWriter(tmp_path / "a.db", Seal(tmp_path)), AuditWriter(tmp_path / "a.db", Seal(tmp_path))
     folder = ids.tags_folder(tmp_path / "a.db")

@@ -16,7 +16,7 @@ from goex_proxy.audit import prune as pruning
 from goex_proxy.audit import store as audit
 from goex_proxy.audit.gaps import Gap, gaps
 from goex_proxy.audit.seal import Seal
-from goex_proxy.audit.store import AuditWriter
+from goex_proxy.audit.writer import AuditWriter
 from goex_proxy.console.data import chain_status
 from goex_proxy.errors import AuditError
 from goex_proxy.ids import RequestIds

@@ -10,7 +10,7 @@ from goex_proxy.audit import blobs, layout
 from goex_proxy.audit import prune as pruning
 from goex_proxy.audit import store as audit
 from goex_proxy.audit.seal import Seal
-from goex_proxy.audit.store import AuditWriter
+from goex_proxy.audit.writer import AuditWriter
 from goex_proxy.ids import RequestIds
 from tests.unit.test_audit_storage import NOW, named_counts, ro, rows_alike, verify, write
 

@@ -173,7 +173,7 @@ def test_the_id_tags_beside_an_audit_database_elsewhere_are_hidden(tmp_path: Pat
 def test_the_write_lock_beside_an_audit_database_elsewhere_is_hidden(tmp_path: Path) -> None:
     """Writers of the log take turns by a lock file beside it: a jailed command that could open it (even to read)
     could take the lock and hold it, and every request would wait for its row forever."""
-    from goex_proxy.audit import store
+    from goex_proxy.audit import writer
 
     elsewhere = tmp_path / "logs" / "audit.db"
     elsewhere.parent.mkdir()
@@ -181,7 +181,7 @@ def test_the_write_lock_beside_an_audit_database_elsewhere_is_hidden(tmp_path: P
     (tmp_path / "state" / "config.yaml").write_text(
         f"version: 1\nagents: {{a: {{token: a-token-long-enough}}}}\naudit: {{db: {elsewhere}}}\n")
     config = load_config(tmp_path / "state" / "config.yaml")
-    turns = store._WriteTurns(config.audit_db)
+    turns = writer._WriteTurns(config.audit_db)
     try:
         lock = tmp_path / "logs" / ".audit.db.write-lock"
         assert lock.exists()

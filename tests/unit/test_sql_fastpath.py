@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from goex_proxy.audit import store as audit
+from goex_proxy.audit import writer as audit_writer
 from goex_proxy.audit.seal import Seal
-from goex_proxy.audit.store import AuditWriter
+from goex_proxy.audit.writer import AuditWriter
 from goex_proxy.db import fastpath
 from goex_proxy.db.fastpath import DecisionCache, QueuedReads, only_reads, parse_statements
 from goex_proxy.errors import AuditError, ConfigError
@@ -96,7 +97,7 @@ def intent(ids: RequestIds, path: str) -> dict[str, object]:
 
 def test_a_write_is_committed_only_with_or_after_the_reads_queued_before_it(tmp_path: Path,
                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(audit, "OUTCOME_GATHER_SECONDS", 0.5)  # the reads' rows wait for company long
+    monkeypatch.setattr(audit_writer, "OUTCOME_GATHER_SECONDS", 0.5)  # the reads' rows wait for company long
     ids, writer = RequestIds(), AuditWriter(tmp_path / "a.db", Seal(tmp_path))
     reads = [intent(ids, f"/read{i}") for i in range(3)]
     queued = [writer.queue_intent(r) for r in reads]
@@ -113,7 +114,7 @@ def test_a_write_is_committed_only_with_or_after_the_reads_queued_before_it(tmp_
 
 def test_a_reads_outcome_is_written_with_its_row_and_one_for_a_row_not_written_fails_alone(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(audit, "OUTCOME_GATHER_SECONDS", 0.5)
+    monkeypatch.setattr(audit_writer, "OUTCOME_GATHER_SECONDS", 0.5)
     ids, writer = RequestIds(), AuditWriter(tmp_path / "a.db", Seal(tmp_path))
     updates: list[str] = []
     update = writer._update
@@ -124,7 +125,7 @@ def test_a_reads_outcome_is_written_with_its_row_and_one_for_a_row_not_written_f
     lost = writer.record_outcome("1M0000000000000", {"status": 0, "ended": 1.0, "duration_ms": 1.0})
     writer.record_intent(intent(ids, "/write")).result(5)  # in the same batch as the outcome of a row never written
     assert done.result(5) is None and updates == ["1M0000000000000"]  # the read's outcome went in with its row
-    with pytest.raises(audit.UnknownRequest):
+    with pytest.raises(audit_writer.UnknownRequest):
         lost.result(5)
     writer.close()
     conn = audit.open_db(tmp_path / "a.db", readonly=True)

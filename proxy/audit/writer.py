@@ -1,0 +1,462 @@
+"""The audit log's one writer: a thread that takes intents and outcomes off the event loop, batches them into
+transactions, and chains their hashes; its turns to write are shared with every other process writing the log."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import fcntl
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .. import ids
+from ..errors import AuditError
+from . import blobs, layout
+from .layout import hex_of
+from .seal import Anchor, Seal
+from .store import BUSY_TIMEOUT_S, INTERRUPTED, ORPHANED, charged, open_db, outcome_hash, row_hash
+
+if TYPE_CHECKING:
+    from ..policy.limits import Charge
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Intent:
+    row: dict[str, Any]
+    charge: Charge | None
+    approval: dict[str, Any] | None = None   # the approvals entry of a request that waits, written with its row
+    unwaited: bool = False   # nobody waits for its commit (`queue_intent`)
+
+
+@dataclass(frozen=True)
+class _Apply:
+    """Any other write, run in the writer's transaction (in order with the rows): `fn(conn, writer)` gives the result."""
+
+    fn: Callable[[sqlite3.Connection, AuditWriter], Any]
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    id: str
+    fields: dict[str, Any]
+
+
+_STOP = object()
+
+
+class UnknownRequest(AuditError):
+    """An outcome for a row the log does not hold (a row queued without waiting, whose batch failed)."""
+
+
+def _with_outcomes(batch: list[tuple[Any, Any]]) -> list[Any]:
+    """The batch's operations, each unwaited row whose outcome is in the same batch given it, and that outcome None:
+    one INSERT with both hashes instead of an INSERT and an UPDATE (the same hashes, the same row)."""
+    ops = [op for op, _ in batch]
+    rows = {str(op.row["id"]): index for index, op in enumerate(ops) if isinstance(op, _Intent) and op.unwaited}
+    for index, op in enumerate(ops):
+        if isinstance(op, _Outcome) and (at := rows.pop(op.id, None)) is not None and at < index:
+            ops[at] = dataclasses.replace(ops[at], row={**ops[at].row, **op.fields})
+            ops[index] = None
+    return ops
+
+
+def _unwaited(item: Any) -> bool:
+    """An outcome, or a row queued with `queue_intent`: nothing waits for its commit."""
+    return isinstance(item, tuple) and (isinstance(item[0], _Outcome) or isinstance(item[0], _Intent) and item[0].unwaited)
+
+#: How long a batch of outcomes and unwaited rows alone waits for company (an intent waited for ends the wait at once).
+OUTCOME_GATHER_SECONDS = 0.005
+
+
+def write_lock(path: Path) -> Path:
+    """The lock file beside an audit database by which its writers take turns (hidden from every jail: one that
+    held it would stall every request)."""
+    return path.with_name(f".{path.name}.write-lock")
+
+
+class TurnNotTaken(AuditError):
+    """Another writer of the audit log held its write turn past the wait."""
+
+
+class _WriteTurns:
+    """Writers of one audit log (the workers of `run`, an `undo` beside it) take turns through a lock file beside it,
+    held from BEGIN to COMMIT and asked again within 50 µs to 1 ms. Left to SQLite's busy handler, the loser of each
+    race slept 1 ms or more before trying again, and two workers served no more than one."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            self._fd: int | None = os.open(write_lock(path), os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            self._fd = None  # SQLite's own lock still keeps writers apart, just more slowly
+
+    @contextlib.contextmanager
+    def taken(self) -> Iterator[None]:
+        """Hold the turn; TurnNotTaken when another writer has held it for BUSY_TIMEOUT_S (stopped with Ctrl-Z, say):
+        the batch then fails closed, as SQLite's lock made it fail, not wait forever."""
+        if self._fd is None:
+            yield
+            return
+        try:
+            self._take()
+        except OSError:  # a filesystem without locks (ENOLCK): SQLite's own lock keeps writers apart, more slowly
+            self.close()
+            yield
+            return
+        try:
+            yield
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def _take(self) -> None:
+        """The lock, asked again after pauses that grow from 50 µs to 1 ms (a turn lasts a fraction of a millisecond;
+        a lock wait in the kernel would have no bound)."""
+        assert self._fd is not None
+        deadline, pause = time.monotonic() + BUSY_TIMEOUT_S, 0.00005
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TurnNotTaken(f"another writer of the audit log has held its write lock for over "
+                                       f"{BUSY_TIMEOUT_S:g} s (a stopped `goex-proxy undo` or worker?)") from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.001)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class AuditWriter:
+    """The only writer: a thread that takes intents and outcomes, batches them into transactions, and chains hashes."""
+
+    def __init__(self, path: Path, seal: Seal) -> None:
+        self.path = path
+        self.seal = seal
+        self._conn = open_db(path, seal=seal)
+        self._turns = _WriteTurns(path)
+        ids.claim(path)  # the ids this process makes are its own among all that write this log
+        self._key = seal.key(create=True)
+        #: request id -> (hash, seq, host and method) of rows awaiting their outcome
+        self._pending: dict[str, tuple[str, int, tuple[Any, ...]]] = {}
+        self._blobs = blobs.BlobStore()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        # Set when something someone waits for is queued: it ends a gathering, which what nobody waits for does not
+        # interrupt (a wake-up per outcome would take the event loop's GIL as often).
+        self._waited = threading.Event()
+        # Why the last batch failed, until one writes a row again: the gateway then waits for a read's row too.
+        self.failing: str | None = None
+        started: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._write([(_Apply(self._end_orphans), started)])  # before any row of its own
+        if started.exception() is not None:
+            log.error("could not record the outcome of requests left in flight: %s", started.exception())
+        self._thread = threading.Thread(target=self._run, name="goex-audit-writer", daemon=True)
+        self._thread.start()
+
+    def record_intent(self, row: dict[str, Any], charge: Charge | None = None) -> concurrent.futures.Future[str | None]:
+        """Queue a request row (with its outcome too, if it already has one) and its limit charge. The future resolves
+        once committed to None, or, without writing the row, to why a cap it is charged against was already reached by
+        the hits of every proxy writing this log (the check and the hit share the write lock)."""
+        future: concurrent.futures.Future[str | None] = concurrent.futures.Future()
+        self._queue.put((_Intent(row, charge), future))
+        self._waited.set()
+        return future
+
+    def queue_intent(self, row: dict[str, Any]) -> concurrent.futures.Future[str | None]:
+        """Queue a request row whose request goes on without waiting for its commit (the database gateway's reads):
+        like an outcome it may wait OUTCOME_GATHER_SECONDS for company, so that many share a transaction; every row
+        queued after it is written with it or after it, in order. The future says whether it was written."""
+        future: concurrent.futures.Future[str | None] = concurrent.futures.Future()
+        self._queue.put((_Intent(row, None, unwaited=True), future))
+        return future
+
+    def record_outcome(self, request_id: str, fields: dict[str, Any]) -> concurrent.futures.Future[str | None]:
+        future: concurrent.futures.Future[str | None] = concurrent.futures.Future()
+        self._queue.put((_Outcome(request_id, fields), future))
+        return future
+
+    def record_wait(self, row: dict[str, Any], approval: dict[str, Any]) -> concurrent.futures.Future[str | None]:
+        """Queue the row of a request that waits (held or delayed) with its approvals entry, in one transaction."""
+        future: concurrent.futures.Future[str | None] = concurrent.futures.Future()
+        self._queue.put((_Intent(row, None, approval), future))
+        self._waited.set()
+        return future
+
+    def apply(self, fn: Callable[[sqlite3.Connection, AuditWriter], Any]) -> concurrent.futures.Future[Any]:
+        """Queue `fn(conn, writer)`, run in a write transaction in order with rows and outcomes; the future has its
+        result (or its exception)."""
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._queue.put((_Apply(fn), future))
+        self._waited.set()
+        return future
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._waited.set()
+            self._thread.join(timeout=10)
+        self._conn.close()
+        self._turns.close()
+        ids.release(self.path)
+
+    def _run(self) -> None:
+        while True:
+            batch = self._next_batch()
+            stop = _STOP in batch
+            work = [b for b in batch if b is not _STOP]
+            if work:
+                self._write(work)
+            if stop:
+                self._interrupt()
+                return
+
+    def _interrupt(self) -> None:
+        """Rows still waiting for their outcome when the writer stops (the proxy was stopped with requests in flight)
+        get one, `interrupted`, so that no row of this proxy's is left looking as if it were still going on."""
+        if not self._pending:
+            return
+        now, count = time.time(), len(self._pending)
+        self._write([(_Outcome(request_id, {"error": INTERRUPTED, "ended": now}), concurrent.futures.Future())
+                     for request_id in list(self._pending)])
+        log.warning("goex-proxy stopped with %d request%s in flight, recorded as interrupted (%s may have reached the "
+                    "upstream)", count, "" if count == 1 else "s", "it" if count == 1 else "each")
+
+    def _end_orphans(self, conn: sqlite3.Connection, _: AuditWriter) -> int:
+        """Rows left in flight by processes that ended without stopping (a worker killed, a crash) get their outcome,
+        `interrupted`: a row's id names the process tag that made it, and a tag no live process holds has no one left
+        to record the outcome (held meanwhile, so that no process starting now takes it and writes under it). Rows
+        that wait for a person are the gate's to end."""
+        in_flight: dict[int, list[str]] = {}
+        for request_id, decision in conn.execute("SELECT id, decision FROM requests WHERE outcome_hash IS NULL"):
+            if decision not in ("hold", "delay") and ids.is_request_id(request_id):
+                in_flight.setdefault(ids.tag_of(request_id), []).append(request_id)
+        ended, now = 0, time.time()
+        for tag, orphans in sorted(in_flight.items()):
+            with ids.unheld(self.path, tag) as free:
+                if free:
+                    for request_id in orphans:
+                        self._update(_Outcome(request_id, {"error": ORPHANED, "ended": now}))
+                    ended += len(orphans)
+        if ended:
+            log.warning("%d request%s left in flight by a goex-proxy process that ended without stopping, recorded as "
+                        "interrupted", ended, "" if ended == 1 else "s")
+        return ended
+
+    def _next_batch(self) -> list[Any]:
+        """Everything queued, at least one item. A batch of outcomes and unwaited rows alone (nobody waits for them)
+        also gathers what arrives within OUTCOME_GATHER_SECONDS, so that a busy proxy writes one transaction where it
+        would write several; an intent waited for (a request waiting to be forwarded) or the stop ends the gathering
+        at once."""
+        batch = [self._queue.get()]
+        if _unwaited(batch[0]):
+            self._waited.wait(OUTCOME_GATHER_SECONDS)  # at once if something waited for was queued since
+        self._waited.clear()  # whatever set it is taken below, or by the next get (which does not wait for company)
+        while True:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                return batch
+
+    def _write(self, batch: list[tuple[Any, concurrent.futures.Future[str | None]]]) -> None:
+        """One transaction for the batch, in this writer's turn; then the anchor (outside the turn: the next writer
+        need not wait for it), and only then its waiters (a request goes upstream once its row is anchored)."""
+        try:
+            with self._turns.taken():
+                written = self._commit(batch)
+        except TurnNotTaken as exc:
+            self._failed(batch, exc)
+            return
+        if written is None:
+            return
+        head, refused = written
+        if head is not None:
+            unanchored = self._anchor(head)
+            self.failing = unanchored
+            if unanchored is not None:  # its requests are refused: rows cut from the end now would go unseen
+                for index, (op, _) in enumerate(batch):
+                    if isinstance(op, _Intent) and index not in refused:
+                        refused[index] = AuditError(f"audit write failed: {unanchored}")
+        for index, (_, future) in enumerate(batch):
+            result = refused.get(index)
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+    def _commit(self, batch: list[tuple[Any, concurrent.futures.Future[str | None]]]
+                ) -> tuple[Anchor | None, dict[int, Any]] | None:
+        """Write the batch; the newest row it wrote, and what each refused op gets instead of its result (None: the
+        transaction failed, and every waiter was told)."""
+        head: Anchor | None = None
+        refused: dict[int, Any] = {}
+        try:
+            with self._conn:
+                # Another process (an `undo` next to `goex-proxy run`) may have appended since: lock, then read the head.
+                self._conn.execute("BEGIN IMMEDIATE")
+                self._check_anchor()
+                last = self._conn.execute("SELECT hash FROM requests ORDER BY seq DESC LIMIT 1").fetchone()
+                last = (hex_of(last[0]),) if last else None
+                for index, op in enumerate(_with_outcomes(batch)):
+                    if op is None:
+                        continue  # an outcome written with its row
+                    if isinstance(op, _Apply):
+                        try:
+                            with _savepoint(self._conn):
+                                refused[index] = op.fn(self._conn, self)
+                        except Exception as exc:  # its own failure: its waiter is told, the batch goes on
+                            self._blobs.forget()  # blobs it stored are gone with its savepoint
+                            refused[index] = exc
+                    elif not isinstance(op, _Intent):
+                        try:
+                            self._update(op)
+                        except UnknownRequest as exc:  # nothing written: it fails alone (its row's batch failed)
+                            log.error("audit: %s", exc)
+                            refused[index] = exc
+                    elif (over := self._over_cap(op.charge)) is not None:
+                        refused[index] = over
+                    else:
+                        head = self._insert(op, head.hash if head else last[0] if last else "")
+        except Exception as exc:  # sqlite3.Error, disk full, a locked database: every waiter fails closed
+            self._failed(batch, exc)
+            return None
+        return head, refused
+
+    def _failed(self, batch: list[tuple[Any, concurrent.futures.Future[str | None]]], exc: Exception) -> None:
+        """Nothing of the batch was written: every waiter is told (its request is refused)."""
+        log.error("audit write failed (%d records): %s", len(batch), exc)
+        self.failing = str(exc)
+        self._blobs.forget()
+        for op, _ in batch:
+            if isinstance(op, _Intent):
+                self._pending.pop(str(op.row["id"]), None)
+        for _, future in batch:
+            future.set_exception(AuditError(f"audit write failed: {exc}"))
+
+    def update_outcome(self, request_id: str, fields: dict[str, Any]) -> None:
+        """Write a row's outcome now (call inside `apply`, in the writer's transaction)."""
+        self._update(_Outcome(request_id, fields))
+
+    def over_cap(self, charge: Charge | None) -> str | None:
+        """Why a cap this charge counts against is reached by the hits already stored, if one is (call inside
+        `apply`, where the write lock is held)."""
+        return self._over_cap(charge)
+
+    def _over_cap(self, charge: Charge | None) -> str | None:
+        """Why a cap this charge counts against is reached by the hits already stored, if one is."""
+        if charge is None:
+            return None
+        for key, limit in charge.caps:
+            since = charge.at - limit.per if limit.per is not None else float("-inf")
+            (hits,) = self._conn.execute("SELECT count(*) FROM limit_hits WHERE key = ? AND agent = ? AND ts > ?",
+                                         (key, charge.agent, since)).fetchone()
+            if hits + charge.keys.count(key) > limit.count:  # a message of several SQL statements: a hit each
+                return (f"limit reached: rule '{key.partition('/')[2]}' allows {limit.describe()} for agent "
+                        f"'{charge.agent}', counted across every proxy writing this audit log")
+        return None
+
+    def _check_anchor(self) -> None:
+        """Refuse to extend a log that no longer holds the row its anchor names: new rows would reuse the seq of
+        removed ones and chain cleanly onto what is left, and the removal would pass `log verify`."""
+        anchor = self.seal.anchor()
+        if anchor is None:
+            return
+        found = self._conn.execute("SELECT id, hash FROM requests WHERE seq = ?", (anchor.seq,)).fetchone()
+        if found is None or (found[0], hex_of(found[1])) != (anchor.id, anchor.hash):
+            raise AuditError(f"the audit log no longer holds the row its anchor names (seq {anchor.seq}, id "
+                             f"{anchor.id}): rows were removed or rewritten; `goex-proxy log verify` says more")
+
+    def _anchor(self, head: Anchor) -> str | None:
+        """Keep the newest row outside the database, after its commit (an anchor may lag the log, never lead it);
+        another writer's newer anchor is never replaced by an older one (they compare and replace under a lock).
+        Why it could not, if it could not."""
+        try:
+            with self.seal.locked():
+                kept = self.seal.anchor()
+                if kept is None or kept.seq < head.seq:
+                    self.seal.set_anchor(head)
+        except (OSError, AuditError) as exc:
+            log.error("could not keep the audit anchor in %s: %s", self.seal.anchor_path, exc)
+            return f"could not keep the audit anchor in {self.seal.anchor_path}: {exc}"
+        return None
+
+    def _insert(self, op: _Intent, prev: str) -> Anchor:
+        row = dict(op.row)
+        if op.charge is not None and op.charge.keys:
+            row["charged"] = charged(op.charge.keys, op.charge.at)
+        row["prev_hash"] = prev
+        row["hash"] = row_hash(self._key, prev, row)
+        if row.get("status") is not None or row.get("error") is not None:
+            row["outcome_hash"] = outcome_hash(self._key, row["hash"], row)
+        kind = (row.get("host"), row.get("method"))
+        kept = self._stored(row, kind)
+        kept["prev_hash"] = layout.DERIVED  # always the hash of the row before this one (the newest so far)
+        if "outcome_hash" not in row and layout.OUTCOME_ROOM:
+            kept[layout.ROOM] = layout.OUTCOME_ROOM
+        cursor = self._conn.execute(f"INSERT INTO requests ({', '.join(kept)}) VALUES ({', '.join('?' * len(kept))})",
+                                    tuple(kept.values()))
+        if "outcome_hash" not in row:
+            self._pending[str(row["id"])] = (row["hash"], int(cursor.lastrowid or 0), kind)
+        if op.approval is not None:
+            entry = {"request_id": row["id"], **op.approval}
+            self._conn.execute(f"INSERT INTO approvals ({', '.join(entry)}) VALUES ({', '.join('?' * len(entry))})",
+                               tuple(entry.values()))
+        if op.charge is not None:  # counted at the time it was decided, the time the in-memory counters use
+            self._conn.executemany("INSERT INTO limit_hits (key, agent, ts, request_id) VALUES (?, ?, ?, ?)",
+                                   [(key, op.charge.agent, op.charge.at, row["id"]) for key in op.charge.keys])
+        return Anchor(int(cursor.lastrowid or 0), str(row["id"]), str(row["hash"]))
+
+    def _update(self, op: _Outcome) -> None:
+        pending = self._pending.pop(op.id, None)
+        if pending is None:
+            found = self._conn.execute("SELECT hash, seq, host, method, outcome_hash FROM requests WHERE id = ?",
+                                       (op.id,)).fetchone()
+            if found is None:
+                raise UnknownRequest(f"outcome for unknown request {op.id}")
+            pending = (hex_of(found[0]), found[1], (found[2], found[3]))
+            if found[4] is not None:  # written again: nothing of it is built on the first one's values, let go of below
+                self._blobs.forget()
+        hash_, seq, kind = pending
+        fields = dict(op.fields)
+        fields["outcome_hash"] = outcome_hash(self._key, hash_, fields)
+        kept = self._stored(fields, kind)
+        named = [c for c in layout.BLOB_COLUMNS if c in kept]
+        if named:  # an outcome written again (never, as the proxy goes) lets go of the blobs the first one named
+            before = self._conn.execute(f"SELECT {', '.join(named)} FROM requests WHERE seq = ?", (seq,)).fetchone()
+            blobs.release(self._conn, [ref for ref in before or () if ref is not None])
+        if layout.OUTCOME_ROOM:
+            kept[layout.ROOM] = None  # the outcome takes its place
+        sets = ", ".join(f"{k} = ?" for k in kept)
+        self._conn.execute(f"UPDATE requests SET {sets} WHERE seq = ?", (*kept.values(), seq))  # by rowid
+
+    def _stored(self, fields: dict[str, Any], kind: tuple[Any, ...]) -> dict[str, Any]:
+        """The columns that keep these fields (hashed as they are): headers and bodies as blobs, and so on; `kind`
+        is the row's host and method, whose blobs are deflated on top of the last ones of the same field."""
+        return layout.stored(fields, lambda value, family: self._blobs.put(self._conn, value, family), kind)
+
+
+class _savepoint:
+    """A SAVEPOINT around one `apply`: its failure rolls back only its own writes."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> None:
+        self.conn.execute("SAVEPOINT goex_apply")
+
+    def __exit__(self, kind: Any, *_: Any) -> None:
+        if kind is not None:
+            self.conn.execute("ROLLBACK TO goex_apply")
+        self.conn.execute("RELEASE goex_apply")
