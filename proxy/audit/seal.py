@@ -155,7 +155,9 @@ class Seal:
                 self.anchor_path.unlink()
             return
         tmp = self.anchor_path.with_name(f".{ANCHOR_FILE}.{secrets.token_hex(6)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # A new file, never one already there: a link planted under that name would have the anchor written through
+        # it (onto whatever it names) and then renamed into the anchor's place.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
             with os.fdopen(fd, "w", encoding="utf-8", closefd=False) as out:
                 out.write(anchor.dumps())

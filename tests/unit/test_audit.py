@@ -424,6 +424,21 @@ def test_an_anchor_that_could_not_take_its_name_leaves_no_file_behind(tmp_path: 
                                                                                                         "a" * 64)
 
 
+def test_an_anchor_is_never_written_through_a_link_planted_under_its_temporary_name(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The temporary file is made new: a symlink (or a file) already under its name is not written through, the
+    file it names is left as it was, and the replacement fails, which the writer treats as a failed anchor."""
+    mine = Seal(tmp_path)
+    mine.set_anchor(Anchor(1, "A", "a" * 64))
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    monkeypatch.setattr(seal_module.secrets, "token_hex", lambda n: "planted")
+    (tmp_path / ".audit.anchor.planted.tmp").symlink_to(victim)
+    with pytest.raises(OSError):
+        mine.set_anchor(Anchor(2, "B", "b" * 64))
+    assert victim.read_text() == "keep me" and Seal(tmp_path).anchor() == Anchor(1, "A", "a" * 64)
+
+
 KILLED_BETWEEN = """
 import os, signal, sys
 from pathlib import Path
