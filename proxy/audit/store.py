@@ -410,9 +410,10 @@ def query(conn: sqlite3.Connection, *, agent: str | None = None, host: str | Non
     return list(layout.read(conn, sql, params))
 
 
-def get(conn: sqlite3.Connection, request_id: str) -> dict[str, Any]:
-    """One row, whole and as written (its headers and bodies read back from their blobs)."""
-    for found in layout.read(conn, "SELECT * FROM requests WHERE id = ?", (request_id,)):
+def get(conn: sqlite3.Connection, request_id: str, *, lenient: bool = False) -> dict[str, Any]:
+    """One row, whole and as written (its headers and bodies read back from their blobs); `lenient`: a value that
+    cannot be read reads as `layout.unreadable` says, instead of raising AuditError."""
+    for found in layout.read(conn, "SELECT * FROM requests WHERE id = ?", (request_id,), lenient=lenient):
         return found
     raise NotFound(f"no request with id {request_id!r} in the audit log")
 

@@ -23,7 +23,7 @@ from ..approvals import store as approvals
 from ..audit import store as audit
 from ..config import Config
 from ..durations import moment
-from ..errors import GoexError, NotFound
+from ..errors import AuditError, GoexError, NotFound
 from ..undo import session
 from ..undo.plan import FIDELITIES, SAFE_METHODS
 from ..undo.run import Journal
@@ -196,7 +196,13 @@ class Console:
         request_id = str(request.path_params["request_id"]).upper()
 
         def work(conn: sqlite3.Connection) -> dict[str, Any]:
-            row = audit.get(conn, request_id)
+            try:
+                row = audit.get(conn, request_id)
+            except AuditError as exc:  # damaged: shown as far as it reads, its chain broken, and nothing to undo
+                row = audit.get(conn, request_id, lenient=True)
+                ok, chain = data.chain_status(conn, self.db.seal, row)
+                return {"row": row, "chain_ok": False, "chain": chain if not ok else str(exc), "shown": None,
+                        "no_plan": f"No undo plan: {exc}", "statement": None}
             ok, chain = data.chain_status(conn, self.db.seal, row)
             if undoing.is_statement(row):
                 return {"row": row, "chain_ok": ok, "chain": chain, "shown": None, "no_plan": "",

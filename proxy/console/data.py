@@ -58,7 +58,9 @@ class Filters:
 
 
 def _rows(conn: sqlite3.Connection, sql: str, params: list[Any]) -> list[dict[str, Any]]:
-    return list(layout.read(conn, sql, params))
+    """The rows of a list, a value that cannot be read shown as such (`layout.unreadable`): one damaged row must not
+    take the whole log page, or its stream, down with it."""
+    return list(layout.read(conn, sql, params, lenient=True))
 
 
 def page(conn: sqlite3.Connection, filters: Filters, before: int | None = None, limit: int = PAGE,

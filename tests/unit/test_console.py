@@ -191,6 +191,23 @@ def test_a_post_needs_the_sessions_csrf_token_and_the_consoles_origin(console: R
     assert ok.status_code == 303 and ok.headers["location"] == "/approvals"
 
 
+def test_a_damaged_row_is_shown_broken_not_a_page_that_says_try_again(console: Running, state: Config) -> None:
+    """A blob that cannot be read (a hand-edited or damaged log) made the log page, its stream and the row's page a
+    503 "try again" for as long as the damage lasted. The list shows the row, and the row's page shows the value as
+    unreadable, says its chain is broken and offers no undo."""
+    fine, damaged = fill(state, [{"rule": "p/fine", "reason": "fine"}, {"rule": "p/damaged", "reason": "damaged"}])
+    with sqlite3.connect(state.audit_db) as conn:
+        (blob,) = conn.execute("SELECT rule_blob FROM requests WHERE id = ?", (damaged,)).fetchone()
+        conn.execute("DELETE FROM audit_blobs WHERE id = ?", (blob,))
+    client = console.client()
+    listed = client.get("/")
+    assert listed.status_code == 200 and fine in listed.text and damaged in listed.text
+    page = client.get(f"/request/{damaged}")
+    assert page.status_code == 200 and "unreadable rule" in page.text
+    assert "broken" in page.text and "No undo plan" in page.text and "cannot be read" in page.text
+    assert client.get(f"/request/{fine}").status_code == 200
+
+
 def test_recorded_values_are_shown_as_text(console: Running, state: Config) -> None:
     [rid] = fill(state, [{"agent": "bot", "url": f"https://slack.com/p?q={SCRIPT}",
                           "req_headers": f'[["X-Evil", "{SCRIPT}"], ["Content-Type", "text/html"]]',
