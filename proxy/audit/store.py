@@ -36,6 +36,8 @@ BUSY_TIMEOUT_S = 2.0
 INTERRUPTED = "interrupted: goex-proxy stopped before the request ended"
 #: The error of a row whose request was in flight when its process ended without stopping (killed, crashed).
 ORPHANED = "interrupted: the goex-proxy process that sent it ended (killed or crashed) before the request ended"
+#: The outcome of a request refused because its row could not be anchored (it was never sent).
+UNANCHORED = "refused: its row could not be anchored (the audit anchor could not be written); not sent"
 
 
 def _migration_1(db: sqlite_utils.Database) -> None:

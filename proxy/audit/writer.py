@@ -23,7 +23,7 @@ from ..errors import AuditError
 from . import blobs, layout
 from .layout import hex_of
 from .seal import Anchor, Seal
-from .store import BUSY_TIMEOUT_S, INTERRUPTED, ORPHANED, charged, open_db, outcome_hash, row_hash
+from .store import BUSY_TIMEOUT_S, INTERRUPTED, ORPHANED, UNANCHORED, charged, open_db, outcome_hash, row_hash
 
 if TYPE_CHECKING:
     from ..policy.limits import Charge
@@ -289,6 +289,9 @@ class AuditWriter:
                 for index, (op, _) in enumerate(batch):
                     if isinstance(op, _Intent) and index not in refused:
                         refused[index] = AuditError(f"audit write failed: {unanchored}")
+                        if str(op.row.get("id")) in self._pending:  # its outcome, with the next batch: not in flight
+                            self._queue.put((_Outcome(str(op.row["id"]), {"error": UNANCHORED, "ended": time.time()}),
+                                             concurrent.futures.Future()))
         for index, (_, future) in enumerate(batch):
             result = refused.get(index)
             if isinstance(result, Exception):

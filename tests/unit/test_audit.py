@@ -509,7 +509,8 @@ def test_a_request_row_is_anchored_before_its_writer_answers(tmp_path: Path) -> 
 def test_a_request_whose_row_could_not_be_anchored_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The anchor not written (a full disk, an I/O error in the state directory) refuses the requests of the batch, as
     a failed commit does: their rows could be removed from the end of the log unseen. It was logged, and the request
-    went upstream all the same. The next batch that anchors its rows answers again."""
+    went upstream all the same. The next batch that anchors its rows answers again, and records what became of the
+    refused one, which had stayed in flight until the next start."""
     ids, writer = RequestIds(), AuditWriter(tmp_path / "a.db", Seal(tmp_path))
     real = seal_module.os.replace
 
@@ -519,15 +520,20 @@ def test_a_request_whose_row_could_not_be_anchored_is_refused(tmp_path: Path, mo
     try:
         writer.record_intent(row(0, ids)).result(5)
         monkeypatch.setattr(seal_module.os, "replace", full)
+        refused = row(1, ids)
         with pytest.raises(audit.AuditError, match="anchor"):
-            writer.record_intent(row(1, ids)).result(5)
+            writer.record_intent(refused).result(5)
         assert writer.failing and "anchor" in writer.failing
         monkeypatch.setattr(seal_module.os, "replace", real)
         last = row(2, ids)
         writer.record_intent(last).result(5)
         assert writer.failing is None and Seal(tmp_path).anchor().id == last["id"]  # type: ignore[union-attr]
+        writer.apply(lambda conn, w: None).result(5)  # after the refused row's outcome, queued before it
     finally:
         writer.close()
+    kept = audit.get(audit.open_db(tmp_path / "a.db", readonly=True), str(refused["id"]))
+    assert kept["error"] == audit.UNANCHORED and kept["outcome_hash"] is not None
+    assert check(tmp_path).broken_id is None
 
 
 def test_writers_of_one_log_take_turns_through_its_lock_file(tmp_path: Path) -> None:
