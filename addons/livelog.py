@@ -206,8 +206,13 @@ class LiveFormatter(logging.Formatter):
 
 def format_output() -> None:
     """Give `run`'s output (mitmproxy's terminal log, on the root logger) the live format, coloured when it goes to a
-    terminal and NO_COLOR is not set; and have it write each line as it comes, also into a pipe (`run | tee`)."""
+    terminal and NO_COLOR is not set; and have it write each line as it comes, also into a pipe (`run | tee`). A
+    record no longer looks up its caller's file and line, its thread or its process, which `run`'s output never
+    shows (Python's logging HOWTO, "Optimization"): each request's line is a record."""
     from mitmproxy.addons.termlog import TermLogHandler
+
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
 
     for handler in logging.getLogger().handlers:
         if isinstance(handler, TermLogHandler):

@@ -10,8 +10,8 @@ _INVISIBLE = frozenset([*range(0x200B, 0x2010), *range(0x202A, 0x202F), *range(0
 def shown(text: str) -> str:
     """`text` safe to print for a person to review: control characters (but tab), invisible and bidirectional
     characters, and bytes that are not UTF-8 (in names) written as escapes, so that what is printed is all there is."""
-    if text.isprintable() and not any(ord(c) in _INVISIBLE for c in text):
-        return text
+    if text.isprintable() and (text.isascii() or not any(ord(c) in _INVISIBLE for c in text)):
+        return text  # ASCII first: every invisible character is beyond it, and most text (a request's line) is ASCII
     out = []
     for c in text:
         o = ord(c)
