@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import queue
+import re
 import sqlite3
 import threading
 import time
@@ -747,7 +748,7 @@ class AuditWriter:
         return None
 
     def _insert(self, op: _Intent, prev: str) -> Anchor:
-        row = dict(op.row)
+        row = storable(op.row)
         if op.charge is not None and op.charge.keys:
             row["charged"] = charged(op.charge.keys, op.charge.at)
         row["prev_hash"] = prev
@@ -783,7 +784,7 @@ class AuditWriter:
             if found[4] is not None:  # written again: nothing of it is built on the first one's values, let go of below
                 self._blobs.forget()
         hash_, seq, kind = pending
-        fields = dict(op.fields)
+        fields = storable(op.fields)
         fields["outcome_hash"] = outcome_hash(self._key, hash_, fields)
         kept = self._stored(fields, kind)
         named = [c for c in layout.BLOB_COLUMNS if c in kept]
@@ -799,6 +800,21 @@ class AuditWriter:
         """The columns that keep these fields (hashed as they are): headers and bodies as blobs, and so on; `kind`
         is the row's host and method, whose blobs are deflated on top of the last ones of the same field."""
         return layout.stored(fields, lambda value, family: self._blobs.put(self._conn, value, family), kind)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def storable(fields: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `fields` whose texts SQLite can store (UTF-8): each lone surrogate, which is how a byte that was not
+    UTF-8 reads in a path, query or header value (surrogateescape), written as its JSON escape (`\\udcff`), so that
+    a JSON text (headers) reads back as it was and `show` writes it `\\xff`. One text that could not be stored would
+    fail its whole transaction: every other row and outcome written with it, whatever agent's."""
+    out = dict(fields)
+    for key, value in fields.items():
+        if isinstance(value, str) and not value.isascii() and _SURROGATE.search(value):
+            out[key] = _SURROGATE.sub(lambda found: f"\\u{ord(found.group()):04x}", value)
+    return out
 
 
 class _savepoint:

@@ -3,6 +3,7 @@ agent would, with the real jail and real commands."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -255,3 +256,31 @@ def test_an_editors_copy_of_the_config_made_before_the_run_is_hidden(make_proxy,
                            text=True, timeout=120)
     assert "NOT-A-SECRET" in shown.stdout, shown.stderr  # the directory's other files are in view as before
     assert "mailbot-token-1" not in shown.stdout + shown.stderr
+
+
+def test_bytes_that_are_not_utf8_keep_no_request_out_of_the_log(make_proxy, upstream, outside):
+    """HTTP lets a header value carry any byte (obs-text: a Latin-1 file name), and mitmproxy reads one that is not
+    UTF-8 as a lone surrogate, which SQLite cannot store as text. An agent's header or query holding one made its row
+    fail to write, and with it the whole transaction: its request was refused and left no row at all, an upstream's
+    answer holding one lost the row's outcome (the agent had it; the log said "may have happened"), and every other
+    agent's row and outcome written in the same transaction went with them. Now the row is written, its bytes shown."""
+    from tests.conftest import GITHUB_URL
+
+    proxy = make_proxy(GITHUB_POLICY)
+    upstream.state.echo_headers = {"X-Name": "caf\xe9"}  # sent as the single byte 0xE9, as Latin-1
+    workspace = outside / "ws"
+    workspace.mkdir()
+    r = subprocess.run([*GOEX, "exec", "--config", str(proxy.config), "--agent", "mailbot", "--", "bash", "-c",
+                        f"curl -sS -o /dev/null -w '%{{http_code}}' -H $'X-Note: caf\\xe9' {GITHUB_URL}"],
+                       env=proxy.env, cwd=workspace, capture_output=True, text=True, timeout=120)
+    assert (r.returncode, r.stdout) == (0, "200"), r.stderr
+    assert upstream.seen_paths("api.github.com") == ["/repos/octo/hello"]
+    [row] = proxy.rows()
+    assert (row["decision"], row["status"]) == ("allow", 200)
+    assert ["x-note", "caf\udce9"] in json.loads(str(row["req_headers"]))
+    assert ["X-Name", "caf\udce9"] in json.loads(str(row["resp_headers"]))
+    shown = proxy.cli("show", str(row["id"]))
+    assert shown.returncode == 0, shown.stderr
+    assert "x-note: caf\\xe9" in shown.stdout and "X-Name: caf\\xe9" in shown.stdout
+    verified = proxy.cli("log", "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
