@@ -284,3 +284,30 @@ def test_bytes_that_are_not_utf8_keep_no_request_out_of_the_log(make_proxy, upst
     assert "x-note: caf\\xe9" in shown.stdout and "X-Name: caf\\xe9" in shown.stdout
     verified = proxy.cli("log", "verify")
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_a_body_nested_past_pythons_parser_is_still_shown(make_proxy, outside):
+    """A JSON body nested deeper than Python's parser goes is refused before policy, and recorded. Showing it, as JSON
+    indented, raised RecursionError: `show` ended in an internal error before the body and the outcome, and the console's
+    page of that request failed, so the agent's attempt could not be read where a person looks. It is shown as text."""
+    from tests.e2e.test_console import signed_in, with_console
+
+    proxy, base, token = with_console(make_proxy, GITHUB_POLICY)
+    workspace = outside / "ws"
+    workspace.mkdir()
+    agent = ("python3 -c \"print('[' * 100000 + ']' * 100000)\" > deep.json && curl -sS -o /dev/null -w '%{http_code}' "
+             "-H 'content-type: application/json' --data-binary @deep.json https://api.github.com/repos/octo/hello")
+    r = subprocess.run([*GOEX, "exec", "--config", str(proxy.config), "--agent", "mailbot", "--files", "review", "--",
+                        "bash", "-c", agent], env=proxy.env, cwd=workspace, capture_output=True, text=True, timeout=120)
+    assert (r.returncode, r.stdout) == (0, "403"), r.stderr
+    [row] = proxy.rows()
+    assert row["rule"] == "request-body"
+    shown = proxy.cli("show", str(row["id"]))
+    assert shown.returncode == 0, shown.stderr
+    assert "[[[[" in shown.stdout and "403 in" in shown.stdout
+    client = signed_in(base, token)
+    try:
+        page = client.get(f"/request/{row['id']}")
+    finally:
+        client.close()
+    assert page.status_code == 200 and "[[[[" in page.text
