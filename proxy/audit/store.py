@@ -755,7 +755,7 @@ class AuditWriter:
         row["hash"] = row_hash(self._key, prev, row)
         if row.get("status") is not None or row.get("error") is not None:
             row["outcome_hash"] = outcome_hash(self._key, row["hash"], row)
-        kind = (row.get("host"), row.get("method"))
+        kind = (row.get("agent"), row.get("host"), row.get("method"))
         kept = self._stored(row, kind)
         kept["prev_hash"] = layout.DERIVED  # always the hash of the row before this one (the newest so far)
         if "outcome_hash" not in row and layout.OUTCOME_ROOM:
@@ -776,12 +776,12 @@ class AuditWriter:
     def _update(self, op: _Outcome) -> None:
         pending = self._pending.pop(op.id, None)
         if pending is None:
-            found = self._conn.execute("SELECT hash, seq, host, method, outcome_hash FROM requests WHERE id = ?",
+            found = self._conn.execute("SELECT hash, seq, agent, host, method, outcome_hash FROM requests WHERE id = ?",
                                        (op.id,)).fetchone()
             if found is None:
                 raise UnknownRequest(f"outcome for unknown request {op.id}")
-            pending = (hex_of(found[0]), found[1], (found[2], found[3]))
-            if found[4] is not None:  # written again: nothing of it is built on the first one's values, let go of below
+            pending = (hex_of(found[0]), found[1], (found[2], found[3], found[4]))
+            if found[5] is not None:  # written again: nothing of it is built on the first one's values, let go of below
                 self._blobs.forget()
         hash_, seq, kind = pending
         fields = storable(op.fields)
@@ -798,8 +798,13 @@ class AuditWriter:
 
     def _stored(self, fields: dict[str, Any], kind: tuple[Any, ...]) -> dict[str, Any]:
         """The columns that keep these fields (hashed as they are): headers and bodies as blobs, and so on; `kind`
-        is the row's host and method, whose blobs are deflated on top of the last ones of the same field."""
-        return layout.stored(fields, lambda value, family: self._blobs.put(self._conn, value, family), kind)
+        is the row's agent, host and method, whose blobs are deflated on top of the last ones of the same field.
+
+        The agent is part of it, and owns the blobs it may name again: a value deflated on top of another agent's, or
+        stored once for both, would make what one agent sends cost the log less the closer it is to what another
+        sent or received, and a jailed agent sees the log's disk fill (its workspace layer is on the same one)."""
+        return layout.stored(
+            fields, lambda value, family: self._blobs.put(self._conn, value, family, owner=kind[0]), kind)
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")

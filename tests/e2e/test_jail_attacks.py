@@ -311,3 +311,31 @@ def test_a_body_nested_past_pythons_parser_is_still_shown(make_proxy, outside):
     finally:
         client.close()
     assert page.status_code == 200 and "[[[[" in page.text
+
+
+def test_no_agents_value_is_stored_on_top_of_anothers(make_proxy, outside):
+    """The log stores a small value deflated on top of the last one of its field, host and method, and a value it
+    stored recently only once. Across agents that is a side channel: a jailed agent sees the free space of the disk
+    the log is on (its workspace layer is there), and what it sends cost the log less the closer it came to what
+    another agent sent there before, down to nothing for an exact guess (denied requests are recorded too). Each
+    agent's values are stored apart from every other agent's."""
+    proxy = make_proxy(GITHUB_POLICY)
+    workspace = outside / "ws"
+    workspace.mkdir()
+    secret = '{"note": "the merger with Initech closes on 2026-03-14, tell nobody"}'
+    guesses = [secret, secret.replace("Initech", "Initrode")]
+    for agent, bodies in (("mailbot", [secret]), ("slackbot", guesses)):
+        posts = "; ".join(f"curl -sS -o /dev/null -H 'content-type: application/json' --data '{body}' "
+                          "https://api.github.com/repos/octo/hello" for body in bodies)
+        r = subprocess.run([*GOEX, "exec", "--config", str(proxy.config), "--agent", agent, "--files", "review", "--",
+                            "bash", "-c", posts], env=proxy.env, cwd=workspace, capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 0, r.stderr
+    bases = {blob["id"]: blob["base"] for blob in proxy.table("audit_blobs")}
+    named: dict[str, set[int]] = {}
+    for row in proxy.table("requests"):
+        ids = {row[c] for c in row if c.endswith("_blob") and row[c] is not None}
+        named.setdefault(row["agent"], set()).update(ids | {bases[i] for i in ids if bases[i] is not None})
+    assert [r["agent"] for r in proxy.rows()] == ["mailbot", "slackbot", "slackbot"]
+    assert [r["req_body"] for r in proxy.rows()] == [g.encode() for g in [secret, *guesses]]
+    assert named["mailbot"] and named["slackbot"] and not named["mailbot"] & named["slackbot"]
