@@ -339,3 +339,30 @@ def test_no_agents_value_is_stored_on_top_of_anothers(make_proxy, outside):
     assert [r["agent"] for r in proxy.rows()] == ["mailbot", "slackbot", "slackbot"]
     assert [r["req_body"] for r in proxy.rows()] == [g.encode() for g in [secret, *guesses]]
     assert named["mailbot"] and named["slackbot"] and not named["mailbot"] & named["slackbot"]
+
+
+def test_no_env_secret_of_the_config_reaches_the_agent_whatever_pass_env_says(make_proxy, outside):
+    """The jail promises never an `{env:}` secret, whatever `sandbox.pass_env` says; an OAuth2 client secret and an
+    approvals channel's URL and token taken from the environment were not on the withheld list, so a `pass_env`
+    naming them (or `exec --no-jail`, which inherits everything else) handed them to the agent."""
+    secrets = {"GOEX_TEST_CLIENT_SECRET": "client-secret-value-1", "GOEX_TEST_HOOK": "https://hooks.example.net/xyz",
+               "GOEX_TEST_NTFY_TOKEN": "ntfy-token-value-2"}
+    extra = ("credentials:\n  gmail:\n    secret: gmail-oauth\n    hosts: [gmail.googleapis.com]\n    inject:\n"
+             "      oauth2: {provider: google, client_id: x.apps.googleusercontent.com,\n"
+             "               client_secret: {env: GOEX_TEST_CLIENT_SECRET}}\n"
+             "approvals:\n  listen: false\n  notify:\n    - webhook: {url_env: GOEX_TEST_HOOK}\n"
+             "    - ntfy: {url: 'https://ntfy.sh/a-topic', token_env: GOEX_TEST_NTFY_TOKEN}\n"
+             f"sandbox:\n  pass_env: [{', '.join(secrets)}, GOEX_TEST_PLAIN]\n")
+    proxy = make_proxy(GITHUB_POLICY, start=False, extra_config=extra)
+    proxy.env.update(secrets, GOEX_TEST_PLAIN="plain-value")
+    workspace = outside / "ws"
+    workspace.mkdir()
+    for jail in ("--jail", "--no-jail"):
+        if jail == "--no-jail":
+            proxy.start()
+        r = subprocess.run([*GOEX, "exec", jail, "--config", str(proxy.config), "--agent", "mailbot", "--", "env"],
+                           env=proxy.env, cwd=workspace, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert "GOEX_TEST_PLAIN=plain-value" in r.stdout  # pass_env works: the test reads the right place
+        for name, value in secrets.items():
+            assert value not in r.stdout and name not in r.stdout, (jail, name)
