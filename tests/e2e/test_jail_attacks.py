@@ -366,3 +366,73 @@ def test_no_env_secret_of_the_config_reaches_the_agent_whatever_pass_env_says(ma
         assert "GOEX_TEST_PLAIN=plain-value" in r.stdout  # pass_env works: the test reads the right place
         for name, value in secrets.items():
             assert value not in r.stdout and name not in r.stdout, (jail, name)
+
+
+#: Forks up to 200 children that sleep, and says how many it got before the kernel refused one.
+FORK_MANY = """
+import os, time
+kids = []
+for _ in range(200):
+    try:
+        pid = os.fork()
+    except OSError:
+        break
+    if pid == 0:
+        time.sleep(5)
+        os._exit(0)
+    kids.append(pid)
+print(len(kids))
+for pid in kids:
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+"""
+
+
+def test_a_fork_bomb_stops_at_the_jails_process_cap(make_proxy, outside, tmp_path):
+    """A jailed fork bomb took every process slot of the person's uid (and goex-proxy's own threads with them) until
+    someone killed it. The jail's processes and threads are capped by `sandbox.max_processes`, counted in the jail's
+    own user namespace (RLIMIT_NPROC), so nothing outside it counts against it. Here 200 forks against a cap of 30,
+    as an unprivileged user (the kernel holds uid 0 to no such cap)."""
+    import marshal
+    import socket
+    import struct
+    import tempfile
+
+    proxy = make_proxy(GITHUB_POLICY, start=False, extra_config="sandbox: {max_processes: 64}\n")
+    workspace = outside / "ws"
+    workspace.mkdir()
+    r = subprocess.run([*GOEX, "exec", "--config", str(proxy.config), "--agent", "mailbot", "--", "grep", "processes",
+                        "/proc/self/limits"], env=proxy.env, cwd=workspace, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[2:4] == ["64", "64"], r.stdout  # the config's cap is the command's
+
+    root = os.geteuid() == 0
+    user = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"] if root else []
+    run_dir = Path(tempfile.mkdtemp(prefix="goex-jailinit-"))
+    try:
+        init = run_dir / "jailinit.py"
+        shutil.copy(Path(__file__).parents[2] / "proxy" / "sandbox" / "jailinit.py", init)
+        for name in ("root", "upper", "work", "ws"):
+            (run_dir / name).mkdir()
+        (run_dir / "empty").touch()
+        if root:
+            for path in [run_dir, *run_dir.iterdir()]:
+                os.chown(path, 65534, 65534)
+        spec = {"port": 8123, "root": str(run_dir / "root"), "run_dir": str(run_dir), "workspace": str(run_dir / "ws"),
+                "cwd": str(run_dir / "ws"), "hide": [], "protect": [], "reveal": [], "sockets": [],
+                "max_processes": 30, "command": ["/usr/bin/python3", "-c", FORK_MANY]}
+        ours, theirs = socket.socketpair()
+        p = subprocess.Popen([*user, "/usr/bin/python3", "-I", "-S", str(init), str(theirs.fileno())],
+                             pass_fds=(theirs.fileno(),), stdout=subprocess.PIPE, text=True, env={"PATH": "/usr/bin:/bin"})
+        theirs.close()
+        payload = marshal.dumps(spec)
+        ours.sendall(struct.pack("!I", len(payload)) + payload)
+        message, fds, _, _ = socket.recv_fds(ours, 4096, 1)
+        for fd in fds:
+            os.close(fd)
+        out, _ = p.communicate(timeout=60)
+    finally:
+        subprocess.run(["chmod", "-R", "u+rwx", str(run_dir)], check=False)
+        shutil.rmtree(run_dir)
+    assert message == b"ok", message
+    assert 20 <= int(out) < 30, out  # the init and the command count too
