@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -394,7 +395,6 @@ def test_a_fork_bomb_stops_at_the_jails_process_cap(make_proxy, outside, tmp_pat
     own user namespace (RLIMIT_NPROC), so nothing outside it counts against it. Here 200 forks against a cap of 30,
     as an unprivileged user (the kernel holds uid 0 to no such cap)."""
     import marshal
-    import socket
     import struct
     import tempfile
 
@@ -436,3 +436,33 @@ def test_a_fork_bomb_stops_at_the_jails_process_cap(make_proxy, outside, tmp_pat
         shutil.rmtree(run_dir)
     assert message == b"ok", message
     assert 20 <= int(out) < 30, out  # the init and the command count too
+
+
+def test_an_answer_whose_status_is_not_three_digits_is_not_relayed_and_its_outcome_is_kept(make_proxy, outside):
+    """mitmproxy reads an upstream's status code with int(), so an upstream the agent reaches (its own echo server,
+    allowed by policy) could answer `HTTP/1.1 99999999999999999999 OK`: relayed as it was, and too large for SQLite,
+    so the outcome write failed, and with it every other outcome of the same transaction, whatever agent's; the row
+    said the request "may have happened". Such an answer is a malformed one: replaced by a 502, which is recorded."""
+    from tests.conftest import GITHUB_URL, LoopbackServer
+
+    def answer(conn: socket.socket) -> None:
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 99999999999999999999 OK\r\nContent-Length: 2\r\n\r\nhi")
+
+    server = LoopbackServer(answer)
+    policy = {"both": GITHUB_POLICY["github"] + "      - name: the agent's own server\n"
+                                                "        allow: {host: example.com, methods: [GET]}\n"}
+    try:
+        proxy = make_proxy(policy, routes={"example.com": f"http://127.0.0.1:{server.port}"})
+        workspace = outside / "ws"
+        workspace.mkdir()
+        r = subprocess.run([*GOEX, "exec", "--config", str(proxy.config), "--agent", "mailbot", "--", "sh", "-c",
+                            "curl -s -o /dev/null -w '%{http_code} ' http://example.com/a; "
+                            f"curl -s -o /dev/null -w '%{{http_code}}' {GITHUB_URL}"],
+                           env=proxy.env, cwd=workspace, capture_output=True, text=True, timeout=120)
+    finally:
+        server.close()
+    assert (r.returncode, r.stdout) == (0, "502 200"), r.stdout + r.stderr
+    assert server.accepted == 1  # it was sent
+    assert [(row["url"], row["status"]) for row in proxy.rows()] == [("http://example.com/a", 502), (GITHUB_URL, 200)]
+    assert "status code is not three digits" in proxy.log_text() and "audit write failed" not in proxy.log_text()
