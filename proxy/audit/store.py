@@ -410,6 +410,17 @@ class _Outcome:
 _STOP = object()
 
 
+class _OneByOne:
+    """What `_commit` gives for a batch to be written again op by op."""
+
+
+_ONE_BY_ONE = _OneByOne()
+
+#: Errors of a value that cannot be stored (a number too large for SQLite, text that is not UTF-8), which fail only the
+#: op that holds it; any other error (disk full, a locked or broken database) fails the whole batch.
+_VALUE_ERRORS = (ValueError, TypeError, OverflowError, sqlite3.InterfaceError, sqlite3.ProgrammingError)
+
+
 class UnknownRequest(AuditError):
     """An outcome for a row the log does not hold (a row queued without waiting, whose batch failed)."""
 
@@ -634,6 +645,10 @@ class AuditWriter:
         except TurnNotTaken as exc:
             self._failed(batch, exc)
             return
+        if isinstance(written, _OneByOne):
+            for item in batch:  # in order, each in a transaction of its own: only the op that cannot be stored fails
+                self._write([item])
+            return
         if written is None:
             return
         head, refused = written
@@ -652,9 +667,10 @@ class AuditWriter:
                 future.set_result(result)
 
     def _commit(self, batch: list[tuple[Any, concurrent.futures.Future[str | None]]]
-                ) -> tuple[Anchor | None, dict[int, Any]] | None:
+                ) -> tuple[Anchor | None, dict[int, Any]] | _OneByOne | None:
         """Write the batch; the newest row it wrote, and what each refused op gets instead of its result (None: the
-        transaction failed, and every waiter was told)."""
+        transaction failed, and every waiter was told; _ONE_BY_ONE: a value of one op of several could not be stored,
+        nothing was written, and the ops are to be written one by one)."""
         head: Anchor | None = None
         refused: dict[int, Any] = {}
         try:
@@ -685,6 +701,12 @@ class AuditWriter:
                     else:
                         head = self._insert(op, head.hash if head else last[0] if last else "")
         except Exception as exc:  # sqlite3.Error, disk full, a locked database: every waiter fails closed
+            if len(batch) > 1 and isinstance(exc, _VALUE_ERRORS):  # one op's value: the others are not to fail with it
+                self._blobs.forget()
+                for op, _ in batch:
+                    if isinstance(op, _Intent):
+                        self._pending.pop(str(op.row["id"]), None)
+                return _ONE_BY_ONE
             self._failed(batch, exc)
             return None
         return head, refused
