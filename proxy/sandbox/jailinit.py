@@ -329,6 +329,15 @@ def lock_mounts(uid: int, gid: int) -> None:
     map_ids(uid, gid)
 
 
+def first_to_go_out_of_memory() -> None:
+    """The jail's processes (this one, and all it starts) are the ones the kernel ends first when memory runs out. Files
+    in the jail's /tmp or /dev/shm are memory no process's size shows, so the kernel would otherwise end the largest
+    process of the machine (goex-proxy, as often as not) and leave the jail that filled them; ending this one ends the
+    jail and frees them."""
+    with open("/proc/self/oom_score_adj", "w") as f:
+        f.write("1000")
+
+
 def limit_processes(most: int | None) -> None:
     """At most `most` processes and threads of the jail at once: RLIMIT_NPROC counts the tasks of a uid in each user
     namespace, and the jail's is its own, so a fork bomb stops at the jail's cap instead of taking every process slot
@@ -373,6 +382,7 @@ def run_init(spec: dict, report: int, uid: int, gid: int) -> int:  # type: ignor
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     try:
         _syscall("keyctl", KEYCTL_JOIN_SESSION_KEYRING, None)  # not the person's session keyring
+        first_to_go_out_of_memory()
         build_root(spec)
         libc.sethostname(b"goex-jail", 9)
         lock_mounts(uid, gid)

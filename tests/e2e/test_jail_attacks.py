@@ -483,3 +483,18 @@ def test_a_binary_change_does_not_hide_the_next_one_in_the_review(make_proxy, ou
     run = proxy.table("file_runs")[-1]["id"]
     shown = proxy.cli("files", "diff", run).stdout.splitlines()
     assert "    (binary: 7 → 6 bytes)" in shown and "added    b-hook  (file, 23 bytes, mode 644)" in shown, shown
+
+
+def test_the_jail_is_the_first_to_go_when_memory_runs_out(make_proxy, outside):
+    """A jail's /tmp and /dev/shm are memory (tmpfs, up to half of it each) that no process's size shows: an agent
+    that filled them left the kernel's out-of-memory killer to end the largest process on the machine, goex-proxy
+    itself as often as not, while the jail kept the memory. The jail's processes, its init included, are the first it
+    ends (ending the init ends the jail and frees its scratch directories)."""
+    proxy = make_proxy(GITHUB_POLICY, start=False)
+    workspace = outside / "ws"
+    workspace.mkdir()
+    r = subprocess.run([*GOEX, "exec", "--config", str(proxy.config), "--agent", "mailbot", "--", "sh", "-c",
+                        "cat /proc/1/oom_score_adj /proc/self/oom_score_adj"],
+                       env=proxy.env, cwd=workspace, capture_output=True, text=True, timeout=120)
+    assert (r.returncode, r.stdout.split()) == (0, ["1000", "1000"]), r.stderr
+    assert open("/proc/self/oom_score_adj").read().strip() != "1000"  # goex-proxy's own processes are not
