@@ -498,3 +498,26 @@ def test_the_jail_is_the_first_to_go_when_memory_runs_out(make_proxy, outside):
                        env=proxy.env, cwd=workspace, capture_output=True, text=True, timeout=120)
     assert (r.returncode, r.stdout.split()) == (0, ["1000", "1000"]), r.stderr
     assert open("/proc/self/oom_score_adj").read().strip() != "1000"  # goex-proxy's own processes are not
+
+
+def test_git_credentials_where_xdg_puts_them_and_cli_token_files_are_hidden(make_proxy, outside):
+    """`git credential-store` keeps the person's passwords in `~/.config/git/credentials` as well as in
+    `~/.git-credentials` (it reads both, and writes the first when only it exists), and Vault, Cargo and MySQL keep
+    tokens and passwords in files of their own: they were in the jail's view, read-only but readable."""
+    proxy = make_proxy(GITHUB_POLICY, start=False)
+    home = outside / "home"
+    stores = {".config/git/credentials": "https://me:GIT-XDG-SECRET@github.com", ".vault-token": "VAULT-SECRET",
+              ".cargo/credentials.toml": "token = 'CARGO-SECRET'", ".my.cnf": "password=MYSQL-SECRET"}
+    for rel, text in stores.items():
+        (home / rel).parent.mkdir(parents=True, exist_ok=True)
+        (home / rel).write_text(text + "\n")
+    (home / ".cargo" / "config.toml").write_text("# CARGO-CONFIG\n")  # beside a hidden file: still in view
+    workspace = outside / "ws"
+    workspace.mkdir()
+    r = subprocess.run([*GOEX, "exec", "--config", str(proxy.config), "--agent", "mailbot", "--", "sh", "-c",
+                        "cat ~/.cargo/config.toml; for f in " + " ".join(f"~/{rel}" for rel in stores) + "; do "
+                        "cat $f; done"], env={**proxy.env, "HOME": str(home)}, cwd=workspace, capture_output=True,
+                       text=True, timeout=120)
+    assert "CARGO-CONFIG" in r.stdout, r.stdout + r.stderr  # the test reads the right home
+    for secret in ("GIT-XDG-SECRET", "VAULT-SECRET", "CARGO-SECRET", "MYSQL-SECRET"):
+        assert secret not in r.stdout, r.stdout
