@@ -539,3 +539,22 @@ def test_a_run_of_sparse_files_it_never_wrote_is_dropped_before_it_is_hashed(mak
     assert sorted(os.listdir(workspace)) == [] and proxy.table("file_runs") == []
     assert not any((proxy.home / "runs").iterdir())
     assert took < 30, took
+
+
+def test_a_file_linked_under_many_names_is_hashed_once(make_proxy, outside):
+    """A hard link costs the agent nothing, and each name of a file in a run's layer was hashed whole when the jail
+    ended: 32 MB linked 2,000 times kept `exec` hashing 64 GB. A file with several names is hashed once."""
+    proxy = make_proxy(GITHUB_POLICY, start=False)
+    workspace = outside / "ws"
+    workspace.mkdir()
+    agent = ("import os\nwith open('f', 'wb') as out: out.write(os.urandom(32 << 20))\n"
+             "for i in range(2000): os.link('f', f'f{i}')\n")
+    started = time.monotonic()
+    r = subprocess.run([*GOEX, "exec", "--config", str(proxy.config), "--agent", "mailbot", "--files", "review", "--",
+                        "python3", "-c", agent], env=proxy.env, cwd=workspace, capture_output=True, text=True,
+                       timeout=600)
+    took = time.monotonic() - started
+    assert r.returncode == 0, r.stderr
+    changes = proxy.table("file_changes")
+    assert len(changes) == 2001 and len({c["after_sha256"] for c in changes}) == 1
+    assert took < 30, took
