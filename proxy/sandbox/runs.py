@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 #: The most bytes a run's files may hold that it never wrote (holes of sparse files) for it to be reviewed: every byte
 #: of a changed file is hashed, and writing them costs the agent nothing.
-MOST_UNWRITTEN = 1 << 30
+MOST_UNWRITTEN = 4 << 30
 #: States of a recorded run: its changes wait for the person, were applied, were taken back, or were dropped unapplied.
 PENDING, KEPT, UNDONE, DISCARDED = "pending", "kept", "undone", "discarded"
 _ENTRY_FIELDS = ("kind", "mode", "size", "sha256", "target")

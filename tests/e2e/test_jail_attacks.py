@@ -526,13 +526,13 @@ def test_git_credentials_where_xdg_puts_them_and_cli_token_files_are_hidden(make
 def test_a_run_of_sparse_files_it_never_wrote_is_dropped_before_it_is_hashed(make_proxy, outside):
     """Every byte of a file a run changed is hashed when the jail ends, holes included: `truncate -s 16T` costs the
     agent nothing and kept `exec` (or `execute`) hashing zeros for most of a day, on the supervisor's CPU (8 GB took
-    40 s here). A run whose files hold more than a GiB they never wrote is dropped whole, as a run nested too deep is."""
+    40 s here). A run whose files hold more than 4 GiB they never wrote is dropped whole, as a run nested too deep is."""
     proxy = make_proxy(GITHUB_POLICY, start=False)
     workspace = outside / "ws"
     workspace.mkdir()
     started = time.monotonic()
     r = subprocess.run([*GOEX, "exec", "--config", str(proxy.config), "--agent", "mailbot", "--", "sh", "-c",
-                        "echo kept > small.txt; truncate -s 4G big"], env=proxy.env, cwd=workspace,
+                        "echo kept > small.txt; truncate -s 8G big"], env=proxy.env, cwd=workspace,
                        capture_output=True, text=True, timeout=300)
     took = time.monotonic() - started
     assert "never wrote" in r.stderr and "dropped" in r.stderr and "Traceback" not in r.stderr, r.stderr
