@@ -234,6 +234,8 @@ class Decide:
         if resp is None or flowmeta.is_own_response(flow):
             return
         problem = fields_problem(resp)
+        if problem is None and not 100 <= resp.status_code <= 999:  # mitmproxy reads any integer (`-1`, 20 digits)
+            problem = "its status code is not three digits"
         if problem is not None:
             replies.reply(flow, 502, {"error": "goex-proxy: the upstream's answer is malformed; it was not relayed",
                                       "reason": problem}, {"X-Goex-Decision": "error"})

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 _TOP_KEYS = {"version", "state_dir", "listen", "agents", "credentials", "policies", "undo_rules", "audit", "upstream",
              "llm", "sandbox", "limits", "approvals", "console", "databases"}
-_SANDBOX_KEYS = {"hide", "expose", "allow_sockets", "pass_env"}
+_SANDBOX_KEYS = {"hide", "expose", "allow_sockets", "pass_env", "max_processes"}
 _LLM_KEYS = {"base_url", "model", "api_key", "timeout"}
 _CREDENTIAL_KEYS = {"secret", "host", "hosts", "methods", "paths", "schemes", "inject", "env"}
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -101,6 +101,7 @@ class Sandbox:
     expose: tuple[Path, ...] = ()
     allow_sockets: tuple[Path, ...] = ()
     pass_env: tuple[str, ...] = ()
+    max_processes: int = 4096  # processes and threads a jail may have at once (a fork bomb's stop)
 
 
 @dataclass(frozen=True)
@@ -289,7 +290,12 @@ def _sandbox(check: Checker, top: YMap, base: Path) -> Sandbox:
     for name in pass_env:
         if not _ENV_NAME.fullmatch(name):
             check.error(check.at(spec, "pass_env"), f"'sandbox.pass_env' entry {name!r} is not a variable name")
-    return Sandbox(paths("hide"), paths("expose"), paths("allow_sockets"), pass_env)
+    most = spec.get("max_processes", Sandbox.max_processes)
+    if not isinstance(most, int) or isinstance(most, bool) or most < 1:
+        check.error(check.at(spec, "max_processes"), "'sandbox.max_processes' must be a whole number of at least 1 "
+                                                     f"(got {most!r})")
+        most = Sandbox.max_processes
+    return Sandbox(paths("hide"), paths("expose"), paths("allow_sockets"), pass_env, most)
 
 
 def _vault_or_env(check: Checker, parent: YMap, key: str, where: str) -> SecretRef | None:

@@ -144,17 +144,18 @@ class BlobStore:
     """The writer's side: `put` a value (in the writer's transaction) and get the id a row names it by."""
 
     def __init__(self, recent: int = RECENT) -> None:
-        self._recent: OrderedDict[bytes, int] = OrderedDict()  # digest -> blob id, newest last
+        self._recent: OrderedDict[tuple[Hashable, bytes], int] = OrderedDict()  # (owner, digest) -> blob id, newest last
         self._size = recent
         self._bases: OrderedDict[Hashable, _Base] = OrderedDict()  # family -> its last base
 
-    def put(self, conn: sqlite3.Connection, value: str | bytes, family: Hashable | None = None) -> int:
-        """The id of a blob holding `value`: one recently stored, if it is still there (a prune may have taken it),
-        with one more row counted; else a new one, deflated on top of the last base of its `family` where that makes
+    def put(self, conn: sqlite3.Connection, value: str | bytes, family: Hashable | None = None,
+            owner: Hashable = None) -> int:
+        """The id of a blob holding `value`: one recently stored for the same `owner`, if it is still there (a prune
+        may have taken it), with one more row counted; else a new one, deflated on top of the last base of its `family` where that makes
         it smaller enough. Ids are never reused once committed (AUTOINCREMENT), and the writer `forget`s whenever a
         transaction or savepoint rolls back (what it stored there is gone, and its ids may be given again), so a
         remembered id that is still there holds this value."""
-        digest = _digest(value)
+        digest = (owner, _digest(value))
         known = self._recent.get(digest)
         if known is not None:
             if conn.execute(f"UPDATE {TABLE} SET refs = refs + 1 WHERE id = ?", (known,)).rowcount == 1:

@@ -10,6 +10,7 @@ import fcntl
 import logging
 import os
 import queue
+import re
 import sqlite3
 import threading
 import time
@@ -53,6 +54,17 @@ class _Outcome:
 
 
 _STOP = object()
+
+
+class _OneByOne:
+    """What `_commit` gives for a batch to be written again op by op."""
+
+
+_ONE_BY_ONE = _OneByOne()
+
+#: Errors of a value that cannot be stored (a number too large for SQLite, text that is not UTF-8), which fail only the
+#: op that holds it; any other error (disk full, a locked or broken database) fails the whole batch.
+_VALUE_ERRORS = (ValueError, TypeError, OverflowError, sqlite3.InterfaceError, sqlite3.ProgrammingError)
 
 
 class UnknownRequest(AuditError):
@@ -279,6 +291,10 @@ class AuditWriter:
         except TurnNotTaken as exc:
             self._failed(batch, exc)
             return
+        if isinstance(written, _OneByOne):
+            for item in batch:  # in order, each in a transaction of its own: only the op that cannot be stored fails
+                self._write([item])
+            return
         if written is None:
             return
         head, refused = written
@@ -300,9 +316,10 @@ class AuditWriter:
                 future.set_result(result)
 
     def _commit(self, batch: list[tuple[Any, concurrent.futures.Future[str | None]]]
-                ) -> tuple[Anchor | None, dict[int, Any]] | None:
+                ) -> tuple[Anchor | None, dict[int, Any]] | _OneByOne | None:
         """Write the batch; the newest row it wrote, and what each refused op gets instead of its result (None: the
-        transaction failed, and every waiter was told)."""
+        transaction failed, and every waiter was told; _ONE_BY_ONE: a value of one op of several could not be stored,
+        nothing was written, and the ops are to be written one by one)."""
         head: Anchor | None = None
         refused: dict[int, Any] = {}
         try:
@@ -333,6 +350,12 @@ class AuditWriter:
                     else:
                         head = self._insert(op, head.hash if head else last[0] if last else "")
         except Exception as exc:  # sqlite3.Error, disk full, a locked database: every waiter fails closed
+            if len(batch) > 1 and isinstance(exc, _VALUE_ERRORS):  # one op's value: the others are not to fail with it
+                self._blobs.forget()
+                for op, _ in batch:
+                    if isinstance(op, _Intent):
+                        self._pending.pop(str(op.row["id"]), None)
+                return _ONE_BY_ONE
             self._failed(batch, exc)
             return None
         return head, refused
@@ -396,14 +419,14 @@ class AuditWriter:
         return None
 
     def _insert(self, op: _Intent, prev: str) -> Anchor:
-        row = dict(op.row)
+        row = storable(op.row)
         if op.charge is not None and op.charge.keys:
             row["charged"] = charged(op.charge.keys, op.charge.at)
         row["prev_hash"] = prev
         row["hash"] = row_hash(self._key, prev, row)
         if row.get("status") is not None or row.get("error") is not None:
             row["outcome_hash"] = outcome_hash(self._key, row["hash"], row)
-        kind = (row.get("host"), row.get("method"))
+        kind = (row.get("agent"), row.get("host"), row.get("method"))
         kept = self._stored(row, kind)
         kept["prev_hash"] = layout.DERIVED  # always the hash of the row before this one (the newest so far)
         if "outcome_hash" not in row and layout.OUTCOME_ROOM:
@@ -424,15 +447,15 @@ class AuditWriter:
     def _update(self, op: _Outcome) -> None:
         pending = self._pending.pop(op.id, None)
         if pending is None:
-            found = self._conn.execute("SELECT hash, seq, host, method, outcome_hash FROM requests WHERE id = ?",
+            found = self._conn.execute("SELECT hash, seq, agent, host, method, outcome_hash FROM requests WHERE id = ?",
                                        (op.id,)).fetchone()
             if found is None:
                 raise UnknownRequest(f"outcome for unknown request {op.id}")
-            pending = (hex_of(found[0]), found[1], (found[2], found[3]))
-            if found[4] is not None:  # written again: nothing of it is built on the first one's values, let go of below
+            pending = (hex_of(found[0]), found[1], (found[2], found[3], found[4]))
+            if found[5] is not None:  # written again: nothing of it is built on the first one's values, let go of below
                 self._blobs.forget()
         hash_, seq, kind = pending
-        fields = dict(op.fields)
+        fields = storable(op.fields)
         fields["outcome_hash"] = outcome_hash(self._key, hash_, fields)
         kept = self._stored(fields, kind)
         named = [c for c in layout.BLOB_COLUMNS if c in kept]
@@ -446,8 +469,28 @@ class AuditWriter:
 
     def _stored(self, fields: dict[str, Any], kind: tuple[Any, ...]) -> dict[str, Any]:
         """The columns that keep these fields (hashed as they are): headers and bodies as blobs, and so on; `kind`
-        is the row's host and method, whose blobs are deflated on top of the last ones of the same field."""
-        return layout.stored(fields, lambda value, family: self._blobs.put(self._conn, value, family), kind)
+        is the row's agent, host and method, whose blobs are deflated on top of the last ones of the same field.
+
+        The agent is part of it, and owns the blobs it may name again: a value deflated on top of another agent's, or
+        stored once for both, would make what one agent sends cost the log less the closer it is to what another
+        sent or received, and a jailed agent sees the log's disk fill (its workspace layer is on the same one)."""
+        return layout.stored(
+            fields, lambda value, family: self._blobs.put(self._conn, value, family, owner=kind[0]), kind)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def storable(fields: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `fields` whose texts SQLite can store (UTF-8): each lone surrogate, which is how a byte that was not
+    UTF-8 reads in a path, query or header value (surrogateescape), written as its JSON escape (`\\udcff`), so that
+    a JSON text (headers) reads back as it was and `show` writes it `\\xff`. One text that could not be stored would
+    fail its whole transaction: every other row and outcome written with it, whatever agent's."""
+    out = dict(fields)
+    for key, value in fields.items():
+        if isinstance(value, str) and not value.isascii() and _SURROGATE.search(value):
+            out[key] = _SURROGATE.sub(lambda found: f"\\u{ord(found.group()):04x}", value)
+    return out
 
 
 class _savepoint:

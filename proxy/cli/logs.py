@@ -184,7 +184,7 @@ def _pretty_body(body: bytes | None, size: int | None, headers: list[list[str]],
             text = json.dumps(json.loads(text), indent=2, ensure_ascii=False)
             if highlight:
                 return Syntax(_seen(text) + note, "json", word_wrap=True)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past what Python parses: shown as the text it is
             pass
     from rich.text import Text
 

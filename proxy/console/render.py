@@ -51,7 +51,7 @@ def body_view(body: bytes | None, size: int | None, headers: list[tuple[str, str
         try:
             return {"kind": "json", "text": _seen(json.dumps(json.loads(text), indent=2, ensure_ascii=False)),
                     "note": f"JSON, {note}"}
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past what Python parses: shown as the text it is
             pass
     return {"kind": "text", "text": _seen(text), "note": f"{content_type or 'text'}, {note}"}
 

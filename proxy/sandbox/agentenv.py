@@ -92,11 +92,16 @@ def agent_env(config: Config, agent: str, *, proxy_host: str | None = None, ca_p
 
 
 def withheld(config: Config) -> set[str]:
-    """Variables the agent must not inherit: the vault key, every `{env:}` secret, every agent's token variable."""
+    """Variables the agent must not inherit: the vault key, every `{env:}` secret (a credential's, an OAuth2 client
+    secret, an approvals channel's URL or token), every agent's token variable."""
     from ..credentials.vault import KEY_ENV
 
     names = {KEY_ENV, *UNSET_VARIABLES}
     names.update(c.secret.env for c in config.credentials.values() if c.secret.env)
+    oauth = [c.inject.oauth2 for c in config.credentials.values() if c.inject.oauth2 is not None]
+    names.update(o.client_secret.env for o in oauth if o.client_secret is not None and o.client_secret.env)
+    channels = [ref for ch in config.approvals.notify for ref in (ch.url, ch.token) if ref is not None]
+    names.update(ref.env for ref in channels if ref.env)
     names.update(a.token.env for a in config.agents.values() if a.token.env)
     if config.llm is not None and config.llm.api_key is not None and config.llm.api_key.env:
         names.add(config.llm.api_key.env)  # the supervisor's model key is not the agent's

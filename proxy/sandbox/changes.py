@@ -15,6 +15,7 @@ import errno
 import hashlib
 import os
 import stat
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,16 +167,33 @@ def _lstat(path: str) -> os.stat_result | None:
 
 
 def _entry(path: str, st: os.stat_result) -> Entry:
-    """The Entry for `path` whose lstat is `st`. A file is always hashed, exactly once: every Entry records the sha256
-    of its content (keep and undo compare against it), so a size that differs spares no hashing."""
+    """The Entry for `path` whose lstat is `st`. A file is always hashed, exactly once (once for all its names, if it
+    has several): every Entry records the sha256 of its content (keep and undo compare against it), so a size that
+    differs spares no hashing."""
     mode = stat.S_IMODE(st.st_mode)
     if stat.S_ISREG(st.st_mode):
-        return Entry(FILE, mode, st.st_size, _sha256(path), None)
+        return Entry(FILE, mode, st.st_size, _linked_sha256(path, st) if st.st_nlink > 1 else _sha256(path), None)
     if stat.S_ISDIR(st.st_mode):
         return Entry(DIR, mode, 0, None, None)
     if stat.S_ISLNK(st.st_mode):
         return Entry(SYMLINK, mode, 0, None, os.readlink(path))
     return Entry(OTHER, mode, 0, None, None)
+
+
+#: The sha256 of files with more than one name, by inode and times: a file linked under 10,000 names in a run's layer
+#: is hashed once, not 10,000 times (a link costs the agent nothing, and each hash reads the whole file).
+_LINKED: OrderedDict[tuple[int, ...], str] = OrderedDict()
+_LINKED_KEPT = 4096
+
+
+def _linked_sha256(path: str, st: os.stat_result) -> str:
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)  # a change of content changes ctime
+    found = _LINKED.get(key)
+    if found is None:
+        found = _LINKED[key] = _sha256(path)
+        if len(_LINKED) > _LINKED_KEPT:
+            _LINKED.popitem(last=False)
+    return found
 
 
 def _sha256(path: str) -> str:

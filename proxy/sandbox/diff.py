@@ -52,14 +52,15 @@ def _summary(entry: Entry) -> str:
 
 
 def unified(change: Change, before: bytes | None, after: bytes | None) -> list[str]:
-    """A unified diff of a text file's two sides (either may be absent); a line saying why not for anything else."""
+    """A unified diff of a text file's two sides (either may be absent); a line saying why not for anything else.
+    Each line ends in a newline: the caller prints them as they are, and the next change must not run on."""
     if (before is None and after is None) or (before or b"") == (after or b""):
         return []
     if len(before or b"") > MAX_DIFF_BYTES or len(after or b"") > MAX_DIFF_BYTES:
-        return [f"(too large for a line diff: {len(before or b'')} → {len(after or b'')} bytes)"]
+        return [f"(too large for a line diff: {len(before or b'')} → {len(after or b'')} bytes)\n"]
     old, new = _text(before), _text(after)
     if old is None or new is None:
-        return [f"(binary: {len(before or b'')} → {len(after or b'')} bytes)"]
+        return [f"(binary: {len(before or b'')} → {len(after or b'')} bytes)\n"]
     lines = difflib.unified_diff(old.splitlines(keepends=True), new.splitlines(keepends=True),
                                  "/dev/null" if before is None else f"a/{shown(change.path)}",
                                  "/dev/null" if after is None else f"b/{shown(change.path)}")

@@ -216,7 +216,8 @@ class JailedRun:
         gateway = agentenv.gateway_address(config) if config.databases.for_agent(agent) else None
         spec = {**asdict(view), "port": config.listen_port, "root": str(self.run.path / "root"),
                 "run_dir": str(self.run.path), "command": command,
-                "more_ports": [config.databases.listen[1]] if gateway else []}
+                "more_ports": [config.databases.listen[1]] if gateway else [],
+                "max_processes": config.sandbox.max_processes}
         try:
             self.jail = Jail(spec, env, agentenv.proxy_address(config), (gateway,) if gateway else (), **popen)
         except BaseException:

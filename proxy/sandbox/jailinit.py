@@ -18,8 +18,9 @@ a marshalled dict: see `jail.JailedRun`). This process then
    that worked, or writes `error: ...` and never runs the command.
 
 The init then starts the command in a session of its own (no controlling terminal: it cannot push keystrokes into
-the person's shell), with no capabilities and no way to gain any, passes on the signals this process is sent, and
-exits with the command's status; its exit ends every process left in the jail.
+the person's shell), with no capabilities and no way to gain any, and at most `max_processes` processes and threads;
+passes on the signals this process is sent, and exits with the command's status; its exit ends every process left in
+the jail.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import ctypes
 import fcntl
 import marshal
 import os
+import resource
 import signal
 import socket
 import stat
@@ -327,6 +329,25 @@ def lock_mounts(uid: int, gid: int) -> None:
     map_ids(uid, gid)
 
 
+def first_to_go_out_of_memory() -> None:
+    """The jail's processes (this one, and all it starts) are the ones the kernel ends first when memory runs out. Files
+    in the jail's /tmp or /dev/shm are memory no process's size shows, so the kernel would otherwise end the largest
+    process of the machine (goex-proxy, as often as not) and leave the jail that filled them; ending this one ends the
+    jail and frees them."""
+    with open("/proc/self/oom_score_adj", "w") as f:
+        f.write("1000")
+
+
+def limit_processes(most: int | None) -> None:
+    """At most `most` processes and threads of the jail at once: RLIMIT_NPROC counts the tasks of a uid in each user
+    namespace, and the jail's is its own, so a fork bomb stops at the jail's cap instead of taking every process slot
+    of the person's uid (goex-proxy's own threads included). The kernel does not hold root (uid 0) to it."""
+    if most:
+        hard = resource.getrlimit(resource.RLIMIT_NPROC)[1]
+        most = most if hard == resource.RLIM_INFINITY else min(most, hard)  # a lower cap of the person's stays
+        resource.setrlimit(resource.RLIMIT_NPROC, (most, most))
+
+
 def drop_privileges() -> None:
     """No capability now or after exec, and no way to gain one (set-id files, file capabilities)."""
     for cap in range(64):
@@ -361,6 +382,7 @@ def run_init(spec: dict, report: int, uid: int, gid: int) -> int:  # type: ignor
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     try:
         _syscall("keyctl", KEYCTL_JOIN_SESSION_KEYRING, None)  # not the person's session keyring
+        first_to_go_out_of_memory()
         build_root(spec)
         libc.sethostname(b"goex-jail", 9)
         lock_mounts(uid, gid)
@@ -378,6 +400,7 @@ def run_init(spec: dict, report: int, uid: int, gid: int) -> int:  # type: ignor
             for sig in (*FORWARDED, signal.SIGPIPE, signal.SIGXFSZ):  # the last two Python ignores (an exec keeps it)
                 signal.signal(sig, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
+            limit_processes(spec.get("max_processes"))
             drop_privileges()
             refuse_syscalls()
             os.execvp(command[0], command)

@@ -24,6 +24,9 @@ from .changes import Change, Entry, entry_at, read_layer, unlocked
 if TYPE_CHECKING:
     import sqlite3
 
+#: The most bytes a run's files may hold that it never wrote (holes of sparse files) for it to be reviewed: every byte
+#: of a changed file is hashed, and writing them costs the agent nothing.
+MOST_UNWRITTEN = 4 << 30
 #: States of a recorded run: its changes wait for the person, were applied, were taken back, or were dropped unapplied.
 PENDING, KEPT, UNDONE, DISCARDED = "pending", "kept", "undone", "discarded"
 _ENTRY_FIELDS = ("kind", "mode", "size", "sha256", "target")
@@ -118,7 +121,12 @@ def finish(config: Config, run: RunDir, agent: str, workspace: str, command: lis
     """After the jail ended: read what the run changed and record it; apply it to the workspace when `apply`, else hold
     it for review. None (and the layer removed) when it changed nothing."""
     try:
-        defuse(run.upper)
+        unwritten = defuse(run.upper)
+        if unwritten > MOST_UNWRITTEN:  # before reading a byte of it: every byte is hashed, holes too
+            remove_tree(run.path)
+            raise GoexError(f"run {run.id} made sparse files of {unwritten} bytes it never wrote (more than "
+                            f"{MOST_UNWRITTEN}), which would take hours to review; nothing of it was applied, and its "
+                            "changes were dropped")
         changes = read_layer(run.upper, Path(workspace))
     except OSError as exc:
         raise GoexError(f"cannot read run {run.id}'s changes in {run.upper}: {exc.strerror or exc}; they stay there, "
@@ -174,20 +182,27 @@ def _touched_since(workspace: str, path: str, started: float) -> bool:
         return False
 
 
-def defuse(directory: str | Path) -> None:
+def defuse(directory: str | Path) -> int:
     """Take from a run's layer what would give power to whoever runs its files later, outside any jail: set-user-id
-    and set-group-id bits, and file capabilities. (The workspace is often reachable by other users.)"""
+    and set-group-id bits, and file capabilities. (The workspace is often reachable by other users.) Returns how many
+    bytes of its files were never written (the holes of sparse files: `truncate -s 1T` costs the agent nothing, and
+    reviewing it hashes a terabyte)."""
+    unwritten = 0
     with unlocked(os.fspath(directory), stat.S_IRUSR | stat.S_IXUSR):
         for entry in os.scandir(directory):
-            mode = entry.stat(follow_symlinks=False).st_mode
+            st = entry.stat(follow_symlinks=False)
+            mode = st.st_mode
             if stat.S_ISLNK(mode):
                 continue
             if mode & (stat.S_ISUID | stat.S_ISGID):
                 os.chmod(entry.path, stat.S_IMODE(mode) & ~(stat.S_ISUID | stat.S_ISGID))
             with contextlib.suppress(OSError):
                 os.removexattr(entry.path, "security.capability")
+            if stat.S_ISREG(mode):
+                unwritten += max(0, st.st_size - st.st_blocks * 512)
             if stat.S_ISDIR(mode):
-                defuse(entry.path)
+                unwritten += defuse(entry.path)
+    return unwritten
 
 
 def _db_path(path: str) -> str | bytes:

@@ -19,7 +19,11 @@ from ..errors import GoexError
 #: The person's well-known credential stores, hidden from every jail unless `sandbox.expose` names one.
 CREDENTIAL_STORES = ("~/.ssh", "~/.aws", "~/.config/gcloud", "~/.netrc", "~/.git-credentials", "~/.docker/config.json",
                      "~/.kube", "~/.config/gh", "~/.gnupg", "~/.pgpass", "~/.azure", "~/.password-store", "~/.pypirc",
-                     "~/.npmrc")
+                     "~/.npmrc",
+                     # git's credential store where XDG puts it, and the token files of common command-line tools
+                     "~/.config/git/credentials", "~/.vault-token", "~/.cargo/credentials.toml", "~/.cargo/credentials",
+                     "~/.gem/credentials", "~/.terraform.d/credentials.tfrc.json", "~/.pulumi/credentials.json",
+                     "~/.my.cnf", "~/.s3cfg", "~/.config/rclone/rclone.conf", "~/.config/hub", "~/.databrickscfg")
 #: Ordinary variables a jailed command inherits from the person's environment (and LC_*); nothing else but
 #: `sandbox.pass_env` and the agent's own settings.
 INHERITED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TERM", "COLORTERM", "TZ", "NO_COLOR",

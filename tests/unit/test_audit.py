@@ -607,3 +607,23 @@ def test_a_turn_held_past_the_wait_fails_the_batch_closed_not_forever(tmp_path: 
     finally:
         writer.close()
     assert (check(tmp_path).checked, check(tmp_path).broken_id) == (1, None)
+
+
+def test_a_value_that_cannot_be_stored_fails_only_its_own_write(tmp_path: Path) -> None:
+    """Outcomes queued together are written in one transaction. One holding a value SQLite cannot store (an upstream's
+    status of 20 digits, text that is not UTF-8) failed the transaction, and with it every other agent's outcome in
+    it; now the batch is written again op by op, and only that one fails."""
+    ids, writer = RequestIds(), AuditWriter(tmp_path / "a.db", Seal(tmp_path))
+    rows = [row(i, ids) for i in range(3)]
+    for r in rows:
+        writer.record_intent(r).result(5)
+    statuses = [200, 10**20, 201]
+    futures = [writer.record_outcome(str(r["id"]), {"status": s, "ended": 1.0, "duration_ms": 1.0})
+               for r, s in zip(rows, statuses, strict=True)]
+    with pytest.raises(AuditError, match="too large"):
+        futures[1].result(5)
+    assert [f.result(5) for f in (futures[0], futures[2])] == [None, None]
+    writer.close()
+    conn = audit.open_db(tmp_path / "a.db", readonly=True)
+    assert [r["status"] for r in audit.iter_rows(conn)] == [200, None, 201]
+    assert check(tmp_path).broken_id is None

@@ -22,7 +22,7 @@ def test_a_log_of_schema_16_reads_and_verifies_read_only(tmp_path: Path, monkeyp
     with monkeypatch.context() as old_version:
         old_version.setattr(audit, "MIGRATIONS", audit.MIGRATIONS[:16])
         old_version.setattr(layout, "OUTCOME_ROOM", b"")
-        old_version.setattr(blobs.BlobStore, "put", lambda self, conn, value, family=None: int(conn.execute(
+        old_version.setattr(blobs.BlobStore, "put", lambda self, conn, value, family=None, owner=None: int(conn.execute(
             "INSERT INTO audit_blobs (data, refs) VALUES (?, 1)", (blobs.encode(value),)).lastrowid or 0))
         write(tmp_path, rows)
     conn = ro(tmp_path)

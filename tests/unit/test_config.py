@@ -49,6 +49,7 @@ def test_example_config_is_valid() -> None:
     ("sandbox: {hide: 5}\n", "'sandbox.hide' must be a string or a list of strings"),
     ("sandbox: {pass_env: [OK, 'no good']}\n", "'sandbox.pass_env' entry 'no good' is not a variable name"),
     ("sandbox: {mounts: []}\n", "unknown key 'mounts'"),
+    ("sandbox: {max_processes: 0}\n", "'sandbox.max_processes' must be a whole number of at least 1"),
     ("agents: {bot: {token: abc}}\n", "'agents.bot.token' is 3 characters; use at least 12 random ones"),
 ])
 def test_mistakes_are_located(tmp_path: Path, text: str, message: str) -> None:
