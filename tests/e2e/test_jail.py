@@ -217,52 +217,67 @@ def test_a_missing_command_or_unknown_agent_runs_nothing(proxy):
     assert unknown.returncode == 2 and "no agent named 'nobody'" in unknown.stderr
 
 
-def test_the_jail_needs_no_privilege(tmp_path):
-    """As an unprivileged user (nobody), the jail's first process still makes all its namespaces and mounts: the
-    command keeps its uid, reaches nothing on this machine's loopback, sees only its own processes, and its writes to
-    the workspace land in the run's layer."""
-    import marshal
-    import socket
-    import struct
-
-    assert Path(SYSTEM_PYTHON).exists(), "a Python any user may run, for the jail's first process"
+@contextlib.contextmanager
+def jailinit_dir():
+    """A run directory for jailinit.py alone (a copy of it, and the folders its spec names), owned by nobody when
+    the tests run as root, with the command prefix that runs a program as its owner; removed after."""
     nobody = os.geteuid() == 0
     user = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"] if nobody else []
     run_dir = Path(tempfile.mkdtemp(prefix="goex-jailinit-"))
     try:
-        init = run_dir / "jailinit.py"
-        shutil.copy(Path(__file__).parents[2] / "proxy" / "sandbox" / "jailinit.py", init)
+        shutil.copy(Path(__file__).parents[2] / "proxy" / "sandbox" / "jailinit.py", run_dir / "jailinit.py")
         for name in ("root", "upper", "work", "ws"):
             (run_dir / name).mkdir()
         (run_dir / "empty").touch()
         if nobody:
             for path in [run_dir, *run_dir.iterdir()]:
                 os.chown(path, 65534, 65534)
-        with socket.create_server(("127.0.0.1", 0)) as host_listener:
-            port = host_listener.getsockname()[1]
-            script = (f"id -u; set -- /proc/[0-9]*; echo $#; touch written; python3 -c \"import socket; "
-                      f"socket.create_connection(('127.0.0.1', {port}), timeout=2)\" 2>/dev/null && echo reached "
-                      "|| echo blocked")
-            spec = {"port": 8123, "root": str(run_dir / "root"), "run_dir": str(run_dir), "workspace": str(run_dir / "ws"),
-                    "cwd": str(run_dir / "ws"), "hide": [], "protect": [], "reveal": [], "sockets": [],
-                    "command": ["sh", "-c", script]}
-            ours, theirs = socket.socketpair()
-            p = subprocess.Popen([*user, SYSTEM_PYTHON, "-I", "-S", str(init), str(theirs.fileno())],
-                                 pass_fds=(theirs.fileno(),), stdout=subprocess.PIPE, text=True,
-                                 env={"PATH": "/usr/bin:/bin"})
-            theirs.close()
-            payload = marshal.dumps(spec)
-            ours.sendall(struct.pack("!I", len(payload)) + payload)
-            message, fds, _, _ = socket.recv_fds(ours, 4096, 1)
-            for fd in fds:
-                os.close(fd)
-            out, _ = p.communicate(timeout=30)
-        assert message == b"ok" and len(fds) == 1, message
-        assert out.split() == [str(65534 if nobody else os.geteuid()), "2", "blocked"]
-        assert (run_dir / "upper" / "written").exists() and not (run_dir / "ws" / "written").exists()
+        yield run_dir, user
     finally:
         subprocess.run(["chmod", "-R", "u+rwx", str(run_dir)], check=False)
         shutil.rmtree(run_dir)
+
+
+def run_jailinit(run_dir: Path, user: list[str], command: list[str], timeout: float = 30, **spec: object
+                 ) -> tuple[bytes, int, str]:
+    """jailinit.py run in `run_dir` as `user`, jailing `command` (more of its spec in `spec`): what it answered,
+    how many descriptors it handed back, and the command's output."""
+    import marshal
+    import socket
+    import struct
+
+    spec = {"port": 8123, "root": str(run_dir / "root"), "run_dir": str(run_dir), "workspace": str(run_dir / "ws"),
+             "cwd": str(run_dir / "ws"), "hide": [], "protect": [], "reveal": [], "sockets": [], **spec,
+             "command": command}
+    ours, theirs = socket.socketpair()
+    p = subprocess.Popen([*user, SYSTEM_PYTHON, "-I", "-S", str(run_dir / "jailinit.py"), str(theirs.fileno())],
+                         pass_fds=(theirs.fileno(),), stdout=subprocess.PIPE, text=True, env={"PATH": "/usr/bin:/bin"})
+    theirs.close()
+    payload = marshal.dumps(spec)
+    ours.sendall(struct.pack("!I", len(payload)) + payload)
+    message, fds, _, _ = socket.recv_fds(ours, 4096, 1)
+    for fd in fds:
+        os.close(fd)
+    out, _ = p.communicate(timeout=timeout)
+    return message, len(fds), out
+
+
+def test_the_jail_needs_no_privilege():
+    """As an unprivileged user (nobody), the jail's first process still makes all its namespaces and mounts: the
+    command keeps its uid, reaches nothing on this machine's loopback, sees only its own processes, and its writes to
+    the workspace land in the run's layer."""
+    import socket
+
+    assert Path(SYSTEM_PYTHON).exists(), "a Python any user may run, for the jail's first process"
+    with jailinit_dir() as (run_dir, user), socket.create_server(("127.0.0.1", 0)) as host_listener:
+        port = host_listener.getsockname()[1]
+        script = (f"id -u; set -- /proc/[0-9]*; echo $#; touch written; python3 -c \"import socket; "
+                  f"socket.create_connection(('127.0.0.1', {port}), timeout=2)\" 2>/dev/null && echo reached "
+                  "|| echo blocked")
+        message, handed, out = run_jailinit(run_dir, user, ["sh", "-c", script])
+        assert message == b"ok" and handed == 1, message
+        assert out.split() == [str(65534 if user else os.geteuid()), "2", "blocked"]
+        assert (run_dir / "upper" / "written").exists() and not (run_dir / "ws" / "written").exists()
 
 
 def test_doctor_passes_in_a_jail_and_fails_outside(proxy):

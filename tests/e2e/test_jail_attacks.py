@@ -394,9 +394,7 @@ def test_a_fork_bomb_stops_at_the_jails_process_cap(make_proxy, outside, tmp_pat
     someone killed it. The jail's processes and threads are capped by `sandbox.max_processes`, counted in the jail's
     own user namespace (RLIMIT_NPROC), so nothing outside it counts against it. Here 200 forks against a cap of 30,
     as an unprivileged user (the kernel holds uid 0 to no such cap)."""
-    import marshal
-    import struct
-    import tempfile
+    from tests.e2e.test_jail import jailinit_dir, run_jailinit
 
     proxy = make_proxy(GITHUB_POLICY, start=False, extra_config="sandbox: {max_processes: 64}\n")
     workspace = outside / "ws"
@@ -406,34 +404,9 @@ def test_a_fork_bomb_stops_at_the_jails_process_cap(make_proxy, outside, tmp_pat
     assert r.returncode == 0, r.stderr
     assert r.stdout.split()[2:4] == ["64", "64"], r.stdout  # the config's cap is the command's
 
-    root = os.geteuid() == 0
-    user = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"] if root else []
-    run_dir = Path(tempfile.mkdtemp(prefix="goex-jailinit-"))
-    try:
-        init = run_dir / "jailinit.py"
-        shutil.copy(Path(__file__).parents[2] / "proxy" / "sandbox" / "jailinit.py", init)
-        for name in ("root", "upper", "work", "ws"):
-            (run_dir / name).mkdir()
-        (run_dir / "empty").touch()
-        if root:
-            for path in [run_dir, *run_dir.iterdir()]:
-                os.chown(path, 65534, 65534)
-        spec = {"port": 8123, "root": str(run_dir / "root"), "run_dir": str(run_dir), "workspace": str(run_dir / "ws"),
-                "cwd": str(run_dir / "ws"), "hide": [], "protect": [], "reveal": [], "sockets": [],
-                "max_processes": 30, "command": ["/usr/bin/python3", "-c", FORK_MANY]}
-        ours, theirs = socket.socketpair()
-        p = subprocess.Popen([*user, "/usr/bin/python3", "-I", "-S", str(init), str(theirs.fileno())],
-                             pass_fds=(theirs.fileno(),), stdout=subprocess.PIPE, text=True, env={"PATH": "/usr/bin:/bin"})
-        theirs.close()
-        payload = marshal.dumps(spec)
-        ours.sendall(struct.pack("!I", len(payload)) + payload)
-        message, fds, _, _ = socket.recv_fds(ours, 4096, 1)
-        for fd in fds:
-            os.close(fd)
-        out, _ = p.communicate(timeout=60)
-    finally:
-        subprocess.run(["chmod", "-R", "u+rwx", str(run_dir)], check=False)
-        shutil.rmtree(run_dir)
+    with jailinit_dir() as (run_dir, user):
+        message, _, out = run_jailinit(run_dir, user, ["/usr/bin/python3", "-c", FORK_MANY], timeout=60,
+                                       max_processes=30)
     assert message == b"ok", message
     assert 20 <= int(out) < 30, out  # the init and the command count too
 
