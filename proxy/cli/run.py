@@ -267,16 +267,27 @@ def _run_jailed(config: Config, agent: str, command: list[str], workspace: Path 
         try:
             run = jailed.finish(status, apply)
         except NotApplied as exc:  # said, and the command's own status still returned
-            click.echo(f"goex-proxy: {exc}", err=True)
+            click.echo(f"{TERMINAL_RESET if sys.stderr.isatty() else ''}goex-proxy: {exc}", err=True)
             run = None
     if run is not None:
         _say_run(run)
     return status
 
 
+#: What a jailed command may have left a terminal in, undone before `exec` says what its run changed (the command
+#: and all it started have ended): the alternate screen, a scrolling region, origin mode, no wrapping, a hidden
+#: cursor, and colours or attributes that hide text (black on black, concealed). Its output is the terminal's as it
+#: wrote it; what goex-proxy says after it must be seen.
+TERMINAL_RESET = "\x1b[?1049l\x1b[r\x1b[?6l\x1b[?7h\x1b[?25h\x1b[0m"
+
+
 def _say_run(run: Any) -> None:
-    """One line on stderr about a run's file changes and what can be done with them."""
+    """One line on stderr about a run's file changes and what can be done with them, on a terminal the command's
+    output cannot hide it on."""
     from ..sandbox.runs import KEPT
+
+    if sys.stderr.isatty():
+        click.echo(TERMINAL_RESET, nl=False, err=True)
 
     counts = ", ".join(f"{n} {action}" for action, n in run.counts.items() if n)
     if run.state == KEPT:

@@ -531,3 +531,49 @@ def test_a_file_linked_under_many_names_is_hashed_once(make_proxy, outside):
     changes = proxy.table("file_changes")
     assert len(changes) == 2001 and len({c["after_sha256"] for c in changes}) == 1
     assert took < 30, took
+
+
+def test_what_exec_says_after_a_run_is_seen_whatever_the_command_left_the_terminal_in(make_proxy, tmp_path):
+    """A jailed command's output goes to the terminal as it wrote it, so it could end by turning text black on black
+    (or concealed, or onto the alternate screen), and the line `exec` prints after it, naming the run and how to undo
+    it, was written in that state: the person saw nothing changed. The terminal is reset before that line; read here
+    through a terminal emulator (pyte), the line is in the default colours."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    import pyte
+
+    proxy = make_proxy(GITHUB_POLICY)
+    work = tmp_path / "work"
+    work.mkdir()
+    main, sub = pty.openpty()
+    fcntl.ioctl(sub, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 400, 0, 0))
+    script = r"printf 'shown\033[30;40m\033[8m\033[?25l\033[?1049h'; echo changed > f.txt"
+    p = subprocess.Popen([*GOEX, "exec", "--jail", "--config", str(proxy.config), "--agent", "mailbot", "--", "sh",
+                          "-c", script], env=proxy.env, cwd=work, stdin=sub, stdout=sub, stderr=sub)
+    os.close(sub)
+    out = b""
+    try:
+        while chunk := _read_pty(main):
+            out += chunk
+    finally:
+        os.close(main)
+        status = p.wait(60)
+    assert status == 0 and (work / "f.txt").read_text() == "changed\n", out
+    screen = pyte.Screen(400, 50)
+    pyte.ByteStream(screen).feed(out)
+    [row] = [y for y, line in enumerate(screen.display) if "goex-proxy: run" in line]
+    start = screen.display[row].index("goex-proxy: run")
+    said = [screen.buffer[row][x] for x in range(start, start + len("goex-proxy: run"))]
+    assert all(c.fg == "default" and c.bg == "default" and not c.reverse for c in said), said[0]
+    assert not screen.cursor.hidden
+
+
+def _read_pty(fd: int) -> bytes:
+    """What the terminal's other side wrote next (b"" once every writer has closed it)."""
+    try:
+        return os.read(fd, 65536)
+    except OSError:  # EIO: the last writer closed it
+        return b""
