@@ -67,13 +67,20 @@ def supervisor_paths(config: Config) -> list[str]:
     return sorted({_real(p) for p in paths if os.path.lexists(p)})
 
 
+#: What a person appends to a copy they keep of a directory (`~/.ssh.bak`, `~/.aws-old`, `~/.gnupg~`, `~/.ssh.2024`).
+_DIRECTORY_COPY = re.compile(r"(~|[.\-_ ](bak|old|orig|backup|save|saved|copy|prev)\w*|[.\-_ ]\d[\w.\-]*)", re.IGNORECASE)
+
+
 def copies_beside(paths: set[str]) -> set[str]:
     """The files beside each hidden file that an editor or a person left as its copy (`config.yaml~`, `#config.yaml#`,
-    `.config.yaml.swp`, `config.yaml.bak`): they hold the same secrets (every agent's token, a netrc's passwords).
-    Regular files only: a directory named like a hidden one is the person's own."""
+    `.config.yaml.swp`, `config.yaml.bak`), and the copies a person kept of a hidden directory (`~/.ssh.bak`,
+    `~/.aws-old`): they hold the same secrets (every agent's token, a netrc's passwords, private keys). Beside a file,
+    regular files only; beside a directory, only names that say they are a copy of it: another directory named like a
+    hidden one is the person's own."""
     out = set()
     for path in paths:
-        if not os.path.isfile(path):
+        directory = os.path.isdir(path) and not os.path.islink(path)
+        if not directory and not os.path.isfile(path):
             continue
         parent, base = os.path.split(path)
         try:
@@ -82,8 +89,12 @@ def copies_beside(paths: set[str]) -> set[str]:
             continue
         for name in names:
             copy = os.path.join(parent, name)
-            if name != base and name.lstrip(".#").startswith(base.lstrip(".")) and os.path.isfile(copy) and \
-                    not os.path.islink(copy):  # a link shows what it points at, which is hidden if it is one of these
+            if name == base or os.path.islink(copy):  # a link shows what it points at, hidden if it is one of these
+                continue
+            if directory:
+                if name.startswith(base) and _DIRECTORY_COPY.fullmatch(name[len(base):]):
+                    out.add(copy)
+            elif name.lstrip(".#").startswith(base.lstrip(".")) and os.path.isfile(copy):
                 out.add(copy)
     return out
 

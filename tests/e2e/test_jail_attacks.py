@@ -259,6 +259,26 @@ def test_an_editors_copy_of_the_config_made_before_the_run_is_hidden(make_proxy,
     assert "mailbot-token-1" not in shown.stdout + shown.stderr
 
 
+def test_a_copy_a_person_kept_of_a_hidden_directory_is_hidden_too(make_proxy, outside):
+    """A hidden directory's copy beside it (`~/.ssh.bak`, `~/.aws-old`, `~/.gnupg~`, `~/.ssh.2024-06-01`) holds the
+    same keys, and was in the jail's view: only files beside hidden files were taken for copies. A directory beside
+    it that does not say it is a copy stays the person's own, in view."""
+    keys = outside / "keys"
+    copies = [outside / name for name in ("keys.bak", "keys-old", "keys~", "keys.2024-06-01", "keys_backup")]
+    own = outside / "keys-agent"
+    for directory in (keys, *copies, own):
+        directory.mkdir()
+        (directory / "id").write_text(f"PRIVATE-KEY-{directory.name}\n" if directory != own else "NOT-A-SECRET\n")
+    proxy = make_proxy(GITHUB_POLICY, start=False, extra_config=f"sandbox: {{hide: [{json.dumps(str(keys))}]}}\n")
+    workspace = outside / "ws"
+    workspace.mkdir()
+    shown = subprocess.run([*GOEX, "exec", "--config", str(proxy.config), "--agent", "mailbot", "--", "sh", "-c",
+                            "cat " + " ".join(f"'{d}/id'" for d in (keys, *copies, own)) + "; true"],
+                           env=proxy.env, cwd=workspace, capture_output=True, text=True, timeout=120)
+    assert "NOT-A-SECRET" in shown.stdout, shown.stderr
+    assert "PRIVATE-KEY" not in shown.stdout + shown.stderr, shown.stdout
+
+
 def test_bytes_that_are_not_utf8_keep_no_request_out_of_the_log(make_proxy, upstream, outside):
     """HTTP lets a header value carry any byte (obs-text: a Latin-1 file name), and mitmproxy reads one that is not
     UTF-8 as a lone surrogate, which SQLite cannot store as text. An agent's header or query holding one made its row
