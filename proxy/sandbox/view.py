@@ -23,7 +23,14 @@ CREDENTIAL_STORES = ("~/.ssh", "~/.aws", "~/.config/gcloud", "~/.netrc", "~/.git
                      # git's credential store where XDG puts it, and the token files of common command-line tools
                      "~/.config/git/credentials", "~/.vault-token", "~/.cargo/credentials.toml", "~/.cargo/credentials",
                      "~/.gem/credentials", "~/.terraform.d/credentials.tfrc.json", "~/.pulumi/credentials.json",
-                     "~/.my.cnf", "~/.s3cfg", "~/.config/rclone/rclone.conf", "~/.config/hub", "~/.databrickscfg")
+                     "~/.my.cnf", "~/.s3cfg", "~/.config/rclone/rclone.conf", "~/.config/hub", "~/.databrickscfg",
+                     # the desktop's keyring, and browsers' profiles: their cookies are signed-in sessions
+                     "~/.local/share/keyrings", "~/.mozilla", "~/.config/google-chrome", "~/.config/chromium",
+                     "~/.config/BraveSoftware", "~/.config/microsoft-edge", "~/.config/vivaldi", "~/.config/opera",
+                     # shells' and clients' histories: a password or token typed on a command line stays in them
+                     "~/.bash_history", "~/.zsh_history", "~/.histfile", "~/.local/share/fish/fish_history",
+                     "~/.python_history", "~/.psql_history", "~/.mysql_history", "~/.sqlite_history",
+                     "~/.node_repl_history", "~/.rediscli_history", "~/.irb_history")
 #: Ordinary variables a jailed command inherits from the person's environment (and LC_*); nothing else but
 #: `sandbox.pass_env` and the agent's own settings.
 INHERITED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TERM", "COLORTERM", "TZ", "NO_COLOR",

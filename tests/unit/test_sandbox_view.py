@@ -20,6 +20,9 @@ def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     (home / ".ssh").mkdir(parents=True)
     (home / ".kube").mkdir()
     (home / ".netrc").write_text("machine x password y\n")
+    (home / ".bash_history").write_text("export GITHUB_TOKEN=ghp_typed_once\n")
+    (home / ".config" / "chromium").mkdir(parents=True)
+    (home / ".local" / "share" / "keyrings").mkdir(parents=True)
     monkeypatch.setenv("HOME", str(home))
     state = tmp_path / "state"
     (state / "policies").mkdir(parents=True)
@@ -43,12 +46,16 @@ def test_supervisor_files_are_hidden_wherever_they_are(config, tmp_path: Path) -
 
 
 def test_credential_stores_are_hidden_unless_exposed(config, tmp_path: Path) -> None:
-    """~/.ssh and ~/.netrc hidden by default, ~/private by `sandbox.hide`; ~/.kube shown because `expose` names it."""
+    """~/.ssh and ~/.netrc hidden by default, and the shell's history (a token typed on a command line), a browser's
+    profile (its cookies are signed-in sessions) and the desktop's keyring; ~/private by `sandbox.hide`; ~/.kube
+    shown because `expose` names it."""
     workspace = tmp_path / "ws"
     workspace.mkdir()
     view = view_for(config, workspace, workspace)
     home = tmp_path / "home"
     assert {str(home / ".ssh"), str(home / ".netrc"), str(home / "private")} <= set(view.hide)
+    assert {str(home / ".bash_history"), str(home / ".config" / "chromium"),
+            str(home / ".local" / "share" / "keyrings")} <= set(view.hide)
     assert str(home / ".kube") not in view.hide
     assert view.reveal[0] == str(config.ca_cert)
     assert view.workspace == str(workspace) and view.cwd == str(workspace)
