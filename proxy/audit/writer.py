@@ -305,7 +305,10 @@ class AuditWriter:
                 for index, (op, _) in enumerate(batch):
                     if isinstance(op, _Intent) and index not in refused:
                         refused[index] = AuditError(f"audit write failed: {unanchored}")
-                        if str(op.row.get("id")) in self._pending:  # its outcome, with the next batch: not in flight
+                        # Its outcome, with the next batch: not in flight. Not a row queued without waiting (a
+                        # gateway's read): that request went on before its commit, and its session records what
+                        # became of it; a second outcome would overwrite it (and break its outcome hash).
+                        if not op.unwaited and str(op.row.get("id")) in self._pending:
                             self._queue.put((_Outcome(str(op.row["id"]), {"error": UNANCHORED, "ended": time.time()}),
                                              concurrent.futures.Future()))
         for index, (_, future) in enumerate(batch):

@@ -627,3 +627,30 @@ def test_a_value_that_cannot_be_stored_fails_only_its_own_write(tmp_path: Path) 
     conn = audit.open_db(tmp_path / "a.db", readonly=True)
     assert [r["status"] for r in audit.iter_rows(conn)] == [200, None, 201]
     assert check(tmp_path).broken_id is None
+
+
+def test_a_queued_read_whose_row_could_not_be_anchored_keeps_the_outcome_it_had(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A row queued without waiting (the gateway's read) goes on before its commit: when its anchor cannot be written,
+    the read was sent all the same, and its outcome is the one its session records. The writer must not also record
+    it 'refused: not sent' (UNANCHORED): queued after the session's own outcome (the read answered while the anchor
+    was being written), that overwrote what happened with a refusal that did not."""
+    ids, writer = RequestIds(), AuditWriter(tmp_path / "a.db", Seal(tmp_path))
+    read = row(0, ids)
+
+    def full(src: object, dst: object) -> None:  # the read answers while its anchor is being written, which fails
+        writer.record_outcome(str(read["id"]), {"status": 0, "error": None, "ended": 2.0, "duration_ms": 1.0})
+        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+
+    try:
+        monkeypatch.setattr(seal_module.os, "replace", full)
+        with pytest.raises(audit.AuditError, match="anchor"):
+            writer.queue_intent(read).result(5)
+        monkeypatch.undo()
+        writer.apply(lambda conn, w: None).result(5)
+        writer.apply(lambda conn, w: None).result(5)
+    finally:
+        writer.close()
+    kept = audit.get(audit.open_db(tmp_path / "a.db", readonly=True), str(read["id"]))
+    assert check(tmp_path).broken_id is None
+    assert kept["status"] == 0 and kept["error"] is None
