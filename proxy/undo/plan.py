@@ -625,8 +625,17 @@ def _truncated(exchange: Exchange) -> bool:
     return (exchange.pre_body_size or 0) > kept or (length.isdigit() and int(length) > kept)
 
 
+#: How the audit writer stores a lone surrogate (a byte of the request target that was not UTF-8, as mitmproxy reads
+#: it): as its JSON escape, text that an agent could have sent as it is.
+_STORED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
 def plan(request_id: str, exchange: Exchange, rules: Iterable[UndoRule]) -> Plan:
     """The compensating requests for one recorded exchange, rendered from its rule."""
+    if _STORED_SURROGATE.search(exchange.url):  # the URL it reached cannot be told from the one the row reads
+        return Plan(request_id, "not planned", reason="its URL held a byte that is not UTF-8, which the audit log "
+                    "keeps as the text \\udcXX: a compensation would be sent to the URL that text names, not the "
+                    "one the request reached")
     found = find_rule(rules, exchange)
     if found is None:
         return Plan(request_id, "no rule", reason="no undo rule matches this request")
