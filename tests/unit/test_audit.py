@@ -654,3 +654,13 @@ def test_a_queued_read_whose_row_could_not_be_anchored_keeps_the_outcome_it_had(
     kept = audit.get(audit.open_db(tmp_path / "a.db", readonly=True), str(read["id"]))
     assert check(tmp_path).broken_id is None
     assert kept["status"] == 0 and kept["error"] is None
+
+
+def test_an_anchor_that_is_not_utf8_is_refused_in_one_line(tmp_path: Path) -> None:
+    """An anchor whose bytes are not UTF-8 (a damaged or edited state directory) is refused as no anchor, with its path
+    named: reading it raised UnicodeDecodeError, a ValueError that the writer takes for one op's unstorable value (the
+    batch written again op by op, each failing on the anchor) and that its anchoring, which catches OSError and
+    AuditError, did not take for a failed anchor at all."""
+    (tmp_path / "audit.anchor").write_bytes(b'{"seq": 1, "id": "\xff"}')
+    found = _anchor_or_error(Seal(tmp_path))
+    assert isinstance(found, audit.AuditError) and "audit.anchor" in str(found), repr(found)
