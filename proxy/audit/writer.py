@@ -62,9 +62,11 @@ class _OneByOne:
 
 _ONE_BY_ONE = _OneByOne()
 
-#: Errors of a value that cannot be stored (a number too large for SQLite, text that is not UTF-8), which fail only the
-#: op that holds it; any other error (disk full, a locked or broken database) fails the whole batch.
-_VALUE_ERRORS = (ValueError, TypeError, OverflowError, sqlite3.InterfaceError, sqlite3.ProgrammingError)
+#: Errors of an op that cannot be stored (a number too large for SQLite, text that is not UTF-8, a row whose id the
+#: log already holds), which fail only that op; any other error (disk full, a locked or broken database) fails the
+#: whole batch.
+_VALUE_ERRORS = (ValueError, TypeError, OverflowError, sqlite3.InterfaceError, sqlite3.ProgrammingError,
+                 sqlite3.IntegrityError)
 
 
 class UnknownRequest(AuditError):
@@ -164,6 +166,9 @@ class AuditWriter:
         self._key = seal.key(create=True)
         #: request id -> (hash, seq, host and method) of rows awaiting their outcome
         self._pending: dict[str, tuple[str, int, tuple[Any, ...]]] = {}
+        #: ids the transaction being written added to `_pending`: what its failure takes back (and nothing else: a
+        #: row refused because its id is taken must not let go of the row in flight under that id)
+        self._added: list[str] = []
         self._blobs = blobs.BlobStore()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         # Set when something someone waits for is queued: it ends a gathering, which what nobody waits for does not
@@ -325,6 +330,7 @@ class AuditWriter:
         nothing was written, and the ops are to be written one by one)."""
         head: Anchor | None = None
         refused: dict[int, Any] = {}
+        self._added = []
         try:
             with self._conn:
                 # Another process (an `undo` next to `goex-proxy run`) may have appended since: lock, then read the head.
@@ -353,11 +359,10 @@ class AuditWriter:
                     else:
                         head = self._insert(op, head.hash if head else last[0] if last else "")
         except Exception as exc:  # sqlite3.Error, disk full, a locked database: every waiter fails closed
+            for request_id in self._added:  # rolled back
+                self._pending.pop(request_id, None)
             if len(batch) > 1 and isinstance(exc, _VALUE_ERRORS):  # one op's value: the others are not to fail with it
                 self._blobs.forget()
-                for op, _ in batch:
-                    if isinstance(op, _Intent):
-                        self._pending.pop(str(op.row["id"]), None)
                 return _ONE_BY_ONE
             self._failed(batch, exc)
             return None
@@ -368,9 +373,6 @@ class AuditWriter:
         log.error("audit write failed (%d records): %s", len(batch), exc)
         self.failing = str(exc)
         self._blobs.forget()
-        for op, _ in batch:
-            if isinstance(op, _Intent):
-                self._pending.pop(str(op.row["id"]), None)
         for _, future in batch:
             future.set_exception(AuditError(f"audit write failed: {exc}"))
 
@@ -438,6 +440,7 @@ class AuditWriter:
                                     tuple(kept.values()))
         if "outcome_hash" not in row:
             self._pending[str(row["id"])] = (row["hash"], int(cursor.lastrowid or 0), kind)
+            self._added.append(str(row["id"]))
         if op.approval is not None:
             entry = {"request_id": row["id"], **op.approval}
             self._conn.execute(f"INSERT INTO approvals ({', '.join(entry)}) VALUES ({', '.join('?' * len(entry))})",

@@ -664,3 +664,62 @@ def test_an_anchor_that_is_not_utf8_is_refused_in_one_line(tmp_path: Path) -> No
     (tmp_path / "audit.anchor").write_bytes(b'{"seq": 1, "id": "\xff"}')
     found = _anchor_or_error(Seal(tmp_path))
     assert isinstance(found, audit.AuditError) and "audit.anchor" in str(found), repr(found)
+
+
+def test_a_row_whose_id_is_taken_fails_alone_not_the_rows_written_with_it(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A held request whose row was committed but could not be anchored is refused (the gate fails closed, 502), and
+    the record stage then records the refused request as it records any answered one: a second row under the same
+    id, which the log's unique index refuses. That IntegrityError failed the whole transaction it was gathered in,
+    so every other agent's rows and outcomes in it were refused or lost too; it fails alone, like a value that
+    cannot be stored, and the held row still gets its outcome."""
+    import fcntl
+    import os
+
+    ids, writer = RequestIds(), AuditWriter(tmp_path / "a.db", Seal(tmp_path))
+    held, other = row(0, ids), {**row(1, ids), "agent": "other", "status": 200, "ended": 2.0, "duration_ms": 1.0}
+    real = seal_module.os.replace
+
+    def full(src: object, dst: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+
+    try:
+        monkeypatch.setattr(seal_module.os, "replace", full)
+        with pytest.raises(audit.AuditError, match="anchor"):
+            writer.record_wait(held, {"ts": 1.0, "agent": "bot", "kind": "hold", "state": "held", "deadline": 9.0,
+                                      "on_timeout": "deny", "undo_class": "read", "why": "w", "card": "{}",
+                                      "owner": "x"}).result(5)
+        monkeypatch.setattr(seal_module.os, "replace", real)
+        writer.apply(lambda conn, w: None).result(5)  # the held row's outcome, queued before
+        lock = os.open(tmp_path / ".a.db.write-lock", os.O_RDWR)
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the next two are gathered into one transaction
+        again = writer.record_intent({**held, "status": 502, "ended": 2.0, "duration_ms": 0.0})
+        others = writer.record_intent(other)
+        time.sleep(0.05)
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        os.close(lock)
+        assert others.result(5) is None
+        with pytest.raises(audit.AuditError, match="UNIQUE"):
+            again.result(5)
+    finally:
+        writer.close()
+    conn = audit.open_db(tmp_path / "a.db", readonly=True)
+    assert [(r["id"], r["error"]) for r in audit.iter_rows(conn)] == [(held["id"], audit.UNANCHORED),
+                                                                       (other["id"], None)]
+    assert check(tmp_path).broken_id is None
+
+
+def test_a_refused_row_under_a_taken_id_leaves_the_row_in_flight_under_it_pending(tmp_path: Path) -> None:
+    """A row refused because its id is taken lets go of nothing but its own: the row in flight under that id is still
+    awaited, and gets `interrupted` when the writer stops (it was forgotten, and left looking as if still going on)."""
+    ids, writer = RequestIds(), AuditWriter(tmp_path / "a.db", Seal(tmp_path))
+    flying = row(0, ids)
+    try:
+        writer.record_intent(flying).result(5)
+        with pytest.raises(audit.AuditError, match="UNIQUE"):
+            writer.record_intent({**flying, "status": 502, "ended": 2.0}).result(5)
+    finally:
+        writer.close()
+    kept = audit.get(audit.open_db(tmp_path / "a.db", readonly=True), str(flying["id"]))
+    assert kept["error"] == audit.INTERRUPTED
+    assert check(tmp_path).broken_id is None
