@@ -26,6 +26,9 @@ from .layout import hex_of
 from .seal import Anchor, Seal
 from .store import BUSY_TIMEOUT_S, INTERRUPTED, ORPHANED, UNANCHORED, charged, open_db, outcome_hash, row_hash
 
+#: The error of a row whose outcome held a value the log cannot store (followed by why).
+OUTCOME_NOT_STORED = "ended, but its outcome could not be stored"
+
 if TYPE_CHECKING:
     from ..policy.limits import Charge
 
@@ -51,6 +54,7 @@ class _Apply:
 class _Outcome:
     id: str
     fields: dict[str, Any]
+    stands_in: bool = False   # written in place of an outcome that could not be stored (never replaced in turn)
 
 
 _STOP = object()
@@ -365,6 +369,11 @@ class AuditWriter:
                 self._blobs.forget()
                 return _ONE_BY_ONE
             self._failed(batch, exc)
+            if isinstance(exc, _VALUE_ERRORS) and isinstance(op := batch[0][0], _Outcome) and not op.stands_in:
+                # The request ended: its row says so, and why its outcome is not there, with the next batch (not left
+                # looking as if it were still going on, and forgotten by the writer: never even `interrupted`).
+                self._queue.put((_Outcome(op.id, {"error": f"{OUTCOME_NOT_STORED}: {exc}", "ended": time.time()},
+                                          stands_in=True), concurrent.futures.Future()))
             return None
         return head, refused
 
@@ -458,6 +467,8 @@ class AuditWriter:
             if found is None:
                 raise UnknownRequest(f"outcome for unknown request {op.id}")
             pending = (hex_of(found[0]), found[1], (found[2], found[3], found[4]))
+            if found[5] is not None and op.stands_in:  # it has one after all: nothing to stand in for
+                return
             if found[5] is not None:  # written again: nothing of it is built on the first one's values, let go of below
                 self._blobs.forget()
         hash_, seq, kind = pending

@@ -723,3 +723,21 @@ def test_a_refused_row_under_a_taken_id_leaves_the_row_in_flight_under_it_pendin
     kept = audit.get(audit.open_db(tmp_path / "a.db", readonly=True), str(flying["id"]))
     assert kept["error"] == audit.INTERRUPTED
     assert check(tmp_path).broken_id is None
+
+
+def test_an_outcome_that_cannot_be_stored_is_recorded_as_such(tmp_path: Path) -> None:
+    """An outcome holding a value SQLite cannot store fails alone; its row is not left looking as if the request
+    were still going on (and forgotten, so not even `interrupted` when the writer stops): it ends with an error that
+    says its outcome could not be stored."""
+    ids, writer = RequestIds(), AuditWriter(tmp_path / "a.db", Seal(tmp_path))
+    flying = row(0, ids)
+    try:
+        writer.record_intent(flying).result(5)
+        with pytest.raises(audit.AuditError, match="too large"):
+            writer.record_outcome(str(flying["id"]), {"status": 10**20, "ended": 2.0}).result(5)
+        writer.apply(lambda conn, w: None).result(5)
+    finally:
+        writer.close()
+    kept = audit.get(audit.open_db(tmp_path / "a.db", readonly=True), str(flying["id"]))
+    assert kept["status"] is None and "outcome could not be stored" in kept["error"] and "too large" in kept["error"]
+    assert check(tmp_path).broken_id is None
