@@ -22,7 +22,7 @@ from ..errors import GoexError, NotFound
 from ..policy.engine import Decision, PolicySet, decide
 from ..policy.limits import LimitCounters
 from ..policy.requestview import RequestView, canonical_path
-from ..undo.plan import SAFE_METHODS, Exchange, Plan, Step, on_origin, plan
+from ..undo.plan import SAFE_METHODS, UNSURE_URL, Exchange, Plan, Step, on_origin, plan, unsure_url
 from ..undo.run import DONE, SENT
 
 #: At most this many steps: a compensation is a handful of requests, and every one is shown to a person.
@@ -577,6 +577,8 @@ def check_row(row: dict[str, Any], the_plan: Plan, journal_states: dict[int, str
     if row.get("status") is None:
         raise GoexError(f"cannot propose an undo of {rid}: it has no recorded outcome (it may or may not have "
                         "happened)")
+    if unsure_url(str(row.get("url") or "")):
+        raise GoexError(f"cannot propose an undo of {rid}: {UNSURE_URL}")
     if the_plan.verdict == "plan":
         raise GoexError(f"the undo rule {the_plan.rule} already plans the undo of {rid}: run `goex-proxy undo {rid}` "
                         "without --propose")

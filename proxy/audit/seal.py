@@ -115,6 +115,8 @@ class Seal:
             os.close(fd)
             if isinstance(exc, OSError):
                 raise AuditError(f"cannot read the audit anchor {self.anchor_path}: {exc.strerror or exc}") from None
+            if isinstance(exc, UnicodeDecodeError):  # not text: no anchor, said as any other malformed one is
+                raise AuditError(f"{self.anchor_path} is not an audit anchor (its bytes are not UTF-8)") from None
             raise
         self._remember(stamp, anchor, fd)
         return anchor

@@ -26,6 +26,9 @@ from .layout import hex_of
 from .seal import Anchor, Seal
 from .store import BUSY_TIMEOUT_S, INTERRUPTED, ORPHANED, UNANCHORED, charged, open_db, outcome_hash, row_hash
 
+#: The error of a row whose outcome held a value the log cannot store (followed by why).
+OUTCOME_NOT_STORED = "ended, but its outcome could not be stored"
+
 if TYPE_CHECKING:
     from ..policy.limits import Charge
 
@@ -51,6 +54,7 @@ class _Apply:
 class _Outcome:
     id: str
     fields: dict[str, Any]
+    stands_in: bool = False   # written in place of an outcome that could not be stored (never replaced in turn)
 
 
 _STOP = object()
@@ -62,9 +66,11 @@ class _OneByOne:
 
 _ONE_BY_ONE = _OneByOne()
 
-#: Errors of a value that cannot be stored (a number too large for SQLite, text that is not UTF-8), which fail only the
-#: op that holds it; any other error (disk full, a locked or broken database) fails the whole batch.
-_VALUE_ERRORS = (ValueError, TypeError, OverflowError, sqlite3.InterfaceError, sqlite3.ProgrammingError)
+#: Errors of an op that cannot be stored (a number too large for SQLite, text that is not UTF-8, a row whose id the
+#: log already holds), which fail only that op; any other error (disk full, a locked or broken database) fails the
+#: whole batch.
+_VALUE_ERRORS = (ValueError, TypeError, OverflowError, sqlite3.InterfaceError, sqlite3.ProgrammingError,
+                 sqlite3.IntegrityError)
 
 
 class UnknownRequest(AuditError):
@@ -164,6 +170,9 @@ class AuditWriter:
         self._key = seal.key(create=True)
         #: request id -> (hash, seq, host and method) of rows awaiting their outcome
         self._pending: dict[str, tuple[str, int, tuple[Any, ...]]] = {}
+        #: ids the transaction being written added to `_pending`: what its failure takes back (and nothing else: a
+        #: row refused because its id is taken must not let go of the row in flight under that id)
+        self._added: list[str] = []
         self._blobs = blobs.BlobStore()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         # Set when something someone waits for is queued: it ends a gathering, which what nobody waits for does not
@@ -305,7 +314,10 @@ class AuditWriter:
                 for index, (op, _) in enumerate(batch):
                     if isinstance(op, _Intent) and index not in refused:
                         refused[index] = AuditError(f"audit write failed: {unanchored}")
-                        if str(op.row.get("id")) in self._pending:  # its outcome, with the next batch: not in flight
+                        # Its outcome, with the next batch: not in flight. Not a row queued without waiting (a
+                        # gateway's read): that request went on before its commit, and its session records what
+                        # became of it; a second outcome would overwrite it (and break its outcome hash).
+                        if not op.unwaited and str(op.row.get("id")) in self._pending:
                             self._queue.put((_Outcome(str(op.row["id"]), {"error": UNANCHORED, "ended": time.time()}),
                                              concurrent.futures.Future()))
         for index, (_, future) in enumerate(batch):
@@ -322,6 +334,7 @@ class AuditWriter:
         nothing was written, and the ops are to be written one by one)."""
         head: Anchor | None = None
         refused: dict[int, Any] = {}
+        self._added = []
         try:
             with self._conn:
                 # Another process (an `undo` next to `goex-proxy run`) may have appended since: lock, then read the head.
@@ -350,13 +363,17 @@ class AuditWriter:
                     else:
                         head = self._insert(op, head.hash if head else last[0] if last else "")
         except Exception as exc:  # sqlite3.Error, disk full, a locked database: every waiter fails closed
+            for request_id in self._added:  # rolled back
+                self._pending.pop(request_id, None)
             if len(batch) > 1 and isinstance(exc, _VALUE_ERRORS):  # one op's value: the others are not to fail with it
                 self._blobs.forget()
-                for op, _ in batch:
-                    if isinstance(op, _Intent):
-                        self._pending.pop(str(op.row["id"]), None)
                 return _ONE_BY_ONE
             self._failed(batch, exc)
+            if isinstance(exc, _VALUE_ERRORS) and isinstance(op := batch[0][0], _Outcome) and not op.stands_in:
+                # The request ended: its row says so, and why its outcome is not there, with the next batch (not left
+                # looking as if it were still going on, and forgotten by the writer: never even `interrupted`).
+                self._queue.put((_Outcome(op.id, {"error": f"{OUTCOME_NOT_STORED}: {exc}", "ended": time.time()},
+                                          stands_in=True), concurrent.futures.Future()))
             return None
         return head, refused
 
@@ -365,9 +382,6 @@ class AuditWriter:
         log.error("audit write failed (%d records): %s", len(batch), exc)
         self.failing = str(exc)
         self._blobs.forget()
-        for op, _ in batch:
-            if isinstance(op, _Intent):
-                self._pending.pop(str(op.row["id"]), None)
         for _, future in batch:
             future.set_exception(AuditError(f"audit write failed: {exc}"))
 
@@ -435,6 +449,7 @@ class AuditWriter:
                                     tuple(kept.values()))
         if "outcome_hash" not in row:
             self._pending[str(row["id"])] = (row["hash"], int(cursor.lastrowid or 0), kind)
+            self._added.append(str(row["id"]))
         if op.approval is not None:
             entry = {"request_id": row["id"], **op.approval}
             self._conn.execute(f"INSERT INTO approvals ({', '.join(entry)}) VALUES ({', '.join('?' * len(entry))})",
@@ -452,6 +467,8 @@ class AuditWriter:
             if found is None:
                 raise UnknownRequest(f"outcome for unknown request {op.id}")
             pending = (hex_of(found[0]), found[1], (found[2], found[3], found[4]))
+            if found[5] is not None and op.stands_in:  # it has one after all: nothing to stand in for
+                return
             if found[5] is not None:  # written again: nothing of it is built on the first one's values, let go of below
                 self._blobs.forget()
         hash_, seq, kind = pending

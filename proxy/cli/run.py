@@ -276,9 +276,11 @@ def _run_jailed(config: Config, agent: str, command: list[str], workspace: Path 
 
 #: What a jailed command may have left a terminal in, undone before `exec` says what its run changed (the command
 #: and all it started have ended): the alternate screen, a scrolling region, origin mode, no wrapping, a hidden
-#: cursor, and colours or attributes that hide text (black on black, concealed). Its output is the terminal's as it
-#: wrote it; what goex-proxy says after it must be seen.
-TERMINAL_RESET = "\x1b[?1049l\x1b[r\x1b[?6l\x1b[?7h\x1b[?25h\x1b[0m"
+#: cursor, colours or attributes that hide text (black on black, concealed, default colours redefined), and the
+#: line-drawing character set (G0 or G1, shifted out to), which draws letters as box pieces. Its output is the
+#: terminal's as it wrote it; what goex-proxy says after it must be seen.
+TERMINAL_RESET = ("\x1b[?1049l\x1b[r\x1b[?6l\x1b[?7h\x1b[?25h\x1b[0m\x1b]110\x07\x1b]111\x07"
+                  "\x0f\x1b(B\x1b)B")
 
 
 def _say_run(run: Any) -> None:

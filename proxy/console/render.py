@@ -34,8 +34,10 @@ def headers_of(text: str | None) -> list[tuple[str, str]]:
         else []
 
 
-def body_view(body: bytes | None, size: int | None, headers: list[tuple[str, str]]) -> dict[str, Any]:
+def body_view(body: bytes | str | None, size: int | None, headers: list[tuple[str, str]]) -> dict[str, Any]:
     """A recorded body as the page shows it: `kind` (empty, json, text, hex), the text, and a note on its size."""
+    if isinstance(body, str):  # a damaged row read leniently: why its body cannot be read (`layout.unreadable`)
+        return {"kind": "text", "text": _seen(body), "note": "cannot be read"}
     if not body:
         return {"kind": "empty", "text": "(empty)" if not size else f"({size} bytes, not stored)", "note": ""}
     note = f"{size} bytes in all; the first {len(body)} stored" if size and size > len(body) else f"{len(body)} bytes"

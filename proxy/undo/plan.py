@@ -625,8 +625,24 @@ def _truncated(exchange: Exchange) -> bool:
     return (exchange.pre_body_size or 0) > kept or (length.isdigit() and int(length) > kept)
 
 
+#: How the audit writer stores a lone surrogate (a byte of the request target that was not UTF-8, as mitmproxy reads
+#: it): as its JSON escape, text that an agent could have sent as it is.
+_STORED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+#: Why a row whose URL holds that text gets no compensation, planned or proposed.
+UNSURE_URL = ("its URL held a byte that is not UTF-8, which the audit log keeps as the text \\udcXX: a compensation "
+              "would be sent to the URL that text names, not the one the request reached")
+
+
+def unsure_url(url: str) -> bool:
+    """Whether a recorded URL may not be the one its request reached (it holds a stored surrogate's text)."""
+    return _STORED_SURROGATE.search(url) is not None
+
+
 def plan(request_id: str, exchange: Exchange, rules: Iterable[UndoRule]) -> Plan:
     """The compensating requests for one recorded exchange, rendered from its rule."""
+    if unsure_url(exchange.url):  # the URL it reached cannot be told from the one the row reads
+        return Plan(request_id, "not planned", reason=UNSURE_URL)
     found = find_rule(rules, exchange)
     if found is None:
         return Plan(request_id, "no rule", reason="no undo rule matches this request")

@@ -553,7 +553,12 @@ def test_a_file_linked_under_many_names_is_hashed_once(make_proxy, outside):
     assert took < 30, took
 
 
-def test_what_exec_says_after_a_run_is_seen_whatever_the_command_left_the_terminal_in(make_proxy, tmp_path):
+@pytest.mark.parametrize("left", [
+    r"\033[30;40m\033[8m\033[?25l\033[?1049h",  # black on black, concealed, no cursor, the alternate screen
+    r"\033(0",  # G0 the line-drawing set: exec's letters drawn as box pieces ('goex-proxy: run' unreadable)
+    r"\033)0\016",  # G1 the line-drawing set, and shifted out to it
+])
+def test_what_exec_says_after_a_run_is_seen_whatever_the_command_left_the_terminal_in(make_proxy, tmp_path, left):
     """A jailed command's output goes to the terminal as it wrote it, so it could end by turning text black on black
     (or concealed, or onto the alternate screen), and the line `exec` prints after it, naming the run and how to undo
     it, was written in that state: the person saw nothing changed. The terminal is reset before that line; read here
@@ -570,7 +575,7 @@ def test_what_exec_says_after_a_run_is_seen_whatever_the_command_left_the_termin
     work.mkdir()
     main, sub = pty.openpty()
     fcntl.ioctl(sub, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 400, 0, 0))
-    script = r"printf 'shown\033[30;40m\033[8m\033[?25l\033[?1049h'; echo changed > f.txt"
+    script = f"printf 'shown{left}'; echo changed > f.txt"
     p = subprocess.Popen([*GOEX, "exec", "--jail", "--config", str(proxy.config), "--agent", "mailbot", "--", "sh",
                           "-c", script], env=proxy.env, cwd=work, stdin=sub, stdout=sub, stderr=sub)
     os.close(sub)
@@ -583,7 +588,9 @@ def test_what_exec_says_after_a_run_is_seen_whatever_the_command_left_the_termin
         status = p.wait(60)
     assert status == 0 and (work / "f.txt").read_text() == "changed\n", out
     screen = pyte.Screen(400, 50)
-    pyte.ByteStream(screen).feed(out)
+    stream = pyte.ByteStream(screen)
+    stream.use_utf8 = False  # so that character sets apply, as on xterm or VTE (pyte ignores them in UTF-8 mode)
+    stream.feed(out)
     [row] = [y for y, line in enumerate(screen.display) if "goex-proxy: run" in line]
     start = screen.display[row].index("goex-proxy: run")
     said = [screen.buffer[row][x] for x in range(start, start + len("goex-proxy: run"))]

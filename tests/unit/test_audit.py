@@ -627,3 +627,117 @@ def test_a_value_that_cannot_be_stored_fails_only_its_own_write(tmp_path: Path) 
     conn = audit.open_db(tmp_path / "a.db", readonly=True)
     assert [r["status"] for r in audit.iter_rows(conn)] == [200, None, 201]
     assert check(tmp_path).broken_id is None
+
+
+def test_a_queued_read_whose_row_could_not_be_anchored_keeps_the_outcome_it_had(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A row queued without waiting (the gateway's read) goes on before its commit: when its anchor cannot be written,
+    the read was sent all the same, and its outcome is the one its session records. The writer must not also record
+    it 'refused: not sent' (UNANCHORED): queued after the session's own outcome (the read answered while the anchor
+    was being written), that overwrote what happened with a refusal that did not."""
+    ids, writer = RequestIds(), AuditWriter(tmp_path / "a.db", Seal(tmp_path))
+    read = row(0, ids)
+
+    def full(src: object, dst: object) -> None:  # the read answers while its anchor is being written, which fails
+        writer.record_outcome(str(read["id"]), {"status": 0, "error": None, "ended": 2.0, "duration_ms": 1.0})
+        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+
+    try:
+        monkeypatch.setattr(seal_module.os, "replace", full)
+        with pytest.raises(audit.AuditError, match="anchor"):
+            writer.queue_intent(read).result(5)
+        monkeypatch.undo()
+        writer.apply(lambda conn, w: None).result(5)
+        writer.apply(lambda conn, w: None).result(5)
+    finally:
+        writer.close()
+    kept = audit.get(audit.open_db(tmp_path / "a.db", readonly=True), str(read["id"]))
+    assert check(tmp_path).broken_id is None
+    assert kept["status"] == 0 and kept["error"] is None
+
+
+def test_an_anchor_that_is_not_utf8_is_refused_in_one_line(tmp_path: Path) -> None:
+    """An anchor whose bytes are not UTF-8 (a damaged or edited state directory) is refused as no anchor, with its path
+    named: reading it raised UnicodeDecodeError, a ValueError that the writer takes for one op's unstorable value (the
+    batch written again op by op, each failing on the anchor) and that its anchoring, which catches OSError and
+    AuditError, did not take for a failed anchor at all."""
+    (tmp_path / "audit.anchor").write_bytes(b'{"seq": 1, "id": "\xff"}')
+    found = _anchor_or_error(Seal(tmp_path))
+    assert isinstance(found, audit.AuditError) and "audit.anchor" in str(found), repr(found)
+
+
+def test_a_row_whose_id_is_taken_fails_alone_not_the_rows_written_with_it(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A held request whose row was committed but could not be anchored is refused (the gate fails closed, 502), and
+    the record stage then records the refused request as it records any answered one: a second row under the same
+    id, which the log's unique index refuses. That IntegrityError failed the whole transaction it was gathered in,
+    so every other agent's rows and outcomes in it were refused or lost too; it fails alone, like a value that
+    cannot be stored, and the held row still gets its outcome."""
+    import fcntl
+    import os
+
+    ids, writer = RequestIds(), AuditWriter(tmp_path / "a.db", Seal(tmp_path))
+    held, other = row(0, ids), {**row(1, ids), "agent": "other", "status": 200, "ended": 2.0, "duration_ms": 1.0}
+    real = seal_module.os.replace
+
+    def full(src: object, dst: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+
+    try:
+        monkeypatch.setattr(seal_module.os, "replace", full)
+        with pytest.raises(audit.AuditError, match="anchor"):
+            writer.record_wait(held, {"ts": 1.0, "agent": "bot", "kind": "hold", "state": "held", "deadline": 9.0,
+                                      "on_timeout": "deny", "undo_class": "read", "why": "w", "card": "{}",
+                                      "owner": "x"}).result(5)
+        monkeypatch.setattr(seal_module.os, "replace", real)
+        writer.apply(lambda conn, w: None).result(5)  # the held row's outcome, queued before
+        lock = os.open(tmp_path / ".a.db.write-lock", os.O_RDWR)
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the next two are gathered into one transaction
+        again = writer.record_intent({**held, "status": 502, "ended": 2.0, "duration_ms": 0.0})
+        others = writer.record_intent(other)
+        time.sleep(0.05)
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        os.close(lock)
+        assert others.result(5) is None
+        with pytest.raises(audit.AuditError, match="UNIQUE"):
+            again.result(5)
+    finally:
+        writer.close()
+    conn = audit.open_db(tmp_path / "a.db", readonly=True)
+    assert [(r["id"], r["error"]) for r in audit.iter_rows(conn)] == [(held["id"], audit.UNANCHORED),
+                                                                       (other["id"], None)]
+    assert check(tmp_path).broken_id is None
+
+
+def test_a_refused_row_under_a_taken_id_leaves_the_row_in_flight_under_it_pending(tmp_path: Path) -> None:
+    """A row refused because its id is taken lets go of nothing but its own: the row in flight under that id is still
+    awaited, and gets `interrupted` when the writer stops (it was forgotten, and left looking as if still going on)."""
+    ids, writer = RequestIds(), AuditWriter(tmp_path / "a.db", Seal(tmp_path))
+    flying = row(0, ids)
+    try:
+        writer.record_intent(flying).result(5)
+        with pytest.raises(audit.AuditError, match="UNIQUE"):
+            writer.record_intent({**flying, "status": 502, "ended": 2.0}).result(5)
+    finally:
+        writer.close()
+    kept = audit.get(audit.open_db(tmp_path / "a.db", readonly=True), str(flying["id"]))
+    assert kept["error"] == audit.INTERRUPTED
+    assert check(tmp_path).broken_id is None
+
+
+def test_an_outcome_that_cannot_be_stored_is_recorded_as_such(tmp_path: Path) -> None:
+    """An outcome holding a value SQLite cannot store fails alone; its row is not left looking as if the request
+    were still going on (and forgotten, so not even `interrupted` when the writer stops): it ends with an error that
+    says its outcome could not be stored."""
+    ids, writer = RequestIds(), AuditWriter(tmp_path / "a.db", Seal(tmp_path))
+    flying = row(0, ids)
+    try:
+        writer.record_intent(flying).result(5)
+        with pytest.raises(audit.AuditError, match="too large"):
+            writer.record_outcome(str(flying["id"]), {"status": 10**20, "ended": 2.0}).result(5)
+        writer.apply(lambda conn, w: None).result(5)
+    finally:
+        writer.close()
+    kept = audit.get(audit.open_db(tmp_path / "a.db", readonly=True), str(flying["id"]))
+    assert kept["status"] is None and "outcome could not be stored" in kept["error"] and "too large" in kept["error"]
+    assert check(tmp_path).broken_id is None

@@ -208,6 +208,26 @@ def test_a_damaged_row_is_shown_broken_not_a_page_that_says_try_again(console: R
     assert client.get(f"/request/{fine}").status_code == 200
 
 
+@pytest.mark.parametrize("column", ["req_body_blob", "req_headers_blob"])
+def test_a_row_whose_body_or_headers_cannot_be_read_is_shown_broken(console: Running, state: Config,
+                                                                      column: str) -> None:
+    """A lenient read gives an unreadable body as text (`<unreadable req_body: ...>`), where the page takes bytes:
+    the damaged row's page was an internal error (500) instead of the row with its damage named."""
+    [damaged] = fill(state, [{"req_body": b'{"text": "hello"}',
+                              "req_headers": '[["Content-Type", "application/json"]]'}])
+    with sqlite3.connect(state.audit_db) as conn:
+        (blob,) = conn.execute(f"SELECT {column} FROM requests WHERE id = ?", (damaged,)).fetchone()
+        conn.execute("DELETE FROM audit_blobs WHERE id = ?", (blob,))
+    client = console.client()
+    assert client.get("/").status_code == 200 and damaged in client.get("/").text
+    page = client.get(f"/request/{damaged}")
+    assert page.status_code == 200 and "broken" in page.text and "No undo plan" in page.text
+    field = column.removesuffix("_blob")
+    assert f"the {field} of row {damaged} cannot be read" in page.text and "<unreadable" not in page.text
+    if field == "req_body":
+        assert f"&lt;unreadable {field}:" in page.text
+
+
 def test_recorded_values_are_shown_as_text(console: Running, state: Config) -> None:
     [rid] = fill(state, [{"agent": "bot", "url": f"https://slack.com/p?q={SCRIPT}",
                           "req_headers": f'[["X-Evil", "{SCRIPT}"], ["Content-Type", "text/html"]]',

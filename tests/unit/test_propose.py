@@ -230,6 +230,9 @@ def test_only_a_request_no_rule_plans_goes_to_the_model() -> None:
         check_row(row(status=None), plan("R1", Exchange.from_row(created), ()), {})
     with pytest.raises(GoexError, match="already sent 1 step"):
         check_row(created, plan("R1", Exchange.from_row(created), ()), {0: "done", 1: "failed"})
+    unsure = row(url=f"{NOTES}/posts/\\udcff")  # as the audit writer stores a byte that is not UTF-8
+    with pytest.raises(GoexError, match="not UTF-8"):
+        check_row(unsure, plan("R1", Exchange.from_row(unsure), ()), {})
 
 
 # --- an accepted proposal as a rule ----------------------------------------------------------------------------------

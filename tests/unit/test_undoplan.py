@@ -305,3 +305,30 @@ rules:
     assert "warning: rule 'everything on slack' allows POST slack.com/api/chat.delete with no limit" in result.output
     assert "irreversible: a deleted Slack message cannot be restored" in result.output
     assert "'a few deletes'" not in result.output
+
+
+def test_a_row_whose_url_held_a_byte_that_is_not_utf8_is_not_planned(tmp_path: Path) -> None:
+    """mitmproxy reads a byte of the request target that is not UTF-8 as a lone surrogate, which the audit writer
+    stores as the text `\\udcff` (SQLite takes no surrogate): an agent's literal `\\udcff` reads back the same. An
+    undo planned from the row would act on the object named by that text, not the one the agent's request reached."""
+    from goex_proxy.audit import store as audit
+    from goex_proxy.audit.seal import Seal
+    from goex_proxy.audit.writer import AuditWriter
+    from goex_proxy.ids import RequestIds
+
+    writer = AuditWriter(tmp_path / "a.db", Seal(tmp_path))
+    request_id = RequestIds().new(1_700_000_000)
+    try:
+        writer.record_intent({"id": request_id, "ts": 1_700_000_000.0, "agent": "bot", "method": "PUT",
+                              "scheme": "https", "host": "photos.s3.amazonaws.com", "port": 443,
+                              "path": "/cats/\udcff.jpg", "url": f"{BUCKET}/cats/\udcff.jpg", "req_headers": "[]",
+                              "decision": "allow"}).result(5)
+        writer.record_outcome(request_id, {"status": 200, "ended": 1.0, "duration_ms": 1.0, "resp_headers": json.dumps(
+            [["x-amz-version-id", "v2"], ["ETag", '"abc"']])}).result(5)
+    finally:
+        writer.close()
+    row = audit.get(audit.open_db(tmp_path / "a.db", readonly=True), request_id)
+    assert row["url"] == f"{BUCKET}/cats/\\udcff.jpg"  # as stored: the text, not the byte
+    p = plan(request_id, Exchange.from_row(row), RULES)
+    assert p.verdict == "not planned" and not p.steps and "UTF-8" in p.reason
+    assert plan("R", s3("PUT", "/cats/%FF.jpg", 200, **{"x-amz-version-id": "v2"}), RULES).verdict == "plan"
