@@ -146,7 +146,19 @@ def set_headers_scrubbed(flow: http.HTTPFlow, response: http.Response) -> None:
 
 def url(flow: http.HTTPFlow) -> str:
     """The URL as recorded (set by record; route may change the scheme of the live request afterwards)."""
-    return str(_of(flow).get(_URL) or flow.request.url)
+    return str(_of(flow).get(_URL) or request_url(flow.request))
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def request_url(req: http.Request) -> str:
+    """The request's URL, an IPv6 address in brackets: mitmproxy's `url` leaves them out (`http://::1:8080/x`), which
+    names no one address and port, and which a URL parser (undo's, a pre-image read's origin check) refuses."""
+    if ":" not in req.host:
+        return req.url
+    port = "" if _DEFAULT_PORTS.get(req.scheme) == req.port else f":{req.port}"
+    return f"{req.scheme}://[{req.host}]{port}{req.path}"
 
 
 def set_url(flow: http.HTTPFlow, value: str) -> None:

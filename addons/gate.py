@@ -142,8 +142,8 @@ class Gate:
     def _exchange(self, flow: http.HTTPFlow) -> Exchange:
         req = flow.request
         pre = flowmeta.preimage(flow) or (None, (), None)
-        return Exchange(req.method, req.url, header_pairs(req.headers), req.get_content(strict=False), None, (), None,
-                        pre[0], pre[1], pre[2])
+        return Exchange(req.method, flowmeta.request_url(req), header_pairs(req.headers), req.get_content(strict=False),
+                        None, (), None, pre[0], pre[1], pre[2])
 
     async def _begin(self, flow: http.HTTPFlow, d: Decision, choice: Choice, undo_class: str,
                      card: dict[str, Any]) -> dict[str, Any]:

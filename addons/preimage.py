@@ -38,13 +38,13 @@ class Preimage:
         if flow.request.method.upper() in SAFE_METHODS or not self.state.undo_rules or flowmeta.undo_of(flow):
             return None
         req = flow.request
-        read = preimage_read(self.state.undo_rules, Exchange(req.method, req.url, header_pairs(req.headers),
-                                                             req.get_content(strict=False)))
+        read = preimage_read(self.state.undo_rules, Exchange(req.method, flowmeta.request_url(req),
+                                                             header_pairs(req.headers), req.get_content(strict=False)))
         return self._read(read, flow) if read is not None else None
 
     @fail_closed("preimage")
     async def _read(self, read: Step, flow: http.HTTPFlow) -> None:  # flow last: fail_closed answers on it
-        url = on_origin(read.url, flow.request.url)
+        url = on_origin(read.url, flowmeta.request_url(flow.request))
         if url is None:  # never carry the agent's credential to another origin
             log.warning("%s: pre-image read %s %s is off the request's origin; not made", flowmeta.request_id(flow),
                         read.method, read.url)

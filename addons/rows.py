@@ -48,7 +48,7 @@ def request_row(state: ProxyState, flow: http.HTTPFlow) -> dict[str, Any]:
     d = flowmeta.decision(flow)
     scrub = state.scrubber
     body = _body(_decoded(req, scrub), _limit(state), scrub)
-    path, url = scrub.texts([req.path, req.url])  # one scan for both when neither holds a secret
+    path, url = scrub.texts([req.path, flowmeta.request_url(req)])  # one scan for both when neither holds a secret
     peer = flow.client_conn.peername
     row: dict[str, Any] = {
         "id": flowmeta.request_id(flow),

@@ -490,3 +490,23 @@ def test_scrub_fails_closed_on_a_websocket_message(state, monkeypatch) -> None:
     with taddons.context():
         Scrub(state).websocket_message(f)
     assert f.websocket.messages[-1].dropped and not f.live
+
+
+@pytest.mark.parametrize(("port", "url"), [(22, "http://[::1]:22/path"), (80, "http://[::1]/path")])
+def test_an_ipv6_upstream_is_recorded_and_undone_at_a_url_that_names_it(state, port: int, url: str) -> None:
+    """mitmproxy's URL of a request to an IPv6 address leaves out the brackets (`http://::1:22/path`): the row named
+    no one address and port, and a URL parser (undo's plan, the pre-image read's origin check) refused it. The row,
+    and the exchange undo rules are matched against, have the brackets."""
+    from urllib.parse import urlsplit
+
+    from goex_proxy.audit import layout
+
+    f = flow()
+    f.request.host, f.request.port = "::1", port
+    flowmeta.set_agent(f, "bot")
+    flowmeta.set_decision(f, Decision("allow", "allowed", "p/read"))
+    row = Record(state).request_row(f)
+    assert row["url"] == url
+    assert flowmeta.request_url(f.request) == url  # what the pre-image read and the gate match undo rules against
+    assert layout.url_of(row["scheme"], row["host"], row["port"], row["path"]) == url  # stored as derived, then
+    assert urlsplit(row["url"]).hostname == "::1"
