@@ -29,6 +29,7 @@ from goex_proxy.approvals.store import stop_one as _stop_one
 from goex_proxy.audit import store as audit
 from goex_proxy.audit.writer import AuditWriter
 from goex_proxy.durations import format_duration
+from goex_proxy.errors import AuditError
 from goex_proxy.policy.engine import Decision, decide
 from goex_proxy.policy.limits import Charge
 from goex_proxy.policy.requestview import readings
@@ -41,6 +42,10 @@ POLL_SECONDS = 0.2
 #: How many requests of one agent may wait at once (in this proxy); past it they are refused, not queued, so that
 #: an agent cannot bury the person under cards.
 MOST_WAITING_PER_AGENT = 32
+
+
+#: What ends a wait whose row could not be anchored (it was refused, and nothing was sent).
+UNANCHORED_WAIT = "refused: its row could not be anchored in the audit log; it was not sent"
 
 
 @dataclass
@@ -162,7 +167,15 @@ class Gate:
                  "state": approvals.HELD if choice.action == "hold" else approvals.DELAYED,
                  "deadline": now + choice.wait.seconds, "on_timeout": choice.wait.on_timeout, "undo_class": undo_class,
                  "why": choice.why, "card": json.dumps(card), "owner": self.owner}
-        await asyncio.wrap_future(writer.record_wait(row, entry))
+        try:
+            await asyncio.wrap_future(writer.record_wait(row, entry))
+        except AuditError:
+            # Its row and entry may be committed, not anchored: refused, the entry must not wait for a person (who
+            # would approve a request nobody holds). Ended with its row, in the writer's next batch, if it is there.
+            request_id = str(row["id"])
+            writer.apply(lambda conn, w: _stop_one(conn, w, request_id, time.time(), UNANCHORED_WAIT)
+                         ).add_done_callback(approvals.log_failure)
+            raise
         flowmeta.set_recorded(flow, "intent")
         flow.intercept()
         request_id = str(row["id"])

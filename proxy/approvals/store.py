@@ -188,13 +188,14 @@ def release(conn: Any, writer: AuditWriter, request_id: str, charge: Charge) -> 
     return None
 
 
-def stop_one(conn: Any, writer: AuditWriter, request_id: str, ended: float) -> Settled | None:
-    """Record one wait ended by a stopping proxy: its state and its row's outcome (nothing was sent)."""
-    settled = settle(conn, request_id, STOPPED, WAITING, "goex-proxy", STOPPED_REASON)
+def stop_one(conn: Any, writer: AuditWriter, request_id: str, ended: float, reason: str = STOPPED_REASON
+             ) -> Settled | None:
+    """Record one wait ended by goex-proxy, not by a person or its delay (its proxy stopping, or its row not anchored):
+    its state and its row's outcome, `reason` (nothing was sent)."""
+    settled = settle(conn, request_id, STOPPED, WAITING, "goex-proxy", reason)
     if not settled.changed:
-        return None  # decided just now: its own path answers it
-    writer.update_outcome(request_id, {"error": STOPPED_REASON, "ended": ended,
-                                       "approval": outcome(settled.entry)})
+        return None  # decided just now, or never written: its own path answers it
+    writer.update_outcome(request_id, {"error": reason, "ended": ended, "approval": outcome(settled.entry)})
     return settled
 
 

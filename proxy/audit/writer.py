@@ -316,8 +316,9 @@ class AuditWriter:
                         refused[index] = AuditError(f"audit write failed: {unanchored}")
                         # Its outcome, with the next batch: not in flight. Not a row queued without waiting (a
                         # gateway's read): that request went on before its commit, and its session records what
-                        # became of it; a second outcome would overwrite it (and break its outcome hash).
-                        if not op.unwaited and str(op.row.get("id")) in self._pending:
+                        # became of it; a second outcome would overwrite it (and break its outcome hash). Nor a
+                        # row that waits for a person: the gate ends its approvals entry and its row together.
+                        if not op.unwaited and op.approval is None and str(op.row.get("id")) in self._pending:
                             self._queue.put((_Outcome(str(op.row["id"]), {"error": UNANCHORED, "ended": time.time()}),
                                              concurrent.futures.Future()))
         for index, (_, future) in enumerate(batch):

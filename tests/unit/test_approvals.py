@@ -295,3 +295,58 @@ def test_the_link_server_is_unreachable_at_any_spelling_of_this_machine() -> Non
     rules = EgressRules(block_private=False, links=("127.0.0.1", 8790))
     for spelled in ("0.0.0.0", "::", "::ffff:127.0.0.1", "::1"):
         assert "approval links" in str(rules.refusal(spelled, 8790, [ipaddress.ip_address(spelled)])), spelled
+
+
+HOLD_POLICY = """version: 1
+name: p
+rules:
+  - name: write
+    allow: {host: address, methods: [POST], path: /items/**, hold: true}
+"""
+
+
+def test_a_held_request_whose_row_could_not_be_anchored_leaves_no_card_waiting(tmp_path: Path,
+                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request to hold whose row and approvals entry were committed but whose anchor could not be written is
+    refused (the writer fails closed); its entry stayed `held`, a card a person could approve for a request nobody
+    held any more. The entry and the row now end together, 'not sent', and the chain holds."""
+    import asyncio
+    import errno
+
+    from mitmproxy.test import taddons, tflow
+
+    from goex_proxy.addons import flowmeta
+    from goex_proxy.addons.gate import Gate
+    from goex_proxy.approvals import store as approvals
+    from goex_proxy.audit import seal as seal_module
+    from goex_proxy.audit import store as audit
+    from goex_proxy.audit.seal import Seal
+    from goex_proxy.errors import AuditError
+    from goex_proxy.policy.engine import Decision, Wait
+    from tests.conftest import stage_state
+
+    def full(src: object, dst: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+
+    with stage_state(tmp_path, HOLD_POLICY) as state:
+        f = tflow.tflow()
+        f.request.method, f.request.path, f.request.content = "POST", "/items", b'{"name": "widget"}'
+        f.request.timestamp_start = 1_700_000_000.25  # a float, as mitmproxy's clock gives (the test flow's is an int)
+        flowmeta.set_agent(f, "bot")
+        flowmeta.set_decision(f, Decision("allow", "allowed", "p/write", wait=Wait("hold", 600.0)))
+        real = seal_module.os.replace
+        monkeypatch.setattr(seal_module.os, "replace", full)
+        with taddons.context():
+            try:
+                asyncio.run(Gate(state).request(f))
+            except AuditError:
+                pass  # refused: fail_closed answers the flow, or the error reaches the caller
+        monkeypatch.setattr(seal_module.os, "replace", real)
+        request_id = flowmeta.request_id(f)
+        state.writer.apply(lambda conn, w: None).result(5)  # after the entry's end, queued before it
+    conn = audit.open_db(tmp_path / "audit.db", readonly=True)
+    entry = conn.execute("SELECT state, reason FROM approvals WHERE request_id = ?", (request_id,)).fetchone()
+    assert entry is not None and entry[0] not in approvals.WAITING, entry
+    row = audit.get(conn, request_id)
+    assert row["error"] and "not sent" in row["error"] and row["outcome_hash"] is not None
+    assert audit.verify(conn, audit.chain_key(conn, Seal(tmp_path)), Seal(tmp_path).anchor()).broken_id is None

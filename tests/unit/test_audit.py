@@ -672,7 +672,8 @@ def test_a_row_whose_id_is_taken_fails_alone_not_the_rows_written_with_it(tmp_pa
     the record stage then records the refused request as it records any answered one: a second row under the same
     id, which the log's unique index refuses. That IntegrityError failed the whole transaction it was gathered in,
     so every other agent's rows and outcomes in it were refused or lost too; it fails alone, like a value that
-    cannot be stored, and the held row still gets its outcome."""
+    cannot be stored, and the held row still gets its outcome (the gate ends a refused wait; with no gate here, the
+    writer's stop does)."""
     import fcntl
     import os
 
@@ -690,7 +691,7 @@ def test_a_row_whose_id_is_taken_fails_alone_not_the_rows_written_with_it(tmp_pa
                                       "on_timeout": "deny", "undo_class": "read", "why": "w", "card": "{}",
                                       "owner": "x"}).result(5)
         monkeypatch.setattr(seal_module.os, "replace", real)
-        writer.apply(lambda conn, w: None).result(5)  # the held row's outcome, queued before
+        writer.apply(lambda conn, w: None).result(5)
         lock = os.open(tmp_path / ".a.db.write-lock", os.O_RDWR)
         fcntl.flock(lock, fcntl.LOCK_EX)  # the next two are gathered into one transaction
         again = writer.record_intent({**held, "status": 502, "ended": 2.0, "duration_ms": 0.0})
@@ -704,7 +705,7 @@ def test_a_row_whose_id_is_taken_fails_alone_not_the_rows_written_with_it(tmp_pa
     finally:
         writer.close()
     conn = audit.open_db(tmp_path / "a.db", readonly=True)
-    assert [(r["id"], r["error"]) for r in audit.iter_rows(conn)] == [(held["id"], audit.UNANCHORED),
+    assert [(r["id"], r["error"]) for r in audit.iter_rows(conn)] == [(held["id"], audit.INTERRUPTED),
                                                                        (other["id"], None)]
     assert check(tmp_path).broken_id is None
 
