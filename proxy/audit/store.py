@@ -31,6 +31,11 @@ REQUEST_FIELDS = ("id", "ts", "agent", "client", "method", "scheme", "host", "po
 #: Outcome fields, covered by the row's outcome hash (itself bound to the row's hash).
 OUTCOME_FIELDS = ("status", "resp_headers", "resp_body", "resp_body_size", "resp_body_sha256", "error", "ended",
                   "duration_ms")
+#: Fields an outcome's hash covers besides those: the undo class (keyed chains), then those covered only when set.
+OUTCOME_EXTRAS = ("undo_class", "approval", "row_images")
+#: The columns an outcome may set (a field kept in a blob also by its `_blob` column).
+OUTCOME_COLUMNS = tuple(c for f in (*OUTCOME_FIELDS, *OUTCOME_EXTRAS)
+                        for c in ((f, f"{f}_blob") if f in layout.BLOB_FIELDS else (f,)))
 BUSY_TIMEOUT_S = 2.0
 #: The error of a row whose request was in flight when its proxy stopped.
 INTERRUPTED = "interrupted: goex-proxy stopped before the request ended"
@@ -370,10 +375,7 @@ def outcome_hash(key: bytes | None, hash_: str, row: dict[str, Any]) -> str:
     """The outcome's hash, bound to its row's; a keyed chain also covers what undo could do for it (`undo_class`)
     and, for a request that waited, what became of the wait (`approval`)."""
     fields: tuple[str, ...] = OUTCOME_FIELDS if key is None else OUTCOME_FIELDS + ("undo_class",)
-    if row.get("approval") is not None:
-        fields += ("approval",)
-    if row.get("row_images") is not None:
-        fields += ("row_images",)
+    fields += tuple(f for f in OUTCOME_EXTRAS[1:] if row.get(f) is not None)
     return chain_hash(key, hash_.encode() + _canonical(row, fields))
 
 
@@ -532,7 +534,7 @@ def edited(key: bytes | None, row: dict[str, Any]) -> str | None:
     if row["outcome_hash"] is not None and outcome_hash(key, row["hash"], row) != row["outcome_hash"]:
         return "its outcome fields do not match its outcome hash (the row was edited)"
     if row["outcome_hash"] is None and any(row.get(f) is not None
-                                           for f in (*OUTCOME_FIELDS, "undo_class", "approval", "row_images")):
+                                           for f in (*OUTCOME_FIELDS, *OUTCOME_EXTRAS)):
         return "it has outcome fields but no outcome hash (the row was edited)"
     return None
 

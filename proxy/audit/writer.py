@@ -24,7 +24,7 @@ from ..errors import AuditError
 from . import blobs, layout
 from .layout import hex_of
 from .seal import Anchor, Seal
-from .store import BUSY_TIMEOUT_S, INTERRUPTED, ORPHANED, UNANCHORED, charged, open_db, outcome_hash, row_hash
+from .store import BUSY_TIMEOUT_S, INTERRUPTED, ORPHANED, OUTCOME_COLUMNS, UNANCHORED, charged, open_db, outcome_hash, row_hash
 
 #: The error of a row whose outcome held a value the log cannot store (followed by why).
 OUTCOME_NOT_STORED = "ended, but its outcome could not be stored"
@@ -461,7 +461,7 @@ class AuditWriter:
         return Anchor(int(cursor.lastrowid or 0), str(row["id"]), str(row["hash"]))
 
     def _update(self, op: _Outcome) -> None:
-        pending = self._pending.pop(op.id, None)
+        pending, again = self._pending.pop(op.id, None), False
         if pending is None:
             found = self._conn.execute("SELECT hash, seq, agent, host, method, outcome_hash FROM requests WHERE id = ?",
                                        (op.id,)).fetchone()
@@ -470,12 +470,15 @@ class AuditWriter:
             pending = (hex_of(found[0]), found[1], (found[2], found[3], found[4]))
             if found[5] is not None and op.stands_in:  # it has one after all: nothing to stand in for
                 return
-            if found[5] is not None:  # written again: nothing of it is built on the first one's values, let go of below
+            again = found[5] is not None
+            if again:  # written again: nothing of it is built on the first one's values, let go of below
                 self._blobs.forget()
         hash_, seq, kind = pending
         fields = storable(op.fields)
         fields["outcome_hash"] = outcome_hash(self._key, hash_, fields)
         kept = self._stored(fields, kind)
+        if again:  # what the first outcome set and this one does not goes: the new hash covers this one's alone
+            kept = {**dict.fromkeys(OUTCOME_COLUMNS), **kept}
         named = [c for c in layout.BLOB_COLUMNS if c in kept]
         if named:  # an outcome written again (never, as the proxy goes) lets go of the blobs the first one named
             before = self._conn.execute(f"SELECT {', '.join(named)} FROM requests WHERE seq = ?", (seq,)).fetchone()

@@ -617,3 +617,27 @@ def test_a_base_takes_at_most_base_uses_values_then_the_next_is_the_base(tmp_pat
     assert bases == [None, named[0], named[0], named[0], None, named[4], named[4], named[4], None]
     assert [audit.get(conn, str(row["id"]))["resp_body"] for row, _ in rows] == [d["resp_body"] for _, d in rows]
     assert verify(tmp_path).checked == 9
+
+
+def test_an_outcome_written_again_with_fewer_fields_leaves_none_of_the_first(tmp_path: Path) -> None:
+    """An outcome written a second time (a waited request ended by the gate after its answer came, an interrupted row
+    ended again) with fewer fields than the first: the first's status, headers, body and undo class stayed in the row
+    while the new outcome hash covered the second's alone, so `log verify` called a row nobody edited broken. Now the
+    row holds the second outcome only, verifies, and the first's blobs are let go."""
+    ids = RequestIds()
+    row = intent(ids, 1)
+    write(tmp_path, [(row, outcome(1, b'{"ok": true, "only": "first"}'))])
+    writer = AuditWriter(tmp_path / "a.db", Seal(tmp_path))
+    try:
+        writer.record_outcome(str(row["id"]), {"error": "ended again", "ended": NOW}).result(5)
+    finally:
+        writer.close()
+    got = audit.get(ro(tmp_path), str(row["id"]))
+    assert (got["error"], got["status"], got["resp_body"], got["resp_headers"], got["undo_class"]) == \
+        ("ended again", None, None, None, None)
+    result = verify(tmp_path)
+    assert (result.checked, result.broken_id) == (1, None), result
+    with sqlite3.connect(tmp_path / "a.db") as conn:
+        found = blobs.fetch(conn, {i for (i,) in conn.execute("SELECT id FROM audit_blobs")})
+    kept = [blobs.value_of(found, i, {}) for i in found]
+    assert kept and not any("first" in (v.decode() if isinstance(v, bytes) else str(v)) for v in kept)
