@@ -9,6 +9,7 @@ option)."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable
@@ -36,7 +37,7 @@ class Stages:
         for hook in hooks.all_hooks:
             found = tuple(f for stage in self.stages if callable(f := getattr(stage, hook, None)))
             if found:
-                setattr(self, hook, _in_order(found))
+                setattr(self, hook, _in_order(found) if hook != "done" else _run_anyway(_in_order(found)))
 
     def __repr__(self) -> str:
         return f"Stages({', '.join(type(stage).__name__ for stage in self.stages)})"
@@ -51,6 +52,22 @@ def _in_order(found: tuple[Hook, ...]) -> Hook:
             if result is not None and inspect.isawaitable(result):
                 return _rest(result, found[i + 1:], args)
         return None
+    return call
+
+
+def _run_anyway(hook: Hook) -> Hook:
+    """`done` as a hook whose awaitable runs even when mitmproxy calls it synchronously and drops what it returns (it
+    does so for a script unloaded to be loaded again, as `mitmdump -s` does when the file changes): a task on the
+    running loop, which mitmproxy's asynchronous call at shutdown awaits as it would the coroutine."""
+    def call(*args: Any) -> Awaitable[None] | None:
+        result = hook(*args)
+        if result is None:
+            return None
+        try:
+            return asyncio.get_running_loop().create_task(_awaited(result))
+        except RuntimeError:  # no loop runs: nothing else will run it either
+            asyncio.run(_awaited(result))
+            return None
     return call
 
 

@@ -130,6 +130,47 @@ def test_addons_load_into_plain_mitmdump(make_proxy, upstream):
         proc.wait(10)
 
 
+def test_a_script_loaded_again_closes_the_old_pipeline_and_the_new_one_enforces(make_proxy, upstream, tmp_path):
+    """mitmdump loads a script again when its file changes (an upgrade of goex-proxy under a running mitmdump). The
+    old pipeline's `done` was called synchronously and its coroutine dropped ("never awaited"): its audit writer,
+    gate and policy watcher were never stopped. Now it is stopped, and the new pipeline decides and records every
+    request after the reload, on the same chain."""
+    import goex_proxy.addons as addons_pkg
+
+    proxy = make_proxy(GITHUB_READ, start=False)
+    script = tmp_path / "goex_pipeline.py"  # a copy: the package's own file is every other test's too
+    script.write_text(Path(addons_pkg.__file__).read_text())
+    output = tmp_path / "mitmdump.out"
+    mitmdump = Path(sys.executable).parent / "mitmdump"
+    with output.open("wb") as out:
+        proc = subprocess.Popen([str(mitmdump), "--listen-host", "127.0.0.1", "-p", str(proxy.port),
+                                 "--set", f"confdir={proxy.home}", "--set", "connection_strategy=lazy",
+                                 "--set", f"ssl_verify_upstream_trusted_ca={_bundle(proxy)}",
+                                 "-s", str(script), "--set", f"goex_config={proxy.config}"],
+                                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONWARNINGS": "always"})
+    get = ("curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "https://api.github.com/repos/a/b")
+    try:
+        wait_port(proxy.port, proc=proc)
+        assert proxy.exec("mailbot", *get).stdout == "200"
+        later = script.stat().st_mtime + 5
+        os.utime(script, (later, later))
+        deadline = time.monotonic() + 20
+        while output.read_text(errors="replace").count("Loading script") < 2:
+            assert time.monotonic() < deadline, output.read_text(errors="replace")[-2000:]
+            time.sleep(0.1)
+        time.sleep(0.5)  # the old pipeline's done, on the loop
+        assert proxy.exec("mailbot", *get).stdout == "200"
+        assert proxy.exec("mailbot", *get[:-1], "-X", "POST", get[-1]).stdout == "403"
+    finally:
+        proc.terminate()
+        proc.wait(15)
+    text = output.read_text(errors="replace")
+    assert "never awaited" not in text and "Traceback" not in text, text[-3000:]
+    assert [r["decision"] for r in proxy.rows()] == ["allow", "allow", "deny"]
+    verified = proxy.cli("log", "verify")
+    assert verified.returncode == 0 and "3 rows" in verified.stdout, verified.stdout + verified.stderr
+
+
 def test_plain_mitmdump_with_unsafe_options_is_refused(make_proxy):
     """Under mitmdump, the pipeline refuses to run with options that would let traffic bypass it."""
     import goex_proxy.addons as addons_pkg

@@ -174,3 +174,38 @@ def test_the_running_proxys_master_hands_hooks_only_to_the_addons_that_have_them
         await m.addons.trigger_event(hooks.DoneHook())  # the audit writer closed
 
     asyncio.run(main())
+
+
+class Closing:
+    """A stage whose `done` waits before it has closed, as ProxyState's does (its gate, then its audit writer)."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    async def done(self) -> None:
+        await asyncio.sleep(0.01)
+        self.closed = True
+
+
+def test_done_runs_when_mitmproxy_removes_the_pipeline_synchronously() -> None:
+    """`mitmdump -s` loads a script again when its file changes: it removes the old pipeline with a synchronous call
+    of `done` and drops what that returns, so ProxyState's coroutine was never run ("coroutine 'ProxyState.done' was
+    never awaited"), and the old pipeline's audit writer, gate and policy watcher were never stopped. Now `done` runs
+    on the loop either way, and is still awaited at shutdown."""
+    async def removed() -> Closing:
+        m, closing = new_master(), Closing()
+        held = Stages([NoHooks(), closing])
+        m.addons.add(held)
+        m.addons.remove(held)  # as mitmproxy's script loader does
+        await asyncio.sleep(0.05)
+        return closing
+
+    async def shut_down() -> Closing:
+        m, closing = new_master(), Closing()
+        m.addons.add(Stages([closing]))
+        await m.addons.trigger_event(hooks.DoneHook())
+        assert closing.closed  # awaited, not only started
+        return closing
+
+    assert asyncio.run(removed()).closed
+    assert asyncio.run(shut_down()).closed
