@@ -21,12 +21,13 @@ from typing import Any
 
 from ..config import Config
 from ..errors import GoexError
-from . import agentenv, runs
+from . import agentenv, pidcap, runs
 from .view import View, jail_env, view_for
 
 #: Seconds the jail's first process may take to set up its namespace before the command is given up on.
 SETUP_TIMEOUT = 10.0
 _INIT = Path(__file__).with_name("jailinit.py")
+log = logging.getLogger(__name__)
 
 
 class JailError(GoexError):
@@ -54,6 +55,7 @@ class Jail:
                                           pass_fds=(theirs.fileno(),), **popen)
         finally:
             theirs.close()
+        self._pids = self._cap_as_root(spec.get("max_processes"))
         with ours:
             payload = marshal.dumps(spec)  # plain data to our own child; marshal needs no import there
             ours.sendall(struct.pack("!I", len(payload)) + payload)
@@ -66,6 +68,17 @@ class Jail:
                                           daemon=True) for listener, target in zip(listeners, self._targets, strict=True)]
         for thread in self._threads:
             thread.start()
+
+    def _cap_as_root(self, most: int | None) -> Path | None:
+        """Run as root, the jail's process cap is a pids cgroup (the kernel holds root to no RLIMIT_NPROC), made
+        before the jail's first process, still waiting for its spec, has started any other."""
+        if not most or os.geteuid() != 0:
+            return None
+        group = pidcap.cap(self.child.pid, most + 1, f"{os.getpid()}-{self.child.pid}")  # + the first process
+        if group is None:
+            log.warning("goex-proxy: sandbox.max_processes does not hold for this jail: run as root, it needs a pids "
+                        "cgroup, and none can be made here (no pids controller, or /sys/fs/cgroup is read-only)")
+        return group
 
     def _receive_listeners(self, channel: socket.socket) -> list[socket.socket]:
         channel.settimeout(SETUP_TIMEOUT)
@@ -143,6 +156,8 @@ class Jail:
                 s.shutdown(socket.SHUT_RDWR)
         for thread in self._threads:
             thread.join(5)
+        if self._pids is not None and self.child.poll() is not None:
+            pidcap.release(self._pids)
 
 
 @contextlib.contextmanager

@@ -341,7 +341,7 @@ def first_to_go_out_of_memory() -> None:
 def limit_processes(most: int | None) -> None:
     """At most `most` processes and threads of the jail at once: RLIMIT_NPROC counts the tasks of a uid in each user
     namespace, and the jail's is its own, so a fork bomb stops at the jail's cap instead of taking every process slot
-    of the person's uid (goex-proxy's own threads included). The kernel does not hold root (uid 0) to it."""
+    of the person's uid (goex-proxy's own threads included). The kernel does not hold root (uid 0) to it: `pidcap`."""
     if most:
         hard = resource.getrlimit(resource.RLIMIT_NPROC)[1]
         most = most if hard == resource.RLIM_INFINITY else min(most, hard)  # a lower cap of the person's stays

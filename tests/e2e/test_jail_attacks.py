@@ -413,7 +413,7 @@ def test_a_fork_bomb_stops_at_the_jails_process_cap(make_proxy, outside, tmp_pat
     """A jailed fork bomb took every process slot of the person's uid (and goex-proxy's own threads with them) until
     someone killed it. The jail's processes and threads are capped by `sandbox.max_processes`, counted in the jail's
     own user namespace (RLIMIT_NPROC), so nothing outside it counts against it. Here 200 forks against a cap of 30,
-    as an unprivileged user (the kernel holds uid 0 to no such cap)."""
+    as an unprivileged user (the kernel holds uid 0 to no such cap: the test below covers root)."""
     from tests.e2e.test_jail import jailinit_dir, run_jailinit
 
     proxy = make_proxy(GITHUB_POLICY, start=False, extra_config="sandbox: {max_processes: 64}\n")
@@ -429,6 +429,27 @@ def test_a_fork_bomb_stops_at_the_jails_process_cap(make_proxy, outside, tmp_pat
                                        max_processes=30)
     assert message == b"ok", message
     assert 20 <= int(out) < 30, out  # the init and the command count too
+
+
+def test_a_fork_bomb_stops_at_the_cap_whoever_runs_the_jail(make_proxy, outside):
+    """The same through `goex-proxy exec`, as whoever runs the tests: run as root (as in many containers), the kernel
+    held the jail to no RLIMIT_NPROC, and 200 forks against a cap of 30 all succeeded. A jail run as root is now put
+    in a pids cgroup of its own that allows the cap, which goes when the jail ends."""
+    from goex_proxy.sandbox import pidcap
+
+    proxy = make_proxy(GITHUB_POLICY, start=False, extra_config="sandbox: {max_processes: 30}\n")
+    workspace = outside / "ws"
+    workspace.mkdir()
+    proc = subprocess.Popen([*GOEX, "exec", "--config", str(proxy.config), "--agent", "mailbot", "--", "python3", "-c",
+                             FORK_MANY], env=proxy.env, cwd=workspace, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert 20 <= int(out) < 30, out + err
+    assert "max_processes does not hold" not in err, err
+    groups = Path("/sys/fs/cgroup/pids")
+    if os.geteuid() == 0 and groups.is_dir():
+        assert not list(groups.glob(f"{pidcap.PREFIX}{proc.pid}-*"))  # removed when the jail ended
 
 
 def test_an_answer_whose_status_is_not_three_digits_is_not_relayed_and_its_outcome_is_kept(make_proxy, outside):
