@@ -450,6 +450,15 @@ def test_a_fork_bomb_stops_at_the_cap_whoever_runs_the_jail(make_proxy, outside)
     groups = Path("/sys/fs/cgroup/pids")
     if os.geteuid() == 0 and groups.is_dir():
         assert not list(groups.glob(f"{pidcap.PREFIX}{proc.pid}-*"))  # removed when the jail ended
+        # Root in the jail can neither leave its group nor raise its cap: /sys is the host's, read-only and locked.
+        escape = ("d=$(grep :pids: /proc/self/cgroup | cut -d: -f3); echo $$ > /sys/fs/cgroup/pids/cgroup.procs; "
+                  "echo 100000 > /sys/fs/cgroup/pids$d/pids.max; cat /sys/fs/cgroup/pids$d/pids.max; "
+                  "grep :pids: /proc/self/cgroup")
+        r = subprocess.run([*GOEX, "exec", "--config", str(proxy.config), "--agent", "mailbot", "--", "sh", "-c",
+                            escape], env=proxy.env, cwd=workspace, capture_output=True, text=True, timeout=120)
+        assert r.stderr.count("Read-only file system") == 2, r.stderr
+        cap, group = r.stdout.split()
+        assert cap == "31" and f":/{pidcap.PREFIX}" in group, r.stdout
 
 
 def test_an_answer_whose_status_is_not_three_digits_is_not_relayed_and_its_outcome_is_kept(make_proxy, outside):
