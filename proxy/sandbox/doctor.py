@@ -69,6 +69,7 @@ def _in_a_jail(config: Config, agent: str, probe: list[str], canary: int) -> lis
                 "secret_files": [str(p) for p in secret_files],
                 "config_files": [str(config.file), *(str(p.path) for p in config.policies)],
                 "socket": str(workspace / "host.sock"), "marker": str(marker),
+                "max_processes": config.sandbox.max_processes,
                 "outside": sorted({str(Path.home()), "/etc", "/usr", sys.prefix, str(config.state_dir)})}
         with proxy_for_jail(config) as bridged:
             jailed = start_jailed(bridged, agent, [*probe, str(canary), json.dumps(spec)], workspace,

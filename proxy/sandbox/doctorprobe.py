@@ -179,6 +179,30 @@ def sandbox_checks(spec: dict) -> list[tuple[str, Callable[[], tuple[bool, str]]
             raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
         return "reached the user keyring"
 
+    def process_cap() -> tuple[bool, str]:
+        """At most `max_processes` at once: RLIMIT_NPROC, which the kernel holds every uid but root to, and run as
+        root (uid 0 outside, as uid_map says) a pids cgroup of the jail's own."""
+        most = spec["max_processes"]
+        with open("/proc/self/uid_map") as f:
+            as_root = f.read().split()[1] == "0"
+        if not as_root:
+            import resource
+
+            soft = resource.getrlimit(resource.RLIMIT_NPROC)[0]
+            return 0 <= soft <= most, f"RLIMIT_NPROC {soft} (the cap is {most})"
+        with open("/proc/self/cgroup") as f:
+            groups = [line.split(":", 2) for line in f.read().splitlines()]
+        for number, controllers, path in groups:
+            if ("pids" in controllers.split(",") or number == "0") and "/goex-jail-" in path:
+                for top in ("/sys/fs/cgroup/pids", "/sys/fs/cgroup", "/sys/fs/cgroup/unified"):
+                    try:
+                        with open(f"{top}{path}/pids.max") as f:
+                            cap = f.read().strip()
+                    except OSError:
+                        continue
+                    return cap.isdigit() and int(cap) <= most + 1, f"run as root: pids cgroup {path}, at most {cap}"
+        return False, "run as root, which RLIMIT_NPROC does not hold, and in no pids cgroup of the jail's own"
+
     return [
         ("goex-proxy's state directory out of sight", state_dir),
         ("config, vault, vault key, CA key, audit database and its chain key unreadable",
@@ -191,6 +215,7 @@ def sandbox_checks(spec: dict) -> list[tuple[str, Callable[[], tuple[bool, str]]
          lambda: all_blocked([functools.partial(write, os.path.join(d, ".goex-doctor-write")) for d in spec["outside"]])),
         ("kernel settings (/proc/sys) unwritable", lambda: blocked(kernel_settings)),
         ("kernel keyrings refused", lambda: blocked(keyrings)),
+        ("a cap on the jail's processes (sandbox.max_processes)", process_cap),
         ("a write in the workspace", marker),
     ]
 

@@ -27,7 +27,6 @@ from .view import View, jail_env, view_for
 #: Seconds the jail's first process may take to set up its namespace before the command is given up on.
 SETUP_TIMEOUT = 10.0
 _INIT = Path(__file__).with_name("jailinit.py")
-log = logging.getLogger(__name__)
 
 
 class JailError(GoexError):
@@ -75,9 +74,10 @@ class Jail:
         if not most or os.geteuid() != 0:
             return None
         group = pidcap.cap(self.child.pid, most + 1, f"{os.getpid()}-{self.child.pid}")  # + the first process
-        if group is None:
-            log.warning("goex-proxy: sandbox.max_processes does not hold for this jail: run as root, it needs a pids "
-                        "cgroup, and none can be made here (no pids controller, or /sys/fs/cgroup is read-only)")
+        if group is None:  # on stderr, as the jail's own errors are: a log handler may be the command's stdout
+            sys.stderr.write("goex-proxy: sandbox.max_processes does not hold for this jail: run as root, it needs a "
+                             "pids cgroup, and none can be made here (no pids controller, or /sys/fs/cgroup is "
+                             "read-only)\n")
         return group
 
     def _receive_listeners(self, channel: socket.socket) -> list[socket.socket]:

@@ -461,6 +461,28 @@ def test_a_fork_bomb_stops_at_the_cap_whoever_runs_the_jail(make_proxy, outside)
         assert cap == "31" and f":/{pidcap.PREFIX}" in group, r.stdout
 
 
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/sys/fs/cgroup/pids").is_dir(),
+                    reason="the case of root on a machine with cgroup v1's pids hierarchy, which it makes read-only")
+def test_a_jail_run_as_root_where_no_pids_cgroup_can_be_made_says_its_cap_does_not_hold(make_proxy, outside):
+    """Root where /sys/fs/cgroup is read-only (as in many containers): `exec` says the cap does not hold, and
+    `doctor` fails its check of the cap, instead of both passing over it in silence."""
+    import json
+
+    proxy = make_proxy(GITHUB_POLICY, start=False, extra_config="sandbox: {max_processes: 30}\n")
+    workspace = outside / "ws"
+    workspace.mkdir()
+    read_only = "mount -o remount,bind,ro /sys/fs/cgroup/pids && exec \"$@\""
+    for argv in (["exec", "--config", str(proxy.config), "--agent", "mailbot", "--", "true"],
+                 ["doctor", "--config", str(proxy.config), "--agent", "mailbot", "--json"]):
+        r = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", read_only, "sh", *GOEX, *argv],
+                           env=proxy.env, cwd=workspace, capture_output=True, text=True, timeout=120)
+        assert "sandbox.max_processes does not hold for this jail" in r.stderr, r.stdout + r.stderr
+    assert r.returncode == 1
+    cap = [c for c in map(json.loads, r.stdout.splitlines()) if c["check"].startswith("a cap on the jail's processes")]
+    assert [c["ok"] for c in cap] == [False], r.stdout
+    assert "in no pids cgroup" in cap[0]["detail"]
+
+
 def test_an_answer_whose_status_is_not_three_digits_is_not_relayed_and_its_outcome_is_kept(make_proxy, outside):
     """mitmproxy reads an upstream's status code with int(), so an upstream the agent reaches (its own echo server,
     allowed by policy) could answer `HTTP/1.1 99999999999999999999 OK`: relayed as it was, and too large for SQLite,
