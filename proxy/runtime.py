@@ -6,14 +6,15 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 import certifi
 from mitmproxy import master, options
-from mitmproxy.addons import core, disable_h2c, errorcheck, next_layer, proxyserver, tlsconfig
+from mitmproxy.addons import core, disable_h2c, errorcheck, next_layer, proxyserver, termlog, tlsconfig
 
 from .config import Config
 from .errors import StateError
@@ -60,9 +61,11 @@ def proxy_options(config: Config) -> dict[str, Any]:
 
 
 def build_master(config: Config, policies: PolicySet, undo_token: str | None = None,
-                 file_config: Config | None = None, live: bool = False, maintain: bool = False) -> master.Master:
+                 file_config: Config | None = None, live: bool = False, maintain: bool = False,
+                 log_to: IO[str] | None = None) -> master.Master:
     """A mitmproxy master with only the addons goex-proxy needs, then the pipeline in its one order (and, for `run`,
-    the line per request when `live`, and the audit log's retention when `maintain`)."""
+    the line per request when `live`, and the audit log's retention when `maintain`). Its log goes to stdout, as
+    mitmdump's does, or to `log_to` (a proxy running beside a command: stdout is the command's)."""
     from goex_proxy.addons import pipeline
     from goex_proxy.addons.livelog import LiveLog
     from goex_proxy.addons.retention import Retention
@@ -70,7 +73,9 @@ def build_master(config: Config, policies: PolicySet, undo_token: str | None = N
     from goex_proxy.addons.state import ProxyState
 
     opts = options.Options()
-    m = master.Master(opts, event_loop=asyncio.get_running_loop(), with_termlog=True)
+    m = master.Master(opts, event_loop=asyncio.get_running_loop(), with_termlog=log_to is None)
+    if log_to is not None:
+        m.addons.add(termlog.TermLog(out=log_to))  # its handler taken off by `_uninstall_log` once the master ends
     index_hooks(m.addons)
     # mitmproxy turns every log record into a deprecated `add_log` event for every addon (none of these has one): a
     # wake-up of the event loop and a dispatch for each request's line.
@@ -118,6 +123,14 @@ async def _stopped_at_startup(m: master.Master) -> None:
     if (check := m.addons.get("errorcheck")) is not None:
         check.finish()
     await m.done()
+
+
+def _uninstall_log(m: master.Master) -> None:
+    """Take off the root logger the handler of a log that `build_master` sent elsewhere than stdout (mitmproxy
+    takes off only its own), so that it neither outlives its master nor doubles the next one's lines."""
+    added = m.addons.get("termlog")
+    if added is not None:
+        added.uninstall()
 
 
 class _PortTaken(Exception):
@@ -170,13 +183,15 @@ class InProcessProxy:
         async def main() -> None:
             self._loop = asyncio.get_running_loop()
             _quiet_shutdown(self._loop)
-            self._master = build_master(self.config, policies, undo_token, self.file_config)
+            self._master = build_master(self.config, policies, undo_token, self.file_config, log_to=sys.stderr)
             self._master.addons.add(_Listening(self._listening))
             try:
                 await self._master.run()
             except SystemExit:
                 await _stopped_at_startup(self._master)
                 raise
+            finally:
+                _uninstall_log(self._master)
 
         try:
             asyncio.run(main())

@@ -55,6 +55,22 @@ def test_without_a_running_proxy_the_jail_starts_one(make_proxy, upstream):
         ("allow", URL), ("deny", "https://api.github.com/user")]
 
 
+def test_the_started_proxys_log_does_not_go_to_the_commands_stdout(make_proxy):
+    """The proxy `exec` starts for itself logged to stdout, as mitmdump does: a policy edit it rejected while the
+    command ran put "policy reload rejected ..." in the middle of the command's output (`exec -- gen > out.json` got
+    it too). Its log now goes to stderr."""
+    proxy = make_proxy(POLICY, start=False)
+    command = [*GOEX, "exec", "--config", str(proxy.config), "--agent", "mailbot", "--", "sh", "-c",
+               "echo first; sleep 3; echo last"]
+    run = subprocess.Popen(command, env=proxy.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert run.stdout is not None and run.stdout.readline() == "first\n"
+    policy = proxy.home / "policies" / "github.yaml"
+    policy.write_text(policy.read_text() + "\n  - {not: [valid\n")
+    out, err = run.communicate(timeout=60)
+    assert (run.returncode, out) == (0, "last\n"), out + err
+    assert "policy reload rejected; keeping the last good policies" in err
+
+
 BYPASSES = {
     "curl --noproxy to the upstream's address": ["curl", "-sk", "-m", "3", "--noproxy", "*", "https://127.0.0.1:{port}/"],
     "curl --noproxy by name": ["curl", "-sk", "-m", "3", "--noproxy", "*", "https://api.github.com/repos/octo/hello"],
