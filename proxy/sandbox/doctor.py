@@ -18,6 +18,7 @@ from ..credentials import vault
 from ..errors import GoexError
 from . import agentenv, runs
 from .canary import Canary
+from .view import SCRATCH
 
 #: The probe, run by path in an isolated interpreter (`-I`): it imports nothing of goex-proxy.
 PROBE = Path(__file__).with_name("doctorprobe.py")
@@ -50,6 +51,13 @@ def probe_results(out: bytes) -> list[dict[str, Any]]:
     return results
 
 
+def _outside(*places: Path) -> list[str]:
+    """The directories the probe must not be able to write to: those the jail shows, not those under a scratch
+    directory (/tmp, /run, ...), which the jail replaces with an empty one of its own (a HOME under /tmp: a write
+    there lands in the jail's /tmp, and is gone with it)."""
+    return sorted({str(p) for p in places if not any(p.is_relative_to(scratch) for scratch in SCRATCH)})
+
+
 def _in_a_jail(config: Config, agent: str, probe: list[str], canary: int) -> list[dict[str, Any]]:
     """The probe run in a jail on a scratch workspace holding a Unix socket of ours; its writes held for review, then
     checked to have stayed out of the workspace, and dropped."""
@@ -70,7 +78,7 @@ def _in_a_jail(config: Config, agent: str, probe: list[str], canary: int) -> lis
                 "config_files": [str(config.file), *(str(p.path) for p in config.policies)],
                 "socket": str(workspace / "host.sock"), "marker": str(marker),
                 "max_processes": config.sandbox.max_processes,
-                "outside": sorted({str(Path.home()), "/etc", "/usr", sys.prefix, str(config.state_dir)})}
+                "outside": _outside(Path.home(), Path("/etc"), Path("/usr"), Path(sys.prefix), config.state_dir)}
         with proxy_for_jail(config) as bridged:
             jailed = start_jailed(bridged, agent, [*probe, str(canary), json.dumps(spec)], workspace,
                                   stdout=subprocess.PIPE)

@@ -321,6 +321,20 @@ def test_doctor_passes_in_a_jail_and_fails_outside(proxy):
     assert [line for line in table.stdout.splitlines() if line != line.rstrip()] == []  # piped: no padding
 
 
+def test_doctor_passes_with_a_home_under_tmp(proxy, tmp_path):
+    """A HOME under /tmp (CI runners, scratch accounts) failed "a write outside the workspace refused": the probe's
+    write there landed in the jail's own /tmp, which the jail replaces with an empty one, and never reached the home.
+    Such a directory is no longer among those the probe must fail to write to."""
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)  # hidden by the jail: covered, and so its parent made in the jail's /tmp
+    r = subprocess.run([*GOEX, "doctor", "--config", str(proxy.config), "--agent", "mailbot", "--json"],
+                       env={**proxy.env, "HOME": str(home)}, capture_output=True, text=True, timeout=120)
+    results = {c["check"]: c for c in map(json.loads, r.stdout.splitlines())}
+    assert results["a write outside the workspace refused"]["ok"], results["a write outside the workspace refused"]
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not (home / ".goex-doctor-write").exists()
+
+
 def test_the_proxys_own_address_is_not_an_upstream(make_proxy, upstream):
     """From the jail, the proxy's listen address asked for through the proxy (its admin surface, were it to have one)
     is refused by the SSRF guard even where policy allows any host, and so is the machine's loopback by any name."""
