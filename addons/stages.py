@@ -64,11 +64,18 @@ def _run_anyway(hook: Hook) -> Hook:
         if result is None:
             return None
         try:
-            return asyncio.get_running_loop().create_task(_awaited(result))
+            task = asyncio.get_running_loop().create_task(_awaited(result))
         except RuntimeError:  # no loop runs: nothing else will run it either
             asyncio.run(_awaited(result))
             return None
+        _unawaited.add(task)  # the loop holds tasks weakly: one its caller dropped would be collected mid-way
+        task.add_done_callback(_unawaited.discard)
+        return task
     return call
+
+
+#: The `done` tasks started by `_run_anyway`, until they end.
+_unawaited: set[asyncio.Task[None]] = set()
 
 
 async def _rest(pending: Awaitable[Any], rest: tuple[Hook, ...], args: tuple[Any, ...]) -> None:
