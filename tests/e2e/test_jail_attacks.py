@@ -452,13 +452,53 @@ def test_a_fork_bomb_stops_at_the_cap_whoever_runs_the_jail(make_proxy, outside)
         assert not list(groups.glob(f"{pidcap.PREFIX}{proc.pid}-*"))  # removed when the jail ended
         # Root in the jail can neither leave its group nor raise its cap: /sys is the host's, read-only and locked.
         escape = ("d=$(grep :pids: /proc/self/cgroup | cut -d: -f3); echo $$ > /sys/fs/cgroup/pids/cgroup.procs; "
-                  "echo 100000 > /sys/fs/cgroup/pids$d/pids.max; cat /sys/fs/cgroup/pids$d/pids.max; "
+                  "echo 100000 > /sys/fs/cgroup/pids$d/../pids.max; cat /sys/fs/cgroup/pids$d/../pids.max; "
                   "grep :pids: /proc/self/cgroup")
         r = subprocess.run([*GOEX, "exec", "--config", str(proxy.config), "--agent", "mailbot", "--", "sh", "-c",
                             escape], env=proxy.env, cwd=workspace, capture_output=True, text=True, timeout=120)
         assert r.stderr.count("Read-only file system") == 2, r.stderr
         cap, group = r.stdout.split()
         assert cap == "31" and f":/{pidcap.PREFIX}" in group, r.stdout
+
+
+#: Mounts the jail's pids hierarchy where root inside may (a user, mount and cgroup namespace of its own: the mount's
+#: root is the cgroup it is in; no id map is needed, its files are still uid 0's to it), raises its cap there, leaves
+#: a group of its own in it, then forks as FORK_MANY does.
+RAISE_THE_CAP = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.unshare(0x10000000 | 0x00020000 | 0x02000000) == 0  # CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWCGROUP
+os.mkdir("/tmp/cg")
+for kind, options in ((b"cgroup", b"pids"), (b"cgroup2", None)):
+    if libc.mount(b"cgroup", b"/tmp/cg", kind, 0, options) == 0 and os.path.exists("/tmp/cg/pids.max"):
+        break
+with open("/tmp/cg/pids.max", "w") as f:
+    f.write("max")
+os.mkdir("/tmp/cg/left-behind")
+""" + FORK_MANY
+
+
+def test_root_in_the_jail_cannot_raise_its_process_cap_nor_leave_a_cgroup_behind(make_proxy, outside):
+    """Run as root, the jail's processes are uid 0 in a user namespace that maps uid 0, and its pids cgroup's files are
+    root's: in a cgroup namespace of its own, root inside could mount the pids hierarchy (its root is the jail's
+    group), write `max` to the jail's own pids.max, and fork past the cap; a group it made there kept the jail's from
+    being removed when the jail ended. The cap is now on a group the jail is not in (it runs in one below it), and
+    the jail's group is removed with everything under it."""
+    from goex_proxy.sandbox import pidcap
+
+    groups = Path("/sys/fs/cgroup/pids")
+    if os.geteuid() != 0 or not groups.is_dir():
+        pytest.skip("needs root and cgroup v1's pids hierarchy")
+    proxy = make_proxy(GITHUB_POLICY, start=False, extra_config="sandbox: {max_processes: 30}\n")
+    workspace = outside / "ws"
+    workspace.mkdir()
+    proc = subprocess.Popen([*GOEX, "exec", "--config", str(proxy.config), "--agent", "mailbot", "--", "python3", "-c",
+                             RAISE_THE_CAP], env=proxy.env, cwd=workspace, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert 20 <= int(out) < 30, out + err
+    assert not list(groups.glob(f"{pidcap.PREFIX}{proc.pid}-*"))
 
 
 def test_an_answer_whose_status_is_not_three_digits_is_not_relayed_and_its_outcome_is_kept(make_proxy, outside):
