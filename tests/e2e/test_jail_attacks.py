@@ -501,6 +501,56 @@ def test_root_in_the_jail_cannot_raise_its_process_cap_nor_leave_a_cgroup_behind
     assert not list(groups.glob(f"{pidcap.PREFIX}{proc.pid}-*"))
 
 
+#: Opens N connections to the proxy's port and holds them, says it is ready, and waits for the go-ahead.
+HOLD_CONNECTIONS = """
+import os, socket, sys, time
+from urllib.parse import urlsplit
+port, n, ready, go = urlsplit(os.environ["HTTP_PROXY"]).port, int(sys.argv[1]), sys.argv[2], sys.argv[3]
+held = []
+for _ in range(n):
+    s = socket.socket()
+    s.settimeout(0.05)
+    s.connect_ex(("127.0.0.1", port))  # times out once the listener's backlog is full and not taken from
+    held.append(s)
+open(ready, "w").close()
+while not os.path.exists(go):
+    time.sleep(0.05)
+"""
+
+
+def test_connections_held_open_by_the_jail_cost_goex_proxy_a_bounded_number_of_threads(make_proxy, outside):
+    """Each connection the jail made to the proxy's port cost `exec` two threads, outside the jail and its process
+    cap: a jail capped at 30 processes that held a few thousand connections open made goex-proxy start twice as many
+    threads, until the machine had no process slots left (32768 here). The bridge now takes at most MOST_BRIDGED at
+    once; the rest wait in the listener's backlog until one ends."""
+    from goex_proxy.sandbox import jail
+
+    proxy = make_proxy(GITHUB_POLICY, start=False, extra_config="sandbox: {max_processes: 30}\n")
+    workspace = outside / "ws"
+    workspace.mkdir()
+    ready, go = workspace / "ready", outside / "go"
+    n = jail.MOST_BRIDGED + 400
+    p = subprocess.Popen([*GOEX, "exec", "--config", str(proxy.config), "--agent", "mailbot", "--files", "review",
+                          "--", "python3", "-c", HOLD_CONNECTIONS, str(n), str(ready), str(go)],
+                         env=proxy.env, cwd=workspace, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while p.poll() is None and not any(proxy.home.glob("runs/*/upper/ready")):
+            assert time.monotonic() < deadline, "the jailed command never got ready"
+            time.sleep(0.05)
+        most = 0
+        for _ in range(30):  # the bridge has taken what it will by the time the command is ready
+            most = max(most, len(os.listdir(f"/proc/{p.pid}/task")))
+            time.sleep(0.1)
+        go.touch()
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0, err
+    assert most < 2 * jail.MOST_BRIDGED + 100, most
+
+
 def test_an_answer_whose_status_is_not_three_digits_is_not_relayed_and_its_outcome_is_kept(make_proxy, outside):
     """mitmproxy reads an upstream's status code with int(), so an upstream the agent reaches (its own echo server,
     allowed by policy) could answer `HTTP/1.1 99999999999999999999 OK`: relayed as it was, and too large for SQLite,
