@@ -51,18 +51,31 @@ AT_FDCWD, AT_RECURSIVE = -100, 0x8000
 PR_SET_PDEATHSIG, PR_SET_SECCOMP, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 1, 22, 24, 38
 SECCOMP_MODE_FILTER = 2
 SECCOMP_RET_KILL_PROCESS, SECCOMP_RET_ERRNO, SECCOMP_RET_ALLOW = 0x80000000, 0x00050000, 0x7FFF0000
-BPF_LD_W_ABS, BPF_JEQ_K, BPF_JGE_K, BPF_RET_K = 0x20, 0x15, 0x35, 0x06
+BPF_LD_W_ABS, BPF_JEQ_K, BPF_JGE_K, BPF_JSET_K, BPF_RET_K = 0x20, 0x15, 0x35, 0x45, 0x06
+CLONE_NEWCGROUP = 0x02000000
+ENOSYS, EPERM = 38, 1
 X32_SYSCALL_BIT = 0x40000000
 KEYCTL_JOIN_SESSION_KEYRING = 1
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 #: Syscalls the C library has no wrapper for in every version (and those the filter refuses), by machine.
-SYSCALLS = {"x86_64": {"pivot_root": 155, "keyctl": 250, "mount_setattr": 442, "add_key": 248, "request_key": 249},
-            "aarch64": {"pivot_root": 41, "keyctl": 219, "mount_setattr": 442, "add_key": 217, "request_key": 218}}
+SYSCALLS = {"x86_64": {"pivot_root": 155, "keyctl": 250, "mount_setattr": 442, "add_key": 248, "request_key": 249,
+                       "clone": 56, "unshare": 272, "clone3": 435},
+            "aarch64": {"pivot_root": 41, "keyctl": 219, "mount_setattr": 442, "add_key": 217, "request_key": 218,
+                        "clone": 220, "unshare": 97, "clone3": 435}}
 #: The seccomp audit architecture of each machine.
 AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 #: System calls the command may not make: the kernel keyrings, which are per uid, not per namespace (the person's
 #: user keyring would otherwise be the agent's to link and read).
 REFUSED_SYSCALLS = ("keyctl", "add_key", "request_key")
+#: System calls refused when their first argument (the flags of clone and unshare) asks for a cgroup namespace: in one
+#: of its own (with a user namespace it may make), root in the jail (uid 0 to the cgroup files of a jail run as root)
+#: could mount each cgroup hierarchy at the group it is in, shared with goex-proxy, and set its memory limit (or stop
+#: its OOM killer, or lift the jail's process cap).
+NO_CGROUP_NAMESPACE = ("unshare", "clone")
+#: System calls that answer ENOSYS, as if the kernel had none, so that the C library falls back to another: clone3,
+#: whose flags are in memory a filter cannot read (a cgroup namespace, or CLONE_INTO_CGROUP with a cgroup directory
+#: of the host's read-only /sys/fs/cgroup, whose files root in the jail may write).
+UNSUPPORTED_SYSCALLS = ("clone3",)
 #: Kernel interfaces in /proc: read-only (a jailed root is uid 0 to /proc/sys's checks), or hidden altogether.
 PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs")
 PROC_MASKED = ("kcore", "keys", "key-users", "kmsg", "timer_list", "sched_debug", "latency_stats", "acpi", "scsi",
@@ -357,10 +370,11 @@ def drop_privileges() -> None:
 
 
 def refuse_syscalls() -> None:
-    """A seccomp filter: the refused system calls fail with EPERM, and a foreign ABI (32-bit or x32 calls, which
-    have other numbers) ends the process. Needs no_new_privs."""
+    """A seccomp filter: the refused system calls fail with EPERM, unshare and clone with EPERM when asked for a cgroup
+    namespace, clone3 with ENOSYS, and a foreign ABI (32-bit or x32 calls, which have other numbers) ends the process.
+    Needs no_new_privs."""
     machine = os.uname().machine
-    numbers = [SYSCALLS[machine][name] for name in REFUSED_SYSCALLS]
+    numbers = SYSCALLS[machine]
     program: list[tuple[int, int, int, int]] = [(BPF_LD_W_ABS, 0, 0, 4)]  # the call's audit architecture
     program.append((BPF_JEQ_K, 1, 0, AUDIT_ARCH[machine]))
     program.append((BPF_RET_K, 0, 0, SECCOMP_RET_KILL_PROCESS))
@@ -368,10 +382,17 @@ def refuse_syscalls() -> None:
     if machine == "x86_64":
         program.append((BPF_JGE_K, 0, 1, X32_SYSCALL_BIT))
         program.append((BPF_RET_K, 0, 0, SECCOMP_RET_KILL_PROCESS))
-    for i, number in enumerate(numbers):  # jump to the EPERM answer, just past the ALLOW that follows these
-        program.append((BPF_JEQ_K, len(numbers) - i, 0, number))
+    checks = [*((name, 1) for name in REFUSED_SYSCALLS), *((name, 2) for name in UNSUPPORTED_SYSCALLS),
+              *((name, 3) for name in NO_CGROUP_NAMESPACE)]
+    for i, (name, answer) in enumerate(checks):  # jump to the answer, past the checks that follow and the ALLOW
+        program.append((BPF_JEQ_K, len(checks) - i + answer - 1, 0, numbers[name]))
     program.append((BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW))
-    program.append((BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | 1))  # EPERM
+    program.append((BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | EPERM))  # 1: refused
+    program.append((BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | ENOSYS))  # 2: unsupported
+    program.append((BPF_LD_W_ABS, 0, 0, 16))  # 3: the low half of the first argument (the flags)
+    program.append((BPF_JSET_K, 0, 1, CLONE_NEWCGROUP))
+    program.append((BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | EPERM))
+    program.append((BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW))
     filters = (SockFilter * len(program))(*(SockFilter(*op) for op in program))
     fprog = SockFprog(len(program), filters)
     _check(libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0), "installing the syscall filter")

@@ -467,14 +467,14 @@ def test_a_fork_bomb_stops_at_the_cap_whoever_runs_the_jail(make_proxy, outside)
 RAISE_THE_CAP = """
 import ctypes, os
 libc = ctypes.CDLL(None, use_errno=True)
-assert libc.unshare(0x10000000 | 0x00020000 | 0x02000000) == 0  # CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWCGROUP
-os.mkdir("/tmp/cg")
-for kind, options in ((b"cgroup", b"pids"), (b"cgroup2", None)):
-    if libc.mount(b"cgroup", b"/tmp/cg", kind, 0, options) == 0 and os.path.exists("/tmp/cg/pids.max"):
-        break
-with open("/tmp/cg/pids.max", "w") as f:
-    f.write("max")
-os.mkdir("/tmp/cg/left-behind")
+if libc.unshare(0x10000000 | 0x00020000 | 0x02000000) == 0:  # USER | NS | CGROUP: the syscall filter now refuses it
+    os.mkdir("/tmp/cg")
+    for kind, options in ((b"cgroup", b"pids"), (b"cgroup2", None)):
+        if libc.mount(b"cgroup", b"/tmp/cg", kind, 0, options) == 0 and os.path.exists("/tmp/cg/pids.max"):
+            break
+    with open("/tmp/cg/pids.max", "w") as f:
+        f.write("max")
+    os.mkdir("/tmp/cg/left-behind")
 """ + FORK_MANY
 
 
@@ -499,6 +499,53 @@ def test_root_in_the_jail_cannot_raise_its_process_cap_nor_leave_a_cgroup_behind
     assert proc.returncode == 0, err
     assert 20 <= int(out) < 30, out + err
     assert not list(groups.glob(f"{pidcap.PREFIX}{proc.pid}-*"))
+
+
+#: Tries clone3 (with no arguments: EINVAL where the kernel takes it), then a cgroup namespace of its own (with a user
+#: and mount namespace) and, in it, to mount each cgroup hierarchy it is in: there the hierarchy's root is its own group.
+MOUNT_CGROUPS = """
+import ctypes, errno, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall(435, None, 0)
+print("clone3", errno.errorcode[ctypes.get_errno()])
+mounted = []
+if libc.unshare(0x10000000 | 0x00020000 | 0x02000000) != 0:
+    print("cgroupns", errno.errorcode[ctypes.get_errno()])
+else:
+    os.mkdir("/tmp/cg")
+    for line in open("/proc/self/cgroup"):
+        controllers = line.split(":")[1]
+        kind, options = (b"cgroup2", None) if not controllers else (b"cgroup", controllers.encode())
+        if libc.mount(b"cgroup", b"/tmp/cg", kind, 0, options) == 0:
+            mounted.append(controllers or "cgroup2")
+            if os.path.exists("/tmp/cg/memory.soft_limit_in_bytes"):  # shared with goex-proxy: written, unchanged
+                with open("/tmp/cg/memory.soft_limit_in_bytes", "r+") as f:
+                    f.write(f.read())
+                mounted.append("memory.soft_limit_in_bytes written")
+            libc.umount2(b"/tmp/cg", 0)
+print("mounted", mounted)
+"""
+
+
+def test_root_in_the_jail_cannot_mount_the_cgroups_it_shares_with_goex_proxy(make_proxy, outside):
+    """Run as root, the jail is uid 0 to the cgroup files of the groups it is in, which (but for the pids one) are
+    goex-proxy's too: in a cgroup namespace of its own, root inside mounted each hierarchy with its group as the root
+    and could write them (here the memory controller's soft limit, with the value it had; a hard limit would have the
+    kernel end goex-proxy, `memory.oom_control` stop every process of the group when memory runs out). The jail's
+    syscall filter now refuses a cgroup namespace (unshare, clone) and clone3, whose flags it cannot read (and whose
+    CLONE_INTO_CGROUP would move a child into any group of cgroup v2 whose cgroup.procs is root's)."""
+    proxy = make_proxy(GITHUB_POLICY, start=False)
+    workspace = outside / "ws"
+    workspace.mkdir()
+    r = subprocess.run([*GOEX, "exec", "--config", str(proxy.config), "--agent", "mailbot", "--", "python3", "-c",
+                        MOUNT_CGROUPS], env=proxy.env, cwd=workspace, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["clone3 ENOSYS", "cgroupns EPERM", "mounted []"], r.stdout
+    threads = subprocess.run([*GOEX, "exec", "--config", str(proxy.config), "--agent", "mailbot", "--", "python3",
+                              "-c", "import subprocess, threading; t = threading.Thread(target=print, args=('thread',), "
+                              "kwargs={'flush': True}); t.start(); t.join(); subprocess.run(['echo', 'spawned'])"],
+                             env=proxy.env, cwd=workspace, capture_output=True, text=True, timeout=120)
+    assert threads.stdout.split() == ["thread", "spawned"], threads.stderr  # the C library falls back to clone
 
 
 #: Opens N connections to the proxy's port and holds them, says it is ready, and waits for the go-ahead.
