@@ -132,8 +132,10 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int, data:
 
 
 def read_only(target: str, recursive: bool = True) -> None:
-    """Make the mount at `target` (and every mount under it) read-only, set-id-less."""
-    attr = MountAttr(MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, 0, 0, 0)
+    """Make the mount at `target` (and every mount under it) read-only, set-id-less and device-less: a device node
+    anywhere but the jail's /dev (a chroot's, a copy of /dev) would reach the device, and a read-only mount does not
+    stop writes to one (root in the jail is uid 0 to a disk's node)."""
+    attr = MountAttr(MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, 0, 0, 0)
     flags = AT_RECURSIVE if recursive else 0
     _check(_syscall("mount_setattr", AT_FDCWD, os.fsencode(target), flags, ctypes.byref(attr), ctypes.sizeof(attr)),
            f"making {target} read-only")
@@ -209,7 +211,7 @@ def build_root(spec: dict) -> None:  # type: ignore[type-arg]
     if workspace:
         _mount_point(root + workspace, True)  # a workspace under /tmp needs its mount point in the new /tmp
         os.chdir(spec["run_dir"])  # relative layer paths: no escaping of ',' or ':' in the person's paths
-        mount("overlay", root + workspace, "overlay", MS_NOSUID,
+        mount("overlay", root + workspace, "overlay", MS_NOSUID | MS_NODEV,
               f"lowerdir={_escape(workspace)},upperdir=upper,workdir=work,userxattr")
     for path in spec["protect"]:  # goex-proxy's Python in the workspace or a scratch directory: the host's, read-only
         if not _lexists(path):

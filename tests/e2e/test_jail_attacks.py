@@ -501,6 +501,36 @@ def test_root_in_the_jail_cannot_raise_its_process_cap_nor_leave_a_cgroup_behind
     assert not list(groups.glob(f"{pidcap.PREFIX}{proc.pid}-*"))
 
 
+def test_a_device_node_outside_dev_cannot_be_opened_in_the_jail(make_proxy, outside):
+    """The jail's view of the machine is the host's filesystems bound read-only and set-id-less, but not device-less: a
+    device node anywhere but /dev (a chroot's, a container image's, a copy of /dev) opened in the jail reached the
+    device, and read-only mounts do not stop writes to a device. Run as root, a copy of the disk's node (root's, mode
+    0600) read and wrote the disk under the state directory. Every mount of the view is now `nodev` but /dev's own
+    few devices. Here a copy of /dev/zero, outside the workspace and in it, and, where the test's files are on a
+    disk, a copy of the disk's node."""
+    if os.geteuid() != 0:
+        pytest.skip("making a device node needs root")
+    import stat
+
+    zero = outside / "zero-copy"
+    os.mknod(zero, stat.S_IFCHR | 0o600, os.stat("/dev/zero").st_rdev)
+    nodes = [zero]
+    disk = os.stat(outside).st_dev
+    if Path(f"/sys/dev/block/{os.major(disk)}:{os.minor(disk)}").exists():
+        nodes.append(outside / "disk-copy")
+        os.mknod(nodes[-1], stat.S_IFBLK | 0o400, disk)
+    proxy = make_proxy(GITHUB_POLICY, start=False)
+    workspace = outside / "ws"
+    workspace.mkdir()
+    nodes.append(workspace / "zero-copy")  # the workspace's overlay too
+    os.mknod(nodes[-1], stat.S_IFCHR | 0o600, os.stat("/dev/zero").st_rdev)
+    script = "; ".join(f"head -c 16 {node} | wc -c" for node in nodes) + "; echo done"
+    r = subprocess.run([*GOEX, "exec", "--config", str(proxy.config), "--agent", "mailbot", "--", "sh", "-c", script],
+                       env=proxy.env, cwd=workspace, capture_output=True, text=True, timeout=120)
+    assert r.stdout.split() == ["0"] * len(nodes) + ["done"], r.stdout + r.stderr
+    assert r.stderr.count("cannot open") == len(nodes), r.stderr  # (a devices cgroup may refuse the disk's already)
+
+
 #: Tries clone3 (with no arguments: EINVAL where the kernel takes it), then a cgroup namespace of its own (with a user
 #: and mount namespace) and, in it, to mount each cgroup hierarchy it is in: there the hierarchy's root is its own group.
 MOUNT_CGROUPS = """
