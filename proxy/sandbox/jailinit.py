@@ -53,15 +53,16 @@ SECCOMP_MODE_FILTER = 2
 SECCOMP_RET_KILL_PROCESS, SECCOMP_RET_ERRNO, SECCOMP_RET_ALLOW = 0x80000000, 0x00050000, 0x7FFF0000
 BPF_LD_W_ABS, BPF_JEQ_K, BPF_JGE_K, BPF_JSET_K, BPF_RET_K = 0x20, 0x15, 0x35, 0x45, 0x06
 CLONE_NEWCGROUP = 0x02000000
-ENOSYS, EPERM = 38, 1
+AF_VSOCK = 40
+ENOSYS, EPERM, EAFNOSUPPORT = 38, 1, 97
 X32_SYSCALL_BIT = 0x40000000
 KEYCTL_JOIN_SESSION_KEYRING = 1
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 #: Syscalls the C library has no wrapper for in every version (and those the filter refuses), by machine.
 SYSCALLS = {"x86_64": {"pivot_root": 155, "keyctl": 250, "mount_setattr": 442, "add_key": 248, "request_key": 249,
-                       "clone": 56, "unshare": 272, "clone3": 435},
+                       "clone": 56, "unshare": 272, "clone3": 435, "socket": 41},
             "aarch64": {"pivot_root": 41, "keyctl": 219, "mount_setattr": 442, "add_key": 217, "request_key": 218,
-                        "clone": 220, "unshare": 97, "clone3": 435}}
+                        "clone": 220, "unshare": 97, "clone3": 435, "socket": 198}}
 #: The seccomp audit architecture of each machine.
 AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 #: System calls the command may not make: the kernel keyrings, which are per uid, not per namespace (the person's
@@ -76,6 +77,10 @@ NO_CGROUP_NAMESPACE = ("unshare", "clone")
 #: whose flags are in memory a filter cannot read (a cgroup namespace, or CLONE_INTO_CGROUP with a cgroup directory
 #: of the host's read-only /sys/fs/cgroup, whose files root in the jail may write).
 UNSUPPORTED_SYSCALLS = ("clone3",)
+#: System calls refused (EAFNOSUPPORT, as where the kernel has no such family) when their first argument is a socket
+#: family no network namespace holds: AF_VSOCK reaches the hypervisor and the host of a virtual machine (and other
+#: VMs' guests from the host) whatever the namespace, so the jail could talk past the proxy.
+NO_VSOCK = ("socket",)
 #: Kernel interfaces in /proc: read-only (a jailed root is uid 0 to /proc/sys's checks), or hidden altogether.
 PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs")
 PROC_MASKED = ("kcore", "keys", "key-users", "kmsg", "timer_list", "sched_debug", "latency_stats", "acpi", "scsi",
@@ -373,8 +378,8 @@ def drop_privileges() -> None:
 
 def refuse_syscalls() -> None:
     """A seccomp filter: the refused system calls fail with EPERM, unshare and clone with EPERM when asked for a cgroup
-    namespace, clone3 with ENOSYS, and a foreign ABI (32-bit or x32 calls, which have other numbers) ends the process.
-    Needs no_new_privs."""
+    namespace, clone3 with ENOSYS, socket with EAFNOSUPPORT for AF_VSOCK, and a foreign ABI (32-bit or x32 calls,
+    which have other numbers) ends the process. Needs no_new_privs."""
     machine = os.uname().machine
     numbers = SYSCALLS[machine]
     program: list[tuple[int, int, int, int]] = [(BPF_LD_W_ABS, 0, 0, 4)]  # the call's audit architecture
@@ -384,17 +389,27 @@ def refuse_syscalls() -> None:
     if machine == "x86_64":
         program.append((BPF_JGE_K, 0, 1, X32_SYSCALL_BIT))
         program.append((BPF_RET_K, 0, 0, SECCOMP_RET_KILL_PROCESS))
-    checks = [*((name, 1) for name in REFUSED_SYSCALLS), *((name, 2) for name in UNSUPPORTED_SYSCALLS),
-              *((name, 3) for name in NO_CGROUP_NAMESPACE)]
-    for i, (name, answer) in enumerate(checks):  # jump to the answer, past the checks that follow and the ALLOW
-        program.append((BPF_JEQ_K, len(checks) - i + answer - 1, 0, numbers[name]))
+    checks = [*((name, "refused") for name in REFUSED_SYSCALLS),
+              *((name, "unsupported") for name in UNSUPPORTED_SYSCALLS),
+              *((name, "cgroup namespace") for name in NO_CGROUP_NAMESPACE), *((name, "vsock") for name in NO_VSOCK)]
+    answers: dict[str, list[tuple[int, int, int, int]]] = {  # each after the ALLOW that ends the checks
+        "refused": [(BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | EPERM)],
+        "unsupported": [(BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | ENOSYS)],
+        "cgroup namespace": [(BPF_LD_W_ABS, 0, 0, 16),  # the low half of the first argument (the flags)
+                             (BPF_JSET_K, 0, 1, CLONE_NEWCGROUP), (BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | EPERM),
+                             (BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW)],
+        "vsock": [(BPF_LD_W_ABS, 0, 0, 16),  # the socket's family
+                  (BPF_JEQ_K, 0, 1, AF_VSOCK), (BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | EAFNOSUPPORT),
+                  (BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW)]}
+    at, where = 1, {}
+    for answer, ops in answers.items():
+        where[answer] = at
+        at += len(ops)
+    for i, (name, answer) in enumerate(checks):  # jump past the checks that follow and the ALLOW, to the answer
+        program.append((BPF_JEQ_K, len(checks) - i - 1 + where[answer], 0, numbers[name]))
     program.append((BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW))
-    program.append((BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | EPERM))  # 1: refused
-    program.append((BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | ENOSYS))  # 2: unsupported
-    program.append((BPF_LD_W_ABS, 0, 0, 16))  # 3: the low half of the first argument (the flags)
-    program.append((BPF_JSET_K, 0, 1, CLONE_NEWCGROUP))
-    program.append((BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | EPERM))
-    program.append((BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW))
+    for ops in answers.values():
+        program.extend(ops)
     filters = (SockFilter * len(program))(*(SockFilter(*op) for op in program))
     fprog = SockFprog(len(program), filters)
     _check(libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0), "installing the syscall filter")
