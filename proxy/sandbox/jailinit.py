@@ -60,9 +60,11 @@ KEYCTL_JOIN_SESSION_KEYRING = 1
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 #: Syscalls the C library has no wrapper for in every version (and those the filter refuses), by machine.
 SYSCALLS = {"x86_64": {"pivot_root": 155, "keyctl": 250, "mount_setattr": 442, "add_key": 248, "request_key": 249,
-                       "clone": 56, "unshare": 272, "clone3": 435, "socket": 41},
+                       "clone": 56, "unshare": 272, "clone3": 435, "socket": 41, "io_uring_setup": 425,
+                       "io_uring_enter": 426, "io_uring_register": 427},
             "aarch64": {"pivot_root": 41, "keyctl": 219, "mount_setattr": 442, "add_key": 217, "request_key": 218,
-                        "clone": 220, "unshare": 97, "clone3": 435, "socket": 198}}
+                        "clone": 220, "unshare": 97, "clone3": 435, "socket": 198, "io_uring_setup": 425,
+                        "io_uring_enter": 426, "io_uring_register": 427}}
 #: The seccomp audit architecture of each machine.
 AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 #: System calls the command may not make: the kernel keyrings, which are per uid, not per namespace (the person's
@@ -73,10 +75,11 @@ REFUSED_SYSCALLS = ("keyctl", "add_key", "request_key")
 #: could mount each cgroup hierarchy at the group it is in, shared with goex-proxy, and set its memory limit (or stop
 #: its OOM killer, or lift the jail's process cap).
 NO_CGROUP_NAMESPACE = ("unshare", "clone")
-#: System calls that answer ENOSYS, as if the kernel had none, so that the C library falls back to another: clone3,
-#: whose flags are in memory a filter cannot read (a cgroup namespace, or CLONE_INTO_CGROUP with a cgroup directory
-#: of the host's read-only /sys/fs/cgroup, whose files root in the jail may write).
-UNSUPPORTED_SYSCALLS = ("clone3",)
+#: System calls that answer ENOSYS, as if the kernel had none, so that programs fall back to others: clone3, whose
+#: flags are in memory a filter cannot read (a cgroup namespace, or CLONE_INTO_CGROUP with a cgroup directory of the
+#: host's read-only /sys/fs/cgroup, whose files root in the jail may write); io_uring, whose operations no filter
+#: sees (IORING_OP_SOCKET makes any socket socket(2) is refused).
+UNSUPPORTED_SYSCALLS = ("clone3", "io_uring_setup", "io_uring_enter", "io_uring_register")
 #: System calls refused (EAFNOSUPPORT, as where the kernel has no such family) when their first argument is a socket
 #: family no network namespace holds: AF_VSOCK reaches the hypervisor and the host of a virtual machine (and other
 #: VMs' guests from the host) whatever the namespace, so the jail could talk past the proxy.
@@ -378,8 +381,8 @@ def drop_privileges() -> None:
 
 def refuse_syscalls() -> None:
     """A seccomp filter: the refused system calls fail with EPERM, unshare and clone with EPERM when asked for a cgroup
-    namespace, clone3 with ENOSYS, socket with EAFNOSUPPORT for AF_VSOCK, and a foreign ABI (32-bit or x32 calls,
-    which have other numbers) ends the process. Needs no_new_privs."""
+    namespace, clone3 and io_uring with ENOSYS, socket with EAFNOSUPPORT for AF_VSOCK, and a foreign ABI (32-bit or
+    x32 calls, which have other numbers) ends the process. Needs no_new_privs."""
     machine = os.uname().machine
     numbers = SYSCALLS[machine]
     program: list[tuple[int, int, int, int]] = [(BPF_LD_W_ABS, 0, 0, 4)]  # the call's audit architecture

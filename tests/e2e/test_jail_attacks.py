@@ -550,6 +550,74 @@ def test_the_jail_cannot_make_a_vsock_socket(make_proxy, outside):
     assert r.stdout.split() == ["EAFNOSUPPORT", "inet"], r.stdout + r.stderr
 
 
+#: A program that makes a socket of the family argv[1] through io_uring (IORING_OP_SOCKET) rather than socket(2), which
+#: a seccomp filter never sees; it prints the result (a file descriptor, or -errno).
+URING_SOCKET = r"""
+/* Makes a socket of the family given by argv[1] through io_uring (IORING_OP_SOCKET), not socket(2); prints the
+   result: a file descriptor or -errno. */
+#include <linux/io_uring.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+int main(int argc, char **argv) {
+    struct io_uring_params p;
+    memset(&p, 0, sizeof p);
+    int ring = syscall(__NR_io_uring_setup, 1, &p);
+    if (ring < 0) { perror("io_uring_setup"); return 2; }
+    size_t sq_size = p.sq_off.array + p.sq_entries * sizeof(unsigned);
+    size_t cq_size = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
+    char *sq = mmap(0, sq_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, ring, IORING_OFF_SQ_RING);
+    char *cq = mmap(0, cq_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, ring, IORING_OFF_CQ_RING);
+    struct io_uring_sqe *sqes = mmap(0, p.sq_entries * sizeof(struct io_uring_sqe), PROT_READ | PROT_WRITE,
+                                     MAP_SHARED | MAP_POPULATE, ring, IORING_OFF_SQES);
+    if (sq == MAP_FAILED || cq == MAP_FAILED || sqes == MAP_FAILED) { perror("mmap"); return 2; }
+    struct io_uring_sqe *sqe = &sqes[0];
+    memset(sqe, 0, sizeof *sqe);
+    sqe->opcode = IORING_OP_SOCKET;
+    sqe->fd = atoi(argv[1]);
+    sqe->off = SOCK_STREAM;
+    unsigned *tail = (unsigned *)(sq + p.sq_off.tail);
+    unsigned *array = (unsigned *)(sq + p.sq_off.array);
+    array[*tail & *(unsigned *)(sq + p.sq_off.ring_mask)] = 0;
+    __atomic_store_n(tail, *tail + 1, __ATOMIC_RELEASE);
+    if (syscall(__NR_io_uring_enter, ring, 1, 1, IORING_ENTER_GETEVENTS, NULL, 0) < 0) { perror("io_uring_enter"); return 2; }
+    struct io_uring_cqe *cqes = (struct io_uring_cqe *)(cq + p.cq_off.cqes);
+    unsigned head = *(unsigned *)(cq + p.cq_off.head);
+    printf("%d\n", cqes[head & *(unsigned *)(cq + p.cq_off.ring_mask)].res);
+    return 0;
+}
+"""
+
+
+def test_the_jail_cannot_make_a_vsock_socket_through_io_uring(make_proxy, outside):
+    """io_uring's operations are not system calls, so the syscall filter never sees them: IORING_OP_SOCKET made the
+    AF_VSOCK socket it refuses to socket(2). io_uring is now answered as a kernel without it would (ENOSYS), as
+    Docker's filter does; programs that use it fall back to plain system calls."""
+    try:
+        socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM).close()
+    except OSError:
+        pytest.skip("this kernel makes no vsock sockets")
+    if shutil.which("cc") is None:
+        pytest.skip("needs a C compiler")
+    source, program = outside / "uring_socket.c", outside / "uring_socket"
+    source.write_text(URING_SOCKET)
+    subprocess.run(["cc", "-O", "-o", str(program), str(source)], check=True)
+    if subprocess.run([str(program), str(int(socket.AF_VSOCK))], capture_output=True, text=True).returncode != 0:
+        pytest.skip("this kernel has no io_uring socket operation for the test to try")
+    proxy = make_proxy(GITHUB_POLICY, start=False)
+    workspace = outside / "ws"
+    workspace.mkdir()
+    r = subprocess.run([*GOEX, "exec", "--config", str(proxy.config), "--agent", "mailbot", "--", str(program),
+                        str(int(socket.AF_VSOCK))], env=proxy.env, cwd=workspace, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and "io_uring_setup: Function not implemented" in r.stderr, r.stdout + r.stderr
+
+
 #: Tries clone3 (with no arguments: EINVAL where the kernel takes it), then a cgroup namespace of its own (with a user
 #: and mount namespace) and, in it, to mount each cgroup hierarchy it is in: there the hierarchy's root is its own group.
 MOUNT_CGROUPS = """
