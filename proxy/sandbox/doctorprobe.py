@@ -92,6 +92,12 @@ def checks(canary: int) -> list[tuple[str, Callable[[], tuple[bool, str]]]]:
             s.sendto(b"\x08\0\xf7\xff\0\0\0\0", ("1.1.1.1", 0))
             return "an ICMP packet was sent to 1.1.1.1"
 
+    def vsock() -> str:
+        """A virtual machine's socket to its host: no network namespace holds it (where there is no vsock, it fails
+        here too, and there is nothing to reach)."""
+        socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM).close()
+        return "a vsock socket was made (the way to the host of a virtual machine)"
+
     def interfaces() -> tuple[bool, str]:
         names = sorted(name for _, name in socket.if_nameindex())
         return names == ["lo"], "only lo" if names == ["lo"] else f"interfaces: {', '.join(names)}"
@@ -107,6 +113,7 @@ def checks(canary: int) -> list[tuple[str, Callable[[], tuple[bool, str]]]]:
         ("DNS lookup", lambda: blocked(lambda: f"example.com is {socket.getaddrinfo('example.com', 443)[0][4][0]}")),
         ("DNS to the resolvers, UDP", lambda: all_blocked([functools.partial(udp_exchange, s) for s in dns_servers])),
         ("raw socket", lambda: blocked(raw_socket)),
+        ("vsock", lambda: blocked(vsock)),
         ("IPv6", lambda: connect_all(socket.AF_INET6, PUBLIC_V6 + [("::1", canary)])),
         ("network interfaces", interfaces),
     ]
@@ -194,13 +201,15 @@ def sandbox_checks(spec: dict) -> list[tuple[str, Callable[[], tuple[bool, str]]
             groups = [line.split(":", 2) for line in f.read().splitlines()]
         for number, controllers, path in groups:
             if ("pids" in controllers.split(",") or number == "0") and "/goex-jail-" in path:
+                end = path.find("/", path.index("/goex-jail-") + 1)  # the jail's group; its processes are below
+                capped = path if end < 0 else path[:end]
                 for top in ("/sys/fs/cgroup/pids", "/sys/fs/cgroup", "/sys/fs/cgroup/unified"):
                     try:
-                        with open(f"{top}{path}/pids.max") as f:
+                        with open(f"{top}{capped}/pids.max") as f:
                             cap = f.read().strip()
                     except OSError:
                         continue
-                    return cap.isdigit() and int(cap) <= most + 1, f"run as root: pids cgroup {path}, at most {cap}"
+                    return cap.isdigit() and int(cap) <= most + 1, f"run as root: pids cgroup {capped}, at most {cap}"
         return False, "run as root, which RLIMIT_NPROC does not hold, and in no pids cgroup of the jail's own"
 
     return [

@@ -27,6 +27,10 @@ from .view import View, jail_env, view_for
 #: Seconds the jail's first process may take to set up its namespace before the command is given up on.
 SETUP_TIMEOUT = 10.0
 _INIT = Path(__file__).with_name("jailinit.py")
+#: The most connections a jail's listeners are bridged at once (each is two threads and two sockets here); the next
+#: waits in the listener's backlog until one ends. Without it, a jail held to a few processes could make goex-proxy
+#: start threads, outside its cap, until the machine had no process slots (or goex-proxy no file descriptors) left.
+MOST_BRIDGED = 256
 
 
 class JailError(GoexError):
@@ -62,6 +66,7 @@ class Jail:
         self._listeners = listeners
         self._open: set[socket.socket] = set()
         self._lock = threading.Lock()
+        self._slots = threading.Semaphore(MOST_BRIDGED)
         self._closed = False
         self._threads = [threading.Thread(target=self._accept, args=(listener, target), name="goex-jail-bridge",
                                           daemon=True) for listener, target in zip(listeners, self._targets, strict=True)]
@@ -102,6 +107,7 @@ class Jail:
         """Bridge each connection made to one of the jail's listeners to its target (threads: no event loop to
         start)."""
         while True:
+            self._slots.acquire()  # given back when the connection ends, or by close()
             try:
                 inside, _ = listener.accept()
             except OSError:  # the listener was closed: the jail is over
@@ -111,6 +117,7 @@ class Jail:
                 outside.settimeout(None)
             except OSError:
                 inside.close()
+                self._slots.release()
                 continue
             with self._lock:
                 if self._closed:
@@ -139,6 +146,7 @@ class Jail:
                 for s in (inside, outside):
                     self._open.discard(s)
                     s.close()
+                self._slots.release()
 
     def close(self) -> None:
         """Stop bridging (connections still open are cut)."""
@@ -151,6 +159,7 @@ class Jail:
             with contextlib.suppress(OSError):
                 listener.shutdown(socket.SHUT_RDWR)
             listener.close()
+        self._slots.release(len(self._threads))  # an accepting thread waiting for a slot finds its listener closed
         for s in still_open:
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)

@@ -51,18 +51,39 @@ AT_FDCWD, AT_RECURSIVE = -100, 0x8000
 PR_SET_PDEATHSIG, PR_SET_SECCOMP, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 1, 22, 24, 38
 SECCOMP_MODE_FILTER = 2
 SECCOMP_RET_KILL_PROCESS, SECCOMP_RET_ERRNO, SECCOMP_RET_ALLOW = 0x80000000, 0x00050000, 0x7FFF0000
-BPF_LD_W_ABS, BPF_JEQ_K, BPF_JGE_K, BPF_RET_K = 0x20, 0x15, 0x35, 0x06
+BPF_LD_W_ABS, BPF_JEQ_K, BPF_JGE_K, BPF_JSET_K, BPF_RET_K = 0x20, 0x15, 0x35, 0x45, 0x06
+CLONE_NEWCGROUP = 0x02000000
+AF_VSOCK = 40
+ENOSYS, EPERM, EAFNOSUPPORT = 38, 1, 97
 X32_SYSCALL_BIT = 0x40000000
 KEYCTL_JOIN_SESSION_KEYRING = 1
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 #: Syscalls the C library has no wrapper for in every version (and those the filter refuses), by machine.
-SYSCALLS = {"x86_64": {"pivot_root": 155, "keyctl": 250, "mount_setattr": 442, "add_key": 248, "request_key": 249},
-            "aarch64": {"pivot_root": 41, "keyctl": 219, "mount_setattr": 442, "add_key": 217, "request_key": 218}}
+SYSCALLS = {"x86_64": {"pivot_root": 155, "keyctl": 250, "mount_setattr": 442, "add_key": 248, "request_key": 249,
+                       "clone": 56, "unshare": 272, "clone3": 435, "socket": 41, "io_uring_setup": 425,
+                       "io_uring_enter": 426, "io_uring_register": 427},
+            "aarch64": {"pivot_root": 41, "keyctl": 219, "mount_setattr": 442, "add_key": 217, "request_key": 218,
+                        "clone": 220, "unshare": 97, "clone3": 435, "socket": 198, "io_uring_setup": 425,
+                        "io_uring_enter": 426, "io_uring_register": 427}}
 #: The seccomp audit architecture of each machine.
 AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 #: System calls the command may not make: the kernel keyrings, which are per uid, not per namespace (the person's
 #: user keyring would otherwise be the agent's to link and read).
 REFUSED_SYSCALLS = ("keyctl", "add_key", "request_key")
+#: System calls refused when their first argument (the flags of clone and unshare) asks for a cgroup namespace: in one
+#: of its own (with a user namespace it may make), root in the jail (uid 0 to the cgroup files of a jail run as root)
+#: could mount each cgroup hierarchy at the group it is in, shared with goex-proxy, and set its memory limit (or stop
+#: its OOM killer, or lift the jail's process cap).
+NO_CGROUP_NAMESPACE = ("unshare", "clone")
+#: System calls that answer ENOSYS, as if the kernel had none, so that programs fall back to others: clone3, whose
+#: flags are in memory a filter cannot read (a cgroup namespace, or CLONE_INTO_CGROUP with a cgroup directory of the
+#: host's read-only /sys/fs/cgroup, whose files root in the jail may write); io_uring, whose operations no filter
+#: sees (IORING_OP_SOCKET makes any socket socket(2) is refused).
+UNSUPPORTED_SYSCALLS = ("clone3", "io_uring_setup", "io_uring_enter", "io_uring_register")
+#: System calls refused (EAFNOSUPPORT, as where the kernel has no such family) when their first argument is a socket
+#: family no network namespace holds: AF_VSOCK reaches the hypervisor and the host of a virtual machine (and other
+#: VMs' guests from the host) whatever the namespace, so the jail could talk past the proxy.
+NO_VSOCK = ("socket",)
 #: Kernel interfaces in /proc: read-only (a jailed root is uid 0 to /proc/sys's checks), or hidden altogether.
 PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs")
 PROC_MASKED = ("kcore", "keys", "key-users", "kmsg", "timer_list", "sched_debug", "latency_stats", "acpi", "scsi",
@@ -119,8 +140,10 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int, data:
 
 
 def read_only(target: str, recursive: bool = True) -> None:
-    """Make the mount at `target` (and every mount under it) read-only, set-id-less."""
-    attr = MountAttr(MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, 0, 0, 0)
+    """Make the mount at `target` (and every mount under it) read-only, set-id-less and device-less: a device node
+    anywhere but the jail's /dev (a chroot's, a copy of /dev) would reach the device, and a read-only mount does not
+    stop writes to one (root in the jail is uid 0 to a disk's node)."""
+    attr = MountAttr(MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, 0, 0, 0)
     flags = AT_RECURSIVE if recursive else 0
     _check(_syscall("mount_setattr", AT_FDCWD, os.fsencode(target), flags, ctypes.byref(attr), ctypes.sizeof(attr)),
            f"making {target} read-only")
@@ -196,7 +219,7 @@ def build_root(spec: dict) -> None:  # type: ignore[type-arg]
     if workspace:
         _mount_point(root + workspace, True)  # a workspace under /tmp needs its mount point in the new /tmp
         os.chdir(spec["run_dir"])  # relative layer paths: no escaping of ',' or ':' in the person's paths
-        mount("overlay", root + workspace, "overlay", MS_NOSUID,
+        mount("overlay", root + workspace, "overlay", MS_NOSUID | MS_NODEV,
               f"lowerdir={_escape(workspace)},upperdir=upper,workdir=work,userxattr")
     for path in spec["protect"]:  # goex-proxy's Python in the workspace or a scratch directory: the host's, read-only
         if not _lexists(path):
@@ -357,10 +380,11 @@ def drop_privileges() -> None:
 
 
 def refuse_syscalls() -> None:
-    """A seccomp filter: the refused system calls fail with EPERM, and a foreign ABI (32-bit or x32 calls, which
-    have other numbers) ends the process. Needs no_new_privs."""
+    """A seccomp filter: the refused system calls fail with EPERM, unshare and clone with EPERM when asked for a cgroup
+    namespace, clone3 and io_uring with ENOSYS, socket with EAFNOSUPPORT for AF_VSOCK, and a foreign ABI (32-bit or
+    x32 calls, which have other numbers) ends the process. Needs no_new_privs."""
     machine = os.uname().machine
-    numbers = [SYSCALLS[machine][name] for name in REFUSED_SYSCALLS]
+    numbers = SYSCALLS[machine]
     program: list[tuple[int, int, int, int]] = [(BPF_LD_W_ABS, 0, 0, 4)]  # the call's audit architecture
     program.append((BPF_JEQ_K, 1, 0, AUDIT_ARCH[machine]))
     program.append((BPF_RET_K, 0, 0, SECCOMP_RET_KILL_PROCESS))
@@ -368,10 +392,27 @@ def refuse_syscalls() -> None:
     if machine == "x86_64":
         program.append((BPF_JGE_K, 0, 1, X32_SYSCALL_BIT))
         program.append((BPF_RET_K, 0, 0, SECCOMP_RET_KILL_PROCESS))
-    for i, number in enumerate(numbers):  # jump to the EPERM answer, just past the ALLOW that follows these
-        program.append((BPF_JEQ_K, len(numbers) - i, 0, number))
+    checks = [*((name, "refused") for name in REFUSED_SYSCALLS),
+              *((name, "unsupported") for name in UNSUPPORTED_SYSCALLS),
+              *((name, "cgroup namespace") for name in NO_CGROUP_NAMESPACE), *((name, "vsock") for name in NO_VSOCK)]
+    answers: dict[str, list[tuple[int, int, int, int]]] = {  # each after the ALLOW that ends the checks
+        "refused": [(BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | EPERM)],
+        "unsupported": [(BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | ENOSYS)],
+        "cgroup namespace": [(BPF_LD_W_ABS, 0, 0, 16),  # the low half of the first argument (the flags)
+                             (BPF_JSET_K, 0, 1, CLONE_NEWCGROUP), (BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | EPERM),
+                             (BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW)],
+        "vsock": [(BPF_LD_W_ABS, 0, 0, 16),  # the socket's family
+                  (BPF_JEQ_K, 0, 1, AF_VSOCK), (BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | EAFNOSUPPORT),
+                  (BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW)]}
+    at, where = 1, {}
+    for answer, ops in answers.items():
+        where[answer] = at
+        at += len(ops)
+    for i, (name, answer) in enumerate(checks):  # jump past the checks that follow and the ALLOW, to the answer
+        program.append((BPF_JEQ_K, len(checks) - i - 1 + where[answer], 0, numbers[name]))
     program.append((BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW))
-    program.append((BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | 1))  # EPERM
+    for ops in answers.values():
+        program.extend(ops)
     filters = (SockFilter * len(program))(*(SockFilter(*op) for op in program))
     fprog = SockFprog(len(program), filters)
     _check(libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0), "installing the syscall filter")

@@ -70,10 +70,18 @@ def _gives_pids(parent: Path) -> bool:
         return False
 
 
+#: The group below a jail's, which its processes are in.
+INNER = "jail"
+
+
 def cap(pid: int, most: int, name: str) -> Path | None:
-    """Put process `pid` (which has not forked yet) in a new pids cgroup `PREFIX + name` that allows `most` tasks at
-    once, processes and threads, its own children included: the cgroup's directory, or None when no pids cgroup can
-    be made here (no pids controller, or /sys/fs/cgroup read-only, as in many containers)."""
+    """Put process `pid` (which has not forked yet) under a new pids cgroup `PREFIX + name` that allows `most` tasks
+    at once, processes and threads, its own children included: the cgroup's directory, or None when no pids cgroup
+    can be made here (no pids controller, or /sys/fs/cgroup read-only, as in many containers).
+
+    The process is in a group below it (`INNER`), not in the capped one: root in the jail is uid 0 to these files, and
+    in a cgroup namespace of its own may mount the hierarchy with the group it is in as the mount's root, and write
+    that group's pids.max. The capped group is above what it can mount, and the kernel holds the group below to it."""
     try:
         parent = _pids_parent(_MOUNTINFO.read_text(), _CGROUPS.read_text())
     except OSError:
@@ -88,7 +96,8 @@ def cap(pid: int, most: int, name: str) -> Path | None:
         return None
     try:
         (group / "pids.max").write_text(str(most))
-        (group / "cgroup.procs").write_text(str(pid))
+        (group / INNER).mkdir(mode=0o755)
+        (group / INNER / "cgroup.procs").write_text(str(pid))
     except OSError:
         release(group)
         return None
@@ -96,9 +105,12 @@ def cap(pid: int, most: int, name: str) -> Path | None:
 
 
 def release(group: Path) -> None:
-    """Remove a jail's cgroup, once every process in it has ended (the kernel refuses it before)."""
+    """Remove a jail's cgroup and every group below it, once every process in them has ended (the kernel refuses a
+    group with processes): root in the jail can make groups under its own, which would keep the jail's from going."""
     with contextlib.suppress(OSError):
-        os.rmdir(group)
+        for below, _, _ in os.walk(group, topdown=False):
+            with contextlib.suppress(OSError):
+                os.rmdir(below)
 
 
 def _sweep(parent: Path) -> None:

@@ -302,7 +302,7 @@ def test_doctor_passes_in_a_jail_and_fails_outside(proxy):
     assert inside.returncode == 0, inside.stdout + inside.stderr
     results = [json.loads(line) for line in inside.stdout.splitlines()]  # JSON Lines: one check per line
     assert {r["check"] for r in results} >= {"proxy path, HTTP", "proxy path, HTTPS with the CA",
-                                             "direct TCP to this machine", "DNS lookup", "raw socket", "IPv6",
+                                             "direct TCP to this machine", "DNS lookup", "raw socket", "vsock", "IPv6",
                                              "HTTP ignoring the proxy settings (--noproxy)",
                                              "goex-proxy's state directory out of sight",
                                              "config, vault, vault key, CA key, audit database and its chain key unreadable",

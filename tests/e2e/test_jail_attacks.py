@@ -452,13 +452,267 @@ def test_a_fork_bomb_stops_at_the_cap_whoever_runs_the_jail(make_proxy, outside)
         assert not list(groups.glob(f"{pidcap.PREFIX}{proc.pid}-*"))  # removed when the jail ended
         # Root in the jail can neither leave its group nor raise its cap: /sys is the host's, read-only and locked.
         escape = ("d=$(grep :pids: /proc/self/cgroup | cut -d: -f3); echo $$ > /sys/fs/cgroup/pids/cgroup.procs; "
-                  "echo 100000 > /sys/fs/cgroup/pids$d/pids.max; cat /sys/fs/cgroup/pids$d/pids.max; "
+                  "echo 100000 > /sys/fs/cgroup/pids$d/../pids.max; cat /sys/fs/cgroup/pids$d/../pids.max; "
                   "grep :pids: /proc/self/cgroup")
         r = subprocess.run([*GOEX, "exec", "--config", str(proxy.config), "--agent", "mailbot", "--", "sh", "-c",
                             escape], env=proxy.env, cwd=workspace, capture_output=True, text=True, timeout=120)
         assert r.stderr.count("Read-only file system") == 2, r.stderr
         cap, group = r.stdout.split()
         assert cap == "31" and f":/{pidcap.PREFIX}" in group, r.stdout
+
+
+#: Mounts the jail's pids hierarchy where root inside may (a user, mount and cgroup namespace of its own: the mount's
+#: root is the cgroup it is in; no id map is needed, its files are still uid 0's to it), raises its cap there, leaves
+#: a group of its own in it, then forks as FORK_MANY does.
+RAISE_THE_CAP = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.unshare(0x10000000 | 0x00020000 | 0x02000000) == 0:  # USER | NS | CGROUP: the syscall filter now refuses it
+    os.mkdir("/tmp/cg")
+    for kind, options in ((b"cgroup", b"pids"), (b"cgroup2", None)):
+        if libc.mount(b"cgroup", b"/tmp/cg", kind, 0, options) == 0 and os.path.exists("/tmp/cg/pids.max"):
+            break
+    with open("/tmp/cg/pids.max", "w") as f:
+        f.write("max")
+    os.mkdir("/tmp/cg/left-behind")
+""" + FORK_MANY
+
+
+def test_root_in_the_jail_cannot_raise_its_process_cap_nor_leave_a_cgroup_behind(make_proxy, outside):
+    """Run as root, the jail's processes are uid 0 in a user namespace that maps uid 0, and its pids cgroup's files are
+    root's: in a cgroup namespace of its own, root inside could mount the pids hierarchy (its root is the jail's
+    group), write `max` to the jail's own pids.max, and fork past the cap; a group it made there kept the jail's from
+    being removed when the jail ended. The cap is now on a group the jail is not in (it runs in one below it), and
+    the jail's group is removed with everything under it."""
+    from goex_proxy.sandbox import pidcap
+
+    groups = Path("/sys/fs/cgroup/pids")
+    if os.geteuid() != 0 or not groups.is_dir():
+        pytest.skip("needs root and cgroup v1's pids hierarchy")
+    proxy = make_proxy(GITHUB_POLICY, start=False, extra_config="sandbox: {max_processes: 30}\n")
+    workspace = outside / "ws"
+    workspace.mkdir()
+    proc = subprocess.Popen([*GOEX, "exec", "--config", str(proxy.config), "--agent", "mailbot", "--", "python3", "-c",
+                             RAISE_THE_CAP], env=proxy.env, cwd=workspace, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert 20 <= int(out) < 30, out + err
+    assert not list(groups.glob(f"{pidcap.PREFIX}{proc.pid}-*"))
+
+
+def test_a_device_node_outside_dev_cannot_be_opened_in_the_jail(make_proxy, outside):
+    """The jail's view of the machine is the host's filesystems bound read-only and set-id-less, but not device-less: a
+    device node anywhere but /dev (a chroot's, a container image's, a copy of /dev) opened in the jail reached the
+    device, and read-only mounts do not stop writes to a device. Run as root, a copy of the disk's node (root's, mode
+    0600) read and wrote the disk under the state directory. Every mount of the view is now `nodev` but /dev's own
+    few devices. Here a copy of /dev/zero, outside the workspace and in it, and, where the test's files are on a
+    disk, a copy of the disk's node."""
+    if os.geteuid() != 0:
+        pytest.skip("making a device node needs root")
+    import stat
+
+    zero = outside / "zero-copy"
+    os.mknod(zero, stat.S_IFCHR | 0o600, os.stat("/dev/zero").st_rdev)
+    nodes = [zero]
+    disk = os.stat(outside).st_dev
+    if Path(f"/sys/dev/block/{os.major(disk)}:{os.minor(disk)}").exists():
+        nodes.append(outside / "disk-copy")
+        os.mknod(nodes[-1], stat.S_IFBLK | 0o400, disk)
+    proxy = make_proxy(GITHUB_POLICY, start=False)
+    workspace = outside / "ws"
+    workspace.mkdir()
+    nodes.append(workspace / "zero-copy")  # the workspace's overlay too
+    os.mknod(nodes[-1], stat.S_IFCHR | 0o600, os.stat("/dev/zero").st_rdev)
+    script = "; ".join(f"head -c 16 {node} | wc -c" for node in nodes) + "; echo done"
+    r = subprocess.run([*GOEX, "exec", "--config", str(proxy.config), "--agent", "mailbot", "--", "sh", "-c", script],
+                       env=proxy.env, cwd=workspace, capture_output=True, text=True, timeout=120)
+    assert r.stdout.split() == ["0"] * len(nodes) + ["done"], r.stdout + r.stderr
+    assert r.stderr.count("cannot open") == len(nodes), r.stderr  # (a devices cgroup may refuse the disk's already)
+
+
+def test_the_jail_cannot_make_a_vsock_socket(make_proxy, outside):
+    """AF_VSOCK, the sockets between a virtual machine and its host, belongs to no network namespace: in a VM (a cloud
+    instance, Firecracker, Kata, WSL) the jail's command could connect to the host's vsock services (CID 2), past the
+    proxy and its network namespace. The syscall filter now answers socket(AF_VSOCK) as a kernel without it would
+    (EAFNOSUPPORT), as Docker's, containerd's and nspawn's do."""
+    try:
+        socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM).close()
+    except OSError:
+        pytest.skip("this kernel makes no vsock sockets")
+    proxy = make_proxy(GITHUB_POLICY, start=False)
+    workspace = outside / "ws"
+    workspace.mkdir()
+    script = ("import errno, socket\ntry:\n    socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)\n    print('made')\n"
+              "except OSError as exc:\n    print(errno.errorcode[exc.errno])\nsocket.socket().close()\nprint('inet')")
+    r = subprocess.run([*GOEX, "exec", "--config", str(proxy.config), "--agent", "mailbot", "--", "python3", "-c",
+                        script], env=proxy.env, cwd=workspace, capture_output=True, text=True, timeout=120)
+    assert r.stdout.split() == ["EAFNOSUPPORT", "inet"], r.stdout + r.stderr
+
+
+#: A program that makes a socket of the family argv[1] through io_uring (IORING_OP_SOCKET) rather than socket(2), which
+#: a seccomp filter never sees; it prints the result (a file descriptor, or -errno).
+URING_SOCKET = r"""
+/* Makes a socket of the family given by argv[1] through io_uring (IORING_OP_SOCKET), not socket(2); prints the
+   result: a file descriptor or -errno. */
+#include <linux/io_uring.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+int main(int argc, char **argv) {
+    struct io_uring_params p;
+    memset(&p, 0, sizeof p);
+    int ring = syscall(__NR_io_uring_setup, 1, &p);
+    if (ring < 0) { perror("io_uring_setup"); return 2; }
+    size_t sq_size = p.sq_off.array + p.sq_entries * sizeof(unsigned);
+    size_t cq_size = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
+    char *sq = mmap(0, sq_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, ring, IORING_OFF_SQ_RING);
+    char *cq = mmap(0, cq_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, ring, IORING_OFF_CQ_RING);
+    struct io_uring_sqe *sqes = mmap(0, p.sq_entries * sizeof(struct io_uring_sqe), PROT_READ | PROT_WRITE,
+                                     MAP_SHARED | MAP_POPULATE, ring, IORING_OFF_SQES);
+    if (sq == MAP_FAILED || cq == MAP_FAILED || sqes == MAP_FAILED) { perror("mmap"); return 2; }
+    struct io_uring_sqe *sqe = &sqes[0];
+    memset(sqe, 0, sizeof *sqe);
+    sqe->opcode = IORING_OP_SOCKET;
+    sqe->fd = atoi(argv[1]);
+    sqe->off = SOCK_STREAM;
+    unsigned *tail = (unsigned *)(sq + p.sq_off.tail);
+    unsigned *array = (unsigned *)(sq + p.sq_off.array);
+    array[*tail & *(unsigned *)(sq + p.sq_off.ring_mask)] = 0;
+    __atomic_store_n(tail, *tail + 1, __ATOMIC_RELEASE);
+    if (syscall(__NR_io_uring_enter, ring, 1, 1, IORING_ENTER_GETEVENTS, NULL, 0) < 0) { perror("io_uring_enter"); return 2; }
+    struct io_uring_cqe *cqes = (struct io_uring_cqe *)(cq + p.cq_off.cqes);
+    unsigned head = *(unsigned *)(cq + p.cq_off.head);
+    printf("%d\n", cqes[head & *(unsigned *)(cq + p.cq_off.ring_mask)].res);
+    return 0;
+}
+"""
+
+
+def test_the_jail_cannot_make_a_vsock_socket_through_io_uring(make_proxy, outside):
+    """io_uring's operations are not system calls, so the syscall filter never sees them: IORING_OP_SOCKET made the
+    AF_VSOCK socket it refuses to socket(2). io_uring is now answered as a kernel without it would (ENOSYS), as
+    Docker's filter does; programs that use it fall back to plain system calls."""
+    try:
+        socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM).close()
+    except OSError:
+        pytest.skip("this kernel makes no vsock sockets")
+    if shutil.which("cc") is None:
+        pytest.skip("needs a C compiler")
+    source, program = outside / "uring_socket.c", outside / "uring_socket"
+    source.write_text(URING_SOCKET)
+    subprocess.run(["cc", "-O", "-o", str(program), str(source)], check=True)
+    if subprocess.run([str(program), str(int(socket.AF_VSOCK))], capture_output=True, text=True).returncode != 0:
+        pytest.skip("this kernel has no io_uring socket operation for the test to try")
+    proxy = make_proxy(GITHUB_POLICY, start=False)
+    workspace = outside / "ws"
+    workspace.mkdir()
+    r = subprocess.run([*GOEX, "exec", "--config", str(proxy.config), "--agent", "mailbot", "--", str(program),
+                        str(int(socket.AF_VSOCK))], env=proxy.env, cwd=workspace, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and "io_uring_setup: Function not implemented" in r.stderr, r.stdout + r.stderr
+
+
+#: Tries clone3 (with no arguments: EINVAL where the kernel takes it), then a cgroup namespace of its own (with a user
+#: and mount namespace) and, in it, to mount each cgroup hierarchy it is in: there the hierarchy's root is its own group.
+MOUNT_CGROUPS = """
+import ctypes, errno, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall(435, None, 0)
+print("clone3", errno.errorcode[ctypes.get_errno()])
+mounted = []
+if libc.unshare(0x10000000 | 0x00020000 | 0x02000000) != 0:
+    print("cgroupns", errno.errorcode[ctypes.get_errno()])
+else:
+    os.mkdir("/tmp/cg")
+    for line in open("/proc/self/cgroup"):
+        controllers = line.split(":")[1]
+        kind, options = (b"cgroup2", None) if not controllers else (b"cgroup", controllers.encode())
+        if libc.mount(b"cgroup", b"/tmp/cg", kind, 0, options) == 0:
+            mounted.append(controllers or "cgroup2")
+            if os.path.exists("/tmp/cg/memory.soft_limit_in_bytes"):  # shared with goex-proxy: written, unchanged
+                with open("/tmp/cg/memory.soft_limit_in_bytes", "r+") as f:
+                    f.write(f.read())
+                mounted.append("memory.soft_limit_in_bytes written")
+            libc.umount2(b"/tmp/cg", 0)
+print("mounted", mounted)
+"""
+
+
+def test_root_in_the_jail_cannot_mount_the_cgroups_it_shares_with_goex_proxy(make_proxy, outside):
+    """Run as root, the jail is uid 0 to the cgroup files of the groups it is in, which (but for the pids one) are
+    goex-proxy's too: in a cgroup namespace of its own, root inside mounted each hierarchy with its group as the root
+    and could write them (here the memory controller's soft limit, with the value it had; a hard limit would have the
+    kernel end goex-proxy, `memory.oom_control` stop every process of the group when memory runs out). The jail's
+    syscall filter now refuses a cgroup namespace (unshare, clone) and clone3, whose flags it cannot read (and whose
+    CLONE_INTO_CGROUP would move a child into any group of cgroup v2 whose cgroup.procs is root's)."""
+    proxy = make_proxy(GITHUB_POLICY, start=False)
+    workspace = outside / "ws"
+    workspace.mkdir()
+    r = subprocess.run([*GOEX, "exec", "--config", str(proxy.config), "--agent", "mailbot", "--", "python3", "-c",
+                        MOUNT_CGROUPS], env=proxy.env, cwd=workspace, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["clone3 ENOSYS", "cgroupns EPERM", "mounted []"], r.stdout
+    threads = subprocess.run([*GOEX, "exec", "--config", str(proxy.config), "--agent", "mailbot", "--", "python3",
+                              "-c", "import subprocess, threading; t = threading.Thread(target=print, args=('thread',), "
+                              "kwargs={'flush': True}); t.start(); t.join(); subprocess.run(['echo', 'spawned'])"],
+                             env=proxy.env, cwd=workspace, capture_output=True, text=True, timeout=120)
+    assert threads.stdout.split() == ["thread", "spawned"], threads.stderr  # the C library falls back to clone
+
+
+#: Opens N connections to the proxy's port and holds them, says it is ready, and waits for the go-ahead.
+HOLD_CONNECTIONS = """
+import os, socket, sys, time
+from urllib.parse import urlsplit
+port, n, ready, go = urlsplit(os.environ["HTTP_PROXY"]).port, int(sys.argv[1]), sys.argv[2], sys.argv[3]
+held = []
+for _ in range(n):
+    s = socket.socket()
+    s.settimeout(0.05)
+    s.connect_ex(("127.0.0.1", port))  # times out once the listener's backlog is full and not taken from
+    held.append(s)
+open(ready, "w").close()
+while not os.path.exists(go):
+    time.sleep(0.05)
+"""
+
+
+def test_connections_held_open_by_the_jail_cost_goex_proxy_a_bounded_number_of_threads(make_proxy, outside):
+    """Each connection the jail made to the proxy's port cost `exec` two threads, outside the jail and its process
+    cap: a jail capped at 30 processes that held a few thousand connections open made goex-proxy start twice as many
+    threads, until the machine had no process slots left (32768 here). The bridge now takes at most MOST_BRIDGED at
+    once; the rest wait in the listener's backlog until one ends."""
+    from goex_proxy.sandbox import jail
+
+    proxy = make_proxy(GITHUB_POLICY, start=False, extra_config="sandbox: {max_processes: 30}\n")
+    workspace = outside / "ws"
+    workspace.mkdir()
+    ready, go = workspace / "ready", outside / "go"
+    n = jail.MOST_BRIDGED + 400
+    p = subprocess.Popen([*GOEX, "exec", "--config", str(proxy.config), "--agent", "mailbot", "--files", "review",
+                          "--", "python3", "-c", HOLD_CONNECTIONS, str(n), str(ready), str(go)],
+                         env=proxy.env, cwd=workspace, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while p.poll() is None and not any(proxy.home.glob("runs/*/upper/ready")):
+            assert time.monotonic() < deadline, "the jailed command never got ready"
+            time.sleep(0.05)
+        most = 0
+        for _ in range(30):  # the bridge has taken what it will by the time the command is ready
+            most = max(most, len(os.listdir(f"/proc/{p.pid}/task")))
+            time.sleep(0.1)
+        go.touch()
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0, err
+    assert most < 2 * jail.MOST_BRIDGED + 100, most
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not Path("/sys/fs/cgroup/pids").is_dir(),

@@ -1,10 +1,10 @@
-"""Finding the pids cgroup a jail run as root is capped in, from the kernel's own mountinfo and cgroup lines."""
+"""Finding the pids cgroup a jail run as root is capped in, from the kernel's own mountinfo and cgroup lines; removing it."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from goex_proxy.sandbox.pidcap import _pids_parent
+from goex_proxy.sandbox.pidcap import INNER, PREFIX, _pids_parent, release
 
 V1_MOUNTS = """\
 25 24 0:22 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
@@ -41,3 +41,12 @@ def test_cgroup_v2_only_where_the_pids_controller_is_given_to_children(tmp_path:
 
 def test_no_pids_controller_anywhere_is_none() -> None:
     assert _pids_parent("30 25 0:27 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n", "4:memory:/\n") is None
+
+
+def test_a_jails_group_is_removed_with_every_group_below_it(tmp_path: Path) -> None:
+    """The jail runs in a group below its capped one, and may have made more below that: all go when it ends (a
+    cgroup directory holds only the kernel's files, which go with it; here, empty directories stand for them)."""
+    group = tmp_path / f"{PREFIX}1-2"
+    (group / INNER / "made-inside" / "deeper").mkdir(parents=True)
+    release(group)
+    assert not group.exists()
