@@ -81,9 +81,11 @@ NO_CGROUP_NAMESPACE = ("unshare", "clone")
 #: sees (IORING_OP_SOCKET makes any socket socket(2) is refused).
 UNSUPPORTED_SYSCALLS = ("clone3", "io_uring_setup", "io_uring_enter", "io_uring_register")
 #: System calls refused (EAFNOSUPPORT, as where the kernel has no such family) when their first argument is a socket
-#: family no network namespace holds: AF_VSOCK reaches the hypervisor and the host of a virtual machine (and other
-#: VMs' guests from the host) whatever the namespace, so the jail could talk past the proxy.
+#: family the jail must not have: AF_VSOCK, which no network namespace holds, reaches the hypervisor and the host of a
+#: virtual machine (and other VMs' guests from the host), so the jail could talk past the proxy; AF_ALG, the kernel's
+#: crypto interface, which programs do without and whose bugs have given root (as Docker's default profile refuses).
 NO_VSOCK = ("socket",)
+AF_ALG = 38
 #: Kernel interfaces in /proc: read-only (a jailed root is uid 0 to /proc/sys's checks), or hidden altogether.
 PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs")
 PROC_MASKED = ("kcore", "keys", "key-users", "kmsg", "timer_list", "sched_debug", "latency_stats", "acpi", "scsi",
@@ -381,7 +383,7 @@ def drop_privileges() -> None:
 
 def refuse_syscalls() -> None:
     """A seccomp filter: the refused system calls fail with EPERM, unshare and clone with EPERM when asked for a cgroup
-    namespace, clone3 and io_uring with ENOSYS, socket with EAFNOSUPPORT for AF_VSOCK, and a foreign ABI (32-bit or
+    namespace, clone3 and io_uring with ENOSYS, socket with EAFNOSUPPORT for AF_VSOCK and AF_ALG, and a foreign ABI (32-bit or
     x32 calls, which have other numbers) ends the process. Needs no_new_privs."""
     machine = os.uname().machine
     numbers = SYSCALLS[machine]
@@ -402,8 +404,8 @@ def refuse_syscalls() -> None:
                              (BPF_JSET_K, 0, 1, CLONE_NEWCGROUP), (BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | EPERM),
                              (BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW)],
         "vsock": [(BPF_LD_W_ABS, 0, 0, 16),  # the socket's family
-                  (BPF_JEQ_K, 0, 1, AF_VSOCK), (BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | EAFNOSUPPORT),
-                  (BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW)]}
+                  (BPF_JEQ_K, 1, 0, AF_VSOCK), (BPF_JEQ_K, 0, 1, AF_ALG),
+                  (BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | EAFNOSUPPORT), (BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW)]}
     at, where = 1, {}
     for answer, ops in answers.items():
         where[answer] = at

@@ -531,19 +531,21 @@ def test_a_device_node_outside_dev_cannot_be_opened_in_the_jail(make_proxy, outs
     assert r.stderr.count("cannot open") == len(nodes), r.stderr  # (a devices cgroup may refuse the disk's already)
 
 
-def test_the_jail_cannot_make_a_vsock_socket(make_proxy, outside):
+@pytest.mark.parametrize(("family", "kind"), [("AF_VSOCK", "SOCK_STREAM"), ("AF_ALG", "SOCK_SEQPACKET")])
+def test_the_jail_cannot_make_a_vsock_socket(make_proxy, outside, family, kind):
     """AF_VSOCK, the sockets between a virtual machine and its host, belongs to no network namespace: in a VM (a cloud
     instance, Firecracker, Kata, WSL) the jail's command could connect to the host's vsock services (CID 2), past the
     proxy and its network namespace. The syscall filter now answers socket(AF_VSOCK) as a kernel without it would
-    (EAFNOSUPPORT), as Docker's, containerd's and nspawn's do."""
+    (EAFNOSUPPORT), as Docker's, containerd's and nspawn's do; AF_ALG too, the kernel's crypto interface, which
+    programs do without and whose bugs have given root."""
     try:
-        socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM).close()
+        socket.socket(getattr(socket, family), getattr(socket, kind)).close()
     except OSError:
-        pytest.skip("this kernel makes no vsock sockets")
+        pytest.skip(f"this kernel makes no {family} sockets")
     proxy = make_proxy(GITHUB_POLICY, start=False)
     workspace = outside / "ws"
     workspace.mkdir()
-    script = ("import errno, socket\ntry:\n    socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)\n    print('made')\n"
+    script = (f"import errno, socket\ntry:\n    socket.socket(socket.{family}, socket.{kind})\n    print('made')\n"
               "except OSError as exc:\n    print(errno.errorcode[exc.errno])\nsocket.socket().close()\nprint('inet')")
     r = subprocess.run([*GOEX, "exec", "--config", str(proxy.config), "--agent", "mailbot", "--", "python3", "-c",
                         script], env=proxy.env, cwd=workspace, capture_output=True, text=True, timeout=120)
