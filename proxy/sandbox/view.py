@@ -3,6 +3,7 @@ may read but not write, the host's Unix sockets it must not reach, and the envir
 
 from __future__ import annotations
 
+import glob
 import importlib.util
 import os
 import re
@@ -31,6 +32,10 @@ CREDENTIAL_STORES = ("~/.ssh", "~/.aws", "~/.config/gcloud", "~/.netrc", "~/.git
                      "~/.bash_history", "~/.zsh_history", "~/.histfile", "~/.local/share/fish/fish_history",
                      "~/.python_history", "~/.psql_history", "~/.mysql_history", "~/.sqlite_history",
                      "~/.node_repl_history", "~/.rediscli_history", "~/.irb_history")
+#: The machine's own secrets, which only root may read, hidden from every jail unless `sandbox.expose` names one: run
+#: as root, a jailed command is uid 0 to the host's files (password hashes, SSH host keys, TLS private keys).
+SYSTEM_SECRETS = ("/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-", "/etc/security/opasswd",
+                  "/etc/ssl/private", "/etc/ssh/ssh_host_*_key", "/var/lib/sss/secrets", "/etc/krb5.keytab")
 #: Ordinary variables a jailed command inherits from the person's environment (and LC_*); nothing else but
 #: `sandbox.pass_env` and the agent's own settings.
 INHERITED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TERM", "COLORTERM", "TZ", "NO_COLOR",
@@ -185,7 +190,8 @@ def view_for(config: Config, workspace: Path, cwd: Path) -> View:
         raise GoexError(f"the workspace {workspace} is not a directory")
     supervisor = supervisor_paths(config)
     exposed = {_real(p) for p in config.sandbox.expose}
-    stores = [_real(p) for p in CREDENTIAL_STORES] + [_real(p) for p in config.sandbox.hide]
+    system = [found for pattern in SYSTEM_SECRETS for found in (glob.glob(pattern) if "*" in pattern else [pattern])]
+    stores = [_real(p) for p in (*CREDENTIAL_STORES, *system)] + [_real(p) for p in config.sandbox.hide]
     hidden_here = {p for p in stores if p not in exposed and os.path.lexists(p)} | set(supervisor)
     hidden_here |= {p for p in copies_beside(hidden_here) if p not in exposed}
     try:

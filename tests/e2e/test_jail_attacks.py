@@ -739,6 +739,23 @@ def test_a_jail_run_as_root_where_no_pids_cgroup_can_be_made_says_its_cap_does_n
     assert "in no pids cgroup" in cap[0]["detail"]
 
 
+def test_the_machines_own_secrets_are_hidden_from_a_jail_run_as_root(make_proxy, outside, tmp_path):
+    """Run as root, the jailed command is uid 0 to the host's files: it read /etc/shadow and /etc/gshadow (and would
+    have read SSH host keys and TLS private keys). The machine's own secrets are now hidden from every jail, as the
+    person's credential stores are."""
+    proxy = make_proxy(GITHUB_POLICY, start=False)
+    workspace = outside / "ws"
+    workspace.mkdir()
+    shown = [p for p in ("/etc/shadow", "/etc/gshadow") if Path(p).exists()]
+    assert shown, "a Debian machine has both"
+    r = subprocess.run([*GOEX, "exec", "--config", str(proxy.config), "--agent", "mailbot", "--", "sh", "-c",
+                        "for f in \"$@\"; do wc -c < \"$f\"; done; ls /etc/ssl/private 2>&1 | wc -l", "sh", *shown],
+                       env=proxy.env, cwd=workspace, capture_output=True, text=True, timeout=120)
+    sizes = r.stdout.split()
+    assert sizes[:len(shown)] == ["0"] * len(shown), r.stdout + r.stderr  # covered by an empty file
+    assert sizes[-1] == "0", r.stdout + r.stderr
+
+
 def test_an_answer_whose_status_is_not_three_digits_is_not_relayed_and_its_outcome_is_kept(make_proxy, outside):
     """mitmproxy reads an upstream's status code with int(), so an upstream the agent reaches (its own echo server,
     allowed by policy) could answer `HTTP/1.1 99999999999999999999 OK`: relayed as it was, and too large for SQLite,
