@@ -34,6 +34,14 @@ for f in "$@"; do echo "after $f: $(cat "$f" 2>&1)"; done
 """
 
 
+def wait_ready(p: subprocess.Popen[str], home: Path) -> None:
+    """Until the jailed command of `p` (run with `--files review`) has written `ready` in its workspace."""
+    deadline = time.monotonic() + 60
+    while p.poll() is None and not any(home.glob("runs/*/upper/ready")):
+        assert time.monotonic() < deadline, "the jailed command never got ready"
+        time.sleep(0.05)
+
+
 def test_a_hidden_file_replaced_during_the_run_stays_hidden(make_proxy, outside):
     """A credential store and a config file outside the state directory, rewritten by rename while the agent runs
     (as editors save, and as `git credential-store` and `docker login` write) or renamed aside with a new one written
@@ -57,10 +65,7 @@ def test_a_hidden_file_replaced_during_the_run_stays_hidden(make_proxy, outside)
                           "sh", "-c", script, "sh", str(netrc), str(config), f"{config}~"], env=env, cwd=workspace,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while p.poll() is None and not any(proxy.home.glob("runs/*/upper/ready")):
-            assert time.monotonic() < deadline, "the jailed command never got ready"
-            time.sleep(0.05)
+        wait_ready(p, proxy.home)
         replace_by_rename(netrc, "machine example.com password NETRC-SECOND\n")
         os.rename(config, config.with_name(config.name + "~"))  # as Emacs keeps a backup: the old file renamed aside
         config.write_text(config.with_name(config.name + "~").read_text() + "# CONFIG-SECOND\n")
@@ -217,10 +222,7 @@ def test_a_host_socket_restarted_during_the_run_stays_out_of_reach(make_proxy, o
                           "sh", "-c", script], env=proxy.env, cwd=workspace, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while p.poll() is None and not any(proxy.home.glob("runs/*/upper/ready")):
-            assert time.monotonic() < deadline, "the jailed command never got ready"
-            time.sleep(0.05)
+        wait_ready(p, proxy.home)
         first.close()
         path.unlink()
         with socket.socket(socket.AF_UNIX) as again:
@@ -700,10 +702,7 @@ def test_connections_held_open_by_the_jail_cost_goex_proxy_a_bounded_number_of_t
                           "--", "python3", "-c", HOLD_CONNECTIONS, str(n), str(ready), str(go)],
                          env=proxy.env, cwd=workspace, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while p.poll() is None and not any(proxy.home.glob("runs/*/upper/ready")):
-            assert time.monotonic() < deadline, "the jailed command never got ready"
-            time.sleep(0.05)
+        wait_ready(p, proxy.home)
         most = 0
         for _ in range(30):  # the bridge has taken what it will by the time the command is ready
             most = max(most, len(os.listdir(f"/proc/{p.pid}/task")))
