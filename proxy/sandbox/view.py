@@ -3,6 +3,7 @@ may read but not write, the host's Unix sockets it must not reach, and the envir
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import importlib.util
 import os
@@ -169,18 +170,35 @@ def aliases(path: str, table: list[Mount]) -> list[str]:
 
 
 def host_sockets() -> list[str]:
-    """Paths of the Unix sockets bound in this network namespace (the host's), from /proc/net/unix."""
+    """Paths of the Unix sockets bound on this machine: in this network namespace (the host's, /proc/net/unix) and in
+    every other one a process here is in (a container's, an `unshare -n` service's: their sockets are not in this
+    namespace's list, yet a path of theirs the jail can see reaches them), those that are sockets at that path here."""
+    found = set(_bound_sockets("/proc/net/unix"))
+    seen = {_namespace("/proc/self/ns/net")}
+    with contextlib.suppress(OSError):
+        for pid in os.listdir("/proc"):
+            if pid.isdigit() and (ns := _namespace(f"/proc/{pid}/ns/net")) is not None and ns not in seen:
+                seen.add(ns)
+                found.update(s for s in _bound_sockets(f"/proc/{pid}/net/unix") if _is_socket(s))
+    return sorted(found)
+
+
+def _namespace(link: str) -> str | None:
+    """The namespace a /proc/PID/ns link names (None: the process is gone, or not ours to look at)."""
     try:
-        with open("/proc/net/unix", encoding="utf-8", errors="surrogateescape") as f:
+        return os.readlink(link)
+    except OSError:
+        return None
+
+
+def _bound_sockets(table: str) -> list[str]:
+    """The paths in a /proc net/unix table (a socket bound to a path; not an abstract or unnamed one)."""
+    try:
+        with open(table, encoding="utf-8", errors="surrogateescape") as f:
             lines = f.read().splitlines()[1:]
     except OSError:
         return []
-    found = set()
-    for line in lines:
-        fields = line.split(None, 7)
-        if len(fields) == 8 and fields[7].startswith("/"):
-            found.add(fields[7])
-    return sorted(found)
+    return [fields[7] for line in lines if len(fields := line.split(None, 7)) == 8 and fields[7].startswith("/")]
 
 
 def view_for(config: Config, workspace: Path, cwd: Path) -> View:

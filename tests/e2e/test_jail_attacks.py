@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -235,6 +236,49 @@ def test_a_host_socket_restarted_during_the_run_stays_out_of_reach(make_proxy, o
             p.kill()
     assert "CONNECTED" not in out, out + err
     assert "Traceback" in err  # the connection failed in the jail (the test reached the connect)
+
+
+#: A service on a Unix socket in a network namespace of its own (as a container's or an `unshare -n` one is): it
+#: answers each connection with a secret.
+OTHER_NAMESPACE_SERVICE = """
+import os, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.bind(sys.argv[1])
+s.listen(5)
+while True:
+    conn, _ = s.accept()
+    conn.sendall(b"SECRET-FROM-ANOTHER-NAMESPACE")
+    conn.close()
+"""
+
+
+def test_a_socket_bound_in_another_network_namespace_is_out_of_reach(make_proxy, outside):
+    """The jail covered the sockets listed in this network namespace's /proc/net/unix only: a service bound in a
+    namespace of its own (a container's, an `unshare -n` service's) at a path the jail can see was reachable, and
+    handed its secret to the jailed command. Sockets bound in every namespace a process here is in are covered."""
+    proxy = make_proxy(GITHUB_POLICY, start=False)
+    workspace = outside / "ws"
+    workspace.mkdir()
+    path = outside / "service.sock"
+    service = subprocess.Popen(["unshare", "-rn", sys.executable, "-c", OTHER_NAMESPACE_SERVICE, str(path)])
+    try:
+        deadline = time.monotonic() + 20
+        while not path.exists():
+            assert service.poll() is None and time.monotonic() < deadline, "the service did not start"
+            time.sleep(0.05)
+        with socket.socket(socket.AF_UNIX) as here:  # reachable from outside the jail, as any socket of its path
+            here.connect(str(path))
+            assert here.recv(100).startswith(b"SECRET")
+        script = ("import socket\ns = socket.socket(socket.AF_UNIX)\ns.settimeout(3)\ntry:\n"
+                  f"    s.connect({str(path)!r})\n    print(s.recv(100).decode())\n"
+                  "except OSError as exc:\n    print('refused', type(exc).__name__)")
+        r = subprocess.run([*GOEX, "exec", "--config", str(proxy.config), "--agent", "mailbot", "--", "python3", "-c",
+                            script], env=proxy.env, cwd=workspace, capture_output=True, text=True, timeout=120)
+    finally:
+        service.kill()
+        service.wait()
+    assert r.returncode == 0, r.stderr
+    assert "SECRET" not in r.stdout and r.stdout.startswith("refused"), r.stdout
 
 
 def test_an_editors_copy_of_the_config_made_before_the_run_is_hidden(make_proxy, outside):
