@@ -38,7 +38,7 @@ class Anchor:
         try:
             raw = json.loads(text)
             anchor = cls(int(raw["seq"]), str(raw["id"]), str(raw["hash"]))
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, OverflowError, RecursionError):  # 1e400 as seq; [[[... too deep
             raise AuditError(f"{where} is not an audit anchor (JSON with seq, id and hash, as `goex-proxy log anchor` "
                              "prints)") from None
         if anchor.seq < 1 or len(anchor.hash) != 64:
