@@ -138,7 +138,11 @@ class Seal:
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Hold the anchor's lock (between writers of one state directory, in any process)."""
-        fd = os.open(self.anchor_path.with_name(f".{ANCHOR_FILE}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        lock = self.anchor_path.with_name(f".{ANCHOR_FILE}.lock")
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise AuditError(f"cannot open the audit anchor's lock {lock}: {exc.strerror or exc}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             if not self._swept:  # nobody is between making a temporary anchor and removing it while the lock is held

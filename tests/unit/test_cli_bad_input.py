@@ -3,6 +3,9 @@ wrong and where, a non-zero exit, never a traceback or an internal error (each c
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -29,7 +32,8 @@ def _state(tmp_path: Path) -> tuple[Path, list[str]]:
         writer.record_intent({"id": request_id, "ts": NOW - 60 + i, "agent": "bot", "method": method,
                               "scheme": "https", "host": "example.com", "port": 443, "path": "/x",
                               "url": "https://example.com/x", "req_headers": "[]", "decision": "allow"}).result(5)
-        writer.record_outcome(request_id, {"status": 200, "resp_headers": "[]", "resp_body": b"{}",
+        writer.record_outcome(request_id, {"status": 201 if method == "POST" else 200, "resp_body": b'{"id": "a1"}',
+                                           "resp_headers": '[["Content-Type", "application/json"]]',
                                            "ended": NOW - 59 + i, "duration_ms": 3.0}).result(5)
         made.append(request_id)
     writer.close()
@@ -65,3 +69,55 @@ def test_a_malformed_anchor_given_to_verify_is_named_in_one_line(tmp_path: Path)
     kept = tmp_path / "kept.json"
     kept.write_text('{"seq": 1e999, "id": "X", "hash": "%s"}' % ("a" * 64), encoding="utf-8")
     _one_line(_run(config, "log", "verify", "--anchor", str(kept)), 2, f"{kept} is not an audit anchor")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+DAMAGED_STATE = {
+    "anchor not JSON": ("audit.anchor", "file", "audit.anchor is not an audit anchor"),
+    "anchor a directory": ("audit.anchor", "dir", "audit.anchor is not a regular file"),
+    "anchor lock a directory": (".audit.anchor.lock", "dir", "cannot open the audit anchor's lock"),
+    "CA not PEM": ("mitmproxy-ca.pem", "file", "mitmproxy-ca.pem does not hold a private key and its certificate"),
+    "CA a directory": ("mitmproxy-ca.pem", "dir", "cannot read the CA"),
+}
+
+
+def _damage(state: Path, name: str, kind: str) -> None:
+    path = state / name
+    if path.exists():
+        path.unlink()
+    if kind == "dir":
+        path.mkdir()
+    else:
+        path.write_bytes(b"junk\xff")
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGED_STATE))
+def test_run_refuses_a_damaged_seal_or_ca_in_one_line(tmp_path: Path, case: str) -> None:
+    """`run` checked the audit database before starting, but not the anchor, its lock or the CA: it started, and a
+    damaged anchor stopped it with mitmproxy's dump of every error logged during startup (exit 1), a damaged CA with
+    mitmproxy's traceback. Now one line naming the file, exit 2, and nothing listens."""
+    config, _ = _state(tmp_path)
+    config.write_text(config.read_text(encoding="utf-8") + f"listen: 127.0.0.1:{_free_port()}\n", encoding="utf-8")
+    name, kind, message = DAMAGED_STATE[case]
+    _damage(tmp_path, name, kind)
+    ran = subprocess.run([sys.executable, "-m", "goex_proxy", "run", "--no-console", "--workers", "1", "--config",
+                          str(config)], capture_output=True, text=True, timeout=60)
+    lines = ran.stderr.strip().splitlines()
+    assert ran.returncode == 2 and len(lines) == 1 and message in lines[0], ran.stderr
+    assert "Traceback" not in ran.stderr + ran.stdout and not ran.stdout, ran.stdout
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGED_STATE))
+def test_undo_refuses_a_damaged_seal_or_ca_in_one_line(tmp_path: Path, case: str) -> None:
+    """undo's in-process proxy met the same errors as it started: their dump, then an internal error (exit 70)."""
+    config, (_, created) = _state(tmp_path)
+    name, kind, message = DAMAGED_STATE[case]
+    _damage(tmp_path, name, kind)
+    result = CliRunner().invoke(cli.cli, ["undo", created, "--yes", "--config", str(config)])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.output
