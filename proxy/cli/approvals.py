@@ -162,7 +162,7 @@ def _print_queue(config: Any, conn: Any, entries: list[dict[str, Any]], as_json:
     for e in entries:
         request_id = e["request_id"]
         row = rows[request_id]
-        seen = f" (seen {when(e['reviewed_at'])[5:]} by {e['reviewed_by']})" if e.get("reviewed_at") else ""
+        seen = f" (seen {when(e['reviewed_at'], year=False)} by {e['reviewed_by']})" if e.get("reviewed_at") else ""
         if as_json:
             click.echo(json.dumps({"id": request_id, "time": iso(e["ts"]), "agent": e["agent"], "state": e["state"],
                                    "undo_class": row.get("undo_class") or e["undo_class"], "why": e["why"],

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,55 @@ def test_undo_refuses_a_damaged_seal_or_ca_in_one_line(tmp_path: Path, case: str
     result = CliRunner().invoke(cli.cli, ["undo", created, "--yes", "--config", str(config)])
     lines = result.stderr.strip().splitlines()
     assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.output
+
+
+def _edit(tmp_path: Path, sql: str, *params: object) -> None:
+    """Edit the audit log as someone with the file could (such a row fails `log verify`; reading it must not fail)."""
+    import sqlite3
+
+    with closing(sqlite3.connect(tmp_path / "audit.db")) as conn, conn:
+        conn.execute(sql, params)
+
+
+@pytest.mark.parametrize("ts", ["yesterday", 1e300, -1e300])
+def test_a_recorded_time_that_is_no_time_is_shown_as_such(tmp_path: Path, ts: object) -> None:
+    """A ts that is text or past the year 9999 ended `log`, `log --json`, `show` (and `secrets list`, with a
+    credential's last use) with a TypeError or OverflowError as an internal error."""
+    config, (first, _) = _state(tmp_path)
+    _edit(tmp_path, "UPDATE requests SET ts = ? WHERE id = ?", ts, first)
+    listed = _run(config, "log")
+    assert listed.exit_code == 0 and f"{first}  (not a time)" in listed.output, listed.output
+    as_json = _run(config, "log", "--json")
+    assert as_json.exit_code == 0 and '"time": null' in as_json.output, as_json.output
+    shown = _run(config, "show", first)
+    assert shown.exit_code == 0 and shown.output.startswith(f"{first}  (not a time)  agent bot"), shown.output
+
+
+@pytest.mark.parametrize(("column", "value", "said"), [
+    ("approval", "{not json", "the approval of row {id} is not JSON"),
+    ("approval", "[1]", "the approval of row {id} is not a JSON object"),
+    ("charged", "[unterminated", "the charged of row {id} is not JSON"),
+    ("row_images", b'{"rows": []}', "the row_images of row {id} are not a JSON object naming its table and rows"),
+    ("duration_ms", "slow", "the duration_ms of row {id} is not a number"),
+    ("resp_body_size", "big", "the resp_body_size of row {id} is not a number"),
+])
+def test_show_names_a_damaged_value_before_printing_anything(tmp_path: Path, column: str, value: object,
+                                                             said: str) -> None:
+    """A value not as goex-proxy writes it ended `show` with an internal error (JSONDecodeError, KeyError, ValueError),
+    part of the row already printed; now one line naming the row and its field, and nothing else."""
+    config, (_, created) = _state(tmp_path)
+    _edit(tmp_path, f"UPDATE requests SET {column} = ? WHERE id = ?", value, created)
+    _one_line(_run(config, "show", created), 2, "the audit log is damaged: " + said.format(id=created),
+              "goex-proxy log verify")
+
+
+def test_show_json_names_a_column_that_is_not_json_and_gives_the_rest_as_stored(tmp_path: Path) -> None:
+    """`show --json` decodes the headers and charges it gives as JSON (a JSONDecodeError ended it as an internal
+    error); what it does not decode it gives as stored, damaged or not."""
+    config, (_, created) = _state(tmp_path)
+    _edit(tmp_path, "UPDATE requests SET duration_ms = 'slow', approval = '[1]' WHERE id = ?", created)
+    shown = _run(config, "show", created, "--json")
+    assert shown.exit_code == 0 and '"duration_ms": "slow"' in shown.output, shown.output
+    _edit(tmp_path, "UPDATE requests SET charged = '[unterminated' WHERE id = ?", created)
+    _one_line(_run(config, "show", created, "--json"), 2,
+              f"the audit log is damaged: the charged of row {created} is not JSON")
