@@ -174,3 +174,13 @@ def test_show_json_names_a_column_that_is_not_json_and_gives_the_rest_as_stored(
     _edit(tmp_path, "UPDATE requests SET charged = '[unterminated' WHERE id = ?", created)
     _one_line(_run(config, "show", created, "--json"), 2,
               f"the audit log is damaged: the charged of row {created} is not JSON")
+
+
+@pytest.mark.parametrize("verb", ["keep", "undo", "diff"])
+@pytest.mark.parametrize("run_id", ["0" * 300, "../..", "a/b"])
+def test_a_file_run_id_no_run_has_is_not_found(tmp_path: Path, verb: str, run_id: str) -> None:
+    """`files keep` and `files undo` made a path of the id before looking it up: one longer than a file name may be
+    ended them with an OSError as an internal error."""
+    config, _ = _state(tmp_path)
+    (tmp_path / "runs").mkdir()  # as the first jailed run that changed files leaves it
+    _one_line(_run(config, "files", verb, run_id), 1, f"no file run {run_id!r}")
