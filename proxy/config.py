@@ -34,6 +34,10 @@ _LLM_KEYS = {"base_url", "model", "api_key", "timeout"}
 _CREDENTIAL_KEYS = {"secret", "host", "hosts", "methods", "paths", "schemes", "inject", "env"}
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _AGENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+#: RFC 9110 5.6.2: what a header name may be (`inject.header`).
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: What no header value may hold: written into HTTP/1.1, each ends the line.
+_LINE_BREAKING = re.compile(r"[\r\n\0]")
 #: The fewest characters an agent's token may have: it is all that tells one agent from another (or from any other
 #: local process) to the proxy.
 MIN_TOKEN_LENGTH = 12
@@ -198,13 +202,29 @@ def _injection(check: Checker, c: YMap, where: str) -> Injection | None:
         return None
     if kinds == ["header"]:
         name = check.string(spec, "header", f"{where}.inject.header") or "Authorization"
+        if not _TOKEN.fullmatch(name):  # sent as it is: a line break in it wrote a header line of its own upstream
+            check.error(check.at(spec, "header"), f"'{where}.inject.header' must be a header name (letters, digits "
+                                                  f"and !#$%&'*+-.^_`|~; got {name!r:.80})")
         template = check.string(spec, "value", f"{where}.inject.value", "Bearer {secret}") or "Bearer {secret}"
         if "{secret}" not in template:
             check.error(check.at(spec, "value"), f"'{where}.inject.value' must contain {{secret}} (got {template!r})")
+        if _LINE_BREAKING.search(template):
+            check.error(check.at(spec, "value"), f"'{where}.inject.value' must not hold a CR, LF or NUL: it would "
+                                                 "start a header line of its own upstream")
         return Injection("header", name, template)
     if kinds == ["basic"]:
         basic = check.mapping(spec["basic"], f"{where}.inject.basic", check.at(spec, "basic"), {"username"})
-        return Injection("basic", username=str(basic.get("username", "")) if basic is not None else "")
+        raw = basic.get("username", "") if basic is not None else ""
+        if isinstance(raw, int) and not isinstance(raw, bool):  # `username: 12345` reads as a number
+            raw = str(raw)
+        username = raw if isinstance(raw, str) else ""
+        if basic is not None and not isinstance(raw, str):  # was sent as its repr: "['x']"
+            check.error(check.at(basic, "username"), f"'{where}.inject.basic.username' must be a string (got "
+                                                     f"{yamlsrc.type_name(raw)})")
+        elif basic is not None and (":" in username or _LINE_BREAKING.search(username)):
+            check.error(check.at(basic, "username"), f"'{where}.inject.basic.username' must not hold ':', CR, LF or "
+                                                     f"NUL (got {username!r:.80})")
+        return Injection("basic", username=username)
     if kinds == ["oauth2"]:
         oauth = _oauth2(check, spec, f"{where}.inject.oauth2")
         return Injection("oauth2", oauth2=oauth) if oauth is not None else None
@@ -214,6 +234,8 @@ def _injection(check: Checker, c: YMap, where: str) -> Injection | None:
             return None
         return Injection("aws_sigv4")
     param = check.string(spec, "query", f"{where}.inject.query")
+    if param == "":
+        check.error(check.at(spec, "query"), f"'{where}.inject.query' must name the query parameter")
     return Injection("query", param or "key")
 
 
@@ -305,6 +327,11 @@ def _vault_or_env(check: Checker, parent: YMap, key: str, where: str) -> SecretR
         return SecretRef(vault=value)
     if isinstance(value, YMap):
         env = check.mapping(value, f"{where}.{key}", check.at(parent, key), {"env"}, {"env"})
+        if env is not None and "env" in env and not (isinstance(env["env"], str) and _ENV_NAME.fullmatch(env["env"])):
+            # was taken for no secret at all, without a word: the credential then silently left out
+            check.error(check.at(env, "env"), f"'{where}.{key}.env' must name an environment variable (got "
+                                              f"{env['env']!r:.60})")
+            return None
         return SecretRef(env=env["env"]) if env is not None and isinstance(env.get("env"), str) else None
     check.error(check.at(parent, key), f"'{where}.{key}' must name a vault secret or be {{env: NAME}} "
                                        "(secrets are never written into the config)")
@@ -377,7 +404,7 @@ def _credentials(check: Checker, raw: Any, pos: tuple[int, int]) -> dict[str, Cr
 def parse_config(doc: Any, file: Path, check: Checker) -> Config:
     """Build a Config from a parsed document, recording every problem on `check`."""
     top = check.mapping(doc, "config", (1, 1), _TOP_KEYS, {"version"}) or YMap()
-    if "version" in top and top["version"] != 1:
+    if "version" in top and (top["version"] != 1 or isinstance(top["version"], bool)):  # True == 1 in Python
         check.error(check.at(top, "version"), f"'version' must be 1 (got {top['version']!r})")
     base = file.parent
     state_dir = Path(check.string(top, "state_dir", "state_dir") or base).expanduser()
@@ -455,7 +482,13 @@ def parse_config(doc: Any, file: Path, check: Checker) -> Config:
         check.error(check.at(upstream, "routes"), "'upstream.routes' must be a mapping of host to URL")
     extra_ca = tuple((base / Path(p).expanduser()).resolve() for p in check.strings(upstream, "extra_ca", "upstream.extra_ca") or [])
     for path in extra_ca:
-        if not path.is_file():
+        try:
+            found = path.is_file()
+        except (OSError, ValueError) as exc:  # a name longer than the file system takes (NUL is refused above)
+            check.error(check.at(upstream, "extra_ca"), f"'upstream.extra_ca' file {str(path)[:200]!r} cannot be "
+                                                       f"read: {getattr(exc, 'strerror', None) or exc}")
+            continue
+        if not found:
             check.error(check.at(upstream, "extra_ca"), f"'upstream.extra_ca' file {str(path)!r} does not exist")
 
     block_private = upstream.get("block_private_networks", True)
@@ -531,9 +564,26 @@ def load_config(path: Path | None = None) -> Config:
     if problems:
         raise ConfigError(problems)
     check = Checker(str(path))
+    _refuse_nul(check, doc, (1, 1))
+    check.raise_if_errors()  # what follows makes paths of the values, which a NUL would end with a ValueError
     config = parse_config(doc, path.resolve(), check)
     check.raise_if_errors()
     return config
+
+
+def _refuse_nul(check: Checker, value: Any, pos: tuple[int, int]) -> None:
+    """A NUL character (YAML's "\\0" escape) in any key or string of the config is an error where it is: no path,
+    name, host or header may hold one, and as a path it ended commands with a ValueError (an internal error)."""
+    if isinstance(value, YMap):
+        for key, item in value.items():
+            if "\0" in key:
+                check.error(value.key_pos.get(key, pos), f"the key {key!r} holds a NUL character")
+            _refuse_nul(check, item, value.value_pos.get(key, pos))
+    elif isinstance(value, yamlsrc.YList):
+        for i, item in enumerate(value):
+            _refuse_nul(check, item, value.item_pos[i] if i < len(value.item_pos) else pos)
+    elif isinstance(value, str) and "\0" in value:
+        check.error(pos, f"{value[:60]!r} holds a NUL character, which no path, name or header may hold")
 
 
 def config_problems(path: Path) -> list[Problem]:

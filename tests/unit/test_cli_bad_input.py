@@ -184,3 +184,14 @@ def test_a_file_run_id_no_run_has_is_not_found(tmp_path: Path, verb: str, run_id
     config, _ = _state(tmp_path)
     (tmp_path / "runs").mkdir()  # as the first jailed run that changed files leaves it
     _one_line(_run(config, "files", verb, run_id), 1, f"no file run {run_id!r}")
+
+
+@pytest.mark.parametrize(("key", "args", "code"), [("state_dir", ("log",), 2), ("audit: {db", ("run", "--workers", "1"), 2),
+                                                   ("upstream: {extra_ca", ("policy", "check"), 1)])
+def test_a_nul_in_a_config_path_is_one_located_line(tmp_path: Path, key: str, args: tuple[str, ...], code: int) -> None:
+    """YAML's "\\0" escape put a NUL in a path, which ended each command with a ValueError as an internal error
+    (`policy check` says what it found with exit 1, as for any problem)."""
+    config = tmp_path / "config.yaml"
+    value = '"a\\0b"' if key == "state_dir" else ('"a\\0b"}' if "db" in key else '["a\\0b"]}')
+    config.write_text(f"version: 1\n{key}: {value}\n", encoding="utf-8")
+    _one_line(_run(config, *args), code, f"{config}:2:", "holds a NUL character")

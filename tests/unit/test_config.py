@@ -51,6 +51,23 @@ def test_example_config_is_valid() -> None:
     ("sandbox: {mounts: []}\n", "unknown key 'mounts'"),
     ("sandbox: {max_processes: 0}\n", "'sandbox.max_processes' must be a whole number of at least 1"),
     ("agents: {bot: {token: abc}}\n", "'agents.bot.token' is 3 characters; use at least 12 random ones"),
+    # found by trying wrong values for every key (each had been taken without a word, or ended in an internal error)
+    ('audit: {db: "a\\0b"}\n', "'a\\x00b' holds a NUL character"),
+    ('state_dir: "\\0"\n', "holds a NUL character"),
+    ("upstream: {extra_ca: [" + "x" * 300 + "]}\n", "cannot be read: File name too long"),
+    ("credentials:\n  x: {secret: {env: 5}, hosts: [a.example], inject: {query: k}}\n",
+     "'credentials.x.secret.env' must name an environment variable"),
+    ("llm: {base_url: 'http://x/v1', model: m, api_key: {env: [K]}}\n", "'llm.api_key.env' must name an environment"),
+    ('credentials:\n  x: {secret: s, hosts: [a.example], inject: {header: "X\\nY"}}\n',
+     "'credentials.x.inject.header' must be a header name"),
+    ('credentials:\n  x: {secret: s, hosts: [a.example], inject: {header: X, value: "{secret}\\r\\nX-Evil: 1"}}\n',
+     "'credentials.x.inject.value' must not hold a CR, LF or NUL"),
+    ("credentials:\n  x: {secret: s, hosts: [a.example], inject: {basic: {username: [u]}}}\n",
+     "'credentials.x.inject.basic.username' must be a string (got a list)"),
+    ("credentials:\n  x: {secret: s, hosts: [a.example], inject: {basic: {username: 'a:b'}}}\n",
+     "'credentials.x.inject.basic.username' must not hold ':'"),
+    ("credentials:\n  x: {secret: s, hosts: [a.example], inject: {query: ''}}\n",
+     "'credentials.x.inject.query' must name the query parameter"),
 ])
 def test_mistakes_are_located(tmp_path: Path, text: str, message: str) -> None:
     """Each mistake is an error with the file and line, naming what is wrong."""
@@ -59,6 +76,15 @@ def test_mistakes_are_located(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert any(message in str(p) and str(p).startswith(f"{path}:") for p in err.value.problems), err.value.problems
+
+
+def test_version_true_is_not_version_1(tmp_path: Path) -> None:
+    """`version: true` was taken for 1 (True == 1 in Python)."""
+    path = tmp_path / "config.yaml"
+    path.write_text("version: true\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert [str(p) for p in err.value.problems] == [f"{path}:1:10: 'version' must be 1 (got True)"]
 
 
 @pytest.mark.parametrize(("text", "got"), [("", "got nothing"), ("- a\n- b\n", "got a list"), ("just text\n", "got a string")])
