@@ -195,3 +195,20 @@ def test_a_nul_in_a_config_path_is_one_located_line(tmp_path: Path, key: str, ar
     value = '"a\\0b"' if key == "state_dir" else ('"a\\0b"}' if "db" in key else '["a\\0b"]}')
     config.write_text(f"version: 1\n{key}: {value}\n", encoding="utf-8")
     _one_line(_run(config, *args), code, f"{config}:2:", "holds a NUL character")
+
+
+def test_secrets_set_refuses_a_line_break_in_a_secret_a_header_carries(tmp_path: Path) -> None:
+    """Such a secret was stored, and then sent upstream as a header line of its own (the proxy now refuses to inject
+    it): said when it is set instead, the vault left as it was."""
+    from goex_proxy.credentials.vault import Vault, new_key_file
+
+    config = tmp_path / "config.yaml"
+    config.write_text("version: 1\ncredentials:\n  h: {secret: h, hosts: [h.example], inject: {header: X-Key}}\n"
+                      "  q: {secret: q, hosts: [q.example], inject: {query: key}}\n", encoding="utf-8")
+    new_key_file(tmp_path / "vault.key")
+    result = CliRunner().invoke(cli.cli, ["secrets", "set", "h", "--config", str(config)],
+                                input="tok-12345678\r\nX-Evil: 1\n")
+    _one_line(result, 2, "refusing to store 'h': it holds a line break or NUL")
+    assert not (tmp_path / "vault.json").exists()
+    kept = CliRunner().invoke(cli.cli, ["secrets", "set", "q", "--config", str(config)], input="two\nlines-1234\n")
+    assert kept.exit_code == 0 and Vault(tmp_path).get("q") == "two\nlines-1234"  # a query parameter is encoded
