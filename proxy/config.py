@@ -379,6 +379,10 @@ def _credentials(check: Checker, raw: Any, pos: tuple[int, int]) -> dict[str, Cr
                 except ValueError as exc:
                     check.error(check.at(c, "paths"), f"'{where}.paths' {pattern!r} {exc}")
         methods = check.strings(c, "methods", f"{where}.methods")
+        for key, given in (("methods", methods), ("paths", paths)):
+            if given is not None and not given:  # `methods: []` bound the secret to every method, as if left out
+                check.error(check.at(c, key), f"'{where}.{key}' must not be empty (leave it out to bind the secret "
+                                              f"to every {key[:-1]})")
         env_names = check.strings(c, "env", f"{where}.env") or []
         for env_name in env_names:
             if not _ENV_NAME.fullmatch(env_name):

@@ -68,6 +68,10 @@ def test_example_config_is_valid() -> None:
      "'credentials.x.inject.basic.username' must not hold ':'"),
     ("credentials:\n  x: {secret: s, hosts: [a.example], inject: {query: ''}}\n",
      "'credentials.x.inject.query' must name the query parameter"),
+    ("credentials:\n  x: {secret: s, hosts: [a.example], methods: [], inject: {query: k}}\n",
+     "'credentials.x.methods' must not be empty (leave it out to bind the secret to every method)"),
+    ("credentials:\n  x: {secret: s, hosts: [a.example], paths: [], inject: {query: k}}\n",
+     "'credentials.x.paths' must not be empty"),
 ])
 def test_mistakes_are_located(tmp_path: Path, text: str, message: str) -> None:
     """Each mistake is an error with the file and line, naming what is wrong."""
