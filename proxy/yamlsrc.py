@@ -295,6 +295,18 @@ class Checker:
         self.error(self.at(parent, key), f"'{where}' must be a string or a list of strings (got {type_name(value)})")
         return None
 
+    def narrowing(self, parent: YMap, key: str, where: str) -> frozenset[str] | None:
+        """Names a rule or policy is narrowed to (`agents:`): None for every one (the key left out, or '*'). Present
+        but null or empty is an error: `agents:` with its value forgotten had silently meant every agent, `[]` none."""
+        if key not in parent:
+            return None
+        names = self.strings(parent, key, where)
+        if not names:
+            if names is not None or parent.get(key) is None:
+                self.error(self.at(parent, key), f"'{where}' must name at least one ('*' for all), or be left out")
+            return frozenset()
+        return None if "*" in names else frozenset(names)
+
     def parsed(self, parent: YMap, key: str, where: str, parse: Callable[[Any], T]) -> T | None:
         """Run `parse` on a value, turning its ValueError into a located problem."""
         if key not in parent:
