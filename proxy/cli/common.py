@@ -74,6 +74,11 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
+#: What `--limit` takes: at least one row, and at most what SQLite's LIMIT holds (a larger number reached it as
+#: "datatype mismatch", which read as a damaged audit database).
+LIMIT = click.IntRange(1, 2**63 - 1)
+
+
 def config_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
                         help="Config file (default: $GOEX_PROXY_HOME/config.yaml).")(fn)

@@ -15,7 +15,7 @@ import click
 from ..audit import store as audit
 from ..config import load_config
 from ..errors import AuditError
-from .common import config_option, console, handle_errors, iso, json_option, outcome_of, parse_since, print_table, when
+from .common import LIMIT, config_option, console, handle_errors, iso, json_option, outcome_of, parse_since, print_table, when
 
 
 @click.group(invoke_without_command=True)
@@ -25,7 +25,7 @@ from .common import config_option, console, handle_errors, iso, json_option, out
 @click.option("--since", help="Only since then: a duration (30m, 1h, 7d) or an ISO time.")
 @click.option("--decision", type=click.Choice(["allow", "deny", "report", "error", "challenge", "hold", "delay"]),
               help="Only this decision.")
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1),
+@click.option("--limit", default=50, show_default=True, type=LIMIT,
               help="At most this many rows (newest).")
 @json_option
 @click.pass_context

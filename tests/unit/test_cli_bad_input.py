@@ -212,3 +212,16 @@ def test_secrets_set_refuses_a_line_break_in_a_secret_a_header_carries(tmp_path:
     assert not (tmp_path / "vault.json").exists()
     kept = CliRunner().invoke(cli.cli, ["secrets", "set", "q", "--config", str(config)], input="two\nlines-1234\n")
     assert kept.exit_code == 0 and Vault(tmp_path).get("q") == "two\nlines-1234"  # a query parameter is encoded
+
+
+@pytest.mark.parametrize("args", [("log",), ("files", "list"), ("review",)])
+def test_a_limit_past_what_sqlite_holds_is_refused_as_an_option(tmp_path: Path, args: tuple[str, ...]) -> None:
+    """`--limit 99999999999999999999` reached SQLite, whose "datatype mismatch" was said as an audit database that
+    cannot be read; the largest limit SQLite holds still lists every row."""
+    config, made = _state(tmp_path)
+    refused = _run(config, *args, "--limit", str(2**63))
+    assert refused.exit_code == 2 and f"{2**63} is not in the range 1<=x<=" in refused.output, refused.output
+    assert "audit database" not in refused.output
+    listed = _run(config, *args, "--limit", str(2**63 - 1))
+    assert listed.exit_code == 0, listed.output
+    assert args != ("log",) or all(i in listed.output for i in made)
