@@ -50,6 +50,8 @@ def weak_token(token: str) -> str | None:
                 "`python3 -c 'import secrets; print(secrets.token_urlsafe(24))'`)")
     return None
 DEFAULT_MAX_BODY = 65536
+#: The most processes Linux can have at once (PID_MAX_LIMIT on 64-bit): a pids cgroup takes no larger cap.
+PID_MAX_LIMIT = 4 * 1024 * 1024
 
 
 def home() -> Path:
@@ -313,9 +315,11 @@ def _sandbox(check: Checker, top: YMap, base: Path) -> Sandbox:
         if not _ENV_NAME.fullmatch(name):
             check.error(check.at(spec, "pass_env"), f"'sandbox.pass_env' entry {name!r} is not a variable name")
     most = spec.get("max_processes", Sandbox.max_processes)
-    if not isinstance(most, int) or isinstance(most, bool) or most < 1:
-        check.error(check.at(spec, "max_processes"), "'sandbox.max_processes' must be a whole number of at least 1 "
-                                                     f"(got {most!r})")
+    if not isinstance(most, int) or isinstance(most, bool) or not 1 <= most <= PID_MAX_LIMIT:
+        # past Linux's own limit, the jail's pids cgroup refused it (and the jail ran uncapped, "no pids cgroup can
+        # be made here"), and setrlimit an OverflowError
+        check.error(check.at(spec, "max_processes"), "'sandbox.max_processes' must be a whole number from 1 to "
+                                                     f"{PID_MAX_LIMIT} (got {most!r:.40})")
         most = Sandbox.max_processes
     return Sandbox(paths("hide"), paths("expose"), paths("allow_sockets"), pass_env, most)
 

@@ -49,7 +49,9 @@ def test_example_config_is_valid() -> None:
     ("sandbox: {hide: 5}\n", "'sandbox.hide' must be a string or a list of strings"),
     ("sandbox: {pass_env: [OK, 'no good']}\n", "'sandbox.pass_env' entry 'no good' is not a variable name"),
     ("sandbox: {mounts: []}\n", "unknown key 'mounts'"),
-    ("sandbox: {max_processes: 0}\n", "'sandbox.max_processes' must be a whole number of at least 1"),
+    ("sandbox: {max_processes: 0}\n", "'sandbox.max_processes' must be a whole number from 1 to 4194304"),
+    ("sandbox: {max_processes: 4194305}\n", "'sandbox.max_processes' must be a whole number from 1 to 4194304"),
+    ("sandbox: {max_processes: 1000000000000000000000000000000}\n", "'sandbox.max_processes' must be a whole number"),
     ("agents: {bot: {token: abc}}\n", "'agents.bot.token' is 3 characters; use at least 12 random ones"),
     # found by trying wrong values for every key (each had been taken without a word, or ended in an internal error)
     ('audit: {db: "a\\0b"}\n', "'a\\x00b' holds a NUL character"),
@@ -137,7 +139,7 @@ def test_cli_contracts_help_flag_limit_and_case_free_ids(tmp_path: Path) -> None
     config = tmp_path / "config.yaml"
     config.write_text("version: 1\nagents: {bot: {token: bot-token-4242}}\n")
     refused = runner.invoke(cli.cli, ["log", "--limit", "-1", "--config", str(config)])
-    assert refused.exit_code == 2 and "-1 is not in the range x>=1" in refused.output
+    assert refused.exit_code == 2 and "-1 is not in the range 1<=x<=" in refused.output
     request_id = RequestIds().new(1_700_000_000.0)
     writer = AuditWriter(tmp_path / "audit.db", Seal(tmp_path))
     writer.record_intent({"id": request_id, "ts": 1_700_000_000.0, "agent": "bot", "method": "GET", "scheme": "https",
