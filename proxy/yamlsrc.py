@@ -242,6 +242,19 @@ def type_name(value: Any) -> str:
     }.get(type(value), type(value).__name__)
 
 
+#: The longest message a problem keeps whole; most quote the value they are about, which may be any length.
+MESSAGE_MAX = 400
+
+
+def _bounded(message: str) -> str:
+    """`message`, its middle left out past MESSAGE_MAX characters: a value of 100,000 characters quoted whole made a
+    line no one reads (the start says what is wrong, the end what was expected or got)."""
+    if len(message) <= MESSAGE_MAX:
+        return message
+    keep = (MESSAGE_MAX - 40) // 2
+    return f"{message[:keep]} … ({len(message) - 2 * keep} characters left out) … {message[-keep:]}"
+
+
 class Checker:
     """Collects problems while reading a YAML document against a schema; never stops at the first."""
 
@@ -250,10 +263,10 @@ class Checker:
         self.problems: list[Problem] = []
 
     def error(self, pos: Pos, message: str) -> None:
-        self.problems.append(Problem(self.file, pos[0], pos[1], message))
+        self.problems.append(Problem(self.file, pos[0], pos[1], _bounded(message)))
 
     def warn(self, pos: Pos, message: str) -> None:
-        self.problems.append(Problem(self.file, pos[0], pos[1], message, "warning"))
+        self.problems.append(Problem(self.file, pos[0], pos[1], _bounded(message), "warning"))
 
     def raise_if_errors(self) -> None:
         if any(p.severity == "error" for p in self.problems):

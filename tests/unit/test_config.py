@@ -168,3 +168,15 @@ def test_a_wildcard_listen_address_is_reached_at_its_own_familys_loopback(tmp_pa
     expected = {"::": "::1", "0.0.0.0": "127.0.0.1", "": "127.0.0.1", "127.0.0.2": "127.0.0.2"}
     for listen, reached in expected.items():
         assert agentenv.proxy_address(dataclasses.replace(config, listen_host=listen))[0] == reached
+
+
+def test_a_problem_quoting_a_huge_value_stays_a_readable_line(tmp_path: Path) -> None:
+    """A value of 100,000 characters was quoted whole: one line of 100 KB. Its middle is now left out, saying how
+    much, and the start and the end of the message stay."""
+    path = tmp_path / "config.yaml"
+    path.write_text("version: 1\nlisten: " + "x" * 100_000 + "\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    [line] = [str(p) for p in err.value.problems]
+    assert line.startswith(f"{path}:2:9: 'listen' must be HOST:PORT like 127.0.0.1:8080 (got 'xxx")
+    assert len(line) < 500 and "characters left out)" in line and line.endswith("xxx')"), line
