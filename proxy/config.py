@@ -166,6 +166,21 @@ class Config:
                            if self.console.public_url else None)
 
 
+def _ca_file_problem(path: Path) -> str | None:
+    """Why a file is not PEM certificates to trust, if it is not: `run` joins it into mitmproxy's bundle as text (a
+    file that is not UTF-8 ended it with an internal error after its banner), and Python's TLS refuses a file that
+    holds no certificate when goex-proxy sends a request of its own."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror or exc}"
+    except UnicodeDecodeError as exc:
+        return f"is not text (byte {exc.start}); it must hold PEM certificates"
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        return "holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+    return None
+
+
 def _listen(value: Any) -> tuple[str, int]:
     return parse_host_port(value)
 
@@ -498,6 +513,8 @@ def parse_config(doc: Any, file: Path, check: Checker) -> Config:
             continue
         if not found:
             check.error(check.at(upstream, "extra_ca"), f"'upstream.extra_ca' file {str(path)!r} does not exist")
+        elif (problem := _ca_file_problem(path)) is not None:
+            check.error(check.at(upstream, "extra_ca"), f"'upstream.extra_ca' file {str(path)!r} {problem}")
 
     block_private = upstream.get("block_private_networks", True)
     if not isinstance(block_private, bool):

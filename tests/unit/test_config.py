@@ -57,6 +57,8 @@ def test_example_config_is_valid() -> None:
     ('audit: {db: "a\\0b"}\n', "'a\\x00b' holds a NUL character"),
     ('state_dir: "\\0"\n', "holds a NUL character"),
     ("upstream: {extra_ca: [" + "x" * 300 + "]}\n", "cannot be read: File name too long"),
+    ("upstream: {extra_ca: [config.yaml]}\n", "config.yaml' holds no PEM certificate (-----BEGIN CERTIFICATE-----)"),
+    ("upstream: {extra_ca: [/bin/sh]}\n", "' is not text (byte "),  # an executable: not UTF-8
     ("credentials:\n  x: {secret: {env: 5}, hosts: [a.example], inject: {query: k}}\n",
      "'credentials.x.secret.env' must name an environment variable"),
     ("llm: {base_url: 'http://x/v1', model: m, api_key: {env: [K]}}\n", "'llm.api_key.env' must name an environment"),
