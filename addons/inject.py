@@ -27,11 +27,20 @@ class CannotInject(Exception):
     """The credential is bound here but cannot be put in: the message says why (for the agent's 403)."""
 
 
+def field_value(value: str) -> str:
+    """`value` as a header value to send upstream; CannotInject when it holds CR, LF or NUL, which mitmproxy writes as
+    they are: a secret (stored with `secrets set`, in an environment variable, or an access token a token endpoint
+    gave) holding a line break put a header line of its own into the request, after the policy had decided on it."""
+    if any(c in value for c in "\r\n\0"):
+        raise CannotInject("its secret holds a CR, LF or NUL, which would start a header line of its own upstream")
+    return value
+
+
 def apply(request: http.Request, credential: Credential, secret: str) -> None:
     """Replace whatever the agent sent in the credential's place with the real secret."""
     how = credential.inject
     if how.kind == "header":
-        request.headers[how.name] = how.template.replace("{secret}", secret)
+        request.headers[how.name] = field_value(how.template.replace("{secret}", secret))
     elif how.kind == "basic":
         pair = base64.b64encode(f"{how.username}:{secret}".encode()).decode()
         request.headers["Authorization"] = f"Basic {pair}"
@@ -82,7 +91,7 @@ async def inject_into(state: ProxyState, request: http.Request, credential: Cred
     kind = credential.inject.kind
     if kind == "oauth2":
         assert state.tokens is not None
-        request.headers["Authorization"] = f"Bearer {await state.tokens.access_token(credential)}"
+        request.headers["Authorization"] = field_value(f"Bearer {await state.tokens.access_token(credential)}")
     elif kind == "aws_sigv4":
         keys = state.aws_keys.get(credential.name)
         if keys is None:
@@ -247,7 +256,12 @@ class Inject:
         if token == used:  # refreshed moments ago: this 401 is not about an expired token
             return
         retry = flow.request.copy()  # the kept request goes on carrying the placeholder
-        retry.headers["Authorization"] = f"Bearer {token}"
+        try:
+            retry.headers["Authorization"] = field_value(f"Bearer {token}")
+        except CannotInject as exc:
+            replies.refuse(flow, Decision("deny", f"credential '{name}': the refreshed access token cannot be sent: "
+                                                  f"{exc}", "inject"))
+            return
         flowmeta.mark_retried(flow)
         log.info("%s: %s answered 401; retrying once with a refreshed token of %s", flowmeta.request_id(flow),
                  flow.request.host, name)

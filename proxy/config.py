@@ -34,6 +34,10 @@ _LLM_KEYS = {"base_url", "model", "api_key", "timeout"}
 _CREDENTIAL_KEYS = {"secret", "host", "hosts", "methods", "paths", "schemes", "inject", "env"}
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _AGENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+#: RFC 9110 5.6.2: what a header name may be (`inject.header`).
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: What no header value may hold: written into HTTP/1.1, each ends the line.
+_LINE_BREAKING = re.compile(r"[\r\n\0]")
 #: The fewest characters an agent's token may have: it is all that tells one agent from another (or from any other
 #: local process) to the proxy.
 MIN_TOKEN_LENGTH = 12
@@ -46,6 +50,8 @@ def weak_token(token: str) -> str | None:
                 "`python3 -c 'import secrets; print(secrets.token_urlsafe(24))'`)")
     return None
 DEFAULT_MAX_BODY = 65536
+#: The most processes Linux can have at once (PID_MAX_LIMIT on 64-bit): a pids cgroup takes no larger cap.
+PID_MAX_LIMIT = 4 * 1024 * 1024
 
 
 def home() -> Path:
@@ -160,6 +166,21 @@ class Config:
                            if self.console.public_url else None)
 
 
+def _ca_file_problem(path: Path) -> str | None:
+    """Why a file is not PEM certificates to trust, if it is not: `run` joins it into mitmproxy's bundle as text (a
+    file that is not UTF-8 ended it with an internal error after its banner), and Python's TLS refuses a file that
+    holds no certificate when goex-proxy sends a request of its own."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror or exc}"
+    except UnicodeDecodeError as exc:
+        return f"is not text (byte {exc.start}); it must hold PEM certificates"
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        return "holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+    return None
+
+
 def _listen(value: Any) -> tuple[str, int]:
     return parse_host_port(value)
 
@@ -198,13 +219,29 @@ def _injection(check: Checker, c: YMap, where: str) -> Injection | None:
         return None
     if kinds == ["header"]:
         name = check.string(spec, "header", f"{where}.inject.header") or "Authorization"
+        if not _TOKEN.fullmatch(name):  # sent as it is: a line break in it wrote a header line of its own upstream
+            check.error(check.at(spec, "header"), f"'{where}.inject.header' must be a header name (letters, digits "
+                                                  f"and !#$%&'*+-.^_`|~; got {name!r:.80})")
         template = check.string(spec, "value", f"{where}.inject.value", "Bearer {secret}") or "Bearer {secret}"
         if "{secret}" not in template:
             check.error(check.at(spec, "value"), f"'{where}.inject.value' must contain {{secret}} (got {template!r})")
+        if _LINE_BREAKING.search(template):
+            check.error(check.at(spec, "value"), f"'{where}.inject.value' must not hold a CR, LF or NUL: it would "
+                                                 "start a header line of its own upstream")
         return Injection("header", name, template)
     if kinds == ["basic"]:
         basic = check.mapping(spec["basic"], f"{where}.inject.basic", check.at(spec, "basic"), {"username"})
-        return Injection("basic", username=str(basic.get("username", "")) if basic is not None else "")
+        raw = basic.get("username", "") if basic is not None else ""
+        if isinstance(raw, int) and not isinstance(raw, bool):  # `username: 12345` reads as a number
+            raw = str(raw)
+        username = raw if isinstance(raw, str) else ""
+        if basic is not None and not isinstance(raw, str):  # was sent as its repr: "['x']"
+            check.error(check.at(basic, "username"), f"'{where}.inject.basic.username' must be a string (got "
+                                                     f"{yamlsrc.type_name(raw)})")
+        elif basic is not None and (":" in username or _LINE_BREAKING.search(username)):
+            check.error(check.at(basic, "username"), f"'{where}.inject.basic.username' must not hold ':', CR, LF or "
+                                                     f"NUL (got {username!r:.80})")
+        return Injection("basic", username=username)
     if kinds == ["oauth2"]:
         oauth = _oauth2(check, spec, f"{where}.inject.oauth2")
         return Injection("oauth2", oauth2=oauth) if oauth is not None else None
@@ -214,6 +251,8 @@ def _injection(check: Checker, c: YMap, where: str) -> Injection | None:
             return None
         return Injection("aws_sigv4")
     param = check.string(spec, "query", f"{where}.inject.query")
+    if param == "":
+        check.error(check.at(spec, "query"), f"'{where}.inject.query' must name the query parameter")
     return Injection("query", param or "key")
 
 
@@ -291,9 +330,11 @@ def _sandbox(check: Checker, top: YMap, base: Path) -> Sandbox:
         if not _ENV_NAME.fullmatch(name):
             check.error(check.at(spec, "pass_env"), f"'sandbox.pass_env' entry {name!r} is not a variable name")
     most = spec.get("max_processes", Sandbox.max_processes)
-    if not isinstance(most, int) or isinstance(most, bool) or most < 1:
-        check.error(check.at(spec, "max_processes"), "'sandbox.max_processes' must be a whole number of at least 1 "
-                                                     f"(got {most!r})")
+    if not isinstance(most, int) or isinstance(most, bool) or not 1 <= most <= PID_MAX_LIMIT:
+        # past Linux's own limit, the jail's pids cgroup refused it (and the jail ran uncapped, "no pids cgroup can
+        # be made here"), and setrlimit an OverflowError
+        check.error(check.at(spec, "max_processes"), "'sandbox.max_processes' must be a whole number from 1 to "
+                                                     f"{PID_MAX_LIMIT} (got {most!r:.40})")
         most = Sandbox.max_processes
     return Sandbox(paths("hide"), paths("expose"), paths("allow_sockets"), pass_env, most)
 
@@ -305,6 +346,11 @@ def _vault_or_env(check: Checker, parent: YMap, key: str, where: str) -> SecretR
         return SecretRef(vault=value)
     if isinstance(value, YMap):
         env = check.mapping(value, f"{where}.{key}", check.at(parent, key), {"env"}, {"env"})
+        if env is not None and "env" in env and not (isinstance(env["env"], str) and _ENV_NAME.fullmatch(env["env"])):
+            # was taken for no secret at all, without a word: the credential then silently left out
+            check.error(check.at(env, "env"), f"'{where}.{key}.env' must name an environment variable (got "
+                                              f"{env['env']!r:.60})")
+            return None
         return SecretRef(env=env["env"]) if env is not None and isinstance(env.get("env"), str) else None
     check.error(check.at(parent, key), f"'{where}.{key}' must name a vault secret or be {{env: NAME}} "
                                        "(secrets are never written into the config)")
@@ -352,6 +398,10 @@ def _credentials(check: Checker, raw: Any, pos: tuple[int, int]) -> dict[str, Cr
                 except ValueError as exc:
                     check.error(check.at(c, "paths"), f"'{where}.paths' {pattern!r} {exc}")
         methods = check.strings(c, "methods", f"{where}.methods")
+        for key, given in (("methods", methods), ("paths", paths)):
+            if given is not None and not given:  # `methods: []` bound the secret to every method, as if left out
+                check.error(check.at(c, key), f"'{where}.{key}' must not be empty (leave it out to bind the secret "
+                                              f"to every {key[:-1]})")
         env_names = check.strings(c, "env", f"{where}.env") or []
         for env_name in env_names:
             if not _ENV_NAME.fullmatch(env_name):
@@ -377,7 +427,7 @@ def _credentials(check: Checker, raw: Any, pos: tuple[int, int]) -> dict[str, Cr
 def parse_config(doc: Any, file: Path, check: Checker) -> Config:
     """Build a Config from a parsed document, recording every problem on `check`."""
     top = check.mapping(doc, "config", (1, 1), _TOP_KEYS, {"version"}) or YMap()
-    if "version" in top and top["version"] != 1:
+    if "version" in top and (top["version"] != 1 or isinstance(top["version"], bool)):  # True == 1 in Python
         check.error(check.at(top, "version"), f"'version' must be 1 (got {top['version']!r})")
     base = file.parent
     state_dir = Path(check.string(top, "state_dir", "state_dir") or base).expanduser()
@@ -455,8 +505,16 @@ def parse_config(doc: Any, file: Path, check: Checker) -> Config:
         check.error(check.at(upstream, "routes"), "'upstream.routes' must be a mapping of host to URL")
     extra_ca = tuple((base / Path(p).expanduser()).resolve() for p in check.strings(upstream, "extra_ca", "upstream.extra_ca") or [])
     for path in extra_ca:
-        if not path.is_file():
+        try:
+            found = path.is_file()
+        except (OSError, ValueError) as exc:  # a name longer than the file system takes (NUL is refused above)
+            check.error(check.at(upstream, "extra_ca"), f"'upstream.extra_ca' file {str(path)[:200]!r} cannot be "
+                                                       f"read: {getattr(exc, 'strerror', None) or exc}")
+            continue
+        if not found:
             check.error(check.at(upstream, "extra_ca"), f"'upstream.extra_ca' file {str(path)!r} does not exist")
+        elif (problem := _ca_file_problem(path)) is not None:
+            check.error(check.at(upstream, "extra_ca"), f"'upstream.extra_ca' file {str(path)!r} {problem}")
 
     block_private = upstream.get("block_private_networks", True)
     if not isinstance(block_private, bool):
@@ -531,9 +589,26 @@ def load_config(path: Path | None = None) -> Config:
     if problems:
         raise ConfigError(problems)
     check = Checker(str(path))
+    _refuse_nul(check, doc, (1, 1))
+    check.raise_if_errors()  # what follows makes paths of the values, which a NUL would end with a ValueError
     config = parse_config(doc, path.resolve(), check)
     check.raise_if_errors()
     return config
+
+
+def _refuse_nul(check: Checker, value: Any, pos: tuple[int, int]) -> None:
+    """A NUL character (YAML's "\\0" escape) in any key or string of the config is an error where it is: no path,
+    name, host or header may hold one, and as a path it ended commands with a ValueError (an internal error)."""
+    if isinstance(value, YMap):
+        for key, item in value.items():
+            if "\0" in key:
+                check.error(value.key_pos.get(key, pos), f"the key {key!r} holds a NUL character")
+            _refuse_nul(check, item, value.value_pos.get(key, pos))
+    elif isinstance(value, yamlsrc.YList):
+        for i, item in enumerate(value):
+            _refuse_nul(check, item, value.item_pos[i] if i < len(value.item_pos) else pos)
+    elif isinstance(value, str) and "\0" in value:
+        check.error(pos, f"{value[:60]!r} holds a NUL character, which no path, name or header may hold")
 
 
 def config_problems(path: Path) -> list[Problem]:

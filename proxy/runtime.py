@@ -147,6 +147,41 @@ class _Listening:
         self.event.set()
 
 
+def check_can_start(config: Config) -> None:
+    """Raise a GoexError naming the file when the pipeline could not start on this state directory: the audit
+    database, its seal (the chain key, the anchor and the anchor's lock) and the CA mitmproxy signs with. `run`,
+    `undo` and `exec` then say so in one line before mitmproxy starts; found there, a damaged anchor stopped it with
+    its dump of every error logged during startup (and `undo` then with an internal error), a damaged CA with
+    mitmproxy's traceback."""
+    from .audit import store as audit
+    from .audit.seal import Seal
+
+    audit.connect(config).close()
+    seal = Seal(config.state_dir)
+    seal.anchor()
+    with seal.locked():
+        pass
+    _check_ca(config.state_dir)
+
+
+def _check_ca(state_dir: Path) -> None:
+    """StateError when the CA in the state directory is there but cannot be read as mitmproxy reads it (a missing one
+    mitmproxy makes, as `goex-proxy init` does)."""
+    from mitmproxy.certs import CertStore
+
+    ca = state_dir / "mitmproxy-ca.pem"
+    if not ca.exists():
+        return
+    try:
+        CertStore.from_files(ca, state_dir / "mitmproxy-dhparam.pem")
+    except OSError as exc:
+        raise StateError(f"cannot read the CA {ca}: {exc.strerror or exc}") from None
+    except (ValueError, TypeError, IndexError):  # cryptography's words for a key or certificate it cannot load
+        raise StateError(f"the CA {ca} does not hold a private key and its certificate in PEM (unencrypted); restore "
+                         "it, or move it aside and run `goex-proxy init` for a new one (agents must then trust "
+                         "the new mitmproxy-ca-cert.pem)") from None
+
+
 class InProcessProxy:
     """The pipeline on an ephemeral loopback port in a background thread, for `undo` and `exec --jail` (whether or
     not `run` runs). mitmproxy binds the port itself, so a port free when chosen can be taken by then (tests and
@@ -156,6 +191,7 @@ class InProcessProxy:
 
     def __init__(self, config: Config, policies: PolicySet, undo_token: str | None = None) -> None:
         self.file_config = config
+        check_can_start(config)
         for attempt in range(self.ATTEMPTS):
             try:
                 self._start(config, policies, undo_token)

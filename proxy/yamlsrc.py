@@ -242,6 +242,19 @@ def type_name(value: Any) -> str:
     }.get(type(value), type(value).__name__)
 
 
+#: The longest message a problem keeps whole; most quote the value they are about, which may be any length.
+MESSAGE_MAX = 400
+
+
+def _bounded(message: str) -> str:
+    """`message`, its middle left out past MESSAGE_MAX characters: a value of 100,000 characters quoted whole made a
+    line no one reads (the start says what is wrong, the end what was expected or got)."""
+    if len(message) <= MESSAGE_MAX:
+        return message
+    keep = (MESSAGE_MAX - 40) // 2
+    return f"{message[:keep]} … ({len(message) - 2 * keep} characters left out) … {message[-keep:]}"
+
+
 class Checker:
     """Collects problems while reading a YAML document against a schema; never stops at the first."""
 
@@ -250,10 +263,10 @@ class Checker:
         self.problems: list[Problem] = []
 
     def error(self, pos: Pos, message: str) -> None:
-        self.problems.append(Problem(self.file, pos[0], pos[1], message))
+        self.problems.append(Problem(self.file, pos[0], pos[1], _bounded(message)))
 
     def warn(self, pos: Pos, message: str) -> None:
-        self.problems.append(Problem(self.file, pos[0], pos[1], message, "warning"))
+        self.problems.append(Problem(self.file, pos[0], pos[1], _bounded(message), "warning"))
 
     def raise_if_errors(self) -> None:
         if any(p.severity == "error" for p in self.problems):
@@ -294,6 +307,18 @@ class Checker:
             return list(value)
         self.error(self.at(parent, key), f"'{where}' must be a string or a list of strings (got {type_name(value)})")
         return None
+
+    def narrowing(self, parent: YMap, key: str, where: str) -> frozenset[str] | None:
+        """Names a rule or policy is narrowed to (`agents:`): None for every one (the key left out, or '*'). Present
+        but null or empty is an error: `agents:` with its value forgotten had silently meant every agent, `[]` none."""
+        if key not in parent:
+            return None
+        names = self.strings(parent, key, where)
+        if not names:
+            if names is not None or parent.get(key) is None:
+                self.error(self.at(parent, key), f"'{where}' must name at least one ('*' for all), or be left out")
+            return frozenset()
+        return None if "*" in names else frozenset(names)
 
     def parsed(self, parent: YMap, key: str, where: str, parse: Callable[[Any], T]) -> T | None:
         """Run `parse` on a value, turning its ValueError into a located problem."""

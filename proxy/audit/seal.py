@@ -38,7 +38,7 @@ class Anchor:
         try:
             raw = json.loads(text)
             anchor = cls(int(raw["seq"]), str(raw["id"]), str(raw["hash"]))
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, OverflowError, RecursionError):  # 1e400 as seq; [[[... too deep
             raise AuditError(f"{where} is not an audit anchor (JSON with seq, id and hash, as `goex-proxy log anchor` "
                              "prints)") from None
         if anchor.seq < 1 or len(anchor.hash) != 64:
@@ -138,7 +138,11 @@ class Seal:
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Hold the anchor's lock (between writers of one state directory, in any process)."""
-        fd = os.open(self.anchor_path.with_name(f".{ANCHOR_FILE}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        lock = self.anchor_path.with_name(f".{ANCHOR_FILE}.lock")
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise AuditError(f"cannot open the audit anchor's lock {lock}: {exc.strerror or exc}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             if not self._swept:  # nobody is between making a temporary anchor and removing it while the lock is held

@@ -16,7 +16,7 @@ from ..audit import store as audit
 from ..config import load_config
 from ..durations import format_duration
 from ..printable import shown
-from .common import config_option, handle_errors, iso, json_option, print_table, when
+from .common import LIMIT, config_option, handle_errors, iso, json_option, print_table, when
 
 
 def _who() -> str:
@@ -119,7 +119,7 @@ def cancel(config_path: Path | None, request_id: str) -> None:
 @config_option
 @click.option("--done", "done_ids", multiple=True, metavar="ID", help="Mark these seen (repeat, or list them after).")
 @click.option("--all", "include_seen", is_flag=True, help="Include requests already marked seen.")
-@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1), help="At most this many (newest).")
+@click.option("--limit", default=20, show_default=True, type=LIMIT, help="At most this many (newest).")
 @click.argument("more_ids", nargs=-1, metavar="[ID]...")
 @json_option
 @handle_errors
@@ -162,7 +162,7 @@ def _print_queue(config: Any, conn: Any, entries: list[dict[str, Any]], as_json:
     for e in entries:
         request_id = e["request_id"]
         row = rows[request_id]
-        seen = f" (seen {when(e['reviewed_at'])[5:]} by {e['reviewed_by']})" if e.get("reviewed_at") else ""
+        seen = f" (seen {when(e['reviewed_at'], year=False)} by {e['reviewed_by']})" if e.get("reviewed_at") else ""
         if as_json:
             click.echo(json.dumps({"id": request_id, "time": iso(e["ts"]), "agent": e["agent"], "state": e["state"],
                                    "undo_class": row.get("undo_class") or e["undo_class"], "why": e["why"],

@@ -74,6 +74,11 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
+#: What `--limit` takes: at least one row, and at most what SQLite's LIMIT holds (a larger number reached it as
+#: "datatype mismatch", which read as a damaged audit database).
+LIMIT = click.IntRange(1, 2**63 - 1)
+
+
 def config_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
                         help="Config file (default: $GOEX_PROXY_HOME/config.yaml).")(fn)
@@ -96,18 +101,36 @@ def duration_option(name: str, default: str, help: str) -> Callable[[Callable[..
     return click.option(name, metavar="DURATION", default=default, show_default=True, callback=seconds, help=help)
 
 
-def when(ts: float | None) -> str:
-    """A recorded time as a person reads it: local, to the second."""
+#: What `when` shows for a recorded time that is none (an edited or damaged row: text, or past the year 9999).
+NOT_A_TIME = "(not a time)"
+
+
+def _moment(ts: object) -> datetime | None:
+    """A recorded time (seconds since the epoch) as a UTC datetime; None when the value is no time a clock shows,
+    which ended `log`, `show` and `secrets list` with a TypeError or OverflowError (`log verify` names such a row)."""
+    if isinstance(ts, bool) or not isinstance(ts, int | float):
+        return None
+    try:
+        return datetime.fromtimestamp(ts, UTC)
+    except (OverflowError, ValueError, OSError):
+        return None
+
+
+def when(ts: float | None, *, year: bool = True) -> str:
+    """A recorded time as a person reads it: local, to the second (without the year, for a table)."""
     if ts is None:
         return "-"
-    return datetime.fromtimestamp(ts, UTC).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    moment = _moment(ts)
+    if moment is None:
+        return NOT_A_TIME
+    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S" if year else "%m-%d %H:%M:%S")
 
 
 def iso(ts: float | None) -> str | None:
-    """A recorded time for --json: ISO 8601 in UTC with its zone, to the millisecond (`ts` stays the epoch)."""
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+    """A recorded time for --json: ISO 8601 in UTC with its zone, to the millisecond (`ts` stays the epoch as
+    recorded; None when that is no time)."""
+    moment = _moment(ts)
+    return None if moment is None else moment.isoformat(timespec="milliseconds")
 
 
 def parse_since(text: str | None) -> float | None:

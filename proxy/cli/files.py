@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..config import load_config
-from .common import config_option, handle_errors, iso, json_option, parse_since, print_table, when
+from .common import LIMIT, config_option, handle_errors, iso, json_option, parse_since, print_table, when
 
 
 @click.group()
@@ -20,7 +20,7 @@ def files() -> None:
 @config_option
 @click.option("--agent", help="Only this agent's runs.")
 @click.option("--since", help="Only since then: a duration (30m, 1h, 7d) or an ISO time.")
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1),
+@click.option("--limit", default=50, show_default=True, type=LIMIT,
               help="At most this many runs (newest).")
 @json_option
 @handle_errors

@@ -15,7 +15,7 @@ import click
 from ..audit import store as audit
 from ..config import load_config
 from ..errors import AuditError
-from .common import config_option, console, handle_errors, iso, json_option, outcome_of, parse_since, print_table, when
+from .common import LIMIT, config_option, console, handle_errors, iso, json_option, outcome_of, parse_since, print_table, when
 
 
 @click.group(invoke_without_command=True)
@@ -25,7 +25,7 @@ from .common import config_option, console, handle_errors, iso, json_option, out
 @click.option("--since", help="Only since then: a duration (30m, 1h, 7d) or an ISO time.")
 @click.option("--decision", type=click.Choice(["allow", "deny", "report", "error", "challenge", "hold", "delay"]),
               help="Only this decision.")
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1),
+@click.option("--limit", default=50, show_default=True, type=LIMIT,
               help="At most this many rows (newest).")
 @json_option
 @click.pass_context
@@ -47,7 +47,7 @@ def log(click_ctx: click.Context, config_path: Path | None, agent: str | None, h
             click.echo(json.dumps({**row, "time": iso(row["ts"])}))
         return
     headers = ("id", "time", "agent", "decision", "status", "method", "url", "rule", "undo")
-    cells = [(row["id"], when(row["ts"])[5:], row["agent"] or "-", row["decision"] or "-", outcome_of(row),
+    cells = [(row["id"], when(row["ts"], year=False), row["agent"] or "-", row["decision"] or "-", outcome_of(row),
               row["method"] or "-", row["url"] or "-", row["rule"] or "-",
               f"undoes {row['undo_of']}" if row.get("undo_of") else row.get("undo_class") or "-") for row in rows]
     print_table(headers, cells, flexible=(6, 7), colour_column=3)
@@ -208,6 +208,53 @@ def _plain(value: object) -> str:
 
 #: Audit columns holding JSON text, given by `show --json` as JSON (never a string to decode again).
 _JSON_COLUMNS = ("req_headers", "resp_headers", "pre_headers", "charged")
+#: What `show` reads of a row, and what each holds as goex-proxy writes it (or None).
+_NUMBERS = ("duration_ms", "req_body_size", "resp_body_size", "pre_body_size")
+_BODIES = ("req_body", "resp_body", "pre_body")
+_HEADERS = ("req_headers", "resp_headers", "pre_headers")
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except (ValueError, RecursionError):
+        return False
+    return True
+
+
+def _is_headers(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(p, list) and len(p) == 2 and all(isinstance(s, str) for s in p)
+                                           for p in value)
+
+
+def _shape_problem(row: dict[str, Any], as_json: bool) -> str | None:
+    """What of a row `show` reads is not as goex-proxy writes it (an edited or damaged log), if anything: such a value
+    ended `show` with an internal error, some of the row already printed. `--json` reads only the JSON it decodes
+    (the rest it gives as stored)."""
+    if as_json:
+        return next((f"the {f} of row {row.get('id')} is not JSON" for f in _JSON_COLUMNS
+                     if isinstance(row.get(f), str) and not _is_json(row[f])), None)
+    for field in _NUMBERS:
+        if row.get(field) is not None and (isinstance(row[field], bool) or not isinstance(row[field], int | float)):
+            return f"the {field} of row {row.get('id')} is not a number"
+    for field in _BODIES:
+        if row.get(field) is not None and not isinstance(row[field], bytes):
+            return f"the {field} of row {row.get('id')} is not bytes"
+    for field in (*_HEADERS, "charged", "approval", "row_images"):
+        if row.get(field) in (None, ""):
+            continue
+        try:
+            value = json.loads(row[field])
+        except (ValueError, TypeError, RecursionError):
+            return f"the {field} of row {row.get('id')} is not JSON"
+        if field in _HEADERS and not _is_headers(value):
+            return f"the {field} of row {row.get('id')} is not a list of [name, value] pairs"
+        if field == "approval" and not isinstance(value, dict):
+            return f"the approval of row {row.get('id')} is not a JSON object"
+        if field == "row_images" and not (isinstance(value, dict) and isinstance(value.get("rows"), list)
+                                          and all(isinstance(value.get(k), str) for k in ("schema", "table"))):
+            return f"the row_images of row {row.get('id')} are not a JSON object naming its table and rows"
+    return None
 
 
 def _waited(row: dict[str, Any]) -> str:
@@ -245,6 +292,8 @@ def show(config_path: Path | None, request_id: str, as_json: bool) -> None:
     """
     config = load_config(config_path)
     row = audit.get(audit.connect(config, readonly=True), request_id.upper())  # ids are case-free (Crockford)
+    if (problem := _shape_problem(row, as_json)) is not None:  # said before any of the row is printed
+        raise AuditError(f"the audit log is damaged: {problem}; `goex-proxy log verify` checks the log")
     if as_json:
         printable: dict[str, Any] = {}
         for key, value in row.items():

@@ -15,7 +15,6 @@ from typing import Any
 import click
 
 from .. import __version__
-from ..audit import store as audit
 from ..config import Config, home, load_config, weak_token
 from ..errors import GoexError, StateError
 from ..sandbox import agentenv
@@ -84,7 +83,7 @@ def run(config_path: Path | None, quiet: bool, with_console: bool | None, worker
     if console is not None and console != config.console.listen:  # --console without a section: guarded from agents too
         config = dataclasses.replace(config, console=dataclasses.replace(config.console, listen=console))
     runtime.check_can_listen(config, console)
-    audit.connect(config).close()  # an unusable audit database is a reason not to start (exit 2)
+    runtime.check_can_start(config)  # an unusable audit database, seal or CA is a reason not to start (exit 2)
     if any(c.secret.vault for c in config.credentials.values()):
         from ..credentials.vault import Vault
 

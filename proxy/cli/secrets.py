@@ -41,6 +41,9 @@ def secrets_set(config_path: Path | None, name: str) -> None:
     else:
         value = sys.stdin.read().rstrip("\r\n")
     users = [c.name for c in config.credentials.values() if c.secret.vault == name]
+    if any(c in value for c in "\r\n\0") and any(config.credentials[u].inject.kind == "header" for u in users):
+        raise VaultError(f"refusing to store {name!r}: it holds a line break or NUL, and a credential injects it into "
+                         "a header, where that would start a line of its own (requests would be refused)")
     if any(config.credentials[u].inject.kind == "aws_sigv4" for u in users):
         from ..credentials.sigv4 import AwsKeys
 

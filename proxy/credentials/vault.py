@@ -21,6 +21,8 @@ KEY_ENV = "GOEX_PROXY_KEY"
 VAULT_FILE = "vault.json"
 KEY_FILE = "vault.key"
 _AAD = b"goex-proxy vault v1"
+#: The nonce every write makes: AES-GCM's standard 96 bits.
+_NONCE_BYTES = 12
 
 
 RAW_KEY_PREFIX = "goex-key-v1:"
@@ -62,7 +64,12 @@ class Vault:
         if os.environ.get(KEY_ENV):
             return os.environ[KEY_ENV]
         if not self.key_path.exists() and create:
-            new_key_file(self.key_path)
+            try:
+                new_key_file(self.key_path)
+            except FileExistsError:  # another process made it first: use theirs
+                pass
+            except OSError as exc:
+                raise VaultError(f"cannot create the vault key {self.key_path}: {exc.strerror or exc}") from None
         try:
             return self.key_path.read_text(encoding="ascii")
         except FileNotFoundError:
@@ -88,6 +95,9 @@ class Vault:
         except (KeyError, TypeError, binascii.Error):
             raise VaultError(f"the vault {self.path} is damaged (its envelope is incomplete)") from None
         key = _decode_key(self._key_text(create=False), salt)
+        if len(nonce) != _NONCE_BYTES:  # AES-GCM would refuse it with a ValueError, not as a wrong key
+            raise VaultError(f"the vault {self.path} is damaged (its nonce is {len(nonce)} bytes, not "
+                             f"{_NONCE_BYTES})")
         try:
             plain = AESGCM(key).decrypt(nonce, ciphertext, _AAD)
         except InvalidTag:
@@ -99,10 +109,17 @@ class Vault:
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
         key = _decode_key(self._key_text(create=True), salt)
-        nonce = secrets.token_bytes(12)
+        nonce = secrets.token_bytes(_NONCE_BYTES)
         ciphertext = AESGCM(key).encrypt(nonce, json.dumps(entries).encode(), _AAD)
         envelope = {"version": 1, "cipher": "AES-256-GCM", "salt": base64.b64encode(salt).decode(),
                     "nonce": base64.b64encode(nonce).decode(), "ciphertext": base64.b64encode(ciphertext).decode()}
+        try:
+            self._replace(envelope)
+        except OSError as exc:  # a full disk, a directory in the way: the vault as it was, and one line saying so
+            raise VaultError(f"cannot write the vault {self.path} (it is unchanged): {exc.strerror or exc}") from None
+
+    def _replace(self, envelope: dict[str, Any]) -> None:
+        """Put `envelope` in the vault file's place in one step."""
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
@@ -131,11 +148,19 @@ class Vault:
         """Secret names and when each was last set."""
         return {name: float(entry.get("updated", 0)) for name, entry in self._read()[0].items()}
 
+    def _open_lock(self, path: Path) -> int:
+        """A lock file of the vault, opened (made if missing); VaultError naming it when it cannot be (a directory put
+        in its place, a state directory that is not writable), where the OSError ended the command as a bug."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise VaultError(f"cannot open the vault's lock {path}: {exc.strerror or exc}") from None
+
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """One writer at a time: a read-modify-write holds an exclusive lock on vault.lock."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path.with_name("vault.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        fd = self._open_lock(self.path.with_name("vault.lock"))
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -146,9 +171,8 @@ class Vault:
         """The open file whose close lets go, if this process alone may now refresh the OAuth2 tokens stored as `name`
         (among every goex-proxy process on this state directory: `run`'s workers, an `exec` or `undo` beside it);
         None while another holds it. Never blocks, so a waiter that is cancelled leaves nothing locked behind."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256(name.encode()).hexdigest()[:16]
-        fd = os.open(self.path.with_name(f"refresh-{digest}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = self._open_lock(self.path.with_name(f"refresh-{digest}.lock"))
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

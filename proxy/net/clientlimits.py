@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import resource
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,6 +102,22 @@ def _count(value: object) -> int:
     raise ValueError(f"must be a whole number ≥ 1 (got {value!r})")
 
 
+#: The largest value an HTTP/2 setting holds (RFC 9113 6.5.1: 32 bits); `http2_max_streams` and `max_header_bytes`
+#: are advertised as SETTINGS_MAX_CONCURRENT_STREAMS and SETTINGS_MAX_HEADER_LIST_SIZE.
+HTTP2_SETTING_MAX = 2**32 - 1
+
+
+def _h2_setting(parse: Callable[[Any], int]) -> Callable[[Any], int]:
+    """`parse`, then refused past what an HTTP/2 setting holds: a larger value was taken, and every HTTP/2 connection
+    then crashed in mitmproxy as it sent its settings, its client waiting with no answer."""
+    def parsed(value: object) -> int:
+        number = parse(value)
+        if number > HTTP2_SETTING_MAX:
+            raise ValueError(f"must be at most {HTTP2_SETTING_MAX} (HTTP/2 sends it in 32 bits; got {value!r:.40})")
+        return number
+    return parsed
+
+
 def _connections(value: object) -> int | None:
     """`auto` (None: from the open-file limit) or a count."""
     if value == "auto":
@@ -121,10 +138,11 @@ def parse_limits(check: Checker, top: YMap) -> ClientLimits:
     """The `limits:` section of a config document, with its problems recorded on `check`."""
     spec = check.mapping(top.get("limits", YMap()), "limits", check.at(top, "limits"), _KEYS) or YMap()
     values: dict[str, Any] = {}
-    parsers = {"max_request_body": parse_size, "max_response_body": parse_size, "max_header_bytes": parse_size,
-               "max_connections": _connections, "max_connections_per_agent": _count,
-               "max_unidentified_per_address": _count, "header_timeout": parse_duration,
-               "idle_timeout": parse_duration, "http2_max_streams": _count}
+    parsers = {"max_request_body": parse_size, "max_response_body": parse_size,
+               "max_header_bytes": _h2_setting(parse_size), "max_connections": _connections,
+               "max_connections_per_agent": _count, "max_unidentified_per_address": _count,
+               "header_timeout": parse_duration, "idle_timeout": parse_duration,
+               "http2_max_streams": _h2_setting(_count)}
     for key, parse in parsers.items():
         if key in spec and (value := check.parsed(spec, key, f"limits.{key}", parse)) is not None:
             values[key] = value

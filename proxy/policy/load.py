@@ -90,6 +90,9 @@ class RuleReader:
             return None
         key = present[0]
         patterns = self.check.strings(m, key, f"{where}.{key}")
+        if patterns is None and m.get(key) is None:  # `host:` with its value forgotten had matched every host
+            self.check.error(self.check.at(m, key), f"'{where}.{key}' is empty (leave it out to match any)")
+            return ()
         if patterns is None:
             return ()
         if not patterns:
@@ -116,12 +119,16 @@ class RuleReader:
         for bad in sorted(upper - METHODS):
             expected = ", ".join(sorted(METHODS))
             self.check.error(self.check.at(m, present[0]),
-                             f"'{where}.{present[0]}' has unknown HTTP method '{bad}' (expected {expected} or '*')")
+                             f"'{where}.{present[0]}' has unknown HTTP method {bad!r:.80} (expected {expected} or '*')")
         return frozenset(upper & METHODS)
 
     def limit(self, m: YMap, where: str) -> Limit | None:
-        raw = m.get("limit")
-        if raw is None:
+        if "limit" not in m:
+            return None
+        raw = m["limit"]
+        if raw is None:  # `limit:` with its value forgotten had left the rule without a limit
+            self.check.error(self.check.at(m, "limit"), f"'{where}.limit' is empty (a limit is {{count: N, per: "
+                                                        "DURATION}; leave the key out for none)")
             return None
         lm = self.check.mapping(raw, f"{where}.limit", self.check.at(m, "limit"), {"count", "per"}, {"count"})
         if lm is None:
@@ -178,7 +185,7 @@ class RuleReader:
             except CelSyntaxError as exc:
                 line, col = expression_pos(self.lines, self.check.at(m, "when"), exc)
                 self.check.error((line, col), f"'{where}.{effect}.when' {exc}")
-        agents = self.check.strings(m, "agents", f"{where}.{effect}.agents")
+        agents = self.check.narrowing(m, "agents", f"{where}.{effect}.agents")
         protocol = self.protocol(m, f"{where}.{effect}", rewrite is not None)
         for key in ("hold", "delay") if protocol is not None else ():
             if key in m:
@@ -191,7 +198,7 @@ class RuleReader:
             hosts=hosts or (),
             methods=self.methods(m, f"{where}.{effect}"),
             paths=paths,
-            agents=None if agents is None or "*" in agents else frozenset(agents),
+            agents=agents,
             when=when,
             limit=self.limit(m, f"{where}.{effect}") if effect == "allow" else None,
             reason=self.check.string(m, "reason", f"{where}.deny.reason") if effect == "deny" else None,
@@ -325,13 +332,16 @@ class RuleReader:
         p = self.check.mapping(doc, "policy", (1, 1), _POLICY_KEYS, {"version", "rules"})
         if p is None:
             return None
-        if p.get("version") not in (None, 1):
+        if "version" in p and (p["version"] != 1 or isinstance(p["version"], bool)):  # null and true were taken
             self.check.error(self.check.at(p, "version"), f"'version' must be 1 (got {p.get('version')!r})")
-        name = self.check.string(p, "name", "name") or Path(file).stem
+        name = self.check.string(p, "name", "name")
+        if name is not None and (not name or not name.isprintable()):  # it starts every line about the policy
+            self.check.error(self.check.at(p, "name"), f"'name' must be printable text (got {name!r:.80})")
+        name = name or Path(file).stem
         mode = p.get("mode", "enforce")
         if mode not in ("enforce", "report"):
             self.check.error(self.check.at(p, "mode"), f"'mode' must be 'enforce' or 'report' (got {mode!r})")
-        agents = self.check.strings(p, "agents", "agents")
+        agents = self.check.narrowing(p, "agents", "agents")
         seen: set[str] = set()
         rules = [self.rule(name, raw, pos, i, seen) for i, raw, pos in self.check.items(p.get("rules"), "rules", self.check.at(p, "rules"))]
         sql_rules = tuple(r for r in rules if isinstance(r, SqlRule))
@@ -345,7 +355,7 @@ class RuleReader:
             name=name,
             file=file,
             rules=tuple(r for r in rules if isinstance(r, Rule)),
-            agents=None if agents is None or "*" in agents else frozenset(agents),
+            agents=agents,
             mode=mode if mode in ("enforce", "report") else "enforce",
             servers=self.servers(p),
             review=self.review(p),

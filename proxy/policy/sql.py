@@ -193,14 +193,14 @@ class SqlRuleReader:
                                                                  f"(expected {', '.join(KINDS)})")
         elif effect == "allow":
             self.check.error(m.pos, f"'{where}' must list the 'statements' it allows ({', '.join(KINDS)})")
-        agents = self.check.strings(m, "agents", f"{where}.agents")
+        agents = self.check.narrowing(m, "agents", f"{where}.agents")
         return SqlRule(
             policy=policy, name=name, effect=effect, databases=databases,
             statements=statements, tables=self.names(m, "tables", where, lower=False),
             columns=self.names(m, "columns", where, lower=False) if effect == "allow" else None,
             functions=(self.names(m, "functions", where, lower=False) or frozenset()) if effect == "allow"
             else frozenset(),
-            agents=None if agents is None or "*" in agents else frozenset(agents),
+            agents=agents,
             when=self.compile_when(m, "when", where) if "when" in m else None,
             reason=self.check.string(m, "reason", f"{where}.reason") if effect == "deny" else None,
             limit=self.limit(m, where) if effect == "allow" and self.limit is not None else None,

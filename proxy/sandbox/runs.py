@@ -338,6 +338,7 @@ def _connect(config: Config) -> sqlite3.Connection:
 @contextlib.contextmanager
 def _deciding(config: Config, run_id: str, allowed: tuple[str, ...], verb: str) -> Iterator[Run]:
     """One decision on a run at a time; the run, if its state allows `verb`."""
+    load(config, run_id)  # NotFound for an id no run has, before it names a path (one too long was an OSError)
     path = run_dir(config, run_id).path
     lock = None
     if path.is_dir():

@@ -72,6 +72,9 @@ def test_auto_connections_stay_below_the_open_file_limit(monkeypatch: pytest.Mon
     ("limits: {hosts: {'a/b': {max_request_body: 1MiB}}}\n", "'limits.hosts' key 'a/b' must be a host name"),
     ("limits: {hosts: {a.example: {max_body: 1MiB}}}\n", "unknown key 'max_body' in 'limits.hosts.a.example'"),
     ("limits: {hosts: {a.example: {max_request_body: big}}}\n", "'limits.hosts.a.example.max_request_body' must be"),
+    # taken before, each crashed every HTTP/2 connection in mitmproxy as it sent its settings (the client hung)
+    ("limits: {http2_max_streams: 4294967296}\n", "'limits.http2_max_streams' must be at most 4294967295 (HTTP/2"),
+    ("limits: {max_header_bytes: 8GiB}\n", "'limits.max_header_bytes' must be at most 4294967295 (HTTP/2"),
 ])
 def test_mistakes_are_located(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError) as err:

@@ -49,8 +49,33 @@ def test_example_config_is_valid() -> None:
     ("sandbox: {hide: 5}\n", "'sandbox.hide' must be a string or a list of strings"),
     ("sandbox: {pass_env: [OK, 'no good']}\n", "'sandbox.pass_env' entry 'no good' is not a variable name"),
     ("sandbox: {mounts: []}\n", "unknown key 'mounts'"),
-    ("sandbox: {max_processes: 0}\n", "'sandbox.max_processes' must be a whole number of at least 1"),
+    ("sandbox: {max_processes: 0}\n", "'sandbox.max_processes' must be a whole number from 1 to 4194304"),
+    ("sandbox: {max_processes: 4194305}\n", "'sandbox.max_processes' must be a whole number from 1 to 4194304"),
+    ("sandbox: {max_processes: 1000000000000000000000000000000}\n", "'sandbox.max_processes' must be a whole number"),
     ("agents: {bot: {token: abc}}\n", "'agents.bot.token' is 3 characters; use at least 12 random ones"),
+    # found by trying wrong values for every key (each had been taken without a word, or ended in an internal error)
+    ('audit: {db: "a\\0b"}\n', "'a\\x00b' holds a NUL character"),
+    ('state_dir: "\\0"\n', "holds a NUL character"),
+    ("upstream: {extra_ca: [" + "x" * 300 + "]}\n", "cannot be read: File name too long"),
+    ("upstream: {extra_ca: [config.yaml]}\n", "config.yaml' holds no PEM certificate (-----BEGIN CERTIFICATE-----)"),
+    ("upstream: {extra_ca: [/bin/sh]}\n", "' is not text (byte "),  # an executable: not UTF-8
+    ("credentials:\n  x: {secret: {env: 5}, hosts: [a.example], inject: {query: k}}\n",
+     "'credentials.x.secret.env' must name an environment variable"),
+    ("llm: {base_url: 'http://x/v1', model: m, api_key: {env: [K]}}\n", "'llm.api_key.env' must name an environment"),
+    ('credentials:\n  x: {secret: s, hosts: [a.example], inject: {header: "X\\nY"}}\n',
+     "'credentials.x.inject.header' must be a header name"),
+    ('credentials:\n  x: {secret: s, hosts: [a.example], inject: {header: X, value: "{secret}\\r\\nX-Evil: 1"}}\n',
+     "'credentials.x.inject.value' must not hold a CR, LF or NUL"),
+    ("credentials:\n  x: {secret: s, hosts: [a.example], inject: {basic: {username: [u]}}}\n",
+     "'credentials.x.inject.basic.username' must be a string (got a list)"),
+    ("credentials:\n  x: {secret: s, hosts: [a.example], inject: {basic: {username: 'a:b'}}}\n",
+     "'credentials.x.inject.basic.username' must not hold ':'"),
+    ("credentials:\n  x: {secret: s, hosts: [a.example], inject: {query: ''}}\n",
+     "'credentials.x.inject.query' must name the query parameter"),
+    ("credentials:\n  x: {secret: s, hosts: [a.example], methods: [], inject: {query: k}}\n",
+     "'credentials.x.methods' must not be empty (leave it out to bind the secret to every method)"),
+    ("credentials:\n  x: {secret: s, hosts: [a.example], paths: [], inject: {query: k}}\n",
+     "'credentials.x.paths' must not be empty"),
 ])
 def test_mistakes_are_located(tmp_path: Path, text: str, message: str) -> None:
     """Each mistake is an error with the file and line, naming what is wrong."""
@@ -59,6 +84,15 @@ def test_mistakes_are_located(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert any(message in str(p) and str(p).startswith(f"{path}:") for p in err.value.problems), err.value.problems
+
+
+def test_version_true_is_not_version_1(tmp_path: Path) -> None:
+    """`version: true` was taken for 1 (True == 1 in Python)."""
+    path = tmp_path / "config.yaml"
+    path.write_text("version: true\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert [str(p) for p in err.value.problems] == [f"{path}:1:10: 'version' must be 1 (got True)"]
 
 
 @pytest.mark.parametrize(("text", "got"), [("", "got nothing"), ("- a\n- b\n", "got a list"), ("just text\n", "got a string")])
@@ -107,7 +141,7 @@ def test_cli_contracts_help_flag_limit_and_case_free_ids(tmp_path: Path) -> None
     config = tmp_path / "config.yaml"
     config.write_text("version: 1\nagents: {bot: {token: bot-token-4242}}\n")
     refused = runner.invoke(cli.cli, ["log", "--limit", "-1", "--config", str(config)])
-    assert refused.exit_code == 2 and "-1 is not in the range x>=1" in refused.output
+    assert refused.exit_code == 2 and "-1 is not in the range 1<=x<=" in refused.output
     request_id = RequestIds().new(1_700_000_000.0)
     writer = AuditWriter(tmp_path / "audit.db", Seal(tmp_path))
     writer.record_intent({"id": request_id, "ts": 1_700_000_000.0, "agent": "bot", "method": "GET", "scheme": "https",
@@ -136,3 +170,15 @@ def test_a_wildcard_listen_address_is_reached_at_its_own_familys_loopback(tmp_pa
     expected = {"::": "::1", "0.0.0.0": "127.0.0.1", "": "127.0.0.1", "127.0.0.2": "127.0.0.2"}
     for listen, reached in expected.items():
         assert agentenv.proxy_address(dataclasses.replace(config, listen_host=listen))[0] == reached
+
+
+def test_a_problem_quoting_a_huge_value_stays_a_readable_line(tmp_path: Path) -> None:
+    """A value of 100,000 characters was quoted whole: one line of 100 KB. Its middle is now left out, saying how
+    much, and the start and the end of the message stay."""
+    path = tmp_path / "config.yaml"
+    path.write_text("version: 1\nlisten: " + "x" * 100_000 + "\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    [line] = [str(p) for p in err.value.problems]
+    assert line.startswith(f"{path}:2:9: 'listen' must be HOST:PORT like 127.0.0.1:8080 (got 'xxx")
+    assert len(line) < 500 and "characters left out)" in line and line.endswith("xxx')"), line

@@ -121,3 +121,42 @@ def test_secret_spellings_cover_json_percent_and_embedded_base64() -> None:
                  base64.b64encode(f"Bearer   {secret}".encode()).decode()]:
         cleaned = scrub.text(text)
         assert "goex-placeholder-k" in cleaned and secret not in cleaned, text
+
+
+@pytest.mark.parametrize("nonce", ["", "AAAA", base64.b64encode(bytes(200)).decode()])
+def test_a_nonce_of_the_wrong_size_is_a_damaged_vault(vault: Vault, nonce: str) -> None:
+    """AES-GCM refuses such a nonce with a ValueError, which ended `secrets list` and `run` as an internal error."""
+    vault.set("a", "secret-value-1")
+    envelope = json.loads(vault.path.read_text())
+    vault.path.write_text(json.dumps({**envelope, "nonce": nonce}))
+    with pytest.raises(VaultError, match=r"is damaged \(its nonce is \d+ bytes, not 12\)"):
+        vault.get("a")
+
+
+@pytest.mark.parametrize("lock", ["vault.lock", "refresh"])
+def test_a_lock_file_that_cannot_be_opened_is_a_vault_error(vault: Vault, lock: str) -> None:
+    """A directory where the vault's lock goes made `secrets set` and `secrets rm` end as an internal error."""
+    vault.set("a", "secret-value-1")
+    if lock == "vault.lock":
+        (vault.path.parent / "vault.lock").unlink()
+        (vault.path.parent / "vault.lock").mkdir()
+        with pytest.raises(VaultError, match="cannot open the vault's lock .*vault.lock: Is a directory"):
+            vault.set("b", "secret-value-2")
+    else:
+        import hashlib
+
+        (vault.path.parent / f"refresh-{hashlib.sha256(b'a').hexdigest()[:16]}.lock").mkdir()
+        with pytest.raises(VaultError, match="cannot open the vault's lock .*refresh-.*: Is a directory"):
+            vault.try_lock_refresh("a")
+    assert vault.get("a") == "secret-value-1"
+
+
+def test_a_vault_that_cannot_be_written_is_left_as_it_was(vault: Vault) -> None:
+    """A write that fails (here the temporary file's name taken by a directory; a full disk alike) is a VaultError
+    saying the vault is unchanged, not an OSError ending the command as an internal error."""
+    vault.set("a", "secret-value-1")
+    before = vault.path.read_bytes()
+    (vault.path.parent / f".vault.json.{os.getpid()}.tmp").mkdir()
+    with pytest.raises(VaultError, match=r"cannot write the vault .* \(it is unchanged\): Is a directory"):
+        vault.set("b", "secret-value-2")
+    assert vault.path.read_bytes() == before
