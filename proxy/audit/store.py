@@ -310,7 +310,10 @@ def _migrate(conn: sqlite3.Connection, seal: Seal) -> None:
     if version >= KEYED_VERSION and seal.key() is None and conn.execute("SELECT 1 FROM requests LIMIT 1").fetchone():
         raise AuditError(f"the audit chain key {seal.key_path} is missing, so new rows could not be chained to the "
                          "log's; restore it (from a backup of the state directory) or move the audit database aside")
-    if version >= len(MIGRATIONS):
+    if version > len(MIGRATIONS):  # its rows may hold what this version would misread, and write over wrongly
+        raise AuditError(f"the audit database was written by a newer goex-proxy (schema {version}; this one knows "
+                         f"up to {len(MIGRATIONS)}): upgrade goex-proxy to write to it")
+    if version == len(MIGRATIONS):
         return
     import sqlite_utils  # only migrations need it; read-only commands should start fast
 

@@ -90,6 +90,20 @@ def test_migrations_are_recorded(tmp_path: Path) -> None:
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+def test_a_log_a_newer_version_wrote_is_not_written_by_this_one(tmp_path: Path) -> None:
+    """A log whose schema is past this version's migrations was read and written without a word: its rows may hold
+    what this version misreads (a new layout) and would write over wrongly. Writing it is refused in one line; reading
+    it is still possible."""
+    ids = fill(tmp_path / "a.db", 2)
+    with sqlite3.connect(tmp_path / "a.db") as conn:
+        conn.execute(f"PRAGMA user_version = {len(audit.MIGRATIONS) + 1}")
+    with pytest.raises(AuditError, match=r"written by a newer goex-proxy \(schema \d+; this one knows up to \d+\)"):
+        audit.open_db(tmp_path / "a.db", seal=Seal(tmp_path))
+    with pytest.raises(AuditError, match="newer goex-proxy"):
+        AuditWriter(tmp_path / "a.db", Seal(tmp_path))
+    assert audit.get(audit.open_db(tmp_path / "a.db", readonly=True), ids[0])["id"] == ids[0]
+
+
 def test_outcomes_share_a_transaction_and_never_hold_up_a_request(tmp_path: Path, monkeypatch) -> None:
     """Outcomes (nobody waits for them) gather into one write; a request row arriving meanwhile ends the wait."""
     monkeypatch.setattr(audit_writer, "OUTCOME_GATHER_SECONDS", 0.5)
