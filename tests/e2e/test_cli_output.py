@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import signal
 import socket
 import subprocess
 import time
@@ -229,3 +231,31 @@ def test_authorize_timeout_is_a_duration(make_proxy, upstream):
     assert "within 1s" in proxy.cli("authorize", "api", "--no-browser", "--timeout", "1").stderr
     bad = proxy.cli("authorize", "api", "--no-browser", "--timeout", "5 minutes")
     assert bad.returncode == 2 and "must be a duration like 30s, 5m" in bad.stderr
+
+
+def test_a_ctrl_c_ends_a_command_with_one_line_and_the_shells_code(make_proxy, tmp_path):
+    """A Ctrl-C while a command waits (here `secrets set` reading the secret from a pipe) ended it with click's
+    "Aborted!" and exit 1, which a script cannot tell from a failure; it is now one line and 130, as shells give."""
+    proxy = make_proxy({}, start=False)
+    p = subprocess.Popen([*GOEX, "secrets", "set", "--config", str(proxy.config), "some-secret"], env=proxy.env,
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not _reading_stdin(p.pid):  # its modules loaded and its config read: now blocked in read(0, ...)
+        assert p.poll() is None and time.monotonic() < deadline, p.communicate()
+        time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=30)
+    assert (p.returncode, err) == (130, "goex-proxy: interrupted\n"), err
+    assert "some-secret" not in proxy.run_cli("secrets", "list", "--config", str(proxy.config)).stdout
+
+
+def _reading_stdin(pid: int) -> bool:
+    """Whether the process is blocked in read() on its standard input, as /proc/PID/syscall says (x86_64 and
+    aarch64 numbers)."""
+    read = {"x86_64": "0", "aarch64": "63"}[os.uname().machine]
+    try:
+        with open(f"/proc/{pid}/syscall") as f:
+            fields = f.read().split()
+    except OSError:
+        return False
+    return len(fields) > 1 and fields[0] == read and int(fields[1], 16) == 0
