@@ -53,7 +53,7 @@ SECCOMP_MODE_FILTER = 2
 SECCOMP_RET_KILL_PROCESS, SECCOMP_RET_ERRNO, SECCOMP_RET_ALLOW = 0x80000000, 0x00050000, 0x7FFF0000
 BPF_LD_W_ABS, BPF_JEQ_K, BPF_JGE_K, BPF_JSET_K, BPF_RET_K = 0x20, 0x15, 0x35, 0x45, 0x06
 CLONE_NEWCGROUP = 0x02000000
-AF_VSOCK = 40
+AF_VSOCK, AF_ALG = 40, 38
 ENOSYS, EPERM, EAFNOSUPPORT = 38, 1, 97
 X32_SYSCALL_BIT = 0x40000000
 KEYCTL_JOIN_SESSION_KEYRING = 1
@@ -84,8 +84,7 @@ UNSUPPORTED_SYSCALLS = ("clone3", "io_uring_setup", "io_uring_enter", "io_uring_
 #: family the jail must not have: AF_VSOCK, which no network namespace holds, reaches the hypervisor and the host of a
 #: virtual machine (and other VMs' guests from the host), so the jail could talk past the proxy; AF_ALG, the kernel's
 #: crypto interface, which programs do without and whose bugs have given root (as Docker's default profile refuses).
-NO_VSOCK = ("socket",)
-AF_ALG = 38
+REFUSED_FAMILIES = ("socket",)
 #: Kernel interfaces in /proc: read-only (a jailed root is uid 0 to /proc/sys's checks), or hidden altogether.
 PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs")
 PROC_MASKED = ("kcore", "keys", "key-users", "kmsg", "timer_list", "sched_debug", "latency_stats", "acpi", "scsi",
@@ -383,8 +382,8 @@ def drop_privileges() -> None:
 
 def refuse_syscalls() -> None:
     """A seccomp filter: the refused system calls fail with EPERM, unshare and clone with EPERM when asked for a cgroup
-    namespace, clone3 and io_uring with ENOSYS, socket with EAFNOSUPPORT for AF_VSOCK and AF_ALG, and a foreign ABI (32-bit or
-    x32 calls, which have other numbers) ends the process. Needs no_new_privs."""
+    namespace, clone3 and io_uring with ENOSYS, socket with EAFNOSUPPORT for AF_VSOCK and AF_ALG, and a foreign ABI
+    (32-bit or x32 calls, which have other numbers) ends the process. Needs no_new_privs."""
     machine = os.uname().machine
     numbers = SYSCALLS[machine]
     program: list[tuple[int, int, int, int]] = [(BPF_LD_W_ABS, 0, 0, 4)]  # the call's audit architecture
@@ -396,16 +395,16 @@ def refuse_syscalls() -> None:
         program.append((BPF_RET_K, 0, 0, SECCOMP_RET_KILL_PROCESS))
     checks = [*((name, "refused") for name in REFUSED_SYSCALLS),
               *((name, "unsupported") for name in UNSUPPORTED_SYSCALLS),
-              *((name, "cgroup namespace") for name in NO_CGROUP_NAMESPACE), *((name, "vsock") for name in NO_VSOCK)]
+              *((name, "cgroup namespace") for name in NO_CGROUP_NAMESPACE), *((name, "family") for name in REFUSED_FAMILIES)]
     answers: dict[str, list[tuple[int, int, int, int]]] = {  # each after the ALLOW that ends the checks
         "refused": [(BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | EPERM)],
         "unsupported": [(BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | ENOSYS)],
         "cgroup namespace": [(BPF_LD_W_ABS, 0, 0, 16),  # the low half of the first argument (the flags)
                              (BPF_JSET_K, 0, 1, CLONE_NEWCGROUP), (BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | EPERM),
                              (BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW)],
-        "vsock": [(BPF_LD_W_ABS, 0, 0, 16),  # the socket's family
-                  (BPF_JEQ_K, 1, 0, AF_VSOCK), (BPF_JEQ_K, 0, 1, AF_ALG),
-                  (BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | EAFNOSUPPORT), (BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW)]}
+        "family": [(BPF_LD_W_ABS, 0, 0, 16),  # the socket's family
+                   (BPF_JEQ_K, 1, 0, AF_VSOCK), (BPF_JEQ_K, 0, 1, AF_ALG),
+                   (BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | EAFNOSUPPORT), (BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW)]}
     at, where = 1, {}
     for answer, ops in answers.items():
         where[answer] = at
