@@ -208,7 +208,7 @@ def view_for(config: Config, workspace: Path, cwd: Path) -> View:
         raise GoexError(f"the workspace {workspace} is not a directory")
     supervisor = supervisor_paths(config)
     exposed = {_real(p) for p in config.sandbox.expose}
-    system = [found for pattern in SYSTEM_SECRETS for found in (glob.glob(pattern) if "*" in pattern else [pattern])]
+    system = [found for pattern in SYSTEM_SECRETS for found in glob.glob(pattern)]  # those that are there
     stores = [_real(p) for p in (*CREDENTIAL_STORES, *system)] + [_real(p) for p in config.sandbox.hide]
     hidden_here = {p for p in stores if p not in exposed and os.path.lexists(p)} | set(supervisor)
     hidden_here |= {p for p in copies_beside(hidden_here) if p not in exposed}
