@@ -16,7 +16,7 @@ from ..audit import seal as auditseal
 from ..config import Config
 from ..credentials import vault
 from ..errors import GoexError
-from . import agentenv, runs
+from . import agentenv, pidcap, runs
 from .canary import Canary
 from .view import SCRATCH
 
@@ -77,7 +77,7 @@ def _in_a_jail(config: Config, agent: str, probe: list[str], canary: int) -> lis
                 "secret_files": [str(p) for p in secret_files],
                 "config_files": [str(config.file), *(str(p.path) for p in config.policies)],
                 "socket": str(workspace / "host.sock"), "marker": str(marker),
-                "max_processes": config.sandbox.max_processes,
+                "max_processes": config.sandbox.max_processes, "cgroup_prefix": pidcap.PREFIX,
                 "outside": _outside(Path.home(), Path("/etc"), Path("/usr"), Path(sys.prefix), config.state_dir)}
         with proxy_for_jail(config) as bridged:
             jailed = start_jailed(bridged, agent, [*probe, str(canary), json.dumps(spec)], workspace,

@@ -200,8 +200,9 @@ def sandbox_checks(spec: dict) -> list[tuple[str, Callable[[], tuple[bool, str]]
         with open("/proc/self/cgroup") as f:
             groups = [line.split(":", 2) for line in f.read().splitlines()]
         for number, controllers, path in groups:
-            if ("pids" in controllers.split(",") or number == "0") and "/goex-jail-" in path:
-                end = path.find("/", path.index("/goex-jail-") + 1)  # the jail's group; its processes are below
+            mark = "/" + spec["cgroup_prefix"]
+            if ("pids" in controllers.split(",") or number == "0") and mark in path:
+                end = path.find("/", path.index(mark) + 1)  # the jail's group; its processes are below
                 capped = path if end < 0 else path[:end]
                 for top in ("/sys/fs/cgroup/pids", "/sys/fs/cgroup", "/sys/fs/cgroup/unified"):
                     try:
