@@ -176,11 +176,9 @@ def proxy_for_jail(config: Config) -> Iterator[Config]:
     if agentenv.listening(config):  # `run`, which also serves the database gateway when databases are configured
         yield config
         return
-    from ..audit import store as audit
     from ..policy.load import load_policy_set  # mitmproxy and CEL: a quarter second, only paid without a proxy
     from ..runtime import InProcessProxy
 
-    audit.connect(config).close()
     in_process = InProcessProxy(config, load_policy_set(config.policy_sources))
     gateway = None
     try:
