@@ -427,8 +427,7 @@ def _credentials(check: Checker, raw: Any, pos: tuple[int, int]) -> dict[str, Cr
 def parse_config(doc: Any, file: Path, check: Checker) -> Config:
     """Build a Config from a parsed document, recording every problem on `check`."""
     top = check.mapping(doc, "config", (1, 1), _TOP_KEYS, {"version"}) or YMap()
-    if "version" in top and (top["version"] != 1 or isinstance(top["version"], bool)):  # True == 1 in Python
-        check.error(check.at(top, "version"), f"'version' must be 1 (got {top['version']!r})")
+    check.version_one(top)
     base = file.parent
     state_dir = Path(check.string(top, "state_dir", "state_dir") or base).expanduser()
     state_dir = (base / state_dir).resolve() if not state_dir.is_absolute() else state_dir

@@ -308,6 +308,12 @@ class Checker:
         self.error(self.at(parent, key), f"'{where}' must be a string or a list of strings (got {type_name(value)})")
         return None
 
+    def version_one(self, parent: YMap) -> None:
+        """A document's `version`, when given, must be 1 (the key's presence is the document's mapping's to require):
+        not null, and not `true`, which Python takes for 1."""
+        if "version" in parent and (parent["version"] != 1 or isinstance(parent["version"], bool)):
+            self.error(self.at(parent, "version"), f"'version' must be 1 (got {parent['version']!r})")
+
     def narrowing(self, parent: YMap, key: str, where: str) -> frozenset[str] | None:
         """Names a rule or policy is narrowed to (`agents:`): None for every one (the key left out, or '*'). Present
         but null or empty is an error: `agents:` with its value forgotten had silently meant every agent, `[]` none."""

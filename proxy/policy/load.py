@@ -332,8 +332,7 @@ class RuleReader:
         p = self.check.mapping(doc, "policy", (1, 1), _POLICY_KEYS, {"version", "rules"})
         if p is None:
             return None
-        if "version" in p and (p["version"] != 1 or isinstance(p["version"], bool)):  # null and true were taken
-            self.check.error(self.check.at(p, "version"), f"'version' must be 1 (got {p.get('version')!r})")
+        self.check.version_one(p)  # null and true were taken
         name = self.check.string(p, "name", "name")
         if name is not None and (not name or not name.isprintable()):  # it starts every line about the policy
             self.check.error(self.check.at(p, "name"), f"'name' must be printable text (got {name!r:.80})")
