@@ -8,6 +8,7 @@ from typing import Any
 from mitmproxy import flow as mflow
 from mitmproxy import http
 
+from goex_proxy.audit import layout
 from goex_proxy.ids import RequestIds
 from goex_proxy.policy.engine import Decision
 from goex_proxy.policy.limits import Charge
@@ -149,16 +150,13 @@ def url(flow: http.HTTPFlow) -> str:
     return str(_of(flow).get(_URL) or request_url(flow.request))
 
 
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
 def request_url(req: http.Request) -> str:
     """The request's URL, an IPv6 address in brackets: mitmproxy's `url` leaves them out (`http://::1:8080/x`), which
-    names no one address and port, and which a URL parser (undo's, a pre-image read's origin check) refuses."""
+    names no one address and port, and which a URL parser (undo's, a pre-image read's origin check) refuses. Made as
+    the audit log makes a row's URL from its parts."""
     if ":" not in req.host:
         return req.url
-    port = "" if _DEFAULT_PORTS.get(req.scheme) == req.port else f":{req.port}"
-    return f"{req.scheme}://[{req.host}]{port}{req.path}"
+    return layout.url_of(req.scheme, req.host, req.port, req.path) or req.url
 
 
 def set_url(flow: http.HTTPFlow, value: str) -> None:
