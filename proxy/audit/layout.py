@@ -1,6 +1,8 @@
 """How a row is stored and read back: the same fields and values as written, in less room. Headers, bodies, rule and
-reason go to blobs (the row names them), hashes are kept as 32 bytes instead of 64 hex characters, and a value the row's other
-fields give (its URL from scheme, host, port and path; a body's sha256 when the body is stored whole) is left out.
+reason go to blobs (the row names them), hashes are kept as bytes instead of hex characters, a loopback client as its
+port, and a value the row's other fields give (its URL from scheme, host, port and path; a body's sha256 when the body
+is stored whole; a port that is its scheme's own; a duration that is its end less its start) or most rows have (the
+scheme https, HTTP/1.1) is left out.
 The writer leaves out each row's prev_hash (always the hash of the row before it when written); a prune writes it
 into the row after the rows it removes. Rows written before (schema 11 and older) hold every value as is; both read
 back the same."""
@@ -27,13 +29,28 @@ HEX_FIELDS = ("prev_hash", "hash", "outcome_hash", "req_body_sha256", "resp_body
 DIGEST_OF = {"req_body_sha256": "req_body", "resp_body_sha256": "resp_body"}
 #: Stored in place of a value that the row's other fields give (a zero-length blob: never a value of these fields).
 DERIVED = b""
-_HEX = re.compile(r"[0-9a-f]{64}")
+_HEX = re.compile(r"[0-9a-f]{64}|[0-9a-f]{32}")  # a SHA-256 or an HMAC, whole or cut (`seal.TAG_HEX`)
 #: The column that keeps room for a row's outcome until it comes, never a field of the row. An outcome adds about 58
 #: bytes (its hash 32, ended and duration 8 each, status, sizes and blob ids a few), more with an undo class or an
 #: error; 96 left the fewest pages split (bench/README.md).
 ROOM = "room"
 OUTCOME_ROOM = bytes(96)
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+#: The value most rows have in these fields, left out where a row has it (DERIVED in its place).
+COMMON = {"scheme": "https", "http_version": "HTTP/1.1"}
+#: Where most clients connect from (agents on this machine, the jail's bridge): such a client is kept as its port, in
+#: two bytes (a blob: never a client's text, which always holds this host's address too).
+LOOPBACK = "127.0.0.1:"
+
+
+def _loopback_port(client: Any) -> bytes | None:
+    """A loopback client's port as stored (None: not one, or not in the form the proxy writes)."""
+    if not isinstance(client, str) or not client.startswith(LOOPBACK):
+        return None
+    port = client[len(LOOPBACK):]
+    if not (port.isascii() and port.isdigit() and str(int(port)) == port and 0 < int(port) < 65536):
+        return None
+    return int(port).to_bytes(2, "big")
 
 
 def url_of(scheme: Any, host: Any, port: Any, path: Any) -> str | None:
@@ -46,10 +63,18 @@ def url_of(scheme: Any, host: Any, port: Any, path: Any) -> str | None:
     return f"{scheme}://{netloc}{path}"
 
 
-def stored(fields: dict[str, Any], put: Callable[[str | bytes, Hashable], int], kind: tuple[Any, ...] = ()
-           ) -> dict[str, Any]:
-    """The columns to write for these fields of a row (all of them, or an outcome's); `put` stores a blob of a value
-    and its family: the field and `kind` (the row's host and method, whose answers are alike)."""
+def duration_of(started: Any, ended: Any) -> float | None:
+    """A request's duration in ms as the proxy records it, from its start (the row's ts) and end (None: not times)."""
+    if type(started) is not float or type(ended) is not float:
+        return None
+    return round((ended - started) * 1000, 3)
+
+
+def stored(fields: dict[str, Any], put: Callable[[str | bytes, Hashable], int], kind: tuple[Any, ...] = (),
+           started: float | None = None) -> dict[str, Any]:
+    """The columns to write for these fields of a row (all of them, or an outcome's, whose row began at `started`);
+    `put` stores a blob of a value and its family: the field and `kind` (the row's host and method, whose answers
+    are alike)."""
     out = dict(fields)
     for field, column in zip(BLOB_FIELDS, BLOB_COLUMNS, strict=True):
         value = fields.get(field)
@@ -66,12 +91,23 @@ def stored(fields: dict[str, Any], put: Callable[[str | bytes, Hashable], int], 
     if isinstance(fields.get("url"), str) and url_of(*(fields.get(k) for k in ("scheme", "host", "port", "path"))) \
             == fields["url"]:
         out["url"] = DERIVED
+    for field, common in COMMON.items():
+        if fields.get(field) == common:
+            out[field] = DERIVED
+    if (client := _loopback_port(fields.get("client"))) is not None:
+        out["client"] = client
+    port = fields.get("port")
+    if type(port) is int and _DEFAULT_PORTS.get(fields.get("scheme")) == port:  # type: ignore[arg-type]
+        out["port"] = DERIVED
+    duration = fields.get("duration_ms")
+    if type(duration) is float and duration == duration_of(fields.get("ts", started), fields.get("ended")):
+        out["duration_ms"] = DERIVED
     return out
 
 
 def hex_of(value: Any) -> Any:
     """A stored hash as the hex the chain works with (rows written before hold it as hex already)."""
-    return value.hex() if isinstance(value, bytes) and len(value) == 32 else value
+    return value.hex() if isinstance(value, bytes) and len(value) in (16, 32) else value
 
 
 def unreadable(field: str, why: str) -> str:
@@ -123,6 +159,19 @@ def logical(row: dict[str, Any], values: Mapping[int, str | bytes | AuditError |
             content = out.get(body)
             out[field] = hashlib.sha256(content).hexdigest() if isinstance(content, bytes) else \
                 unreadable(field, "its body is not stored")
+    for field, common in COMMON.items():
+        if out.get(field) == DERIVED and isinstance(out.get(field), bytes):
+            out[field] = common
+    if isinstance(out.get("client"), bytes):
+        client = out["client"]
+        out["client"] = f"{LOOPBACK}{int.from_bytes(client, 'big')}" if len(client) == 2 else \
+            unreadable("client", f"{len(client)} bytes")
+    if out.get("port") == DERIVED and isinstance(out.get("port"), bytes):
+        port = _DEFAULT_PORTS.get(out.get("scheme"))  # type: ignore[arg-type]
+        out["port"] = unreadable("port", "no scheme of its own") if port is None else port
+    if out.get("duration_ms") == DERIVED and isinstance(out.get("duration_ms"), bytes):
+        duration = duration_of(out.get("ts"), out.get("ended"))
+        out["duration_ms"] = unreadable("duration_ms", "no start and end") if duration is None else duration
     if out.get("url") == DERIVED and isinstance(out.get("url"), bytes):
         out["url"] = url_of(*(out.get(k) for k in ("scheme", "host", "port", "path"))) or unreadable("url", "no parts")
     return out

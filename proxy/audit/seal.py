@@ -41,7 +41,7 @@ class Anchor:
         except (ValueError, TypeError, KeyError, OverflowError, RecursionError):  # 1e400 as seq; [[[... too deep
             raise AuditError(f"{where} is not an audit anchor (JSON with seq, id and hash, as `goex-proxy log anchor` "
                              "prints)") from None
-        if anchor.seq < 1 or len(anchor.hash) != 64:
+        if anchor.seq < 1 or len(anchor.hash) not in (TAG_HEX, 64):
             raise AuditError(f"{where} is not an audit anchor (seq {anchor.seq}, hash {anchor.hash[:70]!r})")
         return anchor
 
@@ -191,3 +191,26 @@ def chain_hash(key: bytes | None, data: bytes) -> str:
     if key is None:
         return hashlib.sha256(data).hexdigest()
     return hmac.new(key, data, hashlib.sha256).hexdigest()
+
+
+#: A row's MACs are HMAC-SHA256 cut to its first 128 bits, in hex (HMAC-SHA-256-128, as IPsec and TLS cut theirs: a
+#: forger without the key still has one chance in 2**128 a guess). Rows written before keep all 256 bits; a plain
+#: SHA-256 chain (no key) is never cut.
+TAG_HEX = 32
+
+
+def chain_tag(key: bytes | None, data: bytes) -> str:
+    """What a row's hash field holds for `data`: its HMAC cut to TAG_HEX digits (keyed), or its whole SHA-256."""
+    whole = chain_hash(key, data)
+    return whole if key is None else whole[:TAG_HEX]
+
+
+def tag_holds(key: bytes | None, data: bytes, stored: object) -> bool:
+    """Whether `stored` is `data`'s tag under the key: its whole HMAC (rows written before tags were cut) or the first
+    TAG_HEX digits of it (keyed), its whole SHA-256 (no key)."""
+    if not isinstance(stored, str):
+        return False
+    whole = chain_hash(key, data)
+    if len(stored) == len(whole):
+        return hmac.compare_digest(stored, whole)
+    return key is not None and len(stored) == TAG_HEX and hmac.compare_digest(stored, whole[:TAG_HEX])

@@ -16,7 +16,7 @@ from ..errors import AuditError, NotFound
 from . import blobs, layout
 from .gaps import gap_holds, gaps
 from .layout import hex_of
-from .seal import Anchor, Seal, chain_hash
+from .seal import Anchor, Seal, chain_tag, tag_holds
 
 if TYPE_CHECKING:
     import sqlite_utils
@@ -369,17 +369,28 @@ def _canonical(row: dict[str, Any], fields: tuple[str, ...]) -> bytes:
     return json.dumps([norm(row.get(f)) for f in fields], separators=(",", ":"), default=str).encode()
 
 
-def row_hash(key: bytes | None, prev_hash: str, row: dict[str, Any]) -> str:
+def _row_signed(prev_hash: str, row: dict[str, Any]) -> bytes:
+    """What a row's hash signs: the hash before it, then its request fields."""
     fields = REQUEST_FIELDS + tuple(f for f in OPTIONAL_REQUEST_FIELDS if row.get(f) is not None)
-    return chain_hash(key, prev_hash.encode() + _canonical(row, fields))
+    return prev_hash.encode() + _canonical(row, fields)
+
+
+def _outcome_signed(keyed: bool, hash_: str, row: dict[str, Any]) -> bytes:
+    """What an outcome's hash signs: its row's hash, then its fields; a keyed chain also covers what undo could do
+    for it (`undo_class`) and, for a request that waited, what became of the wait (`approval`)."""
+    fields: tuple[str, ...] = OUTCOME_FIELDS + ("undo_class",) if keyed else OUTCOME_FIELDS
+    fields += tuple(f for f in OUTCOME_EXTRAS[1:] if row.get(f) is not None)
+    return hash_.encode() + _canonical(row, fields)
+
+
+def row_hash(key: bytes | None, prev_hash: str, row: dict[str, Any]) -> str:
+    """The hash a row is written with (`seal.chain_tag`)."""
+    return chain_tag(key, _row_signed(prev_hash, row))
 
 
 def outcome_hash(key: bytes | None, hash_: str, row: dict[str, Any]) -> str:
-    """The outcome's hash, bound to its row's; a keyed chain also covers what undo could do for it (`undo_class`)
-    and, for a request that waited, what became of the wait (`approval`)."""
-    fields: tuple[str, ...] = OUTCOME_FIELDS if key is None else OUTCOME_FIELDS + ("undo_class",)
-    fields += tuple(f for f in OUTCOME_EXTRAS[1:] if row.get(f) is not None)
-    return chain_hash(key, hash_.encode() + _canonical(row, fields))
+    """The hash an outcome is written with, bound to its row's."""
+    return chain_tag(key, _outcome_signed(key is not None, hash_, row))
 
 
 def load_limit_hits(conn: sqlite3.Connection, windows: dict[str, float | None], now: float) -> Iterator[tuple[str, str, float]]:
@@ -404,7 +415,7 @@ def query(conn: sqlite3.Connection, *, agent: str | None = None, host: str | Non
         where.append("ts >= ?")
         params.append(since)
     columns = ("id, ts, agent, method, scheme, host, port, path, url, decision, rule, reason, report, status, "
-               "error, duration_ms, req_body_size, resp_body_size")
+               "error, duration_ms, ended, req_body_size, resp_body_size")  # ended: a duration may be left to it
     present = {r[1] for r in conn.execute("PRAGMA table_info(requests)")}  # a database not yet migrated lacks some
     columns += "".join(f", {c}" for c in ("credential", "undo_class", "undo_of", "rule_blob", "reason_blob")
                        if c in present)  # the rule and reason of rows written since schema 12 are in blobs
@@ -532,9 +543,10 @@ def edited(key: bytes | None, row: dict[str, Any]) -> str | None:
     """Why a row as read back is not what was written under this key, or None: its request fields against its hash
     (which covers its prev_hash too), its outcome against its outcome hash, no outcome fields without one. Whatever
     acts on a row (undo replays its bodies with the real credential) checks this first; `verify` checks the links."""
-    if row_hash(key, row["prev_hash"], row) != row["hash"]:
+    if not tag_holds(key, _row_signed(row["prev_hash"], row), row["hash"]):
         return "its request fields do not match its hash (the row was edited)"
-    if row["outcome_hash"] is not None and outcome_hash(key, row["hash"], row) != row["outcome_hash"]:
+    if row["outcome_hash"] is not None and not tag_holds(key, _outcome_signed(key is not None, row["hash"], row),
+                                                         row["outcome_hash"]):
         return "its outcome fields do not match its outcome hash (the row was edited)"
     if row["outcome_hash"] is None and any(row.get(f) is not None
                                            for f in (*OUTCOME_FIELDS, *OUTCOME_EXTRAS)):

@@ -168,8 +168,8 @@ class AuditWriter:
         self._turns = _WriteTurns(path)
         ids.claim(path)  # the ids this process makes are its own among all that write this log
         self._key = seal.key(create=True)
-        #: request id -> (hash, seq, host and method) of rows awaiting their outcome
-        self._pending: dict[str, tuple[str, int, tuple[Any, ...]]] = {}
+        #: request id -> (hash, seq, agent, host and method, ts) of rows awaiting their outcome
+        self._pending: dict[str, tuple[str, int, tuple[Any, ...], Any]] = {}
         #: ids the transaction being written added to `_pending`: what its failure takes back (and nothing else: a
         #: row refused because its id is taken must not let go of the row in flight under that id)
         self._added: list[str] = []
@@ -449,7 +449,7 @@ class AuditWriter:
         cursor = self._conn.execute(f"INSERT INTO requests ({', '.join(kept)}) VALUES ({', '.join('?' * len(kept))})",
                                     tuple(kept.values()))
         if "outcome_hash" not in row:
-            self._pending[str(row["id"])] = (row["hash"], int(cursor.lastrowid or 0), kind)
+            self._pending[str(row["id"])] = (row["hash"], int(cursor.lastrowid or 0), kind, row.get("ts"))
             self._added.append(str(row["id"]))
         if op.approval is not None:
             entry = {"request_id": row["id"], **op.approval}
@@ -463,20 +463,20 @@ class AuditWriter:
     def _update(self, op: _Outcome) -> None:
         pending, again = self._pending.pop(op.id, None), False
         if pending is None:
-            found = self._conn.execute("SELECT hash, seq, agent, host, method, outcome_hash FROM requests WHERE id = ?",
-                                       (op.id,)).fetchone()
+            found = self._conn.execute("SELECT hash, seq, agent, host, method, outcome_hash, ts FROM requests "
+                                       "WHERE id = ?", (op.id,)).fetchone()
             if found is None:
                 raise UnknownRequest(f"outcome for unknown request {op.id}")
-            pending = (hex_of(found[0]), found[1], (found[2], found[3], found[4]))
+            pending = (hex_of(found[0]), found[1], (found[2], found[3], found[4]), found[6])
             if found[5] is not None and op.stands_in:  # it has one after all: nothing to stand in for
                 return
             again = found[5] is not None
             if again:  # written again: nothing of it is built on the first one's values, let go of below
                 self._blobs.forget()
-        hash_, seq, kind = pending
+        hash_, seq, kind, started = pending
         fields = storable(op.fields)
         fields["outcome_hash"] = outcome_hash(self._key, hash_, fields)
-        kept = self._stored(fields, kind)
+        kept = self._stored(fields, kind, started)
         if again:  # what the first outcome set and this one does not goes: the new hash covers this one's alone
             kept = {**dict.fromkeys(OUTCOME_COLUMNS), **kept}
         named = [c for c in layout.BLOB_COLUMNS if c in kept]
@@ -488,15 +488,17 @@ class AuditWriter:
         sets = ", ".join(f"{k} = ?" for k in kept)
         self._conn.execute(f"UPDATE requests SET {sets} WHERE seq = ?", (*kept.values(), seq))  # by rowid
 
-    def _stored(self, fields: dict[str, Any], kind: tuple[Any, ...]) -> dict[str, Any]:
+    def _stored(self, fields: dict[str, Any], kind: tuple[Any, ...], started: Any = None) -> dict[str, Any]:
         """The columns that keep these fields (hashed as they are): headers and bodies as blobs, and so on; `kind`
-        is the row's agent, host and method, whose blobs are deflated on top of the last ones of the same field.
+        is the row's agent, host and method, whose blobs are deflated on top of the last ones of the same field;
+        `started`, for an outcome's, its row's ts.
 
         The agent is part of it, and owns the blobs it may name again: a value deflated on top of another agent's, or
         stored once for both, would make what one agent sends cost the log less the closer it is to what another
         sent or received, and a jailed agent sees the log's disk fill (its workspace layer is on the same one)."""
         return layout.stored(
-            fields, lambda value, family: self._blobs.put(self._conn, value, family, owner=kind[0]), kind)
+            fields, lambda value, family: self._blobs.put(self._conn, value, family, owner=kind[0]), kind,
+            started if type(started) is float else None)
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")

@@ -18,9 +18,10 @@ from ..config import Config
 from ..errors import AuditError
 
 T = TypeVar("T")
-#: The columns of a log page (never the bodies; scheme and port for the URL, which a row may leave to its parts).
+#: The columns of a log page (never the bodies; scheme and port for the URL, which a row may leave to its parts, and
+#: ended for the duration, which a row may leave to its start and end).
 LIST_COLUMNS = ("seq, id, ts, agent, method, scheme, host, port, path, url, decision, rule, reason, status, error, "
-                "duration_ms, undo_class, undo_of, rule_blob, reason_blob")  # the rule and reason, where in blobs
+                "duration_ms, ended, undo_class, undo_of, rule_blob, reason_blob")  # the rule and reason, where in blobs
 PAGE = 50
 
 

@@ -18,6 +18,7 @@ import pytest
 
 from goex_proxy.audit import blobs, layout
 from goex_proxy.audit import prune as pruning
+from goex_proxy.audit import seal as seal_module
 from goex_proxy.audit import store as audit
 from goex_proxy.audit.dictionary import DICTIONARIES, FROZEN, fingerprint
 from goex_proxy.audit.seal import Seal
@@ -162,16 +163,54 @@ def test_verify_catches_an_edited_or_removed_blob(tmp_path: Path) -> None:
         audit.get(ro(home), victim)
 
 
+def test_values_most_rows_share_or_their_other_fields_give_are_left_out_and_read_back(tmp_path: Path) -> None:
+    """The scheme https, HTTP/1.1, the scheme's own port and a duration that is the row's end less its start (zero
+    too) take no bytes in the row, written with the row or with an outcome that comes later, and a loopback client
+    takes two; other values are kept as they are; each reads back the same (type too) through get, `log`'s query and
+    the console's page."""
+    ids = RequestIds()
+    common = intent(ids, 1)
+    done = outcome(1) | {"duration_ms": layout.duration_of(common["ts"], NOW - 99 + 1)}
+    rare = intent(ids, 2, scheme="http", port=8080, http_version="HTTP/2.0", url="http://slack.com:8080/x", path="/x",
+                  client="127.0.0.1:08080")  # not as the proxy writes a port: kept as it is
+    instant = {"error": "refused", "ended": rare["ts"], "duration_ms": 0.0}
+    plain = intent(ids, 3, scheme="http", port=80, url="http://slack.com/y", path="/y", client="[::1]:40000")
+    odd = outcome(3) | {"duration_ms": 12.5}  # not its end less its start: kept
+    write(tmp_path, [(common, None), (rare, instant), (plain, odd)])  # its writer stops with the first in flight:
+    writer = AuditWriter(tmp_path / "a.db", Seal(tmp_path))
+    writer.record_outcome(str(common["id"]), done).result(5)  # a later writer finds the row's start in the row
+    writer.close()
+    conn = ro(tmp_path)
+    columns = ("scheme", "port", "http_version", "duration_ms", "client")
+    stored = [dict(zip(columns, r, strict=True)) for r in conn.execute(
+        f"SELECT {', '.join(columns)} FROM requests ORDER BY seq")]
+    assert stored == [dict.fromkeys(columns, layout.DERIVED) | {"client": (40000).to_bytes(2, "big")},
+                      {"scheme": "http", "port": 8080, "http_version": "HTTP/2.0", "duration_ms": layout.DERIVED,
+                       "client": "127.0.0.1:08080"},
+                      {"scheme": "http", "port": layout.DERIVED, "http_version": layout.DERIVED, "duration_ms": 12.5,
+                       "client": "[::1]:40000"}]
+    for row, out in ((common, done), (rare, instant), (plain, odd)):
+        got = audit.get(conn, str(row["id"]))
+        assert {k: (got[k], type(got[k])) for k in (*row, *out)} == {k: (v, type(v)) for k, v in {**row, **out}.items()}
+    listed = {r["id"]: tuple(r[k] for k in ("scheme", "port", "duration_ms", "url")) for r in audit.query(conn)}
+    paged = {r["id"]: tuple(r[k] for k in ("scheme", "port", "duration_ms", "url"))
+             for r in console_data.page(conn, console_data.Filters())}
+    assert listed == paged == {r["id"]: (r["scheme"], r["port"], o["duration_ms"], r["url"])
+                               for r, o in ((common, done), (rare, instant), (plain, odd))}
+    assert verify(tmp_path).broken_id is None
+
+
 def test_a_log_written_before_reads_and_verifies_the_same_after_migrating(tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    """Rows written by schema 11 (every value in its row, hashes as hex) stay as they are through migration 12: they
-    read back the same and verify, and new rows chain onto them."""
+    """Rows written by schema 11 (every value in its row, hashes as hex, whole 256-bit MACs) stay as they are through
+    migration 12: they read back the same and verify, and new rows (128-bit MACs, as bytes) chain onto them."""
     ids = RequestIds()
     old = [(intent(ids, i), outcome(i)) for i in range(3)]
     with monkeypatch.context() as old_version:
         old_version.setattr(audit, "MIGRATIONS", audit.MIGRATIONS[:11])
-        old_version.setattr(layout, "stored", lambda fields, put, kind=(): dict(fields))
+        old_version.setattr(layout, "stored", lambda fields, put, kind=(), started=None: dict(fields))
         old_version.setattr(layout, "OUTCOME_ROOM", b"")  # schema 11 had no room for outcomes
+        old_version.setattr(seal_module, "TAG_HEX", 64)  # and kept its MACs whole
         write(tmp_path, old)
         conn = ro(tmp_path)
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 11
@@ -187,10 +226,62 @@ def test_a_log_written_before_reads_and_verifies_the_same_after_migrating(tmp_pa
     stored = conn.execute("SELECT typeof(req_headers), typeof(hash), req_headers_blob FROM requests ORDER BY seq"
                           ).fetchall()
     assert stored == [("text", "text", None)] * 3 + [("null", "blob", stored[3][2]), ("null", "blob", stored[4][2])]
+    assert [length for (length,) in conn.execute("SELECT length(hash) FROM requests ORDER BY seq")] == [64] * 3 + [16] * 2
     for row, done in new:
         got = audit.get(conn, str(row["id"]))
         assert {k: got[k] for k in (*row, *done)} == {**row, **done}
     assert (verify(tmp_path).checked, verify(tmp_path).broken_id) == (5, None)
+
+
+def test_a_rows_macs_are_cut_to_128_bits_and_neither_a_cut_nor_an_edit_goes_unseen(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """New rows keep the first 128 bits of each HMAC (16 bytes a MAC in the row, 32 hex digits in the anchor). A
+    changed bit of one fails its row; cutting a whole MAC written before is no way around the chain either: the row
+    after it and its own outcome signed the whole one; and a plain SHA-256 chain (no key) takes no cut hash."""
+    ids = RequestIds()
+    rows = [(intent(ids, i), outcome(i)) for i in range(3)]
+    write(tmp_path, rows)
+    with sqlite3.connect(tmp_path / "a.db") as conn:
+        assert conn.execute("SELECT DISTINCT length(hash), length(outcome_hash) FROM requests").fetchall() == [(16, 16)]
+    assert len(Seal(tmp_path).anchor().hash) == 32  # type: ignore[union-attr]
+    assert verify(tmp_path).broken_id is None
+    victim = str(rows[1][0]["id"])
+    with sqlite3.connect(tmp_path / "a.db") as conn:
+        for column in ("hash", "outcome_hash"):
+            (was,) = conn.execute(f"SELECT {column} FROM requests WHERE id = ?", (victim,)).fetchone()
+            conn.execute(f"UPDATE requests SET {column} = ? WHERE id = ?", (bytes([was[0] ^ 1]) + was[1:], victim))
+            conn.commit()
+            result = verify(tmp_path)
+            assert result.broken_id == victim, column
+            conn.execute(f"UPDATE requests SET {column} = ? WHERE id = ?", (was, victim))
+            conn.commit()
+    assert verify(tmp_path).broken_id is None
+
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    monkeypatch.setattr(seal_module, "TAG_HEX", 64)  # as rows written before the cut
+    rows = [(intent(ids, 10 + i), outcome(10 + i)) for i in range(3)]
+    write(whole, rows)
+    monkeypatch.undo()
+    assert verify(whole).broken_id is None
+    with sqlite3.connect(whole / "a.db") as conn:
+        assert conn.execute("SELECT DISTINCT length(hash) FROM requests").fetchall() == [(32,)]
+        middle = str(rows[1][0]["id"])
+        conn.execute("UPDATE requests SET hash = substr(hash, 1, 16) WHERE id = ?", (middle,))
+        conn.commit()
+        assert "outcome fields" in (verify(whole).problem or "") and verify(whole).broken_id == middle
+        conn.execute("UPDATE requests SET outcome_hash = NULL, status = NULL, resp_headers_blob = NULL, "
+                     "resp_body_blob = NULL, resp_body_size = NULL, resp_body_sha256 = NULL, ended = NULL, "
+                     "duration_ms = NULL, undo_class = NULL WHERE id = ?", (middle,))  # its outcome gone with it
+    result = verify(whole)
+    assert (result.broken_id, result.problem) == (str(rows[2][0]["id"]), "its request fields do not match its hash "
+                                                  "(the row was edited)")  # it signed the whole hash before it
+    data, key = b"row", b"k" * 32
+    assert seal_module.tag_holds(None, data, hashlib.sha256(data).hexdigest())
+    assert not seal_module.tag_holds(None, data, hashlib.sha256(data).hexdigest()[:32])
+    tag = seal_module.chain_tag(key, data)
+    assert len(tag) == 32 and seal_module.tag_holds(key, data, tag)
+    assert not any(seal_module.tag_holds(key, data, cut) for cut in (tag[:31], tag[:16], "", tag + "0", None))
 
 
 def test_prune_removes_the_blobs_no_kept_row_names(tmp_path: Path) -> None:
@@ -588,7 +679,7 @@ def test_upgrading_a_long_log_says_so_first(tmp_path: Path, monkeypatch: pytest.
     ids = RequestIds()
     with monkeypatch.context() as old_version:
         old_version.setattr(audit, "MIGRATIONS", audit.MIGRATIONS[:11])
-        old_version.setattr(layout, "stored", lambda fields, put, kind=(): dict(fields))
+        old_version.setattr(layout, "stored", lambda fields, put, kind=(), started=None: dict(fields))
         old_version.setattr(layout, "OUTCOME_ROOM", b"")
         write(tmp_path, [(intent(ids, i), outcome(i)) for i in range(3)])
     monkeypatch.setattr(audit, "LARGE_LOG_ROWS", 3)
