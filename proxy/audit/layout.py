@@ -1,6 +1,7 @@
 """How a row is stored and read back: the same fields and values as written, in less room. Headers, bodies, rule and
 reason go to blobs (the row names them), hashes are kept as 32 bytes instead of 64 hex characters, and a value the row's other
-fields give (its URL from scheme, host, port and path; a body's sha256 when the body is stored whole) is left out.
+fields give (its URL from scheme, host, port and path; a body's sha256 when the body is stored whole) is left out,
+and the agent and host are kept as the id of their name (`names`, since migration 20).
 The writer leaves out each row's prev_hash (always the hash of the row before it when written); a prune writes it
 into the row after the rows it removes. Rows written before (schema 11 and older) hold every value as is; both read
 back the same."""
@@ -15,7 +16,7 @@ from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from typing import Any
 
 from ..errors import AuditError
-from . import blobs
+from . import blobs, names
 
 #: Fields kept in blobs; a row names each by id in the column of the same name with `_blob` after it. The rule and
 #: reason too: the same few sentences over and over (a reason per rule), each then kept once.
@@ -96,12 +97,23 @@ SHARED = 4096
 _PAIRS = tuple(zip(BLOB_FIELDS, BLOB_COLUMNS, strict=True))
 
 
-def logical(row: dict[str, Any], values: Mapping[int, str | bytes | AuditError | None], *, lenient: bool = False
-            ) -> dict[str, Any]:
-    """The row as it was written, from its stored columns and its blobs' `values` (by id, as `decoded` gives them). A
-    value that cannot be read raises AuditError, or, `lenient`, reads as something that fails the chain check."""
+def logical(row: dict[str, Any], values: Mapping[int, str | bytes | AuditError | None], *, lenient: bool = False,
+            named: Mapping[int, str] | None = None) -> dict[str, Any]:
+    """The row as it was written, from its stored columns, its blobs' `values` (by id, as `decoded` gives them) and
+    the `named` agents and hosts (by id, as `names.fetch` gives them). A value that cannot be read raises AuditError,
+    or, `lenient`, reads as something that fails the chain check."""
     out = dict(row)
     out.pop(ROOM, None)
+    for field in names.FIELDS:
+        if isinstance(ref := out.get(field), bytes):
+            found = (named or {}).get(names.id_of_ref(ref))
+            if found is None:
+                if not lenient:
+                    raise AuditError(f"the audit log is damaged: the {field} of row {row.get('id')} cannot be read "
+                                     f"(name {names.id_of_ref(ref)} is missing); `goex-proxy log verify` checks the "
+                                     "log") from None
+                found = unreadable(field, f"name {names.id_of_ref(ref)} is missing")
+            out[field] = found
     for field, column in _PAIRS:
         ref = out.pop(column, None)
         if ref is None:
@@ -170,6 +182,7 @@ def expand(conn: sqlite3.Connection, rows: list[dict[str, Any]], *, lenient: boo
     `before[0]`, in seq order, and before[1] is that row's hash."""
     wanted = {ref for r in rows for ref in refs(r)}
     found = blobs.fetch(conn, wanted) if wanted else {}
+    named = names.fetch(conn, names.refs(rows))
     shared: dict[int, str | bytes | AuditError | None] = {}
     bases: dict[int, bytes | AuditError] = {}
     for stored in rows:
@@ -181,7 +194,7 @@ def expand(conn: sqlite3.Connection, rows: list[dict[str, Any]], *, lenient: boo
                     large[ref] = value
                 else:
                     shared[ref] = value
-        row = logical(stored, ChainMap(large, shared) if large else shared, lenient=lenient)
+        row = logical(stored, ChainMap(large, shared) if large else shared, lenient=lenient, named=named)
         if row.get("prev_hash") == DERIVED and isinstance(row.get("prev_hash"), bytes):
             row["prev_hash"] = before[1] if before is not None else hash_before(conn, int(row["seq"]))
         if before is not None:

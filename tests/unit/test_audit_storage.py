@@ -547,7 +547,7 @@ def test_the_decision_and_undo_class_indexes_hold_only_rows_a_filter_needs_them_
     for undo_class in ("exact", "no rule"):
         wanted = [str(row["id"]) for row, done in reversed(rows) if done.get("undo_class") == undo_class]
         assert [r["id"] for r in console_data.page(conn, console_data.Filters(undo_class=undo_class))] == wanted
-    clauses, params = console_data.Filters(decision="deny").where()
+    clauses, params = console_data.Filters(decision="deny").where(conn)
     plan = str(conn.execute("EXPLAIN QUERY PLAN SELECT seq FROM requests WHERE " + " AND ".join(clauses) +
                             " ORDER BY ts DESC", params).fetchall())
     assert "idx_requests_decision_ts" in plan, plan
