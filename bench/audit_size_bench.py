@@ -125,7 +125,7 @@ def writer_cost(rows: int = 3000, rounds: int = 5) -> dict[str, float]:
     def one(old: bool, work: list[tuple[dict[str, Any], dict[str, Any]]]) -> float:
         every, stored, room = audit.MIGRATIONS, layout.stored, layout.OUTCOME_ROOM
         if old:
-            audit.MIGRATIONS, layout.stored = every[:log_bench.OLD_SCHEMA], lambda fields, put, kind=(): dict(fields)
+            audit.MIGRATIONS, layout.stored = every[:log_bench.OLD_SCHEMA], lambda fields, put, kind=(), name=None: dict(fields)
             layout.OUTCOME_ROOM = b""
         try:
             with tempfile.TemporaryDirectory(prefix="goex-bench-writer-") as tmp:

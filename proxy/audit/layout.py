@@ -47,11 +47,16 @@ def url_of(scheme: Any, host: Any, port: Any, path: Any) -> str | None:
     return f"{scheme}://{netloc}{path}"
 
 
-def stored(fields: dict[str, Any], put: Callable[[str | bytes, Hashable], int], kind: tuple[Any, ...] = ()
-           ) -> dict[str, Any]:
+def stored(fields: dict[str, Any], put: Callable[[str | bytes, Hashable], int], kind: tuple[Any, ...] = (),
+           name: Callable[[str], int] | None = None) -> dict[str, Any]:
     """The columns to write for these fields of a row (all of them, or an outcome's); `put` stores a blob of a value
-    and its family: the field and `kind` (the row's host and method, whose answers are alike)."""
+    and its family: the field and `kind` (the row's host and method, whose answers are alike); `name` gives the id
+    of an agent or host name (`names.Names.id_of`), kept in its place."""
     out = dict(fields)
+    if name is not None:
+        for field in names.FIELDS:
+            if isinstance(value := fields.get(field), str):
+                out[field] = names.ref_of(name(value))
     for field, column in zip(BLOB_FIELDS, BLOB_COLUMNS, strict=True):
         value = fields.get(field)
         if isinstance(value, (str, bytes)) and value:

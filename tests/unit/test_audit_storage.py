@@ -170,7 +170,7 @@ def test_a_log_written_before_reads_and_verifies_the_same_after_migrating(tmp_pa
     old = [(intent(ids, i), outcome(i)) for i in range(3)]
     with monkeypatch.context() as old_version:
         old_version.setattr(audit, "MIGRATIONS", audit.MIGRATIONS[:11])
-        old_version.setattr(layout, "stored", lambda fields, put, kind=(): dict(fields))
+        old_version.setattr(layout, "stored", lambda fields, put, kind=(), name=None: dict(fields))
         old_version.setattr(layout, "OUTCOME_ROOM", b"")  # schema 11 had no room for outcomes
         write(tmp_path, old)
         conn = ro(tmp_path)
@@ -588,7 +588,7 @@ def test_upgrading_a_long_log_says_so_first(tmp_path: Path, monkeypatch: pytest.
     ids = RequestIds()
     with monkeypatch.context() as old_version:
         old_version.setattr(audit, "MIGRATIONS", audit.MIGRATIONS[:11])
-        old_version.setattr(layout, "stored", lambda fields, put, kind=(): dict(fields))
+        old_version.setattr(layout, "stored", lambda fields, put, kind=(), name=None: dict(fields))
         old_version.setattr(layout, "OUTCOME_ROOM", b"")
         write(tmp_path, [(intent(ids, i), outcome(i)) for i in range(3)])
     monkeypatch.setattr(audit, "LARGE_LOG_ROWS", 3)
