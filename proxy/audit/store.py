@@ -263,10 +263,11 @@ def _migration_19(db: sqlite_utils.Database) -> None:
 def _migration_20(db: sqlite_utils.Database) -> None:
     """Each row's agent and host as the id of its name (`names`): the names once in `audit_names`, a row holding a
     one-byte id where it held the name, in the table and again in its (agent, ts) and (host, ts) index. Measured with
-    `python bench/run.py --only audit-size` at a million rows: BYTES_BEFORE bytes a row before, BYTES_AFTER after.
+    `python bench/run.py --only audit-size` at a million rows (bench/README.md): 567 → 523 bytes a row built at once
+    (the table 276 → 256, the two indexes 62 → 38), 623 → 572 for a log grown by the writer.
 
-    Rows already written keep their names (both read back the same, as with migration 12): rewriting them would
-    hold every writer for as long. A filter matches both (`names.term`).
+    Rows already written keep their names (both read back the same, as with migration 12): rewriting a large log
+    here would hold every writer until it was done. A filter matches both (`names.term`).
 
     The table is outside the chain, and that is safe: a row's hash covers its agent and host as names (`layout`
     reads the name back before anything hashes the row), so a name edited in the table, or an id that names nothing,
