@@ -126,7 +126,7 @@ def writer_cost(rows: int = 3000, rounds: int = 5) -> dict[str, float]:
         every, stored, room = audit.MIGRATIONS, layout.stored, layout.OUTCOME_ROOM
         if old:
             audit.MIGRATIONS = every[:log_bench.OLD_SCHEMA]
-            layout.stored = lambda fields, put, kind=(), started=None: dict(fields)
+            layout.stored = lambda fields, put, kind=(), **_: dict(fields)
             layout.OUTCOME_ROOM = b""
         try:
             with tempfile.TemporaryDirectory(prefix="goex-bench-writer-") as tmp:

@@ -204,12 +204,12 @@ def _fill(conn: sqlite3.Connection, cols: list[str], rows: int, start: float, en
           new_layout: bool = True) -> None:
     """Insert `rows` rows with timestamps spread evenly (jittered, ascending) over [start, end), stored as the proxy
     stores them (`new_layout`) or as schema 11 did."""
-    from goex_proxy.audit import blobs, layout
+    from goex_proxy.audit import blobs, layout, names
     from goex_proxy.audit import store as audit
     from goex_proxy.audit.seal import Seal
 
     rng = random.Random(seed)
-    store = blobs.BlobStore()
+    store, named = blobs.BlobStore(), names.Names()
     # Real chain hashes under the log's key (`undo` acts only on rows whose hashes hold), chained on the last row.
     key = Seal(Path(conn.execute("PRAGMA database_list").fetchone()[2]).parent).key(create=True)
     last = conn.execute("SELECT hash FROM requests ORDER BY seq DESC LIMIT 1").fetchone()
@@ -230,6 +230,7 @@ def _fill(conn: sqlite3.Connection, cols: list[str], rows: int, start: float, en
         token_bits = rng.getrandbits
         gmtime, strftime, sha256 = time.gmtime, time.strftime, hashlib.sha256
         put = lambda value, family: store.put(conn, value, family)  # noqa: E731
+        name = lambda value: named.id_of(conn, value)  # noqa: E731
         prev = str(layout.hex_of(last[0])) if last else ""
         for i in range(rows):
             ts = start + (i + rand() * 0.9) * step
@@ -265,7 +266,7 @@ def _fill(conn: sqlite3.Connection, cols: list[str], rows: int, start: float, en
             row["hash"] = prev = row_hash(key, prev, row)
             row["outcome_hash"] = outcome_hash(key, prev, row)
             if new_layout:  # as the writer stores it (its prev_hash left to the row before)
-                row = {**layout.stored(row, put, (row["host"], row["method"])), "prev_hash": layout.DERIVED}
+                row = {**layout.stored(row, put, (row["host"], row["method"]), name=name), "prev_hash": layout.DERIVED}
             yield tuple(row.get(c) for c in columns)
 
     conn.executemany(f"INSERT INTO requests ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
@@ -408,6 +409,7 @@ def import_breakdown(module: str = "goex_proxy.cli", top: int = 6, code: str | N
 
 def run(rows: int = 1_000_000, cli_runs: int = 9, query_runs: int = 50, regenerate: bool = False,
         say: Any = print) -> tuple[str, dict[str, Any]]:
+    from goex_proxy.audit import names
     from goex_proxy.audit import store as audit
 
     db_path, note = prepare(rows, regenerate, say)
@@ -427,11 +429,12 @@ def run(rows: int = 1_000_000, cli_runs: int = 9, query_runs: int = 50, regenera
     db = audit.open_db(db_path, readonly=True)
     total = db.execute("SELECT max(seq) FROM requests").fetchone()[0]
     since = time.time() - 3600
-    in_hour = db.execute("SELECT count(*) FROM requests WHERE agent = ? AND ts >= ?",
-                              (QUERY_AGENT, since)).fetchone()[0]
+    agent_is, agent_values = names.term(db, "agent", QUERY_AGENT)  # its name, or its id (as audit.query has it)
+    in_hour = db.execute(f"SELECT count(*) FROM requests WHERE {agent_is} AND ts >= ?",
+                         (*agent_values, since)).fetchone()[0]
     plan = " | ".join(r[-1] for r in db.execute(
-        "EXPLAIN QUERY PLAN SELECT id FROM requests WHERE agent = ? AND ts >= ? ORDER BY ts DESC, seq DESC LIMIT 50",
-        (QUERY_AGENT, since)))
+        f"EXPLAIN QUERY PLAN SELECT id FROM requests WHERE {agent_is} AND ts >= ? ORDER BY ts DESC, seq DESC LIMIT 50",
+        (*agent_values, since)))
 
     def timed(fn: Any, n: int) -> float:
         fn()

@@ -42,6 +42,7 @@ UNDO_IMPORTS = ("import goex_proxy.cli, goex_proxy.cli.undo, goex_proxy.undo.ses
 def pick_ids(db_path: Path, n: int, mixed: int, seed: int) -> tuple[list[tuple[str, str]], list[str]]:
     """`n` distinct (id, kind) at random among the allowed undoable rows, in random order; and up to `mixed` random
     mutating ids of any kind or decision (for the mix of verdicts). Reads through its own connection."""
+    from goex_proxy.audit import layout
     from goex_proxy.undo.plan import SAFE_METHODS
 
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
@@ -54,9 +55,10 @@ def pick_ids(db_path: Path, n: int, mixed: int, seed: int) -> tuple[list[tuple[s
             if len(undoable) >= n and len(mutating) >= mixed:
                 break
             seqs = rng.sample(range(1, top + 1), min(500, top))
-            for rid, method, host, path, decision, status in conn.execute(
-                    "SELECT id, method, host, path, decision, status FROM requests WHERE seq IN "
-                    f"({','.join('?' * len(seqs))})", seqs):
+            for row in layout.read(conn, "SELECT id, method, host, path, decision, status FROM requests WHERE seq "
+                                   f"IN ({','.join('?' * len(seqs))})", seqs):  # the host as its name (kept by id)
+                rid, method, host, path, decision, status = (row[k] for k in ("id", "method", "host", "path",
+                                                                              "decision", "status"))
                 if method in SAFE_METHODS:
                     continue
                 if len(mutating) < mixed:

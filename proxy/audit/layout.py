@@ -1,8 +1,8 @@
 """How a row is stored and read back: the same fields and values as written, in less room. Headers, bodies, rule and
-reason go to blobs (the row names them), hashes are kept as bytes instead of hex characters, a loopback client as its
-port, and a value the row's other fields give (its URL from scheme, host, port and path; a body's sha256 when the body
-is stored whole; a port that is its scheme's own; a duration that is its end less its start) or most rows have (the
-scheme https, HTTP/1.1) is left out.
+reason go to blobs (the row names them), hashes are kept as bytes instead of hex characters, the agent and host as
+the id of their name (`names`, since migration 20), a loopback client as its port, and a value the row's other fields
+give (its URL from scheme, host, port and path; a body's sha256 when the body is stored whole; a port that is its
+scheme's own; a duration that is its end less its start) or most rows have (the scheme https, HTTP/1.1) is left out.
 The writer leaves out each row's prev_hash (always the hash of the row before it when written); a prune writes it
 into the row after the rows it removes. Rows written before (schema 11 and older) hold every value as is; both read
 back the same."""
@@ -17,7 +17,7 @@ from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from typing import Any
 
 from ..errors import AuditError
-from . import blobs
+from . import blobs, names
 
 #: Fields kept in blobs; a row names each by id in the column of the same name with `_blob` after it. The rule and
 #: reason too: the same few sentences over and over (a reason per rule), each then kept once.
@@ -70,12 +70,16 @@ def duration_of(started: Any, ended: Any) -> float | None:
     return round((ended - started) * 1000, 3)
 
 
-def stored(fields: dict[str, Any], put: Callable[[str | bytes, Hashable], int], kind: tuple[Any, ...] = (),
-           started: float | None = None) -> dict[str, Any]:
+def stored(fields: dict[str, Any], put: Callable[[str | bytes, Hashable], int], kind: tuple[Any, ...] = (), *,
+           started: float | None = None, name: Callable[[str], int] | None = None) -> dict[str, Any]:
     """The columns to write for these fields of a row (all of them, or an outcome's, whose row began at `started`);
     `put` stores a blob of a value and its family: the field and `kind` (the row's host and method, whose answers
-    are alike)."""
+    are alike); `name` gives the id of an agent or host name (`names.Names.id_of`), kept in its place."""
     out = dict(fields)
+    if name is not None:
+        for field in names.FIELDS:
+            if isinstance(value := fields.get(field), str):
+                out[field] = names.ref_of(name(value))
     for field, column in zip(BLOB_FIELDS, BLOB_COLUMNS, strict=True):
         value = fields.get(field)
         if isinstance(value, (str, bytes)) and value:
@@ -132,12 +136,23 @@ SHARED = 4096
 _PAIRS = tuple(zip(BLOB_FIELDS, BLOB_COLUMNS, strict=True))
 
 
-def logical(row: dict[str, Any], values: Mapping[int, str | bytes | AuditError | None], *, lenient: bool = False
-            ) -> dict[str, Any]:
-    """The row as it was written, from its stored columns and its blobs' `values` (by id, as `decoded` gives them). A
-    value that cannot be read raises AuditError, or, `lenient`, reads as something that fails the chain check."""
+def logical(row: dict[str, Any], values: Mapping[int, str | bytes | AuditError | None], *, lenient: bool = False,
+            named: Mapping[int, str] | None = None) -> dict[str, Any]:
+    """The row as it was written, from its stored columns, its blobs' `values` (by id, as `decoded` gives them) and
+    the `named` agents and hosts (by id, as `names.fetch` gives them). A value that cannot be read raises AuditError,
+    or, `lenient`, reads as something that fails the chain check."""
     out = dict(row)
     out.pop(ROOM, None)
+    for field in names.FIELDS:
+        if isinstance(ref := out.get(field), bytes):
+            found = (named or {}).get(names.id_of_ref(ref))
+            if found is None:
+                if not lenient:
+                    raise AuditError(f"the audit log is damaged: the {field} of row {row.get('id')} cannot be read "
+                                     f"(name {names.id_of_ref(ref)} is missing); `goex-proxy log verify` checks the "
+                                     "log") from None
+                found = unreadable(field, f"name {names.id_of_ref(ref)} is missing")
+            out[field] = found
     for field, column in _PAIRS:
         ref = out.pop(column, None)
         if ref is None:
@@ -219,6 +234,7 @@ def expand(conn: sqlite3.Connection, rows: list[dict[str, Any]], *, lenient: boo
     `before[0]`, in seq order, and before[1] is that row's hash."""
     wanted = {ref for r in rows for ref in refs(r)}
     found = blobs.fetch(conn, wanted) if wanted else {}
+    named = names.fetch(conn, names.refs(rows))
     shared: dict[int, str | bytes | AuditError | None] = {}
     bases: dict[int, bytes | AuditError] = {}
     for stored in rows:
@@ -230,7 +246,7 @@ def expand(conn: sqlite3.Connection, rows: list[dict[str, Any]], *, lenient: boo
                     large[ref] = value
                 else:
                     shared[ref] = value
-        row = logical(stored, ChainMap(large, shared) if large else shared, lenient=lenient)
+        row = logical(stored, ChainMap(large, shared) if large else shared, lenient=lenient, named=named)
         if row.get("prev_hash") == DERIVED and isinstance(row.get("prev_hash"), bytes):
             row["prev_hash"] = before[1] if before is not None else hash_before(conn, int(row["seq"]))
         if before is not None:

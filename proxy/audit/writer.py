@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import ids
 from ..errors import AuditError
-from . import blobs, layout
+from . import blobs, layout, names
 from .layout import hex_of
 from .seal import Anchor, Seal
 from .store import BUSY_TIMEOUT_S, INTERRUPTED, ORPHANED, OUTCOME_COLUMNS, UNANCHORED, charged, open_db, outcome_hash, row_hash
@@ -174,6 +174,7 @@ class AuditWriter:
         #: row refused because its id is taken must not let go of the row in flight under that id)
         self._added: list[str] = []
         self._blobs = blobs.BlobStore()
+        self._names = names.Names()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         # Set when something someone waits for is queued: it ends a gathering, which what nobody waits for does not
         # interrupt (a wake-up per outcome would take the event loop's GIL as often).
@@ -351,7 +352,7 @@ class AuditWriter:
                             with _savepoint(self._conn):
                                 refused[index] = op.fn(self._conn, self)
                         except Exception as exc:  # its own failure: its waiter is told, the batch goes on
-                            self._blobs.forget()  # blobs it stored are gone with its savepoint
+                            self._forget()  # what it stored is gone with its savepoint
                             refused[index] = exc
                     elif not isinstance(op, _Intent):
                         try:
@@ -367,7 +368,7 @@ class AuditWriter:
             for request_id in self._added:  # rolled back
                 self._pending.pop(request_id, None)
             if len(batch) > 1 and isinstance(exc, _VALUE_ERRORS):  # one op's value: the others are not to fail with it
-                self._blobs.forget()
+                self._forget()
                 return _ONE_BY_ONE
             self._failed(batch, exc)
             if isinstance(exc, _VALUE_ERRORS) and isinstance(op := batch[0][0], _Outcome) and not op.stands_in:
@@ -382,9 +383,14 @@ class AuditWriter:
         """Nothing of the batch was written: every waiter is told (its request is refused)."""
         log.error("audit write failed (%d records): %s", len(batch), exc)
         self.failing = str(exc)
-        self._blobs.forget()
+        self._forget()
         for _, future in batch:
             future.set_exception(AuditError(f"audit write failed: {exc}"))
+
+    def _forget(self) -> None:
+        """Let go of the blob and name ids a rolled-back transaction stored: another writer may take them."""
+        self._blobs.forget()
+        self._names.forget()
 
     def update_outcome(self, request_id: str, fields: dict[str, Any]) -> None:
         """Write a row's outcome now (call inside `apply`, in the writer's transaction)."""
@@ -463,14 +469,16 @@ class AuditWriter:
     def _update(self, op: _Outcome) -> None:
         pending, again = self._pending.pop(op.id, None), False
         if pending is None:
-            found = self._conn.execute("SELECT hash, seq, agent, host, method, outcome_hash, ts FROM requests "
-                                       "WHERE id = ?", (op.id,)).fetchone()
+            # Read as written (the agent and host as names, as `_insert` has them); lenient: a name missing reads
+            # as one that fails `verify`, and only names the family its blobs are deflated in.
+            found = next(layout.read(self._conn, "SELECT hash, seq, agent, host, method, outcome_hash, ts FROM "
+                                     "requests WHERE id = ?", (op.id,), lenient=True), None)
             if found is None:
                 raise UnknownRequest(f"outcome for unknown request {op.id}")
-            pending = (hex_of(found[0]), found[1], (found[2], found[3], found[4]), found[6])
-            if found[5] is not None and op.stands_in:  # it has one after all: nothing to stand in for
+            pending = (found["hash"], found["seq"], (found["agent"], found["host"], found["method"]), found["ts"])
+            if found["outcome_hash"] is not None and op.stands_in:  # it has one after all: nothing to stand in for
                 return
-            again = found[5] is not None
+            again = found["outcome_hash"] is not None
             if again:  # written again: nothing of it is built on the first one's values, let go of below
                 self._blobs.forget()
         hash_, seq, kind, started = pending
@@ -498,7 +506,7 @@ class AuditWriter:
         sent or received, and a jailed agent sees the log's disk fill (its workspace layer is on the same one)."""
         return layout.stored(
             fields, lambda value, family: self._blobs.put(self._conn, value, family, owner=kind[0]), kind,
-            started if type(started) is float else None)
+            started=started if type(started) is float else None, name=lambda name: self._names.id_of(self._conn, name))
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ..audit import layout
+from ..audit import layout, names
 from ..audit import store as audit
 from ..audit.gaps import gap_holds, gaps
 from ..audit.seal import Seal
@@ -36,13 +36,19 @@ class Filters:
     since: float | None = None
     until: float | None = None
 
-    def where(self, indexed: bool = True) -> tuple[list[str], list[Any]]:
+    def where(self, conn: sqlite3.Connection, indexed: bool = True) -> tuple[list[str], list[Any]]:
         """The SQL terms of these filters and their parameters; not `indexed`: none may pick an index (the rows are
-        found by seq, the table's own key)."""
+        found by seq, the table's own key). An agent or host matches its name and its id (`names.term`)."""
         clauses: list[str] = []
         params: list[Any] = []
         plus = "" if indexed else "+"  # SQLite's way to keep a term from choosing an index
-        for column in ("agent", "host", "decision", "undo_class"):
+        for column in ("agent", "host"):
+            value = getattr(self, column)
+            if value is not None:
+                term, values = names.term(conn, column, value, plus)
+                clauses.append(term)
+                params += values
+        for column in ("decision", "undo_class"):
             value = getattr(self, column)
             if value is not None:
                 clauses.append(f"{plus}{column} = ?")
@@ -69,7 +75,7 @@ def page(conn: sqlite3.Connection, filters: Filters, before: int | None = None, 
     """One page of rows, newest first (by the time each began, then seq, as `log` lists them), after the row of seq
     `before` in that order (keyset: never an OFFSET, never the whole table; each filter's index ends in ts). `at`:
     that row's time as the page before showed it, for a row pruned since."""
-    clauses, params = filters.where()
+    clauses, params = filters.where(conn)
     if before is not None:
         found = conn.execute("SELECT ts FROM requests WHERE seq = ?", (before,)).fetchone()
         ts = found[0] if found is not None else at
@@ -94,7 +100,7 @@ def newer(conn: sqlite3.Connection, filters: Filters, after: int, limit: int = N
     to the newest row when the call began, which the next call starts after: a filter that matches nothing reads
     each row once."""
     top = head(conn)
-    clauses, params = filters.where(indexed=False)
+    clauses, params = filters.where(conn, indexed=False)
     clauses.append("seq > ? AND seq <= ?")
     params += [after, top]
     sql = f"SELECT {LIST_COLUMNS} FROM requests WHERE " + " AND ".join(clauses)

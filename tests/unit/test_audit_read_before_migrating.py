@@ -22,6 +22,8 @@ def test_a_log_of_schema_16_reads_and_verifies_read_only(tmp_path: Path, monkeyp
     with monkeypatch.context() as old_version:
         old_version.setattr(audit, "MIGRATIONS", audit.MIGRATIONS[:16])
         old_version.setattr(layout, "OUTCOME_ROOM", b"")
+        stored = layout.stored  # schema 16 kept agents and hosts as they are
+        old_version.setattr(layout, "stored", lambda fields, put, kind=(), **_: stored(fields, put, kind))
         old_version.setattr(blobs.BlobStore, "put", lambda self, conn, value, family=None, owner=None: int(conn.execute(
             "INSERT INTO audit_blobs (data, refs) VALUES (?, 1)", (blobs.encode(value),)).lastrowid or 0))
         write(tmp_path, rows)

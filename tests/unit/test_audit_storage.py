@@ -208,7 +208,7 @@ def test_a_log_written_before_reads_and_verifies_the_same_after_migrating(tmp_pa
     old = [(intent(ids, i), outcome(i)) for i in range(3)]
     with monkeypatch.context() as old_version:
         old_version.setattr(audit, "MIGRATIONS", audit.MIGRATIONS[:11])
-        old_version.setattr(layout, "stored", lambda fields, put, kind=(), started=None: dict(fields))
+        old_version.setattr(layout, "stored", lambda fields, put, kind=(), **_: dict(fields))
         old_version.setattr(layout, "OUTCOME_ROOM", b"")  # schema 11 had no room for outcomes
         old_version.setattr(seal_module, "TAG_HEX", 64)  # and kept its MACs whole
         write(tmp_path, old)
@@ -638,7 +638,7 @@ def test_the_decision_and_undo_class_indexes_hold_only_rows_a_filter_needs_them_
     for undo_class in ("exact", "no rule"):
         wanted = [str(row["id"]) for row, done in reversed(rows) if done.get("undo_class") == undo_class]
         assert [r["id"] for r in console_data.page(conn, console_data.Filters(undo_class=undo_class))] == wanted
-    clauses, params = console_data.Filters(decision="deny").where()
+    clauses, params = console_data.Filters(decision="deny").where(conn)
     plan = str(conn.execute("EXPLAIN QUERY PLAN SELECT seq FROM requests WHERE " + " AND ".join(clauses) +
                             " ORDER BY ts DESC", params).fetchall())
     assert "idx_requests_decision_ts" in plan, plan
@@ -679,7 +679,7 @@ def test_upgrading_a_long_log_says_so_first(tmp_path: Path, monkeypatch: pytest.
     ids = RequestIds()
     with monkeypatch.context() as old_version:
         old_version.setattr(audit, "MIGRATIONS", audit.MIGRATIONS[:11])
-        old_version.setattr(layout, "stored", lambda fields, put, kind=(), started=None: dict(fields))
+        old_version.setattr(layout, "stored", lambda fields, put, kind=(), **_: dict(fields))
         old_version.setattr(layout, "OUTCOME_ROOM", b"")
         write(tmp_path, [(intent(ids, i), outcome(i)) for i in range(3)])
     monkeypatch.setattr(audit, "LARGE_LOG_ROWS", 3)

@@ -179,7 +179,10 @@ def test_record_writes_before_forwarding(state) -> None:
     with taddons.context():
         asyncio.run(Record(state).request(f))
     import sqlite3
-    rows = sqlite3.connect(state.config.audit_db).execute("SELECT agent, decision, status FROM requests").fetchall()
+
+    from goex_proxy.audit import layout
+    rows = [(r["agent"], r["decision"], r["status"]) for r in layout.read(  # the agent as its name (kept by id)
+        sqlite3.connect(state.config.audit_db), "SELECT agent, decision, status FROM requests")]
     assert rows == [("bot", "allow", None)] and f.response is None
 
 

@@ -1,0 +1,215 @@
+"""Agents and hosts kept as the id of their name (migration 20): rows written before and after read back the same,
+every filter finds both through its index, and an edited names table fails `log verify`."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from goex_proxy.audit import layout, names
+from goex_proxy.audit import store as audit
+from goex_proxy.audit.seal import Seal
+from goex_proxy.audit.writer import AuditWriter
+from goex_proxy.cli import cli
+from goex_proxy.console import data as console_data
+from goex_proxy.errors import AuditError
+from goex_proxy.ids import RequestIds
+from tests.unit.test_audit_storage import intent, outcome, ro, verify, write
+
+HOSTS = ("slack.com", "api.github.com")
+AGENTS = ("mailbot", "ghbot")
+
+
+def rows_of(ids: RequestIds, start: int, count: int) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Rows that take turns through two hosts and two agents (agent and host apart: a filter on one mixes both of
+    the other)."""
+    return [(intent(ids, i, agent=AGENTS[i % 2], host=HOSTS[(i // 2) % 2],
+                    url=f"https://{HOSTS[(i // 2) % 2]}/api/chat.postMessage?n={i}"), outcome(i))
+            for i in range(start, start + count)]
+
+
+def old_then_new(home: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A log written by schema 19 (agents and hosts as they are), then by this version: (old rows, new rows)."""
+    ids = RequestIds()
+    old, new = rows_of(ids, 0, 8), rows_of(ids, 20, 8)
+    stored = layout.stored
+    with monkeypatch.context() as old_version:
+        old_version.setattr(audit, "MIGRATIONS", audit.MIGRATIONS[:19])
+        old_version.setattr(layout, "stored", lambda fields, put, kind=(), name=None, **rest: stored(fields, put, kind, **rest))
+        write(home, old)
+    write(home, new)  # migrates, then writes ids
+    return [r for r, _ in old], [r for r, _ in new]
+
+
+def test_rows_written_before_and_after_read_back_the_same(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Old rows keep their names as text, new ones hold a one-byte id (each name stored once); get, iter_rows, query,
+    the console's page and undo's read of a row's URL give the names, and the chain verifies across both."""
+    old, new = old_then_new(tmp_path, monkeypatch)
+    conn = ro(tmp_path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(audit.MIGRATIONS) == 20
+    kinds = conn.execute("SELECT typeof(agent), typeof(host), length(agent), length(host) FROM requests ORDER BY seq"
+                         ).fetchall()
+    assert kinds[:8] == [("text", "text", len(r["agent"]), len(r["host"])) for r in old]
+    assert kinds[8:] == [("blob", "blob", 1, 1)] * 8
+    assert sorted(n for (n,) in conn.execute("SELECT name FROM audit_names")) == sorted(AGENTS + HOSTS)
+    for row in old + new:
+        got = audit.get(conn, str(row["id"]))
+        assert {k: got[k] for k in row} == row
+    assert [(r["agent"], r["host"], r["url"]) for r in audit.iter_rows(conn)] == \
+        [(r["agent"], r["host"], r["url"]) for r in old + new]
+    listed = [(r["id"], r["agent"], r["host"], r["url"]) for r in audit.query(conn, limit=None)]
+    assert listed == [(r["id"], r["agent"], r["host"], r["url"]) for r in reversed(old + new)]
+    page = console_data.page(conn, console_data.Filters(), limit=100)
+    assert [(r["id"], r["agent"], r["host"], r["url"]) for r in page] == listed
+    read = next(layout.read(conn, "SELECT method, scheme, host, port, path, url FROM requests WHERE id = ?",
+                            (new[0]["id"],)))  # as undo reads what went upstream
+    assert (read["host"], read["url"]) == (new[0]["host"], new[0]["url"])
+    assert (verify(tmp_path).checked, verify(tmp_path).broken_id) == (16, None)
+
+
+def test_filters_by_agent_and_host_find_old_and_new_rows_through_their_index(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`log --agent/--host` (audit.query) and the console's filters (its page and live stream) find the rows that
+    hold the name and those that hold its id, and SQLite reads each through the (agent, ts) or (host, ts) index."""
+    old, new = old_then_new(tmp_path, monkeypatch)
+    conn = ro(tmp_path)
+    executed: list[str] = []
+    conn.set_trace_callback(executed.append)
+    for column, value in [("agent", a) for a in AGENTS] + [("host", h) for h in HOSTS]:
+        wanted = [str(r["id"]) for r in reversed(old + new) if r[column] == value]
+        assert len(wanted) == 8
+        executed.clear()
+        assert [r["id"] for r in audit.query(conn, **{column: value}, limit=None)] == wanted
+        assert [r["id"] for r in audit.query(conn, **{column: value}, since=0, limit=3)] == wanted[:3]
+        both = console_data.Filters(**{column: value})
+        assert [r["id"] for r in console_data.page(conn, both, limit=100)] == wanted
+        assert [r["id"] for r in console_data.newer(conn, both, 0)[0]] == wanted[::-1]
+        selects = [sql for sql in executed if sql.startswith("SELECT") and f"{column} IN (" in sql]
+        assert len(selects) == 4, executed
+        for sql in selects[:3]:  # the live stream reads by seq (`+column`: no index) by design
+            plan = str(conn.execute(f"EXPLAIN QUERY PLAN {sql}").fetchall())
+            assert f"USING INDEX idx_requests_{column}_ts ({column}=?" in plan, (sql, plan)
+    with sqlite3.connect(tmp_path / "a.db") as raw:  # a name no row has yet: the filter is on the text alone
+        raw.execute("INSERT INTO audit_names (name) VALUES ('nobody')")
+    assert audit.query(conn, agent="nobody") == [] and audit.query(conn, host="nowhere") == []
+    both = console_data.Filters(agent="mailbot", host="slack.com")
+    assert [r["id"] for r in console_data.page(conn, both)] == \
+        [str(r["id"]) for r in reversed(old + new) if (r["agent"], r["host"]) == ("mailbot", "slack.com")]
+
+
+def test_log_agent_and_host_on_the_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`goex-proxy log --agent X` and `--host Y` list old and new rows with their names."""
+    old, new = old_then_new(tmp_path, monkeypatch)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"version: 1\nstate_dir: {tmp_path}\naudit: {{db: {tmp_path / 'a.db'}}}\n", encoding="utf-8")
+    for option, column, value in (("--agent", "agent", "ghbot"), ("--host", "host", "api.github.com")):
+        result = CliRunner().invoke(cli, ["log", "--config", str(config), option, value, "--limit", "100", "--json"])
+        assert result.exit_code == 0, result.output
+        listed = [json.loads(line) for line in result.output.splitlines()]
+        assert [(r["id"], r["agent"], r["host"]) for r in listed] == \
+            [(r["id"], r["agent"], r["host"]) for r in old + new if r[column] == value]
+    result = CliRunner().invoke(cli, ["log", "verify", "--config", str(config)])
+    assert result.exit_code == 0 and result.output.startswith("ok: 16 rows"), result.output
+
+
+def test_an_edited_names_table_fails_verify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The names table is outside the chain, but every row's hash covers its names: a name rewritten in the table
+    breaks the first row holding its id (in one line from `log verify`); a name removed makes that row unreadable,
+    which `get` says in one line and a lenient read shows as such, never a traceback."""
+    old, new = old_then_new(tmp_path, monkeypatch)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"version: 1\nstate_dir: {tmp_path}\naudit: {{db: {tmp_path / 'a.db'}}}\n", encoding="utf-8")
+    first = next(r for r in new if r["host"] == "api.github.com")
+    with sqlite3.connect(tmp_path / "a.db") as raw:
+        raw.execute("UPDATE audit_names SET name = 'evil.example' WHERE name = 'api.github.com'")
+    result = CliRunner().invoke(cli, ["log", "verify", "--config", str(config)])
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        f"BROKEN at row {first['id']} (seq {9 + new.index(first)}): its request fields do not match its hash (the row "
+        f"was edited); {8 + new.index(first)} rows before it are intact (checked against the state directory's "
+        "anchor)"]
+    with sqlite3.connect(tmp_path / "a.db") as raw:
+        raw.execute("UPDATE audit_names SET name = 'api.github.com' WHERE name = 'evil.example'")
+    assert verify(tmp_path).broken_id is None
+    victim = new[0]
+    with sqlite3.connect(tmp_path / "a.db") as raw:
+        (gone,) = raw.execute("SELECT id FROM audit_names WHERE name = ?", (victim["agent"],)).fetchone()
+        raw.execute("DELETE FROM audit_names WHERE id = ?", (gone,))
+    result = verify(tmp_path)
+    assert (result.broken_id, result.checked) == (victim["id"], 8)
+    with pytest.raises(AuditError, match=f"the agent of row {victim['id']} cannot be read"):
+        audit.get(ro(tmp_path), str(victim["id"]))
+    shown = audit.get(ro(tmp_path), str(victim["id"]), lenient=True)
+    assert shown["agent"] == layout.unreadable("agent", f"name {gone} is missing") \
+        and shown["host"] == victim["host"]
+    assert [r["id"] for r in console_data.page(ro(tmp_path), console_data.Filters(), limit=100)][-9] == victim["id"]
+
+
+def test_writers_sharing_a_log_agree_on_every_id(tmp_path: Path) -> None:
+    """Two writers (two workers of `run`) each take a name's id from the database in the transaction of the row,
+    so a name one of them stored is the other's too, and each name is stored once."""
+    path, ids = tmp_path / "a.db", RequestIds()
+    first, second = AuditWriter(path, Seal(tmp_path)), AuditWriter(path, Seal(tmp_path))
+    written = []
+    try:
+        for i in range(40):  # names new to both, then known to one of them
+            row = intent(ids, i, agent=f"agent-{i % 7}", host=f"h{i % 5}.example", url=f"https://h{i % 5}.example/x")
+            (first if i % 3 else second).record_intent(row).result(5)
+            written.append(row)
+    finally:
+        first.close()
+        second.close()
+    conn = ro(tmp_path)
+    stored = dict(conn.execute("SELECT name, id FROM audit_names").fetchall())
+    assert sorted(stored) == sorted({f"agent-{i}" for i in range(7)} | {f"h{i}.example" for i in range(5)})
+    refs = conn.execute("SELECT agent, host FROM requests ORDER BY seq").fetchall()
+    assert refs == [(names.ref_of(stored[r["agent"]]), names.ref_of(stored[r["host"]])) for r in written]
+    assert [(r["agent"], r["host"]) for r in audit.iter_rows(conn)] == [(r["agent"], r["host"]) for r in written]
+    assert verify(tmp_path).broken_id is None
+
+
+def test_a_name_stored_by_a_rolled_back_write_is_not_named(tmp_path: Path) -> None:
+    """A write that rolled back gives back the id it took for a new name, which another writer may then give another
+    name: the writer forgets the ids it learnt, so its next row with that name holds the name's id, not the other's."""
+    path, ids = tmp_path / "a.db", RequestIds()
+    first, second = AuditWriter(path, Seal(tmp_path)), AuditWriter(path, Seal(tmp_path))
+    try:
+        kept = intent(ids, 1)
+        first.record_intent(kept).result(5)
+        again = intent(ids, 2, host="lost.example", url="https://lost.example/x") | {"id": kept["id"]}
+        with pytest.raises(AuditError, match="UNIQUE"):  # its id is taken: the row, and its new name, roll back
+            first.record_intent(again).result(5)
+        other = intent(ids, 3, host="other.example", url="https://other.example/x")
+        second.record_intent(other).result(5)  # takes the id given back
+        later = intent(ids, 4, host="lost.example", url="https://lost.example/x")
+        first.record_intent(later).result(5)
+    finally:
+        first.close()
+        second.close()
+    conn = ro(tmp_path)
+    assert [audit.get(conn, str(r["id"]))["host"] for r in (other, later)] == ["other.example", "lost.example"]
+    assert verify(tmp_path).broken_id is None
+
+
+def test_an_outcome_found_by_its_row_keeps_the_rows_names_as_its_blobs_family(tmp_path: Path) -> None:
+    """An outcome for a row another writer wrote reads the row's agent and host back as names (the owner and family
+    its blobs are stored under), not as the ids the row holds."""
+    path, ids = tmp_path / "a.db", RequestIds()
+    row = intent(ids, 1)
+    first, second = AuditWriter(path, Seal(tmp_path)), AuditWriter(path, Seal(tmp_path))
+    seen: list[tuple[Any, ...]] = []
+    real = second._stored
+    second._stored = lambda fields, kind, *rest: seen.append(kind) or real(fields, kind, *rest)  # type: ignore[method-assign]
+    try:
+        first.record_intent(row).result(5)
+        second.record_outcome(str(row["id"]), outcome(1)).result(5)
+        assert seen == [(row["agent"], row["host"], row["method"])]
+        assert audit.get(ro(tmp_path), str(row["id"]))["status"] == 200 and verify(tmp_path).broken_id is None
+    finally:
+        second.close()
+        first.close()
