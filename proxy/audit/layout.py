@@ -1,8 +1,9 @@
 """How a row is stored and read back: the same fields and values as written, in less room. Headers, bodies, rule and
 reason go to blobs (the row names them), hashes are kept as bytes instead of hex characters, the agent and host as
-the id of their name (`names`, since migration 20), a loopback client as its port, and a value the row's other fields
-give (its URL from scheme, host, port and path; a body's sha256 when the body is stored whole; a port that is its
-scheme's own; a duration that is its end less its start) or most rows have (the scheme https, HTTP/1.1) is left out.
+the id of their name (`names`, since migration 20), a loopback client as its port, the end as ticks after the start,
+and a value the row's other fields give (its URL from scheme, host, port and path; a body's sha256 when the body is
+stored whole; a port that is its scheme's own; a duration that is its end less its start) or most rows have (the
+scheme https, HTTP/1.1) is left out.
 The writer leaves out each row's prev_hash (always the hash of the row before it when written); a prune writes it
 into the row after the rows it removes. Rows written before (schema 11 and older) hold every value as is; both read
 back the same."""
@@ -63,6 +64,27 @@ def url_of(scheme: Any, host: Any, port: Any, path: Any) -> str | None:
     return f"{scheme}://{netloc}{path}"
 
 
+#: A row's end is kept as its distance from its start in ticks of 2**-22 s: every time from 2004 to 2038 is a whole
+#: number of them as a float (the spacing of floats between 2**30 and 2**31), so the difference of two is exact and
+#: adds back to the end exactly. Kept so only where it does, in the fewest bytes (a blob: a REAL column gives an
+#: integer back as a float), up to four (eight minutes).
+_TICK = 2.0 ** -22
+_MOST_TICK_BYTES = 4
+
+
+def _ended_ticks(started: Any, ended: Any) -> bytes | None:
+    """An end as stored after its start (None: kept as it is)."""
+    if type(started) is not float or type(ended) is not float or not ended >= started:
+        return None
+    ticks = (ended - started) / _TICK
+    if not ticks.is_integer() or ticks >= 1 << (8 * _MOST_TICK_BYTES):
+        return None
+    count = int(ticks)
+    if started + count * _TICK != ended:
+        return None
+    return count.to_bytes(max(1, (count.bit_length() + 7) // 8), "big")
+
+
 def duration_of(started: Any, ended: Any) -> float | None:
     """A request's duration in ms as the proxy records it, from its start (the row's ts) and end (None: not times)."""
     if type(started) is not float or type(ended) is not float:
@@ -103,9 +125,12 @@ def stored(fields: dict[str, Any], put: Callable[[str | bytes, Hashable], int], 
     port = fields.get("port")
     if type(port) is int and _DEFAULT_PORTS.get(fields.get("scheme")) == port:  # type: ignore[arg-type]
         out["port"] = DERIVED
+    began = fields.get("ts", started)
     duration = fields.get("duration_ms")
-    if type(duration) is float and duration == duration_of(fields.get("ts", started), fields.get("ended")):
+    if type(duration) is float and duration == duration_of(began, fields.get("ended")):
         out["duration_ms"] = DERIVED
+    if (ticks := _ended_ticks(began, fields.get("ended"))) is not None:
+        out["ended"] = ticks
     return out
 
 
@@ -184,6 +209,9 @@ def logical(row: dict[str, Any], values: Mapping[int, str | bytes | AuditError |
     if out.get("port") == DERIVED and isinstance(out.get("port"), bytes):
         port = _DEFAULT_PORTS.get(out.get("scheme"))  # type: ignore[arg-type]
         out["port"] = unreadable("port", "no scheme of its own") if port is None else port
+    if isinstance(ticks := out.get("ended"), bytes):
+        out["ended"] = out["ts"] + int.from_bytes(ticks, "big") * _TICK if type(out.get("ts")) is float and \
+            0 < len(ticks) <= _MOST_TICK_BYTES else unreadable("ended", "no start, or not ticks")
     if out.get("duration_ms") == DERIVED and isinstance(out.get("duration_ms"), bytes):
         duration = duration_of(out.get("ts"), out.get("ended"))
         out["duration_ms"] = unreadable("duration_ms", "no start and end") if duration is None else duration

@@ -165,9 +165,9 @@ def test_verify_catches_an_edited_or_removed_blob(tmp_path: Path) -> None:
 
 def test_values_most_rows_share_or_their_other_fields_give_are_left_out_and_read_back(tmp_path: Path) -> None:
     """The scheme https, HTTP/1.1, the scheme's own port and a duration that is the row's end less its start (zero
-    too) take no bytes in the row, written with the row or with an outcome that comes later, and a loopback client
-    takes two; other values are kept as they are; each reads back the same (type too) through get, `log`'s query and
-    the console's page."""
+    too) take no bytes in the row, written with the row or with an outcome that comes later, a loopback client takes
+    two and an end after the start up to four; other values are kept as they are; each reads back the same (type
+    too) through get, `log`'s query and the console's page, and an edit to one makes its row fail `verify`."""
     ids = RequestIds()
     common = intent(ids, 1)
     done = outcome(1) | {"duration_ms": layout.duration_of(common["ts"], NOW - 99 + 1)}
@@ -176,7 +176,9 @@ def test_values_most_rows_share_or_their_other_fields_give_are_left_out_and_read
     instant = {"error": "refused", "ended": rare["ts"], "duration_ms": 0.0}
     plain = intent(ids, 3, scheme="http", port=80, url="http://slack.com/y", path="/y", client="[::1]:40000")
     odd = outcome(3) | {"duration_ms": 12.5}  # not its end less its start: kept
-    write(tmp_path, [(common, None), (rare, instant), (plain, odd)])  # its writer stops with the first in flight:
+    back = intent(ids, 4)
+    backwards = outcome(4) | {"ended": back["ts"] - 0.5, "duration_ms": -500.0}  # the clock set back: its end kept
+    write(tmp_path, [(common, None), (rare, instant), (plain, odd), (back, backwards)])  # the first left in flight:
     writer = AuditWriter(tmp_path / "a.db", Seal(tmp_path))
     writer.record_outcome(str(common["id"]), done).result(5)  # a later writer finds the row's start in the row
     writer.close()
@@ -188,15 +190,28 @@ def test_values_most_rows_share_or_their_other_fields_give_are_left_out_and_read
                       {"scheme": "http", "port": 8080, "http_version": "HTTP/2.0", "duration_ms": layout.DERIVED,
                        "client": "127.0.0.1:08080"},
                       {"scheme": "http", "port": layout.DERIVED, "http_version": layout.DERIVED, "duration_ms": 12.5,
-                       "client": "[::1]:40000"}]
-    for row, out in ((common, done), (rare, instant), (plain, odd)):
+                       "client": "[::1]:40000"},
+                      {"scheme": layout.DERIVED, "port": layout.DERIVED, "http_version": layout.DERIVED,
+                       "duration_ms": layout.DERIVED, "client": (40000).to_bytes(2, "big")}]
+    ends = [e for (e,) in conn.execute("SELECT ended FROM requests ORDER BY seq")]
+    assert [type(e) for e in ends] == [bytes, bytes, bytes, float] and ends[1] == b"\x00"  # ticks after the start
+    assert len(ends[0]) == len(ends[2]) == 3  # a second
+    for row, out in ((common, done), (rare, instant), (plain, odd), (back, backwards)):
         got = audit.get(conn, str(row["id"]))
         assert {k: (got[k], type(got[k])) for k in (*row, *out)} == {k: (v, type(v)) for k, v in {**row, **out}.items()}
     listed = {r["id"]: tuple(r[k] for k in ("scheme", "port", "duration_ms", "url")) for r in audit.query(conn)}
     paged = {r["id"]: tuple(r[k] for k in ("scheme", "port", "duration_ms", "url"))
              for r in console_data.page(conn, console_data.Filters())}
     assert listed == paged == {r["id"]: (r["scheme"], r["port"], o["duration_ms"], r["url"])
-                               for r, o in ((common, done), (rare, instant), (plain, odd))}
+                               for r, o in ((common, done), (rare, instant), (plain, odd), (back, backwards))}
+    assert verify(tmp_path).broken_id is None
+    for column, edit in (("ended", bytes(5)), ("ended", b"\x01"), ("client", b"\x01"), ("port", b"\x01")):
+        with sqlite3.connect(tmp_path / "a.db") as raw:
+            (was,) = raw.execute(f"SELECT {column} FROM requests WHERE id = ?", (plain["id"],)).fetchone()
+            raw.execute(f"UPDATE requests SET {column} = ? WHERE id = ?", (edit, plain["id"]))
+        assert verify(tmp_path).broken_id == plain["id"], (column, edit)  # read as something never hashed
+        with sqlite3.connect(tmp_path / "a.db") as raw:
+            raw.execute(f"UPDATE requests SET {column} = ? WHERE id = ?", (was, plain["id"]))
     assert verify(tmp_path).broken_id is None
 
 
