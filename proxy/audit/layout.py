@@ -24,6 +24,7 @@ from . import blobs, names
 #: reason too: the same few sentences over and over (a reason per rule), each then kept once.
 BLOB_FIELDS = ("req_headers", "req_body", "resp_headers", "resp_body", "pre_headers", "pre_body", "rule", "reason")
 BLOB_COLUMNS = tuple(f"{f}_blob" for f in BLOB_FIELDS)
+_PAIRS = tuple(zip(BLOB_FIELDS, BLOB_COLUMNS, strict=True))
 #: Fields that hold a SHA-256 or HMAC-SHA256 in lower-case hex: stored as its 32 bytes.
 HEX_FIELDS = ("prev_hash", "hash", "outcome_hash", "req_body_sha256", "resp_body_sha256")
 #: A body's digest, left out when it is the digest of the body as stored.
@@ -102,10 +103,12 @@ def stored(fields: dict[str, Any], put: Callable[[str | bytes, Hashable], int], 
         for field in names.FIELDS:
             if isinstance(value := fields.get(field), str):
                 out[field] = names.ref_of(name(value))
-    for field, column in zip(BLOB_FIELDS, BLOB_COLUMNS, strict=True):
-        value = fields.get(field)
-        if isinstance(value, (str, bytes)) and value:
-            out[field], out[column] = None, put(value, (field, *kind))
+    for field, column in _PAIRS:  # never in a column of their own (a new log has none: migration 21)
+        if isinstance(value := fields.get(field), (str, bytes)):
+            out[column] = put(value, (field, *kind))
+            del out[field]
+        elif value is None:
+            out.pop(field, None)
     for field, body in DIGEST_OF.items():
         value, content = fields.get(field), fields.get(body)
         if isinstance(value, str) and isinstance(content, bytes) and hashlib.sha256(content).hexdigest() == value:
@@ -158,9 +161,6 @@ def decoded(found: dict[Any, tuple[Any, Any]], ref: Any, bases: dict[Any, bytes 
 SHARED = 4096
 
 
-_PAIRS = tuple(zip(BLOB_FIELDS, BLOB_COLUMNS, strict=True))
-
-
 def logical(row: dict[str, Any], values: Mapping[int, str | bytes | AuditError | None], *, lenient: bool = False,
             named: Mapping[int, str] | None = None) -> dict[str, Any]:
     """The row as it was written, from its stored columns, its blobs' `values` (by id, as `decoded` gives them) and
@@ -179,7 +179,10 @@ def logical(row: dict[str, Any], values: Mapping[int, str | bytes | AuditError |
                 found = unreadable(field, f"name {names.id_of_ref(ref)} is missing")
             out[field] = found
     for field, column in _PAIRS:
-        ref = out.pop(column, None)
+        if column not in out:  # not read
+            continue
+        ref = out.pop(column)
+        out.setdefault(field, None)  # a new log has no column of its own for it
         if ref is None:
             continue
         value = values.get(ref, None)

@@ -276,11 +276,31 @@ def _migration_20(db: sqlite_utils.Database) -> None:
     db.execute(f"CREATE TABLE IF NOT EXISTS {names.TABLE} (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)")
 
 
+def _migration_21(db: sqlite_utils.Database) -> None:
+    """A new log's table without the columns schema 12 emptied (headers, bodies, rule and reason, kept in blobs since):
+    each took a byte of every row's record header. A log that has rows keeps them (rows written before schema 12 hold
+    their values there, and dropping a column rewrites every row), as does an SQLite older than 3.35, which cannot
+    drop a column; readers and the writer take both tables (`present_columns`)."""
+    if db.execute("SELECT 1 FROM requests LIMIT 1").fetchone():
+        return
+    for column in layout.BLOB_FIELDS:
+        if column in present_columns(db.conn):
+            try:
+                db.execute(f"ALTER TABLE requests DROP COLUMN {column}")
+            except sqlite3.OperationalError:  # an SQLite before 3.35, or another process dropped it first
+                continue
+
+
+def present_columns(conn: sqlite3.Connection) -> set[str]:
+    """The columns the requests table has (a log not yet migrated lacks some; a new one lacks those of `BLOB_FIELDS`)."""
+    return {r[1] for r in conn.execute("PRAGMA table_info(requests)")}
+
+
 #: Schema migrations, applied in order; `PRAGMA user_version` records how many have run.
 MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6, _migration_7,
               _migration_8, _migration_9, _migration_10, _migration_11, _migration_12, _migration_13,
               _migration_14, _migration_15, _migration_16, _migration_17, _migration_18,
-              _migration_19, _migration_20]
+              _migration_19, _migration_20, _migration_21]
 #: From this version on the chain is HMAC-SHA256 under the seal's key; before it, plain SHA-256.
 KEYED_VERSION = 7
 #: Request fields added by later migrations: hashed only when set, so rows written before them still verify.
@@ -434,10 +454,11 @@ def query(conn: sqlite3.Connection, *, agent: str | None = None, host: str | Non
     if since is not None:
         where.append("ts >= ?")
         params.append(since)
-    columns = ("id, ts, agent, method, scheme, host, port, path, url, decision, rule, reason, report, status, "
+    columns = ("id, ts, agent, method, scheme, host, port, path, url, decision, report, status, "
                "error, duration_ms, ended, req_body_size, resp_body_size")  # ended: a duration may be left to it
-    present = {r[1] for r in conn.execute("PRAGMA table_info(requests)")}  # a database not yet migrated lacks some
-    columns += "".join(f", {c}" for c in ("credential", "undo_class", "undo_of", "rule_blob", "reason_blob")
+    present = present_columns(conn)
+    columns += "".join(f", {c}" for c in ("rule", "reason", "credential", "undo_class", "undo_of", "rule_blob",
+                                          "reason_blob")
                        if c in present)  # the rule and reason of rows written since schema 12 are in blobs
     sql = f"SELECT {columns} FROM requests"
     if where:

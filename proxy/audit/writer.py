@@ -24,7 +24,18 @@ from ..errors import AuditError
 from . import blobs, layout, names
 from .layout import hex_of
 from .seal import Anchor, Seal
-from .store import BUSY_TIMEOUT_S, INTERRUPTED, ORPHANED, OUTCOME_COLUMNS, UNANCHORED, charged, open_db, outcome_hash, row_hash
+from .store import (
+    BUSY_TIMEOUT_S,
+    INTERRUPTED,
+    ORPHANED,
+    OUTCOME_COLUMNS,
+    UNANCHORED,
+    charged,
+    open_db,
+    outcome_hash,
+    present_columns,
+    row_hash,
+)
 
 #: The error of a row whose outcome held a value the log cannot store (followed by why).
 OUTCOME_NOT_STORED = "ended, but its outcome could not be stored"
@@ -486,7 +497,8 @@ class AuditWriter:
         fields["outcome_hash"] = outcome_hash(self._key, hash_, fields)
         kept = self._stored(fields, kind, started)
         if again:  # what the first outcome set and this one does not goes: the new hash covers this one's alone
-            kept = {**dict.fromkeys(OUTCOME_COLUMNS), **kept}
+            present = present_columns(self._conn)
+            kept = {**dict.fromkeys(c for c in OUTCOME_COLUMNS if c in present), **kept}
         named = [c for c in layout.BLOB_COLUMNS if c in kept]
         if named:  # an outcome written again (never, as the proxy goes) lets go of the blobs the first one named
             before = self._conn.execute(f"SELECT {', '.join(named)} FROM requests WHERE seq = ?", (seq,)).fetchone()

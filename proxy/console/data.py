@@ -20,9 +20,16 @@ from ..errors import AuditError
 T = TypeVar("T")
 #: The columns of a log page (never the bodies; scheme and port for the URL, which a row may leave to its parts, and
 #: ended for the duration, which a row may leave to its start and end).
-LIST_COLUMNS = ("seq, id, ts, agent, method, scheme, host, port, path, url, decision, rule, reason, status, error, "
+LIST_COLUMNS = ("seq, id, ts, agent, method, scheme, host, port, path, url, decision, status, error, "
                 "duration_ms, ended, undo_class, undo_of, rule_blob, reason_blob")  # the rule and reason, where in blobs
 PAGE = 50
+
+
+def _list_columns(conn: sqlite3.Connection) -> str:
+    """LIST_COLUMNS, with the rule and reason columns where the table has them (rows written before schema 12 hold
+    them there; a new log has none)."""
+    present = audit.present_columns(conn)
+    return LIST_COLUMNS + "".join(f", {c}" for c in ("rule", "reason") if c in present)
 
 
 @dataclass(frozen=True)
@@ -85,7 +92,7 @@ def page(conn: sqlite3.Connection, filters: Filters, before: int | None = None, 
         else:  # by seq alone, rows written out of time order would be skipped or shown again
             clauses.append("ts <= ? AND (ts < ? OR seq < ?)")
             params += [ts, ts, before]
-    sql = f"SELECT {LIST_COLUMNS} FROM requests" + (" WHERE " + " AND ".join(clauses) if clauses else "")
+    sql = f"SELECT {_list_columns(conn)} FROM requests" + (" WHERE " + " AND ".join(clauses) if clauses else "")
     return _rows(conn, sql + f" ORDER BY ts DESC, seq DESC LIMIT {int(limit)}", params)
 
 
@@ -103,7 +110,7 @@ def newer(conn: sqlite3.Connection, filters: Filters, after: int, limit: int = N
     clauses, params = filters.where(conn, indexed=False)
     clauses.append("seq > ? AND seq <= ?")
     params += [after, top]
-    sql = f"SELECT {LIST_COLUMNS} FROM requests WHERE " + " AND ".join(clauses)
+    sql = f"SELECT {_list_columns(conn)} FROM requests WHERE " + " AND ".join(clauses)
     rows = _rows(conn, sql + f" ORDER BY seq ASC LIMIT {int(limit)}", params)
     return rows, int(rows[-1]["seq"]) if len(rows) >= limit else max(top, after)
 

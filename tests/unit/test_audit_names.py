@@ -51,7 +51,7 @@ def test_rows_written_before_and_after_read_back_the_same(tmp_path: Path, monkey
     the console's page and undo's read of a row's URL give the names, and the chain verifies across both."""
     old, new = old_then_new(tmp_path, monkeypatch)
     conn = ro(tmp_path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(audit.MIGRATIONS) == 20
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(audit.MIGRATIONS) >= 20
     kinds = conn.execute("SELECT typeof(agent), typeof(host), length(agent), length(host) FROM requests ORDER BY seq"
                          ).fetchall()
     assert kinds[:8] == [("text", "text", len(r["agent"]), len(r["host"])) for r in old]

@@ -105,12 +105,12 @@ def test_every_field_reads_back_as_written(tmp_path: Path) -> None:
     assert listed == {r["id"]: (r["url"], r["rule"], r["reason"]) for r in (row, cut)}  # `log` lists rule: "-" before
     assert {r["id"]: (r["url"], r["rule"], r["reason"]) for r in console_data.page(conn, console_data.Filters())} \
         == listed
-    columns = ("req_headers", "req_body", "rule", "url", "req_body_sha256", "resp_body_sha256", "prev_hash", "hash")
+    assert not set(layout.BLOB_FIELDS) & audit.present_columns(conn)  # a new log has no column for them at all
+    columns = ("url", "req_body_sha256", "resp_body_sha256", "prev_hash", "hash")
     stored = dict(zip(columns, conn.execute(f"SELECT {', '.join(columns)} FROM requests WHERE id = ?",
                                             (cut["id"],)).fetchone(), strict=True))
-    assert stored == {"req_headers": None, "req_body": None, "rule": None, "url": cut["url"],
-                      "req_body_sha256": bytes.fromhex(cut["req_body_sha256"]), "resp_body_sha256": None,
-                      "prev_hash": b"", "hash": bytes.fromhex(got_cut["hash"])}
+    assert stored == {"url": cut["url"], "req_body_sha256": bytes.fromhex(cut["req_body_sha256"]),
+                      "resp_body_sha256": None, "prev_hash": b"", "hash": bytes.fromhex(got_cut["hash"])}
     assert conn.execute("SELECT url, req_body_sha256, resp_body_sha256 FROM requests WHERE id = ?",
                         (row["id"],)).fetchone() == (b"", b"", b"")
     assert verify(tmp_path).checked == 2
@@ -215,6 +215,24 @@ def test_values_most_rows_share_or_their_other_fields_give_are_left_out_and_read
     assert verify(tmp_path).broken_id is None
 
 
+def test_empty_headers_bodies_rules_and_reasons_read_back_empty_in_a_log_without_their_columns(tmp_path: Path) -> None:
+    """A new log has no column of their own for headers, bodies, rule and reason (migration 21): an empty value is
+    kept in a blob as any other, and reads back empty, not missing; a row without them reads them as None."""
+    ids = RequestIds()
+    empty = intent(ids, 1, req_body=b"", req_body_size=0, req_body_sha256=hashlib.sha256(b"").hexdigest(), rule="",
+                   reason="", req_headers="[]")
+    bare = intent(ids, 2, req_headers=None, req_body=None, rule=None, reason=None, pre_headers=None, pre_body=None)
+    write(tmp_path, [(empty, outcome(1, b"") | {"resp_headers": ""}), (bare, None)])
+    conn = ro(tmp_path)
+    assert not set(layout.BLOB_FIELDS) & audit.present_columns(conn)
+    got = audit.get(conn, str(empty["id"]))
+    assert [(got[f], type(got[f])) for f in ("req_body", "rule", "reason", "req_headers", "resp_body", "resp_headers")] \
+        == [(b"", bytes), ("", str), ("", str), ("[]", str), (b"", bytes), ("", str)]
+    bare_got = audit.get(conn, str(bare["id"]))
+    assert all(bare_got[f] is None for f in layout.BLOB_FIELDS)
+    assert verify(tmp_path).broken_id is None
+
+
 def test_a_log_written_before_reads_and_verifies_the_same_after_migrating(tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """Rows written by schema 11 (every value in its row, hashes as hex, whole 256-bit MACs) stay as they are through
@@ -242,6 +260,7 @@ def test_a_log_written_before_reads_and_verifies_the_same_after_migrating(tmp_pa
                           ).fetchall()
     assert stored == [("text", "text", None)] * 3 + [("null", "blob", stored[3][2]), ("null", "blob", stored[4][2])]
     assert [length for (length,) in conn.execute("SELECT length(hash) FROM requests ORDER BY seq")] == [64] * 3 + [16] * 2
+    assert set(layout.BLOB_FIELDS) <= audit.present_columns(conn)  # a log with rows keeps its columns (migration 21)
     for row, done in new:
         got = audit.get(conn, str(row["id"]))
         assert {k: got[k] for k in (*row, *done)} == {**row, **done}

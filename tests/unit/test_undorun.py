@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from goex_proxy import ids
+from goex_proxy.audit import blobs, layout
 from goex_proxy.audit import store as audit
 from goex_proxy.audit.seal import Seal
 from goex_proxy.errors import GoexError
@@ -39,11 +40,16 @@ def _post(url: str, repeatable: bool = False) -> Step:
 
 
 def _row(conn: Any, request_id: str, status: int | None, body: bytes = b'{"ok": true}') -> None:
+    """A row of the log as stored (its headers and body in blobs), with a hash nobody checks here."""
+    fields = {"id": request_id, "ts": 0.0, "agent": "bot", "method": "POST", "scheme": "https", "host": "x",
+              "port": 443, "path": "/a", "url": "https://x/a", "decision": "allow", "status": status,
+              "resp_headers": json.dumps([["Content-Type", "application/json"]]), "resp_body": body, "hash": "h",
+              "prev_hash": ""}
+    store = blobs.BlobStore()
     with conn:
-        conn.execute("INSERT INTO requests (id, ts, agent, method, scheme, host, port, path, url, decision, status, "
-                     "resp_headers, resp_body, hash, prev_hash) VALUES (?, 0, 'bot', 'POST', 'https', 'x', 443, "
-                     "'/a', 'https://x/a', 'allow', ?, ?, ?, 'h', '')",
-                     (request_id, status, json.dumps([["Content-Type", "application/json"]]), body))
+        kept = layout.stored(fields, lambda value, family: store.put(conn, value, family))
+        conn.execute(f"INSERT INTO requests ({', '.join(kept)}) VALUES ({', '.join('?' * len(kept))})",
+                     tuple(kept.values()))
 
 
 @pytest.fixture
