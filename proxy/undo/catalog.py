@@ -127,8 +127,7 @@ def read_catalog(text: str, file: str) -> tuple[str, list[Operation], list[Probl
     top = checker.mapping(doc, "catalog", (1, 1), _FILE_KEYS, {"version", "pack", "operations"})
     if top is None:
         return "", [], checker.problems
-    if top.get("version") != 1:
-        checker.error(checker.at(top, "version"), f"'version' must be 1 (got {top.get('version')!r})")
+    checker.version_one(top)  # true too was taken for 1
     pack = checker.string(top, "pack", "pack") or ""
     operations: list[Operation] = []
     seen: set[tuple[str, str]] = set()

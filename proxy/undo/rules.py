@@ -266,8 +266,7 @@ class _UndoReader(RuleReader):
         p = self.check.mapping(doc, "undo pack", (1, 1), _PACK_KEYS, {"version", "rules"})
         if p is None:
             return []
-        if p.get("version") != 1:
-            self.check.error(self.check.at(p, "version"), f"'version' must be 1 (got {p.get('version')!r})")
+        self.check.version_one(p)  # true too was taken for 1
         name = self.check.string(p, "name", "name") or Path(file).stem
         rules = [self.rule(name, raw, pos, i) for i, raw, pos in self.check.items(p.get("rules"), "rules",
                                                                                     self.check.at(p, "rules"))]

@@ -125,3 +125,19 @@ def test_a_reader_that_stops_early_ends_the_command_quietly() -> None:
     proc.stdout.close()
     errors = proc.stderr.read()
     assert json.loads(first)["pack"] and proc.wait(30) in (0, 141) and errors == b"", errors
+
+
+@pytest.mark.parametrize("version", ["true", "null", "2"])
+def test_an_undo_pack_or_catalog_whose_version_is_not_1_is_one_located_line(version: str) -> None:
+    """`version: true` was taken for 1 in undo packs and catalogs (True == 1 in Python), as it was in configs and
+    policies."""
+    from goex_proxy.undo.rules import check_pack_text
+
+    _, problems = check_pack_text(f"version: {version}\nname: p\nrules: []\n", "p.yaml")
+    assert [str(p) for p in problems] == [f"p.yaml:1:10: 'version' must be 1 (got {_yaml_value(version)!r})"]
+    _, _, problems = catalog.read_catalog(f"version: {version}\npack: p\noperations: []\n", "c.yaml")
+    assert [str(p) for p in problems] == [f"c.yaml:1:10: 'version' must be 1 (got {_yaml_value(version)!r})"]
+
+
+def _yaml_value(text: str) -> object:
+    return {"true": True, "null": None}.get(text, int(text) if text.isdigit() else text)
