@@ -1,5 +1,24 @@
-"""`python -m goex_proxy` runs the command line."""
+"""`python -m goex_proxy` and the `goex-proxy` script: the command line, a Ctrl-C before it is up included."""
 
-from .cli import main
+from __future__ import annotations
 
-main()
+import sys
+
+#: What a command interrupted by Ctrl-C says (exit 130, the shell's code for it), wherever the interrupt lands.
+INTERRUPTED = "goex-proxy: interrupted"
+
+
+def run() -> None:
+    """The command line; a Ctrl-C while it is still being imported (click and the command's module take tens of
+    milliseconds) ends as one while a command runs does, not in a traceback."""
+    try:
+        from .cli import main
+
+        main()
+    except KeyboardInterrupt:
+        sys.stderr.write(INTERRUPTED + "\n")  # click may not be imported yet
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    run()

@@ -13,6 +13,7 @@ invalid config or policy, or missing state; `exec` exits with its command's code
 from __future__ import annotations
 
 import importlib
+import sys
 
 import click
 
@@ -39,7 +40,12 @@ class _Commands(click.Group):
         where = COMMANDS.get(cmd_name)
         if where is None:
             return None
-        command: click.Command = getattr(importlib.import_module(f"{__name__}.{where[0]}"), where[1])
+        try:
+            module = importlib.import_module(f"{__name__}.{where[0]}")
+        except KeyboardInterrupt:  # click would say "Aborted!" and exit 1: the same as under a command instead
+            click.echo("goex-proxy: interrupted", err=True)
+            sys.exit(130)
+        command: click.Command = getattr(module, where[1])
         return command
 
 

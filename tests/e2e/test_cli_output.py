@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from datetime import datetime
 
@@ -259,3 +260,30 @@ def _reading_stdin(pid: int) -> bool:
     except OSError:
         return False
     return len(fields) > 1 and fields[0] == read and int(fields[1], 16) == 0
+
+
+@pytest.mark.parametrize("lands_in", ["click", "goex_proxy.cli.logs"])
+def test_a_ctrl_c_before_the_command_line_is_up_is_one_line_too(lands_in):
+    """A Ctrl-C in the first tens of milliseconds, while click (imported with the command line) or the command's
+    module (imported when click looks the command up) is still being imported, ended in a traceback or in click's
+    "Aborted!" and 1; it is one line and 130 as under a command. The interrupt is raised where such a Ctrl-C lands,
+    by an import hook, so that the test does not race the clock; the entry point is the installed script's."""
+    code = f"""
+import builtins, importlib, sys
+real_import, real_module = builtins.__import__, importlib.import_module
+def hooked(name, *args, **kwargs):
+    if name == {lands_in!r}:
+        raise KeyboardInterrupt
+    return real_import(name, *args, **kwargs)
+def module(name, package=None):
+    if name == {lands_in!r}:
+        raise KeyboardInterrupt
+    return real_module(name, package)
+builtins.__import__, importlib.import_module = hooked, module
+sys.argv = ["goex-proxy", "log", "--help"]
+from importlib.metadata import entry_points
+(script,) = [e for e in entry_points(group="console_scripts") if e.name == "goex-proxy"]
+script.load()()
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (130, "goex-proxy: interrupted\n"), done.stderr
