@@ -149,9 +149,8 @@ def logical(row: dict[str, Any], values: Mapping[int, str | bytes | AuditError |
             if found is None:
                 if not lenient:
                     raise AuditError(f"the audit log is damaged: the {field} of row {row.get('id')} cannot be read "
-                                     f"(name {names.id_of_ref(ref)} is missing); `goex-proxy log verify` checks the "
-                                     "log") from None
-                found = unreadable(field, f"name {names.id_of_ref(ref)} is missing")
+                                     f"({names.unnamed(ref)}); `goex-proxy log verify` checks the log") from None
+                found = unreadable(field, names.unnamed(ref))
             out[field] = found
     for field, column in _PAIRS:
         ref = out.pop(column, None)

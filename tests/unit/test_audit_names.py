@@ -213,3 +213,57 @@ def test_an_outcome_found_by_its_row_keeps_the_rows_names_as_its_blobs_family(tm
     finally:
         second.close()
         first.close()
+
+
+def test_a_ref_the_writer_never_stores_fails_verify_in_one_line(tmp_path: Path) -> None:
+    """An id stored with more bytes than it needs (b"\\x00\\x07" for 7) read as that id's name: it verified, while
+    `log --agent` and the console's filter, which look for the ref as written, passed the row by (a row hidden from
+    its agent's view). One past SQLite's integers raised OverflowError out of verify, log and the console. Both read
+    as no name: verify names the row, `get` says so in one line, a lenient read shows it as unreadable."""
+    ids = RequestIds()
+    rows = [(intent(ids, i, agent=AGENTS[i % 2]), outcome(i)) for i in range(4)]
+    write(tmp_path, rows)
+    victim = rows[2][0]
+    with sqlite3.connect(tmp_path / "a.db") as raw:
+        (ref,) = raw.execute("SELECT agent FROM requests WHERE id = ?", (victim["id"],)).fetchone()
+    for stored in (b"\x00" + ref, b"\xff" * 8, b"\xff" * 9, b"\x01" * 4096, b""):
+        with sqlite3.connect(tmp_path / "a.db") as raw:
+            raw.execute("UPDATE requests SET agent = ? WHERE id = ?", (stored, victim["id"]))
+        result = verify(tmp_path)
+        assert (result.broken_id, result.checked) == (victim["id"], 2), stored[:9]
+        with pytest.raises(AuditError, match=f"the agent of row {victim['id']} cannot be read"):
+            audit.get(ro(tmp_path), str(victim["id"]))
+        shown = audit.get(ro(tmp_path), str(victim["id"]), lenient=True)["agent"]
+        assert shown.startswith("<unreadable agent: "), stored[:9]
+        page = console_data.page(ro(tmp_path), console_data.Filters(), limit=100)
+        assert [r["agent"] for r in page][1] == shown
+        assert [r["id"] for r in audit.query(ro(tmp_path), agent=AGENTS[0])] == [str(rows[0][0]["id"])]
+    with sqlite3.connect(tmp_path / "a.db") as raw:
+        raw.execute("UPDATE requests SET agent = ? WHERE id = ?", (ref, victim["id"]))
+    assert verify(tmp_path).broken_id is None
+
+
+def test_a_filter_finds_every_row_that_reads_as_its_name_and_no_other(tmp_path: Path) -> None:
+    """The names table is outside the chain: rebuilt without its UNIQUE, a name can have a second id, whose rows read
+    as the name and verify; the filter found only the first id's rows. Rebuilt with another collation, `name = ?`
+    finds other names: a filter on one gave another agent's rows. A filter takes every id whose name is exactly its
+    own."""
+    ids = RequestIds()
+    rows = [(intent(ids, i, agent=AGENTS[i % 2]), outcome(i)) for i in range(4)]
+    write(tmp_path, rows)
+    mine = [str(r["id"]) for r, _ in reversed(rows) if r["agent"] == AGENTS[0]]
+    with sqlite3.connect(tmp_path / "a.db") as raw:
+        raw.executescript(f"""
+            CREATE TABLE rebuilt (id INTEGER PRIMARY KEY, name TEXT NOT NULL COLLATE NOCASE);
+            INSERT INTO rebuilt SELECT id, name FROM audit_names; DROP TABLE audit_names;
+            ALTER TABLE rebuilt RENAME TO audit_names;
+            INSERT INTO audit_names VALUES (200, '{AGENTS[0]}');
+            INSERT INTO audit_names VALUES (201, '{AGENTS[1].upper()}');
+            UPDATE requests SET agent = X'c8' WHERE id = '{mine[0]}';
+        """)
+    assert verify(tmp_path).broken_id is None  # the row reads as it was written
+    conn = ro(tmp_path)
+    assert [r["id"] for r in audit.query(conn, agent=AGENTS[0])] == mine
+    assert [r["id"] for r in console_data.page(conn, console_data.Filters(agent=AGENTS[0]))] == mine
+    assert [r["id"] for r in console_data.newer(conn, console_data.Filters(agent=AGENTS[0]), 0)[0]] == mine[::-1]
+    assert audit.query(conn, agent=AGENTS[1].upper()) == []  # not ghbot's rows
