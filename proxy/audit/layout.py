@@ -104,8 +104,8 @@ def stored(fields: dict[str, Any], put: Callable[[str | bytes, Hashable], int], 
     if type(port) is int and _DEFAULT_PORTS.get(fields.get("scheme")) == port:  # type: ignore[arg-type]
         out["port"] = DERIVED
     duration = fields.get("duration_ms")
-    if type(duration) is float and duration == duration_of(fields.get("ts", started), fields.get("ended")):
-        out["duration_ms"] = DERIVED
+    if type(duration) is float and repr(duration) == repr(duration_of(fields.get("ts", started), fields.get("ended"))):
+        out["duration_ms"] = DERIVED  # as the hash has it: 0.0 == -0.0, but the one would read back as the other
     return out
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sqlite3
 import time
@@ -197,6 +198,20 @@ def test_values_most_rows_share_or_their_other_fields_give_are_left_out_and_read
              for r in console_data.page(conn, console_data.Filters())}
     assert listed == paged == {r["id"]: (r["scheme"], r["port"], o["duration_ms"], r["url"])
                                for r, o in ((common, done), (rare, instant), (plain, odd))}
+    assert verify(tmp_path).broken_id is None
+
+
+def test_a_duration_that_equals_its_derived_one_only_as_a_number_is_kept(tmp_path: Path) -> None:
+    """A refused request's duration is written 0.0 with its end time.time(), which a clock stepped back can put a
+    fraction of a microsecond before its start: its end less its start rounds to -0.0, equal to 0.0 as a number but
+    not as the hash has it. Left out, it read back as -0.0 and the honest row failed verify (and undo)."""
+    ids = RequestIds()
+    row = intent(ids, 1)
+    done = {"error": "refused: denied", "ended": math.nextafter(row["ts"], 0), "duration_ms": 0.0}
+    assert repr(layout.duration_of(row["ts"], done["ended"])) == "-0.0"
+    write(tmp_path, [(row, done)])
+    got = audit.get(ro(tmp_path), str(row["id"]))
+    assert repr(got["duration_ms"]) == "0.0"
     assert verify(tmp_path).broken_id is None
 
 
