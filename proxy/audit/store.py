@@ -563,6 +563,8 @@ def edited(key: bytes | None, row: dict[str, Any]) -> str | None:
     """Why a row as read back is not what was written under this key, or None: its request fields against its hash
     (which covers its prev_hash too), its outcome against its outcome hash, no outcome fields without one. Whatever
     acts on a row (undo replays its bodies with the real credential) checks this first; `verify` checks the links."""
+    if not isinstance(row["prev_hash"], str):  # bytes no hash is (`layout.hex_of`): never signed, and no text to sign
+        return "its link to the row before is not a hash (the row was edited)"
     if not tag_holds(key, _row_signed(row["prev_hash"], row), row["hash"]):
         return "its request fields do not match its hash (the row was edited)"
     if row["outcome_hash"] is not None and not tag_holds(key, _outcome_signed(key is not None, row["hash"], row),

@@ -299,6 +299,22 @@ def test_a_rows_macs_are_cut_to_128_bits_and_neither_a_cut_nor_an_edit_goes_unse
     assert not any(seal_module.tag_holds(key, data, cut) for cut in (tag[:31], tag[:16], "", tag + "0", None))
 
 
+def test_a_link_that_is_no_hash_is_an_edit_not_an_internal_error(tmp_path: Path) -> None:
+    """A prev_hash stored as bytes of no hash's length reads back as bytes (`layout.hex_of` turns only 16 or 32 into
+    hex): `edited`, which undo checks before it replays a row, said AttributeError (undo: an internal error) instead
+    of naming the edit."""
+    ids = RequestIds()
+    rows = [(intent(ids, i), outcome(i)) for i in range(3)]
+    write(tmp_path, rows)
+    victim = str(rows[1][0]["id"])
+    key = Seal(tmp_path).key()
+    for stored in (b"\x02" * 5, b"\x02" * 33, 7):
+        with sqlite3.connect(tmp_path / "a.db") as conn:
+            conn.execute("UPDATE requests SET prev_hash = ? WHERE id = ?", (stored, victim))
+        assert audit.edited(key, audit.get(ro(tmp_path), victim)) is not None
+        assert verify(tmp_path).broken_id == victim
+
+
 def test_prune_removes_the_blobs_no_kept_row_names(tmp_path: Path) -> None:
     """Pruned rows take their blobs with them, except those a kept row still names (counted down, not removed), and
     the bases of those; no blob is left that no row names (itself or through one on top of it), every count is right,
