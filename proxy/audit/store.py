@@ -510,14 +510,17 @@ def charged(keys: Iterable[str], at: float) -> str:
     return json.dumps({"keys": list(keys), "at": at}, separators=(",", ":"))
 
 
-def _limit_hits_problem(conn: sqlite3.Connection, expected: Counter[tuple[str, str, float]]) -> tuple[str, str] | None:
+def _limit_hits_problem(conn: sqlite3.Connection, expected: Counter[tuple[str, Any, str, float]]
+                        ) -> tuple[str, str] | None:
     """The first disagreement between `limit_hits` and the charges the chained rows carry (a charge may name a rule
-    more than once: a message of several SQL statements): (row id, problem)."""
-    for key, ts, request_id in conn.execute("SELECT key, ts, request_id FROM limit_hits ORDER BY rowid"):
-        if expected[(request_id, key, ts)] <= 0:
-            return request_id, f"a limit hit of rule {key!r} matches no charge its row carries (limit_hits was edited)"
-        expected[(request_id, key, ts)] -= 1
-    for (request_id, key, _), left in sorted(expected.items()):
+    more than once: a message of several SQL statements), the agent of each hit its row's (a cap counts an agent's
+    hits: one moved to another agent counts for neither as charged): (row id, problem)."""
+    for key, agent, ts, request_id in conn.execute("SELECT key, agent, ts, request_id FROM limit_hits ORDER BY rowid"):
+        if expected[(request_id, agent, key, ts)] <= 0:
+            return request_id, (f"a limit hit of rule {key!r} for agent {agent!r} matches no charge its row carries "
+                                "(limit_hits was edited)")
+        expected[(request_id, agent, key, ts)] -= 1
+    for (request_id, _, key, _), left in sorted(expected.items(), key=repr):
         if left > 0:
             return request_id, f"its limit hit of rule {key!r} is gone (limit_hits was edited: limits would count less)"
     return None
@@ -582,7 +585,7 @@ def verify(conn: sqlite3.Connection, key: bytes | None, anchor: Anchor | None = 
     prev = ""
     checked = pruned = 0
     anchored = anchor is None
-    expected: Counter[tuple[str, str, float]] = Counter()  # (request id, rule key, time) of each hit rows carry
+    expected: Counter[tuple[str, Any, str, float]] = Counter()  # (request id, agent, rule, time) of each hit carried
     joins = gaps(conn)
     for row in iter_rows(conn, lenient=True):
         problem = None
@@ -601,7 +604,7 @@ def verify(conn: sqlite3.Connection, key: bytes | None, anchor: Anchor | None = 
             return VerifyResult(checked, row["id"], row["seq"], problem, key is not None)
         charge = json.loads(row["charged"]) if row.get("charged") else _released_charge(conn, row)
         if charge:
-            expected.update((row["id"], k, charge["at"]) for k in charge["keys"])
+            expected.update((row["id"], row["agent"], k, charge["at"]) for k in charge["keys"])
         prev = row["hash"]
         checked += 1
     if key is not None and (found := _limit_hits_problem(conn, expected)) is not None:
