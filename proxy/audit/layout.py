@@ -43,6 +43,19 @@ COMMON = {"scheme": "https", "http_version": "HTTP/1.1"}
 LOOPBACK = "127.0.0.1:"
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def stored_text(value: str) -> str:
+    """A text as the log keeps it (SQLite takes only UTF-8): each lone surrogate, which is how a byte that was not
+    UTF-8 reads in a path, query, header value or agent name (surrogateescape), written as its JSON escape
+    (`\\udcff`), so that a JSON text (headers) reads back as it was and `show` writes it `\\xff`. A filter on an
+    agent or host looks for its name in this form too."""
+    if value.isascii() or not _SURROGATE.search(value):
+        return value
+    return _SURROGATE.sub(lambda found: f"\\u{ord(found.group()):04x}", value)
+
+
 def _loopback_port(client: Any) -> bytes | None:
     """A loopback client's port as stored (None: not one, or not in the form the proxy writes)."""
     if not isinstance(client, str) or not client.startswith(LOOPBACK):

@@ -424,7 +424,7 @@ def query(conn: sqlite3.Connection, *, agent: str | None = None, host: str | Non
     params: list[Any] = []
     for column, value in (("agent", agent), ("host", host)):
         if value is not None:  # a name, or the id of one (`names`): both through the column's index
-            term, values = names.term(conn, column, value)
+            term, values = names.term(conn, column, layout.stored_text(value))
             where.append(term)
             params += values
     if decision is not None:

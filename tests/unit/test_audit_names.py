@@ -267,3 +267,24 @@ def test_a_filter_finds_every_row_that_reads_as_its_name_and_no_other(tmp_path: 
     assert [r["id"] for r in console_data.page(conn, console_data.Filters(agent=AGENTS[0]))] == mine
     assert [r["id"] for r in console_data.newer(conn, console_data.Filters(agent=AGENTS[0]), 0)[0]] == mine[::-1]
     assert audit.query(conn, agent=AGENTS[1].upper()) == []  # not ghbot's rows
+
+
+def test_a_filter_on_a_name_that_is_not_utf8_finds_its_rows(tmp_path: Path) -> None:
+    """An agent name with a byte that is not UTF-8 (a lone surrogate, as argv and headers read it) is stored in its
+    escaped form, as every text of a row is; `log --agent` with that name ended in an internal error
+    (UnicodeEncodeError) instead of finding its rows. Names that differ by a NUL, a case or a normalisation stay
+    apart."""
+    ids = RequestIds()
+    agents = ["a\udcff", "a\x00b", "a", "A", "\u00e9", "e\u0301"]
+    rows = [(intent(ids, i, agent=agent), outcome(i)) for i, agent in enumerate(agents)]
+    write(tmp_path, rows)
+    conn = ro(tmp_path)
+    for (row, _), agent in zip(rows, agents, strict=True):
+        assert [r["id"] for r in audit.query(conn, agent=agent)] == [str(row["id"])], repr(agent)
+        assert [r["id"] for r in console_data.page(conn, console_data.Filters(agent=agent))] == [str(row["id"])]
+    config = tmp_path / "config.yaml"
+    config.write_text(f"version: 1\nstate_dir: {tmp_path}\naudit: {{db: {tmp_path / 'a.db'}}}\n", encoding="utf-8")
+    result = CliRunner().invoke(cli, ["log", "--config", str(config), "--agent", agents[0], "--json"])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["id"] for line in result.output.splitlines()] == [str(rows[0][0]["id"])]
+    assert verify(tmp_path).broken_id is None
