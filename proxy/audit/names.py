@@ -48,20 +48,24 @@ def refs(rows: Iterable[dict[str, Any]]) -> set[int]:
 
 def fetch(conn: sqlite3.Connection, ids: set[int]) -> dict[int, str]:
     """The names of these ids (one missing: none of that id, so its rows read as unreadable and fail `verify`); none
-    in a log older than the table (read-only, not migrated), whose rows hold no ids."""
+    in a log older than the table (read-only, not migrated), whose rows hold no ids. An id with two names (a table
+    rebuilt without its primary key) names neither: its rows read as one or the other, and a filter on either gave
+    them."""
     if not ids:
         return {}
     wanted = sorted(ids)
     found: dict[int, str] = {}
+    twice: set[int] = set()
     try:
         for start in range(0, len(wanted), 500):  # below SQLite's limit on parameters
             part = wanted[start:start + 500]
-            found.update((i, n) for i, n in conn.execute(
-                f"SELECT id, name FROM {TABLE} WHERE id IN ({', '.join('?' * len(part))})", part)
-                if type(i) is int and isinstance(n, str))
+            for i, n in conn.execute(f"SELECT id, name FROM {TABLE} WHERE id IN ({', '.join('?' * len(part))})", part):
+                if type(i) is int and isinstance(n, str):
+                    if found.setdefault(i, n) != n:
+                        twice.add(i)
     except sqlite3.OperationalError:  # no such table
         return {}
-    return found
+    return {i: n for i, n in found.items() if i not in twice}
 
 
 def stored_as(conn: sqlite3.Connection, name: str) -> list[str | bytes]:

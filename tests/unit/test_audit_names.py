@@ -288,3 +288,23 @@ def test_a_filter_on_a_name_that_is_not_utf8_finds_its_rows(tmp_path: Path) -> N
     assert result.exit_code == 0, result.output
     assert [json.loads(line)["id"] for line in result.output.splitlines()] == [str(rows[0][0]["id"])]
     assert verify(tmp_path).broken_id is None
+
+
+def test_an_id_given_a_second_name_names_neither(tmp_path: Path) -> None:
+    """Rebuilt without its primary key, the names table can give one id two names: its rows read as whichever came
+    last and verified, while a filter on the other name gave them too (another agent's rows). Such an id names
+    nothing: verify names its first row."""
+    ids = RequestIds()
+    rows = [(intent(ids, i, agent=AGENTS[i % 2]), outcome(i)) for i in range(4)]
+    write(tmp_path, rows)
+    with sqlite3.connect(tmp_path / "a.db") as raw:
+        (mine,) = raw.execute("SELECT id FROM audit_names WHERE name = ?", (AGENTS[0],)).fetchone()
+        raw.executescript(f"""
+            CREATE TABLE rebuilt (id INTEGER, name TEXT NOT NULL);
+            INSERT INTO rebuilt VALUES ({mine}, 'intruder');
+            INSERT INTO rebuilt SELECT id, name FROM audit_names; DROP TABLE audit_names;
+            ALTER TABLE rebuilt RENAME TO audit_names;
+        """)
+    assert [r["agent"] for r in audit.iter_rows(ro(tmp_path), lenient=True)][0].startswith("<unreadable agent")
+    result = verify(tmp_path)
+    assert (result.broken_id, result.checked) == (rows[0][0]["id"], 0)
