@@ -228,6 +228,41 @@ def test_a_row_whose_body_or_headers_cannot_be_read_is_shown_broken(console: Run
         assert f"&lt;unreadable {field}:" in page.text
 
 
+@pytest.mark.parametrize(("column", "value", "shown"), [
+    ("ended", None, "&lt;unreadable duration_ms: no start and end&gt;"),
+    ("duration_ms", "slow", ", slow"),
+    ("ts", "yesterday", "(not a time)"),
+    ("ts", 1e300, "(not a time)"),
+])
+def test_a_time_or_duration_that_is_no_number_is_shown_as_such(console: Running, state: Config, column: str,
+                                                                value: object, shown: str) -> None:
+    """A row's duration is left to its start and end when it is their difference: with its end edited away it reads
+    as unreadable text, which the row's page formatted as a number (500). A ts edited to text or past the year 9999
+    took the log page and the row's page down with a 500 (the stream's rows are the page's; `log` shows it as not a
+    time)."""
+    ids, writer = RequestIds(), AuditWriter(state.audit_db, Seal(state.state_dir))
+    made = []
+    for i in range(2):
+        rid, ts = ids.new(1_700_000_000 + i), 1_700_000_000.0 + i
+        writer.record_intent({"id": rid, "ts": ts, "agent": "bot", "method": "GET", "scheme": "https",
+                              "host": "slack.com", "port": 443, "path": "/p", "url": "https://slack.com/p",
+                              "req_headers": "[]", "req_body": b"", "decision": "allow"}).result(5)
+        writer.record_outcome(rid, {"status": 200, "ended": ts + 0.25, "duration_ms": 250.0,
+                                    "resp_headers": "[]"}).result(5)
+        made.append(rid)
+    writer.close()
+    fine, edited = made
+    with sqlite3.connect(state.audit_db) as conn:
+        assert conn.execute("SELECT duration_ms FROM requests WHERE id = ?", (fine,)).fetchone() == (b"",)
+        conn.execute(f"UPDATE requests SET {column} = ? WHERE id = ?", (value, edited))
+    client = console.client()
+    assert "250 ms" in client.get(f"/request/{fine}").text
+    listed = client.get("/")
+    assert listed.status_code == 200 and fine in listed.text and edited in listed.text
+    page = client.get(f"/request/{edited}")
+    assert page.status_code == 200 and shown in page.text and "broken" in page.text
+
+
 def test_recorded_values_are_shown_as_text(console: Running, state: Config) -> None:
     [rid] = fill(state, [{"agent": "bot", "url": f"https://slack.com/p?q={SCRIPT}",
                           "req_headers": f'[["X-Evil", "{SCRIPT}"], ["Content-Type", "text/html"]]',
