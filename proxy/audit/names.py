@@ -88,11 +88,13 @@ def stored_as(conn: sqlite3.Connection, name: str) -> list[str | bytes]:
 
 def term(conn: sqlite3.Connection, column: str, name: str, plus: str = "") -> tuple[str, list[str | bytes]]:
     """The SQL term that picks the rows whose `column` (agent or host) is `name`, and its parameters; `plus`: "+"
-    keeps it from choosing an index."""
+    keeps it from choosing an index. Compared byte for byte, whatever collation the column was given: whoever can
+    write the database can rewrite its schema (NOCASE would have a filter on one agent, which session undo and
+    `execute` take an agent's rows by, give another's); SQLite still reads the column's index, which is BINARY."""
     values = stored_as(conn, name)
     if len(values) == 1:
-        return f"{plus}{column} = ?", values
-    return f"{plus}{column} IN ({', '.join('?' * len(values))})", values
+        return f"{plus}{column} COLLATE BINARY = ?", values
+    return f"{plus}{column} COLLATE BINARY IN ({', '.join('?' * len(values))})", values
 
 
 class Names:

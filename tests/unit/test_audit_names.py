@@ -89,7 +89,7 @@ def test_filters_by_agent_and_host_find_old_and_new_rows_through_their_index(
         both = console_data.Filters(**{column: value})
         assert [r["id"] for r in console_data.page(conn, both, limit=100)] == wanted
         assert [r["id"] for r in console_data.newer(conn, both, 0)[0]] == wanted[::-1]
-        selects = [sql for sql in executed if sql.startswith("SELECT") and f"{column} IN (" in sql]
+        selects = [sql for sql in executed if sql.startswith("SELECT") and f"{column} COLLATE BINARY IN (" in sql]
         assert len(selects) == 4, executed
         for sql in selects[:3]:  # the live stream reads by seq (`+column`: no index) by design
             plan = str(conn.execute(f"EXPLAIN QUERY PLAN {sql}").fetchall())
@@ -308,3 +308,24 @@ def test_an_id_given_a_second_name_names_neither(tmp_path: Path) -> None:
     assert [r["agent"] for r in audit.iter_rows(ro(tmp_path), lenient=True)][0].startswith("<unreadable agent")
     result = verify(tmp_path)
     assert (result.broken_id, result.checked) == (rows[0][0]["id"], 0)
+
+
+def test_a_filter_compares_names_byte_for_byte_whatever_the_columns_collation(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whoever can write the database can rewrite its schema: the agent column given NOCASE made a filter on one
+    agent (what `log --agent`, the console, session undo and `execute` take an agent's rows by) give another's rows
+    written before migration 20, as text, and verify passed (no row changed)."""
+    old, new = old_then_new(tmp_path, monkeypatch)
+    with sqlite3.connect(tmp_path / "a.db") as raw:
+        raw.execute("PRAGMA writable_schema = ON")
+        raw.execute("UPDATE sqlite_master SET sql = replace(sql, ?, ?) WHERE name = 'requests'",
+                    ('"agent" TEXT', '"agent" TEXT COLLATE NOCASE'))
+    conn = ro(tmp_path)
+    assert "COLLATE NOCASE" in conn.execute("SELECT sql FROM sqlite_master WHERE name = 'requests'").fetchone()[0]
+    assert verify(tmp_path).broken_id is None
+    shouted = AGENTS[0].upper()
+    assert audit.query(conn, agent=shouted) == []
+    assert console_data.page(conn, console_data.Filters(agent=shouted)) == []
+    assert console_data.newer(conn, console_data.Filters(agent=shouted), 0)[0] == []
+    assert [r["id"] for r in audit.query(conn, agent=AGENTS[0], limit=None)] == \
+        [str(r["id"]) for r in reversed(old + new) if r["agent"] == AGENTS[0]]
