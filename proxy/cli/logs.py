@@ -339,7 +339,8 @@ def show(config_path: Path | None, request_id: str, as_json: bool) -> None:
     if row["error"]:
         out.print(f"\n[magenta]error: {_plain(row['error'])}[/]")
         return
-    out.print(f"\n[bold]{row['status']}[/] in {row['duration_ms']:.1f} ms")
+    took = "" if row["duration_ms"] is None else f" in {row['duration_ms']:.1f} ms"  # a number (`_shape_problem`)
+    out.print(f"\n[bold]{_plain(row['status'])}[/]{took}")
     for k, v in resp_headers:
         out.print(_header_line(k, v))
     out.print(_pretty_body(row["resp_body"], row["resp_body_size"], resp_headers, terminal),

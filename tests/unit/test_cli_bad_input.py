@@ -160,6 +160,15 @@ def test_log_json_gives_a_value_edited_to_bytes_as_text(tmp_path: Path, column: 
     assert [r[column] for r in listed if r["id"] == first] == ["\x01x\ufffd"]
 
 
+def test_show_gives_an_outcome_without_its_duration(tmp_path: Path) -> None:
+    """A duration edited away (NULL; NaN, which SQLite stores as NULL) passed show's check of what it reads (a
+    number or none) and ended it with an internal error as it formatted None as a number."""
+    config, (first, _) = _state(tmp_path)
+    _edit(tmp_path, "UPDATE requests SET duration_ms = NULL WHERE id = ?", first)
+    shown = _run(config, "show", first)
+    assert shown.exit_code == 0 and "\n200\n" in shown.output, shown.output
+
+
 @pytest.mark.parametrize(("column", "value", "said"), [
     ("approval", "{not json", "the approval of row {id} is not JSON"),
     ("approval", "[1]", "the approval of row {id} is not a JSON object"),
