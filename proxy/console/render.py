@@ -61,7 +61,8 @@ def body_view(body: bytes | str | None, size: int | None, headers: list[tuple[st
         return {"kind": "text", "text": _seen(body), "note": "cannot be read"}
     if not body:
         return {"kind": "empty", "text": "(empty)" if not size else f"({size} bytes, not stored)", "note": ""}
-    note = f"{size} bytes in all; the first {len(body)} stored" if size and size > len(body) else f"{len(body)} bytes"
+    whole = size if isinstance(size, int) and not isinstance(size, bool) else None  # an edited one: any type
+    note = f"{whole} bytes in all; the first {len(body)} stored" if whole and whole > len(body) else f"{len(body)} bytes"
     content_type = next((v for k, v in headers if k.lower() == "content-type"), "").lower()
     try:
         text = body.decode("utf-8")

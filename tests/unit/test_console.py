@@ -263,6 +263,24 @@ def test_a_time_or_duration_that_is_no_number_is_shown_as_such(console: Running,
     assert page.status_code == 200 and shown in page.text and "broken" in page.text
 
 
+@pytest.mark.parametrize(("column", "value"), [
+    ("port", -5), ("pre_headers", "x"), ("pre_headers", 7), ("req_body_size", "x"), ("resp_body_size", b"\x01\x02"),
+    ("undo_of", b"\x01\x02"),
+])
+def test_an_edited_rows_page_says_it_is_broken_and_plans_nothing(console: Running, state: Config, column: str,
+                                                                  value: object) -> None:
+    """The row's page planned an undo from an edited row (whose values may be of any shape: a port urlsplit refuses,
+    pre-image headers that are no JSON list) and formatted its sizes and undo_of as the writer writes them: each such
+    edit answered 500 where the page was to say the row does not hold. An edited row is planned on by nothing (undo
+    refuses it)."""
+    [rid] = fill(state, [{"req_body": b"x"}])
+    with sqlite3.connect(state.audit_db) as conn:
+        conn.execute(f"UPDATE requests SET {column} = ? WHERE id = ?", (value, rid))
+    page = console.client().get(f"/request/{rid}")
+    assert page.status_code == 200 and "broken" in page.text and "No undo plan: its audit row does not hold" in \
+        page.text, page.text[-400:]
+
+
 def test_recorded_values_are_shown_as_text(console: Running, state: Config) -> None:
     [rid] = fill(state, [{"agent": "bot", "url": f"https://slack.com/p?q={SCRIPT}",
                           "req_headers": f'[["X-Evil", "{SCRIPT}"], ["Content-Type", "text/html"]]',
