@@ -45,6 +45,19 @@ COMMON = {"scheme": "https", "http_version": "HTTP/1.1"}
 LOOPBACK = "127.0.0.1:"
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def stored_text(value: str) -> str:
+    """A text as the log keeps it (SQLite takes only UTF-8): each lone surrogate, which is how a byte that was not
+    UTF-8 reads in a path, query, header value or agent name (surrogateescape), written as its JSON escape
+    (`\\udcff`), so that a JSON text (headers) reads back as it was and `show` writes it `\\xff`. A filter on an
+    agent or host looks for its name in this form too."""
+    if value.isascii() or not _SURROGATE.search(value):
+        return value
+    return _SURROGATE.sub(lambda found: f"\\u{ord(found.group()):04x}", value)
+
+
 def _loopback_port(client: Any) -> bytes | None:
     """A loopback client's port as stored (None: not one, or not in the form the proxy writes)."""
     if not isinstance(client, str) or not client.startswith(LOOPBACK):
@@ -130,8 +143,8 @@ def stored(fields: dict[str, Any], put: Callable[[str | bytes, Hashable], int], 
         out["port"] = DERIVED
     began = fields.get("ts", started)
     duration = fields.get("duration_ms")
-    if type(duration) is float and duration == duration_of(began, fields.get("ended")):
-        out["duration_ms"] = DERIVED
+    if type(duration) is float and repr(duration) == repr(duration_of(began, fields.get("ended"))):
+        out["duration_ms"] = DERIVED  # as the hash has it: 0.0 == -0.0, but the one would read back as the other
     if (ticks := _ended_ticks(began, fields.get("ended"))) is not None:
         out["ended"] = ticks
     return out
@@ -174,9 +187,8 @@ def logical(row: dict[str, Any], values: Mapping[int, str | bytes | AuditError |
             if found is None:
                 if not lenient:
                     raise AuditError(f"the audit log is damaged: the {field} of row {row.get('id')} cannot be read "
-                                     f"(name {names.id_of_ref(ref)} is missing); `goex-proxy log verify` checks the "
-                                     "log") from None
-                found = unreadable(field, f"name {names.id_of_ref(ref)} is missing")
+                                     f"({names.unnamed(ref)}); `goex-proxy log verify` checks the log") from None
+                found = unreadable(field, names.unnamed(ref))
             out[field] = found
     for field, column in _PAIRS:
         if column not in out:  # not read

@@ -20,51 +20,81 @@ def ref_of(name_id: int) -> bytes:
     return name_id.to_bytes(max(1, (name_id.bit_length() + 7) // 8), "big")
 
 
+#: The largest id SQLite keeps (an INTEGER PRIMARY KEY is a signed 64-bit integer).
+MAX_ID = 2**63 - 1
+
+
 def id_of_ref(ref: bytes) -> int:
-    """The id a stored ref names (an edited one may name none: ids start at 1, and b"" is 0)."""
-    return int.from_bytes(ref, "big")
+    """The id a stored ref names, or 0, which names nothing (ids start at 1), for a ref the writer never stores: one
+    with more bytes than its id needs, which would read as that id's name while a filter, which looks for the ref as
+    written, passed its row by (verify holds: the name is what the row hashed), or one past SQLite's integers, which
+    no query takes (OverflowError: verify, log and the console ended in an internal error)."""
+    if len(ref) > 8:
+        return 0
+    found = int.from_bytes(ref, "big")
+    return found if found <= MAX_ID and ref == ref_of(found) else 0
+
+
+def unnamed(ref: bytes) -> str:
+    """Why a ref reads as no name, in a few words."""
+    found = id_of_ref(ref)
+    return f"name {found} is missing" if found else f"{ref[:9].hex()} is not an id as the writer stores one"
 
 
 def refs(rows: Iterable[dict[str, Any]]) -> set[int]:
     """The ids of the names these stored rows hold as ids."""
-    return {id_of_ref(v) for row in rows for f in FIELDS if isinstance(v := row.get(f), bytes)}
+    return {id_of_ref(v) for row in rows for f in FIELDS if isinstance(v := row.get(f), bytes)} - {0}
 
 
 def fetch(conn: sqlite3.Connection, ids: set[int]) -> dict[int, str]:
     """The names of these ids (one missing: none of that id, so its rows read as unreadable and fail `verify`); none
-    in a log older than the table (read-only, not migrated), whose rows hold no ids."""
+    in a log older than the table (read-only, not migrated), whose rows hold no ids. An id with two names (a table
+    rebuilt without its primary key) names neither: its rows read as one or the other, and a filter on either gave
+    them."""
     if not ids:
         return {}
     wanted = sorted(ids)
     found: dict[int, str] = {}
+    twice: set[int] = set()
     try:
         for start in range(0, len(wanted), 500):  # below SQLite's limit on parameters
             part = wanted[start:start + 500]
-            found.update((int(i), n) for i, n in conn.execute(
-                f"SELECT id, name FROM {TABLE} WHERE id IN ({', '.join('?' * len(part))})", part) if isinstance(n, str))
+            for i, n in conn.execute(f"SELECT id, name FROM {TABLE} WHERE id IN ({', '.join('?' * len(part))})", part):
+                if type(i) is int and isinstance(n, str):
+                    if found.setdefault(i, n) != n:
+                        twice.add(i)
     except sqlite3.OperationalError:  # no such table
         return {}
-    return found
+    return {i: n for i, n in found.items() if i not in twice}
 
 
 def stored_as(conn: sqlite3.Connection, name: str) -> list[str | bytes]:
     """What a row holding this name may hold in its column: the name (a row written before migration 20) and, once
     the name has an id, that id. A filter matches both (`column IN (...)`), and SQLite still reads the (agent, ts) or
-    (host, ts) index, once per value, stopping each walk at the LIMIT."""
+    (host, ts) index, once per value, stopping each walk at the LIMIT.
+
+    Every id whose name is exactly this one: the table is outside the chain, and whoever can write the database can
+    rebuild it without its UNIQUE (a second id of the name, which rows read as the name and verify with) or with
+    another collation (`name = ?` then finds other names too); a filter is to find every row that reads as the name,
+    and no other."""
     try:
-        found = conn.execute(f"SELECT id FROM {TABLE} WHERE name = ?", (name,)).fetchone()
-    except sqlite3.OperationalError:  # a log older than the table (read-only, not migrated)
-        found = None
-    return [name] if found is None else [name, ref_of(int(found[0]))]
+        found = conn.execute(f"SELECT id, name FROM {TABLE} WHERE name = ?", (name,)).fetchall()
+    except sqlite3.OperationalError as exc:
+        if "no such table" not in str(exc):  # any other failure is no reason to pass rows by: said as it is
+            raise
+        found = []  # a log older than the table (read-only, not migrated)
+    return [name, *(ref_of(i) for i, n in found if type(i) is int and 0 < i <= MAX_ID and n == name)]
 
 
 def term(conn: sqlite3.Connection, column: str, name: str, plus: str = "") -> tuple[str, list[str | bytes]]:
     """The SQL term that picks the rows whose `column` (agent or host) is `name`, and its parameters; `plus`: "+"
-    keeps it from choosing an index."""
+    keeps it from choosing an index. Compared byte for byte, whatever collation the column was given: whoever can
+    write the database can rewrite its schema (NOCASE would have a filter on one agent, which session undo and
+    `execute` take an agent's rows by, give another's); SQLite still reads the column's index, which is BINARY."""
     values = stored_as(conn, name)
     if len(values) == 1:
-        return f"{plus}{column} = ?", values
-    return f"{plus}{column} IN ({', '.join('?' * len(values))})", values
+        return f"{plus}{column} COLLATE BINARY = ?", values
+    return f"{plus}{column} COLLATE BINARY IN ({', '.join('?' * len(values))})", values
 
 
 class Names:

@@ -444,7 +444,7 @@ def query(conn: sqlite3.Connection, *, agent: str | None = None, host: str | Non
     params: list[Any] = []
     for column, value in (("agent", agent), ("host", host)):
         if value is not None:  # a name, or the id of one (`names`): both through the column's index
-            term, values = names.term(conn, column, value)
+            term, values = names.term(conn, column, layout.stored_text(value))
             where.append(term)
             params += values
     if decision is not None:
@@ -531,14 +531,17 @@ def charged(keys: Iterable[str], at: float) -> str:
     return json.dumps({"keys": list(keys), "at": at}, separators=(",", ":"))
 
 
-def _limit_hits_problem(conn: sqlite3.Connection, expected: Counter[tuple[str, str, float]]) -> tuple[str, str] | None:
+def _limit_hits_problem(conn: sqlite3.Connection, expected: Counter[tuple[str, Any, str, float]]
+                        ) -> tuple[str, str] | None:
     """The first disagreement between `limit_hits` and the charges the chained rows carry (a charge may name a rule
-    more than once: a message of several SQL statements): (row id, problem)."""
-    for key, ts, request_id in conn.execute("SELECT key, ts, request_id FROM limit_hits ORDER BY rowid"):
-        if expected[(request_id, key, ts)] <= 0:
-            return request_id, f"a limit hit of rule {key!r} matches no charge its row carries (limit_hits was edited)"
-        expected[(request_id, key, ts)] -= 1
-    for (request_id, key, _), left in sorted(expected.items()):
+    more than once: a message of several SQL statements), the agent of each hit its row's (a cap counts an agent's
+    hits: one moved to another agent counts for neither as charged): (row id, problem)."""
+    for key, agent, ts, request_id in conn.execute("SELECT key, agent, ts, request_id FROM limit_hits ORDER BY rowid"):
+        if expected[(request_id, agent, key, ts)] <= 0:
+            return request_id, (f"a limit hit of rule {key!r} for agent {agent!r} matches no charge its row carries "
+                                "(limit_hits was edited)")
+        expected[(request_id, agent, key, ts)] -= 1
+    for (request_id, _, key, _), left in sorted(expected.items(), key=repr):
         if left > 0:
             return request_id, f"its limit hit of rule {key!r} is gone (limit_hits was edited: limits would count less)"
     return None
@@ -584,6 +587,8 @@ def edited(key: bytes | None, row: dict[str, Any]) -> str | None:
     """Why a row as read back is not what was written under this key, or None: its request fields against its hash
     (which covers its prev_hash too), its outcome against its outcome hash, no outcome fields without one. Whatever
     acts on a row (undo replays its bodies with the real credential) checks this first; `verify` checks the links."""
+    if not isinstance(row["prev_hash"], str):  # bytes no hash is (`layout.hex_of`): never signed, and no text to sign
+        return "its link to the row before is not a hash (the row was edited)"
     if not tag_holds(key, _row_signed(row["prev_hash"], row), row["hash"]):
         return "its request fields do not match its hash (the row was edited)"
     if row["outcome_hash"] is not None and not tag_holds(key, _outcome_signed(key is not None, row["hash"], row),
@@ -601,7 +606,7 @@ def verify(conn: sqlite3.Connection, key: bytes | None, anchor: Anchor | None = 
     prev = ""
     checked = pruned = 0
     anchored = anchor is None
-    expected: Counter[tuple[str, str, float]] = Counter()  # (request id, rule key, time) of each hit rows carry
+    expected: Counter[tuple[str, Any, str, float]] = Counter()  # (request id, agent, rule, time) of each hit carried
     joins = gaps(conn)
     for row in iter_rows(conn, lenient=True):
         problem = None
@@ -620,7 +625,7 @@ def verify(conn: sqlite3.Connection, key: bytes | None, anchor: Anchor | None = 
             return VerifyResult(checked, row["id"], row["seq"], problem, key is not None)
         charge = json.loads(row["charged"]) if row.get("charged") else _released_charge(conn, row)
         if charge:
-            expected.update((row["id"], k, charge["at"]) for k in charge["keys"])
+            expected.update((row["id"], row["agent"], k, charge["at"]) for k in charge["keys"])
         prev = row["hash"]
         checked += 1
     if key is not None and (found := _limit_hits_problem(conn, expected)) is not None:

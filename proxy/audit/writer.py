@@ -10,7 +10,6 @@ import fcntl
 import logging
 import os
 import queue
-import re
 import sqlite3
 import threading
 import time
@@ -521,19 +520,11 @@ class AuditWriter:
             started=started if type(started) is float else None, name=lambda name: self._names.id_of(self._conn, name))
 
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
 def storable(fields: dict[str, Any]) -> dict[str, Any]:
-    """A copy of `fields` whose texts SQLite can store (UTF-8): each lone surrogate, which is how a byte that was not
-    UTF-8 reads in a path, query or header value (surrogateescape), written as its JSON escape (`\\udcff`), so that
-    a JSON text (headers) reads back as it was and `show` writes it `\\xff`. One text that could not be stored would
-    fail its whole transaction: every other row and outcome written with it, whatever agent's."""
-    out = dict(fields)
-    for key, value in fields.items():
-        if isinstance(value, str) and not value.isascii() and _SURROGATE.search(value):
-            out[key] = _SURROGATE.sub(lambda found: f"\\u{ord(found.group()):04x}", value)
-    return out
+    """A copy of `fields` whose texts SQLite can store (UTF-8), as `layout.stored_text` makes them. One text that
+    could not be stored would fail its whole transaction: every other row and outcome written with it, whatever
+    agent's."""
+    return {key: layout.stored_text(value) if isinstance(value, str) else value for key, value in fields.items()}
 
 
 class _savepoint:

@@ -44,13 +44,20 @@ def log(click_ctx: click.Context, config_path: Path | None, agent: str | None, h
     rows = audit.query(db, agent=agent, host=host, since=parse_since(since), decision=decision, limit=limit)[::-1]
     if as_json:
         for row in rows:
-            click.echo(json.dumps({**row, "time": iso(row["ts"])}))
+            click.echo(json.dumps({**row, "time": iso(row["ts"])}, default=_as_text))
         return
     headers = ("id", "time", "agent", "decision", "status", "method", "url", "rule", "undo")
     cells = [(row["id"], when(row["ts"], year=False), row["agent"] or "-", row["decision"] or "-", outcome_of(row),
               row["method"] or "-", row["url"] or "-", row["rule"] or "-",
               f"undoes {row['undo_of']}" if row.get("undo_of") else row.get("undo_class") or "-") for row in rows]
     print_table(headers, cells, flexible=(6, 7), colour_column=3)
+
+
+def _as_text(value: object) -> str:
+    """A value JSON has no form for: bytes (a column of the row layout edited to a blob), as `show --json` gives them."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 @log.command()
@@ -332,7 +339,8 @@ def show(config_path: Path | None, request_id: str, as_json: bool) -> None:
     if row["error"]:
         out.print(f"\n[magenta]error: {_plain(row['error'])}[/]")
         return
-    out.print(f"\n[bold]{row['status']}[/] in {row['duration_ms']:.1f} ms")
+    took = "" if row["duration_ms"] is None else f" in {row['duration_ms']:.1f} ms"  # a number (`_shape_problem`)
+    out.print(f"\n[bold]{_plain(row['status'])}[/]{took}")
     for k, v in resp_headers:
         out.print(_header_line(k, v))
     out.print(_pretty_body(row["resp_body"], row["resp_body_size"], resp_headers, terminal),

@@ -204,6 +204,9 @@ class Console:
                 return {"row": row, "chain_ok": False, "chain": chain if not ok else str(exc), "shown": None,
                         "no_plan": f"No undo plan: {exc}", "statement": None}
             ok, chain = data.chain_status(conn, self.db.seal, row)
+            if not ok:  # edited: nothing of it is planned on (undo refuses it), and its values may be any shape
+                return {"row": row, "chain_ok": False, "chain": chain, "shown": None, "statement": None,
+                        "no_plan": f"No undo plan: its audit row does not hold ({chain})"}
             if undoing.is_statement(row):
                 return {"row": row, "chain_ok": ok, "chain": chain, "shown": None, "no_plan": "",
                         "statement": undoing.show_statement(self.config, conn, row)}

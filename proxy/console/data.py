@@ -52,7 +52,7 @@ class Filters:
         for column in ("agent", "host"):
             value = getattr(self, column)
             if value is not None:
-                term, values = names.term(conn, column, value, plus)
+                term, values = names.term(conn, column, layout.stored_text(value), plus)
                 clauses.append(term)
                 params += values
         for column in ("decision", "undo_class"):

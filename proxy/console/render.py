@@ -21,8 +21,29 @@ def _seen(value: object) -> str:
     return "\n".join(shown(line) for line in str(value).split("\n"))
 
 
-def _when(ts: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+#: How a recorded time that is no time shows (as `goex-proxy log` shows it).
+NOT_A_TIME = "(not a time)"
+
+
+def _when(ts: object) -> str:
+    """A recorded time, local, to the second; an edited one that is no time a clock shows (text, 1e300, bytes) as
+    such: it took the whole log page, its live stream and the row's page down with a 500."""
+    if not ts:
+        return "-"
+    if isinstance(ts, bool) or not isinstance(ts, int | float):
+        return NOT_A_TIME
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+    except (OverflowError, ValueError, OSError):
+        return NOT_A_TIME
+
+
+def _ms(duration: object) -> str:
+    """A recorded duration in whole ms; one that is no number (edited, or `layout.unreadable`: a duration left to
+    its end, which was edited) as the text it is, where formatting it as a number answered 500."""
+    if isinstance(duration, int | float) and not isinstance(duration, bool):
+        return f"{duration:.0f} ms"
+    return _seen(duration)
 
 
 def headers_of(text: str | None) -> list[tuple[str, str]]:
@@ -40,7 +61,8 @@ def body_view(body: bytes | str | None, size: int | None, headers: list[tuple[st
         return {"kind": "text", "text": _seen(body), "note": "cannot be read"}
     if not body:
         return {"kind": "empty", "text": "(empty)" if not size else f"({size} bytes, not stored)", "note": ""}
-    note = f"{size} bytes in all; the first {len(body)} stored" if size and size > len(body) else f"{len(body)} bytes"
+    whole = size if isinstance(size, int) and not isinstance(size, bool) else None  # an edited one: any type
+    note = f"{whole} bytes in all; the first {len(body)} stored" if whole and whole > len(body) else f"{len(body)} bytes"
     content_type = next((v for k, v in headers if k.lower() == "content-type"), "").lower()
     try:
         text = body.decode("utf-8")
@@ -62,4 +84,5 @@ def environment() -> Environment:
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True)
     env.filters["seen"] = _seen
     env.filters["when"] = _when
+    env.filters["ms"] = _ms
     return env

@@ -301,6 +301,23 @@ def test_limit_hits_removed_or_added_are_caught(tmp_path: Path) -> None:
     assert result.broken_id == rows[0]["id"] and "matches no charge" in (result.problem or "")
 
 
+
+def test_a_limit_hit_moved_to_another_agent_is_caught(tmp_path: Path) -> None:
+    """A cap counts an agent's hits (`limit_hits.agent`): one moved to another agent resets the first agent's count,
+    and verify, which matched each hit to its row's charge by rule and time alone, passed it."""
+    from goex_proxy.policy.limits import Charge
+
+    ids, writer = RequestIds(), AuditWriter(tmp_path / "a.db", Seal(tmp_path))
+    rows = [row(i, ids) for i in range(3)]
+    for i, r in enumerate(rows):
+        writer.record_intent(r, Charge("bot", ("p/post",), 1000.0 + i)).result(5)
+    writer.close()
+    assert check(tmp_path).broken_id is None
+    with sqlite3.connect(tmp_path / "a.db") as conn:
+        conn.execute("UPDATE limit_hits SET agent = 'other' WHERE request_id = ?", (rows[1]["id"],))
+    result = check(tmp_path)
+    assert result.broken_id == rows[1]["id"] and "for agent 'other' matches no charge" in (result.problem or "")
+
 IN_FLIGHT = """
 import os, signal, sys, time
 from pathlib import Path

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sqlite3
 import time
@@ -233,6 +234,20 @@ def test_empty_headers_bodies_rules_and_reasons_read_back_empty_in_a_log_without
     assert verify(tmp_path).broken_id is None
 
 
+def test_a_duration_that_equals_its_derived_one_only_as_a_number_is_kept(tmp_path: Path) -> None:
+    """A refused request's duration is written 0.0 with its end time.time(), which a clock stepped back can put a
+    fraction of a microsecond before its start: its end less its start rounds to -0.0, equal to 0.0 as a number but
+    not as the hash has it. Left out, it read back as -0.0 and the honest row failed verify (and undo)."""
+    ids = RequestIds()
+    row = intent(ids, 1)
+    done = {"error": "refused: denied", "ended": math.nextafter(row["ts"], 0), "duration_ms": 0.0}
+    assert repr(layout.duration_of(row["ts"], done["ended"])) == "-0.0"
+    write(tmp_path, [(row, done)])
+    got = audit.get(ro(tmp_path), str(row["id"]))
+    assert repr(got["duration_ms"]) == "0.0"
+    assert verify(tmp_path).broken_id is None
+
+
 def test_a_log_written_before_reads_and_verifies_the_same_after_migrating(tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """Rows written by schema 11 (every value in its row, hashes as hex, whole 256-bit MACs) stay as they are through
@@ -316,6 +331,22 @@ def test_a_rows_macs_are_cut_to_128_bits_and_neither_a_cut_nor_an_edit_goes_unse
     tag = seal_module.chain_tag(key, data)
     assert len(tag) == 32 and seal_module.tag_holds(key, data, tag)
     assert not any(seal_module.tag_holds(key, data, cut) for cut in (tag[:31], tag[:16], "", tag + "0", None))
+
+
+def test_a_link_that_is_no_hash_is_an_edit_not_an_internal_error(tmp_path: Path) -> None:
+    """A prev_hash stored as bytes of no hash's length reads back as bytes (`layout.hex_of` turns only 16 or 32 into
+    hex): `edited`, which undo checks before it replays a row, said AttributeError (undo: an internal error) instead
+    of naming the edit."""
+    ids = RequestIds()
+    rows = [(intent(ids, i), outcome(i)) for i in range(3)]
+    write(tmp_path, rows)
+    victim = str(rows[1][0]["id"])
+    key = Seal(tmp_path).key()
+    for stored in (b"\x02" * 5, b"\x02" * 33, 7):
+        with sqlite3.connect(tmp_path / "a.db") as conn:
+            conn.execute("UPDATE requests SET prev_hash = ? WHERE id = ?", (stored, victim))
+        assert audit.edited(key, audit.get(ro(tmp_path), victim)) is not None
+        assert verify(tmp_path).broken_id == victim
 
 
 def test_prune_removes_the_blobs_no_kept_row_names(tmp_path: Path) -> None:

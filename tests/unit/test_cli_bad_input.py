@@ -3,6 +3,7 @@ wrong and where, a non-zero exit, never a traceback or an internal error (each c
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -144,6 +145,28 @@ def test_a_recorded_time_that_is_no_time_is_shown_as_such(tmp_path: Path, ts: ob
     assert as_json.exit_code == 0 and '"time": null' in as_json.output, as_json.output
     shown = _run(config, "show", first)
     assert shown.exit_code == 0 and shown.output.startswith(f"{first}  (not a time)  agent bot"), shown.output
+
+
+@pytest.mark.parametrize("column", ["port", "scheme", "duration_ms", "method", "decision"])
+def test_log_json_gives_a_value_edited_to_bytes_as_text(tmp_path: Path, column: str) -> None:
+    """The row layout keeps zero-length blobs in many columns (values left out) and two-byte ones (a loopback
+    client): one edited to other bytes reads back as bytes, and `log --json` ended in an internal error (exit 70) on
+    it where `log` and `show --json` give it."""
+    config, (first, _) = _state(tmp_path)
+    _edit(tmp_path, f"UPDATE requests SET {column} = ? WHERE id = ?", b"\x01x\xff", first)
+    as_json = _run(config, "log", "--json")
+    assert as_json.exit_code == 0, as_json.output
+    listed = [json.loads(line) for line in as_json.output.splitlines()]
+    assert [r[column] for r in listed if r["id"] == first] == ["\x01x\ufffd"]
+
+
+def test_show_gives_an_outcome_without_its_duration(tmp_path: Path) -> None:
+    """A duration edited away (NULL; NaN, which SQLite stores as NULL) passed show's check of what it reads (a
+    number or none) and ended it with an internal error as it formatted None as a number."""
+    config, (first, _) = _state(tmp_path)
+    _edit(tmp_path, "UPDATE requests SET duration_ms = NULL WHERE id = ?", first)
+    shown = _run(config, "show", first)
+    assert shown.exit_code == 0 and "\n200\n" in shown.output, shown.output
 
 
 @pytest.mark.parametrize(("column", "value", "said"), [

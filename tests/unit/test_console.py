@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from goex_proxy.audit import blobs
 from goex_proxy.audit.seal import Seal
 from goex_proxy.audit.writer import AuditWriter
 from goex_proxy.config import Config, load_config
@@ -226,6 +227,62 @@ def test_a_row_whose_body_or_headers_cannot_be_read_is_shown_broken(console: Run
     assert f"the {field} of row {damaged} cannot be read" in page.text and "<unreadable" not in page.text
     if field == "req_body":
         assert f"&lt;unreadable {field}:" in page.text
+
+
+@pytest.mark.parametrize(("column", "value", "shown"), [
+    ("ended", None, "&lt;unreadable duration_ms: no start and end&gt;"),
+    ("duration_ms", "slow", ", slow"),
+    ("ts", "yesterday", "(not a time)"),
+    ("ts", 1e300, "(not a time)"),
+])
+def test_a_time_or_duration_that_is_no_number_is_shown_as_such(console: Running, state: Config, column: str,
+                                                                value: object, shown: str) -> None:
+    """A row's duration is left to its start and end when it is their difference: with its end edited away it reads
+    as unreadable text, which the row's page formatted as a number (500). A ts edited to text or past the year 9999
+    took the log page and the row's page down with a 500 (the stream's rows are the page's; `log` shows it as not a
+    time)."""
+    ids, writer = RequestIds(), AuditWriter(state.audit_db, Seal(state.state_dir))
+    made = []
+    for i in range(2):
+        rid, ts = ids.new(1_700_000_000 + i), 1_700_000_000.0 + i
+        writer.record_intent({"id": rid, "ts": ts, "agent": "bot", "method": "GET", "scheme": "https",
+                              "host": "slack.com", "port": 443, "path": "/p", "url": "https://slack.com/p",
+                              "req_headers": "[]", "req_body": b"", "decision": "allow"}).result(5)
+        writer.record_outcome(rid, {"status": 200, "ended": ts + 0.25, "duration_ms": 250.0,
+                                    "resp_headers": "[]"}).result(5)
+        made.append(rid)
+    writer.close()
+    fine, edited = made
+    with sqlite3.connect(state.audit_db) as conn:
+        assert conn.execute("SELECT duration_ms FROM requests WHERE id = ?", (fine,)).fetchone() == (b"",)
+        conn.execute(f"UPDATE requests SET {column} = ? WHERE id = ?", (value, edited))
+    client = console.client()
+    assert "250 ms" in client.get(f"/request/{fine}").text
+    listed = client.get("/")
+    assert listed.status_code == 200 and fine in listed.text and edited in listed.text
+    page = client.get(f"/request/{edited}")
+    assert page.status_code == 200 and shown in page.text and "broken" in page.text
+
+
+@pytest.mark.parametrize(("column", "value"), [
+    ("port", -5), ("pre_headers", "x"), ("pre_headers", b"\x07"), ("req_body_size", "x"), ("resp_body_size", b"\x01\x02"),
+    ("undo_of", b"\x01\x02"),
+])
+def test_an_edited_rows_page_says_it_is_broken_and_plans_nothing(console: Running, state: Config, column: str,
+                                                                  value: object) -> None:
+    """The row's page planned an undo from an edited row (whose values may be of any shape: a port urlsplit refuses,
+    pre-image headers that are no JSON list) and formatted its sizes and undo_of as the writer writes them: each such
+    edit answered 500 where the page was to say the row does not hold. An edited row is planned on by nothing (undo
+    refuses it)."""
+    [rid] = fill(state, [{"req_body": b"x"}])
+    with sqlite3.connect(state.audit_db) as conn:
+        if column == "pre_headers":  # a new log keeps them in a blob only
+            blob = conn.execute("INSERT INTO audit_blobs (data, refs) VALUES (?, 1)", (blobs.encode(value),)).lastrowid
+            column, value = "pre_headers_blob", blob
+        conn.execute(f"UPDATE requests SET {column} = ? WHERE id = ?", (value, rid))
+    page = console.client().get(f"/request/{rid}")
+    assert page.status_code == 200 and "broken" in page.text and "No undo plan: its audit row does not hold" in \
+        page.text, page.text[-400:]
 
 
 def test_recorded_values_are_shown_as_text(console: Running, state: Config) -> None:
