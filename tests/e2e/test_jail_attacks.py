@@ -399,10 +399,11 @@ def test_no_agents_value_is_stored_on_top_of_anothers(make_proxy, outside):
                            timeout=120)
         assert r.returncode == 0, r.stderr
     bases = {blob["id"]: blob["base"] for blob in proxy.table("audit_blobs")}
+    agent_of = {str(r["id"]): r["agent"] for r in proxy.rows()}  # the table holds the id of its name
     named: dict[str, set[int]] = {}
     for row in proxy.table("requests"):
         ids = {row[c] for c in row if c.endswith("_blob") and row[c] is not None}
-        named.setdefault(row["agent"], set()).update(ids | {bases[i] for i in ids if bases[i] is not None})
+        named.setdefault(agent_of[str(row["id"])], set()).update(ids | {bases[i] for i in ids if bases[i] is not None})
     assert [r["agent"] for r in proxy.rows()] == ["mailbot", "slackbot", "slackbot"]
     assert [r["req_body"] for r in proxy.rows()] == [g.encode() for g in [secret, *guesses]]
     assert named["mailbot"] and named["slackbot"] and not named["mailbot"] & named["slackbot"]
