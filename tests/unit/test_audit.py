@@ -281,14 +281,7 @@ def test_outcome_fields_without_an_outcome_hash_and_the_undo_class_are_covered(t
 def test_limit_hits_removed_or_added_are_caught(tmp_path: Path) -> None:
     """Each row carries, under its hash, the limit hits it was charged: deleting hits (which would reset a limit) or
     adding some is named by verify."""
-    from goex_proxy.policy.limits import Charge
-
-    ids, writer = RequestIds(), AuditWriter(tmp_path / "a.db", Seal(tmp_path))
-    rows = [row(i, ids) for i in range(3)]
-    for i, r in enumerate(rows):
-        writer.record_intent(r, Charge("bot", ("p/post", "p/all"), 1000.0 + i)).result(5)
-    writer.close()
-    assert check(tmp_path).broken_id is None
+    rows = _charged_rows(tmp_path, ("p/post", "p/all"))
     with sqlite3.connect(tmp_path / "a.db") as conn:
         conn.execute("DELETE FROM limit_hits WHERE request_id = ? AND key = 'p/all'", (rows[1]["id"],))
     result = check(tmp_path)
@@ -301,18 +294,23 @@ def test_limit_hits_removed_or_added_are_caught(tmp_path: Path) -> None:
     assert result.broken_id == rows[0]["id"] and "matches no charge" in (result.problem or "")
 
 
-
-def test_a_limit_hit_moved_to_another_agent_is_caught(tmp_path: Path) -> None:
-    """A cap counts an agent's hits (`limit_hits.agent`): one moved to another agent resets the first agent's count,
-    and verify, which matched each hit to its row's charge by rule and time alone, passed it."""
+def _charged_rows(tmp_path: Path, keys: tuple[str, ...]) -> list[dict[str, object]]:
+    """Three rows of agent bot, each charged against `keys`, written and verified."""
     from goex_proxy.policy.limits import Charge
 
     ids, writer = RequestIds(), AuditWriter(tmp_path / "a.db", Seal(tmp_path))
     rows = [row(i, ids) for i in range(3)]
     for i, r in enumerate(rows):
-        writer.record_intent(r, Charge("bot", ("p/post",), 1000.0 + i)).result(5)
+        writer.record_intent(r, Charge("bot", keys, 1000.0 + i)).result(5)
     writer.close()
     assert check(tmp_path).broken_id is None
+    return rows
+
+
+def test_a_limit_hit_moved_to_another_agent_is_caught(tmp_path: Path) -> None:
+    """A cap counts an agent's hits (`limit_hits.agent`): one moved to another agent resets the first agent's count,
+    and verify, which matched each hit to its row's charge by rule and time alone, passed it."""
+    rows = _charged_rows(tmp_path, ("p/post",))
     with sqlite3.connect(tmp_path / "a.db") as conn:
         conn.execute("UPDATE limit_hits SET agent = 'other' WHERE request_id = ?", (rows[1]["id"],))
     result = check(tmp_path)
