@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-#: What a command interrupted by Ctrl-C says (exit 130, the shell's code for it), wherever the interrupt lands.
+#: `cli.INTERRUPTED`, which cannot be imported while the interrupt lands in importing the command line.
 INTERRUPTED = "goex-proxy: interrupted"
 
 

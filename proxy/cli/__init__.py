@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from typing import NoReturn
 
 import click
 
@@ -27,6 +28,16 @@ COMMANDS = {"init": ("run", "init"), "run": ("run", "run"), "exec": ("run", "exe
             "secrets": ("secrets", "secrets"), "authorize": ("secrets", "authorize"),
             "execute": ("execute", "execute"), "files": ("files", "files"), "console": ("console", "console"),
             "db": ("db", "db")}
+
+
+#: What a command interrupted by Ctrl-C says, with exit 130 (the shell's code for it), wherever the interrupt lands.
+INTERRUPTED = "goex-proxy: interrupted"
+
+
+def interrupted() -> NoReturn:
+    """End the command as a Ctrl-C ends it: one line, and 130 (not click's "Aborted!" and 1)."""
+    click.echo(INTERRUPTED, err=True)
+    sys.exit(130)
 
 
 class _Commands(click.Group):
@@ -43,8 +54,7 @@ class _Commands(click.Group):
         try:
             module = importlib.import_module(f"{__name__}.{where[0]}")
         except KeyboardInterrupt:  # click would say "Aborted!" and exit 1: the same as under a command instead
-            click.echo("goex-proxy: interrupted", err=True)
-            sys.exit(130)
+            interrupted()
         command: click.Command = getattr(module, where[1])
         return command
 

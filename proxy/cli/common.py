@@ -17,6 +17,7 @@ import click
 
 from ..durations import moment, parse_duration
 from ..errors import ConfigError, GoexError, NotFound
+from . import interrupted
 
 
 def console() -> Any:
@@ -57,9 +58,8 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(2)
         except click.ClickException:
             raise
-        except KeyboardInterrupt:  # Ctrl-C: one line and the shell's code for it, not click's "Aborted!" and 1
-            click.echo("goex-proxy: interrupted", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt:
+            interrupted()
         except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as other command-line tools do
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
             sys.exit(141)
