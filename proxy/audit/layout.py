@@ -155,6 +155,12 @@ def hex_of(value: Any) -> Any:
     return value.hex() if isinstance(value, bytes) and len(value) in (16, 32) else value
 
 
+def _left_out(row: dict[str, Any], field: str) -> bool:
+    """Whether a stored row holds DERIVED in this field: its value is for the other fields to give."""
+    value = row.get(field)
+    return isinstance(value, bytes) and value == DERIVED
+
+
 def unreadable(field: str, why: str) -> str:
     """What a lenient read gives for a value that cannot be read: never what was hashed, so the row fails `verify`."""
     return f"<unreadable {field}: {why}>"
@@ -210,27 +216,27 @@ def logical(row: dict[str, Any], values: Mapping[int, str | bytes | AuditError |
         if field in out:
             out[field] = hex_of(out[field])
     for field, body in DIGEST_OF.items():
-        if out.get(field) == DERIVED and isinstance(out.get(field), bytes):
+        if _left_out(out, field):
             content = out.get(body)
             out[field] = hashlib.sha256(content).hexdigest() if isinstance(content, bytes) else \
                 unreadable(field, "its body is not stored")
     for field, common in COMMON.items():
-        if out.get(field) == DERIVED and isinstance(out.get(field), bytes):
+        if _left_out(out, field):
             out[field] = common
     if isinstance(out.get("client"), bytes):
         client = out["client"]
         out["client"] = f"{LOOPBACK}{int.from_bytes(client, 'big')}" if len(client) == 2 else \
             unreadable("client", f"{len(client)} bytes")
-    if out.get("port") == DERIVED and isinstance(out.get("port"), bytes):
+    if _left_out(out, "port"):
         port = _DEFAULT_PORTS.get(out.get("scheme"))  # type: ignore[arg-type]
         out["port"] = unreadable("port", "no scheme of its own") if port is None else port
     if isinstance(ticks := out.get("ended"), bytes):
         out["ended"] = out["ts"] + int.from_bytes(ticks, "big") * _TICK if type(out.get("ts")) is float and \
             0 < len(ticks) <= _MOST_TICK_BYTES else unreadable("ended", "no start, or not ticks")
-    if out.get("duration_ms") == DERIVED and isinstance(out.get("duration_ms"), bytes):
+    if _left_out(out, "duration_ms"):
         duration = duration_of(out.get("ts"), out.get("ended"))
         out["duration_ms"] = unreadable("duration_ms", "no start and end") if duration is None else duration
-    if out.get("url") == DERIVED and isinstance(out.get("url"), bytes):
+    if _left_out(out, "url"):
         out["url"] = url_of(*(out.get(k) for k in ("scheme", "host", "port", "path"))) or unreadable("url", "no parts")
     return out
 
@@ -290,7 +296,7 @@ def expand(conn: sqlite3.Connection, rows: list[dict[str, Any]], *, lenient: boo
                 else:
                     shared[ref] = value
         row = logical(stored, ChainMap(large, shared) if large else shared, lenient=lenient, named=named)
-        if row.get("prev_hash") == DERIVED and isinstance(row.get("prev_hash"), bytes):
+        if _left_out(row, "prev_hash"):
             row["prev_hash"] = before[1] if before is not None else hash_before(conn, int(row["seq"]))
         if before is not None:
             before = (int(row["seq"]), str(row["hash"]))

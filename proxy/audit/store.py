@@ -283,8 +283,9 @@ def _migration_21(db: sqlite_utils.Database) -> None:
     drop a column; readers and the writer take both tables (`present_columns`)."""
     if db.execute("SELECT 1 FROM requests LIMIT 1").fetchone():
         return
+    present = present_columns(db.conn)
     for column in layout.BLOB_FIELDS:
-        if column in present_columns(db.conn):
+        if column in present:
             try:
                 db.execute(f"ALTER TABLE requests DROP COLUMN {column}")
             except sqlite3.OperationalError:  # an SQLite before 3.35, or another process dropped it first
