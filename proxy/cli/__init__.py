@@ -12,6 +12,7 @@ invalid config or policy, or missing state; `exec` exits with its command's code
 
 from __future__ import annotations
 
+import gc
 import importlib
 import sys
 from typing import NoReturn
@@ -51,10 +52,15 @@ class _Commands(click.Group):
         where = COMMANDS.get(cmd_name)
         if where is None:
             return None
+        collecting = gc.isenabled()
+        gc.disable()  # as `goex_proxy.__main__` does for this module: an import makes no garbage to look for
         try:
             module = importlib.import_module(f"{__name__}.{where[0]}")
         except KeyboardInterrupt:  # click would say "Aborted!" and exit 1: the same as under a command instead
             interrupted()
+        finally:
+            if collecting:
+                gc.enable()
         command: click.Command = getattr(module, where[1])
         return command
 

@@ -287,3 +287,34 @@ script.load()()
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stderr) == (130, "goex-proxy: interrupted\n"), done.stderr
+
+
+def test_the_command_line_collects_while_a_command_runs_but_not_while_it_imports():
+    """The script turns the cyclic collector off while the command line and the command's module are imported (they
+    make no garbage, and its passes cost milliseconds of every command) and freezes what is left at exit; a command
+    that runs for days (`run`, `console`) must still have it on while it runs."""
+    code = """
+import atexit, gc, importlib, sys
+seen = {}
+real_module = importlib.import_module
+def module(name, package=None):
+    if name == "goex_proxy.cli.logs":
+        seen["importing"] = gc.isenabled()
+        loaded = real_module(name, package)
+        real_load = loaded.load_config
+        def load_config(path):
+            seen["running"] = gc.isenabled()
+            return real_load(path)
+        loaded.load_config = load_config
+        return loaded
+    return real_module(name, package)
+importlib.import_module = module
+atexit.register(lambda: print(seen, gc.get_freeze_count() > 0))
+sys.argv = ["goex-proxy", "log", "--config", "/nonexistent/config.yaml"]
+from importlib.metadata import entry_points
+(script,) = [e for e in entry_points(group="console_scripts") if e.name == "goex-proxy"]
+script.load()()
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stderr.startswith("goex-proxy: no config at /nonexistent/config.yaml"), done.stderr
+    assert done.stdout == "{'importing': False, 'running': True} True\n"
