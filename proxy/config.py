@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from . import yamlsrc
+from . import configfile, yamlsrc
 from .approvalconfig import Approvals, parse_approvals, parse_host_port
+from .configfile import DEFAULT_MAX_BODY
 from .consoleconfig import Console, RunningListens, parse_console
 from .credentials.kinds import Credential, Injection
 from .dbconfig import Databases, parse_databases
 from .durations import parse_duration
-from .errors import ConfigError, Problem, StateError
+from .errors import ConfigError, Problem
 from .globs import Glob, compile_host, compile_path
 from .net.clientlimits import ClientLimits, parse_limits
 from .net.egress import EgressRules, parse_allow
@@ -27,8 +28,6 @@ from .yamlsrc import Checker, YMap
 if TYPE_CHECKING:
     from .credentials.oauth import OAuth2
 
-_TOP_KEYS = {"version", "state_dir", "listen", "agents", "credentials", "policies", "undo_rules", "audit", "upstream",
-             "llm", "sandbox", "limits", "approvals", "console", "databases"}
 _SANDBOX_KEYS = {"hide", "expose", "allow_sockets", "pass_env", "max_processes"}
 _LLM_KEYS = {"base_url", "model", "api_key", "timeout"}
 _CREDENTIAL_KEYS = {"secret", "host", "hosts", "methods", "paths", "schemes", "inject", "env"}
@@ -49,18 +48,10 @@ def weak_token(token: str) -> str | None:
         return (f"is {len(token)} characters; use at least {MIN_TOKEN_LENGTH} random ones (e.g. from "
                 "`python3 -c 'import secrets; print(secrets.token_urlsafe(24))'`)")
     return None
-DEFAULT_MAX_BODY = 65536
+
+
 #: The most processes Linux can have at once (PID_MAX_LIMIT on 64-bit): a pids cgroup takes no larger cap.
 PID_MAX_LIMIT = 4 * 1024 * 1024
-
-
-def home() -> Path:
-    """The state directory: `$GOEX_PROXY_HOME`, else `~/.goex-proxy`."""
-    return Path(os.environ.get("GOEX_PROXY_HOME") or Path.home() / ".goex-proxy").expanduser()
-
-
-def default_config_path() -> Path:
-    return home() / "config.yaml"
 
 
 @dataclass(frozen=True)
@@ -426,11 +417,10 @@ def _credentials(check: Checker, raw: Any, pos: tuple[int, int]) -> dict[str, Cr
 
 def parse_config(doc: Any, file: Path, check: Checker) -> Config:
     """Build a Config from a parsed document, recording every problem on `check`."""
-    top = check.mapping(doc, "config", (1, 1), _TOP_KEYS, {"version"}) or YMap()
-    check.version_one(top)
+    top = configfile.top_level(check, doc)
     base = file.parent
-    state_dir = Path(check.string(top, "state_dir", "state_dir") or base).expanduser()
-    state_dir = (base / state_dir).resolve() if not state_dir.is_absolute() else state_dir
+    audit = configfile.parse_audit(check, top, base)
+    state_dir = audit.state_dir
     listen = check.parsed(top, "listen", "listen", _listen) or ("127.0.0.1", 8080)
 
     agents: dict[str, Agent] = {}
@@ -475,20 +465,6 @@ def parse_config(doc: Any, file: Path, check: Checker) -> Config:
             undo_packs.append(resolve_undo(ref, base))
         except ValueError as exc:
             check.error(check.at(top, "undo_rules"), f"undo pack {ref!r} {exc}")
-
-    audit = check.mapping(top.get("audit", YMap()), "audit", check.at(top, "audit"),
-                          {"db", "max_body_bytes", "retention"}) or YMap()
-    db = Path(check.string(audit, "db", "audit.db") or "audit.db").expanduser()
-    max_body = audit.get("max_body_bytes", DEFAULT_MAX_BODY)
-    if not isinstance(max_body, int) or isinstance(max_body, bool) or max_body < 0:
-        check.error(check.at(audit, "max_body_bytes"), f"'audit.max_body_bytes' must be a whole number ≥ 0 (got {max_body!r})")
-        max_body = DEFAULT_MAX_BODY
-    retention = None
-    if audit.get("retention") is not None:
-        try:
-            retention = parse_duration(audit["retention"])
-        except ValueError as exc:
-            check.error(check.at(audit, "retention"), f"'audit.retention' {exc}")
 
     upstream = check.mapping(top.get("upstream", YMap()), "upstream", check.at(top, "upstream"),
                              {"routes", "extra_ca", "block_private_networks", "allow_private", "resolver"}) or YMap()
@@ -542,9 +518,9 @@ def parse_config(doc: Any, file: Path, check: Checker) -> Config:
         listen_port=listen[1],
         agents=agents,
         policies=tuple(policies),
-        audit_db=db if db.is_absolute() else state_dir / db,
-        max_body_bytes=max_body,
-        retention=retention,
+        audit_db=audit.audit_db,
+        max_body_bytes=audit.max_body_bytes,
+        retention=audit.retention,
         routes=routes,
         extra_ca=extra_ca,
         credentials=_credentials(check, top.get("credentials"), check.at(top, "credentials")),
@@ -575,39 +551,10 @@ def as_running(edited: Config, running: Config) -> Config:
 
 def load_config(path: Path | None = None) -> Config:
     """Read and validate the config file; raise StateError if it is missing, ConfigError if it is wrong."""
-    path = (path or default_config_path()).expanduser()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise StateError(f"no config at {path}; run `goex-proxy init` first (or pass --config)") from None
-    except OSError as exc:
-        raise StateError(f"cannot read config {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError([Problem(str(path), 1, 1, f"config is not UTF-8 text (byte {exc.start})")]) from None
-    doc, problems = yamlsrc.load(text, str(path))
-    if problems:
-        raise ConfigError(problems)
-    check = Checker(str(path))
-    _refuse_nul(check, doc, (1, 1))
-    check.raise_if_errors()  # what follows makes paths of the values, which a NUL would end with a ValueError
-    config = parse_config(doc, path.resolve(), check)
+    file, doc, check = configfile.read(path)
+    config = parse_config(doc, file, check)
     check.raise_if_errors()
     return config
-
-
-def _refuse_nul(check: Checker, value: Any, pos: tuple[int, int]) -> None:
-    """A NUL character (YAML's "\\0" escape) in any key or string of the config is an error where it is: no path,
-    name, host or header may hold one, and as a path it ended commands with a ValueError (an internal error)."""
-    if isinstance(value, YMap):
-        for key, item in value.items():
-            if "\0" in key:
-                check.error(value.key_pos.get(key, pos), f"the key {key!r} holds a NUL character")
-            _refuse_nul(check, item, value.value_pos.get(key, pos))
-    elif isinstance(value, yamlsrc.YList):
-        for i, item in enumerate(value):
-            _refuse_nul(check, item, value.item_pos[i] if i < len(value.item_pos) else pos)
-    elif isinstance(value, str) and "\0" in value:
-        check.error(pos, f"{value[:60]!r} holds a NUL character, which no path, name or header may hold")
 
 
 def config_problems(path: Path) -> list[Problem]:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import sqlite_utils
 
     from ..config import Config
+    from ..configfile import AuditSettings
 
 log = logging.getLogger(__name__)
 
@@ -309,7 +310,7 @@ OPTIONAL_REQUEST_FIELDS = ("credential", "undo_of", "pre_status", "pre_headers",
                            "charged")
 
 
-def connect(config: Config, *, readonly: bool = False) -> sqlite3.Connection:
+def connect(config: Config | AuditSettings, *, readonly: bool = False) -> sqlite3.Connection:
     """Open the configured audit database with the seal kept in the state directory."""
     return open_db(config.audit_db, seal=Seal(config.state_dir), readonly=readonly)
 

@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from ..audit import store as audit
-from ..config import load_config
+from ..configfile import load_audit_settings
 from ..errors import AuditError
 from .common import LIMIT, config_option, console, handle_errors, iso, json_option, outcome_of, parse_since, print_table, when
 
@@ -39,8 +39,7 @@ def log(click_ctx: click.Context, config_path: Path | None, agent: str | None, h
     if click_ctx.invoked_subcommand is not None:
         click_ctx.obj = config_path
         return
-    config = load_config(config_path)
-    db = audit.connect(config, readonly=True)
+    db = audit.connect(load_audit_settings(config_path), readonly=True)
     rows = audit.query(db, agent=agent, host=host, since=parse_since(since), decision=decision, limit=limit)[::-1]
     if as_json:
         for row in rows:
@@ -76,7 +75,7 @@ def verify(group_config: Path | None, config_path: Path | None, anchor_file: Pat
     """
     from ..audit.seal import Anchor, Seal
 
-    config = load_config(config_path or group_config)
+    config = load_audit_settings(config_path or group_config)
     seal = Seal(config.state_dir)
     conn = audit.connect(config, readonly=True)
     key = audit.chain_key(conn, seal)
@@ -131,6 +130,7 @@ def prune(group_config: Path | None, config_path: Path | None, older_than: str |
     """
     from ..audit.prune import prune as prune_log
     from ..audit.seal import Seal
+    from ..config import load_config
     from ..durations import format_duration, parse_duration
     from ..policy.load import load_policy_set
 
@@ -165,8 +165,7 @@ def anchor(group_config: Path | None, config_path: Path | None) -> None:
 
     Example: goex-proxy log anchor > ~/goex-anchor.json
     """
-    config = load_config(config_path or group_config)
-    with closing(audit.connect(config, readonly=True)) as conn:
+    with closing(audit.connect(load_audit_settings(config_path or group_config), readonly=True)) as conn:
         newest = audit.newest(conn)
     if newest is None:
         raise AuditError("the audit log has no rows yet, so there is nothing to anchor")
@@ -297,8 +296,8 @@ def show(config_path: Path | None, request_id: str, as_json: bool) -> None:
 
     Example: goex-proxy show 01JD3K2M5X0A1
     """
-    config = load_config(config_path)
-    row = audit.get(audit.connect(config, readonly=True), request_id.upper())  # ids are case-free (Crockford)
+    conn = audit.connect(load_audit_settings(config_path), readonly=True)
+    row = audit.get(conn, request_id.upper())  # ids are case-free (Crockford)
     if (problem := _shape_problem(row, as_json)) is not None:  # said before any of the row is printed
         raise AuditError(f"the audit log is damaged: {problem}; `goex-proxy log verify` checks the log")
     if as_json:

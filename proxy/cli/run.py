@@ -15,7 +15,8 @@ from typing import Any
 import click
 
 from .. import __version__
-from ..config import Config, home, load_config, weak_token
+from ..config import Config, load_config, weak_token
+from ..configfile import home
 from ..errors import GoexError, StateError
 from ..sandbox import agentenv
 from .common import config_option, handle_errors, json_option, print_table

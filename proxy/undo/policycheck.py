@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .. import yamlsrc
-from ..config import Config, config_problems, default_config_path, load_config
+from ..config import Config, config_problems, load_config
+from ..configfile import default_config_path
 from ..errors import GoexError, Problem
 from ..policy.cel import CelSyntaxError, nested_comprehension
 from ..policy.load import check_policy_text, expression_pos, load_policy_set

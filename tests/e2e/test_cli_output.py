@@ -301,11 +301,11 @@ def module(name, package=None):
     if name == "goex_proxy.cli.logs":
         seen["importing"] = gc.isenabled()
         loaded = real_module(name, package)
-        real_load = loaded.load_config
-        def load_config(path):
+        real_load = loaded.load_audit_settings
+        def load_audit_settings(path):
             seen["running"] = gc.isenabled()
             return real_load(path)
-        loaded.load_config = load_config
+        loaded.load_audit_settings = load_audit_settings
         return loaded
     return real_module(name, package)
 importlib.import_module = module

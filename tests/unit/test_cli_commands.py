@@ -31,7 +31,8 @@ def test_help_lists_every_command_and_an_unknown_one_is_refused() -> None:
 def test_a_command_loads_only_its_own_module(tmp_path: Path) -> None:
     """`log` starts without what the proxy, approvals or execute load (it is run often, from scripts): not the audit
     writer and its thread pool's futures, nor RE2, which only a glob compiled on first use needs, nor the HTML
-    entities that only the spellings of secrets need."""
+    entities that only the spellings of secrets need, nor the parsers of the config's other sections (it reads only
+    `state_dir` and `audit`)."""
     config = tmp_path / "config.yaml"
     config.write_text(f"version: 1\naudit: {{db: {json.dumps(str(tmp_path / 'audit.db'))}}}\n", encoding="utf-8")
     probe = ("import json, sys\nfrom goex_proxy.cli import cli\ntry:\n    cli(['log', '--config', sys.argv[1]])\n"
@@ -39,7 +40,11 @@ def test_a_command_loads_only_its_own_module(tmp_path: Path) -> None:
     ran = subprocess.run([sys.executable, "-c", probe, str(config)], capture_output=True, text=True, check=True)
     assert "no audit database" in ran.stderr  # it read the config, and looked for the log where it says
     modules = json.loads(ran.stdout.splitlines()[-1])
-    assert {"goex_proxy.cli.logs", "goex_proxy.config", "goex_proxy.audit.store"} <= set(modules)
-    assert not [m for m in modules if m.startswith(("goex_proxy.cli.run", "goex_proxy.cli.approvals",
+    assert {"goex_proxy.cli.logs", "goex_proxy.configfile", "goex_proxy.audit.store"} <= set(modules)
+    assert "goex_proxy.config" not in modules
+    assert not [m for m in modules if m.startswith(("goex_proxy.approvalconfig",
+                                                   "goex_proxy.consoleconfig", "goex_proxy.dbconfig",
+                                                   "goex_proxy.credentials", "goex_proxy.net",
+                                                   "goex_proxy.cli.run", "goex_proxy.cli.approvals",
                                                    "goex_proxy.cli.execute", "goex_proxy.audit.writer",
                                                    "concurrent.futures", "html", "mitmproxy", "celpy", "re2"))], modules

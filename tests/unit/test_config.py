@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from goex_proxy.audit.seal import Seal
 from goex_proxy.config import Config, load_config
 from goex_proxy.errors import ConfigError
 
@@ -118,7 +119,7 @@ def test_any_exception_reaching_a_command_is_one_line(tmp_path: Path, monkeypatc
     def fail(*args: object, **kwargs: object) -> None:
         raise error
 
-    monkeypatch.setattr(logs, "load_config", fail)
+    monkeypatch.setattr(logs, "load_audit_settings", fail)
     monkeypatch.delenv("GOEX_PROXY_DEBUG", raising=False)
     result = CliRunner().invoke(cli.cli, ["log", "verify", "--config", str(tmp_path / "config.yaml")])
     lines = result.output.strip().splitlines()
@@ -182,3 +183,57 @@ def test_a_problem_quoting_a_huge_value_stays_a_readable_line(tmp_path: Path) ->
     [line] = [str(p) for p in err.value.problems]
     assert line.startswith(f"{path}:2:9: 'listen' must be HOST:PORT like 127.0.0.1:8080 (got 'xxx")
     assert len(line) < 500 and "characters left out)" in line and line.endswith("xxx')"), line
+
+
+@pytest.mark.parametrize("settings", ["", "state_dir: st\n", "state_dir: /abs/st\naudit: {db: logs/a.db}\n",
+                                      "audit: {db: /abs/a.db, max_body_bytes: 0, retention: 90d}\n",
+                                      "state_dir: ~/st\naudit: {db: ~/a.db}\n"])
+def test_the_audit_settings_read_alone_are_the_configs(tmp_path: Path, settings: str) -> None:
+    """`log`, `show` and `log verify` read only `state_dir` and `audit:`; they must find the log and seal exactly
+    where `run` writes them (paths relative to the config's folder and the state directory, `~` expanded)."""
+    from goex_proxy.configfile import load_audit_settings
+
+    path = tmp_path / "config.yaml"
+    path.write_text("version: 1\n" + settings, encoding="utf-8")
+    config, alone = load_config(path), load_audit_settings(path)
+    assert (alone.state_dir, alone.audit_db, alone.max_body_bytes, alone.retention) == (
+        config.state_dir, config.audit_db, config.max_body_bytes, config.retention)
+    assert alone.audit_db.is_absolute() and alone.state_dir.is_absolute()
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("audti: {db: other.db}\n", "unknown key 'audti'"),
+    ("audit: {db: 5}\n", "'audit.db' must be a string"),
+    ("audit: {retention: soon}\n", "'audit.retention'"),
+    ("audit: {db: \"a\\0b\"}\n", "holds a NUL character"),
+    ("version: 2\n", "'version' must be 1"),
+    ("[1, 2]\n", "'config' must be a mapping"),
+])
+def test_the_audit_settings_read_alone_still_refuse_what_would_misplace_the_log(tmp_path: Path, text: str,
+                                                                                 message: str) -> None:
+    """Read alone, the audit settings are checked as in the whole config, and so is the top level: a misspelt
+    `audit` key would otherwise send `log` to the default database without a word."""
+    from goex_proxy.configfile import load_audit_settings
+
+    path = tmp_path / "config.yaml"
+    path.write_text(text if text.startswith(("version", "[")) else "version: 1\n" + text, encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_audit_settings(path)
+    assert any(message in str(p) for p in err.value.problems), err.value.problems
+
+
+def test_the_log_is_read_while_another_section_of_the_config_is_wrong(tmp_path: Path) -> None:
+    """A config `run` refuses (here an undefined policy and a bad listen address) is when the log matters most:
+    `log` reads it, and `policy check` still names what is wrong."""
+    from click.testing import CliRunner
+
+    from goex_proxy import cli
+    from goex_proxy.audit import store as audit
+
+    path = tmp_path / "config.yaml"
+    path.write_text("version: 1\nlisten: nowhere\npolicies: [missing.yaml]\n", encoding="utf-8")
+    audit.open_db(tmp_path / "audit.db", seal=Seal(tmp_path)).close()
+    listed = CliRunner().invoke(cli.cli, ["log", "--config", str(path)])
+    assert listed.exit_code == 0 and "id" in listed.output, listed.output
+    checked = CliRunner().invoke(cli.cli, ["policy", "check", "--config", str(path)])
+    assert checked.exit_code != 0 and "'listen' must be HOST:PORT" in checked.output, checked.output
