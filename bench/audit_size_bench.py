@@ -12,6 +12,7 @@ databases are cached under bench/.cache/ (`--regenerate` rebuilds them); `--log-
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -42,8 +43,10 @@ def _requests(rng: Any, rows: int) -> list[tuple[dict[str, Any], dict[str, Any]]
     out = []
     for _ in range(rows):
         v, rid, token = dict(rng.choice(pool)), ids.new(), f"{rng.getrandbits(64):016x}"[:13].encode()
-        for body in ("req_body", "resp_body"):
-            v[body] = v[body].replace(log_bench.TOKEN.encode(), token) if v[body] else v[body]
+        for body, digest in (("req_body", "req_body_sha256"), ("resp_body", "resp_body_sha256")):
+            if v[body]:  # the proxy hashes the body it saw: the pool's digest is of the body before its token
+                v[body] = v[body].replace(log_bench.TOKEN.encode(), token)
+                v[digest] = hashlib.sha256(v[body]).hexdigest()
         now = time.time()
         v["resp_headers"] = v["resp_headers"].replace(log_bench.TOKEN, rid).replace(
             log_bench.POOL_DATE, time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now)))
