@@ -61,10 +61,12 @@ SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 #: Syscalls the C library has no wrapper for in every version (and those the filter refuses), by machine.
 SYSCALLS = {"x86_64": {"pivot_root": 155, "keyctl": 250, "mount_setattr": 442, "add_key": 248, "request_key": 249,
                        "clone": 56, "unshare": 272, "clone3": 435, "socket": 41, "io_uring_setup": 425,
-                       "io_uring_enter": 426, "io_uring_register": 427},
+                       "io_uring_enter": 426, "io_uring_register": 427, "landlock_create_ruleset": 444,
+                       "landlock_add_rule": 445, "landlock_restrict_self": 446},
             "aarch64": {"pivot_root": 41, "keyctl": 219, "mount_setattr": 442, "add_key": 217, "request_key": 218,
                         "clone": 220, "unshare": 97, "clone3": 435, "socket": 198, "io_uring_setup": 425,
-                        "io_uring_enter": 426, "io_uring_register": 427}}
+                        "io_uring_enter": 426, "io_uring_register": 427, "landlock_create_ruleset": 444,
+                        "landlock_add_rule": 445, "landlock_restrict_self": 446}}
 #: The seccomp audit architecture of each machine.
 AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 #: System calls the command may not make: the kernel keyrings, which are per uid, not per namespace (the person's
@@ -95,6 +97,13 @@ MOST_ENTRIES = 4096
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 DEV_LINKS = {"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1",
              "stderr": "/proc/self/fd/2", "ptmx": "pts/ptmx"}
+#: Where in the jail the command may open a file for writing (Landlock), with its workspace: the places it may write
+#: anyway. A read-only mount refuses writes to a file, not the opening of a FIFO on it for writing, which writes
+#: nothing to the file system: a host program's FIFO in view (a service's control pipe; any of root's when the jail
+#: runs as root) would take what the agent writes.
+WRITABLE = ("/tmp", "/var/tmp", "/run", "/dev", "/proc")
+LANDLOCK_CREATE_RULESET_VERSION, LANDLOCK_RULE_PATH_BENEATH, LANDLOCK_ACCESS_FS_WRITE_FILE = 1, 1, 1 << 1
+EOPNOTSUPP = 95
 #: Signals passed on to the command rather than acted on.
 FORWARDED = (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 
@@ -114,6 +123,15 @@ class SockFilter(ctypes.Structure):
 
 class SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter))]
+
+
+class LandlockRulesetAttr(ctypes.Structure):
+    _fields_ = [("handled_access_fs", ctypes.c_uint64)]
+
+
+class LandlockPathBeneathAttr(ctypes.Structure):
+    _pack_ = 1  # packed in the kernel's header
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
 
 
 class SetupError(Exception):
@@ -380,6 +398,37 @@ def drop_privileges() -> None:
     _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "setting no_new_privs")
 
 
+def confine_writes(workspace: str) -> bool:
+    """Landlock: no file opened for writing but under the workspace or WRITABLE (see there). False, and nothing done,
+    on a kernel without Landlock (before 5.13, or with it off); a SetupError if it is there and fails. Needs
+    no_new_privs; the restriction holds for every process the command starts."""
+    version = _syscall("landlock_create_ruleset", None, 0, LANDLOCK_CREATE_RULESET_VERSION)
+    if version < 1:
+        if ctypes.get_errno() in (ENOSYS, EOPNOTSUPP):
+            return False
+        _check(version, "asking for Landlock")
+    handled = LandlockRulesetAttr(LANDLOCK_ACCESS_FS_WRITE_FILE)
+    ruleset = _syscall("landlock_create_ruleset", ctypes.byref(handled), ctypes.sizeof(handled), 0)
+    if ruleset < 0:
+        _check(ruleset, "making a Landlock ruleset")
+    try:
+        for path in (workspace, *WRITABLE):
+            try:
+                beneath = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                rule = LandlockPathBeneathAttr(LANDLOCK_ACCESS_FS_WRITE_FILE, beneath)
+                _check(_syscall("landlock_add_rule", ruleset, LANDLOCK_RULE_PATH_BENEATH, ctypes.byref(rule), 0),
+                       f"letting the jail write under {path}")
+            finally:
+                os.close(beneath)
+        _check(_syscall("landlock_restrict_self", ruleset, 0), "restricting the jail's writes (Landlock)")
+    finally:
+        os.close(ruleset)
+    return True
+
+
 def refuse_syscalls() -> None:
     """A seccomp filter: the refused system calls fail with EPERM, unshare and clone with EPERM when asked for a cgroup
     namespace, clone3 and io_uring with ENOSYS, socket with EAFNOSUPPORT for AF_VSOCK and AF_ALG, and a foreign ABI
@@ -444,6 +493,7 @@ def run_init(spec: dict, report: int, uid: int, gid: int) -> int:  # type: ignor
             signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
             limit_processes(spec.get("max_processes"))
             drop_privileges()
+            confine_writes(spec["workspace"])
             refuse_syscalls()
             os.execvp(command[0], command)
         except (OSError, SetupError) as exc:

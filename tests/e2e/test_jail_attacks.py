@@ -973,3 +973,47 @@ def _read_pty(fd: int) -> bytes:
         return os.read(fd, 65536)
     except OSError:  # EIO: the last writer closed it
         return b""
+
+
+#: Opens each path given for writing (not waiting for a reader) and writes to it; prints what each attempt did.
+WRITE_EACH = """
+import os, sys
+for path in sys.argv[1:]:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CREAT, 0o600)
+        os.write(fd, b"FROM-THE-JAIL")
+        os.close(fd)
+        print("wrote", path)
+    except OSError as exc:
+        print("refused", path, exc.errno)
+"""
+
+
+def test_a_host_fifo_in_view_takes_nothing_from_the_jail(make_proxy, outside):
+    """A read-only mount refuses writes to a file but not the opening of a FIFO on it for writing: a host program's
+    FIFO the jail can see (a service's control pipe, any of root's when the jail runs as root) took what the agent
+    wrote. Landlock now refuses every open for writing outside the places the jail may write, which still work."""
+    proxy = make_proxy(GITHUB_POLICY, start=False)
+    workspace = outside / "ws"
+    workspace.mkdir()
+    fifo = outside / "control.fifo"
+    os.mkfifo(fifo, 0o666)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # a host program reading its control pipe
+    try:
+        places = [str(fifo), str(workspace / "made.txt"), "/tmp/scratch.txt", "/dev/null", "/dev/shm/x",
+                  "/dev/stdout"]
+        r = subprocess.run([*GOEX, "exec", "--config", str(proxy.config), "--agent", "mailbot", "--", "python3", "-c",
+                            WRITE_EACH, *places], env=proxy.env, cwd=workspace, capture_output=True, text=True,
+                           timeout=120)
+        try:
+            taken = os.read(reader, 100)
+        except BlockingIOError:
+            taken = b""
+    finally:
+        os.close(reader)
+    assert r.returncode == 0, r.stderr
+    assert taken == b"", taken
+    assert f"refused {fifo} 13" in r.stdout, r.stdout  # EACCES, from Landlock
+    for place in places[1:]:
+        assert f"wrote {place}" in r.stdout, r.stdout
+    assert (workspace / "made.txt").read_bytes() == b"FROM-THE-JAIL"  # applied from the run's layer
