@@ -186,6 +186,16 @@ def sandbox_checks(spec: dict) -> list[tuple[str, Callable[[], tuple[bool, str]]
             raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
         return "reached the user keyring"
 
+    def write_confinement() -> tuple[bool, str]:
+        """Landlock, which the jail applies wherever the kernel has it (and refuses to run the command where it
+        fails): a read-only mount does not stop a FIFO on it from being opened for writing."""
+        import ctypes
+
+        version = ctypes.CDLL(None, use_errno=True).syscall(444, None, 0, 1)  # the ABI version (x86_64 and aarch64)
+        if version < 1:
+            return False, "this kernel has no Landlock (or it is off): a host FIFO in view takes what is written to it"
+        return True, f"only in the workspace, /tmp, /var/tmp, /run, /dev and /proc (Landlock ABI {version})"
+
     def process_cap() -> tuple[bool, str]:
         """At most `max_processes` at once: RLIMIT_NPROC, which the kernel holds every uid but root to, and run as
         root (uid 0 outside, as uid_map says) a pids cgroup of the jail's own."""
@@ -223,6 +233,7 @@ def sandbox_checks(spec: dict) -> list[tuple[str, Callable[[], tuple[bool, str]]
         ("a host Unix socket unreachable", lambda: blocked(unix_socket)),
         ("a write outside the workspace refused",
          lambda: all_blocked([functools.partial(write, os.path.join(d, ".goex-doctor-write")) for d in spec["outside"]])),
+        ("files open for writing only where the jail may write", write_confinement),
         ("kernel settings (/proc/sys) unwritable", lambda: blocked(kernel_settings)),
         ("kernel keyrings refused", lambda: blocked(keyrings)),
         ("a cap on the jail's processes (sandbox.max_processes)", process_cap),

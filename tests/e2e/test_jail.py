@@ -309,6 +309,7 @@ def test_doctor_passes_in_a_jail_and_fails_outside(proxy):
                                              "config and policy files unwritable", "processes outside the jail invisible",
                                              "a host Unix socket unreachable", "a write outside the workspace refused",
                                              "kernel settings (/proc/sys) unwritable", "kernel keyrings refused",
+                                             "files open for writing only where the jail may write",
                                              "a cap on the jail's processes (sandbox.max_processes)",
                                              "a write in the workspace held until kept"}
     assert all(r["ok"] for r in results), results
