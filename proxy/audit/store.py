@@ -8,7 +8,7 @@ import logging
 import sqlite3
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -602,18 +602,34 @@ def edited(key: bytes | None, row: dict[str, Any]) -> str | None:
     return None
 
 
-def verify(conn: sqlite3.Connection, key: bytes | None, anchor: Anchor | None = None) -> VerifyResult:
-    """Recompute the chain; name the first row that was edited, removed or reordered. With an anchor (the newest row
-    as recorded outside the database), rows removed from the end are caught too."""
-    prev = ""
-    checked = pruned = 0
-    anchored = anchor is None
-    expected: Counter[tuple[str, Any, str, float]] = Counter()  # (request id, agent, rule, time) of each hit carried
+@dataclass
+class Span:
+    """What checking the rows of one range of seqs found: how many held, the first that does not (its id, seq and
+    why), the rows pruned before them, the limit hits their charges name, and whether the anchor's row was there."""
+
+    checked: int = 0
+    broken: tuple[str, int, str] | None = None
+    pruned: int = 0
+    expected: Counter[tuple[str, Any, str, float]] = field(default_factory=Counter)  # (id, agent, rule, time)
+    anchored: bool = False
+
+
+def verify_span(conn: sqlite3.Connection, key: bytes | None, anchor: Anchor | None, seqs: tuple[int, int] | None = None
+                ) -> Span:
+    """Check the rows of seqs [low, high) (all of them without `seqs`): each row's link to the row before it (or a
+    signed gap record that joins them over pruned rows) and its hashes; stop at the first that does not hold."""
+    found = Span()
+    if seqs is None:
+        rows, prev = iter_rows(conn, lenient=True), ""
+    else:
+        rows = layout.read(conn, "SELECT * FROM requests WHERE seq >= ? AND seq < ? ORDER BY seq", seqs,
+                           lenient=True, consecutive=True)
+        prev = layout.hash_before(conn, seqs[0])
     joins = gaps(conn)
-    for row in iter_rows(conn, lenient=True):
+    for row in rows:
         problem = None
         if row["prev_hash"] != prev and gap_holds(key, joins.get(row["seq"]), prev, row["prev_hash"]):
-            pruned += joins[row["seq"]].rows  # rows pruned before it, joined by a signed gap record
+            found.pruned += joins[row["seq"]].rows  # rows pruned before it, joined by a signed gap record
             prev = row["prev_hash"]
         if row["prev_hash"] != prev:
             problem = "its link to the previous row is broken (a row before it was removed or reordered)"
@@ -622,14 +638,34 @@ def verify(conn: sqlite3.Connection, key: bytes | None, anchor: Anchor | None = 
         elif anchor is not None and row["seq"] == anchor.seq:
             if (row["id"], row["hash"]) != (anchor.id, anchor.hash):
                 problem = f"it is not the row the anchor recorded at seq {anchor.seq} (the log was rewritten)"
-            anchored = True
+            found.anchored = True
         if problem:
-            return VerifyResult(checked, row["id"], row["seq"], problem, key is not None)
+            found.broken = (row["id"], row["seq"], problem)
+            return found
         charge = json.loads(row["charged"]) if row.get("charged") else _released_charge(conn, row)
         if charge:
-            expected.update((row["id"], row["agent"], k, charge["at"]) for k in charge["keys"])
+            found.expected.update((row["id"], row["agent"], k, charge["at"]) for k in charge["keys"])
         prev = row["hash"]
-        checked += 1
+        found.checked += 1
+    return found
+
+
+def verify(conn: sqlite3.Connection, key: bytes | None, anchor: Anchor | None = None,
+           spans: Iterable[Span] | None = None) -> VerifyResult:
+    """Recompute the chain; name the first row that was edited, removed or reordered. With an anchor (the newest row
+    as recorded outside the database), rows removed from the end are caught too. `spans`: what `verify_span` found
+    over consecutive ranges that together cover every row, in seq order (`parallel` checks them at once), instead of
+    one pass here."""
+    checked = pruned = 0
+    anchored = anchor is None
+    expected: Counter[tuple[str, Any, str, float]] = Counter()
+    for span in spans if spans is not None else [verify_span(conn, key, anchor)]:
+        checked += span.checked
+        if span.broken is not None:
+            return VerifyResult(checked, *span.broken, key is not None)
+        pruned += span.pruned
+        expected += span.expected
+        anchored = anchored or span.anchored
     if key is not None and (found := _limit_hits_problem(conn, expected)) is not None:
         return VerifyResult(checked, found[0], None, found[1], True)
     if not anchored:

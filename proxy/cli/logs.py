@@ -73,6 +73,7 @@ def verify(group_config: Path | None, config_path: Path | None, anchor_file: Pat
 
     Example: goex-proxy log verify --anchor ~/goex-anchor.json
     """
+    from ..audit import parallel
     from ..audit.seal import Anchor, Seal
 
     config = load_audit_settings(config_path or group_config)
@@ -92,7 +93,7 @@ def verify(group_config: Path | None, config_path: Path | None, anchor_file: Pat
             click.echo(f"BROKEN: {what} ({seal.anchor_path}) is missing, so rows removed from the end of the log "
                        "could not be told apart; it is written with every row and only goex-proxy writes there")
             sys.exit(1)
-        result = audit.verify(conn, key, anchor)
+        result = parallel.verify(conn, key, anchor)  # one process per core for a large log
         if result.broken_id is not None:
             click.echo(f"BROKEN at row {result.broken_id} (seq {result.broken_seq}): {result.problem}; "
                        f"{result.checked} rows before it are intact (checked against {what})")

@@ -1,0 +1,88 @@
+"""`log verify` in several processes at once: what it finds, row for row, is what one pass finds, wherever in the
+ranges an edit, a removal, a gap or the anchor falls."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+import pytest
+
+from goex_proxy.audit import parallel
+from goex_proxy.audit import store as audit
+from goex_proxy.audit.seal import Seal
+from goex_proxy.policy.engine import Limit
+from goex_proxy.policy.limits import Charge
+from tests.unit.test_prune import DAY, NOW, Log
+
+
+@pytest.fixture
+def log(tmp_path):  # type: ignore[no-untyped-def]
+    made = Log(tmp_path)
+    yield made
+    made.writer.close()
+
+
+def _both(log: Log) -> tuple[audit.VerifyResult, audit.VerifyResult]:
+    """The log verified in one pass here and in three processes (the ranges fall at every third of its seqs)."""
+    seal = Seal(log.home)
+    conn = audit.open_db(log.home / "a.db", readonly=True)
+    try:
+        key, anchor = audit.chain_key(conn, seal), seal.anchor()
+        return audit.verify(conn, key, anchor), parallel.verify(conn, key, anchor, processes=3)
+    finally:
+        conn.close()
+
+
+def _filled(log: Log) -> list[str]:
+    """30 rows (seqs 1-30, so the three ranges are 1-10, 11-20 and 21-30): the oldest ten pruned but the fourth
+    (undoable) and the sixth (charged), so that gaps fall in the first range; a row charged in each range; the
+    newest row anchored. Left: seqs 4, 6 and 11-30."""
+    ids = []
+    for i in range(30):
+        charge = Charge("bot", ("p/yearly",), NOW - (200 - i) * DAY, (("p/yearly", Limit(50, 365 * DAY, "year")),)) \
+            if i % 10 == 5 else None
+        ids.append(log.add(200 - i if i < 10 else 1, undo_class="exact" if i == 3 else "irreversible",
+                           charge=charge))
+    log.prune(90, {"p/yearly": 365 * DAY})
+    return ids
+
+
+def _sql(statement: str, *params: object) -> Callable[[Log], None]:
+    def run(log: Log) -> None:
+        with sqlite3.connect(log.home / "a.db") as conn:
+            conn.execute(statement, params)
+    return run
+
+
+def _row_at(index: int, statement: str) -> Callable[[Log, list[str]], None]:
+    """`statement` run on the index-th row left after the prune (its id as the one parameter)."""
+    def run(log: Log, ids: list[str]) -> None:
+        _sql(statement, log.left()[index])(log)
+    return run
+
+
+@pytest.mark.parametrize("damage", [
+    None,
+    _row_at(1, "UPDATE requests SET path = '/edited' WHERE id = ?"),                 # seq 6: first range, after a gap
+    _row_at(6, "UPDATE requests SET path = '/edited' WHERE id = ?"),                 # seq 15: the middle one
+    _row_at(11, "DELETE FROM requests WHERE id = ?"),                                # seq 20: the middle one's last
+    _row_at(-1, "DELETE FROM requests WHERE id = ?"),                                # the anchored row
+    _row_at(19, "UPDATE requests SET status = 201 WHERE id = ?"),                    # an outcome, last range
+    lambda log, ids: _sql("DELETE FROM limit_hits WHERE request_id = ?", ids[25])(log),  # a hit, not a row
+    lambda log, ids: _sql("UPDATE audit_gaps SET rows = rows + 1")(log),             # a forged gap
+], ids=["intact", "edit-first", "edit-middle", "removed", "anchor-gone", "outcome", "limit-hit", "gap"])
+def test_verify_in_processes_finds_what_one_pass_finds(log: Log, damage) -> None:  # type: ignore[no-untyped-def]
+    ids = _filled(log)
+    if damage is not None:
+        damage(log, ids)
+    serial, split = _both(log)
+    assert split == serial
+    assert (serial.broken_id is None) == (damage is None), serial
+    if damage is None:
+        assert serial.pruned > 0 and serial.anchored and serial.checked == len(log.left())
+
+
+def test_a_large_log_is_checked_by_one_process_per_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda _pid: set(range(4)))
+    assert [parallel.processes_for(n) for n in (10, 99_999, 100_000, 150_000, 10_000_000)] == [1, 1, 2, 3, 4]
