@@ -26,7 +26,17 @@ DEFAULT_MAX_BODY = 65536
 
 def home() -> Path:
     """The state directory: `$GOEX_PROXY_HOME`, else `~/.goex-proxy`."""
-    return Path(os.environ.get("GOEX_PROXY_HOME") or Path.home() / ".goex-proxy").expanduser()
+    given = os.environ.get("GOEX_PROXY_HOME")
+    return _expand_user(Path(given or "~/.goex-proxy"), "GOEX_PROXY_HOME" if given else "the state directory")
+
+
+def _expand_user(path: Path, what: str) -> Path:
+    """`path` with `~` expanded; a StateError for a `~user` of no user here (or no home at all), which pathlib raises
+    as a RuntimeError (an internal error of every command)."""
+    try:
+        return path.expanduser()
+    except RuntimeError:
+        raise StateError(f"{what} {path} names the home directory of no user here") from None
 
 
 def default_config_path() -> Path:
@@ -46,7 +56,7 @@ class AuditSettings:
 def read(path: Path | None) -> tuple[Path, Any, Checker]:
     """The config file parsed, its path resolved, and the checker its problems go on: raise StateError if it is
     missing, ConfigError if it is not YAML or holds a NUL anywhere."""
-    path = (path or default_config_path()).expanduser()
+    path = _expand_user(path, "the config") if path else default_config_path()
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -73,11 +83,15 @@ def top_level(check: Checker, doc: Any) -> YMap:
 
 def parse_audit(check: Checker, top: YMap, base: Path) -> AuditSettings:
     """`state_dir` (relative to the config's folder) and `audit:` (its db relative to the state directory)."""
-    state_dir = Path(check.string(top, "state_dir", "state_dir") or base).expanduser()
-    state_dir = (base / state_dir).resolve() if not state_dir.is_absolute() else state_dir
+    state_dir = _expanded(check, top, "state_dir", "state_dir", base)
+    if not state_dir.is_absolute():
+        try:
+            state_dir = (base / state_dir).resolve()
+        except RuntimeError as exc:  # pathlib's word for a symlink loop
+            check.error(check.at(top, "state_dir"), f"'state_dir' cannot be followed: {exc}")
     audit = check.mapping(top.get("audit", YMap()), "audit", check.at(top, "audit"),
                           {"db", "max_body_bytes", "retention"}) or YMap()
-    db = Path(check.string(audit, "db", "audit.db") or "audit.db").expanduser()
+    db = _expanded(check, audit, "db", "audit.db", Path("audit.db"))
     max_body = audit.get("max_body_bytes", DEFAULT_MAX_BODY)
     if not isinstance(max_body, int) or isinstance(max_body, bool) or max_body < 0:
         check.error(check.at(audit, "max_body_bytes"), f"'audit.max_body_bytes' must be a whole number ≥ 0 (got {max_body!r})")
@@ -91,6 +105,17 @@ def parse_audit(check: Checker, top: YMap, base: Path) -> AuditSettings:
     return AuditSettings(state_dir, db if db.is_absolute() else state_dir / db, max_body, retention)
 
 
+def _expanded(check: Checker, parent: YMap, key: str, where: str, default: Path) -> Path:
+    """The path at `key` (`default` without one), `~` expanded; a `~user` of no user here is an error where it is
+    (pathlib raises a RuntimeError, which ended commands as an internal error)."""
+    text = check.string(parent, key, where)
+    try:
+        return Path(text or default).expanduser()
+    except RuntimeError:
+        check.error(check.at(parent, key), f"'{where}' names the home directory of no user here (got {text!r})")
+        return default
+
+
 def load_audit_settings(path: Path | None = None) -> AuditSettings:
     """Only the audit log's settings from the config file (the rest unchecked but its top-level keys); raise as
     `read` does, and ConfigError if they are wrong."""
@@ -101,15 +126,28 @@ def load_audit_settings(path: Path | None = None) -> AuditSettings:
 
 
 def _refuse_nul(check: Checker, value: Any, pos: tuple[int, int]) -> None:
-    """A NUL character (YAML's "\\0" escape) in any key or string of the config is an error where it is: no path,
-    name, host or header may hold one, and as a path it ended commands with a ValueError (an internal error)."""
+    """A NUL character (YAML's "\\0" escape) or a lone surrogate ("\\ud800") in any key or string of the config is an
+    error where it is: no path, name, host or header may hold one, and as a path it ended commands with a ValueError
+    or a UnicodeEncodeError (an internal error)."""
     if isinstance(value, YMap):
         for key, item in value.items():
-            if "\0" in key:
-                check.error(value.key_pos.get(key, pos), f"the key {key!r} holds a NUL character")
+            if (problem := _unwritable(key)) is not None:
+                check.error(value.key_pos.get(key, pos), f"the key {key!r} {problem}")
             _refuse_nul(check, item, value.value_pos.get(key, pos))
     elif isinstance(value, yamlsrc.YList):
         for i, item in enumerate(value):
             _refuse_nul(check, item, value.item_pos[i] if i < len(value.item_pos) else pos)
-    elif isinstance(value, str) and "\0" in value:
-        check.error(pos, f"{value[:60]!r} holds a NUL character, which no path, name or header may hold")
+    elif isinstance(value, str) and (problem := _unwritable(value)) is not None:
+        check.error(pos, f"{value[:60]!r} {problem}, which no path, name or header may hold")
+
+
+def _unwritable(text: str) -> str | None:
+    """What in `text` no path or header can hold, if anything."""
+    if "\0" in text:
+        return "holds a NUL character"
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return "holds a lone surrogate (it cannot be written as UTF-8)"
+    return None

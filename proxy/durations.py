@@ -13,7 +13,10 @@ def parse_duration(text: object) -> float:
     if isinstance(text, str):
         m = _DURATION.fullmatch(text.strip())
         if m and int(m.group(1)) > 0:
-            return float(int(m.group(1)) * _UNITS[m.group(2)])
+            try:
+                return float(int(m.group(1)) * _UNITS[m.group(2)])
+            except OverflowError:  # past any float (over 300 digits): no duration anyone means
+                pass
     raise ValueError(f"must be a duration like 30s, 5m, 1h or 7d (got {text!r})")
 
 

@@ -321,7 +321,7 @@ def open_db(path: Path, *, seal: Seal | None = None, readonly: bool = False) -> 
         raise ValueError("opening the audit log for writing needs its seal")
     try:
         if readonly:
-            if not path.exists():
+            if not _exists(path):
                 raise AuditError(f"no audit database at {path}; has `goex-proxy run` recorded anything yet?")
             return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
         try:
@@ -336,6 +336,15 @@ def open_db(path: Path, *, seal: Seal | None = None, readonly: bool = False) -> 
         return conn
     except sqlite3.Error as exc:
         raise AuditError(f"cannot open audit database {path}: {exc}") from None
+
+
+def _exists(path: Path) -> bool:
+    """Whether the file is there; an AuditError saying why when the system cannot even look (a name too long, a
+    directory the person may not enter), which `Path.exists` raises as an OSError (an internal error of `log`)."""
+    try:
+        return path.exists()
+    except OSError as exc:
+        raise AuditError(f"cannot look for the audit database {path}: {exc.strerror or exc}") from None
 
 
 #: A log this long is told about before it is upgraded (a migration that builds an index reads every row).

@@ -194,6 +194,9 @@ def sandbox_checks(spec: dict) -> list[tuple[str, Callable[[], tuple[bool, str]]
         version = ctypes.CDLL(None, use_errno=True).syscall(444, None, 0, 1)  # the ABI version (x86_64 and aarch64)
         if version < 1:
             return False, "this kernel has no Landlock (or it is off): a host FIFO in view takes what is written to it"
+        if version < 2:  # jailinit.LANDLOCK_LEAST_ABI: the first refuses every move of a file to another directory
+            return False, ("this kernel's Landlock is too old (ABI 1; the jail needs 2, Linux 5.19): a host FIFO in "
+                           "view takes what is written to it")
         return True, f"only in the workspace, /tmp, /var/tmp, /run, /dev and /proc (Landlock ABI {version})"
 
     def process_cap() -> tuple[bool, str]:

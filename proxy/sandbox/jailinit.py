@@ -103,7 +103,11 @@ DEV_LINKS = {"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc
 #: runs as root) would take what the agent writes.
 WRITABLE = ("/tmp", "/var/tmp", "/run", "/dev", "/proc")
 LANDLOCK_CREATE_RULESET_VERSION, LANDLOCK_RULE_PATH_BENEATH, LANDLOCK_ACCESS_FS_WRITE_FILE = 1, 1, 1 << 1
-EOPNOTSUPP = 95
+#: Moving or linking a file into another directory, which every Landlock ruleset refuses unless a rule allows it (and
+#: only ABI 2, Linux 5.19, can allow it): without it `git mv`, `os.rename` between directories and installers' moves fail.
+LANDLOCK_ACCESS_FS_REFER = 1 << 13
+LANDLOCK_LEAST_ABI = 2
+EOPNOTSUPP, EBADFD = 95, 77
 #: Signals passed on to the command rather than acted on.
 FORWARDED = (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 
@@ -399,15 +403,20 @@ def drop_privileges() -> None:
 
 
 def confine_writes(workspace: str) -> bool:
-    """Landlock: no file opened for writing but under the workspace or WRITABLE (see there). False, and nothing done,
-    on a kernel without Landlock (before 5.13, or with it off); a SetupError if it is there and fails. Needs
-    no_new_privs; the restriction holds for every process the command starts."""
+    """Landlock: no file opened for writing but under the workspace or WRITABLE (see there), or the command's own
+    stdin, stdout and stderr (see `_allow_reopening`); files move between directories there as before (REFER).
+    False, and nothing done, on a kernel without Landlock (before 5.13, or with it off) or with only its first ABI
+    (before 5.19), which cannot let a file move to another directory at all; a SetupError if it is there and fails.
+    Needs no_new_privs; the restriction holds for every process the command starts."""
     version = _syscall("landlock_create_ruleset", None, 0, LANDLOCK_CREATE_RULESET_VERSION)
     if version < 1:
         if ctypes.get_errno() in (ENOSYS, EOPNOTSUPP):
             return False
         _check(version, "asking for Landlock")
-    handled = LandlockRulesetAttr(LANDLOCK_ACCESS_FS_WRITE_FILE)
+    if version < LANDLOCK_LEAST_ABI:
+        return False
+    access = LANDLOCK_ACCESS_FS_WRITE_FILE | LANDLOCK_ACCESS_FS_REFER
+    handled = LandlockRulesetAttr(access)
     ruleset = _syscall("landlock_create_ruleset", ctypes.byref(handled), ctypes.sizeof(handled), 0)
     if ruleset < 0:
         _check(ruleset, "making a Landlock ruleset")
@@ -418,15 +427,35 @@ def confine_writes(workspace: str) -> bool:
             except FileNotFoundError:
                 continue
             try:
-                rule = LandlockPathBeneathAttr(LANDLOCK_ACCESS_FS_WRITE_FILE, beneath)
-                _check(_syscall("landlock_add_rule", ruleset, LANDLOCK_RULE_PATH_BENEATH, ctypes.byref(rule), 0),
-                       f"letting the jail write under {path}")
+                _check(_add_rule(ruleset, beneath, access), f"letting the jail write under {path}")
             finally:
                 os.close(beneath)
+        for fd in (0, 1, 2):
+            _allow_reopening(ruleset, fd)
         _check(_syscall("landlock_restrict_self", ruleset, 0), "restricting the jail's writes (Landlock)")
     finally:
         os.close(ruleset)
     return True
+
+
+def _add_rule(ruleset: int, beneath: int, access: int) -> int:
+    rule = LandlockPathBeneathAttr(access, beneath)
+    return _syscall("landlock_add_rule", ruleset, LANDLOCK_RULE_PATH_BENEATH, ctypes.byref(rule), 0)
+
+
+def _allow_reopening(ruleset: int, fd: int) -> None:
+    """The file the command was given on `fd` for writing may be opened for writing again: `> /dev/stdout` and
+    `tee /dev/stderr` open it at its own path (the person's terminal, or a log file they redirected to), which is
+    outside the jail's places, and the command may write to it anyway. A pipe or socket has no path to open (and
+    Landlock checks no open of one): nothing to allow."""
+    try:
+        mode = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
+    except OSError:  # not open
+        return
+    if mode not in (os.O_WRONLY, os.O_RDWR):
+        return
+    if _add_rule(ruleset, fd, LANDLOCK_ACCESS_FS_WRITE_FILE) != 0 and ctypes.get_errno() != EBADFD:
+        _check(-1, f"letting the command reopen its descriptor {fd}")
 
 
 def refuse_syscalls() -> None:

@@ -296,6 +296,30 @@ def test_the_jail_needs_no_privilege():
         assert (run_dir / "upper" / "written").exists() and not (run_dir / "ws" / "written").exists()
 
 
+#: Runs the program in its arguments under a seccomp filter that fails landlock_restrict_self (446 on x86_64 and
+#: aarch64) with EPERM, as a container's filter may.
+NO_LANDLOCK_RESTRICT = """
+import ctypes, os, struct, sys
+program = [(0x20, 0, 0, 0), (0x15, 0, 1, 446), (0x06, 0, 0, 0x00050000 | 1), (0x06, 0, 0, 0x7FFF0000)]
+code = b"".join(struct.pack("HBBI", *op) for op in program)
+buf = ctypes.create_string_buffer(code)
+fprog = struct.pack("HxxxxxxP", len(program), ctypes.addressof(buf))
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.prctl(38, 1, 0, 0, 0) == 0 and libc.prctl(22, 2, ctypes.c_char_p(fprog), 0, 0) == 0, ctypes.get_errno()
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+
+
+def test_a_landlock_that_fails_runs_no_command():
+    """Where the kernel has Landlock and restricting the command with it fails, the command is not run (unconfined, a
+    host FIFO in view would take what it writes): the jail says why and exits 126."""
+    with jailinit_dir() as (run_dir, user):
+        wrapper = [SYSTEM_PYTHON, "-c", NO_LANDLOCK_RESTRICT]
+        message, _, out = run_jailinit(run_dir, [*user, *wrapper], ["sh", "-c", "echo ran"])
+    assert message == b"ok", message  # the jail itself was built
+    assert out == ""
+
+
 def test_doctor_passes_in_a_jail_and_fails_outside(proxy):
     """doctor's network and sandbox checks all pass in a jail; outside one, the ways around the proxy are found."""
     inside = proxy.cli("doctor", "--agent", "mailbot", "--json")
@@ -354,3 +378,36 @@ def test_the_proxys_own_address_is_not_an_upstream(make_proxy, upstream):
     reasons = [row["reason"] for row in proxy.rows()]
     assert "this proxy's own listen address" in reasons[0] and "a loopback address" in reasons[1]
     assert upstream.seen_paths() == []
+
+
+def test_the_commands_own_output_and_renames_still_work_under_landlock(proxy, outside):
+    """Landlock keeps the jail's write-opens to its workspace and scratch directories, and two things ordinary programs
+    do were refused with it: reopening stdout or stderr (`> /dev/stdout`, `tee /dev/stderr`), which opens the file the
+    person gave the command (a log file, their terminal) at its own path, outside those places; and moving a file to
+    another directory (`git mv`, `os.rename`, an installer's temporary files), which Landlock refuses everywhere unless
+    its ruleset lets the directories take files from elsewhere."""
+    workspace = outside / "ws"
+    workspace.mkdir()
+    log = outside / "out.log"
+    script = ("echo to-stdout > /dev/stdout; echo to-stderr > /dev/stderr; "
+              "mkdir a b && echo 1 > a/x && python3 -c \"import os; os.rename('a/x', 'b/x'); os.link('b/x', 'a/y')\" "
+              "&& echo renamed; mkdir /tmp/a /tmp/b && echo 1 > /tmp/a/x && "
+              "python3 -c \"import os; os.rename('/tmp/a/x', '/tmp/b/x')\" && echo renamed-in-tmp; "
+              "git init -q . && git add b/x && git mv b/x a/z && echo git-mv")
+    terminal, tty = os.openpty()
+    try:
+        with open(log, "a") as out:  # O_APPEND: `> /dev/stdout` truncates the file as it does outside a jail
+            r = subprocess.run([*GOEX, "exec", "--config", str(proxy.config), "--agent", "mailbot", "--", "sh", "-c",
+                                script], env=proxy.env, cwd=workspace, stdout=out, stderr=tty, timeout=90)
+        os.set_blocking(terminal, False)
+        shown = b""
+        with contextlib.suppress(OSError):  # EAGAIN: all read
+            while chunk := os.read(terminal, 65536):
+                shown += chunk
+    finally:
+        os.close(terminal)
+        os.close(tty)
+    assert r.returncode == 0, shown
+    assert log.read_text().split() == ["to-stdout", "renamed", "renamed-in-tmp", "git-mv"], shown
+    assert b"to-stderr" in shown and b"denied" not in shown, shown
+    assert (workspace / "a" / "z").read_text() == "1\n" and (workspace / "a" / "y").exists()

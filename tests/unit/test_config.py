@@ -237,3 +237,57 @@ def test_the_log_is_read_while_another_section_of_the_config_is_wrong(tmp_path: 
     assert listed.exit_code == 0 and "id" in listed.output, listed.output
     checked = CliRunner().invoke(cli.cli, ["policy", "check", "--config", str(path)])
     assert checked.exit_code != 0 and "'listen' must be HOST:PORT" in checked.output, checked.output
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("state_dir: ~no-such-user-goex/st\n", "'state_dir' names the home directory of no user here"),
+    ("audit: {db: ~no-such-user-goex/a.db}\n", "'audit.db' names the home directory of no user here"),
+    ("state_dir: loop/st\n", "'state_dir' cannot be followed: Symlink loop"),
+    ("state_dir: \"st\\ud800\"\n", "cannot be written as UTF-8"),
+    ("agents: {\"a\\udc80\": {token: x}}\n", "cannot be written as UTF-8"),
+    ("audit: {retention: 1" + "0" * 400 + "s}\n", "'audit.retention' must be a duration"),
+])
+def test_audit_settings_no_path_can_be_made_of_are_config_errors(tmp_path: Path, text: str, message: str) -> None:
+    """A `~user` with no home, a symlink loop, a lone surrogate (YAML's "\\ud800") and a duration past any float ended
+    `log` (and `run`, and `policy check`) in an internal error, exit 70: they are problems of the config, where they
+    are."""
+    from goex_proxy.configfile import load_audit_settings
+
+    (tmp_path / "loop").symlink_to("loop")
+    path = tmp_path / "config.yaml"
+    path.write_text("version: 1\n" + text, encoding="utf-8")
+    for load in (load_audit_settings, load_config):
+        with pytest.raises(ConfigError) as err:
+            load(path)
+        assert any(message in str(p) for p in err.value.problems), err.value.problems
+
+
+def test_a_state_directory_the_log_cannot_be_looked_for_in_is_said_so(tmp_path: Path, monkeypatch) -> None:
+    """`log` on a state directory whose audit database cannot even be looked for (a name longer than the system takes;
+    a directory the person may not enter) ended in an internal error, exit 70: it says what the system said."""
+    from click.testing import CliRunner
+
+    from goex_proxy import cli
+
+    path = tmp_path / "config.yaml"
+    path.write_text(f"version: 1\nstate_dir: {'x' * 300}\n", encoding="utf-8")
+    monkeypatch.delenv("GOEX_PROXY_DEBUG", raising=False)
+    result = CliRunner().invoke(cli.cli, ["log", "--config", str(path)])
+    assert result.exit_code == 2, result.output
+    assert "cannot look for the audit database" in result.output and "File name too long" in result.output
+
+
+@pytest.mark.parametrize(("args", "env", "said"), [
+    (["--config", "~no-such-user-goex/config.yaml"], {}, "the config ~no-such-user-goex/config.yaml names the home"),
+    ([], {"GOEX_PROXY_HOME": "~no-such-user-goex"}, "GOEX_PROXY_HOME ~no-such-user-goex names the home"),
+])
+def test_a_config_path_of_no_users_home_is_said_so(monkeypatch, args: list[str], env: dict[str, str], said: str) -> None:
+    """`--config ~someone/...` or `GOEX_PROXY_HOME=~someone` where there is no such user ended every command in an
+    internal error (pathlib's RuntimeError), exit 70."""
+    from click.testing import CliRunner
+
+    from goex_proxy import cli
+
+    monkeypatch.delenv("GOEX_PROXY_DEBUG", raising=False)
+    result = CliRunner().invoke(cli.cli, ["log", *args], env=env)
+    assert result.exit_code == 2 and said in result.output, result.output
