@@ -36,7 +36,7 @@ def verify(conn: sqlite3.Connection, key: bytes | None, anchor: Anchor | None = 
         return store.verify(conn, key, anchor)
     step = -(-(high + 1 - low) // count)
     ranges = [(start, min(start + step, high + 1)) for start in range(low, high + 1, step)]
-    with multiprocessing.get_context("spawn").Pool(len(ranges), initializer=_hardened) as pool:
+    with _context().Pool(len(ranges), initializer=_quiet) as pool:
         spans = pool.starmap(_check_range, [(path, key, anchor, seqs) for seqs in ranges])
     return store.verify(conn, key, anchor, spans)
 
@@ -49,10 +49,18 @@ def _path_of(conn: sqlite3.Connection) -> str | None:
     return None
 
 
-def _hardened() -> None:
-    """A checking process, before it is handed the chain key: as hardened as the command (no core file, not
-    dumpable: another process of the person's cannot read the key out of it), and deaf to Ctrl-C, which the command
-    answers for all (ending this pool)."""
+def _context() -> multiprocessing.context.BaseContext:
+    """Forked where the system forks: a copy of this process, hardened as it is (not dumpable, so that no other
+    process of the person's reads the chain key out of it), that imports nothing again and never runs the caller's
+    main module (as a spawned one does, unless it is guarded)."""
+    if "fork" in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
+
+
+def _quiet() -> None:
+    """A checking process is deaf to Ctrl-C, which the command answers for all (ending the pool and them with it);
+    where it was spawned, it is hardened as the command is before it is handed the key."""
     from ..hardening import harden_process
 
     harden_process()
