@@ -88,12 +88,16 @@ def verify(group_config: Path | None, config_path: Path | None, anchor_file: Pat
             raise AuditError(f"cannot read the anchor {anchor_file}: {exc.strerror or exc}") from None
         anchors.append((f"the anchor in {anchor_file}", Anchor.loads(text, str(anchor_file))))
     rows = audit.row_count(conn)
+    result: audit.VerifyResult | None = None
     for what, anchor in anchors:
         if anchor is None and key is not None and rows:
             click.echo(f"BROKEN: {what} ({seal.anchor_path}) is missing, so rows removed from the end of the log "
                        "could not be told apart; it is written with every row and only goex-proxy writes there")
             sys.exit(1)
-        result = parallel.verify(conn, key, anchor)  # one process per core for a large log
+        if result is None:
+            result = parallel.verify(conn, key, anchor)  # one process per core for a large log
+        elif anchor is not None:  # the chain holds: the other anchor's row is all there is to look at
+            result = audit.against_anchor(conn, result, anchor)
         if result.broken_id is not None:
             click.echo(f"BROKEN at row {result.broken_id} (seq {result.broken_seq}): {result.problem}; "
                        f"{result.checked} rows before it are intact (checked against {what})")
@@ -101,6 +105,7 @@ def verify(group_config: Path | None, config_path: Path | None, anchor_file: Pat
     how = "keyed hash chain intact" if key is not None else (
         "hash chain intact, but not keyed: an older version wrote it; `goex-proxy run` keys it on start")
     checked = [what for what, anchor in anchors if anchor is not None]
+    assert result is not None
     pruned = f" ({result.pruned} older rows pruned, each run joined by a signed gap record)" if result.pruned else ""
     click.echo(f"ok: {result.checked} rows{pruned}, {how}"
                + (f"; newest rows match {' and '.join(checked)}" if checked else ""))

@@ -86,3 +86,26 @@ def test_verify_in_processes_finds_what_one_pass_finds(log: Log, damage) -> None
 def test_a_large_log_is_checked_by_one_process_per_core(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda _pid: set(range(4)))
     assert [parallel.processes_for(n) for n in (10, 99_999, 100_000, 150_000, 10_000_000)] == [1, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("kept", ["same", "forged", "beyond", "pruned"])
+def test_a_second_anchor_is_checked_as_a_whole_pass_checks_it(log: Log, kept: str) -> None:
+    """`log verify --anchor FILE` checked the whole log once per anchor; once the chain holds against the state
+    directory's, the file's needs only its row looked at, and says what a whole pass against it says."""
+    from goex_proxy.audit.seal import Anchor
+
+    _filled(log)
+    conn = audit.open_db(log.home / "a.db", readonly=True)
+    try:
+        saved = audit.newest(conn)
+        assert saved is not None
+        at = {"same": saved, "forged": Anchor(21, "01FORGEDID000", "ab" * 16),
+              "beyond": Anchor(saved.seq + 5, "01LATERROW000", "cd" * 16),
+              "pruned": Anchor(2, "01PRUNEDROW00", "ef" * 16)}[kept]
+        seal = Seal(log.home)
+        key = audit.chain_key(conn, seal)
+        whole = audit.verify(conn, key, seal.anchor())
+        assert whole.broken_id is None
+        assert audit.against_anchor(conn, whole, at) == audit.verify(conn, key, at)
+    finally:
+        conn.close()
