@@ -86,12 +86,38 @@ def stored_as(conn: sqlite3.Connection, name: str) -> list[str | bytes]:
     return [name, *(ref_of(i) for i, n in found if type(i) is int and 0 < i <= MAX_ID and n == name)]
 
 
+def host_of(name: str) -> str:
+    """A host as policies, routes and credentials read it: in lower case, without a trailing dot. A row keeps the host
+    as the request spelled it (`NOTES.example.`), which the policy allowed as `notes.example`."""
+    return name.lower().rstrip(".")
+
+
+def hosts_stored_as(conn: sqlite3.Connection, name: str) -> list[str | bytes]:
+    """What a row whose host is `name` as policies read it (`host_of`) may hold: every name in the table that reads
+    so (found through its NOCASE index, since migration 22), by id and as text, and the name as given, in lower case
+    and with a trailing dot (a row written before migration 20 holds its host as text). A filter on the exact name
+    let an agent keep its requests out of `log --host` and the console's host filter by spelling the host in upper
+    case or with a trailing dot, which the policy, routes and credentials all take as the same host."""
+    host = host_of(name)
+    try:
+        found = conn.execute(f"SELECT id, name FROM {TABLE} WHERE name COLLATE NOCASE IN (?, ?)",
+                             (host, f"{host}.")).fetchall()
+    except sqlite3.OperationalError as exc:
+        if "no such table" not in str(exc):
+            raise
+        found = []
+    same = [(i, n) for i, n in found if isinstance(n, str) and host_of(n) == host]
+    texts = list(dict.fromkeys([name, host, f"{host}.", *(n for _, n in same)]))
+    return [*texts, *(ref_of(i) for i, _ in same if type(i) is int and 0 < i <= MAX_ID)]
+
+
 def term(conn: sqlite3.Connection, column: str, name: str, plus: str = "") -> tuple[str, list[str | bytes]]:
     """The SQL term that picks the rows whose `column` (agent or host) is `name`, and its parameters; `plus`: "+"
-    keeps it from choosing an index. Compared byte for byte, whatever collation the column was given: whoever can
-    write the database can rewrite its schema (NOCASE would have a filter on one agent, which session undo and
-    `execute` take an agent's rows by, give another's); SQLite still reads the column's index, which is BINARY."""
-    values = stored_as(conn, name)
+    keeps it from choosing an index. An agent is compared byte for byte, whatever collation the column was given:
+    whoever can write the database can rewrite its schema (NOCASE would have a filter on one agent, which session
+    undo and `execute` take an agent's rows by, give another's); a host as policies read it (`hosts_stored_as`).
+    SQLite still reads the column's index, which is BINARY."""
+    values = hosts_stored_as(conn, name) if column == "host" else stored_as(conn, name)
     if len(values) == 1:
         return f"{plus}{column} COLLATE BINARY = ?", values
     return f"{plus}{column} COLLATE BINARY IN ({', '.join('?' * len(values))})", values

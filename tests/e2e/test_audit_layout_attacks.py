@@ -1,0 +1,103 @@
+"""An agent against the audit log's storage layout: it holds only its token, chooses every byte of its requests and,
+through an upstream it controls on 127.0.0.1, every byte of the answers. Whatever it sends must read back as sent,
+verify, and be found by every filter that should find it."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from goex_proxy.audit import store as audit
+from goex_proxy.console import data as console_data
+from tests.conftest import TOKENS, GoexProxy, LoopbackServer
+
+pytestmark = pytest.mark.e2e
+
+HOST = "notes.example"
+POLICY = {"notes": f"""
+    version: 1
+    rules:
+      - name: the notes API
+        allow: {{host: {HOST}, methods: [GET, POST, PUT, DELETE]}}
+"""}
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+
+
+def _answer(answers: dict[str, bytes]) -> Callable[[socket.socket], None]:
+    """An upstream that reads a request head and sends back the bytes its path names (OK for any other)."""
+    def serve(conn: socket.socket) -> None:
+        conn.settimeout(10)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return
+            data += chunk
+        path = data.split(b" ", 2)[1].split(b"?")[0].decode("latin-1")
+        conn.sendall(answers.get(path, OK))
+    return serve
+
+
+@pytest.fixture
+def answers() -> dict[str, bytes]:
+    return {}
+
+
+@pytest.fixture
+def upstream_server(answers: dict[str, bytes]) -> Iterator[LoopbackServer]:
+    server = LoopbackServer(_answer(answers))
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def proxy(make_proxy, upstream_server: LoopbackServer) -> GoexProxy:
+    return make_proxy(POLICY, routes={HOST: f"http://127.0.0.1:{upstream_server.port}"})
+
+
+def send(proxy: GoexProxy, head: list[str], agent: str = "mailbot") -> bytes:
+    """One request as the agent writes it, byte for byte (its proxy credentials added after the request line); the
+    whole answer."""
+    creds = base64.b64encode(f"{agent}:{TOKENS[agent]}".encode()).decode()
+    lines = [head[0], f"Proxy-Authorization: Basic {creds}", *head[1:], "Connection: close"]
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=20) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape"))
+        out = b""
+        while chunk := sock.recv(65536):
+            out += chunk
+    return out
+
+
+def logged(proxy: GoexProxy, *options: str) -> list[dict[str, object]]:
+    result = proxy.cli("log", "--json", "--limit", "1000", *options)
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def test_a_host_spelled_in_upper_case_or_with_a_trailing_dot_is_found_by_the_host_filters(proxy: GoexProxy) -> None:
+    """The policy, routes and credentials read `NOTES.example.` as notes.example, and the row keeps the host as the
+    request spelled it; `log --host notes.example` and the console's host filter compared it byte for byte, so an
+    agent kept its requests out of them by spelling the host so."""
+    spellings = [HOST, HOST.upper(), f"{HOST}.", "Notes.Example."]
+    for n, host in enumerate(spellings):
+        assert send(proxy, [f"GET http://{host}/posts/{n} HTTP/1.1", f"Host: {host}"]).startswith(b"HTTP/1.1 200")
+    rows = logged(proxy)
+    assert sorted(r["host"] for r in rows) == sorted(spellings)  # as sent
+    for asked in (HOST, HOST.upper(), f"{HOST}."):
+        assert sorted(r["host"] for r in logged(proxy, "--host", asked)) == sorted(spellings), asked
+    assert logged(proxy, "--host", "otes.example") == []
+    conn = audit.open_db(proxy.home / "audit.db", readonly=True)
+    try:
+        for asked in (HOST, "NOTES.EXAMPLE"):
+            page = console_data.page(conn, console_data.Filters(host=asked))
+            assert sorted(r["host"] for r in page) == sorted(spellings)
+            assert sorted(r["host"] for r in console_data.newer(conn, console_data.Filters(host=asked), 0)[0]) == \
+                sorted(spellings)
+    finally:
+        conn.close()
+    verified = proxy.cli("log", "verify")
+    assert verified.returncode == 0 and verified.stdout.startswith("ok: 4 rows"), verified.stdout + verified.stderr
