@@ -273,7 +273,8 @@ def _migration_20(db: sqlite_utils.Database) -> None:
     The table is outside the chain, and that is safe: a row's hash covers its agent and host as names (`layout`
     reads the name back before anything hashes the row), so a name edited in the table, or an id that names nothing,
     makes every row holding it fail `log verify`, as an edited row would. The names are no secrets (the rows held
-    them before), and nothing removes one: a prune leaves them (a few bytes each), so an id never names another."""
+    them before). A prune removes the names no kept row holds, but never the newest id, so an id never names another
+    (`names.release`)."""
     db.execute(f"CREATE TABLE IF NOT EXISTS {names.TABLE} (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)")
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import base64
 import json
 import socket
+import sqlite3
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -99,5 +101,34 @@ def test_a_host_spelled_in_upper_case_or_with_a_trailing_dot_is_found_by_the_hos
                 sorted(spellings)
     finally:
         conn.close()
+    verified = proxy.cli("log", "verify")
+    assert verified.returncode == 0 and verified.stdout.startswith("ok: 4 rows"), verified.stdout + verified.stderr
+
+
+def test_a_prune_gives_back_the_names_only_pruned_rows_held(proxy: GoexProxy) -> None:
+    """Each host an agent names, allowed or not, is a name in `audit_names`; a prune removed the rows and kept every
+    name for good, so requests to ever new hosts grew the log in a way no prune gave back. A prune now removes the
+    names no kept row holds, and the running proxy, which remembered their ids, names them again when an agent
+    sends to them later: `log verify` holds throughout."""
+    for n in range(30):
+        assert send(proxy, [f"GET http://h{n}.elsewhere.example/x HTTP/1.1", f"Host: h{n}.elsewhere.example"]
+                    ).startswith(b"HTTP/1.1 403")
+    time.sleep(1.1)
+    assert send(proxy, [f"GET http://{HOST}/posts HTTP/1.1", f"Host: {HOST}"]).startswith(b"HTTP/1.1 200")
+    names = {n for (n,) in sqlite3.connect(proxy.home / "audit.db").execute("SELECT name FROM audit_names")}
+    assert {f"h{n}.elsewhere.example" for n in range(30)} <= names
+    pruned = proxy.cli("log", "prune", "--older-than", "1s")
+    assert pruned.returncode == 0 and pruned.stdout.startswith("pruned 30 rows"), pruned.stdout + pruned.stderr
+    with sqlite3.connect(proxy.home / "audit.db") as conn:
+        assert {n for (n,) in conn.execute("SELECT name FROM audit_names")} == {"mailbot", HOST}
+    verified = proxy.cli("log", "verify")
+    assert verified.returncode == 0 and verified.stdout.startswith("ok: 1 rows"), verified.stdout + verified.stderr
+    for n in (3, 29):  # the proxy remembered these names' ids; they are gone, or another name's
+        assert send(proxy, [f"GET http://h{n}.elsewhere.example/x HTTP/1.1", f"Host: h{n}.elsewhere.example"]
+                    ).startswith(b"HTTP/1.1 403")
+    assert send(proxy, ["GET http://new.elsewhere.example/x HTTP/1.1", "Host: new.elsewhere.example"]
+                ).startswith(b"HTTP/1.1 403")
+    assert [r["host"] for r in logged(proxy)] == [HOST, "h3.elsewhere.example", "h29.elsewhere.example",
+                                                   "new.elsewhere.example"]
     verified = proxy.cli("log", "verify")
     assert verified.returncode == 0 and verified.stdout.startswith("ok: 4 rows"), verified.stdout + verified.stderr
