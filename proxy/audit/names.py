@@ -94,11 +94,12 @@ def host_of(name: str) -> str:
 
 
 def hosts_stored_as(conn: sqlite3.Connection, name: str) -> list[str | bytes]:
-    """What a row whose host is `name` as policies read it (`host_of`) may hold: every name in the table that reads
-    so (found through its NOCASE index, since migration 22), by id and as text, and the name as given, in lower case
-    and with a trailing dot (a row written before migration 20 holds its host as text). A filter on the exact name
-    let an agent keep its requests out of `log --host` and the console's host filter by spelling the host in upper
-    case or with a trailing dot, which the policy, routes and credentials all take as the same host."""
+    """What a row whose host is `name` as policies read it (`host_of`) may hold: the id of every name in the table
+    that reads so (found through its NOCASE index, since migration 22), and the name as given, in lower case and with
+    a trailing dot (a row written before migration 20 holds its host as text; other spellings of those are not
+    found). A filter on the exact name let an agent keep its requests out of `log --host` and the console's host
+    filter by spelling the host in upper case or with a trailing dot, which the policy, routes and credentials all
+    take as the same host."""
     host = host_of(name)
     try:
         found = conn.execute(f"SELECT id, name FROM {TABLE} WHERE name COLLATE NOCASE IN (?, ?)",
@@ -107,9 +108,9 @@ def hosts_stored_as(conn: sqlite3.Connection, name: str) -> list[str | bytes]:
         if "no such table" not in str(exc):
             raise
         found = []
-    same = [(i, n) for i, n in found if isinstance(n, str) and host_of(n) == host]
-    texts = list(dict.fromkeys([name, host, f"{host}.", *(n for _, n in same)]))
-    return [*texts, *(ref_of(i) for i, _ in same if type(i) is int and 0 < i <= MAX_ID)]
+    texts: list[str | bytes] = list(dict.fromkeys([name, host, f"{host}."]))
+    return texts + [ref_of(i) for i, n in found
+                    if type(i) is int and 0 < i <= MAX_ID and isinstance(n, str) and host_of(n) == host]
 
 
 def term(conn: sqlite3.Connection, column: str, name: str, plus: str = "") -> tuple[str, list[str | bytes]]:
@@ -117,11 +118,15 @@ def term(conn: sqlite3.Connection, column: str, name: str, plus: str = "") -> tu
     keeps it from choosing an index. An agent is compared byte for byte, whatever collation the column was given:
     whoever can write the database can rewrite its schema (NOCASE would have a filter on one agent, which session
     undo and `execute` take an agent's rows by, give another's); a host as policies read it (`hosts_stored_as`).
-    SQLite still reads the column's index, which is BINARY."""
+    SQLite still reads the column's index, which is BINARY. The ids are written into the SQL as blob literals (hex
+    digits, nothing else), not passed as parameters: an agent can give a host as many spellings as it sends
+    requests, each a name, past SQLite's limit on parameters."""
     values = hosts_stored_as(conn, name) if column == "host" else stored_as(conn, name)
-    if len(values) == 1:
-        return f"{plus}{column} COLLATE BINARY = ?", values
-    return f"{plus}{column} COLLATE BINARY IN ({', '.join('?' * len(values))})", values
+    texts = [v for v in values if isinstance(v, str)]
+    items = ["?"] * len(texts) + [f"X'{v.hex()}'" for v in values if isinstance(v, bytes)]
+    if len(items) == 1:
+        return f"{plus}{column} COLLATE BINARY = {items[0]}", list(texts)
+    return f"{plus}{column} COLLATE BINARY IN ({', '.join(items)})", list(texts)
 
 
 def release(conn: sqlite3.Connection, held: Iterable[Any]) -> int:

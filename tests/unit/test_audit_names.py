@@ -365,3 +365,32 @@ def test_a_prune_in_the_writers_own_transaction_removes_names_the_writer_then_st
         for n in range(10):
             kept.id_of(raw, f"many{n}.example")
         assert len(kept._ids) == 3
+
+
+def _spellings(host: str, count: int) -> list[str]:
+    """`count` spellings of a host that policies read as the same host (each letter in either case, a trailing dot)."""
+    letters = [i for i, c in enumerate(host) if c.isalpha()]
+    out = []
+    for n in range(count):
+        chars = list(host)
+        for bit, at in enumerate(letters):
+            if n >> (bit + 1) & 1:
+                chars[at] = chars[at].upper()
+        out.append("".join(chars) + ("." if n & 1 else ""))
+    return out
+
+
+def test_a_host_with_more_spellings_than_sqlite_takes_parameters_is_still_filtered(tmp_path: Path) -> None:
+    """An agent can give a host as many spellings as it sends requests, each a name of its own; a filter that passed
+    each one's id as a parameter failed past SQLite's limit on them (250,000 here: "too many SQL variables")."""
+    host = "notes.example.example"
+    spellings = _spellings(host, 260_000)
+    ids = RequestIds()
+    rows = [(intent(ids, i, host=spellings[n]), outcome(i)) for i, n in enumerate((0, 7, 259_999))]
+    write(tmp_path, rows)
+    with sqlite3.connect(tmp_path / "a.db") as raw:
+        raw.executemany("INSERT OR IGNORE INTO audit_names (name) VALUES (?)", ((s,) for s in spellings))
+    conn = ro(tmp_path)
+    wanted = [str(r["id"]) for r, _ in reversed(rows)]
+    assert [r["id"] for r in audit.query(conn, host=host.upper())] == wanted
+    assert [r["id"] for r in console_data.page(conn, console_data.Filters(host=host))] == wanted
