@@ -132,3 +132,36 @@ def test_a_prune_gives_back_the_names_only_pruned_rows_held(proxy: GoexProxy) ->
                                                    "new.elsewhere.example"]
     verified = proxy.cli("log", "verify")
     assert verified.returncode == 0 and verified.stdout.startswith("ok: 4 rows"), verified.stdout + verified.stderr
+
+
+def _json_answer(body: bytes) -> bytes:
+    return (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: " + str(len(body)).encode()
+            + b"\r\nConnection: close\r\n\r\n" + body)
+
+
+def _until(check: Callable[[], object], what: str, timeout: float = 10.0) -> object:
+    deadline = time.monotonic() + timeout
+    while not (found := check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+    return found
+
+
+def test_an_answer_with_a_lone_surrogate_in_its_json_still_gets_its_outcome(proxy: GoexProxy,
+                                                                           answers: dict[str, bytes]) -> None:
+    """JSON may escape a lone surrogate (`"\\udc80"`), which Python reads as such and the CEL engine cannot take:
+    working out the undo class of a DELETE answered so raised, the outcome was never recorded, and the row read as
+    still in flight (then `interrupted`) while the agent had its 200, with no undo class for session undo to act on."""
+    answers["/posts/3"] = _json_answer(b'{"id": 3, "title": "\\udc80 and a pair \\ud83d\\ude00"}')
+    assert send(proxy, [f"DELETE http://{HOST}/posts/3 HTTP/1.1", f"Host: {HOST}"]).startswith(b"HTTP/1.1 200")
+    row = _until(lambda: next((r for r in logged(proxy) if r["method"] == "DELETE" and r["status"] is not None), None),
+                 "the DELETE's outcome")
+    assert isinstance(row, dict) and (row["status"], row["error"]) == (200, None)
+    assert row["undo_class"] not in (None, "no rule", "not effective"), row
+    shown = json.loads(proxy.cli("show", "--json", str(row["id"])).stdout.splitlines()[0])
+    assert '"\\udc80 and a pair' in shown["resp_body"]
+    planned = proxy.cli("undo", "--agent", "mailbot", "--since", "1h", "--dry-run")
+    assert planned.returncode == 0 and str(row["id"]) in planned.stdout, planned.stdout + planned.stderr
+    assert "Addon error" not in proxy.log_text()
+    verified = proxy.cli("log", "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
