@@ -555,7 +555,10 @@ def _render(template: RequestTemplate, variables: dict[str, Any]) -> Step:
     headers = tuple((k, str(value)) for k, v in template.headers if (value := v.render(variables)) is not None)
     body = None
     if template.json is not None:
-        body = json.dumps(render_tree(template.json, variables)).encode()
+        try:
+            body = json.dumps(render_tree(template.json, variables)).encode()
+        except (TypeError, ValueError) as exc:  # a value JSON has no form for (bytes): a plan's reason, not a crash
+            raise CelEvalError(f"its JSON body cannot be made: {exc}") from None
         headers += (("Content-Type", "application/json"),)
     elif template.form is not None:
         from .forms import FormError, encode_form

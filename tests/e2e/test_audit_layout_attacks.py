@@ -190,3 +190,41 @@ def test_a_create_answered_with_a_location_no_url_parser_takes_still_gets_its_ou
     assert "Addon error" not in proxy.log_text()
     verified = proxy.cli("log", "verify")
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+#: An operator's undo pack whose compensation body cannot be made for some requests: its `json:` takes the request's
+#: body, which is bytes, and JSON has no bytes (TypeError while the undo is worked out).
+BYTES_IN_JSON_PACK = f"""
+version: 1
+name: notes
+rules:
+  - name: post a note
+    match: {{hosts: [{HOST}], methods: [POST]}}
+    class: exact
+    undo:
+      - method: POST
+        url: "${{request.url}}"
+        json: {{note: "${{request.body}}"}}
+        why: posts the note again
+"""
+
+
+def test_a_request_whose_undo_rule_raises_still_gets_its_outcome(make_proxy, upstream_server: LoopbackServer,
+                                                                 tmp_path) -> None:
+    """An undo rule whose `json:` body takes bytes raised TypeError while the undo class was worked out: the outcome
+    was never recorded (the row in flight, then `interrupted`, while the agent had its 200), and planning its undo
+    ended in an internal error. The body that cannot be made is the plan's reason."""
+    pack = tmp_path / "notes-undo.yaml"
+    pack.write_text(BYTES_IN_JSON_PACK)
+    proxy = make_proxy(POLICY, routes={HOST: f"http://127.0.0.1:{upstream_server.port}"},
+                       extra_config=f"undo_rules: [{pack}]\n")
+    assert send(proxy, [f"POST http://{HOST}/notes HTTP/1.1", f"Host: {HOST}"], body=b"hello").startswith(b"HTTP/1.1 200")
+    row = _until(lambda: next((r for r in logged(proxy) if r["status"] is not None), None), "the POST's outcome")
+    assert isinstance(row, dict) and (row["status"], row["error"]) == (200, None), row
+    assert row["undo_class"] == "exact", row
+    for args in (("undo", str(row["id"]), "--dry-run"), ("undo", "--agent", "mailbot", "--since", "1h", "--dry-run")):
+        planned = proxy.cli(*args)
+        assert planned.returncode != 70 and "its JSON body cannot be made" in planned.stdout + planned.stderr, \
+            planned.stdout + planned.stderr
+    verified = proxy.cli("log", "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
