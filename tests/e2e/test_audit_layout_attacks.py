@@ -228,3 +228,20 @@ def test_a_request_whose_undo_rule_raises_still_gets_its_outcome(make_proxy, ups
             planned.stdout + planned.stderr
     verified = proxy.cli("log", "verify")
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_a_write_whose_url_holds_a_character_beyond_ascii_is_sent(proxy: GoexProxy) -> None:
+    """A PUT to `/posts/1?q=é` (the UTF-8 bytes as sent) was refused with 502 "internal error in the preimage stage":
+    the pre-image read's request could not be made of that URL (UnicodeEncodeError), outside what counted as the
+    read failing. A read that cannot be made is one that failed: the request goes on, and undo says why it has no
+    pre-image."""
+    answer = send(proxy, [f"PUT http://{HOST}/posts/1?q=\u00e9t\u00e9 HTTP/1.1", f"Host: {HOST}",
+                          "Content-Type: application/json"], body=b"{}")
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    row = _until(lambda: next((r for r in logged(proxy) if r["method"] == "PUT" and r["status"] is not None), None),
+                 "the PUT's outcome")
+    assert isinstance(row, dict) and (row["status"], row["error"]) == (200, None), row
+    assert "internal error" not in proxy.log_text()
+    planned = proxy.cli("undo", str(row["id"]), "--dry-run")
+    assert planned.returncode not in (0, 70) and "pre-image" in planned.stdout + planned.stderr, \
+        planned.stdout + planned.stderr
