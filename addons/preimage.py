@@ -50,9 +50,9 @@ class Preimage:
                         read.method, read.url)
             flowmeta.set_preimage(flow, 0, (), f"the read ({read.describe()}) is not on the request's origin".encode())
             return
-        request = http.Request.make(read.method, url, read.body or b"", list(read.headers))
         name = flowmeta.credential(flow)
-        try:
+        try:  # making the request too: a URL with a character beyond ASCII (UnicodeEncodeError) is a read that failed
+            request = http.Request.make(read.method, url, read.body or b"", list(read.headers))
             if name is not None:
                 await inject_into(self.state, request, self.state.config.credentials[name], own=True)
             response = await sendout.send(self.state, request, keep=self.state.config.max_body_bytes)

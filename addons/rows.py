@@ -4,6 +4,7 @@ request waits."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from typing import Any
 
@@ -15,6 +16,8 @@ from goex_proxy.addons.state import ProxyState
 from goex_proxy.credentials.redact import SecretScrubber, redacted_headers_json
 from goex_proxy.net import bodies
 from goex_proxy.undo.plan import SAFE_METHODS, Exchange, classify
+
+log = logging.getLogger(__name__)
 
 
 def _decoded(message: http.Message, scrub: SecretScrubber) -> bytes | None:
@@ -116,6 +119,12 @@ def approval(flow: http.HTTPFlow) -> dict[str, str]:
     kept = flowmeta.approval(flow)
     return {"approval": kept} if kept is not None else {}
 
+#: The undo class of an exchange whose rules raised while it was worked out (followed by the error): the row keeps
+#: its outcome, and undo plans nothing from it. An exception there had the outcome never recorded (`_finish` marks
+#: the flow recorded first): the row read as in flight, then `interrupted`, while the agent had its answer.
+UNCLASSIFIED = "irreversible: its undo class could not be worked out"
+
+
 def undo_class(state: ProxyState, flow: http.HTTPFlow, resp: http.Response) -> str | None:
     """What `undo` could do for this exchange ("exact", "irreversible: ...", "no rule"), shown with the row."""
     req = flow.request
@@ -126,4 +135,8 @@ def undo_class(state: ProxyState, flow: http.HTTPFlow, resp: http.Response) -> s
                         resp.status_code, header_pairs(resp.headers), resp.get_content(strict=False), pre[0], pre[1],
                         pre[2])
     before = flowmeta.exchange(flow)
-    return classify(state.undo_rules, before.answered(exchange) if before is not None else exchange)
+    try:
+        return classify(state.undo_rules, before.answered(exchange) if before is not None else exchange)
+    except Exception as exc:  # never the reason a request that happened has no outcome in its row
+        log.exception("the undo class of %s %s could not be worked out", req.method, flowmeta.url(flow))
+        return f"{UNCLASSIFIED}: {type(exc).__name__}: {exc}"[:500]

@@ -443,6 +443,14 @@ def _selector(root: str, keys: Sequence[str]) -> str:
     return root + "".join(f".{k}" if _IDENT.fullmatch(k) else f"[{json.dumps(k)}]" for k in keys)
 
 
+def _joined(base: str, url: str) -> str | None:
+    """`url` made absolute against `base`; None for one the parser refuses (an answer's `Location: http://[x`)."""
+    try:
+        return urljoin(base, url)
+    except ValueError:
+        return None
+
+
 class _Ties:
     """Which values of the proposed steps the exchange supplies, as templates, and what the rule must then require."""
 
@@ -501,7 +509,7 @@ class _Ties:
         if url == self.request["base_url"]:
             return "${request.base_url}"
         location = self.variables["response"]["headers"].get("location")
-        if location and urljoin(self.exchange.url, location) == url:
+        if location and _joined(self.exchange.url, location) == url:
             self._require('"location" in response.headers')
             return '${response.headers["location"]}'
         parts = urlsplit(url)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import AuditError
-from . import blobs, layout
+from . import blobs, layout, names
 from .gaps import Gap, gap_holds, gaps
 from .layout import hex_of
 from .seal import Anchor
@@ -182,14 +182,15 @@ def _remove(conn: sqlite3.Connection, key: bytes, known: dict[int, Gap], run: li
     known[gap.next_seq] = gap
     for table in ("limit_hits", "approval_links", "approvals", "undo_journal"):
         conn.execute(f"DELETE FROM {table} WHERE request_id IN ({marks})", ids)
-    named = [ref for found in conn.execute(f"SELECT {', '.join(layout.BLOB_COLUMNS)} FROM requests WHERE seq BETWEEN "
-                                           "? AND ?", (run[0]["seq"], run[-1]["seq"]))
-             for ref in found if ref is not None]
+    held = conn.execute(f"SELECT {', '.join((*layout.BLOB_COLUMNS, *names.FIELDS))} FROM requests WHERE seq BETWEEN "
+                        "? AND ?", (run[0]["seq"], run[-1]["seq"])).fetchall()
+    named = [ref for found in held for ref in found[:len(layout.BLOB_COLUMNS)] if ref is not None]
     conn.execute("DELETE FROM requests WHERE seq BETWEEN ? AND ?", (run[0]["seq"], run[-1]["seq"]))
     # The kept row after the run may leave its prev_hash to the row before it, which is gone: write it in.
     conn.execute("UPDATE requests SET prev_hash = ? WHERE seq = ? AND prev_hash = ?",
                  (bytes.fromhex(run[-1]["hash"]), next_seq, layout.DERIVED))
     blobs.release(conn, named)  # each blob no kept row names goes with them
+    names.release(conn, [ref for found in held for ref in found[len(layout.BLOB_COLUMNS):]])  # and each such name
     done.rows += len(run)
     done.gaps += 1 - absorbed
 

@@ -273,7 +273,8 @@ def _migration_20(db: sqlite_utils.Database) -> None:
     The table is outside the chain, and that is safe: a row's hash covers its agent and host as names (`layout`
     reads the name back before anything hashes the row), so a name edited in the table, or an id that names nothing,
     makes every row holding it fail `log verify`, as an edited row would. The names are no secrets (the rows held
-    them before), and nothing removes one: a prune leaves them (a few bytes each), so an id never names another."""
+    them before). A prune removes the names no kept row holds, but never the newest id, so an id never names another
+    (`names.release`)."""
     db.execute(f"CREATE TABLE IF NOT EXISTS {names.TABLE} (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)")
 
 
@@ -293,6 +294,13 @@ def _migration_21(db: sqlite_utils.Database) -> None:
                 continue
 
 
+def _migration_22(db: sqlite_utils.Database) -> None:
+    """The names again, without regard to case (`names.hosts_stored_as`): a filter on a host finds every spelling
+    of it that policies read as the same host (`NOTES.example.` for notes.example) through this index, not by
+    reading every name."""
+    db.execute(f"CREATE INDEX IF NOT EXISTS idx_{names.TABLE}_nocase ON {names.TABLE} (name COLLATE NOCASE)")
+
+
 def present_columns(conn: sqlite3.Connection) -> set[str]:
     """The columns the requests table has (a log not yet migrated lacks some; a new one lacks those of `BLOB_FIELDS`)."""
     return {r[1] for r in conn.execute("PRAGMA table_info(requests)")}
@@ -302,7 +310,7 @@ def present_columns(conn: sqlite3.Connection) -> set[str]:
 MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6, _migration_7,
               _migration_8, _migration_9, _migration_10, _migration_11, _migration_12, _migration_13,
               _migration_14, _migration_15, _migration_16, _migration_17, _migration_18,
-              _migration_19, _migration_20, _migration_21]
+              _migration_19, _migration_20, _migration_21, _migration_22]
 #: From this version on the chain is HMAC-SHA256 under the seal's key; before it, plain SHA-256.
 KEYED_VERSION = 7
 #: Request fields added by later migrations: hashed only when set, so rows written before them still verify.

@@ -351,6 +351,7 @@ class AuditWriter:
             with self._conn:
                 # Another process (an `undo` next to `goex-proxy run`) may have appended since: lock, then read the head.
                 self._conn.execute("BEGIN IMMEDIATE")
+                self._names.begin()  # a prune (here, or in another process) may have removed names since
                 self._check_anchor()
                 last = self._conn.execute("SELECT hash FROM requests ORDER BY seq DESC LIMIT 1").fetchone()
                 last = (hex_of(last[0]),) if last else None

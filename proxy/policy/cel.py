@@ -128,8 +128,50 @@ def _engine() -> Any:
 def bind(variables: dict[str, Any]) -> Any:
     """Hand the variables to the engine once, for several conditions to evaluate against (the costly step)."""
     context = _engine().Context()
-    context.update(variables)
+    try:
+        context.update(variables)
+    except ValueError:  # a text the engine cannot take: again, with each lone surrogate in it replaced
+        context = _engine().Context()
+        context.update(convertible(variables))
     return context
+
+
+#: A lone surrogate: a byte that was not UTF-8 in a header (read with surrogateescape), or JSON's `"\udc80"`, which
+#: Python's parser reads as one. The engine takes only Unicode text, and raised on either (ValueError), which
+#: ended the undo class of a request an upstream answered with one, and so the outcome of its audit row.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def convertible(value: Any) -> Any:
+    """`value` with each lone surrogate in its texts (keys too) as U+FFFD, the character that stands for what cannot
+    be read, as a body's text view has it; the rest as it is. A loop, not a recursion: JSON nests as deep as
+    Python's parser goes."""
+    def text(found: str) -> str:
+        return _LONE_SURROGATE.sub("\ufffd", found) if not found.isascii() else found
+
+    def fresh(found: Any) -> Any:
+        if isinstance(found, str):
+            return text(found)
+        if isinstance(found, dict):
+            return {}
+        if isinstance(found, (list, tuple)):
+            return []
+        return found
+
+    out = fresh(value)
+    work = [(value, out)] if isinstance(value, (dict, list, tuple)) else []
+    while work:
+        source, target = work.pop()
+        items = source.items() if isinstance(source, dict) else enumerate(source)
+        for key, item in items:
+            made = fresh(item)
+            if isinstance(target, dict):
+                target[text(key) if isinstance(key, str) else key] = made
+            else:
+                target.append(made)
+            if isinstance(item, (dict, list, tuple)):
+                work.append((item, made))
+    return out
 
 
 def read_paths(source: str) -> tuple[Path, ...]:

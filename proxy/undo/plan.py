@@ -555,7 +555,10 @@ def _render(template: RequestTemplate, variables: dict[str, Any]) -> Step:
     headers = tuple((k, str(value)) for k, v in template.headers if (value := v.render(variables)) is not None)
     body = None
     if template.json is not None:
-        body = json.dumps(render_tree(template.json, variables)).encode()
+        try:
+            body = json.dumps(render_tree(template.json, variables)).encode()
+        except (TypeError, ValueError) as exc:  # a value JSON has no form for (bytes): a plan's reason, not a crash
+            raise CelEvalError(f"its JSON body cannot be made: {exc}") from None
         headers += (("Content-Type", "application/json"),)
     elif template.form is not None:
         from .forms import FormError, encode_form
@@ -575,7 +578,16 @@ def _render(template: RequestTemplate, variables: dict[str, Any]) -> Step:
 
 def on_origin(url: str, original: str) -> str | None:
     """`url` made absolute against `original`, if it is on the same origin (scheme, host, port), else None: a
-    compensation, pre-image read or twin built from an upstream's answer must not carry a credential elsewhere."""
+    compensation, pre-image read or twin built from an upstream's answer must not carry a credential elsewhere. A
+    URL the parser refuses (`http://[x`, which an upstream may name as a created resource's Location) is on no
+    origin: it raised ValueError, which ended the undo class of the row, its outcome with it, and undo planning."""
+    try:
+        return _on_origin_of(url, original)
+    except ValueError:
+        return None
+
+
+def _on_origin_of(url: str, original: str) -> str | None:
     def origin(u: str) -> tuple[str, str, int | None]:
         parts = urlsplit(u)
         try:

@@ -329,3 +329,68 @@ def test_a_filter_compares_names_byte_for_byte_whatever_the_columns_collation(tm
     assert console_data.newer(conn, console_data.Filters(agent=shouted), 0)[0] == []
     assert [r["id"] for r in audit.query(conn, agent=AGENTS[0], limit=None)] == \
         [str(r["id"]) for r in reversed(old + new) if r["agent"] == AGENTS[0]]
+
+
+def test_a_prune_in_the_writers_own_transaction_removes_names_the_writer_then_stores_again(tmp_path: Path) -> None:
+    """Retention prunes through the writer (`apply`): the names only pruned rows held go (not the newest id, which
+    SQLite would give the next name), and a row the same writer then writes with such a host reads back and
+    verifies, where it named the removed id. The writer remembers a bounded number of names."""
+    from goex_proxy.audit.prune import prune_batch, upper_bound
+
+    ids = RequestIds()
+    rows = [(intent(ids, i, host=f"h{i}.example", undo_class=None), outcome(i) | {"undo_class": None})
+            for i in range(6)]
+    writer = AuditWriter(tmp_path / "a.db", Seal(tmp_path))
+    try:
+        for row, done in rows:
+            writer.record_intent(row).result(5)
+            writer.record_outcome(str(row["id"]), done).result(5)
+        before = float(rows[4][0]["ts"]) + 0.5  # rows 0 to 4 go; row 5 (the newest) stays
+        key = Seal(tmp_path).key()
+        assert key is not None
+        writer.apply(lambda conn, w: prune_batch(conn, key, before, {}, upper=upper_bound(conn, before, None))
+                     ).result(5)
+        with sqlite3.connect(tmp_path / "a.db") as raw:
+            assert sorted(n for (n,) in raw.execute("SELECT name FROM audit_names")) == ["bot", "h5.example"]
+        again = intent(ids, 9, host="h2.example")
+        writer.record_intent(again).result(5)
+        writer.record_outcome(str(again["id"]), outcome(9)).result(5)
+    finally:
+        writer.close()
+    assert [r["host"] for r in audit.iter_rows(ro(tmp_path))] == ["h5.example", "h2.example"]
+    assert (verify(tmp_path).broken_id, verify(tmp_path).checked) == (None, 2)
+
+    kept = names.Names(recent=3)
+    with sqlite3.connect(tmp_path / "a.db") as raw:
+        for n in range(10):
+            kept.id_of(raw, f"many{n}.example")
+        assert len(kept._ids) == 3
+
+
+def _spellings(host: str, count: int) -> list[str]:
+    """`count` spellings of a host that policies read as the same host (each letter in either case, a trailing dot)."""
+    letters = [i for i, c in enumerate(host) if c.isalpha()]
+    out = []
+    for n in range(count):
+        chars = list(host)
+        for bit, at in enumerate(letters):
+            if n >> (bit + 1) & 1:
+                chars[at] = chars[at].upper()
+        out.append("".join(chars) + ("." if n & 1 else ""))
+    return out
+
+
+def test_a_host_with_more_spellings_than_sqlite_takes_parameters_is_still_filtered(tmp_path: Path) -> None:
+    """An agent can give a host as many spellings as it sends requests, each a name of its own; a filter that passed
+    each one's id as a parameter failed past SQLite's limit on them (250,000 here: "too many SQL variables")."""
+    host = "notes.example.example"
+    spellings = _spellings(host, 260_000)
+    ids = RequestIds()
+    rows = [(intent(ids, i, host=spellings[n]), outcome(i)) for i, n in enumerate((0, 7, 259_999))]
+    write(tmp_path, rows)
+    with sqlite3.connect(tmp_path / "a.db") as raw:
+        raw.executemany("INSERT OR IGNORE INTO audit_names (name) VALUES (?)", ((s,) for s in spellings))
+    conn = ro(tmp_path)
+    wanted = [str(r["id"]) for r, _ in reversed(rows)]
+    assert [r["id"] for r in audit.query(conn, host=host.upper())] == wanted
+    assert [r["id"] for r in console_data.page(conn, console_data.Filters(host=host))] == wanted

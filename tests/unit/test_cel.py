@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -122,3 +123,23 @@ def test_matches_on_a_long_string_is_answered_without_being_remembered() -> None
     condition = compile_condition('request.path.matches("x$")')
     assert condition.evaluate({"request": {"path": "a" * 5000 + "x"}}) is True
     assert condition.evaluate({"request": {"path": "a" * 5000 + "y"}}) is False
+
+
+def test_a_lone_surrogate_anywhere_in_the_variables_reads_as_u_fffd() -> None:
+    """A header byte that was not UTF-8 (surrogateescape) or JSON's `"\\udc80"`, in a value, a key, or deep in a
+    list, made `bind` raise (ValueError: the engine takes only Unicode text); each reads as U+FFFD, the rest as it
+    was, and what was handed in is left as it was."""
+    from goex_proxy.policy.cel import bind, compile_condition
+
+    nested: list[Any] = ["\udc80"]
+    for _ in range(2000):  # deeper than a recursion would go
+        nested = [nested]
+    variables = {"response": {"json": {"k\udcff": "a\udc80b", "list": ("x", {"y": "\ud800"}), "n": 7, "pair": "\U0001f600",
+                                       "deep": nested},
+                              "headers": {"x-raw": "\udcff"}}}
+    context = bind(variables)
+    condition = compile_condition('response.json["k\\ufffd"] == "a\\ufffdb" && response.json.list[1].y == "\\ufffd" && '
+                                  'response.json.n == 7 && response.json.pair == "\\U0001f600" && '
+                                  'response.headers["x-raw"] == "\\ufffd"', frozenset({"response"}))
+    assert condition.evaluate(context) is True
+    assert variables["response"]["json"]["k\udcff"] == "a\udc80b"

@@ -314,3 +314,12 @@ def test_a_literal_proposal_is_saved_literally() -> None:
     text = rule_yaml(first, accepted)
     assert planned(text, first) == sent(accepted)
     assert "effective: response.status >= 200 && response.status < 300" in text and "when:" not in text
+
+
+def test_a_location_no_url_parser_takes_is_left_literal_in_a_saved_rule() -> None:
+    """The answer's Location is the agent's upstream's to choose: `http://[x` made saving a proposal as a rule end
+    in an internal error (ValueError "Invalid IPv6 URL" while comparing it with each step's URL)."""
+    first = row(resp_headers=(("Location", "http://[x"),))
+    accepted = parse_proposal(proposal(step()), first)
+    text = rule_yaml(first, accepted, "notes-undo", "fake-model")
+    assert planned(text, first) == sent(accepted) and "location" not in text

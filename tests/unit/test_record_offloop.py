@@ -90,3 +90,18 @@ def test_a_row_is_the_same_on_the_loop_or_off_it(state: Any, monkeypatch: pytest
     main = threading.main_thread().name
     assert threads_on == {main}
     assert (main not in threads_off and len(threads_off) >= 1) if off_loop else threads_off == {main}
+
+
+def test_an_undo_class_that_cannot_be_worked_out_leaves_the_outcome_recorded(state: Any,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The record stage marks a flow recorded before it builds its outcome: anything raised while working out the
+    undo class (an answer no rule expected; two such were found, and fixed) lost the outcome, and the row read as in
+    flight, then `interrupted`, while the agent had its answer. The outcome is kept, its class saying why undo plans
+    nothing from it."""
+    def broken(*_: Any) -> str:
+        raise RuntimeError("an undo rule raised")
+
+    monkeypatch.setattr(rows, "classify", broken)
+    row, _ = _exchange(state, b'{"name": "n"}', b'{"id": 7}')
+    assert row["status"] == 201 and row["error"] is None
+    assert row["undo_class"] == f"{rows.UNCLASSIFIED}: RuntimeError: an undo rule raised"

@@ -1,0 +1,247 @@
+"""An agent against the audit log's storage layout: it holds only its token, chooses every byte of its requests and,
+through an upstream it controls on 127.0.0.1, every byte of the answers. Whatever it sends must read back as sent,
+verify, and be found by every filter that should find it."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from goex_proxy.audit import store as audit
+from goex_proxy.console import data as console_data
+from tests.conftest import TOKENS, GoexProxy, LoopbackServer
+
+pytestmark = pytest.mark.e2e
+
+HOST = "notes.example"
+POLICY = {"notes": f"""
+    version: 1
+    rules:
+      - name: the notes API
+        allow: {{host: {HOST}, methods: [GET, POST, PUT, DELETE]}}
+"""}
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+
+
+def _answer(answers: dict[str, bytes]) -> Callable[[socket.socket], None]:
+    """An upstream that reads a request head and sends back the bytes its path names (OK for any other)."""
+    def serve(conn: socket.socket) -> None:
+        conn.settimeout(10)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return
+            data += chunk
+        path = data.split(b" ", 2)[1].split(b"?")[0].decode("latin-1")
+        conn.sendall(answers.get(path, OK))
+    return serve
+
+
+@pytest.fixture
+def answers() -> dict[str, bytes]:
+    return {}
+
+
+@pytest.fixture
+def upstream_server(answers: dict[str, bytes]) -> Iterator[LoopbackServer]:
+    server = LoopbackServer(_answer(answers))
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def proxy(make_proxy, upstream_server: LoopbackServer) -> GoexProxy:
+    return make_proxy(POLICY, routes={HOST: f"http://127.0.0.1:{upstream_server.port}"})
+
+
+def send(proxy: GoexProxy, head: list[str], agent: str = "mailbot", body: bytes | None = None) -> bytes:
+    """One request as the agent writes it, byte for byte (its proxy credentials added after the request line, its
+    body's length after its headers); the whole answer."""
+    creds = base64.b64encode(f"{agent}:{TOKENS[agent]}".encode()).decode()
+    sized = [f"Content-Length: {len(body)}"] if body is not None else []
+    lines = [head[0], f"Proxy-Authorization: Basic {creds}", *head[1:], *sized, "Connection: close"]
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=20) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape") + (body or b""))
+        out = b""
+        while chunk := sock.recv(65536):
+            out += chunk
+    return out
+
+
+def logged(proxy: GoexProxy, *options: str) -> list[dict[str, object]]:
+    result = proxy.cli("log", "--json", "--limit", "1000", *options)
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def test_a_host_spelled_in_upper_case_or_with_a_trailing_dot_is_found_by_the_host_filters(proxy: GoexProxy) -> None:
+    """The policy, routes and credentials read `NOTES.example.` as notes.example, and the row keeps the host as the
+    request spelled it; `log --host notes.example` and the console's host filter compared it byte for byte, so an
+    agent kept its requests out of them by spelling the host so."""
+    spellings = [HOST, HOST.upper(), f"{HOST}.", "Notes.Example."]
+    for n, host in enumerate(spellings):
+        assert send(proxy, [f"GET http://{host}/posts/{n} HTTP/1.1", f"Host: {host}"]).startswith(b"HTTP/1.1 200")
+    rows = logged(proxy)
+    assert sorted(r["host"] for r in rows) == sorted(spellings)  # as sent
+    for asked in (HOST, HOST.upper(), f"{HOST}."):
+        assert sorted(r["host"] for r in logged(proxy, "--host", asked)) == sorted(spellings), asked
+    assert logged(proxy, "--host", "otes.example") == []
+    conn = audit.open_db(proxy.home / "audit.db", readonly=True)
+    try:
+        for asked in (HOST, "NOTES.EXAMPLE"):
+            page = console_data.page(conn, console_data.Filters(host=asked))
+            assert sorted(r["host"] for r in page) == sorted(spellings)
+            assert sorted(r["host"] for r in console_data.newer(conn, console_data.Filters(host=asked), 0)[0]) == \
+                sorted(spellings)
+    finally:
+        conn.close()
+    verified = proxy.cli("log", "verify")
+    assert verified.returncode == 0 and verified.stdout.startswith("ok: 4 rows"), verified.stdout + verified.stderr
+
+
+def test_a_prune_gives_back_the_names_only_pruned_rows_held(proxy: GoexProxy) -> None:
+    """Each host an agent names, allowed or not, is a name in `audit_names`; a prune removed the rows and kept every
+    name for good, so requests to ever new hosts grew the log in a way no prune gave back. A prune now removes the
+    names no kept row holds, and the running proxy, which remembered their ids, names them again when an agent
+    sends to them later: `log verify` holds throughout."""
+    for n in range(30):
+        assert send(proxy, [f"GET http://h{n}.elsewhere.example/x HTTP/1.1", f"Host: h{n}.elsewhere.example"]
+                    ).startswith(b"HTTP/1.1 403")
+    time.sleep(1.1)
+    assert send(proxy, [f"GET http://{HOST}/posts HTTP/1.1", f"Host: {HOST}"]).startswith(b"HTTP/1.1 200")
+    names = {n for (n,) in sqlite3.connect(proxy.home / "audit.db").execute("SELECT name FROM audit_names")}
+    assert {f"h{n}.elsewhere.example" for n in range(30)} <= names
+    pruned = proxy.cli("log", "prune", "--older-than", "1s")
+    assert pruned.returncode == 0 and pruned.stdout.startswith("pruned 30 rows"), pruned.stdout + pruned.stderr
+    with sqlite3.connect(proxy.home / "audit.db") as conn:
+        assert {n for (n,) in conn.execute("SELECT name FROM audit_names")} == {"mailbot", HOST}
+    verified = proxy.cli("log", "verify")
+    assert verified.returncode == 0 and verified.stdout.startswith("ok: 1 rows"), verified.stdout + verified.stderr
+    for n in (3, 29):  # the proxy remembered these names' ids; they are gone, or another name's
+        assert send(proxy, [f"GET http://h{n}.elsewhere.example/x HTTP/1.1", f"Host: h{n}.elsewhere.example"]
+                    ).startswith(b"HTTP/1.1 403")
+    assert send(proxy, ["GET http://new.elsewhere.example/x HTTP/1.1", "Host: new.elsewhere.example"]
+                ).startswith(b"HTTP/1.1 403")
+    assert [r["host"] for r in logged(proxy)] == [HOST, "h3.elsewhere.example", "h29.elsewhere.example",
+                                                   "new.elsewhere.example"]
+    verified = proxy.cli("log", "verify")
+    assert verified.returncode == 0 and verified.stdout.startswith("ok: 4 rows"), verified.stdout + verified.stderr
+
+
+def _json_answer(body: bytes) -> bytes:
+    return (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: " + str(len(body)).encode()
+            + b"\r\nConnection: close\r\n\r\n" + body)
+
+
+def _until(check: Callable[[], object], what: str, timeout: float = 10.0) -> object:
+    deadline = time.monotonic() + timeout
+    while not (found := check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+    return found
+
+
+def test_an_answer_with_a_lone_surrogate_in_its_json_still_gets_its_outcome(proxy: GoexProxy,
+                                                                           answers: dict[str, bytes]) -> None:
+    """JSON may escape a lone surrogate (`"\\udc80"`), which Python reads as such and the CEL engine cannot take:
+    working out the undo class of a DELETE answered so raised, the outcome was never recorded, and the row read as
+    still in flight (then `interrupted`) while the agent had its 200, with no undo class for session undo to act on."""
+    answers["/posts/3"] = _json_answer(b'{"id": 3, "title": "\\udc80 and a pair \\ud83d\\ude00"}')
+    assert send(proxy, [f"DELETE http://{HOST}/posts/3 HTTP/1.1", f"Host: {HOST}"]).startswith(b"HTTP/1.1 200")
+    row = _until(lambda: next((r for r in logged(proxy) if r["method"] == "DELETE" and r["status"] is not None), None),
+                 "the DELETE's outcome")
+    assert isinstance(row, dict) and (row["status"], row["error"]) == (200, None)
+    assert row["undo_class"] not in (None, "no rule", "not effective"), row
+    shown = json.loads(proxy.cli("show", "--json", str(row["id"])).stdout.splitlines()[0])
+    assert '"\\udc80 and a pair' in shown["resp_body"]
+    planned = proxy.cli("undo", "--agent", "mailbot", "--since", "1h", "--dry-run")
+    assert planned.returncode == 0 and str(row["id"]) in planned.stdout, planned.stdout + planned.stderr
+    assert "Addon error" not in proxy.log_text()
+    verified = proxy.cli("log", "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_a_create_answered_with_a_location_no_url_parser_takes_still_gets_its_outcome(
+        proxy: GoexProxy, answers: dict[str, bytes]) -> None:
+    """The REST pack undoes a create at the Location its answer names; `Location: http://[x` made the URL parser
+    raise (ValueError "Invalid IPv6 URL") while the undo class was worked out, so the outcome was never recorded (the
+    row in flight, then `interrupted`, while the agent had its 201), and planning its undo ended in an internal
+    error. Such a Location is no URL on the request's origin: nothing is planned from it."""
+    body = b'{"id": 9, "title": "made"}'
+    answers["/posts"] = (b"HTTP/1.1 201 Created\r\nLocation: http://[x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+    assert send(proxy, [f"POST http://{HOST}/posts HTTP/1.1", f"Host: {HOST}", "Content-Type: application/json"],
+                body=b"{}").startswith(b"HTTP/1.1 201")
+    row = _until(lambda: next((r for r in logged(proxy) if r["method"] == "POST" and r["status"] is not None), None),
+                 "the POST's outcome")
+    assert isinstance(row, dict) and (row["status"], row["error"]) == (201, None), row
+    planned = proxy.cli("undo", str(row["id"]), "--dry-run")
+    assert planned.returncode not in (0, 70) and "origin" in planned.stdout + planned.stderr, \
+        planned.stdout + planned.stderr
+    session = proxy.cli("undo", "--agent", "mailbot", "--since", "1h", "--dry-run")
+    assert session.returncode != 70 and "internal error" not in session.stderr, session.stdout + session.stderr
+    assert "Addon error" not in proxy.log_text()
+    verified = proxy.cli("log", "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+#: An operator's undo pack whose compensation body cannot be made for some requests: its `json:` takes the request's
+#: body, which is bytes, and JSON has no bytes (TypeError while the undo is worked out).
+BYTES_IN_JSON_PACK = f"""
+version: 1
+name: notes
+rules:
+  - name: post a note
+    match: {{hosts: [{HOST}], methods: [POST]}}
+    class: exact
+    undo:
+      - method: POST
+        url: "${{request.url}}"
+        json: {{note: "${{request.body}}"}}
+        why: posts the note again
+"""
+
+
+def test_a_request_whose_undo_rule_raises_still_gets_its_outcome(make_proxy, upstream_server: LoopbackServer,
+                                                                 tmp_path) -> None:
+    """An undo rule whose `json:` body takes bytes raised TypeError while the undo class was worked out: the outcome
+    was never recorded (the row in flight, then `interrupted`, while the agent had its 200), and planning its undo
+    ended in an internal error. The body that cannot be made is the plan's reason."""
+    pack = tmp_path / "notes-undo.yaml"
+    pack.write_text(BYTES_IN_JSON_PACK)
+    proxy = make_proxy(POLICY, routes={HOST: f"http://127.0.0.1:{upstream_server.port}"},
+                       extra_config=f"undo_rules: [{pack}]\n")
+    assert send(proxy, [f"POST http://{HOST}/notes HTTP/1.1", f"Host: {HOST}"], body=b"hello").startswith(b"HTTP/1.1 200")
+    row = _until(lambda: next((r for r in logged(proxy) if r["status"] is not None), None), "the POST's outcome")
+    assert isinstance(row, dict) and (row["status"], row["error"]) == (200, None), row
+    assert row["undo_class"] == "exact", row
+    for args in (("undo", str(row["id"]), "--dry-run"), ("undo", "--agent", "mailbot", "--since", "1h", "--dry-run")):
+        planned = proxy.cli(*args)
+        assert planned.returncode != 70 and "its JSON body cannot be made" in planned.stdout + planned.stderr, \
+            planned.stdout + planned.stderr
+    verified = proxy.cli("log", "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_a_write_whose_url_holds_a_character_beyond_ascii_is_sent(proxy: GoexProxy) -> None:
+    """A PUT to `/posts/1?q=é` (the UTF-8 bytes as sent) was refused with 502 "internal error in the preimage stage":
+    the pre-image read's request could not be made of that URL (UnicodeEncodeError), outside what counted as the
+    read failing. A read that cannot be made is one that failed: the request goes on, and undo says why it has no
+    pre-image."""
+    answer = send(proxy, [f"PUT http://{HOST}/posts/1?q=\u00e9t\u00e9 HTTP/1.1", f"Host: {HOST}",
+                          "Content-Type: application/json"], body=b"{}")
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    row = _until(lambda: next((r for r in logged(proxy) if r["method"] == "PUT" and r["status"] is not None), None),
+                 "the PUT's outcome")
+    assert isinstance(row, dict) and (row["status"], row["error"]) == (200, None), row
+    assert "internal error" not in proxy.log_text()
+    planned = proxy.cli("undo", str(row["id"]), "--dry-run")
+    assert planned.returncode not in (0, 70) and "pre-image" in planned.stdout + planned.stderr, \
+        planned.stdout + planned.stderr
