@@ -104,4 +104,4 @@ def test_an_undo_class_that_cannot_be_worked_out_leaves_the_outcome_recorded(sta
     monkeypatch.setattr(rows, "classify", broken)
     row, _ = _exchange(state, b'{"name": "n"}', b'{"id": 7}')
     assert row["status"] == 201 and row["error"] is None
-    assert row["undo_class"] == f"{rows.UNCLASSIFIED}: RuntimeError: an undo rule raised"
+    assert row["undo_class"] == f"{rows.UNCLASSIFIED} (RuntimeError)"  # not its message: it may quote the answer
