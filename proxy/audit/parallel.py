@@ -22,7 +22,8 @@ def processes_for(rows: int) -> int:
     """How many processes check a log of this many rows: one per core this process may run on, for a large log."""
     if rows < PARALLEL_FROM:
         return 1
-    return max(1, min(MOST_PROCESSES, len(os.sched_getaffinity(0)), rows // (PARALLEL_FROM // 2)))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(MOST_PROCESSES, cores, rows // (PARALLEL_FROM // 2)))
 
 
 def verify(conn: sqlite3.Connection, key: bytes | None, anchor: Anchor | None = None,
