@@ -550,12 +550,15 @@ def charged(keys: Iterable[str], at: float) -> str:
     return json.dumps({"keys": list(keys), "at": at}, separators=(",", ":"))
 
 
-def _limit_hits_problem(conn: sqlite3.Connection, expected: Counter[tuple[str, Any, str, float]]
+def _limit_hits_problem(conn: sqlite3.Connection, expected: Counter[tuple[str, Any, str, float]], through: int
                         ) -> tuple[str, str] | None:
     """The first disagreement between `limit_hits` and the charges the chained rows carry (a charge may name a rule
     more than once: a message of several SQL statements), the agent of each hit its row's (a cap counts an agent's
-    hits: one moved to another agent counts for neither as charged): (row id, problem)."""
-    for key, agent, ts, request_id in conn.execute("SELECT key, agent, ts, request_id FROM limit_hits ORDER BY rowid"):
+    hits: one moved to another agent counts for neither as charged): (row id, problem). Hits of rows after seq
+    `through` are not looked at: those rows were written (by a running proxy) after the check read its rows."""
+    for key, agent, ts, request_id in conn.execute(
+            "SELECT key, agent, ts, request_id FROM limit_hits h WHERE NOT EXISTS (SELECT 1 FROM requests r WHERE "
+            "r.id = h.request_id AND r.seq > ?) ORDER BY rowid", (through,)):
         if expected[(request_id, agent, key, ts)] <= 0:
             return request_id, (f"a limit hit of rule {key!r} for agent {agent!r} matches no charge its row carries "
                                 "(limit_hits was edited)")
@@ -629,6 +632,7 @@ class Span:
     pruned: int = 0
     expected: Counter[tuple[str, Any, str, float]] = field(default_factory=Counter)  # (id, agent, rule, time)
     anchored: bool = False
+    through: int = 0  # the last seq read (rows a running proxy writes later are not)
 
 
 def verify_span(conn: sqlite3.Connection, key: bytes | None, anchor: Anchor | None, seqs: tuple[int, int] | None = None
@@ -664,6 +668,9 @@ def verify_span(conn: sqlite3.Connection, key: bytes | None, anchor: Anchor | No
             found.expected.update((row["id"], row["agent"], k, charge["at"]) for k in charge["keys"])
         prev = row["hash"]
         found.checked += 1
+        found.through = int(row["seq"])
+    if seqs is not None:
+        found.through = seqs[1] - 1
     return found
 
 
@@ -673,7 +680,7 @@ def verify(conn: sqlite3.Connection, key: bytes | None, anchor: Anchor | None = 
     as recorded outside the database), rows removed from the end are caught too. `spans`: what `verify_span` found
     over consecutive ranges that together cover every row, in seq order (`parallel` checks them at once), instead of
     one pass here."""
-    checked = pruned = 0
+    checked = pruned = through = 0
     anchored = anchor is None
     expected: Counter[tuple[str, Any, str, float]] = Counter()
     for span in spans if spans is not None else [verify_span(conn, key, anchor)]:
@@ -683,7 +690,8 @@ def verify(conn: sqlite3.Connection, key: bytes | None, anchor: Anchor | None = 
         pruned += span.pruned
         expected += span.expected
         anchored = anchored or span.anchored
-    if key is not None and (found := _limit_hits_problem(conn, expected)) is not None:
+        through = max(through, span.through)
+    if key is not None and (found := _limit_hits_problem(conn, expected, through)) is not None:
         return VerifyResult(checked, found[0], None, found[1], True)
     if not anchored:
         assert anchor is not None

@@ -109,3 +109,19 @@ def test_a_second_anchor_is_checked_as_a_whole_pass_checks_it(log: Log, kept: st
         assert audit.against_anchor(conn, whole, at) == audit.verify(conn, key, at)
     finally:
         conn.close()
+
+
+def test_a_limit_hit_written_while_the_rows_are_checked_is_no_break(log: Log) -> None:
+    """`run` goes on writing while `log verify` reads: a charged request that lands after the rows were read (for
+    minutes, with a large log in several processes) has its limit hit already there when the hits are compared,
+    and it read as "limit_hits was edited"."""
+    _filled(log)
+    seal = Seal(log.home)
+    conn = audit.open_db(log.home / "a.db", readonly=True)
+    try:
+        key, anchor = audit.chain_key(conn, seal), seal.anchor()
+        read = [audit.verify_span(conn, key, anchor)]
+        log.add(0, charge=Charge("bot", ("p/yearly",), NOW, (("p/yearly", Limit(50, 365 * DAY, "year")),)))
+        assert audit.verify(conn, key, anchor, read).broken_id is None
+    finally:
+        conn.close()
