@@ -125,3 +125,20 @@ def test_a_limit_hit_written_while_the_rows_are_checked_is_no_break(log: Log) ->
         assert audit.verify(conn, key, anchor, read).broken_id is None
     finally:
         conn.close()
+
+
+def test_rows_a_prune_takes_while_the_rows_are_checked_are_no_break(log: Log) -> None:
+    """`run` prunes by its retention while `log verify` reads: charged rows read by the check and pruned (with
+    their hits) before the hits are compared read as "its limit hit is gone"."""
+    _filled(log)
+    seal = Seal(log.home)
+    conn = audit.open_db(log.home / "a.db", readonly=True)
+    try:
+        key, anchor = audit.chain_key(conn, seal), seal.anchor()
+        read = [audit.verify_span(conn, key, anchor)]
+        assert sum(read[0].expected.values()) == 3
+        log.prune(0.5, {}, include_undoable=True)  # the charges lapsed: their rows and hits go
+        assert conn.execute("SELECT count(*) FROM limit_hits").fetchone()[0] == 0
+        assert audit.verify(conn, key, anchor, read).broken_id is None
+    finally:
+        conn.close()
