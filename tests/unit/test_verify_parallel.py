@@ -111,34 +111,37 @@ def test_a_second_anchor_is_checked_as_a_whole_pass_checks_it(log: Log, kept: st
         conn.close()
 
 
-def test_a_limit_hit_written_while_the_rows_are_checked_is_no_break(log: Log) -> None:
-    """`run` goes on writing while `log verify` reads: a charged request that lands after the rows were read (for
-    minutes, with a large log in several processes) has its limit hit already there when the hits are compared,
-    and it read as "limit_hits was edited"."""
-    _filled(log)
+def _checked_while(log: Log, meanwhile: Callable[[], None]) -> audit.VerifyResult:
+    """The log checked with `meanwhile` done after its rows were read and before the hits are compared (what a
+    running proxy may do while `log verify` reads, for minutes when the check runs in processes)."""
     seal = Seal(log.home)
     conn = audit.open_db(log.home / "a.db", readonly=True)
     try:
         key, anchor = audit.chain_key(conn, seal), seal.anchor()
         read = [audit.verify_span(conn, key, anchor)]
-        log.add(0, charge=Charge("bot", ("p/yearly",), NOW, (("p/yearly", Limit(50, 365 * DAY, "year")),)))
-        assert audit.verify(conn, key, anchor, read).broken_id is None
+        assert sum(read[0].expected.values()) == 3  # the charges of the three charged rows
+        meanwhile()
+        return audit.verify(conn, key, anchor, read)
     finally:
         conn.close()
+
+
+def test_a_limit_hit_written_while_the_rows_are_checked_is_no_break(log: Log) -> None:
+    """A charged request that lands after the rows were read has its limit hit already there when the hits are
+    compared: it read as "limit_hits was edited"."""
+    _filled(log)
+    charge = Charge("bot", ("p/yearly",), NOW, (("p/yearly", Limit(50, 365 * DAY, "year")),))
+    assert _checked_while(log, lambda: log.add(0, charge=charge) and None).broken_id is None
 
 
 def test_rows_a_prune_takes_while_the_rows_are_checked_are_no_break(log: Log) -> None:
-    """`run` prunes by its retention while `log verify` reads: charged rows read by the check and pruned (with
-    their hits) before the hits are compared read as "its limit hit is gone"."""
+    """Charged rows read by the check and pruned with their hits (run's retention) before the hits are compared
+    read as "its limit hit is gone"."""
     _filled(log)
-    seal = Seal(log.home)
-    conn = audit.open_db(log.home / "a.db", readonly=True)
-    try:
-        key, anchor = audit.chain_key(conn, seal), seal.anchor()
-        read = [audit.verify_span(conn, key, anchor)]
-        assert sum(read[0].expected.values()) == 3
+
+    def prune() -> None:
         log.prune(0.5, {}, include_undoable=True)  # the charges lapsed: their rows and hits go
-        assert conn.execute("SELECT count(*) FROM limit_hits").fetchone()[0] == 0
-        assert audit.verify(conn, key, anchor, read).broken_id is None
-    finally:
-        conn.close()
+        with sqlite3.connect(log.home / "a.db") as conn:
+            assert conn.execute("SELECT count(*) FROM limit_hits").fetchone()[0] == 0
+
+    assert _checked_while(log, prune).broken_id is None
