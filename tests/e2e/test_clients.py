@@ -59,12 +59,20 @@ def test_curl_plain_http_and_https(proxy, upstream):
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_http2_to_the_proxy(proxy, upstream):
-    """A client that speaks HTTP/2 inside the tunnel is served over HTTP/2, and policy still applies."""
+    """A client that speaks HTTP/2 inside the tunnel is served over HTTP/2, and policy still applies; its rows say
+    HTTP/2.0 (the layout leaves only HTTP/1.1 out of a row), read back whole and verify."""
     fmt = "%{http_version} %{http_code}"
     ok = proxy.exec("mailbot", "curl", "-sS", "--http2", "-o", "/dev/null", "-w", fmt, URL)
     denied = proxy.exec("mailbot", "curl", "-sS", "--http2", "-o", "/dev/null", "-w", fmt, "-X", "DELETE", URL)
     assert (ok.stdout, denied.stdout) == ("2 200", "2 403")
     assert [s.method for s in upstream.state.seen] == ["GET"]
+    rows = proxy.rows()[-2:]
+    assert [(r["method"], r["http_version"], r["status"]) for r in rows] == [("GET", "HTTP/2.0", 200),
+                                                                              ("DELETE", "HTTP/2.0", 403)]
+    shown = [json.loads(proxy.cli("show", str(r["id"]), "--json").stdout) for r in rows]
+    assert [(r["url"], r["http_version"]) for r in shown] == [(URL, "HTTP/2.0")] * 2
+    verified = proxy.cli("log", "verify")
+    assert verified.returncode == 0 and verified.stdout.startswith("ok:"), verified.stdout
 
 
 def test_node_fetch(proxy, upstream):
