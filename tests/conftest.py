@@ -419,5 +419,16 @@ def after_agent(make: Callable[..., GoexProxy], policy: dict[str, str], agent: s
     return proxy
 
 
+def read_head(sock: socket.socket) -> bytes:
+    """What `sock` sends up to the end of an HTTP head (and whatever came with it), or until it closes."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def have(tool: str) -> bool:
     return shutil.which(tool) is not None

@@ -15,7 +15,7 @@ import pytest
 
 from goex_proxy.audit import store as audit
 from goex_proxy.console import data as console_data
-from tests.conftest import TOKENS, GoexProxy, LoopbackServer
+from tests.conftest import TOKENS, GoexProxy, LoopbackServer, read_head
 
 pytestmark = pytest.mark.e2e
 
@@ -33,12 +33,9 @@ def _answer(answers: dict[str, bytes]) -> Callable[[socket.socket], None]:
     """An upstream that reads a request head and sends back the bytes its path names (OK for any other)."""
     def serve(conn: socket.socket) -> None:
         conn.settimeout(10)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = conn.recv(65536)
-            if not chunk:
-                return
-            data += chunk
+        data = read_head(conn)
+        if b"\r\n\r\n" not in data:
+            return
         path = data.split(b" ", 2)[1].split(b"?")[0].decode("latin-1")
         conn.sendall(answers.get(path, OK))
     return serve

@@ -24,7 +24,7 @@ import h2.exceptions
 import pytest
 import requests
 
-from tests.conftest import GITHUB_URL, GOEX, TOKENS, wait_port
+from tests.conftest import GITHUB_URL, GOEX, TOKENS, read_head, wait_port
 
 pytestmark = pytest.mark.e2e
 
@@ -98,13 +98,7 @@ def tunnel(proxy, agent: str = "mailbot") -> tuple[socket.socket, bytes]:
     raw = socket.create_connection(("127.0.0.1", proxy.port), timeout=20)
     raw.sendall(f"CONNECT api.github.com:443 HTTP/1.1\r\nHost: api.github.com:443\r\n"
                 f"Proxy-Authorization: {auth(agent)}\r\n\r\n".encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = raw.recv(4096)
-        if not chunk:
-            break
-        head += chunk
-    return raw, head
+    return raw, read_head(raw)
 
 
 class H2Client:

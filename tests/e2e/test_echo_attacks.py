@@ -19,6 +19,7 @@ import pytest
 from goex_proxy.credentials.kinds import Credential, Injection
 from goex_proxy.credentials.redact import PARTIAL_MIN
 from goex_proxy.secretref import SecretRef
+from tests.conftest import read_head
 from tests.e2e.test_echoes import HOST, fetch, tls_tunnel
 
 pytestmark = pytest.mark.e2e
@@ -204,9 +205,7 @@ def test_a_raw_stream_after_an_upgrade_is_scrubbed(attacked_proxy, attacker):
     upstream sends it back over the raw stream, whole and cut in two: the agent gets neither (relayed blind before)."""
     tls = tls_tunnel(attacked_proxy, HOST)
     tls.sendall(f"GET /upgrade HTTP/1.1\r\nHost: {HOST}\r\nConnection: Upgrade\r\nUpgrade: foo\r\n\r\n".encode())
-    got = b""
-    while b"\r\n\r\n" not in got:
-        got += tls.recv(4096)
+    got = read_head(tls)
     assert got.startswith(b"HTTP/1.1 101")
     got = got.partition(b"\r\n\r\n")[2]
     for _ in range(3):

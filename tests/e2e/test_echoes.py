@@ -19,7 +19,7 @@ from websockets.sync.client import connect
 from websockets.sync.server import serve
 
 from goex_proxy.credentials.redact import PARTIAL_MIN
-from tests.conftest import TOKENS, free_port
+from tests.conftest import TOKENS, free_port, read_head
 
 pytestmark = pytest.mark.e2e
 
@@ -270,9 +270,7 @@ def test_websocket_ping_and_close_payloads_are_scrubbed(echo_proxy, path):
     key = base64.b64encode(os.urandom(16)).decode()
     tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {WS_HOST}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += tls.recv(4096)
+    data = read_head(tls)
     head, _, data = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 101")
     mask = os.urandom(4)
