@@ -69,7 +69,7 @@ def read(path: Path | None) -> tuple[Path, Any, Checker]:
     if problems:
         raise ConfigError(problems)
     check = Checker(str(path))
-    _refuse_nul(check, doc, (1, 1))
+    _refuse_unwritable(check, doc, (1, 1))
     check.raise_if_errors()  # what follows makes paths of the values, which a NUL would end with a ValueError
     return path.resolve(), doc, check
 
@@ -125,7 +125,7 @@ def load_audit_settings(path: Path | None = None) -> AuditSettings:
     return settings
 
 
-def _refuse_nul(check: Checker, value: Any, pos: tuple[int, int]) -> None:
+def _refuse_unwritable(check: Checker, value: Any, pos: tuple[int, int]) -> None:
     """A NUL character (YAML's "\\0" escape) or a lone surrogate ("\\ud800") in any key or string of the config is an
     error where it is: no path, name, host or header may hold one, and as a path it ended commands with a ValueError
     or a UnicodeEncodeError (an internal error)."""
@@ -133,10 +133,10 @@ def _refuse_nul(check: Checker, value: Any, pos: tuple[int, int]) -> None:
         for key, item in value.items():
             if (problem := _unwritable(key)) is not None:
                 check.error(value.key_pos.get(key, pos), f"the key {key!r} {problem}")
-            _refuse_nul(check, item, value.value_pos.get(key, pos))
+            _refuse_unwritable(check, item, value.value_pos.get(key, pos))
     elif isinstance(value, yamlsrc.YList):
         for i, item in enumerate(value):
-            _refuse_nul(check, item, value.item_pos[i] if i < len(value.item_pos) else pos)
+            _refuse_unwritable(check, item, value.item_pos[i] if i < len(value.item_pos) else pos)
     elif isinstance(value, str) and (problem := _unwritable(value)) is not None:
         check.error(pos, f"{value[:60]!r} {problem}, which no path, name or header may hold")
 

@@ -26,16 +26,14 @@ def processes_for(rows: int) -> int:
     return max(1, min(MOST_PROCESSES, cores, rows // (PARALLEL_FROM // 2)))
 
 
-def verify(conn: sqlite3.Connection, key: bytes | None, anchor: Anchor | None = None,
-           processes: int | None = None) -> store.VerifyResult:
-    """`store.verify`, the rows split into `processes` ranges of seqs (by default `processes_for` the log's rows),
-    each checked in a process of its own; what they found is put together as one pass would have."""
+def verify(conn: sqlite3.Connection, key: bytes | None, anchor: Anchor | None, processes: int) -> store.VerifyResult:
+    """`store.verify`, the rows split into `processes` ranges of seqs (`processes_for` the log's rows), each checked
+    in a process of its own; what they found is put together as one pass would have."""
     low, high = conn.execute("SELECT min(seq), max(seq) FROM requests").fetchone()
-    count = processes if processes is not None else processes_for(store.row_count(conn))
     path = _path_of(conn)
-    if count <= 1 or low is None or path is None:
+    if processes <= 1 or low is None or path is None:
         return store.verify(conn, key, anchor)
-    step = -(-(high + 1 - low) // count)
+    step = -(-(high + 1 - low) // processes)
     ranges = [(start, min(start + step, high + 1)) for start in range(low, high + 1, step)]
     with _context().Pool(len(ranges), initializer=_quiet) as pool:
         spans = pool.starmap(_check_range, [(path, key, anchor, seqs) for seqs in ranges])

@@ -95,7 +95,7 @@ def verify(group_config: Path | None, config_path: Path | None, anchor_file: Pat
                        "could not be told apart; it is written with every row and only goex-proxy writes there")
             sys.exit(1)
         if result is None:
-            result = parallel.verify(conn, key, anchor)  # one process per core for a large log
+            result = parallel.verify(conn, key, anchor, parallel.processes_for(rows))  # one per core, if large
         elif anchor is not None:  # the chain holds: the other anchor's row is all there is to look at
             result = audit.against_anchor(conn, result, anchor)
         if result.broken_id is not None:
