@@ -26,6 +26,7 @@ from goex_proxy.approvals.card import card as make_card
 from goex_proxy.approvals.gate import STOPPED_REASON, Choice, choose, refusal
 from goex_proxy.approvals.store import release as _release
 from goex_proxy.approvals.store import stop_one as _stop_one
+from goex_proxy.audit import layout
 from goex_proxy.audit import store as audit
 from goex_proxy.audit.writer import AuditWriter
 from goex_proxy.durations import format_duration
@@ -381,7 +382,8 @@ def _recover_stopped(conn: Any, writer: AuditWriter) -> int:
             continue
         settled = approvals.settle(conn, entry[0], approvals.STOPPED, approvals.WAITING, "goex-proxy",
                                    STOPPED_REASON)
-        found = conn.execute("SELECT outcome_hash, decision FROM requests WHERE id = ?", (entry[0],)).fetchone()
+        term, forms = layout.id_term(entry[0])
+        found = conn.execute(f"SELECT outcome_hash, decision FROM requests WHERE {term}", forms).fetchone()
         # Only a row whose own (hashed) decision says it waited is recorded as not sent: the approvals table is not
         # under the chain, and an entry added to it must not get a sent request's row signed as "not sent".
         if settled.changed and found is not None and found[0] is None and found[1] in ("hold", "delay"):

@@ -28,6 +28,8 @@ from common import Processes, fmt, median, signed, table, tool
 from policies_gen import throughput_policy
 from throughput import Bench, Run
 
+from goex_proxy.audit import layout
+
 TARGET_MS = 2.0
 BODY = json.dumps({"id": 42, "name": "widget 42", "color": "blue", "tags": ["bench", "undo"], "count": 43})
 PUT = ("--method", "PUT", "--body", BODY)
@@ -52,13 +54,12 @@ def _last_put(db: Path, timeout: float = 10.0) -> dict[str, Any]:
         try:
             conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
             try:
-                conn.row_factory = sqlite3.Row
-                found = conn.execute("SELECT id, decision, status, pre_status FROM requests WHERE method = 'PUT' "
-                                     "AND status IS NOT NULL ORDER BY seq DESC LIMIT 1").fetchone()
+                found = next(layout.read(conn, "SELECT id, decision, status, pre_status FROM requests WHERE "
+                                         "method = 'PUT' AND status IS NOT NULL ORDER BY seq DESC LIMIT 1"), None)
             finally:
                 conn.close()
             if found is not None:
-                return dict(found)
+                return found  # as written: the id unpacked, the decision given back
         except sqlite3.Error:
             pass
         if time.monotonic() > deadline:

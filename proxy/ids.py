@@ -143,6 +143,26 @@ def is_request_id(text: str) -> bool:
     return len(text) == 13 and all(c in _CROCKFORD for c in text)
 
 
+#: The bytes of an id packed (`packed`): the 65 bits its 13 characters could hold fit in 64 until the year 2527.
+PACKED_BYTES = 8
+
+
+def packed(request_id: str) -> bytes | None:
+    """The number an id spells, in PACKED_BYTES big-endian bytes (how the audit log keeps it: 8 bytes where the
+    text takes 13); None for a text that is no id, or spells a number past them."""
+    if not is_request_id(request_id):
+        return None
+    n = 0
+    for c in request_id:
+        n = n * 32 + _CROCKFORD.index(c)
+    return n.to_bytes(PACKED_BYTES, "big") if n < 1 << (8 * PACKED_BYTES) else None
+
+
+def unpacked(value: bytes) -> str | None:
+    """The id `packed` gave these bytes for (None: not PACKED_BYTES long)."""
+    return _b32(int.from_bytes(value, "big"), 13) if len(value) == PACKED_BYTES else None
+
+
 def _b32(n: int, width: int) -> str:
     out = []
     for _ in range(width):

@@ -1,9 +1,10 @@
 """How a row is stored and read back: the same fields and values as written, in less room. Headers, bodies, rule and
 reason go to blobs (the row names them), hashes are kept as bytes instead of hex characters, the agent and host as
-the id of their name (`names`, since migration 20), a loopback client as its port, the end as ticks after the start,
-and a value the row's other fields give (its URL from scheme, host, port and path; a body's sha256 when the body is
+the id of their name (`names`, since migration 20), the request id as the 8 bytes of the number it spells
+(migration 23), a loopback client as its port, the end as ticks after the start, and a value the row's other
+fields give (its URL from scheme, host, port and path; a body's sha256 when the body is
 stored whole; a port that is its scheme's own; a duration that is its end less its start) or most rows have (the
-scheme https, HTTP/1.1) is left out.
+scheme https, HTTP/1.1, the decision allow, since migration 23) is left out.
 The writer leaves out each row's prev_hash (always the hash of the row before it when written); a prune writes it
 into the row after the rows it removes. Rows written before (schema 11 and older) hold every value as is; both read
 back the same."""
@@ -17,6 +18,7 @@ from collections import ChainMap
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from typing import Any
 
+from .. import ids
 from ..errors import AuditError
 from . import blobs, names
 
@@ -39,7 +41,7 @@ ROOM = "room"
 OUTCOME_ROOM = bytes(64)
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 #: The value most rows have in these fields, left out where a row has it (DERIVED in its place).
-COMMON = {"scheme": "https", "http_version": "HTTP/1.1"}
+COMMON = {"scheme": "https", "http_version": "HTTP/1.1", "decision": "allow"}
 #: Where most clients connect from (agents on this machine, the jail's bridge): such a client is kept as its port, in
 #: two bytes (a blob: never a client's text, which always holds this host's address too).
 LOOPBACK = "127.0.0.1:"
@@ -112,6 +114,8 @@ def stored(fields: dict[str, Any], put: Callable[[str | bytes, Hashable], int], 
     `put` stores a blob of a value and its family: the field and `kind` (the row's host and method, whose answers
     are alike); `name` gives the id of an agent or host name (`names.Names.id_of`), kept in its place."""
     out = dict(fields)
+    if isinstance(request_id := fields.get("id"), str) and (packed := ids.packed(request_id)) is not None:
+        out["id"] = packed
     if name is not None:
         for field in names.FIELDS:
             if isinstance(value := fields.get(field), str):
@@ -148,6 +152,24 @@ def stored(fields: dict[str, Any], put: Callable[[str | bytes, Hashable], int], 
     if (ticks := _ended_ticks(began, fields.get("ended"))) is not None:
         out["ended"] = ticks
     return out
+
+
+def id_forms(request_id: str) -> list[str | bytes]:
+    """The values a row's id column may hold for this id: the id as written before ids were packed (and an id that
+    does not pack), and packed (`ids.packed`)."""
+    packed = ids.packed(request_id)
+    return [request_id] if packed is None else [request_id, packed]
+
+
+def id_term(request_id: str, column: str = "id") -> tuple[str, list[str | bytes]]:
+    """An SQL term true of the row with this id, however it holds it, and its parameters (through the id's index)."""
+    forms = id_forms(request_id)
+    return f"{column} IN ({', '.join('?' * len(forms))})", forms
+
+
+def id_read(value: Any) -> Any:
+    """A row's id column, read outside `read`, as the id it holds (what is not a packed id, as it is)."""
+    return (ids.unpacked(value) or value) if isinstance(value, bytes) else value
 
 
 def hex_of(value: Any) -> Any:
@@ -187,12 +209,20 @@ def logical(row: dict[str, Any], values: Mapping[int, str | bytes | AuditError |
     or, `lenient`, reads as something that fails the chain check."""
     out = dict(row)
     out.pop(ROOM, None)
+    if isinstance(packed := out.get("id"), bytes):
+        out["id"] = ids.unpacked(packed)
+        if out["id"] is None:
+            if not lenient:
+                raise AuditError(f"the audit log is damaged: the id of the row at seq {row.get('seq')} is "
+                                 f"{len(packed)} bytes; "
+                                 "`goex-proxy log verify` checks the log")
+            out["id"] = unreadable("id", f"{len(packed)} bytes")
     for field in names.FIELDS:
         if isinstance(ref := out.get(field), bytes):
             found = (named or {}).get(names.id_of_ref(ref))
             if found is None:
                 if not lenient:
-                    raise AuditError(f"the audit log is damaged: the {field} of row {row.get('id')} cannot be read "
+                    raise AuditError(f"the audit log is damaged: the {field} of row {out.get('id')} cannot be read "
                                      f"({names.unnamed(ref)}); `goex-proxy log verify` checks the log") from None
                 found = unreadable(field, names.unnamed(ref))
             out[field] = found
@@ -209,7 +239,7 @@ def logical(row: dict[str, Any], values: Mapping[int, str | bytes | AuditError |
         else:
             exc = value or AuditError(f"blob {ref} is missing")
             if not lenient:
-                raise AuditError(f"the audit log is damaged: the {field} of row {row.get('id')} cannot be read "
+                raise AuditError(f"the audit log is damaged: the {field} of row {out.get('id')} cannot be read "
                                  f"({exc}); `goex-proxy log verify` checks the log") from None
             out[field] = unreadable(field, str(exc))
     for field in HEX_FIELDS:
@@ -266,7 +296,7 @@ def miscounted(conn: sqlite3.Connection) -> tuple[Any, Any, int, str, int] | Non
     holes = ", ".join("?" * len(ids))
     first = conn.execute(f"SELECT id, seq FROM requests WHERE {' OR '.join(f'{c} IN ({holes})' for c in BLOB_COLUMNS)} "
                          "ORDER BY seq LIMIT 1", ids * len(BLOB_COLUMNS)).fetchone() or ("", 0)
-    return found[0], found[1], int(found[2]), str(first[0]), int(first[1])  # id and count as stored (edited: any type)
+    return found[0], found[1], int(found[2]), str(id_read(first[0])), int(first[1])  # id and count as stored (edited: any type)
 
 
 def hash_before(conn: sqlite3.Connection, seq: int) -> str:

@@ -228,15 +228,23 @@ def _migration_17(db: sqlite_utils.Database) -> None:
 
 
 #: The decision most rows have: the index of decisions leaves those rows out (a page of them is read down the table's
-#: time index, where they are most rows), and a filter on another decision says so to use it.
-COMMON_DECISION = "allow"
-NOT_COMMON_DECISION = f"decision != '{COMMON_DECISION}'"
+#: time index, where they are most rows), and a filter on another decision says so to use it. Rows hold it as
+#: `layout.DERIVED` since migration 23, and as its name before.
+COMMON_DECISION = layout.COMMON["decision"]
+NOT_COMMON_DECISION = f"decision != '{COMMON_DECISION}' AND decision != x''"
+#: The index of decisions before migration 23 (rows left the common decision out since, which this one would hold).
+_NOT_COMMON_DECISION_V18 = f"decision != '{COMMON_DECISION}'"
 
 
-def decision_index_terms(decision: str | None) -> list[str]:
-    """SQL terms true of every row with this decision that let SQLite read them from the index of decisions (a
-    partial index is used only for a query that names its condition)."""
-    return [NOT_COMMON_DECISION] if decision is not None and decision != COMMON_DECISION else []
+def decision_terms(decision: str | None, plus: str = "") -> tuple[list[str], list[Any]]:
+    """SQL terms true of the rows with this decision (none for None), and their parameters: the common decision
+    matches rows that hold its name and rows that leave it out; another one adds the index of decisions' condition
+    (a partial index is used only for a query that names it), unless `plus` keeps the terms from any index."""
+    if decision is None:
+        return [], []
+    if decision == COMMON_DECISION:
+        return [f"{plus}decision IN (?, ?)"], [decision, layout.DERIVED]
+    return [f"{plus}decision = ?"] + ([NOT_COMMON_DECISION] if not plus else []), [decision]
 
 
 def _migration_18(db: sqlite_utils.Database) -> None:
@@ -248,7 +256,7 @@ def _migration_18(db: sqlite_utils.Database) -> None:
     for name in ("agent_seq", "host_seq", "decision_seq", "undo_class_seq"):
         db.execute(f"DROP INDEX IF EXISTS idx_requests_{name}")
     db.execute(f"CREATE INDEX IF NOT EXISTS idx_requests_decision_ts ON requests (decision, ts) "
-               f"WHERE {NOT_COMMON_DECISION}")
+               f"WHERE {_NOT_COMMON_DECISION_V18}")
     db.execute("CREATE INDEX IF NOT EXISTS idx_requests_undo_class_ts ON requests (undo_class, ts) "
                "WHERE undo_class IS NOT NULL")
 
@@ -301,6 +309,17 @@ def _migration_22(db: sqlite_utils.Database) -> None:
     db.execute(f"CREATE INDEX IF NOT EXISTS idx_{names.TABLE}_nocase ON {names.TABLE} (name COLLATE NOCASE)")
 
 
+def _migration_23(db: sqlite_utils.Database) -> None:
+    """Two values most rows hold, in less room (`layout`): the request id as the 8 bytes of the number it spells
+    (13 characters before; its index shrinks too), and the decision `allow` left out (`layout.DERIVED`). Measured
+    with `python bench/run.py --only audit-size` at a million rows: 10 and 5 bytes a row. Rows already written keep
+    both as text (both read back the same, as with migration 20): a lookup by id and a filter on `allow` match both
+    forms. The index of decisions is built again: its condition must leave out the rows that leave `allow` out
+    (building it reads the table once)."""
+    db.execute("DROP INDEX IF EXISTS idx_requests_decision_ts")
+    db.execute(f"CREATE INDEX idx_requests_decision_ts ON requests (decision, ts) WHERE {NOT_COMMON_DECISION}")
+
+
 def present_columns(conn: sqlite3.Connection) -> set[str]:
     """The columns the requests table has (a log not yet migrated lacks some; a new one lacks those of `BLOB_FIELDS`)."""
     return {r[1] for r in conn.execute("PRAGMA table_info(requests)")}
@@ -310,7 +329,7 @@ def present_columns(conn: sqlite3.Connection) -> set[str]:
 MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6, _migration_7,
               _migration_8, _migration_9, _migration_10, _migration_11, _migration_12, _migration_13,
               _migration_14, _migration_15, _migration_16, _migration_17, _migration_18,
-              _migration_19, _migration_20, _migration_21, _migration_22]
+              _migration_19, _migration_20, _migration_21, _migration_22, _migration_23]
 #: From this version on the chain is HMAC-SHA256 under the seal's key; before it, plain SHA-256.
 KEYED_VERSION = 7
 #: Request fields added by later migrations: hashed only when set, so rows written before them still verify.
@@ -466,10 +485,9 @@ def query(conn: sqlite3.Connection, *, agent: str | None = None, host: str | Non
             term, values = names.term(conn, column, layout.stored_text(value))
             where.append(term)
             params += values
-    if decision is not None:
-        where.append("decision = ?")
-        params.append(decision)
-    where += decision_index_terms(decision)
+    terms, values = decision_terms(decision)
+    where += terms
+    params += values
     if since is not None:
         where.append("ts >= ?")
         params.append(since)
@@ -491,7 +509,8 @@ def query(conn: sqlite3.Connection, *, agent: str | None = None, host: str | Non
 def get(conn: sqlite3.Connection, request_id: str, *, lenient: bool = False) -> dict[str, Any]:
     """One row, whole and as written (its headers and bodies read back from their blobs); `lenient`: a value that
     cannot be read reads as `layout.unreadable` says, instead of raising AuditError."""
-    for found in layout.read(conn, "SELECT * FROM requests WHERE id = ?", (request_id,), lenient=lenient):
+    term, forms = layout.id_term(request_id)
+    for found in layout.read(conn, f"SELECT * FROM requests WHERE {term}", forms, lenient=lenient):
         return found
     raise NotFound(f"no request with id {request_id!r} in the audit log")
 
@@ -517,7 +536,7 @@ def row_count(conn: sqlite3.Connection) -> int:
 def newest(conn: sqlite3.Connection) -> Anchor | None:
     """The newest row of the chain, as an anchor to keep elsewhere; None for an empty log."""
     found = conn.execute("SELECT seq, id, hash FROM requests ORDER BY seq DESC LIMIT 1").fetchone()
-    return Anchor(int(found[0]), str(found[1]), str(hex_of(found[2]))) if found else None
+    return Anchor(int(found[0]), str(layout.id_read(found[1])), str(hex_of(found[2]))) if found else None
 
 
 def last_injected(conn: sqlite3.Connection) -> dict[str, float]:
@@ -557,18 +576,32 @@ def _limit_hits_problem(conn: sqlite3.Connection, expected: Counter[tuple[str, A
     hits: one moved to another agent counts for neither as charged): (row id, problem). Hits of rows after seq
     `through` are not looked at: those rows were written (by a running proxy) after the check read its rows; nor
     are the missing hits of rows no longer there (a prune took both since; a removal is the chain's to catch)."""
-    for key, agent, ts, request_id in conn.execute(
-            "SELECT key, agent, ts, request_id FROM limit_hits h WHERE NOT EXISTS (SELECT 1 FROM requests r WHERE "
-            "r.id = h.request_id AND r.seq > ?) ORDER BY rowid", (through,)):
-        if expected[(request_id, agent, key, ts)] <= 0:
+    for key, agent, ts, request_id in conn.execute("SELECT key, agent, ts, request_id FROM limit_hits ORDER BY rowid"):
+        if expected[(request_id, agent, key, ts)] > 0:
+            expected[(request_id, agent, key, ts)] -= 1
+        elif not _row_after(conn, request_id, through):  # a hit of a row the check read no charge of
             return request_id, (f"a limit hit of rule {key!r} for agent {agent!r} matches no charge its row carries "
                                 "(limit_hits was edited)")
-        expected[(request_id, agent, key, ts)] -= 1
     for (request_id, _, key, _), left in sorted(expected.items(), key=repr):
         # A row a prune (run's retention) removed after the check read it goes with its hits: no edit.
-        if left > 0 and conn.execute("SELECT 1 FROM requests WHERE id = ?", (request_id,)).fetchone() is not None:
+        if left > 0 and _seq_of(conn, request_id) is not None:
             return request_id, f"its limit hit of rule {key!r} is gone (limit_hits was edited: limits would count less)"
     return None
+
+
+def _seq_of(conn: sqlite3.Connection, request_id: Any) -> int | None:
+    """The seq of the row with this id (None: there is none)."""
+    if not isinstance(request_id, str):  # never as written: limit_hits was edited
+        return None
+    term, forms = layout.id_term(request_id)
+    found = conn.execute(f"SELECT seq FROM requests WHERE {term}", forms).fetchone()
+    return None if found is None else int(found[0])
+
+
+def _row_after(conn: sqlite3.Connection, request_id: Any, through: int) -> bool:
+    """Whether this id names a row past seq `through` (written after the check read its rows)."""
+    seq = _seq_of(conn, request_id)
+    return seq is not None and seq > through
 
 
 def _released_charge(conn: sqlite3.Connection, row: dict[str, Any]) -> dict[str, Any] | None:

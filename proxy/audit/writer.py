@@ -272,7 +272,8 @@ class AuditWriter:
         to record the outcome (held meanwhile, so that no process starting now takes it and writes under it). Rows
         that wait for a person are the gate's to end."""
         in_flight: dict[int, list[str]] = {}
-        for request_id, decision in conn.execute("SELECT id, decision FROM requests WHERE outcome_hash IS NULL"):
+        for stored_id, decision in conn.execute("SELECT id, decision FROM requests WHERE outcome_hash IS NULL"):
+            request_id = layout.id_read(stored_id)
             if decision not in ("hold", "delay") and ids.is_request_id(request_id):
                 in_flight.setdefault(ids.tag_of(request_id), []).append(request_id)
         ended, now = 0, time.time()
@@ -432,7 +433,7 @@ class AuditWriter:
         if anchor is None:
             return
         found = self._conn.execute("SELECT id, hash FROM requests WHERE seq = ?", (anchor.seq,)).fetchone()
-        if found is None or (found[0], hex_of(found[1])) != (anchor.id, anchor.hash):
+        if found is None or (layout.id_read(found[0]), hex_of(found[1])) != (anchor.id, anchor.hash):
             raise AuditError(f"the audit log no longer holds the row its anchor names (seq {anchor.seq}, id "
                              f"{anchor.id}): rows were removed or rewritten; `goex-proxy log verify` says more")
 
@@ -482,8 +483,9 @@ class AuditWriter:
         if pending is None:
             # Read as written (the agent and host as names, as `_insert` has them); lenient: a name missing reads
             # as one that fails `verify`, and only names the family its blobs are deflated in.
+            term, forms = layout.id_term(op.id)
             found = next(layout.read(self._conn, "SELECT hash, seq, agent, host, method, outcome_hash, ts FROM "
-                                     "requests WHERE id = ?", (op.id,), lenient=True), None)
+                                     f"requests WHERE {term}", forms, lenient=True), None)
             if found is None:
                 raise UnknownRequest(f"outcome for unknown request {op.id}")
             pending = (found["hash"], found["seq"], (found["agent"], found["host"], found["method"]), found["ts"])

@@ -55,13 +55,12 @@ class Filters:
                 term, values = names.term(conn, column, layout.stored_text(value), plus)
                 clauses.append(term)
                 params += values
-        for column in ("decision", "undo_class"):
-            value = getattr(self, column)
-            if value is not None:
-                clauses.append(f"{plus}{column} = ?")
-                params.append(value)
-        if indexed:
-            clauses += audit.decision_index_terms(self.decision)
+        terms, values = audit.decision_terms(self.decision, plus)
+        clauses += terms
+        params += values
+        if self.undo_class is not None:
+            clauses.append(f"{plus}undo_class = ?")
+            params.append(self.undo_class)
         if self.since is not None:
             clauses.append(f"{plus}ts >= ?")
             params.append(self.since)

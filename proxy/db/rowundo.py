@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..audit import layout
 from ..audit import store as audit
 from ..audit.writer import AuditWriter
 from ..config import Config
@@ -215,7 +216,7 @@ async def _run(config: Config, plan: RowPlan, row: dict[str, Any]) -> list[str]:
 def already_undone(conn: sqlite3.Connection, request_id: str) -> str | None:
     """The undo that already took this statement back, if one did."""
     found = conn.execute("SELECT id FROM requests WHERE undo_of = ? AND status = 0 LIMIT 1", (request_id,)).fetchone()
-    return None if found is None else str(found[0])
+    return None if found is None else str(layout.id_read(found[0]))
 
 
 def plan_undo(config: Config, conn: sqlite3.Connection, row: dict[str, Any]) -> RowPlan:

@@ -70,7 +70,7 @@ class Journal:
         sent = self.conn.execute(f"SELECT id FROM requests WHERE undo_of = ? AND method NOT IN "
                                  f"({', '.join('?' * len(READ_METHODS))}) ORDER BY seq",
                                  (request_id, *READ_METHODS)).fetchall()
-        return [str(rid) for (rid,) in sent if rid not in named]
+        return [rid for rid in (str(layout.id_read(stored)) for (stored,) in sent) if rid not in named]
 
     def write(self, request_id: str, step: int, state: str, detail: str = "", compensation_id: str | None = None) -> None:
         with self.conn:
@@ -241,8 +241,10 @@ def run_steps(plan: Plan, replayer: Replayer, journal: Journal, agent: str,
 def _as_sent(result: StepResult, conn: sqlite3.Connection) -> StepResult:
     """The result with the request its audit row says went upstream; failed if that is not the planned request
     (a compensation must go exactly as planned: nothing in the pipeline may turn it into another call)."""
-    found = list(layout.read(conn, "SELECT method, scheme, host, port, path, url FROM requests WHERE id = ?",
-                             (result.request_id,)))
+    if result.request_id is None:  # never recorded: nothing to compare
+        return result
+    term, forms = layout.id_term(result.request_id)
+    found = list(layout.read(conn, f"SELECT method, scheme, host, port, path, url FROM requests WHERE {term}", forms))
     if not found:
         return result
     method, url = str(found[0]["method"]), str(found[0]["url"])

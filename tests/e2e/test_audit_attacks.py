@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from goex_proxy.ids import packed
 from tests.conftest import GoexProxy, serve_json
 
 pytestmark = pytest.mark.e2e
@@ -41,7 +42,7 @@ def rewrite_blob(proxy: GoexProxy, request_id: str, column: str, value: str | by
     from goex_proxy.audit import blobs
 
     with sqlite3.connect(proxy.home / "audit.db") as conn:
-        (ref,) = conn.execute(f"SELECT {column} FROM requests WHERE id = ?", (request_id,)).fetchone()
+        (ref,) = conn.execute(f"SELECT {column} FROM requests WHERE id = ?", (packed(request_id),)).fetchone()
         conn.execute("UPDATE audit_blobs SET data = ? WHERE id = ?", (blobs.encode(value), ref))
 
 

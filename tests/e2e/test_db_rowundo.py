@@ -11,6 +11,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
+from goex_proxy.ids import packed
 from tests.conftest import free_port
 from tests.e2e.test_approvals import wait_for
 from tests.e2e.test_console import LINK, csrf_of, signed_in
@@ -196,7 +197,7 @@ def test_an_edited_image_fails_verify_and_undo_refuses(gateway) -> None:
     assert images["rows"] == [{"id": 3, "item": "plums", "qty": 7}]
     images["rows"][0]["qty"] = 7000
     db = sqlite3.connect(proxy.home / "audit.db")
-    db.execute("UPDATE requests SET row_images = ? WHERE id = ?", (json.dumps(images).encode(), delete["id"]))
+    db.execute("UPDATE requests SET row_images = ? WHERE id = ?", (json.dumps(images).encode(), packed(delete["id"])))
     db.commit()
     verified = proxy.cli("log", "verify")
     assert verified.returncode != 0 and delete["id"] in verified.stdout + verified.stderr

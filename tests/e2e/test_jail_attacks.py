@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from goex_proxy.audit import layout
 from tests.conftest import GITHUB_POLICY, GOEX, free_port
 
 pytestmark = pytest.mark.e2e
@@ -403,7 +404,7 @@ def test_no_agents_value_is_stored_on_top_of_anothers(make_proxy, outside):
     named: dict[str, set[int]] = {}
     for row in proxy.table("requests"):
         ids = {row[c] for c in row if c.endswith("_blob") and row[c] is not None}
-        named.setdefault(agent_of[str(row["id"])], set()).update(ids | {bases[i] for i in ids if bases[i] is not None})
+        named.setdefault(agent_of[str(layout.id_read(row["id"]))], set()).update(ids | {bases[i] for i in ids if bases[i] is not None})
     assert [r["agent"] for r in proxy.rows()] == ["mailbot", "slackbot", "slackbot"]
     assert [r["req_body"] for r in proxy.rows()] == [g.encode() for g in [secret, *guesses]]
     assert named["mailbot"] and named["slackbot"] and not named["mailbot"] & named["slackbot"]

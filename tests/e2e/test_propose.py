@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import requests
 
+from goex_proxy.ids import packed
 from tests.conftest import GoexProxy, free_port, serve_json
 from tests.fake_openai import Delay, FakeOpenAI
 
@@ -246,7 +247,7 @@ def test_a_row_edited_in_the_database_is_never_shown_to_the_model_nor_undone(pro
     what the row now says, and nothing is sent. Before, the model was shown the edited row and its DELETE ran."""
     rid, post = agent_posts(proxy)
     with sqlite3.connect(proxy.home / "audit.db") as conn:
-        conn.execute("UPDATE requests SET path = '/posts/1', url = 'http://notes.example/posts/1' WHERE id = ?", (rid,))
+        conn.execute("UPDATE requests SET path = '/posts/1', url = 'http://notes.example/posts/1' WHERE id = ?", (packed(rid),))
     fake.script(delete("http://notes.example/posts/1"))
     line = propose_with(proxy, notes, rid, "same", proxy.config.read_text(), "--yes")
     assert "its audit row does not hold" in line and "was edited" in line, line

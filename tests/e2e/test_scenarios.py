@@ -13,6 +13,7 @@ import time
 import pytest
 import requests
 
+from goex_proxy.ids import packed
 from tests.conftest import GOEX, TOKENS
 
 pytestmark = pytest.mark.e2e
@@ -276,7 +277,7 @@ def test_log_verify_detects_edited_row(make_proxy, upstream):
     target = proxy.rows()[1]["id"]
     conn = sqlite3.connect(proxy.home / "audit.db")
     with conn:
-        conn.execute("UPDATE requests SET url = 'https://slack.com/api/innocent' WHERE id = ?", (target,))
+        conn.execute("UPDATE requests SET url = 'https://slack.com/api/innocent' WHERE id = ?", (packed(target),))
     conn.close()
     broken = proxy.cli("log", "verify")
     assert broken.returncode == 1
@@ -310,10 +311,10 @@ def test_log_verify_catches_a_rewritten_or_shortened_log(make_proxy, upstream, t
 
     conn = sqlite3.connect(db)
     with conn:  # and counts its blobs down, as a prune would (verify checks the counts)
-        named = conn.execute(f"SELECT {', '.join(layout.BLOB_COLUMNS)} FROM requests WHERE id = ?", (ids[-1],))
+        named = conn.execute(f"SELECT {', '.join(layout.BLOB_COLUMNS)} FROM requests WHERE id = ?", (packed(ids[-1]),))
         for ref in [ref for ref in named.fetchone() if ref is not None]:
             conn.execute("UPDATE audit_blobs SET refs = refs - 1 WHERE id = ?", (ref,))
-        conn.execute("DELETE FROM requests WHERE id = ?", (ids[-1],))
+        conn.execute("DELETE FROM requests WHERE id = ?", (packed(ids[-1]),))
     conn.close()
     cut = proxy.cli("log", "verify")
     assert cut.returncode == 1 and "removed from the end" in cut.stdout
@@ -324,7 +325,7 @@ def test_log_verify_catches_a_rewritten_or_shortened_log(make_proxy, upstream, t
 
     conn = sqlite3.connect(db)
     with conn:
-        conn.execute("DELETE FROM requests WHERE id = ?", (ids[1],))
+        conn.execute("DELETE FROM requests WHERE id = ?", (packed(ids[1]),))
         prev = ""
         for row in list(audit.iter_rows(conn)):
             new = audit.row_hash(None, prev, row)

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from goex_proxy.audit import layout
 from goex_proxy.audit import seal as seal_module
 from goex_proxy.audit import store as audit
 from goex_proxy.audit import writer as audit_writer
 from goex_proxy.audit.seal import Anchor, Seal
 from goex_proxy.audit.writer import AuditWriter
 from goex_proxy.errors import AuditError
-from goex_proxy.ids import RequestIds
+from goex_proxy.ids import RequestIds, packed
 
 
 def row(i: int, ids: RequestIds) -> dict[str, object]:
@@ -61,7 +62,7 @@ def test_verify_names_edited_outcome(tmp_path: Path) -> None:
     """Changing a recorded status is detected at that row."""
     ids = fill(tmp_path / "a.db", 5)
     with sqlite3.connect(tmp_path / "a.db") as conn:
-        conn.execute("UPDATE requests SET status = 204 WHERE id = ?", (ids[2],))
+        conn.execute("UPDATE requests SET status = 204 WHERE id = ?", (packed(ids[2]),))
     result = check(tmp_path)
     assert result.broken_id == ids[2] and "outcome" in (result.problem or "")
 
@@ -70,7 +71,7 @@ def test_verify_names_row_after_a_deleted_one(tmp_path: Path) -> None:
     """Deleting a row breaks the link of the row after it."""
     ids = fill(tmp_path / "a.db", 5)
     with sqlite3.connect(tmp_path / "a.db") as conn:
-        conn.execute("DELETE FROM requests WHERE id = ?", (ids[1],))
+        conn.execute("DELETE FROM requests WHERE id = ?", (packed(ids[1]),))
     result = check(tmp_path)
     assert result.broken_id == ids[2] and result.checked == 1
 
@@ -125,7 +126,7 @@ def test_outcomes_share_a_transaction_and_never_hold_up_a_request(tmp_path: Path
     writer.close()
     assert batches == [1, 1, 3, 1]  # the last: `late` had no outcome when the writer stopped, so it is interrupted
     with sqlite3.connect(tmp_path / "a.db") as conn:
-        errors = dict(conn.execute("SELECT id, error FROM requests").fetchall())
+        errors = {layout.id_read(i): e for i, e in conn.execute("SELECT id, error FROM requests")}
     assert errors == {first["id"]: None, second["id"]: None, late["id"]: audit.INTERRUPTED}
 
 
@@ -147,7 +148,7 @@ def test_a_rechained_log_does_not_verify(tmp_path: Path) -> None:
     """Deleting a row and re-chaining the rest (as one could with plain SHA-256) is caught: the chain is keyed."""
     ids = fill(tmp_path / "a.db", 5)
     with sqlite3.connect(tmp_path / "a.db") as conn:
-        conn.execute("DELETE FROM requests WHERE id = ?", (ids[2],))
+        conn.execute("DELETE FROM requests WHERE id = ?", (packed(ids[2]),))
     rechain_without_key(tmp_path / "a.db")
     result = check(tmp_path)
     assert result.broken_id == ids[0] and "edited" in (result.problem or "")
@@ -158,7 +159,7 @@ def test_rows_removed_from_the_end_are_caught_by_the_anchor(tmp_path: Path) -> N
     ids = fill(tmp_path / "a.db", 5)
     assert Seal(tmp_path).anchor() == Anchor(5, ids[-1], Seal(tmp_path).anchor().hash)  # type: ignore[union-attr]
     with sqlite3.connect(tmp_path / "a.db") as conn:
-        conn.execute("DELETE FROM requests WHERE id IN (?, ?)", (ids[3], ids[4]))
+        conn.execute("DELETE FROM requests WHERE id IN (?, ?)", (packed(ids[3]), packed(ids[4])))
     result = check(tmp_path)
     assert (result.broken_id, result.checked) == (ids[4], 3) and "removed from the end" in (result.problem or "")
 
@@ -187,7 +188,7 @@ def test_a_log_written_before_keying_is_rechained_once_it_verifies(tmp_path: Pat
         with sqlite3.connect(home / "a.db") as conn:
             conn.execute(f"PRAGMA user_version = {audit.KEYED_VERSION - 1}")
             if tamper:
-                conn.execute("UPDATE requests SET path = '/innocent' WHERE id = ?", (ids[1],))
+                conn.execute("UPDATE requests SET path = '/innocent' WHERE id = ?", (packed(ids[1]),))
             conn.execute("INSERT INTO limit_hits (key, agent, ts, request_id) VALUES ('p/post', 'bot', 5.0, ?)",
                          (ids[2],))  # an older version's hit: carried into its row's charge when re-signed
         (home / "audit.key").unlink(missing_ok=True)
@@ -251,7 +252,7 @@ def test_rows_cut_from_the_end_are_not_papered_over_by_new_rows(tmp_path: Path) 
     that no longer holds its anchor's row, and an emptied or replaced log does not get its anchor removed."""
     ids = fill(tmp_path / "a.db", 5)
     with sqlite3.connect(tmp_path / "a.db") as conn:
-        conn.execute("DELETE FROM requests WHERE id IN (?, ?)", (ids[3], ids[4]))
+        conn.execute("DELETE FROM requests WHERE id IN (?, ?)", (packed(ids[3]), packed(ids[4])))
     writer = AuditWriter(tmp_path / "a.db", Seal(tmp_path))
     with pytest.raises(AuditError, match="no longer holds the row its anchor names"):
         writer.record_intent(row(9, RequestIds())).result(5)
@@ -270,11 +271,11 @@ def test_outcome_fields_without_an_outcome_hash_and_the_undo_class_are_covered(t
     class shown with the row is covered by the outcome hash."""
     ids = fill(tmp_path / "a.db", 3)
     with sqlite3.connect(tmp_path / "a.db") as conn:
-        conn.execute("UPDATE requests SET status = NULL, outcome_hash = NULL WHERE id = ?", (ids[0],))  # a body left
+        conn.execute("UPDATE requests SET status = NULL, outcome_hash = NULL WHERE id = ?", (packed(ids[0]),))  # a body left
     assert check(tmp_path).broken_id == ids[0]
     ids = fill(tmp_path / "b" / "a.db", 3)
     with sqlite3.connect(tmp_path / "b" / "a.db") as conn:
-        conn.execute("UPDATE requests SET undo_class = 'exact' WHERE id = ?", (ids[0],))
+        conn.execute("UPDATE requests SET undo_class = 'exact' WHERE id = ?", (packed(ids[0]),))
     assert check(tmp_path / "b").broken_id == ids[0]
 
 

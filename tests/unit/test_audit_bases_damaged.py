@@ -17,7 +17,7 @@ from goex_proxy.audit import prune as pruning
 from goex_proxy.audit import store as audit
 from goex_proxy.audit.seal import Seal
 from goex_proxy.errors import AuditError
-from goex_proxy.ids import RequestIds
+from goex_proxy.ids import RequestIds, packed
 from tests.unit.test_audit_storage import NOW, intent, outcome, ro, rows_alike, verify, write
 
 
@@ -93,7 +93,7 @@ def test_a_base_larger_than_the_writer_stores_is_refused_not_kept(tmp_path: Path
     write(tmp_path, rows)
     with sqlite3.connect(tmp_path / "a.db") as conn:
         for row, _ in rows:
-            ref = conn.execute("SELECT resp_body_blob FROM requests WHERE id = ?", (row["id"],)).fetchone()[0]
+            ref = conn.execute("SELECT resp_body_blob FROM requests WHERE id = ?", (packed(row["id"]),)).fetchone()[0]
             base = conn.execute("INSERT INTO audit_blobs (data, refs) VALUES (?, 1)", (blobs.encode(big()),)).lastrowid
             conn.execute("UPDATE audit_blobs SET base = ?, data = ? WHERE id = ?",
                          (base, bytes([blobs.BASED_V1_BYTES, 3, 0]), ref))

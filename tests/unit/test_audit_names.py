@@ -18,7 +18,7 @@ from goex_proxy.audit.writer import AuditWriter
 from goex_proxy.cli import cli
 from goex_proxy.console import data as console_data
 from goex_proxy.errors import AuditError
-from goex_proxy.ids import RequestIds
+from goex_proxy.ids import RequestIds, packed
 from tests.unit.test_audit_storage import intent, outcome, ro, verify, write
 
 HOSTS = ("slack.com", "api.github.com")
@@ -66,8 +66,9 @@ def test_rows_written_before_and_after_read_back_the_same(tmp_path: Path, monkey
     assert listed == [(r["id"], r["agent"], r["host"], r["url"]) for r in reversed(old + new)]
     page = console_data.page(conn, console_data.Filters(), limit=100)
     assert [(r["id"], r["agent"], r["host"], r["url"]) for r in page] == listed
-    read = next(layout.read(conn, "SELECT method, scheme, host, port, path, url FROM requests WHERE id = ?",
-                            (new[0]["id"],)))  # as undo reads what went upstream
+    term, forms = layout.id_term(new[0]["id"])
+    read = next(layout.read(conn, f"SELECT method, scheme, host, port, path, url FROM requests WHERE {term}",
+                            forms))  # as undo reads what went upstream
     assert (read["host"], read["url"]) == (new[0]["host"], new[0]["url"])
     assert (verify(tmp_path).checked, verify(tmp_path).broken_id) == (16, None)
 
@@ -225,10 +226,10 @@ def test_a_ref_the_writer_never_stores_fails_verify_in_one_line(tmp_path: Path) 
     write(tmp_path, rows)
     victim = rows[2][0]
     with sqlite3.connect(tmp_path / "a.db") as raw:
-        (ref,) = raw.execute("SELECT agent FROM requests WHERE id = ?", (victim["id"],)).fetchone()
+        (ref,) = raw.execute("SELECT agent FROM requests WHERE id = ?", (packed(victim["id"]),)).fetchone()
     for stored in (b"\x00" + ref, b"\xff" * 8, b"\xff" * 9, b"\x01" * 4096, b""):
         with sqlite3.connect(tmp_path / "a.db") as raw:
-            raw.execute("UPDATE requests SET agent = ? WHERE id = ?", (stored, victim["id"]))
+            raw.execute("UPDATE requests SET agent = ? WHERE id = ?", (stored, packed(victim["id"])))
         result = verify(tmp_path)
         assert (result.broken_id, result.checked) == (victim["id"], 2), stored[:9]
         with pytest.raises(AuditError, match=f"the agent of row {victim['id']} cannot be read"):
@@ -239,7 +240,7 @@ def test_a_ref_the_writer_never_stores_fails_verify_in_one_line(tmp_path: Path) 
         assert [r["agent"] for r in page][1] == shown
         assert [r["id"] for r in audit.query(ro(tmp_path), agent=AGENTS[0])] == [str(rows[0][0]["id"])]
     with sqlite3.connect(tmp_path / "a.db") as raw:
-        raw.execute("UPDATE requests SET agent = ? WHERE id = ?", (ref, victim["id"]))
+        raw.execute("UPDATE requests SET agent = ? WHERE id = ?", (ref, packed(victim["id"])))
     assert verify(tmp_path).broken_id is None
 
 

@@ -26,7 +26,7 @@ from goex_proxy.audit.seal import Seal
 from goex_proxy.audit.writer import AuditWriter
 from goex_proxy.console import data as console_data
 from goex_proxy.errors import AuditError
-from goex_proxy.ids import RequestIds
+from goex_proxy.ids import RequestIds, packed
 
 NOW = time.time()
 HEADERS = json.dumps([["Host", "slack.com"], ["User-Agent", "python-httpx/0.28.1"], ["Accept", "*/*"],
@@ -81,7 +81,7 @@ def verify(home: Path) -> audit.VerifyResult:
 
 def blob_of(home: Path, request_id: str, field: str) -> int:
     with sqlite3.connect(home / "a.db") as conn:
-        return int(conn.execute(f"SELECT {field}_blob FROM requests WHERE id = ?", (request_id,)).fetchone()[0])
+        return int(conn.execute(f"SELECT {field}_blob FROM requests WHERE id = ?", (packed(request_id),)).fetchone()[0])
 
 
 def test_every_field_reads_back_as_written(tmp_path: Path) -> None:
@@ -109,11 +109,11 @@ def test_every_field_reads_back_as_written(tmp_path: Path) -> None:
     assert not set(layout.BLOB_FIELDS) & audit.present_columns(conn)  # a new log has no column for them at all
     columns = ("url", "req_body_sha256", "resp_body_sha256", "prev_hash", "hash")
     stored = dict(zip(columns, conn.execute(f"SELECT {', '.join(columns)} FROM requests WHERE id = ?",
-                                            (cut["id"],)).fetchone(), strict=True))
+                                            (packed(cut["id"]),)).fetchone(), strict=True))
     assert stored == {"url": cut["url"], "req_body_sha256": bytes.fromhex(cut["req_body_sha256"]),
                       "resp_body_sha256": None, "prev_hash": b"", "hash": bytes.fromhex(got_cut["hash"])}
     assert conn.execute("SELECT url, req_body_sha256, resp_body_sha256 FROM requests WHERE id = ?",
-                        (row["id"],)).fetchone() == (b"", b"", b"")
+                        (packed(row["id"]),)).fetchone() == (b"", b"", b"")
     assert verify(tmp_path).checked == 2
 
 
@@ -208,11 +208,11 @@ def test_values_most_rows_share_or_their_other_fields_give_are_left_out_and_read
     assert verify(tmp_path).broken_id is None
     for column, edit in (("ended", bytes(5)), ("ended", b"\x01"), ("client", b"\x01"), ("port", b"\x01")):
         with sqlite3.connect(tmp_path / "a.db") as raw:
-            (was,) = raw.execute(f"SELECT {column} FROM requests WHERE id = ?", (plain["id"],)).fetchone()
-            raw.execute(f"UPDATE requests SET {column} = ? WHERE id = ?", (edit, plain["id"]))
+            (was,) = raw.execute(f"SELECT {column} FROM requests WHERE id = ?", (packed(plain["id"]),)).fetchone()
+            raw.execute(f"UPDATE requests SET {column} = ? WHERE id = ?", (edit, packed(plain["id"])))
         assert verify(tmp_path).broken_id == plain["id"], (column, edit)  # read as something never hashed
         with sqlite3.connect(tmp_path / "a.db") as raw:
-            raw.execute(f"UPDATE requests SET {column} = ? WHERE id = ?", (was, plain["id"]))
+            raw.execute(f"UPDATE requests SET {column} = ? WHERE id = ?", (was, packed(plain["id"])))
     assert verify(tmp_path).broken_id is None
 
 
@@ -297,12 +297,12 @@ def test_a_rows_macs_are_cut_to_128_bits_and_neither_a_cut_nor_an_edit_goes_unse
     victim = str(rows[1][0]["id"])
     with sqlite3.connect(tmp_path / "a.db") as conn:
         for column in ("hash", "outcome_hash"):
-            (was,) = conn.execute(f"SELECT {column} FROM requests WHERE id = ?", (victim,)).fetchone()
-            conn.execute(f"UPDATE requests SET {column} = ? WHERE id = ?", (bytes([was[0] ^ 1]) + was[1:], victim))
+            (was,) = conn.execute(f"SELECT {column} FROM requests WHERE id = ?", (packed(victim),)).fetchone()
+            conn.execute(f"UPDATE requests SET {column} = ? WHERE id = ?", (bytes([was[0] ^ 1]) + was[1:], packed(victim)))
             conn.commit()
             result = verify(tmp_path)
             assert result.broken_id == victim, column
-            conn.execute(f"UPDATE requests SET {column} = ? WHERE id = ?", (was, victim))
+            conn.execute(f"UPDATE requests SET {column} = ? WHERE id = ?", (was, packed(victim)))
             conn.commit()
     assert verify(tmp_path).broken_id is None
 
@@ -316,12 +316,12 @@ def test_a_rows_macs_are_cut_to_128_bits_and_neither_a_cut_nor_an_edit_goes_unse
     with sqlite3.connect(whole / "a.db") as conn:
         assert conn.execute("SELECT DISTINCT length(hash) FROM requests").fetchall() == [(32,)]
         middle = str(rows[1][0]["id"])
-        conn.execute("UPDATE requests SET hash = substr(hash, 1, 16) WHERE id = ?", (middle,))
+        conn.execute("UPDATE requests SET hash = substr(hash, 1, 16) WHERE id = ?", (packed(middle),))
         conn.commit()
         assert "outcome fields" in (verify(whole).problem or "") and verify(whole).broken_id == middle
         conn.execute("UPDATE requests SET outcome_hash = NULL, status = NULL, resp_headers_blob = NULL, "
                      "resp_body_blob = NULL, resp_body_size = NULL, resp_body_sha256 = NULL, ended = NULL, "
-                     "duration_ms = NULL, undo_class = NULL WHERE id = ?", (middle,))  # its outcome gone with it
+                     "duration_ms = NULL, undo_class = NULL WHERE id = ?", (packed(middle),))  # its outcome gone with it
     result = verify(whole)
     assert (result.broken_id, result.problem) == (str(rows[2][0]["id"]), "its request fields do not match its hash "
                                                   "(the row was edited)")  # it signed the whole hash before it
@@ -344,7 +344,7 @@ def test_a_link_that_is_no_hash_is_an_edit_not_an_internal_error(tmp_path: Path)
     key = Seal(tmp_path).key()
     for stored in (b"\x02" * 5, b"\x02" * 33, 7):
         with sqlite3.connect(tmp_path / "a.db") as conn:
-            conn.execute("UPDATE requests SET prev_hash = ? WHERE id = ?", (stored, victim))
+            conn.execute("UPDATE requests SET prev_hash = ? WHERE id = ?", (stored, packed(victim)))
         assert audit.edited(key, audit.get(ro(tmp_path), victim)) is not None
         assert verify(tmp_path).broken_id == victim
 
@@ -722,7 +722,7 @@ def test_a_row_keeps_room_for_its_outcome_until_it_comes(tmp_path: Path) -> None
         writer.record_intent(waiting).result(5)
         writer.record_intent(done_at_once).result(5)
         conn = ro(tmp_path)
-        room = dict(conn.execute("SELECT id, room FROM requests").fetchall())
+        room = {layout.id_read(i): r for i, r in conn.execute("SELECT id, room FROM requests")}
         assert room == {waiting["id"]: layout.OUTCOME_ROOM, done_at_once["id"]: None}
         assert len(layout.OUTCOME_ROOM) >= 64 and not any(layout.OUTCOME_ROOM)
         before = conn.execute("SELECT sum(payload) FROM dbstat WHERE name = 'requests'").fetchone()[0]
@@ -730,7 +730,7 @@ def test_a_row_keeps_room_for_its_outcome_until_it_comes(tmp_path: Path) -> None
         after = conn.execute("SELECT sum(payload) FROM dbstat WHERE name = 'requests'").fetchone()[0]
     finally:
         writer.close()
-    assert dict(conn.execute("SELECT id, room FROM requests").fetchall()) == {waiting["id"]: None,
+    assert {layout.id_read(i): r for i, r in conn.execute("SELECT id, room FROM requests")} == {waiting["id"]: None,
                                                                              done_at_once["id"]: None}
     assert after <= before  # the outcome took the room's place
     assert all("room" not in row for row in audit.iter_rows(conn))

@@ -17,7 +17,7 @@ from click.testing import CliRunner, Result
 from goex_proxy import cli
 from goex_proxy.audit.seal import Seal
 from goex_proxy.audit.writer import AuditWriter
-from goex_proxy.ids import RequestIds
+from goex_proxy.ids import RequestIds, packed
 
 NOW = time.time()
 
@@ -138,7 +138,7 @@ def test_a_recorded_time_that_is_no_time_is_shown_as_such(tmp_path: Path, ts: ob
     """A ts that is text or past the year 9999 ended `log`, `log --json`, `show` (and `secrets list`, with a
     credential's last use) with a TypeError or OverflowError as an internal error."""
     config, (first, _) = _state(tmp_path)
-    _edit(tmp_path, "UPDATE requests SET ts = ? WHERE id = ?", ts, first)
+    _edit(tmp_path, "UPDATE requests SET ts = ? WHERE id = ?", ts, packed(first))
     listed = _run(config, "log")
     assert listed.exit_code == 0 and f"{first}  (not a time)" in listed.output, listed.output
     as_json = _run(config, "log", "--json")
@@ -153,7 +153,7 @@ def test_log_json_gives_a_value_edited_to_bytes_as_text(tmp_path: Path, column: 
     client): one edited to other bytes reads back as bytes, and `log --json` ended in an internal error (exit 70) on
     it where `log` and `show --json` give it."""
     config, (first, _) = _state(tmp_path)
-    _edit(tmp_path, f"UPDATE requests SET {column} = ? WHERE id = ?", b"\x01x\xff", first)
+    _edit(tmp_path, f"UPDATE requests SET {column} = ? WHERE id = ?", b"\x01x\xff", packed(first))
     as_json = _run(config, "log", "--json")
     assert as_json.exit_code == 0, as_json.output
     listed = [json.loads(line) for line in as_json.output.splitlines()]
@@ -164,7 +164,7 @@ def test_show_gives_an_outcome_without_its_duration(tmp_path: Path) -> None:
     """A duration edited away (NULL; NaN, which SQLite stores as NULL) passed show's check of what it reads (a
     number or none) and ended it with an internal error as it formatted None as a number."""
     config, (first, _) = _state(tmp_path)
-    _edit(tmp_path, "UPDATE requests SET duration_ms = NULL WHERE id = ?", first)
+    _edit(tmp_path, "UPDATE requests SET duration_ms = NULL WHERE id = ?", packed(first))
     shown = _run(config, "show", first)
     assert shown.exit_code == 0 and "\n200\n" in shown.output, shown.output
 
@@ -182,7 +182,7 @@ def test_show_names_a_damaged_value_before_printing_anything(tmp_path: Path, col
     """A value not as goex-proxy writes it ended `show` with an internal error (JSONDecodeError, KeyError, ValueError),
     part of the row already printed; now one line naming the row and its field, and nothing else."""
     config, (_, created) = _state(tmp_path)
-    _edit(tmp_path, f"UPDATE requests SET {column} = ? WHERE id = ?", value, created)
+    _edit(tmp_path, f"UPDATE requests SET {column} = ? WHERE id = ?", value, packed(created))
     _one_line(_run(config, "show", created), 2, "the audit log is damaged: " + said.format(id=created),
               "goex-proxy log verify")
 
@@ -191,10 +191,10 @@ def test_show_json_names_a_column_that_is_not_json_and_gives_the_rest_as_stored(
     """`show --json` decodes the headers and charges it gives as JSON (a JSONDecodeError ended it as an internal
     error); what it does not decode it gives as stored, damaged or not."""
     config, (_, created) = _state(tmp_path)
-    _edit(tmp_path, "UPDATE requests SET duration_ms = 'slow', approval = '[1]' WHERE id = ?", created)
+    _edit(tmp_path, "UPDATE requests SET duration_ms = 'slow', approval = '[1]' WHERE id = ?", packed(created))
     shown = _run(config, "show", created, "--json")
     assert shown.exit_code == 0 and '"duration_ms": "slow"' in shown.output, shown.output
-    _edit(tmp_path, "UPDATE requests SET charged = '[unterminated' WHERE id = ?", created)
+    _edit(tmp_path, "UPDATE requests SET charged = '[unterminated' WHERE id = ?", packed(created))
     _one_line(_run(config, "show", created, "--json"), 2,
               f"the audit log is damaged: the charged of row {created} is not JSON")
 

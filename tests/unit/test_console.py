@@ -23,7 +23,7 @@ from goex_proxy.console.render import body_view
 from goex_proxy.console.server import ConsoleServer, serve_console
 from goex_proxy.consoleconfig import DEFAULT_LISTEN, Console
 from goex_proxy.errors import ConfigError, StateError
-from goex_proxy.ids import RequestIds
+from goex_proxy.ids import RequestIds, packed
 
 SCRIPT = "<script>alert(1)</script>"
 
@@ -198,7 +198,7 @@ def test_a_damaged_row_is_shown_broken_not_a_page_that_says_try_again(console: R
     unreadable, says its chain is broken and offers no undo."""
     fine, damaged = fill(state, [{"rule": "p/fine", "reason": "fine"}, {"rule": "p/damaged", "reason": "damaged"}])
     with sqlite3.connect(state.audit_db) as conn:
-        (blob,) = conn.execute("SELECT rule_blob FROM requests WHERE id = ?", (damaged,)).fetchone()
+        (blob,) = conn.execute("SELECT rule_blob FROM requests WHERE id = ?", (packed(damaged),)).fetchone()
         conn.execute("DELETE FROM audit_blobs WHERE id = ?", (blob,))
     client = console.client()
     listed = client.get("/")
@@ -217,7 +217,7 @@ def test_a_row_whose_body_or_headers_cannot_be_read_is_shown_broken(console: Run
     [damaged] = fill(state, [{"req_body": b'{"text": "hello"}',
                               "req_headers": '[["Content-Type", "application/json"]]'}])
     with sqlite3.connect(state.audit_db) as conn:
-        (blob,) = conn.execute(f"SELECT {column} FROM requests WHERE id = ?", (damaged,)).fetchone()
+        (blob,) = conn.execute(f"SELECT {column} FROM requests WHERE id = ?", (packed(damaged),)).fetchone()
         conn.execute("DELETE FROM audit_blobs WHERE id = ?", (blob,))
     client = console.client()
     assert client.get("/").status_code == 200 and damaged in client.get("/").text
@@ -254,8 +254,8 @@ def test_a_time_or_duration_that_is_no_number_is_shown_as_such(console: Running,
     writer.close()
     fine, edited = made
     with sqlite3.connect(state.audit_db) as conn:
-        assert conn.execute("SELECT duration_ms FROM requests WHERE id = ?", (fine,)).fetchone() == (b"",)
-        conn.execute(f"UPDATE requests SET {column} = ? WHERE id = ?", (value, edited))
+        assert conn.execute("SELECT duration_ms FROM requests WHERE id = ?", (packed(fine),)).fetchone() == (b"",)
+        conn.execute(f"UPDATE requests SET {column} = ? WHERE id = ?", (value, packed(edited)))
     client = console.client()
     assert "250 ms" in client.get(f"/request/{fine}").text
     listed = client.get("/")
@@ -279,7 +279,7 @@ def test_an_edited_rows_page_says_it_is_broken_and_plans_nothing(console: Runnin
         if column == "pre_headers":  # a new log keeps them in a blob only
             blob = conn.execute("INSERT INTO audit_blobs (data, refs) VALUES (?, 1)", (blobs.encode(value),)).lastrowid
             column, value = "pre_headers_blob", blob
-        conn.execute(f"UPDATE requests SET {column} = ? WHERE id = ?", (value, rid))
+        conn.execute(f"UPDATE requests SET {column} = ? WHERE id = ?", (value, packed(rid)))
     page = console.client().get(f"/request/{rid}")
     assert page.status_code == 200 and "broken" in page.text and "No undo plan: its audit row does not hold" in \
         page.text, page.text[-400:]
@@ -343,7 +343,7 @@ def test_a_row_shows_its_chain_status_and_an_edited_row_is_named_broken(console:
     client = console.client()
     assert "intact" in client.get(f"/request/{ids[1]}").text
     with sqlite3.connect(state.audit_db) as conn:
-        conn.execute("UPDATE requests SET status = 201 WHERE id = ?", (ids[1],))
+        conn.execute("UPDATE requests SET status = 201 WHERE id = ?", (packed(ids[1]),))
     page = client.get(f"/request/{ids[1]}").text
     assert "broken: its outcome fields do not match" in page
     assert client.get("/request/NOPE").status_code == 404

@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from goex_proxy import cli
+from goex_proxy.audit import layout
 from goex_proxy.audit import prune as pruning
 from goex_proxy.audit import store as audit
 from goex_proxy.audit.gaps import Gap, gaps
@@ -19,7 +20,7 @@ from goex_proxy.audit.seal import Seal
 from goex_proxy.audit.writer import AuditWriter
 from goex_proxy.console.data import chain_status
 from goex_proxy.errors import AuditError
-from goex_proxy.ids import RequestIds
+from goex_proxy.ids import RequestIds, packed
 from goex_proxy.policy.engine import Limit
 from goex_proxy.policy.limits import Charge
 
@@ -76,7 +77,7 @@ class Log:
     def left(self) -> list[str]:
         conn = self.conn()
         try:
-            return [r[0] for r in conn.execute("SELECT id FROM requests ORDER BY seq")]
+            return [layout.id_read(r[0]) for r in conn.execute("SELECT id FROM requests ORDER BY seq")]
         finally:
             conn.close()
 
@@ -170,7 +171,7 @@ def test_a_prune_never_covers_rows_someone_removed(log: Log) -> None:
     log.prune(90)
     assert log.left() == [first, victim, recent]
     with sqlite3.connect(log.home / "a.db") as conn:
-        conn.execute("DELETE FROM requests WHERE id = ?", (victim,))
+        conn.execute("DELETE FROM requests WHERE id = ?", (packed(victim),))
     assert log.verify().broken_id == recent
     with pytest.raises(AuditError, match="does not hold"):
         log.prune(90, include_undoable=True)
@@ -181,7 +182,7 @@ def test_a_prune_never_removes_a_row_whose_outcome_was_edited(log: Log) -> None:
     kept = log.add(200, undo_class="exact")
     log.add(0)
     with sqlite3.connect(log.home / "a.db") as conn:
-        conn.execute("UPDATE requests SET undo_class = 'irreversible' WHERE id = ?", (kept,))  # to make it prunable
+        conn.execute("UPDATE requests SET undo_class = 'irreversible' WHERE id = ?", (packed(kept),))  # to make it prunable
     with pytest.raises(AuditError, match="it was edited"):
         log.prune(90)
     assert kept in log.left() and log.verify().broken_id == kept
@@ -218,7 +219,7 @@ def test_a_removal_next_to_a_gap_is_still_caught(log: Log) -> None:
     kept = [log.add(1) for _ in range(3)]
     log.prune(90)
     with sqlite3.connect(log.home / "a.db") as conn:
-        conn.execute("DELETE FROM requests WHERE id = ?", (kept[0],))  # the row the gap joins to
+        conn.execute("DELETE FROM requests WHERE id = ?", (packed(kept[0]),))  # the row the gap joins to
     result = log.verify()
     assert result.broken_id == kept[1]
 
@@ -229,10 +230,10 @@ def test_a_gap_forged_or_edited_without_the_key_is_caught(log: Log) -> None:
     conn = sqlite3.connect(log.home / "a.db")
     with conn:
         after = audit.get(conn, rows[3])  # its prev_hash and hash as the chain has them (stored as bytes, or left out)
-        first = conn.execute("SELECT seq FROM requests WHERE id = ?", (rows[1],)).fetchone()[0]
+        first = conn.execute("SELECT seq FROM requests WHERE id = ?", (packed(rows[1]),)).fetchone()[0]
         before = audit.get(conn, rows[0])["hash"]
-        conn.execute("UPDATE requests SET prev_hash = ? WHERE id = ?", (bytes.fromhex(after["prev_hash"]), rows[3]))
-        conn.execute("DELETE FROM requests WHERE id IN (?, ?)", (rows[1], rows[2]))
+        conn.execute("UPDATE requests SET prev_hash = ? WHERE id = ?", (bytes.fromhex(after["prev_hash"]), packed(rows[3])))
+        conn.execute("DELETE FROM requests WHERE id IN (?, ?)", (packed(rows[1]), packed(rows[2])))
         forged = Gap(after["seq"], first, first + 1, 2, before, after["prev_hash"], NOW).signed(b"not the key" * 3)
         conn.execute("INSERT INTO audit_gaps VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (*forged.fields(), forged.mac))
     assert log.verify().broken_id == rows[3]
@@ -251,7 +252,7 @@ def test_a_gap_edited_without_the_key_is_caught(log: Log) -> None:
 def test_a_broken_chain_is_not_pruned_away(log: Log) -> None:
     rows = [log.add(200 - i) for i in range(5)] + [log.add(1)]
     with sqlite3.connect(log.home / "a.db") as conn:
-        conn.execute("UPDATE requests SET path = '/edited' WHERE id = ?", (rows[2],))
+        conn.execute("UPDATE requests SET path = '/edited' WHERE id = ?", (packed(rows[2]),))
     with pytest.raises(AuditError, match=f"does not hold at row {rows[2]}"):
         log.prune(90)
     assert rows[2] in log.left()  # the edited row is still there to be found
@@ -308,7 +309,7 @@ def test_run_prunes_by_the_retention_through_its_own_writer(tmp_path: Path) -> N
         done = asyncio.run(retention.prune_once())
         assert done is not None and done.rows == 12
         conn = audit.open_db(tmp_path / "audit.db", readonly=True)
-        assert [r[0] for r in conn.execute("SELECT id FROM requests")] == [kept["id"]]
+        assert [layout.id_read(r[0]) for r in conn.execute("SELECT id FROM requests")] == [kept["id"]]
         seal = Seal(tmp_path)
         assert audit.verify(conn, audit.chain_key(conn, seal), seal.anchor()).pruned == 12
 

@@ -17,6 +17,7 @@ from mitmproxy.test import taddons, tflow
 from goex_proxy.addons import flowmeta, record, rows
 from goex_proxy.addons.record import Record
 from goex_proxy.audit import store as audit
+from goex_proxy.ids import packed
 from goex_proxy.policy.engine import Decision
 from goex_proxy.presets import undo_dir
 from goex_proxy.undo.rules import load_packs
@@ -59,7 +60,7 @@ def _exchange(state: Any, body: bytes, answer: bytes) -> tuple[dict[str, Any], s
         with taddons.context():
             asyncio.run(stage.request(f))
             committed = sqlite3.connect(state.config.audit_db).execute(
-                "SELECT count(*) FROM requests WHERE id = ?", (flowmeta.request_id(f),)).fetchone()[0]
+                "SELECT count(*) FROM requests WHERE id = ?", (packed(flowmeta.request_id(f)),)).fetchone()[0]
             assert committed == 1  # the request row is in before the request may go on
             f.response = tflow.tresp(status_code=201, content=answer)
             f.response.headers["Content-Type"] = "application/json"

@@ -14,6 +14,7 @@ from goex_proxy.audit import blobs, layout
 from goex_proxy.audit import store as audit
 from goex_proxy.audit.seal import Seal
 from goex_proxy.errors import GoexError
+from goex_proxy.ids import packed
 from goex_proxy.policy.cel import compile_condition
 from goex_proxy.undo.plan import Plan, Step
 from goex_proxy.undo.run import DONE, FAILED, SENT, Journal, carry_out, one_undo_at_a_time, run_steps
@@ -260,7 +261,7 @@ class Rewriter(Sender):
         _row(self.conn, request_id, 200)
         with self.conn:
             self.conn.execute("UPDATE requests SET method = ?, url = ? WHERE id = ?",
-                              (self.method, f"https://x{self.path}", request_id))
+                              (self.method, f"https://x{self.path}", packed(request_id)))
         return super().send(step, agent, undo_of, request_id)
 
 

@@ -11,6 +11,7 @@ import pytest
 from goex_proxy.audit import parallel
 from goex_proxy.audit import store as audit
 from goex_proxy.audit.seal import Seal
+from goex_proxy.ids import packed
 from goex_proxy.policy.engine import Limit
 from goex_proxy.policy.limits import Charge
 from tests.unit.test_prune import DAY, NOW, Log
@@ -58,7 +59,7 @@ def _sql(statement: str, *params: object) -> Callable[[Log], None]:
 def _row_at(index: int, statement: str) -> Callable[[Log, list[str]], None]:
     """`statement` run on the index-th row left after the prune (its id as the one parameter)."""
     def run(log: Log, ids: list[str]) -> None:
-        _sql(statement, log.left()[index])(log)
+        _sql(statement, packed(log.left()[index]))(log)
     return run
 
 
