@@ -38,7 +38,7 @@ def _requests(rng: Any, rows: int) -> list[tuple[dict[str, Any], dict[str, Any]]
     ids, pool = RequestIds(), log_bench._variants(rng, 50)
     intent_keys = ("method", "scheme", "host", "port", "path", "url", "http_version", "req_headers", "req_body",
                    "req_body_size", "req_body_sha256")
-    outcome_keys = ("status", "resp_headers", "resp_body", "resp_body_size", "resp_body_sha256")
+    outcome_keys = ("status", "resp_headers", "resp_body", "resp_body_size", "resp_body_sha256", "undo_class")
     agents = [a for a, _ in log_bench.AGENTS]
     out = []
     for _ in range(rows):

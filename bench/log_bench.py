@@ -33,7 +33,7 @@ from typing import Any
 from common import CACHE_DIR, PYTHON, fmt, median, table, tool
 
 TARGET_MS = 100.0
-GEN_VERSION = 6  # 6: real chain hashes (5: random ones, which `undo` refuses)
+GEN_VERSION = 7  # 7: undo classes (6: real chain hashes; 5: random ones, which `undo` refuses)
 DAYS = 30
 AGENTS = [("mailbot", 30), ("slackbot", 25), ("ghbot", 15), ("s3sync", 15), ("research", 10), ("billing", 5)]
 QUERY_AGENT = "mailbot"
@@ -164,10 +164,34 @@ def _current_fingerprint(layout: str = "new") -> str:
         return _schema_fingerprint(path)
 
 
+def _shipped_undo_rules() -> Any:
+    """The undo rules a config without `undo_rules` loads: every shipped pack, the generic REST one last."""
+    from goex_proxy.presets import resolve_undo, undo_names
+    from goex_proxy.undo.rules import load_packs
+
+    names = [n for n in undo_names() if n != "rest"] + ["rest"]
+    return load_packs([resolve_undo(f"builtin:{n}", Path(".")) for n in names])
+
+
+def _undo_class(rules: Any, v: dict[str, Any]) -> str | None:
+    """The undo class the proxy records with this exchange (`addons/rows.undo_class`): none for a read."""
+    from goex_proxy.undo.plan import Exchange, classify
+
+    if v["method"] in ("GET", "HEAD", "OPTIONS"):
+        return None
+    pairs = [tuple(p) for p in json.loads(v["resp_headers"])]
+    pre = tuple(tuple(p) for p in json.loads(v["pre_headers"])) if v["pre_headers"] else ()
+    return classify(rules, Exchange(v["method"], v["url"], tuple(tuple(p) for p in json.loads(v["req_headers"])),
+                                    v["req_body"], v["status"], tuple(pairs), v["resp_body"], v["pre_status"], pre,
+                                    v["pre_body"], v["pre_body_size"]))
+
+
 def _variants(rng: random.Random, n_per_endpoint: int = 200) -> list[dict[str, Any]]:
-    """Pools of realistic request/response payloads to pick rows from (fast to generate, varied to store)."""
+    """Pools of realistic request/response payloads to pick rows from (fast to generate, varied to store), each with
+    the undo class the shipped packs give it."""
     from goex_proxy.credentials.redact import redacted_headers_json
 
+    rules = _shipped_undo_rules()
     out = []
     for host, method, template, has_body, statuses, kind in _ENDPOINTS:
         for _ in range(n_per_endpoint):
@@ -197,6 +221,7 @@ def _variants(rng: random.Random, n_per_endpoint: int = 200) -> list[dict[str, A
                 "resp_body_size": len(resp_body), "resp_body_sha256": hashlib.sha256(resp_body).hexdigest(),
                 "pre_status": None, "pre_headers": None, "pre_body": None, "pre_body_size": None, **pre,
             })
+            out[-1]["undo_class"] = _undo_class(rules, out[-1])
     return out
 
 
@@ -256,12 +281,12 @@ def _fill(conn: sqlite3.Connection, cols: list[str], rows: int, start: float, en
             if decision == "deny":
                 row.update(reason=f"no rule allows {v['method']} {v['host']}{v['path']}", status=403, resp_body=None,
                            resp_body_size=0, resp_body_sha256=None, pre_status=None, pre_headers=None, pre_body=None,
-                           pre_body_size=None)
+                           pre_body_size=None, undo_class=None)
             elif decision == "report":
                 row["report"] = "report mode: would be denied by rule 'never delete'"
             elif decision == "error":
                 row.update(status=None, resp_headers=None, resp_body=None, resp_body_size=None, resp_body_sha256=None,
-                           error="upstream connection reset")
+                           error="upstream connection reset", undo_class=None)
             row["prev_hash"] = prev
             row["hash"] = prev = row_hash(key, prev, row)
             row["outcome_hash"] = outcome_hash(key, prev, row)
@@ -279,7 +304,7 @@ def _columns(conn: sqlite3.Connection) -> list[str]:
                         "http_version", "req_headers", "req_body", "req_body_size", "req_body_sha256", "decision",
                         "rule", "reason", "report", "status", "resp_headers", "resp_body", "resp_body_size",
                         "resp_body_sha256", "error", "ended", "duration_ms", "prev_hash", "hash", "outcome_hash", "pre_status",
-                        "pre_headers", "pre_body", "pre_body_size")
+                        "pre_headers", "pre_body", "pre_body_size", "undo_class")
             if c in existing]
 
 

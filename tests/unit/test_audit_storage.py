@@ -724,7 +724,7 @@ def test_a_row_keeps_room_for_its_outcome_until_it_comes(tmp_path: Path) -> None
         conn = ro(tmp_path)
         room = {layout.id_read(i): r for i, r in conn.execute("SELECT id, room FROM requests")}
         assert room == {waiting["id"]: layout.OUTCOME_ROOM, done_at_once["id"]: None}
-        assert len(layout.OUTCOME_ROOM) >= 64 and not any(layout.OUTCOME_ROOM)
+        assert len(layout.OUTCOME_ROOM) >= 32 and not any(layout.OUTCOME_ROOM)
         before = conn.execute("SELECT sum(payload) FROM dbstat WHERE name = 'requests'").fetchone()[0]
         writer.record_outcome(str(waiting["id"]), outcome(1)).result(5)
         after = conn.execute("SELECT sum(payload) FROM dbstat WHERE name = 'requests'").fetchone()[0]
