@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -674,14 +675,35 @@ def verify_span(conn: sqlite3.Connection, key: bytes | None, anchor: Anchor | No
                 ) -> Span:
     """Check the rows of seqs [low, high) (all of them without `seqs`): each row's link to the row before it (or a
     signed gap record that joins them over pruned rows) and its hashes; stop at the first that does not hold."""
+    with _one_snapshot(conn):
+        return _check_rows(conn, key, anchor, seqs)
+
+
+@contextlib.contextmanager
+def _one_snapshot(conn: sqlite3.Connection) -> Iterator[None]:
+    """Every read inside sees the log as of one moment (one read transaction): the gap records and the rows read
+    apart, a prune (`run`'s retention) that committed between them had its rows gone with no record of the gap yet,
+    and the check called the row after them broken."""
+    if conn.in_transaction:
+        yield
+        return
+    conn.execute("BEGIN")
+    try:
+        yield
+    finally:
+        conn.execute("COMMIT")  # only read: ends the snapshot
+
+
+def _check_rows(conn: sqlite3.Connection, key: bytes | None, anchor: Anchor | None, seqs: tuple[int, int] | None
+                ) -> Span:
     found = Span()
+    joins = gaps(conn)
     if seqs is None:
         rows, prev = iter_rows(conn, lenient=True), ""
     else:
         rows = layout.read(conn, "SELECT * FROM requests WHERE seq >= ? AND seq < ? ORDER BY seq", seqs,
                            lenient=True, consecutive=True)
         prev = layout.hash_before(conn, seqs[0])
-    joins = gaps(conn)
     for row in rows:
         problem = None
         if row["prev_hash"] != prev and gap_holds(key, joins.get(row["seq"]), prev, row["prev_hash"]):

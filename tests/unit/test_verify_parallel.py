@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -146,3 +147,30 @@ def test_rows_a_prune_takes_while_the_rows_are_checked_are_no_break(log: Log) ->
             assert conn.execute("SELECT count(*) FROM limit_hits").fetchone()[0] == 0
 
     assert _checked_while(log, prune).broken_id is None
+
+
+@pytest.mark.parametrize("seqs", [None, (1, 21)])
+def test_a_prune_between_the_gap_records_and_the_rows_is_no_break(log: Log, monkeypatch: pytest.MonkeyPatch,
+                                                                  seqs: tuple[int, int] | None) -> None:
+    """`run`'s retention pruning after the check read the gap records and before it read the rows: the rows it
+    then read had their first one's predecessor gone with no gap record to join them, and the check named that row
+    broken. Both are read in one snapshot (one pass, and each process's range)."""
+    for i in range(20):
+        log.add(200 if i < 10 else 1)
+    read_gaps = audit.gaps
+
+    def gaps_then_prune(conn: sqlite3.Connection, *args: Any) -> Any:
+        found = read_gaps(conn, *args)
+        assert log.prune(90).rows == 10  # committed by another connection, as run's writer would
+        return found
+
+    monkeypatch.setattr(audit, "gaps", gaps_then_prune)
+    seal = Seal(log.home)
+    conn = audit.open_db(log.home / "a.db", readonly=True)
+    try:
+        span = audit.verify_span(conn, audit.chain_key(conn, seal), seal.anchor(), seqs)
+    finally:
+        conn.close()
+    assert span.broken is None and span.checked == 20  # the log as it was when the check began
+    monkeypatch.setattr(audit, "gaps", read_gaps)
+    assert log.verify().broken_id is None and log.verify().pruned == 10
