@@ -15,6 +15,7 @@ from mitmproxy.flow import Error
 from goex_proxy.addons import flowmeta, replies
 from goex_proxy.addons.failclosed import fail_closed
 from goex_proxy.addons.state import ProxyState
+from goex_proxy.hostkey import host_key
 from goex_proxy.net import bodies
 from goex_proxy.policy.engine import Decision, PolicySet, decide, waiting_as_strictly
 from goex_proxy.policy.limits import Charge
@@ -47,7 +48,7 @@ def _host_of(authority: str) -> tuple[str, int | None]:
     host, _, port = authority.rpartition(":") if not authority.endswith("]") else (authority, "", "")
     if not host or not port.isdigit():
         host, port = authority, ""
-    return host.strip("[]").lower().rstrip("."), int(port) if port else None
+    return host_key(host.strip("[]")), int(port) if port else None
 
 
 def target_problem(flow: http.HTTPFlow, path: str | None) -> str | None:
@@ -55,7 +56,7 @@ def target_problem(flow: http.HTTPFlow, path: str | None) -> str | None:
 
     `path` is the request's canonical path (None when it is ambiguous)."""
     req = flow.request
-    host = req.host.lower().rstrip(".")
+    host = host_key(req.host)
     if req.host_header:
         named, port = _host_of(req.host_header)
         if named != host or (port is not None and port != req.port):
@@ -69,7 +70,7 @@ def target_problem(flow: http.HTTPFlow, path: str | None) -> str | None:
         if flow.client_conn.tls_established:  # mitmproxy rewrites its scheme to https; no client sends this form
             return f"the request line names a full URL ({req.authority!r}) inside a TLS tunnel; send its path only"
     sni = flow.client_conn.sni
-    if sni and sni.lower().rstrip(".") != host:
+    if sni and host_key(sni) != host:
         return f"the TLS server name {sni!r} does not match the request's host {host!r}"
     if not req.path.startswith("/") and not (req.method.upper() == "OPTIONS" and req.path == "*"):
         return f"the request target {req.path[:100]!r} is not a path starting with '/'"
@@ -137,7 +138,7 @@ def request_view(flow: http.HTTPFlow, agent: str | None, path: str, body: bytes 
         agent=agent,
         method=req.method.upper(),
         scheme=req.scheme,
-        host=req.host.lower().rstrip("."),
+        host=host_key(req.host),
         port=req.port,
         path=path,
         query=tuple(parse_qsl(query, keep_blank_values=True)) if (query := req.path.partition("?")[2]) else (),
@@ -264,7 +265,7 @@ class Decide:
             return
         agent = flowmeta.agent(flow)
         host, port = flow.server_conn.address or ("", 0)
-        view = RequestView(agent, "", "tcp", str(host).lower().rstrip("."), port, "", protocol="tcp")
+        view = RequestView(agent, "", "tcp", host_key(str(host)), port, "", protocol="tcp")
         now = time.time()
         policies = self.state.policies
         d = decide(view, policies, now, self.state.limits)

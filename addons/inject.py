@@ -18,6 +18,7 @@ from goex_proxy.credentials import sigv4
 from goex_proxy.credentials.kinds import Credential
 from goex_proxy.credentials.oauth import OAuthError
 from goex_proxy.credentials.redact import PARTIAL_MIN
+from goex_proxy.hostkey import host_key
 from goex_proxy.policy.engine import Decision
 
 log = logging.getLogger(__name__)
@@ -179,7 +180,7 @@ class Inject:
         path = flowmeta.path(flow)
         if path is None:
             raise RuntimeError("a request reached the inject stage without the path decide matched")
-        credential = self.state.credential_for(req.host.lower().rstrip("."), req.method.upper(), path)
+        credential = self.state.credential_for(host_key(req.host), req.method.upper(), path)
         if credential is None:
             return None
         if req.scheme not in credential.schemes:

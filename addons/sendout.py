@@ -8,6 +8,7 @@ import time
 from mitmproxy import http
 
 from goex_proxy.addons.state import ProxyState
+from goex_proxy.hostkey import host_key
 from goex_proxy.net import upstream
 from goex_proxy.net.egress import literal_address
 
@@ -48,7 +49,7 @@ async def send(state: ProxyState, req: http.Request, keep: int | None = None) ->
         address = (await state.pins.addresses(state.config.egress, state.config.resolver, req.host, req.port))[0]
         if literal_address(req.host) is None:
             target = target.copy_with(host=str(address))
-            extensions = {"sni_hostname": req.host.lower().rstrip(".")}
+            extensions = {"sni_hostname": host_key(req.host)}
     client = state.upstream_client()
     sent = {k.lower() for k, _ in headers}
     request = client.build_request(req.method, target, headers=headers, content=req.raw_content or b"",

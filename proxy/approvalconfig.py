@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .durations import format_duration, parse_duration
+from .hostkey import host_key
 from .secretref import SecretRef
 from .yamlsrc import Checker, YMap, type_name
 
@@ -61,7 +62,7 @@ def netloc(host: str, port: int) -> str:
 
 def is_loopback(host: str) -> bool:
     """Whether a host name or address is this machine only (a name other than localhost could be anything)."""
-    host = host.strip("[]").lower().rstrip(".")
+    host = host_key(host.strip("[]"))
     if host == "localhost":
         return True
     try:

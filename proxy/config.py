@@ -19,6 +19,7 @@ from .dbconfig import Databases, parse_databases
 from .durations import parse_duration
 from .errors import ConfigError, Problem
 from .globs import Glob, compile_host, compile_path
+from .hostkey import host_key
 from .net.clientlimits import ClientLimits, parse_limits
 from .net.egress import EgressRules, parse_allow
 from .presets import resolve, resolve_undo, undo_names
@@ -140,7 +141,7 @@ class Config:
 
     def route_for(self, host: str, port: int) -> Route | None:
         """Where `upstream.routes` sends host:port (the host in any case, with or without a trailing dot)."""
-        host = host.lower().rstrip(".")
+        host = host_key(host)
         return self.routes.get(f"{host}:{port}") or self.routes.get(host)
 
     @functools.cached_property
@@ -473,7 +474,7 @@ def parse_config(doc: Any, file: Path, check: Checker) -> Config:
     if isinstance(raw_routes, YMap):
         for host, target in raw_routes.items():
             try:
-                routes[host.lower().rstrip(".")] = _route(target)
+                routes[host_key(host)] = _route(target)
             except ValueError as exc:
                 check.error(raw_routes.value_pos[host], f"'upstream.routes.{host}' {exc}")
     else:

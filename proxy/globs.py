@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+from .hostkey import host_key
+
 #: Characters written into an expression as they are; every other ASCII character is escaped (RE2 refuses escapes of
 #: letters, digits and spaces, and needs them of its own syntax).
 _PLAIN = frozenset(string.ascii_letters + string.digits + " _")
@@ -228,7 +230,7 @@ def compile_host(pattern: str) -> Glob:
     """Compile a host glob, case-insensitively: `*` matches one DNS label, `**` any number of labels."""
     if not isinstance(pattern, str) or not pattern or any(c in pattern for c in "/: "):
         raise ValueError(f"must be a host name or host glob like '*.example.com' (got {pattern!r})")
-    return _host_glob(pattern.lower().rstrip("."))
+    return _host_glob(host_key(pattern))
 
 
 @functools.lru_cache(maxsize=4096)

@@ -19,6 +19,7 @@ from ..config import Config
 from ..credentials.kinds import PLACEHOLDER_PREFIX, Credential
 from ..credentials.redact import REDACTED, SENSITIVE_HEADERS, SecretScrubber, redact_value
 from ..errors import GoexError, NotFound
+from ..hostkey import host_key
 from ..policy.engine import Decision, PolicySet, decide
 from ..policy.limits import LimitCounters
 from ..policy.requestview import RequestView, canonical_path
@@ -308,7 +309,7 @@ def check_policy(proposal: Proposal, agent: str, policies: PolicySet, counts: Li
         step = proposed.step()
         parts = urlsplit(step.url)
         path = canonical_path(parts.path or "/") or "/"
-        view = RequestView(agent, step.method, parts.scheme.lower(), (parts.hostname or "").lower().rstrip("."),
+        view = RequestView(agent, step.method, parts.scheme.lower(), host_key(parts.hostname or ""),
                            parts.port or (443 if parts.scheme.lower() == "https" else 80), path,
                            tuple(parse_qsl(parts.query, keep_blank_values=True)),
                            tuple((k.lower(), v) for k, v in step.headers), step.body or b"")

@@ -7,6 +7,8 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
+from ..hostkey import host_key
+
 TABLE = "audit_names"
 #: The fields a row written since migration 20 keeps as the id of their name (hosts and agents share the table: a
 #: name is a name, and one lookup serves both).
@@ -90,7 +92,7 @@ def stored_as(conn: sqlite3.Connection, name: str) -> list[str | bytes]:
 def host_of(name: str) -> str:
     """A host as policies, routes and credentials read it: in lower case, without a trailing dot. A row keeps the host
     as the request spelled it (`NOTES.example.`), which the policy allowed as `notes.example`."""
-    return name.lower().rstrip(".")
+    return host_key(name)
 
 
 def hosts_stored_as(conn: sqlite3.Connection, name: str) -> list[str | bytes]:

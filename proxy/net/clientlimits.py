@@ -10,6 +10,7 @@ from typing import Any
 
 from ..durations import parse_duration
 from ..globs import Glob, compile_host
+from ..hostkey import host_key
 from ..yamlsrc import Checker, YMap
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
@@ -74,14 +75,14 @@ class ClientLimits:
     def request_body_cap(self, host: str) -> tuple[int, str]:
         """The largest request body to `host` goex-proxy buffers, and the setting that says so."""
         for entry in self.hosts:
-            if entry.max_request_body is not None and entry.host.matches(host.lower().rstrip(".")):
+            if entry.max_request_body is not None and entry.host.matches(host_key(host)):
                 return entry.max_request_body, f"limits.hosts.{entry.host.pattern}.max_request_body"
         return self.max_request_body, "limits.max_request_body"
 
     def response_body_cap(self, host: str) -> tuple[int, str]:
         """The largest response body from `host` goex-proxy buffers, and the setting that says so."""
         for entry in self.hosts:
-            if entry.max_response_body is not None and entry.host.matches(host.lower().rstrip(".")):
+            if entry.max_response_body is not None and entry.host.matches(host_key(host)):
                 return entry.max_response_body, f"limits.hosts.{entry.host.pattern}.max_response_body"
         return self.max_response_body, "limits.max_response_body"
 

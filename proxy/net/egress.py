@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..globs import Glob, compile_host
+from ..hostkey import host_key
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -89,9 +90,9 @@ class EgressRules:
 
     def refusal(self, host: str, port: int, addresses: list[Address]) -> str | None:
         """Why a connection to `host` at these addresses must not be made, or None if every one may be reached."""
-        if self.link_host is not None and host.lower().rstrip(".") == self.link_host:
+        if self.link_host is not None and host_key(host) == self.link_host:
             return f"{host} serves goex-proxy's approval links, which no agent may reach"
-        if self.console_host is not None and host.lower().rstrip(".") == self.console_host:
+        if self.console_host is not None and host_key(host) == self.console_host:
             return f"{host} serves goex-proxy's web console, which no agent may reach"
         for ip in addresses:
             if _is_listener(self.listen, ip, port):
@@ -160,7 +161,7 @@ class Pins:
                         fresh: bool = False) -> list[Address]:
         """The checked addresses of `host` (looked up again if `fresh` or the pin is old); raise Blocked if any
         address may not be reached, ResolveError if it has none."""
-        host = host.lower().rstrip(".")
+        host = host_key(host)
         pinned = self._pins.get((host, port))
         if pinned is not None and not fresh and pinned[1] > time.monotonic():
             if (why := rules.console_refusal(host, port, pinned[0])) is not None:
@@ -186,4 +187,4 @@ def parse_allow(entry: str) -> Glob | Network:
     try:
         return ipaddress.ip_network(entry, strict=False)
     except ValueError:
-        return compile_host(entry.lower().rstrip("."))
+        return compile_host(host_key(entry))

@@ -7,6 +7,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from ..config import Config
+from ..hostkey import host_key
 
 #: Seconds a request of goex-proxy's own may take, connecting included.
 TIMEOUT = 30.0
@@ -25,7 +26,7 @@ def ssl_context(config: Config) -> ssl.SSLContext:
 def routed(config: Config, url: str) -> tuple[str, dict[str, str], dict[str, Any]]:
     """The URL to connect to, the headers that keep the original host, and the httpx extensions for its TLS name."""
     parts = urlsplit(url)
-    host = (parts.hostname or "").lower().rstrip(".")
+    host = host_key(parts.hostname or "")
     port = parts.port or (443 if parts.scheme == "https" else 80)
     route = config.route_for(host, port)
     if route is None:

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from ..errors import GoexError
+from ..hostkey import host_key
 from .engine import Decision, PolicySet, decide
 from .limits import LimitCounters
 from .load import load_policy, load_policy_set
@@ -65,7 +66,7 @@ def view_of_row(row: dict[str, Any]) -> RequestView:
     headers = tuple((k.lower(), v) for k, v in json.loads(row["req_headers"] or "[]"))
     return RequestView(
         agent=row["agent"], method=(row["method"] or "").upper(), scheme=row["scheme"] or "https",
-        host=(row["host"] or "").lower().rstrip("."), port=row["port"] or 443, path=canonical_path(path or "/") or path,
+        host=host_key(row["host"] or ""), port=row["port"] or 443, path=canonical_path(path or "/") or path,
         query=tuple(parse_qsl(query, keep_blank_values=True)), headers=headers, body=row["req_body"] or b"",
     )
 

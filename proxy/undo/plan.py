@@ -11,6 +11,7 @@ from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote, urljoin, urlsplit
 
 from ..globs import Glob, HostIndex
+from ..hostkey import host_key
 from ..policy.cel import CelEvalError, Condition, Expression, bind
 
 #: Names undo expressions may read: the agent's request and its response, the pre-image, and a guard's read.
@@ -231,7 +232,7 @@ class Exchange:
     def target(self) -> tuple[str, str, str]:
         """Method, host and path, as rules match them."""
         parts = urlsplit(self.url)
-        return self.method.upper(), (parts.hostname or "").lower().rstrip("."), parts.path or "/"
+        return self.method.upper(), host_key(parts.hostname or ""), parts.path or "/"
 
     def variables(self, request_fields: frozenset[str] = BODY_FIELDS) -> Scope:
         """`request` and `response` as undo expressions read them (of the request's body, `request_fields`)."""
@@ -594,7 +595,7 @@ def _on_origin_of(url: str, original: str) -> str | None:
             port = parts.port or {"https": 443, "http": 80}.get(parts.scheme.lower())
         except ValueError:
             port = None
-        return parts.scheme.lower(), (parts.hostname or "").lower().rstrip("."), port
+        return parts.scheme.lower(), host_key(parts.hostname or ""), port
 
     absolute = urljoin(original, url)
     if "@" in urlsplit(absolute).netloc:  # user:password@ from an answer: a client would send it as Basic auth

@@ -18,6 +18,7 @@ from ..audit import layout
 from ..audit import store as audit
 from ..config import Config
 from ..errors import GoexError, NotFound
+from ..hostkey import host_key
 from ..ids import RequestIds
 from ..policy.cel import CelEvalError, Condition
 from ..policy.engine import PolicySet
@@ -119,7 +120,7 @@ class Replayer:
         """The credential the pipeline will inject into this step, chosen as its inject stage chooses (the first
         bound to the host, method and canonical path); None if it will go without one."""
         parts = urlsplit(step.url)
-        host, path = (parts.hostname or "").lower().rstrip("."), canonical_path(parts.path or "/")
+        host, path = host_key(parts.hostname or ""), canonical_path(parts.path or "/")
         if path is None:
             return None
         return next((c.name for c in self.config.credentials.values() if c.binds(host, step.method.upper(), path)),
