@@ -47,3 +47,23 @@ def test_the_review_bench_finds_the_review_queue_by_url(tmp_path: Path) -> None:
     assert queued == {"http://slack.com/api/chat.postMessage": "exact (passed)",
                       "http://127.0.0.1:8080/bench/items": "needs-preimage (passed)"}
 
+
+
+def test_the_console_bench_explains_the_page_query_the_console_runs(tmp_path: Path) -> None:
+    """console_bench reports the plan of each filter's page query. It called `Filters.where()` without the connection
+    it takes since migration 20 (TypeError: the bench ended after timing every page), and explained an order by seq,
+    where a page is ordered by ts then seq (data.page): a plan of a query the console never runs."""
+    ids = RequestIds()
+    rows = [(intent(ids, i, decision="deny" if i % 2 else "allow", agent="mailbot"), outcome(i)) for i in range(4)]
+    writer = AuditWriter(tmp_path / "audit.db", Seal(tmp_path))
+    try:
+        for row, done in rows:
+            writer.record_intent(row).result(5)
+            writer.record_outcome(str(row["id"]), done).result(5)
+    finally:
+        writer.close()
+    console_bench = bench_module("console_bench")
+    plans = console_bench._plans(tmp_path / "audit.db")
+    assert set(plans) == {name for name, _ in console_bench._filters()}
+    assert "idx_requests_decision_ts" in plans["decision=deny"], plans
+    assert "idx_requests_ts" in plans["unfiltered"], plans  # down the time index, as the page reads it
