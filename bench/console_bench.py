@@ -100,10 +100,10 @@ def _plans(db_path: Path) -> dict[str, str]:
         f = data.Filters(agent=params.get("agent"), host=params.get("host"), decision=params.get("decision"),
                          undo_class=params.get("undo_class"), since=ts(params.get("since")),
                          until=ts(params.get("until")))
-        clauses, args = f.where()
+        clauses, args = f.where(conn)  # an agent or host as its name or id (`names.term`)
         sql = f"SELECT {data.LIST_COLUMNS} FROM requests" + (" WHERE " + " AND ".join(clauses) if clauses else "")
-        out[name] = " | ".join(r[-1] for r in conn.execute(f"EXPLAIN QUERY PLAN {sql} ORDER BY seq DESC LIMIT 50",
-                                                           args))
+        out[name] = " | ".join(r[-1] for r in conn.execute(
+            f"EXPLAIN QUERY PLAN {sql} ORDER BY ts DESC, seq DESC LIMIT {data.PAGE}", args))  # as data.page orders
     conn.close()
     return out
 
@@ -162,7 +162,7 @@ def ttfb(procs: Processes, runs: int, say: Any) -> tuple[str, dict[str, Any]]:
     results["pass"] = all(r["pass"] for r in results["filters"].values())
     text = table(["log page over 1,000,000 rows, filter", "TTFB p50 ms", "p95 ms", "whole page p50 ms",
                   "links on page", "goal", "result"], rows)
-    text += "\n\nquery plans (data.page's SQL, ORDER BY seq DESC LIMIT 50):\n" + "\n".join(
+    text += "\n\nquery plans (data.page's SQL, ORDER BY ts DESC, seq DESC LIMIT 50):\n" + "\n".join(
         f"  {name}: {results['filters'][name]['plan']}" for name, _ in filters)
     return text, results
 

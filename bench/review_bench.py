@@ -23,15 +23,18 @@ import json
 import sqlite3
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from common import Processes, fmt, median, percentile, signed, table
 from policies_gen import throughput_policy
 from throughput import Bench, Run
 from upstream_server import BODY as UPSTREAM_BODY
 
+from goex_proxy.audit import layout
+
+T = TypeVar("T")
 SCHEME = "http"  # the classification is CPU per request whatever the scheme; TLS would only dilute it
 REVIEW_ALL = {"exact": "pass", "needs-preimage": "pass", "lossy": "pass", "irreversible": "pass"}
 BARE, PLAIN, REVIEW = "mitmdump", "goex-noreview", "goex-review"
@@ -63,20 +66,25 @@ def request_options(kind: str) -> list[str]:
     return ["--method", "POST", "--path", path, "--body", json.dumps(body), *where]
 
 
-def _rows(db: Path, sql: str, timeout: float = 5.0) -> list[tuple[Any, ...]]:
-    """A read-only query of a proxy's audit database (retried while the writer holds it)."""
+def _read(db: Path, work: Callable[[sqlite3.Connection], T], timeout: float = 5.0) -> T:
+    """`work` on a read-only connection to a proxy's audit database (retried while the writer holds it)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
             try:
-                return conn.execute(sql).fetchall()
+                return work(conn)
             finally:
                 conn.close()
         except sqlite3.Error:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+def _rows(db: Path, sql: str, timeout: float = 5.0) -> list[tuple[Any, ...]]:
+    """A read-only query of a proxy's audit database (retried while the writer holds it)."""
+    return _read(db, lambda conn: conn.execute(sql).fetchall(), timeout)
 
 
 def _counts(db: Path) -> tuple[int, int]:
@@ -94,13 +102,20 @@ def _counts(db: Path) -> tuple[int, int]:
 
 
 def _queued(db: Path) -> dict[str, str]:
-    """The review queue by request URL: its undo class(es) and state(s)."""
-    found = _rows(db, "SELECT r.url, a.undo_class, a.state FROM approvals a JOIN requests r ON r.id = a.request_id "
-                      "WHERE a.kind = 'review' GROUP BY r.url, a.undo_class, a.state")
-    out: dict[str, list[str]] = {}
-    for url, undo_class, state in found:
-        out.setdefault(url, []).append(f"{undo_class} ({state})")
-    return {url: ", ".join(v) for url, v in out.items()}
+    """The review queue by request URL: its undo class(es) and state(s). Each entry's row is read as written
+    (`layout.read`, by `layout.id_term`): a row keeps its id as 8 bytes (no SQL join on the entry's id finds it)
+    and may leave its URL to its parts."""
+    def work(conn: sqlite3.Connection) -> dict[str, str]:
+        out: dict[str, list[str]] = {}
+        for request_id, undo_class, state in conn.execute(
+                "SELECT request_id, undo_class, state FROM approvals WHERE kind = 'review' ORDER BY ts, request_id"):
+            term, forms = layout.id_term(str(request_id))
+            row = next(layout.read(conn, f"SELECT scheme, host, port, path, url FROM requests WHERE {term}", forms),
+                       None)
+            if row is not None and (kind := f"{undo_class} ({state})") not in out.setdefault(str(row["url"]), []):
+                out[str(row["url"])].append(kind)
+        return {url: ", ".join(v) for url, v in out.items()}
+    return _read(db, work)
 
 
 def _check(bench: Bench) -> dict[str, str]:

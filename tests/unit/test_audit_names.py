@@ -260,8 +260,11 @@ def test_a_filter_finds_every_row_that_reads_as_its_name_and_no_other(tmp_path: 
             ALTER TABLE rebuilt RENAME TO audit_names;
             INSERT INTO audit_names VALUES (200, '{AGENTS[0]}');
             INSERT INTO audit_names VALUES (201, '{AGENTS[1].upper()}');
-            UPDATE requests SET agent = X'c8' WHERE id = '{mine[0]}';
+            UPDATE requests SET agent = X'c8' WHERE id = X'{(packed(mine[0]) or b"").hex()}';
         """)
+        # the row holds its id packed (migration 23): an edit by the id as text would change no row, and leave the
+        # filter nothing to find under the second id
+        assert raw.execute("SELECT count(*) FROM requests WHERE agent = X'c8'").fetchone() == (1,)
     assert verify(tmp_path).broken_id is None  # the row reads as it was written
     conn = ro(tmp_path)
     assert [r["id"] for r in audit.query(conn, agent=AGENTS[0])] == mine

@@ -737,6 +737,38 @@ def test_a_row_keeps_room_for_its_outcome_until_it_comes(tmp_path: Path) -> None
     assert "room" not in audit.get(conn, str(waiting["id"])) and verify(tmp_path).checked == 2
 
 
+def test_an_outcome_larger_than_its_room_reads_back_whole(tmp_path: Path) -> None:
+    """The room (`layout.OUTCOME_ROOM`) is what most outcomes take, not a bound: one far larger (a long error text, a
+    long undo class, an approval), written after rows that filled the page around its own, grows its row past the
+    room and past the page, and every row, those beside it too, reads back exactly as written and verifies."""
+    ids = RequestIds()
+    rows = [intent(ids, i) for i in range(24)]
+    room = len(layout.OUTCOME_ROOM)
+    sizes = [room - 1, room, room + 1, 4 * room, 5000, 70_000]
+    outcomes = {}
+    for i, row in enumerate(rows):
+        size = sizes[i % len(sizes)]
+        error = ("upstream said \u00e9 " * (size // 16 + 1))[:size] if i % 2 else None
+        outcomes[row["id"]] = {**outcome(i), **({"status": None, "resp_headers": None, "resp_body": None,
+                                                  "resp_body_size": None, "resp_body_sha256": None, "error": error}
+                                                 if error else {}),
+                               "undo_class": "needs-preimage" + "/x" * (size // 2) if i % 3 == 0 else "exact"}
+    writer = AuditWriter(tmp_path / "a.db", Seal(tmp_path))
+    try:
+        for row in rows:  # every row first, each with its room: the pages fill around them
+            writer.record_intent(row).result(5)
+        for row in rows[1::2] + rows[-2::-2]:  # the outcomes out of order, in separate transactions
+            writer.record_outcome(str(row["id"]), outcomes[row["id"]]).result(5)
+    finally:
+        writer.close()
+    conn = ro(tmp_path)
+    for row in rows:
+        got = audit.get(conn, str(row["id"]))
+        assert {k: got[k] for k in (*row, *outcomes[row["id"]])} == {**row, **outcomes[row["id"]]}, row["id"]
+    assert conn.execute("SELECT count(*) FROM requests WHERE room IS NOT NULL").fetchone() == (0,)
+    assert verify(tmp_path).checked == len(rows) and verify(tmp_path).broken_id is None
+
+
 def test_upgrading_a_long_log_says_so_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                             caplog: pytest.LogCaptureFixture) -> None:
     """A migration may build an index over every row, holding the proxy meanwhile: a long log is told about first;
