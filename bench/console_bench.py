@@ -100,10 +100,12 @@ def _plans(db_path: Path) -> dict[str, str]:
         f = data.Filters(agent=params.get("agent"), host=params.get("host"), decision=params.get("decision"),
                          undo_class=params.get("undo_class"), since=ts(params.get("since")),
                          until=ts(params.get("until")))
-        clauses, args = f.where(conn)  # an agent or host as its name or id (`names.term`)
-        sql = f"SELECT {data.LIST_COLUMNS} FROM requests" + (" WHERE " + " AND ".join(clauses) if clauses else "")
-        out[name] = " | ".join(r[-1] for r in conn.execute(
-            f"EXPLAIN QUERY PLAN {sql} ORDER BY ts DESC, seq DESC LIMIT {data.PAGE}", args))  # as data.page orders
+        ran: list[str] = []
+        conn.set_trace_callback(ran.append)
+        data.page(conn, f)  # the page's own SQL: its filters, and the blocks of time it reads unfiltered (`times`)
+        conn.set_trace_callback(None)
+        sql = next(q for q in reversed(ran) if q.startswith("SELECT") and "ORDER BY ts DESC, seq DESC LIMIT" in q)
+        out[name] = " | ".join(r[-1] for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}"))
     conn.close()
     return out
 

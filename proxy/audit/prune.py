@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import AuditError
-from . import blobs, layout, names
+from . import blobs, layout, names, times
 from .gaps import Gap, gap_holds, gaps
 from .layout import hex_of
 from .seal import Anchor
@@ -186,6 +186,7 @@ def _remove(conn: sqlite3.Connection, key: bytes, known: dict[int, Gap], run: li
                         "? AND ?", (run[0]["seq"], run[-1]["seq"])).fetchall()
     named = [ref for found in held for ref in found[:len(layout.BLOB_COLUMNS)] if ref is not None]
     conn.execute("DELETE FROM requests WHERE seq BETWEEN ? AND ?", (run[0]["seq"], run[-1]["seq"]))
+    times.forget_empty(conn, run[0]["seq"], run[-1]["seq"])
     # The kept row after the run may leave its prev_hash to the row before it, which is gone: write it in.
     conn.execute("UPDATE requests SET prev_hash = ? WHERE seq = ? AND prev_hash = ?",
                  (bytes.fromhex(run[-1]["hash"]), next_seq, layout.DERIVED))

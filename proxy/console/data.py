@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ..audit import layout, names
+from ..audit import layout, names, times
 from ..audit import store as audit
 from ..audit.gaps import gap_holds, gaps
 from ..audit.seal import Seal
@@ -42,6 +42,12 @@ class Filters:
     undo_class: str | None = None
     since: float | None = None
     until: float | None = None
+
+    def by_time_alone(self) -> bool:
+        """Whether no filter is read through an index of its own (an agent, a host, a decision other than allow, an
+        undo class): the rows are then found by their time."""
+        return self.agent is None and self.host is None and self.undo_class is None and \
+            self.decision in (None, audit.COMMON_DECISION)
 
     def where(self, conn: sqlite3.Connection, indexed: bool = True) -> tuple[list[str], list[Any]]:
         """The SQL terms of these filters and their parameters; not `indexed`: none may pick an index (the rows are
@@ -82,6 +88,7 @@ def page(conn: sqlite3.Connection, filters: Filters, before: int | None = None, 
     `before` in that order (keyset: never an OFFSET, never the whole table; each filter's index ends in ts). `at`:
     that row's time as the page before showed it, for a row pruned since."""
     clauses, params = filters.where(conn)
+    until = filters.until
     if before is not None:
         found = conn.execute("SELECT ts FROM requests WHERE seq = ?", (before,)).fetchone()
         ts = found[0] if found is not None else at
@@ -91,6 +98,11 @@ def page(conn: sqlite3.Connection, filters: Filters, before: int | None = None, 
         else:  # by seq alone, rows written out of time order would be skipped or shown again
             clauses.append("ts <= ? AND (ts < ? OR seq < ?)")
             params += [ts, ts, before]
+            until = ts
+    if filters.by_time_alone() and times.present(conn):  # no filter with an index of its own: by blocks of time
+        terms, values = times.window(conn, clauses, params, limit, since=filters.since, until=until)
+        clauses += terms
+        params += values
     sql = f"SELECT {_list_columns(conn)} FROM requests" + (" WHERE " + " AND ".join(clauses) if clauses else "")
     return _rows(conn, sql + f" ORDER BY ts DESC, seq DESC LIMIT {int(limit)}", params)
 

@@ -1,0 +1,122 @@
+"""Rows found by their time through each block of 1,024 seqs' earliest and latest start, not an index of every row's."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from typing import Any
+
+TABLE = "audit_times"
+#: A block is the rows whose seq shifted right by this many bits is the same: 1,024 consecutive seqs.
+SHIFT = 10
+#: Past this many runs of consecutive blocks (rows written far out of time order), bounding a query by seq helps less
+#: than the list of ranges costs: it reads the rows its time filters pick instead.
+MOST_RUNS = 64
+
+
+def create(conn: sqlite3.Connection) -> None:
+    """The table, kept by triggers on every row written and every start time changed (whoever writes: the proxy's
+    writer, an older release's rows migrated, a test), filled from the rows already there."""
+    conn.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} (block INTEGER PRIMARY KEY, low, high)")
+    conn.execute(f"CREATE INDEX IF NOT EXISTS idx_{TABLE}_high ON {TABLE} (high)")
+    conn.execute(f"CREATE INDEX IF NOT EXISTS idx_{TABLE}_low ON {TABLE} (low)")
+    widen = (f"INSERT INTO {TABLE} (block, low, high) VALUES (new.seq >> {SHIFT}, new.ts, new.ts) "
+             "ON CONFLICT (block) DO UPDATE SET low = min(low, excluded.low), high = max(high, excluded.high);")
+    conn.execute(f"CREATE TRIGGER IF NOT EXISTS {TABLE}_on_insert AFTER INSERT ON requests WHEN new.ts IS NOT NULL "
+                 f"BEGIN {widen} END")
+    conn.execute(f"CREATE TRIGGER IF NOT EXISTS {TABLE}_on_update AFTER UPDATE OF ts ON requests "
+                 f"WHEN new.ts IS NOT NULL BEGIN {widen} END")
+    conn.execute(f"INSERT OR REPLACE INTO {TABLE} (block, low, high) SELECT seq >> {SHIFT}, min(ts), max(ts) "
+                 "FROM requests WHERE ts IS NOT NULL GROUP BY seq >> " + str(SHIFT))
+
+
+def present(conn: sqlite3.Connection) -> bool:
+    """Whether the log keeps its blocks' times (migration 24 on; a log read before it migrates has the ts index)."""
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (TABLE,)).fetchone() is not None
+
+
+def _order(value: Any) -> tuple[int, Any]:
+    """A value as SQLite orders values of mixed types: NULL, then numbers, text, blobs (an edited row's start may be
+    any of them; the proxy writes a number)."""
+    if value is None:
+        return (0, 0)
+    if isinstance(value, (int, float)):
+        return (1, value)
+    return (2, value) if isinstance(value, str) else (3, value)
+
+
+def _runs(blocks: Iterable[int]) -> list[tuple[int, int]]:
+    """The seq ranges of these blocks, consecutive blocks joined."""
+    runs: list[list[int]] = []
+    for block in sorted(set(blocks)):
+        if runs and runs[-1][1] == block - 1:
+            runs[-1][1] = block
+        else:
+            runs.append([block, block])
+    return [(low << SHIFT, ((high + 1) << SHIFT) - 1) for low, high in runs]
+
+
+def _term(runs: list[tuple[int, int]]) -> tuple[str, list[Any]]:
+    if not runs:
+        return "0", []
+    return "(" + " OR ".join("seq BETWEEN ? AND ?" for _ in runs) + ")", [v for run in runs for v in run]
+
+
+def window(conn: sqlite3.Connection, where: list[str], params: list[Any], limit: int | None, *,
+           newest_first: bool = True, since: Any = None, until: Any = None) -> tuple[list[str], list[Any]]:
+    """SQL terms, and their parameters, that keep a query of the rows matching `where` ordered by time (newest or
+    oldest first, then by seq) to the blocks that can hold its first `limit` of them (every one, with no limit),
+    given that none began before `since` or after `until`. The blocks are taken by their latest start (earliest,
+    oldest first) until they hold `limit` matching rows; the limit-th of those begins at T, and every row the query
+    gives begins at T or later (or earlier), so in a block whose latest start is T or later: those are taken too."""
+    bounds, values = [], []
+    if since is not None:
+        bounds.append("high >= ?")
+        values.append(since)
+    if until is not None:
+        bounds.append("low <= ?")
+        values.append(until)
+    edge = "high" if newest_first else "low"
+    blocks = conn.execute(f"SELECT block, {edge} FROM {TABLE}" + (f" WHERE {' AND '.join(bounds)}" if bounds else "")
+                          + f" ORDER BY {edge} {'DESC' if newest_first else 'ASC'}", values)
+    matching = " AND ".join(where) or "1"
+    order = "DESC" if newest_first else "ASC"
+    taken: list[int] = []
+    counted, threshold = 0, None
+    if limit is not None and limit <= 0:
+        return ["0"], []
+    for block, at in blocks:
+        if threshold is not None and (_order(at) < threshold if newest_first else _order(at) > threshold):
+            break
+        taken.append(block)
+        if limit is None or threshold is not None:
+            continue
+        counted += conn.execute(f"SELECT count(*) FROM requests WHERE seq BETWEEN ? AND ? AND {matching}",
+                                [block << SHIFT, ((block + 1) << SHIFT) - 1, *params]).fetchone()[0]
+        if counted >= limit:
+            term, ranges = _term(_runs(taken))
+            found = conn.execute(f"SELECT ts FROM requests WHERE {term} AND {matching} ORDER BY ts {order}, "
+                                 f"seq {order} LIMIT 1 OFFSET ?", [*ranges, *params, limit - 1]).fetchone()
+            threshold = _order(found[0]) if found is not None else None
+    blocks.close()
+    runs = _runs(taken)
+    if len(runs) > MOST_RUNS:
+        return [], []
+    term, ranges = _term(runs)
+    return [term], ranges
+
+
+def forget_empty(conn: sqlite3.Connection, first: int, last: int) -> None:
+    """Drop the blocks of seqs `first` to `last` that no row is left in (a prune removed them)."""
+    if present(conn):
+        conn.execute(f"DELETE FROM {TABLE} WHERE block BETWEEN ? AND ? AND NOT EXISTS (SELECT 1 FROM requests WHERE "
+                     f"seq BETWEEN block << {SHIFT} AND ((block + 1) << {SHIFT}) - 1)", (first >> SHIFT, last >> SHIFT))
+
+
+def out_of_place(conn: sqlite3.Connection) -> tuple[Any, int] | None:
+    """The first row whose start is not within its block's times (the id and seq as stored), or None: the blocks
+    are outside the chain, and one edited to leave a row out would hide it from `log` and the console."""
+    found = conn.execute(f"SELECT r.id, r.seq FROM requests r LEFT JOIN {TABLE} t ON t.block = r.seq >> {SHIFT} "
+                         "WHERE r.ts IS NOT NULL AND (t.block IS NULL OR r.ts < t.low OR r.ts > t.high) "
+                         "ORDER BY r.seq LIMIT 1").fetchone()
+    return None if found is None else (found[0], int(found[1]))

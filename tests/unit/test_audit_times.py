@@ -1,0 +1,150 @@
+"""Rows found by time through each block of seqs' earliest and latest start (migration 24, `audit.times`): every
+listing gives what a full scan sorted by time gives, however far out of order rows were written, and an edited block
+fails `log verify`."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from goex_proxy.audit import store as audit
+from goex_proxy.audit import times
+from goex_proxy.audit.seal import Seal
+from goex_proxy.console import data
+from goex_proxy.ids import RequestIds
+from tests.unit.test_audit_storage import intent, outcome, ro, verify, write
+from tests.unit.test_console_data import _log, _pages, _scan
+
+BASE = 1_700_000_000.0
+
+
+@pytest.fixture(autouse=True)
+def _small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks of 8 seqs, so that a few hundred rows make many (the triggers take the size when the log is made)."""
+    monkeypatch.setattr(times, "SHIFT", 3)
+
+
+def _stamps(draw_lags: list[int]) -> list[float]:
+    """Starts a minute apart, each written late by its lag (a hold, a slow pre-image read): out of their order."""
+    return [BASE + i * 60 - lag for i, lag in enumerate(draw_lags)]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lags=st.lists(st.sampled_from([0, 0, 0, 5, 600, 3600, 86_400]), min_size=1, max_size=300),
+       since=st.none() | st.integers(-100, 320), until=st.none() | st.integers(-100, 320),
+       limit=st.sampled_from([1, 3, 50]), seed=st.integers(0, 3))
+def test_every_listing_by_time_is_what_a_full_scan_gives(tmp_path_factory: pytest.TempPathFactory, lags: list[int],
+                                                          since: int | None, until: int | None, limit: int,
+                                                          seed: int) -> None:
+    """`log` (store.query, newest and oldest first, with --since and a limit), the console's pages (with since,
+    until, decision allow and keyset pages) and a prune's end (first_seq_after) over blocks of 8 seqs."""
+    conn = _log(tmp_path_factory.mktemp("log"), _stamps(lags), random.Random(seed) if seed else None)
+    try:
+        at = {seq: ts for seq, ts in conn.execute("SELECT seq, ts FROM requests")}
+        start = None if since is None else BASE + since * 60
+        for order, newest in (("DESC", True), ("ASC", False)):
+            got = [r["id"] for r in audit.query(conn, since=start, limit=limit, order=order)]
+            wanted = sorted(((ts, seq) for seq, ts in at.items() if start is None or ts >= start), reverse=newest)
+            ids = dict(conn.execute("SELECT seq, id FROM requests"))
+            assert got == [ids[seq] for _, seq in wanted[:limit]], order
+        end = None if until is None else BASE + until * 60
+        for decision in (None, "allow"):
+            filters = data.Filters(decision=decision, since=start, until=end)
+            assert _pages(conn, filters) == _scan(conn, filters, None, limit=len(at))
+        cutoff = BASE + (since or 0) * 60 - audit.WRITE_SLACK_S
+        later = sorted((ts, seq) for seq, ts in at.items() if ts > cutoff + audit.WRITE_SLACK_S)
+        assert audit.first_seq_after(conn, cutoff) == (later[0][1] if later else None)
+    finally:
+        conn.close()
+
+
+def test_an_unfiltered_page_reads_the_newest_blocks_not_the_table(tmp_path: Path) -> None:
+    """On a log in time order, the first page and `log` read a block or two of rows, by seq."""
+    conn = _log(tmp_path, [BASE + i for i in range(2000)])
+    try:
+        read: list[str] = []
+        conn.set_trace_callback(read.append)
+        assert [r["seq"] for r in data.page(conn, data.Filters())] == list(range(2000, 1950, -1))
+        page_sql = next(q for q in read if q.startswith("SELECT seq, id"))
+        plan = str(conn.execute(f"EXPLAIN QUERY PLAN {page_sql}").fetchall())
+        assert "USING INTEGER PRIMARY KEY" in plan and page_sql.count("BETWEEN") <= 2, (page_sql, plan)
+        assert not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'idx_requests_ts'").fetchone()
+    finally:
+        conn.close()
+
+
+def test_an_edited_block_fails_verify(tmp_path: Path) -> None:
+    """The blocks are outside the chain: one narrowed to leave a row out would hide it from `log`; verify names
+    the row."""
+    ids = RequestIds()
+    rows = [intent(ids, i) for i in range(20)]
+    write(tmp_path, [(r, outcome(i)) for i, r in enumerate(rows)])
+    assert verify(tmp_path).broken_id is None
+    with sqlite3.connect(tmp_path / "a.db") as conn:
+        (block,) = conn.execute("SELECT block FROM audit_times ORDER BY block LIMIT 1 OFFSET 1").fetchone()
+        conn.execute("UPDATE audit_times SET high = low WHERE block = ?", (block,))
+    result = verify(tmp_path)
+    assert result.broken_seq is not None and result.broken_seq >> 3 == block
+    assert "audit_times was edited" in (result.problem or "")
+
+
+def test_a_log_written_before_migration_24_lists_the_same(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its rows get their blocks when it is opened to write (the time index goes), and read back as before."""
+    ids = RequestIds()
+    old, new = [intent(ids, i) for i in range(12)], [intent(ids, i) for i in range(12, 20)]
+    with monkeypatch.context() as old_version:
+        old_version.setattr(audit, "MIGRATIONS", audit.MIGRATIONS[:23])
+        write(tmp_path, [(r, outcome(i)) for i, r in enumerate(old)])
+        conn = ro(tmp_path)
+        listed = [r["id"] for r in audit.query(conn, limit=5)]
+        conn.close()
+    assert listed == [r["id"] for r in reversed(old)][:5]
+    write(tmp_path, [(r, outcome(i)) for i, r in enumerate(new)])
+    conn = ro(tmp_path)
+    try:
+        assert [r["id"] for r in audit.query(conn, limit=None)] == [r["id"] for r in reversed(old + new)]
+        assert [r["id"] for r in audit.query(conn, limit=3)] == [r["id"] for r in reversed(new)][:3]
+        assert conn.execute("SELECT count(*) FROM audit_times").fetchone()[0] == 3  # seqs 1-20 in blocks of 8
+        assert not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'idx_requests_ts'").fetchone()
+    finally:
+        conn.close()
+    assert verify(tmp_path).broken_id is None
+    assert Seal(tmp_path).anchor() is not None
+
+
+def test_rows_that_began_at_one_time_are_listed_by_seq_across_blocks(tmp_path: Path) -> None:
+    """Ties in time go by seq, newest first: every block whose latest start equals the threshold is read, not only
+    the first that reached the limit (blocks of equal times come in any order)."""
+    conn = _log(tmp_path, [BASE] * 40)
+    try:
+        seq_of = {i: s for s, i in conn.execute("SELECT seq, id FROM requests")}
+        assert [seq_of[r["id"]] for r in audit.query(conn, limit=3)] == [40, 39, 38]
+        assert [seq_of[r["id"]] for r in audit.query(conn, limit=3, order="ASC")] == [1, 2, 3]
+        assert _pages(conn, data.Filters()) == list(range(40, 0, -1))
+    finally:
+        conn.close()
+
+
+def test_a_prune_drops_the_blocks_it_emptied(tmp_path: Path) -> None:
+    """Blocks whose rows all went take no part in later listings; those with a row left stay."""
+    from tests.unit.test_prune import Log
+
+    log = Log(tmp_path)
+    try:
+        for i in range(30):
+            log.add(200 if i < 20 else 1)
+        assert log.prune(90).rows == 20
+    finally:
+        log.writer.close()
+    conn = audit.open_db(tmp_path / "a.db", readonly=True)
+    try:
+        assert [b for (b,) in conn.execute("SELECT block FROM audit_times ORDER BY block")] == [2, 3]  # seqs 21-30
+        assert [r["id"] for r in audit.query(conn, limit=None)] == log.added[20:][::-1]
+    finally:
+        conn.close()
+    assert log.verify().broken_id is None
