@@ -16,18 +16,19 @@ MOST_RUNS = 64
 
 def create(conn: sqlite3.Connection) -> None:
     """The table, kept by triggers on every row written and every start time changed (whoever writes: the proxy's
-    writer, an older release's rows migrated, a test), filled from the rows already there."""
+    writer, an older release's rows migrated, a test), filled from the rows already there. A block's `low` is NULL
+    once a row in it has no start (an edited one): such a row sorts before every start, so its block must be read
+    first oldest first, and for every row newest first (`high` is the latest start there is, NULL if none is)."""
     conn.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} (block INTEGER PRIMARY KEY, low, high)")
     conn.execute(f"CREATE INDEX IF NOT EXISTS idx_{TABLE}_high ON {TABLE} (high)")
     conn.execute(f"CREATE INDEX IF NOT EXISTS idx_{TABLE}_low ON {TABLE} (low)")
     widen = (f"INSERT INTO {TABLE} (block, low, high) VALUES (new.seq >> {SHIFT}, new.ts, new.ts) "
-             "ON CONFLICT (block) DO UPDATE SET low = min(low, excluded.low), high = max(high, excluded.high);")
-    conn.execute(f"CREATE TRIGGER IF NOT EXISTS {TABLE}_on_insert AFTER INSERT ON requests WHEN new.ts IS NOT NULL "
-                 f"BEGIN {widen} END")
-    conn.execute(f"CREATE TRIGGER IF NOT EXISTS {TABLE}_on_update AFTER UPDATE OF ts ON requests "
-                 f"WHEN new.ts IS NOT NULL BEGIN {widen} END")
-    conn.execute(f"INSERT OR REPLACE INTO {TABLE} (block, low, high) SELECT seq >> {SHIFT}, min(ts), max(ts) "
-                 "FROM requests WHERE ts IS NOT NULL GROUP BY seq >> " + str(SHIFT))
+             "ON CONFLICT (block) DO UPDATE SET low = CASE WHEN low IS NULL OR excluded.low IS NULL THEN NULL "
+             "ELSE min(low, excluded.low) END, high = coalesce(max(high, excluded.high), high, excluded.high);")
+    conn.execute(f"CREATE TRIGGER IF NOT EXISTS {TABLE}_on_insert AFTER INSERT ON requests BEGIN {widen} END")
+    conn.execute(f"CREATE TRIGGER IF NOT EXISTS {TABLE}_on_update AFTER UPDATE OF ts ON requests BEGIN {widen} END")
+    conn.execute(f"INSERT OR REPLACE INTO {TABLE} (block, low, high) SELECT seq >> {SHIFT}, "
+                 "CASE WHEN count(ts) = count(*) THEN min(ts) END, max(ts) FROM requests GROUP BY seq >> " + str(SHIFT))
 
 
 def present(conn: sqlite3.Connection) -> bool:
@@ -63,7 +64,8 @@ def _term(runs: list[tuple[int, int]]) -> tuple[str, list[Any]]:
 
 
 def window(conn: sqlite3.Connection, where: list[str], params: list[Any], limit: int | None, *,
-           newest_first: bool = True, since: Any = None, until: Any = None) -> tuple[list[str], list[Any]]:
+           newest_first: bool = True, since: Any = None, until: Any = None, unstarted: bool = False
+           ) -> tuple[list[str], list[Any]]:
     """SQL terms, and their parameters, that keep a query of the rows matching `where` ordered by time (newest or
     oldest first, then by seq) to the blocks that can hold its first `limit` of them (every one, with no limit),
     given that none began before `since` or after `until`. The blocks are taken by their latest start (earliest,
@@ -74,7 +76,7 @@ def window(conn: sqlite3.Connection, where: list[str], params: list[Any], limit:
         bounds.append("high >= ?")
         values.append(since)
     if until is not None:
-        bounds.append("low <= ?")
+        bounds.append("(low <= ? OR low IS NULL)")
         values.append(until)
     edge = "high" if newest_first else "low"
     blocks = conn.execute(f"SELECT block, {edge} FROM {TABLE}" + (f" WHERE {' AND '.join(bounds)}" if bounds else "")

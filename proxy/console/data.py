@@ -86,23 +86,38 @@ def page(conn: sqlite3.Connection, filters: Filters, before: int | None = None, 
          at: float | None = None) -> list[dict[str, Any]]:
     """One page of rows, newest first (by the time each began, then seq, as `log` lists them), after the row of seq
     `before` in that order (keyset: never an OFFSET, never the whole table; each filter's index ends in ts). `at`:
-    that row's time as the page before showed it, for a row pruned since."""
+    that row's time as the page before showed it, for a row pruned since. Rows of no start (edited to NULL) come
+    last, as SQLite sorts them: after the last row that has one, then by seq."""
     clauses, params = filters.where(conn)
-    until = filters.until
+    until, started = filters.until, False
     if before is not None:
         found = conn.execute("SELECT ts FROM requests WHERE seq = ?", (before,)).fetchone()
         ts = found[0] if found is not None else at
-        if ts is None:  # pruned since the page before was read, and its time not given: the rows chained before it
+        if found is not None and ts is None:  # a row of no start: the rows after it have none either
+            clauses.append("ts IS NULL AND seq < ?")
+            params.append(before)
+        elif ts is None:  # pruned since the page before was read, and its time not given: the rows chained before
             clauses.append("seq < ?")
             params.append(before)
         else:  # by seq alone, rows written out of time order would be skipped or shown again
             clauses.append("ts <= ? AND (ts < ? OR seq < ?)")
             params += [ts, ts, before]
-            until = ts
-    if filters.by_time_alone() and times.present(conn):  # no filter with an index of its own: by blocks of time
-        terms, values = times.window(conn, clauses, params, limit, since=filters.since, until=until)
-        clauses += terms
-        params += values
+            until, started = ts, True
+    rows = _by_time(conn, filters, clauses, params, limit, until)
+    if started and len(rows) < limit and filters.since is None and filters.until is None:
+        clauses, params = filters.where(conn)  # the rows of no start, which no bound on ts picks
+        rows += _by_time(conn, filters, [*clauses, "ts IS NULL"], params, limit - len(rows), None, unstarted=True)
+    return rows
+
+
+def _by_time(conn: sqlite3.Connection, filters: Filters, clauses: list[str], params: list[Any], limit: int,
+             until: Any, unstarted: bool = False) -> list[dict[str, Any]]:
+    """The first `limit` rows these clauses match, newest first; with no filter of an index of its own, only in the
+    blocks of time that can hold them (`times.window`, given that none began after `until`)."""
+    if filters.by_time_alone() and times.present(conn):
+        terms, values = times.window(conn, clauses, params, limit, since=filters.since, until=until,
+                                     unstarted=unstarted)
+        clauses, params = clauses + terms, params + values
     sql = f"SELECT {_list_columns(conn)} FROM requests" + (" WHERE " + " AND ".join(clauses) if clauses else "")
     return _rows(conn, sql + f" ORDER BY ts DESC, seq DESC LIMIT {int(limit)}", params)
 

@@ -148,3 +148,48 @@ def test_a_prune_drops_the_blocks_it_emptied(tmp_path: Path) -> None:
     finally:
         conn.close()
     assert log.verify().broken_id is None
+
+
+def _by_time(conn: sqlite3.Connection, newest_first: bool = True) -> list[int]:
+    """Every seq, in the order SQLite sorts the rows by (ts, seq) whatever each start holds (`times._order`)."""
+    rows = conn.execute("SELECT seq, ts FROM requests").fetchall()
+    return [seq for _, seq in sorted(((times._order(ts), seq) for seq, ts in rows), reverse=newest_first)]
+
+
+def _paged(conn: sqlite3.Connection, filters: data.Filters, size: int) -> list[int]:
+    """The console's pages of `size` rows in turn, each after the last row of the one before; the rows they showed."""
+    shown: list[int] = []
+    before = None
+    while len(shown) <= 10_000:
+        got = [r["seq"] for r in data.page(conn, filters, before, limit=size)]
+        shown += got
+        if len(got) < size:
+            break
+        before = got[-1]
+    return shown
+
+
+@pytest.mark.parametrize("migrated", [True, False], ids=["edited-after-migration-24", "edited-before-it"])
+def test_rows_whose_start_was_edited_away_are_listed_where_a_full_scan_puts_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, migrated: bool) -> None:
+    """A start edited to NULL (a whole block of them, and one among others) sorts before every other start: last
+    newest first, first oldest first. No block may leave such a row out of `log`, the console's pages (the page
+    after it goes on from it, not from the rows before it by seq) or a listing of every row."""
+    with monkeypatch.context() as old_version:
+        if not migrated:
+            old_version.setattr(audit, "MIGRATIONS", audit.MIGRATIONS[:23])
+        conn = _log(tmp_path, [BASE + i for i in range(40)])
+        with conn:
+            conn.execute("UPDATE requests SET ts = NULL WHERE seq BETWEEN 8 AND 15 OR seq = 30")
+        conn.close()
+    conn = audit.open_db(tmp_path / "audit.db", seal=Seal(tmp_path))  # migrates the log edited before it
+    try:
+        ids = dict(conn.execute("SELECT id, seq FROM requests"))
+        for order, newest in (("DESC", True), ("ASC", False)):
+            for limit in (None, 1, 3, 39):
+                got = [ids[r["id"]] for r in audit.query(conn, limit=limit, order=order)]
+                assert got == _by_time(conn, newest)[:limit], (order, limit)
+        for size in (3, 7, 50):
+            assert _paged(conn, data.Filters(), size) == _by_time(conn), size
+    finally:
+        conn.close()
