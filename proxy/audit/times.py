@@ -117,8 +117,10 @@ def forget_empty(conn: sqlite3.Connection, first: int, last: int) -> None:
 
 def out_of_place(conn: sqlite3.Connection) -> tuple[Any, int] | None:
     """The first row whose start is not within its block's times (the id and seq as stored), or None: the blocks
-    are outside the chain, and one edited to leave a row out would hide it from `log` and the console."""
+    are outside the chain, and one edited to leave a row out would hide it from `log` and the console. Compared as
+    `window` compares them, by SQLite's order of types alone (`+r.ts`: the column's REAL affinity would read a bound
+    edited to the text '0' as the number), and a bound edited to NULL holds no start."""
     found = conn.execute(f"SELECT r.id, r.seq FROM requests r LEFT JOIN {TABLE} t ON t.block = r.seq >> {SHIFT} "
-                         "WHERE r.ts IS NOT NULL AND (t.block IS NULL OR r.ts < t.low OR r.ts > t.high) "
-                         "ORDER BY r.seq LIMIT 1").fetchone()
+                         "WHERE t.block IS NULL OR (CASE WHEN r.ts IS NULL THEN t.low IS NULL ELSE (t.low IS NULL OR "
+                         "+r.ts >= t.low) AND +r.ts <= t.high END) IS NOT 1 ORDER BY r.seq LIMIT 1").fetchone()
     return None if found is None else (found[0], int(found[1]))

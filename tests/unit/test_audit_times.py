@@ -193,3 +193,24 @@ def test_rows_whose_start_was_edited_away_are_listed_where_a_full_scan_puts_them
             assert _paged(conn, data.Filters(), size) == _by_time(conn), size
     finally:
         conn.close()
+
+
+@pytest.mark.parametrize("edit", ["high = NULL", "low = NULL, high = NULL", "low = '0'", "low = '0', high = NULL"])
+def test_a_block_edited_to_a_bound_of_another_type_fails_verify(tmp_path: Path, edit: str) -> None:
+    """A bound of NULL, or text that reads as a number, sorts where no start is (NULL before every one, text after
+    them): the block's rows would be left out of the first page, or of one filtered by `until`, so verify names one
+    of them however the column's affinity would read the bound."""
+    ids = RequestIds()
+    rows = [intent(ids, i) for i in range(20)]
+    write(tmp_path, [(r, outcome(i)) for i, r in enumerate(rows)])
+    with sqlite3.connect(tmp_path / "a.db") as conn:
+        conn.execute(f"UPDATE audit_times SET {edit} WHERE block = 2")  # the newest: seqs 16 to 20
+    conn = ro(tmp_path)
+    try:
+        newest = [r["id"] for r in data.page(conn, data.Filters(), limit=3)]
+        assert newest != [r["id"] for r in rows[:-4:-1]] or len(data.page(conn, data.Filters(until=4e9))) < 20
+    finally:
+        conn.close()
+    result = verify(tmp_path)
+    assert result.broken_seq is not None and result.broken_seq >> 3 == 2, (edit, result)
+    assert "audit_times was edited" in (result.problem or "")
