@@ -502,10 +502,18 @@ def query(conn: sqlite3.Connection, *, agent: str | None = None, host: str | Non
     if since is not None:
         where.append("ts >= ?")
         params.append(since)
-    if agent is None and host is None and decision in (None, COMMON_DECISION) and times.present(conn):
+    with times.snapshot(conn):  # the blocks and their rows as of one time
+        return _by_time(conn, where, params, limit, order, since, by_time=agent is None and host is None and
+                        decision in (None, COMMON_DECISION))
+
+
+def _by_time(conn: sqlite3.Connection, where: list[str], params: list[Any], limit: int | None, order: str,
+             since: float | None, by_time: bool) -> list[dict[str, Any]]:
+    """`query`'s rows; `by_time`: no filter has an index of its own, so only the blocks of time that can hold them
+    are read (`times.window`)."""
+    if by_time and times.present(conn):
         terms, values = times.window(conn, where, params, limit, newest_first=order == "DESC", since=since)
-        where += terms
-        params += values
+        where, params = where + terms, params + values
     columns = ("id, ts, agent, method, scheme, host, port, path, url, decision, report, status, "
                "error, duration_ms, ended, req_body_size, resp_body_size")  # ended: a duration may be left to it
     present = present_columns(conn)
@@ -541,10 +549,11 @@ def first_seq_after(conn: sqlite3.Connection, ts: float) -> int | None:
     """The seq of the first row (by ts, through its index) that began more than WRITE_SLACK_S after `ts`: every row
     that began by `ts` has a smaller seq. None: no row began that late."""
     after = ts + WRITE_SLACK_S
-    terms, values = times.window(conn, ["ts > ?"], [after], 1, newest_first=False, since=after) \
-        if times.present(conn) else ([], [])
-    found = conn.execute(f"SELECT seq FROM requests WHERE {' AND '.join(['ts > ?', *terms])} ORDER BY ts LIMIT 1",
-                         [after, *values]).fetchone()
+    with times.snapshot(conn):  # the blocks and their rows as of one time
+        terms, values = times.window(conn, ["ts > ?"], [after], 1, newest_first=False, since=after) \
+            if times.present(conn) else ([], [])
+        found = conn.execute(f"SELECT seq FROM requests WHERE {' AND '.join(['ts > ?', *terms])} ORDER BY ts "
+                             "LIMIT 1", [after, *values]).fetchone()
     return None if found is None else int(found[0])
 
 

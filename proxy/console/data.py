@@ -88,6 +88,12 @@ def page(conn: sqlite3.Connection, filters: Filters, before: int | None = None, 
     `before` in that order (keyset: never an OFFSET, never the whole table; each filter's index ends in ts). `at`:
     that row's time as the page before showed it, for a row pruned since. Rows of no start (edited to NULL) come
     last, as SQLite sorts them: after the last row that has one, then by seq."""
+    with times.snapshot(conn):  # the row it goes on after, the blocks and their rows: as of one time
+        return _page(conn, filters, before, limit, at)
+
+
+def _page(conn: sqlite3.Connection, filters: Filters, before: int | None, limit: int, at: float | None
+          ) -> list[dict[str, Any]]:
     clauses, params = filters.where(conn)
     until, started = filters.until, False
     if before is not None:

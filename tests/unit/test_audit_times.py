@@ -214,3 +214,30 @@ def test_a_block_edited_to_a_bound_of_another_type_fails_verify(tmp_path: Path, 
     result = verify(tmp_path)
     assert result.broken_seq is not None and result.broken_seq >> 3 == 2, (edit, result)
     assert "audit_times was edited" in (result.problem or "")
+
+
+def test_a_listing_reads_its_blocks_and_its_rows_in_one_snapshot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                 ) -> None:
+    """`log` picks its blocks, then reads their rows: a prune (or a writer) that commits in between must not leave
+    it with the blocks of rows that are gone, listing nothing of a log that has rows (or some rows and not others
+    written before them)."""
+    writer = _log(tmp_path, [BASE + i for i in range(30)])
+    reader = audit.open_db(tmp_path / "audit.db", readonly=True)
+    window = times.window
+
+    def pruned_meanwhile(*args: object, **kwargs: object) -> tuple[list[str], list[object]]:
+        picked = window(*args, **kwargs)  # type: ignore[arg-type]
+        with writer:  # as a prune removes the oldest rows and the blocks it emptied
+            writer.execute("DELETE FROM requests WHERE seq <= 7")
+            times.forget_empty(writer, 1, 7)
+        return picked  # type: ignore[return-value]
+
+    monkeypatch.setattr(times, "window", pruned_meanwhile)
+    try:
+        ids = dict(writer.execute("SELECT id, seq FROM requests"))
+        assert [ids.get(r["id"]) for r in audit.query(reader, limit=2, order="ASC")] == [1, 2]  # as it was
+        assert [ids.get(r["id"]) for r in audit.query(reader, limit=2, order="ASC")] == [8, 9]  # as it is now
+        assert audit.first_seq_after(reader, BASE - 1 - audit.WRITE_SLACK_S) == 8
+    finally:
+        reader.close()
+        writer.close()
