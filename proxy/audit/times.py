@@ -13,6 +13,8 @@ SHIFT = 10
 #: Past this many runs of consecutive blocks (rows written far out of time order), bounding a query by seq helps less
 #: than the list of ranges costs: it reads the rows its time filters pick instead.
 MOST_RUNS = 64
+#: The seqs SQLite can hold.
+SEQS = (-(2**63), 2**63 - 1)
 
 
 def create(conn: sqlite3.Connection) -> None:
@@ -72,7 +74,8 @@ def window(conn: sqlite3.Connection, where: list[str], params: list[Any], limit:
     given that none began before `since` or after `until`. The blocks are taken by their latest start (earliest,
     oldest first) until they hold `limit` matching rows; the limit-th of those begins at T, and every row the query
     gives begins at T or later (or earlier), so in a block whose latest start is T or later: those are taken too."""
-    bounds, values = [], []
+    bounds = ["block BETWEEN ? AND ?"]  # a seq is a 64-bit integer: a block past them (edited in) holds no row
+    values: list[Any] = [SEQS[0] >> SHIFT, SEQS[1] >> SHIFT]
     if since is not None:
         bounds.append("high >= ?")
         values.append(since)
@@ -80,7 +83,7 @@ def window(conn: sqlite3.Connection, where: list[str], params: list[Any], limit:
         bounds.append("(low <= ? OR low IS NULL)")
         values.append(until)
     edge = "high" if newest_first else "low"
-    blocks = conn.execute(f"SELECT block, {edge} FROM {TABLE}" + (f" WHERE {' AND '.join(bounds)}" if bounds else "")
+    blocks = conn.execute(f"SELECT block, {edge} FROM {TABLE} WHERE {' AND '.join(bounds)}"
                           + f" ORDER BY {edge} {'DESC' if newest_first else 'ASC'}", values)
     matching = " AND ".join(where) or "1"
     order = "DESC" if newest_first else "ASC"

@@ -241,3 +241,17 @@ def test_a_listing_reads_its_blocks_and_its_rows_in_one_snapshot(tmp_path: Path,
     finally:
         reader.close()
         writer.close()
+
+
+@pytest.mark.parametrize("block", [2**61, -2**61])
+def test_a_block_no_seq_can_be_in_is_passed_over(tmp_path: Path, block: int) -> None:
+    """A block edited in whose seqs are past SQLite's integers (no row can be in it) neither stops `log` and the
+    console with an OverflowError nor changes what they list."""
+    conn = _log(tmp_path, [BASE + i for i in range(20)])
+    try:
+        with conn:
+            conn.execute("INSERT INTO audit_times (block, low, high) VALUES (?, 0, 9e99)", (block,))
+        assert [r["seq"] for r in data.page(conn, data.Filters(), limit=3)] == [20, 19, 18]
+        assert len(audit.query(conn, limit=3, order="ASC")) == 3
+    finally:
+        conn.close()
