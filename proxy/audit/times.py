@@ -73,9 +73,12 @@ def window(conn: sqlite3.Connection, where: list[str], params: list[Any], limit:
     oldest first, then by seq) to the blocks that can hold its first `limit` of them (every one, with no limit),
     given that none began before `since` or after `until`. The blocks are taken by their latest start (earliest,
     oldest first) until they hold `limit` matching rows; the limit-th of those begins at T, and every row the query
-    gives begins at T or later (or earlier), so in a block whose latest start is T or later: those are taken too."""
+    gives begins at T or later (or earlier), so in a block whose latest start is T or later: those are taken too.
+    `unstarted`: `where` matches only rows of no start (NULL), which are in the blocks whose `low` is NULL."""
     bounds = ["block BETWEEN ? AND ?"]  # a seq is a 64-bit integer: a block past them (edited in) holds no row
     values: list[Any] = [SEQS[0] >> SHIFT, SEQS[1] >> SHIFT]
+    if unstarted:
+        bounds.append("low IS NULL")
     if since is not None:
         bounds.append("high >= ?")
         values.append(since)

@@ -255,3 +255,19 @@ def test_a_block_no_seq_can_be_in_is_passed_over(tmp_path: Path, block: int) -> 
         assert len(audit.query(conn, limit=3, order="ASC")) == 3
     finally:
         conn.close()
+
+
+def test_the_last_page_looks_for_rows_of_no_start_only_in_blocks_that_hold_one(tmp_path: Path) -> None:
+    """The page that ends the rows with a start goes on with those of none (edited to NULL): it finds them through
+    the blocks that note one, not by counting the rows of every block."""
+    conn = _log(tmp_path, [BASE + i for i in range(400)])  # 50 blocks
+    try:
+        read: list[str] = []
+        conn.set_trace_callback(read.append)
+        assert [r["seq"] for r in data.page(conn, data.Filters(), before=4)] == [3, 2, 1]
+        assert sum(q.startswith("SELECT count(*)") for q in read) <= 2, read
+        with conn:
+            conn.execute("UPDATE requests SET ts = NULL WHERE seq = 200")
+        assert [r["seq"] for r in data.page(conn, data.Filters(), before=4)] == [3, 2, 1, 200]
+    finally:
+        conn.close()
