@@ -95,13 +95,14 @@ def page(conn: sqlite3.Connection, filters: Filters, before: int | None = None, 
 def _page(conn: sqlite3.Connection, filters: Filters, before: int | None, limit: int, at: float | None
           ) -> list[dict[str, Any]]:
     clauses, params = filters.where(conn)
-    until, started = filters.until, False
+    until, started, unstarted = filters.until, False, False
     if before is not None:
         found = conn.execute("SELECT ts FROM requests WHERE seq = ?", (before,)).fetchone()
         ts = found[0] if found is not None else at
         if found is not None and ts is None:  # a row of no start: the rows after it have none either
             clauses.append("ts IS NULL AND seq < ?")
             params.append(before)
+            unstarted = True
         elif ts is None:  # pruned since the page before was read, and its time not given: the rows chained before
             clauses.append("seq < ?")
             params.append(before)
@@ -109,7 +110,7 @@ def _page(conn: sqlite3.Connection, filters: Filters, before: int | None, limit:
             clauses.append("ts <= ? AND (ts < ? OR seq < ?)")
             params += [ts, ts, before]
             until, started = ts, True
-    rows = _by_time(conn, filters, clauses, params, limit, until)
+    rows = _by_time(conn, filters, clauses, params, limit, until, unstarted)
     if started and len(rows) < limit and filters.since is None and filters.until is None:
         clauses, params = filters.where(conn)  # the rows of no start, which no bound on ts picks
         rows += _by_time(conn, filters, [*clauses, "ts IS NULL"], params, limit - len(rows), None, unstarted=True)

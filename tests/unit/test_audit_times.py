@@ -269,5 +269,10 @@ def test_the_last_page_looks_for_rows_of_no_start_only_in_blocks_that_hold_one(t
         with conn:
             conn.execute("UPDATE requests SET ts = NULL WHERE seq = 200")
         assert [r["seq"] for r in data.page(conn, data.Filters(), before=4)] == [3, 2, 1, 200]
+        with conn:
+            conn.execute("UPDATE requests SET ts = NULL WHERE seq IN (100, 300)")
+        read.clear()
+        assert [r["seq"] for r in data.page(conn, data.Filters(), before=300)] == [200, 100]  # after a row of none
+        assert sum(q.startswith("SELECT count(*)") for q in read) <= 3, read  # the 3 blocks that note one
     finally:
         conn.close()
