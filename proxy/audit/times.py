@@ -75,7 +75,7 @@ def window(conn: sqlite3.Connection, where: list[str], params: list[Any], limit:
     oldest first) until they hold `limit` matching rows; the limit-th of those begins at T, and every row the query
     gives begins at T or later (or earlier), so in a block whose latest start is T or later: those are taken too.
     `unstarted`: `where` matches only rows of no start (NULL), which are in the blocks whose `low` is NULL."""
-    bounds = ["block BETWEEN ? AND ?"]  # a seq is a 64-bit integer: a block past them (edited in) holds no row
+    bounds = ["+block BETWEEN ? AND ?"]  # no seq is past 64 bits: a block there (edited in) holds no row (+: by high)
     values: list[Any] = [SEQS[0] >> SHIFT, SEQS[1] >> SHIFT]
     if unstarted:
         bounds.append("low IS NULL")

@@ -73,6 +73,9 @@ def test_an_unfiltered_page_reads_the_newest_blocks_not_the_table(tmp_path: Path
         page_sql = next(q for q in read if q.startswith("SELECT seq, id"))
         plan = str(conn.execute(f"EXPLAIN QUERY PLAN {page_sql}").fetchall())
         assert "USING INTEGER PRIMARY KEY" in plan and page_sql.count("BETWEEN") <= 2, (page_sql, plan)
+        blocks_sql = next(q for q in read if q.startswith("SELECT block, high FROM audit_times"))
+        plan = str(conn.execute(f"EXPLAIN QUERY PLAN {blocks_sql}").fetchall())  # newest first, to the threshold
+        assert "INDEX idx_audit_times_high" in plan and "TEMP B-TREE" not in plan, (blocks_sql, plan)
         assert not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'idx_requests_ts'").fetchone()
     finally:
         conn.close()
