@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -18,6 +17,7 @@ from . import blobs, layout, names, times
 from .gaps import gap_holds, gaps
 from .layout import hex_of
 from .seal import Anchor, Seal, chain_tag, tag_holds
+from .snapshot import one_snapshot
 
 if TYPE_CHECKING:
     import sqlite_utils
@@ -502,7 +502,7 @@ def query(conn: sqlite3.Connection, *, agent: str | None = None, host: str | Non
     if since is not None:
         where.append("ts >= ?")
         params.append(since)
-    with times.snapshot(conn):  # the blocks and their rows as of one time
+    with one_snapshot(conn):  # the blocks of time and their rows as of one moment
         return _by_time(conn, where, params, limit, order, since, by_time=agent is None and host is None and
                         decision in (None, COMMON_DECISION))
 
@@ -549,7 +549,7 @@ def first_seq_after(conn: sqlite3.Connection, ts: float) -> int | None:
     """The seq of the first row (by ts, through its index) that began more than WRITE_SLACK_S after `ts`: every row
     that began by `ts` has a smaller seq. None: no row began that late."""
     after = ts + WRITE_SLACK_S
-    with times.snapshot(conn):  # the blocks and their rows as of one time
+    with one_snapshot(conn):  # the blocks of time and their rows as of one moment
         terms, values = times.window(conn, ["ts > ?"], [after], 1, newest_first=False, since=after) \
             if times.present(conn) else ([], [])
         found = conn.execute(f"SELECT seq FROM requests WHERE {' AND '.join(['ts > ?', *terms])} ORDER BY ts "
@@ -702,23 +702,8 @@ def verify_span(conn: sqlite3.Connection, key: bytes | None, anchor: Anchor | No
                 ) -> Span:
     """Check the rows of seqs [low, high) (all of them without `seqs`): each row's link to the row before it (or a
     signed gap record that joins them over pruned rows) and its hashes; stop at the first that does not hold."""
-    with _one_snapshot(conn):
+    with one_snapshot(conn):  # the gap records and the rows as of one moment
         return _check_rows(conn, key, anchor, seqs)
-
-
-@contextlib.contextmanager
-def _one_snapshot(conn: sqlite3.Connection) -> Iterator[None]:
-    """Every read inside sees the log as of one moment (one read transaction): the gap records and the rows read
-    apart, a prune (`run`'s retention) that committed between them had its rows gone with no record of the gap yet,
-    and the check called the row after them broken."""
-    if conn.in_transaction:
-        yield
-        return
-    conn.execute("BEGIN")
-    try:
-        yield
-    finally:
-        conn.execute("COMMIT")  # only read: ends the snapshot
 
 
 def _check_rows(conn: sqlite3.Connection, key: bytes | None, anchor: Anchor | None, seqs: tuple[int, int] | None

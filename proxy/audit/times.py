@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from typing import Any
 
 TABLE = "audit_times"
@@ -113,20 +112,6 @@ def window(conn: sqlite3.Connection, where: list[str], params: list[Any], limit:
         return [], []
     term, ranges = _term(runs)
     return [term], ranges
-
-
-@contextmanager
-def snapshot(conn: sqlite3.Connection) -> Iterator[None]:
-    """One read transaction around a `window` and the query it bounds (unless the caller is in one): read apart, a
-    row a prune removed, or a writer added, in between could leave the blocks taken short of the rows wanted."""
-    if conn.in_transaction:
-        yield
-        return
-    conn.execute("BEGIN")
-    try:
-        yield
-    finally:
-        conn.execute("COMMIT")
 
 
 def forget_empty(conn: sqlite3.Connection, first: int, last: int) -> None:

@@ -14,6 +14,7 @@ from ..audit import layout, names, times
 from ..audit import store as audit
 from ..audit.gaps import gap_holds, gaps
 from ..audit.seal import Seal
+from ..audit.snapshot import one_snapshot
 from ..config import Config
 from ..errors import AuditError
 
@@ -88,7 +89,7 @@ def page(conn: sqlite3.Connection, filters: Filters, before: int | None = None, 
     `before` in that order (keyset: never an OFFSET, never the whole table; each filter's index ends in ts). `at`:
     that row's time as the page before showed it, for a row pruned since. Rows of no start (edited to NULL) come
     last, as SQLite sorts them: after the last row that has one, then by seq."""
-    with times.snapshot(conn):  # the row it goes on after, the blocks and their rows: as of one time
+    with one_snapshot(conn):  # the row it goes on after, the blocks of time and their rows: as of one moment
         return _page(conn, filters, before, limit, at)
 
 
@@ -152,13 +153,8 @@ def listing(conn: sqlite3.Connection, filters: Filters, before: int | None = Non
             ) -> tuple[list[dict[str, Any]], int]:
     """The log page's rows and the newest seq, the live stream's start, read in one snapshot: read apart, a row
     another process committed between the two was on neither the page nor the stream."""
-    if conn.in_transaction:
+    with one_snapshot(conn):
         return page(conn, filters, before, at=at), head(conn)
-    conn.execute("BEGIN")
-    try:
-        return page(conn, filters, before, at=at), head(conn)
-    finally:
-        conn.execute("COMMIT")
 
 
 def head(conn: sqlite3.Connection) -> int:
