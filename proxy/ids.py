@@ -119,10 +119,7 @@ def unheld(audit_db: Path, tag: int) -> Iterator[bool]:
 
 def tag_of(request_id: str) -> int:
     """The tag of the process that made an id."""
-    n = 0
-    for c in request_id[9:].upper():
-        n = n * 32 + _CROCKFORD.index(c)
-    return n // PER_MS
+    return _number(request_id[9:].upper()) // PER_MS
 
 
 def release(audit_db: Path) -> None:
@@ -152,15 +149,21 @@ def packed(request_id: str) -> bytes | None:
     text takes 13); None for a text that is no id, or spells a number past them."""
     if not is_request_id(request_id):
         return None
-    n = 0
-    for c in request_id:
-        n = n * 32 + _CROCKFORD.index(c)
+    n = _number(request_id)
     return n.to_bytes(PACKED_BYTES, "big") if n < 1 << (8 * PACKED_BYTES) else None
 
 
 def unpacked(value: bytes) -> str | None:
     """The id `packed` gave these bytes for (None: not PACKED_BYTES long)."""
     return _b32(int.from_bytes(value, "big"), 13) if len(value) == PACKED_BYTES else None
+
+
+def _number(text: str) -> int:
+    """The number these characters of Crockford's alphabet spell (`_b32` the other way)."""
+    n = 0
+    for c in text:
+        n = n * 32 + _CROCKFORD.index(c)
+    return n
 
 
 def _b32(n: int, width: int) -> str:
