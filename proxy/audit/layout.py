@@ -215,8 +215,7 @@ def logical(row: dict[str, Any], values: Mapping[int, str | bytes | AuditError |
         if out["id"] is None:
             if not lenient:
                 raise AuditError(f"the audit log is damaged: the id of the row at seq {row.get('seq')} is "
-                                 f"{len(packed)} bytes; "
-                                 "`goex-proxy log verify` checks the log")
+                                 f"{len(packed)} bytes; `goex-proxy log verify` checks the log")
             out["id"] = unreadable("id", f"{len(packed)} bytes")
     for field in names.FIELDS:
         if isinstance(ref := out.get(field), bytes):

@@ -237,6 +237,12 @@ NOT_COMMON_DECISION = f"decision != '{COMMON_DECISION}' AND decision != x''"
 _NOT_COMMON_DECISION_V18 = f"decision != '{COMMON_DECISION}'"
 
 
+def by_time_alone(agent: str | None, host: str | None, decision: str | None, undo_class: str | None = None) -> bool:
+    """Whether no filter of these is read through an index of its own (an agent, a host, a decision other than
+    allow, an undo class): the rows are then found by their time, through `times`."""
+    return agent is None and host is None and undo_class is None and decision in (None, COMMON_DECISION)
+
+
 def decision_terms(decision: str | None, plus: str = "") -> tuple[list[str], list[Any]]:
     """SQL terms true of the rows with this decision (none for None), and their parameters: the common decision
     matches rows that hold its name and rows that leave it out; another one adds the index of decisions' condition
@@ -503,8 +509,7 @@ def query(conn: sqlite3.Connection, *, agent: str | None = None, host: str | Non
         where.append("ts >= ?")
         params.append(since)
     with one_snapshot(conn):  # the blocks of time and their rows as of one moment
-        return _by_time(conn, where, params, limit, order, since, by_time=agent is None and host is None and
-                        decision in (None, COMMON_DECISION))
+        return _by_time(conn, where, params, limit, order, since, by_time=by_time_alone(agent, host, decision))
 
 
 def _by_time(conn: sqlite3.Connection, where: list[str], params: list[Any], limit: int | None, order: str,

@@ -30,7 +30,7 @@ def create(conn: sqlite3.Connection) -> None:
     conn.execute(f"CREATE TRIGGER IF NOT EXISTS {TABLE}_on_insert AFTER INSERT ON requests BEGIN {widen} END")
     conn.execute(f"CREATE TRIGGER IF NOT EXISTS {TABLE}_on_update AFTER UPDATE OF ts ON requests BEGIN {widen} END")
     conn.execute(f"INSERT OR REPLACE INTO {TABLE} (block, low, high) SELECT seq >> {SHIFT}, "
-                 "CASE WHEN count(ts) = count(*) THEN min(ts) END, max(ts) FROM requests GROUP BY seq >> " + str(SHIFT))
+                 f"CASE WHEN count(ts) = count(*) THEN min(ts) END, max(ts) FROM requests GROUP BY seq >> {SHIFT}")
 
 
 def present(conn: sqlite3.Connection) -> bool:
@@ -84,6 +84,8 @@ def window(conn: sqlite3.Connection, where: list[str], params: list[Any], limit:
     if until is not None:
         bounds.append("(low <= ? OR low IS NULL)")
         values.append(until)
+    if limit is not None and limit <= 0:
+        return ["0"], []
     edge = "high" if newest_first else "low"
     blocks = conn.execute(f"SELECT block, {edge} FROM {TABLE} WHERE {' AND '.join(bounds)}"
                           + f" ORDER BY {edge} {'DESC' if newest_first else 'ASC'}", values)
@@ -91,8 +93,6 @@ def window(conn: sqlite3.Connection, where: list[str], params: list[Any], limit:
     order = "DESC" if newest_first else "ASC"
     taken: list[int] = []
     counted, threshold = 0, None
-    if limit is not None and limit <= 0:
-        return ["0"], []
     for block, at in blocks:
         if threshold is not None and (_order(at) < threshold if newest_first else _order(at) > threshold):
             break

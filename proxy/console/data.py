@@ -47,8 +47,7 @@ class Filters:
     def by_time_alone(self) -> bool:
         """Whether no filter is read through an index of its own (an agent, a host, a decision other than allow, an
         undo class): the rows are then found by their time."""
-        return self.agent is None and self.host is None and self.undo_class is None and \
-            self.decision in (None, audit.COMMON_DECISION)
+        return audit.by_time_alone(self.agent, self.host, self.decision, self.undo_class)
 
     def where(self, conn: sqlite3.Connection, indexed: bool = True) -> tuple[list[str], list[Any]]:
         """The SQL terms of these filters and their parameters; not `indexed`: none may pick an index (the rows are
