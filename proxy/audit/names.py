@@ -1,4 +1,4 @@
-"""The agent and host names a row holds by id (`audit_names`, migration 20): each name stored once, not per row."""
+"""The agent, host and undo class names a row holds by id (`audit_names`, migration 20): each stored once, not per row."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import Any
 from ..hostkey import host_key
 
 TABLE = "audit_names"
-#: The fields a row written since migration 20 keeps as the id of their name (hosts and agents share the table: a
-#: name is a name, and one lookup serves both).
-FIELDS = ("agent", "host")
+#: The fields a row keeps as the id of their name: its agent and host since migration 20, its undo class since 25
+#: (they share the table: a name is a name, and one lookup serves all).
+FIELDS = ("agent", "host", "undo_class")
 
 
 def ref_of(name_id: int) -> bytes:
@@ -73,8 +73,8 @@ def fetch(conn: sqlite3.Connection, ids: set[int]) -> dict[int, str]:
 
 def stored_as(conn: sqlite3.Connection, name: str) -> list[str | bytes]:
     """What a row holding this name may hold in its column: the name (a row written before migration 20) and, once
-    the name has an id, that id. A filter matches both (`column IN (...)`), and SQLite still reads the (agent, ts) or
-    (host, ts) index, once per value, stopping each walk at the LIMIT.
+    the name has an id, that id. A filter matches both (`column IN (...)`), and SQLite still reads the column's index,
+    once per value.
 
     Every id whose name is exactly this one: the table is outside the chain, and whoever can write the database can
     rebuild it without its UNIQUE (a second id of the name, which rows read as the name and verify with) or with
@@ -116,8 +116,8 @@ def hosts_stored_as(conn: sqlite3.Connection, name: str) -> list[str | bytes]:
 
 
 def term(conn: sqlite3.Connection, column: str, name: str, plus: str = "") -> tuple[str, list[str | bytes]]:
-    """The SQL term that picks the rows whose `column` (agent or host) is `name`, and its parameters; `plus`: "+"
-    keeps it from choosing an index. An agent is compared byte for byte, whatever collation the column was given:
+    """The SQL term that picks the rows whose `column` (agent, host or undo class) is `name`, and its parameters;
+    `plus`: "+" keeps it from choosing an index. An agent is compared byte for byte, whatever collation the column was given:
     whoever can write the database can rewrite its schema (NOCASE would have a filter on one agent, which session
     undo and `execute` take an agent's rows by, give another's); a host as policies read it (`hosts_stored_as`).
     SQLite still reads the column's index, which is BINARY. The ids are written into the SQL as blob literals (hex
@@ -132,8 +132,8 @@ def term(conn: sqlite3.Connection, column: str, name: str, plus: str = "") -> tu
 
 
 def release(conn: sqlite3.Connection, held: Iterable[Any]) -> int:
-    """Remove the names of these stored refs (what removed rows held in their agent and host) that no row holds any
-    more, in either column (a name is a name, for both); call in the write transaction that removed the rows (a
+    """Remove the names of these stored refs (what removed rows held in their agent, host and undo class) that no row
+    holds any more, in any of those columns (a name is a name, for all); call in the write transaction that removed the rows (a
     prune's). The newest id stays, whatever holds it: SQLite gives a new name the id after the largest, so no id
     removed here is ever given to another name. How many were removed. A writer that remembered a removed id finds
     it gone (`Names.id_of`) and stores the name again."""

@@ -1,4 +1,4 @@
-"""Rows found by their time through each block of 1,024 seqs' earliest and latest start, not an index of every row's."""
+"""Rows found by time through each block of 1,024 seqs' earliest and latest start: no index holds a row's start."""
 
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ SHIFT = 10
 #: Past this many runs of consecutive blocks (rows written far out of time order), bounding a query by seq helps less
 #: than the list of ranges costs: it reads the rows its time filters pick instead.
 MOST_RUNS = 64
+#: Blocks whose matching rows `window` counts at once, at most: one, then twice as many each time, so that a filter
+#: few rows match (an agent seldom seen) costs a query per doubling, not one per block of the log.
+MOST_BATCH = 64
 #: The seqs SQLite can hold.
 SEQS = (-(2**63), 2**63 - 1)
 
@@ -71,7 +74,8 @@ def window(conn: sqlite3.Connection, where: list[str], params: list[Any], limit:
     """SQL terms, and their parameters, that keep a query of the rows matching `where` ordered by time (newest or
     oldest first, then by seq) to the blocks that can hold its first `limit` of them (every one, with no limit),
     given that none began before `since` or after `until`. The blocks are taken by their latest start (earliest,
-    oldest first) until they hold `limit` matching rows; the limit-th of those begins at T, and every row the query
+    oldest first) until they hold `limit` matching rows (counted through the filters' indexes, which hold each row's
+    seq, a batch of blocks at a time); the limit-th of those begins at T, and every row the query
     gives begins at T or later (or earlier), so in a block whose latest start is T or later: those are taken too.
     `unstarted`: `where` matches only rows of no start (NULL), which are in the blocks whose `low` is NULL."""
     bounds = ["+block BETWEEN ? AND ?"]  # no seq is past 64 bits: a block there (edited in) holds no row (+: by high)
@@ -93,14 +97,20 @@ def window(conn: sqlite3.Connection, where: list[str], params: list[Any], limit:
     order = "DESC" if newest_first else "ASC"
     taken: list[int] = []
     counted, threshold = 0, None
+    pending, batch = [], 1
     for block, at in blocks:
         if threshold is not None and (_order(at) < threshold if newest_first else _order(at) > threshold):
             break
         taken.append(block)
         if limit is None or threshold is not None:
             continue
-        counted += conn.execute(f"SELECT count(*) FROM requests WHERE seq BETWEEN ? AND ? AND {matching}",
-                                [block << SHIFT, ((block + 1) << SHIFT) - 1, *params]).fetchone()[0]
+        pending.append(block)
+        if len(pending) < batch:
+            continue
+        term, ranges = _term(_runs(pending))
+        counted += conn.execute(f"SELECT count(*) FROM requests WHERE {term} AND {matching}",
+                                [*ranges, *params]).fetchone()[0]
+        pending, batch = [], min(2 * batch, MOST_BATCH)
         if counted >= limit:
             term, ranges = _term(_runs(taken))
             found = conn.execute(f"SELECT ts FROM requests WHERE {term} AND {matching} ORDER BY ts {order}, "

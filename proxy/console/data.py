@@ -44,14 +44,9 @@ class Filters:
     since: float | None = None
     until: float | None = None
 
-    def by_time_alone(self) -> bool:
-        """Whether no filter is read through an index of its own (an agent, a host, a decision other than allow, an
-        undo class): the rows are then found by their time."""
-        return audit.by_time_alone(self.agent, self.host, self.decision, self.undo_class)
-
     def where(self, conn: sqlite3.Connection, indexed: bool = True) -> tuple[list[str], list[Any]]:
         """The SQL terms of these filters and their parameters; not `indexed`: none may pick an index (the rows are
-        found by seq, the table's own key). An agent or host matches its name and its id (`names.term`)."""
+        found by seq, the table's own key). An agent, host or undo class matches its name and its id (`names.term`)."""
         clauses: list[str] = []
         params: list[Any] = []
         plus = "" if indexed else "+"  # SQLite's way to keep a term from choosing an index
@@ -64,9 +59,10 @@ class Filters:
         terms, values = audit.decision_terms(self.decision, plus)
         clauses += terms
         params += values
-        if self.undo_class is not None:
-            clauses.append(f"{plus}undo_class = ?")
-            params.append(self.undo_class)
+        if self.undo_class is not None:  # its name, or the id of it (since migration 25)
+            term, values = names.term(conn, "undo_class", self.undo_class, plus)
+            clauses.append(term)
+            params += values
         if self.since is not None:
             clauses.append(f"{plus}ts >= ?")
             params.append(self.since)
@@ -85,7 +81,7 @@ def _rows(conn: sqlite3.Connection, sql: str, params: list[Any]) -> list[dict[st
 def page(conn: sqlite3.Connection, filters: Filters, before: int | None = None, limit: int = PAGE,
          at: float | None = None) -> list[dict[str, Any]]:
     """One page of rows, newest first (by the time each began, then seq, as `log` lists them), after the row of seq
-    `before` in that order (keyset: never an OFFSET, never the whole table; each filter's index ends in ts). `at`:
+    `before` in that order (keyset: never an OFFSET, never the whole table; only the blocks of time that can hold them). `at`:
     that row's time as the page before showed it, for a row pruned since. Rows of no start (edited to NULL) come
     last, as SQLite sorts them: after the last row that has one, then by seq."""
     with one_snapshot(conn):  # the row it goes on after, the blocks of time and their rows: as of one moment
@@ -119,9 +115,10 @@ def _page(conn: sqlite3.Connection, filters: Filters, before: int | None, limit:
 
 def _by_time(conn: sqlite3.Connection, filters: Filters, clauses: list[str], params: list[Any], limit: int,
              until: Any, unstarted: bool = False) -> list[dict[str, Any]]:
-    """The first `limit` rows these clauses match, newest first; with no filter of an index of its own, only in the
-    blocks of time that can hold them (`times.window`, given that none began after `until`)."""
-    if filters.by_time_alone() and times.present(conn):
+    """The first `limit` rows these clauses match, newest first, only in the blocks of time that can hold them
+    (`times.window`, given that none began after `until`; a log not yet migrated to them reads its index of every
+    row's time)."""
+    if times.present(conn):
         terms, values = times.window(conn, clauses, params, limit, since=filters.since, until=until,
                                      unstarted=unstarted)
         clauses, params = clauses + terms, params + values

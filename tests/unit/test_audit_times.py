@@ -42,20 +42,27 @@ def test_every_listing_by_time_is_what_a_full_scan_gives(tmp_path_factory: pytes
                                                           since: int | None, until: int | None, limit: int,
                                                           seed: int) -> None:
     """`log` (store.query, newest and oldest first, with --since and a limit), the console's pages (with since,
-    until, decision allow and keyset pages) and a prune's end (first_seq_after) over blocks of 8 seqs."""
+    until, keyset pages) and a prune's end (first_seq_after) over blocks of 8 seqs, with no filter and with each
+    filter (read through its index within the blocks since migration 25)."""
     conn = _log(tmp_path_factory.mktemp("log"), _stamps(lags), random.Random(seed) if seed else None)
     try:
         at = {seq: ts for seq, ts in conn.execute("SELECT seq, ts FROM requests")}
+        rows = {seq: (agent, host, decision) for seq, agent, host, decision in conn.execute(
+            "SELECT seq, agent, host, decision FROM requests")}
+        ids = dict(conn.execute("SELECT seq, id FROM requests"))
         start = None if since is None else BASE + since * 60
-        for order, newest in (("DESC", True), ("ASC", False)):
-            got = [r["id"] for r in audit.query(conn, since=start, limit=limit, order=order)]
-            wanted = sorted(((ts, seq) for seq, ts in at.items() if start is None or ts >= start), reverse=newest)
-            ids = dict(conn.execute("SELECT seq, id FROM requests"))
-            assert got == [ids[seq] for _, seq in wanted[:limit]], order
+        for chosen in ({}, {"agent": "mailbot"}, {"host": "slack.com"}, {"decision": "deny"}):
+            for order, newest in (("DESC", True), ("ASC", False)):
+                got = [r["id"] for r in audit.query(conn, since=start, limit=limit, order=order, **chosen)]
+                wanted = sorted(((ts, seq) for seq, ts in at.items() if (start is None or ts >= start) and all(
+                    rows[seq][("agent", "host", "decision").index(k)] == v for k, v in chosen.items())),
+                    reverse=newest)
+                assert got == [ids[seq] for _, seq in wanted[:limit]], (order, chosen)
         end = None if until is None else BASE + until * 60
-        for decision in (None, "allow"):
-            filters = data.Filters(decision=decision, since=start, until=end)
-            assert _pages(conn, filters) == _scan(conn, filters, None, limit=len(at))
+        for chosen in ({}, {"decision": "allow"}, {"decision": "report"}, {"agent": "bot"}, {"host": "x"},
+                       {"undo_class": "exact"}):
+            filters = data.Filters(**chosen, since=start, until=end)  # type: ignore[arg-type]
+            assert _pages(conn, filters) == _scan(conn, filters, None, limit=len(at)), chosen
         cutoff = BASE + (since or 0) * 60 - audit.WRITE_SLACK_S
         later = sorted((ts, seq) for seq, ts in at.items() if ts > cutoff + audit.WRITE_SLACK_S)
         assert audit.first_seq_after(conn, cutoff) == (later[0][1] if later else None)
@@ -81,6 +88,29 @@ def test_an_unfiltered_page_reads_the_newest_blocks_not_the_table(tmp_path: Path
         conn.close()
 
 
+def test_a_filter_few_rows_match_counts_its_rows_in_batches_of_blocks(tmp_path: Path) -> None:
+    """An agent seen only in the first rows of a long log: its listing finds them all, counting its rows a batch of
+    blocks at a time (one, two, four... up to MOST_BATCH), not with a query per block, and reads its index."""
+    stamps = [BASE + i for i in range(2400)]  # 300 blocks of 8
+    conn = _log(tmp_path, stamps)
+    try:
+        with conn:
+            conn.execute("UPDATE requests SET agent = 'seldom' WHERE seq IN (2, 5, 40)")
+        read: list[str] = []
+        conn.set_trace_callback(read.append)
+        assert [r["id"] for r in audit.query(conn, agent="seldom", limit=50)] == \
+            [f"ID{i:011d}" for i in (39, 4, 1)]
+        counts = [q for q in read if q.startswith("SELECT count(*) FROM requests")]
+        assert 0 < len(counts) <= 12, len(counts)  # 1 + 2 + ... + 64, then batches of 64: 10 for 300 blocks
+        plan = str(conn.execute(f"EXPLAIN QUERY PLAN {counts[-1]}").fetchall())
+        assert "INDEX idx_requests_agent (agent=? AND rowid>? AND rowid<?)" in plan, plan
+        read.clear()
+        assert [r["seq"] for r in data.page(conn, data.Filters(agent="seldom"))] == [40, 5, 2]
+        assert len([q for q in read if q.startswith("SELECT count(*) FROM requests")]) <= 12
+    finally:
+        conn.close()
+
+
 def test_an_edited_block_fails_verify(tmp_path: Path) -> None:
     """The blocks are outside the chain: one narrowed to leave a row out would hide it from `log`; verify names
     the row."""
@@ -97,14 +127,18 @@ def test_an_edited_block_fails_verify(tmp_path: Path) -> None:
 
 
 def test_a_log_written_before_migration_24_lists_the_same(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Its rows get their blocks when it is opened to write (the time index goes), and read back as before."""
+    """Its rows get their blocks when it is opened to write (the time index goes, and each filter's index loses the
+    start: migration 25), and read back as before, filtered or not."""
     ids = RequestIds()
-    old, new = [intent(ids, i) for i in range(12)], [intent(ids, i) for i in range(12, 20)]
+    old = [intent(ids, i, agent="mailbot" if i % 3 else "bot") for i in range(12)]
+    new = [intent(ids, i, agent="mailbot" if i % 3 else "bot") for i in range(12, 20)]
     with monkeypatch.context() as old_version:
         old_version.setattr(audit, "MIGRATIONS", audit.MIGRATIONS[:23])
         write(tmp_path, [(r, outcome(i)) for i, r in enumerate(old)])
         conn = ro(tmp_path)
         listed = [r["id"] for r in audit.query(conn, limit=5)]
+        assert [r["id"] for r in audit.query(conn, agent="bot", limit=None)] == \
+            [r["id"] for r in reversed(old) if r["agent"] == "bot"]
         conn.close()
     assert listed == [r["id"] for r in reversed(old)][:5]
     write(tmp_path, [(r, outcome(i)) for i, r in enumerate(new)])
@@ -114,6 +148,13 @@ def test_a_log_written_before_migration_24_lists_the_same(tmp_path: Path, monkey
         assert [r["id"] for r in audit.query(conn, limit=3)] == [r["id"] for r in reversed(new)][:3]
         assert conn.execute("SELECT count(*) FROM audit_times").fetchone()[0] == 3  # seqs 1-20 in blocks of 8
         assert not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'idx_requests_ts'").fetchone()
+        for agent in ("bot", "mailbot"):
+            assert [r["id"] for r in audit.query(conn, agent=agent, limit=None)] == \
+                [r["id"] for r in reversed(old + new) if r["agent"] == agent]
+            assert [r["id"] for r in data.page(conn, data.Filters(agent=agent), limit=4)] == \
+                [r["id"] for r in reversed(old + new) if r["agent"] == agent][:4]
+        indexes = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert {"idx_requests_agent", "idx_requests_host"} <= indexes and "idx_requests_agent_ts" not in indexes
     finally:
         conn.close()
     assert verify(tmp_path).broken_id is None

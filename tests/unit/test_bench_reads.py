@@ -75,5 +75,5 @@ def test_the_console_bench_explains_the_page_query_the_console_runs(tmp_path: Pa
     console_bench = bench_module("console_bench")
     plans = console_bench._plans(tmp_path / "audit.db")
     assert set(plans) == {name for name, _ in console_bench._filters()}
-    assert "idx_requests_decision_ts" in plans["decision=deny"], plans
+    assert "idx_requests_decision" in plans["decision=deny"], plans
     assert "USING INTEGER PRIMARY KEY" in plans["unfiltered"], plans  # the newest block of seqs (`times`)
