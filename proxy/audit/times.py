@@ -9,8 +9,8 @@ from typing import Any
 TABLE = "audit_times"
 #: A block is the rows whose seq shifted right by this many bits is the same: 1,024 consecutive seqs.
 SHIFT = 10
-#: Past this many runs of consecutive blocks (rows written far out of time order), bounding a query by seq helps less
-#: than the list of ranges costs: it reads the rows its time filters pick instead.
+#: The most runs of consecutive blocks a query is bounded by: past this many (rows written far out of time order, or
+#: blocks a prune left apart), the runs closest together are joined, blocks between them read too.
 MOST_RUNS = 64
 #: Blocks whose matching rows `window` counts at once, at most: one, then twice as many each time, so that a filter
 #: few rows match (an agent seldom seen) costs a query per doubling, not one per block of the log.
@@ -117,11 +117,22 @@ def window(conn: sqlite3.Connection, where: list[str], params: list[Any], limit:
                                  f"seq {order} LIMIT 1 OFFSET ?", [*ranges, *params, limit - 1]).fetchone()
             threshold = _order(found[0]) if found is not None else None
     blocks.close()
-    runs = _runs(taken)
-    if len(runs) > MOST_RUNS:
-        return [], []
-    term, ranges = _term(runs)
+    term, ranges = _term(_joined(_runs(taken), MOST_RUNS))
     return [term], ranges
+
+
+def _joined(runs: list[tuple[int, int]], most: int) -> list[tuple[int, int]]:
+    """These seq ranges, in order, the closest joined until at most `most` are left: what they cover and more, read
+    through the filters' indexes where a filter has one, never more than the whole table."""
+    if len(runs) <= most:
+        return runs
+    gaps = sorted(range(len(runs) - 1), key=lambda i: runs[i + 1][0] - runs[i][1])
+    kept = sorted(gaps[len(runs) - most:])  # the widest gaps stay, each between two runs
+    joined, start = [], 0
+    for at in kept:
+        joined.append((runs[start][0], runs[at][1]))
+        start = at + 1
+    return [*joined, (runs[start][0], runs[-1][1])]
 
 
 def forget_empty(conn: sqlite3.Connection, first: int, last: int) -> None:

@@ -111,6 +111,34 @@ def test_a_filter_few_rows_match_counts_its_rows_in_batches_of_blocks(tmp_path: 
         conn.close()
 
 
+@pytest.mark.parametrize("most_runs", [1, 2, 5])
+def test_blocks_left_far_apart_are_read_in_at_most_most_runs_ranges(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    most_runs: int) -> None:
+    """Blocks a prune left apart (every other run of blocks emptied), and rows written far out of order: past
+    MOST_RUNS ranges, the closest are joined, so a listing reads a few seq ranges (never the whole table unbounded)
+    and still gives what a full scan gives."""
+    monkeypatch.setattr(times, "MOST_RUNS", most_runs)
+    rng = random.Random(7)
+    conn = _log(tmp_path, [BASE + i * 60 - rng.choice([0, 0, 0, 3600, 86_400]) for i in range(400)], rng)
+    try:
+        with conn:
+            conn.execute("DELETE FROM requests WHERE (seq >> 3) % 3 != 0")  # 2 blocks of 3 emptied, as a prune would
+            times.forget_empty(conn, 0, 400)
+        read: list[str] = []
+        conn.set_trace_callback(read.append)
+        for chosen in ({}, {"agent": "mailbot"}, {"decision": "deny"}):
+            got = [r["id"] for r in audit.query(conn, limit=None, **chosen)]
+            wanted = conn.execute("SELECT id FROM requests WHERE " + (" AND ".join(f"{k} = ?" for k in chosen) or "1")
+                                  + " ORDER BY ts DESC, seq DESC", list(chosen.values())).fetchall()
+            assert got == [i for (i,) in wanted], chosen
+            listing = [q for q in read if q.startswith("SELECT id, ts")][-1]
+            assert 1 <= listing.count("seq BETWEEN") <= most_runs, listing
+            filters = data.Filters(**chosen)  # type: ignore[arg-type]
+            assert _pages(conn, filters) == _scan(conn, filters, None, limit=400), chosen
+    finally:
+        conn.close()
+
+
 def test_an_edited_block_fails_verify(tmp_path: Path) -> None:
     """The blocks are outside the chain: one narrowed to leave a row out would hide it from `log`; verify names
     the row."""
