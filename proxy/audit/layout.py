@@ -35,11 +35,11 @@ DIGEST_OF = {"req_body_sha256": "req_body", "resp_body_sha256": "resp_body"}
 DERIVED = b""
 _HEX = re.compile(r"[0-9a-f]{64}|[0-9a-f]{32}")  # a SHA-256 or an HMAC, whole or cut (`seal.TAG_HEX`)
 #: The column that keeps room for a row's outcome until it comes, never a field of the row. An outcome adds its hash
-#: (16 bytes), its end (3), status, sizes and blob ids a few each, more with an undo class or an error; of rooms of 32
-#: to 64 bytes, 40 left the fewest pages split or emptied in a log the writer grows, writes with their undo class
-#: (bench/README.md).
+#: (16 bytes), its end (3), status, sizes and blob ids a few each, its undo class's id, more with an error; of rooms
+#: of 24 to 44 bytes, 32 left the fewest pages split or emptied in a log the writer grows once undo classes were kept
+#: by id (40 before; bench/README.md).
 ROOM = "room"
-OUTCOME_ROOM = bytes(40)
+OUTCOME_ROOM = bytes(32)
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 #: The value most rows have in these fields, left out where a row has it (DERIVED in its place).
 COMMON = {"scheme": "https", "http_version": "HTTP/1.1", "decision": "allow"}
