@@ -112,7 +112,9 @@ def window(conn: sqlite3.Connection, where: list[str], params: list[Any], limit:
                                 [*ranges, *params]).fetchone()[0]
         pending, batch = [], min(2 * batch, MOST_BATCH)
         if counted >= limit:
-            term, ranges = _term(_runs(taken))
+            # Joined as the listing's are (a range per run could pass SQLite's depth of expressions): the limit-th
+            # row of more blocks is no further down the order, and so still bounds which blocks can hold the first `limit`.
+            term, ranges = _term(_joined(_runs(taken), MOST_RUNS))
             found = conn.execute(f"SELECT ts FROM requests WHERE {term} AND {matching} ORDER BY ts {order}, "
                                  f"seq {order} LIMIT 1 OFFSET ?", [*ranges, *params, limit - 1]).fetchone()
             threshold = _order(found[0]) if found is not None else None

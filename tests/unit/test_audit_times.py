@@ -348,3 +348,27 @@ def test_the_last_page_looks_for_rows_of_no_start_only_in_blocks_that_hold_one(t
         assert sum(q.startswith("SELECT count(*)") for q in read) <= 3, read  # the 3 blocks that note one
     finally:
         conn.close()
+
+
+def test_a_filter_past_a_thousand_runs_of_blocks_is_listed_in_at_most_most_runs_ranges(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prune that kept a row in every other block (an agent can make one undoable request in each) leaves blocks
+    apart: a filter whose rows are old is counted through more than a thousand runs of them before it has its
+    limit. The limit-th row's time was then looked for in one query of every run, which SQLite refused ("Expression
+    tree is too large"): `log --decision deny` and the console's filters ended in an internal error. Every query
+    `window` makes is bounded by MOST_RUNS ranges."""
+    monkeypatch.setattr(times, "SHIFT", 0)  # a block per seq: 2,400 rows make 1,200 runs once every other one goes
+    conn = _log(tmp_path, [BASE + i for i in range(2400)])
+    try:
+        with conn:
+            conn.execute("UPDATE requests SET decision = 'deny' WHERE seq BETWEEN 101 AND 400")
+            conn.execute("DELETE FROM requests WHERE seq % 2 = 0")
+            times.forget_empty(conn, 0, 2400)
+        read: list[str] = []
+        conn.set_trace_callback(read.append)
+        ids = {i: s for s, i in conn.execute("SELECT seq, id FROM requests")}
+        assert [ids[r["id"]] for r in audit.query(conn, decision="deny", limit=50)] == list(range(399, 299, -2))
+        assert [r["seq"] for r in data.page(conn, data.Filters(decision="deny"))] == list(range(399, 299, -2))
+        assert max(q.count("seq BETWEEN") for q in read) <= times.MOST_RUNS
+    finally:
+        conn.close()
