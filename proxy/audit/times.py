@@ -107,9 +107,7 @@ def window(conn: sqlite3.Connection, where: list[str], params: list[Any], limit:
         pending.append(block)
         if len(pending) < batch:
             continue
-        term, ranges = _term(_runs(pending))
-        counted += conn.execute(f"SELECT count(*) FROM requests WHERE {term} AND {matching}",
-                                [*ranges, *params]).fetchone()[0]
+        counted += _count(conn, _runs(pending), matching, params)
         pending, batch = [], min(2 * batch, MOST_BATCH)
         if counted >= limit:
             # Joined as the listing's are (a range per run could pass SQLite's depth of expressions): the limit-th
@@ -121,6 +119,15 @@ def window(conn: sqlite3.Connection, where: list[str], params: list[Any], limit:
     blocks.close()
     term, ranges = _term(_joined(_runs(taken), MOST_RUNS))
     return [term], ranges
+
+
+def _count(conn: sqlite3.Connection, runs: list[tuple[int, int]], matching: str, params: list[Any]) -> int:
+    """How many rows of these seq ranges match, a query for each range (one statement, compiled once): SQLite reads a
+    partial index (decisions, undo classes) within a range only when the range is the query's own. Counted in one
+    query of all the ranges, a batch read every entry of the filter's value in the log, the whole of a million
+    denied requests an agent wrote for each batch of blocks a prune left apart."""
+    sql = f"SELECT count(*) FROM requests WHERE seq BETWEEN ? AND ? AND {matching}"
+    return sum(int(conn.execute(sql, [*run, *params]).fetchone()[0]) for run in runs)
 
 
 def _joined(runs: list[tuple[int, int]], most: int) -> list[tuple[int, int]]:
