@@ -107,18 +107,41 @@ def window(conn: sqlite3.Connection, where: list[str], params: list[Any], limit:
         pending.append(block)
         if len(pending) < batch:
             continue
-        term, ranges = _term(_runs(pending))
-        counted += conn.execute(f"SELECT count(*) FROM requests WHERE {term} AND {matching}",
-                                [*ranges, *params]).fetchone()[0]
+        counted += _count(conn, _runs(pending), matching, params)
         pending, batch = [], min(2 * batch, MOST_BATCH)
         if counted >= limit:
-            term, ranges = _term(_runs(taken))
+            # Joined as the listing's are (a range per run could pass SQLite's depth of expressions): the limit-th
+            # row of more blocks is no further down the order, and so still bounds which blocks can hold the first `limit`.
+            term, ranges = _within(_joined(_runs(taken), MOST_RUNS), matching, params)
             found = conn.execute(f"SELECT ts FROM requests WHERE {term} AND {matching} ORDER BY ts {order}, "
                                  f"seq {order} LIMIT 1 OFFSET ?", [*ranges, *params, limit - 1]).fetchone()
             threshold = _order(found[0]) if found is not None else None
     blocks.close()
-    term, ranges = _term(_joined(_runs(taken), MOST_RUNS))
+    runs = _joined(_runs(taken), MOST_RUNS)
+    term, ranges = _term(runs) if limit is None else _within(runs, matching, params)
     return [term], ranges
+
+
+def _within(runs: list[tuple[int, int]], matching: str, params: list[Any]) -> tuple[str, list[Any]]:
+    """The term that keeps a query of the rows matching `matching` to these seq ranges, and its parameters. Past one
+    range: the seqs of its rows found range by range (a table of the ranges joined to the rows), which SQLite reads
+    within each range of a filter's index; an OR of the ranges it reads so only through a full index, and a partial
+    one (decisions, undo classes) it read whole instead, every entry of the filter's value in the log (an agent can
+    write a million denied requests). The rows the term lists are those the query sorts anyway: a `limit`'s."""
+    if len(runs) <= 1:
+        return _term(runs)
+    table = ", ".join("(?, ?)" for _ in runs)
+    return (f"seq IN (SELECT q.seq FROM (VALUES {table}) AS r JOIN requests AS q ON q.seq BETWEEN r.column1 AND "
+            f"r.column2 WHERE {matching})", [*(v for run in runs for v in run), *params])
+
+
+def _count(conn: sqlite3.Connection, runs: list[tuple[int, int]], matching: str, params: list[Any]) -> int:
+    """How many rows of these seq ranges match, a query for each range (one statement, compiled once): SQLite reads a
+    partial index (decisions, undo classes) within a range only when the range is the query's own. Counted in one
+    query of all the ranges, a batch read every entry of the filter's value in the log, the whole of a million
+    denied requests an agent wrote for each batch of blocks a prune left apart."""
+    sql = f"SELECT count(*) FROM requests WHERE seq BETWEEN ? AND ? AND {matching}"
+    return sum(int(conn.execute(sql, [*run, *params]).fetchone()[0]) for run in runs)
 
 
 def _joined(runs: list[tuple[int, int]], most: int) -> list[tuple[int, int]]:

@@ -348,3 +348,57 @@ def test_the_last_page_looks_for_rows_of_no_start_only_in_blocks_that_hold_one(t
         assert sum(q.startswith("SELECT count(*)") for q in read) <= 3, read  # the 3 blocks that note one
     finally:
         conn.close()
+
+
+def test_a_filter_past_a_thousand_runs_of_blocks_is_listed_in_at_most_most_runs_ranges(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prune that kept a row in every other block (an agent can make one undoable request in each) leaves blocks
+    apart: a filter whose rows are old is counted through more than a thousand runs of them before it has its
+    limit. The limit-th row's time was then looked for in one query of every run, which SQLite refused ("Expression
+    tree is too large"): `log --decision deny` and the console's filters ended in an internal error. Every query
+    `window` makes is bounded by MOST_RUNS ranges."""
+    monkeypatch.setattr(times, "SHIFT", 0)  # a block per seq: 2,400 rows make 1,200 runs once every other one goes
+    conn = _log(tmp_path, [BASE + i for i in range(2400)])
+    try:
+        with conn:
+            conn.execute("UPDATE requests SET decision = 'deny' WHERE seq BETWEEN 101 AND 400")
+            conn.execute("DELETE FROM requests WHERE seq % 2 = 0")
+            times.forget_empty(conn, 0, 2400)
+        read: list[str] = []
+        conn.set_trace_callback(read.append)
+        ids = {i: s for s, i in conn.execute("SELECT seq, id FROM requests")}
+        assert [ids[r["id"]] for r in audit.query(conn, decision="deny", limit=50)] == list(range(399, 299, -2))
+        assert [r["seq"] for r in data.page(conn, data.Filters(decision="deny"))] == list(range(399, 299, -2))
+        assert max(q.count("seq BETWEEN") for q in read) <= times.MOST_RUNS
+    finally:
+        conn.close()
+
+
+def test_blocks_apart_are_counted_through_a_partial_index_range_by_range(tmp_path: Path) -> None:
+    """The indexes of decisions and undo classes hold only the rows a filter needs (partial). Over blocks a prune
+    left apart, a batch of blocks is several ranges of seqs, and SQLite reads such an index within a range only when
+    the range is the query's own: counted in one query of all the ranges, each batch read every entry of the
+    filter's value in the whole log (an agent can write a million denied requests, cheaply), and so did the
+    listing and the search for its limit-th row. Every query reads the index within its ranges, and the rows
+    listed are still those a full scan gives."""
+    conn = _log(tmp_path, [BASE + i * 60 for i in range(400)], random.Random(5))
+    try:
+        with conn:
+            conn.execute("DELETE FROM requests WHERE (seq >> 3) % 2 = 1")  # every other block of 8, as a prune might
+            times.forget_empty(conn, 0, 400)
+        read: list[str] = []
+        conn.set_trace_callback(read.append)
+        for chosen in ({"decision": "deny"}, {"undo_class": "exact"}):
+            filters = data.Filters(**chosen)  # type: ignore[arg-type]
+            assert [r["seq"] for r in data.page(conn, filters, limit=20)] == _scan(conn, filters, None, limit=20)
+            assert _paged(conn, filters, 7) == _scan(conn, filters, None, limit=400)
+        assert [r["id"] for r in audit.query(conn, decision="deny", limit=20)] == [i for (i,) in conn.execute(
+            "SELECT id FROM requests WHERE decision = 'deny' ORDER BY ts DESC, seq DESC LIMIT 20")]
+        conn.set_trace_callback(None)
+        filtered = [q for q in read if q.startswith("SELECT") and ("decision = 'deny'" in q or "undo_class COLLATE" in q)]
+        assert any(q.startswith("SELECT count(*)") for q in filtered) and any("ORDER BY ts" in q for q in filtered)
+        for sql in filtered:
+            plan = str(conn.execute(f"EXPLAIN QUERY PLAN {sql}").fetchall())
+            assert "(decision=?)" not in plan and "(undo_class=?)" not in plan, (sql, plan)
+    finally:
+        conn.close()
