@@ -33,7 +33,7 @@ REQUESTS: dict[str, tuple[str, ...]] = {
 }
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^():]+):(?P<line>\d+)\)$")
 OUR_DIRS = ("proxy/", "addons/")
-SKIP_OURS = ("proxy/cli/", "proxy/runtime.py")  # the outer frames every sample has
+SKIP_OURS = ("proxy/cli/", "proxy/runtime.py", "proxy/__main__.py")  # the outer frames every sample has
 
 
 def _py_spy() -> str | None:
