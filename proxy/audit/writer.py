@@ -3,6 +3,7 @@ transactions, and chains their hashes; its turns to write are shared with every 
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -68,6 +69,43 @@ class _Outcome:
 
 
 _STOP = object()
+
+
+class _OnLoop:
+    """A waiter on an event loop (`AuditWriter.awaited_intent`): its asyncio future is settled on that loop together
+    with the rest of its batch's, one wake-up of the loop per batch. A concurrent future under `asyncio.wrap_future`
+    cost the loop a wake-up through its self-pipe per row, and a thread-safe future and a callback chain each."""
+
+    __slots__ = ("loop", "future")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any]) -> None:
+        self.loop, self.future = loop, future
+
+
+def _settle(waiters: list[tuple[Any, Any]]) -> None:
+    """Give each (future, result) its result, or its exception when the result is one; a waiter on an event loop is
+    settled on that loop, all of one loop's in one call."""
+    on_loops: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
+    for future, result in waiters:
+        if isinstance(future, _OnLoop):
+            on_loops.setdefault(future.loop, []).append((future.future, result))
+        elif isinstance(result, Exception):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
+    for loop, settled in on_loops.items():
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits on it any more
+            loop.call_soon_threadsafe(_settle_on_loop, settled)
+
+
+def _settle_on_loop(settled: list[tuple[asyncio.Future[Any], Any]]) -> None:
+    for future, result in settled:
+        if future.cancelled():  # its waiter went away (as `wrap_future` would have cancelled it)
+            continue
+        if isinstance(result, Exception):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
 
 
 class _OneByOne:
@@ -207,6 +245,14 @@ class AuditWriter:
         self._waited.set()
         return future
 
+    def awaited_intent(self, row: dict[str, Any], charge: Charge | None = None) -> asyncio.Future[str | None]:
+        """`record_intent` for a caller on the running event loop (the record stage): the same, as an asyncio future
+        settled on that loop with the rest of its batch."""
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._queue.put((_Intent(row, charge), _OnLoop(future.get_loop(), future)))
+        self._waited.set()
+        return future
+
     def queue_intent(self, row: dict[str, Any]) -> concurrent.futures.Future[str | None]:
         """Queue a request row whose request goes on without waiting for its commit (the database gateway's reads):
         like an outcome it may wait OUTCOME_GATHER_SECONDS for company, so that many share a transaction; every row
@@ -333,12 +379,7 @@ class AuditWriter:
                         if not op.unwaited and op.approval is None and str(op.row.get("id")) in self._pending:
                             self._queue.put((_Outcome(str(op.row["id"]), {"error": UNANCHORED, "ended": time.time()}),
                                              concurrent.futures.Future()))
-        for index, (_, future) in enumerate(batch):
-            result = refused.get(index)
-            if isinstance(result, Exception):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
+        _settle([(future, refused.get(index)) for index, (_, future) in enumerate(batch)])
 
     def _commit(self, batch: list[tuple[Any, concurrent.futures.Future[str | None]]]
                 ) -> tuple[Anchor | None, dict[int, Any]] | _OneByOne | None:
@@ -396,8 +437,7 @@ class AuditWriter:
         log.error("audit write failed (%d records): %s", len(batch), exc)
         self.failing = str(exc)
         self._forget()
-        for _, future in batch:
-            future.set_exception(AuditError(f"audit write failed: {exc}"))
+        _settle([(future, AuditError(f"audit write failed: {exc}")) for _, future in batch])
 
     def _forget(self) -> None:
         """Let go of the blob and name ids a rolled-back transaction stored: another writer may take them."""

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 from mitmproxy import hooks, http
@@ -26,3 +27,41 @@ def test_the_running_proxy_builds_requests_without_mitmproxys_field_type_checks(
     asyncio.run(main())
     # A str where mitmproxy's parser always gives bytes: its debug check would raise TypeError.
     http.ResponseData("HTTP/1.1", 200, b"OK", http.Headers(), b"", None, 1.0, 2.0)  # type: ignore[arg-type]
+
+
+def test_the_rows_a_batch_commits_wake_the_event_loop_once(tmp_path: Path) -> None:
+    """The record stage's waits for its rows' commit are settled on the event loop together, one wake-up of the loop
+    per batch: `asyncio.wrap_future` woke it through its self-pipe for each row."""
+    from goex_proxy.audit.seal import Seal
+    from goex_proxy.audit.writer import AuditWriter
+    from goex_proxy.ids import RequestIds
+
+    writer = AuditWriter(tmp_path / "audit.db", Seal(tmp_path))
+    made = RequestIds()
+
+    async def main() -> list[str | None]:
+        loop = asyncio.get_running_loop()
+        posted = 0
+        post = loop.call_soon_threadsafe
+
+        def counted(*args: object) -> object:
+            nonlocal posted
+            posted += 1
+            return post(*args)  # type: ignore[arg-type]
+
+        loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+        queued = threading.Event()
+        writer.apply(lambda conn, w: queued.wait(5))  # the writer is busy while all five are queued: one batch
+        rows = [{"id": made.new(1_700_000_000.0), "ts": 1_700_000_000.0, "agent": "bot", "method": "GET",
+                 "scheme": "https", "host": "example.com", "port": 443, "path": "/", "url": "https://example.com/",
+                 "decision": "allow"} for _ in range(5)]
+        waits = [writer.awaited_intent(row) for row in rows]
+        queued.set()
+        results = await asyncio.gather(*waits)
+        assert posted == 1
+        return results
+
+    try:
+        assert asyncio.run(main()) == [None] * 5
+    finally:
+        writer.close()
