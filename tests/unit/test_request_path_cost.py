@@ -65,3 +65,36 @@ def test_the_rows_a_batch_commits_wake_the_event_loop_once(tmp_path: Path) -> No
         assert asyncio.run(main()) == [None] * 5
     finally:
         writer.close()
+
+
+def test_identify_reads_a_plain_requests_credentials_once_and_takes_off_only_headers_it_sent(tmp_path: Path,
+                                                                                              monkeypatch) -> None:
+    """A plain request's Proxy-Authorization was decoded and checked twice, and five headers popped whether sent or
+    not (a `pop` of a missing one raises KeyError inside): ~25 µs of a GET."""
+    import base64
+
+    from mitmproxy.test import taddons, tflow
+
+    from goex_proxy.addons import flowmeta
+    from goex_proxy.addons.identify import Identify
+    from tests.conftest import READ_PATH_POLICY, stage_state
+
+    checks, pops = [], []
+    check, pop = Identify.check, http.Headers.pop
+
+    def counted_check(self: Identify, *creds: str) -> tuple[str | None, str]:
+        checks.append(creds[0])
+        return check(self, *creds)
+
+    def counted_pop(self: http.Headers, key: str, *default: object) -> object:
+        pops.append(key)
+        return pop(self, key, *default)
+
+    monkeypatch.setattr(Identify, "check", counted_check)
+    monkeypatch.setattr(http.Headers, "pop", counted_pop)
+    with stage_state(tmp_path, READ_PATH_POLICY) as state, taddons.context():
+        f = tflow.tflow()
+        f.request.headers["Proxy-Authorization"] = "Basic " + base64.b64encode(b"bot:bot-token-4242").decode()
+        Identify(state).requestheaders(f)
+    assert flowmeta.agent(f) == "bot" and "Proxy-Authorization" not in f.request.headers
+    assert checks == ["bot"] and pops == ["Proxy-Authorization"]
