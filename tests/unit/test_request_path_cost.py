@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import threading
 from pathlib import Path
+from typing import Any
 
 from mitmproxy import hooks, http
 
@@ -98,3 +100,52 @@ def test_identify_reads_a_plain_requests_credentials_once_and_takes_off_only_hea
         Identify(state).requestheaders(f)
     assert flowmeta.agent(f) == "bot" and "Proxy-Authorization" not in f.request.headers
     assert checks == ["bot"] and pops == ["Proxy-Authorization"]
+
+
+class _CountedWrites(io.RawIOBase):
+    """A terminal or pipe standing in for stdout: keeps what reaches it, one entry per write."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.writes.append(bytes(data))
+        return len(data)
+
+
+def test_the_lines_of_one_turn_of_the_event_loop_reach_stdout_in_one_write() -> None:
+    """Each request's line was a write of its own (line buffering), which let go of the GIL: the lines written on the
+    loop in one turn now go out together when the turn ends; one from another thread goes out at once, after them."""
+    import logging
+
+    from mitmproxy.addons.termlog import TermLogHandler
+
+    from goex_proxy.addons import livelog
+
+    raw = _CountedWrites()
+    out = io.TextIOWrapper(io.BufferedWriter(raw), encoding="utf-8")
+    handler = TermLogHandler(out)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    said = logging.getLogger("goex_proxy.live")
+    try:
+        livelog.format_output()
+
+        async def main() -> None:
+            for n in range(3):
+                said.warning("line %d", n)
+            assert raw.writes == []
+            await asyncio.sleep(0)
+            assert len(raw.writes) == 1 and raw.writes[0].count(b"\n") == 3
+            said.warning("held")
+            thread = threading.Thread(target=said.warning, args=("from the writer",))
+            thread.start()
+            thread.join()
+            assert raw.writes[1].endswith(b"held\n") and raw.writes[2].endswith(b"from the writer\n")
+
+        asyncio.run(main())
+    finally:
+        root.removeHandler(handler)
