@@ -23,7 +23,7 @@ from .. import ids
 from ..errors import AuditError
 from . import blobs, layout, names
 from .layout import hex_of
-from .seal import Anchor, Seal
+from .seal import Anchor, Seal, close_replaced
 from .store import (
     BUSY_TIMEOUT_S,
     INTERRUPTED,
@@ -222,6 +222,8 @@ class AuditWriter:
         #: row refused because its id is taken must not let go of the row in flight under that id)
         self._added: list[str] = []
         self._blobs = blobs.BlobStore()
+        #: descriptors of anchors this writer replaced, closed once the batch's waiters are told (`Seal.set_anchor`)
+        self._replaced: list[int] = []
         self._names = names.Names()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         # Set when something someone waits for is queued: it ends a gathering, which what nobody waits for does not
@@ -380,6 +382,7 @@ class AuditWriter:
                             self._queue.put((_Outcome(str(op.row["id"]), {"error": UNANCHORED, "ended": time.time()}),
                                              concurrent.futures.Future()))
         _settle([(future, refused.get(index)) for index, (_, future) in enumerate(batch)])
+        close_replaced(self._replaced)  # the last anchor's file, freed once its requests went on
 
     def _commit(self, batch: list[tuple[Any, concurrent.futures.Future[str | None]]]
                 ) -> tuple[Anchor | None, dict[int, Any]] | _OneByOne | None:
@@ -485,7 +488,7 @@ class AuditWriter:
             with self.seal.locked():
                 kept = self.seal.anchor()
                 if kept is None or kept.seq < head.seq:
-                    self.seal.set_anchor(head)
+                    self.seal.set_anchor(head, self._replaced)
         except (OSError, AuditError) as exc:
             log.error("could not keep the audit anchor in %s: %s", self.seal.anchor_path, exc)
             return f"could not keep the audit anchor in {self.seal.anchor_path}: {exc}"

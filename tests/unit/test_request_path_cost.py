@@ -149,3 +149,45 @@ def test_the_lines_of_one_turn_of_the_event_loop_reach_stdout_in_one_write() -> 
         asyncio.run(main())
     finally:
         root.removeHandler(handler)
+
+
+def test_the_anchor_replaced_is_closed_after_the_batchs_requests_go_on(tmp_path: Path) -> None:
+    """Closing the last anchor's file frees it, which took the filesystem up to a millisecond under load while every
+    request of the batch waited: its descriptor is now closed once they are told their rows are committed."""
+    import os
+
+    from goex_proxy.audit.seal import Seal
+    from goex_proxy.audit.writer import AuditWriter
+    from goex_proxy.ids import RequestIds
+
+    writer = AuditWriter(tmp_path / "audit.db", Seal(tmp_path))
+    made = RequestIds()
+
+    def row() -> dict[str, Any]:
+        return {"id": made.new(1_700_000_000.0), "ts": 1_700_000_000.0, "agent": "bot", "method": "GET",
+                "scheme": "https", "host": "example.com", "port": 443, "path": "/", "url": "https://example.com/",
+                "decision": "allow"}
+
+    try:
+        assert writer.record_intent(row()).result(5) is None
+        held = writer.seal._held
+        assert held is not None
+        when_told: list[bool] = []
+        second = writer.record_intent(row())
+        second.add_done_callback(lambda _: when_told.append(_replaced_and_open(held)))
+        assert second.result(5) is None
+        writer.record_intent(row()).result(5)  # the writer has finished with the second batch
+        assert when_told == [True] and not _replaced_and_open(held) and os.path.exists(tmp_path / "audit.anchor")
+    finally:
+        writer.close()
+
+
+def _replaced_and_open(fd: int) -> bool:
+    """Whether the descriptor is open on a file no longer in the directory (an anchor replaced since; a number
+    closed and given to another file, the next anchor, has a name)."""
+    import os
+
+    try:
+        return os.fstat(fd).st_nlink == 0
+    except OSError:
+        return False
