@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -153,7 +154,8 @@ def test_the_lines_of_one_turn_of_the_event_loop_reach_stdout_in_one_write() -> 
 
 def test_the_anchor_replaced_is_closed_after_the_batchs_requests_go_on(tmp_path: Path) -> None:
     """Closing the last anchor's file frees it, which took the filesystem up to a millisecond under load while every
-    request of the batch waited: its descriptor is now closed once they are told their rows are committed."""
+    request of the batch waited: its descriptor is now closed after they are told their rows are committed, by a
+    thread of its own (the writer goes on to the next batch meanwhile)."""
     import os
 
     from goex_proxy.audit.seal import Seal
@@ -176,7 +178,9 @@ def test_the_anchor_replaced_is_closed_after_the_batchs_requests_go_on(tmp_path:
         second = writer.record_intent(row())
         second.add_done_callback(lambda _: when_told.append(_replaced_and_open(held)))
         assert second.result(5) is None
-        writer.record_intent(row()).result(5)  # the writer has finished with the second batch
+        deadline = time.monotonic() + 5
+        while _replaced_and_open(held) and time.monotonic() < deadline:  # closed soon after, by another thread
+            time.sleep(0.001)
         assert when_told == [True] and not _replaced_and_open(held) and os.path.exists(tmp_path / "audit.anchor")
     finally:
         writer.close()
@@ -191,3 +195,35 @@ def _replaced_and_open(fd: int) -> bool:
         return os.fstat(fd).st_nlink == 0
     except OSError:
         return False
+
+
+def test_the_writer_takes_the_next_batch_while_a_replaced_anchor_is_being_closed(tmp_path: Path,
+                                                                               monkeypatch) -> None:
+    """A slow close (the filesystem freeing the replaced anchor's file) no longer holds up the rows after it."""
+    from goex_proxy.audit import writer as writer_module
+    from goex_proxy.audit.seal import Seal
+    from goex_proxy.ids import RequestIds
+
+    slow = threading.Event()
+    real = writer_module.close_replaced
+
+    def held_up(fds: list[int]) -> None:
+        slow.wait(10)
+        real(fds)
+
+    monkeypatch.setattr(writer_module, "close_replaced", held_up)
+    monkeypatch.setattr(writer_module, "_closer", writer_module._Closer())
+    writer = writer_module.AuditWriter(tmp_path / "audit.db", Seal(tmp_path))
+    made = RequestIds()
+
+    def row() -> dict[str, Any]:
+        return {"id": made.new(1_700_000_000.0), "ts": 1_700_000_000.0, "agent": "bot", "method": "GET",
+                "scheme": "https", "host": "example.com", "port": 443, "path": "/", "url": "https://example.com/",
+                "decision": "allow"}
+
+    try:
+        for _ in range(3):  # the second and third replace an anchor, whose close waits
+            assert writer.record_intent(row()).result(2) is None
+    finally:
+        slow.set()
+        writer.close()
