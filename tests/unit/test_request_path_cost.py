@@ -227,3 +227,39 @@ def test_the_writer_takes_the_next_batch_while_a_replaced_anchor_is_being_closed
     finally:
         slow.set()
         writer.close()
+
+
+def test_the_rows_of_one_turn_of_the_event_loop_are_written_in_one_transaction(tmp_path: Path, monkeypatch) -> None:
+    """Requests whose rows the loop takes in one turn, each letting go of the GIL on the way (a socket write, say),
+    are written together: the writer woke at the first row queued and wrote a transaction, and an anchor, for every
+    two or three (each some 27 pages of the log)."""
+    from goex_proxy.audit.seal import Seal
+    from goex_proxy.audit.writer import AuditWriter
+    from goex_proxy.ids import RequestIds
+
+    commits: list[int] = []
+    commit = AuditWriter._commit
+
+    def counted(self: AuditWriter, batch: list[Any]) -> Any:
+        commits.append(len(batch))
+        return commit(self, batch)
+
+    monkeypatch.setattr(AuditWriter, "_commit", counted)
+    writer = AuditWriter(tmp_path / "audit.db", Seal(tmp_path))
+    commits.clear()  # the writer's start
+    made = RequestIds()
+
+    async def request() -> str | None:
+        time.sleep(0.002)  # what a request's own work does between its rows: the GIL let go
+        return await writer.awaited_intent({"id": made.new(1_700_000_000.0), "ts": 1_700_000_000.0, "agent": "bot",
+                                            "method": "GET", "scheme": "https", "host": "example.com", "port": 443,
+                                            "path": "/", "url": "https://example.com/", "decision": "allow"})
+
+    async def main() -> list[str | None]:
+        return list(await asyncio.gather(*(request() for _ in range(5))))
+
+    try:
+        assert asyncio.run(main()) == [None] * 5
+        assert commits == [5]
+    finally:
+        writer.close()
