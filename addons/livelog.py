@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import json
 import logging
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -224,7 +226,7 @@ def format_output() -> None:
                 reconfigure(line_buffering=True)
                 if not isinstance(handler.file, TurnBuffered):
                     handler.file = TurnBuffered(handler.file)
-                    atexit.register(handler.file.flush)
+                    atexit.register(handler.file.at_exit)
 
 
 class TurnBuffered:
@@ -248,7 +250,7 @@ class TurnBuffered:
                 return self.stream.write(text)
         with self._lock:
             if not self._held:
-                loop.call_soon(self.flush)
+                loop.call_soon(self._turn_ended)
             self._held.append(text)
         return len(text)
 
@@ -256,6 +258,20 @@ class TurnBuffered:
         with self._lock:
             self._write_held()
             self.stream.flush()
+
+    def _turn_ended(self) -> None:
+        """Write the turn's lines; as mitmproxy's handler does when it cannot print (stdout a pipe whose reader went
+        away), exit; a stream closed meanwhile (the proxy stopping) takes nothing more."""
+        try:
+            self.flush()
+        except ValueError:
+            pass
+        except OSError:
+            sys.exit(1)
+
+    def at_exit(self) -> None:
+        with contextlib.suppress(ValueError, OSError):
+            self.flush()
 
     def _write_held(self) -> None:
         held, self._held = self._held, []
