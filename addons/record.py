@@ -87,7 +87,7 @@ class Record:
         if large(flow.request, flow.response):
             return self._finish_off_loop(flow)
         # Not awaited: the request already happened. The writer logs a failure itself.
-        self.state.writer.record_outcome(flowmeta.request_id(flow), self.outcome(flow))
+        self.state.writer.outcome_in_turn(flowmeta.request_id(flow), self.outcome(flow))
         return None
 
     async def _finish_off_loop(self, flow: http.HTTPFlow) -> None:

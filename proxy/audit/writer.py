@@ -248,8 +248,8 @@ class AuditWriter:
         #: row refused because its id is taken must not let go of the row in flight under that id)
         self._added: list[str] = []
         self._blobs = blobs.BlobStore()
-        #: rows `awaited_intent` took in this turn of the event loop, queued at its end (`_hand_over_turn`)
-        self._turn: list[tuple[_Intent, _OnLoop]] = []
+        #: what the record stage asked for in this turn of each event loop, queued at the turn's end (`_in_turn`)
+        self._loop_turns: dict[asyncio.AbstractEventLoop, list[Any]] = {}
         #: descriptors of anchors this writer replaced, closed once the batch's waiters are told (`Seal.set_anchor`)
         self._replaced: list[int] = []
         self._names = names.Names()
@@ -271,8 +271,7 @@ class AuditWriter:
         once committed to None, or, without writing the row, to why a cap it is charged against was already reached by
         the hits of every proxy writing this log (the check and the hit share the write lock)."""
         future: concurrent.futures.Future[str | None] = concurrent.futures.Future()
-        self._queue.put((_Intent(row, charge), future))
-        self._waited.set()
+        self._put((_Intent(row, charge), future), waited=True)
         return future
 
     def awaited_intent(self, row: dict[str, Any], charge: Charge | None = None) -> asyncio.Future[str | None]:
@@ -280,19 +279,40 @@ class AuditWriter:
         settled on that loop with the rest of its batch."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[str | None] = loop.create_future()
-        if not self._turn:
-            loop.call_soon(self._hand_over_turn)
-        self._turn.append((_Intent(row, charge), _OnLoop(loop, future)))
+        self._in_turn(loop, (_Intent(row, charge), _OnLoop(loop, future)))
         return future
 
-    def _hand_over_turn(self) -> None:
-        """Queue the rows `awaited_intent` took in this turn of the event loop, together: the writer wakes at the
-        first row queued, and rows queued one by one as they came were written a transaction (and an anchor) for
-        every two or three, each writing some 27 pages of the log."""
-        turn, self._turn = self._turn, []
+    def _in_turn(self, loop: asyncio.AbstractEventLoop, item: Any) -> None:
+        """Take `item` into this turn of `loop` (the running one), to be queued with the rest at the turn's end. The
+        writer wakes at the first item queued: rows queued one by one as they came were written a transaction (and
+        an anchor) for every two or three, each writing some 27 pages of the log."""
+        turn = self._loop_turns.get(loop)
+        if turn is None:
+            turn = self._loop_turns[loop] = []
+            loop.call_soon(self._hand_over_turn, loop)
+        turn.append(item)
+
+    def _hand_over_turn(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Queue what `loop`'s turn took, in the order it was asked for."""
+        turn = self._loop_turns.pop(loop, None)
+        if not turn:
+            return
         for item in turn:
             self._queue.put(item)
-        if turn:
+        if not all(_unwaited(item) for item in turn):
+            self._waited.set()
+
+    def _put(self, item: Any, waited: bool) -> None:
+        """Queue `item` now, after what this thread's event loop took into its turn before it (so that everything
+        asked for on a loop is queued in the order it was asked for); `waited`: someone waits for its commit."""
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is not None and loop in self._loop_turns:
+            self._hand_over_turn(loop)
+        self._queue.put(item)
+        if waited:
             self._waited.set()
 
     def queue_intent(self, row: dict[str, Any]) -> concurrent.futures.Future[str | None]:
@@ -300,31 +320,43 @@ class AuditWriter:
         like an outcome it may wait OUTCOME_GATHER_SECONDS for company, so that many share a transaction; every row
         queued after it is written with it or after it, in order. The future says whether it was written."""
         future: concurrent.futures.Future[str | None] = concurrent.futures.Future()
-        self._queue.put((_Intent(row, None, unwaited=True), future))
+        self._put((_Intent(row, None, unwaited=True), future), waited=False)
         return future
 
     def record_outcome(self, request_id: str, fields: dict[str, Any]) -> concurrent.futures.Future[str | None]:
         future: concurrent.futures.Future[str | None] = concurrent.futures.Future()
-        self._queue.put((_Outcome(request_id, fields), future))
+        self._put((_Outcome(request_id, fields), future), waited=False)
         return future
+
+    def outcome_in_turn(self, request_id: str, fields: dict[str, Any]) -> None:
+        """`record_outcome` for the record stage, on the running event loop, which never waits for it: queued with
+        the rest of this turn of the loop (an outcome queued alone woke the writer, which took the GIL to gather it);
+        at once when no loop runs."""
+        item: tuple[_Outcome, concurrent.futures.Future[str | None]] = (_Outcome(request_id, fields),
+                                                                        concurrent.futures.Future())
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._put(item, waited=False)
+            return
+        self._in_turn(loop, item)
 
     def record_wait(self, row: dict[str, Any], approval: dict[str, Any]) -> concurrent.futures.Future[str | None]:
         """Queue the row of a request that waits (held or delayed) with its approvals entry, in one transaction."""
         future: concurrent.futures.Future[str | None] = concurrent.futures.Future()
-        self._queue.put((_Intent(row, None, approval), future))
-        self._waited.set()
+        self._put((_Intent(row, None, approval), future), waited=True)
         return future
 
     def apply(self, fn: Callable[[sqlite3.Connection, AuditWriter], Any]) -> concurrent.futures.Future[Any]:
         """Queue `fn(conn, writer)`, run in a write transaction in order with rows and outcomes; the future has its
         result (or its exception)."""
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._queue.put((_Apply(fn), future))
-        self._waited.set()
+        self._put((_Apply(fn), future), waited=True)
         return future
 
     def close(self) -> None:
-        self._hand_over_turn()  # rows taken in the turn that closes the writer are written before it stops
+        for loop in list(self._loop_turns):  # what the turn that closes the writer took is written before it stops
+            self._hand_over_turn(loop)
         if self._thread.is_alive():
             self._queue.put(_STOP)
             self._waited.set()

@@ -263,3 +263,27 @@ def test_the_rows_of_one_turn_of_the_event_loop_are_written_in_one_transaction(t
         assert commits == [5]
     finally:
         writer.close()
+
+
+def test_what_a_turn_took_is_queued_before_anything_asked_for_after_it_on_the_loop(tmp_path: Path) -> None:
+    """The record stage's rows and outcomes wait for the end of the loop's turn; anything else asked for on the loop
+    after them in that turn (here a read in the writer's transaction) is still queued after them."""
+    from goex_proxy.audit.seal import Seal
+    from goex_proxy.audit.writer import AuditWriter
+    from goex_proxy.ids import RequestIds
+
+    writer = AuditWriter(tmp_path / "audit.db", Seal(tmp_path))
+    request_id = RequestIds().new(1_700_000_000.0)
+
+    async def main() -> Any:
+        await writer.awaited_intent({"id": request_id, "ts": 1_700_000_000.0, "agent": "bot", "method": "GET",
+                                     "scheme": "https", "host": "example.com", "port": 443, "path": "/",
+                                     "url": "https://example.com/", "decision": "allow"})
+        writer.outcome_in_turn(request_id, {"status": 200, "error": None, "ended": 1_700_000_001.0})
+        return await asyncio.wrap_future(writer.apply(
+            lambda conn, w: conn.execute("SELECT status FROM requests").fetchall()))
+
+    try:
+        assert asyncio.run(main()) == [(200,)]
+    finally:
+        writer.close()
