@@ -54,13 +54,13 @@ class Record:
         charge = flowmeta.charge(flow) if not final else None
         # The flow waits for this hook, so no other stage touches it while a thread builds its row.
         row = await asyncio.to_thread(self.request_row, flow) if large(flow.request) else self.request_row(flow)
-        refused = await asyncio.wrap_future(writer.record_intent(row, charge))
+        refused = await writer.awaited_intent(row, charge)
         if refused is not None and charge is not None and d is not None:  # other proxies' hits reached a cap first
             self.state.limits.take_back(charge)
             denial = Decision("deny", refused, d.rule)
             flowmeta.set_decision(flow, denial)
             replies.denied(flow, denial)
-            await asyncio.wrap_future(writer.record_intent(self.request_row(flow)))
+            await writer.awaited_intent(self.request_row(flow))
             final = True
         flowmeta.set_recorded(flow, "final" if final else "intent")
 
@@ -87,7 +87,7 @@ class Record:
         if large(flow.request, flow.response):
             return self._finish_off_loop(flow)
         # Not awaited: the request already happened. The writer logs a failure itself.
-        self.state.writer.record_outcome(flowmeta.request_id(flow), self.outcome(flow))
+        self.state.writer.outcome_in_turn(flowmeta.request_id(flow), self.outcome(flow))
         return None
 
     async def _finish_off_loop(self, flow: http.HTTPFlow) -> None:
@@ -109,12 +109,12 @@ class Record:
         if d.effect != "allow":
             row.update({"error": f"refused: {d.reason}", "ended": time.time(), "duration_ms": 0.0})
         charge = flowmeta.charge(flow)
-        refused = await asyncio.wrap_future(self.state.writer.record_intent(row, charge))
+        refused = await self.state.writer.awaited_intent(row, charge)
         if refused is not None and charge is not None:  # other proxies' hits reached a cap first
             self.state.limits.take_back(charge)
             row.update({"decision": "deny", "reason": refused, "error": f"refused: {refused}", "ended": time.time(),
                         "duration_ms": 0.0})
-            await asyncio.wrap_future(self.state.writer.record_intent(row))
+            await self.state.writer.awaited_intent(row)
             refuse_stream(flow, f"raw TCP to {host}:{port}: {refused}")
         flowmeta.set_recorded(flow, "intent" if d.effect == "allow" and refused is None else "final")
 

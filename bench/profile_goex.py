@@ -33,7 +33,7 @@ REQUESTS: dict[str, tuple[str, ...]] = {
 }
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^():]+):(?P<line>\d+)\)$")
 OUR_DIRS = ("proxy/", "addons/")
-SKIP_OURS = ("proxy/cli/", "proxy/runtime.py")  # the outer frames every sample has
+SKIP_OURS = ("proxy/cli/", "proxy/runtime.py", "proxy/__main__.py")  # the outer frames every sample has
 
 
 def _py_spy() -> str | None:
@@ -98,8 +98,8 @@ def analyse(raw: Path, requests: int, top: int = 14) -> tuple[str, dict[str, Any
             continue
         n = int(count)
         frames = stack.split(";")
-        thread = "audit writer" if "goex-audit-writer" in frames[0] else "main (event loop)" \
-            if "MainThread" in frames[0] else "other"
+        thread = "audit writer" if "goex-audit-writer" in frames[0] else "anchor closer (in the kernel)" \
+            if "goex-anchor-closer" in frames[0] else "main (event loop)" if "MainThread" in frames[0] else "other"
         leaf = _frame(frames[-1])
         if leaf and "queue.get(" in _source(leaf[1], leaf[2]):  # blocked waiting for work: py-spy counts it as busy
             idle += n

@@ -127,13 +127,18 @@ class Seal:
             with contextlib.suppress(OSError):
                 os.close(held)
 
-    def _remember(self, stamp: tuple[int, int, int, int], anchor: Anchor, fd: int) -> None:
-        """Remember `anchor` as the one in the file open as `fd` (kept open; the file remembered before is let go)."""
+    def _remember(self, stamp: tuple[int, int, int, int], anchor: Anchor, fd: int,
+                  replaced: list[int] | None = None) -> None:
+        """Remember `anchor` as the one in the file open as `fd` (kept open; the file remembered before is let go, or
+        its descriptor added to `replaced` for the caller to close)."""
         with self._holding:
             let_go, self._held = self._held, fd
             self._seen = (stamp, anchor)
         if let_go is not None:
-            os.close(let_go)
+            if replaced is not None:
+                replaced.append(let_go)
+            else:
+                os.close(let_go)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -154,8 +159,10 @@ class Seal:
         finally:
             os.close(fd)
 
-    def set_anchor(self, anchor: Anchor | None) -> None:
-        """Replace the anchor atomically (None: remove it); call under `locked()`."""
+    def set_anchor(self, anchor: Anchor | None, replaced: list[int] | None = None) -> None:
+        """Replace the anchor atomically (None: remove it); call under `locked()`. With `replaced`, the descriptor of
+        the anchor replaced is added to it, not closed: its last close frees the file, which can take the filesystem
+        a millisecond under load, and the audit writer has that done after its requests go on (`close_replaced`)."""
         if anchor is None:
             with contextlib.suppress(FileNotFoundError):
                 self.anchor_path.unlink()
@@ -177,7 +184,14 @@ class Seal:
             with contextlib.suppress(OSError):  # the new anchor, not written or not renamed
                 os.unlink(tmp)
             raise
-        self._remember(stamp, anchor, fd)
+        self._remember(stamp, anchor, fd, replaced)
+
+
+def close_replaced(replaced: list[int]) -> None:
+    """Close the descriptors `set_anchor` left in `replaced` (emptied)."""
+    while replaced:
+        with contextlib.suppress(OSError):
+            os.close(replaced.pop())
 
 
 def _identity(st: os.stat_result) -> tuple[int, int, int, int]:

@@ -3,6 +3,7 @@ transactions, and chains their hashes; its turns to write are shared with every 
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -22,7 +23,7 @@ from .. import ids
 from ..errors import AuditError
 from . import blobs, layout, names
 from .layout import hex_of
-from .seal import Anchor, Seal
+from .seal import Anchor, Seal, close_replaced
 from .store import (
     BUSY_TIMEOUT_S,
     INTERRUPTED,
@@ -70,6 +71,43 @@ class _Outcome:
 _STOP = object()
 
 
+class _OnLoop:
+    """A waiter on an event loop (`AuditWriter.awaited_intent`): its asyncio future is settled on that loop together
+    with the rest of its batch's, one wake-up of the loop per batch. A concurrent future under `asyncio.wrap_future`
+    cost the loop a wake-up through its self-pipe per row, and a thread-safe future and a callback chain each."""
+
+    __slots__ = ("loop", "future")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any]) -> None:
+        self.loop, self.future = loop, future
+
+
+def _settle(waiters: list[tuple[Any, Any]]) -> None:
+    """Give each (future, result) its result, or its exception when the result is one; a waiter on an event loop is
+    settled on that loop, all of one loop's in one call."""
+    on_loops: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
+    for future, result in waiters:
+        if isinstance(future, _OnLoop):
+            on_loops.setdefault(future.loop, []).append((future.future, result))
+        elif isinstance(result, Exception):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
+    for loop, settled in on_loops.items():
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits on it any more
+            loop.call_soon_threadsafe(_settle_on_loop, settled)
+
+
+def _settle_on_loop(settled: list[tuple[asyncio.Future[Any], Any]]) -> None:
+    for future, result in settled:
+        if future.cancelled():  # its waiter went away (as `wrap_future` would have cancelled it)
+            continue
+        if isinstance(result, Exception):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
+
+
 class _OneByOne:
     """What `_commit` gives for a batch to be written again op by op."""
 
@@ -102,6 +140,32 @@ def _with_outcomes(batch: list[tuple[Any, Any]]) -> list[Any]:
 def _unwaited(item: Any) -> bool:
     """An outcome, or a row queued with `queue_intent`: nothing waits for its commit."""
     return isinstance(item, tuple) and (isinstance(item[0], _Outcome) or isinstance(item[0], _Intent) and item[0].unwaited)
+
+class _Closer:
+    """Closes the descriptors of replaced anchors in a thread of its own, started at first use: the last close of a
+    replaced anchor frees its file, which took the filesystem 0.1 to 0.6 ms a batch under another process's disk load
+    (py-spy), time in which the writer took no new rows and the requests they belong to waited."""
+
+    def __init__(self) -> None:
+        self._fds: queue.SimpleQueue[list[int]] = queue.SimpleQueue()
+        self._started = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def close(self, fds: list[int]) -> None:
+        """Close these descriptors soon (the list is emptied)."""
+        handed, fds[:] = list(fds), []
+        with self._started:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="goex-anchor-closer", daemon=True)
+                self._thread.start()
+        self._fds.put(handed)
+
+    def _run(self) -> None:
+        while True:
+            close_replaced(self._fds.get())
+
+
+_closer = _Closer()
 
 #: How long a batch of outcomes and unwaited rows alone waits for company (an intent waited for ends the wait at once).
 OUTCOME_GATHER_SECONDS = 0.005
@@ -184,6 +248,10 @@ class AuditWriter:
         #: row refused because its id is taken must not let go of the row in flight under that id)
         self._added: list[str] = []
         self._blobs = blobs.BlobStore()
+        #: what the record stage asked for in this turn of each event loop, queued at the turn's end (`_in_turn`)
+        self._loop_turns: dict[asyncio.AbstractEventLoop, list[Any]] = {}
+        #: descriptors of anchors this writer replaced, closed once the batch's waiters are told (`Seal.set_anchor`)
+        self._replaced: list[int] = []
         self._names = names.Names()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         # Set when something someone waits for is queued: it ends a gathering, which what nobody waits for does not
@@ -203,39 +271,92 @@ class AuditWriter:
         once committed to None, or, without writing the row, to why a cap it is charged against was already reached by
         the hits of every proxy writing this log (the check and the hit share the write lock)."""
         future: concurrent.futures.Future[str | None] = concurrent.futures.Future()
-        self._queue.put((_Intent(row, charge), future))
-        self._waited.set()
+        self._put((_Intent(row, charge), future), waited=True)
         return future
+
+    def awaited_intent(self, row: dict[str, Any], charge: Charge | None = None) -> asyncio.Future[str | None]:
+        """`record_intent` for a caller on the running event loop (the record stage): the same, as an asyncio future
+        settled on that loop with the rest of its batch."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[str | None] = loop.create_future()
+        self._in_turn(loop, (_Intent(row, charge), _OnLoop(loop, future)))
+        return future
+
+    def _in_turn(self, loop: asyncio.AbstractEventLoop, item: Any) -> None:
+        """Take `item` into this turn of `loop` (the running one), to be queued with the rest at the turn's end. The
+        writer wakes at the first item queued: rows queued one by one as they came were written a transaction (and
+        an anchor) for every two or three, each writing some 27 pages of the log."""
+        turn = self._loop_turns.get(loop)
+        if turn is None:
+            turn = self._loop_turns[loop] = []
+            loop.call_soon(self._hand_over_turn, loop)
+        turn.append(item)
+
+    def _hand_over_turn(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Queue what `loop`'s turn took, in the order it was asked for."""
+        turn = self._loop_turns.pop(loop, None)
+        if not turn:
+            return
+        for item in turn:
+            self._queue.put(item)
+        if not all(_unwaited(item) for item in turn):
+            self._waited.set()
+
+    def _put(self, item: Any, waited: bool) -> None:
+        """Queue `item` now, after what this thread's event loop took into its turn before it (so that everything
+        asked for on a loop is queued in the order it was asked for); `waited`: someone waits for its commit."""
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is not None and loop in self._loop_turns:
+            self._hand_over_turn(loop)
+        self._queue.put(item)
+        if waited:
+            self._waited.set()
 
     def queue_intent(self, row: dict[str, Any]) -> concurrent.futures.Future[str | None]:
         """Queue a request row whose request goes on without waiting for its commit (the database gateway's reads):
         like an outcome it may wait OUTCOME_GATHER_SECONDS for company, so that many share a transaction; every row
         queued after it is written with it or after it, in order. The future says whether it was written."""
         future: concurrent.futures.Future[str | None] = concurrent.futures.Future()
-        self._queue.put((_Intent(row, None, unwaited=True), future))
+        self._put((_Intent(row, None, unwaited=True), future), waited=False)
         return future
 
     def record_outcome(self, request_id: str, fields: dict[str, Any]) -> concurrent.futures.Future[str | None]:
         future: concurrent.futures.Future[str | None] = concurrent.futures.Future()
-        self._queue.put((_Outcome(request_id, fields), future))
+        self._put((_Outcome(request_id, fields), future), waited=False)
         return future
+
+    def outcome_in_turn(self, request_id: str, fields: dict[str, Any]) -> None:
+        """`record_outcome` for the record stage, on the running event loop, which never waits for it: queued with
+        the rest of this turn of the loop (an outcome queued alone woke the writer, which took the GIL to gather it);
+        at once when no loop runs."""
+        item: tuple[_Outcome, concurrent.futures.Future[str | None]] = (_Outcome(request_id, fields),
+                                                                        concurrent.futures.Future())
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._put(item, waited=False)
+            return
+        self._in_turn(loop, item)
 
     def record_wait(self, row: dict[str, Any], approval: dict[str, Any]) -> concurrent.futures.Future[str | None]:
         """Queue the row of a request that waits (held or delayed) with its approvals entry, in one transaction."""
         future: concurrent.futures.Future[str | None] = concurrent.futures.Future()
-        self._queue.put((_Intent(row, None, approval), future))
-        self._waited.set()
+        self._put((_Intent(row, None, approval), future), waited=True)
         return future
 
     def apply(self, fn: Callable[[sqlite3.Connection, AuditWriter], Any]) -> concurrent.futures.Future[Any]:
         """Queue `fn(conn, writer)`, run in a write transaction in order with rows and outcomes; the future has its
         result (or its exception)."""
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._queue.put((_Apply(fn), future))
-        self._waited.set()
+        self._put((_Apply(fn), future), waited=True)
         return future
 
     def close(self) -> None:
+        for loop in list(self._loop_turns):  # what the turn that closes the writer took is written before it stops
+            self._hand_over_turn(loop)
         if self._thread.is_alive():
             self._queue.put(_STOP)
             self._waited.set()
@@ -333,12 +454,9 @@ class AuditWriter:
                         if not op.unwaited and op.approval is None and str(op.row.get("id")) in self._pending:
                             self._queue.put((_Outcome(str(op.row["id"]), {"error": UNANCHORED, "ended": time.time()}),
                                              concurrent.futures.Future()))
-        for index, (_, future) in enumerate(batch):
-            result = refused.get(index)
-            if isinstance(result, Exception):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
+        _settle([(future, refused.get(index)) for index, (_, future) in enumerate(batch)])
+        if self._replaced:  # the last anchor's file: freed once its requests went on, by another thread
+            _closer.close(self._replaced)
 
     def _commit(self, batch: list[tuple[Any, concurrent.futures.Future[str | None]]]
                 ) -> tuple[Anchor | None, dict[int, Any]] | _OneByOne | None:
@@ -396,8 +514,7 @@ class AuditWriter:
         log.error("audit write failed (%d records): %s", len(batch), exc)
         self.failing = str(exc)
         self._forget()
-        for _, future in batch:
-            future.set_exception(AuditError(f"audit write failed: {exc}"))
+        _settle([(future, AuditError(f"audit write failed: {exc}")) for _, future in batch])
 
     def _forget(self) -> None:
         """Let go of the blob and name ids a rolled-back transaction stored: another writer may take them."""
@@ -445,7 +562,7 @@ class AuditWriter:
             with self.seal.locked():
                 kept = self.seal.anchor()
                 if kept is None or kept.seq < head.seq:
-                    self.seal.set_anchor(head)
+                    self.seal.set_anchor(head, self._replaced)
         except (OSError, AuditError) as exc:
             log.error("could not keep the audit anchor in %s: %s", self.seal.anchor_path, exc)
             return f"could not keep the audit anchor in {self.seal.anchor_path}: {exc}"

@@ -197,7 +197,7 @@ def test_record_refuses_an_undecided_request(state) -> None:
 
 def test_record_fails_closed(state, monkeypatch) -> None:
     """If the audit write fails, the request gets 502 and is not forwarded."""
-    monkeypatch.setattr(state.writer, "record_intent", boom)
+    monkeypatch.setattr(state.writer, "awaited_intent", boom)
     f = flow()
     flowmeta.set_decision(f, Decision("allow", "ok", "p/read"))
     f.response = None

@@ -1,0 +1,289 @@
+"""What the request path no longer spends per request: each test pins one saving of issue 20's (bench/README.md,
+"The request path")."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from mitmproxy import hooks, http
+
+
+def test_the_running_proxy_builds_requests_without_mitmproxys_field_type_checks(tmp_path: Path) -> None:
+    """mitmproxy checks every field of every request and response it parses unless Python runs with -O (~41 µs of a
+    GET); `run`'s master turns that off."""
+    from goex_proxy.config import load_config
+    from goex_proxy.policy.engine import PolicySet
+    from goex_proxy.runtime import build_master
+
+    config = tmp_path / "config.yaml"
+    config.write_text("version: 1\n", encoding="utf-8")
+
+    async def main() -> None:
+        m = build_master(load_config(config), PolicySet())
+        await m.addons.trigger_event(hooks.DoneHook())
+
+    asyncio.run(main())
+    # A str where mitmproxy's parser always gives bytes: its debug check would raise TypeError.
+    http.ResponseData("HTTP/1.1", 200, b"OK", http.Headers(), b"", None, 1.0, 2.0)  # type: ignore[arg-type]
+
+
+def test_the_rows_a_batch_commits_wake_the_event_loop_once(tmp_path: Path) -> None:
+    """The record stage's waits for its rows' commit are settled on the event loop together, one wake-up of the loop
+    per batch: `asyncio.wrap_future` woke it through its self-pipe for each row."""
+    from goex_proxy.audit.seal import Seal
+    from goex_proxy.audit.writer import AuditWriter
+    from goex_proxy.ids import RequestIds
+
+    writer = AuditWriter(tmp_path / "audit.db", Seal(tmp_path))
+    made = RequestIds()
+
+    async def main() -> list[str | None]:
+        loop = asyncio.get_running_loop()
+        posted = 0
+        post = loop.call_soon_threadsafe
+
+        def counted(*args: object) -> object:
+            nonlocal posted
+            posted += 1
+            return post(*args)  # type: ignore[arg-type]
+
+        loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+        queued = threading.Event()
+        writer.apply(lambda conn, w: queued.wait(5))  # the writer is busy while all five are queued: one batch
+        rows = [{"id": made.new(1_700_000_000.0), "ts": 1_700_000_000.0, "agent": "bot", "method": "GET",
+                 "scheme": "https", "host": "example.com", "port": 443, "path": "/", "url": "https://example.com/",
+                 "decision": "allow"} for _ in range(5)]
+        waits = [writer.awaited_intent(row) for row in rows]
+        queued.set()
+        results = await asyncio.gather(*waits)
+        assert posted == 1
+        return results
+
+    try:
+        assert asyncio.run(main()) == [None] * 5
+    finally:
+        writer.close()
+
+
+def test_identify_reads_a_plain_requests_credentials_once_and_takes_off_only_headers_it_sent(tmp_path: Path,
+                                                                                              monkeypatch) -> None:
+    """A plain request's Proxy-Authorization was decoded and checked twice, and five headers popped whether sent or
+    not (a `pop` of a missing one raises KeyError inside): ~25 µs of a GET."""
+    import base64
+
+    from mitmproxy.test import taddons, tflow
+
+    from goex_proxy.addons import flowmeta
+    from goex_proxy.addons.identify import Identify
+    from tests.conftest import READ_PATH_POLICY, stage_state
+
+    checks, pops = [], []
+    check, pop = Identify.check, http.Headers.pop
+
+    def counted_check(self: Identify, *creds: str) -> tuple[str | None, str]:
+        checks.append(creds[0])
+        return check(self, *creds)
+
+    def counted_pop(self: http.Headers, key: str, *default: object) -> object:
+        pops.append(key)
+        return pop(self, key, *default)
+
+    monkeypatch.setattr(Identify, "check", counted_check)
+    monkeypatch.setattr(http.Headers, "pop", counted_pop)
+    with stage_state(tmp_path, READ_PATH_POLICY) as state, taddons.context():
+        f = tflow.tflow()
+        f.request.headers["Proxy-Authorization"] = "Basic " + base64.b64encode(b"bot:bot-token-4242").decode()
+        Identify(state).requestheaders(f)
+    assert flowmeta.agent(f) == "bot" and "Proxy-Authorization" not in f.request.headers
+    assert checks == ["bot"] and pops == ["Proxy-Authorization"]
+
+
+class _CountedWrites(io.RawIOBase):
+    """A terminal or pipe standing in for stdout: keeps what reaches it, one entry per write."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.writes.append(bytes(data))
+        return len(data)
+
+
+def test_the_lines_of_one_turn_of_the_event_loop_reach_stdout_in_one_write() -> None:
+    """Each request's line was a write of its own (line buffering), which let go of the GIL: the lines written on the
+    loop in one turn now go out together when the turn ends; one from another thread goes out at once, after them."""
+    import logging
+
+    from mitmproxy.addons.termlog import TermLogHandler
+
+    from goex_proxy.addons import livelog
+
+    raw = _CountedWrites()
+    out = io.TextIOWrapper(io.BufferedWriter(raw), encoding="utf-8")
+    handler = TermLogHandler(out)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    said = logging.getLogger("goex_proxy.live")
+    try:
+        livelog.format_output()
+
+        async def main() -> None:
+            for n in range(3):
+                said.warning("line %d", n)
+            assert raw.writes == []
+            await asyncio.sleep(0)
+            assert len(raw.writes) == 1 and raw.writes[0].count(b"\n") == 3
+            said.warning("held")
+            thread = threading.Thread(target=said.warning, args=("from the writer",))
+            thread.start()
+            thread.join()
+            assert raw.writes[1].endswith(b"held\n") and raw.writes[2].endswith(b"from the writer\n")
+
+        asyncio.run(main())
+    finally:
+        root.removeHandler(handler)
+
+
+def test_the_anchor_replaced_is_closed_after_the_batchs_requests_go_on(tmp_path: Path) -> None:
+    """Closing the last anchor's file frees it, which took the filesystem up to a millisecond under load while every
+    request of the batch waited: its descriptor is now closed after they are told their rows are committed, by a
+    thread of its own (the writer goes on to the next batch meanwhile)."""
+    import os
+
+    from goex_proxy.audit.seal import Seal
+    from goex_proxy.audit.writer import AuditWriter
+    from goex_proxy.ids import RequestIds
+
+    writer = AuditWriter(tmp_path / "audit.db", Seal(tmp_path))
+    made = RequestIds()
+
+    def row() -> dict[str, Any]:
+        return {"id": made.new(1_700_000_000.0), "ts": 1_700_000_000.0, "agent": "bot", "method": "GET",
+                "scheme": "https", "host": "example.com", "port": 443, "path": "/", "url": "https://example.com/",
+                "decision": "allow"}
+
+    try:
+        assert writer.record_intent(row()).result(5) is None
+        held = writer.seal._held
+        assert held is not None
+        when_told: list[bool] = []
+        second = writer.record_intent(row())
+        second.add_done_callback(lambda _: when_told.append(_replaced_and_open(held)))
+        assert second.result(5) is None
+        deadline = time.monotonic() + 5
+        while _replaced_and_open(held) and time.monotonic() < deadline:  # closed soon after, by another thread
+            time.sleep(0.001)
+        assert when_told == [True] and not _replaced_and_open(held) and os.path.exists(tmp_path / "audit.anchor")
+    finally:
+        writer.close()
+
+
+def _replaced_and_open(fd: int) -> bool:
+    """Whether the descriptor is open on a file no longer in the directory (an anchor replaced since; a number
+    closed and given to another file, the next anchor, has a name)."""
+    import os
+
+    try:
+        return os.fstat(fd).st_nlink == 0
+    except OSError:
+        return False
+
+
+def test_the_writer_takes_the_next_batch_while_a_replaced_anchor_is_being_closed(tmp_path: Path,
+                                                                               monkeypatch) -> None:
+    """A slow close (the filesystem freeing the replaced anchor's file) no longer holds up the rows after it."""
+    from goex_proxy.audit import writer as writer_module
+    from goex_proxy.audit.seal import Seal
+    from goex_proxy.ids import RequestIds
+
+    slow = threading.Event()
+    real = writer_module.close_replaced
+
+    def held_up(fds: list[int]) -> None:
+        slow.wait(10)
+        real(fds)
+
+    monkeypatch.setattr(writer_module, "close_replaced", held_up)
+    monkeypatch.setattr(writer_module, "_closer", writer_module._Closer())
+    writer = writer_module.AuditWriter(tmp_path / "audit.db", Seal(tmp_path))
+    made = RequestIds()
+
+    def row() -> dict[str, Any]:
+        return {"id": made.new(1_700_000_000.0), "ts": 1_700_000_000.0, "agent": "bot", "method": "GET",
+                "scheme": "https", "host": "example.com", "port": 443, "path": "/", "url": "https://example.com/",
+                "decision": "allow"}
+
+    try:
+        for _ in range(3):  # the second and third replace an anchor, whose close waits
+            assert writer.record_intent(row()).result(2) is None
+    finally:
+        slow.set()
+        writer.close()
+
+
+def test_the_rows_of_one_turn_of_the_event_loop_are_written_in_one_transaction(tmp_path: Path, monkeypatch) -> None:
+    """Requests whose rows the loop takes in one turn, each letting go of the GIL on the way (a socket write, say),
+    are written together: the writer woke at the first row queued and wrote a transaction, and an anchor, for every
+    two or three (each some 27 pages of the log)."""
+    from goex_proxy.audit.seal import Seal
+    from goex_proxy.audit.writer import AuditWriter
+    from goex_proxy.ids import RequestIds
+
+    commits: list[int] = []
+    commit = AuditWriter._commit
+
+    def counted(self: AuditWriter, batch: list[Any]) -> Any:
+        commits.append(len(batch))
+        return commit(self, batch)
+
+    monkeypatch.setattr(AuditWriter, "_commit", counted)
+    writer = AuditWriter(tmp_path / "audit.db", Seal(tmp_path))
+    commits.clear()  # the writer's start
+    made = RequestIds()
+
+    async def request() -> str | None:
+        time.sleep(0.002)  # what a request's own work does between its rows: the GIL let go
+        return await writer.awaited_intent({"id": made.new(1_700_000_000.0), "ts": 1_700_000_000.0, "agent": "bot",
+                                            "method": "GET", "scheme": "https", "host": "example.com", "port": 443,
+                                            "path": "/", "url": "https://example.com/", "decision": "allow"})
+
+    async def main() -> list[str | None]:
+        return list(await asyncio.gather(*(request() for _ in range(5))))
+
+    try:
+        assert asyncio.run(main()) == [None] * 5
+        assert commits == [5]
+    finally:
+        writer.close()
+
+
+def test_what_a_turn_took_is_queued_before_anything_asked_for_after_it_on_the_loop(tmp_path: Path) -> None:
+    """The record stage's rows and outcomes wait for the end of the loop's turn; anything else asked for on the loop
+    after them in that turn (here a read in the writer's transaction) is still queued after them."""
+    from goex_proxy.audit.seal import Seal
+    from goex_proxy.audit.writer import AuditWriter
+    from goex_proxy.ids import RequestIds
+
+    writer = AuditWriter(tmp_path / "audit.db", Seal(tmp_path))
+    request_id = RequestIds().new(1_700_000_000.0)
+
+    async def main() -> Any:
+        await writer.awaited_intent({"id": request_id, "ts": 1_700_000_000.0, "agent": "bot", "method": "GET",
+                                     "scheme": "https", "host": "example.com", "port": 443, "path": "/",
+                                     "url": "https://example.com/", "decision": "allow"})
+        writer.outcome_in_turn(request_id, {"status": 200, "error": None, "ended": 1_700_000_001.0})
+        return await asyncio.wrap_future(writer.apply(
+            lambda conn, w: conn.execute("SELECT status FROM requests").fetchall()))
+
+    try:
+        assert asyncio.run(main()) == [(200,)]
+    finally:
+        writer.close()
