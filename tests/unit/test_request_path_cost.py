@@ -12,6 +12,8 @@ from typing import Any
 
 from mitmproxy import hooks, http
 
+from goex_proxy.ids import RequestIds
+
 
 def test_the_running_proxy_builds_requests_without_mitmproxys_field_type_checks(tmp_path: Path) -> None:
     """mitmproxy checks every field of every request and response it parses unless Python runs with -O (~41 µs of a
@@ -37,7 +39,6 @@ def test_the_rows_a_batch_commits_wake_the_event_loop_once(tmp_path: Path) -> No
     per batch: `asyncio.wrap_future` woke it through its self-pipe for each row."""
     from goex_proxy.audit.seal import Seal
     from goex_proxy.audit.writer import AuditWriter
-    from goex_proxy.ids import RequestIds
 
     writer = AuditWriter(tmp_path / "audit.db", Seal(tmp_path))
     made = RequestIds()
@@ -55,9 +56,7 @@ def test_the_rows_a_batch_commits_wake_the_event_loop_once(tmp_path: Path) -> No
         loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
         queued = threading.Event()
         writer.apply(lambda conn, w: queued.wait(5))  # the writer is busy while all five are queued: one batch
-        rows = [{"id": made.new(1_700_000_000.0), "ts": 1_700_000_000.0, "agent": "bot", "method": "GET",
-                 "scheme": "https", "host": "example.com", "port": 443, "path": "/", "url": "https://example.com/",
-                 "decision": "allow"} for _ in range(5)]
+        rows = [_get_row(made) for _ in range(5)]
         waits = [writer.awaited_intent(row) for row in rows]
         queued.set()
         results = await asyncio.gather(*waits)
@@ -160,22 +159,16 @@ def test_the_anchor_replaced_is_closed_after_the_batchs_requests_go_on(tmp_path:
 
     from goex_proxy.audit.seal import Seal
     from goex_proxy.audit.writer import AuditWriter
-    from goex_proxy.ids import RequestIds
 
     writer = AuditWriter(tmp_path / "audit.db", Seal(tmp_path))
     made = RequestIds()
 
-    def row() -> dict[str, Any]:
-        return {"id": made.new(1_700_000_000.0), "ts": 1_700_000_000.0, "agent": "bot", "method": "GET",
-                "scheme": "https", "host": "example.com", "port": 443, "path": "/", "url": "https://example.com/",
-                "decision": "allow"}
-
     try:
-        assert writer.record_intent(row()).result(5) is None
+        assert writer.record_intent(_get_row(made)).result(5) is None
         held = writer.seal._held
         assert held is not None
         when_told: list[bool] = []
-        second = writer.record_intent(row())
+        second = writer.record_intent(_get_row(made))
         second.add_done_callback(lambda _: when_told.append(_replaced_and_open(held)))
         assert second.result(5) is None
         deadline = time.monotonic() + 5
@@ -184,6 +177,12 @@ def test_the_anchor_replaced_is_closed_after_the_batchs_requests_go_on(tmp_path:
         assert when_told == [True] and not _replaced_and_open(held) and os.path.exists(tmp_path / "audit.anchor")
     finally:
         writer.close()
+
+
+def _get_row(made: RequestIds) -> dict[str, Any]:
+    """A GET's request row, with a new id from `made`."""
+    return {"id": made.new(1_700_000_000.0), "ts": 1_700_000_000.0, "agent": "bot", "method": "GET", "scheme": "https",
+            "host": "example.com", "port": 443, "path": "/", "url": "https://example.com/", "decision": "allow"}
 
 
 def _replaced_and_open(fd: int) -> bool:
@@ -202,7 +201,6 @@ def test_the_writer_takes_the_next_batch_while_a_replaced_anchor_is_being_closed
     """A slow close (the filesystem freeing the replaced anchor's file) no longer holds up the rows after it."""
     from goex_proxy.audit import writer as writer_module
     from goex_proxy.audit.seal import Seal
-    from goex_proxy.ids import RequestIds
 
     slow = threading.Event()
     real = writer_module.close_replaced
@@ -216,14 +214,9 @@ def test_the_writer_takes_the_next_batch_while_a_replaced_anchor_is_being_closed
     writer = writer_module.AuditWriter(tmp_path / "audit.db", Seal(tmp_path))
     made = RequestIds()
 
-    def row() -> dict[str, Any]:
-        return {"id": made.new(1_700_000_000.0), "ts": 1_700_000_000.0, "agent": "bot", "method": "GET",
-                "scheme": "https", "host": "example.com", "port": 443, "path": "/", "url": "https://example.com/",
-                "decision": "allow"}
-
     try:
         for _ in range(3):  # the second and third replace an anchor, whose close waits
-            assert writer.record_intent(row()).result(2) is None
+            assert writer.record_intent(_get_row(made)).result(2) is None
     finally:
         slow.set()
         writer.close()
@@ -235,7 +228,6 @@ def test_the_rows_of_one_turn_of_the_event_loop_are_written_in_one_transaction(t
     two or three (each some 27 pages of the log)."""
     from goex_proxy.audit.seal import Seal
     from goex_proxy.audit.writer import AuditWriter
-    from goex_proxy.ids import RequestIds
 
     commits: list[int] = []
     commit = AuditWriter._commit
@@ -251,9 +243,7 @@ def test_the_rows_of_one_turn_of_the_event_loop_are_written_in_one_transaction(t
 
     async def request() -> str | None:
         time.sleep(0.002)  # what a request's own work does between its rows: the GIL let go
-        return await writer.awaited_intent({"id": made.new(1_700_000_000.0), "ts": 1_700_000_000.0, "agent": "bot",
-                                            "method": "GET", "scheme": "https", "host": "example.com", "port": 443,
-                                            "path": "/", "url": "https://example.com/", "decision": "allow"})
+        return await writer.awaited_intent(_get_row(made))
 
     async def main() -> list[str | None]:
         return list(await asyncio.gather(*(request() for _ in range(5))))
@@ -270,7 +260,6 @@ def test_what_a_turn_took_is_queued_before_anything_asked_for_after_it_on_the_lo
     after them in that turn (here a read in the writer's transaction) is still queued after them."""
     from goex_proxy.audit.seal import Seal
     from goex_proxy.audit.writer import AuditWriter
-    from goex_proxy.ids import RequestIds
 
     writer = AuditWriter(tmp_path / "audit.db", Seal(tmp_path))
     request_id = RequestIds().new(1_700_000_000.0)
