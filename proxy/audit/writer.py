@@ -89,10 +89,14 @@ def _settle(waiters: list[tuple[Any, Any]]) -> None:
     for future, result in waiters:
         if isinstance(future, _OnLoop):
             on_loops.setdefault(future.loop, []).append((future.future, result))
-        elif isinstance(result, Exception):
-            future.set_exception(result)
-        else:
-            future.set_result(result)
+            continue
+        # Cancelled by its waiter (`asyncio.wrap_future` cancels it with the task awaiting it), maybe just now: its
+        # InvalidStateError would end the writer's thread, and every waiter after it would wait forever.
+        with contextlib.suppress(concurrent.futures.InvalidStateError):
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
     for loop, settled in on_loops.items():
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits on it any more
             loop.call_soon_threadsafe(_settle_on_loop, settled)

@@ -276,3 +276,31 @@ def test_what_a_turn_took_is_queued_before_anything_asked_for_after_it_on_the_lo
         assert asyncio.run(main()) == [(200,)]
     finally:
         writer.close()
+
+
+def test_a_waiter_that_went_away_leaves_its_batchs_other_waiters_and_the_writer_going(tmp_path: Path) -> None:
+    """A thread-safe future cancelled before its batch is written (`asyncio.wrap_future` cancels it when the task
+    awaiting it is cancelled: a database client gone while its wait is written, a task ended at shutdown) made the
+    writer's set_result raise InvalidStateError: the rest of the batch's waiters on the loop were never told (their
+    requests waited forever) and the writer's thread ended (every request after it waited forever too)."""
+    from goex_proxy.audit.seal import Seal
+    from goex_proxy.audit.writer import AuditWriter
+
+    writer = AuditWriter(tmp_path / "audit.db", Seal(tmp_path))
+    made = RequestIds()
+
+    async def main() -> list[str | None]:
+        queued = threading.Event()
+        writer.apply(lambda conn, w: queued.wait(5))  # the writer is busy while the next batch is queued
+        gone = writer.record_intent(_get_row(made))
+        waits = [writer.awaited_intent(_get_row(made)) for _ in range(2)]
+        await asyncio.sleep(0)  # the turn's rows are queued, after the one whose waiter goes away
+        assert gone.cancel()
+        queued.set()
+        first = list(await asyncio.wait_for(asyncio.gather(*waits), 5))
+        return first + [await asyncio.wait_for(writer.awaited_intent(_get_row(made)), 5)]
+
+    try:
+        assert asyncio.run(main()) == [None] * 3
+    finally:
+        writer.close()
