@@ -11,6 +11,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -239,6 +240,9 @@ class TurnBuffered:
     def __init__(self, stream: IO[str]) -> None:
         self.stream = stream
         self._held: list[str] = []
+        #: The loops whose turn's end is to write what is held: each asks for its own, since a loop that closed with
+        #: its last turn's lines held never writes them, and lines held behind them waited for it too.
+        self._waiting: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
         self._lock = threading.Lock()
 
     def write(self, text: str) -> int:
@@ -249,8 +253,9 @@ class TurnBuffered:
                 self._write_held()
                 return self.stream.write(text)
         with self._lock:
-            if not self._held:
-                loop.call_soon(self._turn_ended)
+            if loop not in self._waiting:
+                self._waiting.add(loop)
+                loop.call_soon(self._turn_ended, loop)
             self._held.append(text)
         return len(text)
 
@@ -259,9 +264,12 @@ class TurnBuffered:
             self._write_held()
             self.stream.flush()
 
-    def _turn_ended(self) -> None:
-        """Write the turn's lines; as mitmproxy's handler does when it cannot print (stdout a pipe whose reader went
-        away), exit; a stream closed meanwhile (the proxy stopping) takes nothing more."""
+    def _turn_ended(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Write the turn's lines (and any another loop held); as mitmproxy's handler does when it cannot print
+        (stdout a pipe whose reader went away), exit; a stream closed meanwhile (the proxy stopping) takes nothing
+        more."""
+        with self._lock:
+            self._waiting.discard(loop)
         try:
             self.flush()
         except ValueError:

@@ -151,6 +151,33 @@ def test_the_lines_of_one_turn_of_the_event_loop_reach_stdout_in_one_write() -> 
         root.removeHandler(handler)
 
 
+def test_a_line_held_for_a_loop_that_closed_does_not_hold_back_another_loops_lines() -> None:
+    """A line written in the last turn a loop runs (a thread's `asyncio.run` ending: the database gateway's) waits
+    for a turn end that never comes. Every line after it, on any loop, was held behind it, never asking for a turn
+    end of its own: the requests' lines reached stdout only at exit, or when some thread without a loop wrote."""
+    from goex_proxy.addons.livelog import TurnBuffered
+
+    out = io.StringIO()
+    buffered = TurnBuffered(out)
+    ended = asyncio.new_event_loop()
+
+    def last() -> None:
+        buffered.write("stopping\n")
+        ended.stop()
+
+    ended.call_soon(last)
+    ended.run_forever()
+    ended.close()
+
+    async def main() -> None:
+        buffered.write("GET\n")
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert out.getvalue() == "stopping\nGET\n"
+
+    asyncio.run(main())
+
+
 def test_the_anchor_replaced_is_closed_after_the_batchs_requests_go_on(tmp_path: Path) -> None:
     """Closing the last anchor's file frees it, which took the filesystem up to a millisecond under load while every
     request of the batch waited: its descriptor is now closed after they are told their rows are committed, by a
