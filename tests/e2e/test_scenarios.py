@@ -572,3 +572,38 @@ def test_tls_server_name_must_match_the_target(make_proxy, upstream):
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 403") and b"TLS server name" in answer
     assert upstream.state.seen == []
+
+
+def _answer(s: socket.socket) -> bytes:
+    answer = b""
+    while chunk := s.recv(65536):
+        answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize("spelling", ["proxy-authorization", "PROXY-AUTHORIZATION", "pRoXy-AuThOrIzAtIoN"])
+def test_no_spelling_of_the_proxy_headers_reaches_the_upstream(make_proxy, upstream, spelling):
+    """Identify takes off only the proxy headers a request sent, found by a case-blind look at its fields: in any
+    case, repeated, on a plain request or inside a tunnel, neither they nor the agent's token reach the upstream;
+    two credentials in one request (one of them wrong) are refused."""
+    proxy = make_proxy(SLACK_POLICY)
+    token = TOKENS["slackbot"]
+    good = base64.b64encode(f"slackbot:{token}".encode()).decode()
+    wrong = base64.b64encode(b"slackbot:not-the-token-4242").decode()
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+        s.sendall(f"GET http://slack.com/api/conversations.list HTTP/1.1\r\nHost: slack.com\r\n{spelling}: Basic {good}"
+                  "\r\nPROXY-CONNECTION: keep-alive\r\nproxy-connection: x\r\nConnection: close\r\n\r\n".encode())
+        assert _answer(s).startswith(b"HTTP/1.1 200")
+    with _connect_tunnel(proxy, "slack.com:80") as s:
+        s.sendall(f"GET /api/conversations.history HTTP/1.1\r\nHost: slack.com\r\n{spelling}: Basic {good}\r\n"
+                  f"Proxy-Authorization: Basic {good}\r\nProxy-Connection: x\r\nConnection: close\r\n\r\n".encode())
+        assert _answer(s).startswith(b"HTTP/1.1 200")
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+        s.sendall(f"GET http://slack.com/api/conversations.list HTTP/1.1\r\nHost: slack.com\r\n{spelling}: Basic {good}"
+                  f"\r\nProxy-Authorization: Basic {wrong}\r\nConnection: close\r\n\r\n".encode())
+        assert _answer(s).startswith(b"HTTP/1.1 407")
+    seen = upstream.state.seen
+    assert [s.path for s in seen] == ["/api/conversations.list", "/api/conversations.history"]
+    for request in seen:
+        assert not [name for name in request.headers if name.lower().startswith("proxy-")], request.headers
+        assert token not in repr(request.headers) and good not in repr(request.headers)
