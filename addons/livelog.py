@@ -228,11 +228,25 @@ def format_output() -> None:
                 if not isinstance(handler.file, TurnBuffered):
                     handler.file = TurnBuffered(handler.file)
                     atexit.register(handler.file.at_exit)
+                    handler.emit = _held_only_for_requests(handler.emit, handler.file)  # type: ignore[method-assign]
+
+
+def _held_only_for_requests(emit: Any, file: TurnBuffered) -> Any:
+    """`emit`, which then writes anything but a request's line at once (with the lines held before it): a warning or
+    an error is not held to the end of the loop's turn, after what the turn did next (a connection closed, say)."""
+
+    def emitted(record: logging.LogRecord) -> None:
+        emit(record)
+        if not isinstance(getattr(record, LINE, None), Line):
+            file.flush()
+
+    return emitted
 
 
 class TurnBuffered:
-    """`run`'s output as its log handler writes it: the lines written on the event loop are held until the loop's turn
-    ends, then written together, one write to the terminal or pipe for all of them. A write each let go of the GIL,
+    """`run`'s output as its log handler writes it: the requests' lines written on the event loop are held until the
+    loop's turn ends, then written together, one write to the terminal or pipe for all of them (any other line is
+    written at once, with those held before it: `_held_only_for_requests`). A write each let go of the GIL,
     and a request's line then cost ~75 µs more in the running proxy than making it does (the loop waited to take the
     GIL back from the audit writer). A line written from another thread, or with no loop running, is written at once,
     after any held."""

@@ -117,13 +117,20 @@ class _CountedWrites(io.RawIOBase):
 
 
 def test_the_lines_of_one_turn_of_the_event_loop_reach_stdout_in_one_write() -> None:
-    """Each request's line was a write of its own (line buffering), which let go of the GIL: the lines written on the
-    loop in one turn now go out together when the turn ends; one from another thread goes out at once, after them."""
+    """Each request's line was a write of its own (line buffering), which let go of the GIL: the requests' lines
+    written on the loop in one turn now go out together when the turn ends; one from another thread goes out at once,
+    after them, and so does any other line (a warning is not held past what the turn does next: a connection closed
+    before its reason was written raced whoever read the log on seeing it closed)."""
     import logging
 
     from mitmproxy.addons.termlog import TermLogHandler
 
     from goex_proxy.addons import livelog
+    from tests.unit.test_livelog import request
+
+    def request_line(text: str) -> None:
+        line = request(url=f"https://slack.com/{text}").line()
+        said.info("%s", line.text(), extra={livelog.LINE: line})
 
     raw = _CountedWrites()
     out = io.TextIOWrapper(io.BufferedWriter(raw), encoding="utf-8")
@@ -131,24 +138,30 @@ def test_the_lines_of_one_turn_of_the_event_loop_reach_stdout_in_one_write() -> 
     root = logging.getLogger()
     root.addHandler(handler)
     said = logging.getLogger("goex_proxy.live")
+    level = said.level
+    said.setLevel(logging.INFO)  # as `run` logs requests' lines
     try:
         livelog.format_output()
 
         async def main() -> None:
             for n in range(3):
-                said.warning("line %d", n)
+                request_line(f"line{n}")
             assert raw.writes == []
             await asyncio.sleep(0)
             assert len(raw.writes) == 1 and raw.writes[0].count(b"\n") == 3
-            said.warning("held")
+            request_line("held")
             thread = threading.Thread(target=said.warning, args=("from the writer",))
             thread.start()
             thread.join()
-            assert raw.writes[1].endswith(b"held\n") and raw.writes[2].endswith(b"from the writer\n")
+            assert b"/held" in raw.writes[1] and raw.writes[2].endswith(b"from the writer\n")
+            request_line("before")
+            said.warning("a connection refused")  # at once, after the line held before it
+            assert b"/before" in raw.writes[3] and raw.writes[-1].endswith(b"a connection refused\n")
 
         asyncio.run(main())
     finally:
         root.removeHandler(handler)
+        said.setLevel(level)
 
 
 def test_a_line_held_for_a_loop_that_closed_does_not_hold_back_another_loops_lines() -> None:
