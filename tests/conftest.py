@@ -271,7 +271,16 @@ class GoexProxy:
         self.proc.wait()
 
     def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        """`run`'s output so far, once it has stopped growing for a moment (up to a second): the requests' lines of
+        one turn of the proxy's event loop are written when the turn ends, which can be just after the client got its
+        answer (`livelog.TurnBuffered`)."""
+        if not self.log_path.exists():
+            return ""
+        size, deadline = -1, time.monotonic() + 1.0
+        while (now := self.log_path.stat().st_size) != size and time.monotonic() < deadline:
+            size = now
+            time.sleep(0.03)
+        return self.log_path.read_text(errors="replace")
 
     def proxy_url(self, agent: str = "mailbot") -> str:
         return f"http://{agent}:{TOKENS[agent]}@127.0.0.1:{self.port}"
