@@ -104,7 +104,7 @@ def _settle(waiters: list[tuple[Any, Any]]) -> None:
 
 def _settle_on_loop(settled: list[tuple[asyncio.Future[Any], Any]]) -> None:
     for future, result in settled:
-        if future.cancelled():  # its waiter went away (as `wrap_future` would have cancelled it)
+        if future.done():  # its waiter went away (as `wrap_future` would have cancelled it), or it was told already
             continue
         if isinstance(result, Exception):
             future.set_exception(result)
@@ -375,7 +375,10 @@ class AuditWriter:
             stop = _STOP in batch
             work = [b for b in batch if b is not _STOP]
             if work:
-                self._write(work)
+                try:
+                    self._write(work)
+                except Exception as exc:  # never as written: refused (fail closed), not every request after waiting
+                    self._failed(work, exc)  # forever on a writer that is gone
             if stop:
                 self._interrupt()
                 return

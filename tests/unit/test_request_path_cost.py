@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from mitmproxy import hooks, http
 
 from goex_proxy.ids import RequestIds
@@ -342,5 +343,38 @@ def test_a_waiter_that_went_away_leaves_its_batchs_other_waiters_and_the_writer_
 
     try:
         assert asyncio.run(main()) == [None] * 3
+    finally:
+        writer.close()
+
+
+def test_an_unexpected_failure_after_the_commit_refuses_the_batch_and_the_writer_goes_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure `_write` does not expect (here in keeping the anchor, outside the transaction's own guard) ended the
+    writer's thread: its waiters, and every request after them, waited forever. Now the batch is refused (its
+    requests are not sent) and the next one is written."""
+    from goex_proxy.audit.seal import Seal
+    from goex_proxy.audit.writer import AuditWriter
+    from goex_proxy.errors import AuditError
+
+    writer = AuditWriter(tmp_path / "audit.db", Seal(tmp_path))
+    made = RequestIds()
+    anchor = AuditWriter._anchor
+    failures = iter([RuntimeError("a bug")])
+
+    def fails_once(self: AuditWriter, head: Any) -> str | None:
+        for exc in failures:
+            raise exc
+        return anchor(self, head)
+
+    monkeypatch.setattr(AuditWriter, "_anchor", fails_once)
+    try:
+        with pytest.raises(AuditError, match="a bug"):
+            writer.record_intent(_get_row(made)).result(5)
+
+        async def on_the_loop() -> str | None:
+            return await writer.awaited_intent(_get_row(made))
+
+        assert asyncio.run(on_the_loop()) is None
+        assert writer.record_intent(_get_row(made)).result(5) is None
     finally:
         writer.close()
