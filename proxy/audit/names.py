@@ -1,4 +1,4 @@
-"""The agent, host and undo class names a row holds by id (`audit_names`, migration 20): each stored once, not per row."""
+"""The agent, host and undo class names a row holds by id (`audit_names`, migration 20): each stored once."""
 
 from __future__ import annotations
 
@@ -117,12 +117,12 @@ def hosts_stored_as(conn: sqlite3.Connection, name: str) -> list[str | bytes]:
 
 def term(conn: sqlite3.Connection, column: str, name: str, plus: str = "") -> tuple[str, list[str | bytes]]:
     """The SQL term that picks the rows whose `column` (agent, host or undo class) is `name`, and its parameters;
-    `plus`: "+" keeps it from choosing an index. An agent is compared byte for byte, whatever collation the column was given:
-    whoever can write the database can rewrite its schema (NOCASE would have a filter on one agent, which session
-    undo and `execute` take an agent's rows by, give another's); a host as policies read it (`hosts_stored_as`).
-    SQLite still reads the column's index, which is BINARY. The ids are written into the SQL as blob literals (hex
-    digits, nothing else), not passed as parameters: an agent can give a host as many spellings as it sends
-    requests, each a name, past SQLite's limit on parameters."""
+    `plus`: "+" keeps it from choosing an index. An agent is compared byte for byte, whatever collation the column
+    was given: whoever can write the database can rewrite its schema (NOCASE would have a filter on one agent, which
+    session undo and `execute` take an agent's rows by, give another's); a host as policies read it
+    (`hosts_stored_as`). SQLite still reads the column's index, which is BINARY. The ids are written into the SQL as
+    blob literals (hex digits, nothing else), not passed as parameters: an agent can give a host as many spellings as
+    it sends requests, each a name, past SQLite's limit on parameters."""
     values = hosts_stored_as(conn, name) if column == "host" else stored_as(conn, name)
     texts = [v for v in values if isinstance(v, str)]
     items = ["?"] * len(texts) + [f"X'{v.hex()}'" for v in values if isinstance(v, bytes)]
@@ -133,10 +133,10 @@ def term(conn: sqlite3.Connection, column: str, name: str, plus: str = "") -> tu
 
 def release(conn: sqlite3.Connection, held: Iterable[Any]) -> int:
     """Remove the names of these stored refs (what removed rows held in their agent, host and undo class) that no row
-    holds any more, in any of those columns (a name is a name, for all); call in the write transaction that removed the rows (a
-    prune's). The newest id stays, whatever holds it: SQLite gives a new name the id after the largest, so no id
-    removed here is ever given to another name. How many were removed. A writer that remembered a removed id finds
-    it gone (`Names.id_of`) and stores the name again."""
+    holds any more, in any of those columns (a name is a name, for all); call in the write transaction that removed
+    the rows (a prune's). The newest id stays, whatever holds it: SQLite gives a new name the id after the largest,
+    so no id removed here is ever given to another name. How many were removed. A writer that remembered a removed id
+    finds it gone (`Names.id_of`) and stores the name again."""
     wanted = sorted({found for ref in held if isinstance(ref, bytes) and (found := id_of_ref(ref))})
     if not wanted:
         return 0

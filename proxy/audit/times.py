@@ -111,7 +111,7 @@ def window(conn: sqlite3.Connection, where: list[str], params: list[Any], limit:
         pending, batch = [], min(2 * batch, MOST_BATCH)
         if counted >= limit:
             # Joined as the listing's are (a range per run could pass SQLite's depth of expressions): the limit-th
-            # row of more blocks is no further down the order, and so still bounds which blocks can hold the first `limit`.
+            # row of more blocks is no further down the order, so it still bounds the blocks the first `limit` are in.
             term, ranges = _within(_joined(_runs(taken), MOST_RUNS), matching, params)
             found = conn.execute(f"SELECT ts FROM requests WHERE {term} AND {matching} ORDER BY ts {order}, "
                                  f"seq {order} LIMIT 1 OFFSET ?", [*ranges, *params, limit - 1]).fetchone()

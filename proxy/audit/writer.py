@@ -93,10 +93,7 @@ def _settle(waiters: list[tuple[Any, Any]]) -> None:
         # Cancelled by its waiter (`asyncio.wrap_future` cancels it with the task awaiting it), maybe just now: its
         # InvalidStateError would end the writer's thread, and every waiter after it would wait forever.
         with contextlib.suppress(concurrent.futures.InvalidStateError):
-            if isinstance(result, Exception):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
+            _tell(future, result)
     for loop, settled in on_loops.items():
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits on it any more
             loop.call_soon_threadsafe(_settle_on_loop, settled)
@@ -104,12 +101,24 @@ def _settle(waiters: list[tuple[Any, Any]]) -> None:
 
 def _settle_on_loop(settled: list[tuple[asyncio.Future[Any], Any]]) -> None:
     for future, result in settled:
-        if future.done():  # its waiter went away (as `wrap_future` would have cancelled it), or it was told already
-            continue
-        if isinstance(result, Exception):
-            future.set_exception(result)
-        else:
-            future.set_result(result)
+        if not future.done():  # done: its waiter went away (as `wrap_future` would have cancelled it), or was told
+            _tell(future, result)
+
+
+def _tell(future: Any, result: Any) -> None:
+    """Give a future its result, or its exception when the result is one."""
+    if isinstance(result, Exception):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread, if one is."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 class _OneByOne:
@@ -144,6 +153,7 @@ def _with_outcomes(batch: list[tuple[Any, Any]]) -> list[Any]:
 def _unwaited(item: Any) -> bool:
     """An outcome, or a row queued with `queue_intent`: nothing waits for its commit."""
     return isinstance(item, tuple) and (isinstance(item[0], _Outcome) or isinstance(item[0], _Intent) and item[0].unwaited)
+
 
 class _Closer:
     """Closes the descriptors of replaced anchors in a thread of its own, started at first use: the last close of a
@@ -309,10 +319,7 @@ class AuditWriter:
     def _put(self, item: Any, waited: bool) -> None:
         """Queue `item` now, after what this thread's event loop took into its turn before it (so that everything
         asked for on a loop is queued in the order it was asked for); `waited`: someone waits for its commit."""
-        try:
-            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
+        loop = _running_loop()
         if loop is not None and loop in self._loop_turns:
             self._hand_over_turn(loop)
         self._queue.put(item)
@@ -338,12 +345,11 @@ class AuditWriter:
         at once when no loop runs."""
         item: tuple[_Outcome, concurrent.futures.Future[str | None]] = (_Outcome(request_id, fields),
                                                                         concurrent.futures.Future())
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
+        loop = _running_loop()
+        if loop is None:
             self._put(item, waited=False)
-            return
-        self._in_turn(loop, item)
+        else:
+            self._in_turn(loop, item)
 
     def record_wait(self, row: dict[str, Any], approval: dict[str, Any]) -> concurrent.futures.Future[str | None]:
         """Queue the row of a request that waits (held or delayed) with its approvals entry, in one transaction."""

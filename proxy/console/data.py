@@ -81,8 +81,8 @@ def _rows(conn: sqlite3.Connection, sql: str, params: list[Any]) -> list[dict[st
 def page(conn: sqlite3.Connection, filters: Filters, before: int | None = None, limit: int = PAGE,
          at: float | None = None) -> list[dict[str, Any]]:
     """One page of rows, newest first (by the time each began, then seq, as `log` lists them), after the row of seq
-    `before` in that order (keyset: never an OFFSET, never the whole table; only the blocks of time that can hold them). `at`:
-    that row's time as the page before showed it, for a row pruned since. Rows of no start (edited to NULL) come
+    `before` in that order (keyset: never an OFFSET, never the whole table; only the blocks of time that can hold
+    them). `at`: that row's time as the page before showed it, for a row pruned since. Rows of no start (edited to NULL) come
     last, as SQLite sorts them: after the last row that has one, then by seq."""
     with one_snapshot(conn):  # the row it goes on after, the blocks of time and their rows: as of one moment
         return _page(conn, filters, before, limit, at)
