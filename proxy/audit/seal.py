@@ -46,6 +46,56 @@ class Anchor:
         return anchor
 
 
+#: The anchor file holds two slots of SLOT bytes, each a line: an anchor's JSON, a space, the first CHECK_HEX digits of
+#: its SHA-256, spaces up to the newline. A writer overwrites in place the slot that does not hold the newer anchor:
+#: a file made and renamed over the last for every batch of rows cost the audit writer about 100 us of a batch, and
+#: freeing the last one as much again. A slot torn (a power loss amid its write, or read while it is written) fails
+#: its check, and the other slot, the anchor before, is read: the anchor read may lag the log, never lead it. A file of
+#: one JSON line (written before) is read as that anchor and replaced by a file of slots at the next write.
+SLOT = 256
+CHECK_HEX = 16
+#: How often a read that found no whole slot is tried again (two writes in a row, each tearing one slot as it is read).
+_READS = 3
+#: The most bytes of an anchor file read: a file of slots, or a JSON line written before, is far smaller.
+_MOST_READ = 64 * 1024
+
+
+def _slot_of(anchor: Anchor) -> bytes:
+    """An anchor's slot as written."""
+    text = anchor.dumps().rstrip("\n")
+    line = f"{text} {hashlib.sha256(text.encode()).hexdigest()[:CHECK_HEX]}".encode()
+    if len(line) > SLOT - 1:
+        raise AuditError(f"an audit anchor of {len(line)} bytes does not fit its slot of {SLOT} (an id of "
+                         f"{len(anchor.id)} characters)")
+    return line.ljust(SLOT - 1) + b"\n"
+
+
+def _in_slot(data: bytes) -> Anchor | None:
+    """The anchor a slot holds whole (None: blank, torn or not a slot)."""
+    text, _, check = data.rstrip(b" \n").rpartition(b" ")
+    if len(check) != CHECK_HEX or hashlib.sha256(text).hexdigest()[:CHECK_HEX].encode() != check:
+        return None
+    try:
+        return Anchor.loads(text.decode(), "a slot")
+    except (AuditError, UnicodeDecodeError):
+        return None
+
+
+def _slotted(data: bytes) -> bool:
+    """Whether a file's bytes are two slots (else a JSON line written before, or not an anchor)."""
+    return len(data) == 2 * SLOT and data[SLOT - 1] == data[-1] == ord("\n")
+
+
+def _newest(data: bytes) -> tuple[Anchor | None, int]:
+    """The newer of the anchors two slots hold whole, and the index of the slot to write next (the other one)."""
+    held = [_in_slot(data[:SLOT]), _in_slot(data[SLOT:])]
+    first, second = held
+    if first is None and second is None:
+        return None, 0
+    newer = 0 if second is None or first is not None and first.seq >= second.seq else 1
+    return held[newer], 1 - newer
+
+
 class Seal:
     """Signs the chain with a key from the state directory and keeps its newest head there too."""
 
@@ -53,13 +103,15 @@ class Seal:
         self.key_path = state_dir / KEY_FILE
         self.anchor_path = state_dir / ANCHOR_FILE
         self._key: bytes | None = None
-        #: The anchor as last read or written, with the file's identity then: read again only when the file changed
-        #: (every audit write checks it, and reading it cost more than the row).
-        self._seen: tuple[tuple[int, int, int, int], Anchor] | None = None
-        #: That file, held open: its inode number cannot go to another file while it is remembered (file times move
-        #: a tick at a time on older kernels, so a newer anchor in the freed number could look the same).
-        self._held: int | None = None
+        #: The anchor file, held open to be read (pread; every audit write checks the anchor), and its identity
+        #: (device, inode): while the file under the name is this one, it is read through this descriptor; held, its
+        #: inode number cannot go to another file.
+        self._reading: tuple[int, tuple[int, int]] | None = None
+        #: The same, open to write its slots in place (a writer's), once a file of slots is under the name.
+        self._writing: tuple[int, tuple[int, int]] | None = None
         self._holding = threading.Lock()
+        #: The bytes last read of a file of slots, and the anchor they hold (read again only when the bytes differ).
+        self._last: tuple[bytes, Anchor] | None = None
         #: Whether the temporary anchors a writer killed midway left behind were removed (once, under the lock).
         self._swept = False
 
@@ -94,51 +146,79 @@ class Seal:
         return key
 
     def anchor(self) -> Anchor | None:
+        """The newest anchor the file holds whole (None: there is none); AuditError when the file is not an anchor."""
+        for _ in range(_READS):
+            data = self._read()
+            if data is None:
+                return None
+            if not _slotted(data):
+                break
+            if self._last is not None and self._last[0] == data:
+                return self._last[1]
+            found, _ = _newest(data)
+            if found is not None:
+                self._last = (data, found)
+                return found
+        else:
+            raise AuditError(f"{self.anchor_path} is not an audit anchor (neither of its two slots holds one whole)")
         try:
-            stamp = _identity(os.stat(self.anchor_path))
-            if self._seen is not None and self._seen[0] == stamp:
-                return self._seen[1]
-            fd = os.open(self.anchor_path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO put there would wait for a writer
+            return Anchor.loads(data.decode(), str(self.anchor_path))
+        except UnicodeDecodeError:  # not text: no anchor, said as any other malformed one is
+            raise AuditError(f"{self.anchor_path} is not an audit anchor (its bytes are not UTF-8)") from None
+
+    def _read(self) -> bytes | None:
+        """The anchor file's bytes (None: there is none), through the descriptor held on it while it is the file
+        under the name."""
+        try:
+            st = os.stat(self.anchor_path)
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise AuditError(f"cannot read the audit anchor {self.anchor_path}: {exc.strerror or exc}") from None
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise AuditError(f"the audit anchor {self.anchor_path} is not a regular file (a directory, a FIFO or a "
-                                 "device was put in its place); move it aside")
-            with open(fd, encoding="utf-8", closefd=False) as f:
-                stamp, text = _identity(st), f.read()
-            anchor = Anchor.loads(text, str(self.anchor_path))
-        except BaseException as exc:
-            os.close(fd)
-            if isinstance(exc, OSError):
+        with self._holding:
+            if self._reading is None or self._reading[1] != (st.st_dev, st.st_ino):
+                fd = self._open(os.O_RDONLY)
+                if fd is None:
+                    return None
+                self._hold("_reading", fd)
+            assert self._reading is not None
+            try:
+                return os.pread(self._reading[0], _MOST_READ, 0)
+            except OSError as exc:
                 raise AuditError(f"cannot read the audit anchor {self.anchor_path}: {exc.strerror or exc}") from None
-            if isinstance(exc, UnicodeDecodeError):  # not text: no anchor, said as any other malformed one is
-                raise AuditError(f"{self.anchor_path} is not an audit anchor (its bytes are not UTF-8)") from None
-            raise
-        self._remember(stamp, anchor, fd)
-        return anchor
+
+    def _open(self, flags: int) -> int | None:
+        """The anchor file opened with `flags` (None: there is none), never a FIFO (one put there would wait for a
+        writer), a directory or a device."""
+        try:
+            fd = os.open(self.anchor_path, flags | os.O_NONBLOCK)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise AuditError(f"cannot read the audit anchor {self.anchor_path}: {exc.strerror or exc}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise AuditError(f"the audit anchor {self.anchor_path} is not a regular file (a directory, a FIFO or a "
+                             "device was put in its place); move it aside")
+        return fd
+
+    def _hold(self, which: str, fd: int | None) -> None:
+        """Hold `fd` as the reading or the writing descriptor (None: none), closing the one held before."""
+        before: tuple[int, tuple[int, int]] | None = getattr(self, which)
+        if fd is None:
+            setattr(self, which, None)
+        else:
+            st = os.fstat(fd)
+            setattr(self, which, (fd, (st.st_dev, st.st_ino)))
+        if before is not None:
+            with contextlib.suppress(OSError):
+                os.close(before[0])
 
     def __del__(self) -> None:
-        held = getattr(self, "_held", None)  # None too when __init__ did not get that far
-        if held is not None:
-            with contextlib.suppress(OSError):
-                os.close(held)
-
-    def _remember(self, stamp: tuple[int, int, int, int], anchor: Anchor, fd: int,
-                  replaced: list[int] | None = None) -> None:
-        """Remember `anchor` as the one in the file open as `fd` (kept open; the file remembered before is let go, or
-        its descriptor added to `replaced` for the caller to close)."""
-        with self._holding:
-            let_go, self._held = self._held, fd
-            self._seen = (stamp, anchor)
-        if let_go is not None:
-            if replaced is not None:
-                replaced.append(let_go)
-            else:
-                os.close(let_go)
+        for held in (getattr(self, "_reading", None), getattr(self, "_writing", None)):  # None: __init__ stopped early
+            if held is not None:
+                with contextlib.suppress(OSError):
+                    os.close(held[0])
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -159,45 +239,66 @@ class Seal:
         finally:
             os.close(fd)
 
-    def set_anchor(self, anchor: Anchor | None, replaced: list[int] | None = None) -> None:
-        """Replace the anchor atomically (None: remove it); call under `locked()`. With `replaced`, the descriptor of
-        the anchor replaced is added to it, not closed: its last close frees the file, which can take the filesystem
-        a millisecond under load, and the audit writer has that done after its requests go on (`close_replaced`)."""
+    def set_anchor(self, anchor: Anchor | None) -> None:
+        """Keep `anchor` as the newest (None: remove the file); call under `locked()`. Written in place into the slot
+        not holding the newer anchor, or, where the file under the name is no file of slots (none yet, or one written
+        before), as a new file renamed over it."""
         if anchor is None:
             with contextlib.suppress(FileNotFoundError):
                 self.anchor_path.unlink()
             return
+        slot = _slot_of(anchor)
+        with self._holding:
+            fd = self._slots()
+            if fd is None:
+                self._hold("_writing", None)
+                self._replace(slot)
+                return
+            _, index = _newest(os.pread(fd, 2 * SLOT, 0))
+            if os.pwrite(fd, slot, index * SLOT) != SLOT:
+                raise OSError(f"the audit anchor {self.anchor_path} took only part of its slot")
+
+    def _slots(self) -> int | None:
+        """A descriptor open to write the file of slots under the anchor's name (None: that file is not one)."""
+        try:
+            st = os.lstat(self.anchor_path)
+        except FileNotFoundError:
+            return None
+        if self._writing is not None and self._writing[1] == (st.st_dev, st.st_ino):
+            return self._writing[0]
+        if not stat.S_ISREG(st.st_mode) or st.st_size != 2 * SLOT:
+            return None
+        try:
+            fd = self._open(os.O_RDWR | os.O_NOFOLLOW)  # never written through a link put in its place
+        except AuditError:
+            return None  # replaced by a file of slots: whatever took its place meanwhile is renamed over
+        if fd is None:
+            return None
+        if not _slotted(os.pread(fd, 2 * SLOT + 1, 0)):
+            os.close(fd)
+            return None
+        self._hold("_writing", fd)
+        return fd
+
+    def _replace(self, slot: bytes) -> None:
+        """A new file of slots, this anchor in the first and the second blank, renamed over the anchor's name."""
         tmp = self.anchor_path.with_name(f".{ANCHOR_FILE}.{secrets.token_hex(6)}.tmp")
         # A new file, never one already there: a link planted under that name would have the anchor written through
         # it (onto whatever it names) and then renamed into the anchor's place.
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
-            with os.fdopen(fd, "w", encoding="utf-8", closefd=False) as out:
-                out.write(anchor.dumps())
+            if os.write(fd, slot + b" " * (SLOT - 1) + b"\n") != 2 * SLOT:
+                raise OSError(f"a new audit anchor {tmp} took only part of its slots")
             # Renamed over the last anchor, which makes ext4 write the new one's data out before the rename commits
             # (auto_da_alloc): after a power loss the anchor is the last or the new one, whole. Exchanging names with
             # the last (renameat2 RENAME_EXCHANGE) saved that ~0.1 ms and left an empty anchor that stops every write.
             os.replace(tmp, self.anchor_path)
-            stamp = _identity(os.fstat(fd))  # the file under its name now (a rename is a change)
         except BaseException:
-            os.close(fd)
             with contextlib.suppress(OSError):  # the new anchor, not written or not renamed
                 os.unlink(tmp)
             raise
-        self._remember(stamp, anchor, fd, replaced)
-
-
-def close_replaced(replaced: list[int]) -> None:
-    """Close the descriptors `set_anchor` left in `replaced` (emptied)."""
-    while replaced:
-        with contextlib.suppress(OSError):
-            os.close(replaced.pop())
-
-
-def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
-    """What tells one version of a file from another: a replaced file is another inode, an edited one has new times
-    (the inode number of a file a Seal remembers is not given to another: it holds the file open)."""
-    return st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size
+        finally:
+            os.close(fd)
 
 
 def chain_hash(key: bytes | None, data: bytes) -> str:

@@ -23,7 +23,7 @@ from .. import ids
 from ..errors import AuditError
 from . import blobs, layout, names
 from .layout import hex_of
-from .seal import Anchor, Seal, close_replaced
+from .seal import Anchor, Seal
 from .store import (
     BUSY_TIMEOUT_S,
     INTERRUPTED,
@@ -155,32 +155,6 @@ def _unwaited(item: Any) -> bool:
     return isinstance(item, tuple) and (isinstance(item[0], _Outcome) or isinstance(item[0], _Intent) and item[0].unwaited)
 
 
-class _Closer:
-    """Closes the descriptors of replaced anchors in a thread of its own, started at first use: the last close of a
-    replaced anchor frees its file, which took the filesystem 0.1 to 0.6 ms a batch under another process's disk load
-    (py-spy), time in which the writer took no new rows and the requests they belong to waited."""
-
-    def __init__(self) -> None:
-        self._fds: queue.SimpleQueue[list[int]] = queue.SimpleQueue()
-        self._started = threading.Lock()
-        self._thread: threading.Thread | None = None
-
-    def close(self, fds: list[int]) -> None:
-        """Close these descriptors soon (the list is emptied)."""
-        handed, fds[:] = list(fds), []
-        with self._started:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="goex-anchor-closer", daemon=True)
-                self._thread.start()
-        self._fds.put(handed)
-
-    def _run(self) -> None:
-        while True:
-            close_replaced(self._fds.get())
-
-
-_closer = _Closer()
-
 #: How long a batch of outcomes and unwaited rows alone waits for company (an intent waited for ends the wait at once).
 OUTCOME_GATHER_SECONDS = 0.005
 
@@ -264,8 +238,6 @@ class AuditWriter:
         self._blobs = blobs.BlobStore()
         #: what the record stage asked for in this turn of each event loop, queued at the turn's end (`_in_turn`)
         self._loop_turns: dict[asyncio.AbstractEventLoop, list[Any]] = {}
-        #: descriptors of anchors this writer replaced, closed once the batch's waiters are told (`Seal.set_anchor`)
-        self._replaced: list[int] = []
         self._names = names.Names()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         # Set when something someone waits for is queued: it ends a gathering, which what nobody waits for does not
@@ -468,8 +440,6 @@ class AuditWriter:
                             self._queue.put((_Outcome(str(op.row["id"]), {"error": UNANCHORED, "ended": time.time()}),
                                              concurrent.futures.Future()))
         _settle([(future, refused.get(index)) for index, (_, future) in enumerate(batch)])
-        if self._replaced:  # the last anchor's file: freed once its requests went on, by another thread
-            _closer.close(self._replaced)
 
     def _commit(self, batch: list[tuple[Any, concurrent.futures.Future[str | None]]]
                 ) -> tuple[Anchor | None, dict[int, Any]] | _OneByOne | None:
@@ -575,7 +545,7 @@ class AuditWriter:
             with self.seal.locked():
                 kept = self.seal.anchor()
                 if kept is None or kept.seq < head.seq:
-                    self.seal.set_anchor(head, self._replaced)
+                    self.seal.set_anchor(head)
         except (OSError, AuditError) as exc:
             log.error("could not keep the audit anchor in %s: %s", self.seal.anchor_path, exc)
             return f"could not keep the audit anchor in {self.seal.anchor_path}: {exc}"

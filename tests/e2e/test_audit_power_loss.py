@@ -1,5 +1,5 @@
 """The audit anchor across a power loss: an ext4 filesystem shut down as if the power went (its journal not flushed)
-must come back with the last anchor or the new one, whole, never an empty file that stops every audit write."""
+must come back with an anchor written before, whole, never an empty or torn file that stops every audit write."""
 
 from __future__ import annotations
 
@@ -19,12 +19,16 @@ WRITE_THEN_POWER_LOSS = """
 import fcntl, os, struct, sys, time
 from pathlib import Path
 from goex_proxy.audit.seal import Anchor, Seal
-where = Path(sys.argv[1])
-with Seal(where).locked():
-    Seal(where).set_anchor(Anchor(1, "A", "a" * 64))
+where, made_anew = Path(sys.argv[1]), sys.argv[2] == "anew"
+if made_anew:  # as a version before wrote it: the next anchor is a new file renamed over it
+    (where / "audit.anchor").write_text(Anchor(1, "A", "a" * 64).dumps())
+else:
+    with Seal(where).locked():
+        Seal(where).set_anchor(Anchor(1, "A", "a" * 64))
 os.sync()
-with Seal(where).locked():
-    Seal(where).set_anchor(Anchor(2, "B", "b" * 64))  # a writer answers the requests of row 2 now
+for anchor in [Anchor(2, "B", "b" * 64)] if made_anew else [Anchor(2, "B", "b" * 64), Anchor(3, "C", "c" * 64)]:
+    with Seal(where).locked():
+        Seal(where).set_anchor(anchor)  # a writer answers the requests of its row now
 time.sleep(3)  # the journal commits the new names (every second here); file data is written out after 30 s
 fd = os.open(where, os.O_RDONLY)
 fcntl.ioctl(fd, 0x8004587D, struct.pack("I", 2))  # EXT4_IOC_SHUTDOWN, EXT4_GOING_FLAGS_NOLOGFLUSH: the power goes
@@ -35,11 +39,13 @@ def run(*args: str | Path) -> str:
     return subprocess.run([str(a) for a in args], check=True, capture_output=True, text=True, timeout=60).stdout.strip()
 
 
-def test_an_anchor_written_before_a_power_loss_is_whole_after_it(tmp_path: Path) -> None:
-    """ext4 writes a file's data out before a rename over another file commits (auto_da_alloc), so the anchor found
-    after the power went is the last one or the new one. An anchor that took its name by exchanging names with the
-    last (renameat2 RENAME_EXCHANGE) escaped that: the name was committed, the data never was, and the anchor came
-    back empty, which stops every audit write until someone removes it."""
+@pytest.mark.parametrize("how", ["anew", "in place"])
+def test_an_anchor_written_before_a_power_loss_is_whole_after_it(tmp_path: Path, how: str) -> None:
+    """Made anew: ext4 writes a file's data out before a rename over another file commits (auto_da_alloc), so the
+    anchor found after the power went is the last one or the new one. An anchor that took its name by exchanging names
+    with the last (renameat2 RENAME_EXCHANGE) escaped that: the name was committed, the data never was, and the anchor
+    came back empty, which stops every audit write until someone removes it. In place: each slot is the anchor it
+    held or the one written over it, and one torn fails its check; the anchor found is one of those written."""
     if os.geteuid() != 0 or not (shutil.which("losetup") and shutil.which("mkfs.ext4")):
         pytest.skip("needs root, losetup and mkfs.ext4 to shut an ext4 filesystem down as a power loss does")
     image, mounted = tmp_path / "ext4.img", tmp_path / "mnt"
@@ -51,12 +57,13 @@ def test_an_anchor_written_before_a_power_loss_is_whole_after_it(tmp_path: Path)
     try:
         if subprocess.run(["mount", "-o", "commit=1", device, mounted], capture_output=True).returncode != 0:
             pytest.skip("cannot mount a loop device here")
-        subprocess.run([sys.executable, "-c", WRITE_THEN_POWER_LOSS, str(mounted)], check=True, timeout=60)
+        subprocess.run([sys.executable, "-c", WRITE_THEN_POWER_LOSS, str(mounted), how], check=True, timeout=60)
         run("umount", mounted)
         run("losetup", "-d", device)
         device = run("losetup", "-f", "--show", image)
         run("mount", device, mounted)  # the journal replayed, as at the next boot
-        assert Seal(mounted).anchor() in (Anchor(1, "A", "a" * 64), Anchor(2, "B", "b" * 64))
+        written = [Anchor(1, "A", "a" * 64), Anchor(2, "B", "b" * 64)] + ([Anchor(3, "C", "c" * 64)] * (how != "anew"))
+        assert Seal(mounted).anchor() in written
     finally:
         subprocess.run(["umount", mounted], capture_output=True)
         subprocess.run(["losetup", "-d", device], capture_output=True)

@@ -325,8 +325,8 @@ def test_a_held_request_whose_row_could_not_be_anchored_leaves_no_card_waiting(t
     from goex_proxy.policy.engine import Decision, Wait
     from tests.conftest import stage_state
 
-    def full(src: object, dst: object) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+    def full(*_: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     with stage_state(tmp_path, HOLD_POLICY) as state:
         f = tflow.tflow()
@@ -334,14 +334,14 @@ def test_a_held_request_whose_row_could_not_be_anchored_leaves_no_card_waiting(t
         f.request.timestamp_start = 1_700_000_000.25  # a float, as mitmproxy's clock gives (the test flow's is an int)
         flowmeta.set_agent(f, "bot")
         flowmeta.set_decision(f, Decision("allow", "allowed", "p/write", wait=Wait("hold", 600.0)))
-        real = seal_module.os.replace
-        monkeypatch.setattr(seal_module.os, "replace", full)
+        monkeypatch.setattr(seal_module.os, "replace", full)  # the anchor made anew
+        monkeypatch.setattr(seal_module.os, "pwrite", full)  # or written in place
         with taddons.context():
             try:
                 asyncio.run(Gate(state).request(f))
             except AuditError:
                 pass  # refused: fail_closed answers the flow, or the error reaches the caller
-        monkeypatch.setattr(seal_module.os, "replace", real)
+        monkeypatch.undo()
         request_id = flowmeta.request_id(f)
         state.writer.apply(lambda conn, w: None).result(5)  # after the entry's end, queued before it
     conn = audit.open_db(tmp_path / "audit.db", readonly=True)

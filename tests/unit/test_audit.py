@@ -368,19 +368,97 @@ def test_a_starting_writer_ends_the_rows_a_killed_process_left_in_flight(tmp_pat
 
 
 def test_the_anchor_is_read_again_whenever_its_file_changes(tmp_path: Path) -> None:
-    """A Seal keeps the anchor it read or wrote while the file stays the same one (every audit write checks it); a
-    file another process replaced, or one edited in place, is read again."""
+    """A Seal reads the anchor through the descriptor it holds while the file under the name is that one: another
+    writer's anchor written in place, a file put in its place (a JSON line, as versions before wrote), and its
+    removal are each seen at the next read."""
     mine, theirs = Seal(tmp_path), Seal(tmp_path)
     first, second = Anchor(1, "A", "a" * 64), Anchor(2, "B", "b" * 64)
     mine.set_anchor(first)
     assert mine.anchor() == first and theirs.anchor() == first
     theirs.set_anchor(second)
     assert mine.anchor() == second
-    text = mine.anchor_path.read_text()
-    mine.anchor_path.write_text(text.replace('"B"', '"C"'))  # edited in place: same inode, same size
-    assert mine.anchor() == Anchor(2, "C", "b" * 64)
+    mine.anchor_path.with_name("older").write_text(Anchor(3, "C", "c" * 64).dumps())
+    mine.anchor_path.with_name("older").replace(mine.anchor_path)
+    assert mine.anchor() == Anchor(3, "C", "c" * 64)
     mine.anchor_path.unlink()
     assert mine.anchor() is None
+
+
+def test_an_anchor_is_written_in_place_into_the_slot_of_the_older_one(tmp_path: Path) -> None:
+    """After the first, an anchor is written over the older of the two the file holds, in the same file (no file made
+    and renamed for each batch of rows); the file keeps its inode and both the newest anchor and the one before."""
+    seal = Seal(tmp_path)
+    seal.set_anchor(Anchor(1, "A", "a" * 64))
+    inode = seal.anchor_path.stat().st_ino
+    for seq in range(2, 6):
+        seal.set_anchor(Anchor(seq, f"ID{seq}", f"{seq:064x}"))
+        held = {seal_module._in_slot(part) for part in (seal.anchor_path.read_bytes()[:seal_module.SLOT],
+                                                       seal.anchor_path.read_bytes()[seal_module.SLOT:])}
+        assert {a.seq for a in held if a is not None} == {seq - 1, seq}
+        assert seal.anchor_path.stat().st_ino == inode and Seal(tmp_path).anchor() == Anchor(seq, f"ID{seq}",
+                                                                                              f"{seq:064x}")
+    assert [p.name for p in tmp_path.iterdir()] == ["audit.anchor"]
+
+
+@pytest.mark.parametrize("cut", [8, 40, 80, 100])  # within the line (109 bytes): past it both are spaces
+def test_a_torn_slot_is_passed_over_for_the_anchor_before_it(tmp_path: Path, cut: int) -> None:
+    """A slot half written (a power loss amid its write, or read while it is written) fails its check: the anchor
+    read is the one before, in the other slot, never the torn one nor an error; a writer then overwrites the torn
+    slot."""
+    seal = Seal(tmp_path)
+    seal.set_anchor(Anchor(1, "A", "a" * 64))
+    seal.set_anchor(Anchor(2, "B", "b" * 64))
+    data = bytearray(seal.anchor_path.read_bytes())
+    at = next(i for i in (0, seal_module.SLOT) if b'"B"' in data[i:i + seal_module.SLOT])
+    new = seal_module._slot_of(Anchor(3, "C", "c" * 64))
+    data[at:at + cut] = new[:cut]  # the start of anchor 3, the rest still anchor 2
+    seal.anchor_path.write_bytes(bytes(data))
+    assert Seal(tmp_path).anchor() == Anchor(1, "A", "a" * 64)
+    seal.set_anchor(Anchor(3, "C", "c" * 64))
+    assert Seal(tmp_path).anchor() == Anchor(3, "C", "c" * 64)
+    seal.set_anchor(Anchor(4, "D", "d" * 64))  # over the older, 3's slot is kept
+    assert {a.seq for a in (seal_module._in_slot(bytes(seal.anchor_path.read_bytes()[i:i + seal_module.SLOT]))
+                            for i in (0, seal_module.SLOT)) if a is not None} == {3, 4}
+
+
+def test_an_anchor_both_of_whose_slots_are_torn_is_refused_in_one_line(tmp_path: Path) -> None:
+    """Two slots neither of which holds a whole anchor (a damaged state directory) is no anchor: said with the path,
+    as any other malformed one is, and never taken for none (which would let rows be cut from the end unseen)."""
+    seal = Seal(tmp_path)
+    seal.set_anchor(Anchor(1, "A", "a" * 64))
+    seal.set_anchor(Anchor(2, "B", "b" * 64))
+    data = seal.anchor_path.read_bytes().replace(b'"A"', b'"X"').replace(b'"B"', b'"Y"')
+    seal.anchor_path.write_bytes(data)
+    found = _anchor_or_error(Seal(tmp_path))
+    assert isinstance(found, audit.AuditError) and "audit.anchor" in str(found) and "slots" in str(found), found
+
+
+def test_an_anchor_written_before_as_a_json_line_is_read_and_replaced_by_slots(tmp_path: Path) -> None:
+    """A state directory of a version before holds the anchor as one JSON line: it is read as is, and the next anchor
+    replaces it with a file of slots (renamed over it), readable by its owner alone."""
+    (tmp_path / "audit.anchor").write_text(Anchor(7, "OLD", "e" * 64).dumps())
+    seal = Seal(tmp_path)
+    assert seal.anchor() == Anchor(7, "OLD", "e" * 64)
+    with seal.locked():
+        seal.set_anchor(Anchor(8, "NEW", "f" * 32))
+    assert Seal(tmp_path).anchor() == Anchor(8, "NEW", "f" * 32) and seal.anchor() == Anchor(8, "NEW", "f" * 32)
+    assert seal_module._slotted(seal.anchor_path.read_bytes())
+    assert (tmp_path / "audit.anchor").stat().st_mode & 0o777 == 0o600
+
+
+def test_an_anchor_is_never_written_through_a_link_put_in_its_place(tmp_path: Path) -> None:
+    """A symlink put under the anchor's name (whoever can write the state directory) is not written through: the file
+    it names stays as it was, and the anchor is written as a new file in the link's place."""
+    seal = Seal(tmp_path)
+    seal.set_anchor(Anchor(1, "A", "a" * 64))
+    victim = tmp_path / "victim"
+    victim.write_bytes(seal.anchor_path.read_bytes())
+    seal.anchor_path.unlink()
+    seal.anchor_path.symlink_to(victim)
+    before = victim.read_bytes()
+    seal.set_anchor(Anchor(2, "B", "b" * 64))
+    assert victim.read_bytes() == before and not seal.anchor_path.is_symlink()
+    assert Seal(tmp_path).anchor() == Anchor(2, "B", "b" * 64)
 
 
 def test_an_anchor_replaces_the_last_at_once_and_leaves_nothing_behind(tmp_path: Path) -> None:
@@ -418,16 +496,10 @@ def test_an_anchor_replaces_the_last_at_once_and_leaves_nothing_behind(tmp_path:
     assert (tmp_path / "audit.anchor").stat().st_mode & 0o777 == 0o600
 
 
-def test_a_remembered_anchor_is_not_taken_for_a_newer_one_in_its_inode(tmp_path: Path,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """The anchor a Seal remembers is told from the file by inode, times and size. On a kernel whose file times move
-    a tick (1 to 10 ms) at a time (before Linux 6.13), another writer's two anchors in one tick put the second in the
-    inode number the first freed, same times, same size: the Seal kept the older anchor, and a writer comparing under
-    the lock then replaced the newer one with its own older head (rows answered were no longer anchored)."""
-    tick = 10_000_000  # ns: HZ=100
-    coarse = seal_module._identity
-    monkeypatch.setattr(seal_module, "_identity", lambda st: (*coarse(st)[:1], *(t // tick for t in coarse(st)[1:3]),
-                                                              *coarse(st)[3:]))
+def test_a_remembered_anchor_is_not_taken_for_a_newer_one_in_its_inode(tmp_path: Path) -> None:
+    """A Seal that remembered the anchor by its file's inode, times and size took, on a kernel whose file times move a
+    tick (1 to 10 ms) at a time, another writer's newer anchor in the same inode for the one it had read, and a writer
+    comparing under the lock then replaced the newer one with its own older head. The file is read every time now."""
     mine, theirs = Seal(tmp_path), Seal(tmp_path)
     for seq in range(100_000, 100_600, 3):  # a tick holds several of them
         mine.set_anchor(Anchor(seq, "ID", "a" * 64))
@@ -439,10 +511,11 @@ def test_a_remembered_anchor_is_not_taken_for_a_newer_one_in_its_inode(tmp_path:
 
 def test_an_anchor_that_could_not_take_its_name_leaves_no_file_behind(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """A failed replacement (an I/O error, a full disk) is told to the writer, which logs it; the last anchor stays,
-    and the new one is not left under its temporary name (one a failed write, piling up while the disk is full)."""
+    """A failed replacement of the anchor (an I/O error, a full disk; here over one a version before wrote) is told
+    to the writer, which logs it; the last anchor stays, and the new one is not left under its temporary name (one a
+    failed write, piling up while the disk is full)."""
+    (tmp_path / "audit.anchor").write_text(Anchor(1, "A", "a" * 64).dumps())  # as a version before wrote it
     mine = Seal(tmp_path)
-    mine.set_anchor(Anchor(1, "A", "a" * 64))
 
     def failing(src: object, dst: object) -> None:
         raise OSError(errno.EIO, "Input/output error", str(dst))
@@ -458,8 +531,8 @@ def test_an_anchor_is_never_written_through_a_link_planted_under_its_temporary_n
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The temporary file is made new: a symlink (or a file) already under its name is not written through, the
     file it names is left as it was, and the replacement fails, which the writer treats as a failed anchor."""
+    (tmp_path / "audit.anchor").write_text(Anchor(1, "A", "a" * 64).dumps())  # as a version before wrote it
     mine = Seal(tmp_path)
-    mine.set_anchor(Anchor(1, "A", "a" * 64))
     victim = tmp_path / "victim"
     victim.write_text("keep me")
     monkeypatch.setattr(seal_module.secrets, "token_hex", lambda n: "planted")
@@ -489,7 +562,7 @@ def test_a_writer_killed_before_its_rename_leaves_the_last_anchor_and_the_next_s
     import subprocess
     import sys
 
-    Seal(tmp_path).set_anchor(Anchor(1, "A", "a" * 64))
+    (tmp_path / "audit.anchor").write_text(Anchor(1, "A", "a" * 64).dumps())  # as a version before wrote it
     killed = subprocess.run([sys.executable, "-c", KILLED_BETWEEN, str(tmp_path)], capture_output=True, timeout=60)
     assert killed.returncode == -9, killed.stderr
     assert Seal(tmp_path).anchor() == Anchor(1, "A", "a" * 64)
@@ -542,19 +615,19 @@ def test_a_request_whose_row_could_not_be_anchored_is_refused(tmp_path: Path, mo
     went upstream all the same. The next batch that anchors its rows answers again, and records what became of the
     refused one, which had stayed in flight until the next start."""
     ids, writer = RequestIds(), AuditWriter(tmp_path / "a.db", Seal(tmp_path))
-    real = seal_module.os.replace
 
-    def full(src: object, dst: object) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+    def full(*_: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     try:
         writer.record_intent(row(0, ids)).result(5)
-        monkeypatch.setattr(seal_module.os, "replace", full)
+        monkeypatch.setattr(seal_module.os, "replace", full)  # the anchor made anew
+        monkeypatch.setattr(seal_module.os, "pwrite", full)  # or written in place
         refused = row(1, ids)
         with pytest.raises(audit.AuditError, match="anchor"):
             writer.record_intent(refused).result(5)
         assert writer.failing and "anchor" in writer.failing
-        monkeypatch.setattr(seal_module.os, "replace", real)
+        monkeypatch.undo()
         last = row(2, ids)
         writer.record_intent(last).result(5)
         assert writer.failing is None and Seal(tmp_path).anchor().id == last["id"]  # type: ignore[union-attr]
@@ -668,12 +741,13 @@ def test_a_queued_read_whose_row_could_not_be_anchored_keeps_the_outcome_it_had(
     ids, writer = RequestIds(), AuditWriter(tmp_path / "a.db", Seal(tmp_path))
     read = row(0, ids)
 
-    def full(src: object, dst: object) -> None:  # the read answers while its anchor is being written, which fails
+    def full(*_: object) -> None:  # the read answers while its anchor is being written, which fails
         writer.record_outcome(str(read["id"]), {"status": 0, "error": None, "ended": 2.0, "duration_ms": 1.0})
-        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     try:
-        monkeypatch.setattr(seal_module.os, "replace", full)
+        monkeypatch.setattr(seal_module.os, "replace", full)  # the anchor made anew
+        monkeypatch.setattr(seal_module.os, "pwrite", full)  # or written in place
         with pytest.raises(audit.AuditError, match="anchor"):
             writer.queue_intent(read).result(5)
         monkeypatch.undo()
@@ -709,18 +783,18 @@ def test_a_row_whose_id_is_taken_fails_alone_not_the_rows_written_with_it(tmp_pa
 
     ids, writer = RequestIds(), AuditWriter(tmp_path / "a.db", Seal(tmp_path))
     held, other = row(0, ids), {**row(1, ids), "agent": "other", "status": 200, "ended": 2.0, "duration_ms": 1.0}
-    real = seal_module.os.replace
 
-    def full(src: object, dst: object) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+    def full(*_: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     try:
-        monkeypatch.setattr(seal_module.os, "replace", full)
+        monkeypatch.setattr(seal_module.os, "replace", full)  # the anchor made anew
+        monkeypatch.setattr(seal_module.os, "pwrite", full)  # or written in place
         with pytest.raises(audit.AuditError, match="anchor"):
             writer.record_wait(held, {"ts": 1.0, "agent": "bot", "kind": "hold", "state": "held", "deadline": 9.0,
                                       "on_timeout": "deny", "undo_class": "read", "why": "w", "card": "{}",
                                       "owner": "x"}).result(5)
-        monkeypatch.setattr(seal_module.os, "replace", real)
+        monkeypatch.undo()
         writer.apply(lambda conn, w: None).result(5)
         lock = os.open(tmp_path / ".a.db.write-lock", os.O_RDWR)
         fcntl.flock(lock, fcntl.LOCK_EX)  # the next two are gathered into one transaction
