@@ -289,9 +289,12 @@ class Seal:
         try:
             if os.write(fd, slot + b" " * (SLOT - 1) + b"\n") != 2 * SLOT:
                 raise OSError(f"a new audit anchor {tmp} took only part of its slots")
-            # Renamed over the last anchor, which makes ext4 write the new one's data out before the rename commits
-            # (auto_da_alloc): after a power loss the anchor is the last or the new one, whole. Exchanging names with
-            # the last (renameat2 RENAME_EXCHANGE) saved that ~0.1 ms and left an empty anchor that stops every write.
+            # Its data on disk before its name: ext4 writes a file's data out before a rename over another file
+            # commits (auto_da_alloc), but not before one that takes a name no file held (the first anchor, or one in
+            # a link's place), and the anchors after it are written in place: the name committed within seconds, the
+            # data up to 30 s later, and an anchor that came back empty after a power loss refused every audit write.
+            # (Exchanging names with the last, renameat2 RENAME_EXCHANGE, did the same.) A file is made rarely now.
+            os.fsync(fd)
             os.replace(tmp, self.anchor_path)
         except BaseException:
             with contextlib.suppress(OSError):  # the new anchor, not written or not renamed

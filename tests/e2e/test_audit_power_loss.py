@@ -19,14 +19,15 @@ WRITE_THEN_POWER_LOSS = """
 import fcntl, os, struct, sys, time
 from pathlib import Path
 from goex_proxy.audit.seal import Anchor, Seal
-where, made_anew = Path(sys.argv[1]), sys.argv[2] == "anew"
-if made_anew:  # as a version before wrote it: the next anchor is a new file renamed over it
+where, how = Path(sys.argv[1]), sys.argv[2]
+if how == "anew":  # as a version before wrote it: the next anchor is a new file renamed over it
     (where / "audit.anchor").write_text(Anchor(1, "A", "a" * 64).dumps())
-else:
+elif how == "in place":
     with Seal(where).locked():
         Seal(where).set_anchor(Anchor(1, "A", "a" * 64))
 os.sync()
-for anchor in [Anchor(2, "B", "b" * 64)] if made_anew else [Anchor(2, "B", "b" * 64), Anchor(3, "C", "c" * 64)]:
+written = [Anchor(2, "B", "b" * 64)] if how == "anew" else [Anchor(2, "B", "b" * 64), Anchor(3, "C", "c" * 64)]
+for anchor in [Anchor(1, "A", "a" * 64), *written] if how == "first" else written:
     with Seal(where).locked():
         Seal(where).set_anchor(anchor)  # a writer answers the requests of its row now
 time.sleep(3)  # the journal commits the new names (every second here); file data is written out after 30 s
@@ -39,7 +40,7 @@ def run(*args: str | Path) -> str:
     return subprocess.run([str(a) for a in args], check=True, capture_output=True, text=True, timeout=60).stdout.strip()
 
 
-@pytest.mark.parametrize("how", ["anew", "in place"])
+@pytest.mark.parametrize("how", ["anew", "in place", "first"])
 def test_an_anchor_written_before_a_power_loss_is_whole_after_it(tmp_path: Path, how: str) -> None:
     """Made anew: ext4 writes a file's data out before a rename over another file commits (auto_da_alloc), so the
     anchor found after the power went is the last one or the new one. An anchor that took its name by exchanging names
