@@ -96,6 +96,20 @@ def _newest(data: bytes) -> tuple[Anchor | None, int]:
     return held[newer], 1 - newer
 
 
+def anchor_in(data: bytes, where: str) -> Anchor:
+    """The anchor a file's bytes hold: the newer of the whole ones in two slots (the state directory's, or a copy of
+    it), or one JSON line (`log anchor`'s, or a version before's); AuditError naming `where` when they hold none."""
+    if _slotted(data):
+        found, _ = _newest(data)
+        if found is None:
+            raise AuditError(f"{where} is not an audit anchor (neither of its two slots holds one whole)")
+        return found
+    try:
+        return Anchor.loads(data.decode(), where)
+    except UnicodeDecodeError:  # not text: no anchor, said as any other malformed one is
+        raise AuditError(f"{where} is not an audit anchor (its bytes are not UTF-8)") from None
+
+
 class Seal:
     """Signs the chain with a key from the state directory and keeps its newest head there too."""
 
@@ -147,10 +161,12 @@ class Seal:
 
     def anchor(self) -> Anchor | None:
         """The newest anchor the file holds whole (None: there is none); AuditError when the file is not an anchor."""
+        data = b""
         for _ in range(_READS):
-            data = self._read()
-            if data is None:
+            read = self._read()
+            if read is None:
                 return None
+            data = read
             if not _slotted(data):
                 break
             if self._last is not None and self._last[0] == data:
@@ -159,12 +175,7 @@ class Seal:
             if found is not None:
                 self._last = (data, found)
                 return found
-        else:
-            raise AuditError(f"{self.anchor_path} is not an audit anchor (neither of its two slots holds one whole)")
-        try:
-            return Anchor.loads(data.decode(), str(self.anchor_path))
-        except UnicodeDecodeError:  # not text: no anchor, said as any other malformed one is
-            raise AuditError(f"{self.anchor_path} is not an audit anchor (its bytes are not UTF-8)") from None
+        return anchor_in(data, str(self.anchor_path))  # a JSON line, or two slots neither of which is whole
 
     def _read(self) -> bytes | None:
         """The anchor file's bytes (None: there is none), through the descriptor held on it while it is the file

@@ -74,7 +74,7 @@ def verify(group_config: Path | None, config_path: Path | None, anchor_file: Pat
     Example: goex-proxy log verify --anchor ~/goex-anchor.json
     """
     from ..audit import parallel
-    from ..audit.seal import Anchor, Seal
+    from ..audit.seal import Seal, anchor_in
 
     config = load_audit_settings(config_path or group_config)
     seal = Seal(config.state_dir)
@@ -83,10 +83,10 @@ def verify(group_config: Path | None, config_path: Path | None, anchor_file: Pat
     anchors = [("the state directory's anchor", seal.anchor())]
     if anchor_file is not None:
         try:
-            text = anchor_file.read_text(encoding="utf-8")
+            data = anchor_file.read_bytes()
         except OSError as exc:
             raise AuditError(f"cannot read the anchor {anchor_file}: {exc.strerror or exc}") from None
-        anchors.append((f"the anchor in {anchor_file}", Anchor.loads(text, str(anchor_file))))
+        anchors.append((f"the anchor in {anchor_file}", anchor_in(data, str(anchor_file))))  # or a copy of the seal's
     rows = audit.row_count(conn)
     result: audit.VerifyResult | None = None
     for what, anchor in anchors:

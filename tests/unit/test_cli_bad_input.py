@@ -73,6 +73,16 @@ def test_a_malformed_anchor_given_to_verify_is_named_in_one_line(tmp_path: Path)
     _one_line(_run(config, "log", "verify", "--anchor", str(kept)), 2, f"{kept} is not an audit anchor")
 
 
+def test_a_copy_of_the_state_directorys_anchor_given_to_verify_is_read_as_one(tmp_path: Path) -> None:
+    """`audit.anchor` was one JSON line, as `log anchor` prints, so a copy of it was an anchor `log verify --anchor`
+    took; a file of slots (written since) was refused as no anchor. Its newest whole slot is read."""
+    config, _ = _state(tmp_path)
+    kept = tmp_path / "kept-anchor"
+    kept.write_bytes((tmp_path / "audit.anchor").read_bytes())
+    result = _run(config, "log", "verify", "--anchor", str(kept))
+    assert result.exit_code == 0 and f"the anchor in {kept}" in result.output, result.output
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
