@@ -275,9 +275,11 @@ class Seal:
             st = os.lstat(self.anchor_path)
         except FileNotFoundError:
             return None
+        if not _own(st):
+            return None
         if self._writing is not None and self._writing[1] == (st.st_dev, st.st_ino):
             return self._writing[0]
-        if not stat.S_ISREG(st.st_mode) or st.st_size != 2 * SLOT:
+        if st.st_size != 2 * SLOT:
             return None
         try:
             fd = self._open(os.O_RDWR | os.O_NOFOLLOW)  # never written through a link put in its place
@@ -285,7 +287,7 @@ class Seal:
             return None  # replaced by a file of slots: whatever took its place meanwhile is renamed over
         if fd is None:
             return None
-        if not _slotted(os.pread(fd, 2 * SLOT + 1, 0)):
+        if not _own(os.fstat(fd)) or not _slotted(os.pread(fd, 2 * SLOT + 1, 0)):
             os.close(fd)
             return None
         self._hold("_writing", fd)
@@ -313,6 +315,13 @@ class Seal:
             raise
         finally:
             os.close(fd)
+
+
+def _own(st: os.stat_result) -> bool:
+    """Whether a file may have an anchor written into it in place: a regular file under no other name. A hard link
+    (`ln`, `cp -al` of the state directory, another file linked under the anchor's name) is the same file, and would
+    take the anchor too; such a file is replaced by a new one, as a symlink is."""
+    return stat.S_ISREG(st.st_mode) and st.st_nlink == 1
 
 
 def chain_hash(key: bytes | None, data: bytes) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import sqlite3
 import threading
 import time
@@ -459,6 +460,26 @@ def test_an_anchor_is_never_written_through_a_link_put_in_its_place(tmp_path: Pa
     seal.set_anchor(Anchor(2, "B", "b" * 64))
     assert victim.read_bytes() == before and not seal.anchor_path.is_symlink()
     assert Seal(tmp_path).anchor() == Anchor(2, "B", "b" * 64)
+
+
+@pytest.mark.parametrize("held", [True, False])
+def test_an_anchor_is_never_written_through_a_hard_link(tmp_path: Path, held: bool) -> None:
+    """A hard link to the anchor's file (`ln`, `cp -al` of the state directory, or another file linked under the
+    anchor's name) is the same file: written in place, the anchor went into the file under the other name too. The
+    anchor is written as a new file instead, and the other name keeps what it held; so for a Seal that already held
+    the file open to write it."""
+    seal = Seal(tmp_path)
+    seal.set_anchor(Anchor(1, "A", "a" * 64))
+    if held:
+        seal.set_anchor(Anchor(2, "B", "b" * 64))
+    other = tmp_path / "elsewhere"
+    os.link(seal.anchor_path, other)
+    before = other.read_bytes()
+    seal.set_anchor(Anchor(3, "C", "c" * 64))
+    assert other.read_bytes() == before and seal.anchor_path.stat().st_nlink == 1
+    assert Seal(tmp_path).anchor() == Anchor(3, "C", "c" * 64)
+    seal.set_anchor(Anchor(4, "D", "d" * 64))  # in place again, in its own file
+    assert Seal(tmp_path).anchor() == Anchor(4, "D", "d" * 64) and other.read_bytes() == before
 
 
 def test_an_anchor_replaces_the_last_at_once_and_leaves_nothing_behind(tmp_path: Path) -> None:
