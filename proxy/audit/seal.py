@@ -321,7 +321,7 @@ def _own(st: os.stat_result) -> bool:
     """Whether a file may have an anchor written into it in place: a regular file under no other name. A hard link
     (`ln`, `cp -al` of the state directory, another file linked under the anchor's name) is the same file, and would
     take the anchor too; such a file is replaced by a new one, as a symlink is."""
-    return stat.S_ISREG(st.st_mode) and st.st_nlink == 1
+    return stat.S_ISREG(st.st_mode) and st.st_nlink <= 1  # 0: a filesystem that does not count names
 
 
 def chain_hash(key: bytes | None, data: bytes) -> str:
