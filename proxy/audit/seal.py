@@ -303,10 +303,11 @@ class Seal:
             if os.write(fd, slot + b" " * (SLOT - 1) + b"\n") != 2 * SLOT:
                 raise OSError(f"a new audit anchor {tmp} took only part of its slots")
             # Its data on disk before its name: ext4 writes a file's data out before a rename over another file
-            # commits (auto_da_alloc), but not before one that takes a name no file held (the first anchor, or one in
-            # a link's place), and the anchors after it are written in place: the name committed within seconds, the
-            # data up to 30 s later, and an anchor that came back empty after a power loss refused every audit write.
-            # (Exchanging names with the last, renameat2 RENAME_EXCHANGE, did the same.) A file is made rarely now.
+            # commits (auto_da_alloc, not every mount or filesystem), but not before one that takes a name no file
+            # held (a state directory's first anchor), and the anchors after it are written in place: the name
+            # committed within seconds, the data up to 30 s later, and an anchor that came back empty after a power
+            # loss refused every audit write (as one that exchanged names with the last, renameat2 RENAME_EXCHANGE,
+            # did). A file is made rarely now: the first anchor, one over a version before's, or in a link's place.
             os.fsync(fd)
             os.replace(tmp, self.anchor_path)
         except BaseException:
