@@ -11,7 +11,7 @@ import os
 import secrets
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -250,10 +250,11 @@ class Seal:
         finally:
             os.close(fd)
 
-    def set_anchor(self, anchor: Anchor | None) -> None:
+    def set_anchor(self, anchor: Anchor | None, before_new: Callable[[], None] | None = None) -> None:
         """Keep `anchor` as the newest (None: remove the file); call under `locked()`. Written in place into the slot
         not holding the newer anchor, or, where the file under the name is no file of slots (none yet, or one written
-        before), as a new file renamed over it."""
+        before), as a new file renamed over it, after `before_new` (which puts what it anchors on disk: a new file is
+        synced, and must not outlast a power loss the rows it names do not)."""
         if anchor is None:
             with contextlib.suppress(FileNotFoundError):
                 self.anchor_path.unlink()
@@ -263,6 +264,8 @@ class Seal:
             fd = self._slots()
             if fd is None:
                 self._hold("_writing", None)
+                if before_new is not None:
+                    before_new()
                 self._replace(slot)
                 return
             _, index = _newest(os.pread(fd, 2 * SLOT, 0))

@@ -545,11 +545,27 @@ class AuditWriter:
             with self.seal.locked():
                 kept = self.seal.anchor()
                 if kept is None or kept.seq < head.seq:
-                    self.seal.set_anchor(head)
+                    self.seal.set_anchor(head, before_new=self._durable)
         except (OSError, AuditError) as exc:
             log.error("could not keep the audit anchor in %s: %s", self.seal.anchor_path, exc)
             return f"could not keep the audit anchor in {self.seal.anchor_path}: {exc}"
         return None
+
+    def _durable(self) -> None:
+        """Put the log on disk before a new anchor file (a state directory's first, or one over a version before's),
+        which is synced: SQLite syncs the WAL only at a checkpoint (synchronous=NORMAL), and after a power loss the
+        first anchor was there and the new log it anchors was not, not even its tables; every write was then refused
+        as if rows had been cut. Once: the anchors after it are written in place, and reach the disk with the log's
+        pages, by the kernel's writeback (which of the two first is not promised: a window of milliseconds)."""
+        for name in (f"{self.path}-wal", str(self.path), str(self.path.parent)):  # the directory: their names
+            try:
+                fd = os.open(name, os.O_RDONLY)
+            except FileNotFoundError:  # no WAL: everything is in the database
+                continue
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def _insert(self, op: _Intent, prev: str) -> Anchor:
         row = storable(op.row)
