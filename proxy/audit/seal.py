@@ -104,10 +104,19 @@ def anchor_in(data: bytes, where: str) -> Anchor:
         if found is None:
             raise AuditError(f"{where} is not an audit anchor (neither of its two slots holds one whole)")
         return found
+    if _slot_like(data):  # a file of slots cut or extended: not to be "mended" with the newest row's anchor
+        raise AuditError(f"{where} is not an audit anchor: it looks like a file of two slots, but holds {len(data)} "
+                         f"bytes where one holds {2 * SLOT}; put back a copy you kept (`log verify --anchor` checks "
+                         "one), not the newest row's, which would hide rows cut from the end")
     try:
         return Anchor.loads(data.decode(), where)
     except UnicodeDecodeError:  # not text: no anchor, said as any other malformed one is
         raise AuditError(f"{where} is not an audit anchor (its bytes are not UTF-8)") from None
+
+
+def _slot_like(data: bytes) -> bool:
+    """Whether a file's bytes that are not two slots hold a line of one (an anchor's JSON and its check)."""
+    return any(_in_slot(line) is not None for line in data.split(b"\n"))
 
 
 class Seal:

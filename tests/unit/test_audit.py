@@ -867,3 +867,18 @@ def test_an_outcome_that_cannot_be_stored_is_recorded_as_such(tmp_path: Path) ->
     kept = audit.get(audit.open_db(tmp_path / "a.db", readonly=True), str(flying["id"]))
     assert kept["status"] is None and "outcome could not be stored" in kept["error"] and "too large" in kept["error"]
     assert check(tmp_path).broken_id is None
+
+
+@pytest.mark.parametrize("change", ["cut", "extended"])
+def test_a_file_of_slots_cut_or_extended_is_not_taken_for_a_json_anchor(tmp_path: Path, change: str) -> None:
+    """A file of slots of the wrong size was refused as no JSON anchor "as `goex-proxy log anchor` prints", which
+    invites putting the newest row's anchor in its place: that would hide rows cut from the end. It is named a file of
+    slots, with a copy kept elsewhere as the way back."""
+    seal = Seal(tmp_path)
+    seal.set_anchor(Anchor(1, "A", "a" * 64))
+    seal.set_anchor(Anchor(2, "B", "b" * 64))
+    data = seal.anchor_path.read_bytes()
+    seal.anchor_path.write_bytes(data[:300] if change == "cut" else data + b"x\n")
+    found = _anchor_or_error(Seal(tmp_path))
+    assert isinstance(found, audit.AuditError), found
+    assert "file of two slots" in str(found) and "log anchor" not in str(found) and "audit.anchor" in str(found)
