@@ -556,16 +556,18 @@ class AuditWriter:
         which is synced: SQLite syncs the WAL only at a checkpoint (synchronous=NORMAL), and after a power loss the
         first anchor was there and the new log it anchors was not, not even its tables; every write was then refused
         as if rows had been cut. Once: the anchors after it are written in place, and reach the disk with the log's
-        pages, by the kernel's writeback (which of the two first is not promised: a window of milliseconds)."""
-        for name in (f"{self.path}-wal", str(self.path), str(self.path.parent)):  # the directory: their names
-            try:
-                fd = os.open(name, os.O_RDONLY)
-            except FileNotFoundError:  # no WAL: everything is in the database
-                continue
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        pages, by the kernel's writeback (which of the two first is not promised: a window of milliseconds).
+
+        A checkpoint, through SQLite's own files: it syncs the WAL, then the database once copied. The database opened
+        and closed here to sync it dropped SQLite's locks on it (POSIX locks belong to the process and the file, and
+        any close lets go of them): another process's connection, closing as if the last, then checkpointed and
+        removed the WAL this writer went on writing into, and the rows after it were lost."""
+        self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        fd = os.open(self.path.parent, os.O_RDONLY)  # the directory: the names of the log, its WAL and the anchor
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def _insert(self, op: _Intent, prev: str) -> Anchor:
         row = storable(op.row)

@@ -882,3 +882,35 @@ def test_a_file_of_slots_cut_or_extended_is_not_taken_for_a_json_anchor(tmp_path
     found = _anchor_or_error(Seal(tmp_path))
     assert isinstance(found, audit.AuditError), found
     assert "file of two slots" in str(found) and "log anchor" not in str(found) and "audit.anchor" in str(found)
+
+
+CLOSE_AS_THE_LAST = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN EXCLUSIVE")
+conn.execute("ROLLBACK")
+conn.close()  # the last connection to the log as far as its locks say: it checkpoints and removes the WAL
+"""
+
+
+def test_rows_written_after_the_first_anchor_are_not_lost_to_another_process(tmp_path: Path) -> None:
+    """Before the first anchor file the writer syncs the log. It opened and closed the database file to do so, which
+    dropped SQLite's locks on it (POSIX locks are the process's, and any close lets go of them): another process's
+    connection then closed as the last, checkpointed and removed the WAL, and the rows the writer went on writing
+    into the removed WAL were lost (a gateway's UPDATE was sent and had no row)."""
+    import subprocess
+    import sys
+
+    ids, writer = RequestIds(), AuditWriter(tmp_path / "a.db", Seal(tmp_path))
+    try:
+        first = row(0, ids)
+        writer.record_intent(first).result(5)  # the first anchor file: the log synced before it
+        subprocess.run([sys.executable, "-c", CLOSE_AS_THE_LAST, str(tmp_path / "a.db")], check=True, timeout=60)
+        second = row(1, ids)
+        writer.record_intent(second).result(5)
+        conn = audit.open_db(tmp_path / "a.db", readonly=True)  # while the writer runs (its last close mends it)
+        assert [r["id"] for r in audit.iter_rows(conn)] == [first["id"], second["id"]]
+        assert (tmp_path / "a.db-wal").exists()
+    finally:
+        writer.close()
+    assert check(tmp_path).broken_id is None
