@@ -10,12 +10,13 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import closing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from mitmproxy import ctx, exceptions
 from mitmproxy.proxy import mode_specs
 
 from goex_proxy.audit import store as audit
+from goex_proxy.audit.offload import OffloadedWriter
 from goex_proxy.audit.seal import Seal
 from goex_proxy.audit.writer import AuditWriter
 from goex_proxy.config import RESTART_ONLY, Config, as_running, load_config
@@ -67,6 +68,8 @@ class ProxyState:
         self.policies = policies or PolicySet()
         self.limits = LimitCounters()
         self.writer: AuditWriter | None = None
+        #: The record stage's rows written by a process of its own (`run`): its Python off this one's GIL.
+        self.writer_process = False
         self.secrets: dict[str, str] = {}  # credential name -> secret, in memory only
         self.aws_keys: dict[str, AwsKeys] = {}  # aws_sigv4 credentials whose secret holds valid keys
         self.tokens: TokenKeeper | None = None  # OAuth2 access tokens, refreshed as needed
@@ -191,6 +194,8 @@ class ProxyState:
         self.load_secrets()
         self.undo_rules = load_packs(list(self.config.undo_packs))
         self.writer = AuditWriter(self.config.audit_db, Seal(self.config.state_dir))
+        if self.writer_process:  # it takes every call it does not take over to the thread writer it wraps
+            self.writer = cast(AuditWriter, OffloadedWriter(self.writer))
         self._seed_limits(self.policies.limit_windows())
         self._mtimes = self._stat()
 

@@ -76,9 +76,10 @@ def unchecked_messages() -> None:
 
 def build_master(config: Config, policies: PolicySet, undo_token: str | None = None,
                  file_config: Config | None = None, live: bool = False, maintain: bool = False,
-                 log_to: IO[str] | None = None) -> master.Master:
+                 log_to: IO[str] | None = None, writer_process: bool = False) -> master.Master:
     """A mitmproxy master with only the addons goex-proxy needs, then the pipeline in its one order (and, for `run`,
-    the line per request when `live`, and the audit log's retention when `maintain`). Its log goes to stdout, as
+    the line per request when `live`, the audit log's retention when `maintain`, and the record stage's rows written by
+    a process of its own when `writer_process`). Its log goes to stdout, as
     mitmdump's does, or to `log_to` (a proxy running beside a command: stdout is the command's)."""
     from goex_proxy.addons import pipeline
     from goex_proxy.addons.livelog import LiveLog
@@ -107,6 +108,7 @@ def build_master(config: Config, policies: PolicySet, undo_token: str | None = N
     )
     opts.update(**proxy_options(config))
     state = ProxyState(config, policies)
+    state.writer_process = writer_process
     state.undo_token = undo_token
     state.file_config = file_config
     after = ((LiveLog(state),) if live else ()) + ((Retention(state),) if maintain else ())
@@ -295,7 +297,7 @@ async def serve(config: Config, policies: PolicySet, quiet: bool = False, also: 
 
     logging.getLogger("goex_proxy").setLevel(logging.INFO)
     first = worker is None
-    m = build_master(config, policies, live=not quiet, maintain=first)
+    m = build_master(config, policies, live=not quiet, maintain=first, writer_process=True)
     livelog.format_output()
     loop = asyncio.get_running_loop()
     _quiet_shutdown(loop)

@@ -1,0 +1,380 @@
+"""The record stage's rows written by a process of its own (`run`): their Python (columns, blobs, hashes, SQLite)
+off the proxy's GIL, for which the event loop waited while the writer's thread held it; all else stays with the
+thread writer. Each turn of the event loop hands its rows over in one write, and their commits come back together."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import ctypes
+import functools
+import logging
+import os
+import signal
+import struct
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from ..errors import AuditError
+from ..policy.engine import Limit
+from ..policy.limits import Charge
+from .seal import Seal
+from .writer import AuditWriter
+
+log = logging.getLogger(__name__)
+
+_LENGTH = struct.Struct(">I")
+#: How long `close` waits for the writer process to write what it was handed and stop.
+STOP_SECONDS = 10.0
+GONE = "the audit writer process ended"
+
+
+def _frame(message: Any) -> bytes:
+    """A message as sent: its length, then it in MessagePack (data only: texts, bytes, numbers, lists and maps; a
+    text's lone surrogates, which a path that was not UTF-8 holds, as they are)."""
+    data: bytes = msgpack.packb(message, use_bin_type=True, unicode_errors="surrogatepass")
+    return _LENGTH.pack(len(data)) + data
+
+
+def _frames(buffer: bytearray) -> list[Any]:
+    """The whole messages at the start of `buffer`, taken out of it."""
+    out = []
+    while len(buffer) >= _LENGTH.size:
+        (size,) = _LENGTH.unpack_from(buffer)
+        if len(buffer) < _LENGTH.size + size:
+            break
+        out.append(msgpack.unpackb(bytes(buffer[_LENGTH.size:_LENGTH.size + size]), raw=False,
+                                   unicode_errors="surrogatepass", strict_map_key=False))
+        del buffer[:_LENGTH.size + size]
+    return out
+
+
+def _charge_out(charge: Charge | None) -> Any:
+    return None if charge is None else [charge.agent, list(charge.keys), charge.at,
+                                        [[key, limit.count, limit.per, limit.text] for key, limit in charge.caps]]
+
+
+def _charge_in(data: Any) -> Charge | None:
+    if data is None:
+        return None
+    agent, keys, at, caps = data
+    return Charge(agent, tuple(keys), at, tuple((key, Limit(count, per, text)) for key, count, per, text in caps))
+
+
+class OffloadedWriter:
+    """An AuditWriter whose record-stage rows (`awaited_intent`) and their outcomes go to a writer process; every
+    other call, and every call once that process is gone, goes to the thread writer it wraps. An outcome goes to the
+    writer that wrote its row (the gate writes a held request's row; the record stage ends it)."""
+
+    def __init__(self, local: AuditWriter) -> None:
+        self.local = local
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._turn: list[Any] = []
+        self._out = bytearray()
+        self._in = bytearray()
+        self._waiters: dict[int, asyncio.Future[str | None]] = {}
+        self._tokens = 0
+        self._theirs: set[str] = set()  # ids whose row the process was handed, and not yet their outcome
+        self._ready = False  # the process said it opened the log
+        self._start()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.local, name)
+
+    def _start(self) -> None:
+        """Start the writer process; rows go to it once it says it has opened the log (until then, and if it never
+        does, the thread writes them)."""
+        argv = [sys.executable, "-m", "goex_proxy.audit.offload", str(self.local.path),
+                str(self.local.seal.key_path.parent), str(os.getpid())]
+        try:
+            # A session of its own: Ctrl-C and Ctrl-Z at the terminal go to the proxy, which stops it in turn (its rows
+            # in flight recorded as interrupted); it ends with the proxy (PR_SET_PDEATHSIG, and its input closing).
+            process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True,
+                                       start_new_session=True)
+        except OSError as exc:
+            log.error("audit: could not start the writer process (%s); the proxy's own thread writes every row", exc)
+            return
+        assert process.stdout is not None and process.stdin is not None
+        os.set_blocking(process.stdin.fileno(), False)
+        os.set_blocking(process.stdout.fileno(), False)
+        self._process = process
+
+    def awaited_intent(self, row: dict[str, Any], charge: Charge | None = None) -> asyncio.Future[str | None]:
+        loop = asyncio.get_running_loop()
+        if self._process is not None and self._loop is None:
+            self._loop = loop  # the loop whose rows the process writes; it hears the process from now on
+            assert self._process.stdout is not None
+            loop.add_reader(self._process.stdout.fileno(), self._on_answers)
+        if self._process is None or not self._ready or loop is not self._loop:
+            return self.local.awaited_intent(row, charge)
+        future: asyncio.Future[str | None] = loop.create_future()
+        self._tokens += 1
+        request_id = str(row.get("id"))
+        self._waiters[self._tokens] = future
+        if row.get("status") is None and row.get("error") is None:  # its outcome is to come (else the row has it)
+            self._theirs.add(request_id)
+            future.add_done_callback(functools.partial(self._written, request_id))
+        self._in_turn(["intent", self._tokens, row, _charge_out(charge)])
+        return future
+
+    def _written(self, request_id: str, future: asyncio.Future[str | None]) -> None:
+        """A row not written (refused by a cap, failed, its waiter gone) gets no outcome from the process."""
+        if future.cancelled() or future.exception() is not None or future.result() is not None:
+            self._theirs.discard(request_id)
+
+    def outcome_in_turn(self, request_id: str, fields: dict[str, Any]) -> None:
+        if not self._is_theirs(request_id):
+            self.local.outcome_in_turn(request_id, fields)
+            return
+        self._theirs.discard(request_id)
+        self._in_turn(["outcome", request_id, fields])
+
+    def record_outcome(self, request_id: str, fields: dict[str, Any]) -> concurrent.futures.Future[str | None]:
+        if not self._is_theirs(request_id):
+            return self.local.record_outcome(request_id, fields)
+        done: concurrent.futures.Future[str | None] = concurrent.futures.Future()
+        self._theirs.discard(request_id)
+        self._in_turn(["outcome", request_id, fields])
+        done.set_result(None)  # as the thread writer's: nobody waits for an outcome's commit
+        return done
+
+    def _is_theirs(self, request_id: str) -> bool:
+        """Whether the process wrote this row and is there to end it, and this is its loop's thread."""
+        if self._process is None or request_id not in self._theirs:
+            return False
+        try:
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            return False
+
+    def _in_turn(self, op: Any) -> None:
+        if not self._turn:
+            assert self._loop is not None
+            self._loop.call_soon(self._hand_over)
+        self._turn.append(op)
+
+    def _hand_over(self) -> None:
+        """Write this turn's ops to the process, in one message (what the pipe does not take now, when it can)."""
+        if not self._turn:
+            return
+        turn, self._turn = self._turn, []
+        if self._process is None:
+            self._to_thread(turn)
+            return
+        try:
+            frame = _frame(turn)
+        except (TypeError, ValueError, OverflowError) as exc:  # a value MessagePack cannot carry (an int past 64 bits)
+            log.warning("audit: %d records written by the proxy's own thread (%s)", len(turn), exc)
+            self._to_thread(turn)
+            return
+        pending = bool(self._out)
+        self._out += frame
+        if not pending:
+            self._write_out()
+
+    def _write_out(self) -> None:
+        assert self._process is not None and self._process.stdin is not None and self._loop is not None
+        fd = self._process.stdin.fileno()
+        try:
+            written = os.write(fd, self._out)
+        except BlockingIOError:
+            written = 0
+        except OSError:
+            self._gone()
+            return
+        del self._out[:written]
+        if self._out:
+            self._loop.add_writer(fd, self._write_more)
+
+    def _write_more(self) -> None:
+        assert self._process is not None and self._process.stdin is not None and self._loop is not None
+        self._loop.remove_writer(self._process.stdin.fileno())
+        self._write_out()
+
+    def _on_answers(self) -> None:
+        """Settle the waiters of the rows the process committed (or refused)."""
+        assert self._process is not None and self._process.stdout is not None
+        try:
+            chunk = os.read(self._process.stdout.fileno(), 1 << 20)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._gone()
+            return
+        self._in += chunk
+        for answers in _frames(self._in):
+            if answers == "ready":
+                self._ready = True
+                continue
+            for token, result in answers:
+                future = self._waiters.pop(token, None)
+                if future is not None:
+                    _tell(future, result)
+
+    def _gone(self) -> None:
+        """The process ended (killed, crashed): its waiters are refused (fail closed), and from now on the thread
+        writes every row, and the outcomes of the rows the process wrote (found in the log)."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        log.error("audit: %s; the proxy's own thread writes every row from now on", GONE)
+        if self._loop is not None and process.stdout is not None:
+            self._loop.remove_reader(process.stdout.fileno())
+            if self._out and process.stdin is not None:
+                self._loop.remove_writer(process.stdin.fileno())
+        for future in self._waiters.values():
+            if not future.done():
+                future.set_exception(AuditError(f"audit write failed: {GONE}"))
+        self._waiters.clear()
+        self._theirs.clear()
+        process.kill()
+        process.wait()
+
+    def _to_thread(self, ops: list[Any]) -> None:
+        """Ops the process is not to write after all (it is gone, or they cannot be sent to it), written by the thread
+        writer in order: a row whose waiter still waits (not refused with the process), and every outcome (its row,
+        if the process wrote it, is in the log: its request went on after the commit)."""
+        for op in ops:
+            if op[0] == "outcome":
+                self.local.record_outcome(op[1], op[2])
+                continue
+            waiter = self._waiters.pop(op[1], None)
+            self._theirs.discard(str(op[2].get("id")))
+            if waiter is not None and not waiter.done():
+                written = self.local.record_intent(op[2], _charge_in(op[3]))
+                written.add_done_callback(functools.partial(_told_on_loop, waiter))
+
+    def close(self) -> None:
+        """Hand over what is left, let the process write it and stop (its rows still in flight recorded as
+        interrupted), then close the thread writer."""
+        process = self._process
+        if process is not None:
+            assert process.stdin is not None and process.stdout is not None
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(process.stdout.fileno())
+                if self._out:
+                    self._loop.remove_writer(process.stdin.fileno())
+            turn, self._turn = self._turn, []
+            if turn:
+                self._out += _frame(turn)
+            self._out += _frame([["stop"]])
+            os.set_blocking(process.stdin.fileno(), True)
+            try:
+                process.stdin.write(bytes(self._out))
+                process.stdin.close()
+            except OSError:
+                pass
+            try:
+                process.wait(STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            self._process = None
+            os.set_blocking(process.stdout.fileno(), True)
+            self._in += process.stdout.read()
+            answered = {token: result for answers in _frames(self._in) if answers != "ready"
+                        for token, result in answers}
+            for token, future in self._waiters.items():
+                result = answered.get(token, ["error", "the audit log is closed: goex-proxy is stopping"])
+                if not future.get_loop().is_closed():
+                    future.get_loop().call_soon_threadsafe(_tell, future, result)
+            self._waiters.clear()
+        self.local.close()
+
+
+def _tell(future: asyncio.Future[str | None], result: Any) -> None:
+    """Settle a waiter with the process's answer: None (committed), why a cap refused it, or ("error", why)."""
+    if future.done():
+        return
+    if isinstance(result, list):
+        future.set_exception(AuditError(result[1]))
+    else:
+        future.set_result(result)
+
+
+def _told_on_loop(waiter: asyncio.Future[str | None], written: concurrent.futures.Future[str | None]) -> None:
+    """Settle `waiter`, on its loop, as the thread writer's `written` was."""
+    exc = written.exception()
+    result: Any = ["error", str(exc)] if exc is not None else written.result()
+    loop = waiter.get_loop()
+    if not loop.is_closed():
+        loop.call_soon_threadsafe(_tell, waiter, result)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Be sent SIGTERM when the proxy ends (and end now if it already has)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:
+        sys.exit(0)
+
+
+def _serve(path: Path, state_dir: Path) -> None:
+    """The writer process: ops from stdin, written by an AuditWriter on this process's own event loop (a turn's
+    ops handed to its thread together), answers on stdout, one message a turn."""
+    answers_fd = os.dup(1)
+    os.dup2(2, 1)  # nothing else this process prints reaches the answers
+    incoming = bytearray()
+    answers: list[tuple[int, Any]] = []
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    writer = AuditWriter(path, Seal(state_dir))
+    stopping = loop.create_future()
+
+    def flush() -> None:
+        if answers:
+            data = _frame(list(answers))
+            answers.clear()
+            view = memoryview(data)
+            while view:
+                view = view[os.write(answers_fd, view):]
+
+    def answered(token: int, future: asyncio.Future[str | None]) -> None:
+        exc = future.exception()
+        answers.append((token, ["error", str(exc)] if exc is not None else future.result()))
+        if len(answers) == 1:
+            loop.call_soon(flush)
+
+    def on_ops() -> None:
+        chunk = os.read(0, 1 << 20)
+        if not chunk:
+            if not stopping.done():
+                stopping.set_result(None)
+            return
+        incoming.extend(chunk)
+        for ops in _frames(incoming):
+            for op in ops:
+                if op[0] == "intent":
+                    waiter = writer.awaited_intent(op[2], _charge_in(op[3]))
+                    waiter.add_done_callback(functools.partial(answered, op[1]))
+                elif op[0] == "outcome":
+                    writer.outcome_in_turn(op[1], op[2])
+                elif op[0] == "stop" and not stopping.done():
+                    stopping.set_result(None)
+
+    async def main() -> None:
+        loop.add_reader(0, on_ops)
+        flush_ready = _frame("ready")
+        os.write(answers_fd, flush_ready)
+        await stopping
+        loop.remove_reader(0)
+        await asyncio.sleep(0)  # the last turn's ops handed over
+        await loop.run_in_executor(None, writer.close)
+        flush()
+
+    loop.run_until_complete(main())
+
+
+if __name__ == "__main__":
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="goex-proxy audit writer: %(message)s")
+    _die_with_parent(int(sys.argv[3]))
+    _serve(Path(sys.argv[1]), Path(sys.argv[2]))

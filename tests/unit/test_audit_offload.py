@@ -1,0 +1,182 @@
+"""The record stage's rows written by a process of its own (`OffloadedWriter`), against a real writer process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from goex_proxy.audit import store as audit
+from goex_proxy.audit.layout import stored_text
+from goex_proxy.audit.offload import OffloadedWriter
+from goex_proxy.audit.seal import Seal
+from goex_proxy.audit.writer import AuditWriter
+from goex_proxy.errors import AuditError
+from goex_proxy.ids import RequestIds
+
+MADE = RequestIds()
+
+
+def _row(path: str = "/") -> dict[str, Any]:
+    return {"id": MADE.new(), "ts": time.time(), "agent": "bot", "method": "GET", "scheme": "https",
+            "host": "example.com", "port": 443, "path": path, "url": f"https://example.com{path}", "decision": "allow",
+            "req_body": b"\x00\xff"}
+
+
+def _answered(status: int = 200) -> dict[str, Any]:
+    return {"status": status, "ended": time.time(), "duration_ms": 1.0, "resp_body": b"done"}
+
+
+async def _offloaded(tmp: Path) -> OffloadedWriter:
+    """A writer whose process has said it is ready (rows asked for before then are the thread's, and answered)."""
+    writer = OffloadedWriter(AuditWriter(tmp / "audit.db", Seal(tmp)))
+    deadline = time.monotonic() + 20
+    while not writer._ready:
+        assert time.monotonic() < deadline, "the writer process never said it was ready"
+        first = _row()
+        assert await writer.awaited_intent(first) is None
+        writer.outcome_in_turn(first["id"], _answered())
+        await asyncio.sleep(0.02)
+    return writer
+
+
+def _log(tmp: Path) -> Any:
+    conn = audit.open_db(tmp / "audit.db", readonly=True)
+    result = audit.verify(conn, audit.chain_key(conn, Seal(tmp)), Seal(tmp).anchor())
+    assert result.broken_id is None, result
+    return conn
+
+
+def test_a_row_the_process_writes_is_anchored_before_its_waiter_is_told(tmp_path: Path) -> None:
+    """Write-ahead holds across the process: once `awaited_intent` answers, the row is committed and anchored, its
+    texts and bytes as they were (a path that was not UTF-8 too), and its outcome is written by the same process."""
+    async def main() -> list[dict[str, Any]]:
+        writer = await _offloaded(tmp_path)
+        rows = [_row(f"/{i}\udcff") for i in range(20)]
+        try:
+            for row in rows:
+                assert await writer.awaited_intent(row) is None
+                assert row["id"] in writer._theirs
+                anchor = Seal(tmp_path).anchor()
+                assert anchor is not None and anchor.id == row["id"]
+            for row in rows:
+                writer.outcome_in_turn(row["id"], _answered())
+            await asyncio.sleep(0)
+        finally:
+            writer.close()
+        return rows
+
+    rows = asyncio.run(main())
+    conn = _log(tmp_path)
+    for row in rows:
+        kept = audit.get(conn, row["id"])
+        assert (kept["path"], kept["req_body"], kept["status"], kept["resp_body"]) == (stored_text(row["path"]), b"\x00\xff", 200,
+                                                                                      b"done")
+
+
+def test_an_outcome_goes_to_the_writer_that_wrote_its_row(tmp_path: Path) -> None:
+    """A held request's row is the gate's (the thread writer), its outcome the record stage's: written by the thread
+    writer, which would otherwise record it interrupted when it stops; the process ends its own rows."""
+    async def main() -> tuple[dict[str, Any], dict[str, Any]]:
+        writer = await _offloaded(tmp_path)
+        held, plain = _row("/held"), _row("/plain")
+        try:
+            assert writer.record_intent(held).result(5) is None  # as the gate writes a held request's row
+            assert await writer.awaited_intent(plain) is None
+            writer.outcome_in_turn(held["id"], _answered(201))
+            writer.outcome_in_turn(plain["id"], _answered(202))
+            await asyncio.sleep(0)
+        finally:
+            writer.close()
+        return held, plain
+
+    held, plain = asyncio.run(main())
+    conn = _log(tmp_path)
+    assert audit.get(conn, held["id"])["status"] == 201 and audit.get(conn, held["id"])["error"] is None
+    assert audit.get(conn, plain["id"])["status"] == 202 and audit.get(conn, plain["id"])["error"] is None
+
+
+def test_a_writer_process_that_dies_refuses_what_it_held_and_the_thread_takes_over(tmp_path: Path) -> None:
+    """Killed, the process answers nobody: its waiters are refused (fail closed, never left waiting), rows after are
+    written by the thread, and so is the outcome of a row the process had committed."""
+    async def main() -> tuple[dict[str, Any], dict[str, Any]]:
+        writer = await _offloaded(tmp_path)
+        committed, later = _row("/before"), _row("/after")
+        try:
+            assert await writer.awaited_intent(committed) is None
+            assert writer._process is not None
+            os.kill(writer._process.pid, signal.SIGKILL)
+            lost = writer.awaited_intent(_row("/lost"))
+            with pytest.raises(AuditError, match="writer process ended"):
+                await asyncio.wait_for(lost, 10)
+            assert writer._process is None
+            assert await asyncio.wait_for(writer.awaited_intent(later), 10) is None
+            writer.outcome_in_turn(committed["id"], _answered(204))
+            writer.outcome_in_turn(later["id"], _answered(205))
+            await asyncio.sleep(0)
+        finally:
+            writer.close()
+        return committed, later
+
+    committed, later = asyncio.run(main())
+    conn = _log(tmp_path)
+    assert audit.get(conn, committed["id"])["status"] == 204 and audit.get(conn, later["id"])["status"] == 205
+
+
+def test_a_value_the_pipe_cannot_carry_is_written_by_the_thread_as_before(tmp_path: Path) -> None:
+    """An integer past 64 bits cannot be sent to the process: that turn's rows are written by the thread writer, which
+    refuses the one whose value SQLite cannot store either and writes the other; neither waits for ever."""
+    async def main() -> tuple[Any, Any, dict[str, Any]]:
+        writer = await _offloaded(tmp_path)
+        odd, plain = {**_row("/odd"), "req_body_size": 2 ** 70}, _row("/plain")
+        try:
+            answers = await asyncio.wait_for(asyncio.gather(writer.awaited_intent(odd), writer.awaited_intent(plain),
+                                                            return_exceptions=True), 10)
+        finally:
+            writer.close()
+        return answers[0], answers[1], plain
+
+    odd, plain_answer, plain = asyncio.run(main())
+    assert isinstance(odd, AuditError) and plain_answer is None
+    assert audit.get(_log(tmp_path), plain["id"])["path"] == "/plain"
+
+
+def test_stopping_writes_what_was_handed_over_and_ends_the_process(tmp_path: Path) -> None:
+    """`close` lets the process write what it was handed, record its rows still in flight as interrupted, and end;
+    nothing of it is left running."""
+    async def main() -> tuple[dict[str, Any], Any]:
+        writer = await _offloaded(tmp_path)
+        in_flight = _row("/in-flight")
+        process = writer._process
+        assert await writer.awaited_intent(in_flight) is None
+        writer.close()
+        return in_flight, process
+
+    in_flight, process = asyncio.run(main())
+    assert process is not None and process.poll() is not None
+    assert audit.get(_log(tmp_path), in_flight["id"])["error"] == audit.INTERRUPTED
+
+
+def test_rows_that_get_no_outcome_are_not_remembered(tmp_path: Path) -> None:
+    """The ids of rows awaiting their outcome from the process are remembered until it comes; a row written with its
+    outcome (a denial), or refused, gets none, and was remembered for ever: a million denials, ~100 MB."""
+    async def main() -> OffloadedWriter:
+        writer = await _offloaded(tmp_path)
+        try:
+            for _ in range(50):
+                denied = {**_row("/denied"), "decision": "deny", "status": 403, "ended": time.time(), "duration_ms": 0.0}
+                assert await writer.awaited_intent(denied) is None
+            failing = {**_row("/odd"), "req_body_size": 2 ** 70}
+            with pytest.raises(AuditError):
+                await writer.awaited_intent(failing)
+            await asyncio.sleep(0)
+            return writer
+        finally:
+            writer.close()
+
+    assert asyncio.run(main())._theirs == set()
