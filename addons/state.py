@@ -63,13 +63,14 @@ class ProxyState:
     #: it is in flight, with the real secret injected, and let a person intercept and edit it.
     INTERACTIVE_ADDONS = ("view", "intercept")
 
-    def __init__(self, config: Config | None = None, policies: PolicySet | None = None) -> None:
+    def __init__(self, config: Config | None = None, policies: PolicySet | None = None,
+                 writer_process: bool = False) -> None:
         self.config = config
         self.policies = policies or PolicySet()
         self.limits = LimitCounters()
         self.writer: AuditWriter | None = None
         #: The record stage's rows written by a process of its own (`run`): its Python off this one's GIL.
-        self.writer_process = False
+        self.writer_process = writer_process
         self.secrets: dict[str, str] = {}  # credential name -> secret, in memory only
         self.aws_keys: dict[str, AwsKeys] = {}  # aws_sigv4 credentials whose secret holds valid keys
         self.tokens: TokenKeeper | None = None  # OAuth2 access tokens, refreshed as needed

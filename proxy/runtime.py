@@ -107,8 +107,7 @@ def build_master(config: Config, policies: PolicySet, undo_token: str | None = N
         errorcheck.ErrorCheck(repeat_errors_on_stderr=True),
     )
     opts.update(**proxy_options(config))
-    state = ProxyState(config, policies)
-    state.writer_process = writer_process
+    state = ProxyState(config, policies, writer_process=writer_process)
     state.undo_token = undo_token
     state.file_config = file_config
     after = ((LiveLog(state),) if live else ()) + ((Retention(state),) if maintain else ())
