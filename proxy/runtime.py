@@ -282,13 +282,14 @@ class InProcessProxy:
 
 
 async def serve(config: Config, policies: PolicySet, quiet: bool = False, also: Sequence[Serving] = (),
-                worker: int | None = None, sockets: Sequence[Any] = ()) -> str | None:
+                worker: int | None = None, sockets: Sequence[Any] = (), writer_process: bool = False) -> str | None:
     """Run the proxy until SIGINT or SIGTERM, writing what it does (reloads, holds, approvals, warnings, errors;
     unless quiet, a line per request), each line with its time, coloured on a terminal. `also` starts servers in the
     same loop next to the approval links (the console: given by the caller, since it imports undo, which imports this
     module), each closed when the proxy stops. Given the sockets of several workers it starts the others and watches
     them (why they kept dying, if they did, is returned); as one of those (`worker` set) it serves the proxy only:
-    the first serves the links, the console and the retention."""
+    the first serves the links, the console and the retention. `writer_process`: the record stage's rows are written
+    by a process of its own (`audit.offload`)."""
     from goex_proxy.addons import livelog
     from goex_proxy.approvals.linkserver import serve_links
 
@@ -296,7 +297,7 @@ async def serve(config: Config, policies: PolicySet, quiet: bool = False, also: 
 
     logging.getLogger("goex_proxy").setLevel(logging.INFO)
     first = worker is None
-    m = build_master(config, policies, live=not quiet, maintain=first, writer_process=True)
+    m = build_master(config, policies, live=not quiet, maintain=first, writer_process=writer_process)
     livelog.format_output()
     loop = asyncio.get_running_loop()
     _quiet_shutdown(loop)
@@ -393,7 +394,7 @@ def run(config: Config, policies: PolicySet, quiet: bool = False, also: Sequence
     workers kept dying."""
     import socket
 
-    from .workers import SharedPortLoop, listen_sockets
+    from .workers import SharedPortLoop, default_count, listen_sockets
 
     sockets: list[socket.socket] = []
     if worker is not None:
@@ -406,7 +407,11 @@ def run(config: Config, policies: PolicySet, quiet: bool = False, also: Sequence
         except OSError as exc:
             raise StateError(f"cannot listen on {config.listen_host}:{config.listen_port}: {exc.strerror or exc}") from None
     factory = (lambda: SharedPortLoop(config.listen_port, sockets[0])) if sockets else None
+    # One proxy process with a core to spare writes its rows in a process of its own: its writer's Python no longer
+    # holds the GIL the event loop waits for (0.89 -> 0.99 of bare mitmdump, bench/README.md). Workers as many as the
+    # cores have none to spare: there it cost them 4-5% (the rows handed over and back).
+    writer_process = worker is None and workers <= 1 and default_count() > 1
     with asyncio.Runner(loop_factory=factory) as runner:
-        failed = runner.run(serve(config, policies, quiet, also, worker, sockets))
+        failed = runner.run(serve(config, policies, quiet, also, worker, sockets, writer_process))
     if failed:
         raise StateError(f"stopped: {failed}")
