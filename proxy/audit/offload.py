@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import ctypes
+import fcntl
 import functools
 import logging
 import os
@@ -30,6 +32,11 @@ log = logging.getLogger(__name__)
 _LENGTH = struct.Struct(">I")
 #: How long `close` waits for the writer process to write what it was handed and stop.
 STOP_SECONDS = 10.0
+#: How many bytes the pipe took before they are let go of in the buffer (compacting at every write of a large body,
+#: 64 KiB at a time, copied the rest each time).
+_COMPACT_AT = 1 << 20
+#: The pipe's size asked for (Linux lets a process have up to 1 MiB without privilege): fewer writes for a large row.
+_PIPE_BYTES = 1 << 20
 GONE = "the audit writer process ended"
 
 
@@ -75,7 +82,8 @@ class OffloadedWriter:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._turn: list[Any] = []
-        self._out = bytearray()
+        self._out = bytearray()  # messages not yet taken by the pipe, from `_sent` on
+        self._sent = 0
         self._in = bytearray()
         self._waiters: dict[int, asyncio.Future[str | None]] = {}
         self._tokens = 0
@@ -100,6 +108,8 @@ class OffloadedWriter:
             log.error("audit: could not start the writer process (%s); the proxy's own thread writes every row", exc)
             return
         assert process.stdout is not None and process.stdin is not None
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(process.stdin.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
         os.set_blocking(process.stdin.fileno(), False)
         os.set_blocking(process.stdout.fileno(), False)
         self._process = process
@@ -181,15 +191,22 @@ class OffloadedWriter:
         assert self._process is not None and self._process.stdin is not None and self._loop is not None
         fd = self._process.stdin.fileno()
         try:
-            written = os.write(fd, self._out)
+            with memoryview(self._out) as view, view[self._sent:] as rest:
+                written = os.write(fd, rest)
         except BlockingIOError:
             written = 0
         except OSError:
             self._gone()
             return
-        del self._out[:written]
-        if self._out:
-            self._loop.add_writer(fd, self._write_more)
+        self._sent += written
+        if self._sent == len(self._out):
+            self._out.clear()
+            self._sent = 0
+            return
+        if self._sent >= _COMPACT_AT:  # what was sent goes now and then, not at every write (a body of megabytes)
+            del self._out[:self._sent]
+            self._sent = 0
+        self._loop.add_writer(fd, self._write_more)
 
     def _write_more(self) -> None:
         assert self._process is not None and self._process.stdin is not None and self._loop is not None
@@ -267,7 +284,7 @@ class OffloadedWriter:
             self._out += _frame([["stop"]])
             os.set_blocking(process.stdin.fileno(), True)
             try:
-                process.stdin.write(bytes(self._out))
+                process.stdin.write(bytes(self._out[self._sent:]))
                 process.stdin.close()
             except OSError:
                 pass

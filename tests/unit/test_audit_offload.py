@@ -180,3 +180,23 @@ def test_rows_that_get_no_outcome_are_not_remembered(tmp_path: Path) -> None:
             writer.close()
 
     assert asyncio.run(main())._theirs == set()
+
+
+def test_a_row_larger_than_the_pipe_is_handed_over_whole(tmp_path: Path) -> None:
+    """A body of megabytes does not fit the pipe at once: the rest goes as the process takes it, the event loop never
+    blocked, and the rows after it arrive whole and in order."""
+    body = os.urandom(3 << 20)
+
+    async def main() -> list[dict[str, Any]]:
+        writer = await _offloaded(tmp_path)
+        rows = [{**_row("/large"), "req_body": body}, _row("/after")]
+        try:
+            answers = await asyncio.wait_for(asyncio.gather(*(writer.awaited_intent(r) for r in rows)), 30)
+            assert answers == [None, None]
+        finally:
+            writer.close()
+        return rows
+
+    rows = asyncio.run(main())
+    conn = _log(tmp_path)
+    assert audit.get(conn, rows[0]["id"])["req_body"] == body and audit.get(conn, rows[1]["id"])["path"] == "/after"
