@@ -10,10 +10,12 @@ import ctypes
 import functools
 import logging
 import os
+import select
 import signal
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,44 @@ def _frames(buffer: bytearray) -> list[Any]:
                                    unicode_errors="surrogatepass", strict_map_key=False))
         del buffer[:_LENGTH.size + size]
     return out
+
+
+#: What `_frame` raises for a value it cannot send: one MessagePack cannot carry, or a message past 4 GiB.
+_UNSENDABLE = (TypeError, ValueError, OverflowError, struct.error)
+
+
+#: The variables the writer process keeps of the proxy's environment: what Python, its imports and SQLite need.
+CHILD_ENV = ("PATH", "HOME", "LANG", "TZ", "TMPDIR", "SQLITE_TMPDIR", "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV",
+             "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED")
+
+
+def _child_env() -> dict[str, str]:
+    """The writer process's environment: nothing of the proxy's secrets (the vault's key, credentials named by
+    environment variable), which it never needs and whose every copy is one more place to read them from."""
+    return {k: v for k, v in os.environ.items() if k in CHILD_ENV or k.startswith("LC_")}
+
+
+def _sendable(turn: list[Any]) -> tuple[list[Any], list[Any]]:
+    """A turn's ops that can be sent to the process, and those the thread writes: each that cannot be sent, and every
+    later op of the same request (an outcome follows its row to its writer). One hostile value sent its whole turn
+    to the thread, other rows' outcomes too: the process, their rows still in flight for it, recorded them
+    interrupted over the real outcomes when it stopped."""
+    sendable: list[Any] = []
+    local: list[Any] = []
+    kept: set[str] = set()
+    for op in turn:
+        request_id = str(op[2].get("id")) if op[0] == "intent" else op[1]
+        if request_id not in kept:
+            try:
+                _frame(op)
+            except _UNSENDABLE:
+                pass
+            else:
+                sendable.append(op)
+                continue
+        kept.add(request_id)
+        local.append(op)
+    return sendable, local
 
 
 def _charge_out(charge: Charge | None) -> Any:
@@ -95,7 +135,7 @@ class OffloadedWriter:
             # A session of its own: Ctrl-C and Ctrl-Z at the terminal go to the proxy, which stops it in turn (its rows
             # in flight recorded as interrupted); it ends with the proxy (PR_SET_PDEATHSIG, and its input closing).
             process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True,
-                                       start_new_session=True)
+                                       start_new_session=True, env=_child_env())
         except OSError as exc:
             log.error("audit: could not start the writer process (%s); the proxy's own thread writes every row", exc)
             return
@@ -168,10 +208,13 @@ class OffloadedWriter:
             return
         try:
             frame = _frame(turn)
-        except (TypeError, ValueError, OverflowError) as exc:  # a value MessagePack cannot carry (an int past 64 bits)
-            log.warning("audit: %d records written by the proxy's own thread (%s)", len(turn), exc)
-            self._to_thread(turn)
-            return
+        except _UNSENDABLE as exc:  # a value MessagePack cannot carry (an int past 64 bits)
+            turn, local = _sendable(turn)
+            log.warning("audit: %d records written by the proxy's own thread (%s)", len(local), exc)
+            self._to_thread(local)
+            if not turn:
+                return
+            frame = _frame(turn)
         pending = bool(self._out)
         self._out += frame
         if not pending:
@@ -265,15 +308,17 @@ class OffloadedWriter:
             if turn:
                 self._out += _frame(turn)
             self._out += _frame([["stop"]])
-            os.set_blocking(process.stdin.fileno(), True)
+            deadline = time.monotonic() + STOP_SECONDS
+            _write_by(process.stdin.fileno(), self._out, deadline)
             try:
-                process.stdin.write(bytes(self._out))
                 process.stdin.close()
             except OSError:
                 pass
             try:
-                process.wait(STOP_SECONDS)
+                process.wait(max(deadline - time.monotonic(), 0.0))
             except subprocess.TimeoutExpired:
+                log.error("audit: the writer process did not stop within %g s (stopped or hung?); killed, the rows it "
+                          "was handed refused", STOP_SECONDS)
                 process.kill()
                 process.wait()
             self._process = None
@@ -287,6 +332,23 @@ class OffloadedWriter:
                     future.get_loop().call_soon_threadsafe(_tell, future, result)
             self._waiters.clear()
         self.local.close()
+
+
+def _write_by(fd: int, data: bytearray, deadline: float) -> bool:
+    """Write `data` to the non-blocking `fd` unless the reader has not taken it by `deadline` (a writer process
+    stopped with SIGSTOP, or hung, never empties its pipe: a blocking write there never returned, nor `close`)."""
+    view = memoryview(bytes(data))
+    while view:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([], [fd], [], left)[1]:
+            return False
+        try:
+            view = view[os.write(fd, view):]
+        except BlockingIOError:
+            continue
+        except OSError:
+            return False
+    return True
 
 
 def _tell(future: asyncio.Future[str | None], result: Any) -> None:

@@ -180,3 +180,71 @@ def test_rows_that_get_no_outcome_are_not_remembered(tmp_path: Path) -> None:
             writer.close()
 
     assert asyncio.run(main())._theirs == set()
+
+
+def test_stopping_does_not_wait_for_ever_on_a_stopped_writer_process(tmp_path: Path, monkeypatch: Any) -> None:
+    """A writer process stopped (SIGSTOP) or hung while the proxy keeps handing it rows fills its pipe: `close` wrote
+    the rest blocking, and so never stopped; it gives up after STOP_SECONDS, kills it, and refuses its waiters."""
+    from goex_proxy.audit import offload
+
+    monkeypatch.setattr(offload, "STOP_SECONDS", 1.0)
+
+    async def main() -> tuple[float, list[Any]]:
+        writer = await _offloaded(tmp_path)
+        assert writer._process is not None
+        os.kill(writer._process.pid, signal.SIGSTOP)
+        waiters = [writer.awaited_intent({**_row(f"/{i}"), "req_body": os.urandom(64 * 1024)}) for i in range(8)]
+        await asyncio.sleep(0.1)
+        assert writer._out  # the pipe is full
+        started = time.monotonic()
+        writer.close()
+        took = time.monotonic() - started
+        await asyncio.sleep(0)
+        return took, await asyncio.gather(*waiters, return_exceptions=True)
+
+    took, answers = asyncio.run(asyncio.wait_for(main(), 60))
+    assert took < 5
+    assert all(isinstance(answer, AuditError) for answer in answers)
+
+
+def test_one_value_the_pipe_cannot_carry_does_not_take_other_rows_outcomes_from_the_process(tmp_path: Path) -> None:
+    """A value that cannot be sent sent its whole turn to the thread: the outcomes of other rows the process wrote
+    too, which the process, still holding those rows in flight, then recorded as interrupted over them when it
+    stopped. Only what cannot be sent goes to the thread."""
+    async def main() -> dict[str, Any]:
+        writer = await _offloaded(tmp_path)
+        row = _row("/plain")
+        try:
+            assert await writer.awaited_intent(row) is None
+            writer.outcome_in_turn(row["id"], _answered(203))  # in the same turn as the odd row below
+            odd = writer.awaited_intent({**_row("/odd"), "req_body_size": 2 ** 70})
+            with pytest.raises(AuditError):
+                await asyncio.wait_for(odd, 10)
+            await asyncio.sleep(0.5)
+        finally:
+            writer.close()
+        return row
+
+    row = asyncio.run(main())
+    kept = audit.get(_log(tmp_path), row["id"])
+    assert (kept["status"], kept["error"]) == (203, None)
+
+
+def test_the_writer_process_inherits_no_secret_from_the_environment(tmp_path: Path, monkeypatch: Any) -> None:
+    """The writer process needs no credential: the vault's key and credentials named by environment variable stay in
+    the proxy's own environment."""
+    from goex_proxy.credentials import vault
+
+    monkeypatch.setenv(vault.KEY_ENV, "vault-key-secret")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret")
+
+    async def main() -> bytes:
+        writer = await _offloaded(tmp_path)
+        try:
+            assert writer._process is not None
+            return Path(f"/proc/{writer._process.pid}/environ").read_bytes()
+        finally:
+            writer.close()
+
+    environ = asyncio.run(main())
+    assert b"secret" not in environ and b"PATH=" in environ
