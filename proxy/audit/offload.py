@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 _LENGTH = struct.Struct(">I")
 #: How long `close` waits for the writer process to write what it was handed and stop.
 STOP_SECONDS = 10.0
+#: How long a row handed to the writer process may go unanswered while the process says nothing at all before it is
+#: taken for hung (stopped with SIGSTOP, stuck on its disk) and killed: its waiters refused, the thread writing on.
+ANSWER_SECONDS = 30.0
 GONE = "the audit writer process ended"
 
 
@@ -119,6 +122,9 @@ class OffloadedWriter:
         self._in = bytearray()
         self._waiters: dict[int, asyncio.Future[str | None]] = {}
         self._tokens = 0
+        self._asked: dict[int, float] = {}  # token -> when its row was handed over, while unanswered
+        self._heard = time.monotonic()  # when the process last answered anything
+        self._watch: asyncio.TimerHandle | None = None
         self._theirs: set[str] = set()  # ids whose row the process was handed, and not yet their outcome
         self._ready = False  # the process said it opened the log
         self._start()
@@ -156,6 +162,9 @@ class OffloadedWriter:
         self._tokens += 1
         request_id = str(row.get("id"))
         self._waiters[self._tokens] = future
+        self._asked[self._tokens] = time.monotonic()
+        if self._watch is None:
+            self._watch = loop.call_later(ANSWER_SECONDS, self._check_answered)
         if row.get("status") is None and row.get("error") is None:  # its outcome is to come (else the row has it)
             self._theirs.add(request_id)
             future.add_done_callback(functools.partial(self._written, request_id))
@@ -252,14 +261,32 @@ class OffloadedWriter:
             self._gone()
             return
         self._in += chunk
+        self._heard = time.monotonic()
         for answers in _frames(self._in):
             if answers == "ready":
                 self._ready = True
                 continue
             for token, result in answers:
                 future = self._waiters.pop(token, None)
+                self._asked.pop(token, None)
                 if future is not None:
                     _tell(future, result)
+
+    def _check_answered(self) -> None:
+        """Take the process for gone when its oldest unanswered row has waited ANSWER_SECONDS and it has said nothing
+        for as long: the thread writer's own wait for the log's write lock gives up after seconds, and a request
+        waiting for a process that never answers waited for ever."""
+        self._watch = None
+        if self._process is None or not self._asked:
+            return
+        assert self._loop is not None
+        now = time.monotonic()
+        since = max(min(self._asked.values()), self._heard)
+        if now - since < ANSWER_SECONDS:
+            self._watch = self._loop.call_later(ANSWER_SECONDS - (now - since), self._check_answered)
+            return
+        log.error("audit: the writer process has not answered for %g s (stopped or hung?); killed", ANSWER_SECONDS)
+        self._gone()
 
     def _gone(self) -> None:
         """The process ended (killed, crashed): its waiters are refused (fail closed), and from now on the thread
@@ -276,6 +303,7 @@ class OffloadedWriter:
             if not future.done():
                 future.set_exception(AuditError(f"audit write failed: {GONE}"))
         self._waiters.clear()
+        self._asked.clear()
         self._theirs.clear()
         process.kill()
         process.wait()
@@ -289,6 +317,7 @@ class OffloadedWriter:
                 self.local.record_outcome(op[1], op[2])
                 continue
             waiter = self._waiters.pop(op[1], None)
+            self._asked.pop(op[1], None)
             self._theirs.discard(str(op[2].get("id")))
             if waiter is not None and not waiter.done():
                 written = self.local.record_intent(op[2], _charge_in(op[3]))
@@ -331,6 +360,10 @@ class OffloadedWriter:
                 if not future.get_loop().is_closed():
                     future.get_loop().call_soon_threadsafe(_tell, future, result)
             self._waiters.clear()
+            self._asked.clear()
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
         self.local.close()
 
 

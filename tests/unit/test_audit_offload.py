@@ -248,3 +248,28 @@ def test_the_writer_process_inherits_no_secret_from_the_environment(tmp_path: Pa
 
     environ = asyncio.run(main())
     assert b"secret" not in environ and b"PATH=" in environ
+
+
+def test_a_writer_process_that_never_answers_is_taken_for_gone(tmp_path: Path, monkeypatch: Any) -> None:
+    """A stopped (SIGSTOP) or hung writer process answered nobody, and every request waited for ever: after
+    ANSWER_SECONDS of silence its waiters are refused (fail closed) and the thread writes the rows after."""
+    from goex_proxy.audit import offload
+
+    monkeypatch.setattr(offload, "ANSWER_SECONDS", 1.0)
+
+    async def main() -> dict[str, Any]:
+        writer = await _offloaded(tmp_path)
+        later = _row("/after")
+        try:
+            assert writer._process is not None
+            os.kill(writer._process.pid, signal.SIGSTOP)
+            with pytest.raises(AuditError, match="writer process ended"):
+                await asyncio.wait_for(writer.awaited_intent(_row("/lost")), 10)
+            assert writer._process is None
+            assert await asyncio.wait_for(writer.awaited_intent(later), 10) is None
+        finally:
+            writer.close()
+        return later
+
+    later = asyncio.run(main())
+    assert audit.get(_log(tmp_path), later["id"])["path"] == "/after"
