@@ -177,6 +177,8 @@ class OffloadedWriter:
             self._theirs.discard(request_id)
 
     def outcome_in_turn(self, request_id: str, fields: dict[str, Any]) -> None:
+        if self._to_loop(request_id, fields):
+            return
         if not self._is_theirs(request_id):
             self.local.outcome_in_turn(request_id, fields)
             return
@@ -184,13 +186,34 @@ class OffloadedWriter:
         self._in_turn(["outcome", request_id, fields])
 
     def record_outcome(self, request_id: str, fields: dict[str, Any]) -> concurrent.futures.Future[str | None]:
+        done: concurrent.futures.Future[str | None] = concurrent.futures.Future()
+        if self._to_loop(request_id, fields):
+            done.set_result(None)
+            return done
         if not self._is_theirs(request_id):
             return self.local.record_outcome(request_id, fields)
-        done: concurrent.futures.Future[str | None] = concurrent.futures.Future()
         self._theirs.discard(request_id)
         self._in_turn(["outcome", request_id, fields])
         done.set_result(None)  # as the thread writer's: nobody waits for an outcome's commit
         return done
+
+    def _to_loop(self, request_id: str, fields: dict[str, Any]) -> bool:
+        """Whether the outcome of a row the process wrote, asked for off its loop (a thread), was passed to the loop,
+        which routes it: written by the thread writer, the process, its row still in flight for it, recorded it
+        interrupted over it when it stopped."""
+        loop = self._loop
+        if self._process is None or loop is None or request_id not in self._theirs or loop.is_closed():
+            return False
+        try:
+            if asyncio.get_running_loop() is loop:
+                return False
+        except RuntimeError:
+            pass
+        try:
+            loop.call_soon_threadsafe(self.outcome_in_turn, request_id, fields)
+        except RuntimeError:  # closed meanwhile
+            return False
+        return True
 
     def _is_theirs(self, request_id: str) -> bool:
         """Whether the process wrote this row and is there to end it, and this is its loop's thread."""

@@ -273,3 +273,23 @@ def test_a_writer_process_that_never_answers_is_taken_for_gone(tmp_path: Path, m
 
     later = asyncio.run(main())
     assert audit.get(_log(tmp_path), later["id"])["path"] == "/after"
+
+
+def test_an_outcome_from_another_thread_is_not_overwritten_as_interrupted(tmp_path: Path) -> None:
+    """The record stage may end a row from a thread (a large exchange's outcome is built off the loop): the outcome
+    of a row the process wrote, asked for there, went to the thread writer, and the process, its row still in flight
+    for it, recorded it interrupted over the real outcome when it stopped."""
+    async def main() -> dict[str, Any]:
+        writer = await _offloaded(tmp_path)
+        row = _row("/from-a-thread")
+        try:
+            assert await writer.awaited_intent(row) is None
+            await asyncio.to_thread(writer.record_outcome, row["id"], _answered(206))
+            await asyncio.sleep(0.5)
+        finally:
+            writer.close()
+        return row
+
+    row = asyncio.run(main())
+    kept = audit.get(_log(tmp_path), row["id"])
+    assert (kept["status"], kept["error"]) == (206, None)
