@@ -469,15 +469,23 @@ def _serve(path: Path, state_dir: Path) -> None:
                 stopping.set_result(None)
             return
         incoming.extend(chunk)
-        for ops in _frames(incoming):
-            for op in ops:
-                if op[0] == "intent":
-                    waiter = writer.awaited_intent(op[2], _charge_in(op[3]))
-                    waiter.add_done_callback(functools.partial(answered, op[1]))
-                elif op[0] == "outcome":
-                    writer.outcome_in_turn(op[1], op[2])
-                elif op[0] == "stop" and not stopping.done():
-                    stopping.set_result(None)
+        try:
+            for ops in _frames(incoming):
+                for op in ops:
+                    take(op)
+        except Exception as exc:  # a message it cannot read stays at the head of `incoming`: every read after failed
+            log.error("a message from the proxy could not be read (%s); stopping, the proxy's thread writes on", exc)
+            if not stopping.done():
+                stopping.set_result(None)
+
+    def take(op: Any) -> None:
+        if op[0] == "intent":
+            waiter = writer.awaited_intent(op[2], _charge_in(op[3]))
+            waiter.add_done_callback(functools.partial(answered, op[1]))
+        elif op[0] == "outcome":
+            writer.outcome_in_turn(op[1], op[2])
+        elif op[0] == "stop" and not stopping.done():
+            stopping.set_result(None)
 
     async def main() -> None:
         loop.add_reader(0, on_ops)

@@ -293,3 +293,22 @@ def test_an_outcome_from_another_thread_is_not_overwritten_as_interrupted(tmp_pa
     row = asyncio.run(main())
     kept = audit.get(_log(tmp_path), row["id"])
     assert (kept["status"], kept["error"]) == (206, None)
+
+
+def test_a_message_the_process_cannot_read_ends_it_rather_than_wedging_it(tmp_path: Path) -> None:
+    """A value MessagePack sends but cannot read back (a map keyed by a tuple) raised in the process at every read
+    after it, the message never taken out: every row after it waited for ever. The process ends instead; its waiters
+    are refused and the thread writes the rows after."""
+    async def main() -> dict[str, Any]:
+        writer = await _offloaded(tmp_path)
+        later = _row("/after")
+        try:
+            with pytest.raises(AuditError):
+                await asyncio.wait_for(writer.awaited_intent({**_row("/odd"), "report": {(1, 2): 3}}), 10)
+            assert await asyncio.wait_for(writer.awaited_intent(later), 10) is None
+        finally:
+            writer.close()
+        return later
+
+    later = asyncio.run(main())
+    assert audit.get(_log(tmp_path), later["id"])["path"] == "/after"
