@@ -436,9 +436,10 @@ def _die_with_parent(parent: int) -> None:
         sys.exit(0)
 
 
-def _serve(path: Path, state_dir: Path) -> None:
+def _serve(path: Path, state_dir: Path, parent: int) -> None:
     """The writer process: ops from stdin, written by an AuditWriter on this process's own event loop (a turn's
     ops handed to its thread together), answers on stdout, one message a turn."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # until `on_term` takes it: the proxy's end closes the input too
     answers_fd = os.dup(1)
     os.dup2(2, 1)  # nothing else this process prints reaches the answers
     incoming = bytearray()
@@ -487,7 +488,15 @@ def _serve(path: Path, state_dir: Path) -> None:
         elif op[0] == "stop" and not stopping.done():
             stopping.set_result(None)
 
+    def on_term() -> None:
+        """SIGTERM: the proxy has ended (PR_SET_PDEATHSIG), so stop, writing what was handed over; else it is one sent
+        to every process of the service (systemd stopping it), and the proxy, stopping too, stops this one after
+        handing over its last outcomes (dying now lost them, and left its rows in flight to the next start)."""
+        if os.getppid() != parent and not stopping.done():
+            stopping.set_result(None)
+
     async def main() -> None:
+        loop.add_signal_handler(signal.SIGTERM, on_term)
         loop.add_reader(0, on_ops)
         flush_ready = _frame("ready")
         os.write(answers_fd, flush_ready)
@@ -503,4 +512,4 @@ def _serve(path: Path, state_dir: Path) -> None:
 if __name__ == "__main__":
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="goex-proxy audit writer: %(message)s")
     _die_with_parent(int(sys.argv[3]))
-    _serve(Path(sys.argv[1]), Path(sys.argv[2]))
+    _serve(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]))

@@ -312,3 +312,30 @@ def test_a_message_the_process_cannot_read_ends_it_rather_than_wedging_it(tmp_pa
 
     later = asyncio.run(main())
     assert audit.get(_log(tmp_path), later["id"])["path"] == "/after"
+
+
+def test_a_sigterm_to_the_whole_group_leaves_the_writer_process_to_the_proxy(tmp_path: Path) -> None:
+    """A service manager stops a service by sending SIGTERM to each of its processes: the writer process died at
+    once, its rows in flight left for the next start and the outcomes it was handed lost, while the proxy was still
+    stopping. It stops when the proxy stops it (or ends: its input closes)."""
+    async def main() -> tuple[dict[str, Any], dict[str, Any]]:
+        writer = await _offloaded(tmp_path)
+        first, second = _row("/first"), _row("/second")
+        try:
+            assert await writer.awaited_intent(first) is None
+            assert writer._process is not None
+            os.kill(writer._process.pid, signal.SIGTERM)
+            await asyncio.sleep(0.5)
+            assert writer._process is not None and writer._process.poll() is None
+            assert await asyncio.wait_for(writer.awaited_intent(second), 10) is None
+            assert second["id"] in writer._theirs
+            writer.outcome_in_turn(first["id"], _answered(207))
+            await asyncio.sleep(0)
+        finally:
+            writer.close()
+        return first, second
+
+    first, second = asyncio.run(main())
+    conn = _log(tmp_path)
+    assert audit.get(conn, first["id"])["status"] == 207
+    assert audit.get(conn, second["id"])["error"] == audit.INTERRUPTED
