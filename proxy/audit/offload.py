@@ -510,6 +510,9 @@ def _serve(path: Path, state_dir: Path, parent: int) -> None:
 
 
 if __name__ == "__main__":
+    from ..hardening import harden_process
+
+    harden_process()  # as the proxy: it holds the chain key, and what reaches its input is written to the log
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="goex-proxy audit writer: %(message)s")
     _die_with_parent(int(sys.argv[3]))
     _serve(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]))

@@ -339,3 +339,19 @@ def test_a_sigterm_to_the_whole_group_leaves_the_writer_process_to_the_proxy(tmp
     conn = _log(tmp_path)
     assert audit.get(conn, first["id"])["status"] == 207
     assert audit.get(conn, second["id"])["error"] == audit.INTERRUPTED
+
+
+def test_the_writer_process_is_hardened_as_the_proxy_is(tmp_path: Path) -> None:
+    """The proxy is not dumpable (other processes of its user cannot trace it, read its memory or open its descriptors
+    through /proc) and writes no core file; the writer process, which holds the chain key and whose input writes the
+    log, was dumpable again (exec resets it), its pipe open to any process of the user through /proc/PID/fd/0."""
+    async def main() -> str:
+        writer = await _offloaded(tmp_path)
+        try:
+            assert writer._process is not None
+            return Path(f"/proc/{writer._process.pid}/limits").read_text()
+        finally:
+            writer.close()
+
+    core = next(line for line in asyncio.run(main()).splitlines() if line.startswith("Max core file size"))
+    assert core.split()[4:6] == ["0", "0"], core
