@@ -12,10 +12,12 @@ import fcntl
 import functools
 import logging
 import os
+import select
 import signal
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,9 @@ STOP_SECONDS = 10.0
 _COMPACT_AT = 1 << 20
 #: The pipe's size asked for (Linux lets a process have up to 1 MiB without privilege): fewer writes for a large row.
 _PIPE_BYTES = 1 << 20
+#: How long a row handed to the writer process may go unanswered while the process says nothing at all before it is
+#: taken for hung (stopped with SIGSTOP, stuck on its disk) and killed: its waiters refused, the thread writing on.
+ANSWER_SECONDS = 30.0
 GONE = "the audit writer process ended"
 
 
@@ -58,6 +63,44 @@ def _frames(buffer: bytearray) -> list[Any]:
                                    unicode_errors="surrogatepass", strict_map_key=False))
         del buffer[:_LENGTH.size + size]
     return out
+
+
+#: What `_frame` raises for a value it cannot send: one MessagePack cannot carry, or a message past 4 GiB.
+_UNSENDABLE = (TypeError, ValueError, OverflowError, struct.error)
+
+
+#: The variables the writer process keeps of the proxy's environment: what Python, its imports and SQLite need.
+CHILD_ENV = ("PATH", "HOME", "LANG", "TZ", "TMPDIR", "SQLITE_TMPDIR", "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV",
+             "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED")
+
+
+def _child_env() -> dict[str, str]:
+    """The writer process's environment: nothing of the proxy's secrets (the vault's key, credentials named by
+    environment variable), which it never needs and whose every copy is one more place to read them from."""
+    return {k: v for k, v in os.environ.items() if k in CHILD_ENV or k.startswith("LC_")}
+
+
+def _sendable(turn: list[Any]) -> tuple[list[Any], list[Any]]:
+    """A turn's ops that can be sent to the process, and those the thread writes: each that cannot be sent, and every
+    later op of the same request (an outcome follows its row to its writer). One hostile value sent its whole turn
+    to the thread, other rows' outcomes too: the process, their rows still in flight for it, recorded them
+    interrupted over the real outcomes when it stopped."""
+    sendable: list[Any] = []
+    local: list[Any] = []
+    kept: set[str] = set()
+    for op in turn:
+        request_id = str(op[2].get("id")) if op[0] == "intent" else op[1]
+        if request_id not in kept:
+            try:
+                _frame(op)
+            except _UNSENDABLE:
+                pass
+            else:
+                sendable.append(op)
+                continue
+        kept.add(request_id)
+        local.append(op)
+    return sendable, local
 
 
 def _charge_out(charge: Charge | None) -> Any:
@@ -87,6 +130,9 @@ class OffloadedWriter:
         self._in = bytearray()
         self._waiters: dict[int, asyncio.Future[str | None]] = {}
         self._tokens = 0
+        self._asked: dict[int, float] = {}  # token -> when its row was handed over, while unanswered
+        self._heard = time.monotonic()  # when the process last answered anything
+        self._watch: asyncio.TimerHandle | None = None
         self._theirs: set[str] = set()  # ids whose row the process was handed, and not yet their outcome
         self._ready = False  # the process said it opened the log
         self._start()
@@ -103,7 +149,7 @@ class OffloadedWriter:
             # A session of its own: Ctrl-C and Ctrl-Z at the terminal go to the proxy, which stops it in turn (its rows
             # in flight recorded as interrupted); it ends with the proxy (PR_SET_PDEATHSIG, and its input closing).
             process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True,
-                                       start_new_session=True)
+                                       start_new_session=True, env=_child_env())
         except OSError as exc:
             log.error("audit: could not start the writer process (%s); the proxy's own thread writes every row", exc)
             return
@@ -126,6 +172,9 @@ class OffloadedWriter:
         self._tokens += 1
         request_id = str(row.get("id"))
         self._waiters[self._tokens] = future
+        self._asked[self._tokens] = time.monotonic()
+        if self._watch is None:
+            self._watch = loop.call_later(ANSWER_SECONDS, self._check_answered)
         if row.get("status") is None and row.get("error") is None:  # its outcome is to come (else the row has it)
             self._theirs.add(request_id)
             future.add_done_callback(functools.partial(self._written, request_id))
@@ -138,6 +187,8 @@ class OffloadedWriter:
             self._theirs.discard(request_id)
 
     def outcome_in_turn(self, request_id: str, fields: dict[str, Any]) -> None:
+        if self._to_loop(request_id, fields):
+            return
         if not self._is_theirs(request_id):
             self.local.outcome_in_turn(request_id, fields)
             return
@@ -145,13 +196,34 @@ class OffloadedWriter:
         self._in_turn(["outcome", request_id, fields])
 
     def record_outcome(self, request_id: str, fields: dict[str, Any]) -> concurrent.futures.Future[str | None]:
+        done: concurrent.futures.Future[str | None] = concurrent.futures.Future()
+        if self._to_loop(request_id, fields):
+            done.set_result(None)
+            return done
         if not self._is_theirs(request_id):
             return self.local.record_outcome(request_id, fields)
-        done: concurrent.futures.Future[str | None] = concurrent.futures.Future()
         self._theirs.discard(request_id)
         self._in_turn(["outcome", request_id, fields])
         done.set_result(None)  # as the thread writer's: nobody waits for an outcome's commit
         return done
+
+    def _to_loop(self, request_id: str, fields: dict[str, Any]) -> bool:
+        """Whether the outcome of a row the process wrote, asked for off its loop (a thread), was passed to the loop,
+        which routes it: written by the thread writer, the process, its row still in flight for it, recorded it
+        interrupted over it when it stopped."""
+        loop = self._loop
+        if self._process is None or loop is None or request_id not in self._theirs or loop.is_closed():
+            return False
+        try:
+            if asyncio.get_running_loop() is loop:
+                return False
+        except RuntimeError:
+            pass
+        try:
+            loop.call_soon_threadsafe(self.outcome_in_turn, request_id, fields)
+        except RuntimeError:  # closed meanwhile
+            return False
+        return True
 
     def _is_theirs(self, request_id: str) -> bool:
         """Whether the process wrote this row and is there to end it, and this is its loop's thread."""
@@ -178,10 +250,13 @@ class OffloadedWriter:
             return
         try:
             frame = _frame(turn)
-        except (TypeError, ValueError, OverflowError) as exc:  # a value MessagePack cannot carry (an int past 64 bits)
-            log.warning("audit: %d records written by the proxy's own thread (%s)", len(turn), exc)
-            self._to_thread(turn)
-            return
+        except _UNSENDABLE as exc:  # a value MessagePack cannot carry (an int past 64 bits)
+            turn, local = _sendable(turn)
+            log.warning("audit: %d records written by the proxy's own thread (%s)", len(local), exc)
+            self._to_thread(local)
+            if not turn:
+                return
+            frame = _frame(turn)
         pending = bool(self._out)
         self._out += frame
         if not pending:
@@ -226,14 +301,32 @@ class OffloadedWriter:
             self._gone()
             return
         self._in += chunk
+        self._heard = time.monotonic()
         for answers in _frames(self._in):
             if answers == "ready":
                 self._ready = True
                 continue
             for token, result in answers:
                 future = self._waiters.pop(token, None)
+                self._asked.pop(token, None)
                 if future is not None:
                     _tell(future, result)
+
+    def _check_answered(self) -> None:
+        """Take the process for gone when its oldest unanswered row has waited ANSWER_SECONDS and it has said nothing
+        for as long: the thread writer's own wait for the log's write lock gives up after seconds, and a request
+        waiting for a process that never answers waited for ever."""
+        self._watch = None
+        if self._process is None or not self._asked:
+            return
+        assert self._loop is not None
+        now = time.monotonic()
+        since = max(min(self._asked.values()), self._heard)
+        if now - since < ANSWER_SECONDS:
+            self._watch = self._loop.call_later(ANSWER_SECONDS - (now - since), self._check_answered)
+            return
+        log.error("audit: the writer process has not answered for %g s (stopped or hung?); killed", ANSWER_SECONDS)
+        self._gone()
 
     def _gone(self) -> None:
         """The process ended (killed, crashed): its waiters are refused (fail closed), and from now on the thread
@@ -250,6 +343,7 @@ class OffloadedWriter:
             if not future.done():
                 future.set_exception(AuditError(f"audit write failed: {GONE}"))
         self._waiters.clear()
+        self._asked.clear()
         self._theirs.clear()
         process.kill()
         process.wait()
@@ -263,6 +357,7 @@ class OffloadedWriter:
                 self.local.record_outcome(op[1], op[2])
                 continue
             waiter = self._waiters.pop(op[1], None)
+            self._asked.pop(op[1], None)
             self._theirs.discard(str(op[2].get("id")))
             if waiter is not None and not waiter.done():
                 written = self.local.record_intent(op[2], _charge_in(op[3]))
@@ -282,15 +377,17 @@ class OffloadedWriter:
             if turn:
                 self._out += _frame(turn)
             self._out += _frame([["stop"]])
-            os.set_blocking(process.stdin.fileno(), True)
+            deadline = time.monotonic() + STOP_SECONDS
+            _write_by(process.stdin.fileno(), self._out[self._sent:], deadline)
             try:
-                process.stdin.write(bytes(self._out[self._sent:]))
                 process.stdin.close()
             except OSError:
                 pass
             try:
-                process.wait(STOP_SECONDS)
+                process.wait(max(deadline - time.monotonic(), 0.0))
             except subprocess.TimeoutExpired:
+                log.error("audit: the writer process did not stop within %g s (stopped or hung?); killed, the rows it "
+                          "was handed refused", STOP_SECONDS)
                 process.kill()
                 process.wait()
             self._process = None
@@ -303,7 +400,28 @@ class OffloadedWriter:
                 if not future.get_loop().is_closed():
                     future.get_loop().call_soon_threadsafe(_tell, future, result)
             self._waiters.clear()
+            self._asked.clear()
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
         self.local.close()
+
+
+def _write_by(fd: int, data: bytearray, deadline: float) -> bool:
+    """Write `data` to the non-blocking `fd` unless the reader has not taken it by `deadline` (a writer process
+    stopped with SIGSTOP, or hung, never empties its pipe: a blocking write there never returned, nor `close`)."""
+    view = memoryview(bytes(data))
+    while view:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([], [fd], [], left)[1]:
+            return False
+        try:
+            view = view[os.write(fd, view):]
+        except BlockingIOError:
+            continue
+        except OSError:
+            return False
+    return True
 
 
 def _tell(future: asyncio.Future[str | None], result: Any) -> None:
@@ -335,9 +453,10 @@ def _die_with_parent(parent: int) -> None:
         sys.exit(0)
 
 
-def _serve(path: Path, state_dir: Path) -> None:
+def _serve(path: Path, state_dir: Path, parent: int) -> None:
     """The writer process: ops from stdin, written by an AuditWriter on this process's own event loop (a turn's
     ops handed to its thread together), answers on stdout, one message a turn."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # until `on_term` takes it: the proxy's end closes the input too
     answers_fd = os.dup(1)
     os.dup2(2, 1)  # nothing else this process prints reaches the answers
     incoming = bytearray()
@@ -368,17 +487,33 @@ def _serve(path: Path, state_dir: Path) -> None:
                 stopping.set_result(None)
             return
         incoming.extend(chunk)
-        for ops in _frames(incoming):
-            for op in ops:
-                if op[0] == "intent":
-                    waiter = writer.awaited_intent(op[2], _charge_in(op[3]))
-                    waiter.add_done_callback(functools.partial(answered, op[1]))
-                elif op[0] == "outcome":
-                    writer.outcome_in_turn(op[1], op[2])
-                elif op[0] == "stop" and not stopping.done():
-                    stopping.set_result(None)
+        try:
+            for ops in _frames(incoming):
+                for op in ops:
+                    take(op)
+        except Exception as exc:  # a message it cannot read stays at the head of `incoming`: every read after failed
+            log.error("a message from the proxy could not be read (%s); stopping, the proxy's thread writes on", exc)
+            if not stopping.done():
+                stopping.set_result(None)
+
+    def take(op: Any) -> None:
+        if op[0] == "intent":
+            waiter = writer.awaited_intent(op[2], _charge_in(op[3]))
+            waiter.add_done_callback(functools.partial(answered, op[1]))
+        elif op[0] == "outcome":
+            writer.outcome_in_turn(op[1], op[2])
+        elif op[0] == "stop" and not stopping.done():
+            stopping.set_result(None)
+
+    def on_term() -> None:
+        """SIGTERM: the proxy has ended (PR_SET_PDEATHSIG), so stop, writing what was handed over; else it is one sent
+        to every process of the service (systemd stopping it), and the proxy, stopping too, stops this one after
+        handing over its last outcomes (dying now lost them, and left its rows in flight to the next start)."""
+        if os.getppid() != parent and not stopping.done():
+            stopping.set_result(None)
 
     async def main() -> None:
+        loop.add_signal_handler(signal.SIGTERM, on_term)
         loop.add_reader(0, on_ops)
         flush_ready = _frame("ready")
         os.write(answers_fd, flush_ready)
@@ -392,6 +527,9 @@ def _serve(path: Path, state_dir: Path) -> None:
 
 
 if __name__ == "__main__":
+    from ..hardening import harden_process
+
+    harden_process()  # as the proxy: it holds the chain key, and what reaches its input is written to the log
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="goex-proxy audit writer: %(message)s")
     _die_with_parent(int(sys.argv[3]))
-    _serve(Path(sys.argv[1]), Path(sys.argv[2]))
+    _serve(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]))

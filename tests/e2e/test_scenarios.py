@@ -13,6 +13,7 @@ import time
 import pytest
 import requests
 
+from goex_proxy.audit.store import INTERRUPTED
 from goex_proxy.ids import packed
 from tests.conftest import GOEX, TOKENS
 
@@ -607,3 +608,48 @@ def test_no_spelling_of_the_proxy_headers_reaches_the_upstream(make_proxy, upstr
     for request in seen:
         assert not [name for name in request.headers if name.lower().startswith("proxy-")], request.headers
         assert token not in repr(request.headers) and good not in repr(request.headers)
+
+
+def test_killed_proxy_takes_its_audit_writer_process_with_it(make_proxy, upstream):
+    """`run` on a machine with a core to spare writes the record stage's rows in a process of its own: killed
+    (SIGKILL), the proxy leaves no writer process behind, which records the row it had in flight as interrupted
+    (it was killed at once, leaving it to the next start)."""
+    import os
+
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("the writer process runs only with a core to spare")
+    proxy = make_proxy({"any": """
+        version: 1
+        rules:
+          - name: slow
+            allow: {host: slack.com, path: [/slow, /fast]}
+    """})
+    s = session(proxy)
+    for _ in range(10):  # the rows before the writer process says it is ready are the thread's
+        s.get("https://slack.com/fast", timeout=20)
+    thread = threading.Thread(target=lambda: _ignore(lambda: s.get("https://slack.com/slow", timeout=20)))
+    thread.start()
+    deadline = time.time() + 10
+    while "/slow" not in upstream.seen_paths() and time.time() < deadline:
+        time.sleep(0.05)
+    children = [int(pid) for pid in open(f"/proc/{proxy.proc.pid}/task/{proxy.proc.pid}/children").read().split()]
+    writers = [pid for pid in children if b"goex_proxy.audit.offload" in (_cmdline(pid) or b"")]
+    assert len(writers) == 1
+    proxy.kill()
+    upstream.server.release.set()
+    thread.join()
+    deadline = time.time() + 10
+    while _cmdline(writers[0]) is not None and b"audit.offload" in _cmdline(writers[0]):
+        assert time.time() < deadline, "the writer process outlived the proxy"
+        time.sleep(0.05)
+    row = proxy.rows()[-1]
+    assert row["path"] == "/slow" and row["status"] is None and row["error"] == INTERRUPTED
+
+
+def _cmdline(pid):
+    """A process's command line, or None once it has ended (and been reaped)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return None

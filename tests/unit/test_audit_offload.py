@@ -200,3 +200,179 @@ def test_a_row_larger_than_the_pipe_is_handed_over_whole(tmp_path: Path) -> None
     rows = asyncio.run(main())
     conn = _log(tmp_path)
     assert audit.get(conn, rows[0]["id"])["req_body"] == body and audit.get(conn, rows[1]["id"])["path"] == "/after"
+
+
+def test_stopping_does_not_wait_for_ever_on_a_stopped_writer_process(tmp_path: Path, monkeypatch: Any) -> None:
+    """A writer process stopped (SIGSTOP) or hung while the proxy keeps handing it rows fills its pipe: `close` wrote
+    the rest blocking, and so never stopped; it gives up after STOP_SECONDS, kills it, and refuses its waiters."""
+    from goex_proxy.audit import offload
+
+    monkeypatch.setattr(offload, "STOP_SECONDS", 1.0)
+
+    async def main() -> tuple[float, list[Any]]:
+        writer = await _offloaded(tmp_path)
+        assert writer._process is not None
+        os.kill(writer._process.pid, signal.SIGSTOP)
+        waiters = [writer.awaited_intent({**_row(f"/{i}"), "req_body": os.urandom(64 * 1024)})
+                   for i in range(24)]  # more than the pipe's 1 MiB
+        await asyncio.sleep(0.1)
+        assert writer._out  # the pipe is full
+        started = time.monotonic()
+        writer.close()
+        took = time.monotonic() - started
+        await asyncio.sleep(0)
+        return took, await asyncio.gather(*waiters, return_exceptions=True)
+
+    took, answers = asyncio.run(asyncio.wait_for(main(), 60))
+    assert took < 5
+    assert all(isinstance(answer, AuditError) for answer in answers)
+
+
+def test_one_value_the_pipe_cannot_carry_does_not_take_other_rows_outcomes_from_the_process(tmp_path: Path) -> None:
+    """A value that cannot be sent sent its whole turn to the thread: the outcomes of other rows the process wrote
+    too, which the process, still holding those rows in flight, then recorded as interrupted over them when it
+    stopped. Only what cannot be sent goes to the thread."""
+    async def main() -> dict[str, Any]:
+        writer = await _offloaded(tmp_path)
+        row = _row("/plain")
+        try:
+            assert await writer.awaited_intent(row) is None
+            writer.outcome_in_turn(row["id"], _answered(203))  # in the same turn as the odd row below
+            odd = writer.awaited_intent({**_row("/odd"), "req_body_size": 2 ** 70})
+            with pytest.raises(AuditError):
+                await asyncio.wait_for(odd, 10)
+            await asyncio.sleep(0.5)
+        finally:
+            writer.close()
+        return row
+
+    row = asyncio.run(main())
+    kept = audit.get(_log(tmp_path), row["id"])
+    assert (kept["status"], kept["error"]) == (203, None)
+
+
+def test_the_writer_process_inherits_no_secret_from_the_environment(tmp_path: Path, monkeypatch: Any) -> None:
+    """The writer process needs no credential: the vault's key and credentials named by environment variable stay in
+    the proxy's own environment."""
+    from goex_proxy.credentials import vault
+
+    monkeypatch.setenv(vault.KEY_ENV, "vault-key-secret")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret")
+
+    async def main() -> bytes:
+        writer = await _offloaded(tmp_path)
+        try:
+            assert writer._process is not None
+            return Path(f"/proc/{writer._process.pid}/environ").read_bytes()
+        finally:
+            writer.close()
+
+    environ = asyncio.run(main())
+    assert b"secret" not in environ and b"PATH=" in environ
+
+
+def test_a_writer_process_that_never_answers_is_taken_for_gone(tmp_path: Path, monkeypatch: Any) -> None:
+    """A stopped (SIGSTOP) or hung writer process answered nobody, and every request waited for ever: after
+    ANSWER_SECONDS of silence its waiters are refused (fail closed) and the thread writes the rows after."""
+    from goex_proxy.audit import offload
+
+    monkeypatch.setattr(offload, "ANSWER_SECONDS", 1.0)
+
+    async def main() -> dict[str, Any]:
+        writer = await _offloaded(tmp_path)
+        later = _row("/after")
+        try:
+            assert writer._process is not None
+            os.kill(writer._process.pid, signal.SIGSTOP)
+            with pytest.raises(AuditError, match="writer process ended"):
+                await asyncio.wait_for(writer.awaited_intent(_row("/lost")), 10)
+            assert writer._process is None
+            assert await asyncio.wait_for(writer.awaited_intent(later), 10) is None
+        finally:
+            writer.close()
+        return later
+
+    later = asyncio.run(main())
+    assert audit.get(_log(tmp_path), later["id"])["path"] == "/after"
+
+
+def test_an_outcome_from_another_thread_is_not_overwritten_as_interrupted(tmp_path: Path) -> None:
+    """The record stage may end a row from a thread (a large exchange's outcome is built off the loop): the outcome
+    of a row the process wrote, asked for there, went to the thread writer, and the process, its row still in flight
+    for it, recorded it interrupted over the real outcome when it stopped."""
+    async def main() -> dict[str, Any]:
+        writer = await _offloaded(tmp_path)
+        row = _row("/from-a-thread")
+        try:
+            assert await writer.awaited_intent(row) is None
+            await asyncio.to_thread(writer.record_outcome, row["id"], _answered(206))
+            await asyncio.sleep(0.5)
+        finally:
+            writer.close()
+        return row
+
+    row = asyncio.run(main())
+    kept = audit.get(_log(tmp_path), row["id"])
+    assert (kept["status"], kept["error"]) == (206, None)
+
+
+def test_a_message_the_process_cannot_read_ends_it_rather_than_wedging_it(tmp_path: Path) -> None:
+    """A value MessagePack sends but cannot read back (a map keyed by a tuple) raised in the process at every read
+    after it, the message never taken out: every row after it waited for ever. The process ends instead; its waiters
+    are refused and the thread writes the rows after."""
+    async def main() -> dict[str, Any]:
+        writer = await _offloaded(tmp_path)
+        later = _row("/after")
+        try:
+            with pytest.raises(AuditError):
+                await asyncio.wait_for(writer.awaited_intent({**_row("/odd"), "report": {(1, 2): 3}}), 10)
+            assert await asyncio.wait_for(writer.awaited_intent(later), 10) is None
+        finally:
+            writer.close()
+        return later
+
+    later = asyncio.run(main())
+    assert audit.get(_log(tmp_path), later["id"])["path"] == "/after"
+
+
+def test_a_sigterm_to_the_whole_group_leaves_the_writer_process_to_the_proxy(tmp_path: Path) -> None:
+    """A service manager stops a service by sending SIGTERM to each of its processes: the writer process died at
+    once, its rows in flight left for the next start and the outcomes it was handed lost, while the proxy was still
+    stopping. It stops when the proxy stops it (or ends: its input closes)."""
+    async def main() -> tuple[dict[str, Any], dict[str, Any]]:
+        writer = await _offloaded(tmp_path)
+        first, second = _row("/first"), _row("/second")
+        try:
+            assert await writer.awaited_intent(first) is None
+            assert writer._process is not None
+            os.kill(writer._process.pid, signal.SIGTERM)
+            await asyncio.sleep(0.5)
+            assert writer._process is not None and writer._process.poll() is None
+            assert await asyncio.wait_for(writer.awaited_intent(second), 10) is None
+            assert second["id"] in writer._theirs
+            writer.outcome_in_turn(first["id"], _answered(207))
+            await asyncio.sleep(0)
+        finally:
+            writer.close()
+        return first, second
+
+    first, second = asyncio.run(main())
+    conn = _log(tmp_path)
+    assert audit.get(conn, first["id"])["status"] == 207
+    assert audit.get(conn, second["id"])["error"] == audit.INTERRUPTED
+
+
+def test_the_writer_process_is_hardened_as_the_proxy_is(tmp_path: Path) -> None:
+    """The proxy is not dumpable (other processes of its user cannot trace it, read its memory or open its descriptors
+    through /proc) and writes no core file; the writer process, which holds the chain key and whose input writes the
+    log, was dumpable again (exec resets it), its pipe open to any process of the user through /proc/PID/fd/0."""
+    async def main() -> str:
+        writer = await _offloaded(tmp_path)
+        try:
+            assert writer._process is not None
+            return Path(f"/proc/{writer._process.pid}/limits").read_text()
+        finally:
+            writer.close()
+
+    core = next(line for line in asyncio.run(main()).splitlines() if line.startswith("Max core file size"))
+    assert core.split()[4:6] == ["0", "0"], core
