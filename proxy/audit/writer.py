@@ -558,16 +558,21 @@ class AuditWriter:
         as if rows had been cut. Once: the anchors after it are written in place, and reach the disk with the log's
         pages, by the kernel's writeback (which of the two first is not promised: a window of milliseconds).
 
-        A checkpoint, through SQLite's own files: it syncs the WAL, then the database once copied. The database opened
-        and closed here to sync it dropped SQLite's locks on it (POSIX locks belong to the process and the file, and
-        any close lets go of them): another process's connection, closing as if the last, then checkpointed and
-        removed the WAL this writer went on writing into, and the rows after it were lost."""
-        self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        fd = os.open(self.path.parent, os.O_RDONLY)  # the directory: the names of the log, its WAL and the anchor
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        The WAL holds every transaction since the last checkpoint, and SQLite syncs the database itself at each
+        checkpoint: the WAL and the directory are synced here. Never the database file: opened and closed here, it
+        dropped SQLite's locks on it (POSIX locks belong to the process and the file, and any close lets go of them),
+        and another process's connection, closing as if the last, then checkpointed and removed the WAL this writer
+        went on writing into, losing the rows after it. Nor a checkpoint: it needs room for the database to grow,
+        which a full disk refused, and the first row with it."""
+        for name in (f"{self.path}-wal", str(self.path.parent)):  # SQLite takes no lock on the WAL file itself
+            try:
+                fd = os.open(name, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def _insert(self, op: _Intent, prev: str) -> Anchor:
         row = storable(op.row)
