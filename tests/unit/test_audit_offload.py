@@ -45,6 +45,18 @@ async def _offloaded(tmp: Path) -> OffloadedWriter:
     return writer
 
 
+def _with_writer(tmp_path: Path, scenario: Any) -> Any:
+    """What `scenario(writer)` gives, run with a writer whose process is ready, closed after as `run` stops."""
+    async def main() -> Any:
+        writer = await _offloaded(tmp_path)
+        try:
+            return await scenario(writer)
+        finally:
+            writer.close()
+
+    return asyncio.run(main())
+
+
 def _log(tmp: Path) -> Any:
     conn = audit.open_db(tmp / "audit.db", readonly=True)
     result = audit.verify(conn, audit.chain_key(conn, Seal(tmp)), Seal(tmp).anchor())
@@ -55,23 +67,19 @@ def _log(tmp: Path) -> Any:
 def test_a_row_the_process_writes_is_anchored_before_its_waiter_is_told(tmp_path: Path) -> None:
     """Write-ahead holds across the process: once `awaited_intent` answers, the row is committed and anchored, its
     texts and bytes as they were (a path that was not UTF-8 too), and its outcome is written by the same process."""
-    async def main() -> list[dict[str, Any]]:
-        writer = await _offloaded(tmp_path)
+    async def scenario(writer: OffloadedWriter) -> list[dict[str, Any]]:
         rows = [_row(f"/{i}\udcff") for i in range(20)]
-        try:
-            for row in rows:
-                assert await writer.awaited_intent(row) is None
-                assert row["id"] in writer._theirs
-                anchor = Seal(tmp_path).anchor()
-                assert anchor is not None and anchor.id == row["id"]
-            for row in rows:
-                writer.outcome_in_turn(row["id"], _answered())
-            await asyncio.sleep(0)
-        finally:
-            writer.close()
+        for row in rows:
+            assert await writer.awaited_intent(row) is None
+            assert row["id"] in writer._theirs
+            anchor = Seal(tmp_path).anchor()
+            assert anchor is not None and anchor.id == row["id"]
+        for row in rows:
+            writer.outcome_in_turn(row["id"], _answered())
+        await asyncio.sleep(0)
         return rows
 
-    rows = asyncio.run(main())
+    rows = _with_writer(tmp_path, scenario)
     conn = _log(tmp_path)
     for row in rows:
         kept = audit.get(conn, row["id"])
@@ -82,20 +90,16 @@ def test_a_row_the_process_writes_is_anchored_before_its_waiter_is_told(tmp_path
 def test_an_outcome_goes_to_the_writer_that_wrote_its_row(tmp_path: Path) -> None:
     """A held request's row is the gate's (the thread writer), its outcome the record stage's: written by the thread
     writer, which would otherwise record it interrupted when it stops; the process ends its own rows."""
-    async def main() -> tuple[dict[str, Any], dict[str, Any]]:
-        writer = await _offloaded(tmp_path)
+    async def scenario(writer: OffloadedWriter) -> tuple[dict[str, Any], dict[str, Any]]:
         held, plain = _row("/held"), _row("/plain")
-        try:
-            assert writer.record_intent(held).result(5) is None  # as the gate writes a held request's row
-            assert await writer.awaited_intent(plain) is None
-            writer.outcome_in_turn(held["id"], _answered(201))
-            writer.outcome_in_turn(plain["id"], _answered(202))
-            await asyncio.sleep(0)
-        finally:
-            writer.close()
+        assert writer.record_intent(held).result(5) is None  # as the gate writes a held request's row
+        assert await writer.awaited_intent(plain) is None
+        writer.outcome_in_turn(held["id"], _answered(201))
+        writer.outcome_in_turn(plain["id"], _answered(202))
+        await asyncio.sleep(0)
         return held, plain
 
-    held, plain = asyncio.run(main())
+    held, plain = _with_writer(tmp_path, scenario)
     conn = _log(tmp_path)
     assert audit.get(conn, held["id"])["status"] == 201 and audit.get(conn, held["id"])["error"] is None
     assert audit.get(conn, plain["id"])["status"] == 202 and audit.get(conn, plain["id"])["error"] is None
@@ -104,26 +108,22 @@ def test_an_outcome_goes_to_the_writer_that_wrote_its_row(tmp_path: Path) -> Non
 def test_a_writer_process_that_dies_refuses_what_it_held_and_the_thread_takes_over(tmp_path: Path) -> None:
     """Killed, the process answers nobody: its waiters are refused (fail closed, never left waiting), rows after are
     written by the thread, and so is the outcome of a row the process had committed."""
-    async def main() -> tuple[dict[str, Any], dict[str, Any]]:
-        writer = await _offloaded(tmp_path)
+    async def scenario(writer: OffloadedWriter) -> tuple[dict[str, Any], dict[str, Any]]:
         committed, later = _row("/before"), _row("/after")
-        try:
-            assert await writer.awaited_intent(committed) is None
-            assert writer._process is not None
-            os.kill(writer._process.pid, signal.SIGKILL)
-            lost = writer.awaited_intent(_row("/lost"))
-            with pytest.raises(AuditError, match="writer process ended"):
-                await asyncio.wait_for(lost, 10)
-            assert writer._process is None
-            assert await asyncio.wait_for(writer.awaited_intent(later), 10) is None
-            writer.outcome_in_turn(committed["id"], _answered(204))
-            writer.outcome_in_turn(later["id"], _answered(205))
-            await asyncio.sleep(0)
-        finally:
-            writer.close()
+        assert await writer.awaited_intent(committed) is None
+        assert writer._process is not None
+        os.kill(writer._process.pid, signal.SIGKILL)
+        lost = writer.awaited_intent(_row("/lost"))
+        with pytest.raises(AuditError, match="writer process ended"):
+            await asyncio.wait_for(lost, 10)
+        assert writer._process is None
+        assert await asyncio.wait_for(writer.awaited_intent(later), 10) is None
+        writer.outcome_in_turn(committed["id"], _answered(204))
+        writer.outcome_in_turn(later["id"], _answered(205))
+        await asyncio.sleep(0)
         return committed, later
 
-    committed, later = asyncio.run(main())
+    committed, later = _with_writer(tmp_path, scenario)
     conn = _log(tmp_path)
     assert audit.get(conn, committed["id"])["status"] == 204 and audit.get(conn, later["id"])["status"] == 205
 
@@ -131,17 +131,13 @@ def test_a_writer_process_that_dies_refuses_what_it_held_and_the_thread_takes_ov
 def test_a_value_the_pipe_cannot_carry_is_written_by_the_thread_as_before(tmp_path: Path) -> None:
     """An integer past 64 bits cannot be sent to the process: that turn's rows are written by the thread writer, which
     refuses the one whose value SQLite cannot store either and writes the other; neither waits for ever."""
-    async def main() -> tuple[Any, Any, dict[str, Any]]:
-        writer = await _offloaded(tmp_path)
+    async def scenario(writer: OffloadedWriter) -> tuple[Any, Any, dict[str, Any]]:
         odd, plain = {**_row("/odd"), "req_body_size": 2 ** 70}, _row("/plain")
-        try:
-            answers = await asyncio.wait_for(asyncio.gather(writer.awaited_intent(odd), writer.awaited_intent(plain),
-                                                            return_exceptions=True), 10)
-        finally:
-            writer.close()
+        answers = await asyncio.wait_for(asyncio.gather(writer.awaited_intent(odd), writer.awaited_intent(plain),
+                                                        return_exceptions=True), 10)
         return answers[0], answers[1], plain
 
-    odd, plain_answer, plain = asyncio.run(main())
+    odd, plain_answer, plain = _with_writer(tmp_path, scenario)
     assert isinstance(odd, AuditError) and plain_answer is None
     assert audit.get(_log(tmp_path), plain["id"])["path"] == "/plain"
 
@@ -165,21 +161,17 @@ def test_stopping_writes_what_was_handed_over_and_ends_the_process(tmp_path: Pat
 def test_rows_that_get_no_outcome_are_not_remembered(tmp_path: Path) -> None:
     """The ids of rows awaiting their outcome from the process are remembered until it comes; a row written with its
     outcome (a denial), or refused, gets none, and was remembered for ever: a million denials, ~100 MB."""
-    async def main() -> OffloadedWriter:
-        writer = await _offloaded(tmp_path)
-        try:
-            for _ in range(50):
-                denied = {**_row("/denied"), "decision": "deny", "status": 403, "ended": time.time(), "duration_ms": 0.0}
-                assert await writer.awaited_intent(denied) is None
-            failing = {**_row("/odd"), "req_body_size": 2 ** 70}
-            with pytest.raises(AuditError):
-                await writer.awaited_intent(failing)
-            await asyncio.sleep(0)
-            return writer
-        finally:
-            writer.close()
+    async def scenario(writer: OffloadedWriter) -> OffloadedWriter:
+        for _ in range(50):
+            denied = {**_row("/denied"), "decision": "deny", "status": 403, "ended": time.time(), "duration_ms": 0.0}
+            assert await writer.awaited_intent(denied) is None
+        failing = {**_row("/odd"), "req_body_size": 2 ** 70}
+        with pytest.raises(AuditError):
+            await writer.awaited_intent(failing)
+        await asyncio.sleep(0)
+        return writer
 
-    assert asyncio.run(main())._theirs == set()
+    assert _with_writer(tmp_path, scenario)._theirs == set()
 
 
 def test_a_row_larger_than_the_pipe_is_handed_over_whole(tmp_path: Path) -> None:
@@ -187,17 +179,13 @@ def test_a_row_larger_than_the_pipe_is_handed_over_whole(tmp_path: Path) -> None
     blocked, and the rows after it arrive whole and in order."""
     body = os.urandom(3 << 20)
 
-    async def main() -> list[dict[str, Any]]:
-        writer = await _offloaded(tmp_path)
+    async def scenario(writer: OffloadedWriter) -> list[dict[str, Any]]:
         rows = [{**_row("/large"), "req_body": body}, _row("/after")]
-        try:
-            answers = await asyncio.wait_for(asyncio.gather(*(writer.awaited_intent(r) for r in rows)), 30)
-            assert answers == [None, None]
-        finally:
-            writer.close()
+        answers = await asyncio.wait_for(asyncio.gather(*(writer.awaited_intent(r) for r in rows)), 30)
+        assert answers == [None, None]
         return rows
 
-    rows = asyncio.run(main())
+    rows = _with_writer(tmp_path, scenario)
     conn = _log(tmp_path)
     assert audit.get(conn, rows[0]["id"])["req_body"] == body and audit.get(conn, rows[1]["id"])["path"] == "/after"
 
@@ -232,21 +220,17 @@ def test_one_value_the_pipe_cannot_carry_does_not_take_other_rows_outcomes_from_
     """A value that cannot be sent sent its whole turn to the thread: the outcomes of other rows the process wrote
     too, which the process, still holding those rows in flight, then recorded as interrupted over them when it
     stopped. Only what cannot be sent goes to the thread."""
-    async def main() -> dict[str, Any]:
-        writer = await _offloaded(tmp_path)
+    async def scenario(writer: OffloadedWriter) -> dict[str, Any]:
         row = _row("/plain")
-        try:
-            assert await writer.awaited_intent(row) is None
-            writer.outcome_in_turn(row["id"], _answered(203))  # in the same turn as the odd row below
-            odd = writer.awaited_intent({**_row("/odd"), "req_body_size": 2 ** 70})
-            with pytest.raises(AuditError):
-                await asyncio.wait_for(odd, 10)
-            await asyncio.sleep(0.5)
-        finally:
-            writer.close()
+        assert await writer.awaited_intent(row) is None
+        writer.outcome_in_turn(row["id"], _answered(203))  # in the same turn as the odd row below
+        odd = writer.awaited_intent({**_row("/odd"), "req_body_size": 2 ** 70})
+        with pytest.raises(AuditError):
+            await asyncio.wait_for(odd, 10)
+        await asyncio.sleep(0.5)
         return row
 
-    row = asyncio.run(main())
+    row = _with_writer(tmp_path, scenario)
     kept = audit.get(_log(tmp_path), row["id"])
     assert (kept["status"], kept["error"]) == (203, None)
 
@@ -259,15 +243,11 @@ def test_the_writer_process_inherits_no_secret_from_the_environment(tmp_path: Pa
     monkeypatch.setenv(vault.KEY_ENV, "vault-key-secret")
     monkeypatch.setenv("OPENAI_API_KEY", "sk-secret")
 
-    async def main() -> bytes:
-        writer = await _offloaded(tmp_path)
-        try:
-            assert writer._process is not None
-            return Path(f"/proc/{writer._process.pid}/environ").read_bytes()
-        finally:
-            writer.close()
+    async def scenario(writer: OffloadedWriter) -> bytes:
+        assert writer._process is not None
+        return Path(f"/proc/{writer._process.pid}/environ").read_bytes()
 
-    environ = asyncio.run(main())
+    environ = _with_writer(tmp_path, scenario)
     assert b"secret" not in environ and b"PATH=" in environ
 
 
@@ -278,40 +258,28 @@ def test_a_writer_process_that_never_answers_is_taken_for_gone(tmp_path: Path, m
 
     monkeypatch.setattr(offload, "ANSWER_SECONDS", 1.0)
 
-    async def main() -> dict[str, Any]:
-        writer = await _offloaded(tmp_path)
-        later = _row("/after")
-        try:
-            assert writer._process is not None
-            os.kill(writer._process.pid, signal.SIGSTOP)
-            with pytest.raises(AuditError, match="writer process ended"):
-                await asyncio.wait_for(writer.awaited_intent(_row("/lost")), 10)
-            assert writer._process is None
-            assert await asyncio.wait_for(writer.awaited_intent(later), 10) is None
-        finally:
-            writer.close()
-        return later
+    async def stopped(writer: OffloadedWriter) -> None:
+        assert writer._process is not None
+        os.kill(writer._process.pid, signal.SIGSTOP)
+        with pytest.raises(AuditError, match="writer process ended"):
+            await asyncio.wait_for(writer.awaited_intent(_row("/lost")), 10)
+        assert writer._process is None
 
-    later = asyncio.run(main())
-    assert audit.get(_log(tmp_path), later["id"])["path"] == "/after"
+    _then_the_thread_writes(tmp_path, stopped)
 
 
 def test_an_outcome_from_another_thread_is_not_overwritten_as_interrupted(tmp_path: Path) -> None:
     """The record stage may end a row from a thread (a large exchange's outcome is built off the loop): the outcome
     of a row the process wrote, asked for there, went to the thread writer, and the process, its row still in flight
     for it, recorded it interrupted over the real outcome when it stopped."""
-    async def main() -> dict[str, Any]:
-        writer = await _offloaded(tmp_path)
+    async def scenario(writer: OffloadedWriter) -> dict[str, Any]:
         row = _row("/from-a-thread")
-        try:
-            assert await writer.awaited_intent(row) is None
-            await asyncio.to_thread(writer.record_outcome, row["id"], _answered(206))
-            await asyncio.sleep(0.5)
-        finally:
-            writer.close()
+        assert await writer.awaited_intent(row) is None
+        await asyncio.to_thread(writer.record_outcome, row["id"], _answered(206))
+        await asyncio.sleep(0.5)
         return row
 
-    row = asyncio.run(main())
+    row = _with_writer(tmp_path, scenario)
     kept = audit.get(_log(tmp_path), row["id"])
     assert (kept["status"], kept["error"]) == (206, None)
 
@@ -320,18 +288,22 @@ def test_a_message_the_process_cannot_read_ends_it_rather_than_wedging_it(tmp_pa
     """A value MessagePack sends but cannot read back (a map keyed by a tuple) raised in the process at every read
     after it, the message never taken out: every row after it waited for ever. The process ends instead; its waiters
     are refused and the thread writes the rows after."""
-    async def main() -> dict[str, Any]:
-        writer = await _offloaded(tmp_path)
+    async def unreadable(writer: OffloadedWriter) -> None:
+        with pytest.raises(AuditError):
+            await asyncio.wait_for(writer.awaited_intent({**_row("/odd"), "report": {(1, 2): 3}}), 10)
+
+    _then_the_thread_writes(tmp_path, unreadable)
+
+
+def _then_the_thread_writes(tmp_path: Path, provoke: Any) -> None:
+    """Await `provoke(writer)`, which refuses a row and ends the process's part; a row after it is still written."""
+    async def scenario(writer: OffloadedWriter) -> dict[str, Any]:
         later = _row("/after")
-        try:
-            with pytest.raises(AuditError):
-                await asyncio.wait_for(writer.awaited_intent({**_row("/odd"), "report": {(1, 2): 3}}), 10)
-            assert await asyncio.wait_for(writer.awaited_intent(later), 10) is None
-        finally:
-            writer.close()
+        await provoke(writer)
+        assert await asyncio.wait_for(writer.awaited_intent(later), 10) is None
         return later
 
-    later = asyncio.run(main())
+    later = _with_writer(tmp_path, scenario)
     assert audit.get(_log(tmp_path), later["id"])["path"] == "/after"
 
 
@@ -339,24 +311,20 @@ def test_a_sigterm_to_the_whole_group_leaves_the_writer_process_to_the_proxy(tmp
     """A service manager stops a service by sending SIGTERM to each of its processes: the writer process died at
     once, its rows in flight left for the next start and the outcomes it was handed lost, while the proxy was still
     stopping. It stops when the proxy stops it (or ends: its input closes)."""
-    async def main() -> tuple[dict[str, Any], dict[str, Any]]:
-        writer = await _offloaded(tmp_path)
+    async def scenario(writer: OffloadedWriter) -> tuple[dict[str, Any], dict[str, Any]]:
         first, second = _row("/first"), _row("/second")
-        try:
-            assert await writer.awaited_intent(first) is None
-            assert writer._process is not None
-            os.kill(writer._process.pid, signal.SIGTERM)
-            await asyncio.sleep(0.5)
-            assert writer._process is not None and writer._process.poll() is None
-            assert await asyncio.wait_for(writer.awaited_intent(second), 10) is None
-            assert second["id"] in writer._theirs
-            writer.outcome_in_turn(first["id"], _answered(207))
-            await asyncio.sleep(0)
-        finally:
-            writer.close()
+        assert await writer.awaited_intent(first) is None
+        assert writer._process is not None
+        os.kill(writer._process.pid, signal.SIGTERM)
+        await asyncio.sleep(0.5)
+        assert writer._process is not None and writer._process.poll() is None
+        assert await asyncio.wait_for(writer.awaited_intent(second), 10) is None
+        assert second["id"] in writer._theirs
+        writer.outcome_in_turn(first["id"], _answered(207))
+        await asyncio.sleep(0)
         return first, second
 
-    first, second = asyncio.run(main())
+    first, second = _with_writer(tmp_path, scenario)
     conn = _log(tmp_path)
     assert audit.get(conn, first["id"])["status"] == 207
     assert audit.get(conn, second["id"])["error"] == audit.INTERRUPTED
@@ -366,13 +334,9 @@ def test_the_writer_process_is_hardened_as_the_proxy_is(tmp_path: Path) -> None:
     """The proxy is not dumpable (other processes of its user cannot trace it, read its memory or open its descriptors
     through /proc) and writes no core file; the writer process, which holds the chain key and whose input writes the
     log, was dumpable again (exec resets it), its pipe open to any process of the user through /proc/PID/fd/0."""
-    async def main() -> str:
-        writer = await _offloaded(tmp_path)
-        try:
-            assert writer._process is not None
-            return Path(f"/proc/{writer._process.pid}/limits").read_text()
-        finally:
-            writer.close()
+    async def scenario(writer: OffloadedWriter) -> str:
+        assert writer._process is not None
+        return Path(f"/proc/{writer._process.pid}/limits").read_text()
 
-    core = next(line for line in asyncio.run(main()).splitlines() if line.startswith("Max core file size"))
+    core = next(line for line in _with_writer(tmp_path, scenario).splitlines() if line.startswith("Max core file size"))
     assert core.split()[4:6] == ["0", "0"], core
