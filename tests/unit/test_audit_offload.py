@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,25 @@ def _answered(status: int = 200) -> dict[str, Any]:
     return {"status": status, "ended": time.time(), "duration_ms": 1.0, "resp_body": b"done"}
 
 
+#: The writer processes the tests started, killed after each test if one is still there (a test that stopped one with
+#: SIGSTOP and failed before its writer was closed left it stopped for good).
+_STARTED: list[Any] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_writer_process_left() -> Iterator[None]:
+    yield
+    for process in _STARTED:
+        if process.poll() is None:  # still this test's child: its pid cannot be another process's yet
+            process.kill()
+            process.wait()
+    _STARTED.clear()
+
+
 async def _offloaded(tmp: Path) -> OffloadedWriter:
     """A writer whose process has said it is ready (rows asked for before then are the thread's, and answered)."""
     writer = OffloadedWriter(AuditWriter(tmp / "audit.db", Seal(tmp)))
+    _STARTED.append(writer._process)
     deadline = time.monotonic() + 20
     while not writer._ready:
         assert time.monotonic() < deadline, "the writer process never said it was ready"
