@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import ctypes
 import fcntl
 import functools
 import logging
@@ -196,14 +195,12 @@ class OffloadedWriter:
         self._in_turn(["outcome", request_id, fields])
 
     def record_outcome(self, request_id: str, fields: dict[str, Any]) -> concurrent.futures.Future[str | None]:
+        if not self._to_loop(request_id, fields):
+            if not self._is_theirs(request_id):
+                return self.local.record_outcome(request_id, fields)
+            self._theirs.discard(request_id)
+            self._in_turn(["outcome", request_id, fields])
         done: concurrent.futures.Future[str | None] = concurrent.futures.Future()
-        if self._to_loop(request_id, fields):
-            done.set_result(None)
-            return done
-        if not self._is_theirs(request_id):
-            return self.local.record_outcome(request_id, fields)
-        self._theirs.discard(request_id)
-        self._in_turn(["outcome", request_id, fields])
         done.set_result(None)  # as the thread writer's: nobody waits for an outcome's commit
         return done
 
@@ -443,16 +440,6 @@ def _told_on_loop(waiter: asyncio.Future[str | None], written: concurrent.future
         loop.call_soon_threadsafe(_tell, waiter, result)
 
 
-def _die_with_parent(parent: int) -> None:
-    """Be sent SIGTERM when the proxy ends (and end now if it already has)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent:
-        sys.exit(0)
-
-
 def _serve(path: Path, state_dir: Path, parent: int) -> None:
     """The writer process: ops from stdin, written by an AuditWriter on this process's own event loop (a turn's
     ops handed to its thread together), answers on stdout, one message a turn."""
@@ -528,8 +515,9 @@ def _serve(path: Path, state_dir: Path, parent: int) -> None:
 
 if __name__ == "__main__":
     from ..hardening import harden_process
+    from ..workers import die_with_parent
 
     harden_process()  # as the proxy: it holds the chain key, and what reaches its input is written to the log
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="goex-proxy audit writer: %(message)s")
-    _die_with_parent(int(sys.argv[3]))
+    die_with_parent(int(sys.argv[3]))  # as a worker does
     _serve(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]))
