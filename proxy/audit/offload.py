@@ -26,7 +26,7 @@ from ..errors import AuditError
 from ..policy.engine import Limit
 from ..policy.limits import Charge
 from .seal import Seal
-from .writer import AuditWriter
+from .writer import OUTCOME_GATHER_SECONDS, AuditWriter
 
 log = logging.getLogger(__name__)
 
@@ -441,76 +441,89 @@ def _told_on_loop(waiter: asyncio.Future[str | None], written: concurrent.future
 
 
 def _serve(path: Path, state_dir: Path, parent: int) -> None:
-    """The writer process: ops from stdin, written by an AuditWriter on this process's own event loop (a turn's
-    ops handed to its thread together), answers on stdout, one message a turn."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # until `on_term` takes it: the proxy's end closes the input too
+    """The writer process: ops from stdin, written in this thread by an AuditWriter without a thread of its own,
+    what arrived together in one transaction; answers on stdout, one message a transaction. (A loop handing its turns
+    to the writer's thread, as the proxy does, cost a wake-up through the loop's self-pipe per batch, and the two
+    threads' GIL, for a process that has nothing else to do.)"""
     answers_fd = os.dup(1)
     os.dup2(2, 1)  # nothing else this process prints reaches the answers
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    os.set_blocking(0, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGTERM, lambda *_: None)  # seen through `wake_r`: see `_terminated`
+    writer = AuditWriter(path, Seal(state_dir), threaded=False)
     incoming = bytearray()
-    answers: list[tuple[int, Any]] = []
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    writer = AuditWriter(path, Seal(state_dir))
-    stopping = loop.create_future()
+    _answer(answers_fd, "ready")
+    try:
+        while True:
+            asked, taken, stop = _read_ops(incoming, writer, wake_r, parent, None)
+            if taken and not asked and not stop:  # outcomes alone wait a little for company, as the thread's do
+                asked, _, stop = _read_ops(incoming, writer, wake_r, parent, OUTCOME_GATHER_SECONDS)
+            writer.write_queued()
+            if asked:
+                _answer(answers_fd, [(token, _result(future)) for token, future in asked])
+            if stop:
+                break
+    finally:
+        writer.close()
 
-    def flush() -> None:
-        if answers:
-            data = _frame(list(answers))
-            answers.clear()
-            view = memoryview(data)
-            while view:
-                view = view[os.write(answers_fd, view):]
 
-    def answered(token: int, future: asyncio.Future[str | None]) -> None:
-        exc = future.exception()
-        answers.append((token, ["error", str(exc)] if exc is not None else future.result()))
-        if len(answers) == 1:
-            loop.call_soon(flush)
-
-    def on_ops() -> None:
-        chunk = os.read(0, 1 << 20)
-        if not chunk:
-            if not stopping.done():
-                stopping.set_result(None)
-            return
-        incoming.extend(chunk)
+def _read_ops(incoming: bytearray, writer: AuditWriter, wake_r: int, parent: int, wait: float | None
+              ) -> tuple[list[tuple[int, concurrent.futures.Future[str | None]]], bool, bool]:
+    """Queue on `writer` the ops that arrive within `wait` seconds (None: once some do), every one there is: the
+    intents queued, with their tokens; whether any op was; and whether to stop after writing them."""
+    ready = select.select([0, wake_r], [], [], wait)[0]
+    stop = wake_r in ready and _terminated(wake_r, parent)
+    asked: list[tuple[int, concurrent.futures.Future[str | None]]] = []
+    taken = False
+    if 0 not in ready:
+        return asked, taken, stop
+    while True:
         try:
-            for ops in _frames(incoming):
-                for op in ops:
-                    take(op)
-        except Exception as exc:  # a message it cannot read stays at the head of `incoming`: every read after failed
-            log.error("a message from the proxy could not be read (%s); stopping, the proxy's thread writes on", exc)
-            if not stopping.done():
-                stopping.set_result(None)
+            chunk = os.read(0, 1 << 20)
+        except BlockingIOError:
+            break
+        if not chunk:  # the proxy closed its end, or ended
+            stop = True
+            break
+        incoming.extend(chunk)
+    try:
+        for ops in _frames(incoming):
+            for op in ops:
+                taken = True
+                if op[0] == "intent":
+                    asked.append((op[1], writer.record_intent(op[2], _charge_in(op[3]))))
+                elif op[0] == "outcome":
+                    writer.record_outcome(op[1], op[2])
+                elif op[0] == "stop":
+                    return asked, taken, True
+    except Exception as exc:  # a message it cannot read stays at the head of `incoming`: every read after failed
+        log.error("a message from the proxy could not be read (%s); stopping, the proxy's thread writes on", exc)
+        return asked, taken, True
+    return asked, taken, stop
 
-    def take(op: Any) -> None:
-        if op[0] == "intent":
-            waiter = writer.awaited_intent(op[2], _charge_in(op[3]))
-            waiter.add_done_callback(functools.partial(answered, op[1]))
-        elif op[0] == "outcome":
-            writer.outcome_in_turn(op[1], op[2])
-        elif op[0] == "stop" and not stopping.done():
-            stopping.set_result(None)
 
-    def on_term() -> None:
-        """SIGTERM: the proxy has ended (PR_SET_PDEATHSIG), so stop, writing what was handed over; else it is one sent
-        to every process of the service (systemd stopping it), and the proxy, stopping too, stops this one after
-        handing over its last outcomes (dying now lost them, and left its rows in flight to the next start)."""
-        if os.getppid() != parent and not stopping.done():
-            stopping.set_result(None)
+def _terminated(wake_r: int, parent: int) -> bool:
+    """After a signal: whether it was the proxy's end (PR_SET_PDEATHSIG sends SIGTERM), so that this process stops,
+    writing what it was handed; else it was one sent to every process of the service (systemd stopping it), and the
+    proxy, stopping too, stops this one after handing over its last outcomes (dying now lost them, and left its rows
+    in flight to the next start)."""
+    with contextlib.suppress(BlockingIOError):
+        os.read(wake_r, 512)
+    return os.getppid() != parent
 
-    async def main() -> None:
-        loop.add_signal_handler(signal.SIGTERM, on_term)
-        loop.add_reader(0, on_ops)
-        flush_ready = _frame("ready")
-        os.write(answers_fd, flush_ready)
-        await stopping
-        loop.remove_reader(0)
-        await asyncio.sleep(0)  # the last turn's ops handed over
-        await loop.run_in_executor(None, writer.close)
-        flush()
 
-    loop.run_until_complete(main())
+def _result(future: concurrent.futures.Future[str | None]) -> Any:
+    """A written intent's answer: None (committed), why a cap refused it, or ["error", why]."""
+    exc = future.exception(timeout=0)
+    return ["error", str(exc)] if exc is not None else future.result()
+
+
+def _answer(fd: int, message: Any) -> None:
+    view = memoryview(_frame(message))
+    while view:
+        view = view[os.write(fd, view):]
 
 
 if __name__ == "__main__":

@@ -223,7 +223,9 @@ class _WriteTurns:
 class AuditWriter:
     """The only writer: a thread that takes intents and outcomes, batches them into transactions, and chains hashes."""
 
-    def __init__(self, path: Path, seal: Seal) -> None:
+    def __init__(self, path: Path, seal: Seal, threaded: bool = True) -> None:
+        """`threaded`: a thread writes what is queued; else the caller does, with `write_queued` (the writer
+        process, which has nothing else to do: a thread there cost it a wake-up of its loop per batch)."""
         self.path = path
         self.seal = seal
         self._conn = open_db(path, seal=seal)
@@ -250,7 +252,8 @@ class AuditWriter:
         if started.exception() is not None:
             log.error("could not record the outcome of requests left in flight: %s", started.exception())
         self._thread = threading.Thread(target=self._run, name="goex-audit-writer", daemon=True)
-        self._thread.start()
+        if threaded:
+            self._thread.start()
 
     def record_intent(self, row: dict[str, Any], charge: Charge | None = None) -> concurrent.futures.Future[str | None]:
         """Queue a request row (with its outcome too, if it already has one) and its limit charge. The future resolves
@@ -343,9 +346,30 @@ class AuditWriter:
             self._queue.put(_STOP)
             self._waited.set()
             self._thread.join(timeout=10)
+        elif self._thread.ident is None:  # never started: what is queued is written here, as the thread would
+            self.write_queued()
+            self._interrupt()
+            self.write_queued()
         self._conn.close()
         self._turns.close()
         ids.release(self.path)
+
+    def write_queued(self) -> None:
+        """Write everything queued, in the calling thread (a writer made without its thread): in one transaction, then
+        what that queued in turn (the outcome of a row it could not anchor, say)."""
+        while batch := self._queued():
+            try:
+                self._write(batch)
+            except Exception as exc:  # as `_run`: refused, never taken for written
+                self._failed(batch, exc)
+
+    def _queued(self) -> list[Any]:
+        batch = []
+        while True:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                return batch
 
     def _run(self) -> None:
         while True:
@@ -403,11 +427,7 @@ class AuditWriter:
         if _unwaited(batch[0]):
             self._waited.wait(OUTCOME_GATHER_SECONDS)  # at once if something waited for was queued since
         self._waited.clear()  # whatever set it is taken below, or by the next get (which does not wait for company)
-        while True:
-            try:
-                batch.append(self._queue.get_nowait())
-            except queue.Empty:
-                return batch
+        return batch + self._queued()
 
     def _write(self, batch: list[tuple[Any, concurrent.futures.Future[str | None]]]) -> None:
         """One transaction for the batch, in this writer's turn; then the anchor (outside the turn: the next writer
