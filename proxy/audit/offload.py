@@ -454,15 +454,15 @@ def _serve(path: Path, state_dir: Path, parent: int) -> None:
     signal.signal(signal.SIGTERM, lambda *_: None)  # seen through `wake_r`: see `_terminated`
     writer = AuditWriter(path, Seal(state_dir), threaded=False)
     incoming = bytearray()
-    _answer(answers_fd, "ready")
+    answering = _answer(answers_fd, "ready")
     try:
         while True:
             asked, taken, stop = _read_ops(incoming, writer, wake_r, parent, None)
             if taken and not asked and not stop:  # outcomes alone wait a little for company, as the thread's do
                 asked, _, stop = _read_ops(incoming, writer, wake_r, parent, OUTCOME_GATHER_SECONDS)
             writer.write_queued()
-            if asked:
-                _answer(answers_fd, [(token, _result(future)) for token, future in asked])
+            if asked and answering:
+                answering = _answer(answers_fd, [(token, _result(future)) for token, future in asked])
             if stop:
                 break
     finally:
@@ -520,10 +520,17 @@ def _result(future: concurrent.futures.Future[str | None]) -> Any:
     return ["error", str(exc)] if exc is not None else future.result()
 
 
-def _answer(fd: int, message: Any) -> None:
+def _answer(fd: int, message: Any) -> bool:
+    """Send `message` to the proxy; False when nobody reads the answers any more (the proxy ended). The process then
+    goes on to the end of its input: the outcomes the proxy handed over before it ended are still to be written (ended
+    at the broken pipe, it recorded their rows interrupted over requests that had ended)."""
     view = memoryview(_frame(message))
-    while view:
-        view = view[os.write(fd, view):]
+    try:
+        while view:
+            view = view[os.write(fd, view):]
+    except BrokenPipeError:
+        return False
+    return True
 
 
 if __name__ == "__main__":

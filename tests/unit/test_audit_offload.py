@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
+import select
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,9 +18,9 @@ import pytest
 
 from goex_proxy.audit import store as audit
 from goex_proxy.audit.layout import stored_text
-from goex_proxy.audit.offload import OffloadedWriter
+from goex_proxy.audit.offload import OffloadedWriter, _child_env, _frame, _frames
 from goex_proxy.audit.seal import Seal
-from goex_proxy.audit.writer import AuditWriter
+from goex_proxy.audit.writer import AuditWriter, write_lock
 from goex_proxy.errors import AuditError
 from goex_proxy.ids import RequestIds
 
@@ -388,3 +392,56 @@ def test_a_writer_without_its_thread_writes_what_is_queued_when_told(tmp_path: P
     conn = _log(tmp_path)
     assert audit.get(conn, answered["id"])["status"] == 204
     assert audit.get(conn, left["id"])["error"] == audit.INTERRUPTED
+
+
+def _writer_process(tmp: Path) -> subprocess.Popen[bytes]:
+    """A writer process started as `OffloadedWriter` starts one, driven here through its pipes; it has said it is
+    ready."""
+    argv = [sys.executable, "-m", "goex_proxy.audit.offload", str(tmp / "audit.db"), str(tmp), str(os.getpid())]
+    process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True,
+                               env=_child_env())
+    _STARTED.append(process)
+    assert _answers(process, bytearray()) == ["ready"]
+    return process
+
+
+def _answers(process: subprocess.Popen[bytes], buffer: bytearray) -> list[Any]:
+    """The next messages of the writer process (what `_on_answers` reads), within 10 s."""
+    assert process.stdout is not None
+    while not (messages := _frames(buffer)):
+        assert select.select([process.stdout], [], [], 10)[0], "the writer process did not answer"
+        chunk = os.read(process.stdout.fileno(), 1 << 20)
+        assert chunk, "the writer process ended"
+        buffer += chunk
+    return list(messages)
+
+
+def _send(process: subprocess.Popen[bytes], ops: list[Any]) -> None:
+    assert process.stdin is not None
+    process.stdin.write(_frame(ops))
+    process.stdin.flush()
+
+
+def test_the_proxy_ending_while_a_row_is_written_leaves_the_outcomes_it_handed_over_written(tmp_path: Path) -> None:
+    """The proxy killed (SIGKILL) while its writer process writes a row: the answer finds the pipe closed, and the
+    process ended at once on the broken pipe, its outcomes still unread in its input (handed over just before):
+    their rows were recorded interrupted over requests that had ended. It writes what it was handed, then stops."""
+    process = _writer_process(tmp_path)
+    done, later = _row("/done"), _row("/later")
+    _send(process, [["intent", 1, done, None]])
+    assert _answers(process, bytearray()) == [[[1, None]]]
+    lock = os.open(write_lock(tmp_path / "audit.db"), os.O_RDWR)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # the process takes `later` and waits for its turn to write it
+    try:
+        _send(process, [["intent", 2, later, None]])
+        time.sleep(0.3)
+        _send(process, [["outcome", done["id"], _answered(208)]])
+        assert process.stdin is not None and process.stdout is not None
+        process.stdout.close()  # as the proxy's end, killed: nothing reads the answers, and its input ends
+        process.stdin.close()
+    finally:
+        os.close(lock)
+    assert process.wait(10) == 0
+    conn = _log(tmp_path)
+    assert (audit.get(conn, done["id"])["status"], audit.get(conn, done["id"])["error"]) == (208, None)
+    assert audit.get(conn, later["id"])["error"] == audit.INTERRUPTED
