@@ -17,6 +17,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,17 +52,17 @@ def _frame(message: Any) -> bytes:
     return _LENGTH.pack(len(data)) + data
 
 
-def _frames(buffer: bytearray) -> list[Any]:
-    """The whole messages at the start of `buffer`, taken out of it."""
-    out = []
+def _frames(buffer: bytearray) -> Iterator[Any]:
+    """The whole messages at the start of `buffer`, each taken out of it as it is read: one that cannot be read
+    raises, those before it already given (unpacked all before any was given, they were lost with it)."""
     while len(buffer) >= _LENGTH.size:
         (size,) = _LENGTH.unpack_from(buffer)
         if len(buffer) < _LENGTH.size + size:
             break
-        out.append(msgpack.unpackb(bytes(buffer[_LENGTH.size:_LENGTH.size + size]), raw=False,
-                                   unicode_errors="surrogatepass", strict_map_key=False))
+        message = msgpack.unpackb(bytes(buffer[_LENGTH.size:_LENGTH.size + size]), raw=False,
+                                  unicode_errors="surrogatepass", strict_map_key=False)
         del buffer[:_LENGTH.size + size]
-    return out
+        yield message
 
 
 #: What `_frame` raises for a value it cannot send: one MessagePack cannot carry, or a message past 4 GiB.

@@ -408,12 +408,12 @@ def _writer_process(tmp: Path) -> subprocess.Popen[bytes]:
 def _answers(process: subprocess.Popen[bytes], buffer: bytearray) -> list[Any]:
     """The next messages of the writer process (what `_on_answers` reads), within 10 s."""
     assert process.stdout is not None
-    while not (messages := _frames(buffer)):
+    while not (messages := list(_frames(buffer))):
         assert select.select([process.stdout], [], [], 10)[0], "the writer process did not answer"
         chunk = os.read(process.stdout.fileno(), 1 << 20)
         assert chunk, "the writer process ended"
         buffer += chunk
-    return list(messages)
+    return messages
 
 
 def _send(process: subprocess.Popen[bytes], ops: list[Any]) -> None:
@@ -445,3 +445,19 @@ def test_the_proxy_ending_while_a_row_is_written_leaves_the_outcomes_it_handed_o
     conn = _log(tmp_path)
     assert (audit.get(conn, done["id"])["status"], audit.get(conn, done["id"])["error"]) == (208, None)
     assert audit.get(conn, later["id"])["error"] == audit.INTERRUPTED
+
+
+def test_what_arrived_before_a_message_the_process_cannot_read_is_written(tmp_path: Path) -> None:
+    """Messages read together were all unpacked before any was taken: one the process cannot read lost those before
+    it, an outcome among them recorded interrupted over a request that had ended. Each is taken as it is read."""
+    process = _writer_process(tmp_path)
+    done = _row("/done")
+    _send(process, [["intent", 1, done, None]])
+    assert _answers(process, bytearray()) == [[[1, None]]]
+    assert process.stdin is not None
+    process.stdin.write(_frame([["outcome", done["id"], _answered(209)]])
+                        + _frame([["intent", 2, {**_row("/odd"), "report": {(1, 2): 3}}, None]]))
+    process.stdin.flush()
+    assert process.wait(10) == 0  # it stops at the message it cannot read, as before
+    kept = audit.get(_log(tmp_path), done["id"])
+    assert (kept["status"], kept["error"]) == (209, None)
