@@ -237,6 +237,10 @@ class AuditWriter:
         #: ids the transaction being written added to `_pending`: what its failure takes back (and nothing else: a
         #: row refused because its id is taken must not let go of the row in flight under that id)
         self._added: list[str] = []
+        #: rows the transaction being written ended (taken out of `_pending`): what its failure puts back, so that
+        #: an outcome lost with it (a full disk) leaves its row to be recorded interrupted when the writer stops, not
+        #: looking as if it were still going on
+        self._ended: dict[str, tuple[str, int, tuple[Any, ...], Any]] = {}
         self._blobs = blobs.BlobStore()
         #: what the record stage asked for in this turn of each event loop, queued at the turn's end (`_in_turn`)
         self._loop_turns: dict[asyncio.AbstractEventLoop, list[Any]] = {}
@@ -468,7 +472,7 @@ class AuditWriter:
         nothing was written, and the ops are to be written one by one)."""
         head: Anchor | None = None
         refused: dict[int, Any] = {}
-        self._added = []
+        self._added, self._ended = [], {}
         try:
             with self._conn:
                 # Another process (an `undo` next to `goex-proxy run`) may have appended since: lock, then read the head.
@@ -498,7 +502,8 @@ class AuditWriter:
                     else:
                         head = self._insert(op, head.hash if head else last[0] if last else "")
         except Exception as exc:  # sqlite3.Error, disk full, a locked database: every waiter fails closed
-            for request_id in self._added:  # rolled back
+            self._pending.update(self._ended)  # their outcomes rolled back: still in flight
+            for request_id in self._added:  # rolled back (a row ended in the same batch too)
                 self._pending.pop(request_id, None)
             if len(batch) > 1 and isinstance(exc, _VALUE_ERRORS):  # one op's value: the others are not to fail with it
                 self._forget()
@@ -623,7 +628,9 @@ class AuditWriter:
 
     def _update(self, op: _Outcome) -> None:
         pending, again = self._pending.pop(op.id, None), False
-        if pending is None:
+        if pending is not None:
+            self._ended[op.id] = pending
+        else:
             # Read as written (the agent and host as names, as `_insert` has them); lenient: a name missing reads
             # as one that fails `verify`, and only names the family its blobs are deflated in.
             term, forms = layout.id_term(op.id)

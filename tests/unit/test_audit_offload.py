@@ -461,3 +461,26 @@ def test_what_arrived_before_a_message_the_process_cannot_read_is_written(tmp_pa
     assert process.wait(10) == 0  # it stops at the message it cannot read, as before
     kept = audit.get(_log(tmp_path), done["id"])
     assert (kept["status"], kept["error"]) == (209, None)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="resource.prlimit of another process")
+def test_an_outcome_lost_with_a_failed_write_leaves_its_row_to_be_recorded_interrupted(tmp_path: Path) -> None:
+    """An outcome whose transaction failed (a full disk) took its row out of those in flight all the same: the row
+    was never ended, not even as interrupted when the writer stopped, and looked as if its request still went on."""
+    import resource
+
+    process = _writer_process(tmp_path)
+    row = _row("/ended")
+    _send(process, [["intent", 1, row, None]])
+    assert _answers(process, bytearray()) == [[[1, None]]]
+    _, hard = resource.prlimit(process.pid, resource.RLIMIT_FSIZE)
+    resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (1, hard))  # no file of it grows: as a full disk
+    _send(process, [["outcome", row["id"], {**_answered(), "resp_body": os.urandom(1 << 16)}]])
+    _send(process, [["intent", 2, _row("/after"), None]])
+    [[(token, answer)]] = _answers(process, bytearray())  # written after the outcome was tried
+    assert token == 2 and answer[0] == "error", answer
+    resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (hard, hard))
+    _send(process, [["stop"]])
+    assert process.wait(10) == 0
+    kept = audit.get(_log(tmp_path), row["id"])
+    assert (kept["status"], kept["error"]) == (None, audit.INTERRUPTED)
