@@ -407,10 +407,10 @@ def run(config: Config, policies: PolicySet, quiet: bool = False, also: Sequence
         except OSError as exc:
             raise StateError(f"cannot listen on {config.listen_host}:{config.listen_port}: {exc.strerror or exc}") from None
     factory = (lambda: SharedPortLoop(config.listen_port, sockets[0])) if sockets else None
-    # One proxy process with a core to spare writes its rows in a process of its own: its writer's Python no longer
-    # holds the GIL the event loop waits for (0.89 -> 0.99 of bare mitmdump, bench/README.md). Workers as many as the
-    # cores have none to spare: there it cost them 4-5% (the rows handed over and back).
-    writer_process = worker is None and workers <= 1 and default_count() > 1
+    # On a machine of two cores or more each proxy process writes its rows in a process of its own: its writer's
+    # Python no longer holds the GIL the event loop waits for (bench/README.md: one worker 0.89 -> 0.99 of bare
+    # mitmdump; two workers 1.08 -> 1.16 and 1.12 -> 1.19 once that process wrote in the thread that reads).
+    writer_process = default_count() > 1
     with asyncio.Runner(loop_factory=factory) as runner:
         failed = runner.run(serve(config, policies, quiet, also, worker, sockets, writer_process))
     if failed:

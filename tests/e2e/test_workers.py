@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from goex_proxy import ids
+from goex_proxy.workers import default_count
 from tests.e2e.test_approvals import Agent, one_pending, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -54,6 +55,30 @@ def _workers_of(parent: int) -> list[int]:
         if b"--worker" in argv and b"--parent" in argv and argv[argv.index(b"--parent") + 1] == str(parent).encode():
             found.append(int(entry))
     return found
+
+
+def _writer_of(proxy_pid: int) -> int | None:
+    """The pid of the audit writer process a proxy process (`run`, or one of its workers) started, if it runs."""
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if b"goex_proxy.audit.offload" in argv and ppid == proxy_pid:
+            return int(entry)
+    return None
+
+
+def _ended(pid: int) -> bool:
+    """Whether the process has ended (gone, or a zombie nobody has reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except OSError:
+        return True
 
 
 def _listening(port: int) -> int:
@@ -164,11 +189,18 @@ def test_holds_are_decided_from_anywhere_and_each_worker_reloads(make_proxy, ups
 
 
 def test_a_dead_worker_is_started_again_and_all_stop_with_run(make_proxy, upstream):
+    several = default_count() > 1
     proxy = _started(make_proxy(POLICY, start=False))
     parent = proxy.proc.pid
     first = wait_for(lambda: _workers_of(parent), what="the second worker")[0]
+    # On 2 cores or more each worker writes its rows in a writer process of its own, which ends with it.
+    writer = wait_for(lambda: _writer_of(first), what="the worker's audit writer process") if several else None
+    assert not several or _writer_of(parent) not in (None, writer)
     os.kill(first, signal.SIGKILL)
     second = wait_for(lambda: [p for p in _workers_of(parent) if p != first], what="a new worker", timeout=30)[0]
+    if writer is not None:
+        wait_for(lambda: _ended(writer), what="the killed worker's writer process to end")
+        wait_for(lambda: _writer_of(second), what="the new worker's audit writer process")
     _worker_started(proxy, 2)
     assert "worker 1 exited with -9; starting it again" in proxy.log_text()
     assert _burst(proxy).count(200) == 15
