@@ -228,3 +228,52 @@ def test_stopping_by_signals_to_every_process_prints_no_traceback(make_proxy, up
     text = proxy.log_text()
     assert "Traceback" not in text and "Exception ignored" not in text, text[-3000:]
     assert proxy.proc.returncode == 0
+
+
+# 120 posts, 20 at a time, each on its own connection; prints the statuses (0: the connection failed).
+LONG_BURST = """
+import json, concurrent.futures, requests
+def post(i):
+    try:
+        with requests.Session() as s:
+            return s.post("https://slack.com/api/chat.postMessage", json={"channel": "C1", "text": f"m{i}"},
+                          headers={"Connection": "close"}, timeout=60).status_code
+    except requests.RequestException:
+        return 0
+with concurrent.futures.ThreadPoolExecutor(20) as pool:
+    print(json.dumps(list(pool.map(post, range(120)))))
+"""
+
+
+@pytest.mark.skipif(default_count() < 2, reason="a writer process runs on 2 cores or more")
+def test_a_killed_writer_process_leaves_no_row_in_flight(make_proxy, upstream):
+    """The audit writer processes killed under load: the rows one committed but whose outcomes it had not written yet
+    (handed over, in its pipe or read), and those whose commit it never answered (their requests refused), are ended
+    by its proxy process's thread, not left looking in flight while that process runs on."""
+    import subprocess
+
+    proxy = _started(make_proxy({"slack": POLICY["slack"].replace("count: 15", "count: 1000")}, start=False))
+    worker = wait_for(lambda: _workers_of(proxy.proc.pid), what="the second worker")[0]
+    writers = [wait_for(lambda p=p: _writer_of(p), what="an audit writer process") for p in (proxy.proc.pid, worker)]
+    burst = subprocess.Popen([*proxy_exec(proxy), sys.executable, "-c", LONG_BURST], env=proxy.env,
+                             stdout=subprocess.PIPE, text=True)
+    wait_for(lambda: len(proxy.rows()) > 30, what="rows")
+    for writer in writers:
+        os.kill(writer, signal.SIGKILL)
+    statuses = json.loads(burst.communicate(timeout=120)[0])
+    assert set(statuses) <= {200, 502} and statuses.count(200) > 30, statuses
+
+    def unended() -> list[Any]:
+        return [r["id"] for r in proxy.rows() if r["status"] is None and r["error"] is None]
+
+    wait_for(lambda: not unended(), what="every row to have its outcome", timeout=10)
+    assert [r["status"] for r in proxy.rows()].count(200) == statuses.count(200)
+    verified = proxy.cli("log", "verify")
+    assert verified.returncode == 0 and "ok: " in verified.stdout, verified.stdout + verified.stderr
+
+
+def proxy_exec(proxy: Any) -> list[str]:
+    """`goex-proxy exec` as the agent mailbot through this proxy, the command to follow."""
+    from tests.conftest import GOEX
+
+    return [*GOEX, "exec", "--config", str(proxy.config), "--agent", "mailbot", "--"]
