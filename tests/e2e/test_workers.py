@@ -277,3 +277,41 @@ def proxy_exec(proxy: Any) -> list[str]:
     from tests.conftest import GOEX
 
     return [*GOEX, "exec", "--config", str(proxy.config), "--agent", "mailbot", "--"]
+
+
+def test_ctrl_c_under_load_answers_nothing_its_rows_say_was_interrupted(make_proxy, upstream):
+    """Ctrl-C (SIGINT to the process group) while agents post: everything stops (no audit writer process left, no
+    traceback, exit 0), and no agent gets an answer whose row says its request was interrupted (the first process
+    serves on while its workers stop, after its audit log closed)."""
+    import subprocess
+
+    from tests.conftest import GOEX, wait_port
+
+    proxy = make_proxy({"slack": POLICY["slack"].replace("count: 15", "count: 1000")}, start=False)
+    with open(proxy.log_path, "ab") as log:
+        proxy.proc = subprocess.Popen([*GOEX, "run", "--config", str(proxy.config), "--workers", "2"], env=proxy.env,
+                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    wait_port(proxy.port, proc=proxy.proc)
+    _worker_started(proxy)
+    burst = subprocess.Popen([*proxy_exec(proxy), sys.executable, "-c", LONG_BURST], env=proxy.env,
+                             stdout=subprocess.PIPE, text=True)
+    wait_for(lambda: len(proxy.rows()) > 30, what="rows")
+    os.killpg(proxy.proc.pid, signal.SIGINT)
+    assert proxy.proc.wait(30) == 0
+    statuses = json.loads(burst.communicate(timeout=120)[0])
+    text = proxy.log_text()
+    assert "Traceback" not in text and "Exception ignored" not in text, text[-3000:]
+    assert not [p for p in os.listdir("/proc") if p.isdigit() and _writer_of_home(int(p), proxy.home)]
+    done = {json.loads(r["req_body"])["text"] for r in proxy.rows() if r["status"] == 200}
+    answered = {f"m{i}" for i, status in enumerate(statuses) if status == 200}
+    assert answered <= done, sorted(answered - done)
+
+
+def _writer_of_home(pid: int, home: Any) -> bool:
+    """Whether the process is an audit writer process of the proxy whose home this is."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read()
+    except OSError:
+        return False
+    return b"goex_proxy.audit.offload" in argv and str(home).encode() in argv
