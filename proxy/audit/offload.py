@@ -28,6 +28,7 @@ from ..errors import AuditError
 from ..policy.engine import Limit
 from ..policy.limits import Charge
 from .seal import Seal
+from .store import INTERRUPTED
 from .writer import OUTCOME_GATHER_SECONDS, AuditWriter
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,9 @@ class OffloadedWriter:
         self._watch: asyncio.TimerHandle | None = None
         self._theirs: set[str] = set()  # ids whose row the process was handed, and not yet their outcome
         self._rows: dict[int, str] = {}  # token -> id of a row of `_theirs`, while unanswered
+        #: ids of rows the process wrote, and ended before their outcome came: the thread writes it, or, the proxy
+        #: stopping first, records them interrupted (the thread's writer knows nothing of them)
+        self._left: set[str] = set()
         #: (the last token handed over before it, id, fields) of each outcome handed over that the process may not
         #: have written yet: the answer to a later token says it has
         self._unsure: collections.deque[tuple[int, str, dict[str, Any]]] = collections.deque()
@@ -199,6 +203,7 @@ class OffloadedWriter:
         if self._to_loop(request_id, fields):
             return
         if not self._is_theirs(request_id):
+            self._left.discard(request_id)
             self.local.outcome_in_turn(request_id, fields)
             return
         self._outcome_to_process(request_id, fields)
@@ -206,6 +211,7 @@ class OffloadedWriter:
     def record_outcome(self, request_id: str, fields: dict[str, Any]) -> concurrent.futures.Future[str | None]:
         if not self._to_loop(request_id, fields):
             if not self._is_theirs(request_id):
+                self._left.discard(request_id)
                 return self.local.record_outcome(request_id, fields)
             self._outcome_to_process(request_id, fields)
         done: concurrent.futures.Future[str | None] = concurrent.futures.Future()
@@ -355,6 +361,7 @@ class OffloadedWriter:
             return
         log.error("audit: %s; the proxy's own thread writes every row from now on", GONE)
         lost = self._lost()
+        self._left |= self._theirs - lost.keys()
         if self._loop is not None and process.stdout is not None:
             self._loop.remove_reader(process.stdout.fileno())
             if self._out and process.stdin is not None:
@@ -439,7 +446,9 @@ class OffloadedWriter:
             if killed:
                 for token in answered:
                     self._answered(token)
-                self._end_lost(self._lost())
+                lost = self._lost()
+                self._left |= self._theirs - lost.keys()
+                self._end_lost(lost)
             for token, future in self._waiters.items():
                 result = answered.get(token, ["error", "the audit log is closed: goex-proxy is stopping"])
                 if not future.get_loop().is_closed():
@@ -448,6 +457,9 @@ class OffloadedWriter:
             self._asked.clear()
             self._rows.clear()
             self._unsure.clear()
+        if self._left:
+            self._end_lost(dict.fromkeys(self._left, {"error": INTERRUPTED, "ended": time.time()}))
+            self._left.clear()
         if self._watch is not None:
             self._watch.cancel()
             self._watch = None

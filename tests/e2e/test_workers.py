@@ -315,3 +315,29 @@ def _writer_of_home(pid: int, home: Any) -> bool:
     except OSError:
         return False
     return b"goex_proxy.audit.offload" in argv and str(home).encode() in argv
+
+
+@pytest.mark.skipif(default_count() < 2, reason="a writer process runs on 2 cores or more")
+def test_stopping_with_a_stopped_writer_process_leaves_nothing_behind(make_proxy, upstream):
+    """`run` stopped while a worker's audit writer process is stopped (SIGSTOP) under load: the worker, given the
+    time to, kills it and ends its rows; killed first by `run`, it left that process stopped for good (holding the
+    log's write lock, maybe), and its rows in flight."""
+    import subprocess
+
+    proxy = _started(make_proxy({"slack": POLICY["slack"].replace("count: 15", "count: 1000")}, start=False))
+    worker = wait_for(lambda: _workers_of(proxy.proc.pid), what="the second worker")[0]
+    writer = wait_for(lambda: _writer_of(worker), what="the worker's audit writer process")
+    burst = subprocess.Popen([*proxy_exec(proxy), sys.executable, "-c", LONG_BURST], env=proxy.env,
+                             stdout=subprocess.PIPE, text=True)
+    wait_for(lambda: len(proxy.rows()) > 30, what="rows")
+    os.kill(writer, signal.SIGSTOP)
+    try:
+        time.sleep(0.3)
+        proxy.proc.send_signal(signal.SIGTERM)
+        assert proxy.proc.wait(40) == 0
+        burst.communicate(timeout=120)
+        wait_for(lambda: _ended(writer), what="the stopped writer process to end", timeout=5)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(writer, signal.SIGKILL)
+    assert [r["id"] for r in proxy.rows() if r["status"] is None and r["error"] is None] == []
