@@ -30,6 +30,15 @@ def large(*messages: http.Message | None) -> bool:
     return any(m is not None and len(m.raw_content or b"") > OFF_LOOP_BYTES for m in messages)
 
 
+def _closed_before_its_end(flow: http.HTTPFlow) -> None:
+    """A response that came after the audit log closed (goex-proxy stopping: the first process of `run` serves on
+    while its workers stop) is not passed on: its row was recorded interrupted when the log closed, and the agent got
+    an answer its row said it never had."""
+    flowmeta.set_recorded(flow, "final")
+    if flow.killable:
+        flow.kill()
+
+
 class Record:
     """Writes every request to the audit log, write-ahead: a row with no outcome means "may have happened"."""
 
@@ -81,7 +90,10 @@ class Record:
         """Queue the outcome, built here, or for a large exchange a coroutine (which mitmproxy awaits, the flow
         waiting for it) that builds it in a thread: the scrub stage then reuses the scan of its body, the live log its
         undo class, and no other stage touches the flow meanwhile."""
-        if flowmeta.recorded(flow) != "intent" or self.state.writer is None:
+        if flowmeta.recorded(flow) != "intent":
+            return None
+        if self.state.writer is None:
+            _closed_before_its_end(flow)
             return None
         flowmeta.set_recorded(flow, "final")
         if large(flow.request, flow.response):
@@ -92,7 +104,10 @@ class Record:
 
     async def _finish_off_loop(self, flow: http.HTTPFlow) -> None:
         outcome = await asyncio.to_thread(self.outcome, flow)
-        self.state.audit().record_outcome(flowmeta.request_id(flow), outcome)
+        if self.state.writer is None:  # closed meanwhile
+            _closed_before_its_end(flow)
+            return
+        self.state.writer.record_outcome(flowmeta.request_id(flow), outcome)
 
     @fail_closed("record")
     async def tcp_start(self, flow: tcp.TCPFlow) -> None:

@@ -26,6 +26,10 @@ DEFAULT_MOST = 8
 #: A worker that dies is started again, but not more often than this many times a minute (then `run` stops).
 RESTARTS_PER_MINUTE = 5
 PR_SET_PDEATHSIG = 1
+#: How long `run` gives its workers to stop before it kills them: longer than a worker takes at worst, which gives its
+#: audit writer process 10 s and its writer thread 10 s (`audit.offload.STOP_SECONDS`, `AuditWriter.close`). Killed
+#: first, a worker left its writer process (stopped with SIGSTOP, or hung) running for good, its rows in flight.
+STOP_SECONDS = 25.0
 
 
 def default_count() -> int:
@@ -159,7 +163,7 @@ class Workers:
                 log.error("worker %d exited with %s; starting it again", index, proc.returncode)
                 self._spawn(index)
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = STOP_SECONDS) -> None:
         """SIGTERM every worker (each answers what it has in flight, as `run` does), then SIGKILL what is left."""
         self.stopping = True
         for proc in self.procs.values():

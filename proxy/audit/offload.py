@@ -5,6 +5,7 @@ thread writer. Each turn of the event loop hands its rows over in one write, and
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import fcntl
@@ -27,6 +28,7 @@ from ..errors import AuditError
 from ..policy.engine import Limit
 from ..policy.limits import Charge
 from .seal import Seal
+from .store import INTERRUPTED
 from .writer import OUTCOME_GATHER_SECONDS, AuditWriter
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,9 @@ _PIPE_BYTES = 1 << 20
 #: taken for hung (stopped with SIGSTOP, stuck on its disk) and killed: its waiters refused, the thread writing on.
 ANSWER_SECONDS = 30.0
 GONE = "the audit writer process ended"
+#: The outcome of a row the writer process may have committed before it ended, its commit never answered: the request
+#: was refused (fail closed), never sent.
+UNANSWERED = f"refused: {GONE} before it said whether the row was written; not sent"
 
 
 def _frame(message: Any) -> bytes:
@@ -134,6 +139,13 @@ class OffloadedWriter:
         self._heard = time.monotonic()  # when the process last answered anything
         self._watch: asyncio.TimerHandle | None = None
         self._theirs: set[str] = set()  # ids whose row the process was handed, and not yet their outcome
+        self._rows: dict[int, str] = {}  # token -> id of a row of `_theirs`, while unanswered
+        #: ids of rows the process wrote, and ended before their outcome came: the thread writes it, or, the proxy
+        #: stopping first, records them interrupted (the thread's writer knows nothing of them)
+        self._left: set[str] = set()
+        #: (the last token handed over before it, id, fields) of each outcome handed over that the process may not
+        #: have written yet: the answer to a later token says it has
+        self._unsure: collections.deque[tuple[int, str, dict[str, Any]]] = collections.deque()
         self._ready = False  # the process said it opened the log
         self._start()
 
@@ -177,6 +189,7 @@ class OffloadedWriter:
             self._watch = loop.call_later(ANSWER_SECONDS, self._check_answered)
         if row.get("status") is None and row.get("error") is None:  # its outcome is to come (else the row has it)
             self._theirs.add(request_id)
+            self._rows[self._tokens] = request_id
             future.add_done_callback(functools.partial(self._written, request_id))
         self._in_turn(["intent", self._tokens, row, _charge_out(charge)])
         return future
@@ -190,20 +203,27 @@ class OffloadedWriter:
         if self._to_loop(request_id, fields):
             return
         if not self._is_theirs(request_id):
+            self._left.discard(request_id)
             self.local.outcome_in_turn(request_id, fields)
             return
-        self._theirs.discard(request_id)
-        self._in_turn(["outcome", request_id, fields])
+        self._outcome_to_process(request_id, fields)
 
     def record_outcome(self, request_id: str, fields: dict[str, Any]) -> concurrent.futures.Future[str | None]:
         if not self._to_loop(request_id, fields):
             if not self._is_theirs(request_id):
+                self._left.discard(request_id)
                 return self.local.record_outcome(request_id, fields)
-            self._theirs.discard(request_id)
-            self._in_turn(["outcome", request_id, fields])
+            self._outcome_to_process(request_id, fields)
         done: concurrent.futures.Future[str | None] = concurrent.futures.Future()
         done.set_result(None)  # as the thread writer's: nobody waits for an outcome's commit
         return done
+
+    def _outcome_to_process(self, request_id: str, fields: dict[str, Any]) -> None:
+        """Hand an outcome over, kept until the process is known to have written it (else, the process ended, the
+        thread writes it: lost with the process, its row was left looking in flight though its request had ended)."""
+        self._theirs.discard(request_id)
+        self._unsure.append((self._tokens, request_id, fields))
+        self._in_turn(["outcome", request_id, fields])
 
     def _to_loop(self, request_id: str, fields: dict[str, Any]) -> bool:
         """Whether the outcome of a row the process wrote, asked for off its loop (a thread), was passed to the loop,
@@ -309,6 +329,13 @@ class OffloadedWriter:
                 self._asked.pop(token, None)
                 if future is not None:
                     _tell(future, result)
+                self._answered(token)
+
+    def _answered(self, token: int) -> None:
+        """The process answered this row: it has written every op handed over before it."""
+        self._rows.pop(token, None)
+        while self._unsure and self._unsure[0][0] < token:
+            self._unsure.popleft()
 
     def _check_answered(self) -> None:
         """Take the process for gone when its oldest unanswered row has waited ANSWER_SECONDS and it has said nothing
@@ -333,6 +360,8 @@ class OffloadedWriter:
         if process is None:
             return
         log.error("audit: %s; the proxy's own thread writes every row from now on", GONE)
+        lost = self._lost()
+        self._left |= self._theirs - lost.keys()
         if self._loop is not None and process.stdout is not None:
             self._loop.remove_reader(process.stdout.fileno())
             if self._out and process.stdin is not None:
@@ -345,6 +374,25 @@ class OffloadedWriter:
         self._theirs.clear()
         process.kill()
         process.wait()
+        self._end_lost(lost)
+
+    def _lost(self) -> dict[str, dict[str, Any]]:
+        """The outcomes of the rows the process may have left without one, were it to end now: those handed over and
+        not known written, and for each row handed over and unanswered (its request refused), UNANSWERED."""
+        ended = time.time()
+        lost = {self._rows[token]: {"error": UNANSWERED, "ended": ended}
+                for token, future in self._waiters.items() if token in self._rows and not future.done()}
+        lost.update((request_id, fields) for _, request_id, fields in self._unsure)
+        self._rows.clear()
+        self._unsure.clear()
+        return lost
+
+    def _end_lost(self, lost: dict[str, dict[str, Any]]) -> None:
+        """Write, by the thread, each of these outcomes whose row the process wrote and did not end (it ended first):
+        left in flight, such a row was ended by no one (the rows the process ends when it stops are those it knows),
+        not even at the next start while this proxy runs, its process tag held."""
+        if lost:
+            self.local.apply(functools.partial(_end_unended, lost))
 
     def _to_thread(self, ops: list[Any]) -> None:
         """Ops the process is not to write after all (it is gone, or they cannot be sent to it), written by the thread
@@ -356,6 +404,7 @@ class OffloadedWriter:
                 continue
             waiter = self._waiters.pop(op[1], None)
             self._asked.pop(op[1], None)
+            self._rows.pop(op[1], None)
             self._theirs.discard(str(op[2].get("id")))
             if waiter is not None and not waiter.done():
                 written = self.local.record_intent(op[2], _charge_in(op[3]))
@@ -375,7 +424,7 @@ class OffloadedWriter:
             if turn:
                 self._out += _frame(turn)
             self._out += _frame([["stop"]])
-            deadline = time.monotonic() + STOP_SECONDS
+            deadline, killed = time.monotonic() + STOP_SECONDS, False
             _write_by(process.stdin.fileno(), self._out[self._sent:], deadline)
             try:
                 process.stdin.close()
@@ -388,21 +437,38 @@ class OffloadedWriter:
                           "was handed refused", STOP_SECONDS)
                 process.kill()
                 process.wait()
+                killed = True
             self._process = None
             os.set_blocking(process.stdout.fileno(), True)
             self._in += process.stdout.read()
             answered = {token: result for answers in _frames(self._in) if answers != "ready"
                         for token, result in answers}
+            if killed:
+                for token in answered:
+                    self._answered(token)
+                lost = self._lost()
+                self._left |= self._theirs - lost.keys()
+                self._end_lost(lost)
             for token, future in self._waiters.items():
                 result = answered.get(token, ["error", "the audit log is closed: goex-proxy is stopping"])
                 if not future.get_loop().is_closed():
                     future.get_loop().call_soon_threadsafe(_tell, future, result)
             self._waiters.clear()
             self._asked.clear()
+            self._rows.clear()
+            self._unsure.clear()
+        if self._left:
+            self._end_lost(dict.fromkeys(self._left, {"error": INTERRUPTED, "ended": time.time()}))
+            self._left.clear()
         if self._watch is not None:
             self._watch.cancel()
             self._watch = None
         self.local.close()
+
+
+def _end_unended(lost: dict[str, dict[str, Any]], _conn: Any, writer: AuditWriter) -> None:
+    for request_id, fields in lost.items():
+        writer.end_unended(request_id, fields)
 
 
 def _write_by(fd: int, data: bytearray, deadline: float) -> bool:

@@ -533,6 +533,12 @@ class AuditWriter:
         """Write a row's outcome now (call inside `apply`, in the writer's transaction)."""
         self._update(_Outcome(request_id, fields))
 
+    def end_unended(self, request_id: str, fields: dict[str, Any]) -> None:
+        """Write a row's outcome now unless it has one, or the log holds no such row (call inside `apply`): what
+        another writer may or may not have written before it ended."""
+        with contextlib.suppress(UnknownRequest):
+            self._update(_Outcome(request_id, fields, stands_in=True))
+
     def over_cap(self, charge: Charge | None) -> str | None:
         """Why a cap this charge counts against is reached by the hits already stored, if one is (call inside
         `apply`, where the write lock is held)."""

@@ -228,3 +228,116 @@ def test_stopping_by_signals_to_every_process_prints_no_traceback(make_proxy, up
     text = proxy.log_text()
     assert "Traceback" not in text and "Exception ignored" not in text, text[-3000:]
     assert proxy.proc.returncode == 0
+
+
+# 120 posts, 20 at a time, each on its own connection; prints the statuses (0: the connection failed).
+LONG_BURST = """
+import json, concurrent.futures, requests
+def post(i):
+    try:
+        with requests.Session() as s:
+            return s.post("https://slack.com/api/chat.postMessage", json={"channel": "C1", "text": f"m{i}"},
+                          headers={"Connection": "close"}, timeout=60).status_code
+    except requests.RequestException:
+        return 0
+with concurrent.futures.ThreadPoolExecutor(20) as pool:
+    print(json.dumps(list(pool.map(post, range(120)))))
+"""
+
+
+@pytest.mark.skipif(default_count() < 2, reason="a writer process runs on 2 cores or more")
+def test_a_killed_writer_process_leaves_no_row_in_flight(make_proxy, upstream):
+    """The audit writer processes killed under load: the rows one committed but whose outcomes it had not written yet
+    (handed over, in its pipe or read), and those whose commit it never answered (their requests refused), are ended
+    by its proxy process's thread, not left looking in flight while that process runs on."""
+    import subprocess
+
+    proxy = _started(make_proxy({"slack": POLICY["slack"].replace("count: 15", "count: 1000")}, start=False))
+    worker = wait_for(lambda: _workers_of(proxy.proc.pid), what="the second worker")[0]
+    writers = [wait_for(lambda p=p: _writer_of(p), what="an audit writer process") for p in (proxy.proc.pid, worker)]
+    burst = subprocess.Popen([*proxy_exec(proxy), sys.executable, "-c", LONG_BURST], env=proxy.env,
+                             stdout=subprocess.PIPE, text=True)
+    wait_for(lambda: len(proxy.rows()) > 30, what="rows")
+    for writer in writers:
+        os.kill(writer, signal.SIGKILL)
+    statuses = json.loads(burst.communicate(timeout=120)[0])
+    assert set(statuses) <= {200, 502} and statuses.count(200) > 30, statuses
+
+    def unended() -> list[Any]:
+        return [r["id"] for r in proxy.rows() if r["status"] is None and r["error"] is None]
+
+    wait_for(lambda: not unended(), what="every row to have its outcome", timeout=10)
+    assert [r["status"] for r in proxy.rows()].count(200) == statuses.count(200)
+    verified = proxy.cli("log", "verify")
+    assert verified.returncode == 0 and "ok: " in verified.stdout, verified.stdout + verified.stderr
+
+
+def proxy_exec(proxy: Any) -> list[str]:
+    """`goex-proxy exec` as the agent mailbot through this proxy, the command to follow."""
+    from tests.conftest import GOEX
+
+    return [*GOEX, "exec", "--config", str(proxy.config), "--agent", "mailbot", "--"]
+
+
+def test_ctrl_c_under_load_answers_nothing_its_rows_say_was_interrupted(make_proxy, upstream):
+    """Ctrl-C (SIGINT to the process group) while agents post: everything stops (no audit writer process left, no
+    traceback, exit 0), and no agent gets an answer whose row says its request was interrupted (the first process
+    serves on while its workers stop, after its audit log closed)."""
+    import subprocess
+
+    from tests.conftest import GOEX, wait_port
+
+    proxy = make_proxy({"slack": POLICY["slack"].replace("count: 15", "count: 1000")}, start=False)
+    with open(proxy.log_path, "ab") as log:
+        proxy.proc = subprocess.Popen([*GOEX, "run", "--config", str(proxy.config), "--workers", "2"], env=proxy.env,
+                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    wait_port(proxy.port, proc=proxy.proc)
+    _worker_started(proxy)
+    burst = subprocess.Popen([*proxy_exec(proxy), sys.executable, "-c", LONG_BURST], env=proxy.env,
+                             stdout=subprocess.PIPE, text=True)
+    wait_for(lambda: len(proxy.rows()) > 30, what="rows")
+    os.killpg(proxy.proc.pid, signal.SIGINT)
+    assert proxy.proc.wait(30) == 0
+    statuses = json.loads(burst.communicate(timeout=120)[0])
+    text = proxy.log_text()
+    assert "Traceback" not in text and "Exception ignored" not in text, text[-3000:]
+    assert not [p for p in os.listdir("/proc") if p.isdigit() and _writer_of_home(int(p), proxy.home)]
+    done = {json.loads(r["req_body"])["text"] for r in proxy.rows() if r["status"] == 200}
+    answered = {f"m{i}" for i, status in enumerate(statuses) if status == 200}
+    assert answered <= done, sorted(answered - done)
+
+
+def _writer_of_home(pid: int, home: Any) -> bool:
+    """Whether the process is an audit writer process of the proxy whose home this is."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read()
+    except OSError:
+        return False
+    return b"goex_proxy.audit.offload" in argv and str(home).encode() in argv
+
+
+@pytest.mark.skipif(default_count() < 2, reason="a writer process runs on 2 cores or more")
+def test_stopping_with_a_stopped_writer_process_leaves_nothing_behind(make_proxy, upstream):
+    """`run` stopped while a worker's audit writer process is stopped (SIGSTOP) under load: the worker, given the
+    time to, kills it and ends its rows; killed first by `run`, it left that process stopped for good (holding the
+    log's write lock, maybe), and its rows in flight."""
+    import subprocess
+
+    proxy = _started(make_proxy({"slack": POLICY["slack"].replace("count: 15", "count: 1000")}, start=False))
+    worker = wait_for(lambda: _workers_of(proxy.proc.pid), what="the second worker")[0]
+    writer = wait_for(lambda: _writer_of(worker), what="the worker's audit writer process")
+    burst = subprocess.Popen([*proxy_exec(proxy), sys.executable, "-c", LONG_BURST], env=proxy.env,
+                             stdout=subprocess.PIPE, text=True)
+    wait_for(lambda: len(proxy.rows()) > 30, what="rows")
+    os.kill(writer, signal.SIGSTOP)
+    try:
+        time.sleep(0.3)
+        proxy.proc.send_signal(signal.SIGTERM)
+        assert proxy.proc.wait(40) == 0
+        burst.communicate(timeout=120)
+        wait_for(lambda: _ended(writer), what="the stopped writer process to end", timeout=5)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(writer, signal.SIGKILL)
+    assert [r["id"] for r in proxy.rows() if r["status"] is None and r["error"] is None] == []
