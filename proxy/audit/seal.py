@@ -11,6 +11,7 @@ import os
 import secrets
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -117,6 +118,26 @@ def anchor_in(data: bytes, where: str) -> Anchor:
 def _slot_like(data: bytes) -> bool:
     """Whether a file's bytes that are not two slots hold a line of one (an anchor's JSON and its check)."""
     return any(_in_slot(line) is not None for line in data.split(b"\n"))
+
+
+#: How long a writer waits for the anchor's lock, which another holds for a read and a write of one slot (a sync, at
+#: a state directory's first anchor), before its batch fails (its requests refused).
+LOCK_WAIT_S = 10.0
+
+
+def _take(fd: int, lock: Path) -> None:
+    """The lock on `fd`, asked again after pauses that grow from 50 µs to 1 ms; AuditError past LOCK_WAIT_S."""
+    deadline, pause = time.monotonic() + LOCK_WAIT_S, 0.00005
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise AuditError(f"another process has held the audit anchor's lock {lock} for over {LOCK_WAIT_S:g} s "
+                                 "(a goex-proxy process stopped with Ctrl-Z or SIGSTOP?)") from None
+            time.sleep(pause)
+            pause = min(pause * 2, 0.001)
 
 
 class Seal:
@@ -242,14 +263,16 @@ class Seal:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold the anchor's lock (between writers of one state directory, in any process)."""
+        """Hold the anchor's lock (between writers of one state directory, in any process); AuditError when another
+        process has held it for LOCK_WAIT_S (a writer stopped with SIGSTOP while it held it: waited for without a
+        bound, every other writer of the log, and every request waiting on one, stalled for as long)."""
         lock = self.anchor_path.with_name(f".{ANCHOR_FILE}.lock")
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise AuditError(f"cannot open the audit anchor's lock {lock}: {exc.strerror or exc}") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            _take(fd, lock)
             if not self._swept:  # nobody is between making a temporary anchor and removing it while the lock is held
                 for left in self.anchor_path.parent.glob(f".{ANCHOR_FILE}.*.tmp"):
                     with contextlib.suppress(OSError):  # a directory someone put there stays (it is no anchor)

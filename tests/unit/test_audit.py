@@ -914,3 +914,30 @@ def test_rows_written_after_the_first_anchor_are_not_lost_to_another_process(tmp
     finally:
         writer.close()
     assert check(tmp_path).broken_id is None
+
+
+def test_an_anchor_lock_held_for_good_fails_the_batch_instead_of_stalling_every_writer(tmp_path: Path,
+                                                                                      monkeypatch) -> None:
+    """A writer stopped (SIGSTOP) while it held the anchor's lock held it for good, and every other writer waited for
+    it without a bound, with every request waiting on them. The wait ends after LOCK_WAIT_S: the batch fails closed,
+    its request refused, naming the lock; once the lock is let go of, rows are written and anchored again."""
+    import fcntl
+
+    monkeypatch.setattr(seal_module, "LOCK_WAIT_S", 0.3)
+    ids, writer = RequestIds(), AuditWriter(tmp_path / "a.db", Seal(tmp_path))
+    try:
+        writer.record_intent(row(0, ids)).result(5)
+        lock = os.open(tmp_path / ".audit.anchor.lock", os.O_RDWR)
+        fcntl.flock(lock, fcntl.LOCK_EX)  # as a stopped writer holds it
+        started = time.monotonic()
+        with pytest.raises(AuditError, match="anchor's lock .* for over 0.3 s"):
+            writer.record_intent(row(1, ids)).result(10)
+        assert time.monotonic() - started < 5
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        os.close(lock)
+        last = row(2, ids)
+        writer.record_intent(last).result(5)
+        anchor = Seal(tmp_path).anchor()
+        assert anchor is not None and anchor.id == last["id"]
+    finally:
+        writer.close()
