@@ -361,7 +361,6 @@ class OffloadedWriter:
             return
         log.error("audit: %s; the proxy's own thread writes every row from now on", GONE)
         lost = self._lost()
-        self._left |= self._theirs - lost.keys()
         if self._loop is not None and process.stdout is not None:
             self._loop.remove_reader(process.stdout.fileno())
             if self._out and process.stdin is not None:
@@ -378,13 +377,15 @@ class OffloadedWriter:
 
     def _lost(self) -> dict[str, dict[str, Any]]:
         """The outcomes of the rows the process may have left without one, were it to end now: those handed over and
-        not known written, and for each row handed over and unanswered (its request refused), UNANSWERED."""
+        not known written, and for each row handed over and unanswered (its request refused), UNANSWERED. Every other
+        row of its still awaiting an outcome is `_left` to the thread."""
         ended = time.time()
         lost = {self._rows[token]: {"error": UNANSWERED, "ended": ended}
                 for token, future in self._waiters.items() if token in self._rows and not future.done()}
         lost.update((request_id, fields) for _, request_id, fields in self._unsure)
         self._rows.clear()
         self._unsure.clear()
+        self._left |= self._theirs - lost.keys()
         return lost
 
     def _end_lost(self, lost: dict[str, dict[str, Any]]) -> None:
@@ -446,9 +447,7 @@ class OffloadedWriter:
             if killed:
                 for token in answered:
                     self._answered(token)
-                lost = self._lost()
-                self._left |= self._theirs - lost.keys()
-                self._end_lost(lost)
+                self._end_lost(self._lost())
             for token, future in self._waiters.items():
                 result = answered.get(token, ["error", "the audit log is closed: goex-proxy is stopping"])
                 if not future.get_loop().is_closed():

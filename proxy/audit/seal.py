@@ -125,17 +125,18 @@ def _slot_like(data: bytes) -> bool:
 LOCK_WAIT_S = 10.0
 
 
-def _take(fd: int, lock: Path) -> None:
-    """The lock on `fd`, asked again after pauses that grow from 50 µs to 1 ms; AuditError past LOCK_WAIT_S."""
-    deadline, pause = time.monotonic() + LOCK_WAIT_S, 0.00005
+def flock_within(fd: int, seconds: float) -> bool:
+    """Take the exclusive lock on `fd`, asked again after pauses that grow from 50 µs to 1 ms (a lock held for a
+    fraction of a millisecond is had soon after; a wait in the kernel would have no bound); False if not had within
+    `seconds` (its holder stopped with Ctrl-Z or SIGSTOP, say)."""
+    deadline, pause = time.monotonic() + seconds, 0.00005
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
+            return True
         except BlockingIOError:
             if time.monotonic() > deadline:
-                raise AuditError(f"another process has held the audit anchor's lock {lock} for over {LOCK_WAIT_S:g} s "
-                                 "(a goex-proxy process stopped with Ctrl-Z or SIGSTOP?)") from None
+                return False
             time.sleep(pause)
             pause = min(pause * 2, 0.001)
 
@@ -272,7 +273,9 @@ class Seal:
         except OSError as exc:
             raise AuditError(f"cannot open the audit anchor's lock {lock}: {exc.strerror or exc}") from None
         try:
-            _take(fd, lock)
+            if not flock_within(fd, LOCK_WAIT_S):
+                raise AuditError(f"another process has held the audit anchor's lock {lock} for over {LOCK_WAIT_S:g} s "
+                                 "(a goex-proxy process stopped with Ctrl-Z or SIGSTOP?)")
             if not self._swept:  # nobody is between making a temporary anchor and removing it while the lock is held
                 for left in self.anchor_path.parent.glob(f".{ANCHOR_FILE}.*.tmp"):
                     with contextlib.suppress(OSError):  # a directory someone put there stays (it is no anchor)

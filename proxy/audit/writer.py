@@ -23,7 +23,7 @@ from .. import ids
 from ..errors import AuditError
 from . import blobs, layout, names
 from .layout import hex_of
-from .seal import Anchor, Seal
+from .seal import Anchor, Seal, flock_within
 from .store import (
     BUSY_TIMEOUT_S,
     INTERRUPTED,
@@ -199,20 +199,11 @@ class _WriteTurns:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def _take(self) -> None:
-        """The lock, asked again after pauses that grow from 50 µs to 1 ms (a turn lasts a fraction of a millisecond;
-        a lock wait in the kernel would have no bound)."""
+        """The lock (`seal.flock_within`: a turn lasts a fraction of a millisecond)."""
         assert self._fd is not None
-        deadline, pause = time.monotonic() + BUSY_TIMEOUT_S, 0.00005
-        while True:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise TurnNotTaken(f"another writer of the audit log has held its write lock for over "
-                                       f"{BUSY_TIMEOUT_S:g} s (a stopped `goex-proxy undo` or worker?)") from None
-                time.sleep(pause)
-                pause = min(pause * 2, 0.001)
+        if not flock_within(self._fd, BUSY_TIMEOUT_S):
+            raise TurnNotTaken(f"another writer of the audit log has held its write lock for over {BUSY_TIMEOUT_S:g} s "
+                               "(a stopped `goex-proxy undo` or worker?)")
 
     def close(self) -> None:
         if self._fd is not None:
