@@ -13,7 +13,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import AuditError
@@ -31,7 +31,7 @@ class Anchor:
     hash: str
 
     def dumps(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":")) + "\n"
+        return json.dumps({"seq": self.seq, "id": self.id, "hash": self.hash}, separators=(",", ":")) + "\n"
 
     @classmethod
     def loads(cls, text: str, where: str) -> Anchor:
@@ -155,8 +155,9 @@ class Seal:
         #: The same, open to write its slots in place (a writer's), once a file of slots is under the name.
         self._writing: tuple[int, tuple[int, int]] | None = None
         self._holding = threading.Lock()
-        #: The bytes last read of a file of slots, and the anchor they hold (read again only when the bytes differ).
-        self._last: tuple[bytes, Anchor] | None = None
+        #: The bytes last read or written of a file of slots, the newest anchor they hold and the slot to write next
+        #: (parsed again only when the bytes read differ: a writer reads the file twice a batch, and finds what it wrote).
+        self._last: tuple[bytes, Anchor, int] | None = None
         #: Whether the temporary anchors a writer killed midway left behind were removed (once, under the lock).
         self._swept = False
 
@@ -200,13 +201,19 @@ class Seal:
             data = read
             if not _slotted(data):
                 break
-            if self._last is not None and self._last[0] == data:
-                return self._last[1]
-            found, _ = _newest(data)
+            found, _ = self._parsed(data)
             if found is not None:
-                self._last = (data, found)
                 return found
         return anchor_in(data, str(self.anchor_path))  # a JSON line, or two slots neither of which is whole
+
+    def _parsed(self, data: bytes) -> tuple[Anchor | None, int]:
+        """`_newest` of a file of slots' bytes, kept for the next read of the same bytes."""
+        if self._last is not None and self._last[0] == data:
+            return self._last[1], self._last[2]
+        found, index = _newest(data)
+        if found is not None:
+            self._last = (data, found, index)
+        return found, index
 
     def _read(self) -> bytes | None:
         """The anchor file's bytes (None: there is none), through the descriptor held on it while it is the file
@@ -303,9 +310,13 @@ class Seal:
                     before_new()
                 self._replace(slot)
                 return
-            _, index = _newest(os.pread(fd, 2 * SLOT, 0))
+            data = os.pread(fd, 2 * SLOT, 0)
+            other, index = self._parsed(data)
             if os.pwrite(fd, slot, index * SLOT) != SLOT:
                 raise OSError(f"the audit anchor {self.anchor_path} took only part of its slot")
+            if _slotted(data) and (other is None or anchor.seq > other.seq):  # what the next read finds, unless
+                written = data[:index * SLOT] + slot + data[(index + 1) * SLOT:]  # another writer writes first
+                self._last = (written, anchor, 1 - index)
 
     def _slots(self) -> int | None:
         """A descriptor open to write the file of slots under the anchor's name (None: that file is not one)."""

@@ -236,6 +236,10 @@ class AuditWriter:
         #: what the record stage asked for in this turn of each event loop, queued at the turn's end (`_in_turn`)
         self._loop_turns: dict[asyncio.AbstractEventLoop, list[Any]] = {}
         self._names = names.Names()
+        #: The log as this writer's last transaction left it: SQLite's data_version then, and the hash of the newest
+        #: row. While no other connection has written since (the data_version is the same), the next transaction
+        #: builds on that without reading it again, nor the anchor's row, nor the names it holds (`_commit`).
+        self._left: tuple[int, str | None] | None = None
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         # Set when something someone waits for is queued: it ends a gathering, which what nobody waits for does not
         # interrupt (a wake-up per outcome would take the event loop's GIL as often).
@@ -464,18 +468,25 @@ class AuditWriter:
         head: Anchor | None = None
         refused: dict[int, Any] = {}
         self._added, self._ended = [], {}
+        left, self._left = self._left, None  # known again once this transaction commits
+        applied = False
         try:
             with self._conn:
                 # Another process (an `undo` next to `goex-proxy run`) may have appended since: lock, then read the head.
                 self._conn.execute("BEGIN IMMEDIATE")
-                self._names.begin()  # a prune (here, or in another process) may have removed names since
-                self._check_anchor()
-                last = self._conn.execute("SELECT hash FROM requests ORDER BY seq DESC LIMIT 1").fetchone()
-                last = (hex_of(last[0]),) if last else None
+                (version,) = self._conn.execute("PRAGMA data_version").fetchone()
+                if left is not None and left[0] == version:
+                    last = (left[1],) if left[1] is not None else None  # nobody else wrote since this writer did
+                else:
+                    self._names.begin()  # a prune (in another process) may have removed names since
+                    newest = self._conn.execute("SELECT seq, id, hash FROM requests ORDER BY seq DESC LIMIT 1").fetchone()
+                    self._check_anchor(newest)
+                    last = (hex_of(newest[2]),) if newest else None
                 for index, op in enumerate(_with_outcomes(batch)):
                     if op is None:
                         continue  # an outcome written with its row
                     if isinstance(op, _Apply):
+                        applied = True  # it may write anything (a prune, rows): the next transaction reads again
                         try:
                             with _savepoint(self._conn):
                                 refused[index] = op.fn(self._conn, self)
@@ -492,6 +503,8 @@ class AuditWriter:
                         refused[index] = over
                     else:
                         head = self._insert(op, head.hash if head else last[0] if last else "")
+            if not applied:
+                self._left = (version, head.hash if head else last[0] if last else None)
         except Exception as exc:  # sqlite3.Error, disk full, a locked database: every waiter fails closed
             self._pending.update(self._ended)  # their outcomes rolled back: still in flight
             for request_id in self._added:  # rolled back (a row ended in the same batch too)
@@ -548,13 +561,15 @@ class AuditWriter:
                         f"'{charge.agent}', counted across every proxy writing this audit log")
         return None
 
-    def _check_anchor(self) -> None:
+    def _check_anchor(self, newest: tuple[Any, ...] | None) -> None:
         """Refuse to extend a log that no longer holds the row its anchor names: new rows would reuse the seq of
-        removed ones and chain cleanly onto what is left, and the removal would pass `log verify`."""
+        removed ones and chain cleanly onto what is left, and the removal would pass `log verify`. `newest`: the seq,
+        id and hash of the log's newest row, which the anchor mostly names."""
         anchor = self.seal.anchor()
         if anchor is None:
             return
-        found = self._conn.execute("SELECT id, hash FROM requests WHERE seq = ?", (anchor.seq,)).fetchone()
+        found = newest[1:] if newest is not None and newest[0] == anchor.seq else self._conn.execute(
+            "SELECT id, hash FROM requests WHERE seq = ?", (anchor.seq,)).fetchone()
         if found is None or (layout.id_read(found[0]), hex_of(found[1])) != (anchor.id, anchor.hash):
             raise AuditError(f"the audit log no longer holds the row its anchor names (seq {anchor.seq}, id "
                              f"{anchor.id}): rows were removed or rewritten; `goex-proxy log verify` says more")
@@ -648,7 +663,7 @@ class AuditWriter:
         if again:  # what the first outcome set and this one does not goes: the new hash covers this one's alone
             present = present_columns(self._conn)
             kept = {**dict.fromkeys(c for c in OUTCOME_COLUMNS if c in present), **kept}
-        named = [c for c in layout.BLOB_COLUMNS if c in kept]
+        named = [c for c in layout.BLOB_COLUMNS if c in kept] if again else []
         if named:  # an outcome written again (never, as the proxy goes) lets go of the blobs the first one named
             before = self._conn.execute(f"SELECT {', '.join(named)} FROM requests WHERE seq = ?", (seq,)).fetchone()
             blobs.release(self._conn, [ref for ref in before or () if ref is not None])

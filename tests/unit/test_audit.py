@@ -267,6 +267,41 @@ def test_rows_cut_from_the_end_are_not_papered_over_by_new_rows(tmp_path: Path) 
     assert Seal(tmp_path).anchor() is not None
 
 
+def test_rows_cut_from_the_end_while_the_writer_runs_are_seen_by_its_next_batch(tmp_path: Path) -> None:
+    """A writer builds on the log as its last transaction left it while no other connection wrote since (SQLite's
+    data_version), without reading the newest row or the anchor's again: rows cut by another connection meanwhile
+    must still be seen, and the next batch refused, not chained onto what is left."""
+    ids, writer = RequestIds(), AuditWriter(tmp_path / "a.db", Seal(tmp_path))
+    try:
+        rows = [row(i, ids) for i in range(4)]
+        for r in rows:
+            writer.record_intent(r).result(5)
+        with sqlite3.connect(tmp_path / "a.db") as conn:
+            conn.execute("DELETE FROM requests WHERE id = ?", (packed(str(rows[3]["id"])),))
+        with pytest.raises(AuditError, match="no longer holds the row its anchor names"):
+            writer.record_intent(row(9, ids)).result(5)
+    finally:
+        writer.close()
+    assert check(tmp_path).broken_id == rows[3]["id"]
+
+
+def test_writers_taking_turns_each_chain_onto_the_others_rows(tmp_path: Path) -> None:
+    """Two writers of one log (two workers) alternate batches: each must read the newest row the other wrote, never
+    chain onto the one it wrote last."""
+    ids = RequestIds()
+    first, second = AuditWriter(tmp_path / "a.db", Seal(tmp_path)), AuditWriter(tmp_path / "a.db", Seal(tmp_path))
+    try:
+        for i in range(12):
+            r, writer = row(i, ids), first if i % 4 < 2 else second  # two in a row each: once cached, then not
+            writer.record_intent(r).result(5)
+            writer.record_outcome(str(r["id"]), {"status": 200, "ended": 1.0}).result(5)
+    finally:
+        first.close()
+        second.close()
+    result = check(tmp_path)
+    assert (result.broken_id, result.checked) == (None, 12)
+
+
 def test_outcome_fields_without_an_outcome_hash_and_the_undo_class_are_covered(tmp_path: Path) -> None:
     """Erasing a row's outcome hash leaves it looking pending only if every outcome field is gone too; the undo
     class shown with the row is covered by the outcome hash."""
@@ -383,6 +418,23 @@ def test_the_anchor_is_read_again_whenever_its_file_changes(tmp_path: Path) -> N
     assert mine.anchor() == Anchor(3, "C", "c" * 64)
     mine.anchor_path.unlink()
     assert mine.anchor() is None
+
+
+def test_a_seal_that_remembers_what_it_wrote_still_reads_what_others_wrote(tmp_path: Path) -> None:
+    """A Seal remembers the bytes it wrote and the anchor they hold (not parsed again at its next read): two writers
+    taking turns, one writing an anchor older than the file's newest (kept in the other slot, not taken for the
+    newest), each read and each next slot must be the file's, as a Seal that remembers nothing reads it."""
+    mine, theirs = Seal(tmp_path), Seal(tmp_path)
+    mine.set_anchor(Anchor(1, "A", "a" * 64))
+    for seq, writer in [(2, mine), (3, mine), (4, theirs), (5, mine), (2, theirs), (6, theirs), (7, mine), (1, mine)]:
+        writer.set_anchor(Anchor(seq, f"ID{seq}", f"{seq:064x}"))
+        fresh = Seal(tmp_path).anchor()
+        assert mine.anchor() == fresh and theirs.anchor() == fresh
+        assert fresh is not None and fresh.seq == max(fresh.seq, seq)
+    held = [seal_module._in_slot(part) for part in (mine.anchor_path.read_bytes()[:seal_module.SLOT],
+                                                    mine.anchor_path.read_bytes()[seal_module.SLOT:])]
+    assert sorted(a.seq for a in held if a is not None) == [1, 7]  # 1 went over 6, the older: 7 stays the newest
+    assert Seal(tmp_path).anchor() == Anchor(7, "ID7", f"{7:064x}")
 
 
 def test_an_anchor_is_written_in_place_into_the_slot_of_the_older_one(tmp_path: Path) -> None:

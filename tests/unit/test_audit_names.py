@@ -377,6 +377,36 @@ def test_a_prune_in_the_writers_own_transaction_removes_names_the_writer_then_st
         assert len(kept._ids) == 3
 
 
+def test_a_name_pruned_by_another_process_is_stored_again_by_a_writer_that_remembers_it(tmp_path: Path) -> None:
+    """A writer builds on the log as its last transaction left it while no other connection wrote since (SQLite's
+    data_version): a prune by another process (here another writer's connection) removes a name this writer
+    remembers, and the row it writes next with that host must name it anew, not the removed id."""
+    from goex_proxy.audit.prune import prune_batch, upper_bound
+
+    ids = RequestIds()
+    writer, pruner = AuditWriter(tmp_path / "a.db", Seal(tmp_path)), AuditWriter(tmp_path / "a.db", Seal(tmp_path))
+    try:
+        for i in range(3):
+            row = intent(ids, i, host=f"h{i}.example", undo_class=None)
+            writer.record_intent(row).result(5)  # irreversible: nothing left for undo, prunable
+            writer.record_outcome(str(row["id"]), outcome(i) | {"undo_class": "irreversible"}).result(5)
+        before = float(row["ts"]) - 0.5  # rows 0 and 1 go (and h0, h1 with them); row 2, the newest, stays
+        key = Seal(tmp_path).key()
+        assert key is not None
+        pruner.apply(lambda conn, w: prune_batch(conn, key, before, {}, upper=upper_bound(conn, before, None))
+                     ).result(5)
+        with sqlite3.connect(tmp_path / "a.db") as raw:
+            assert "h1.example" not in {n for (n,) in raw.execute("SELECT name FROM audit_names")}
+        again = intent(ids, 9, host="h1.example")
+        writer.record_intent(again).result(5)
+        writer.record_outcome(str(again["id"]), outcome(9)).result(5)
+    finally:
+        writer.close()
+        pruner.close()
+    assert [r["host"] for r in audit.iter_rows(ro(tmp_path))] == ["h2.example", "h1.example"]
+    assert verify(tmp_path).broken_id is None
+
+
 def _spellings(host: str, count: int) -> list[str]:
     """`count` spellings of a host that policies read as the same host (each letter in either case, a trailing dot)."""
     letters = [i for i, c in enumerate(host) if c.isalpha()]
