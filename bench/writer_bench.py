@@ -111,7 +111,7 @@ class Child:
 
 #: (writers, GETs a batch): one writer as `run` has it under load, two as `run --workers 2` has them (each batch
 #: follows the other writer's), and larger batches.
-CASES = ((1, 2), (2, 2), (1, 16))
+CASES = ((1, 2), (2, 2), (1, 4), (1, 16))
 
 
 def run(*, rounds: int, count: int, compare: Path | None) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import threading
 import zlib
 from collections import OrderedDict
 from collections.abc import Hashable
@@ -57,16 +58,41 @@ def raw_of(value: str | bytes) -> bytes:
     return value.encode() if isinstance(value, str) else value
 
 
+#: Compressors of small values, each already given its dictionary (the fixed one, or one on top of a base's bytes),
+#: the most recently used last: a value is deflated by a copy of one. Setting up a compressor and its dictionary cost
+#: as much as deflating a small value; a family's values are deflated on the same base up to BASE_USES times.
+_PRIMED: OrderedDict[bytes | None, Any] = OrderedDict()
+_PRIMED_LOCK = threading.Lock()  # writers in several threads of one process (the thread writer, a test's two)
+#: How many primed compressors are kept (each about 40 KiB: a 4 KiB window and its hash tables).
+PRIMED = 64
+
+
+def _primed(base: bytes | None) -> Any:
+    """A compressor of a small value deflated with the dictionary and `base` (None: the dictionary alone), to copy."""
+    with _PRIMED_LOCK:
+        packer = _PRIMED.get(base)
+        if packer is not None:
+            _PRIMED.move_to_end(base)
+            return packer
+        dictionary = _based_dictionary(base) if base is not None else DICTIONARIES[1]
+        packer = _PRIMED[base] = zlib.compressobj(LEVEL, zlib.DEFLATED, _SMALL_WINDOW, _SMALL_MEMORY,
+                                                  zlib.Z_DEFAULT_STRATEGY, dictionary)
+        if len(_PRIMED) > PRIMED:
+            _PRIMED.popitem(last=False)
+        return packer
+
+
 def encode(value: str | bytes, base: bytes | None = None) -> bytes:
     """A value as stored: its code byte, then the value deflated with the dictionary (and `base`, the bytes of another
     blob's value, for a value up to SMALL), or as is, if not smaller."""
     text = isinstance(value, str)
     raw = raw_of(value)
     small = len(raw) <= SMALL
-    window, memory = (_SMALL_WINDOW, _SMALL_MEMORY) if small else (-15, 8)
     based = base is not None and small
-    dictionary = _based_dictionary(base) if based and base is not None else DICTIONARIES[1]
-    packer = zlib.compressobj(LEVEL, zlib.DEFLATED, window, memory, zlib.Z_DEFAULT_STRATEGY, dictionary)
+    if small:
+        packer = _primed(base if based else None).copy()  # as a new compressor given the same dictionary deflates
+    else:
+        packer = zlib.compressobj(LEVEL, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY, DICTIONARIES[1])
     packed = packer.compress(raw) + packer.flush()
     if based:
         return bytes([BASED_V1_TEXT if text else BASED_V1_BYTES]) + packed

@@ -419,6 +419,27 @@ def test_a_value_on_top_of_a_base_reads_back_only_with_that_base() -> None:
     assert blobs.decode(blobs.encode(big, base)) == big  # a value past SMALL is stored alone
 
 
+def test_a_value_deflated_by_a_primed_compressors_copy_is_what_a_new_compressor_makes() -> None:
+    """Small values are deflated by a copy of a compressor already given its dictionary (and base): the bytes must be
+    those a new compressor with that dictionary makes, value after value, past the number of primed compressors kept
+    (a copy that changed its original, or a dictionary mixed up with another base's, would differ)."""
+    def fresh(value: bytes, base: bytes | None) -> bytes:
+        small_dictionary = (DICTIONARIES[1] + base)[-4096:] if base is not None else DICTIONARIES[1]
+        packer = zlib.compressobj(blobs.LEVEL, zlib.DEFLATED, -12, 5, zlib.Z_DEFAULT_STRATEGY, small_dictionary)
+        return packer.compress(value) + packer.flush()
+
+    bases = [json.dumps({"id": n, "channel": f"C{n:05d}", "text": "status " * (n % 7)}).encode()
+             for n in range(blobs.PRIMED + 5)]
+    for round_ in range(2):
+        for base in bases:
+            value = base.replace(b'"id": ', b'"id": 9') + str(round_).encode()
+            for on in (base, None):
+                stored = blobs.encode(value, on)
+                assert stored[1:] == fresh(value, on) or stored[0] in (blobs.RAW_BYTES, blobs.RAW_TEXT)
+                assert blobs.decode(stored, on) == value
+    assert len(blobs._PRIMED) <= blobs.PRIMED
+
+
 def rows_alike(ids: RequestIds, n: int, **extra: Any) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """Requests to one API whose answers differ a little (a new id, a time, a word), as a real API's do."""
     out = []
