@@ -93,7 +93,7 @@ def encode(value: str | bytes, base: bytes | None = None) -> bytes:
         packer = _primed(base if based else None).copy()  # as a new compressor given the same dictionary deflates
     else:
         packer = zlib.compressobj(LEVEL, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY, DICTIONARIES[1])
-    packed = packer.compress(raw) + packer.flush()
+    packed: bytes = packer.compress(raw) + packer.flush()
     if based:
         return bytes([BASED_V1_TEXT if text else BASED_V1_BYTES]) + packed
     if len(packed) < len(raw) and len(raw) <= _bound(1 + len(packed)):
