@@ -69,9 +69,9 @@ def run(total):
 run(n)
 print("ready", flush=True)
 for _ in sys.stdin:
-    began = time.process_time()
+    began, wall = time.process_time(), time.perf_counter()
     run(n)
-    print((time.process_time() - began) / n, flush=True)
+    print((time.process_time() - began) / n, (time.perf_counter() - wall) / n, flush=True)
 for writer in writers:
     writer.close()
 """
@@ -96,12 +96,14 @@ class Child:
             raise SystemExit(f"bench: the writer child ended ({self.proc.wait()})")
         return line
 
-    def measure(self) -> float:
-        """CPU microseconds per GET of one more round."""
+    def measure(self) -> tuple[float, float]:
+        """CPU and wall-clock microseconds per GET of one more round (the wall clock also counts the waits for the
+        disk: the checkpoints' syncs)."""
         assert self.proc.stdin is not None
         self.proc.stdin.write("\n")
         self.proc.stdin.flush()
-        return float(self._line()) * 1e6
+        cpu, wall = self._line().split()
+        return float(cpu) * 1e6, float(wall) * 1e6
 
     def close(self) -> None:
         assert self.proc.stdin is not None
@@ -119,7 +121,7 @@ def run(*, rounds: int, count: int, compare: Path | None) -> str:
     fast moments fall on both alike."""
     names = ("goex-proxy",) + (("before",) if compare is not None else ())
     trees = {"goex-proxy": None, "before": compare}
-    got: dict[tuple[str, tuple[int, int]], list[float]] = {}
+    got: dict[tuple[str, tuple[int, int]], list[tuple[float, float]]] = {}
     for case in CASES:
         children = {name: Child(trees[name], count, case[1], case[0]) for name in names}
         try:
@@ -131,17 +133,19 @@ def run(*, rounds: int, count: int, compare: Path | None) -> str:
                 child.close()
     rows = []
     for case in CASES:
-        now = median(got[("goex-proxy", case)])
-        row: list[object] = [case[0], case[1], f"{now:.0f}"]
+        now = got[("goex-proxy", case)]
+        row: list[object] = [case[0], case[1], f"{median([c for c, _ in now]):.0f}", f"{median([w for _, w in now]):.0f}"]
         if compare is not None:
-            before = median(got[("before", case)])
-            ratios = sorted(a / b for a, b in zip(got[("goex-proxy", case)], got[("before", case)], strict=True))
-            row += [f"{before:.0f}", f"{median(ratios):.2f}", f"{ratios[0]:.2f}-{ratios[-1]:.2f}"]
+            before = got[("before", case)]
+            ratios = sorted(a[0] / b[0] for a, b in zip(now, before, strict=True))
+            walls = sorted(a[1] / b[1] for a, b in zip(now, before, strict=True))
+            row += [f"{median([c for c, _ in before]):.0f}", f"{median([w for _, w in before]):.0f}",
+                    f"{median(ratios):.2f} ({ratios[0]:.2f}-{ratios[-1]:.2f})", f"{median(walls):.2f}"]
         rows.append(row)
-    headers = ["writers", "GETs a batch", "us CPU/GET"] + (
-        ["before us/GET", "now/before (median)", "range"] if compare else [])
-    return table(headers, rows, f"== Audit writer: CPU per GET (row + outcome), {count} GETs a round, {rounds} "
-                                "alternating rounds, medians ==")
+    headers = ["writers", "GETs a batch", "us CPU/GET", "us wall/GET"] + (
+        ["before CPU", "before wall", "CPU now/before (range)", "wall now/before"] if compare else [])
+    return table(headers, rows, f"== Audit writer: CPU and wall-clock time per GET (row + outcome), {count} GETs a "
+                                f"round, {rounds} alternating rounds, medians ==")
 
 
 def main() -> int:

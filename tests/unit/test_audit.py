@@ -302,6 +302,30 @@ def test_writers_taking_turns_each_chain_onto_the_others_rows(tmp_path: Path) ->
     assert (result.broken_id, result.checked) == (None, 12)
 
 
+def test_the_writer_checkpoints_the_wal_at_its_own_size_not_at_sqlites_default(tmp_path: Path) -> None:
+    """A checkpoint syncs within the commit that passes the WAL's size, and the requests of that batch wait for it:
+    the writer's connections checkpoint at WAL_CHECKPOINT_PAGES, not at SQLite's 1,000 pages, and do checkpoint."""
+    import concurrent.futures
+
+    frame = 4096 + 24  # a WAL frame: its page and its header
+    ids, writer = RequestIds(), AuditWriter(tmp_path / "a.db", Seal(tmp_path), threaded=False)
+    log_, wal = tmp_path / "a.db", tmp_path / "a.db-wal"
+    unchecked, frames = log_.stat().st_size, 0
+    try:
+        for i in range(0, 20000, 20):  # about 10 frames a batch: 20 rows, each a page (a body of its own)
+            for r in (row(n, ids) | {"req_body": os.urandom(3000)} for n in range(i, i + 20)):
+                writer._queue.put((audit_writer._Intent(r, None), concurrent.futures.Future()))
+            writer.write_queued()
+            if log_.stat().st_size > unchecked:  # pages copied into the database: the first checkpoint
+                break
+            frames = wal.stat().st_size // frame
+    finally:
+        writer.close()
+    assert audit.WAL_CHECKPOINT_PAGES > 1000
+    assert log_.stat().st_size > unchecked, "never checkpointed"
+    assert audit.WAL_CHECKPOINT_PAGES - 200 < frames <= audit.WAL_CHECKPOINT_PAGES
+
+
 def test_outcome_fields_without_an_outcome_hash_and_the_undo_class_are_covered(tmp_path: Path) -> None:
     """Erasing a row's outcome hash leaves it looking pending only if every outcome field is gone too; the undo
     class shown with the row is covered by the outcome hash."""
