@@ -493,6 +493,9 @@ class AuditWriter:
                         except Exception as exc:  # its own failure: its waiter is told, the batch goes on
                             self._forget()  # what it stored is gone with its savepoint
                             refused[index] = exc
+                        # A prune may have removed names this writer checked before it (in this transaction or, the
+                        # log unchanged since, an earlier one): each is read again before a row after it names it.
+                        self._names.begin()
                     elif not isinstance(op, _Intent):
                         try:
                             self._update(op)
