@@ -127,6 +127,9 @@ class _OneByOne:
 
 _ONE_BY_ONE = _OneByOne()
 
+#: The blob columns an outcome writes (its response's headers and body).
+_OUTCOME_BLOBS = tuple(c for c in layout.BLOB_COLUMNS if c in OUTCOME_COLUMNS)
+
 #: Errors of an op that cannot be stored (a number too large for SQLite, text that is not UTF-8, a row whose id the
 #: log already holds), which fail only that op; any other error (disk full, a locked or broken database) fails the
 #: whole batch.
@@ -232,6 +235,9 @@ class AuditWriter:
         #: an outcome lost with it (a full disk) leaves its row to be recorded interrupted when the writer stops, not
         #: looking as if it were still going on
         self._ended: dict[str, tuple[str, int, tuple[Any, ...], Any]] = {}
+        #: rows in `_pending` written with blobs in the columns their outcome writes (a response, without a status or
+        #: an error): their first outcome lets go of those blobs too, as an outcome written again does (`_update`)
+        self._early: set[str] = set()
         self._blobs = blobs.BlobStore()
         #: what the record stage asked for in this turn of each event loop, queued at the turn's end (`_in_turn`)
         self._loop_turns: dict[asyncio.AbstractEventLoop, list[Any]] = {}
@@ -508,10 +514,13 @@ class AuditWriter:
                         head = self._insert(op, head.hash if head else last[0] if last else "")
             if not applied:
                 self._left = (version, head.hash if head else last[0] if last else None)
+            if self._early:
+                self._early.difference_update(self._ended)  # ended for good (a rollback keeps them, to end again)
         except Exception as exc:  # sqlite3.Error, disk full, a locked database: every waiter fails closed
             self._pending.update(self._ended)  # their outcomes rolled back: still in flight
             for request_id in self._added:  # rolled back (a row ended in the same batch too)
                 self._pending.pop(request_id, None)
+                self._early.discard(request_id)
             if len(batch) > 1 and isinstance(exc, _VALUE_ERRORS):  # one op's value: the others are not to fail with it
                 self._forget()
                 return _ONE_BY_ONE
@@ -632,6 +641,8 @@ class AuditWriter:
         if "outcome_hash" not in row:
             self._pending[str(row["id"])] = (row["hash"], int(cursor.lastrowid or 0), kind, row.get("ts"))
             self._added.append(str(row["id"]))
+            if any(c in kept for c in _OUTCOME_BLOBS):
+                self._early.add(str(row["id"]))
         if op.approval is not None:
             entry = {"request_id": row["id"], **op.approval}
             self._conn.execute(f"INSERT INTO approvals ({', '.join(entry)}) VALUES ({', '.join('?' * len(entry))})",
@@ -643,6 +654,9 @@ class AuditWriter:
 
     def _update(self, op: _Outcome) -> None:
         pending, again = self._pending.pop(op.id, None), False
+        # Whether the row may already name blobs in the columns this outcome writes: only one written again, or one
+        # written with a response but no status or error (`_early`), or one this writer did not write (not pending).
+        earlier = pending is None or op.id in self._early
         if pending is not None:
             self._ended[op.id] = pending
         else:
@@ -666,8 +680,8 @@ class AuditWriter:
         if again:  # what the first outcome set and this one does not goes: the new hash covers this one's alone
             present = present_columns(self._conn)
             kept = {**dict.fromkeys(c for c in OUTCOME_COLUMNS if c in present), **kept}
-        named = [c for c in layout.BLOB_COLUMNS if c in kept] if again else []
-        if named:  # an outcome written again (never, as the proxy goes) lets go of the blobs the first one named
+        named = [c for c in layout.BLOB_COLUMNS if c in kept] if earlier else []
+        if named:  # an outcome written over blobs the row named (never, as the proxy goes) lets go of them
             before = self._conn.execute(f"SELECT {', '.join(named)} FROM requests WHERE seq = ?", (seq,)).fetchone()
             blobs.release(self._conn, [ref for ref in before or () if ref is not None])
         if layout.OUTCOME_ROOM:
