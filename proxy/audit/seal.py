@@ -208,8 +208,9 @@ class Seal:
 
     def _parsed(self, data: bytes) -> tuple[Anchor | None, int]:
         """`_newest` of a file of slots' bytes, kept for the next read of the same bytes."""
-        if self._last is not None and self._last[0] == data:
-            return self._last[1], self._last[2]
+        last = self._last  # one read of it: another thread may replace it meanwhile
+        if last is not None and last[0] == data:
+            return last[1], last[2]
         found, index = _newest(data)
         if found is not None:
             self._last = (data, found, index)
