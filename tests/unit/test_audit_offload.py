@@ -484,3 +484,149 @@ def test_an_outcome_lost_with_a_failed_write_leaves_its_row_to_be_recorded_inter
     assert process.wait(10) == 0
     kept = audit.get(_log(tmp_path), row["id"])
     assert (kept["status"], kept["error"]) == (None, audit.INTERRUPTED)
+
+
+async def _linked(first: OffloadedWriter) -> OffloadedWriter:
+    """A worker's writer linked to the first's writer process (as `run` hands a worker its link), once that process
+    has said on the link that it is ready."""
+    link = first.link_worker()
+    assert link is not None
+    worker = OffloadedWriter(AuditWriter(first.local.path, Seal(first.local.path.parent)), link=link)
+    deadline = time.monotonic() + 20
+    while not worker._ready:
+        assert time.monotonic() < deadline, "the shared writer process never said the link was ready"
+        row = _row("/warm-up")
+        assert await worker.awaited_intent(row) is None
+        worker.outcome_in_turn(row["id"], _answered())
+        await asyncio.sleep(0.02)
+    return worker
+
+
+def _shared(tmp_path: Path, scenario: Any) -> Any:
+    """What `scenario(first, worker)` gives: the first process's writer, whose process is shared, and a worker's
+    linked to it (closed in that order after, as `run` stops: the worker first)."""
+    async def main() -> Any:
+        first = OffloadedWriter(AuditWriter(tmp_path / "audit.db", Seal(tmp_path)), share=True)
+        _STARTED.append(first._process)
+        while not first._ready:
+            row = _row("/first-warm-up")
+            assert await first.awaited_intent(row) is None
+            first.outcome_in_turn(row["id"], _answered())
+            await asyncio.sleep(0.02)
+        worker = await _linked(first)
+        try:
+            return await scenario(first, worker)
+        finally:
+            worker.close()
+            first.close()
+
+    return asyncio.run(main())
+
+
+def test_one_writer_process_writes_every_workers_rows(tmp_path: Path) -> None:
+    """`run` with workers: the first's writer process writes a worker's rows too, over the link it was handed (no
+    process of the worker's own), each row answered to the proxy that handed it over, anchored before, and ended by
+    its outcome; a worker's link handed over later (a worker started again) works alike."""
+    async def scenario(first: OffloadedWriter, worker: OffloadedWriter) -> list[dict[str, Any]]:
+        assert not isinstance(worker._process, subprocess.Popen)
+        again = await _linked(first)
+        rows = []
+        for i in range(12):
+            writer = (first, worker, again)[i % 3]
+            row = _row(f"/{i}")
+            assert await writer.awaited_intent(row) is None
+            anchor = Seal(tmp_path).anchor()
+            assert anchor is not None and anchor.seq >= 1
+            writer.outcome_in_turn(row["id"], _answered(200 + i))
+            rows.append(row)
+        await asyncio.sleep(0)
+        again.close()
+        return rows
+
+    rows = _shared(tmp_path, scenario)
+    conn = _log(tmp_path)
+    assert [audit.get(conn, r["id"])["status"] for r in rows] == [200 + i for i in range(12)]
+    assert [r["id"] for r in audit.iter_rows(conn) if r["status"] is None and r["error"] is None] == []
+
+
+def test_a_worker_whose_link_ends_has_its_rows_in_flight_recorded_interrupted(tmp_path: Path) -> None:
+    """A worker that dies (its link ends without a stop) leaves rows whose outcome never comes: the shared writer
+    records them interrupted, as a worker's own writer process did when its worker died, and writes on for the
+    others."""
+    async def scenario(first: OffloadedWriter, worker: OffloadedWriter) -> tuple[dict[str, Any], dict[str, Any]]:
+        lost = _row("/lost")
+        assert await worker.awaited_intent(lost) is None
+        assert worker._process is not None
+        worker._process.kill()  # its end of the link closed at once, as a killed worker's is
+        await asyncio.sleep(0.5)
+        after = _row("/after")
+        assert await first.awaited_intent(after) is None
+        first.outcome_in_turn(after["id"], _answered(201))
+        await asyncio.sleep(0)
+        return lost, after
+
+    lost, after = _shared(tmp_path, scenario)
+    conn = _log(tmp_path)
+    assert audit.get(conn, lost["id"])["error"] == audit.INTERRUPTED
+    assert audit.get(conn, after["id"])["status"] == 201
+
+
+def test_the_shared_writer_outlives_the_first_until_its_workers_stop(tmp_path: Path) -> None:
+    """`run` stops its workers as it stops itself: the first's writer may close first, and the shared process goes on
+    writing for the workers still linked (their last outcomes, their rows in flight ended), then says so on each link
+    before it stops: a worker takes a link that ended without that for a writer that died, and ends its rows itself."""
+    import threading
+
+    async def scenario(first: OffloadedWriter, worker: OffloadedWriter) -> tuple[dict[str, Any], dict[str, Any]]:
+        done, open_ = _row("/done"), _row("/open")
+        assert await worker.awaited_intent(done) is None
+        assert await worker.awaited_intent(open_) is None
+        closing = threading.Thread(target=first.close)
+        closing.start()
+        await asyncio.sleep(0.3)
+        worker.outcome_in_turn(done["id"], _answered(204))
+        worker.close()
+        closing.join(20)
+        assert not closing.is_alive()
+        return done, open_
+
+    async def main() -> tuple[dict[str, Any], dict[str, Any]]:
+        first = OffloadedWriter(AuditWriter(tmp_path / "audit.db", Seal(tmp_path)), share=True)
+        _STARTED.append(first._process)
+        while not first._ready:
+            await first.awaited_intent(_row("/warm-up"))
+            await asyncio.sleep(0.02)
+        return await scenario(first, await _linked(first))
+
+    done, open_ = asyncio.run(main())
+    conn = _log(tmp_path)
+    assert audit.get(conn, done["id"])["status"] == 204
+    assert audit.get(conn, open_["id"])["error"] == audit.INTERRUPTED
+
+
+def test_a_link_is_handed_over_only_as_one_unix_socket() -> None:
+    """What the writer process takes over its control link: one Unix socket with the one byte that marks it; anything
+    else is refused and every descriptor that came with it closed."""
+    import socket
+
+    from goex_proxy.audit.link import hand_over, received
+
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        a, b = socket.socketpair()
+        assert hand_over(ours, a)
+        got = received(theirs)
+        assert got is not None and got.family == socket.AF_UNIX
+        got.close()
+        a.close()
+        b.close()
+        with open(os.devnull, "rb") as f:
+            socket.send_fds(ours, [b"w"], [f.fileno()])  # not a socket
+            assert received(theirs) is None
+            r, w = os.pipe()
+            socket.send_fds(ours, [b"x"], [r])  # not the mark
+            assert received(theirs) is None
+            os.close(r)
+            os.close(w)
+        ours.close()
+        assert received(theirs) is None  # the first process closed its end
