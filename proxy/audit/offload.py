@@ -606,9 +606,13 @@ def _serve(path: Path, state_dir: Path, parent: int, control_fd: int | None = No
             for peer in [p for p in peers.values() if p.ended and p is not first]:
                 _end_peer(writer, peer)
                 del peers[peer.read_fd]
-            if stop:
+            if stop and len(peers) == 1:
                 break
-            if first.ended:  # the proxy that started it stops: the workers still linked stop with it, or soon after
+            # The proxy that started it stops (or ended: killed, its workers are sent SIGTERM as this process is):
+            # the workers still linked stop with it, or soon after, handing over the outcomes of the requests they
+            # answered meanwhile (stopped at once, this process recorded their rows interrupted, and no one wrote
+            # those outcomes over that after).
+            if first.ended or stop:
                 stop_at = stop_at or time.monotonic() + SHARED_STOP_SECONDS
                 if len(peers) == 1 or time.monotonic() >= stop_at:
                     break

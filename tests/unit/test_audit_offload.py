@@ -630,3 +630,67 @@ def test_a_link_is_handed_over_only_as_one_unix_socket() -> None:
             os.close(w)
         ours.close()
         assert received(theirs) is None  # the first process closed its end
+
+
+#: The first process of a `run`, alone: its writer process shared, one link to it sent back (SCM_RIGHTS) over the
+#: socket whose descriptor is argv[2]; then it waits to be killed.
+_FIRST = """
+import asyncio, socket, sys, time
+from pathlib import Path
+from goex_proxy.audit.offload import OffloadedWriter
+from goex_proxy.audit.seal import Seal
+from goex_proxy.audit.writer import AuditWriter
+tmp, back = Path(sys.argv[1]), socket.socket(fileno=int(sys.argv[2]))
+first = OffloadedWriter(AuditWriter(tmp / "audit.db", Seal(tmp)), share=True)
+link = first.link_worker()
+socket.send_fds(back, [b"l"], [link.fileno()])
+time.sleep(600)
+"""
+
+
+def test_a_killed_first_process_leaves_its_workers_time_to_hand_over_their_last_outcomes(tmp_path: Path) -> None:
+    """The first process of a `run` killed (SIGKILL, the OOM killer): its writer process is sent SIGTERM
+    (PR_SET_PDEATHSIG) as its workers are, and the workers stop, handing over the outcomes of the requests they
+    answered meanwhile. The shared writer stopped at once, recording every row in flight interrupted, and the outcome
+    a worker handed over after that was written by no one (its thread does not write over an outcome): an agent had its
+    answer, its row said its request was interrupted. (Each worker's writer process of its own lived until its
+    worker closed it.)"""
+    import socket
+
+    ours, theirs = socket.socketpair()
+    helper = subprocess.Popen([sys.executable, "-c", _FIRST, str(tmp_path), str(theirs.fileno())],
+                              pass_fds=(theirs.fileno(),))
+    theirs.close()
+    try:
+        _, fds, _, _ = socket.recv_fds(ours, 4, 1)
+        assert len(fds) == 1
+        link = socket.socket(fileno=fds[0])
+
+        async def main() -> dict[str, Any]:
+            worker = OffloadedWriter(AuditWriter(tmp_path / "audit.db", Seal(tmp_path)), link=link)
+            deadline = time.monotonic() + 20
+            while not worker._ready:
+                assert time.monotonic() < deadline
+                warm = _row("/warm-up")
+                assert await worker.awaited_intent(warm) is None
+                worker.outcome_in_turn(warm["id"], _answered())
+                await asyncio.sleep(0.02)
+            row = _row("/answered-as-run-dies")
+            assert await worker.awaited_intent(row) is None  # committed: its request goes upstream
+            helper.kill()
+            helper.wait()
+            time.sleep(0.5)  # the worker, sent SIGTERM too, busy stopping: its request answered meanwhile
+            worker.outcome_in_turn(row["id"], _answered(201))
+            worker._hand_over()  # in the turn it was answered, before the loop reads whatever the link says
+            await asyncio.sleep(0.05)
+            worker.close()
+            return row
+
+        row = asyncio.run(main())
+    finally:
+        ours.close()
+        if helper.poll() is None:
+            helper.kill()
+            helper.wait()
+    kept = audit.get(_log(tmp_path), row["id"])
+    assert (kept["status"], kept["error"]) == (201, None)
