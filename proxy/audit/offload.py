@@ -28,7 +28,7 @@ import msgpack
 from ..errors import AuditError
 from ..policy.engine import Limit
 from ..policy.limits import Charge
-from .link import Link, hand_over, received
+from .link import Link, hand_over, ready, received
 from .seal import Seal
 from .store import INTERRUPTED
 from .writer import OUTCOME_GATHER_SECONDS, AuditWriter
@@ -524,7 +524,7 @@ def _write_by(fd: int, data: bytearray, deadline: float) -> bool:
     view = memoryview(bytes(data))
     while view:
         left = deadline - time.monotonic()
-        if left <= 0 or not select.select([], [fd], [], left)[1]:
+        if left <= 0 or not ready(fd, True, left):
             return False
         try:
             view = view[os.write(fd, view):]
@@ -737,7 +737,7 @@ def _answer(fd: int, message: Any, within: float | None = None) -> bool:
                 view = view[os.write(fd, view):]
             except BlockingIOError:
                 left = None if deadline is None else deadline - time.monotonic()
-                if (left is not None and left <= 0) or not select.select([], [fd], [], left)[1]:
+                if (left is not None and left <= 0) or not ready(fd, True, left):
                     return False
     except (BrokenPipeError, ConnectionResetError):
         return False

@@ -694,3 +694,49 @@ def test_a_killed_first_process_leaves_its_workers_time_to_hand_over_their_last_
             helper.wait()
     kept = audit.get(_log(tmp_path), row["id"])
     assert (kept["status"], kept["error"]) == (201, None)
+
+
+def test_a_worker_whose_link_is_past_descriptor_1023_stops_cleanly(tmp_path: Path) -> None:
+    """A worker is handed its link with the descriptor number it had in the first process (pass_fds), and a first
+    process serving over a thousand connections (the proxy raises its open-file limit for them) hands a worker it
+    starts again one past 1023, which `select` refuses (ValueError): the worker's `close` raised, its last rows
+    neither handed over nor ended."""
+    import resource
+    import socket
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2100:
+        pytest.skip("needs an open-file limit past 2,100")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2100) if hard == resource.RLIM_INFINITY else hard, hard))
+    try:
+        async def main() -> dict[str, Any]:
+            first = OffloadedWriter(AuditWriter(tmp_path / "audit.db", Seal(tmp_path)), share=True)
+            _STARTED.append(first._process)
+            while not first._ready:
+                await first.awaited_intent(_row("/warm-up"))
+                await asyncio.sleep(0.02)
+            link = first.link_worker()
+            assert link is not None
+            high = os.dup2(link.fileno(), 2048)
+            link.close()
+            worker = OffloadedWriter(AuditWriter(tmp_path / "audit.db", Seal(tmp_path)), link=socket.socket(fileno=high))
+            deadline = time.monotonic() + 20
+            while not worker._ready:
+                assert time.monotonic() < deadline
+                warm = _row("/warm-up")
+                assert await worker.awaited_intent(warm) is None
+                worker.outcome_in_turn(warm["id"], _answered())
+                await asyncio.sleep(0.02)
+            row = _row("/last")
+            assert await worker.awaited_intent(row) is None
+            worker.outcome_in_turn(row["id"], _answered(202))
+            try:
+                worker.close()
+            finally:
+                first.close()
+            return row
+
+        row = asyncio.run(main())
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert audit.get(_log(tmp_path), row["id"])["status"] == 202
