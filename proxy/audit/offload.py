@@ -664,9 +664,11 @@ def _read_peer(peer: _Peer, writer: AuditWriter,
             for op in ops:
                 taken = True
                 if op[0] == "intent":
-                    asked.append((peer, op[1], writer.record_intent(op[2], _charge_in(op[3]))))
+                    written = writer.record_intent(op[2], _charge_in(op[3]))
+                    asked.append((peer, op[1], written))
                     if peer.sock is not None and op[2].get("status") is None and op[2].get("error") is None:
                         peer.rows.add(str(op[2].get("id")))
+                        written.add_done_callback(functools.partial(_unwritten, peer.rows, str(op[2].get("id"))))
                 elif op[0] == "outcome":
                     writer.record_outcome(op[1], op[2])
                     peer.rows.discard(op[1])
@@ -677,6 +679,13 @@ def _read_peer(peer: _Peer, writer: AuditWriter,
         log.error("a message from the proxy could not be read (%s); stopping, the proxy's thread writes on", exc)
         peer.ended = True
     return taken
+
+
+def _unwritten(rows: set[str], request_id: str, written: concurrent.futures.Future[str | None]) -> None:
+    """A worker's row a cap refused, or whose write failed, gets no outcome: it is not remembered for one (a million
+    refusals, ~100 MB)."""
+    if written.exception() is not None or written.result() is not None:
+        rows.discard(request_id)
 
 
 def _answer_all(asked: list[tuple[_Peer, int, concurrent.futures.Future[str | None]]]) -> None:

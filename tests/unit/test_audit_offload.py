@@ -740,3 +740,32 @@ def test_a_worker_whose_link_is_past_descriptor_1023_stops_cleanly(tmp_path: Pat
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert audit.get(_log(tmp_path), row["id"])["status"] == 202
+
+
+def test_the_shared_writer_forgets_a_workers_rows_that_get_no_outcome(tmp_path: Path) -> None:
+    """The shared writer remembers each worker's rows awaiting an outcome, to end them if its link ends; a row a cap
+    refused (or whose write failed) gets none, and was remembered for as long as the worker ran: a million refusals,
+    ~100 MB of the writer process's (as `OffloadedWriter._theirs` once was)."""
+    import socket
+
+    from goex_proxy.audit.offload import _answer_all, _Peer, _read_peer
+
+    writer = AuditWriter(tmp_path / "audit.db", Seal(tmp_path), threaded=False)
+    ours, theirs = socket.socketpair()
+    try:
+        theirs.setblocking(False)
+        peer = _Peer(theirs.fileno(), theirs.fileno(), theirs)
+        capped = ["bot", ["r/post"], time.time(), [["r/post", 0, None, "ever"]]]
+        refused = [["intent", i, _row(f"/refused{i}"), capped] for i in range(20)]
+        ours.sendall(_frame(refused))
+        asked: list[Any] = []
+        assert _read_peer(peer, writer, asked)
+        writer.write_queued()
+        _answer_all(asked)
+        answers = list(_frames(bytearray(ours.recv(1 << 20))))
+        assert len(answers[0]) == 20 and all(result is not None for _, result in answers[0]), answers
+        assert peer.rows == set()
+    finally:
+        ours.close()
+        theirs.close()
+        writer.close()
