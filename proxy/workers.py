@@ -135,6 +135,8 @@ class Workers:
             self._spawn(index)
 
     def _spawn(self, index: int) -> None:
+        if self.stopping:  # `run` started to stop meanwhile (while `watch` read the config, or before `start`): a
+            return  # worker started now was never signalled, and `stop` waited its whole timeout for it
         link = self.writer_link() if self.writer_link is not None else None
         argv, fds = self.argv(index), [self.sockets[index].fileno()]
         if link is not None:
@@ -186,9 +188,10 @@ class Workers:
 
     def stop(self, timeout: float = STOP_SECONDS) -> None:
         """SIGTERM every worker (each answers what it has in flight, as `run` does), then SIGKILL what is left."""
-        if not self.stopping:
-            self.terminate()
         self.stopping = True
+        for proc in self.procs.values():  # again: one `terminate` did not see (started as it ran) is stopped too
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout
         for proc in self.procs.values():
             try:

@@ -6,6 +6,7 @@ stands where the writer process it would have started stands (`Link`: its input,
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import select
 import socket
@@ -14,6 +15,15 @@ import time
 
 #: What the first process sends with each worker's end of a link (one byte: `socket.send_fds` needs some data).
 _HANDED = b"w"
+
+
+def ready(fd: int, write: bool, timeout: float | None) -> bool:
+    """Whether `fd` can be read (or written) within `timeout` seconds (None: however long it takes). `poll`, not
+    `select`: a worker's link has the number its descriptor had in the first process, past 1023 once that serves a
+    thousand connections, which `select` refuses (ValueError)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT if write else select.POLLIN)
+    return bool(poller.poll(None if timeout is None else max(0, math.ceil(timeout * 1000))))
 
 
 def hand_over(control: socket.socket, end: socket.socket) -> bool:
@@ -89,7 +99,7 @@ class Link:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise subprocess.TimeoutExpired("the shared audit writer", timeout or 0.0)
-            if not select.select([self.sock], [], [], left)[0]:
+            if not ready(self.sock.fileno(), False, left):
                 continue
             try:
                 chunk = self.sock.recv(1 << 20)

@@ -28,7 +28,7 @@ import msgpack
 from ..errors import AuditError
 from ..policy.engine import Limit
 from ..policy.limits import Charge
-from .link import Link, hand_over, received
+from .link import Link, hand_over, ready, received
 from .seal import Seal
 from .store import INTERRUPTED
 from .writer import OUTCOME_GATHER_SECONDS, AuditWriter
@@ -524,7 +524,7 @@ def _write_by(fd: int, data: bytearray, deadline: float) -> bool:
     view = memoryview(bytes(data))
     while view:
         left = deadline - time.monotonic()
-        if left <= 0 or not select.select([], [fd], [], left)[1]:
+        if left <= 0 or not ready(fd, True, left):
             return False
         try:
             view = view[os.write(fd, view):]
@@ -606,9 +606,13 @@ def _serve(path: Path, state_dir: Path, parent: int, control_fd: int | None = No
             for peer in [p for p in peers.values() if p.ended and p is not first]:
                 _end_peer(writer, peer)
                 del peers[peer.read_fd]
-            if stop:
+            if stop and len(peers) == 1:
                 break
-            if first.ended:  # the proxy that started it stops: the workers still linked stop with it, or soon after
+            # The proxy that started it stops (or ended: killed, its workers are sent SIGTERM as this process is):
+            # the workers still linked stop with it, or soon after, handing over the outcomes of the requests they
+            # answered meanwhile (stopped at once, this process recorded their rows interrupted, and no one wrote
+            # those outcomes over that after).
+            if first.ended or stop:
                 stop_at = stop_at or time.monotonic() + SHARED_STOP_SECONDS
                 if len(peers) == 1 or time.monotonic() >= stop_at:
                     break
@@ -660,9 +664,11 @@ def _read_peer(peer: _Peer, writer: AuditWriter,
             for op in ops:
                 taken = True
                 if op[0] == "intent":
-                    asked.append((peer, op[1], writer.record_intent(op[2], _charge_in(op[3]))))
+                    written = writer.record_intent(op[2], _charge_in(op[3]))
+                    asked.append((peer, op[1], written))
                     if peer.sock is not None and op[2].get("status") is None and op[2].get("error") is None:
                         peer.rows.add(str(op[2].get("id")))
+                        written.add_done_callback(functools.partial(_unwritten, peer.rows, str(op[2].get("id"))))
                 elif op[0] == "outcome":
                     writer.record_outcome(op[1], op[2])
                     peer.rows.discard(op[1])
@@ -673,6 +679,13 @@ def _read_peer(peer: _Peer, writer: AuditWriter,
         log.error("a message from the proxy could not be read (%s); stopping, the proxy's thread writes on", exc)
         peer.ended = True
     return taken
+
+
+def _unwritten(rows: set[str], request_id: str, written: concurrent.futures.Future[str | None]) -> None:
+    """A worker's row a cap refused, or whose write failed, gets no outcome: it is not remembered for one (a million
+    refusals, ~100 MB)."""
+    if written.exception() is not None or written.result() is not None:
+        rows.discard(request_id)
 
 
 def _answer_all(asked: list[tuple[_Peer, int, concurrent.futures.Future[str | None]]]) -> None:
@@ -733,7 +746,7 @@ def _answer(fd: int, message: Any, within: float | None = None) -> bool:
                 view = view[os.write(fd, view):]
             except BlockingIOError:
                 left = None if deadline is None else deadline - time.monotonic()
-                if (left is not None and left <= 0) or not select.select([], [fd], [], left)[1]:
+                if (left is not None and left <= 0) or not ready(fd, True, left):
                     return False
     except (BrokenPipeError, ConnectionResetError):
         return False

@@ -341,3 +341,63 @@ def test_stopping_with_a_stopped_writer_process_leaves_nothing_behind(make_proxy
         with contextlib.suppress(ProcessLookupError):
             os.kill(writer, signal.SIGKILL)
     assert [r["id"] for r in proxy.rows() if r["status"] is None and r["error"] is None] == []
+
+
+@pytest.mark.skipif(default_count() < 2, reason="a writer process runs on 2 cores or more")
+def test_a_worker_started_again_once_the_shared_writer_is_gone_writes_by_a_writer_of_its_own(make_proxy, upstream):
+    """The shared writer process killed, then a worker killed too: the worker started again gets no link (there is no
+    writer to hand one to) and starts a writer process of its own; every row still gets its outcome."""
+    proxy = _started(make_proxy({"slack": POLICY["slack"].replace("count: 15", "count: 1000")}, start=False))
+    parent = proxy.proc.pid
+    first = wait_for(lambda: _workers_of(parent), what="the second worker")[0]
+    writer = wait_for(lambda: _writer_of(parent), what="the audit writer process")
+    os.kill(writer, signal.SIGKILL)
+    time.sleep(0.3)
+    os.kill(first, signal.SIGKILL)
+    second = wait_for(lambda: [p for p in _workers_of(parent) if p != first], what="a new worker", timeout=30)[0]
+    _worker_started(proxy, 2)
+    wait_for(lambda: _writer_of(second), what="the new worker's own writer process", timeout=20)
+    statuses = _burst(proxy)
+    # The first process, idle until now, learns its writer died from the first rows it hands it: those are refused
+    # (502, fail closed), as a lone proxy's are; every other request passes.
+    assert set(statuses) <= {200, 502} and statuses.count(200) >= 35, (statuses, proxy.log_text()[-6000:])
+    assert [r["id"] for r in proxy.rows() if r["status"] is None and r["error"] is None] == []
+    proxy.stop()
+    assert proxy.proc.returncode == 0
+    text = proxy.log_text()
+    assert "Traceback" not in text, text[-3000:]
+
+
+@pytest.mark.skipif(default_count() < 2, reason="a writer process runs on 2 cores or more")
+def test_run_stops_with_a_stopped_worker_ending_its_rows(make_proxy, upstream):
+    """A worker stopped with SIGSTOP holds rows in flight; `run` stopped then kills it in the end: its rows are ended
+    (by the shared writer, which waits for it a while), and the writer process does not outlive `run`.
+
+    Fails now and then (2 runs in about 14 here): one row is left with no outcome, cause not found yet (the writer
+    killed at the first's 10 s deadline before it ended its rows, SHARED_STOP_SECONDS leaving it 2 s, is suspected).
+    `run` takes ~33 s here (8 s of the shared writer waiting for the stopped worker, then 25 for `Workers.stop`)."""
+    import subprocess
+
+    proxy = _started(make_proxy({"slack": POLICY["slack"].replace("count: 15", "count: 1000")}, start=False))
+    parent = proxy.proc.pid
+    worker = wait_for(lambda: _workers_of(parent), what="the second worker")[0]
+    writer = wait_for(lambda: _writer_of(parent), what="the audit writer process")
+    burst = subprocess.Popen([*proxy_exec(proxy), sys.executable, "-c", LONG_BURST], env=proxy.env,
+                             stdout=subprocess.PIPE, text=True)
+    wait_for(lambda: len(proxy.rows()) > 30, what="rows")
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        time.sleep(0.5)
+        started = time.monotonic()
+        proxy.proc.send_signal(signal.SIGTERM)
+        assert proxy.proc.wait(60) == 0
+        took = time.monotonic() - started
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker, signal.SIGKILL)
+    burst.kill()
+    burst.communicate()
+    wait_for(lambda: _ended(writer), what="the writer process to end", timeout=5)
+    left = [r for r in proxy.rows() if r["status"] is None and r["error"] is None]
+    assert not left, ([(r["id"], r["ts"], r["path"]) for r in left], took, proxy.log_text()[-6000:])
+    assert took < 40, took
