@@ -156,7 +156,11 @@ class OffloadedWriter:
         self._unsure: collections.deque[tuple[int, str, dict[str, Any]]] = collections.deque()
         self._ready = False  # the process said it opened the log
         if link is not None:
+            # The first's writer process, started before this worker: what is sent waits in the link until it reads
+            # it. Rows held back for its word went to this worker's thread writer, and were left in flight when the
+            # worker was killed (stopped with SIGSTOP as `run` stopped) before their requests ended.
             self._process = Link(link)
+            self._ready = True
         else:
             self._start(share)
 
@@ -558,8 +562,10 @@ def _told_on_loop(waiter: asyncio.Future[str | None], written: concurrent.future
 #: ended its rows in flight, before it closes the link.
 ENDED = "ended"
 #: How long the shared writer process goes on writing for the workers still linked to it once the first process has
-#: stopped (`run` stops its workers as it stops itself; the first waits for this process up to STOP_SECONDS).
-SHARED_STOP_SECONDS = STOP_SECONDS - 2
+#: stopped (`run` stops its workers as it stops itself): half of the STOP_SECONDS the first waits for this process
+#: before it kills it, the other half left for its last writes (the rows of a worker stopped with SIGSTOP ended as
+#: interrupted; with 2 s left, a loaded machine had it killed first now and then, a row left in flight).
+SHARED_STOP_SECONDS = STOP_SECONDS / 2
 
 
 class _Peer:
