@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import gc
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import closing
@@ -64,13 +65,17 @@ class ProxyState:
     INTERACTIVE_ADDONS = ("view", "intercept")
 
     def __init__(self, config: Config | None = None, policies: PolicySet | None = None,
-                 writer_process: bool = False) -> None:
+                 writer_process: bool = False, share_writer: bool = False, writer_link: socket.socket | None = None
+                 ) -> None:
         self.config = config
         self.policies = policies or PolicySet()
         self.limits = LimitCounters()
         self.writer: AuditWriter | None = None
         #: The record stage's rows written by a process of its own (`run`): its Python off this one's GIL.
         self.writer_process = writer_process
+        #: That process also writes the other workers' rows (the first of several: `link_worker`); or this worker's
+        #: end of its link to the first's (`writer_link`), written to instead of a process of its own.
+        self.share_writer, self.writer_link = share_writer, writer_link
         self.secrets: dict[str, str] = {}  # credential name -> secret, in memory only
         self.aws_keys: dict[str, AwsKeys] = {}  # aws_sigv4 credentials whose secret holds valid keys
         self.tokens: TokenKeeper | None = None  # OAuth2 access tokens, refreshed as needed
@@ -196,7 +201,9 @@ class ProxyState:
         self.undo_rules = load_packs(list(self.config.undo_packs))
         self.writer = AuditWriter(self.config.audit_db, Seal(self.config.state_dir))
         if self.writer_process:  # it takes every call it does not take over to the thread writer it wraps
-            self.writer = cast(AuditWriter, OffloadedWriter(self.writer))
+            self.writer = cast(AuditWriter, OffloadedWriter(self.writer, share=self.share_writer,
+                                                            link=self.writer_link))
+            self.writer_link = None  # the writer holds it now
         self._seed_limits(self.policies.limit_windows())
         self._mtimes = self._stat()
 

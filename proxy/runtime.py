@@ -76,10 +76,12 @@ def unchecked_messages() -> None:
 
 def build_master(config: Config, policies: PolicySet, undo_token: str | None = None,
                  file_config: Config | None = None, live: bool = False, maintain: bool = False,
-                 log_to: IO[str] | None = None, writer_process: bool = False) -> master.Master:
+                 log_to: IO[str] | None = None, writer_process: bool = False, share_writer: bool = False,
+                 writer_link: Any = None) -> master.Master:
     """A mitmproxy master with only the addons goex-proxy needs, then the pipeline in its one order (and, for `run`,
     the line per request when `live`, the audit log's retention when `maintain`, and the record stage's rows written by
-    a process of its own when `writer_process`). Its log goes to stdout, as
+    a process of its own when `writer_process`: with `share_writer`, one the other workers are linked to; with
+    `writer_link`, this worker's link to the first's). Its log goes to stdout, as
     mitmdump's does, or to `log_to` (a proxy running beside a command: stdout is the command's)."""
     from goex_proxy.addons import pipeline
     from goex_proxy.addons.livelog import LiveLog
@@ -107,7 +109,8 @@ def build_master(config: Config, policies: PolicySet, undo_token: str | None = N
         errorcheck.ErrorCheck(repeat_errors_on_stderr=True),
     )
     opts.update(**proxy_options(config))
-    state = ProxyState(config, policies, writer_process=writer_process)
+    state = ProxyState(config, policies, writer_process=writer_process, share_writer=share_writer,
+                       writer_link=writer_link)
     state.undo_token = undo_token
     state.file_config = file_config
     after = ((LiveLog(state),) if live else ()) + ((Retention(state),) if maintain else ())
@@ -282,14 +285,15 @@ class InProcessProxy:
 
 
 async def serve(config: Config, policies: PolicySet, quiet: bool = False, also: Sequence[Serving] = (),
-                worker: int | None = None, sockets: Sequence[Any] = (), writer_process: bool = False) -> str | None:
+                worker: int | None = None, sockets: Sequence[Any] = (), writer_process: bool = False,
+                writer_link: Any = None) -> str | None:
     """Run the proxy until SIGINT or SIGTERM, writing what it does (reloads, holds, approvals, warnings, errors;
     unless quiet, a line per request), each line with its time, coloured on a terminal. `also` starts servers in the
     same loop next to the approval links (the console: given by the caller, since it imports undo, which imports this
     module), each closed when the proxy stops. Given the sockets of several workers it starts the others and watches
     them (why they kept dying, if they did, is returned); as one of those (`worker` set) it serves the proxy only:
     the first serves the links, the console and the retention. `writer_process`: the record stage's rows are written
-    by a process of its own (`audit.offload`)."""
+    by a process of its own (`audit.offload`), the first's for every worker (`writer_link`: a worker's link to it)."""
     from goex_proxy.addons import livelog
     from goex_proxy.approvals.linkserver import serve_links
 
@@ -297,16 +301,21 @@ async def serve(config: Config, policies: PolicySet, quiet: bool = False, also: 
 
     logging.getLogger("goex_proxy").setLevel(logging.INFO)
     first = worker is None
-    m = build_master(config, policies, live=not quiet, maintain=first, writer_process=writer_process)
+    share = writer_process and first and len(sockets) > 1
+    m = build_master(config, policies, live=not quiet, maintain=first, writer_process=writer_process,
+                     share_writer=share, writer_link=writer_link)
     livelog.format_output()
     loop = asyncio.get_running_loop()
     _quiet_shutdown(loop)
-    others = Workers(config.file, list(sockets), quiet, lambda: _same_listen(config)) if first and len(sockets) > 1 \
-        else None
+    stages = m.addons.get("goex_pipeline")  # the pipeline, its state first
+    link = getattr(stages.stages[0].writer, "link_worker", None) if share and stages is not None else None
+    others = Workers(config.file, list(sockets), quiet, lambda: _same_listen(config), link) \
+        if first and len(sockets) > 1 else None
 
     def stop() -> None:
         if others is not None:
-            others.stopping = True  # a worker ending now is not started again
+            others.terminate()  # a worker ending now is not started again; they stop beside this one (the writer
+            # they share waits for them to stop before it does)
         m.shutdown()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -388,10 +397,10 @@ def check_can_listen(config: Config, console: tuple[str, int] | None = None) -> 
 
 
 def run(config: Config, policies: PolicySet, quiet: bool = False, also: Sequence[Serving] = (), workers: int = 1,
-        worker: int | None = None, listen_fd: int | None = None) -> None:
+        worker: int | None = None, listen_fd: int | None = None, writer_fd: int | None = None) -> None:
     """`serve` in a loop of its own. With several workers, the first makes one listening socket per worker and its
-    loop serves the proxy on the first; a worker serves on the one it was handed (`listen_fd`). StateError when the
-    workers kept dying."""
+    loop serves the proxy on the first; a worker serves on the one it was handed (`listen_fd`), its rows written by
+    the first's writer process over the link it was handed (`writer_fd`). StateError when the workers kept dying."""
     import socket
 
     from .workers import SharedPortLoop, default_count, listen_sockets
@@ -412,6 +421,7 @@ def run(config: Config, policies: PolicySet, quiet: bool = False, also: Sequence
     # mitmdump; two workers 1.08 -> 1.16 and 1.12 -> 1.19 once that process wrote in the thread that reads).
     writer_process = default_count() > 1
     with asyncio.Runner(loop_factory=factory) as runner:
-        failed = runner.run(serve(config, policies, quiet, also, worker, sockets, writer_process))
+        link = socket.socket(fileno=writer_fd) if writer_fd is not None and writer_process else None
+        failed = runner.run(serve(config, policies, quiet, also, worker, sockets, writer_process, link))
     if failed:
         raise StateError(f"stopped: {failed}")

@@ -113,8 +113,12 @@ class Workers:
     on socket I of the first process's group, its output on ours."""
 
     def __init__(self, config_file: Path, sockets: list[socket.socket], quiet: bool,
-                 still_same: Callable[[], str | None]) -> None:
+                 still_same: Callable[[], str | None],
+                 writer_link: Callable[[], socket.socket | None] | None = None) -> None:
+        """`writer_link`: a new link to the first process's audit writer, handed to each worker as it starts (None, or
+        no link: the worker starts a writer of its own)."""
         self.config_file, self.sockets, self.quiet, self.still_same = config_file, sockets, quiet, still_same
+        self.writer_link = writer_link
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.restarts: list[float] = []
         self.stopping = False
@@ -131,8 +135,27 @@ class Workers:
             self._spawn(index)
 
     def _spawn(self, index: int) -> None:
-        self.procs[index] = subprocess.Popen(self.argv(index), stdin=subprocess.DEVNULL,
-                                             pass_fds=(self.sockets[index].fileno(),))
+        if self.stopping:  # `run` started to stop meanwhile (while `watch` read the config, or before `start`): a
+            return  # worker started now was never signalled, and `stop` waited its whole timeout for it
+        link = self.writer_link() if self.writer_link is not None else None
+        argv, fds = self.argv(index), [self.sockets[index].fileno()]
+        if link is not None:
+            argv += ["--writer-fd", str(link.fileno())]
+            fds.append(link.fileno())
+        try:
+            self.procs[index] = subprocess.Popen(argv, stdin=subprocess.DEVNULL, pass_fds=fds)
+        finally:
+            if link is not None:
+                link.close()  # the worker's now (a worker that failed to start: the writer sees the link end)
+
+    def terminate(self) -> None:
+        """SIGTERM every worker now, none to be started again: they stop beside the first (`stop` waits for them)."""
+        if self.stopping:
+            return
+        self.stopping = True
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
 
     async def watch(self) -> None:
         """Start a worker again when it dies, once its config loads with the address and state `run` started with
@@ -166,7 +189,7 @@ class Workers:
     def stop(self, timeout: float = STOP_SECONDS) -> None:
         """SIGTERM every worker (each answers what it has in flight, as `run` does), then SIGKILL what is left."""
         self.stopping = True
-        for proc in self.procs.values():
+        for proc in self.procs.values():  # again: one `terminate` did not see (started as it ran) is stopped too
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout

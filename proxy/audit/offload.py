@@ -14,6 +14,7 @@ import logging
 import os
 import select
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -27,6 +28,7 @@ import msgpack
 from ..errors import AuditError
 from ..policy.engine import Limit
 from ..policy.limits import Charge
+from .link import Link, hand_over, ready, received
 from .seal import Seal
 from .store import INTERRUPTED
 from .writer import OUTCOME_GATHER_SECONDS, AuditWriter
@@ -123,12 +125,18 @@ def _charge_in(data: Any) -> Charge | None:
 class OffloadedWriter:
     """An AuditWriter whose record-stage rows (`awaited_intent`) and their outcomes go to a writer process; every
     other call, and every call once that process is gone, goes to the thread writer it wraps. An outcome goes to the
-    writer that wrote its row (the gate writes a held request's row; the record stage ends it)."""
+    writer that wrote its row (the gate writes a held request's row; the record stage ends it).
 
-    def __init__(self, local: AuditWriter) -> None:
+    `share`: the process also writes the rows of the other workers of this `run`, each over a link this one hands it
+    (`link_worker`); `link`: a worker's end of such a link, written to instead of a process of its own. Two writers
+    taking turns on one log each read again what the other wrote before each batch, and write batches half as large:
+    one for both served two workers 10-17% more (bench/README.md)."""
+
+    def __init__(self, local: AuditWriter, share: bool = False, link: socket.socket | None = None) -> None:
         self.local = local
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._process: subprocess.Popen[bytes] | None = None
+        self._process: subprocess.Popen[bytes] | Link | None = None
+        self._control: socket.socket | None = None  # the first process's way to hand the process workers' links
         self._turn: list[Any] = []
         self._out = bytearray()  # messages not yet taken by the pipe, from `_sent` on
         self._sent = 0
@@ -147,30 +155,66 @@ class OffloadedWriter:
         #: have written yet: the answer to a later token says it has
         self._unsure: collections.deque[tuple[int, str, dict[str, Any]]] = collections.deque()
         self._ready = False  # the process said it opened the log
-        self._start()
+        if link is not None:
+            # The first's writer process, started before this worker: what is sent waits in the link until it reads
+            # it. Rows held back for its word went to this worker's thread writer, and were left in flight when the
+            # worker was killed (stopped with SIGSTOP as `run` stopped) before their requests ended.
+            self._process = Link(link)
+            self._ready = True
+        else:
+            self._start(share)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.local, name)
 
-    def _start(self) -> None:
-        """Start the writer process; rows go to it once it says it has opened the log (until then, and if it never
-        does, the thread writes them)."""
+    def _start(self, share: bool) -> None:
+        """Start the writer process (`share`: with the end of a control link of its own, over which it is handed the
+        links of workers); rows go to it once it says it has opened the log (until then, and if it never does, the
+        thread writes them)."""
         argv = [sys.executable, "-m", "goex_proxy.audit.offload", str(self.local.path),
                 str(self.local.seal.key_path.parent), str(os.getpid())]
+        theirs: socket.socket | None = None
+        if share:
+            self._control, theirs = socket.socketpair()
+            argv.append(str(theirs.fileno()))
         try:
             # A session of its own: Ctrl-C and Ctrl-Z at the terminal go to the proxy, which stops it in turn (its rows
             # in flight recorded as interrupted); it ends with the proxy (PR_SET_PDEATHSIG, and its input closing).
             process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True,
+                                       pass_fds=(theirs.fileno(),) if theirs is not None else (),
                                        start_new_session=True, env=_child_env())
         except OSError as exc:
             log.error("audit: could not start the writer process (%s); the proxy's own thread writes every row", exc)
+            self._close_control()
             return
+        finally:
+            if theirs is not None:
+                theirs.close()
         assert process.stdout is not None and process.stdin is not None
         with contextlib.suppress(OSError):
             fcntl.fcntl(process.stdin.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
         os.set_blocking(process.stdin.fileno(), False)
         os.set_blocking(process.stdout.fileno(), False)
         self._process = process
+
+    def link_worker(self) -> socket.socket | None:
+        """A worker's end of a new link to this process's writer, to pass to the worker as it starts (and close
+        here then); None when there is none to share (not sharing, or the process is gone): the worker then starts a
+        writer process of its own."""
+        if self._control is None or not isinstance(self._process, subprocess.Popen):
+            return None
+        mine, theirs = socket.socketpair()
+        handed = hand_over(self._control, theirs)
+        theirs.close()
+        if not handed:
+            mine.close()
+            return None
+        return mine
+
+    def _close_control(self) -> None:
+        if self._control is not None:
+            self._control.close()
+            self._control = None
 
     def awaited_intent(self, row: dict[str, Any], charge: Charge | None = None) -> asyncio.Future[str | None]:
         loop = asyncio.get_running_loop()
@@ -324,6 +368,8 @@ class OffloadedWriter:
             if answers == "ready":
                 self._ready = True
                 continue
+            if answers == ENDED:  # the shared writer ended this worker's link (its end follows)
+                continue
             for token, result in answers:
                 future = self._waiters.pop(token, None)
                 self._asked.pop(token, None)
@@ -359,6 +405,7 @@ class OffloadedWriter:
         process, self._process = self._process, None
         if process is None:
             return
+        self._close_control()
         log.error("audit: %s; the proxy's own thread writes every row from now on", GONE)
         lost = self._lost()
         if self._loop is not None and process.stdout is not None:
@@ -440,10 +487,15 @@ class OffloadedWriter:
                 process.wait()
                 killed = True
             self._process = None
+            self._close_control()
             os.set_blocking(process.stdout.fileno(), True)
             self._in += process.stdout.read()
-            answered = {token: result for answers in _frames(self._in) if answers != "ready"
+            told = list(_frames(self._in))
+            answered = {token: result for answers in told if answers not in ("ready", ENDED)
                         for token, result in answers}
+            # A link's end says nothing of what the shared writer did: it wrote what it was handed only if it said so
+            # (it may have been killed, by the first process, stopped with SIGSTOP).
+            killed = killed or (isinstance(process, Link) and ENDED not in told)
             if killed:
                 for token in answered:
                     self._answered(token)
@@ -476,7 +528,7 @@ def _write_by(fd: int, data: bytearray, deadline: float) -> bool:
     view = memoryview(bytes(data))
     while view:
         left = deadline - time.monotonic()
-        if left <= 0 or not select.select([], [fd], [], left)[1]:
+        if left <= 0 or not ready(fd, True, left):
             return False
         try:
             view = view[os.write(fd, view):]
@@ -506,11 +558,35 @@ def _told_on_loop(waiter: asyncio.Future[str | None], written: concurrent.future
         loop.call_soon_threadsafe(_tell, waiter, result)
 
 
-def _serve(path: Path, state_dir: Path, parent: int) -> None:
+#: What the shared writer process says on a worker's link once it has written everything that worker handed it and
+#: ended its rows in flight, before it closes the link.
+ENDED = "ended"
+#: How long the shared writer process goes on writing for the workers still linked to it once the first process has
+#: stopped (`run` stops its workers as it stops itself): half of the STOP_SECONDS the first waits for this process
+#: before it kills it, the other half left for its last writes (the rows of a worker stopped with SIGSTOP ended as
+#: interrupted; with 2 s left, a loaded machine had it killed first now and then, a row left in flight).
+SHARED_STOP_SECONDS = STOP_SECONDS / 2
+
+
+class _Peer:
+    """A proxy process whose rows this writer process writes: the one that started it (its input and output) or, when
+    shared, a worker (a link): what it sent not yet read whole, and, for a worker, the rows it handed over whose
+    outcome has not come, ended as interrupted when its link ends."""
+
+    def __init__(self, read_fd: int, answer_fd: int, sock: socket.socket | None = None) -> None:
+        self.read_fd, self.answer_fd, self.sock = read_fd, answer_fd, sock
+        self.incoming = bytearray()
+        self.answering = True
+        self.rows: set[str] = set()
+        self.ended = False  # its input ended, or it said stop
+
+
+def _serve(path: Path, state_dir: Path, parent: int, control_fd: int | None = None) -> None:
     """The writer process: ops from stdin, written in this thread by an AuditWriter without a thread of its own,
     what arrived together in one transaction; answers on stdout, one message a transaction. (A loop handing its turns
     to the writer's thread, as the proxy does, cost a wake-up through the loop's self-pipe per batch, and the two
-    threads' GIL, for a process that has nothing else to do.)"""
+    threads' GIL, for a process that has nothing else to do.) With `control_fd`, it is handed links of workers over
+    it and writes their rows too, in the same transactions."""
     answers_fd = os.dup(1)
     os.dup2(2, 1)  # nothing else this process prints reaches the answers
     wake_r, wake_w = os.pipe()
@@ -519,55 +595,132 @@ def _serve(path: Path, state_dir: Path, parent: int) -> None:
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGTERM, lambda *_: None)  # seen through `wake_r`: see `_terminated`
     writer = AuditWriter(path, Seal(state_dir), threaded=False)
-    incoming = bytearray()
-    answering = _answer(answers_fd, "ready")
+    first = _Peer(0, answers_fd)
+    peers = {0: first}
+    control = [socket.socket(fileno=control_fd)] if control_fd is not None else []
+    first.answering = _answer(answers_fd, "ready")
+    stop_at: float | None = None
     try:
         while True:
-            asked, taken, stop = _read_ops(incoming, writer, wake_r, parent, None)
+            wait = None if stop_at is None else max(0.0, stop_at - time.monotonic())
+            asked, taken, stop = _read_ops(peers, control, writer, wake_r, parent, wait)
             if taken and not asked and not stop:  # outcomes alone wait a little for company, as the thread's do
-                asked, _, stop = _read_ops(incoming, writer, wake_r, parent, OUTCOME_GATHER_SECONDS)
+                gather = OUTCOME_GATHER_SECONDS if wait is None else min(wait, OUTCOME_GATHER_SECONDS)
+                asked, _, stop = _read_ops(peers, control, writer, wake_r, parent, gather)
             writer.write_queued()
-            if asked and answering:
-                answering = _answer(answers_fd, [(token, _result(future)) for token, future in asked])
-            if stop:
+            _answer_all(asked)
+            for peer in [p for p in peers.values() if p.ended and p is not first]:
+                _end_peer(writer, peer)
+                del peers[peer.read_fd]
+            if stop and len(peers) == 1:
                 break
+            # The proxy that started it stops (or ended: killed, its workers are sent SIGTERM as this process is):
+            # the workers still linked stop with it, or soon after, handing over the outcomes of the requests they
+            # answered meanwhile (stopped at once, this process recorded their rows interrupted, and no one wrote
+            # those outcomes over that after).
+            if first.ended or stop:
+                stop_at = stop_at or time.monotonic() + SHARED_STOP_SECONDS
+                if len(peers) == 1 or time.monotonic() >= stop_at:
+                    break
     finally:
         writer.close()
 
 
-def _read_ops(incoming: bytearray, writer: AuditWriter, wake_r: int, parent: int, wait: float | None
-              ) -> tuple[list[tuple[int, concurrent.futures.Future[str | None]]], bool, bool]:
+def _read_ops(peers: dict[int, _Peer], control: list[socket.socket], writer: AuditWriter, wake_r: int, parent: int,
+              wait: float | None) -> tuple[list[tuple[_Peer, int, concurrent.futures.Future[str | None]]], bool, bool]:
     """Queue on `writer` the ops that arrive within `wait` seconds (None: once some do), every one there is: the
-    intents queued, with their tokens; whether any op was; and whether to stop after writing them."""
-    ready = select.select([0, wake_r], [], [], wait)[0]
+    intents queued, with their proxies and tokens; whether any op was; and whether to stop after writing them (the
+    process that started this one ended). A link handed over on `control` becomes a peer."""
+    listening = [p.read_fd for p in peers.values() if not p.ended] + [wake_r] + [c.fileno() for c in control]
+    ready = select.select(listening, [], [], wait)[0]
     stop = wake_r in ready and _terminated(wake_r, parent)
-    asked: list[tuple[int, concurrent.futures.Future[str | None]]] = []
+    asked: list[tuple[_Peer, int, concurrent.futures.Future[str | None]]] = []
     taken = False
-    if 0 not in ready:
-        return asked, taken, stop
+    if control and control[0].fileno() in ready:
+        link = received(control[0])
+        if link is None:  # the first process closed its end: no more workers
+            control.pop().close()
+        else:
+            link.setblocking(False)
+            peer = peers[link.fileno()] = _Peer(link.fileno(), link.fileno(), link)
+            peer.answering = _answer(peer.answer_fd, "ready", ANSWER_SECONDS)
+    for peer in [p for p in peers.values() if p.read_fd in ready and not p.ended]:
+        if _read_peer(peer, writer, asked):
+            taken = True
+    return asked, taken, stop or (peers[0].ended and len(peers) == 1)
+
+
+def _read_peer(peer: _Peer, writer: AuditWriter,
+               asked: list[tuple[_Peer, int, concurrent.futures.Future[str | None]]]) -> bool:
+    """Read what `peer` sent, queue its ops on `writer` (the intents in `asked`); whether it sent any."""
+    taken = False
     while True:
         try:
-            chunk = os.read(0, 1 << 20)
+            chunk = os.read(peer.read_fd, 1 << 20)
         except BlockingIOError:
             break
+        except OSError:
+            chunk = b""
         if not chunk:  # the proxy closed its end, or ended
-            stop = True
+            peer.ended = True
             break
-        incoming.extend(chunk)
+        peer.incoming.extend(chunk)
     try:
-        for ops in _frames(incoming):
+        for ops in _frames(peer.incoming):
             for op in ops:
                 taken = True
                 if op[0] == "intent":
-                    asked.append((op[1], writer.record_intent(op[2], _charge_in(op[3]))))
+                    written = writer.record_intent(op[2], _charge_in(op[3]))
+                    asked.append((peer, op[1], written))
+                    if peer.sock is not None and op[2].get("status") is None and op[2].get("error") is None:
+                        peer.rows.add(str(op[2].get("id")))
+                        written.add_done_callback(functools.partial(_unwritten, peer.rows, str(op[2].get("id"))))
                 elif op[0] == "outcome":
                     writer.record_outcome(op[1], op[2])
+                    peer.rows.discard(op[1])
                 elif op[0] == "stop":
-                    return asked, taken, True
+                    peer.ended = True
+                    return taken
     except Exception as exc:  # a message it cannot read stays at the head of `incoming`: every read after failed
         log.error("a message from the proxy could not be read (%s); stopping, the proxy's thread writes on", exc)
-        return asked, taken, True
-    return asked, taken, stop
+        peer.ended = True
+    return taken
+
+
+def _unwritten(rows: set[str], request_id: str, written: concurrent.futures.Future[str | None]) -> None:
+    """A worker's row a cap refused, or whose write failed, gets no outcome: it is not remembered for one (a million
+    refusals, ~100 MB)."""
+    if written.exception() is not None or written.result() is not None:
+        rows.discard(request_id)
+
+
+def _answer_all(asked: list[tuple[_Peer, int, concurrent.futures.Future[str | None]]]) -> None:
+    """Tell each proxy whether its rows of this batch were written, in one message each."""
+    answers: dict[int, tuple[_Peer, list[Any]]] = {}
+    for peer, token, future in asked:
+        answers.setdefault(peer.read_fd, (peer, []))[1].append((token, _result(future)))
+    for peer, told in answers.values():
+        if peer.answering:
+            peer.answering = _answer(peer.answer_fd, told, ANSWER_SECONDS if peer.sock is not None else None)
+            if not peer.answering and peer.sock is not None:
+                peer.ended = True  # a worker that no longer reads its answers: its link ends
+
+
+def _end_peer(writer: AuditWriter, peer: _Peer) -> None:
+    """A worker's link ended (it stopped, or died): the rows it handed over still in flight are recorded interrupted,
+    as its own writer process recorded them when it stopped, and the link is closed (the worker waits for that)."""
+    left = [request_id for request_id in peer.rows if writer.in_flight(request_id)]
+    if left:
+        now = time.time()
+        for request_id in left:
+            writer.record_outcome(request_id, {"error": INTERRUPTED, "ended": now})
+        writer.write_queued()
+        log.warning("a goex-proxy worker stopped with %d request%s in flight, recorded as interrupted", len(left),
+                    "" if len(left) == 1 else "s")
+    if peer.answering:
+        _answer(peer.answer_fd, ENDED, ANSWER_SECONDS)
+    assert peer.sock is not None
+    peer.sock.close()
 
 
 def _terminated(wake_r: int, parent: int) -> bool:
@@ -586,15 +739,22 @@ def _result(future: concurrent.futures.Future[str | None]) -> Any:
     return ["error", str(exc)] if exc is not None else future.result()
 
 
-def _answer(fd: int, message: Any) -> bool:
+def _answer(fd: int, message: Any, within: float | None = None) -> bool:
     """Send `message` to the proxy; False when nobody reads the answers any more (the proxy ended). The process then
     goes on to the end of its input: the outcomes the proxy handed over before it ended are still to be written (ended
-    at the broken pipe, it recorded their rows interrupted over requests that had ended)."""
+    at the broken pipe, it recorded their rows interrupted over requests that had ended). `within`: to a worker's
+    link, which is not to hold up the others' answers for ever (a worker stopped with SIGSTOP reads none)."""
     view = memoryview(_frame(message))
+    deadline = None if within is None else time.monotonic() + within
     try:
         while view:
-            view = view[os.write(fd, view):]
-    except BrokenPipeError:
+            try:
+                view = view[os.write(fd, view):]
+            except BlockingIOError:
+                left = None if deadline is None else deadline - time.monotonic()
+                if (left is not None and left <= 0) or not ready(fd, True, left):
+                    return False
+    except (BrokenPipeError, ConnectionResetError):
         return False
     return True
 
@@ -606,4 +766,4 @@ if __name__ == "__main__":
     harden_process()  # as the proxy: it holds the chain key, and what reaches its input is written to the log
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="goex-proxy audit writer: %(message)s")
     die_with_parent(int(sys.argv[3]))  # as a worker does
-    _serve(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]))
+    _serve(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]) if len(sys.argv) > 4 else None)

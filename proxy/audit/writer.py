@@ -545,6 +545,10 @@ class AuditWriter:
         self._blobs.forget()
         self._names.forget()
 
+    def in_flight(self, request_id: str) -> bool:
+        """Whether this writer wrote the row of this request and has not written its outcome yet."""
+        return request_id in self._pending
+
     def update_outcome(self, request_id: str, fields: dict[str, Any]) -> None:
         """Write a row's outcome now (call inside `apply`, in the writer's transaction)."""
         self._update(_Outcome(request_id, fields))

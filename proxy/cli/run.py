@@ -53,9 +53,10 @@ def init(force: bool) -> None:
 @click.option("--worker", type=int, hidden=True)  # set by `run` on the workers it starts
 @click.option("--parent", type=int, hidden=True)
 @click.option("--listen-fd", "listen_fd", type=int, hidden=True)
+@click.option("--writer-fd", "writer_fd", type=int, hidden=True)
 @handle_errors
 def run(config_path: Path | None, quiet: bool, with_console: bool | None, workers: int | None, worker: int | None,
-        parent: int | None, listen_fd: int | None) -> None:
+        parent: int | None, listen_fd: int | None, writer_fd: int | None) -> None:
     """Run the proxy in the foreground until Ctrl-C, with a line per request as it ends.
 
     Each line: time, decision, request id, agent, method, URL, status, undo class (for writes), duration, and why
@@ -77,7 +78,7 @@ def run(config_path: Path | None, quiet: bool, with_console: bool | None, worker
     policies = load_policy_set(config.policy_sources)
     if worker is not None:  # started by `run`, which checked everything below and said so
         die_with_parent(parent or 0)
-        runtime.run(config, policies, quiet, worker=worker, listen_fd=listen_fd)
+        runtime.run(config, policies, quiet, worker=worker, listen_fd=listen_fd, writer_fd=writer_fd)
         return
     workers = workers or default_count()
     console = _console_address(config, with_console)

@@ -484,3 +484,288 @@ def test_an_outcome_lost_with_a_failed_write_leaves_its_row_to_be_recorded_inter
     assert process.wait(10) == 0
     kept = audit.get(_log(tmp_path), row["id"])
     assert (kept["status"], kept["error"]) == (None, audit.INTERRUPTED)
+
+
+async def _linked(first: OffloadedWriter) -> OffloadedWriter:
+    """A worker's writer linked to the first's writer process (as `run` hands a worker its link), once that process
+    has said on the link that it is ready."""
+    link = first.link_worker()
+    assert link is not None
+    worker = OffloadedWriter(AuditWriter(first.local.path, Seal(first.local.path.parent)), link=link)
+    deadline = time.monotonic() + 20
+    while not worker._ready:
+        assert time.monotonic() < deadline, "the shared writer process never said the link was ready"
+        row = _row("/warm-up")
+        assert await worker.awaited_intent(row) is None
+        worker.outcome_in_turn(row["id"], _answered())
+        await asyncio.sleep(0.02)
+    return worker
+
+
+def _shared(tmp_path: Path, scenario: Any) -> Any:
+    """What `scenario(first, worker)` gives: the first process's writer, whose process is shared, and a worker's
+    linked to it (closed in that order after, as `run` stops: the worker first)."""
+    async def main() -> Any:
+        first = OffloadedWriter(AuditWriter(tmp_path / "audit.db", Seal(tmp_path)), share=True)
+        _STARTED.append(first._process)
+        while not first._ready:
+            row = _row("/first-warm-up")
+            assert await first.awaited_intent(row) is None
+            first.outcome_in_turn(row["id"], _answered())
+            await asyncio.sleep(0.02)
+        worker = await _linked(first)
+        try:
+            return await scenario(first, worker)
+        finally:
+            worker.close()
+            first.close()
+
+    return asyncio.run(main())
+
+
+def test_one_writer_process_writes_every_workers_rows(tmp_path: Path) -> None:
+    """`run` with workers: the first's writer process writes a worker's rows too, over the link it was handed (no
+    process of the worker's own), each row answered to the proxy that handed it over, anchored before, and ended by
+    its outcome; a worker's link handed over later (a worker started again) works alike."""
+    async def scenario(first: OffloadedWriter, worker: OffloadedWriter) -> list[dict[str, Any]]:
+        assert not isinstance(worker._process, subprocess.Popen)
+        again = await _linked(first)
+        rows = []
+        for i in range(12):
+            writer = (first, worker, again)[i % 3]
+            row = _row(f"/{i}")
+            assert await writer.awaited_intent(row) is None
+            anchor = Seal(tmp_path).anchor()
+            assert anchor is not None and anchor.seq >= 1
+            writer.outcome_in_turn(row["id"], _answered(200 + i))
+            rows.append(row)
+        await asyncio.sleep(0)
+        again.close()
+        return rows
+
+    rows = _shared(tmp_path, scenario)
+    conn = _log(tmp_path)
+    assert [audit.get(conn, r["id"])["status"] for r in rows] == [200 + i for i in range(12)]
+    assert [r["id"] for r in audit.iter_rows(conn) if r["status"] is None and r["error"] is None] == []
+
+
+def test_a_worker_whose_link_ends_has_its_rows_in_flight_recorded_interrupted(tmp_path: Path) -> None:
+    """A worker that dies (its link ends without a stop) leaves rows whose outcome never comes: the shared writer
+    records them interrupted, as a worker's own writer process did when its worker died, and writes on for the
+    others."""
+    async def scenario(first: OffloadedWriter, worker: OffloadedWriter) -> tuple[dict[str, Any], dict[str, Any]]:
+        lost = _row("/lost")
+        assert await worker.awaited_intent(lost) is None
+        assert worker._process is not None
+        worker._process.kill()  # its end of the link closed at once, as a killed worker's is
+        await asyncio.sleep(0.5)
+        after = _row("/after")
+        assert await first.awaited_intent(after) is None
+        first.outcome_in_turn(after["id"], _answered(201))
+        await asyncio.sleep(0)
+        return lost, after
+
+    lost, after = _shared(tmp_path, scenario)
+    conn = _log(tmp_path)
+    assert audit.get(conn, lost["id"])["error"] == audit.INTERRUPTED
+    assert audit.get(conn, after["id"])["status"] == 201
+
+
+def test_the_shared_writer_outlives_the_first_until_its_workers_stop(tmp_path: Path) -> None:
+    """`run` stops its workers as it stops itself: the first's writer may close first, and the shared process goes on
+    writing for the workers still linked (their last outcomes, their rows in flight ended), then says so on each link
+    before it stops: a worker takes a link that ended without that for a writer that died, and ends its rows itself."""
+    import threading
+
+    async def scenario(first: OffloadedWriter, worker: OffloadedWriter) -> tuple[dict[str, Any], dict[str, Any]]:
+        done, open_ = _row("/done"), _row("/open")
+        assert await worker.awaited_intent(done) is None
+        assert await worker.awaited_intent(open_) is None
+        closing = threading.Thread(target=first.close)
+        closing.start()
+        await asyncio.sleep(0.3)
+        worker.outcome_in_turn(done["id"], _answered(204))
+        worker.close()
+        closing.join(20)
+        assert not closing.is_alive()
+        return done, open_
+
+    async def main() -> tuple[dict[str, Any], dict[str, Any]]:
+        first = OffloadedWriter(AuditWriter(tmp_path / "audit.db", Seal(tmp_path)), share=True)
+        _STARTED.append(first._process)
+        while not first._ready:
+            await first.awaited_intent(_row("/warm-up"))
+            await asyncio.sleep(0.02)
+        return await scenario(first, await _linked(first))
+
+    done, open_ = asyncio.run(main())
+    conn = _log(tmp_path)
+    assert audit.get(conn, done["id"])["status"] == 204
+    assert audit.get(conn, open_["id"])["error"] == audit.INTERRUPTED
+
+
+def test_a_link_is_handed_over_only_as_one_unix_socket() -> None:
+    """What the writer process takes over its control link: one Unix socket with the one byte that marks it; anything
+    else is refused and every descriptor that came with it closed."""
+    import socket
+
+    from goex_proxy.audit.link import hand_over, received
+
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        a, b = socket.socketpair()
+        assert hand_over(ours, a)
+        got = received(theirs)
+        assert got is not None and got.family == socket.AF_UNIX
+        got.close()
+        a.close()
+        b.close()
+        with open(os.devnull, "rb") as f:
+            socket.send_fds(ours, [b"w"], [f.fileno()])  # not a socket
+            assert received(theirs) is None
+            r, w = os.pipe()
+            socket.send_fds(ours, [b"x"], [r])  # not the mark
+            assert received(theirs) is None
+            os.close(r)
+            os.close(w)
+        ours.close()
+        assert received(theirs) is None  # the first process closed its end
+
+
+#: The first process of a `run`, alone: its writer process shared, one link to it sent back (SCM_RIGHTS) over the
+#: socket whose descriptor is argv[2]; then it waits to be killed.
+_FIRST = """
+import asyncio, socket, sys, time
+from pathlib import Path
+from goex_proxy.audit.offload import OffloadedWriter
+from goex_proxy.audit.seal import Seal
+from goex_proxy.audit.writer import AuditWriter
+tmp, back = Path(sys.argv[1]), socket.socket(fileno=int(sys.argv[2]))
+first = OffloadedWriter(AuditWriter(tmp / "audit.db", Seal(tmp)), share=True)
+link = first.link_worker()
+socket.send_fds(back, [b"l"], [link.fileno()])
+time.sleep(600)
+"""
+
+
+def test_a_killed_first_process_leaves_its_workers_time_to_hand_over_their_last_outcomes(tmp_path: Path) -> None:
+    """The first process of a `run` killed (SIGKILL, the OOM killer): its writer process is sent SIGTERM
+    (PR_SET_PDEATHSIG) as its workers are, and the workers stop, handing over the outcomes of the requests they
+    answered meanwhile. The shared writer stopped at once, recording every row in flight interrupted, and the outcome
+    a worker handed over after that was written by no one (its thread does not write over an outcome): an agent had its
+    answer, its row said its request was interrupted. (Each worker's writer process of its own lived until its
+    worker closed it.)"""
+    import socket
+
+    ours, theirs = socket.socketpair()
+    helper = subprocess.Popen([sys.executable, "-c", _FIRST, str(tmp_path), str(theirs.fileno())],
+                              pass_fds=(theirs.fileno(),))
+    theirs.close()
+    try:
+        _, fds, _, _ = socket.recv_fds(ours, 4, 1)
+        assert len(fds) == 1
+        link = socket.socket(fileno=fds[0])
+
+        async def main() -> dict[str, Any]:
+            worker = OffloadedWriter(AuditWriter(tmp_path / "audit.db", Seal(tmp_path)), link=link)
+            deadline = time.monotonic() + 20
+            while not worker._ready:
+                assert time.monotonic() < deadline
+                warm = _row("/warm-up")
+                assert await worker.awaited_intent(warm) is None
+                worker.outcome_in_turn(warm["id"], _answered())
+                await asyncio.sleep(0.02)
+            row = _row("/answered-as-run-dies")
+            assert await worker.awaited_intent(row) is None  # committed: its request goes upstream
+            helper.kill()
+            helper.wait()
+            time.sleep(0.5)  # the worker, sent SIGTERM too, busy stopping: its request answered meanwhile
+            worker.outcome_in_turn(row["id"], _answered(201))
+            worker._hand_over()  # in the turn it was answered, before the loop reads whatever the link says
+            await asyncio.sleep(0.05)
+            worker.close()
+            return row
+
+        row = asyncio.run(main())
+    finally:
+        ours.close()
+        if helper.poll() is None:
+            helper.kill()
+            helper.wait()
+    kept = audit.get(_log(tmp_path), row["id"])
+    assert (kept["status"], kept["error"]) == (201, None)
+
+
+def test_a_worker_whose_link_is_past_descriptor_1023_stops_cleanly(tmp_path: Path) -> None:
+    """A worker is handed its link with the descriptor number it had in the first process (pass_fds), and a first
+    process serving over a thousand connections (the proxy raises its open-file limit for them) hands a worker it
+    starts again one past 1023, which `select` refuses (ValueError): the worker's `close` raised, its last rows
+    neither handed over nor ended."""
+    import resource
+    import socket
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2100:
+        pytest.skip("needs an open-file limit past 2,100")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2100) if hard == resource.RLIM_INFINITY else hard, hard))
+    try:
+        async def main() -> dict[str, Any]:
+            first = OffloadedWriter(AuditWriter(tmp_path / "audit.db", Seal(tmp_path)), share=True)
+            _STARTED.append(first._process)
+            while not first._ready:
+                await first.awaited_intent(_row("/warm-up"))
+                await asyncio.sleep(0.02)
+            link = first.link_worker()
+            assert link is not None
+            high = os.dup2(link.fileno(), 2048)
+            link.close()
+            worker = OffloadedWriter(AuditWriter(tmp_path / "audit.db", Seal(tmp_path)), link=socket.socket(fileno=high))
+            deadline = time.monotonic() + 20
+            while not worker._ready:
+                assert time.monotonic() < deadline
+                warm = _row("/warm-up")
+                assert await worker.awaited_intent(warm) is None
+                worker.outcome_in_turn(warm["id"], _answered())
+                await asyncio.sleep(0.02)
+            row = _row("/last")
+            assert await worker.awaited_intent(row) is None
+            worker.outcome_in_turn(row["id"], _answered(202))
+            try:
+                worker.close()
+            finally:
+                first.close()
+            return row
+
+        row = asyncio.run(main())
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert audit.get(_log(tmp_path), row["id"])["status"] == 202
+
+
+def test_the_shared_writer_forgets_a_workers_rows_that_get_no_outcome(tmp_path: Path) -> None:
+    """The shared writer remembers each worker's rows awaiting an outcome, to end them if its link ends; a row a cap
+    refused (or whose write failed) gets none, and was remembered for as long as the worker ran: a million refusals,
+    ~100 MB of the writer process's (as `OffloadedWriter._theirs` once was)."""
+    import socket
+
+    from goex_proxy.audit.offload import _answer_all, _Peer, _read_peer
+
+    writer = AuditWriter(tmp_path / "audit.db", Seal(tmp_path), threaded=False)
+    ours, theirs = socket.socketpair()
+    try:
+        theirs.setblocking(False)
+        peer = _Peer(theirs.fileno(), theirs.fileno(), theirs)
+        capped = ["bot", ["r/post"], time.time(), [["r/post", 0, None, "ever"]]]
+        refused = [["intent", i, _row(f"/refused{i}"), capped] for i in range(20)]
+        ours.sendall(_frame(refused))
+        asked: list[Any] = []
+        assert _read_peer(peer, writer, asked)
+        writer.write_queued()
+        _answer_all(asked)
+        answers = list(_frames(bytearray(ours.recv(1 << 20))))
+        assert len(answers[0]) == 20 and all(result is not None for _, result in answers[0]), answers
+        assert peer.rows == set()
+    finally:
+        ours.close()
+        theirs.close()
+        writer.close()
