@@ -416,9 +416,9 @@ def run(config: Config, policies: PolicySet, quiet: bool = False, also: Sequence
         except OSError as exc:
             raise StateError(f"cannot listen on {config.listen_host}:{config.listen_port}: {exc.strerror or exc}") from None
     factory = (lambda: SharedPortLoop(config.listen_port, sockets[0])) if sockets else None
-    # On a machine of two cores or more each proxy process writes its rows in a process of its own: its writer's
-    # Python no longer holds the GIL the event loop waits for (bench/README.md: one worker 0.89 -> 0.99 of bare
-    # mitmdump; two workers 1.08 -> 1.16 and 1.12 -> 1.19 once that process wrote in the thread that reads).
+    # On a machine of two cores or more the rows are written by a process of its own, the first's for every worker:
+    # its Python no longer holds the GIL the event loop waits for (bench/README.md: one worker 0.89 -> 0.99 of bare
+    # mitmdump), and one writer for all the workers reads nothing again that another wrote.
     writer_process = default_count() > 1
     with asyncio.Runner(loop_factory=factory) as runner:
         link = socket.socket(fileno=writer_fd) if writer_fd is not None and writer_process else None
