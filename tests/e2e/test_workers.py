@@ -306,6 +306,20 @@ def test_ctrl_c_under_load_answers_nothing_its_rows_say_was_interrupted(make_pro
     assert answered <= done, sorted(answered - done)
 
 
+def _under_load(make_proxy: Any) -> tuple[Any, int, int, Any]:
+    """`run --workers 2` with LONG_BURST posting through it and its log past 30 rows: the proxy, its second worker's
+    pid, the audit writer process's and the burst's process."""
+    import subprocess
+
+    proxy = _started(make_proxy({"slack": POLICY["slack"].replace("count: 15", "count: 1000")}, start=False))
+    worker = wait_for(lambda: _workers_of(proxy.proc.pid), what="the second worker")[0]
+    writer = wait_for(lambda: _writer_of(proxy.proc.pid), what="the audit writer process")
+    burst = subprocess.Popen([*proxy_exec(proxy), sys.executable, "-c", LONG_BURST], env=proxy.env,
+                             stdout=subprocess.PIPE, text=True)
+    wait_for(lambda: len(proxy.rows()) > 30, what="rows")
+    return proxy, worker, writer, burst
+
+
 def _writer_of_home(pid: int, home: Any) -> bool:
     """Whether the process is an audit writer process of the proxy whose home this is."""
     try:
@@ -322,14 +336,7 @@ def test_stopping_with_a_stopped_writer_process_leaves_nothing_behind(make_proxy
     process, given the time to, kills it, and each worker ends its rows; a worker killed first by `run` left its rows
     in flight (and, when each had a writer process, that process stopped for good, holding the log's write lock
     maybe)."""
-    import subprocess
-
-    proxy = _started(make_proxy({"slack": POLICY["slack"].replace("count: 15", "count: 1000")}, start=False))
-    wait_for(lambda: _workers_of(proxy.proc.pid), what="the second worker")
-    writer = wait_for(lambda: _writer_of(proxy.proc.pid), what="the audit writer process")
-    burst = subprocess.Popen([*proxy_exec(proxy), sys.executable, "-c", LONG_BURST], env=proxy.env,
-                             stdout=subprocess.PIPE, text=True)
-    wait_for(lambda: len(proxy.rows()) > 30, what="rows")
+    proxy, _, writer, burst = _under_load(make_proxy)
     os.kill(writer, signal.SIGSTOP)
     try:
         time.sleep(0.3)
@@ -371,19 +378,11 @@ def test_a_worker_started_again_once_the_shared_writer_is_gone_writes_by_a_write
 @pytest.mark.skipif(default_count() < 2, reason="a writer process runs on 2 cores or more")
 def test_run_stops_with_a_stopped_worker_ending_its_rows(make_proxy, upstream):
     """A worker stopped with SIGSTOP holds rows in flight; `run` stopped then kills it in the end: its rows are ended
-    (by the shared writer, which waits for it a while), and the writer process does not outlive `run`. With the
-    writer waiting 8 of the first's 10 s, a loaded machine had it killed before it ended them now and then (2 runs in
-    about 14). `run` takes ~30 s (5 s of the shared writer waiting for the stopped worker, then 25 for
-    `Workers.stop`)."""
-    import subprocess
-
-    proxy = _started(make_proxy({"slack": POLICY["slack"].replace("count: 15", "count: 1000")}, start=False))
-    parent = proxy.proc.pid
-    worker = wait_for(lambda: _workers_of(parent), what="the second worker")[0]
-    writer = wait_for(lambda: _writer_of(parent), what="the audit writer process")
-    burst = subprocess.Popen([*proxy_exec(proxy), sys.executable, "-c", LONG_BURST], env=proxy.env,
-                             stdout=subprocess.PIPE, text=True)
-    wait_for(lambda: len(proxy.rows()) > 30, what="rows")
+    (by the shared writer, which waits for it a while), and the writer process does not outlive `run`. A worker's
+    first rows went to its thread writer while its link waited for the writer's word, and were left in flight when
+    their requests were still going (3 runs in 16). `run` takes ~30 s (5 s of the shared writer waiting for the
+    stopped worker, then 25 for `Workers.stop`)."""
+    proxy, worker, writer, burst = _under_load(make_proxy)
     os.kill(worker, signal.SIGSTOP)
     try:
         time.sleep(0.5)

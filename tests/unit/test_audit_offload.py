@@ -487,18 +487,11 @@ def test_an_outcome_lost_with_a_failed_write_leaves_its_row_to_be_recorded_inter
 
 
 async def _linked(first: OffloadedWriter) -> OffloadedWriter:
-    """A worker's writer linked to the first's writer process (as `run` hands a worker its link), once that process
-    has said on the link that it is ready."""
+    """A worker's writer linked to the first's writer process (as `run` hands a worker its link)."""
     link = first.link_worker()
     assert link is not None
     worker = OffloadedWriter(AuditWriter(first.local.path, Seal(first.local.path.parent)), link=link)
-    deadline = time.monotonic() + 20
-    while not worker._ready:
-        assert time.monotonic() < deadline, "the shared writer process never said the link was ready"
-        row = _row("/warm-up")
-        assert await worker.awaited_intent(row) is None
-        worker.outcome_in_turn(row["id"], _answered())
-        await asyncio.sleep(0.02)
+    assert worker._ready  # at once: what is sent waits in the link until the process reads it
     return worker
 
 
@@ -668,13 +661,7 @@ def test_a_killed_first_process_leaves_its_workers_time_to_hand_over_their_last_
 
         async def main() -> dict[str, Any]:
             worker = OffloadedWriter(AuditWriter(tmp_path / "audit.db", Seal(tmp_path)), link=link)
-            deadline = time.monotonic() + 20
-            while not worker._ready:
-                assert time.monotonic() < deadline
-                warm = _row("/warm-up")
-                assert await worker.awaited_intent(warm) is None
-                worker.outcome_in_turn(warm["id"], _answered())
-                await asyncio.sleep(0.02)
+            assert worker._ready  # a link is ready at once: what is sent waits in it
             row = _row("/answered-as-run-dies")
             assert await worker.awaited_intent(row) is None  # committed: its request goes upstream
             helper.kill()
@@ -720,13 +707,6 @@ def test_a_worker_whose_link_is_past_descriptor_1023_stops_cleanly(tmp_path: Pat
             high = os.dup2(link.fileno(), 2048)
             link.close()
             worker = OffloadedWriter(AuditWriter(tmp_path / "audit.db", Seal(tmp_path)), link=socket.socket(fileno=high))
-            deadline = time.monotonic() + 20
-            while not worker._ready:
-                assert time.monotonic() < deadline
-                warm = _row("/warm-up")
-                assert await worker.awaited_intent(warm) is None
-                worker.outcome_in_turn(warm["id"], _answered())
-                await asyncio.sleep(0.02)
             row = _row("/last")
             assert await worker.awaited_intent(row) is None
             worker.outcome_in_turn(row["id"], _answered(202))
