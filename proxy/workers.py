@@ -150,9 +150,12 @@ class Workers:
 
     def terminate(self) -> None:
         """SIGTERM every worker now, none to be started again: they stop beside the first (`stop` waits for them)."""
-        if self.stopping:
-            return
-        self.stopping = True
+        if not self.stopping:
+            self.stopping = True
+            self._signal_live()
+
+    def _signal_live(self) -> None:
+        """SIGTERM every worker still running."""
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -189,9 +192,7 @@ class Workers:
     def stop(self, timeout: float = STOP_SECONDS) -> None:
         """SIGTERM every worker (each answers what it has in flight, as `run` does), then SIGKILL what is left."""
         self.stopping = True
-        for proc in self.procs.values():  # again: one `terminate` did not see (started as it ran) is stopped too
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+        self._signal_live()  # again: one `terminate` did not see (started as it ran) is stopped too
         deadline = time.monotonic() + timeout
         for proc in self.procs.values():
             try:

@@ -234,14 +234,9 @@ class OffloadedWriter:
         if row.get("status") is None and row.get("error") is None:  # its outcome is to come (else the row has it)
             self._theirs.add(request_id)
             self._rows[self._tokens] = request_id
-            future.add_done_callback(functools.partial(self._written, request_id))
+            future.add_done_callback(functools.partial(_unwritten, self._theirs, request_id))
         self._in_turn(["intent", self._tokens, row, _charge_out(charge)])
         return future
-
-    def _written(self, request_id: str, future: asyncio.Future[str | None]) -> None:
-        """A row not written (refused by a cap, failed, its waiter gone) gets no outcome from the process."""
-        if future.cancelled() or future.exception() is not None or future.result() is not None:
-            self._theirs.discard(request_id)
 
     def outcome_in_turn(self, request_id: str, fields: dict[str, Any]) -> None:
         if self._to_loop(request_id, fields):
@@ -522,7 +517,7 @@ def _end_unended(lost: dict[str, dict[str, Any]], _conn: Any, writer: AuditWrite
         writer.end_unended(request_id, fields)
 
 
-def _write_by(fd: int, data: bytearray, deadline: float) -> bool:
+def _write_by(fd: int, data: bytes | bytearray, deadline: float) -> bool:
     """Write `data` to the non-blocking `fd` unless the reader has not taken it by `deadline` (a writer process
     stopped with SIGSTOP, or hung, never empties its pipe: a blocking write there never returned, nor `close`)."""
     view = memoryview(bytes(data))
@@ -612,8 +607,6 @@ def _serve(path: Path, state_dir: Path, parent: int, control_fd: int | None = No
             for peer in [p for p in peers.values() if p.ended and p is not first]:
                 _end_peer(writer, peer)
                 del peers[peer.read_fd]
-            if stop and len(peers) == 1:
-                break
             # The proxy that started it stops (or ended: killed, its workers are sent SIGTERM as this process is):
             # the workers still linked stop with it, or soon after, handing over the outcomes of the requests they
             # answered meanwhile (stopped at once, this process recorded their rows interrupted, and no one wrote
@@ -673,8 +666,9 @@ def _read_peer(peer: _Peer, writer: AuditWriter,
                     written = writer.record_intent(op[2], _charge_in(op[3]))
                     asked.append((peer, op[1], written))
                     if peer.sock is not None and op[2].get("status") is None and op[2].get("error") is None:
-                        peer.rows.add(str(op[2].get("id")))
-                        written.add_done_callback(functools.partial(_unwritten, peer.rows, str(op[2].get("id"))))
+                        request_id = str(op[2].get("id"))
+                        peer.rows.add(request_id)
+                        written.add_done_callback(functools.partial(_unwritten, peer.rows, request_id))
                 elif op[0] == "outcome":
                     writer.record_outcome(op[1], op[2])
                     peer.rows.discard(op[1])
@@ -687,10 +681,11 @@ def _read_peer(peer: _Peer, writer: AuditWriter,
     return taken
 
 
-def _unwritten(rows: set[str], request_id: str, written: concurrent.futures.Future[str | None]) -> None:
-    """A worker's row a cap refused, or whose write failed, gets no outcome: it is not remembered for one (a million
-    refusals, ~100 MB)."""
-    if written.exception() is not None or written.result() is not None:
+def _unwritten(rows: set[str], request_id: str,
+               written: asyncio.Future[str | None] | concurrent.futures.Future[str | None]) -> None:
+    """A row not written (refused by a cap, failed, its waiter gone) gets no outcome: it is not remembered among
+    `rows` for one (a million refusals, ~100 MB)."""
+    if written.cancelled() or written.exception() is not None or written.result() is not None:
         rows.discard(request_id)
 
 
@@ -744,17 +739,14 @@ def _answer(fd: int, message: Any, within: float | None = None) -> bool:
     goes on to the end of its input: the outcomes the proxy handed over before it ended are still to be written (ended
     at the broken pipe, it recorded their rows interrupted over requests that had ended). `within`: to a worker's
     link, which is not to hold up the others' answers for ever (a worker stopped with SIGSTOP reads none)."""
-    view = memoryview(_frame(message))
-    deadline = None if within is None else time.monotonic() + within
+    data = _frame(message)
+    if within is not None:
+        return _write_by(fd, data, time.monotonic() + within)
+    view = memoryview(data)
     try:
         while view:
-            try:
-                view = view[os.write(fd, view):]
-            except BlockingIOError:
-                left = None if deadline is None else deadline - time.monotonic()
-                if (left is not None and left <= 0) or not ready(fd, True, left):
-                    return False
-    except (BrokenPipeError, ConnectionResetError):
+            view = view[os.write(fd, view):]
+    except BrokenPipeError:
         return False
     return True
 
