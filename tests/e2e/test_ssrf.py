@@ -10,6 +10,7 @@ import threading
 import pytest
 import requests
 
+from tests.e2e.test_approvals import wait_for
 from tests.fake_dns import FakeDNS
 
 pytestmark = pytest.mark.e2e
@@ -88,7 +89,13 @@ def test_a_name_that_changes_its_answer_gets_no_second_lookup(proxy, dns, server
     assert second.status_code == 403
     assert "rebind.test is 127.0.0.1 a loopback address" in second.json()["reason"]
     assert public.seen == ["/first"] and internal.seen == []
-    rows = proxy.rows()
+    # An outcome is written after its answer (gathered with others for up to 5 ms): the denial, written whole at once,
+    # may be in the log before the first request's outcome is.
+    def ended() -> list[dict[str, object]] | None:
+        found = proxy.rows()
+        return found if all(r["status"] is not None for r in found) else None
+
+    rows = wait_for(ended, timeout=10, what="every row's outcome")
     assert [(r["decision"], r["status"]) for r in rows] == [("allow", 200), ("deny", 403)]
     assert rows[1]["rule"] == "upstream.block_private_networks"
 
