@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import functools
 import logging
+import math
 import os
 import select
 import signal
@@ -598,10 +599,10 @@ def _serve(path: Path, state_dir: Path, parent: int, control_fd: int | None = No
     try:
         while True:
             wait = None if stop_at is None else max(0.0, stop_at - time.monotonic())
-            asked, taken, stop = _read_ops(peers, control, writer, wake_r, parent, wait)
+            asked, taken, stop = _read_ops(peers, control, writer, wake_r, parent, wait, stop_at is not None)
             if taken and not asked and not stop:  # outcomes alone wait a little for company, as the thread's do
                 gather = OUTCOME_GATHER_SECONDS if wait is None else min(wait, OUTCOME_GATHER_SECONDS)
-                asked, _, stop = _read_ops(peers, control, writer, wake_r, parent, gather)
+                asked, _, stop = _read_ops(peers, control, writer, wake_r, parent, gather, stop_at is not None)
             writer.write_queued()
             _answer_all(asked)
             for peer in [p for p in peers.values() if p.ended and p is not first]:
@@ -620,10 +621,12 @@ def _serve(path: Path, state_dir: Path, parent: int, control_fd: int | None = No
 
 
 def _read_ops(peers: dict[int, _Peer], control: list[socket.socket], writer: AuditWriter, wake_r: int, parent: int,
-              wait: float | None) -> tuple[list[tuple[_Peer, int, concurrent.futures.Future[str | None]]], bool, bool]:
-    """Queue on `writer` the ops that arrive within `wait` seconds (None: once some do), every one there is: the
-    intents queued, with their proxies and tokens; whether any op was; and whether to stop after writing them (the
-    process that started this one ended). A link handed over on `control` becomes a peer."""
+              wait: float | None, stopping: bool = False
+              ) -> tuple[list[tuple[_Peer, int, concurrent.futures.Future[str | None]]], bool, bool]:
+    """Queue on `writer` the ops that arrive within `wait` seconds (None: once some do), up to PEER_TURN_BYTES of
+    each proxy's unless `stopping` (then every one there is): the intents queued, with their proxies and tokens;
+    whether any op was; and whether to stop after writing them (the process that started this one ended). A link
+    handed over on `control` becomes a peer."""
     listening = [p.read_fd for p in peers.values() if not p.ended] + [wake_r] + [c.fileno() for c in control]
     ready = select.select(listening, [], [], wait)[0]
     stop = wake_r in ready and _terminated(wake_r, parent)
@@ -637,19 +640,27 @@ def _read_ops(peers: dict[int, _Peer], control: list[socket.socket], writer: Aud
             link.setblocking(False)
             peer = peers[link.fileno()] = _Peer(link.fileno(), link.fileno(), link)
             peer.answering = _answer(peer.answer_fd, "ready", ANSWER_SECONDS)
+    most = math.inf if stopping or stop else PEER_TURN_BYTES  # stopping, all: nothing is to be left unread
     for peer in [p for p in peers.values() if p.read_fd in ready and not p.ended]:
-        if _read_peer(peer, writer, asked):
+        if _read_peer(peer, writer, asked, most):
             taken = True
     return asked, taken, stop or (peers[0].ended and len(peers) == 1)
 
 
+#: The most bytes read from one proxy for one transaction: the rest waits for the next. A worker whose agent sends
+#: large bodies without pause kept the others' rows waiting behind one transaction of everything it had sent.
+PEER_TURN_BYTES = 4 << 20
+
+
 def _read_peer(peer: _Peer, writer: AuditWriter,
-               asked: list[tuple[_Peer, int, concurrent.futures.Future[str | None]]]) -> bool:
-    """Read what `peer` sent, queue its ops on `writer` (the intents in `asked`); whether it sent any."""
+               asked: list[tuple[_Peer, int, concurrent.futures.Future[str | None]]], most: float = math.inf) -> bool:
+    """Read what `peer` sent (up to `most` bytes, the rest left for the next call), queue its ops on `writer` (the
+    intents in `asked`); whether it sent any."""
     taken = False
-    while True:
+    left = most
+    while left > 0:
         try:
-            chunk = os.read(peer.read_fd, 1 << 20)
+            chunk = os.read(peer.read_fd, int(min(1 << 20, left)))
         except BlockingIOError:
             break
         except OSError:
@@ -658,6 +669,7 @@ def _read_peer(peer: _Peer, writer: AuditWriter,
             peer.ended = True
             break
         peer.incoming.extend(chunk)
+        left -= len(chunk)
     try:
         for ops in _frames(peer.incoming):
             for op in ops:

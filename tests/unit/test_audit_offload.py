@@ -749,3 +749,46 @@ def test_the_shared_writer_forgets_a_workers_rows_that_get_no_outcome(tmp_path: 
         ours.close()
         theirs.close()
         writer.close()
+
+
+def test_a_worker_flooding_its_link_does_not_hold_up_another_workers_rows(tmp_path: Path, monkeypatch: Any) -> None:
+    """A worker whose agent sends large bodies without pause has more on its link than one transaction should hold:
+    the shared writer reads a turn's worth of each link and writes it with the other workers' rows, the rest in the
+    next turns (read whole, it kept every other worker's requests waiting behind one transaction of it all)."""
+    import socket
+
+    from goex_proxy.audit import offload
+
+    monkeypatch.setattr(offload, "PEER_TURN_BYTES", 16 << 10)  # what fits a socket's buffer here, a few times over
+    writer = AuditWriter(tmp_path / "audit.db", Seal(tmp_path), threaded=False)
+    links = [socket.socketpair() for _ in range(2)]
+    wake_r, wake_w = os.pipe()
+    first_r, first_w = os.pipe()  # the first process's input: it sends nothing here
+    try:
+        peers = {0: offload._Peer(first_r, first_w)}
+        for _, theirs in links:
+            theirs.setblocking(False)
+            peers[theirs.fileno()] = offload._Peer(theirs.fileno(), theirs.fileno(), theirs)
+        flood = [_frame([["intent", i, _row(f"/flood/{i}") | {"req_body": os.urandom(2000)}, None]])
+                 for i in range(40)]
+        links[0][0].sendall(b"".join(flood))  # ~90 KB: within the socket's buffer, so it is all there at once
+        links[1][0].sendall(_frame([["intent", 0, _row("/other"), None]]))
+        turns = []
+        while len(turns) < 20 and sum(len(t) for t in turns) < 41:
+            asked, _, stop = offload._read_ops(peers, [], writer, wake_r, os.getppid(), 1.0)
+            assert not stop
+            writer.write_queued()
+            turns.append([(peer.read_fd, token) for peer, token, _ in asked])
+        other = links[1][1].fileno()
+        assert (other, 0) in turns[0]  # with the first turn of the flood, not after all of it
+        assert len(turns[0]) <= 1 + (16 << 10) // 2000 + 1, len(turns[0])
+        assert sorted(token for turn in turns for fd, token in turn if fd != other) == list(range(40))  # none lost
+    finally:
+        for fd in (wake_r, wake_w, first_r, first_w):
+            os.close(fd)
+        for pair in links:
+            for sock in pair:
+                sock.close()
+        writer.close()
+    conn = _log(tmp_path)
+    assert sum(1 for _ in audit.iter_rows(conn)) == 41
