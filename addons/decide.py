@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import time
 import weakref
 from typing import Any
@@ -44,6 +45,10 @@ log = logging.getLogger(__name__)
 DECODABLE = frozenset({"identity", "gzip", "deflate", "br", "zstd", "aws-chunked"})
 
 
+#: What no request target may hold: a space, a control character or DEL (each would end or split the request line).
+_SPACE_OR_CONTROL = re.compile(r"[\x00-\x20\x7f]")
+
+
 def _host_of(authority: str) -> tuple[str, int | None]:
     host, _, port = authority.rpartition(":") if not authority.endswith("]") else (authority, "", "")
     if not host or not port.isdigit():
@@ -74,7 +79,7 @@ def target_problem(flow: http.HTTPFlow, path: str | None) -> str | None:
         return f"the TLS server name {sni!r} does not match the request's host {host!r}"
     if not req.path.startswith("/") and not (req.method.upper() == "OPTIONS" and req.path == "*"):
         return f"the request target {req.path[:100]!r} is not a path starting with '/'"
-    if any(c <= " " or c == "\x7f" for c in req.path) or any(c <= " " or c == "\x7f" for c in req.authority):
+    if _SPACE_OR_CONTROL.search(req.path) or _SPACE_OR_CONTROL.search(req.authority):
         return f"the request target {req.path[:100]!r} holds a space or control character"
     if (why := token_problem(req.method)) is not None:
         return why

@@ -108,10 +108,11 @@ def aws_unchunked(body: bytes) -> bytes:
 _JSON_LEAD = b" \t\r\n\x00\xef\xbb\xbf\xfe\xff"
 
 
-#: RFC 9110 5.6.2: the characters of a token, which a field name and a method must be.
-_TCHAR = frozenset(b"!#$%&'*+-.^_`|~" + string.ascii_letters.encode() + string.digits.encode())
+#: RFC 9110 5.6.2: the characters of a token, which a field name and a method must be (what `bytes.translate` deletes:
+#: a token has nothing left, checked in C; a loop over each byte cost ~10 us a request's header list).
+_TCHAR = bytes(sorted(set(b"!#$%&'*+-.^_`|~" + string.ascii_letters.encode() + string.digits.encode())))
 #: Bytes no field value may hold (RFC 9110 5.5, RFC 9113 8.2.1): written into HTTP/1.1 they end the line.
-_LINE_BREAKING = frozenset(b"\r\n\x00")
+_LINE_BREAKING = re.compile(rb"[\r\n\x00]")
 
 
 def field_problem(fields: Iterable[tuple[bytes, bytes]], what: str = "header", quote: bool = True) -> str | None:
@@ -120,18 +121,18 @@ def field_problem(fields: Iterable[tuple[bytes, bytes]], what: str = "header", q
     as HTTP/1.1 they would start a line of their own). Without `quote` (an upstream's fields: its bytes may hold an
     injected secret, and a cut one passes the scrubber), the field is named by its place, not its name."""
     for place, (name, value) in enumerate(fields, start=1):
-        named = f"{name[:60]!r}" if quote else f"number {place}"
-        if not name or not all(c in _TCHAR for c in name):
+        if not name or name.translate(None, _TCHAR):
+            named = f"{name[:60]!r}" if quote else f"number {place}"
             return f"the {what} name {named} is not a token" if quote else f"the name of {what} {named} is not a token"
-        if any(c in _LINE_BREAKING for c in value):
-            named = repr(name[:60].decode("latin-1")) if quote else named
+        if _LINE_BREAKING.search(value) is not None:
+            named = repr(name[:60].decode("latin-1")) if quote else f"number {place}"
             return f"the value of the {what} {named} holds a CR, LF or NUL byte"
     return None
 
 
 def token_problem(method: str) -> str | None:
     """Why a request method is not a token, if it is not."""
-    if not method or not all(c in _TCHAR for c in method.encode("utf-8", "surrogateescape")):
+    if not method or method.encode("utf-8", "surrogateescape").translate(None, _TCHAR):
         return f"the method {method[:60]!r} is not a token"
     return None
 
