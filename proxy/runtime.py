@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -156,6 +157,17 @@ class _PortTaken(Exception):
     """The port chosen for the in-process proxy was taken by another process before mitmproxy could bind it."""
 
 
+class _FreezeWhenUp:
+    """Once the proxy runs, what it made to start (mitmproxy, the policies, the undo packs, CEL programs: about 110,000
+    objects) is moved out of the cyclic collector's sight (`gc.freeze`): under load a full collection came every few
+    seconds and walked all of it, holding the event loop 43 ms each time (12 ms once frozen). Objects freed later
+    are freed as before; a cycle among them (the first policy set, after a reload) is kept."""
+
+    def running(self) -> None:
+        gc.collect()  # what starting left over goes first, not frozen
+        gc.freeze()
+
+
 class _Listening:
     """Sets an event when mitmproxy's servers are bound and every addon has started (the `running` hook)."""
 
@@ -304,6 +316,7 @@ async def serve(config: Config, policies: PolicySet, quiet: bool = False, also: 
     share = writer_process and first and len(sockets) > 1
     m = build_master(config, policies, live=not quiet, maintain=first, writer_process=writer_process,
                      share_writer=share, writer_link=writer_link)
+    m.addons.add(_FreezeWhenUp())
     livelog.format_output()
     loop = asyncio.get_running_loop()
     _quiet_shutdown(loop)
