@@ -11,7 +11,7 @@ import sys
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 import certifi
 from mitmproxy import master, options
@@ -20,6 +20,9 @@ from mitmproxy.addons import core, disable_h2c, errorcheck, next_layer, proxyser
 from .config import Config
 from .errors import StateError
 from .policy.engine import PolicySet
+
+if TYPE_CHECKING:
+    from goex_proxy.addons.state import ProxyState
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +80,10 @@ def unchecked_messages() -> None:
 
 def build_master(config: Config, policies: PolicySet, undo_token: str | None = None,
                  file_config: Config | None = None, live: bool = False, maintain: bool = False,
-                 log_to: IO[str] | None = None, writer_process: bool = False, share_writer: bool = False,
-                 writer_link: Any = None) -> master.Master:
+                 log_to: IO[str] | None = None, state: ProxyState | None = None) -> master.Master:
     """A mitmproxy master with only the addons goex-proxy needs, then the pipeline in its one order (and, for `run`,
-    the line per request when `live`, the audit log's retention when `maintain`, and the record stage's rows written by
-    a process of its own when `writer_process`: with `share_writer`, one the other workers are linked to; with
-    `writer_link`, this worker's link to the first's). Its log goes to stdout, as
+    the line per request when `live`, the audit log's retention when `maintain`). `state`: the pipeline's state when
+    the caller keeps it (`run`'s, whose rows a writer process writes); else one of its own. Its log goes to stdout, as
     mitmdump's does, or to `log_to` (a proxy running beside a command: stdout is the command's)."""
     from goex_proxy.addons import pipeline
     from goex_proxy.addons.livelog import LiveLog
@@ -110,8 +111,7 @@ def build_master(config: Config, policies: PolicySet, undo_token: str | None = N
         errorcheck.ErrorCheck(repeat_errors_on_stderr=True),
     )
     opts.update(**proxy_options(config))
-    state = ProxyState(config, policies, writer_process=writer_process, share_writer=share_writer,
-                       writer_link=writer_link)
+    state = state or ProxyState(config, policies)
     state.undo_token = undo_token
     state.file_config = file_config
     after = ((LiveLog(state),) if live else ()) + ((Retention(state),) if maintain else ())
@@ -307,6 +307,7 @@ async def serve(config: Config, policies: PolicySet, quiet: bool = False, also: 
     the first serves the links, the console and the retention. `writer_process`: the record stage's rows are written
     by a process of its own (`audit.offload`), the first's for every worker (`writer_link`: a worker's link to it)."""
     from goex_proxy.addons import livelog
+    from goex_proxy.addons.state import ProxyState
     from goex_proxy.approvals.linkserver import serve_links
 
     from .workers import Workers
@@ -314,14 +315,13 @@ async def serve(config: Config, policies: PolicySet, quiet: bool = False, also: 
     logging.getLogger("goex_proxy").setLevel(logging.INFO)
     first = worker is None
     share = writer_process and first and len(sockets) > 1
-    m = build_master(config, policies, live=not quiet, maintain=first, writer_process=writer_process,
-                     share_writer=share, writer_link=writer_link)
+    state = ProxyState(config, policies, writer_process=writer_process, share_writer=share, writer_link=writer_link)
+    m = build_master(config, policies, live=not quiet, maintain=first, state=state)
     m.addons.add(_FreezeWhenUp())
     livelog.format_output()
     loop = asyncio.get_running_loop()
     _quiet_shutdown(loop)
-    stages = m.addons.get("goex_pipeline")  # the pipeline, its state first
-    link = getattr(stages.stages[0].writer, "link_worker", None) if share and stages is not None else None
+    link = getattr(state.writer, "link_worker", None) if share else None  # the writer the workers are linked to
     others = Workers(config.file, list(sockets), quiet, lambda: _same_listen(config), link) \
         if first and len(sockets) > 1 else None
 
