@@ -17,6 +17,7 @@ import certifi
 from mitmproxy import master, options
 from mitmproxy.addons import core, disable_h2c, errorcheck, next_layer, proxyserver, termlog, tlsconfig
 
+from . import mitmtrim
 from .config import Config
 from .errors import StateError
 from .policy.engine import PolicySet
@@ -64,20 +65,6 @@ def proxy_options(config: Config) -> dict[str, Any]:
     }
 
 
-def _unchecked(_: object) -> None:
-    """What a request's or response's fields get checked with in `run`: nothing (see `unchecked_messages`)."""
-
-
-def unchecked_messages() -> None:
-    """Stop mitmproxy checking the type of every field of every request and response it builds (its
-    `MessageData.__post_init__`, run only when Python runs without `-O`): about 20 µs each, 41 µs of a GET's CPU,
-    spent finding that mitmproxy's own parser gave bytes where it gives bytes. mitmproxy skips it under `python -O`;
-    `run` cannot use `-O`, which would drop goex-proxy's own asserts too."""
-    from mitmproxy import http
-
-    http.MessageData.__post_init__ = _unchecked  # type: ignore[method-assign]
-
-
 def build_master(config: Config, policies: PolicySet, undo_token: str | None = None,
                  file_config: Config | None = None, live: bool = False, maintain: bool = False,
                  log_to: IO[str] | None = None, state: ProxyState | None = None) -> master.Master:
@@ -91,7 +78,7 @@ def build_master(config: Config, policies: PolicySet, undo_token: str | None = N
     from goex_proxy.addons.stages import index_hooks
     from goex_proxy.addons.state import ProxyState
 
-    unchecked_messages()
+    mitmtrim.trim()
     opts = options.Options()
     m = master.Master(opts, event_loop=asyncio.get_running_loop(), with_termlog=log_to is None)
     if log_to is not None:
