@@ -144,15 +144,16 @@ class _PortTaken(Exception):
     """The port chosen for the in-process proxy was taken by another process before mitmproxy could bind it."""
 
 
-class _FreezeWhenUp:
-    """Once the proxy runs, what it made to start (mitmproxy, the policies, the undo packs, CEL programs: about 110,000
-    objects) is moved out of the cyclic collector's sight (`gc.freeze`): under load a full collection came every few
-    seconds and walked all of it, holding the event loop 43 ms each time (12 ms once frozen). Objects freed later
-    are freed as before; a cycle among them (the first policy set, after a reload) is kept."""
-
-    def running(self) -> None:
-        gc.collect()  # what starting left over goes first, not frozen
-        gc.freeze()
+def _freeze_what_starting_made() -> None:
+    """What `run` made to start (mitmproxy, the policies, the undo packs, CEL programs: about 110,000 objects) moved
+    out of the cyclic collector's sight (`gc.freeze`), after one collection so that starting's garbage is not frozen
+    with it: under load a full collection came every few seconds and walked all of it, holding the event loop 43 ms
+    each time (12 ms once frozen). Objects freed later are freed as before; a cycle among them (the first policy set,
+    after a reload) is kept. Done before anything listens: in mitmproxy's `running` hook a worker had already
+    accepted the connections waiting on the socket the first process made for it, and those, frozen, were never
+    collected once they closed (their objects hold cycles)."""
+    gc.collect()
+    gc.freeze()
 
 
 class _Listening:
@@ -304,7 +305,6 @@ async def serve(config: Config, policies: PolicySet, quiet: bool = False, also: 
     share = writer_process and first and len(sockets) > 1
     state = ProxyState(config, policies, writer_process=writer_process, share_writer=share, writer_link=writer_link)
     m = build_master(config, policies, live=not quiet, maintain=first, state=state)
-    m.addons.add(_FreezeWhenUp())
     livelog.format_output()
     loop = asyncio.get_running_loop()
     _quiet_shutdown(loop)
@@ -320,6 +320,7 @@ async def serve(config: Config, policies: PolicySet, quiet: bool = False, also: 
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop)
+    _freeze_what_starting_made()  # before the first server (links, console, proxy) accepts anything
     links = await serve_links(config) if first else None  # approval links (`approvals.listen`) until the proxy stops
     started: list[Closing] = []
     watching: asyncio.Task[None] | None = None
