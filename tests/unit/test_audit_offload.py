@@ -792,3 +792,127 @@ def test_a_worker_flooding_its_link_does_not_hold_up_another_workers_rows(tmp_pa
         writer.close()
     conn = _log(tmp_path)
     assert sum(1 for _ in audit.iter_rows(conn)) == 41
+
+
+def _turns(peers: dict[int, Any], writer: AuditWriter, wake_r: int, parent: int, until: Any,
+           stopping: bool = False) -> list[list[tuple[int, int]]]:
+    """The shared writer's turns (as `_serve` takes them) until `until(turns)`: each the (link, token) of its rows."""
+    from goex_proxy.audit import offload
+
+    turns: list[list[tuple[int, int]]] = []
+    while not until(turns):
+        assert len(turns) < 50, turns
+        asked, _, _ = offload._read_ops(peers, [], writer, wake_r, parent, 1.0, stopping)
+        writer.write_queued()
+        offload._answer_all(asked)
+        turns.append([(peer.read_fd, token) for peer, token, _ in asked])
+    return turns
+
+
+@pytest.mark.parametrize("ending", ["stop", "end of the link", "none"])
+def test_what_is_past_one_turn_of_a_link_comes_whole_and_in_order(tmp_path: Path, monkeypatch: Any,
+                                                                    ending: str) -> None:
+    """A frame larger than a turn, outcomes after their rows, a stop or the link's end past a turn's bytes: taken in
+    later turns, each outcome after its row, nothing lost or left unread, and the other link's row in the first."""
+    import socket
+
+    from goex_proxy.audit import offload
+
+    monkeypatch.setattr(offload, "PEER_TURN_BYTES", 16 << 10)
+    writer = AuditWriter(tmp_path / "audit.db", Seal(tmp_path), threaded=False)
+    links = [socket.socketpair() for _ in range(2)]
+    wake_r, wake_w = os.pipe()
+    first_r, first_w = os.pipe()
+    big = _row("/big") | {"req_body": os.urandom(60_000)}  # one frame, almost four turns
+    rows = [big] + [_row(f"/after/{i}") | {"req_body": os.urandom(2000)} for i in range(10)]
+    try:
+        peers = {0: offload._Peer(first_r, first_w)}
+        for _, theirs in links:
+            theirs.setblocking(False)
+            peers[theirs.fileno()] = offload._Peer(theirs.fileno(), theirs.fileno(), theirs)
+        sent = [_frame([["intent", i, row, None], ["outcome", row["id"], _answered(200 + i)]])
+                for i, row in enumerate(rows)]
+        sent += [_frame([["stop"]])] if ending == "stop" else []
+        links[0][0].sendall(b"".join(sent))  # ~85 KB: in the socket's buffer at once
+        if ending == "end of the link":
+            links[0][0].shutdown(socket.SHUT_WR)
+        links[1][0].sendall(_frame([["intent", 0, _row("/other"), None]]))
+        flood = links[0][1].fileno()
+        turns = _turns(peers, writer, wake_r, os.getppid(),
+                       lambda t: sum(len(x) for x in t) >= 12 and (ending == "none" or peers[flood].ended))
+        assert (links[1][1].fileno(), 0) in turns[0]
+        assert [token for turn in turns for fd, token in turn if fd == flood] == list(range(11))
+        assert peers[flood].incoming == b""
+        assert peers[flood].rows == set()  # every row's outcome came
+    finally:
+        for fd in (wake_r, wake_w, first_r, first_w):
+            os.close(fd)
+        for pair in links:
+            for sock in pair:
+                sock.close()
+        writer.close()
+    conn = _log(tmp_path)
+    written = {r["id"]: r["status"] for r in audit.iter_rows(conn)}
+    assert [written[row["id"]] for row in rows] == [200 + i for i in range(11)]
+
+
+def test_the_first_processs_pipe_past_one_turn_comes_whole(tmp_path: Path, monkeypatch: Any) -> None:
+    """The first process's input (a pipe, not a link) is read a turn at a time as the links are, nothing lost."""
+    from goex_proxy.audit import offload
+
+    monkeypatch.setattr(offload, "PEER_TURN_BYTES", 8 << 10)
+    writer = AuditWriter(tmp_path / "audit.db", Seal(tmp_path), threaded=False)
+    wake_r, wake_w = os.pipe()
+    first_r, first_w = os.pipe()
+    answers_r, answers_w = os.pipe()
+    os.set_blocking(first_r, False)
+    rows = [_row(f"/p/{i}") | {"req_body": os.urandom(2000)} for i in range(20)]
+    try:
+        peers = {0: offload._Peer(first_r, answers_w)}
+        os.write(first_w, b"".join(_frame([["intent", i, row, None]]) for i, row in enumerate(rows)))  # ~42 KB
+        os.close(first_w)
+        first_w = -1
+        turns = _turns(peers, writer, wake_r, os.getppid(), lambda t: peers[0].ended)
+        assert len(turns) >= 4
+        assert [token for turn in turns for _, token in turn] == list(range(20))
+        told = list(_frames(bytearray(os.read(answers_r, 1 << 16))))
+        assert [token for answer in told for token, _ in answer] == list(range(20))  # each answered, in turn
+    finally:
+        for fd in (wake_r, wake_w, first_r, first_w, answers_r, answers_w):
+            if fd >= 0:
+                os.close(fd)
+        writer.close()
+    assert sum(1 for _ in audit.iter_rows(_log(tmp_path))) == 20
+
+
+def test_the_proxys_end_takes_everything_past_a_turn_at_once(tmp_path: Path, monkeypatch: Any) -> None:
+    """Told that the proxy ended (its SIGTERM through the wake pipe, its parent gone), the writer reads every link
+    whole in that same call: it stops after writing them, with nothing left in a socket."""
+    import socket
+
+    from goex_proxy.audit import offload
+
+    monkeypatch.setattr(offload, "PEER_TURN_BYTES", 16 << 10)
+    writer = AuditWriter(tmp_path / "audit.db", Seal(tmp_path), threaded=False)
+    ours, theirs = socket.socketpair()
+    wake_r, wake_w = os.pipe()
+    first_r, first_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    try:
+        theirs.setblocking(False)
+        peers = {0: offload._Peer(first_r, first_w), theirs.fileno(): offload._Peer(theirs.fileno(), theirs.fileno(),
+                                                                                   theirs)}
+        ours.sendall(b"".join(_frame([["intent", i, _row(f"/f/{i}") | {"req_body": os.urandom(2000)}, None]])
+                              for i in range(40)))
+        os.write(wake_w, b"\x0f")
+        asked, _, stop = offload._read_ops(peers, [], writer, wake_r, os.getppid() + 1, 1.0)  # not our parent: ended
+        assert stop
+        assert [token for _, token, _ in asked] == list(range(40))
+        writer.write_queued()
+    finally:
+        for fd in (wake_r, wake_w, first_r, first_w):
+            os.close(fd)
+        ours.close()
+        theirs.close()
+        writer.close()
+    assert sum(1 for _ in audit.iter_rows(_log(tmp_path))) == 40
