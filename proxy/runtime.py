@@ -148,7 +148,7 @@ def _freeze_what_starting_made() -> None:
     """What `run` made to start (mitmproxy, the policies, the undo packs, CEL programs: about 110,000 objects) moved
     out of the cyclic collector's sight (`gc.freeze`), after one collection so that starting's garbage is not frozen
     with it: under load a full collection came every few seconds and walked all of it, holding the event loop 43 ms
-    each time (12 ms once frozen). Objects freed later are freed as before; a cycle among them (the first policy set,
+    each time (2-3 ms once frozen). Objects freed later are freed as before; a cycle among them (the first policy set,
     after a reload) is kept. Done before anything listens: in mitmproxy's `running` hook a worker had already
     accepted the connections waiting on the socket the first process made for it, and those, frozen, were never
     collected once they closed (their objects hold cycles)."""
