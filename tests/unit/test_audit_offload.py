@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
 import select
@@ -751,24 +752,41 @@ def test_the_shared_writer_forgets_a_workers_rows_that_get_no_outcome(tmp_path: 
         writer.close()
 
 
-def test_a_worker_flooding_its_link_does_not_hold_up_another_workers_rows(tmp_path: Path, monkeypatch: Any) -> None:
-    """A worker whose agent sends large bodies without pause has more on its link than one transaction should hold:
-    the shared writer reads a turn's worth of each link and writes it with the other workers' rows, the rest in the
-    next turns (read whole, it kept every other worker's requests waiting behind one transaction of it all)."""
+@contextlib.contextmanager
+def _shared_writer(tmp_path: Path, count: int) -> Iterator[tuple[AuditWriter, dict[int, Any], list[Any], int, int]]:
+    """A writer as the shared writer process has it, without the process: the first's input (a pipe it sends nothing
+    on), `count` workers' links (socket pairs, the writer's ends as peers), and the wake pipe; all closed after."""
     import socket
 
     from goex_proxy.audit import offload
 
-    monkeypatch.setattr(offload, "PEER_TURN_BYTES", 16 << 10)  # what fits a socket's buffer here, a few times over
     writer = AuditWriter(tmp_path / "audit.db", Seal(tmp_path), threaded=False)
-    links = [socket.socketpair() for _ in range(2)]
+    links = [socket.socketpair() for _ in range(count)]
     wake_r, wake_w = os.pipe()
-    first_r, first_w = os.pipe()  # the first process's input: it sends nothing here
+    first_r, first_w = os.pipe()
     try:
         peers = {0: offload._Peer(first_r, first_w)}
         for _, theirs in links:
             theirs.setblocking(False)
             peers[theirs.fileno()] = offload._Peer(theirs.fileno(), theirs.fileno(), theirs)
+        yield writer, peers, links, wake_r, wake_w
+    finally:
+        for fd in (wake_r, wake_w, first_r, first_w):
+            os.close(fd)
+        for pair in links:
+            for sock in pair:
+                sock.close()
+        writer.close()
+
+
+def test_a_worker_flooding_its_link_does_not_hold_up_another_workers_rows(tmp_path: Path, monkeypatch: Any) -> None:
+    """A worker whose agent sends large bodies without pause has more on its link than one transaction should hold:
+    the shared writer reads a turn's worth of each link and writes it with the other workers' rows, the rest in the
+    next turns (read whole, it kept every other worker's requests waiting behind one transaction of it all)."""
+    from goex_proxy.audit import offload
+
+    monkeypatch.setattr(offload, "PEER_TURN_BYTES", 16 << 10)  # what fits a socket's buffer here, a few times over
+    with _shared_writer(tmp_path, 2) as (writer, peers, links, wake_r, _):
         flood = [_frame([["intent", i, _row(f"/flood/{i}") | {"req_body": os.urandom(2000)}, None]])
                  for i in range(40)]
         links[0][0].sendall(b"".join(flood))  # ~90 KB: within the socket's buffer, so it is all there at once
@@ -783,13 +801,6 @@ def test_a_worker_flooding_its_link_does_not_hold_up_another_workers_rows(tmp_pa
         assert (other, 0) in turns[0]  # with the first turn of the flood, not after all of it
         assert len(turns[0]) <= 1 + (16 << 10) // 2000 + 1, len(turns[0])
         assert sorted(token for turn in turns for fd, token in turn if fd != other) == list(range(40))  # none lost
-    finally:
-        for fd in (wake_r, wake_w, first_r, first_w):
-            os.close(fd)
-        for pair in links:
-            for sock in pair:
-                sock.close()
-        writer.close()
     conn = _log(tmp_path)
     assert sum(1 for _ in audit.iter_rows(conn)) == 41
 
@@ -819,17 +830,9 @@ def test_what_is_past_one_turn_of_a_link_comes_whole_and_in_order(tmp_path: Path
     from goex_proxy.audit import offload
 
     monkeypatch.setattr(offload, "PEER_TURN_BYTES", 16 << 10)
-    writer = AuditWriter(tmp_path / "audit.db", Seal(tmp_path), threaded=False)
-    links = [socket.socketpair() for _ in range(2)]
-    wake_r, wake_w = os.pipe()
-    first_r, first_w = os.pipe()
     big = _row("/big") | {"req_body": os.urandom(60_000)}  # one frame, almost four turns
     rows = [big] + [_row(f"/after/{i}") | {"req_body": os.urandom(2000)} for i in range(10)]
-    try:
-        peers = {0: offload._Peer(first_r, first_w)}
-        for _, theirs in links:
-            theirs.setblocking(False)
-            peers[theirs.fileno()] = offload._Peer(theirs.fileno(), theirs.fileno(), theirs)
+    with _shared_writer(tmp_path, 2) as (writer, peers, links, wake_r, _):
         sent = [_frame([["intent", i, row, None], ["outcome", row["id"], _answered(200 + i)]])
                 for i, row in enumerate(rows)]
         sent += [_frame([["stop"]])] if ending == "stop" else []
@@ -844,13 +847,6 @@ def test_what_is_past_one_turn_of_a_link_comes_whole_and_in_order(tmp_path: Path
         assert [token for turn in turns for fd, token in turn if fd == flood] == list(range(11))
         assert peers[flood].incoming == b""
         assert peers[flood].rows == set()  # every row's outcome came
-    finally:
-        for fd in (wake_r, wake_w, first_r, first_w):
-            os.close(fd)
-        for pair in links:
-            for sock in pair:
-                sock.close()
-        writer.close()
     conn = _log(tmp_path)
     written = {r["id"]: r["status"] for r in audit.iter_rows(conn)}
     assert [written[row["id"]] for row in rows] == [200 + i for i in range(11)]
@@ -888,20 +884,11 @@ def test_the_first_processs_pipe_past_one_turn_comes_whole(tmp_path: Path, monke
 def test_the_proxys_end_takes_everything_past_a_turn_at_once(tmp_path: Path, monkeypatch: Any) -> None:
     """Told that the proxy ended (its SIGTERM through the wake pipe, its parent gone), the writer reads every link
     whole in that same call: it stops after writing them, with nothing left in a socket."""
-    import socket
-
     from goex_proxy.audit import offload
 
     monkeypatch.setattr(offload, "PEER_TURN_BYTES", 16 << 10)
-    writer = AuditWriter(tmp_path / "audit.db", Seal(tmp_path), threaded=False)
-    ours, theirs = socket.socketpair()
-    wake_r, wake_w = os.pipe()
-    first_r, first_w = os.pipe()
-    os.set_blocking(wake_r, False)
-    try:
-        theirs.setblocking(False)
-        peers = {0: offload._Peer(first_r, first_w), theirs.fileno(): offload._Peer(theirs.fileno(), theirs.fileno(),
-                                                                                   theirs)}
+    with _shared_writer(tmp_path, 1) as (writer, peers, [(ours, _)], wake_r, wake_w):
+        os.set_blocking(wake_r, False)
         ours.sendall(b"".join(_frame([["intent", i, _row(f"/f/{i}") | {"req_body": os.urandom(2000)}, None]])
                               for i in range(40)))
         os.write(wake_w, b"\x0f")
@@ -909,10 +896,4 @@ def test_the_proxys_end_takes_everything_past_a_turn_at_once(tmp_path: Path, mon
         assert stop
         assert [token for _, token, _ in asked] == list(range(40))
         writer.write_queued()
-    finally:
-        for fd in (wake_r, wake_w, first_r, first_w):
-            os.close(fd)
-        ours.close()
-        theirs.close()
-        writer.close()
     assert sum(1 for _ in audit.iter_rows(_log(tmp_path))) == 40
