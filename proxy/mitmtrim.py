@@ -3,6 +3,7 @@ with the same results: each call here was measured in a running proxy."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from mitmproxy import http
@@ -47,8 +48,11 @@ def trim() -> None:
       when Python runs without `-O`): about 20 µs each, 41 µs of a GET's CPU, finding that mitmproxy's own parser gave
       bytes where it gives bytes (mitmproxy skips it under `python -O`, which would drop goex-proxy's asserts too);
     - header look-ups in one pass (`Headers.get`, `get_all`, `in`): mitmproxy makes 55 a GET, 12 of them to find a
-      body's size, each ~3.5 µs through its generic multidict and `Mapping.get`'s KeyError, ~1.4 this way."""
+      body's size, each ~3.5 µs through its generic multidict and `Mapping.get`'s KeyError, ~1.4 this way; only
+      while they are the ones measured (a mitmproxy with look-ups of its own keeps them)."""
     _replace(http.MessageData, "__post_init__", _unchecked)
-    _replace(http.Headers, "get_all", _header_values)
-    _replace(http.Headers, "get", _header)
-    _replace(http.Headers, "__contains__", _has_header)
+    if (http.Headers.get_all.__qualname__, http.Headers.get, http.Headers.__contains__) == (
+            "Headers.get_all", Mapping.get, Mapping.__contains__):  # mitmproxy's as measured (not yet replaced)
+        _replace(http.Headers, "get_all", _header_values)
+        _replace(http.Headers, "get", _header)
+        _replace(http.Headers, "__contains__", _has_header)
