@@ -17,19 +17,21 @@ def _header_values(headers: http.Headers, name: str | bytes) -> list[str]:
     """`Headers.get_all` in one pass: the values of every field of this name (any case), decoded as mitmproxy
     decodes them. mitmproxy's goes through its base class and a static method per field."""
     key = http._always_bytes(name).lower()  # mitmproxy's own: what is neither text nor bytes is refused alike
-    return [value.decode("utf-8", "surrogateescape") for field, value in headers.fields if field.lower() == key]
+    # every field's name before any value, as mitmproxy does: for `fields` set to anything, the same exception first
+    values = [value for field, value in headers.fields if field.lower() == key]
+    return [value.decode("utf-8", "surrogateescape") for value in values]
 
 
-def _header(headers: http.Headers, name: str | bytes, default: Any = None) -> Any:
+def _header(headers: http.Headers, key: str | bytes, default: Any = None) -> Any:
     """`Headers.get`: the values of this name joined with ", ", else `default`; without raising and catching the
-    KeyError of a missing one, as `Mapping.get` does."""
-    values = _header_values(headers, name)
+    KeyError of a missing one, as `Mapping.get` does (whose parameters, `key` and `default`, these are: by name too)."""
+    values = _header_values(headers, key)
     return ", ".join(values) if values else default
 
 
-def _has_header(headers: http.Headers, name: object) -> bool:
-    """`name in headers`: whether a field has this name (any case)."""
-    return bool(_header_values(headers, name))  # type: ignore[arg-type]  # mitmproxy's raises alike for a non-name
+def _has_header(headers: http.Headers, key: object) -> bool:
+    """`key in headers`: whether a field has this name (any case); `key` as `Mapping.__contains__` names it."""
+    return bool(_header_values(headers, key))  # type: ignore[arg-type]  # mitmproxy's raises alike for a non-name
 
 
 #: What `trim` replaced, by class and name, as it was (the tests hold the replacements to it).
