@@ -84,3 +84,98 @@ def test_fields_reassigned_to_anything_are_read_or_refused_alike(pairs: list[tup
     assert outcome(lambda: ours.get(key)) == outcome(lambda: theirs.get(key))
     assert outcome(lambda: key in ours) == outcome(lambda: key in theirs)
     assert outcome(lambda: ours[key]) == outcome(lambda: theirs[key])
+
+
+HEADS = [b"Host", b"Content-Length", b"Transfer-Encoding", b"Connection", b"Upgrade", b"Content-Encoding",
+         b"Cookie", b"Set-Cookie", b"Proxy-Authorization", b"Authorization", b"Expect", b"content-type"]
+VALUES = [b"", b"0", b"5", b" 5", b"5, 5", b"+5", b"-1", b"chunked", b"gzip, chunked", b"identity", b"close",
+          b"keep-alive, Upgrade", b"websocket", b"gzip", b"br", b"a=b; c=d", b"ex\xc3\xa9mple.com:80", b"100-continue"]
+head_fields = st.lists(st.tuples(st.sampled_from(HEADS) | st.sampled_from(HEADS).map(bytes.upper),
+                                 st.sampled_from(VALUES) | st.binary(max_size=6)), max_size=6)
+
+
+def _reads(cls: type[http.Headers], pairs: list[tuple[bytes, bytes]], method: bytes, version: bytes,
+           status: int) -> list[Any]:
+    """What mitmproxy's own code reads from a request and response with these fields: body sizes (smuggling),
+    connection close, Host, cookies, decoded content, websocket and form checks, HTTP/1 bytes."""
+    from mitmproxy.net.http.http1 import assemble, read  # noqa: PLC0415
+    from mitmproxy.test import tutils  # noqa: PLC0415
+
+    def req() -> http.Request:
+        r = tutils.treq(method=method, http_version=version, content=b"\x1f\x8b\x00 body")
+        r.headers = cls(pairs)
+        r.trailers = cls(pairs)
+        return r
+
+    def resp() -> http.Response:
+        r = tutils.tresp(status_code=status, http_version=version, content=b"\x1f\x8b\x00 body")
+        r.headers = cls(pairs)
+        return r
+
+    reads = (lambda: read.expected_http_body_size(req()), lambda: read.expected_http_body_size(req(), resp()),
+             lambda: read.connection_close(version, cls(pairs)), lambda: read.get_header_tokens(cls(pairs), "Connection"),
+             lambda: req().host_header, lambda: req().pretty_host, lambda: req().pretty_url,
+             lambda: list(req().cookies.items(multi=True)), lambda: list(resp().cookies.items(multi=True)),
+             lambda: req().get_content(strict=False), lambda: resp().get_text(strict=False),
+             lambda: req().urlencoded_form.fields, lambda: req().multipart_form.fields,
+             lambda: assemble.assemble_request(req()), lambda: assemble.assemble_response(resp()),
+             lambda: bytes(cls(pairs)), lambda: cls(pairs).items(multi=True).__class__,
+             lambda: dict(cls(pairs).items()), lambda: list(cls(pairs)), lambda: len(cls(pairs)),
+             lambda: cls.from_state(cls(pairs).get_state()).fields, lambda: cls(pairs).copy().fields)
+    return [outcome(r) for r in reads]
+
+
+@given(head_fields, st.sampled_from([b"GET", b"POST", b"HEAD", b"CONNECT"]), st.sampled_from([b"HTTP/1.0", b"HTTP/1.1",
+       b"HTTP/2.0"]), st.sampled_from([100, 101, 200, 204, 304]))
+def test_mitmproxys_own_reads_give_what_they_gave(pairs: list[tuple[bytes, bytes]], method: bytes, version: bytes,
+                                                   status: int) -> None:
+    """mitmproxy's own code reads headers through the replaced look-ups (body size, Host, cookies, encodings...):
+    with them it reads what it read with its own."""
+    assert _reads(http.Headers, pairs, method, version, status) == _reads(Original, pairs, method, version, status)
+
+
+ops = st.lists(st.tuples(st.sampled_from(["set", "set_all", "insert", "del", "pop", "setdefault", "update", "add",
+                                          "fields", "kwargs"]),
+                         st.sampled_from(NAMES) | st.sampled_from(["host", "X-É", "\udcff", "content_length"]),
+                         st.sampled_from([b"", b"v", b"5", "w", "\udcff"])), max_size=6)
+
+
+def _mutate(h: http.Headers, op: str, key: Any, value: Any) -> Any:
+    if op == "set":
+        h[key] = value
+    elif op == "set_all":
+        h.set_all(key, [value, value])
+    elif op == "insert":
+        h.insert(0, key, value)
+    elif op == "del":
+        del h[key]
+    elif op == "pop":
+        return h.pop(key)
+    elif op == "setdefault":
+        return h.setdefault(key, value)
+    elif op == "update":
+        h.update({key: value})
+    elif op == "add":
+        h.add(key, value)
+    elif op == "fields":
+        h.fields = ((http._always_bytes(key), http._always_bytes(value)), *h.fields)
+    elif op == "kwargs":
+        return type(h)(h.fields, **{str(key): value}).fields
+    return None
+
+
+@given(fields, ops, keys)
+def test_look_ups_after_any_mutation_give_what_mitmproxys_give(pairs: list[tuple[bytes, bytes]],
+                                                              steps: list[tuple[str, Any, Any]], key: Any) -> None:
+    """Headers changed in place (`set_all`, `insert`, `del`, `pop`, `setdefault`, `update`, `add`, `fields`
+    reassigned, `Headers(**kwargs)`), several of which look up through the replaced methods, end alike and read
+    alike."""
+    ours, theirs = http.Headers(pairs), Original(pairs)
+    for op, name, value in steps:
+        step = (op, name, value)
+        assert outcome(lambda step=step: _mutate(ours, *step)) == outcome(lambda step=step: _mutate(theirs, *step))
+        assert ours.fields == theirs.fields
+        for look in (name, key):
+            assert outcome(lambda look=look: ours.get(look)) == outcome(lambda look=look: theirs.get(look))
+            assert outcome(lambda look=look: look in ours) == outcome(lambda look=look: look in theirs)
+            assert outcome(lambda look=look: ours.get_all(look)) == outcome(lambda look=look: theirs.get_all(look))
