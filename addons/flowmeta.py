@@ -28,6 +28,7 @@ _UNDO_CLASS = "goex.undo_class"
 _UNDO_OF = "goex.undo_of"
 _PREIMAGE = "goex.preimage"
 _HEADERS_SCRUBBED = "goex.headers_scrubbed"
+_CHECKED = "goex.checked"
 _CHARGE = "goex.charge"
 _CHALLENGED = "goex.challenged"
 _EXCHANGE = "goex.exchange"
@@ -143,6 +144,21 @@ def headers_scrubbed(flow: http.HTTPFlow, response: http.Response) -> bool:
 
 def set_headers_scrubbed(flow: http.HTTPFlow, response: http.Response) -> None:
     _of(flow)[_HEADERS_SCRUBBED] = response
+
+
+def checked(flow: http.HTTPFlow, response: http.Response) -> tuple[str | None, bytes | None] | None:
+    """What scrub's check of this very response found (why it cannot be passed on, or its decoded body), if made."""
+    kept = _of(flow).get(_CHECKED)
+    return kept[1] if kept is not None and kept[0] is response else None
+
+
+def set_checked(flow: http.HTTPFlow, response: http.Response, found: tuple[str | None, bytes | None]) -> None:
+    _of(flow)[_CHECKED] = (response, found)
+
+
+def drop_checked(flow: http.HTTPFlow) -> None:
+    """Forget the check (and the decoded body it holds) once scrub has acted on it."""
+    _of(flow).pop(_CHECKED, None)
 
 
 def url(flow: http.HTTPFlow) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 
 from mitmproxy import http
 
-from goex_proxy.addons import flowmeta
+from goex_proxy.addons import flowmeta, scrub
 from goex_proxy.addons.decide import header_pairs
 from goex_proxy.addons.state import ProxyState
 from goex_proxy.credentials.redact import SecretScrubber, redacted_headers_json
@@ -108,11 +108,23 @@ def outcome(state: ProxyState, flow: http.HTTPFlow) -> dict[str, Any]:
         "resp_body": body["body"],
         "resp_body_size": body["size"],
         "resp_body_sha256": body["sha256"],
-        "error": None,
+        "error": not_passed_on(state, flow),
         "ended": ended,
         "duration_ms": round((ended - flow.request.timestamp_start) * 1000, 3),
         "undo_class": flowmeta.set_undo_class(flow, undo_class(state, flow, resp)),
     } | approval(flow)
+
+def not_passed_on(state: ProxyState, flow: http.HTTPFlow) -> str | None:
+    """Why the agent did not get the upstream's answer as recorded with its row, if it did not: mitmproxy refused it
+    or it broke off (an error with the response; the agent got mitmproxy's 502, or a cut answer), or scrub withholds
+    it. The row keeps the upstream's status, which says what happened there, for undo."""
+    if flow.error is not None:
+        return f"the agent did not get this answer whole: {state.scrubber.text(flow.error.msg)}"
+    problem = scrub.withheld(state, flow)
+    if problem is not None:
+        return f"withheld from the agent (a 502 instead): it cannot be checked for secrets, as {problem}"
+    return None
+
 
 def approval(flow: http.HTTPFlow) -> dict[str, str]:
     """For a request that waited: what became of the wait, recorded under the outcome hash."""

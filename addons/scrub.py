@@ -9,7 +9,7 @@ from mitmproxy import http, tcp
 from goex_proxy.addons import flowmeta, replies, unhooked
 from goex_proxy.addons.failclosed import fail_closed
 from goex_proxy.addons.state import ProxyState
-from goex_proxy.credentials.redact import ScrubStream
+from goex_proxy.credentials.redact import ScrubStream, SecretScrubber
 from goex_proxy.net import bodies
 
 
@@ -54,34 +54,17 @@ class Scrub:
         if not self.state.scrubber:
             return
         response = flow.response
-        problem = unscannable(response)
-        raw, coding = response.raw_content or b"", response.headers.get("content-encoding", "")
-        if problem is None:
-            try:
-                content = bodies.decode(raw, coding)
-            except ValueError as exc:  # what we cannot undo could hide a secret: nothing unchecked reaches the agent
-                # Our own answer is not scrubbed: it must not quote the upstream's header (a secret's hex, lower-cased),
-                # so only a decoder's own message for a coding it knows is shown.
-                known = coding.strip().lower() in ("gzip", "x-gzip", "deflate", "br", "zstd")
-                why = str(exc) if known else "it is not gzip, deflate, br or zstd"
-                problem = f"its content encoding cannot be undone ({why[:200]})"
-        if problem is None:
-            problem = self._clean(response, content, raw)
-        if problem is not None:
+        problem, content = checked(self.state, flow, response)
+        flowmeta.drop_checked(flow)
+        if problem is None and content is not None:
+            self._clean(response, content)
+        else:
             replies.reply(flow, 502, {"error": "goex-proxy: the upstream's answer cannot be checked for secrets, so "
                                                "it is withheld", "reason": problem})
 
-    def _clean(self, response: http.Response, content: bytes, raw: bytes) -> str | None:
-        """Scrub the answer in place as one stream (a range of a body keeps its length); why it cannot be, if not."""
-        scrub = self.state.scrubber
-        # The encoded bytes go to the agent as they came unless something is replaced, and a decoder passes over
-        # some of them (what follows the end of a deflate stream): a secret there would reach the agent unread.
-        if raw is not content and scrub.stream().feed(raw) != raw:  # (identity: decode gives `raw` itself back)
-            return "a secret is in its encoded bytes, outside what its content encoding decodes to"
-        for layer in bodies.inner_layers(content):
-            if scrub.bytes(layer) != layer:
-                return "a secret is inside a compressed layer within the body"
-        stream = scrub.stream()
+    def _clean(self, response: http.Response, content: bytes) -> None:
+        """Scrub the answer (checked) in place as one stream (a range of a body keeps its length)."""
+        stream = self.state.scrubber.stream()
         response.data.reason, response.headers.fields = _clean_fields(stream, response.data.reason,
                                                                       response.headers.fields)
         cleaned = stream.feed(content, keep_length=response.status_code == 206)  # a range keeps its length
@@ -89,7 +72,6 @@ class Scrub:
             response.content = cleaned  # re-encoded with the response's Content-Encoding
         if response.trailers:
             _, response.trailers.fields = _clean_fields(stream, b"", response.trailers.fields)
-        return None
 
     @fail_closed("scrub")
     def error(self, flow: http.HTTPFlow) -> None:
@@ -131,6 +113,47 @@ def _clean_fields(stream: ScrubStream, lead: bytes, fields: tuple[tuple[bytes, b
         stream.skip(b"".join(segments))
         return lead, fields
     return stream.feed(lead), tuple((stream.feed(k), stream.feed(v)) for k, v in fields)
+
+
+def withheld(state: ProxyState, flow: http.HTTPFlow) -> str | None:
+    """Why the upstream's answer to this flow will not reach the agent (it cannot be checked for secrets), if it will
+    not: asked by record for the row's outcome before this stage withholds it."""
+    if flow.response is None or flowmeta.is_own_response(flow) or not state.scrubber:
+        return None
+    return checked(state, flow, flow.response)[0]
+
+
+def checked(state: ProxyState, flow: http.HTTPFlow, response: http.Response) -> tuple[str | None, bytes | None]:
+    """Why this answer cannot be checked for secrets (or None) and its decoded body, worked out once for each answer
+    (record asks first, for its row; this stage then acts on it)."""
+    kept = flowmeta.checked(flow, response)
+    if kept is None:
+        kept = _check(state.scrubber, response)
+        flowmeta.set_checked(flow, response, kept)
+    return kept
+
+
+def _check(scrub: SecretScrubber, response: http.Response) -> tuple[str | None, bytes | None]:
+    problem = unscannable(response)
+    if problem is not None:
+        return problem, None
+    raw, coding = response.raw_content or b"", response.headers.get("content-encoding", "")
+    try:
+        content = bodies.decode(raw, coding)
+    except ValueError as exc:  # what we cannot undo could hide a secret: nothing unchecked reaches the agent
+        # Our own answer is not scrubbed: it must not quote the upstream's header (a secret's hex, lower-cased),
+        # so only a decoder's own message for a coding it knows is shown.
+        known = coding.strip().lower() in ("gzip", "x-gzip", "deflate", "br", "zstd")
+        why = str(exc) if known else "it is not gzip, deflate, br or zstd"
+        return f"its content encoding cannot be undone ({why[:200]})", None
+    # The encoded bytes go to the agent as they came unless something is replaced, and a decoder passes over
+    # some of them (what follows the end of a deflate stream): a secret there would reach the agent unread.
+    if raw is not content and scrub.stream().feed(raw) != raw:  # (identity: decode gives `raw` itself back)
+        return "a secret is in its encoded bytes, outside what its content encoding decodes to", None
+    for layer in bodies.inner_layers(content):
+        if scrub.bytes(layer) != layer:
+            return "a secret is inside a compressed layer within the body", None
+    return None, content
 
 
 def unscannable(response: http.Response) -> str | None:

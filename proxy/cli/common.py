@@ -147,9 +147,10 @@ def parse_since(text: str | None) -> float | None:
 
 
 def outcome_of(row: dict[str, Any]) -> str:
-    """A recorded request's outcome in a word: its status, `error`, or `pending` (it may have happened)."""
-    if row["status"] is not None:
-        return str(row["status"])
+    """A recorded request's outcome in a word: its status, `error` (also for an answer the agent did not get whole,
+    whose row keeps the upstream's status), or `pending` (it may have happened)."""
     if row["error"]:
         return "error"
+    if row["status"] is not None:
+        return str(row["status"])
     return "waiting" if row.get("decision") in ("hold", "delay") else "pending"

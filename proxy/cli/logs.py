@@ -343,7 +343,9 @@ def show(config_path: Path | None, request_id: str, as_json: bool) -> None:
         return
     if row["error"]:
         out.print(f"\n[magenta]error: {_plain(row['error'])}[/]")
-        return
+        if row["status"] is None:
+            return
+        out.print("the upstream's answer, as it came:")
     took = "" if row["duration_ms"] is None else f" in {row['duration_ms']:.1f} ms"  # a number (`_shape_problem`)
     out.print(f"\n[bold]{_plain(row['status'])}[/]{took}")
     for k, v in resp_headers:

@@ -36,10 +36,12 @@ def redact_value(name: str, value: str) -> str:
 
 
 def redacted_headers_json(headers: Iterable[tuple[str, str]], scrub: SecretScrubber | None = None) -> str:
-    """Headers as a JSON list of [name, value] pairs, sensitive values redacted, order and repeats kept."""
+    """Headers as a JSON list of [name, value] pairs, sensitive values redacted, order and repeats kept; with
+    `scrub`, secrets replaced in names as well as values (an upstream can echo one into a header's name)."""
     pairs = [[k, redact_value(k, v)] for k, v in headers]
     if scrub:
-        pairs = [[k, v] for (k, _), v in zip(pairs, scrub.texts([v for _, v in pairs]), strict=True)]
+        texts = scrub.texts([text for pair in pairs for text in pair])
+        pairs = [[texts[i], texts[i + 1]] for i in range(0, len(texts), 2)]
     return json.dumps(pairs, ensure_ascii=False)
 
 

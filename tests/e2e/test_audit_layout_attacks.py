@@ -242,3 +242,64 @@ def test_a_write_whose_url_holds_a_character_beyond_ascii_is_sent(proxy: GoexPro
     planned = proxy.cli("undo", str(row["id"]), "--dry-run")
     assert planned.returncode not in (0, 70) and "pre-image" in planned.stdout + planned.stderr, \
         planned.stdout + planned.stderr
+
+
+SECRET = "notes-SECRET-4c1d9e"
+#: A credential bound elsewhere: its secret is scrubbed from every answer, so an answer that cannot be checked for it
+#: is withheld.
+VAULT = """credentials:
+  vault:
+    secret: vault-key
+    hosts: [vault.example]
+    inject: {header: X-Api-Key, value: "{secret}"}
+"""
+#: Answers the agent does not get: refused by mitmproxy (framing that could smuggle, a header name beyond ASCII, here
+#: quoting the secret), broken off, or withheld by goex-proxy (a body that does not decode cannot be checked).
+NOT_PASSED_ON = {
+    "/framing": (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+                 200, "the agent did not get this answer whole: Received message with both transfer-encoding and "
+                      "content-length headers"),
+    "/name": (b"HTTP/1.1 200 OK\r\nX-\xc3\xa9" + SECRET.encode() + b": 1\r\nContent-Length: 2\r\n\r\nok",
+              200, "the agent did not get this answer whole: Received invalid header name"),
+    "/cut": (b"HTTP/1.1 201 Created\r\nContent-Length: 100\r\n\r\nhello", 201,
+             "the agent did not get this answer whole: "),
+    "/gzip": (b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 5\r\n\r\nhello", 200,
+              "withheld from the agent (a 502 instead): it cannot be checked for secrets, as its content encoding "
+              "cannot be undone"),
+}
+
+
+def test_an_answer_the_agent_did_not_get_is_recorded_so(make_proxy, upstream_server: LoopbackServer,
+                                                        answers: dict[str, bytes]) -> None:
+    """mitmproxy refuses an answer whose framing could smuggle or whose header name is beyond ASCII, and one that
+    breaks off; goex-proxy withholds one it cannot check for secrets. The agent got a 502 each time, and its row said
+    `allow 200` as if the agent had the answer. The row keeps the upstream's status (what happened there, which undo
+    reads) with why the agent did not get it, `log` shows `error`, and the secret an answer quoted is in no row (a
+    header's name was recorded unscrubbed, with the secret the upstream echoed into it)."""
+    proxy = make_proxy(POLICY, start=False, routes={HOST: f"http://127.0.0.1:{upstream_server.port}"},
+                       extra_config=VAULT)
+    stored = proxy.run_cli("secrets", "set", "--config", str(proxy.config), "vault-key", input=SECRET.encode())
+    assert stored.returncode == 0, stored.stderr
+    proxy.start()
+    answers.update({path: answer for path, (answer, _, _) in NOT_PASSED_ON.items()})
+    answers["/named"] = b"HTTP/1.1 200 OK\r\nX-" + SECRET.encode() + b": 1\r\nContent-Length: 2\r\n\r\nok"
+    for path in [*NOT_PASSED_ON, "/ok", "/named"]:
+        got = send(proxy, [f"PUT http://{HOST}{path} HTTP/1.1", f"Host: {HOST}"], body=b"x")
+        assert got.startswith(b"HTTP/1.1 502" if path in NOT_PASSED_ON else b"HTTP/1.1 200"), (path, got[:300])
+        assert SECRET.encode() not in got, path
+    rows = _until(lambda: (found := logged(proxy)) and all(r["status"] or r["error"] for r in found)
+                  and len(found) == 6 and found, "every outcome")
+    assert isinstance(rows, list)
+    by_path = {r["path"]: r for r in rows}
+    for path, (_, status, error) in NOT_PASSED_ON.items():
+        assert by_path[path]["status"] == status and str(by_path[path]["error"]).startswith(error), by_path[path]
+    assert (by_path["/ok"]["status"], by_path["/ok"]["error"]) == (200, None)
+    assert (by_path["/named"]["status"], by_path["/named"]["error"]) == (200, None)
+    table = proxy.cli("log").stdout
+    assert [line.split()[5] for line in table.splitlines() if HOST in line] == ["error"] * 4 + ["200"] * 2, table
+    shown = proxy.cli("show", str(by_path["/cut"]["id"])).stdout
+    assert "error: the agent did not get this answer whole" in shown and "as it came:" in shown and "201" in shown
+    every = json.dumps(proxy.rows(), default=str) + proxy.log_text() + table
+    assert SECRET not in every and "goex-placeholder-vault" in str(by_path["/name"]["error"])
+    verified = proxy.cli("log", "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
