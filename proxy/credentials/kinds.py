@@ -121,6 +121,11 @@ class Credential:
                 inner = encode(b"\0" * shift + raw).decode()[-(-8 * shift // 6):8 * (shift + len(raw)) // 6]
                 if len(inner) >= 8:
                     spellings.add(inner)
+        # As Python quotes text, which mitmproxy's errors do with what an upstream sent (`unknown transfer-encoding
+        # header: '...'`, `b'...'`): a backslash, a byte beyond ASCII or a character it cannot print escaped, and a
+        # quote escaped or not as the rest of the quoted text decides (`'` is escaped when `"` is in it too).
+        for quoted in (repr(secret + "'\"")[1:-4], repr(raw + b"'\"")[2:-4]):
+            spellings.update({quoted, quoted.replace("\\'", "'")})
         if self.inject.kind == "basic":
             pair = base64.b64encode(f"{self.inject.username}:{secret}".encode()).decode()
             spellings.update({pair, pair.rstrip("=")})

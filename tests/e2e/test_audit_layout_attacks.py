@@ -303,3 +303,29 @@ def test_an_answer_the_agent_did_not_get_is_recorded_so(make_proxy, upstream_ser
     assert SECRET not in every and "goex-placeholder-vault" in str(by_path["/name"]["error"])
     verified = proxy.cli("log", "verify")
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_a_secret_an_error_of_mitmproxy_quotes_is_in_no_row_page_or_log(make_proxy, upstream_server: LoopbackServer,
+                                                                     answers: dict[str, bytes]) -> None:
+    """mitmproxy refuses an answer whose Transfer-Encoding or Content-Length it cannot read, quoting the value as
+    Python quotes text: a secret with both kinds of quote in it, echoed there, came back with its `'` escaped, which no
+    spelling the scrubber knew matched, so the agent's 502 page, the row's error and the log had it a backslash away
+    from its own spelling."""
+    secret = "notes-'SEC\"RET-4c1d9e"
+    proxy = make_proxy(POLICY, start=False, routes={HOST: f"http://127.0.0.1:{upstream_server.port}"},
+                       extra_config=VAULT)
+    stored = proxy.run_cli("secrets", "set", "--config", str(proxy.config), "vault-key", input=secret.encode())
+    assert stored.returncode == 0, stored.stderr
+    proxy.start()
+    answers["/te"] = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: " + secret.encode()
+                      + b"\r\n\r\n0\r\n\r\n")
+    answers["/cl"] = b"HTTP/1.1 200 OK\r\nContent-Length: " + secret.encode() + b"\r\n\r\nok"
+    for path in ("/te", "/cl"):
+        got = send(proxy, [f"PUT http://{HOST}{path} HTTP/1.1", f"Host: {HOST}"], body=b"x")
+        assert got.startswith(b"HTTP/1.1 502") and b"SEC&quot;RET" not in got and b"goex-placeholder-vault" in got, \
+            got
+    rows = _until(lambda: (found := logged(proxy)) and len(found) == 2 and all(r["error"] for r in found) and found,
+                  "both outcomes")
+    assert all("goex-placeholder-vault" in str(r["error"]) for r in rows), rows
+    every = json.dumps(proxy.rows(), default=str) + proxy.log_text() + proxy.cli("log").stdout
+    assert 'SEC"RET' not in every and "SEC\\\\\"RET" not in every, every

@@ -282,3 +282,16 @@ def test_the_502_for_an_unknown_content_encoding_does_not_quote_it(tmp_path, spe
     assert f.response.status_code == 502 and b"content encoding" in f.response.content
     shown = json.loads(f.response.content)["reason"].encode()
     assert not leaked(shown, SECRET) and not leaked(shown.decode("unicode_escape").encode(), SECRET), shown
+
+
+@pytest.mark.parametrize("secret", [SECRET, "pa'ss\"w\\rd-é-0c1e", "plain-0c1e\x7fend"])
+def test_a_secret_quoted_as_python_quotes_text_is_found(secret: str) -> None:
+    """mitmproxy's errors quote what an upstream sent as Python does (`unknown transfer-encoding header: '...'`,
+    `b'...'`), escaping a quote when both kinds are in the text, a backslash, a byte beyond ASCII: an upstream that
+    echoed a secret with a `'` and a `"` in it into a Transfer-Encoding header had it in the agent's 502 page and in
+    the audit row, one backslash apart from its spelling."""
+    scrub = scrubber(secret)
+    for quoted in (repr(f"chunked, {secret}"), repr(f"'\"{secret}"), repr(f"{secret}'"), repr(secret),
+                   repr(f"x {secret}".encode()), repr(f"'\"{secret}".encode()), repr(f"'{secret}".encode())):
+        out = scrub.text(f"unknown transfer-encoding header: {quoted}")
+        assert CREDENTIAL.placeholder in out and not leaked(out.encode(), secret), (quoted, out)
