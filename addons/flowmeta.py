@@ -29,6 +29,7 @@ _UNDO_OF = "goex.undo_of"
 _PREIMAGE = "goex.preimage"
 _HEADERS_SCRUBBED = "goex.headers_scrubbed"
 _CHECKED = "goex.checked"
+_REPLACED = "goex.replaced"
 _CHARGE = "goex.charge"
 _CHALLENGED = "goex.challenged"
 _EXCHANGE = "goex.exchange"
@@ -159,6 +160,16 @@ def set_checked(flow: http.HTTPFlow, response: http.Response, found: tuple[str |
 def drop_checked(flow: http.HTTPFlow) -> None:
     """Forget the check (and the decoded body it holds) once scrub has acted on it."""
     _of(flow).pop(_CHECKED, None)
+
+
+def replaced(flow: http.HTTPFlow) -> http.Response | None:
+    """The upstream's answer a stage replaced with goex-proxy's own (a malformed one, a refused switch of protocols, a
+    stage failing on it): what happened upstream, which the row keeps beside why the agent did not get it."""
+    return _of(flow).get(_REPLACED)
+
+
+def set_replaced(flow: http.HTTPFlow, response: http.Response) -> None:
+    _of(flow)[_REPLACED] = response
 
 
 def url(flow: http.HTTPFlow) -> str:

@@ -18,7 +18,7 @@ from typing import IO, Any
 from mitmproxy import http
 from mitmproxy.utils import human
 
-from goex_proxy.addons import flowmeta
+from goex_proxy.addons import flowmeta, replies
 from goex_proxy.addons.state import ProxyState
 from goex_proxy.printable import shown
 
@@ -327,15 +327,7 @@ def detail_of(flow: http.HTTPFlow) -> str:
     if flow.response is None:
         return str(flow.error.msg) if flow.error else "no response"
     if flow.response.status_code >= 500 and flowmeta.is_own_response(flow):
-        return _own_error(flow.response)
+        return replies.said(flow.response)
     return ""
 
 
-def _own_error(response: http.Response) -> str:
-    """What goex-proxy's own error answer says (its `error` and `reason`), in at most 300 characters."""
-    try:
-        body = json.loads(response.get_text(strict=False) or "{}")
-        text = ": ".join(str(body[k]) for k in ("error", "reason") if body.get(k))
-    except (ValueError, TypeError, AttributeError):
-        text = response.get_text(strict=False) or ""
-    return text.removeprefix("goex-proxy: ")[:300]

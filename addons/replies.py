@@ -16,6 +16,8 @@ PREFIX = "x-goex-"
 def reply(flow: http.HTTPFlow, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
     """Answer the agent ourselves; nothing is forwarded once a flow has a response."""
     body = {**body, "request_id": flowmeta.request_id(flow)}
+    if flow.response is not None and not flowmeta.is_own_response(flow) and flowmeta.replaced(flow) is None:
+        flowmeta.set_replaced(flow, flow.response)  # the upstream's answer, for the row (see `rows.outcome`)
     flow.response = http.Response.make(
         status,
         json.dumps(body, indent=2) + "\n",
@@ -45,3 +47,13 @@ def denied(flow: http.HTTPFlow, d: Decision) -> None:
 def internal_error(flow: http.HTTPFlow, stage: str) -> None:
     reply(flow, 502, {"error": f"goex-proxy: internal error in the {stage} stage; nothing was forwarded",
                       "stage": stage}, {"X-Goex-Decision": "error"})
+
+
+def said(response: http.Response) -> str:
+    """What goex-proxy's own error answer says (its `error` and `reason`), in at most 300 characters."""
+    try:
+        body = json.loads(response.get_text(strict=False) or "{}")
+        text = ": ".join(str(body[k]) for k in ("error", "reason") if body.get(k))
+    except (ValueError, TypeError, AttributeError):
+        text = response.get_text(strict=False) or ""
+    return text.removeprefix("goex-proxy: ")[:300]

@@ -10,7 +10,7 @@ from typing import Any
 
 from mitmproxy import http
 
-from goex_proxy.addons import flowmeta, scrub
+from goex_proxy.addons import flowmeta, replies, scrub
 from goex_proxy.addons.decide import header_pairs
 from goex_proxy.addons.state import ProxyState
 from goex_proxy.credentials.redact import SecretScrubber, redacted_headers_json
@@ -99,7 +99,14 @@ def outcome(state: ProxyState, flow: http.HTTPFlow) -> dict[str, Any]:
         err = state.scrubber.text(flow.error.msg) if flow.error else "no response"
         return {"error": err, "ended": time.time(),
                 "duration_ms": (time.time() - flow.request.timestamp_start) * 1000} | approval(flow)
-    resp = flow.response
+    resp, error = flow.response, not_passed_on(state, flow)
+    upstream = flowmeta.replaced(flow) if flowmeta.is_own_response(flow) else None
+    # A stage answered in place of the upstream's answer: the row keeps what happened there, with why the agent did not
+    # get it (unless its status is no HTTP status at all: mitmproxy reads any integer, 20 digits too).
+    if upstream is not None and 100 <= upstream.status_code <= 999:
+        error = state.scrubber.text(f"the agent got goex-proxy's {resp.status_code} instead of this answer: "
+                                    f"{replies.said(resp)}")
+        resp = upstream
     body = _body(_decoded(resp, state.scrubber), _limit(state), state.scrubber)
     ended = resp.timestamp_end or time.time()
     return {
@@ -108,7 +115,7 @@ def outcome(state: ProxyState, flow: http.HTTPFlow) -> dict[str, Any]:
         "resp_body": body["body"],
         "resp_body_size": body["size"],
         "resp_body_sha256": body["sha256"],
-        "error": not_passed_on(state, flow),
+        "error": error,
         "ended": ended,
         "duration_ms": round((ended - flow.request.timestamp_start) * 1000, 3),
         "undo_class": flowmeta.set_undo_class(flow, undo_class(state, flow, resp)),
@@ -140,7 +147,7 @@ UNCLASSIFIED = "irreversible: its undo class could not be worked out"
 def undo_class(state: ProxyState, flow: http.HTTPFlow, resp: http.Response) -> str | None:
     """What `undo` could do for this exchange ("exact", "irreversible: ...", "no rule"), shown with the row."""
     req = flow.request
-    if flowmeta.is_own_response(flow) or req.method.upper() in SAFE_METHODS:
+    if (flowmeta.is_own_response(flow) and resp is flow.response) or req.method.upper() in SAFE_METHODS:
         return None  # a read changed nothing: there is nothing to undo
     pre = flowmeta.preimage(flow) or (None, (), None)
     exchange = Exchange(req.method, flowmeta.url(flow), header_pairs(req.headers), req.get_content(strict=False),

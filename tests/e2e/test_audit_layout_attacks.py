@@ -329,3 +329,31 @@ def test_a_secret_an_error_of_mitmproxy_quotes_is_in_no_row_page_or_log(make_pro
     assert all("goex-placeholder-vault" in str(r["error"]) for r in rows), rows
     every = json.dumps(proxy.rows(), default=str) + proxy.log_text() + proxy.cli("log").stdout
     assert 'SEC"RET' not in every and "SEC\\\\\"RET" not in every, every
+
+
+def test_an_answer_a_stage_replaced_keeps_the_upstreams_status_in_its_row(proxy: GoexProxy,
+                                                                         answers: dict[str, bytes]) -> None:
+    """decide refuses an answer whose fields could be re-read as others, and answers 502 in its place: the row held
+    goex-proxy's 502 as if the upstream had failed, and no undo class, while the upstream had made the write (201).
+    The row keeps the upstream's answer, with why the agent did not get it, as for an answer scrub withholds; one
+    whose status is no HTTP status keeps goex-proxy's 502."""
+    answers["/nul"] = b"HTTP/1.1 201 Created\r\nX-A: a\x00b\r\nContent-Length: 7\r\n\r\ncreated"
+    answers["/digits"] = b"HTTP/1.1 20000000000000000000 OK\r\nContent-Length: 2\r\n\r\nok"
+    for path in ("/nul", "/digits"):
+        got = send(proxy, [f"PUT http://{HOST}{path} HTTP/1.1", f"Host: {HOST}"], body=b"x")
+        assert got.startswith(b"HTTP/1.1 502") and b"malformed" in got, got
+    rows = _until(lambda: (found := logged(proxy)) and len(found) == 2 and all(r["status"] for r in found) and found,
+                  "both outcomes")
+    assert isinstance(rows, list)
+    by_path = {r["path"]: r for r in rows}
+    assert by_path["/nul"]["status"] == 201 and str(by_path["/nul"]["error"]).startswith(
+        "the agent got goex-proxy's 502 instead of this answer: the upstream's answer is malformed"), by_path["/nul"]
+    assert by_path["/nul"]["undo_class"] not in (None, "-"), by_path["/nul"]
+    assert (by_path["/digits"]["status"], by_path["/digits"]["error"]) == (502, None), by_path["/digits"]
+    shown = proxy.cli("show", str(by_path["/nul"]["id"])).stdout
+    assert "as it came:" in shown and "201" in shown and "created" in shown, shown
+    planned = proxy.cli("undo", str(by_path["/nul"]["id"]), "--dry-run")
+    assert planned.returncode not in (0, 70) and "pre-image" in planned.stdout + planned.stderr, \
+        planned.stdout + planned.stderr  # planned from the write that happened, as the rule needs
+    verified = proxy.cli("log", "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
