@@ -138,6 +138,8 @@ def _check(scrub: SecretScrubber, response: http.Response) -> tuple[str | None, 
     if problem is not None:
         return problem, None
     raw, coding = response.raw_content or b"", response.headers.get("content-encoding", "")
+    if not raw:  # no body (HEAD, 204, 304 name the coding of one they do not send): nothing to decode or hide
+        return None, raw
     try:
         content = bodies.decode(raw, coding)
     except ValueError as exc:  # what we cannot undo could hide a secret: nothing unchecked reaches the agent
