@@ -40,7 +40,11 @@ def redacted_headers_json(headers: Iterable[tuple[str, str]], scrub: SecretScrub
     `scrub`, secrets replaced in names as well as values (an upstream can echo one into a header's name)."""
     pairs = [[k, redact_value(k, v)] for k, v in headers]
     if scrub:
-        texts = scrub.texts([text for pair in pairs for text in pair])
+        flat = [text for pair in pairs for text in pair]
+        texts = scrub.texts(flat)
+        if texts is not flat:  # a spelling in them: one may span a name and its value (or two fields), which a reader
+            stream = scrub.stream()  # of the row joins as the agent would; scrubbed as one stream, as for the agent
+            texts = [stream.feed(t.encode("utf-8", "surrogatepass")).decode("utf-8", "replace") for t in flat]
         pairs = [[texts[i], texts[i + 1]] for i in range(0, len(texts), 2)]
     return json.dumps(pairs, ensure_ascii=False)
 

@@ -378,3 +378,22 @@ def test_an_answer_with_no_body_in_a_coding_that_cannot_be_empty_reaches_the_age
     rows = _until(lambda: (found := logged(proxy)) and len(found) == 2 and all(r["status"] for r in found) and found,
                   "both outcomes")
     assert sorted((r["status"], r["error"]) for r in rows) == [(204, None), (304, None)], rows
+
+
+def test_a_secret_split_between_a_header_name_and_its_value_is_in_no_row(make_proxy, upstream_server: LoopbackServer,
+                                                                        answers: dict[str, bytes]) -> None:
+    """An upstream echoing a secret across a header's name and value: the agent's answer is scrubbed as one stream,
+    but the row scrubbed the name and the value each alone, and kept the secret in two pieces."""
+    proxy = make_proxy(POLICY, start=False, routes={HOST: f"http://127.0.0.1:{upstream_server.port}"},
+                       extra_config=VAULT)
+    stored = proxy.run_cli("secrets", "set", "--config", str(proxy.config), "vault-key", input=SECRET.encode())
+    assert stored.returncode == 0, stored.stderr
+    proxy.start()
+    answers["/split"] = b"HTTP/1.1 200 OK\r\nX-" + SECRET[:10].encode() + b": " + SECRET[10:].encode() + \
+        b"\r\nContent-Length: 2\r\n\r\nok"
+    got = send(proxy, [f"GET http://{HOST}/split HTTP/1.1", f"Host: {HOST}"])
+    assert got.startswith(b"HTTP/1.1 200") and SECRET[10:].encode() not in got, got
+    rows = _until(lambda: (found := proxy.rows()) and found[-1]["status"] and found, "the outcome")
+    assert isinstance(rows, list)
+    headers = str(rows[-1]["resp_headers"])
+    assert SECRET[10:] not in headers and "goex-placeholder-vault" in headers, headers

@@ -295,3 +295,17 @@ def test_a_secret_quoted_as_python_quotes_text_is_found(secret: str) -> None:
                    repr(f"x {secret}".encode()), repr(f"'\"{secret}".encode()), repr(f"'{secret}".encode())):
         out = scrub.text(f"unknown transfer-encoding header: {quoted}")
         assert CREDENTIAL.placeholder in out and not leaked(out.encode(), secret), (quoted, out)
+
+
+def test_a_secret_split_between_a_header_name_and_its_value_is_not_in_the_row() -> None:
+    """Rows scrubbed each header name and value alone: an upstream that echoed a secret across a field's name and
+    value (`X-notes-SECR: ET-4c1d9e`) had it in the row in two pieces, which the agent, scrubbed as one stream, never
+    saw. A header list with a spelling in it is scrubbed as the agent's is."""
+    from goex_proxy.credentials.redact import redacted_headers_json
+
+    secret = "notes-SECRET-4c1d9e"
+    for cut in (4, 8, 10, 15):
+        row = redacted_headers_json([(f"X-{secret[:cut]}", secret[cut:]), ("Content-Length", "2")], scrubber(secret))
+        assert secret[:cut] + '", "' + secret[cut:] not in row and CREDENTIAL.placeholder in row, row
+        assert not leaked(row.replace('", "', "").encode(), secret), row
+    assert redacted_headers_json([("X-A", "b"), ("X-B", "é")], scrubber(secret)) == '[["X-A", "b"], ["X-B", "é"]]'
