@@ -413,3 +413,23 @@ def test_a_cookie_of_the_same_name_from_another_local_server_does_not_sign_the_p
     both = f"goex_console_{port}=planted; goex_console_{port}={session}"
     assert anonymous.get("/approvals", headers={"Cookie": both}).status_code == 200
     assert anonymous.get("/approvals", headers={"Cookie": f"goex_console_{port}=planted"}).status_code == 401
+
+
+def test_an_answer_the_agent_did_not_get_shows_error_in_the_list_and_both_on_its_page(console: Running,
+                                                                                      state: Config) -> None:
+    """A row that keeps the upstream's status with why the agent did not get the answer (mitmproxy refused it, scrub
+    withheld it) reads `error` in the list, as `goex-proxy log` has it, and its page shows the status and the error."""
+    [ok] = fill(state, [{}])
+    rid, writer = RequestIds().new(1_700_000_100), AuditWriter(state.audit_db, Seal(state.state_dir))
+    writer.record_intent({"id": rid, "ts": 1_700_000_100.0, "agent": "bot", "method": "PUT", "scheme": "https",
+                          "host": "slack.com", "port": 443, "path": "/x", "url": "https://slack.com/x",
+                          "req_headers": "[]", "req_body": b"", "decision": "allow"}).result(5)
+    writer.record_outcome(rid, {"status": 201, "ended": 1_700_000_101.0, "duration_ms": 1000.0, "resp_headers": "[]",
+                                "error": "the agent did not get this answer whole: peer closed"}).result(5)
+    writer.close()
+    client = console.client()
+    cells = {found: re.search(rf'/request/{found}".*?</tr>', client.get("/").text, re.S) for found in (ok, rid)}
+    assert cells[rid] and ">error</td>" in cells[rid].group() and ">201</td>" not in cells[rid].group()
+    assert cells[ok] and ">200</td>" in cells[ok].group()
+    page = client.get(f"/request/{rid}").text
+    assert "Status: <b>201</b>" in page and "the agent did not get this answer whole" in page
