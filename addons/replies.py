@@ -18,10 +18,16 @@ def reply(flow: http.HTTPFlow, status: int, body: dict[str, Any], headers: dict[
     body = {**body, "request_id": flowmeta.request_id(flow)}
     if flow.response is not None and not flowmeta.is_own_response(flow) and flowmeta.replaced(flow) is None:
         flowmeta.set_replaced(flow, flow.response)  # the upstream's answer, for the row (see `rows.outcome`)
+    upstream = flowmeta.replaced(flow)
+    closing = {"Connection": "close"} if upstream is not None and upstream.status_code == 101 and \
+        flow.request.http_version.upper().startswith("HTTP/1") else {}
     flow.response = http.Response.make(
         status,
         json.dumps(body, indent=2) + "\n",
-        {"Content-Type": "application/json", "X-Goex-Request-Id": body["request_id"], **(headers or {})},
+        # In place of a 101, the agent's connection ends with this answer: mitmproxy has already made the upstream's
+        # connection a pipe for the new protocol and would hand it to the next request on the agent's connection (its
+        # HTTP/1 client then fails on it, and that request hangs unanswered).
+        {"Content-Type": "application/json", "X-Goex-Request-Id": body["request_id"], **closing, **(headers or {})},
     )
     flowmeta.mark_own_response(flow)
 

@@ -397,3 +397,51 @@ def test_a_secret_split_between_a_header_name_and_its_value_is_in_no_row(make_pr
     assert isinstance(rows, list)
     headers = str(rows[-1]["resp_headers"])
     assert SECRET[10:] not in headers and "goex-placeholder-vault" in headers, headers
+
+
+def _switching(conn: socket.socket) -> None:
+    """An upstream that answers 101 to whatever it is asked, then keeps the connection open as the new protocol."""
+    conn.settimeout(5)
+    if b"\r\n\r\n" not in read_head(conn):
+        return
+    conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\nConnection: Upgrade\r\n\r\n")
+    try:
+        while conn.recv(65536):
+            pass
+    except OSError:
+        pass
+
+
+def test_a_connection_whose_switch_of_protocols_was_refused_ends_with_the_refusal(make_proxy) -> None:
+    """decide answers 502 in place of a 101 no rule allows, but mitmproxy has already made the upstream's connection a
+    pipe for the new protocol, and handed it to the agent's next request on the same connection: its HTTP layer
+    crashed on it (an assertion), the agent waited for an answer that never came, and the row said `Client
+    disconnected.` once it gave up, for a request that was never sent. The refusal closes the agent's connection."""
+    server = LoopbackServer(_switching)
+    try:
+        proxy = make_proxy(POLICY, routes={HOST: f"http://127.0.0.1:{server.port}"})
+        creds = base64.b64encode(f"mailbot:{TOKENS['mailbot']}".encode()).decode()
+        head = "GET http://{host}{path} HTTP/1.1\r\nProxy-Authorization: Basic {creds}\r\nHost: {host}\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=2) as sock:
+            sock.sendall(head.format(host=HOST, path="/switch", creds=creds).encode())
+            first = b""
+            while b"}\n" not in first and (chunk := sock.recv(65536)):
+                first += chunk
+            assert first.startswith(b"HTTP/1.1 502") and b"switched protocols" in first, first
+            rest = b""
+            try:
+                sock.sendall(head.format(host=HOST, path="/next", creds=creds).encode())
+                while chunk := sock.recv(65536):
+                    rest += chunk
+            except TimeoutError:
+                rest += b"(no answer)"
+            except OSError:  # reset: closed after the refusal
+                pass
+        assert rest == b"", rest  # the next request is never read
+        assert "crashed" not in proxy.log_text(), proxy.log_text()
+        [row] = _until(lambda: (found := logged(proxy)) and found[-1]["status"] and found, "the outcome")
+        assert (row["path"], row["status"]) == ("/switch", 101) and "switched protocols" in str(row["error"]), row
+        verified = proxy.cli("log", "verify")
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+    finally:
+        server.close()
