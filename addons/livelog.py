@@ -150,7 +150,7 @@ class LiveLog:
         url = f"{flow.request.host}:{flow.request.port}" if flow.request.method == "CONNECT" else flowmeta.url(flow)
         return RequestLine(decision_of(flow), self._safe(flowmeta.request_id(flow)), self._safe(flowmeta.agent(flow)),
                            self._safe(flow.request.method), self._safe(url),
-                           flow.response.status_code if flow.response is not None else None,
+                           flow.response.status_code if flow.response is not None and not broke_off(flow) else None,
                            self._safe(flowmeta.undo_class(flow)), (time.time() - flow.request.timestamp_start) * 1000,
                            self._safe(detail_of(flow)))
 
@@ -326,8 +326,15 @@ def detail_of(flow: http.HTTPFlow) -> str:
         return str(decision.reason)
     if flow.response is None:
         return str(flow.error.msg) if flow.error else "no response"
+    if broke_off(flow):  # as its row says (`rows.not_passed_on`), with the status the row keeps
+        return f"the agent did not get the upstream's {flow.response.status_code} whole: {flow.error.msg}"
     if flow.response.status_code >= 500 and flowmeta.is_own_response(flow):
         return replies.said(flow.response)
     return ""
 
 
+def broke_off(flow: http.HTTPFlow) -> bool:
+    """Whether the upstream's answer did not reach the agent whole though it came: mitmproxy refused it (framing that
+    could smuggle) or it broke off, and the agent got mitmproxy's 502 or a cut answer. Its line says `failed`, as
+    `log` says `error`, and not the status (which the row keeps, for undo)."""
+    return flow.response is not None and flow.error is not None and not flowmeta.is_own_response(flow)

@@ -445,3 +445,18 @@ def test_a_connection_whose_switch_of_protocols_was_refused_ends_with_the_refusa
         assert verified.returncode == 0, verified.stdout + verified.stderr
     finally:
         server.close()
+
+
+def test_runs_line_for_an_answer_the_agent_did_not_get_says_so(proxy: GoexProxy, answers: dict[str, bytes]) -> None:
+    """An answer that broke off (or that mitmproxy refused) reached the agent as mitmproxy's 502, and its row says
+    so since the commits before; `run`'s line for it still read `201 undo: ...` with nothing after, as if the agent
+    had it. The line says `failed`, with the upstream's status and why, as `log` shows `error`."""
+    answers["/cut"] = NOT_PASSED_ON["/cut"][0]
+    got = send(proxy, [f"PUT http://{HOST}/cut HTTP/1.1", f"Host: {HOST}"], body=b"x")
+    assert got.startswith(b"HTTP/1.1 502"), got
+    row = _until(lambda: (found := logged(proxy)) and found[-1]["error"] and found[-1], "the outcome")
+    assert isinstance(row, dict) and row["status"] == 201, row
+    line = _until(lambda: next((x for x in proxy.log_text().splitlines() if "PUT http" in x and str(row["id"]) in x), None),
+                  "the request's line")
+    assert str(line).split()[6] == "failed" and "did not get the upstream's 201 whole: HTTP/1 protocol error" in \
+        str(line), line
