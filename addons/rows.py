@@ -121,6 +121,7 @@ def outcome(state: ProxyState, flow: http.HTTPFlow) -> dict[str, Any]:
         "undo_class": flowmeta.set_undo_class(flow, undo_class(state, flow, resp)),
     } | approval(flow)
 
+
 def not_passed_on(state: ProxyState, flow: http.HTTPFlow) -> str | None:
     """Why the agent did not get the upstream's answer as recorded with its row, if it did not: mitmproxy refused it
     or it broke off (an error with the response; the agent got mitmproxy's 502, or a cut answer), or scrub withholds
