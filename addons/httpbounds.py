@@ -1,6 +1,7 @@
 """mitmproxy's HTTP layers held to `limits:` where the bytes arrive: request heads (HTTP/1) and header lists (HTTP/2)
 past `max_header_bytes`, bodies past their cap (413 before they are buffered whole), HTTP/2 streams past
 `http2_max_streams` and resets past `http2_max_resets`; and a request that fails before it was forwarded says so.
+An upstream's interim answers (100 Continue, 103 Early Hints) are passed over, not taken for its final one.
 
 mitmproxy bounds none of these per connection (its HTTP/1 reader says "FIXME: protect against header size DoS"), and
 its `body_size_limit` is one number for every request and response. The classes below are small subclasses that
@@ -25,7 +26,7 @@ from mitmproxy.proxy.layers import http as http_layers
 from mitmproxy.proxy.layers.http import HttpStream, SendHttp
 from mitmproxy.proxy.layers.http._events import RequestHeaders, ResponseProtocolError
 from mitmproxy.proxy.layers.http._hooks import HttpErrorHook
-from mitmproxy.proxy.layers.http._http1 import Http1Server, make_error_response
+from mitmproxy.proxy.layers.http._http1 import Http1Client, Http1Server, make_error_response
 from mitmproxy.proxy.layers.http._http2 import Http2Server, StreamState
 
 from goex_proxy.addons import flowmeta
@@ -43,6 +44,8 @@ _DEFAULTS = ClientLimits()
 #: What a request's error says when it ended before anything of it was forwarded (the audit row's outcome).
 NOT_SENT = "not sent: "
 _BLANK_LINE = re.compile(rb"\n\r?\n")
+#: The status line of an interim answer: 1xx but 101 (which switches protocols, and is the final answer).
+_INTERIM = re.compile(rb"HTTP/1\.[01] 1(?!01)[0-9][0-9][ \r\n]")
 #: Streams remembered per HTTP/2 connection whose END_STREAM came in the same read as their reset (see below).
 _ENDED_EARLY_KEPT = 1024
 
@@ -107,6 +110,19 @@ class BoundedHttp1Server(Http1Server):
         yield commands.CloseConnection(self.conn)
         self.buf.maybe_extract_at_most(len(self.buf))
         self.state = self.done
+
+
+class InterimSkippingHttp1Client(Http1Client):
+    """An HTTP/1 upstream connection that passes over interim answers (100 Continue, 102, 103 Early Hints) before the
+    final one, as RFC 9110 has clients do. mitmproxy's took the first for the final answer: the agent got a 103 with
+    no body, its row said 103 for a request the upstream went on to answer (a 201: something was made), and the real
+    answer was dropped as data for no request."""
+
+    def read_headers(self, event: events.ConnectionEvent) -> layer.CommandGenerator[None]:
+        if isinstance(event, events.DataReceived) and self.request:
+            while self.buf and _INTERIM.match(bytes(self.buf)[:16]) and self.buf.maybe_extract_lines() is not None:
+                pass  # a whole interim head, dropped; an incomplete one waits for more bytes, as mitmproxy's does
+        yield from super().read_headers(event)
 
 
 class BoundedHttp2Server(Http2Server):
@@ -248,6 +264,7 @@ class BoundedHttpStream(HttpStream):
 _REPLACED: dict[str, tuple[type, type, tuple[str, ...]]] = {
     "Http1Server": (Http1Server, BoundedHttp1Server, ("read_headers", "wait", "done")),
     "Http2Server": (Http2Server, BoundedHttp2Server, ("handle_h2_event", "protocol_error")),
+    "Http1Client": (Http1Client, InterimSkippingHttp1Client, ("read_headers",)),
     "HttpStream": (HttpStream, BoundedHttpStream, ("check_body_size", "_handle_event")),
 }
 

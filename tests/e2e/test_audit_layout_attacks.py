@@ -460,3 +460,22 @@ def test_runs_line_for_an_answer_the_agent_did_not_get_says_so(proxy: GoexProxy,
                   "the request's line")
     assert str(line).split()[6] == "failed" and "did not get the upstream's 201 whole: HTTP/1 protocol error" in \
         str(line), line
+
+
+def test_an_interim_answer_is_passed_over_for_the_final_one(proxy: GoexProxy, answers: dict[str, bytes]) -> None:
+    """An upstream may send interim answers (103 Early Hints, 100 Continue) before its final one. mitmproxy took the
+    first for the final answer: the agent got a 103 with no body, the row said 103 for a create the upstream went on
+    to answer 201, and the 201 was dropped as data for no request. A 101 is still a final answer (a switch)."""
+    body = b'{"id": 7}'
+    final = (b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: " + str(len(body)).encode()
+             + b"\r\nConnection: close\r\n\r\n" + body)
+    answers["/posts"] = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n" + final
+    answers["/twice"] = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </b.css>\r\n\r\n" + final
+    for path in ("/posts", "/twice"):
+        got = send(proxy, [f"POST http://{HOST}{path} HTTP/1.1", f"Host: {HOST}", "Content-Type: application/json"],
+                   body=b"{}")
+        assert got.startswith(b"HTTP/1.1 201") and got.endswith(body) and b"Early Hints" not in got, (path, got)
+    rows = _until(lambda: (found := logged(proxy)) and len(found) == 2 and all(r["status"] for r in found) and found,
+                  "both outcomes")
+    assert isinstance(rows, list) and [(r["status"], r["error"]) for r in rows] == [(201, None), (201, None)], rows
+    assert all(r["undo_class"] not in (None, "not effective") for r in rows), rows
