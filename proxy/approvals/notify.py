@@ -10,10 +10,8 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
-
-import httpx
 
 from ..approvalconfig import LINK_TTL_CAP, Approvals, Channel, check_url
 from ..config import Config
@@ -21,6 +19,9 @@ from ..credentials.vault import VAULT_FILE
 from ..durations import format_duration
 from ..errors import GoexError
 from . import store
+
+if TYPE_CHECKING:  # httpx is imported when a notification is sent: a proxy that sends none starts without it
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -225,6 +226,8 @@ def _target(channel: Channel, vault: Mapping[str, str]) -> Target:
 
 def _failure(exc: BaseException) -> str:
     """Why a POST failed, in words that cannot hold its URL (a Slack webhook URL is a secret)."""
+    import httpx
+
     if isinstance(exc, httpx.TimeoutException):
         return f"no answer within {TIMEOUT_SECONDS:g}s"
     if isinstance(exc, httpx.ConnectError):
@@ -234,6 +237,8 @@ def _failure(exc: BaseException) -> str:
 
 async def send(client: httpx.AsyncClient, target: Target, notice: Notice) -> bool:
     """POST one notification; a failure is logged in one line (never with the URL or token) and not raised."""
+    import httpx
+
     name = target.channel.name
     if target.url is None:
         log.error("could not notify %s of request %s: %s", name, notice.request_id, target.problem)
@@ -258,6 +263,8 @@ async def send(client: httpx.AsyncClient, target: Target, notice: Notice) -> boo
 def client() -> httpx.AsyncClient:
     """The proxy's own client for notifications: never through a proxy from the environment (nor the agents'), no
     redirects followed (they could carry the links elsewhere), a short timeout."""
+    import httpx
+
     return httpx.AsyncClient(timeout=TIMEOUT_SECONDS, trust_env=False, follow_redirects=False)
 
 
