@@ -227,6 +227,26 @@ class LoopbackServer:
         self.sock.close()
 
 
+_INITIALISED: list[Path] = []
+
+
+def _initialised() -> Path:
+    """A state directory as `goex-proxy init` left it, made once in this test process and copied for each GoexProxy:
+    init makes a CA key and costs about 0.6 s of CPU. The copies share their keys, which no test compares across
+    proxies; init itself is tested on its own."""
+    if not _INITIALISED:
+        import atexit
+        import tempfile
+
+        home = Path(tempfile.mkdtemp(prefix="goex-initialised-")) / "home"
+        done = subprocess.run([*GOEX, "init"], env={**os.environ, "GOEX_PROXY_HOME": str(home)}, capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        atexit.register(shutil.rmtree, home.parent, True)
+        _INITIALISED.append(home)
+    return _INITIALISED[0]
+
+
 class GoexProxy:
     """A real `goex-proxy run` subprocess with its own state directory, config and policies."""
 
@@ -236,7 +256,7 @@ class GoexProxy:
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.env = {**os.environ, "GOEX_PROXY_HOME": str(home), "PYTHONUNBUFFERED": "1"}
-        self.run_cli("init")
+        shutil.copytree(_initialised(), home, symlinks=True)
         for name, text in policies.items():
             (home / "policies" / f"{name}.yaml").write_text(textwrap.dedent(text))
         targets = {h: upstream.url for h in HOSTS if h != "127.0.0.1"} if upstream is not None else {}
