@@ -26,15 +26,14 @@ class _Deferred(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         spec = importlib.machinery.PathFinder.find_spec(fullname, path)
         if spec is None or spec.loader is None:
             return spec
-        self.real = spec.loader
-        spec.loader = self
+        spec.loader_state, spec.loader = spec.loader, self  # the package's own loader, kept with what it loads
         return spec
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> None:
         return None  # Python's own
 
     def exec_module(self, module: ModuleType) -> None:
-        real = self.real
+        real = module.__spec__.loader_state  # type: ignore[union-attr]  # set by find_spec above
 
         def whole(name: str) -> Any:
             """`default_addons`, after the `__init__`. Never asked for an addon module before it is imported: the
