@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import json
 import os
 import random
@@ -227,24 +228,20 @@ class LoopbackServer:
         self.sock.close()
 
 
-_INITIALISED: list[Path] = []
-
-
+@functools.cache
 def _initialised() -> Path:
     """A state directory as `goex-proxy init` left it, made once in this test process and copied for each GoexProxy:
     init makes a CA key and costs about 0.6 s of CPU. The copies share their keys, which no test compares across
     proxies; init itself is tested on its own."""
-    if not _INITIALISED:
-        import atexit
-        import tempfile
+    import atexit
+    import tempfile
 
-        home = Path(tempfile.mkdtemp(prefix="goex-initialised-")) / "home"
-        done = subprocess.run([*GOEX, "init"], env={**os.environ, "GOEX_PROXY_HOME": str(home)}, capture_output=True,
-                              text=True, timeout=60)
-        assert done.returncode == 0, done.stderr
-        atexit.register(shutil.rmtree, home.parent, True)
-        _INITIALISED.append(home)
-    return _INITIALISED[0]
+    home = Path(tempfile.mkdtemp(prefix="goex-initialised-")) / "home"
+    done = subprocess.run([*GOEX, "init"], env={**os.environ, "GOEX_PROXY_HOME": str(home)}, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    atexit.register(shutil.rmtree, home.parent, True)
+    return home
 
 
 class GoexProxy:
