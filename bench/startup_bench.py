@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -60,6 +61,14 @@ def main() -> None:
     if args.compare_tree is not None:
         trees["compared"] = args.compare_tree.resolve()
     home = Path(tempfile.mkdtemp(prefix="goex-bench-startup-")) / "home"
+    try:
+        measure(args, trees, home)
+    finally:
+        shutil.rmtree(home.parent, ignore_errors=True)
+
+
+def measure(args: argparse.Namespace, trees: dict[str, Path | None], home: Path) -> None:
+    """The rounds, in a state directory `init` makes at `home`; the table printed."""
     subprocess.run([PYTHON, "-m", "goex_proxy", "init"], env=_env(None, home), check=True, capture_output=True)
     port = free_port()
     config = home / "config.yaml"
