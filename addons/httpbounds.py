@@ -23,7 +23,7 @@ import h2.exceptions
 from mitmproxy import ctx, flow
 from mitmproxy.proxy import commands, events, layer
 from mitmproxy.proxy.layers import http as http_layers
-from mitmproxy.proxy.layers.http import HttpStream, SendHttp
+from mitmproxy.proxy.layers.http import HttpStream, ReceiveHttp, SendHttp
 from mitmproxy.proxy.layers.http._events import RequestHeaders, ResponseProtocolError
 from mitmproxy.proxy.layers.http._hooks import HttpErrorHook
 from mitmproxy.proxy.layers.http._http1 import Http1Client, Http1Server, make_error_response
@@ -46,6 +46,10 @@ NOT_SENT = "not sent: "
 _BLANK_LINE = re.compile(rb"\n\r?\n")
 #: The status line of an interim answer: 1xx but 101 (which switches protocols, and is the final answer).
 _INTERIM = re.compile(rb"HTTP/1\.[01] 1(?!01)[0-9][0-9][ \r\n]")
+#: The most interim answers passed over before an upstream's final one: past it, the answer fails (the agent gets a
+#: 502) and the connection closes. The head and body caps bound a final answer only; an upstream sending interim
+#: answers without end would hold its request forever and spend the event loop's time parsing each.
+MAX_INTERIM = 32
 #: Streams remembered per HTTP/2 connection whose END_STREAM came in the same read as their reset (see below).
 _ENDED_EARLY_KEPT = 1024
 
@@ -118,10 +122,24 @@ class InterimSkippingHttp1Client(Http1Client):
     no body, its row said 103 for a request the upstream went on to answer (a 201: something was made), and the real
     answer was dropped as data for no request."""
 
+    #: The request whose interim answers were counted, and how many it had.
+    _interim_of: object = None
+    _interim_seen = 0
+
     def read_headers(self, event: events.ConnectionEvent) -> layer.CommandGenerator[None]:
         if isinstance(event, events.DataReceived) and self.request:
             while self.buf and _INTERIM.match(bytes(self.buf)[:16]) and self.buf.maybe_extract_lines() is not None:
-                pass  # a whole interim head, dropped; an incomplete one waits for more bytes, as mitmproxy's does
+                # a whole interim head, dropped; an incomplete one waits for more bytes, as mitmproxy's does
+                if self._interim_of is not self.request:
+                    self._interim_of, self._interim_seen = self.request, 0
+                self._interim_seen += 1
+                if self._interim_seen > MAX_INTERIM:
+                    assert self.stream_id is not None
+                    yield commands.CloseConnection(self.conn)
+                    yield ReceiveHttp(ResponseProtocolError(
+                        self.stream_id, f"the upstream sent more than {MAX_INTERIM} interim answers (1xx) before its "
+                        "final one"))
+                    return
         yield from super().read_headers(event)
 
 

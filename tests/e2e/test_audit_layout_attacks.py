@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from goex_proxy.addons.httpbounds import MAX_INTERIM
 from goex_proxy.audit import store as audit
 from goex_proxy.console import data as console_data
 from tests.conftest import TOKENS, GoexProxy, LoopbackServer, read_head
@@ -479,3 +480,24 @@ def test_an_interim_answer_is_passed_over_for_the_final_one(proxy: GoexProxy, an
                   "both outcomes")
     assert isinstance(rows, list) and [(r["status"], r["error"]) for r in rows] == [(201, None), (201, None)], rows
     assert all(r["undo_class"] not in (None, "not effective") for r in rows), rows
+
+
+def test_an_upstream_sending_interim_answers_without_end_fails_its_request(proxy: GoexProxy,
+                                                                            answers: dict[str, bytes]) -> None:
+    """Interim answers are passed over only up to a bound: past it the agent gets a 502 and the row says why (each
+    costs the event loop a parse, and none is held to the head or body caps)."""
+    final = b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+    answers["/many"] = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n" * (MAX_INTERIM + 1) + final
+    answers["/enough"] = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n" * MAX_INTERIM + final
+    got = send(proxy, [f"POST http://{HOST}/many HTTP/1.1", f"Host: {HOST}", "Content-Type: application/json"],
+               body=b"{}")
+    assert got.startswith(b"HTTP/1.1 502") and b"more than 32 interim answers" in got, got
+    got = send(proxy, [f"POST http://{HOST}/enough HTTP/1.1", f"Host: {HOST}", "Content-Type: application/json"],
+               body=b"{}")
+    assert got.startswith(b"HTTP/1.1 201") and got.endswith(b"{}"), got
+    rows = _until(lambda: (found := logged(proxy)) and len(found) == 2 and all(r["status"] or r["error"]
+                                                                               for r in found) and found,
+                  "both outcomes")
+    assert isinstance(rows, list) and "more than 32 interim answers" in str(rows[0]["error"]), rows
+    assert (rows[1]["status"], rows[1]["error"]) == (201, None), rows
+
