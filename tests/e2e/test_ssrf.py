@@ -4,7 +4,6 @@ and the connection made to the checked address."""
 from __future__ import annotations
 
 import http.server
-import socket
 import threading
 
 import pytest
@@ -56,10 +55,19 @@ def dns():
 @pytest.fixture
 def servers():
     """One port, two servers: 'public' on 127.0.0.2 (allowed by the config below) and 'internal' on 127.0.0.1."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.2", 0))
-        port = probe.getsockname()[1]
-    public, internal = Recorder(("127.0.0.2", port), "public"), Recorder(("127.0.0.1", port), "internal")
+    for _ in range(20):
+        # The kernel picks a port free on 127.0.0.1 (so nothing holds it on every address either); a probe's port closed
+        # and bound again could be taken in between by another test's server, which failed this fixture once in CI.
+        internal = Recorder(("127.0.0.1", 0), "internal")
+        port = internal.server_address[1]
+        try:
+            public = Recorder(("127.0.0.2", port), "public")
+            break
+        except OSError:
+            internal.shutdown()
+            internal.server_close()
+    else:
+        pytest.fail("no port was free on both 127.0.0.1 and 127.0.0.2")
     yield port, public, internal
     for s in (public, internal):
         s.shutdown()
