@@ -4,7 +4,6 @@ wrong and where, a non-zero exit, never a traceback or an internal error (each c
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from goex_proxy import cli
 from goex_proxy.audit.seal import Seal
 from goex_proxy.audit.writer import AuditWriter
 from goex_proxy.ids import RequestIds, packed
+from tests.conftest import free_port
 
 NOW = time.time()
 
@@ -83,12 +83,6 @@ def test_a_copy_of_the_state_directorys_anchor_given_to_verify_is_read_as_one(tm
     assert result.exit_code == 0 and f"the anchor in {kept}" in result.output, result.output
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 DAMAGED_STATE = {
     "anchor not JSON": ("audit.anchor", "file", "audit.anchor is not an audit anchor"),
     "anchor a directory": ("audit.anchor", "dir", "audit.anchor is not a regular file"),
@@ -114,7 +108,7 @@ def test_run_refuses_a_damaged_seal_or_ca_in_one_line(tmp_path: Path, case: str)
     damaged anchor stopped it with mitmproxy's dump of every error logged during startup (exit 1), a damaged CA with
     mitmproxy's traceback. Now one line naming the file, exit 2, and nothing listens."""
     config, _ = _state(tmp_path)
-    config.write_text(config.read_text(encoding="utf-8") + f"listen: 127.0.0.1:{_free_port()}\n", encoding="utf-8")
+    config.write_text(config.read_text(encoding="utf-8") + f"listen: 127.0.0.1:{free_port()}\n", encoding="utf-8")
     name, kind, message = DAMAGED_STATE[case]
     _damage(tmp_path, name, kind)
     ran = subprocess.run([sys.executable, "-m", "goex_proxy", "run", "--no-console", "--workers", "1", "--config",

@@ -43,10 +43,9 @@ def test_connections_a_worker_accepts_as_it_starts_are_not_frozen(tmp_path: Path
     from goex_proxy.config import load_config
     from goex_proxy.policy.engine import PolicySet
     from goex_proxy.workers import SharedPortLoop, listen_sockets
+    from tests.conftest import free_port
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     (tmp_path / "config.yaml").write_text(f"version: 1\nlisten: 127.0.0.1:{port}\nstate_dir: {tmp_path / 'state'}\n",
                                           encoding="utf-8")
     config = load_config(tmp_path / "config.yaml")
