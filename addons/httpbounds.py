@@ -21,6 +21,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 from mitmproxy import ctx, flow
+from mitmproxy.connection import ConnectionState
 from mitmproxy.proxy import commands, events, layer
 from mitmproxy.proxy.layers import http as http_layers
 from mitmproxy.proxy.layers.http import HttpStream, ReceiveHttp, SendHttp
@@ -31,7 +32,7 @@ from mitmproxy.proxy.layers.http._http2 import Http2Server, StreamState
 
 from goex_proxy.addons import flowmeta
 from goex_proxy.addons.state import ProxyState
-from goex_proxy.net.clientlimits import ClientLimits, format_size
+from goex_proxy.net.clientlimits import ClientLimits, KiB, format_size
 from goex_proxy.quietlog import QuietLog
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,11 @@ _INTERIM = re.compile(rb"HTTP/1\.[01] 1(?!01)[0-9][0-9][ \r\n]")
 #: 502) and the connection closes. The head and body caps bound a final answer only; an upstream sending interim
 #: answers without end would hold its request forever and spend the event loop's time parsing each.
 MAX_INTERIM = 32
+#: The most bytes of an upstream's answer head (its status line and header fields) read before its blank line, as
+#: Chrome bounds one: past it, the answer fails (a 502) and the connection closes.
+MAX_ANSWER_HEAD = 256 * KiB
+#: How much of an unfinished answer head a failure quotes.
+QUOTED_HEAD = 200
 #: Streams remembered per HTTP/2 connection whose END_STREAM came in the same read as their reset (see below).
 _ENDED_EARLY_KEPT = 1024
 
@@ -116,11 +122,12 @@ class BoundedHttp1Server(Http1Server):
         self.state = self.done
 
 
-class InterimSkippingHttp1Client(Http1Client):
+class BoundedHttp1Client(Http1Client):
     """An HTTP/1 upstream connection that passes over interim answers (100 Continue, 102, 103 Early Hints) before the
-    final one, as RFC 9110 has clients do. mitmproxy's took the first for the final answer: the agent got a 103 with
-    no body, its row said 103 for a request the upstream went on to answer (a 201: something was made), and the real
-    answer was dropped as data for no request."""
+    final one, as RFC 9110 has clients do, and reads an answer's head only up to MAX_ANSWER_HEAD. mitmproxy's took
+    the first interim answer for the final one (the agent got a 103 with no body, its row said 103 for a request the
+    upstream went on to answer, and the real answer was dropped as data for no request), and kept every byte of a
+    head that never ended, then quoted all of it in the agent's 502 and the row's error."""
 
     #: The request whose interim answers were counted, and how many it had.
     _interim_of: object = None
@@ -134,13 +141,30 @@ class InterimSkippingHttp1Client(Http1Client):
                     self._interim_of, self._interim_seen = self.request, 0
                 self._interim_seen += 1
                 if self._interim_seen > MAX_INTERIM:
-                    assert self.stream_id is not None
-                    yield commands.CloseConnection(self.conn)
-                    yield ReceiveHttp(ResponseProtocolError(
-                        self.stream_id, f"the upstream sent more than {MAX_INTERIM} interim answers (1xx) before its "
-                        "final one"))
+                    yield from self._fail(f"the upstream sent more than {MAX_INTERIM} interim answers (1xx) before "
+                                          "its final one")
                     return
+            if len(self.buf) > MAX_ANSWER_HEAD:
+                end = _BLANK_LINE.search(bytes(self.buf)[:MAX_ANSWER_HEAD + 3])
+                if end is None or end.start() > MAX_ANSWER_HEAD:
+                    yield from self._fail(f"the upstream's answer head is over {format_size(MAX_ANSWER_HEAD)}")
+                    return
+        elif isinstance(event, events.ConnectionClosed) and self.stream_id and self.buf:
+            # mitmproxy's quotes the whole unfinished head in the agent's 502 and the row's error: a part of it
+            cut = bytes(self.buf)
+            if self.conn.state & ConnectionState.CAN_WRITE:
+                yield commands.CloseConnection(self.conn)
+            yield ReceiveHttp(ResponseProtocolError(
+                self.stream_id, f"unexpected server response: {cut[:QUOTED_HEAD]!r}"
+                + (f" and {len(cut) - QUOTED_HEAD} bytes more" if len(cut) > QUOTED_HEAD else "")))
+            return
         yield from super().read_headers(event)
+
+    def _fail(self, why: str) -> layer.CommandGenerator[None]:
+        """The request's answer fails (the agent gets a 502 saying `why`); the upstream connection is closed."""
+        assert self.stream_id is not None
+        yield commands.CloseConnection(self.conn)
+        yield ReceiveHttp(ResponseProtocolError(self.stream_id, why))
 
 
 class BoundedHttp2Server(Http2Server):
@@ -282,7 +306,7 @@ class BoundedHttpStream(HttpStream):
 _REPLACED: dict[str, tuple[type, type, tuple[str, ...]]] = {
     "Http1Server": (Http1Server, BoundedHttp1Server, ("read_headers", "wait", "done")),
     "Http2Server": (Http2Server, BoundedHttp2Server, ("handle_h2_event", "protocol_error")),
-    "Http1Client": (Http1Client, InterimSkippingHttp1Client, ("read_headers",)),
+    "Http1Client": (Http1Client, BoundedHttp1Client, ("read_headers",)),
     "HttpStream": (HttpStream, BoundedHttpStream, ("check_body_size", "_handle_event")),
 }
 
