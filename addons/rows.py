@@ -102,11 +102,14 @@ def outcome(state: ProxyState, flow: http.HTTPFlow) -> dict[str, Any]:
     resp, error = flow.response, not_passed_on(state, flow)
     upstream = flowmeta.replaced(flow) if flowmeta.is_own_response(flow) else None
     # A stage answered in place of the upstream's answer: the row keeps what happened there, with why the agent did not
-    # get it (unless its status is no HTTP status at all: mitmproxy reads any integer, 20 digits too).
-    if upstream is not None and 100 <= upstream.status_code <= 999:
-        error = state.scrubber.text(f"the agent got goex-proxy's {resp.status_code} instead of this answer: "
-                                    f"{replies.said(resp)}")
-        resp = upstream
+    # get it. An answer whose status is no HTTP status at all (mitmproxy reads any integer, 20 digits too) cannot be
+    # kept as it came: the row keeps goex-proxy's answer, and says that it stood in for one the upstream sent.
+    if upstream is not None:
+        kept = 100 <= upstream.status_code <= 999
+        error = state.scrubber.text(f"the agent got goex-proxy's {resp.status_code} instead of "
+                                    f"{'this answer' if kept else 'the upstream answer'}: {replies.said(resp)}")
+        if kept:
+            resp = upstream
     body = _body(_decoded(resp, state.scrubber), _limit(state), state.scrubber)
     ended = resp.timestamp_end or time.time()
     return {

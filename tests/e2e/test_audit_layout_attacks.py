@@ -337,7 +337,8 @@ def test_an_answer_a_stage_replaced_keeps_the_upstreams_status_in_its_row(proxy:
     """decide refuses an answer whose fields could be re-read as others, and answers 502 in its place: the row held
     goex-proxy's 502 as if the upstream had failed, and no undo class, while the upstream had made the write (201).
     The row keeps the upstream's answer, with why the agent did not get it, as for an answer scrub withholds; one
-    whose status is no HTTP status keeps goex-proxy's 502."""
+    whose status is no HTTP status keeps goex-proxy's 502, and says it stood in for an upstream answer (it read as
+    goex-proxy's own refusal: the request had gone upstream)."""
     answers["/nul"] = b"HTTP/1.1 201 Created\r\nX-A: a\x00b\r\nContent-Length: 7\r\n\r\ncreated"
     answers["/digits"] = b"HTTP/1.1 20000000000000000000 OK\r\nContent-Length: 2\r\n\r\nok"
     for path in ("/nul", "/digits"):
@@ -350,7 +351,9 @@ def test_an_answer_a_stage_replaced_keeps_the_upstreams_status_in_its_row(proxy:
     assert by_path["/nul"]["status"] == 201 and str(by_path["/nul"]["error"]).startswith(
         "the agent got goex-proxy's 502 instead of this answer: the upstream's answer is malformed"), by_path["/nul"]
     assert by_path["/nul"]["undo_class"] not in (None, "-"), by_path["/nul"]
-    assert (by_path["/digits"]["status"], by_path["/digits"]["error"]) == (502, None), by_path["/digits"]
+    assert by_path["/digits"]["status"] == 502 and by_path["/digits"]["error"] == (
+        "the agent got goex-proxy's 502 instead of the upstream answer: the upstream's answer is malformed; it was "
+        "not relayed: its status code is not three digits"), by_path["/digits"]
     shown = proxy.cli("show", str(by_path["/nul"]["id"])).stdout
     assert "as it came:" in shown and "201" in shown and "created" in shown, shown
     planned = proxy.cli("undo", str(by_path["/nul"]["id"]), "--dry-run")
