@@ -242,6 +242,11 @@ class Decide:
         problem = fields_problem(resp)
         if problem is None and not 100 <= resp.status_code <= 999:  # mitmproxy reads any integer (`-1`, 20 digits)
             problem = "its status code is not three digits"
+        elif problem is None and resp.status_code < 200 and resp.status_code != 101:
+            # an interim status as the final answer: the interim answers httpbounds passes over are spelled as RFC 9112
+            # has them, while mitmproxy reads `HTTP/1.1  100`, `0100` or `HTTP/1.2 103` too (the agent got a 1xx as
+            # its answer, then waited for one that never came)
+            problem = f"its status {resp.status_code} is an interim one (1xx), sent as the final answer"
         if problem is not None:
             replies.reply(flow, 502, {"error": "goex-proxy: the upstream's answer is malformed; it was not relayed",
                                       "reason": problem}, {"X-Goex-Decision": "error"})

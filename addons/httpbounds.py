@@ -20,6 +20,7 @@ from typing import Any
 import h2.errors
 import h2.events
 import h2.exceptions
+import h11
 from mitmproxy import ctx, flow
 from mitmproxy.connection import ConnectionState
 from mitmproxy.proxy import commands, events, layer
@@ -56,6 +57,10 @@ MAX_INTERIM = 32
 MAX_ANSWER_HEAD = 256 * KiB
 #: How much of an unfinished answer head a failure quotes.
 QUOTED_HEAD = 200
+#: The longest error an upstream's HTTP/1 answer fails with (mitmproxy's parse errors quote the line they refuse).
+QUOTED_ERROR = 800
+#: Empty lines, as many as there are (mitmproxy drops one a read before a status line).
+_EMPTY_LINES = re.compile(rb"(?:\r?\n)*")
 #: Streams remembered per HTTP/2 connection whose END_STREAM came in the same read as their reset (see below).
 _ENDED_EARLY_KEPT = 1024
 
@@ -129,42 +134,99 @@ class BoundedHttp1Client(Http1Client):
     upstream went on to answer, and the real answer was dropped as data for no request), and kept every byte of a
     head that never ended, then quoted all of it in the agent's 502 and the row's error."""
 
-    #: The request whose interim answers were counted, and how many it had.
+    #: The request whose interim answers and empty lines were counted, and how many it had.
     _interim_of: object = None
     _interim_seen = 0
+    _empty_seen = 0
+
+    def _peek(self, most: int) -> bytes:
+        """The buffer's first `most` bytes, without copying the rest of it."""
+        data = getattr(self.buf, "_data", None)
+        return bytes(data[:most]) if isinstance(data, bytearray) else bytes(self.buf)[:most]
 
     def read_headers(self, event: events.ConnectionEvent) -> layer.CommandGenerator[None]:
         if isinstance(event, events.DataReceived) and self.request:
-            while self.buf and _INTERIM.match(bytes(self.buf)[:16]) and self.buf.maybe_extract_lines() is not None:
+            if self._interim_of is not self.request:
+                self._interim_of, self._interim_seen, self._empty_seen = self.request, 0, 0
+            while True:
+                # Empty lines before a status line, all at once (mitmproxy drops one a read: an answer after two
+                # waited for another read, and CRLFs without end were all kept), counted toward the head's bound.
+                empty = len(_EMPTY_LINES.match(self._peek(MAX_ANSWER_HEAD + 2)).group())  # type: ignore[union-attr]
+                if empty:
+                    self.buf.maybe_extract_at_most(empty)
+                    self._empty_seen += empty
+                    if self._empty_seen > MAX_ANSWER_HEAD:
+                        yield from self._fail(f"the upstream sent over {format_size(MAX_ANSWER_HEAD)} of empty lines "
+                                              "before its answer head")
+                        return
+                if not (self.buf and _INTERIM.match(self._peek(16)) and self.buf.maybe_extract_lines() is not None):
+                    break
                 # a whole interim head, dropped; an incomplete one waits for more bytes, as mitmproxy's does
-                if self._interim_of is not self.request:
-                    self._interim_of, self._interim_seen = self.request, 0
                 self._interim_seen += 1
                 if self._interim_seen > MAX_INTERIM:
                     yield from self._fail(f"the upstream sent more than {MAX_INTERIM} interim answers (1xx) before "
                                           "its final one")
                     return
             if len(self.buf) > MAX_ANSWER_HEAD:
-                end = _BLANK_LINE.search(bytes(self.buf)[:MAX_ANSWER_HEAD + 3])
+                end = _BLANK_LINE.search(self._peek(MAX_ANSWER_HEAD + 3))
                 if end is None or end.start() > MAX_ANSWER_HEAD:
                     yield from self._fail(f"the upstream's answer head is over {format_size(MAX_ANSWER_HEAD)}")
                     return
         elif isinstance(event, events.ConnectionClosed) and self.stream_id and self.buf:
             # mitmproxy's quotes the whole unfinished head in the agent's 502 and the row's error: a part of it
-            cut = bytes(self.buf)
+            cut = self._peek(QUOTED_HEAD)
             if self.conn.state & ConnectionState.CAN_WRITE:
                 yield commands.CloseConnection(self.conn)
             yield ReceiveHttp(ResponseProtocolError(
-                self.stream_id, f"unexpected server response: {cut[:QUOTED_HEAD]!r}"
-                + (f" and {len(cut) - QUOTED_HEAD} bytes more" if len(cut) > QUOTED_HEAD else "")))
+                self.stream_id, f"unexpected server response: {cut!r}"
+                + (f" and {len(self.buf) - QUOTED_HEAD} bytes more" if len(self.buf) > QUOTED_HEAD else "")))
             return
-        yield from super().read_headers(event)
+        yield from _watched(super().read_headers(event), _cut_error)
+
+    def read_body(self, event: events.Event) -> layer.CommandGenerator[None]:
+        if not isinstance(self.body_reader, _TrailersDropped):
+            self.body_reader = _TrailersDropped(self.body_reader)  # type: ignore[assignment]
+        yield from _watched(super().read_body(event), _cut_error)
+        # What a read leaves in the buffer is a chunk-size line or a trailer section not yet ended (the readers take
+        # every byte of body they are given): h11 looks for their end without bound, and no body cap counts them.
+        if self.state == self.read_body and self.stream_id is not None and len(self.buf) > MAX_ANSWER_HEAD:
+            yield from self._fail(f"the upstream sent over {format_size(MAX_ANSWER_HEAD)} of its answer's chunked "
+                                  "framing (a chunk-size line or trailers) without its end")
+            self.buf.maybe_extract_at_most(len(self.buf))
 
     def _fail(self, why: str) -> layer.CommandGenerator[None]:
         """The request's answer fails (the agent gets a 502 saying `why`); the upstream connection is closed."""
         assert self.stream_id is not None
         yield commands.CloseConnection(self.conn)
         yield ReceiveHttp(ResponseProtocolError(self.stream_id, why))
+
+
+def _cut_error(command: Any) -> None:
+    """An answer's protocol error cut to QUOTED_ERROR characters (mitmproxy's quote the whole line they refuse: up to
+    the head's bound, four times over as escapes)."""
+    if isinstance(command, ReceiveHttp) and isinstance(command.event, ResponseProtocolError):
+        message = command.event.message
+        if len(message) > QUOTED_ERROR:
+            command.event.message = f"{message[:QUOTED_ERROR]}… ({len(message) - QUOTED_ERROR} characters more)"
+
+
+class _TrailersDropped:
+    """A body reader whose end of message carries no trailer fields: mitmproxy's HTTP/1 layer raises
+    NotImplementedError on them (its connection crashed, the agent waited for the upstream to hang up). A recipient
+    that removes the chunked coding may discard trailers (RFC 9112 7.1.2)."""
+
+    def __init__(self, reader: Any) -> None:
+        self.reader = reader
+
+    def __call__(self, buf: Any) -> Any:
+        event = self.reader(buf)
+        if isinstance(event, h11.EndOfMessage) and event.headers:
+            log.debug("dropped the trailer fields of an upstream's chunked answer (HTTP/1 relays none)")
+            return h11.EndOfMessage()
+        return event
+
+    def read_eof(self) -> Any:
+        return self.reader.read_eof()
 
 
 class BoundedHttp2Server(Http2Server):
@@ -306,7 +368,7 @@ class BoundedHttpStream(HttpStream):
 _REPLACED: dict[str, tuple[type, type, tuple[str, ...]]] = {
     "Http1Server": (Http1Server, BoundedHttp1Server, ("read_headers", "wait", "done")),
     "Http2Server": (Http2Server, BoundedHttp2Server, ("handle_h2_event", "protocol_error")),
-    "Http1Client": (Http1Client, BoundedHttp1Client, ("read_headers",)),
+    "Http1Client": (Http1Client, BoundedHttp1Client, ("read_headers", "read_body")),
     "HttpStream": (HttpStream, BoundedHttpStream, ("check_body_size", "_handle_event")),
 }
 
