@@ -151,7 +151,9 @@ class BoundedHttp1Client(Http1Client):
             while True:
                 # Empty lines before a status line, all at once (mitmproxy drops one a read: an answer after two
                 # waited for another read, and CRLFs without end were all kept), counted toward the head's bound.
-                empty = len(_EMPTY_LINES.match(self._peek(MAX_ANSWER_HEAD + 2)).group())  # type: ignore[union-attr]
+                empty = 0
+                if self._peek(1) in (b"\r", b"\n"):  # most answers start with their status line: nothing copied
+                    empty = len(_EMPTY_LINES.match(self._peek(MAX_ANSWER_HEAD + 2)).group())  # type: ignore[union-attr]
                 if empty:
                     self.buf.maybe_extract_at_most(empty)
                     self._empty_seen += empty

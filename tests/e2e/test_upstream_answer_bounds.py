@@ -1,4 +1,5 @@
-"""Red-team: an upstream's HTTP/1 answer heads against BoundedHttp1Client."""
+"""An upstream's HTTP/1 answer past its bounds: empty lines before a head, unparsable heads, chunked framing and
+trailers, interim statuses mitmproxy reads as final; and the answers the bounds must let through."""
 
 from __future__ import annotations
 
@@ -84,7 +85,7 @@ def test_two_empty_lines_before_an_answer_do_not_hold_it(make_proxy) -> None:
         conn.settimeout(20)
         read_head(conn)
         conn.sendall(b"\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        time.sleep(8)  # a keep-alive upstream: no hang-up to push the answer through
+        time.sleep(30)  # a keep-alive upstream: no hang-up to push the answer through
 
     upstream = LoopbackServer(serve)
     try:
@@ -92,7 +93,7 @@ def test_two_empty_lines_before_an_answer_do_not_hold_it(make_proxy) -> None:
         started = time.monotonic()
         got = send(proxy, [f"GET http://{HOST}/lead HTTP/1.1", f"Host: {HOST}"])
         assert got.startswith(b"HTTP/1.1 200") and got.endswith(b"ok"), got[:300]
-        assert time.monotonic() - started < 5
+        assert time.monotonic() - started < 20  # not held until the upstream hangs up
     finally:
         upstream.close()
 
@@ -152,7 +153,7 @@ def test_an_answer_with_trailers_is_relayed(make_proxy) -> None:
         conn.settimeout(20)
         read_head(conn)
         conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-T: 1\r\n\r\n")
-        time.sleep(8)
+        time.sleep(30)
 
     upstream = LoopbackServer(serve)
     try:
@@ -160,7 +161,7 @@ def test_an_answer_with_trailers_is_relayed(make_proxy) -> None:
         started = time.monotonic()
         got = send(proxy, [f"GET http://{HOST}/trailers HTTP/1.1", f"Host: {HOST}"])
         assert got.startswith(b"HTTP/1.1 200") and b"\r\nok\r\n" in got, got[:400]
-        assert time.monotonic() - started < 5
+        assert time.monotonic() - started < 20  # not held until the upstream hangs up
         assert (_rows_with_outcome(proxy)[0]["status"], _rows_with_outcome(proxy)[0]["error"]) == (200, None)
         assert "crashed" not in proxy.log_text()
     finally:
@@ -177,7 +178,7 @@ def test_an_interim_status_mitmproxy_reads_as_final_is_not_relayed_as_the_answer
     def serve(conn: socket.socket) -> None:
         conn.settimeout(20)
         data = read_head(conn)
-        if b"Content-Length: 1" in data:
+        if data.endswith(b"\r\n\r\n"):  # the body's byte did not come with the head
             conn.recv(1)
         conn.sendall(line + b"\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok")
         time.sleep(0.5)
@@ -185,7 +186,7 @@ def test_an_interim_status_mitmproxy_reads_as_final_is_not_relayed_as_the_answer
     upstream = LoopbackServer(serve)
     try:
         proxy = make_proxy(POLICY, routes={HOST: f"http://127.0.0.1:{upstream.port}"})
-        got = _send_within(proxy, [f"POST http://{HOST}/notes HTTP/1.1", f"Host: {HOST}"], b"x", 5)
+        got = _send_within(proxy, [f"POST http://{HOST}/notes HTTP/1.1", f"Host: {HOST}"], b"x", 20)
         assert not got.split(b" ", 2)[1].startswith(b"1"), got[:300]
         row = _rows_with_outcome(proxy)[0]
         assert row["status"] == 201 or row["error"], row
