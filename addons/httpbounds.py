@@ -118,10 +118,21 @@ class BoundedHttp1Server(Http1Server):
             return
         yield from super().wait(event)
 
+    def read_body(self, event: events.Event) -> layer.CommandGenerator[None]:
+        if not isinstance(self.body_reader, _TrailersTaken):
+            self.body_reader = _TrailersTaken(self.body_reader, refuse=True)  # type: ignore[assignment]
+        try:
+            yield from super().read_body(event)
+        except _TrailersRefused:
+            yield from self._refuse(400, "trailers", "the request has trailer fields after its chunked body, which "
+                                                     "goex-proxy does not relay")
+
     def _refuse_head(self, cap: int) -> layer.CommandGenerator[None]:
-        why = f"the request head is over {format_size(cap)} (limits.max_header_bytes)"
-        quiet.warning("head", f"refused a request from {_peer(self.conn)}: {why}; answered 431 and closed")
-        yield commands.SendData(self.conn, make_error_response(431, f"goex-proxy: {why}; nothing was forwarded"))
+        yield from self._refuse(431, "head", f"the request head is over {format_size(cap)} (limits.max_header_bytes)")
+
+    def _refuse(self, status: int, kind: str, why: str) -> layer.CommandGenerator[None]:
+        quiet.warning(kind, f"refused a request from {_peer(self.conn)}: {why}; answered {status} and closed")
+        yield commands.SendData(self.conn, make_error_response(status, f"goex-proxy: {why}; nothing was forwarded"))
         yield commands.CloseConnection(self.conn)
         self.buf.maybe_extract_at_most(len(self.buf))
         self.state = self.done
@@ -186,8 +197,8 @@ class BoundedHttp1Client(Http1Client):
         yield from _watched(super().read_headers(event), _cut_error)
 
     def read_body(self, event: events.Event) -> layer.CommandGenerator[None]:
-        if not isinstance(self.body_reader, _TrailersDropped):
-            self.body_reader = _TrailersDropped(self.body_reader)  # type: ignore[assignment]
+        if not isinstance(self.body_reader, _TrailersTaken):
+            self.body_reader = _TrailersTaken(self.body_reader)  # type: ignore[assignment]
         yield from _watched(super().read_body(event), _cut_error)
         # What a read leaves in the buffer is a chunk-size line or a trailer section not yet ended (the readers take
         # every byte of body they are given): h11 looks for their end without bound, and no body cap counts them.
@@ -212,17 +223,24 @@ def _cut_error(command: Any) -> None:
             command.event.message = f"{message[:QUOTED_ERROR]}… ({len(message) - QUOTED_ERROR} characters more)"
 
 
-class _TrailersDropped:
-    """A body reader whose end of message carries no trailer fields: mitmproxy's HTTP/1 layer raises
-    NotImplementedError on them (its connection crashed, the agent waited for the upstream to hang up). A recipient
-    that removes the chunked coding may discard trailers (RFC 9112 7.1.2)."""
+class _TrailersRefused(Exception):
+    """A request's body ended with trailer fields."""
 
-    def __init__(self, reader: Any) -> None:
-        self.reader = reader
+
+class _TrailersTaken:
+    """A body reader whose end of message carries no trailer fields, which mitmproxy's HTTP/1 layer raises
+    NotImplementedError on (its connection crashed, and the peer waited for a hang-up): an answer's are dropped (RFC
+    9112 7.1.2 lets a recipient that removes the chunked coding discard them); a request's raise _TrailersRefused,
+    since what an agent sends is relayed whole or not at all."""
+
+    def __init__(self, reader: Any, refuse: bool = False) -> None:
+        self.reader, self.refuse = reader, refuse
 
     def __call__(self, buf: Any) -> Any:
         event = self.reader(buf)
         if isinstance(event, h11.EndOfMessage) and event.headers:
+            if self.refuse:
+                raise _TrailersRefused
             log.debug("dropped the trailer fields of an upstream's chunked answer (HTTP/1 relays none)")
             return h11.EndOfMessage()
         return event
@@ -368,7 +386,7 @@ class BoundedHttpStream(HttpStream):
 #: What `install` replaces in mitmproxy's HTTP layer, by the name it looks each class up by, and the methods of
 #: mitmproxy's own class the replacement relies on.
 _REPLACED: dict[str, tuple[type, type, tuple[str, ...]]] = {
-    "Http1Server": (Http1Server, BoundedHttp1Server, ("read_headers", "wait", "done")),
+    "Http1Server": (Http1Server, BoundedHttp1Server, ("read_headers", "read_body", "wait", "done")),
     "Http2Server": (Http2Server, BoundedHttp2Server, ("handle_h2_event", "protocol_error")),
     "Http1Client": (Http1Client, BoundedHttp1Client, ("read_headers", "read_body")),
     "HttpStream": (HttpStream, BoundedHttpStream, ("check_body_size", "_handle_event")),

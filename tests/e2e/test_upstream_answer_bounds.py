@@ -226,3 +226,25 @@ def test_legitimate_answers_still_pass(make_proxy, answer: bytes | str) -> None:
         assert (_rows_with_outcome(proxy)[0]["status"], _rows_with_outcome(proxy)[0]["error"]) == (200, None)
     finally:
         upstream.close()
+
+
+def test_a_request_with_trailer_fields_is_refused_not_left_hanging(make_proxy) -> None:
+    """An agent's chunked request with trailer fields: mitmproxy's HTTP/1 reader raised NotImplementedError ("mitmproxy
+    has crashed!" in the log) and the agent waited for an answer that never came. It is answered 400 and closed, and
+    nothing reaches the upstream (what an agent sends is relayed whole or not at all)."""
+    upstream = LoopbackServer(lambda conn: conn.sendall(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok"))
+    try:
+        proxy = make_proxy(POLICY, routes={HOST: f"http://127.0.0.1:{upstream.port}"})
+        creds = base64.b64encode(f"mailbot:{TOKENS['mailbot']}".encode()).decode()
+        out = b""
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=20) as sock:
+            sock.sendall(f"POST http://{HOST}/notes HTTP/1.1\r\nHost: {HOST}\r\nProxy-Authorization: Basic {creds}\r\n"
+                         "Transfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n2\r\nok\r\n0\r\nX-Checksum: 1\r\n\r\n"
+                         .encode())
+            while chunk := sock.recv(65536):
+                out += chunk
+        assert out.startswith(b"HTTP/1.1 400") and b"trailer fields" in out, out[:300]
+        assert upstream.accepted == 0
+        assert "crashed" not in proxy.log_text() and "trailer fields" in proxy.log_text(), proxy.log_text()
+    finally:
+        upstream.close()
