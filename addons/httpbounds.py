@@ -194,12 +194,12 @@ class BoundedHttp1Client(Http1Client):
                 self.stream_id, f"unexpected server response: {cut!r}"
                 + (f" and {len(self.buf) - QUOTED_HEAD} bytes more" if len(self.buf) > QUOTED_HEAD else "")))
             return
-        yield from _watched(super().read_headers(event), _cut_error)
+        yield from super().read_headers(event)
 
     def read_body(self, event: events.Event) -> layer.CommandGenerator[None]:
         if not isinstance(self.body_reader, _TrailersTaken):
             self.body_reader = _TrailersTaken(self.body_reader)  # type: ignore[assignment]
-        yield from _watched(super().read_body(event), _cut_error)
+        yield from super().read_body(event)
         # What a read leaves in the buffer is a chunk-size line or a trailer section not yet ended (the readers take
         # every byte of body they are given): h11 looks for their end without bound, and no body cap counts them.
         if self.state == self.read_body and self.stream_id is not None and len(self.buf) > MAX_ANSWER_HEAD:
@@ -212,15 +212,6 @@ class BoundedHttp1Client(Http1Client):
         assert self.stream_id is not None
         yield commands.CloseConnection(self.conn)
         yield ReceiveHttp(ResponseProtocolError(self.stream_id, why))
-
-
-def _cut_error(command: Any) -> None:
-    """An answer's protocol error cut to QUOTED_ERROR characters (mitmproxy's quote the whole line they refuse: up to
-    the head's bound, four times over as escapes)."""
-    if isinstance(command, ReceiveHttp) and isinstance(command.event, ResponseProtocolError):
-        message = command.event.message
-        if len(message) > QUOTED_ERROR:
-            command.event.message = f"{message[:QUOTED_ERROR]}… ({len(message) - QUOTED_ERROR} characters more)"
 
 
 class _TrailersRefused(Exception):
@@ -351,6 +342,10 @@ class BoundedHttpStream(HttpStream):
             self.checking = None
 
     def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
+        if isinstance(event, ResponseProtocolError) and len(event.message) > QUOTED_ERROR:
+            # mitmproxy's parse errors quote the whole line they refuse (up to the head's bound, four times over as
+            # escapes), into the agent's 502, the row and the log
+            event.message = f"{event.message[:QUOTED_ERROR]}… ({len(event.message) - QUOTED_ERROR} characters more)"
         yield from _watched(super()._handle_event(event), self._see)
 
     def _see(self, command: Any) -> None:
