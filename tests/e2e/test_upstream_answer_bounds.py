@@ -38,7 +38,7 @@ def _rows_with_outcome(proxy: GoexProxy, n: int = 1) -> list[dict[str, object]]:
     return found
 
 
-def _streaming(make_proxy, first: bytes, filler: bytes, sent: list[int], total: int = 12 << 20) -> GoexProxy:
+def _streaming(make_proxy, first: bytes, filler: bytes, sent: list[int], total: int = 64 << 20) -> GoexProxy:
     """A proxy whose upstream answers `first`, then `filler` over and over up to `total` bytes (or until the proxy
     closes the connection), then hangs up; `sent` gets how much filler it sent."""
     def serve(conn: socket.socket) -> None:
@@ -60,6 +60,22 @@ def _streaming(make_proxy, first: bytes, filler: bytes, sent: list[int], total: 
     return proxy
 
 
+def test_an_answer_head_without_end_fails_its_request(make_proxy) -> None:
+    """An answer's head is read only up to a bound: an upstream sending header lines without end gets its connection
+    closed and the agent a 502 (mitmproxy kept every byte until the upstream stopped: the proxy's memory was the
+    upstream's to fill)."""
+    sent: list[int] = []
+    proxy = _streaming(make_proxy, b"HTTP/1.1 200 OK\r\n", (b"X-Filler: " + b"a" * 1014 + b"\r\n") * 64, sent)
+    try:
+        got = send(proxy, [f"GET http://{HOST}/endless HTTP/1.1", f"Host: {HOST}"])
+        assert got.startswith(b"HTTP/1.1 502") and b"answer head is over 256 KiB" in got, got[:300]
+        _until(lambda: sent, "the upstream's end")
+        assert sent[0] < (16 << 20), sent  # closed once past the bound (what the sockets' buffers hold aside)
+        assert "answer head is over 256 KiB" in str(_rows_with_outcome(proxy)[0]["error"])
+    finally:
+        proxy.upstream_server.close()  # type: ignore[attr-defined]
+
+
 def test_empty_lines_before_an_answer_count_toward_its_heads_bound(make_proxy) -> None:
     """An upstream sending empty lines (CRLF) without end: mitmproxy drops one empty line a read, so the buffer grew
     by every read (64 KiB) less 2 bytes, and the head's bound (whose blank-line search found one at the start) never
@@ -73,7 +89,7 @@ def test_empty_lines_before_an_answer_count_toward_its_heads_bound(make_proxy) -
         _until(lambda: sent, "the upstream's end")
         rows = _rows_with_outcome(proxy)
         assert "256 KiB" in str(rows[0]["error"]), str(rows[0]["error"])[:300]
-        assert sent[0] < (12 << 20), sent  # closed once past the bound, not read on until the upstream stopped
+        assert sent[0] < (16 << 20), sent  # closed once past the bound, not read on until the upstream stopped
     finally:
         proxy.upstream_server.close()  # type: ignore[attr-defined]
 
@@ -137,7 +153,7 @@ def test_a_chunked_answers_lines_are_bounded(make_proxy, first: bytes) -> None:
         got = send(proxy, [f"GET http://{HOST}/chunked HTTP/1.1", f"Host: {HOST}"])
         assert got.startswith(b"HTTP/1.1 502"), got[:300]
         _until(lambda: sent, "the upstream's end")
-        assert sent[0] < (12 << 20), sent
+        assert sent[0] < (16 << 20), sent  # what the sockets' buffers hold aside
         rows = _rows_with_outcome(proxy)
         assert "256 KiB" in str(rows[0]["error"]), str(rows[0]["error"])[:300]
     finally:
