@@ -26,7 +26,8 @@ from mitmproxy.connection import ConnectionState
 from mitmproxy.proxy import commands, events, layer
 from mitmproxy.proxy.layers import http as http_layers
 from mitmproxy.proxy.layers.http import HttpStream, ReceiveHttp, SendHttp
-from mitmproxy.proxy.layers.http._events import RequestHeaders, ResponseProtocolError
+from mitmproxy.proxy.layers.http._events import (RequestEndOfMessage, RequestHeaders, RequestTrailers,
+                                                  ResponseProtocolError)
 from mitmproxy.proxy.layers.http._hooks import HttpErrorHook
 from mitmproxy.proxy.layers.http._http1 import Http1Client, Http1Server, make_error_response
 from mitmproxy.proxy.layers.http._http2 import Http2Server, StreamState
@@ -149,6 +150,37 @@ class BoundedHttp1Client(Http1Client):
     _interim_of: object = None
     _interim_seen = 0
     _empty_seen = 0
+
+    #: Whether the request's trailer section (which ends a chunked body) was sent.
+    _trailers_sent = False
+
+    def send(self, event: Any) -> layer.CommandGenerator[None]:
+        """An HTTP/2 (or /3) request relayed over HTTP/1.1 is framed: mitmproxy sent its head with neither
+        Content-Length nor Transfer-Encoding (HTTP/2 needs neither), so the upstream read no body and took the body's
+        bytes as the next request, and it had no way to send trailer fields (AssertionError, after the head and body
+        went). A body of known length gets its Content-Length; one with trailers, or streamed, goes chunked, its
+        trailers as the chunked body's trailer section."""
+        if isinstance(event, RequestHeaders) and (event.request.is_http2 or event.request.is_http3):
+            self._trailers_sent = False
+            request = event.request.copy()
+            body = request.raw_content
+            request.headers.pop("transfer-encoding", None)
+            if body is None or request.trailers:
+                request.headers.pop("content-length", None)
+                request.headers["transfer-encoding"] = "chunked"
+            elif body or "content-length" in request.headers:
+                request.headers["content-length"] = str(len(body))
+            event = RequestHeaders(event.stream_id, request, event.end_stream, event.replay_flow)
+        elif isinstance(event, RequestTrailers) and self.request is not None:
+            assert "chunked" in self.request.headers.get("transfer-encoding", "").lower()
+            yield commands.SendData(self.conn, b"0\r\n%s\r\n" % bytes(event.trailers))
+            self._trailers_sent = True
+            return
+        elif isinstance(event, RequestEndOfMessage) and self._trailers_sent:
+            self._trailers_sent = False
+            yield from self.mark_done(request=True)  # the trailer section ended the chunked body
+            return
+        yield from super().send(event)
 
     def _peek(self, most: int) -> bytes:
         """The buffer's first `most` bytes, without copying the rest of it."""
@@ -383,7 +415,7 @@ class BoundedHttpStream(HttpStream):
 _REPLACED: dict[str, tuple[type, type, tuple[str, ...]]] = {
     "Http1Server": (Http1Server, BoundedHttp1Server, ("read_headers", "read_body", "wait", "done")),
     "Http2Server": (Http2Server, BoundedHttp2Server, ("handle_h2_event", "protocol_error")),
-    "Http1Client": (Http1Client, BoundedHttp1Client, ("read_headers", "read_body")),
+    "Http1Client": (Http1Client, BoundedHttp1Client, ("read_headers", "read_body", "send", "mark_done")),
     "HttpStream": (HttpStream, BoundedHttpStream, ("check_body_size", "_handle_event")),
 }
 
