@@ -183,3 +183,39 @@ def test_http2_request_trailers_reach_an_http1_upstream_whole(make_proxy) -> Non
         assert (row["status"], row["error"]) == (201, None)
     finally:
         upstream.close()
+
+
+@pytest.mark.parametrize(("lead", "filler"), [
+    (b"", b"0" * 65536),  # a chunk-size line without end
+    (b"1;", b"a" * 65536),  # a chunk extension without end
+    (b"2\r\nok\r\n0\r\n", b"X-A: " + b"b" * 65000 + b"\r\n"),  # a trailer section without end
+], ids=["chunk-size", "extension", "trailers"])
+def test_a_chunked_requests_framing_is_bounded(make_proxy, lead: bytes, filler: bytes) -> None:
+    """The upstream side bounds a chunked answer's framing; an agent's chunked request had no such bound: h11 keeps a
+    chunk-size line, a chunk extension or a trailer section until its end, no body cap counts them, and
+    limits.max_header_bytes bounds only the head. 64 MiB of one were all taken and buffered (the proxy's memory grew
+    by as much), the agent never answered. Past the head's bound the request is refused (400) and closed."""
+    upstream, seen = _recording_upstream()
+    try:
+        proxy = make_proxy(POLICY, routes={HOST: f"http://127.0.0.1:{upstream.port}"})
+        head = (f"POST http://{HOST}/notes HTTP/1.1\r\nHost: {HOST}\r\nProxy-Authorization: Basic {CREDS}\r\n"
+                "Transfer-Encoding: chunked\r\n\r\n").encode()
+        sent, out = 0, b""
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=20) as sock:
+            sock.sendall(head + lead)
+            try:
+                while sent < (64 << 20):
+                    sock.sendall(filler)
+                    sent += len(filler)
+            except OSError:
+                pass
+            try:
+                while chunk := sock.recv(65536):
+                    out += chunk
+            except OSError:
+                pass
+        assert sent < (16 << 20), f"the proxy took {sent >> 20} MiB of chunked framing"
+        assert out.startswith(b"HTTP/1.1 400") and b"chunked" in out, out[:300]
+        assert upstream.accepted == 0
+    finally:
+        upstream.close()
