@@ -127,6 +127,14 @@ class BoundedHttp1Server(Http1Server):
         except _TrailersRefused:
             yield from self._refuse(400, "trailers", "the request has trailer fields after its chunked body, which "
                                                      "goex-proxy does not relay")
+            return
+        # What a read leaves in the buffer is a chunk-size line (with its extensions) or a trailer section not yet
+        # ended: h11 looks for their end without bound, no body cap counts them, and the head's bound is behind.
+        cap = limits_for(self.context.options).max_header_bytes
+        if self.state == self.read_body and len(self.buf) > cap:
+            yield from self._refuse(400, "framing", f"the request's chunked framing (a chunk-size line, its extensions "
+                                                    f"or trailers) is over {format_size(cap)} without its end "
+                                                    "(limits.max_header_bytes)")
 
     def _refuse_head(self, cap: int) -> layer.CommandGenerator[None]:
         yield from self._refuse(431, "head", f"the request head is over {format_size(cap)} (limits.max_header_bytes)")
