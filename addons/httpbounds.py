@@ -26,8 +26,7 @@ from mitmproxy.connection import ConnectionState
 from mitmproxy.proxy import commands, events, layer
 from mitmproxy.proxy.layers import http as http_layers
 from mitmproxy.proxy.layers.http import HttpStream, ReceiveHttp, SendHttp
-from mitmproxy.proxy.layers.http._events import (RequestEndOfMessage, RequestHeaders, RequestTrailers,
-                                                  ResponseProtocolError)
+from mitmproxy.proxy.layers.http._events import RequestEndOfMessage, RequestHeaders, RequestTrailers, ResponseProtocolError
 from mitmproxy.proxy.layers.http._hooks import HttpErrorHook
 from mitmproxy.proxy.layers.http._http1 import Http1Client, Http1Server, make_error_response
 from mitmproxy.proxy.layers.http._http2 import Http2Server, StreamState

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import socket
 import ssl
-import threading
 import time
 
 import h2.config
@@ -13,7 +12,7 @@ import h2.connection
 import h2.events
 import pytest
 
-from tests.conftest import TOKENS, GoexProxy, LoopbackServer, read_head
+from tests.conftest import TOKENS, GoexProxy, LoopbackServer
 from tests.e2e.test_audit_layout_attacks import HOST, POLICY, _until, logged
 
 pytestmark = pytest.mark.e2e
