@@ -169,6 +169,10 @@ class Decide:
         agent = flowmeta.agent(flow)
         now = time.time()
         problem = fields_problem(flow.request)
+        if problem is None and flow.request.trailers:
+            # HTTP/2 carries them after the body (HTTP/1's are refused as they are read): neither policy nor the audit
+            # row sees them, so they are not relayed, as what an agent sends is relayed whole or not at all
+            problem = "the request has trailer fields, which goex-proxy does not relay"
         if problem is not None:
             replies.refuse(flow, Decision("deny", f"refused before policy: {problem}", "request-fields"))
             return

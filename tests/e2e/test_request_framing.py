@@ -1,4 +1,5 @@
-"""Red team: trailer fields, chunked framing and interim answers around httpbounds' HTTP/1 readers."""
+"""An agent's request framed as the upstream reads it: HTTP/2 bodies relayed over HTTP/1.1, trailer fields, and the
+bounds of a chunked body's framing."""
 
 from __future__ import annotations
 
@@ -163,23 +164,20 @@ def test_an_http2_body_without_content_length_is_framed_for_an_http1_upstream(ma
         upstream.close()
 
 
-def test_http2_request_trailers_reach_an_http1_upstream_whole(make_proxy) -> None:
-    """An HTTP/2 request's trailer fields, relayed to an HTTP/1.1 upstream: mitmproxy's HTTP/1 client has no way to
+def test_http2_request_trailers_are_refused_and_recorded(make_proxy) -> None:
+    """An HTTP/2 request's trailer fields: relayed to an HTTP/1.1 upstream, mitmproxy's HTTP/1 client had no way to
     send them ("mitmproxy has crashed! (AssertionError: Unexpected event: RequestTrailers...)") after it had sent the
-    head and the body unframed; the upstream got part of what the agent sent, and the body as another request. They
-    go as a chunked body's trailer section, the message whole."""
+    head and the body; relayed to an HTTP/2 one, they went unseen by policy and the audit row. The request is refused
+    before policy (as an HTTP/1 request with trailers is), its row saying why, and nothing is sent upstream."""
     upstream, seen = _recording_upstream()
     try:
         proxy = make_proxy(POLICY, routes={HOST: f"http://127.0.0.1:{upstream.port}"})
         status, body, _ = _h2(proxy, b"POST", b"/notes", [(b"content-type", b"text/plain")], b"hello",
                               [(b"x-checksum", b"abc")])
-        assert status == 201 and body == b"ok"
-        _until(lambda: seen, "the upstream's connection to end")
-        assert _requests_parsed(seen[0]) == [(b"POST", b"/notes", b"hello")], seen[0]
-        assert b"\r\n0\r\nx-checksum: abc\r\n\r\n" in seen[0], seen[0]
-        assert "crashed" not in proxy.log_text(), proxy.log_text()
-        [row] = _until(lambda: [r for r in logged(proxy) if r["status"] or r["error"]], "the outcome")
-        assert (row["status"], row["error"]) == (201, None)
+        assert status == 403 and b"trailer fields" in body, (status, body)
+        assert upstream.accepted == 0 and "crashed" not in proxy.log_text(), proxy.log_text()
+        [row] = logged(proxy)
+        assert row["decision"] == "deny" and "trailer fields" in str(row["reason"]), row
     finally:
         upstream.close()
 
