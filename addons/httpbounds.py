@@ -26,7 +26,7 @@ from mitmproxy.connection import ConnectionState
 from mitmproxy.proxy import commands, events, layer
 from mitmproxy.proxy.layers import http as http_layers
 from mitmproxy.proxy.layers.http import HttpStream, ReceiveHttp, SendHttp
-from mitmproxy.proxy.layers.http._events import RequestEndOfMessage, RequestHeaders, RequestTrailers, ResponseProtocolError
+from mitmproxy.proxy.layers.http._events import RequestHeaders, ResponseProtocolError
 from mitmproxy.proxy.layers.http._hooks import HttpErrorHook
 from mitmproxy.proxy.layers.http._http1 import Http1Client, Http1Server, make_error_response
 from mitmproxy.proxy.layers.http._http2 import Http2Server, StreamState
@@ -147,8 +147,9 @@ class BoundedHttp1Server(Http1Server):
 
 
 class BoundedHttp1Client(Http1Client):
-    """An HTTP/1 upstream connection that passes over interim answers (100 Continue, 102, 103 Early Hints) before the
-    final one, as RFC 9110 has clients do, and reads an answer's head only up to MAX_ANSWER_HEAD. mitmproxy's took
+    """An HTTP/1 upstream connection that frames the HTTP/2 requests it relays (`send`), passes over interim answers
+    (100 Continue, 102, 103 Early Hints) before the final one, as RFC 9110 has clients do, and reads an answer's head
+    and chunked framing only up to MAX_ANSWER_HEAD. mitmproxy's took
     the first interim answer for the final one (the agent got a 103 with no body, its row said 103 for a request the
     upstream went on to answer, and the real answer was dropped as data for no request), and kept every byte of a
     head that never ended, then quoted all of it in the agent's 502 and the row's error."""
@@ -158,35 +159,21 @@ class BoundedHttp1Client(Http1Client):
     _interim_seen = 0
     _empty_seen = 0
 
-    #: Whether the request's trailer section (which ends a chunked body) was sent.
-    _trailers_sent = False
-
     def send(self, event: Any) -> layer.CommandGenerator[None]:
         """An HTTP/2 (or /3) request relayed over HTTP/1.1 is framed: mitmproxy sent its head with neither
         Content-Length nor Transfer-Encoding (HTTP/2 needs neither), so the upstream read no body and took the body's
-        bytes as the next request, and it had no way to send trailer fields (AssertionError, after the head and body
-        went). A body of known length gets its Content-Length; one with trailers, or streamed, goes chunked, its
-        trailers as the chunked body's trailer section."""
+        bytes as the next request, one no policy saw and no row holds. A body of known length gets its
+        Content-Length, a streamed one goes chunked. (Requests with trailer fields are refused before this.)"""
         if isinstance(event, RequestHeaders) and (event.request.is_http2 or event.request.is_http3):
-            self._trailers_sent = False
             request = event.request.copy()
             body = request.raw_content
             request.headers.pop("transfer-encoding", None)
-            if body is None or request.trailers:
+            if body is None:
                 request.headers.pop("content-length", None)
                 request.headers["transfer-encoding"] = "chunked"
             elif body or "content-length" in request.headers:
                 request.headers["content-length"] = str(len(body))
             event = RequestHeaders(event.stream_id, request, event.end_stream, event.replay_flow)
-        elif isinstance(event, RequestTrailers) and self.request is not None:
-            assert "chunked" in self.request.headers.get("transfer-encoding", "").lower()
-            yield commands.SendData(self.conn, b"0\r\n%s\r\n" % bytes(event.trailers))
-            self._trailers_sent = True
-            return
-        elif isinstance(event, RequestEndOfMessage) and self._trailers_sent:
-            self._trailers_sent = False
-            yield from self.mark_done(request=True)  # the trailer section ended the chunked body
-            return
         yield from super().send(event)
 
     def _peek(self, most: int) -> bytes:
@@ -422,7 +409,7 @@ class BoundedHttpStream(HttpStream):
 _REPLACED: dict[str, tuple[type, type, tuple[str, ...]]] = {
     "Http1Server": (Http1Server, BoundedHttp1Server, ("read_headers", "read_body", "wait", "done")),
     "Http2Server": (Http2Server, BoundedHttp2Server, ("handle_h2_event", "protocol_error")),
-    "Http1Client": (Http1Client, BoundedHttp1Client, ("read_headers", "read_body", "send", "mark_done")),
+    "Http1Client": (Http1Client, BoundedHttp1Client, ("read_headers", "read_body", "send")),
     "HttpStream": (HttpStream, BoundedHttpStream, ("check_body_size", "_handle_event")),
 }
 
