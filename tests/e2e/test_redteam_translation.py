@@ -1,0 +1,85 @@
+"""Red team: a request translated between HTTP/2 and HTTP/1.1 on its way upstream must be the request the policy
+decided on and the audit row records: here, the Host the upstream reads."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.test_audit_layout_attacks import HOST, POLICY, _until, logged
+from tests.e2e.test_request_framing import CREDS, _h2, _raw, _recording_upstream
+
+pytestmark = pytest.mark.e2e
+
+EVIL = b"evil.example"
+
+
+def _hosts(data: bytes) -> list[bytes]:
+    """The Host header fields of the first request head in `data`, in order."""
+    head = data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]
+    return [line.split(b":", 1)[1].strip() for line in head if line.split(b":", 1)[0].strip().lower() == b"host"]
+
+
+def test_an_http2_request_with_a_second_host_field_is_refused(make_proxy) -> None:
+    """h2 checks `:authority` against the last `host` field only, and goex-proxy read an HTTP/2 request's host from
+    `:authority` alone: `host: evil.example` before `host: notes.example` went upstream over HTTP/1.1 as two Host
+    headers, the first naming a host no policy allowed (servers that take the first, as Node does, serve it), while
+    the row said notes.example."""
+    upstream, seen = _recording_upstream()
+    try:
+        proxy = make_proxy(POLICY, routes={HOST: f"http://127.0.0.1:{upstream.port}"})
+        status, body, _ = _h2(proxy, b"GET", b"/notes", [(b"host", EVIL), (b"host", HOST.encode())], b"", None)
+        if upstream.accepted:
+            _until(lambda: seen, "the upstream's connection to end")
+            pytest.fail(f"the upstream got Host fields {_hosts(seen[0])} (status {status})")
+        assert status == 403 and b"Host" in body, (status, body)
+        [row] = logged(proxy)
+        assert row["decision"] == "deny", row
+    finally:
+        upstream.close()
+
+
+@pytest.mark.parametrize("tunnel", [False, True], ids=["plain", "tls-tunnel"])
+def test_an_http1_request_labelled_http2_cannot_name_another_host(make_proxy, tunnel: bool) -> None:
+    """An HTTP/1 request line may say `HTTP/2.0` (mitmproxy reads any `HTTP/d.d`): the request then counts as HTTP/2,
+    so its host was read from the absolute-form URL alone and its Host header went unchecked; relayed upstream as
+    HTTP/1.1, the Host header is what the upstream reads. Policy and the row said notes.example, the upstream got
+    `Host: evil.example` (with the credentials bound to notes.example)."""
+    upstream, seen = _recording_upstream()
+    try:
+        proxy = make_proxy(POLICY, routes={HOST: f"http://127.0.0.1:{upstream.port}"})
+        request = (f"GET http://{HOST}/notes HTTP/2.0\r\nHost: evil.example\r\nProxy-Authorization: Basic {CREDS}\r\n"
+                   "Connection: close\r\n\r\n").encode()
+        if tunnel:
+            out = _tls_raw(proxy, request.replace(b"http://", b"https://"))
+        else:
+            out = _raw(proxy, request)
+        if upstream.accepted:
+            _until(lambda: seen, "the upstream's connection to end")
+            pytest.fail(f"the upstream got Host fields {_hosts(seen[0])}: {out[:200]!r}")
+        assert out.split(b"\r\n", 1)[0].endswith(b" 403 Forbidden") and b"HTTP/2.0" in out, out[:500]
+        [row] = logged(proxy)
+        assert row["decision"] == "deny" and row["host"] == HOST, row
+    finally:
+        upstream.close()
+
+
+def _tls_raw(proxy, data: bytes, timeout: float = 20) -> bytes:
+    """`data` sent inside a CONNECT tunnel to HOST:443 over TLS (HTTP/1.1 only), read until the proxy closes."""
+    import socket
+    import ssl
+
+    raw = socket.create_connection(("127.0.0.1", proxy.port), timeout=timeout)
+    raw.sendall(f"CONNECT {HOST}:443 HTTP/1.1\r\nHost: {HOST}:443\r\nProxy-Authorization: Basic {CREDS}\r\n\r\n"
+                .encode())
+    assert raw.recv(4096).startswith(b"HTTP/1.1 200")
+    context = ssl.create_default_context(cafile=str(proxy.ca_cert))
+    context.set_alpn_protocols(["http/1.1"])
+    out = b""
+    with context.wrap_socket(raw, server_hostname=HOST) as sock:
+        sock.sendall(data)
+        try:
+            while chunk := sock.recv(65536):
+                out += chunk
+        except (TimeoutError, ssl.SSLError, OSError):
+            pass
+    return out
