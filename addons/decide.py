@@ -62,10 +62,23 @@ def target_problem(flow: http.HTTPFlow, path: str | None) -> str | None:
     `path` is the request's canonical path (None when it is ambiguous)."""
     req = flow.request
     host = host_key(req.host)
-    if req.host_header:
-        named, port = _host_of(req.host_header)
+    # The version a request says must be its connection's: an HTTP/1 request line saying `HTTP/2.0` (mitmproxy reads
+    # any `HTTP/d.d`) made the request count as HTTP/2, whose host is read from the URL alone, while the Host header
+    # the upstream reads once it is relayed as HTTP/1.1 went unchecked.
+    over_h2 = flow.client_conn.alpn == b"h2"
+    if req.http_version not in (("HTTP/2.0",) if over_h2 else ("HTTP/1.0", "HTTP/1.1")):
+        return (f"the request says {req.http_version[:20]!r} over an {'HTTP/2' if over_h2 else 'HTTP/1'} connection; "
+                "send the version it is sent with")
+    # Every Host field, not only the one `host_header` reads (an HTTP/2 request's `:authority`, which h2 compares with
+    # the last `host` field only): relayed over HTTP/1.1, each is a Host header, and servers that take the first serve
+    # the host it names.
+    fields = req.headers.get_all("host")
+    if len(fields) > 1:
+        return f"the request has {len(fields)} Host headers ({', '.join(map(repr, fields))[:200]}); send one"
+    for value in (req.host_header, *fields) if req.host_header else fields:
+        named, port = _host_of(value)
         if named != host or (port is not None and port != req.port):
-            return f"the Host header names {req.host_header!r} but the request goes to {host}:{req.port}"
+            return f"the Host header names {value[:100]!r} but the request goes to {host}:{req.port}"
     if req.authority and not req.is_http2:
         # HTTP/1 absolute-form: outside a tunnel the URL gave the host (so they agree); inside one, the host is the
         # tunnel's, and a server reading the request line would go where it says instead (RFC 9112 3.2.2).
