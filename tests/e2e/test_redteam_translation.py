@@ -83,3 +83,78 @@ def _tls_raw(proxy, data: bytes, timeout: float = 20) -> bytes:
         except (TimeoutError, ssl.SSLError, OSError):
             pass
     return out
+
+
+#: Agents may POST notes whose body does not say `rm -rf`, and GET them only as a dry run.
+GUARDED = {"notes": f"""
+    version: 1
+    rules:
+      - name: post notes
+        allow:
+          host: {HOST}
+          methods: [POST]
+          path: /notes
+          when: '!request.body.contains("rm -rf")'
+      - name: dry runs
+        allow:
+          host: {HOST}
+          methods: [GET]
+          path: /notes
+          when: '"x-dry-run" in request.headers'
+"""}
+
+
+def test_a_request_body_under_a_transfer_coding_other_than_chunked_is_refused(make_proxy) -> None:
+    """`Transfer-Encoding: gzip, chunked` passes mitmproxy's checks, which take the chunked coding off and leave the
+    gzip one on: the policy (and the row) read the gzip bytes, which say nothing it forbids, and the request went on
+    with its Transfer-Encoding as sent, so an upstream that undoes the coding ran `rm -rf /` (one reached over HTTP/2
+    got the gzip bytes instead: the same request, two bodies)."""
+    import gzip
+
+    upstream, seen = _recording_upstream()
+    try:
+        proxy = make_proxy(GUARDED, routes={HOST: f"http://127.0.0.1:{upstream.port}"})
+        packed = gzip.compress(b"rm -rf /")
+        out = _raw(proxy, (f"POST http://{HOST}/notes HTTP/1.1\r\nHost: {HOST}\r\nProxy-Authorization: Basic {CREDS}\r\n"
+                           "Content-Type: text/plain\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n"
+                           ).encode() + b"%x\r\n%s\r\n0\r\n\r\n" % (len(packed), packed))
+        if upstream.accepted:
+            _until(lambda: seen, "the upstream's connection to end")
+            pytest.fail(f"the upstream got {seen[0][:300]!r}; the agent {out[:120]!r}")
+        assert out.startswith(b"HTTP/1.1 403") and b"Transfer-Encoding" in out, out[:500]
+        [row] = logged(proxy)
+        assert row["decision"] == "deny", row
+    finally:
+        upstream.close()
+
+
+def test_a_header_the_connection_header_nominates_is_refused(make_proxy) -> None:
+    """`Connection: close, X-Dry-Run` makes X-Dry-Run hop-by-hop: the next HTTP/1.1 hop (a CDN or load balancer in
+    front of the upstream) removes it, as RFC 9110 7.6.1 has every intermediary do. mitmproxy relays the field and the
+    Connection header as they are, so the policy allowed a dry run that the application received as a real GET."""
+    upstream, seen = _recording_upstream()
+    try:
+        proxy = make_proxy(GUARDED, routes={HOST: f"http://127.0.0.1:{upstream.port}"})
+        out = _raw(proxy, (f"GET http://{HOST}/notes HTTP/1.1\r\nHost: {HOST}\r\nProxy-Authorization: Basic {CREDS}\r\n"
+                           "X-Dry-Run: 1\r\nConnection: close, X-Dry-Run\r\n\r\n").encode())
+        if upstream.accepted:
+            _until(lambda: seen, "the upstream's connection to end")
+            pytest.fail(f"the upstream got {seen[0][:300]!r}; the agent {out[:120]!r}")
+        assert out.startswith(b"HTTP/1.1 403") and b"Connection" in out, out[:500]
+        [row] = logged(proxy)
+        assert row["decision"] == "deny", row
+    finally:
+        upstream.close()
+
+
+@pytest.mark.parametrize("connection", ["close", "TE, close", "Keep-Alive, close"])
+def test_a_connection_header_naming_only_hop_by_hop_fields_is_relayed(make_proxy, connection: str) -> None:
+    """The control: what clients send (Perl's LWP says `TE, close`); WebSocket's `Upgrade` is in test_protocols."""
+    upstream, seen = _recording_upstream()
+    try:
+        proxy = make_proxy(GUARDED, routes={HOST: f"http://127.0.0.1:{upstream.port}"})
+        out = _raw(proxy, (f"GET http://{HOST}/notes HTTP/1.1\r\nHost: {HOST}\r\nProxy-Authorization: Basic {CREDS}\r\n"
+                           f"X-Dry-Run: 1\r\nTE: trailers\r\nConnection: {connection}\r\n\r\n").encode())
+        assert out.startswith(b"HTTP/1.1 201"), out[:500]
+    finally:
+        upstream.close()
