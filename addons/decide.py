@@ -113,6 +113,26 @@ def fields_problem(message: http.Message) -> str | None:
     return problem
 
 
+#: The fields a request's Connection header may name: those every hop handles itself (RFC 9110 7.6.1, 9112 9.6).
+HOP_BY_HOP = frozenset({"close", "keep-alive", "upgrade", "te"})
+
+
+def framing_problem(req: http.Request) -> str | None:
+    """Why a request's hop-by-hop fields would have the next hop read another request than policy decides on, if they
+    would. mitmproxy relays them as the agent sent them: a transfer coding but chunked is left on the body the policy
+    reads (an upstream that undoes it runs other bytes), and a field the Connection header names is removed by the
+    next intermediary in front of the upstream (a header a condition required never reaches the application)."""
+    coding = ",".join(req.headers.get_all("transfer-encoding"))
+    if coding and re.sub(r"[\t ]", "", coding).lower() != "chunked":
+        return (f"the request's Transfer-Encoding {coding[:100]!r} applies a coding but chunked, which the policy would "
+                "not read through; send the body as it is, chunked or with a Content-Length")
+    named = {token.strip().lower() for value in req.headers.get_all("connection") for token in value.split(",")}
+    if named - HOP_BY_HOP - {""}:
+        return (f"the request's Connection header names {', '.join(sorted(named - HOP_BY_HOP - {''}))[:100]!r}, which "
+                "the next hop would remove before the upstream reads it; send it without")
+    return None
+
+
 def read_body(req: http.Request) -> tuple[bytes, str | None, Any]:
     """The body as the upstream will read it (Content-Encoding undone), why it is refused before policy if it is, and
     the body parsed as JSON if checking it parsed it (else `NOT_PARSED`).
@@ -181,7 +201,7 @@ class Decide:
             return
         agent = flowmeta.agent(flow)
         now = time.time()
-        problem = fields_problem(flow.request)
+        problem = fields_problem(flow.request) or framing_problem(flow.request)
         if problem is None and flow.request.trailers:
             # HTTP/2 carries them after the body (HTTP/1's are refused as they are read): neither policy nor the audit
             # row sees them, so they are not relayed, as what an agent sends is relayed whole or not at all
