@@ -1,5 +1,5 @@
-"""Red team: a request translated between HTTP/2 and HTTP/1.1 on its way upstream must be the request the policy
-decided on and the audit row records: here, the Host the upstream reads."""
+"""A request translated between HTTP/2 and HTTP/1.1 on its way upstream is the request the policy decided on and the
+audit row records: the Host the upstream reads, its framing, and the fields a hop removes."""
 
 from __future__ import annotations
 
