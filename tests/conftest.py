@@ -470,5 +470,35 @@ def read_head(sock: socket.socket) -> bytes:
     return data
 
 
+def answer_to(sock: socket.socket, seconds: float) -> bytes:
+    """All `sock` receives until its peer closes; the test fails if that has not happened within `seconds`."""
+    out = b""
+    sock.settimeout(seconds)
+    try:
+        while chunk := sock.recv(65536):
+            out += chunk
+    except TimeoutError:
+        pytest.fail(f"the agent was still waiting after {seconds}s, having got {out[:300]!r}")
+    return out
+
+
+def tunnel(proxy: GoexProxy, host: str, alpn: str, agent: str = "mailbot", timeout: float = 20) -> Any:
+    """A TLS connection to `host`:443 through the proxy's CONNECT tunnel, as `agent`, which chose `alpn` ("h2" or
+    "http/1.1")."""
+    import base64
+    import ssl
+
+    raw = socket.create_connection(("127.0.0.1", proxy.port), timeout=timeout)
+    creds = base64.b64encode(f"{agent}:{TOKENS[agent]}".encode()).decode()
+    raw.sendall(f"CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\nProxy-Authorization: Basic {creds}\r\n\r\n"
+                .encode())
+    assert raw.recv(4096).startswith(b"HTTP/1.1 200")
+    context = ssl.create_default_context(cafile=str(proxy.ca_cert))
+    context.set_alpn_protocols([alpn])
+    sock = context.wrap_socket(raw, server_hostname=host)
+    assert sock.selected_alpn_protocol() == alpn
+    return sock
+
+
 def have(tool: str) -> bool:
     return shutil.which(tool) is not None

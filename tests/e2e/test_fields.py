@@ -3,16 +3,10 @@ HTTP/2 client sends raw bytes no HTTP/1.1 message may hold, and an HTTP/2 upstre
 
 from __future__ import annotations
 
-import base64
-import socket
-import ssl
-
-import h2.config
-import h2.connection
-import h2.events
 import pytest
 
-from tests.conftest import GITHUB_POLICY, TOKENS
+from tests.conftest import GITHUB_POLICY
+from tests.e2e.test_request_framing import _h2
 
 pytestmark = pytest.mark.e2e
 
@@ -21,43 +15,9 @@ SMUGGLED = b"v\r\nContent-Length: 0\r\n\r\nPOST /api/files.delete HTTP/1.1\r\nHo
 
 def h2_request(proxy, headers: list[tuple[bytes, bytes]], trailers: list[tuple[bytes, bytes]] | None = None,
                path: bytes = b"/repos/octo/hello") -> tuple[int, bytes]:
-    """One HTTP/2 request through the proxy's CONNECT tunnel, its header bytes sent exactly as given (the client
-    checks nothing); the answer's status and body."""
-    raw = socket.create_connection(("127.0.0.1", proxy.port), timeout=20)
-    auth = base64.b64encode(f"mailbot:{TOKENS['mailbot']}".encode()).decode()
-    raw.sendall(f"CONNECT api.github.com:443 HTTP/1.1\r\nHost: api.github.com:443\r\n"
-                f"Proxy-Authorization: Basic {auth}\r\n\r\n".encode())
-    assert raw.recv(4096).startswith(b"HTTP/1.1 200")
-    context = ssl.create_default_context(cafile=str(proxy.ca_cert))
-    context.set_alpn_protocols(["h2"])
-    sock = context.wrap_socket(raw, server_hostname="api.github.com")
-    assert sock.selected_alpn_protocol() == "h2"
-    conn = h2.connection.H2Connection(h2.config.H2Configuration(
-        client_side=True, header_encoding=None, validate_outbound_headers=False, normalize_outbound_headers=False,
-        validate_inbound_headers=False))
-    conn.initiate_connection()
-    stream = conn.get_next_available_stream_id()
-    base = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"api.github.com"),
-            (b":path", path)]
-    conn.send_headers(stream, base + headers, end_stream=trailers is None)
-    if trailers is not None:
-        conn.send_headers(stream, trailers, end_stream=True)
-    sock.sendall(conn.data_to_send())
-    status, body = 0, b""
-    with sock:
-        while True:
-            data = sock.recv(65536)
-            if not data:
-                break
-            for event in conn.receive_data(data):
-                if isinstance(event, h2.events.ResponseReceived):
-                    status = int(dict(event.headers)[b":status"])
-                elif isinstance(event, h2.events.DataReceived):
-                    body += event.data
-                    conn.acknowledge_received_data(event.flow_controlled_length, stream)
-                elif isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
-                    return status, body
-            sock.sendall(conn.data_to_send())
+    """One HTTP/2 GET to api.github.com through the proxy, its header bytes sent exactly as given (the client checks
+    nothing); the answer's status and body."""
+    status, body, _ = _h2(proxy, b"GET", path, headers, b"", trailers, host="api.github.com", strict=False)
     return status, body
 
 

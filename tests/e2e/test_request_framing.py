@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import socket
-import ssl
 import time
 
 import h2.config
@@ -13,7 +12,7 @@ import h2.connection
 import h2.events
 import pytest
 
-from tests.conftest import TOKENS, GoexProxy, LoopbackServer
+from tests.conftest import TOKENS, GoexProxy, LoopbackServer, answer_to, tunnel
 from tests.e2e.test_audit_layout_attacks import HOST, POLICY, _until, logged
 
 pytestmark = pytest.mark.e2e
@@ -49,7 +48,6 @@ def _recording_upstream(answer: bytes = b"HTTP/1.1 201 Created\r\nContent-Length
 
 def _raw(proxy: GoexProxy, data: bytes, pause_after: int | None = None, timeout: float = 20) -> bytes:
     """Send `data` as an agent (split at `pause_after` with a pause between), read until the proxy closes."""
-    out = b""
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=timeout) as sock:
         if pause_after is None:
             sock.sendall(data)
@@ -57,28 +55,21 @@ def _raw(proxy: GoexProxy, data: bytes, pause_after: int | None = None, timeout:
             sock.sendall(data[:pause_after])
             time.sleep(0.5)
             sock.sendall(data[pause_after:])
-        try:
-            while chunk := sock.recv(65536):
-                out += chunk
-        except TimeoutError:
-            pytest.fail(f"the agent was still waiting after {timeout}s, having got {out[:300]!r}")
-    return out
+        return answer_to(sock, timeout)
 
 
 def _h2(proxy: GoexProxy, method: bytes, path: bytes, headers: list[tuple[bytes, bytes]], body: bytes,
-        trailers: list[tuple[bytes, bytes]] | None, timeout: float = 20) -> tuple[int, bytes, list]:
-    raw = socket.create_connection(("127.0.0.1", proxy.port), timeout=timeout)
-    raw.sendall(f"CONNECT {HOST}:443 HTTP/1.1\r\nHost: {HOST}:443\r\nProxy-Authorization: Basic {CREDS}\r\n\r\n"
-                .encode())
-    assert raw.recv(4096).startswith(b"HTTP/1.1 200")
-    context = ssl.create_default_context(cafile=str(proxy.ca_cert))
-    context.set_alpn_protocols(["h2"])
-    sock = context.wrap_socket(raw, server_hostname=HOST)
-    assert sock.selected_alpn_protocol() == "h2"
-    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+        trailers: list[tuple[bytes, bytes]] | None, timeout: float = 20, host: str = HOST,
+        strict: bool = True) -> tuple[int, bytes, list]:
+    """One HTTP/2 request to `host` through the proxy's CONNECT tunnel (with `strict` false, its header bytes sent
+    exactly as given: the client checks nothing); the answer's status, body and the HTTP/2 events seen."""
+    sock = tunnel(proxy, host, "h2", timeout=timeout)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(
+        client_side=True, header_encoding=None, validate_outbound_headers=strict, normalize_outbound_headers=strict,
+        validate_inbound_headers=strict))
     conn.initiate_connection()
     stream = conn.get_next_available_stream_id()
-    base = [(b":method", method), (b":scheme", b"https"), (b":authority", HOST.encode()), (b":path", path)]
+    base = [(b":method", method), (b":scheme", b"https"), (b":authority", host.encode()), (b":path", path)]
     conn.send_headers(stream, base + headers, end_stream=not body and trailers is None)
     if body:
         conn.send_data(stream, body, end_stream=trailers is None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import tunnel
 from tests.e2e.test_audit_layout_attacks import HOST, POLICY, _until, logged
 from tests.e2e.test_request_framing import CREDS, _h2, _raw, _recording_upstream
 
@@ -65,17 +66,10 @@ def test_an_http1_request_labelled_http2_cannot_name_another_host(make_proxy, tu
 
 def _tls_raw(proxy, data: bytes, timeout: float = 20) -> bytes:
     """`data` sent inside a CONNECT tunnel to HOST:443 over TLS (HTTP/1.1 only), read until the proxy closes."""
-    import socket
     import ssl
 
-    raw = socket.create_connection(("127.0.0.1", proxy.port), timeout=timeout)
-    raw.sendall(f"CONNECT {HOST}:443 HTTP/1.1\r\nHost: {HOST}:443\r\nProxy-Authorization: Basic {CREDS}\r\n\r\n"
-                .encode())
-    assert raw.recv(4096).startswith(b"HTTP/1.1 200")
-    context = ssl.create_default_context(cafile=str(proxy.ca_cert))
-    context.set_alpn_protocols(["http/1.1"])
     out = b""
-    with context.wrap_socket(raw, server_hostname=HOST) as sock:
+    with tunnel(proxy, HOST, "http/1.1", timeout=timeout) as sock:
         sock.sendall(data)
         try:
             while chunk := sock.recv(65536):
@@ -104,6 +98,16 @@ GUARDED = {"notes": f"""
 """}
 
 
+def _refused(proxy, upstream, seen: list[bytes], out: bytes, said: bytes) -> None:
+    """Nothing of the request reached the upstream; the agent got a 403 saying `said`, and its row is a denial."""
+    if upstream.accepted:
+        _until(lambda: seen, "the upstream's connection to end")
+        pytest.fail(f"the upstream got {seen[0][:300]!r}; the agent {out[:120]!r}")
+    assert out.startswith(b"HTTP/1.1 403") and said in out, out[:500]
+    [row] = logged(proxy)
+    assert row["decision"] == "deny", row
+
+
 def test_a_request_body_under_a_transfer_coding_other_than_chunked_is_refused(make_proxy) -> None:
     """`Transfer-Encoding: gzip, chunked` passes mitmproxy's checks, which take the chunked coding off and leave the
     gzip one on: the policy (and the row) read the gzip bytes, which say nothing it forbids, and the request went on
@@ -118,12 +122,7 @@ def test_a_request_body_under_a_transfer_coding_other_than_chunked_is_refused(ma
         out = _raw(proxy, (f"POST http://{HOST}/notes HTTP/1.1\r\nHost: {HOST}\r\nProxy-Authorization: Basic {CREDS}\r\n"
                            "Content-Type: text/plain\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n"
                            ).encode() + b"%x\r\n%s\r\n0\r\n\r\n" % (len(packed), packed))
-        if upstream.accepted:
-            _until(lambda: seen, "the upstream's connection to end")
-            pytest.fail(f"the upstream got {seen[0][:300]!r}; the agent {out[:120]!r}")
-        assert out.startswith(b"HTTP/1.1 403") and b"Transfer-Encoding" in out, out[:500]
-        [row] = logged(proxy)
-        assert row["decision"] == "deny", row
+        _refused(proxy, upstream, seen, out, b"Transfer-Encoding")
     finally:
         upstream.close()
 
@@ -137,12 +136,7 @@ def test_a_header_the_connection_header_nominates_is_refused(make_proxy) -> None
         proxy = make_proxy(GUARDED, routes={HOST: f"http://127.0.0.1:{upstream.port}"})
         out = _raw(proxy, (f"GET http://{HOST}/notes HTTP/1.1\r\nHost: {HOST}\r\nProxy-Authorization: Basic {CREDS}\r\n"
                            "X-Dry-Run: 1\r\nConnection: close, X-Dry-Run\r\n\r\n").encode())
-        if upstream.accepted:
-            _until(lambda: seen, "the upstream's connection to end")
-            pytest.fail(f"the upstream got {seen[0][:300]!r}; the agent {out[:120]!r}")
-        assert out.startswith(b"HTTP/1.1 403") and b"Connection" in out, out[:500]
-        [row] = logged(proxy)
-        assert row["decision"] == "deny", row
+        _refused(proxy, upstream, seen, out, b"Connection")
     finally:
         upstream.close()
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.conftest import TOKENS, GoexProxy, LoopbackServer, read_head
+from tests.conftest import TOKENS, GoexProxy, LoopbackServer, answer_to, read_head
 from tests.e2e.test_audit_layout_attacks import HOST, POLICY, _until, logged, send
 
 pytestmark = pytest.mark.e2e
@@ -20,15 +20,9 @@ def _send_within(proxy: GoexProxy, head: list[str], body: bytes, seconds: float)
     creds = base64.b64encode(f"mailbot:{TOKENS['mailbot']}".encode()).decode()
     lines = [head[0], f"Proxy-Authorization: Basic {creds}", *head[1:], f"Content-Length: {len(body)}",
              "Connection: close"]
-    out = b""
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=seconds) as sock:
         sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
-        try:
-            while chunk := sock.recv(65536):
-                out += chunk
-        except TimeoutError:
-            pytest.fail(f"the agent was still waiting after {seconds}s, having got {out[:200]!r}")
-    return out
+        return answer_to(sock, seconds)
 
 
 def _rows_with_outcome(proxy: GoexProxy, n: int = 1) -> list[dict[str, object]]:
