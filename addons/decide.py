@@ -75,7 +75,7 @@ def target_problem(flow: http.HTTPFlow, path: str | None) -> str | None:
     fields = req.headers.get_all("host")
     if len(fields) > 1:
         return f"the request has {len(fields)} Host headers ({', '.join(map(repr, fields))[:200]}); send one"
-    for value in (req.host_header, *fields) if req.host_header else fields:
+    for value in dict.fromkeys([req.host_header, *fields] if req.host_header else fields):  # HTTP/1's is its field
         named, port = _host_of(value)
         if named != host or (port is not None and port != req.port):
             return f"the Host header names {value[:100]!r} but the request goes to {host}:{req.port}"
@@ -127,9 +127,10 @@ def framing_problem(req: http.Request) -> str | None:
         return (f"the request's Transfer-Encoding {coding[:100]!r} applies a coding but chunked, which the policy would "
                 "not read through; send the body as it is, chunked or with a Content-Length")
     named = {token.strip().lower() for value in req.headers.get_all("connection") for token in value.split(",")}
-    if named - HOP_BY_HOP - {""}:
-        return (f"the request's Connection header names {', '.join(sorted(named - HOP_BY_HOP - {''}))[:100]!r}, which "
-                "the next hop would remove before the upstream reads it; send it without")
+    removed = named - HOP_BY_HOP - {""}
+    if removed:
+        return (f"the request's Connection header names {', '.join(sorted(removed))[:100]!r}, which the next hop would "
+                "remove before the upstream reads it; send it without")
     return None
 
 

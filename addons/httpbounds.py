@@ -81,6 +81,13 @@ def _shown(text: str, most: int = 200) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in cut)
 
 
+def _peek(buf: Any, most: int) -> bytes:
+    """An h11 receive buffer's first `most` bytes, without copying the rest of it (the whole of it, copied, if h11
+    keeps its bytes otherwise than it does now)."""
+    data = getattr(buf, "_data", None)
+    return bytes(data[:most]) if isinstance(data, bytearray) else bytes(buf)[:most]
+
+
 def _watched(commands_: Generator[Any, Any, Any], see: Callable[[Any], None]) -> Generator[Any, Any, Any]:
     """`commands_` passed through as they are (replies sent back in), each shown to `see` before it is carried out;
     returns what `commands_` returns."""
@@ -101,7 +108,7 @@ class BoundedHttp1Server(Http1Server):
     def read_headers(self, event: events.ConnectionEvent) -> layer.CommandGenerator[None]:
         cap = limits_for(self.context.options).max_header_bytes
         if isinstance(event, events.DataReceived) and len(self.buf) > cap:
-            end = _BLANK_LINE.search(bytes(self.buf)[:cap + 3])
+            end = _BLANK_LINE.search(_peek(self.buf, cap + 3))
             if end is None or end.start() > cap:
                 yield from self._refuse_head(cap)
                 return
@@ -149,10 +156,10 @@ class BoundedHttp1Server(Http1Server):
 class BoundedHttp1Client(Http1Client):
     """An HTTP/1 upstream connection that frames the HTTP/2 requests it relays (`send`), passes over interim answers
     (100 Continue, 102, 103 Early Hints) before the final one, as RFC 9110 has clients do, and reads an answer's head
-    and chunked framing only up to MAX_ANSWER_HEAD. mitmproxy's took
-    the first interim answer for the final one (the agent got a 103 with no body, its row said 103 for a request the
-    upstream went on to answer, and the real answer was dropped as data for no request), and kept every byte of a
-    head that never ended, then quoted all of it in the agent's 502 and the row's error."""
+    and chunked framing only up to MAX_ANSWER_HEAD. mitmproxy's took the first interim answer for the final one (the
+    agent got a 103 with no body, its row said 103 for a request the upstream went on to answer, and the real answer
+    was dropped as data for no request), and kept every byte of a head that never ended, then quoted all of it in the
+    agent's 502 and the row's error."""
 
     #: The request whose interim answers and empty lines were counted, and how many it had.
     _interim_of: object = None
@@ -176,11 +183,6 @@ class BoundedHttp1Client(Http1Client):
             event = RequestHeaders(event.stream_id, request, event.end_stream, event.replay_flow)
         yield from super().send(event)
 
-    def _peek(self, most: int) -> bytes:
-        """The buffer's first `most` bytes, without copying the rest of it."""
-        data = getattr(self.buf, "_data", None)
-        return bytes(data[:most]) if isinstance(data, bytearray) else bytes(self.buf)[:most]
-
     def read_headers(self, event: events.ConnectionEvent) -> layer.CommandGenerator[None]:
         if isinstance(event, events.DataReceived) and self.request:
             if self._interim_of is not self.request:
@@ -189,8 +191,9 @@ class BoundedHttp1Client(Http1Client):
                 # Empty lines before a status line, all at once (mitmproxy drops one a read: an answer after two
                 # waited for another read, and CRLFs without end were all kept), counted toward the head's bound.
                 empty = 0
-                if self._peek(1) in (b"\r", b"\n"):  # most answers start with their status line: nothing copied
-                    empty = len(_EMPTY_LINES.match(self._peek(MAX_ANSWER_HEAD + 2)).group())  # type: ignore[union-attr]
+                if _peek(self.buf, 1) in (b"\r", b"\n"):  # most answers start with their status line: nothing copied
+                    lines = _EMPTY_LINES.match(_peek(self.buf, MAX_ANSWER_HEAD + 2))
+                    empty = len(lines.group()) if lines else 0
                 if empty:
                     self.buf.maybe_extract_at_most(empty)
                     self._empty_seen += empty
@@ -198,7 +201,8 @@ class BoundedHttp1Client(Http1Client):
                         yield from self._fail(f"the upstream sent over {format_size(MAX_ANSWER_HEAD)} of empty lines "
                                               "before its answer head")
                         return
-                if not (self.buf and _INTERIM.match(self._peek(16)) and self.buf.maybe_extract_lines() is not None):
+                interim = self.buf and _INTERIM.match(_peek(self.buf, 16))
+                if not (interim and self.buf.maybe_extract_lines() is not None):
                     break
                 # a whole interim head, dropped; an incomplete one waits for more bytes, as mitmproxy's does
                 self._interim_seen += 1
@@ -207,13 +211,13 @@ class BoundedHttp1Client(Http1Client):
                                           "its final one")
                     return
             if len(self.buf) > MAX_ANSWER_HEAD:
-                end = _BLANK_LINE.search(self._peek(MAX_ANSWER_HEAD + 3))
+                end = _BLANK_LINE.search(_peek(self.buf, MAX_ANSWER_HEAD + 3))
                 if end is None or end.start() > MAX_ANSWER_HEAD:
                     yield from self._fail(f"the upstream's answer head is over {format_size(MAX_ANSWER_HEAD)}")
                     return
         elif isinstance(event, events.ConnectionClosed) and self.stream_id and self.buf:
             # mitmproxy's quotes the whole unfinished head in the agent's 502 and the row's error: a part of it
-            cut = self._peek(QUOTED_HEAD)
+            cut = _peek(self.buf, QUOTED_HEAD)
             if self.conn.state & ConnectionState.CAN_WRITE:
                 yield commands.CloseConnection(self.conn)
             yield ReceiveHttp(ResponseProtocolError(
