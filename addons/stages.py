@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from functools import partial
 from typing import Any
 
 import mitmproxy.log  # noqa: F401  (with the two below: every hook mitmproxy has is in `hooks.all_hooks`)
 import mitmproxy.proxy.layers  # noqa: F401
 import mitmproxy.proxy.server_hooks  # noqa: F401
-from mitmproxy import addonmanager, exceptions, hooks
+from mitmproxy import addonmanager, exceptions, flow, hooks
 
 #: The logger mitmproxy's own dispatch reports an addon's error on.
 log = logging.getLogger("mitmproxy.addonmanager")
@@ -113,22 +114,81 @@ class HookIndexedAddons(addonmanager.AddonManager):
     """mitmproxy's addon manager, handing each hook of a flow only to the addons that have it, in their order, each
     as mitmproxy does: it hands every hook to every addon, then an `update` to every addon (which none of
     `goex-proxy run`'s has), so that a GET cost 64 dispatches where 5 do. For a master whose addons are those added
-    to it (no script addons, whose children change as their files do): `index_hooks` makes one's manager this."""
+    to it (no script addons, whose children change as their files do): `index_hooks` makes one's manager this.
 
-    _having: dict[str, list[Any]]
+    Each addon's part that has the hook is called with the hook's arguments as mitmproxy calls it, an awaitable it
+    returns awaited; an error ends that addon's turn and is logged as mitmproxy logs it, AddonHalt ends the hook and
+    OptionsError goes up. Found once a hook (the parts' methods, read once), the arguments read once a hook (mitmproxy
+    reads a hook's dataclass fields again for each addon), and no `update` hook made when no addon has one. A hook
+    runs as far as it goes without waiting before anything is awaited (`lifecycle_at_once`), so that a connection's
+    hooks that never wait need no task of their own (`hooks_at_once`)."""
+
+    _having: dict[str, tuple[tuple[Hook, ...], ...]]
+
+    def _found(self, name: str) -> tuple[tuple[Hook, ...], ...]:
+        having = self.__dict__.setdefault("_having", {})
+        found = having.get(name)
+        if found is None:
+            found = having[name] = tuple(calls for calls in map(partial(_calls, name), self.chain) if calls)
+        return found
+
+    async def handle_lifecycle(self, event: hooks.Hook) -> None:
+        rest = self.lifecycle_at_once(event)
+        if rest is not None:
+            await rest
 
     async def trigger_event(self, event: hooks.Hook) -> None:
-        having = self.__dict__.setdefault("_having", {})
-        found = having.get(event.name)
-        if found is None:
-            found = having[event.name] = [a for a in self.chain if any(
-                callable(getattr(part, event.name, None)) for part in addonmanager.traverse([a]))]
-        for addon in found:
-            try:
-                with addonmanager.safecall():
-                    await self.invoke_addon(addon, event)
-            except exceptions.AddonHalt:
-                return
+        rest = self._at_once(self._found(event.name), event.args())
+        if rest is not None:
+            await rest
+
+    def lifecycle_at_once(self, event: hooks.Hook) -> Coroutine[Any, Any, None] | None:
+        """`handle_lifecycle` as far as it goes without waiting: None if it ended, else what is left of it, not
+        started (an addon's awaitable, and every part after it), for the caller to await where it waits."""
+        args = event.args()
+        rest = self._at_once(self._found(event.name), args)
+        if isinstance(args[0], flow.Flow) and self._found("update"):
+            return self._then_update(rest, args[0])
+        return rest
+
+    def _at_once(self, found: tuple[tuple[Hook, ...], ...], args: list[Any]) -> Coroutine[Any, Any, None] | None:
+        for at, calls in enumerate(found):
+            for part, call in enumerate(calls):
+                try:
+                    result = call(*args)
+                except exceptions.AddonHalt:
+                    return None
+                except exceptions.OptionsError:
+                    raise
+                except Exception as exc:
+                    _report(exc)
+                    break  # the rest of this addon's parts are not called, as mitmproxy's `safecall` has it
+                if result is not None and inspect.isawaitable(result):
+                    return self._rest(result, calls[part + 1:], found[at + 1:], args)
+        return None
+
+    async def _rest(self, pending: Awaitable[Any], calls: tuple[Hook, ...], found: tuple[tuple[Hook, ...], ...],
+                    args: list[Any]) -> None:
+        try:
+            await pending
+            for call in calls:
+                result = call(*args)
+                if result is not None and inspect.isawaitable(result):
+                    await result
+        except exceptions.AddonHalt:
+            return
+        except exceptions.OptionsError:
+            raise
+        except Exception as exc:
+            _report(exc)
+        rest = self._at_once(found, args)
+        if rest is not None:
+            await rest
+
+    async def _then_update(self, rest: Coroutine[Any, Any, None] | None, message: flow.Flow) -> None:
+        if rest is not None:
+            await rest
+        await self.trigger_event(hooks.UpdateHook([message]))
 
     def register(self, addon: Any) -> Any:
         self.__dict__.pop("_having", None)
@@ -141,6 +201,11 @@ class HookIndexedAddons(addonmanager.AddonManager):
     def clear(self) -> None:
         self.__dict__.pop("_having", None)
         super().clear()
+
+
+def _calls(name: str, addon: Any) -> tuple[Hook, ...]:
+    """What mitmproxy calls for hook `name` on `addon`: the method of that name of it and of each of its children."""
+    return tuple(call for part in addonmanager.traverse([addon]) if callable(call := getattr(part, name, None)))
 
 
 def index_hooks(manager: addonmanager.AddonManager) -> None:

@@ -73,6 +73,7 @@ def build_master(config: Config, policies: PolicySet, undo_token: str | None = N
     the caller keeps it (`run`'s, whose rows a writer process writes); else one of its own. Its log goes to stdout, as
     mitmdump's does, or to `log_to` (a proxy running beside a command: stdout is the command's)."""
     from goex_proxy.addons import pipeline
+    from goex_proxy.addons.hooksnow import hooks_at_once
     from goex_proxy.addons.livelog import LiveLog
     from goex_proxy.addons.retention import Retention
     from goex_proxy.addons.stages import index_hooks
@@ -84,6 +85,7 @@ def build_master(config: Config, policies: PolicySet, undo_token: str | None = N
     if log_to is not None:
         m.addons.add(termlog.TermLog(out=log_to))  # its handler taken off by `_uninstall_log` once the master ends
     index_hooks(m.addons)
+    hooks_at_once()
     # mitmproxy turns every log record into a deprecated `add_log` event for every addon (none of these has one): a
     # wake-up of the event loop and a dispatch for each request's line.
     legacy = getattr(m, "_legacy_log_events", None)
