@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 from mitmproxy import flow as mflow
@@ -34,17 +33,18 @@ _CHARGE = "goex.charge"
 _CHALLENGED = "goex.challenged"
 _EXCHANGE = "goex.exchange"
 _IDS = RequestIds()
-#: Each live flow's values. Not `flow.metadata`: mitmproxy writes that into flow files (`-w`, which fails on a live
-#: object), copies it with `flow.copy()` and reads it back from files, so a replayed or loaded flow would arrive with
-#: an identity, a decision or "already recorded" that this pipeline never made.
-_VALUES: weakref.WeakKeyDictionary[mflow.Flow, dict[str, Any]] = weakref.WeakKeyDictionary()
+#: The attribute holding each live flow's values. Not `flow.metadata`: mitmproxy writes that into flow files (`-w`,
+#: which fails on a live object), copies it with `flow.copy()` and reads it back from files, so a replayed or loaded
+#: flow would arrive with an identity, a decision or "already recorded" that this pipeline never made. mitmproxy
+#: writes, copies and compares a flow by its declared state only, which this attribute is not part of.
+_VALUES = "_goex_values"
 
 
 def _of(flow: mflow.Flow) -> dict[str, Any]:
     """This flow's values (an empty set for a flow no stage has seen)."""
-    values = _VALUES.get(flow)
+    values: dict[str, Any] | None = flow.__dict__.get(_VALUES)
     if values is None:
-        values = _VALUES[flow] = {}
+        values = flow.__dict__[_VALUES] = {}
     return values
 
 

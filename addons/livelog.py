@@ -309,8 +309,9 @@ def decision_of(flow: http.HTTPFlow) -> str:
     (whatever became of it), else the policy's (`allow`, `report`, `deny`), or `error` when there was none."""
     if flowmeta.challenged(flow):
         return "challenge"
+    approval = flowmeta.approval(flow)
     try:
-        kind = json.loads(flowmeta.approval(flow) or "{}").get("kind")
+        kind = json.loads(approval).get("kind") if approval else None
     except (ValueError, AttributeError):
         kind = None
     if kind in ("hold", "delay"):

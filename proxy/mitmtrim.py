@@ -3,10 +3,12 @@ with the same results: each call here was measured in a running proxy."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from mitmproxy import http
+from mitmproxy import hooks, http, optmanager
 
 
 def _unchecked(_: object) -> None:
@@ -34,6 +36,29 @@ def _has_header(headers: http.Headers, key: object) -> bool:
     return bool(_header_values(headers, key))  # type: ignore[arg-type]  # mitmproxy's raises alike for a non-name
 
 
+#: The types whose values `copy.deepcopy` gives back as they are (its "atomic" ones that options hold).
+_ATOMIC = frozenset({str, bytes, int, float, bool, type(None)})
+
+
+def _option_value(option: optmanager._Option) -> Any:
+    """An option's value as mitmproxy's `_Option.current` gives it: a deep copy (its default's, when unset), made
+    only where a copy is another object."""
+    value = option._default if option.value is optmanager.unset else option.value
+    return value if type(value) in _ATOMIC else copy.deepcopy(value)
+
+
+#: Each hook class's field names, in order (a dataclass's fields do not change).
+_HOOK_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _hook_args(hook: hooks.Hook) -> list[Any]:
+    """`Hook.args`: the hook's fields' values, in order; the names read once a class."""
+    names = _HOOK_FIELDS.get(type(hook))
+    if names is None:
+        names = _HOOK_FIELDS[type(hook)] = tuple(field.name for field in dataclasses.fields(hook))  # type: ignore[arg-type]
+    return [getattr(hook, name) for name in names]
+
+
 #: What `trim` replaced, by class and name, as it was (the tests hold the replacements to it).
 REPLACED: dict[tuple[type, str], Any] = {}
 
@@ -51,10 +76,17 @@ def trim() -> None:
       bytes where it gives bytes (mitmproxy skips it under `python -O`, which would drop goex-proxy's asserts too);
     - header look-ups in one pass (`Headers.get`, `get_all`, `in`): mitmproxy makes 55 a GET, 12 of them to find a
       body's size, each ~3.5 µs through its generic multidict and `Mapping.get`'s KeyError, ~1.4 this way; only
-      while they are the ones measured (a mitmproxy with look-ups of its own keeps them)."""
+      while they are the ones measured (a mitmproxy with look-ups of its own keeps them);
+    - an option's value read without a deep copy of a string, number or None (mitmproxy's layers read about ten
+      options a GET, each copied twice when unset, through `copy.deepcopy`, which gives such values back as they are);
+    - a hook's arguments read by field names kept for its class (`dataclasses.fields` each time: eight a GET)."""
     _replace(http.MessageData, "__post_init__", _unchecked)
     if (http.Headers.get_all.__qualname__, http.Headers.get, http.Headers.__contains__) == (
             "Headers.get_all", Mapping.get, Mapping.__contains__):  # mitmproxy's as measured (not yet replaced)
         _replace(http.Headers, "get_all", _header_values)
         _replace(http.Headers, "get", _header)
         _replace(http.Headers, "__contains__", _has_header)
+    if optmanager._Option.current.__qualname__ == "_Option.current":  # mitmproxy's as measured (not yet replaced)
+        _replace(optmanager._Option, "current", _option_value)
+    if hooks.Hook.args.__qualname__ == "Hook.args":
+        _replace(hooks.Hook, "args", _hook_args)

@@ -1,5 +1,5 @@
 """mitmproxy as `run` trims it (`mitmtrim.trim`): the header look-ups it replaces give what mitmproxy's give, for any
-fields and any name, and refuse what mitmproxy's refuse."""
+fields and any name, and refuse what mitmproxy's refuse; options and hooks read as mitmproxy reads them."""
 
 from __future__ import annotations
 
@@ -179,3 +179,31 @@ def test_look_ups_after_any_mutation_give_what_mitmproxys_give(pairs: list[tuple
             assert outcome(lambda look=look: ours.get(look)) == outcome(lambda look=look: theirs.get(look))
             assert outcome(lambda look=look: look in ours) == outcome(lambda look=look: look in theirs)
             assert outcome(lambda look=look: ours.get_all(look)) == outcome(lambda look=look: theirs.get_all(look))
+
+
+def test_every_option_reads_as_mitmproxys_and_a_mutable_one_is_still_a_copy() -> None:
+    from mitmproxy import options, optmanager
+
+    theirs = mitmtrim.REPLACED[(optmanager._Option, "current")]
+    opts = options.Options()
+    opts.update(listen_port=8081, ignore_hosts=["example.com"], ssl_insecure=True)  # set ones, beside the defaults
+    for option in opts._options.values():
+        assert option.current() == theirs(option), option.name
+    held = opts._options["ignore_hosts"]
+    held.current().append("changed")
+    assert held.current() == ["example.com"] and held.current() is not held.value
+
+
+def test_a_hooks_arguments_are_its_fields_as_mitmproxy_reads_them() -> None:
+    from mitmproxy import hooks
+    from mitmproxy.addonmanager import LoadHook
+    from mitmproxy.proxy.layers.http import HttpRequestHook, HttpResponseHook
+    from mitmproxy.proxy.server_hooks import ClientConnectedHook
+    from mitmproxy.test import tflow
+
+    theirs = mitmtrim.REPLACED[(hooks.Hook, "args")]
+    flow = tflow.tflow(resp=True)
+    made = [HttpRequestHook(flow), HttpResponseHook(flow), hooks.UpdateHook([flow]), hooks.DoneHook(),
+            ClientConnectedHook(flow.client_conn), LoadHook(None)]  # type: ignore[arg-type]
+    for hook in made * 2:  # the second time from the names kept for its class
+        assert hook.args() == theirs(hook) and [id(a) for a in hook.args()] == [id(a) for a in theirs(hook)]
