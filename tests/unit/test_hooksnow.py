@@ -147,3 +147,101 @@ def test_an_error_the_hook_raises_ends_its_task_as_mitmproxys_did_and_the_layer_
         assert not handler.events  # no completion, as when mitmproxy's hook task raised
 
     asyncio.run(main())
+
+
+class Noted:
+    """An addon noting each flow hook it is handed."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def requestheaders(self, flow: Any) -> None:
+        self.seen.append(f"requestheaders {flow.request.path}")
+
+
+class LiveHandler(server.ConnectionHandler):
+    """mitmproxy's connection handler (its own `server_event`), its hooks handed to `addons` as a proxy's are."""
+
+    def __init__(self, addons: Any) -> None:
+        from mitmproxy import connection
+        from mitmproxy.proxy import context, mode_specs
+
+        self.master = SimpleNamespace(addons=addons)
+        client = connection.Client(peername=("127.0.0.1", 4242), sockname=("127.0.0.1", 8080), timestamp_start=0,
+                                   proxy_mode=mode_specs.ProxyMode.parse("regular"))
+        super().__init__(context.Context(client, options.Options()))
+
+    async def handle_hook(self, hook: commands.StartHook) -> None:
+        with self.timeout_watchdog.disarm():
+            await self.master.addons.handle_lifecycle(hook)
+
+
+def stream_hook(path: str) -> commands.StartHook:
+    from mitmproxy.proxy.layers.http import HttpRequestHeadersHook
+
+    flow = tflow.tflow()
+    flow.request.path = path
+    hook = HttpRequestHeadersHook(flow)
+    hook.blocking = True  # as a stream's layer marks the hooks it pauses for
+    return hook
+
+
+class TwoStreams:
+    """An HTTP/2 connection's layer as mitmproxy drives it: one read gives a hook for each of two streams; `crash`
+    says where mitmproxy's layer code raises (a bug of its: "mitmproxy has crashed!"), once."""
+
+    def __init__(self, crash: str) -> None:
+        self.crash = crash
+        self.first, self.second = stream_hook("/one"), stream_hook("/two")
+        self.completed: list[str] = []
+
+    def handle_event(self, event: events.Event) -> Any:
+        if isinstance(event, events.HookCompleted):
+            if self.crash == "completing /one" and event.command is self.first:
+                self.crash = ""
+                raise AssertionError("Unexpected event")
+            self.completed.append(event.command.args()[0].request.path)
+            return
+        yield self.first
+        if self.crash == "after /one":
+            self.crash = ""
+            raise AssertionError("Unexpected event")
+        yield self.second
+
+
+async def _through_server_event(indexed: bool, crash: str) -> tuple[list[str], list[str]]:
+    from goex_proxy.addons.hooksnow import hooks_at_once
+
+    hooks_at_once()
+    noted = Noted()
+    m = master.Master(options.Options(), event_loop=asyncio.get_running_loop())
+    m._legacy_log_events.uninstall()
+    if indexed:
+        index_hooks(m.addons)
+    m.addons.add(noted)
+    handler = LiveHandler(m.addons)
+    layer = TwoStreams(crash)
+    handler.layer = layer  # type: ignore[assignment]
+    await handler.server_event(events.Start())
+    for _ in range(20):
+        await asyncio.sleep(0)
+    return noted.seen, layer.completed
+
+
+@pytest.mark.parametrize("indexed", [False, True], ids=["mitmproxy", "hooks at once"])
+def test_a_hook_a_layer_gave_before_it_crashed_still_runs_and_completes(indexed: bool) -> None:
+    """mitmproxy starts a hook's task as the layer gives it, so a crash later in the same event ("mitmproxy has
+    crashed!") leaves it running: its flow is answered. Hooks run once the layer's commands are all given must still
+    run when the layer raised instead: else the stream it paused for waits for ever, its request never decided."""
+    seen, completed = asyncio.run(_through_server_event(indexed, "after /one"))
+    assert seen == ["requestheaders /one"] and completed == ["/one"]
+
+
+@pytest.mark.parametrize("indexed", [False, True], ids=["mitmproxy", "hooks at once"])
+def test_a_crash_completing_one_streams_hook_leaves_another_streams_completion(indexed: bool) -> None:
+    """mitmproxy hands each hook's completion to the layer in a `server_event` of its own, so a crash handling one
+    ("mitmproxy has crashed!") is that one's: the other stream's hook still completes and its flow goes on. Completed
+    in one call, the completions queued behind the one that raised were dropped: that stream's addons had run (an
+    outcome recorded), but the layer never heard, and its client waited for an answer that never came."""
+    seen, completed = asyncio.run(_through_server_event(indexed, "completing /one"))
+    assert seen == ["requestheaders /one", "requestheaders /two"] and completed == ["/two"]
