@@ -65,19 +65,32 @@ class _TopLayer:
 def _hooks_at_once(handler: server.ConnectionHandler, addons: HookIndexedAddons, top: layer.Layer,
                    event: events.Event) -> Generator[commands.Command, Any, None]:
     completed: collections.deque[commands.StartHook] = collections.deque()
-    while True:
-        hooks = []
-        for command in top.handle_event(event):
-            if isinstance(command, commands.StartHook):
-                hooks.append(command)
-            else:
-                yield command
+    hooks: list[commands.StartHook] = []
+    try:
+        while True:
+            for command in top.handle_event(event):
+                if isinstance(command, commands.StartHook):
+                    hooks.append(command)
+                else:
+                    yield command
+            while hooks:
+                hook = hooks.pop(0)
+                if _ended_at_once(handler, addons, hook) and hook.blocking:
+                    completed.append(hook)
+            if not completed:
+                return
+            event = events.HookCompleted(completed.popleft())
+    except BaseException:
+        # The layer (or the handler carrying out its commands) raised: mitmproxy logs "mitmproxy has crashed!" and
+        # ends this event. As in mitmproxy, whose hook tasks were started as the layer gave them and handed their
+        # completions on in a `server_event` each, the hooks given still run and every completion still reaches
+        # the layer, each in a call of its own.
         for hook in hooks:
             if _ended_at_once(handler, addons, hook) and hook.blocking:
                 completed.append(hook)
-        if not completed:
-            return
-        event = events.HookCompleted(completed.popleft())
+        for hook in completed:
+            _started(handler, hook, handler.server_event(events.HookCompleted(hook)))
+        raise
 
 
 def _ended_at_once(handler: server.ConnectionHandler, addons: HookIndexedAddons, hook: commands.StartHook) -> bool:
@@ -93,10 +106,14 @@ def _ended_at_once(handler: server.ConnectionHandler, addons: HookIndexedAddons,
         if rest is None and not (isinstance(data, flow.Flow) and data.intercepted):
             return True
         task = _hook_task(handler, hook, data, rest)
+    _started(handler, hook, task)
+    return False
+
+
+def _started(handler: server.ConnectionHandler, hook: commands.StartHook, task: Coroutine[Any, Any, None]) -> None:
     started = asyncio_utils.create_task(task, name=f"handle_hook({hook.name})", client=handler.client.peername)
     handler.hook_tasks.add(started)
     started.add_done_callback(handler.hook_tasks.remove)
-    return False
 
 
 async def _raise(error: BaseException) -> None:
