@@ -15,12 +15,48 @@ def _unchecked(_: object) -> None:
     """What a request's or response's fields get checked with: nothing (see `trim`)."""
 
 
+#: Header names as looked up, lowered as bytes: the few names mitmproxy and the stages ask for (text or bytes).
+_KEYS: dict[str | bytes, bytes] = {}
+_MOST_KEYS = 4096
+
+
+def _key(name: str | bytes) -> bytes:
+    known = type(name) is str or type(name) is bytes
+    key = _KEYS.get(name) if known else None
+    if key is None:
+        key = http._always_bytes(name).lower()  # mitmproxy's own: what is neither text nor bytes is refused alike
+        if known and len(_KEYS) < _MOST_KEYS:
+            _KEYS[name] = key
+    return key
+
+
+def _values_by_name(headers: http.Headers) -> dict[bytes, list[bytes]] | None:
+    """The raw values of `headers` by lowered name, made once for each `fields` it holds (mitmproxy replaces that
+    tuple at every change); None for fields that could change in place or whose names are not bytes."""
+    fields = headers.fields
+    held = headers.__dict__.get("_goex_by_name")
+    if held is not None and held[0] is fields:
+        return held[1]  # type: ignore[no-any-return]
+    if type(fields) is not tuple:
+        return None
+    by_name: dict[bytes, list[bytes]] = {}
+    for pair in fields:
+        if type(pair) is not tuple or len(pair) != 2 or type(pair[0]) is not bytes:
+            return None
+        by_name.setdefault(pair[0].lower(), []).append(pair[1])
+    headers.__dict__["_goex_by_name"] = (fields, by_name)
+    return by_name
+
+
 def _header_values(headers: http.Headers, name: str | bytes) -> list[str]:
-    """`Headers.get_all` in one pass: the values of every field of this name (any case), decoded as mitmproxy
-    decodes them. mitmproxy's goes through its base class and a static method per field."""
-    key = http._always_bytes(name).lower()  # mitmproxy's own: what is neither text nor bytes is refused alike
-    # every field's name before any value, as mitmproxy does: for `fields` set to anything, the same exception first
-    values = [value for field, value in headers.fields if field.lower() == key]
+    """`Headers.get_all` through an index of the fields by name: the values of every field of this name (any case),
+    decoded as mitmproxy decodes them. mitmproxy's goes through its base class and a static method per field."""
+    key = _key(name)
+    by_name = _values_by_name(headers)
+    if by_name is not None:
+        values = by_name.get(key, ())
+    else:  # every field's name before any value, as mitmproxy does: for `fields` set to anything, the same exception
+        values = [value for field, value in headers.fields if field.lower() == key]
     return [value.decode("utf-8", "surrogateescape") for value in values]
 
 
@@ -74,9 +110,10 @@ def trim() -> None:
     - no type check of every field of every request and response it builds (`MessageData.__post_init__`, run only
       when Python runs without `-O`): about 20 µs each, 41 µs of a GET's CPU, finding that mitmproxy's own parser gave
       bytes where it gives bytes (mitmproxy skips it under `python -O`, which would drop goex-proxy's asserts too);
-    - header look-ups in one pass (`Headers.get`, `get_all`, `in`): mitmproxy makes 55 a GET, 12 of them to find a
-      body's size, each ~3.5 µs through its generic multidict and `Mapping.get`'s KeyError, ~1.4 this way; only
-      while they are the ones measured (a mitmproxy with look-ups of its own keeps them);
+    - header look-ups (`Headers.get`, `get_all`, `in`) through an index of the fields by name, made once for each
+      version of the fields: mitmproxy makes about 32 a GET, 12 of them to find a body's size, each ~3.5 µs through
+      its generic multidict and `Mapping.get`'s KeyError, lowering every field's name each time; only while they
+      are the ones measured (a mitmproxy with look-ups of its own keeps them);
     - an option's value read without a deep copy of a string, number or None (mitmproxy's layers read about ten
       options a GET, each copied twice when unset, through `copy.deepcopy`, which gives such values back as they are);
     - a hook's arguments read by field names kept for its class (`dataclasses.fields` each time: eight a GET)."""
