@@ -26,7 +26,7 @@ from mitmproxy.connection import ConnectionState
 from mitmproxy.proxy import commands, events, layer
 from mitmproxy.proxy.layers import http as http_layers
 from mitmproxy.proxy.layers.http import HttpStream, ReceiveHttp, SendHttp
-from mitmproxy.proxy.layers.http._events import RequestHeaders, ResponseProtocolError
+from mitmproxy.proxy.layers.http._events import RequestHeaders, ResponseData, ResponseProtocolError
 from mitmproxy.proxy.layers.http._hooks import HttpErrorHook
 from mitmproxy.proxy.layers.http._http1 import Http1Client, Http1Server, make_error_response
 from mitmproxy.proxy.layers.http._http2 import Http2Server, StreamState
@@ -344,10 +344,28 @@ class _BodyCapOptions:
         return getattr(self.unwrapped, name)
 
 
+def _without_client_body(commands_: Generator[Any, Any, Any], client: Any) -> Generator[Any, Any, Any]:
+    """`commands_` passed through as they are (replies sent back in), but for the response body bytes sent to
+    `client`; returns what `commands_` returns."""
+    reply = None
+    while True:
+        try:
+            command = commands_.send(reply)
+        except StopIteration as stop:
+            return stop.value
+        if isinstance(command, SendHttp) and isinstance(command.event, ResponseData) and command.connection is client:
+            reply = None
+            continue
+        reply = yield command
+
+
 class BoundedHttpStream(HttpStream):
     """One request and its response, whose bodies are refused past their caps (mitmproxy's own check, with the cap of
     this host and direction: 413 before a request body is buffered whole, 502 for a response), and whose error, when
-    it comes before the request was forwarded, starts with "not sent: " (a client that resets or leaves meanwhile)."""
+    it comes before the request was forwarded, starts with "not sent: " (a client that resets or leaves meanwhile).
+    The answer to a HEAD request is its head alone (RFC 9110 9.3.2): an answer goex-proxy made (a denial, a 407)
+    keeps its body for the row and the live line, but mitmproxy sent it, and a client reading no body for HEAD took
+    it for the start of the next answer (over HTTP/2, a stream error)."""
 
     limits: ClientLimits
 
@@ -377,6 +395,12 @@ class BoundedHttpStream(HttpStream):
             # escapes), into the agent's 502, the row and the log
             event.message = f"{event.message[:QUOTED_ERROR]}… ({len(event.message) - QUOTED_ERROR} characters more)"
         yield from _watched(super()._handle_event(event), self._see)
+
+    def send_response(self, already_streamed: bool = False) -> layer.CommandGenerator[None]:
+        sending = super().send_response(already_streamed)
+        if self.flow.request.method.upper() == "HEAD":
+            sending = _without_client_body(sending, self.context.client)
+        yield from sending
 
     def _see(self, command: Any) -> None:
         if isinstance(command, SendHttp) and isinstance(command.event, RequestHeaders) \
@@ -414,7 +438,7 @@ _REPLACED: dict[str, tuple[type, type, tuple[str, ...]]] = {
     "Http1Server": (Http1Server, BoundedHttp1Server, ("read_headers", "read_body", "wait", "done")),
     "Http2Server": (Http2Server, BoundedHttp2Server, ("handle_h2_event", "protocol_error")),
     "Http1Client": (Http1Client, BoundedHttp1Client, ("read_headers", "read_body", "send")),
-    "HttpStream": (HttpStream, BoundedHttpStream, ("check_body_size", "_handle_event")),
+    "HttpStream": (HttpStream, BoundedHttpStream, ("check_body_size", "_handle_event", "send_response")),
 }
 
 
