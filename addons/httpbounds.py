@@ -88,16 +88,18 @@ def _peek(buf: Any, most: int) -> bytes:
     return bytes(data[:most]) if isinstance(data, bytearray) else bytes(buf)[:most]
 
 
-def _watched(commands_: Generator[Any, Any, Any], see: Callable[[Any], None]) -> Generator[Any, Any, Any]:
-    """`commands_` passed through as they are (replies sent back in), each shown to `see` before it is carried out;
-    returns what `commands_` returns."""
+def _watched(commands_: Generator[Any, Any, Any], see: Callable[[Any], bool | None]) -> Generator[Any, Any, Any]:
+    """`commands_` passed through as they are (replies sent back in), each shown to `see` before it is carried out and
+    left out when `see` says False; returns what `commands_` returns."""
     reply = None
     while True:
         try:
             command = commands_.send(reply)
         except StopIteration as stop:
             return stop.value
-        see(command)
+        if see(command) is False:
+            reply = None
+            continue
         reply = yield command
 
 
@@ -344,21 +346,6 @@ class _BodyCapOptions:
         return getattr(self.unwrapped, name)
 
 
-def _without_client_body(commands_: Generator[Any, Any, Any], client: Any) -> Generator[Any, Any, Any]:
-    """`commands_` passed through as they are (replies sent back in), but for the response body bytes sent to
-    `client`; returns what `commands_` returns."""
-    reply = None
-    while True:
-        try:
-            command = commands_.send(reply)
-        except StopIteration as stop:
-            return stop.value
-        if isinstance(command, SendHttp) and isinstance(command.event, ResponseData) and command.connection is client:
-            reply = None
-            continue
-        reply = yield command
-
-
 class BoundedHttpStream(HttpStream):
     """One request and its response, whose bodies are refused past their caps (mitmproxy's own check, with the cap of
     this host and direction: 413 before a request body is buffered whole, 502 for a response), and whose error, when
@@ -399,8 +386,12 @@ class BoundedHttpStream(HttpStream):
     def send_response(self, already_streamed: bool = False) -> layer.CommandGenerator[None]:
         sending = super().send_response(already_streamed)
         if self.flow.request.method.upper() == "HEAD":
-            sending = _without_client_body(sending, self.context.client)
+            sending = _watched(sending, self._not_body_to_client)
         yield from sending
+
+    def _not_body_to_client(self, command: Any) -> bool:
+        return not (isinstance(command, SendHttp) and isinstance(command.event, ResponseData)
+                    and command.connection is self.context.client)
 
     def _see(self, command: Any) -> None:
         if isinstance(command, SendHttp) and isinstance(command.event, RequestHeaders) \
