@@ -11,7 +11,10 @@ and anyio check that they leave a cancel scope in the task that entered it)."""
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import functools
+import inspect
 from collections.abc import Coroutine, Generator
 from typing import Any
 
@@ -102,18 +105,37 @@ def _ended_at_once(handler: server.ConnectionHandler, addons: HookIndexedAddons,
         rest = addons.lifecycle_at_once(hook)
     except BaseException as error:  # noqa: BLE001  (the task mitmproxy would have run ends with it, and is logged)
         task: Coroutine[Any, Any, None] = _raise(error)
+        rest = None
     else:
         if rest is None and not (isinstance(data, flow.Flow) and data.intercepted):
             return True
         task = _hook_task(handler, hook, data, rest)
-    _started(handler, hook, task)
+    _started(handler, hook, task, rest)
     return False
 
 
-def _started(handler: server.ConnectionHandler, hook: commands.StartHook, task: Coroutine[Any, Any, None]) -> None:
+def _started(handler: server.ConnectionHandler, hook: commands.StartHook, task: Coroutine[Any, Any, None],
+             rest: Coroutine[Any, Any, None] | None = None) -> None:
     started = asyncio_utils.create_task(task, name=f"handle_hook({hook.name})", client=handler.client.peername)
     handler.hook_tasks.add(started)
     started.add_done_callback(handler.hook_tasks.remove)
+    if rest is not None:
+        started.add_done_callback(functools.partial(_close_if_never_run, rest))
+
+
+def _close_if_never_run(rest: Coroutine[Any, Any, None], task: asyncio.Task[None]) -> None:
+    """A hook's task cancelled before it ran (its loop shutting down) never awaited what was left of the hook: that,
+    and each awaitable it was handed, is closed, so that none is reported as never awaited."""
+    if inspect.getcoroutinestate(rest) == inspect.CORO_CREATED:
+        _close(rest)
+
+
+def _close(coroutine: Coroutine[Any, Any, Any]) -> None:
+    # a coroutine not started yet: its frame's locals are its arguments
+    for value in coroutine.cr_frame.f_locals.values():  # type: ignore[attr-defined]
+        if inspect.iscoroutine(value) and inspect.getcoroutinestate(value) == inspect.CORO_CREATED:
+            _close(value)
+    coroutine.close()
 
 
 async def _raise(error: BaseException) -> None:

@@ -245,3 +245,36 @@ def test_a_crash_completing_one_streams_hook_leaves_another_streams_completion(i
     outcome recorded), but the layer never heard, and its client waited for an answer that never came."""
     seen, completed = asyncio.run(_through_server_event(indexed, "completing /one"))
     assert seen == ["requestheaders /one", "requestheaders /two"] and completed == ["/two"]
+
+
+class WaitsThroughAStage(Seen):
+    """A stage that hands back an awaitable, as the pipeline's stages do (a coroutine not yet started)."""
+
+    def request(self, flow: Any) -> Any:
+        async def later() -> None:
+            await asyncio.sleep(0)
+            self.tasks.append(asyncio.current_task())
+        return later()
+
+
+def test_a_hook_task_cancelled_before_it_ran_leaves_nothing_never_awaited() -> None:
+    """What was left of a hook that waits was made before its task ran: a loop shutting down cancels that task before
+    its first step, and the awaitables the hook's addons handed back were never awaited (Python reports each as it
+    collects it, which the tests take for an error)."""
+    import gc
+    import warnings
+
+    async def main() -> None:
+        handler, layer, stage = Handler(), Layer(), WaitsThroughAStage()
+        said_for(handler, manager(stage), layer)
+        [task] = handler.hook_tasks
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not stage.tasks and not handler.events
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        asyncio.run(main())
+        gc.collect()
+    assert not [w for w in caught if "never awaited" in str(w.message)], [str(w.message) for w in caught]
