@@ -21,8 +21,9 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h11
-from mitmproxy import ctx, flow
+from mitmproxy import ctx, flow, version
 from mitmproxy.connection import ConnectionState
+from mitmproxy.net.http import status_codes
 from mitmproxy.proxy import commands, events, layer
 from mitmproxy.proxy.layers import http as http_layers
 from mitmproxy.proxy.layers.http import HttpStream, ReceiveHttp, SendHttp
@@ -63,6 +64,14 @@ QUOTED_ERROR = 800
 _EMPTY_LINES = re.compile(rb"(?:\r?\n)*")
 #: Streams remembered per HTTP/2 connection whose END_STREAM came in the same read as their reset (see below).
 _ENDED_EARLY_KEPT = 1024
+#: The attribute a stream sets on the error it sends to the agent when the request is HEAD: its head alone.
+_HEAD_ONLY = "goex_head_only"
+
+
+def _head_only(event: Any) -> bool:
+    """Whether `event` is an error answer to a HEAD request that is still to be sent (mitmproxy's 502 page)."""
+    return isinstance(event, ResponseProtocolError) and getattr(event, _HEAD_ONLY, False) \
+        and event.code != status_codes.NO_RESPONSE
 
 
 def limits_for(options: Any) -> ClientLimits:
@@ -143,6 +152,16 @@ class BoundedHttp1Server(Http1Server):
             yield from self._refuse(400, "framing", f"the request's chunked framing (a chunk-size line, its extensions "
                                                     f"or trailers) is over {format_size(cap)} without its end "
                                                     "(limits.max_header_bytes)")
+
+    def send(self, event: Any) -> layer.CommandGenerator[None]:
+        """mitmproxy's error answer (a 502 page) to a HEAD request goes as its head alone (RFC 9110 9.3.2), then the
+        connection closes, as mitmproxy closes it."""
+        if _head_only(event) and not self.response and self.conn.state & ConnectionState.CAN_WRITE:
+            raw = make_error_response(event.code, event.message)
+            yield commands.SendData(self.conn, raw[:raw.index(b"\r\n\r\n") + 4])
+            yield commands.CloseConnection(self.conn)
+            return
+        yield from super().send(event)
 
     def _refuse_head(self, cap: int) -> layer.CommandGenerator[None]:
         yield from self._refuse(431, "head", f"the request head is over {format_size(cap)} (limits.max_header_bytes)")
@@ -318,6 +337,18 @@ class BoundedHttp2Server(Http2Server):
             return stop
         return bool((yield from super().handle_h2_event(event)))
 
+    def _handle_event(self, event: Any) -> layer.CommandGenerator[None]:
+        """mitmproxy's error answer (a 502 page) to a HEAD request goes as its headers alone, which end the stream
+        (RFC 9110 9.3.2): its page as DATA was a stream error to the client."""
+        if _head_only(event) and self.is_open_for_us(event.stream_id) \
+                and not self.h2_conn.streams[event.stream_id].state_machine.headers_sent:
+            self.h2_conn.send_headers(event.stream_id, [(b":status", b"%d" % event.code),
+                                                        (b"server", version.MITMPROXY.encode()),
+                                                        (b"content-type", b"text/html")], end_stream=True)
+            yield commands.SendData(self.conn, self.h2_conn.data_to_send())
+            return
+        yield from super()._handle_event(event)
+
     def _too_many_resets(self) -> bool:
         now = time.monotonic()
         self.resets.append(now)
@@ -404,8 +435,12 @@ class BoundedHttpStream(HttpStream):
         elif isinstance(command, HttpErrorHook) and not self.forwarded and self.flow.error is not None:
             if self.flow.error.msg != flow.Error.KILLED_MESSAGE and not self.flow.error.msg.startswith(NOT_SENT):
                 self.flow.error = flow.Error(NOT_SENT + self.flow.error.msg, self.flow.error.timestamp)
-        elif isinstance(command, SendHttp) and isinstance(command.event, ResponseProtocolError) and self.refusal:
-            command.event.message = f"goex-proxy: {self.refusal.removeprefix(NOT_SENT)}"  # what the client reads
+        elif isinstance(command, SendHttp) and isinstance(command.event, ResponseProtocolError) \
+                and command.connection is self.context.client:
+            if self.refusal:
+                command.event.message = f"goex-proxy: {self.refusal.removeprefix(NOT_SENT)}"  # what the client reads
+            if getattr(self, "flow", None) is not None and self.flow.request.method.upper() == "HEAD":
+                setattr(command.event, _HEAD_ONLY, True)  # mitmproxy's error page: the client reads no body for HEAD
 
     def _over_cap(self, request: bool) -> str:
         cap, setting = self.body_cap()
@@ -426,8 +461,9 @@ class BoundedHttpStream(HttpStream):
 #: What `install` replaces in mitmproxy's HTTP layer, by the name it looks each class up by, and the methods of
 #: mitmproxy's own class the replacement relies on.
 _REPLACED: dict[str, tuple[type, type, tuple[str, ...]]] = {
-    "Http1Server": (Http1Server, BoundedHttp1Server, ("read_headers", "read_body", "wait", "done")),
-    "Http2Server": (Http2Server, BoundedHttp2Server, ("handle_h2_event", "protocol_error")),
+    "Http1Server": (Http1Server, BoundedHttp1Server, ("read_headers", "read_body", "wait", "done", "send")),
+    "Http2Server": (Http2Server, BoundedHttp2Server, ("handle_h2_event", "protocol_error", "_handle_event",
+                                                      "is_open_for_us")),
     "Http1Client": (Http1Client, BoundedHttp1Client, ("read_headers", "read_body", "send")),
     "HttpStream": (HttpStream, BoundedHttpStream, ("check_body_size", "_handle_event", "send_response")),
 }
