@@ -207,3 +207,25 @@ def test_a_hooks_arguments_are_its_fields_as_mitmproxy_reads_them() -> None:
             ClientConnectedHook(flow.client_conn), LoadHook(None)]  # type: ignore[arg-type]
     for hook in made * 2:  # the second time from the names kept for its class
         assert hook.args() == theirs(hook) and [id(a) for a in hook.args()] == [id(a) for a in theirs(hook)]
+
+
+def test_header_names_an_agent_chose_are_not_kept_by_the_look_ups() -> None:
+    """`inject.resign` reads an AWS request's headers by name (`headers.items()`: a look-up for each name the agent
+    sent), so every name an agent chose went into `_KEYS`, with its lowered bytes, until 4096 were kept: each up to
+    `limits.max_header_bytes` (64 KiB), about 512 MiB that an agent pins in each worker with 4096 requests."""
+    from mitmproxy.test import tutils
+
+    from goex_proxy.addons import inject
+    from goex_proxy.credentials.sigv4 import AwsKeys, SigningError
+
+    def kept() -> int:
+        return sum(len(name) + len(key) for name, key in mitmtrim._KEYS.items())
+
+    before = kept()
+    for i in range(32):
+        req = tutils.treq(headers=http.Headers([(b"x-%04d-" % i + b"a" * 60_000, b"1")]))
+        try:
+            inject.resign(req, AwsKeys("AKIAREALKEY000000001", "real/secret+key", ""))
+        except SigningError:
+            pass  # unsigned: refused, after its names were read
+    assert kept() - before < 256 * 1024, f"{(kept() - before) // 1024} KiB of header names kept"
