@@ -15,9 +15,12 @@ def _unchecked(_: object) -> None:
     """What a request's or response's fields get checked with: nothing (see `trim`)."""
 
 
-#: Header names as looked up, lowered as bytes: the few names mitmproxy and the stages ask for (text or bytes).
+#: Header names as looked up, lowered as bytes: the few names mitmproxy and the stages ask for (text or bytes). Only
+#: names as short as those are kept: a look-up can be by a name an agent sent (`headers.items()` reads each field by
+#: its name), up to `limits.max_header_bytes` long, and 4096 of those would be kept for good.
 _KEYS: dict[str | bytes, bytes] = {}
 _MOST_KEYS = 4096
+_LONGEST_KEY = 64
 
 
 def _key(name: str | bytes) -> bytes:
@@ -25,7 +28,7 @@ def _key(name: str | bytes) -> bytes:
     key = _KEYS.get(name) if known else None
     if key is None:
         key = http._always_bytes(name).lower()  # mitmproxy's own: what is neither text nor bytes is refused alike
-        if known and len(_KEYS) < _MOST_KEYS:
+        if known and len(name) <= _LONGEST_KEY and len(_KEYS) < _MOST_KEYS:
             _KEYS[name] = key
     return key
 
