@@ -15,21 +15,22 @@ def _unchecked(_: object) -> None:
     """What a request's or response's fields get checked with: nothing (see `trim`)."""
 
 
-#: Header names as looked up, lowered as bytes: the few names mitmproxy and the stages ask for (text or bytes). Only
-#: names as short as those are kept: a look-up can be by a name an agent sent (`headers.items()` reads each field by
-#: its name), up to `limits.max_header_bytes` long, and 4096 of those would be kept for good.
-_KEYS: dict[str | bytes, bytes] = {}
+#: Header names as looked up, lowered as bytes: the few names mitmproxy and the stages ask for, by type (text and
+#: bytes apart: "host" and b"host" hash alike, and comparing them warns under `python -b`). Only names as short as
+#: those are kept: a look-up can be by a name an agent sent (`headers.items()` reads each field by its name), up to
+#: `limits.max_header_bytes` long, and 4096 of those would be kept for good.
+_KEYS: dict[type, dict[Any, bytes]] = {str: {}, bytes: {}}
 _MOST_KEYS = 4096
 _LONGEST_KEY = 64
 
 
 def _key(name: str | bytes) -> bytes:
-    known = type(name) is str or type(name) is bytes
-    key = _KEYS.get(name) if known else None
+    known = _KEYS.get(type(name))
+    key = known.get(name) if known is not None else None
     if key is None:
         key = http._always_bytes(name).lower()  # mitmproxy's own: what is neither text nor bytes is refused alike
-        if known and len(name) <= _LONGEST_KEY and len(_KEYS) < _MOST_KEYS:
-            _KEYS[name] = key
+        if known is not None and len(name) <= _LONGEST_KEY and len(known) < _MOST_KEYS:
+            known[name] = key
     return key
 
 
