@@ -8,24 +8,30 @@ import socket
 import h2.events
 import pytest
 
-from tests.conftest import LoopbackServer, answer_to, read_head
+from tests.conftest import GoexProxy, LoopbackServer, answer_to, read_head
 from tests.e2e.test_audit_layout_attacks import HOST, POLICY, logged
 from tests.e2e.test_request_framing import CREDS, _h2
 
 pytestmark = pytest.mark.e2e
 
 
+def _head_then_get(proxy: GoexProxy) -> tuple[bytes, bytes]:
+    """A HEAD, then a GET on the same connection sent with it: the first answer's head, and all that came after it."""
+    sent = (f"HEAD http://{HOST}/notes HTTP/1.1\r\nHost: {HOST}\r\nProxy-Authorization: Basic {CREDS}\r\n\r\n"
+            f"GET http://{HOST}/notes/1 HTTP/1.1\r\nHost: {HOST}\r\nProxy-Authorization: Basic {CREDS}\r\n"
+            "Connection: close\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=20) as sock:
+        sock.sendall(sent)
+        got = answer_to(sock, 20)
+    first, _, rest = got.partition(b"\r\n\r\n")
+    return first, rest
+
+
 def test_a_denied_head_request_is_answered_without_a_body_and_the_connection_goes_on(make_proxy) -> None:
     """The 403's JSON went after its head: a client reads no body for HEAD, so on a kept-alive connection it read
     that JSON as the start of the next answer (Python's http.client: BadStatusLine)."""
     proxy = make_proxy(POLICY)
-    head = (f"HEAD http://{HOST}/notes HTTP/1.1\r\nHost: {HOST}\r\nProxy-Authorization: Basic {CREDS}\r\n\r\n"
-            f"GET http://{HOST}/notes/1 HTTP/1.1\r\nHost: {HOST}\r\nProxy-Authorization: Basic {CREDS}\r\n"
-            "Connection: close\r\n\r\n").encode()
-    with socket.create_connection(("127.0.0.1", proxy.port), timeout=20) as sock:
-        sock.sendall(head)
-        got = answer_to(sock, 20)
-    first, _, rest = got.partition(b"\r\n\r\n")
+    first, rest = _head_then_get(proxy)
     assert first.startswith(b"HTTP/1.1 403 ") and b"x-goex-decision: deny" in first.lower()
     assert rest.startswith(b"HTTP/1.1 "), rest[:200]  # the next answer straight after the head: no body between
     rows = logged(proxy)
@@ -64,13 +70,7 @@ def test_a_head_request_whose_upstream_fails_gets_mitmproxys_502_without_a_body(
     server = LoopbackServer(_hang_up)
     try:
         proxy = make_proxy(HEADS, routes={HOST: f"http://127.0.0.1:{server.port}"})
-        head = (f"HEAD http://{HOST}/notes HTTP/1.1\r\nHost: {HOST}\r\nProxy-Authorization: Basic {CREDS}\r\n\r\n"
-                f"GET http://{HOST}/notes/1 HTTP/1.1\r\nHost: {HOST}\r\nProxy-Authorization: Basic {CREDS}\r\n"
-                "Connection: close\r\n\r\n").encode()
-        with socket.create_connection(("127.0.0.1", proxy.port), timeout=20) as sock:
-            sock.sendall(head)
-            got = answer_to(sock, 20)
-        first, _, rest = got.partition(b"\r\n\r\n")
+        first, rest = _head_then_get(proxy)
         assert first.startswith(b"HTTP/1.1 502 ")
         assert rest == b"" or rest.startswith(b"HTTP/1.1 "), rest[:200]  # closed, or the next answer: no HTML
     finally:
