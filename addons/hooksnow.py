@@ -76,10 +76,7 @@ def _hooks_at_once(handler: server.ConnectionHandler, addons: HookIndexedAddons,
                     hooks.append(command)
                 else:
                     yield command
-            while hooks:
-                hook = hooks.pop(0)
-                if _ended_at_once(handler, addons, hook) and hook.blocking:
-                    completed.append(hook)
+            _run_given(handler, addons, hooks, completed)
             if not completed:
                 return
             event = events.HookCompleted(completed.popleft())
@@ -88,12 +85,19 @@ def _hooks_at_once(handler: server.ConnectionHandler, addons: HookIndexedAddons,
         # ends this event. As in mitmproxy, whose hook tasks were started as the layer gave them and handed their
         # completions on in a `server_event` each, the hooks given still run and every completion still reaches
         # the layer, each in a call of its own.
-        for hook in hooks:
-            if _ended_at_once(handler, addons, hook) and hook.blocking:
-                completed.append(hook)
+        _run_given(handler, addons, hooks, completed)
         for hook in completed:
             _started(handler, hook, handler.server_event(events.HookCompleted(hook)))
         raise
+
+
+def _run_given(handler: server.ConnectionHandler, addons: HookIndexedAddons, hooks: list[commands.StartHook],
+               completed: collections.deque[commands.StartHook]) -> None:
+    """Run the hooks given, in order, each once; those that ended at once and that a layer waits for are completed."""
+    while hooks:
+        hook = hooks.pop(0)
+        if _ended_at_once(handler, addons, hook) and hook.blocking:
+            completed.append(hook)
 
 
 def _ended_at_once(handler: server.ConnectionHandler, addons: HookIndexedAddons, hook: commands.StartHook) -> bool:
