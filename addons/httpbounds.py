@@ -416,9 +416,12 @@ class BoundedHttpStream(HttpStream):
 
     def send_response(self, already_streamed: bool = False) -> layer.CommandGenerator[None]:
         sending = super().send_response(already_streamed)
-        if self.flow.request.method.upper() == "HEAD":
+        if self._asked_head():
             sending = _watched(sending, self._not_body_to_client)
         yield from sending
+
+    def _asked_head(self) -> bool:
+        return getattr(self, "flow", None) is not None and self.flow.request.method.upper() == "HEAD"
 
     def _not_body_to_client(self, command: Any) -> bool:
         return not (isinstance(command, SendHttp) and isinstance(command.event, ResponseData)
@@ -439,7 +442,7 @@ class BoundedHttpStream(HttpStream):
                 and command.connection is self.context.client:
             if self.refusal:
                 command.event.message = f"goex-proxy: {self.refusal.removeprefix(NOT_SENT)}"  # what the client reads
-            if getattr(self, "flow", None) is not None and self.flow.request.method.upper() == "HEAD":
+            if self._asked_head():
                 setattr(command.event, _HEAD_ONLY, True)  # mitmproxy's error page: the client reads no body for HEAD
 
     def _over_cap(self, request: bool) -> str:
