@@ -58,8 +58,20 @@ def test_websocket_upgrade_goes_through_policy(make_proxy, ws_upstream):
     with pytest.raises(InvalidStatus) as refused:
         connect("ws://ws.example.com/admin", proxy=proxy.proxy_url(), open_timeout=10)
     assert refused.value.response.status_code == 403
-    rows = proxy.rows()
-    assert [(r["path"], r["decision"], r["status"]) for r in rows] == [("/chat", "allow", 101), ("/admin", "deny", 403)]
+    rows = _ended_rows(proxy, 2)
+    assert [(r["path"], r["decision"], r["status"]) for r in rows] == [("/chat", "allow", 101), ("/admin", "deny", 403)], (
+        [(r["path"], r["error"], r["outcome_hash"]) for r in rows], proxy.log_text()[-4000:])
+
+
+def _ended_rows(proxy, count: int) -> list[dict[str, object]]:
+    """The rows once `count` have their outcome, or after 10 s: an allowed request's outcome is written after its
+    answer went to the agent, never waited for (a denial's row is whole before its 403 goes out)."""
+    deadline = time.monotonic() + 10
+    while True:
+        rows = proxy.rows()
+        if sum(r["outcome_hash"] is not None for r in rows) >= count or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.05)
 
 
 def test_a_websocket_ends_when_its_agents_token_is_changed(make_proxy, ws_upstream):
