@@ -168,6 +168,14 @@ def header_pairs(headers: http.Headers, keep_case: bool = False) -> tuple[tuple[
     return tuple(pairs) if keep_case else tuple((k.lower(), v) for k, v in pairs)
 
 
+def methods_run_as(flow: http.HTTPFlow) -> tuple[str, ...]:
+    """The method the request has, then any other a server may run it as (a method override names one)."""
+    own = flow.request.method.upper()
+    view = flowmeta.view(flow)
+    others = sorted({other.method for _, other, _ in readings(view)} - {own}) if view is not None else []
+    return (own, *others)
+
+
 def request_view(flow: http.HTTPFlow, agent: str | None, path: str, body: bytes | None = None) -> RequestView:
     """What the policy sees of a flow: the host it will connect to, the canonical path, the decoded body.
 

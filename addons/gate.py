@@ -8,6 +8,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +16,7 @@ from mitmproxy import http
 from mitmproxy.connection import ConnectionState
 
 from goex_proxy.addons import flowmeta, livelog, replies, rows
-from goex_proxy.addons.decide import header_pairs
+from goex_proxy.addons.decide import header_pairs, methods_run_as
 from goex_proxy.addons.failclosed import fail_closed
 from goex_proxy.addons.identify import token_digest
 from goex_proxy.addons.preimage import Preimage
@@ -33,7 +34,6 @@ from goex_proxy.durations import format_duration
 from goex_proxy.errors import AuditError
 from goex_proxy.policy.engine import Decision, decide
 from goex_proxy.policy.limits import Charge
-from goex_proxy.policy.requestview import readings
 from goex_proxy.undo.plan import FIDELITY_ORDER, SAFE_METHODS, Exchange, UndoRule, expected_class
 
 log = logging.getLogger(__name__)
@@ -79,37 +79,47 @@ class Gate:
             self.state.writer.apply(_recover_stopped).add_done_callback(approvals.log_failure)
 
     @fail_closed("gate")
-    async def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
+        """A request a person is to see, or that is to wait, is held (the coroutine, which mitmproxy awaits); any other
+        goes on at once."""
         if not flow.live or flow.response is not None or flow.error is not None or flowmeta.recorded(flow):
-            return
+            return None
         d = flowmeta.decision(flow)
         if d is None or d.effect != "allow" or flowmeta.undo_of(flow) is not None:
-            return
+            return None
         review = self.state.policies.review_for(flowmeta.agent(flow))
         if d.wait is None and not review:
-            return
+            return None
         exchange = self._exchange(flow)
-        runs_as = self._methods(flow)
+        runs_as = methods_run_as(flow)
         undo_class, rule = self._worst_class(exchange, runs_as)
         flowmeta.set_exchange(flow, exchange)  # the outcome row's class reads the request from it again
         choice = choose(d.wait, d.rule.partition("/")[2] if d.rule else None, review, undo_class)
         if choice.action == "review":
             flowmeta.set_review(flow, str(undo_class), choice.why)
         elif choice.action in ("hold", "delay"):
-            agent = str(flowmeta.agent(flow))
-            if self.per_agent.get(agent, 0) >= MOST_WAITING_PER_AGENT:
-                if (charge := flowmeta.charge(flow)) is not None:  # not sent: it counts against no limit
-                    self.state.limits.take_back(charge)
-                    flowmeta.clear_charge(flow)
-                replies.refuse(flow, Decision("deny", f"agent '{agent}' already has {MOST_WAITING_PER_AGENT} requests "
-                                                      "waiting for a person; this one was not sent (try again once "
-                                                      "they are decided)", d.rule))
-                return
-            self.per_agent[agent] = self.per_agent.get(agent, 0) + 1  # counted before the first await
-            try:
-                await self._hold(flow, d, choice, undo_class, rule, exchange, runs_as)
-            finally:
-                self.per_agent[agent] -= 1
+            return self._held(d, choice, undo_class, rule, exchange, runs_as, flow)
+        return None
+
+    @fail_closed("gate")
+    async def _held(self, d: Decision, choice: Choice, undo_class: str | None, rule: UndoRule | None,
+                    exchange: Exchange, runs_as: tuple[str, ...], flow: http.HTTPFlow) -> None:
+        """Hold the request, unless its agent already has as many waiting as it may: counted and checked in one step,
+        before the first await."""
+        agent = str(flowmeta.agent(flow))
+        if self.per_agent.get(agent, 0) >= MOST_WAITING_PER_AGENT:
+            if (charge := flowmeta.charge(flow)) is not None:  # not sent: it counts against no limit
+                self.state.limits.take_back(charge)
+                flowmeta.clear_charge(flow)
+            replies.refuse(flow, Decision("deny", f"agent '{agent}' already has {MOST_WAITING_PER_AGENT} requests "
+                                                  "waiting for a person; this one was not sent (try again once "
+                                                  "they are decided)", d.rule))
+            return
+        self.per_agent[agent] = self.per_agent.get(agent, 0) + 1
+        try:
+            await self._hold(flow, d, choice, undo_class, rule, exchange, runs_as)
+        finally:
+            self.per_agent[agent] -= 1
 
     async def _hold(self, flow: http.HTTPFlow, d: Decision, choice: Choice, undo_class: str | None,
                     rule: UndoRule | None, exchange: Exchange, runs_as: tuple[str, ...]) -> None:
@@ -123,14 +133,6 @@ class Gate:
             raise
         finally:
             flow.resume()
-
-    @staticmethod
-    def _methods(flow: http.HTTPFlow) -> tuple[str, ...]:
-        """The method the request has, then any other a server may run it as (a method override names one)."""
-        own = flow.request.method.upper()
-        view = flowmeta.view(flow)
-        others = sorted({other.method for _, other, _ in readings(view)} - {own}) if view is not None else []
-        return (own, *others)
 
     def _worst_class(self, exchange: Exchange, methods: tuple[str, ...]) -> tuple[str | None, UndoRule | None]:
         """The worst undo class the request has under any method it may be run as (None: every one is a read)."""
