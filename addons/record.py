@@ -12,7 +12,7 @@ from typing import Any
 from mitmproxy import http, tcp
 
 from goex_proxy.addons import flowmeta, replies, rows
-from goex_proxy.addons.decide import refuse_stream
+from goex_proxy.addons.decide import methods_run_as, refuse_stream
 from goex_proxy.addons.failclosed import fail_closed
 from goex_proxy.addons.state import ProxyState
 from goex_proxy.policy.engine import Decision
@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 #: requests meanwhile (decoding, the scrubber's scan and sha256 let go of the GIL). A smaller one is built on the
 #: loop, where it costs less than handing it over.
 OFF_LOOP_BYTES = 256 * 1024
+#: The methods of requests that only read (RFC 9110's safe methods, but TRACE, which echoes what it was sent): sent
+#: without waiting for their row's commit unless `audit.wait_for_reads`.
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def large(*messages: http.Message | None) -> bool:
@@ -52,9 +55,33 @@ class Record:
         return rows.outcome(self.state, flow)
 
     @fail_closed("record")
-    async def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
+        """A read goes on as its row is queued; any other request once its row is committed (the coroutine, which
+        mitmproxy awaits)."""
         if not flow.live or flowmeta.recorded(flow):
-            return
+            return None
+        if not self._goes_on_unwaited(flow):
+            return self._committed_first(flow)
+        self.state.audit().read_intent(self.request_row(flow))
+        flowmeta.set_recorded(flow, "intent")
+        return None
+
+    def _goes_on_unwaited(self, flow: http.HTTPFlow) -> bool:
+        """Whether the request is a read whose row need not be committed before it is sent: an allowed GET, HEAD or
+        OPTIONS that no server runs as another method (an override), counts toward no limit (a limit is counted
+        across workers by the log's writer), asks for no upgrade (what follows it is a stream), has a body small
+        enough to be built on the loop, and a log that took its last rows (else every row waits, and is refused
+        while the log cannot take it: an agent that fills the disk does not read unrecorded). `audit.wait_for_reads`
+        makes every request wait."""
+        d = flowmeta.decision(flow)
+        request = flow.request
+        return (request.method in READ_METHODS and d is not None and d.effect == "allow" and flow.response is None
+                and not self.state.config.wait_for_reads and flowmeta.charge(flow) is None
+                and flowmeta.view(flow) is not None and READ_METHODS.issuperset(methods_run_as(flow))
+                and "upgrade" not in request.headers and not large(request) and self.state.audit().failing is None)
+
+    @fail_closed("record")
+    async def _committed_first(self, flow: http.HTTPFlow) -> None:
         d = flowmeta.decision(flow)
         if flow.response is None and (d is None or d.effect != "allow"):
             raise RuntimeError("a request reached the record stage with no allow decision")

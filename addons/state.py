@@ -367,7 +367,7 @@ RELOADED = {"agents": "agents", "policies": "the policy list", "max_body_bytes":
             "block_private": "upstream.block_private_networks", "allow_private": "upstream.allow_private",
             "resolver": "upstream.resolver", "llm": "llm", "sandbox": "sandbox",
             "databases": "databases (the gateway's databases and their agents)",
-            "retention": "audit.retention (from the next prune)"}
+            "retention": "audit.retention (from the next prune)", "wait_for_reads": "audit.wait_for_reads"}
 
 
 def config_changes(old: Config, new: Config) -> list[str]:

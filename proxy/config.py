@@ -115,6 +115,7 @@ class Config:
     audit_db: Path = Path("audit.db")
     max_body_bytes: int = DEFAULT_MAX_BODY
     retention: float | None = None  # `audit.retention`: rows older than this are pruned (None: kept)
+    wait_for_reads: bool = False  # `audit.wait_for_reads`: a GET waits for its row's commit as a write does
     routes: dict[str, Route] = field(default_factory=dict)
     extra_ca: tuple[Path, ...] = ()
     credentials: dict[str, Credential] = field(default_factory=dict)
@@ -522,6 +523,7 @@ def parse_config(doc: Any, file: Path, check: Checker) -> Config:
         audit_db=audit.audit_db,
         max_body_bytes=audit.max_body_bytes,
         retention=audit.retention,
+        wait_for_reads=audit.wait_for_reads,
         routes=routes,
         extra_ca=extra_ca,
         credentials=_credentials(check, top.get("credentials"), check.at(top, "credentials")),

@@ -51,6 +51,7 @@ class AuditSettings:
     audit_db: Path
     max_body_bytes: int = DEFAULT_MAX_BODY
     retention: float | None = None  # `audit.retention`: rows older than this are pruned (None: kept)
+    wait_for_reads: bool = False  # `audit.wait_for_reads`: a GET waits for its row's commit as a write does
 
 
 def read(path: Path | None) -> tuple[Path, Any, Checker]:
@@ -90,7 +91,7 @@ def parse_audit(check: Checker, top: YMap, base: Path) -> AuditSettings:
         except RuntimeError as exc:  # pathlib's word for a symlink loop
             check.error(check.at(top, "state_dir"), f"'state_dir' cannot be followed: {exc}")
     audit = check.mapping(top.get("audit", YMap()), "audit", check.at(top, "audit"),
-                          {"db", "max_body_bytes", "retention"}) or YMap()
+                          {"db", "max_body_bytes", "retention", "wait_for_reads"}) or YMap()
     db = _expanded(check, audit, "db", "audit.db", Path("audit.db"))
     max_body = audit.get("max_body_bytes", DEFAULT_MAX_BODY)
     if not isinstance(max_body, int) or isinstance(max_body, bool) or max_body < 0:
@@ -102,7 +103,11 @@ def parse_audit(check: Checker, top: YMap, base: Path) -> AuditSettings:
             retention = parse_duration(audit["retention"])
         except ValueError as exc:
             check.error(check.at(audit, "retention"), f"'audit.retention' {exc}")
-    return AuditSettings(state_dir, db if db.is_absolute() else state_dir / db, max_body, retention)
+    wait_for_reads = audit.get("wait_for_reads", False)
+    if not isinstance(wait_for_reads, bool):
+        check.error(check.at(audit, "wait_for_reads"), f"'audit.wait_for_reads' must be true or false (got {wait_for_reads!r})")
+        wait_for_reads = True
+    return AuditSettings(state_dir, db if db.is_absolute() else state_dir / db, max_body, retention, wait_for_reads)
 
 
 def _expanded(check: Checker, parent: YMap, key: str, where: str, default: Path) -> Path:

@@ -260,15 +260,20 @@ def _kill(child: subprocess.Popen[bytes]) -> None:
 
 
 def _rows_since(config: Config, agent: str, started: float) -> list[dict[str, Any]]:
-    """The agent's audit rows from `started` on, oldest first, once their outcomes are recorded."""
+    """The agent's audit rows from `started` on, oldest first, once their outcomes are recorded and no row has come
+    for one more look (a read's row is committed up to tens of milliseconds after its answer reached the program)."""
     deadline = time.monotonic() + OUTCOME_WAIT
     conn = audit.connect(config, readonly=True)
+    before: list[Any] | None = None
     try:
         while True:
             rows = [r for r in audit.query(conn, agent=agent, since=started, limit=None, order="ASC")
                     if not r.get("undo_of")]
-            if all(r["status"] is not None or r["error"] for r in rows) or time.monotonic() > deadline:
+            seen = [r["id"] for r in rows]
+            ended = all(r["status"] is not None or r["error"] for r in rows)
+            if (ended and seen == before) or time.monotonic() > deadline:
                 return rows
+            before = seen if ended else None
             time.sleep(0.05)
     finally:
         conn.close()

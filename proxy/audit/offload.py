@@ -32,7 +32,7 @@ from ..policy.limits import Charge
 from .link import Link, hand_over, ready, received
 from .seal import Seal
 from .store import INTERRUPTED
-from .writer import OUTCOME_GATHER_SECONDS, AuditWriter
+from .writer import AuditWriter
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def _sendable(turn: list[Any]) -> tuple[list[Any], list[Any]]:
     local: list[Any] = []
     kept: set[str] = set()
     for op in turn:
-        request_id = str(op[2].get("id")) if op[0] == "intent" else op[1]
+        request_id = op[1] if op[0] == "outcome" else str(op[2].get("id"))
         if request_id not in kept:
             try:
                 _frame(op)
@@ -156,6 +156,8 @@ class OffloadedWriter:
         #: have written yet: the answer to a later token says it has
         self._unsure: collections.deque[tuple[int, str, dict[str, Any]]] = collections.deque()
         self._ready = False  # the process said it opened the log
+        self._reads: dict[int, dict[str, Any]] = {}  # token -> a read's row handed over, while unanswered
+        self._failing: str | None = None  # why the process's last answered row was not written, until one is
         if link is not None:
             # The first's writer process, started before this worker: what is sent waits in the link until it reads
             # it. Rows held back for its word went to this worker's thread writer, and were left in flight when the
@@ -217,27 +219,55 @@ class OffloadedWriter:
             self._control.close()
             self._control = None
 
+    @property
+    def failing(self) -> str | None:
+        """Why the log failed to take its last rows (the process's answers, or the thread's own), until it takes one
+        again: the record stage then waits for a read's row too."""
+        return self._failing or self.local.failing
+
     def awaited_intent(self, row: dict[str, Any], charge: Charge | None = None) -> asyncio.Future[str | None]:
         loop = asyncio.get_running_loop()
+        if not self._takes(loop):
+            return self.local.awaited_intent(row, charge)
+        future: asyncio.Future[str | None] = loop.create_future()
+        token = self._hand_row("intent", row, _charge_out(charge))
+        self._waiters[token] = future
+        if token in self._rows:
+            future.add_done_callback(functools.partial(_unwritten, self._theirs, self._rows[token]))
+        return future
+
+    def read_intent(self, row: dict[str, Any]) -> None:
+        """`AuditWriter.read_intent` for the loop's record stage: the row goes to the process with this turn's other
+        ops, as a read (which may wait there a moment for company, and be written with its outcome in one INSERT).
+        Nothing waits for its answer, which says whether the log took it (`failing`); kept until then, the row is
+        written by the thread if the process ends first."""
+        if not self._takes(asyncio.get_running_loop()):
+            self.local.read_intent(row)
+            return
+        token = self._hand_row("read", row)
+        self._reads[token] = row
+
+    def _takes(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Whether the process writes the rows asked for on `loop` (the first loop to ask is the one it answers)."""
         if self._process is not None and self._loop is None:
             self._loop = loop  # the loop whose rows the process writes; it hears the process from now on
             assert self._process.stdout is not None
             loop.add_reader(self._process.stdout.fileno(), self._on_answers)
-        if self._process is None or not self._ready or loop is not self._loop:
-            return self.local.awaited_intent(row, charge)
-        future: asyncio.Future[str | None] = loop.create_future()
+        return self._process is not None and self._ready and loop is self._loop
+
+    def _hand_row(self, kind: str, row: dict[str, Any], *rest: Any) -> int:
+        """Hand a row over in this turn, under a new token, watched until answered; the token."""
+        assert self._loop is not None
         self._tokens += 1
-        request_id = str(row.get("id"))
-        self._waiters[self._tokens] = future
-        self._asked[self._tokens] = time.monotonic()
+        token = self._tokens
+        self._asked[token] = time.monotonic()
         if self._watch is None:
-            self._watch = loop.call_later(ANSWER_SECONDS, self._check_answered)
+            self._watch = self._loop.call_later(ANSWER_SECONDS, self._check_answered)
         if row.get("status") is None and row.get("error") is None:  # its outcome is to come (else the row has it)
-            self._theirs.add(request_id)
-            self._rows[self._tokens] = request_id
-            future.add_done_callback(functools.partial(_unwritten, self._theirs, request_id))
-        self._in_turn(["intent", self._tokens, row, _charge_out(charge)])
-        return future
+            self._theirs.add(str(row.get("id")))
+            self._rows[token] = str(row.get("id"))
+        self._in_turn([kind, token, row, *rest])
+        return token
 
     def outcome_in_turn(self, request_id: str, fields: dict[str, Any]) -> None:
         if self._to_loop(request_id, fields):
@@ -369,8 +399,12 @@ class OffloadedWriter:
             for token, result in answers:
                 future = self._waiters.pop(token, None)
                 self._asked.pop(token, None)
+                read = self._reads.pop(token, None)
                 if future is not None:
                     _tell(future, result)
+                elif read is not None and result is not None:  # not written: its outcome is nobody's to write
+                    self._theirs.discard(str(read.get("id")))
+                self._failing = result[1] if isinstance(result, list) else None
                 self._answered(token)
 
     def _answered(self, token: int) -> None:
@@ -416,6 +450,7 @@ class OffloadedWriter:
         self._theirs.clear()
         process.kill()
         process.wait()
+        self._reads_to_thread()
         self._end_lost(lost)
 
     def _lost(self) -> dict[str, dict[str, Any]]:
@@ -431,6 +466,13 @@ class OffloadedWriter:
         self._left |= self._theirs - lost.keys()
         return lost
 
+    def _reads_to_thread(self) -> None:
+        """The rows of reads handed to a process that ended before it answered for them, written by the thread: their
+        requests went on. (One the process did write before it ended is refused as a second row of its id.)"""
+        for row in self._reads.values():
+            self.local.read_intent(row)
+        self._reads.clear()
+
     def _end_lost(self, lost: dict[str, dict[str, Any]]) -> None:
         """Write, by the thread, each of these outcomes whose row the process wrote and did not end (it ended first):
         left in flight, such a row was ended by no one (the rows the process ends when it stops are those it knows),
@@ -445,6 +487,14 @@ class OffloadedWriter:
         for op in ops:
             if op[0] == "outcome":
                 self.local.record_outcome(op[1], op[2])
+                continue
+            if op[0] == "read":
+                self._asked.pop(op[1], None)
+                self._rows.pop(op[1], None)
+                row = self._reads.pop(op[1], None)  # None: the thread has it already (handed over as the process ended)
+                if row is not None:
+                    self._theirs.discard(str(row.get("id")))
+                    self.local.read_intent(row)
                 continue
             waiter = self._waiters.pop(op[1], None)
             self._asked.pop(op[1], None)
@@ -492,10 +542,15 @@ class OffloadedWriter:
             # A link's end says nothing of what the shared writer did: it wrote what it was handed only if it said so
             # (it may have been killed, by the first process, stopped with SIGSTOP).
             killed = killed or (isinstance(process, Link) and ENDED not in told)
+            for token in answered:
+                self._reads.pop(token, None)
             if killed:
                 for token in answered:
                     self._answered(token)
-                self._end_lost(self._lost())
+                lost = self._lost()
+                self._reads_to_thread()
+                self._end_lost(lost)
+            self._reads.clear()
             for token, future in self._waiters.items():
                 result = answered.get(token, ["error", "the audit log is closed: goex-proxy is stopping"])
                 if not future.get_loop().is_closed():
@@ -577,6 +632,10 @@ class _Peer:
         self.ended = False  # its input ended, or it said stop
 
 
+#: A row queued for a proxy: the proxy, its token, whether it was written, whether the proxy waits for that.
+_Asked = tuple[_Peer, int, concurrent.futures.Future[str | None], bool]
+
+
 def _serve(path: Path, state_dir: Path, parent: int, control_fd: int | None = None) -> None:
     """The writer process: ops from stdin, written in this thread by an AuditWriter without a thread of its own,
     what arrived together in one transaction; answers on stdout, one message a transaction. (A loop handing its turns
@@ -600,9 +659,8 @@ def _serve(path: Path, state_dir: Path, parent: int, control_fd: int | None = No
         while True:
             wait = None if stop_at is None else max(0.0, stop_at - time.monotonic())
             asked, taken, stop = _read_ops(peers, control, writer, wake_r, parent, wait, stop_at is not None)
-            if taken and not asked and not stop:  # outcomes alone wait a little for company, as the thread's do
-                gather = OUTCOME_GATHER_SECONDS if wait is None else min(wait, OUTCOME_GATHER_SECONDS)
-                asked, _, stop = _read_ops(peers, control, writer, wake_r, parent, gather, stop_at is not None)
+            if taken and not stop:
+                asked, stop = _gathered(asked, peers, control, writer, wake_r, parent, stop_at)
             writer.write_queued()
             _answer_all(asked)
             for peer in [p for p in peers.values() if p.ended and p is not first]:
@@ -620,17 +678,35 @@ def _serve(path: Path, state_dir: Path, parent: int, control_fd: int | None = No
         writer.close()
 
 
+def _gathered(asked: list[_Asked], peers: dict[int, _Peer], control: list[socket.socket], writer: AuditWriter,
+              wake_r: int, parent: int, stop_at: float | None) -> tuple[list[_Asked], bool]:
+    """Outcomes and reads, which nobody waits for, wait for company while more keep coming within GATHER_GAP_SECONDS,
+    up to GATHER_SECONDS in all, until a row that is waited for comes: under load a read and its outcome are written
+    together (one INSERT) and a transaction carries many rows, for little more than one of a few; an idle proxy's
+    rows are written at once. The rows to answer, and whether to stop."""
+    deadline = time.monotonic() + GATHER_SECONDS
+    if stop_at is not None:
+        deadline = min(deadline, stop_at)
+    stop = False
+    while not stop and not any(waited for *_, waited in asked) and (left := deadline - time.monotonic()) > 0:
+        more, taken, stop = _read_ops(peers, control, writer, wake_r, parent, min(left, GATHER_GAP_SECONDS),
+                                      stop_at is not None)
+        asked += more
+        if not taken:
+            break
+    return asked, stop
+
+
 def _read_ops(peers: dict[int, _Peer], control: list[socket.socket], writer: AuditWriter, wake_r: int, parent: int,
-              wait: float | None, stopping: bool = False
-              ) -> tuple[list[tuple[_Peer, int, concurrent.futures.Future[str | None]]], bool, bool]:
+              wait: float | None, stopping: bool = False) -> tuple[list[_Asked], bool, bool]:
     """Queue on `writer` the ops that arrive within `wait` seconds (None: once some do), up to PEER_TURN_BYTES of
-    each proxy's unless `stopping` (then every one there is): the intents queued, with their proxies and tokens;
-    whether any op was; and whether to stop after writing them (the process that started this one ended). A link
-    handed over on `control` becomes a peer."""
+    each proxy's unless `stopping` (then every one there is): the rows queued, to be answered; whether any op was;
+    and whether to stop after writing them (the process that started this one ended). A link handed over on
+    `control` becomes a peer."""
     listening = [p.read_fd for p in peers.values() if not p.ended] + [wake_r] + [c.fileno() for c in control]
     ready = select.select(listening, [], [], wait)[0]
     stop = wake_r in ready and _terminated(wake_r, parent)
-    asked: list[tuple[_Peer, int, concurrent.futures.Future[str | None]]] = []
+    asked: list[_Asked] = []
     taken = False
     if control and control[0].fileno() in ready:
         link = received(control[0])
@@ -647,15 +723,19 @@ def _read_ops(peers: dict[int, _Peer], control: list[socket.socket], writer: Aud
     return asked, taken, stop or (peers[0].ended and len(peers) == 1)
 
 
+#: How long outcomes and reads alone wait for company in the writer process at most, and for the next op: what a
+#: proxy killed at the wrong moment can lose of its reads' rows (nothing else: every other row is waited for).
+GATHER_SECONDS = 0.020
+GATHER_GAP_SECONDS = 0.005
+
 #: The most bytes read from one proxy for one transaction: the rest waits for the next. A worker whose agent sends
 #: large bodies without pause kept the others' rows waiting behind one transaction of everything it had sent.
 PEER_TURN_BYTES = 4 << 20
 
 
-def _read_peer(peer: _Peer, writer: AuditWriter,
-               asked: list[tuple[_Peer, int, concurrent.futures.Future[str | None]]], most: float = math.inf) -> bool:
+def _read_peer(peer: _Peer, writer: AuditWriter, asked: list[_Asked], most: float = math.inf) -> bool:
     """Read what `peer` sent (up to `most` bytes, the rest left for the next call), queue its ops on `writer` (the
-    intents in `asked`); whether it sent any."""
+    rows in `asked`: an intent waited for, a read not); whether it sent any."""
     taken = False
     left = most
     while left > 0:
@@ -674,9 +754,10 @@ def _read_peer(peer: _Peer, writer: AuditWriter,
         for ops in _frames(peer.incoming):
             for op in ops:
                 taken = True
-                if op[0] == "intent":
-                    written = writer.record_intent(op[2], _charge_in(op[3]))
-                    asked.append((peer, op[1], written))
+                if op[0] in ("intent", "read"):
+                    waited = op[0] == "intent"
+                    written = writer.record_intent(op[2], _charge_in(op[3])) if waited else writer.queue_intent(op[2])
+                    asked.append((peer, op[1], written, waited))
                     if peer.sock is not None and op[2].get("status") is None and op[2].get("error") is None:
                         request_id = str(op[2].get("id"))
                         peer.rows.add(request_id)
@@ -701,10 +782,10 @@ def _unwritten(rows: set[str], request_id: str,
         rows.discard(request_id)
 
 
-def _answer_all(asked: list[tuple[_Peer, int, concurrent.futures.Future[str | None]]]) -> None:
+def _answer_all(asked: list[_Asked]) -> None:
     """Tell each proxy whether its rows of this batch were written, in one message each."""
     answers: dict[int, tuple[_Peer, list[Any]]] = {}
-    for peer, token, future in asked:
+    for peer, token, future, _ in asked:
         answers.setdefault(peer.read_fd, (peer, []))[1].append((token, _result(future)))
     for peer, told in answers.values():
         if peer.answering:

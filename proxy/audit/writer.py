@@ -314,6 +314,11 @@ class AuditWriter:
         self._put((_Intent(row, None, unwaited=True), future), waited=False)
         return future
 
+    def read_intent(self, row: dict[str, Any]) -> None:
+        """The record stage's row of a read, whose request goes on without waiting for its commit (`queue_intent`):
+        a batch that fails sets `failing`, and the stage waits for every row again until the log takes one."""
+        self.queue_intent(row)
+
     def record_outcome(self, request_id: str, fields: dict[str, Any]) -> concurrent.futures.Future[str | None]:
         future: concurrent.futures.Future[str | None] = concurrent.futures.Future()
         self._put((_Outcome(request_id, fields), future), waited=False)

@@ -209,20 +209,24 @@ def test_upstream_cannot_speak_as_goex(make_proxy, upstream):
 
 
 def test_audit_failure_fails_closed(make_proxy, upstream):
-    """When the audit database is locked by another process, the request answers 502 and is never forwarded."""
+    """When the audit database is locked by another process, a request that waits for its row (a POST) answers 502 and
+    is never forwarded. A read sent before the proxy knew goes on (it does not wait for its row), and after the
+    failure reads wait too: they are refused while the log cannot take their rows."""
     proxy = make_proxy(SLACK_POLICY)
     s = session(proxy)
     assert s.get(f"{SLACK}/conversations.list").status_code == 200
     locker = sqlite3.connect(proxy.home / "audit.db", timeout=10, isolation_level=None)
     locker.execute("BEGIN EXCLUSIVE")
     try:
-        r = s.get(f"{SLACK}/conversations.history")
+        read = s.get(f"{SLACK}/conversations.list?read=before-it-knew")
+        r = s.post(f"{SLACK}/conversations.history")
+        after = s.get(f"{SLACK}/conversations.list?read=after-it-knew")
     finally:
         locker.execute("ROLLBACK")
         locker.close()
-    assert r.status_code == 502
-    assert r.json()["stage"] == "record"
-    assert upstream.seen_paths() == ["/api/conversations.list"]
+    assert (read.status_code, r.status_code, after.status_code) == (200, 502, 502)
+    assert r.json()["stage"] == after.json()["stage"] == "record"
+    assert upstream.seen_paths() == ["/api/conversations.list", "/api/conversations.list?read=before-it-knew"]
     assert "audit write failed" in proxy.log_text()
 
 
@@ -485,7 +489,8 @@ def test_invalid_config_is_refused_with_its_location(make_proxy, upstream):
     proxy = make_proxy(SLACK_POLICY, start=False, extra_config="audit: {db: audit.db, max_bodys: 5}\n")
     r = proxy.cli("run")
     line = proxy.config.read_text().splitlines().index("audit: {db: audit.db, max_bodys: 5}") + 1
-    expected = f"{proxy.config}:{line}:23: unknown key 'max_bodys' in 'audit' (expected one of: db, max_body_bytes, retention)"
+    expected = (f"{proxy.config}:{line}:23: unknown key 'max_bodys' in 'audit' (expected one of: db, max_body_bytes, "
+                "retention, wait_for_reads)")
     assert r.returncode == 2 and expected in r.stderr
     check = proxy.cli("policy", "check")
     assert check.returncode == 1 and expected in check.stdout

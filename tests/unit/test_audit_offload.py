@@ -796,7 +796,7 @@ def test_a_worker_flooding_its_link_does_not_hold_up_another_workers_rows(tmp_pa
             asked, _, stop = offload._read_ops(peers, [], writer, wake_r, os.getppid(), 1.0)
             assert not stop
             writer.write_queued()
-            turns.append([(peer.read_fd, token) for peer, token, _ in asked])
+            turns.append([(peer.read_fd, token) for peer, token, *_ in asked])
         other = links[1][1].fileno()
         assert (other, 0) in turns[0]  # with the first turn of the flood, not after all of it
         assert len(turns[0]) <= 1 + (16 << 10) // 2000 + 1, len(turns[0])
@@ -816,7 +816,7 @@ def _turns(peers: dict[int, Any], writer: AuditWriter, wake_r: int, parent: int,
         asked, _, _ = offload._read_ops(peers, [], writer, wake_r, parent, 1.0, stopping)
         writer.write_queued()
         offload._answer_all(asked)
-        turns.append([(peer.read_fd, token) for peer, token, _ in asked])
+        turns.append([(peer.read_fd, token) for peer, token, *_ in asked])
     return turns
 
 
@@ -894,6 +894,6 @@ def test_the_proxys_end_takes_everything_past_a_turn_at_once(tmp_path: Path, mon
         os.write(wake_w, b"\x0f")
         asked, _, stop = offload._read_ops(peers, [], writer, wake_r, os.getppid() + 1, 1.0)  # not our parent: ended
         assert stop
-        assert [token for _, token, _ in asked] == list(range(40))
+        assert [token for _, token, *_ in asked] == list(range(40))
         writer.write_queued()
     assert sum(1 for _ in audit.iter_rows(_log(tmp_path))) == 40
