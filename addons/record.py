@@ -69,8 +69,9 @@ class Record:
     def _goes_on_unwaited(self, flow: http.HTTPFlow) -> bool:
         """Whether the request is a read whose row need not be committed before it is sent: an allowed GET, HEAD or
         OPTIONS that no server runs as another method (an override), counts toward no limit (a limit is counted
-        across workers by the log's writer), asks for no upgrade (what follows it is a stream), has a body small
-        enough to be built on the loop, and a log that took its last rows (else every row waits, and is refused
+        across workers by the log's writer), asks for no upgrade (what follows it is a stream), has no body (a
+        multipart form's `_method` is one override the policy does not read), and a writer process that takes it and
+        a log that took its last rows, every read it did not take written since (else every row waits, and is refused
         while the log cannot take it: an agent that fills the disk does not read unrecorded). `audit.wait_for_reads`
         makes every request wait."""
         d = flowmeta.decision(flow)
@@ -78,7 +79,7 @@ class Record:
         return (request.method in READ_METHODS and d is not None and d.effect == "allow" and flow.response is None
                 and not self.state.config.wait_for_reads and flowmeta.charge(flow) is None
                 and flowmeta.view(flow) is not None and READ_METHODS.issuperset(methods_run_as(flow))
-                and "upgrade" not in request.headers and not large(request) and self.state.audit().failing is None)
+                and "upgrade" not in request.headers and not request.raw_content and self.state.audit().takes_reads())
 
     @fail_closed("record")
     async def _committed_first(self, flow: http.HTTPFlow) -> None:

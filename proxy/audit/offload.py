@@ -44,6 +44,8 @@ STOP_SECONDS = 10.0
 _COMPACT_AT = 1 << 20
 #: The pipe's size asked for (Linux lets a process have up to 1 MiB without privilege): fewer writes for a large row.
 _PIPE_BYTES = 1 << 20
+#: How long after the log did not take a read's row it is handed over again (and again, while it takes none).
+AGAIN_SECONDS = 1.0
 #: How long a row handed to the writer process may go unanswered while the process says nothing at all before it is
 #: taken for hung (stopped with SIGSTOP, stuck on its disk) and killed: its waiters refused, the thread writing on.
 ANSWER_SECONDS = 30.0
@@ -157,6 +159,11 @@ class OffloadedWriter:
         self._unsure: collections.deque[tuple[int, str, dict[str, Any]]] = collections.deque()
         self._ready = False  # the process said it opened the log
         self._reads: dict[int, dict[str, Any]] = {}  # token -> a read's row handed over, while unanswered
+        #: id -> [row, outcome or None] of each read the log did not take (or did not say it took): handed over again
+        #: whenever it takes a row, and until then the record stage waits for every read's row
+        self._unrecorded: dict[str, list[Any]] = {}
+        self._again: dict[str, bool] = {}  # id of each of `_unrecorded` handed over again, unanswered: with its outcome
+        self._retry: asyncio.TimerHandle | None = None
         self._failing: str | None = None  # why the process's last answered row was not written, until one is
         if link is not None:
             # The first's writer process, started before this worker: what is sent waits in the link until it reads
@@ -223,7 +230,14 @@ class OffloadedWriter:
     def failing(self) -> str | None:
         """Why the log failed to take its last rows (the process's answers, or the thread's own), until it takes one
         again: the record stage then waits for a read's row too."""
+        if self._unrecorded:
+            return self._failing or f"{len(self._unrecorded)} read(s) not yet in the audit log"
         return self._failing or self.local.failing
+
+    def takes_reads(self) -> bool:
+        """Whether the record stage may send a read as its row is handed over (`read_intent`): when the process writes
+        this loop's rows and the log took the last ones (with every read it did not take written since)."""
+        return self.failing is None and self._takes(asyncio.get_running_loop())
 
     def awaited_intent(self, row: dict[str, Any], charge: Charge | None = None) -> asyncio.Future[str | None]:
         loop = asyncio.get_running_loop()
@@ -237,15 +251,33 @@ class OffloadedWriter:
         return future
 
     def read_intent(self, row: dict[str, Any]) -> None:
-        """`AuditWriter.read_intent` for the loop's record stage: the row goes to the process with this turn's other
-        ops, as a read (which may wait there a moment for company, and be written with its outcome in one INSERT).
-        Nothing waits for its answer, which says whether the log took it (`failing`); kept until then, the row is
-        written by the thread if the process ends first."""
-        if not self._takes(asyncio.get_running_loop()):
-            self.local.read_intent(row)
-            return
+        """The row of a read the record stage sends without waiting for its commit (asked `takes_reads` first): to the
+        process with this turn's other ops (where it may wait a moment for company, and be written with its outcome
+        in one INSERT). Nobody waits for its answer; kept until it comes, the row is handed over again if the log did
+        not take it, and written by the thread if the process ends first."""
         token = self._hand_row("read", row)
         self._reads[token] = row
+
+    def _hand_again(self) -> None:
+        """Hand over again the reads the log did not take, each with its outcome if it came (written unless the log
+        holds its id: a row committed whose anchor failed was answered as not written)."""
+        if self._process is None or self._loop is None:
+            return
+        for request_id, (row, outcome) in self._unrecorded.items():
+            if request_id not in self._again:
+                self._again[request_id] = outcome is not None
+                self._reads[self._hand_row("again", row, outcome)] = row
+
+    def _hand_again_later(self) -> None:
+        """Hand the reads the log did not take over again in AGAIN_SECONDS (and then again, while it takes none)."""
+        if self._retry is None and self._loop is not None and not self._loop.is_closed():
+            self._retry = self._loop.call_later(AGAIN_SECONDS, self._retried)
+
+    def _retried(self) -> None:
+        self._retry = None
+        if self._unrecorded:
+            self._hand_again()
+            self._hand_again_later()
 
     def _takes(self, loop: asyncio.AbstractEventLoop) -> bool:
         """Whether the process writes the rows asked for on `loop` (the first loop to ask is the one it answers)."""
@@ -270,7 +302,7 @@ class OffloadedWriter:
         return token
 
     def outcome_in_turn(self, request_id: str, fields: dict[str, Any]) -> None:
-        if self._to_loop(request_id, fields):
+        if self._to_loop(request_id, fields) or self._kept_unrecorded(request_id, fields):
             return
         if not self._is_theirs(request_id):
             self._left.discard(request_id)
@@ -279,7 +311,7 @@ class OffloadedWriter:
         self._outcome_to_process(request_id, fields)
 
     def record_outcome(self, request_id: str, fields: dict[str, Any]) -> concurrent.futures.Future[str | None]:
-        if not self._to_loop(request_id, fields):
+        if not self._to_loop(request_id, fields) and not self._kept_unrecorded(request_id, fields):
             if not self._is_theirs(request_id):
                 self._left.discard(request_id)
                 return self.local.record_outcome(request_id, fields)
@@ -287,6 +319,15 @@ class OffloadedWriter:
         done: concurrent.futures.Future[str | None] = concurrent.futures.Future()
         done.set_result(None)  # as the thread writer's: nobody waits for an outcome's commit
         return done
+
+    def _kept_unrecorded(self, request_id: str, fields: dict[str, Any]) -> bool:
+        """Whether this is the outcome of a read the log did not take: kept with it, to be handed over with it."""
+        kept = self._unrecorded.get(request_id)
+        if kept is None:
+            return False
+        kept[1] = fields
+        self._hand_again()  # with it now, if it is not on its way again already
+        return True
 
     def _outcome_to_process(self, request_id: str, fields: dict[str, Any]) -> None:
         """Hand an outcome over, kept until the process is known to have written it (else, the process ended, the
@@ -390,6 +431,7 @@ class OffloadedWriter:
             return
         self._in += chunk
         self._heard = time.monotonic()
+        took = False
         for answers in _frames(self._in):
             if answers == "ready":
                 self._ready = True
@@ -402,10 +444,30 @@ class OffloadedWriter:
                 read = self._reads.pop(token, None)
                 if future is not None:
                     _tell(future, result)
-                elif read is not None and result is not None:  # not written: its outcome is nobody's to write
-                    self._theirs.discard(str(read.get("id")))
-                self._failing = result[1] if isinstance(result, list) else None
+                elif read is not None:
+                    self._read_answered(str(read.get("id")), read, result)
+                if isinstance(result, list):
+                    self._failing = result[1]
+                elif result is None:  # a row written (a cap's refusal writes none)
+                    self._failing = None
+                    took = True
                 self._answered(token)
+        if took and self._unrecorded:
+            self._hand_again()
+
+    def _read_answered(self, request_id: str, row: dict[str, Any], result: Any) -> None:
+        """A read (or one handed over again) answered: written, or kept among `_unrecorded`, its outcome kept with
+        it from now on (a row the log did hold, its anchor failed, gets it when it is handed over again)."""
+        with_outcome = self._again.pop(request_id, None)
+        if result is None:
+            kept = self._unrecorded.pop(request_id, None)
+            if kept is not None and kept[1] is not None and not with_outcome:  # it came while the row was on its way
+                self._outcome_to_process(request_id, kept[1])
+        elif isinstance(result, list):  # an outcome handed over after it failed with it, or came too late
+            handed = next((fields for _, other, fields in self._unsure if other == request_id), None)
+            self._unrecorded.setdefault(request_id, [row, handed])
+            self._theirs.discard(request_id)
+            self._hand_again_later()
 
     def _answered(self, token: int) -> None:
         """The process answered this row: it has written every op handed over before it."""
@@ -467,11 +529,19 @@ class OffloadedWriter:
         return lost
 
     def _reads_to_thread(self) -> None:
-        """The rows of reads handed to a process that ended before it answered for them, written by the thread: their
-        requests went on. (One the process did write before it ended is refused as a second row of its id.)"""
+        """The rows of reads handed to a process that ended before it answered for them, and of those the log did not
+        take, written by the thread (each unless the log holds its id): their requests went on."""
         for row in self._reads.values():
-            self.local.read_intent(row)
+            if str(row.get("id")) not in self._unrecorded:
+                self.local.queue_again(row, None)
+        for row, outcome in self._unrecorded.values():
+            self.local.queue_again(row, outcome)
         self._reads.clear()
+        self._unrecorded.clear()
+        self._again.clear()
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
 
     def _end_lost(self, lost: dict[str, dict[str, Any]]) -> None:
         """Write, by the thread, each of these outcomes whose row the process wrote and did not end (it ended first):
@@ -488,13 +558,15 @@ class OffloadedWriter:
             if op[0] == "outcome":
                 self.local.record_outcome(op[1], op[2])
                 continue
-            if op[0] == "read":
+            if op[0] in ("read", "again"):
                 self._asked.pop(op[1], None)
                 self._rows.pop(op[1], None)
                 row = self._reads.pop(op[1], None)  # None: the thread has it already (handed over as the process ended)
                 if row is not None:
                     self._theirs.discard(str(row.get("id")))
-                    self.local.read_intent(row)
+                    self._again.pop(str(row.get("id")), None)
+                    kept = self._unrecorded.pop(str(row.get("id")), None)
+                    self.local.queue_again(row, kept[1] if kept is not None else None)
                 continue
             waiter = self._waiters.pop(op[1], None)
             self._asked.pop(op[1], None)
@@ -542,15 +614,17 @@ class OffloadedWriter:
             # A link's end says nothing of what the shared writer did: it wrote what it was handed only if it said so
             # (it may have been killed, by the first process, stopped with SIGSTOP).
             killed = killed or (isinstance(process, Link) and ENDED not in told)
-            for token in answered:
-                self._reads.pop(token, None)
+            for token, result in answered.items():
+                read = self._reads.pop(token, None)
+                if read is not None:
+                    self._read_answered(str(read.get("id")), read, result)
+            lost: dict[str, dict[str, Any]] = {}
             if killed:
                 for token in answered:
                     self._answered(token)
                 lost = self._lost()
-                self._reads_to_thread()
-                self._end_lost(lost)
-            self._reads.clear()
+            self._reads_to_thread()  # those it never answered (it died) or did not take: their requests went on
+            self._end_lost(lost)  # after them: an outcome it was handed may be a read's
             for token, future in self._waiters.items():
                 result = answered.get(token, ["error", "the audit log is closed: goex-proxy is stopping"])
                 if not future.get_loop().is_closed():
@@ -754,11 +828,13 @@ def _read_peer(peer: _Peer, writer: AuditWriter, asked: list[_Asked], most: floa
         for ops in _frames(peer.incoming):
             for op in ops:
                 taken = True
-                if op[0] in ("intent", "read"):
+                if op[0] in ("intent", "read", "again"):
                     waited = op[0] == "intent"
-                    written = writer.record_intent(op[2], _charge_in(op[3])) if waited else writer.queue_intent(op[2])
+                    written = (writer.record_intent(op[2], _charge_in(op[3])) if waited
+                               else writer.queue_intent(op[2]) if op[0] == "read" else writer.queue_again(op[2], op[3]))
                     asked.append((peer, op[1], written, waited))
-                    if peer.sock is not None and op[2].get("status") is None and op[2].get("error") is None:
+                    ended = (op[0] == "again" and op[3] is not None) or op[2].get("status") is not None
+                    if peer.sock is not None and not ended and op[2].get("error") is None:
                         request_id = str(op[2].get("id"))
                         peer.rows.add(request_id)
                         written.add_done_callback(functools.partial(_unwritten, peer.rows, request_id))

@@ -68,6 +68,16 @@ class _Outcome:
     stands_in: bool = False   # written in place of an outcome that could not be stored (never replaced in turn)
 
 
+@dataclass(frozen=True)
+class _Again:
+    """A read's row handed over again (`queue_again`), with its outcome if it came: its first write failed, or its
+    writer process ended before saying. Written unless the log holds its id; if it does, only its outcome, unless
+    the row has one."""
+
+    row: dict[str, Any]
+    outcome: dict[str, Any] | None
+
+
 _STOP = object()
 
 
@@ -155,7 +165,8 @@ def _with_outcomes(batch: list[tuple[Any, Any]]) -> list[Any]:
 
 def _unwaited(item: Any) -> bool:
     """An outcome, or a row queued with `queue_intent`: nothing waits for its commit."""
-    return isinstance(item, tuple) and (isinstance(item[0], _Outcome) or isinstance(item[0], _Intent) and item[0].unwaited)
+    return isinstance(item, tuple) and (isinstance(item[0], (_Outcome, _Again))
+                                        or isinstance(item[0], _Intent) and item[0].unwaited)
 
 
 #: How long a batch of outcomes and unwaited rows alone waits for company (an intent waited for ends the wait at once).
@@ -314,10 +325,17 @@ class AuditWriter:
         self._put((_Intent(row, None, unwaited=True), future), waited=False)
         return future
 
-    def read_intent(self, row: dict[str, Any]) -> None:
-        """The record stage's row of a read, whose request goes on without waiting for its commit (`queue_intent`):
-        a batch that fails sets `failing`, and the stage waits for every row again until the log takes one."""
-        self.queue_intent(row)
+    def takes_reads(self) -> bool:
+        """Whether the record stage may send a read before its row is committed: not through this writer (the
+        writer process does it, `offload`), whose rows are all written ahead."""
+        return False
+
+    def queue_again(self, row: dict[str, Any], outcome: dict[str, Any] | None) -> concurrent.futures.Future[str | None]:
+        """Queue a read's row again (its request went on): written, with `outcome`, unless the log already holds its
+        id; then only `outcome`, unless the row has one."""
+        future: concurrent.futures.Future[str | None] = concurrent.futures.Future()
+        self._put((_Again(row, outcome), future), waited=False)
+        return future
 
     def record_outcome(self, request_id: str, fields: dict[str, Any]) -> concurrent.futures.Future[str | None]:
         future: concurrent.futures.Future[str | None] = concurrent.futures.Future()
@@ -460,13 +478,14 @@ class AuditWriter:
             self.failing = unanchored
             if unanchored is not None:  # its requests are refused: rows cut from the end now would go unseen
                 for index, (op, _) in enumerate(batch):
-                    if isinstance(op, _Intent) and index not in refused:
+                    if isinstance(op, (_Intent, _Again)) and index not in refused:
                         refused[index] = AuditError(f"audit write failed: {unanchored}")
                         # Its outcome, with the next batch: not in flight. Not a row queued without waiting (a
                         # gateway's read): that request went on before its commit, and its session records what
                         # became of it; a second outcome would overwrite it (and break its outcome hash). Nor a
                         # row that waits for a person: the gate ends its approvals entry and its row together.
-                        if not op.unwaited and op.approval is None and str(op.row.get("id")) in self._pending:
+                        if (isinstance(op, _Intent) and not op.unwaited and op.approval is None
+                                and str(op.row.get("id")) in self._pending):
                             self._queue.put((_Outcome(str(op.row["id"]), {"error": UNANCHORED, "ended": time.time()}),
                                              concurrent.futures.Future()))
         _settle([(future, refused.get(index)) for index, (_, future) in enumerate(batch)])
@@ -507,6 +526,9 @@ class AuditWriter:
                         # A prune may have removed names this writer checked before it (in this transaction or, the
                         # log unchanged since, an earlier one): each is read again before a row after it names it.
                         self._names.begin()
+                    elif isinstance(op, _Again):
+                        if (inserted := self._again(op, head.hash if head else last[0] if last else "")) is not None:
+                            head = inserted
                     elif not isinstance(op, _Intent):
                         try:
                             self._update(op)
@@ -631,6 +653,16 @@ class AuditWriter:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+
+    def _again(self, op: _Again, prev: str) -> Anchor | None:
+        """Write a read's row again (`_Again`): the newest row if it was inserted, None if the log held it."""
+        term, forms = layout.id_term(str(op.row["id"]))
+        if self._conn.execute(f"SELECT 1 FROM requests WHERE {term}", forms).fetchone() is None:
+            return self._insert(_Intent({**op.row, **(op.outcome or {})}, None, unwaited=True), prev)
+        if op.outcome is not None:
+            with contextlib.suppress(UnknownRequest):
+                self._update(_Outcome(str(op.row["id"]), op.outcome, stands_in=True))
+        return None
 
     def _insert(self, op: _Intent, prev: str) -> Anchor:
         row = storable(op.row)

@@ -146,10 +146,19 @@ def readings(view: RequestView) -> list[tuple[str, RequestView, bool]]:
     rather than merely not denied). A method override runs as the method it names, so it must be allowed; every
     `_method` value counts, in the query as in the form. (Paths as lenient routers read them and keys sent twice are
     decided by the policy engine itself: `policy.decide`.)"""
-    methods = {m for k, v in view.headers if k in METHOD_OVERRIDE_HEADERS for m in [v.strip().upper()]}
-    methods |= {v.strip().upper() for k, v in view.query + view.form_pairs if k == "_method"}
+    methods = {m for k, v in view.headers if k.replace("_", "-") in METHOD_OVERRIDE_HEADERS for m in [v.strip().upper()]}
+    methods |= {v.strip().upper() for k, v in view.query + _override_form(view) if php_name(k)[0] == "_method"}
     return [(f"as the method override {method} names", _reading(view, method=method), True)
             for method in sorted(methods - {view.method})]
+
+
+def _override_form(view: RequestView) -> tuple[tuple[str, str], ...]:
+    """The form's pairs as a server reads them for `_method`: a body that is not UTF-8, which has no pairs to the
+    policy, byte for byte (its `_method` is ASCII either way)."""
+    pairs = view.form_pairs
+    if pairs or not view.body or "application/x-www-form-urlencoded" not in (view.header("content-type") or "").lower():
+        return pairs
+    return tuple(parse_qsl(view.body.decode("latin-1"), keep_blank_values=True))
 
 
 def _reading(view: RequestView, **changes: Any) -> RequestView:

@@ -123,9 +123,9 @@ def test_executes_program_cannot_hide_the_review_with_terminal_escapes(make_prox
 
 def test_an_agent_that_fills_the_state_directorys_disk_gets_nothing_past_the_log(make_proxy, upstream, outside):
     """The run's layer is in the state directory: an agent can fill its filesystem (here a 6 MB tmpfs) by writing in
-    the workspace. The audit log can then take no row, and every request after that is refused, never forwarded,
-    but for a read sent before the proxy heard that its row could not be written (a read does not wait for its
-    row's commit); the person sees why in one line per request, not a traceback."""
+    the workspace. The audit log can then take no row, and every request after that is refused, never forwarded
+    (without `run`, `exec`'s own proxy writes every row ahead, reads too); the person sees why in one line per
+    request, not a traceback."""
     from tests.conftest import GITHUB_URL
 
     proxy = make_proxy(GITHUB_POLICY, start=False)
@@ -136,7 +136,7 @@ def test_an_agent_that_fills_the_state_directorys_disk_gets_nothing_past_the_log
     command = " ".join([*GOEX, "exec", "--config", f"{small}/config.yaml", "--agent", "mailbot", "--", "sh", "-c"])
     agent = (f"curl -s -o /dev/null -w 'first %{{http_code}}\\n' {GITHUB_URL}; "
              "dd if=/dev/zero of=fill bs=1M count=32 2>/dev/null; "
-             f"curl -s -o /dev/null -w 'second %{{http_code}}\\n' {GITHUB_URL}; sleep 1; "
+             f"curl -s -o /dev/null -w 'second %{{http_code}}\\n' {GITHUB_URL}; "
              f"curl -s -o /dev/null -w 'third %{{http_code}}\\n' {GITHUB_URL}; "
              f"curl -s -o /dev/null -w 'fourth %{{http_code}}\\n' {GITHUB_URL}")
     script = f"mount -t tmpfs -o size=6m tmpfs {small} && cp -a {proxy.home}/. {small} && {command} \"{agent}\""
@@ -144,10 +144,8 @@ def test_an_agent_that_fills_the_state_directorys_disk_gets_nothing_past_the_log
     r = subprocess.run([*unshare, "sh", "-c", script], cwd=workspace, env=proxy.env, capture_output=True, text=True,
                        timeout=120)
     assert "first 200" in r.stdout, r.stdout + r.stderr
-    assert "third 502" in r.stdout and "fourth 502" in r.stdout, r.stdout + r.stderr
-    unrecorded = "second 200" in r.stdout  # the read that told the proxy the log was failing
-    assert unrecorded or "second 502" in r.stdout, r.stdout + r.stderr
-    assert upstream.seen_paths("api.github.com") == ["/repos/octo/hello"] * (1 + unrecorded)
+    assert "second 502" in r.stdout and "third 502" in r.stdout and "fourth 502" in r.stdout, r.stdout + r.stderr
+    assert upstream.seen_paths("api.github.com") == ["/repos/octo/hello"]
     said = r.stdout + r.stderr
     assert "audit write failed" in said and "Traceback" not in said, said
 

@@ -64,12 +64,13 @@ def test_reads_through_the_offloaded_writer_are_written_with_their_outcomes(tmp_
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="resource.prlimit of another process")
-def test_a_read_the_log_cannot_take_makes_the_log_failing_until_a_row_is_written(tmp_path: Path) -> None:
-    """The process says a read was not written (a full disk): `failing` says why, so the record stage waits for every
-    row (and is refused) until the log takes one again."""
+def test_a_read_the_log_cannot_take_keeps_reads_waiting_until_it_is_written(tmp_path: Path) -> None:
+    """The process says a read was not written (a full disk): `failing` says why, and the record stage waits for
+    every row (and is refused while the log cannot take it). A small row written meanwhile does not end that: the
+    read is kept, with its outcome, and handed over again until the log takes it too."""
     import resource
 
-    async def scenario(writer: OffloadedWriter) -> tuple[str | None, str | None]:
+    async def scenario(writer: OffloadedWriter) -> tuple[str | None, str | None, dict[str, Any]]:
         assert writer._process is not None and writer.failing is None
         _, hard = resource.prlimit(writer._process.pid, resource.RLIMIT_FSIZE)
         resource.prlimit(writer._process.pid, resource.RLIMIT_FSIZE, (1, hard))  # no file of it grows
@@ -79,14 +80,20 @@ def test_a_read_the_log_cannot_take_makes_the_log_failing_until_a_row_is_written
         while writer.failing is None and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         said = writer.failing
-        assert lost["id"] not in writer._theirs  # its outcome is nobody's to write
+        assert lost["id"] not in writer._theirs and not writer.takes_reads()
+        writer.outcome_in_turn(lost["id"], _answered(206))  # kept with it
         resource.prlimit(writer._process.pid, resource.RLIMIT_FSIZE, (hard, hard))
         assert await writer.awaited_intent(_row("/room-again")) is None
-        return said, writer.failing
+        deadline = time.monotonic() + 10
+        while writer.failing is not None and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return said, writer.failing, lost
 
-    said, after = _with_writer(tmp_path, scenario)
+    said, after, lost = _with_writer(tmp_path, scenario)
     assert said is not None and "audit write failed" in said
     assert after is None
+    kept = audit.get(_log(tmp_path), lost["id"])
+    assert (kept["status"], kept["req_body"]) == (206, lost["req_body"])
 
 
 def test_reads_a_killed_process_never_answered_are_written_by_the_thread(tmp_path: Path) -> None:

@@ -3,7 +3,7 @@
 
 The product's own model (`requestview.readings`) says a GET with `_method` in its query or urlencoded form, or a
 method-override header, is run as the method it names, and `php_name` says how PHP names keys. These are the same
-overrides spelled as such servers read them. Each test FAILS on d98043f; correct: the request counts as run as DELETE
+overrides spelled as such servers read them. Each test failed on d98043f; now the request counts as run as DELETE
 (so it is decided as a DELETE, and its row is committed before it is forwarded)."""
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ CASES = {
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_a_get_a_server_runs_as_delete_is_not_forwarded_before_its_commit(state, case: str) -> None:
-    """HOLE. The GET is allowed (as it should be: DELETE is allowed too) and, its override unseen, goes upstream before
+    """Was a hole. The GET is allowed (as it should be: DELETE is allowed too) and, its override unseen, goes upstream before
     its row is committed: a DELETE with nothing in the log if the proxy dies now. Correct: `methods_run_as` names
     DELETE, and the record stage waits for the commit."""
     f = CASES[case]
@@ -84,7 +84,7 @@ rules:
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_the_same_override_passes_a_policy_that_allows_only_reads(tmp_path: Path, case: str) -> None:
-    """HOLE (policy level, older than d98043f, made worse by it). `?_method=DELETE` on a GET is refused by a read-only
+    """Was a hole (policy level, older than d98043f, made worse by it). `?_method=DELETE` on a GET is refused by a read-only
     policy (`readings` must be allowed), but each spelling above is allowed: the DELETE a PHP/Slim server runs is
     both unauthorised and, since d98043f, forwarded before its row is committed. Correct: refused as the plain
     `_method` is."""

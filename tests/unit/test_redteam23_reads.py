@@ -1,6 +1,6 @@
-"""Red team of d98043f (reads forwarded as their rows are handed to the writer process): ways reads go unrecorded, or
-their outcomes are lost, beyond what README "## The audit log" admits. Each test that shows a hole FAILS on that
-commit; its docstring says what should happen instead."""
+"""Found by a red team of d98043f (reads forwarded as their rows are handed to the writer process): ways reads went
+unrecorded, or their outcomes were lost, beyond what README "## The audit log" admits. Each test failed on that
+commit; its docstring says what happened then, and what holds now ("Correct")."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from goex_proxy.audit.seal import ANCHOR_FILE, Seal
 from goex_proxy.errors import AuditError, NotFound
 from goex_proxy.policy.engine import Limit
 from goex_proxy.policy.limits import Charge
-from tests.unit.test_audit_offload import _answered, _log, _row, _with_writer
+from tests.unit.test_audit_offload import _answered, _row, _with_writer
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="resource.prlimit of another process")
 
@@ -56,7 +56,7 @@ def _stored(tmp_path: Path, request_id: str) -> bool:
 
 @linux_only
 def test_a_nearly_full_disk_lets_an_agent_send_large_reads_unrecorded_one_after_another(tmp_path: Path) -> None:
-    """HOLE. The log has room for a small row but not a large one (a disk the agent filled from its workspace, which
+    """Was a hole. The log has room for a small row but not a large one (a disk the agent filled from its workspace, which
     shares the log's disk, to just short of full). The agent sends a GET whose row is large (a 64 KiB body, the default
     `max_body_bytes`): forwarded unwaited, its row fails, `failing` is set. Then any small row that fits (the agent's
     own tiny GET, now waited for, or another agent's) clears `failing`, and the next large GET goes out unwaited and
@@ -99,7 +99,7 @@ def test_a_nearly_full_disk_lets_an_agent_send_large_reads_unrecorded_one_after_
 
 @linux_only
 def test_a_cap_refusal_clears_failing_while_the_log_takes_no_row(tmp_path: Path) -> None:
-    """HOLE. `_on_answers` sets `_failing = None` for any answer that is not an error, and a cap's refusal (a string:
+    """Was a hole. `_on_answers` sets `_failing = None` for any answer that is not an error, and a cap's refusal (a string:
     the row was NOT written) is one. With the log refusing every row (a full disk: `failing` set), a request over a
     limit counted across workers (the agent used up its limit through another worker) is refused by the writer
     process's cap check, a transaction that writes nothing and so succeeds: `failing` goes back to None, and the reads
@@ -135,7 +135,7 @@ def test_a_cap_refusal_clears_failing_while_the_log_takes_no_row(tmp_path: Path)
 
 
 def test_reads_handed_to_a_process_that_died_are_lost_when_the_proxy_stops_before_it_noticed(tmp_path: Path) -> None:
-    """HOLE. The writer process dies (OOM killer, a crash) with reads it never answered, and the proxy stops before its
+    """Was a hole. The writer process dies (OOM killer, a crash) with reads it never answered, and the proxy stops before its
     loop read the end of the process's output (`_gone` never ran). `close()` finds the pipe broken and the process
     already ended, but counts it as killed only when `wait` timed out: the unanswered reads are dropped
     (`self._reads.clear()`), never written by the thread. Their requests went upstream; the log has no row of them.
@@ -164,7 +164,7 @@ def test_reads_handed_to_a_process_that_died_are_lost_when_the_proxy_stops_befor
 
 @linux_only
 def test_a_read_answered_unanchored_has_its_real_outcome_overwritten_as_interrupted(tmp_path: Path) -> None:
-    """HOLE. A read's row is committed but its anchor cannot be kept (the anchor's lock held past LOCK_WAIT_S by a
+    """Was a hole. A read's row is committed but its anchor cannot be kept (the anchor's lock held past LOCK_WAIT_S by a
     stopped process): the writer process answers it as an error although the row IS in the log. The proxy takes it for
     unwritten (`_theirs.discard`), so the outcome (a slow upstream: it comes after the answer) goes to the thread
     writer, which finds the row and writes it. But the writer process still has the row in `_pending` (unlike a waited

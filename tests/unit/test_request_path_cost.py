@@ -342,22 +342,12 @@ def test_an_unexpected_failure_after_the_commit_refuses_the_batch_and_the_writer
         writer.close()
 
 
-#: (what the request or the config has, the GET's extra headers, the rule's extra keys): each makes the GET wait for
-#: its row's commit, in the request hook's task.
-WAITS = {"audit.wait_for_reads": ({}, ""), "a method override": ({"X-HTTP-Method-Override": "DELETE"}, ""),
-         "a limit": ({}, ", limit: {count: 5, per: 1h}"),
-         "an upgrade": ({"Upgrade": "websocket", "Connection": "Upgrade"}, "")}
-
-
-@pytest.mark.parametrize("waits", [None, *WAITS])
-def test_hooks_that_end_without_waiting_are_run_in_the_turn_that_asked_for_them(tmp_path: Path, monkeypatch,
-                                                                                 waits: str | None) -> None:
+def test_hooks_that_end_without_waiting_are_run_in_the_turn_that_asked_for_them(tmp_path: Path, monkeypatch) -> None:
     """mitmproxy 11 on Python 3.11 made a task of every hook a flow has (a name, a debug stamp, a turn of the event
-    loop, then a second `server_event` to say it ended: ~12 µs, four a GET). A GET through the proxy now makes none:
-    its row is queued, not waited for. One that may not only read (a method override names DELETE), counts toward a
-    limit, asks for an upgrade, or runs under `audit.wait_for_reads` makes one, for the request hook, which waits for
-    its row's commit. The agent still gets the upstream's answer, and each hook still ran (its row and its outcome
-    are in the log)."""
+    loop, then a second `server_event` to say it ended: ~12 µs, four a GET). A GET through the in-process proxy now
+    makes one, for the request hook, which waits for its row's commit (its thread writer writes every row ahead; with
+    `run`'s writer process a read makes none: `tests/e2e/test_reads_unwaited.py`). The agent still gets the
+    upstream's answer, and each hook still ran (its row and its outcome are in the log)."""
     import dataclasses
     import sqlite3
 
@@ -384,23 +374,21 @@ def test_hooks_that_end_without_waiting_are_run_in_the_turn_that_asked_for_them(
         return create(coro, name=name, client=client)
 
     monkeypatch.setattr(asyncio_utils, "create_task", counted)
-    headers, rule_extra = WAITS[waits] if waits else ({}, "")
-    policy = ("version: 1\nname: p\nrules:\n  - name: read\n"
-              f"    allow: {{host: api.example.test, methods: [GET, DELETE], path: /hello{rule_extra}}}\n")
+    policy = "version: 1\nname: p\nrules:\n  - name: read\n    allow: {host: api.example.test, methods: [GET], path: /hello}\n"
     loaded, problems = check_policy_text(policy, "p.yaml")
     assert loaded is not None, problems
     # Routed, as the benchmark's host is: a host reached by its own address has its addresses checked (a coroutine).
-    config = dataclasses.replace(_config(tmp_path), wait_for_reads=waits == "audit.wait_for_reads",
+    config = dataclasses.replace(_config(tmp_path),
                                  routes={"api.example.test": Route("http", "127.0.0.1", upstream.port)})
     proxy = runtime.InProcessProxy(config, PolicySet.of([loaded]))
     try:
-        got = requests.get("http://api.example.test/hello", timeout=10, headers=headers,
+        got = requests.get("http://api.example.test/hello", timeout=10,
                            proxies={"http": f"http://bot:bot-token-4242@127.0.0.1:{proxy.port}"})
         assert (got.status_code, got.content) == (200, b"hello")
     finally:
         proxy.close()
         upstream.close()
     hooks_made = [name for name in made if name.startswith("handle_hook")]
-    assert hooks_made == (["handle_hook(request)"] if waits else [])
+    assert hooks_made == ["handle_hook(request)"]
     with sqlite3.connect(tmp_path / "audit.db") as db:
         assert db.execute("SELECT method, status FROM requests").fetchall() == [("GET", 200)]
