@@ -325,14 +325,34 @@ class GoexProxy:
 
     def rows(self) -> list[dict[str, object]]:
         """Every audit row, oldest first, as written (read as the product reads them: headers, bodies, rule and reason
-        kept apart in blobs, hashes as bytes)."""
+        kept apart in blobs, hashes as bytes), once the log has stopped changing for a moment (up to 0.3 s): `run`
+        writes outcomes, and reads' rows, a few milliseconds after the agent got its answer."""
         from goex_proxy.audit import store as audit
 
+        self._settled()
         conn = audit.open_db(self.home / "audit.db", readonly=True)
         try:
             return list(audit.iter_rows(conn))
         finally:
             conn.close()
+
+    def _settled(self) -> None:
+        """Wait until the audit log's files have not changed for 30 ms, or 0.3 s have passed."""
+        def state() -> tuple[tuple[int, int], ...]:
+            out = []
+            for name in ("audit.db", "audit.db-wal"):
+                try:
+                    st = (self.home / name).stat()
+                    out.append((st.st_size, st.st_mtime_ns))
+                except FileNotFoundError:
+                    out.append((-1, -1))
+            return tuple(out)
+
+        deadline, last, since = time.monotonic() + 0.3, state(), time.monotonic()
+        while time.monotonic() - since < 0.03 and time.monotonic() < deadline:
+            time.sleep(0.01)
+            if (now := state()) != last:
+                last, since = now, time.monotonic()
 
     def model_calls(self) -> list[dict[str, object]]:
         """Every recorded question to the supervising model, oldest first."""
