@@ -172,7 +172,7 @@ def methods_run_as(flow: http.HTTPFlow) -> tuple[str, ...]:
     """The method the request has, then any other a server may run it as (a method override names one)."""
     own = flow.request.method.upper()
     view = flowmeta.view(flow)
-    others = sorted({other.method for _, other, _ in readings(view)} - {own}) if view is not None else []
+    others = sorted(view.override_methods - {own}) if view is not None else []
     return (own, *others)
 
 

@@ -761,11 +761,12 @@ def _gathered(asked: list[_Asked], peers: dict[int, _Peer], control: list[socket
     deadline = time.monotonic() + GATHER_SECONDS
     if stop_at is not None:
         deadline = min(deadline, stop_at)
-    stop = False
-    while not stop and not any(waited for *_, waited in asked) and (left := deadline - time.monotonic()) > 0:
+    stop, waited = False, any(waited for *_, waited in asked)
+    while not stop and not waited and (left := deadline - time.monotonic()) > 0:
         more, taken, stop = _read_ops(peers, control, writer, wake_r, parent, min(left, GATHER_GAP_SECONDS),
                                       stop_at is not None)
         asked += more
+        waited = any(waited for *_, waited in more)
         if not taken:
             break
     return asked, stop

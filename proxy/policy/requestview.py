@@ -146,10 +146,8 @@ def readings(view: RequestView) -> list[tuple[str, RequestView, bool]]:
     rather than merely not denied). A method override runs as the method it names, so it must be allowed; every
     `_method` value counts, in the query as in the form. (Paths as lenient routers read them and keys sent twice are
     decided by the policy engine itself: `policy.decide`.)"""
-    methods = {m for k, v in view.headers if k.replace("_", "-") in METHOD_OVERRIDE_HEADERS for m in [v.strip().upper()]}
-    methods |= {v.strip().upper() for k, v in view.query + _override_form(view) if php_name(k)[0] == "_method"}
     return [(f"as the method override {method} names", _reading(view, method=method), True)
-            for method in sorted(methods - {view.method})]
+            for method in sorted(view.override_methods - {view.method})]
 
 
 def _override_form(view: RequestView) -> tuple[tuple[str, str], ...]:
@@ -400,6 +398,14 @@ class RequestView:
             return tuple(parse_qsl(self.body.decode("utf-8"), keep_blank_values=True))
         except UnicodeDecodeError:
             return ()
+
+    @cached_property
+    def override_methods(self) -> frozenset[str]:
+        """The methods the request's overrides name (a header, `_method` in the query or the form, each spelled as
+        servers read it), which servers run it as: read once a view, by the decide stage and by the record stage."""
+        methods = {v.strip().upper() for k, v in self.headers if k.replace("_", "-") in METHOD_OVERRIDE_HEADERS}
+        methods |= {v.strip().upper() for k, v in self.query + _override_form(self) if php_name(k)[0] == "_method"}
+        return frozenset(methods)
 
     @property
     def form(self) -> dict[str, str]:
