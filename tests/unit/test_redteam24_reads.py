@@ -145,3 +145,37 @@ def test_a_shared_writer_taken_for_gone_overwrites_the_outcome_the_workers_threa
     assert (kept["status"], kept["error"], result.broken_id) == (200, None, None), (
         f"the read's outcome was overwritten: status {kept['status']!r}, error {kept['error']!r}; "
         f"`log verify`: {result}")
+
+
+def test_outcomes_handed_to_a_process_that_died_unnoticed_are_lost_when_run_stops(tmp_path: Path) -> None:
+    """The writer process dies (the OOM killer, a crash) holding a read's row and its outcome, both handed over and
+    never answered, and `run` stops before the loop read the end of its output (`_gone` never ran). `close()` finds
+    the process already ended, and counts it as killed only when its own `wait` timed out: so `_lost()` is never
+    asked, and the outcomes in `_unsure` are cleared unwritten. `_reads_to_thread` has the thread write the read's row
+    (the fix of test_redteam23_reads' dead-process hole) but without its outcome, and the thread writer, closing,
+    records it `interrupted`.
+
+    Consequence: a read that went upstream and was answered is logged as interrupted, its status and body lost,
+    though the proxy handed them over before it stopped (invariant 2). A waited intent's outcome is lost alike (its
+    row left in flight, found orphaned at the next start).
+
+    Correct: a process that ended on its own (a returncode that is not 0, or a link that ended without ENDED) is
+    treated as killed: `_lost()`'s outcomes are written by the thread after the reads' rows, as `_gone` does."""
+    async def scenario(writer: OffloadedWriter) -> dict[str, Any]:
+        process = writer._process
+        assert process is not None and writer.takes_reads()
+        os.kill(process.pid, signal.SIGSTOP)  # it takes nothing more from its input
+        read = _row("/answered-read")
+        writer.read_intent(read)
+        await asyncio.sleep(0)  # handed over: the request went upstream
+        writer.outcome_in_turn(read["id"], _answered(201))  # its response, handed over too
+        await asyncio.sleep(0)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()  # dead; the loop has not run `_on_answers` since
+        return read  # `run` stops now
+
+    read = _with_writer(tmp_path, scenario)
+    kept = _kept(tmp_path, read["id"])
+    assert kept is not None
+    assert (kept["status"], kept["error"]) == (201, None), (
+        f"the read's outcome, handed over before run stopped, was lost: error {kept['error']!r}")
