@@ -22,7 +22,9 @@ from goex_proxy.audit import store as audit
 from goex_proxy.audit.offload import OffloadedWriter
 from goex_proxy.audit.seal import ANCHOR_FILE, Seal
 from goex_proxy.errors import NotFound
-from tests.unit.test_audit_offload import _answered, _row, _shared, _with_writer
+from tests.unit.test_audit_offload import _answered, _no_writer_process_left, _row, _shared, _with_writer
+
+_ = _no_writer_process_left  # autouse here too: a writer process a failed test left (stopped, say) is killed
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="resource.prlimit of another process")
 
