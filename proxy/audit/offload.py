@@ -326,6 +326,11 @@ class OffloadedWriter:
         if kept is None:
             return False
         kept[1] = fields
+        if self._again.get(request_id) is False and self._process is not None:
+            # Its row is on its way again without it: the outcome goes right behind it (kept too, should that fail).
+            # Held for the answer, it was dropped when that answer was read by `close()`, the process already gone.
+            self._again[request_id] = True
+            self._in_turn(["outcome", request_id, fields])
         self._hand_again()  # with it now, if it is not on its way again already
         return True
 
@@ -614,6 +619,9 @@ class OffloadedWriter:
             # A link's end says nothing of what the shared writer did: it wrote what it was handed only if it said so
             # (it may have been killed, by the first process, stopped with SIGSTOP).
             killed = killed or (isinstance(process, Link) and ENDED not in told)
+            # A process that ended on its own (killed by the OOM killer, crashed) before `_gone` saw it did not write
+            # what it was handed: its outcomes are the thread's to write, as `_gone` has them written.
+            killed = killed or (isinstance(process, subprocess.Popen) and process.returncode != 0)
             for token, result in answered.items():
                 read = self._reads.pop(token, None)
                 if read is not None:
@@ -877,8 +885,8 @@ def _end_peer(writer: AuditWriter, peer: _Peer) -> None:
     left = [request_id for request_id in peer.rows if writer.in_flight(request_id)]
     if left:
         now = time.time()
-        for request_id in left:
-            writer.record_outcome(request_id, {"error": INTERRUPTED, "ended": now})
+        # Unless the log holds an outcome (the worker's thread wrote it, having taken this process for gone).
+        writer.apply(functools.partial(_end_unended, dict.fromkeys(left, {"error": INTERRUPTED, "ended": now})))
         writer.write_queued()
         log.warning("a goex-proxy worker stopped with %d request%s in flight, recorded as interrupted", len(left),
                     "" if len(left) == 1 else "s")

@@ -419,8 +419,8 @@ class AuditWriter:
         if not self._pending:
             return
         now, count = time.time(), len(self._pending)
-        self._write([(_Outcome(request_id, {"error": INTERRUPTED, "ended": now}), concurrent.futures.Future())
-                     for request_id in list(self._pending)])
+        self._write([(_Outcome(request_id, {"error": INTERRUPTED, "ended": now}, stands_in=True),
+                      concurrent.futures.Future()) for request_id in list(self._pending)])
         log.warning("goex-proxy stopped with %d request%s in flight, recorded as interrupted (%s may have reached the "
                     "upstream)", count, "" if count == 1 else "s", "it" if count == 1 else "each")
 
@@ -695,6 +695,8 @@ class AuditWriter:
 
     def _update(self, op: _Outcome) -> None:
         pending, again = self._pending.pop(op.id, None), False
+        if pending is not None and op.stands_in and self._has_outcome(pending[1]):
+            return  # another writer ended it (a worker's thread, taking the shared writer for gone): not overwritten
         # Whether the row may already name blobs in the columns this outcome writes: only one written again, or one
         # written with a response but no status or error (`_early`), or one this writer did not write (not pending).
         earlier = pending is None or op.id in self._early
@@ -729,6 +731,10 @@ class AuditWriter:
             kept[layout.ROOM] = None  # the outcome takes its place
         sets = ", ".join(f"{k} = ?" for k in kept)
         self._conn.execute(f"UPDATE requests SET {sets} WHERE seq = ?", (*kept.values(), seq))  # by rowid
+
+    def _has_outcome(self, seq: int) -> bool:
+        found = self._conn.execute("SELECT outcome_hash FROM requests WHERE seq = ?", (seq,)).fetchone()
+        return found is not None and found[0] is not None
 
     def _stored(self, fields: dict[str, Any], kind: tuple[Any, ...], started: Any = None) -> dict[str, Any]:
         """The columns that keep these fields (hashed as they are): headers and bodies as blobs, and so on; `kind`
