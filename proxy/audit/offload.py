@@ -468,6 +468,8 @@ class OffloadedWriter:
             kept = self._unrecorded.pop(request_id, None)
             if kept is not None and kept[1] is not None and not with_outcome:  # it came while the row was on its way
                 self._outcome_to_process(request_id, kept[1])
+            elif with_outcome:  # written with its outcome: none is to come for it
+                self._theirs.discard(request_id)
         elif isinstance(result, list):  # an outcome handed over after it failed with it, or came too late
             handed = next((fields for _, other, fields in self._unsure if other == request_id), None)
             self._unrecorded.setdefault(request_id, [row, handed])

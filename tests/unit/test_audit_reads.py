@@ -87,6 +87,8 @@ def test_a_read_the_log_cannot_take_keeps_reads_waiting_until_it_is_written(tmp_
         deadline = time.monotonic() + 10
         while writer.failing is not None and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
+        # written with its outcome: no outcome is to come for it (an id kept there stayed for the process's life)
+        assert lost["id"] not in writer._theirs and not writer._unrecorded and not writer._again
         return said, writer.failing, lost
 
     said, after, lost = _with_writer(tmp_path, scenario)
