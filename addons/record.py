@@ -69,11 +69,10 @@ class Record:
     def _goes_on_unwaited(self, flow: http.HTTPFlow) -> bool:
         """Whether the request is a read whose row need not be committed before it is sent: an allowed GET, HEAD or
         OPTIONS that no server runs as another method (an override), counts toward no limit (a limit is counted
-        across workers by the log's writer), asks for no upgrade (what follows it is a stream), has no body (a
-        multipart form's `_method` is one override the policy does not read), and a writer process that takes it and
-        a log that took its last rows, every read it did not take written since (else every row waits, and is refused
-        while the log cannot take it: an agent that fills the disk does not read unrecorded). `audit.wait_for_reads`
-        makes every request wait."""
+        across workers by the log's writer), asks for no upgrade (what follows it is a stream), has no body (servers
+        read a body in ways beyond the policy's), and a writer process that takes it and a log that took its last
+        rows, every read it did not take written since (else every row waits, and is refused while the log cannot take
+        it: an agent that fills the disk does not read unrecorded). `audit.wait_for_reads` makes every request wait."""
         d = flowmeta.decision(flow)
         request = flow.request
         return (request.method in READ_METHODS and d is not None and d.effect == "allow" and flow.response is None

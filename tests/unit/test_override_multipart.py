@@ -1,0 +1,142 @@
+"""A `_method` field in a multipart/form-data body, which Laravel, Symfony and Rails read as the method to run (as
+they read it in a urlencoded form): the policy decides the request as that method too. Every spelling here is
+checked against a real multipart parser (Werkzeug's): whatever `_method` it reads, the policy reads."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import httpx
+import pytest
+from mitmproxy.test import taddons, tflow
+from werkzeug.formparser import parse_form_data
+
+from goex_proxy.addons import flowmeta
+from goex_proxy.addons.decide import Decide
+from goex_proxy.policy.requestview import RequestView
+from tests.conftest import stage_state
+
+POLICY = """
+version: 1
+name: p
+rules:
+  - name: post forms
+    allow: {host: address, methods: [GET, POST], path: "/**"}
+"""
+
+
+def _built_by_httpx(fields: dict[str, str], files: dict[str, tuple[str, bytes]] | None = None) -> tuple[str, bytes]:
+    """A multipart body as a real client writes it: its Content-Type and bytes."""
+    request = httpx.Request("POST", "https://address/items/1", data=fields, files=files)
+    return request.headers["content-type"], request.read()
+
+
+def _view(content_type: str, body: bytes, method: str = "POST") -> RequestView:
+    return RequestView(agent="bot", method=method, scheme="https", host="address", port=443, path="/items/1",
+                       headers=(("content-type", content_type),), body=body)
+
+
+def _werkzeug_methods(content_type: str, body: bytes) -> set[str]:
+    """The `_method` values Werkzeug's multipart parser reads from this body (form fields and file parts alike)."""
+    environ = {"REQUEST_METHOD": "POST", "CONTENT_TYPE": content_type, "CONTENT_LENGTH": str(len(body)),
+               "wsgi.input": io.BytesIO(body)}
+    _, form, files = parse_form_data(environ)
+    values = set(form.getlist("_method")) | {f.read().decode("latin-1") for f in files.getlist("_method")}
+    return {v.strip().upper() for v in values}
+
+
+B = "goexBoundary7MA4YWxk"
+CT = f"multipart/form-data; boundary={B}"
+#: Bodies written as other clients, or an agent that wants its DELETE unseen, write them.
+SPELLINGS = {
+    "quoted name": (CT, f'--{B}\r\nContent-Disposition: form-data; name="_method"\r\n\r\nDELETE\r\n--{B}--\r\n'),
+    "bare name": (CT, f"--{B}\r\nContent-Disposition: form-data; name=_method\r\n\r\nDELETE\r\n--{B}--\r\n"),
+    "header and parameter in capitals": (
+        CT, f'--{B}\r\nCONTENT-DISPOSITION: form-data; NAME="_method"\r\n\r\nDELETE\r\n--{B}--\r\n'),
+    "LF line ends": (CT, f'--{B}\nContent-Disposition: form-data; name="_method"\n\nDELETE\n--{B}--\n'),
+    "a file part named _method": (
+        CT, f'--{B}\r\nContent-Disposition: form-data; name="_method"; filename="m.txt"\r\n'
+            f'Content-Type: text/plain\r\n\r\nDELETE\r\n--{B}--\r\n'),
+    "quoted boundary": (f'multipart/form-data; boundary="{B}"',
+                        f'--{B}\r\nContent-Disposition: form-data; name="_method"\r\n\r\nDELETE\r\n--{B}--\r\n'),
+    "after a preamble and another field": (
+        CT, f'preamble\r\n--{B}\r\nContent-Disposition: form-data; name="title"\r\n\r\nhello\r\n'
+            f'--{B}\r\nContent-Disposition: form-data; name="_method"\r\nContent-Type: text/plain\r\n\r\n'
+            f'delete \r\n--{B}--\r\n'),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SPELLINGS))
+def test_every_method_a_real_parser_reads_is_read_by_the_policy(case: str) -> None:
+    content_type, text = SPELLINGS[case]
+    body = text.encode()
+    parsed = _werkzeug_methods(content_type, body)
+    assert parsed == {"DELETE"}, f"{case}: the real parser reads {parsed}: the case is not what it says"
+    assert "DELETE" in _view(content_type, body).override_methods
+
+
+def test_a_form_a_real_client_writes_is_decided_as_the_method_it_names(tmp_path: Path) -> None:
+    """A POST of a form with `_method=DELETE` (and a file) runs as a DELETE on Laravel: a policy that allows POST but
+    not DELETE refuses it, as it refuses the same field in a urlencoded form."""
+    content_type, body = _built_by_httpx({"_method": "DELETE", "title": "x"}, {"upload": ("a.txt", b"content")})
+    assert _werkzeug_methods(content_type, body) == {"DELETE"}
+    with stage_state(tmp_path, POLICY) as state:
+        f = tflow.tflow()
+        f.request.method = "POST"
+        f.request.path = "/items/1"
+        f.request.headers["content-type"] = content_type
+        f.request.raw_content = body
+        flowmeta.set_agent(f, "bot")
+        with taddons.context():
+            Decide(state).request(f)
+        assert f.response is not None and f.response.status_code == 403
+        assert b"DELETE" in f.response.content  # "no rule allows DELETE ..."
+
+
+def test_a_form_without_the_field_is_read_as_its_own_method() -> None:
+    """A file whose content mentions `_method`, and a field named like it but not it, are no override."""
+    content_type, body = _built_by_httpx({"x_method": "DELETE", "_methods": "PUT"},
+                                         {"upload": ("notes.txt", b"_method=DELETE\nname=_method\n")})
+    assert _werkzeug_methods(content_type, body) == set()
+    assert _view(content_type, body).override_methods == frozenset()
+    # the same bytes declared as something else are no form at all
+    assert _view("application/octet-stream", body).override_methods == frozenset()
+
+
+def test_the_field_given_twice_counts_each_value() -> None:
+    """Servers differ on a field given twice (PHP takes the last, others the first): both are decided."""
+    body = (f'--{B}\r\nContent-Disposition: form-data; name="_method"\r\n\r\nPUT\r\n'
+            f'--{B}\r\nContent-Disposition: form-data; name="_method"\r\n\r\nDELETE\r\n--{B}--\r\n').encode()
+    assert _view(CT, body).override_methods == frozenset({"PUT", "DELETE"})
+
+
+def test_a_spelling_some_parsers_refuse_is_read_all_the_same() -> None:
+    """Spaces around `=` (Werkzeug reads no field there; a more lenient parser may): read, so decided as DELETE too."""
+    body = f'--{B}\r\nContent-Disposition: form-data ; name = "_method"\r\n\r\nDELETE\r\n--{B}--\r\n'.encode()
+    assert "DELETE" in _view(CT, body).override_methods
+
+
+def test_a_form_past_the_bounds_is_read_as_no_method(tmp_path: Path) -> None:
+    """A Content-Disposition longer than any server takes, or more parts naming `method` than a form has, are not
+    read to their end: one more `_method` is read as no method, which no rule allows (so a `_method` hidden past
+    them is never let through unseen)."""
+    long_line = (f'--{B}\r\nContent-Disposition: form-data; filename="{"x" * 9000}"; name="_method"\r\n\r\n'
+                 f'DELETE\r\n--{B}--\r\n').encode()
+    many = "".join(f'--{B}\r\nContent-Disposition: form-data; name="payment_method_{i}"\r\n\r\ncard\r\n'
+                   for i in range(70)) + f'--{B}\r\nContent-Disposition: form-data; name="_method"\r\n\r\nDELETE\r\n'
+    for body in (long_line, many.encode() + f"--{B}--\r\n".encode()):
+        assert "" in _view(CT, body).override_methods
+        with stage_state(tmp_path, POLICY) as state:
+            f = tflow.tflow()
+            f.request.method = "POST"
+            f.request.headers["content-type"] = CT
+            f.request.raw_content = body
+            flowmeta.set_agent(f, "bot")
+            with taddons.context():
+                Decide(state).request(f)
+            assert f.response is not None and f.response.status_code == 403
+    # within the bounds, every name is read
+    few = "".join(f'--{B}\r\nContent-Disposition: form-data; name="payment_method_{i}"\r\n\r\ncard\r\n'
+                  for i in range(10)) + f"--{B}--\r\n"
+    assert _view(CT, few.encode()).override_methods == frozenset()
