@@ -140,3 +140,47 @@ def test_a_form_past_the_bounds_is_read_as_no_method(tmp_path: Path) -> None:
     few = "".join(f'--{B}\r\nContent-Disposition: form-data; name="payment_method_{i}"\r\n\r\ncard\r\n'
                   for i in range(10)) + f"--{B}--\r\n"
     assert _view(CT, few.encode()).override_methods == frozenset()
+
+
+def _php_form(*parts: str) -> bytes:
+    return "".join(f"--{B}\r\n{part}\r\n" for part in parts).encode("latin-1") + f"--{B}--\r\n".encode()
+
+
+_D = 'Content-Disposition: form-data; name="_method"'
+_TITLE = 'Content-Disposition: form-data; name="title"\r\n\r\nPOST'
+#: Bodies PHP's own multipart parser (rfc1867.c) reads as `_method=DELETE` (each checked against `php -S` in
+#: tests/e2e/test_php_method_override.py): header continuation lines, a lone CR as white space, single quotes, `==`,
+#: a NUL ending a header line or the headers, and lines longer than PHP's 5 KiB buffer read as pieces.
+PHP_SPELLINGS = {
+    "folded before name": _php_form('Content-Disposition: form-data;\r\n name="_method"\r\n\r\nDELETE'),
+    "folded on a line without a colon": _php_form('Content-Disposition: form-data;\r\nname="_method"\r\n\r\nDELETE'),
+    "name split over two lines": _php_form('Content-Disposition: form-data; name="_met\r\nhod"\r\n\r\nDELETE'),
+    "value on the next line": _php_form('Content-Disposition:\r\n form-data; name="_method"\r\n\r\nDELETE'),
+    "lone CR": _php_form('Content-Disposition: form-data;\r name="_method"\r\n\r\nDELETE'),
+    "lone CR after name=": _php_form('Content-Disposition: form-data; name=\r"_method"\r\n\r\nDELETE'),
+    "single quotes": _php_form("Content-Disposition: form-data; name='_method'\r\n\r\nDELETE"),
+    "name==": _php_form("Content-Disposition: form-data; name==_method\r\n\r\nDELETE"),
+    "bare name with a quoted ;": _php_form('Content-Disposition: form-data; name=_method["a;b"]\r\n\r\nDELETE'),
+    "NUL line ends the headers": _php_form(_D + "\r\n\x00junk\r\nDELETE", _TITLE),
+    "NUL cuts a line joined to the next": _php_form(
+        'Content-Disposition: form-data; name="_met\x00zz\r\nhod"\r\n\r\nDELETE'),
+    "5 KiB header line ends the headers": _php_form(_D + "\r\nX-Pad: " + "A" * 5113 + "\r\nDELETE", _TITLE),
+    "name cut where a 5 KiB piece ends": _php_form(
+        "Content-Disposition: form-data; x=" + "A" * (5120 - 34 - 14) + "; name=_methodX:y\r\n\r\nDELETE"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PHP_SPELLINGS))
+def test_every_method_php_reads_is_read_by_the_policy(case: str) -> None:
+    assert "DELETE" in _view(CT, PHP_SPELLINGS[case]).override_methods
+
+
+def test_a_value_php_trims_to_a_method_is_read_as_it() -> None:
+    """PHP's `trim` takes a NUL off a value, Python's `strip` does not: both readings count."""
+    assert {"DELETE", "DELETE\0"} <= _view(CT, _php_form(_D + "\r\n\r\nDELETE\x00")).override_methods
+
+
+def test_a_body_of_header_lines_past_the_bound_is_read_as_no_method() -> None:
+    """Part headers read as PHP reads them, a line at a time, stop at a bound: past it, no method."""
+    body = _php_form(_D + "\r\n" + "X-A: b\r\n" * 5000 + "\r\nDELETE")
+    assert "" in _view(CT, body).override_methods
