@@ -184,3 +184,16 @@ def test_a_body_of_header_lines_past_the_bound_is_read_as_no_method() -> None:
     """Part headers read as PHP reads them, a line at a time, stop at a bound: past it, no method."""
     body = _php_form(_D + "\r\n" + "X-A: b\r\n" * 5000 + "\r\nDELETE")
     assert "" in _view(CT, body).override_methods
+
+
+def test_an_override_value_is_read_as_php_trims_it() -> None:
+    """PHP's `trim` takes a trailing NUL off (`str.strip` keeps it): `_method=DELETE%00` is read as DELETE, in the
+    query, a urlencoded form and a header alike."""
+    query = RequestView(agent="a", method="GET", scheme="https", host="h", port=443, path="/",
+                        query=(("_method", "DELETE\0"),))
+    form = RequestView(agent="a", method="POST", scheme="https", host="h", port=443, path="/",
+                       headers=(("content-type", "application/x-www-form-urlencoded"),), body=b"_method=DELETE%00")
+    header = RequestView(agent="a", method="POST", scheme="https", host="h", port=443, path="/",
+                         headers=(("x-http-method-override", "DELETE\0"),))
+    for view in (query, form, header):
+        assert "DELETE" in view.override_methods
