@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -35,6 +36,20 @@ def _built_by_httpx(fields: dict[str, str], files: dict[str, tuple[str, bytes]] 
 def _view(content_type: str, body: bytes, method: str = "POST") -> RequestView:
     return RequestView(agent="bot", method=method, scheme="https", host="address", port=443, path="/items/1",
                        headers=(("content-type", content_type),), body=body)
+
+
+def _decided(tmp_path: Path, content_type: str, body: bytes) -> Any:
+    """What the decide stage answers a POST of this body with, under POLICY (None: it goes on)."""
+    with stage_state(tmp_path, POLICY) as state:
+        f = tflow.tflow()
+        f.request.method = "POST"
+        f.request.path = "/items/1"
+        f.request.headers["content-type"] = content_type
+        f.request.raw_content = body
+        flowmeta.set_agent(f, "bot")
+        with taddons.context():
+            Decide(state).request(f)
+        return f.response
 
 
 def _werkzeug_methods(content_type: str, body: bytes) -> set[str]:
@@ -81,17 +96,9 @@ def test_a_form_a_real_client_writes_is_decided_as_the_method_it_names(tmp_path:
     not DELETE refuses it, as it refuses the same field in a urlencoded form."""
     content_type, body = _built_by_httpx({"_method": "DELETE", "title": "x"}, {"upload": ("a.txt", b"content")})
     assert _werkzeug_methods(content_type, body) == {"DELETE"}
-    with stage_state(tmp_path, POLICY) as state:
-        f = tflow.tflow()
-        f.request.method = "POST"
-        f.request.path = "/items/1"
-        f.request.headers["content-type"] = content_type
-        f.request.raw_content = body
-        flowmeta.set_agent(f, "bot")
-        with taddons.context():
-            Decide(state).request(f)
-        assert f.response is not None and f.response.status_code == 403
-        assert b"DELETE" in f.response.content  # "no rule allows DELETE ..."
+    refusal = _decided(tmp_path, content_type, body)
+    assert refusal is not None and refusal.status_code == 403
+    assert b"DELETE" in refusal.content  # "no rule allows DELETE ..."
 
 
 def test_a_form_without_the_field_is_read_as_its_own_method() -> None:
@@ -127,15 +134,8 @@ def test_a_form_past_the_bounds_is_read_as_no_method(tmp_path: Path) -> None:
                    for i in range(70)) + f'--{B}\r\nContent-Disposition: form-data; name="_method"\r\n\r\nDELETE\r\n'
     for body in (long_line, many.encode() + f"--{B}--\r\n".encode()):
         assert "" in _view(CT, body).override_methods
-        with stage_state(tmp_path, POLICY) as state:
-            f = tflow.tflow()
-            f.request.method = "POST"
-            f.request.headers["content-type"] = CT
-            f.request.raw_content = body
-            flowmeta.set_agent(f, "bot")
-            with taddons.context():
-                Decide(state).request(f)
-            assert f.response is not None and f.response.status_code == 403
+        refusal = _decided(tmp_path, CT, body)
+        assert refusal is not None and refusal.status_code == 403
     # within the bounds, every name is read
     few = "".join(f'--{B}\r\nContent-Disposition: form-data; name="payment_method_{i}"\r\n\r\ncard\r\n'
                   for i in range(10)) + f"--{B}--\r\n"

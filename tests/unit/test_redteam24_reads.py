@@ -10,12 +10,8 @@ import fcntl
 import os
 import resource
 import signal
-import sys
-import time
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from goex_proxy.audit import offload
 from goex_proxy.audit import store as audit
@@ -23,17 +19,10 @@ from goex_proxy.audit.offload import OffloadedWriter
 from goex_proxy.audit.seal import ANCHOR_FILE, Seal
 from goex_proxy.errors import NotFound
 from tests.unit.test_audit_offload import _answered, _no_writer_process_left, _row, _shared, _with_writer
+from tests.unit.test_redteam23_reads import _until, linux_only
 
 _ = _no_writer_process_left  # autouse here too: a writer process a failed test left (stopped, say) is killed
 
-linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="resource.prlimit of another process")
-
-
-async def _until(check: Any, within: float = 20.0) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
 
 
 def _kept(tmp_path: Path, request_id: str) -> dict[str, Any] | None:
