@@ -240,6 +240,10 @@ RACK_READS = {
     "multipart without a boundary": ("multipart/form-data", b"_method=DELETE", "DELETE"),
     "multipart/mixed without a boundary": ("multipart/mixed", b"_method=DELETE", "DELETE"),
     "multipart with an empty boundary": ('multipart/form-data; boundary=""', b"_method=DELETE", "DELETE"),
+    "bare name ends where a token does (quote)": (
+        CT, _rack_form('Content-Disposition: form-data; name=_method"x"\r\n\r\nDELETE'), "DELETE"),
+    "bare name ends where a token does (parenthesis)": (
+        CT, _rack_form("Content-Disposition: form-data; name=_method(x)\r\n\r\nDELETE"), "DELETE"),
     "dotless i in UTF-8": (CT, _rack_form(_D + "\r\n\r\nopt\u0131ons"), "OPTIONS"),
     "dotless i in UTF-8, UNLINK": (CT, _rack_form(_D + "\r\n\r\nunl\u0131nk"), "UNLINK"),
     "dotless i in ISO-8859-9": (
@@ -261,8 +265,8 @@ def test_every_method_rack_reads_is_read_by_the_policy(case: str) -> None:
 
 
 #: Bodies Werkzeug (3.1) reads a `_method` from that the policy did not: RFC 2231 names (`name*`, percent-encoded,
-#: continued over `name*0`, `name*1`, ...), any backslash escape in a quoted name, and a value that Python upcases
-#: to a method (`ı` to `I`).
+#: continued over `name*0`, `name*1`, ...), any backslash escape in a quoted name, a bare name ending where a token
+#: does, and a value that Python upcases to a method (`ı` to `I`).
 WERKZEUG_SPELLINGS = {
     "name*": _rack_form("Content-Disposition: form-data; name*=UTF-8''_method\r\n\r\nDELETE"),
     "name* percent-encoded": _rack_form(
@@ -273,6 +277,11 @@ WERKZEUG_SPELLINGS = {
     "name continued, quoted and escaped": _rack_form(
         'Content-Disposition: form-data; name*0="_m"; name*1="e\\thod"\r\n\r\nDELETE'),
     "every letter escaped": _rack_form('Content-Disposition: form-data; name="\\_\\m\\e\\t\\h\\o\\d"\r\n\r\nDELETE'),
+    "bare name ends where a token does": _rack_form("Content-Disposition: form-data; name=_method{x}\r\n\r\nDELETE"),
+    "continued past a piece without a value": _rack_form(
+        "Content-Disposition: form-data; name*0=_me; name*1= name*0=_me; name*1=thod\r\n\r\nDELETE"),
+    "continued, a piece ending where a token does": _rack_form(
+        "Content-Disposition: form-data; name*0=_me=; name*1=thod\r\n\r\nDELETE"),
     "dotless i": _rack_form(_D + "\r\n\r\nopt\u0131ons"),
 }
 
