@@ -154,20 +154,58 @@ def readings(view: RequestView) -> list[tuple[str, RequestView, bool]]:
 
 def _override_form(view: RequestView) -> tuple[tuple[str, str], ...]:
     """The form's pairs as a server reads them for `_method`: a body that is not UTF-8, which has no pairs to the
-    policy, byte for byte (its `_method` is ASCII either way)."""
+    policy, its UTF-8 read as such and other bytes kept (its `_method` is ASCII either way, or upcases to it as
+    Unicode does); and a body without a Content-Type or a multipart one, which Rack reads as a urlencoded form (a
+    POST's without a Content-Type; a multipart one's whose boundary it cannot read, or has none)."""
     pairs = view.form_pairs
-    if pairs or not view.body or "application/x-www-form-urlencoded" not in (view.header("content-type") or "").lower():
+    content_type = view.header("content-type") or ""
+    if pairs or not view.body:
         return pairs
-    return tuple(parse_qsl(view.body.decode("latin-1"), keep_blank_values=True))
+    if "application/x-www-form-urlencoded" in content_type.lower() or not content_type or (
+            "multipart/" in content_type.lower() and _RACK_BOUNDARY.match(content_type) is None):
+        return _pairs_naming_method(view.body)
+    return ()
+
+
+#: A multipart Content-Type whose boundary Rack (2.2) reads (`Rack::Multipart::MULTIPART`); without one, Rack reads
+#: the body as a urlencoded form.
+_RACK_BOUNDARY = re.compile(r"multipart/.*?boundary\s*=\"?[^\";,]", re.IGNORECASE)
+
+
+#: What a urlencoded pair whose key names `_method` holds: `method`, its letters perhaps percent-encoded. Past
+#: `_MOST_METHOD_PAIRS` such pairs, one more is read as no method (which no rule allows).
+_METHOD_LETTERS = re.compile(rb"(?:m|%6[dD])(?:e|%65)(?:t|%74)(?:h|%68)(?:o|%6[fF])(?:d|%64)")
+_METHOD_WORD = re.compile(rb"method")  # the same without a `%` in the body: searched for in C, not tried at each byte
+_MOST_METHOD_PAIRS = 1000
+
+
+def _pairs_naming_method(body: bytes) -> tuple[tuple[str, str], ...]:
+    """The pairs of a body read as a urlencoded form that hold `method` (so each that may name `_method`), without
+    parsing the others: a multipart upload of any size costs a search or so a pair."""
+    pairs: list[tuple[str, str]] = []
+    letters = _METHOD_LETTERS if b"%" in body else _METHOD_WORD
+    end = 0
+    for _ in range(_MOST_METHOD_PAIRS):
+        if (found := letters.search(body, end)) is None:
+            return tuple(pairs)
+        start = body.rfind(b"&", end, found.start()) + 1 or end  # searched back only to the pair before
+        end = body.find(b"&", found.end())
+        end = len(body) if end < 0 else end
+        pairs += parse_qsl(body[start:end].decode("utf-8", "surrogateescape"), keep_blank_values=True)
+    return (*pairs, ("_method", ""))
 
 
 #: What PHP's `trim` takes off a value (a NUL too, which `str.strip` keeps).
 _PHP_TRIMMED = " \t\n\r\0\x0b"
 
 
+#: A key Rack's `normalize_params` names `_method`: brackets before it and `]` after it dropped (`[_method]`).
+_RACK_METHOD_KEY = re.compile(r"[\[\]]*_method\]*")
+
+
 def _is_method_key(key: str) -> bool:
-    """Whether PHP names this query or form key `_method`."""
-    return php_name(key)[0] == "_method"
+    """Whether PHP or Rack names this query or form key `_method`."""
+    return php_name(key)[0] == "_method" or _RACK_METHOD_KEY.fullmatch(key) is not None
 
 
 def _reading(view: RequestView, **changes: Any) -> RequestView:
@@ -417,7 +455,8 @@ class RequestView:
         the record stage. A value is read both stripped of white space and as PHP's `trim` leaves it (a NUL off too)."""
         values = [v for k, v in self.headers if k.replace("_", "-") in METHOD_OVERRIDE_HEADERS]
         values += [v for k, v in self.query + _override_form(self) if _is_method_key(k)]
-        if self.body and "multipart/form-data" in (self.header("content-type") or "").lower():
+        # multipart/mixed and multipart/related too, which Rack parses as it parses a form
+        if self.body and "multipart/" in (self.header("content-type") or "").lower():
             values += [v for _, v in multipart.method_fields(self.body, _is_method_key)]
         methods = {v.strip().upper() for v in values} | {v.strip(_PHP_TRIMMED).upper() for v in values}
         return frozenset(methods)
