@@ -195,6 +195,8 @@ def _pairs_naming_method(body: bytes) -> tuple[tuple[str, str], ...]:
     return (*pairs, ("_method", ""))
 
 
+#: The longest override value read as a method (methods are short: `PROPPATCH`, `VERSION-CONTROL`).
+_MOST_METHOD_CHARS = 64
 #: What PHP's `trim` takes off a value (a NUL too, which `str.strip` keeps).
 _PHP_TRIMMED = " \t\n\r\0\x0b"
 
@@ -204,8 +206,8 @@ _RACK_METHOD_KEY = re.compile(r"[\[\]]*_method\]*")
 
 
 def _is_method_key(key: str) -> bool:
-    """Whether PHP or Rack names this query or form key `_method`."""
-    return php_name(key)[0] == "_method" or _RACK_METHOD_KEY.fullmatch(key) is not None
+    """Whether PHP or Rack names this query or form key `_method` (neither reads letters the key does not hold)."""
+    return "method" in key and (php_name(key)[0] == "_method" or _RACK_METHOD_KEY.fullmatch(key) is not None)
 
 
 def _reading(view: RequestView, **changes: Any) -> RequestView:
@@ -459,6 +461,8 @@ class RequestView:
         if self.body and "multipart/" in (self.header("content-type") or "").lower():
             values += [v for _, v in multipart.method_fields(self.body, _is_method_key)]
         methods = {v.strip().upper() for v in values} | {v.strip(_PHP_TRIMMED).upper() for v in values}
+        # a value longer than any method is read as none (which no rule allows), not carried into the reasons
+        methods = {m if len(m) <= _MOST_METHOD_CHARS else "" for m in methods}
         return frozenset(methods)
 
     @property

@@ -293,3 +293,11 @@ def test_every_method_werkzeug_reads_is_read_by_the_policy(case: str) -> None:
     assert parsed, f"{case}: Werkzeug reads no `_method`: the case is not what it says"
     methods = _view(CT, body).override_methods
     assert all(m in methods for m in parsed) or "" in methods
+
+
+def test_an_override_longer_than_any_method_is_read_as_none() -> None:
+    """A `_method` of 10 MB (a form read as urlencoded for want of a Content-Type) is no method: read as "", which no
+    rule allows, not as a method whose name every reason and row would carry."""
+    view = RequestView(agent="a", method="POST", scheme="https", host="h", port=443, path="/",
+                       body=b"_method=" + b"A" * 1_000_000)
+    assert view.override_methods == frozenset({""})
