@@ -29,6 +29,7 @@ from goex_proxy.policy.requestview import (
     content_type_problem,
     decoded_readings,
     field_problem,
+    form_size_problem,
     key_collision,
     path_ambiguity,
     readings,
@@ -139,7 +140,8 @@ def read_body(req: http.Request) -> tuple[bytes, str | None, Any]:
     the body parsed as JSON if checking it parsed it (else `NOT_PARSED`).
 
     A body is refused when its Content-Encoding is not in `DECODABLE` or does not decode (rather than decided on bytes
-    the policy cannot read), or when servers could parse it more than one way (`checked_json`)."""
+    the policy cannot read), when servers could parse it more than one way (`checked_json`), or when it is a form
+    of more fields than the proxy reads (`form_size_problem`)."""
     if not req.raw_content:
         return b"", None, NOT_PARSED
     coding = req.headers.get("content-encoding", "")
@@ -153,6 +155,8 @@ def read_body(req: http.Request) -> tuple[bytes, str | None, Any]:
     except ValueError as e:  # mitmproxy wraps the decoder's own error, which says what is wrong
         cause = e.__context__ or e
         return b"", _undecodable(coding, f"{type(cause).__name__}: {str(cause)[:100]}"), NOT_PARSED
+    if (problem := form_size_problem(body, req.headers.get("content-type", ""))) is not None:
+        return b"", problem, NOT_PARSED
     return body, *checked_json(body)
 
 

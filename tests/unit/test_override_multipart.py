@@ -15,7 +15,7 @@ from werkzeug.formparser import parse_form_data
 
 from goex_proxy.addons import flowmeta
 from goex_proxy.addons.decide import Decide
-from goex_proxy.policy.requestview import RequestView
+from goex_proxy.policy.requestview import MOST_FORM_FIELDS, RequestView
 from tests.conftest import stage_state
 
 POLICY = """
@@ -301,3 +301,13 @@ def test_an_override_longer_than_any_method_is_read_as_none() -> None:
     view = RequestView(agent="a", method="POST", scheme="https", host="h", port=443, path="/",
                        body=b"_method=" + b"A" * 1_000_000)
     assert view.override_methods == frozenset({""})
+
+
+def test_a_form_of_more_fields_than_the_proxy_reads_is_refused_before_policy(tmp_path: Path) -> None:
+    """A urlencoded form of millions of fields held the event loop for seconds while the policy parsed it (every
+    other agent's requests waiting): past MOST_FORM_FIELDS it is refused before any parse; one below is decided."""
+    content_type = "application/x-www-form-urlencoded"
+    big = b"&".join(b"a%d=b" % i for i in range(MOST_FORM_FIELDS + 1))
+    refusal = _decided(tmp_path, content_type, big)
+    assert refusal is not None and refusal.status_code == 403 and b"more than 10,000 fields" in refusal.content
+    assert _decided(tmp_path, content_type, b"&".join(b"a%d=b" % i for i in range(MOST_FORM_FIELDS))) is None
