@@ -186,7 +186,6 @@ class _PhpLines:
         return pos  # the body ends in the headers: PHP reads what is left as the value
 
 
-
 class _RackHeads:
     r"""Part heads as Rack (2.2) reads them: a head ends at the first CRLF CRLF, and its name is the last
     `;\s*name=VALUE` before the first colon after `Content-Disposition:` (`MULTIPART_CONTENT_DISPOSITION`), over line
