@@ -468,12 +468,17 @@ class RequestView:
     def override_methods(self) -> frozenset[str]:
         """The methods the request's overrides name (a header, `_method` in the query or a urlencoded or multipart
         form, each spelled as servers read it), which servers run it as: read once a view, by the decide stage and by
-        the record stage. A value is read both stripped of white space and as PHP's `trim` leaves it (a NUL off too)."""
+        the record stage. A value is read both stripped of white space and as PHP's `trim` leaves it (a NUL off too).
+        A JSON body's top-level `_method` too: Laravel reads a JSON body as its form (`isJson`: a Content-Type holding
+        `/json` or `+json`), and Symfony's `getMethod` then reads `_method` there."""
         values = [v for k, v in self.headers if k.replace("_", "-") in METHOD_OVERRIDE_HEADERS]
         values += [v for k, v in self.query + _override_form(self) if _is_method_key(k)]
+        content_type = (self.header("content-type") or "").lower() if self.body else ""
         # multipart/mixed and multipart/related too, which Rack parses as it parses a form
-        if self.body and "multipart/" in (self.header("content-type") or "").lower():
+        if "multipart/" in content_type:
             values += [v for _, v in multipart.method_fields(self.body, _is_method_key)]
+        if ("/json" in content_type or "+json" in content_type) and isinstance(self.json, dict):
+            values += [v for k, v in self.json.items() if isinstance(v, str) and _is_method_key(k)]
         methods = {v.strip().upper() for v in values} | {v.strip(_PHP_TRIMMED).upper() for v in values}
         # a value longer than any method is read as none (which no rule allows), not carried into the reasons
         methods = {m if len(m) <= _MOST_METHOD_CHARS else "" for m in methods}

@@ -311,3 +311,19 @@ def test_a_form_of_more_fields_than_the_proxy_reads_is_refused_before_policy(tmp
     refusal = _decided(tmp_path, content_type, big)
     assert refusal is not None and refusal.status_code == 403 and b"more than 10,000 fields" in refusal.content
     assert _decided(tmp_path, content_type, b"&".join(b"a%d=b" % i for i in range(MOST_FORM_FIELDS))) is None
+
+
+def test_a_json_body_s_method_is_read_as_laravel_reads_it(tmp_path: Path) -> None:
+    """Laravel reads a JSON body as its form, and Symfony's `getMethod` runs a POST as the `_method` there: a POST of
+    `{"_method": "DELETE"}` is a DELETE to it, refused by a policy that allows POST only. A `_method` that is not a
+    text, or one nested deeper, is not read so by it (nor a JSON body not declared JSON)."""
+    def view(body: bytes, content_type: str = "application/json") -> RequestView:
+        return RequestView(agent="a", method="POST", scheme="https", host="h", port=443, path="/",
+                           headers=(("content-type", content_type),), body=body)
+
+    assert "DELETE" in view(b'{"_method": "delete", "title": "x"}').override_methods
+    assert "DELETE" in view(b'{"_method": "DELETE"}', "application/vnd.api+json").override_methods
+    assert view(b'{"_method": ["DELETE"], "x": {"_method": "DELETE"}}').override_methods == frozenset()
+    assert view(b'{"_method": "DELETE"}', "text/plain").override_methods == frozenset()
+    refusal = _decided(tmp_path, "application/json", b'{"_method": "DELETE"}')
+    assert refusal is not None and refusal.status_code == 403 and b"DELETE" in refusal.content
