@@ -56,7 +56,7 @@ _PART_HEAD_BYTES = 64 * 1024
 _MOST_HEADER_LINES = 4096
 _METHOD_BYTES = 64
 #: What PHP's `trim` takes off a value (NUL too, which Python's `strip` keeps).
-_PHP_TRIMMED = b" \t\n\r\0\x0b"
+PHP_TRIMMED = b" \t\n\r\0\x0b"
 #: What a `_method` that cannot be read is read as: no method, which no rule allows.
 UNREADABLE = ("_method", "")
 
@@ -119,7 +119,7 @@ def method_fields(body: bytes, is_method: Callable[[str], bool]) -> tuple[tuple[
             values = _part_value(body, at) | rack.value(start)
             if php_next is not None:
                 values |= _values_at(body, lines.header_end(php_next))
-            values |= {v.strip(_PHP_TRIMMED) for v in values}
+            values |= {v.strip(PHP_TRIMMED) for v in values}
             if not all(v.isascii() for v in values):
                 # servers upcase a value by its part's charset, some a byte past ASCII to an ASCII letter (Rack's
                 # `upcase` of UTF-8's or ISO-8859-9's dotless i is `I`, Python's too): no method is written so

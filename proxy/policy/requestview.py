@@ -152,17 +152,18 @@ def readings(view: RequestView) -> list[tuple[str, RequestView, bool]]:
             for method in sorted(view.override_methods - {view.method})]
 
 
-def _override_form(view: RequestView) -> tuple[tuple[str, str], ...]:
+def _override_form(view: RequestView, content_type: str) -> tuple[tuple[str, str], ...]:
     """The form's pairs as a server reads them for `_method`: a body that is not UTF-8, which has no pairs to the
     policy, its UTF-8 read as such and other bytes kept (its `_method` is ASCII either way, or upcases to it as
     Unicode does); and a body without a Content-Type or a multipart one, which Rack reads as a urlencoded form (a
-    POST's without a Content-Type; a multipart one's whose boundary it cannot read, or has none)."""
+    POST's without a Content-Type; a multipart one's whose boundary it cannot read, or has none). `content_type`:
+    the request's, as sent."""
     pairs = view.form_pairs
-    content_type = view.header("content-type") or ""
     if pairs or not view.body:
         return pairs
-    if "application/x-www-form-urlencoded" in content_type.lower() or not content_type or (
-            "multipart/" in content_type.lower() and _RACK_BOUNDARY.match(content_type) is None):
+    lowered = content_type.lower()
+    if "application/x-www-form-urlencoded" in lowered or not content_type or (
+            "multipart/" in lowered and _RACK_BOUNDARY.match(content_type) is None):
         return _pairs_naming_method(view.body)
     return ()
 
@@ -192,13 +193,13 @@ def _pairs_naming_method(body: bytes) -> tuple[tuple[str, str], ...]:
         end = body.find(b"&", found.end())
         end = len(body) if end < 0 else end
         pairs += parse_qsl(body[start:end].decode("utf-8", "surrogateescape"), keep_blank_values=True)
-    return (*pairs, ("_method", ""))
+    return (*pairs, multipart.UNREADABLE)
 
 
 #: The longest override value read as a method (methods are short: `PROPPATCH`, `VERSION-CONTROL`).
 _MOST_METHOD_CHARS = 64
-#: What PHP's `trim` takes off a value (a NUL too, which `str.strip` keeps).
-_PHP_TRIMMED = " \t\n\r\0\x0b"
+#: What PHP's `trim` takes off a value, as text.
+_PHP_TRIMMED = multipart.PHP_TRIMMED.decode("ascii")
 
 
 #: A key Rack's `normalize_params` names `_method`: brackets before it and `]` after it dropped (`[_method]`).
@@ -472,8 +473,9 @@ class RequestView:
         A JSON body's top-level `_method` too: Laravel reads a JSON body as its form (`isJson`: a Content-Type holding
         `/json` or `+json`), and Symfony's `getMethod` then reads `_method` there."""
         values = [v for k, v in self.headers if k.replace("_", "-") in METHOD_OVERRIDE_HEADERS]
-        values += [v for k, v in self.query + _override_form(self) if _is_method_key(k)]
-        content_type = (self.header("content-type") or "").lower() if self.body else ""
+        sent_type = (self.header("content-type") or "") if self.body else ""
+        values += [v for k, v in self.query + _override_form(self, sent_type) if _is_method_key(k)]
+        content_type = sent_type.lower()
         # multipart/mixed and multipart/related too, which Rack parses as it parses a form
         if "multipart/" in content_type:
             values += [v for _, v in multipart.method_fields(self.body, _is_method_key)]
