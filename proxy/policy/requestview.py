@@ -375,6 +375,25 @@ def body_ambiguity(body: bytes) -> str | None:
     return checked_json(body)[0]
 
 
+def _json_loads(body: bytes, **options: Any) -> Any:
+    """`json.loads`, with an integer past Python's digit limit read as a float, as PHP and JavaScript read it: one
+    such number made the whole body "not JSON" to the policy while servers read every field (a `_method`, a field a
+    condition checks). Parsed again only for such a body."""
+    try:
+        return json.loads(body, **options)
+    except ValueError as exc:
+        if type(exc) is not ValueError:  # JSONDecodeError: not JSON; the limit's is a plain ValueError
+            raise
+    return json.loads(body, parse_int=_int_or_float, **options)
+
+
+def _int_or_float(digits: str) -> int | float:
+    try:
+        return int(digits)
+    except ValueError:  # past the digit limit
+        return float(digits)
+
+
 def checked_json(body: bytes) -> tuple[str | None, Any]:
     """Why servers could read the (decoded) body `body` differently from `RequestView.json` (or None), and the body
     as `RequestView.json` reads it (or `NOT_PARSED`), from one parse.
@@ -388,7 +407,7 @@ def checked_json(body: bytes) -> tuple[str | None, Any]:
     if body.lstrip(_JSON_LEAD)[:1] not in (b"{", b"["):
         return None, NOT_PARSED
     try:
-        parsed = json.loads(body, object_pairs_hook=_no_duplicates)
+        parsed = _json_loads(body, object_pairs_hook=_no_duplicates)
     except _DuplicateKey as dup:
         key = str(dup.args[0])
         return (f"the JSON body has the key {key[:100]!r} twice in one object; servers differ on which value they "
@@ -448,7 +467,7 @@ class RequestView:
         if not self.body:
             return None
         try:
-            return json.loads(self.body)
+            return _json_loads(self.body)
         except (ValueError, UnicodeDecodeError):
             return None
 

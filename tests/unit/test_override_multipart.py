@@ -327,3 +327,16 @@ def test_a_json_body_s_method_is_read_as_laravel_reads_it(tmp_path: Path) -> Non
     assert view(b'{"_method": "DELETE"}', "text/plain").override_methods == frozenset()
     refusal = _decided(tmp_path, "application/json", b'{"_method": "DELETE"}')
     assert refusal is not None and refusal.status_code == 403 and b"DELETE" in refusal.content
+
+
+def test_a_json_body_with_a_number_past_python_s_digit_limit_is_still_read(tmp_path: Path) -> None:
+    """Found by a red team: one integer of 5,000 digits made the whole body "not JSON" to the policy (Python refuses
+    to convert it), while PHP reads it as a float and Laravel (`isJson`: `/json` in the Content-Type, `text/json`
+    too) runs the POST as its `_method`. The body is read as servers read it, the number a float."""
+    body = b'{"_method": "DELETE", "n": ' + b"7" * 5000 + b"}"
+    view = RequestView(agent="a", method="POST", scheme="https", host="h", port=443, path="/",
+                       headers=(("content-type", "text/json"),), body=body)
+    assert view.json is not None and view.json["n"] == float("inf")
+    assert "DELETE" in view.override_methods
+    refusal = _decided(tmp_path, "text/json", body)
+    assert refusal is not None and refusal.status_code == 403 and b"DELETE" in refusal.content
