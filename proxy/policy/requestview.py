@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import math
 import re
 import string
@@ -12,8 +11,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
-from urllib.parse import parse_qsl
 
+from ..bodyparse import form_pairs, json_loads
 from . import multipart
 
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
@@ -192,7 +191,7 @@ def _pairs_naming_method(body: bytes) -> tuple[tuple[str, str], ...]:
         start = body.rfind(b"&", end, found.start()) + 1 or end  # searched back only to the pair before
         end = body.find(b"&", found.end())
         end = len(body) if end < 0 else end
-        pairs += parse_qsl(body[start:end].decode("utf-8", "surrogateescape"), keep_blank_values=True)
+        pairs += form_pairs(body[start:end].decode("utf-8", "surrogateescape"))
     return (*pairs, multipart.UNREADABLE)
 
 
@@ -380,11 +379,11 @@ def _json_loads(body: bytes, **options: Any) -> Any:
     such number made the whole body "not JSON" to the policy while servers read every field (a `_method`, a field a
     condition checks). Parsed again only for such a body."""
     try:
-        return json.loads(body, **options)
+        return json_loads(body, **options)
     except ValueError as exc:
         if type(exc) is not ValueError:  # JSONDecodeError: not JSON; the limit's is a plain ValueError
             raise
-    return json.loads(body, parse_int=_int_or_float, **options)
+    return json_loads(body, parse_int=_int_or_float, **options)
 
 
 def _int_or_float(digits: str) -> int | float:
@@ -480,7 +479,7 @@ class RequestView:
         if "application/x-www-form-urlencoded" not in content_type:
             return ()
         try:
-            return tuple(parse_qsl(self.body.decode("utf-8"), keep_blank_values=True))
+            return tuple(form_pairs(self.body.decode("utf-8")))
         except UnicodeDecodeError:
             return ()
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote, urljoin, urlsplit
 
+from ..bodyparse import form_pairs, json_loads
 from ..globs import Glob, HostIndex
 from ..hostkey import host_key
 from ..policy.cel import CelEvalError, Condition, Expression, bind
@@ -305,13 +306,13 @@ def body_view(raw: bytes | None, fields: frozenset[str] = BODY_FIELDS) -> dict[s
     if not fields & {"json", "form"}:
         return out
     try:
-        parsed = json.loads(text) if text else None
+        parsed = json_loads(text) if text else None
     except (ValueError, RecursionError):  # not JSON, or nested deeper than Python's parser goes
         parsed = None
     if "json" in fields:
         out["json"] = parsed if parsed is not None else {}
     if "form" in fields:
-        out["form"] = dict(parse_qsl(text, keep_blank_values=True)) if parsed is None and "=" in text else {}
+        out["form"] = dict(form_pairs(text)) if parsed is None and "=" in text else {}
     return out
 
 
