@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import dataclasses
 import logging
 import re
 import time
 import weakref
+from collections.abc import Awaitable
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -165,6 +168,23 @@ def _undecodable(coding: str, why: str) -> str:
             "than decided on bytes the policy cannot read")
 
 
+def policy_view(flow: http.HTTPFlow, agent: str | None, path: str, parse: bool = False) -> RequestView | Decision:
+    """The view policy decides the request on, its body decoded and checked (`read_body`), or the refusal of a body or
+    an Upgrade header policy cannot read. `parse`: the form and the method overrides parsed now too (off the event
+    loop, where the view is then read)."""
+    body, problem, parsed = read_body(flow.request)
+    if problem is not None:
+        return Decision("deny", f"refused before policy: {problem}", "request-body")
+    try:
+        protocol = upgrade_protocol(flow.request.headers.get_all("Upgrade"))
+    except ValueError as exc:
+        return Decision("deny", f"refused before policy: {exc}", "request-upgrade")
+    view = with_json(dataclasses.replace(request_view(flow, agent, path, body), protocol=protocol), parsed)
+    if parse:
+        view.override_methods  # noqa: B018  (cached on the view, with the form it reads)
+    return view
+
+
 def header_pairs(headers: http.Headers, keep_case: bool = False) -> tuple[tuple[str, str], ...]:
     """(name, value) pairs in order (names lower-cased unless `keep_case`), read straight from the raw fields:
     mitmproxy's items(multi=True) looks every name up again."""
@@ -198,6 +218,21 @@ def request_view(flow: http.HTTPFlow, agent: str | None, path: str, body: bytes 
     )
 
 
+#: A body this large (or any compressed one) is decoded and parsed for policy off the event loop: a 32 MiB form of
+#: escapes, or JSON of many small values, held every other agent's requests for seconds (bench/body_parse_bench.py).
+BODY_OFF_LOOP = 256 * 1024
+_body_threads: list[concurrent.futures.ThreadPoolExecutor] = []
+
+
+def _body_thread() -> concurrent.futures.ThreadPoolExecutor:
+    """The one thread a proxy process parses large bodies in: one at a time, so that the memory a parse takes is
+    held for one body at most, as on the event loop. Its Python gives the loop turns (the interpreter's switch
+    interval); a stretch of JSON that needs no Python (an array of numbers) does not."""
+    if not _body_threads:
+        _body_threads.append(concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="goex-body"))
+    return _body_threads[0]
+
+
 class Decide:
     """Allows or denies each request by policy; counts allowed requests against their rules' limits. What the proxy
     cannot inspect (raw TCP in a tunnel, an HTTP Upgrade to anything but WebSocket) is denied unless a rule with that
@@ -209,9 +244,9 @@ class Decide:
         self.upgrades: weakref.WeakKeyDictionary[connection.Client, str] = weakref.WeakKeyDictionary()
 
     @fail_closed("decide")
-    def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         if flow.response or flow.error or not flow.live:
-            return
+            return None
         agent = flowmeta.agent(flow)
         now = time.time()
         problem = fields_problem(flow.request) or framing_problem(flow.request)
@@ -221,25 +256,34 @@ class Decide:
             problem = "the request has trailer fields, which goex-proxy does not relay"
         if problem is not None:
             replies.refuse(flow, Decision("deny", f"refused before policy: {problem}", "request-fields"))
-            return
+            return None
         path = canonical_path(flow.request.path.split("?", 1)[0] or "/")
         problem = target_problem(flow, path)
         if problem is not None or path is None:
             replies.refuse(flow, Decision("deny", f"refused before policy: {problem or 'ambiguous path'}",
                                           "request-target"))
-            return
-        body, problem, parsed = read_body(flow.request)
-        if problem is not None:
-            replies.refuse(flow, Decision("deny", f"refused before policy: {problem}", "request-body"))
-            return
+            return None
         self.upgrades.pop(flow.client_conn, None)
-        try:
-            protocol = upgrade_protocol(flow.request.headers.get_all("Upgrade"))
-        except ValueError as exc:
-            replies.refuse(flow, Decision("deny", f"refused before policy: {exc}", "request-upgrade"))
+        raw = flow.request.raw_content or b""
+        if len(raw) >= BODY_OFF_LOOP or (raw and flow.request.headers.get("content-encoding")):
+            return self._decided_off_loop(agent, now, path, flow)
+        self._decide(flow, agent, now, path, policy_view(flow, agent, path))
+        return None
+
+    @fail_closed("decide")
+    async def _decided_off_loop(self, agent: str | None, now: float, path: str, flow: http.HTTPFlow) -> None:
+        """`_decide`, its body decoded and parsed in the body thread (`policy_view`): one at a time, the event loop
+        going on meanwhile."""
+        view = await asyncio.get_running_loop().run_in_executor(_body_thread(), policy_view, flow, agent, path, True)
+        self._decide(flow, agent, now, path, view)
+
+    def _decide(self, flow: http.HTTPFlow, agent: str | None, now: float, path: str,
+                view: RequestView | Decision) -> None:
+        if isinstance(view, Decision):
+            replies.refuse(flow, view)
             return
+        protocol = view.protocol
         flowmeta.set_path(flow, path)
-        view = with_json(dataclasses.replace(request_view(flow, agent, path, body), protocol=protocol), parsed)
         policies = self.state.policies  # one set decides every reading, whatever a reload installs meanwhile
         d = decide(view, policies, now, self.state.limits)
         for how, decoded in decoded_readings(path) if d.effect == "allow" else ():

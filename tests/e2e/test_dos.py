@@ -399,3 +399,32 @@ def test_rapid_reset_closes_the_connection_and_another_client_is_served(make_pro
             assert row["path"] in seen, row
         elif row["error"].startswith("not sent: "):
             assert row["path"] not in seen, row
+
+
+def body_head(path: str, content_type: str, length: int) -> bytes:
+    return (f"POST http://api.github.com{path} HTTP/1.1\r\nHost: api.github.com\r\nProxy-Authorization: "
+            f"{auth('mailbot')}\r\nContent-Type: {content_type}\r\nContent-Length: {length}\r\n\r\n").encode()
+
+
+def test_a_large_body_is_parsed_off_the_event_loop_and_decided_as_a_small_one(make_proxy, upstream):
+    """24 MiB of JSON objects take the policy seconds to parse (each checked for a key sent twice): another agent is
+    served meanwhile, where the event loop held every request until it was done. The body is decided as a small one
+    is: its key sent twice is refused; a large form's `_method` is read as the method it names."""
+    proxy = started(make_proxy)
+    big = b"[" + b"{}," * (8 << 20) + b'{"a": 1, "a": 2}]'
+    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=30)
+    sock.sendall(body_head("/repos/octo/hello/notes", "application/json", len(big)) + big)
+    assert served(proxy, "slackbot")
+    assert not select.select([sock], [], [], 0)[0], "the other agent waited for the large body's parse"
+    answer = read_response(sock)
+    deadline = time.monotonic() + 60
+    while not answer and time.monotonic() < deadline:
+        answer = read_response(sock)
+    assert answer.startswith(b"HTTP/1.1 403") and b"twice" in answer, answer[:300]
+
+    form = b"_method=DELETE&pad=" + b"%41" * (100 << 10)
+    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=30)
+    sock.sendall(body_head("/repos/octo/hello/notes", "application/x-www-form-urlencoded", len(form)) + form)
+    answer = read_response(sock)
+    assert answer.startswith(b"HTTP/1.1 403") and b"method override DELETE" in answer, answer[:300]
+    assert "/repos/octo/hello/notes" not in upstream.seen_paths()
