@@ -38,6 +38,7 @@ from goex_proxy.policy.requestview import (
     readings,
     token_problem,
     upgrade_protocol,
+    with_changes,
     with_json,
 )
 
@@ -266,16 +267,17 @@ class Decide:
         self.upgrades.pop(flow.client_conn, None)
         raw = flow.request.raw_content or b""
         if len(raw) >= BODY_OFF_LOOP or (raw and flow.request.headers.get("content-encoding")):
-            return self._decided_off_loop(agent, now, path, flow)
+            return self._decided_off_loop(agent, path, flow)
         self._decide(flow, agent, now, path, policy_view(flow, agent, path))
         return None
 
     @fail_closed("decide")
-    async def _decided_off_loop(self, agent: str | None, now: float, path: str, flow: http.HTTPFlow) -> None:
+    async def _decided_off_loop(self, agent: str | None, path: str, flow: http.HTTPFlow) -> None:
         """`_decide`, its body decoded and parsed in the body thread (`policy_view`): one at a time, the event loop
-        going on meanwhile."""
+        going on meanwhile. Decided as of when it is decided (limits, `now` in conditions), not as of when the body
+        came: a body that waited behind others would be counted in a window that has moved on since."""
         view = await asyncio.get_running_loop().run_in_executor(_body_thread(), policy_view, flow, agent, path, True)
-        self._decide(flow, agent, now, path, view)
+        self._decide(flow, agent, time.time(), path, view)
 
     def _decide(self, flow: http.HTTPFlow, agent: str | None, now: float, path: str,
                 view: RequestView | Decision) -> None:
@@ -288,7 +290,7 @@ class Decide:
         d = decide(view, policies, now, self.state.limits)
         for how, decoded in decoded_readings(path) if d.effect == "allow" else ():
             # Servers differ on whether %2F is a '/' and on how often they decode: allowed read every way, or not.
-            other = None if decoded is None else decide(dataclasses.replace(view, path=decoded), policies,
+            other = None if decoded is None else decide(with_changes(view, path=decoded), policies,
                                                         now, self.state.limits)
             if other is None or other.effect != "allow":
                 why = f"{decoded!r}, which policy does not allow ({other.reason})" if other else "an ambiguous path"

@@ -12,7 +12,7 @@ from typing import Any, Literal, Protocol
 from ..durations import format_duration
 from ..globs import Glob
 from .cel import CelEvalError, Condition, bind
-from .requestview import RepeatedKey, RequestView, reading_count, repeated_keys, value_readings
+from .requestview import RepeatedKey, RequestView, reading_count, repeated_keys, value_readings, with_changes
 
 Effect = Literal["allow", "deny"]
 Mode = Literal["enforce", "report"]
@@ -592,7 +592,7 @@ def _without_format(view: RequestView) -> RequestView | None:
     if "." not in view.path:   # every format suffix has one (most paths have none: the expression is spared)
         return None
     stripped = _FORMAT_SUFFIX.sub(r"\1", view.path)
-    return dataclasses.replace(view, path=stripped) if stripped != view.path else None
+    return with_changes(view, path=stripped) if stripped != view.path else None
 
 
 def _decide_reading(view: RequestView, policies: PolicySet, now: float, counts: LimitCounts,
@@ -606,7 +606,8 @@ def _decide_reading(view: RequestView, policies: PolicySet, now: float, counts: 
         """Built once per decision, holding only what the conditions that may run can read."""
         if "c" not in cache:
             rules = m.enforce + m.report + m.lenient_denies + m.lenient_waits
-            cache["c"] = bind(view.cel_context(now, [p for r in rules if r.when is not None for p in r.when.paths]))
+            cache["c"] = bind(view.cel_context(now, [p for r in rules if r.when is not None for p in r.when.paths]),
+                              bounded=True)
         return cache["c"]
 
     d = _conclude(view, policies, m, context, now, counts, repeated)

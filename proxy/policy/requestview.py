@@ -147,7 +147,7 @@ def readings(view: RequestView) -> list[tuple[str, RequestView, bool]]:
     rather than merely not denied). A method override runs as the method it names, so it must be allowed; every
     `_method` value counts, in the query as in the form. (Paths as lenient routers read them and keys sent twice are
     decided by the policy engine itself: `policy.decide`.)"""
-    return [(f"as the method override {method} names", _reading(view, method=method), True)
+    return [(f"as the method override {method} names", with_changes(view, method=method), True)
             for method in sorted(view.override_methods - {view.method})]
 
 
@@ -210,7 +210,7 @@ def _is_method_key(key: str) -> bool:
     return "method" in key and (php_name(key)[0] == "_method" or _RACK_METHOD_KEY.fullmatch(key) is not None)
 
 
-def _reading(view: RequestView, **changes: Any) -> RequestView:
+def with_changes(view: RequestView, **changes: Any) -> RequestView:
     """`view` with `changes`, sharing what it has already parsed of the body (which a reading never changes)."""
     out = dataclasses.replace(view, **changes)
     for name in ("json", "form_pairs"):
@@ -299,7 +299,7 @@ def value_readings(view: RequestView) -> list[tuple[str, RequestView]]:
     out = []
     for picked in itertools.islice(itertools.product(*choices), 1, None):
         how = " and ".join(f"the {where}'s {key!r} as {value!r}" for where, key, value in picked)
-        out.append((how, _reading(view, picked=picked)))
+        out.append((how, with_changes(view, picked=picked)))
     return out
 
 

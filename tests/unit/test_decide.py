@@ -14,6 +14,7 @@ from goex_proxy.addons import flowmeta
 from goex_proxy.addons.decide import Decide
 from goex_proxy.addons.state import ProxyState
 from tests.conftest import stage_state
+from tests.hookrun import finished
 
 POLICY = """
 version: 1
@@ -56,7 +57,7 @@ def get(path: str):
 def decided(state: ProxyState, f):
     """Run the decide stage on `f`; the flow back, with its response (None when it would be forwarded)."""
     with taddons.context():
-        Decide(state).request(f)
+        finished(Decide(state).request(f))
     return f
 
 

@@ -17,6 +17,7 @@ from goex_proxy.addons import flowmeta
 from goex_proxy.addons.decide import Decide
 from goex_proxy.policy.requestview import MOST_FORM_FIELDS, RequestView
 from tests.conftest import stage_state
+from tests.hookrun import finished
 
 POLICY = """
 version: 1
@@ -48,7 +49,7 @@ def _decided(tmp_path: Path, content_type: str, body: bytes) -> Any:
         f.request.raw_content = body
         flowmeta.set_agent(f, "bot")
         with taddons.context():
-            Decide(state).request(f)
+            finished(Decide(state).request(f))
         return f.response
 
 

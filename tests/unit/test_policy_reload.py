@@ -20,6 +20,7 @@ from goex_proxy.policy.engine import PolicySet, decide
 from goex_proxy.policy.load import check_policy_text
 from goex_proxy.policy.requestview import RequestView
 from tests.conftest import stage_state
+from tests.hookrun import finished
 
 #: Allows GET and DELETE on the host: a GET that says it is a DELETE (a method override) is allowed.
 BOTH = """
@@ -68,7 +69,7 @@ def test_a_request_is_decided_wholly_under_one_policy_set_while_another_thread_s
                 f = tflow.tflow()   # GET http://address:22/path
                 f.request.headers["X-HTTP-Method-Override"] = "DELETE"
                 flowmeta.set_agent(f, "bot")
-                Decide(state).request(f)
+                finished(Decide(state).request(f))
                 d = flowmeta.decision(f)
                 outcomes.append((d.effect, d.rule))
         finally:

@@ -17,6 +17,7 @@ from goex_proxy.addons import flowmeta
 from goex_proxy.addons.decide import Decide, methods_run_as
 from goex_proxy.addons.record import Record
 from tests.conftest import stage_state
+from tests.hookrun import finished
 
 #: GET and DELETE both allowed: the decision is allow either way, so what is shown is the record stage's choice alone.
 POLICY = """
@@ -67,7 +68,7 @@ def test_a_get_a_server_runs_as_delete_is_not_forwarded_before_its_commit(state,
     DELETE, and the record stage waits for the commit."""
     f = CASES[case]
     with taddons.context():
-        Decide(state).request(f)
+        finished(Decide(state).request(f))
     assert f.response is None and flowmeta.decision(f) is not None and flowmeta.decision(f).effect == "allow"
     assert "DELETE" in methods_run_as(f), f"{case}: the override is not seen ({methods_run_as(f)})"
     assert not Record(state)._goes_on_unwaited(f)
@@ -91,9 +92,9 @@ def test_the_same_override_passes_a_policy_that_allows_only_reads(tmp_path: Path
     with stage_state(tmp_path, READ_ONLY) as s:
         plain = _get("/items/1?_method=DELETE")
         with taddons.context():
-            Decide(s).request(plain)
+            finished(Decide(s).request(plain))
         assert plain.response is not None and plain.response.status_code == 403  # the spelling the policy knows
         f = CASES[case]
         with taddons.context():
-            Decide(s).request(f)
+            finished(Decide(s).request(f))
         assert f.response is not None and f.response.status_code == 403, f"{case}: allowed by a read-only policy"

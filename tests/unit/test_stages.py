@@ -19,6 +19,7 @@ from goex_proxy.addons.scrub import Scrub
 from goex_proxy.policy.engine import Decision, PolicySet
 from goex_proxy.policy.load import check_policy_text
 from tests.conftest import READ_PATH_POLICY, stage_state
+from tests.hookrun import finished
 
 
 @pytest.fixture
@@ -116,8 +117,8 @@ def test_decide_allows_and_denies(state) -> None:
     for f in (ok, bad):
         flowmeta.set_agent(f, "bot")
     with taddons.context():
-        Decide(state).request(ok)
-        Decide(state).request(bad)
+        finished(Decide(state).request(ok))
+        finished(Decide(state).request(bad))
     assert ok.response is None and flowmeta.decision(ok).effect == "allow"
     assert bad.response.status_code == 403 and b"no rule allows DELETE address/path" in bad.response.content
 
@@ -134,9 +135,9 @@ def test_decide_refuses_fields_that_would_split_a_message_both_ways(state, field
     for f in (as_header, as_trailer, answered):
         flowmeta.set_agent(f, "bot")
     with taddons.context():
-        Decide(state).request(as_header)
-        Decide(state).request(as_trailer)
-        Decide(state).request(answered)
+        finished(Decide(state).request(as_header))
+        finished(Decide(state).request(as_trailer))
+        finished(Decide(state).request(answered))
         answered.response = tflow.tresp()
         answered.response.headers.fields += (field,)
         Decide(state).response(answered)
@@ -152,7 +153,7 @@ def test_decide_fails_closed(state, monkeypatch) -> None:
     f = flow()
     flowmeta.set_agent(f, "bot")
     with taddons.context():
-        Decide(state).request(f)
+        finished(Decide(state).request(f))
     assert f.response.status_code == 502 and b"decide" in f.response.content
 
 
@@ -360,7 +361,7 @@ def _twin_flow(state, policy: str):
     f.client_conn.sni = "gmail.googleapis.com"
     flowmeta.set_agent(f, "bot")
     with taddons.context():
-        Decide(state).request(f)
+        finished(Decide(state).request(f))
         assert flowmeta.decision(f).rewrite
         Twin(state).request(f)
     return f
@@ -461,7 +462,7 @@ def test_every_reading_a_server_could_make_must_be_allowed(tmp_path, sentence, m
         f.request.method, f.request.path, f.request.content = method, path, body
         flowmeta.set_agent(f, "bot")
         with taddons.context():
-            Decide(state).request(f)
+            finished(Decide(state).request(f))
     assert (f.response is None) is allowed, (sentence, f.response and f.response.content)
 
 
