@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import dataclasses
 import logging
 import re
@@ -20,6 +19,7 @@ from goex_proxy.addons import flowmeta, replies
 from goex_proxy.addons.failclosed import fail_closed
 from goex_proxy.addons.state import ProxyState
 from goex_proxy.hostkey import host_key
+from goex_proxy.inturn import InTurn
 from goex_proxy.net import bodies
 from goex_proxy.policy.engine import Decision, PolicySet, decide, waiting_as_strictly
 from goex_proxy.policy.limits import Charge
@@ -222,16 +222,11 @@ def request_view(flow: http.HTTPFlow, agent: str | None, path: str, body: bytes 
 #: A body this large (or any compressed one) is decoded and parsed for policy off the event loop: a 32 MiB form of
 #: escapes, or JSON of many small values, held every other agent's requests for seconds (bench/body_parse_bench.py).
 BODY_OFF_LOOP = 256 * 1024
-_body_threads: list[concurrent.futures.ThreadPoolExecutor] = []
-
-
-def _body_thread() -> concurrent.futures.ThreadPoolExecutor:
-    """The one thread a proxy process parses large bodies in: one at a time, so that the memory a parse takes is
-    held for one body at most, as on the event loop. Its Python gives the loop turns (the interpreter's switch
-    interval); a stretch of JSON that needs no Python (an array of numbers) does not."""
-    if not _body_threads:
-        _body_threads.append(concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="goex-body"))
-    return _body_threads[0]
+#: The one thread a proxy process reads large bodies for policy in, one at a time (so that the memory a parse takes is
+#: held for one body at most, as on the event loop), agents taking turns (an agent with many bodies waiting delays
+#: another's by one body). Its Python gives the event loop turns (the interpreter's switch interval); a stretch of
+#: JSON that needs no Python (an array of numbers) does not.
+_BODY_THREAD = InTurn("goex-body")
 
 
 class Decide:
@@ -276,7 +271,7 @@ class Decide:
         """`_decide`, its body decoded and parsed in the body thread (`policy_view`): one at a time, the event loop
         going on meanwhile. Decided as of when it is decided (limits, `now` in conditions), not as of when the body
         came: a body that waited behind others would be counted in a window that has moved on since."""
-        view = await asyncio.get_running_loop().run_in_executor(_body_thread(), policy_view, flow, agent, path, True)
+        view = await asyncio.wrap_future(_BODY_THREAD.submit(agent, policy_view, flow, agent, path, True))
         self._decide(flow, agent, time.time(), path, view)
 
     def _decide(self, flow: http.HTTPFlow, agent: str | None, now: float, path: str,
