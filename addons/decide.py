@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import re
 import time
@@ -180,7 +179,7 @@ def policy_view(flow: http.HTTPFlow, agent: str | None, path: str, parse: bool =
         protocol = upgrade_protocol(flow.request.headers.get_all("Upgrade"))
     except ValueError as exc:
         return Decision("deny", f"refused before policy: {exc}", "request-upgrade")
-    view = with_json(dataclasses.replace(request_view(flow, agent, path, body), protocol=protocol), parsed)
+    view = with_json(request_view(flow, agent, path, body, protocol), parsed)
     if parse:
         view.override_methods  # noqa: B018  (cached on the view, with the form it reads)
     return view
@@ -201,7 +200,8 @@ def methods_run_as(flow: http.HTTPFlow) -> tuple[str, ...]:
     return (own, *others)
 
 
-def request_view(flow: http.HTTPFlow, agent: str | None, path: str, body: bytes | None = None) -> RequestView:
+def request_view(flow: http.HTTPFlow, agent: str | None, path: str, body: bytes | None = None,
+                 protocol: str = "http") -> RequestView:
     """What the policy sees of a flow: the host it will connect to, the canonical path, the decoded body.
 
     `body` is the body `read_body` gave; without it the body is decoded leniently (raw bytes if it does not decode)."""
@@ -216,6 +216,7 @@ def request_view(flow: http.HTTPFlow, agent: str | None, path: str, body: bytes 
         query=tuple(parse_qsl(query, keep_blank_values=True)) if (query := req.path.partition("?")[2]) else (),
         headers=header_pairs(req.headers),
         body=(req.get_content(strict=False) or b"") if body is None else body,
+        protocol=protocol,
     )
 
 

@@ -229,3 +229,46 @@ def test_header_names_an_agent_chose_are_not_kept_by_the_look_ups() -> None:
         except SigningError:
             pass  # unsigned: refused, after its names were read
     assert kept() - before < 256 * 1024, f"{(kept() - before) // 1024} KiB of header names kept"
+
+
+SIZE_FIELDS = st.lists(st.tuples(st.sampled_from([b"Content-Length", b"content-length", b"Transfer-Encoding",
+                                                  b"transfer-encoding", b"X-A"]),
+                                 st.sampled_from([b"0", b"12", b"-1", b"1, 1", b"chunked", b"gzip, chunked",
+                                                  b"chunked, gzip", b"identity", b"x", b" 5", b"007"])), max_size=4)
+METHODS = st.sampled_from([b"GET", b"HEAD", b"head", b"CONNECT", b"POST"])
+STATUSES = st.sampled_from([100, 101, 199, 200, 204, 299, 304, 400])
+
+
+@given(SIZE_FIELDS, METHODS, st.none() | st.tuples(SIZE_FIELDS, STATUSES), METHODS, STATUSES, SIZE_FIELDS)
+def test_a_kept_body_size_is_what_mitmproxy_answers_however_the_message_changes(
+        request_fields, method, answer, method_after, status_after, fields_after) -> None:
+    """Asked again after the request's method, the status or the fields changed (a new tuple), the kept answer is
+    never the old one: each time it is what mitmproxy's own `expected_http_body_size` answers, or raises alike."""
+    from mitmproxy.net.http import http1
+
+    theirs = mitmtrim.REPLACED[(http1, "expected_http_body_size")]
+    request = http.Request.make(method.decode(), "http://example.com/")
+    request.headers.fields = tuple(request_fields)  # after `make`, which sets a Content-Length of its own
+    response = None if answer is None else http.Response.make(answer[1])
+    if response is not None and answer is not None:
+        response.headers.fields = tuple(answer[0])
+    for _ in range(2):
+        assert outcome(lambda: http1.expected_http_body_size(request, response)) == \
+            outcome(lambda: theirs(request, response))
+    request.data.method = method_after
+    assert outcome(lambda: http1.expected_http_body_size(request, response)) == outcome(lambda: theirs(request, response))
+    message = response if response is not None else request
+    if response is not None:
+        response.status_code = status_after
+        assert outcome(lambda: http1.expected_http_body_size(request, response)) == \
+            outcome(lambda: theirs(request, response))
+    message.headers.fields = tuple(fields_after)
+    assert outcome(lambda: http1.expected_http_body_size(request, response)) == outcome(lambda: theirs(request, response))
+
+
+def test_mitmproxys_layers_ask_the_kept_body_size() -> None:
+    from mitmproxy.net.http import http1
+    from mitmproxy.proxy.layers import http as http_layers
+
+    assert http1.expected_http_body_size is mitmtrim._expected_body_size
+    assert http_layers.expected_http_body_size is mitmtrim._expected_body_size
