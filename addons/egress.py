@@ -33,6 +33,12 @@ class Egress:
         assert self.state.config is not None
         if self.state.config.route_for(flow.request.host, flow.request.port) is not None:
             return None
+        try:  # an address needs no look-up: checked at once, the request's hook not made to wait
+            if self.state.pins.literal(self.state.config.egress, flow.request.host, flow.request.port) is not None:
+                return None
+        except Blocked as exc:
+            _blocked(flow, exc)
+            return None
         return self._check(flow)
 
     @fail_closed("egress")
@@ -44,7 +50,7 @@ class Egress:
             await self.state.pins.addresses(self.state.config.egress, self.state.config.resolver, flow.request.host,
                                              flow.request.port, fresh=True)
         except Blocked as exc:
-            replies.refuse(flow, Decision("deny", f"blocked: {exc}", RULE))
+            _blocked(flow, exc)
         except ResolveError as exc:
             replies.reply(flow, 502, {"error": "goex-proxy: the upstream host cannot be resolved", "reason": str(exc)},
                           {"X-Goex-Decision": "error"})
@@ -74,3 +80,7 @@ class Egress:
 
     def server_connect_error(self, data: server_hooks.ServerConnectionHookData) -> None:
         self._renamed.pop(id(data.server), None)
+
+
+def _blocked(flow: http.HTTPFlow, why: Blocked) -> None:
+    replies.refuse(flow, Decision("deny", f"blocked: {why}", RULE))

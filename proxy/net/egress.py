@@ -174,6 +174,16 @@ class Pins:
             from .resolver import resolve
 
             found = await resolve(host, port, resolver)
+        return self._pinned(rules, host, port, found)
+
+    def literal(self, rules: EgressRules, host: str, port: int) -> list[Address] | None:
+        """`addresses` of a host that is an address itself, which needs no look-up, so no waiting (None: a name)."""
+        host = host_key(host)
+        literal = literal_address(host)
+        return None if literal is None else self._pinned(rules, host, port, [literal])
+
+    def _pinned(self, rules: EgressRules, host: str, port: int, found: list[Address]) -> list[Address]:
+        """`found`, checked (Blocked if any address may not be reached) and pinned for the next connections."""
         why = rules.refusal(host, port, found)
         if why is not None:
             raise Blocked(why)
