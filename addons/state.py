@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import gc
 import logging
 import socket
 import time
@@ -20,6 +19,7 @@ from goex_proxy.audit import store as audit
 from goex_proxy.audit.offload import OffloadedWriter
 from goex_proxy.audit.seal import Seal
 from goex_proxy.audit.writer import AuditWriter
+from goex_proxy.bodyparse import collector_paused
 from goex_proxy.config import RESTART_ONLY, Config, as_running, load_config
 from goex_proxy.credentials.binding import Bindings
 from goex_proxy.credentials.kinds import Credential
@@ -379,11 +379,6 @@ async def _off_loop(work: Callable[..., T], *args: Any) -> T:
     """`work` in a worker thread, without the cyclic garbage collector meanwhile: building a large policy set makes
     enough objects to start full collections, each of which holds the interpreter (and so the event loop) for 0.1 to
     0.2 s with 10,000 rules; the objects are freed by reference counting as before, cycles at the next collection."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with collector_paused():
         return await asyncio.to_thread(work, *args)
-    finally:
-        if was_enabled:
-            gc.enable()
 

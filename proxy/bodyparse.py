@@ -46,7 +46,8 @@ def form_pairs(text: str) -> list[tuple[str, str]]:
 @contextlib.contextmanager
 def collector_paused() -> Iterator[None]:
     """The cyclic garbage collector off meanwhile (as it was after): what a parse makes is freed by reference
-    counting as before, and a cycle (which JSON cannot make) at the next collection."""
+    counting as before, and a cycle (which JSON cannot make) at the next collection. Building a policy set off the
+    event loop pauses it too (`addons.state`)."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:

@@ -130,13 +130,13 @@ def _hook_args(hook: hooks.Hook) -> list[Any]:
     return [getattr(hook, name) for name in names]
 
 
-#: What `trim` replaced, by class and name, as it was (the tests hold the replacements to it).
+#: What `trim` replaced, by class (or module) and name, as it was (the tests hold the replacements to it).
 REPLACED: dict[tuple[Any, str], Any] = {}
 
 
-def _replace(cls: Any, name: str, by: Any) -> None:
-    REPLACED.setdefault((cls, name), getattr(cls, name, None))
-    setattr(cls, name, by)
+def _replace(owner: Any, name: str, by: Any) -> None:
+    REPLACED.setdefault((owner, name), getattr(owner, name, None))
+    setattr(owner, name, by)
 
 
 def trim() -> None:

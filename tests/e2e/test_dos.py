@@ -270,10 +270,11 @@ def test_an_http2_header_list_over_the_cap_closes_the_connection(make_proxy, ups
     assert "header list is over 16 KiB (limits.max_header_bytes)" in proxy.log_text()
 
 
-def post_head(path: str, host: str = "api.github.com", **headers: str) -> bytes:
+def post_head(path: str, host: str = "api.github.com", content_type: str = "application/octet-stream",
+              **headers: str) -> bytes:
     lines = "".join(f"{k.replace('_', '-')}: {v}\r\n" for k, v in headers.items())
     return (f"POST http://{host}{path} HTTP/1.1\r\nHost: {host}\r\nProxy-Authorization: {auth('mailbot')}\r\n"
-            f"Content-Type: application/octet-stream\r\n{lines}\r\n").encode()
+            f"Content-Type: {content_type}\r\n{lines}\r\n").encode()
 
 
 def test_a_request_body_over_the_cap_is_refused_with_413_before_it_is_sent(make_proxy, upstream):
@@ -401,11 +402,6 @@ def test_rapid_reset_closes_the_connection_and_another_client_is_served(make_pro
             assert row["path"] not in seen, row
 
 
-def body_head(path: str, content_type: str, length: int) -> bytes:
-    return (f"POST http://api.github.com{path} HTTP/1.1\r\nHost: api.github.com\r\nProxy-Authorization: "
-            f"{auth('mailbot')}\r\nContent-Type: {content_type}\r\nContent-Length: {length}\r\n\r\n").encode()
-
-
 def test_a_large_body_is_parsed_off_the_event_loop_and_decided_as_a_small_one(make_proxy, upstream):
     """24 MiB of JSON objects take the policy seconds to parse (each checked for a key sent twice): another agent is
     served meanwhile, where the event loop held every request until it was done. The body is decided as a small one
@@ -413,7 +409,8 @@ def test_a_large_body_is_parsed_off_the_event_loop_and_decided_as_a_small_one(ma
     proxy = started(make_proxy)
     big = b"[" + b"{}," * (8 << 20) + b'{"a": 1, "a": 2}]'
     sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=30)
-    sock.sendall(body_head("/repos/octo/hello/notes", "application/json", len(big)) + big)
+    sock.sendall(post_head("/repos/octo/hello/notes", content_type="application/json", Content_Length=str(len(big)))
+                 + big)
     assert served(proxy, "slackbot")
     assert not select.select([sock], [], [], 0)[0], "the other agent waited for the large body's parse"
     answer = read_response(sock)
@@ -424,7 +421,8 @@ def test_a_large_body_is_parsed_off_the_event_loop_and_decided_as_a_small_one(ma
 
     form = b"_method=DELETE&pad=" + b"%41" * (100 << 10)
     sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=30)
-    sock.sendall(body_head("/repos/octo/hello/notes", "application/x-www-form-urlencoded", len(form)) + form)
+    sock.sendall(post_head("/repos/octo/hello/notes", content_type="application/x-www-form-urlencoded",
+                           Content_Length=str(len(form))) + form)
     answer = read_response(sock)
     assert answer.startswith(b"HTTP/1.1 403") and b"method override DELETE" in answer, answer[:300]
     assert "/repos/octo/hello/notes" not in upstream.seen_paths()
