@@ -94,7 +94,8 @@ _body_size_of = http1.expected_http_body_size
 
 def _expected_body_size(request: http.Request, response: http.Response | None = None) -> int | None:
     """`expected_http_body_size`, its answer kept on the message whose size it is while what it read is the same
-    (the fields, the request's method, the status): mitmproxy asks four times of a response and twice of a request."""
+    (the fields, the request's method, the status): mitmproxy asks four times of a response and twice of a request.
+    Kept only for fields that cannot change in place (a tuple of tuples with bytes values, as mitmproxy makes them)."""
     message = response if response is not None else request
     method = request.data.method
     status = response.data.status_code if response is not None else None
@@ -103,7 +104,8 @@ def _expected_body_size(request: http.Request, response: http.Response | None = 
     if kept is not None and kept[0] is fields and kept[1] == method and kept[2] == status:
         return kept[3]  # type: ignore[no-any-return]
     size = _body_size_of(request, response)
-    message.__dict__["_goex_body_size"] = (fields, method, status, size)
+    if type(fields) is tuple and all(type(pair) is tuple and type(pair[-1]) is bytes for pair in fields):
+        message.__dict__["_goex_body_size"] = (fields, method, status, size)  # fields nothing changes in place
     return size
 
 

@@ -272,3 +272,20 @@ def test_mitmproxys_layers_ask_the_kept_body_size() -> None:
 
     assert http1.expected_http_body_size is mitmtrim._expected_body_size
     assert http_layers.expected_http_body_size is mitmtrim._expected_body_size
+
+
+def test_a_body_size_is_not_kept_for_fields_that_change_in_place() -> None:
+    """Fields set to a list, or holding a bytearray value, can change without a new object: each look-up reads them
+    again (the red team's case: a stale Content-Length would frame the body otherwise than the upstream reads it)."""
+    from mitmproxy.net.http import http1
+
+    request = http.Request.make("POST", "http://example.com/")
+    request.headers.fields = [(b"content-length", b"5")]  # type: ignore[assignment]
+    assert http1.expected_http_body_size(request) == 5
+    request.headers.fields[0] = (b"content-length", b"500")  # type: ignore[index]
+    assert http1.expected_http_body_size(request) == 500
+    value = bytearray(b"7")
+    request.headers.fields = ((b"content-length", value),)  # type: ignore[assignment]
+    assert http1.expected_http_body_size(request) == 7
+    value[:] = b"700"
+    assert http1.expected_http_body_size(request) == 700
