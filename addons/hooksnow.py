@@ -23,6 +23,7 @@ from mitmproxy.proxy import commands, events, layer, server
 from mitmproxy.utils import asyncio_utils
 
 from goex_proxy.addons.stages import HookIndexedAddons
+from goex_proxy.mitmtrim import joined_sends
 
 
 def hooks_at_once() -> None:
@@ -71,7 +72,7 @@ def _hooks_at_once(handler: server.ConnectionHandler, addons: HookIndexedAddons,
     hooks: list[commands.StartHook] = []
     try:
         while True:
-            for command in top.handle_event(event):
+            for command in joined_sends(top.handle_event(event)):  # a response's head and body: one write
                 if isinstance(command, commands.StartHook):
                     hooks.append(command)
                 else:

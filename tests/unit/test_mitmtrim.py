@@ -1,13 +1,16 @@
 """mitmproxy as `run` trims it (`mitmtrim.trim`): the header look-ups it replaces give what mitmproxy's give, for any
-fields and any name, and refuse what mitmproxy's refuse; options and hooks read as mitmproxy reads them."""
+fields and any name, and refuse what mitmproxy's refuse; options and hooks read as mitmproxy reads them; sends joined
+write the same bytes in the same order."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
-from mitmproxy import http
+from mitmproxy import connection, http
+from mitmproxy.proxy import commands, tunnel
 
 from goex_proxy import mitmtrim
 
@@ -289,3 +292,127 @@ def test_a_body_size_is_not_kept_for_fields_that_change_in_place() -> None:
     assert http1.expected_http_body_size(request) == 7
     value[:] = b"700"
     assert http1.expected_http_body_size(request) == 700
+
+
+# --- sends one after another to one connection, joined (`joined_sends`)
+
+TCP_A = connection.Server(address=("192.0.2.1", 443))
+TCP_B = connection.Client(peername=("127.0.0.1", 4242), sockname=("127.0.0.1", 8080), timestamp_start=0)
+UDP = connection.Server(address=("192.0.2.1", 53), transport_protocol="udp")
+LIMIT = mitmtrim.JOINED_SEND_BYTES
+
+
+class Other(commands.Command):
+    """A command that is not a send (a hook, a close, a log: all are given as they come)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+
+sends = st.builds(lambda conn, size, fill: commands.SendData(conn, bytes([fill]) * size),
+                  st.sampled_from([TCP_A, TCP_B, UDP]),
+                  st.sampled_from([0, 1, 40, 200, LIMIT // 2, LIMIT - 1, LIMIT, LIMIT + 1]), st.integers(0, 255))
+given_commands = st.lists(sends | st.builds(Other, st.integers(0, 9)), max_size=12)
+
+
+def as_written(given: list[commands.Command]) -> list[tuple[Any, ...]]:
+    """What the commands do: each run of sends to one TCP connection as the bytes it writes in order; every other
+    command (and each datagram) as it is."""
+    out: list[tuple[Any, ...]] = []
+    for command in given:
+        if type(command) is commands.SendData and command.connection.transport_protocol == "tcp":
+            if out and out[-1][0] == "tcp" and out[-1][1] is command.connection:
+                out[-1] = ("tcp", command.connection, out[-1][2] + command.data)
+            else:
+                out.append(("tcp", command.connection, command.data))
+        elif type(command) is commands.SendData:
+            out.append(("datagram", command.connection, command.data))
+        else:
+            out.append(("other", command))
+    return [step for step in out if step[0] != "tcp" or step[2]]
+
+
+@given(given_commands)
+def test_joined_sends_write_the_same_bytes_in_the_same_order(given: list[commands.Command]) -> None:
+    joined = list(mitmtrim.joined_sends(iter(given)))
+    assert as_written(joined) == as_written(given)
+    assert len(joined) <= len(given)
+    for command in joined:
+        if type(command) is commands.SendData and command not in given:  # made here: joined, never past the bound
+            assert len(command.data) <= LIMIT and command.connection.transport_protocol == "tcp"
+    datagrams = [c for c in joined if type(c) is commands.SendData and c.connection is UDP]
+    assert datagrams == [c for c in given if type(c) is commands.SendData and c.connection is UDP]
+
+
+def test_a_head_and_a_small_body_are_one_send_and_a_large_send_is_left_alone() -> None:
+    head, body = commands.SendData(TCP_B, b"HTTP/1.1 200 OK\r\n\r\n"), commands.SendData(TCP_B, b"{}")
+    (joined,) = mitmtrim.joined_sends([head, body])
+    assert (joined.connection, joined.data) == (TCP_B, head.data + body.data)
+    large = commands.SendData(TCP_B, b"x" * LIMIT)
+    assert list(mitmtrim.joined_sends([head, large, body])) == [head, large, body]
+
+
+def test_the_sends_before_a_layers_error_are_given_then_the_error() -> None:
+    def layer() -> Any:
+        yield commands.SendData(TCP_A, b"a")
+        yield commands.SendData(TCP_A, b"b")
+        raise RuntimeError("the layer crashed")
+
+    joined = mitmtrim.joined_sends(layer())
+    first = next(joined)
+    assert (first.connection, first.data) == (TCP_A, b"ab")
+    with pytest.raises(RuntimeError, match="the layer crashed"):
+        next(joined)
+
+
+def test_a_tunnels_child_is_given_its_sends_joined() -> None:
+    assert tunnel.TunnelLayer.event_to_child is mitmtrim._event_to_child
+    assert mitmtrim.REPLACED[(tunnel.TunnelLayer, "event_to_child")].__code__.co_names == mitmtrim._TUNNEL_NAMES[0]
+
+
+class Child:
+    """A tunnel's child layer that gives these commands for any event, then raises `error` if there is one."""
+
+    def __init__(self, given: list[commands.Command], error: Exception | None = None) -> None:
+        self.given, self.error = given, error
+
+    def handle_event(self, _: Any) -> Any:
+        yield from self.given
+        if self.error is not None:
+            raise self.error
+
+
+def opened_tunnel(conn: connection.Connection, child: Child) -> tunnel.TunnelLayer:
+    """mitmproxy's own tunnel layer (its `send_data` sends through to the tunnel's connection as it is), open."""
+    from mitmproxy import options
+    from mitmproxy.proxy import context
+
+    ctx = context.Context(TCP_B, options.Options())
+    layer = tunnel.TunnelLayer(ctx, tunnel_connection=conn, conn=conn)
+    layer.tunnel_state = tunnel.TunnelState.OPEN
+    layer.child_layer = child  # type: ignore[assignment]
+    return layer
+
+
+@given(given_commands, st.sampled_from([TCP_A, UDP]))
+def test_a_tunnel_sends_its_childs_data_joined_in_the_same_order(given: list[commands.Command],
+                                                                 conn: connection.Connection) -> None:
+    from mitmproxy.proxy import events
+
+    given = [c for c in given if not isinstance(c, commands.SendData) or c.connection in (conn, TCP_B)]
+    sent = list(opened_tunnel(conn, Child(given)).event_to_child(events.Start()))
+    assert as_written(sent) == as_written(given)
+    if conn is UDP:  # each datagram as the child gave it
+        assert [c.data for c in sent if isinstance(c, commands.SendData) and c.connection is UDP] == \
+            [c.data for c in given if isinstance(c, commands.SendData) and c.connection is UDP]
+
+
+def test_a_tunnel_sends_what_its_child_gave_before_it_raised() -> None:
+    from mitmproxy.proxy import events
+
+    child = Child([commands.SendData(TCP_A, b"head"), commands.SendData(TCP_A, b"body")], RuntimeError("crashed"))
+    sending = opened_tunnel(TCP_A, child).event_to_child(events.Start())
+    first = next(sending)
+    assert (first.connection, first.data) == (TCP_A, b"headbody")
+    with pytest.raises(RuntimeError, match="crashed"):
+        next(sending)
