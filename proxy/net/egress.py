@@ -20,6 +20,16 @@ METADATA = frozenset(ipaddress.ip_address(a) for a in (
 _RFC1918 = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+#: IPv6 ranges that stand for an IPv4 address where a translator or the host's own stack carries them, none of them
+#: global (Python 3.11 calls them so): IPv4-compatible (`::a.b.c.d`, RFC 4291, deprecated), IPv4-translated
+#: (`::ffff:0:a.b.c.d`, RFC 2765's SIIT) and the local-use NAT64 prefix (RFC 8215).
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+_IPV4_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")
+_LOCAL_NAT64 = ipaddress.ip_network("64:ff9b:1::/48")
+
+
+def _low_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address:
+    return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
 
 
 def address_class(ip: Address) -> str | None:
@@ -27,9 +37,17 @@ def address_class(ip: Address) -> str | None:
     if ip in METADATA:
         return "a cloud metadata address"
     if isinstance(ip, ipaddress.IPv6Address):
+        if ip.scope_id is not None:
+            return "an IPv6 address with a zone, which names a local interface"
         if ip.ipv4_mapped is not None:
             return f"an IPv4-mapped IPv6 address (of {ip.ipv4_mapped})"
-        embedded = ip.sixtofour or (ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF) if ip in _NAT64 else None)
+        if ip in _IPV4_TRANSLATED:
+            return f"an IPv4-translated IPv6 address (of {_low_ipv4(ip)})"
+        if ip in _IPV4_COMPATIBLE and int(ip) > 1:  # not :: or ::1, named below
+            return f"an IPv4-compatible IPv6 address (of {_low_ipv4(ip)})"
+        if ip in _LOCAL_NAT64:
+            return "a local-use NAT64 address (64:ff9b:1::/48)"
+        embedded = ip.sixtofour or (_low_ipv4(ip) if ip in _NAT64 else None)
         if embedded is not None and (inner := address_class(embedded)) is not None:
             return f"an IPv6 address embedding {embedded}, {inner}"
     if ip.is_unspecified:
@@ -127,11 +145,13 @@ class EgressRules:
 
 def _is_listener(listen: tuple[str, int], ip: Address, port: int) -> bool:
     """Whether a connection to `ip`:`port` would reach a socket listening at `listen` (0.0.0.0 and :: reach this
-    machine, as an IPv4-mapped IPv6 address reaches its IPv4 one)."""
+    machine, as an IPv4-mapped, -translated or -compatible IPv6 address may reach its IPv4 one)."""
     if port != listen[1]:
         return False
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
+    elif isinstance(ip, ipaddress.IPv6Address) and (ip in _IPV4_TRANSLATED or ip in _IPV4_COMPATIBLE and int(ip) > 1):
+        ip = _low_ipv4(ip)
     if ip.is_unspecified:
         return True
     host = listen[0].strip("[]")

@@ -22,6 +22,12 @@ from goex_proxy.net.egress import EgressRules, address_class, literal_address, p
     ("::ffff:127.0.0.1", "IPv4-mapped"), ("::ffff:8.8.8.8", "IPv4-mapped"),
     ("64:ff9b::7f00:1", "embedding 127.0.0.1"), ("2002:7f00:1::", "embedding 127.0.0.1"),
     ("fd12:3456::1", "unique local"),
+    # Each reaches an IPv4 address through a translator or the host's own stack (the red team's three, which Python
+    # 3.11 calls global), whatever that address is; and a zone, which names one of this machine's interfaces.
+    ("::127.0.0.1", "IPv4-compatible IPv6 address (of 127.0.0.1)"), ("::8.8.8.8", "IPv4-compatible"),
+    ("::ffff:0:7f00:1", "IPv4-translated IPv6 address (of 127.0.0.1)"), ("::ffff:0:808:808", "IPv4-translated"),
+    ("64:ff9b:1::a00:1", "local-use NAT64"), ("64:ff9b:1::808:808", "local-use NAT64"),
+    ("2606:4700::1%eth0", "with a zone"), ("::1%lo", "with a zone"),
 ])
 def test_non_public_addresses_are_refused_with_their_kind(address: str, why: str) -> None:
     reason = address_class(ipaddress.ip_address(address))
@@ -66,6 +72,9 @@ def test_the_proxy_itself_is_refused_even_when_private_addresses_are_allowed() -
     wildcard = rules(listen=("0.0.0.0", 3128), block=False)
     assert wildcard.refusal("localhost", 3128, ips("127.0.0.1")) is not None
     assert wildcard.refusal("example.com", 3128, ips("8.8.8.8")) is None  # not an address of this machine
+    for spelled in ("::ffff:127.0.0.1", "::127.0.0.1", "::ffff:0:7f00:1"):  # the listener, in IPv6's IPv4 forms
+        reason = rules(block=False).refusal(spelled, 8080, ips(spelled))
+        assert reason is not None and "this proxy's own listen address" in reason, spelled
 
 
 def test_turning_the_guard_off_allows_private_addresses() -> None:
