@@ -850,7 +850,7 @@ def _read_peer(peer: _Peer, writer: AuditWriter, asked: list[_Asked], most: floa
                         peer.rows.add(request_id)
                         written.add_done_callback(functools.partial(_unwritten, peer.rows, request_id))
                 elif op[0] == "outcome":
-                    writer.record_outcome(op[1], op[2])
+                    writer.queue_outcome(op[1], op[2])
                     peer.rows.discard(op[1])
                 elif op[0] == "stop":
                     peer.ended = True

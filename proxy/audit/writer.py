@@ -97,6 +97,8 @@ def _settle(waiters: list[tuple[Any, Any]]) -> None:
     settled on that loop, all of one loop's in one call."""
     on_loops: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
     for future, result in waiters:
+        if future is None:  # nobody asks (`queue_outcome`)
+            continue
         if isinstance(future, _OnLoop):
             on_loops.setdefault(future.loop, []).append((future.future, result))
             continue
@@ -342,12 +344,16 @@ class AuditWriter:
         self._put((_Outcome(request_id, fields), future), waited=False)
         return future
 
+    def queue_outcome(self, request_id: str, fields: dict[str, Any]) -> None:
+        """`record_outcome` for a caller that never asks what became of it (the writer process, for what a proxy
+        hands over): no future is made for it, nor settled."""
+        self._put((_Outcome(request_id, fields), None), waited=False)
+
     def outcome_in_turn(self, request_id: str, fields: dict[str, Any]) -> None:
         """`record_outcome` for the record stage, on the running event loop, which never waits for it: queued with
         the rest of this turn of the loop (an outcome queued alone woke the writer, which took the GIL to gather it);
         at once when no loop runs."""
-        item: tuple[_Outcome, concurrent.futures.Future[str | None]] = (_Outcome(request_id, fields),
-                                                                        concurrent.futures.Future())
+        item = (_Outcome(request_id, fields), None)
         loop = _running_loop()
         if loop is None:
             self._put(item, waited=False)
