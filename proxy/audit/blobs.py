@@ -173,6 +173,8 @@ class BlobStore:
         self._recent: OrderedDict[tuple[Hashable, bytes], int] = OrderedDict()  # (owner, digest) -> blob id, newest last
         self._size = recent
         self._bases: OrderedDict[Hashable, _Base] = OrderedDict()  # family -> its last base
+        #: Blobs found there in this transaction, and the rows more that name them, not written yet (`write_counts`)
+        self._counts: dict[int, int] = {}
 
     def put(self, conn: sqlite3.Connection, value: str | bytes, family: Hashable | None = None,
             owner: Hashable = None) -> int:
@@ -184,7 +186,7 @@ class BlobStore:
         digest = (owner, _digest(value))
         known = self._recent.get(digest)
         if known is not None:
-            if conn.execute(f"UPDATE {TABLE} SET refs = refs + 1 WHERE id = ?", (known,)).rowcount == 1:
+            if self._counted(conn, known):
                 self._recent.move_to_end(digest)
                 return known
             del self._recent[digest]
@@ -196,6 +198,7 @@ class BlobStore:
             data = encode(value)
         blob_id = int(conn.execute(f"INSERT INTO {TABLE} (data, refs, base) VALUES (?, 1, ?)",
                                    (data, base)).lastrowid or 0)
+        self._counts[blob_id] = 0  # there in this transaction: a row more that names it is counted in memory
         if base is None and family is not None and len(raw) <= SMALL:
             self._bases[family] = _Base(blob_id, raw, len(data) / max(1, len(raw)))  # the next of its family goes on it
             self._bases.move_to_end(family)
@@ -216,15 +219,37 @@ class BlobStore:
         # that ratio (one deflate a value, mostly).
         if len(data) > BASED_AT_MOST * kept.ratio * len(raw) and len(data) > BASED_AT_MOST * len(encode(value)):
             return None
-        if conn.execute(f"UPDATE {TABLE} SET refs = refs + 1 WHERE id = ?", (kept.id,)).rowcount != 1:
+        if not self._counted(conn, kept.id):
             return None  # pruned since: the value stored alone takes its place
         kept.uses += 1
         return data
 
+    def _counted(self, conn: sqlite3.Connection, blob_id: int) -> bool:
+        """Count one row more for a blob this writer stored; False if it is gone (a prune took it). The first time in
+        a transaction by an UPDATE, which finds whether it is there; after that in memory (`write_counts`), as nothing
+        else removes a blob within the transaction, which holds the write lock."""
+        if blob_id in self._counts:
+            self._counts[blob_id] += 1
+            return True
+        if conn.execute(f"UPDATE {TABLE} SET refs = refs + 1 WHERE id = ?", (blob_id,)).rowcount != 1:
+            return False
+        self._counts[blob_id] = 0
+        return True
+
+    def write_counts(self, conn: sqlite3.Connection) -> None:
+        """Write the rows counted in memory, and trust nothing found there any more: called before the transaction
+        commits, and before and after anything else in it reads or changes counts or removes blobs (a prune, a
+        release)."""
+        counted = [(n, blob_id) for blob_id, n in self._counts.items() if n]
+        self._counts.clear()
+        if counted:
+            conn.executemany(f"UPDATE {TABLE} SET refs = refs + ? WHERE id = ?", counted)
+
     def forget(self) -> None:
-        """Drop what is remembered (after a failed transaction, whose blobs are gone)."""
+        """Drop what is remembered (after a failed transaction, whose blobs are gone), counts not yet written too."""
         self._recent.clear()
         self._bases.clear()
+        self._counts.clear()
 
 
 def fetch(conn: sqlite3.Connection, ids: set[Any]) -> dict[Any, tuple[Any, Any]]:

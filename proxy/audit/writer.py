@@ -523,9 +523,11 @@ class AuditWriter:
                         continue  # an outcome written with its row
                     if isinstance(op, _Apply):
                         applied = True  # it may write anything (a prune, rows): the next transaction reads again
+                        self._blobs.write_counts(self._conn)  # it may read or change counts, or remove blobs
                         try:
                             with _savepoint(self._conn):
                                 refused[index] = op.fn(self._conn, self)
+                                self._blobs.write_counts(self._conn)
                         except Exception as exc:  # its own failure: its waiter is told, the batch goes on
                             self._forget()  # what it stored is gone with its savepoint
                             refused[index] = exc
@@ -545,6 +547,7 @@ class AuditWriter:
                         refused[index] = over
                     else:
                         head = self._insert(op, head.hash if head else last[0] if last else "")
+                self._blobs.write_counts(self._conn)  # the rows counted in memory, in this transaction
             if not applied:
                 self._left = (version, head.hash if head else last[0] if last else None)
             if self._early:
@@ -721,6 +724,7 @@ class AuditWriter:
                 return
             again = found["outcome_hash"] is not None
             if again:  # written again: nothing of it is built on the first one's values, let go of below
+                self._blobs.write_counts(self._conn)
                 self._blobs.forget()
         hash_, seq, kind, started = pending
         fields = storable(op.fields)
@@ -731,6 +735,7 @@ class AuditWriter:
             kept = {**dict.fromkeys(c for c in OUTCOME_COLUMNS if c in present), **kept}
         named = [c for c in layout.BLOB_COLUMNS if c in kept] if earlier else []
         if named:  # an outcome written over blobs the row named (never, as the proxy goes) lets go of them
+            self._blobs.write_counts(self._conn)  # a count kept in memory first: a release deletes what has none
             before = self._conn.execute(f"SELECT {', '.join(named)} FROM requests WHERE seq = ?", (seq,)).fetchone()
             blobs.release(self._conn, [ref for ref in before or () if ref is not None])
         if layout.OUTCOME_ROOM:

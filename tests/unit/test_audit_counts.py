@@ -23,8 +23,9 @@ BODIES = (b'{"ok": true}', b'{"ok": false, "why": "busy"}', b"")
 RULES = ("slack/post", "slack/read")
 
 #: One step: ("rows", writer, how many, which values) writes rows and the outcomes of the rows before; ("again",
-#: writer, which) writes a row's outcome once more; ("early", writer, which) a row written with a response and no
-#: status, then its outcome; ("prune", writer, share) removes the oldest part of the log, with rows in its batch.
+#: writer, which) writes a row's outcome once more, after new rows in the same transaction; ("early", writer, which)
+#: a row written with a response and no status, then its outcome; ("prune", writer, share) removes the oldest part of
+#: the log, with rows before and after it in its batch.
 steps = st.lists(st.one_of(
     st.tuples(st.just("rows"), st.integers(0, 1), st.integers(1, 4), st.integers(0, 11)),
     st.tuples(st.just("again"), st.integers(0, 1), st.integers(0, 50)),
@@ -65,7 +66,12 @@ def _run(home: Path, plan: list[tuple[Any, ...]]) -> None:
                 writer.write_queued()
             elif kind == "again" and ended:
                 _, request_id, pick = ended[step[2] % len(ended)]
+                # Two rows alike in the same transaction: the second's blobs are counted in memory before it.
+                rows = [_row(ids, len(futures) + n, pick, clock + n / 100) for n in range(2)]
+                futures += [writer.record_intent(row) for row in rows]
                 futures.append(writer.record_outcome(request_id, _done(7, pick + 5, clock)))
+                writer.write_queued()
+                futures += [writer.record_outcome(str(row["id"]), _done(1, pick, clock)) for row in rows]
                 writer.write_queued()
             elif kind == "early":  # its outcome lets go of the response it was written with: gone, if only it named it
                 row = _row(ids, len(futures), step[2], clock) | {"resp_headers": HEADERS[1],
@@ -78,12 +84,18 @@ def _run(home: Path, plan: list[tuple[Any, ...]]) -> None:
                 key = Seal(home).key()
                 assert key is not None
                 before = clock - (clock - 1_764_000_000.0) * (1 - step[2])
+                # Rows queued before the prune, in its transaction, naming values older rows named: counted in memory
+                # until written, the prune would take those blobs for unnamed.
+                ahead = [_row(ids, len(futures) + n, n, clock + n / 100) for n in range(12)]
+                futures += [writer.record_intent(row) for row in ahead]
                 futures.append(writer.apply(lambda conn, _, before=before, key=key: prune_batch(
                     conn, key, before, {}, upper=upper_bound(conn, before, None))))
                 after = [_row(ids, len(futures) + n, n, clock + n / 100) for n in range(12)]
                 futures += [writer.record_intent(row) for row in after]  # in the prune's transaction
                 writer.write_queued()
                 ended = []  # some may be gone
+                for n, row in enumerate(ahead):
+                    futures.append(writer.record_outcome(str(row["id"]), _done(n, n, clock)))
                 for n, row in enumerate(after):
                     futures.append(writer.record_outcome(str(row["id"]), _done(n, n, clock)))
                     ended.append((at, str(row["id"]), n))
