@@ -156,7 +156,7 @@ def joined_sends(given: Iterable[commands.Command]) -> Generator[commands.Comman
                     continue
                 send, held = _joined(held, parts), None
                 yield send
-            if (type(command) is commands.SendData and len(command.data) < JOINED_SEND_BYTES
+            if (type(command) is commands.SendData and len(command.data) <= JOINED_SEND_BYTES
                     and command.connection.transport_protocol == "tcp"):  # a datagram's bounds are its meaning
                 held, parts, size = command, [command.data], len(command.data)
             else:

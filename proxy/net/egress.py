@@ -22,14 +22,29 @@ _CGNAT = ipaddress.ip_network("100.64.0.0/10")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 #: IPv6 ranges that stand for an IPv4 address where a translator or the host's own stack carries them, none of them
 #: global (Python 3.11 calls them so): IPv4-compatible (`::a.b.c.d`, RFC 4291, deprecated), IPv4-translated
-#: (`::ffff:0:a.b.c.d`, RFC 2765's SIIT) and the local-use NAT64 prefix (RFC 8215).
+#: (`::ffff:0:a.b.c.d`, RFC 2765's SIIT) and NAT64 prefixes other than the well-known one (the local-use
+#: 64:ff9b:1::/48 of RFC 8215, and the rest of 64:ff9b::/32); the rest of ::/8, reserved by the IETF, and site-local
+#: fec0::/10 (deprecated, still routed where a network uses it) are no one's public address either.
 _IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 _IPV4_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")
-_LOCAL_NAT64 = ipaddress.ip_network("64:ff9b:1::/48")
+_OTHER_NAT64 = ipaddress.ip_network("64:ff9b::/32")
+_RESERVED_V6 = ipaddress.ip_network("::/8")
 
 
 def _low_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address:
     return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one carries for a translator or tunnel to reach: 6to4, well-known NAT64, mapped,
+    translated or compatible (None: none)."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in _NAT64 or ip in _IPV4_TRANSLATED or ip in _IPV4_COMPATIBLE and int(ip) > 1:
+        return _low_ipv4(ip)
+    return None
 
 
 def address_class(ip: Address) -> str | None:
@@ -45,9 +60,13 @@ def address_class(ip: Address) -> str | None:
             return f"an IPv4-translated IPv6 address (of {_low_ipv4(ip)})"
         if ip in _IPV4_COMPATIBLE and int(ip) > 1:  # not :: or ::1, named below
             return f"an IPv4-compatible IPv6 address (of {_low_ipv4(ip)})"
-        if ip in _LOCAL_NAT64:
-            return "a local-use NAT64 address (64:ff9b:1::/48)"
-        embedded = ip.sixtofour or (_low_ipv4(ip) if ip in _NAT64 else None)
+        if ip in _OTHER_NAT64 and ip not in _NAT64:
+            return "a local-use NAT64 address (64:ff9b::/32 outside the well-known 64:ff9b::/96)"
+        if ip in _RESERVED_V6 and int(ip) > 1 and ip not in _NAT64:  # (64:ff9b::/96 is in it, decoded below)
+            return "a reserved IPv6 address (::/8)"
+        if ip.is_site_local:
+            return "a site-local IPv6 address (fec0::/10)"
+        embedded = _embedded_ipv4(ip)
         if embedded is not None and (inner := address_class(embedded)) is not None:
             return f"an IPv6 address embedding {embedded}, {inner}"
     if ip.is_unspecified:
@@ -145,13 +164,11 @@ class EgressRules:
 
 def _is_listener(listen: tuple[str, int], ip: Address, port: int) -> bool:
     """Whether a connection to `ip`:`port` would reach a socket listening at `listen` (0.0.0.0 and :: reach this
-    machine, as an IPv4-mapped, -translated or -compatible IPv6 address may reach its IPv4 one)."""
+    machine, as an IPv6 address carrying an IPv4 one may reach it: `_embedded_ipv4`)."""
     if port != listen[1]:
         return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    elif isinstance(ip, ipaddress.IPv6Address) and (ip in _IPV4_TRANSLATED or ip in _IPV4_COMPATIBLE and int(ip) > 1):
-        ip = _low_ipv4(ip)
+    if isinstance(ip, ipaddress.IPv6Address) and (embedded := _embedded_ipv4(ip)) is not None:
+        ip = embedded  # a translator or tunnel may carry it back to this machine
     if ip.is_unspecified:
         return True
     host = listen[0].strip("[]")

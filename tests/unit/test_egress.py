@@ -28,13 +28,17 @@ from goex_proxy.net.egress import EgressRules, address_class, literal_address, p
     ("::ffff:0:7f00:1", "IPv4-translated IPv6 address (of 127.0.0.1)"), ("::ffff:0:808:808", "IPv4-translated"),
     ("64:ff9b:1::a00:1", "local-use NAT64"), ("64:ff9b:1::808:808", "local-use NAT64"),
     ("2606:4700::1%eth0", "with a zone"), ("::1%lo", "with a zone"),
+    # The second red team's: site-local, the rest of ::/8 and of 64:ff9b::/32 (Python 3.11 calls each global).
+    ("fec0::1", "site-local"), ("fec0::a9fe:a9fe", "site-local"), ("0:0:1::ffff:7f00:1", "reserved IPv6 address (::/8)"),
+    ("::5efe:7f00:1", "reserved IPv6 address (::/8)"), ("64:ff9b::1:7f00:1", "local-use NAT64"),
 ])
 def test_non_public_addresses_are_refused_with_their_kind(address: str, why: str) -> None:
     reason = address_class(ipaddress.ip_address(address))
     assert reason is not None and why in reason
 
 
-@pytest.mark.parametrize("address", ["8.8.8.8", "140.82.112.3", "2606:4700:4700::1111", "64:ff9b::808:808"])
+@pytest.mark.parametrize("address", ["8.8.8.8", "140.82.112.3", "2606:4700:4700::1111", "64:ff9b::808:808",
+                                     "2001:4860:4860::8888", "2002:808:808::1"])
 def test_public_addresses_pass(address: str) -> None:
     assert address_class(ipaddress.ip_address(address)) is None
 
@@ -72,7 +76,8 @@ def test_the_proxy_itself_is_refused_even_when_private_addresses_are_allowed() -
     wildcard = rules(listen=("0.0.0.0", 3128), block=False)
     assert wildcard.refusal("localhost", 3128, ips("127.0.0.1")) is not None
     assert wildcard.refusal("example.com", 3128, ips("8.8.8.8")) is None  # not an address of this machine
-    for spelled in ("::ffff:127.0.0.1", "::127.0.0.1", "::ffff:0:7f00:1"):  # the listener, in IPv6's IPv4 forms
+    for spelled in ("::ffff:127.0.0.1", "::127.0.0.1", "::ffff:0:7f00:1", "64:ff9b::7f00:1", "2002:7f00:1::1"):
+        # the listener, in IPv6's IPv4 forms (a translator or tunnel may carry each back to this machine)
         reason = rules(block=False).refusal(spelled, 8080, ips(spelled))
         assert reason is not None and "this proxy's own listen address" in reason, spelled
 
