@@ -444,10 +444,11 @@ class RequestView:
 
     def describe(self) -> str:
         """The request in a few words, for a denial."""
+        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 address, as a URL writes it
         if self.protocol == "tcp":
-            return f"raw TCP to {self.host}:{self.port}"
+            return f"raw TCP to {host}:{self.port}"
         upgrade = f" upgrading to {self.protocol!r}" if self.protocol != "http" else ""
-        return f"{self.method} {self.host}{self.path}{upgrade}"
+        return f"{self.method} {host}{self.path}{upgrade}"
 
     @property
     def url(self) -> str:

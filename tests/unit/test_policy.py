@@ -78,6 +78,8 @@ CASES = {
         view("GET", path="/api/conversations.list", agent=None), "deny", "no known agent identity"),
     "an unknown host is denied by default": (
         view("GET", host="evil.example"), "deny", "no rule allows GET evil.example/"),
+    "an IPv6 host is named in brackets, as a URL writes it": (
+        view("GET", host="::127.0.0.1"), "deny", "no rule allows GET [::127.0.0.1]/"),
     "host globs match one label": (
         view("POST", host="a.example.com", path="/form", body=b"kind=ok",
              headers=[("content-type", "application/x-www-form-urlencoded")]), "allow", "form posts"),
