@@ -365,9 +365,12 @@ def test_a_worker_started_again_once_the_shared_writer_is_gone_writes_by_a_write
     _worker_started(proxy, 2)
     wait_for(lambda: _writer_of(second), what="the new worker's own writer process", timeout=20)
     statuses = _burst(proxy)
-    # The first process, idle until now, learns its writer died from the first rows it hands it: those are refused
-    # (502, fail closed), as a lone proxy's are; every other request passes.
-    assert set(statuses) <= {200, 502} and statuses.count(200) >= 35, (statuses, proxy.log_text()[-6000:])
+    # The first process, idle until now, learns its writer died from the first rows it hands it, in one turn of its
+    # event loop: those are refused (502, fail closed), as a lone proxy's are. How many depends on how many of the 20
+    # requests at once reached it in that turn (CI saw 7 of 40 refused under load): never more than 20, never from the
+    # second worker, and no request after them.
+    assert set(statuses) <= {200, 502} and statuses.count(200) >= 20, (statuses, proxy.log_text()[-6000:])
+    assert _burst(proxy) == [200] * 40, proxy.log_text()[-6000:]
     assert [r["id"] for r in proxy.rows() if r["status"] is None and r["error"] is None] == []
     proxy.stop()
     assert proxy.proc.returncode == 0
