@@ -236,8 +236,8 @@ def trim() -> None:
     - a hook's arguments read by field names kept for its class (`dataclasses.fields` each time: eight a GET);
     - a message's expected body size kept on it while its fields, its request's method and its status are the same
       (`expected_http_body_size`: asked six times a GET, each 2-5 µs);
-    - the sends a TLS layer's child gives one after another encrypted as one (`joined_sends`): a response's head and
-      body were two records and two writes."""
+    - the sends a tunnel's child (TLS) gives one after another encrypted as one (`_event_to_child`, as `joined_sends`
+      joins them at the top of a connection): a response's head and body were two records and two writes."""
     _replace(http.MessageData, "__post_init__", _unchecked)
     if (http.Headers.get_all.__qualname__, http.Headers.get, http.Headers.__contains__) == (
             "Headers.get_all", Mapping.get, Mapping.__contains__):  # mitmproxy's as measured (not yet replaced)
